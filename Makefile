@@ -1,0 +1,125 @@
+# qkms — build, test, run.
+#   make                      release build into build/release/
+#   make SANITIZE=address,undefined   sanitizer build into build/asan/
+#   make test                 unit + integration tests under ASan+UBSan
+#   make run                  local PostgreSQL + SoftHSM token under ./var, then kmsd
+#   make bench                benchmarks
+#   make install PREFIX=/usr/local DESTDIR=
+#   make deps                 install the Debian packages (root)
+
+CC       ?= gcc
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+SANITIZE ?=
+PYTHON   ?= /usr/bin/python3
+
+ifeq ($(SANITIZE),)
+  BUILD  := build/release
+  OPT    := -O2 -D_FORTIFY_SOURCE=2
+  SANFLAGS :=
+else
+  BUILD  := build/asan
+  OPT    := -O1 -g -fno-omit-frame-pointer
+  SANFLAGS := -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
+endif
+
+PKGS     := libmicrohttpd jansson libpq openssl libcurl p11-kit-1
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CFLAGS   += -std=c17 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -fstack-protector-strong \
+            -fPIE $(OPT) $(SANFLAGS) -D_GNU_SOURCE -Icommon -Ipkcs11 -Ikmsd -I$(BUILD)/gen \
+            $(PKG_CFLAGS) -MMD -MP
+LDFLAGS  += -pie -Wl,-z,relro,-z,now $(SANFLAGS)
+
+KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd jansson libpq libcrypto) -lpthread -ldl
+CLI_LIBS  := $(shell pkg-config --libs libcurl jansson)
+
+COMMON_SRC := $(wildcard common/*.c)
+P11_SRC    := $(wildcard pkcs11/*.c)
+KMSD_SRC   := $(filter-out kmsd/main.c,$(wildcard kmsd/*.c))
+CLI_SRC    := $(wildcard cli/*.c)
+SCHEMA     := $(sort $(wildcard schema/*.sql))
+
+COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o)
+P11_OBJ    := $(P11_SRC:%.c=$(BUILD)/%.o)
+KMSD_OBJ   := $(KMSD_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/schema_sql.o
+CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/%.o)
+
+LIBP11     := $(BUILD)/libqkms-p11.a
+LIBKMSD    := $(BUILD)/libkmsd.a
+KMSD       := $(BUILD)/bin/kmsd
+KMSCTL     := $(BUILD)/bin/kmsctl
+
+UNIT_SRC   := $(wildcard tests/unit/test_*.c)
+UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all clean test unit integration run bench install deps check-config-doc asan
+.DEFAULT_GOAL := all
+
+all: $(KMSD) $(KMSCTL)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/gen/schema_sql.c: $(SCHEMA) scripts/embed-sql.sh
+	@mkdir -p $(dir $@)
+	sh scripts/embed-sql.sh $@ $(SCHEMA)
+
+$(BUILD)/gen/schema_sql.o: $(BUILD)/gen/schema_sql.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIBP11): $(P11_OBJ)
+	ar rcs $@ $^
+
+$(LIBKMSD): $(KMSD_OBJ) $(COMMON_OBJ)
+	ar rcs $@ $^
+
+$(KMSD): $(BUILD)/kmsd/main.o $(LIBKMSD) $(LIBP11)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(KMSD_LIBS) -o $@
+
+$(KMSCTL): $(CLI_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(CLI_LIBS) -o $@
+
+# ---- tests ----------------------------------------------------------------
+$(BUILD)/tests/%: tests/unit/%.c $(LIBKMSD) $(LIBP11)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $< $(LIBKMSD) $(LIBP11) $(KMSD_LIBS) -lcmocka -o $@
+
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1 \
+            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
+            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+# `make test` always builds and tests the sanitizer variant.
+test:
+	$(MAKE) SANITIZE=address,undefined unit integration
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $(ASAN_ENV) $$t; done
+
+integration: $(KMSD) $(KMSCTL)
+	$(ASAN_ENV) QKMS_KMSD=$(CURDIR)/$(KMSD) QKMS_KMSCTL=$(CURDIR)/$(KMSCTL) \
+	  $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+# ---- run, bench, install --------------------------------------------------
+run: all
+	QKMS_KMSD=$(CURDIR)/$(KMSD) sh scripts/qkms-local.sh run
+
+bench: all
+	QKMS_KMSD=$(CURDIR)/$(KMSD) sh bench/run.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/share/qkms
+	install -m 0755 $(KMSD) $(KMSCTL) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 $(LIBP11) $(DESTDIR)$(PREFIX)/lib/
+	install -m 0755 scripts/qkms-local.sh $(DESTDIR)$(PREFIX)/share/qkms/
+	install -m 0644 docs/kmsd.conf.example $(DESTDIR)$(PREFIX)/share/qkms/
+
+deps:
+	sh scripts/deps.sh
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

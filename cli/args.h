@@ -1,0 +1,66 @@
+/*
+ * args — turns argv into an invocation: the command and action named by
+ * the leading words, option values, and positional arguments.
+ *
+ * Global options may appear anywhere; an action's own options only after
+ * its words. "--opt VALUE" and "--opt=VALUE" are both accepted, and "--"
+ * ends option parsing. Pure: no I/O, no environment, no allocation.
+ * Everything returned points into argv or the static command table.
+ */
+#ifndef KMSCTL_ARGS_H
+#define KMSCTL_ARGS_H
+#include <stdbool.h>
+#include <stddef.h>
+
+#define ARGS_MAX_OPTS 16 /* per option table */
+#define ARGS_MAX_POS 8
+
+struct command;
+struct action;
+
+/* One option. Tables end with an all-zero entry. */
+struct opt_spec {
+    const char *name;    /* long name without "--" */
+    char short_name;     /* 0 if none */
+    const char *metavar; /* NULL for a flag, else the value's placeholder */
+    const char *help;
+};
+
+/* Values parallel to a spec table: NULL = absent, "" = flag given. */
+struct opt_values {
+    const struct opt_spec *specs;
+    const char *val[ARGS_MAX_OPTS];
+};
+
+struct invocation {
+    const struct command *cmd; /* NULL if no command word was given */
+    const struct action *act;  /* NULL until the action is known */
+    struct opt_values global;
+    struct opt_values local;
+    const char *pos[ARGS_MAX_POS];
+    size_t npos;
+};
+
+enum args_result {
+    ARGS_RUN,     /* cmd and act set, positional count within bounds */
+    ARGS_HELP,    /* -h/--help given: show help for cmd/act as far as known */
+    ARGS_VERSION, /* --version given */
+    ARGS_USAGE,   /* msg says what is wrong; cmd/act as far as resolved */
+};
+
+/*
+ * globals must contain "help" and "version" entries. The message written on
+ * ARGS_USAGE names command words and option names but never echoes option
+ * values or positional arguments, which may be secrets typed by mistake.
+ */
+enum args_result args_parse(int argc, char **argv, const struct opt_spec *globals,
+                            const struct command *const *table, struct invocation *inv,
+                            char *msg, size_t msg_size);
+
+/* Value of option `name` (which must exist in v's table), NULL if absent. */
+const char *opt_get(const struct opt_values *v, const char *name);
+
+/* Strict decimal in [lo, hi]: digits only, no sign, spaces or suffix. */
+bool arg_to_long(const char *s, long lo, long hi, long *out);
+
+#endif

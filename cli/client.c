@@ -1,0 +1,260 @@
+/* client — HTTP via libcurl, JSON in and out, status to exit-code mapping. */
+#include "client.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <curl/curl.h>
+
+#include "config.h"
+#include "exitcodes.h"
+#include "output.h"
+#include "version.h"
+
+/* Admin responses are small; a bigger one means something is wrong. */
+#define RESPONSE_MAX (8u * 1024 * 1024)
+
+struct buffer {
+    char *data;
+    size_t len, cap;
+    bool too_large;
+};
+
+static size_t on_body(char *chunk, size_t size, size_t nmemb, void *userdata)
+{
+    struct buffer *b = userdata;
+    size_t n = size * nmemb;
+    if (n > RESPONSE_MAX - b->len) {
+        b->too_large = true;
+        return 0; /* makes curl fail with CURLE_WRITE_ERROR */
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown)
+            return 0;
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, chunk, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return n;
+}
+
+int client_global_init(void)
+{
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        out_error("cannot initialise libcurl");
+        return EXIT_INTERNAL;
+    }
+    return EXIT_OK;
+}
+
+void client_global_cleanup(void)
+{
+    curl_global_cleanup();
+}
+
+char *client_escape(const char *s)
+{
+    /* curl_easy_escape ignores its handle since 7.82; pass one anyway for
+     * older libcurl builds. */
+    char *copy = NULL;
+    CURL *h = curl_easy_init();
+    char *escaped = h ? curl_easy_escape(h, s, 0) : NULL;
+    if (escaped)
+        copy = strdup(escaped);
+    if (!copy)
+        out_error("out of memory");
+    curl_free(escaped);
+    curl_easy_cleanup(h);
+    return copy;
+}
+
+static int transport_error(const struct kmsctl_ctx *ctx, const char *url, CURLcode code,
+                           const char *detail, const struct buffer *b)
+{
+    if (b->too_large) {
+        out_error("response from %s is larger than %u bytes", url, RESPONSE_MAX);
+        return EXIT_SERVER;
+    }
+    const char *why = *detail ? detail : curl_easy_strerror(code);
+    switch (code) {
+    case CURLE_OUT_OF_MEMORY:
+        out_error("out of memory");
+        return EXIT_INTERNAL;
+    case CURLE_WRITE_ERROR: /* only on_body fails writes: realloc failed */
+        out_error("out of memory reading the response");
+        return EXIT_INTERNAL;
+    case CURLE_OPERATION_TIMEDOUT:
+        out_error("request to %s timed out after %ld s", url, ctx->timeout_s);
+        return EXIT_CONNECT;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+        out_error("TLS failure talking to %s: %s", url, why);
+        return EXIT_CONNECT;
+    default:
+        out_error("cannot reach %s: %s", url, why);
+        return EXIT_CONNECT;
+    }
+}
+
+/* Maps a completed HTTP exchange to an exit code, reporting failures. */
+static int classify(const struct kmsctl_ctx *ctx, long status, const struct buffer *b, json_t **out)
+{
+    json_error_t jerr;
+    /* Without JSON_DECODE_ANY jansson accepts only an object or array. */
+    json_t *body = b->len ? json_loadb(b->data, b->len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
+    int rc;
+
+    if (status >= 200 && status < 300) {
+        if (body) {
+            *out = body;
+            return EXIT_OK;
+        }
+        out_error("server sent a response that is not valid JSON (HTTP %ld)", status);
+        return EXIT_SERVER;
+    }
+
+    const char *fallback;
+    if (status == 401 || status == 403) {
+        rc = EXIT_AUTH;
+        fallback = status == 401 ? "authentication refused" : "permission denied";
+    } else if (status >= 400 && status < 500) {
+        rc = EXIT_REFUSED;
+        fallback = "request refused";
+    } else if (status >= 500 && status < 600) {
+        rc = EXIT_SERVER;
+        fallback = "server error";
+    } else {
+        rc = EXIT_SERVER; /* 1xx/3xx: redirects are deliberately not followed */
+        fallback = "unexpected response status";
+    }
+    out_api_error(ctx->json, status, body, fallback);
+    json_decref(body);
+    return rc;
+}
+
+int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *path,
+                const json_t *body, json_t **out)
+{
+    *out = NULL;
+    int rc;
+    char *token = NULL, *auth = NULL, *url = NULL, *payload = NULL;
+    struct curl_slist *headers = NULL, *h;
+    struct buffer resp = {0};
+    char errbuf[CURL_ERROR_SIZE] = "";
+    CURL *curl = NULL;
+
+    rc = config_load_token(ctx, &token);
+    if (rc)
+        goto cleanup;
+
+    rc = EXIT_INTERNAL;
+    if (asprintf(&url, "%s%s", ctx->addr, path) < 0) {
+        url = NULL;
+        goto oom;
+    }
+    if (asprintf(&auth, "Authorization: Bearer %s", token) < 0) {
+        auth = NULL;
+        goto oom;
+    }
+    if (body && !(payload = json_dumps(body, JSON_COMPACT)))
+        goto oom;
+
+    if (!(h = curl_slist_append(headers, auth)))
+        goto oom;
+    headers = h;
+    if (!(h = curl_slist_append(headers, "Accept: application/json")))
+        goto oom;
+    headers = h;
+    if (payload) {
+        if (!(h = curl_slist_append(headers, "Content-Type: application/json")))
+            goto oom;
+        headers = h;
+    }
+    /* No "Expect: 100-continue" round trip: bodies are small. */
+    if (!(h = curl_slist_append(headers, "Expect:")))
+        goto oom;
+    headers = h;
+
+    if (!(curl = curl_easy_init()))
+        goto oom;
+
+    /* Return codes are ignored: these options only fail on out of memory
+     * or an unsupported libcurl, which curl_easy_perform then reports. */
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L); /* token must not travel on */
+    curl_easy_setopt(curl, CURLOPT_PATH_AS_IS, 1L);     /* send the path exactly as built */
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(curl, CURLOPT_USERAGENT, "kmsctl/" QKMS_VERSION);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT, ctx->timeout_s);
+    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, ctx->timeout_s);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (ctx->cacert)
+        curl_easy_setopt(curl, CURLOPT_CAINFO, ctx->cacert);
+    curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &resp);
+    if (strcmp(method, "GET") == 0)
+        curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+    else
+        curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+    if (payload) {
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, payload);
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)strlen(payload));
+    }
+
+    if (ctx->verbose)
+        out_note("> %s %s", method, url);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CURLcode code = curl_easy_perform(curl);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (code != CURLE_OK) {
+        rc = transport_error(ctx, url, code, errbuf, &resp);
+        goto cleanup;
+    }
+
+    long status = 0;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    if (ctx->verbose) {
+        long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+        out_note("< HTTP %ld, %zu bytes, %ld ms", status, resp.len, ms);
+    }
+    rc = classify(ctx, status, &resp, out);
+    goto cleanup;
+
+oom:
+    out_error("out of memory");
+cleanup:
+    curl_easy_cleanup(curl);
+    /* curl_slist_append copied the header; wipe our copies of the token. */
+    curl_slist_free_all(headers);
+    if (auth)
+        explicit_bzero(auth, strlen(auth));
+    free(auth);
+    config_token_free(token);
+    free(payload);
+    free(url);
+    free(resp.data);
+    return rc;
+}

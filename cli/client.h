@@ -1,0 +1,37 @@
+/*
+ * client — one authenticated JSON request to the qkms admin API.
+ *
+ * Sends `Authorization: Bearer <admin token>` (from config_load_token),
+ * `Accept: application/json`, and with a body `Content-Type:
+ * application/json`. Never follows redirects, speaks only http and https,
+ * always verifies TLS certificates, and never prints the token.
+ */
+#ifndef KMSCTL_CLIENT_H
+#define KMSCTL_CLIENT_H
+#include <jansson.h>
+#include "context.h"
+
+/* Call once before any request and once at exit, as libcurl requires. */
+int client_global_init(void);
+void client_global_cleanup(void);
+
+/*
+ * method: "GET", "POST", "DELETE", ...; path: starts with '/', already
+ * escaped (see client_escape); body: NULL for none.
+ *
+ * On a 2xx response carrying a JSON object or array, stores it in *out
+ * (caller json_decref's) and returns EXIT_OK. Otherwise *out is NULL, the
+ * failure has been reported (see out_api_error) and the exit code is:
+ * EXIT_USAGE no usable token (nothing sent), EXIT_CONNECT transport or TLS
+ * failure, EXIT_AUTH 401/403, EXIT_SERVER 5xx or a 1xx/3xx status or a
+ * success body that is not JSON, EXIT_REFUSED other 4xx. An error status
+ * keeps its own exit code even if its body is not JSON.
+ */
+int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *path,
+                const json_t *body, json_t **out);
+
+/* Percent-escapes s for use as one path segment. Heap string, caller
+ * frees; NULL on out of memory (reported). */
+char *client_escape(const char *s);
+
+#endif

@@ -1,0 +1,215 @@
+/* cmd_token — `kmsctl token create|list|revoke`: /v1/admin/tokens. */
+#include "command.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+
+#include "client.h"
+#include "exitcodes.h"
+#include "output.h"
+
+#define EXPIRES_MAX_DAYS 3650L
+
+static const char *const roles[] = {"admin", "operator", "auditor", NULL};
+
+static int token_create(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *name = inv->pos[0];
+    const char *role = opt_get(&inv->local, "role");
+    const char *days_arg = opt_get(&inv->local, "expires-in-days");
+    json_t *req = NULL, *resp = NULL;
+    int rc = EXIT_USAGE;
+
+    /* All checks happen before the request: usage errors send nothing. */
+    if (!*name) {
+        out_error("token name must not be empty");
+        goto cleanup;
+    }
+    if (!role) {
+        out_error("--role is required (admin, operator or auditor)");
+        goto cleanup;
+    }
+    size_t r = 0;
+    while (roles[r] && strcmp(roles[r], role) != 0)
+        r++;
+    if (!roles[r]) {
+        out_error("--role must be admin, operator or auditor");
+        goto cleanup;
+    }
+    long days = 0;
+    if (days_arg && !arg_to_long(days_arg, 1, EXPIRES_MAX_DAYS, &days)) {
+        out_error("--expires-in-days must be a whole number from 1 to %ld", EXPIRES_MAX_DAYS);
+        goto cleanup;
+    }
+
+    /* jansson refuses invalid UTF-8; running out of memory here is moot. */
+    req = json_pack("{s:s, s:s}", "name", name, "role", role);
+    if (!req) {
+        out_error("token name must be valid UTF-8");
+        goto cleanup;
+    }
+    if (days_arg && json_object_set_new(req, "expires_in_days", json_integer(days))) {
+        out_error("out of memory");
+        rc = EXIT_INTERNAL;
+        goto cleanup;
+    }
+
+    rc = client_call(ctx, "POST", "/v1/admin/tokens", req, &resp);
+    if (rc)
+        goto cleanup;
+    if (ctx->json) {
+        rc = out_json(resp);
+        goto cleanup;
+    }
+
+    const char *token = json_string_value(json_object_get(resp, "token"));
+    if (!token || !*token) {
+        out_error("server response has no token");
+        rc = EXIT_SERVER;
+        goto cleanup;
+    }
+    out_text(stdout, token);
+    fputc('\n', stdout);
+    /* stderr, so `kmsctl token create ... > file` captures only the token. */
+    fprintf(stderr, "Created token '%s' with role %s, expires ", name, role);
+    const json_t *expires = json_object_get(resp, "expires_at");
+    out_text(stderr, json_is_string(expires) ? json_string_value(expires) : "never");
+    fputs(".\nThis token is shown only once: store it securely now.\n", stderr);
+    rc = EXIT_OK;
+
+cleanup:
+    json_decref(req);
+    json_decref(resp);
+    return rc;
+}
+
+static int token_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    (void)inv;
+    static const char *const headers[] = {"NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST-USED"};
+    static const char *const keys[] = {"name",       "role",       "state",
+                                       "created_at", "expires_at", "last_used_at"};
+    json_t *resp = NULL;
+    struct table *t = NULL;
+    int rc = client_call(ctx, "GET", "/v1/admin/tokens", NULL, &resp);
+    if (rc)
+        goto cleanup;
+    if (ctx->json) {
+        rc = out_json(resp);
+        goto cleanup;
+    }
+
+    const json_t *tokens = json_object_get(resp, "tokens");
+    if (!json_is_array(tokens)) {
+        out_error("server response has no \"tokens\" list");
+        rc = EXIT_SERVER;
+        goto cleanup;
+    }
+    rc = EXIT_INTERNAL;
+    if (!(t = table_new(6, headers)))
+        goto cleanup;
+    size_t i;
+    const json_t *tok;
+    json_array_foreach(tokens, i, tok) {
+        rc = table_add_json(t, tok, keys);
+        if (rc)
+            goto cleanup;
+    }
+    rc = table_print(t, stdout);
+
+cleanup:
+    table_free(t);
+    json_decref(resp);
+    return rc;
+}
+
+static int token_revoke(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *name = inv->pos[0];
+    char *escaped = NULL, *path = NULL;
+    json_t *resp = NULL;
+    int rc = EXIT_USAGE;
+
+    /* "." and ".." would name another path once a server normalises it. */
+    if (!*name || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+        out_error("token name must not be empty, '.' or '..'");
+        goto cleanup;
+    }
+    rc = EXIT_INTERNAL;
+    if (!(escaped = client_escape(name)))
+        goto cleanup;
+    if (asprintf(&path, "/v1/admin/tokens/%s", escaped) < 0) {
+        path = NULL;
+        out_error("out of memory");
+        goto cleanup;
+    }
+
+    rc = client_call(ctx, "DELETE", path, NULL, &resp);
+    if (rc)
+        goto cleanup;
+    if (ctx->json) {
+        rc = out_json(resp);
+        goto cleanup;
+    }
+    fputs("Revoked token '", stdout);
+    out_text(stdout, name);
+    fputs("' at ", stdout);
+    const json_t *at = json_object_get(resp, "revoked_at");
+    out_text(stdout, json_is_string(at) ? json_string_value(at) : "-");
+    fputs(".\n", stdout);
+
+cleanup:
+    free(path);
+    free(escaped);
+    json_decref(resp);
+    return rc;
+}
+
+static const struct opt_spec create_opts[] = {
+    {"role", 0, "ROLE", "admin, operator or auditor (required)"},
+    {"expires-in-days", 0, "N", "expire after N days, 1..3650 (default: never)"},
+    {0},
+};
+
+static const struct action token_actions[] = {
+    {
+        .sub = "create",
+        .usage = "NAME --role ROLE [--expires-in-days N]",
+        .summary = "Create an admin API token and print it once",
+        .description = "The new token is printed alone on stdout, and only this once;\n"
+                       "a note goes to stderr. With --json the whole response is printed.\n"
+                       "\n"
+                       "Request: POST /v1/admin/tokens\n",
+        .opts = create_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = token_create,
+    },
+    {
+        .sub = "list",
+        .usage = "",
+        .summary = "List admin API tokens (never their secrets)",
+        .description = "Columns: NAME ROLE STATE CREATED EXPIRES LAST-USED; '-' means none.\n"
+                       "\n"
+                       "Request: GET /v1/admin/tokens\n",
+        .run = token_list,
+    },
+    {
+        .sub = "revoke",
+        .usage = "NAME",
+        .summary = "Revoke an admin API token by name",
+        .description = "Request: DELETE /v1/admin/tokens/NAME\n",
+        .min_args = 1,
+        .max_args = 1,
+        .run = token_revoke,
+    },
+    {0},
+};
+
+const struct command cmd_token = {
+    .name = "token",
+    .summary = "Manage admin API tokens",
+    .actions = token_actions,
+};

@@ -1,0 +1,8 @@
+/* command_table — the list of commands, in the order help shows them. */
+#include "command.h"
+
+const struct command *const kmsctl_commands[] = {
+    &cmd_status,
+    &cmd_token,
+    NULL,
+};

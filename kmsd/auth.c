@@ -1,0 +1,126 @@
+/* auth — admin API tokens. */
+#include "auth.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "entropy.h"
+#include "hexutil.h"
+#include "queries.h"
+
+unsigned auth_role_parse(const char *s)
+{
+    if (!s)
+        return 0;
+    if (!strcmp(s, "admin"))
+        return ROLE_ADMIN;
+    if (!strcmp(s, "operator"))
+        return ROLE_OPERATOR;
+    if (!strcmp(s, "auditor"))
+        return ROLE_AUDITOR;
+    return 0;
+}
+
+const char *auth_role_name(unsigned r)
+{
+    return r == ROLE_ADMIN ? "admin" : r == ROLE_OPERATOR ? "operator" : r == ROLE_AUDITOR ? "auditor" : "?";
+}
+
+bool auth_name_valid(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-')))
+            return false;
+    }
+    return true;
+}
+
+int auth_bearer(const char *h, char *tok, size_t toklen)
+{
+    size_t n;
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return -1;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    n = strlen(h);
+    while (n > 0 && h[n - 1] == ' ')
+        n--;
+    if (n == 0 || n >= toklen)
+        return -1;
+    memcpy(tok, h, n);
+    tok[n] = 0;
+    return 0;
+}
+
+bool auth_token_well_formed(const char *t)
+{
+    if (strlen(t) != AUTH_TOKEN_LEN || strncmp(t, AUTH_TOKEN_PREFIX, 5) != 0)
+        return false;
+    for (const char *p = t + 5; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
+void auth_token_hash(const char *tok, uint8_t out[32])
+{
+    unsigned int n = 0;
+    EVP_Digest(tok, strlen(tok), out, &n, EVP_sha256(), NULL);
+}
+
+int auth_token_new(entropy *e, char out[AUTH_TOKEN_LEN + 1])
+{
+    uint8_t raw[32];
+    if (entropy_get(e, raw, sizeof(raw), NULL) != 0)
+        return -1;
+    memcpy(out, AUTH_TOKEN_PREFIX, 5);
+    hex_encode(raw, sizeof(raw), out + 5);
+    OPENSSL_cleanse(raw, sizeof(raw));
+    return 0;
+}
+
+db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who)
+{
+    uint8_t h[32], stored[32];
+    const char *vals[1] = {(const char *)h};
+    int lens[1] = {32}, fmts[1] = {1};
+    db_status st;
+    PGresult *r;
+    db_conn *c;
+
+    if (!auth_token_well_formed(tok))
+        return DB_NOT_FOUND;
+    auth_token_hash(tok, h);
+    c = db_acquire(db, &st);
+    if (!c)
+        return st;
+    r = db_exec(c, Q_TOKEN_AUTH, 1, vals, lens, fmts, &st);
+    db_release(db, c);
+    if (!r)
+        return st;
+    st = DB_NOT_FOUND;
+    if (PQntuples(r) == 1) {
+        /* bytea comes back as text "\x<hex>". */
+        const char *hx = PQgetvalue(r, 0, 3);
+        if (strlen(hx) == 66 && hex_decode(hx + 2, 64, stored, 32) == 32 &&
+            CRYPTO_memcmp(stored, h, 32) == 0) {
+            who->id = atoll(PQgetvalue(r, 0, 0));
+            snprintf(who->name, sizeof(who->name), "%s", PQgetvalue(r, 0, 1));
+            who->role = auth_role_parse(PQgetvalue(r, 0, 2));
+            st = who->role ? DB_OK : DB_NOT_FOUND;
+        }
+    }
+    PQclear(r);
+    return st;
+}

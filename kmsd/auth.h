@@ -1,0 +1,50 @@
+/*
+ * auth — admin API tokens: format, hashing, lookup and roles.
+ *
+ * Contract:
+ *  - A token is "qkms_" followed by 64 hex digits (32 bytes from the
+ *    entropy interface). Only SHA-256(token) is stored.
+ *  - auth_lookup() finds a live (not revoked, not expired) token by hash in
+ *    one indexed query and confirms the stored hash in constant time.
+ *  - Roles are bits so a route can allow several.
+ */
+#ifndef QKMS_AUTH_H
+#define QKMS_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "db.h"
+
+enum { ROLE_ADMIN = 1u, ROLE_OPERATOR = 2u, ROLE_AUDITOR = 4u };
+#define ROLE_ANY (ROLE_ADMIN | ROLE_OPERATOR | ROLE_AUDITOR)
+
+#define AUTH_TOKEN_PREFIX "qkms_"
+#define AUTH_TOKEN_LEN (5 + 64)
+
+typedef struct {
+    long long id;
+    char name[65];
+    unsigned role;
+} auth_principal;
+
+struct entropy;
+
+/* "admin" -> ROLE_ADMIN; 0 when unknown. */
+unsigned auth_role_parse(const char *s);
+const char *auth_role_name(unsigned role);
+/* Names: 1-64 of [A-Za-z0-9._-], starting with a letter or digit. */
+bool auth_name_valid(const char *s);
+/* Extract the token from an Authorization header value ("Bearer <tok>");
+ * returns 0 or -1 when absent or malformed. */
+int auth_bearer(const char *header, char *tok, size_t toklen);
+/* Syntactic check of a token string. */
+bool auth_token_well_formed(const char *tok);
+void auth_token_hash(const char *tok, uint8_t out[32]);
+/* Make a fresh token (from the entropy interface); 0 or -1. */
+int auth_token_new(struct entropy *e, char out[AUTH_TOKEN_LEN + 1]);
+/* DB_OK with *who filled, DB_NOT_FOUND when unknown/revoked/expired. */
+db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who);
+
+#endif

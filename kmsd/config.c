@@ -1,0 +1,429 @@
+/* config — option table, file/env parsing and validation. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "hexutil.h"
+
+#define OFF(f) offsetof(kms_config, f)
+
+const config_option config_options[] = {
+    {"listen_addr", OPT_STR, OFF(listen_addr), "127.0.0.1", 0, 0, NULL, false, false,
+     "IPv4 or IPv6 address the HTTP API listens on."},
+    {"listen_port", OPT_INT, OFF(listen_port), "8470", 1, 65535, NULL, false, false,
+     "TCP port of the HTTP API."},
+    {"http_threading", OPT_STR, OFF(http_threading), "connection", 0, 0, "connection|pool", false,
+     false,
+     "`connection`: a thread per connection, so a slow database or token call never stalls "
+     "another client; `pool`: `http_threads` event-loop threads (see docs/architecture.md)."},
+    {"http_threads", OPT_INT, OFF(http_threads), "4", 1, 256, NULL, false, false,
+     "Threads of the `pool` model."},
+    {"http_max_body", OPT_INT, OFF(http_max_body), "65536", 256, 16777216, NULL, false, false,
+     "Largest accepted request body in bytes; larger ones get 413."},
+    {"http_max_connections", OPT_INT, OFF(http_max_connections), "1024", 1, 65535, NULL, false,
+     false, "Concurrent connections accepted in total."},
+    {"http_per_ip_connections", OPT_INT, OFF(http_per_ip_connections), "256", 0, 65535, NULL,
+     false, false, "Concurrent connections per client address (0 = unlimited)."},
+    {"http_timeout", OPT_INT, OFF(http_timeout), "30", 1, 3600, NULL, false, false,
+     "Seconds an idle connection is kept."},
+    {"tls_cert_file", OPT_STR, OFF(tls_cert_file), NULL, 0, 0, NULL, false, false,
+     "PEM certificate chain; with `tls_key_file`, the listener speaks HTTPS only."},
+    {"tls_key_file", OPT_STR, OFF(tls_key_file), NULL, 0, 0, NULL, false, false,
+     "PEM private key for `tls_cert_file`."},
+    {"shutdown_grace", OPT_INT, OFF(shutdown_grace), "10", 0, 600, NULL, false, false,
+     "Seconds SIGTERM/SIGINT waits for in-flight requests before closing."},
+    {"db_conninfo", OPT_STR, OFF(db_conninfo), NULL, 0, 0, NULL, false, false,
+     "libpq connection string (required), e.g. `host=/run/qkms dbname=qkms user=qkms`. Put a "
+     "password in a `passfile=`, not here."},
+    {"db_pool_size", OPT_INT, OFF(db_pool_size), "8", 1, 512, NULL, false, false,
+     "PostgreSQL connections kept open."},
+    {"db_acquire_timeout_ms", OPT_INT, OFF(db_acquire_timeout_ms), "2000", 1, 60000, NULL, false,
+     false, "How long a request waits for a pooled connection before answering 503."},
+    {"db_statement_timeout_ms", OPT_INT, OFF(db_statement_timeout_ms), "5000", 0, 600000, NULL,
+     false, false, "PostgreSQL statement_timeout for kmsd's sessions (0 = none)."},
+    {"db_migrate", OPT_BOOL, OFF(db_migrate), "true", 0, 0, NULL, false, false,
+     "Apply pending schema migrations at start (under an advisory lock)."},
+    {"pkcs11_module", OPT_STR, OFF(pkcs11_module), "/usr/lib/softhsm/libsofthsm2.so", 0, 0, NULL,
+     false, false, "Path of the PKCS#11 module to load."},
+    {"pkcs11_token_label", OPT_STR, OFF(pkcs11_token_label), "qkms", 0, 0, NULL, false, false,
+     "Label of the token holding the master key."},
+    {"pkcs11_pin", OPT_STR, OFF(pkcs11_pin), NULL, 0, 0, NULL, true, false,
+     "User PIN. Prefer `pkcs11_pin_file` or the `QKMS_PKCS11_PIN` environment variable."},
+    {"pkcs11_pin_file", OPT_STR, OFF(pkcs11_pin_file), NULL, 0, 0, NULL, false, false,
+     "File holding the user PIN (trailing newline ignored); should be mode 0600."},
+    {"pkcs11_sessions", OPT_INT, OFF(pkcs11_sessions), "8", 1, 256, NULL, false, false,
+     "PKCS#11 sessions kept open in the pool."},
+    {"master_key_label", OPT_STR, OFF(master_key_label), "qkms-master", 0, 0, NULL, false, false,
+     "Label prefix of master keys in the token; version N is `<prefix>-N`."},
+    {"master_key_create", OPT_BOOL, OFF(master_key_create), "true", 0, 0, NULL, false, false,
+     "Create master key version 1 in the token when the database has none yet. Set false when "
+     "the key is provisioned by an HSM ceremony."},
+    {"entropy_sources", OPT_STR, OFF(entropy_sources), "pkcs11,os", 0, 0, NULL, false, false,
+     "Comma-separated entropy sources in order of preference: `pkcs11` (the token's "
+     "C_GenerateRandom), `os` (getrandom)."},
+    {"bootstrap_token_file", OPT_STR, OFF(bootstrap_token_file), NULL, 0, 0, NULL, false, false,
+     "If set and no admin token named `bootstrap` exists, kmsd creates one and writes it here "
+     "(mode 0600, never overwritten)."},
+    {"log_level", OPT_STR, OFF(log_level), "info", 0, 0, "debug|info|warn|error", false, true,
+     "Least severe level written to the JSON log on stderr."},
+};
+const size_t config_options_count = sizeof(config_options) / sizeof(config_options[0]);
+
+static const config_option *find_opt(const char *name, size_t len)
+{
+    for (size_t i = 0; i < config_options_count; i++)
+        if (strlen(config_options[i].name) == len && strncmp(config_options[i].name, name, len) == 0)
+            return &config_options[i];
+    return NULL;
+}
+
+static void fmt(char *buf, size_t len, const char *f, ...)
+{
+    va_list ap;
+    if (!buf || !len)
+        return;
+    va_start(ap, f);
+    vsnprintf(buf, len, f, ap);
+    va_end(ap);
+}
+
+static void free_str(char **p, bool secret)
+{
+    if (*p && secret)
+        OPENSSL_cleanse(*p, strlen(*p));
+    free(*p);
+    *p = NULL;
+}
+
+static int set_opt(kms_config *c, const config_option *o, const char *v, char *why, size_t wl)
+{
+    void *field = (char *)c + o->offset;
+    switch (o->type) {
+    case OPT_INT: {
+        char *end;
+        long n;
+        errno = 0;
+        n = strtol(v, &end, 10);
+        if (errno || end == v || *end || n < o->min || n > o->max) {
+            fmt(why, wl, "expected an integer from %ld to %ld", o->min, o->max);
+            return -1;
+        }
+        *(int *)field = (int)n;
+        return 0;
+    }
+    case OPT_BOOL:
+        if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on") || !strcmp(v, "1"))
+            *(bool *)field = true;
+        else if (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off") || !strcmp(v, "0"))
+            *(bool *)field = false;
+        else {
+            fmt(why, wl, "expected true or false");
+            return -1;
+        }
+        return 0;
+    case OPT_STR: {
+        char *dup;
+        if (o->choices) {
+            const char *p = o->choices;
+            size_t vl = strlen(v);
+            bool ok = false;
+            while (*p && !ok) {
+                const char *bar = strchr(p, '|');
+                size_t l = bar ? (size_t)(bar - p) : strlen(p);
+                ok = l == vl && !strncmp(p, v, l);
+                p += l + (bar ? 1 : 0);
+            }
+            if (!ok) {
+                fmt(why, wl, "expected one of %s", o->choices);
+                return -1;
+            }
+        }
+        if (strlen(v) > 4096) {
+            fmt(why, wl, "value longer than 4096 bytes");
+            return -1;
+        }
+        dup = strdup(v);
+        if (!dup) {
+            fmt(why, wl, "out of memory");
+            return -1;
+        }
+        free_str((char **)field, o->secret);
+        *(char **)field = *dup ? dup : (free(dup), NULL);
+        return 0;
+    }
+    }
+    return -1;
+}
+
+int config_set(kms_config *c, const char *key, const char *value, char *why, size_t wl)
+{
+    const config_option *o = find_opt(key, strlen(key));
+    if (!o) {
+        fmt(why, wl, "unknown option '%s'", key);
+        return -1;
+    }
+    return set_opt(c, o, value, why, wl);
+}
+
+void config_defaults(kms_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    for (size_t i = 0; i < config_options_count; i++)
+        if (config_options[i].def)
+            set_opt(c, &config_options[i], config_options[i].def, NULL, 0);
+}
+
+int config_parse_text(kms_config *c, const char *text, const char *src, char *err, size_t el)
+{
+    bool seen[sizeof(config_options) / sizeof(config_options[0])] = {0};
+    const char *p = text;
+    int line = 0;
+
+    while (*p) {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol ? (size_t)(eol - p) : strlen(p);
+        char buf[4200], why[160];
+        char *k, *v, *eq, *end;
+        const config_option *o;
+
+        line++;
+        if (len >= sizeof(buf)) {
+            fmt(err, el, "%s:%d: line too long", src, line);
+            return -1;
+        }
+        memcpy(buf, p, len);
+        buf[len] = 0;
+        p += len + (eol ? 1 : 0);
+
+        for (k = buf; isspace((unsigned char)*k); k++)
+            ;
+        if (*k == 0 || *k == '#' || *k == ';')
+            continue;
+        eq = strchr(k, '=');
+        if (!eq) {
+            fmt(err, el, "%s:%d: expected 'key = value'", src, line);
+            return -1;
+        }
+        for (end = eq; end > k && isspace((unsigned char)end[-1]); end--)
+            ;
+        *end = 0;
+        for (v = eq + 1; isspace((unsigned char)*v); v++)
+            ;
+        if (*v == '"') {
+            char *q = strrchr(v + 1, '"');
+            char *rest;
+            if (!q) {
+                fmt(err, el, "%s:%d: unterminated quote", src, line);
+                return -1;
+            }
+            for (rest = q + 1; isspace((unsigned char)*rest); rest++)
+                ;
+            if (*rest && *rest != '#') {
+                fmt(err, el, "%s:%d: text after closing quote", src, line);
+                return -1;
+            }
+            *q = 0;
+            v++;
+        } else {
+            char *hash = strchr(v, '#');
+            if (hash)
+                *hash = 0;
+            for (end = v + strlen(v); end > v && isspace((unsigned char)end[-1]); end--)
+                ;
+            *end = 0;
+        }
+        for (char *s = k; *s; s++)
+            if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '_')) {
+                fmt(err, el, "%s:%d: invalid option name", src, line);
+                return -1;
+            }
+        o = find_opt(k, strlen(k));
+        if (!o) {
+            fmt(err, el, "%s:%d: unknown option '%s'", src, line, k);
+            return -1;
+        }
+        if (seen[o - config_options]) {
+            fmt(err, el, "%s:%d: option '%s' set twice", src, line, k);
+            return -1;
+        }
+        seen[o - config_options] = true;
+        if (set_opt(c, o, v, why, sizeof(why)) != 0) {
+            fmt(err, el, "%s:%d: option '%s': %s", src, line, k, why);
+            OPENSSL_cleanse(buf, sizeof(buf));
+            return -1;
+        }
+        OPENSSL_cleanse(buf, sizeof(buf));
+    }
+    return 0;
+}
+
+static char *read_file(const char *path, size_t max, size_t *len, int *err)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n;
+    if (!f) {
+        *err = errno;
+        return NULL;
+    }
+    buf = malloc(max + 1);
+    if (!buf) {
+        *err = ENOMEM;
+        fclose(f);
+        return NULL;
+    }
+    n = fread(buf, 1, max + 1, f);
+    fclose(f);
+    if (n > max) {
+        *err = EFBIG;
+        OPENSSL_cleanse(buf, max + 1);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+int config_load_file(kms_config *c, const char *path, char *err, size_t el)
+{
+    size_t len;
+    int e = 0, rc;
+    char *text = read_file(path, 1 << 20, &len, &e);
+    if (!text) {
+        fmt(err, el, "%s: cannot read: %s", path, strerror(e));
+        return -1;
+    }
+    if (strlen(text) != len) {
+        fmt(err, el, "%s: contains a NUL byte", path);
+        free(text);
+        return -1;
+    }
+    rc = config_parse_text(c, text, path, err, el);
+    OPENSSL_cleanse(text, len);
+    free(text);
+    return rc;
+}
+
+int config_apply_env(kms_config *c, char *err, size_t el)
+{
+    for (size_t i = 0; i < config_options_count; i++) {
+        char var[96], why[160];
+        const char *v;
+        size_t j;
+        strcpy(var, "QKMS_");
+        for (j = 0; config_options[i].name[j] && j < sizeof(var) - 6; j++)
+            var[5 + j] = (char)toupper((unsigned char)config_options[i].name[j]);
+        var[5 + j] = 0;
+        v = getenv(var);
+        if (!v)
+            continue;
+        if (set_opt(c, &config_options[i], v, why, sizeof(why)) != 0) {
+            fmt(err, el, "environment %s: %s", var, why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int config_finish(kms_config *c, char *err, size_t el)
+{
+    if (!c->db_conninfo) {
+        fmt(err, el, "db_conninfo is required");
+        return -1;
+    }
+    if (!c->pkcs11_module || !c->pkcs11_token_label || !c->master_key_label ||
+        !c->entropy_sources || !c->listen_addr) {
+        fmt(err, el, "pkcs11_module, pkcs11_token_label, master_key_label, entropy_sources and "
+                     "listen_addr must not be empty");
+        return -1;
+    }
+    if (!!c->tls_cert_file != !!c->tls_key_file) {
+        fmt(err, el, "tls_cert_file and tls_key_file go together");
+        return -1;
+    }
+    for (const char *s = c->master_key_label; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.') {
+            fmt(err, el, "master_key_label: only letters, digits, '-', '_' and '.'");
+            return -1;
+        }
+    if (c->pkcs11_pin_file && !c->pkcs11_pin) {
+        size_t len;
+        int e = 0;
+        char *pin = read_file(c->pkcs11_pin_file, 256, &len, &e);
+        if (!pin) {
+            fmt(err, el, "pkcs11_pin_file %s: cannot read: %s", c->pkcs11_pin_file, strerror(e));
+            return -1;
+        }
+        while (len > 0 && (pin[len - 1] == '\n' || pin[len - 1] == '\r'))
+            pin[--len] = 0;
+        c->pkcs11_pin = pin;
+    }
+    if (!c->pkcs11_pin || !*c->pkcs11_pin) {
+        fmt(err, el, "no PKCS#11 PIN: set pkcs11_pin_file (or QKMS_PKCS11_PIN)");
+        return -1;
+    }
+    return 0;
+}
+
+void config_hash(const kms_config *c, char out[65])
+{
+    uint8_t md[32];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *x = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(x, EVP_sha256(), NULL);
+    for (size_t i = 0; i < config_options_count; i++) {
+        const config_option *o = &config_options[i];
+        const void *field = (const char *)c + o->offset;
+        char val[64];
+        const char *v = val;
+        if (o->secret)
+            continue;
+        if (o->type == OPT_INT)
+            snprintf(val, sizeof(val), "%d", *(const int *)field);
+        else if (o->type == OPT_BOOL)
+            v = *(const bool *)field ? "true" : "false";
+        else
+            v = *(char *const *)field ? *(char *const *)field : "";
+        EVP_DigestUpdate(x, o->name, strlen(o->name) + 1);
+        EVP_DigestUpdate(x, v, strlen(v) + 1);
+    }
+    EVP_DigestFinal_ex(x, md, &mdlen);
+    EVP_MD_CTX_free(x);
+    hex_encode(md, 32, out);
+}
+
+void config_free(kms_config *c)
+{
+    for (size_t i = 0; i < config_options_count; i++)
+        if (config_options[i].type == OPT_STR)
+            free_str((char **)((char *)c + config_options[i].offset), config_options[i].secret);
+}
+
+void config_print_doc(FILE *f)
+{
+    fprintf(f, "| option | type | default | range | reload | meaning |\n"
+               "|---|---|---|---|---|---|\n");
+    for (size_t i = 0; i < config_options_count; i++) {
+        const config_option *o = &config_options[i];
+        char range[64] = "";
+        if (o->type == OPT_INT)
+            snprintf(range, sizeof(range), "%ld–%ld", o->min, o->max);
+        else if (o->choices)
+            snprintf(range, sizeof(range), "%s", o->choices);
+        for (char *s = range; *s; s++)
+            if (*s == '|')
+                *s = '/';
+        fprintf(f, "| `%s` | %s | %s | %s | %s | %s |\n", o->name,
+                o->type == OPT_INT ? "integer" : o->type == OPT_BOOL ? "boolean" : "string",
+                o->def ? o->def : "(unset)", range, o->reloadable ? "SIGHUP" : "restart", o->doc);
+    }
+}

@@ -1,0 +1,89 @@
+/*
+ * config — kmsd's settings: one table of options with types, bounds,
+ * defaults and descriptions (the same table prints docs/configuration.md).
+ *
+ * Contract:
+ *  - config_defaults() fills every option with its default.
+ *  - config_parse_text() reads "key = value" lines ('#' comments, optional
+ *    double quotes); an unknown key, a repeated key or a bad value is an error
+ *    naming the source and line ("kmsd.conf:12: ...").
+ *  - config_apply_env() applies QKMS_<KEY> overrides (upper case), with
+ *    errors naming the variable.
+ *  - config_finish() reads secret files (pkcs11_pin_file) and checks
+ *    cross-option rules. Secret values never appear in error messages.
+ *  - config_hash() is a SHA-256 over the effective non-secret settings.
+ *  - config_free() zeroizes secrets.
+ */
+#ifndef QKMS_CONFIG_H
+#define QKMS_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct kms_config {
+    /* http */
+    char *listen_addr;
+    int listen_port;
+    char *http_threading; /* "connection" or "pool" */
+    int http_threads;
+    int http_max_body;
+    int http_max_connections;
+    int http_per_ip_connections;
+    int http_timeout;
+    char *tls_cert_file;
+    char *tls_key_file;
+    int shutdown_grace;
+    /* database */
+    char *db_conninfo;
+    int db_pool_size;
+    int db_acquire_timeout_ms;
+    int db_statement_timeout_ms;
+    bool db_migrate;
+    /* token */
+    char *pkcs11_module;
+    char *pkcs11_token_label;
+    char *pkcs11_pin;
+    char *pkcs11_pin_file;
+    int pkcs11_sessions;
+    char *master_key_label;
+    bool master_key_create;
+    /* entropy */
+    char *entropy_sources;
+    /* admin */
+    char *bootstrap_token_file;
+    /* logging */
+    char *log_level;
+} kms_config;
+
+typedef enum { OPT_STR, OPT_INT, OPT_BOOL } opt_type;
+
+typedef struct {
+    const char *name;
+    opt_type type;
+    size_t offset;
+    const char *def;     /* default as text; NULL = unset */
+    long min, max;       /* OPT_INT bounds */
+    const char *choices; /* OPT_STR: '|'-separated allowed values, or NULL */
+    bool secret;
+    bool reloadable;     /* takes effect on SIGHUP */
+    const char *doc;
+} config_option;
+
+extern const config_option config_options[];
+extern const size_t config_options_count;
+
+void config_defaults(kms_config *c);
+int config_parse_text(kms_config *c, const char *text, const char *source, char *err, size_t errlen);
+int config_load_file(kms_config *c, const char *path, char *err, size_t errlen);
+int config_apply_env(kms_config *c, char *err, size_t errlen);
+int config_finish(kms_config *c, char *err, size_t errlen);
+/* Set one option from text (used by the parser and env); returns 0 or -1 with
+ * a reason in why ("expected an integer from 1 to 65535"). */
+int config_set(kms_config *c, const char *key, const char *value, char *why, size_t whylen);
+void config_hash(const kms_config *c, char out_hex[65]);
+void config_free(kms_config *c);
+/* Markdown table of every option (docs/configuration.md). */
+void config_print_doc(FILE *f);
+
+#endif

@@ -1,0 +1,381 @@
+/* db — libpq connection pool, prepared statements, retrying transactions. */
+#include "db.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+#include "log.h"
+
+#define DB_BACKOFF_MIN_MS 250
+#define DB_BACKOFF_MAX_MS 5000
+#define DB_TX_ATTEMPTS 5
+
+struct db_conn {
+    PGconn *pg;
+    bool busy;
+    bool broken;
+};
+
+struct db_pool {
+    char *conninfo;
+    char stmt_timeout[96];
+    const db_stmt_def *stmts;
+    int nstmts;
+    int acquire_timeout_ms;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    db_conn *conns;
+    int size, in_use;
+    int64_t next_connect_ms; /* shared backoff while the server is down */
+    int backoff_ms;
+
+    _Atomic uint64_t connects, connect_failures, errors, retries;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+const char *db_status_name(db_status st)
+{
+    static const char *const n[] = {"ok", "not_found", "conflict", "retry",
+                                    "unavailable", "invalid", "error"};
+    return (unsigned)st < sizeof(n) / sizeof(n[0]) ? n[st] : "?";
+}
+
+db_status db_classify_sqlstate(const char *s)
+{
+    if (!s || strlen(s) != 5)
+        return DB_UNAVAILABLE;
+    if (!strcmp(s, "40001") || !strcmp(s, "40P01"))
+        return DB_RETRY;
+    if (!strcmp(s, "23505"))
+        return DB_CONFLICT;
+    if (!strncmp(s, "23", 2) || !strncmp(s, "22", 2))
+        return DB_INVALID;
+    /* 08: connection exception; 57P0x: admin/crash shutdown, cannot connect
+     * now; 57014: statement timeout; 53: insufficient resources. */
+    if (!strncmp(s, "08", 2) || !strncmp(s, "57P", 3) || !strcmp(s, "57014") ||
+        !strncmp(s, "53", 2))
+        return DB_UNAVAILABLE;
+    return DB_ERROR;
+}
+
+int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_timeout_ms,
+                 int statement_timeout_ms, const db_stmt_def *stmts, int nstmts)
+{
+    db_pool *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -1;
+    p->conninfo = strdup(conninfo);
+    p->conns = calloc((size_t)size, sizeof(*p->conns));
+    if (!p->conninfo || !p->conns) {
+        free(p->conninfo);
+        free(p->conns);
+        free(p);
+        return -1;
+    }
+    snprintf(p->stmt_timeout, sizeof(p->stmt_timeout), "-c statement_timeout=%d -c TimeZone=UTC",
+             statement_timeout_ms);
+    p->size = size;
+    p->stmts = stmts;
+    p->nstmts = nstmts;
+    p->acquire_timeout_ms = acquire_timeout_ms;
+    p->backoff_ms = DB_BACKOFF_MIN_MS;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    *out = p;
+    return 0;
+}
+
+void db_pool_close(db_pool *p)
+{
+    if (!p)
+        return;
+    for (int i = 0; i < p->size; i++)
+        if (p->conns[i].pg)
+            PQfinish(p->conns[i].pg);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->conns);
+    free(p->conninfo);
+    free(p);
+}
+
+/* First line of a libpq message, without the trailing newline. */
+static void first_line(const char *msg, char *buf, size_t len)
+{
+    size_t n = strcspn(msg ? msg : "", "\n");
+    if (n >= len)
+        n = len - 1;
+    memcpy(buf, msg ? msg : "", n);
+    buf[n] = 0;
+}
+
+static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
+{
+    const char *keys[] = {"connect_timeout", "application_name", "keepalives_idle", "options",
+                          "dbname", NULL};
+    const char *vals[] = {"3", "kmsd", "30", p->stmt_timeout, p->conninfo, NULL};
+    PGconn *pg = PQconnectdbParams(keys, vals, 1);
+    if (!pg || PQstatus(pg) != CONNECTION_OK) {
+        if (err)
+            first_line(pg ? PQerrorMessage(pg) : "out of memory", err, errlen);
+        PQfinish(pg);
+        return NULL;
+    }
+    for (int i = 0; i < p->nstmts; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "s%d", i);
+        PGresult *r = PQprepare(pg, name, p->stmts[i].sql, 0, NULL);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            char line[256];
+            first_line(PQresultErrorMessage(r), line, sizeof(line));
+            log_emit(LOG_ERROR, "prepare failed", "{s:s,s:s}", "statement", p->stmts[i].name,
+                     "error", line);
+            if (err)
+                snprintf(err, errlen, "cannot prepare %s: %s", p->stmts[i].name, line);
+            PQclear(r);
+            PQfinish(pg);
+            return NULL;
+        }
+        PQclear(r);
+    }
+    return pg;
+}
+
+int db_wait_ready(db_pool *p, int timeout_s, char *err, size_t errlen)
+{
+    int64_t deadline = now_ms() + (int64_t)timeout_s * 1000;
+    int delay = DB_BACKOFF_MIN_MS;
+    for (;;) {
+        PGconn *pg = connect_one(p, err, errlen);
+        if (pg) {
+            PQfinish(pg);
+            return 0;
+        }
+        if (now_ms() + delay > deadline)
+            return -1;
+        log_emit(LOG_WARN, "database not reachable yet", "{s:s,s:i}", "error", err, "retry_ms",
+                 delay);
+        usleep((useconds_t)delay * 1000);
+        delay = delay * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS : delay * 2;
+    }
+}
+
+db_conn *db_acquire(db_pool *p, db_status *st)
+{
+    struct timespec dl;
+    db_conn *c = NULL;
+    bool need_connect;
+
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += p->acquire_timeout_ms / 1000;
+    dl.tv_nsec += (long)(p->acquire_timeout_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&p->mu);
+    while (p->in_use == p->size)
+        if (pthread_cond_timedwait(&p->cv, &p->mu, &dl) == ETIMEDOUT)
+            break;
+    if (p->in_use == p->size) {
+        pthread_mutex_unlock(&p->mu);
+        *st = DB_UNAVAILABLE;
+        return NULL;
+    }
+    /* Prefer a live connection; otherwise take an empty slot to connect. */
+    for (int i = 0; i < p->size && !c; i++)
+        if (!p->conns[i].busy && p->conns[i].pg)
+            c = &p->conns[i];
+    for (int i = 0; i < p->size && !c; i++)
+        if (!p->conns[i].busy)
+            c = &p->conns[i];
+    need_connect = !c->pg;
+    if (need_connect && now_ms() < p->next_connect_ms) {
+        pthread_mutex_unlock(&p->mu);
+        *st = DB_UNAVAILABLE;
+        return NULL;
+    }
+    c->busy = true;
+    c->broken = false;
+    p->in_use++;
+    pthread_mutex_unlock(&p->mu);
+
+    if (need_connect) {
+        char err[256] = "";
+        c->pg = connect_one(p, err, sizeof(err));
+        pthread_mutex_lock(&p->mu);
+        if (c->pg) {
+            atomic_fetch_add(&p->connects, 1);
+            p->backoff_ms = DB_BACKOFF_MIN_MS;
+            p->next_connect_ms = 0;
+        } else {
+            atomic_fetch_add(&p->connect_failures, 1);
+            p->next_connect_ms = now_ms() + p->backoff_ms;
+            p->backoff_ms = p->backoff_ms * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS
+                                                                  : p->backoff_ms * 2;
+            c->busy = false;
+            p->in_use--;
+            pthread_cond_signal(&p->cv);
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (!c->pg) {
+            log_emit(LOG_WARN, "database connect failed", "{s:s}", "error", err);
+            *st = DB_UNAVAILABLE;
+            return NULL;
+        }
+    }
+    *st = DB_OK;
+    return c;
+}
+
+void db_release(db_pool *p, db_conn *c)
+{
+    if (!c)
+        return;
+    if (!c->broken && PQstatus(c->pg) == CONNECTION_OK &&
+        PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+        /* A caller left a transaction open (error path): roll it back. */
+        PGresult *r = PQexec(c->pg, "ROLLBACK");
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            c->broken = true;
+        PQclear(r);
+    }
+    if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+    }
+    pthread_mutex_lock(&p->mu);
+    c->busy = false;
+    p->in_use--;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+PGconn *db_pg(db_conn *c) { return c->pg; }
+
+static db_status classify_result(db_conn *c, PGresult *r)
+{
+    db_status st;
+    if (r && (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK))
+        return DB_OK;
+    st = db_classify_sqlstate(r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL);
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        c->broken = true;
+        st = DB_UNAVAILABLE;
+    }
+    if (st == DB_ERROR || st == DB_UNAVAILABLE) {
+        char line[256];
+        first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(c->pg), line, sizeof(line));
+        log_emit(st == DB_ERROR ? LOG_ERROR : LOG_WARN, "database error", "{s:s,s:s}", "error",
+                 line, "class", db_status_name(st));
+    }
+    return st;
+}
+
+PGresult *db_exec(db_conn *c, int stmt, int nparams, const char *const *values, const int *lengths,
+                  const int *formats, db_status *st)
+{
+    /* The statement's server-side name is its index; see connect_one(). */
+    PGresult *r;
+    char name[16];
+    snprintf(name, sizeof(name), "s%d", stmt);
+    r = PQexecPrepared(c->pg, name, nparams, values, lengths, formats, 0);
+    *st = classify_result(c, r);
+    if (*st != DB_OK) {
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+db_status db_command(db_conn *c, const char *sql)
+{
+    PGresult *r = PQexec(c->pg, sql);
+    db_status st = classify_result(c, r);
+    PQclear(r);
+    return st;
+}
+
+static void jitter_sleep(int attempt)
+{
+    uint8_t b = 0;
+    RAND_bytes(&b, 1);
+    usleep((useconds_t)((1 << attempt) * 1000 + b * 20));
+}
+
+db_status db_tx(db_pool *p, db_tx_fn fn, void *arg)
+{
+    db_status st = DB_ERROR;
+    bool reconnected = false;
+    for (int attempt = 0; attempt < DB_TX_ATTEMPTS; attempt++) {
+        bool commit_sent = false;
+        db_conn *c = db_acquire(p, &st);
+        if (!c)
+            return st;
+        st = db_command(c, "BEGIN");
+        if (st == DB_OK)
+            st = fn(c, arg);
+        if (st == DB_OK) {
+            commit_sent = true;
+            st = db_command(c, "COMMIT");
+        }
+        if (st != DB_OK && !c->broken)
+            db_command(c, "ROLLBACK");
+        db_release(p, c);
+        if (st == DB_RETRY) {
+            atomic_fetch_add(&p->retries, 1);
+            jitter_sleep(attempt);
+            continue;
+        }
+        /* A connection that died before COMMIT left nothing behind; one more
+         * try on a fresh connection covers a server restart between requests.
+         * After COMMIT was sent the outcome is unknown, so we do not retry. */
+        if (st == DB_UNAVAILABLE && !commit_sent && !reconnected) {
+            reconnected = true;
+            atomic_fetch_add(&p->retries, 1);
+            continue;
+        }
+        break;
+    }
+    if (st != DB_OK)
+        atomic_fetch_add(&p->errors, 1);
+    return st;
+}
+
+db_status db_ping(db_pool *p)
+{
+    db_status st;
+    db_conn *c = db_acquire(p, &st);
+    if (!c)
+        return st;
+    st = db_command(c, "SELECT 1");
+    db_release(p, c);
+    return st;
+}
+
+void db_stats_get(db_pool *p, db_stats *s)
+{
+    pthread_mutex_lock(&p->mu);
+    s->size = p->size;
+    s->in_use = p->in_use;
+    pthread_mutex_unlock(&p->mu);
+    s->connects = atomic_load(&p->connects);
+    s->connect_failures = atomic_load(&p->connect_failures);
+    s->errors = atomic_load(&p->errors);
+    s->retries = atomic_load(&p->retries);
+}

@@ -1,0 +1,55 @@
+/* health — liveness, readiness and metrics endpoints. */
+#include <stdlib.h>
+
+#include "metrics.h"
+#include "routes.h"
+
+void h_healthz(http_request *rq, http_response *rs)
+{
+    (void)rq;
+    http_json(rs, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+/* Ready means every dependency a key request needs answers now. */
+void h_readyz(http_request *rq, http_response *rs)
+{
+    kms_ctx *k = rq->kms;
+    json_t *checks = json_object(), *down = json_array();
+    db_status ds = db_ping(k->db);
+    CK_RV rv = p11_ping(k->token);
+    uint8_t probe[32];
+    const char *src = NULL;
+    int ent = entropy_get(k->ent, probe, sizeof(probe), &src);
+
+    json_object_set_new(checks, "database", json_string(ds == DB_OK ? "ok" : db_status_name(ds)));
+    if (ds != DB_OK)
+        json_array_append_new(down, json_string("database"));
+    json_object_set_new(checks, "token", json_string(rv == CKR_OK ? "ok" : p11_rv_name(rv)));
+    if (rv != CKR_OK)
+        json_array_append_new(down, json_string("token"));
+    json_object_set_new(checks, "entropy", json_string(ent == 0 ? "ok" : "unavailable"));
+    if (ent != 0)
+        json_array_append_new(down, json_string("entropy"));
+
+    if (json_array_size(down) == 0) {
+        json_decref(down);
+        http_json(rs, 200, json_pack("{s:s,s:o}", "status", "ready", "checks", checks));
+    } else {
+        rs->retry_after = 1;
+        rs->err_code = "unavailable";
+        http_json(rs, 503,
+                  json_pack("{s:{s:s,s:s,s:o},s:o}", "error", "code", "unavailable", "message",
+                            "not ready", "down", down, "checks", checks));
+    }
+}
+
+void h_metrics(http_request *rq, http_response *rs)
+{
+    size_t len = 0;
+    char *text = metrics_render(rq->kms->metrics, rq->kms, &len);
+    if (!text) {
+        http_error(rs, 500, "internal", "cannot render metrics");
+        return;
+    }
+    http_text(rs, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+}

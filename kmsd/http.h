@@ -1,0 +1,92 @@
+/*
+ * http — the HTTP API server (libmicrohttpd), routing, auth gate and the
+ * one error shape.
+ *
+ * Contract:
+ *  - Every response is JSON (except /metrics) and every error is
+ *    {"error":{"code":"<stable_code>","message":"<text>"}} with the right
+ *    status; each response carries X-Request-Id and Cache-Control: no-store.
+ *  - Bodies larger than http_max_body get 413 (by Content-Length before any
+ *    byte is read, or as soon as a chunked body grows past it); bodies on
+ *    POST/PUT/PATCH must be application/json (415) and parse (400).
+ *  - A route with roles != 0 requires a Bearer token whose role is in the
+ *    mask (401 without or with an unknown token, 403 with a wrong role).
+ *  - Handlers run on MHD's threads; with http_threading=connection each
+ *    connection has its own thread, so a handler may block on PostgreSQL or
+ *    the token without stalling other clients.
+ *  - One JSON log line per request: id, method, route, status, latency.
+ */
+#ifndef QKMS_HTTP_H
+#define QKMS_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "auth.h"
+#include "kms.h"
+
+#define HTTP_MAX_PARAMS 4
+
+typedef struct http_request {
+    kms_ctx *kms;
+    const char *method;
+    const char *path;
+    const char *params[HTTP_MAX_PARAMS]; /* captured {} segments */
+    int nparams;
+    const char *body;
+    size_t body_len;
+    const char *content_type;
+    char req_id[65];
+    char client_ip[64];
+    auth_principal who; /* valid when the route requires a role */
+    void *conn;         /* struct MHD_Connection * */
+} http_request;
+
+typedef struct http_response {
+    int status;
+    char *body; /* malloc'd */
+    size_t body_len;
+    const char *content_type;
+    const char *err_code; /* for the log line */
+    char allow[64];
+    int retry_after;
+} http_response;
+
+typedef void (*http_handler)(http_request *rq, http_response *rs);
+
+typedef struct {
+    const char *method;
+    const char *pattern; /* "/v1/admin/tokens/{name}": {x} matches one segment */
+    const char *name;    /* metrics label */
+    unsigned roles;      /* ROLE_* mask; 0 = no authentication */
+    http_handler fn;
+} http_route;
+
+int http_start(http_server **out, kms_ctx *kms, const http_route *routes, int nroutes, char *err,
+               size_t errlen);
+/* Stop accepting connections; in-flight requests go on. */
+void http_quiesce(http_server *s);
+int http_inflight(http_server *s);
+void http_stop(http_server *s);
+
+/* Response helpers. http_json steals the reference to body. */
+void http_json(http_response *rs, int status, json_t *body);
+void http_error(http_response *rs, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void http_text(http_response *rs, int status, const char *content_type, char *text, size_t len);
+/* Parse the body as a JSON object; on failure sets the error response and
+ * returns NULL. Caller decrefs. */
+json_t *http_body_object(http_request *rq, http_response *rs);
+
+/* Routing (pure; unit-tested). Returns the route index, -404 when no path
+ * matches, -405 when the path matches only under other methods (their
+ * names are written to allow). params point into pathbuf. */
+int http_route_find(const http_route *routes, int n, const char *method, const char *path,
+                    char *pathbuf, size_t pathbuf_len, const char **params, int *nparams,
+                    char *allow, size_t allow_len);
+/* Whether s is an acceptable client-supplied request id. */
+bool http_request_id_ok(const char *s);
+
+#endif

@@ -1,0 +1,36 @@
+/*
+ * kms — the daemon's context: everything a request handler may reach.
+ * This struct is the only process-wide mutable state besides the log level;
+ * it is built once in main() and handed to every handler through the request.
+ */
+#ifndef QKMS_KMS_H
+#define QKMS_KMS_H
+
+#include <stdatomic.h>
+#include <time.h>
+
+#include "config.h"
+#include "db.h"
+#include "entropy.h"
+#include "keywrap.h"
+#include "p11.h"
+
+typedef struct metrics metrics;
+typedef struct http_server http_server;
+
+typedef struct kms_ctx {
+    kms_config cfg;
+    const char *config_path;
+    char config_hash[65];
+    time_t started_at;
+    int schema_version;
+
+    db_pool *db;
+    p11_token *token;
+    keywrap *kw;
+    entropy *ent;
+    metrics *metrics;
+    http_server *http;
+} kms_ctx;
+
+#endif

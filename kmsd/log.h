@@ -1,0 +1,22 @@
+/*
+ * log — structured logs: one JSON object per line on stderr.
+ *
+ * Every line has "ts" (RFC 3339 UTC, ms), "level" and "msg"; extra fields are
+ * given as a jansson json_pack() format and its arguments, e.g.
+ *     log_emit(LOG_INFO, "listening", "{s:s,s:i}", "addr", a, "port", p);
+ * A line is written with one write(2), so lines from threads never interleave.
+ * Callers must never pass key bytes, PINs or tokens.
+ * The level is the one piece of process-wide state here: an atomic that
+ * SIGHUP may change.
+ */
+#ifndef QKMS_LOG_H
+#define QKMS_LOG_H
+
+typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
+
+int log_level_parse(const char *s, log_level *out);
+void log_set_level(log_level l);
+int log_enabled(log_level l);
+void log_emit(log_level l, const char *msg, const char *fmt, ...);
+
+#endif

@@ -1,0 +1,247 @@
+/* kmsd — the qkms key-management daemon: start-up, signals, shutdown. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "bootstrap.h"
+#include "http.h"
+#include "kms.h"
+#include "log.h"
+#include "master.h"
+#include "metrics.h"
+#include "migrate.h"
+#include "queries.h"
+#include "routes.h"
+#include "version.h"
+
+/* Locked, non-dumpable heap for PINs and unwrapped keys (OpenSSL's secure
+ * heap: mmap + mlock + MADV_DONTDUMP + guard pages). */
+#define SECURE_HEAP_BYTES (1 << 20)
+#define SECURE_HEAP_MIN 16
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: kmsd [-c FILE] [--check-config | --migrate | --print-config-doc]\n"
+            "  -c, --config FILE     configuration file (default: none; QKMS_* environment)\n"
+            "      --check-config    parse and validate the configuration, then exit\n"
+            "      --migrate         apply schema migrations, then exit\n"
+            "      --print-config-doc  print the option table (Markdown), then exit\n"
+            "  -V, --version         print the version\n"
+            "  -h, --help            this help\n");
+}
+
+/* No core files, no ptrace by other users, no swap of key pages. */
+static void harden_process(void)
+{
+    struct rlimit rl = {0, 0};
+    setrlimit(RLIMIT_CORE, &rl);
+#if !defined(__SANITIZE_ADDRESS__)
+    /* LeakSanitizer needs to ptrace the process at exit; sanitizer builds
+     * keep it dumpable (RLIMIT_CORE is still 0). */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+#endif
+    if (CRYPTO_secure_malloc_init(SECURE_HEAP_BYTES, SECURE_HEAP_MIN) != 1)
+        log_emit(LOG_WARN, "secure heap unavailable (RLIMIT_MEMLOCK?); key buffers not locked", NULL);
+}
+
+static int load_config(kms_config *cfg, const char *path, char *err, size_t el)
+{
+    config_defaults(cfg);
+    if (path && config_load_file(cfg, path, err, el) != 0)
+        return -1;
+    if (config_apply_env(cfg, err, el) != 0)
+        return -1;
+    return config_finish(cfg, err, el);
+}
+
+static void reload(kms_ctx *k)
+{
+    kms_config fresh;
+    char err[512];
+    log_level lvl;
+    if (load_config(&fresh, k->config_path, err, sizeof(err)) != 0) {
+        log_emit(LOG_ERROR, "reload failed; keeping the running configuration", "{s:s}", "error", err);
+        config_free(&fresh);
+        return;
+    }
+    if (log_level_parse(fresh.log_level, &lvl) == 0)
+        log_set_level(lvl);
+    log_emit(LOG_INFO, "configuration reloaded", "{s:s}", "log_level", fresh.log_level);
+    config_free(&fresh);
+}
+
+static int run_migrations(kms_ctx *k, int apply, char *err, size_t el)
+{
+    db_status st;
+    db_conn *c = db_acquire(k->db, &st);
+    int rc;
+    if (!c) {
+        snprintf(err, el, "database unavailable");
+        return -1;
+    }
+    rc = migrate_run(db_pg(c), apply, &k->schema_version, err, el);
+    db_release(k->db, c);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option lopts[] = {
+        {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'k'},
+        {"migrate", no_argument, NULL, 'm'},      {"print-config-doc", no_argument, NULL, 'd'},
+        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    kms_ctx k;
+    char err[1024];
+    int opt, check_only = 0, migrate_only = 0, rc = 1;
+    sigset_t sigs;
+    log_level lvl;
+    db_pool *early_db = NULL;
+
+    memset(&k, 0, sizeof(k));
+    while ((opt = getopt_long(argc, argv, "c:Vh", lopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': k.config_path = optarg; break;
+        case 'k': check_only = 1; break;
+        case 'm': migrate_only = 1; break;
+        case 'd': config_print_doc(stdout); return 0;
+        case 'V': printf("kmsd %s\n", QKMS_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    harden_process();
+    /* Signals are taken synchronously by the main thread; every thread
+     * started after this inherits the mask. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (load_config(&k.cfg, k.config_path, err, sizeof(err)) != 0) {
+        fprintf(stderr, "kmsd: %s\n", err);
+        log_emit(LOG_ERROR, "configuration error", "{s:s}", "error", err);
+        config_free(&k.cfg);
+        return 2;
+    }
+    if (check_only) {
+        printf("kmsd: configuration OK\n");
+        config_free(&k.cfg);
+        return 0;
+    }
+    if (log_level_parse(k.cfg.log_level, &lvl) == 0)
+        log_set_level(lvl);
+    config_hash(&k.cfg, k.config_hash);
+    k.started_at = time(NULL);
+    log_emit(LOG_INFO, "kmsd starting", "{s:s,s:s,s:i}", "version", QKMS_VERSION, "config_hash",
+             k.config_hash, "pid", (int)getpid());
+
+    if (db_pool_open(&early_db, k.cfg.db_conninfo, k.cfg.db_pool_size, k.cfg.db_acquire_timeout_ms,
+                     k.cfg.db_statement_timeout_ms, NULL, 0) != 0) {
+        log_emit(LOG_ERROR, "out of memory", NULL);
+        goto out;
+    }
+    /* Start-up waits for PostgreSQL (compose starts both at once). */
+    if (db_wait_ready(early_db, 60, err, sizeof(err)) != 0) {
+        log_emit(LOG_ERROR, "database unreachable; giving up", "{s:s}", "error", err);
+        goto out;
+    }
+    k.db = early_db; /* migrations run before statements can be prepared */
+    if (run_migrations(&k, k.cfg.db_migrate || migrate_only, err, sizeof(err)) != 0) {
+        log_emit(LOG_ERROR, "schema migration failed", "{s:s}", "error", err);
+        goto out;
+    }
+    k.db = NULL;
+    if (migrate_only) {
+        log_emit(LOG_INFO, "schema up to date", "{s:i}", "version", k.schema_version);
+        rc = 0;
+        goto out;
+    }
+    if (db_pool_open(&k.db, k.cfg.db_conninfo, k.cfg.db_pool_size, k.cfg.db_acquire_timeout_ms,
+                     k.cfg.db_statement_timeout_ms, queries, Q__COUNT) != 0)
+        goto out;
+
+    {
+        p11_opts po = {k.cfg.pkcs11_module, k.cfg.pkcs11_token_label, k.cfg.pkcs11_pin,
+                       strlen(k.cfg.pkcs11_pin), k.cfg.pkcs11_sessions};
+        CK_RV rv = p11_open(&k.token, &po, err, sizeof(err));
+        if (rv != CKR_OK) {
+            log_emit(LOG_ERROR, "token unavailable", "{s:s,s:s}", "error", err, "ckr", p11_rv_name(rv));
+            goto out;
+        }
+    }
+    if (keywrap_new(&k.kw, k.token, k.cfg.master_key_label) != CKR_OK)
+        goto out;
+    if (master_init(&k, err, sizeof(err)) != 0) {
+        log_emit(LOG_ERROR, "master key check failed", "{s:s}", "error", err);
+        fprintf(stderr, "kmsd: %s\n", err);
+        goto out;
+    }
+    if (entropy_open(&k.ent, k.cfg.entropy_sources, k.token, err, sizeof(err)) != 0) {
+        log_emit(LOG_ERROR, "entropy configuration error", "{s:s}", "error", err);
+        goto out;
+    }
+    if (bootstrap_admin_token(&k, err, sizeof(err)) != 0) {
+        log_emit(LOG_ERROR, "bootstrap admin token failed", "{s:s}", "error", err);
+        goto out;
+    }
+    k.metrics = metrics_new(routes_count, route_names);
+    if (!k.metrics)
+        goto out;
+    if (http_start(&k.http, &k, routes, routes_count, err, sizeof(err)) != 0) {
+        log_emit(LOG_ERROR, "http listener failed", "{s:s}", "error", err);
+        goto out;
+    }
+    log_emit(LOG_INFO, "kmsd ready", "{s:s,s:i,s:s,s:b,s:i}", "addr", k.cfg.listen_addr, "port",
+             k.cfg.listen_port, "threading", k.cfg.http_threading, "tls",
+             k.cfg.tls_cert_file != NULL, "schema_version", k.schema_version);
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&sigs, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            reload(&k);
+            continue;
+        }
+        log_emit(LOG_INFO, "shutting down", "{s:s,s:i}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
+                 "inflight", http_inflight(k.http));
+        break;
+    }
+    http_quiesce(k.http);
+    for (int waited = 0; http_inflight(k.http) > 0 && waited < k.cfg.shutdown_grace * 10; waited++) {
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    rc = 0;
+out:
+    http_stop(k.http);
+    metrics_free(k.metrics);
+    entropy_close(k.ent);
+    keywrap_free(k.kw);
+    p11_close(k.token);
+    db_pool_close(k.db);
+    db_pool_close(early_db);
+    config_free(&k.cfg);
+    CRYPTO_secure_malloc_done();
+    if (rc == 0)
+        log_emit(LOG_INFO, "kmsd stopped", NULL);
+    return rc;
+}

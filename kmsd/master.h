@@ -1,0 +1,24 @@
+/*
+ * master — finds or creates the master key at start and checks that the
+ * token holds exactly the keys the database was wrapped under.
+ *
+ * Contract (master_init):
+ *  - The database's master_keys table lists every version still in use with
+ *    a key check value (KCV). Each must be present in the token with the same
+ *    KCV, or kmsd refuses to start: keys wrapped under a missing master key
+ *    could never be opened again, and a different key under the same label
+ *    would fail every unwrap.
+ *  - With no version recorded, version 1 is created in the token (if
+ *    master_key_create) or adopted if the token already has it, and recorded.
+ *    Runs under an advisory lock, so kmsd instances starting together agree.
+ */
+#ifndef QKMS_MASTER_H
+#define QKMS_MASTER_H
+
+#include <stddef.h>
+
+#include "kms.h"
+
+int master_init(kms_ctx *k, char *err, size_t errlen);
+
+#endif

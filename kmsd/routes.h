@@ -1,0 +1,29 @@
+/*
+ * routes — the table of every HTTP route kmsd serves, and the handlers'
+ * declarations. Adding an endpoint means one row here and one handler.
+ */
+#ifndef QKMS_ROUTES_H
+#define QKMS_ROUTES_H
+
+#include "http.h"
+
+extern const http_route routes[];
+extern const int routes_count;
+/* Route names in table order, for metrics labels. */
+extern const char *const route_names[];
+
+/* health.c */
+void h_healthz(http_request *rq, http_response *rs);
+void h_readyz(http_request *rq, http_response *rs);
+void h_metrics(http_request *rq, http_response *rs);
+/* admin_status.c */
+void h_admin_status(http_request *rq, http_response *rs);
+/* admin_tokens.c */
+void h_tokens_create(http_request *rq, http_response *rs);
+void h_tokens_list(http_request *rq, http_response *rs);
+void h_tokens_revoke(http_request *rq, http_response *rs);
+
+/* Map a storage failure to its HTTP answer (503 for an outage, 500 else). */
+void http_db_error(http_response *rs, db_status st);
+
+#endif

@@ -1,0 +1,252 @@
+/* keywrap — AES-GCM wrapping of key material under versioned token master keys. */
+#include "keywrap.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#define KW_MAX_VERSIONS 8
+
+struct keywrap {
+    p11_token *t;
+    char *prefix;
+    pthread_rwlock_t lock;
+    struct {
+        uint32_t version;
+        CK_OBJECT_HANDLE h;
+    } keys[KW_MAX_VERSIONS];
+    int nkeys;
+    uint32_t active;
+};
+
+CK_RV keywrap_new(keywrap **out, p11_token *t, const char *prefix)
+{
+    keywrap *kw = calloc(1, sizeof(*kw));
+    if (!kw)
+        return CKR_HOST_MEMORY;
+    kw->t = t;
+    kw->prefix = strdup(prefix);
+    if (!kw->prefix) {
+        free(kw);
+        return CKR_HOST_MEMORY;
+    }
+    pthread_rwlock_init(&kw->lock, NULL);
+    *out = kw;
+    return CKR_OK;
+}
+
+void keywrap_free(keywrap *kw)
+{
+    if (!kw)
+        return;
+    pthread_rwlock_destroy(&kw->lock);
+    free(kw->prefix);
+    free(kw);
+}
+
+void keywrap_label(const keywrap *kw, uint32_t version, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s-%u", kw->prefix, version);
+}
+
+static bool lookup(keywrap *kw, uint32_t version, CK_OBJECT_HANDLE *h)
+{
+    bool ok = false;
+    pthread_rwlock_rdlock(&kw->lock);
+    for (int i = 0; i < kw->nkeys; i++)
+        if (kw->keys[i].version == version) {
+            *h = kw->keys[i].h;
+            ok = true;
+        }
+    pthread_rwlock_unlock(&kw->lock);
+    return ok;
+}
+
+static CK_RV remember(keywrap *kw, uint32_t version, CK_OBJECT_HANDLE h)
+{
+    CK_RV rv = CKR_OK;
+    pthread_rwlock_wrlock(&kw->lock);
+    int i;
+    for (i = 0; i < kw->nkeys; i++)
+        if (kw->keys[i].version == version)
+            break;
+    if (i == kw->nkeys) {
+        if (kw->nkeys == KW_MAX_VERSIONS)
+            rv = CKR_DEVICE_MEMORY;
+        else
+            kw->nkeys++;
+    }
+    if (rv == CKR_OK) {
+        kw->keys[i].version = version;
+        kw->keys[i].h = h;
+    }
+    pthread_rwlock_unlock(&kw->lock);
+    return rv;
+}
+
+CK_RV keywrap_load(keywrap *kw, uint32_t version, bool *found)
+{
+    char label[128];
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    keywrap_label(kw, version, label, sizeof(label));
+    CK_RV rv = p11_find_secret_key(kw->t, label, &h, found);
+    if (rv == CKR_OK && *found)
+        rv = remember(kw, version, h);
+    return rv;
+}
+
+CK_RV keywrap_create(keywrap *kw, uint32_t version)
+{
+    char label[128];
+    CK_OBJECT_HANDLE h;
+    keywrap_label(kw, version, label, sizeof(label));
+    CK_RV rv = p11_generate_master_key(kw->t, label, &h);
+    if (rv == CKR_OK)
+        rv = remember(kw, version, h);
+    return rv;
+}
+
+void keywrap_set_active(keywrap *kw, uint32_t version)
+{
+    pthread_rwlock_wrlock(&kw->lock);
+    kw->active = version;
+    pthread_rwlock_unlock(&kw->lock);
+}
+
+uint32_t keywrap_active(const keywrap *kw)
+{
+    keywrap *m = (keywrap *)kw;
+    pthread_rwlock_rdlock(&m->lock);
+    uint32_t v = m->active;
+    pthread_rwlock_unlock(&m->lock);
+    return v;
+}
+
+CK_RV keywrap_info(keywrap *kw, uint32_t version, p11_key_info *info)
+{
+    CK_OBJECT_HANDLE h;
+    if (!lookup(kw, version, &h))
+        return CKR_KEY_HANDLE_INVALID;
+    return p11_key_info_get(kw->t, h, info);
+}
+
+/* Run a GCM operation under version; if the handle went stale (token
+ * re-inserted, module restarted) find the key by label again, once. */
+static CK_RV gcm(keywrap *kw, bool enc, uint32_t version, const uint8_t iv[12],
+                 const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
+                 uint8_t *out, size_t *out_len)
+{
+    CK_OBJECT_HANDLE h;
+    size_t cap = *out_len;
+    CK_RV rv;
+    if (!lookup(kw, version, &h))
+        return CKR_KEY_HANDLE_INVALID;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        *out_len = cap;
+        rv = enc ? p11_gcm_encrypt(kw->t, h, iv, aad, aad_len, in, in_len, out, out_len)
+                 : p11_gcm_decrypt(kw->t, h, iv, aad, aad_len, in, in_len, out, out_len);
+        if (rv != CKR_KEY_HANDLE_INVALID && rv != CKR_OBJECT_HANDLE_INVALID)
+            break;
+        bool found = false;
+        if (keywrap_load(kw, version, &found) != CKR_OK || !found || !lookup(kw, version, &h))
+            break;
+    }
+    return rv;
+}
+
+CK_RV keywrap_kcv(keywrap *kw, uint32_t version, uint8_t kcv[KEYWRAP_KCV_LEN])
+{
+    /* GMAC: empty plaintext, fixed AAD, all-zero IV. Random wrap IVs are
+     * never all-zero in practice (2^-96), so this IV is not reused. */
+    static const uint8_t iv[12] = {0};
+    static const char aad[] = "qkms master key check value v1";
+    uint8_t tag[16], none[1] = {0};
+    size_t len = sizeof(tag);
+    /* Modules reject a NULL data pointer even with length 0. */
+    CK_RV rv = gcm(kw, true, version, iv, (const uint8_t *)aad, sizeof(aad) - 1, none, 0, tag,
+                   &len);
+    if (rv == CKR_OK && len != sizeof(tag))
+        rv = CKR_FUNCTION_FAILED;
+    if (rv == CKR_OK)
+        memcpy(kcv, tag, KEYWRAP_KCV_LEN);
+    return rv;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+uint32_t keywrap_blob_version(const uint8_t *b, size_t n)
+{
+    if (n < KEYWRAP_OVERHEAD + 1 || b[0] != KEYWRAP_FORMAT)
+        return 0;
+    return (uint32_t)b[1] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 8 | b[4];
+}
+
+/* aad = header || ctx; ctx is bounded so a stack buffer does. */
+static int build_aad(uint8_t *aad, size_t cap, const uint8_t *hdr, const uint8_t *ctx,
+                     size_t ctx_len, size_t *len)
+{
+    if (ctx_len > cap - KEYWRAP_HDR)
+        return -1;
+    memcpy(aad, hdr, KEYWRAP_HDR);
+    if (ctx_len)
+        memcpy(aad + KEYWRAP_HDR, ctx, ctx_len);
+    *len = KEYWRAP_HDR + ctx_len;
+    return 0;
+}
+
+CK_RV keywrap_wrap(keywrap *kw, const uint8_t *ctx, size_t ctx_len, const uint8_t *key,
+                   size_t key_len, uint8_t *out, size_t *out_len)
+{
+    uint8_t aad[512];
+    size_t aad_len, ct_len;
+    uint32_t v = keywrap_active(kw);
+    CK_RV rv;
+
+    if (key_len == 0 || key_len > KEYWRAP_MAX_KEY || *out_len < key_len + KEYWRAP_OVERHEAD)
+        return CKR_ARGUMENTS_BAD;
+    if (v == 0)
+        return CKR_KEY_HANDLE_INVALID;
+    out[0] = KEYWRAP_FORMAT;
+    put_be32(out + 1, v);
+    if (RAND_bytes(out + KEYWRAP_HDR, 12) != 1)
+        return CKR_FUNCTION_FAILED;
+    if (build_aad(aad, sizeof(aad), out, ctx, ctx_len, &aad_len) != 0)
+        return CKR_ARGUMENTS_BAD;
+    ct_len = *out_len - KEYWRAP_HDR - 12;
+    rv = gcm(kw, true, v, out + KEYWRAP_HDR, aad, aad_len, key, key_len,
+             out + KEYWRAP_HDR + 12, &ct_len);
+    if (rv == CKR_OK)
+        *out_len = KEYWRAP_HDR + 12 + ct_len;
+    return rv;
+}
+
+CK_RV keywrap_unwrap(keywrap *kw, const uint8_t *ctx, size_t ctx_len, const uint8_t *blob,
+                     size_t blob_len, uint8_t *key, size_t *key_len)
+{
+    uint8_t aad[512];
+    size_t aad_len;
+    uint32_t v = keywrap_blob_version(blob, blob_len);
+    size_t ct_len = blob_len - KEYWRAP_HDR - 12;
+
+    if (v == 0 || blob_len > KEYWRAP_MAX_KEY + KEYWRAP_OVERHEAD)
+        return CKR_ENCRYPTED_DATA_INVALID;
+    if (*key_len < ct_len)
+        return CKR_BUFFER_TOO_SMALL;
+    if (build_aad(aad, sizeof(aad), blob, ctx, ctx_len, &aad_len) != 0)
+        return CKR_ARGUMENTS_BAD;
+    CK_RV rv = gcm(kw, false, v, blob + KEYWRAP_HDR, aad, aad_len, blob + KEYWRAP_HDR + 12,
+                   ct_len, key, key_len);
+    if (rv != CKR_OK)
+        OPENSSL_cleanse(key, ct_len);
+    return rv;
+}

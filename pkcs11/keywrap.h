@@ -1,0 +1,65 @@
+/*
+ * keywrap — key material at rest, wrapped under a master key held in the token.
+ *
+ * Contract:
+ *  - Master keys are AES-256 token objects labelled "<prefix>-<version>"
+ *    (e.g. qkms-master-1), created sensitive and never extractable; their
+ *    bytes never leave the token. Several versions may be loaded at once
+ *    (rotation); one is active for new wraps.
+ *  - A wrapped blob is self-describing:
+ *        byte 0       format (0x01)
+ *        bytes 1..4   master key version, big-endian
+ *        bytes 5..16  96-bit random IV
+ *        bytes 17..   AES-256-GCM ciphertext, then the 16-byte tag
+ *    The token computes GCM with associated data = blob bytes 0..4 followed
+ *    by the caller's context (for example "device:<id>:<index>"), so a blob
+ *    moved to another row, or relabelled to another version, fails to open.
+ *  - Unwrapped bytes are written only into the caller's buffer; callers keep
+ *    them in locked memory and zeroize them.
+ */
+#ifndef QKMS_KEYWRAP_H
+#define QKMS_KEYWRAP_H
+
+#include "p11.h"
+
+#define KEYWRAP_FORMAT 0x01
+#define KEYWRAP_HDR 5
+#define KEYWRAP_OVERHEAD (KEYWRAP_HDR + 12 + 16)
+#define KEYWRAP_MAX_KEY 64
+#define KEYWRAP_KCV_LEN 16
+
+typedef struct keywrap keywrap;
+
+CK_RV keywrap_new(keywrap **out, p11_token *t, const char *label_prefix);
+void keywrap_free(keywrap *kw);
+
+/* Label of a version, e.g. "qkms-master-1". */
+void keywrap_label(const keywrap *kw, uint32_t version, char *buf, size_t len);
+
+/* Find version in the token and remember its handle; *found false if absent. */
+CK_RV keywrap_load(keywrap *kw, uint32_t version, bool *found);
+/* Generate version in the token (it must not exist yet) and remember it. */
+CK_RV keywrap_create(keywrap *kw, uint32_t version);
+/* Key check value: GMAC of a fixed string under the loaded version, so the
+ * database can tell the right key from another one with the same label. */
+CK_RV keywrap_kcv(keywrap *kw, uint32_t version, uint8_t kcv[KEYWRAP_KCV_LEN]);
+/* Attributes of a loaded version (for status and tests). */
+CK_RV keywrap_info(keywrap *kw, uint32_t version, p11_key_info *info);
+
+void keywrap_set_active(keywrap *kw, uint32_t version);
+uint32_t keywrap_active(const keywrap *kw);
+
+/* Wrap key (1..KEYWRAP_MAX_KEY bytes) under the active version.
+ * out must hold key_len + KEYWRAP_OVERHEAD bytes. */
+CK_RV keywrap_wrap(keywrap *kw, const uint8_t *ctx, size_t ctx_len, const uint8_t *key,
+                   size_t key_len, uint8_t *out, size_t *out_len);
+/* Unwrap a blob made by keywrap_wrap with the same context. key must hold
+ * KEYWRAP_MAX_KEY + 16 bytes. Returns CKR_ENCRYPTED_DATA_INVALID for a
+ * malformed or unauthenticated blob, CKR_KEY_HANDLE_INVALID when its master
+ * version is not loaded. */
+CK_RV keywrap_unwrap(keywrap *kw, const uint8_t *ctx, size_t ctx_len, const uint8_t *blob,
+                     size_t blob_len, uint8_t *key, size_t *key_len);
+/* Master version a blob claims (0 when malformed). */
+uint32_t keywrap_blob_version(const uint8_t *blob, size_t blob_len);
+
+#endif

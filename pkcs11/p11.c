@@ -1,0 +1,606 @@
+/* p11 — PKCS#11 token access: module loading, session pool, key operations. */
+#include "p11.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+
+/* How long an operation waits for a free session before answering
+ * "unavailable"; a token that is this slow is as good as down. */
+#define P11_ACQUIRE_TIMEOUT_S 5
+
+struct p11_token {
+    void *dl;
+    CK_FUNCTION_LIST_PTR f;
+    CK_SLOT_ID slot;
+    char *module_path;
+    char *label;
+    char *pin;           /* secure heap; kept for re-login */
+    size_t pin_len;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    CK_SESSION_HANDLE *sessions;
+    bool *busy;
+    int nsessions;
+    int in_use;
+
+    _Atomic uint64_t ops, errors, reopened, relogins;
+};
+
+static void errf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *buf, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    if (!buf || !len)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+}
+
+const char *p11_rv_name(CK_RV rv)
+{
+    switch (rv) {
+#define N(x) case x: return #x;
+    N(CKR_OK) N(CKR_CANCEL) N(CKR_HOST_MEMORY) N(CKR_SLOT_ID_INVALID) N(CKR_GENERAL_ERROR)
+    N(CKR_FUNCTION_FAILED) N(CKR_ARGUMENTS_BAD) N(CKR_NO_EVENT) N(CKR_NEED_TO_CREATE_THREADS)
+    N(CKR_CANT_LOCK) N(CKR_ATTRIBUTE_READ_ONLY) N(CKR_ATTRIBUTE_SENSITIVE)
+    N(CKR_ATTRIBUTE_TYPE_INVALID) N(CKR_ATTRIBUTE_VALUE_INVALID) N(CKR_DATA_INVALID)
+    N(CKR_DATA_LEN_RANGE) N(CKR_DEVICE_ERROR) N(CKR_DEVICE_MEMORY) N(CKR_DEVICE_REMOVED)
+    N(CKR_ENCRYPTED_DATA_INVALID) N(CKR_ENCRYPTED_DATA_LEN_RANGE) N(CKR_FUNCTION_CANCELED)
+    N(CKR_FUNCTION_NOT_PARALLEL) N(CKR_FUNCTION_NOT_SUPPORTED) N(CKR_KEY_HANDLE_INVALID)
+    N(CKR_KEY_SIZE_RANGE) N(CKR_KEY_TYPE_INCONSISTENT) N(CKR_KEY_NOT_NEEDED)
+    N(CKR_KEY_CHANGED) N(CKR_KEY_NEEDED) N(CKR_KEY_INDIGESTIBLE)
+    N(CKR_KEY_FUNCTION_NOT_PERMITTED) N(CKR_KEY_NOT_WRAPPABLE) N(CKR_KEY_UNEXTRACTABLE)
+    N(CKR_MECHANISM_INVALID) N(CKR_MECHANISM_PARAM_INVALID) N(CKR_OBJECT_HANDLE_INVALID)
+    N(CKR_OPERATION_ACTIVE) N(CKR_OPERATION_NOT_INITIALIZED) N(CKR_PIN_INCORRECT)
+    N(CKR_PIN_INVALID) N(CKR_PIN_LEN_RANGE) N(CKR_PIN_EXPIRED) N(CKR_PIN_LOCKED)
+    N(CKR_SESSION_CLOSED) N(CKR_SESSION_COUNT) N(CKR_SESSION_HANDLE_INVALID)
+    N(CKR_SESSION_PARALLEL_NOT_SUPPORTED) N(CKR_SESSION_READ_ONLY) N(CKR_SESSION_EXISTS)
+    N(CKR_SESSION_READ_ONLY_EXISTS) N(CKR_SESSION_READ_WRITE_SO_EXISTS)
+    N(CKR_SIGNATURE_INVALID) N(CKR_SIGNATURE_LEN_RANGE) N(CKR_TEMPLATE_INCOMPLETE)
+    N(CKR_TEMPLATE_INCONSISTENT) N(CKR_TOKEN_NOT_PRESENT) N(CKR_TOKEN_NOT_RECOGNIZED)
+    N(CKR_TOKEN_WRITE_PROTECTED) N(CKR_UNWRAPPING_KEY_HANDLE_INVALID)
+    N(CKR_USER_ALREADY_LOGGED_IN) N(CKR_USER_NOT_LOGGED_IN) N(CKR_USER_PIN_NOT_INITIALIZED)
+    N(CKR_USER_TYPE_INVALID) N(CKR_WRAPPED_KEY_INVALID) N(CKR_WRAPPED_KEY_LEN_RANGE)
+    N(CKR_WRAPPING_KEY_HANDLE_INVALID) N(CKR_RANDOM_SEED_NOT_SUPPORTED) N(CKR_RANDOM_NO_RNG)
+    N(CKR_BUFFER_TOO_SMALL) N(CKR_CRYPTOKI_NOT_INITIALIZED)
+    N(CKR_CRYPTOKI_ALREADY_INITIALIZED) N(CKR_MUTEX_BAD) N(CKR_MUTEX_NOT_LOCKED)
+#undef N
+    case P11_RV_NO_MODULE: return "QKMS_P11_NO_MODULE";
+    case P11_RV_NO_TOKEN: return "QKMS_P11_NO_TOKEN";
+    case P11_RV_TIMEOUT: return "QKMS_P11_POOL_TIMEOUT";
+    default: return "CKR_VENDOR_OR_UNKNOWN";
+    }
+}
+
+p11_kind p11_rv_kind(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_OK:
+        return P11_KIND_OK;
+    case CKR_DEVICE_ERROR: case CKR_DEVICE_MEMORY: case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT: case CKR_TOKEN_NOT_RECOGNIZED: case CKR_SESSION_CLOSED:
+    case CKR_SESSION_HANDLE_INVALID: case CKR_SESSION_COUNT: case CKR_USER_NOT_LOGGED_IN:
+    case CKR_CRYPTOKI_NOT_INITIALIZED: case CKR_FUNCTION_FAILED: case CKR_GENERAL_ERROR:
+    case CKR_HOST_MEMORY: case CKR_RANDOM_NO_RNG: case CKR_CANT_LOCK:
+    case P11_RV_NO_TOKEN: case P11_RV_TIMEOUT:
+        return P11_KIND_UNAVAILABLE;
+    case CKR_PIN_INCORRECT: case CKR_PIN_INVALID: case CKR_PIN_LEN_RANGE: case CKR_PIN_EXPIRED:
+    case CKR_PIN_LOCKED: case CKR_USER_PIN_NOT_INITIALIZED:
+        return P11_KIND_AUTH;
+    case CKR_KEY_HANDLE_INVALID: case CKR_OBJECT_HANDLE_INVALID:
+        return P11_KIND_NOT_FOUND;
+    case CKR_ENCRYPTED_DATA_INVALID: case CKR_ENCRYPTED_DATA_LEN_RANGE: case CKR_DATA_LEN_RANGE:
+    case CKR_DATA_INVALID:
+        return P11_KIND_DATA;
+    case CKR_MECHANISM_INVALID: case CKR_MECHANISM_PARAM_INVALID:
+    case CKR_KEY_FUNCTION_NOT_PERMITTED: case CKR_KEY_TYPE_INCONSISTENT:
+    case CKR_ATTRIBUTE_VALUE_INVALID: case CKR_ATTRIBUTE_TYPE_INVALID:
+    case CKR_TEMPLATE_INCONSISTENT: case CKR_TEMPLATE_INCOMPLETE: case CKR_FUNCTION_NOT_SUPPORTED:
+    case CKR_TOKEN_WRITE_PROTECTED: case P11_RV_NO_MODULE:
+        return P11_KIND_CONFIG;
+    default:
+        return P11_KIND_INTERNAL;
+    }
+}
+
+static CK_RV login(p11_token *t, CK_SESSION_HANDLE s)
+{
+    CK_RV rv = t->f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)t->pin, (CK_ULONG)t->pin_len);
+    return rv == CKR_USER_ALREADY_LOGGED_IN ? CKR_OK : rv;
+}
+
+static CK_RV open_session(p11_token *t, CK_SESSION_HANDLE *s)
+{
+    return t->f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, s);
+}
+
+static int label_eq(const CK_UTF8CHAR *padded, size_t padlen, const char *want)
+{
+    size_t n = strlen(want);
+    if (n > padlen)
+        return 0;
+    if (memcmp(padded, want, n) != 0)
+        return 0;
+    for (size_t i = n; i < padlen; i++)
+        if (padded[i] != ' ')
+            return 0;
+    return 1;
+}
+
+CK_RV p11_open(p11_token **out, const p11_opts *o, char *eb, size_t el)
+{
+    CK_RV rv = CKR_OK;
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG nslots = 0;
+    p11_token *t = NULL;
+    CK_C_GetFunctionList gfl;
+    CK_C_INITIALIZE_ARGS ia;
+    bool initialized = false, found = false;
+
+    *out = NULL;
+    if (!o->module_path || !o->token_label || !o->pin || o->nsessions < 1) {
+        errf(eb, el, "p11: missing module path, token label or PIN");
+        return CKR_ARGUMENTS_BAD;
+    }
+    t = calloc(1, sizeof(*t));
+    if (!t)
+        return CKR_HOST_MEMORY;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
+    t->module_path = strdup(o->module_path);
+    t->label = strdup(o->token_label);
+    t->pin = OPENSSL_secure_malloc(o->pin_len + 1);
+    if (!t->module_path || !t->label || !t->pin) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
+    }
+    memcpy(t->pin, o->pin, o->pin_len);
+    t->pin[o->pin_len] = 0;
+    t->pin_len = o->pin_len;
+
+    t->dl = dlopen(o->module_path, RTLD_NOW | RTLD_LOCAL);
+    if (!t->dl) {
+        errf(eb, el, "p11: cannot load module %s: %s", o->module_path, dlerror());
+        rv = P11_RV_NO_MODULE;
+        goto fail;
+    }
+    *(void **)(&gfl) = dlsym(t->dl, "C_GetFunctionList");
+    if (!gfl || gfl(&t->f) != CKR_OK || !t->f) {
+        errf(eb, el, "p11: %s has no usable C_GetFunctionList", o->module_path);
+        rv = P11_RV_NO_MODULE;
+        goto fail;
+    }
+    memset(&ia, 0, sizeof(ia));
+    ia.flags = CKF_OS_LOCKING_OK;
+    rv = t->f->C_Initialize(&ia);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        errf(eb, el, "p11: C_Initialize failed: %s", p11_rv_name(rv));
+        goto fail;
+    }
+    initialized = true;
+
+    rv = t->f->C_GetSlotList(CK_TRUE, NULL, &nslots);
+    if (rv != CKR_OK)
+        goto slot_fail;
+    slots = calloc(nslots ? nslots : 1, sizeof(*slots));
+    if (!slots) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
+    }
+    rv = t->f->C_GetSlotList(CK_TRUE, slots, &nslots);
+    if (rv != CKR_OK)
+        goto slot_fail;
+    for (CK_ULONG i = 0; i < nslots && !found; i++) {
+        CK_TOKEN_INFO ti;
+        if (t->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+            continue;
+        if (label_eq(ti.label, sizeof(ti.label), o->token_label) &&
+            (ti.flags & CKF_TOKEN_INITIALIZED)) {
+            t->slot = slots[i];
+            found = true;
+        }
+    }
+    if (!found) {
+        errf(eb, el, "p11: no initialized token labelled '%s' in module %s", o->token_label,
+             o->module_path);
+        rv = P11_RV_NO_TOKEN;
+        goto fail;
+    }
+
+    t->nsessions = o->nsessions;
+    t->sessions = calloc((size_t)t->nsessions, sizeof(*t->sessions));
+    t->busy = calloc((size_t)t->nsessions, sizeof(*t->busy));
+    if (!t->sessions || !t->busy) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
+    }
+    for (int i = 0; i < t->nsessions; i++) {
+        rv = open_session(t, &t->sessions[i]);
+        if (rv != CKR_OK) {
+            errf(eb, el, "p11: C_OpenSession failed: %s", p11_rv_name(rv));
+            goto fail;
+        }
+    }
+    /* One login covers every session of this application on the token. */
+    rv = login(t, t->sessions[0]);
+    if (rv != CKR_OK) {
+        errf(eb, el, "p11: C_Login to token '%s' failed: %s", o->token_label, p11_rv_name(rv));
+        goto fail;
+    }
+    free(slots);
+    *out = t;
+    return CKR_OK;
+
+slot_fail:
+    errf(eb, el, "p11: C_GetSlotList failed: %s", p11_rv_name(rv));
+fail:
+    free(slots);
+    if (t) {
+        if (initialized && t->sessions)
+            t->f->C_CloseAllSessions(t->slot);
+        if (initialized)
+            t->f->C_Finalize(NULL);
+        if (t->dl)
+            dlclose(t->dl);
+        if (t->pin)
+            OPENSSL_secure_clear_free(t->pin, t->pin_len + 1);
+        free(t->sessions);
+        free(t->busy);
+        free(t->module_path);
+        free(t->label);
+        pthread_mutex_destroy(&t->mu);
+        pthread_cond_destroy(&t->cv);
+        free(t);
+    }
+    return rv;
+}
+
+void p11_close(p11_token *t)
+{
+    if (!t)
+        return;
+    t->f->C_Logout(t->sessions[0]);
+    t->f->C_CloseAllSessions(t->slot);
+    t->f->C_Finalize(NULL);
+    /* Modules may keep atexit handlers or threads; unloading them is a
+     * common source of crashes at exit, so the module stays mapped. */
+    OPENSSL_secure_clear_free(t->pin, t->pin_len + 1);
+    free(t->sessions);
+    free(t->busy);
+    free(t->module_path);
+    free(t->label);
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cv);
+    free(t);
+}
+
+const char *p11_module_path(const p11_token *t) { return t->module_path; }
+const char *p11_token_label(const p11_token *t) { return t->label; }
+int p11_pool_size(const p11_token *t) { return t->nsessions; }
+
+int p11_pool_in_use(p11_token *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int n = t->in_use;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+void p11_stats_get(p11_token *t, p11_stats *s)
+{
+    s->ops = atomic_load(&t->ops);
+    s->errors = atomic_load(&t->errors);
+    s->reopened_sessions = atomic_load(&t->reopened);
+    s->relogins = atomic_load(&t->relogins);
+}
+
+static int acquire(p11_token *t)
+{
+    struct timespec dl;
+    int idx = -1;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += P11_ACQUIRE_TIMEOUT_S;
+    pthread_mutex_lock(&t->mu);
+    while (t->in_use == t->nsessions) {
+        if (pthread_cond_timedwait(&t->cv, &t->mu, &dl) == ETIMEDOUT)
+            break;
+    }
+    for (int i = 0; i < t->nsessions; i++) {
+        if (!t->busy[i]) {
+            t->busy[i] = true;
+            t->in_use++;
+            idx = i;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return idx;
+}
+
+static void release(p11_token *t, int idx)
+{
+    pthread_mutex_lock(&t->mu);
+    t->busy[idx] = false;
+    t->in_use--;
+    pthread_cond_signal(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+typedef CK_RV (*p11_fn)(p11_token *t, CK_SESSION_HANDLE s, void *arg);
+
+/* Run fn on a pooled session, repairing a closed session or a lost login
+ * once. Every token operation goes through here. */
+static CK_RV run(p11_token *t, p11_fn fn, void *arg)
+{
+    int idx = acquire(t);
+    CK_RV rv;
+
+    if (idx < 0) {
+        atomic_fetch_add(&t->errors, 1);
+        return P11_RV_TIMEOUT;
+    }
+    atomic_fetch_add(&t->ops, 1);
+    rv = fn(t, t->sessions[idx], arg);
+    if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
+        rv == CKR_DEVICE_REMOVED) {
+        CK_SESSION_HANDLE ns;
+        t->f->C_CloseSession(t->sessions[idx]);
+        if (open_session(t, &ns) == CKR_OK) {
+            t->sessions[idx] = ns;
+            atomic_fetch_add(&t->reopened, 1);
+            if (login(t, ns) == CKR_OK)
+                rv = fn(t, ns, arg);
+        }
+    } else if (rv == CKR_USER_NOT_LOGGED_IN) {
+        atomic_fetch_add(&t->relogins, 1);
+        if (login(t, t->sessions[idx]) == CKR_OK)
+            rv = fn(t, t->sessions[idx], arg);
+    }
+    if (rv != CKR_OK)
+        atomic_fetch_add(&t->errors, 1);
+    release(t, idx);
+    return rv;
+}
+
+/* ---- find ---- */
+struct find_arg {
+    const char *label;
+    CK_OBJECT_HANDLE h;
+    bool found;
+};
+
+static CK_RV do_find(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct find_arg *fa = a;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_LABEL, (void *)fa->label, strlen(fa->label)},
+    };
+    CK_OBJECT_HANDLE hs[2];
+    CK_ULONG n = 0;
+    CK_RV rv = t->f->C_FindObjectsInit(s, tmpl, 2);
+    if (rv != CKR_OK)
+        return rv;
+    rv = t->f->C_FindObjects(s, hs, 2, &n);
+    t->f->C_FindObjectsFinal(s);
+    if (rv != CKR_OK)
+        return rv;
+    fa->found = n > 0;
+    if (n > 0)
+        fa->h = hs[0];
+    /* Two keys with one label is an operator mistake we must not guess at. */
+    return n > 1 ? CKR_TEMPLATE_INCONSISTENT : CKR_OK;
+}
+
+CK_RV p11_find_secret_key(p11_token *t, const char *label, CK_OBJECT_HANDLE *h, bool *found)
+{
+    struct find_arg fa = {.label = label};
+    CK_RV rv = run(t, do_find, &fa);
+    *found = fa.found;
+    if (fa.found)
+        *h = fa.h;
+    return rv;
+}
+
+/* ---- generate ---- */
+struct gen_arg {
+    const char *label;
+    CK_OBJECT_HANDLE h;
+};
+
+static CK_RV do_gen(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct gen_arg *ga = a;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ULONG len = 32;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_MECHANISM mech = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_VALUE_LEN, &len, sizeof(len)},
+        {CKA_LABEL, (void *)ga->label, strlen(ga->label)},
+        {CKA_ID, (void *)ga->label, strlen(ga->label)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_MODIFIABLE, &no, sizeof(no)},
+        {CKA_ENCRYPT, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &yes, sizeof(yes)},
+        {CKA_WRAP, &yes, sizeof(yes)},
+        {CKA_UNWRAP, &yes, sizeof(yes)},
+        {CKA_SIGN, &no, sizeof(no)},
+        {CKA_VERIFY, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},
+    };
+    return t->f->C_GenerateKey(s, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &ga->h);
+}
+
+CK_RV p11_generate_master_key(p11_token *t, const char *label, CK_OBJECT_HANDLE *h)
+{
+    struct gen_arg ga = {.label = label};
+    CK_RV rv = run(t, do_gen, &ga);
+    if (rv == CKR_OK)
+        *h = ga.h;
+    return rv;
+}
+
+/* ---- attributes ---- */
+struct info_arg {
+    CK_OBJECT_HANDLE h;
+    p11_key_info *info;
+};
+
+static CK_RV do_info(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct info_arg *ia = a;
+    CK_BBOOL tok = 0, sen = 0, ext = 1, asen = 0, nex = 0;
+    CK_ULONG vl = 0;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_TOKEN, &tok, sizeof(tok)},
+        {CKA_SENSITIVE, &sen, sizeof(sen)},
+        {CKA_EXTRACTABLE, &ext, sizeof(ext)},
+        {CKA_ALWAYS_SENSITIVE, &asen, sizeof(asen)},
+        {CKA_NEVER_EXTRACTABLE, &nex, sizeof(nex)},
+        {CKA_VALUE_LEN, &vl, sizeof(vl)},
+    };
+    CK_RV rv = t->f->C_GetAttributeValue(s, ia->h, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+    if (rv != CKR_OK)
+        return rv;
+    ia->info->token = tok;
+    ia->info->sensitive = sen;
+    ia->info->extractable = ext;
+    ia->info->always_sensitive = asen;
+    ia->info->never_extractable = nex;
+    ia->info->value_len = vl;
+    return CKR_OK;
+}
+
+CK_RV p11_key_info_get(p11_token *t, CK_OBJECT_HANDLE h, p11_key_info *info)
+{
+    struct info_arg ia = {.h = h, .info = info};
+    return run(t, do_info, &ia);
+}
+
+/* ---- AES-GCM ---- */
+struct gcm_arg {
+    bool enc;
+    CK_OBJECT_HANDLE key;
+    const uint8_t *iv, *aad, *in;
+    size_t aad_len, in_len;
+    uint8_t *out;
+    size_t *out_len;
+};
+
+static CK_RV do_gcm(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct gcm_arg *g = a;
+    CK_GCM_PARAMS p;
+    CK_MECHANISM m = {CKM_AES_GCM, &p, sizeof(p)};
+    CK_ULONG ol = (CK_ULONG)*g->out_len;
+    CK_RV rv;
+
+    memset(&p, 0, sizeof(p));
+    p.pIv = (CK_BYTE_PTR)g->iv;
+    p.ulIvLen = 12;
+    p.ulIvBits = 96;
+    p.pAAD = (CK_BYTE_PTR)g->aad;
+    p.ulAADLen = (CK_ULONG)g->aad_len;
+    p.ulTagBits = 128;
+    if (g->enc) {
+        rv = t->f->C_EncryptInit(s, &m, g->key);
+        if (rv == CKR_OK)
+            rv = t->f->C_Encrypt(s, (CK_BYTE_PTR)g->in, (CK_ULONG)g->in_len, g->out, &ol);
+    } else {
+        rv = t->f->C_DecryptInit(s, &m, g->key);
+        if (rv == CKR_OK)
+            rv = t->f->C_Decrypt(s, (CK_BYTE_PTR)g->in, (CK_ULONG)g->in_len, g->out, &ol);
+    }
+    if (rv == CKR_OK)
+        *g->out_len = ol;
+    return rv;
+}
+
+CK_RV p11_gcm_encrypt(p11_token *t, CK_OBJECT_HANDLE key, const uint8_t iv[12], const uint8_t *aad,
+                      size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
+                      size_t *out_len)
+{
+    struct gcm_arg g = {true, key, iv, aad, in, aad_len, in_len, out, out_len};
+    if (*out_len < in_len + 16)
+        return CKR_BUFFER_TOO_SMALL;
+    return run(t, do_gcm, &g);
+}
+
+CK_RV p11_gcm_decrypt(p11_token *t, CK_OBJECT_HANDLE key, const uint8_t iv[12], const uint8_t *aad,
+                      size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
+                      size_t *out_len)
+{
+    struct gcm_arg g = {false, key, iv, aad, in, aad_len, in_len, out, out_len};
+    if (in_len < 16)
+        return CKR_ENCRYPTED_DATA_LEN_RANGE;
+    /* SoftHSM and some HSMs want room for the tag too while decrypting. */
+    if (*out_len < in_len)
+        return CKR_BUFFER_TOO_SMALL;
+    return run(t, do_gcm, &g);
+}
+
+/* ---- destroy, random, ping ---- */
+static CK_RV do_destroy(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    return t->f->C_DestroyObject(s, *(CK_OBJECT_HANDLE *)a);
+}
+
+CK_RV p11_destroy_object(p11_token *t, CK_OBJECT_HANDLE h)
+{
+    return run(t, do_destroy, &h);
+}
+
+struct rnd_arg {
+    uint8_t *buf;
+    size_t len;
+};
+
+static CK_RV do_random(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct rnd_arg *r = a;
+    return t->f->C_GenerateRandom(s, r->buf, (CK_ULONG)r->len);
+}
+
+CK_RV p11_random(p11_token *t, uint8_t *buf, size_t len)
+{
+    struct rnd_arg r = {buf, len};
+    return run(t, do_random, &r);
+}
+
+static CK_RV do_ping(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    CK_SESSION_INFO si;
+    CK_TOKEN_INFO ti;
+    CK_RV rv;
+    (void)a;
+    rv = t->f->C_GetSessionInfo(s, &si);
+    if (rv != CKR_OK)
+        return rv;
+    if (si.state != CKS_RW_USER_FUNCTIONS && si.state != CKS_RO_USER_FUNCTIONS)
+        return CKR_USER_NOT_LOGGED_IN;
+    return t->f->C_GetTokenInfo(t->slot, &ti);
+}
+
+CK_RV p11_ping(p11_token *t)
+{
+    return run(t, do_ping, NULL);
+}

@@ -1,0 +1,26 @@
+#!/bin/sh
+# The one list of Debian packages qkms needs to build, run and test.
+# Used by the README, .ci/run and the Dockerfiles. Run as root.
+#   scripts/deps.sh            build + run + test packages
+#   scripts/deps.sh --print    print the package list and exit
+set -eu
+
+BUILD="build-essential pkg-config libmicrohttpd-dev libjansson-dev libpq-dev libssl-dev
+libcurl4-openssl-dev libp11-kit-dev"
+RUN="postgresql-15 postgresql-client-15 softhsm2 opensc ca-certificates"
+TEST="libcmocka-dev python3 python3-pytest python3-requests python3-cryptography python3-pykcs11
+python3-psycopg2 procps"
+
+PKGS="$BUILD $RUN $TEST"
+if [ "${1:-}" = "--print" ]; then echo $PKGS; exit 0; fi
+
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -z "$missing" ]; then echo "deps: all packages present"; exit 0; fi
+if [ "$(id -u)" != 0 ]; then echo "deps: missing:$missing (run as root: scripts/deps.sh)" >&2; exit 1; fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing
