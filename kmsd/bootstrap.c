@@ -14,6 +14,8 @@
 #include "log.h"
 #include "queries.h"
 
+#define BOOTSTRAP_LOCK "7164803903"
+
 static int read_token(const char *path, char tok[AUTH_TOKEN_LEN + 1])
 {
     char buf[AUTH_TOKEN_LEN + 8];
@@ -37,18 +39,27 @@ static int read_token(const char *path, char tok[AUTH_TOKEN_LEN + 1])
     return 0;
 }
 
+/* Write to a temporary file, then link() it into place: the token file
+ * appears complete or not at all, and an existing file is never replaced. */
 static int write_token(const char *path, const char *tok)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    char tmp[4096];
     size_t n = strlen(tok);
-    if (fd < 0)
-        return -1;
-    if (write(fd, tok, n) != (ssize_t)n || write(fd, "\n", 1) != 1 || fsync(fd) != 0) {
-        close(fd);
-        unlink(path);
+    int fd, rc = -1, saved;
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp)) {
+        errno = ENAMETOOLONG;
         return -1;
     }
-    return close(fd);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    if (write(fd, tok, n) == (ssize_t)n && write(fd, "\n", 1) == 1 && fsync(fd) == 0)
+        rc = link(tmp, path);
+    saved = errno;
+    close(fd);
+    unlink(tmp);
+    errno = saved;
+    return rc;
 }
 
 int bootstrap_admin_token(kms_ctx *k, char *err, size_t el)
@@ -66,18 +77,24 @@ int bootstrap_admin_token(kms_ctx *k, char *err, size_t el)
 
     if (!path)
         return 0;
-    rd = read_token(path, tok);
-    if (rd == -2) {
-        snprintf(err, el, "%s does not hold a qkms token", path);
-        return -1;
-    }
-    if (rd == -1 && errno != ENOENT) {
-        snprintf(err, el, "%s: %s", path, strerror(errno));
-        return -1;
-    }
     c = db_acquire(k->db, &st);
     if (!c) {
         snprintf(err, el, "database unavailable");
+        return -1;
+    }
+    /* kmsd instances starting together must not both mint a token. */
+    if (db_command(c, "SELECT pg_advisory_lock(" BOOTSTRAP_LOCK ")") != DB_OK) {
+        snprintf(err, el, "cannot take the bootstrap lock");
+        db_release(k->db, c);
+        return -1;
+    }
+    rd = read_token(path, tok);
+    if (rd == -2) {
+        snprintf(err, el, "%s does not hold a qkms token", path);
+        goto out;
+    }
+    if (rd == -1 && errno != ENOENT) {
+        snprintf(err, el, "%s: %s", path, strerror(errno));
         goto out;
     }
     if (rd == 0) {
@@ -145,6 +162,7 @@ int bootstrap_admin_token(kms_ctx *k, char *err, size_t el)
 out:
     OPENSSL_cleanse(tok, sizeof(tok));
     PQclear(r);
+    db_command(c, "SELECT pg_advisory_unlock(" BOOTSTRAP_LOCK ")");
     db_release(k->db, c);
     return rc;
 }

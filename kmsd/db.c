@@ -124,6 +124,15 @@ static void first_line(const char *msg, char *buf, size_t len)
     buf[n] = 0;
 }
 
+/* Server notices ("relation already exists, skipping") go to the JSON log. */
+static void on_notice(void *arg, const char *msg)
+{
+    char line[256];
+    (void)arg;
+    first_line(msg, line, sizeof(line));
+    log_emit(LOG_DEBUG, "database notice", "{s:s}", "detail", line);
+}
+
 static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
 {
     const char *keys[] = {"connect_timeout", "application_name", "keepalives_idle", "options",
@@ -136,6 +145,7 @@ static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
         PQfinish(pg);
         return NULL;
     }
+    PQsetNoticeProcessor(pg, on_notice, NULL);
     for (int i = 0; i < p->nstmts; i++) {
         char name[16];
         snprintf(name, sizeof(name), "s%d", i);

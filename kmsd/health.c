@@ -1,5 +1,6 @@
 /* health — liveness, readiness and metrics endpoints. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "metrics.h"
 #include "routes.h"
@@ -35,11 +36,18 @@ void h_readyz(http_request *rq, http_response *rs)
         json_decref(down);
         http_json(rs, 200, json_pack("{s:s,s:o}", "status", "ready", "checks", checks));
     } else {
+        char msg[128] = "not ready:";
+        size_t i;
+        json_t *v;
+        json_array_foreach(down, i, v) {
+            strncat(msg, " ", sizeof(msg) - strlen(msg) - 1);
+            strncat(msg, json_string_value(v), sizeof(msg) - strlen(msg) - 1);
+        }
         rs->retry_after = 1;
         rs->err_code = "unavailable";
         http_json(rs, 503,
                   json_pack("{s:{s:s,s:s,s:o},s:o}", "error", "code", "unavailable", "message",
-                            "not ready", "down", down, "checks", checks));
+                            msg, "down", down, "checks", checks));
     }
 }
 

@@ -1,0 +1,171 @@
+"""The foundation against the real stack: health, readiness through a
+PostgreSQL outage, metrics, error shapes, request ids, logs."""
+import json
+import re
+import time
+
+import requests
+
+
+def error_of(resp):
+    body = resp.json()
+    assert set(body) >= {"error"}, body
+    assert set(body["error"]) >= {"code", "message"}, body
+    assert resp.headers["Content-Type"].startswith("application/json")
+    return body["error"]["code"]
+
+
+def test_healthz(stack):
+    r = requests.get(stack.url + "/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok"}
+    assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_readyz_names_every_dependency(stack):
+    r = requests.get(stack.url + "/readyz")
+    assert r.status_code == 200
+    assert r.json()["checks"] == {"database": "ok", "token": "ok", "entropy": "ok"}
+
+
+def test_request_id_generated_and_echoed(stack):
+    r = requests.get(stack.url + "/healthz")
+    assert re.fullmatch(r"[0-9a-f]{32}", r.headers["X-Request-Id"])
+    r = requests.get(stack.url + "/healthz", headers={"X-Request-Id": "trace-42"})
+    assert r.headers["X-Request-Id"] == "trace-42"
+    # A hostile id is replaced, not echoed.
+    r = requests.get(stack.url + "/healthz", headers={"X-Request-Id": "a\"b{}"})
+    assert re.fullmatch(r"[0-9a-f]{32}", r.headers["X-Request-Id"])
+
+
+def test_unknown_route_and_wrong_method(stack):
+    r = requests.get(stack.url + "/nope")
+    assert r.status_code == 404 and error_of(r) == "not_found"
+    r = requests.put(stack.url + "/v1/admin/tokens")
+    assert r.status_code == 405 and error_of(r) == "method_not_allowed"
+    assert sorted(r.headers["Allow"].split(", ")) == ["GET", "POST"]
+
+
+def test_admin_auth_401_and_403(stack):
+    r = stack.api("GET", "/v1/admin/status")
+    assert r.status_code == 401 and error_of(r) == "unauthenticated"
+    r = stack.api("GET", "/v1/admin/status", token="qkms_" + "0" * 64)
+    assert r.status_code == 401 and error_of(r) == "unauthenticated"
+    r = stack.api("GET", "/v1/admin/status", headers={"Authorization": "Basic Zm9vOmJhcg=="})
+    assert r.status_code == 401
+    r = stack.admin("POST", "/v1/admin/tokens", json={"name": "aud-1", "role": "auditor"})
+    assert r.status_code == 201, r.text
+    auditor = r.json()["token"]
+    assert stack.api("GET", "/v1/admin/status", token=auditor).status_code == 200
+    r = stack.api("GET", "/v1/admin/tokens", token=auditor)
+    assert r.status_code == 403 and error_of(r) == "forbidden"
+    r = stack.api("POST", "/v1/admin/tokens", token=auditor, json={"name": "x", "role": "admin"})
+    assert r.status_code == 403
+
+
+def test_malformed_oversized_and_wrong_type(stack):
+    r = stack.admin("POST", "/v1/admin/tokens", data=b'{"name": "x", ',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and error_of(r) == "malformed_json"
+    r = stack.admin("POST", "/v1/admin/tokens", data=b'["x"]',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and error_of(r) == "malformed_json"
+    r = stack.admin("POST", "/v1/admin/tokens", data=b'{"name":"a","name":"b","role":"admin"}',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and error_of(r) == "malformed_json"
+    r = stack.admin("POST", "/v1/admin/tokens", data=b'{"name":"\xff","role":"admin"}',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and error_of(r) == "malformed_json"
+    r = stack.admin("POST", "/v1/admin/tokens", data=b'name=x',
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and error_of(r) == "unsupported_media_type"
+    r = stack.admin("POST", "/v1/admin/tokens", data=b'{}')  # no content type
+    assert r.status_code == 415
+    big = b'{"name":"' + b"a" * 70000 + b'","role":"admin"}'
+    r = stack.admin("POST", "/v1/admin/tokens", data=big,
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and error_of(r) == "payload_too_large"
+
+    # Chunked upload without Content-Length, growing past the cap.
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 4096
+    r = stack.admin("POST", "/v1/admin/tokens", data=chunks(),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    # The server still serves after all that.
+    assert requests.get(stack.url + "/healthz").status_code == 200
+
+
+def test_metrics_exposition(stack):
+    requests.get(stack.url + "/healthz")
+    stack.admin("GET", "/v1/admin/status")
+    r = requests.get(stack.url + "/metrics")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = r.text
+    assert re.search(r'^qkms_http_requests_total\{route="healthz",status="200"\} [1-9]', text, re.M)
+    assert re.search(r'^qkms_http_requests_total\{route="admin_status",status="200"\} [1-9]',
+                     text, re.M)
+    assert 'qkms_http_request_duration_seconds_bucket{route="healthz",le="+Inf"}' in text
+    for name in ("qkms_db_pool_size", "qkms_db_pool_in_use", "qkms_pkcs11_sessions",
+                 "qkms_pkcs11_operations_total", "qkms_pkcs11_errors_total",
+                 "qkms_entropy_bytes_total{source=\"pkcs11\"}"):
+        assert re.search("^" + re.escape(name) + r" \d", text, re.M), name
+    # Every sample line parses as name{labels} value.
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            assert re.fullmatch(r'[a-z0-9_]+(\{[^}]*\})? [0-9.e+-]+', line), line
+
+
+def test_status(stack):
+    r = stack.admin("GET", "/v1/admin/status")
+    assert r.status_code == 200
+    s = r.json()
+    assert s["master_key"] == {"label": "qkms-master-1", "version": 1}
+    assert s["schema_version"] >= 1
+    assert s["token"]["label"] == "qkms"
+    assert re.fullmatch(r"[0-9a-f]{64}", s["config_hash"])
+
+
+def test_logs_are_json_lines_without_secrets(stack):
+    requests.get(stack.url + "/nope", headers={"X-Request-Id": "log-check-1"})
+    time.sleep(0.2)
+    logs = stack.logs()
+    records = []
+    for line in logs.splitlines():
+        records.append(json.loads(line))  # every line is one JSON object
+    assert all({"ts", "level", "msg"} <= set(r) for r in records)
+    req = [r for r in records if r.get("req_id") == "log-check-1"]
+    assert req and req[0]["status"] == 404 and req[0]["route"] == "unmatched"
+    assert stack.admin_token not in logs
+    assert stack.token_pin not in logs
+
+
+def test_readyz_follows_postgresql_outage(stack):
+    stack.stop_db()
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            r = requests.get(stack.url + "/readyz", timeout=10)
+            if r.status_code == 503:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 503
+        assert "database" in r.json()["error"]["down"]
+        assert r.json()["checks"]["token"] == "ok"
+        # Admin calls fail with 503, not a crash or 500.
+        r = stack.admin("GET", "/v1/admin/status")
+        assert r.status_code == 503 and error_of(r) == "unavailable"
+        assert r.headers.get("Retry-After") == "1"
+        assert requests.get(stack.url + "/healthz").status_code == 200
+    finally:
+        stack.start_db()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        r = requests.get(stack.url + "/readyz", timeout=10)
+        if r.status_code == 200:
+            break
+        time.sleep(0.3)
+    assert r.status_code == 200, r.text
+    assert stack.admin("GET", "/v1/admin/status").status_code == 200

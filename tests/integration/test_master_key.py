@@ -1,0 +1,214 @@
+"""The master key in the real SoftHSM token: attributes, persistence, and
+refusing to start when the database's keys can no longer be opened."""
+import os
+import re
+import subprocess
+import threading
+
+import pytest
+import requests
+
+from conftest import KMSD, SOFTHSM, Stack
+
+
+def pkcs11_tool(st, *args):
+    env = dict(os.environ, SOFTHSM2_CONF=st.env["SOFTHSM2_CONF"])
+    p = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "qkms", "--login",
+                        "--pin", st.token_pin, *args], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def secret_keys(st):
+    """Parse pkcs11-tool's object list into {label: {usage, access}}."""
+    out = pkcs11_tool(st, "--list-objects", "--type", "secrkey")
+    keys = {}
+    for block in out.split("Secret Key Object")[1:]:
+        label = re.search(r"label:\s+(\S+)", block).group(1)
+        keys[label] = {
+            "header": block.splitlines()[0],
+            "usage": re.search(r"Usage:\s+(.*)", block).group(1),
+            "access": re.search(r"Access:\s+(.*)", block).group(1),
+        }
+    return keys
+
+
+def test_master_key_is_sensitive_and_never_extractable(stack):
+    keys = secret_keys(stack)
+    assert list(keys) == ["qkms-master-1"]
+    k = keys["qkms-master-1"]
+    assert "AES length 32" in k["header"]
+    access = [a.strip() for a in k["access"].split(",")]
+    assert "sensitive" in access and "never extractable" in access
+    assert "extractable" not in access  # only the "never extractable" form
+    usage = [u.strip() for u in k["usage"].split(",")]
+    assert set(usage) == {"encrypt", "decrypt", "wrap", "unwrap"}
+
+
+def test_restart_finds_the_same_master_key(fresh_stack):
+    st = fresh_stack
+    st.start()
+    kcv1 = st.psql("SELECT encode(kcv, 'hex') FROM master_keys WHERE version = 1").strip()
+    st.restart()
+    assert st.admin("GET", "/v1/admin/status").json()["master_key"]["label"] == "qkms-master-1"
+    assert list(secret_keys(st)) == ["qkms-master-1"]  # no second key was made
+    assert st.psql("SELECT count(*) FROM master_keys").strip() == "1"
+    assert st.psql("SELECT encode(kcv, 'hex') FROM master_keys WHERE version = 1").strip() == kcv1
+    assert "master key created" not in st.logs().split("kmsd starting")[-1]
+
+
+def test_refuses_to_start_without_its_master_key(fresh_stack):
+    st = fresh_stack
+    st.start()
+    assert st.stop() == 0
+    pkcs11_tool(st, "--delete-object", "--type", "secrkey", "--label", "qkms-master-1")
+    proc = st.start(wait=False)
+    rc = proc.wait(timeout=60)
+    st.proc = None
+    st.log.close()
+    assert rc != 0
+    assert re.search(r"holds keys wrapped under master key qkms-master-1, but token 'qkms' has "
+                     r"no such key; refusing to start", st.logs())
+    # It did not quietly make a new key either.
+    assert secret_keys(st) == {}
+
+
+def test_refuses_a_different_key_under_the_same_label(fresh_stack):
+    st = fresh_stack
+    st.start()
+    assert st.stop() == 0
+    pkcs11_tool(st, "--delete-object", "--type", "secrkey", "--label", "qkms-master-1")
+    pkcs11_tool(st, "--keygen", "--key-type", "AES:32", "--label", "qkms-master-1",
+                "--sensitive", "--extractable")
+    proc = st.start(wait=False)
+    rc = proc.wait(timeout=60)
+    st.proc = None
+    st.log.close()
+    assert rc != 0
+    assert "check value mismatch" in st.logs()
+
+
+def test_two_kmsd_starting_together_agree(fresh_stack):
+    """Migrations and master key creation run under advisory locks."""
+    st = fresh_stack
+    second_port = st.port + 1 if st.port < 65000 else st.port - 1
+    procs = []
+    logs = []
+
+    def launch(port):
+        env = dict(st.env, QKMS_LISTEN_PORT=str(port))
+        log = open(os.path.join(st.state, f"kmsd-{port}.log"), "wb")
+        logs.append(log)
+        procs.append(subprocess.Popen([KMSD, "-c", st.conf], env=env, stdout=log, stderr=log))
+
+    threads = [threading.Thread(target=launch, args=(p,)) for p in (st.port, second_port)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        for port in (st.port, second_port):
+            ok = False
+            for _ in range(300):
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                        ok = True
+                        break
+                except requests.ConnectionError:
+                    pass
+                if any(p.poll() is not None for p in procs):
+                    break
+                import time
+                time.sleep(0.1)
+            assert ok, [open(l.name).read()[-3000:] for l in logs]
+        assert list(secret_keys(st)) == ["qkms-master-1"]
+        assert st.psql("SELECT count(*) FROM master_keys").strip() == "1"
+        assert st.psql("SELECT count(*) FROM qkms_schema_migrations WHERE version = 1").strip() == "1"
+    finally:
+        for p in procs:
+            p.terminate()
+        for l in logs:
+            l.close()
+        for p, l in zip(procs, logs):
+            assert p.wait(timeout=30) == 0, open(l.name).read()[-5000:]
+
+
+def test_check_config_names_the_bad_line(fresh_stack):
+    st = fresh_stack
+    bad = os.path.join(st.state, "bad.conf")
+    with open(st.conf) as f:
+        text = f.read()
+    with open(bad, "w") as f:
+        f.write(text + "listen_port = 8471\n")
+    p = subprocess.run([KMSD, "-c", bad, "--check-config"], env=st.env, capture_output=True,
+                       text=True)
+    n = len(text.splitlines()) + 1
+    assert p.returncode == 2
+    assert f"bad.conf:{n}: option 'listen_port' set twice" in p.stderr
+    with open(bad, "w") as f:
+        f.write(text + "frobnicate = 1\n")
+    p = subprocess.run([KMSD, "-c", bad, "--check-config"], env=st.env, capture_output=True,
+                       text=True)
+    assert p.returncode == 2 and f"bad.conf:{n}: unknown option 'frobnicate'" in p.stderr
+    p = subprocess.run([KMSD, "-c", st.conf, "--check-config"], env=st.env, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    env = dict(st.env, QKMS_DB_POOL_SIZE="lots")
+    p = subprocess.run([KMSD, "-c", st.conf, "--check-config"], env=env, capture_output=True,
+                       text=True)
+    assert p.returncode == 2 and "QKMS_DB_POOL_SIZE" in p.stderr
+
+
+def test_sighup_reloads_log_level(fresh_stack):
+    st = fresh_stack
+    st.start()
+    requests.get(st.url + "/healthz", headers={"X-Request-Id": "before-hup"})
+    import signal
+    import time
+    with open(st.conf) as f:
+        good = f.read()
+    # A broken file is refused and the running configuration kept.
+    with open(st.conf, "a") as f:
+        f.write("log_level = debug\n")  # set twice
+    st.proc.send_signal(signal.SIGHUP)
+    for _ in range(50):
+        if "reload failed" in st.logs():
+            break
+        time.sleep(0.1)
+    assert "set twice" in st.logs()
+    assert requests.get(st.url + "/readyz").status_code == 200
+    with open(st.conf, "w") as f:
+        f.write(good.replace("log_level = info", "log_level = debug"))
+    st.proc.send_signal(signal.SIGHUP)
+    for _ in range(50):
+        if "configuration reloaded" in st.logs():
+            break
+        time.sleep(0.1)
+    requests.get(st.url + "/healthz", headers={"X-Request-Id": "after-hup"})
+    time.sleep(0.2)
+    ids = [r.get("req_id") for r in st.log_records()]
+    # Probes are logged only at debug level.
+    assert "before-hup" not in ids and "after-hup" in ids
+
+
+def test_no_core_dumps(stack):
+    pid = stack.proc.pid
+    with open(f"/proc/{pid}/limits") as f:
+        line = [l for l in f if l.startswith("Max core file size")][0]
+    assert line.split()[4:6] == ["0", "0"], line
+
+
+def test_admin_token_file_is_private(stack):
+    mode = os.stat(os.path.join(stack.state, "admin.token")).st_mode & 0o777
+    assert mode == 0o600
+    for name in ("token.pin", "token.so-pin", "db.password", "pgpass"):
+        assert os.stat(os.path.join(stack.state, "secrets", name)).st_mode & 0o077 == 0
+
+
+def test_no_secret_in_database(stack):
+    dump = subprocess.run(["pg_dump", "-d", stack.pg_dsn], capture_output=True, text=True,
+                          timeout=120)
+    assert dump.returncode == 0, dump.stderr
+    assert stack.admin_token not in dump.stdout
+    assert stack.token_pin not in dump.stdout

@@ -1,0 +1,198 @@
+/* Unit tests: routing, request ids, tokens, hex, error classification. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "auth.h"
+#include "db.h"
+#include "entropy.h"
+#include "hexutil.h"
+#include "http.h"
+#include "keywrap.h"
+#include "p11.h"
+
+static void dummy(http_request *rq, http_response *rs) { (void)rq; (void)rs; }
+
+static const http_route rt[] = {
+    {"GET", "/healthz", "healthz", 0, dummy},
+    {"GET", "/v1/admin/tokens", "list", ROLE_ADMIN, dummy},
+    {"POST", "/v1/admin/tokens", "create", ROLE_ADMIN, dummy},
+    {"DELETE", "/v1/admin/tokens/{name}", "revoke", ROLE_ADMIN, dummy},
+    {"GET", "/v1/x/{a}/y/{b}", "two", 0, dummy},
+};
+
+static int find(const char *m, const char *p, const char **params, int *np, char *allow)
+{
+    static char buf[256];
+    return http_route_find(rt, 5, m, p, buf, sizeof(buf), params, np, allow, 64);
+}
+
+static void routing(void **state)
+{
+    const char *params[HTTP_MAX_PARAMS];
+    int np = -1;
+    char allow[64];
+    (void)state;
+    assert_int_equal(find("GET", "/healthz", params, &np, allow), 0);
+    assert_int_equal(np, 0);
+    assert_int_equal(find("POST", "/v1/admin/tokens", params, &np, allow), 2);
+    assert_int_equal(find("DELETE", "/v1/admin/tokens/ops-1", params, &np, allow), 3);
+    assert_int_equal(np, 1);
+    assert_string_equal(params[0], "ops-1");
+    assert_int_equal(find("GET", "/v1/x/aa/y/bb", params, &np, allow), 4);
+    assert_int_equal(np, 2);
+    assert_string_equal(params[0], "aa");
+    assert_string_equal(params[1], "bb");
+    /* Wrong method on a known path: 405 with the allowed methods. */
+    assert_int_equal(find("PUT", "/v1/admin/tokens", params, &np, allow), -405);
+    assert_string_equal(allow, "GET, POST");
+    /* Unknown, trailing slash, empty segment, extra segment: 404. */
+    assert_int_equal(find("GET", "/nope", params, &np, allow), -404);
+    assert_int_equal(find("GET", "/healthz/", params, &np, allow), -404);
+    assert_int_equal(find("DELETE", "/v1/admin/tokens/", params, &np, allow), -404);
+    assert_int_equal(find("DELETE", "/v1/admin/tokens/a/b", params, &np, allow), -404);
+    assert_int_equal(find("GET", "", params, &np, allow), -404);
+}
+
+static void request_ids(void **state)
+{
+    (void)state;
+    assert_true(http_request_id_ok("abc-123_X.y"));
+    assert_false(http_request_id_ok(""));
+    assert_false(http_request_id_ok(NULL));
+    assert_false(http_request_id_ok("a b"));
+    assert_false(http_request_id_ok("a\nb"));
+    assert_false(http_request_id_ok("{\"x\":1}"));
+    char longid[70];
+    memset(longid, 'a', 65);
+    longid[65] = 0;
+    assert_false(http_request_id_ok(longid));
+}
+
+static void bearer_and_tokens(void **state)
+{
+    char tok[128];
+    (void)state;
+    assert_int_equal(auth_bearer("Bearer abc", tok, sizeof(tok)), 0);
+    assert_string_equal(tok, "abc");
+    assert_int_equal(auth_bearer("bearer   abc  ", tok, sizeof(tok)), 0);
+    assert_string_equal(tok, "abc");
+    assert_int_equal(auth_bearer("Basic abc", tok, sizeof(tok)), -1);
+    assert_int_equal(auth_bearer("Bearer ", tok, sizeof(tok)), -1);
+    assert_int_equal(auth_bearer(NULL, tok, sizeof(tok)), -1);
+    assert_int_equal(auth_bearer("Bearer 0123456789", tok, 5), -1);
+
+    assert_true(auth_token_well_formed(
+        "qkms_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"));
+    assert_false(auth_token_well_formed(
+        "qkms_0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"));
+    assert_false(auth_token_well_formed("qkms_00"));
+    assert_false(auth_token_well_formed(
+        "xkms_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"));
+}
+
+static void names_and_roles(void **state)
+{
+    (void)state;
+    assert_true(auth_name_valid("ops-1"));
+    assert_true(auth_name_valid("a"));
+    assert_true(auth_name_valid("A.b_c-9"));
+    assert_false(auth_name_valid(""));
+    assert_false(auth_name_valid("-x"));
+    assert_false(auth_name_valid(".x"));
+    assert_false(auth_name_valid("a b"));
+    assert_false(auth_name_valid("a/b"));
+    assert_false(auth_name_valid("caf\xc3\xa9"));
+    char n65[66];
+    memset(n65, 'a', 65);
+    n65[65] = 0;
+    assert_false(auth_name_valid(n65));
+    n65[64] = 0;
+    assert_true(auth_name_valid(n65));
+    assert_int_equal(auth_role_parse("admin"), ROLE_ADMIN);
+    assert_int_equal(auth_role_parse("operator"), ROLE_OPERATOR);
+    assert_int_equal(auth_role_parse("auditor"), ROLE_AUDITOR);
+    assert_int_equal(auth_role_parse("root"), 0);
+    assert_int_equal(auth_role_parse(NULL), 0);
+}
+
+static void hex(void **state)
+{
+    uint8_t b[4];
+    char s[9];
+    (void)state;
+    hex_encode((const uint8_t *)"\x00\xff\x10\xab", 4, s);
+    assert_string_equal(s, "00ff10ab");
+    assert_int_equal(hex_decode("00FF10ab", 8, b, 4), 4);
+    assert_memory_equal(b, "\x00\xff\x10\xab", 4);
+    assert_int_equal(hex_decode("abc", 3, b, 4), -1);
+    assert_int_equal(hex_decode("zz", 2, b, 4), -1);
+    assert_int_equal(hex_decode("0011223344", 10, b, 4), -1);
+}
+
+static void sqlstate_classes(void **state)
+{
+    (void)state;
+    assert_int_equal(db_classify_sqlstate("40001"), DB_RETRY);
+    assert_int_equal(db_classify_sqlstate("40P01"), DB_RETRY);
+    assert_int_equal(db_classify_sqlstate("23505"), DB_CONFLICT);
+    assert_int_equal(db_classify_sqlstate("23514"), DB_INVALID);
+    assert_int_equal(db_classify_sqlstate("08006"), DB_UNAVAILABLE);
+    assert_int_equal(db_classify_sqlstate("57P01"), DB_UNAVAILABLE);
+    assert_int_equal(db_classify_sqlstate("57014"), DB_UNAVAILABLE);
+    assert_int_equal(db_classify_sqlstate(NULL), DB_UNAVAILABLE);
+    assert_int_equal(db_classify_sqlstate("42P01"), DB_ERROR);
+}
+
+static void ckr_mapping(void **state)
+{
+    (void)state;
+    assert_string_equal(p11_rv_name(CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT");
+    assert_string_equal(p11_rv_name(CKR_DEVICE_REMOVED), "CKR_DEVICE_REMOVED");
+    assert_string_equal(p11_rv_name(0x80001234UL), "CKR_VENDOR_OR_UNKNOWN");
+    assert_int_equal(p11_rv_kind(CKR_OK), P11_KIND_OK);
+    assert_int_equal(p11_rv_kind(CKR_DEVICE_REMOVED), P11_KIND_UNAVAILABLE);
+    assert_int_equal(p11_rv_kind(CKR_TOKEN_NOT_PRESENT), P11_KIND_UNAVAILABLE);
+    assert_int_equal(p11_rv_kind(CKR_SESSION_HANDLE_INVALID), P11_KIND_UNAVAILABLE);
+    assert_int_equal(p11_rv_kind(P11_RV_TIMEOUT), P11_KIND_UNAVAILABLE);
+    assert_int_equal(p11_rv_kind(CKR_PIN_LOCKED), P11_KIND_AUTH);
+    assert_int_equal(p11_rv_kind(CKR_ENCRYPTED_DATA_INVALID), P11_KIND_DATA);
+    assert_int_equal(p11_rv_kind(CKR_MECHANISM_INVALID), P11_KIND_CONFIG);
+}
+
+static void wrap_blob_header(void **state)
+{
+    uint8_t blob[KEYWRAP_OVERHEAD + 16] = {KEYWRAP_FORMAT, 0, 0, 1, 2};
+    (void)state;
+    assert_int_equal(keywrap_blob_version(blob, sizeof(blob)), 258);
+    assert_int_equal(keywrap_blob_version(blob, KEYWRAP_OVERHEAD), 0); /* no ciphertext */
+    blob[0] = 2;
+    assert_int_equal(keywrap_blob_version(blob, sizeof(blob)), 0);
+}
+
+static void stuck_entropy_block(void **state)
+{
+    uint8_t b[32];
+    (void)state;
+    memset(b, 0x5a, sizeof(b));
+    assert_true(entropy_block_looks_stuck(b, sizeof(b)));
+    b[31] = 0x5b;
+    assert_false(entropy_block_looks_stuck(b, sizeof(b)));
+    assert_false(entropy_block_looks_stuck(b, 8)); /* too short to judge */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(routing),          cmocka_unit_test(request_ids),
+        cmocka_unit_test(bearer_and_tokens), cmocka_unit_test(names_and_roles),
+        cmocka_unit_test(hex),              cmocka_unit_test(sqlstate_classes),
+        cmocka_unit_test(ckr_mapping),      cmocka_unit_test(wrap_blob_header),
+        cmocka_unit_test(stuck_entropy_block),
+    };
+    return cmocka_run_group_tests_name("validation", tests, NULL, NULL);
+}
