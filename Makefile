@@ -59,14 +59,16 @@ all: $(KMSD) $(KMSCTL)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@echo "CC $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/gen/schema_sql.c: $(SCHEMA) scripts/embed-sql.sh
 	@mkdir -p $(dir $@)
 	sh scripts/embed-sql.sh $@ $(SCHEMA)
 
 $(BUILD)/gen/schema_sql.o: $(BUILD)/gen/schema_sql.c
-	$(CC) $(CFLAGS) -c $< -o $@
+	@echo "CC $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
 
 $(LIBP11): $(P11_OBJ)
 	ar rcs $@ $^

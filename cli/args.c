@@ -1,5 +1,6 @@
 /* args — argv to invocation; see args.h for the rules. */
 #include "args.h"
+#include "output.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -134,7 +135,7 @@ static bool take_word(const char *word, const struct command *const *table, stru
     if (!inv->cmd) {
         inv->cmd = find_command(table, word);
         if (!inv->cmd) {
-            set_msg(msg, msg_size, "unknown command '%s'", word);
+            set_msg(msg, msg_size, "unknown command '%s'", out_safe(word));
             return false;
         }
         if (is_leaf(inv->cmd)) {
@@ -146,7 +147,7 @@ static bool take_word(const char *word, const struct command *const *table, stru
     if (!inv->act) {
         inv->act = find_action(inv->cmd, word);
         if (!inv->act) {
-            set_msg(msg, msg_size, "unknown %s subcommand '%s'", inv->cmd->name, word);
+            set_msg(msg, msg_size, "unknown %s subcommand '%s'", inv->cmd->name, out_safe(word));
             return false;
         }
         inv->local.specs = inv->act->opts;

@@ -106,10 +106,10 @@ static int transport_error(const struct kmsctl_ctx *ctx, const char *url, CURLco
     case CURLE_SSL_ENGINE_SETFAILED:
     case CURLE_SSL_ENGINE_INITFAILED:
     case CURLE_SSL_SHUTDOWN_FAILED:
-        out_error("TLS failure talking to %s: %s", url, why);
+        out_error("TLS failure talking to %s: %s", out_safe(url), why);
         return EXIT_CONNECT;
     default:
-        out_error("cannot reach %s: %s", url, why);
+        out_error("cannot reach %s: %s", out_safe(url), why);
         return EXIT_CONNECT;
     }
 }
@@ -224,7 +224,7 @@ int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     }
 
     if (ctx->verbose)
-        out_note("> %s %s", method, url);
+        out_note("> %s %s", method, out_safe(url));
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     CURLcode code = curl_easy_perform(curl);

@@ -100,7 +100,7 @@ int config_resolve(const struct opt_values *g, struct kmsctl_ctx *ctx)
     }
     /* Checked here so a typo is a usage error, not a TLS failure later. */
     if (ctx->cacert && access(ctx->cacert, R_OK) != 0) {
-        out_error("--cacert %s: %s", ctx->cacert, strerror(errno));
+        out_error("--cacert %s: %s", out_safe(ctx->cacert), strerror(errno));
         return EXIT_USAGE;
     }
     return EXIT_OK;
@@ -130,12 +130,12 @@ static int read_token_file(const char *path, const char *src, char **out)
     int rc = EXIT_USAGE;
     FILE *f = fopen(path, "re");
     if (!f) {
-        out_error("cannot read admin token file %s (%s): %s", path, src, strerror(errno));
+        out_error("cannot read admin token file %s (%s): %s", out_safe(path), src, strerror(errno));
         goto cleanup;
     }
     size_t n = fread(buf, 1, sizeof(buf) - 1, f);
     if (ferror(f)) {
-        out_error("cannot read admin token file %s (%s): read error", path, src);
+        out_error("cannot read admin token file %s (%s): read error", out_safe(path), src);
         goto cleanup;
     }
     if (n > TOKEN_MAX) {

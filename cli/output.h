@@ -16,6 +16,11 @@
 
 /* "kmsctl: <message>\n" on stderr. Only for text kmsctl itself composed. */
 void out_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* s, or a placeholder when s carries something that looks like an admin
+ * token ("qkms_..."): for echoing user-typed words and URLs in messages,
+ * where a token pasted in the wrong place must not end up on screen or in
+ * a CI log. */
+const char *out_safe(const char *s);
 /* "<message>\n" on stderr, for hints that are not errors. */
 void out_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

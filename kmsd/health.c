@@ -18,6 +18,8 @@ void h_readyz(http_request *rq, http_response *rs)
     json_t *checks = json_object(), *down = json_array();
     db_status ds = db_ping(k->db);
     CK_RV rv = p11_ping(k->token);
+    if (rv == CKR_OK)
+        rv = keywrap_check(k->kw); /* the master key itself still answers */
     uint8_t probe[32];
     const char *src = NULL;
     int ent = entropy_get(k->ent, probe, sizeof(probe), &src);

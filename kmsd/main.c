@@ -54,6 +54,15 @@ static void harden_process(void)
         log_emit(LOG_WARN, "secure heap unavailable (RLIMIT_MEMLOCK?); key buffers not locked", NULL);
 }
 
+static void log_token_reinit(CK_RV rv, const char *err)
+{
+    if (rv == CKR_OK)
+        log_emit(LOG_WARN, "token module re-initialized after a failure", "{s:s}", "ckr", "CKR_OK");
+    else
+        log_emit(LOG_ERROR, "token module re-initialization failed", "{s:s,s:s}", "ckr",
+                 p11_rv_name(rv), "error", err);
+}
+
 static int load_config(kms_config *cfg, const char *path, char *err, size_t el)
 {
     config_defaults(cfg);
@@ -187,6 +196,7 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    p11_set_reinit_logger(k.token, log_token_reinit);
     if (keywrap_new(&k.kw, k.token, k.cfg.master_key_label) != CKR_OK)
         goto out;
     if (master_init(&k, err, sizeof(err)) != 0) {

@@ -61,6 +61,7 @@ static int record_v1(kms_ctx *k, db_conn *c, char *err, size_t el)
         return -1;
     }
     PQclear(r);
+    keywrap_expect_kcv(k->kw, 1, kcv);
     keywrap_set_active(k->kw, 1);
     return 0;
 }
@@ -118,6 +119,7 @@ int master_init(kms_ctx *k, char *err, size_t el)
                      label);
             goto out;
         }
+        keywrap_expect_kcv(k->kw, v, want);
         if (!strcmp(PQgetvalue(r, i, 3), "active"))
             keywrap_set_active(k->kw, v);
     }

@@ -161,10 +161,12 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
             "# TYPE qkms_pkcs11_session_reopens_total counter\n"
             "qkms_pkcs11_session_reopens_total %llu\n"
             "# HELP qkms_pkcs11_relogins_total Logins re-established.\n"
-            "# TYPE qkms_pkcs11_relogins_total counter\nqkms_pkcs11_relogins_total %llu\n",
+            "# TYPE qkms_pkcs11_relogins_total counter\nqkms_pkcs11_relogins_total %llu\n"
+            "# HELP qkms_pkcs11_reinits_total Module re-initializations after token failures.\n"
+            "# TYPE qkms_pkcs11_reinits_total counter\nqkms_pkcs11_reinits_total %llu\n",
             p11_pool_size(kms->token), p11_pool_in_use(kms->token), (unsigned long long)ps.ops,
             (unsigned long long)ps.errors, (unsigned long long)ps.reopened_sessions,
-            (unsigned long long)ps.relogins);
+            (unsigned long long)ps.relogins, (unsigned long long)ps.reinits);
 
     fprintf(f, "# HELP qkms_entropy_bytes_total Bytes served per entropy source.\n"
                "# TYPE qkms_entropy_bytes_total counter\n");

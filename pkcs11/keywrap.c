@@ -18,6 +18,9 @@ struct keywrap {
     struct {
         uint32_t version;
         CK_OBJECT_HANDLE h;
+        uint64_t generation; /* p11 generation the handle belongs to */
+        bool has_kcv;
+        uint8_t kcv[KEYWRAP_KCV_LEN];
     } keys[KW_MAX_VERSIONS];
     int nkeys;
     uint32_t active;
@@ -53,20 +56,25 @@ void keywrap_label(const keywrap *kw, uint32_t version, char *buf, size_t len)
     snprintf(buf, len, "%s-%u", kw->prefix, version);
 }
 
-static bool lookup(keywrap *kw, uint32_t version, CK_OBJECT_HANDLE *h)
+/* Handle of a loaded version, if it is still valid in the module's
+ * current generation. *known tells whether the version was ever loaded. */
+static bool lookup(keywrap *kw, uint32_t version, CK_OBJECT_HANDLE *h, bool *known)
 {
     bool ok = false;
+    uint64_t gen = p11_generation(kw->t);
+    *known = false;
     pthread_rwlock_rdlock(&kw->lock);
     for (int i = 0; i < kw->nkeys; i++)
         if (kw->keys[i].version == version) {
+            *known = true;
             *h = kw->keys[i].h;
-            ok = true;
+            ok = kw->keys[i].generation == gen;
         }
     pthread_rwlock_unlock(&kw->lock);
     return ok;
 }
 
-static CK_RV remember(keywrap *kw, uint32_t version, CK_OBJECT_HANDLE h)
+static CK_RV remember(keywrap *kw, uint32_t version, CK_OBJECT_HANDLE h, uint64_t gen)
 {
     CK_RV rv = CKR_OK;
     pthread_rwlock_wrlock(&kw->lock);
@@ -83,6 +91,7 @@ static CK_RV remember(keywrap *kw, uint32_t version, CK_OBJECT_HANDLE h)
     if (rv == CKR_OK) {
         kw->keys[i].version = version;
         kw->keys[i].h = h;
+        kw->keys[i].generation = gen;
     }
     pthread_rwlock_unlock(&kw->lock);
     return rv;
@@ -92,10 +101,11 @@ CK_RV keywrap_load(keywrap *kw, uint32_t version, bool *found)
 {
     char label[128];
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    uint64_t gen = p11_generation(kw->t); /* read before the search, see lookup() */
     keywrap_label(kw, version, label, sizeof(label));
     CK_RV rv = p11_find_secret_key(kw->t, label, &h, found);
     if (rv == CKR_OK && *found)
-        rv = remember(kw, version, h);
+        rv = remember(kw, version, h, gen);
     return rv;
 }
 
@@ -103,10 +113,11 @@ CK_RV keywrap_create(keywrap *kw, uint32_t version)
 {
     char label[128];
     CK_OBJECT_HANDLE h;
+    uint64_t gen = p11_generation(kw->t);
     keywrap_label(kw, version, label, sizeof(label));
     CK_RV rv = p11_generate_master_key(kw->t, label, &h);
     if (rv == CKR_OK)
-        rv = remember(kw, version, h);
+        rv = remember(kw, version, h, gen);
     return rv;
 }
 
@@ -126,33 +137,51 @@ uint32_t keywrap_active(const keywrap *kw)
     return v;
 }
 
+/* A current handle for version: the cached one, or found again by label
+ * after the module was re-initialized. */
+static CK_RV handle_for(keywrap *kw, uint32_t version, CK_OBJECT_HANDLE *h)
+{
+    bool known, found = false;
+    CK_RV rv;
+    if (lookup(kw, version, h, &known))
+        return CKR_OK;
+    if (!known)
+        return CKR_KEY_HANDLE_INVALID;
+    rv = keywrap_load(kw, version, &found);
+    if (rv != CKR_OK)
+        return rv;
+    if (!found || !lookup(kw, version, h, &known))
+        return CKR_KEY_HANDLE_INVALID;
+    return CKR_OK;
+}
+
 CK_RV keywrap_info(keywrap *kw, uint32_t version, p11_key_info *info)
 {
     CK_OBJECT_HANDLE h;
-    if (!lookup(kw, version, &h))
-        return CKR_KEY_HANDLE_INVALID;
-    return p11_key_info_get(kw->t, h, info);
+    CK_RV rv = handle_for(kw, version, &h);
+    return rv != CKR_OK ? rv : p11_key_info_get(kw->t, h, info);
 }
 
-/* Run a GCM operation under version; if the handle went stale (token
- * re-inserted, module restarted) find the key by label again, once. */
+/* Run a GCM operation under version. A handle that went stale (re-inserted
+ * token, changed object) is found again by label, once. */
 static CK_RV gcm(keywrap *kw, bool enc, uint32_t version, const uint8_t iv[12],
                  const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
                  uint8_t *out, size_t *out_len)
 {
     CK_OBJECT_HANDLE h;
     size_t cap = *out_len;
-    CK_RV rv;
-    if (!lookup(kw, version, &h))
-        return CKR_KEY_HANDLE_INVALID;
+    CK_RV rv = handle_for(kw, version, &h);
+    if (rv != CKR_OK)
+        return rv;
     for (int attempt = 0; attempt < 2; attempt++) {
+        bool found = false, known;
         *out_len = cap;
         rv = enc ? p11_gcm_encrypt(kw->t, h, iv, aad, aad_len, in, in_len, out, out_len)
                  : p11_gcm_decrypt(kw->t, h, iv, aad, aad_len, in, in_len, out, out_len);
-        if (rv != CKR_KEY_HANDLE_INVALID && rv != CKR_OBJECT_HANDLE_INVALID)
+        if (p11_rv_kind(rv) != P11_KIND_NOT_FOUND)
             break;
-        bool found = false;
-        if (keywrap_load(kw, version, &found) != CKR_OK || !found || !lookup(kw, version, &h))
+        if (keywrap_load(kw, version, &found) != CKR_OK || !found ||
+            !lookup(kw, version, &h, &known))
             break;
     }
     return rv;
@@ -173,6 +202,41 @@ CK_RV keywrap_kcv(keywrap *kw, uint32_t version, uint8_t kcv[KEYWRAP_KCV_LEN])
         rv = CKR_FUNCTION_FAILED;
     if (rv == CKR_OK)
         memcpy(kcv, tag, KEYWRAP_KCV_LEN);
+    return rv;
+}
+
+CK_RV keywrap_expect_kcv(keywrap *kw, uint32_t version, const uint8_t kcv[KEYWRAP_KCV_LEN])
+{
+    CK_RV rv = CKR_KEY_HANDLE_INVALID;
+    pthread_rwlock_wrlock(&kw->lock);
+    for (int i = 0; i < kw->nkeys; i++)
+        if (kw->keys[i].version == version) {
+            memcpy(kw->keys[i].kcv, kcv, KEYWRAP_KCV_LEN);
+            kw->keys[i].has_kcv = true;
+            rv = CKR_OK;
+        }
+    pthread_rwlock_unlock(&kw->lock);
+    return rv;
+}
+
+CK_RV keywrap_check(keywrap *kw)
+{
+    uint8_t want[KEYWRAP_KCV_LEN], got[KEYWRAP_KCV_LEN];
+    uint32_t v = keywrap_active(kw);
+    bool known = false;
+    CK_RV rv;
+    pthread_rwlock_rdlock(&kw->lock);
+    for (int i = 0; i < kw->nkeys; i++)
+        if (kw->keys[i].version == v && kw->keys[i].has_kcv) {
+            memcpy(want, kw->keys[i].kcv, KEYWRAP_KCV_LEN);
+            known = true;
+        }
+    pthread_rwlock_unlock(&kw->lock);
+    if (!known)
+        return CKR_KEY_HANDLE_INVALID;
+    rv = keywrap_kcv(kw, v, got);
+    if (rv == CKR_OK && CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0)
+        rv = CKR_KEY_CHANGED;
     return rv;
 }
 

@@ -46,6 +46,12 @@ CK_RV keywrap_kcv(keywrap *kw, uint32_t version, uint8_t kcv[KEYWRAP_KCV_LEN]);
 /* Attributes of a loaded version (for status and tests). */
 CK_RV keywrap_info(keywrap *kw, uint32_t version, p11_key_info *info);
 
+/* Remember the check value a version must keep (set once verified). */
+CK_RV keywrap_expect_kcv(keywrap *kw, uint32_t version, const uint8_t kcv[KEYWRAP_KCV_LEN]);
+/* Readiness: the active master key still answers with its check value.
+ * CKR_KEY_CHANGED when it answers differently. */
+CK_RV keywrap_check(keywrap *kw);
+
 void keywrap_set_active(keywrap *kw, uint32_t version);
 uint32_t keywrap_active(const keywrap *kw);
 

@@ -33,8 +33,19 @@ struct p11_token {
     int nsessions;
     int in_use;
 
-    _Atomic uint64_t ops, errors, reopened, relogins;
+    _Atomic uint64_t ops, errors, reopened, relogins, reinits;
+
+    /* Operations hold it for reading; module re-initialization for writing. */
+    pthread_rwlock_t life;
+    bool initialized; /* C_Initialize done and not finalized */
+    bool broken;      /* last re-initialization failed */
+    int64_t last_reinit_ms;
+    _Atomic uint64_t generation;
+    void (*reinit_log)(CK_RV rv, const char *err);
 };
+
+/* Re-initialize the module at most this often while the token is failing. */
+#define P11_REINIT_INTERVAL_MS 2000
 
 static void errf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void errf(char *buf, size_t len, const char *fmt, ...)
@@ -138,15 +149,93 @@ static int label_eq(const CK_UTF8CHAR *padded, size_t padlen, const char *want)
     return 1;
 }
 
+/* Initialize the module, find the token, open the session pool and log in.
+ * Used at open and by re-initialization (with the life lock held). */
+static CK_RV attach(p11_token *t, char *eb, size_t el)
+{
+    CK_C_INITIALIZE_ARGS ia;
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG nslots = 0;
+    bool found = false;
+    CK_RV rv;
+
+    memset(&ia, 0, sizeof(ia));
+    ia.flags = CKF_OS_LOCKING_OK;
+    rv = t->f->C_Initialize(&ia);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        errf(eb, el, "p11: C_Initialize failed: %s", p11_rv_name(rv));
+        return rv;
+    }
+    t->initialized = true;
+    rv = t->f->C_GetSlotList(CK_TRUE, NULL, &nslots);
+    if (rv == CKR_OK) {
+        slots = calloc(nslots ? nslots : 1, sizeof(*slots));
+        rv = slots ? t->f->C_GetSlotList(CK_TRUE, slots, &nslots) : CKR_HOST_MEMORY;
+    }
+    if (rv != CKR_OK) {
+        errf(eb, el, "p11: C_GetSlotList failed: %s", p11_rv_name(rv));
+        free(slots);
+        return rv;
+    }
+    for (CK_ULONG i = 0; i < nslots && !found; i++) {
+        CK_TOKEN_INFO ti;
+        if (t->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+            continue;
+        if (label_eq(ti.label, sizeof(ti.label), t->label) && (ti.flags & CKF_TOKEN_INITIALIZED)) {
+            t->slot = slots[i];
+            found = true;
+        }
+    }
+    free(slots);
+    if (!found) {
+        errf(eb, el, "p11: no initialized token labelled '%s' in module %s", t->label,
+             t->module_path);
+        return P11_RV_NO_TOKEN;
+    }
+    for (int i = 0; i < t->nsessions; i++) {
+        rv = open_session(t, &t->sessions[i]);
+        if (rv != CKR_OK) {
+            errf(eb, el, "p11: C_OpenSession failed: %s", p11_rv_name(rv));
+            return rv;
+        }
+    }
+    /* One login covers every session of this application on the token. */
+    rv = login(t, t->sessions[0]);
+    if (rv != CKR_OK)
+        errf(eb, el, "p11: C_Login to token '%s' failed: %s", t->label, p11_rv_name(rv));
+    return rv;
+}
+
+static void detach(p11_token *t)
+{
+    if (!t->initialized)
+        return;
+    t->f->C_CloseAllSessions(t->slot);
+    t->f->C_Finalize(NULL);
+    t->initialized = false;
+}
+
+static void token_free(p11_token *t)
+{
+    /* Modules may keep atexit handlers or threads; unloading them is a
+     * common source of crashes at exit, so the module stays mapped. */
+    if (t->pin)
+        OPENSSL_secure_clear_free(t->pin, t->pin_len + 1);
+    free(t->sessions);
+    free(t->busy);
+    free(t->module_path);
+    free(t->label);
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cv);
+    pthread_rwlock_destroy(&t->life);
+    free(t);
+}
+
 CK_RV p11_open(p11_token **out, const p11_opts *o, char *eb, size_t el)
 {
     CK_RV rv = CKR_OK;
-    CK_SLOT_ID *slots = NULL;
-    CK_ULONG nslots = 0;
     p11_token *t = NULL;
     CK_C_GetFunctionList gfl;
-    CK_C_INITIALIZE_ARGS ia;
-    bool initialized = false, found = false;
 
     *out = NULL;
     if (!o->module_path || !o->token_label || !o->pin || o->nsessions < 1) {
@@ -158,10 +247,14 @@ CK_RV p11_open(p11_token **out, const p11_opts *o, char *eb, size_t el)
         return CKR_HOST_MEMORY;
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->cv, NULL);
+    pthread_rwlock_init(&t->life, NULL);
     t->module_path = strdup(o->module_path);
     t->label = strdup(o->token_label);
     t->pin = OPENSSL_secure_malloc(o->pin_len + 1);
-    if (!t->module_path || !t->label || !t->pin) {
+    t->nsessions = o->nsessions;
+    t->sessions = calloc((size_t)t->nsessions, sizeof(*t->sessions));
+    t->busy = calloc((size_t)t->nsessions, sizeof(*t->busy));
+    if (!t->module_path || !t->label || !t->pin || !t->sessions || !t->busy) {
         rv = CKR_HOST_MEMORY;
         goto fail;
     }
@@ -181,88 +274,15 @@ CK_RV p11_open(p11_token **out, const p11_opts *o, char *eb, size_t el)
         rv = P11_RV_NO_MODULE;
         goto fail;
     }
-    memset(&ia, 0, sizeof(ia));
-    ia.flags = CKF_OS_LOCKING_OK;
-    rv = t->f->C_Initialize(&ia);
-    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-        errf(eb, el, "p11: C_Initialize failed: %s", p11_rv_name(rv));
-        goto fail;
-    }
-    initialized = true;
-
-    rv = t->f->C_GetSlotList(CK_TRUE, NULL, &nslots);
+    rv = attach(t, eb, el);
     if (rv != CKR_OK)
-        goto slot_fail;
-    slots = calloc(nslots ? nslots : 1, sizeof(*slots));
-    if (!slots) {
-        rv = CKR_HOST_MEMORY;
         goto fail;
-    }
-    rv = t->f->C_GetSlotList(CK_TRUE, slots, &nslots);
-    if (rv != CKR_OK)
-        goto slot_fail;
-    for (CK_ULONG i = 0; i < nslots && !found; i++) {
-        CK_TOKEN_INFO ti;
-        if (t->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
-            continue;
-        if (label_eq(ti.label, sizeof(ti.label), o->token_label) &&
-            (ti.flags & CKF_TOKEN_INITIALIZED)) {
-            t->slot = slots[i];
-            found = true;
-        }
-    }
-    if (!found) {
-        errf(eb, el, "p11: no initialized token labelled '%s' in module %s", o->token_label,
-             o->module_path);
-        rv = P11_RV_NO_TOKEN;
-        goto fail;
-    }
-
-    t->nsessions = o->nsessions;
-    t->sessions = calloc((size_t)t->nsessions, sizeof(*t->sessions));
-    t->busy = calloc((size_t)t->nsessions, sizeof(*t->busy));
-    if (!t->sessions || !t->busy) {
-        rv = CKR_HOST_MEMORY;
-        goto fail;
-    }
-    for (int i = 0; i < t->nsessions; i++) {
-        rv = open_session(t, &t->sessions[i]);
-        if (rv != CKR_OK) {
-            errf(eb, el, "p11: C_OpenSession failed: %s", p11_rv_name(rv));
-            goto fail;
-        }
-    }
-    /* One login covers every session of this application on the token. */
-    rv = login(t, t->sessions[0]);
-    if (rv != CKR_OK) {
-        errf(eb, el, "p11: C_Login to token '%s' failed: %s", o->token_label, p11_rv_name(rv));
-        goto fail;
-    }
-    free(slots);
     *out = t;
     return CKR_OK;
-
-slot_fail:
-    errf(eb, el, "p11: C_GetSlotList failed: %s", p11_rv_name(rv));
 fail:
-    free(slots);
-    if (t) {
-        if (initialized && t->sessions)
-            t->f->C_CloseAllSessions(t->slot);
-        if (initialized)
-            t->f->C_Finalize(NULL);
-        if (t->dl)
-            dlclose(t->dl);
-        if (t->pin)
-            OPENSSL_secure_clear_free(t->pin, t->pin_len + 1);
-        free(t->sessions);
-        free(t->busy);
-        free(t->module_path);
-        free(t->label);
-        pthread_mutex_destroy(&t->mu);
-        pthread_cond_destroy(&t->cv);
-        free(t);
-    }
+    if (t->f)
+        detach(t);
+    token_free(t);
     return rv;
 }
 
@@ -270,19 +290,52 @@ void p11_close(p11_token *t)
 {
     if (!t)
         return;
-    t->f->C_Logout(t->sessions[0]);
-    t->f->C_CloseAllSessions(t->slot);
-    t->f->C_Finalize(NULL);
-    /* Modules may keep atexit handlers or threads; unloading them is a
-     * common source of crashes at exit, so the module stays mapped. */
-    OPENSSL_secure_clear_free(t->pin, t->pin_len + 1);
-    free(t->sessions);
-    free(t->busy);
-    free(t->module_path);
-    free(t->label);
-    pthread_mutex_destroy(&t->mu);
-    pthread_cond_destroy(&t->cv);
-    free(t);
+    if (t->initialized)
+        t->f->C_Logout(t->sessions[0]);
+    detach(t);
+    token_free(t);
+}
+
+uint64_t p11_generation(p11_token *t) { return atomic_load(&t->generation); }
+
+/* Tear the module down and bring it up again: the recovery for a token that
+ * went away (HSM restart, network appliance reconnect, SoftHSM losing its
+ * store) and for which reopening a session is not enough. Rate-limited; runs
+ * with no operation in flight (write side of the life lock). Object handles
+ * from before are void afterwards: the generation counter tells callers. */
+static void maybe_reinit(p11_token *t)
+{
+    struct timespec now;
+    int64_t ms;
+    char err[256] = "";
+    CK_RV rv;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    pthread_mutex_lock(&t->mu);
+    if (ms - t->last_reinit_ms < P11_REINIT_INTERVAL_MS) {
+        pthread_mutex_unlock(&t->mu);
+        return;
+    }
+    t->last_reinit_ms = ms;
+    pthread_mutex_unlock(&t->mu);
+
+    pthread_rwlock_wrlock(&t->life);
+    detach(t);
+    rv = attach(t, err, sizeof(err));
+    atomic_fetch_add(&t->generation, 1);
+    atomic_fetch_add(&t->reinits, 1);
+    t->broken = rv != CKR_OK;
+    if (t->broken)
+        detach(t);
+    pthread_rwlock_unlock(&t->life);
+    if (t->reinit_log)
+        t->reinit_log(rv, err);
+}
+
+void p11_set_reinit_logger(p11_token *t, void (*fn)(CK_RV rv, const char *err))
+{
+    t->reinit_log = fn;
 }
 
 const char *p11_module_path(const p11_token *t) { return t->module_path; }
@@ -303,6 +356,7 @@ void p11_stats_get(p11_token *t, p11_stats *s)
     s->errors = atomic_load(&t->errors);
     s->reopened_sessions = atomic_load(&t->reopened);
     s->relogins = atomic_load(&t->relogins);
+    s->reinits = atomic_load(&t->reinits);
 }
 
 static int acquire(p11_token *t)
@@ -339,14 +393,32 @@ static void release(p11_token *t, int idx)
 
 typedef CK_RV (*p11_fn)(p11_token *t, CK_SESSION_HANDLE s, void *arg);
 
+static bool needs_reinit(CK_RV rv)
+{
+    return rv == CKR_GENERAL_ERROR || rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED ||
+           rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_CRYPTOKI_NOT_INITIALIZED ||
+           rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED;
+}
+
+static void maybe_reinit(p11_token *t);
+
 /* Run fn on a pooled session, repairing a closed session or a lost login
  * once. Every token operation goes through here. */
 static CK_RV run(p11_token *t, p11_fn fn, void *arg)
 {
-    int idx = acquire(t);
+    int idx;
     CK_RV rv;
 
+    pthread_rwlock_rdlock(&t->life);
+    if (t->broken) {
+        pthread_rwlock_unlock(&t->life);
+        atomic_fetch_add(&t->errors, 1);
+        maybe_reinit(t);
+        return CKR_DEVICE_REMOVED;
+    }
+    idx = acquire(t);
     if (idx < 0) {
+        pthread_rwlock_unlock(&t->life);
         atomic_fetch_add(&t->errors, 1);
         return P11_RV_TIMEOUT;
     }
@@ -370,6 +442,11 @@ static CK_RV run(p11_token *t, p11_fn fn, void *arg)
     if (rv != CKR_OK)
         atomic_fetch_add(&t->errors, 1);
     release(t, idx);
+    pthread_rwlock_unlock(&t->life);
+    /* Not retried here: the caller's object handles predate the new module
+     * state. The caller answers 503 and its next call finds keys again. */
+    if (needs_reinit(rv))
+        maybe_reinit(t);
     return rv;
 }
 

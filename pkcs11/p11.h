@@ -9,6 +9,10 @@
  *  - Every operation borrows a session from the pool (blocking until one is
  *    free) and returns it. A session the module reports closed or invalid is
  *    reopened, and a lost login is re-established, once per call.
+ *  - When the token itself fails (device error, token gone, general error),
+ *    the module is finalized and initialized again (at most every 2 s, with
+ *    no operation in flight) and p11_generation() moves on, so key handles
+ *    are looked up again; until then operations fail and callers answer 503.
  *  - Functions return the raw CK_RV; p11_rv_kind() classifies it and
  *    p11_rv_name() names the CKR_ constant for logs. No PIN or key byte is ever
  *    written to an error message.
@@ -93,12 +97,19 @@ CK_RV p11_random(p11_token *t, uint8_t *buf, size_t len);
 /* Cheap liveness probe: the session is usable and still logged in. */
 CK_RV p11_ping(p11_token *t);
 
+/* Incremented each time the module is re-initialized after a token failure;
+ * object handles obtained under an older generation must be found again. */
+uint64_t p11_generation(p11_token *t);
+/* Called (outside any lock) after each re-initialization attempt. */
+void p11_set_reinit_logger(p11_token *t, void (*fn)(CK_RV rv, const char *err));
+
 /* Counters for metrics (monotonic). */
 typedef struct {
     uint64_t ops;
     uint64_t errors;
     uint64_t reopened_sessions;
     uint64_t relogins;
+    uint64_t reinits;
 } p11_stats;
 void p11_stats_get(p11_token *t, p11_stats *out);
 

@@ -212,3 +212,40 @@ def test_no_secret_in_database(stack):
     assert dump.returncode == 0, dump.stderr
     assert stack.admin_token not in dump.stdout
     assert stack.token_pin not in dump.stdout
+
+
+def test_token_outage_gives_503_and_recovers(fresh_stack):
+    """The token's store disappears under kmsd (an HSM going away): readiness
+    and token-backed calls answer 503 naming the token, and once it is back
+    kmsd re-initializes the module and recovers without a restart."""
+    import glob
+    import shutil
+    import time
+    st = fresh_stack
+    st.start()
+    tokdir = glob.glob(os.path.join(st.state, "softhsm", "tokens", "*"))[0]
+    away = os.path.join(st.state, "token-away")
+    shutil.move(tokdir, away)
+    try:
+        r = requests.get(st.url + "/readyz")
+        assert r.status_code == 503
+        assert r.json()["error"]["down"] == ["token"]
+        assert r.json()["checks"]["token"].startswith("CKR_")
+        assert r.headers["Retry-After"] == "1"
+        time.sleep(2.5)  # past the re-initialization interval: still down
+        assert requests.get(st.url + "/readyz").status_code == 503
+    finally:
+        shutil.move(away, tokdir)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        r = requests.get(st.url + "/readyz")
+        if r.status_code == 200:
+            break
+        time.sleep(0.3)
+    assert r.status_code == 200, r.text
+    logs = st.logs()
+    assert "token module re-initialized after a failure" in logs
+    m = requests.get(st.url + "/metrics").text
+    assert re.search(r"^qkms_pkcs11_reinits_total [1-9]", m, re.M)
+    # Same master key as before, still usable.
+    assert st.admin("GET", "/v1/admin/status").json()["master_key"]["label"] == "qkms-master-1"
