@@ -48,6 +48,11 @@ pg_running() { [ -f "$PGDATA/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$PG
 
 init_pg() {
     [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 not found in $PG_BIN (run: make deps)"
+    # The cluster's owner must be able to traverse the state dir.
+    chmod 0711 "$STATE"
+    if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$STATE"; then
+        die "the postgres user cannot reach $STATE (a parent directory is private); use QKMS_STATE=/var/lib/qkms or a directory under /srv or /tmp"
+    fi
     mkdir -p "$STATE/pg" "$SECRETS"
     secret "$SECRETS/db.password"
     if [ ! -f "$PGDATA/PG_VERSION" ]; then

@@ -169,3 +169,55 @@ def test_readyz_follows_postgresql_outage(stack):
         time.sleep(0.3)
     assert r.status_code == 200, r.text
     assert stack.admin("GET", "/v1/admin/status").status_code == 200
+
+
+def test_tls_listener(fresh_stack, tmp_path):
+    """With tls_cert_file/tls_key_file the API speaks HTTPS only."""
+    import datetime
+    import subprocess
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    crt, kf = tmp_path / "kmsd.crt", tmp_path / "kmsd.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kf.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    st = fresh_stack
+    st.start(extra_env={"QKMS_TLS_CERT_FILE": str(crt), "QKMS_TLS_KEY_FILE": str(kf)}, wait=False)
+    url = f"https://127.0.0.1:{st.port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            r = requests.get(url + "/readyz", verify=str(crt), timeout=2)
+            if r.status_code == 200:
+                break
+        except requests.exceptions.ConnectionError:
+            pass
+        assert time.time() < deadline and st.proc.poll() is None, st.logs()[-3000:]
+        time.sleep(0.2)
+    r = requests.get(url + "/v1/admin/status", verify=str(crt),
+                     headers={"Authorization": "Bearer " + st.admin_token})
+    assert r.status_code == 200
+    # Plain HTTP is not served on the TLS port.
+    try:
+        r = requests.get(f"http://127.0.0.1:{st.port}/healthz", timeout=3)
+        assert r.status_code >= 400
+    except requests.exceptions.ConnectionError:
+        pass
+    # kmsctl verifies against --cacert.
+    p = st.kmsctl("--addr", url, "--cacert", str(crt), "status", "--json", token=st.admin_token)
+    assert p.returncode == 0, p.stderr
+    p = st.kmsctl("--addr", url, "status", token=st.admin_token)
+    assert p.returncode == 3  # untrusted certificate
