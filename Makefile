@@ -31,7 +31,7 @@ CFLAGS   += -std=c17 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -fstack-pro
 LDFLAGS  += -pie -Wl,-z,relro,-z,now $(SANFLAGS)
 
 KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd jansson libpq libcrypto) -lpthread -ldl
-CLI_LIBS  := $(shell pkg-config --libs libcurl jansson)
+CLI_LIBS  := $(shell pkg-config --libs libcurl jansson libcrypto)
 
 COMMON_SRC := $(wildcard common/*.c)
 P11_SRC    := $(wildcard pkcs11/*.c)

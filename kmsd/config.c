@@ -69,6 +69,16 @@ const config_option config_options[] = {
     {"entropy_sources", OPT_STR, OFF(entropy_sources), "pkcs11,os", 0, 0, NULL, false, false,
      "Comma-separated entropy sources in order of preference: `pkcs11` (the token's "
      "C_GenerateRandom), `os` (getrandom)."},
+    {"device_default_keys", OPT_INT, OFF(device_default_keys), "4", 1, 16, NULL, false, false,
+     "Device keys generated at registration when the request does not say."},
+    {"device_key_validity_days", OPT_INT, OFF(device_key_validity_days), "365", 1, 3650, NULL,
+     false, false, "Validity of a new device key when the request does not say (seed 004: a year)."},
+    {"device_key_warn_days", OPT_INT, OFF(device_key_warn_days), "15", 1, 365, NULL, false, false,
+     "Keys expiring within this many days are warned about (log once a day per device, metric)."},
+    {"device_key_grace_days", OPT_INT, OFF(device_key_grace_days), "30", 0, 365, NULL, false, false,
+     "After `device rotate`, older keys stay usable this many days, then retire."},
+    {"maintenance_interval", OPT_INT, OFF(maintenance_interval), "30", 1, 3600, NULL, false, false,
+     "Seconds between maintenance passes (key retirement, expiry warnings)."},
     {"bootstrap_token_file", OPT_STR, OFF(bootstrap_token_file), NULL, 0, 0, NULL, false, false,
      "If set and no admin token named `bootstrap` exists, kmsd creates one and writes it here "
      "(mode 0600, never overwritten)."},

@@ -50,6 +50,12 @@ typedef struct kms_config {
     bool master_key_create;
     /* entropy */
     char *entropy_sources;
+    /* devices */
+    int device_default_keys;
+    int device_key_validity_days;
+    int device_key_warn_days;
+    int device_key_grace_days;
+    int maintenance_interval;
     /* admin */
     char *bootstrap_token_file;
     /* logging */

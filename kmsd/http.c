@@ -39,6 +39,7 @@ typedef struct {
     size_t len, cap;
     bool too_large;
     bool responded;
+    size_t max_body;
     char req_id[65];
 } req_state;
 
@@ -96,6 +97,18 @@ void http_text(http_response *rs, int status, const char *ct, char *text, size_t
     rs->body = text;
     rs->body_len = len;
     rs->content_type = ct;
+}
+
+const char *http_query(http_request *rq, const char *key)
+{
+    return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+json_t *http_body_object_opt(http_request *rq, http_response *rs)
+{
+    if (rq->body_len == 0)
+        return json_object();
+    return http_body_object(rq, rs);
 }
 
 json_t *http_body_object(http_request *rq, http_response *rs)
@@ -205,6 +218,15 @@ static void client_ip(struct MHD_Connection *c, char *out, size_t len)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, out, (socklen_t)len);
 }
 
+/* Response bodies may carry tokens or wrapped keys: zeroize before free. */
+static void free_body(void *p)
+{
+    if (p) {
+        OPENSSL_cleanse(p, strlen(p));
+        free(p);
+    }
+}
+
 static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *conn, req_state *st,
                                      http_request *rq, int route, const char *route_name,
                                      http_response *rs)
@@ -215,7 +237,7 @@ static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *co
 
     if (!rs->body && rs->status != 204)
         http_error(rs, 500, "internal", "handler produced no response");
-    r = MHD_create_response_from_buffer(rs->body_len, rs->body, MHD_RESPMEM_MUST_FREE);
+    r = MHD_create_response_from_buffer_with_free_callback(rs->body_len, rs->body, free_body);
     if (!r) {
         free(rs->body);
         rs->body = NULL;
@@ -281,7 +303,7 @@ static void dispatch(http_server *srv, struct MHD_Connection *conn, req_state *s
         rq->params[i] = params[i];
     rq->nparams = np;
     if (st->too_large) {
-        http_error(rs, 413, "payload_too_large", "request body exceeds %zu bytes", srv->max_body);
+        http_error(rs, 413, "payload_too_large", "request body exceeds %zu bytes", st->max_body);
         return;
     }
     if (srv->routes[idx].roles) {
@@ -310,6 +332,19 @@ static void dispatch(http_server *srv, struct MHD_Connection *conn, req_state *s
         }
     }
     srv->routes[idx].fn(rq, rs);
+}
+
+/* The body cap of the route this request will reach (bulk routes allow more). */
+static size_t body_limit(http_server *srv, const char *method, const char *url)
+{
+    char buf[1024];
+    const char *params[HTTP_MAX_PARAMS];
+    int np, idx;
+    if (strlen(url) >= sizeof(buf))
+        return srv->max_body;
+    idx = http_route_find(srv->routes, srv->nroutes, method, url, buf, sizeof(buf), params, &np,
+                          NULL, 0);
+    return idx >= 0 && srv->routes[idx].max_body ? srv->routes[idx].max_body : srv->max_body;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -341,15 +376,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *con_cls = st;
         atomic_fetch_add(&srv->inflight, 1);
         metrics_inflight(srv->kms->metrics, 1);
+        st->max_body = body_limit(srv, method, url);
         cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > srv->max_body)
+        if (cl && strtoull(cl, NULL, 10) > st->max_body)
             st->too_large = true; /* answer without reading the body */
         else
             return MHD_YES;
     }
     if (*upload_size) {
         if (!st->too_large) {
-            if (st->len + *upload_size > srv->max_body) {
+            if (st->len + *upload_size > st->max_body) {
                 st->too_large = true;
             } else {
                 if (st->len + *upload_size > st->cap) {

@@ -62,6 +62,7 @@ typedef struct {
     const char *name;    /* metrics label */
     unsigned roles;      /* ROLE_* mask; 0 = no authentication */
     http_handler fn;
+    size_t max_body;     /* 0 = http_max_body */
 } http_route;
 
 int http_start(http_server **out, kms_ctx *kms, const http_route *routes, int nroutes, char *err,
@@ -79,6 +80,12 @@ void http_text(http_response *rs, int status, const char *content_type, char *te
 /* Parse the body as a JSON object; on failure sets the error response and
  * returns NULL. Caller decrefs. */
 json_t *http_body_object(http_request *rq, http_response *rs);
+/* Like http_body_object, but an empty body (with or without a content type)
+ * is an empty object: for actions whose parameters are all optional. */
+json_t *http_body_object_opt(http_request *rq, http_response *rs);
+/* A query-string argument, or NULL. */
+const char *http_query(http_request *rq, const char *key);
+/* Body text must be NUL-terminated: it is zeroized when MHD frees it. */
 
 /* Routing (pure; unit-tested). Returns the route index, -404 when no path
  * matches, -405 when the path matches only under other methods (their

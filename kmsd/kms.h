@@ -16,6 +16,7 @@
 #include "p11.h"
 
 typedef struct metrics metrics;
+typedef struct maintenance maintenance;
 typedef struct http_server http_server;
 
 typedef struct kms_ctx {
@@ -31,6 +32,7 @@ typedef struct kms_ctx {
     entropy *ent;
     metrics *metrics;
     http_server *http;
+    maintenance *maint;
 } kms_ctx;
 
 #endif

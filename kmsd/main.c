@@ -16,6 +16,7 @@
 #include "http.h"
 #include "kms.h"
 #include "log.h"
+#include "maintenance.h"
 #include "master.h"
 #include "metrics.h"
 #include "migrate.h"
@@ -212,6 +213,10 @@ int main(int argc, char **argv)
         log_emit(LOG_ERROR, "bootstrap admin token failed", "{s:s}", "error", err);
         goto out;
     }
+    if (maintenance_start(&k.maint, &k) != 0) {
+        log_emit(LOG_ERROR, "cannot start the maintenance thread", NULL);
+        goto out;
+    }
     k.metrics = metrics_new(routes_count, route_names);
     if (!k.metrics)
         goto out;
@@ -243,6 +248,7 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     http_stop(k.http);
+    maintenance_stop(k.maint);
     metrics_free(k.metrics);
     entropy_close(k.ent);
     keywrap_free(k.kw);

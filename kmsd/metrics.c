@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "maintenance.h"
 #include "version.h"
 
 static const int statuses[] = {200, 201, 204, 400, 401, 403, 404, 405,
@@ -183,6 +184,23 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
         entropy_source_status_get(kms->ent, i, &st);
         fprintf(f, "qkms_entropy_failures_total{source=\"%s\"} %llu\n", st.name,
                 (unsigned long long)st.failures);
+    }
+    if (kms->maint) {
+        maintenance_stats ms;
+        maintenance_stats_get(kms->maint, &ms);
+        fprintf(f,
+                "# HELP qkms_devices Registered devices by state (last maintenance pass).\n"
+                "# TYPE qkms_devices gauge\nqkms_devices{state=\"active\"} %lld\n"
+                "qkms_devices{state=\"suspended\"} %lld\nqkms_devices{state=\"revoked\"} %lld\n"
+                "# HELP qkms_device_keys_expiring Live device keys expiring within device_key_warn_days.\n"
+                "# TYPE qkms_device_keys_expiring gauge\nqkms_device_keys_expiring %lld\n"
+                "# HELP qkms_device_keys_retired_total Device keys retired after a rotation's grace.\n"
+                "# TYPE qkms_device_keys_retired_total counter\nqkms_device_keys_retired_total %llu\n"
+                "# HELP qkms_maintenance_failures_total Maintenance passes that failed.\n"
+                "# TYPE qkms_maintenance_failures_total counter\nqkms_maintenance_failures_total %llu\n",
+                (long long)ms.devices_active, (long long)ms.devices_suspended,
+                (long long)ms.devices_revoked, (long long)ms.keys_expiring,
+                (unsigned long long)ms.keys_retired, (unsigned long long)ms.failures);
     }
     fclose(f);
     return buf;

@@ -42,7 +42,93 @@
       " RETURNING revoked_at")    \
     X(Q_TOKEN_BY_HASH, "SELECT name, revoked_at IS NOT NULL FROM admin_tokens WHERE token_hash = $1") \
     X(Q_TOKEN_LIVE_NAME, "SELECT 1 FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")  \
-    X(Q_TOKEN_COUNT, "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")
+    X(Q_TOKEN_COUNT, "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")             \
+    X(Q_AUDIT_APPEND,                                                                          \
+      "INSERT INTO audit_log (actor, event, device_id, detail) VALUES ($1, $2, $3, $4::jsonb)") \
+    X(Q_AUDIT_APPEND_MANY,                                                                     \
+      "INSERT INTO audit_log (actor, event, device_id, detail)"                                \
+      " SELECT $1, $2, u.d, u.j::jsonb FROM unnest($3::text[], $4::text[]) AS u(d, j)")        \
+    X(Q_DEVTYPE_LIST, "SELECT name FROM device_types ORDER BY name")                           \
+    X(Q_DEVTYPE_INSERT, "INSERT INTO device_types (name) VALUES ($1)")                         \
+    X(Q_DEVICE_PARENTS,                                                                        \
+      "SELECT device_id, type, state FROM devices WHERE device_id = ANY($1::text[])")          \
+    X(Q_DEVICE_INSERT_MANY,                                                                    \
+      "INSERT INTO devices (device_id, type, group_label, parent_id)"                          \
+      " SELECT u.device_id, u.type, u.grp, p.id"                                               \
+      " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(device_id, type, grp, parent)" \
+      " LEFT JOIN devices p ON p.device_id = u.parent"                                         \
+      " ON CONFLICT (device_id) DO NOTHING RETURNING device_id")                               \
+    X(Q_DEVKEY_INSERT_MANY,                                                                    \
+      "INSERT INTO device_keys (device_pk, key_index, algorithm, wrapped, master_version,"     \
+      " provenance, not_before, not_after)"                                                    \
+      " SELECT d.id, u.idx, u.alg, decode(u.wrapped, 'hex'), u.mv, u.prov, now(),"             \
+      " now() + make_interval(days => u.days)"                                                 \
+      " FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[])" \
+      "  AS u(device_id, idx, alg, wrapped, mv, prov, days)"                                   \
+      " JOIN devices d ON d.device_id = u.device_id")                                          \
+    X(Q_DEVICE_GET,                                                                            \
+      "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
+      " d.updated_at, d.revoked_at FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"   \
+      " WHERE d.device_id = $1")                                                               \
+    X(Q_DEVICE_LOCK, "SELECT id, state, type, group_label FROM devices WHERE device_id = $1 FOR UPDATE") \
+    X(Q_DEVICE_KEYS,                                                                           \
+      "SELECT k.key_index, k.algorithm, k.state, k.not_after <= now(), k.not_before,"          \
+      " k.not_after, k.retire_at, k.exported_at, k.export_count, k.master_version,"            \
+      " k.provenance, encode(k.wrapped, 'hex'), k.created_at"                                  \
+      " FROM device_keys k JOIN devices d ON d.id = k.device_pk"                               \
+      " WHERE d.device_id = $1 ORDER BY k.key_index")                                          \
+    X(Q_DEVICE_SET_STATE,                                                                      \
+      "UPDATE devices SET state = $2, updated_at = now(),"                                     \
+      " revoked_at = CASE WHEN $2 = 'revoked' THEN now() ELSE revoked_at END WHERE id = $1")   \
+    X(Q_DEVKEY_DESTROY_ALL,                                                                    \
+      "UPDATE device_keys SET state = 'destroyed', wrapped = NULL, master_version = NULL,"      \
+      " destroyed_at = now(), retire_at = NULL WHERE device_pk = $1 AND state <> 'destroyed'"  \
+      " RETURNING key_index")                                                                  \
+    X(Q_DEVKEY_MAX_INDEX,                                                                      \
+      "SELECT coalesce(max(k.key_index), -1) FROM device_keys k JOIN devices d"                \
+      " ON d.id = k.device_pk WHERE d.device_id = $1")                                         \
+    X(Q_DEVKEY_SCHEDULE_RETIRE,                                                                \
+      "UPDATE device_keys SET retire_at = now() + make_interval(days => $2::int)"              \
+      " WHERE device_pk = $1 AND state = 'active' AND retire_at IS NULL RETURNING key_index")  \
+    X(Q_DEVKEY_INSERT_ONE,                                                                     \
+      "INSERT INTO device_keys (device_pk, key_index, algorithm, wrapped, master_version,"     \
+      " provenance, not_before, not_after) VALUES ($1, $2, $3, decode($4, 'hex'), $5, $6,"     \
+      " now(), now() + make_interval(days => $7::int))")                                       \
+    X(Q_DEVKEY_MARK_EXPORTED,                                                                  \
+      "UPDATE device_keys SET exported_at = now(), export_count = export_count + 1"            \
+      " WHERE device_pk = $1 AND key_index = ANY($2::int[])")                                  \
+    X(Q_DEVICE_LIST,                                                                           \
+      "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
+      " d.updated_at, d.revoked_at,"                                                           \
+      " (SELECT count(*) FROM device_keys k WHERE k.device_pk = d.id AND k.state = 'active'"   \
+      "   AND k.not_after > now()),"                                                           \
+      " (SELECT min(k.not_after) FROM device_keys k WHERE k.device_pk = d.id"                  \
+      "   AND k.state = 'active' AND k.not_after > now())"                                     \
+      " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
+      " WHERE ($1::text IS NULL OR d.type = $1) AND ($2::text IS NULL OR d.group_label = $2)"  \
+      " AND ($3::text IS NULL OR d.state = $3)"                                                \
+      " AND ($4::int IS NULL OR EXISTS (SELECT 1 FROM device_keys k WHERE k.device_pk = d.id"  \
+      "   AND k.state = 'active' AND k.not_after > now()"                                      \
+      "   AND k.not_after <= now() + make_interval(days => $4::int)))"                         \
+      " AND ($5::text IS NULL OR d.device_id > $5)"                                            \
+      " ORDER BY d.device_id LIMIT $6::int")                                                   \
+    X(Q_KEYS_RETIRE_DUE,                                                                       \
+      "UPDATE device_keys k SET state = 'retired', retired_at = now(), retire_at = NULL"       \
+      " FROM devices d WHERE d.id = k.device_pk AND k.state = 'active' AND k.retire_at <= now()" \
+      " RETURNING d.device_id, k.key_index")                                                   \
+    X(Q_EXPIRY_WARN,                                                                           \
+      "WITH due AS (SELECT d.id, d.device_id, min(k.not_after) AS first"                       \
+      "  FROM devices d JOIN device_keys k ON k.device_pk = d.id"                              \
+      "  WHERE d.state <> 'revoked' AND k.state = 'active' AND k.not_after > now()"            \
+      "  AND k.not_after <= now() + make_interval(days => $1::int)"                            \
+      "  AND (d.expiry_warned_at IS NULL OR d.expiry_warned_at < now() - interval '1 day')"    \
+      "  GROUP BY d.id, d.device_id LIMIT 1000)"                                               \
+      " UPDATE devices d SET expiry_warned_at = now() FROM due WHERE d.id = due.id"            \
+      " RETURNING due.device_id, due.first")                                                   \
+    X(Q_KEYS_EXPIRING_COUNT,                                                                   \
+      "SELECT count(*) FROM device_keys WHERE state = 'active' AND not_after > now()"          \
+      " AND not_after <= now() + make_interval(days => $1::int)")                              \
+    X(Q_DEVICE_COUNTS, "SELECT state, count(*) FROM devices GROUP BY state")
 
 #define QKMS_Q_ENUM(id, sql) id,
 typedef enum { QKMS_QUERIES(QKMS_Q_ENUM) Q__COUNT } query_id;

@@ -1,6 +1,9 @@
 /* routes — the route table. */
 #include "routes.h"
 
+#define OPS (ROLE_ADMIN | ROLE_OPERATOR)
+#define IMPORT_MAX_BODY (4u << 20)
+
 #define ROUTES(X)                                                                    \
     X("GET", "/healthz", "healthz", 0, h_healthz)                                    \
     X("GET", "/readyz", "readyz", 0, h_readyz)                                       \
@@ -8,10 +11,22 @@
     X("GET", "/v1/admin/status", "admin_status", ROLE_ANY, h_admin_status)           \
     X("POST", "/v1/admin/tokens", "admin_tokens_create", ROLE_ADMIN, h_tokens_create) \
     X("GET", "/v1/admin/tokens", "admin_tokens_list", ROLE_ADMIN, h_tokens_list)     \
-    X("DELETE", "/v1/admin/tokens/{name}", "admin_tokens_revoke", ROLE_ADMIN, h_tokens_revoke)
+    X("DELETE", "/v1/admin/tokens/{name}", "admin_tokens_revoke", ROLE_ADMIN, h_tokens_revoke) \
+    X("POST", "/v1/admin/devices", "admin_devices_create", OPS, h_devices_create)    \
+    X("GET", "/v1/admin/devices", "admin_devices_list", ROLE_ANY, h_devices_list)    \
+    X("POST", "/v1/admin/devices/import", "admin_devices_import", OPS, h_devices_import, .max_body = IMPORT_MAX_BODY) \
+    X("GET", "/v1/admin/devices/{id}", "admin_device_get", ROLE_ANY, h_device_get)   \
+    X("GET", "/v1/admin/devices/{id}/keys", "admin_device_keys", ROLE_ANY, h_device_keys) \
+    X("POST", "/v1/admin/devices/{id}/suspend", "admin_device_suspend", OPS, h_device_suspend) \
+    X("POST", "/v1/admin/devices/{id}/resume", "admin_device_resume", OPS, h_device_resume) \
+    X("POST", "/v1/admin/devices/{id}/revoke", "admin_device_revoke", OPS, h_device_revoke) \
+    X("POST", "/v1/admin/devices/{id}/rotate", "admin_device_rotate", OPS, h_device_rotate) \
+    X("POST", "/v1/admin/devices/{id}/fill", "admin_device_fill", OPS, h_device_fill) \
+    X("GET", "/v1/admin/device-types", "admin_devtypes_list", ROLE_ANY, h_devtypes_list) \
+    X("POST", "/v1/admin/device-types", "admin_devtypes_add", ROLE_ADMIN, h_devtypes_add)
 
-#define ROW(m, p, n, r, f) {m, p, n, r, f},
-#define NAME(m, p, n, r, f) n,
+#define ROW(m, p, n, r, f, ...) {.method = m, .pattern = p, .name = n, .roles = r, .fn = f, __VA_ARGS__},
+#define NAME(m, p, n, r, f, ...) n,
 const http_route routes[] = {ROUTES(ROW)};
 const char *const route_names[] = {ROUTES(NAME)};
 const int routes_count = (int)(sizeof(routes) / sizeof(routes[0]));

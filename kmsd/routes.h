@@ -23,6 +23,20 @@ void h_tokens_create(http_request *rq, http_response *rs);
 void h_tokens_list(http_request *rq, http_response *rs);
 void h_tokens_revoke(http_request *rq, http_response *rs);
 
+/* admin_devices.c */
+void h_devices_create(http_request *rq, http_response *rs);
+void h_devices_import(http_request *rq, http_response *rs);
+void h_devices_list(http_request *rq, http_response *rs);
+void h_device_get(http_request *rq, http_response *rs);
+void h_device_keys(http_request *rq, http_response *rs);
+void h_device_suspend(http_request *rq, http_response *rs);
+void h_device_resume(http_request *rq, http_response *rs);
+void h_device_revoke(http_request *rq, http_response *rs);
+void h_device_rotate(http_request *rq, http_response *rs);
+void h_device_fill(http_request *rq, http_response *rs);
+void h_devtypes_list(http_request *rq, http_response *rs);
+void h_devtypes_add(http_request *rq, http_response *rs);
+
 /* Map a storage failure to its HTTP answer (503 for an outage, 500 else). */
 void http_db_error(http_response *rs, db_status st);
 

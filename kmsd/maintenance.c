@@ -1,0 +1,168 @@
+/* maintenance — periodic key retirement, expiry warnings and gauges. */
+#include "maintenance.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "audit.h"
+#include "log.h"
+#include "pgjson.h"
+#include "queries.h"
+
+struct maintenance {
+    kms_ctx *k;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+    maintenance_stats stats; /* guarded by mu */
+};
+
+static db_status retire_tx(db_conn *c, void *arg)
+{
+    uint64_t *retired = arg;
+    db_status st;
+    PGresult *r = db_exec(c, Q_KEYS_RETIRE_DUE, 0, NULL, NULL, NULL, &st);
+    *retired = 0;
+    if (!r)
+        return st;
+    for (int i = 0; i < PQntuples(r) && st == DB_OK; i++) {
+        st = audit_append(c, "kmsd", "device_key.retired", PQgetvalue(r, i, 0),
+                          json_pack("{s:i,s:s}", "index", atoi(PQgetvalue(r, i, 1)), "reason",
+                                    "rotation grace period ended"));
+        (*retired)++;
+    }
+    PQclear(r);
+    return st;
+}
+
+int maintenance_run_once(maintenance *m)
+{
+    kms_ctx *k = m->k;
+    char days[16];
+    const char *vals[1] = {days};
+    uint64_t retired = 0;
+    int64_t expiring = -1, counts[3] = {0, 0, 0};
+    db_status st;
+    db_conn *c;
+    PGresult *r;
+    int rc = -1;
+
+    snprintf(days, sizeof(days), "%d", k->cfg.device_key_warn_days);
+    st = db_tx(k->db, retire_tx, &retired);
+    if (st != DB_OK)
+        goto out;
+    if (retired)
+        log_emit(LOG_INFO, "device keys retired after rotation grace", "{s:I}", "count",
+                 (json_int_t)retired);
+    c = db_acquire(k->db, &st);
+    if (!c)
+        goto out;
+    r = db_exec(c, Q_EXPIRY_WARN, 1, vals, NULL, NULL, &st);
+    if (r) {
+        for (int i = 0; i < PQntuples(r); i++) {
+            char when[32] = "";
+            pgjson_rfc3339(PQgetvalue(r, i, 1), when, sizeof(when));
+            log_emit(LOG_WARN, "device key expiring soon", "{s:s,s:s,s:i}", "device_id",
+                     PQgetvalue(r, i, 0), "not_after", when, "warn_days",
+                     k->cfg.device_key_warn_days);
+        }
+        PQclear(r);
+        r = db_exec(c, Q_KEYS_EXPIRING_COUNT, 1, vals, NULL, NULL, &st);
+    }
+    if (r) {
+        expiring = atoll(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        r = db_exec(c, Q_DEVICE_COUNTS, 0, NULL, NULL, NULL, &st);
+    }
+    if (r) {
+        for (int i = 0; i < PQntuples(r); i++) {
+            const char *s = PQgetvalue(r, i, 0);
+            int idx = !strcmp(s, "active") ? 0 : !strcmp(s, "suspended") ? 1 : 2;
+            counts[idx] = atoll(PQgetvalue(r, i, 1));
+        }
+        PQclear(r);
+        rc = 0;
+    }
+    db_release(k->db, c);
+out:
+    pthread_mutex_lock(&m->mu);
+    m->stats.passes++;
+    m->stats.keys_retired += retired;
+    if (rc == 0) {
+        m->stats.keys_expiring = expiring;
+        m->stats.devices_active = counts[0];
+        m->stats.devices_suspended = counts[1];
+        m->stats.devices_revoked = counts[2];
+    } else {
+        m->stats.failures++;
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (rc != 0)
+        log_emit(LOG_WARN, "maintenance pass failed; will retry", "{s:s}", "error",
+                 db_status_name(st));
+    return rc;
+}
+
+static void *loop(void *arg)
+{
+    maintenance *m = arg;
+    pthread_mutex_lock(&m->mu);
+    while (!m->stop) {
+        struct timespec dl;
+        pthread_mutex_unlock(&m->mu);
+        maintenance_run_once(m);
+        pthread_mutex_lock(&m->mu);
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += m->k->cfg.maintenance_interval;
+        while (!m->stop && pthread_cond_timedwait(&m->cv, &m->mu, &dl) != ETIMEDOUT)
+            ;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
+int maintenance_start(maintenance **out, kms_ctx *k)
+{
+    maintenance *m = calloc(1, sizeof(*m));
+    if (!m)
+        return -1;
+    m->k = k;
+    m->stats.keys_expiring = -1;
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->cv, NULL);
+    if (pthread_create(&m->thread, NULL, loop, m) != 0) {
+        pthread_mutex_destroy(&m->mu);
+        pthread_cond_destroy(&m->cv);
+        free(m);
+        return -1;
+    }
+    *out = m;
+    return 0;
+}
+
+void maintenance_stop(maintenance *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    m->stop = true;
+    pthread_cond_signal(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+    pthread_join(m->thread, NULL);
+    pthread_mutex_destroy(&m->mu);
+    pthread_cond_destroy(&m->cv);
+    free(m);
+}
+
+void maintenance_stats_get(maintenance *m, maintenance_stats *out)
+{
+    pthread_mutex_lock(&m->mu);
+    *out = m->stats;
+    pthread_mutex_unlock(&m->mu);
+}

@@ -1,0 +1,31 @@
+/*
+ * maintenance — the background pass that keeps key state true over time:
+ * retires device keys whose post-rotation grace has ended (audited), logs a
+ * warning at most once a day per device whose keys expire within
+ * device_key_warn_days, and refreshes the gauges /metrics shows. Runs every
+ * maintenance_interval seconds on its own thread and its own pooled
+ * connection; a failed pass (database down) is logged and retried next time.
+ */
+#ifndef QKMS_MAINTENANCE_H
+#define QKMS_MAINTENANCE_H
+
+#include <stdint.h>
+
+#include "kms.h"
+
+typedef struct maintenance maintenance;
+
+typedef struct {
+    int64_t keys_expiring;    /* live keys expiring within the warning window */
+    int64_t devices_active, devices_suspended, devices_revoked;
+    uint64_t keys_retired;    /* total retired by this process */
+    uint64_t passes, failures;
+} maintenance_stats;
+
+int maintenance_start(maintenance **out, kms_ctx *k);
+/* Run one pass now (tests and start-up); returns 0 or -1. */
+int maintenance_run_once(maintenance *m);
+void maintenance_stop(maintenance *m);
+void maintenance_stats_get(maintenance *m, maintenance_stats *out);
+
+#endif
