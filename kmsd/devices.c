@@ -453,6 +453,7 @@ static db_status insert_keys_and_audit(db_conn *c, struct reg_tx *t)
     for (int i = 0; i < t->n; i++) {
         device_reg *row = &t->rows[i];
         char *detail;
+        json_t *jd;
         if (!row->created)
             continue;
         for (int j = 0; j < row->spec.nkeys; j++) {
@@ -464,13 +465,13 @@ static db_status insert_keys_and_audit(db_conn *c, struct reg_tx *t)
             pgarray_add(&prov, row->provenance);
             pgarray_add_int(&days, row->spec.validity_days);
         }
-        detail = json_dumps(json_pack("{s:s,s:s,s:s?,s:i,s:i,s:i,s:s,s:I}", "type", row->spec.type,
-                                      "group", row->spec.group, "parent",
-                                      row->spec.parent[0] ? row->spec.parent : NULL, "keys",
-                                      row->spec.nkeys, "key_bits", row->spec.key_bits,
-                                      "validity_days", row->spec.validity_days, "provenance",
-                                      row->provenance, "line", (json_int_t)row->spec.line),
-                            JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+        jd = json_pack("{s:s,s:s,s:s?,s:i,s:i,s:i,s:s,s:I}", "type", row->spec.type, "group",
+                       row->spec.group, "parent", row->spec.parent[0] ? row->spec.parent : NULL,
+                       "keys", row->spec.nkeys, "key_bits", row->spec.key_bits, "validity_days",
+                       row->spec.validity_days, "provenance", row->provenance, "line",
+                       (json_int_t)row->spec.line);
+        detail = jd ? json_dumps(jd, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        json_decref(jd);
         pgarray_add(&aud_ids, row->spec.device_id);
         pgarray_add(&aud_detail, detail ? detail : "{}");
         free(detail);

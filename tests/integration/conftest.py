@@ -185,7 +185,10 @@ def _finish(st):
     st.destroy()
     # Every kmsd a test started must stop cleanly on SIGTERM, sanitizers
     # included (ASan/LSan/UBSan reports make the exit code non-zero).
-    assert rc in (None, 0), f"kmsd exited with {rc}:\n{logs[-6000:]}"
+    if rc not in (None, 0):
+        start = logs.find("ERROR: ")  # a sanitizer report starts here
+        report = logs[start:start + 8000] if start >= 0 else logs[-6000:]
+        raise AssertionError(f"kmsd exited with {rc}:\n{report}")
 
 
 @pytest.fixture(scope="module")
