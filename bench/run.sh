@@ -10,7 +10,11 @@ KMSD=${QKMS_KMSD:-$ROOT/build/release/bin/kmsd}
 SECS=${BENCH_SECONDS:-5}
 OUT=$ROOT/build/bench
 mkdir -p "$OUT"
+KMSCTL=${QKMS_KMSCTL:-$ROOT/build/release/bin/kmsctl}
+BENCH_DEVICES=${BENCH_DEVICES:-10000}
 cc -O2 -Wall -Wextra -Werror -std=c17 -D_GNU_SOURCE -pthread "$ROOT/bench/loadgen.c" -o "$OUT/loadgen"
+cc -O2 -Wall -Wextra -Werror -std=c17 -D_GNU_SOURCE -pthread -I"$ROOT/pkcs11" $(pkg-config --cflags p11-kit-1) \
+    "$ROOT/bench/unwrap_bench.c" "$ROOT/build/release/libqkms-p11.a" -lcrypto -ldl -o "$OUT/unwrap_bench"
 
 STATE=$(mktemp -d /tmp/qkms-bench-XXXXXX)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -48,7 +52,30 @@ run_model() { # threading
     stop_kmsd
 }
 
+# Registering devices through the import path (kmsctl device import, batches
+# of 500): N devices with 4 keys each, every key from the entropy interface
+# and wrapped in the token.
+bench_import() {
+    start_kmsd connection
+    csv="$STATE/devices.csv"
+    awk -v n="$BENCH_DEVICES" 'BEGIN { print "device_id,type,group,keys"
+        for (i = 0; i < n; i++) printf "BENCH-%06d,%s,bench,4\n", i, (i % 2 ? "vehicle" : "encryptor") }' > "$csv"
+    t0=$(date +%s.%N)
+    KMS_ADDR="http://127.0.0.1:$QKMS_PORT" KMS_TOKEN_FILE="$STATE/admin.token" \
+        "$KMSCTL" --timeout 600 device import "$csv" >/dev/null
+    t1=$(date +%s.%N)
+    awk -v n="$BENCH_DEVICES" -v a="$t0" -v b="$t1" \
+        'BEGIN { printf "name=import devices=%d keys=%d seconds=%.2f devices_per_s=%.0f keys_per_s=%.0f\n", n, 4*n, b-a, n/(b-a), 4*n/(b-a) }'
+    # One device record (auth + device + keys queries) as a request-path proxy.
+    "$OUT/loadgen" -p "$QKMS_PORT" -c 16 -s "$SECS" -N "device_get" \
+        -H "Authorization: Bearer $(cat "$STATE/admin.token")" /v1/admin/devices/BENCH-000042
+    stop_kmsd
+    "$OUT/unwrap_bench" /usr/lib/softhsm/libsofthsm2.so qkms "$STATE/secrets/token.pin" 1 "$SECS"
+    "$OUT/unwrap_bench" /usr/lib/softhsm/libsofthsm2.so qkms "$STATE/secrets/token.pin" 4 "$SECS"
+}
+
 echo "# kmsd benchmark: $(nproc) cores, ${SECS}s per run, loopback, release build"
+bench_import | tee "$OUT/import.txt"
 run_model connection | tee "$OUT/results.txt"
 if [ "${BENCH_THREADING:-}" = both ]; then run_model pool | tee -a "$OUT/results.txt"; fi
 # Floor: an empty handler (/healthz) bounds what any route can do; the ratio
