@@ -124,7 +124,13 @@ static bool parse_option(int argc, char **argv, int *i, struct invocation *inv, 
         }
         inline_val = argv[++*i];
     }
-    target->val[idx] = inline_val; /* repeated: last one wins */
+    if (target->nseq == ARGS_MAX_VALUES) {
+        set_msg(msg, msg_size, "too many option values (at most %d)", ARGS_MAX_VALUES);
+        return false;
+    }
+    target->seq_val[target->nseq] = inline_val;
+    target->seq_opt[target->nseq++] = (unsigned char)idx;
+    target->val[idx] = inline_val; /* repeated: last one wins for opt_get */
     return true;
 }
 
@@ -214,6 +220,20 @@ const char *opt_get(const struct opt_values *v, const char *name)
 {
     int idx = find_opt(v->specs, name, strlen(name), 0);
     return idx >= 0 ? v->val[idx] : NULL;
+}
+
+size_t opt_get_all(const struct opt_values *v, const char *name, const char **out, size_t max)
+{
+    int idx = find_opt(v->specs, name, strlen(name), 0);
+    size_t n = 0;
+    for (size_t i = 0; idx >= 0 && i < v->nseq; i++) {
+        if (v->seq_opt[i] != idx)
+            continue;
+        if (n < max)
+            out[n] = v->seq_val[i];
+        n++;
+    }
+    return n;
 }
 
 bool arg_to_long(const char *s, long lo, long hi, long *out)

@@ -14,6 +14,7 @@
 
 #define ARGS_MAX_OPTS 16 /* per option table */
 #define ARGS_MAX_POS 8
+#define ARGS_MAX_VALUES 64 /* option values kept in order per table, see opt_get_all */
 
 struct command;
 struct action;
@@ -29,7 +30,12 @@ struct opt_spec {
 /* Values parallel to a spec table: NULL = absent, "" = flag given. */
 struct opt_values {
     const struct opt_spec *specs;
-    const char *val[ARGS_MAX_OPTS];
+    const char *val[ARGS_MAX_OPTS]; /* the last value given */
+    /* Every value of a value-taking option, in command-line order, for
+     * options an action allows more than once (`--index 0 --index 2`). */
+    const char *seq_val[ARGS_MAX_VALUES];
+    unsigned char seq_opt[ARGS_MAX_VALUES]; /* index into specs */
+    size_t nseq;
 };
 
 struct invocation {
@@ -57,8 +63,16 @@ enum args_result args_parse(int argc, char **argv, const struct opt_spec *global
                             const struct command *const *table, struct invocation *inv,
                             char *msg, size_t msg_size);
 
-/* Value of option `name` (which must exist in v's table), NULL if absent. */
+/* Value of option `name` (which must exist in v's table), NULL if absent.
+ * Given more than once, the last value wins. */
 const char *opt_get(const struct opt_values *v, const char *name);
+
+/*
+ * Every value given for option `name`, in order: stores up to max of them
+ * in out and returns how many were given. For options that may repeat;
+ * their help text says so.
+ */
+size_t opt_get_all(const struct opt_values *v, const char *name, const char **out, size_t max);
 
 /* Strict decimal in [lo, hi]: digits only, no sign, spaces or suffix. */
 bool arg_to_long(const char *s, long lo, long hi, long *out);

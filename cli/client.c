@@ -115,7 +115,8 @@ static int transport_error(const struct kmsctl_ctx *ctx, const char *url, CURLco
 }
 
 /* Maps a completed HTTP exchange to an exit code, reporting failures. */
-static int classify(const struct kmsctl_ctx *ctx, long status, const struct buffer *b, json_t **out)
+static int classify(const struct kmsctl_ctx *ctx, long status, const struct buffer *b,
+                    bool empty_ok, json_t **out)
 {
     json_error_t jerr;
     /* Without JSON_DECODE_ANY jansson accepts only an object or array. */
@@ -125,6 +126,13 @@ static int classify(const struct kmsctl_ctx *ctx, long status, const struct buff
     if (status >= 200 && status < 300) {
         if (body) {
             *out = body;
+            return EXIT_OK;
+        }
+        if (empty_ok && b->len == 0) {
+            if (!(*out = json_object())) {
+                out_error("out of memory");
+                return EXIT_INTERNAL;
+            }
             return EXIT_OK;
         }
         out_error("server sent a response that is not valid JSON (HTTP %ld)", status);
@@ -150,8 +158,8 @@ static int classify(const struct kmsctl_ctx *ctx, long status, const struct buff
     return rc;
 }
 
-int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *path,
-                const json_t *body, json_t **out)
+static int call(const struct kmsctl_ctx *ctx, const char *method, const char *path,
+                const json_t *body, bool empty_ok, json_t **out)
 {
     *out = NULL;
     int rc;
@@ -240,7 +248,7 @@ int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
         long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
         out_note("< HTTP %ld, %zu bytes, %ld ms", status, resp.len, ms);
     }
-    rc = classify(ctx, status, &resp, out);
+    rc = classify(ctx, status, &resp, empty_ok, out);
     goto cleanup;
 
 oom:
@@ -255,6 +263,21 @@ cleanup:
     config_token_free(token);
     free(payload);
     free(url);
+    /* Responses may carry device keys (`device fill --plaintext`). */
+    if (resp.data)
+        explicit_bzero(resp.data, resp.len);
     free(resp.data);
     return rc;
+}
+
+int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *path,
+                const json_t *body, json_t **out)
+{
+    return call(ctx, method, path, body, false, out);
+}
+
+int client_call_empty_ok(const struct kmsctl_ctx *ctx, const char *method, const char *path,
+                         const json_t *body, json_t **out)
+{
+    return call(ctx, method, path, body, true, out);
 }

@@ -30,6 +30,14 @@ void client_global_cleanup(void);
 int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *path,
                 const json_t *body, json_t **out);
 
+/*
+ * As client_call, but a 2xx answer with an empty body also succeeds and
+ * yields an empty object: for routes whose contract documents a status
+ * but no body (`POST /v1/admin/device-types`: "201").
+ */
+int client_call_empty_ok(const struct kmsctl_ctx *ctx, const char *method, const char *path,
+                         const json_t *body, json_t **out);
+
 /* Percent-escapes s for use as one path segment. Heap string, caller
  * frees; NULL on out of memory (reported). */
 char *client_escape(const char *s);

@@ -40,5 +40,8 @@ extern const struct command *const kmsctl_commands[]; /* NULL-terminated */
 
 extern const struct command cmd_status;
 extern const struct command cmd_token;
+extern const struct command cmd_device;
+extern const struct command cmd_device_type;
+extern const struct command cmd_fill;
 
 #endif

@@ -4,5 +4,8 @@
 const struct command *const kmsctl_commands[] = {
     &cmd_status,
     &cmd_token,
+    &cmd_device,
+    &cmd_device_type,
+    &cmd_fill,
     NULL,
 };

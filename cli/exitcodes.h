@@ -12,7 +12,7 @@ enum kmsctl_exit {
     EXIT_CONNECT = 3,  /* connect, DNS, timeout, TLS or other transport failure */
     EXIT_AUTH = 4,     /* HTTP 401 or 403 */
     EXIT_SERVER = 5,   /* HTTP 5xx, or a success response that is not valid JSON */
-    EXIT_REFUSED = 6,  /* any other 4xx */
+    EXIT_REFUSED = 6,  /* any other 4xx; an import row failed; a fill package does not open */
 };
 
 #endif

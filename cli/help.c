@@ -18,7 +18,8 @@ static const char exit_status_text[] =
     "  3  cannot connect, timeout, or TLS failure\n"
     "  4  authentication or authorization refused (HTTP 401, 403)\n"
     "  5  server error (HTTP 5xx), or a success response that is not valid JSON\n"
-    "  6  request refused for another reason (HTTP 400, 404, 409, 422, 429, ...)\n";
+    "  6  request refused for another reason (HTTP 400, 404, 409, 422, 429, ...);\n"
+    "     also: a 'device import' row failed, or 'fill open' cannot open the package\n";
 
 static void print_opts(FILE *f, const struct opt_spec *opts)
 {

@@ -201,6 +201,15 @@ void table_free(struct table *t)
     free(t);
 }
 
+void table_free_wiped(struct table *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->nrows * t->ncols; i++)
+        explicit_bzero(t->cells[i], strlen(t->cells[i]));
+    table_free(t);
+}
+
 /* Adds "prefix.key:" rows for object members, recursing into objects. */
 static int kv_collect(struct table *t, const char *prefix, const json_t *object)
 {

@@ -60,5 +60,7 @@ int table_add(struct table *t, const char *const *cells);
 int table_add_json(struct table *t, const json_t *object, const char *const *keys);
 int table_print(const struct table *t, FILE *f);
 void table_free(struct table *t);
+/* table_free for a table whose cells held secrets: wipes them first. */
+void table_free_wiped(struct table *t);
 
 #endif

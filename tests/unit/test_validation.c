@@ -18,11 +18,11 @@
 static void dummy(http_request *rq, http_response *rs) { (void)rq; (void)rs; }
 
 static const http_route rt[] = {
-    {"GET", "/healthz", "healthz", 0, dummy},
-    {"GET", "/v1/admin/tokens", "list", ROLE_ADMIN, dummy},
-    {"POST", "/v1/admin/tokens", "create", ROLE_ADMIN, dummy},
-    {"DELETE", "/v1/admin/tokens/{name}", "revoke", ROLE_ADMIN, dummy},
-    {"GET", "/v1/x/{a}/y/{b}", "two", 0, dummy},
+    {"GET", "/healthz", "healthz", 0, dummy, 0},
+    {"GET", "/v1/admin/tokens", "list", ROLE_ADMIN, dummy, 0},
+    {"POST", "/v1/admin/tokens", "create", ROLE_ADMIN, dummy, 0},
+    {"DELETE", "/v1/admin/tokens/{name}", "revoke", ROLE_ADMIN, dummy, 0},
+    {"GET", "/v1/x/{a}/y/{b}", "two", 0, dummy, 0},
 };
 
 static int find(const char *m, const char *p, const char **params, int *np, char *allow)

@@ -1,0 +1,608 @@
+/*
+ * cmd_device — `kmsctl device ...`: /v1/admin/devices. register, list,
+ * show, keys, suspend, resume, revoke and rotate live here; fill and
+ * import have modules of their own (device_fill.h, device_import.h).
+ */
+#include "command.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+
+#include "client.h"
+#include "device_common.h"
+#include "device_fill.h"
+#include "device_import.h"
+#include "exitcodes.h"
+#include "output.h"
+
+#define LIST_LIMIT_MAX 1000L
+#define ALL_PAGE_SIZE "1000" /* --all without --limit: fewest round trips */
+
+static const char *const states[] = {"active", "suspended", "revoked", NULL};
+
+/* ---- register ------------------------------------------------------------ */
+
+/* The optional registration fields, checked; EXIT_USAGE says which is bad. */
+static int register_optional(const struct opt_values *o, json_t *req)
+{
+    const char *group = opt_get(o, "group"), *parent = opt_get(o, "parent");
+    const char *keys = opt_get(o, "keys"), *validity = opt_get(o, "validity");
+    long nkeys = 0, bits = 0, days = 0;
+    int rc;
+
+    if (group && (rc = device_check_group("--group", group)))
+        return rc;
+    if (parent && (rc = device_check_id("--parent", parent)))
+        return rc;
+    if (keys && !arg_to_long(keys, 1, DEVICE_KEYS_MAX, &nkeys)) {
+        out_error("--keys must be a whole number from 1 to %d", DEVICE_KEYS_MAX);
+        return EXIT_USAGE;
+    }
+    if ((rc = device_check_key_bits("--key-bits", opt_get(o, "key-bits"), &bits)))
+        return rc;
+    if (validity && !arg_to_long(validity, 1, DEVICE_VALIDITY_MAX, &days)) {
+        out_error("--validity must be a whole number of days from 1 to %ld", DEVICE_VALIDITY_MAX);
+        return EXIT_USAGE;
+    }
+
+    if ((group && (rc = device_put(req, "group", json_string(group)))) ||
+        (parent && (rc = device_put(req, "parent", json_string(parent)))) ||
+        (nkeys && (rc = device_put(req, "keys", json_integer(nkeys)))) ||
+        (bits && (rc = device_put(req, "key_bits", json_integer(bits)))) ||
+        (days && (rc = device_put(req, "validity_days", json_integer(days)))))
+        return rc;
+    return EXIT_OK;
+}
+
+static int device_register(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *id = inv->pos[0];
+    const char *type = opt_get(&inv->local, "type");
+    json_t *req = NULL, *resp = NULL;
+    int rc;
+
+    if ((rc = device_check_id("device ID", id)))
+        goto cleanup;
+    rc = EXIT_USAGE;
+    if (!type) {
+        out_error("--type is required (e.g. vehicle, meter, gateway; see 'kmsctl device-type list')");
+        goto cleanup;
+    }
+    if ((rc = device_check_type("--type", type)))
+        goto cleanup;
+    /* docs/api.md: "A subdevice must name a parent". */
+    if (strcmp(type, "subdevice") == 0 && !opt_get(&inv->local, "parent")) {
+        out_error("a subdevice needs --parent (the device ID of its gateway)");
+        rc = EXIT_USAGE;
+        goto cleanup;
+    }
+    if (!(req = json_pack("{s:s, s:s}", "device_id", id, "type", type))) {
+        out_error("out of memory");
+        rc = EXIT_INTERNAL;
+        goto cleanup;
+    }
+    if ((rc = register_optional(&inv->local, req)))
+        goto cleanup;
+
+    rc = client_call(ctx, "POST", "/v1/admin/devices", req, &resp);
+    if (rc)
+        goto cleanup;
+    rc = ctx->json ? out_json(resp) : device_print_record(resp);
+
+cleanup:
+    json_decref(req);
+    json_decref(resp);
+    return rc;
+}
+
+/* ---- list ---------------------------------------------------------------- */
+
+/* Appends "?name=value" or "&name=value" (value escaped) to *query. */
+static int query_add(char **query, const char *name, const char *value)
+{
+    char *escaped = client_escape(value), *grown = NULL;
+    if (!escaped)
+        return EXIT_INTERNAL;
+    int n = asprintf(&grown, "%s%c%s=%s", *query ? *query : "", *query ? '&' : '?', name, escaped);
+    free(escaped);
+    if (n < 0) {
+        out_error("out of memory");
+        return EXIT_INTERNAL;
+    }
+    free(*query);
+    *query = grown;
+    return EXIT_OK;
+}
+
+/* The filter query from the options, checked; NULL *query when none. */
+static int list_query(const struct opt_values *o, char **query)
+{
+    const char *type = opt_get(o, "type"), *group = opt_get(o, "group");
+    const char *state = opt_get(o, "state"), *within = opt_get(o, "expiring-within");
+    const char *limit = opt_get(o, "limit"), *after = opt_get(o, "after");
+    long v;
+    int rc;
+
+    *query = NULL;
+    if (type && (rc = device_check_type("--type", type)))
+        return rc;
+    if (group && (rc = device_check_group("--group", group)))
+        return rc;
+    size_t s = 0;
+    while (state && states[s] && strcmp(states[s], state) != 0)
+        s++;
+    if (state && !states[s]) {
+        out_error("--state must be active, suspended or revoked");
+        return EXIT_USAGE;
+    }
+    if (within && !arg_to_long(within, 0, DEVICE_VALIDITY_MAX, &v)) {
+        out_error("--expiring-within must be a whole number of days from 0 to %ld", DEVICE_VALIDITY_MAX);
+        return EXIT_USAGE;
+    }
+    if (limit && !arg_to_long(limit, 1, LIST_LIMIT_MAX, &v)) {
+        out_error("--limit must be a whole number from 1 to %ld", LIST_LIMIT_MAX);
+        return EXIT_USAGE;
+    }
+    if (after && (rc = device_check_id("--after", after)))
+        return rc;
+    if (!limit && opt_get(o, "all"))
+        limit = ALL_PAGE_SIZE;
+
+    if ((type && (rc = query_add(query, "type", type))) ||
+        (group && (rc = query_add(query, "group", group))) ||
+        (state && (rc = query_add(query, "state", state))) ||
+        (within && (rc = query_add(query, "expiring_within", within))) ||
+        (limit && (rc = query_add(query, "limit", limit))))
+        return rc;
+    return EXIT_OK;
+}
+
+/* One page from the cursor `after` (NULL: the first), checked for shape. */
+static int list_page(const struct kmsctl_ctx *ctx, const char *query, const char *after,
+                     json_t **page)
+{
+    char *q = NULL, *path = NULL;
+    int rc = EXIT_INTERNAL;
+
+    *page = NULL;
+    if (query && !(q = strdup(query))) {
+        out_error("out of memory");
+        goto cleanup;
+    }
+    if (after && (rc = query_add(&q, "after", after)))
+        goto cleanup;
+    if (asprintf(&path, "/v1/admin/devices%s", q ? q : "") < 0) {
+        path = NULL;
+        out_error("out of memory");
+        rc = EXIT_INTERNAL;
+        goto cleanup;
+    }
+    rc = client_call(ctx, "GET", path, NULL, page);
+    if (rc)
+        goto cleanup;
+    const json_t *next = json_object_get(*page, "next");
+    if (!json_is_array(json_object_get(*page, "devices")) || !(json_is_string(next) || json_is_null(next))) {
+        out_error("server response has no \"devices\" list or \"next\" cursor");
+        json_decref(*page);
+        *page = NULL;
+        rc = EXIT_SERVER;
+    }
+
+cleanup:
+    free(path);
+    free(q);
+    return rc;
+}
+
+/* Follows "next" from `after` until it is null, appending to devices. */
+static int list_all(const struct kmsctl_ctx *ctx, const char *query, const char *after,
+                    json_t *devices)
+{
+    char *cursor = after ? strdup(after) : NULL;
+    json_t *page = NULL;
+    int rc = EXIT_INTERNAL;
+
+    if (after && !cursor)
+        goto oom;
+    for (;;) {
+        rc = list_page(ctx, query, cursor, &page);
+        if (rc)
+            goto cleanup;
+        const json_t *batch = json_object_get(page, "devices");
+        const char *next = json_string_value(json_object_get(page, "next"));
+        if (json_array_extend(devices, (json_t *)batch) != 0)
+            goto oom;
+        if (!next)
+            break;
+        /* A cursor that does not move would page forever. */
+        if (json_array_size(batch) == 0 || (cursor && strcmp(next, cursor) == 0)) {
+            out_error("server sent a list cursor that does not advance; stopping");
+            rc = EXIT_SERVER;
+            goto cleanup;
+        }
+        free(cursor);
+        if (!(cursor = strdup(next)))
+            goto oom;
+        json_decref(page);
+        page = NULL;
+    }
+    rc = EXIT_OK;
+    goto cleanup;
+
+oom:
+    out_error("out of memory");
+    rc = EXIT_INTERNAL;
+cleanup:
+    json_decref(page);
+    free(cursor);
+    return rc;
+}
+
+static int print_device_table(const json_t *devices)
+{
+    static const char *const headers[] = {"DEVICE", "TYPE",        "GROUP",
+                                          "STATE",  "ACTIVE-KEYS", "NEXT-EXPIRY"};
+    static const char *const fields[] = {"device_id", "type",        "group",
+                                         "state",     "active_keys", "next_expiry"};
+    struct table *t = table_new(6, headers);
+    int rc = EXIT_INTERNAL;
+    if (!t)
+        goto cleanup;
+    size_t i;
+    const json_t *dev;
+    json_array_foreach(devices, i, dev) {
+        rc = table_add_json(t, dev, fields);
+        if (rc)
+            goto cleanup;
+    }
+    rc = table_print(t, stdout);
+
+cleanup:
+    table_free(t);
+    return rc;
+}
+
+static int device_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *after = opt_get(&inv->local, "after");
+    char *query = NULL;
+    json_t *resp = NULL;
+    int rc = list_query(&inv->local, &query);
+    if (rc)
+        goto cleanup;
+
+    if (opt_get(&inv->local, "all")) {
+        json_t *devices = json_array();
+        if (!devices || !(resp = json_pack("{s:o}", "devices", devices))) {
+            out_error("out of memory");
+            rc = EXIT_INTERNAL;
+            goto cleanup;
+        }
+        rc = list_all(ctx, query, after, devices);
+    } else {
+        rc = list_page(ctx, query, after, &resp);
+    }
+    if (rc)
+        goto cleanup;
+    if (ctx->json) {
+        rc = out_json(resp);
+        goto cleanup;
+    }
+    rc = print_device_table(json_object_get(resp, "devices"));
+    if (!rc && json_is_string(json_object_get(resp, "next")))
+        out_note("More devices follow: use --all, or --after with the last device ID shown.");
+
+cleanup:
+    free(query);
+    json_decref(resp);
+    return rc;
+}
+
+/* ---- show, keys ---------------------------------------------------------- */
+
+/* GET or POST device_path(id, suffix); the ID is checked first. */
+static int device_request(const struct kmsctl_ctx *ctx, const char *method, const char *id,
+                          const char *suffix, const json_t *body, json_t **resp)
+{
+    char *path = NULL;
+    int rc;
+
+    *resp = NULL;
+    if ((rc = device_check_id("device ID", id)))
+        return rc;
+    if (!(path = device_path(id, suffix)))
+        return EXIT_INTERNAL;
+    rc = client_call(ctx, method, path, body, resp);
+    free(path);
+    return rc;
+}
+
+static int device_show(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    json_t *resp = NULL;
+    int rc = device_request(ctx, "GET", inv->pos[0], NULL, NULL, &resp);
+    if (!rc)
+        rc = ctx->json ? out_json(resp) : device_print_record(resp);
+    json_decref(resp);
+    return rc;
+}
+
+static int device_keys(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    bool kcv = opt_get(&inv->local, "kcv") != NULL;
+    json_t *resp = NULL;
+    int rc = device_request(ctx, "GET", inv->pos[0], kcv ? "keys?kcv=true" : "keys", NULL, &resp);
+    if (!rc)
+        rc = ctx->json ? out_json(resp) : device_print_keys(json_object_get(resp, "keys"), true);
+    json_decref(resp);
+    return rc;
+}
+
+/* ---- suspend, resume, revoke, rotate ------------------------------------- */
+
+static int change_state(const struct kmsctl_ctx *ctx, const struct invocation *inv, const char *verb)
+{
+    const char *id = inv->pos[0];
+    json_t *req = json_object(), *resp = NULL;
+    int rc = EXIT_INTERNAL;
+
+    if (!req) {
+        out_error("out of memory");
+        goto cleanup;
+    }
+    rc = device_request(ctx, "POST", id, verb, req, &resp);
+    if (rc)
+        goto cleanup;
+    if (strcmp(verb, "revoke") == 0)
+        out_note("Device keys of '%s' were destroyed; a revoked device cannot be resumed.",
+                 out_safe(id));
+    if (ctx->json) {
+        rc = out_json(resp);
+        goto cleanup;
+    }
+    const json_t *state = json_object_get(resp, "state");
+    fputs("Device '", stdout);
+    out_text(stdout, id);
+    fputs("' is now ", stdout);
+    out_text(stdout, json_is_string(state) ? json_string_value(state) : "-");
+    fputs(".\n", stdout);
+
+cleanup:
+    json_decref(req);
+    json_decref(resp);
+    return rc;
+}
+
+static int device_suspend(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    return change_state(ctx, inv, "suspend");
+}
+
+static int device_resume(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    return change_state(ctx, inv, "resume");
+}
+
+static int device_revoke(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    return change_state(ctx, inv, "revoke");
+}
+
+/* The rotate body from the options, checked. */
+static int rotate_body(const struct opt_values *o, json_t *req)
+{
+    const char *grace = opt_get(o, "grace-days"), *validity = opt_get(o, "validity");
+    long days = 0, bits = 0, gdays = 0;
+    int rc;
+
+    if (grace && !arg_to_long(grace, 0, DEVICE_GRACE_MAX, &gdays)) {
+        out_error("--grace-days must be a whole number from 0 to %ld", DEVICE_GRACE_MAX);
+        return EXIT_USAGE;
+    }
+    if ((rc = device_check_key_bits("--key-bits", opt_get(o, "key-bits"), &bits)))
+        return rc;
+    if (validity && !arg_to_long(validity, 1, DEVICE_VALIDITY_MAX, &days)) {
+        out_error("--validity must be a whole number of days from 1 to %ld", DEVICE_VALIDITY_MAX);
+        return EXIT_USAGE;
+    }
+    if ((grace && (rc = device_put(req, "grace_days", json_integer(gdays)))) ||
+        (bits && (rc = device_put(req, "key_bits", json_integer(bits)))) ||
+        (days && (rc = device_put(req, "validity_days", json_integer(days)))))
+        return rc;
+    return EXIT_OK;
+}
+
+static int device_rotate(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    json_t *req = json_object(), *resp = NULL;
+    int rc = EXIT_INTERNAL;
+
+    if (!req) {
+        out_error("out of memory");
+        goto cleanup;
+    }
+    if ((rc = rotate_body(&inv->local, req)))
+        goto cleanup;
+    rc = device_request(ctx, "POST", inv->pos[0], "rotate", req, &resp);
+    if (!rc)
+        rc = ctx->json ? out_json(resp) : device_print_record(resp);
+
+cleanup:
+    json_decref(req);
+    json_decref(resp);
+    return rc;
+}
+
+/* ---- the table ------------------------------------------------------------ */
+
+#define DASH_NOTE "Put '--' before an ID that starts with '-'.\n"
+
+static const struct opt_spec register_opts[] = {
+    {"type", 0, "TYPE", "device type, e.g. vehicle, meter, gateway (required)"},
+    {"group", 0, "GROUP", "group label (server default: default)"},
+    {"parent", 0, "ID", "parent device (a gateway); required for a subdevice"},
+    {"keys", 0, "N", "initial keys, 1..16 (server default: 4)"},
+    {"key-bits", 0, "BITS", "128 or 256 (server default: 128)"},
+    {"validity", 0, "DAYS", "key validity in days, 1..3650 (server default: 365)"},
+    {0},
+};
+
+static const struct opt_spec list_opts[] = {
+    {"type", 0, "TYPE", "only devices of this type"},
+    {"group", 0, "GROUP", "only devices in this group"},
+    {"state", 0, "STATE", "only active, suspended or revoked devices"},
+    {"expiring-within", 0, "DAYS", "only devices with a live key expiring within DAYS (0..3650)"},
+    {"limit", 0, "N", "devices per page, 1..1000 (server default 100; 1000 with --all)"},
+    {"after", 0, "ID", "start after this device ID (the 'next' cursor)"},
+    {"all", 0, NULL, "follow the cursor and list every page"},
+    {0},
+};
+
+static const struct opt_spec keys_opts[] = {
+    {"kcv", 0, NULL, "include each live key's check value"},
+    {0},
+};
+
+static const struct opt_spec rotate_opts[] = {
+    {"grace-days", 0, "N", "days older keys stay usable, 0..365 (server default from config)"},
+    {"key-bits", 0, "BITS", "128 or 256 for the new key"},
+    {"validity", 0, "DAYS", "validity of the new key in days, 1..3650"},
+    {0},
+};
+
+static const struct action device_actions[] = {
+    {
+        .sub = "register",
+        .usage = "ID --type TYPE [--group G] [--parent ID] [--keys N] [--key-bits B] [--validity DAYS]",
+        .summary = "Register a device and generate its initial keys",
+        .description = "Prints the new device record as 'key: value' lines and its keys as a table.\n"
+                       "Device IDs: 1-128 printable ASCII characters, none of / \\ % ? #.\n"
+                       DASH_NOTE
+                       "\n"
+                       "Request: POST /v1/admin/devices\n",
+        .opts = register_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_register,
+    },
+    {
+        .sub = "list",
+        .usage = "[--type T] [--group G] [--state S] [--expiring-within DAYS] [--limit N] [--after ID] [--all]",
+        .summary = "List devices",
+        .description = "Columns: DEVICE TYPE GROUP STATE ACTIVE-KEYS NEXT-EXPIRY; '-' means none.\n"
+                       "Without --all one page is shown and a note says when more follow.\n"
+                       "With --all and --json the pages are combined into one {\"devices\":[...]}.\n"
+                       "\n"
+                       "Request: GET /v1/admin/devices?type=&group=&state=&expiring_within=&limit=&after=\n",
+        .opts = list_opts,
+        .run = device_list,
+    },
+    {
+        .sub = "show",
+        .usage = "ID",
+        .summary = "Show a device and its keys",
+        .description = DASH_NOTE "\nRequest: GET /v1/admin/devices/ID\n",
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_show,
+    },
+    {
+        .sub = "keys",
+        .usage = "ID [--kcv]",
+        .summary = "List a device's keys (never their bytes)",
+        .description = "Columns: INDEX ALG STATE EXPIRED NOT-AFTER RETIRE-AT EXPORTED KCV.\n"
+                       "\n"
+                       "Request: GET /v1/admin/devices/ID/keys[?kcv=true]\n",
+        .opts = keys_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_keys,
+    },
+    {
+        .sub = "suspend",
+        .usage = "ID",
+        .summary = "Suspend an active device (its keys are kept)",
+        .description = "Request: POST /v1/admin/devices/ID/suspend\n",
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_suspend,
+    },
+    {
+        .sub = "resume",
+        .usage = "ID",
+        .summary = "Resume a suspended device",
+        .description = "Request: POST /v1/admin/devices/ID/resume\n",
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_resume,
+    },
+    {
+        .sub = "revoke",
+        .usage = "ID",
+        .summary = "Revoke a device and destroy its keys at once (no confirmation)",
+        .description = "This cannot be undone: the device's key bytes are destroyed on the server.\n"
+                       "\n"
+                       "Request: POST /v1/admin/devices/ID/revoke\n",
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_revoke,
+    },
+    {
+        .sub = "rotate",
+        .usage = "ID [--grace-days N] [--key-bits B] [--validity DAYS]",
+        .summary = "Add a new key; older active keys retire after the grace period",
+        .description = "Prints the updated device record and its keys.\n"
+                       "\n"
+                       "Request: POST /v1/admin/devices/ID/rotate\n",
+        .opts = rotate_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_rotate,
+    },
+    {
+        .sub = "fill",
+        .usage = "ID (--recipient-pub PEMFILE | --plaintext) --out FILE [--index N]... [--force]",
+        .summary = "Export device keys for a provisioning station into FILE",
+        .description = "With --recipient-pub the keys are sealed to the station's X25519 or P-256\n"
+                       "public key (open them with 'kmsctl fill open'); FILE gets the package bytes.\n"
+                       "With --plaintext (admin only) FILE gets the keys IN CLEAR as JSON.\n"
+                       "FILE is created with mode 0600 and never overwritten. Keys already exported\n"
+                       "need --force. With --json the server's answer is printed without the keys\n"
+                       "and with \"out\": FILE.\n"
+                       "\n"
+                       "Request: POST /v1/admin/devices/ID/fill\n",
+        .opts = device_fill_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_fill_run,
+    },
+    {
+        .sub = "import",
+        .usage = "FILE [--batch N] [--format csv|jsonl]",
+        .summary = "Register devices in bulk from a CSV or JSON-lines file",
+        .description = "CSV: a header line naming the columns device_id,type,group,parent,keys,\n"
+                       "key_bits,validity_days (any order; device_id and type required), then one\n"
+                       "device per line; empty cells are left to the server's defaults. RFC 4180\n"
+                       "quoting; a field may not span lines. JSON lines: one object per line with\n"
+                       "the same field names; blank lines are skipped. The format follows the\n"
+                       "extension (.csv, .jsonl, .json), else the first character ('{': JSON lines).\n"
+                       "Rows that do not parse are reported with code parse_error and not sent.\n"
+                       "Output: 'created N, failed M' and one line per failed row; with --json\n"
+                       "{\"created\",\"failed\",\"results\"}. Exit status 6 if any row failed.\n"
+                       "\n"
+                       "Request: POST /v1/admin/devices/import, N rows at a time\n",
+        .opts = device_import_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_import_run,
+    },
+    {0},
+};
+
+const struct command cmd_device = {
+    .name = "device",
+    .summary = "Manage devices and their keys",
+    .actions = device_actions,
+};

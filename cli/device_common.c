@@ -1,0 +1,187 @@
+/* device_common — device field checks, route paths, record rendering. */
+#include "device_common.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "exitcodes.h"
+#include "output.h"
+
+#define TYPE_MAX 32
+#define GROUP_MAX 64
+
+static bool is_lower_or_digit(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+
+static bool is_alnum(char c)
+{
+    return is_lower_or_digit(c) || (c >= 'A' && c <= 'Z');
+}
+
+bool device_id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > DEVICE_ID_MAX)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (*p < 0x21 || *p > 0x7e || strchr("/\\%?#", *p))
+            return false;
+    return true;
+}
+
+bool device_type_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > TYPE_MAX || s[0] < 'a' || s[0] > 'z')
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!is_lower_or_digit(*p) && *p != '_' && *p != '-')
+            return false;
+    return true;
+}
+
+bool device_group_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > GROUP_MAX || !is_alnum(s[0]))
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!is_alnum(*p) && *p != '.' && *p != '_' && *p != '-')
+            return false;
+    return true;
+}
+
+int device_check_id(const char *what, const char *s)
+{
+    if (device_id_ok(s))
+        return EXIT_OK;
+    out_error("bad %s '%s': use 1-%d printable ASCII characters, no spaces and none of "
+              "/ \\ %% ? #",
+              what, out_safe(s), DEVICE_ID_MAX);
+    return EXIT_USAGE;
+}
+
+int device_check_type(const char *what, const char *s)
+{
+    if (device_type_ok(s))
+        return EXIT_OK;
+    out_error("bad %s '%s': use a lowercase letter, then up to %d of a-z 0-9 _ -",
+              what, out_safe(s), TYPE_MAX - 1);
+    return EXIT_USAGE;
+}
+
+int device_check_group(const char *what, const char *s)
+{
+    if (device_group_ok(s))
+        return EXIT_OK;
+    out_error("bad %s '%s': use 1-%d of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+              what, out_safe(s), GROUP_MAX);
+    return EXIT_USAGE;
+}
+
+int device_check_key_bits(const char *what, const char *s, long *bits)
+{
+    if (!s)
+        return EXIT_OK;
+    if (strcmp(s, "128") == 0 || strcmp(s, "256") == 0) {
+        *bits = strtol(s, NULL, 10);
+        return EXIT_OK;
+    }
+    out_error("%s must be 128 or 256", what);
+    return EXIT_USAGE;
+}
+
+int device_put(json_t *o, const char *key, json_t *value)
+{
+    /* json_object_set_new takes value even when it fails. */
+    if (!value || json_object_set_new(o, key, value) != 0) {
+        out_error("out of memory");
+        return EXIT_INTERNAL;
+    }
+    return EXIT_OK;
+}
+
+char *device_path(const char *id, const char *suffix)
+{
+    char *escaped = NULL, *path = NULL;
+    /* curl leaves '.' alone: "." and ".." would read as dot segments. */
+    if (strcmp(id, ".") == 0 || strcmp(id, "..") == 0)
+        escaped = strdup(id[1] ? "%2E%2E" : "%2E");
+    else
+        escaped = client_escape(id);
+    if (!escaped)
+        goto oom;
+    if (asprintf(&path, "/v1/admin/devices/%s%s%s", escaped, suffix ? "/" : "",
+                 suffix ? suffix : "") < 0) {
+        path = NULL;
+        goto oom;
+    }
+    free(escaped);
+    return path;
+
+oom:
+    free(escaped);
+    out_error("out of memory");
+    return NULL;
+}
+
+int device_print_keys(const json_t *keys, bool kcv)
+{
+    static const char *const headers[] = {"INDEX",     "ALG",       "STATE",    "EXPIRED",
+                                          "NOT-AFTER", "RETIRE-AT", "EXPORTED", "KCV"};
+    static const char *const fields[] = {"index",     "algorithm", "state",       "expired",
+                                         "not_after", "retire_at", "exported_at", "kcv"};
+    size_t ncols = kcv ? 8 : 7;
+    struct table *t = NULL;
+    int rc = EXIT_SERVER;
+
+    if (!json_is_array(keys)) {
+        out_error("server response has no \"keys\" list");
+        goto cleanup;
+    }
+    rc = EXIT_INTERNAL;
+    if (!(t = table_new(ncols, headers)))
+        goto cleanup;
+    size_t i;
+    const json_t *key;
+    json_array_foreach(keys, i, key) {
+        rc = table_add_json(t, key, fields);
+        if (rc)
+            goto cleanup;
+    }
+    rc = table_print(t, stdout);
+
+cleanup:
+    table_free(t);
+    return rc;
+}
+
+int device_print_record(const json_t *record)
+{
+    json_t *fields = NULL;
+    int rc = EXIT_SERVER;
+
+    if (!json_is_object(record)) {
+        out_error("server response is not a device record");
+        goto cleanup;
+    }
+    /* A shallow copy: the keys get a table of their own below. */
+    rc = EXIT_INTERNAL;
+    if (!(fields = json_copy((json_t *)record))) {
+        out_error("out of memory");
+        goto cleanup;
+    }
+    json_object_del(fields, "keys"); /* absent is fine */
+    rc = out_kv(fields);
+    if (rc)
+        goto cleanup;
+    fputc('\n', stdout);
+    rc = device_print_keys(json_object_get(record, "keys"), false);
+
+cleanup:
+    json_decref(fields);
+    return rc;
+}
