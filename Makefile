@@ -26,13 +26,14 @@ endif
 PKGS     := libmicrohttpd jansson libpq openssl libcurl p11-kit-1
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS   += -std=c17 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -fstack-protector-strong \
-            -fPIE $(OPT) $(SANFLAGS) -D_GNU_SOURCE -Icommon -Ipkcs11 -Ikmsd -I$(BUILD)/gen \
+            -fPIE $(OPT) $(SANFLAGS) -D_GNU_SOURCE -Icommon -Ipkcs11 -Ikmsd -Idevice -I$(BUILD)/gen \
             $(PKG_CFLAGS) -MMD -MP
 LDFLAGS  += -pie -Wl,-z,relro,-z,now $(SANFLAGS)
 
 KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd jansson libpq libcrypto) -lpthread -ldl
 CLI_LIBS  := $(shell pkg-config --libs libcurl jansson libcrypto)
 
+include device/device.mk
 COMMON_SRC := $(wildcard common/*.c)
 P11_SRC    := $(wildcard pkcs11/*.c)
 KMSD_SRC   := $(filter-out kmsd/main.c,$(wildcard kmsd/*.c))
@@ -43,9 +44,12 @@ COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o)
 P11_OBJ    := $(P11_SRC:%.c=$(BUILD)/%.o)
 KMSD_OBJ   := $(KMSD_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/schema_sql.o
 CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/%.o)
+DEVICE_OBJ := $(DEVICE_LIB_SRC:%.c=$(BUILD)/%.o)
 
 LIBP11     := $(BUILD)/libqkms-p11.a
 LIBKMSD    := $(BUILD)/libkmsd.a
+LIBDEVICE  := $(BUILD)/libqkms-device.a
+QKMSDEV    := $(BUILD)/bin/qkms-device
 KMSD       := $(BUILD)/bin/kmsd
 KMSCTL     := $(BUILD)/bin/kmsctl
 
@@ -55,7 +59,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 .PHONY: all clean test unit integration run bench install deps check-config-doc asan
 .DEFAULT_GOAL := all
 
-all: $(KMSD) $(KMSCTL)
+all: $(KMSD) $(KMSCTL) $(QKMSDEV)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -76,7 +80,14 @@ $(LIBP11): $(P11_OBJ)
 $(LIBKMSD): $(KMSD_OBJ) $(COMMON_OBJ)
 	ar rcs $@ $^
 
-$(KMSD): $(BUILD)/kmsd/main.o $(LIBKMSD) $(LIBP11)
+$(LIBDEVICE): $(DEVICE_OBJ)
+	ar rcs $@ $^
+
+$(QKMSDEV): $(DEVICE_PROG_SRC:%.c=$(BUILD)/%.o) $(LIBDEVICE)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(CLI_LIBS) -o $@
+
+$(KMSD): $(BUILD)/kmsd/main.o $(LIBKMSD) $(LIBP11) $(LIBDEVICE)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(KMSD_LIBS) -o $@
 
@@ -85,9 +96,9 @@ $(KMSCTL): $(CLI_OBJ) $(COMMON_OBJ)
 	$(CC) $(LDFLAGS) $^ $(CLI_LIBS) -o $@
 
 # ---- tests ----------------------------------------------------------------
-$(BUILD)/tests/%: tests/unit/%.c $(LIBKMSD) $(LIBP11)
+$(BUILD)/tests/%: tests/unit/%.c $(LIBKMSD) $(LIBP11) $(LIBDEVICE)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) $< $(LIBKMSD) $(LIBP11) $(KMSD_LIBS) -lcmocka -o $@
+	$(CC) $(CFLAGS) $(LDFLAGS) $< $(LIBKMSD) $(LIBP11) $(LIBDEVICE) $(KMSD_LIBS) $(CLI_LIBS) -lcmocka -o $@
 
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1 \
             LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
@@ -100,8 +111,8 @@ test:
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $(ASAN_ENV) $$t; done
 
-integration: $(KMSD) $(KMSCTL)
-	$(ASAN_ENV) QKMS_KMSD=$(CURDIR)/$(KMSD) QKMS_KMSCTL=$(CURDIR)/$(KMSCTL) \
+integration: $(KMSD) $(KMSCTL) $(QKMSDEV)
+	$(ASAN_ENV) QKMS_KMSD=$(CURDIR)/$(KMSD) QKMS_KMSCTL=$(CURDIR)/$(KMSCTL) QKMS_DEVICE=$(CURDIR)/$(QKMSDEV) \
 	  $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
 # ---- run, bench, install --------------------------------------------------
@@ -113,8 +124,8 @@ bench: all
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/share/qkms
-	install -m 0755 $(KMSD) $(KMSCTL) $(DESTDIR)$(PREFIX)/bin/
-	install -m 0644 $(LIBP11) $(DESTDIR)$(PREFIX)/lib/
+	install -m 0755 $(KMSD) $(KMSCTL) $(QKMSDEV) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 $(LIBP11) $(LIBDEVICE) $(DESTDIR)$(PREFIX)/lib/
 	install -m 0755 scripts/qkms-local.sh $(DESTDIR)$(PREFIX)/share/qkms/
 	install -m 0644 docs/kmsd.conf.example $(DESTDIR)$(PREFIX)/share/qkms/
 

@@ -79,6 +79,14 @@ const config_option config_options[] = {
      "After `device rotate`, older keys stay usable this many days, then retire."},
     {"maintenance_interval", OPT_INT, OFF(maintenance_interval), "30", 1, 3600, NULL, false, false,
      "Seconds between maintenance passes (key retirement, expiry warnings)."},
+    {"protocol_clock_skew", OPT_INT, OFF(protocol_clock_skew), "300", 5, 3600, NULL, false, false,
+     "Device requests must carry a timestamp within this many seconds of kmsd's clock; their "
+     "nonces are remembered this long (replay window)."},
+    {"session_tombstone_days", OPT_INT, OFF(session_tombstone_days), "90", 0, 36500, NULL, false,
+     false, "Days an ended session's tombstone (hashed ID, parties, reason) is kept; its session ID "
+     "is refused meanwhile. 0 keeps tombstones forever."},
+    {"session_reap_interval", OPT_INT, OFF(session_reap_interval), "1", 1, 60, NULL, false, false,
+     "Seconds between passes that destroy sessions past their idle timeout or lifetime."},
     {"bootstrap_token_file", OPT_STR, OFF(bootstrap_token_file), NULL, 0, 0, NULL, false, false,
      "If set and no admin token named `bootstrap` exists, kmsd creates one and writes it here "
      "(mode 0600, never overwritten)."},

@@ -56,6 +56,10 @@ typedef struct kms_config {
     int device_key_warn_days;
     int device_key_grace_days;
     int maintenance_interval;
+    /* sessions */
+    int protocol_clock_skew;
+    int session_tombstone_days;
+    int session_reap_interval;
     /* admin */
     char *bootstrap_token_file;
     /* logging */

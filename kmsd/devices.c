@@ -692,6 +692,12 @@ static db_status state_tx_fn(db_conn *c, void *arg)
         for (int i = 0; i < PQntuples(r); i++)
             json_array_append_new(destroyed, json_integer(atoi(PQgetvalue(r, i, 0))));
         PQclear(r);
+        /* ...and ends the device's open sessions, destroying their keys. */
+        vals[1] = t->actor;
+        r = db_exec(c, Q_SESSIONS_END_FOR_DEVICE, 2, vals, NULL, NULL, &st);
+        if (!r)
+            goto fail;
+        PQclear(r);
     }
     return audit_append(c, t->actor, event[t->action], t->device_id,
                         json_pack("{s:s,s:s,s:o}", "from", from, "to", target[t->action],

@@ -17,6 +17,7 @@
 
 typedef struct metrics metrics;
 typedef struct maintenance maintenance;
+typedef struct session_metrics session_metrics;
 typedef struct http_server http_server;
 
 typedef struct kms_ctx {
@@ -33,6 +34,7 @@ typedef struct kms_ctx {
     metrics *metrics;
     http_server *http;
     maintenance *maint;
+    session_metrics *smetrics;
 } kms_ctx;
 
 #endif

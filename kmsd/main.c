@@ -22,6 +22,7 @@
 #include "migrate.h"
 #include "queries.h"
 #include "routes.h"
+#include "sessions.h"
 #include "version.h"
 
 /* Locked, non-dumpable heap for PINs and unwrapped keys (OpenSSL's secure
@@ -213,6 +214,9 @@ int main(int argc, char **argv)
         log_emit(LOG_ERROR, "bootstrap admin token failed", "{s:s}", "error", err);
         goto out;
     }
+    k.smetrics = session_metrics_new();
+    if (!k.smetrics)
+        goto out;
     if (maintenance_start(&k.maint, &k) != 0) {
         log_emit(LOG_ERROR, "cannot start the maintenance thread", NULL);
         goto out;
@@ -249,6 +253,7 @@ int main(int argc, char **argv)
 out:
     http_stop(k.http);
     maintenance_stop(k.maint);
+    session_metrics_free(k.smetrics);
     metrics_free(k.metrics);
     entropy_close(k.ent);
     keywrap_free(k.kw);

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "pgjson.h"
 #include "queries.h"
+#include "sessions.h"
 
 struct maintenance {
     kms_ctx *k;
@@ -109,17 +110,25 @@ out:
     return rc;
 }
 
+/* The reaper runs every session_reap_interval seconds (bounded delay for
+ * session destruction); the heavier pass every maintenance_interval. */
 static void *loop(void *arg)
 {
     maintenance *m = arg;
+    time_t next_full = 0;
     pthread_mutex_lock(&m->mu);
     while (!m->stop) {
         struct timespec dl;
         pthread_mutex_unlock(&m->mu);
-        maintenance_run_once(m);
+        if (sessions_reap(m->k) < 0)
+            log_emit(LOG_WARN, "session reaper pass failed; will retry", NULL);
+        if (time(NULL) >= next_full) {
+            maintenance_run_once(m);
+            next_full = time(NULL) + m->k->cfg.maintenance_interval;
+        }
         pthread_mutex_lock(&m->mu);
         clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_sec += m->k->cfg.maintenance_interval;
+        dl.tv_sec += m->k->cfg.session_reap_interval;
         while (!m->stop && pthread_cond_timedwait(&m->cv, &m->mu, &dl) != ETIMEDOUT)
             ;
     }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "maintenance.h"
+#include "sessions.h"
 #include "version.h"
 
 static const int statuses[] = {200, 201, 204, 400, 401, 403, 404, 405,
@@ -185,6 +186,8 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
         fprintf(f, "qkms_entropy_failures_total{source=\"%s\"} %llu\n", st.name,
                 (unsigned long long)st.failures);
     }
+    if (kms->smetrics)
+        session_metrics_render(kms->smetrics, f);
     if (kms->maint) {
         maintenance_stats ms;
         maintenance_stats_get(kms->maint, &ms);

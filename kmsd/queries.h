@@ -128,7 +128,47 @@
     X(Q_KEYS_EXPIRING_COUNT,                                                                   \
       "SELECT count(*) FROM device_keys WHERE state = 'active' AND not_after > now()"          \
       " AND not_after <= now() + make_interval(days => $1::int)")                              \
-    X(Q_DEVICE_COUNTS, "SELECT state, count(*) FROM devices GROUP BY state")
+    X(Q_DEVICE_COUNTS, "SELECT state, count(*) FROM devices GROUP BY state")                 \
+    X(Q_DEVKEY_FOR_AUTH,                                                                       \
+      "SELECT d.id, d.state, k.algorithm, encode(k.wrapped, 'hex'), k.state,"                 \
+      " k.not_before <= now() AND k.not_after > now()"                                         \
+      " FROM devices d JOIN device_keys k ON k.device_pk = d.id"                               \
+      " WHERE d.device_id = $1 AND k.key_index = $2::int")                                     \
+    X(Q_SESSION_KEY,                                                                           \
+      "SELECT outcome, out_key_id, out_key_bits, encode(out_wrapped, 'hex'), out_expires,"     \
+      " out_policy, out_delivery, out_created FROM qkms_session_key($1::bigint, $2::bytea,"    \
+      " $3::bytea, $4, $5, $6::boolean, $7::uuid, decode($8, 'hex'), $9::int, $10, $11::int)") \
+    X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::bytea, $3::bytea)")             \
+    X(Q_SESSION_REAP, "SELECT qkms_session_reap($1::int, $2::int, $3::int)")                  \
+    X(Q_SESSIONS_LIST,                                                                         \
+      "SELECT s.session_id, s.key_id, i.device_id, r.device_id, s.policy, s.delivery,"         \
+      " s.key_bits, s.created_at, s.last_used_at, s.expires_at, s.idle_timeout_s,"             \
+      " s.initiator_delivered_at, s.responder_delivered_at, s.provenance,"                     \
+      " CASE WHEN s.initiator_delivered_at IS NOT NULL AND s.responder_delivered_at IS NOT NULL" \
+      "  THEN 'active' ELSE 'pending' END"                                                     \
+      " FROM sessions s JOIN devices i ON i.id = s.initiator JOIN devices r ON r.id = s.responder" \
+      " WHERE ($1::text IS NULL OR i.device_id = $1 OR r.device_id = $1)"                      \
+      " AND ($2::text IS NULL OR s.session_id = $2)"                                           \
+      " ORDER BY s.id DESC LIMIT $3::int")                                                     \
+    X(Q_TOMBSTONES_LIST,                                                                       \
+      "SELECT encode(session_hash, 'hex'), key_id, initiator, responder, created_at, ended_at, reason" \
+      " FROM session_tombstones WHERE ($1::text IS NULL OR initiator = $1 OR responder = $1)"  \
+      " AND ($2::bytea IS NULL OR session_hash = $2) ORDER BY ended_at DESC LIMIT $3::int")    \
+    X(Q_SESSION_END_OPERATOR,                                                                  \
+      "SELECT qkms_session_destroy(id, 'ended_by_operator', $2) FROM sessions"                 \
+      " WHERE session_hash = $1::bytea")                                                       \
+    X(Q_SESSIONS_END_FOR_DEVICE,                                                               \
+      "SELECT count(*) FROM (SELECT qkms_session_destroy(id, 'revoked', $2) FROM sessions"     \
+      " WHERE initiator = $1::bigint OR responder = $1::bigint) AS ended")                     \
+    X(Q_SESSIONS_OPEN_COUNT, "SELECT count(*) FROM sessions")                                  \
+    X(Q_POLICY_LIST,                                                                           \
+      "SELECT name, type_a, type_b, group_a, group_b, key_bits, idle_timeout_s, max_lifetime_s," \
+      " delivery, created_at, created_by FROM pairing_policies ORDER BY name")                 \
+    X(Q_POLICY_INSERT,                                                                         \
+      "INSERT INTO pairing_policies (name, type_a, type_b, group_a, group_b, key_bits,"        \
+      " idle_timeout_s, max_lifetime_s, delivery, created_by)"                                 \
+      " VALUES ($1, $2, $3, $4, $5, $6::int, $7::int, $8::int, $9, $10)")                      \
+    X(Q_POLICY_DELETE, "DELETE FROM pairing_policies WHERE name = $1 RETURNING name")
 
 #define QKMS_Q_ENUM(id, sql) id,
 typedef enum { QKMS_QUERIES(QKMS_Q_ENUM) Q__COUNT } query_id;

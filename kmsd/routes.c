@@ -1,5 +1,6 @@
 /* routes — the route table. */
 #include "routes.h"
+#include "sessions.h"
 
 #define OPS (ROLE_ADMIN | ROLE_OPERATOR)
 #define IMPORT_MAX_BODY (4u << 20)
@@ -23,7 +24,15 @@
     X("POST", "/v1/admin/devices/{id}/rotate", "admin_device_rotate", OPS, h_device_rotate) \
     X("POST", "/v1/admin/devices/{id}/fill", "admin_device_fill", OPS, h_device_fill) \
     X("GET", "/v1/admin/device-types", "admin_devtypes_list", ROLE_ANY, h_devtypes_list) \
-    X("POST", "/v1/admin/device-types", "admin_devtypes_add", ROLE_ADMIN, h_devtypes_add)
+    X("POST", "/v1/admin/device-types", "admin_devtypes_add", ROLE_ADMIN, h_devtypes_add) \
+    X("POST", "/v1/sessions/key", "session_key", 0, h_session_key)                    \
+    X("POST", "/v1/sessions/end", "session_end", 0, h_session_end)                    \
+    X("GET", "/v1/admin/sessions", "admin_sessions_list", ROLE_ANY, h_admin_sessions_list) \
+    X("GET", "/v1/admin/sessions/{id}", "admin_session_get", ROLE_ANY, h_admin_session_get) \
+    X("POST", "/v1/admin/sessions/{id}/end", "admin_session_end", OPS, h_admin_session_end) \
+    X("GET", "/v1/admin/policies", "admin_policies_list", ROLE_ANY, h_policies_list) \
+    X("POST", "/v1/admin/policies", "admin_policies_add", OPS, h_policies_add)        \
+    X("DELETE", "/v1/admin/policies/{name}", "admin_policies_remove", OPS, h_policies_remove)
 
 #define ROW(m, p, n, r, f, ...) {.method = m, .pattern = p, .name = n, .roles = r, .fn = f, __VA_ARGS__},
 #define NAME(m, p, n, r, f, ...) n,

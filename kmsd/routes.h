@@ -37,6 +37,11 @@ void h_device_fill(http_request *rq, http_response *rs);
 void h_devtypes_list(http_request *rq, http_response *rs);
 void h_devtypes_add(http_request *rq, http_response *rs);
 
+/* admin_policies.c */
+void h_policies_list(http_request *rq, http_response *rs);
+void h_policies_add(http_request *rq, http_response *rs);
+void h_policies_remove(http_request *rq, http_response *rs);
+
 /* Map a storage failure to its HTTP answer (503 for an outage, 500 else). */
 void http_db_error(http_response *rs, db_status st);
 

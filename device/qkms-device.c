@@ -1,0 +1,554 @@
+/*
+ * qkms-device — an example device client for protocol v1: asks qkms for the
+ * key of a session, or ends a session, with a device key from the device's
+ * fill document (the output of `kmsctl fill open --json`, or
+ * `kmsctl device fill --plaintext`).
+ *
+ *   qkms-device key --url URL --fill FILE --session S --peer P [--index N]
+ *                   [--delivered] [--json] [--cacert F] [--timeout S]
+ *   qkms-device end --url URL --fill FILE --session S [--index N] [--json]
+ *                   [--cacert F] [--timeout S]
+ *
+ * Exit status: 0 ok; 1 internal (out of memory, cannot write output);
+ * 2 usage (bad arguments, unreadable or invalid fill file: nothing was
+ * sent); 3 transport failure; 4 refused with 401/403; 5 server error (5xx,
+ * unexpected status) or a response that does not verify; 6 other 4xx
+ * (e.g. 409 session_ended).
+ *
+ * Key material (fill document, device keys, session key, the output that
+ * shows it) lives in the secure heap where possible and is zeroized before
+ * exit; jansson's allocations are zeroed on free too.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/resource.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "qkd_http.h"
+#include "qkms_device.h"
+
+/* The values and meanings of kmsctl's exit statuses (cli/exitcodes.h). */
+enum {
+    EXIT_OK = 0,
+    EXIT_INTERNAL = 1,
+    EXIT_USAGE = 2,
+    EXIT_CONNECT = 3,
+    EXIT_AUTH = 4,
+    EXIT_SERVER = 5,
+    EXIT_REFUSED = 6,
+};
+
+#define PROG "qkms-device"
+#define FILL_MAX (256 * 1024)         /* 256 keys pretty-printed fit easily */
+#define SECURE_HEAP_BYTES (1u << 20)  /* holds FILL_MAX, rounded up, and the keys */
+#define SECURE_HEAP_MIN 16
+#define OUT_MAX 2048                  /* our longest output line, with margin */
+
+struct options {
+    const char *cmd;
+    const char *url, *fill, *session, *peer, *cacert, *index_s, *timeout_s;
+    int index; /* -1: the default key */
+    long timeout;
+    int delivered, json;
+};
+
+static void usage(FILE *f)
+{
+    fputs("usage: " PROG " key --url URL --fill FILE --session S --peer P [--index N]\n"
+          "                  [--delivered] [--json] [--cacert F] [--timeout S]\n"
+          "       " PROG " end --url URL --fill FILE --session S [--index N] [--json]\n"
+          "                  [--cacert F] [--timeout S]\n"
+          "\n"
+          "  key   ask qkms for the key of session S shared with device P; prints the\n"
+          "        key ID and the session key in hex\n"
+          "  end   end session S (its key is destroyed)\n"
+          "\n"
+          "  --url URL      qkms base URL, e.g. https://kms.example:8443\n"
+          "  --fill FILE    the device's fill document (kmsctl fill open --json); - for stdin\n"
+          "  --index N      device key index (default: the highest one valid now)\n"
+          "  --delivered    ask for single-transfer delivery\n"
+          "  --json         JSON output (errors too)\n"
+          "  --cacert F     CA bundle for https (default: the system store)\n"
+          "  --timeout S    seconds for the whole request (default 30)\n"
+          "\n"
+          "Exit status: 0 ok, 1 internal error, 2 usage, 3 transport failure,\n"
+          "4 refused (401/403), 5 server error or unverifiable response, 6 other 4xx.\n",
+          f);
+}
+
+static void errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void errorf(const char *fmt, ...)
+{
+    va_list ap;
+    fputs(PROG ": ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* Server text onto a terminal: no control characters (escape sequences). */
+static void put_safe(FILE *f, const char *s)
+{
+    for (; *s; s++)
+        fputc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, f);
+}
+
+/* ---- jansson allocations zeroed on free ---------------------------------- */
+
+/* The fill document's key hex passes through jansson's lexer buffers, which
+ * qkd_device_load cannot reach; a size header lets free zero every block. */
+#define ZHDR 16 /* keeps malloc's alignment */
+
+static void *zmalloc(size_t n)
+{
+    unsigned char *p = n <= SIZE_MAX - ZHDR ? malloc(n + ZHDR) : NULL;
+    if (!p)
+        return NULL;
+    memcpy(p, &n, sizeof(n));
+    return p + ZHDR;
+}
+
+static void zfree(void *ptr)
+{
+    size_t n;
+    if (!ptr)
+        return;
+    unsigned char *p = (unsigned char *)ptr - ZHDR;
+    memcpy(&n, p, sizeof(n));
+    OPENSSL_cleanse(ptr, n);
+    free(p);
+}
+
+/* ---- arguments ----------------------------------------------------------- */
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = s && *s ? strtol(s, &end, 10) : 0;
+    if (!s || !*s || errno || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, struct options *o)
+{
+    struct {
+        const char *name;
+        const char **value; /* NULL: a flag */
+        int *flag;
+        int key_only;
+    } specs[] = {
+        {"url", &o->url, NULL, 0},         {"fill", &o->fill, NULL, 0},
+        {"session", &o->session, NULL, 0}, {"peer", &o->peer, NULL, 1},
+        {"index", &o->index_s, NULL, 0},   {"cacert", &o->cacert, NULL, 0},
+        {"timeout", &o->timeout_s, NULL, 0}, {"delivered", NULL, &o->delivered, 1},
+        {"json", NULL, &o->json, 0},
+    };
+    const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
+    long v;
+
+    o->cmd = argv[1];
+    if (strcmp(o->cmd, "key") != 0 && strcmp(o->cmd, "end") != 0) {
+        errorf("unknown command '%s' (key or end)", o->cmd);
+        return -1;
+    }
+    int is_key = strcmp(o->cmd, "key") == 0;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *eq;
+        size_t j, nl;
+        if (strncmp(a, "--", 2) != 0) {
+            errorf("unexpected argument '%s'", a);
+            return -1;
+        }
+        a += 2;
+        eq = strchr(a, '=');
+        nl = eq ? (size_t)(eq - a) : strlen(a);
+        for (j = 0; j < nspecs; j++) {
+            if (strlen(specs[j].name) == nl && strncmp(specs[j].name, a, nl) == 0)
+                break;
+        }
+        if (j == nspecs || (specs[j].key_only && !is_key)) {
+            errorf("unknown option '--%.*s' for %s", (int)nl, a, o->cmd);
+            return -1;
+        }
+        if (!specs[j].value) {
+            if (eq) {
+                errorf("--%s takes no value", specs[j].name);
+                return -1;
+            }
+            *specs[j].flag = 1;
+            continue;
+        }
+        if (*specs[j].value) {
+            errorf("--%s given twice", specs[j].name);
+            return -1;
+        }
+        if (eq) {
+            *specs[j].value = eq + 1;
+        } else if (i + 1 < argc) {
+            *specs[j].value = argv[++i];
+        } else {
+            errorf("--%s needs a value", specs[j].name);
+            return -1;
+        }
+    }
+    if (!o->url || !*o->url || !o->fill || !o->session || (is_key && !o->peer)) {
+        errorf(is_key ? "key needs --url, --fill, --session and --peer"
+                      : "end needs --url, --fill and --session");
+        return -1;
+    }
+    /* libcurl would refuse other schemes too, but only after we built and
+     * tried to send the request: say so as a usage error. */
+    if (strncasecmp(o->url, "http://", 7) != 0 && strncasecmp(o->url, "https://", 8) != 0) {
+        errorf("--url must be an http:// or https:// URL");
+        return -1;
+    }
+    if (!qkp_id_valid(o->session)) {
+        errorf("--session: 1-128 printable ASCII characters except / \\ %% ? #");
+        return -1;
+    }
+    if (is_key && !qkp_id_valid(o->peer)) {
+        errorf("--peer: 1-128 printable ASCII characters except / \\ %% ? #");
+        return -1;
+    }
+    o->index = -1;
+    if (o->index_s) {
+        if (parse_long(o->index_s, 0, 255, &v) != 0) {
+            errorf("--index must be an integer from 0 to 255");
+            return -1;
+        }
+        o->index = (int)v;
+    }
+    o->timeout = QKD_HTTP_DEFAULT_TIMEOUT;
+    if (o->timeout_s && parse_long(o->timeout_s, 1, 3600, &o->timeout) != 0) {
+        errorf("--timeout must be a number of seconds from 1 to 3600");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the fill file ------------------------------------------------------- */
+
+/* Reads path ("-": stdin) into a secure-heap buffer of FILL_MAX + 1 bytes
+ * with read(2), so no stdio buffer keeps a copy of the keys. */
+static int read_fill(const char *path, char **buf, size_t *len)
+{
+    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+    int rc = EXIT_USAGE;
+
+    *len = 0;
+    *buf = NULL;
+    if (fd < 0) {
+        errorf("%s: %s", path, strerror(errno));
+        return EXIT_USAGE;
+    }
+    if (!(*buf = OPENSSL_secure_malloc(FILL_MAX + 1))) {
+        errorf("out of secure memory");
+        rc = EXIT_INTERNAL;
+        goto cleanup;
+    }
+    for (;;) {
+        ssize_t n = read(fd, *buf + *len, FILL_MAX + 1 - *len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            errorf("%s: %s", path, strerror(errno));
+            goto cleanup;
+        }
+        if (n == 0)
+            break;
+        *len += (size_t)n;
+        if (*len > FILL_MAX) {
+            errorf("%s: larger than %d bytes: not a fill document", path, FILL_MAX);
+            goto cleanup;
+        }
+    }
+    rc = EXIT_OK;
+
+cleanup:
+    if (fd != STDIN_FILENO)
+        close(fd);
+    if (rc != EXIT_OK && *buf) {
+        OPENSSL_secure_clear_free(*buf, FILL_MAX + 1);
+        *buf = NULL;
+        *len = 0;
+    }
+    return rc;
+}
+
+/* ---- output -------------------------------------------------------------- */
+
+static int write_all(const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(STDOUT_FILENO, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void hex(const uint8_t *in, size_t len, char *out)
+{
+    static const char d[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = d[in[i] >> 4];
+        out[2 * i + 1] = d[in[i] & 15];
+    }
+    out[2 * len] = 0;
+}
+
+/*
+ * The result, formatted in the secure heap and written with write(2): the
+ * session key must not linger in stdio's buffer. All strings were checked
+ * by the library (IDs, delivery), so only IDs need JSON quoting.
+ */
+static int print_key(const struct options *o, const qkd_request *r, const qkd_session_key *sk)
+{
+    char *out = OPENSSL_secure_malloc(OUT_MAX);
+    char khex[2 * QKD_MAX_KEY_LEN + 1], sid[2 * QKP_MAX_ID + 3], kid[2 * QKP_MAX_ID + 3],
+        did[2 * QKP_MAX_ID + 3], when[32];
+    struct tm tm;
+    time_t t = (time_t)sk->expires_at;
+    int n, rc = EXIT_INTERNAL;
+
+    if (!out) {
+        errorf("out of secure memory");
+        return EXIT_INTERNAL;
+    }
+    hex(sk->key, sk->key_len, khex);
+    if (o->json) {
+        if (qkd_json_id(sk->session_id, sid, sizeof(sid)) < 0 ||
+            qkd_json_id(sk->key_id, kid, sizeof(kid)) < 0 ||
+            qkd_json_id(r->device_id, did, sizeof(did)) < 0)
+            goto cleanup;
+        n = snprintf(out, OUT_MAX,
+                     "{\"session_id\":%s,\"key_id\":%s,\"key\":\"%s\",\"key_bits\":%d,"
+                     "\"expires_at\":%lld,\"delivery\":\"%s\",\"device_id\":%s,\"key_index\":%d}\n",
+                     sid, kid, khex, sk->key_bits, (long long)sk->expires_at, sk->delivery, did,
+                     r->key_index);
+    } else {
+        if (!gmtime_r(&t, &tm) || !strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm))
+            snprintf(when, sizeof(when), "%lld", (long long)sk->expires_at);
+        n = snprintf(out, OUT_MAX, "key_id: %s\nkey: %s\nexpires_at: %s\ndelivery: %s\n",
+                     sk->key_id, khex, when, sk->delivery);
+    }
+    if (n < 0 || n >= OUT_MAX || write_all(out, (size_t)n) != 0) {
+        errorf("cannot write output");
+        goto cleanup;
+    }
+    rc = EXIT_OK;
+
+cleanup:
+    OPENSSL_cleanse(khex, sizeof(khex));
+    OPENSSL_secure_clear_free(out, OUT_MAX);
+    return rc;
+}
+
+static int print_end(const struct options *o, const qkd_request *r)
+{
+    char sid[2 * QKP_MAX_ID + 3], did[2 * QKP_MAX_ID + 3];
+    if (o->json) {
+        if (qkd_json_id(r->session_id, sid, sizeof(sid)) < 0 ||
+            qkd_json_id(r->device_id, did, sizeof(did)) < 0)
+            return EXIT_INTERNAL;
+        printf("{\"session_id\":%s,\"ended\":true,\"device_id\":%s,\"key_index\":%d}\n", sid, did,
+               r->key_index);
+    } else {
+        printf("session_id: %s\nended: true\n", r->session_id);
+    }
+    if (fflush(stdout) != 0) {
+        errorf("cannot write output");
+        return EXIT_INTERNAL;
+    }
+    return EXIT_OK;
+}
+
+/* A non-200 answer: report it, and with --json put the error object on
+ * stdout (the server's, or one of ours when the body is not one). */
+static int report_status(const struct options *o, const qkd_http_response *resp)
+{
+    qkd_error e;
+    int have = qkd_response_error(&e, resp->body, resp->len) == QKD_OK;
+    long st = resp->status;
+    int rc = st == 401 || st == 403 ? EXIT_AUTH
+             : st >= 400 && st < 500 ? EXIT_REFUSED
+                                     : EXIT_SERVER; /* 5xx; 1xx/2xx/3xx are not answers */
+    const char *fallback = st == 401   ? "authentication refused"
+                           : st == 403 ? "permission denied"
+                           : st >= 400 && st < 500 ? "request refused"
+                           : st >= 500 && st < 600 ? "server error"
+                                                   : "unexpected response status";
+
+    fputs(PROG ": ", stderr);
+    put_safe(stderr, have && e.message[0] ? e.message : fallback);
+    fputs(" (", stderr);
+    if (have) {
+        put_safe(stderr, e.code);
+        fputs(", ", stderr);
+    }
+    fprintf(stderr, "HTTP %ld)\n", st);
+
+    if (o->json) {
+        json_error_t jerr;
+        json_t *body = resp->body ? json_loadb(resp->body, resp->len, 0, &jerr) : NULL;
+        json_t *err = have ? json_object_get(body, "error") : NULL;
+        json_t *doc = err ? json_pack("{s:O}", "error", err)
+                          : json_pack("{s:{s:s,s:s}}", "error", "code", "http_error", "message",
+                                      fallback);
+        char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+        if (!text || printf("%s\n", text) < 0 || fflush(stdout) != 0)
+            errorf("cannot write output");
+        zfree(text); /* json_dumps allocates with our allocator */
+        json_decref(doc);
+        json_decref(body);
+    }
+    return rc;
+}
+
+/* ---- main ---------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    struct options o = {0};
+    struct rlimit no_core = {0, 0};
+    qkd_device *dev = NULL;
+    qkd_request req;
+    qkd_session_key sk;
+    qkd_http_response resp = {0};
+    qkd_http_opts hopts = {0};
+    char *fill = NULL, err[256];
+    size_t fill_len = 0;
+    int rc = EXIT_USAGE, index, http_ready = 0, q;
+    int64_t now = (int64_t)time(NULL);
+
+    memset(&req, 0, sizeof(req));
+    memset(&sk, 0, sizeof(sk));
+    /* Key bytes in a core file would outlive every zeroization below. */
+    setrlimit(RLIMIT_CORE, &no_core);
+    json_set_alloc_funcs(zmalloc, zfree);
+    /* Locked (unswappable) memory when RLIMIT_MEMLOCK allows; otherwise
+     * OPENSSL_secure_malloc is plain malloc, still zeroized on free. */
+    int secure_heap = CRYPTO_secure_malloc_init(SECURE_HEAP_BYTES, SECURE_HEAP_MIN) != 0;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            rc = EXIT_OK;
+            goto cleanup;
+        }
+    }
+    if (argc < 2) {
+        usage(stderr);
+        goto cleanup;
+    }
+    if (parse_args(argc, argv, &o) != 0) {
+        fputs("Try '" PROG " --help'.\n", stderr);
+        goto cleanup;
+    }
+
+    if ((rc = read_fill(o.fill, &fill, &fill_len)) != EXIT_OK)
+        goto cleanup;
+    q = qkd_device_load(&dev, fill, fill_len, err, sizeof(err));
+    OPENSSL_secure_clear_free(fill, FILL_MAX + 1);
+    fill = NULL;
+    if (q != QKD_OK) {
+        errorf("%s: %s", o.fill, err);
+        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_USAGE;
+        goto cleanup;
+    }
+    rc = EXIT_USAGE;
+    if (o.index >= 0) {
+        const qkd_key *k = qkd_device_key(dev, o.index);
+        if (!k) {
+            errorf("%s: device %s has no key with index %d", o.fill, dev->device_id, o.index);
+            goto cleanup;
+        }
+        /* The server's clock decides; say why it will probably refuse. */
+        if (now >= k->not_after || now < k->not_before)
+            errorf("warning: key %d is not valid now (expired or not yet valid)", o.index);
+        index = o.index;
+    } else if ((index = qkd_device_default_index(dev, now)) < 0) {
+        errorf("%s: no key of device %s is valid now; choose one with --index", o.fill,
+               dev->device_id);
+        goto cleanup;
+    }
+
+    if (strcmp(o.cmd, "key") == 0)
+        q = qkd_request_key(&req, dev, index, o.session, o.peer, o.delivered, now, NULL, err,
+                            sizeof(err));
+    else
+        q = qkd_request_end(&req, dev, index, o.session, now, NULL, err, sizeof(err));
+    if (q != QKD_OK) {
+        errorf("%s", err);
+        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_USAGE;
+        goto cleanup;
+    }
+
+    if (qkd_http_global_init() != QKD_HTTP_OK) {
+        errorf("cannot initialise libcurl");
+        rc = EXIT_INTERNAL;
+        goto cleanup;
+    }
+    http_ready = 1;
+    hopts.cacert = o.cacert;
+    hopts.timeout_s = o.timeout;
+    q = qkd_http_post(o.url, req.path, req.body, req.body_len, &hopts, &resp, err, sizeof(err));
+    if (q != QKD_HTTP_OK) {
+        fputs(PROG ": ", stderr);
+        put_safe(stderr, o.url);
+        fputs(": ", stderr);
+        put_safe(stderr, err);
+        fputc('\n', stderr);
+        rc = q == QKD_HTTP_TRANSPORT   ? EXIT_CONNECT
+             : q == QKD_HTTP_TOO_LARGE ? EXIT_SERVER
+                                       : EXIT_INTERNAL;
+        goto cleanup;
+    }
+    if (resp.status != 200) {
+        rc = report_status(&o, &resp);
+        goto cleanup;
+    }
+
+    if (req.op == QKD_OP_KEY)
+        q = qkd_response_key(&sk, dev, &req, resp.body, resp.len, err, sizeof(err));
+    else
+        q = qkd_response_end(&req, resp.body, resp.len, err, sizeof(err));
+    if (q != QKD_OK) {
+        errorf("unverifiable response (HTTP 200): %s", err);
+        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_SERVER;
+        goto cleanup;
+    }
+    rc = req.op == QKD_OP_KEY ? print_key(&o, &req, &sk) : print_end(&o, &req);
+
+cleanup:
+    qkd_session_key_clear(&sk);
+    qkd_request_clear(&req);
+    qkd_http_response_clear(&resp);
+    qkd_device_free(dev);
+    if (fill)
+        OPENSSL_secure_clear_free(fill, FILL_MAX + 1);
+    if (http_ready)
+        qkd_http_global_cleanup();
+    if (secure_heap)
+        CRYPTO_secure_malloc_done();
+    return rc;
+}

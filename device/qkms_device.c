@@ -1,0 +1,683 @@
+/* qkms_device — fill documents, request building, response verification. */
+#include "qkms_device.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#define FILL_FORMAT "qkms-fill/1"
+#define KCV_LEN 5 /* bytes of AES-CMAC(key, 16 zero bytes), docs/devices.md */
+
+static int fail(int rc, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(int rc, char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static int nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Exactly 2*len hex digits into len bytes; 0 or -1. */
+static int hex_exact(const char *in, size_t in_len, uint8_t *out, size_t len)
+{
+    if (in_len != 2 * len)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        int hi = nibble(in[2 * i]), lo = nibble(in[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+/* A string member without embedded NUL, or NULL. jansson refuses "\u0000"
+ * unless JSON_ALLOW_NUL is passed; checking here keeps C string comparisons
+ * sound whatever the flags. */
+static const char *get_str(const json_t *obj, const char *name)
+{
+    const json_t *v = json_object_get(obj, name);
+    const char *s = json_string_value(v);
+    return s && strlen(s) == json_string_length(v) ? s : NULL;
+}
+
+/* Overwrites every string in v with zeros before it is freed: the fill
+ * document's tree holds the key hex. jansson gives each string its own
+ * buffer, owned by the tree, so writing through the const pointer is sound
+ * for a tree we parsed and are about to release. */
+static void wipe_json(json_t *v)
+{
+    size_t i;
+    const char *k;
+    json_t *item;
+
+    if (json_is_string(v)) {
+        OPENSSL_cleanse((char *)json_string_value(v), json_string_length(v));
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, item)
+            wipe_json(item);
+    } else if (json_is_object(v)) {
+        json_object_foreach(v, k, item)
+            wipe_json(item);
+    }
+}
+
+/* Bounded appends; overflow sticks and is checked once at the end. */
+struct sb {
+    char *buf;
+    size_t cap, len;
+    bool overflow;
+};
+
+static void sb_raw(struct sb *b, const char *s, size_t n)
+{
+    if (b->overflow || n >= b->cap - b->len) {
+        b->overflow = true;
+        return;
+    }
+    memcpy(b->buf + b->len, s, n);
+    b->len += n;
+    b->buf[b->len] = 0;
+}
+
+static void sb_str(struct sb *b, const char *s)
+{
+    sb_raw(b, s, strlen(s));
+}
+
+static void sb_i64(struct sb *b, int64_t v)
+{
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%lld", (long long)v);
+    sb_raw(b, num, (size_t)n);
+}
+
+/* A JSON string literal of an ID (qkd_json_id's rule). */
+static void sb_id(struct sb *b, const char *id)
+{
+    sb_raw(b, "\"", 1);
+    for (const char *p = id; *p; p++)
+        sb_raw(b, *p == '"' ? "\\\"" : p, *p == '"' ? 2 : 1);
+    sb_raw(b, "\"", 1);
+}
+
+int qkd_json_id(const char *id, char *out, size_t cap)
+{
+    struct sb b = {out, cap, 0, false};
+    if (!qkp_id_valid(id) || cap == 0)
+        return -1;
+    out[0] = 0;
+    sb_id(&b, id);
+    return b.overflow ? -1 : (int)b.len;
+}
+
+/* ---- time ---------------------------------------------------------------- */
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar
+ * (H. Hinnant's days_from_civil): no timegm, no TZ environment. */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int digits(const char *s, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+/* RFC 3339: YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM). Fractions are
+ * dropped (validity is checked to the second). */
+static int parse_rfc3339(const char *s, int64_t *out)
+{
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int y, mo, d, h, mi, se, oh = 0, om = 0, sign = 0;
+    size_t n = strlen(s), i = 19;
+
+    if (n < 20 || digits(s, 4, &y) || s[4] != '-' || digits(s + 5, 2, &mo) || s[7] != '-' ||
+        digits(s + 8, 2, &d) || (s[10] != 'T' && s[10] != 't') || digits(s + 11, 2, &h) ||
+        s[13] != ':' || digits(s + 14, 2, &mi) || s[16] != ':' || digits(s + 17, 2, &se))
+        return -1;
+    if (s[i] == '.') {
+        size_t start = ++i;
+        while (s[i] >= '0' && s[i] <= '9')
+            i++;
+        if (i == start)
+            return -1;
+    }
+    if ((s[i] == 'Z' || s[i] == 'z') && s[i + 1] == 0) {
+        sign = 0;
+    } else if ((s[i] == '+' || s[i] == '-') && n - i == 6 && !digits(s + i + 1, 2, &oh) &&
+               s[i + 3] == ':' && !digits(s + i + 4, 2, &om)) {
+        sign = s[i] == '+' ? 1 : -1;
+    } else {
+        return -1;
+    }
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || (mo == 2 && d == 29 && !leap) ||
+        h > 23 || mi > 59 || se > 60 || oh > 23 || om > 59)
+        return -1;
+    if (se == 60) /* a leap second: the POSIX clock repeats :59 */
+        se = 59;
+    *out = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se -
+           sign * (oh * 3600 + om * 60);
+    return 0;
+}
+
+/* A validity bound: absent (dflt), RFC 3339 text or integer Unix seconds. */
+static int get_time(const json_t *k, const char *name, int64_t dflt, int64_t *out)
+{
+    const json_t *v = json_object_get(k, name);
+    if (!v || json_is_null(v)) {
+        *out = dflt;
+        return 0;
+    }
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return 0;
+    }
+    const char *s = get_str(k, name);
+    return s ? parse_rfc3339(s, out) : -1;
+}
+
+/* ---- fill documents ------------------------------------------------------ */
+
+/* The check value of docs/devices.md: AES-CMAC(key, 16 zero bytes). */
+static int kcv_matches(const uint8_t *key, size_t len, const uint8_t want[KCV_LEN], bool *match)
+{
+    static const uint8_t zero[16] = {0};
+    uint8_t mac[16];
+    size_t maclen = 0;
+    EVP_MAC *m = EVP_MAC_fetch(NULL, "CMAC", NULL);
+    EVP_MAC_CTX *c = m ? EVP_MAC_CTX_new(m) : NULL;
+    OSSL_PARAM p[2] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER,
+                                         len == 16 ? "AES-128-CBC" : "AES-256-CBC", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    int ok = c && EVP_MAC_init(c, key, len, p) == 1 && EVP_MAC_update(c, zero, sizeof(zero)) == 1 &&
+             EVP_MAC_final(c, mac, &maclen, sizeof(mac)) == 1 && maclen == sizeof(mac);
+    if (ok)
+        *match = CRYPTO_memcmp(mac, want, KCV_LEN) == 0;
+    OPENSSL_cleanse(mac, sizeof(mac));
+    EVP_MAC_CTX_free(c);
+    EVP_MAC_free(m);
+    return ok ? 0 : -1;
+}
+
+/* Fills slot from keys[i]; slot->key is allocated here (freed by the caller
+ * through qkd_device_free, also on failure). */
+static int load_key(const json_t *k, size_t i, qkd_key *slot, char *err, size_t errlen)
+{
+    const json_t *jidx = json_object_get(k, "index");
+    const char *alg = get_str(k, "algorithm"), *hex = get_str(k, "key"), *kcv = get_str(k, "kcv");
+    uint8_t want[KCV_LEN];
+    bool match = false;
+
+    if (!json_is_object(k))
+        return fail(QKD_ERR_INPUT, err, errlen, "keys[%zu] is not an object", i);
+    if (!json_is_integer(jidx) || json_integer_value(jidx) < 0 || json_integer_value(jidx) > 255)
+        return fail(QKD_ERR_INPUT, err, errlen, "keys[%zu]: index must be an integer 0-255", i);
+    slot->index = (int)json_integer_value(jidx);
+    if (alg && strcmp(alg, "AES-128") == 0)
+        slot->len = 16;
+    else if (alg && strcmp(alg, "AES-256") == 0)
+        slot->len = 32;
+    else
+        return fail(QKD_ERR_INPUT, err, errlen, "key %d: algorithm must be AES-128 or AES-256",
+                    slot->index);
+    if (!(slot->key = OPENSSL_secure_malloc(slot->len)))
+        return fail(QKD_ERR_INTERNAL, err, errlen, "out of secure memory");
+    /* Never quote the key text in a message. */
+    if (!hex || hex_exact(hex, strlen(hex), slot->key, slot->len) != 0)
+        return fail(QKD_ERR_INPUT, err, errlen, "key %d: key must be %zu hex digits", slot->index,
+                    2 * slot->len);
+    if (kcv) {
+        if (hex_exact(kcv, strlen(kcv), want, KCV_LEN) != 0)
+            return fail(QKD_ERR_INPUT, err, errlen, "key %d: kcv must be %d hex digits",
+                        slot->index, 2 * KCV_LEN);
+        if (kcv_matches(slot->key, slot->len, want, &match) != 0)
+            return fail(QKD_ERR_INTERNAL, err, errlen, "cannot compute a key check value (CMAC)");
+        if (!match)
+            return fail(QKD_ERR_INPUT, err, errlen, "key %d: check value does not match the key",
+                        slot->index);
+    }
+    if (get_time(k, "not_before", INT64_MIN, &slot->not_before) != 0 ||
+        get_time(k, "not_after", INT64_MAX, &slot->not_after) != 0)
+        return fail(QKD_ERR_INPUT, err, errlen,
+                    "key %d: not_before/not_after must be RFC 3339 times", slot->index);
+    return QKD_OK;
+}
+
+static int by_index(const void *a, const void *b)
+{
+    return ((const qkd_key *)a)->index - ((const qkd_key *)b)->index;
+}
+
+int qkd_device_load(qkd_device **out, const char *text, size_t len, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *doc = NULL;
+    const json_t *keys;
+    const char *format, *id;
+    qkd_device *d = NULL;
+    int rc = QKD_ERR_INPUT;
+
+    *out = NULL;
+    doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(doc)) {
+        /* Position only: jansson's text can quote a piece of a key. */
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "fill document is not a JSON object (line %d, column %d)", jerr.line,
+                  jerr.column);
+        goto cleanup;
+    }
+    format = get_str(doc, "format");
+    if (json_object_get(doc, "format") && (!format || strcmp(format, FILL_FORMAT) != 0)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "fill document format is not " FILL_FORMAT);
+        goto cleanup;
+    }
+    id = get_str(doc, "device_id");
+    if (!qkp_id_valid(id)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "fill document: device_id missing or not a valid ID");
+        goto cleanup;
+    }
+    keys = json_object_get(doc, "keys");
+    if (!json_is_array(keys) || json_array_size(keys) == 0 ||
+        json_array_size(keys) > QKD_MAX_KEYS) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "fill document: keys must be an array of 1-%d keys",
+                  QKD_MAX_KEYS);
+        goto cleanup;
+    }
+    if (!(d = calloc(1, sizeof(*d))) ||
+        !(d->keys = calloc(json_array_size(keys), sizeof(qkd_key)))) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "out of memory");
+        goto cleanup;
+    }
+    strcpy(d->device_id, id); /* qkp_id_valid: at most QKP_MAX_ID */
+    for (size_t i = 0; i < json_array_size(keys); i++) {
+        d->nkeys = i + 1; /* so that qkd_device_free sees this slot's key */
+        if ((rc = load_key(json_array_get(keys, i), i, &d->keys[i], err, errlen)) != QKD_OK)
+            goto cleanup;
+    }
+    qsort(d->keys, d->nkeys, sizeof(qkd_key), by_index);
+    for (size_t i = 1; i < d->nkeys; i++) {
+        if (d->keys[i].index == d->keys[i - 1].index) {
+            rc = fail(QKD_ERR_INPUT, err, errlen, "fill document: key index %d appears twice",
+                      d->keys[i].index);
+            goto cleanup;
+        }
+    }
+    *out = d;
+    d = NULL;
+    rc = QKD_OK;
+
+cleanup:
+    qkd_device_free(d);
+    wipe_json(doc);
+    json_decref(doc);
+    return rc;
+}
+
+void qkd_device_free(qkd_device *d)
+{
+    if (!d)
+        return;
+    for (size_t i = 0; d->keys && i < d->nkeys; i++) {
+        if (d->keys[i].key)
+            OPENSSL_secure_clear_free(d->keys[i].key, d->keys[i].len);
+    }
+    free(d->keys);
+    OPENSSL_cleanse(d, sizeof(*d));
+    free(d);
+}
+
+const qkd_key *qkd_device_key(const qkd_device *d, int index)
+{
+    for (size_t i = 0; d && i < d->nkeys; i++) {
+        if (d->keys[i].index == index)
+            return &d->keys[i];
+    }
+    return NULL;
+}
+
+int qkd_device_default_index(const qkd_device *d, int64_t now)
+{
+    /* keys are sorted by index: scan down from the highest. */
+    for (size_t i = d ? d->nkeys : 0; i > 0; i--) {
+        const qkd_key *k = &d->keys[i - 1];
+        if (k->not_before <= now && now < k->not_after)
+            return k->index;
+    }
+    return -1;
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
+                 const char *session_id, const char *peer_id, bool delivered, int64_t ts,
+                 const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
+{
+    const char *opname = op == QKD_OP_KEY ? "key" : "end";
+    const qkd_key *k = qkd_device_key(d, key_index);
+    /* Inner plaintext at most ~600 bytes here (two escaped IDs); the
+     * protocol's limit is QKP_MAX_PLAINTEXT. */
+    char pt[QKP_MAX_PLAINTEXT], aad[QKP_MAX_AAD];
+    uint8_t ct[QKP_MAX_PLAINTEXT + QKP_TAG_LEN];
+    char ct_b64[QKP_B64URL_LEN(sizeof(ct))];
+    struct sb in = {pt, sizeof(pt), 0, false}, body;
+    int aad_len, rc = QKD_ERR_INPUT;
+
+    memset(r, 0, sizeof(*r));
+    pt[0] = 0;
+    if (!d || !k) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "the device has no key with index %d", key_index);
+        goto cleanup;
+    }
+    if (!qkp_id_valid(session_id)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "session ID is not a valid ID");
+        goto cleanup;
+    }
+    if (op == QKD_OP_KEY && !qkp_id_valid(peer_id)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "peer ID is not a valid ID");
+        goto cleanup;
+    }
+    if (ts < 0) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "timestamp must not be negative");
+        goto cleanup;
+    }
+
+    r->op = op;
+    r->path = op == QKD_OP_KEY ? QKD_PATH_KEY : QKD_PATH_END;
+    strcpy(r->device_id, d->device_id);
+    r->key_index = key_index;
+    strcpy(r->session_id, session_id);
+    r->ts = ts;
+    if (nonce) {
+        memcpy(r->nonce, nonce, QKP_NONCE_LEN);
+    } else if (RAND_bytes(r->nonce, QKP_NONCE_LEN) != 1) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "no randomness for the request nonce");
+        goto cleanup;
+    }
+    qkp_b64url_encode(r->nonce, QKP_NONCE_LEN, r->nonce_b64);
+
+    /* The canonical inner request: fixed field order, no spaces. */
+    sb_str(&in, "{\"session_id\":");
+    sb_id(&in, session_id);
+    if (op == QKD_OP_KEY) {
+        sb_str(&in, ",\"peer_id\":");
+        sb_id(&in, peer_id);
+    }
+    sb_str(&in, ",\"ts\":");
+    sb_i64(&in, ts);
+    if (op == QKD_OP_KEY && delivered)
+        sb_str(&in, ",\"delivery\":\"delivered\"");
+    sb_str(&in, "}");
+    aad_len = qkp_request_aad(opname, d->device_id, key_index, aad, sizeof(aad));
+    if (in.overflow || aad_len < 0) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "request does not fit its buffers");
+        goto cleanup;
+    }
+    if (qkp_seal(k->key, k->len, r->nonce, aad, (size_t)aad_len, (const uint8_t *)pt, in.len,
+                 ct) != 0) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "AES-GCM encryption failed");
+        goto cleanup;
+    }
+    qkp_b64url_encode(ct, in.len + QKP_TAG_LEN, ct_b64);
+
+    body = (struct sb){r->body, sizeof(r->body), 0, false};
+    sb_str(&body, "{\"v\":1,\"device_id\":");
+    sb_id(&body, d->device_id);
+    sb_str(&body, ",\"key_index\":");
+    sb_i64(&body, key_index);
+    sb_str(&body, ",\"nonce\":\"");
+    sb_str(&body, r->nonce_b64);
+    sb_str(&body, "\",\"ct\":\"");
+    sb_str(&body, ct_b64);
+    sb_str(&body, "\"}");
+    if (body.overflow) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "request body too large");
+        goto cleanup;
+    }
+    r->body_len = body.len;
+    rc = QKD_OK;
+
+cleanup:
+    /* The plaintext names session and peer: confidential by the protocol. */
+    OPENSSL_cleanse(pt, sizeof(pt));
+    if (rc != QKD_OK)
+        qkd_request_clear(r);
+    return rc;
+}
+
+int qkd_request_key(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
+                    const char *peer_id, bool delivered, int64_t ts,
+                    const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
+{
+    return build(r, QKD_OP_KEY, d, key_index, session_id, peer_id, delivered, ts, nonce, err,
+                 errlen);
+}
+
+int qkd_request_end(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
+                    int64_t ts, const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
+{
+    return build(r, QKD_OP_END, d, key_index, session_id, NULL, false, ts, nonce, err, errlen);
+}
+
+void qkd_request_clear(qkd_request *r)
+{
+    if (r)
+        OPENSSL_cleanse(r, sizeof(*r));
+}
+
+/* ---- responses ----------------------------------------------------------- */
+
+static json_t *parse_object(const char *body, size_t len)
+{
+    json_error_t jerr;
+    json_t *o = body ? json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
+    if (o && !json_is_object(o)) {
+        json_decref(o);
+        o = NULL;
+    }
+    return o;
+}
+
+/* v is the integer 1 and session_id the one r asked about. */
+static int check_common(const json_t *o, const qkd_request *r, char *err, size_t errlen)
+{
+    const json_t *v = json_object_get(o, "v");
+    const char *sid = get_str(o, "session_id");
+    if (!json_is_integer(v) || json_integer_value(v) != QKP_VERSION)
+        return fail(QKD_ERR_INPUT, err, errlen, "response is not protocol version 1");
+    if (!sid || strcmp(sid, r->session_id) != 0)
+        return fail(QKD_ERR_INPUT, err, errlen, "response is for another session");
+    return QKD_OK;
+}
+
+int qkd_response_key(qkd_session_key *out, const qkd_device *d, const qkd_request *r,
+                     const char *body, size_t len, char *err, size_t errlen)
+{
+    json_t *o = NULL;
+    const json_t *jbits, *jexp;
+    const char *key_id, *delivery, *nonce_s, *ct_s;
+    const qkd_key *k;
+    uint8_t nonce[QKP_NONCE_LEN], ct[QKD_MAX_KEY_LEN + QKP_TAG_LEN];
+    char aad[QKP_MAX_AAD];
+    long ct_len;
+    int bits, aad_len, rc = QKD_ERR_INPUT;
+
+    memset(out, 0, sizeof(*out));
+    if (!d || !r || r->op != QKD_OP_KEY || strcmp(d->device_id, r->device_id) != 0 ||
+        !(k = qkd_device_key(d, r->key_index))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "not a key request of this device");
+        goto cleanup;
+    }
+    if (!(o = parse_object(body, len))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response is not a JSON object");
+        goto cleanup;
+    }
+    if ((rc = check_common(o, r, err, errlen)) != QKD_OK)
+        goto cleanup;
+    rc = QKD_ERR_INPUT;
+    key_id = get_str(o, "key_id");
+    jbits = json_object_get(o, "key_bits");
+    jexp = json_object_get(o, "expires_at");
+    delivery = get_str(o, "delivery");
+    nonce_s = get_str(o, "nonce");
+    ct_s = get_str(o, "ct");
+    /* key_id goes into the AAD and onto terminals: hold it to the ID rule
+     * (a UUID passes), which also keeps '\n' out. */
+    if (!qkp_id_valid(key_id)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response key_id missing or malformed");
+        goto cleanup;
+    }
+    if (!json_is_integer(jbits) ||
+        (json_integer_value(jbits) != 128 && json_integer_value(jbits) != 256)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response key_bits must be 128 or 256");
+        goto cleanup;
+    }
+    if (!json_is_integer(jexp) || json_integer_value(jexp) < 0) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response expires_at must be a non-negative integer");
+        goto cleanup;
+    }
+    if (!delivery || (strcmp(delivery, "session") != 0 && strcmp(delivery, "delivered") != 0)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response delivery must be session or delivered");
+        goto cleanup;
+    }
+    if (!nonce_s ||
+        qkp_b64url_decode(nonce_s, strlen(nonce_s), nonce, sizeof(nonce)) != QKP_NONCE_LEN) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response nonce must be 12 bytes in base64url");
+        goto cleanup;
+    }
+    /* The response is sealed under the same key as the request: a server
+     * that reused our nonce would break AES-GCM for this key. */
+    if (CRYPTO_memcmp(nonce, r->nonce, QKP_NONCE_LEN) == 0) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response reuses the request nonce");
+        goto cleanup;
+    }
+    bits = (int)json_integer_value(jbits);
+    ct_len = ct_s ? qkp_b64url_decode(ct_s, strlen(ct_s), ct, sizeof(ct)) : -1;
+    if (ct_len != bits / 8 + QKP_TAG_LEN) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response ct is not a %d-bit key and tag", bits);
+        goto cleanup;
+    }
+    aad_len = qkp_response_aad(r->session_id, r->device_id, r->key_index, key_id,
+                               (int64_t)json_integer_value(jexp), r->nonce_b64, aad, sizeof(aad));
+    if (aad_len < 0) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response fields too long");
+        goto cleanup;
+    }
+    if (!(out->key = OPENSSL_secure_malloc((size_t)bits / 8))) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "out of secure memory");
+        goto cleanup;
+    }
+    out->key_len = (size_t)bits / 8;
+    if (qkp_open(k->key, k->len, nonce, aad, (size_t)aad_len, ct, (size_t)ct_len, out->key) != 0) {
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "response does not verify under device key %d "
+                  "(tampered, or not an answer to this request)",
+                  r->key_index);
+        goto cleanup;
+    }
+    strcpy(out->session_id, r->session_id);
+    strcpy(out->key_id, key_id);
+    out->key_bits = bits;
+    out->expires_at = (int64_t)json_integer_value(jexp);
+    strcpy(out->delivery, delivery);
+    rc = QKD_OK;
+
+cleanup:
+    if (rc != QKD_OK)
+        qkd_session_key_clear(out);
+    json_decref(o);
+    return rc;
+}
+
+void qkd_session_key_clear(qkd_session_key *k)
+{
+    if (!k)
+        return;
+    if (k->key)
+        OPENSSL_secure_clear_free(k->key, k->key_len);
+    OPENSSL_cleanse(k, sizeof(*k));
+}
+
+int qkd_response_end(const qkd_request *r, const char *body, size_t len, char *err, size_t errlen)
+{
+    json_t *o = NULL;
+    int rc = QKD_ERR_INPUT;
+
+    if (!r || r->op != QKD_OP_END) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "not an end request");
+        goto cleanup;
+    }
+    if (!(o = parse_object(body, len))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response is not a JSON object");
+        goto cleanup;
+    }
+    if ((rc = check_common(o, r, err, errlen)) != QKD_OK)
+        goto cleanup;
+    if (!json_is_true(json_object_get(o, "ended"))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response does not say the session ended");
+        goto cleanup;
+    }
+    rc = QKD_OK;
+
+cleanup:
+    json_decref(o);
+    return rc;
+}
+
+int qkd_response_error(qkd_error *out, const char *body, size_t len)
+{
+    json_t *o = parse_object(body, len);
+    const json_t *e = json_object_get(o, "error");
+    const char *code = get_str(e, "code"), *message = get_str(e, "message");
+    int rc = QKD_ERR_INPUT;
+
+    memset(out, 0, sizeof(*out));
+    if (json_is_object(e) && code && *code) {
+        snprintf(out->code, sizeof(out->code), "%s", code);
+        snprintf(out->message, sizeof(out->message), "%s", message ? message : "");
+        rc = QKD_OK;
+    }
+    json_decref(o);
+    return rc;
+}

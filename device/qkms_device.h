@@ -1,0 +1,173 @@
+/*
+ * qkms_device — the device side of protocol v1 (docs/protocol.md), without
+ * any network: load a device's keys from its fill document, build the
+ * `key` and `end` request bodies, and parse and verify the answers. The
+ * transport is the caller's (qkd_http.h is one).
+ *
+ * Contract:
+ *  - Device and session key bytes live only in OPENSSL_secure_malloc memory
+ *    and are zeroized when freed (qkd_device_free, qkd_session_key_clear).
+ *    No function logs, and no error message contains key bytes.
+ *  - Requests are built canonically, byte for byte as the test vectors
+ *    expect: the inner plaintext is
+ *      key: {"session_id":"S","peer_id":"P","ts":123}
+ *           or ...,"ts":123,"delivery":"delivered"}
+ *      end: {"session_id":"S","ts":123}
+ *    and the body {"v":1,"device_id":"D","key_index":0,"nonce":"..","ct":".."},
+ *    in this field order, without spaces.
+ *  - A key response is accepted only when v is 1, session_id is the one
+ *    asked for, key_bits is 128 or 256 and matches the length of ct, the
+ *    response nonce differs from the request nonce, and ct opens under the
+ *    request's device key with the response AAD bound to the request nonce.
+ *    Nothing of a refused response is returned.
+ *  - Functions return QKD_OK, QKD_ERR_INPUT (bad argument, document or
+ *    response: the message in err says what) or QKD_ERR_INTERNAL (out of
+ *    memory, no randomness, crypto library failure). err may be NULL.
+ *  - Not thread-safe per object; distinct objects may be used concurrently.
+ *
+ * jansson parses the fill document, so its internal buffers briefly hold the
+ * key hex. qkd_device_load zeroes the strings of the parsed tree; to also
+ * zero jansson's parser buffers, install a zeroizing allocator with
+ * json_set_alloc_funcs() before any jansson call, as qkms-device does.
+ */
+#ifndef QKMS_DEVICE_H
+#define QKMS_DEVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qkms_proto.h"
+
+enum {
+    QKD_OK = 0,
+    QKD_ERR_INPUT = -1,
+    QKD_ERR_INTERNAL = -2,
+};
+
+#define QKD_MAX_KEYS 256       /* key indexes are 0-255 */
+#define QKD_MAX_KEY_LEN 32     /* AES-256 */
+#define QKD_MAX_BODY 2048      /* a request body we build; the protocol allows 8 KiB */
+#define QKD_PATH_KEY "/v1/sessions/key"
+#define QKD_PATH_END "/v1/sessions/end"
+
+/* One pre-filled device key. */
+typedef struct {
+    int index;          /* 0-255 */
+    size_t len;         /* 16 (AES-128) or 32 (AES-256) */
+    uint8_t *key;       /* len bytes, secure heap, owned by the qkd_device */
+    int64_t not_before; /* Unix seconds; INT64_MIN when the document has none */
+    int64_t not_after;  /* Unix seconds; INT64_MAX when the document has none */
+} qkd_key;
+
+/* A device as its fill document describes it. Read-only for callers. */
+typedef struct {
+    char device_id[QKP_MAX_ID + 1];
+    size_t nkeys;
+    qkd_key *keys; /* sorted by index, no duplicates */
+} qkd_device;
+
+/*
+ * Reads a fill document (docs/devices.md; `kmsctl fill open --json` output):
+ * "device_id" and "keys":[{"index","algorithm":"AES-128"|"AES-256","key":hex,
+ * "kcv","not_before","not_after"}], times in RFC 3339 (or integer Unix
+ * seconds). "format", when present, must be "qkms-fill/1"; "kcv", when
+ * present, must match the key (AES-CMAC check value); other fields are
+ * ignored. text need not be NUL-terminated and is not modified; the caller
+ * wipes it. On success *out is the caller's (qkd_device_free).
+ */
+int qkd_device_load(qkd_device **out, const char *text, size_t len, char *err, size_t errlen);
+
+/* Zeroizes and frees every key, then the device. NULL is fine. */
+void qkd_device_free(qkd_device *d);
+
+/* The key with this index, or NULL. */
+const qkd_key *qkd_device_key(const qkd_device *d, int index);
+
+/* The default key: the highest index valid at `now` (not_before <= now <
+ * not_after), or -1 when every key is expired or not yet valid. */
+int qkd_device_default_index(const qkd_device *d, int64_t now);
+
+typedef enum { QKD_OP_KEY, QKD_OP_END } qkd_op;
+
+/* A built request: POST body to path. Plain data, no heap; the request must
+ * be kept until its response is parsed (the response AAD names its nonce). */
+typedef struct {
+    qkd_op op;
+    const char *path; /* QKD_PATH_KEY or QKD_PATH_END */
+    char device_id[QKP_MAX_ID + 1];
+    int key_index;
+    char session_id[QKP_MAX_ID + 1];
+    int64_t ts;
+    uint8_t nonce[QKP_NONCE_LEN];
+    char nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)];
+    char body[QKD_MAX_BODY];
+    size_t body_len;
+} qkd_request;
+
+/*
+ * Builds a `key` request of device d under its key key_index for session_id
+ * with peer peer_id, timestamp ts (Unix seconds, >= 0), asking for
+ * single-transfer delivery when delivered. nonce: 12 fixed bytes (test
+ * vectors only: a nonce must never repeat under one key) or NULL for fresh
+ * random ones (RAND_bytes). Session and peer must be valid IDs.
+ */
+int qkd_request_key(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
+                    const char *peer_id, bool delivered, int64_t ts,
+                    const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen);
+
+/* Builds an `end` request; arguments as for qkd_request_key. */
+int qkd_request_end(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
+                    int64_t ts, const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen);
+
+/* Zeroes the request (it names the session in clear). */
+void qkd_request_clear(qkd_request *r);
+
+/* A verified answer to a `key` request. */
+typedef struct {
+    char session_id[QKP_MAX_ID + 1];
+    char key_id[QKP_MAX_ID + 1];
+    int key_bits;        /* 128 or 256 */
+    size_t key_len;      /* key_bits / 8: the bytes at key */
+    int64_t expires_at;  /* Unix seconds */
+    char delivery[16];   /* "session" or "delivered" (not covered by the AEAD) */
+    uint8_t *key;        /* key_len bytes, secure heap; NULL when empty */
+} qkd_session_key;
+
+/*
+ * Parses and verifies the body of a 200 answer to the `key` request r, which
+ * d built. On success *out holds the session key (qkd_session_key_clear);
+ * on failure *out is empty. *out must not hold a key on entry.
+ */
+int qkd_response_key(qkd_session_key *out, const qkd_device *d, const qkd_request *r,
+                     const char *body, size_t len, char *err, size_t errlen);
+
+/* Zeroizes and frees the key and zeroes the struct. NULL is fine. */
+void qkd_session_key_clear(qkd_session_key *k);
+
+/*
+ * Parses the body of a 200 answer to the `end` request r:
+ * {"v":1,"session_id":r's,"ended":true}. Note that this answer carries no
+ * AEAD: only TLS vouches for it.
+ */
+int qkd_response_end(const qkd_request *r, const char *body, size_t len, char *err, size_t errlen);
+
+/* An error answer {"error":{"code":"...","message":"..."}}. */
+typedef struct {
+    char code[64];
+    char message[256]; /* truncated if longer; may hold any characters */
+} qkd_error;
+
+/* QKD_OK when body is such an object with a non-empty string code (message
+ * may be absent: then empty); QKD_ERR_INPUT otherwise, *out then empty. */
+int qkd_response_error(qkd_error *out, const char *body, size_t len);
+
+/*
+ * Writes id as a JSON string literal, quotes included, into out. IDs are
+ * printable ASCII without backslash (qkp_id_valid), so only '"' needs
+ * escaping. Returns the length written (NUL excluded), or -1 if id is not a
+ * valid ID or out is too small.
+ */
+int qkd_json_id(const char *id, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,163 @@
+/* qkms_proto — base64url, identifiers, associated data, AES-GCM. */
+#include "qkms_proto.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+static const char b64u[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+void qkp_b64url_encode(const uint8_t *in, size_t len, char *out)
+{
+    size_t o = 0, i = 0;
+    for (; i + 2 < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64u[v >> 18 & 63];
+        out[o++] = b64u[v >> 12 & 63];
+        out[o++] = b64u[v >> 6 & 63];
+        out[o++] = b64u[v & 63];
+    }
+    if (len - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        out[o++] = b64u[v >> 18 & 63];
+        out[o++] = b64u[v >> 12 & 63];
+    } else if (len - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        out[o++] = b64u[v >> 18 & 63];
+        out[o++] = b64u[v >> 12 & 63];
+        out[o++] = b64u[v >> 6 & 63];
+    }
+    out[o] = 0;
+}
+
+static int val(char c)
+{
+    const char *p = c ? strchr(b64u, c) : NULL;
+    return p ? (int)(p - b64u) : -1;
+}
+
+long qkp_b64url_decode(const char *in, size_t len, uint8_t *out, size_t cap)
+{
+    size_t o = 0, i = 0;
+    if (len % 4 == 1)
+        return -1;
+    for (; i + 4 <= len; i += 4) {
+        int a = val(in[i]), b = val(in[i + 1]), c = val(in[i + 2]), d = val(in[i + 3]);
+        if (a < 0 || b < 0 || c < 0 || d < 0 || o + 3 > cap)
+            return -1;
+        out[o++] = (uint8_t)(a << 2 | b >> 4);
+        out[o++] = (uint8_t)((b & 15) << 4 | c >> 2);
+        out[o++] = (uint8_t)((c & 3) << 6 | d);
+    }
+    if (len - i == 2) {
+        int a = val(in[i]), b = val(in[i + 1]);
+        /* Unused trailing bits must be zero: one encoding per value. */
+        if (a < 0 || b < 0 || (b & 15) || o + 1 > cap)
+            return -1;
+        out[o++] = (uint8_t)(a << 2 | b >> 4);
+    } else if (len - i == 3) {
+        int a = val(in[i]), b = val(in[i + 1]), c = val(in[i + 2]);
+        if (a < 0 || b < 0 || c < 0 || (c & 3) || o + 2 > cap)
+            return -1;
+        out[o++] = (uint8_t)(a << 2 | b >> 4);
+        out[o++] = (uint8_t)((b & 15) << 4 | c >> 2);
+    }
+    return (long)o;
+}
+
+int qkp_id_valid(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > QKP_MAX_ID)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x21 || c > 0x7e || c == '/' || c == '\\' || c == '%' || c == '?' || c == '#')
+            return 0;
+    }
+    return 1;
+}
+
+/* A field of the associated data: present and free of the '\n' separator,
+ * so that distinct field values never give the same bytes. */
+static int aad_field_ok(const char *s)
+{
+    return s && !strchr(s, '\n');
+}
+
+int qkp_request_aad(const char *op, const char *device_id, int key_index, char *out, size_t cap)
+{
+    /* The spec encodes integers without a sign; the index range is 0-255. */
+    if (!aad_field_ok(op) || !aad_field_ok(device_id) || key_index < 0 || key_index > 255)
+        return -1;
+    int n = snprintf(out, cap, "qkms/v1/req\n%s\n%s\n%d", op, device_id, key_index);
+    return n > 0 && (size_t)n < cap ? n : -1;
+}
+
+int qkp_response_aad(const char *session_id, const char *device_id, int key_index,
+                     const char *key_id, int64_t expires_at, const char *req_nonce_b64, char *out,
+                     size_t cap)
+{
+    if (!aad_field_ok(session_id) || !aad_field_ok(device_id) || !aad_field_ok(key_id) ||
+        !aad_field_ok(req_nonce_b64) || key_index < 0 || key_index > 255 || expires_at < 0)
+        return -1;
+    int n = snprintf(out, cap, "qkms/v1/resp\n%s\n%s\n%d\n%s\n%lld\n%s", session_id, device_id,
+                     key_index, key_id, (long long)expires_at, req_nonce_b64);
+    return n > 0 && (size_t)n < cap ? n : -1;
+}
+
+static const EVP_CIPHER *cipher_for(size_t key_len)
+{
+    return key_len == 16 ? EVP_aes_128_gcm() : key_len == 32 ? EVP_aes_256_gcm() : NULL;
+}
+
+static int gcm(int enc, const uint8_t *key, size_t key_len, const uint8_t *nonce, const void *aad,
+               size_t aad_len, const uint8_t *in, size_t len, uint8_t *out, uint8_t *tag)
+{
+    const EVP_CIPHER *c = cipher_for(key_len);
+    EVP_CIPHER_CTX *x;
+    int n = 0, ok;
+
+    /* OpenSSL takes int lengths. */
+    if (!c || len > INT_MAX || aad_len > INT_MAX)
+        return -1;
+    x = EVP_CIPHER_CTX_new();
+    ok = x && EVP_CipherInit_ex(x, c, NULL, NULL, NULL, enc) == 1 &&
+         EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_IVLEN, QKP_NONCE_LEN, NULL) == 1 &&
+         EVP_CipherInit_ex(x, NULL, NULL, key, nonce, enc) == 1 &&
+         EVP_CipherUpdate(x, NULL, &n, aad, (int)aad_len) == 1 &&
+         (len == 0 || EVP_CipherUpdate(x, out, &n, in, (int)len) == 1);
+    if (ok && !enc)
+        ok = EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, QKP_TAG_LEN, tag) == 1;
+    if (ok)
+        ok = EVP_CipherFinal_ex(x, len ? out + n : out, &n) == 1; /* no NULL + 0 */
+    if (ok && enc)
+        ok = EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_GET_TAG, QKP_TAG_LEN, tag) == 1;
+    EVP_CIPHER_CTX_free(x);
+    return ok ? 0 : -1;
+}
+
+int qkp_seal(const uint8_t *key, size_t key_len, const uint8_t nonce[QKP_NONCE_LEN],
+             const void *aad, size_t aad_len, const uint8_t *pt, size_t len, uint8_t *out)
+{
+    return gcm(1, key, key_len, nonce, aad, aad_len, pt, len, out, out + len);
+}
+
+int qkp_open(const uint8_t *key, size_t key_len, const uint8_t nonce[QKP_NONCE_LEN],
+             const void *aad, size_t aad_len, const uint8_t *in, size_t len, uint8_t *out)
+{
+    uint8_t tag[QKP_TAG_LEN];
+    if (len < QKP_TAG_LEN)
+        return -1;
+    memcpy(tag, in + len - QKP_TAG_LEN, QKP_TAG_LEN);
+    if (gcm(0, key, key_len, nonce, aad, aad_len, in, len - QKP_TAG_LEN, out, tag) != 0) {
+        /* GCM decrypts before the tag is checked: do not leave unauthenticated
+         * plaintext for a caller that forgets the return value. */
+        OPENSSL_cleanse(out, len - QKP_TAG_LEN);
+        return -1;
+    }
+    return 0;
+}

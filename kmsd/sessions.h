@@ -1,0 +1,47 @@
+/*
+ * sessions — the device protocol v1 (docs/protocol.md) on the server side:
+ * authenticating device requests, issuing one paired session key per session
+ * ID, ending sessions, and the operator's view of them.
+ *
+ * Contract:
+ *  - A request is authenticated by opening its AEAD under the named device
+ *    key (unwrapped through the token into secure memory, zeroized after).
+ *    Every authentication failure answers the same 401; the log line names
+ *    the reason (auth_failure).
+ *  - Session state lives only in PostgreSQL and is changed by the stored
+ *    functions of schema/003 in one round trip and one transaction each, so
+ *    the database alone guarantees one key per session ID, across kmsd
+ *    instances. The session key exists at rest only wrapped under the master
+ *    key, in the live session's row.
+ *  - Counters for /metrics are kept here (lock-free).
+ */
+#ifndef QKMS_SESSIONS_H
+#define QKMS_SESSIONS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "http.h"
+
+typedef struct session_metrics session_metrics;
+
+session_metrics *session_metrics_new(void);
+void session_metrics_free(session_metrics *m);
+void session_metrics_render(session_metrics *m, FILE *f);
+
+void h_session_key(http_request *rq, http_response *rs);
+void h_session_end(http_request *rq, http_response *rs);
+
+/* Admin: GET /v1/admin/sessions, GET /v1/admin/sessions/{id}, POST .../{id}/end */
+void h_admin_sessions_list(http_request *rq, http_response *rs);
+void h_admin_session_get(http_request *rq, http_response *rs);
+void h_admin_session_end(http_request *rq, http_response *rs);
+
+/* Destroy sessions past their idle timeout or lifetime; purge old nonces
+ * and tombstones. Returns the number destroyed, or -1. */
+int sessions_reap(kms_ctx *k);
+
+/* SHA-256 of a session ID: the tombstone key. */
+void session_hash(const char *session_id, uint8_t out[32]);
+
+#endif

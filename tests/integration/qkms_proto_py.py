@@ -1,0 +1,107 @@
+"""An independent Python implementation of the qkms device protocol v1
+(docs/protocol.md), for end-to-end tests: it shares no code with the C
+implementations in device/ and kmsd/, so the two check each other.
+
+    dev = Device.from_fill(fill_document_dict)
+    req = dev.key_request("S-1", "PEER", index=0)       # -> Request
+    r = requests.post(url + req.path, json=req.body)     # or data=req.raw
+    key = dev.open_key_response(req, r.json())           # -> SessionKey
+"""
+import base64
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64u_decode(s: str) -> bytes:
+    if not isinstance(s, str) or "=" in s or len(s) % 4 == 1:
+        raise ProtocolError("bad base64url")
+    raw = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    if b64u(raw) != s:  # non-canonical (non-zero trailing bits)
+        raise ProtocolError("non-canonical base64url")
+    return raw
+
+
+def request_aad(op: str, device_id: str, key_index: int) -> bytes:
+    return f"qkms/v1/req\n{op}\n{device_id}\n{key_index}".encode()
+
+
+def response_aad(session_id, device_id, key_index, key_id, expires_at, req_nonce_b64) -> bytes:
+    return (f"qkms/v1/resp\n{session_id}\n{device_id}\n{key_index}\n{key_id}\n"
+            f"{expires_at}\n{req_nonce_b64}").encode()
+
+
+@dataclass
+class Request:
+    op: str
+    path: str
+    body: dict
+    raw: bytes
+    nonce_b64: str
+    session_id: str
+    key_index: int
+
+
+@dataclass
+class SessionKey:
+    session_id: str
+    key_id: str
+    key: bytes
+    expires_at: int
+    delivery: str
+
+
+class Device:
+    def __init__(self, device_id: str, keys: dict):
+        self.device_id = device_id
+        self.keys = keys  # index -> bytes
+
+    @classmethod
+    def from_fill(cls, doc: dict) -> "Device":
+        return cls(doc["device_id"], {k["index"]: bytes.fromhex(k["key"]) for k in doc["keys"]})
+
+    def _request(self, op, inner: dict, index, nonce=None) -> Request:
+        key = self.keys[index]
+        nonce = nonce if nonce is not None else os.urandom(12)
+        plaintext = json.dumps(inner, separators=(",", ":")).encode()
+        ct = AESGCM(key).encrypt(nonce, plaintext, request_aad(op, self.device_id, index))
+        body = {"v": 1, "device_id": self.device_id, "key_index": index, "nonce": b64u(nonce),
+                "ct": b64u(ct)}
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        return Request(op, f"/v1/sessions/{op}", body, raw, body["nonce"],
+                       inner["session_id"], index)
+
+    def key_request(self, session_id, peer_id, index=0, ts=None, delivered=False, nonce=None):
+        inner = {"session_id": session_id, "peer_id": peer_id,
+                 "ts": int(time.time()) if ts is None else ts}
+        if delivered:
+            inner["delivery"] = "delivered"
+        return self._request("key", inner, index, nonce)
+
+    def end_request(self, session_id, index=0, ts=None, nonce=None):
+        return self._request("end", {"session_id": session_id,
+                                     "ts": int(time.time()) if ts is None else ts}, index, nonce)
+
+    def open_key_response(self, req: Request, resp: dict) -> SessionKey:
+        if resp.get("v") != 1 or resp.get("session_id") != req.session_id:
+            raise ProtocolError("response is for another session or version")
+        bits = resp["key_bits"]
+        ct = b64u_decode(resp["ct"])
+        if bits not in (128, 256) or len(ct) != bits // 8 + 16:
+            raise ProtocolError("key_bits does not match the ciphertext")
+        aad = response_aad(req.session_id, self.device_id, req.key_index, resp["key_id"],
+                           resp["expires_at"], req.nonce_b64)
+        key = AESGCM(self.keys[req.key_index]).decrypt(b64u_decode(resp["nonce"]), ct, aad)
+        return SessionKey(resp["session_id"], resp["key_id"], key, resp["expires_at"],
+                          resp["delivery"])
