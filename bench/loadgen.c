@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "httpc.h"
+
 #define MAX_HEADERS 8
 
 typedef struct {
@@ -42,57 +44,7 @@ typedef struct {
     long non2xx;
 } worker;
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-static int dial(int port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    int one = 1, fd = socket(AF_INET, SOCK_STREAM, 0);
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (fd < 0)
-        return -1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* Read one response; returns its status or -1. Handles Content-Length only
- * (kmsd always sends it). */
-static int read_response(int fd, char *buf, size_t cap)
-{
-    size_t have = 0;
-    for (;;) {
-        ssize_t n = read(fd, buf + have, cap - have - 1);
-        char *hdr_end, *cl;
-        if (n <= 0)
-            return -1;
-        have += (size_t)n;
-        buf[have] = 0;
-        hdr_end = strstr(buf, "\r\n\r\n");
-        if (!hdr_end)
-            continue;
-        cl = strcasestr(buf, "\r\nContent-Length:");
-        size_t body = cl && cl < hdr_end ? (size_t)strtoul(cl + 17, NULL, 10) : 0;
-        size_t total = (size_t)(hdr_end + 4 - buf) + body;
-        if (total >= cap)
-            return -1;
-        while (have < total) {
-            n = read(fd, buf + have, total - have);
-            if (n <= 0)
-                return -1;
-            have += (size_t)n;
-        }
-        return atoi(buf + 9);
-    }
-}
+static double now_s(void) { return httpc_now(); }
 
 static void *run(void *arg)
 {
@@ -100,20 +52,18 @@ static void *run(void *arg)
     config *c = w->cfg;
     char *buf = malloc(1 << 20);
     double end = now_s() + c->seconds;
-    int fd = dial(c->port);
+    int fd = httpc_dial(c->port);
 
     while (buf && now_s() < end) {
         if (c->max_requests && atomic_fetch_add(&c->issued, 1) >= c->max_requests)
             break;
-        if (fd < 0 && (fd = dial(c->port)) < 0) {
+        if (fd < 0 && (fd = httpc_dial(c->port)) < 0) {
             w->errors++;
             usleep(10000);
             continue;
         }
         double t0 = now_s();
-        int st = -1;
-        if (write(fd, c->request, c->request_len) == (ssize_t)c->request_len)
-            st = read_response(fd, buf, 1 << 20);
+        int st = httpc_roundtrip(fd, c->request, c->request_len, buf, 1 << 20, NULL, NULL);
         if (st < 0) {
             w->errors++;
             close(fd);

@@ -1,20 +1,31 @@
 #!/bin/sh
 # make bench — throughput and latency of kmsd on this machine, bounded in time.
 # Starts its own stack (PostgreSQL + SoftHSM token + release kmsd) in a
-# temporary state dir on free loopback ports, drives it with bench/loadgen,
-# and prints one line per run plus ratios. BENCH_SECONDS (default 5) bounds
-# each run; BENCH_THREADING=both also measures the other MHD threading model.
+# temporary state dir on free loopback ports and prints one line per run.
+#   BENCH_SECONDS   seconds per run (default 5)
+#   BENCH_DEVICES   devices for the import benchmark (default 10000)
+#   BENCH_THREADING=both   also measure MHD's pool threading model
+#   BENCH_PARTS     which parts: "import http sessions" (default all)
+# The last line reads: deliveries_per_s=N p99_ms=X pg_floor_tps=F ratio=R
+# (the best concurrency of the "deliveries" runs: two key requests per
+# session; the "sessions" runs add the end request).
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KMSD=${QKMS_KMSD:-$ROOT/build/release/bin/kmsd}
-SECS=${BENCH_SECONDS:-5}
-OUT=$ROOT/build/bench
-mkdir -p "$OUT"
 KMSCTL=${QKMS_KMSCTL:-$ROOT/build/release/bin/kmsctl}
+SECS=${BENCH_SECONDS:-5}
 BENCH_DEVICES=${BENCH_DEVICES:-10000}
-cc -O2 -Wall -Wextra -Werror -std=c17 -D_GNU_SOURCE -pthread "$ROOT/bench/loadgen.c" -o "$OUT/loadgen"
-cc -O2 -Wall -Wextra -Werror -std=c17 -D_GNU_SOURCE -pthread -I"$ROOT/pkcs11" $(pkg-config --cflags p11-kit-1) \
-    "$ROOT/bench/unwrap_bench.c" "$ROOT/build/release/libqkms-p11.a" -lcrypto -ldl -o "$OUT/unwrap_bench"
+PARTS=${BENCH_PARTS:-import http sessions}
+OUT=$ROOT/build/bench
+REL=$ROOT/build/release
+mkdir -p "$OUT"
+
+CFLAGS="-O2 -Wall -Wextra -Werror -std=c17 -D_GNU_SOURCE -pthread -I$ROOT/bench -I$ROOT/device -I$ROOT/pkcs11 $(pkg-config --cflags p11-kit-1 libpq)"
+cc $CFLAGS "$ROOT/bench/loadgen.c" "$ROOT/bench/httpc.c" -o "$OUT/loadgen"
+cc $CFLAGS "$ROOT/bench/unwrap_bench.c" "$REL/libqkms-p11.a" -lcrypto -ldl -o "$OUT/unwrap_bench"
+cc $CFLAGS "$ROOT/bench/session_bench.c" "$ROOT/bench/httpc.c" "$REL/libqkms-device.a" \
+    -ljansson -lcurl -lcrypto -o "$OUT/session_bench"
+cc $CFLAGS "$ROOT/bench/pgfloor.c" "$ROOT/bench/httpc.c" $(pkg-config --libs libpq) -o "$OUT/pgfloor"
 
 STATE=$(mktemp -d /tmp/qkms-bench-XXXXXX)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -28,45 +39,37 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 sh "$ROOT/scripts/qkms-local.sh" init 2>/dev/null
+CONNINFO="host=$STATE/pg/run port=$QKMS_PG_PORT dbname=qkms user=qkms passfile=$STATE/secrets/pgpass"
+URL="http://127.0.0.1:$QKMS_PORT"
 
-start_kmsd() { # threading
-    QKMS_HTTP_THREADING=$1 QKMS_LOG_LEVEL=warn "$KMSD" -c "$STATE/kmsd.conf" 2>>"$STATE/kmsd.log" &
+start_kmsd() { # threading [db pool size]
+    QKMS_HTTP_THREADING=$1 QKMS_DB_POOL_SIZE=${2:-8} QKMS_LOG_LEVEL=warn \
+        "$KMSD" -c "$STATE/kmsd.conf" 2>>"$STATE/kmsd.log" &
     PID=$!
     for _ in $(seq 1 100); do
-        curl -sf "http://127.0.0.1:$QKMS_PORT/readyz" >/dev/null 2>&1 && return 0
+        curl -sf "$URL/readyz" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
     echo "bench: kmsd did not become ready" >&2; cat "$STATE/kmsd.log" >&2; exit 1
 }
 stop_kmsd() { kill "$PID"; wait "$PID" || true; PID=; }
-
-TOKEN=
-run_model() { # threading
-    start_kmsd "$1"
-    TOKEN=$(cat "$STATE/admin.token")
-    for c in 1 16 64; do
-        "$OUT/loadgen" -p "$QKMS_PORT" -c $c -s "$SECS" -N "healthz/$1" /healthz
-        "$OUT/loadgen" -p "$QKMS_PORT" -c $c -s "$SECS" -N "admin_status/$1" \
-            -H "Authorization: Bearer $TOKEN" /v1/admin/status
-    done
-    stop_kmsd
+admin() { # method path [json]
+    curl -sf -X "$1" -H "Authorization: Bearer $(cat "$STATE/admin.token")" \
+        -H 'Content-Type: application/json' ${3:+-d "$3"} "$URL$2"
 }
+field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) { split($i, a, "="); if (a[1] == k) print a[2] } }'; }
 
-# Registering devices through the import path (kmsctl device import, batches
-# of 500): N devices with 4 keys each, every key from the entropy interface
-# and wrapped in the token.
+# -- registering devices through the import path ----------------------------
 bench_import() {
     start_kmsd connection
     csv="$STATE/devices.csv"
     awk -v n="$BENCH_DEVICES" 'BEGIN { print "device_id,type,group,keys"
         for (i = 0; i < n; i++) printf "BENCH-%06d,%s,bench,4\n", i, (i % 2 ? "vehicle" : "encryptor") }' > "$csv"
     t0=$(date +%s.%N)
-    KMS_ADDR="http://127.0.0.1:$QKMS_PORT" KMS_TOKEN_FILE="$STATE/admin.token" \
-        "$KMSCTL" --timeout 600 device import "$csv" >/dev/null
+    KMS_ADDR="$URL" KMS_TOKEN_FILE="$STATE/admin.token" "$KMSCTL" --timeout 600 device import "$csv" >/dev/null
     t1=$(date +%s.%N)
     awk -v n="$BENCH_DEVICES" -v a="$t0" -v b="$t1" \
         'BEGIN { printf "name=import devices=%d keys=%d seconds=%.2f devices_per_s=%.0f keys_per_s=%.0f\n", n, 4*n, b-a, n/(b-a), 4*n/(b-a) }'
-    # One device record (auth + device + keys queries) as a request-path proxy.
     "$OUT/loadgen" -p "$QKMS_PORT" -c 16 -s "$SECS" -N "device_get" \
         -H "Authorization: Bearer $(cat "$STATE/admin.token")" /v1/admin/devices/BENCH-000042
     stop_kmsd
@@ -74,12 +77,74 @@ bench_import() {
     "$OUT/unwrap_bench" /usr/lib/softhsm/libsofthsm2.so qkms "$STATE/secrets/token.pin" 4 "$SECS"
 }
 
-echo "# kmsd benchmark: $(nproc) cores, ${SECS}s per run, loopback, release build"
-bench_import | tee "$OUT/import.txt"
-run_model connection | tee "$OUT/results.txt"
-if [ "${BENCH_THREADING:-}" = both ]; then run_model pool | tee -a "$OUT/results.txt"; fi
-# Floor: an empty handler (/healthz) bounds what any route can do; the ratio
-# says how much of that the first database-backed route keeps.
-awk '/^name=healthz\/connection conc=16 /{for(i=1;i<=NF;i++) if($i ~ /^rps=/){split($i,a,"="); h=a[2]}}
-     /^name=admin_status\/connection conc=16 /{for(i=1;i<=NF;i++) if($i ~ /^rps=/){split($i,a,"="); s=a[2]}}
-     END { if (h > 0) printf "summary: admin_status_rps=%d empty_handler_rps=%d ratio=%.2f\n", s, h, s/h }' "$OUT/results.txt"
+# -- plain HTTP routes: the empty-handler floor ------------------------------
+run_model() { # threading
+    start_kmsd "$1"
+    for c in 1 16 64; do
+        "$OUT/loadgen" -p "$QKMS_PORT" -c $c -s "$SECS" -N "healthz/$1" /healthz
+        "$OUT/loadgen" -p "$QKMS_PORT" -c $c -s "$SECS" -N "admin_status/$1" \
+            -H "Authorization: Bearer $(cat "$STATE/admin.token")" /v1/admin/status
+    done
+    stop_kmsd
+}
+
+# -- the session-key protocol ------------------------------------------------
+NPAIRS=64
+bench_sessions() {
+    start_kmsd connection 16
+    admin POST /v1/admin/policies '{"name":"bench","type_a":"vehicle","type_b":"encryptor"}' >/dev/null
+    mkdir -p "$STATE/fill"
+    { echo "device_id,type,group,keys"
+      i=0; while [ $i -lt $NPAIRS ]; do echo "SV-$i,vehicle,sbench,1"; echo "SE-$i,encryptor,sbench,1"; i=$((i+1)); done
+    } > "$STATE/pairs.csv"
+    KMS_ADDR="$URL" KMS_TOKEN_FILE="$STATE/admin.token" "$KMSCTL" device import "$STATE/pairs.csv" >/dev/null
+    i=0
+    while [ $i -lt $NPAIRS ]; do
+        for kind in veh enc; do
+            id=$([ $kind = veh ] && echo "SV-$i" || echo "SE-$i")
+            admin POST "/v1/admin/devices/$id/fill" '{"plaintext":true}' |
+                python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["plaintext"]))' \
+                > "$STATE/fill/$kind-$i.json"
+        done
+        i=$((i+1))
+    done
+    for c in 1 16 64; do
+        "$OUT/session_bench" "$QKMS_PORT" $c "$SECS" "$STATE/fill" $NPAIRS deliveries
+    done
+    for c in 1 16 64; do
+        "$OUT/session_bench" "$QKMS_PORT" $c "$SECS" "$STATE/fill" $NPAIRS sessions
+    done
+    # Where the time goes: average per stage of a key request.
+    curl -sf "$URL/metrics" | awk '
+        /^qkms_session_stage_seconds_sum/ { match($0, /stage="[^"]*"/); s = substr($0, RSTART+7, RLENGTH-8); sum[s] = $2 }
+        /^qkms_session_stage_seconds_count/ { match($0, /stage="[^"]*"/); s = substr($0, RSTART+7, RLENGTH-8); cnt[s] = $2 }
+        END { printf "stages_us:"; for (s in sum) if (cnt[s] > 0) printf " %s=%.0f", s, 1e6 * sum[s] / cnt[s]; printf "\n" }'
+    stop_kmsd
+    for c in 16 64; do "$OUT/pgfloor" "$CONNINFO" $c "$SECS"; done
+    "$OUT/loadgen" -p 1 -c 1 -s 0.01 /healthz >/dev/null 2>&1 || true
+}
+
+echo "# kmsd benchmark: $(nproc) cores, ${SECS}s per run, loopback, release build, durable commits"
+for part in $PARTS; do
+    case $part in
+    import) bench_import | tee "$OUT/import.txt" ;;
+    http)
+        run_model connection | tee "$OUT/http.txt"
+        if [ "${BENCH_THREADING:-}" = both ]; then run_model pool | tee -a "$OUT/http.txt"; fi ;;
+    sessions) bench_sessions | tee "$OUT/sessions.txt" ;;
+    esac
+done
+
+if [ -f "$OUT/sessions.txt" ] && echo "$PARTS" | grep -q sessions; then
+    # The headline: the best concurrency's deliveries, its p99, and the
+    # one-row commit floor at the same concurrency (each delivery commits once).
+    best=$(grep '^name=deliveries' "$OUT/sessions.txt" |
+           awk '{ for (i=1;i<=NF;i++) { split($i,a,"="); v[a[1]]=a[2] } if (v["deliveries_per_s"] > m) { m = v["deliveries_per_s"]; line = $0 } } END { print line }')
+    conc=$(echo "$best" | field conc)
+    dps=$(echo "$best" | field deliveries_per_s)
+    p99=$(echo "$best" | field p99_ms)
+    floor=$(grep "^name=pg_floor conc=$conc " "$OUT/sessions.txt" | field tps)
+    [ -n "$floor" ] || floor=$(grep '^name=pg_floor' "$OUT/sessions.txt" | tail -1 | field tps)
+    awk -v d="$dps" -v p="$p99" -v f="$floor" \
+        'BEGIN { printf "deliveries_per_s=%d p99_ms=%s pg_floor_tps=%d ratio=%.2f\n", d, p, f, (f > 0 ? d / f : 0) }'
+fi

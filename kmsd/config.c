@@ -87,6 +87,12 @@ const config_option config_options[] = {
      "is refused meanwhile. 0 keeps tombstones forever."},
     {"session_reap_interval", OPT_INT, OFF(session_reap_interval), "1", 1, 60, NULL, false, false,
      "Seconds between passes that destroy sessions past their idle timeout or lifetime."},
+    {"device_key_cache_size", OPT_INT, OFF(device_key_cache_size), "65536", 0, 16777216, NULL,
+     false, false,
+     "Slots of the cache of wrapped device key rows on the request path (0 disables). Never "
+     "holds plaintext; state is re-checked in each request's transaction."},
+    {"device_key_cache_ttl", OPT_INT, OFF(device_key_cache_ttl), "30", 1, 3600, NULL, false, false,
+     "Seconds a cached device key row is used before it is read again."},
     {"bootstrap_token_file", OPT_STR, OFF(bootstrap_token_file), NULL, 0, 0, NULL, false, false,
      "If set and no admin token named `bootstrap` exists, kmsd creates one and writes it here "
      "(mode 0600, never overwritten)."},

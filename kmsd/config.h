@@ -60,6 +60,8 @@ typedef struct kms_config {
     int protocol_clock_skew;
     int session_tombstone_days;
     int session_reap_interval;
+    int device_key_cache_size;
+    int device_key_cache_ttl;
     /* admin */
     char *bootstrap_token_file;
     /* logging */

@@ -13,6 +13,7 @@
 #include "audit.h"
 #include "fillpkg.h"
 #include "hexutil.h"
+#include "keycache.h"
 #include "log.h"
 #include "pgarray.h"
 #include "pgjson.h"
@@ -715,6 +716,7 @@ int devices_set_state(kms_ctx *k, const char *actor, const char *device_id, devi
     db_status st;
     memset(e, 0, sizeof(*e));
     st = db_tx(k->db, state_tx_fn, &t);
+    keycache_invalidate(k->keys, device_id);
     if (st != DB_OK) {
         if (!e->status)
             err_db(e, st);
@@ -839,6 +841,7 @@ int devices_rotate(kms_ctx *k, const char *actor, const char *device_id, int gra
         t.wrapped_hex = wrapped;
         st = db_tx(k->db, rotate_tx_fn, &t);
         free(wrapped);
+        keycache_invalidate(k->keys, device_id);
         if (st == DB_OK) {
             log_emit(LOG_INFO, "device key rotated", "{s:s,s:i,s:s}", "device_id", device_id,
                      "new_index", t.index, "by", actor);

@@ -18,6 +18,7 @@
 typedef struct metrics metrics;
 typedef struct maintenance maintenance;
 typedef struct session_metrics session_metrics;
+typedef struct keycache keycache;
 typedef struct http_server http_server;
 
 typedef struct kms_ctx {
@@ -35,6 +36,7 @@ typedef struct kms_ctx {
     http_server *http;
     maintenance *maint;
     session_metrics *smetrics;
+    keycache *keys;
 } kms_ctx;
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "bootstrap.h"
 #include "http.h"
+#include "keycache.h"
 #include "kms.h"
 #include "log.h"
 #include "maintenance.h"
@@ -215,7 +216,8 @@ int main(int argc, char **argv)
         goto out;
     }
     k.smetrics = session_metrics_new();
-    if (!k.smetrics)
+    k.keys = keycache_new((size_t)k.cfg.device_key_cache_size, k.cfg.device_key_cache_ttl);
+    if (!k.smetrics || !k.keys)
         goto out;
     if (maintenance_start(&k.maint, &k) != 0) {
         log_emit(LOG_ERROR, "cannot start the maintenance thread", NULL);
@@ -254,6 +256,7 @@ out:
     http_stop(k.http);
     maintenance_stop(k.maint);
     session_metrics_free(k.smetrics);
+    keycache_free(k.keys);
     metrics_free(k.metrics);
     entropy_close(k.ent);
     keywrap_free(k.kw);

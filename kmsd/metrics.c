@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "keycache.h"
 #include "maintenance.h"
 #include "sessions.h"
 #include "version.h"
@@ -188,6 +189,15 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
     }
     if (kms->smetrics)
         session_metrics_render(kms->smetrics, f);
+    if (kms->keys) {
+        keycache_stats ks;
+        keycache_stats_get(kms->keys, &ks);
+        fprintf(f, "# HELP qkms_device_key_cache_total Device key cache lookups by result.\n"
+                   "# TYPE qkms_device_key_cache_total counter\n"
+                   "qkms_device_key_cache_total{result=\"hit\"} %llu\n"
+                   "qkms_device_key_cache_total{result=\"miss\"} %llu\n",
+                (unsigned long long)ks.hits, (unsigned long long)ks.misses);
+    }
     if (kms->maint) {
         maintenance_stats ms;
         maintenance_stats_get(kms->maint, &ms);

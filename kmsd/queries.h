@@ -131,14 +131,16 @@
     X(Q_DEVICE_COUNTS, "SELECT state, count(*) FROM devices GROUP BY state")                 \
     X(Q_DEVKEY_FOR_AUTH,                                                                       \
       "SELECT d.id, d.state, k.algorithm, encode(k.wrapped, 'hex'), k.state,"                 \
-      " k.not_before <= now() AND k.not_after > now()"                                         \
+      " floor(extract(epoch FROM k.not_before))::bigint,"                                      \
+      " floor(extract(epoch FROM k.not_after))::bigint"                                        \
       " FROM devices d JOIN device_keys k ON k.device_pk = d.id"                               \
       " WHERE d.device_id = $1 AND k.key_index = $2::int")                                     \
     X(Q_SESSION_KEY,                                                                           \
       "SELECT outcome, out_key_id, out_key_bits, encode(out_wrapped, 'hex'), out_expires,"     \
-      " out_policy, out_delivery, out_created FROM qkms_session_key($1::bigint, $2::bytea,"    \
-      " $3::bytea, $4, $5, $6::boolean, $7::uuid, decode($8, 'hex'), $9::int, $10, $11::int)") \
-    X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::bytea, $3::bytea)")             \
+      " out_policy, out_delivery, out_created FROM qkms_session_key($1::bigint, $2::int,"       \
+      " $3::bytea, $4::bytea, $5, $6, $7::boolean, $8::uuid, decode($9, 'hex'), $10::int, $11,"  \
+      " $12::int)")                                                                            \
+    X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $4::bytea)")   \
     X(Q_SESSION_REAP, "SELECT qkms_session_reap($1::int, $2::int, $3::int)")                  \
     X(Q_SESSIONS_LIST,                                                                         \
       "SELECT s.session_id, s.key_id, i.device_id, r.device_id, s.policy, s.delivery,"         \

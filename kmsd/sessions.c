@@ -13,6 +13,7 @@
 
 #include "device_model.h"
 #include "hexutil.h"
+#include "keycache.h"
 #include "log.h"
 #include "pgjson.h"
 #include "qkms_proto.h"
@@ -30,10 +31,34 @@ static const char *const refuse_names[] = {"unauthenticated", "device_inactive",
                                            "peer_mismatch", "policy_denied", "session_ended",
                                            "unknown_peer", "invalid_request"};
 
+/* Where a key request's time goes (docs/performance.md). */
+enum { STAGE_PARSE, STAGE_KEY_LOOKUP, STAGE_KEY_UNWRAP, STAGE_OPEN, STAGE_SESSION_TX,
+       STAGE_NEW_KEY, STAGE_DELIVER, STAGE__N };
+static const char *const stage_names[] = {"parse", "device_key_lookup", "device_key_unwrap",
+                                          "open_request", "session_tx", "new_session_key",
+                                          "deliver"};
+
 struct session_metrics {
     _Atomic uint64_t created, deliveries, ended_by_party, ended_by_operator, reaped;
     _Atomic uint64_t refused[REFUSE__N];
+    _Atomic uint64_t stage_ns[STAGE__N], stage_count[STAGE__N];
 };
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Close the current stage and start the next one. */
+static void stage(session_metrics *m, int which, uint64_t *t0)
+{
+    uint64_t t = now_ns();
+    atomic_fetch_add(&m->stage_ns[which], t - *t0);
+    atomic_fetch_add(&m->stage_count[which], 1);
+    *t0 = t;
+}
 
 session_metrics *session_metrics_new(void) { return calloc(1, sizeof(session_metrics)); }
 void session_metrics_free(session_metrics *m) { free(m); }
@@ -60,6 +85,14 @@ void session_metrics_render(session_metrics *m, FILE *f)
     for (int i = 0; i < REFUSE__N; i++)
         fprintf(f, "qkms_session_refusals_total{reason=\"%s\"} %llu\n", refuse_names[i],
                 (unsigned long long)atomic_load(&m->refused[i]));
+    fprintf(f, "# HELP qkms_session_stage_seconds Time spent in each stage of key requests.\n"
+               "# TYPE qkms_session_stage_seconds summary\n");
+    for (int i = 0; i < STAGE__N; i++)
+        fprintf(f,
+                "qkms_session_stage_seconds_sum{stage=\"%s\"} %.6f\n"
+                "qkms_session_stage_seconds_count{stage=\"%s\"} %llu\n",
+                stage_names[i], (double)atomic_load(&m->stage_ns[i]) / 1e9, stage_names[i],
+                (unsigned long long)atomic_load(&m->stage_count[i]));
 }
 
 static void refuse(http_request *rq, int why)
@@ -167,23 +200,20 @@ static void unavailable(http_response *rs, const char *code, const char *msg)
     http_error(rs, 503, code, "%s", msg);
 }
 
-/* Find the device key, unwrap it through the token, open the request. */
-static int authenticate(http_request *rq, http_response *rs, const char *op, const envelope *env,
-                        authed *a)
+/* The device key row: from the cache, else one indexed query (then cached). */
+static int load_key_row(http_request *rq, http_response *rs, const envelope *env,
+                        keycache_entry *e, uint64_t *t0)
 {
     kms_ctx *k = rq->kms;
-    char idx[8], ctx[256], aad[QKP_MAX_AAD];
+    char idx[8];
     const char *vals[2] = {env->device_id, idx};
-    uint8_t blob[64 + KEYWRAP_OVERHEAD], *pt = NULL;
-    int bits, aad_len, rc = -1;
     db_status st;
     db_conn *c;
     PGresult *r;
     long bl;
-    CK_RV rv;
-    json_error_t je;
 
-    memset(a, 0, sizeof(*a));
+    if (keycache_get(k->keys, env->device_id, env->key_index, e))
+        return 1;
     snprintf(idx, sizeof(idx), "%d", env->key_index);
     c = db_acquire(k->db, &st);
     if (!c) {
@@ -192,44 +222,78 @@ static int authenticate(http_request *rq, http_response *rs, const char *op, con
     }
     r = db_exec(c, Q_DEVKEY_FOR_AUTH, 2, vals, NULL, NULL, &st);
     db_release(k->db, c);
+    stage(k->smetrics, STAGE_KEY_LOOKUP, t0);
     if (!r) {
         http_db_error(rs, st);
         return -1;
     }
     if (PQntuples(r) == 0) {
         PQclear(r);
+        return 0;
+    }
+    memset(e, 0, sizeof(*e));
+    e->device_pk = atoll(PQgetvalue(r, 0, 0));
+    snprintf(e->device_state, sizeof(e->device_state), "%s", PQgetvalue(r, 0, 1));
+    e->key_bits = !strcmp(PQgetvalue(r, 0, 2), "AES-256") ? 256 : 128;
+    snprintf(e->key_state, sizeof(e->key_state), "%s", PQgetvalue(r, 0, 4));
+    e->not_before = atoll(PQgetvalue(r, 0, 5));
+    e->not_after = atoll(PQgetvalue(r, 0, 6));
+    bl = PQgetisnull(r, 0, 3) ? 0
+                              : hex_decode(PQgetvalue(r, 0, 3), strlen(PQgetvalue(r, 0, 3)),
+                                           e->wrapped, sizeof(e->wrapped));
+    e->wrapped_len = bl > 0 ? (size_t)bl : 0;
+    PQclear(r);
+    keycache_put(k->keys, env->device_id, env->key_index, e);
+    return 1;
+}
+
+/* Find the device key, unwrap it through the token, open the request. The
+ * checks here may use a cached row; the stored function repeats them. */
+static int authenticate(http_request *rq, http_response *rs, const char *op, const envelope *env,
+                        authed *a, uint64_t *t0)
+{
+    kms_ctx *k = rq->kms;
+    char ctx[256], aad[QKP_MAX_AAD];
+    uint8_t *pt = NULL;
+    int aad_len, rc = -1, found;
+    int64_t now = (int64_t)time(NULL);
+    keycache_entry e;
+    json_error_t je;
+    CK_RV rv;
+
+    memset(a, 0, sizeof(*a));
+    found = load_key_row(rq, rs, env, &e, t0);
+    if (found < 0)
+        return -1;
+    if (found == 0) {
         auth_fail(rq, rs, env, "unknown device or key index");
         return -1;
     }
-    a->device_pk = atoll(PQgetvalue(r, 0, 0));
-    snprintf(a->state, sizeof(a->state), "%s", PQgetvalue(r, 0, 1));
-    bits = !strcmp(PQgetvalue(r, 0, 2), "AES-256") ? 256 : 128;
-    if (!strcmp(a->state, "revoked") || strcmp(PQgetvalue(r, 0, 4), "active") != 0 ||
-        PQgetisnull(r, 0, 3)) {
-        const char *why = !strcmp(a->state, "revoked") ? "device revoked"
-                          : !strcmp(PQgetvalue(r, 0, 4), "retired") ? "key retired"
-                                                                     : "key destroyed";
-        PQclear(r);
-        auth_fail(rq, rs, env, why);
+    a->device_pk = e.device_pk;
+    snprintf(a->state, sizeof(a->state), "%s", e.device_state);
+    if (!strcmp(e.device_state, "revoked") || strcmp(e.key_state, "active") != 0 ||
+        e.wrapped_len == 0) {
+        auth_fail(rq, rs, env,
+                  !strcmp(e.device_state, "revoked") ? "device revoked"
+                  : !strcmp(e.key_state, "retired")  ? "key retired"
+                                                     : "key destroyed");
         return -1;
     }
-    if (PQgetvalue(r, 0, 5)[0] != 't') {
-        PQclear(r);
+    if (now < e.not_before || now >= e.not_after) {
         auth_fail(rq, rs, env, "key outside its validity (expired or not yet valid)");
         return -1;
     }
-    bl = hex_decode(PQgetvalue(r, 0, 3), strlen(PQgetvalue(r, 0, 3)), blob, sizeof(blob));
-    PQclear(r);
     a->key = OPENSSL_secure_malloc(KEYWRAP_MAX_KEY + 16);
     pt = OPENSSL_secure_malloc(env->ct_len);
-    if (bl <= 0 || !a->key || !pt) {
+    if (!a->key || !pt) {
         http_error(rs, 500, "internal", "internal error (see kmsd log)");
         goto out;
     }
-    device_key_context(env->device_id, env->key_index, bits, ctx, sizeof(ctx));
+    device_key_context(env->device_id, env->key_index, e.key_bits, ctx, sizeof(ctx));
     a->key_len = KEYWRAP_MAX_KEY + 16;
-    rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, a->key,
-                        &a->key_len);
+    rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e.wrapped, e.wrapped_len,
+                        a->key, &a->key_len);
+    stage(k->smetrics, STAGE_KEY_UNWRAP, t0);
     if (rv != CKR_OK) {
         log_emit(LOG_ERROR, "device key unwrap failed", "{s:s,s:s,s:i}", "ckr", p11_rv_name(rv),
                  "device_id", env->device_id, "key_index", env->key_index);
@@ -253,6 +317,7 @@ static int authenticate(http_request *rq, http_response *rs, const char *op, con
     }
     rc = 0;
 out:
+    OPENSSL_cleanse(&e, sizeof(e));
     if (pt)
         OPENSSL_secure_clear_free(pt, env->ct_len);
     if (rc != 0)
@@ -457,16 +522,22 @@ void h_session_key(http_request *rq, http_response *rs)
     const char *sid = NULL, *peer = NULL;
     bool delivered = false;
     uint8_t hash[32];
-    char pk[24];
+    char pk[24], kidx[8];
     candidate cd;
     bool have_cd = false;
     PGresult *r = NULL;
 
+    uint64_t t0 = now_ns();
+
     memset(&a, 0, sizeof(a));
-    if (parse_envelope(rq, rs, &env) != 0 || authenticate(rq, rs, "key", &env, &a) != 0)
+    if (parse_envelope(rq, rs, &env) != 0)
+        goto out;
+    stage(k->smetrics, STAGE_PARSE, &t0);
+    if (authenticate(rq, rs, "key", &env, &a, &t0) != 0)
         goto out;
     if (inner_fields(rq, rs, &env, &a, true, &sid, &peer, &delivered) != 0)
         goto out;
+    stage(k->smetrics, STAGE_OPEN, &t0);
     if (strcmp(a.state, "active") != 0) {
         refuse(rq, REFUSE_INACTIVE);
         http_error(rs, 403, "device_inactive", "this device is %s", a.state);
@@ -474,29 +545,38 @@ void h_session_key(http_request *rq, http_response *rs)
     }
     session_hash(sid, hash);
     snprintf(pk, sizeof(pk), "%lld", a.device_pk);
+    snprintf(kidx, sizeof(kidx), "%d", env.key_index);
+    /* A candidate key goes with the first call: when the session is new (the
+     * common first request) this saves a round trip; when it exists, the
+     * candidate is simply dropped (it never left kmsd unwrapped). */
+    if (make_candidate(rq, rs, hash, 128, &cd) != 0)
+        goto out;
+    have_cd = true;
+    stage(k->smetrics, STAGE_NEW_KEY, &t0);
     for (int attempt = 0; attempt < 3; attempt++) {
-        const char *vals[11] = {pk, (const char *)env.nonce, (const char *)hash, sid, peer,
+        const char *vals[12] = {pk, kidx, (const char *)env.nonce, (const char *)hash, sid, peer,
                                 delivered ? "true" : "false", NULL, NULL, NULL, NULL, NULL};
-        int lens[11] = {0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0};
-        int fmts[11] = {0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
+        int lens[12] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0};
+        int fmts[12] = {0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
         const char *outcome;
         db_status st;
         db_conn *c;
 
         if (have_cd) {
-            vals[6] = cd.key_id;
-            vals[7] = cd.wrapped_hex;
-            vals[8] = cd.master;
-            vals[9] = cd.provenance;
-            vals[10] = cd.bits;
+            vals[7] = cd.key_id;
+            vals[8] = cd.wrapped_hex;
+            vals[9] = cd.master;
+            vals[10] = cd.provenance;
+            vals[11] = cd.bits;
         }
         c = db_acquire(k->db, &st);
         if (!c) {
             http_db_error(rs, st);
             goto out;
         }
-        r = db_exec(c, Q_SESSION_KEY, 11, vals, lens, fmts, &st);
+        r = db_exec(c, Q_SESSION_KEY, 12, vals, lens, fmts, &st);
         db_release(k->db, c);
+        stage(k->smetrics, STAGE_SESSION_TX, &t0);
         if (!r) {
             http_db_error(rs, st);
             goto out;
@@ -504,6 +584,7 @@ void h_session_key(http_request *rq, http_response *rs)
         outcome = PQgetvalue(r, 0, 0);
         if (!strcmp(outcome, "ok")) {
             deliver(rq, rs, &env, &a, sid, hash, r);
+            stage(k->smetrics, STAGE_DELIVER, &t0);
             goto out;
         }
         if (!strcmp(outcome, "need_key")) {
@@ -512,11 +593,24 @@ void h_session_key(http_request *rq, http_response *rs)
             r = NULL;
             if (make_candidate(rq, rs, hash, bits, &cd) != 0)
                 goto out;
+            stage(k->smetrics, STAGE_NEW_KEY, &t0);
             have_cd = true;
             continue;
         }
         if (!strcmp(outcome, "replay")) {
             auth_fail(rq, rs, &env, "nonce already used (replay)");
+            goto out;
+        }
+        if (!strcmp(outcome, "unauthenticated")) {
+            /* The authoritative re-check refused what a cached row allowed. */
+            keycache_invalidate(k->keys, env.device_id);
+            auth_fail(rq, rs, &env, PQgetvalue(r, 0, 5));
+            goto out;
+        }
+        if (!strcmp(outcome, "device_inactive")) {
+            keycache_invalidate(k->keys, env.device_id);
+            refuse(rq, REFUSE_INACTIVE);
+            http_error(rs, 403, "device_inactive", "this device is %s", PQgetvalue(r, 0, 5));
             goto out;
         }
         for (size_t i = 0; i < sizeof(outcomes) / sizeof(outcomes[0]); i++)
@@ -546,28 +640,31 @@ void h_session_end(http_request *rq, http_response *rs)
     authed a;
     const char *sid = NULL, *outcome;
     uint8_t hash[32];
-    char pk[24];
+    char pk[24], kidx[8];
     PGresult *r = NULL;
     db_status st;
     db_conn *c;
 
+    uint64_t t0 = now_ns();
+
     memset(&a, 0, sizeof(a));
-    if (parse_envelope(rq, rs, &env) != 0 || authenticate(rq, rs, "end", &env, &a) != 0)
+    if (parse_envelope(rq, rs, &env) != 0 || authenticate(rq, rs, "end", &env, &a, &t0) != 0)
         goto out;
     if (inner_fields(rq, rs, &env, &a, false, &sid, NULL, NULL) != 0)
         goto out;
     /* A suspended device may still end its sessions: ending only destroys. */
     session_hash(sid, hash);
     snprintf(pk, sizeof(pk), "%lld", a.device_pk);
+    snprintf(kidx, sizeof(kidx), "%d", env.key_index);
     {
-        const char *vals[3] = {pk, (const char *)env.nonce, (const char *)hash};
-        int lens[3] = {0, QKP_NONCE_LEN, 32}, fmts[3] = {0, 1, 1};
+        const char *vals[4] = {pk, kidx, (const char *)env.nonce, (const char *)hash};
+        int lens[4] = {0, 0, QKP_NONCE_LEN, 32}, fmts[4] = {0, 0, 1, 1};
         c = db_acquire(k->db, &st);
         if (!c) {
             http_db_error(rs, st);
             goto out;
         }
-        r = db_exec(c, Q_SESSION_END, 3, vals, lens, fmts, &st);
+        r = db_exec(c, Q_SESSION_END, 4, vals, lens, fmts, &st);
         db_release(k->db, c);
     }
     if (!r) {
@@ -582,6 +679,9 @@ void h_session_end(http_request *rq, http_response *rs)
         http_json(rs, 200, json_pack("{s:i,s:s,s:b}", "v", QKP_VERSION, "session_id", sid, "ended", 1));
     } else if (!strcmp(outcome, "replay")) {
         auth_fail(rq, rs, &env, "nonce already used (replay)");
+    } else if (!strncmp(outcome, "unauthenticated: ", 17)) {
+        keycache_invalidate(k->keys, env.device_id);
+        auth_fail(rq, rs, &env, outcome + 17);
     } else if (!strcmp(outcome, "ended")) {
         refuse(rq, REFUSE_ENDED);
         http_error(rs, 409, "session_ended", "this session has already ended");

@@ -181,8 +181,14 @@ static CK_RV gcm(keywrap *kw, bool enc, uint32_t version, const uint8_t iv[12],
         if (p11_rv_kind(rv) != P11_KIND_NOT_FOUND)
             break;
         if (keywrap_load(kw, version, &found) != CKR_OK || !found ||
-            !lookup(kw, version, &h, &known))
+            !lookup(kw, version, &h, &known)) {
+            /* A master key we verified at start is gone: the token lost its
+             * state (an HSM restart, a store that vanished). Re-initialize
+             * the module; the next call finds the key again. */
+            p11_recover(kw->t);
+            rv = CKR_DEVICE_REMOVED;
             break;
+        }
     }
     return rv;
 }

@@ -333,6 +333,11 @@ static void maybe_reinit(p11_token *t)
         t->reinit_log(rv, err);
 }
 
+void p11_recover(p11_token *t)
+{
+    maybe_reinit(t);
+}
+
 void p11_set_reinit_logger(p11_token *t, void (*fn)(CK_RV rv, const char *err))
 {
     t->reinit_log = fn;

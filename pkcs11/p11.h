@@ -100,6 +100,10 @@ CK_RV p11_ping(p11_token *t);
 /* Incremented each time the module is re-initialized after a token failure;
  * object handles obtained under an older generation must be found again. */
 uint64_t p11_generation(p11_token *t);
+/* Ask for a module re-initialization (rate-limited like the automatic one):
+ * for callers that see the token lose state the module does not report as
+ * an error, such as a known key object vanishing. */
+void p11_recover(p11_token *t);
 /* Called (outside any lock) after each re-initialization attempt. */
 void p11_set_reinit_logger(p11_token *t, void (*fn)(CK_RV rv, const char *err));
 

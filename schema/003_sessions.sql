@@ -23,13 +23,15 @@ CREATE TABLE sessions (
     id              bigserial PRIMARY KEY,
     session_hash    bytea NOT NULL UNIQUE CHECK (length(session_hash) = 32),
     session_id      text NOT NULL,
-    key_id          uuid NOT NULL UNIQUE,
+    key_id          uuid NOT NULL,
     key_bits        integer NOT NULL CHECK (key_bits IN (128, 256)),
     wrapped_key     bytea NOT NULL,
     master_version  integer NOT NULL REFERENCES master_keys (version),
     provenance      text NOT NULL,
     initiator       bigint NOT NULL REFERENCES devices (id),
     responder       bigint NOT NULL REFERENCES devices (id),
+    initiator_id    text NOT NULL,   -- device IDs, denormalized: read on every request
+    responder_id    text NOT NULL,
     policy          text NOT NULL,
     delivery        text NOT NULL CHECK (delivery IN ('session', 'delivered')),
     created_at      timestamptz NOT NULL DEFAULT now(),
@@ -40,9 +42,10 @@ CREATE TABLE sessions (
     responder_delivered_at timestamptz,
     CHECK (initiator <> responder)
 );
-CREATE INDEX sessions_initiator ON sessions (initiator);
-CREATE INDEX sessions_responder ON sessions (responder);
-CREATE INDEX sessions_expires ON sessions (expires_at);
+-- Deliberately no other indexes: every index costs each session's insert,
+-- updates and delete on the hot path, while the queries that would use them
+-- (revocation, the reaper, the admin list) are rare and scan only live
+-- sessions. Measured in docs/performance.md.
 
 -- What remains of an ended session: never the key, never the raw ID.
 CREATE TABLE session_tombstones (
@@ -78,13 +81,12 @@ BEGIN
         RETURN false;
     END IF;
     INSERT INTO session_tombstones (session_hash, key_id, initiator, responder, created_at, reason)
-    SELECT s.session_hash, s.key_id, i.device_id, r.device_id, s.created_at, p_reason
-    FROM devices i, devices r WHERE i.id = s.initiator AND r.id = s.responder;
+    VALUES (s.session_hash, s.key_id, s.initiator_id, s.responder_id, s.created_at, p_reason);
     INSERT INTO audit_log (actor, event, device_id, detail)
-    SELECT p_actor, 'session.destroyed', i.device_id,
-           jsonb_build_object('session_hash', encode(s.session_hash, 'hex'), 'key_id', s.key_id,
-                              'initiator', i.device_id, 'responder', r.device_id, 'reason', p_reason)
-    FROM devices i, devices r WHERE i.id = s.initiator AND r.id = s.responder;
+    VALUES (p_actor, 'session.destroyed', s.initiator_id,
+            jsonb_build_object('session_hash', encode(s.session_hash, 'hex'), 'key_id', s.key_id,
+                               'initiator', s.initiator_id, 'responder', s.responder_id,
+                               'reason', p_reason));
     RETURN true;
 END $$;
 
@@ -104,13 +106,31 @@ RETURNS pairing_policies LANGUAGE sql STABLE AS $$
     LIMIT 1
 $$;
 
+-- Whether a device and one of its keys may authenticate a request now:
+-- NULL if so, else the reason. kmsd may have authenticated the request with
+-- a cached copy of the wrapped key; this check, in the request's own
+-- transaction, is the authoritative one (revocation, rotation, expiry).
+CREATE FUNCTION qkms_auth_refusal(d devices, p_key_index integer)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN d.id IS NULL THEN 'unknown device'
+        WHEN d.state = 'revoked' THEN 'device revoked'
+        WHEN k.state IS NULL THEN 'unknown key index'
+        WHEN k.state <> 'active' THEN 'key ' || k.state
+        WHEN NOT (k.not_before <= now() AND k.not_after > now()) THEN 'key outside its validity'
+    END
+    FROM (SELECT 1) one
+    LEFT JOIN device_keys k ON k.device_pk = d.id AND k.key_index = p_key_index
+$$;
+
 -- One authenticated key request, in one round trip and one transaction.
 -- Outcomes: ok, need_key (no session yet: call again with a candidate key of
--- out_key_bits), replay, ended, not_a_party, peer_mismatch, unknown_peer,
--- peer_inactive, policy_denied.
+-- out_key_bits), unauthenticated (reason in out_policy), device_inactive,
+-- replay, ended, not_a_party, peer_mismatch, unknown_peer, peer_inactive,
+-- policy_denied.
 CREATE FUNCTION qkms_session_key(
-    p_device bigint, p_nonce bytea, p_hash bytea, p_session_id text, p_peer text,
-    p_want_delivered boolean,
+    p_device bigint, p_key_index integer, p_nonce bytea, p_hash bytea, p_session_id text,
+    p_peer text, p_want_delivered boolean,
     c_key_id uuid, c_wrapped bytea, c_master integer, c_provenance text, c_bits integer)
 RETURNS TABLE (outcome text, out_key_id uuid, out_key_bits integer, out_wrapped bytea,
                out_expires bigint, out_policy text, out_delivery text, out_created boolean)
@@ -121,10 +141,18 @@ DECLARE
     s sessions;
     pol pairing_policies;
     created boolean := false;
-    initiator_id text;
-    responder_id text;
+    refusal text;
 BEGIN
     SELECT * INTO me FROM devices WHERE id = p_device;
+    refusal := qkms_auth_refusal(me, p_key_index);
+    IF refusal IS NOT NULL THEN
+        RETURN QUERY SELECT 'unauthenticated', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, refusal, NULL::text, false;
+        RETURN;
+    END IF;
+    IF me.state <> 'active' THEN
+        RETURN QUERY SELECT 'device_inactive', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, me.state, NULL::text, false;
+        RETURN;
+    END IF;
     SELECT * INTO s FROM sessions WHERE session_hash = p_hash FOR UPDATE;
     IF NOT FOUND THEN
         IF EXISTS (SELECT 1 FROM session_tombstones WHERE session_hash = p_hash) THEN
@@ -166,10 +194,10 @@ BEGIN
     IF s.id IS NULL THEN
         -- A concurrent first request may win the insert; then we use its key.
         INSERT INTO sessions (session_hash, session_id, key_id, key_bits, wrapped_key, master_version,
-                              provenance, initiator, responder, policy, delivery, idle_timeout_s,
-                              expires_at)
+                              provenance, initiator, responder, initiator_id, responder_id, policy,
+                              delivery, idle_timeout_s, expires_at)
         VALUES (p_hash, p_session_id, c_key_id, c_bits, c_wrapped, c_master, c_provenance, me.id,
-                peer.id, pol.name,
+                peer.id, me.device_id, peer.device_id, pol.name,
                 CASE WHEN p_want_delivered OR pol.delivery = 'delivered' THEN 'delivered' ELSE 'session' END,
                 pol.idle_timeout_s, now() + make_interval(secs => pol.max_lifetime_s))
         ON CONFLICT (session_hash) DO NOTHING;
@@ -190,18 +218,16 @@ BEGIN
         END IF;
     END IF;
 
-    SELECT device_id INTO initiator_id FROM devices WHERE id = s.initiator;
-    SELECT device_id INTO responder_id FROM devices WHERE id = s.responder;
     IF p_device <> s.initiator AND p_device <> s.responder THEN
         INSERT INTO audit_log (actor, event, device_id, detail)
         VALUES (me.device_id, 'session.refused', me.device_id,
                 jsonb_build_object('reason', 'not_a_party', 'session_hash', encode(p_hash, 'hex'),
-                                   'initiator', initiator_id, 'responder', responder_id));
+                                   'initiator', s.initiator_id, 'responder', s.responder_id));
         RETURN QUERY SELECT 'not_a_party', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, NULL::text, NULL::text, false;
         RETURN;
     END IF;
-    IF (p_device = s.initiator AND p_peer <> responder_id)
-       OR (p_device = s.responder AND p_peer <> initiator_id) THEN
+    IF (p_device = s.initiator AND p_peer <> s.responder_id)
+       OR (p_device = s.responder AND p_peer <> s.initiator_id) THEN
         INSERT INTO audit_log (actor, event, device_id, detail)
         VALUES (me.device_id, 'session.refused', me.device_id,
                 jsonb_build_object('reason', 'peer_mismatch', 'session_hash', encode(p_hash, 'hex'),
@@ -235,12 +261,21 @@ BEGIN
 END $$;
 
 -- An authenticated end request from a party.
-CREATE FUNCTION qkms_session_end(p_device bigint, p_nonce bytea, p_hash bytea)
+-- Returns ok, replay, ended, unknown, not_a_party, or 'unauthenticated: <why>'.
+-- A suspended device may still end its sessions: ending only destroys.
+CREATE FUNCTION qkms_session_end(p_device bigint, p_key_index integer, p_nonce bytea, p_hash bytea)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     s sessions;
+    d devices;
     me text;
+    refusal text;
 BEGIN
+    SELECT * INTO d FROM devices WHERE id = p_device;
+    refusal := qkms_auth_refusal(d, p_key_index);
+    IF refusal IS NOT NULL THEN
+        RETURN 'unauthenticated: ' || refusal;
+    END IF;
     INSERT INTO request_nonces (device_pk, nonce) VALUES (p_device, p_nonce) ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         RETURN 'replay';
@@ -250,7 +285,7 @@ BEGIN
         RETURN CASE WHEN EXISTS (SELECT 1 FROM session_tombstones WHERE session_hash = p_hash)
                     THEN 'ended' ELSE 'unknown' END;
     END IF;
-    SELECT device_id INTO me FROM devices WHERE id = p_device;
+    me := d.device_id;
     IF p_device <> s.initiator AND p_device <> s.responder THEN
         INSERT INTO audit_log (actor, event, device_id, detail)
         VALUES (me, 'session.refused', me,
