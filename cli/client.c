@@ -75,6 +75,33 @@ char *client_escape(const char *s)
     return copy;
 }
 
+char *client_escape_segment(const char *s)
+{
+    if (strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
+        char *copy = strdup(s[1] ? "%2E%2E" : "%2E");
+        if (!copy)
+            out_error("out of memory");
+        return copy;
+    }
+    return client_escape(s);
+}
+
+int client_query_add(char **query, const char *name, const char *value)
+{
+    char *escaped = client_escape(value), *grown = NULL;
+    if (!escaped)
+        return EXIT_INTERNAL;
+    int n = asprintf(&grown, "%s%c%s=%s", *query ? *query : "", *query ? '&' : '?', name, escaped);
+    free(escaped);
+    if (n < 0) {
+        out_error("out of memory");
+        return EXIT_INTERNAL;
+    }
+    free(*query);
+    *query = grown;
+    return EXIT_OK;
+}
+
 static int transport_error(const struct kmsctl_ctx *ctx, const char *url, CURLcode code,
                            const char *detail, const struct buffer *b)
 {

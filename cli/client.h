@@ -42,4 +42,18 @@ int client_call_empty_ok(const struct kmsctl_ctx *ctx, const char *method, const
  * frees; NULL on out of memory (reported). */
 char *client_escape(const char *s);
 
+/*
+ * As client_escape, but "." and ".." become "%2E" and "%2E%2E", which curl
+ * would leave alone: as bare segments no proxy or client library may take
+ * them for dot segments. For IDs used as one path segment.
+ */
+char *client_escape_segment(const char *s);
+
+/*
+ * Appends "?name=value", or "&name=value" once *query holds something, to
+ * the heap string *query (NULL: empty), escaping value. EXIT_OK, or
+ * EXIT_INTERNAL after reporting.
+ */
+int client_query_add(char **query, const char *name, const char *value);
+
 #endif

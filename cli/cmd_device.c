@@ -99,23 +99,6 @@ cleanup:
 
 /* ---- list ---------------------------------------------------------------- */
 
-/* Appends "?name=value" or "&name=value" (value escaped) to *query. */
-static int query_add(char **query, const char *name, const char *value)
-{
-    char *escaped = client_escape(value), *grown = NULL;
-    if (!escaped)
-        return EXIT_INTERNAL;
-    int n = asprintf(&grown, "%s%c%s=%s", *query ? *query : "", *query ? '&' : '?', name, escaped);
-    free(escaped);
-    if (n < 0) {
-        out_error("out of memory");
-        return EXIT_INTERNAL;
-    }
-    free(*query);
-    *query = grown;
-    return EXIT_OK;
-}
-
 /* The filter query from the options, checked; NULL *query when none. */
 static int list_query(const struct opt_values *o, char **query)
 {
@@ -150,11 +133,11 @@ static int list_query(const struct opt_values *o, char **query)
     if (!limit && opt_get(o, "all"))
         limit = ALL_PAGE_SIZE;
 
-    if ((type && (rc = query_add(query, "type", type))) ||
-        (group && (rc = query_add(query, "group", group))) ||
-        (state && (rc = query_add(query, "state", state))) ||
-        (within && (rc = query_add(query, "expiring_within", within))) ||
-        (limit && (rc = query_add(query, "limit", limit))))
+    if ((type && (rc = client_query_add(query, "type", type))) ||
+        (group && (rc = client_query_add(query, "group", group))) ||
+        (state && (rc = client_query_add(query, "state", state))) ||
+        (within && (rc = client_query_add(query, "expiring_within", within))) ||
+        (limit && (rc = client_query_add(query, "limit", limit))))
         return rc;
     return EXIT_OK;
 }
@@ -171,7 +154,7 @@ static int list_page(const struct kmsctl_ctx *ctx, const char *query, const char
         out_error("out of memory");
         goto cleanup;
     }
-    if (after && (rc = query_add(&q, "after", after)))
+    if (after && (rc = client_query_add(&q, "after", after)))
         goto cleanup;
     if (asprintf(&path, "/v1/admin/devices%s", q ? q : "") < 0) {
         path = NULL;

@@ -106,26 +106,16 @@ int device_put(json_t *o, const char *key, json_t *value)
 
 char *device_path(const char *id, const char *suffix)
 {
-    char *escaped = NULL, *path = NULL;
-    /* curl leaves '.' alone: "." and ".." would read as dot segments. */
-    if (strcmp(id, ".") == 0 || strcmp(id, "..") == 0)
-        escaped = strdup(id[1] ? "%2E%2E" : "%2E");
-    else
-        escaped = client_escape(id);
+    char *escaped = client_escape_segment(id), *path = NULL;
     if (!escaped)
-        goto oom;
+        return NULL; /* reported */
     if (asprintf(&path, "/v1/admin/devices/%s%s%s", escaped, suffix ? "/" : "",
                  suffix ? suffix : "") < 0) {
         path = NULL;
-        goto oom;
+        out_error("out of memory");
     }
     free(escaped);
     return path;
-
-oom:
-    free(escaped);
-    out_error("out of memory");
-    return NULL;
 }
 
 int device_print_keys(const json_t *keys, bool kcv)

@@ -6,6 +6,7 @@
 #include "audit.h"
 #include "auth.h"
 #include "device_model.h"
+#include "devices.h"
 #include "pgjson.h"
 #include "queries.h"
 #include "routes.h"
@@ -71,6 +72,22 @@ static db_status policy_tx_fn(db_conn *c, void *arg)
 
 static bool type_ok(const char *s) { return s && (!strcmp(s, "*") || device_type_name_valid(s)); }
 
+/* "*" or a type in device_types (a typo would make a policy that never matches). */
+static bool type_known(http_request *rq, const char *type)
+{
+    json_t *types;
+    devices_err e;
+    size_t i;
+    json_t *v;
+    bool found = !strcmp(type, "*");
+    if (found || device_types_list(rq->kms, &types, &e) != 0)
+        return found;
+    json_array_foreach(json_object_get(types, "types"), i, v)
+        found = found || !strcmp(json_string_value(v), type);
+    json_decref(types);
+    return found;
+}
+
 static int opt_int(json_t *in, http_response *rs, const char *key, int lo, int hi, int def, char *buf)
 {
     json_t *v = json_object_get(in, key);
@@ -101,11 +118,18 @@ void h_policies_add(http_request *rq, http_response *rs)
         return;
     memset(&t, 0, sizeof(t));
     json_object_foreach(in, key, v) {
-        bool ok = false;
+        bool ok = false, is_int = !strcmp(key, "key_bits") || !strcmp(key, "idle_timeout_s") ||
+                                  !strcmp(key, "max_lifetime_s");
         for (int i = 0; known[i]; i++)
             ok = ok || !strcmp(key, known[i]);
         if (!ok) {
             http_error(rs, 422, "invalid_policy", "unknown field '%.64s'", key);
+            goto out;
+        }
+        /* A wrongly typed field is an error, never silently "absent". */
+        if (!json_is_null(v) && (is_int ? !json_is_integer(v) : !json_is_string(v))) {
+            http_error(rs, 422, "invalid_policy", "field '%s' must be %s", key,
+                       is_int ? "an integer" : "a string");
             goto out;
         }
     }
@@ -120,8 +144,10 @@ void h_policies_add(http_request *rq, http_response *rs)
         http_error(rs, 422, "invalid_policy", "name must be 1-64 of letters, digits, '.', '_' or '-'");
         goto out;
     }
-    if (!type_ok(t.vals[1]) || !type_ok(t.vals[2])) {
-        http_error(rs, 422, "invalid_policy", "type_a and type_b must be device types or \"*\"");
+    if (!type_ok(t.vals[1]) || !type_ok(t.vals[2]) || !type_known(rq, t.vals[1]) ||
+        !type_known(rq, t.vals[2])) {
+        http_error(rs, 422, "invalid_policy",
+                   "type_a and type_b must be registered device types or \"*\"");
         goto out;
     }
     if (!!t.vals[3] != !!t.vals[4] || (t.vals[3] && (!device_group_valid(t.vals[3]) ||

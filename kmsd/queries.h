@@ -151,6 +151,8 @@
       " FROM sessions s JOIN devices i ON i.id = s.initiator JOIN devices r ON r.id = s.responder" \
       " WHERE ($1::text IS NULL OR i.device_id = $1 OR r.device_id = $1)"                      \
       " AND ($2::text IS NULL OR s.session_id = $2)"                                           \
+      " AND ($4::text IS NULL OR ($4 = 'active') = (s.initiator_delivered_at IS NOT NULL"      \
+      "  AND s.responder_delivered_at IS NOT NULL))"                                           \
       " ORDER BY s.id DESC LIMIT $3::int")                                                     \
     X(Q_TOMBSTONES_LIST,                                                                       \
       "SELECT encode(session_hash, 'hex'), key_id, initiator, responder, created_at, ended_at, reason" \

@@ -1,6 +1,7 @@
 /* sessions — device protocol v1: request authentication, paired session keys, ends. */
 #include "sessions.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -748,12 +749,13 @@ static json_t *tombstone_json(const PGresult *r, int i)
 
 /* Live sessions (device/session filters) or, for state=ended, tombstones. */
 static int query_sessions(http_request *rq, http_response *rs, const char *device,
-                          const char *sid, bool ended, int limit, json_t **out)
+                          const char *sid, const char *state, int limit, json_t **out)
 {
     char lim[16];
     uint8_t hash[32];
-    const char *vals[3] = {device, sid, lim};
-    int lens[3] = {0, 0, 0}, fmts[3] = {0, 0, 0};
+    bool ended = state && !strcmp(state, "ended");
+    const char *vals[4] = {device, sid, lim, ended ? NULL : state};
+    int lens[4] = {0, 0, 0, 0}, fmts[4] = {0, 0, 0, 0};
     db_status st;
     db_conn *c = db_acquire(rq->kms->db, &st);
     PGresult *r;
@@ -768,7 +770,8 @@ static int query_sessions(http_request *rq, http_response *rs, const char *devic
         lens[1] = 32;
         fmts[1] = 1;
     }
-    r = db_exec(c, ended ? Q_TOMBSTONES_LIST : Q_SESSIONS_LIST, 3, vals, lens, fmts, &st);
+    r = ended ? db_exec(c, Q_TOMBSTONES_LIST, 3, vals, lens, fmts, &st)
+              : db_exec(c, Q_SESSIONS_LIST, 4, vals, lens, fmts, &st);
     db_release(rq->kms->db, c);
     if (!r) {
         http_db_error(rs, st);
@@ -785,28 +788,24 @@ void h_admin_sessions_list(http_request *rq, http_response *rs)
 {
     const char *device = http_query(rq, "device"), *state = http_query(rq, "state"),
                *lims = http_query(rq, "limit");
-    int limit = lims ? atoi(lims) : 100;
-    json_t *arr, *out;
-    size_t i;
-    bool ended;
+    long limit = 100;
+    char *end = NULL;
+    json_t *arr;
 
+    if (lims) {
+        errno = 0;
+        limit = strtol(lims, &end, 10);
+        if (errno || !*lims || *end)
+            limit = 0;
+    }
     if ((device && !device_id_valid(device)) || limit < 1 || limit > 1000 ||
-        (lims && strspn(lims, "0123456789") != strlen(lims)) ||
         (state && strcmp(state, "pending") && strcmp(state, "active") && strcmp(state, "ended"))) {
         http_error(rs, 400, "invalid_query", "bad device, state (pending|active|ended) or limit");
         return;
     }
-    ended = state && !strcmp(state, "ended");
-    if (query_sessions(rq, rs, device, NULL, ended, limit, &arr) != 0)
+    if (query_sessions(rq, rs, device, NULL, state, (int)limit, &arr) != 0)
         return;
-    out = json_array();
-    for (i = 0; i < json_array_size(arr); i++) {
-        json_t *s = json_array_get(arr, i);
-        if (!state || ended || !strcmp(json_string_value(json_object_get(s, "state")), state))
-            json_array_append(out, s);
-    }
-    json_decref(arr);
-    http_json(rs, 200, json_pack("{s:o}", "sessions", out));
+    http_json(rs, 200, json_pack("{s:o}", "sessions", arr));
 }
 
 void h_admin_session_get(http_request *rq, http_response *rs)
@@ -817,11 +816,11 @@ void h_admin_session_get(http_request *rq, http_response *rs)
         http_error(rs, 404, "not_found", "no such session");
         return;
     }
-    if (query_sessions(rq, rs, NULL, sid, false, 1, &arr) != 0)
+    if (query_sessions(rq, rs, NULL, sid, NULL, 1, &arr) != 0)
         return;
     if (json_array_size(arr) == 0) {
         json_decref(arr);
-        if (query_sessions(rq, rs, NULL, sid, true, 1, &arr) != 0)
+        if (query_sessions(rq, rs, NULL, sid, "ended", 1, &arr) != 0)
             return;
     }
     if (json_array_size(arr) == 0) {

@@ -191,10 +191,20 @@ def _finish(st):
         raise AssertionError(f"kmsd exited with {rc}:\n{report}")
 
 
+def running_stack(name="qkms", extra_env=None):
+    """A started Stack; if kmsd fails to start, nothing is left behind."""
+    st = Stack(name)
+    try:
+        st.start(extra_env=extra_env)
+    except BaseException:
+        st.destroy()
+        raise
+    return st
+
+
 @pytest.fixture(scope="module")
 def stack():
-    st = Stack()
-    st.start()
+    st = running_stack()
     yield st
     _finish(st)
 

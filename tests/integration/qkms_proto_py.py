@@ -94,14 +94,26 @@ class Device:
                                      "ts": int(time.time()) if ts is None else ts}, index, nonce)
 
     def open_key_response(self, req: Request, resp: dict) -> SessionKey:
-        if resp.get("v") != 1 or resp.get("session_id") != req.session_id:
+        def is_int(x):  # JSON integers only: not true/false, not 1.0
+            return type(x) is int
+        if not is_int(resp.get("v")) or resp["v"] != 1 or resp.get("session_id") != req.session_id:
             raise ProtocolError("response is for another session or version")
+        if resp.get("delivery") not in ("session", "delivered") or not is_int(resp.get("expires_at")):
+            raise ProtocolError("bad delivery or expires_at")
         bits = resp["key_bits"]
+        if not is_int(bits):
+            raise ProtocolError("key_bits is not an integer")
         ct = b64u_decode(resp["ct"])
         if bits not in (128, 256) or len(ct) != bits // 8 + 16:
             raise ProtocolError("key_bits does not match the ciphertext")
         aad = response_aad(req.session_id, self.device_id, req.key_index, resp["key_id"],
                            resp["expires_at"], req.nonce_b64)
-        key = AESGCM(self.keys[req.key_index]).decrypt(b64u_decode(resp["nonce"]), ct, aad)
+        nonce = b64u_decode(resp["nonce"])
+        # AES-GCM would take other nonce lengths; the protocol's are 12 bytes.
+        # A response sealed with the request's nonce means the server reused
+        # a nonce under the device key.
+        if len(nonce) != 12 or nonce == b64u_decode(req.nonce_b64):
+            raise ProtocolError("response nonce is not 12 bytes or reuses the request nonce")
+        key = AESGCM(self.keys[req.key_index]).decrypt(nonce, ct, aad)
         return SessionKey(resp["session_id"], resp["key_id"], key, resp["expires_at"],
                           resp["delivery"])

@@ -13,13 +13,12 @@ from cryptography.hazmat.primitives import cmac, serialization
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, x25519
 
-from conftest import Stack, _finish
+from conftest import Stack, _finish, running_stack
 
 
 @pytest.fixture(scope="module")
 def dev():
-    st = Stack("qkms-dev")
-    st.start(extra_env={"QKMS_MAINTENANCE_INTERVAL": "1"})
+    st = running_stack("qkms-dev", {"QKMS_MAINTENANCE_INTERVAL": "1"})
     yield st
     _finish(st)
 

@@ -11,14 +11,14 @@ import uuid
 import pytest
 import requests
 
-from conftest import Stack, _finish
+from conftest import Stack, _finish, running_stack
 from qkms_proto_py import Device, ProtocolError, b64u
 
 
 @pytest.fixture(scope="module")
 def ss():
-    st = Stack("qkms-sess")
-    st.start(extra_env={"QKMS_SESSION_REAP_INTERVAL": "1", "QKMS_PROTOCOL_CLOCK_SKEW": "60"})
+    st = running_stack("qkms-sess", {"QKMS_SESSION_REAP_INTERVAL": "1",
+                                     "QKMS_PROTOCOL_CLOCK_SKEW": "60"})
     st.group = "g-" + uuid.uuid4().hex[:6]
     r = st.admin("POST", "/v1/admin/policies", json={
         "name": "veh-enc", "type_a": "vehicle", "type_b": "encryptor"})

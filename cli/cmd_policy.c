@@ -1,0 +1,375 @@
+/*
+ * cmd_policy — `kmsctl policy list|add|remove`: the pairing policies that
+ * decide which devices may share session keys, /v1/admin/policies
+ * (docs/protocol.md "Sessions and pairing").
+ *
+ * The checks mirror the server's (kmsd/admin_policies.c and the
+ * pairing_policies table) so that a typo is a usage error and nothing is
+ * sent; the server checks again.
+ */
+#include "command.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+
+#include "client.h"
+#include "device_common.h"
+#include "exitcodes.h"
+#include "output.h"
+
+#define NAME_MAX_LEN 64
+#define IDLE_MAX 86400L     /* one day */
+#define LIFETIME_MAX 604800L /* one week */
+#define SAME_GROUP "(same)"  /* GROUPS cell of a same-group policy; no group has '(' */
+
+/* [A-Za-z0-9][A-Za-z0-9._-]{0,63}, the server's rule for policy names. */
+static bool name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > NAME_MAX_LEN)
+        return false;
+    for (const char *p = s; *p; p++) {
+        bool alnum = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9');
+        if (!alnum && (p == s || !strchr("._-", *p)))
+            return false;
+    }
+    return true;
+}
+
+static int check_name(const char *s)
+{
+    if (name_ok(s))
+        return EXIT_OK;
+    out_error("bad policy name '%s': use 1-%d of A-Z a-z 0-9 . _ -, starting with a letter "
+              "or digit",
+              out_safe(s), NAME_MAX_LEN);
+    return EXIT_USAGE;
+}
+
+/*
+ * Splits "A:B" at its only ':' into heap copies *a and *b, each checked by
+ * ok. EXIT_USAGE (after saying so) unless there is exactly one ':' and both
+ * halves pass.
+ */
+static int split_pair(const char *what, const char *value, bool (*ok)(const char *),
+                      const char *rule, char **a, char **b)
+{
+    const char *colon = strchr(value, ':');
+    *a = *b = NULL;
+    if (!colon || strchr(colon + 1, ':')) {
+        out_error("%s takes two values joined by one ':' (e.g. %s), not '%s'", what,
+                  strcmp(what, "--types") == 0 ? "vehicle:encryptor" : "depot-1:fleet-2",
+                  out_safe(value));
+        return EXIT_USAGE;
+    }
+    if (!(*a = strndup(value, (size_t)(colon - value))) || !(*b = strdup(colon + 1))) {
+        out_error("out of memory");
+        goto fail;
+    }
+    if (!ok(*a) || !ok(*b)) {
+        out_error("bad %s '%s': each side must be %s", what, out_safe(value), rule);
+        free(*a);
+        free(*b);
+        *a = *b = NULL;
+        return EXIT_USAGE;
+    }
+    return EXIT_OK;
+
+fail:
+    free(*a);
+    free(*b);
+    *a = *b = NULL;
+    return EXIT_INTERNAL;
+}
+
+static bool type_or_any_ok(const char *s)
+{
+    return strcmp(s, "*") == 0 || device_type_ok(s);
+}
+
+/* ---- list ------------------------------------------------------------------ */
+
+/* "A:B" from two fields, or `none` when the first is null or missing. */
+static char *pair_cell(const json_t *o, const char *ka, const char *kb, const char *none)
+{
+    const json_t *a = json_object_get(o, ka), *b = json_object_get(o, kb);
+    char *sa = NULL, *sb = NULL, *cell = NULL;
+
+    if (!a || json_is_null(a))
+        return strdup(none);
+    if ((sa = out_value_str(a)) && (sb = out_value_str(b)) && asprintf(&cell, "%s:%s", sa, sb) < 0)
+        cell = NULL;
+    free(sa);
+    free(sb);
+    return cell;
+}
+
+static int print_policy_table(const json_t *policies)
+{
+    static const char *const headers[] = {"NAME",         "TYPES",        "GROUPS",  "KEY-BITS",
+                                          "IDLE-TIMEOUT", "MAX-LIFETIME", "DELIVERY"};
+    static const char *const fields[] = {"key_bits", "idle_timeout_s", "max_lifetime_s",
+                                         "delivery"};
+    struct table *t = table_new(7, headers);
+    int rc = EXIT_INTERNAL;
+    if (!t)
+        goto cleanup;
+    size_t i;
+    const json_t *p;
+    json_array_foreach(policies, i, p) {
+        char *cells[7] = {out_value_str(json_object_get(p, "name")),
+                          pair_cell(p, "type_a", "type_b", "-"),
+                          pair_cell(p, "group_a", "group_b", SAME_GROUP)};
+        for (size_t c = 0; c < 4; c++)
+            cells[3 + c] = out_value_str(json_object_get(p, fields[c]));
+        bool complete = true;
+        for (size_t c = 0; c < 7; c++)
+            complete = complete && cells[c];
+        rc = complete ? table_add(t, (const char *const *)cells) : EXIT_INTERNAL;
+        if (!complete)
+            out_error("out of memory");
+        for (size_t c = 0; c < 7; c++)
+            free(cells[c]);
+        if (rc)
+            goto cleanup;
+    }
+    rc = table_print(t, stdout);
+
+cleanup:
+    table_free(t);
+    return rc;
+}
+
+/* The "policies" list of a response, or NULL after reporting EXIT_SERVER. */
+static const json_t *policies_of(const json_t *resp)
+{
+    const json_t *policies = json_object_get(resp, "policies");
+    if (!json_is_array(policies))
+        out_error("server response has no \"policies\" list");
+    return json_is_array(policies) ? policies : NULL;
+}
+
+static int policy_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    (void)inv;
+    json_t *resp = NULL;
+    const json_t *policies;
+    int rc = client_call(ctx, "GET", "/v1/admin/policies", NULL, &resp);
+    if (rc)
+        goto cleanup;
+    if (!(policies = policies_of(resp))) {
+        rc = EXIT_SERVER;
+        goto cleanup;
+    }
+    if (ctx->json) {
+        rc = out_json(resp);
+        goto cleanup;
+    }
+    rc = print_policy_table(policies);
+    if (!rc && json_array_size(policies) == 0)
+        out_note("No pairing policies: every new session is refused (policy_denied).");
+
+cleanup:
+    json_decref(resp);
+    return rc;
+}
+
+/* ---- add ------------------------------------------------------------------- */
+
+/* The request body from NAME and the options, checked. */
+static int add_body(const char *name, const struct opt_values *o, json_t **req)
+{
+    const char *types = opt_get(o, "types"), *groups = opt_get(o, "groups");
+    const char *idle = opt_get(o, "idle-timeout"), *life = opt_get(o, "max-lifetime");
+    char *ta = NULL, *tb = NULL, *ga = NULL, *gb = NULL;
+    long bits = 0, idle_s = 0, life_s = 0;
+    int rc;
+
+    *req = NULL;
+    if ((rc = check_name(name)))
+        goto cleanup;
+    rc = EXIT_USAGE;
+    if (!types) {
+        out_error("--types is required: two device types joined by ':', either may be '*' "
+                  "(e.g. vehicle:encryptor)");
+        goto cleanup;
+    }
+    if ((rc = split_pair("--types", types, type_or_any_ok, "a device type or '*'", &ta, &tb)))
+        goto cleanup;
+    if (groups && (rc = split_pair("--groups", groups, device_group_ok,
+                                   "a group (1-64 of A-Z a-z 0-9 . _ -, starting with a letter "
+                                   "or digit)",
+                                   &ga, &gb)))
+        goto cleanup;
+    if ((rc = device_check_key_bits("--key-bits", opt_get(o, "key-bits"), &bits)))
+        goto cleanup;
+    rc = EXIT_USAGE;
+    if (idle && !arg_to_long(idle, 1, IDLE_MAX, &idle_s)) {
+        out_error("--idle-timeout must be a whole number of seconds from 1 to %ld", IDLE_MAX);
+        goto cleanup;
+    }
+    if (life && !arg_to_long(life, 1, LIFETIME_MAX, &life_s)) {
+        out_error("--max-lifetime must be a whole number of seconds from 1 to %ld", LIFETIME_MAX);
+        goto cleanup;
+    }
+
+    rc = EXIT_INTERNAL;
+    if (!(*req = json_pack("{s:s, s:s, s:s}", "name", name, "type_a", ta, "type_b", tb))) {
+        out_error("out of memory");
+        goto cleanup;
+    }
+    if ((ga && ((rc = device_put(*req, "group_a", json_string(ga))) ||
+                (rc = device_put(*req, "group_b", json_string(gb))))) ||
+        (bits && (rc = device_put(*req, "key_bits", json_integer(bits)))) ||
+        (idle && (rc = device_put(*req, "idle_timeout_s", json_integer(idle_s)))) ||
+        (life && (rc = device_put(*req, "max_lifetime_s", json_integer(life_s)))) ||
+        (opt_get(o, "delivered") && (rc = device_put(*req, "delivery", json_string("delivered")))))
+        goto cleanup;
+    rc = EXIT_OK;
+
+cleanup:
+    if (rc) {
+        json_decref(*req);
+        *req = NULL;
+    }
+    free(ta);
+    free(tb);
+    free(ga);
+    free(gb);
+    return rc;
+}
+
+static int policy_add(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *name = inv->pos[0];
+    json_t *req = NULL, *resp = NULL;
+    const json_t *policies;
+    int rc = add_body(name, &inv->local, &req);
+    if (rc)
+        goto cleanup;
+    rc = client_call(ctx, "POST", "/v1/admin/policies", req, &resp);
+    if (rc)
+        goto cleanup;
+    if (!(policies = policies_of(resp))) {
+        rc = EXIT_SERVER;
+        goto cleanup;
+    }
+    if (ctx->json) {
+        rc = out_json(resp);
+        goto cleanup;
+    }
+    printf("Added pairing policy '%s'.\n", name); /* checked: [A-Za-z0-9._-] */
+    size_t i;
+    const json_t *p;
+    json_array_foreach(policies, i, p) {
+        const char *n = json_string_value(json_object_get(p, "name"));
+        if (n && strcmp(n, name) == 0) {
+            rc = out_kv(p);
+            break;
+        }
+    }
+
+cleanup:
+    json_decref(req);
+    json_decref(resp);
+    return rc;
+}
+
+/* ---- remove ---------------------------------------------------------------- */
+
+static int policy_remove(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *name = inv->pos[0];
+    char *path = NULL;
+    json_t *resp = NULL;
+    int rc = check_name(name);
+    if (rc)
+        goto cleanup;
+    /* A checked name needs no escaping and is never "." or "..". */
+    if (asprintf(&path, "/v1/admin/policies/%s", name) < 0) {
+        path = NULL;
+        out_error("out of memory");
+        rc = EXIT_INTERNAL;
+        goto cleanup;
+    }
+    rc = client_call(ctx, "DELETE", path, NULL, &resp);
+    if (rc)
+        goto cleanup;
+    if (ctx->json) {
+        rc = out_json(resp);
+        goto cleanup;
+    }
+    printf("Removed pairing policy '%s'.\n", name);
+
+cleanup:
+    free(path);
+    json_decref(resp);
+    return rc;
+}
+
+/* ---- the table ------------------------------------------------------------- */
+
+static const struct opt_spec add_opts[] = {
+    {"types", 0, "A:B", "device types that may pair, '*' for any (required)"},
+    {"groups", 0, "GA:GB", "groups of the A and the B device (default: both in one group)"},
+    {"key-bits", 0, "BITS", "session key length, 128 or 256 (default 128)"},
+    {"idle-timeout", 0, "SECONDS", "end sessions idle this long, 1..86400 (default 300)"},
+    {"max-lifetime", 0, "SECONDS", "end sessions this long after start, 1..604800 (default 3600)"},
+    {"delivered", 0, NULL, "destroy each session's key once both parties have received it"},
+    {0},
+};
+
+static const struct action policy_actions[] = {
+    {
+        .sub = "list",
+        .usage = "",
+        .summary = "List pairing policies",
+        .description = "Columns: NAME TYPES GROUPS KEY-BITS IDLE-TIMEOUT MAX-LIFETIME DELIVERY;\n"
+                       "timeouts in seconds. GROUPS is " SAME_GROUP " for a policy that pairs\n"
+                       "devices of the same group only.\n"
+                       "\n"
+                       "Request: GET /v1/admin/policies\n",
+        .run = policy_list,
+    },
+    {
+        .sub = "add",
+        .usage = "NAME --types A:B [--groups GA:GB] [--key-bits B] [--idle-timeout SECONDS] "
+                 "[--max-lifetime SECONDS] [--delivered]",
+        .summary = "Add a pairing policy: which devices may share session keys",
+        .description =
+            "Two devices may start a session only if a policy matches them, in either\n"
+            "order: their types (A:B; '*' matches any type, quote it for the shell: '*:*')\n"
+            "and groups. Without --groups both devices must be in the same group; with\n"
+            "--groups GA:GB the device of type A must be in group GA and the one of type B\n"
+            "in GB. The most specific matching policy wins.\n"
+            "NAME: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit.\n"
+            "Prints the new policy; with --json the server's answer (every policy).\n"
+            "\n"
+            "Request: POST /v1/admin/policies\n",
+        .opts = add_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = policy_add,
+    },
+    {
+        .sub = "remove",
+        .usage = "NAME",
+        .summary = "Remove a pairing policy",
+        .description = "New sessions it allowed are refused from then on (policy_denied)\n"
+                       "unless another policy matches.\n"
+                       "\n"
+                       "Request: DELETE /v1/admin/policies/NAME\n",
+        .min_args = 1,
+        .max_args = 1,
+        .run = policy_remove,
+    },
+    {0},
+};
+
+const struct command cmd_policy = {
+    .name = "policy",
+    .summary = "Manage pairing policies for device sessions",
+    .actions = policy_actions,
+};

@@ -1,0 +1,136 @@
+"""The protocol v1 test vectors (tests/vectors/protocol-v1.json, written by
+tests/vectors/make_vectors.py) against the independent Python client
+tests/integration/qkms_proto_py.py. No server: plain pytest.
+
+The C client checks the same file in tests/unit/test_vectors.c.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+import qkms_proto_py as qp
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+VECTORS = os.environ.get("QKMS_VECTORS", os.path.join(ROOT, "tests", "vectors", "protocol-v1.json"))
+
+with open(VECTORS, encoding="ascii") as _f:
+    CASES = json.load(_f)
+
+ACCEPT = [c for c in CASES if c["expect"] == "accept"]
+KEY_ACCEPT = [c for c in ACCEPT if c["op"] == "key"]
+REJECT = [c for c in CASES if c["expect"] == "reject"]
+MUST_FAIL = {"aead", "key_bits", "session_id", "version", "nonce_reuse", "nonce_length", "b64u"}
+# What qkms_proto_py's ProtocolError says for each client-side check (regex).
+REASON = {"key_bits": "key_bits", "session_id": "session", "version": "version",
+          "nonce_reuse": "reuses the request nonce", "nonce_length": "12 bytes",
+          "b64u": "base64url"}
+
+
+def ids(cases):
+    return [c["name"] for c in cases]
+
+
+def device(c):
+    return qp.Device(c["device_id"], {c["key_index"]: bytes.fromhex(c["device_key"])})
+
+
+def build(c):
+    """c's request, through the client under test."""
+    dev = device(c)
+    nonce = bytes.fromhex(c["request_nonce"])
+    if c["op"] == "key":
+        return dev, dev.key_request(c["session_id"], c["peer_id"], index=c["key_index"],
+                                    ts=c["ts"], delivered=c["delivered"], nonce=nonce)
+    return dev, dev.end_request(c["session_id"], index=c["key_index"], ts=c["ts"], nonce=nonce)
+
+
+def test_the_file_covers_what_it_must():
+    """The vectors hold the edge cases they are for; a regenerated file
+    that lost them fails here."""
+    names = ids(CASES)
+    assert len(set(names)) == len(names)
+    assert {c["op"] for c in ACCEPT} == {"key", "end"}
+    assert {c["device_key_algorithm"] for c in CASES} == {"AES-128", "AES-256"}
+    assert {c["response"]["key_bits"] for c in KEY_ACCEPT} == {128, 256}
+    assert any(c["key_index"] == 255 for c in ACCEPT)
+    assert any('"' in c["session_id"] for c in KEY_ACCEPT)
+    assert any('"' in c["session_id"] for c in ACCEPT if c["op"] == "end")
+    assert any('"' in c["device_id"] for c in KEY_ACCEPT)
+    assert any(len(c["session_id"]) == 128 for c in ACCEPT)
+    assert any(c["delivered"] for c in KEY_ACCEPT)
+    assert {c["must_fail"] for c in REJECT} == MUST_FAIL
+    for c in CASES:
+        assert len(bytes.fromhex(c["device_key"])) == (16 if c["device_key_algorithm"] == "AES-128" else 32)
+        assert ("response" in c) == (c["op"] == "key")
+
+
+def test_file_is_what_the_generator_writes(tmp_path):
+    """The committed file is the generator's output, byte for byte (the
+    generator is deterministic)."""
+    gen = os.path.join(ROOT, "tests", "vectors", "make_vectors.py")
+    out = tmp_path / "protocol-v1.json"
+    subprocess.run([sys.executable, gen, str(out)], check=True, capture_output=True, timeout=60)
+    with open(VECTORS, "rb") as f:
+        assert out.read_bytes() == f.read(), "regenerate: /usr/bin/python3 tests/vectors/make_vectors.py"
+
+
+@pytest.mark.parametrize("c", CASES, ids=ids(CASES))
+def test_request(c):
+    dev, req = build(c)
+    assert qp.request_aad(c["op"], c["device_id"], c["key_index"]) == c["request_aad"].encode()
+    assert req.path == c["request_path"]
+    assert req.nonce_b64 == c["request_nonce_b64u"] == qp.b64u(bytes.fromhex(c["request_nonce"]))
+    assert req.body["ct"] == c["request_ct"]
+    assert req.raw == c["request_body"].encode("ascii")
+    # The ciphertext opens to the canonical inner request.
+    pt = AESGCM(dev.keys[c["key_index"]]).decrypt(
+        bytes.fromhex(c["request_nonce"]), qp.b64u_decode(c["request_ct"]), c["request_aad"].encode())
+    assert pt == c["request_plaintext"].encode("ascii")
+
+
+@pytest.mark.parametrize("c", KEY_ACCEPT, ids=ids(KEY_ACCEPT))
+def test_key_response_accepted(c):
+    dev, req = build(c)
+    r = c["response"]
+    aad = qp.response_aad(c["session_id"], c["device_id"], c["key_index"], r["key_id"],
+                          r["expires_at"], c["request_nonce_b64u"])
+    assert aad == r["aad"].encode()
+    # The server's side: sealing the session key gives the expected ct.
+    ct = AESGCM(dev.keys[c["key_index"]]).encrypt(bytes.fromhex(r["nonce"]),
+                                                  bytes.fromhex(r["session_key"]), aad)
+    assert qp.b64u(ct) == r["ct"] == r["body"]["ct"]
+    # The client's side.
+    sk = dev.open_key_response(req, r["body"])
+    assert sk.key == bytes.fromhex(r["session_key"]) and len(sk.key) * 8 == r["key_bits"]
+    assert (sk.session_id, sk.key_id, sk.expires_at, sk.delivery) == (
+        c["session_id"], r["key_id"], r["expires_at"], r["delivery"])
+    # Round trip through the wire format too.
+    assert dev.open_key_response(req, json.loads(json.dumps(r["body"]))).key == sk.key
+
+
+@pytest.mark.parametrize("c", REJECT, ids=ids(REJECT))
+def test_key_response_refused(c):
+    dev, req = build(c)
+    # An AEAD failure surfaces as InvalidTag; every other check is the
+    # client's own and raises ProtocolError (so the refusal has the reason
+    # the vector names, not an accident such as a KeyError).
+    if c["must_fail"] == "aead":
+        with pytest.raises(InvalidTag):
+            dev.open_key_response(req, c["response"]["body"])
+    else:
+        with pytest.raises(qp.ProtocolError, match=REASON[c["must_fail"]]):
+            dev.open_key_response(req, c["response"]["body"])
+
+
+def test_refusal_tests_can_fail():
+    """The refusals above are not vacuous: the same request accepts the
+    untampered answer built from each reject case's sealed values."""
+    c = next(x for x in REJECT if x["must_fail"] == "key_bits")
+    dev, req = build(c)
+    body = dict(c["response"]["body"], key_bits=c["response"]["key_bits"])
+    assert dev.open_key_response(req, body).key == bytes.fromhex(c["response"]["session_key"])

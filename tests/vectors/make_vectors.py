@@ -1,0 +1,410 @@
+#!/usr/bin/python3
+"""Writes tests/vectors/protocol-v1.json: test vectors for the qkms device
+protocol v1 (docs/protocol.md).
+
+    /usr/bin/python3 tests/vectors/make_vectors.py [OUT.json]
+
+This is a third, deliberately minimal derivation of the protocol, written
+from docs/protocol.md alone: it shares no code with the C library
+(device/qkms_proto.c, device/qkms_device.c), kmsd (kmsd/sessions.c) or the
+Python client (tests/integration/qkms_proto_py.py), and uses only the
+standard library and `cryptography` (AESGCM). It is deterministic: every
+key, nonce and session key below is a fixed function of a label (SHA-256),
+so running it again gives the same file byte for byte.
+
+The file is a JSON list of cases. Every case has:
+
+  name, description
+  op                  "key" or "end"
+  device_id, key_index, device_key (hex), device_key_algorithm
+                      ("AES-128" for 16 bytes, "AES-256" for 32)
+  session_id, ts      inner request fields
+  peer_id, delivered  (op "key" only) delivered=true adds "delivery":"delivered"
+  request_nonce       hex (12 bytes); request_nonce_b64u the same in b64u
+  request_path        "/v1/sessions/key" or "/v1/sessions/end"
+  request_aad         the associated data, as a string ("\n" is 0x0A)
+  request_plaintext   the canonical inner request (ASCII), as the C client
+                      builds it: {"session_id":S,"peer_id":P,"ts":N} plus
+                      ,"delivery":"delivered" before the "}" when delivered;
+                      {"session_id":S,"ts":N} for "end"; IDs escaped as
+                      JSON strings (only '"' can need escaping in an ID)
+  request_ct          b64u of AES-GCM(device_key, request_nonce,
+                      request_aad, request_plaintext): ciphertext || tag
+  request_body        the exact request body:
+                      {"v":1,"device_id":D,"key_index":N,"nonce":..,"ct":..}
+  expect              "accept" or "reject" (the response; "end" cases have
+                      no response and expect "accept")
+
+and op "key" cases a "response" object:
+
+  session_key         hex: the key the server sealed
+  key_id, expires_at, key_bits, delivery
+                      the values the server sealed for
+  nonce               hex: the response nonce the server used
+  aad                 the response associated data the server sealed with
+                      (for "accept" cases exactly what the client computes:
+                      "qkms/v1/resp\n" session_id "\n" device_id "\n"
+                      key_index "\n" key_id "\n" expires_at "\n"
+                      request_nonce_b64u)
+  ct                  b64u: AES-GCM(device_key, nonce, aad, session_key)
+  body                the response JSON object as the client receives it
+
+"reject" cases carry must_fail: which check of the client must refuse the
+body (a client that skipped that check would otherwise accept it):
+
+  aead          the ciphertext does not open under the AAD the client
+                computes (tampered ct; another request nonce, key_id or
+                expires_at than the body and request say)
+  key_bits      key_bits does not match the length of ct
+  session_id    the body names another session than the request
+  version       v is not 1
+  nonce_reuse   the response nonce equals the request nonce (the server
+                would have reused a nonce under the device key); everything
+                else verifies
+  nonce_length  the response nonce is not 12 bytes (AES-GCM would accept
+                it; the protocol does not)
+  b64u          ct is not strict base64url (padding, or non-zero unused
+                trailing bits that a lax decoder would ignore)
+
+For every "reject" case other than "aead" the generator checks that the
+AEAD itself would open, so the case isolates the check it names; for "aead"
+cases it checks that the AEAD refuses.
+"""
+import base64
+import hashlib
+import json
+import os
+import sys
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+LABEL = "qkms protocol v1 test vector: "
+TS = 1795430000  # 2026-11-24T08:33:20Z
+EXPIRES = 1795433600  # one hour later
+
+
+def derive(label, n):
+    """n fixed bytes for label (n <= 32): never random, never reused."""
+    assert n <= 32
+    return hashlib.sha256((LABEL + label).encode()).digest()[:n]
+
+
+def b64u(data):
+    """RFC 4648 section 5, no padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def id_ok(s):
+    """docs/protocol.md: 1-128 printable ASCII (0x21-0x7E) except / \\ % ? #"""
+    return 1 <= len(s) <= 128 and all(0x21 <= ord(c) <= 0x7E and c not in "/\\%?#" for c in s)
+
+
+def json_id(s):
+    """An ID as a JSON string literal. IDs hold no backslash and no control
+    characters, so '"' is the only character to escape."""
+    assert id_ok(s), s
+    return '"' + s.replace('"', '\\"') + '"'
+
+
+def request_aad(op, device_id, key_index):
+    return "qkms/v1/req\n" + op + "\n" + device_id + "\n" + str(key_index)
+
+
+def response_aad(session_id, device_id, key_index, key_id, expires_at, req_nonce_b64u):
+    return ("qkms/v1/resp\n" + session_id + "\n" + device_id + "\n" + str(key_index) + "\n" +
+            key_id + "\n" + str(expires_at) + "\n" + req_nonce_b64u)
+
+
+def inner_plaintext(op, session_id, ts, peer_id=None, delivered=False):
+    s = '{"session_id":' + json_id(session_id)
+    if op == "key":
+        s += ',"peer_id":' + json_id(peer_id)
+    s += ',"ts":' + str(ts)
+    if op == "key" and delivered:
+        s += ',"delivery":"delivered"'
+    return s + "}"
+
+
+def request_body(device_id, key_index, nonce, ct):
+    return ('{"v":1,"device_id":' + json_id(device_id) + ',"key_index":' + str(key_index) +
+            ',"nonce":"' + b64u(nonce) + '","ct":"' + b64u(ct) + '"}')
+
+
+def seal(key, nonce, aad, pt):
+    assert len(key) in (16, 32)
+    return AESGCM(key).encrypt(nonce, pt, aad.encode("ascii"))
+
+
+def opens(key, nonce, aad, ct):
+    try:
+        AESGCM(key).decrypt(nonce, ct, aad.encode("ascii"))
+        return True
+    except InvalidTag:
+        return False
+
+
+def request_case(name, description, op, device_id, key_index, key_len, session_id, ts,
+                 peer_id=None, delivered=False):
+    assert id_ok(device_id) and id_ok(session_id) and 0 <= key_index <= 255
+    key = derive(name + "/device-key", key_len)
+    nonce = derive(name + "/request-nonce", 12)
+    aad = request_aad(op, device_id, key_index)
+    pt = inner_plaintext(op, session_id, ts, peer_id, delivered)
+    ct = seal(key, nonce, aad, pt.encode("ascii"))
+    body = request_body(device_id, key_index, nonce, ct)
+
+    # Self-checks against the spec's prose, independent of the code above.
+    inner = json.loads(pt)
+    want = {"session_id": session_id, "ts": ts}
+    if op == "key":
+        want["peer_id"] = peer_id
+        if delivered:
+            want["delivery"] = "delivered"
+    assert inner == want, (inner, want)
+    env = json.loads(body)
+    assert list(env) == ["v", "device_id", "key_index", "nonce", "ct"]
+    assert env["device_id"] == device_id and env["key_index"] == key_index
+    assert 16 + 1 <= len(ct) <= 16 + 2048 and len(body) <= 8192
+    assert AESGCM(key).decrypt(nonce, ct, aad.encode()) == pt.encode()
+
+    case = {
+        "name": name,
+        "description": description,
+        "op": op,
+        "device_id": device_id,
+        "key_index": key_index,
+        "device_key": key.hex(),
+        "device_key_algorithm": "AES-128" if key_len == 16 else "AES-256",
+        "session_id": session_id,
+    }
+    if op == "key":
+        case["peer_id"] = peer_id
+        case["delivered"] = delivered
+    case.update({
+        "ts": ts,
+        "request_nonce": nonce.hex(),
+        "request_nonce_b64u": b64u(nonce),
+        "request_path": "/v1/sessions/" + op,
+        "request_aad": aad,
+        "request_plaintext": pt,
+        "request_ct": b64u(ct),
+        "request_body": body,
+        "expect": "accept",
+    })
+    return case, key, nonce
+
+
+def response(case, key, req_nonce, key_bits=128, delivery="session", key_id=None,
+             expires_at=EXPIRES, resp_nonce=None, sealed_aad=None):
+    """The server's answer to case's request, sealed correctly unless
+    sealed_aad says otherwise. Returns (response dict, raw ct)."""
+    name = case["name"]
+    key_id = key_id or derive(name + "/key-id", 16).hex()
+    key_id = "-".join((key_id[:8], key_id[8:12], key_id[12:16], key_id[16:20], key_id[20:32]))
+    skey = derive(name + "/session-key", key_bits // 8)
+    if resp_nonce is None:
+        resp_nonce = derive(name + "/response-nonce", 12)
+    assert resp_nonce != req_nonce or name.endswith("nonce-reuse")
+    aad = sealed_aad or response_aad(case["session_id"], case["device_id"], case["key_index"],
+                                     key_id, expires_at, b64u(req_nonce))
+    ct = seal(key, resp_nonce, aad, skey)
+    assert len(ct) == key_bits // 8 + 16
+    body = {"v": 1, "session_id": case["session_id"], "key_id": key_id, "key_bits": key_bits,
+            "expires_at": expires_at, "delivery": delivery, "nonce": b64u(resp_nonce),
+            "ct": b64u(ct)}
+    return {"session_key": skey.hex(), "key_id": key_id, "expires_at": expires_at,
+            "key_bits": key_bits, "delivery": delivery, "nonce": resp_nonce.hex(), "aad": aad,
+            "ct": b64u(ct), "body": body}, ct
+
+
+def good_cases():
+    out = []
+
+    def key_case(name, desc, device_id, key_index, key_len, session_id, peer_id,
+                 delivered=False, key_bits=128):
+        case, key, nonce = request_case(name, desc, "key", device_id, key_index, key_len,
+                                        session_id, TS, peer_id, delivered)
+        case["response"], _ = response(case, key, nonce, key_bits=key_bits,
+                                       delivery="delivered" if delivered else "session")
+        out.append(case)
+
+    key_case("key-aes128", "key request under an AES-128 device key, index 0; 128-bit session key",
+             "VIN-0001", 0, 16, "S-1", "ENC-0001")
+    key_case("key-aes256-session256",
+             "AES-256 device key, index 1; 256-bit session key (a key_bits 256 policy)",
+             "METER-42", 1, 32, "S-2", "GW-7", key_bits=256)
+    key_case("key-quote-index255",
+             "a session ID with double quotes (escaped as \\\" in the inner JSON, raw in the AADs); "
+             "key index 255",
+             "VIN-0001", 255, 16, 'S"quoted"-3', "ENC-0001")
+    key_case("key-delivered",
+             "single-transfer mode: \"delivery\":\"delivered\" at the end of the inner request; "
+             "AES-256 device key, 128-bit session key",
+             "ENC-0001", 2, 32, "S-4", "VIN-0001", delivered=True)
+    key_case("key-quotes-everywhere-maxlen",
+             "double quotes in the device ID (escaped in the body) and peer ID; a 128-character "
+             "session ID; 256-bit session key under an AES-128 device key",
+             'dev"ice"-5', 7, 16,
+             "L" + "".join(chr(0x21 + (i * 7) % 94) for i in range(127)).replace("/", "a")
+             .replace("\\", "b").replace("%", "c").replace("?", "d").replace("#", "e"),
+             'p"eer', key_bits=256)
+
+    def end_case(name, desc, device_id, key_index, key_len, session_id):
+        case, _, _ = request_case(name, desc, "end", device_id, key_index, key_len, session_id, TS)
+        out.append(case)
+
+    end_case("end-aes128", "end request under an AES-128 device key", "VIN-0001", 0, 16, "S-1")
+    end_case("end-aes256-quote", "end request under an AES-256 device key, index 255, for a "
+             "session ID with double quotes", "ENC-0001", 255, 32, 'S"quoted"-3')
+    return out
+
+
+def reject_cases():
+    out = []
+
+    def base(name, desc, must_fail, key_len=16, key_index=0):
+        case, key, nonce = request_case(name, desc, "key", "VIN-0001", key_index, key_len,
+                                        "R-" + name, TS, "ENC-0001")
+        case["expect"] = "reject"
+        case["must_fail"] = must_fail
+        return case, key, nonce
+
+    def client_aad(case, body):
+        return response_aad(case["session_id"], case["device_id"], case["key_index"],
+                            body["key_id"], body["expires_at"], case["request_nonce_b64u"])
+
+    # aead: a flipped bit in the ciphertext.
+    case, key, nonce = base("reject-tampered-ct", "one bit of the response ct flipped", "aead")
+    resp, ct = response(case, key, nonce)
+    bad = bytes([ct[0] ^ 0x01]) + ct[1:]
+    resp["body"]["ct"] = b64u(bad)
+    assert not opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), bad)
+    case["response"] = resp
+    out.append(case)
+
+    # aead: sealed for another request (a response replayed to this one).
+    case, key, nonce = base("reject-aad-other-request-nonce",
+                            "the response AAD names another request's nonce (an old response "
+                            "replayed to this request)", "aead")
+    other = b64u(derive("reject-aad-other-request-nonce/other-request", 12))
+    key_id = derive(case["name"] + "/key-id", 16).hex()
+    key_id = "-".join((key_id[:8], key_id[8:12], key_id[12:16], key_id[16:20], key_id[20:32]))
+    resp, ct = response(case, key, nonce, key_id=key_id, sealed_aad=response_aad(
+        case["session_id"], case["device_id"], case["key_index"], key_id, EXPIRES, other))
+    assert not opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
+    case["response"] = resp
+    out.append(case)
+
+    # aead: key_id or expires_at in the body differ from what was sealed.
+    for name, field, value in (("reject-key-id-changed", "key_id",
+                                "00000000-0000-4000-8000-000000000000"),
+                               ("reject-expires-changed", "expires_at", EXPIRES + 86400)):
+        case, key, nonce = base(name, f"the body's {field} is not the one the AAD was sealed with",
+                                "aead")
+        resp, ct = response(case, key, nonce)
+        assert resp["body"][field] != value
+        resp["body"][field] = value
+        assert not opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
+        case["response"] = resp
+        out.append(case)
+
+    # key_bits: claims 256 for a 128-bit ct, and 128 for a 256-bit ct.
+    for name, sealed_bits, claimed in (("reject-key-bits-256-for-128", 128, 256),
+                                       ("reject-key-bits-128-for-256", 256, 128)):
+        case, key, nonce = base(name, f"key_bits says {claimed} but ct holds a {sealed_bits}-bit "
+                                "key (key_bits is not in the AAD: only this check catches it)",
+                                "key_bits")
+        resp, ct = response(case, key, nonce, key_bits=sealed_bits)
+        resp["body"]["key_bits"] = claimed
+        assert opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
+        case["response"] = resp
+        out.append(case)
+
+    # session_id: the body names another session; sealed for this request,
+    # so the AEAD (which uses the request's session ID) would open.
+    case, key, nonce = base("reject-other-session", "the body names another session ID",
+                            "session_id")
+    resp, ct = response(case, key, nonce)
+    resp["body"]["session_id"] = "R-some-other-session"
+    assert opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
+    case["response"] = resp
+    out.append(case)
+
+    # version
+    case, key, nonce = base("reject-version-2", "v is 2", "version")
+    resp, ct = response(case, key, nonce)
+    resp["body"]["v"] = 2
+    assert opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
+    case["response"] = resp
+    out.append(case)
+
+    # nonce_reuse: correctly sealed, but with the request's own nonce.
+    case, key, nonce = base("reject-nonce-reuse", "the response is sealed with the request's nonce "
+                            "(nonce reuse under the device key); it otherwise verifies",
+                            "nonce_reuse")
+    resp, ct = response(case, key, nonce, resp_nonce=nonce)
+    assert resp["body"]["nonce"] == case["request_nonce_b64u"]
+    assert opens(key, nonce, client_aad(case, resp["body"]), ct)
+    case["response"] = resp
+    out.append(case)
+
+    # nonce_length: a 16-byte response nonce; AES-GCM accepts it, the
+    # protocol (12 bytes) does not.
+    case, key, nonce = base("reject-nonce-16-bytes", "a 16-byte response nonce (correctly sealed "
+                            "with it: AES-GCM allows other lengths, the protocol does not)",
+                            "nonce_length")
+    n16 = derive(case["name"] + "/response-nonce-16", 16)
+    resp, ct = response(case, key, nonce, resp_nonce=n16)
+    assert opens(key, n16, client_aad(case, resp["body"]), ct)
+    case["response"] = resp
+    out.append(case)
+
+    # b64u: padding; non-zero unused trailing bits (a 32-byte ct is 43
+    # characters whose last one carries 2 unused bits).
+    case, key, nonce = base("reject-ct-padded", "ct carries '=' padding", "b64u")
+    resp, ct = response(case, key, nonce)
+    assert len(resp["body"]["ct"]) == 43
+    resp["body"]["ct"] += "="
+    case["response"] = resp
+    out.append(case)
+
+    case, key, nonce = base("reject-ct-trailing-bits", "the unused low bits of ct's last character "
+                            "are not zero (a lax decoder gets the right bytes)", "b64u")
+    resp, ct = response(case, key, nonce)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    s = resp["body"]["ct"]
+    assert len(ct) % 3 == 2 and alphabet.index(s[-1]) & 3 == 0
+    lax = s[:-1] + alphabet[alphabet.index(s[-1]) | 1]
+    assert base64.urlsafe_b64decode(lax + "=") == ct  # the same bytes for a lax decoder
+    resp["body"]["ct"] = lax
+    assert opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
+    case["response"] = resp
+    out.append(case)
+    return out
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "protocol-v1.json")
+    cases = good_cases() + reject_cases()
+    names = [c["name"] for c in cases]
+    assert len(set(names)) == len(names)
+    # No nonce is used twice under one device key, except where a case is
+    # about exactly that.
+    seen = set()
+    for c in cases:
+        uses = [c["request_nonce"]]
+        if "response" in c and c.get("must_fail") != "nonce_reuse":
+            uses.append(c["response"]["nonce"])
+        for n in uses:
+            assert (c["device_key"], n) not in seen, c["name"]
+            seen.add((c["device_key"], n))
+    text = json.dumps(cases, indent=1, ensure_ascii=True) + "\n"
+    with open(out, "w", encoding="ascii", newline="\n") as f:
+        f.write(text)
+    print(f"{out}: {len(cases)} cases")
+
+
+if __name__ == "__main__":
+    main()
