@@ -57,6 +57,15 @@ admin() { # method path [json]
     curl -sf -X "$1" -H "Authorization: Bearer $(cat "$STATE/admin.token")" \
         -H 'Content-Type: application/json' ${3:+-d "$3"} "$URL$2"
 }
+# Cumulative CPU seconds (user+system) of a process, and of all postgres processes.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
+pg_cpu() {
+    t=0
+    for p in $(pgrep -u postgres postgres); do
+        t=$(awk -v hz="$(getconf CLK_TCK)" -v t="$t" '{ print t + ($14 + $15 + $16 + $17) / hz }' "/proc/$p/stat" 2>/dev/null || echo "$t")
+    done
+    echo "$t"
+}
 field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) { split($i, a, "="); if (a[1] == k) print a[2] } }'; }
 
 # -- registering devices through the import path ----------------------------
@@ -109,7 +118,13 @@ bench_sessions() {
         i=$((i+1))
     done
     for c in 1 16 64; do
-        "$OUT/session_bench" "$QKMS_PORT" $c "$SECS" "$STATE/fill" $NPAIRS deliveries
+        k0=$(cpu_of "$PID"); p0=$(pg_cpu); b0=$(date +%s.%N)
+        "$OUT/session_bench" "$QKMS_PORT" $c "$SECS" "$STATE/fill" $NPAIRS deliveries | tee "$STATE/last"
+        k1=$(cpu_of "$PID"); p1=$(pg_cpu); b1=$(date +%s.%N)
+        # CPU per delivery: kmsd, PostgreSQL; and the machine's two cores' budget.
+        awk -v k0="$k0" -v k1="$k1" -v p0="$p0" -v p1="$p1" -v t0="$b0" -v t1="$b1" \
+            -v d="$(field deliveries < "$STATE/last")" -v c="$c" \
+            'BEGIN { if (d > 0) printf "cpu conc=%d kmsd_us_per_delivery=%.0f postgres_us_per_delivery=%.0f cores_busy_kmsd=%.2f cores_busy_postgres=%.2f\n", c, 1e6*(k1-k0)/d, 1e6*(p1-p0)/d, (k1-k0)/(t1-t0), (p1-p0)/(t1-t0) }'
     done
     for c in 1 16 64; do
         "$OUT/session_bench" "$QKMS_PORT" $c "$SECS" "$STATE/fill" $NPAIRS sessions

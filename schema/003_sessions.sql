@@ -142,15 +142,26 @@ DECLARE
     pol pairing_policies;
     created boolean := false;
     refusal text;
+    me_device_id text;
+    me_state text;
 BEGIN
-    SELECT * INTO me FROM devices WHERE id = p_device;
-    refusal := qkms_auth_refusal(me, p_key_index);
-    IF refusal IS NOT NULL THEN
-        RETURN QUERY SELECT 'unauthenticated', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, refusal, NULL::text, false;
+    -- Device, key state and the authoritative check in one statement.
+    SELECT d.device_id, d.state, CASE
+            WHEN d.state = 'revoked' THEN 'device revoked'
+            WHEN k.state IS NULL THEN 'unknown key index'
+            WHEN k.state <> 'active' THEN 'key ' || k.state
+            WHEN NOT (k.not_before <= now() AND k.not_after > now()) THEN 'key outside its validity'
+        END
+      INTO me_device_id, me_state, refusal
+      FROM devices d LEFT JOIN device_keys k ON k.device_pk = d.id AND k.key_index = p_key_index
+     WHERE d.id = p_device;
+    IF NOT FOUND OR refusal IS NOT NULL THEN
+        RETURN QUERY SELECT 'unauthenticated', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint,
+                            coalesce(refusal, 'unknown device'), NULL::text, false;
         RETURN;
     END IF;
-    IF me.state <> 'active' THEN
-        RETURN QUERY SELECT 'device_inactive', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, me.state, NULL::text, false;
+    IF me_state <> 'active' THEN
+        RETURN QUERY SELECT 'device_inactive', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, me_state, NULL::text, false;
         RETURN;
     END IF;
     SELECT * INTO s FROM sessions WHERE session_hash = p_hash FOR UPDATE;
@@ -159,6 +170,7 @@ BEGIN
             RETURN QUERY SELECT 'ended', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, NULL::text, NULL::text, false;
             RETURN;
         END IF;
+        SELECT * INTO me FROM devices WHERE id = p_device;  -- the whole row, for the policy
         SELECT * INTO peer FROM devices WHERE device_id = p_peer;
         IF NOT FOUND OR peer.id = me.id THEN
             RETURN QUERY SELECT 'unknown_peer', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, NULL::text, NULL::text, false;
@@ -200,7 +212,8 @@ BEGIN
                 peer.id, me.device_id, peer.device_id, pol.name,
                 CASE WHEN p_want_delivered OR pol.delivery = 'delivered' THEN 'delivered' ELSE 'session' END,
                 pol.idle_timeout_s, now() + make_interval(secs => pol.max_lifetime_s))
-        ON CONFLICT (session_hash) DO NOTHING;
+        ON CONFLICT (session_hash) DO NOTHING
+        RETURNING * INTO s;
         IF FOUND THEN
             created := true;
             INSERT INTO audit_log (actor, event, device_id, detail)
@@ -209,9 +222,10 @@ BEGIN
                                        'initiator', me.device_id, 'responder', peer.device_id,
                                        'policy', pol.name, 'key_bits', c_bits,
                                        'provenance', c_provenance));
+        ELSE
+            SELECT * INTO s FROM sessions WHERE session_hash = p_hash FOR UPDATE;
         END IF;
-        SELECT * INTO s FROM sessions WHERE session_hash = p_hash FOR UPDATE;
-        IF NOT FOUND THEN
+        IF s.id IS NULL THEN
             -- The winner already finished and destroyed it (delivered mode).
             RETURN QUERY SELECT 'ended', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, NULL::text, NULL::text, false;
             RETURN;
@@ -220,7 +234,7 @@ BEGIN
 
     IF p_device <> s.initiator AND p_device <> s.responder THEN
         INSERT INTO audit_log (actor, event, device_id, detail)
-        VALUES (me.device_id, 'session.refused', me.device_id,
+        VALUES (me_device_id, 'session.refused', me_device_id,
                 jsonb_build_object('reason', 'not_a_party', 'session_hash', encode(p_hash, 'hex'),
                                    'initiator', s.initiator_id, 'responder', s.responder_id));
         RETURN QUERY SELECT 'not_a_party', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, NULL::text, NULL::text, false;
@@ -229,7 +243,7 @@ BEGIN
     IF (p_device = s.initiator AND p_peer <> s.responder_id)
        OR (p_device = s.responder AND p_peer <> s.initiator_id) THEN
         INSERT INTO audit_log (actor, event, device_id, detail)
-        VALUES (me.device_id, 'session.refused', me.device_id,
+        VALUES (me_device_id, 'session.refused', me_device_id,
                 jsonb_build_object('reason', 'peer_mismatch', 'session_hash', encode(p_hash, 'hex'),
                                    'named_peer', p_peer));
         RETURN QUERY SELECT 'peer_mismatch', NULL::uuid, NULL::int, NULL::bytea, NULL::bigint, NULL::text, NULL::text, false;
