@@ -48,7 +48,7 @@ int maintenance_run_once(maintenance *m)
     char days[16];
     const char *vals[1] = {days};
     uint64_t retired = 0;
-    int64_t expiring = -1, counts[3] = {0, 0, 0};
+    int64_t expiring = -1, counts[3] = {0, 0, 0}, open_sessions = 0;
     db_status st;
     db_conn *c;
     PGresult *r;
@@ -88,6 +88,11 @@ int maintenance_run_once(maintenance *m)
             counts[idx] = atoll(PQgetvalue(r, i, 1));
         }
         PQclear(r);
+        r = db_exec(c, Q_SESSIONS_OPEN_COUNT, 0, NULL, NULL, NULL, &st);
+    }
+    if (r) {
+        open_sessions = atoll(PQgetvalue(r, 0, 0));
+        PQclear(r);
         rc = 0;
     }
     db_release(k->db, c);
@@ -100,6 +105,7 @@ out:
         m->stats.devices_active = counts[0];
         m->stats.devices_suspended = counts[1];
         m->stats.devices_revoked = counts[2];
+        m->stats.sessions_open = open_sessions;
     } else {
         m->stats.failures++;
     }

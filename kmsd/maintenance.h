@@ -18,6 +18,7 @@ typedef struct maintenance maintenance;
 typedef struct {
     int64_t keys_expiring;    /* live keys expiring within the warning window */
     int64_t devices_active, devices_suspended, devices_revoked;
+    int64_t sessions_open;    /* live sessions (pending or active) */
     uint64_t keys_retired;    /* total retired by this process */
     uint64_t passes, failures;
 } maintenance_stats;

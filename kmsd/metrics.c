@@ -209,11 +209,14 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
                 "# TYPE qkms_device_keys_expiring gauge\nqkms_device_keys_expiring %lld\n"
                 "# HELP qkms_device_keys_retired_total Device keys retired after a rotation's grace.\n"
                 "# TYPE qkms_device_keys_retired_total counter\nqkms_device_keys_retired_total %llu\n"
+                "# HELP qkms_sessions_open Live sessions (last maintenance pass).\n"
+                "# TYPE qkms_sessions_open gauge\nqkms_sessions_open %lld\n"
                 "# HELP qkms_maintenance_failures_total Maintenance passes that failed.\n"
                 "# TYPE qkms_maintenance_failures_total counter\nqkms_maintenance_failures_total %llu\n",
                 (long long)ms.devices_active, (long long)ms.devices_suspended,
                 (long long)ms.devices_revoked, (long long)ms.keys_expiring,
-                (unsigned long long)ms.keys_retired, (unsigned long long)ms.failures);
+                (unsigned long long)ms.keys_retired, (long long)ms.sessions_open,
+                (unsigned long long)ms.failures);
     }
     fclose(f);
     return buf;

@@ -8,6 +8,8 @@ import subprocess
 import time
 import uuid
 
+import re
+
 import pytest
 import requests
 
@@ -429,7 +431,33 @@ def test_session_metrics_and_admin_list(ss, pair):
     assert r.json()["sessions"] == []
     assert ss.admin("GET", "/v1/admin/sessions?state=bogus").status_code == 400
     m = requests.get(ss.url + "/metrics").text
+    assert re.search(r"^qkms_sessions_open \d+", m, re.M)
     for name in ("qkms_sessions_created_total", "qkms_session_deliveries_total",
                  'qkms_session_refusals_total{reason="unauthenticated"}',
                  'qkms_sessions_ended_total{reason="expired"}'):
         assert name in m, name
+
+
+def test_tombstones_purged_after_retention(ss, pair):
+    veh, enc = pair
+    sid = uid()
+    get_key(ss, veh, sid, enc)
+    assert post(ss, veh.end_request(sid)).status_code == 200
+    # Age the tombstone past the retention (90 days by default); the reaper
+    # purges it, and only then could the ID be used again.
+    ss.psql(f"UPDATE session_tombstones SET ended_at = now() - interval '91 days' "
+            f"WHERE session_hash = sha256('{sid}'::bytea)")
+    deadline = time.time() + 10
+    while time.time() < deadline and ss.psql(
+            f"SELECT count(*) FROM session_tombstones WHERE session_hash = sha256('{sid}'::bytea)").strip() != "0":
+        time.sleep(0.3)
+    assert ss.psql(f"SELECT count(*) FROM session_tombstones WHERE session_hash = "
+                   f"sha256('{sid}'::bytea)").strip() == "0"
+    # Old request nonces are forgotten too (kept ~2x the clock window).
+    ss.psql("INSERT INTO request_nonces (device_pk, nonce, seen_at) SELECT id, 'old-nonce', "
+            "now() - interval '1 hour' FROM devices LIMIT 1")
+    deadline = time.time() + 10
+    while time.time() < deadline and ss.psql(
+            "SELECT count(*) FROM request_nonces WHERE nonce = 'old-nonce'").strip() != "0":
+        time.sleep(0.3)
+    assert ss.psql("SELECT count(*) FROM request_nonces WHERE nonce = 'old-nonce'").strip() == "0"
