@@ -30,7 +30,7 @@ CFLAGS   += -std=c17 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -fstack-pro
             $(PKG_CFLAGS) -MMD -MP
 LDFLAGS  += -pie -Wl,-z,relro,-z,now $(SANFLAGS)
 
-KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd jansson libpq libcrypto) -lpthread -ldl
+KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd jansson libpq libcrypto libcurl) -lpthread -ldl -lm
 CLI_LIBS  := $(shell pkg-config --libs libcurl jansson libcrypto)
 
 include device/device.mk

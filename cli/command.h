@@ -45,5 +45,6 @@ extern const struct command cmd_device_type;
 extern const struct command cmd_fill;
 extern const struct command cmd_session;
 extern const struct command cmd_policy;
+extern const struct command cmd_entropy;
 
 #endif

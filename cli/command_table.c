@@ -9,5 +9,6 @@ const struct command *const kmsctl_commands[] = {
     &cmd_fill,
     &cmd_session,
     &cmd_policy,
+    &cmd_entropy,
     NULL,
 };

@@ -67,8 +67,67 @@ const config_option config_options[] = {
      "Create master key version 1 in the token when the database has none yet. Set false when "
      "the key is provisioned by an HSM ceremony."},
     {"entropy_sources", OPT_STR, OFF(entropy_sources), "pkcs11,os", 0, 0, NULL, false, false,
-     "Comma-separated entropy sources in order of preference: `pkcs11` (the token's "
-     "C_GenerateRandom), `os` (getrandom)."},
+     "Entropy sources, comma-separated: the first is the primary (normally the quantum RNG), "
+     "the others are fallbacks in order. Kinds: `http` (a QRNG appliance or service), `device` "
+     "(a character device or FIFO, e.g. /dev/qrandom0), `exec` (a program writing random bytes "
+     "to stdout), `pkcs11` (the token's C_GenerateRandom), `os` (getrandom). See docs/entropy.md."},
+    {"entropy_policy", OPT_STR, OFF(entropy_policy), "fallback", 0, 0, "require|fallback", false,
+     false,
+     "When the primary source is down or quarantined: `require` fails key generation (503, "
+     "/readyz names entropy); `fallback` goes on from the fallback sources, alerting in the log "
+     "and metrics and recording the provenance."},
+    {"entropy_mode", OPT_STR, OFF(entropy_mode), "drbg", 0, 0, "drbg|direct", false, false,
+     "`drbg`: keys come from an AES-256 CTR-DRBG (SP 800-90A) seeded and reseeded with "
+     "health-tested primary output; `direct`: keys are conditioned primary output only "
+     "(SHA-256 over more input entropy than output), so throughput follows the feed."},
+    {"entropy_min_entropy", OPT_DOUBLE, OFF(entropy_min_entropy), "7", 1, 8, NULL, false, false,
+     "Claimed min-entropy per byte of a source's raw output (H); sets the health-test cutoffs "
+     "and how much raw input direct mode conditions per output byte."},
+    {"entropy_health_alpha_log2", OPT_INT, OFF(entropy_health_alpha_log2), "30", 20, 40, NULL,
+     false, false, "Health-test false-positive probability is 2^-N per test (SP 800-90B 4.4)."},
+    {"entropy_reseed_bytes", OPT_INT, OFF(entropy_reseed_bytes), "1048576", 1024, 1073741824,
+     NULL, false, false, "DRBG output bytes between reseeds from the primary source."},
+    {"entropy_reseed_interval", OPT_INT, OFF(entropy_reseed_interval), "60", 1, 86400, NULL,
+     false, false, "Seconds between DRBG reseeds from the primary source."},
+    {"entropy_prediction_resistance", OPT_BOOL, OFF(entropy_prediction_resistance), "false", 0,
+     0, NULL, false, false, "Reseed the DRBG with fresh primary entropy before every request."},
+    {"entropy_pool_low", OPT_INT, OFF(entropy_pool_low), "4096", 64, 16777216, NULL, false,
+     false, "The refill thread tops the pool of health-tested primary bytes up when it falls "
+     "below this many bytes..."},
+    {"entropy_pool_high", OPT_INT, OFF(entropy_pool_high), "65536", 128, 16777216, NULL, false,
+     false, "...to this many bytes (kept in locked memory)."},
+    {"entropy_wait_ms", OPT_INT, OFF(entropy_wait_ms), "200", 0, 60000, NULL, false, false,
+     "How long a request may wait for the pool when it is empty before the policy applies."},
+    {"entropy_probe_interval", OPT_INT, OFF(entropy_probe_interval), "10", 1, 3600, NULL, false,
+     false, "Seconds between reads of the primary even while the pool is full, so its health "
+     "is always current."},
+    {"entropy_failure_limit", OPT_INT, OFF(entropy_failure_limit), "10", 1, 100000, NULL, false,
+     false, "Consecutive failures after which a quarantined source is disabled until "
+     "re-enabled (`kmsctl entropy enable`)."},
+    {"entropy_retry_max", OPT_INT, OFF(entropy_retry_max), "30", 1, 3600, NULL, false, false,
+     "Longest back-off, in seconds, between retries of a quarantined source."},
+    {"entropy_http_url", OPT_STR, OFF(entropy_http_url), NULL, 0, 0, NULL, false, false,
+     "`http` source: URL returning random bytes; `{bytes}` in it is replaced by the count asked "
+     "for."},
+    {"entropy_http_method", OPT_STR, OFF(entropy_http_method), "GET", 0, 0, "GET|POST", false,
+     false, "`http` source: request method (POST sends {\"bytes\": N})."},
+    {"entropy_http_format", OPT_STR, OFF(entropy_http_format), "raw", 0, 0, "raw|hex|base64",
+     false, false, "`http` source: body encoding (or of the JSON string at the JSON path)."},
+    {"entropy_http_json_path", OPT_STR, OFF(entropy_http_json_path), NULL, 0, 0, NULL, false,
+     false, "`http` source: dotted path of the data in a JSON body, e.g. `result.random.data`."},
+    {"entropy_http_timeout_ms", OPT_INT, OFF(entropy_http_timeout_ms), "2000", 10, 120000, NULL,
+     false, false, "`http` source: whole-request timeout."},
+    {"entropy_http_request_bytes", OPT_INT, OFF(entropy_http_request_bytes), "4096", 64, 1048576,
+     NULL, false, false, "`http` source: bytes asked for per request."},
+    {"entropy_http_bearer_file", OPT_STR, OFF(entropy_http_bearer_file), NULL, 0, 0, NULL, false,
+     false, "`http` source: file holding a bearer token for the QRNG service."},
+    {"entropy_http_cacert", OPT_STR, OFF(entropy_http_cacert), NULL, 0, 0, NULL, false, false,
+     "`http` source: CA bundle for https (TLS is always verified)."},
+    {"entropy_device_path", OPT_STR, OFF(entropy_device_path), NULL, 0, 0, NULL, false, false,
+     "`device` source: path of the character device or FIFO."},
+    {"entropy_exec_command", OPT_STR, OFF(entropy_exec_command), NULL, 0, 0, NULL, false, false,
+     "`exec` source: program and arguments (space-separated, no shell) writing random bytes to "
+     "stdout; restarted with back-off when it exits."},
     {"device_default_keys", OPT_INT, OFF(device_default_keys), "4", 1, 16, NULL, false, false,
      "Device keys generated at registration when the request does not say."},
     {"device_key_validity_days", OPT_INT, OFF(device_key_validity_days), "365", 1, 3650, NULL,
@@ -141,6 +200,18 @@ static int set_opt(kms_config *c, const config_option *o, const char *v, char *w
             return -1;
         }
         *(int *)field = (int)n;
+        return 0;
+    }
+    case OPT_DOUBLE: {
+        char *end;
+        double d;
+        errno = 0;
+        d = strtod(v, &end);
+        if (errno || end == v || *end || d < (double)o->min || d > (double)o->max) {
+            fmt(why, wl, "expected a number from %ld to %ld", o->min, o->max);
+            return -1;
+        }
+        *(double *)field = d;
         return 0;
     }
     case OPT_BOOL:
@@ -370,6 +441,10 @@ int config_finish(kms_config *c, char *err, size_t el)
                      "listen_addr must not be empty");
         return -1;
     }
+    if (c->entropy_pool_low >= c->entropy_pool_high) {
+        fmt(err, el, "entropy_pool_low must be below entropy_pool_high");
+        return -1;
+    }
     if (!!c->tls_cert_file != !!c->tls_key_file) {
         fmt(err, el, "tls_cert_file and tls_key_file go together");
         return -1;
@@ -413,6 +488,8 @@ void config_hash(const kms_config *c, char out[65])
             continue;
         if (o->type == OPT_INT)
             snprintf(val, sizeof(val), "%d", *(const int *)field);
+        else if (o->type == OPT_DOUBLE)
+            snprintf(val, sizeof(val), "%g", *(const double *)field);
         else if (o->type == OPT_BOOL)
             v = *(const bool *)field ? "true" : "false";
         else
@@ -439,7 +516,7 @@ void config_print_doc(FILE *f)
     for (size_t i = 0; i < config_options_count; i++) {
         const config_option *o = &config_options[i];
         char range[64] = "";
-        if (o->type == OPT_INT)
+        if (o->type == OPT_INT || o->type == OPT_DOUBLE)
             snprintf(range, sizeof(range), "%ld–%ld", o->min, o->max);
         else if (o->choices)
             snprintf(range, sizeof(range), "%s", o->choices);
@@ -447,7 +524,8 @@ void config_print_doc(FILE *f)
             if (*s == '|')
                 *s = '/';
         fprintf(f, "| `%s` | %s | %s | %s | %s | %s |\n", o->name,
-                o->type == OPT_INT ? "integer" : o->type == OPT_BOOL ? "boolean" : "string",
+                o->type == OPT_INT ? "integer" : o->type == OPT_BOOL ? "boolean"
+                : o->type == OPT_DOUBLE ? "number" : "string",
                 o->def ? o->def : "(unset)", range, o->reloadable ? "SIGHUP" : "restart", o->doc);
     }
 }

@@ -50,6 +50,29 @@ typedef struct kms_config {
     bool master_key_create;
     /* entropy */
     char *entropy_sources;
+    char *entropy_policy;
+    char *entropy_mode;
+    double entropy_min_entropy;
+    int entropy_health_alpha_log2;
+    int entropy_reseed_bytes;
+    int entropy_reseed_interval;
+    bool entropy_prediction_resistance;
+    int entropy_pool_low;
+    int entropy_pool_high;
+    int entropy_wait_ms;
+    int entropy_probe_interval;
+    int entropy_failure_limit;
+    int entropy_retry_max;
+    char *entropy_http_url;
+    char *entropy_http_method;
+    char *entropy_http_format;
+    char *entropy_http_json_path;
+    int entropy_http_timeout_ms;
+    int entropy_http_request_bytes;
+    char *entropy_http_bearer_file;
+    char *entropy_http_cacert;
+    char *entropy_device_path;
+    char *entropy_exec_command;
     /* devices */
     int device_default_keys;
     int device_key_validity_days;
@@ -68,7 +91,7 @@ typedef struct kms_config {
     char *log_level;
 } kms_config;
 
-typedef enum { OPT_STR, OPT_INT, OPT_BOOL } opt_type;
+typedef enum { OPT_STR, OPT_INT, OPT_BOOL, OPT_DOUBLE } opt_type;
 
 typedef struct {
     const char *name;

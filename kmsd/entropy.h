@@ -2,56 +2,61 @@
  * entropy — the one place key material's randomness comes from.
  *
  * Contract:
- *  - Sources sit behind one interface (read, health, describe, close) and are
- *    tried in the configured order ("pkcs11,os"); the first source that
- *    delivers healthy output serves the request and is reported as the
- *    provenance. No caller reads a source directly, so new sources (the
- *    quantum RNG feed) plug in here without touching callers.
- *  - Output that fails the source's sanity check is discarded, never used.
- *  - entropy_get() fails (-1) only when every source fails; callers answer
- *    503 then. Thread-safe.
+ *  - Sources (entropy_source.h) are configured in order: the first is the
+ *    primary (normally the quantum RNG), the rest are fallbacks. Every byte
+ *    any source produces passes the SP 800-90B continuous health tests
+ *    (repetition count, adaptive proportion; sp800_90b.h) before use, and a
+ *    source (re)starting passes the start-up test over >= 1024 samples. Data
+ *    that failed a test is discarded, never used; the source is quarantined,
+ *    retried with back-off, and disabled after entropy_failure_limit
+ *    consecutive failures (until entropy_enable()).
+ *  - A background thread keeps a pool of tested primary output in locked
+ *    memory between entropy_pool_low and entropy_pool_high, so a request
+ *    never waits on the network while the pool holds data.
+ *  - entropy_get() serves, per entropy_mode, either an AES-256 CTR-DRBG
+ *    (OpenSSL EVP_RAND) reseeded with primary output every
+ *    entropy_reseed_bytes / entropy_reseed_interval (or before every call
+ *    with prediction resistance), or conditioned primary output directly
+ *    (SHA-256 over ceil((256+64)/H) raw bytes per 32 output bytes).
+ *  - When the primary is not usable: entropy_policy=require fails (-1:
+ *    callers answer 503); fallback serves from the first healthy fallback and
+ *    says so in the provenance, the log and the metrics.
+ *  - *provenance names where the bytes came from, e.g. "http+ctr-drbg",
+ *    "http (direct)", "os (fallback)"; it points to storage owned by the
+ *    entropy object. Thread-safe.
  */
 #ifndef QKMS_ENTROPY_H
 #define QKMS_ENTROPY_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
+#include <jansson.h>
+
+#include "config.h"
 #include "p11.h"
-
-#define ENTROPY_MAX_SOURCES 8
-
-typedef struct entropy_source entropy_source;
-
-typedef struct {
-    const char *kind;
-    /* Fill buf completely; 0 on success, -1 with a reason in err. */
-    int (*read)(entropy_source *s, uint8_t *buf, size_t len, char *err, size_t errlen);
-    void (*close)(entropy_source *s);
-} entropy_source_ops;
 
 typedef struct entropy entropy;
 
-typedef struct {
-    const char *name;
-    const char *state; /* "ok" or "failing" */
-    uint64_t bytes, failures;
-    char last_error[128];
-} entropy_source_status;
-
-/* spec: comma-separated source kinds. token may be NULL if "pkcs11" unused. */
-int entropy_open(entropy **out, const char *spec, p11_token *token, char *err, size_t errlen);
+int entropy_open(entropy **out, const kms_config *cfg, p11_token *token, char *err,
+                 size_t errlen);
 void entropy_close(entropy *e);
 
-/* Fill buf with len random bytes; *source (optional) names the source used. */
-int entropy_get(entropy *e, uint8_t *buf, size_t len, const char **source);
+int entropy_get(entropy *e, uint8_t *buf, size_t len, const char **provenance);
 
-int entropy_source_count(const entropy *e);
-void entropy_source_status_get(entropy *e, int i, entropy_source_status *st);
+/* Whether entropy_get would succeed now under the policy (for /readyz);
+ * why says what is missing. Consumes no entropy. */
+int entropy_ready(entropy *e, char *why, size_t whylen);
 
-/* Sanity check applied to every block read: a run of identical bytes as
- * long as the whole block (>= 16 bytes) marks a stuck source. Pure; exposed
- * for unit tests. Full SP 800-90B health tests replace this later. */
+/* Re-enable a disabled source by name; 0, or -1 when there is none. */
+int entropy_enable(entropy *e, const char *name);
+
+/* {"policy","mode","pool":{...},"drbg":{...},"sources":[...]} */
+json_t *entropy_status(entropy *e);
+void entropy_metrics_render(entropy *e, FILE *f);
+
+/* Sanity check kept for callers' unit tests: a block of one repeated byte. */
 int entropy_block_looks_stuck(const uint8_t *buf, size_t len);
 
 #endif

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "metrics.h"
 #include "routes.h"
 
@@ -20,9 +21,8 @@ void h_readyz(http_request *rq, http_response *rs)
     CK_RV rv = p11_ping(k->token);
     if (rv == CKR_OK)
         rv = keywrap_check(k->kw); /* the master key itself still answers */
-    uint8_t probe[32];
-    const char *src = NULL;
-    int ent = entropy_get(k->ent, probe, sizeof(probe), &src);
+    char why[256] = "";
+    int ent = entropy_ready(k->ent, why, sizeof(why));
 
     json_object_set_new(checks, "database", json_string(ds == DB_OK ? "ok" : db_status_name(ds)));
     if (ds != DB_OK)
@@ -30,7 +30,7 @@ void h_readyz(http_request *rq, http_response *rs)
     json_object_set_new(checks, "token", json_string(rv == CKR_OK ? "ok" : p11_rv_name(rv)));
     if (rv != CKR_OK)
         json_array_append_new(down, json_string("token"));
-    json_object_set_new(checks, "entropy", json_string(ent == 0 ? "ok" : "unavailable"));
+    json_object_set_new(checks, "entropy", json_string(ent == 0 ? "ok" : why));
     if (ent != 0)
         json_array_append_new(down, json_string("entropy"));
 
@@ -62,4 +62,20 @@ void h_metrics(http_request *rq, http_response *rs)
         return;
     }
     http_text(rs, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+}
+
+void h_admin_entropy(http_request *rq, http_response *rs)
+{
+    http_json(rs, 200, entropy_status(rq->kms->ent));
+}
+
+void h_admin_entropy_enable(http_request *rq, http_response *rs)
+{
+    const char *name = rq->params[0];
+    if (entropy_enable(rq->kms->ent, name) != 0) {
+        http_error(rs, 404, "not_found", "no entropy source named '%.32s'", name);
+        return;
+    }
+    log_emit(LOG_INFO, "entropy source re-enabled", "{s:s,s:s}", "source", name, "by", rq->who.name);
+    http_json(rs, 200, entropy_status(rq->kms->ent));
 }

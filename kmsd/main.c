@@ -207,7 +207,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "kmsd: %s\n", err);
         goto out;
     }
-    if (entropy_open(&k.ent, k.cfg.entropy_sources, k.token, err, sizeof(err)) != 0) {
+    if (entropy_open(&k.ent, &k.cfg, k.token, err, sizeof(err)) != 0) {
         log_emit(LOG_ERROR, "entropy configuration error", "{s:s}", "error", err);
         goto out;
     }

@@ -171,22 +171,7 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
             (unsigned long long)ps.errors, (unsigned long long)ps.reopened_sessions,
             (unsigned long long)ps.relogins, (unsigned long long)ps.reinits);
 
-    fprintf(f, "# HELP qkms_entropy_bytes_total Bytes served per entropy source.\n"
-               "# TYPE qkms_entropy_bytes_total counter\n");
-    for (int i = 0; i < entropy_source_count(kms->ent); i++) {
-        entropy_source_status st;
-        entropy_source_status_get(kms->ent, i, &st);
-        fprintf(f, "qkms_entropy_bytes_total{source=\"%s\"} %llu\n", st.name,
-                (unsigned long long)st.bytes);
-    }
-    fprintf(f, "# HELP qkms_entropy_failures_total Failed reads per entropy source.\n"
-               "# TYPE qkms_entropy_failures_total counter\n");
-    for (int i = 0; i < entropy_source_count(kms->ent); i++) {
-        entropy_source_status st;
-        entropy_source_status_get(kms->ent, i, &st);
-        fprintf(f, "qkms_entropy_failures_total{source=\"%s\"} %llu\n", st.name,
-                (unsigned long long)st.failures);
-    }
+    entropy_metrics_render(kms->ent, f);
     if (kms->smetrics)
         session_metrics_render(kms->smetrics, f);
     if (kms->keys) {

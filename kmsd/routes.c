@@ -32,7 +32,9 @@
     X("POST", "/v1/admin/sessions/{id}/end", "admin_session_end", OPS, h_admin_session_end) \
     X("GET", "/v1/admin/policies", "admin_policies_list", ROLE_ANY, h_policies_list) \
     X("POST", "/v1/admin/policies", "admin_policies_add", OPS, h_policies_add)        \
-    X("DELETE", "/v1/admin/policies/{name}", "admin_policies_remove", OPS, h_policies_remove)
+    X("DELETE", "/v1/admin/policies/{name}", "admin_policies_remove", OPS, h_policies_remove) \
+    X("GET", "/v1/admin/entropy", "admin_entropy", ROLE_ANY, h_admin_entropy)         \
+    X("POST", "/v1/admin/entropy/sources/{name}/enable", "admin_entropy_enable", ROLE_ADMIN, h_admin_entropy_enable)
 
 #define ROW(m, p, n, r, f, ...) {.method = m, .pattern = p, .name = n, .roles = r, .fn = f, __VA_ARGS__},
 #define NAME(m, p, n, r, f, ...) n,

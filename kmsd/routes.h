@@ -16,6 +16,8 @@ extern const char *const route_names[];
 void h_healthz(http_request *rq, http_response *rs);
 void h_readyz(http_request *rq, http_response *rs);
 void h_metrics(http_request *rq, http_response *rs);
+void h_admin_entropy(http_request *rq, http_response *rs);
+void h_admin_entropy_enable(http_request *rq, http_response *rs);
 /* admin_status.c */
 void h_admin_status(http_request *rq, http_response *rs);
 /* admin_tokens.c */

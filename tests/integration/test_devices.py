@@ -61,7 +61,7 @@ def test_register_defaults(dev):
     assert [k["index"] for k in d["keys"]] == [0, 1, 2, 3]
     for k in d["keys"]:
         assert k["algorithm"] == "AES-128" and k["state"] == "active" and not k["expired"]
-        assert k["master_version"] == 1 and k["provenance"] in ("pkcs11", "os")
+        assert k["master_version"] == 1 and k["provenance"] in ("pkcs11+ctr-drbg", "os (fallback)")
         assert k["not_after"][:4] == str(int(k["not_before"][:4]) + 1)  # one year (seed 004)
     # Stored wrapped, with the master version, one indexed row per key.
     rows = dev.psql(f"SELECT key_index, length(wrapped), master_version FROM device_keys k "

@@ -287,7 +287,7 @@ def test_register_json(stack):
     for k in d["keys"]:
         assert k["algorithm"] == "AES-128" and k["state"] == "active" and k["expired"] is False
         assert ts(k["not_after"]) - ts(k["not_before"]) == datetime.timedelta(days=7)
-        assert k["master_version"] == 1 and k["provenance"] in ("pkcs11", "os")
+        assert k["master_version"] == 1 and k["provenance"] in ("pkcs11+ctr-drbg", "os (fallback)")
         assert k["export_count"] == 0 and k["exported_at"] is None and k["retire_at"] is None
         assert "key" not in k and "wrapped" not in k
     # Defaults: 4 AES-128 keys valid for a year.

@@ -8,7 +8,7 @@ import threading
 import pytest
 import requests
 
-from conftest import KMSD, SOFTHSM, Stack
+from conftest import KMSD, SOFTHSM, Stack, free_port
 
 
 def pkcs11_tool(st, *args):
@@ -92,7 +92,7 @@ def test_refuses_a_different_key_under_the_same_label(fresh_stack):
 def test_two_kmsd_starting_together_agree(fresh_stack):
     """Migrations and master key creation run under advisory locks."""
     st = fresh_stack
-    second_port = st.port + 1 if st.port < 65000 else st.port - 1
+    second_port = free_port()
     procs = []
     logs = []
 
