@@ -5,7 +5,7 @@
 #   BENCH_SECONDS   seconds per run (default 5)
 #   BENCH_DEVICES   devices for the import benchmark (default 10000)
 #   BENCH_THREADING=both   also measure MHD's pool threading model
-#   BENCH_PARTS     which parts: "import http sessions" (default all)
+#   BENCH_PARTS     which parts: "import http sessions entropy" (default all)
 # The last line reads: deliveries_per_s=N p99_ms=X pg_floor_tps=F ratio=R
 # (the best concurrency of the "deliveries" runs: two key requests per
 # session; the "sessions" runs add the end request).
@@ -15,7 +15,7 @@ KMSD=${QKMS_KMSD:-$ROOT/build/release/bin/kmsd}
 KMSCTL=${QKMS_KMSCTL:-$ROOT/build/release/bin/kmsctl}
 SECS=${BENCH_SECONDS:-5}
 BENCH_DEVICES=${BENCH_DEVICES:-10000}
-PARTS=${BENCH_PARTS:-import http sessions}
+PARTS=${BENCH_PARTS:-import http entropy sessions}
 OUT=$ROOT/build/bench
 REL=$ROOT/build/release
 mkdir -p "$OUT"
@@ -26,6 +26,8 @@ cc $CFLAGS "$ROOT/bench/unwrap_bench.c" "$REL/libqkms-p11.a" -lcrypto -ldl -o "$
 cc $CFLAGS "$ROOT/bench/session_bench.c" "$ROOT/bench/httpc.c" "$REL/libqkms-device.a" \
     -ljansson -lcurl -lcrypto -o "$OUT/session_bench"
 cc $CFLAGS "$ROOT/bench/pgfloor.c" "$ROOT/bench/httpc.c" $(pkg-config --libs libpq) -o "$OUT/pgfloor"
+cc $CFLAGS -I"$ROOT/kmsd" -I"$ROOT/common" "$ROOT/bench/entropy_bench.c" "$REL/libkmsd.a" "$REL/libqkms-p11.a" \
+    $(pkg-config --libs jansson libcurl libcrypto libpq libmicrohttpd) -ldl -lm -o "$OUT/entropy_bench"
 
 STATE=$(mktemp -d /tmp/qkms-bench-XXXXXX)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -84,6 +86,25 @@ bench_import() {
     stop_kmsd
     "$OUT/unwrap_bench" /usr/lib/softhsm/libsofthsm2.so qkms "$STATE/secrets/token.pin" 1 "$SECS"
     "$OUT/unwrap_bench" /usr/lib/softhsm/libsofthsm2.so qkms "$STATE/secrets/token.pin" 4 "$SECS"
+}
+
+# -- entropy: key generation per source and mode -----------------------------
+bench_entropy() {
+    sim_out="$STATE/qrng-sim.out"
+    python3 "$ROOT/tools/qrng-sim.py" --port 0 --admin-port 0 > "$sim_out" 2>/dev/null &
+    sim=$!
+    for _ in $(seq 1 50); do [ "$(wc -l < "$sim_out")" -ge 2 ] && break; sleep 0.1; done
+    sport=$(head -1 "$sim_out" | sed 's/.*://')
+    p11="pkcs11_module=/usr/lib/softhsm/libsofthsm2.so pkcs11_token_label=qkms pkcs11_pin=$(cat "$STATE/secrets/token.pin")"
+    http="entropy_http_url=http://127.0.0.1:$sport/random?bytes={bytes} entropy_http_request_bytes=65536"
+    for mode in drbg direct; do
+        "$OUT/entropy_bench" os $mode "$SECS"
+        # shellcheck disable=SC2086
+        "$OUT/entropy_bench" pkcs11 $mode "$SECS" $p11
+        # shellcheck disable=SC2086
+        "$OUT/entropy_bench" http $mode "$SECS" $http
+    done
+    kill "$sim" 2>/dev/null; wait "$sim" 2>/dev/null || true
 }
 
 # -- plain HTTP routes: the empty-handler floor ------------------------------
@@ -146,6 +167,7 @@ for part in $PARTS; do
     http)
         run_model connection | tee "$OUT/http.txt"
         if [ "${BENCH_THREADING:-}" = both ]; then run_model pool | tee -a "$OUT/http.txt"; fi ;;
+    entropy) bench_entropy | tee "$OUT/entropy.txt" ;;
     sessions) bench_sessions | tee "$OUT/sessions.txt" ;;
     esac
 done

@@ -82,7 +82,7 @@ void auth_token_hash(const char *tok, uint8_t out[32])
 int auth_token_new(entropy *e, char out[AUTH_TOKEN_LEN + 1])
 {
     uint8_t raw[32];
-    if (entropy_get(e, raw, sizeof(raw), NULL) != 0)
+    if (entropy_get_secret(e, raw, sizeof(raw)) != 0)
         return -1;
     memcpy(out, AUTH_TOKEN_PREFIX, 5);
     hex_encode(raw, sizeof(raw), out + 5);

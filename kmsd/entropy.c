@@ -429,6 +429,14 @@ int entropy_get(entropy *e, uint8_t *buf, size_t len, const char **provenance)
     return rc;
 }
 
+int entropy_get_secret(entropy *e, uint8_t *buf, size_t len)
+{
+    const char *prov;
+    if (entropy_get(e, buf, len, &prov) == 0)
+        return 0;
+    return fallback_read(e, buf, len, &prov);
+}
+
 int entropy_ready(entropy *e, char *why, size_t wl)
 {
     int ok = 0;

@@ -45,6 +45,11 @@ void entropy_close(entropy *e);
 
 int entropy_get(entropy *e, uint8_t *buf, size_t len, const char **provenance);
 
+/* For secrets that are not key material (admin API tokens): as
+ * entropy_get, but when the policy refuses (require with the primary down)
+ * any healthy fallback serves, so operators can still get in to fix it. */
+int entropy_get_secret(entropy *e, uint8_t *buf, size_t len);
+
 /* Whether entropy_get would succeed now under the policy (for /readyz);
  * why says what is missing. Consumes no entropy. */
 int entropy_ready(entropy *e, char *why, size_t whylen);

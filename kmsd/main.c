@@ -194,6 +194,18 @@ int main(int argc, char **argv)
         p11_opts po = {k.cfg.pkcs11_module, k.cfg.pkcs11_token_label, k.cfg.pkcs11_pin,
                        strlen(k.cfg.pkcs11_pin), k.cfg.pkcs11_sessions};
         CK_RV rv = p11_open(&k.token, &po, err, sizeof(err));
+        /* A token may be briefly unreadable while another process writes
+         * it (SoftHSM's file store), or still coming up (a network HSM):
+         * retry for a while before giving up. Wrong PINs are not retried. */
+        for (int i = 0; i < 20 && rv != CKR_OK && p11_rv_kind(rv) != P11_KIND_AUTH &&
+                        p11_rv_kind(rv) != P11_KIND_CONFIG;
+             i++) {
+            struct timespec ts = {0, 250 * 1000000L};
+            log_emit(LOG_WARN, "token not available yet; retrying", "{s:s,s:s}", "error", err,
+                     "ckr", p11_rv_name(rv));
+            nanosleep(&ts, NULL);
+            rv = p11_open(&k.token, &po, err, sizeof(err));
+        }
         if (rv != CKR_OK) {
             log_emit(LOG_ERROR, "token unavailable", "{s:s,s:s}", "error", err, "ckr", p11_rv_name(rv));
             goto out;
