@@ -45,7 +45,9 @@ CONNINFO="host=$STATE/pg/run port=$QKMS_PG_PORT dbname=qkms user=qkms passfile=$
 URL="http://127.0.0.1:$QKMS_PORT"
 
 start_kmsd() { # threading [db pool size]
+    # Rate limits off: the benchmark is one client address driving many devices.
     QKMS_HTTP_THREADING=$1 QKMS_DB_POOL_SIZE=${2:-8} QKMS_LOG_LEVEL=warn \
+        QKMS_RATE_LIMIT_DEVICE=0 QKMS_RATE_LIMIT_CLIENT=0 QKMS_RATE_LIMIT_ADMIN=0 \
         "$KMSD" -c "$STATE/kmsd.conf" 2>>"$STATE/kmsd.log" &
     PID=$!
     for _ in $(seq 1 100); do

@@ -46,5 +46,7 @@ extern const struct command cmd_fill;
 extern const struct command cmd_session;
 extern const struct command cmd_policy;
 extern const struct command cmd_entropy;
+extern const struct command cmd_audit;
+extern const struct command cmd_master;
 
 #endif

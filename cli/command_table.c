@@ -10,5 +10,7 @@ const struct command *const kmsctl_commands[] = {
     &cmd_session,
     &cmd_policy,
     &cmd_entropy,
+    &cmd_audit,
+    &cmd_master,
     NULL,
 };

@@ -155,6 +155,25 @@ const config_option config_options[] = {
     {"bootstrap_token_file", OPT_STR, OFF(bootstrap_token_file), NULL, 0, 0, NULL, false, false,
      "If set and no admin token named `bootstrap` exists, kmsd creates one and writes it here "
      "(mode 0600, never overwritten)."},
+    {"rate_limit_device", OPT_DOUBLE, OFF(rate_limit_device), "20", 0, 1000000, NULL, false, true,
+     "Device API requests per second per device, counted once the request has authenticated "
+     "(0 = unlimited); over it: 429 `rate_limited` with `Retry-After`. See docs/operations.md."},
+    {"rate_limit_device_burst", OPT_INT, OFF(rate_limit_device_burst), "40", 1, 1000000, NULL,
+     false, true, "Requests a device may make at once before `rate_limit_device` applies."},
+    {"rate_limit_client", OPT_DOUBLE, OFF(rate_limit_client), "500", 0, 1000000, NULL, false,
+     true, "Device API requests per second per client address, authenticated or not "
+     "(0 = unlimited)."},
+    {"rate_limit_client_burst", OPT_INT, OFF(rate_limit_client_burst), "1000", 1, 1000000, NULL,
+     false, true, "Requests a client address may make at once before `rate_limit_client` "
+     "applies."},
+    {"rate_limit_admin", OPT_DOUBLE, OFF(rate_limit_admin), "50", 0, 1000000, NULL, false, true,
+     "Admin API requests per second per admin token (by name), counted once the token is "
+     "known (0 = unlimited)."},
+    {"rate_limit_admin_burst", OPT_INT, OFF(rate_limit_admin_burst), "100", 1, 1000000, NULL,
+     false, true, "Requests an admin token may make at once before `rate_limit_admin` applies."},
+    {"rate_limit_buckets", OPT_INT, OFF(rate_limit_buckets), "16384", 64, 16777216, NULL, false,
+     false, "Buckets kept per scope (device, client, admin; 32 bytes each). Buckets that have "
+     "refilled are reused first, so this bounds keys limited at the same moment, not keys seen."},
     {"log_level", OPT_STR, OFF(log_level), "info", 0, 0, "debug|info|warn|error", false, true,
      "Least severe level written to the JSON log on stderr."},
 };
@@ -207,7 +226,7 @@ static int set_opt(kms_config *c, const config_option *o, const char *v, char *w
         double d;
         errno = 0;
         d = strtod(v, &end);
-        if (errno || end == v || *end || d < (double)o->min || d > (double)o->max) {
+        if (errno || end == v || *end || !(d >= (double)o->min && d <= (double)o->max)) {
             fmt(why, wl, "expected a number from %ld to %ld", o->min, o->max);
             return -1;
         }

@@ -87,6 +87,14 @@ typedef struct kms_config {
     int device_key_cache_ttl;
     /* admin */
     char *bootstrap_token_file;
+    /* rate limits (kmsd/ratelimit.h) */
+    double rate_limit_device;
+    int rate_limit_device_burst;
+    double rate_limit_client;
+    int rate_limit_client_burst;
+    double rate_limit_admin;
+    int rate_limit_admin_burst;
+    int rate_limit_buckets;
     /* logging */
     char *log_level;
 } kms_config;

@@ -21,6 +21,7 @@
 #include "hexutil.h"
 #include "log.h"
 #include "metrics.h"
+#include "ratelimit.h"
 
 struct http_server {
     struct MHD_Daemon *d;
@@ -102,6 +103,26 @@ void http_text(http_response *rs, int status, const char *ct, char *text, size_t
 const char *http_query(http_request *rq, const char *key)
 {
     return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+_Static_assert(sizeof(((kms_ctx *)0)->rl) / sizeof(ratelimit *) == RL_NSCOPES, "kms_ctx.rl");
+
+bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char *key)
+{
+    static const char *const whose[RL_NSCOPES] = {"this device", "this client address",
+                                                  "this token"};
+    int ra = 0;
+    if (scope < 0 || scope >= RL_NSCOPES || !rq->kms->rl[scope] ||
+        ratelimit_take(rq->kms->rl[scope], key, ratelimit_now_ns(), &ra))
+        return true;
+    rs->retry_after = ra;
+    http_error(rs, 429, "rate_limited", "too many requests from %s; retry in %d s", whose[scope],
+               ra);
+    /* The request line has the address and the token name, not the device. */
+    if (scope == RL_DEVICE)
+        log_emit(LOG_WARN, "device rate limited", "{s:s,s:s,s:i}", "req_id", rq->req_id,
+                 "device_id", key, "retry_after", ra);
+    return false;
 }
 
 json_t *http_body_object_opt(http_request *rq, http_response *rs)
@@ -302,6 +323,10 @@ static void dispatch(http_server *srv, struct MHD_Connection *conn, req_state *s
     for (int i = 0; i < np; i++)
         rq->params[i] = params[i];
     rq->nparams = np;
+    /* Device API: per client address before any parsing, key or database work. */
+    if (!strncmp(rq->path, "/v1/sessions/", 13) &&
+        !http_rate_limit(rq, rs, RL_CLIENT, rq->client_ip))
+        return;
     if (st->too_large) {
         http_error(rs, 413, "payload_too_large", "request body exceeds %zu bytes", st->max_body);
         return;
@@ -325,6 +350,9 @@ static void dispatch(http_server *srv, struct MHD_Connection *conn, req_state *s
             http_error(rs, 503, "unavailable", "database unavailable");
             return;
         }
+        if (!strncmp(rq->path, "/v1/admin/", 10) &&
+            !http_rate_limit(rq, rs, RL_ADMIN, rq->who.name))
+            return;
         if (!(srv->routes[idx].roles & rq->who.role)) {
             http_error(rs, 403, "forbidden", "role %s may not use this route",
                        auth_role_name(rq->who.role));

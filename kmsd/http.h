@@ -11,6 +11,10 @@
  *    POST/PUT/PATCH must be application/json (415) and parse (400).
  *  - A route with roles != 0 requires a Bearer token whose role is in the
  *    mask (401 without or with an unknown token, 403 with a wrong role).
+ *  - Rate limits (docs/operations.md): the device API (/v1/sessions/...)
+ *    per client address before anything else is done, the admin API
+ *    (/v1/admin/...) per token name once the token is known; over a limit:
+ *    429 rate_limited with Retry-After.
  *  - Handlers run on MHD's threads; with http_threading=connection each
  *    connection has its own thread, so a handler may block on PostgreSQL or
  *    the token without stalling other clients.
@@ -85,6 +89,11 @@ json_t *http_body_object(http_request *rq, http_response *rs);
 json_t *http_body_object_opt(http_request *rq, http_response *rs);
 /* A query-string argument, or NULL. */
 const char *http_query(http_request *rq, const char *key);
+/* Take a token from the rate limit of scope (rl_scope, ratelimit.h) for key.
+ * true: go on; false: rs is 429 rate_limited with Retry-After. The gate
+ * applies the client (device API) and admin scopes itself; device handlers
+ * apply the device scope once a request has authenticated. */
+bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char *key);
 /* Body text must be NUL-terminated: it is zeroized when MHD frees it. */
 
 /* Routing (pure; unit-tested). Returns the route index, -404 when no path

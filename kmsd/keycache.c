@@ -119,6 +119,17 @@ void keycache_invalidate(keycache *c, const char *id)
     }
 }
 
+void keycache_clear(keycache *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        pthread_mutex_lock(&c->locks[i % STRIPES]);
+        if (c->slots[i].used)
+            OPENSSL_cleanse(&c->slots[i].e, sizeof(c->slots[i].e));
+        c->slots[i].used = false;
+        pthread_mutex_unlock(&c->locks[i % STRIPES]);
+    }
+}
+
 void keycache_stats_get(keycache *c, keycache_stats *out)
 {
     out->hits = atomic_load(&c->hits);

@@ -39,6 +39,8 @@ void keycache_free(keycache *c);
 bool keycache_get(keycache *c, const char *device_id, int key_index, keycache_entry *out);
 void keycache_put(keycache *c, const char *device_id, int key_index, const keycache_entry *e);
 void keycache_invalidate(keycache *c, const char *device_id);
+/* Drop every entry (after this kmsd rewrapped keys under a new master key). */
+void keycache_clear(keycache *c);
 
 typedef struct {
     uint64_t hits, misses, invalidations;

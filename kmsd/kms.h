@@ -20,6 +20,7 @@ typedef struct maintenance maintenance;
 typedef struct session_metrics session_metrics;
 typedef struct keycache keycache;
 typedef struct http_server http_server;
+typedef struct ratelimit ratelimit;
 
 typedef struct kms_ctx {
     kms_config cfg;
@@ -37,6 +38,7 @@ typedef struct kms_ctx {
     maintenance *maint;
     session_metrics *smetrics;
     keycache *keys;
+    ratelimit *rl[3]; /* by rl_scope: device, client, admin (ratelimit.h) */
 } kms_ctx;
 
 #endif

@@ -22,6 +22,7 @@
 #include "metrics.h"
 #include "migrate.h"
 #include "queries.h"
+#include "ratelimit.h"
 #include "routes.h"
 #include "sessions.h"
 #include "version.h"
@@ -88,6 +89,7 @@ static void reload(kms_ctx *k)
     }
     if (log_level_parse(fresh.log_level, &lvl) == 0)
         log_set_level(lvl);
+    ratelimit_configure_all(k->rl, &fresh);
     log_emit(LOG_INFO, "configuration reloaded", "{s:s}", "log_level", fresh.log_level);
     config_free(&fresh);
 }
@@ -236,7 +238,7 @@ int main(int argc, char **argv)
         goto out;
     }
     k.metrics = metrics_new(routes_count, route_names);
-    if (!k.metrics)
+    if (!k.metrics || ratelimit_open_all(k.rl, &k.cfg) != 0)
         goto out;
     if (http_start(&k.http, &k, routes, routes_count, err, sizeof(err)) != 0) {
         log_emit(LOG_ERROR, "http listener failed", "{s:s}", "error", err);
@@ -266,6 +268,7 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     http_stop(k.http);
+    ratelimit_free_all(k.rl);
     maintenance_stop(k.maint);
     session_metrics_free(k.smetrics);
     keycache_free(k.keys);

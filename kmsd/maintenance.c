@@ -10,9 +10,11 @@
 #include <time.h>
 
 #include "audit.h"
+#include "audit_chain.h"
 #include "log.h"
 #include "pgjson.h"
 #include "queries.h"
+#include "rotation.h"
 #include "sessions.h"
 
 struct maintenance {
@@ -128,6 +130,10 @@ static void *loop(void *arg)
         pthread_mutex_unlock(&m->mu);
         if (sessions_reap(m->k) < 0)
             log_emit(LOG_WARN, "session reaper pass failed; will retry", NULL);
+        audit_chain_seal(m->k, NULL); /* hash-chain new audit rows (logs its failures) */
+        /* Master key rotation: adopt new versions, rewrap, destroy unused. */
+        for (int i = 0; i < 20 && rotation_pass(m->k) > 0; i++)
+            ;
         if (time(NULL) >= next_full) {
             maintenance_run_once(m);
             next_full = time(NULL) + m->k->cfg.maintenance_interval;

@@ -9,6 +9,7 @@
 
 #include "keycache.h"
 #include "maintenance.h"
+#include "ratelimit.h"
 #include "sessions.h"
 #include "version.h"
 
@@ -183,6 +184,8 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
                    "qkms_device_key_cache_total{result=\"miss\"} %llu\n",
                 (unsigned long long)ks.hits, (unsigned long long)ks.misses);
     }
+    if (kms->rl[0])
+        ratelimit_metrics_render(kms->rl, f);
     if (kms->maint) {
         maintenance_stats ms;
         maintenance_stats_get(kms->maint, &ms);

@@ -172,7 +172,37 @@
       "INSERT INTO pairing_policies (name, type_a, type_b, group_a, group_b, key_bits,"        \
       " idle_timeout_s, max_lifetime_s, delivery, created_by)"                                 \
       " VALUES ($1, $2, $3, $4, $5, $6::int, $7::int, $8::int, $9, $10)")                      \
-    X(Q_POLICY_DELETE, "DELETE FROM pairing_policies WHERE name = $1 RETURNING name")
+    X(Q_POLICY_DELETE, "DELETE FROM pairing_policies WHERE name = $1 RETURNING name")          \
+    X(Q_MASTER_MAX, "SELECT coalesce(max(version), 0) FROM master_keys")                       \
+    X(Q_MASTER_RETIRE_ACTIVE,                                                                  \
+      "UPDATE master_keys SET state = 'retired', retired_at = now() WHERE state = 'active'"    \
+      " RETURNING version")                                                                    \
+    X(Q_MASTER_STATUS,                                                                         \
+      "SELECT m.version, m.label, m.state, m.created_at, m.retired_at,"                        \
+      " (SELECT count(*) FROM device_keys k WHERE k.master_version = m.version),"              \
+      " (SELECT count(*) FROM sessions s WHERE s.master_version = m.version)"                  \
+      " FROM master_keys m ORDER BY m.version")                                                \
+    X(Q_REWRAP_DEVKEYS,                                                                        \
+      "SELECT d.device_id, k.device_pk, k.key_index, k.algorithm, encode(k.wrapped, 'hex'),"   \
+      " k.master_version FROM device_keys k JOIN devices d ON d.id = k.device_pk"              \
+      " WHERE k.master_version < $1::int AND k.wrapped IS NOT NULL LIMIT $2::int")             \
+    X(Q_REWRAP_DEVKEY_SET,                                                                     \
+      "UPDATE device_keys SET wrapped = decode($4, 'hex'), master_version = $5::int"           \
+      " WHERE device_pk = $1::bigint AND key_index = $2::int AND master_version = $3::int")    \
+    X(Q_REWRAP_SESSIONS,                                                                       \
+      "SELECT id, encode(session_hash, 'hex'), key_id, encode(wrapped_key, 'hex'),"            \
+      " master_version FROM sessions WHERE master_version < $1::int LIMIT $2::int")            \
+    X(Q_REWRAP_SESSION_SET,                                                                    \
+      "UPDATE sessions SET wrapped_key = decode($3, 'hex'), master_version = $4::int"          \
+      " WHERE id = $1::bigint AND master_version = $2::int")                                   \
+    X(Q_MASTER_DESTROYABLE,                                                                    \
+      "SELECT version, label FROM master_keys m WHERE state = 'retired'"                       \
+      " AND retired_at < now() - make_interval(secs => $1::int)"                               \
+      " AND NOT EXISTS (SELECT 1 FROM device_keys k WHERE k.master_version = m.version)"       \
+      " AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.master_version = m.version)")         \
+    X(Q_MASTER_MARK_DESTROYED,                                                                 \
+      "UPDATE master_keys SET state = 'destroyed' WHERE version = $1::int AND state = 'retired'" \
+      " RETURNING version")
 
 #define QKMS_Q_ENUM(id, sql) id,
 typedef enum { QKMS_QUERIES(QKMS_Q_ENUM) Q__COUNT } query_id;

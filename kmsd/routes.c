@@ -33,6 +33,11 @@
     X("GET", "/v1/admin/policies", "admin_policies_list", ROLE_ANY, h_policies_list) \
     X("POST", "/v1/admin/policies", "admin_policies_add", OPS, h_policies_add)        \
     X("DELETE", "/v1/admin/policies/{name}", "admin_policies_remove", OPS, h_policies_remove) \
+    X("GET", "/v1/admin/master", "admin_master", ROLE_ANY, h_admin_master)            \
+    X("POST", "/v1/admin/master/rotate", "admin_master_rotate", ROLE_ADMIN, h_admin_master_rotate) \
+    X("GET", "/v1/admin/audit", "admin_audit_list", ROLE_ANY, h_audit_list)          \
+    X("POST", "/v1/admin/audit/verify", "admin_audit_verify", ROLE_ADMIN | ROLE_AUDITOR, h_audit_verify) \
+    X("GET", "/v1/admin/audit/export", "admin_audit_export", ROLE_ADMIN | ROLE_AUDITOR, h_audit_export) \
     X("GET", "/v1/admin/entropy", "admin_entropy", ROLE_ANY, h_admin_entropy)         \
     X("POST", "/v1/admin/entropy/sources/{name}/enable", "admin_entropy_enable", ROLE_ADMIN, h_admin_entropy_enable)
 

@@ -39,6 +39,15 @@ void h_device_fill(http_request *rq, http_response *rs);
 void h_devtypes_list(http_request *rq, http_response *rs);
 void h_devtypes_add(http_request *rq, http_response *rs);
 
+/* admin_master.c */
+void h_admin_master(http_request *rq, http_response *rs);
+void h_admin_master_rotate(http_request *rq, http_response *rs);
+
+/* admin_audit.c */
+void h_audit_list(http_request *rq, http_response *rs);
+void h_audit_verify(http_request *rq, http_response *rs);
+void h_audit_export(http_request *rq, http_response *rs);
+
 /* admin_policies.c */
 void h_policies_list(http_request *rq, http_response *rs);
 void h_policies_add(http_request *rq, http_response *rs);

@@ -19,6 +19,7 @@
 #include "pgjson.h"
 #include "qkms_proto.h"
 #include "queries.h"
+#include "ratelimit.h"
 #include "routes.h"
 
 #define ENVELOPE_MAX 8192
@@ -294,6 +295,16 @@ static int authenticate(http_request *rq, http_response *rs, const char *op, con
     a->key_len = KEYWRAP_MAX_KEY + 16;
     rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e.wrapped, e.wrapped_len,
                         a->key, &a->key_len);
+    if (rv != CKR_OK && found == 1 && p11_rv_kind(rv) == P11_KIND_NOT_FOUND) {
+        /* A cached row may name a master key version rotated away since:
+         * read the row again, once. */
+        keycache_invalidate(k->keys, env->device_id);
+        if (load_key_row(rq, rs, env, &e, t0) == 1 && e.wrapped_len) {
+            a->key_len = KEYWRAP_MAX_KEY + 16;
+            rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e.wrapped,
+                                e.wrapped_len, a->key, &a->key_len);
+        }
+    }
     stage(k->smetrics, STAGE_KEY_UNWRAP, t0);
     if (rv != CKR_OK) {
         log_emit(LOG_ERROR, "device key unwrap failed", "{s:s,s:s,s:i}", "ckr", p11_rv_name(rv),
@@ -539,6 +550,10 @@ void h_session_key(http_request *rq, http_response *rs)
     if (inner_fields(rq, rs, &env, &a, true, &sid, &peer, &delivered) != 0)
         goto out;
     stage(k->smetrics, STAGE_OPEN, &t0);
+    /* Per device only once authenticated, so nobody can spend another
+     * device's tokens (a replay gets its token back below). */
+    if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+        goto out;
     if (strcmp(a.state, "active") != 0) {
         refuse(rq, REFUSE_INACTIVE);
         http_error(rs, 403, "device_inactive", "this device is %s", a.state);
@@ -599,6 +614,7 @@ void h_session_key(http_request *rq, http_response *rs)
             continue;
         }
         if (!strcmp(outcome, "replay")) {
+            ratelimit_refund(k->rl[RL_DEVICE], env.device_id, ratelimit_now_ns());
             auth_fail(rq, rs, &env, "nonce already used (replay)");
             goto out;
         }
@@ -653,6 +669,8 @@ void h_session_end(http_request *rq, http_response *rs)
         goto out;
     if (inner_fields(rq, rs, &env, &a, false, &sid, NULL, NULL) != 0)
         goto out;
+    if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+        goto out;
     /* A suspended device may still end its sessions: ending only destroys. */
     session_hash(sid, hash);
     snprintf(pk, sizeof(pk), "%lld", a.device_pk);
@@ -679,6 +697,7 @@ void h_session_end(http_request *rq, http_response *rs)
                  env.device_id, "reason", "ended_by_party");
         http_json(rs, 200, json_pack("{s:i,s:s,s:b}", "v", QKP_VERSION, "session_id", sid, "ended", 1));
     } else if (!strcmp(outcome, "replay")) {
+        ratelimit_refund(k->rl[RL_DEVICE], env.device_id, ratelimit_now_ns());
         auth_fail(rq, rs, &env, "nonce already used (replay)");
     } else if (!strncmp(outcome, "unauthenticated: ", 17)) {
         keycache_invalidate(k->keys, env.device_id);

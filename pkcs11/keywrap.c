@@ -121,6 +121,37 @@ CK_RV keywrap_create(keywrap *kw, uint32_t version)
     return rv;
 }
 
+static CK_RV handle_for(keywrap *kw, uint32_t version, CK_OBJECT_HANDLE *h);
+
+bool keywrap_has(keywrap *kw, uint32_t version)
+{
+    CK_OBJECT_HANDLE h;
+    bool known;
+    lookup(kw, version, &h, &known);
+    return known;
+}
+
+CK_RV keywrap_destroy(keywrap *kw, uint32_t version)
+{
+    CK_OBJECT_HANDLE h;
+    CK_RV rv = handle_for(kw, version, &h);
+    if (rv != CKR_OK)
+        return rv;
+    rv = p11_destroy_object(kw->t, h);
+    if (rv == CKR_OK || rv == CKR_OBJECT_HANDLE_INVALID) {
+        pthread_rwlock_wrlock(&kw->lock);
+        for (int i = 0; i < kw->nkeys; i++)
+            if (kw->keys[i].version == version) {
+                kw->keys[i] = kw->keys[kw->nkeys - 1];
+                kw->nkeys--;
+                break;
+            }
+        pthread_rwlock_unlock(&kw->lock);
+        rv = CKR_OK;
+    }
+    return rv;
+}
+
 void keywrap_set_active(keywrap *kw, uint32_t version)
 {
     pthread_rwlock_wrlock(&kw->lock);
@@ -208,6 +239,36 @@ CK_RV keywrap_kcv(keywrap *kw, uint32_t version, uint8_t kcv[KEYWRAP_KCV_LEN])
         rv = CKR_FUNCTION_FAILED;
     if (rv == CKR_OK)
         memcpy(kcv, tag, KEYWRAP_KCV_LEN);
+    return rv;
+}
+
+CK_RV keywrap_mac(keywrap *kw, uint32_t version, const uint8_t iv[12], const uint8_t *data,
+                  size_t len, uint8_t tag[KEYWRAP_MAC_LEN])
+{
+    uint8_t aad[1 + KEYWRAP_MAC_MAX], out[16], none[1] = {0};
+    size_t out_len = sizeof(out);
+    CK_RV rv;
+    if (len > KEYWRAP_MAC_MAX || (len && !data))
+        return CKR_ARGUMENTS_BAD;
+    aad[0] = 0x02;
+    if (len)
+        memcpy(aad + 1, data, len);
+    rv = gcm(kw, true, version, iv, aad, len + 1, none, 0, out, &out_len);
+    if (rv == CKR_OK && out_len != sizeof(out))
+        rv = CKR_FUNCTION_FAILED;
+    if (rv == CKR_OK)
+        memcpy(tag, out, KEYWRAP_MAC_LEN);
+    return rv;
+}
+
+CK_RV keywrap_mac_verify(keywrap *kw, uint32_t version, const uint8_t iv[12],
+                         const uint8_t *data, size_t len, const uint8_t tag[KEYWRAP_MAC_LEN])
+{
+    uint8_t want[KEYWRAP_MAC_LEN];
+    CK_RV rv = keywrap_mac(kw, version, iv, data, len, want);
+    if (rv == CKR_OK && CRYPTO_memcmp(want, tag, KEYWRAP_MAC_LEN) != 0)
+        rv = CKR_SIGNATURE_INVALID;
+    OPENSSL_cleanse(want, sizeof(want));
     return rv;
 }
 

@@ -43,6 +43,19 @@ CK_RV keywrap_create(keywrap *kw, uint32_t version);
 /* Key check value: GMAC of a fixed string under the loaded version, so the
  * database can tell the right key from another one with the same label. */
 CK_RV keywrap_kcv(keywrap *kw, uint32_t version, uint8_t kcv[KEYWRAP_KCV_LEN]);
+/* Message authentication with a master key (the audit log's chain heads):
+ * tag = GMAC under version, with the caller's 96-bit iv (random for each new
+ * tag, stored beside it), over 0x02 || data. The leading 0x02 keeps MAC
+ * inputs apart from wraps (associated data starting 0x01) and the check value.
+ * data: at most KEYWRAP_MAC_MAX bytes. */
+#define KEYWRAP_MAC_MAX 1024
+#define KEYWRAP_MAC_LEN 16
+CK_RV keywrap_mac(keywrap *kw, uint32_t version, const uint8_t iv[12], const uint8_t *data,
+                  size_t len, uint8_t tag[KEYWRAP_MAC_LEN]);
+/* CKR_OK when tag is right, CKR_SIGNATURE_INVALID when not,
+ * CKR_KEY_HANDLE_INVALID when version is not loaded, else the token's error. */
+CK_RV keywrap_mac_verify(keywrap *kw, uint32_t version, const uint8_t iv[12],
+                         const uint8_t *data, size_t len, const uint8_t tag[KEYWRAP_MAC_LEN]);
 /* Attributes of a loaded version (for status and tests). */
 CK_RV keywrap_info(keywrap *kw, uint32_t version, p11_key_info *info);
 
@@ -51,6 +64,12 @@ CK_RV keywrap_expect_kcv(keywrap *kw, uint32_t version, const uint8_t kcv[KEYWRA
 /* Readiness: the active master key still answers with its check value.
  * CKR_KEY_CHANGED when it answers differently. */
 CK_RV keywrap_check(keywrap *kw);
+
+/* Destroy a version's key object in the token and forget it (rotation, once
+ * nothing is wrapped under it any more). */
+CK_RV keywrap_destroy(keywrap *kw, uint32_t version);
+/* Whether a version is loaded. */
+bool keywrap_has(keywrap *kw, uint32_t version);
 
 void keywrap_set_active(keywrap *kw, uint32_t version);
 uint32_t keywrap_active(const keywrap *kw);

@@ -177,11 +177,19 @@ static CK_RV attach(p11_token *t, char *eb, size_t el)
         free(slots);
         return rv;
     }
-    for (CK_ULONG i = 0; i < nslots && !found; i++) {
+    for (CK_ULONG i = 0; i < nslots; i++) {
         CK_TOKEN_INFO ti;
         if (t->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
             continue;
         if (label_eq(ti.label, sizeof(ti.label), t->label) && (ti.flags & CKF_TOKEN_INITIALIZED)) {
+            if (found) {
+                /* Two tokens with one label: guessing could pick the wrong
+                 * master keys; refuse and say so. */
+                errf(eb, el, "p11: several tokens are labelled '%s' in module %s", t->label,
+                     t->module_path);
+                free(slots);
+                return CKR_TEMPLATE_INCONSISTENT;
+            }
             t->slot = slots[i];
             found = true;
         }

@@ -127,7 +127,8 @@ EOF
     secret "$SECRETS/token.so-pin"
     secret "$SECRETS/token.pin"
     export SOFTHSM2_CONF="$STATE/softhsm/softhsm2.conf"
-    if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:[[:space:]]*$LABEL\$"; then
+    # softhsm2-util pads labels with spaces to 32 characters.
+    if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:[[:space:]]*$LABEL[[:space:]]*\$"; then
         log "creating SoftHSM token '$LABEL'"
         softhsm2-util --init-token --free --label "$LABEL" \
             --so-pin "$(cat "$SECRETS/token.so-pin")" --pin "$(cat "$SECRETS/token.pin")" >/dev/null

@@ -33,7 +33,7 @@ def free_port():
 class Stack:
     """One state directory: PostgreSQL cluster + SoftHSM token + kmsd."""
 
-    def __init__(self, name="qkms"):
+    def __init__(self, name="qkms", init=True):
         self.state = tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp")
         self.pg_port = free_port()
         self.port = free_port()
@@ -45,8 +45,12 @@ class Stack:
             QKMS_PG_PORT=str(self.pg_port),
             QKMS_PORT=str(self.port),
             SOFTHSM2_CONF=os.path.join(self.state, "softhsm", "softhsm2.conf"),
+            # Tests that hammer kmsd test other things: no rate limits unless
+            # a test sets them (test_ratelimit.py).
+            QKMS_RATE_LIMIT_DEVICE="0", QKMS_RATE_LIMIT_CLIENT="0", QKMS_RATE_LIMIT_ADMIN="0",
         )
-        self.local("init")
+        if init:  # init=False: an empty state dir (e.g. to restore a backup into)
+            self.local("init")
 
     # -- infrastructure -------------------------------------------------
     def local(self, cmd):

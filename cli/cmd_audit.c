@@ -1,0 +1,418 @@
+/*
+ * cmd_audit — `kmsctl audit list|verify|export`: the tamper-evident audit
+ * log (/v1/admin/audit, docs/operations.md "Audit log").
+ */
+#include "command.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "client.h"
+#include "device_common.h"
+#include "exitcodes.h"
+#include "fileio.h"
+#include "output.h"
+
+#define LIST_LIMIT_MAX 1000L
+#define LIST_LIMIT_DEFAULT 100L
+#define EXPORT_PAGE "5000"
+#define HASH_SHOWN 16
+
+/* --since: an RFC 3339 time or date as it is (the server checks it), or a
+ * duration back from now: N followed by s, m, h or d. Heap string. */
+static int since_arg(const char *s, char **out)
+{
+    size_t n = strlen(s);
+    long v;
+    *out = NULL;
+    if (n >= 2 && strchr("smhd", s[n - 1]) && strspn(s, "0123456789") == n - 1) {
+        char num[24];
+        if (n - 1 >= sizeof(num)) {
+            out_error("--since: duration too long");
+            return EXIT_USAGE;
+        }
+        memcpy(num, s, n - 1);
+        num[n - 1] = 0;
+        if (!arg_to_long(num, 0, 100L * 365 * 86400, &v)) {
+            out_error("--since: duration out of range");
+            return EXIT_USAGE;
+        }
+        long mult = s[n - 1] == 's' ? 1 : s[n - 1] == 'm' ? 60 : s[n - 1] == 'h' ? 3600 : 86400;
+        if (v > 100L * 365 * 86400 / mult) {
+            out_error("--since: duration out of range");
+            return EXIT_USAGE;
+        }
+        time_t t = time(NULL) - (time_t)(v * mult);
+        struct tm tm;
+        char buf[64];
+        if (!gmtime_r(&t, &tm) || strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) {
+            out_error("--since: cannot compute the time");
+            return EXIT_INTERNAL;
+        }
+        *out = strdup(buf);
+    } else {
+        if (n < 10 || n > 40 || strspn(s, "0123456789-:.TtZz+") != n) {
+            out_error("--since must be a time (2026-11-23T08:00:00Z), a date (2026-11-23) or a"
+                      " duration back from now (30m, 12h, 7d)");
+            return EXIT_USAGE;
+        }
+        *out = strdup(s);
+    }
+    if (!*out) {
+        out_error("out of memory");
+        return EXIT_INTERNAL;
+    }
+    return EXIT_OK;
+}
+
+static int check_type(const char *s)
+{
+    size_t n = strlen(s);
+    if (n && s[n - 1] == '*')
+        n--;
+    if (n == 0 || n > 64 || strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_.-") != n) {
+        out_error("--type must be an event name such as device.created, or a prefix ending"
+                  " in * (device.*)");
+        return EXIT_USAGE;
+    }
+    return EXIT_OK;
+}
+
+/* ---- list ----------------------------------------------------------------------- */
+
+static int list_query(const struct opt_values *o, char **query, long *limit)
+{
+    const char *since = opt_get(o, "since"), *device = opt_get(o, "device"),
+               *type = opt_get(o, "type"), *lim = opt_get(o, "limit"), *after = opt_get(o, "after");
+    char *since_v = NULL;
+    long dummy;
+    int rc;
+
+    *query = NULL;
+    *limit = LIST_LIMIT_DEFAULT;
+    if (device && (rc = device_check_id("--device", device)))
+        return rc;
+    if (type && (rc = check_type(type)))
+        return rc;
+    if (lim && !arg_to_long(lim, 1, LIST_LIMIT_MAX, limit)) {
+        out_error("--limit must be a whole number from 1 to %ld", LIST_LIMIT_MAX);
+        return EXIT_USAGE;
+    }
+    if (after && !arg_to_long(after, 0, 999999999999999999L, &dummy)) {
+        out_error("--after must be an audit row id");
+        return EXIT_USAGE;
+    }
+    if (since && (rc = since_arg(since, &since_v)))
+        return rc;
+    rc = EXIT_OK;
+    if (since_v)
+        rc = client_query_add(query, "since", since_v);
+    if (!rc && device)
+        rc = client_query_add(query, "device", device);
+    if (!rc && type)
+        rc = client_query_add(query, "type", type);
+    if (!rc && lim)
+        rc = client_query_add(query, "limit", lim);
+    if (!rc && after)
+        rc = client_query_add(query, "after", after);
+    free(since_v);
+    return rc;
+}
+
+static int print_events(const json_t *events)
+{
+    static const char *const headers[] = {"ID", "AT", "ACTOR", "EVENT", "DEVICE", "SEALED", "DETAIL"};
+    struct table *t = table_new(7, headers);
+    const json_t *e;
+    size_t i;
+    int rc = EXIT_INTERNAL;
+    if (!t)
+        return rc;
+    json_array_foreach(events, i, e) {
+        static const char *const keys[] = {"id", "at", "actor", "event", "device_id"};
+        char *cells[7] = {NULL};
+        bool ok = true;
+        for (size_t c = 0; c < 5; c++)
+            ok = ok && (cells[c] = out_value_str(json_object_get(e, keys[c])));
+        cells[5] = strdup(json_is_true(json_object_get(e, "sealed")) ? "yes" : "no");
+        ok = ok && cells[5] && (cells[6] = out_value_str(json_object_get(e, "detail")));
+        rc = ok ? table_add(t, (const char *const *)cells) : EXIT_INTERNAL;
+        for (size_t c = 0; c < 7; c++)
+            free(cells[c]);
+        if (rc) {
+            if (!ok)
+                out_error("out of memory");
+            table_free(t);
+            return rc;
+        }
+    }
+    rc = table_print(t, stdout);
+    table_free(t);
+    return rc;
+}
+
+static int audit_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    char *query = NULL, *path = NULL;
+    json_t *resp = NULL;
+    long limit;
+    int rc = list_query(&inv->local, &query, &limit);
+    if (rc)
+        goto cleanup;
+    if (asprintf(&path, "/v1/admin/audit%s", query ? query : "") < 0) {
+        path = NULL;
+        out_error("out of memory");
+        rc = EXIT_INTERNAL;
+        goto cleanup;
+    }
+    rc = client_call(ctx, "GET", path, NULL, &resp);
+    if (rc)
+        goto cleanup;
+    const json_t *events = json_object_get(resp, "events");
+    if (!json_is_array(events)) {
+        out_error("server response has no \"events\" list");
+        rc = EXIT_SERVER;
+        goto cleanup;
+    }
+    if (ctx->json) {
+        rc = out_json(resp);
+        goto cleanup;
+    }
+    rc = print_events(events);
+    if (!rc && json_is_integer(json_object_get(resp, "next")))
+        out_note("More events follow: add --after %lld (or raise --limit, up to %ld).",
+                 (long long)json_integer_value(json_object_get(resp, "next")), LIST_LIMIT_MAX);
+
+cleanup:
+    free(path);
+    free(query);
+    json_decref(resp);
+    return rc;
+}
+
+/* ---- verify --------------------------------------------------------------------- */
+
+static int audit_verify(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    json_t *resp = NULL, *body = json_object();
+    int rc;
+    (void)inv;
+    if (!body) {
+        out_error("out of memory");
+        return EXIT_INTERNAL;
+    }
+    rc = client_call(ctx, "POST", "/v1/admin/audit/verify", body, &resp);
+    json_decref(body);
+    if (rc)
+        return rc;
+    const json_t *ok = json_object_get(resp, "ok"), *bad = json_object_get(resp, "first_bad");
+    if (!json_is_boolean(ok)) {
+        out_error("server response has no \"ok\"");
+        json_decref(resp);
+        return EXIT_SERVER;
+    }
+    if (ctx->json) {
+        rc = out_json(resp);
+    } else if (json_is_true(ok)) {
+        const json_t *head = json_object_get(resp, "head");
+        const char *hash = json_string_value(json_object_get(head, "hash"));
+        long long n_rows = json_integer_value(json_object_get(resp, "rows_checked")),
+                  n_cps = json_integer_value(json_object_get(resp, "checkpoints_checked")),
+                  n_old = json_integer_value(json_object_get(resp, "checkpoints_unverifiable"));
+        printf("audit log OK: %lld row%s chained, %lld checkpoint%s authenticated by the token",
+               n_rows, n_rows == 1 ? "" : "s", n_cps, n_cps == 1 ? "" : "s");
+        if (n_old)
+            printf(" (%lld older under master keys no longer loaded)", n_old);
+        if (hash)
+            printf("; head: row %lld, %.*s...",
+                   (long long)json_integer_value(json_object_get(head, "id")), HASH_SHOWN, hash);
+        printf("\n");
+        if (json_integer_value(json_object_get(resp, "pending")))
+            out_note("%lld newer rows are not sealed yet.",
+                     (long long)json_integer_value(json_object_get(resp, "pending")));
+    }
+    if (!json_is_true(ok)) {
+        const char *problem = json_string_value(json_object_get(bad, "problem"));
+        const char *detail = json_string_value(json_object_get(bad, "detail"));
+        fprintf(stderr, "kmsctl: audit log verification FAILED: row %lld %s",
+                (long long)json_integer_value(json_object_get(bad, "id")),
+                problem ? problem : "?");
+        if (json_is_integer(json_object_get(bad, "checkpoint")))
+            fprintf(stderr, " (checkpoint %lld)",
+                    (long long)json_integer_value(json_object_get(bad, "checkpoint")));
+        if (detail) {
+            fputs(": ", stderr);
+            out_text(stderr, detail);
+        }
+        fputc('\n', stderr);
+        rc = EXIT_REFUSED;
+    }
+    json_decref(resp);
+    return rc;
+}
+
+/* ---- export ------------------------------------------------------------------- */
+
+static int write_all(int fd, const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t put = write(fd, p, len);
+        if (put < 0 && errno == EINTR)
+            continue;
+        if (put < 0)
+            return -1;
+        p += put;
+        len -= (size_t)put;
+    }
+    return 0;
+}
+
+static int audit_export(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *out = opt_get(&inv->local, "out"), *since = opt_get(&inv->local, "since");
+    char *since_v = NULL, *base = NULL;
+    bool to_stdout;
+    long long after = 0, rows = 0;
+    int fd = -1, rc;
+
+    if (!out || !*out) {
+        out_error("--out FILE is required (- for standard output)");
+        return EXIT_USAGE;
+    }
+    to_stdout = strcmp(out, "-") == 0;
+    if (since && (rc = since_arg(since, &since_v)))
+        return rc;
+    rc = client_query_add(&base, "limit", EXPORT_PAGE);
+    if (!rc && since_v)
+        rc = client_query_add(&base, "since", since_v);
+    free(since_v);
+    if (rc)
+        goto cleanup;
+    if (!to_stdout && (fd = file_create_new("export file", out)) < 0) {
+        rc = EXIT_USAGE;
+        goto cleanup;
+    }
+    for (;;) {
+        char *path = NULL;
+        json_t *resp = NULL, *row;
+        const json_t *list, *next;
+        size_t i;
+        if (asprintf(&path, "/v1/admin/audit/export%s&after=%lld", base, after) < 0) {
+            out_error("out of memory");
+            rc = EXIT_INTERNAL;
+            goto cleanup;
+        }
+        rc = client_call(ctx, "GET", path, NULL, &resp);
+        free(path);
+        if (rc)
+            goto cleanup;
+        list = json_object_get(resp, "rows");
+        next = json_object_get(resp, "next");
+        if (!json_is_array(list)) {
+            out_error("server response has no \"rows\" list");
+            json_decref(resp);
+            rc = EXIT_SERVER;
+            goto cleanup;
+        }
+        json_array_foreach(list, i, row) {
+            char *line = json_dumps(row, JSON_COMPACT | JSON_SORT_KEYS);
+            int werr;
+            if (!line) {
+                out_error("out of memory");
+                json_decref(resp);
+                rc = EXIT_INTERNAL;
+                goto cleanup;
+            }
+            if (to_stdout)
+                werr = fputs(line, stdout) == EOF || fputc('\n', stdout) == EOF;
+            else
+                werr = write_all(fd, line, strlen(line)) != 0 || write_all(fd, "\n", 1) != 0;
+            free(line);
+            if (werr) {
+                out_error("cannot write %s: %s", out_safe(out), strerror(errno));
+                json_decref(resp);
+                rc = EXIT_INTERNAL;
+                goto cleanup;
+            }
+            rows++;
+        }
+        if (!json_is_integer(next) || json_integer_value(next) <= after) {
+            json_decref(resp);
+            break;
+        }
+        after = json_integer_value(next);
+        json_decref(resp);
+    }
+    if (!to_stdout) {
+        rc = file_write_close(fd, out, "", 0);
+        fd = -1;
+        if (rc) {
+            unlink(out);
+            goto cleanup;
+        }
+        out_note("exported %lld audit rows to %s", rows, out_safe(out));
+    }
+    rc = EXIT_OK;
+
+cleanup:
+    if (rc && fd >= 0)
+        file_discard(fd, out);
+    free(base);
+    return rc;
+}
+
+static const struct opt_spec list_opts[] = {
+    {"since", 0, "T", "only events at or after T: RFC 3339 time, date, or 30m / 12h / 7d ago"},
+    {"device", 0, "ID", "only events about this device"},
+    {"type", 0, "EVENT", "only this event (device.created), or a prefix (device.*)"},
+    {"limit", 0, "N", "at most N events (1-1000, default 100)"},
+    {"after", 0, "ID", "events after this audit row id (paging)"},
+    {0},
+};
+
+static const struct opt_spec export_opts[] = {
+    {"since", 0, "T", "only events at or after T (as for list)"},
+    {"out", 'o', "FILE", "write JSON lines to FILE (created new, mode 0600), or - for stdout"},
+    {0},
+};
+
+static const struct action audit_actions[] = {
+    {
+        .sub = "list",
+        .usage = "[--since T] [--device ID] [--type EVENT] [--limit N] [--after ID]",
+        .summary = "List audit events, oldest first",
+        .description = "Request: GET /v1/admin/audit (any role)\n",
+        .opts = list_opts,
+        .run = audit_list,
+    },
+    {
+        .sub = "verify",
+        .usage = "",
+        .summary = "Verify the audit log's hash chain and its token-authenticated checkpoints",
+        .description = "Request: POST /v1/admin/audit/verify (auditor, admin)\n"
+                       "Exits 6 when a row was modified, deleted, reordered or inserted,\n"
+                       "or a checkpoint does not authenticate; the first such row is named.\n",
+        .run = audit_verify,
+    },
+    {
+        .sub = "export",
+        .usage = "--out FILE [--since T]",
+        .summary = "Export audit rows with their chain hashes as JSON lines (for a SIEM)",
+        .description = "Requests: GET /v1/admin/audit/export, page by page (auditor, admin)\n",
+        .opts = export_opts,
+        .run = audit_export,
+    },
+    {0},
+};
+
+const struct command cmd_audit = {
+    .name = "audit",
+    .summary = "The tamper-evident audit log: list, verify, export",
+    .actions = audit_actions,
+};

@@ -1,0 +1,39 @@
+/*
+ * rotation — master key rotation without downtime.
+ *
+ * Contract:
+ *  - rotation_rotate() creates master key version N+1 in the token, records
+ *    it as active and the previous one as retired (one transaction, under
+ *    the master key advisory lock, audited). New wraps use it at once.
+ *  - rotation_pass(), run by the maintenance thread of every kmsd:
+ *    1. refreshes the loaded versions from the database (another instance
+ *       may have rotated): loads new versions, checks their check values,
+ *       switches the active one;
+ *    2. rewraps a batch of device keys and live session keys still wrapped
+ *       under an older version (unwrap and wrap in the token, optimistic
+ *       UPDATE ... WHERE master_version = old, so instances never clash);
+ *    3. destroys, in the token and then in the database, a retired version
+ *       nothing references any more, once it has been retired longer than
+ *       two maintenance intervals plus the device key cache TTL (time for
+ *       every instance to switch and to forget cached old wrappings).
+ *  - Unwrapping keeps working throughout: a wrapped blob names its version
+ *    and every version not yet destroyed stays loaded.
+ */
+#ifndef QKMS_ROTATION_H
+#define QKMS_ROTATION_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "kms.h"
+
+/* 0, or -1 with err (status set to the HTTP status to answer). */
+int rotation_rotate(kms_ctx *k, const char *actor, int *status, char *err, size_t errlen);
+/* {"active":N,"versions":[{version,label,state,created_at,retired_at,
+ *   device_keys,sessions}],"pending_rewrap":M} or NULL (database down). */
+json_t *rotation_status(kms_ctx *k);
+/* One maintenance step; returns the number of keys rewrapped, or -1. */
+int rotation_pass(kms_ctx *k);
+
+#endif

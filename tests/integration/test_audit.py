@@ -1,0 +1,497 @@
+"""The tamper-evident audit log: sealing, verification against tampering done
+directly in PostgreSQL (as the qkms role, i.e. someone with the database
+password but not the token), list filters, export, roles, gaps and late
+rows, and two kmsd instances sealing one database.
+
+Most tests share one stack and undo their tampering afterwards, so each
+also shows that the restored chain verifies again.
+"""
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import time
+
+import pytest
+
+from conftest import KMSD, _finish, free_port, running_stack
+
+FAST = {"QKMS_MAINTENANCE_INTERVAL": "1"}
+
+
+# -- the canonical encoding, independently (docs/operations.md) ----------------
+def canonical(row):
+    def s(text):
+        b = text.encode("utf-8")
+        return struct.pack(">I", len(b)) + b
+
+    out = b"qkms-audit-v1" + struct.pack(">qq", row["id"], row["at_us"])
+    out += s(row["actor"]) + s(row["event"])
+    out += b"\x00" if row["device_id"] is None else b"\x01" + s(row["device_id"])
+    return out + s(row["detail"])
+
+
+def row_hash(prev_hex, row):
+    return hashlib.sha256(bytes.fromhex(prev_hex) + canonical(row)).hexdigest()
+
+
+# -- helpers ---------------------------------------------------------------------
+ROWS_SQL = """SELECT coalesce(json_agg(json_build_object(
+    'id', id, 'at_us', (extract(epoch FROM at) * 1000000)::bigint, 'actor', actor,
+    'event', event, 'device_id', device_id, 'detail', detail::text,
+    'prev', encode(prev_hash, 'hex'), 'hash', encode(hash, 'hex')) ORDER BY id), '[]')
+    FROM audit_log"""
+
+
+def rows(st):
+    return json.loads(st.psql(ROWS_SQL))
+
+
+def wait_sealed(st, timeout=30):
+    """Until every visible audit row is sealed and covered by a checkpoint."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = st.psql("SELECT (SELECT count(*) FROM audit_log WHERE hash IS NULL),"
+                      " (SELECT coalesce(max(chain_length), 0) FROM audit_checkpoints),"
+                      " (SELECT chain_length FROM audit_chain_state)").strip()
+        unsealed, cp_len, chain_len = (int(x) for x in out.split("|"))
+        if unsealed == 0 and cp_len == chain_len:
+            return
+        time.sleep(0.2)
+    raise AssertionError("audit rows not sealed in time:\n" + st.logs()[-3000:])
+
+
+def verify(st, token=None):
+    r = st.api("POST", "/v1/admin/audit/verify", token=token or st.admin_token)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def register(st, device_id):
+    r = st.admin("POST", "/v1/admin/devices", json={"device_id": device_id, "type": "vehicle"})
+    assert r.status_code == 201, r.text
+
+
+def new_token(st, name, role):
+    r = st.admin("POST", "/v1/admin/tokens", json={"name": name, "role": role})
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def sealed_row(st, event="device.registered", offset=0):
+    """id of an older sealed row of this event (not the chain head)."""
+    ids = [r["id"] for r in rows(st) if r["event"] == event and r["hash"]]
+    assert len(ids) > offset + 1
+    return ids[offset]
+
+
+@pytest.fixture(scope="module")
+def st():
+    s = running_stack("qkms-audit", extra_env=FAST)
+    try:
+        for i in range(4):
+            register(s, f"AUD-{i}")
+        assert s.admin("POST", "/v1/admin/devices/AUD-1/suspend").status_code == 200
+        assert s.admin("POST", "/v1/admin/devices/AUD-1/resume").status_code == 200
+        wait_sealed(s)
+    except BaseException:
+        _finish(s)
+        raise
+    yield s
+    _finish(s)
+
+
+@pytest.fixture
+def intact(st):
+    """The shared chain verifies before and after the test."""
+    wait_sealed(st)
+    assert verify(st)["ok"]
+    yield st
+    wait_sealed(st)
+    res = verify(st)
+    assert res["ok"], res
+
+
+# -- sealing and clean verification ----------------------------------------------
+def test_sealed_chain_verifies_and_matches_documented_encoding(intact):
+    st = intact
+    p = st.kmsctl("audit", "verify")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("audit log OK:")
+    wait_sealed(st)  # verify itself appended an audit.verified row
+    all_rows = rows(st)
+    assert [r["event"] for r in all_rows[:6]] == ["device.registered"] * 4 + [
+        "device.suspended", "device.resumed"]
+    # Every hash recomputed here from the byte-exact definition.
+    prev = "00" * 32
+    for r in all_rows:
+        if r["hash"] is None:
+            continue
+        assert r["prev"] == prev, r
+        assert r["hash"] == row_hash(prev, r), r
+        prev = r["hash"]
+    state = st.psql("SELECT head_id, encode(head_hash, 'hex') FROM audit_chain_state").strip()
+    assert state.split("|")[1] == prev
+    cp = st.psql("SELECT last_audit_id, encode(head_hash, 'hex'), master_version, length(iv),"
+                 " length(mac) FROM audit_checkpoints ORDER BY id DESC LIMIT 1").strip().split("|")
+    assert cp[1] == prev and cp[2] == "1" and cp[3] == "12" and cp[4] == "16"
+    # No secret ever lands in an audit row: no key bytes, no admin token.
+    text = json.dumps(all_rows)
+    assert st.admin_token not in text and "qkms_" not in text
+    res = verify(st)
+    assert res["rows_checked"] >= 6 and res["checkpoints_checked"] >= 1
+    assert res["first_bad"] is None and res["head"]["hash"]
+
+
+def test_verify_json_output(intact):
+    p = intact.kmsctl("--json", "audit", "verify")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["ok"] is True and out["first_bad"] is None
+
+
+# -- tampering ---------------------------------------------------------------------
+def expect_bad(st, problem, row_id):
+    p = st.kmsctl("audit", "verify")
+    assert p.returncode == 6, (p.returncode, p.stdout, p.stderr)
+    assert f"row {row_id} {problem}" in p.stderr, p.stderr
+    p = st.kmsctl("--json", "audit", "verify")
+    assert p.returncode == 6
+    res = json.loads(p.stdout)
+    assert res["ok"] is False
+    assert res["first_bad"]["problem"] == problem, res
+    assert res["first_bad"]["id"] == row_id, res
+    return res
+
+
+def test_modified_detail_is_named(intact):
+    st = intact
+    rid = sealed_row(st, offset=1)
+    orig = st.psql(f"SELECT detail::text FROM audit_log WHERE id = {rid}").strip()
+    st.psql(f"UPDATE audit_log SET detail = detail || '{{\"keys\": 0}}' WHERE id = {rid}")
+    expect_bad(st, "modified", rid)
+    st.psql(f"UPDATE audit_log SET detail = $${orig}$$::jsonb WHERE id = {rid}")
+
+
+def test_modified_actor_with_recomputed_hash_is_named(intact):
+    """The attacker recomputes the row's own hash: the next row stops linking."""
+    st = intact
+    rid = sealed_row(st, offset=1)
+    r = next(x for x in rows(st) if x["id"] == rid)
+    forged = dict(r, actor="nobody")
+    st.psql(f"UPDATE audit_log SET actor = 'nobody', hash = '\\x{row_hash(r['prev'], forged)}'"
+            f" WHERE id = {rid}")
+    expect_bad(st, "modified", rid)
+    st.psql(f"UPDATE audit_log SET actor = '{r['actor']}', hash = '\\x{r['hash']}' WHERE id = {rid}")
+
+
+def test_deleted_row_is_named(intact):
+    st = intact
+    rid = sealed_row(st, offset=1)
+    saved = "audit_saved_" + str(rid)
+    st.psql(f"CREATE TABLE {saved} AS SELECT * FROM audit_log WHERE id = {rid};"
+            f" DELETE FROM audit_log WHERE id = {rid}")
+    expect_bad(st, "deleted", rid)
+    st.psql(f"INSERT INTO audit_log SELECT * FROM {saved}; DROP TABLE {saved}")
+
+
+def test_swapped_ids_are_reordered(intact):
+    st = intact
+    a = sealed_row(st, offset=0)
+    b = sealed_row(st, offset=2)
+    swap = (f"UPDATE audit_log SET id = -1 WHERE id = {a};"
+            f" UPDATE audit_log SET id = {a} WHERE id = {b};"
+            f" UPDATE audit_log SET id = {b} WHERE id = -1")
+    st.psql(swap)
+    expect_bad(st, "reordered", a)
+    st.psql(swap)
+
+
+def test_swapped_contents_are_modified(intact):
+    st = intact
+    a = sealed_row(st, offset=0)
+    b = sealed_row(st, offset=2)
+    swap = ("UPDATE audit_log x SET device_id = y.device_id, detail = y.detail"
+            f" FROM audit_log y WHERE (x.id, y.id) IN (({a}, {b}), ({b}, {a}))")
+    st.psql(swap)
+    expect_bad(st, "modified", a)
+    st.psql(swap)
+
+
+def test_forged_unsealed_row_is_inserted(intact):
+    st = intact
+    rid = sealed_row(st, offset=1)
+    saved = "audit_saved_" + str(rid)
+    st.psql(f"CREATE TABLE {saved} AS SELECT * FROM audit_log WHERE id = {rid};"
+            f" UPDATE audit_log SET hash = NULL WHERE id = {rid}")
+    expect_bad(st, "modified", rid)  # a sealed row that lost its hash
+    st.psql(f"DELETE FROM audit_log WHERE id = {rid};"
+            f" INSERT INTO audit_log (id, at, actor, event, detail)"
+            f"  VALUES ({rid}, now(), 'admin', 'device.revoked', '{{}}')")
+    res = expect_bad(st, "inserted", rid)
+    assert "not sealed" in res["first_bad"]["detail"]
+    st.psql(f"DELETE FROM audit_log WHERE id = {rid};"
+            f" INSERT INTO audit_log SELECT * FROM {saved}; DROP TABLE {saved}")
+
+
+def test_checkpoint_head_or_mac_tampering(intact):
+    st = intact
+    cp_id, head, mac = st.psql("SELECT id, encode(head_hash, 'hex'), encode(mac, 'hex')"
+                               " FROM audit_checkpoints ORDER BY id LIMIT 1").strip().split("|")
+    last = int(st.psql(f"SELECT last_audit_id FROM audit_checkpoints WHERE id = {cp_id}"))
+    bad_head = ("ff" if head[:2] != "ff" else "00") + head[2:]
+    st.psql(f"UPDATE audit_checkpoints SET head_hash = '\\x{bad_head}' WHERE id = {cp_id}")
+    res = expect_bad(st, "checkpoint_mac", last)
+    assert res["first_bad"]["checkpoint"] == int(cp_id)
+    st.psql(f"UPDATE audit_checkpoints SET head_hash = '\\x{head}' WHERE id = {cp_id}")
+    bad_mac = mac[:-2] + ("00" if mac[-2:] != "00" else "01")
+    st.psql(f"UPDATE audit_checkpoints SET mac = '\\x{bad_mac}' WHERE id = {cp_id}")
+    expect_bad(st, "checkpoint_mac", last)
+    st.psql(f"UPDATE audit_checkpoints SET mac = '\\x{mac}' WHERE id = {cp_id}")
+
+
+def test_rewritten_chain_fails_against_token_checkpoints(intact):
+    """Without the token an attacker can recompute every hash, but not the
+    checkpoints' MACs: the chain no longer matches them."""
+    st = intact
+    all_rows = [r for r in rows(st) if r["hash"]]
+    target = all_rows[1]["id"]
+    updates, prev = [], "00" * 32
+    for r in all_rows:
+        if r["id"] == target:
+            r = dict(r, detail='{"forged": true}')
+        h = row_hash(prev, r)
+        updates.append((r["id"], prev, h))
+        prev = h
+    sql = ["UPDATE audit_log SET detail = '{\"forged\": true}' WHERE id = %d" % target]
+    sql += ["UPDATE audit_log SET prev_hash = '\\x%s', hash = '\\x%s' WHERE id = %d" % (p, h, i)
+            for i, p, h in updates]
+    saved = "audit_saved_chain"
+    st.psql(f"CREATE TABLE {saved} AS SELECT * FROM audit_log; " + "; ".join(sql))
+    res = verify(st)
+    assert not res["ok"]
+    assert res["first_bad"]["problem"] == "checkpoint_head", res
+    st.psql(f"DELETE FROM audit_log a USING {saved} s WHERE a.id = s.id;"
+            f" INSERT INTO audit_log SELECT * FROM {saved}; DROP TABLE {saved}")
+
+
+def test_truncated_tail_is_caught_by_checkpoint(intact):
+    st = intact
+    register(st, "AUD-TAIL")
+    wait_sealed(st)
+    head = int(st.psql("SELECT head_id FROM audit_chain_state"))
+    saved = "audit_saved_tail"
+    st.psql(f"CREATE TABLE {saved} AS SELECT * FROM audit_log WHERE id = {head};"
+            f" DELETE FROM audit_log WHERE id = {head}")
+    res = verify(st)
+    assert not res["ok"]
+    assert res["first_bad"]["problem"] == "deleted" and res["first_bad"]["id"] == head, res
+    st.psql(f"INSERT INTO audit_log SELECT * FROM {saved}; DROP TABLE {saved}")
+
+
+# -- list, export, roles ----------------------------------------------------------------
+def test_list_filters(intact):
+    st = intact
+    r = st.admin("GET", "/v1/admin/audit", params={"device": "AUD-1"})
+    assert r.status_code == 200, r.text
+    evs = r.json()["events"]
+    assert [e["event"] for e in evs] == ["device.registered", "device.suspended", "device.resumed"]
+    assert all(e["device_id"] == "AUD-1" and e["sealed"] for e in evs)
+    assert evs[0]["at"].endswith("Z") and len(evs[0]["at"]) == 27
+    assert isinstance(evs[0]["detail"], dict) and evs[0]["actor"] == "bootstrap"
+
+    r = st.admin("GET", "/v1/admin/audit", params={"type": "device.suspended"})
+    assert [e["device_id"] for e in r.json()["events"]] == ["AUD-1"]
+    r = st.admin("GET", "/v1/admin/audit", params={"type": "device.*"})
+    assert {e["event"] for e in r.json()["events"]} >= {"device.registered", "device.suspended"}
+    assert all(e["event"].startswith("device.") for e in r.json()["events"])
+    # '_' is not a wildcard in a prefix.
+    r = st.admin("GET", "/v1/admin/audit", params={"type": "device_*"})
+    assert all(e["event"].startswith("device_") for e in r.json()["events"])
+
+    r = st.admin("GET", "/v1/admin/audit", params={"since": "2999-01-01T00:00:00Z"})
+    assert r.json() == {"events": [], "next": None}
+    r = st.admin("GET", "/v1/admin/audit", params={"since": "2000-01-01"})
+    assert len(r.json()["events"]) >= 6
+
+    r = st.admin("GET", "/v1/admin/audit", params={"limit": 2})
+    page = r.json()
+    assert len(page["events"]) == 2 and page["next"] == page["events"][1]["id"]
+    r = st.admin("GET", "/v1/admin/audit", params={"limit": 2, "after": page["next"]})
+    assert r.json()["events"][0]["id"] > page["next"]
+
+    for bad in ({"limit": 0}, {"limit": 1001}, {"since": "yesterday"}, {"type": "Device!"},
+                {"device": "a/b"}, {"after": "-1"}, {"since": "2026-02-30"}):
+        r = st.admin("GET", "/v1/admin/audit", params=bad)
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["error"]["code"] == "invalid_query"
+
+    p = st.kmsctl("audit", "list", "--device", "AUD-1", "--type", "device.*")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].split()[:4] == ["ID", "AT", "ACTOR", "EVENT"]
+    assert len(lines) == 4 and "device.suspended" in p.stdout
+    p = st.kmsctl("--json", "audit", "list", "--since", "1h", "--limit", "3")
+    assert p.returncode == 0, p.stderr
+    assert len(json.loads(p.stdout)["events"]) == 3
+    p = st.kmsctl("audit", "list", "--limit", "1")
+    assert p.returncode == 0 and "--after" in p.stderr
+    assert st.kmsctl("audit", "list", "--since", "soon").returncode == 2
+    assert st.kmsctl("audit", "list", "--limit", "0").returncode == 2
+
+
+def test_export_json_lines(intact, tmp_path):
+    st = intact
+    out = tmp_path / "audit.jsonl"
+    p = st.kmsctl("audit", "export", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert oct(os.stat(out).st_mode & 0o777) == "0o600"
+    lines = out.read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    db_ids = [r["id"] for r in rows(st)]
+    assert [r["id"] for r in recs] == db_ids[:len(recs)] and len(recs) >= len(db_ids) - 1
+    for r in recs:
+        assert set(r) >= {"id", "at", "actor", "event", "device_id", "detail", "prev_hash",
+                          "hash", "sealed", "sealed_at"}
+    # A SIEM can check the links without kmsd.
+    sealed = [r for r in recs if r["hash"]]
+    for a, b in zip(sealed, sealed[1:]):
+        assert b["prev_hash"] == a["hash"]
+    # Never overwrites; --since narrows; - writes to stdout.
+    p = st.kmsctl("audit", "export", "--out", str(out))
+    assert p.returncode == 2 and "exists" in p.stderr
+    p = st.kmsctl("audit", "export", "--since", "2999-01-01", "--out", "-")
+    assert p.returncode == 0 and p.stdout == ""
+    assert st.kmsctl("audit", "export").returncode == 2
+    # The API pages.
+    r = st.admin("GET", "/v1/admin/audit/export", params={"limit": 3})
+    body = r.json()
+    assert len(body["rows"]) == 3 and body["next"] == body["rows"][-1]["id"]
+
+
+def test_roles(intact):
+    st = intact
+    op = new_token(st, "audit-op", "operator")
+    aud = new_token(st, "audit-aud", "auditor")
+    assert st.api("GET", "/v1/admin/audit", token=op).status_code == 200
+    r = st.api("POST", "/v1/admin/audit/verify", token=op)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    assert st.api("GET", "/v1/admin/audit/export", token=op).status_code == 403
+    assert st.api("GET", "/v1/admin/audit", token=aud).status_code == 200
+    assert st.api("GET", "/v1/admin/audit/export", token=aud).status_code == 200
+    assert verify(st, token=aud)["ok"]
+    assert st.kmsctl("audit", "verify", token=op).returncode == 4
+    assert st.kmsctl("audit", "verify", token=aud).returncode == 0
+    assert st.api("POST", "/v1/admin/audit/verify").status_code == 401
+    # Who verified is itself recorded.
+    evs = st.admin("GET", "/v1/admin/audit", params={"type": "audit.verified"}).json()["events"]
+    assert any(e["actor"] == "audit-aud" and e["detail"]["ok"] for e in evs)
+
+
+# -- gaps and late rows ---------------------------------------------------------------------
+def test_gap_and_late_commit(intact):
+    """A transaction holding an audit id blocks sealing only for a few
+    seconds; when it commits later its row is sealed at the head."""
+    st = intact
+    before = int(st.psql("SELECT count(*) FROM audit_gaps"))
+    slow = subprocess.Popen(
+        ["psql", "-X", "-q", "-At", "-d", st.pg_dsn, "-c",
+         "BEGIN; INSERT INTO audit_log (actor, event, detail) VALUES ('test', 'test.late', '{}');"
+         " SELECT pg_sleep(12); COMMIT;"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        # A rolled-back insert leaves a gap for good.
+        st.psql("BEGIN; INSERT INTO audit_log (actor, event) VALUES ('test', 'test.rolled_back');"
+                " ROLLBACK;")
+        register(st, "AUD-GAP-1")
+        register(st, "AUD-GAP-2")
+        # Sealing waits for the missing ids, then links over them (grace 5 s).
+        time.sleep(2)
+        assert int(st.psql("SELECT count(*) FROM audit_log WHERE hash IS NULL"
+                           " AND device_id = 'AUD-GAP-2'")) == 1
+        wait_sealed(st, timeout=20)
+        assert slow.poll() is None, "the slow transaction should still be open"
+        assert int(st.psql("SELECT count(*) FROM audit_gaps")) > before
+        assert verify(st)["ok"]
+    finally:
+        slow.wait(timeout=30)
+    assert slow.returncode == 0, slow.stderr.read()
+    wait_sealed(st)
+    late = st.psql("SELECT l.id, l.chain_prev FROM audit_late l JOIN audit_log a ON a.id = l.id"
+                   " WHERE a.event = 'test.late'").strip()
+    assert late, st.psql("SELECT * FROM audit_gaps")
+    res = verify(st)
+    assert res["ok"], res
+    r = st.admin("GET", "/v1/admin/audit", params={"type": "test.late"}).json()["events"]
+    assert len(r) == 1 and r[0]["sealed"]
+    assert int(st.psql("SELECT count(*) FROM audit_log WHERE event = 'test.rolled_back'")) == 0
+
+
+def test_concurrent_writers_with_rollbacks(intact):
+    """Many concurrent transactions, one in ten rolled back: every gap is
+    skipped within a few seconds and the chain verifies."""
+    st = intact
+    gaps_before = int(st.psql("SELECT count(*) FROM audit_gaps"))
+    procs = []
+    for w in range(8):
+        script = "".join(
+            "BEGIN; INSERT INTO audit_log (actor, event, detail) VALUES"
+            f" ('load', 'load.event', '{{\"w\": {w}, \"i\": {i}}}'); "
+            + ("ROLLBACK;\n" if i % 10 == 3 else "COMMIT;\n")
+            for i in range(300))
+        p = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", st.pg_dsn],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        procs.append((p, script))
+    for p, script in procs:
+        p.stdin.write(script)
+        p.stdin.close()
+    for i in range(10):  # kmsd's own inserts meanwhile
+        register(st, f"AUD-LOAD-{i}")
+    for p, _ in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    t0 = time.time()
+    wait_sealed(st, timeout=60)
+    assert time.time() - t0 < 30
+    assert int(st.psql("SELECT count(*) FROM audit_log WHERE event = 'load.event'")) == 8 * 270
+    assert int(st.psql("SELECT count(*) FROM audit_gaps")) > gaps_before
+    res = verify(st)
+    assert res["ok"], res
+
+
+# -- two instances -----------------------------------------------------------------------------
+def test_two_instances_seal_one_chain(fresh_stack):
+    st = fresh_stack
+    st.start(extra_env=FAST)
+    port2 = free_port()
+    env = dict(st.env, QKMS_LISTEN_PORT=str(port2), **FAST)
+    log2 = open(os.path.join(st.state, "kmsd2.log"), "ab")
+    second = subprocess.Popen([KMSD, "-c", st.conf], env=env, stdout=log2, stderr=log2)
+    try:
+        import requests
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port2}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert second.poll() is None
+            time.sleep(0.1)
+        for i in range(20):
+            url = st.url if i % 2 else f"http://127.0.0.1:{port2}"
+            r = requests.post(url + "/v1/admin/devices", timeout=30,
+                              headers={"Authorization": f"Bearer {st.admin_token}"},
+                              json={"device_id": f"TWO-{i}", "type": "vehicle"})
+            assert r.status_code == 201, r.text
+        wait_sealed(st)
+        res = verify(st)
+        assert res["ok"] and res["rows_checked"] >= 20, res
+    finally:
+        second.send_signal(signal.SIGTERM)
+        rc = second.wait(timeout=30)
+        log2.close()
+    assert rc == 0, open(os.path.join(st.state, "kmsd2.log")).read()[-4000:]
