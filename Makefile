@@ -136,3 +136,17 @@ clean:
 	rm -rf build
 
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# ---- compose deployment (docker/compose.yaml; docker compose or podman-compose) ----
+.PHONY: base-image compose-up compose-down compose-test
+base-image:
+	sh docker/base-image.sh
+
+compose-up:
+	bash docker/compose.sh up
+
+compose-down:
+	bash docker/compose.sh down
+
+compose-test: all
+	PYTHON=$(PYTHON) QKMS_KMSCTL=$(CURDIR)/$(KMSCTL) QKMS_DEVICE=$(CURDIR)/$(QKMSDEV) bash tests/compose/run.sh $(PYTEST_ARGS)

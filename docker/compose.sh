@@ -1,0 +1,251 @@
+#!/bin/bash
+# docker/compose.sh — run docker/compose.yaml with whichever compose engine the
+# machine has, and do what the compose CLIs do differently in one way:
+#
+#   compose.sh build             base image (docker/base-image.sh) + compose build
+#   compose.sh up [--no-build]   build, start the stack (no demo), wait until healthy
+#   compose.sh wait              wait: init exited 0; postgres, qrng-sim, kmsd healthy
+#   compose.sh demo              run the demo profile; prints both devices' lines
+#   compose.sh down [-v]         stop gracefully and remove (-v: the volumes too)
+#   compose.sh admin-token FILE  copy the bootstrap admin token out of the stack (0600)
+#   compose.sh cid SERVICE       container ID of a service
+#   compose.sh logs SERVICE      its logs
+#   compose.sh restart SERVICE   restart its container
+#   compose.sh exec SERVICE CMD...
+#   compose.sh ps | config | engine
+#   compose.sh compose ARGS...   the compose CLI itself, with project and file
+#
+# Engine: `docker compose` when a Docker daemon answers, else podman-compose,
+# else docker-compose; QKMS_COMPOSE="podman-compose" (or "docker compose")
+# forces one. Project: QKMS_COMPOSE_PROJECT (default qkms). Waits are bounded
+# by QKMS_COMPOSE_WAIT seconds (default 180).
+#
+# podman without systemd never runs health checks by itself; `wait` runs them
+# (podman healthcheck run). podman-compose 1.0 ignores profiles and
+# depends_on conditions: `up` names the services to start, `demo` starts the
+# demo's containers one after the other, and the entrypoints wait for the
+# files they need.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+FILE=$HERE/compose.yaml
+# A local docker/compose.override.yaml (a real HSM or QRNG, see README.md) is
+# read after compose.yaml, as `docker compose` does in docker/ by itself.
+FILES=(-f "$FILE")
+[ "${QKMS_COMPOSE_OVERRIDE:-1}" != 0 ] && [ -f "$HERE/compose.override.yaml" ] && FILES+=(-f "$HERE/compose.override.yaml")
+PROJECT=${QKMS_COMPOSE_PROJECT:-qkms}
+WAIT=${QKMS_COMPOSE_WAIT:-180}
+BASE_IMAGE=${QKMS_BASE_IMAGE:-localhost/qkms-debian:bookworm}
+CORE_SERVICES="init postgres qrng-sim kmsd"
+DEMO_SERVICES="demo-setup vehicle encryptor"
+VOLUMES="pgdata db-secret token token-pin admin fills"
+
+say() { echo "compose: $*" >&2; }
+die() { echo "compose: $*" >&2; exit 1; }
+
+# ---- engine ---------------------------------------------------------------------
+COMPOSE=()
+if [ -n "${QKMS_COMPOSE:-}" ]; then
+    read -r -a COMPOSE <<<"$QKMS_COMPOSE"
+elif command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1 &&
+     docker info >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+elif command -v podman-compose >/dev/null 2>&1; then
+    COMPOSE=(podman-compose)
+elif command -v docker-compose >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    COMPOSE=(docker-compose)
+else
+    die "no compose engine: install docker with the compose plugin, or podman and podman-compose"
+fi
+case "${COMPOSE[0]}" in
+    podman-compose) ENGINE=podman ;;
+    *) ENGINE=docker ;;
+esac
+export CONTAINER_ENGINE=$ENGINE
+# podman builds OCI images by default, which drop HEALTHCHECK and STOPSIGNAL.
+[ "$ENGINE" = podman ] && export BUILDAH_FORMAT=${BUILDAH_FORMAT:-docker}
+
+# podman without systemd complains on every container start that it cannot
+# schedule health checks (`wait` runs them instead); those lines are dropped.
+NOISE='/unable to get systemd connection/d; /failed to connect to syslog/d'
+
+engine() { # the engine CLI, stdout kept, podman's systemd complaints dropped
+    if [ "$ENGINE" = podman ]; then
+        { podman "$@" 2>&1 1>&3 3>&- | sed "$NOISE" >&2; } 3>&1
+    else
+        docker "$@"
+    fi
+}
+
+compose() {
+    if [ "$ENGINE" = podman ]; then
+        # podman-compose prints every podman command it runs; keep them off stdout.
+        "${COMPOSE[@]}" -p "$PROJECT" "${FILES[@]}" "$@" 2>&1 | sed "$NOISE" >&2
+    else
+        "${COMPOSE[@]}" -p "$PROJECT" "${FILES[@]}" "$@"
+    fi
+}
+
+cid() { # cid SERVICE: the service's (first) container, empty if none
+    "$ENGINE" ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
+        --filter "label=com.docker.compose.service=$1" | sed -n 1p
+}
+
+need_cid() {
+    local c
+    c=$(cid "$1")
+    [ -n "$c" ] || die "service $1 has no container (is the stack up?)"
+    echo "$c"
+}
+
+state() { "$ENGINE" inspect -f '{{.State.Status}}' "$1" 2>/dev/null || echo missing; }
+exit_code() { "$ENGINE" inspect -f '{{.State.ExitCode}}' "$1"; }
+
+healthy() { # healthy CID: the service's health check passes now
+    if [ "$ENGINE" = podman ]; then
+        [ "$(state "$1")" = running ] && podman healthcheck run "$1" >/dev/null 2>&1
+    else
+        [ "$("$ENGINE" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null)" = healthy ]
+    fi
+}
+
+show_logs() { # show_logs SERVICE: the tail of a failing service's log
+    local c
+    c=$(cid "$1")
+    [ -n "$c" ] || return 0
+    echo "---- logs of $1 (last 40 lines) ----" >&2
+    "$ENGINE" logs --tail 40 "$c" >&2 2>&1 || true
+    echo "----" >&2
+}
+
+wait_exited_ok() { # wait_exited_ok SERVICE
+    local svc=$1 deadline=$(( $(date +%s) + WAIT )) c st
+    while :; do
+        c=$(cid "$svc")
+        if [ -n "$c" ]; then
+            st=$(state "$c")
+            if [ "$st" = exited ] || [ "$st" = stopped ]; then
+                [ "$(exit_code "$c")" = 0 ] && return 0
+                show_logs "$svc"
+                die "$svc exited with status $(exit_code "$c")"
+            fi
+        fi
+        [ "$(date +%s)" -lt "$deadline" ] || { show_logs "$svc"; die "$svc did not finish in ${WAIT}s"; }
+        sleep 1
+    done
+}
+
+wait_healthy() { # wait_healthy SERVICE
+    local svc=$1 deadline=$(( $(date +%s) + WAIT )) c
+    while :; do
+        c=$(cid "$svc")
+        if [ -n "$c" ] && healthy "$c"; then
+            say "$svc healthy"
+            return 0
+        fi
+        [ "$(date +%s)" -lt "$deadline" ] || { show_logs "$svc"; die "$svc not healthy in ${WAIT}s"; }
+        sleep 1
+    done
+}
+
+cmd_wait() {
+    wait_exited_ok init
+    local s
+    for s in postgres qrng-sim kmsd; do wait_healthy "$s"; done
+}
+
+cmd_build() {
+    case "$BASE_IMAGE" in
+        localhost/*) QKMS_BASE="$BASE_IMAGE" sh "$HERE/base-image.sh" ;;
+    esac
+    say "building images (${COMPOSE[*]})"
+    compose build
+}
+
+cmd_up() {
+    [ "${1:-}" = --no-build ] || cmd_build
+    say "starting project $PROJECT"
+    if [ "$ENGINE" = podman ]; then
+        # shellcheck disable=SC2086
+        compose up -d --no-build $CORE_SERVICES
+    else
+        compose up -d --no-build
+    fi
+    cmd_wait
+    say "up: kmsd on http://127.0.0.1:${QKMS_COMPOSE_PORT:-8470} (admin token: $0 admin-token FILE)"
+}
+
+cmd_demo() {
+    local s c
+    # Fresh containers each time, so that their logs show this run only.
+    for s in $DEMO_SERVICES; do
+        c=$(cid "$s")
+        [ -z "$c" ] || "$ENGINE" rm -f "$c" >/dev/null
+    done
+    if [ "$ENGINE" = podman ]; then
+        # One after the other: podman-compose 1.0 would start them all at once.
+        # shellcheck disable=SC2086
+        compose up --no-start --no-build $DEMO_SERVICES
+        c=$(need_cid demo-setup)
+        engine start "$c" >/dev/null
+        wait_exited_ok demo-setup
+        for s in vehicle encryptor; do engine start "$(need_cid "$s")" >/dev/null; done
+    else
+        compose --profile demo up -d --no-build
+        wait_exited_ok demo-setup
+    fi
+    for s in vehicle encryptor; do wait_exited_ok "$s"; done
+    "$ENGINE" logs "$(need_cid demo-setup)" 2>&1 | sed 's/^/  /' >&2
+    for s in vehicle encryptor; do "$ENGINE" logs "$(need_cid "$s")" 2>&1; done
+}
+
+cmd_down() {
+    local s c
+    # Graceful stop in reverse start order (podman-compose 1.0 stops with a 1 s timeout).
+    for s in $DEMO_SERVICES kmsd qrng-sim postgres; do
+        c=$(cid "$s")
+        if [ -n "$c" ]; then "$ENGINE" stop -t 30 "$c" >/dev/null 2>&1 || true; fi
+    done
+    if [ "$ENGINE" = podman ]; then
+        compose down "$@" || true
+        # podman-compose 1.0 removes only the volumes it labelled itself.
+        if [ "${1:-}" = -v ]; then
+            for s in $VOLUMES; do podman volume rm -f "${PROJECT}_$s" >/dev/null 2>&1 || true; done
+        fi
+        # podman-compose 1.0 leaves the project's networks behind.
+        for c in $(podman network ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null); do
+            podman network rm "$c" >/dev/null 2>&1 || true
+        done
+    else
+        compose --profile demo down "$@"
+    fi
+}
+
+cmd_admin_token() {
+    local out=${1:?usage: compose.sh admin-token FILE} c
+    c=$(need_cid kmsd)
+    ( umask 077; "$ENGINE" exec "$c" cat /var/lib/qkms/admin/admin.token > "$out.tmp" )
+    [ -s "$out.tmp" ] || { rm -f "$out.tmp"; die "no admin token in the kmsd container yet"; }
+    mv "$out.tmp" "$out"
+    say "admin token copied to $out"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    engine) echo "${COMPOSE[*]} ($ENGINE)" ;;
+    build) cmd_build ;;
+    up) cmd_up "$@" ;;
+    wait) cmd_wait ;;
+    demo) cmd_demo ;;
+    down) cmd_down "$@" ;;
+    admin-token) cmd_admin_token "$@" ;;
+    cid) need_cid "${1:?usage: compose.sh cid SERVICE}" ;;
+    logs) "$ENGINE" logs "$(need_cid "${1:?usage: compose.sh logs SERVICE}")" ;;
+    restart) engine restart -t 30 "$(need_cid "${1:?usage: compose.sh restart SERVICE}")" >/dev/null ;;
+    exec) s=${1:?usage: compose.sh exec SERVICE CMD...}; shift; "$ENGINE" exec "$(need_cid "$s")" "$@" ;;
+    ps) "$ENGINE" ps -a --filter "label=com.docker.compose.project=$PROJECT" ;;
+    config) compose config ;;
+    compose) compose "$@" ;;
+    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac

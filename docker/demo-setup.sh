@@ -1,0 +1,62 @@
+#!/bin/bash
+# demo-setup (compose profile "demo"): with kmsctl and the bootstrap admin
+# token, add a vehicle:encryptor pairing policy, register the two demo
+# devices and export their fill documents (plaintext JSON, mode 0600) into
+# the shared "fills" volume, then pick a fresh session ID for this demo run.
+# Idempotent: existing policy, devices and fill files are reused.
+#
+# A real provisioning station gets a sealed package instead
+# (kmsctl device fill ID --recipient-pub station.pem, then kmsctl fill open).
+set -euo pipefail
+umask 077
+
+export KMS_ADDR=${KMS_ADDR:-http://kmsd:8470}
+export KMS_TOKEN_FILE=${KMS_TOKEN_FILE:-/var/lib/qkms/admin/admin.token}
+VEHICLE=${DEMO_VEHICLE:-DEMO-VIN-0001}
+ENCRYPTOR=${DEMO_ENCRYPTOR:-DEMO-ENC-01}
+GROUP=${DEMO_GROUP:-demo}
+POLICY=${DEMO_POLICY:-demo-vehicle-encryptor}
+FILLS=/var/lib/qkms/fills
+
+say() { echo "demo-setup: $*"; }
+die() { echo "demo-setup: $*" >&2; exit 1; }
+
+deadline=$(( $(date +%s) + ${DEMO_WAIT_SECONDS:-120} ))
+until curl -fsS -o /dev/null --max-time 2 "$KMS_ADDR/readyz" 2>/dev/null && [ -s "$KMS_TOKEN_FILE" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "kmsd at $KMS_ADDR not ready in time"
+    sleep 1
+done
+
+policies=$(kmsctl policy list --json)
+if grep -q "\"name\": *\"$POLICY\"" <<<"$policies"; then
+    say "policy $POLICY exists"
+else
+    kmsctl policy add "$POLICY" --types vehicle:encryptor >/dev/null
+    say "policy $POLICY added (vehicle:encryptor, same group)"
+fi
+
+for spec in "$VEHICLE:vehicle" "$ENCRYPTOR:encryptor"; do
+    id=${spec%%:*} type=${spec#*:}
+    if kmsctl device show "$id" >/dev/null 2>&1; then
+        say "device $id exists"
+    else
+        kmsctl device register "$id" --type "$type" --group "$GROUP" --keys 2 >/dev/null
+        say "device $id registered ($type, group $GROUP)"
+    fi
+    out=$FILLS/$id.json
+    if [ -s "$out" ]; then
+        say "fill document $out exists"
+        continue
+    fi
+    rm -f "$out.new"
+    # Keys exported before (e.g. the volume was lost) need --force.
+    kmsctl device fill "$id" --plaintext --out "$out.new" >/dev/null 2>&1 ||
+        kmsctl device fill "$id" --plaintext --out "$out.new" --force >/dev/null
+    mv "$out.new" "$out"
+    say "fill document $out written"
+done
+
+sid=demo-$(date -u +%Y%m%dT%H%M%SZ)-$(head -c 4 /dev/urandom | od -An -vtx1 | tr -d ' \n')
+printf '%s\n' "$sid" > "$FILLS/session.id.new"
+mv "$FILLS/session.id.new" "$FILLS/session.id"
+say "session $sid"

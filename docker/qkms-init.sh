@@ -1,0 +1,93 @@
+#!/bin/bash
+# The init service of docker/compose.yaml: a one-shot, idempotent setup of
+# everything secret that the stack needs, created here at first start and
+# never committed anywhere:
+#
+#   /run/qkms/db/db.password     PostgreSQL password of role qkms   (root 0400; read by the postgres entrypoint)
+#   /run/qkms/db/pgpass          the same as a libpq passfile       (qkms 0400; kmsd's db_conninfo passfile=)
+#   /run/qkms/pin/token.so-pin   SoftHSM SO PIN                     (root 0400; operators only)
+#   /run/qkms/pin/token.pin      SoftHSM user PIN                   (qkms 0400; kmsd's pkcs11_pin_file)
+#   /var/lib/qkms/token/         the SoftHSM token labelled $QKMS_PKCS11_TOKEN_LABEL (qkms 0700)
+#   /var/lib/qkms/admin/         where kmsd writes the bootstrap admin token (qkms 0700)
+#   /var/lib/qkms/fills/         the demo's fill documents (qkms 0700)
+#
+# Each path is a named volume. Secrets are random (24 bytes from
+# /dev/urandom, hex) and never printed. Running again changes nothing that
+# exists; token.pin appears only once the token exists, so kmsd (which waits
+# for it) never sees a PIN without its token.
+#
+# QKMS_INIT_SOFTHSM=0 skips the SoftHSM token and its PINs (a real HSM: the
+# operator provides the module, the token and the PIN file).
+set -euo pipefail
+umask 077
+
+QKMS_UID=${QKMS_UID:-10001}
+LABEL=${QKMS_PKCS11_TOKEN_LABEL:-qkms}
+DB=/run/qkms/db
+PIN=/run/qkms/pin
+TOKEN=/var/lib/qkms/token
+
+log() { printf '{"ts":"%s","level":"info","msg":"%s","component":"qkms-init"}\n' \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
+
+# secret FILE: a random hex secret, created once (atomically).
+secret() {
+    [ -s "$1" ] && return 0
+    head -c 24 /dev/urandom | od -An -vtx1 | tr -d ' \n' > "$1.tmp"
+    mv "$1.tmp" "$1"
+    log "created $1"
+}
+
+# ---- PostgreSQL password ---------------------------------------------------
+install -d -m 0755 "$DB"
+secret "$DB/db.password"
+chown 0:0 "$DB/db.password"
+chmod 0400 "$DB/db.password"
+pw=$(cat "$DB/db.password")
+want=$(printf '*:*:qkms:qkms:%s' "$pw")
+if [ ! -s "$DB/pgpass" ] || [ "$(cat "$DB/pgpass")" != "$want" ]; then
+    printf '%s\n' "$want" > "$DB/pgpass.tmp"
+    mv "$DB/pgpass.tmp" "$DB/pgpass"
+    log "wrote $DB/pgpass"
+fi
+unset pw want
+chown "$QKMS_UID:$QKMS_UID" "$DB/pgpass"
+chmod 0400 "$DB/pgpass"
+
+# ---- SoftHSM token -----------------------------------------------------------
+install -d -m 0755 "$PIN"
+if [ "${QKMS_INIT_SOFTHSM:-1}" != 0 ]; then
+    secret "$PIN/token.so-pin"
+    chown 0:0 "$PIN/token.so-pin"
+    chmod 0400 "$PIN/token.so-pin"
+    userpin=$PIN/token.pin
+    [ -s "$userpin" ] || { secret "$PIN/.token.pin.new"; userpin=$PIN/.token.pin.new; }
+    install -d -m 0700 "$TOKEN"
+    # softhsm2-util pads labels with spaces to 32 characters.
+    # (Captured first: with pipefail, grep -q closing the pipe early could
+    # make the check fail and a second token be created.)
+    slots=$(softhsm2-util --show-slots 2>/dev/null || true)
+    if grep -q "Label:[[:space:]]*${LABEL}[[:space:]]*\$" <<<"$slots"; then
+        if [ "$userpin" != "$PIN/token.pin" ]; then
+            log "the token '$LABEL' exists but its PIN file $PIN/token.pin is gone (volume removed?)"
+            exit 1
+        fi
+    else
+        log "creating SoftHSM token '$LABEL'"
+        softhsm2-util --init-token --free --label "$LABEL" \
+            --so-pin "$(cat "$PIN/token.so-pin")" --pin "$(cat "$userpin")" >/dev/null
+    fi
+    chown -R "$QKMS_UID:$QKMS_UID" "$TOKEN"
+    chmod 0700 "$TOKEN"
+    chown "$QKMS_UID:$QKMS_UID" "$userpin"
+    chmod 0400 "$userpin"
+    [ "$userpin" = "$PIN/token.pin" ] || mv "$userpin" "$PIN/token.pin"
+fi
+
+# ---- directories kmsd and the demo write ----------------------------------------
+for d in /var/lib/qkms/admin /var/lib/qkms/fills; do
+    [ -d "$d" ] || continue
+    chown "$QKMS_UID:$QKMS_UID" "$d"
+    chmod 0700 "$d"
+done
+log "init done"
