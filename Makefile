@@ -138,7 +138,11 @@ clean:
 -include $(shell find build -name '*.d' 2>/dev/null)
 
 # ---- compose deployment (docker/compose.yaml; docker compose or podman-compose) ----
-.PHONY: base-image compose-up compose-down compose-test
+.PHONY: container-deps base-image compose-up compose-down compose-test
+# podman + podman-compose + runc + debootstrap where docker compose is absent
+container-deps:
+	sh scripts/container-deps.sh
+
 base-image:
 	sh docker/base-image.sh
 
