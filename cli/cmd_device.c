@@ -285,27 +285,10 @@ cleanup:
 
 /* ---- show, keys ---------------------------------------------------------- */
 
-/* GET or POST device_path(id, suffix); the ID is checked first. */
-static int device_request(const struct kmsctl_ctx *ctx, const char *method, const char *id,
-                          const char *suffix, const json_t *body, json_t **resp)
-{
-    char *path = NULL;
-    int rc;
-
-    *resp = NULL;
-    if ((rc = device_check_id("device ID", id)))
-        return rc;
-    if (!(path = device_path(id, suffix)))
-        return EXIT_INTERNAL;
-    rc = client_call(ctx, method, path, body, resp);
-    free(path);
-    return rc;
-}
-
 static int device_show(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     json_t *resp = NULL;
-    int rc = device_request(ctx, "GET", inv->pos[0], NULL, NULL, &resp);
+    int rc = resource_call(ctx, &device_resource, "GET", inv->pos[0], NULL, NULL, &resp);
     if (!rc)
         rc = ctx->json ? out_json(resp) : device_print_record(resp);
     json_decref(resp);
@@ -316,7 +299,7 @@ static int device_keys(const struct kmsctl_ctx *ctx, const struct invocation *in
 {
     bool kcv = opt_get(&inv->local, "kcv") != NULL;
     json_t *resp = NULL;
-    int rc = device_request(ctx, "GET", inv->pos[0], kcv ? "keys?kcv=true" : "keys", NULL, &resp);
+    int rc = resource_call(ctx, &device_resource, "GET", inv->pos[0], kcv ? "keys?kcv=true" : "keys", NULL, &resp);
     if (!rc)
         rc = ctx->json ? out_json(resp) : device_print_keys(json_object_get(resp, "keys"), true);
     json_decref(resp);
@@ -335,7 +318,7 @@ static int change_state(const struct kmsctl_ctx *ctx, const struct invocation *i
         out_error("out of memory");
         goto cleanup;
     }
-    rc = device_request(ctx, "POST", id, verb, req, &resp);
+    rc = resource_call(ctx, &device_resource, "POST", id, verb, req, &resp);
     if (rc)
         goto cleanup;
     if (strcmp(verb, "revoke") == 0)
@@ -408,7 +391,7 @@ static int device_rotate(const struct kmsctl_ctx *ctx, const struct invocation *
     }
     if ((rc = rotate_body(&inv->local, req)))
         goto cleanup;
-    rc = device_request(ctx, "POST", inv->pos[0], "rotate", req, &resp);
+    rc = resource_call(ctx, &device_resource, "POST", inv->pos[0], "rotate", req, &resp);
     if (!rc)
         rc = ctx->json ? out_json(resp) : device_print_record(resp);
 

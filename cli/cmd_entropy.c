@@ -9,6 +9,7 @@
 #include "command.h"
 #include "exitcodes.h"
 #include "output.h"
+#include "resource.h"
 
 /* One line per source: what an operator on call scans first. */
 static int print_status(const json_t *st)
@@ -61,19 +62,25 @@ static int entropy_status_run(const struct kmsctl_ctx *ctx, const struct invocat
     return rc;
 }
 
+/* Up to 15 of a-z 0-9: refuses anything that could leave the path segment. */
+static int check_source(const char *what, const char *name)
+{
+    if (strlen(name) <= 15 && strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789") == strlen(name))
+        return EXIT_OK;
+    out_error("not an %s: %s", what, out_safe(name));
+    return EXIT_USAGE;
+}
+
+static const struct resource source_resource = {
+    .base = "/v1/admin/entropy/sources",
+    .what = "entropy source name",
+    .check = check_source,
+};
+
 static int entropy_enable_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
-    const char *name = inv->pos[0];
-    char path[128];
     json_t *resp = NULL, *body = json_object();
-    int rc;
-    if (strlen(name) > 15 || strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789") != strlen(name)) {
-        out_error("not an entropy source name: %s", out_safe(name));
-        json_decref(body);
-        return EXIT_USAGE;
-    }
-    snprintf(path, sizeof(path), "/v1/admin/entropy/sources/%s/enable", name);
-    rc = client_call(ctx, "POST", path, body, &resp);
+    int rc = resource_call(ctx, &source_resource, "POST", inv->pos[0], "enable", body, &resp);
     if (!rc)
         rc = ctx->json ? out_json(resp) : print_status(resp);
     json_decref(body);

@@ -18,6 +18,7 @@
 #include "device_common.h"
 #include "exitcodes.h"
 #include "output.h"
+#include "resource.h"
 
 #define NAME_MAX_LEN 64
 #define IDLE_MAX 86400L     /* one day */
@@ -38,15 +39,20 @@ static bool name_ok(const char *s)
     return true;
 }
 
-static int check_name(const char *s)
+static int check_name(const char *what, const char *s)
 {
     if (name_ok(s))
         return EXIT_OK;
-    out_error("bad policy name '%s': use 1-%d of A-Z a-z 0-9 . _ -, starting with a letter "
-              "or digit",
-              out_safe(s), NAME_MAX_LEN);
+    out_error("bad %s '%s': use 1-%d of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+              what, out_safe(s), NAME_MAX_LEN);
     return EXIT_USAGE;
 }
+
+static const struct resource policy_resource = {
+    .base = "/v1/admin/policies",
+    .what = "policy name",
+    .check = check_name,
+};
 
 /*
  * Splits "A:B" at its only ':' into heap copies *a and *b, each checked by
@@ -188,7 +194,7 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
     int rc;
 
     *req = NULL;
-    if ((rc = check_name(name)))
+    if ((rc = check_name(policy_resource.what, name)))
         goto cleanup;
     rc = EXIT_USAGE;
     if (!types) {
@@ -282,29 +288,17 @@ cleanup:
 static int policy_remove(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     const char *name = inv->pos[0];
-    char *path = NULL;
     json_t *resp = NULL;
-    int rc = check_name(name);
-    if (rc)
-        goto cleanup;
-    /* A checked name needs no escaping and is never "." or "..". */
-    if (asprintf(&path, "/v1/admin/policies/%s", name) < 0) {
-        path = NULL;
-        out_error("out of memory");
-        rc = EXIT_INTERNAL;
-        goto cleanup;
-    }
-    rc = client_call(ctx, "DELETE", path, NULL, &resp);
+    int rc = resource_call(ctx, &policy_resource, "DELETE", name, NULL, NULL, &resp);
     if (rc)
         goto cleanup;
     if (ctx->json) {
         rc = out_json(resp);
         goto cleanup;
     }
-    printf("Removed pairing policy '%s'.\n", name);
+    printf("Removed pairing policy '%s'.\n", name); /* checked: [A-Za-z0-9._-] */
 
 cleanup:
-    free(path);
     json_decref(resp);
     return rc;
 }

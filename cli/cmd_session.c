@@ -17,6 +17,7 @@
 #include "device_common.h"
 #include "exitcodes.h"
 #include "output.h"
+#include "resource.h"
 
 #define LIST_LIMIT_MAX 1000L
 #define LIST_LIMIT_DEFAULT 100L /* the server's, when no --limit is given */
@@ -146,43 +147,17 @@ cleanup:
 
 /* ---- show, end -------------------------------------------------------------- */
 
-/* GET or POST /v1/admin/sessions/ID[/suffix]; the ID is checked first. */
-static int session_request(const struct kmsctl_ctx *ctx, const char *method, const char *id,
-                           const char *suffix, const json_t *body, json_t **resp)
-{
-    char *escaped = NULL, *path = NULL;
-    int rc;
-
-    *resp = NULL;
-    if ((rc = device_check_id("session ID", id)))
-        return rc;
-    if (!(escaped = client_escape_segment(id)))
-        return EXIT_INTERNAL;
-    if (asprintf(&path, "/v1/admin/sessions/%s%s%s", escaped, suffix ? "/" : "",
-                 suffix ? suffix : "") < 0) {
-        path = NULL;
-        out_error("out of memory");
-        rc = EXIT_INTERNAL;
-        goto cleanup;
-    }
-    rc = client_call(ctx, method, path, body, resp);
-    if (!rc && !json_is_object(*resp)) {
-        out_error("server response is not a session record");
-        json_decref(*resp);
-        *resp = NULL;
-        rc = EXIT_SERVER;
-    }
-
-cleanup:
-    free(path);
-    free(escaped);
-    return rc;
-}
+static const struct resource session_resource = {
+    .base = "/v1/admin/sessions",
+    .what = "session ID",
+    .check = device_check_id,
+    .record = "session record",
+};
 
 static int session_show(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     json_t *resp = NULL;
-    int rc = session_request(ctx, "GET", inv->pos[0], NULL, NULL, &resp);
+    int rc = resource_call(ctx, &session_resource, "GET", inv->pos[0], NULL, NULL, &resp);
     if (!rc)
         rc = ctx->json ? out_json(resp) : out_kv(resp);
     json_decref(resp);
@@ -199,7 +174,7 @@ static int session_end(const struct kmsctl_ctx *ctx, const struct invocation *in
         out_error("out of memory");
         goto cleanup;
     }
-    rc = session_request(ctx, "POST", id, "end", req, &resp);
+    rc = resource_call(ctx, &session_resource, "POST", id, "end", req, &resp);
     if (rc)
         goto cleanup;
     if (ctx->json) {

@@ -9,6 +9,7 @@
 #include "client.h"
 #include "exitcodes.h"
 #include "output.h"
+#include "resource.h"
 
 #define EXPIRES_MAX_DAYS 3650L
 
@@ -125,28 +126,26 @@ cleanup:
     return rc;
 }
 
+/* "." and ".." would name another path once a server normalises it. */
+static int check_name(const char *what, const char *s)
+{
+    if (*s && strcmp(s, ".") != 0 && strcmp(s, "..") != 0)
+        return EXIT_OK;
+    out_error("%s must not be empty, '.' or '..'", what);
+    return EXIT_USAGE;
+}
+
+static const struct resource token_resource = {
+    .base = "/v1/admin/tokens",
+    .what = "token name",
+    .check = check_name,
+};
+
 static int token_revoke(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     const char *name = inv->pos[0];
-    char *escaped = NULL, *path = NULL;
     json_t *resp = NULL;
-    int rc = EXIT_USAGE;
-
-    /* "." and ".." would name another path once a server normalises it. */
-    if (!*name || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
-        out_error("token name must not be empty, '.' or '..'");
-        goto cleanup;
-    }
-    rc = EXIT_INTERNAL;
-    if (!(escaped = client_escape(name)))
-        goto cleanup;
-    if (asprintf(&path, "/v1/admin/tokens/%s", escaped) < 0) {
-        path = NULL;
-        out_error("out of memory");
-        goto cleanup;
-    }
-
-    rc = client_call(ctx, "DELETE", path, NULL, &resp);
+    int rc = resource_call(ctx, &token_resource, "DELETE", name, NULL, NULL, &resp);
     if (rc)
         goto cleanup;
     if (ctx->json) {
@@ -161,8 +160,6 @@ static int token_revoke(const struct kmsctl_ctx *ctx, const struct invocation *i
     fputs(".\n", stdout);
 
 cleanup:
-    free(path);
-    free(escaped);
     json_decref(resp);
     return rc;
 }

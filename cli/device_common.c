@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client.h"
 #include "exitcodes.h"
 #include "output.h"
 
@@ -104,19 +103,11 @@ int device_put(json_t *o, const char *key, json_t *value)
     return EXIT_OK;
 }
 
-char *device_path(const char *id, const char *suffix)
-{
-    char *escaped = client_escape_segment(id), *path = NULL;
-    if (!escaped)
-        return NULL; /* reported */
-    if (asprintf(&path, "/v1/admin/devices/%s%s%s", escaped, suffix ? "/" : "",
-                 suffix ? suffix : "") < 0) {
-        path = NULL;
-        out_error("out of memory");
-    }
-    free(escaped);
-    return path;
-}
+const struct resource device_resource = {
+    .base = "/v1/admin/devices",
+    .what = "device ID",
+    .check = device_check_id,
+};
 
 int device_print_keys(const json_t *keys, bool kcv)
 {

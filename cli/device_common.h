@@ -11,6 +11,7 @@
 #define KMSCTL_DEVICE_COMMON_H
 #include <stdbool.h>
 #include <jansson.h>
+#include "resource.h"
 
 #define DEVICE_ID_MAX 128
 #define DEVICE_KEYS_MAX 16
@@ -39,13 +40,8 @@ int device_check_key_bits(const char *what, const char *s, long *bits);
  * EXIT_INTERNAL after reporting. */
 int device_put(json_t *o, const char *key, json_t *value);
 
-/*
- * "/v1/admin/devices/<ID escaped>" plus "/suffix" unless suffix is NULL.
- * IDs "." and ".." are sent as %2E segments so no proxy or client library
- * mistakes them for dot segments. Heap string; NULL on out of memory
- * (reported).
- */
-char *device_path(const char *id, const char *suffix);
+/* /v1/admin/devices/<ID>, IDs checked by device_check_id (resource.h). */
+extern const struct resource device_resource;
 
 /*
  * Human output of a device record: its fields except "keys" as aligned

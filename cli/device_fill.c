@@ -300,7 +300,7 @@ int device_fill_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 
     if (rc || (ctx->json && (rc = check_out_utf8(f.out))) || (rc = build_body(&f, &req)))
         goto cleanup;
-    if (!(path = device_path(f.id, "fill"))) {
+    if (!(path = resource_path(&device_resource, f.id, "fill"))) {
         rc = EXIT_INTERNAL;
         goto cleanup;
     }
