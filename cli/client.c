@@ -303,6 +303,13 @@ int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     return call(ctx, method, path, body, false, out);
 }
 
+int client_show(const struct kmsctl_ctx *ctx, const char *path, out_printer print)
+{
+    json_t *resp;
+    int rc = client_call(ctx, "GET", path, NULL, &resp);
+    return out_result(ctx->json, rc, resp, print);
+}
+
 int client_call_empty_ok(const struct kmsctl_ctx *ctx, const char *method, const char *path,
                          const json_t *body, json_t **out)
 {

@@ -10,6 +10,7 @@
 #define KMSCTL_CLIENT_H
 #include <jansson.h>
 #include "context.h"
+#include "output.h"
 
 /* Call once before any request and once at exit, as libcurl requires. */
 int client_global_init(void);
@@ -37,6 +38,10 @@ int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
  */
 int client_call_empty_ok(const struct kmsctl_ctx *ctx, const char *method, const char *path,
                          const json_t *body, json_t **out);
+
+/* GET path, then out_result: the whole of a command that shows one answer
+ * (JSON with --json, else through print). */
+int client_show(const struct kmsctl_ctx *ctx, const char *path, out_printer print);
 
 /* Percent-escapes s for use as one path segment. Heap string, caller
  * frees; NULL on out of memory (reported). */

@@ -18,6 +18,7 @@
 #include "exitcodes.h"
 #include "fileio.h"
 #include "output.h"
+#include "resource.h"
 
 #define LIST_LIMIT_MAX 1000L
 #define LIST_LIMIT_DEFAULT 100L
@@ -157,43 +158,26 @@ static int print_events(const json_t *events)
     return rc;
 }
 
-static int audit_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+/* The events table, and a note when the server has more. */
+static int print_page(const json_t *resp)
 {
-    char *query = NULL, *path = NULL;
-    json_t *resp = NULL;
-    long limit;
-    int rc = list_query(&inv->local, &query, &limit);
-    if (rc)
-        goto cleanup;
-    if (asprintf(&path, "/v1/admin/audit%s", query ? query : "") < 0) {
-        path = NULL;
-        out_error("out of memory");
-        rc = EXIT_INTERNAL;
-        goto cleanup;
-    }
-    rc = client_call(ctx, "GET", path, NULL, &resp);
-    if (rc)
-        goto cleanup;
-    const json_t *events = json_object_get(resp, "events");
-    if (!json_is_array(events)) {
-        out_error("server response has no \"events\" list");
-        rc = EXIT_SERVER;
-        goto cleanup;
-    }
-    if (ctx->json) {
-        rc = out_json(resp);
-        goto cleanup;
-    }
-    rc = print_events(events);
+    int rc = print_events(json_object_get(resp, "events"));
     if (!rc && json_is_integer(json_object_get(resp, "next")))
         out_note("More events follow: add --after %lld (or raise --limit, up to %ld).",
                  (long long)json_integer_value(json_object_get(resp, "next")), LIST_LIMIT_MAX);
-
-cleanup:
-    free(path);
-    free(query);
-    json_decref(resp);
     return rc;
+}
+
+static int audit_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    char *query = NULL;
+    json_t *resp = NULL;
+    long limit;
+    int rc = list_query(&inv->local, &query, &limit);
+    if (!rc)
+        rc = resource_list(ctx, "/v1/admin/audit", query, "events", &resp);
+    free(query);
+    return out_result(ctx->json, rc, resp, print_page);
 }
 
 /* ---- verify --------------------------------------------------------------------- */

@@ -87,13 +87,10 @@ static int device_register(const struct kmsctl_ctx *ctx, const struct invocation
         goto cleanup;
 
     rc = client_call(ctx, "POST", "/v1/admin/devices", req, &resp);
-    if (rc)
-        goto cleanup;
-    rc = ctx->json ? out_json(resp) : device_print_record(resp);
+    rc = out_result(ctx->json, rc, resp, device_print_record);
 
 cleanup:
     json_decref(req);
-    json_decref(resp);
     return rc;
 }
 
@@ -179,15 +176,20 @@ cleanup:
     return rc;
 }
 
-/* Follows "next" from `after` until it is null, appending to devices. */
+/* Follows "next" from `after` until it is null; every page's devices
+ * combined into one {"devices":[...]} in *resp (NULL unless EXIT_OK). */
 static int list_all(const struct kmsctl_ctx *ctx, const char *query, const char *after,
-                    json_t *devices)
+                    json_t **resp)
 {
-    char *cursor = after ? strdup(after) : NULL;
-    json_t *page = NULL;
+    char *cursor = NULL;
+    json_t *devices = json_array(), *page = NULL;
     int rc = EXIT_INTERNAL;
 
-    if (after && !cursor)
+    *resp = NULL;
+    /* "o" takes devices, even when json_pack fails. */
+    if (!devices || !(*resp = json_pack("{s:o}", "devices", devices)))
+        goto oom;
+    if (after && !(cursor = strdup(after)))
         goto oom;
     for (;;) {
         rc = list_page(ctx, query, cursor, &page);
@@ -218,32 +220,25 @@ oom:
     out_error("out of memory");
     rc = EXIT_INTERNAL;
 cleanup:
+    if (rc) {
+        json_decref(*resp);
+        *resp = NULL;
+    }
     json_decref(page);
     free(cursor);
     return rc;
 }
 
-static int print_device_table(const json_t *devices)
+/* The devices table, and a note when a "next" cursor says more follow. */
+static int print_device_page(const json_t *resp)
 {
     static const char *const headers[] = {"DEVICE", "TYPE",        "GROUP",
                                           "STATE",  "ACTIVE-KEYS", "NEXT-EXPIRY"};
     static const char *const fields[] = {"device_id", "type",        "group",
                                          "state",     "active_keys", "next_expiry"};
-    struct table *t = table_new(6, headers);
-    int rc = EXIT_INTERNAL;
-    if (!t)
-        goto cleanup;
-    size_t i;
-    const json_t *dev;
-    json_array_foreach(devices, i, dev) {
-        rc = table_add_json(t, dev, fields);
-        if (rc)
-            goto cleanup;
-    }
-    rc = table_print(t, stdout);
-
-cleanup:
-    table_free(t);
+    int rc = out_table(json_object_get(resp, "devices"), 6, headers, fields);
+    if (!rc && json_is_string(json_object_get(resp, "next")))
+        out_note("More devices follow: use --all, or --after with the last device ID shown.");
     return rc;
 }
 
@@ -253,57 +248,35 @@ static int device_list(const struct kmsctl_ctx *ctx, const struct invocation *in
     char *query = NULL;
     json_t *resp = NULL;
     int rc = list_query(&inv->local, &query);
-    if (rc)
-        goto cleanup;
-
-    if (opt_get(&inv->local, "all")) {
-        json_t *devices = json_array();
-        if (!devices || !(resp = json_pack("{s:o}", "devices", devices))) {
-            out_error("out of memory");
-            rc = EXIT_INTERNAL;
-            goto cleanup;
-        }
-        rc = list_all(ctx, query, after, devices);
-    } else {
+    if (!rc && opt_get(&inv->local, "all"))
+        rc = list_all(ctx, query, after, &resp);
+    else if (!rc)
         rc = list_page(ctx, query, after, &resp);
-    }
-    if (rc)
-        goto cleanup;
-    if (ctx->json) {
-        rc = out_json(resp);
-        goto cleanup;
-    }
-    rc = print_device_table(json_object_get(resp, "devices"));
-    if (!rc && json_is_string(json_object_get(resp, "next")))
-        out_note("More devices follow: use --all, or --after with the last device ID shown.");
-
-cleanup:
     free(query);
-    json_decref(resp);
-    return rc;
+    return out_result(ctx->json, rc, resp, print_device_page);
 }
 
 /* ---- show, keys ---------------------------------------------------------- */
 
 static int device_show(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
-    json_t *resp = NULL;
+    json_t *resp;
     int rc = resource_call(ctx, &device_resource, "GET", inv->pos[0], NULL, NULL, &resp);
-    if (!rc)
-        rc = ctx->json ? out_json(resp) : device_print_record(resp);
-    json_decref(resp);
-    return rc;
+    return out_result(ctx->json, rc, resp, device_print_record);
+}
+
+/* The keys table of a GET .../keys answer, always with its KCV column. */
+static int print_keys_answer(const json_t *resp)
+{
+    return device_print_keys(resp, true);
 }
 
 static int device_keys(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
-    bool kcv = opt_get(&inv->local, "kcv") != NULL;
-    json_t *resp = NULL;
-    int rc = resource_call(ctx, &device_resource, "GET", inv->pos[0], kcv ? "keys?kcv=true" : "keys", NULL, &resp);
-    if (!rc)
-        rc = ctx->json ? out_json(resp) : device_print_keys(json_object_get(resp, "keys"), true);
-    json_decref(resp);
-    return rc;
+    const char *suffix = opt_get(&inv->local, "kcv") ? "keys?kcv=true" : "keys";
+    json_t *resp;
+    int rc = resource_call(ctx, &device_resource, "GET", inv->pos[0], suffix, NULL, &resp);
+    return out_result(ctx->json, rc, resp, print_keys_answer);
 }
 
 /* ---- suspend, resume, revoke, rotate ------------------------------------- */
@@ -311,32 +284,16 @@ static int device_keys(const struct kmsctl_ctx *ctx, const struct invocation *in
 static int change_state(const struct kmsctl_ctx *ctx, const struct invocation *inv, const char *verb)
 {
     const char *id = inv->pos[0];
-    json_t *req = json_object(), *resp = NULL;
-    int rc = EXIT_INTERNAL;
-
-    if (!req) {
-        out_error("out of memory");
-        goto cleanup;
-    }
-    rc = resource_call(ctx, &device_resource, "POST", id, verb, req, &resp);
-    if (rc)
-        goto cleanup;
-    if (strcmp(verb, "revoke") == 0)
+    json_t *resp;
+    int rc = resource_act(ctx, &device_resource, id, verb, &resp);
+    if (!rc && strcmp(verb, "revoke") == 0)
         out_note("Device keys of '%s' were destroyed; a revoked device cannot be resumed.",
                  out_safe(id));
-    if (ctx->json) {
+    if (!rc && ctx->json)
         rc = out_json(resp);
-        goto cleanup;
-    }
-    const json_t *state = json_object_get(resp, "state");
-    fputs("Device '", stdout);
-    out_text(stdout, id);
-    fputs("' is now ", stdout);
-    out_text(stdout, json_is_string(state) ? json_string_value(state) : "-");
-    fputs(".\n", stdout);
-
-cleanup:
-    json_decref(req);
+    else if (!rc)
+        out_textf(stdout, "Device '%s' is now %s.\n", id,
+                  out_string_or(json_object_get(resp, "state"), "-"));
     json_decref(resp);
     return rc;
 }
@@ -392,12 +349,10 @@ static int device_rotate(const struct kmsctl_ctx *ctx, const struct invocation *
     if ((rc = rotate_body(&inv->local, req)))
         goto cleanup;
     rc = resource_call(ctx, &device_resource, "POST", inv->pos[0], "rotate", req, &resp);
-    if (!rc)
-        rc = ctx->json ? out_json(resp) : device_print_record(resp);
+    rc = out_result(ctx->json, rc, resp, device_print_record);
 
 cleanup:
     json_decref(req);
-    json_decref(resp);
     return rc;
 }
 

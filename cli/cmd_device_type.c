@@ -8,35 +8,24 @@
 #include "device_common.h"
 #include "exitcodes.h"
 #include "output.h"
+#include "resource.h"
+
+/* One name a line; checked here, so --json prints any answer as it is. */
+static int print_types(const json_t *resp)
+{
+    const json_t *types = resource_items(resp, "types"), *name;
+    size_t i;
+    if (!types)
+        return EXIT_SERVER;
+    json_array_foreach(types, i, name)
+        out_textf(stdout, "%s\n", out_string_or(name, "-"));
+    return EXIT_OK;
+}
 
 static int type_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     (void)inv;
-    json_t *resp = NULL;
-    int rc = client_call(ctx, "GET", "/v1/admin/device-types", NULL, &resp);
-    if (rc)
-        goto cleanup;
-    if (ctx->json) {
-        rc = out_json(resp);
-        goto cleanup;
-    }
-    const json_t *types = json_object_get(resp, "types");
-    if (!json_is_array(types)) {
-        out_error("server response has no \"types\" list");
-        rc = EXIT_SERVER;
-        goto cleanup;
-    }
-    size_t i;
-    const json_t *name;
-    json_array_foreach(types, i, name) {
-        const char *s = json_string_value(name);
-        out_text(stdout, s ? s : "-");
-        fputc('\n', stdout);
-    }
-
-cleanup:
-    json_decref(resp);
-    return rc;
+    return client_show(ctx, "/v1/admin/device-types", print_types);
 }
 
 static int type_add(const struct kmsctl_ctx *ctx, const struct invocation *inv)

@@ -19,10 +19,6 @@ static int print_status(const json_t *st)
     static const char *const keys[] = {"name", "role", "state", "bytes", "health_failures_rct",
                                        "health_failures_apt", "errors", "last_error"};
     const json_t *pool = json_object_get(st, "pool"), *ht = json_object_get(st, "health_tests");
-    struct table *t;
-    size_t i;
-    json_t *s;
-    int rc;
 
     printf("policy: %s   mode: %s   pool: %lld of %lld..%lld bytes   fallback served: %lld\n",
            json_string_value(json_object_get(st, "policy")),
@@ -37,29 +33,13 @@ static int print_status(const json_t *st)
            (long long)json_integer_value(json_object_get(ht, "alpha_log2")),
            (long long)json_integer_value(json_object_get(ht, "rct_cutoff")),
            (long long)json_integer_value(json_object_get(ht, "apt_cutoff")));
-    t = table_new(8, cols);
-    if (!t)
-        return EXIT_INTERNAL;
-    json_array_foreach(json_object_get(st, "sources"), i, s)
-        if (table_add_json(t, s, keys) != 0) {
-            table_free(t);
-            return EXIT_INTERNAL;
-        }
-    rc = table_print(t, stdout);
-    table_free(t);
-    return rc;
+    return out_table(json_object_get(st, "sources"), 8, cols, keys);
 }
 
 static int entropy_status_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
-    json_t *resp = NULL;
-    int rc;
     (void)inv;
-    rc = client_call(ctx, "GET", "/v1/admin/entropy", NULL, &resp);
-    if (!rc)
-        rc = ctx->json ? out_json(resp) : print_status(resp);
-    json_decref(resp);
-    return rc;
+    return client_show(ctx, "/v1/admin/entropy", print_status);
 }
 
 /* Up to 15 of a-z 0-9: refuses anything that could leave the path segment. */
@@ -79,13 +59,10 @@ static const struct resource source_resource = {
 
 static int entropy_enable_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
-    json_t *resp = NULL, *body = json_object();
+    json_t *resp, *body = json_object();
     int rc = resource_call(ctx, &source_resource, "POST", inv->pos[0], "enable", body, &resp);
-    if (!rc)
-        rc = ctx->json ? out_json(resp) : print_status(resp);
     json_decref(body);
-    json_decref(resp);
-    return rc;
+    return out_result(ctx->json, rc, resp, print_status);
 }
 
 static const struct action entropy_actions[] = {

@@ -5,7 +5,6 @@
 
 #include "client.h"
 #include "command.h"
-#include "exitcodes.h"
 #include "output.h"
 
 static int print_master(const json_t *st)
@@ -14,35 +13,16 @@ static int print_master(const json_t *st)
                                        "DEVICE-KEYS", "SESSIONS"};
     static const char *const keys[] = {"version", "label", "state", "created_at", "retired_at",
                                        "device_keys", "sessions"};
-    struct table *t = table_new(7, cols);
-    size_t i;
-    json_t *v;
-    int rc;
-    if (!t)
-        return EXIT_INTERNAL;
     printf("active version: %lld   keys still to rewrap: %lld\n",
            (long long)json_integer_value(json_object_get(st, "active")),
            (long long)json_integer_value(json_object_get(st, "pending_rewrap")));
-    json_array_foreach(json_object_get(st, "versions"), i, v)
-        if (table_add_json(t, v, keys) != 0) {
-            table_free(t);
-            return EXIT_INTERNAL;
-        }
-    rc = table_print(t, stdout);
-    table_free(t);
-    return rc;
+    return out_table(json_object_get(st, "versions"), 7, cols, keys);
 }
 
 static int master_status_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
-    json_t *resp = NULL;
-    int rc;
     (void)inv;
-    rc = client_call(ctx, "GET", "/v1/admin/master", NULL, &resp);
-    if (!rc)
-        rc = ctx->json ? out_json(resp) : print_master(resp);
-    json_decref(resp);
-    return rc;
+    return client_show(ctx, "/v1/admin/master", print_master);
 }
 
 static int master_rotate_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
@@ -55,11 +35,8 @@ static int master_rotate_run(const struct kmsctl_ctx *ctx, const struct invocati
         fprintf(stderr, "kmsctl: new master key version %lld is active; older keys are being "
                         "rewrapped in the background (see 'kmsctl master status')\n",
                 (long long)json_integer_value(json_object_get(resp, "active")));
-    if (!rc)
-        rc = ctx->json ? out_json(resp) : print_master(resp);
     json_decref(body);
-    json_decref(resp);
-    return rc;
+    return out_result(ctx->json, rc, resp, print_master);
 }
 
 static const struct action master_actions[] = {

@@ -148,38 +148,22 @@ cleanup:
     return rc;
 }
 
-/* The "policies" list of a response, or NULL after reporting EXIT_SERVER. */
-static const json_t *policies_of(const json_t *resp)
+/* The policies table, and a warning when there are none. */
+static int print_policies(const json_t *resp)
 {
     const json_t *policies = json_object_get(resp, "policies");
-    if (!json_is_array(policies))
-        out_error("server response has no \"policies\" list");
-    return json_is_array(policies) ? policies : NULL;
+    int rc = print_policy_table(policies);
+    if (!rc && json_array_size(policies) == 0)
+        out_note("No pairing policies: every new session is refused (policy_denied).");
+    return rc;
 }
 
 static int policy_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     (void)inv;
-    json_t *resp = NULL;
-    const json_t *policies;
-    int rc = client_call(ctx, "GET", "/v1/admin/policies", NULL, &resp);
-    if (rc)
-        goto cleanup;
-    if (!(policies = policies_of(resp))) {
-        rc = EXIT_SERVER;
-        goto cleanup;
-    }
-    if (ctx->json) {
-        rc = out_json(resp);
-        goto cleanup;
-    }
-    rc = print_policy_table(policies);
-    if (!rc && json_array_size(policies) == 0)
-        out_note("No pairing policies: every new session is refused (policy_denied).");
-
-cleanup:
-    json_decref(resp);
-    return rc;
+    json_t *resp;
+    int rc = resource_list(ctx, "/v1/admin/policies", NULL, "policies", &resp);
+    return out_result(ctx->json, rc, resp, print_policies);
 }
 
 /* ---- add ------------------------------------------------------------------- */
@@ -258,7 +242,7 @@ static int policy_add(const struct kmsctl_ctx *ctx, const struct invocation *inv
     rc = client_call(ctx, "POST", "/v1/admin/policies", req, &resp);
     if (rc)
         goto cleanup;
-    if (!(policies = policies_of(resp))) {
+    if (!(policies = resource_items(resp, "policies"))) {
         rc = EXIT_SERVER;
         goto cleanup;
     }
@@ -288,17 +272,12 @@ cleanup:
 static int policy_remove(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     const char *name = inv->pos[0];
-    json_t *resp = NULL;
+    json_t *resp;
     int rc = resource_call(ctx, &policy_resource, "DELETE", name, NULL, NULL, &resp);
-    if (rc)
-        goto cleanup;
-    if (ctx->json) {
+    if (!rc && ctx->json)
         rc = out_json(resp);
-        goto cleanup;
-    }
-    printf("Removed pairing policy '%s'.\n", name); /* checked: [A-Za-z0-9._-] */
-
-cleanup:
+    else if (!rc)
+        printf("Removed pairing policy '%s'.\n", name); /* checked: [A-Za-z0-9._-] */
     json_decref(resp);
     return rc;
 }

@@ -87,15 +87,17 @@ static int print_session_table(const json_t *sessions, bool ended)
                                               "responder",  "state",  "expires_at"};
     static const char *const ended_headers[] = {"SESSION-HASH", "KEY-ID", "INITIATOR",
                                                 "RESPONDER",    "REASON", "ENDED"};
-    struct table *t = table_new(6, ended ? ended_headers : live_headers);
+    if (!ended)
+        return out_table(sessions, 6, live_headers, live_fields);
+
+    struct table *t = table_new(6, ended_headers);
     int rc = EXIT_INTERNAL;
     if (!t)
         goto cleanup;
     size_t i;
     const json_t *s;
     json_array_foreach(sessions, i, s) {
-        rc = ended ? add_tombstone_row(t, s) : table_add_json(t, s, live_fields);
-        if (rc)
+        if ((rc = add_tombstone_row(t, s)))
             goto cleanup;
     }
     rc = table_print(t, stdout);
@@ -108,38 +110,25 @@ cleanup:
 static int session_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     const char *state = opt_get(&inv->local, "state");
-    char *query = NULL, *path = NULL;
+    char *query = NULL;
     json_t *resp = NULL;
     long limit;
     int rc = list_query(&inv->local, &query, &limit);
+    if (!rc)
+        rc = resource_list(ctx, "/v1/admin/sessions", query, "sessions", &resp);
     if (rc)
         goto cleanup;
-    if (asprintf(&path, "/v1/admin/sessions%s", query ? query : "") < 0) {
-        path = NULL;
-        out_error("out of memory");
-        rc = EXIT_INTERNAL;
-        goto cleanup;
-    }
-    rc = client_call(ctx, "GET", path, NULL, &resp);
-    if (rc)
-        goto cleanup;
-    const json_t *sessions = json_object_get(resp, "sessions");
-    if (!json_is_array(sessions)) {
-        out_error("server response has no \"sessions\" list");
-        rc = EXIT_SERVER;
-        goto cleanup;
-    }
     if (ctx->json) {
         rc = out_json(resp);
         goto cleanup;
     }
+    const json_t *sessions = json_object_get(resp, "sessions");
     rc = print_session_table(sessions, state && strcmp(state, "ended") == 0);
     if (!rc && json_array_size(sessions) >= (size_t)limit)
         out_note("Only the newest %ld are shown; use --limit (up to %ld) or --device to see more.",
                  limit, LIST_LIMIT_MAX);
 
 cleanup:
-    free(path);
     free(query);
     json_decref(resp);
     return rc;
@@ -156,40 +145,21 @@ static const struct resource session_resource = {
 
 static int session_show(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
-    json_t *resp = NULL;
+    json_t *resp;
     int rc = resource_call(ctx, &session_resource, "GET", inv->pos[0], NULL, NULL, &resp);
-    if (!rc)
-        rc = ctx->json ? out_json(resp) : out_kv(resp);
-    json_decref(resp);
-    return rc;
+    return out_result(ctx->json, rc, resp, out_kv);
 }
 
 static int session_end(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     const char *id = inv->pos[0];
-    json_t *req = json_object(), *resp = NULL;
-    int rc = EXIT_INTERNAL;
-
-    if (!req) {
-        out_error("out of memory");
-        goto cleanup;
-    }
-    rc = resource_call(ctx, &session_resource, "POST", id, "end", req, &resp);
-    if (rc)
-        goto cleanup;
-    if (ctx->json) {
+    json_t *resp;
+    int rc = resource_act(ctx, &session_resource, id, "end", &resp);
+    if (!rc && ctx->json)
         rc = out_json(resp);
-        goto cleanup;
-    }
-    const json_t *reason = json_object_get(resp, "reason");
-    fputs("Session '", stdout);
-    out_text(stdout, id);
-    fputs("' ended (", stdout);
-    out_text(stdout, json_is_string(reason) ? json_string_value(reason) : "-");
-    fputs("); its key is destroyed.\n", stdout);
-
-cleanup:
-    json_decref(req);
+    else if (!rc)
+        out_textf(stdout, "Session '%s' ended (%s); its key is destroyed.\n", id,
+                  out_string_or(json_object_get(resp, "reason"), "-"));
     json_decref(resp);
     return rc;
 }

@@ -4,22 +4,13 @@
 #include <jansson.h>
 
 #include "client.h"
-#include "exitcodes.h"
 #include "output.h"
 
 static int status_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     (void)inv;
-    json_t *resp = NULL;
-    int rc = client_call(ctx, "GET", "/v1/admin/status", NULL, &resp);
-    if (rc)
-        goto cleanup;
     /* Show whatever the server reports, so new fields need no CLI change. */
-    rc = ctx->json ? out_json(resp) : out_kv(resp);
-
-cleanup:
-    json_decref(resp);
-    return rc;
+    return client_show(ctx, "/v1/admin/status", out_kv);
 }
 
 static const struct action status_actions[] = {

@@ -75,9 +75,8 @@ static int token_create(const struct kmsctl_ctx *ctx, const struct invocation *i
     fputc('\n', stdout);
     /* stderr, so `kmsctl token create ... > file` captures only the token. */
     fprintf(stderr, "Created token '%s' with role %s, expires ", name, role);
-    const json_t *expires = json_object_get(resp, "expires_at");
-    out_text(stderr, json_is_string(expires) ? json_string_value(expires) : "never");
-    fputs(".\nThis token is shown only once: store it securely now.\n", stderr);
+    out_textf(stderr, "%s.\nThis token is shown only once: store it securely now.\n",
+              out_string_or(json_object_get(resp, "expires_at"), "never"));
     rc = EXIT_OK;
 
 cleanup:
@@ -86,44 +85,20 @@ cleanup:
     return rc;
 }
 
-static int token_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+/* The tokens table; checked here, so --json prints any answer as it is. */
+static int print_tokens(const json_t *resp)
 {
-    (void)inv;
     static const char *const headers[] = {"NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST-USED"};
     static const char *const keys[] = {"name",       "role",       "state",
                                        "created_at", "expires_at", "last_used_at"};
-    json_t *resp = NULL;
-    struct table *t = NULL;
-    int rc = client_call(ctx, "GET", "/v1/admin/tokens", NULL, &resp);
-    if (rc)
-        goto cleanup;
-    if (ctx->json) {
-        rc = out_json(resp);
-        goto cleanup;
-    }
+    const json_t *tokens = resource_items(resp, "tokens");
+    return tokens ? out_table(tokens, 6, headers, keys) : EXIT_SERVER;
+}
 
-    const json_t *tokens = json_object_get(resp, "tokens");
-    if (!json_is_array(tokens)) {
-        out_error("server response has no \"tokens\" list");
-        rc = EXIT_SERVER;
-        goto cleanup;
-    }
-    rc = EXIT_INTERNAL;
-    if (!(t = table_new(6, headers)))
-        goto cleanup;
-    size_t i;
-    const json_t *tok;
-    json_array_foreach(tokens, i, tok) {
-        rc = table_add_json(t, tok, keys);
-        if (rc)
-            goto cleanup;
-    }
-    rc = table_print(t, stdout);
-
-cleanup:
-    table_free(t);
-    json_decref(resp);
-    return rc;
+static int token_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    (void)inv;
+    return client_show(ctx, "/v1/admin/tokens", print_tokens);
 }
 
 /* "." and ".." would name another path once a server normalises it. */
@@ -144,22 +119,13 @@ static const struct resource token_resource = {
 static int token_revoke(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     const char *name = inv->pos[0];
-    json_t *resp = NULL;
+    json_t *resp;
     int rc = resource_call(ctx, &token_resource, "DELETE", name, NULL, NULL, &resp);
-    if (rc)
-        goto cleanup;
-    if (ctx->json) {
+    if (!rc && ctx->json)
         rc = out_json(resp);
-        goto cleanup;
-    }
-    fputs("Revoked token '", stdout);
-    out_text(stdout, name);
-    fputs("' at ", stdout);
-    const json_t *at = json_object_get(resp, "revoked_at");
-    out_text(stdout, json_is_string(at) ? json_string_value(at) : "-");
-    fputs(".\n", stdout);
-
-cleanup:
+    else if (!rc)
+        out_textf(stdout, "Revoked token '%s' at %s.\n", name,
+                  out_string_or(json_object_get(resp, "revoked_at"), "-"));
     json_decref(resp);
     return rc;
 }

@@ -109,35 +109,15 @@ const struct resource device_resource = {
     .check = device_check_id,
 };
 
-int device_print_keys(const json_t *keys, bool kcv)
+int device_print_keys(const json_t *owner, bool kcv)
 {
     static const char *const headers[] = {"INDEX",     "ALG",       "STATE",    "EXPIRED",
                                           "NOT-AFTER", "RETIRE-AT", "EXPORTED", "KCV"};
     static const char *const fields[] = {"index",     "algorithm", "state",       "expired",
                                          "not_after", "retire_at", "exported_at", "kcv"};
-    size_t ncols = kcv ? 8 : 7;
-    struct table *t = NULL;
-    int rc = EXIT_SERVER;
 
-    if (!json_is_array(keys)) {
-        out_error("server response has no \"keys\" list");
-        goto cleanup;
-    }
-    rc = EXIT_INTERNAL;
-    if (!(t = table_new(ncols, headers)))
-        goto cleanup;
-    size_t i;
-    const json_t *key;
-    json_array_foreach(keys, i, key) {
-        rc = table_add_json(t, key, fields);
-        if (rc)
-            goto cleanup;
-    }
-    rc = table_print(t, stdout);
-
-cleanup:
-    table_free(t);
-    return rc;
+    const json_t *keys = resource_items(owner, "keys");
+    return keys ? out_table(keys, kcv ? 8 : 7, headers, fields) : EXIT_SERVER;
 }
 
 int device_print_record(const json_t *record)
@@ -160,7 +140,7 @@ int device_print_record(const json_t *record)
     if (rc)
         goto cleanup;
     fputc('\n', stdout);
-    rc = device_print_keys(json_object_get(record, "keys"), false);
+    rc = device_print_keys(record, false);
 
 cleanup:
     json_decref(fields);

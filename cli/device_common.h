@@ -50,7 +50,8 @@ extern const struct resource device_resource;
  */
 int device_print_record(const json_t *record);
 
-/* Table INDEX ALG STATE EXPIRED NOT-AFTER RETIRE-AT EXPORTED [KCV]. */
-int device_print_keys(const json_t *keys, bool kcv);
+/* owner's "keys" list as a table INDEX ALG STATE EXPIRED NOT-AFTER
+ * RETIRE-AT EXPORTED [KCV]; EXIT_SERVER if there is no such list. */
+int device_print_keys(const json_t *owner, bool kcv);
 
 #endif

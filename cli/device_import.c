@@ -119,12 +119,7 @@ static void print_failure(const json_t *r)
     const char *msg = json_string_value(json_object_get(err, "message"));
     const char *code = json_string_value(json_object_get(err, "code"));
     printf("line %lld: ", (long long)json_integer_value(json_object_get(r, "line")));
-    out_text(stdout, id ? id : "-");
-    fputs(": ", stdout);
-    out_text(stdout, msg ? msg : "failed");
-    fputs(" (", stdout);
-    out_text(stdout, code ? code : "-");
-    fputs(")\n", stdout);
+    out_textf(stdout, "%s: %s (%s)\n", id ? id : "-", msg ? msg : "failed", code ? code : "-");
 }
 
 static int print_tally(const struct kmsctl_ctx *ctx, const struct tally *t)

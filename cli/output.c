@@ -42,6 +42,26 @@ void out_text(FILE *f, const char *s)
     }
 }
 
+void out_textf(FILE *f, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    for (const char *p = fmt; *p; p++) {
+        if (p[0] == '%' && p[1] == 's') {
+            out_text(f, va_arg(ap, const char *));
+            p++;
+        } else {
+            fputc(*p, f);
+        }
+    }
+    va_end(ap);
+}
+
+const char *out_string_or(const json_t *v, const char *none)
+{
+    return json_is_string(v) ? json_string_value(v) : none;
+}
+
 /* Terminal columns of s as out_text prints it; wide glyphs count as one. */
 static size_t text_width(const char *s)
 {
@@ -78,6 +98,14 @@ int out_json(const json_t *value)
         return EXIT_INTERNAL;
     }
     return EXIT_OK;
+}
+
+int out_result(bool json, int rc, json_t *value, out_printer print)
+{
+    if (rc == EXIT_OK)
+        rc = json ? out_json(value) : print(value);
+    json_decref(value);
+    return rc;
 }
 
 char *out_value_str(const json_t *v)
@@ -190,6 +218,28 @@ int table_print(const struct table *t, FILE *f)
         return EXIT_INTERNAL;
     }
     return EXIT_OK;
+}
+
+int out_table(const json_t *rows, size_t ncols, const char *const *headers,
+              const char *const *fields)
+{
+    struct table *t = table_new(ncols, headers);
+    const json_t *row;
+    size_t i;
+    int rc = EXIT_INTERNAL;
+
+    if (!t)
+        goto cleanup;
+    json_array_foreach(rows, i, row) {
+        rc = table_add_json(t, row, fields);
+        if (rc)
+            goto cleanup;
+    }
+    rc = table_print(t, stdout);
+
+cleanup:
+    table_free(t);
+    return rc;
 }
 
 void table_free(struct table *t)

@@ -26,6 +26,14 @@ void out_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Writes s to f with terminal control characters replaced. */
 void out_text(FILE *f, const char *s);
+/*
+ * fmt to f, each "%s" replaced by the next argument through out_text: for
+ * sentences around names that came from the user or the server. "%s" is
+ * the only conversion; the rest of fmt is written as it is.
+ */
+void out_textf(FILE *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The string value of v, or none when v is not a string (or NULL). */
+const char *out_string_or(const json_t *v, const char *none);
 
 /*
  * Reports an error response: "kmsctl: <message> (<code>, HTTP <status>)"
@@ -36,6 +44,17 @@ void out_api_error(bool json, long status, const json_t *body, const char *fallb
 
 /* The value pretty-printed on stdout, newline-terminated. */
 int out_json(const json_t *value);
+
+/* Human output of a server answer; returns like the functions above. */
+typedef int (*out_printer)(const json_t *value);
+
+/*
+ * The end of most commands: when rc is EXIT_OK, prints value as JSON
+ * (json set, i.e. --json) or through print. Takes value (NULL is fine) and
+ * releases it either way. Returns rc if it is not EXIT_OK, else the
+ * printing's result.
+ */
+int out_result(bool json, int rc, json_t *value, out_printer print);
 
 /*
  * Heap string for one JSON value in human output: strings as they are,
@@ -49,6 +68,14 @@ char *out_value_str(const json_t *value);
  * flattened to dotted keys ("master_key.label"), in the server's order.
  */
 int out_kv(const json_t *object);
+
+/*
+ * A table of ncols columns on stdout: a header row, then one row per
+ * object of the array rows, its fields rendered with out_value_str (a
+ * non-array prints the header alone).
+ */
+int out_table(const json_t *rows, size_t ncols, const char *const *headers,
+              const char *const *fields);
 
 /* A text table: columns padded to the widest cell, two spaces apart. */
 struct table;
