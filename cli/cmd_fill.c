@@ -26,13 +26,13 @@
 #include "fileio.h"
 #include "fillpkg.h"
 #include "hexutil.h"
+#include "kcv.h"
 #include "output.h"
 #include "wipe.h"
 
 #define KEY_PEM_MAX (64 * 1024)
 #define PACKAGE_MAX (FILLPKG_MAX_PLAINTEXT + 1024) /* plaintext plus header and tag */
 #define FILL_FORMAT "qkms-fill/1"
-#define KCV_LEN 5 /* bytes of AES-CMAC(key, 16 zero bytes), per docs/api.md */
 
 /* Encrypted keys are refused rather than prompting: scripts must not hang. */
 static int no_passphrase(char *buf, int size, int rwflag, void *u)
@@ -77,26 +77,14 @@ static int load_private_key(const char *path, EVP_PKEY **key)
     return EXIT_OK;
 }
 
-/* AES-CMAC(key, 16 zero bytes), first KCV_LEN bytes, as hex. */
+/* The key's check value (kcv.h) as hex. */
 static int compute_kcv(const uint8_t *key, size_t len, char out[2 * KCV_LEN + 1])
 {
-    static const uint8_t zero[16] = {0};
-    uint8_t mac[16];
-    size_t maclen = 0;
-    EVP_MAC *m = EVP_MAC_fetch(NULL, "CMAC", NULL);
-    EVP_MAC_CTX *c = m ? EVP_MAC_CTX_new(m) : NULL;
-    OSSL_PARAM p[2] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER,
-                                         len == 16 ? "AES-128-CBC" : "AES-256-CBC", 0),
-        OSSL_PARAM_construct_end(),
-    };
-    int ok = c && EVP_MAC_init(c, key, len, p) == 1 && EVP_MAC_update(c, zero, sizeof(zero)) == 1 &&
-             EVP_MAC_final(c, mac, &maclen, sizeof(mac)) == 1 && maclen == sizeof(mac);
-    if (ok)
-        hex_encode(mac, KCV_LEN, out);
-    EVP_MAC_CTX_free(c);
-    EVP_MAC_free(m);
-    return ok ? 0 : -1;
+    uint8_t kcv[KCV_LEN];
+    if (kcv_compute(key, len, kcv) != 0)
+        return -1;
+    hex_encode(kcv, KCV_LEN, out);
+    return 0;
 }
 
 /* One key entry: algorithm, key length and check value agree. */

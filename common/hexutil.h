@@ -1,5 +1,6 @@
 /*
- * hexutil — hex encoding and strict decoding, shared by kmsd and kmsctl.
+ * hexutil — hex encoding and strict decoding, shared by kmsd, kmsctl and
+ * the device library.
  * hex_decode accepts upper or lower case, rejects odd length and any other
  * character, and never writes past out_cap.
  */

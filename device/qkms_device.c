@@ -7,13 +7,13 @@
 #include <string.h>
 
 #include <jansson.h>
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "hexutil.h"
+#include "kcv.h"
+
 #define FILL_FORMAT "qkms-fill/1"
-#define KCV_LEN 5 /* bytes of AES-CMAC(key, 16 zero bytes), docs/devices.md */
 
 static int fail(int rc, char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -31,29 +31,10 @@ static int fail(int rc, char *err, size_t errlen, const char *fmt, ...)
 
 /* ---- small helpers -------------------------------------------------------- */
 
-static int nibble(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Exactly 2*len hex digits into len bytes; 0 or -1. */
 static int hex_exact(const char *in, size_t in_len, uint8_t *out, size_t len)
 {
-    if (in_len != 2 * len)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        int hi = nibble(in[2 * i]), lo = nibble(in[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
+    return in_len == 2 * len && hex_decode(in, in_len, out, len) == (long)len ? 0 : -1;
 }
 
 /* A string member without embedded NUL, or NULL. jansson refuses "\u0000"
@@ -218,27 +199,15 @@ static int get_time(const json_t *k, const char *name, int64_t dflt, int64_t *ou
 
 /* ---- fill documents ------------------------------------------------------ */
 
-/* The check value of docs/devices.md: AES-CMAC(key, 16 zero bytes). */
+/* The check value of docs/devices.md (kcv.h), compared in constant time. */
 static int kcv_matches(const uint8_t *key, size_t len, const uint8_t want[KCV_LEN], bool *match)
 {
-    static const uint8_t zero[16] = {0};
-    uint8_t mac[16];
-    size_t maclen = 0;
-    EVP_MAC *m = EVP_MAC_fetch(NULL, "CMAC", NULL);
-    EVP_MAC_CTX *c = m ? EVP_MAC_CTX_new(m) : NULL;
-    OSSL_PARAM p[2] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER,
-                                         len == 16 ? "AES-128-CBC" : "AES-256-CBC", 0),
-        OSSL_PARAM_construct_end(),
-    };
-    int ok = c && EVP_MAC_init(c, key, len, p) == 1 && EVP_MAC_update(c, zero, sizeof(zero)) == 1 &&
-             EVP_MAC_final(c, mac, &maclen, sizeof(mac)) == 1 && maclen == sizeof(mac);
-    if (ok)
-        *match = CRYPTO_memcmp(mac, want, KCV_LEN) == 0;
-    OPENSSL_cleanse(mac, sizeof(mac));
-    EVP_MAC_CTX_free(c);
-    EVP_MAC_free(m);
-    return ok ? 0 : -1;
+    uint8_t mine[KCV_LEN];
+    if (kcv_compute(key, len, mine) != 0)
+        return -1;
+    *match = CRYPTO_memcmp(mine, want, KCV_LEN) == 0;
+    OPENSSL_cleanse(mine, sizeof(mine));
+    return 0;
 }
 
 /* Fills slot from keys[i]; slot->key is allocated here (freed by the caller

@@ -6,13 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "audit.h"
 #include "fillpkg.h"
 #include "hexutil.h"
+#include "kcv.h"
 #include "keycache.h"
 #include "log.h"
 #include "pgarray.h"
@@ -56,25 +56,11 @@ static void err_token(devices_err *e, CK_RV rv, const char *what)
 
 int device_key_kcv(const uint8_t *key, size_t len, char out[11])
 {
-    static const uint8_t zero[16] = {0};
-    uint8_t mac[16];
-    size_t ml = 0;
-    EVP_MAC *m = EVP_MAC_fetch(NULL, "CMAC", NULL);
-    EVP_MAC_CTX *c = m ? EVP_MAC_CTX_new(m) : NULL;
-    OSSL_PARAM p[2];
-    int rc = -1;
-    p[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER,
-                                            len == 16 ? (char *)"AES-128-CBC" : (char *)"AES-256-CBC", 0);
-    p[1] = OSSL_PARAM_construct_end();
-    if (c && (len == 16 || len == 32) && EVP_MAC_init(c, key, len, p) == 1 &&
-        EVP_MAC_update(c, zero, sizeof(zero)) == 1 && EVP_MAC_final(c, mac, &ml, sizeof(mac)) == 1) {
-        hex_encode(mac, 5, out);
-        rc = 0;
-    }
-    OPENSSL_cleanse(mac, sizeof(mac));
-    EVP_MAC_CTX_free(c);
-    EVP_MAC_free(m);
-    return rc;
+    uint8_t kcv[KCV_LEN];
+    if (kcv_compute(key, len, kcv) != 0)
+        return -1;
+    hex_encode(kcv, KCV_LEN, out);
+    return 0;
 }
 
 /* ---- key generation and unwrapping -------------------------------------- */
