@@ -126,42 +126,20 @@ static int list_query(const struct opt_values *o, char **query, long *limit)
     return rc;
 }
 
-static int print_events(const json_t *events)
+static void event_row(const json_t *e, char **cells)
 {
-    static const char *const headers[] = {"ID", "AT", "ACTOR", "EVENT", "DEVICE", "SEALED", "DETAIL"};
-    struct table *t = table_new(7, headers);
-    const json_t *e;
-    size_t i;
-    int rc = EXIT_INTERNAL;
-    if (!t)
-        return rc;
-    json_array_foreach(events, i, e) {
-        static const char *const keys[] = {"id", "at", "actor", "event", "device_id"};
-        char *cells[7] = {NULL};
-        bool ok = true;
-        for (size_t c = 0; c < 5; c++)
-            ok = ok && (cells[c] = out_value_str(json_object_get(e, keys[c])));
-        cells[5] = strdup(json_is_true(json_object_get(e, "sealed")) ? "yes" : "no");
-        ok = ok && cells[5] && (cells[6] = out_value_str(json_object_get(e, "detail")));
-        rc = ok ? table_add(t, (const char *const *)cells) : EXIT_INTERNAL;
-        for (size_t c = 0; c < 7; c++)
-            free(cells[c]);
-        if (rc) {
-            if (!ok)
-                out_error("out of memory");
-            table_free(t);
-            return rc;
-        }
-    }
-    rc = table_print(t, stdout);
-    table_free(t);
-    return rc;
+    static const char *const keys[] = {"id", "at", "actor", "event", "device_id"};
+    for (size_t c = 0; c < 5; c++)
+        cells[c] = out_value_str(json_object_get(e, keys[c]));
+    cells[5] = strdup(json_is_true(json_object_get(e, "sealed")) ? "yes" : "no");
+    cells[6] = out_value_str(json_object_get(e, "detail"));
 }
 
 /* The events table, and a note when the server has more. */
 static int print_page(const json_t *resp)
 {
-    int rc = print_events(json_object_get(resp, "events"));
+    static const char *const headers[] = {"ID", "AT", "ACTOR", "EVENT", "DEVICE", "SEALED", "DETAIL"};
+    int rc = out_table_by(json_object_get(resp, "events"), 7, headers, event_row);
     if (!rc && json_is_integer(json_object_get(resp, "next")))
         out_note("More events follow: add --after %lld (or raise --limit, up to %ld).",
                  (long long)json_integer_value(json_object_get(resp, "next")), LIST_LIMIT_MAX);

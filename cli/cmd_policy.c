@@ -112,47 +112,24 @@ static char *pair_cell(const json_t *o, const char *ka, const char *kb, const ch
     return cell;
 }
 
-static int print_policy_table(const json_t *policies)
+static void policy_row(const json_t *p, char **cells)
 {
-    static const char *const headers[] = {"NAME",         "TYPES",        "GROUPS",  "KEY-BITS",
-                                          "IDLE-TIMEOUT", "MAX-LIFETIME", "DELIVERY"};
     static const char *const fields[] = {"key_bits", "idle_timeout_s", "max_lifetime_s",
                                          "delivery"};
-    struct table *t = table_new(7, headers);
-    int rc = EXIT_INTERNAL;
-    if (!t)
-        goto cleanup;
-    size_t i;
-    const json_t *p;
-    json_array_foreach(policies, i, p) {
-        char *cells[7] = {out_value_str(json_object_get(p, "name")),
-                          pair_cell(p, "type_a", "type_b", "-"),
-                          pair_cell(p, "group_a", "group_b", SAME_GROUP)};
-        for (size_t c = 0; c < 4; c++)
-            cells[3 + c] = out_value_str(json_object_get(p, fields[c]));
-        bool complete = true;
-        for (size_t c = 0; c < 7; c++)
-            complete = complete && cells[c];
-        rc = complete ? table_add(t, (const char *const *)cells) : EXIT_INTERNAL;
-        if (!complete)
-            out_error("out of memory");
-        for (size_t c = 0; c < 7; c++)
-            free(cells[c]);
-        if (rc)
-            goto cleanup;
-    }
-    rc = table_print(t, stdout);
-
-cleanup:
-    table_free(t);
-    return rc;
+    cells[0] = out_value_str(json_object_get(p, "name"));
+    cells[1] = pair_cell(p, "type_a", "type_b", "-");
+    cells[2] = pair_cell(p, "group_a", "group_b", SAME_GROUP);
+    for (size_t c = 0; c < 4; c++)
+        cells[3 + c] = out_value_str(json_object_get(p, fields[c]));
 }
 
 /* The policies table, and a warning when there are none. */
 static int print_policies(const json_t *resp)
 {
+    static const char *const headers[] = {"NAME",         "TYPES",        "GROUPS",  "KEY-BITS",
+                                          "IDLE-TIMEOUT", "MAX-LIFETIME", "DELIVERY"};
     const json_t *policies = json_object_get(resp, "policies");
-    int rc = print_policy_table(policies);
+    int rc = out_table_by(policies, 7, headers, policy_row);
     if (!rc && json_array_size(policies) == 0)
         out_note("No pairing policies: every new session is refused (policy_denied).");
     return rc;

@@ -220,8 +220,9 @@ int table_print(const struct table *t, FILE *f)
     return EXIT_OK;
 }
 
-int out_table(const json_t *rows, size_t ncols, const char *const *headers,
-              const char *const *fields)
+/* out_table (fields set) and out_table_by (make set) in one loop. */
+static int print_rows(const json_t *rows, size_t ncols, const char *const *headers,
+                      const char *const *fields, out_row_fn make)
 {
     struct table *t = table_new(ncols, headers);
     const json_t *row;
@@ -231,7 +232,10 @@ int out_table(const json_t *rows, size_t ncols, const char *const *headers,
     if (!t)
         goto cleanup;
     json_array_foreach(rows, i, row) {
-        rc = table_add_json(t, row, fields);
+        char *cells[TABLE_MAX_COLS] = {NULL};
+        if (make)
+            make(row, cells);
+        rc = make ? table_push(t, cells) : table_add_json(t, row, fields);
         if (rc)
             goto cleanup;
     }
@@ -240,6 +244,17 @@ int out_table(const json_t *rows, size_t ncols, const char *const *headers,
 cleanup:
     table_free(t);
     return rc;
+}
+
+int out_table(const json_t *rows, size_t ncols, const char *const *headers,
+              const char *const *fields)
+{
+    return print_rows(rows, ncols, headers, fields, NULL);
+}
+
+int out_table_by(const json_t *rows, size_t ncols, const char *const *headers, out_row_fn make)
+{
+    return print_rows(rows, ncols, headers, NULL, make);
 }
 
 void table_free(struct table *t)

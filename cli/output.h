@@ -76,6 +76,12 @@ int out_kv(const json_t *object);
  */
 int out_table(const json_t *rows, size_t ncols, const char *const *headers,
               const char *const *fields);
+/* Sets the ncols cells of one row to heap strings made from row; a cell
+ * left NULL stands for a failed allocation. */
+typedef void (*out_row_fn)(const json_t *row, char **cells);
+/* As out_table, but each row's cells come from make; the table takes them
+ * and reports out of memory for a NULL one. */
+int out_table_by(const json_t *rows, size_t ncols, const char *const *headers, out_row_fn make);
 
 /* A text table: columns padded to the widest cell, two spaces apart. */
 struct table;
