@@ -236,6 +236,13 @@ size_t opt_get_all(const struct opt_values *v, const char *name, const char **ou
     return n;
 }
 
+bool arg_is_one_of(const char *s, const char *const *words)
+{
+    while (*words && strcmp(*words, s) != 0)
+        words++;
+    return *words != NULL;
+}
+
 bool arg_to_long(const char *s, long lo, long hi, long *out)
 {
     if (!s || *s < '0' || *s > '9')

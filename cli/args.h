@@ -77,4 +77,7 @@ size_t opt_get_all(const struct opt_values *v, const char *name, const char **ou
 /* Strict decimal in [lo, hi]: digits only, no sign, spaces or suffix. */
 bool arg_to_long(const char *s, long lo, long hi, long *out);
 
+/* Whether s is one of words (NULL-terminated), exactly. */
+bool arg_is_one_of(const char *s, const char *const *words);
+
 #endif

@@ -110,10 +110,7 @@ static int list_query(const struct opt_values *o, char **query)
         return rc;
     if (group && (rc = device_check_group("--group", group)))
         return rc;
-    size_t s = 0;
-    while (state && states[s] && strcmp(states[s], state) != 0)
-        s++;
-    if (state && !states[s]) {
+    if (state && !arg_is_one_of(state, states)) {
         out_error("--state must be active, suspended or revoked");
         return EXIT_USAGE;
     }
@@ -357,8 +354,6 @@ cleanup:
 }
 
 /* ---- the table ------------------------------------------------------------ */
-
-#define DASH_NOTE "Put '--' before an ID that starts with '-'.\n"
 
 static const struct opt_spec register_opts[] = {
     {"type", 0, "TYPE", "device type, e.g. vehicle, meter, gateway (required)"},

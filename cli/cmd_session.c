@@ -38,10 +38,7 @@ static int list_query(const struct opt_values *o, char **query, long *limit)
     *limit = LIST_LIMIT_DEFAULT;
     if (device && (rc = device_check_id("--device", device)))
         return rc;
-    size_t s = 0;
-    while (state && states[s] && strcmp(states[s], state) != 0)
-        s++;
-    if (state && !states[s]) {
+    if (state && !arg_is_one_of(state, states)) {
         out_error("--state must be pending, active or ended");
         return EXIT_USAGE;
     }
@@ -57,26 +54,14 @@ static int list_query(const struct opt_values *o, char **query, long *limit)
 }
 
 /* A tombstone row: its session hash shortened, the rest as sent. */
-static int add_tombstone_row(struct table *t, const json_t *stone)
+static void tombstone_row(const json_t *stone, char **cells)
 {
     static const char *const fields[] = {"session_hash", "key_id", "initiator",
                                          "responder",    "reason", "ended_at"};
-    char *cells[6] = {NULL};
-    int rc = EXIT_INTERNAL;
-
     for (size_t c = 0; c < 6; c++)
-        if (!(cells[c] = out_value_str(json_object_get(stone, fields[c])))) {
-            out_error("out of memory");
-            goto cleanup;
-        }
-    if (strlen(cells[0]) > HASH_SHOWN)
+        cells[c] = out_value_str(json_object_get(stone, fields[c]));
+    if (cells[0] && strlen(cells[0]) > HASH_SHOWN)
         cells[0][HASH_SHOWN] = '\0';
-    rc = table_add(t, (const char *const *)cells);
-
-cleanup:
-    for (size_t c = 0; c < 6; c++)
-        free(cells[c]);
-    return rc;
 }
 
 static int print_session_table(const json_t *sessions, bool ended)
@@ -87,24 +72,8 @@ static int print_session_table(const json_t *sessions, bool ended)
                                               "responder",  "state",  "expires_at"};
     static const char *const ended_headers[] = {"SESSION-HASH", "KEY-ID", "INITIATOR",
                                                 "RESPONDER",    "REASON", "ENDED"};
-    if (!ended)
-        return out_table(sessions, 6, live_headers, live_fields);
-
-    struct table *t = table_new(6, ended_headers);
-    int rc = EXIT_INTERNAL;
-    if (!t)
-        goto cleanup;
-    size_t i;
-    const json_t *s;
-    json_array_foreach(sessions, i, s) {
-        if ((rc = add_tombstone_row(t, s)))
-            goto cleanup;
-    }
-    rc = table_print(t, stdout);
-
-cleanup:
-    table_free(t);
-    return rc;
+    return ended ? out_table_by(sessions, 6, ended_headers, tombstone_row)
+                 : out_table(sessions, 6, live_headers, live_fields);
 }
 
 static int session_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
@@ -165,8 +134,6 @@ static int session_end(const struct kmsctl_ctx *ctx, const struct invocation *in
 }
 
 /* ---- the table ------------------------------------------------------------- */
-
-#define DASH_NOTE "Put '--' before an ID that starts with '-'.\n"
 
 static const struct opt_spec list_opts[] = {
     {"device", 0, "ID", "only sessions this device is a party of"},

@@ -32,10 +32,7 @@ static int token_create(const struct kmsctl_ctx *ctx, const struct invocation *i
         out_error("--role is required (admin, operator or auditor)");
         goto cleanup;
     }
-    size_t r = 0;
-    while (roles[r] && strcmp(roles[r], role) != 0)
-        r++;
-    if (!roles[r]) {
+    if (!arg_is_one_of(role, roles)) {
         out_error("--role must be admin, operator or auditor");
         goto cleanup;
     }

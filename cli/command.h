@@ -38,6 +38,9 @@ struct command {
 
 extern const struct command *const kmsctl_commands[]; /* NULL-terminated */
 
+/* For the description of an action taking an ID, which may start with '-'. */
+#define DASH_NOTE "Put '--' before an ID that starts with '-'.\n"
+
 extern const struct command cmd_status;
 extern const struct command cmd_token;
 extern const struct command cmd_device;
