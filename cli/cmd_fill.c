@@ -78,12 +78,12 @@ static int load_private_key(const char *path, EVP_PKEY **key)
 }
 
 /* The key's check value (kcv.h) as hex. */
-static int compute_kcv(const uint8_t *key, size_t len, char out[2 * KCV_LEN + 1])
+static int compute_kcv(const uint8_t *key, size_t len, char out[2 * QKMS_KCV_LEN + 1])
 {
-    uint8_t kcv[KCV_LEN];
-    if (kcv_compute(key, len, kcv) != 0)
+    uint8_t kcv[QKMS_KCV_LEN];
+    if (qkms_kcv_compute(key, len, kcv) != 0)
         return -1;
-    hex_encode(kcv, KCV_LEN, out);
+    qkms_hex_encode(kcv, QKMS_KCV_LEN, out);
     return 0;
 }
 
@@ -95,10 +95,10 @@ static int check_key(const json_t *k, size_t i)
     const char *kcv = json_string_value(json_object_get(k, "kcv"));
     size_t want = alg && strcmp(alg, "AES-128") == 0 ? 16 : alg && strcmp(alg, "AES-256") == 0 ? 32 : 0;
     uint8_t key[32];
-    char mine[2 * KCV_LEN + 1];
+    char mine[2 * QKMS_KCV_LEN + 1];
     int rc = EXIT_REFUSED;
 
-    if (!want || !hex || !kcv || hex_decode(hex, strlen(hex), key, sizeof(key)) != (long)want) {
+    if (!want || !hex || !kcv || qkms_hex_decode(hex, strlen(hex), key, sizeof(key)) != (long)want) {
         out_error("fill document key #%zu: algorithm, key or kcv missing or malformed", i);
         goto cleanup;
     }

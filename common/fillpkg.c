@@ -72,7 +72,7 @@ int fillpkg_fingerprint(EVP_PKEY *pub, char out[65])
         return -1;
     EVP_Digest(der, (size_t)n, md, &mdl, EVP_sha256(), NULL);
     OPENSSL_free(der);
-    hex_encode(md, 32, out);
+    qkms_hex_encode(md, 32, out);
     return 0;
 }
 

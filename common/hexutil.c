@@ -1,7 +1,7 @@
 /* hexutil — hex encoding and strict decoding. */
 #include "hexutil.h"
 
-void hex_encode(const uint8_t *in, size_t len, char *out)
+void qkms_hex_encode(const uint8_t *in, size_t len, char *out)
 {
     static const char d[] = "0123456789abcdef";
     for (size_t i = 0; i < len; i++) {
@@ -22,7 +22,7 @@ static int nib(char c)
     return -1;
 }
 
-long hex_decode(const char *in, size_t n, uint8_t *out, size_t cap)
+long qkms_hex_decode(const char *in, size_t n, uint8_t *out, size_t cap)
 {
     if (n % 2 || n / 2 > cap)
         return -1;

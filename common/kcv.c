@@ -6,7 +6,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-int kcv_compute(const uint8_t *key, size_t len, uint8_t kcv[KCV_LEN])
+int qkms_kcv_compute(const uint8_t *key, size_t len, uint8_t kcv[QKMS_KCV_LEN])
 {
     static const uint8_t zero[16] = {0};
     uint8_t mac[16];
@@ -22,7 +22,7 @@ int kcv_compute(const uint8_t *key, size_t len, uint8_t kcv[KCV_LEN])
              EVP_MAC_update(c, zero, sizeof(zero)) == 1 &&
              EVP_MAC_final(c, mac, &maclen, sizeof(mac)) == 1 && maclen == sizeof(mac);
     if (ok)
-        memcpy(kcv, mac, KCV_LEN);
+        memcpy(kcv, mac, QKMS_KCV_LEN);
     OPENSSL_cleanse(mac, sizeof(mac));
     EVP_MAC_CTX_free(c);
     EVP_MAC_free(m);

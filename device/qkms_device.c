@@ -34,7 +34,7 @@ static int fail(int rc, char *err, size_t errlen, const char *fmt, ...)
 /* Exactly 2*len hex digits into len bytes; 0 or -1. */
 static int hex_exact(const char *in, size_t in_len, uint8_t *out, size_t len)
 {
-    return in_len == 2 * len && hex_decode(in, in_len, out, len) == (long)len ? 0 : -1;
+    return in_len == 2 * len && qkms_hex_decode(in, in_len, out, len) == (long)len ? 0 : -1;
 }
 
 /* A string member without embedded NUL, or NULL. jansson refuses "\u0000"
@@ -200,12 +200,12 @@ static int get_time(const json_t *k, const char *name, int64_t dflt, int64_t *ou
 /* ---- fill documents ------------------------------------------------------ */
 
 /* The check value of docs/devices.md (kcv.h), compared in constant time. */
-static int kcv_matches(const uint8_t *key, size_t len, const uint8_t want[KCV_LEN], bool *match)
+static int kcv_matches(const uint8_t *key, size_t len, const uint8_t want[QKMS_KCV_LEN], bool *match)
 {
-    uint8_t mine[KCV_LEN];
-    if (kcv_compute(key, len, mine) != 0)
+    uint8_t mine[QKMS_KCV_LEN];
+    if (qkms_kcv_compute(key, len, mine) != 0)
         return -1;
-    *match = CRYPTO_memcmp(mine, want, KCV_LEN) == 0;
+    *match = CRYPTO_memcmp(mine, want, QKMS_KCV_LEN) == 0;
     OPENSSL_cleanse(mine, sizeof(mine));
     return 0;
 }
@@ -216,7 +216,7 @@ static int load_key(const json_t *k, size_t i, qkd_key *slot, char *err, size_t 
 {
     const json_t *jidx = json_object_get(k, "index");
     const char *alg = get_str(k, "algorithm"), *hex = get_str(k, "key"), *kcv = get_str(k, "kcv");
-    uint8_t want[KCV_LEN];
+    uint8_t want[QKMS_KCV_LEN];
     bool match = false;
 
     if (!json_is_object(k))
@@ -238,9 +238,9 @@ static int load_key(const json_t *k, size_t i, qkd_key *slot, char *err, size_t 
         return fail(QKD_ERR_INPUT, err, errlen, "key %d: key must be %zu hex digits", slot->index,
                     2 * slot->len);
     if (kcv) {
-        if (hex_exact(kcv, strlen(kcv), want, KCV_LEN) != 0)
+        if (hex_exact(kcv, strlen(kcv), want, QKMS_KCV_LEN) != 0)
             return fail(QKD_ERR_INPUT, err, errlen, "key %d: kcv must be %d hex digits",
-                        slot->index, 2 * KCV_LEN);
+                        slot->index, 2 * QKMS_KCV_LEN);
         if (kcv_matches(slot->key, slot->len, want, &match) != 0)
             return fail(QKD_ERR_INTERNAL, err, errlen, "cannot compute a key check value (CMAC)");
         if (!match)

@@ -253,7 +253,7 @@ void h_audit_verify(http_request *rq, http_response *rs)
                  "by", rq->who.name);
     }
     if (v.head_id) {
-        hex_encode(v.head_hash, AUDIT_HASH_LEN, hex);
+        qkms_hex_encode(v.head_hash, AUDIT_HASH_LEN, hex);
         head = json_pack("{s:I,s:s}", "id", (json_int_t)v.head_id, "hash", hex);
     }
     record_verify(rq, &v);

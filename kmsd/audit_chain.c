@@ -527,7 +527,7 @@ static bool get_hex(const PGresult *r, int row, int col, uint8_t *out, size_t le
     if (PQgetisnull(r, row, col))
         return false;
     s = PQgetvalue(r, row, col);
-    return hex_decode(s, strlen(s), out, len) == (long)len;
+    return qkms_hex_decode(s, strlen(s), out, len) == (long)len;
 }
 
 /* Columns: id, at_us, actor, event, device_id, detail, then from col 6 on
@@ -608,9 +608,9 @@ static int seal_one(seal_batch *b, const audit_row *row)
     if (audit_row_hash(b->head_hash, row, h) != 0)
         return -1;
     pgarray_add_int(&b->ids, (long)row->id);
-    hex_encode(b->head_hash, AUDIT_HASH_LEN, hex);
+    qkms_hex_encode(b->head_hash, AUDIT_HASH_LEN, hex);
     pgarray_add(&b->prevs, hex);
-    hex_encode(h, AUDIT_HASH_LEN, hex);
+    qkms_hex_encode(h, AUDIT_HASH_LEN, hex);
     pgarray_add(&b->hashes, hex);
     memcpy(b->head_hash, h, AUDIT_HASH_LEN);
     b->head_id = row->id;
@@ -665,9 +665,9 @@ static db_status write_checkpoint(db_conn *c, seal_ctx *sc, const seal_batch *b)
         sc->token_rv = rv;
         return DB_ERROR;
     }
-    hex_encode(cp.head_hash, AUDIT_HASH_LEN, hexhead);
-    hex_encode(cp.iv, sizeof(cp.iv), hexiv);
-    hex_encode(cp.mac, sizeof(cp.mac), hexmac);
+    qkms_hex_encode(cp.head_hash, AUDIT_HASH_LEN, hexhead);
+    qkms_hex_encode(cp.iv, sizeof(cp.iv), hexiv);
+    qkms_hex_encode(cp.mac, sizeof(cp.mac), hexmac);
     snprintf(sid, sizeof(sid), "%" PRId64, cp.id);
     snprintf(slast, sizeof(slast), "%" PRId64, cp.last_audit_id);
     snprintf(slen, sizeof(slen), "%" PRId64, cp.chain_length);
@@ -924,7 +924,7 @@ static db_status seal_tx(db_conn *c, void *arg)
         snprintf(slen, sizeof(slen), "%" PRId64, b.chain_length);
         snprintf(sgap, sizeof(sgap), "%" PRId64, seen_upto);
         snprintf(sver, sizeof(sver), "%u", cp_version);
-        hex_encode(b.head_hash, AUDIT_HASH_LEN, hexhead);
+        qkms_hex_encode(b.head_hash, AUDIT_HASH_LEN, hexhead);
         const char *vals[8] = {sm,
                                b.head_id ? shid : NULL,
                                b.head_id ? hexhead : NULL,
@@ -1014,7 +1014,7 @@ static int v_hash_elsewhere(void *arg, const uint8_t hash[AUDIT_HASH_LEN], int64
     char hex[65], sid[24];
     const char *vals[2] = {hex, sid};
     PGresult *r;
-    hex_encode(hash, AUDIT_HASH_LEN, hex);
+    qkms_hex_encode(hash, AUDIT_HASH_LEN, hex);
     snprintf(sid, sizeof(sid), "%" PRId64, not_id);
     r = q(vc->c, "SELECT id FROM audit_log WHERE hash = decode($1, 'hex') AND id <> $2 LIMIT 1", 2,
           vals, &vc->st);

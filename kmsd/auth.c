@@ -85,7 +85,7 @@ int auth_token_new(entropy *e, char out[AUTH_TOKEN_LEN + 1])
     if (entropy_get_secret(e, raw, sizeof(raw)) != 0)
         return -1;
     memcpy(out, AUTH_TOKEN_PREFIX, 5);
-    hex_encode(raw, sizeof(raw), out + 5);
+    qkms_hex_encode(raw, sizeof(raw), out + 5);
     OPENSSL_cleanse(raw, sizeof(raw));
     return 0;
 }
@@ -113,7 +113,7 @@ db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who)
     if (PQntuples(r) == 1) {
         /* bytea comes back as text "\x<hex>". */
         const char *hx = PQgetvalue(r, 0, 3);
-        if (strlen(hx) == 66 && hex_decode(hx + 2, 64, stored, 32) == 32 &&
+        if (strlen(hx) == 66 && qkms_hex_decode(hx + 2, 64, stored, 32) == 32 &&
             CRYPTO_memcmp(stored, h, 32) == 0) {
             who->id = atoll(PQgetvalue(r, 0, 0));
             snprintf(who->name, sizeof(who->name), "%s", PQgetvalue(r, 0, 1));

@@ -518,7 +518,7 @@ void config_hash(const kms_config *c, char out[65])
     }
     EVP_DigestFinal_ex(x, md, &mdlen);
     EVP_MD_CTX_free(x);
-    hex_encode(md, 32, out);
+    qkms_hex_encode(md, 32, out);
 }
 
 void config_free(kms_config *c)

@@ -56,10 +56,10 @@ static void err_token(devices_err *e, CK_RV rv, const char *what)
 
 int device_key_kcv(const uint8_t *key, size_t len, char out[11])
 {
-    uint8_t kcv[KCV_LEN];
-    if (kcv_compute(key, len, kcv) != 0)
+    uint8_t kcv[QKMS_KCV_LEN];
+    if (qkms_kcv_compute(key, len, kcv) != 0)
         return -1;
-    hex_encode(kcv, KCV_LEN, out);
+    qkms_hex_encode(kcv, QKMS_KCV_LEN, out);
     return 0;
 }
 
@@ -97,7 +97,7 @@ static int gen_key(kms_ctx *k, const char *device_id, int index, int bits, char 
         err_set(e, 500, "internal", "out of memory");
         goto out;
     }
-    hex_encode(wrapped, wl, *wrapped_hex);
+    qkms_hex_encode(wrapped, wl, *wrapped_hex);
     rc = 0;
 out:
     OPENSSL_secure_clear_free(key, 32);
@@ -110,7 +110,7 @@ static int unwrap_key(kms_ctx *k, const char *device_id, int index, int bits, co
 {
     uint8_t blob[WRAPPED_MAX];
     char ctx[256];
-    long bl = hex_decode(hexblob, strlen(hexblob), blob, sizeof(blob));
+    long bl = qkms_hex_decode(hexblob, strlen(hexblob), blob, sizeof(blob));
     CK_RV rv;
     if (bl <= 0) {
         err_set(e, 500, "internal", "stored key is malformed");

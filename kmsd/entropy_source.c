@@ -294,7 +294,7 @@ long esrc_decode_body(const char *body, size_t len, const char *path, const char
             dlen--;
         if (dlen / 2 > cap)
             dlen = 2 * cap;
-        n = hex_decode(data, dlen, out, cap);
+        n = qkms_hex_decode(data, dlen, out, cap);
         if (n < 0)
             snprintf(err, el, "body is not hex");
     } else {

@@ -399,7 +399,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         } else {
             uint8_t r[16];
             RAND_bytes(r, sizeof(r));
-            hex_encode(r, sizeof(r), st->req_id);
+            qkms_hex_encode(r, sizeof(r), st->req_id);
         }
         *con_cls = st;
         atomic_fetch_add(&srv->inflight, 1);

@@ -111,7 +111,7 @@ int master_init(kms_ctx *k, char *err, size_t el)
         }
         rv = keywrap_kcv(k->kw, v, got);
         if (rv != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
-            hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
+            qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
             CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
             snprintf(err, el,
                      "token key %s is not the master key the database was wrapped under (check "

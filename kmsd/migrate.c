@@ -28,7 +28,7 @@ static void sha256_hex(const char *s, char out[65])
     uint8_t md[32];
     unsigned int n = 0;
     EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL);
-    hex_encode(md, 32, out);
+    qkms_hex_encode(md, 32, out);
 }
 
 int migrate_run(PGconn *pg, int apply, int *version, char *err, size_t el)

@@ -143,7 +143,7 @@ static void refresh(kms_ctx *k, db_conn *c)
         if (!keywrap_has(k->kw, v)) {
             if (keywrap_load(k->kw, v, &found) != CKR_OK || !found ||
                 keywrap_kcv(k->kw, v, got) != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
-                hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
+                qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
                 CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
                 log_emit(LOG_ERROR, "master key version recorded in the database is not usable",
                          "{s:i}", "version", (int)v);
@@ -166,12 +166,12 @@ static int rewrap_blob(kms_ctx *k, const char *ctx, const char *hexblob, char *o
 {
     uint8_t blob[BLOB_MAX], key[KEYWRAP_MAX_KEY + 16], nb[BLOB_MAX];
     size_t kl = sizeof(key), nl = sizeof(nb);
-    long bl = hex_decode(hexblob, strlen(hexblob), blob, sizeof(blob));
+    long bl = qkms_hex_decode(hexblob, strlen(hexblob), blob, sizeof(blob));
     int rc = -1;
     if (bl > 0 &&
         keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, key, &kl) == CKR_OK &&
         keywrap_wrap(k->kw, (const uint8_t *)ctx, strlen(ctx), key, kl, nb, &nl) == CKR_OK) {
-        hex_encode(nb, nl, out_hex);
+        qkms_hex_encode(nb, nl, out_hex);
         *version = keywrap_blob_version(nb, nl);
         rc = 0;
     }

@@ -241,7 +241,7 @@ static int load_key_row(http_request *rq, http_response *rs, const envelope *env
     e->not_before = atoll(PQgetvalue(r, 0, 5));
     e->not_after = atoll(PQgetvalue(r, 0, 6));
     bl = PQgetisnull(r, 0, 3) ? 0
-                              : hex_decode(PQgetvalue(r, 0, 3), strlen(PQgetvalue(r, 0, 3)),
+                              : qkms_hex_decode(PQgetvalue(r, 0, 3), strlen(PQgetvalue(r, 0, 3)),
                                            e->wrapped, sizeof(e->wrapped));
     e->wrapped_len = bl > 0 ? (size_t)bl : 0;
     PQclear(r);
@@ -395,7 +395,7 @@ void session_hash(const char *session_id, uint8_t out[32])
 static void session_key_context(const uint8_t hash[32], const char *key_id, char *out, size_t len)
 {
     char hx[65];
-    hex_encode(hash, 32, hx);
+    qkms_hex_encode(hash, 32, hx);
     snprintf(out, len, "qkms/session-key/v1\n%s\n%s", hx, key_id);
 }
 
@@ -445,7 +445,7 @@ static int make_candidate(http_request *rq, http_response *rs, const uint8_t has
         unavailable(rs, "token_unavailable", "key token unavailable, retry later");
         goto out;
     }
-    hex_encode(wrapped, wl, cd->wrapped_hex);
+    qkms_hex_encode(wrapped, wl, cd->wrapped_hex);
     snprintf(cd->master, sizeof(cd->master), "%u", keywrap_blob_version(wrapped, wl));
     snprintf(cd->bits, sizeof(cd->bits), "%d", bits);
     rc = 0;
@@ -482,7 +482,7 @@ static void deliver(http_request *rq, http_response *rs, const envelope *env, au
     char ctx[160], aad[QKP_MAX_AAD], nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)],
         ct_b64[QKP_B64URL_LEN(sizeof(ct))];
     size_t sl = KEYWRAP_MAX_KEY + 16;
-    long bl = hex_decode(whex, strlen(whex), blob, sizeof(blob));
+    long bl = qkms_hex_decode(whex, strlen(whex), blob, sizeof(blob));
     int aad_len;
     CK_RV rv;
 

@@ -16,7 +16,7 @@
 
 static void hex_to(const char *hex, uint8_t *out, size_t len)
 {
-    assert_int_equal(hex_decode(hex, strlen(hex), out, len), (long)len);
+    assert_int_equal(qkms_hex_decode(hex, strlen(hex), out, len), (long)len);
 }
 
 static audit_row row1(void)

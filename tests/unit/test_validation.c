@@ -125,13 +125,13 @@ static void hex(void **state)
     uint8_t b[4];
     char s[9];
     (void)state;
-    hex_encode((const uint8_t *)"\x00\xff\x10\xab", 4, s);
+    qkms_hex_encode((const uint8_t *)"\x00\xff\x10\xab", 4, s);
     assert_string_equal(s, "00ff10ab");
-    assert_int_equal(hex_decode("00FF10ab", 8, b, 4), 4);
+    assert_int_equal(qkms_hex_decode("00FF10ab", 8, b, 4), 4);
     assert_memory_equal(b, "\x00\xff\x10\xab", 4);
-    assert_int_equal(hex_decode("abc", 3, b, 4), -1);
-    assert_int_equal(hex_decode("zz", 2, b, 4), -1);
-    assert_int_equal(hex_decode("0011223344", 10, b, 4), -1);
+    assert_int_equal(qkms_hex_decode("abc", 3, b, 4), -1);
+    assert_int_equal(qkms_hex_decode("zz", 2, b, 4), -1);
+    assert_int_equal(qkms_hex_decode("0011223344", 10, b, 4), -1);
 }
 
 static void sqlstate_classes(void **state)
