@@ -12,6 +12,7 @@
 
 #include <openssl/rand.h>
 
+#include "deadline.h"
 #include "log.h"
 
 #define DB_BACKOFF_MIN_MS 250
@@ -187,17 +188,10 @@ int db_wait_ready(db_pool *p, int timeout_s, char *err, size_t errlen)
 
 db_conn *db_acquire(db_pool *p, db_status *st)
 {
-    struct timespec dl;
+    struct timespec dl = deadline_in_ms(p->acquire_timeout_ms);
     db_conn *c = NULL;
     bool need_connect;
 
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += p->acquire_timeout_ms / 1000;
-    dl.tv_nsec += (long)(p->acquire_timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&p->mu);
     while (p->in_use == p->size)
         if (pthread_cond_timedwait(&p->cv, &p->mu, &dl) == ETIMEDOUT)
