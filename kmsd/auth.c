@@ -11,6 +11,7 @@
 
 #include "entropy.h"
 #include "hexutil.h"
+#include "names.h"
 #include "queries.h"
 
 unsigned auth_role_parse(const char *s)
@@ -31,19 +32,7 @@ const char *auth_role_name(unsigned r)
     return r == ROLE_ADMIN ? "admin" : r == ROLE_OPERATOR ? "operator" : r == ROLE_AUDITOR ? "auditor" : "?";
 }
 
-bool auth_name_valid(const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-')))
-            return false;
-    }
-    return true;
-}
+bool auth_name_valid(const char *s) { return name_valid(s, 64); }
 
 int auth_bearer(const char *h, char *tok, size_t toklen)
 {

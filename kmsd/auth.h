@@ -34,7 +34,7 @@ struct entropy;
 /* "admin" -> ROLE_ADMIN; 0 when unknown. */
 unsigned auth_role_parse(const char *s);
 const char *auth_role_name(unsigned role);
-/* Names: 1-64 of [A-Za-z0-9._-], starting with a letter or digit. */
+/* Token names: the rule of names.h, at most 64 characters. */
 bool auth_name_valid(const char *s);
 /* Extract the token from an Authorization header value ("Bearer <tok>");
  * returns 0 or -1 when absent or malformed. */
