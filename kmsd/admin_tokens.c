@@ -17,8 +17,6 @@ void h_tokens_create(http_request *rq, http_response *rs)
     const char *name, *role;
     char tok[AUTH_TOKEN_LEN + 1], days[16];
     uint8_t hash[32];
-    const char *vals[5];
-    int lens[5] = {0, 0, 32, 0, 0}, fmts[5] = {0, 0, 1, 0, 0};
     db_status st;
     db_conn *c = NULL;
     PGresult *r = NULL;
@@ -57,18 +55,14 @@ void h_tokens_create(http_request *rq, http_response *rs)
     }
     auth_token_hash(tok, hash);
     snprintf(days, sizeof(days), "%lld", jexp && json_is_integer(jexp) ? (long long)json_integer_value(jexp) : 0LL);
-    vals[0] = name;
-    vals[1] = role;
-    vals[2] = (const char *)hash;
-    vals[3] = rq->who.name;
-    vals[4] = jexp && json_is_integer(jexp) ? days : NULL;
 
     c = db_acquire(rq->kms->db, &st);
     if (!c) {
         http_db_error(rs, st);
         goto out;
     }
-    r = db_exec(c, Q_TOKEN_INSERT, 5, vals, lens, fmts, &st);
+    r = auth_token_insert(c, name, role, hash, rq->who.name,
+                          jexp && json_is_integer(jexp) ? days : NULL, &st);
     if (!r) {
         if (st == DB_CONFLICT)
             http_error(rs, 409, "conflict", "a live token named '%s' exists", name);

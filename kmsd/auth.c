@@ -79,6 +79,14 @@ int auth_token_new(entropy *e, char out[AUTH_TOKEN_LEN + 1])
     return 0;
 }
 
+PGresult *auth_token_insert(db_conn *c, const char *name, const char *role, const uint8_t hash[32],
+                            const char *created_by, const char *expires_days, db_status *st)
+{
+    const char *vals[5] = {name, role, (const char *)hash, created_by, expires_days};
+    int lens[5] = {0, 0, 32, 0, 0}, fmts[5] = {0, 0, 1, 0, 0}; /* the hash is binary */
+    return db_exec(c, Q_TOKEN_INSERT, 5, vals, lens, fmts, st);
+}
+
 db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who)
 {
     uint8_t h[32], stored[32];

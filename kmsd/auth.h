@@ -46,5 +46,11 @@ void auth_token_hash(const char *tok, uint8_t out[32]);
 int auth_token_new(struct entropy *e, char out[AUTH_TOKEN_LEN + 1]);
 /* DB_OK with *who filled, DB_NOT_FOUND when unknown/revoked/expired. */
 db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who);
+/* Store a token by its hash (the token itself never reaches the database):
+ * name, role, who made it and its lifetime (expires_days, decimal; NULL =
+ * never expires). Returns the row (created_at, expires_at; PQclear it) or
+ * NULL with *st set; DB_CONFLICT: a live token has that name. */
+PGresult *auth_token_insert(db_conn *c, const char *name, const char *role, const uint8_t hash[32],
+                            const char *created_by, const char *expires_days, db_status *st);
 
 #endif
