@@ -115,8 +115,7 @@ void db_pool_close(db_pool *p)
     free(p);
 }
 
-/* First line of a libpq message, without the trailing newline. */
-static void first_line(const char *msg, char *buf, size_t len)
+void db_first_line(const char *msg, char *buf, size_t len)
 {
     size_t n = strcspn(msg ? msg : "", "\n");
     if (n >= len)
@@ -130,7 +129,7 @@ static void on_notice(void *arg, const char *msg)
 {
     char line[256];
     (void)arg;
-    first_line(msg, line, sizeof(line));
+    db_first_line(msg, line, sizeof(line));
     log_emit(LOG_DEBUG, "database notice", "{s:s}", "detail", line);
 }
 
@@ -142,7 +141,7 @@ static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (!pg || PQstatus(pg) != CONNECTION_OK) {
         if (err)
-            first_line(pg ? PQerrorMessage(pg) : "out of memory", err, errlen);
+            db_first_line(pg ? PQerrorMessage(pg) : "out of memory", err, errlen);
         PQfinish(pg);
         return NULL;
     }
@@ -153,7 +152,7 @@ static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
         PGresult *r = PQprepare(pg, name, p->stmts[i].sql, 0, NULL);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             char line[256];
-            first_line(PQresultErrorMessage(r), line, sizeof(line));
+            db_first_line(PQresultErrorMessage(r), line, sizeof(line));
             log_emit(LOG_ERROR, "prepare failed", "{s:s,s:s}", "statement", p->stmts[i].name,
                      "error", line);
             if (err)
@@ -284,7 +283,7 @@ static db_status classify_result(db_conn *c, PGresult *r)
     }
     if (st == DB_ERROR || st == DB_UNAVAILABLE) {
         char line[256];
-        first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(c->pg), line, sizeof(line));
+        db_first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(c->pg), line, sizeof(line));
         log_emit(st == DB_ERROR ? LOG_ERROR : LOG_WARN, "database error", "{s:s,s:s}", "error",
                  line, "class", db_status_name(st));
     }

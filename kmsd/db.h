@@ -76,6 +76,9 @@ db_status db_ping(db_pool *p);
 
 void db_stats_get(db_pool *p, db_stats *out);
 const char *db_status_name(db_status st);
+/* The first line of a libpq message (msg may be NULL), cut to fit buf:
+ * what kmsd logs of a database error. */
+void db_first_line(const char *msg, char *buf, size_t len);
 /* Classify a SQLSTATE (NULL = connection-level failure). */
 db_status db_classify_sqlstate(const char *sqlstate);
 
