@@ -82,33 +82,18 @@ out:
     json_decref(in);
 }
 
+static json_t *token_json(const PGresult *r, int i)
+{
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "name", pgjson_text(r, i, 0), "role",
+                     pgjson_text(r, i, 1), "state", pgjson_text(r, i, 2), "created_at",
+                     pgjson_time(r, i, 3), "expires_at", pgjson_time(r, i, 4), "last_used_at",
+                     pgjson_time(r, i, 5), "revoked_at", pgjson_time(r, i, 6), "created_by",
+                     pgjson_text(r, i, 7));
+}
+
 void h_tokens_list(http_request *rq, http_response *rs)
 {
-    db_status st;
-    db_conn *c = db_acquire(rq->kms->db, &st);
-    PGresult *r;
-    json_t *arr;
-
-    if (!c) {
-        http_db_error(rs, st);
-        return;
-    }
-    r = db_exec(c, Q_TOKEN_LIST, 0, NULL, NULL, NULL, &st);
-    db_release(rq->kms->db, c);
-    if (!r) {
-        http_db_error(rs, st);
-        return;
-    }
-    arr = json_array();
-    for (int i = 0; i < PQntuples(r); i++)
-        json_array_append_new(
-            arr, json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "name", pgjson_text(r, i, 0),
-                           "role", pgjson_text(r, i, 1), "state", pgjson_text(r, i, 2),
-                           "created_at", pgjson_time(r, i, 3), "expires_at", pgjson_time(r, i, 4),
-                           "last_used_at", pgjson_time(r, i, 5), "revoked_at",
-                           pgjson_time(r, i, 6), "created_by", pgjson_text(r, i, 7)));
-    PQclear(r);
-    http_json(rs, 200, json_pack("{s:o}", "tokens", arr));
+    http_db_list(rq, rs, Q_TOKEN_LIST, "tokens", token_json);
 }
 
 void h_tokens_revoke(http_request *rq, http_response *rs)
@@ -116,20 +101,13 @@ void h_tokens_revoke(http_request *rq, http_response *rs)
     const char *name = rq->params[0];
     const char *vals[1] = {name};
     db_status st;
-    db_conn *c;
     PGresult *r;
 
     if (!auth_name_valid(name)) {
         http_error(rs, 422, "invalid_name", "not a valid token name");
         return;
     }
-    c = db_acquire(rq->kms->db, &st);
-    if (!c) {
-        http_db_error(rs, st);
-        return;
-    }
-    r = db_exec(c, Q_TOKEN_REVOKE, 1, vals, NULL, NULL, &st);
-    db_release(rq->kms->db, c);
+    r = db_query(rq->kms->db, Q_TOKEN_REVOKE, 1, vals, NULL, NULL, &st);
     if (!r) {
         http_db_error(rs, st);
         return;

@@ -94,16 +94,11 @@ db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who)
     int lens[1] = {32}, fmts[1] = {1};
     db_status st;
     PGresult *r;
-    db_conn *c;
 
     if (!auth_token_well_formed(tok))
         return DB_NOT_FOUND;
     auth_token_hash(tok, h);
-    c = db_acquire(db, &st);
-    if (!c)
-        return st;
-    r = db_exec(c, Q_TOKEN_AUTH, 1, vals, lens, fmts, &st);
-    db_release(db, c);
+    r = db_query(db, Q_TOKEN_AUTH, 1, vals, lens, fmts, &st);
     if (!r)
         return st;
     st = DB_NOT_FOUND;

@@ -306,6 +306,18 @@ PGresult *db_exec(db_conn *c, int stmt, int nparams, const char *const *values, 
     return r;
 }
 
+PGresult *db_query(db_pool *p, int stmt, int nparams, const char *const *values,
+                   const int *lengths, const int *formats, db_status *st)
+{
+    db_conn *c = db_acquire(p, st);
+    PGresult *r;
+    if (!c)
+        return NULL;
+    r = db_exec(c, stmt, nparams, values, lengths, formats, st);
+    db_release(p, c);
+    return r;
+}
+
 db_status db_command(db_conn *c, const char *sql)
 {
     PGresult *r = PQexec(c->pg, sql);

@@ -65,6 +65,11 @@ PGconn *db_pg(db_conn *c);
  * the result (PQclear it) or NULL with *st set. */
 PGresult *db_exec(db_conn *c, int stmt, int nparams, const char *const *values,
                   const int *lengths, const int *formats, db_status *st);
+/* One statement on its own (no transaction): acquire a connection, db_exec
+ * stmt, release. Returns the result (PQclear it; it outlives the connection)
+ * or NULL with *st set, from the acquire or from the statement. */
+PGresult *db_query(db_pool *p, int stmt, int nparams, const char *const *values,
+                   const int *lengths, const int *formats, db_status *st);
 /* Run a simple command (BEGIN, COMMIT, ...) with no parameters. */
 db_status db_command(db_conn *c, const char *sql);
 
