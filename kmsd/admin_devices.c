@@ -239,6 +239,28 @@ void h_device_suspend(http_request *rq, http_response *rs) { state_action(rq, rs
 void h_device_resume(http_request *rq, http_response *rs) { state_action(rq, rs, DEVICE_RESUME); }
 void h_device_revoke(http_request *rq, http_response *rs) { state_action(rq, rs, DEVICE_REVOKE); }
 
+/* An action's body: a JSON object (with opt, an empty body is {}) with no
+ * field but those in known (NULL-terminated). NULL with the answer set. */
+static json_t *action_body(http_request *rq, http_response *rs, bool opt,
+                           const char *const *known)
+{
+    json_t *in = opt ? http_body_object_opt(rq, rs) : http_body_object(rq, rs), *v;
+    const char *key;
+    if (!in)
+        return NULL;
+    json_object_foreach(in, key, v) {
+        int i = 0;
+        while (known[i] && strcmp(key, known[i]))
+            i++;
+        if (!known[i]) {
+            http_error(rs, 422, "invalid_request", "unknown field '%.64s'", key);
+            json_decref(in);
+            return NULL;
+        }
+    }
+    return in;
+}
+
 /* Optional integer field; absent keeps *out. */
 static int body_int(json_t *in, http_response *rs, const char *key, int lo, int hi, int *out)
 {
@@ -255,22 +277,16 @@ static int body_int(json_t *in, http_response *rs, const char *key, int lo, int 
 
 void h_device_rotate(http_request *rq, http_response *rs)
 {
-    const char *id = path_device(rq, rs), *key;
-    json_t *in, *v;
+    static const char *const known[] = {"grace_days", "key_bits", "validity_days", NULL};
+    const char *id = path_device(rq, rs);
+    json_t *in;
     int grace = rq->kms->cfg.device_key_grace_days, bits = 0, validity = 0;
     devices_err e;
     if (!id)
         return;
-    in = http_body_object_opt(rq, rs);
+    in = action_body(rq, rs, true, known);
     if (!in)
         return;
-    json_object_foreach(in, key, v) {
-        if (strcmp(key, "grace_days") && strcmp(key, "key_bits") && strcmp(key, "validity_days")) {
-            http_error(rs, 422, "invalid_request", "unknown field '%.64s'", key);
-            json_decref(in);
-            return;
-        }
-    }
     if (body_int(in, rs, "grace_days", 0, 365, &grace) || body_int(in, rs, "key_bits", 128, 256, &bits) ||
         body_int(in, rs, "validity_days", 1, 3650, &validity)) {
         json_decref(in);
@@ -290,7 +306,8 @@ void h_device_rotate(http_request *rq, http_response *rs)
 
 void h_device_fill(http_request *rq, http_response *rs)
 {
-    const char *id = path_device(rq, rs), *key, *pem;
+    static const char *const known[] = {"recipient_pub", "indices", "force", "plaintext", NULL};
+    const char *id = path_device(rq, rs), *pem;
     json_t *in, *v, *jidx, *out = NULL;
     int indices[DEVICE_MAX_KEY_INDEX + 1], nidx = 0;
     bool force = false, plaintext = false;
@@ -301,16 +318,9 @@ void h_device_fill(http_request *rq, http_response *rs)
 
     if (!id)
         return;
-    in = http_body_object(rq, rs);
+    in = action_body(rq, rs, false, known);
     if (!in)
         return;
-    json_object_foreach(in, key, v) {
-        if (strcmp(key, "recipient_pub") && strcmp(key, "indices") && strcmp(key, "force") &&
-            strcmp(key, "plaintext")) {
-            http_error(rs, 422, "invalid_request", "unknown field '%.64s'", key);
-            goto out;
-        }
-    }
     v = json_object_get(in, "force");
     if (v && !json_is_boolean(v)) {
         http_error(rs, 422, "invalid_request", "force must be true or false");

@@ -25,25 +25,7 @@ static json_t *policy_json(const PGresult *r, int i)
 
 void h_policies_list(http_request *rq, http_response *rs)
 {
-    db_status st;
-    db_conn *c = db_acquire(rq->kms->db, &st);
-    PGresult *r;
-    json_t *arr;
-    if (!c) {
-        http_db_error(rs, st);
-        return;
-    }
-    r = db_exec(c, Q_POLICY_LIST, 0, NULL, NULL, NULL, &st);
-    db_release(rq->kms->db, c);
-    if (!r) {
-        http_db_error(rs, st);
-        return;
-    }
-    arr = json_array();
-    for (int i = 0; i < PQntuples(r); i++)
-        json_array_append_new(arr, policy_json(r, i));
-    PQclear(r);
-    http_json(rs, 200, json_pack("{s:o}", "policies", arr));
+    http_db_list(rq, rs, Q_POLICY_LIST, "policies", policy_json);
 }
 
 struct policy_tx {

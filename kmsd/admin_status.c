@@ -10,19 +10,12 @@ void h_admin_status(http_request *rq, http_response *rs)
 {
     kms_ctx *k = rq->kms;
     db_status st;
-    db_conn *c = db_acquire(k->db, &st);
-    PGresult *r;
+    PGresult *r = db_query(k->db, Q_TOKEN_COUNT, 0, NULL, NULL, NULL, &st);
     char label[128];
     db_stats ds;
     long long ntokens;
     uint32_t mv = keywrap_active(k->kw);
 
-    if (!c) {
-        http_db_error(rs, st);
-        return;
-    }
-    r = db_exec(c, Q_TOKEN_COUNT, 0, NULL, NULL, NULL, &st);
-    db_release(k->db, c);
     if (!r) {
         http_db_error(rs, st);
         return;

@@ -17,8 +17,6 @@ void h_tokens_create(http_request *rq, http_response *rs)
     const char *name, *role;
     char tok[AUTH_TOKEN_LEN + 1], days[16];
     uint8_t hash[32];
-    const char *vals[5];
-    int lens[5] = {0, 0, 32, 0, 0}, fmts[5] = {0, 0, 1, 0, 0};
     db_status st;
     db_conn *c = NULL;
     PGresult *r = NULL;
@@ -57,18 +55,14 @@ void h_tokens_create(http_request *rq, http_response *rs)
     }
     auth_token_hash(tok, hash);
     snprintf(days, sizeof(days), "%lld", jexp && json_is_integer(jexp) ? (long long)json_integer_value(jexp) : 0LL);
-    vals[0] = name;
-    vals[1] = role;
-    vals[2] = (const char *)hash;
-    vals[3] = rq->who.name;
-    vals[4] = jexp && json_is_integer(jexp) ? days : NULL;
 
     c = db_acquire(rq->kms->db, &st);
     if (!c) {
         http_db_error(rs, st);
         goto out;
     }
-    r = db_exec(c, Q_TOKEN_INSERT, 5, vals, lens, fmts, &st);
+    r = auth_token_insert(c, name, role, hash, rq->who.name,
+                          jexp && json_is_integer(jexp) ? days : NULL, &st);
     if (!r) {
         if (st == DB_CONFLICT)
             http_error(rs, 409, "conflict", "a live token named '%s' exists", name);
@@ -88,33 +82,18 @@ out:
     json_decref(in);
 }
 
+static json_t *token_json(const PGresult *r, int i)
+{
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "name", pgjson_text(r, i, 0), "role",
+                     pgjson_text(r, i, 1), "state", pgjson_text(r, i, 2), "created_at",
+                     pgjson_time(r, i, 3), "expires_at", pgjson_time(r, i, 4), "last_used_at",
+                     pgjson_time(r, i, 5), "revoked_at", pgjson_time(r, i, 6), "created_by",
+                     pgjson_text(r, i, 7));
+}
+
 void h_tokens_list(http_request *rq, http_response *rs)
 {
-    db_status st;
-    db_conn *c = db_acquire(rq->kms->db, &st);
-    PGresult *r;
-    json_t *arr;
-
-    if (!c) {
-        http_db_error(rs, st);
-        return;
-    }
-    r = db_exec(c, Q_TOKEN_LIST, 0, NULL, NULL, NULL, &st);
-    db_release(rq->kms->db, c);
-    if (!r) {
-        http_db_error(rs, st);
-        return;
-    }
-    arr = json_array();
-    for (int i = 0; i < PQntuples(r); i++)
-        json_array_append_new(
-            arr, json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "name", pgjson_text(r, i, 0),
-                           "role", pgjson_text(r, i, 1), "state", pgjson_text(r, i, 2),
-                           "created_at", pgjson_time(r, i, 3), "expires_at", pgjson_time(r, i, 4),
-                           "last_used_at", pgjson_time(r, i, 5), "revoked_at",
-                           pgjson_time(r, i, 6), "created_by", pgjson_text(r, i, 7)));
-    PQclear(r);
-    http_json(rs, 200, json_pack("{s:o}", "tokens", arr));
+    http_db_list(rq, rs, Q_TOKEN_LIST, "tokens", token_json);
 }
 
 void h_tokens_revoke(http_request *rq, http_response *rs)
@@ -122,20 +101,13 @@ void h_tokens_revoke(http_request *rq, http_response *rs)
     const char *name = rq->params[0];
     const char *vals[1] = {name};
     db_status st;
-    db_conn *c;
     PGresult *r;
 
     if (!auth_name_valid(name)) {
         http_error(rs, 422, "invalid_name", "not a valid token name");
         return;
     }
-    c = db_acquire(rq->kms->db, &st);
-    if (!c) {
-        http_db_error(rs, st);
-        return;
-    }
-    r = db_exec(c, Q_TOKEN_REVOKE, 1, vals, NULL, NULL, &st);
-    db_release(rq->kms->db, c);
+    r = db_query(rq->kms->db, Q_TOKEN_REVOKE, 1, vals, NULL, NULL, &st);
     if (!r) {
         http_db_error(rs, st);
         return;

@@ -485,15 +485,6 @@ int audit_verifier_finish(audit_verifier *v, audit_verify_result *out)
 
 /* ---- database helpers ----------------------------------------------------------- */
 
-static void first_line(const char *msg, char *buf, size_t len)
-{
-    size_t n = strcspn(msg ? msg : "", "\n");
-    if (n >= len)
-        n = len - 1;
-    memcpy(buf, msg ? msg : "", n);
-    buf[n] = 0;
-}
-
 /* An unprepared statement (the sealer and the audit admin routes are not on
  * the request path). NULL with *st set on failure. */
 static PGresult *q(db_conn *c, const char *sql, int n, const char *const *vals, db_status *st)
@@ -508,7 +499,7 @@ static PGresult *q(db_conn *c, const char *sql, int n, const char *const *vals, 
     *st = db_classify_sqlstate(r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL);
     if (PQstatus(db_pg(c)) != CONNECTION_OK)
         *st = DB_UNAVAILABLE;
-    first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(db_pg(c)), line, sizeof(line));
+    db_first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(db_pg(c)), line, sizeof(line));
     log_emit(*st == DB_ERROR ? LOG_ERROR : LOG_WARN, "audit chain: database error", "{s:s,s:s}",
              "error", line, "class", db_status_name(*st));
     PQclear(r);

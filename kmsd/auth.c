@@ -11,6 +11,7 @@
 
 #include "entropy.h"
 #include "hexutil.h"
+#include "names.h"
 #include "queries.h"
 
 unsigned auth_role_parse(const char *s)
@@ -31,19 +32,7 @@ const char *auth_role_name(unsigned r)
     return r == ROLE_ADMIN ? "admin" : r == ROLE_OPERATOR ? "operator" : r == ROLE_AUDITOR ? "auditor" : "?";
 }
 
-bool auth_name_valid(const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-')))
-            return false;
-    }
-    return true;
-}
+bool auth_name_valid(const char *s) { return name_valid(s, 64); }
 
 int auth_bearer(const char *h, char *tok, size_t toklen)
 {
@@ -90,6 +79,14 @@ int auth_token_new(entropy *e, char out[AUTH_TOKEN_LEN + 1])
     return 0;
 }
 
+PGresult *auth_token_insert(db_conn *c, const char *name, const char *role, const uint8_t hash[32],
+                            const char *created_by, const char *expires_days, db_status *st)
+{
+    const char *vals[5] = {name, role, (const char *)hash, created_by, expires_days};
+    int lens[5] = {0, 0, 32, 0, 0}, fmts[5] = {0, 0, 1, 0, 0}; /* the hash is binary */
+    return db_exec(c, Q_TOKEN_INSERT, 5, vals, lens, fmts, st);
+}
+
 db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who)
 {
     uint8_t h[32], stored[32];
@@ -97,16 +94,11 @@ db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who)
     int lens[1] = {32}, fmts[1] = {1};
     db_status st;
     PGresult *r;
-    db_conn *c;
 
     if (!auth_token_well_formed(tok))
         return DB_NOT_FOUND;
     auth_token_hash(tok, h);
-    c = db_acquire(db, &st);
-    if (!c)
-        return st;
-    r = db_exec(c, Q_TOKEN_AUTH, 1, vals, lens, fmts, &st);
-    db_release(db, c);
+    r = db_query(db, Q_TOKEN_AUTH, 1, vals, lens, fmts, &st);
     if (!r)
         return st;
     st = DB_NOT_FOUND;

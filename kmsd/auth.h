@@ -34,7 +34,7 @@ struct entropy;
 /* "admin" -> ROLE_ADMIN; 0 when unknown. */
 unsigned auth_role_parse(const char *s);
 const char *auth_role_name(unsigned role);
-/* Names: 1-64 of [A-Za-z0-9._-], starting with a letter or digit. */
+/* Token names: the rule of names.h, at most 64 characters. */
 bool auth_name_valid(const char *s);
 /* Extract the token from an Authorization header value ("Bearer <tok>");
  * returns 0 or -1 when absent or malformed. */
@@ -46,5 +46,11 @@ void auth_token_hash(const char *tok, uint8_t out[32]);
 int auth_token_new(struct entropy *e, char out[AUTH_TOKEN_LEN + 1]);
 /* DB_OK with *who filled, DB_NOT_FOUND when unknown/revoked/expired. */
 db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who);
+/* Store a token by its hash (the token itself never reaches the database):
+ * name, role, who made it and its lifetime (expires_days, decimal; NULL =
+ * never expires). Returns the row (created_at, expires_at; PQclear it) or
+ * NULL with *st set; DB_CONFLICT: a live token has that name. */
+PGresult *auth_token_insert(db_conn *c, const char *name, const char *role, const uint8_t hash[32],
+                            const char *created_by, const char *expires_days, db_status *st);
 
 #endif

@@ -67,8 +67,8 @@ int bootstrap_admin_token(kms_ctx *k, char *err, size_t el)
     const char *path = k->cfg.bootstrap_token_file;
     char tok[AUTH_TOKEN_LEN + 1];
     uint8_t hash[32];
-    const char *vals[5];
-    int lens[5] = {0, 0, 32, 0, 0}, fmts[5] = {0, 0, 1, 0, 0};
+    const char *vals[1];
+    int hash_len = 32, hash_fmt = 1; /* binary parameter */
     db_status st;
     db_conn *c = NULL;
     PGresult *r = NULL;
@@ -100,7 +100,7 @@ int bootstrap_admin_token(kms_ctx *k, char *err, size_t el)
     if (rd == 0) {
         auth_token_hash(tok, hash);
         vals[0] = (const char *)hash;
-        r = db_exec(c, Q_TOKEN_BY_HASH, 1, vals, lens + 2, fmts + 2, &st);
+        r = db_exec(c, Q_TOKEN_BY_HASH, 1, vals, &hash_len, &hash_fmt, &st);
         if (!r) {
             snprintf(err, el, "database error: %s", db_status_name(st));
             goto out;
@@ -139,12 +139,7 @@ int bootstrap_admin_token(kms_ctx *k, char *err, size_t el)
         fresh = true;
         auth_token_hash(tok, hash);
     }
-    vals[0] = "bootstrap";
-    vals[1] = "admin";
-    vals[2] = (const char *)hash;
-    vals[3] = "kmsd";
-    vals[4] = NULL;
-    r = db_exec(c, Q_TOKEN_INSERT, 5, vals, lens, fmts, &st);
+    r = auth_token_insert(c, "bootstrap", "admin", hash, "kmsd", NULL, &st);
     if (!r) {
         if (st == DB_CONFLICT) {
             log_emit(LOG_WARN, "bootstrap token file differs from the live bootstrap token; "

@@ -12,6 +12,7 @@
 
 #include <openssl/rand.h>
 
+#include "deadline.h"
 #include "log.h"
 
 #define DB_BACKOFF_MIN_MS 250
@@ -114,8 +115,7 @@ void db_pool_close(db_pool *p)
     free(p);
 }
 
-/* First line of a libpq message, without the trailing newline. */
-static void first_line(const char *msg, char *buf, size_t len)
+void db_first_line(const char *msg, char *buf, size_t len)
 {
     size_t n = strcspn(msg ? msg : "", "\n");
     if (n >= len)
@@ -129,7 +129,7 @@ static void on_notice(void *arg, const char *msg)
 {
     char line[256];
     (void)arg;
-    first_line(msg, line, sizeof(line));
+    db_first_line(msg, line, sizeof(line));
     log_emit(LOG_DEBUG, "database notice", "{s:s}", "detail", line);
 }
 
@@ -141,7 +141,7 @@ static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (!pg || PQstatus(pg) != CONNECTION_OK) {
         if (err)
-            first_line(pg ? PQerrorMessage(pg) : "out of memory", err, errlen);
+            db_first_line(pg ? PQerrorMessage(pg) : "out of memory", err, errlen);
         PQfinish(pg);
         return NULL;
     }
@@ -152,7 +152,7 @@ static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
         PGresult *r = PQprepare(pg, name, p->stmts[i].sql, 0, NULL);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             char line[256];
-            first_line(PQresultErrorMessage(r), line, sizeof(line));
+            db_first_line(PQresultErrorMessage(r), line, sizeof(line));
             log_emit(LOG_ERROR, "prepare failed", "{s:s,s:s}", "statement", p->stmts[i].name,
                      "error", line);
             if (err)
@@ -187,17 +187,10 @@ int db_wait_ready(db_pool *p, int timeout_s, char *err, size_t errlen)
 
 db_conn *db_acquire(db_pool *p, db_status *st)
 {
-    struct timespec dl;
+    struct timespec dl = deadline_in_ms(p->acquire_timeout_ms);
     db_conn *c = NULL;
     bool need_connect;
 
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += p->acquire_timeout_ms / 1000;
-    dl.tv_nsec += (long)(p->acquire_timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&p->mu);
     while (p->in_use == p->size)
         if (pthread_cond_timedwait(&p->cv, &p->mu, &dl) == ETIMEDOUT)
@@ -290,7 +283,7 @@ static db_status classify_result(db_conn *c, PGresult *r)
     }
     if (st == DB_ERROR || st == DB_UNAVAILABLE) {
         char line[256];
-        first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(c->pg), line, sizeof(line));
+        db_first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(c->pg), line, sizeof(line));
         log_emit(st == DB_ERROR ? LOG_ERROR : LOG_WARN, "database error", "{s:s,s:s}", "error",
                  line, "class", db_status_name(st));
     }
@@ -310,6 +303,18 @@ PGresult *db_exec(db_conn *c, int stmt, int nparams, const char *const *values, 
         PQclear(r);
         return NULL;
     }
+    return r;
+}
+
+PGresult *db_query(db_pool *p, int stmt, int nparams, const char *const *values,
+                   const int *lengths, const int *formats, db_status *st)
+{
+    db_conn *c = db_acquire(p, st);
+    PGresult *r;
+    if (!c)
+        return NULL;
+    r = db_exec(c, stmt, nparams, values, lengths, formats, st);
+    db_release(p, c);
     return r;
 }
 

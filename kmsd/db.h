@@ -65,6 +65,11 @@ PGconn *db_pg(db_conn *c);
  * the result (PQclear it) or NULL with *st set. */
 PGresult *db_exec(db_conn *c, int stmt, int nparams, const char *const *values,
                   const int *lengths, const int *formats, db_status *st);
+/* One statement on its own (no transaction): acquire a connection, db_exec
+ * stmt, release. Returns the result (PQclear it; it outlives the connection)
+ * or NULL with *st set, from the acquire or from the statement. */
+PGresult *db_query(db_pool *p, int stmt, int nparams, const char *const *values,
+                   const int *lengths, const int *formats, db_status *st);
 /* Run a simple command (BEGIN, COMMIT, ...) with no parameters. */
 db_status db_command(db_conn *c, const char *sql);
 
@@ -76,6 +81,9 @@ db_status db_ping(db_pool *p);
 
 void db_stats_get(db_pool *p, db_stats *out);
 const char *db_status_name(db_status st);
+/* The first line of a libpq message (msg may be NULL), cut to fit buf:
+ * what kmsd logs of a database error. */
+void db_first_line(const char *msg, char *buf, size_t len);
 /* Classify a SQLSTATE (NULL = connection-level failure). */
 db_status db_classify_sqlstate(const char *sqlstate);
 

@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "names.h"
+
 bool device_id_valid(const char *s)
 {
     size_t n = s ? strlen(s) : 0;
@@ -17,19 +19,7 @@ bool device_id_valid(const char *s)
     return true;
 }
 
-bool device_group_valid(const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n > DEVICE_GROUP_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-')))
-            return false;
-    }
-    return true;
-}
+bool device_group_valid(const char *s) { return name_valid(s, DEVICE_GROUP_MAX); }
 
 bool device_type_name_valid(const char *s)
 {

@@ -251,7 +251,6 @@ int devices_list(kms_ctx *k, const device_filter *f, json_t **out, devices_err *
     char days[16], lim[16];
     const char *vals[6];
     db_status st;
-    db_conn *c;
     PGresult *r;
     json_t *arr;
     int n;
@@ -264,13 +263,7 @@ int devices_list(kms_ctx *k, const device_filter *f, json_t **out, devices_err *
     vals[3] = f->expiring_within >= 0 ? days : NULL;
     vals[4] = f->after;
     vals[5] = lim;
-    c = db_acquire(k->db, &st);
-    if (!c) {
-        err_db(e, st);
-        return -1;
-    }
-    r = db_exec(c, Q_DEVICE_LIST, 6, vals, NULL, NULL, &st);
-    db_release(k->db, c);
+    r = db_query(k->db, Q_DEVICE_LIST, 6, vals, NULL, NULL, &st);
     if (!r) {
         err_db(e, st);
         return -1;
@@ -532,13 +525,7 @@ static db_status reg_tx_fn(db_conn *c, void *arg)
 static int load_types(kms_ctx *k, PGresult **out, devices_err *e)
 {
     db_status st;
-    db_conn *c = db_acquire(k->db, &st);
-    if (!c) {
-        err_db(e, st);
-        return -1;
-    }
-    *out = db_exec(c, Q_DEVTYPE_LIST, 0, NULL, NULL, NULL, &st);
-    db_release(k->db, c);
+    *out = db_query(k->db, Q_DEVTYPE_LIST, 0, NULL, NULL, NULL, &st);
     if (!*out) {
         err_db(e, st);
         return -1;

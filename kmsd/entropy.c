@@ -14,6 +14,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "deadline.h"
 #include "entropy_source.h"
 #include "log.h"
 #include "sp800_90b.h"
@@ -174,15 +175,8 @@ static void pool_flush(entropy *e)
 /* Take exactly n bytes, waiting up to wait_ms for the refill thread; 0 or -1. */
 static int pool_take(entropy *e, uint8_t *buf, size_t n, int wait_ms)
 {
-    struct timespec dl;
+    struct timespec dl = deadline_in_ms(wait_ms);
     int rc = -1;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += wait_ms / 1000;
-    dl.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&e->mu);
     while (e->len < n && e->src[0].state == SRC_OK && !e->stop) {
         pthread_cond_signal(&e->refill);
@@ -548,15 +542,7 @@ int entropy_open(entropy **out, const kms_config *cfg, p11_token *token, char *e
     {
         /* Give the primary its start-up test before the first key is asked
          * for (the bootstrap token comes next), bounded by its timeout. */
-        struct timespec dl;
-        int ms = cfg->entropy_http_timeout_ms + 500;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_sec += ms / 1000;
-        dl.tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
+        struct timespec dl = deadline_in_ms(cfg->entropy_http_timeout_ms + 500);
         pthread_mutex_lock(&e->mu);
         while (e->src[0].state == SRC_STARTING &&
                pthread_cond_timedwait(&e->data, &e->mu, &dl) != ETIMEDOUT)

@@ -30,3 +30,11 @@ json_t *pgjson_time(const PGresult *r, int row, int col)
         return json_null();
     return json_string(buf);
 }
+
+json_t *pgjson_rows(const PGresult *r, pgjson_row_fn row)
+{
+    json_t *arr = json_array();
+    for (int i = 0; i < PQntuples(r); i++)
+        json_array_append_new(arr, row(r, i));
+    return arr;
+}

@@ -16,4 +16,9 @@ json_t *pgjson_time(const PGresult *r, int row, int col);
 /* Convert one timestamptz text (UTC) into RFC 3339; returns 0 or -1. */
 int pgjson_rfc3339(const char *pg, char *out, size_t len);
 
+/* One result row as a JSON value. */
+typedef json_t *(*pgjson_row_fn)(const PGresult *r, int row);
+/* Every row of r through row(), in order, as a new JSON array. */
+json_t *pgjson_rows(const PGresult *r, pgjson_row_fn row);
+
 #endif

@@ -101,14 +101,9 @@ out:
 json_t *rotation_status(kms_ctx *k)
 {
     db_status st;
-    db_conn *c = db_acquire(k->db, &st);
-    PGresult *r;
+    PGresult *r = db_query(k->db, Q_MASTER_STATUS, 0, NULL, NULL, NULL, &st);
     json_t *arr;
     long long pending = 0;
-    if (!c)
-        return NULL;
-    r = db_exec(c, Q_MASTER_STATUS, 0, NULL, NULL, NULL, &st);
-    db_release(k->db, c);
     if (!r)
         return NULL;
     arr = json_array();

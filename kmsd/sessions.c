@@ -660,7 +660,6 @@ void h_session_end(http_request *rq, http_response *rs)
     char pk[24], kidx[8];
     PGresult *r = NULL;
     db_status st;
-    db_conn *c;
 
     uint64_t t0 = now_ns();
 
@@ -678,13 +677,7 @@ void h_session_end(http_request *rq, http_response *rs)
     {
         const char *vals[4] = {pk, kidx, (const char *)env.nonce, (const char *)hash};
         int lens[4] = {0, 0, QKP_NONCE_LEN, 32}, fmts[4] = {0, 0, 1, 1};
-        c = db_acquire(k->db, &st);
-        if (!c) {
-            http_db_error(rs, st);
-            goto out;
-        }
-        r = db_exec(c, Q_SESSION_END, 4, vals, lens, fmts, &st);
-        db_release(k->db, c);
+        r = db_query(k->db, Q_SESSION_END, 4, vals, lens, fmts, &st);
     }
     if (!r) {
         http_db_error(rs, st);
@@ -721,16 +714,12 @@ int sessions_reap(kms_ctx *k)
     char win[16], days[16];
     const char *vals[3] = {win, days, "1000"};
     db_status st;
-    db_conn *c = db_acquire(k->db, &st);
     PGresult *r;
     int n;
-    if (!c)
-        return -1;
     /* Nonces are kept a little longer than the clock window they guard. */
     snprintf(win, sizeof(win), "%d", 2 * k->cfg.protocol_clock_skew + 60);
     snprintf(days, sizeof(days), "%d", k->cfg.session_tombstone_days);
-    r = db_exec(c, Q_SESSION_REAP, 3, vals, NULL, NULL, &st);
-    db_release(k->db, c);
+    r = db_query(k->db, Q_SESSION_REAP, 3, vals, NULL, NULL, &st);
     if (!r)
         return -1;
     n = atoi(PQgetvalue(r, 0, 0));
@@ -776,29 +765,21 @@ static int query_sessions(http_request *rq, http_response *rs, const char *devic
     const char *vals[4] = {device, sid, lim, ended ? NULL : state};
     int lens[4] = {0, 0, 0, 0}, fmts[4] = {0, 0, 0, 0};
     db_status st;
-    db_conn *c = db_acquire(rq->kms->db, &st);
     PGresult *r;
     snprintf(lim, sizeof(lim), "%d", limit);
-    if (!c) {
-        http_db_error(rs, st);
-        return -1;
-    }
     if (ended && sid) {
         session_hash(sid, hash);
         vals[1] = (const char *)hash;
         lens[1] = 32;
         fmts[1] = 1;
     }
-    r = ended ? db_exec(c, Q_TOMBSTONES_LIST, 3, vals, lens, fmts, &st)
-              : db_exec(c, Q_SESSIONS_LIST, 4, vals, lens, fmts, &st);
-    db_release(rq->kms->db, c);
+    r = ended ? db_query(rq->kms->db, Q_TOMBSTONES_LIST, 3, vals, lens, fmts, &st)
+              : db_query(rq->kms->db, Q_SESSIONS_LIST, 4, vals, lens, fmts, &st);
     if (!r) {
         http_db_error(rs, st);
         return -1;
     }
-    *out = json_array();
-    for (int i = 0; i < PQntuples(r); i++)
-        json_array_append_new(*out, ended ? tombstone_json(r, i) : session_json(r, i));
+    *out = pgjson_rows(r, ended ? tombstone_json : session_json);
     PQclear(r);
     return 0;
 }
@@ -858,7 +839,6 @@ void h_admin_session_end(http_request *rq, http_response *rs)
     const char *vals[2] = {(const char *)hash, rq->who.name};
     int lens[2] = {32, 0}, fmts[2] = {1, 0};
     db_status st;
-    db_conn *c;
     PGresult *r;
     json_t *in;
 
@@ -871,13 +851,7 @@ void h_admin_session_end(http_request *rq, http_response *rs)
         return;
     json_decref(in);
     session_hash(sid, hash);
-    c = db_acquire(rq->kms->db, &st);
-    if (!c) {
-        http_db_error(rs, st);
-        return;
-    }
-    r = db_exec(c, Q_SESSION_END_OPERATOR, 2, vals, lens, fmts, &st);
-    db_release(rq->kms->db, c);
+    r = db_query(rq->kms->db, Q_SESSION_END_OPERATOR, 2, vals, lens, fmts, &st);
     if (!r) {
         http_db_error(rs, st);
         return;

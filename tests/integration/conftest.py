@@ -17,6 +17,10 @@ import time
 import pytest
 import requests
 
+# helpers.py holds the helpers the test modules share; its asserts should
+# explain themselves like a test module's.
+pytest.register_assert_rewrite("helpers")
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KMSD = os.environ.get("QKMS_KMSD", os.path.join(ROOT, "build/asan/bin/kmsd"))
 KMSCTL = os.environ.get("QKMS_KMSCTL", os.path.join(ROOT, "build/asan/bin/kmsctl"))
@@ -28,6 +32,31 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for(pred, timeout=20, interval=0.2):
+    """Calls pred() every interval seconds until it is true (True) or
+    timeout seconds pass (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def wait_readyz(url, timeout, alive=lambda: None):
+    """Polls url + /readyz until it answers 200 (True) or timeout seconds
+    pass (False). alive() runs before each try: it raises if the server is
+    known to be gone, so that a dead kmsd fails at once."""
+    def ready():
+        alive()
+        try:
+            return requests.get(url + "/readyz", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    return wait_for(ready, timeout, 0.1)
 
 
 class Stack:
@@ -98,17 +127,12 @@ class Stack:
         return self.proc
 
     def wait_ready(self, timeout=60):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        def alive():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kmsd exited with {self.proc.returncode}:\n{self.logs()[-4000:]}")
-            try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("kmsd not ready in time:\n" + self.logs()[-4000:])
+
+        if not wait_readyz(self.url, timeout, alive):
+            raise RuntimeError("kmsd not ready in time:\n" + self.logs()[-4000:])
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         """Stop kmsd; returns its exit code (sanitizer reports make it non-zero)."""

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import KMSD, _finish, free_port, running_stack
+from conftest import KMSD, _finish, free_port, running_stack, wait_readyz
 
 FAST = {"QKMS_MAINTENANCE_INTERVAL": "1"}
 
@@ -472,15 +472,11 @@ def test_two_instances_seal_one_chain(fresh_stack):
     second = subprocess.Popen([KMSD, "-c", st.conf], env=env, stdout=log2, stderr=log2)
     try:
         import requests
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port2}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
+
+        def alive():
             assert second.poll() is None
-            time.sleep(0.1)
+
+        assert wait_readyz(f"http://127.0.0.1:{port2}", 60, alive), "second kmsd not ready"
         for i in range(20):
             url = st.url if i % 2 else f"http://127.0.0.1:{port2}"
             r = requests.post(url + "/v1/admin/devices", timeout=30,

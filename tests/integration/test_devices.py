@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import cmac, serialization
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, x25519
 
-from conftest import Stack, _finish, running_stack
+from conftest import Stack, _finish, running_stack, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -253,9 +253,7 @@ def test_expired_keys_are_not_exported_and_warned_once(dev):
     did = uid("EXP")
     register(dev, device_id=did, keys=2, validity_days=5)
     # Expiry warning: logged once, not again on the next passes.
-    deadline = time.time() + 10
-    while time.time() < deadline and f'"device_id":"{did}"' not in dev.logs():
-        time.sleep(0.3)
+    wait_for(lambda: f'"device_id":"{did}"' in dev.logs(), 10, 0.3)
     time.sleep(2.5)
     warned = [r for r in dev.log_records()
               if r.get("msg") == "device key expiring soon" and r.get("device_id") == did]

@@ -14,7 +14,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import ROOT, Stack, _finish, running_stack
+from conftest import ROOT, Stack, _finish, running_stack, wait_for
 from qkms_proto_py import Device
 
 SIM = os.path.join(ROOT, "tools", "qrng-sim.py")
@@ -76,15 +76,6 @@ def status(st):
 
 def primary(st):
     return status(st)["sources"][0]
-
-
-def wait_for(pred, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def register(st):

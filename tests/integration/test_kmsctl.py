@@ -4,78 +4,24 @@ token never leaks into error output."""
 import datetime
 import json
 import re
-import subprocess
 import uuid
 
 import pytest
 
-from conftest import KMSCTL, free_port
+from conftest import free_port
+from helpers import (AUTH, CONNECT, NOWHERE, OK, REFUSED, USAGE, api_error_code, ok, run, run_raw,
+                     ts, usage, utcnow)
 
 TOKEN_RE = re.compile(r"qkms_[0-9a-f]{64}")
-TS_FMT = "%Y-%m-%dT%H:%M:%SZ"
-NOWHERE = "http://127.0.0.1:1"  # nothing listens: any connection attempt exits 3
-
-# Exit codes (cli/exitcodes.h).
-OK, USAGE, CONNECT, AUTH, SERVER, REFUSED = 0, 2, 3, 4, 5, 6
-
-# Every token-lookup source kmsctl knows; removed so that a caller's shell
-# cannot change what a test exercises.
-TOKEN_ENV = ("KMS_TOKEN", "KMS_TOKEN_FILE")
 
 
 def uname(prefix="t"):
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def run_raw(stack, *args, env=None, unset=(), cwd=None):
-    """Runs kmsctl with the stack's environment minus any token variables,
-    plus `env`, minus `unset`."""
-    e = dict(stack.env)
-    for k in TOKEN_ENV:
-        e.pop(k, None)
-    e["KMS_ADDR"] = stack.url
-    e.update(env or {})
-    for k in unset:
-        e.pop(k, None)
-    p = subprocess.run([KMSCTL, *args], env=e, cwd=cwd, capture_output=True, text=True,
-                       timeout=60)
-    # A sanitizer report would make the output meaningless; say so plainly.
-    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
-    return p
-
-
-def run(stack, *args, **kw):
-    """run_raw, checking that the admin token is not on stderr, whatever
-    the outcome."""
-    p = run_raw(stack, *args, **kw)
-    assert stack.admin_token not in p.stderr, f"admin token leaked on stderr of kmsctl {args}"
-    return p
-
-
-def ok(stack, *args, **kw):
-    p = run(stack, *args, **kw)
-    assert p.returncode == OK, f"kmsctl {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
-    return p
-
-
-def api_error_code(p):
-    """The error code of a --json failure, which kmsctl prints on stdout."""
-    body = json.loads(p.stdout)
-    assert set(body["error"]) >= {"code", "message"}, body
-    return body["error"]["code"]
-
-
 def list_tokens(stack, name=None):
     toks = json.loads(ok(stack, "token", "list", "--json").stdout)["tokens"]
     return [t for t in toks if t["name"] == name] if name else toks
-
-
-def ts(s):
-    return datetime.datetime.strptime(s, TS_FMT).replace(tzinfo=datetime.timezone.utc)
-
-
-def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def create_json(stack, name, role="operator", *extra):
@@ -352,14 +298,6 @@ def test_expires_in_days(stack):
 
 # ---------------------------------------------------------------------------
 # usage errors: exit 2 before any connection (NOWHERE would give exit 3)
-
-
-def usage(stack, *args):
-    p = run(stack, "--addr", NOWHERE, *args)
-    assert p.returncode == USAGE, f"kmsctl {args} -> {p.returncode}: {p.stderr}"
-    assert p.stdout == ""
-    assert "cannot reach" not in p.stderr
-    return p
 
 
 def test_usage_unknown_command(stack):

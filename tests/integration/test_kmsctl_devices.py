@@ -19,15 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 import fillpkg_py
-from conftest import KMSCTL
-
-TS_FMT = "%Y-%m-%dT%H:%M:%SZ"
-NOWHERE = "http://127.0.0.1:1"  # nothing listens: any connection attempt exits 3
-
-# Exit codes (cli/exitcodes.h).
-OK, USAGE, CONNECT, AUTH, SERVER, REFUSED = 0, 2, 3, 4, 5, 6
-
-TOKEN_ENV = ("KMS_TOKEN", "KMS_TOKEN_FILE")
+from helpers import (AUTH, NOWHERE, OK, REFUSED, USAGE, human, kv_block, near, ok, refused, run,
+                     table, ts, uid, usage, utcnow)
 
 RECORD_FIELDS = ("device_id", "type", "group", "parent", "state", "created_at", "updated_at",
                  "revoked_at")
@@ -44,99 +37,8 @@ EXPORTED_KEYS = set()
 # helpers
 
 
-def uid(prefix="D"):
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def run_raw(stack, *args, env=None, unset=(), cwd=None, umask=None):
-    """Runs kmsctl with the stack's environment minus any token variables
-    (the admin token then comes from $QKMS_STATE/admin.token), plus `env`,
-    minus `unset`. `umask` (for file-writing commands) is set in the child."""
-    e = dict(stack.env)
-    for k in TOKEN_ENV:
-        e.pop(k, None)
-    e["KMS_ADDR"] = stack.url
-    e.update(env or {})
-    for k in unset:
-        e.pop(k, None)
-    pre = (lambda: os.umask(umask)) if umask is not None else None
-    p = subprocess.run([KMSCTL, *args], env=e, cwd=cwd, capture_output=True, text=True,
-                       timeout=120, preexec_fn=pre)
-    # A sanitizer report would make the output meaningless; say so plainly.
-    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
-    return p
-
-
-def run(stack, *args, **kw):
-    """run_raw, checking that the admin token shows neither on stderr nor
-    on stdout, whatever the outcome."""
-    p = run_raw(stack, *args, **kw)
-    assert stack.admin_token not in p.stderr, f"admin token leaked on stderr of kmsctl {args}"
-    assert stack.admin_token not in p.stdout, f"admin token leaked on stdout of kmsctl {args}"
-    return p
-
-
-def ok(stack, *args, **kw):
-    p = run(stack, *args, **kw)
-    assert p.returncode == OK, f"kmsctl {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
-    return p
-
-
 def ok_json(stack, *args, **kw):
     return json.loads(ok(stack, *args, "--json", **kw).stdout)
-
-
-def refused(stack, code, *args, status=None, **kw):
-    """Runs args with --json; expects exit 6 with the API error `code` as
-    the JSON on stdout, and the same code (and HTTP status) on stderr."""
-    p = run(stack, *args, "--json", **kw)
-    assert p.returncode == REFUSED, f"kmsctl {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
-    body = json.loads(p.stdout)
-    assert set(body["error"]) >= {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    assert code in p.stderr, p.stderr
-    if status is not None:
-        assert f"HTTP {status}" in p.stderr, p.stderr
-    return p
-
-
-def usage(stack, *args, **kw):
-    """A local usage error: exit 2 before any connection (NOWHERE would
-    give exit 3), nothing on stdout."""
-    p = run(stack, "--addr", NOWHERE, *args, **kw)
-    assert p.returncode == USAGE, f"kmsctl {args} -> {p.returncode}: {p.stderr}"
-    assert p.stdout == "", p.stdout
-    assert "cannot reach" not in p.stderr, p.stderr
-    assert p.stderr.startswith("kmsctl: "), p.stderr
-    return p
-
-
-def ts(s):
-    return datetime.datetime.strptime(s, TS_FMT).replace(tzinfo=datetime.timezone.utc)
-
-
-def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def near(t, expected, slack=datetime.timedelta(minutes=5)):
-    return abs(t - expected) < slack
-
-
-def kv_block(lines):
-    """'key: value' lines (a kmsctl record block) into a dict."""
-    out = {}
-    for line in lines:
-        m = re.fullmatch(r"(\S+):\s+(.*)", line)
-        assert m, f"not a 'key: value' line: {line!r}"
-        assert m.group(1) not in out, f"repeated key {m.group(1)}"
-        out[m.group(1)] = m.group(2)
-    return out
-
-
-def table(lines):
-    """A kmsctl table (header + rows; cells hold no spaces) into rows of cells."""
-    return [line.split() for line in lines]
 
 
 def human_record(stdout):
@@ -146,10 +48,6 @@ def human_record(stdout):
     assert "" in lines, stdout
     blank = lines.index("")
     return kv_block(lines[:blank]), table(lines[blank + 1:])
-
-
-def human_value(v):
-    return "-" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def device_ids(stack, like):
@@ -263,7 +161,7 @@ def test_register_all_options_human(stack):
     # What the server stored is what was printed.
     srv = stack.admin("GET", f"/v1/admin/devices/{did}").json()
     for f in RECORD_FIELDS:
-        assert rec[f] == human_value(srv[f]), f
+        assert rec[f] == human(srv[f]), f
     assert [k["not_after"] for k in srv["keys"]] == [r[4] for r in keys[1:]]
     assert all(k["algorithm"] == "AES-256" for k in srv["keys"])
     rows = stack.psql(f"SELECT key_index, algorithm, length(wrapped) FROM device_keys k JOIN devices d "
@@ -481,7 +379,7 @@ def test_list_filters(stack):
     for i, d in enumerate(ids):
         assert byid[d][1:4] == ["meter" if i % 2 else "vehicle", grp, states[i]], byid[d]
         assert byid[d][4] == str(full[d]["active_keys"])
-        assert byid[d][5] == human_value(full[d]["next_expiry"])
+        assert byid[d][5] == human(full[d]["next_expiry"])
     assert byid[ids[0]][4] == "2" and byid[ids[4]][4] == "0" and byid[ids[4]][5] == "-"
     assert near(ts(byid[ids[0]][5]), utcnow() + datetime.timedelta(days=10))
     p = ok(stack, "device", "list", "--group", grp, "--expiring-within", "15", "--type", "vehicle")
@@ -543,7 +441,7 @@ def test_show(stack):
     p = ok(stack, "device", "show", did)
     assert p.stderr == ""
     rec, keys = human_record(p.stdout)
-    assert rec == {f: human_value(d[f]) for f in RECORD_FIELDS}
+    assert rec == {f: human(d[f]) for f in RECORD_FIELDS}
     assert keys == [KEY_HEADER] + [
         [str(k["index"]), k["algorithm"], k["state"], "false", k["not_after"], "-", "-"]
         for k in d["keys"]]

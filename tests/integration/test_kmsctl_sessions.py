@@ -9,22 +9,14 @@ import datetime
 import hashlib
 import json
 import re
-import subprocess
-import uuid
 
 import pytest
 import requests
 
-from conftest import KMSCTL
+import helpers
+from helpers import (AUTH, NOWHERE, OK, REFUSED, ask_key, get_key, human, kv_block, make_device,
+                     near, ok, run, table, ts, uid, usage, utcnow)
 from qkms_proto_py import Device
-
-TS_FMT = "%Y-%m-%dT%H:%M:%SZ"
-NOWHERE = "http://127.0.0.1:1"  # nothing listens: any connection attempt exits 3
-
-# Exit codes (cli/exitcodes.h).
-OK, USAGE, CONNECT, AUTH, SERVER, REFUSED = 0, 2, 3, 4, 5, 6
-
-TOKEN_ENV = ("KMS_TOKEN", "KMS_TOKEN_FILE")
 
 SESSION_HEADER = ["SESSION", "KEY-ID", "INITIATOR", "RESPONDER", "STATE", "EXPIRES"]
 ENDED_HEADER = ["SESSION-HASH", "KEY-ID", "INITIATOR", "RESPONDER", "REASON", "ENDED"]
@@ -42,109 +34,21 @@ TOMBSTONE_FIELDS = {"session_hash", "key_id", "initiator", "responder", "created
 # helpers
 
 
-def uid(prefix="S"):
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def run_raw(stack, *args, env=None):
-    """Runs kmsctl with the stack's environment minus any token variables
-    (the admin token then comes from $QKMS_STATE/admin.token), plus `env`."""
-    e = dict(stack.env)
-    for k in TOKEN_ENV:
-        e.pop(k, None)
-    e["KMS_ADDR"] = stack.url
-    e.update(env or {})
-    p = subprocess.run([KMSCTL, *args], env=e, capture_output=True, text=True, timeout=60)
-    # A sanitizer report would make the output meaningless; say so plainly.
-    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
-    return p
-
-
-def run(stack, *args, **kw):
-    """run_raw, checking that the admin token shows neither on stderr nor
-    on stdout, whatever the outcome."""
-    p = run_raw(stack, *args, **kw)
-    assert stack.admin_token not in p.stderr, f"admin token leaked on stderr of kmsctl {args}"
-    assert stack.admin_token not in p.stdout, f"admin token leaked on stdout of kmsctl {args}"
-    return p
-
-
-def ok(stack, *args, **kw):
-    p = run(stack, *args, **kw)
-    assert p.returncode == OK, f"kmsctl {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
-    return p
-
-
 def ok_json(stack, *args, **kw):
     # --json first: it must not follow a "--" in args.
     return json.loads(ok(stack, "--json", *args, **kw).stdout)
 
 
 def refused(stack, code, *args, status=None, **kw):
-    """Runs args with --json; expects exit 6 with the API error `code` as
-    the JSON on stdout, and the same code (and HTTP status) on stderr; then
-    the same without --json: nothing on stdout, "(code, HTTP status)" on
-    stderr."""
-    p = run(stack, *args, "--json", **kw)
-    assert p.returncode == REFUSED, f"kmsctl {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
-    body = json.loads(p.stdout)
-    assert set(body["error"]) >= {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    assert p.stderr.startswith("kmsctl: ") and code in p.stderr, p.stderr
-    if status is not None:
-        assert f"HTTP {status}" in p.stderr, p.stderr
+    """helpers.refused (exit 6, the API error `code` as JSON on stdout and on
+    stderr), and stderr in kmsctl's shape; then the same without --json:
+    nothing on stdout, "(code, HTTP status)" on stderr."""
+    p = helpers.refused(stack, code, *args, status=status, **kw)
+    assert p.stderr.startswith("kmsctl: "), p.stderr
     h = run(stack, *args, **kw)
     assert h.returncode == REFUSED and h.stdout == "", (h.stdout, h.stderr)
     assert f"({code}, HTTP {status})" in h.stderr if status else code in h.stderr, h.stderr
     return p
-
-
-def usage(stack, *args, **kw):
-    """A local usage error: exit 2 before any connection (NOWHERE would
-    give exit 3), nothing on stdout."""
-    p = run(stack, "--addr", NOWHERE, *args, **kw)
-    assert p.returncode == USAGE, f"kmsctl {args} -> {p.returncode}: {p.stderr}"
-    assert p.stdout == "", p.stdout
-    assert "cannot reach" not in p.stderr, p.stderr
-    assert p.stderr.startswith("kmsctl: "), p.stderr
-    return p
-
-
-def ts(s):
-    return datetime.datetime.strptime(s, TS_FMT).replace(tzinfo=datetime.timezone.utc)
-
-
-def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def near(t, expected, slack=datetime.timedelta(minutes=5)):
-    return abs(t - expected) < slack
-
-
-def kv_block(text):
-    """'key: value' lines (a kmsctl record) into a dict."""
-    out = {}
-    for line in text.splitlines():
-        m = re.fullmatch(r"(\S+):\s+(.*)", line)
-        assert m, f"not a 'key: value' line: {line!r}"
-        assert m.group(1) not in out, f"repeated key {m.group(1)}"
-        out[m.group(1)] = m.group(2)
-    return out
-
-
-def human(v):
-    """A JSON value as kmsctl prints it in a table or record."""
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
-
-def table(text):
-    """A kmsctl table (header + rows; cells hold no spaces) into rows of cells."""
-    return [line.split() for line in text.splitlines()]
 
 
 def sha256_hex(s):
@@ -152,30 +56,6 @@ def sha256_hex(s):
 
 
 # -- devices and sessions, driven over HTTP with the Python protocol client --
-
-def make_device(stack, type_, group):
-    did = uid(type_[:3].upper())
-    r = stack.admin("POST", "/v1/admin/devices",
-                    json={"device_id": did, "type": type_, "group": group, "keys": 1})
-    assert r.status_code == 201, r.text
-    r = stack.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True})
-    assert r.status_code == 200, r.text
-    return Device.from_fill(r.json()["plaintext"])
-
-
-def ask_key(stack, dev, sid, peer):
-    """The raw answer to a device's key request."""
-    req = dev.key_request(sid, peer.device_id)
-    r = requests.post(stack.url + req.path, data=req.raw,
-                      headers={"Content-Type": "application/json"}, timeout=30)
-    return req, r
-
-
-def get_key(stack, dev, sid, peer):
-    req, r = ask_key(stack, dev, sid, peer)
-    assert r.status_code == 200, r.text
-    return dev.open_key_response(req, r.json())
-
 
 def assert_session_ended(stack, dev, sid, peer):
     _, r = ask_key(stack, dev, sid, peer)
@@ -209,8 +89,8 @@ class Pair:
         self.policy = uid("pol")
         ok(stack, "policy", "add", self.policy, "--types", "vehicle:encryptor",
            "--groups", f"{self.group}:{self.group}", *policy_args)
-        self.veh = make_device(stack, "vehicle", self.group)
-        self.enc = make_device(stack, "encryptor", self.group)
+        self.veh = make_device(stack, "vehicle", self.group, keys=1)
+        self.enc = make_device(stack, "encryptor", self.group, keys=1)
 
 
 @pytest.fixture
@@ -388,7 +268,7 @@ def test_policy_decides_pairing(stack):
     """A policy added with kmsctl lets two devices pair; once removed with
     kmsctl, new sessions are refused."""
     g = uid("g")
-    veh, enc = make_device(stack, "vehicle", g), make_device(stack, "encryptor", g)
+    veh, enc = make_device(stack, "vehicle", g, keys=1), make_device(stack, "encryptor", g, keys=1)
     _, r = ask_key(stack, veh, uid(), enc)
     assert r.status_code == 403 and r.json()["error"]["code"] == "policy_denied", r.text
     name = uid("pd")
@@ -435,7 +315,7 @@ def test_session_list_pending_and_active(stack, pair):
     rows = table(ok(stack, "session", "list").stdout)
     assert rows[0] == SESSION_HEADER and row_a in rows and row_p in rows
     # A device without sessions: just the header.
-    lonely = make_device(stack, "meter", pair.group)
+    lonely = make_device(stack, "meter", pair.group, keys=1)
     p = ok(stack, "session", "list", "--device", lonely.device_id)
     assert table(p.stdout) == [SESSION_HEADER] and p.stderr == ""
     p = ok(stack, "session", "list", "--device", lonely.device_id, "--state", "ended")

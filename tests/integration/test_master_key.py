@@ -8,7 +8,7 @@ import threading
 import pytest
 import requests
 
-from conftest import KMSD, SOFTHSM, Stack, free_port
+from conftest import KMSD, SOFTHSM, Stack, free_port, wait_for, wait_readyz
 
 
 def pkcs11_tool(st, *args):
@@ -107,21 +107,13 @@ def test_two_kmsd_starting_together_agree(fresh_stack):
         t.start()
     for t in threads:
         t.join()
+    def alive():
+        assert all(p.poll() is None for p in procs), [open(l.name).read()[-3000:] for l in logs]
+
     try:
         for port in (st.port, second_port):
-            ok = False
-            for _ in range(300):
-                try:
-                    if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        ok = True
-                        break
-                except requests.ConnectionError:
-                    pass
-                if any(p.poll() is not None for p in procs):
-                    break
-                import time
-                time.sleep(0.1)
-            assert ok, [open(l.name).read()[-3000:] for l in logs]
+            assert wait_readyz(f"http://127.0.0.1:{port}", 30, alive), \
+                [open(l.name).read()[-3000:] for l in logs]
         assert list(secret_keys(st)) == ["qkms-master-1"]
         assert st.psql("SELECT count(*) FROM master_keys").strip() == "1"
         assert st.psql("SELECT count(*) FROM qkms_schema_migrations WHERE version = 1").strip() == "1"
@@ -172,19 +164,13 @@ def test_sighup_reloads_log_level(fresh_stack):
     with open(st.conf, "a") as f:
         f.write("log_level = debug\n")  # set twice
     st.proc.send_signal(signal.SIGHUP)
-    for _ in range(50):
-        if "reload failed" in st.logs():
-            break
-        time.sleep(0.1)
+    wait_for(lambda: "reload failed" in st.logs(), 5, 0.1)
     assert "set twice" in st.logs()
     assert requests.get(st.url + "/readyz").status_code == 200
     with open(st.conf, "w") as f:
         f.write(good.replace("log_level = info", "log_level = debug"))
     st.proc.send_signal(signal.SIGHUP)
-    for _ in range(50):
-        if "configuration reloaded" in st.logs():
-            break
-        time.sleep(0.1)
+    wait_for(lambda: "configuration reloaded" in st.logs(), 5, 0.1)
     requests.get(st.url + "/healthz", headers={"X-Request-Id": "after-hup"})
     time.sleep(0.2)
     ids = [r.get("req_id") for r in st.log_records()]

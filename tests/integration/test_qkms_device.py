@@ -19,11 +19,11 @@ import subprocess
 import uuid
 
 import pytest
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from conftest import ROOT
+from helpers import get_key, post, uid
 from qkms_proto_py import Device
 
 QKMS_DEVICE = os.environ.get("QKMS_DEVICE", os.path.join(ROOT, "build/asan/bin/qkms-device"))
@@ -36,10 +36,6 @@ JSON_FIELDS = {"session_id", "key_id", "key", "key_bits", "expires_at", "deliver
 
 # Every session and device key this module saw, for the log check at the end.
 SECRETS = set()
-
-
-def uid(p="S"):
-    return f"{p}-{uuid.uuid4().hex[:12]}"
 
 
 # ---- setup --------------------------------------------------------------------
@@ -145,18 +141,13 @@ def encryptor(env):
 
 
 def py_key(env, dev, sid, peer, **kw):
-    req = dev.key_request(sid, peer.device_id, **kw)
-    r = requests.post(env["stack"].url + req.path, data=req.raw,
-                      headers={"Content-Type": "application/json"}, timeout=30)
-    assert r.status_code == 200, r.text
-    k = dev.open_key_response(req, r.json())
+    k = get_key(env["stack"], dev, sid, peer, **kw)
     SECRETS.add(k.key.hex())
     return k
 
 
 def py_status(env, dev, req):
-    r = requests.post(env["stack"].url + req.path, data=req.raw,
-                      headers={"Content-Type": "application/json"}, timeout=30)
+    r = post(env["stack"], req)
     return r.status_code, r.json()
 
 

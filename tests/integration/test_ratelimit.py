@@ -10,28 +10,16 @@ import uuid
 import pytest
 import requests
 
-from conftest import _finish, running_stack
+from conftest import _finish, wait_for
+from helpers import make_device, post, uid, veh_enc_stack
 from qkms_proto_py import Device
 
 RATE_KEYS = ("QKMS_RATE_LIMIT_DEVICE", "QKMS_RATE_LIMIT_CLIENT", "QKMS_RATE_LIMIT_ADMIN")
 
 
-def uid(p="R"):
-    return f"{p}-{uuid.uuid4().hex[:12]}"
-
-
-def post(st, req, raw=None):
-    return requests.post(st.url + req.path, data=raw if raw is not None else req.raw,
-                         headers={"Content-Type": "application/json"}, timeout=30)
-
-
-def make_device(st, type_, group):
-    did = uid(type_[:3].upper())
-    r = st.admin("POST", "/v1/admin/devices", json={
-        "device_id": did, "type": type_, "group": group, "keys": 1})
-    assert r.status_code == 201, r.text
-    doc = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True}).json()
-    return Device.from_fill(doc["plaintext"])
+def device(st, type_):
+    """A device with one key in the stack's group."""
+    return make_device(st, type_, st.group, keys=1)
 
 
 def assert_limited(r, whose):
@@ -67,19 +55,15 @@ def metric(st, scope):
 
 @pytest.fixture(scope="module")
 def dev_stack():
-    st = running_stack("qkms-rl", {"QKMS_RATE_LIMIT_DEVICE": "1",
+    st = veh_enc_stack("qkms-rl", {"QKMS_RATE_LIMIT_DEVICE": "1",
                                    "QKMS_RATE_LIMIT_DEVICE_BURST": "5"})
-    st.group = "g-" + uuid.uuid4().hex[:6]
-    r = st.admin("POST", "/v1/admin/policies", json={
-        "name": "veh-enc", "type_a": "vehicle", "type_b": "encryptor"})
-    assert r.status_code == 201, r.text
     yield st
     _finish(st)
 
 
 def test_device_limit_trips_and_recovers(dev_stack):
     st = dev_stack
-    veh, enc = make_device(st, "vehicle", st.group), make_device(st, "encryptor", st.group)
+    veh, enc = device(st, "vehicle"), device(st, "encryptor")
     sid = uid()
     before, r = until_limited(lambda: post(st, veh.key_request(sid, enc.device_id)))
     assert len(before) >= 5 and all(x.status_code == 200 for x in before)
@@ -99,8 +83,7 @@ def test_device_limit_trips_and_recovers(dev_stack):
 
 def test_one_device_does_not_limit_another(dev_stack):
     st = dev_stack
-    a, b, c = (make_device(st, "vehicle", st.group), make_device(st, "encryptor", st.group),
-               make_device(st, "encryptor", st.group))
+    a, b, c = device(st, "vehicle"), device(st, "encryptor"), device(st, "encryptor")
     until_limited(lambda: post(st, a.key_request(uid(), b.device_id)))
     # b and c each get their full burst while a is limited.
     for dev, peer in ((b, a), (c, a)):
@@ -113,7 +96,7 @@ def test_unauthenticated_requests_do_not_spend_a_device_bucket(dev_stack):
     """Forged requests naming a device (wrong key), and replays of a captured
     request, are refused with 401 and cost the named device nothing."""
     st = dev_stack
-    veh, enc = make_device(st, "vehicle", st.group), make_device(st, "encryptor", st.group)
+    veh, enc = device(st, "vehicle"), device(st, "encryptor")
     forger = Device(veh.device_id, {0: b"\x00" * 16})
     for _ in range(20):
         r = post(st, forger.key_request(uid(), enc.device_id))
@@ -131,7 +114,7 @@ def test_unauthenticated_requests_do_not_spend_a_device_bucket(dev_stack):
 
 def test_device_limit_metrics(dev_stack):
     st = dev_stack
-    veh, enc = make_device(st, "vehicle", st.group), make_device(st, "encryptor", st.group)
+    veh, enc = device(st, "vehicle"), device(st, "encryptor")
     n0 = metric(st, "device")
     until_limited(lambda: post(st, veh.key_request(uid(), enc.device_id)))
     refused = 1
@@ -194,11 +177,8 @@ def set_conf(st, key, value):
 def reload(st):
     n = st.logs().count("configuration reloaded")
     st.proc.send_signal(signal.SIGHUP)
-    for _ in range(100):
-        if st.logs().count("configuration reloaded") > n:
-            return
-        time.sleep(0.05)
-    raise AssertionError("no reload:\n" + st.logs()[-3000:])
+    if not wait_for(lambda: st.logs().count("configuration reloaded") > n, 5, 0.05):
+        raise AssertionError("no reload:\n" + st.logs()[-3000:])
 
 
 def garbage(st):
@@ -241,10 +221,7 @@ def test_client_limit_and_sighup_reload(fresh_stack):
     with open(st.conf, "a") as f:
         f.write("rate_limit_client_burst = 3\n")  # set twice
     st.proc.send_signal(signal.SIGHUP)
-    for _ in range(100):
-        if "set twice" in st.logs():
-            break
-        time.sleep(0.05)
+    wait_for(lambda: "set twice" in st.logs(), 5, 0.05)
     assert "set twice" in st.logs()
     r = garbage(st)
     if r.status_code == 429:

@@ -8,10 +8,8 @@ import threading
 import time
 import uuid
 
-import requests
-
 from conftest import SOFTHSM
-from qkms_proto_py import Device
+from helpers import ask_key, make_device
 
 
 def token_labels(st):
@@ -22,18 +20,8 @@ def token_labels(st):
     return sorted(re.findall(r"label:\s+(\S+)", out))
 
 
-def make_device(st, type_):
-    did = f"{type_[:3].upper()}-{uuid.uuid4().hex[:10]}"
-    assert st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": type_,
-                                                       "keys": 2}).status_code == 201
-    doc = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True}).json()
-    return Device.from_fill(doc["plaintext"])
-
-
 def ask(st, dev, sid, peer):
-    req = dev.key_request(sid, peer.device_id)
-    r = requests.post(st.url + req.path, data=req.raw,
-                      headers={"Content-Type": "application/json"}, timeout=30)
+    req, r = ask_key(st, dev, sid, peer)
     return r.status_code, (dev.open_key_response(req, r.json()) if r.status_code == 200 else r.text)
 
 
@@ -43,7 +31,8 @@ def test_rotation_under_load(fresh_stack):
                         "QKMS_RATE_LIMIT_CLIENT": "0"})
     assert st.admin("POST", "/v1/admin/policies",
                     json={"name": "all", "type_a": "*", "type_b": "*"}).status_code == 201
-    pairs = [(make_device(st, "vehicle"), make_device(st, "encryptor")) for _ in range(4)]
+    pairs = [(make_device(st, "vehicle", keys=2), make_device(st, "encryptor", keys=2))
+             for _ in range(4)]
     # Sessions that exist before the rotation and must survive it.
     before = {}
     for i, (veh, enc) in enumerate(pairs):

@@ -13,50 +13,23 @@ import re
 import pytest
 import requests
 
-from conftest import Stack, _finish, running_stack
-from qkms_proto_py import Device, ProtocolError, b64u
+import helpers
+from conftest import Stack, _finish
+from helpers import error_code as code, get_key, post, uid, veh_enc_stack
+from qkms_proto_py import ProtocolError, b64u
 
 
 @pytest.fixture(scope="module")
 def ss():
-    st = running_stack("qkms-sess", {"QKMS_SESSION_REAP_INTERVAL": "1",
+    st = veh_enc_stack("qkms-sess", {"QKMS_SESSION_REAP_INTERVAL": "1",
                                      "QKMS_PROTOCOL_CLOCK_SKEW": "60"})
-    st.group = "g-" + uuid.uuid4().hex[:6]
-    r = st.admin("POST", "/v1/admin/policies", json={
-        "name": "veh-enc", "type_a": "vehicle", "type_b": "encryptor"})
-    assert r.status_code == 201, r.text
     yield st
     _finish(st)
 
 
-def uid(p="S"):
-    return f"{p}-{uuid.uuid4().hex[:12]}"
-
-
 def make_device(st, type_, group=None, keys=2, key_bits=128, validity_days=365):
-    did = uid(type_[:3].upper())
-    r = st.admin("POST", "/v1/admin/devices", json={
-        "device_id": did, "type": type_, "group": group or st.group, "keys": keys,
-        "key_bits": key_bits, "validity_days": validity_days})
-    assert r.status_code == 201, r.text
-    doc = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True}).json()
-    return Device.from_fill(doc["plaintext"])
-
-
-def post(st, req, raw=None):
-    return requests.post(st.url + req.path, data=raw if raw is not None else req.raw,
-                         headers={"Content-Type": "application/json"}, timeout=30)
-
-
-def get_key(st, dev, sid, peer, **kw):
-    req = dev.key_request(sid, peer.device_id, **kw)
-    r = post(st, req)
-    assert r.status_code == 200, r.text
-    return dev.open_key_response(req, r.json())
-
-
-def code(r):
-    return r.json()["error"]["code"]
+    return helpers.make_device(st, type_, group or st.group, keys=keys, key_bits=key_bits,
+                               validity_days=validity_days)
 
 
 @pytest.fixture
@@ -110,15 +83,8 @@ def test_concurrent_parties_many_sessions(ss):
         sid = uid("C")
         jobs.append((sid, veh, enc))
 
-    def ask(dev, sid, peer):
-        req = dev.key_request(sid, peer.device_id)
-        r = requests.post(ss.url + req.path, data=req.raw,
-                          headers={"Content-Type": "application/json"}, timeout=30)
-        assert r.status_code == 200, r.text
-        return dev.open_key_response(req, r.json())
-
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as ex:
-        futs = [(sid, ex.submit(ask, veh, sid, enc), ex.submit(ask, enc, sid, veh))
+        futs = [(sid, ex.submit(get_key, ss, veh, sid, enc), ex.submit(get_key, ss, enc, sid, veh))
                 for sid, veh, enc in jobs]
         for sid, fa, fb in futs:
             ka, kb = fa.result(), fb.result()

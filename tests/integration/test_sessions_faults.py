@@ -13,8 +13,8 @@ import uuid
 import pytest
 import requests
 
-from conftest import KMSD, Stack, _finish, free_port
-from qkms_proto_py import Device
+from conftest import KMSD, Stack, _finish, free_port, wait_readyz
+from helpers import ask_key, error_code, make_device
 
 
 @pytest.fixture
@@ -26,22 +26,15 @@ def fs(fresh_stack):
     return st
 
 
-def make_device(st, type_):
-    did = f"{type_[:3].upper()}-{uuid.uuid4().hex[:10]}"
-    assert st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": type_}).status_code == 201
-    doc = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True}).json()
-    return Device.from_fill(doc["plaintext"])
-
-
-def ask(url, dev, sid, peer):
-    req = dev.key_request(sid, peer.device_id)
+def ask(server, dev, sid, peer):
+    """(200, key), (status, error code), or ("conn", None) when server is
+    not reachable."""
     try:
-        r = requests.post(url + req.path, data=req.raw,
-                          headers={"Content-Type": "application/json"}, timeout=30)
+        req, r = ask_key(server, dev, sid, peer)
     except requests.ConnectionError:
         return "conn", None
     if r.status_code != 200:
-        return r.status_code, r.json()["error"]["code"]
+        return r.status_code, error_code(r)
     return 200, dev.open_key_response(req, r.json())
 
 
@@ -54,14 +47,8 @@ class SecondKmsd:
         env = dict(st.env, QKMS_LISTEN_PORT=str(self.port))
         self.log = open(os.path.join(st.state, f"kmsd-{self.port}.log"), "wb")
         self.proc = subprocess.Popen([KMSD, "-c", st.conf], env=env, stdout=self.log, stderr=self.log)
-        for _ in range(300):
-            try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("second kmsd not ready")
+        if not wait_readyz(self.url, 30):
+            raise RuntimeError("second kmsd not ready")
 
     def stop(self):
         self.proc.terminate()
@@ -80,7 +67,7 @@ def test_two_instances_one_key_per_session(fs):
             for i in range(45):
                 veh, enc = pairs[i % 3]
                 sid = f"MI-{uuid.uuid4().hex}"
-                jobs.append((ex.submit(ask, fs.url, veh, sid, enc), ex.submit(ask, other.url, enc, sid, veh)))
+                jobs.append((ex.submit(ask, fs, veh, sid, enc), ex.submit(ask, other, enc, sid, veh)))
             for fa, fb in jobs:
                 (sa, ka), (sb, kb) = fa.result(), fb.result()
                 assert sa == sb == 200, (sa, ka, sb, kb)
@@ -94,22 +81,22 @@ def test_stale_cache_on_another_instance_cannot_bypass_revocation(fs):
     try:
         veh, enc = make_device(fs, "vehicle"), make_device(fs, "encryptor")
         # Warm the other instance's device-key cache.
-        assert ask(other.url, veh, f"W-{uuid.uuid4().hex}", enc)[0] == 200
+        assert ask(other, veh, f"W-{uuid.uuid4().hex}", enc)[0] == 200
         # Suspend and revoke through the first instance: the second one's
         # cached row is stale, but the request's own transaction re-checks.
         fs.admin("POST", f"/v1/admin/devices/{veh.device_id}/suspend")
-        assert ask(other.url, veh, f"W-{uuid.uuid4().hex}", enc) == (403, "device_inactive")
+        assert ask(other, veh, f"W-{uuid.uuid4().hex}", enc) == (403, "device_inactive")
         fs.admin("POST", f"/v1/admin/devices/{veh.device_id}/resume")
-        assert ask(other.url, veh, f"W-{uuid.uuid4().hex}", enc)[0] == 200
+        assert ask(other, veh, f"W-{uuid.uuid4().hex}", enc)[0] == 200
         fs.admin("POST", f"/v1/admin/devices/{veh.device_id}/revoke")
-        assert ask(other.url, veh, f"W-{uuid.uuid4().hex}", enc) == (401, "unauthenticated")
+        assert ask(other, veh, f"W-{uuid.uuid4().hex}", enc) == (401, "unauthenticated")
         # A retired key (rotation with no grace, retired by SQL as the
         # maintenance pass would) is refused the same way.
         fs.admin("POST", f"/v1/admin/devices/{enc.device_id}/rotate", json={"grace_days": 0})
         fs.psql(f"UPDATE device_keys k SET state = 'retired' FROM devices d WHERE d.id = k.device_pk "
                 f"AND d.device_id = '{enc.device_id}' AND k.key_index = 0")
         veh2 = make_device(fs, "vehicle")
-        assert ask(other.url, enc, f"W-{uuid.uuid4().hex}", veh2) == (401, "unauthenticated")
+        assert ask(other, enc, f"W-{uuid.uuid4().hex}", veh2) == (401, "unauthenticated")
     finally:
         assert other.stop() == 0
 
@@ -128,7 +115,7 @@ def test_postgresql_restart_under_load(fs):
             sid = f"PG-{i}-{n}-{uuid.uuid4().hex[:6]}"
             n += 1
             for party, (a, b) in (("veh", (veh, enc)), ("enc", (enc, veh))):
-                st, out = ask(fs.url, a, sid, b)
+                st, out = ask(fs, a, sid, b)
                 results.append((sid, party, st, out.key_id if st == 200 else out,
                                 out.key if st == 200 else None))
 
@@ -166,22 +153,22 @@ def test_postgresql_restart_under_load(fs):
 def test_token_outage_gives_503_then_recovers(fs):
     veh, enc = make_device(fs, "vehicle"), make_device(fs, "encryptor")
     sid = f"TK-{uuid.uuid4().hex}"
-    assert ask(fs.url, veh, sid, enc)[0] == 200
+    assert ask(fs, veh, sid, enc)[0] == 200
     tokdir = glob.glob(os.path.join(fs.state, "softhsm", "tokens", "*"))[0]
     away = os.path.join(fs.state, "token-away")
     shutil.move(tokdir, away)
     try:
-        st, code = ask(fs.url, enc, sid, veh)
+        st, code = ask(fs, enc, sid, veh)
         assert (st, code) in ((503, "token_unavailable"),)
-        st, code = ask(fs.url, veh, f"TK-{uuid.uuid4().hex}", enc)
+        st, code = ask(fs, veh, f"TK-{uuid.uuid4().hex}", enc)
         assert st == 503
     finally:
         shutil.move(away, tokdir)
     deadline = time.time() + 15
     while time.time() < deadline:
-        st, out = ask(fs.url, enc, sid, veh)
+        st, out = ask(fs, enc, sid, veh)
         if st == 200:
             break
         time.sleep(0.5)
     assert st == 200, [l for l in fs.logs().splitlines() if "token" in l or "ckr" in l][-12:]
-    assert out.key == ask(fs.url, veh, sid, enc)[1].key
+    assert out.key == ask(fs, veh, sid, enc)[1].key

@@ -1,0 +1,212 @@
+"""Helpers shared by the integration test modules (conftest.py has the Stack
+and its fixtures):
+
+ - ids and kmsctl's timestamps;
+ - running the real kmsctl binary and checking what it prints: no sanitizer
+   report and no admin token in its output, whatever the outcome; the exit
+   code and the error shape of a usage error or a refusal;
+ - playing devices over HTTP with the independent Python protocol client
+   (qkms_proto_py): registering one and opening its plaintext fill, sending
+   its requests, pairing vehicles with encryptors.
+
+conftest.py registers this module for pytest's assertion rewriting, so a
+failing assert here says as much as one in a test module.
+"""
+import datetime
+import json
+import os
+import re
+import subprocess
+import uuid
+
+import requests
+
+from conftest import KMSCTL, running_stack
+from qkms_proto_py import Device
+
+TS_FMT = "%Y-%m-%dT%H:%M:%SZ"
+NOWHERE = "http://127.0.0.1:1"  # nothing listens: any connection attempt exits 3
+
+# Exit codes (cli/exitcodes.h).
+OK, USAGE, CONNECT, AUTH, SERVER, REFUSED = 0, 2, 3, 4, 5, 6
+
+# Every token-lookup source kmsctl knows; removed so that a caller's shell
+# cannot change what a test exercises.
+TOKEN_ENV = ("KMS_TOKEN", "KMS_TOKEN_FILE")
+
+
+# ---------------------------------------------------------------------------
+# ids and times
+
+
+def uid(prefix="S"):
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def ts(s):
+    return datetime.datetime.strptime(s, TS_FMT).replace(tzinfo=datetime.timezone.utc)
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def near(t, expected, slack=datetime.timedelta(minutes=5)):
+    return abs(t - expected) < slack
+
+
+# ---------------------------------------------------------------------------
+# kmsctl
+
+
+def run_raw(stack, *args, env=None, unset=(), cwd=None, umask=None):
+    """Runs kmsctl with the stack's environment minus any token variables
+    (the admin token then comes from $QKMS_STATE/admin.token), plus `env`,
+    minus `unset`. `umask` (for file-writing commands) is set in the child."""
+    e = dict(stack.env)
+    for k in TOKEN_ENV:
+        e.pop(k, None)
+    e["KMS_ADDR"] = stack.url
+    e.update(env or {})
+    for k in unset:
+        e.pop(k, None)
+    pre = (lambda: os.umask(umask)) if umask is not None else None
+    # 120 s: fills and imports of many devices are slow under the sanitizers.
+    p = subprocess.run([KMSCTL, *args], env=e, cwd=cwd, capture_output=True, text=True,
+                       timeout=120, preexec_fn=pre)
+    # A sanitizer report would make the output meaningless; say so plainly.
+    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+    return p
+
+
+def run(stack, *args, **kw):
+    """run_raw, checking that the admin token shows neither on stderr nor
+    on stdout, whatever the outcome."""
+    p = run_raw(stack, *args, **kw)
+    assert stack.admin_token not in p.stderr, f"admin token leaked on stderr of kmsctl {args}"
+    assert stack.admin_token not in p.stdout, f"admin token leaked on stdout of kmsctl {args}"
+    return p
+
+
+def ok(stack, *args, **kw):
+    p = run(stack, *args, **kw)
+    assert p.returncode == OK, f"kmsctl {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    return p
+
+
+def api_error_code(p):
+    """The error code of a --json failure, which kmsctl prints on stdout."""
+    body = json.loads(p.stdout)
+    assert set(body["error"]) >= {"code", "message"}, body
+    return body["error"]["code"]
+
+
+def refused(stack, code, *args, status=None, **kw):
+    """Runs args with --json; expects exit 6 with the API error `code` as
+    the JSON on stdout, and the same code (and HTTP status) on stderr."""
+    p = run(stack, *args, "--json", **kw)
+    assert p.returncode == REFUSED, f"kmsctl {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    assert api_error_code(p) == code, p.stdout
+    assert code in p.stderr, p.stderr
+    if status is not None:
+        assert f"HTTP {status}" in p.stderr, p.stderr
+    return p
+
+
+def usage(stack, *args, **kw):
+    """A local usage error: exit 2 before any connection (NOWHERE would
+    give exit 3), nothing on stdout."""
+    p = run(stack, "--addr", NOWHERE, *args, **kw)
+    assert p.returncode == USAGE, f"kmsctl {args} -> {p.returncode}: {p.stderr}"
+    assert p.stdout == "", p.stdout
+    assert "cannot reach" not in p.stderr, p.stderr
+    assert p.stderr.startswith("kmsctl: "), p.stderr
+    return p
+
+
+def _lines(text_or_lines):
+    return text_or_lines.splitlines() if isinstance(text_or_lines, str) else text_or_lines
+
+
+def kv_block(lines):
+    """'key: value' lines (a kmsctl record block: a list of lines, or the
+    text) into a dict."""
+    out = {}
+    for line in _lines(lines):
+        m = re.fullmatch(r"(\S+):\s+(.*)", line)
+        assert m, f"not a 'key: value' line: {line!r}"
+        assert m.group(1) not in out, f"repeated key {m.group(1)}"
+        out[m.group(1)] = m.group(2)
+    return out
+
+
+def table(lines):
+    """A kmsctl table (header + rows; cells hold no spaces; a list of lines,
+    or the text) into rows of cells."""
+    return [line.split() for line in _lines(lines)]
+
+
+def human(v):
+    """A JSON value as kmsctl prints it in a table or record."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+# ---------------------------------------------------------------------------
+# devices over HTTP, played by the Python protocol client
+
+
+def make_device(st, type_, group=None, **body):
+    """Registers a device of type_ (in group, with the other registration
+    fields in body) and returns it as a Device from its plaintext fill."""
+    did = uid(type_[:3].upper())
+    reg = {"device_id": did, "type": type_, **body}
+    if group is not None:
+        reg["group"] = group
+    r = st.admin("POST", "/v1/admin/devices", json=reg)
+    assert r.status_code == 201, r.text
+    r = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True})
+    assert r.status_code == 200, r.text
+    return Device.from_fill(r.json()["plaintext"])
+
+
+def post(server, req, raw=None):
+    """Sends a device request (or `raw` bytes in its place) to server (a
+    Stack, or anything else with a .url)."""
+    return requests.post(server.url + req.path, data=raw if raw is not None else req.raw,
+                         headers={"Content-Type": "application/json"}, timeout=30)
+
+
+def ask_key(server, dev, sid, peer, **kw):
+    """dev's key request for session sid with peer, and the raw answer."""
+    req = dev.key_request(sid, peer.device_id, **kw)
+    return req, post(server, req)
+
+
+def get_key(server, dev, sid, peer, **kw):
+    """The session key dev is given (the request must succeed)."""
+    req, r = ask_key(server, dev, sid, peer, **kw)
+    assert r.status_code == 200, r.text
+    return dev.open_key_response(req, r.json())
+
+
+def error_code(r):
+    return r.json()["error"]["code"]
+
+
+def veh_enc_stack(name, extra_env):
+    """A started Stack with a device group of its own (st.group) and the
+    policy "veh-enc" pairing vehicles with encryptors."""
+    st = running_stack(name, extra_env)
+    try:
+        st.group = "g-" + uuid.uuid4().hex[:6]
+        r = st.admin("POST", "/v1/admin/policies", json={
+            "name": "veh-enc", "type_a": "vehicle", "type_b": "encryptor"})
+        assert r.status_code == 201, r.text
+    except BaseException:
+        st.destroy()
+        raise
+    return st
