@@ -103,13 +103,18 @@ def api_error_code(p):
 
 def refused(stack, code, *args, status=None, **kw):
     """Runs args with --json; expects exit 6 with the API error `code` as
-    the JSON on stdout, and the same code (and HTTP status) on stderr."""
+    the JSON on stdout, and the same code (and HTTP status) on stderr; then
+    the same without --json: nothing on stdout, "(code, HTTP status)" on
+    stderr."""
     p = run(stack, *args, "--json", **kw)
     assert p.returncode == REFUSED, f"kmsctl {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
     assert api_error_code(p) == code, p.stdout
-    assert code in p.stderr, p.stderr
+    assert p.stderr.startswith("kmsctl: ") and code in p.stderr, p.stderr
     if status is not None:
         assert f"HTTP {status}" in p.stderr, p.stderr
+    h = run(stack, *args, **kw)
+    assert h.returncode == REFUSED and h.stdout == "", (h.stdout, h.stderr)
+    assert f"({code}, HTTP {status})" in h.stderr if status else code in h.stderr, h.stderr
     return p
 
 
