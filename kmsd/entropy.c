@@ -224,14 +224,7 @@ static void *refill_loop(void *arg)
                 wait = 1.0;
         }
         if (wait > 0) {
-            struct timespec dl;
-            clock_gettime(CLOCK_REALTIME, &dl);
-            dl.tv_sec += (time_t)wait;
-            dl.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
-            if (dl.tv_nsec >= 1000000000L) {
-                dl.tv_sec++;
-                dl.tv_nsec -= 1000000000L;
-            }
+            struct timespec dl = deadline_in_ms((long)(wait * 1000.0));
             pthread_cond_timedwait(&e->refill, &e->mu, &dl);
             continue;
         }

@@ -11,6 +11,7 @@
 
 #include "audit.h"
 #include "audit_chain.h"
+#include "deadline.h"
 #include "log.h"
 #include "pgjson.h"
 #include "queries.h"
@@ -139,8 +140,7 @@ static void *loop(void *arg)
             next_full = time(NULL) + m->k->cfg.maintenance_interval;
         }
         pthread_mutex_lock(&m->mu);
-        clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_sec += m->k->cfg.session_reap_interval;
+        dl = deadline_in_ms(1000L * m->k->cfg.session_reap_interval);
         while (!m->stop && pthread_cond_timedwait(&m->cv, &m->mu, &dl) != ETIMEDOUT)
             ;
     }
