@@ -14,6 +14,7 @@
 #include "log.h"
 #include "pgjson.h"
 #include "queries.h"
+#include "sessions.h"
 
 #define MASTER_LOCK "7164803902" /* shared with master.c */
 #define REWRAP_BATCH "500"
@@ -212,10 +213,8 @@ static int rewrap_batch(kms_ctx *k, db_conn *c)
     if (!r)
         return done;
     for (int i = 0; i < PQntuples(r); i++) {
-        /* Same context as sessions.c: hash of the session ID and key ID. */
-        snprintf(ctx, sizeof(ctx), "qkms/session-key/v1\n%s\n%s", PQgetvalue(r, i, 1),
-                 PQgetvalue(r, i, 2));
-        if (rewrap_blob(k, ctx, PQgetvalue(r, i, 3), hex, &nv) != 0)
+        if (session_key_context(PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), ctx, sizeof(ctx)) < 0 ||
+            rewrap_blob(k, ctx, PQgetvalue(r, i, 3), hex, &nv) != 0)
             continue;
         snprintf(newv, sizeof(newv), "%u", nv);
         vals[0] = PQgetvalue(r, i, 0);

@@ -392,11 +392,18 @@ void session_hash(const char *session_id, uint8_t out[32])
     EVP_Digest(session_id, strlen(session_id), out, &n, EVP_sha256(), NULL);
 }
 
-static void session_key_context(const uint8_t hash[32], const char *key_id, char *out, size_t len)
+int session_key_context(const char *hash_hex, const char *key_id, char *out, size_t len)
+{
+    int n = snprintf(out, len, "qkms/session-key/v1\n%s\n%s", hash_hex, key_id);
+    return n > 0 && (size_t)n < len ? n : -1;
+}
+
+static void session_key_context_of(const uint8_t hash[32], const char *key_id, char *out,
+                                   size_t len)
 {
     char hx[65];
     qkms_hex_encode(hash, 32, hx);
-    snprintf(out, len, "qkms/session-key/v1\n%s\n%s", hx, key_id);
+    session_key_context(hx, key_id, out, len);
 }
 
 static void uuid4(char out[37])
@@ -438,7 +445,7 @@ static int make_candidate(http_request *rq, http_response *rs, const uint8_t has
         goto out;
     }
     uuid4(cd->key_id);
-    session_key_context(hash, cd->key_id, ctx, sizeof(ctx));
+    session_key_context_of(hash, cd->key_id, ctx, sizeof(ctx));
     rv = keywrap_wrap(k->kw, (const uint8_t *)ctx, strlen(ctx), key, (size_t)bits / 8, wrapped, &wl);
     if (rv != CKR_OK) {
         log_emit(LOG_ERROR, "session key wrap failed", "{s:s}", "ckr", p11_rv_name(rv));
@@ -490,7 +497,7 @@ static void deliver(http_request *rq, http_response *rs, const envelope *env, au
         http_error(rs, 500, "internal", "internal error (see kmsd log)");
         goto out;
     }
-    session_key_context(hash, key_id, ctx, sizeof(ctx));
+    session_key_context_of(hash, key_id, ctx, sizeof(ctx));
     rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, skey, &sl);
     if (rv != CKR_OK || sl != (size_t)bits / 8) {
         log_emit(LOG_ERROR, "session key unwrap failed", "{s:s,s:s}", "ckr", p11_rv_name(rv),

@@ -44,4 +44,9 @@ int sessions_reap(kms_ctx *k);
 /* SHA-256 of a session ID: the tombstone key. */
 void session_hash(const char *session_id, uint8_t out[32]);
 
+/* The wrap context (AAD) of a session key: its session hash as lower-case
+ * hex and its key ID. One definition for wrapping (sessions.c) and
+ * rewrapping under a new master key (rotation.c). -1 if out is too short. */
+int session_key_context(const char *hash_hex, const char *key_id, char *out, size_t len);
+
 #endif
