@@ -18,21 +18,7 @@ fi
 
 # Recommends are kept on purpose: aardvark-dns (container name resolution on
 # compose networks), catatonit (init), slirp4netns come in as recommends.
-PKGS="podman podman-compose runc debootstrap"
-missing=""
-for p in $PKGS; do
-    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "container-deps: missing:$missing (run as root: scripts/container-deps.sh)" >&2
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # shellcheck disable=SC2086
-    apt-get install -y -qq $missing >/dev/null
-fi
+sh "$(dirname "$0")/deps.sh" --with-recommends podman podman-compose runc debootstrap
 
 conf=/etc/containers/containers.conf
 if [ ! -e "$conf" ]; then

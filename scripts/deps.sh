@@ -3,6 +3,9 @@
 # Used by the README, .ci/run and the Dockerfiles. Run as root.
 #   scripts/deps.sh            build + run + test packages
 #   scripts/deps.sh --print    print the package list and exit
+#   scripts/deps.sh --with-recommends PKG...
+#                              install these packages instead, recommends
+#                              included (scripts/container-deps.sh)
 set -eu
 
 BUILD="build-essential pkg-config libmicrohttpd-dev libjansson-dev libpq-dev libssl-dev
@@ -12,7 +15,9 @@ TEST="libcmocka-dev python3 python3-pytest python3-requests python3-cryptography
 python3-psycopg2 procps"
 
 PKGS="$BUILD $RUN $TEST"
+RECOMMENDS=--no-install-recommends
 if [ "${1:-}" = "--print" ]; then echo $PKGS; exit 0; fi
+if [ "${1:-}" = "--with-recommends" ]; then shift; PKGS="$*"; RECOMMENDS=; fi
 
 missing=""
 for p in $PKGS; do
@@ -23,4 +28,4 @@ if [ "$(id -u)" != 0 ]; then echo "deps: missing:$missing (run as root: scripts/
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing
+apt-get install -y -qq $RECOMMENDS $missing
