@@ -123,9 +123,7 @@ void h_devices_import(http_request *rq, http_response *rs)
         /* Echo what the operator sent, so a bad row can be found in the file. */
         const char *raw = json_string_value(json_object_get(json_array_get(list, i), "device_id"));
         json_t *id = r->spec.device_id[0] ? json_string(r->spec.device_id)
-                     : raw ? json_stringn(raw, strnlen(raw, DEVICE_ID_MAX)) : json_null();
-        if (!id)
-            id = json_null(); /* not valid UTF-8 */
+                     : raw ? http_json_text(raw, DEVICE_ID_MAX) : json_null();
         if (!code) {
             created++;
             json_array_append_new(results, json_pack("{s:I,s:o,s:s}", "line", (json_int_t)r->spec.line,
@@ -133,9 +131,11 @@ void h_devices_import(http_request *rq, http_response *rs)
         } else {
             failed++;
             json_array_append_new(results,
-                                  json_pack("{s:I,s:o,s:s,s:{s:s,s:s}}", "line", (json_int_t)r->spec.line,
+                                  json_pack("{s:I,s:o,s:s,s:{s:s,s:o}}", "line", (json_int_t)r->spec.line,
                                             "device_id", id, "status", "error", "error", "code",
-                                            code, "message", r->code ? r->message : r->db_message));
+                                            code, "message",
+                                            http_json_text(r->code ? r->message : r->db_message,
+                                                           sizeof(r->message))));
         }
     }
     http_json(rs, 200, json_pack("{s:i,s:i,s:o}", "created", created, "failed", failed, "results",

@@ -40,6 +40,14 @@ const config_option config_options[] = {
      "PEM private key for `tls_cert_file`."},
     {"shutdown_grace", OPT_INT, OFF(shutdown_grace), "10", 0, 600, NULL, false, false,
      "Seconds SIGTERM/SIGINT waits for in-flight requests before closing."},
+    {"readiness_interval_ms", OPT_INT, OFF(readiness_interval_ms), "1000", 100, 60000, NULL,
+     false, false, "How often the readiness prober checks the database (a one-row durable write), "
+     "the token and entropy; `/readyz` answers from its last results, and a check whose probe "
+     "has not returned within two intervals plus 2 s reports `timeout`."},
+    {"readiness_write_failure_s", OPT_INT, OFF(readiness_write_failure_s), "10", 0, 3600, NULL,
+     false, false, "Seconds `/readyz` reports the database not ready after a statement failed "
+     "for want of resources (SQLSTATE classes 53, 58: disk full, I/O error), even if the small "
+     "write probe succeeds (0 = only the probe decides)."},
     {"db_conninfo", OPT_STR, OFF(db_conninfo), NULL, 0, 0, NULL, false, false,
      "libpq connection string (required), e.g. `host=/run/qkms dbname=qkms user=qkms`. Put a "
      "password in a `passfile=`, not here."},

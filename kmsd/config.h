@@ -34,6 +34,8 @@ typedef struct kms_config {
     char *tls_cert_file;
     char *tls_key_file;
     int shutdown_grace;
+    int readiness_interval_ms;
+    int readiness_write_failure_s;
     /* database */
     char *db_conninfo;
     int db_pool_size;

@@ -23,6 +23,7 @@ struct db_conn {
     PGconn *pg;
     bool busy;
     bool broken;
+    struct db_pool *pool;
 };
 
 struct db_pool {
@@ -40,6 +41,9 @@ struct db_pool {
     int backoff_ms;
 
     _Atomic uint64_t connects, connect_failures, errors, retries;
+    /* The last statement refused for want of resources (readiness). */
+    _Atomic int64_t resource_failure_ms; /* 0 = never */
+    char resource_sqlstate[6];           /* under mu */
 };
 
 static int64_t now_ms(void)
@@ -90,6 +94,8 @@ int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_time
     }
     snprintf(p->stmt_timeout, sizeof(p->stmt_timeout), "-c statement_timeout=%d -c TimeZone=UTC",
              statement_timeout_ms);
+    for (int i = 0; i < size; i++)
+        p->conns[i].pool = p;
     p->size = size;
     p->stmts = stmts;
     p->nstmts = nstmts;
@@ -271,12 +277,39 @@ void db_release(db_pool *p, db_conn *c)
 
 PGconn *db_pg(db_conn *c) { return c->pg; }
 
+/* Classes 53 (insufficient resources: disk full, out of memory) and 58
+ * (system error: I/O) mean the server cannot persist what it is given. */
+static void note_resource_failure(db_pool *p, const char *sqlstate)
+{
+    if (!sqlstate || strlen(sqlstate) != 5 || (strncmp(sqlstate, "53", 2) && strncmp(sqlstate, "58", 2)))
+        return;
+    pthread_mutex_lock(&p->mu);
+    memcpy(p->resource_sqlstate, sqlstate, 6);
+    atomic_store(&p->resource_failure_ms, now_ms());
+    pthread_mutex_unlock(&p->mu);
+}
+
+bool db_last_resource_failure(db_pool *p, int64_t *ago_ms, char sqlstate[6])
+{
+    int64_t at = atomic_load(&p->resource_failure_ms);
+    if (!at)
+        return false;
+    pthread_mutex_lock(&p->mu);
+    memcpy(sqlstate, p->resource_sqlstate, 6);
+    pthread_mutex_unlock(&p->mu);
+    *ago_ms = now_ms() - at;
+    return true;
+}
+
 static db_status classify_result(db_conn *c, PGresult *r)
 {
     db_status st;
+    const char *sqlstate;
     if (r && (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK))
         return DB_OK;
-    st = db_classify_sqlstate(r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL);
+    sqlstate = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    note_resource_failure(c->pool, sqlstate);
+    st = db_classify_sqlstate(sqlstate);
     if (PQstatus(c->pg) != CONNECTION_OK) {
         c->broken = true;
         st = DB_UNAVAILABLE;

@@ -79,6 +79,10 @@ db_status db_tx(db_pool *p, db_tx_fn fn, void *arg);
 /* SELECT 1 through the pool. */
 db_status db_ping(db_pool *p);
 
+/* Whether a statement has failed with SQLSTATE class 53 or 58 (disk full,
+ * I/O error: the server cannot persist); if so, how long ago and which. */
+bool db_last_resource_failure(db_pool *p, int64_t *ago_ms, char sqlstate[6]);
+
 void db_stats_get(db_pool *p, db_stats *out);
 const char *db_status_name(db_status st);
 /* The first line of a libpq message (msg may be NULL), cut to fit buf:

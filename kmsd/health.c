@@ -4,6 +4,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "readiness.h"
 #include "routes.h"
 
 void h_healthz(http_request *rq, http_response *rs)
@@ -12,45 +13,29 @@ void h_healthz(http_request *rq, http_response *rs)
     http_json(rs, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-/* Ready means every dependency a key request needs answers now. */
+/* Ready means every dependency a key request needs answers now; the
+ * prober (readiness.c) has asked them, so this never waits on one. */
 void h_readyz(http_request *rq, http_response *rs)
 {
-    kms_ctx *k = rq->kms;
-    json_t *checks = json_object(), *down = json_array();
-    db_status ds = db_ping(k->db);
-    CK_RV rv = p11_ping(k->token);
-    if (rv == CKR_OK)
-        rv = keywrap_check(k->kw); /* the master key itself still answers */
-    char why[256] = "";
-    int ent = entropy_ready(k->ent, why, sizeof(why));
+    json_t *checks, *down;
+    char msg[128] = "not ready:";
+    size_t i;
+    json_t *v;
 
-    json_object_set_new(checks, "database", json_string(ds == DB_OK ? "ok" : db_status_name(ds)));
-    if (ds != DB_OK)
-        json_array_append_new(down, json_string("database"));
-    json_object_set_new(checks, "token", json_string(rv == CKR_OK ? "ok" : p11_rv_name(rv)));
-    if (rv != CKR_OK)
-        json_array_append_new(down, json_string("token"));
-    json_object_set_new(checks, "entropy", json_string(ent == 0 ? "ok" : why));
-    if (ent != 0)
-        json_array_append_new(down, json_string("entropy"));
-
-    if (json_array_size(down) == 0) {
+    if (readiness_report(rq->kms->ready, &checks, &down) == 0) {
         json_decref(down);
         http_json(rs, 200, json_pack("{s:s,s:o}", "status", "ready", "checks", checks));
-    } else {
-        char msg[128] = "not ready:";
-        size_t i;
-        json_t *v;
-        json_array_foreach(down, i, v) {
-            strncat(msg, " ", sizeof(msg) - strlen(msg) - 1);
-            strncat(msg, json_string_value(v), sizeof(msg) - strlen(msg) - 1);
-        }
-        rs->retry_after = 1;
-        rs->err_code = "unavailable";
-        http_json(rs, 503,
-                  json_pack("{s:{s:s,s:s,s:o},s:o}", "error", "code", "unavailable", "message",
-                            msg, "down", down, "checks", checks));
+        return;
     }
+    json_array_foreach(down, i, v) {
+        strncat(msg, " ", sizeof(msg) - strlen(msg) - 1);
+        strncat(msg, json_string_value(v), sizeof(msg) - strlen(msg) - 1);
+    }
+    rs->retry_after = 1;
+    rs->err_code = "unavailable";
+    http_json(rs, 503,
+              json_pack("{s:{s:s,s:s,s:o},s:o}", "error", "code", "unavailable", "message", msg,
+                        "down", down, "checks", checks));
 }
 
 void h_metrics(http_request *rq, http_response *rs)

@@ -22,6 +22,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
+#include "utf8.h"
 
 struct http_server {
     struct MHD_Daemon *d;
@@ -33,6 +34,12 @@ struct http_server {
     char *tls_cert, *tls_key;
 };
 
+/* Limits kmsd checks in the first callback, so that the answer is JSON.
+ * They sit below libmicrohttpd's own (its connection memory pool, 32 KiB by
+ * default), past which the library answers 414/431 itself (docs/api.md). */
+#define HTTP_MAX_PATH 1024
+#define HTTP_MAX_HEADER_BYTES 8192
+
 /* Per-request state, owned by MHD's connection slot (*con_cls). */
 typedef struct {
     struct timespec t0;
@@ -42,6 +49,13 @@ typedef struct {
     bool responded;
     size_t max_body;
     char req_id[65];
+    char client_ip[64];
+    /* The gate's outcome (first callback), for the later ones. */
+    int route;
+    int nparams;
+    const char *params[HTTP_MAX_PARAMS]; /* into pathbuf */
+    char pathbuf[HTTP_MAX_PATH + 1];
+    auth_principal who;
 } req_state;
 
 static double elapsed(const struct timespec *t0)
@@ -65,9 +79,30 @@ bool http_request_id_ok(const char *s)
     return true;
 }
 
+/* Response bodies may carry tokens or wrapped keys: zeroize before free.
+ * free_body is MHD's callback (bodies are NUL-terminated text); body_drop
+ * is ours, for a body that is replaced or never sent. */
+static void free_body(void *p)
+{
+    if (p) {
+        OPENSSL_cleanse(p, strlen(p));
+        free(p);
+    }
+}
+
+static void body_drop(http_response *rs)
+{
+    if (rs->body) {
+        OPENSSL_cleanse(rs->body, rs->body_len);
+        free(rs->body);
+    }
+    rs->body = NULL;
+    rs->body_len = 0;
+}
+
 void http_json(http_response *rs, int status, json_t *body)
 {
-    free(rs->body);
+    body_drop(rs);
     rs->status = status;
     rs->body = body ? json_dumps(body, JSON_COMPACT) : NULL;
     rs->body_len = rs->body ? strlen(rs->body) : 0;
@@ -82,18 +117,35 @@ void http_json(http_response *rs, int status, json_t *body)
 
 void http_error(http_response *rs, int status, const char *code, const char *fmt, ...)
 {
-    char msg[512];
+    char raw[512], msg[3 * sizeof(raw)];
+    int n;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    n = vsnprintf(raw, sizeof(raw), fmt, ap);
     va_end(ap);
+    if (n < 0)
+        n = 0;
+    /* Messages quote client input (names, JSON keys, a %.32s cut that may
+     * fall inside a character): jansson refuses invalid UTF-8, and the
+     * answer would become a 500. Each bad byte becomes U+FFFD. */
+    if ((size_t)n >= sizeof(raw))
+        n = (int)sizeof(raw) - 1;
+    utf8_sanitize(raw, (size_t)n, msg, sizeof(msg), NULL);
     rs->err_code = code;
     http_json(rs, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
 }
 
+json_t *http_json_text(const char *s, size_t max)
+{
+    char buf[1024];
+    size_t n = strnlen(s, max < sizeof(buf) / 3 ? max : sizeof(buf) / 3);
+    utf8_sanitize(s, n, buf, sizeof(buf), NULL);
+    return json_string(buf);
+}
+
 void http_text(http_response *rs, int status, const char *ct, char *text, size_t len)
 {
-    free(rs->body);
+    body_drop(rs);
     rs->status = status;
     rs->body = text;
     rs->body_len = len;
@@ -239,29 +291,20 @@ static void client_ip(struct MHD_Connection *c, char *out, size_t len)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, out, (socklen_t)len);
 }
 
-/* Response bodies may carry tokens or wrapped keys: zeroize before free. */
-static void free_body(void *p)
-{
-    if (p) {
-        OPENSSL_cleanse(p, strlen(p));
-        free(p);
-    }
-}
-
 static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *conn, req_state *st,
-                                     http_request *rq, int route, const char *route_name,
-                                     http_response *rs)
+                                     http_request *rq, http_response *rs)
 {
     struct MHD_Response *r;
     enum MHD_Result ret;
     double secs;
+    int route = st->route;
+    const char *route_name = route >= 0 ? srv->routes[route].name : "unmatched";
 
     if (!rs->body && rs->status != 204)
         http_error(rs, 500, "internal", "handler produced no response");
     r = MHD_create_response_from_buffer_with_free_callback(rs->body_len, rs->body, free_body);
     if (!r) {
-        free(rs->body);
-        rs->body = NULL;
+        body_drop(rs);
         return MHD_NO;
     }
     rs->body = NULL; /* MHD owns it now */
@@ -294,85 +337,205 @@ static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *co
     return ret;
 }
 
-static void dispatch(http_server *srv, struct MHD_Connection *conn, req_state *st,
-                     http_request *rq, http_response *rs, int *route_out)
+/* The client-address rate-limit key: the address itself, or for IPv6 its
+ * /64, since one host commonly holds a whole /64 and could otherwise walk
+ * through fresh buckets. An IPv4-mapped address counts as IPv4. */
+void http_client_key(const char *ip, char *out, size_t len)
 {
-    char allow[64];
-    const char *params[HTTP_MAX_PARAMS];
-    int np = 0;
-    char pathbuf[1024];
+    struct in6_addr a6;
+    char buf[INET6_ADDRSTRLEN];
+    snprintf(out, len, "%s", ip);
+    if (inet_pton(AF_INET6, ip, &a6) != 1 || IN6_IS_ADDR_V4MAPPED(&a6))
+        return;
+    memset(a6.s6_addr + 8, 0, 8);
+    if (inet_ntop(AF_INET6, &a6, buf, sizeof(buf)))
+        snprintf(out, len, "%s/64", buf);
+}
+
+/* The total size of the request's headers, as the client sent them. */
+static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value)
+{
+    (void)kind;
+    *(size_t *)cls += strlen(key) + (value ? strlen(value) : 0) + 4; /* ": " CRLF */
+    return MHD_YES;
+}
+
+/* Content-Length as sent: a value that does not fit counts as too large. */
+static bool content_length_over(struct MHD_Connection *conn, size_t cap)
+{
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    unsigned long long v;
+    char *end;
+    if (!cl)
+        return false;
+    errno = 0;
+    v = strtoull(cl, &end, 10);
+    return errno == ERANGE || v > cap;
+}
+
+/* Bearer authentication and the route's role. false: rs holds 401/403/429/503. */
+static bool authenticate(http_server *srv, struct MHD_Connection *conn, req_state *st,
+                         http_request *rq, http_response *rs)
+{
+    const http_route *rt = &srv->routes[st->route];
+    char tok[128];
+    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    db_status ds;
+
+    if (auth_bearer(h, tok, sizeof(tok)) != 0) {
+        http_error(rs, 401, "unauthenticated", "missing or malformed bearer token");
+        return false;
+    }
+    ds = auth_lookup(srv->kms->db, tok, &st->who);
+    OPENSSL_cleanse(tok, sizeof(tok));
+    rq->who = st->who;
+    if (ds == DB_NOT_FOUND) {
+        http_error(rs, 401, "unauthenticated", "unknown, expired or revoked token");
+        return false;
+    }
+    if (ds != DB_OK) {
+        rs->retry_after = 1;
+        http_error(rs, 503, "unavailable", "database unavailable");
+        return false;
+    }
+    if (!strncmp(rq->path, "/v1/admin/", 10) && !http_rate_limit(rq, rs, RL_ADMIN, st->who.name))
+        return false;
+    if (!(rt->roles & st->who.role)) {
+        http_error(rs, 403, "forbidden", "role %s may not use this route",
+                   auth_role_name(st->who.role));
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Everything decided before a byte of the body is read (first callback):
+ * path and header limits, the route, the client-address rate limit, the
+ * bearer token and role, and the body cap. Doing it here means a client
+ * without credentials can make kmsd buffer at most http_max_body bytes,
+ * whatever the route would allow an authenticated one (an import may carry
+ * megabytes), and every guessed token first costs a rate-limit token.
+ * true: go on and read the body; false: rs holds the answer.
+ */
+static bool gate(http_server *srv, struct MHD_Connection *conn, req_state *st, http_request *rq,
+                 http_response *rs)
+{
+    char allow[64], key[80];
+    size_t hdr = 0;
     int idx;
 
-    if (strlen(rq->path) >= sizeof(pathbuf)) {
-        http_error(rs, 404, "not_found", "no such route");
-        return;
+    st->max_body = srv->max_body;
+    if (strlen(rq->path) > HTTP_MAX_PATH) {
+        http_error(rs, 414, "uri_too_long", "request path longer than %d bytes", HTTP_MAX_PATH);
+        return false;
     }
-    idx = http_route_find(srv->routes, srv->nroutes, rq->method, rq->path, pathbuf,
-                          sizeof(pathbuf), params, &np, allow, sizeof(allow));
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, add_header_size, &hdr);
+    if (hdr > HTTP_MAX_HEADER_BYTES) {
+        http_error(rs, 431, "headers_too_large", "request headers exceed %d bytes",
+                   HTTP_MAX_HEADER_BYTES);
+        return false;
+    }
+    idx = http_route_find(srv->routes, srv->nroutes, rq->method, rq->path, st->pathbuf,
+                          sizeof(st->pathbuf), st->params, &st->nparams, allow, sizeof(allow));
     if (idx == -405) {
         snprintf(rs->allow, sizeof(rs->allow), "%s", allow);
         http_error(rs, 405, "method_not_allowed", "method %s not allowed here (allowed: %s)",
                    rq->method, allow);
-        return;
+        return false;
     }
     if (idx < 0) {
         http_error(rs, 404, "not_found", "no such route");
-        return;
+        return false;
     }
-    *route_out = idx;
-    for (int i = 0; i < np; i++)
-        rq->params[i] = params[i];
-    rq->nparams = np;
-    /* Device API: per client address before any parsing, key or database work. */
-    if (!strncmp(rq->path, "/v1/sessions/", 13) &&
-        !http_rate_limit(rq, rs, RL_CLIENT, rq->client_ip))
-        return;
-    if (st->too_large) {
+    st->route = idx;
+    /* Per client address before any parsing, key or database work. */
+    http_client_key(st->client_ip, key, sizeof(key));
+    if (!http_rate_limit(rq, rs, RL_CLIENT, key))
+        return false;
+    if (srv->routes[idx].roles && !authenticate(srv, conn, st, rq, rs))
+        return false;
+    if (srv->routes[idx].max_body)
+        st->max_body = srv->routes[idx].max_body;
+    if (content_length_over(conn, st->max_body)) {
         http_error(rs, 413, "payload_too_large", "request body exceeds %zu bytes", st->max_body);
-        return;
+        return false;
     }
-    if (srv->routes[idx].roles) {
-        char tok[128];
-        const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-        db_status ds;
-        if (auth_bearer(h, tok, sizeof(tok)) != 0) {
-            http_error(rs, 401, "unauthenticated", "missing or malformed bearer token");
-            return;
-        }
-        ds = auth_lookup(srv->kms->db, tok, &rq->who);
-        OPENSSL_cleanse(tok, sizeof(tok));
-        if (ds == DB_NOT_FOUND) {
-            http_error(rs, 401, "unauthenticated", "unknown, expired or revoked token");
-            return;
-        }
-        if (ds != DB_OK) {
-            rs->retry_after = 1;
-            http_error(rs, 503, "unavailable", "database unavailable");
-            return;
-        }
-        if (!strncmp(rq->path, "/v1/admin/", 10) &&
-            !http_rate_limit(rq, rs, RL_ADMIN, rq->who.name))
-            return;
-        if (!(srv->routes[idx].roles & rq->who.role)) {
-            http_error(rs, 403, "forbidden", "role %s may not use this route",
-                       auth_role_name(rq->who.role));
-            return;
-        }
-    }
-    srv->routes[idx].fn(rq, rs);
+    return true;
 }
 
-/* The body cap of the route this request will reach (bulk routes allow more). */
-static size_t body_limit(http_server *srv, const char *method, const char *url)
+static void request_init(http_request *rq, http_server *srv, struct MHD_Connection *conn,
+                         req_state *st, const char *url, const char *method)
 {
-    char buf[1024];
-    const char *params[HTTP_MAX_PARAMS];
-    int np, idx;
-    if (strlen(url) >= sizeof(buf))
-        return srv->max_body;
-    idx = http_route_find(srv->routes, srv->nroutes, method, url, buf, sizeof(buf), params, &np,
-                          NULL, 0);
-    return idx >= 0 && srv->routes[idx].max_body ? srv->routes[idx].max_body : srv->max_body;
+    memset(rq, 0, sizeof(*rq));
+    rq->kms = srv->kms;
+    rq->method = method;
+    rq->path = url;
+    rq->body = st->body;
+    rq->body_len = st->len;
+    rq->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    rq->conn = conn;
+    rq->who = st->who;
+    snprintf(rq->req_id, sizeof(rq->req_id), "%s", st->req_id);
+    snprintf(rq->client_ip, sizeof(rq->client_ip), "%s", st->client_ip);
+    for (int i = 0; i < st->nparams; i++)
+        rq->params[i] = st->params[i];
+    rq->nparams = st->nparams;
+}
+
+static req_state *state_new(http_server *srv, struct MHD_Connection *conn)
+{
+    req_state *st = calloc(1, sizeof(*st));
+    const char *rid;
+    if (!st)
+        return NULL;
+    clock_gettime(CLOCK_MONOTONIC, &st->t0);
+    st->route = -1;
+    rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    if (http_request_id_ok(rid)) {
+        snprintf(st->req_id, sizeof(st->req_id), "%s", rid);
+    } else {
+        uint8_t r[16];
+        RAND_bytes(r, sizeof(r));
+        qkms_hex_encode(r, sizeof(r), st->req_id);
+    }
+    client_ip(conn, st->client_ip, sizeof(st->client_ip));
+    atomic_fetch_add(&srv->inflight, 1);
+    metrics_inflight(srv->kms->metrics, 1);
+    return st;
+}
+
+/* Append an upload chunk; past the cap only a flag is kept (answer 413). */
+static bool body_append(req_state *st, const char *data, size_t n)
+{
+    size_t nc;
+    char *nb;
+    if (st->too_large)
+        return true;
+    if (st->len + n > st->max_body) {
+        st->too_large = true;
+        return true;
+    }
+    if (st->len + n > st->cap) {
+        nc = st->cap ? st->cap : 1024;
+        while (nc < st->len + n)
+            nc *= 2;
+        /* Not realloc: the old block may hold a token or wrapped key. */
+        nb = malloc(nc);
+        if (!nb)
+            return false;
+        if (st->body) {
+            memcpy(nb, st->body, st->len);
+            OPENSSL_cleanse(st->body, st->cap);
+            free(st->body);
+        }
+        st->body = nb;
+        st->cap = nc;
+    }
+    memcpy(st->body + st->len, data, n);
+    st->len += n;
+    return true;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -383,75 +546,37 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     req_state *st = *con_cls;
     http_request rq;
     http_response rs;
-    int route = -1;
     enum MHD_Result ret;
     (void)version;
 
+    memset(&rs, 0, sizeof(rs));
     if (!st) {
-        const char *cl, *rid;
-        st = calloc(1, sizeof(*st));
-        if (!st)
+        if (!(st = state_new(srv, conn)))
             return MHD_NO;
-        clock_gettime(CLOCK_MONOTONIC, &st->t0);
-        rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
-        if (http_request_id_ok(rid)) {
-            snprintf(st->req_id, sizeof(st->req_id), "%s", rid);
-        } else {
-            uint8_t r[16];
-            RAND_bytes(r, sizeof(r));
-            qkms_hex_encode(r, sizeof(r), st->req_id);
-        }
         *con_cls = st;
-        atomic_fetch_add(&srv->inflight, 1);
-        metrics_inflight(srv->kms->metrics, 1);
-        st->max_body = body_limit(srv, method, url);
-        cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > st->max_body)
-            st->too_large = true; /* answer without reading the body */
-        else
-            return MHD_YES;
+        request_init(&rq, srv, conn, st, url, method);
+        if (gate(srv, conn, st, &rq, &rs))
+            return MHD_YES; /* read the body, then the handler */
+        /* Refused before a byte of the body was read. */
+        ret = send_response(srv, conn, st, &rq, &rs);
+        body_drop(&rs);
+        return ret;
     }
     if (*upload_size) {
-        if (!st->too_large) {
-            if (st->len + *upload_size > st->max_body) {
-                st->too_large = true;
-            } else {
-                if (st->len + *upload_size > st->cap) {
-                    size_t nc = st->cap ? st->cap : 1024;
-                    while (nc < st->len + *upload_size)
-                        nc *= 2;
-                    char *nb = realloc(st->body, nc);
-                    if (!nb)
-                        return MHD_NO;
-                    st->body = nb;
-                    st->cap = nc;
-                }
-                memcpy(st->body + st->len, upload, *upload_size);
-                st->len += *upload_size;
-            }
-        }
+        if (!body_append(st, upload, *upload_size))
+            return MHD_NO;
         *upload_size = 0;
         return MHD_YES;
     }
     if (st->responded)
         return MHD_YES;
-
-    memset(&rq, 0, sizeof(rq));
-    memset(&rs, 0, sizeof(rs));
-    rq.kms = srv->kms;
-    rq.method = method;
-    rq.path = url;
-    rq.body = st->body;
-    rq.body_len = st->len;
-    rq.content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-    rq.conn = conn;
-    snprintf(rq.req_id, sizeof(rq.req_id), "%s", st->req_id);
-    client_ip(conn, rq.client_ip, sizeof(rq.client_ip));
-
-    dispatch(srv, conn, st, &rq, &rs, &route);
-    ret = send_response(srv, conn, st, &rq, route, route >= 0 ? srv->routes[route].name : "unmatched",
-                        &rs);
-    free(rs.body);
+    request_init(&rq, srv, conn, st, url, method);
+    if (st->too_large)
+        http_error(&rs, 413, "payload_too_large", "request body exceeds %zu bytes", st->max_body);
+    else
+        srv->routes[st->route].fn(&rq, &rs);
+    ret = send_response(srv, conn, st, &rq, &rs);
+    body_drop(&rs);
     return ret;
 }
 

@@ -6,15 +6,22 @@
  *  - Every response is JSON (except /metrics) and every error is
  *    {"error":{"code":"<stable_code>","message":"<text>"}} with the right
  *    status; each response carries X-Request-Id and Cache-Control: no-store.
- *  - Bodies larger than http_max_body get 413 (by Content-Length before any
- *    byte is read, or as soon as a chunked body grows past it); bodies on
- *    POST/PUT/PATCH must be application/json (415) and parse (400).
- *  - A route with roles != 0 requires a Bearer token whose role is in the
- *    mask (401 without or with an unknown token, 403 with a wrong role).
- *  - Rate limits (docs/operations.md): the device API (/v1/sessions/...)
- *    per client address before anything else is done, the admin API
- *    (/v1/admin/...) per token name once the token is known; over a limit:
- *    429 rate_limited with Retry-After.
+ *  - Before a byte of the body is read (first callback), in this order: a
+ *    path over 1024 bytes is 414 uri_too_long, headers over 8 KiB are 431
+ *    headers_too_large, then the route (404/405), the client-address rate
+ *    limit (every route; IPv6 clients by /64), and for a route with
+ *    roles != 0 the Bearer token (401 without or with an unknown token, 503
+ *    when the database cannot say) then the admin rate limit per token name
+ *    and the role (403). Only then does the route's own body cap (an import
+ *    allows megabytes) replace http_max_body: an unauthenticated client can
+ *    make kmsd buffer at most http_max_body bytes per request.
+ *  - Bodies larger than the cap get 413 (by Content-Length before any byte
+ *    is read, a Content-Length that does not fit in 64 bits included, or as
+ *    soon as a chunked body grows past it); bodies on POST/PUT/PATCH must be
+ *    application/json (415) and parse (400).
+ *  - Over a rate limit: 429 rate_limited with Retry-After (docs/operations.md).
+ *  - Error messages may quote client input: it is made valid UTF-8 first
+ *    (utf8.h), so an answer is never lost to the bytes it reports.
  *  - Handlers run on MHD's threads; with http_threading=connection each
  *    connection has its own thread, so a handler may block on PostgreSQL or
  *    the token without stalling other clients.
@@ -81,6 +88,9 @@ void http_json(http_response *rs, int status, json_t *body);
 void http_error(http_response *rs, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void http_text(http_response *rs, int status, const char *content_type, char *text, size_t len);
+/* A JSON string of at most max bytes of s, made valid UTF-8 (utf8.h): for
+ * echoing client input in an answer. Never NULL unless out of memory. */
+json_t *http_json_text(const char *s, size_t max);
 /* Parse the body as a JSON object; on failure sets the error response and
  * returns NULL. Caller decrefs. */
 json_t *http_body_object(http_request *rq, http_response *rs);
@@ -91,10 +101,14 @@ json_t *http_body_object_opt(http_request *rq, http_response *rs);
 const char *http_query(http_request *rq, const char *key);
 /* Take a token from the rate limit of scope (rl_scope, ratelimit.h) for key.
  * true: go on; false: rs is 429 rate_limited with Retry-After. The gate
- * applies the client (device API) and admin scopes itself; device handlers
+ * applies the client (every route) and admin scopes itself; device handlers
  * apply the device scope once a request has authenticated. */
 bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char *key);
 /* Body text must be NUL-terminated: it is zeroized when MHD frees it. */
+
+/* The client-address rate-limit key of ip: ip itself, or "<prefix>::/64"
+ * for IPv6 (IPv4-mapped addresses count as IPv4). Pure; unit-tested. */
+void http_client_key(const char *ip, char *out, size_t len);
 
 /* Routing (pure; unit-tested). Returns the route index, -404 when no path
  * matches, -405 when the path matches only under other methods (their

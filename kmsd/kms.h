@@ -21,6 +21,7 @@ typedef struct session_metrics session_metrics;
 typedef struct keycache keycache;
 typedef struct http_server http_server;
 typedef struct ratelimit ratelimit;
+typedef struct readiness readiness;
 
 typedef struct kms_ctx {
     kms_config cfg;
@@ -39,6 +40,7 @@ typedef struct kms_ctx {
     session_metrics *smetrics;
     keycache *keys;
     ratelimit *rl[3]; /* by rl_scope: device, client, admin (ratelimit.h) */
+    readiness *ready;
 } kms_ctx;
 
 #endif

@@ -2,8 +2,13 @@
  * log — structured logs: one JSON object per line on stderr.
  *
  * Every line has "ts" (RFC 3339 UTC, ms), "level" and "msg"; extra fields are
- * given as a jansson json_pack() format and its arguments, e.g.
+ * given as a json_pack()-style format and its arguments, e.g.
  *     log_emit(LOG_INFO, "listening", "{s:s,s:i}", "addr", a, "port", p);
+ * The format is a flat object: "s:" keys and values s, s? (NULL is null),
+ * s* (NULL omits the field), i, I (json_int_t), f, b. A string value that is
+ * not valid UTF-8 (a client's path, say) is logged with each bad byte
+ * replaced by U+FFFD and its key listed in "invalid_utf8": the line and its
+ * other fields are never lost. Reals print with ten significant digits.
  * A line is written with one write(2), so lines from threads never interleave.
  * Callers must never pass key bytes, PINs or tokens.
  * The level is the one piece of process-wide state here: an atomic that

@@ -23,6 +23,7 @@
 #include "migrate.h"
 #include "queries.h"
 #include "ratelimit.h"
+#include "readiness.h"
 #include "routes.h"
 #include "sessions.h"
 #include "version.h"
@@ -237,6 +238,10 @@ int main(int argc, char **argv)
         log_emit(LOG_ERROR, "cannot start the maintenance thread", NULL);
         goto out;
     }
+    if (readiness_start(&k.ready, &k) != 0) {
+        log_emit(LOG_ERROR, "cannot start the readiness prober", NULL);
+        goto out;
+    }
     k.metrics = metrics_new(routes_count, route_names);
     if (!k.metrics || ratelimit_open_all(k.rl, &k.cfg) != 0)
         goto out;
@@ -268,6 +273,7 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     http_stop(k.http);
+    readiness_stop(k.ready);
     ratelimit_free_all(k.rl);
     maintenance_stop(k.maint);
     session_metrics_free(k.smetrics);

@@ -10,6 +10,7 @@
 
 #define QKMS_QUERIES(X)                                                                         \
     X(Q_SCHEMA_VERSION, "SELECT coalesce(max(version), 0) FROM qkms_schema_migrations")        \
+    X(Q_READINESS_PROBE, "UPDATE readiness_probe SET probed_at = now() WHERE one")             \
     X(Q_MASTER_LIST,                                                                           \
       "SELECT version, label, kcv, state FROM master_keys WHERE state <> 'destroyed' "         \
       "ORDER BY version")                                                                      \

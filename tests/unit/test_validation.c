@@ -14,6 +14,7 @@
 #include "http.h"
 #include "keywrap.h"
 #include "p11.h"
+#include "utf8.h"
 
 static void dummy(http_request *rq, http_response *rs) { (void)rq; (void)rs; }
 
@@ -185,6 +186,50 @@ static void stuck_entropy_block(void **state)
     assert_false(entropy_block_looks_stuck(b, 8)); /* too short to judge */
 }
 
+static void client_keys(void **state)
+{
+    char k[80];
+    (void)state;
+    http_client_key("192.0.2.7", k, sizeof(k));
+    assert_string_equal(k, "192.0.2.7");
+    /* One host holds a /64: every address in it shares one bucket. */
+    http_client_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", k, sizeof(k));
+    assert_string_equal(k, "2001:db8:1:2::/64");
+    http_client_key("2001:db8:1:2::1", k, sizeof(k));
+    assert_string_equal(k, "2001:db8:1:2::/64");
+    http_client_key("2001:db8:1:3::1", k, sizeof(k));
+    assert_string_equal(k, "2001:db8:1:3::/64");
+    http_client_key("::ffff:192.0.2.7", k, sizeof(k)); /* mapped: as IPv4, whole */
+    assert_string_equal(k, "::ffff:192.0.2.7");
+    http_client_key("?", k, sizeof(k));
+    assert_string_equal(k, "?");
+}
+
+static void utf8_repair(void **state)
+{
+    char out[64];
+    bool repl;
+    (void)state;
+    assert_true(utf8_valid("abc \xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x91", 15));
+    assert_false(utf8_valid("a\xc3", 2));          /* cut inside a character */
+    assert_false(utf8_valid("\xc0\xaf", 2));      /* overlong '/' */
+    assert_false(utf8_valid("\xed\xa0\x80", 3));  /* surrogate */
+    assert_false(utf8_valid("\xf4\x90\x80\x80", 4)); /* above U+10FFFF */
+    assert_false(utf8_valid("\xff", 1));
+    assert_int_equal(utf8_sanitize("ab\xff" "c", 4, out, sizeof(out), &repl), 6);
+    assert_string_equal(out, "ab\xef\xbf\xbd" "c");
+    assert_true(repl);
+    utf8_sanitize("a\xc3", 2, out, sizeof(out), &repl);
+    assert_string_equal(out, "a\xef\xbf\xbd");
+    utf8_sanitize("\xc3\xa9t\xc3\xa9", 5, out, sizeof(out), &repl);
+    assert_string_equal(out, "\xc3\xa9t\xc3\xa9");
+    assert_false(repl);
+    /* A full buffer ends on a whole character: 4 bytes fit "a" + one é. */
+    assert_int_equal(utf8_sanitize("a\xc3\xa9\xc3\xa9", 5, out, 5, NULL), 3);
+    assert_string_equal(out, "a\xc3\xa9");
+    assert_int_equal(utf8_sanitize("x", 1, out, 0, NULL), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -192,7 +237,8 @@ int main(void)
         cmocka_unit_test(bearer_and_tokens), cmocka_unit_test(names_and_roles),
         cmocka_unit_test(hex),              cmocka_unit_test(sqlstate_classes),
         cmocka_unit_test(ckr_mapping),      cmocka_unit_test(wrap_blob_header),
-        cmocka_unit_test(stuck_entropy_block),
+        cmocka_unit_test(stuck_entropy_block), cmocka_unit_test(client_keys),
+        cmocka_unit_test(utf8_repair),
     };
     return cmocka_run_group_tests_name("validation", tests, NULL, NULL);
 }
