@@ -2,6 +2,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -291,6 +292,31 @@ static void client_ip(struct MHD_Connection *c, char *out, size_t len)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, out, (socklen_t)len);
 }
 
+/* The path as logged: anything shaped like an admin token (a client that
+ * put one in a URL by mistake) is replaced, since logs are read by more
+ * people than tokens should be. */
+void http_path_for_log(const char *path, char *out, size_t len)
+{
+    static const char mark[] = AUTH_TOKEN_PREFIX;
+    size_t o = 0, ml = sizeof(mark) - 1;
+    while (*path && o + 1 < len) {
+        size_t hex = 0;
+        if (!strncmp(path, mark, ml))
+            while (isxdigit((unsigned char)path[ml + hex]))
+                hex++;
+        if (hex >= 16) {
+            int n = snprintf(out + o, len - o, "%s<redacted>", mark);
+            if (n < 0 || (size_t)n >= len - o)
+                break;
+            o += (size_t)n;
+            path += ml + hex;
+            continue;
+        }
+        out[o++] = *path++;
+    }
+    out[o] = 0;
+}
+
 static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *conn, req_state *st,
                                      http_request *rq, http_response *rs)
 {
@@ -328,12 +354,15 @@ static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *co
     metrics_observe(srv->kms->metrics, route, rs->status, secs);
     /* Probes would drown the log; they still count in metrics. */
     if (route < 0 || rs->status >= 400 || strncmp(rq->path, "/v1/", 4) == 0 ||
-        log_enabled(LOG_DEBUG))
+        log_enabled(LOG_DEBUG)) {
+        char logpath[HTTP_MAX_PATH + 16];
+        http_path_for_log(rq->path, logpath, sizeof(logpath));
         log_emit(rs->status >= 500 ? LOG_WARN : LOG_INFO, "request",
                  "{s:s,s:s,s:s,s:s,s:i,s:f,s:s,s:s*,s:s*}", "req_id", st->req_id, "method",
                  rq->method, "route", route_name, "client", rq->client_ip, "status", rs->status,
-                 "ms", (double)(long long)(secs * 1e6) / 1000.0, "path", rq->path, "error", rs->err_code, "principal",
+                 "ms", (double)(long long)(secs * 1e6) / 1000.0, "path", logpath, "error", rs->err_code, "principal",
                  rq->who.name[0] ? rq->who.name : NULL);
+    }
     return ret;
 }
 
@@ -452,7 +481,7 @@ static bool gate(http_server *srv, struct MHD_Connection *conn, req_state *st, h
     st->route = idx;
     /* Per client address before any parsing, key or database work. */
     http_client_key(st->client_ip, key, sizeof(key));
-    if (!http_rate_limit(rq, rs, RL_CLIENT, key))
+    if (!srv->routes[idx].probe && !http_rate_limit(rq, rs, RL_CLIENT, key))
         return false;
     if (srv->routes[idx].roles && !authenticate(srv, conn, st, rq, rs))
         return false;

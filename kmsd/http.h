@@ -9,7 +9,7 @@
  *  - Before a byte of the body is read (first callback), in this order: a
  *    path over 1024 bytes is 414 uri_too_long, headers over 8 KiB are 431
  *    headers_too_large, then the route (404/405), the client-address rate
- *    limit (every route; IPv6 clients by /64), and for a route with
+ *    limit (every route but the probes; IPv6 clients by /64), and for a route with
  *    roles != 0 the Bearer token (401 without or with an unknown token, 503
  *    when the database cannot say) then the admin rate limit per token name
  *    and the role (403). Only then does the route's own body cap (an import
@@ -74,6 +74,8 @@ typedef struct {
     unsigned roles;      /* ROLE_* mask; 0 = no authentication */
     http_handler fn;
     size_t max_body;     /* 0 = http_max_body */
+    bool probe;          /* answered from memory, no body: no client rate limit,
+                          * so a load balancer's probes are never refused */
 } http_route;
 
 int http_start(http_server **out, kms_ctx *kms, const http_route *routes, int nroutes, char *err,
@@ -101,7 +103,7 @@ json_t *http_body_object_opt(http_request *rq, http_response *rs);
 const char *http_query(http_request *rq, const char *key);
 /* Take a token from the rate limit of scope (rl_scope, ratelimit.h) for key.
  * true: go on; false: rs is 429 rate_limited with Retry-After. The gate
- * applies the client (every route) and admin scopes itself; device handlers
+ * applies the client (every route but probes) and admin scopes itself; device handlers
  * apply the device scope once a request has authenticated. */
 bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char *key);
 /* Body text must be NUL-terminated: it is zeroized when MHD frees it. */
@@ -109,6 +111,11 @@ bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char 
 /* The client-address rate-limit key of ip: ip itself, or "<prefix>::/64"
  * for IPv6 (IPv4-mapped addresses count as IPv4). Pure; unit-tested. */
 void http_client_key(const char *ip, char *out, size_t len);
+
+/* path as it may be logged: every "qkms_" followed by 16 or more hex
+ * digits (an admin token put in a URL) becomes "qkms_<redacted>"; cut to
+ * fit out. Pure; unit-tested. */
+void http_path_for_log(const char *path, char *out, size_t len);
 
 /* Routing (pure; unit-tested). Returns the route index, -404 when no path
  * matches, -405 when the path matches only under other methods (their

@@ -6,9 +6,9 @@
 #define IMPORT_MAX_BODY (4u << 20)
 
 #define ROUTES(X)                                                                    \
-    X("GET", "/healthz", "healthz", 0, h_healthz)                                    \
-    X("GET", "/readyz", "readyz", 0, h_readyz)                                       \
-    X("GET", "/metrics", "metrics", 0, h_metrics)                                    \
+    X("GET", "/healthz", "healthz", 0, h_healthz, .probe = true)                     \
+    X("GET", "/readyz", "readyz", 0, h_readyz, .probe = true)                        \
+    X("GET", "/metrics", "metrics", 0, h_metrics, .probe = true)                     \
     X("GET", "/v1/admin/status", "admin_status", ROLE_ANY, h_admin_status)           \
     X("POST", "/v1/admin/tokens", "admin_tokens_create", ROLE_ADMIN, h_tokens_create) \
     X("GET", "/v1/admin/tokens", "admin_tokens_list", ROLE_ADMIN, h_tokens_list)     \

@@ -19,11 +19,11 @@
 static void dummy(http_request *rq, http_response *rs) { (void)rq; (void)rs; }
 
 static const http_route rt[] = {
-    {"GET", "/healthz", "healthz", 0, dummy, 0},
-    {"GET", "/v1/admin/tokens", "list", ROLE_ADMIN, dummy, 0},
-    {"POST", "/v1/admin/tokens", "create", ROLE_ADMIN, dummy, 0},
-    {"DELETE", "/v1/admin/tokens/{name}", "revoke", ROLE_ADMIN, dummy, 0},
-    {"GET", "/v1/x/{a}/y/{b}", "two", 0, dummy, 0},
+    {"GET", "/healthz", "healthz", 0, dummy, 0, false},
+    {"GET", "/v1/admin/tokens", "list", ROLE_ADMIN, dummy, 0, false},
+    {"POST", "/v1/admin/tokens", "create", ROLE_ADMIN, dummy, 0, false},
+    {"DELETE", "/v1/admin/tokens/{name}", "revoke", ROLE_ADMIN, dummy, 0, false},
+    {"GET", "/v1/x/{a}/y/{b}", "two", 0, dummy, 0, false},
 };
 
 static int find(const char *m, const char *p, const char **params, int *np, char *allow)
@@ -205,6 +205,25 @@ static void client_keys(void **state)
     assert_string_equal(k, "?");
 }
 
+static void token_paths_redacted(void **state)
+{
+    char out[200];
+    const char *tok = "qkms_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    char path[160];
+    (void)state;
+    snprintf(path, sizeof(path), "/v1/admin/tokens/%s", tok);
+    http_path_for_log(path, out, sizeof(out));
+    assert_string_equal(out, "/v1/admin/tokens/qkms_<redacted>");
+    snprintf(path, sizeof(path), "/x/%s/y?t=%s", tok, tok);
+    http_path_for_log(path, out, sizeof(out));
+    assert_string_equal(out, "/x/qkms_<redacted>/y?t=qkms_<redacted>");
+    /* A token name that merely starts with the prefix stays. */
+    http_path_for_log("/v1/admin/tokens/qkms_ops", out, sizeof(out));
+    assert_string_equal(out, "/v1/admin/tokens/qkms_ops");
+    http_path_for_log("/v1/admin/tokens/qkms_0123", out, 12);
+    assert_string_equal(out, "/v1/admin/t");
+}
+
 static void utf8_repair(void **state)
 {
     char out[64];
@@ -238,7 +257,7 @@ int main(void)
         cmocka_unit_test(hex),              cmocka_unit_test(sqlstate_classes),
         cmocka_unit_test(ckr_mapping),      cmocka_unit_test(wrap_blob_header),
         cmocka_unit_test(stuck_entropy_block), cmocka_unit_test(client_keys),
-        cmocka_unit_test(utf8_repair),
+        cmocka_unit_test(utf8_repair), cmocka_unit_test(token_paths_redacted),
     };
     return cmocka_run_group_tests_name("validation", tests, NULL, NULL);
 }
