@@ -96,9 +96,9 @@ $(KMSCTL): $(CLI_OBJ) $(COMMON_OBJ)
 	$(CC) $(LDFLAGS) $^ $(CLI_LIBS) -o $@
 
 # ---- tests ----------------------------------------------------------------
-$(BUILD)/tests/%: tests/unit/%.c $(LIBKMSD) $(LIBP11) $(LIBDEVICE)
+$(BUILD)/tests/%: tests/unit/%.c $(LIBKMSD) $(LIBP11) $(LIBDEVICE_TESTING)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) $< $(LIBKMSD) $(LIBP11) $(LIBDEVICE) $(KMSD_LIBS) $(CLI_LIBS) -lcmocka -o $@
+	$(CC) $(CFLAGS) $(LDFLAGS) $< $(LIBKMSD) $(LIBP11) $(LIBDEVICE_TESTING) $(KMSD_LIBS) $(CLI_LIBS) -lcmocka -o $@
 
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1 \
             LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 
 #include "config.h"
 #include "exitcodes.h"
@@ -33,9 +34,16 @@ static size_t on_body(char *chunk, size_t size, size_t nmemb, void *userdata)
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->len + n + 1)
             cap *= 2;
-        char *grown = realloc(b->data, cap);
+        /* Not realloc: the old block may hold tokens or device keys and must
+         * be wiped before it goes back to the heap. */
+        char *grown = malloc(cap);
         if (!grown)
             return 0;
+        if (b->data) {
+            memcpy(grown, b->data, b->len);
+            OPENSSL_cleanse(b->data, b->cap);
+            free(b->data);
+        }
         b->data = grown;
         b->cap = cap;
     }
@@ -288,11 +296,15 @@ cleanup:
         explicit_bzero(auth, strlen(auth));
     free(auth);
     config_token_free(token);
+    /* Request bodies may name secrets too (a device import's rows). */
+    if (payload)
+        OPENSSL_cleanse(payload, strlen(payload));
     free(payload);
     free(url);
-    /* Responses may carry device keys (`device fill --plaintext`). */
+    /* Responses may carry tokens or device keys (`device fill --plaintext`):
+     * the whole block, not just what was filled. */
     if (resp.data)
-        explicit_bzero(resp.data, resp.len);
+        OPENSSL_cleanse(resp.data, resp.cap);
     free(resp.data);
     return rc;
 }

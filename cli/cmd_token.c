@@ -101,6 +101,12 @@ static int token_list(const struct kmsctl_ctx *ctx, const struct invocation *inv
 /* "." and ".." would name another path once a server normalises it. */
 static int check_name(const char *what, const char *s)
 {
+    /* A token pasted where its name goes must not travel in a URL: paths
+     * end up in the server's and proxies' access logs. */
+    if (strstr(s, "qkms_")) {
+        out_error("%s looks like an admin token, not a name; not sent", what);
+        return EXIT_USAGE;
+    }
     if (*s && strcmp(s, ".") != 0 && strcmp(s, "..") != 0)
         return EXIT_OK;
     out_error("%s must not be empty, '.' or '..'", what);

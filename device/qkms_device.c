@@ -399,7 +399,15 @@ static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
     strcpy(r->session_id, session_id);
     r->ts = ts;
     if (nonce) {
+#ifdef QKMS_TESTING
         memcpy(r->nonce, nonce, QKP_NONCE_LEN);
+#else
+        /* A caller-chosen nonce can repeat under the device key, which breaks
+         * AES-GCM: only test builds (the vectors) may fix it. */
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "a fixed request nonce is accepted only in test builds (QKMS_TESTING)");
+        goto cleanup;
+#endif
     } else if (RAND_bytes(r->nonce, QKP_NONCE_LEN) != 1) {
         rc = fail(QKD_ERR_INTERNAL, err, errlen, "no randomness for the request nonce");
         goto cleanup;

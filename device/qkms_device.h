@@ -108,9 +108,11 @@ typedef struct {
 /*
  * Builds a `key` request of device d under its key key_index for session_id
  * with peer peer_id, timestamp ts (Unix seconds, >= 0), asking for
- * single-transfer delivery when delivered. nonce: 12 fixed bytes (test
- * vectors only: a nonce must never repeat under one key) or NULL for fresh
- * random ones (RAND_bytes). Session and peer must be valid IDs.
+ * single-transfer delivery when delivered. nonce: NULL for a fresh random
+ * one (RAND_bytes). Only a library compiled with -DQKMS_TESTING (the test
+ * vectors' build) accepts 12 fixed bytes here; any other build refuses a
+ * non-NULL nonce with QKD_ERR_INPUT, since a nonce that repeats under one
+ * device key breaks AES-GCM. Session and peer must be valid IDs.
  */
 int qkd_request_key(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
                     const char *peer_id, bool delivered, int64_t ts,

@@ -1,12 +1,14 @@
 #!/bin/bash
 # demo-setup (compose profile "demo"): with kmsctl and the bootstrap admin
 # token, add a vehicle:encryptor pairing policy, register the two demo
-# devices and export their fill documents (plaintext JSON, mode 0600) into
-# the shared "fills" volume, then pick a fresh session ID for this demo run.
+# devices and export their fill documents (JSON, mode 0600) into the shared
+# "fills" volume, then pick a fresh session ID for this demo run.
 # Idempotent: existing policy, devices and fill files are reused.
 #
-# A real provisioning station gets a sealed package instead
-# (kmsctl device fill ID --recipient-pub station.pem, then kmsctl fill open).
+# The keys travel as a real provisioning station gets them: sealed to a
+# station key pair made here (kmsctl device fill ID --recipient-pub, then
+# kmsctl fill open). kmsd serves plaintext export only over TLS or to a
+# loopback client, and this container reaches it over the compose network.
 set -euo pipefail
 umask 077
 
@@ -35,6 +37,12 @@ else
     say "policy $POLICY added (vehicle:encryptor, same group)"
 fi
 
+# The station key pair lives only for this run (ca-certificates brings openssl).
+STATION=$(mktemp -d)
+trap 'rm -rf "$STATION"' EXIT
+openssl genpkey -algorithm X25519 -out "$STATION/key.pem" 2>/dev/null
+openssl pkey -in "$STATION/key.pem" -pubout -out "$STATION/pub.pem"
+
 for spec in "$VEHICLE:vehicle" "$ENCRYPTOR:encryptor"; do
     id=${spec%%:*} type=${spec#*:}
     if kmsctl device show "$id" >/dev/null 2>&1; then
@@ -48,10 +56,11 @@ for spec in "$VEHICLE:vehicle" "$ENCRYPTOR:encryptor"; do
         say "fill document $out exists"
         continue
     fi
-    rm -f "$out.new"
+    rm -f "$out.new" "$STATION/$id.qkfp"
     # Keys exported before (e.g. the volume was lost) need --force.
-    kmsctl device fill "$id" --plaintext --out "$out.new" >/dev/null 2>&1 ||
-        kmsctl device fill "$id" --plaintext --out "$out.new" --force >/dev/null
+    kmsctl device fill "$id" --recipient-pub "$STATION/pub.pem" --out "$STATION/$id.qkfp" >/dev/null 2>&1 ||
+        kmsctl device fill "$id" --recipient-pub "$STATION/pub.pem" --out "$STATION/$id.qkfp" --force >/dev/null
+    kmsctl fill open --key "$STATION/key.pem" "$STATION/$id.qkfp" --json > "$out.new"
     mv "$out.new" "$out"
     say "fill document $out written"
 done

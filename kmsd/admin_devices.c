@@ -8,6 +8,7 @@
 #include "devices.h"
 #include "fillpkg.h"
 #include "routes.h"
+#include "transport.h"
 
 #define IMPORT_MAX_ROWS 1000
 
@@ -361,6 +362,13 @@ void h_device_fill(http_request *rq, http_response *rs)
     }
     if (plaintext && !(rq->who.role & ROLE_ADMIN)) {
         http_error(rs, 403, "forbidden", "only an admin may export keys in plaintext");
+        goto out;
+    }
+    /* Keys in clear (and the bearer token that asked) only where no network
+     * can read them: a TLS listener, or a loopback client. */
+    if (plaintext && !transport_confidential(rq->kms->cfg.tls_cert_file != NULL, rq->client_ip)) {
+        http_error(rs, 403, "insecure_transport",
+                   "plaintext export needs TLS or a loopback connection; use recipient_pub");
         goto out;
     }
     if (pem) {

@@ -16,13 +16,28 @@
 
 #define BOOTSTRAP_LOCK "7164803903"
 
-static int read_token(const char *path, char tok[AUTH_TOKEN_LEN + 1])
+/* Reads the token file: 0 ok; -1 errno set (ENOENT: no file); -2 not a
+ * token; -3 not a regular file of mode 0600 owned by kmsd's user (anyone
+ * else who can write it could plant an admin token; why in *why). */
+static int read_token(const char *path, char tok[AUTH_TOKEN_LEN + 1], const char **why)
 {
     char buf[AUTH_TOKEN_LEN + 8];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
     ssize_t n;
     if (fd < 0)
         return -1;
+    if (fstat(fd, &sb) != 0) {
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(sb.st_mode) || sb.st_uid != geteuid() || (sb.st_mode & 07777) != 0600) {
+        *why = !S_ISREG(sb.st_mode)      ? "is not a regular file"
+               : sb.st_uid != geteuid() ? "is not owned by kmsd's user"
+                                        : "must have mode 0600";
+        close(fd);
+        return -3;
+    }
     n = read(fd, buf, sizeof(buf) - 1);
     close(fd);
     if (n < 0)
@@ -62,17 +77,71 @@ static int write_token(const char *path, const char *tok)
     return rc;
 }
 
+/* The file's token: 0 read, 1 no file, -1 refused or unreadable (err). */
+static int token_file(const char *path, char tok[AUTH_TOKEN_LEN + 1], char *err, size_t el)
+{
+    const char *why = "";
+    int rd = read_token(path, tok, &why);
+    if (rd == -3)
+        snprintf(err, el,
+                 "bootstrap_token_file %s %s (refused: whoever can write it could plant an "
+                 "admin token)", path, why);
+    else if (rd == -2)
+        snprintf(err, el, "%s does not hold a qkms token", path);
+    else if (rd == -1 && errno != ENOENT)
+        snprintf(err, el, "%s: %s", path, strerror(errno));
+    else
+        return rd == 0 ? 0 : 1;
+    return -1;
+}
+
+/* Whether a token with this hash is registered (live or revoked): 1 yes,
+ * 0 no, -1 error in err. */
+static int token_known(db_conn *c, const uint8_t hash[32], char *err, size_t el)
+{
+    const char *vals[1] = {(const char *)hash};
+    int hash_len = 32, hash_fmt = 1; /* binary parameter */
+    db_status st;
+    PGresult *r = db_exec(c, Q_TOKEN_BY_HASH, 1, vals, &hash_len, &hash_fmt, &st);
+    int n;
+    if (!r) {
+        snprintf(err, el, "database error: %s", db_status_name(st));
+        return -1;
+    }
+    n = PQntuples(r) > 0;
+    PQclear(r);
+    return n;
+}
+
+/* Whether a token named "bootstrap" was ever registered (revoked rows
+ * count): 1 yes, 0 no, -1 error in err. */
+static int bootstrap_ever(db_conn *c, char *err, size_t el)
+{
+    const char *vals[1] = {"bootstrap"};
+    db_status st;
+    PGresult *r = db_exec(c, Q_TOKEN_NAME_EVER, 1, vals, NULL, NULL, &st);
+    int n;
+    if (!r) {
+        snprintf(err, el, "database error: %s", db_status_name(st));
+        return -1;
+    }
+    n = PQntuples(r) > 0;
+    PQclear(r);
+    return n;
+}
+
+/* A token file's token is registered, or a new one minted, only while no
+ * bootstrap token ever existed: once one was revoked, neither a planted
+ * file nor a deleted one grants admin again (create tokens with the API). */
 int bootstrap_admin_token(kms_ctx *k, char *err, size_t el)
 {
     const char *path = k->cfg.bootstrap_token_file;
     char tok[AUTH_TOKEN_LEN + 1];
     uint8_t hash[32];
-    const char *vals[1];
-    int hash_len = 32, hash_fmt = 1; /* binary parameter */
     db_status st;
     db_conn *c = NULL;
     PGresult *r = NULL;
-    int rc = -1, rd;
+    int rc = -1, rd, ever, known;
     bool fresh = false;
 
     if (!path)
@@ -88,45 +157,31 @@ int bootstrap_admin_token(kms_ctx *k, char *err, size_t el)
         db_release(k->db, c);
         return -1;
     }
-    rd = read_token(path, tok);
-    if (rd == -2) {
-        snprintf(err, el, "%s does not hold a qkms token", path);
+    rd = token_file(path, tok, err, el);
+    if (rd < 0)
         goto out;
-    }
-    if (rd == -1 && errno != ENOENT) {
-        snprintf(err, el, "%s: %s", path, strerror(errno));
-        goto out;
-    }
     if (rd == 0) {
         auth_token_hash(tok, hash);
-        vals[0] = (const char *)hash;
-        r = db_exec(c, Q_TOKEN_BY_HASH, 1, vals, &hash_len, &hash_fmt, &st);
-        if (!r) {
-            snprintf(err, el, "database error: %s", db_status_name(st));
+        known = token_known(c, hash, err, el);
+        if (known != 0) {
+            rc = known > 0 ? 0 : -1; /* known (live or revoked): nothing to do */
             goto out;
         }
-        if (PQntuples(r) > 0) {
-            rc = 0; /* known (live or revoked by an operator): nothing to do */
-            goto out;
-        }
-        PQclear(r);
-        r = NULL;
-    } else {
-        vals[0] = "bootstrap";
-        r = db_exec(c, Q_TOKEN_LIVE_NAME, 1, vals, NULL, NULL, &st);
-        if (!r) {
-            snprintf(err, el, "database error: %s", db_status_name(st));
-            goto out;
-        }
-        if (PQntuples(r) > 0) {
-            log_emit(LOG_WARN, "bootstrap token file missing but a live bootstrap token exists; "
-                               "not creating another",
-                     "{s:s}", "file", path);
-            rc = 0;
-            goto out;
-        }
-        PQclear(r);
-        r = NULL;
+    }
+    ever = bootstrap_ever(c, err, el);
+    if (ever < 0)
+        goto out;
+    if (ever) {
+        log_emit(LOG_WARN,
+                 rd == 0 ? "bootstrap token file holds an unknown token and a bootstrap token "
+                           "existed before; not registering it"
+                         : "bootstrap token file missing and a bootstrap token existed before; "
+                           "not creating another",
+                 "{s:s}", "file", path);
+        rc = 0;
+        goto out;
+    }
+    if (rd != 0) {
         if (auth_token_new(k->ent, tok) != 0) {
             snprintf(err, el, "no entropy for the bootstrap token");
             goto out;
@@ -141,14 +196,7 @@ int bootstrap_admin_token(kms_ctx *k, char *err, size_t el)
     }
     r = auth_token_insert(c, "bootstrap", "admin", hash, "kmsd", NULL, &st);
     if (!r) {
-        if (st == DB_CONFLICT) {
-            log_emit(LOG_WARN, "bootstrap token file differs from the live bootstrap token; "
-                               "leaving both alone",
-                     "{s:s}", "file", path);
-            rc = 0;
-        } else {
-            snprintf(err, el, "storing the bootstrap token failed: %s", db_status_name(st));
-        }
+        snprintf(err, el, "storing the bootstrap token failed: %s", db_status_name(st));
         goto out;
     }
     log_emit(LOG_INFO, fresh ? "bootstrap admin token created" : "bootstrap admin token registered",

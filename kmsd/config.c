@@ -161,8 +161,10 @@ const config_option config_options[] = {
     {"device_key_cache_ttl", OPT_INT, OFF(device_key_cache_ttl), "30", 1, 3600, NULL, false, false,
      "Seconds a cached device key row is used before it is read again."},
     {"bootstrap_token_file", OPT_STR, OFF(bootstrap_token_file), NULL, 0, 0, NULL, false, false,
-     "If set and no admin token named `bootstrap` exists, kmsd creates one and writes it here "
-     "(mode 0600, never overwritten)."},
+     "If set and no admin token named `bootstrap` ever existed (revoked ones count), kmsd "
+     "creates one and writes it here (mode 0600, never overwritten), or registers the token "
+     "this file holds. kmsd refuses to start if the file exists and is not a regular file of "
+     "mode 0600 owned by its user."},
     {"rate_limit_device", OPT_DOUBLE, OFF(rate_limit_device), "20", 0, 1000000, NULL, false, true,
      "Device API requests per second per device, counted once the request has authenticated "
      "(0 = unlimited); over it: 429 `rate_limited` with `Retry-After`. See docs/operations.md."},

@@ -143,12 +143,22 @@ class CVehicle:
 
 
 def py_device(ops, group, type_):
-    """The Python client with a plaintext fill document from kmsctl."""
+    """The Python client with a fill document from kmsctl, sealed to a
+    station key (plaintext export is refused off loopback without TLS, and
+    the published port is not loopback to kmsd)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import x25519
     did = register(ops, group, type_)
-    out = ops.dir / (did + ".plain.json")
-    ops.kmsctl("device", "fill", did, "--plaintext", "--out", str(out))
-    with open(out) as f:
-        return Device.from_fill(json.load(f))
+    priv = x25519.X25519PrivateKey.generate()
+    key, pub = ops.dir / (did + ".station.pem"), ops.dir / (did + ".station.pub")
+    key.write_bytes(priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    pub.write_bytes(priv.public_key().public_bytes(serialization.Encoding.PEM,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+    pkg = ops.dir / (did + ".qkfp")
+    ops.kmsctl("device", "fill", did, "--recipient-pub", str(pub), "--out", str(pkg))
+    return Device.from_fill(json.loads(ops.kmsctl("fill", "open", "--key", str(key), str(pkg),
+                                                  "--json").stdout))
 
 
 def py_post(dev, sid, peer_id):

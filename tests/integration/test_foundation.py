@@ -142,6 +142,32 @@ def test_logs_are_json_lines_without_secrets(stack):
     assert stack.token_pin not in logs
 
 
+def test_tokens_created_through_the_api_are_not_logged(stack):
+    """Not only the bootstrap token: every token the API hands out, for
+    every role and by every role that may create one, stays out of the log
+    (the log line names the token, it does not show it)."""
+    import hashlib
+    made = []
+    for role in ("admin", "operator", "auditor"):
+        r = stack.admin("POST", "/v1/admin/tokens", json={"name": f"log-{role}", "role": role})
+        assert r.status_code == 201, r.text
+        made.append(r.json()["token"])
+    r = stack.api("POST", "/v1/admin/tokens", token=made[0],
+                  json={"name": "log-by-admin2", "role": "auditor", "expires_in_days": 1})
+    assert r.status_code == 201, r.text
+    made.append(r.json()["token"])
+    time.sleep(0.2)
+    logs = stack.logs()
+    recs = [x for x in stack.log_records() if x.get("msg") == "admin token created"]
+    assert {x["name"] for x in recs} >= {"log-admin", "log-operator", "log-auditor", "log-by-admin2"}
+    assert [t for t in made if t in logs] == []
+    # No token kmsd knows, by any name, is anywhere in its log.
+    hashes = set(stack.psql("SELECT encode(token_hash, 'hex') FROM admin_tokens").split())
+    leaked = [t for t in re.findall(r"qkms_[0-9a-f]{64}", logs)
+              if hashlib.sha256(t.encode()).hexdigest() in hashes]
+    assert leaked == []
+
+
 def test_readyz_follows_postgresql_outage(stack):
     stack.stop_db()
     try:
@@ -221,3 +247,87 @@ def test_tls_listener(fresh_stack, tmp_path):
     assert p.returncode == 0, p.stderr
     p = st.kmsctl("--addr", url, "status", token=st.admin_token)
     assert p.returncode == 3  # untrusted certificate
+
+
+def _new_token():
+    import secrets
+    return "qkms_" + secrets.token_hex(32)
+
+
+def _write_token_file(path, tok, mode=0o600):
+    import os
+    tmp = path + ".new"
+    with open(tmp, "w") as f:
+        f.write(tok + "\n")
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def test_revoked_bootstrap_token_is_not_granted_again(fresh_stack):
+    """Once the bootstrap token was revoked, neither a planted token file nor
+    a deleted one gives admin again at the next start."""
+    import os
+    st = fresh_stack
+    st.start()
+    path = os.path.join(st.state, "admin.token")
+    boot = st.admin_token
+    r = st.admin("POST", "/v1/admin/tokens", json={"name": "admin2", "role": "admin"})
+    assert r.status_code == 201, r.text
+    admin2 = r.json()["token"]
+    assert st.api("DELETE", "/v1/admin/tokens/bootstrap", token=admin2).status_code == 200
+    # A planted file with a token kmsd never saw.
+    planted = _new_token()
+    _write_token_file(path, planted)
+    st.restart()
+    assert st.api("GET", "/v1/admin/status", token=planted).status_code == 401
+    assert st.api("GET", "/v1/admin/status", token=boot).status_code == 401
+    assert any("bootstrap token existed before" in rec["msg"] for rec in st.log_records())
+    # No file at all: no new token is minted either.
+    os.unlink(path)
+    st.restart()
+    assert not os.path.exists(path)
+    rows = st.psql("SELECT name, revoked_at IS NOT NULL FROM admin_tokens ORDER BY id")
+    assert rows.split() == ["bootstrap|t", "admin2|f"], rows
+    assert st.api("GET", "/v1/admin/status", token=admin2).status_code == 200
+
+
+def test_bootstrap_token_file_registered_until_a_bootstrap_token_exists(fresh_stack):
+    """The first start registers the token an operator put in the file (the
+    documented way to choose it); a later different file is not registered."""
+    import os
+    st = fresh_stack
+    path = os.path.join(st.state, "admin.token")
+    chosen = _new_token()
+    _write_token_file(path, chosen)
+    st.start()
+    assert st.api("GET", "/v1/admin/status", token=chosen).status_code == 200
+    other = _new_token()
+    _write_token_file(path, other)
+    st.restart()
+    assert st.api("GET", "/v1/admin/status", token=other).status_code == 401
+    assert st.api("GET", "/v1/admin/status", token=chosen).status_code == 200
+
+
+def test_bootstrap_token_file_must_be_private_and_ours(fresh_stack):
+    """kmsd refuses to start with a token file others could have written."""
+    import os
+    import pwd
+    st = fresh_stack
+    path = os.path.join(st.state, "admin.token")
+    tok = _new_token()
+    cases = [("must have mode 0600", lambda: os.chmod(path, 0o644)),
+             ("must have mode 0600", lambda: os.chmod(path, 0o660))]
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody").pw_uid
+        cases.append(("is not owned by kmsd's user", lambda: os.chown(path, nobody, -1)))
+    for why, spoil in cases:
+        _write_token_file(path, tok)
+        spoil()
+        proc = st.start(wait=False)
+        assert proc.wait(timeout=60) != 0
+        st.stop()
+        assert f"admin.token {why}" in st.logs(), st.logs()[-2000:]
+    # The same file, made private again, is accepted.
+    _write_token_file(path, tok)
+    st.start()
+    assert st.api("GET", "/v1/admin/status", token=tok).status_code == 200

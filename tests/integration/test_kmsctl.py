@@ -425,7 +425,7 @@ def test_admin_token_not_in_stderr_on_failures(stack, tmp_path):
         (REFUSED, ["-v", "token", "create", name, "--role", "operator", "--token", adm], {}),
         (REFUSED, ["-v", "token", "revoke", uname("none"), "--token-file", str(f)], {}),
         (REFUSED, ["-v", "token", "create", adm, "--role", "admin"], {}),
-        (REFUSED, ["token", "revoke", adm, "--json"], {}),
+        (USAGE, ["token", "revoke", adm, "--json"], {}),  # never put in a URL
         (REFUSED, ["-v", "token", "create", "--role", "admin", "--", "x" + adm], {}),
         # a wrong token, with the real one nearby
         (AUTH, ["-v", "status", "--token", adm[:-1] + ("0" if adm[-1] != "0" else "1")], {}),
@@ -445,7 +445,7 @@ LEAKS = [
     pytest.param(["status", "--token-file", "{adm}"], {}, USAGE, id="token-as-token-file"),
     pytest.param(["status"], {"KMS_TOKEN_FILE": "{adm}"}, USAGE, id="token-in-KMS_TOKEN_FILE"),
     pytest.param(["status", "--cacert", "{adm}"], {}, USAGE, id="token-as-cacert"),
-    pytest.param(["-v", "token", "revoke", "{adm}"], {}, REFUSED, id="verbose-revoke-url"),
+    pytest.param(["-v", "token", "revoke", "{adm}"], {}, USAGE, id="verbose-revoke-url"),
 ]
 
 
@@ -458,3 +458,54 @@ def test_admin_token_not_echoed_when_mistyped(stack, args, env, code):
     if p.returncode != code:
         raise RuntimeError(f"kmsctl exited {p.returncode}, expected {code}: {p.stderr}")
     assert adm not in p.stderr, "admin token echoed on stderr"
+
+
+# ---------------------------------------------------------------------------
+# created tokens never reach a log
+
+
+def known_tokens_in(stack, text):
+    """The tokens kmsd knows (their SHA-256 is in admin_tokens, live or
+    revoked) that appear in text."""
+    import hashlib
+    found = set(TOKEN_RE.findall(text))
+    if not found:
+        return set()
+    hashes = set(stack.psql("SELECT encode(token_hash, 'hex') FROM admin_tokens").split())
+    return {t for t in found if hashlib.sha256(t.encode()).hexdigest() in hashes}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_known_token_in_kmsd_log(stack):
+    """After every test of this module: no token created in it (through the
+    API or kmsctl), nor the bootstrap token, is in kmsd's log."""
+    yield
+    assert known_tokens_in(stack, stack.logs()) == set()
+
+
+def test_created_tokens_only_on_stdout(stack):
+    """Every way kmsctl creates a token prints it on stdout only, once; not
+    on stderr (verbose included) and not in kmsd's log."""
+    made = []
+    for role in ("admin", "operator", "auditor"):
+        for pre, post in (([], []), ([], ["--json"]), (["-v"], []), (["-v"], ["--json"])):
+            args = (pre, post)
+            p = ok(stack, *pre, "token", "create", uname("lg"), "--role", role, *post)
+            toks = TOKEN_RE.findall(p.stdout)
+            assert len(toks) == 1, (args, p.stdout)
+            assert toks[0] not in p.stderr and not TOKEN_RE.search(p.stderr), (args, p.stderr)
+            made.append(toks[0])
+    # And through the API.
+    for role in ("admin", "operator", "auditor"):
+        r = stack.admin("POST", "/v1/admin/tokens", json={"name": uname("la"), "role": role})
+        assert r.status_code == 201
+        made.append(r.json()["token"])
+    # Each works (so each is a real token) and none is in kmsd's log.
+    for tok in made:
+        assert stack.api("GET", "/v1/admin/status", token=tok).status_code == 200
+    logs = stack.logs()
+    assert [t for t in made if t in logs] == []
+    assert known_tokens_in(stack, logs) == set()
+    # The listing never shows one either.
+    p = ok(stack, "token", "list", "--json")
+    assert not TOKEN_RE.search(p.stdout) and not TOKEN_RE.search(p.stderr)

@@ -4,8 +4,10 @@ tests/integration/qkms_proto_py.py. No server: plain pytest.
 
 The C client checks the same file in tests/unit/test_vectors.c.
 """
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -29,6 +31,18 @@ MUST_FAIL = {"aead", "key_bits", "session_id", "version", "nonce_reuse", "nonce_
 REASON = {"key_bits": "key_bits", "session_id": "session", "version": "version",
           "nonce_reuse": "reuses the request nonce", "nonce_length": "12 bytes",
           "b64u": "base64url"}
+
+
+# What a reject case may change relative to a valid response to the same
+# request: the one thing its must_fail names (ct is sealed under the nonce, so
+# a case about the nonce changes both).
+ALLOWED_DIFF = {"aead": [{"ct"}, {"key_id"}, {"expires_at"}], "key_bits": [{"key_bits"}],
+                "session_id": [{"session_id"}], "version": [{"v"}],
+                "nonce_reuse": [{"nonce", "ct"}], "nonce_length": [{"nonce", "ct"}],
+                "b64u": [{"ct"}]}
+# docs/protocol.md: key_id is a UUID in lower-case text form (kmsd: version 4).
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+MISSING = object()
 
 
 def ids(cases):
@@ -134,3 +148,59 @@ def test_refusal_tests_can_fail():
     dev, req = build(c)
     body = dict(c["response"]["body"], key_bits=c["response"]["key_bits"])
     assert dev.open_key_response(req, body).key == bytes.fromhex(c["response"]["session_key"])
+
+
+def assert_well_formed_response(c, body):
+    """body is a 200 answer to c's key request as docs/protocol.md describes
+    it, field by field (what a server may send, beyond what opens)."""
+    assert set(body) == {"v", "session_id", "key_id", "key_bits", "expires_at", "delivery",
+                         "nonce", "ct"}, body
+    assert body["v"] == 1 and body["session_id"] == c["session_id"]
+    assert UUID.fullmatch(body["key_id"]), body["key_id"]
+    assert type(body["expires_at"]) is int and body["expires_at"] > c["ts"]
+    assert body["key_bits"] in (128, 256) and body["delivery"] in ("session", "delivered")
+    nonce = qp.b64u_decode(body["nonce"])
+    assert len(nonce) == 12 and nonce != bytes.fromhex(c["request_nonce"])
+    assert len(qp.b64u_decode(body["ct"])) == body["key_bits"] // 8 + 16
+
+
+@pytest.mark.parametrize("c", KEY_ACCEPT, ids=ids(KEY_ACCEPT))
+def test_accepted_responses_are_well_formed(c):
+    assert_well_formed_response(c, c["response"]["body"])
+
+
+@pytest.mark.parametrize("c", REJECT, ids=ids(REJECT))
+def test_reject_differs_from_a_valid_response_in_one_named_thing(c):
+    """Each reject vector is a valid response with exactly the one thing
+    its must_fail names changed: undone, the body is well formed and
+    accepted, with the sealed key; so a refusal cannot come from another
+    defect of the vector (such as a malformed key_id)."""
+    r, valid, body = c["response"], c["valid_body"], c["response"]["body"]
+    diff = {k for k in set(valid) | set(body) if valid.get(k, MISSING) != body.get(k, MISSING)}
+    assert diff == set(c["differs_in"]), (diff, c["differs_in"])
+    assert diff in ALLOWED_DIFF[c["must_fail"]], (c["must_fail"], diff)
+    assert (r["key_id"], r["expires_at"]) == (valid["key_id"], valid["expires_at"])
+    assert r["key_bits"] == valid["key_bits"]
+    assert_well_formed_response(c, valid)
+    dev, req = build(c)
+    undone = dict(body, **{k: valid[k] for k in diff})
+    sk = dev.open_key_response(req, undone)
+    assert sk.key == bytes.fromhex(r["session_key"])
+    assert (sk.key_id, sk.expires_at) == (valid["key_id"], valid["expires_at"])
+    # The change is the named one and no bigger.
+    key = dev.keys[c["key_index"]]
+    aad = qp.response_aad(c["session_id"], c["device_id"], c["key_index"], valid["key_id"],
+                          valid["expires_at"], c["request_nonce_b64u"])
+    if c["must_fail"] in ("nonce_reuse", "nonce_length"):
+        # ct is the same key correctly sealed under the other nonce.
+        nonce = base64.urlsafe_b64decode(body["nonce"] + "=" * (-len(body["nonce"]) % 4))
+        assert AESGCM(key).decrypt(nonce, qp.b64u_decode(body["ct"]), aad) == sk.key
+    elif c["must_fail"] == "b64u":
+        # The same bytes for a lax decoder: only the encoding is wrong.
+        lax = base64.urlsafe_b64decode(body["ct"].rstrip("=") + "=" * (-len(body["ct"].rstrip("=")) % 4))
+        assert lax == qp.b64u_decode(valid["ct"])
+    elif diff == {"ct"}:
+        # An AEAD case about the ciphertext: it does not open under the
+        # AAD the client computes.
+        with pytest.raises(InvalidTag):
+            AESGCM(key).decrypt(bytes.fromhex(r["nonce"]), qp.b64u_decode(body["ct"]), aad)

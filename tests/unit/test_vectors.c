@@ -428,6 +428,55 @@ static void refusal_is_not_vacuous(void **state)
     json_decref(copy);
 }
 
+/* Each reject case is a valid response with one named thing changed: its
+ * body differs from valid_body in exactly the fields differs_in lists, and
+ * valid_body itself is accepted with the sealed key (so the refusal above
+ * comes from that one change, not from another defect of the vector). */
+static void reject_undone_is_accepted(void **state)
+{
+    size_t i;
+    json_t *c;
+    uint8_t skey[QKD_MAX_KEY_LEN];
+    char err[256];
+    int checked = 0;
+
+    FOR_CASES(*state, i, c) {
+        if (accepts(c))
+            continue;
+        const char *name = str(c, "name"), *k;
+        json_t *copy = json_deep_copy(c), *resp = json_object_get(copy, "response");
+        json_t *valid = json_object_get(copy, "valid_body"), *differs = json_object_get(c, "differs_in");
+        json_t *body = json_object_get(resp, "body"), *v;
+        size_t ndiff = 0, slen = unhex(str(resp, "session_key"), skey, sizeof(skey));
+        qkd_session_key sk;
+
+        if (!json_is_object(valid) || !json_is_array(differs) || json_array_size(differs) == 0)
+            fail_msg("%s: valid_body or differs_in missing", name);
+        json_object_foreach(valid, k, v) {
+            json_t *b = json_object_get(body, k);
+            if (!b || !json_equal(b, v)) {
+                int listed = 0;
+                for (size_t j = 0; j < json_array_size(differs); j++)
+                    listed |= !strcmp(json_string_value(json_array_get(differs, j)), k);
+                if (!listed)
+                    fail_msg("%s: field %s differs but is not in differs_in", name, k);
+                ndiff++;
+            }
+        }
+        if (ndiff != json_array_size(differs) || json_object_size(body) != json_object_size(valid))
+            fail_msg("%s: differs_in does not match the body", name);
+        json_object_set(resp, "body", valid);
+        if (client_response(copy, &sk, err, sizeof(err)) != QKD_OK)
+            fail_msg("%s: the valid body is refused: %s", name, err);
+        if (sk.key_len != slen || memcmp(sk.key, skey, slen) != 0)
+            fail_msg("%s: the valid body gives another key", name);
+        qkd_session_key_clear(&sk);
+        json_decref(copy);
+        checked++;
+    }
+    assert_true(checked > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -439,6 +488,7 @@ int main(void)
         cmocka_unit_test(response_accepted),
         cmocka_unit_test(response_refused),
         cmocka_unit_test(refusal_is_not_vacuous),
+        cmocka_unit_test(reject_undone_is_accepted),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

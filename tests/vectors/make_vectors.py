@@ -39,7 +39,8 @@ and op "key" cases a "response" object:
 
   session_key         hex: the key the server sealed
   key_id, expires_at, key_bits, delivery
-                      the values the server sealed for
+                      the values the server sealed for (key_id: a version 4
+                      UUID in lower-case text form, as kmsd sends)
   nonce               hex: the response nonce the server used
   aad                 the response associated data the server sealed with
                       (for "accept" cases exactly what the client computes:
@@ -49,7 +50,20 @@ and op "key" cases a "response" object:
   ct                  b64u: AES-GCM(device_key, nonce, aad, session_key)
   body                the response JSON object as the client receives it
 
-"reject" cases carry must_fail: which check of the client must refuse the
+Every "reject" case also carries
+
+  valid_body          the response a correct server sends to the same
+                      request (same session key, key_id, expires_at,
+                      key_bits; the case's own response nonce): a correct
+                      client accepts it
+  differs_in          the fields of response.body that differ from
+                      valid_body: exactly the one thing the case is about
+                      (["nonce","ct"] where the case is about the nonce,
+                      since ct is sealed under it); the generator checks
+                      that nothing else differs, so a case cannot be
+                      refused for another reason than the one it names
+
+and must_fail: which check of the client must refuse the
 body (a client that skipped that check would otherwise accept it):
 
   aead          the ciphertext does not open under the AAD the client
@@ -74,6 +88,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import sys
 
 from cryptography.exceptions import InvalidTag
@@ -93,6 +108,12 @@ def derive(label, n):
 def b64u(data):
     """RFC 4648 section 5, no padding."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def unb64u(s):
+    """Strict enough for the generator's own output: no padding expected."""
+    assert "=" not in s
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
 def id_ok(s):
@@ -195,13 +216,26 @@ def request_case(name, description, op, device_id, key_index, key_len, session_i
     return case, key, nonce
 
 
+def key_id_for(name):
+    """A fixed key ID for a case: a version 4 UUID in lower-case text form,
+    as kmsd makes them (random bits from derive instead of a RNG)."""
+    b = bytearray(derive(name + "/key-id", 16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:32]))
+
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
 def response(case, key, req_nonce, key_bits=128, delivery="session", key_id=None,
              expires_at=EXPIRES, resp_nonce=None, sealed_aad=None):
     """The server's answer to case's request, sealed correctly unless
     sealed_aad says otherwise. Returns (response dict, raw ct)."""
     name = case["name"]
-    key_id = key_id or derive(name + "/key-id", 16).hex()
-    key_id = "-".join((key_id[:8], key_id[8:12], key_id[12:16], key_id[16:20], key_id[20:32]))
+    key_id = key_id or key_id_for(name)
+    assert UUID_RE.fullmatch(key_id), key_id
     skey = derive(name + "/session-key", key_bits // 8)
     if resp_nonce is None:
         resp_nonce = derive(name + "/response-nonce", 12)
@@ -274,27 +308,40 @@ def reject_cases():
         return response_aad(case["session_id"], case["device_id"], case["key_index"],
                             body["key_id"], body["expires_at"], case["request_nonce_b64u"])
 
+    def add(case, key, nonce, resp, differs):
+        """Adds a reject case whose body differs from the valid response to
+        the same request (same session key, key ID, expiry and key length)
+        in exactly the fields differs names, and in nothing else."""
+        valid, _ = response(case, key, nonce, key_bits=resp["key_bits"])
+        vb, rb = valid["body"], resp["body"]
+        missing = object()
+        diff = sorted(k for k in set(vb) | set(rb) if vb.get(k, missing) != rb.get(k, missing))
+        assert diff == sorted(differs), (case["name"], diff, differs)
+        assert AESGCM(key).decrypt(unb64u(vb["nonce"]), unb64u(vb["ct"]),
+                                   client_aad(case, vb).encode()) == bytes.fromhex(resp["session_key"])
+        case["response"] = resp
+        case["valid_body"] = vb
+        case["differs_in"] = sorted(differs)
+        out.append(case)
+
     # aead: a flipped bit in the ciphertext.
     case, key, nonce = base("reject-tampered-ct", "one bit of the response ct flipped", "aead")
     resp, ct = response(case, key, nonce)
     bad = bytes([ct[0] ^ 0x01]) + ct[1:]
     resp["body"]["ct"] = b64u(bad)
     assert not opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), bad)
-    case["response"] = resp
-    out.append(case)
+    add(case, key, nonce, resp, ["ct"])
 
     # aead: sealed for another request (a response replayed to this one).
     case, key, nonce = base("reject-aad-other-request-nonce",
                             "the response AAD names another request's nonce (an old response "
                             "replayed to this request)", "aead")
     other = b64u(derive("reject-aad-other-request-nonce/other-request", 12))
-    key_id = derive(case["name"] + "/key-id", 16).hex()
-    key_id = "-".join((key_id[:8], key_id[8:12], key_id[12:16], key_id[16:20], key_id[20:32]))
+    key_id = key_id_for(case["name"])
     resp, ct = response(case, key, nonce, key_id=key_id, sealed_aad=response_aad(
         case["session_id"], case["device_id"], case["key_index"], key_id, EXPIRES, other))
     assert not opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
-    case["response"] = resp
-    out.append(case)
+    add(case, key, nonce, resp, ["ct"])
 
     # aead: key_id or expires_at in the body differ from what was sealed.
     for name, field, value in (("reject-key-id-changed", "key_id",
@@ -306,8 +353,7 @@ def reject_cases():
         assert resp["body"][field] != value
         resp["body"][field] = value
         assert not opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
-        case["response"] = resp
-        out.append(case)
+        add(case, key, nonce, resp, [field])
 
     # key_bits: claims 256 for a 128-bit ct, and 128 for a 256-bit ct.
     for name, sealed_bits, claimed in (("reject-key-bits-256-for-128", 128, 256),
@@ -318,8 +364,7 @@ def reject_cases():
         resp, ct = response(case, key, nonce, key_bits=sealed_bits)
         resp["body"]["key_bits"] = claimed
         assert opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
-        case["response"] = resp
-        out.append(case)
+        add(case, key, nonce, resp, ["key_bits"])
 
     # session_id: the body names another session; sealed for this request,
     # so the AEAD (which uses the request's session ID) would open.
@@ -328,16 +373,14 @@ def reject_cases():
     resp, ct = response(case, key, nonce)
     resp["body"]["session_id"] = "R-some-other-session"
     assert opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
-    case["response"] = resp
-    out.append(case)
+    add(case, key, nonce, resp, ["session_id"])
 
     # version
     case, key, nonce = base("reject-version-2", "v is 2", "version")
     resp, ct = response(case, key, nonce)
     resp["body"]["v"] = 2
     assert opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
-    case["response"] = resp
-    out.append(case)
+    add(case, key, nonce, resp, ["v"])
 
     # nonce_reuse: correctly sealed, but with the request's own nonce.
     case, key, nonce = base("reject-nonce-reuse", "the response is sealed with the request's nonce "
@@ -346,8 +389,7 @@ def reject_cases():
     resp, ct = response(case, key, nonce, resp_nonce=nonce)
     assert resp["body"]["nonce"] == case["request_nonce_b64u"]
     assert opens(key, nonce, client_aad(case, resp["body"]), ct)
-    case["response"] = resp
-    out.append(case)
+    add(case, key, nonce, resp, ["nonce", "ct"])
 
     # nonce_length: a 16-byte response nonce; AES-GCM accepts it, the
     # protocol (12 bytes) does not.
@@ -357,8 +399,7 @@ def reject_cases():
     n16 = derive(case["name"] + "/response-nonce-16", 16)
     resp, ct = response(case, key, nonce, resp_nonce=n16)
     assert opens(key, n16, client_aad(case, resp["body"]), ct)
-    case["response"] = resp
-    out.append(case)
+    add(case, key, nonce, resp, ["nonce", "ct"])
 
     # b64u: padding; non-zero unused trailing bits (a 32-byte ct is 43
     # characters whose last one carries 2 unused bits).
@@ -366,8 +407,7 @@ def reject_cases():
     resp, ct = response(case, key, nonce)
     assert len(resp["body"]["ct"]) == 43
     resp["body"]["ct"] += "="
-    case["response"] = resp
-    out.append(case)
+    add(case, key, nonce, resp, ["ct"])
 
     case, key, nonce = base("reject-ct-trailing-bits", "the unused low bits of ct's last character "
                             "are not zero (a lax decoder gets the right bytes)", "b64u")
@@ -379,8 +419,7 @@ def reject_cases():
     assert base64.urlsafe_b64decode(lax + "=") == ct  # the same bytes for a lax decoder
     resp["body"]["ct"] = lax
     assert opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
-    case["response"] = resp
-    out.append(case)
+    add(case, key, nonce, resp, ["ct"])
     return out
 
 
