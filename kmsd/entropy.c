@@ -297,6 +297,12 @@ static size_t read_full(source *s, uint8_t *buf, size_t len, char *err, size_t e
     return got;
 }
 
+/* Caller holds e->mu. */
+static bool source_usable(const source *s)
+{
+    return s->state != SRC_DISABLED && !(s->state == SRC_QUARANTINED && now_s() < s->next_try);
+}
+
 /* Serve len tested bytes from fallback s: 0, or -1 (buf wiped). Waits at
  * most entropy_wait_ms for another request's read of the same source (a
  * slow one: the next fallback serves instead). e->mu is held only to read
@@ -310,10 +316,13 @@ static int fallback_try(entropy *e, source *s, uint8_t *buf, size_t len)
     bool usable, starting, ok = false;
     size_t got;
 
-    if (pthread_mutex_clocklock(&s->io, CLOCK_MONOTONIC, &dl) != 0)
-        return -1;
     pthread_mutex_lock(&e->mu);
-    usable = s->state != SRC_DISABLED && !(s->state == SRC_QUARANTINED && now_s() < s->next_try);
+    usable = source_usable(s);
+    pthread_mutex_unlock(&e->mu);
+    if (!usable || pthread_mutex_clocklock(&s->io, CLOCK_MONOTONIC, &dl) != 0)
+        return -1; /* skipped at once while quarantined, without the io lock */
+    pthread_mutex_lock(&e->mu);
+    usable = source_usable(s);
     starting = s->state != SRC_OK;
     pthread_mutex_unlock(&e->mu);
     if (!usable)

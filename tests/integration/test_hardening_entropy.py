@@ -201,6 +201,7 @@ def test_slow_primary_does_not_stall_key_generation(qrng, fresh_stack):
     assert "pkcs11 (fallback)" in provs, provs  # the pool did run dry
     assert primary(st)["state"] == "ok"          # the primary was slow, not failed
     worst = max(t for t, _, _ in results)
+    print(f"slow primary: {len(results)} keys, slowest {worst:.2f} s, provenances {sorted(provs)}")
     # one entropy_wait_ms plus sanitizer slack; queued waits would add up
     # to several seconds per request
     assert worst < 3.5, f"slowest key generation took {worst:.2f} s"
@@ -209,6 +210,57 @@ def test_slow_primary_does_not_stall_key_generation(qrng, fresh_stack):
     assert status(st)["sources"][0]["name"] == "http"
     assert time.monotonic() - t0 < 2
     qrng.mode("ok")
+
+
+def test_hung_fallback_stalls_neither_other_sources_nor_status(qrng, fresh_stack):
+    """The primary is down; the first fallback is a program that never
+    writes (each read waits out entropy_http_timeout_ms, 3 s), the second is
+    the OS. The request reading the hung program waits; the others must go
+    on from the OS after at most entropy_wait_ms, and /readyz and the status
+    must answer at once, not queue behind the read."""
+    st = fresh_stack
+    out = os.path.join(st.state, "child")
+    script = write_script(st, "child.sh", 'echo $$ > "$1.pid"\nexec sleep 1000\n')
+    st.start(extra_env=entropy_env(qrng, "fallback", QKMS_ENTROPY_SOURCES="http,exec,os",
+                                   QKMS_ENTROPY_EXEC_COMMAND=f"sh {script} {out}",
+                                   QKMS_ENTROPY_HTTP_TIMEOUT_MS="3000",
+                                   QKMS_ENTROPY_WAIT_MS="200"))
+    qrng.mode("down")
+    assert wait_for(lambda: primary(st)["state"] == "quarantined")
+
+    def one(_):
+        t0 = time.monotonic()
+        r = st.admin("POST", "/v1/admin/devices", json={"device_id": "E-" + uuid.uuid4().hex[:10],
+                                                        "type": "vehicle", "keys": 1})
+        return time.monotonic() - t0, r.status_code, r.json()["keys"][0]["provenance"]
+
+    probes = []
+
+    def probe():
+        end = time.monotonic() + 6
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            assert requests.get(st.url + "/readyz", timeout=10).status_code == 200
+            assert st.admin("GET", "/v1/admin/entropy").status_code == 200
+            probes.append(time.monotonic() - t0)
+            time.sleep(0.2)
+
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(9) as ex:
+        p = ex.submit(probe)
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            results += list(ex.map(one, range(8)))
+        p.result()
+    assert all(code == 201 for _, code, _ in results), results
+    assert {prov for _, _, prov in results} == {"os (fallback)"}
+    fast = sorted(t for t, _, _ in results)
+    print(f"hung fallback: {len(fast)} keys, p75 {fast[len(fast) * 3 // 4]:.2f} s, "
+          f"slowest {fast[-1]:.2f} s; slowest probe {max(probes):.2f} s")
+    # the requests that found the program being read by another one
+    # answered within about entropy_wait_ms; a few read it themselves
+    assert fast[len(fast) * 3 // 4] < 1.5, fast
+    assert max(probes) < 1.5, probes
 
 
 # ---- item 10: a lost key-generation answer is not retried blindly --------------
