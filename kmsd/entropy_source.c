@@ -464,6 +464,7 @@ static long http_read(esrc *s, uint8_t *buf, size_t len, char *err, size_t el)
     }
     if (h->body)
         OPENSSL_cleanse(h->body, h->len);
+    OPENSSL_cleanse(url, sizeof(url)); /* its query may carry an API key */
     return n;
 }
 
