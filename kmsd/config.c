@@ -400,6 +400,9 @@ static char *read_file(const char *path, size_t max, size_t *len, int *err)
         fclose(f);
         return NULL;
     }
+    /* Unbuffered: the file may hold a PIN, and stdio's buffer would go back
+     * to the heap unwiped at fclose. */
+    setvbuf(f, NULL, _IONBF, 0);
     n = fread(buf, 1, max + 1, f);
     fclose(f);
     if (n > max) {
