@@ -311,17 +311,21 @@ int config_parse_text(kms_config *c, const char *text, const char *src, char *er
     const char *p = text;
     int line = 0;
 
+    /* buf may hold a secret (a pkcs11_pin line): every way out wipes it. */
+    char buf[4200];
+    int rc = -1;
+
     while (*p) {
         const char *eol = strchr(p, '\n');
         size_t len = eol ? (size_t)(eol - p) : strlen(p);
-        char buf[4200], why[160];
+        char why[160];
         char *k, *v, *eq, *end;
         const config_option *o;
 
         line++;
         if (len >= sizeof(buf)) {
             fmt(err, el, "%s:%d: line too long", src, line);
-            return -1;
+            goto out;
         }
         memcpy(buf, p, len);
         buf[len] = 0;
@@ -334,7 +338,7 @@ int config_parse_text(kms_config *c, const char *text, const char *src, char *er
         eq = strchr(k, '=');
         if (!eq) {
             fmt(err, el, "%s:%d: expected 'key = value'", src, line);
-            return -1;
+            goto out;
         }
         for (end = eq; end > k && isspace((unsigned char)end[-1]); end--)
             ;
@@ -346,13 +350,13 @@ int config_parse_text(kms_config *c, const char *text, const char *src, char *er
             char *rest;
             if (!q) {
                 fmt(err, el, "%s:%d: unterminated quote", src, line);
-                return -1;
+                goto out;
             }
             for (rest = q + 1; isspace((unsigned char)*rest); rest++)
                 ;
             if (*rest && *rest != '#') {
                 fmt(err, el, "%s:%d: text after closing quote", src, line);
-                return -1;
+                goto out;
             }
             *q = 0;
             v++;
@@ -367,26 +371,28 @@ int config_parse_text(kms_config *c, const char *text, const char *src, char *er
         for (char *s = k; *s; s++)
             if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '_')) {
                 fmt(err, el, "%s:%d: invalid option name", src, line);
-                return -1;
+                goto out;
             }
         o = find_opt(k, strlen(k));
         if (!o) {
             fmt(err, el, "%s:%d: unknown option '%s'", src, line, k);
-            return -1;
+            goto out;
         }
         if (seen[o - config_options]) {
             fmt(err, el, "%s:%d: option '%s' set twice", src, line, k);
-            return -1;
+            goto out;
         }
         seen[o - config_options] = true;
         if (set_opt(c, o, v, why, sizeof(why)) != 0) {
             fmt(err, el, "%s:%d: option '%s': %s", src, line, k, why);
-            OPENSSL_cleanse(buf, sizeof(buf));
-            return -1;
+            goto out;
         }
         OPENSSL_cleanse(buf, sizeof(buf));
     }
-    return 0;
+    rc = 0;
+out:
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return rc;
 }
 
 static char *read_file(const char *path, size_t max, size_t *len, int *err)
@@ -404,6 +410,9 @@ static char *read_file(const char *path, size_t max, size_t *len, int *err)
         fclose(f);
         return NULL;
     }
+    /* Unbuffered: the file may hold a PIN, and stdio's buffer would go back
+     * to the heap unwiped at fclose. */
+    setvbuf(f, NULL, _IONBF, 0);
     n = fread(buf, 1, max + 1, f);
     fclose(f);
     if (n > max) {
@@ -428,6 +437,7 @@ int config_load_file(kms_config *c, const char *path, char *err, size_t el)
     }
     if (strlen(text) != len) {
         fmt(err, el, "%s: contains a NUL byte", path);
+        OPENSSL_cleanse(text, len);
         free(text);
         return -1;
     }
@@ -437,12 +447,38 @@ int config_load_file(kms_config *c, const char *path, char *err, size_t el)
     return rc;
 }
 
+/* Options whose environment variable may carry a credential: the PIN, a
+ * libpq string with password=, a QRNG URL or command line with an API key.
+ * They are read once and then wiped and removed from the environment, so
+ * that no child process and no /proc/<pid>/environ reader sees them. */
+static bool env_is_secret(const config_option *o)
+{
+    static const char *const names[] = {"db_conninfo", "entropy_http_url",
+                                        "entropy_exec_command"};
+    if (o->secret)
+        return true;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (!strcmp(o->name, names[i]))
+            return true;
+    return false;
+}
+
+/* Overwrite the value where it lives (the process's initial environment
+ * block, which /proc/<pid>/environ shows even after unsetenv), then drop
+ * the variable. */
+static void env_scrub(const char *var, char *value)
+{
+    OPENSSL_cleanse(value, strlen(value));
+    unsetenv(var);
+}
+
 int config_apply_env(kms_config *c, char *err, size_t el)
 {
     for (size_t i = 0; i < config_options_count; i++) {
         char var[96], why[160];
-        const char *v;
+        char *v;
         size_t j;
+        int rc;
         strcpy(var, "QKMS_");
         for (j = 0; config_options[i].name[j] && j < sizeof(var) - 6; j++)
             var[5 + j] = (char)toupper((unsigned char)config_options[i].name[j]);
@@ -450,7 +486,10 @@ int config_apply_env(kms_config *c, char *err, size_t el)
         v = getenv(var);
         if (!v)
             continue;
-        if (set_opt(c, &config_options[i], v, why, sizeof(why)) != 0) {
+        rc = set_opt(c, &config_options[i], v, why, sizeof(why));
+        if (env_is_secret(&config_options[i]))
+            env_scrub(var, v);
+        if (rc != 0) {
             fmt(err, el, "environment %s: %s", var, why);
             return -1;
         }
@@ -458,12 +497,8 @@ int config_apply_env(kms_config *c, char *err, size_t el)
     return 0;
 }
 
-int config_finish(kms_config *c, char *err, size_t el)
+int config_check(const kms_config *c, char *err, size_t el)
 {
-    if (!c->db_conninfo) {
-        fmt(err, el, "db_conninfo is required");
-        return -1;
-    }
     if (!c->pkcs11_module || !c->pkcs11_token_label || !c->master_key_label ||
         !c->entropy_sources || !c->listen_addr) {
         fmt(err, el, "pkcs11_module, pkcs11_token_label, master_key_label, entropy_sources and "
@@ -483,6 +518,17 @@ int config_finish(kms_config *c, char *err, size_t el)
             fmt(err, el, "master_key_label: only letters, digits, '-', '_' and '.'");
             return -1;
         }
+    return 0;
+}
+
+int config_finish(kms_config *c, char *err, size_t el)
+{
+    if (!c->db_conninfo) {
+        fmt(err, el, "db_conninfo is required");
+        return -1;
+    }
+    if (config_check(c, err, el) != 0)
+        return -1;
     if (c->pkcs11_pin_file && !c->pkcs11_pin) {
         size_t len;
         int e = 0;
@@ -500,6 +546,11 @@ int config_finish(kms_config *c, char *err, size_t el)
         return -1;
     }
     return 0;
+}
+
+void config_forget_pin(kms_config *c)
+{
+    free_str(&c->pkcs11_pin, true);
 }
 
 void config_hash(const kms_config *c, char out[65])

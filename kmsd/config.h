@@ -8,9 +8,16 @@
  *    double quotes); an unknown key, a repeated key or a bad value is an error
  *    naming the source and line ("kmsd.conf:12: ...").
  *  - config_apply_env() applies QKMS_<KEY> overrides (upper case), with
- *    errors naming the variable.
+ *    errors naming the variable. Variables that may hold a credential
+ *    (QKMS_PKCS11_PIN, QKMS_DB_CONNINFO, QKMS_ENTROPY_HTTP_URL,
+ *    QKMS_ENTROPY_EXEC_COMMAND) are wiped in place and unset once read: call
+ *    it before any thread starts (setenv/unsetenv are not thread-safe).
  *  - config_finish() reads secret files (pkcs11_pin_file) and checks
  *    cross-option rules. Secret values never appear in error messages.
+ *  - config_check() is config_finish() without the secrets and without
+ *    db_conninfo: for a SIGHUP reload, which changes neither (the scrubbed
+ *    variables are gone by then).
+ *  - config_forget_pin() wipes and frees the PIN once the token has it.
  *  - config_hash() is a SHA-256 over the effective non-secret settings.
  *  - config_free() zeroizes secrets.
  */
@@ -123,6 +130,8 @@ int config_parse_text(kms_config *c, const char *text, const char *source, char 
 int config_load_file(kms_config *c, const char *path, char *err, size_t errlen);
 int config_apply_env(kms_config *c, char *err, size_t errlen);
 int config_finish(kms_config *c, char *err, size_t errlen);
+int config_check(const kms_config *c, char *err, size_t errlen);
+void config_forget_pin(kms_config *c);
 /* Set one option from text (used by the parser and env); returns 0 or -1 with
  * a reason in why ("expected an integer from 1 to 65535"). */
 int config_set(kms_config *c, const char *key, const char *value, char *why, size_t whylen);

@@ -102,7 +102,7 @@ int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_time
     p->acquire_timeout_ms = acquire_timeout_ms;
     p->backoff_ms = DB_BACKOFF_MIN_MS;
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv, NULL);
+    deadline_cond_init(&p->cv); /* waited on with deadline_in_ms */
     *out = p;
     return 0;
 }

@@ -29,6 +29,10 @@ static const char *const state_names[] = {"starting", "ok", "quarantined", "disa
 
 typedef struct {
     esrc *s;
+    /* Held across a fallback source's read (sources are used by one thread
+     * at a time), never together with a lock key generation needs: e->mu is
+     * taken only around the state check before and the health test after. */
+    pthread_mutex_t io;
     char name[16];
     bool primary;
     src_state state;
@@ -52,6 +56,11 @@ struct entropy {
     pthread_cond_t refill, data;
     uint8_t *pool; /* secure heap ring buffer */
     size_t cap, head, len;
+    /* A wait for the pool timed out and no primary data has come since: the
+     * primary is stalled (a slow read in flight). Later requests do not wait
+     * again but go straight to the policy, so a stalled feed costs one
+     * entropy_wait_ms, not one per request. Cleared by pool_put. */
+    bool starved;
     pthread_t thread;
     bool stop, thread_started;
 
@@ -155,6 +164,8 @@ static bool health_check(entropy *e, source *s, const uint8_t *buf, size_t n)
 /* Append; when full, the oldest bytes make room (fresher data wins). */
 static void pool_put(entropy *e, const uint8_t *buf, size_t n)
 {
+    if (n)
+        e->starved = false;
     for (size_t i = 0; i < n; i++) {
         if (e->len == e->cap) {
             e->pool[e->head] = 0;
@@ -178,10 +189,12 @@ static int pool_take(entropy *e, uint8_t *buf, size_t n, int wait_ms)
     struct timespec dl = deadline_in_ms(wait_ms);
     int rc = -1;
     pthread_mutex_lock(&e->mu);
-    while (e->len < n && e->src[0].state == SRC_OK && !e->stop) {
+    while (e->len < n && e->src[0].state == SRC_OK && !e->stop && !e->starved) {
         pthread_cond_signal(&e->refill);
-        if (pthread_cond_timedwait(&e->data, &e->mu, &dl) == ETIMEDOUT)
+        if (pthread_cond_timedwait(&e->data, &e->mu, &dl) == ETIMEDOUT) {
+            e->starved = e->len < n;
             break;
+        }
     }
     if (e->len >= n && e->src[0].state == SRC_OK) {
         for (size_t i = 0; i < n; i++) {
@@ -268,52 +281,87 @@ static void *refill_loop(void *arg)
     return NULL;
 }
 
-/* ---- fallback sources (read synchronously; fast local sources) ------------- */
+/* ---- fallback sources (read synchronously by the request) -------------------- */
+
+/* Read exactly len bytes from s, or fewer on a failure (reason in err).
+ * The caller holds s->io, not e->mu: this may take a source's timeout. */
+static size_t read_full(source *s, uint8_t *buf, size_t len, char *err, size_t el)
+{
+    size_t got = 0;
+    while (got < len) {
+        long n = s->s->ops->read(s->s, buf + got, len - got, err, el);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    return got;
+}
+
+/* Caller holds e->mu. */
+static bool source_usable(const source *s)
+{
+    return s->state != SRC_DISABLED && !(s->state == SRC_QUARANTINED && now_s() < s->next_try);
+}
+
+/* Serve len tested bytes from fallback s: 0, or -1 (buf wiped). Waits at
+ * most entropy_wait_ms for another request's read of the same source (a
+ * slow one: the next fallback serves instead). e->mu is held only to read
+ * the state and to test what was read, so a slow fallback stalls neither
+ * the pool, nor the other sources, nor /readyz and the status. */
+static int fallback_try(entropy *e, source *s, uint8_t *buf, size_t len)
+{
+    struct timespec dl = deadline_in_ms(e->cfg->entropy_wait_ms);
+    uint8_t start[STARTUP_SAMPLES];
+    char err[160] = "";
+    bool usable, starting, ok = false;
+    size_t got;
+
+    pthread_mutex_lock(&e->mu);
+    usable = source_usable(s);
+    pthread_mutex_unlock(&e->mu);
+    if (!usable || pthread_mutex_clocklock(&s->io, CLOCK_MONOTONIC, &dl) != 0)
+        return -1; /* skipped at once while quarantined, without the io lock */
+    pthread_mutex_lock(&e->mu);
+    usable = source_usable(s);
+    starting = s->state != SRC_OK;
+    pthread_mutex_unlock(&e->mu);
+    if (!usable)
+        goto out;
+    if (starting) {
+        /* Start-up test on a separate sample before first use. */
+        got = read_full(s, start, sizeof(start), err, sizeof(err));
+        pthread_mutex_lock(&e->mu);
+        if (got < sizeof(start))
+            source_failed(e, s, err[0] ? err : "short read", false);
+        usable = got == sizeof(start) && health_check(e, s, start, got);
+        pthread_mutex_unlock(&e->mu);
+        OPENSSL_cleanse(start, sizeof(start));
+        if (!usable)
+            goto out;
+    }
+    got = read_full(s, buf, len, err, sizeof(err));
+    pthread_mutex_lock(&e->mu);
+    if (got < len)
+        source_failed(e, s, err[0] ? err : "short read", false);
+    else if (health_check(e, s, buf, len))
+        ok = true;
+    if (ok)
+        e->fallback_served++;
+    pthread_mutex_unlock(&e->mu);
+out:
+    if (!ok)
+        OPENSSL_cleanse(buf, len);
+    pthread_mutex_unlock(&s->io);
+    return ok ? 0 : -1;
+}
 
 static int fallback_read(entropy *e, uint8_t *buf, size_t len, const char **prov)
 {
-    pthread_mutex_lock(&e->mu);
-    for (int i = 1; i < e->n; i++) {
-        source *s = &e->src[i];
-        size_t got = 0;
-        char err[160] = "";
-        uint8_t start[STARTUP_SAMPLES];
-        if (s->state == SRC_DISABLED || (s->state == SRC_QUARANTINED && now_s() < s->next_try))
-            continue;
-        if (s->state != SRC_OK) {
-            /* Start-up test on a separate sample before first use. */
-            size_t sg = 0;
-            while (sg < sizeof(start)) {
-                long n = s->s->ops->read(s->s, start + sg, sizeof(start) - sg, err, sizeof(err));
-                if (n <= 0)
-                    break;
-                sg += (size_t)n;
-            }
-            bool ok = sg == sizeof(start) && health_check(e, s, start, sg);
-            OPENSSL_cleanse(start, sizeof(start));
-            if (!ok) {
-                if (sg < sizeof(start))
-                    source_failed(e, s, err[0] ? err : "short read", false);
-                continue;
-            }
-        }
-        while (got < len) {
-            long n = s->s->ops->read(s->s, buf + got, len - got, err, sizeof(err));
-            if (n <= 0)
-                break;
-            got += (size_t)n;
-        }
-        if (got < len) {
-            source_failed(e, s, err[0] ? err : "short read", false);
-        } else if (health_check(e, s, buf, len)) {
-            e->fallback_served++;
-            *prov = s->prov_fallback;
-            pthread_mutex_unlock(&e->mu);
+    for (int i = 1; i < e->n; i++)
+        if (fallback_try(e, &e->src[i], buf, len) == 0) {
+            *prov = e->src[i].prov_fallback;
             return 0;
         }
-        OPENSSL_cleanse(buf, len);
-    }
-    pthread_mutex_unlock(&e->mu);
     return -1;
 }
 
@@ -327,34 +375,57 @@ static bool primary_ok(entropy *e)
     return ok;
 }
 
-static int drbg_get(entropy *e, uint8_t *buf, size_t len, const char **prov)
+/* Caller holds drbg_mu. */
+static bool drbg_needs_reseed(entropy *e, size_t len)
 {
     const kms_config *c = e->cfg;
+    return e->force_reseed || c->entropy_prediction_resistance || !e->drbg_ready ||
+           e->since_reseed + len > (uint64_t)c->entropy_reseed_bytes ||
+           now_s() - e->last_reseed >= c->entropy_reseed_interval;
+}
+
+/* Caller holds drbg_mu; seed is fresh tested primary output. */
+static int drbg_reseed(entropy *e, const uint8_t *seed)
+{
+    if (!e->drbg_ready) {
+        /* Instantiation draws OpenSSL's own seed; the reseed right after
+         * puts our tested primary input in. */
+        if (EVP_RAND_instantiate(e->drbg, 256, 0, (const unsigned char *)"qkms", 4, NULL) != 1)
+            return -1;
+        e->drbg_ready = true;
+    }
+    if (EVP_RAND_reseed(e->drbg, 0, seed, SEED_LEN, NULL, 0) != 1) {
+        log_emit(LOG_ERROR, "DRBG reseed failed", NULL);
+        return -1;
+    }
+    e->since_reseed = 0;
+    e->last_reseed = now_s();
+    e->reseeds++;
+    e->force_reseed = false;
+    return 0;
+}
+
+/* The seed is taken from the pool without drbg_mu held: a request waiting
+ * for a slow primary must not hold up requests the DRBG can serve now.
+ * Whoever finds a reseed due fetches a seed, then takes drbg_mu; at most
+ * two rounds, since the second always has a seed in hand. */
+static int drbg_get(entropy *e, uint8_t *buf, size_t len, const char **prov)
+{
     uint8_t seed[SEED_LEN];
+    bool have_seed = false;
     int rc = -1;
 
-    pthread_mutex_lock(&e->drbg_mu);
-    if (e->force_reseed || c->entropy_prediction_resistance || !e->drbg_ready ||
-        e->since_reseed + len > (uint64_t)c->entropy_reseed_bytes ||
-        now_s() - e->last_reseed >= c->entropy_reseed_interval) {
-        if (pool_take(e, seed, sizeof(seed), c->entropy_wait_ms) != 0)
-            goto out;
-        if (!e->drbg_ready) {
-            /* Instantiation draws OpenSSL's own seed; the reseed right after
-             * puts our tested primary input in. */
-            if (EVP_RAND_instantiate(e->drbg, 256, 0, (const unsigned char *)"qkms", 4, NULL) != 1)
-                goto out;
-            e->drbg_ready = true;
-        }
-        if (EVP_RAND_reseed(e->drbg, 0, seed, sizeof(seed), NULL, 0) != 1) {
-            log_emit(LOG_ERROR, "DRBG reseed failed", NULL);
-            goto out;
-        }
-        e->since_reseed = 0;
-        e->last_reseed = now_s();
-        e->reseeds++;
-        e->force_reseed = false;
+    for (int round = 0; round < 2; round++) {
+        pthread_mutex_lock(&e->drbg_mu);
+        if (have_seed || !drbg_needs_reseed(e, len))
+            break; /* with drbg_mu held */
+        pthread_mutex_unlock(&e->drbg_mu);
+        if (pool_take(e, seed, sizeof(seed), e->cfg->entropy_wait_ms) != 0)
+            goto out_unlocked;
+        have_seed = true;
     }
+    if (have_seed && drbg_reseed(e, seed) != 0)
+        goto out;
     for (size_t off = 0; off < len;) {
         size_t n = len - off > 4096 ? 4096 : len - off;
         if (EVP_RAND_generate(e->drbg, buf + off, n, 256, 0, NULL, 0) != 1)
@@ -365,10 +436,11 @@ static int drbg_get(entropy *e, uint8_t *buf, size_t len, const char **prov)
     *prov = e->src[0].prov_drbg;
     rc = 0;
 out:
+    pthread_mutex_unlock(&e->drbg_mu);
+out_unlocked:
     OPENSSL_cleanse(seed, sizeof(seed));
     if (rc != 0)
         OPENSSL_cleanse(buf, len);
-    pthread_mutex_unlock(&e->drbg_mu);
     return rc;
 }
 
@@ -475,8 +547,8 @@ int entropy_open(entropy **out, const kms_config *cfg, p11_token *token, char *e
     e->direct = !strcmp(cfg->entropy_mode, "direct");
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->drbg_mu, NULL);
-    pthread_cond_init(&e->refill, NULL);
-    pthread_cond_init(&e->data, NULL);
+    deadline_cond_init(&e->refill);
+    deadline_cond_init(&e->data);
     if (hc_params_compute(cfg->entropy_min_entropy, cfg->entropy_health_alpha_log2, &e->hp) != 0) {
         snprintf(err, el, "entropy_min_entropy/entropy_health_alpha_log2 out of range");
         goto out;
@@ -494,6 +566,7 @@ int entropy_open(entropy **out, const kms_config *cfg, p11_token *token, char *e
             }
         if (esrc_create(&s->s, tok, cfg, token, err, el) != 0)
             goto out;
+        pthread_mutex_init(&s->io, NULL);
         snprintf(s->name, sizeof(s->name), "%s", tok);
         s->primary = e->n == 0;
         s->state = SRC_STARTING;
@@ -567,8 +640,10 @@ void entropy_close(entropy *e)
         pthread_mutex_unlock(&e->mu);
         pthread_join(e->thread, NULL);
     }
-    for (int i = 0; i < e->n; i++)
+    for (int i = 0; i < e->n; i++) {
         esrc_destroy(e->src[i].s);
+        pthread_mutex_destroy(&e->src[i].io);
+    }
     if (e->pool)
         OPENSSL_secure_clear_free(e->pool, e->cap);
     EVP_RAND_CTX_free(e->drbg);
@@ -582,7 +657,7 @@ void entropy_close(entropy *e)
 
 /* ---- status ---------------------------------------------------------------------- */
 
-json_t *entropy_status(entropy *e)
+json_t *entropy_status(entropy *e, bool full)
 {
     json_t *srcs = json_array(), *out;
     pthread_mutex_lock(&e->mu);
@@ -590,7 +665,7 @@ json_t *entropy_status(entropy *e)
         source *s = &e->src[i];
         json_array_append_new(
             srcs, json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:i,s:s}", "name", s->name, "role",
-                            s->primary ? "primary" : "fallback", "describe", s->s->describe,
+                            s->primary ? "primary" : "fallback", "describe", full ? s->s->describe : s->s->describe_public,
                             "state", state_names[s->state], "bytes", (json_int_t)s->bytes,
                             "health_failures_rct", (json_int_t)s->rct_failures,
                             "health_failures_apt", (json_int_t)s->apt_failures, "errors",

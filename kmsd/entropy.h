@@ -21,6 +21,12 @@
  *  - When the primary is not usable: entropy_policy=require fails (-1:
  *    callers answer 503); fallback serves from the first healthy fallback and
  *    says so in the provenance, the log and the metrics.
+ *  - No lock key generation needs is held across a source read: the
+ *    refill thread reads the primary without e->mu, a request waits for a
+ *    reseed without the DRBG's lock, and a fallback is read under its own
+ *    lock only (waited for at most entropy_wait_ms). Once a wait for the
+ *    pool has timed out, later requests go to the policy at once until
+ *    primary data arrives again.
  *  - *provenance names where the bytes came from, e.g. "http+ctr-drbg",
  *    "http (direct)", "os (fallback)"; it points to storage owned by the
  *    entropy object. Thread-safe.
@@ -28,6 +34,7 @@
 #ifndef QKMS_ENTROPY_H
 #define QKMS_ENTROPY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,8 +64,11 @@ int entropy_ready(entropy *e, char *why, size_t whylen);
 /* Re-enable a disabled source by name; 0, or -1 when there is none. */
 int entropy_enable(entropy *e, const char *name);
 
-/* {"policy","mode","pool":{...},"drbg":{...},"sources":[...]} */
-json_t *entropy_status(entropy *e);
+/* {"policy","mode","pool":{...},"drbg":{...},"sources":[...]}. A source's
+ * "describe" is complete with full (admins); otherwise without what may
+ * carry a credential: an http URL's user info, path and query, an exec
+ * command's arguments and directory. */
+json_t *entropy_status(entropy *e, bool full);
 void entropy_metrics_render(entropy *e, FILE *f);
 
 /* Sanity check kept for callers' unit tests: a block of one repeated byte. */

@@ -21,8 +21,6 @@
 
 #include "hexutil.h"
 
-extern char **environ;
-
 #define HTTP_BODY_MAX (4u << 20)
 
 /* ---- os ------------------------------------------------------------------- */
@@ -141,30 +139,105 @@ static const esrc_ops dev_ops = {"device", dev_open, dev_read, dev_close};
 
 /* ---- exec: a program writing random bytes to stdout ------------------------- */
 
+/* How long a program has to exit after SIGTERM before it gets SIGKILL. */
+#define EXEC_REAP_GRACE_MS 2000
+
 typedef struct {
     int fd;
     pid_t pid;
     char **argv;
+    char **envp; /* the minimal environment the program gets (exec_env) */
 } exec_impl;
 
+static long ms_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long)(now.tv_sec - t0->tv_sec) * 1000 + (now.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/* Stop the program: SIGTERM, then SIGKILL if it is still there after
+ * EXEC_REAP_GRACE_MS, and reap it either way, so neither a program that
+ * ignores SIGTERM nor a hung one can hold up kmsd's shutdown or linger. */
 static void exec_reap(exec_impl *x)
 {
+    struct timespec t0, nap = {0, 10 * 1000000L};
     if (x->fd >= 0)
         close(x->fd);
     x->fd = -1;
-    if (x->pid > 0) {
-        kill(x->pid, SIGTERM);
-        waitpid(x->pid, NULL, 0);
+    if (x->pid <= 0)
+        return;
+    kill(x->pid, SIGTERM);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        pid_t r = waitpid(x->pid, NULL, WNOHANG);
+        if (r == x->pid || (r < 0 && errno != EINTR))
+            break;
+        if (ms_since(&t0) >= EXEC_REAP_GRACE_MS) {
+            kill(x->pid, SIGKILL);
+            while (waitpid(x->pid, NULL, 0) < 0 && errno == EINTR)
+                ;
+            break;
+        }
+        nanosleep(&nap, NULL);
     }
     x->pid = 0;
 }
 
+/* The program's environment: only what a program needs to run, copied from
+ * kmsd's own (PATH, LANG, LC_ALL, TZ; PATH defaults to a system path). Never
+ * kmsd's whole environment, which may carry QKMS_* settings, PG* variables
+ * or anything else a secret could hide in. */
+static const char *const exec_env_names[] = {"PATH", "LANG", "LC_ALL", "TZ"};
+#define EXEC_ENV_N (sizeof(exec_env_names) / sizeof(exec_env_names[0]))
+
+static char **exec_env(void)
+{
+    char **envp = calloc(EXEC_ENV_N + 1, sizeof(char *));
+    size_t n = 0;
+    if (!envp)
+        return NULL;
+    for (size_t i = 0; i < EXEC_ENV_N; i++) {
+        const char *v = getenv(exec_env_names[i]);
+        if (!v && !strcmp(exec_env_names[i], "PATH"))
+            v = "/usr/local/bin:/usr/bin:/bin";
+        if (v && asprintf(&envp[n], "%s=%s", exec_env_names[i], v) >= 0)
+            n++;
+    }
+    return envp;
+}
+
 /* posix_spawn, not fork: the child execs at once and never touches the
- * PKCS#11 module, which must not be used across fork. */
+ * PKCS#11 module, which must not be used across fork. kmsd blocks SIGINT,
+ * SIGTERM and SIGHUP in every thread and ignores SIGPIPE; a program must
+ * start with an empty mask and default dispositions (else SIGTERM could
+ * never stop it, and a closed pipe would not end it), and with no
+ * descriptor of kmsd's but its stdout. */
+static int exec_spawn(exec_impl *x, int out_fd)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t none, all;
+    int rc;
+
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&at);
+    posix_spawn_file_actions_adddup2(&fa, out_fd, STDOUT_FILENO);
+    posix_spawn_file_actions_addclosefrom_np(&fa, STDERR_FILENO + 1);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &all);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    rc = posix_spawnp(&x->pid, x->argv[0], &fa, &at, x->argv, x->envp);
+    posix_spawnattr_destroy(&at);
+    posix_spawn_file_actions_destroy(&fa);
+    return rc;
+}
+
 static int exec_open(esrc *s, char *err, size_t el)
 {
     exec_impl *x = s->impl;
-    posix_spawn_file_actions_t fa;
     int pfd[2], rc;
     if (x->fd >= 0)
         return 0;
@@ -172,10 +245,7 @@ static int exec_open(esrc *s, char *err, size_t el)
         snprintf(err, el, "pipe: %s", strerror(errno));
         return -1;
     }
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, pfd[1], STDOUT_FILENO);
-    rc = posix_spawnp(&x->pid, x->argv[0], &fa, NULL, x->argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
+    rc = exec_spawn(x, pfd[1]);
     close(pfd[1]);
     if (rc != 0) {
         close(pfd[0]);
@@ -209,7 +279,7 @@ typedef struct {
     CURL *curl;
     char *bearer; /* "Authorization: Bearer ..." */
     char *body;
-    size_t len;
+    size_t len, cap;
     int overflow;
 } http_impl;
 
@@ -221,10 +291,24 @@ static size_t http_sink(char *p, size_t sz, size_t n, void *arg)
         h->overflow = 1;
         return 0;
     }
-    char *nb = realloc(h->body, h->len + k + 1);
-    if (!nb)
-        return 0;
-    h->body = nb;
+    if (h->len + k + 1 > h->cap) {
+        /* Not realloc: the old block holds random bytes that become key
+         * material, and must be wiped before it goes back to the heap. */
+        size_t cap = h->cap ? h->cap : 8192;
+        char *nb;
+        while (cap < h->len + k + 1)
+            cap *= 2;
+        nb = malloc(cap);
+        if (!nb)
+            return 0;
+        if (h->body) {
+            memcpy(nb, h->body, h->len);
+            OPENSSL_cleanse(h->body, h->cap);
+            free(h->body);
+        }
+        h->body = nb;
+        h->cap = cap;
+    }
     memcpy(h->body + h->len, p, k);
     h->len += k;
     h->body[h->len] = 0;
@@ -380,6 +464,7 @@ static long http_read(esrc *s, uint8_t *buf, size_t len, char *err, size_t el)
     }
     if (h->body)
         OPENSSL_cleanse(h->body, h->len);
+    OPENSSL_cleanse(url, sizeof(url)); /* its query may carry an API key */
     return n;
 }
 
@@ -401,6 +486,7 @@ static char *read_secret_line(const char *path)
     char buf[1024], *out = NULL;
     if (!f)
         return NULL;
+    setvbuf(f, NULL, _IONBF, 0); /* no stdio buffer left holding the token */
     if (fgets(buf, sizeof(buf), f)) {
         buf[strcspn(buf, "\r\n")] = 0;
         if (asprintf(&out, "Authorization: Bearer %s", buf) < 0)
@@ -409,6 +495,30 @@ static char *read_secret_line(const char *path)
     OPENSSL_cleanse(buf, sizeof(buf));
     fclose(f);
     return out;
+}
+
+/* What non-admin roles are shown (esrc.describe_public): an http URL cut to
+ * scheme, host and port (its user info, path and query may carry an API
+ * key), an exec command cut to the program's base name (its arguments may). */
+static void describe_http_public(esrc *s, const kms_config *cfg)
+{
+    const char *u = cfg->entropy_http_url, *host = strstr(u, "://"), *end, *at;
+    size_t scheme = host ? (size_t)(host - u) : 0;
+    host = host ? host + 3 : u;
+    end = host + strcspn(host, "/?#");
+    at = memchr(host, '@', (size_t)(end - host));
+    if (at)
+        host = at + 1;
+    snprintf(s->describe_public, sizeof(s->describe_public), "http %s %.*s%s%.*s/... (%s)",
+             cfg->entropy_http_method, (int)scheme, u, scheme ? "://" : "", (int)(end - host),
+             host, cfg->entropy_http_format);
+}
+
+static void describe_exec_public(esrc *s, const char *prog)
+{
+    const char *base = strrchr(prog, '/');
+    snprintf(s->describe_public, sizeof(s->describe_public), "exec %s ...",
+             base ? base + 1 : prog);
 }
 
 int esrc_create(esrc **out, const char *kind, const kms_config *cfg, p11_token *token, char *err,
@@ -454,20 +564,24 @@ int esrc_create(esrc **out, const char *kind, const kms_config *cfg, p11_token *
         }
         x->fd = -1;
         x->argv = calloc(33, sizeof(char *));
-        copy = strdup(cfg->entropy_exec_command);
+        x->envp = exec_env();
+        copy = x->argv && x->envp ? strdup(cfg->entropy_exec_command) : NULL;
         for (tok = copy ? strtok_r(copy, " ", &save) : NULL; tok && n < 32;
              tok = strtok_r(NULL, " ", &save))
             x->argv[n++] = strdup(tok);
-        free(copy);
-        if (n == 0) {
-            free(x->argv);
-            free(x);
-            snprintf(err, el, "entropy_exec_command is empty");
-            goto fail;
+        if (copy) {
+            OPENSSL_cleanse(copy, strlen(cfg->entropy_exec_command));
+            free(copy);
         }
         s->impl = x;
         s->ops = &exec_ops;
+        if (n == 0) {
+            esrc_destroy(s);
+            snprintf(err, el, "entropy_exec_command is empty");
+            return -1;
+        }
         snprintf(s->describe, sizeof(s->describe), "exec %s", cfg->entropy_exec_command);
+        describe_exec_public(s, x->argv[0]);
     } else if (!strcmp(kind, "http")) {
         http_impl *h = calloc(1, sizeof(*h));
         if (!cfg->entropy_http_url || !h) {
@@ -486,10 +600,13 @@ int esrc_create(esrc **out, const char *kind, const kms_config *cfg, p11_token *
                  cfg->entropy_http_url, cfg->entropy_http_format,
                  cfg->entropy_http_json_path ? " at " : "",
                  cfg->entropy_http_json_path ? cfg->entropy_http_json_path : "");
+        describe_http_public(s, cfg);
     } else {
         snprintf(err, el, "unknown entropy source '%s' (known: http, device, exec, pkcs11, os)", kind);
         goto fail;
     }
+    if (!s->describe_public[0])
+        snprintf(s->describe_public, sizeof(s->describe_public), "%s", s->describe);
     *out = s;
     return 0;
 fail:
@@ -504,15 +621,20 @@ void esrc_destroy(esrc *s)
     s->ops->close(s);
     if (s->ops == &exec_ops) {
         exec_impl *x = s->impl;
-        for (int i = 0; x->argv[i]; i++)
+        for (int i = 0; x->argv && x->argv[i]; i++)
             free(x->argv[i]);
         free(x->argv);
+        for (int i = 0; x->envp && x->envp[i]; i++)
+            free(x->envp[i]);
+        free(x->envp);
     } else if (s->ops == &http_ops) {
         http_impl *h = s->impl;
         if (h->bearer) {
             OPENSSL_cleanse(h->bearer, strlen(h->bearer));
             free(h->bearer);
         }
+        if (h->body)
+            OPENSSL_cleanse(h->body, h->cap);
         free(h->body);
     }
     free(s->impl);

@@ -34,7 +34,9 @@ struct esrc {
     const kms_config *cfg;
     p11_token *token;
     void *impl;
-    char describe[256]; /* e.g. "http GET https://qrng.example/random (hex)" */
+    char describe[256]; /* e.g. "http GET https://qrng.example/random (hex)": admins only */
+    char describe_public[256]; /* the same without URL path, query, user info or
+                                  command arguments, which may carry an API key */
 };
 
 /* kind: http, device, exec, pkcs11, os. Checks the configuration the kind

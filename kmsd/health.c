@@ -49,9 +49,16 @@ void h_metrics(http_request *rq, http_response *rs)
     http_text(rs, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
 }
 
+/* Source descriptions name URLs and command lines, which may carry API
+ * keys: complete for admins, redacted for the other roles. */
+static json_t *entropy_status_for(http_request *rq)
+{
+    return entropy_status(rq->kms->ent, (rq->who.role & ROLE_ADMIN) != 0);
+}
+
 void h_admin_entropy(http_request *rq, http_response *rs)
 {
-    http_json(rs, 200, entropy_status(rq->kms->ent));
+    http_json(rs, 200, entropy_status_for(rq));
 }
 
 void h_admin_entropy_enable(http_request *rq, http_response *rs)
@@ -62,5 +69,5 @@ void h_admin_entropy_enable(http_request *rq, http_response *rs)
         return;
     }
     log_emit(LOG_INFO, "entropy source re-enabled", "{s:s,s:s}", "source", name, "by", rq->who.name);
-    http_json(rs, 200, entropy_status(rq->kms->ent));
+    http_json(rs, 200, entropy_status_for(rq));
 }

@@ -68,14 +68,17 @@ static void log_token_reinit(CK_RV rv, const char *err)
                  p11_rv_name(rv), "error", err);
 }
 
-static int load_config(kms_config *cfg, const char *path, char *err, size_t el)
+/* At start (startup = 1) the secrets are read too; a reload changes no
+ * secret and must not need one: the secret variables were scrubbed from the
+ * environment at start, and the PIN file is not read again. */
+static int load_config(kms_config *cfg, const char *path, int startup, char *err, size_t el)
 {
     config_defaults(cfg);
     if (path && config_load_file(cfg, path, err, el) != 0)
         return -1;
     if (config_apply_env(cfg, err, el) != 0)
         return -1;
-    return config_finish(cfg, err, el);
+    return startup ? config_finish(cfg, err, el) : config_check(cfg, err, el);
 }
 
 static void reload(kms_ctx *k)
@@ -83,7 +86,7 @@ static void reload(kms_ctx *k)
     kms_config fresh;
     char err[512];
     log_level lvl;
-    if (load_config(&fresh, k->config_path, err, sizeof(err)) != 0) {
+    if (load_config(&fresh, k->config_path, 0, err, sizeof(err)) != 0) {
         log_emit(LOG_ERROR, "reload failed; keeping the running configuration", "{s:s}", "error", err);
         config_free(&fresh);
         return;
@@ -122,6 +125,8 @@ int main(int argc, char **argv)
     sigset_t sigs;
     log_level lvl;
     db_pool *early_db = NULL;
+    char *pin = NULL; /* secure heap until p11_open has taken it */
+    size_t pin_len = 0;
 
     memset(&k, 0, sizeof(k));
     while ((opt = getopt_long(argc, argv, "c:Vh", lopts, NULL)) != -1) {
@@ -150,7 +155,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    if (load_config(&k.cfg, k.config_path, err, sizeof(err)) != 0) {
+    if (load_config(&k.cfg, k.config_path, 1, err, sizeof(err)) != 0) {
         fprintf(stderr, "kmsd: %s\n", err);
         log_emit(LOG_ERROR, "configuration error", "{s:s}", "error", err);
         config_free(&k.cfg);
@@ -161,6 +166,17 @@ int main(int argc, char **argv)
         config_free(&k.cfg);
         return 0;
     }
+    /* From here until the token has it, the PIN lives in the secure heap
+     * only (locked, not dumped); the configuration's copy is wiped now. */
+    pin_len = strlen(k.cfg.pkcs11_pin);
+    pin = OPENSSL_secure_malloc(pin_len + 1);
+    if (!pin) {
+        log_emit(LOG_ERROR, "out of memory", NULL);
+        config_free(&k.cfg);
+        return 1;
+    }
+    memcpy(pin, k.cfg.pkcs11_pin, pin_len + 1);
+    config_forget_pin(&k.cfg);
     if (log_level_parse(k.cfg.log_level, &lvl) == 0)
         log_set_level(lvl);
     config_hash(&k.cfg, k.config_hash);
@@ -194,8 +210,8 @@ int main(int argc, char **argv)
         goto out;
 
     {
-        p11_opts po = {k.cfg.pkcs11_module, k.cfg.pkcs11_token_label, k.cfg.pkcs11_pin,
-                       strlen(k.cfg.pkcs11_pin), k.cfg.pkcs11_sessions};
+        p11_opts po = {k.cfg.pkcs11_module, k.cfg.pkcs11_token_label, pin, pin_len,
+                       k.cfg.pkcs11_sessions};
         CK_RV rv = p11_open(&k.token, &po, err, sizeof(err));
         /* A token may be briefly unreadable while another process writes
          * it (SoftHSM's file store), or still coming up (a network HSM):
@@ -209,6 +225,10 @@ int main(int argc, char **argv)
             nanosleep(&ts, NULL);
             rv = p11_open(&k.token, &po, err, sizeof(err));
         }
+        /* The token layer keeps its own copy in the secure heap for
+         * re-login after a token failure; this one is not needed again. */
+        OPENSSL_secure_clear_free(pin, pin_len + 1);
+        pin = NULL;
         if (rv != CKR_OK) {
             log_emit(LOG_ERROR, "token unavailable", "{s:s,s:s}", "error", err, "ckr", p11_rv_name(rv));
             goto out;
@@ -285,6 +305,8 @@ out:
     db_pool_close(k.db);
     db_pool_close(early_db);
     config_free(&k.cfg);
+    if (pin)
+        OPENSSL_secure_clear_free(pin, pin_len + 1);
     CRYPTO_secure_malloc_done();
     if (rc == 0)
         log_emit(LOG_INFO, "kmsd stopped", NULL);

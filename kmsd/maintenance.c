@@ -156,7 +156,7 @@ int maintenance_start(maintenance **out, kms_ctx *k)
     m->k = k;
     m->stats.keys_expiring = -1;
     pthread_mutex_init(&m->mu, NULL);
-    pthread_cond_init(&m->cv, NULL);
+    deadline_cond_init(&m->cv); /* waited on with deadline_in_ms */
     if (pthread_create(&m->thread, NULL, loop, m) != 0) {
         pthread_mutex_destroy(&m->mu);
         pthread_cond_destroy(&m->cv);

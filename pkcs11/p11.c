@@ -239,6 +239,17 @@ static void token_free(p11_token *t)
     free(t);
 }
 
+/* The pool's condition waits against CLOCK_MONOTONIC, so a wall-clock step
+ * neither ends a wait early nor stretches it (acquire()). */
+static void cond_init_monotonic(pthread_cond_t *cv)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
 CK_RV p11_open(p11_token **out, const p11_opts *o, char *eb, size_t el)
 {
     CK_RV rv = CKR_OK;
@@ -254,7 +265,7 @@ CK_RV p11_open(p11_token **out, const p11_opts *o, char *eb, size_t el)
     if (!t)
         return CKR_HOST_MEMORY;
     pthread_mutex_init(&t->mu, NULL);
-    pthread_cond_init(&t->cv, NULL);
+    cond_init_monotonic(&t->cv);
     pthread_rwlock_init(&t->life, NULL);
     t->module_path = strdup(o->module_path);
     t->label = strdup(o->token_label);
@@ -376,7 +387,7 @@ static int acquire(p11_token *t)
 {
     struct timespec dl;
     int idx = -1;
-    clock_gettime(CLOCK_REALTIME, &dl);
+    clock_gettime(CLOCK_MONOTONIC, &dl); /* t->cv runs on CLOCK_MONOTONIC */
     dl.tv_sec += P11_ACQUIRE_TIMEOUT_S;
     pthread_mutex_lock(&t->mu);
     while (t->in_use == t->nsessions) {
@@ -416,8 +427,16 @@ static bool needs_reinit(CK_RV rv)
 static void maybe_reinit(p11_token *t);
 
 /* Run fn on a pooled session, repairing a closed session or a lost login
- * once. Every token operation goes through here. */
-static CK_RV run(p11_token *t, p11_fn fn, void *arg)
+ * once. Every token operation goes through here.
+ *
+ * The repair runs the operation a second time, and a failure report does
+ * not prove the token did nothing (a network HSM can create an object and
+ * lose the answer). So each operation says how it is retried: an idempotent
+ * one (find, read attributes, encrypt, decrypt, random, ping; destroy, whose
+ * second try can only add CKR_OBJECT_HANDLE_INVALID, which its caller takes
+ * as done) passes itself as `again`; one that creates state passes a retry
+ * that first checks whether the first try took effect (do_gen_again). */
+static CK_RV run_op(p11_token *t, p11_fn fn, p11_fn again, void *arg)
 {
     int idx;
     CK_RV rv;
@@ -445,12 +464,12 @@ static CK_RV run(p11_token *t, p11_fn fn, void *arg)
             t->sessions[idx] = ns;
             atomic_fetch_add(&t->reopened, 1);
             if (login(t, ns) == CKR_OK)
-                rv = fn(t, ns, arg);
+                rv = again(t, ns, arg);
         }
     } else if (rv == CKR_USER_NOT_LOGGED_IN) {
         atomic_fetch_add(&t->relogins, 1);
         if (login(t, t->sessions[idx]) == CKR_OK)
-            rv = fn(t, t->sessions[idx], arg);
+            rv = again(t, t->sessions[idx], arg);
     }
     if (rv != CKR_OK)
         atomic_fetch_add(&t->errors, 1);
@@ -461,6 +480,12 @@ static CK_RV run(p11_token *t, p11_fn fn, void *arg)
     if (needs_reinit(rv))
         maybe_reinit(t);
     return rv;
+}
+
+/* An idempotent operation: retried as it is. */
+static CK_RV run(p11_token *t, p11_fn fn, void *arg)
+{
+    return run_op(t, fn, fn, arg);
 }
 
 /* ---- find ---- */
@@ -540,10 +565,28 @@ static CK_RV do_gen(p11_token *t, CK_SESSION_HANDLE s, void *a)
     return t->f->C_GenerateKey(s, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &ga->h);
 }
 
+/* The retry of a generation: the failed first try may have created the key
+ * (the answer, not the work, was lost). Creating it again would leave two
+ * keys with one label, which p11_find_secret_key refuses for good; so look
+ * for the label first and take the key that is there. */
+static CK_RV do_gen_again(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct gen_arg *ga = a;
+    struct find_arg fa = {.label = ga->label};
+    CK_RV rv = do_find(t, s, &fa);
+    if (rv != CKR_OK)
+        return rv;
+    if (fa.found) {
+        ga->h = fa.h;
+        return CKR_OK;
+    }
+    return do_gen(t, s, ga);
+}
+
 CK_RV p11_generate_master_key(p11_token *t, const char *label, CK_OBJECT_HANDLE *h)
 {
     struct gen_arg ga = {.label = label};
-    CK_RV rv = run(t, do_gen, &ga);
+    CK_RV rv = run_op(t, do_gen, do_gen_again, &ga);
     if (rv == CKR_OK)
         *h = ga.h;
     return rv;

@@ -8,7 +8,11 @@
  *    using a module across fork).
  *  - Every operation borrows a session from the pool (blocking until one is
  *    free) and returns it. A session the module reports closed or invalid is
- *    reopened, and a lost login is re-established, once per call.
+ *    reopened, and a lost login is re-established, once per call; the
+ *    operation is then run again only if that is safe: a key generation is
+ *    retried only after a search by label finds no key (a first try whose
+ *    answer was lost may have created it), so it never makes two keys with
+ *    one label.
  *  - When the token itself fails (device error, token gone, general error),
  *    the module is finalized and initialized again (at most every 2 s, with
  *    no operation in flight) and p11_generation() moves on, so key handles
@@ -69,7 +73,8 @@ int p11_pool_in_use(p11_token *t);
 CK_RV p11_find_secret_key(p11_token *t, const char *label, CK_OBJECT_HANDLE *h, bool *found);
 
 /* Generate a persistent AES-256 key: token, private, sensitive, never
- * extractable, usable for encrypt/decrypt/wrap/unwrap only. */
+ * extractable, usable for encrypt/decrypt/wrap/unwrap only. The caller has
+ * checked that no key has this label (a retry takes one it finds). */
 CK_RV p11_generate_master_key(p11_token *t, const char *label, CK_OBJECT_HANDLE *h);
 
 /* Read the boolean attributes tests and status care about. */

@@ -171,6 +171,46 @@ static void hash_ignores_secrets_and_tracks_settings(void **state)
     config_free(&b);
 }
 
+/* Credentials read from the environment are wiped where they lived and
+ * unset, so no child process and no /proc/<pid>/environ reader gets them;
+ * other variables stay. */
+static void env_secrets_scrubbed_after_reading(void **state)
+{
+    kms_config c;
+    char err[256] = "";
+    char pin_var[] = "QKMS_PKCS11_PIN=424242";
+    (void)state;
+    /* putenv: the string itself is the environment entry, so the test can
+     * see that its bytes were overwritten, not just unlinked. */
+    assert_int_equal(putenv(pin_var), 0);
+    setenv("QKMS_DB_CONNINFO", "dbname=x password=hunter2", 1);
+    setenv("QKMS_ENTROPY_HTTP_URL", "https://q.example/r?key=abc", 1);
+    setenv("QKMS_ENTROPY_EXEC_COMMAND", "/opt/q --api-key abc", 1);
+    setenv("QKMS_LISTEN_PORT", "9100", 1);
+    config_defaults(&c);
+    assert_int_equal(config_apply_env(&c, err, sizeof(err)), 0);
+    assert_string_equal(c.pkcs11_pin, "424242");
+    assert_string_equal(c.db_conninfo, "dbname=x password=hunter2");
+    assert_string_equal(c.entropy_http_url, "https://q.example/r?key=abc");
+    assert_string_equal(c.entropy_exec_command, "/opt/q --api-key abc");
+    assert_int_equal(c.listen_port, 9100);
+    assert_null(getenv("QKMS_PKCS11_PIN"));
+    assert_null(getenv("QKMS_DB_CONNINFO"));
+    assert_null(getenv("QKMS_ENTROPY_HTTP_URL"));
+    assert_null(getenv("QKMS_ENTROPY_EXEC_COMMAND"));
+    assert_null(strstr(pin_var, "424242"));
+    assert_string_equal(getenv("QKMS_LISTEN_PORT"), "9100");
+    unsetenv("QKMS_LISTEN_PORT");
+    /* A reload checks what it can change without the secrets. */
+    free(c.db_conninfo);
+    c.db_conninfo = NULL;
+    config_forget_pin(&c);
+    assert_null(c.pkcs11_pin);
+    assert_int_equal(config_check(&c, err, sizeof(err)), 0);
+    assert_int_equal(config_finish(&c, err, sizeof(err)), -1);
+    config_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -183,6 +223,7 @@ int main(void)
         cmocka_unit_test(pin_file_trailing_newline_dropped),
         cmocka_unit_test(tls_files_go_together),
         cmocka_unit_test(hash_ignores_secrets_and_tracks_settings),
+        cmocka_unit_test(env_secrets_scrubbed_after_reading),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
