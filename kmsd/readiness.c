@@ -149,8 +149,8 @@ int readiness_start(readiness **out, struct kms_ctx *k)
     for (int i = 0; i < CHK_N; i++)
         snprintf(r->c[i].state, sizeof(r->c[i].state), "starting");
     pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL); /* deadline_in_ms() measures its clock */
-    pthread_cond_init(&r->done_cv, NULL);
+    deadline_cond_init(&r->cv);
+    deadline_cond_init(&r->done_cv);
     if (pthread_create(&r->thread, NULL, prober, r) != 0) {
         pthread_cond_destroy(&r->done_cv);
         pthread_cond_destroy(&r->cv);
