@@ -21,4 +21,15 @@
 
 int master_init(kms_ctx *k, char *err, size_t errlen);
 
+/*
+ * master_refresh: read master_keys again, load versions recorded since (each
+ * checked against its check value) and switch to the active one. Run by the
+ * maintenance pass of every instance, and at once by a request whose wrap
+ * the database refused as made under a version no longer active (another
+ * instance rotated). Callers arriving together while one refresh runs
+ * share it. c: a connection to use, or NULL to take one from the pool.
+ * 0, or -1 when the database could not be read.
+ */
+int master_refresh(kms_ctx *k, db_conn *c);
+
 #endif
