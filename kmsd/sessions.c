@@ -298,10 +298,15 @@ static int authenticate(http_request *rq, http_response *rs, const char *op, con
     a->key_len = KEYWRAP_MAX_KEY + 16;
     rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e.wrapped, e.wrapped_len,
                         a->key, &a->key_len);
-    if (rv != CKR_OK && found == 2 && p11_rv_kind(rv) == P11_KIND_NOT_FOUND) {
-        /* A cached row may name a master key version rotated away since:
-         * read the row again, once. (A row just read from the database is
-         * as fresh as a second read would be.) */
+    if (rv != CKR_OK && (found == 2 || p11_rv_kind(rv) == P11_KIND_NOT_FOUND)) {
+        /* A cached row may name a master key version rotated away and
+         * destroyed since (the token answers not-found or, for a handle
+         * whose object vanished, device-removed); any row may name a
+         * version another instance made that we have not loaded yet
+         * (not-found). Refresh our view of the versions and read the row
+         * again, once. A row just read that failed for another reason
+         * would fail the same way again. */
+        master_refresh(k, NULL);
         keycache_invalidate(k->keys, env->device_id);
         if (load_key_row(rq, rs, env, &e, t0) == 1 && e.wrapped_len) {
             a->key_len = KEYWRAP_MAX_KEY + 16;
@@ -461,6 +466,7 @@ static int make_candidate(http_request *rq, http_response *rs, const uint8_t has
     uint8_t *key = OPENSSL_secure_malloc(32), wrapped[SESSION_WRAPPED_MAX];
     size_t wl = sizeof(wrapped);
     char ctx[160];
+    uint32_t used;
     CK_RV rv;
     int rc = -1;
 
@@ -474,8 +480,9 @@ static int make_candidate(http_request *rq, http_response *rs, const uint8_t has
     }
     uuid4(cd->key_id);
     session_key_context_of(hash, cd->key_id, ctx, sizeof(ctx));
+    used = keywrap_active(k->kw);
     rv = keywrap_wrap(k->kw, (const uint8_t *)ctx, strlen(ctx), key, (size_t)bits / 8, wrapped, &wl);
-    if (rv != CKR_OK && p11_rv_kind(rv) == P11_KIND_NOT_FOUND && master_refresh(k, NULL) == 0) {
+    if (rv != CKR_OK && master_refresh(k, NULL) == 0 && keywrap_active(k->kw) != used) {
         /* The version we think active may have been retired and destroyed
          * by another instance since our last refresh: look again, once. */
         wl = sizeof(wrapped);
@@ -536,6 +543,12 @@ static void deliver(http_request *rq, http_response *rs, const envelope *env, au
         goto out;
     }
     rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, skey, &sl);
+    if (p11_rv_kind(rv) == P11_KIND_NOT_FOUND && master_refresh(k, NULL) == 0) {
+        /* Rewrapped by another instance under a version we have not
+         * loaded yet: load it and try once more. */
+        sl = KEYWRAP_MAX_KEY + 16;
+        rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, skey, &sl);
+    }
     if (rv != CKR_OK || sl != (size_t)bits / 8) {
         log_emit(LOG_ERROR, "session key unwrap failed", "{s:s,s:s}", "ckr", p11_rv_name(rv),
                  "key_id", key_id);
