@@ -11,6 +11,10 @@
  *  - With no version recorded, version 1 is created in the token (if
  *    master_key_create) or adopted if the token already has it, and recorded.
  *    Runs under an advisory lock, so kmsd instances starting together agree.
+ *  - Then the session ID hash key (sessions.h): made from the token's RNG and
+ *    stored wrapped under the active version if the database has none,
+ *    unwrapped and handed to sessions_set_id_key(); kmsd refuses to start
+ *    if it cannot be unwrapped.
  */
 #ifndef QKMS_MASTER_H
 #define QKMS_MASTER_H

@@ -9,10 +9,14 @@
  *    Every authentication failure answers the same 401; the log line names
  *    the reason (auth_failure).
  *  - Session state lives only in PostgreSQL and is changed by the stored
- *    functions of schema/003 in one round trip and one transaction each, so
- *    the database alone guarantees one key per session ID, across kmsd
- *    instances. The session key exists at rest only wrapped under the master
- *    key, in the live session's row.
+ *    functions of schema/003 and 005 in one round trip and one transaction
+ *    each, so the database alone guarantees one key per session ID, across
+ *    kmsd instances. The session key exists at rest only wrapped under the
+ *    master key, in the live session's row.
+ *  - The database is also the authority for the request's time (its now())
+ *    and for replays: the nonce is recorded before every outcome a device
+ *    sees. A wrap it refuses as made under a master version no longer
+ *    active makes kmsd refresh its view (master_refresh) and wrap again.
  *  - Counters for /metrics are kept here (lock-free).
  */
 #ifndef QKMS_SESSIONS_H
