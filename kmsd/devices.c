@@ -559,6 +559,22 @@ static void free_wrapped(device_reg *rows, int n)
         }
 }
 
+/* Make and wrap the keys of every row still to register (again). */
+static int gen_all_keys(kms_ctx *k, device_reg *rows, int n, devices_err *e)
+{
+    free_wrapped(rows, n);
+    for (int i = 0; i < n; i++) {
+        device_reg *row = &rows[i];
+        if (row->code)
+            continue;
+        for (int j = 0; j < row->spec.nkeys; j++)
+            if (gen_key(k, row->spec.device_id, j, row->spec.key_bits, &row->wrapped_hex[j],
+                        &row->master_version[j], &row->provenance, e) != 0)
+                return -1;
+    }
+    return 0;
+}
+
 int devices_register(kms_ctx *k, const char *actor, device_reg *rows, int n, devices_err *e)
 {
     PGresult *types = NULL;
@@ -605,16 +621,8 @@ int devices_register(kms_ctx *k, const char *actor, device_reg *rows, int n, dev
         uint32_t used = keywrap_active(k->kw);
         /* Keys are made and wrapped before the transaction: token calls and
          * entropy do not belong inside a retried database transaction. */
-        free_wrapped(rows, n);
-        for (int i = 0; i < n; i++) {
-            device_reg *row = &rows[i];
-            if (row->code)
-                continue;
-            for (int j = 0; j < row->spec.nkeys; j++)
-                if (gen_key(k, row->spec.device_id, j, row->spec.key_bits, &row->wrapped_hex[j],
-                            &row->master_version[j], &row->provenance, e) != 0)
-                    goto out;
-        }
+        if (gen_all_keys(k, rows, n, e) != 0)
+            goto out;
         st = db_tx(k->db, reg_tx_fn, &t);
         if (!master_moved(k, st, used))
             break;

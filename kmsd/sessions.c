@@ -252,6 +252,36 @@ static int load_key_row(http_request *rq, http_response *rs, const envelope *env
     return 1;
 }
 
+/* Unwrap the device key of row e (found: load_key_row's answer) into a->key. */
+static CK_RV unwrap_device_key(http_request *rq, http_response *rs, const envelope *env,
+                               keycache_entry *e, int found, const char *ctx, authed *a,
+                               uint64_t *t0)
+{
+    kms_ctx *k = rq->kms;
+    CK_RV rv;
+
+    a->key_len = KEYWRAP_MAX_KEY + 16;
+    rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e->wrapped, e->wrapped_len,
+                        a->key, &a->key_len);
+    if (rv != CKR_OK && (found == 2 || p11_rv_kind(rv) == P11_KIND_NOT_FOUND)) {
+        /* A cached row may name a master key version rotated away and
+         * destroyed since (the token answers not-found or, for a handle
+         * whose object vanished, device-removed); any row may name a
+         * version another instance made that we have not loaded yet
+         * (not-found). Refresh our view of the versions and read the row
+         * again, once. A row just read that failed for another reason
+         * would fail the same way again. */
+        master_refresh(k, NULL);
+        keycache_invalidate(k->keys, env->device_id);
+        if (load_key_row(rq, rs, env, e, t0) == 1 && e->wrapped_len) {
+            a->key_len = KEYWRAP_MAX_KEY + 16;
+            rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e->wrapped,
+                                e->wrapped_len, a->key, &a->key_len);
+        }
+    }
+    return rv;
+}
+
 /* Find the device key, unwrap it through the token, open the request. The
  * checks here may use a cached row; the stored function repeats them. */
 static int authenticate(http_request *rq, http_response *rs, const char *op, const envelope *env,
@@ -295,25 +325,7 @@ static int authenticate(http_request *rq, http_response *rs, const char *op, con
         goto out;
     }
     device_key_context(env->device_id, env->key_index, e.key_bits, ctx, sizeof(ctx));
-    a->key_len = KEYWRAP_MAX_KEY + 16;
-    rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e.wrapped, e.wrapped_len,
-                        a->key, &a->key_len);
-    if (rv != CKR_OK && (found == 2 || p11_rv_kind(rv) == P11_KIND_NOT_FOUND)) {
-        /* A cached row may name a master key version rotated away and
-         * destroyed since (the token answers not-found or, for a handle
-         * whose object vanished, device-removed); any row may name a
-         * version another instance made that we have not loaded yet
-         * (not-found). Refresh our view of the versions and read the row
-         * again, once. A row just read that failed for another reason
-         * would fail the same way again. */
-        master_refresh(k, NULL);
-        keycache_invalidate(k->keys, env->device_id);
-        if (load_key_row(rq, rs, env, &e, t0) == 1 && e.wrapped_len) {
-            a->key_len = KEYWRAP_MAX_KEY + 16;
-            rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e.wrapped,
-                                e.wrapped_len, a->key, &a->key_len);
-        }
-    }
+    rv = unwrap_device_key(rq, rs, env, &e, found, ctx, a, t0);
     stage(k->smetrics, STAGE_KEY_UNWRAP, t0);
     if (rv != CKR_OK) {
         log_emit(LOG_ERROR, "device key unwrap failed", "{s:s,s:s,s:i}", "ckr", p11_rv_name(rv),
