@@ -824,7 +824,9 @@ int sessions_reap(kms_ctx *k)
     db_status st;
     PGresult *r;
     int n;
-    /* Nonces are kept a little longer than the clock window they guard. */
+    /* Since schema 005 each nonce carries its own expiry (ts + skew) and
+     * the window argument is ignored; it is kept for the stored function's
+     * signature. */
     snprintf(win, sizeof(win), "%d", 2 * k->cfg.protocol_clock_skew + 60);
     snprintf(days, sizeof(days), "%d", k->cfg.session_tombstone_days);
     r = db_query(k->db, Q_SESSION_REAP, 3, vals, NULL, NULL, &st);
