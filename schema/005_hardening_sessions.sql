@@ -33,6 +33,10 @@ CREATE TRIGGER device_keys_master_active BEFORE INSERT OR UPDATE OF master_versi
     FOR EACH ROW EXECUTE FUNCTION qkms_master_must_be_active();
 CREATE TRIGGER sessions_master_active BEFORE INSERT OR UPDATE OF master_version ON sessions
     FOR EACH ROW EXECUTE FUNCTION qkms_master_must_be_active();
+-- Audit chain heads are MACs, not wraps, but a head authenticated under a
+-- version about to be destroyed could never be verified again: same rule.
+CREATE TRIGGER audit_checkpoints_master_active BEFORE INSERT OR UPDATE OF master_version
+    ON audit_checkpoints FOR EACH ROW EXECUTE FUNCTION qkms_master_must_be_active();
 
 -- ---- nonces expire by their own timestamp --------------------------------
 -- A nonce must be remembered while a request carrying it could still pass
