@@ -17,7 +17,7 @@
  *       device key cache TTL, in one transaction holding its master_keys
  *       row FOR UPDATE (marked destroyed and audited, then destroyed in the
  *       token, then committed). The database refuses any key written under
- *       a version that is not active (schema 005 trigger, row FOR SHARE),
+ *       a version that is not active (schema 006 trigger, row FOR SHARE),
  *       so the grace is about cached wrappings, not about correctness.
  *  - Unwrapping keeps working throughout: a wrapped blob names its version
  *    and every version not yet destroyed stays loaded.

@@ -824,7 +824,7 @@ int sessions_reap(kms_ctx *k)
     db_status st;
     PGresult *r;
     int n;
-    /* Since schema 005 each nonce carries its own expiry (ts + skew) and
+    /* Since schema 006 each nonce carries its own expiry (ts + skew) and
      * the window argument is ignored; it is kept for the stored function's
      * signature. */
     snprintf(win, sizeof(win), "%d", 2 * k->cfg.protocol_clock_skew + 60);

@@ -9,7 +9,7 @@
  *    Every authentication failure answers the same 401; the log line names
  *    the reason (auth_failure).
  *  - Session state lives only in PostgreSQL and is changed by the stored
- *    functions of schema/003 and 005 in one round trip and one transaction
+ *    functions of schema/003 and 006 in one round trip and one transaction
  *    each, so the database alone guarantees one key per session ID, across
  *    kmsd instances. The session key exists at rest only wrapped under the
  *    master key, in the live session's row.
@@ -57,7 +57,7 @@ int sessions_set_id_key(const uint8_t *key, size_t len);
  * sessions and tombstones are keyed by, so a database reader cannot test
  * guessed session IDs. -1 if the key is not set. */
 int session_hash(const char *session_id, uint8_t out[32]);
-/* The plain SHA-256 rows written before migration 005 are keyed by; looked
+/* The plain SHA-256 rows written before migration 006 are keyed by; looked
  * up as a fallback so sessions live across the upgrade keep working. */
 void session_hash_legacy(const char *session_id, uint8_t out[32]);
 

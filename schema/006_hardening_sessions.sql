@@ -1,4 +1,4 @@
--- 005_hardening_sessions: wraps only under the active master key version,
+-- 006_hardening_sessions: wraps only under the active master key version,
 -- request time judged by the database clock, nonces recorded before every
 -- outcome and kept until their own timestamp leaves the window, session IDs
 -- hashed with a server key (HMAC) instead of a bare SHA-256.
