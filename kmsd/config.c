@@ -147,13 +147,14 @@ const config_option config_options[] = {
     {"maintenance_interval", OPT_INT, OFF(maintenance_interval), "30", 1, 3600, NULL, false, false,
      "Seconds between maintenance passes (key retirement, expiry warnings)."},
     {"protocol_clock_skew", OPT_INT, OFF(protocol_clock_skew), "300", 5, 3600, NULL, false, false,
-     "Device requests must carry a timestamp within this many seconds of kmsd's clock; their "
-     "nonces are remembered this long (replay window)."},
+     "Device requests must carry a timestamp within this many seconds (inclusive) of the "
+     "database's clock; each nonce is remembered until its timestamp plus this (replay window)."},
     {"session_tombstone_days", OPT_INT, OFF(session_tombstone_days), "90", 0, 36500, NULL, false,
      false, "Days an ended session's tombstone (hashed ID, parties, reason) is kept; its session ID "
      "is refused meanwhile. 0 keeps tombstones forever."},
     {"session_reap_interval", OPT_INT, OFF(session_reap_interval), "1", 1, 60, NULL, false, false,
-     "Seconds between passes that destroy sessions past their idle timeout or lifetime."},
+     "Seconds between passes that destroy sessions past their idle timeout or lifetime (and "
+     "adopt a master key version another instance rotated to)."},
     {"device_key_cache_size", OPT_INT, OFF(device_key_cache_size), "65536", 0, 16777216, NULL,
      false, false,
      "Slots of the cache of wrapped device key rows on the request path (0 disables). Never "

@@ -15,6 +15,7 @@
 #include "kcv.h"
 #include "keycache.h"
 #include "log.h"
+#include "master.h"
 #include "pgarray.h"
 #include "pgjson.h"
 #include "queries.h"
@@ -65,6 +66,16 @@ int device_key_kcv(const uint8_t *key, size_t len, char out[11])
 
 /* ---- key generation and unwrapping -------------------------------------- */
 
+/* After a transaction failed with st: whether the database refused keys
+ * wrapped under master version `used` because another instance rotated
+ * since our last refresh (qkms_master_must_be_active answers 40001, i.e.
+ * DB_RETRY) and a refresh has switched us to another version, so wrapping
+ * again and retrying can succeed. */
+static bool master_moved(kms_ctx *k, db_status st, uint32_t used)
+{
+    return st == DB_RETRY && master_refresh(k, NULL) == 0 && keywrap_active(k->kw) != used;
+}
+
 static int gen_key(kms_ctx *k, const char *device_id, int index, int bits, char **wrapped_hex,
                    int *mv, const char **prov, devices_err *e)
 {
@@ -87,6 +98,12 @@ static int gen_key(kms_ctx *k, const char *device_id, int index, int bits, char 
     device_key_context(device_id, index, bits, ctx, sizeof(ctx));
     *mv = (int)keywrap_active(k->kw);
     rv = keywrap_wrap(k->kw, (const uint8_t *)ctx, strlen(ctx), key, klen, wrapped, &wl);
+    if (rv != CKR_OK && master_refresh(k, NULL) == 0 && keywrap_active(k->kw) != (uint32_t)*mv) {
+        /* The version we think active may be gone (destroyed by another
+         * instance after it rotated): look again, once. */
+        wl = WRAPPED_MAX;
+        rv = keywrap_wrap(k->kw, (const uint8_t *)ctx, strlen(ctx), key, klen, wrapped, &wl);
+    }
     if (rv != CKR_OK) {
         err_token(e, rv, "wrap device key");
         goto out;
@@ -542,6 +559,22 @@ static void free_wrapped(device_reg *rows, int n)
         }
 }
 
+/* Make and wrap the keys of every row still to register (again). */
+static int gen_all_keys(kms_ctx *k, device_reg *rows, int n, devices_err *e)
+{
+    free_wrapped(rows, n);
+    for (int i = 0; i < n; i++) {
+        device_reg *row = &rows[i];
+        if (row->code)
+            continue;
+        for (int j = 0; j < row->spec.nkeys; j++)
+            if (gen_key(k, row->spec.device_id, j, row->spec.key_bits, &row->wrapped_hex[j],
+                        &row->master_version[j], &row->provenance, e) != 0)
+                return -1;
+    }
+    return 0;
+}
+
 int devices_register(kms_ctx *k, const char *actor, device_reg *rows, int n, devices_err *e)
 {
     PGresult *types = NULL;
@@ -579,23 +612,21 @@ int devices_register(kms_ctx *k, const char *actor, device_reg *rows, int n, dev
     }
     PQclear(types);
 
-    /* Keys are made and wrapped before the transaction: token calls and
-     * entropy do not belong inside a retried database transaction. */
-    for (int i = 0; i < n; i++) {
-        device_reg *row = &rows[i];
-        if (row->code)
-            continue;
-        for (int j = 0; j < row->spec.nkeys; j++)
-            if (gen_key(k, row->spec.device_id, j, row->spec.key_bits, &row->wrapped_hex[j],
-                        &row->master_version[j], &row->provenance, e) != 0)
-                goto out;
-    }
     t.pass = calloc((size_t)n + 1, sizeof(int));
     if (!t.pass) {
         err_set(e, 500, "internal", "out of memory");
         goto out;
     }
-    st = db_tx(k->db, reg_tx_fn, &t);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        uint32_t used = keywrap_active(k->kw);
+        /* Keys are made and wrapped before the transaction: token calls and
+         * entropy do not belong inside a retried database transaction. */
+        if (gen_all_keys(k, rows, n, e) != 0)
+            goto out;
+        st = db_tx(k->db, reg_tx_fn, &t);
+        if (!master_moved(k, st, used))
+            break;
+    }
     if (st != DB_OK) {
         err_db(e, st);
         goto out;
@@ -819,6 +850,10 @@ int devices_rotate(kms_ctx *k, const char *actor, const char *device_id, int gra
             log_emit(LOG_INFO, "device key rotated", "{s:s,s:i,s:s}", "device_id", device_id,
                      "new_index", t.index, "by", actor);
             return 0;
+        }
+        if (master_moved(k, st, (uint32_t)t.mv)) {
+            memset(e, 0, sizeof(*e));
+            continue;
         }
         if (!t.stale) {
             if (!e->status)

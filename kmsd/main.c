@@ -297,6 +297,7 @@ out:
     ratelimit_free_all(k.rl);
     maintenance_stop(k.maint);
     session_metrics_free(k.smetrics);
+    sessions_set_id_key(NULL, 0);
     keycache_free(k.keys);
     metrics_free(k.metrics);
     entropy_close(k.ent);

@@ -1,6 +1,8 @@
 /* master — master key bootstrap and verification. */
 #include "master.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +12,7 @@
 #include "hexutil.h"
 #include "log.h"
 #include "queries.h"
+#include "sessions.h"
 
 #define MASTER_LOCK "7164803902"
 
@@ -66,6 +69,59 @@ static int record_v1(kms_ctx *k, db_conn *c, char *err, size_t el)
     return 0;
 }
 
+/* Make the session ID hash key if the database has none (wrapped under the
+ * active version), then unwrap it into sessions.c. Under the master lock. */
+static int session_id_key_init(kms_ctx *k, db_conn *c, char *err, size_t el)
+{
+    uint8_t *key = OPENSSL_secure_malloc(KEYWRAP_MAX_KEY + 16), blob[SID_KEY_LEN + KEYWRAP_OVERHEAD];
+    char hex[2 * sizeof(blob) + 1], ver[16];
+    const char *vals[2] = {hex, ver};
+    size_t kl = SID_KEY_LEN, bl = sizeof(blob);
+    db_status st;
+    PGresult *r = NULL;
+    long n;
+    int rc = -1;
+
+    if (!key) {
+        snprintf(err, el, "out of secure memory");
+        return -1;
+    }
+    r = db_exec(c, Q_SIDKEY_GET, 0, NULL, NULL, NULL, &st);
+    if (r && PQntuples(r) == 0) {
+        PQclear(r);
+        r = NULL;
+        if (p11_random(k->token, key, SID_KEY_LEN) != CKR_OK ||
+            keywrap_wrap(k->kw, (const uint8_t *)SID_KEY_CONTEXT, strlen(SID_KEY_CONTEXT), key,
+                         SID_KEY_LEN, blob, &bl) != CKR_OK) {
+            snprintf(err, el, "cannot make the session ID hash key in the token");
+            goto out;
+        }
+        qkms_hex_encode(blob, bl, hex);
+        snprintf(ver, sizeof(ver), "%u", keywrap_blob_version(blob, bl));
+        r = db_exec(c, Q_SIDKEY_INSERT, 2, vals, NULL, NULL, &st);
+        PQclear(r);
+        r = r ? db_exec(c, Q_SIDKEY_GET, 0, NULL, NULL, NULL, &st) : NULL;
+    }
+    if (!r || PQntuples(r) != 1) {
+        snprintf(err, el, "reading the session ID hash key failed: %s", db_status_name(st));
+        goto out;
+    }
+    n = qkms_hex_decode(PQgetvalue(r, 0, 0), strlen(PQgetvalue(r, 0, 0)), blob, sizeof(blob));
+    kl = KEYWRAP_MAX_KEY + 16;
+    if (n <= 0 || keywrap_unwrap(k->kw, (const uint8_t *)SID_KEY_CONTEXT, strlen(SID_KEY_CONTEXT),
+                                 blob, (size_t)n, key, &kl) != CKR_OK || kl != SID_KEY_LEN ||
+        sessions_set_id_key(key, kl) != 0) {
+        snprintf(err, el, "the session ID hash key (wrapped under master key version %s) cannot "
+                 "be unwrapped; refusing to start", PQgetvalue(r, 0, 1));
+        goto out;
+    }
+    rc = 0;
+out:
+    PQclear(r);
+    OPENSSL_secure_clear_free(key, KEYWRAP_MAX_KEY + 16);
+    return rc;
+}
+
 int master_init(kms_ctx *k, char *err, size_t el)
 {
     db_status st;
@@ -89,6 +145,8 @@ int master_init(kms_ctx *k, char *err, size_t el)
     }
     if (PQntuples(r) == 0) {
         rc = record_v1(k, c, err, el);
+        if (rc == 0)
+            rc = session_id_key_init(k, c, err, el);
         goto out;
     }
     for (int i = 0; i < PQntuples(r); i++) {
@@ -127,7 +185,9 @@ int master_init(kms_ctx *k, char *err, size_t el)
         snprintf(err, el, "no active master key version in the database");
         goto out;
     }
-    rc = 0;
+    PQclear(r);
+    r = NULL;
+    rc = session_id_key_init(k, c, err, el);
 out:
     PQclear(r);
     lock_cmd(c, "SELECT pg_advisory_unlock(" MASTER_LOCK ")");
@@ -138,5 +198,73 @@ out:
         log_emit(LOG_INFO, "master key ready", "{s:s,s:i}", "label", label, "version",
                  (int)keywrap_active(k->kw));
     }
+    return rc;
+}
+
+/* ---- refresh ----------------------------------------------------------------- */
+
+static pthread_mutex_t refresh_mu = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic unsigned long refresh_count; /* refreshes started */
+
+/* Load versions recorded since we last looked (checking their check values)
+ * and switch the active one. Callers hold refresh_mu. */
+static int refresh_locked(kms_ctx *k, db_conn *c)
+{
+    db_status st;
+    PGresult *r = db_exec(c, Q_MASTER_LIST, 0, NULL, NULL, NULL, &st);
+    if (!r)
+        return -1;
+    for (int i = 0; i < PQntuples(r); i++) {
+        uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
+        const char *kcvhex = PQgetvalue(r, i, 2);
+        uint8_t want[KEYWRAP_KCV_LEN], got[KEYWRAP_KCV_LEN];
+        bool found = false;
+        if (!keywrap_has(k->kw, v)) {
+            if (keywrap_load(k->kw, v, &found) != CKR_OK || !found ||
+                keywrap_kcv(k->kw, v, got) != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
+                qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
+                CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
+                log_emit(LOG_ERROR, "master key version recorded in the database is not usable",
+                         "{s:i}", "version", (int)v);
+                continue;
+            }
+            keywrap_expect_kcv(k->kw, v, want);
+            log_emit(LOG_INFO, "master key version loaded", "{s:i}", "version", (int)v);
+        }
+        if (!strcmp(PQgetvalue(r, i, 3), "active") && keywrap_active(k->kw) != v) {
+            keywrap_set_active(k->kw, v);
+            log_emit(LOG_INFO, "active master key version switched", "{s:i}", "version", (int)v);
+        }
+    }
+    PQclear(r);
+    return 0;
+}
+
+int master_refresh(kms_ctx *k, db_conn *c)
+{
+    unsigned long seen = atomic_load(&refresh_count);
+    db_status st;
+    db_conn *own = NULL;
+    int rc = 0;
+
+    pthread_mutex_lock(&refresh_mu);
+    /* Requests that found the view stale together refresh it once: a
+     * refresh that started after we were called read the database after
+     * what made us call. */
+    if (atomic_load(&refresh_count) != seen)
+        goto out;
+    atomic_fetch_add(&refresh_count, 1);
+    if (!c) {
+        c = own = db_acquire(k->db, &st);
+        if (!c) {
+            rc = -1;
+            goto out;
+        }
+    }
+    rc = refresh_locked(k, c);
+out:
+    if (own)
+        db_release(k->db, own);
+    pthread_mutex_unlock(&refresh_mu);
     return rc;
 }

@@ -11,6 +11,10 @@
  *  - With no version recorded, version 1 is created in the token (if
  *    master_key_create) or adopted if the token already has it, and recorded.
  *    Runs under an advisory lock, so kmsd instances starting together agree.
+ *  - Then the session ID hash key (sessions.h): made from the token's RNG and
+ *    stored wrapped under the active version if the database has none,
+ *    unwrapped and handed to sessions_set_id_key(); kmsd refuses to start
+ *    if it cannot be unwrapped.
  */
 #ifndef QKMS_MASTER_H
 #define QKMS_MASTER_H
@@ -20,5 +24,16 @@
 #include "kms.h"
 
 int master_init(kms_ctx *k, char *err, size_t errlen);
+
+/*
+ * master_refresh: read master_keys again, load versions recorded since (each
+ * checked against its check value) and switch to the active one. Run by the
+ * maintenance pass of every instance, and at once by a request whose wrap
+ * the database refused as made under a version no longer active (another
+ * instance rotated). Callers arriving together while one refresh runs
+ * share it. c: a connection to use, or NULL to take one from the pool.
+ * 0, or -1 when the database could not be read.
+ */
+int master_refresh(kms_ctx *k, db_conn *c);
 
 #endif

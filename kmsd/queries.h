@@ -139,10 +139,12 @@
       " WHERE d.device_id = $1 AND k.key_index = $2::int")                                     \
     X(Q_SESSION_KEY,                                                                           \
       "SELECT outcome, out_key_id, out_key_bits, encode(out_wrapped, 'hex'), out_expires,"     \
-      " out_policy, out_delivery, out_created FROM qkms_session_key($1::bigint, $2::int,"       \
-      " $3::bytea, $4::bytea, $5, $6, $7::boolean, $8::uuid, decode($9, 'hex'), $10::int, $11,"  \
-      " $12::int)")                                                                            \
-    X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $4::bytea)")   \
+      " out_policy, out_delivery, out_created, encode(out_hash, 'hex')"                        \
+      " FROM qkms_session_key($1::bigint, $2::int, $3::bytea, $13::bigint, $14::int,"          \
+      " $4::bytea, $15::bytea, $5, $6, $7::boolean, $8::uuid, decode($9, 'hex'), $10::int,"    \
+      " $11, $12::int)")                                                                       \
+    X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
+      " $6::int, $4::bytea, $7::bytea)")                                                       \
     X(Q_SESSION_REAP, "SELECT qkms_session_reap($1::int, $2::int, $3::int)")                  \
     X(Q_SESSIONS_LIST,                                                                         \
       "SELECT s.session_id, s.key_id, i.device_id, r.device_id, s.policy, s.delivery,"         \
@@ -159,10 +161,11 @@
     X(Q_TOMBSTONES_LIST,                                                                       \
       "SELECT encode(session_hash, 'hex'), key_id, initiator, responder, created_at, ended_at, reason" \
       " FROM session_tombstones WHERE ($1::text IS NULL OR initiator = $1 OR responder = $1)"  \
-      " AND ($2::bytea IS NULL OR session_hash = $2) ORDER BY ended_at DESC LIMIT $3::int")    \
+      " AND ($2::bytea IS NULL OR session_hash = $2 OR session_hash = $4::bytea)"              \
+      " ORDER BY ended_at DESC LIMIT $3::int")                                                 \
     X(Q_SESSION_END_OPERATOR,                                                                  \
       "SELECT qkms_session_destroy(id, 'ended_by_operator', $2) FROM sessions"                 \
-      " WHERE session_hash = $1::bytea")                                                       \
+      " WHERE session_hash = $1::bytea OR session_hash = $3::bytea")                           \
     X(Q_SESSIONS_END_FOR_DEVICE,                                                               \
       "SELECT count(*) FROM (SELECT qkms_session_destroy(id, 'revoked', $2) FROM sessions"     \
       " WHERE initiator = $1::bigint OR responder = $1::bigint) AS ended")                     \
@@ -201,7 +204,16 @@
       "SELECT version, label FROM master_keys m WHERE state = 'retired'"                       \
       " AND retired_at < now() - make_interval(secs => $1::int)"                               \
       " AND NOT EXISTS (SELECT 1 FROM device_keys k WHERE k.master_version = m.version)"       \
-      " AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.master_version = m.version)")         \
+      " AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.master_version = m.version)"          \
+      " AND NOT EXISTS (SELECT 1 FROM session_hash_key h WHERE h.master_version = m.version)"  \
+      " ORDER BY version LIMIT 1 FOR UPDATE OF m")                                             \
+    X(Q_SIDKEY_GET, "SELECT encode(wrapped, 'hex'), master_version FROM session_hash_key")    \
+    X(Q_SIDKEY_INSERT,                                                                         \
+      "INSERT INTO session_hash_key (wrapped, master_version) VALUES (decode($1, 'hex'),"       \
+      " $2::int) ON CONFLICT DO NOTHING")                                                      \
+    X(Q_SIDKEY_REWRAP_SET,                                                                     \
+      "UPDATE session_hash_key SET wrapped = decode($1, 'hex'), master_version = $2::int"      \
+      " WHERE master_version = $3::int")                                                       \
     X(Q_MASTER_MARK_DESTROYED,                                                                 \
       "UPDATE master_keys SET state = 'destroyed' WHERE version = $1::int AND state = 'retired'" \
       " RETURNING version")

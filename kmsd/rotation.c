@@ -12,6 +12,7 @@
 #include "hexutil.h"
 #include "keycache.h"
 #include "log.h"
+#include "master.h"
 #include "pgjson.h"
 #include "queries.h"
 #include "sessions.h"
@@ -125,37 +126,6 @@ json_t *rotation_status(kms_ctx *k)
 
 /* ---- refresh, rewrap, destroy ------------------------------------------------ */
 
-static void refresh(kms_ctx *k, db_conn *c)
-{
-    db_status st;
-    PGresult *r = db_exec(c, Q_MASTER_LIST, 0, NULL, NULL, NULL, &st);
-    if (!r)
-        return;
-    for (int i = 0; i < PQntuples(r); i++) {
-        uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
-        const char *kcvhex = PQgetvalue(r, i, 2);
-        uint8_t want[KEYWRAP_KCV_LEN], got[KEYWRAP_KCV_LEN];
-        bool found = false;
-        if (!keywrap_has(k->kw, v)) {
-            if (keywrap_load(k->kw, v, &found) != CKR_OK || !found ||
-                keywrap_kcv(k->kw, v, got) != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
-                qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
-                CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
-                log_emit(LOG_ERROR, "master key version recorded in the database is not usable",
-                         "{s:i}", "version", (int)v);
-                continue;
-            }
-            keywrap_expect_kcv(k->kw, v, want);
-            log_emit(LOG_INFO, "master key version loaded", "{s:i}", "version", (int)v);
-        }
-        if (!strcmp(PQgetvalue(r, i, 3), "active") && keywrap_active(k->kw) != v) {
-            keywrap_set_active(k->kw, v);
-            log_emit(LOG_INFO, "active master key version switched", "{s:i}", "version", (int)v);
-        }
-    }
-    PQclear(r);
-}
-
 /* Unwrap under whatever version the blob names, wrap under the active one. */
 static int rewrap_blob(kms_ctx *k, const char *ctx, const char *hexblob, char *out_hex,
                        uint32_t *version)
@@ -173,6 +143,30 @@ static int rewrap_blob(kms_ctx *k, const char *ctx, const char *hexblob, char *o
     }
     OPENSSL_cleanse(key, sizeof(key));
     return rc;
+}
+
+/* The session ID hash key: rewrapped like any key, never changed (the
+ * hashes of live sessions and tombstones must keep matching). 1 if done. */
+static int rewrap_session_id_key(kms_ctx *k, db_conn *c, uint32_t av)
+{
+    char hex[2 * BLOB_MAX + 1], newv[16];
+    const char *vals[3] = {hex, newv, NULL};
+    db_status st;
+    PGresult *r = db_exec(c, Q_SIDKEY_GET, 0, NULL, NULL, NULL, &st), *u = NULL;
+    uint32_t nv = 0;
+    int done = 0;
+
+    if (r && PQntuples(r) == 1 && strtoul(PQgetvalue(r, 0, 1), NULL, 10) < av &&
+        rewrap_blob(k, SID_KEY_CONTEXT, PQgetvalue(r, 0, 0), hex, &nv) == 0) {
+        snprintf(newv, sizeof(newv), "%u", nv);
+        vals[2] = PQgetvalue(r, 0, 1);
+        u = db_exec(c, Q_SIDKEY_REWRAP_SET, 3, vals, NULL, NULL, &st);
+        done = u && atoi(PQcmdTuples(u)) == 1;
+    }
+    PQclear(u);
+    PQclear(r);
+    OPENSSL_cleanse(hex, sizeof(hex));
+    return done;
 }
 
 static int rewrap_batch(kms_ctx *k, db_conn *c)
@@ -207,6 +201,7 @@ static int rewrap_batch(kms_ctx *k, db_conn *c)
         PQclear(u);
     }
     PQclear(r);
+    done += rewrap_session_id_key(k, c, av);
     vals[0] = active;
     vals[1] = REWRAP_BATCH;
     r = db_exec(c, Q_REWRAP_SESSIONS, 2, vals, NULL, NULL, &st);
@@ -230,41 +225,64 @@ static int rewrap_batch(kms_ctx *k, db_conn *c)
     return done;
 }
 
+/* Destroy one retired version nothing references, in the token and in the
+ * database, inside one transaction holding its master_keys row FOR UPDATE:
+ * a writer naming the version (qkms_master_must_be_active takes the row FOR
+ * SHARE) waits for us and then finds it destroyed, so no row can ever be
+ * wrapped under a version that is gone. */
+static void destroy_one(kms_ctx *k, db_conn *c, const char *grace)
+{
+    const char *vals[1] = {grace};
+    db_status st = db_command(c, "BEGIN");
+    PGresult *r = NULL, *u = NULL;
+    char ver[16], label[128];
+    uint32_t v;
+    CK_RV rv;
+
+    if (st == DB_OK)
+        r = db_exec(c, Q_MASTER_DESTROYABLE, 1, vals, NULL, NULL, &st);
+    if (!r || PQntuples(r) == 0)
+        goto rollback;
+    v = (uint32_t)strtoul(PQgetvalue(r, 0, 0), NULL, 10);
+    snprintf(ver, sizeof(ver), "%u", v);
+    snprintf(label, sizeof(label), "%s", PQgetvalue(r, 0, 1));
+    vals[0] = ver;
+    u = db_exec(c, Q_MASTER_MARK_DESTROYED, 1, vals, NULL, NULL, &st);
+    if (!u || PQntuples(u) != 1)
+        goto rollback;
+    st = audit_append(c, "kmsd", "master.destroyed", NULL,
+                      json_pack("{s:i,s:s}", "version", (int)v, "label", label));
+    if (st != DB_OK)
+        goto rollback;
+    /* The token last, while the row is still locked: if it fails, nothing
+     * is recorded and the next pass tries again. */
+    rv = keywrap_has(k->kw, v) ? keywrap_destroy(k->kw, v) : CKR_OK;
+    if (rv != CKR_OK) {
+        log_emit(LOG_ERROR, "destroying a retired master key failed", "{s:i,s:s}", "version",
+                 (int)v, "ckr", p11_rv_name(rv));
+        goto rollback;
+    }
+    if (db_command(c, "COMMIT") == DB_OK)
+        log_emit(LOG_INFO, "retired master key destroyed in the token", "{s:s}", "label", label);
+    goto out;
+rollback:
+    db_command(c, "ROLLBACK");
+out:
+    PQclear(u);
+    PQclear(r);
+}
+
 static void destroy_unused(kms_ctx *k, db_conn *c)
 {
     char grace[16];
-    const char *vals[1] = {grace};
-    db_status st;
-    PGresult *r;
     /* Every instance must have adopted the new version and dropped cached
-     * rows wrapped under the old one before it goes. */
+     * rows wrapped under the old one before it goes (a lagging instance
+     * that has not is refused by the database and refreshes at once). */
     snprintf(grace, sizeof(grace), "%d",
              2 * k->cfg.maintenance_interval + k->cfg.device_key_cache_ttl);
     if (db_command(c, "SELECT pg_advisory_lock(" MASTER_LOCK ")") != DB_OK)
         return;
-    r = db_exec(c, Q_MASTER_DESTROYABLE, 1, vals, NULL, NULL, &st);
-    for (int i = 0; r && i < PQntuples(r); i++) {
-        uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
-        char ver[16];
-        const char *dv[1] = {ver};
-        PGresult *u;
-        CK_RV rv = keywrap_has(k->kw, v) ? keywrap_destroy(k->kw, v) : CKR_OK;
-        if (rv != CKR_OK) {
-            log_emit(LOG_ERROR, "destroying a retired master key failed", "{s:i,s:s}", "version",
-                     (int)v, "ckr", p11_rv_name(rv));
-            continue;
-        }
-        snprintf(ver, sizeof(ver), "%u", v);
-        u = db_exec(c, Q_MASTER_MARK_DESTROYED, 1, dv, NULL, NULL, &st);
-        if (u && PQntuples(u) == 1) {
-            audit_append(c, "kmsd", "master.destroyed", NULL,
-                         json_pack("{s:i,s:s}", "version", (int)v, "label", PQgetvalue(r, i, 1)));
-            log_emit(LOG_INFO, "retired master key destroyed in the token", "{s:s}", "label",
-                     PQgetvalue(r, i, 1));
-        }
-        PQclear(u);
-    }
-    PQclear(r);
+    destroy_one(k, c, grace);
     db_command(c, "SELECT pg_advisory_unlock(" MASTER_LOCK ")");
 }
 
@@ -275,7 +293,7 @@ int rotation_pass(kms_ctx *k)
     int n;
     if (!c)
         return -1;
-    refresh(k, c);
+    master_refresh(k, c);
     n = rewrap_batch(k, c);
     if (n > 0) {
         keycache_clear(k->keys); /* cached rows still hold the old wrapping */

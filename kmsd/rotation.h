@@ -6,16 +6,19 @@
  *    it as active and the previous one as retired (one transaction, under
  *    the master key advisory lock, audited). New wraps use it at once.
  *  - rotation_pass(), run by the maintenance thread of every kmsd:
- *    1. refreshes the loaded versions from the database (another instance
- *       may have rotated): loads new versions, checks their check values,
- *       switches the active one;
- *    2. rewraps a batch of device keys and live session keys still wrapped
- *       under an older version (unwrap and wrap in the token, optimistic
+ *    1. refreshes the loaded versions from the database (master_refresh;
+ *       another instance may have rotated);
+ *    2. rewraps a batch of device keys, live session keys and the session
+ *       ID hash key still wrapped under an older version (unwrap and wrap
+ *       in the token, optimistic
  *       UPDATE ... WHERE master_version = old, so instances never clash);
- *    3. destroys, in the token and then in the database, a retired version
- *       nothing references any more, once it has been retired longer than
- *       two maintenance intervals plus the device key cache TTL (time for
- *       every instance to switch and to forget cached old wrappings).
+ *    3. destroys a retired version nothing references any more, once it
+ *       has been retired longer than two maintenance intervals plus the
+ *       device key cache TTL, in one transaction holding its master_keys
+ *       row FOR UPDATE (marked destroyed and audited, then destroyed in the
+ *       token, then committed). The database refuses any key written under
+ *       a version that is not active (schema 006 trigger, row FOR SHARE),
+ *       so the grace is about cached wrappings, not about correctness.
  *  - Unwrapping keeps working throughout: a wrapped blob names its version
  *    and every version not yet destroyed stays loaded.
  */

@@ -10,12 +10,14 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include "device_model.h"
 #include "hexutil.h"
 #include "keycache.h"
 #include "log.h"
+#include "master.h"
 #include "pgjson.h"
 #include "qkms_proto.h"
 #include "queries.h"
@@ -202,7 +204,8 @@ static void unavailable(http_response *rs, const char *code, const char *msg)
     http_error(rs, 503, code, "%s", msg);
 }
 
-/* The device key row: from the cache, else one indexed query (then cached). */
+/* The device key row: 2 from the cache, 1 read by one indexed query (then
+ * cached), 0 when there is none, -1 on error (answered). */
 static int load_key_row(http_request *rq, http_response *rs, const envelope *env,
                         keycache_entry *e, uint64_t *t0)
 {
@@ -215,7 +218,7 @@ static int load_key_row(http_request *rq, http_response *rs, const envelope *env
     long bl;
 
     if (keycache_get(k->keys, env->device_id, env->key_index, e))
-        return 1;
+        return 2;
     snprintf(idx, sizeof(idx), "%d", env->key_index);
     c = db_acquire(k->db, &st);
     if (!c) {
@@ -247,6 +250,36 @@ static int load_key_row(http_request *rq, http_response *rs, const envelope *env
     PQclear(r);
     keycache_put(k->keys, env->device_id, env->key_index, e);
     return 1;
+}
+
+/* Unwrap the device key of row e (found: load_key_row's answer) into a->key. */
+static CK_RV unwrap_device_key(http_request *rq, http_response *rs, const envelope *env,
+                               keycache_entry *e, int found, const char *ctx, authed *a,
+                               uint64_t *t0)
+{
+    kms_ctx *k = rq->kms;
+    CK_RV rv;
+
+    a->key_len = KEYWRAP_MAX_KEY + 16;
+    rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e->wrapped, e->wrapped_len,
+                        a->key, &a->key_len);
+    if (rv != CKR_OK && (found == 2 || p11_rv_kind(rv) == P11_KIND_NOT_FOUND)) {
+        /* A cached row may name a master key version rotated away and
+         * destroyed since (the token answers not-found or, for a handle
+         * whose object vanished, device-removed); any row may name a
+         * version another instance made that we have not loaded yet
+         * (not-found). Refresh our view of the versions and read the row
+         * again, once. A row just read that failed for another reason
+         * would fail the same way again. */
+        master_refresh(k, NULL);
+        keycache_invalidate(k->keys, env->device_id);
+        if (load_key_row(rq, rs, env, e, t0) == 1 && e->wrapped_len) {
+            a->key_len = KEYWRAP_MAX_KEY + 16;
+            rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e->wrapped,
+                                e->wrapped_len, a->key, &a->key_len);
+        }
+    }
+    return rv;
 }
 
 /* Find the device key, unwrap it through the token, open the request. The
@@ -292,19 +325,7 @@ static int authenticate(http_request *rq, http_response *rs, const char *op, con
         goto out;
     }
     device_key_context(env->device_id, env->key_index, e.key_bits, ctx, sizeof(ctx));
-    a->key_len = KEYWRAP_MAX_KEY + 16;
-    rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e.wrapped, e.wrapped_len,
-                        a->key, &a->key_len);
-    if (rv != CKR_OK && found == 1 && p11_rv_kind(rv) == P11_KIND_NOT_FOUND) {
-        /* A cached row may name a master key version rotated away since:
-         * read the row again, once. */
-        keycache_invalidate(k->keys, env->device_id);
-        if (load_key_row(rq, rs, env, &e, t0) == 1 && e.wrapped_len) {
-            a->key_len = KEYWRAP_MAX_KEY + 16;
-            rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e.wrapped,
-                                e.wrapped_len, a->key, &a->key_len);
-        }
-    }
+    rv = unwrap_device_key(rq, rs, env, &e, found, ctx, a, t0);
     stage(k->smetrics, STAGE_KEY_UNWRAP, t0);
     if (rv != CKR_OK) {
         log_emit(LOG_ERROR, "device key unwrap failed", "{s:s,s:s,s:i}", "ckr", p11_rv_name(rv),
@@ -337,14 +358,17 @@ out:
     return rc;
 }
 
-/* Fields of the inner request; the clock check is part of authentication. */
+/* Fields of the inner request. The clock check is part of authentication
+ * and is made by the stored function against the database's clock (one
+ * clock for every instance, the one nonces expire by): here ts is only
+ * required to be an integer. */
 static int inner_fields(http_request *rq, http_response *rs, const envelope *env, authed *a,
-                        bool want_peer, const char **sid, const char **peer, bool *delivered)
+                        bool want_peer, const char **sid, const char **peer, bool *delivered,
+                        char ts_out[24])
 {
     json_t *ts = json_object_get(a->inner, "ts"), *d = json_object_get(a->inner, "delivery");
     const char *key;
     json_t *v;
-    long long now = (long long)time(NULL), skew = rq->kms->cfg.protocol_clock_skew;
 
     json_object_foreach(a->inner, key, v) {
         if (strcmp(key, "session_id") && strcmp(key, "ts") &&
@@ -359,10 +383,7 @@ static int inner_fields(http_request *rq, http_response *rs, const envelope *env
         refuse(rq, REFUSE_INVALID);
         return -1;
     }
-    if (json_integer_value(ts) < now - skew || json_integer_value(ts) > now + skew) {
-        auth_fail(rq, rs, env, "timestamp outside the clock window");
-        return -1;
-    }
+    snprintf(ts_out, 24, "%lld", (long long)json_integer_value(ts));
     *sid = json_string_value(json_object_get(a->inner, "session_id"));
     if (!qkp_id_valid(*sid)) {
         http_error(rs, 422, "invalid_request", "session_id is not a valid ID");
@@ -386,7 +407,31 @@ static int inner_fields(http_request *rq, http_response *rs, const envelope *env
     return 0;
 }
 
-void session_hash(const char *session_id, uint8_t out[32])
+static uint8_t *sid_key; /* secure heap, SID_KEY_LEN; set once at start */
+
+int sessions_set_id_key(const uint8_t *key, size_t len)
+{
+    if (sid_key)
+        OPENSSL_secure_clear_free(sid_key, SID_KEY_LEN);
+    sid_key = NULL;
+    if (!key)
+        return 0;
+    if (len != SID_KEY_LEN || !(sid_key = OPENSSL_secure_malloc(SID_KEY_LEN)))
+        return -1;
+    memcpy(sid_key, key, SID_KEY_LEN);
+    return 0;
+}
+
+int session_hash(const char *session_id, uint8_t out[32])
+{
+    unsigned int n = 32;
+    if (!sid_key || !HMAC(EVP_sha256(), sid_key, SID_KEY_LEN, (const uint8_t *)session_id,
+                          strlen(session_id), out, &n) || n != 32)
+        return -1;
+    return 0;
+}
+
+void session_hash_legacy(const char *session_id, uint8_t out[32])
 {
     unsigned int n = 0;
     EVP_Digest(session_id, strlen(session_id), out, &n, EVP_sha256(), NULL);
@@ -433,6 +478,7 @@ static int make_candidate(http_request *rq, http_response *rs, const uint8_t has
     uint8_t *key = OPENSSL_secure_malloc(32), wrapped[SESSION_WRAPPED_MAX];
     size_t wl = sizeof(wrapped);
     char ctx[160];
+    uint32_t used;
     CK_RV rv;
     int rc = -1;
 
@@ -446,7 +492,15 @@ static int make_candidate(http_request *rq, http_response *rs, const uint8_t has
     }
     uuid4(cd->key_id);
     session_key_context_of(hash, cd->key_id, ctx, sizeof(ctx));
+    used = keywrap_active(k->kw);
     rv = keywrap_wrap(k->kw, (const uint8_t *)ctx, strlen(ctx), key, (size_t)bits / 8, wrapped, &wl);
+    if (rv != CKR_OK && master_refresh(k, NULL) == 0 && keywrap_active(k->kw) != used) {
+        /* The version we think active may have been retired and destroyed
+         * by another instance since our last refresh: look again, once. */
+        wl = sizeof(wrapped);
+        rv = keywrap_wrap(k->kw, (const uint8_t *)ctx, strlen(ctx), key, (size_t)bits / 8,
+                          wrapped, &wl);
+    }
     if (rv != CKR_OK) {
         log_emit(LOG_ERROR, "session key wrap failed", "{s:s}", "ckr", p11_rv_name(rv));
         unavailable(rs, "token_unavailable", "key token unavailable, retry later");
@@ -478,10 +532,13 @@ static const struct {
 
 /* Deliver: unwrap the session key and seal it under the device key. */
 static void deliver(http_request *rq, http_response *rs, const envelope *env, authed *a,
-                    const char *sid, const uint8_t hash[32], PGresult *r)
+                    const char *sid, PGresult *r)
 {
     kms_ctx *k = rq->kms;
-    const char *key_id = PQgetvalue(r, 0, 1), *whex = PQgetvalue(r, 0, 3);
+    /* The wrap context names the hash the row is keyed by (a row from
+     * before the keyed hash keeps its SHA-256, docs/sessions.md). */
+    const char *key_id = PQgetvalue(r, 0, 1), *whex = PQgetvalue(r, 0, 3),
+               *hash_hex = PQgetvalue(r, 0, 8);
     int bits = atoi(PQgetvalue(r, 0, 2));
     long long expires = atoll(PQgetvalue(r, 0, 4));
     uint8_t blob[SESSION_WRAPPED_MAX], nonce[QKP_NONCE_LEN], ct[32 + QKP_TAG_LEN];
@@ -493,12 +550,17 @@ static void deliver(http_request *rq, http_response *rs, const envelope *env, au
     int aad_len;
     CK_RV rv;
 
-    if (!skey || bl <= 0) {
+    if (!skey || bl <= 0 || session_key_context(hash_hex, key_id, ctx, sizeof(ctx)) < 0) {
         http_error(rs, 500, "internal", "internal error (see kmsd log)");
         goto out;
     }
-    session_key_context_of(hash, key_id, ctx, sizeof(ctx));
     rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, skey, &sl);
+    if (p11_rv_kind(rv) == P11_KIND_NOT_FOUND && master_refresh(k, NULL) == 0) {
+        /* Rewrapped by another instance under a version we have not
+         * loaded yet: load it and try once more. */
+        sl = KEYWRAP_MAX_KEY + 16;
+        rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, skey, &sl);
+    }
     if (rv != CKR_OK || sl != (size_t)bits / 8) {
         log_emit(LOG_ERROR, "session key unwrap failed", "{s:s,s:s}", "ckr", p11_rv_name(rv),
                  "key_id", key_id);
@@ -533,175 +595,182 @@ out:
         OPENSSL_secure_clear_free(skey, KEYWRAP_MAX_KEY + 16);
 }
 
+/* What a request's stored-function call needs besides the envelope. */
+typedef struct {
+    const char *sid, *peer;
+    bool delivered;
+    char ts[24], skew[12], pk[24], kidx[8];
+    uint8_t hash[32], legacy[32];
+} session_call;
+
+static int session_call_init(http_request *rq, http_response *rs, const envelope *env, authed *a,
+                             bool key_op, session_call *sc)
+{
+    memset(sc, 0, sizeof(*sc));
+    if (inner_fields(rq, rs, env, a, key_op, &sc->sid, key_op ? &sc->peer : NULL,
+                     key_op ? &sc->delivered : NULL, sc->ts) != 0)
+        return -1;
+    if (session_hash(sc->sid, sc->hash) != 0) {
+        http_error(rs, 500, "internal", "internal error (see kmsd log)");
+        return -1;
+    }
+    session_hash_legacy(sc->sid, sc->legacy);
+    snprintf(sc->skew, sizeof(sc->skew), "%d", rq->kms->cfg.protocol_clock_skew);
+    snprintf(sc->pk, sizeof(sc->pk), "%lld", a->device_pk);
+    snprintf(sc->kidx, sizeof(sc->kidx), "%d", env->key_index);
+    return 0;
+}
+
+/* One call of qkms_session_key: the result, or NULL (answered). */
+static PGresult *session_key_call(http_request *rq, http_response *rs, const envelope *env,
+                                  const session_call *sc, const candidate *cd)
+{
+    kms_ctx *k = rq->kms;
+    const char *vals[15] = {sc->pk, sc->kidx, (const char *)env->nonce, (const char *)sc->hash,
+                            sc->sid, sc->peer, sc->delivered ? "true" : "false", cd->key_id,
+                            cd->wrapped_hex, cd->master, cd->provenance, cd->bits, sc->ts,
+                            sc->skew, (const char *)sc->legacy};
+    int lens[15] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32};
+    int fmts[15] = {0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    db_status st;
+    PGresult *r = db_query(k->db, Q_SESSION_KEY, 15, vals, lens, fmts, &st);
+    if (!r)
+        http_db_error(rs, st);
+    return r;
+}
+
+/* Answer a refusal outcome of qkms_session_key (everything but ok, need_key
+ * and master_inactive). */
+static void session_key_refused(http_request *rq, http_response *rs, const envelope *env,
+                                const session_call *sc, PGresult *r)
+{
+    kms_ctx *k = rq->kms;
+    const char *outcome = PQgetvalue(r, 0, 0);
+
+    if (!strcmp(outcome, "replay")) {
+        ratelimit_refund(k->rl[RL_DEVICE], env->device_id, ratelimit_now_ns());
+        auth_fail(rq, rs, env, "nonce already used (replay)");
+        return;
+    }
+    if (!strcmp(outcome, "stale")) {
+        auth_fail(rq, rs, env, "timestamp outside the clock window");
+        return;
+    }
+    if (!strcmp(outcome, "unauthenticated")) {
+        /* The authoritative re-check refused what a cached row allowed. */
+        keycache_invalidate(k->keys, env->device_id);
+        auth_fail(rq, rs, env, PQgetvalue(r, 0, 5));
+        return;
+    }
+    if (!strcmp(outcome, "device_inactive")) {
+        keycache_invalidate(k->keys, env->device_id);
+        refuse(rq, REFUSE_INACTIVE);
+        http_error(rs, 403, "device_inactive", "this device is %s", PQgetvalue(r, 0, 5));
+        return;
+    }
+    for (size_t i = 0; i < sizeof(outcomes) / sizeof(outcomes[0]); i++)
+        if (!strcmp(outcome, outcomes[i].outcome)) {
+            refuse(rq, outcomes[i].refusal);
+            log_emit(LOG_WARN, "session request refused", "{s:s,s:s,s:s,s:s}", "req_id",
+                     rq->req_id, "device_id", env->device_id, "peer_id", sc->peer, "reason",
+                     outcome);
+            http_error(rs, outcomes[i].status, outcomes[i].code, "%s", outcomes[i].message);
+            return;
+        }
+    log_emit(LOG_ERROR, "unexpected session outcome", "{s:s}", "outcome", outcome);
+    http_error(rs, 500, "internal", "internal error (see kmsd log)");
+}
+
 void h_session_key(http_request *rq, http_response *rs)
 {
     kms_ctx *k = rq->kms;
     envelope env;
     authed a;
-    const char *sid = NULL, *peer = NULL;
-    bool delivered = false;
-    uint8_t hash[32];
-    char pk[24], kidx[8];
+    session_call sc;
     candidate cd;
-    bool have_cd = false;
     PGresult *r = NULL;
-
     uint64_t t0 = now_ns();
 
     memset(&a, 0, sizeof(a));
+    memset(&cd, 0, sizeof(cd));
     if (parse_envelope(rq, rs, &env) != 0)
         goto out;
     stage(k->smetrics, STAGE_PARSE, &t0);
-    if (authenticate(rq, rs, "key", &env, &a, &t0) != 0)
-        goto out;
-    if (inner_fields(rq, rs, &env, &a, true, &sid, &peer, &delivered) != 0)
+    if (authenticate(rq, rs, "key", &env, &a, &t0) != 0 ||
+        session_call_init(rq, rs, &env, &a, true, &sc) != 0)
         goto out;
     stage(k->smetrics, STAGE_OPEN, &t0);
     /* Per device only once authenticated, so nobody can spend another
-     * device's tokens (a replay gets its token back below). */
+     * device's tokens (a replay gets its token back below). A device that
+     * kmsd's row shows inactive is refused by the stored function, which
+     * records the nonce first. */
     if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
         goto out;
-    if (strcmp(a.state, "active") != 0) {
-        refuse(rq, REFUSE_INACTIVE);
-        http_error(rs, 403, "device_inactive", "this device is %s", a.state);
-        goto out;
-    }
-    session_hash(sid, hash);
-    snprintf(pk, sizeof(pk), "%lld", a.device_pk);
-    snprintf(kidx, sizeof(kidx), "%d", env.key_index);
     /* A candidate key goes with the first call: when the session is new (the
      * common first request) this saves a round trip; when it exists, the
      * candidate is simply dropped (it never left kmsd unwrapped). */
-    if (make_candidate(rq, rs, hash, 128, &cd) != 0)
+    if (make_candidate(rq, rs, sc.hash, 128, &cd) != 0)
         goto out;
-    have_cd = true;
     stage(k->smetrics, STAGE_NEW_KEY, &t0);
     for (int attempt = 0; attempt < 3; attempt++) {
-        const char *vals[12] = {pk, kidx, (const char *)env.nonce, (const char *)hash, sid, peer,
-                                delivered ? "true" : "false", NULL, NULL, NULL, NULL, NULL};
-        int lens[12] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0};
-        int fmts[12] = {0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
         const char *outcome;
-        db_status st;
-        db_conn *c;
-
-        if (have_cd) {
-            vals[7] = cd.key_id;
-            vals[8] = cd.wrapped_hex;
-            vals[9] = cd.master;
-            vals[10] = cd.provenance;
-            vals[11] = cd.bits;
-        }
-        c = db_acquire(k->db, &st);
-        if (!c) {
-            http_db_error(rs, st);
-            goto out;
-        }
-        r = db_exec(c, Q_SESSION_KEY, 12, vals, lens, fmts, &st);
-        db_release(k->db, c);
+        r = session_key_call(rq, rs, &env, &sc, &cd);
         stage(k->smetrics, STAGE_SESSION_TX, &t0);
-        if (!r) {
-            http_db_error(rs, st);
+        if (!r)
             goto out;
-        }
         outcome = PQgetvalue(r, 0, 0);
         if (!strcmp(outcome, "ok")) {
-            deliver(rq, rs, &env, &a, sid, hash, r);
+            deliver(rq, rs, &env, &a, sc.sid, r);
             stage(k->smetrics, STAGE_DELIVER, &t0);
             goto out;
         }
-        if (!strcmp(outcome, "need_key")) {
+        if (!strcmp(outcome, "need_key") || !strcmp(outcome, "master_inactive")) {
+            /* need_key: the policy wants other bits. master_inactive: the
+             * candidate was wrapped under a version another instance has
+             * retired; learn the active one and wrap again. Neither wrote
+             * anything (the nonce is still unused). */
             int bits = atoi(PQgetvalue(r, 0, 2));
-            PQclear(r);
-            r = NULL;
-            if (make_candidate(rq, rs, hash, bits, &cd) != 0)
-                goto out;
-            stage(k->smetrics, STAGE_NEW_KEY, &t0);
-            have_cd = true;
-            continue;
-        }
-        if (!strcmp(outcome, "replay")) {
-            ratelimit_refund(k->rl[RL_DEVICE], env.device_id, ratelimit_now_ns());
-            auth_fail(rq, rs, &env, "nonce already used (replay)");
-            goto out;
-        }
-        if (!strcmp(outcome, "unauthenticated")) {
-            /* The authoritative re-check refused what a cached row allowed. */
-            keycache_invalidate(k->keys, env.device_id);
-            auth_fail(rq, rs, &env, PQgetvalue(r, 0, 5));
-            goto out;
-        }
-        if (!strcmp(outcome, "device_inactive")) {
-            keycache_invalidate(k->keys, env.device_id);
-            refuse(rq, REFUSE_INACTIVE);
-            http_error(rs, 403, "device_inactive", "this device is %s", PQgetvalue(r, 0, 5));
-            goto out;
-        }
-        for (size_t i = 0; i < sizeof(outcomes) / sizeof(outcomes[0]); i++)
-            if (!strcmp(outcome, outcomes[i].outcome)) {
-                refuse(rq, outcomes[i].refusal);
-                log_emit(LOG_WARN, "session request refused", "{s:s,s:s,s:s,s:s}", "req_id",
-                         rq->req_id, "device_id", env.device_id, "peer_id", peer, "reason",
-                         outcome);
-                http_error(rs, outcomes[i].status, outcomes[i].code, "%s", outcomes[i].message);
+            if (outcome[0] == 'm' && master_refresh(k, NULL) != 0) {
+                unavailable(rs, "unavailable", "database unavailable, retry later");
                 goto out;
             }
-        log_emit(LOG_ERROR, "unexpected session outcome", "{s:s}", "outcome", outcome);
-        http_error(rs, 500, "internal", "internal error (see kmsd log)");
+            PQclear(r);
+            r = NULL;
+            if (make_candidate(rq, rs, sc.hash, bits, &cd) != 0)
+                goto out;
+            stage(k->smetrics, STAGE_NEW_KEY, &t0);
+            continue;
+        }
+        session_key_refused(rq, rs, &env, &sc, r);
         goto out;
     }
+    log_emit(LOG_ERROR, "session could not be settled", "{s:s}", "device_id", env.device_id);
     http_error(rs, 500, "internal", "session could not be settled");
 out:
     PQclear(r);
     OPENSSL_cleanse(&cd, sizeof(cd));
+    OPENSSL_cleanse(&sc, sizeof(sc));
     authed_clear(&a);
 }
 
-void h_session_end(http_request *rq, http_response *rs)
+/* Answer an outcome of qkms_session_end. */
+static void session_end_answer(http_request *rq, http_response *rs, const envelope *env,
+                               const char *sid, const char *outcome)
 {
     kms_ctx *k = rq->kms;
-    envelope env;
-    authed a;
-    const char *sid = NULL, *outcome;
-    uint8_t hash[32];
-    char pk[24], kidx[8];
-    PGresult *r = NULL;
-    db_status st;
-
-    uint64_t t0 = now_ns();
-
-    memset(&a, 0, sizeof(a));
-    if (parse_envelope(rq, rs, &env) != 0 || authenticate(rq, rs, "end", &env, &a, &t0) != 0)
-        goto out;
-    if (inner_fields(rq, rs, &env, &a, false, &sid, NULL, NULL) != 0)
-        goto out;
-    if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
-        goto out;
-    /* A suspended device may still end its sessions: ending only destroys. */
-    session_hash(sid, hash);
-    snprintf(pk, sizeof(pk), "%lld", a.device_pk);
-    snprintf(kidx, sizeof(kidx), "%d", env.key_index);
-    {
-        const char *vals[4] = {pk, kidx, (const char *)env.nonce, (const char *)hash};
-        int lens[4] = {0, 0, QKP_NONCE_LEN, 32}, fmts[4] = {0, 0, 1, 1};
-        r = db_query(k->db, Q_SESSION_END, 4, vals, lens, fmts, &st);
-    }
-    if (!r) {
-        http_db_error(rs, st);
-        goto out;
-    }
-    outcome = PQgetvalue(r, 0, 0);
     if (!strcmp(outcome, "ok")) {
         atomic_fetch_add(&k->smetrics->ended_by_party, 1);
         log_emit(LOG_INFO, "session ended", "{s:s,s:s,s:s}", "req_id", rq->req_id, "device_id",
-                 env.device_id, "reason", "ended_by_party");
+                 env->device_id, "reason", "ended_by_party");
         http_json(rs, 200, json_pack("{s:i,s:s,s:b}", "v", QKP_VERSION, "session_id", sid, "ended", 1));
     } else if (!strcmp(outcome, "replay")) {
-        ratelimit_refund(k->rl[RL_DEVICE], env.device_id, ratelimit_now_ns());
-        auth_fail(rq, rs, &env, "nonce already used (replay)");
+        ratelimit_refund(k->rl[RL_DEVICE], env->device_id, ratelimit_now_ns());
+        auth_fail(rq, rs, env, "nonce already used (replay)");
+    } else if (!strcmp(outcome, "stale")) {
+        auth_fail(rq, rs, env, "timestamp outside the clock window");
     } else if (!strncmp(outcome, "unauthenticated: ", 17)) {
-        keycache_invalidate(k->keys, env.device_id);
-        auth_fail(rq, rs, &env, outcome + 17);
+        keycache_invalidate(k->keys, env->device_id);
+        auth_fail(rq, rs, env, outcome + 17);
     } else if (!strcmp(outcome, "ended")) {
         refuse(rq, REFUSE_ENDED);
         http_error(rs, 409, "session_ended", "this session has already ended");
@@ -711,8 +780,40 @@ void h_session_end(http_request *rq, http_response *rs)
         refuse(rq, REFUSE_NOT_PARTY);
         http_error(rs, 403, "not_a_party", "this device is not a party of the session");
     }
+}
+
+void h_session_end(http_request *rq, http_response *rs)
+{
+    kms_ctx *k = rq->kms;
+    envelope env;
+    authed a;
+    session_call sc;
+    PGresult *r = NULL;
+    db_status st;
+    uint64_t t0 = now_ns();
+
+    memset(&a, 0, sizeof(a));
+    memset(&sc, 0, sizeof(sc));
+    if (parse_envelope(rq, rs, &env) != 0 || authenticate(rq, rs, "end", &env, &a, &t0) != 0 ||
+        session_call_init(rq, rs, &env, &a, false, &sc) != 0)
+        goto out;
+    if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+        goto out;
+    /* A suspended device may still end its sessions: ending only destroys. */
+    {
+        const char *vals[7] = {sc.pk, sc.kidx, (const char *)env.nonce, (const char *)sc.hash,
+                               sc.ts, sc.skew, (const char *)sc.legacy};
+        int lens[7] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 32}, fmts[7] = {0, 0, 1, 1, 0, 0, 1};
+        r = db_query(k->db, Q_SESSION_END, 7, vals, lens, fmts, &st);
+    }
+    if (!r) {
+        http_db_error(rs, st);
+        goto out;
+    }
+    session_end_answer(rq, rs, &env, sc.sid, PQgetvalue(r, 0, 0));
 out:
     PQclear(r);
+    OPENSSL_cleanse(&sc, sizeof(sc));
     authed_clear(&a);
 }
 
@@ -723,7 +824,9 @@ int sessions_reap(kms_ctx *k)
     db_status st;
     PGresult *r;
     int n;
-    /* Nonces are kept a little longer than the clock window they guard. */
+    /* Since schema 006 each nonce carries its own expiry (ts + skew) and
+     * the window argument is ignored; it is kept for the stored function's
+     * signature. */
     snprintf(win, sizeof(win), "%d", 2 * k->cfg.protocol_clock_skew + 60);
     snprintf(days, sizeof(days), "%d", k->cfg.session_tombstone_days);
     r = db_query(k->db, Q_SESSION_REAP, 3, vals, NULL, NULL, &st);
@@ -767,7 +870,7 @@ static int query_sessions(http_request *rq, http_response *rs, const char *devic
                           const char *sid, const char *state, int limit, json_t **out)
 {
     char lim[16];
-    uint8_t hash[32];
+    uint8_t hash[32], legacy[32];
     bool ended = state && !strcmp(state, "ended");
     const char *vals[4] = {device, sid, lim, ended ? NULL : state};
     int lens[4] = {0, 0, 0, 0}, fmts[4] = {0, 0, 0, 0};
@@ -775,12 +878,17 @@ static int query_sessions(http_request *rq, http_response *rs, const char *devic
     PGresult *r;
     snprintf(lim, sizeof(lim), "%d", limit);
     if (ended && sid) {
-        session_hash(sid, hash);
+        if (session_hash(sid, hash) != 0) {
+            http_error(rs, 500, "internal", "internal error (see kmsd log)");
+            return -1;
+        }
+        session_hash_legacy(sid, legacy);
         vals[1] = (const char *)hash;
-        lens[1] = 32;
-        fmts[1] = 1;
+        vals[3] = (const char *)legacy;
+        lens[1] = lens[3] = 32;
+        fmts[1] = fmts[3] = 1;
     }
-    r = ended ? db_query(rq->kms->db, Q_TOMBSTONES_LIST, 3, vals, lens, fmts, &st)
+    r = ended ? db_query(rq->kms->db, Q_TOMBSTONES_LIST, 4, vals, lens, fmts, &st)
               : db_query(rq->kms->db, Q_SESSIONS_LIST, 4, vals, lens, fmts, &st);
     if (!r) {
         http_db_error(rs, st);
@@ -842,9 +950,9 @@ void h_admin_session_get(http_request *rq, http_response *rs)
 void h_admin_session_end(http_request *rq, http_response *rs)
 {
     const char *sid = rq->params[0];
-    uint8_t hash[32];
-    const char *vals[2] = {(const char *)hash, rq->who.name};
-    int lens[2] = {32, 0}, fmts[2] = {1, 0};
+    uint8_t hash[32], legacy[32];
+    const char *vals[3] = {(const char *)hash, rq->who.name, (const char *)legacy};
+    int lens[3] = {32, 0, 32}, fmts[3] = {1, 0, 1};
     db_status st;
     PGresult *r;
     json_t *in;
@@ -857,8 +965,12 @@ void h_admin_session_end(http_request *rq, http_response *rs)
     if (!in)
         return;
     json_decref(in);
-    session_hash(sid, hash);
-    r = db_query(rq->kms->db, Q_SESSION_END_OPERATOR, 2, vals, lens, fmts, &st);
+    if (session_hash(sid, hash) != 0) {
+        http_error(rs, 500, "internal", "internal error (see kmsd log)");
+        return;
+    }
+    session_hash_legacy(sid, legacy);
+    r = db_query(rq->kms->db, Q_SESSION_END_OPERATOR, 3, vals, lens, fmts, &st);
     if (!r) {
         http_db_error(rs, st);
         return;

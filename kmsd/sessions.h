@@ -9,10 +9,14 @@
  *    Every authentication failure answers the same 401; the log line names
  *    the reason (auth_failure).
  *  - Session state lives only in PostgreSQL and is changed by the stored
- *    functions of schema/003 in one round trip and one transaction each, so
- *    the database alone guarantees one key per session ID, across kmsd
- *    instances. The session key exists at rest only wrapped under the master
- *    key, in the live session's row.
+ *    functions of schema/003 and 006 in one round trip and one transaction
+ *    each, so the database alone guarantees one key per session ID, across
+ *    kmsd instances. The session key exists at rest only wrapped under the
+ *    master key, in the live session's row.
+ *  - The database is also the authority for the request's time (its now())
+ *    and for replays: the nonce is recorded before every outcome a device
+ *    sees. A wrap it refuses as made under a master version no longer
+ *    active makes kmsd refresh its view (master_refresh) and wrap again.
  *  - Counters for /metrics are kept here (lock-free).
  */
 #ifndef QKMS_SESSIONS_H
@@ -41,8 +45,21 @@ void h_admin_session_end(http_request *rq, http_response *rs);
  * and tombstones. Returns the number destroyed, or -1. */
 int sessions_reap(kms_ctx *k);
 
-/* SHA-256 of a session ID: the tombstone key. */
-void session_hash(const char *session_id, uint8_t out[32]);
+/* The session ID hash key: SID_KEY_LEN random bytes, stored only wrapped
+ * under the master key with context SID_KEY_CONTEXT (master.c makes and
+ * unwraps it at start, rotation.c rewraps it). */
+#define SID_KEY_LEN 32
+#define SID_KEY_CONTEXT "qkms/session-id-hmac-key/v1"
+/* Keep a copy of key in secure memory (NULL: wipe and forget it). 0 or -1. */
+int sessions_set_id_key(const uint8_t *key, size_t len);
+
+/* HMAC-SHA-256 of a session ID under the session ID hash key: what the
+ * sessions and tombstones are keyed by, so a database reader cannot test
+ * guessed session IDs. -1 if the key is not set. */
+int session_hash(const char *session_id, uint8_t out[32]);
+/* The plain SHA-256 rows written before migration 006 are keyed by; looked
+ * up as a fallback so sessions live across the upgrade keep working. */
+void session_hash_legacy(const char *session_id, uint8_t out[32]);
 
 /* The wrap context (AAD) of a session key: its session hash as lower-case
  * hex and its key ID. One definition for wrapping (sessions.c) and

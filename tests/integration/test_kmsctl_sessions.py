@@ -55,6 +55,16 @@ def sha256_hex(s):
     return hashlib.sha256(s.encode()).hexdigest()
 
 
+def stone_hash(stack, key_id, sid):
+    """The hash a tombstone is keyed by, read from the database by key ID:
+    HMAC-SHA-256 under the server's session ID key (docs/sessions.md), so
+    never the plain SHA-256 of the ID."""
+    h = stack.psql(f"SELECT encode(session_hash, 'hex') FROM session_tombstones "
+                   f"WHERE key_id = '{key_id}'").strip()
+    assert len(h) == 64 and h != sha256_hex(sid)
+    return h
+
+
 # -- devices and sessions, driven over HTTP with the Python protocol client --
 
 def assert_session_ended(stack, dev, sid, peer):
@@ -422,7 +432,7 @@ def test_session_end(stack, pair):
     stone = ok_json(stack, "session", "show", sid)
     assert set(stone) == TOMBSTONE_FIELDS
     assert stone["state"] == "ended" and stone["reason"] == "ended_by_operator"
-    assert stone["session_hash"] == sha256_hex(sid) and stone["key_id"] == k.key_id
+    assert stone["session_hash"] == stone_hash(stack, k.key_id, sid) and stone["key_id"] == k.key_id
     assert (stone["initiator"], stone["responder"]) == (veh.device_id, enc.device_id)
     assert near(ts(stone["ended_at"]), utcnow())
     assert stone == server_session(stack, sid)
@@ -433,7 +443,7 @@ def test_session_end(stack, pair):
     assert table(ok(stack, "session", "list", "--device", veh.device_id).stdout) == [SESSION_HEADER]
     p = ok(stack, "session", "list", "--device", veh.device_id, "--state", "ended")
     assert table(p.stdout) == [ENDED_HEADER, [
-        sha256_hex(sid)[:16], k.key_id, veh.device_id, enc.device_id, "ended_by_operator",
+        stone_hash(stack, k.key_id, sid)[:16], k.key_id, veh.device_id, enc.device_id, "ended_by_operator",
         stone["ended_at"]]]
     body = ok_json(stack, "session", "list", "--device", enc.device_id, "--state", "ended")
     assert body == {"sessions": [stone]}
@@ -446,7 +456,8 @@ def test_session_end(stack, pair):
     get_key(stack, veh, sid2, enc)
     stone2 = ok_json(stack, "session", "end", sid2)
     assert set(stone2) == TOMBSTONE_FIELDS
-    assert stone2["reason"] == "ended_by_operator" and stone2["session_hash"] == sha256_hex(sid2)
+    assert stone2["reason"] == "ended_by_operator"
+    assert stone2["session_hash"] == stone_hash(stack, stone2["key_id"], sid2)
     assert_session_ended(stack, enc, sid2, veh)
 
 
@@ -487,10 +498,10 @@ def test_delivered_policy(stack):
     assert get_key(stack, enc, sid, veh).key == k.key
     rec = kv_block(ok(stack, "session", "show", sid).stdout)
     assert rec["state"] == "ended" and rec["reason"] == "delivered", rec
-    assert rec["session_hash"] == sha256_hex(sid) and "session_id" not in rec
+    assert rec["session_hash"] == stone_hash(stack, k.key_id, sid) and "session_id" not in rec
     assert table(ok(stack, "session", "list", "--device", veh.device_id).stdout) == [SESSION_HEADER]
     rows = table(ok(stack, "session", "list", "--device", enc.device_id, "--state", "ended").stdout)
-    assert rows[1:] == [[sha256_hex(sid)[:16], k.key_id, veh.device_id, enc.device_id,
+    assert rows[1:] == [[stone_hash(stack, k.key_id, sid)[:16], k.key_id, veh.device_id, enc.device_id,
                          "delivered", rec["ended_at"]]]
     assert_session_ended(stack, veh, sid, enc)
     # Nothing left to end.
