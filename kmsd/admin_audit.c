@@ -140,8 +140,8 @@ static void list_rows(http_request *rq, http_response *rs, bool export)
     }
     {
         const char *vals[6] = {safter, since, device, type, prefix ? "t" : "f", slimit};
-        r = PQexecParams(
-            db_pg(c),
+        r = db_exec_params(
+            c,
             "SELECT a.id, (extract(epoch FROM a.at) * 1000000)::bigint, a.actor, a.event,"
             " a.device_id, a.detail::text, encode(a.prev_hash, 'hex'), encode(a.hash, 'hex'),"
             " (extract(epoch FROM a.sealed_at) * 1000000)::bigint"
@@ -151,13 +151,9 @@ static void list_rows(http_request *rq, http_response *rs, bool export)
             " AND ($4::text IS NULL OR a.event = $4::text"
             "      OR ($5::boolean AND left(a.event, length($4::text)) = $4::text))"
             " ORDER BY a.id LIMIT $6::int",
-            6, NULL, vals, NULL, NULL, 0);
+            6, vals, &st);
     }
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        st = db_classify_sqlstate(PQresultErrorField(r, PG_DIAG_SQLSTATE));
-        if (PQstatus(db_pg(c)) != CONNECTION_OK)
-            st = DB_UNAVAILABLE;
-        PQclear(r);
+    if (!r) {
         db_release(rq->kms->db, c);
         if (st == DB_INVALID)
             http_error(rs, 400, "invalid_query", "since is not a valid time");

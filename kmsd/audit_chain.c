@@ -489,21 +489,8 @@ int audit_verifier_finish(audit_verifier *v, audit_verify_result *out)
  * the request path). NULL with *st set on failure. */
 static PGresult *q(db_conn *c, const char *sql, int n, const char *const *vals, db_status *st)
 {
-    PGresult *r = PQexecParams(db_pg(c), sql, n, NULL, vals, NULL, NULL, 0);
-    ExecStatusType es = PQresultStatus(r);
-    char line[256];
-    if (r && (es == PGRES_COMMAND_OK || es == PGRES_TUPLES_OK)) {
-        *st = DB_OK;
-        return r;
-    }
-    *st = db_classify_sqlstate(r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL);
-    if (PQstatus(db_pg(c)) != CONNECTION_OK)
-        *st = DB_UNAVAILABLE;
-    db_first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(db_pg(c)), line, sizeof(line));
-    log_emit(*st == DB_ERROR ? LOG_ERROR : LOG_WARN, "audit chain: database error", "{s:s,s:s}",
-             "error", line, "class", db_status_name(*st));
-    PQclear(r);
-    return NULL;
+    /* db_exec_params: under the pool's io deadline, errors classified and logged. */
+    return db_exec_params(c, sql, n, vals, st);
 }
 
 static int64_t get_i64(const PGresult *r, int row, int col)
