@@ -71,6 +71,11 @@ const config_option config_options[] = {
     {"master_key_create", OPT_BOOL, OFF(master_key_create), "true", 0, 0, NULL, false, false,
      "Create master key version 1 in the token when the database has none yet. Set false when "
      "the key is provisioned by an HSM ceremony."},
+    {"master_key_wrap_limit", OPT_INT, OFF(master_key_wrap_limit), "2000000000", 1, 2147483647,
+     NULL, false, false,
+     "Random-IV AES-GCM invocations (key wraps, audit checkpoint MACs) under one master key "
+     "version after which kmsd rotates it automatically; SP 800-38D allows 2^32. Counted in "
+     "`master_keys.wrap_count` (docs/operations.md, \"Master key wrap budget\")."},
     {"entropy_sources", OPT_STR, OFF(entropy_sources), "pkcs11,os", 0, 0, NULL, false, false,
      "Entropy sources, comma-separated: the first is the primary (normally the quantum RNG), "
      "the others are fallbacks in order. Kinds: `http` (a QRNG appliance or service), `device` "

@@ -49,6 +49,7 @@ typedef struct kms_config {
     int pkcs11_sessions;
     char *master_key_label;
     bool master_key_create;
+    int master_key_wrap_limit;
     /* entropy */
     char *entropy_sources;
     char *entropy_policy;

@@ -205,6 +205,18 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
                 (long long)ms.devices_revoked, (long long)ms.keys_expiring,
                 (unsigned long long)ms.keys_retired, (long long)ms.sessions_open,
                 (unsigned long long)ms.failures);
+        fprintf(f,
+                "# HELP qkms_master_key_wraps Random-IV GCM invocations recorded under the active"
+                " master key version (master_keys.wrap_count; budget: master_key_wrap_limit).\n"
+                "# TYPE qkms_master_key_wraps gauge\nqkms_master_key_wraps{version=\"%u\"} %lld\n"
+                "# HELP qkms_master_key_wrap_limit Configured master_key_wrap_limit.\n"
+                "# TYPE qkms_master_key_wrap_limit gauge\nqkms_master_key_wrap_limit %d\n"
+                "# HELP qkms_master_key_budget_rotations_total Automatic rotations at the wrap"
+                " budget made by this process.\n"
+                "# TYPE qkms_master_key_budget_rotations_total counter\n"
+                "qkms_master_key_budget_rotations_total %llu\n",
+                ms.wrap_active_version, (long long)ms.wrap_active_count,
+                kms->cfg.master_key_wrap_limit, (unsigned long long)ms.wrap_budget_rotations);
     }
     fclose(f);
     return buf;
