@@ -197,9 +197,9 @@ static void record_verify(http_request *rq, const audit_verify_result *v)
     db_conn *c = db_acquire(rq->kms->db, &st);
     if (!c)
         return;
-    json_t *d = json_pack("{s:b,s:I,s:I}", "ok", v->ok, "rows_checked",
+    json_t *d = json_pack("{s:b,s:I,s:I,s:I}", "ok", v->ok, "rows_checked",
                           (json_int_t)v->rows_checked, "checkpoints_checked",
-                          (json_int_t)v->checkpoints_checked);
+                          (json_int_t)v->checkpoints_checked, "gaps", (json_int_t)v->gap_count);
     if (d && !v->ok) {
         json_object_set_new(d, "problem", json_string(audit_problem_name(v->problem)));
         json_object_set_new(d, "id", json_integer((json_int_t)v->bad_id));
@@ -208,12 +208,30 @@ static void record_verify(http_request *rq, const audit_verify_result *v)
     db_release(rq->kms->db, c);
 }
 
+/* [{"lo","hi","missing","skipped_at"}] for the listed gaps. */
+static json_t *gaps_json(const audit_verify_result *v)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < v->ngaps; i++) {
+        char at[28];
+        audit_format_time(v->gaps[i].skipped_at_us, at);
+        if (json_array_append_new(a, json_pack("{s:I,s:I,s:I,s:s}", "lo", (json_int_t)v->gaps[i].lo,
+                                               "hi", (json_int_t)v->gaps[i].hi, "missing",
+                                               (json_int_t)v->gaps[i].missing, "skipped_at",
+                                               at)) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    }
+    return a;
+}
+
 void h_audit_verify(http_request *rq, http_response *rs)
 {
     audit_verify_result v;
     db_status st = DB_OK;
     CK_RV rv = CKR_OK;
-    json_t *in = http_body_object_opt(rq, rs), *bad = json_null(), *head = json_null();
+    json_t *in = http_body_object_opt(rq, rs), *bad = json_null(), *head = json_null(), *gaps;
     char hex[2 * AUDIT_HASH_LEN + 1];
 
     if (!in)
@@ -252,11 +270,21 @@ void h_audit_verify(http_request *rq, http_response *rs)
         qkms_hex_encode(v.head_hash, AUDIT_HASH_LEN, hex);
         head = json_pack("{s:I,s:s}", "id", (json_int_t)v.head_id, "hash", hex);
     }
+    if (v.gap_count > 0)
+        log_emit(LOG_WARN, "audit log has gaps: ids never sealed (rolled back, or deleted before"
+                           " sealing)",
+                 "{s:I,s:I,s:I,s:I}", "gaps", (json_int_t)v.gap_count, "ids",
+                 (json_int_t)v.gap_ids, "first", (json_int_t)(v.ngaps ? v.gaps[0].lo : 0), "last",
+                 (json_int_t)(v.ngaps ? v.gaps[v.ngaps - 1].hi : 0));
     record_verify(rq, &v);
+    gaps = gaps_json(&v);
+    free(v.gaps);
     http_json(rs, 200,
-              json_pack("{s:b,s:I,s:I,s:I,s:I,s:o,s:o}", "ok", v.ok, "rows_checked",
+              json_pack("{s:b,s:I,s:I,s:I,s:I,s:o,s:o,s:I,s:I,s:o}", "ok", v.ok, "rows_checked",
                         (json_int_t)v.rows_checked, "checkpoints_checked",
                         (json_int_t)v.checkpoints_checked, "checkpoints_unverifiable",
                         (json_int_t)v.checkpoints_unverifiable, "pending", (json_int_t)v.pending,
-                        "head", head ? head : json_null(), "first_bad", bad ? bad : json_null()));
+                        "head", head ? head : json_null(), "first_bad", bad ? bad : json_null(),
+                        "gap_count", (json_int_t)v.gap_count, "gap_ids", (json_int_t)v.gap_ids,
+                        "gaps", gaps ? gaps : json_null()));
 }

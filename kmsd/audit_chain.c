@@ -1115,6 +1115,44 @@ static int v_checkpoint_mac(void *arg, const audit_checkpoint *cp)
     return -1;
 }
 
+/* Every recorded gap with ids still missing: counted in full, the newest
+ * AUDIT_GAPS_LISTED listed in ascending order. 0, or -1 (vc->st set). */
+static int load_gaps(verify_ctx *vc, audit_verify_result *out)
+{
+    PGresult *r = q(vc->c,
+                    "WITH g AS (SELECT lo, hi, (extract(epoch FROM skipped_at) * 1000000)::bigint"
+                    " AS at_us, (hi - lo + 1) - (SELECT count(*) FROM audit_log a"
+                    " WHERE a.id BETWEEN audit_gaps.lo AND audit_gaps.hi) AS missing"
+                    " FROM audit_gaps)"
+                    " SELECT lo, hi, missing, at_us, count(*) OVER (), sum(missing) OVER ()"
+                    " FROM g WHERE missing > 0 ORDER BY lo DESC LIMIT " STR(AUDIT_GAPS_LISTED),
+                    0, NULL, &vc->st);
+    int n;
+    if (!r)
+        return -1;
+    n = PQntuples(r);
+    if (n > 0) {
+        out->gaps = calloc((size_t)n, sizeof(audit_gap));
+        if (!out->gaps) {
+            PQclear(r);
+            vc->st = DB_ERROR;
+            return -1;
+        }
+        out->gap_count = get_i64(r, 0, 4);
+        out->gap_ids = get_i64(r, 0, 5);
+    }
+    for (int i = 0; i < n; i++) {
+        audit_gap *g = &out->gaps[n - 1 - i];
+        g->lo = get_i64(r, i, 0);
+        g->hi = get_i64(r, i, 1);
+        g->missing = get_i64(r, i, 2);
+        g->skipped_at_us = get_i64(r, i, 3);
+    }
+    out->ngaps = (size_t)n;
+    PQclear(r);
+    return 0;
+}
+
 int audit_chain_verify(kms_ctx *k, audit_verify_result *out, db_status *st, CK_RV *rv)
 {
     verify_ctx vc;
@@ -1193,7 +1231,7 @@ int audit_chain_verify(kms_ctx *k, audit_verify_result *out, db_status *st, CK_R
         if (stop || n < VERIFY_PAGE)
             break;
     }
-    if (audit_verifier_finish(v, out) != 0)
+    if (audit_verifier_finish(v, out) != 0 || load_gaps(&vc, out) != 0)
         goto done;
     rc = 0;
 done:
@@ -1203,6 +1241,11 @@ done:
         if (PQstatus(db_pg(vc.c)) == CONNECTION_OK)
             db_command(vc.c, "COMMIT");
         db_release(k->db, vc.c);
+    }
+    if (rc != 0) {
+        free(out->gaps);
+        out->gaps = NULL;
+        out->ngaps = 0;
     }
     if (rc != 0 && vc.st == DB_OK && vc.rv == CKR_OK)
         vc.st = DB_ERROR;

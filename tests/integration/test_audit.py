@@ -491,3 +491,64 @@ def test_two_instances_seal_one_chain(fresh_stack):
         rc = second.wait(timeout=30)
         log2.close()
     assert rc == 0, open(os.path.join(st.state, "kmsd2.log")).read()[-4000:]
+
+
+# -- rows deleted before they were sealed -------------------------------------------------------
+SEALER_LOCK = 7164803902  # kmsd/audit_chain.c AUDIT_SEAL_LOCK
+
+
+def test_row_deleted_before_sealing_is_reported_as_gap(fresh_stack):
+    """Someone with database write access deletes a row in the window before
+    the sealer chains it (here the window is held open by taking the
+    sealer's advisory lock). The chain then links over the id as a gap:
+    verify must name it (API, kmsctl human and --json), and --strict fails."""
+    st = fresh_stack
+    st.start(extra_env=FAST)
+    register(st, "GAP-BEFORE")
+    wait_sealed(st)
+    p = st.kmsctl("audit", "verify", "--strict")
+    assert p.returncode == 0 and "gap" not in p.stdout, (p.stdout, p.stderr)
+    res = verify(st)
+    assert res["ok"] and res["gap_count"] == 0 and res["gaps"] == [], res
+
+    holder = subprocess.Popen(
+        ["psql", "-X", "-q", "-At", "-d", st.pg_dsn, "-c",
+         f"BEGIN; SELECT pg_advisory_xact_lock({SEALER_LOCK}); SELECT pg_sleep(4); COMMIT;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        register(st, "GAP-VICTIM")
+        register(st, "GAP-AFTER")
+        victim = int(st.psql("SELECT id FROM audit_log WHERE device_id = 'GAP-VICTIM'"))
+        assert st.psql(f"SELECT hash IS NULL FROM audit_log WHERE id = {victim}").strip() == "t"
+        st.psql(f"DELETE FROM audit_log WHERE id = {victim}")
+    finally:
+        assert holder.wait(timeout=30) == 0, holder.stderr.read()
+    wait_sealed(st)
+    assert int(st.psql(f"SELECT count(*) FROM audit_gaps WHERE {victim} BETWEEN lo AND hi")) == 1
+
+    res = verify(st)
+    assert res["ok"] is True, res  # a gap is not tampering the chain can prove ...
+    assert res["gap_count"] == 1 and res["gap_ids"] == 1, res  # ... but it is reported
+    (gap,) = res["gaps"]
+    assert gap["lo"] == gap["hi"] == victim and gap["missing"] == 1, gap
+    assert gap["skipped_at"].endswith("Z"), gap
+
+    p = st.kmsctl("audit", "verify")
+    assert p.returncode == 0, p.stderr
+    assert "1 gap: 1 id never sealed" in p.stdout, p.stdout
+    assert f"  id {victim}, skipped at " in p.stdout, p.stdout
+    p = st.kmsctl("--json", "audit", "verify")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["gaps"][0]["lo"] == victim and out["gap_count"] == 1, out
+    p = st.kmsctl("audit", "verify", "--strict")
+    assert p.returncode == 6, (p.returncode, p.stdout, p.stderr)
+    assert "--strict fails on gaps" in p.stderr, p.stderr
+    p = st.kmsctl("--json", "audit", "verify", "--strict")
+    assert p.returncode == 6 and json.loads(p.stdout)["gap_count"] == 1, (p.stdout, p.stderr)
+    # Each verification records what it found, gaps included.
+    wait_sealed(st)
+    evs = st.admin("GET", "/v1/admin/audit", params={"type": "audit.verified"}).json()["events"]
+    assert evs[-1]["detail"]["gaps"] == 1, evs[-1]
+    assert "audit log has gaps" in st.logs()
