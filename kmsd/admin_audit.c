@@ -144,7 +144,7 @@ static void list_rows(http_request *rq, http_response *rs, bool export)
             c,
             "SELECT a.id, (extract(epoch FROM a.at) * 1000000)::bigint, a.actor, a.event,"
             " a.device_id, a.detail::text, encode(a.prev_hash, 'hex'), encode(a.hash, 'hex'),"
-            " (extract(epoch FROM a.sealed_at) * 1000000)::bigint"
+            " (extract(epoch FROM a.sealed_at) * 1000000)::bigint, a.hashed_at_us, a.hashed_detail"
             " FROM audit_log a WHERE a.id > $1::bigint"
             " AND ($2::timestamptz IS NULL OR a.at >= $2::timestamptz)"
             " AND ($3::text IS NULL OR a.device_id = $3::text)"
@@ -173,6 +173,12 @@ static void list_rows(http_request *rq, http_response *rs, bool export)
             json_object_set_new(o, "prev_hash", text_or_null(r, i, 6));
             json_object_set_new(o, "hash", text_or_null(r, i, 7));
             json_object_set_new(o, "sealed_at", time_or_null(r, i, 8));
+            /* What the hash covers, exactly as sealed (docs/operations.md). */
+            json_object_set_new(o, "hashed_at_us",
+                                PQgetisnull(r, i, 9)
+                                    ? json_null()
+                                    : json_integer((json_int_t)strtoll(PQgetvalue(r, i, 9), NULL, 10)));
+            json_object_set_new(o, "hashed_detail", text_or_null(r, i, 10));
         }
         json_array_append_new(rows, o ? o : json_null());
     }

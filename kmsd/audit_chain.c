@@ -377,6 +377,11 @@ static int element(audit_verifier *v, const audit_row *r, bool late)
     if (!r->has_hash || memcmp(h, r->hash, AUDIT_HASH_LEN) != 0)
         return fail(v, AUDIT_MODIFIED, r->id, 0, "row %" PRId64 " does not match its hash",
                     r->id);
+    if (r->content_changed)
+        return fail(v, AUDIT_MODIFIED, r->id, 0,
+                    "row %" PRId64 " does not match its hash: its time or detail differs from"
+                    " the values sealed",
+                    r->id);
     memcpy(v->expect, r->hash, AUDIT_HASH_LEN);
     v->last_id = r->id;
     if (!late)
@@ -509,10 +514,31 @@ static bool get_hex(const PGresult *r, int row, int col, uint8_t *out, size_t le
 }
 
 /* Columns: id, at_us, actor, event, device_id, detail, then from col 6 on
- * optionally prev_hash hex, hash hex, sealed_at IS NOT NULL. */
+ * optionally prev_hash hex, hash hex, sealed_at IS NOT NULL, and CHAIN_COLS. */
 #define ROW_COLS                                                                                 \
     "a.id, (extract(epoch FROM a.at) * 1000000)::bigint, a.actor, a.event, a.device_id,"        \
     " a.detail::text"
+/* Cols 9-11: the values the hash covers as stored when sealed, and whether
+ * they still equal the row's columns, compared by value (epoch, jsonb
+ * equality), not by rendering. Rows sealed by a kmsd before migration 006
+ * have NULLs there and are hashed over the columns' current rendering. */
+#define STORED_COLS                                                                              \
+    ", a.hashed_at_us, a.hashed_detail,"                                                         \
+    " CASE WHEN a.hashed_at_us IS NULL AND a.hashed_detail IS NULL THEN true"                    \
+    " WHEN a.hashed_at_us IS NULL OR a.hashed_detail IS NULL THEN false"                         \
+    " WHEN a.hashed_at_us <> (extract(epoch FROM a.at) * 1000000)::bigint THEN false"            \
+    " WHEN a.hashed_detail = a.detail::text THEN true"                                           \
+    " ELSE coalesce(qkms_audit_detail_same(a.hashed_detail, a.detail), false) END"
+
+/* A sealed row's hash input: the stored values where present (cols 9-11). */
+static void row_stored(const PGresult *r, int i, audit_row *row)
+{
+    if (!PQgetisnull(r, i, 9))
+        row->at_us = get_i64(r, i, 9);
+    if (!PQgetisnull(r, i, 10))
+        row->detail = PQgetvalue(r, i, 10);
+    row->content_changed = strcmp(PQgetvalue(r, i, 11), "t") != 0;
+}
 
 static void row_from(const PGresult *r, int i, audit_row *row, bool chain_cols)
 {
@@ -533,6 +559,8 @@ static void row_from(const PGresult *r, int i, audit_row *row, bool chain_cols)
         if (row->has_hash && !get_hex(r, i, 7, row->hash, AUDIT_HASH_LEN))
             memset(row->hash, 0, AUDIT_HASH_LEN);
         row->has_sealed_at = !strcmp(PQgetvalue(r, i, 8), "t");
+        if (PQnfields(r) > 11)
+            row_stored(r, i, row);
     }
 }
 
@@ -549,6 +577,7 @@ typedef struct {
 
 typedef struct {
     pgarray ids, prevs, hashes;     /* rows to seal */
+    pgarray at_us, details;         /* ... and the rendered values their hash covers */
     pgarray late_ids, late_prevs;   /* audit_late rows */
     pgarray gap_lo, gap_hi;         /* audit_gaps rows */
     int64_t main_id, head_id, chain_length;
@@ -561,6 +590,8 @@ static void batch_init(seal_batch *b)
     pgarray_init(&b->ids);
     pgarray_init(&b->prevs);
     pgarray_init(&b->hashes);
+    pgarray_init(&b->at_us);
+    pgarray_init(&b->details);
     pgarray_init(&b->late_ids);
     pgarray_init(&b->late_prevs);
     pgarray_init(&b->gap_lo);
@@ -572,6 +603,8 @@ static void batch_free(seal_batch *b)
     pgarray_free(&b->ids);
     pgarray_free(&b->prevs);
     pgarray_free(&b->hashes);
+    pgarray_free(&b->at_us);
+    pgarray_free(&b->details);
     pgarray_free(&b->late_ids);
     pgarray_free(&b->late_prevs);
     pgarray_free(&b->gap_lo);
@@ -590,6 +623,8 @@ static int seal_one(seal_batch *b, const audit_row *row)
     pgarray_add(&b->prevs, hex);
     qkms_hex_encode(h, AUDIT_HASH_LEN, hex);
     pgarray_add(&b->hashes, hex);
+    pgarray_add_int(&b->at_us, (long)row->at_us);
+    pgarray_add(&b->details, row->detail);
     memcpy(b->head_hash, h, AUDIT_HASH_LEN);
     b->head_id = row->id;
     b->chain_length++;
@@ -828,16 +863,20 @@ static db_status seal_tx(db_conn *c, void *arg)
     }
 
     if (sc->s.sealed > 0) {
-        const char *vals[3] = {lit(&b.ids, &oom), lit(&b.prevs, &oom), lit(&b.hashes, &oom)};
+        const char *vals[5] = {lit(&b.ids, &oom), lit(&b.prevs, &oom), lit(&b.hashes, &oom),
+                               lit(&b.at_us, &oom), lit(&b.details, &oom)};
         if (oom) {
             st = DB_ERROR;
             goto out;
         }
+        /* The hashed renderings are stored with the hash: verification
+         * hashes them, not a later rendering of the columns. */
         r = q(c,
               "UPDATE audit_log a SET prev_hash = decode(u.p, 'hex'), hash = decode(u.h, 'hex'),"
-              " sealed_at = now() FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, p, h)"
-              " WHERE a.id = u.id",
-              3, vals, &st);
+              " hashed_at_us = u.t, hashed_detail = u.d, sealed_at = now()"
+              " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[])"
+              " AS u(id, p, h, t, d) WHERE a.id = u.id",
+              5, vals, &st);
         if (!r)
             goto out;
         if (strtoll(PQcmdTuples(r), NULL, 10) != sc->s.sealed) {
@@ -1213,7 +1252,7 @@ int audit_chain_verify(kms_ctx *k, audit_verify_result *out, db_status *st, CK_R
         snprintf(safter, sizeof(safter), "%" PRId64, after);
         r = q(vc.c,
               "SELECT " ROW_COLS ", encode(a.prev_hash, 'hex'), encode(a.hash, 'hex'),"
-              " a.sealed_at IS NOT NULL FROM audit_log a WHERE a.id > $1 ORDER BY a.id"
+              " a.sealed_at IS NOT NULL" STORED_COLS " FROM audit_log a WHERE a.id > $1 ORDER BY a.id"
               " LIMIT " STR(VERIFY_PAGE),
               1, vals, &vc.st);
         if (!r)

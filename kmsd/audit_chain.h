@@ -49,6 +49,9 @@ typedef struct {
     const char *actor, *event, *device_id, *detail;
     /* Chain columns as stored (verification input). */
     bool has_prev, has_hash, has_sealed_at;
+    /* at_us/detail are the values stored when the row was sealed, and they
+     * no longer equal the row's columns (compared by value, not rendering). */
+    bool content_changed;
     uint8_t prev_hash[AUDIT_HASH_LEN], hash[AUDIT_HASH_LEN];
 } audit_row;
 

@@ -552,3 +552,78 @@ def test_row_deleted_before_sealing_is_reported_as_gap(fresh_stack):
     evs = st.admin("GET", "/v1/admin/audit", params={"type": "audit.verified"}).json()["events"]
     assert evs[-1]["detail"]["gaps"] == 1, evs[-1]
     assert "audit log has gaps" in st.logs()
+
+
+# -- hashes over stored values, not over PostgreSQL's rendering ---------------------------------
+def test_verification_does_not_depend_on_rendering(fresh_stack):
+    """The sealer stores the exact time and detail text it hashed; verify
+    hashes those and compares them with the row by value. So a detail that
+    PostgreSQL renders differently (here: numeric 1.50 rewritten as the equal
+    1.5, as a dump/restore or an upgrade may do) and session settings of
+    the verifying connection (TimeZone, DateStyle) do not change the result,
+    while a change of value is still found."""
+    st = fresh_stack
+    st.start(extra_env=FAST)
+    register(st, "RENDER-1")
+    st.psql("INSERT INTO audit_log (actor, event, detail) VALUES"
+            " ('test', 'test.render', '{\"amount\": 1.50, \"n\": 2}')")
+    register(st, "RENDER-2")
+    wait_sealed(st)
+    rid = int(st.psql("SELECT id FROM audit_log WHERE event = 'test.render'"))
+    assert st.psql("SELECT bool_and(hashed_detail = detail::text AND hashed_at_us ="
+                   " (extract(epoch FROM at) * 1000000)::bigint) FROM audit_log"
+                   " WHERE hash IS NOT NULL").strip() == "t"
+    # The exported hashed values let anyone recompute every hash.
+    exported = st.admin("GET", "/v1/admin/audit/export").json()["rows"]
+    prev = "00" * 32
+    for r in exported:
+        if not r["sealed"]:
+            continue
+        mine = {"id": r["id"], "at_us": r["hashed_at_us"], "actor": r["actor"],
+                "event": r["event"], "device_id": r["device_id"], "detail": r["hashed_detail"]}
+        assert r["prev_hash"] == prev and r["hash"] == row_hash(prev, mine), r
+        prev = r["hash"]
+
+    # Rows sealed before migration 006 have no stored values: they verify
+    # over the current rendering, and again after the migration's backfill.
+    st.psql("UPDATE audit_log SET hashed_at_us = NULL, hashed_detail = NULL")
+    res = verify(st)
+    assert res["ok"], res
+    backfill = open(os.path.join(os.path.dirname(__file__), "..", "..", "schema",
+                                 "006_hardening_audit.sql")).read()
+    backfill = backfill[backfill.index("UPDATE audit_log"):]
+    st.psql(backfill[:backfill.index(";") + 1])
+    assert st.psql("SELECT count(*) FROM audit_log WHERE hash IS NOT NULL"
+                   " AND hashed_detail IS NULL").strip() == "0"
+    wait_sealed(st)
+    assert verify(st)["ok"]
+    # Same value, another rendering.
+    st.psql(f"UPDATE audit_log SET detail = '{{\"amount\": 1.5, \"n\": 2}}' WHERE id = {rid}")
+    assert st.psql(f"SELECT detail::text FROM audit_log WHERE id = {rid}").strip() == \
+        '{"n": 2, "amount": 1.5}'
+    res = verify(st)
+    assert res["ok"], res
+    # Other session defaults for kmsd's role: verification is unchanged.
+    st.psql("ALTER ROLE qkms SET TimeZone = 'Pacific/Chatham';"
+            " ALTER ROLE qkms SET DateStyle = 'SQL, DMY'; ALTER ROLE qkms SET IntervalStyle = 'iso_8601'")
+    try:
+        st.restart(extra_env=FAST)
+        res = verify(st)
+        assert res["ok"], res
+        p = st.kmsctl("audit", "verify")
+        assert p.returncode == 0, p.stderr
+        # A different value is still a modification.
+        st.psql(f"UPDATE audit_log SET detail = '{{\"amount\": 1.51, \"n\": 2}}' WHERE id = {rid}")
+        expect_bad(st, "modified", rid)
+        st.psql(f"UPDATE audit_log SET detail = '{{\"amount\": 1.5, \"n\": 2}}' WHERE id = {rid}")
+        # So is a changed time, and a tampered stored value.
+        st.psql(f"UPDATE audit_log SET at = at + interval '1 second' WHERE id = {rid}")
+        expect_bad(st, "modified", rid)
+        st.psql(f"UPDATE audit_log SET at = at - interval '1 second' WHERE id = {rid}")
+        st.psql(f"UPDATE audit_log SET hashed_detail = 'not json' WHERE id = {rid}")
+        expect_bad(st, "modified", rid)
+        st.psql(f"UPDATE audit_log SET hashed_detail = '{{\"n\": 2, \"amount\": 1.50}}'"
+                f" WHERE id = {rid}")
+        assert verify(st)["ok"]
+    finally:
+        st.psql("ALTER ROLE qkms RESET ALL")
