@@ -265,7 +265,10 @@ def test_rewritten_chain_fails_against_token_checkpoints(intact):
         h = row_hash(prev, r)
         updates.append((r["id"], prev, h))
         prev = h
-    sql = ["UPDATE audit_log SET detail = '{\"forged\": true}' WHERE id = %d" % target]
+    # The forger also rewrites the stored hashed value (hashed_detail), or
+    # the row would already fail as modified.
+    sql = ["UPDATE audit_log SET detail = '{\"forged\": true}', hashed_detail = '{\"forged\": true}'"
+           " WHERE id = %d" % target]
     sql += ["UPDATE audit_log SET prev_hash = '\\x%s', hash = '\\x%s' WHERE id = %d" % (p, h, i)
             for i, p, h in updates]
     saved = "audit_saved_chain"
