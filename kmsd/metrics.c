@@ -146,10 +146,13 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
             "# HELP qkms_db_tx_errors_total Transactions that failed after retries.\n"
             "# TYPE qkms_db_tx_errors_total counter\nqkms_db_tx_errors_total %llu\n"
             "# HELP qkms_db_tx_retries_total Transactions run again (serialization, reconnect).\n"
-            "# TYPE qkms_db_tx_retries_total counter\nqkms_db_tx_retries_total %llu\n",
+            "# TYPE qkms_db_tx_retries_total counter\nqkms_db_tx_retries_total %llu\n"
+            "# HELP qkms_db_timeouts_total Connections dropped because PostgreSQL did not answer"
+            " within db_io_timeout_ms.\n"
+            "# TYPE qkms_db_timeouts_total counter\nqkms_db_timeouts_total %llu\n",
             ds.size, ds.in_use, (unsigned long long)ds.connects,
             (unsigned long long)ds.connect_failures, (unsigned long long)ds.errors,
-            (unsigned long long)ds.retries);
+            (unsigned long long)ds.retries, (unsigned long long)ds.timeouts);
 
     p11_stats_get(kms->token, &ps);
     fprintf(f,

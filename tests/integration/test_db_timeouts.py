@@ -113,6 +113,8 @@ def test_stopped_database_answers_503_within_deadline(fresh_stack):
     assert wait_for(lambda: devices_list(st, timeout=10)[0].status_code == 200, timeout=30), \
         st.logs()[-3000:]
     assert st.proc.poll() is None
+    m = re.search(r"^qkms_db_timeouts_total (\d+)$", st.admin("GET", "/metrics").text, re.M)
+    assert m and int(m.group(1)) > 0, st.admin("GET", "/metrics").text[-3000:]
     r = st.admin("POST", "/v1/admin/devices", json={"device_id": "AFTER-STOP", "type": "vehicle"})
     assert r.status_code == 201, r.text
 

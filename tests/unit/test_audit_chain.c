@@ -378,6 +378,15 @@ static void verify_modified(void **state)
     r = run(&db);
     assert_int_equal(r.problem, AUDIT_MODIFIED);
     assert_int_equal(r.bad_id, 4);
+
+    /* Hash and stored hashed values intact, but the row's columns no longer
+     * equal them by value (the database said so): modified. */
+    fake_chain(&db, 8);
+    db.rows[6].content_changed = true;
+    r = run(&db);
+    assert_false(r.ok);
+    assert_int_equal(r.problem, AUDIT_MODIFIED);
+    assert_int_equal(r.bad_id, 6);
 }
 
 static void verify_deleted(void **state)
