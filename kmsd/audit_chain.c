@@ -334,25 +334,38 @@ static int checkpoints_here(audit_verifier *v)
     }
 }
 
+/* The first id between the previous main-chain element and r that no
+ * recorded gap covers (0: none), or -1 on error. */
+static int64_t unrecorded_between(audit_verifier *v, const audit_row *r)
+{
+    audit_range *g = NULL;
+    int64_t missing;
+    int ng;
+    if (r->id - 1 < v->last_main_id + 1)
+        return 0;
+    ng = v->ops.gaps_between(v->ops.arg, v->last_main_id + 1, r->id - 1, &g);
+    if (ng < 0)
+        return -1;
+    missing = audit_first_uncovered(g, (size_t)ng, v->last_main_id + 1, r->id - 1);
+    free(g);
+    return missing;
+}
+
 /* One chain element. 0 go on, 1 problem, -1 error. */
 static int element(audit_verifier *v, const audit_row *r, bool late)
 {
     uint8_t h[AUDIT_HASH_LEN];
+    int64_t missing = 0;
     if (!r->has_prev || memcmp(r->prev_hash, v->expect, AUDIT_HASH_LEN) != 0) {
         int64_t found = 0;
         int rc;
-        if (!late && r->id - 1 >= v->last_main_id + 1) {
-            audit_range *g = NULL;
-            int ng = v->ops.gaps_between(v->ops.arg, v->last_main_id + 1, r->id - 1, &g);
-            if (ng < 0)
+        if (!late && (missing = unrecorded_between(v, r)) != 0) {
+            if (missing < 0)
                 return -1;
-            int64_t missing = audit_first_uncovered(g, (size_t)ng, v->last_main_id + 1, r->id - 1);
-            free(g);
-            if (missing)
-                return fail(v, AUDIT_DELETED, missing, 0,
-                            "row %" PRId64 " is missing: row %" PRId64
-                            " does not link to the chain before it",
-                            missing, r->id);
+            return fail(v, AUDIT_DELETED, missing, 0,
+                        "row %" PRId64 " is missing: row %" PRId64
+                        " does not link to the chain before it",
+                        missing, r->id);
         }
         if (r->has_prev) {
             rc = v->ops.hash_elsewhere(v->ops.arg, r->prev_hash, r->id, &found);
@@ -371,6 +384,16 @@ static int element(audit_verifier *v, const audit_row *r, bool late)
                         v->last_id, r->id);
         return fail(v, AUDIT_MODIFIED, r->id, 0,
                     "row %" PRId64 " is first in the chain but does not start it", r->id);
+    }
+    /* Linked over a gap: every skipped id must still be recorded as one, or
+     * a row deleted before sealing could be hidden by deleting its gap. */
+    if (!late && (missing = unrecorded_between(v, r)) != 0) {
+        if (missing < 0)
+            return -1;
+        return fail(v, AUDIT_DELETED, missing, 0,
+                    "row %" PRId64 " is missing and no gap is recorded for it (the chain links"
+                    " over it: it was deleted before it was sealed, and its gap record removed)",
+                    missing);
     }
     if (audit_row_hash(r->prev_hash, r, h) != 0)
         return -1;

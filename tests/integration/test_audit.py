@@ -555,6 +555,10 @@ def test_row_deleted_before_sealing_is_reported_as_gap(fresh_stack):
     evs = st.admin("GET", "/v1/admin/audit", params={"type": "audit.verified"}).json()["events"]
     assert evs[-1]["detail"]["gaps"] == 1, evs[-1]
     assert "audit log has gaps" in st.logs()
+    # Removing the gap record as well does not hide the deletion.
+    st.psql(f"DELETE FROM audit_gaps WHERE {victim} BETWEEN lo AND hi")
+    res = expect_bad(st, "deleted", victim)
+    assert "no gap is recorded" in res["first_bad"]["detail"], res
 
 
 # -- hashes over stored values, not over PostgreSQL's rendering ---------------------------------
