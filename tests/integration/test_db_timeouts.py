@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 
+import pytest
 import requests
 
 from conftest import wait_for
@@ -61,11 +62,24 @@ def devices_list(st, timeout=30):
     return r, time.monotonic() - t0
 
 
-def test_stopped_database_answers_503_within_deadline(fresh_stack):
+def conninfo(st):
+    return re.search(r'^db_conninfo = "(.*)"$', open(st.conf).read(), re.M).group(1)
+
+
+@pytest.mark.parametrize("via", ["unix", "tcp"])
+def test_stopped_database_answers_503_within_deadline(fresh_stack, via):
+    """Over the unix socket and over loopback TCP: in neither does the
+    kernel report anything (a stopped process's socket is still ACKed), so
+    keepalives and tcp_user_timeout cannot help; the deadline must."""
     st = fresh_stack
-    st.start(extra_env={"QKMS_DB_IO_TIMEOUT_MS": str(IO_MS),
-                        "QKMS_DB_ACQUIRE_TIMEOUT_MS": str(ACQUIRE_MS),
-                        "QKMS_DB_STATEMENT_TIMEOUT_MS": "1000"})
+    env = {"QKMS_DB_IO_TIMEOUT_MS": str(IO_MS), "QKMS_DB_ACQUIRE_TIMEOUT_MS": str(ACQUIRE_MS),
+           "QKMS_DB_STATEMENT_TIMEOUT_MS": "1000"}
+    if via == "tcp":
+        env["QKMS_DB_CONNINFO"] = re.sub(r"host=\S+", "host=127.0.0.1", conninfo(st))
+    st.start(extra_env=env)
+    if via == "tcp":
+        assert int(st.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kmsd'"
+                           " AND client_addr = '127.0.0.1'")) > 0
     token = st.admin_token
     for _ in range(20):  # warm the pool: connections to backends that will stop
         r, _ = devices_list(st)
@@ -123,10 +137,8 @@ def test_conninfo_options_cannot_disable_statement_timeout(fresh_stack):
     """db_conninfo's options= is applied by the server at connect; kmsd's own
     statement_timeout is set afterwards and must win."""
     st = fresh_stack
-    conf = open(st.conf).read()
-    conninfo = re.search(r'^db_conninfo = "(.*)"$', conf, re.M).group(1)
     st.start(extra_env={
-        "QKMS_DB_CONNINFO": conninfo + " options='-c statement_timeout=0 -c TimeZone=Asia/Tokyo'",
+        "QKMS_DB_CONNINFO": conninfo(st) + " options='-c statement_timeout=0 -c TimeZone=Asia/Tokyo'",
         "QKMS_DB_STATEMENT_TIMEOUT_MS": "300",
         "QKMS_DB_IO_TIMEOUT_MS": "30000"})
     r, _ = devices_list(st)
