@@ -20,6 +20,7 @@
 #define DB_BACKOFF_MIN_MS 250
 #define DB_BACKOFF_MAX_MS 5000
 #define DB_TX_ATTEMPTS 5
+#define DB_TLS_POLL_MS 100
 
 struct db_conn {
     PGconn *pg;
@@ -185,8 +186,17 @@ static PGresult *await_result(PGconn *pg, int64_t deadline, bool *timed_out)
     }
     for (;;) {
         while (PQisBusy(pg)) {
-            w = wait_socket(pg, POLLIN, deadline);
-            if (w == 0)
+            /* Under TLS, bytes already decrypted may wait in the TLS layer
+             * where poll() cannot see them (libpq's own waits check for
+             * that; its public API cannot): read again before waiting, and
+             * wait in short slices. */
+            bool tls = PQsslInUse(pg);
+            int64_t until = tls && deadline - now_ms() > DB_TLS_POLL_MS ? now_ms() + DB_TLS_POLL_MS
+                                                                       : deadline;
+            if (tls && (!PQconsumeInput(pg) || !PQisBusy(pg)))
+                break;
+            w = wait_socket(pg, POLLIN, until);
+            if (w == 0 && until == deadline)
                 goto timeout;
             if (w < 0 || !PQconsumeInput(pg))
                 break; /* the connection failed: PQgetResult says so */
