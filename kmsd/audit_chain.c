@@ -543,7 +543,7 @@ static bool get_hex(const PGresult *r, int row, int col, uint8_t *out, size_t le
     " a.detail::text"
 /* Cols 9-11: the values the hash covers as stored when sealed, and whether
  * they still equal the row's columns, compared by value (epoch, jsonb
- * equality), not by rendering. Rows sealed by a kmsd before migration 006
+ * equality), not by rendering. Rows sealed by a kmsd before migration 007
  * have NULLs there and are hashed over the columns' current rendering. */
 #define STORED_COLS                                                                              \
     ", a.hashed_at_us, a.hashed_detail,"                                                         \

@@ -591,13 +591,13 @@ def test_verification_does_not_depend_on_rendering(fresh_stack):
         assert r["prev_hash"] == prev and r["hash"] == row_hash(prev, mine), r
         prev = r["hash"]
 
-    # Rows sealed before migration 006 have no stored values: they verify
+    # Rows sealed before migration 007 have no stored values: they verify
     # over the current rendering, and again after the migration's backfill.
     st.psql("UPDATE audit_log SET hashed_at_us = NULL, hashed_detail = NULL")
     res = verify(st)
     assert res["ok"], res
     backfill = open(os.path.join(os.path.dirname(__file__), "..", "..", "schema",
-                                 "006_hardening_audit.sql")).read()
+                                 "007_hardening_audit.sql")).read()
     backfill = backfill[backfill.index("UPDATE audit_log"):]
     st.psql(backfill[:backfill.index(";") + 1])
     assert st.psql("SELECT count(*) FROM audit_log WHERE hash IS NOT NULL"

@@ -1,4 +1,4 @@
--- 006_hardening_audit: the random-IV budget of each master key version, and
+-- 007_hardening_audit: the random-IV budget of each master key version, and
 -- audit rows that keep the exact bytes their hash covers (docs/operations.md).
 
 -- SP 800-38D 8.3: at most 2^32 AES-GCM invocations with random IVs per key.
