@@ -160,11 +160,46 @@ static int audit_list(const struct kmsctl_ctx *ctx, const struct invocation *inv
 
 /* ---- verify --------------------------------------------------------------------- */
 
+#define GAPS_SHOWN 20
+
+/* The gaps, in human form, on stdout (they are findings, not errors). */
+static void print_gaps(const json_t *resp)
+{
+    const json_t *gaps = json_object_get(resp, "gaps"), *g;
+    long long count = json_integer_value(json_object_get(resp, "gap_count")),
+              ids = json_integer_value(json_object_get(resp, "gap_ids"));
+    size_t i, n = json_array_size(gaps);
+    if (count <= 0)
+        return;
+    printf("%lld gap%s: %lld id%s never sealed (a rolled-back transaction, or a row deleted"
+           " before it was sealed):\n",
+           count, count == 1 ? "" : "s", ids, ids == 1 ? "" : "s");
+    json_array_foreach(gaps, i, g) {
+        long long lo = json_integer_value(json_object_get(g, "lo")),
+                  hi = json_integer_value(json_object_get(g, "hi")),
+                  miss = json_integer_value(json_object_get(g, "missing"));
+        const char *at = json_string_value(json_object_get(g, "skipped_at"));
+        if (n > GAPS_SHOWN && i < n - GAPS_SHOWN)
+            continue; /* the newest GAPS_SHOWN */
+        if (lo == hi)
+            printf("  id %lld", lo);
+        else
+            printf("  ids %lld-%lld (%lld missing)", lo, hi, miss);
+        printf(", skipped at %s\n", at ? at : "?");
+    }
+    {
+        size_t shown = n > GAPS_SHOWN ? GAPS_SHOWN : n;
+        if (count > (long long)shown)
+            printf("  (%lld older not shown; --json lists the newest %zu)\n",
+                   count - (long long)shown, n);
+    }
+}
+
 static int audit_verify(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     json_t *resp = NULL, *body = json_object();
+    bool strict = opt_get(&inv->local, "strict") != NULL;
     int rc;
-    (void)inv;
     if (!body) {
         out_error("out of memory");
         return EXIT_INTERNAL;
@@ -198,6 +233,16 @@ static int audit_verify(const struct kmsctl_ctx *ctx, const struct invocation *i
         if (json_integer_value(json_object_get(resp, "pending")))
             out_note("%lld newer rows are not sealed yet.",
                      (long long)json_integer_value(json_object_get(resp, "pending")));
+    }
+    if (!ctx->json)
+        print_gaps(resp);
+    if (json_is_true(ok) && strict && json_integer_value(json_object_get(resp, "gap_count")) > 0) {
+        fprintf(stderr,
+                "kmsctl: audit log has %lld gap%s (%lld ids never sealed); --strict fails on gaps\n",
+                (long long)json_integer_value(json_object_get(resp, "gap_count")),
+                json_integer_value(json_object_get(resp, "gap_count")) == 1 ? "" : "s",
+                (long long)json_integer_value(json_object_get(resp, "gap_ids")));
+        rc = EXIT_REFUSED;
     }
     if (!json_is_true(ok)) {
         const char *problem = json_string_value(json_object_get(bad, "problem"));
@@ -338,6 +383,11 @@ static const struct opt_spec list_opts[] = {
     {0},
 };
 
+static const struct opt_spec verify_opts[] = {
+    {"strict", 0, NULL, "also fail (exit 6) when the log has gaps: ids never sealed"},
+    {0},
+};
+
 static const struct opt_spec export_opts[] = {
     {"since", 0, "T", "only events at or after T (as for list)"},
     {"out", 'o', "FILE", "write JSON lines to FILE (created new, mode 0600), or - for stdout"},
@@ -355,11 +405,14 @@ static const struct action audit_actions[] = {
     },
     {
         .sub = "verify",
-        .usage = "",
+        .usage = "[--strict]",
         .summary = "Verify the audit log's hash chain and its token-authenticated checkpoints",
         .description = "Request: POST /v1/admin/audit/verify (auditor, admin)\n"
                        "Exits 6 when a row was modified, deleted, reordered or inserted,\n"
-                       "or a checkpoint does not authenticate; the first such row is named.\n",
+                       "or a checkpoint does not authenticate; the first such row is named.\n"
+                       "Gaps (ids never sealed: a rolled-back transaction, or a row deleted\n"
+                       "before it was sealed) are listed; with --strict they also exit 6.\n",
+        .opts = verify_opts,
         .run = audit_verify,
     },
     {

@@ -140,24 +140,20 @@ static void list_rows(http_request *rq, http_response *rs, bool export)
     }
     {
         const char *vals[6] = {safter, since, device, type, prefix ? "t" : "f", slimit};
-        r = PQexecParams(
-            db_pg(c),
+        r = db_exec_params(
+            c,
             "SELECT a.id, (extract(epoch FROM a.at) * 1000000)::bigint, a.actor, a.event,"
             " a.device_id, a.detail::text, encode(a.prev_hash, 'hex'), encode(a.hash, 'hex'),"
-            " (extract(epoch FROM a.sealed_at) * 1000000)::bigint"
+            " (extract(epoch FROM a.sealed_at) * 1000000)::bigint, a.hashed_at_us, a.hashed_detail"
             " FROM audit_log a WHERE a.id > $1::bigint"
             " AND ($2::timestamptz IS NULL OR a.at >= $2::timestamptz)"
             " AND ($3::text IS NULL OR a.device_id = $3::text)"
             " AND ($4::text IS NULL OR a.event = $4::text"
             "      OR ($5::boolean AND left(a.event, length($4::text)) = $4::text))"
             " ORDER BY a.id LIMIT $6::int",
-            6, NULL, vals, NULL, NULL, 0);
+            6, vals, &st);
     }
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        st = db_classify_sqlstate(PQresultErrorField(r, PG_DIAG_SQLSTATE));
-        if (PQstatus(db_pg(c)) != CONNECTION_OK)
-            st = DB_UNAVAILABLE;
-        PQclear(r);
+    if (!r) {
         db_release(rq->kms->db, c);
         if (st == DB_INVALID)
             http_error(rs, 400, "invalid_query", "since is not a valid time");
@@ -177,6 +173,12 @@ static void list_rows(http_request *rq, http_response *rs, bool export)
             json_object_set_new(o, "prev_hash", text_or_null(r, i, 6));
             json_object_set_new(o, "hash", text_or_null(r, i, 7));
             json_object_set_new(o, "sealed_at", time_or_null(r, i, 8));
+            /* What the hash covers, exactly as sealed (docs/operations.md). */
+            json_object_set_new(o, "hashed_at_us",
+                                PQgetisnull(r, i, 9)
+                                    ? json_null()
+                                    : json_integer((json_int_t)strtoll(PQgetvalue(r, i, 9), NULL, 10)));
+            json_object_set_new(o, "hashed_detail", text_or_null(r, i, 10));
         }
         json_array_append_new(rows, o ? o : json_null());
     }
@@ -201,9 +203,9 @@ static void record_verify(http_request *rq, const audit_verify_result *v)
     db_conn *c = db_acquire(rq->kms->db, &st);
     if (!c)
         return;
-    json_t *d = json_pack("{s:b,s:I,s:I}", "ok", v->ok, "rows_checked",
+    json_t *d = json_pack("{s:b,s:I,s:I,s:I}", "ok", v->ok, "rows_checked",
                           (json_int_t)v->rows_checked, "checkpoints_checked",
-                          (json_int_t)v->checkpoints_checked);
+                          (json_int_t)v->checkpoints_checked, "gaps", (json_int_t)v->gap_count);
     if (d && !v->ok) {
         json_object_set_new(d, "problem", json_string(audit_problem_name(v->problem)));
         json_object_set_new(d, "id", json_integer((json_int_t)v->bad_id));
@@ -212,12 +214,30 @@ static void record_verify(http_request *rq, const audit_verify_result *v)
     db_release(rq->kms->db, c);
 }
 
+/* [{"lo","hi","missing","skipped_at"}] for the listed gaps. */
+static json_t *gaps_json(const audit_verify_result *v)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < v->ngaps; i++) {
+        char at[28];
+        audit_format_time(v->gaps[i].skipped_at_us, at);
+        if (json_array_append_new(a, json_pack("{s:I,s:I,s:I,s:s}", "lo", (json_int_t)v->gaps[i].lo,
+                                               "hi", (json_int_t)v->gaps[i].hi, "missing",
+                                               (json_int_t)v->gaps[i].missing, "skipped_at",
+                                               at)) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    }
+    return a;
+}
+
 void h_audit_verify(http_request *rq, http_response *rs)
 {
     audit_verify_result v;
     db_status st = DB_OK;
     CK_RV rv = CKR_OK;
-    json_t *in = http_body_object_opt(rq, rs), *bad = json_null(), *head = json_null();
+    json_t *in = http_body_object_opt(rq, rs), *bad = json_null(), *head = json_null(), *gaps;
     char hex[2 * AUDIT_HASH_LEN + 1];
 
     if (!in)
@@ -256,11 +276,21 @@ void h_audit_verify(http_request *rq, http_response *rs)
         qkms_hex_encode(v.head_hash, AUDIT_HASH_LEN, hex);
         head = json_pack("{s:I,s:s}", "id", (json_int_t)v.head_id, "hash", hex);
     }
+    if (v.gap_count > 0)
+        log_emit(LOG_WARN, "audit log has gaps: ids never sealed (rolled back, or deleted before"
+                           " sealing)",
+                 "{s:I,s:I,s:I,s:I}", "gaps", (json_int_t)v.gap_count, "ids",
+                 (json_int_t)v.gap_ids, "first", (json_int_t)(v.ngaps ? v.gaps[0].lo : 0), "last",
+                 (json_int_t)(v.ngaps ? v.gaps[v.ngaps - 1].hi : 0));
     record_verify(rq, &v);
+    gaps = gaps_json(&v);
+    free(v.gaps);
     http_json(rs, 200,
-              json_pack("{s:b,s:I,s:I,s:I,s:I,s:o,s:o}", "ok", v.ok, "rows_checked",
+              json_pack("{s:b,s:I,s:I,s:I,s:I,s:o,s:o,s:I,s:I,s:o}", "ok", v.ok, "rows_checked",
                         (json_int_t)v.rows_checked, "checkpoints_checked",
                         (json_int_t)v.checkpoints_checked, "checkpoints_unverifiable",
                         (json_int_t)v.checkpoints_unverifiable, "pending", (json_int_t)v.pending,
-                        "head", head ? head : json_null(), "first_bad", bad ? bad : json_null()));
+                        "head", head ? head : json_null(), "first_bad", bad ? bad : json_null(),
+                        "gap_count", (json_int_t)v.gap_count, "gap_ids", (json_int_t)v.gap_ids,
+                        "gaps", gaps ? gaps : json_null()));
 }

@@ -334,25 +334,38 @@ static int checkpoints_here(audit_verifier *v)
     }
 }
 
+/* The first id between the previous main-chain element and r that no
+ * recorded gap covers (0: none), or -1 on error. */
+static int64_t unrecorded_between(audit_verifier *v, const audit_row *r)
+{
+    audit_range *g = NULL;
+    int64_t missing;
+    int ng;
+    if (r->id - 1 < v->last_main_id + 1)
+        return 0;
+    ng = v->ops.gaps_between(v->ops.arg, v->last_main_id + 1, r->id - 1, &g);
+    if (ng < 0)
+        return -1;
+    missing = audit_first_uncovered(g, (size_t)ng, v->last_main_id + 1, r->id - 1);
+    free(g);
+    return missing;
+}
+
 /* One chain element. 0 go on, 1 problem, -1 error. */
 static int element(audit_verifier *v, const audit_row *r, bool late)
 {
     uint8_t h[AUDIT_HASH_LEN];
+    int64_t missing = 0;
     if (!r->has_prev || memcmp(r->prev_hash, v->expect, AUDIT_HASH_LEN) != 0) {
         int64_t found = 0;
         int rc;
-        if (!late && r->id - 1 >= v->last_main_id + 1) {
-            audit_range *g = NULL;
-            int ng = v->ops.gaps_between(v->ops.arg, v->last_main_id + 1, r->id - 1, &g);
-            if (ng < 0)
+        if (!late && (missing = unrecorded_between(v, r)) != 0) {
+            if (missing < 0)
                 return -1;
-            int64_t missing = audit_first_uncovered(g, (size_t)ng, v->last_main_id + 1, r->id - 1);
-            free(g);
-            if (missing)
-                return fail(v, AUDIT_DELETED, missing, 0,
-                            "row %" PRId64 " is missing: row %" PRId64
-                            " does not link to the chain before it",
-                            missing, r->id);
+            return fail(v, AUDIT_DELETED, missing, 0,
+                        "row %" PRId64 " is missing: row %" PRId64
+                        " does not link to the chain before it",
+                        missing, r->id);
         }
         if (r->has_prev) {
             rc = v->ops.hash_elsewhere(v->ops.arg, r->prev_hash, r->id, &found);
@@ -372,10 +385,25 @@ static int element(audit_verifier *v, const audit_row *r, bool late)
         return fail(v, AUDIT_MODIFIED, r->id, 0,
                     "row %" PRId64 " is first in the chain but does not start it", r->id);
     }
+    /* Linked over a gap: every skipped id must still be recorded as one, or
+     * a row deleted before sealing could be hidden by deleting its gap. */
+    if (!late && (missing = unrecorded_between(v, r)) != 0) {
+        if (missing < 0)
+            return -1;
+        return fail(v, AUDIT_DELETED, missing, 0,
+                    "row %" PRId64 " is missing and no gap is recorded for it (the chain links"
+                    " over it: it was deleted before it was sealed, and its gap record removed)",
+                    missing);
+    }
     if (audit_row_hash(r->prev_hash, r, h) != 0)
         return -1;
     if (!r->has_hash || memcmp(h, r->hash, AUDIT_HASH_LEN) != 0)
         return fail(v, AUDIT_MODIFIED, r->id, 0, "row %" PRId64 " does not match its hash",
+                    r->id);
+    if (r->content_changed)
+        return fail(v, AUDIT_MODIFIED, r->id, 0,
+                    "row %" PRId64 " does not match its hash: its time or detail differs from"
+                    " the values sealed",
                     r->id);
     memcpy(v->expect, r->hash, AUDIT_HASH_LEN);
     v->last_id = r->id;
@@ -489,21 +517,8 @@ int audit_verifier_finish(audit_verifier *v, audit_verify_result *out)
  * the request path). NULL with *st set on failure. */
 static PGresult *q(db_conn *c, const char *sql, int n, const char *const *vals, db_status *st)
 {
-    PGresult *r = PQexecParams(db_pg(c), sql, n, NULL, vals, NULL, NULL, 0);
-    ExecStatusType es = PQresultStatus(r);
-    char line[256];
-    if (r && (es == PGRES_COMMAND_OK || es == PGRES_TUPLES_OK)) {
-        *st = DB_OK;
-        return r;
-    }
-    *st = db_classify_sqlstate(r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL);
-    if (PQstatus(db_pg(c)) != CONNECTION_OK)
-        *st = DB_UNAVAILABLE;
-    db_first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(db_pg(c)), line, sizeof(line));
-    log_emit(*st == DB_ERROR ? LOG_ERROR : LOG_WARN, "audit chain: database error", "{s:s,s:s}",
-             "error", line, "class", db_status_name(*st));
-    PQclear(r);
-    return NULL;
+    /* db_exec_params: under the pool's io deadline, errors classified and logged. */
+    return db_exec_params(c, sql, n, vals, st);
 }
 
 static int64_t get_i64(const PGresult *r, int row, int col)
@@ -522,10 +537,31 @@ static bool get_hex(const PGresult *r, int row, int col, uint8_t *out, size_t le
 }
 
 /* Columns: id, at_us, actor, event, device_id, detail, then from col 6 on
- * optionally prev_hash hex, hash hex, sealed_at IS NOT NULL. */
+ * optionally prev_hash hex, hash hex, sealed_at IS NOT NULL, and CHAIN_COLS. */
 #define ROW_COLS                                                                                 \
     "a.id, (extract(epoch FROM a.at) * 1000000)::bigint, a.actor, a.event, a.device_id,"        \
     " a.detail::text"
+/* Cols 9-11: the values the hash covers as stored when sealed, and whether
+ * they still equal the row's columns, compared by value (epoch, jsonb
+ * equality), not by rendering. Rows sealed by a kmsd before migration 007
+ * have NULLs there and are hashed over the columns' current rendering. */
+#define STORED_COLS                                                                              \
+    ", a.hashed_at_us, a.hashed_detail,"                                                         \
+    " CASE WHEN a.hashed_at_us IS NULL AND a.hashed_detail IS NULL THEN true"                    \
+    " WHEN a.hashed_at_us IS NULL OR a.hashed_detail IS NULL THEN false"                         \
+    " WHEN a.hashed_at_us <> (extract(epoch FROM a.at) * 1000000)::bigint THEN false"            \
+    " WHEN a.hashed_detail = a.detail::text THEN true"                                           \
+    " ELSE coalesce(qkms_audit_detail_same(a.hashed_detail, a.detail), false) END"
+
+/* A sealed row's hash input: the stored values where present (cols 9-11). */
+static void row_stored(const PGresult *r, int i, audit_row *row)
+{
+    if (!PQgetisnull(r, i, 9))
+        row->at_us = get_i64(r, i, 9);
+    if (!PQgetisnull(r, i, 10))
+        row->detail = PQgetvalue(r, i, 10);
+    row->content_changed = strcmp(PQgetvalue(r, i, 11), "t") != 0;
+}
 
 static void row_from(const PGresult *r, int i, audit_row *row, bool chain_cols)
 {
@@ -546,6 +582,8 @@ static void row_from(const PGresult *r, int i, audit_row *row, bool chain_cols)
         if (row->has_hash && !get_hex(r, i, 7, row->hash, AUDIT_HASH_LEN))
             memset(row->hash, 0, AUDIT_HASH_LEN);
         row->has_sealed_at = !strcmp(PQgetvalue(r, i, 8), "t");
+        if (PQnfields(r) > 11)
+            row_stored(r, i, row);
     }
 }
 
@@ -562,6 +600,7 @@ typedef struct {
 
 typedef struct {
     pgarray ids, prevs, hashes;     /* rows to seal */
+    pgarray at_us, details;         /* ... and the rendered values their hash covers */
     pgarray late_ids, late_prevs;   /* audit_late rows */
     pgarray gap_lo, gap_hi;         /* audit_gaps rows */
     int64_t main_id, head_id, chain_length;
@@ -574,6 +613,8 @@ static void batch_init(seal_batch *b)
     pgarray_init(&b->ids);
     pgarray_init(&b->prevs);
     pgarray_init(&b->hashes);
+    pgarray_init(&b->at_us);
+    pgarray_init(&b->details);
     pgarray_init(&b->late_ids);
     pgarray_init(&b->late_prevs);
     pgarray_init(&b->gap_lo);
@@ -585,6 +626,8 @@ static void batch_free(seal_batch *b)
     pgarray_free(&b->ids);
     pgarray_free(&b->prevs);
     pgarray_free(&b->hashes);
+    pgarray_free(&b->at_us);
+    pgarray_free(&b->details);
     pgarray_free(&b->late_ids);
     pgarray_free(&b->late_prevs);
     pgarray_free(&b->gap_lo);
@@ -603,6 +646,8 @@ static int seal_one(seal_batch *b, const audit_row *row)
     pgarray_add(&b->prevs, hex);
     qkms_hex_encode(h, AUDIT_HASH_LEN, hex);
     pgarray_add(&b->hashes, hex);
+    pgarray_add_int(&b->at_us, (long)row->at_us);
+    pgarray_add(&b->details, row->detail);
     memcpy(b->head_hash, h, AUDIT_HASH_LEN);
     b->head_id = row->id;
     b->chain_length++;
@@ -841,16 +886,20 @@ static db_status seal_tx(db_conn *c, void *arg)
     }
 
     if (sc->s.sealed > 0) {
-        const char *vals[3] = {lit(&b.ids, &oom), lit(&b.prevs, &oom), lit(&b.hashes, &oom)};
+        const char *vals[5] = {lit(&b.ids, &oom), lit(&b.prevs, &oom), lit(&b.hashes, &oom),
+                               lit(&b.at_us, &oom), lit(&b.details, &oom)};
         if (oom) {
             st = DB_ERROR;
             goto out;
         }
+        /* The hashed renderings are stored with the hash: verification
+         * hashes them, not a later rendering of the columns. */
         r = q(c,
               "UPDATE audit_log a SET prev_hash = decode(u.p, 'hex'), hash = decode(u.h, 'hex'),"
-              " sealed_at = now() FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, p, h)"
-              " WHERE a.id = u.id",
-              3, vals, &st);
+              " hashed_at_us = u.t, hashed_detail = u.d, sealed_at = now()"
+              " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[])"
+              " AS u(id, p, h, t, d) WHERE a.id = u.id",
+              5, vals, &st);
         if (!r)
             goto out;
         if (strtoll(PQcmdTuples(r), NULL, 10) != sc->s.sealed) {
@@ -1128,6 +1177,44 @@ static int v_checkpoint_mac(void *arg, const audit_checkpoint *cp)
     return -1;
 }
 
+/* Every recorded gap with ids still missing: counted in full, the newest
+ * AUDIT_GAPS_LISTED listed in ascending order. 0, or -1 (vc->st set). */
+static int load_gaps(verify_ctx *vc, audit_verify_result *out)
+{
+    PGresult *r = q(vc->c,
+                    "WITH g AS (SELECT lo, hi, (extract(epoch FROM skipped_at) * 1000000)::bigint"
+                    " AS at_us, (hi - lo + 1) - (SELECT count(*) FROM audit_log a"
+                    " WHERE a.id BETWEEN audit_gaps.lo AND audit_gaps.hi) AS missing"
+                    " FROM audit_gaps)"
+                    " SELECT lo, hi, missing, at_us, count(*) OVER (), sum(missing) OVER ()"
+                    " FROM g WHERE missing > 0 ORDER BY lo DESC LIMIT " STR(AUDIT_GAPS_LISTED),
+                    0, NULL, &vc->st);
+    int n;
+    if (!r)
+        return -1;
+    n = PQntuples(r);
+    if (n > 0) {
+        out->gaps = calloc((size_t)n, sizeof(audit_gap));
+        if (!out->gaps) {
+            PQclear(r);
+            vc->st = DB_ERROR;
+            return -1;
+        }
+        out->gap_count = get_i64(r, 0, 4);
+        out->gap_ids = get_i64(r, 0, 5);
+    }
+    for (int i = 0; i < n; i++) {
+        audit_gap *g = &out->gaps[n - 1 - i];
+        g->lo = get_i64(r, i, 0);
+        g->hi = get_i64(r, i, 1);
+        g->missing = get_i64(r, i, 2);
+        g->skipped_at_us = get_i64(r, i, 3);
+    }
+    out->ngaps = (size_t)n;
+    PQclear(r);
+    return 0;
+}
+
 int audit_chain_verify(kms_ctx *k, audit_verify_result *out, db_status *st, CK_RV *rv)
 {
     verify_ctx vc;
@@ -1188,7 +1275,7 @@ int audit_chain_verify(kms_ctx *k, audit_verify_result *out, db_status *st, CK_R
         snprintf(safter, sizeof(safter), "%" PRId64, after);
         r = q(vc.c,
               "SELECT " ROW_COLS ", encode(a.prev_hash, 'hex'), encode(a.hash, 'hex'),"
-              " a.sealed_at IS NOT NULL FROM audit_log a WHERE a.id > $1 ORDER BY a.id"
+              " a.sealed_at IS NOT NULL" STORED_COLS " FROM audit_log a WHERE a.id > $1 ORDER BY a.id"
               " LIMIT " STR(VERIFY_PAGE),
               1, vals, &vc.st);
         if (!r)
@@ -1206,7 +1293,7 @@ int audit_chain_verify(kms_ctx *k, audit_verify_result *out, db_status *st, CK_R
         if (stop || n < VERIFY_PAGE)
             break;
     }
-    if (audit_verifier_finish(v, out) != 0)
+    if (audit_verifier_finish(v, out) != 0 || load_gaps(&vc, out) != 0)
         goto done;
     rc = 0;
 done:
@@ -1216,6 +1303,11 @@ done:
         if (PQstatus(db_pg(vc.c)) == CONNECTION_OK)
             db_command(vc.c, "COMMIT");
         db_release(k->db, vc.c);
+    }
+    if (rc != 0) {
+        free(out->gaps);
+        out->gaps = NULL;
+        out->ngaps = 0;
     }
     if (rc != 0 && vc.st == DB_OK && vc.rv == CKR_OK)
         vc.st = DB_ERROR;

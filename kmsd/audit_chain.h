@@ -16,7 +16,10 @@
  *    Each pass that extends the chain (or finds the newest checkpoint under
  *    a master key version other than the active one) writes a checkpoint in
  *    the same transaction; if the token cannot MAC, nothing is sealed.
- *  - audit_chain_verify() recomputes the chain and checks every checkpoint.
+ *  - audit_chain_verify() recomputes the chain and checks every checkpoint,
+ *    and reports every recorded gap whose ids are still missing (a rolled-
+ *    back transaction, or a row deleted before it was sealed: the two cannot
+ *    be told apart), in the same snapshot.
  *  - Everything above the database and token parts is pure and unit-tested.
  */
 #ifndef QKMS_AUDIT_CHAIN_H
@@ -46,6 +49,9 @@ typedef struct {
     const char *actor, *event, *device_id, *detail;
     /* Chain columns as stored (verification input). */
     bool has_prev, has_hash, has_sealed_at;
+    /* at_us/detail are the values stored when the row was sealed, and they
+     * no longer equal the row's columns (compared by value, not rendering). */
+    bool content_changed;
     uint8_t prev_hash[AUDIT_HASH_LEN], hash[AUDIT_HASH_LEN];
 } audit_row;
 
@@ -107,9 +113,23 @@ typedef struct {
     int (*checkpoint_mac)(void *arg, const audit_checkpoint *cp);
 } audit_verify_ops;
 
+/* A recorded gap some of whose ids never turned up (audit_gaps). */
+typedef struct {
+    int64_t lo, hi;
+    int64_t missing;       /* ids in [lo, hi] with no row */
+    int64_t skipped_at_us; /* when the sealer skipped them */
+} audit_gap;
+#define AUDIT_GAPS_LISTED 10000 /* the newest this many are listed; all are counted */
+
 typedef struct {
     bool ok;
     int64_t rows_checked, checkpoints_checked, checkpoints_unverifiable, pending;
+    /* Gaps (filled by audit_chain_verify, not by the verifier): ranges and
+     * missing ids in total; gaps[] lists the newest, ascending (caller
+     * frees with free()). Gaps do not make ok false. */
+    int64_t gap_count, gap_ids;
+    audit_gap *gaps;
+    size_t ngaps;
     int64_t head_id;
     uint8_t head_hash[AUDIT_HASH_LEN];
     audit_problem problem;
@@ -145,8 +165,8 @@ typedef struct {
  * (logged; that pass sealed nothing). stats (totals) may be NULL. */
 int audit_chain_seal(kms_ctx *k, audit_seal_stats *stats);
 
-/* Verify the whole chain. 0 with *out filled, or -1 with *st (database)
- * or *rv (token) saying why verification itself could not run. */
+/* Verify the whole chain. 0 with *out filled (free out->gaps), or -1 with
+ * *st (database) or *rv (token) saying why verification itself could not run. */
 int audit_chain_verify(kms_ctx *k, audit_verify_result *out, db_status *st, CK_RV *rv);
 
 #endif

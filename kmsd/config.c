@@ -56,7 +56,12 @@ const config_option config_options[] = {
     {"db_acquire_timeout_ms", OPT_INT, OFF(db_acquire_timeout_ms), "2000", 1, 60000, NULL, false,
      false, "How long a request waits for a pooled connection before answering 503."},
     {"db_statement_timeout_ms", OPT_INT, OFF(db_statement_timeout_ms), "5000", 0, 600000, NULL,
-     false, false, "PostgreSQL statement_timeout for kmsd's sessions (0 = none)."},
+     false, false, "PostgreSQL statement_timeout for kmsd's sessions (0 = none). Set by kmsd "
+     "after connecting, so `options` in `db_conninfo` cannot override it."},
+    {"db_io_timeout_ms", OPT_INT, OFF(db_io_timeout_ms), "10000", 100, 600000, NULL, false, false,
+     "Longest wait for PostgreSQL to answer a connect or one statement; then the connection is "
+     "dropped and the request answers 503 (a stopped or vanished server). Also sets TCP keepalives "
+     "and `tcp_user_timeout`. Keep it above `db_statement_timeout_ms` (docs/operations.md)."},
     {"db_migrate", OPT_BOOL, OFF(db_migrate), "true", 0, 0, NULL, false, false,
      "Apply pending schema migrations at start (under an advisory lock)."},
     {"pkcs11_module", OPT_STR, OFF(pkcs11_module), "/usr/lib/softhsm/libsofthsm2.so", 0, 0, NULL,
@@ -74,6 +79,11 @@ const config_option config_options[] = {
     {"master_key_create", OPT_BOOL, OFF(master_key_create), "true", 0, 0, NULL, false, false,
      "Create master key version 1 in the token when the database has none yet. Set false when "
      "the key is provisioned by an HSM ceremony."},
+    {"master_key_wrap_limit", OPT_INT, OFF(master_key_wrap_limit), "2000000000", 1, 2147483647,
+     NULL, false, false,
+     "Random-IV AES-GCM invocations (key wraps, audit checkpoint MACs) under one master key "
+     "version after which kmsd rotates it automatically; SP 800-38D allows 2^32. Counted in "
+     "`master_keys.wrap_count` (docs/operations.md, \"Master key wrap budget\")."},
     {"entropy_sources", OPT_STR, OFF(entropy_sources), "pkcs11,os", 0, 0, NULL, false, false,
      "Entropy sources, comma-separated: the first is the primary (normally the quantum RNG), "
      "the others are fallbacks in order. Kinds: `http` (a QRNG appliance or service), `device` "

@@ -48,6 +48,7 @@ typedef struct kms_config {
     int db_pool_size;
     int db_acquire_timeout_ms;
     int db_statement_timeout_ms;
+    int db_io_timeout_ms;
     bool db_migrate;
     /* token */
     char *pkcs11_module;
@@ -57,6 +58,7 @@ typedef struct kms_config {
     int pkcs11_sessions;
     char *master_key_label;
     bool master_key_create;
+    int master_key_wrap_limit;
     /* entropy */
     char *entropy_sources;
     char *entropy_policy;

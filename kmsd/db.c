@@ -2,6 +2,8 @@
 #include "db.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -18,17 +20,21 @@
 #define DB_BACKOFF_MIN_MS 250
 #define DB_BACKOFF_MAX_MS 5000
 #define DB_TX_ATTEMPTS 5
+#define DB_TLS_POLL_MS 100
 
 struct db_conn {
     PGconn *pg;
     bool busy;
     bool broken;
     struct db_pool *pool;
+    bool timed_out; /* the server did not answer within io_timeout_ms */
+    int io_timeout_ms;
 };
 
 struct db_pool {
     char *conninfo;
-    char stmt_timeout[96];
+    char stmt_timeout[16]; /* milliseconds, as text */
+    int io_timeout_ms;
     const db_stmt_def *stmts;
     int nstmts;
     int acquire_timeout_ms;
@@ -40,7 +46,7 @@ struct db_pool {
     int64_t next_connect_ms; /* shared backoff while the server is down */
     int backoff_ms;
 
-    _Atomic uint64_t connects, connect_failures, errors, retries;
+    _Atomic uint64_t connects, connect_failures, errors, retries, timeouts;
     /* The last statement refused for want of resources (readiness). */
     _Atomic int64_t resource_failure_ms; /* 0 = never */
     char resource_sqlstate[6];           /* under mu */
@@ -92,8 +98,8 @@ int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_time
         free(p);
         return -1;
     }
-    snprintf(p->stmt_timeout, sizeof(p->stmt_timeout), "-c statement_timeout=%d -c TimeZone=UTC",
-             statement_timeout_ms);
+    snprintf(p->stmt_timeout, sizeof(p->stmt_timeout), "%d", statement_timeout_ms);
+    p->io_timeout_ms = DB_IO_TIMEOUT_DEFAULT_MS;
     for (int i = 0; i < size; i++)
         p->conns[i].pool = p;
     p->size = size;
@@ -139,30 +145,188 @@ static void on_notice(void *arg, const char *msg)
     log_emit(LOG_DEBUG, "database notice", "{s:s}", "detail", line);
 }
 
-static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
+void db_pool_set_io_timeout(db_pool *p, int ms) { p->io_timeout_ms = ms > 0 ? ms : 1; }
+
+/* Wait until pg's socket is ready for events or the deadline passes:
+ * 1 ready, 0 deadline passed, -1 error (no socket). */
+static int wait_socket(PGconn *pg, short events, int64_t deadline)
 {
-    const char *keys[] = {"connect_timeout", "application_name", "keepalives_idle", "options",
-                          "dbname", NULL};
-    const char *vals[] = {"3", "kmsd", "30", p->stmt_timeout, p->conninfo, NULL};
-    PGconn *pg = PQconnectdbParams(keys, vals, 1);
-    if (!pg || PQstatus(pg) != CONNECTION_OK) {
-        if (err)
-            db_first_line(pg ? PQerrorMessage(pg) : "out of memory", err, errlen);
+    struct pollfd pfd = {.fd = PQsocket(pg), .events = events};
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        int n;
+        if (pfd.fd < 0)
+            return -1;
+        if (left <= 0)
+            return 0;
+        n = poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (n > 0)
+            return 1;
+        if (n == 0)
+            return 0;
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
+/* After a PQsend*(): flush the request and collect its results, never
+ * waiting past deadline. Like PQexec, returns the last result, or the first
+ * error; NULL with *timed_out set when the server did not answer in time
+ * (the connection is then unusable: its protocol state is mid-query). A
+ * blocking PQcancel is not attempted: it would wait on the same unanswering
+ * server (it connects to the postmaster and waits for it to close). */
+static PGresult *await_result(PGconn *pg, int64_t deadline, bool *timed_out)
+{
+    PGresult *keep = NULL, *r;
+    int w;
+    *timed_out = false;
+    for (;;) {
+        int f = PQflush(pg);
+        if (f <= 0)
+            break; /* sent, or an error PQgetResult reports */
+        w = wait_socket(pg, POLLIN | POLLOUT, deadline);
+        if (w == 0)
+            goto timeout;
+        if (w < 0 || !PQconsumeInput(pg))
+            break;
+    }
+    for (;;) {
+        while (PQisBusy(pg)) {
+            /* Under TLS, bytes already decrypted may wait in the TLS layer
+             * where poll() cannot see them (libpq's own waits check for
+             * that; its public API cannot): read again before waiting, and
+             * wait in short slices. */
+            bool tls = PQsslInUse(pg);
+            int64_t until = tls && deadline - now_ms() > DB_TLS_POLL_MS ? now_ms() + DB_TLS_POLL_MS
+                                                                       : deadline;
+            if (tls && (!PQconsumeInput(pg) || !PQisBusy(pg)))
+                break;
+            w = wait_socket(pg, POLLIN, until);
+            if (w == 0 && until == deadline)
+                goto timeout;
+            if (w < 0 || !PQconsumeInput(pg))
+                break; /* the connection failed: PQgetResult says so */
+        }
+        r = PQgetResult(pg);
+        if (!r)
+            break;
+        if (keep && PQresultStatus(keep) == PGRES_FATAL_ERROR) {
+            PQclear(r);
+        } else {
+            PQclear(keep);
+            keep = r;
+        }
+        if (PQstatus(pg) != CONNECTION_OK)
+            break;
+    }
+    return keep;
+timeout:
+    PQclear(keep);
+    *timed_out = true;
+    return NULL;
+}
+
+/* Connect without blocking past the deadline (connect_timeout has a 2 s
+ * granularity and does not cover a server that accepts but never answers). */
+static PGconn *connect_deadline(db_pool *p, int64_t deadline, char *err, size_t errlen)
+{
+    char idle[16], intvl[16], tcp_to[16];
+    const char *keys[] = {"application_name", "keepalives",       "keepalives_idle",
+                          "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                          "dbname",           NULL};
+    const char *vals[] = {"kmsd", "1", idle, intvl, "2", tcp_to, p->conninfo, NULL};
+    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+    PGconn *pg;
+    /* TCP: a vanished peer is noticed after about io_timeout_ms, by
+     * keepalives while idle (idle + 2 probes) and tcp_user_timeout while
+     * data is unacknowledged. A conninfo that sets these keys wins. */
+    snprintf(idle, sizeof(idle), "%d", p->io_timeout_ms / 2000 > 1 ? p->io_timeout_ms / 2000 : 1);
+    snprintf(intvl, sizeof(intvl), "%d", p->io_timeout_ms / 4000 > 1 ? p->io_timeout_ms / 4000 : 1);
+    snprintf(tcp_to, sizeof(tcp_to), "%d", p->io_timeout_ms);
+    pg = PQconnectStartParams(keys, vals, 1);
+    if (!pg) {
+        db_first_line("out of memory", err, errlen);
+        return NULL;
+    }
+    while (PQstatus(pg) != CONNECTION_BAD && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+        int w = wait_socket(pg, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+        if (w == 0) {
+            snprintf(err, errlen, "no answer from the server within %d ms", p->io_timeout_ms);
+            PQfinish(pg);
+            return NULL;
+        }
+        ps = w < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(pg);
+    }
+    if (PQstatus(pg) != CONNECTION_OK) {
+        db_first_line(PQerrorMessage(pg), err, errlen);
         PQfinish(pg);
         return NULL;
     }
+    return pg;
+}
+
+/* kmsd's session settings, applied after connecting so that nothing in
+ * db_conninfo (options=, PGOPTIONS, ALTER ROLE ... SET) can override them:
+ * statement_timeout bounds every statement, and timestamps and text come
+ * back in the forms kmsd parses. */
+static bool apply_settings(db_pool *p, PGconn *pg, int64_t deadline, char *err, size_t errlen)
+{
+    const char *vals[1] = {p->stmt_timeout};
+    bool to = false;
+    PGresult *r = NULL;
+    if (PQsendQueryParams(pg,
+                          "SELECT set_config('statement_timeout', $1, false),"
+                          " set_config('TimeZone', 'UTC', false),"
+                          " set_config('DateStyle', 'ISO, MDY', false),"
+                          " set_config('IntervalStyle', 'postgres', false),"
+                          " set_config('client_encoding', 'UTF8', false)",
+                          1, NULL, vals, NULL, NULL, 0))
+        r = await_result(pg, deadline, &to);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        if (to)
+            snprintf(err, errlen, "no answer from the server within %d ms", p->io_timeout_ms);
+        else
+            db_first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(pg), err, errlen);
+        PQclear(r);
+        return false;
+    }
+    PQclear(r);
+    return true;
+}
+
+static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
+{
+    char dummy[256];
+    int64_t deadline = now_ms() + p->io_timeout_ms;
+    PGconn *pg;
+    if (!err) {
+        err = dummy;
+        errlen = sizeof(dummy);
+    }
+    pg = connect_deadline(p, deadline, err, errlen);
+    if (!pg)
+        return NULL;
     PQsetNoticeProcessor(pg, on_notice, NULL);
+    /* Requests never block in send(); every wait is a poll with a deadline. */
+    if (PQsetnonblocking(pg, 1) != 0 || !apply_settings(p, pg, deadline, err, errlen)) {
+        PQfinish(pg);
+        return NULL;
+    }
     for (int i = 0; i < p->nstmts; i++) {
         char name[16];
+        bool to = false;
+        PGresult *r = NULL;
         snprintf(name, sizeof(name), "s%d", i);
-        PGresult *r = PQprepare(pg, name, p->stmts[i].sql, 0, NULL);
+        if (PQsendPrepare(pg, name, p->stmts[i].sql, 0, NULL))
+            r = await_result(pg, now_ms() + p->io_timeout_ms, &to);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             char line[256];
-            db_first_line(PQresultErrorMessage(r), line, sizeof(line));
+            db_first_line(to ? "no answer from the server in time"
+                          : r ? PQresultErrorMessage(r) : PQerrorMessage(pg),
+                          line, sizeof(line));
             log_emit(LOG_ERROR, "prepare failed", "{s:s,s:s}", "statement", p->stmts[i].name,
                      "error", line);
-            if (err)
-                snprintf(err, errlen, "cannot prepare %s: %s", p->stmts[i].name, line);
+            snprintf(err, errlen, "cannot prepare %s: %s", p->stmts[i].name, line);
             PQclear(r);
             PQfinish(pg);
             return NULL;
@@ -221,6 +385,8 @@ db_conn *db_acquire(db_pool *p, db_status *st)
     }
     c->busy = true;
     c->broken = false;
+    c->timed_out = false;
+    c->io_timeout_ms = p->io_timeout_ms;
     p->in_use++;
     pthread_mutex_unlock(&p->mu);
 
@@ -259,16 +425,21 @@ void db_release(db_pool *p, db_conn *c)
     if (!c->broken && PQstatus(c->pg) == CONNECTION_OK &&
         PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
         /* A caller left a transaction open (error path): roll it back. */
-        PGresult *r = PQexec(c->pg, "ROLLBACK");
-        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        if (db_command(c, "ROLLBACK") != DB_OK)
             c->broken = true;
-        PQclear(r);
     }
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
         PQfinish(c->pg);
         c->pg = NULL;
     }
     pthread_mutex_lock(&p->mu);
+    if (c->timed_out) {
+        /* The server stopped answering: new connections wait out the
+         * shared backoff instead of each spending io_timeout_ms. */
+        atomic_fetch_add(&p->timeouts, 1);
+        p->next_connect_ms = now_ms() + p->backoff_ms;
+        p->backoff_ms = p->backoff_ms * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS : p->backoff_ms * 2;
+    }
     c->busy = false;
     p->in_use--;
     pthread_cond_signal(&p->cv);
@@ -301,7 +472,7 @@ bool db_last_resource_failure(db_pool *p, int64_t *ago_ms, char sqlstate[6])
     return true;
 }
 
-static db_status classify_result(db_conn *c, PGresult *r)
+static db_status classify_result(db_conn *c, PGresult *r, bool timed_out)
 {
     db_status st;
     const char *sqlstate;
@@ -310,6 +481,14 @@ static db_status classify_result(db_conn *c, PGresult *r)
     sqlstate = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     note_resource_failure(c->pool, sqlstate);
     st = db_classify_sqlstate(sqlstate);
+    if (timed_out) {
+        c->timed_out = true;
+        c->broken = true;
+        st = DB_UNAVAILABLE;
+        log_emit(LOG_WARN, "database did not answer in time; connection dropped", "{s:i}",
+                 "io_timeout_ms", c->io_timeout_ms);
+        return st;
+    }
     if (PQstatus(c->pg) != CONNECTION_OK) {
         c->broken = true;
         st = DB_UNAVAILABLE;
@@ -327,11 +506,28 @@ PGresult *db_exec(db_conn *c, int stmt, int nparams, const char *const *values, 
                   const int *formats, db_status *st)
 {
     /* The statement's server-side name is its index; see connect_one(). */
-    PGresult *r;
+    PGresult *r = NULL;
+    bool to = false;
     char name[16];
     snprintf(name, sizeof(name), "s%d", stmt);
-    r = PQexecPrepared(c->pg, name, nparams, values, lengths, formats, 0);
-    *st = classify_result(c, r);
+    if (PQsendQueryPrepared(c->pg, name, nparams, values, lengths, formats, 0))
+        r = await_result(c->pg, now_ms() + c->io_timeout_ms, &to);
+    *st = classify_result(c, r, to);
+    if (*st != DB_OK) {
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+PGresult *db_exec_params(db_conn *c, const char *sql, int nparams, const char *const *values,
+                         db_status *st)
+{
+    PGresult *r = NULL;
+    bool to = false;
+    if (PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0))
+        r = await_result(c->pg, now_ms() + c->io_timeout_ms, &to);
+    *st = classify_result(c, r, to);
     if (*st != DB_OK) {
         PQclear(r);
         return NULL;
@@ -353,8 +549,12 @@ PGresult *db_query(db_pool *p, int stmt, int nparams, const char *const *values,
 
 db_status db_command(db_conn *c, const char *sql)
 {
-    PGresult *r = PQexec(c->pg, sql);
-    db_status st = classify_result(c, r);
+    PGresult *r = NULL;
+    bool to = false;
+    db_status st;
+    if (PQsendQuery(c->pg, sql))
+        r = await_result(c->pg, now_ms() + c->io_timeout_ms, &to);
+    st = classify_result(c, r, to);
     PQclear(r);
     return st;
 }
@@ -371,7 +571,7 @@ db_status db_tx(db_pool *p, db_tx_fn fn, void *arg)
     db_status st = DB_ERROR;
     bool reconnected = false;
     for (int attempt = 0; attempt < DB_TX_ATTEMPTS; attempt++) {
-        bool commit_sent = false;
+        bool commit_sent = false, timed_out;
         db_conn *c = db_acquire(p, &st);
         if (!c)
             return st;
@@ -384,6 +584,7 @@ db_status db_tx(db_pool *p, db_tx_fn fn, void *arg)
         }
         if (st != DB_OK && !c->broken)
             db_command(c, "ROLLBACK");
+        timed_out = c->timed_out;
         db_release(p, c);
         if (st == DB_RETRY) {
             atomic_fetch_add(&p->retries, 1);
@@ -392,8 +593,10 @@ db_status db_tx(db_pool *p, db_tx_fn fn, void *arg)
         }
         /* A connection that died before COMMIT left nothing behind; one more
          * try on a fresh connection covers a server restart between requests.
-         * After COMMIT was sent the outcome is unknown, so we do not retry. */
-        if (st == DB_UNAVAILABLE && !commit_sent && !reconnected) {
+         * After COMMIT was sent the outcome is unknown, so we do not retry;
+         * nor after a server that did not answer at all (it would double the
+         * wait of a request that already waited io_timeout_ms). */
+        if (st == DB_UNAVAILABLE && !commit_sent && !reconnected && !timed_out) {
             reconnected = true;
             atomic_fetch_add(&p->retries, 1);
             continue;
@@ -426,4 +629,5 @@ void db_stats_get(db_pool *p, db_stats *s)
     s->connect_failures = atomic_load(&p->connect_failures);
     s->errors = atomic_load(&p->errors);
     s->retries = atomic_load(&p->retries);
+    s->timeouts = atomic_load(&p->timeouts);
 }

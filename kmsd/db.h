@@ -15,6 +15,15 @@
  *    serialization failure or deadlock (up to 5 times, jittered backoff) and
  *    once on a connection lost before COMMIT was sent. The callback must
  *    therefore have no side effects outside the database.
+ *  - Every wait on the server (connect, each statement) has a deadline of
+ *    io_timeout_ms (db_pool_set_io_timeout): a server that stops answering
+ *    (stopped, partitioned, a dead host) costs a caller at most that long,
+ *    then the statement fails DB_UNAVAILABLE, the connection is dropped and
+ *    new connects wait out the shared backoff. TCP connections also get
+ *    keepalives and tcp_user_timeout derived from it.
+ *  - kmsd's session settings (statement_timeout, TimeZone UTC, DateStyle ISO,
+ *    client_encoding UTF8) are SET after connecting, so nothing in the
+ *    conninfo (options=, PGOPTIONS) or role defaults can override them.
  *  - Thread-safe.
  */
 #ifndef QKMS_DB_H
@@ -46,11 +55,16 @@ typedef struct db_conn db_conn;
 typedef struct {
     int size, in_use;
     uint64_t connects, connect_failures, errors, retries;
+    uint64_t timeouts; /* statements or connects the server did not answer in time */
 } db_stats;
 
 int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_timeout_ms,
                  int statement_timeout_ms, const db_stmt_def *stmts, int nstmts);
 void db_pool_close(db_pool *p);
+/* Deadline for every wait on the server (default DB_IO_TIMEOUT_DEFAULT_MS);
+ * set before the pool is used. */
+#define DB_IO_TIMEOUT_DEFAULT_MS 10000
+void db_pool_set_io_timeout(db_pool *p, int ms);
 
 /* Wait (with backoff) until one connection succeeds or timeout_s passes.
  * Returns 0, or -1 with the libpq error (no secrets) in err. */
@@ -70,6 +84,10 @@ PGresult *db_exec(db_conn *c, int stmt, int nparams, const char *const *values,
  * or NULL with *st set, from the acquire or from the statement. */
 PGresult *db_query(db_pool *p, int stmt, int nparams, const char *const *values,
                    const int *lengths, const int *formats, db_status *st);
+/* An unprepared statement with text parameters (admin and background paths),
+ * under the same deadline and classification (errors logged). */
+PGresult *db_exec_params(db_conn *c, const char *sql, int nparams, const char *const *values,
+                         db_status *st);
 /* Run a simple command (BEGIN, COMMIT, ...) with no parameters. */
 db_status db_command(db_conn *c, const char *sql);
 

@@ -189,6 +189,7 @@ int main(int argc, char **argv)
         log_emit(LOG_ERROR, "out of memory", NULL);
         goto out;
     }
+    db_pool_set_io_timeout(early_db, k.cfg.db_io_timeout_ms);
     /* Start-up waits for PostgreSQL (compose starts both at once). */
     if (db_wait_ready(early_db, 60, err, sizeof(err)) != 0) {
         log_emit(LOG_ERROR, "database unreachable; giving up", "{s:s}", "error", err);
@@ -208,6 +209,7 @@ int main(int argc, char **argv)
     if (db_pool_open(&k.db, k.cfg.db_conninfo, k.cfg.db_pool_size, k.cfg.db_acquire_timeout_ms,
                      k.cfg.db_statement_timeout_ms, queries, Q__COUNT) != 0)
         goto out;
+    db_pool_set_io_timeout(k.db, k.cfg.db_io_timeout_ms);
 
     {
         p11_opts po = {k.cfg.pkcs11_module, k.cfg.pkcs11_token_label, pin, pin_len,

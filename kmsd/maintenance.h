@@ -21,6 +21,11 @@ typedef struct {
     int64_t sessions_open;    /* live sessions (pending or active) */
     uint64_t keys_retired;    /* total retired by this process */
     uint64_t passes, failures;
+    /* master key wrap budget (wrap_budget.h) */
+    uint32_t wrap_active_version;
+    int64_t wrap_active_count;       /* master_keys.wrap_count of the active version */
+    uint64_t wraps_recorded;         /* invocations this process added to the database */
+    uint64_t wrap_budget_rotations;  /* automatic rotations this process made */
 } maintenance_stats;
 
 int maintenance_start(maintenance **out, kms_ctx *k);

@@ -146,10 +146,13 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
             "# HELP qkms_db_tx_errors_total Transactions that failed after retries.\n"
             "# TYPE qkms_db_tx_errors_total counter\nqkms_db_tx_errors_total %llu\n"
             "# HELP qkms_db_tx_retries_total Transactions run again (serialization, reconnect).\n"
-            "# TYPE qkms_db_tx_retries_total counter\nqkms_db_tx_retries_total %llu\n",
+            "# TYPE qkms_db_tx_retries_total counter\nqkms_db_tx_retries_total %llu\n"
+            "# HELP qkms_db_timeouts_total Connections dropped because PostgreSQL did not answer"
+            " within db_io_timeout_ms.\n"
+            "# TYPE qkms_db_timeouts_total counter\nqkms_db_timeouts_total %llu\n",
             ds.size, ds.in_use, (unsigned long long)ds.connects,
             (unsigned long long)ds.connect_failures, (unsigned long long)ds.errors,
-            (unsigned long long)ds.retries);
+            (unsigned long long)ds.retries, (unsigned long long)ds.timeouts);
 
     p11_stats_get(kms->token, &ps);
     fprintf(f,
@@ -205,6 +208,18 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
                 (long long)ms.devices_revoked, (long long)ms.keys_expiring,
                 (unsigned long long)ms.keys_retired, (long long)ms.sessions_open,
                 (unsigned long long)ms.failures);
+        fprintf(f,
+                "# HELP qkms_master_key_wraps Random-IV GCM invocations recorded under the active"
+                " master key version (master_keys.wrap_count; budget: master_key_wrap_limit).\n"
+                "# TYPE qkms_master_key_wraps gauge\nqkms_master_key_wraps{version=\"%u\"} %lld\n"
+                "# HELP qkms_master_key_wrap_limit Configured master_key_wrap_limit.\n"
+                "# TYPE qkms_master_key_wrap_limit gauge\nqkms_master_key_wrap_limit %d\n"
+                "# HELP qkms_master_key_budget_rotations_total Automatic rotations at the wrap"
+                " budget made by this process.\n"
+                "# TYPE qkms_master_key_budget_rotations_total counter\n"
+                "qkms_master_key_budget_rotations_total %llu\n",
+                ms.wrap_active_version, (long long)ms.wrap_active_count,
+                kms->cfg.master_key_wrap_limit, (unsigned long long)ms.wrap_budget_rotations);
     }
     fclose(f);
     return buf;

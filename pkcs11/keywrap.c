@@ -2,6 +2,7 @@
 #include "keywrap.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ struct keywrap {
         uint64_t generation; /* p11 generation the handle belongs to */
         bool has_kcv;
         uint8_t kcv[KEYWRAP_KCV_LEN];
+        _Atomic uint64_t uses; /* new-IV GCM calls not yet taken (keywrap_uses_take) */
     } keys[KW_MAX_VERSIONS];
     int nkeys;
     uint32_t active;
@@ -142,7 +144,16 @@ CK_RV keywrap_destroy(keywrap *kw, uint32_t version)
         pthread_rwlock_wrlock(&kw->lock);
         for (int i = 0; i < kw->nkeys; i++)
             if (kw->keys[i].version == version) {
-                kw->keys[i] = kw->keys[kw->nkeys - 1];
+                /* Field by field: the counter is atomic. A destroyed
+                 * version's untaken uses go with it. */
+                int last = kw->nkeys - 1;
+                kw->keys[i].version = kw->keys[last].version;
+                kw->keys[i].h = kw->keys[last].h;
+                kw->keys[i].generation = kw->keys[last].generation;
+                kw->keys[i].has_kcv = kw->keys[last].has_kcv;
+                memcpy(kw->keys[i].kcv, kw->keys[last].kcv, KEYWRAP_KCV_LEN);
+                atomic_store(&kw->keys[i].uses, atomic_load(&kw->keys[last].uses));
+                atomic_store(&kw->keys[last].uses, 0);
                 kw->nkeys--;
                 break;
             }
@@ -242,8 +253,44 @@ CK_RV keywrap_kcv(keywrap *kw, uint32_t version, uint8_t kcv[KEYWRAP_KCV_LEN])
     return rv;
 }
 
-CK_RV keywrap_mac(keywrap *kw, uint32_t version, const uint8_t iv[12], const uint8_t *data,
-                  size_t len, uint8_t tag[KEYWRAP_MAC_LEN])
+/* Count one GCM invocation with a new random IV under version, before it
+ * runs (so a failure or crash never leaves one uncounted). */
+static void count_use(keywrap *kw, uint32_t version)
+{
+    pthread_rwlock_rdlock(&kw->lock);
+    for (int i = 0; i < kw->nkeys; i++)
+        if (kw->keys[i].version == version)
+            atomic_fetch_add(&kw->keys[i].uses, 1);
+    pthread_rwlock_unlock(&kw->lock);
+}
+
+int keywrap_uses_take(keywrap *kw, uint32_t *versions, uint64_t *counts, int max)
+{
+    int n = 0;
+    pthread_rwlock_rdlock(&kw->lock);
+    for (int i = 0; i < kw->nkeys && n < max; i++) {
+        uint64_t c = atomic_exchange(&kw->keys[i].uses, 0);
+        if (c) {
+            versions[n] = kw->keys[i].version;
+            counts[n++] = c;
+        }
+    }
+    pthread_rwlock_unlock(&kw->lock);
+    return n;
+}
+
+void keywrap_uses_return(keywrap *kw, uint32_t version, uint64_t n)
+{
+    pthread_rwlock_rdlock(&kw->lock);
+    for (int i = 0; i < kw->nkeys; i++)
+        if (kw->keys[i].version == version)
+            atomic_fetch_add(&kw->keys[i].uses, n);
+    pthread_rwlock_unlock(&kw->lock);
+}
+
+/* The GMAC itself, for making (counted) and checking (not: the IV is old). */
+static CK_RV mac_compute(keywrap *kw, uint32_t version, const uint8_t iv[12],
+                         const uint8_t *data, size_t len, uint8_t tag[KEYWRAP_MAC_LEN])
 {
     uint8_t aad[1 + KEYWRAP_MAC_MAX], out[16], none[1] = {0};
     size_t out_len = sizeof(out);
@@ -261,11 +308,18 @@ CK_RV keywrap_mac(keywrap *kw, uint32_t version, const uint8_t iv[12], const uin
     return rv;
 }
 
+CK_RV keywrap_mac(keywrap *kw, uint32_t version, const uint8_t iv[12], const uint8_t *data,
+                  size_t len, uint8_t tag[KEYWRAP_MAC_LEN])
+{
+    count_use(kw, version);
+    return mac_compute(kw, version, iv, data, len, tag);
+}
+
 CK_RV keywrap_mac_verify(keywrap *kw, uint32_t version, const uint8_t iv[12],
                          const uint8_t *data, size_t len, const uint8_t tag[KEYWRAP_MAC_LEN])
 {
     uint8_t want[KEYWRAP_MAC_LEN];
-    CK_RV rv = keywrap_mac(kw, version, iv, data, len, want);
+    CK_RV rv = mac_compute(kw, version, iv, data, len, want);
     if (rv == CKR_OK && CRYPTO_memcmp(want, tag, KEYWRAP_MAC_LEN) != 0)
         rv = CKR_SIGNATURE_INVALID;
     OPENSSL_cleanse(want, sizeof(want));
@@ -354,6 +408,7 @@ CK_RV keywrap_wrap(keywrap *kw, const uint8_t *ctx, size_t ctx_len, const uint8_
     if (build_aad(aad, sizeof(aad), out, ctx, ctx_len, &aad_len) != 0)
         return CKR_ARGUMENTS_BAD;
     ct_len = *out_len - KEYWRAP_HDR - 12;
+    count_use(kw, v);
     rv = gcm(kw, true, v, out + KEYWRAP_HDR, aad, aad_len, key, key_len,
              out + KEYWRAP_HDR + 12, &ct_len);
     if (rv == CKR_OK)

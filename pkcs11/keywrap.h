@@ -16,6 +16,9 @@
  *    moved to another row, or relabelled to another version, fails to open.
  *  - Unwrapped bytes are written only into the caller's buffer; callers keep
  *    them in locked memory and zeroize them.
+ *  - Every GCM invocation with a new random IV (keywrap_wrap, keywrap_mac)
+ *    is counted per version before it runs; kmsd drains the counts into the
+ *    database (SP 800-38D's 2^32 budget per key, docs/operations.md).
  */
 #ifndef QKMS_KEYWRAP_H
 #define QKMS_KEYWRAP_H
@@ -84,6 +87,11 @@ CK_RV keywrap_wrap(keywrap *kw, const uint8_t *ctx, size_t ctx_len, const uint8_
  * version is not loaded. */
 CK_RV keywrap_unwrap(keywrap *kw, const uint8_t *ctx, size_t ctx_len, const uint8_t *blob,
                      size_t blob_len, uint8_t *key, size_t *key_len);
+/* Drain the per-version counts of new-IV invocations since the last take:
+ * up to max (version, count) pairs with count > 0, returned and reset. */
+int keywrap_uses_take(keywrap *kw, uint32_t *versions, uint64_t *counts, int max);
+/* Give back counts that could not be recorded (added to the next take). */
+void keywrap_uses_return(keywrap *kw, uint32_t version, uint64_t n);
 /* Master version a blob claims (0 when malformed). */
 uint32_t keywrap_blob_version(const uint8_t *blob, size_t blob_len);
 

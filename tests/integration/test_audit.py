@@ -265,7 +265,10 @@ def test_rewritten_chain_fails_against_token_checkpoints(intact):
         h = row_hash(prev, r)
         updates.append((r["id"], prev, h))
         prev = h
-    sql = ["UPDATE audit_log SET detail = '{\"forged\": true}' WHERE id = %d" % target]
+    # The forger also rewrites the stored hashed value (hashed_detail), or
+    # the row would already fail as modified.
+    sql = ["UPDATE audit_log SET detail = '{\"forged\": true}', hashed_detail = '{\"forged\": true}'"
+           " WHERE id = %d" % target]
     sql += ["UPDATE audit_log SET prev_hash = '\\x%s', hash = '\\x%s' WHERE id = %d" % (p, h, i)
             for i, p, h in updates]
     saved = "audit_saved_chain"
@@ -491,3 +494,143 @@ def test_two_instances_seal_one_chain(fresh_stack):
         rc = second.wait(timeout=30)
         log2.close()
     assert rc == 0, open(os.path.join(st.state, "kmsd2.log")).read()[-4000:]
+
+
+# -- rows deleted before they were sealed -------------------------------------------------------
+SEALER_LOCK = 7164803902  # kmsd/audit_chain.c AUDIT_SEAL_LOCK
+
+
+def test_row_deleted_before_sealing_is_reported_as_gap(fresh_stack):
+    """Someone with database write access deletes a row in the window before
+    the sealer chains it (here the window is held open by taking the
+    sealer's advisory lock). The chain then links over the id as a gap:
+    verify must name it (API, kmsctl human and --json), and --strict fails."""
+    st = fresh_stack
+    st.start(extra_env=FAST)
+    register(st, "GAP-BEFORE")
+    wait_sealed(st)
+    p = st.kmsctl("audit", "verify", "--strict")
+    assert p.returncode == 0 and "gap" not in p.stdout, (p.stdout, p.stderr)
+    res = verify(st)
+    assert res["ok"] and res["gap_count"] == 0 and res["gaps"] == [], res
+
+    holder = subprocess.Popen(
+        ["psql", "-X", "-q", "-At", "-d", st.pg_dsn, "-c",
+         f"BEGIN; SELECT pg_advisory_xact_lock({SEALER_LOCK}); SELECT pg_sleep(4); COMMIT;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        register(st, "GAP-VICTIM")
+        register(st, "GAP-AFTER")
+        victim = int(st.psql("SELECT id FROM audit_log WHERE device_id = 'GAP-VICTIM'"))
+        assert st.psql(f"SELECT hash IS NULL FROM audit_log WHERE id = {victim}").strip() == "t"
+        st.psql(f"DELETE FROM audit_log WHERE id = {victim}")
+    finally:
+        assert holder.wait(timeout=30) == 0, holder.stderr.read()
+    wait_sealed(st)
+    assert int(st.psql(f"SELECT count(*) FROM audit_gaps WHERE {victim} BETWEEN lo AND hi")) == 1
+
+    res = verify(st)
+    assert res["ok"] is True, res  # a gap is not tampering the chain can prove ...
+    assert res["gap_count"] == 1 and res["gap_ids"] == 1, res  # ... but it is reported
+    (gap,) = res["gaps"]
+    assert gap["lo"] == gap["hi"] == victim and gap["missing"] == 1, gap
+    assert gap["skipped_at"].endswith("Z"), gap
+
+    p = st.kmsctl("audit", "verify")
+    assert p.returncode == 0, p.stderr
+    assert "1 gap: 1 id never sealed" in p.stdout, p.stdout
+    assert f"  id {victim}, skipped at " in p.stdout, p.stdout
+    p = st.kmsctl("--json", "audit", "verify")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["gaps"][0]["lo"] == victim and out["gap_count"] == 1, out
+    p = st.kmsctl("audit", "verify", "--strict")
+    assert p.returncode == 6, (p.returncode, p.stdout, p.stderr)
+    assert "--strict fails on gaps" in p.stderr, p.stderr
+    p = st.kmsctl("--json", "audit", "verify", "--strict")
+    assert p.returncode == 6 and json.loads(p.stdout)["gap_count"] == 1, (p.stdout, p.stderr)
+    # Each verification records what it found, gaps included.
+    wait_sealed(st)
+    evs = st.admin("GET", "/v1/admin/audit", params={"type": "audit.verified"}).json()["events"]
+    assert evs[-1]["detail"]["gaps"] == 1, evs[-1]
+    assert "audit log has gaps" in st.logs()
+    # Removing the gap record as well does not hide the deletion.
+    st.psql(f"DELETE FROM audit_gaps WHERE {victim} BETWEEN lo AND hi")
+    res = expect_bad(st, "deleted", victim)
+    assert "no gap is recorded" in res["first_bad"]["detail"], res
+
+
+# -- hashes over stored values, not over PostgreSQL's rendering ---------------------------------
+def test_verification_does_not_depend_on_rendering(fresh_stack):
+    """The sealer stores the exact time and detail text it hashed; verify
+    hashes those and compares them with the row by value. So a detail that
+    PostgreSQL renders differently (here: numeric 1.50 rewritten as the equal
+    1.5, as a dump/restore or an upgrade may do) and session settings of
+    the verifying connection (TimeZone, DateStyle) do not change the result,
+    while a change of value is still found."""
+    st = fresh_stack
+    st.start(extra_env=FAST)
+    register(st, "RENDER-1")
+    st.psql("INSERT INTO audit_log (actor, event, detail) VALUES"
+            " ('test', 'test.render', '{\"amount\": 1.50, \"n\": 2}')")
+    register(st, "RENDER-2")
+    wait_sealed(st)
+    rid = int(st.psql("SELECT id FROM audit_log WHERE event = 'test.render'"))
+    assert st.psql("SELECT bool_and(hashed_detail = detail::text AND hashed_at_us ="
+                   " (extract(epoch FROM at) * 1000000)::bigint) FROM audit_log"
+                   " WHERE hash IS NOT NULL").strip() == "t"
+    # The exported hashed values let anyone recompute every hash.
+    exported = st.admin("GET", "/v1/admin/audit/export").json()["rows"]
+    prev = "00" * 32
+    for r in exported:
+        if not r["sealed"]:
+            continue
+        mine = {"id": r["id"], "at_us": r["hashed_at_us"], "actor": r["actor"],
+                "event": r["event"], "device_id": r["device_id"], "detail": r["hashed_detail"]}
+        assert r["prev_hash"] == prev and r["hash"] == row_hash(prev, mine), r
+        prev = r["hash"]
+
+    # Rows sealed before migration 007 have no stored values: they verify
+    # over the current rendering, and again after the migration's backfill.
+    st.psql("UPDATE audit_log SET hashed_at_us = NULL, hashed_detail = NULL")
+    res = verify(st)
+    assert res["ok"], res
+    backfill = open(os.path.join(os.path.dirname(__file__), "..", "..", "schema",
+                                 "007_hardening_audit.sql")).read()
+    backfill = backfill[backfill.index("UPDATE audit_log"):]
+    st.psql(backfill[:backfill.index(";") + 1])
+    assert st.psql("SELECT count(*) FROM audit_log WHERE hash IS NOT NULL"
+                   " AND hashed_detail IS NULL").strip() == "0"
+    wait_sealed(st)
+    assert verify(st)["ok"]
+    # Same value, another rendering.
+    st.psql(f"UPDATE audit_log SET detail = '{{\"amount\": 1.5, \"n\": 2}}' WHERE id = {rid}")
+    assert st.psql(f"SELECT detail::text FROM audit_log WHERE id = {rid}").strip() == \
+        '{"n": 2, "amount": 1.5}'
+    res = verify(st)
+    assert res["ok"], res
+    # Other session defaults for kmsd's role: verification is unchanged.
+    st.psql("ALTER ROLE qkms SET TimeZone = 'Pacific/Chatham';"
+            " ALTER ROLE qkms SET DateStyle = 'SQL, DMY'; ALTER ROLE qkms SET IntervalStyle = 'iso_8601'")
+    try:
+        st.restart(extra_env=FAST)
+        res = verify(st)
+        assert res["ok"], res
+        p = st.kmsctl("audit", "verify")
+        assert p.returncode == 0, p.stderr
+        # A different value is still a modification.
+        st.psql(f"UPDATE audit_log SET detail = '{{\"amount\": 1.51, \"n\": 2}}' WHERE id = {rid}")
+        expect_bad(st, "modified", rid)
+        st.psql(f"UPDATE audit_log SET detail = '{{\"amount\": 1.5, \"n\": 2}}' WHERE id = {rid}")
+        # So is a changed time, and a tampered stored value.
+        st.psql(f"UPDATE audit_log SET at = at + interval '1 second' WHERE id = {rid}")
+        expect_bad(st, "modified", rid)
+        st.psql(f"UPDATE audit_log SET at = at - interval '1 second' WHERE id = {rid}")
+        st.psql(f"UPDATE audit_log SET hashed_detail = 'not json' WHERE id = {rid}")
+        expect_bad(st, "modified", rid)
+        st.psql(f"UPDATE audit_log SET hashed_detail = '{{\"n\": 2, \"amount\": 1.50}}'"
+                f" WHERE id = {rid}")
+        assert verify(st)["ok"]
+    finally:
+        st.psql("ALTER ROLE qkms RESET ALL")

@@ -378,6 +378,15 @@ static void verify_modified(void **state)
     r = run(&db);
     assert_int_equal(r.problem, AUDIT_MODIFIED);
     assert_int_equal(r.bad_id, 4);
+
+    /* Hash and stored hashed values intact, but the row's columns no longer
+     * equal them by value (the database said so): modified. */
+    fake_chain(&db, 8);
+    db.rows[6].content_changed = true;
+    r = run(&db);
+    assert_false(r.ok);
+    assert_int_equal(r.problem, AUDIT_MODIFIED);
+    assert_int_equal(r.bad_id, 6);
 }
 
 static void verify_deleted(void **state)
@@ -414,7 +423,21 @@ static void verify_deleted(void **state)
     r = run(&db);
     assert_true(r.ok);
     assert_int_equal(r.rows_checked, 6);
-    /* ... but deleting the row after the gap is. */
+    /* ... but removing the gap record is: the chain links over ids 4-5,
+     * and nothing says why they are absent. */
+    db.ngaps = 0;
+    r = run(&db);
+    assert_false(r.ok);
+    assert_int_equal(r.problem, AUDIT_DELETED);
+    assert_int_equal(r.bad_id, 4);
+    /* A gap record that covers only part of it names the rest. */
+    db.gaps[0] = (audit_range){4, 4};
+    db.ngaps = 1;
+    r = run(&db);
+    assert_int_equal(r.problem, AUDIT_DELETED);
+    assert_int_equal(r.bad_id, 5);
+    db.gaps[0] = (audit_range){4, 5};
+    /* ... and deleting the row after the gap is. */
     db.present[6] = false;
     r = run(&db);
     assert_int_equal(r.problem, AUDIT_DELETED);
