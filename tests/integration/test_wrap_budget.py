@@ -27,7 +27,8 @@ def stored_under(st, version):
     return int(st.psql(
         f"SELECT (SELECT count(*) FROM device_keys WHERE master_version = {version})"
         f" + (SELECT count(*) FROM sessions WHERE master_version = {version})"
-        f" + (SELECT count(*) FROM audit_checkpoints WHERE master_version = {version})"))
+        f" + (SELECT count(*) FROM audit_checkpoints WHERE master_version = {version})"
+        f" + (SELECT count(*) FROM session_hash_key WHERE master_version = {version})"))
 
 
 def test_wrap_budget_counts_and_rotates(fresh_stack):
@@ -37,8 +38,9 @@ def test_wrap_budget_counts_and_rotates(fresh_stack):
     assert st.admin("POST", "/v1/admin/policies",
                     json={"name": "all", "type_a": "*", "type_b": "*"}).status_code == 201
     veh, enc = make_device(st, "vehicle", keys=2), make_device(st, "encryptor", keys=2)
-    # The database count is exactly the wraps made: 4 device keys and the
-    # audit checkpoints' MACs, recorded by the maintenance loop within ~1 s.
+    # The database count is exactly the wraps made: 4 device keys, the
+    # session-ID hash key (docs/sessions.md) and the audit checkpoints' MACs,
+    # recorded by the maintenance loop within ~1 s.
     assert wait_for(lambda: wrap_counts(st)[1][0] == stored_under(st, 1), timeout=15), (
         wrap_counts(st), stored_under(st, 1))
     assert wrap_counts(st)[1][0] >= 4
@@ -61,9 +63,10 @@ def test_wrap_budget_counts_and_rotates(fresh_stack):
     counts = wrap_counts(st)
     cps_v1 = int(st.psql("SELECT count(*) FROM audit_checkpoints WHERE master_version = 1"))
     # Version 1 reached the limit, and its count is no more than the wraps
-    # that can have been made under it: 4 device keys, at most one per
-    # session, one per checkpoint. (Rotation came at the limit, not earlier.)
-    assert LIMIT <= counts[1][0] <= 4 + sessions + cps_v1, (counts, sessions, cps_v1)
+    # that can have been made under it: 4 device keys and the hash key, at
+    # most one per session, one per checkpoint. (Rotation came at the limit,
+    # not earlier.)
+    assert LIMIT <= counts[1][0] <= 5 + sessions + cps_v1, (counts, sessions, cps_v1)
     assert sessions <= LIMIT + 100, (sessions, counts)  # nor much later
     assert counts[1][1] in ("retired", "destroyed"), counts
     assert "master key wrap budget reached; rotating" in st.logs()
@@ -72,13 +75,14 @@ def test_wrap_budget_counts_and_rotates(fresh_stack):
     actors = st.psql("SELECT actor FROM audit_log WHERE event = 'master.rotated'").split()
     assert actors == ["kmsd"], actors
 
-    # The rewrap moves the 4 device keys to version 2: far below the limit,
+    # The rewrap moves the 4 device keys and the hash key to version 2: far
+    # below the limit,
     # so no further rotation follows; version 1 is destroyed in time.
     assert wait_for(lambda: wrap_counts(st)[1][1] == "destroyed", timeout=60), wrap_counts(st)
     time.sleep(3)
     counts = wrap_counts(st)
     assert sorted(counts) == [1, 2] and counts[2][1] == "active", counts
-    assert 4 <= counts[2][0] < LIMIT, counts
+    assert 5 <= counts[2][0] < LIMIT, counts
     m = st.admin("GET", "/metrics").text
     assert "qkms_master_key_budget_rotations_total 1" in m, m[-2000:]
     # Keys still flow under the new version.
