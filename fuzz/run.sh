@@ -6,11 +6,12 @@
 # -max_len of fuzz/max_len. A crash, sanitizer report, timeout, leak or
 # failed FUZZ_CHECK fails the run; libFuzzer keeps the input as
 # build/fuzz/crashes/<t>-crash-... (reproduce: build/fuzz/bin/fuzz_<t> FILE).
-# FUZZ_NICE=19 runs the targets under nice; FUZZ_ARGS adds libFuzzer flags.
+# FUZZ_NICE=19 runs the targets under nice; FUZZ_ARGS adds libFuzzer flags;
+# FUZZ_OUT (default build/fuzz) holds bin/, corpus/, crashes/ and logs/.
 set -u
 secs=$1
 shift
-out=build/fuzz
+out=${FUZZ_OUT:-build/fuzz}
 mkdir -p "$out/crashes" "$out/logs"
 failed=""
 total=0
