@@ -212,6 +212,9 @@ def main():
         put("http_route", "hand-%d" % i, bytes([m, 0]) + p.encode())
     put("http_route", "hand-short-buffer", b"\x00\x04/v1/admin/devices/VIN-0001")
     put("http_route", "hand-request-id", b"\x00\x00" + b"a" * 64)
+    # the same text is also taken as Authorization and Content-Type values
+    put("http_route", "hand-bearer", b"\x00\x00Bearer  qkms_" + b"0123456789abcdef" * 4 + b"  ")
+    put("http_route", "hand-content-type", b"\x00\x00application/json ; charset=utf-8")
 
     # hex and base64url: byte 0 capacity
     put("hex", "hand-hex", b"\x10" + b"00112233445566778899aabbccddeeFF")
