@@ -196,7 +196,7 @@ def main():
 
     # QRNG bodies: byte 0 format (0 raw, 1 hex, 2 base64), byte 1 path
     # (0 none, 1 data, 2 result.random.data), byte 2 capacity - 1
-    put("qrng_decode", "hand-raw", b"\x00\x00\x1f" + os.urandom(48))
+    put("qrng_decode", "hand-raw", b"\x00\x00\x1f" + hashlib.sha384(b"qrng").digest())
     put("qrng_decode", "hand-hex", b"\x01\x00\x0f" + b"00ff10aa" * 4 + b"\r\n")
     put("qrng_decode", "hand-base64", b"\x02\x00\x3f" + b"AP8Q/+8=\n")
     put("qrng_decode", "hand-json-hex", b"\x01\x01\xff" + b'{"data":"0a0b0c"}')
