@@ -6,6 +6,7 @@
 #   make bench                benchmarks
 #   make install PREFIX=/usr/local DESTDIR=
 #   make deps                 install the Debian packages (root)
+#   make fuzz                 libFuzzer targets (clang), each run FUZZ_SECONDS s
 
 CC       ?= gcc
 PREFIX   ?= /usr/local
@@ -131,6 +132,8 @@ install: all
 
 deps:
 	sh scripts/deps.sh
+
+include fuzz/fuzz.mk
 
 clean:
 	rm -rf build

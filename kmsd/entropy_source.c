@@ -338,6 +338,22 @@ static void http_url(const char *tmpl, size_t n, char *out, size_t cap)
         snprintf(out, cap, "%.*s%zu%s", (int)(p - tmpl), tmpl, n, p + 7);
 }
 
+/* Standard base64 with '=' only as the final padding (n is a non-zero
+ * multiple of 4). EVP_DecodeBlock alone skips white space around the text
+ * and decodes '=' anywhere as zero bits: a malformed body would give bytes
+ * the source never sent. */
+static int b64_strict(const char *s, size_t n)
+{
+    size_t pad = s[n - 1] == '=' ? (s[n - 2] == '=' ? 2 : 1) : 0;
+    for (size_t i = 0; i < n - pad; i++) {
+        char c = s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '+' || c == '/'))
+            return 0;
+    }
+    return 1;
+}
+
 long esrc_decode_body(const char *body, size_t len, const char *path, const char *format,
                       uint8_t *out, size_t cap, char *err, size_t el)
 {
@@ -388,7 +404,7 @@ long esrc_decode_body(const char *body, size_t len, const char *path, const char
         int dn;
         while (dlen && (data[dlen - 1] == '\n' || data[dlen - 1] == '\r'))
             dlen--;
-        if (dlen % 4 || dlen == 0) {
+        if (dlen % 4 || dlen == 0 || !b64_strict(data, dlen)) {
             snprintf(err, el, "body is not base64");
             goto out;
         }

@@ -13,8 +13,10 @@ libcurl4-openssl-dev libp11-kit-dev"
 RUN="postgresql-15 postgresql-client-15 softhsm2 opensc ca-certificates"
 TEST="libcmocka-dev python3 python3-pytest python3-requests python3-cryptography python3-pykcs11
 python3-psycopg2 procps"
+# make fuzz: libFuzzer targets built with clang (fuzz/README.md)
+FUZZ="clang-14 libfuzzer-14-dev"
 
-PKGS="$BUILD $RUN $TEST"
+PKGS="$BUILD $RUN $TEST $FUZZ"
 RECOMMENDS=--no-install-recommends
 if [ "${1:-}" = "--print" ]; then echo $PKGS; exit 0; fi
 if [ "${1:-}" = "--with-recommends" ]; then shift; PKGS="$*"; RECOMMENDS=; fi

@@ -33,6 +33,24 @@ static void formats(void **state)
     assert_int_equal(dec("0011223344", NULL, "hex", out, 2), 2);
 }
 
+/* Found by fuzz/fuzz_qrng_decode.c: EVP_DecodeBlock alone skips white
+ * space around the text and decodes '=' anywhere as zero bits, so these
+ * bodies gave bytes the source never sent (two zero bytes for the first). */
+static void base64_strict(void **state)
+{
+    uint8_t out[16];
+    (void)state;
+    assert_int_equal(dec("AA==    ", NULL, "base64", out, sizeof(out)), -1);
+    assert_int_equal(dec("    AAAA", NULL, "base64", out, sizeof(out)), -1);
+    assert_int_equal(dec("7777777=77777777", NULL, "base64", out, sizeof(out)), -1);
+    assert_int_equal(dec("AA=A", NULL, "base64", out, sizeof(out)), -1);
+    assert_int_equal(dec("A===", NULL, "base64", out, sizeof(out)), -1);
+    assert_int_equal(dec("AAAA\tAAA", NULL, "base64", out, sizeof(out)), -1);
+    /* Still accepted: padding at the end, a trailing line break. */
+    assert_int_equal(dec("AP8Q/+8=\r\n", NULL, "base64", out, sizeof(out)), 5);
+    assert_memory_equal(out, "\x00\xff\x10\xff\xef", 5);
+}
+
 static void json_paths(void **state)
 {
     uint8_t out[16];
@@ -48,6 +66,7 @@ static void json_paths(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(formats), cmocka_unit_test(json_paths)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(formats), cmocka_unit_test(base64_strict),
+                                       cmocka_unit_test(json_paths)};
     return cmocka_run_group_tests_name("entropy_sources", tests, NULL, NULL);
 }
