@@ -9,8 +9,6 @@
  *  - FUZZ_CHECK(cond) is a property the target asserts on top of the
  *    sanitizers: when it fails the input is a finding (abort, so libFuzzer
  *    keeps it as a crash artifact).
- *  - fuzz_strict() is true when QKMS_FUZZ_STRICT=1: the targets then also
- *    treat a 500 answer to malformed input as a finding.
  *  - fuzz_vectors() is tests/vectors/protocol-v1.json, parsed once (the
  *    path is compiled in as FUZZ_VECTORS); NULL-safe callers only.
  *  - fuzz_strndup() copies input bytes into a NUL-terminated heap string.
@@ -43,14 +41,6 @@ static inline bool fuzz_env_on(const char *name)
 {
     const char *v = getenv(name);
     return v && !strcmp(v, "1");
-}
-
-static inline bool fuzz_strict(void)
-{
-    static int strict = -1;
-    if (strict < 0)
-        strict = fuzz_env_on("QKMS_FUZZ_STRICT");
-    return strict;
 }
 
 /* Silences stdio stderr; kmsd targets also call log_set_level themselves

@@ -60,8 +60,10 @@ const config_option config_options[] = {
      "after connecting, so `options` in `db_conninfo` cannot override it."},
     {"db_io_timeout_ms", OPT_INT, OFF(db_io_timeout_ms), "10000", 100, 600000, NULL, false, false,
      "Longest wait for PostgreSQL to answer a connect or one statement; then the connection is "
-     "dropped and the request answers 503 (a stopped or vanished server). Also sets TCP keepalives "
-     "and `tcp_user_timeout`. Keep it above `db_statement_timeout_ms` (docs/operations.md)."},
+     "dropped and the request answers 503 (a stopped or vanished server). A connect also ends at "
+     "`db_conninfo`'s `connect_timeout` (3 s when not set), whichever is sooner. Also sets TCP "
+     "keepalives and `tcp_user_timeout`. Keep it above `db_statement_timeout_ms` "
+     "(docs/operations.md)."},
     {"db_migrate", OPT_BOOL, OFF(db_migrate), "true", 0, 0, NULL, false, false,
      "Apply pending schema migrations at start (under an advisory lock)."},
     {"pkcs11_module", OPT_STR, OFF(pkcs11_module), "/usr/lib/softhsm/libsofthsm2.so", 0, 0, NULL,

@@ -35,6 +35,7 @@ struct db_pool {
     char *conninfo;
     char stmt_timeout[16]; /* milliseconds, as text */
     int io_timeout_ms;
+    int connect_timeout_ms; /* the conninfo's connect_timeout, default 3 s */
     const db_stmt_def *stmts;
     int nstmts;
     int acquire_timeout_ms;
@@ -84,6 +85,21 @@ db_status db_classify_sqlstate(const char *s)
     return DB_ERROR;
 }
 
+/* libpq enforces connect_timeout only in its blocking connect; kmsd
+ * connects without blocking, so it applies the value itself (default 3 s:
+ * a server whose address no longer answers, such as a restarted container,
+ * must not hold a request for the whole io timeout). */
+static int conninfo_connect_timeout_ms(const char *conninfo)
+{
+    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+    int ms = 3000;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (!strcmp(o->keyword, "connect_timeout") && o->val && atoi(o->val) > 0)
+            ms = atoi(o->val) * 1000;
+    PQconninfoFree(opts);
+    return ms;
+}
+
 int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_timeout_ms,
                  int statement_timeout_ms, const db_stmt_def *stmts, int nstmts)
 {
@@ -100,6 +116,7 @@ int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_time
     }
     snprintf(p->stmt_timeout, sizeof(p->stmt_timeout), "%d", statement_timeout_ms);
     p->io_timeout_ms = DB_IO_TIMEOUT_DEFAULT_MS;
+    p->connect_timeout_ms = conninfo_connect_timeout_ms(conninfo);
     for (int i = 0; i < size; i++)
         p->conns[i].pool = p;
     p->size = size;
@@ -251,7 +268,8 @@ static PGconn *connect_deadline(db_pool *p, int64_t deadline, char *err, size_t 
     while (PQstatus(pg) != CONNECTION_BAD && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
         int w = wait_socket(pg, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
         if (w == 0) {
-            snprintf(err, errlen, "no answer from the server within %d ms", p->io_timeout_ms);
+            snprintf(err, errlen, "no connection within %d ms", p->connect_timeout_ms < p->io_timeout_ms
+                                                                   ? p->connect_timeout_ms : p->io_timeout_ms);
             PQfinish(pg);
             return NULL;
         }
@@ -297,7 +315,8 @@ static bool apply_settings(db_pool *p, PGconn *pg, int64_t deadline, char *err, 
 static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
 {
     char dummy[256];
-    int64_t deadline = now_ms() + p->io_timeout_ms;
+    int64_t deadline = now_ms() + (p->connect_timeout_ms < p->io_timeout_ms
+                                       ? p->connect_timeout_ms : p->io_timeout_ms);
     PGconn *pg;
     if (!err) {
         err = dummy;
@@ -308,7 +327,8 @@ static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
         return NULL;
     PQsetNoticeProcessor(pg, on_notice, NULL);
     /* Requests never block in send(); every wait is a poll with a deadline. */
-    if (PQsetnonblocking(pg, 1) != 0 || !apply_settings(p, pg, deadline, err, errlen)) {
+    if (PQsetnonblocking(pg, 1) != 0 ||
+        !apply_settings(p, pg, now_ms() + p->io_timeout_ms, err, errlen)) {
         PQfinish(pg);
         return NULL;
     }
