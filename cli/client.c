@@ -12,6 +12,7 @@
 #include "exitcodes.h"
 #include "output.h"
 #include "version.h"
+#include "wipegrow.h"
 
 /* Admin responses are small; a bigger one means something is wrong. */
 #define RESPONSE_MAX (8u * 1024 * 1024)
@@ -30,23 +31,9 @@ static size_t on_body(char *chunk, size_t size, size_t nmemb, void *userdata)
         b->too_large = true;
         return 0; /* makes curl fail with CURLE_WRITE_ERROR */
     }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        /* Not realloc: the old block may hold tokens or device keys and must
-         * be wiped before it goes back to the heap. */
-        char *grown = malloc(cap);
-        if (!grown)
-            return 0;
-        if (b->data) {
-            memcpy(grown, b->data, b->len);
-            OPENSSL_cleanse(b->data, b->cap);
-            free(b->data);
-        }
-        b->data = grown;
-        b->cap = cap;
-    }
+    /* The old block may hold tokens or device keys. */
+    if (qkms_grow_wiped(&b->data, &b->cap, b->len, b->len + n + 1, 4096) != 0)
+        return 0;
     memcpy(b->data + b->len, chunk, n);
     b->len += n;
     b->data[b->len] = '\0';

@@ -95,14 +95,14 @@ static int token_file(const char *path, char tok[AUTH_TOKEN_LEN + 1], char *err,
     return -1;
 }
 
-/* Whether a token with this hash is registered (live or revoked): 1 yes,
- * 0 no, -1 error in err. */
-static int token_known(db_conn *c, const uint8_t hash[32], char *err, size_t el)
+/* Whether the one-parameter statement stmt finds a row: 1 yes, 0 no, -1
+ * error in err. len 0: val is text; else val is len binary bytes. */
+static int row_exists(db_conn *c, int stmt, const void *val, int len, char *err, size_t el)
 {
-    const char *vals[1] = {(const char *)hash};
-    int hash_len = 32, hash_fmt = 1; /* binary parameter */
+    const char *vals[1] = {val};
+    int fmt = len ? 1 : 0;
     db_status st;
-    PGresult *r = db_exec(c, Q_TOKEN_BY_HASH, 1, vals, &hash_len, &hash_fmt, &st);
+    PGresult *r = db_exec(c, stmt, 1, vals, len ? &len : NULL, len ? &fmt : NULL, &st);
     int n;
     if (!r) {
         snprintf(err, el, "database error: %s", db_status_name(st));
@@ -113,21 +113,16 @@ static int token_known(db_conn *c, const uint8_t hash[32], char *err, size_t el)
     return n;
 }
 
-/* Whether a token named "bootstrap" was ever registered (revoked rows
- * count): 1 yes, 0 no, -1 error in err. */
+/* Whether a token with this hash is registered (live or revoked). */
+static int token_known(db_conn *c, const uint8_t hash[32], char *err, size_t el)
+{
+    return row_exists(c, Q_TOKEN_BY_HASH, hash, 32, err, el);
+}
+
+/* Whether a token named "bootstrap" was ever registered (revoked rows count). */
 static int bootstrap_ever(db_conn *c, char *err, size_t el)
 {
-    const char *vals[1] = {"bootstrap"};
-    db_status st;
-    PGresult *r = db_exec(c, Q_TOKEN_NAME_EVER, 1, vals, NULL, NULL, &st);
-    int n;
-    if (!r) {
-        snprintf(err, el, "database error: %s", db_status_name(st));
-        return -1;
-    }
-    n = PQntuples(r) > 0;
-    PQclear(r);
-    return n;
+    return row_exists(c, Q_TOKEN_NAME_EVER, "bootstrap", 0, err, el);
 }
 
 /* A token file's token is registered, or a new one minted, only while no

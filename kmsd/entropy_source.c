@@ -20,6 +20,7 @@
 #include <openssl/evp.h>
 
 #include "hexutil.h"
+#include "wipegrow.h"
 
 #define HTTP_BODY_MAX (4u << 20)
 
@@ -292,22 +293,9 @@ static size_t http_sink(char *p, size_t sz, size_t n, void *arg)
         return 0;
     }
     if (h->len + k + 1 > h->cap) {
-        /* Not realloc: the old block holds random bytes that become key
-         * material, and must be wiped before it goes back to the heap. */
-        size_t cap = h->cap ? h->cap : 8192;
-        char *nb;
-        while (cap < h->len + k + 1)
-            cap *= 2;
-        nb = malloc(cap);
-        if (!nb)
+        /* The old block holds random bytes that become key material. */
+        if (qkms_grow_wiped(&h->body, &h->cap, h->len, h->len + k + 1, 8192) != 0)
             return 0;
-        if (h->body) {
-            memcpy(nb, h->body, h->len);
-            OPENSSL_cleanse(h->body, h->cap);
-            free(h->body);
-        }
-        h->body = nb;
-        h->cap = cap;
     }
     memcpy(h->body + h->len, p, k);
     h->len += k;

@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "ratelimit.h"
 #include "utf8.h"
+#include "wipegrow.h"
 
 struct http_server {
     struct MHD_Daemon *d;
@@ -538,30 +539,15 @@ static req_state *state_new(http_server *srv, struct MHD_Connection *conn)
 /* Append an upload chunk; past the cap only a flag is kept (answer 413). */
 static bool body_append(req_state *st, const char *data, size_t n)
 {
-    size_t nc;
-    char *nb;
     if (st->too_large)
         return true;
     if (st->len + n > st->max_body) {
         st->too_large = true;
         return true;
     }
-    if (st->len + n > st->cap) {
-        nc = st->cap ? st->cap : 1024;
-        while (nc < st->len + n)
-            nc *= 2;
-        /* Not realloc: the old block may hold a token or wrapped key. */
-        nb = malloc(nc);
-        if (!nb)
-            return false;
-        if (st->body) {
-            memcpy(nb, st->body, st->len);
-            OPENSSL_cleanse(st->body, st->cap);
-            free(st->body);
-        }
-        st->body = nb;
-        st->cap = nc;
-    }
+    /* The old block may hold a token or a wrapped key. */
+    if (qkms_grow_wiped(&st->body, &st->cap, st->len, st->len + n, 1024) != 0)
+        return false;
     memcpy(st->body + st->len, data, n);
     st->len += n;
     return true;
