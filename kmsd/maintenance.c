@@ -194,6 +194,8 @@ void maintenance_stop(maintenance *m)
     pthread_cond_signal(&m->cv);
     pthread_mutex_unlock(&m->mu);
     pthread_join(m->thread, NULL);
+    if (wrap_budget_flush(m->k) != 0)
+        log_emit(LOG_WARN, "master key wrap counts since the last pass not recorded", NULL);
     pthread_mutex_destroy(&m->mu);
     pthread_cond_destroy(&m->cv);
     free(m);

@@ -92,7 +92,11 @@ int migrate_run(PGconn *pg, int apply, int *version, char *err, size_t el)
         params[0] = vbuf;
         params[1] = m->name;
         params[2] = sum;
-        if (exec_ok(pg, "BEGIN", err, el) != 0)
+        /* A migration rewrites whole tables (the audit log, nonces): on a
+         * large database it takes longer than any request may, so kmsd's
+         * statement_timeout does not apply to it. */
+        if (exec_ok(pg, "BEGIN", err, el) != 0 ||
+            exec_ok(pg, "SET LOCAL statement_timeout = 0", err, el) != 0)
             goto out;
         if (exec_ok(pg, m->sql, err, el) != 0) {
             char why[512];

@@ -38,6 +38,7 @@ struct readiness {
     pthread_cond_t cv;      /* the prober waits here for a kick or its interval */
     pthread_cond_t done_cv; /* reporters wait here for a fresh round */
     bool stop, started, kicked;
+    bool may_wait; /* thread-per-connection: a probe may wait for its round */
     int64_t done_round_start_ms; /* start of the last completed round */
     check c[CHK_N];
 };
@@ -146,6 +147,7 @@ int readiness_start(readiness **out, struct kms_ctx *k)
     if (!r)
         return -1;
     r->k = k;
+    r->may_wait = !strcmp(k->cfg.http_threading, "connection");
     for (int i = 0; i < CHK_N; i++)
         snprintf(r->c[i].state, sizeof(r->c[i].state), "starting");
     pthread_mutex_init(&r->mu, NULL);
@@ -189,10 +191,13 @@ int readiness_report(readiness *r, json_t **checks, json_t **down)
     pthread_mutex_lock(&r->mu);
     /* Ask for a round that starts after this request arrived and wait a
      * bounded time for it: fresh when the dependencies answer, the last
-     * results (and "timeout" for a hung one) when they do not. */
+     * results (and "timeout" for a hung one) when they do not. With
+     * http_threading=pool the caller is one of a few event-loop threads
+     * that every client shares: it must not wait, so it gets the last
+     * results (at most one interval old) and the next round comes sooner. */
     r->kicked = true;
     pthread_cond_signal(&r->cv);
-    while (r->done_round_start_ms < now &&
+    while (r->may_wait && r->done_round_start_ms < now &&
            pthread_cond_timedwait(&r->done_cv, &r->mu, &dl) != ETIMEDOUT)
         ;
     now = mono_ms();

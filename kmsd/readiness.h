@@ -10,6 +10,8 @@
  *  - readiness_report() asks for a round that starts after the call and
  *    waits for it at most 300 ms; then it reports the last results. So an
  *    answer is fresh when the dependencies answer, and bounded when not.
+ *    With http_threading=pool it does not wait (the caller is a shared
+ *    event-loop thread): the results are then up to one interval old.
  *  - The database is not ready while the write probe fails, and also for
  *    readiness_write_failure_s seconds after any statement failed for want
  *    of resources (SQLSTATE classes 53 and 58: disk full, I/O error), since

@@ -33,6 +33,7 @@ int rotation_rotate(kms_ctx *k, const char *actor, int *status, char *err, size_
     uint32_t v;
     CK_RV rv;
     int rc = -1;
+    bool commit_sent = false;
 
     *status = 503;
     if (!c) {
@@ -80,12 +81,26 @@ int rotation_rotate(kms_ctx *k, const char *actor, int *status, char *err, size_
     if (st == DB_OK)
         st = audit_append(c, actor, "master.rotated", NULL,
                           json_pack("{s:s,s:i,s:s}", "from", from, "to", (int)v, "label", label));
-    if (st == DB_OK)
+    if (st == DB_OK) {
+        commit_sent = true;
         st = db_command(c, "COMMIT");
-    if (st != DB_OK) {
+    }
+    if (st != DB_OK && !commit_sent) {
         db_command(c, "ROLLBACK");
         keywrap_destroy(k->kw, v); /* leave no orphan in the token */
         snprintf(err, el, "recording %s failed: %s", label, db_status_name(st));
+        goto out;
+    }
+    if (st != DB_OK) {
+        /* COMMIT sent, no answer (db_io_timeout_ms): the row may well be
+         * committed, and then this key is the active master key. Keep it:
+         * every instance adopts it at its next refresh if it was recorded,
+         * and if it was not, the next rotation finds it by its label and
+         * uses it (p11 generation looks for the label first). */
+        log_emit(LOG_WARN, "master key rotation: outcome unknown, key kept in the token",
+                 "{s:s,s:s}", "label", label, "error", db_status_name(st));
+        snprintf(err, el, "recording %s: outcome unknown (%s); see GET /v1/admin/master", label,
+                 db_status_name(st));
         goto out;
     }
     keywrap_expect_kcv(k->kw, v, kcv);

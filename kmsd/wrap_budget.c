@@ -92,6 +92,19 @@ static int rotate_for_budget(kms_ctx *k, uint32_t v, int64_t count, int64_t limi
     return 0;
 }
 
+int wrap_budget_flush(kms_ctx *k)
+{
+    db_status st;
+    db_conn *c = db_acquire(k->db, &st);
+    uint64_t recorded = 0;
+    int rc;
+    if (!c)
+        return -1;
+    rc = flush_counts(k, c, &recorded);
+    db_release(k->db, c);
+    return rc;
+}
+
 int wrap_budget_pass(kms_ctx *k, wrap_budget_result *out)
 {
     db_status st;

@@ -34,5 +34,8 @@ typedef struct {
 
 /* 0, or -1 (database or token trouble; logged, retried next pass). */
 int wrap_budget_pass(kms_ctx *k, wrap_budget_result *out);
+/* Only record the counts (no rotation): at shutdown, so that a clean stop
+ * loses none. 0, or -1 when the database refused (the counts are lost). */
+int wrap_budget_flush(kms_ctx *k);
 
 #endif

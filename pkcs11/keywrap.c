@@ -254,7 +254,9 @@ CK_RV keywrap_kcv(keywrap *kw, uint32_t version, uint8_t kcv[KEYWRAP_KCV_LEN])
 }
 
 /* Count one GCM invocation with a new random IV under version, before it
- * runs (so a failure or crash never leaves one uncounted). */
+ * runs (so a failed call is counted too). The counts live in memory until
+ * kmsd records them in the database (wrap_budget.h): a crash loses those
+ * since the last record. */
 static void count_use(keywrap *kw, uint32_t version)
 {
     pthread_rwlock_rdlock(&kw->lock);

@@ -565,34 +565,6 @@ static CK_RV do_gen(p11_token *t, CK_SESSION_HANDLE s, void *a)
     return t->f->C_GenerateKey(s, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &ga->h);
 }
 
-/* The retry of a generation: the failed first try may have created the key
- * (the answer, not the work, was lost). Creating it again would leave two
- * keys with one label, which p11_find_secret_key refuses for good; so look
- * for the label first and take the key that is there. */
-static CK_RV do_gen_again(p11_token *t, CK_SESSION_HANDLE s, void *a)
-{
-    struct gen_arg *ga = a;
-    struct find_arg fa = {.label = ga->label};
-    CK_RV rv = do_find(t, s, &fa);
-    if (rv != CKR_OK)
-        return rv;
-    if (fa.found) {
-        ga->h = fa.h;
-        return CKR_OK;
-    }
-    return do_gen(t, s, ga);
-}
-
-CK_RV p11_generate_master_key(p11_token *t, const char *label, CK_OBJECT_HANDLE *h)
-{
-    struct gen_arg ga = {.label = label};
-    CK_RV rv = run_op(t, do_gen, do_gen_again, &ga);
-    if (rv == CKR_OK)
-        *h = ga.h;
-    return rv;
-}
-
-/* ---- attributes ---- */
 struct info_arg {
     CK_OBJECT_HANDLE h;
     p11_key_info *info;
@@ -623,6 +595,48 @@ static CK_RV do_info(p11_token *t, CK_SESSION_HANDLE s, void *a)
     return CKR_OK;
 }
 
+/* The retry of a generation: the failed first try may have created the key
+ * (the answer, not the work, was lost). Creating it again would leave two
+ * keys with one label, which p11_find_secret_key refuses for good; so look
+ * for the label first and take the key that is there. */
+static CK_RV do_gen_again(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct gen_arg *ga = a;
+    struct find_arg fa = {.label = ga->label};
+    CK_RV rv = do_find(t, s, &fa);
+    if (rv != CKR_OK)
+        return rv;
+    if (fa.found) {
+        /* Adopt only a key kmsd could have made: on the token, AES-256,
+         * sensitive and never extractable. Anything else under a master
+         * key's label was planted, and is refused. */
+        p11_key_info info;
+        struct info_arg ia = {.h = fa.h, .info = &info};
+        rv = do_info(t, s, &ia);
+        if (rv != CKR_OK)
+            return rv;
+        if (!info.token || !info.sensitive || info.extractable || info.value_len != 32)
+            return CKR_TEMPLATE_INCONSISTENT;
+        ga->h = fa.h;
+        return CKR_OK;
+    }
+    return do_gen(t, s, ga);
+}
+
+CK_RV p11_generate_master_key(p11_token *t, const char *label, CK_OBJECT_HANDLE *h)
+{
+    struct gen_arg ga = {.label = label};
+    /* The first try looks for the label too: an earlier call may have
+     * created the key and then failed (its caller got an error and may
+     * have kept the key, see rotation.c), and a second key with the same
+     * label would stop kmsd at start. */
+    CK_RV rv = run_op(t, do_gen_again, do_gen_again, &ga);
+    if (rv == CKR_OK)
+        *h = ga.h;
+    return rv;
+}
+
+/* ---- attributes ---- */
 CK_RV p11_key_info_get(p11_token *t, CK_OBJECT_HANDLE h, p11_key_info *info)
 {
     struct info_arg ia = {.h = h, .info = info};

@@ -235,3 +235,24 @@ def test_token_outage_gives_503_and_recovers(fresh_stack):
     assert re.search(r"^qkms_pkcs11_reinits_total [1-9]", m, re.M)
     # Same master key as before, still usable.
     assert st.admin("GET", "/v1/admin/status").json()["master_key"]["label"] == "qkms-master-1"
+
+
+def test_rotation_refuses_a_planted_key_under_the_next_label(fresh_stack):
+    """Key generation looks for its label before creating (issue 12 item 10,
+    and the first try too): a key already under the next version's label is
+    adopted only if kmsd could have made it. An extractable one planted there
+    is refused, no second key with that label appears, and kmsd still starts."""
+    st = fresh_stack
+    st.start()
+    assert st.stop() == 0
+    pkcs11_tool(st, "--keygen", "--key-type", "AES:32", "--label", "qkms-master-2",
+                "--sensitive", "--extractable")
+    st.start()
+    r = st.admin("POST", "/v1/admin/master/rotate")
+    assert r.status_code == 503, r.text
+    assert st.admin("GET", "/v1/admin/master").json()["active"] == 1
+    listing = pkcs11_tool(st, "--list-objects", "--type", "secrkey")
+    assert len(re.findall(r"label:\s+qkms-master-2\s", listing)) == 1, listing
+    # The refusal leaves kmsd working and able to restart.
+    st.restart()
+    assert st.admin("GET", "/v1/admin/master").json()["active"] == 1
