@@ -133,7 +133,8 @@ install: all
 deps:
 	sh scripts/deps.sh
 
-include fuzz/fuzz.mk
+# Optional: the container build copies only what `make all install` needs.
+-include fuzz/fuzz.mk
 
 clean:
 	rm -rf build

@@ -159,7 +159,22 @@ cmd_build() {
         localhost/*) QKMS_BASE="$BASE_IMAGE" sh "$HERE/base-image.sh" ;;
     esac
     say "building images (${COMPOSE[*]})"
-    compose build
+    if [ "$ENGINE" = podman ]; then
+        # podman-compose 1.0.3 exits 0 even when an image fails to build
+        # (the stack would then start from an older image); the "exit code:
+        # N" line it prints after each build is what tells.
+        local log rc=0
+        log=$(mktemp)
+        "${COMPOSE[@]}" -p "$PROJECT" "${FILES[@]}" build >"$log" 2>&1 || rc=$?
+        sed "$NOISE" "$log" >&2
+        if [ "$rc" != 0 ] || grep -Eq '^exit code: [1-9]' "$log"; then
+            rm -f "$log"
+            die "image build failed (see the output above)"
+        fi
+        rm -f "$log"
+    else
+        compose build
+    fi
 }
 
 cmd_up() {
