@@ -9,23 +9,11 @@
  * parse_envelope and inner_fields are static: this file compiles
  * kmsd/sessions.c into itself rather than changing it (the rest of kmsd
  * comes from the fuzz library; sessions.o is never pulled in because every
- * symbol it defines is defined here). time() is pinned to the vectors' ts so
- * runs are reproducible and the clock-window check is reachable.
+ * symbol it defines is defined here; fuzz_sessions.h).
  */
-#include <time.h>
-
 #include "fuzz_common.h"
 
-#define FUZZ_NOW 1795430000
-static time_t fuzz_time(time_t *t)
-{
-    if (t)
-        *t = FUZZ_NOW;
-    return FUZZ_NOW;
-}
-#define time(t) fuzz_time(t)
-#include "../kmsd/sessions.c"
-#undef time
+#include "fuzz_sessions.h"
 
 typedef struct {
     const char *device_id;
