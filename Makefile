@@ -31,24 +31,34 @@ CFLAGS   += -std=c17 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -fstack-pro
             $(PKG_CFLAGS) -MMD -MP
 LDFLAGS  += -pie -Wl,-z,relro,-z,now $(SANFLAGS)
 
-KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd jansson libpq libcrypto libcurl) -lpthread -ldl -lm
+SVC_LIBS  := $(shell pkg-config --libs jansson libpq libcrypto libcurl) -lpthread -ldl -lm
+KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd) $(SVC_LIBS)
 CLI_LIBS  := $(shell pkg-config --libs libcurl jansson libcrypto)
 
 include device/device.mk
 COMMON_SRC := $(wildcard common/*.c)
 P11_SRC    := $(wildcard pkcs11/*.c)
-KMSD_SRC   := $(filter-out kmsd/main.c,$(wildcard kmsd/*.c))
+# kmsd's layers (docs/architecture.md): the doors in kmsd/api/ are the only
+# code that sees libmicrohttpd; everything else links without it.
+KMSD_API_SRC := $(wildcard kmsd/api/*.c)
+KMSD_SVC_SRC := $(filter-out kmsd/main.c,$(wildcard kmsd/*.c)) \
+                $(wildcard kmsd/service/*.c kmsd/store/*.c kmsd/entropy/*.c)
+KMSD_SRC   := $(KMSD_SVC_SRC) $(KMSD_API_SRC)
 CLI_SRC    := $(wildcard cli/*.c)
 SCHEMA     := $(sort $(wildcard schema/*.sql))
 
 COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o)
 P11_OBJ    := $(P11_SRC:%.c=$(BUILD)/%.o)
 KMSD_OBJ   := $(KMSD_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/schema_sql.o
+SVC_OBJ    := $(KMSD_SVC_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/schema_sql.o
+API_OBJ    := $(KMSD_API_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/%.o)
 DEVICE_OBJ := $(DEVICE_LIB_SRC:%.c=$(BUILD)/%.o)
 
 LIBP11     := $(BUILD)/libqkms-p11.a
 LIBKMSD    := $(BUILD)/libkmsd.a
+LIBSVC     := $(BUILD)/libqkms-service.a
+LIBAPI     := $(BUILD)/libqkms-api.a
 LIBDEVICE  := $(BUILD)/libqkms-device.a
 QKMSDEV    := $(BUILD)/bin/qkms-device
 KMSD       := $(BUILD)/bin/kmsd
@@ -81,6 +91,12 @@ $(LIBP11): $(P11_OBJ)
 $(LIBKMSD): $(KMSD_OBJ) $(COMMON_OBJ)
 	ar rcs $@ $^
 
+$(LIBSVC): $(SVC_OBJ) $(COMMON_OBJ)
+	ar rcs $@ $^
+
+$(LIBAPI): $(API_OBJ)
+	ar rcs $@ $^
+
 $(LIBDEVICE): $(DEVICE_OBJ)
 	ar rcs $@ $^
 
@@ -88,7 +104,7 @@ $(QKMSDEV): $(DEVICE_PROG_SRC:%.c=$(BUILD)/%.o) $(LIBDEVICE)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(CLI_LIBS) -o $@
 
-$(KMSD): $(BUILD)/kmsd/main.o $(LIBKMSD) $(LIBP11) $(LIBDEVICE)
+$(KMSD): $(BUILD)/kmsd/main.o $(LIBAPI) $(LIBSVC) $(LIBP11) $(LIBDEVICE)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(KMSD_LIBS) -o $@
 

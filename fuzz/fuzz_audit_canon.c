@@ -17,7 +17,7 @@
 
 #include <openssl/evp.h>
 
-#include "audit_chain.h"
+#include "service/audit_chain.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {

@@ -19,10 +19,10 @@
 
 #include <strings.h>
 
-#include "auth.h"
-#include "http.h"
+#include "service/auth.h"
+#include "api/server.h"
 #include "log.h"
-#include "routes.h"
+#include "api/routes.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {

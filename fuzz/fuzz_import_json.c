@@ -11,8 +11,8 @@
  */
 #include "fuzz_common.h"
 
-#include "device_model.h"
-#include "http.h"
+#include "service/device_model.h"
+#include "api/server.h"
 #include "log.h"
 
 #define IMPORT_MAX_ROWS 1000 /* kmsd/admin_devices.c */

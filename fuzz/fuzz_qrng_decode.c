@@ -13,7 +13,7 @@
  */
 #include "fuzz_common.h"
 
-#include "entropy_source.h"
+#include "entropy/entropy_source.h"
 #include "hexutil.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

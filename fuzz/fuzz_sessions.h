@@ -21,7 +21,7 @@ static time_t fuzz_time(time_t *t)
     return FUZZ_NOW;
 }
 #define time(t) fuzz_time(t)
-#include "../kmsd/sessions.c"
+#include "../kmsd/service/sessions.c"
 #undef time
 
 #endif

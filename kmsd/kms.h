@@ -10,10 +10,7 @@
 #include <time.h>
 
 #include "config.h"
-#include "db.h"
-#include "entropy.h"
-#include "keywrap.h"
-#include "p11.h"
+#include "service/service.h"
 
 typedef struct metrics metrics;
 typedef struct maintenance maintenance;
@@ -30,15 +27,10 @@ typedef struct kms_ctx {
     time_t started_at;
     int schema_version;
 
-    db_pool *db;
-    p11_token *token;
-    keywrap *kw;
-    entropy *ent;
+    qk_svc svc; /* svc.cfg points to cfg */
     metrics *metrics;
     http_server *http;
     maintenance *maint;
-    session_metrics *smetrics;
-    keycache *keys;
     ratelimit *rl[3]; /* by rl_scope: device, client, admin (ratelimit.h) */
     readiness *ready;
 } kms_ctx;

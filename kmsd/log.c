@@ -62,7 +62,7 @@ static void set_str(json_t *o, const char *key, const char *v, json_t **bad)
  */
 static json_t *pack_fields(const char *fmt, va_list ap)
 {
-    json_t *o = json_object(), *bad = NULL;
+    json_t *o = json_object(), *bad = NULL, *unenc = NULL;
     const char *p = fmt;
 
     if (!o)
@@ -98,9 +98,19 @@ static json_t *pack_fields(const char *fmt, va_list ap)
         case 'I':
             json_object_set_new(o, key, json_integer(va_arg(ap, json_int_t)));
             break;
-        case 'f':
-            json_object_set_new(o, key, json_real(va_arg(ap, double)));
+        case 'f': {
+            /* NaN and infinities have no JSON form: the field becomes null
+             * and is named in "unencodable" rather than vanishing. */
+            json_t *v = json_real(va_arg(ap, double));
+            if (!v) {
+                v = json_null();
+                if (!unenc)
+                    unenc = json_array();
+                json_array_append_new(unenc, json_string(key));
+            }
+            json_object_set_new(o, key, v);
             break;
+        }
         case 'b':
             json_object_set_new(o, key, json_boolean(va_arg(ap, int)));
             break;
@@ -110,14 +120,17 @@ static json_t *pack_fields(const char *fmt, va_list ap)
     }
     if (bad)
         json_object_set_new(o, "invalid_utf8", bad);
+    if (unenc)
+        json_object_set_new(o, "unencodable", unenc);
     return o;
 bad_format:
     json_decref(bad);
+    json_decref(unenc);
     json_object_set_new(o, "log_format_error", json_string(fmt));
     return o;
 }
 
-void log_emit(log_level l, const char *msg, const char *fmt, ...)
+static void vemit(const log_ctx *c, log_level l, const char *msg, const char *fmt, va_list ap)
 {
     json_t *o = NULL, *base;
     char ts[80];
@@ -125,14 +138,8 @@ void log_emit(log_level l, const char *msg, const char *fmt, ...)
     struct tm tm;
     char *line = NULL;
 
-    if (!log_enabled(l))
-        return;
-    if (fmt) {
-        va_list ap;
-        va_start(ap, fmt);
+    if (fmt)
         o = pack_fields(fmt, ap);
-        va_end(ap);
-    }
     clock_gettime(CLOCK_REALTIME, &now);
     gmtime_r(&now.tv_sec, &tm);
     snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
@@ -144,6 +151,17 @@ void log_emit(log_level l, const char *msg, const char *fmt, ...)
         if (msg)
             set_str(base, "msg", msg, &bad);
         json_decref(bad); /* msg is a literal; only a bug makes it invalid */
+        bad = NULL;
+        /* The request's context next, so every line of one request can be
+         * found by req_id without each caller repeating it. */
+        if (c && c->req_id)
+            set_str(base, "req_id", c->req_id, &bad);
+        if (c && c->client)
+            set_str(base, "client", c->client, &bad);
+        if (c && c->principal)
+            set_str(base, "principal", c->principal, &bad);
+        if (bad)
+            json_object_set_new(base, "invalid_utf8_context", bad);
         if (o)
             json_object_update_missing(base, o);
         /* Ten significant digits: 0.941 ms prints as 0.941, not
@@ -164,4 +182,24 @@ void log_emit(log_level l, const char *msg, const char *fmt, ...)
         }
         free(line);
     }
+}
+
+void log_emit(log_level l, const char *msg, const char *fmt, ...)
+{
+    va_list ap;
+    if (!log_enabled(l))
+        return;
+    va_start(ap, fmt);
+    vemit(NULL, l, msg, fmt, ap);
+    va_end(ap);
+}
+
+void log_with(const log_ctx *c, log_level l, const char *msg, const char *fmt, ...)
+{
+    va_list ap;
+    if (!log_enabled(l))
+        return;
+    va_start(ap, fmt);
+    vemit(c, l, msg, fmt, ap);
+    va_end(ap);
 }

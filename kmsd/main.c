@@ -12,20 +12,21 @@
 
 #include <openssl/crypto.h>
 
-#include "bootstrap.h"
-#include "http.h"
-#include "keycache.h"
+#include "service/bootstrap.h"
+#include "api/server.h"
+#include "service/keycache.h"
 #include "kms.h"
 #include "log.h"
-#include "maintenance.h"
-#include "master.h"
+#include "service/maintenance.h"
+#include "service/master.h"
+#include "service/service.h"
 #include "metrics.h"
-#include "migrate.h"
-#include "queries.h"
-#include "ratelimit.h"
-#include "readiness.h"
-#include "routes.h"
-#include "sessions.h"
+#include "store/migrate.h"
+#include "store/queries.h"
+#include "api/ratelimit.h"
+#include "service/readiness.h"
+#include "api/routes.h"
+#include "service/sessions.h"
 #include "version.h"
 
 /* Locked, non-dumpable heap for PINs and unwrapped keys (OpenSSL's secure
@@ -59,15 +60,6 @@ static void harden_process(void)
         log_emit(LOG_WARN, "secure heap unavailable (RLIMIT_MEMLOCK?); key buffers not locked", NULL);
 }
 
-static void log_token_reinit(CK_RV rv, const char *err)
-{
-    if (rv == CKR_OK)
-        log_emit(LOG_WARN, "token module re-initialized after a failure", "{s:s}", "ckr", "CKR_OK");
-    else
-        log_emit(LOG_ERROR, "token module re-initialization failed", "{s:s,s:s}", "ckr",
-                 p11_rv_name(rv), "error", err);
-}
-
 /* At start (startup = 1) the secrets are read too; a reload changes no
  * secret and must not need one: the secret variables were scrubbed from the
  * environment at start, and the PIN file is not read again. */
@@ -98,20 +90,6 @@ static void reload(kms_ctx *k)
     config_free(&fresh);
 }
 
-static int run_migrations(kms_ctx *k, int apply, char *err, size_t el)
-{
-    db_status st;
-    db_conn *c = db_acquire(k->db, &st);
-    int rc;
-    if (!c) {
-        snprintf(err, el, "database unavailable");
-        return -1;
-    }
-    rc = migrate_run(db_pg(c), apply, &k->schema_version, err, el);
-    db_release(k->db, c);
-    return rc;
-}
-
 int main(int argc, char **argv)
 {
     static const struct option lopts[] = {
@@ -124,11 +102,12 @@ int main(int argc, char **argv)
     int opt, check_only = 0, migrate_only = 0, rc = 1;
     sigset_t sigs;
     log_level lvl;
-    db_pool *early_db = NULL;
+    int rv_open;
     char *pin = NULL; /* secure heap until p11_open has taken it */
     size_t pin_len = 0;
 
     memset(&k, 0, sizeof(k));
+    k.svc.cfg = &k.cfg;
     while ((opt = getopt_long(argc, argv, "c:Vh", lopts, NULL)) != -1) {
         switch (opt) {
         case 'c': k.config_path = optarg; break;
@@ -184,88 +163,43 @@ int main(int argc, char **argv)
     log_emit(LOG_INFO, "kmsd starting", "{s:s,s:s,s:i}", "version", QKMS_VERSION, "config_hash",
              k.config_hash, "pid", (int)getpid());
 
-    if (db_pool_open(&early_db, k.cfg.db_conninfo, k.cfg.db_pool_size, k.cfg.db_acquire_timeout_ms,
-                     k.cfg.db_statement_timeout_ms, NULL, 0) != 0) {
-        log_emit(LOG_ERROR, "out of memory", NULL);
+    if (service_migrate(&k.cfg, k.cfg.db_migrate || migrate_only, &k.schema_version, err,
+                        sizeof(err)) != 0)
         goto out;
-    }
-    db_pool_set_io_timeout(early_db, k.cfg.db_io_timeout_ms);
-    /* Start-up waits for PostgreSQL (compose starts both at once). */
-    if (db_wait_ready(early_db, 60, err, sizeof(err)) != 0) {
-        log_emit(LOG_ERROR, "database unreachable; giving up", "{s:s}", "error", err);
-        goto out;
-    }
-    k.db = early_db; /* migrations run before statements can be prepared */
-    if (run_migrations(&k, k.cfg.db_migrate || migrate_only, err, sizeof(err)) != 0) {
-        log_emit(LOG_ERROR, "schema migration failed", "{s:s}", "error", err);
-        goto out;
-    }
-    k.db = NULL;
     if (migrate_only) {
         log_emit(LOG_INFO, "schema up to date", "{s:i}", "version", k.schema_version);
         rc = 0;
         goto out;
     }
-    if (db_pool_open(&k.db, k.cfg.db_conninfo, k.cfg.db_pool_size, k.cfg.db_acquire_timeout_ms,
-                     k.cfg.db_statement_timeout_ms, queries, Q__COUNT) != 0)
-        goto out;
-    db_pool_set_io_timeout(k.db, k.cfg.db_io_timeout_ms);
-
-    {
-        p11_opts po = {k.cfg.pkcs11_module, k.cfg.pkcs11_token_label, pin, pin_len,
-                       k.cfg.pkcs11_sessions};
-        CK_RV rv = p11_open(&k.token, &po, err, sizeof(err));
-        /* A token may be briefly unreadable while another process writes
-         * it (SoftHSM's file store), or still coming up (a network HSM):
-         * retry for a while before giving up. Wrong PINs are not retried. */
-        for (int i = 0; i < 20 && rv != CKR_OK && p11_rv_kind(rv) != P11_KIND_AUTH &&
-                        p11_rv_kind(rv) != P11_KIND_CONFIG;
-             i++) {
-            struct timespec ts = {0, 250 * 1000000L};
-            log_emit(LOG_WARN, "token not available yet; retrying", "{s:s,s:s}", "error", err,
-                     "ckr", p11_rv_name(rv));
-            nanosleep(&ts, NULL);
-            rv = p11_open(&k.token, &po, err, sizeof(err));
-        }
-        /* The token layer keeps its own copy in the secure heap for
-         * re-login after a token failure; this one is not needed again. */
-        OPENSSL_secure_clear_free(pin, pin_len + 1);
-        pin = NULL;
-        if (rv != CKR_OK) {
-            log_emit(LOG_ERROR, "token unavailable", "{s:s,s:s}", "error", err, "ckr", p11_rv_name(rv));
-            goto out;
-        }
-    }
-    p11_set_reinit_logger(k.token, log_token_reinit);
-    if (keywrap_new(&k.kw, k.token, k.cfg.master_key_label) != CKR_OK)
-        goto out;
-    if (master_init(&k, err, sizeof(err)) != 0) {
-        log_emit(LOG_ERROR, "master key check failed", "{s:s}", "error", err);
+    rv_open = service_open(&k.svc, &k.cfg, pin, pin_len, err, sizeof(err));
+    pin = NULL; /* service_open wiped it */
+    if (rv_open != 0) {
         fprintf(stderr, "kmsd: %s\n", err);
         goto out;
     }
-    if (entropy_open(&k.ent, &k.cfg, k.token, err, sizeof(err)) != 0) {
-        log_emit(LOG_ERROR, "entropy configuration error", "{s:s}", "error", err);
-        goto out;
-    }
-    if (bootstrap_admin_token(&k, err, sizeof(err)) != 0) {
+    if (bootstrap_admin_token(&k.svc, err, sizeof(err)) != 0) {
         log_emit(LOG_ERROR, "bootstrap admin token failed", "{s:s}", "error", err);
         goto out;
     }
-    k.smetrics = session_metrics_new();
-    k.keys = keycache_new((size_t)k.cfg.device_key_cache_size, k.cfg.device_key_cache_ttl);
-    if (!k.smetrics || !k.keys)
-        goto out;
-    if (maintenance_start(&k.maint, &k) != 0) {
+    if (maintenance_start(&k.maint, &k.svc) != 0) {
         log_emit(LOG_ERROR, "cannot start the maintenance thread", NULL);
         goto out;
     }
-    if (readiness_start(&k.ready, &k) != 0) {
+    if (readiness_start(&k.ready, &k.svc) != 0) {
         log_emit(LOG_ERROR, "cannot start the readiness prober", NULL);
         goto out;
     }
-    k.metrics = metrics_new(routes_count, route_names);
+    k.metrics = metrics_new(routes_count, route_names, k.started_at);
     if (!k.metrics || ratelimit_open_all(k.rl, &k.cfg) != 0)
+        goto out;
+    /* /metrics renders in this order. */
+    if (metrics_register(k.metrics, db_metrics_render, k.svc.db) != 0 ||
+        metrics_register(k.metrics, p11_metrics_render, k.svc.token) != 0 ||
+        metrics_register(k.metrics, entropy_metrics_render, k.svc.ent) != 0 ||
+        metrics_register(k.metrics, session_metrics_render, k.svc.smetrics) != 0 ||
+        metrics_register(k.metrics, keycache_metrics_render, k.svc.keys) != 0 ||
+        metrics_register(k.metrics, ratelimit_metrics_render, k.rl) != 0 ||
+        metrics_register(k.metrics, maintenance_metrics_render, k.maint) != 0)
         goto out;
     if (http_start(&k.http, &k, routes, routes_count, err, sizeof(err)) != 0) {
         log_emit(LOG_ERROR, "http listener failed", "{s:s}", "error", err);
@@ -298,15 +232,8 @@ out:
     readiness_stop(k.ready);
     ratelimit_free_all(k.rl);
     maintenance_stop(k.maint);
-    session_metrics_free(k.smetrics);
-    sessions_set_id_key(NULL, 0);
-    keycache_free(k.keys);
     metrics_free(k.metrics);
-    entropy_close(k.ent);
-    keywrap_free(k.kw);
-    p11_close(k.token);
-    db_pool_close(k.db);
-    db_pool_close(early_db);
+    service_close(&k.svc);
     config_free(&k.cfg);
     if (pin)
         OPENSSL_secure_clear_free(pin, pin_len + 1);

@@ -1,4 +1,8 @@
-/* metrics — request counters, latency histograms and scrape-time gauges. */
+/*
+ * metrics — the registry behind /metrics: request counters and latency
+ * histograms kept here, and every other module's figures rendered by the
+ * function it registered (so this file imports none of them).
+ */
 #include "metrics.h"
 
 #include <stdatomic.h>
@@ -6,11 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#include "keycache.h"
-#include "maintenance.h"
-#include "ratelimit.h"
-#include "sessions.h"
 #include "version.h"
 
 static const int statuses[] = {200, 201, 204, 400, 401, 403, 404, 405,
@@ -31,9 +32,15 @@ struct metrics {
     const char *const *names;
     route_metrics *r;
     _Atomic int64_t inflight;
+    time_t started_at;
+    struct {
+        metrics_render_fn fn;
+        void *ctx;
+    } sources[METRICS_MAX_SOURCES];
+    int nsources;
 };
 
-metrics *metrics_new(int nroutes, const char *const *names)
+metrics *metrics_new(int nroutes, const char *const *names, time_t started_at)
 {
     metrics *m = calloc(1, sizeof(*m));
     if (!m)
@@ -45,7 +52,18 @@ metrics *metrics_new(int nroutes, const char *const *names)
     }
     m->nroutes = nroutes;
     m->names = names;
+    m->started_at = started_at;
     return m;
+}
+
+int metrics_register(metrics *m, metrics_render_fn fn, void *ctx)
+{
+    if (!fn || m->nsources >= METRICS_MAX_SOURCES)
+        return -1;
+    m->sources[m->nsources].fn = fn;
+    m->sources[m->nsources].ctx = ctx;
+    m->nsources++;
+    return 0;
 }
 
 void metrics_free(metrics *m)
@@ -80,12 +98,10 @@ static const char *route_name(metrics *m, int i)
     return i == m->nroutes ? "unmatched" : m->names[i];
 }
 
-char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
+char *metrics_render(metrics *m, size_t *len)
 {
     char *buf = NULL;
     FILE *f = open_memstream(&buf, len);
-    db_stats ds;
-    p11_stats ps;
 
     if (!f)
         return NULL;
@@ -94,7 +110,7 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
             QKMS_VERSION);
     fprintf(f, "# HELP qkms_start_time_seconds Start time of kmsd since the epoch.\n"
                "# TYPE qkms_start_time_seconds gauge\nqkms_start_time_seconds %lld\n",
-            (long long)kms->started_at);
+            (long long)m->started_at);
 
     fprintf(f, "# HELP qkms_http_requests_total HTTP requests by route and status.\n"
                "# TYPE qkms_http_requests_total counter\n");
@@ -133,94 +149,8 @@ char *metrics_render(metrics *m, kms_ctx *kms, size_t *len)
                "# TYPE qkms_http_inflight_requests gauge\nqkms_http_inflight_requests %lld\n",
             (long long)atomic_load(&m->inflight));
 
-    db_stats_get(kms->db, &ds);
-    fprintf(f,
-            "# HELP qkms_db_pool_size PostgreSQL connections in the pool.\n"
-            "# TYPE qkms_db_pool_size gauge\nqkms_db_pool_size %d\n"
-            "# HELP qkms_db_pool_in_use PostgreSQL connections lent out now.\n"
-            "# TYPE qkms_db_pool_in_use gauge\nqkms_db_pool_in_use %d\n"
-            "# HELP qkms_db_connects_total Successful PostgreSQL connects.\n"
-            "# TYPE qkms_db_connects_total counter\nqkms_db_connects_total %llu\n"
-            "# HELP qkms_db_connect_failures_total Failed PostgreSQL connects.\n"
-            "# TYPE qkms_db_connect_failures_total counter\nqkms_db_connect_failures_total %llu\n"
-            "# HELP qkms_db_tx_errors_total Transactions that failed after retries.\n"
-            "# TYPE qkms_db_tx_errors_total counter\nqkms_db_tx_errors_total %llu\n"
-            "# HELP qkms_db_tx_retries_total Transactions run again (serialization, reconnect).\n"
-            "# TYPE qkms_db_tx_retries_total counter\nqkms_db_tx_retries_total %llu\n"
-            "# HELP qkms_db_timeouts_total Connections dropped because PostgreSQL did not answer"
-            " within db_io_timeout_ms.\n"
-            "# TYPE qkms_db_timeouts_total counter\nqkms_db_timeouts_total %llu\n",
-            ds.size, ds.in_use, (unsigned long long)ds.connects,
-            (unsigned long long)ds.connect_failures, (unsigned long long)ds.errors,
-            (unsigned long long)ds.retries, (unsigned long long)ds.timeouts);
-
-    p11_stats_get(kms->token, &ps);
-    fprintf(f,
-            "# HELP qkms_pkcs11_sessions PKCS#11 sessions in the pool.\n"
-            "# TYPE qkms_pkcs11_sessions gauge\nqkms_pkcs11_sessions %d\n"
-            "# HELP qkms_pkcs11_sessions_in_use PKCS#11 sessions lent out now.\n"
-            "# TYPE qkms_pkcs11_sessions_in_use gauge\nqkms_pkcs11_sessions_in_use %d\n"
-            "# HELP qkms_pkcs11_operations_total Token operations.\n"
-            "# TYPE qkms_pkcs11_operations_total counter\nqkms_pkcs11_operations_total %llu\n"
-            "# HELP qkms_pkcs11_errors_total Token operations that failed.\n"
-            "# TYPE qkms_pkcs11_errors_total counter\nqkms_pkcs11_errors_total %llu\n"
-            "# HELP qkms_pkcs11_session_reopens_total Sessions reopened after loss.\n"
-            "# TYPE qkms_pkcs11_session_reopens_total counter\n"
-            "qkms_pkcs11_session_reopens_total %llu\n"
-            "# HELP qkms_pkcs11_relogins_total Logins re-established.\n"
-            "# TYPE qkms_pkcs11_relogins_total counter\nqkms_pkcs11_relogins_total %llu\n"
-            "# HELP qkms_pkcs11_reinits_total Module re-initializations after token failures.\n"
-            "# TYPE qkms_pkcs11_reinits_total counter\nqkms_pkcs11_reinits_total %llu\n",
-            p11_pool_size(kms->token), p11_pool_in_use(kms->token), (unsigned long long)ps.ops,
-            (unsigned long long)ps.errors, (unsigned long long)ps.reopened_sessions,
-            (unsigned long long)ps.relogins, (unsigned long long)ps.reinits);
-
-    entropy_metrics_render(kms->ent, f);
-    if (kms->smetrics)
-        session_metrics_render(kms->smetrics, f);
-    if (kms->keys) {
-        keycache_stats ks;
-        keycache_stats_get(kms->keys, &ks);
-        fprintf(f, "# HELP qkms_device_key_cache_total Device key cache lookups by result.\n"
-                   "# TYPE qkms_device_key_cache_total counter\n"
-                   "qkms_device_key_cache_total{result=\"hit\"} %llu\n"
-                   "qkms_device_key_cache_total{result=\"miss\"} %llu\n",
-                (unsigned long long)ks.hits, (unsigned long long)ks.misses);
-    }
-    if (kms->rl[0])
-        ratelimit_metrics_render(kms->rl, f);
-    if (kms->maint) {
-        maintenance_stats ms;
-        maintenance_stats_get(kms->maint, &ms);
-        fprintf(f,
-                "# HELP qkms_devices Registered devices by state (last maintenance pass).\n"
-                "# TYPE qkms_devices gauge\nqkms_devices{state=\"active\"} %lld\n"
-                "qkms_devices{state=\"suspended\"} %lld\nqkms_devices{state=\"revoked\"} %lld\n"
-                "# HELP qkms_device_keys_expiring Live device keys expiring within device_key_warn_days.\n"
-                "# TYPE qkms_device_keys_expiring gauge\nqkms_device_keys_expiring %lld\n"
-                "# HELP qkms_device_keys_retired_total Device keys retired after a rotation's grace.\n"
-                "# TYPE qkms_device_keys_retired_total counter\nqkms_device_keys_retired_total %llu\n"
-                "# HELP qkms_sessions_open Live sessions (last maintenance pass).\n"
-                "# TYPE qkms_sessions_open gauge\nqkms_sessions_open %lld\n"
-                "# HELP qkms_maintenance_failures_total Maintenance passes that failed.\n"
-                "# TYPE qkms_maintenance_failures_total counter\nqkms_maintenance_failures_total %llu\n",
-                (long long)ms.devices_active, (long long)ms.devices_suspended,
-                (long long)ms.devices_revoked, (long long)ms.keys_expiring,
-                (unsigned long long)ms.keys_retired, (long long)ms.sessions_open,
-                (unsigned long long)ms.failures);
-        fprintf(f,
-                "# HELP qkms_master_key_wraps Random-IV GCM invocations recorded under the active"
-                " master key version (master_keys.wrap_count; budget: master_key_wrap_limit).\n"
-                "# TYPE qkms_master_key_wraps gauge\nqkms_master_key_wraps{version=\"%u\"} %lld\n"
-                "# HELP qkms_master_key_wrap_limit Configured master_key_wrap_limit.\n"
-                "# TYPE qkms_master_key_wrap_limit gauge\nqkms_master_key_wrap_limit %d\n"
-                "# HELP qkms_master_key_budget_rotations_total Automatic rotations at the wrap"
-                " budget made by this process.\n"
-                "# TYPE qkms_master_key_budget_rotations_total counter\n"
-                "qkms_master_key_budget_rotations_total %llu\n",
-                ms.wrap_active_version, (long long)ms.wrap_active_count,
-                kms->cfg.master_key_wrap_limit, (unsigned long long)ms.wrap_budget_rotations);
-    }
+    for (int i = 0; i < m->nsources; i++)
+        m->sources[i].fn(m->sources[i].ctx, f);
     fclose(f);
     return buf;
 }

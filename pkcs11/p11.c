@@ -751,3 +751,30 @@ CK_RV p11_ping(p11_token *t)
 {
     return run(t, do_ping, NULL);
 }
+
+void p11_metrics_render(void *token, FILE *f)
+{
+    p11_token *t = token;
+    p11_stats ps;
+    p11_stats_get(t, &ps);
+    fprintf(f,
+            "# HELP qkms_pkcs11_sessions PKCS#11 sessions in the pool.\n"
+            "# TYPE qkms_pkcs11_sessions gauge\nqkms_pkcs11_sessions %d\n"
+            "# HELP qkms_pkcs11_sessions_in_use PKCS#11 sessions lent out now.\n"
+            "# TYPE qkms_pkcs11_sessions_in_use gauge\nqkms_pkcs11_sessions_in_use %d\n"
+            "# HELP qkms_pkcs11_operations_total Token operations.\n"
+            "# TYPE qkms_pkcs11_operations_total counter\nqkms_pkcs11_operations_total %llu\n"
+            "# HELP qkms_pkcs11_errors_total Token operations that failed.\n"
+            "# TYPE qkms_pkcs11_errors_total counter\nqkms_pkcs11_errors_total %llu\n"
+            "# HELP qkms_pkcs11_session_reopens_total Sessions reopened after loss.\n"
+            "# TYPE qkms_pkcs11_session_reopens_total counter\n"
+            "qkms_pkcs11_session_reopens_total %llu\n"
+            "# HELP qkms_pkcs11_relogins_total Logins re-established.\n"
+            "# TYPE qkms_pkcs11_relogins_total counter\nqkms_pkcs11_relogins_total %llu\n"
+            "# HELP qkms_pkcs11_reinits_total Module re-initializations after token failures.\n"
+            "# TYPE qkms_pkcs11_reinits_total counter\nqkms_pkcs11_reinits_total %llu\n",
+            p11_pool_size(t), p11_pool_in_use(t), (unsigned long long)ps.ops,
+            (unsigned long long)ps.errors, (unsigned long long)ps.reopened_sessions,
+            (unsigned long long)ps.relogins, (unsigned long long)ps.reinits);
+
+}

@@ -26,6 +26,7 @@
 #define QKMS_P11_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdbool.h>
 
@@ -121,5 +122,8 @@ typedef struct {
     uint64_t reinits;
 } p11_stats;
 void p11_stats_get(p11_token *t, p11_stats *out);
+/* The token pool's figures as Prometheus text (kmsd's /metrics; token is a
+ * p11_token). */
+void p11_metrics_render(void *token, FILE *f);
 
 #endif

@@ -11,7 +11,7 @@
 #include <cmocka.h>
 #include <openssl/evp.h>
 
-#include "audit_chain.h"
+#include "service/audit_chain.h"
 #include "hexutil.h"
 
 static void hex_to(const char *hex, uint8_t *out, size_t len)

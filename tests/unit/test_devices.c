@@ -11,10 +11,10 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
-#include "device_model.h"
-#include "devices.h"
+#include "service/device_model.h"
+#include "service/devices.h"
 #include "fillpkg.h"
-#include "pgarray.h"
+#include "store/pgarray.h"
 
 static const device_defaults defs = {4, 365};
 

@@ -7,7 +7,7 @@
 
 #include <cmocka.h>
 
-#include "entropy_source.h"
+#include "entropy/entropy_source.h"
 
 static long dec(const char *body, const char *path, const char *fmt, uint8_t *out, size_t cap)
 {

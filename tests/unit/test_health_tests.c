@@ -14,7 +14,7 @@
 #include <cmocka.h>
 #include <openssl/sha.h>
 
-#include "sp800_90b.h"
+#include "entropy/sp800_90b.h"
 
 /* Good-data volume. 16 MiB takes well under a second even under ASan, so
  * the sanitizer build does not need a smaller run. */

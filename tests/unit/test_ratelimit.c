@@ -12,7 +12,7 @@
 #include <stdatomic.h>
 
 #include "config.h"
-#include "ratelimit.h"
+#include "api/ratelimit.h"
 
 #define SEC 1000000000ull
 #define MS 1000000ull

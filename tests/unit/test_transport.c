@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "transport.h"
+#include "api/transport.h"
 
 static void loopback_addresses(void **state)
 {

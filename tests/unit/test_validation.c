@@ -8,11 +8,11 @@
 
 #include <cmocka.h>
 
-#include "auth.h"
-#include "db.h"
-#include "entropy.h"
+#include "service/auth.h"
+#include "store/db.h"
+#include "entropy/entropy.h"
 #include "hexutil.h"
-#include "http.h"
+#include "api/server.h"
 #include "keywrap.h"
 #include "p11.h"
 #include "utf8.h"

@@ -1,0 +1,440 @@
+/* admin_devices — the device registry's admin API (operator and admin roles). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "service/devices.h"
+#include "fillpkg.h"
+#include "api/routes.h"
+#include "api/transport.h"
+
+#define IMPORT_MAX_ROWS 1000
+
+static void answer_err(http_response *rs, const devices_err *e)
+{
+    rs->retry_after = e->retry_after;
+    http_error(rs, e->status ? e->status : 500, e->code ? e->code : "internal", "%s", e->message);
+}
+
+static device_defaults defaults_of(kms_ctx *k)
+{
+    device_defaults d = {k->cfg.device_default_keys, k->cfg.device_key_validity_days};
+    return d;
+}
+
+/* The {id} path parameter, checked; answers 404 for what cannot exist. */
+static const char *path_device(http_request *rq, http_response *rs)
+{
+    const char *id = rq->params[0];
+    if (!device_id_valid(id)) {
+        http_error(rs, 404, "not_found", "no such device");
+        return NULL;
+    }
+    return id;
+}
+
+static void answer_device(http_request *rq, http_response *rs, const char *id, int status)
+{
+    json_t *rec;
+    devices_err e;
+    memset(&e, 0, sizeof(e));
+    if (devices_get(&rq->kms->svc, id, true, false, &rec, &e) != 0) {
+        answer_err(rs, &e);
+        return;
+    }
+    http_json(rs, status, rec);
+}
+
+void h_devices_create(http_request *rq, http_response *rs)
+{
+    json_t *in = http_body_object(rq, rs);
+    device_defaults d = defaults_of(rq->kms);
+    device_reg row;
+    devices_err e;
+    const char *code;
+
+    if (!in)
+        return;
+    memset(&row, 0, sizeof(row));
+    if (device_spec_from_json(in, &d, &row.spec, &code, row.message, sizeof(row.message)) != 0) {
+        http_error(rs, 422, code, "%s", row.message);
+        json_decref(in);
+        return;
+    }
+    json_decref(in);
+    if (devices_register(&rq->kms->svc, rq->who.name, &row, 1, &e) != 0) {
+        answer_err(rs, &e);
+        return;
+    }
+    if (row.code || row.db_code) {
+        const char *c = row.code ? row.code : row.db_code;
+        http_error(rs, !strcmp(c, "conflict") ? 409 : 422, c, "%s",
+                   row.code ? row.message : row.db_message);
+        return;
+    }
+    answer_device(rq, rs, row.spec.device_id, 201);
+}
+
+void h_devices_import(http_request *rq, http_response *rs)
+{
+    json_t *in = http_body_object(rq, rs), *list, *results = NULL;
+    device_defaults d = defaults_of(rq->kms);
+    device_reg *rows = NULL;
+    devices_err e;
+    size_t n;
+    int created = 0, failed = 0;
+
+    if (!in)
+        return;
+    list = json_object_get(in, "devices");
+    if (!json_is_array(list) || json_object_size(in) != 1) {
+        http_error(rs, 422, "invalid_request", "expected {\"devices\": [...]}");
+        goto out;
+    }
+    n = json_array_size(list);
+    if (n == 0 || n > IMPORT_MAX_ROWS) {
+        http_error(rs, 422, "invalid_request", "send 1 to %d devices per request", IMPORT_MAX_ROWS);
+        goto out;
+    }
+    rows = calloc(n, sizeof(*rows));
+    if (!rows) {
+        http_error(rs, 500, "internal", "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(list, i);
+        json_t *line = json_object_get(o, "line");
+        device_spec_from_json(o, &d, &rows[i].spec, &rows[i].code, rows[i].message,
+                              sizeof(rows[i].message));
+        if (line && json_is_integer(line))
+            rows[i].spec.line = (long)json_integer_value(line);
+        else if (!rows[i].spec.line)
+            rows[i].spec.line = (long)i + 1;
+    }
+    if (devices_register(&rq->kms->svc, rq->who.name, rows, (int)n, &e) != 0) {
+        answer_err(rs, &e);
+        goto out;
+    }
+    results = json_array();
+    for (size_t i = 0; i < n; i++) {
+        device_reg *r = &rows[i];
+        const char *code = r->code ? r->code : r->db_code;
+        /* Echo what the operator sent, so a bad row can be found in the file. */
+        const char *raw = json_string_value(json_object_get(json_array_get(list, i), "device_id"));
+        json_t *id = r->spec.device_id[0] ? json_string(r->spec.device_id)
+                     : raw ? http_json_text(raw, DEVICE_ID_MAX) : json_null();
+        if (!code) {
+            created++;
+            json_array_append_new(results, json_pack("{s:I,s:o,s:s}", "line", (json_int_t)r->spec.line,
+                                                     "device_id", id, "status", "created"));
+        } else {
+            failed++;
+            json_array_append_new(results,
+                                  json_pack("{s:I,s:o,s:s,s:{s:s,s:o}}", "line", (json_int_t)r->spec.line,
+                                            "device_id", id, "status", "error", "error", "code",
+                                            code, "message",
+                                            http_json_text(r->code ? r->message : r->db_message,
+                                                           sizeof(r->message))));
+        }
+    }
+    http_json(rs, 200, json_pack("{s:i,s:i,s:o}", "created", created, "failed", failed, "results",
+                                 results));
+out:
+    free(rows);
+    json_decref(in);
+}
+
+static int query_int(http_request *rq, http_response *rs, const char *key, int lo, int hi,
+                     int *out)
+{
+    const char *v = http_query(rq, key);
+    char *end;
+    long n;
+    if (!v)
+        return 0;
+    n = strtol(v, &end, 10);
+    if (!*v || *end || n < lo || n > hi) {
+        http_error(rs, 400, "invalid_query", "%s must be an integer from %d to %d", key, lo, hi);
+        return -1;
+    }
+    *out = (int)n;
+    return 0;
+}
+
+void h_devices_list(http_request *rq, http_response *rs)
+{
+    device_filter f = {http_query(rq, "type"), http_query(rq, "group"), http_query(rq, "state"),
+                       http_query(rq, "after"), -1, 100};
+    json_t *out;
+    devices_err e;
+
+    if ((f.type && !device_type_name_valid(f.type)) || (f.group && !device_group_valid(f.group)) ||
+        (f.state && !device_state_valid(f.state)) || (f.after && !device_id_valid(f.after))) {
+        http_error(rs, 400, "invalid_query", "bad type, group, state or after");
+        return;
+    }
+    if (query_int(rq, rs, "expiring_within", 0, 3650, &f.expiring_within) != 0 ||
+        query_int(rq, rs, "limit", 1, 1000, &f.limit) != 0)
+        return;
+    if (devices_list(&rq->kms->svc, &f, &out, &e) != 0) {
+        answer_err(rs, &e);
+        return;
+    }
+    http_json(rs, 200, out);
+}
+
+void h_device_get(http_request *rq, http_response *rs)
+{
+    const char *id = path_device(rq, rs);
+    if (id)
+        answer_device(rq, rs, id, 200);
+}
+
+void h_device_keys(http_request *rq, http_response *rs)
+{
+    const char *id = path_device(rq, rs), *kcv = http_query(rq, "kcv");
+    json_t *rec;
+    devices_err e;
+    bool with_kcv = kcv && (!strcmp(kcv, "true") || !strcmp(kcv, "1"));
+    if (!id)
+        return;
+    if (kcv && !with_kcv && strcmp(kcv, "false") != 0 && strcmp(kcv, "0") != 0) {
+        http_error(rs, 400, "invalid_query", "kcv must be true or false");
+        return;
+    }
+    if (devices_get(&rq->kms->svc, id, true, with_kcv, &rec, &e) != 0) {
+        answer_err(rs, &e);
+        return;
+    }
+    http_json(rs, 200, json_pack("{s:O,s:O}", "device_id", json_object_get(rec, "device_id"),
+                                 "keys", json_object_get(rec, "keys")));
+    json_decref(rec);
+}
+
+static void state_action(http_request *rq, http_response *rs, device_action a)
+{
+    const char *id = path_device(rq, rs);
+    json_t *in;
+    devices_err e;
+    if (!id)
+        return;
+    in = http_body_object_opt(rq, rs);
+    if (!in)
+        return;
+    if (json_object_size(in) != 0) {
+        json_decref(in);
+        http_error(rs, 422, "invalid_request", "this action takes no parameters");
+        return;
+    }
+    json_decref(in);
+    if (devices_set_state(&rq->kms->svc, rq->who.name, id, a, &e) != 0) {
+        answer_err(rs, &e);
+        return;
+    }
+    answer_device(rq, rs, id, 200);
+}
+
+void h_device_suspend(http_request *rq, http_response *rs) { state_action(rq, rs, DEVICE_SUSPEND); }
+void h_device_resume(http_request *rq, http_response *rs) { state_action(rq, rs, DEVICE_RESUME); }
+void h_device_revoke(http_request *rq, http_response *rs) { state_action(rq, rs, DEVICE_REVOKE); }
+
+/* An action's body: a JSON object (with opt, an empty body is {}) with no
+ * field but those in known (NULL-terminated). NULL with the answer set. */
+static json_t *action_body(http_request *rq, http_response *rs, bool opt,
+                           const char *const *known)
+{
+    json_t *in = opt ? http_body_object_opt(rq, rs) : http_body_object(rq, rs), *v;
+    const char *key;
+    if (!in)
+        return NULL;
+    json_object_foreach(in, key, v) {
+        int i = 0;
+        while (known[i] && strcmp(key, known[i]))
+            i++;
+        if (!known[i]) {
+            http_error(rs, 422, "invalid_request", "unknown field '%.64s'", key);
+            json_decref(in);
+            return NULL;
+        }
+    }
+    return in;
+}
+
+/* Optional integer field; absent keeps *out. */
+static int body_int(json_t *in, http_response *rs, const char *key, int lo, int hi, int *out)
+{
+    json_t *v = json_object_get(in, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        http_error(rs, 422, "invalid_request", "%s must be an integer from %d to %d", key, lo, hi);
+        return -1;
+    }
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+void h_device_rotate(http_request *rq, http_response *rs)
+{
+    static const char *const known[] = {"grace_days", "key_bits", "validity_days", NULL};
+    const char *id = path_device(rq, rs);
+    json_t *in;
+    int grace = rq->kms->cfg.device_key_grace_days, bits = 0, validity = 0;
+    devices_err e;
+    if (!id)
+        return;
+    in = action_body(rq, rs, true, known);
+    if (!in)
+        return;
+    if (body_int(in, rs, "grace_days", 0, 365, &grace) || body_int(in, rs, "key_bits", 128, 256, &bits) ||
+        body_int(in, rs, "validity_days", 1, 3650, &validity)) {
+        json_decref(in);
+        return;
+    }
+    json_decref(in);
+    if (bits && bits != 128 && bits != 256) {
+        http_error(rs, 422, "invalid_key_bits", "key_bits must be 128 or 256");
+        return;
+    }
+    if (devices_rotate(&rq->kms->svc, rq->who.name, id, grace, bits, validity, &e) != 0) {
+        answer_err(rs, &e);
+        return;
+    }
+    answer_device(rq, rs, id, 200);
+}
+
+void h_device_fill(http_request *rq, http_response *rs)
+{
+    static const char *const known[] = {"recipient_pub", "indices", "force", "plaintext", NULL};
+    const char *id = path_device(rq, rs), *pem;
+    json_t *in, *v, *jidx, *out = NULL;
+    int indices[DEVICE_MAX_KEY_INDEX + 1], nidx = 0;
+    bool force = false, plaintext = false;
+    EVP_PKEY *rcpt = NULL;
+    char why[160], *doc = NULL;
+    size_t doc_len = 0;
+    devices_err e;
+
+    if (!id)
+        return;
+    in = action_body(rq, rs, false, known);
+    if (!in)
+        return;
+    v = json_object_get(in, "force");
+    if (v && !json_is_boolean(v)) {
+        http_error(rs, 422, "invalid_request", "force must be true or false");
+        goto out;
+    }
+    force = json_is_true(v);
+    v = json_object_get(in, "plaintext");
+    if (v && !json_is_boolean(v)) {
+        http_error(rs, 422, "invalid_request", "plaintext must be true or false");
+        goto out;
+    }
+    plaintext = json_is_true(v);
+    jidx = json_object_get(in, "indices");
+    if (jidx) {
+        size_t i;
+        if (!json_is_array(jidx) || json_array_size(jidx) > DEVICE_MAX_KEY_INDEX + 1) {
+            http_error(rs, 422, "invalid_request", "indices must be an array of key indices");
+            goto out;
+        }
+        json_array_foreach(jidx, i, v) {
+            if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+                json_integer_value(v) > DEVICE_MAX_KEY_INDEX) {
+                http_error(rs, 422, "invalid_request", "indices must be integers from 0 to 255");
+                goto out;
+            }
+            for (int j = 0; j < nidx; j++)
+                if (indices[j] == (int)json_integer_value(v)) {
+                    http_error(rs, 422, "invalid_request", "index %d listed twice", indices[j]);
+                    goto out;
+                }
+            indices[nidx++] = (int)json_integer_value(v);
+        }
+    }
+    pem = json_string_value(json_object_get(in, "recipient_pub"));
+    if (plaintext == (pem != NULL)) {
+        http_error(rs, 422, "invalid_request", "give exactly one of recipient_pub and plaintext");
+        goto out;
+    }
+    if (plaintext && !(rq->who.role & ROLE_ADMIN)) {
+        http_error(rs, 403, "forbidden", "only an admin may export keys in plaintext");
+        goto out;
+    }
+    /* Keys in clear (and the bearer token that asked) only where no network
+     * can read them: a TLS listener, or a loopback client. */
+    if (plaintext && !transport_confidential(rq->kms->cfg.tls_cert_file != NULL, rq->client_ip)) {
+        http_error(rs, 403, "insecure_transport",
+                   "plaintext export needs TLS or a loopback connection; use recipient_pub");
+        goto out;
+    }
+    if (pem) {
+        if (strlen(pem) > 16384 || !(rcpt = fillpkg_parse_recipient(pem, strlen(pem), why, sizeof(why)))) {
+            http_error(rs, 422, "invalid_recipient_key", "%s",
+                       strlen(pem) > 16384 ? "recipient key too large" : why);
+            goto out;
+        }
+    }
+    if (devices_fill(&rq->kms->svc, rq->who.name, id, rcpt, indices, nidx, force, &out, &doc, &doc_len,
+                     &e) != 0) {
+        answer_err(rs, &e);
+        goto out;
+    }
+    if (!plaintext) {
+        http_json(rs, 200, out);
+        out = NULL;
+    } else {
+        /* {...fields..., "plaintext": <document>}: spliced as bytes so the key
+         * material only ever sits in buffers that are zeroized. */
+        char *head = json_dumps(out, JSON_COMPACT);
+        size_t hl = head ? strlen(head) : 0, total = hl + doc_len + 16;
+        char *body = head ? malloc(total) : NULL;
+        if (!body) {
+            free(head);
+            http_error(rs, 500, "internal", "out of memory");
+            goto out;
+        }
+        memcpy(body, head, hl - 1);
+        snprintf(body + hl - 1, total - hl + 1, ",\"plaintext\":%s}", doc);
+        free(head);
+        http_text(rs, 200, "application/json", body, strlen(body));
+    }
+out:
+    if (doc)
+        OPENSSL_secure_clear_free(doc, doc_len + 1);
+    EVP_PKEY_free(rcpt);
+    json_decref(out);
+    json_decref(in);
+}
+
+void h_devtypes_list(http_request *rq, http_response *rs)
+{
+    json_t *out;
+    devices_err e;
+    if (device_types_list(&rq->kms->svc, &out, &e) != 0) {
+        answer_err(rs, &e);
+        return;
+    }
+    http_json(rs, 200, out);
+}
+
+void h_devtypes_add(http_request *rq, http_response *rs)
+{
+    json_t *in = http_body_object(rq, rs);
+    const char *name;
+    devices_err e;
+    if (!in)
+        return;
+    name = json_string_value(json_object_get(in, "name"));
+    if (json_object_size(in) != 1 || !device_type_name_valid(name)) {
+        http_error(rs, 422, "invalid_type", "name must match [a-z][a-z0-9_-]{0,31}");
+    } else if (device_types_add(&rq->kms->svc, rq->who.name, name, &e) != 0) {
+        answer_err(rs, &e);
+    } else {
+        http_json(rs, 201, json_pack("{s:s}", "name", name));
+    }
+    json_decref(in);
+}

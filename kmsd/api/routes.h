@@ -1,0 +1,64 @@
+/*
+ * routes — the table of every HTTP route kmsd serves, and the handlers'
+ * declarations. Adding an endpoint means one row here and one handler.
+ */
+#ifndef QKMS_ROUTES_H
+#define QKMS_ROUTES_H
+
+#include "api/server.h"
+#include "store/pgjson.h"
+
+extern const http_route routes[];
+extern const int routes_count;
+/* Route names in table order, for metrics labels. */
+extern const char *const route_names[];
+
+/* health.c */
+void h_healthz(http_request *rq, http_response *rs);
+void h_readyz(http_request *rq, http_response *rs);
+void h_metrics(http_request *rq, http_response *rs);
+void h_admin_entropy(http_request *rq, http_response *rs);
+void h_admin_entropy_enable(http_request *rq, http_response *rs);
+/* admin_status.c */
+void h_admin_status(http_request *rq, http_response *rs);
+/* admin_tokens.c */
+void h_tokens_create(http_request *rq, http_response *rs);
+void h_tokens_list(http_request *rq, http_response *rs);
+void h_tokens_revoke(http_request *rq, http_response *rs);
+
+/* admin_devices.c */
+void h_devices_create(http_request *rq, http_response *rs);
+void h_devices_import(http_request *rq, http_response *rs);
+void h_devices_list(http_request *rq, http_response *rs);
+void h_device_get(http_request *rq, http_response *rs);
+void h_device_keys(http_request *rq, http_response *rs);
+void h_device_suspend(http_request *rq, http_response *rs);
+void h_device_resume(http_request *rq, http_response *rs);
+void h_device_revoke(http_request *rq, http_response *rs);
+void h_device_rotate(http_request *rq, http_response *rs);
+void h_device_fill(http_request *rq, http_response *rs);
+void h_devtypes_list(http_request *rq, http_response *rs);
+void h_devtypes_add(http_request *rq, http_response *rs);
+
+/* admin_master.c */
+void h_admin_master(http_request *rq, http_response *rs);
+void h_admin_master_rotate(http_request *rq, http_response *rs);
+
+/* admin_audit.c */
+void h_audit_list(http_request *rq, http_response *rs);
+void h_audit_verify(http_request *rq, http_response *rs);
+void h_audit_export(http_request *rq, http_response *rs);
+
+/* admin_policies.c */
+void h_policies_list(http_request *rq, http_response *rs);
+void h_policies_add(http_request *rq, http_response *rs);
+void h_policies_remove(http_request *rq, http_response *rs);
+
+/* Map a storage failure to its HTTP answer (503 for an outage, 500 else). */
+void http_db_error(http_response *rs, db_status st);
+/* A listing: stmt (prepared, no parameters) run on its own, answered
+ * 200 {"<key>": [row(r, i) for every row]}, or the storage failure. */
+void http_db_list(http_request *rq, http_response *rs, int stmt, const char *key,
+                  pgjson_row_fn row);
+
+#endif

@@ -1,0 +1,776 @@
+/* http — libmicrohttpd server, router, auth gate, JSON responses. */
+#include "api/server.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "hexutil.h"
+#include "log.h"
+#include "metrics.h"
+#include "api/ratelimit.h"
+#include "utf8.h"
+#include "wipegrow.h"
+
+struct http_server {
+    struct MHD_Daemon *d;
+    kms_ctx *kms;
+    const http_route *routes;
+    int nroutes;
+    size_t max_body;
+    _Atomic int inflight;
+    char *tls_cert, *tls_key;
+};
+
+/* Limits kmsd checks in the first callback, so that the answer is JSON.
+ * They sit below libmicrohttpd's own (its connection memory pool, 32 KiB by
+ * default), past which the library answers 414/431 itself (docs/api.md). */
+#define HTTP_MAX_PATH 1024
+#define HTTP_MAX_HEADER_BYTES 8192
+
+/* Per-request state, owned by MHD's connection slot (*con_cls). */
+typedef struct {
+    struct timespec t0;
+    char *body;
+    size_t len, cap;
+    bool too_large;
+    bool responded;
+    size_t max_body;
+    char req_id[65];
+    char client_ip[64];
+    /* The gate's outcome (first callback), for the later ones. */
+    int route;
+    int nparams;
+    const char *params[HTTP_MAX_PARAMS]; /* into pathbuf */
+    char pathbuf[HTTP_MAX_PATH + 1];
+    auth_principal who;
+} req_state;
+
+static double elapsed(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+bool http_request_id_ok(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return false;
+    }
+    return true;
+}
+
+/* Response bodies may carry tokens or wrapped keys: zeroize before free.
+ * free_body is MHD's callback (bodies are NUL-terminated text); body_drop
+ * is ours, for a body that is replaced or never sent. */
+static void free_body(void *p)
+{
+    if (p) {
+        OPENSSL_cleanse(p, strlen(p));
+        free(p);
+    }
+}
+
+static void body_drop(http_response *rs)
+{
+    if (rs->body) {
+        OPENSSL_cleanse(rs->body, rs->body_len);
+        free(rs->body);
+    }
+    rs->body = NULL;
+    rs->body_len = 0;
+}
+
+void http_json(http_response *rs, int status, json_t *body)
+{
+    body_drop(rs);
+    rs->status = status;
+    rs->body = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    rs->body_len = rs->body ? strlen(rs->body) : 0;
+    rs->content_type = "application/json";
+    json_decref(body);
+    if (!rs->body && status != 204) {
+        rs->status = 500;
+        rs->body = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}");
+        rs->body_len = rs->body ? strlen(rs->body) : 0;
+    }
+}
+
+void http_error(http_response *rs, int status, const char *code, const char *fmt, ...)
+{
+    char raw[512], msg[3 * sizeof(raw)];
+    int n;
+    va_list ap;
+    va_start(ap, fmt);
+    n = vsnprintf(raw, sizeof(raw), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    /* Messages quote client input (names, JSON keys, a %.32s cut that may
+     * fall inside a character): jansson refuses invalid UTF-8, and the
+     * answer would become a 500. Each bad byte becomes U+FFFD. */
+    if ((size_t)n >= sizeof(raw))
+        n = (int)sizeof(raw) - 1;
+    utf8_sanitize(raw, (size_t)n, msg, sizeof(msg), NULL);
+    rs->err_code = code;
+    http_json(rs, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
+}
+
+int http_status_of(qk_kind k)
+{
+    switch (k) {
+    case QK_OK: return 200;
+    case QK_MALFORMED: return 400;
+    case QK_UNAUTHENTICATED: return 401;
+    case QK_FORBIDDEN: return 403;
+    case QK_NOT_FOUND: return 404;
+    case QK_CONFLICT: return 409;
+    case QK_TOO_LARGE: return 413;
+    case QK_INVALID: return 422;
+    case QK_RATE_LIMITED: return 429;
+    case QK_UNAVAILABLE: return 503;
+    case QK_INTERNAL: break;
+    }
+    return 500;
+}
+
+void http_fail(http_response *rs, const qk_err *e)
+{
+    if (e->kind == QK_OK || !e->code) {
+        /* A caller that failed without saying why: a bug, never a 200. */
+        http_error(rs, 500, "internal", "internal error (see kmsd log)");
+        return;
+    }
+    http_error(rs, http_status_of(e->kind), e->code, "%s", e->detail);
+    if (e->retry_after > 0)
+        rs->retry_after = e->retry_after;
+}
+
+json_t *http_json_text(const char *s, size_t max)
+{
+    char buf[1024];
+    size_t n = strnlen(s, max < sizeof(buf) / 3 ? max : sizeof(buf) / 3);
+    utf8_sanitize(s, n, buf, sizeof(buf), NULL);
+    return json_string(buf);
+}
+
+void http_text(http_response *rs, int status, const char *ct, char *text, size_t len)
+{
+    body_drop(rs);
+    rs->status = status;
+    rs->body = text;
+    rs->body_len = len;
+    rs->content_type = ct;
+}
+
+const char *http_query(http_request *rq, const char *key)
+{
+    return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+_Static_assert(sizeof(((kms_ctx *)0)->rl) / sizeof(ratelimit *) == RL_NSCOPES, "kms_ctx.rl");
+
+bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char *key)
+{
+    static const char *const whose[RL_NSCOPES] = {"this device", "this client address",
+                                                  "this token"};
+    int ra = 0;
+    if (scope < 0 || scope >= RL_NSCOPES || !rq->kms->rl[scope] ||
+        ratelimit_take(rq->kms->rl[scope], key, ratelimit_now_ns(), &ra))
+        return true;
+    rs->retry_after = ra;
+    http_error(rs, 429, "rate_limited", "too many requests from %s; retry in %d s", whose[scope],
+               ra);
+    /* The request line has the address and the token name, not the device. */
+    if (scope == RL_DEVICE)
+        log_emit(LOG_WARN, "device rate limited", "{s:s,s:s,s:i}", "req_id", rq->req_id,
+                 "device_id", key, "retry_after", ra);
+    return false;
+}
+
+json_t *http_body_object_opt(http_request *rq, http_response *rs)
+{
+    if (rq->body_len == 0)
+        return json_object();
+    return http_body_object(rq, rs);
+}
+
+json_t *http_body_object(http_request *rq, http_response *rs)
+{
+    json_error_t je;
+    json_t *j;
+    const char *ct = rq->content_type;
+    size_t ctl;
+
+    if (!ct) {
+        http_error(rs, 415, "unsupported_media_type", "Content-Type must be application/json");
+        return NULL;
+    }
+    ctl = strcspn(ct, ";");
+    while (ctl > 0 && ct[ctl - 1] == ' ')
+        ctl--;
+    if (ctl != 16 || strncasecmp(ct, "application/json", 16) != 0) {
+        http_error(rs, 415, "unsupported_media_type", "Content-Type must be application/json");
+        return NULL;
+    }
+    if (rq->body_len == 0) {
+        http_error(rs, 400, "malformed_json", "request body is empty");
+        return NULL;
+    }
+    j = json_loadb(rq->body, rq->body_len, JSON_REJECT_DUPLICATES, &je);
+    if (!j) {
+        http_error(rs, 400, "malformed_json", "malformed JSON at line %d column %d: %s", je.line,
+                   je.column, je.text);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        http_error(rs, 400, "malformed_json", "request body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+static bool seg_match(const char *pat, size_t pl, const char *seg, size_t sl)
+{
+    if (pl >= 2 && pat[0] == '{' && pat[pl - 1] == '}')
+        return sl > 0;
+    return pl == sl && memcmp(pat, seg, pl) == 0;
+}
+
+/* Match path against one pattern; on success fill params (pointing into
+ * buf, which receives a NUL-separated copy of the path). */
+static bool match(const char *pattern, const char *path, char *buf, size_t bl, const char **params,
+                  int *np)
+{
+    const char *p = pattern, *s = path;
+    size_t used = 0;
+    int n = 0;
+    while (*p == '/' && *s == '/') {
+        const char *pe = strchr(p + 1, '/'), *se = strchr(s + 1, '/');
+        size_t pl = pe ? (size_t)(pe - p - 1) : strlen(p + 1);
+        size_t sl = se ? (size_t)(se - s - 1) : strlen(s + 1);
+        if (!seg_match(p + 1, pl, s + 1, sl))
+            return false;
+        if (p[1] == '{') {
+            if (n == HTTP_MAX_PARAMS || used + sl + 1 > bl)
+                return false;
+            memcpy(buf + used, s + 1, sl);
+            buf[used + sl] = 0;
+            params[n++] = buf + used;
+            used += sl + 1;
+        }
+        p += pl + 1;
+        s += sl + 1;
+    }
+    if (*p || *s)
+        return false;
+    *np = n;
+    return true;
+}
+
+int http_route_find(const http_route *routes, int n, const char *method, const char *path,
+                    char *buf, size_t bl, const char **params, int *np, char *allow, size_t al)
+{
+    bool path_seen = false;
+    if (allow && al)
+        allow[0] = 0;
+    for (int i = 0; i < n; i++) {
+        if (!match(routes[i].pattern, path, buf, bl, params, np))
+            continue;
+        if (!strcmp(routes[i].method, method))
+            return i;
+        path_seen = true;
+        if (allow && strlen(allow) + strlen(routes[i].method) + 3 < al) {
+            if (allow[0])
+                strcat(allow, ", ");
+            strcat(allow, routes[i].method);
+        }
+    }
+    return path_seen ? -405 : -404;
+}
+
+static void client_ip(struct MHD_Connection *c, char *out, size_t len)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    snprintf(out, len, "?");
+    if (!ci || !ci->client_addr)
+        return;
+    if (ci->client_addr->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, out, (socklen_t)len);
+    else if (ci->client_addr->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, out, (socklen_t)len);
+}
+
+/* The path as logged: anything shaped like an admin token (a client that
+ * put one in a URL by mistake) is replaced, since logs are read by more
+ * people than tokens should be. */
+void http_path_for_log(const char *path, char *out, size_t len)
+{
+    static const char mark[] = AUTH_TOKEN_PREFIX;
+    size_t o = 0, ml = sizeof(mark) - 1;
+    while (*path && o + 1 < len) {
+        size_t hex = 0;
+        if (!strncmp(path, mark, ml))
+            while (isxdigit((unsigned char)path[ml + hex]))
+                hex++;
+        if (hex >= 16) {
+            int n = snprintf(out + o, len - o, "%s<redacted>", mark);
+            if (n < 0 || (size_t)n >= len - o)
+                break;
+            o += (size_t)n;
+            path += ml + hex;
+            continue;
+        }
+        out[o++] = *path++;
+    }
+    out[o] = 0;
+}
+
+static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *conn, req_state *st,
+                                     http_request *rq, http_response *rs)
+{
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+    double secs;
+    int route = st->route;
+    const char *route_name = route >= 0 ? srv->routes[route].name : "unmatched";
+
+    if (!rs->body && rs->status != 204)
+        http_error(rs, 500, "internal", "handler produced no response");
+    r = MHD_create_response_from_buffer_with_free_callback(rs->body_len, rs->body, free_body);
+    if (!r) {
+        body_drop(rs);
+        return MHD_NO;
+    }
+    rs->body = NULL; /* MHD owns it now */
+    if (rs->content_type)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, rs->content_type);
+    MHD_add_response_header(r, "X-Request-Id", st->req_id);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    if (rs->allow[0])
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, rs->allow);
+    if (rs->retry_after > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%d", rs->retry_after);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
+    ret = MHD_queue_response(conn, (unsigned)rs->status, r);
+    MHD_destroy_response(r);
+    st->responded = true;
+
+    secs = elapsed(&st->t0);
+    metrics_observe(srv->kms->metrics, route, rs->status, secs);
+    /* Probes would drown the log; they still count in metrics. */
+    if (route < 0 || rs->status >= 400 || strncmp(rq->path, "/v1/", 4) == 0 ||
+        log_enabled(LOG_DEBUG)) {
+        char logpath[HTTP_MAX_PATH + 16];
+        http_path_for_log(rq->path, logpath, sizeof(logpath));
+        log_emit(rs->status >= 500 ? LOG_WARN : LOG_INFO, "request",
+                 "{s:s,s:s,s:s,s:s,s:i,s:f,s:s,s:s*,s:s*}", "req_id", st->req_id, "method",
+                 rq->method, "route", route_name, "client", rq->client_ip, "status", rs->status,
+                 "ms", (double)(long long)(secs * 1e6) / 1000.0, "path", logpath, "error", rs->err_code, "principal",
+                 rq->who.name[0] ? rq->who.name : NULL);
+    }
+    return ret;
+}
+
+/* The client-address rate-limit key: the address itself, or for IPv6 its
+ * /64, since one host commonly holds a whole /64 and could otherwise walk
+ * through fresh buckets. An IPv4-mapped address counts as IPv4. */
+void http_client_key(const char *ip, char *out, size_t len)
+{
+    struct in6_addr a6;
+    char buf[INET6_ADDRSTRLEN];
+    snprintf(out, len, "%s", ip);
+    if (inet_pton(AF_INET6, ip, &a6) != 1 || IN6_IS_ADDR_V4MAPPED(&a6))
+        return;
+    memset(a6.s6_addr + 8, 0, 8);
+    if (inet_ntop(AF_INET6, &a6, buf, sizeof(buf)))
+        snprintf(out, len, "%s/64", buf);
+}
+
+/* The total size of the request's headers, as the client sent them. */
+static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value)
+{
+    (void)kind;
+    *(size_t *)cls += strlen(key) + (value ? strlen(value) : 0) + 4; /* ": " CRLF */
+    return MHD_YES;
+}
+
+/* Content-Length as sent: a value that does not fit counts as too large. */
+static bool content_length_over(struct MHD_Connection *conn, size_t cap)
+{
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    unsigned long long v;
+    char *end;
+    if (!cl)
+        return false;
+    errno = 0;
+    v = strtoull(cl, &end, 10);
+    return errno == ERANGE || v > cap;
+}
+
+/* Bearer authentication and the route's role. false: rs holds 401/403/429/503. */
+static bool authenticate(http_server *srv, struct MHD_Connection *conn, req_state *st,
+                         http_request *rq, http_response *rs)
+{
+    const http_route *rt = &srv->routes[st->route];
+    char tok[128];
+    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    db_status ds;
+
+    if (auth_bearer(h, tok, sizeof(tok)) != 0) {
+        http_error(rs, 401, "unauthenticated", "missing or malformed bearer token");
+        return false;
+    }
+    ds = auth_lookup(srv->kms->svc.db, tok, &st->who);
+    OPENSSL_cleanse(tok, sizeof(tok));
+    rq->who = st->who;
+    if (ds == DB_NOT_FOUND) {
+        http_error(rs, 401, "unauthenticated", "unknown, expired or revoked token");
+        return false;
+    }
+    if (ds != DB_OK) {
+        rs->retry_after = 1;
+        http_error(rs, 503, "unavailable", "database unavailable");
+        return false;
+    }
+    if (!strncmp(rq->path, "/v1/admin/", 10) && !http_rate_limit(rq, rs, RL_ADMIN, st->who.name))
+        return false;
+    if (!(rt->roles & st->who.role)) {
+        http_error(rs, 403, "forbidden", "role %s may not use this route",
+                   auth_role_name(st->who.role));
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Everything decided before a byte of the body is read (first callback):
+ * path and header limits, the route, the client-address rate limit, the
+ * bearer token and role, and the body cap. Doing it here means a client
+ * without credentials can make kmsd buffer at most http_max_body bytes,
+ * whatever the route would allow an authenticated one (an import may carry
+ * megabytes), and every guessed token first costs a rate-limit token.
+ * true: go on and read the body; false: rs holds the answer.
+ */
+static bool gate(http_server *srv, struct MHD_Connection *conn, req_state *st, http_request *rq,
+                 http_response *rs)
+{
+    char allow[64], key[80];
+    size_t hdr = 0;
+    int idx;
+
+    st->max_body = srv->max_body;
+    if (strlen(rq->path) > HTTP_MAX_PATH) {
+        http_error(rs, 414, "uri_too_long", "request path longer than %d bytes", HTTP_MAX_PATH);
+        return false;
+    }
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, add_header_size, &hdr);
+    if (hdr > HTTP_MAX_HEADER_BYTES) {
+        http_error(rs, 431, "headers_too_large", "request headers exceed %d bytes",
+                   HTTP_MAX_HEADER_BYTES);
+        return false;
+    }
+    idx = http_route_find(srv->routes, srv->nroutes, rq->method, rq->path, st->pathbuf,
+                          sizeof(st->pathbuf), st->params, &st->nparams, allow, sizeof(allow));
+    if (idx == -405) {
+        snprintf(rs->allow, sizeof(rs->allow), "%s", allow);
+        http_error(rs, 405, "method_not_allowed", "method %s not allowed here (allowed: %s)",
+                   rq->method, allow);
+        return false;
+    }
+    if (idx < 0) {
+        http_error(rs, 404, "not_found", "no such route");
+        return false;
+    }
+    st->route = idx;
+    /* Per client address before any parsing, key or database work. */
+    http_client_key(st->client_ip, key, sizeof(key));
+    if (!srv->routes[idx].probe && !http_rate_limit(rq, rs, RL_CLIENT, key))
+        return false;
+    if (srv->routes[idx].roles && !authenticate(srv, conn, st, rq, rs))
+        return false;
+    if (srv->routes[idx].max_body)
+        st->max_body = srv->routes[idx].max_body;
+    if (content_length_over(conn, st->max_body)) {
+        http_error(rs, 413, "payload_too_large", "request body exceeds %zu bytes", st->max_body);
+        return false;
+    }
+    return true;
+}
+
+static void request_init(http_request *rq, http_server *srv, struct MHD_Connection *conn,
+                         req_state *st, const char *url, const char *method)
+{
+    memset(rq, 0, sizeof(*rq));
+    rq->kms = srv->kms;
+    rq->method = method;
+    rq->path = url;
+    rq->body = st->body;
+    rq->body_len = st->len;
+    rq->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    rq->conn = conn;
+    rq->who = st->who;
+    snprintf(rq->req_id, sizeof(rq->req_id), "%s", st->req_id);
+    snprintf(rq->client_ip, sizeof(rq->client_ip), "%s", st->client_ip);
+    for (int i = 0; i < st->nparams; i++)
+        rq->params[i] = st->params[i];
+    rq->nparams = st->nparams;
+}
+
+static req_state *state_new(http_server *srv, struct MHD_Connection *conn)
+{
+    req_state *st = calloc(1, sizeof(*st));
+    const char *rid;
+    if (!st)
+        return NULL;
+    clock_gettime(CLOCK_MONOTONIC, &st->t0);
+    st->route = -1;
+    rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    if (http_request_id_ok(rid)) {
+        snprintf(st->req_id, sizeof(st->req_id), "%s", rid);
+    } else {
+        uint8_t r[16];
+        RAND_bytes(r, sizeof(r));
+        qkms_hex_encode(r, sizeof(r), st->req_id);
+    }
+    client_ip(conn, st->client_ip, sizeof(st->client_ip));
+    atomic_fetch_add(&srv->inflight, 1);
+    metrics_inflight(srv->kms->metrics, 1);
+    return st;
+}
+
+/* Append an upload chunk; past the cap only a flag is kept (answer 413). */
+static bool body_append(req_state *st, const char *data, size_t n)
+{
+    if (st->too_large)
+        return true;
+    if (st->len + n > st->max_body) {
+        st->too_large = true;
+        return true;
+    }
+    /* The old block may hold a token or a wrapped key. */
+    if (qkms_grow_wiped(&st->body, &st->cap, st->len, st->len + n, 1024) != 0)
+        return false;
+    memcpy(st->body + st->len, data, n);
+    st->len += n;
+    return true;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    http_server *srv = cls;
+    req_state *st = *con_cls;
+    http_request rq;
+    http_response rs;
+    enum MHD_Result ret;
+    (void)version;
+
+    memset(&rs, 0, sizeof(rs));
+    if (!st) {
+        if (!(st = state_new(srv, conn)))
+            return MHD_NO;
+        *con_cls = st;
+        request_init(&rq, srv, conn, st, url, method);
+        if (gate(srv, conn, st, &rq, &rs))
+            return MHD_YES; /* read the body, then the handler */
+        /* Refused before a byte of the body was read. */
+        ret = send_response(srv, conn, st, &rq, &rs);
+        body_drop(&rs);
+        return ret;
+    }
+    if (*upload_size) {
+        if (!body_append(st, upload, *upload_size))
+            return MHD_NO;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (st->responded)
+        return MHD_YES;
+    request_init(&rq, srv, conn, st, url, method);
+    if (st->too_large)
+        http_error(&rs, 413, "payload_too_large", "request body exceeds %zu bytes", st->max_body);
+    else
+        srv->routes[st->route].fn(&rq, &rs);
+    ret = send_response(srv, conn, st, &rq, &rs);
+    body_drop(&rs);
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    http_server *srv = cls;
+    req_state *st = *con_cls;
+    (void)conn;
+    (void)toe;
+    if (!st)
+        return;
+    if (st->body) {
+        /* Bodies may carry wrapped keys or tokens; do not leave them in the heap. */
+        OPENSSL_cleanse(st->body, st->cap);
+        free(st->body);
+    }
+    free(st);
+    *con_cls = NULL;
+    atomic_fetch_sub(&srv->inflight, 1);
+    metrics_inflight(srv->kms->metrics, -1);
+}
+
+static void on_mhd_log(void *cls, const char *fm, va_list ap)
+{
+    char msg[512];
+    size_t n;
+    (void)cls;
+    vsnprintf(msg, sizeof(msg), fm, ap);
+    n = strlen(msg);
+    while (n && msg[n - 1] == '\n')
+        msg[--n] = 0;
+    log_emit(LOG_WARN, "libmicrohttpd", "{s:s}", "detail", msg);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long n;
+    if (!f)
+        return NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 0 && n < (1 << 20) && fseek(f, 0, SEEK_SET) == 0) {
+        buf = calloc(1, (size_t)n + 1);
+        if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+int http_start(http_server **out, kms_ctx *kms, const http_route *routes, int nroutes, char *err,
+               size_t el)
+{
+    const kms_config *c = &kms->cfg;
+    http_server *s = calloc(1, sizeof(*s));
+    struct sockaddr_storage ss;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    struct MHD_OptionItem opts[16];
+    int no = 0;
+
+    if (!s) {
+        snprintf(err, el, "out of memory");
+        return -1;
+    }
+    memset(&ss, 0, sizeof(ss));
+    if (inet_pton(AF_INET, c->listen_addr, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+        ((struct sockaddr_in *)&ss)->sin_family = AF_INET;
+        ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)c->listen_port);
+    } else if (inet_pton(AF_INET6, c->listen_addr, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+        ((struct sockaddr_in6 *)&ss)->sin6_family = AF_INET6;
+        ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)c->listen_port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        snprintf(err, el, "listen_addr '%s' is not an IPv4 or IPv6 address", c->listen_addr);
+        free(s);
+        return -1;
+    }
+    s->kms = kms;
+    s->routes = routes;
+    s->nroutes = nroutes;
+    s->max_body = (size_t)c->http_max_body;
+
+    /* The logger must come first or MHD prints early messages itself. */
+    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL};
+    if (!strcmp(c->http_threading, "connection")) {
+        flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
+    } else {
+        flags |= MHD_USE_EPOLL;
+        opts[no++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, c->http_threads, NULL};
+    }
+    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &ss};
+    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, c->http_max_connections, NULL};
+    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT, c->http_per_ip_connections, NULL};
+    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, c->http_timeout, NULL};
+    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s};
+    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, NULL};
+    if (c->tls_cert_file) {
+        s->tls_cert = slurp(c->tls_cert_file);
+        s->tls_key = slurp(c->tls_key_file);
+        if (!s->tls_cert || !s->tls_key) {
+            snprintf(err, el, "cannot read tls_cert_file or tls_key_file");
+            goto fail;
+        }
+        flags |= MHD_USE_TLS;
+        opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert};
+        opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key};
+    }
+    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+
+    s->d = MHD_start_daemon(flags, (uint16_t)c->listen_port, NULL, NULL, on_request, s,
+                            MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (!s->d) {
+        snprintf(err, el, "cannot listen on %s:%d (address in use, or bad TLS files?)",
+                 c->listen_addr, c->listen_port);
+        goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    if (s->tls_key) {
+        OPENSSL_cleanse(s->tls_key, strlen(s->tls_key));
+        free(s->tls_key);
+    }
+    free(s->tls_cert);
+    free(s);
+    return -1;
+}
+
+void http_quiesce(http_server *s)
+{
+    MHD_socket fd = MHD_quiesce_daemon(s->d);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+}
+
+int http_inflight(http_server *s) { return atomic_load(&s->inflight); }
+
+void http_stop(http_server *s)
+{
+    if (!s)
+        return;
+    MHD_stop_daemon(s->d);
+    if (s->tls_key) {
+        OPENSSL_cleanse(s->tls_key, strlen(s->tls_key));
+        free(s->tls_key);
+    }
+    free(s->tls_cert);
+    free(s);
+}

@@ -1,0 +1,135 @@
+/*
+ * http — the HTTP API server (libmicrohttpd), routing, auth gate and the
+ * one error shape.
+ *
+ * Contract:
+ *  - Every response is JSON (except /metrics) and every error is
+ *    {"error":{"code":"<stable_code>","message":"<text>"}} with the right
+ *    status; each response carries X-Request-Id and Cache-Control: no-store.
+ *  - Before a byte of the body is read (first callback), in this order: a
+ *    path over 1024 bytes is 414 uri_too_long, headers over 8 KiB are 431
+ *    headers_too_large, then the route (404/405), the client-address rate
+ *    limit (every route but the probes; IPv6 clients by /64), and for a route with
+ *    roles != 0 the Bearer token (401 without or with an unknown token, 503
+ *    when the database cannot say) then the admin rate limit per token name
+ *    and the role (403). Only then does the route's own body cap (an import
+ *    allows megabytes) replace http_max_body: an unauthenticated client can
+ *    make kmsd buffer at most http_max_body bytes per request.
+ *  - Bodies larger than the cap get 413 (by Content-Length before any byte
+ *    is read, a Content-Length that does not fit in 64 bits included, or as
+ *    soon as a chunked body grows past it); bodies on POST/PUT/PATCH must be
+ *    application/json (415) and parse (400).
+ *  - Over a rate limit: 429 rate_limited with Retry-After (docs/operations.md).
+ *  - Error messages may quote client input: it is made valid UTF-8 first
+ *    (utf8.h), so an answer is never lost to the bytes it reports.
+ *  - Handlers run on MHD's threads; with http_threading=connection each
+ *    connection has its own thread, so a handler may block on PostgreSQL or
+ *    the token without stalling other clients.
+ *  - One JSON log line per request: id, method, route, status, latency.
+ */
+#ifndef QKMS_HTTP_H
+#define QKMS_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "err.h"
+#include "service/auth.h"
+#include "kms.h"
+
+#define HTTP_MAX_PARAMS 4
+
+typedef struct http_request {
+    kms_ctx *kms;
+    const char *method;
+    const char *path;
+    const char *params[HTTP_MAX_PARAMS]; /* captured {} segments */
+    int nparams;
+    const char *body;
+    size_t body_len;
+    const char *content_type;
+    char req_id[65];
+    char client_ip[64];
+    auth_principal who; /* valid when the route requires a role */
+    void *conn;         /* struct MHD_Connection * */
+} http_request;
+
+typedef struct http_response {
+    int status;
+    char *body; /* malloc'd */
+    size_t body_len;
+    const char *content_type;
+    const char *err_code; /* for the log line */
+    char allow[64];
+    int retry_after;
+} http_response;
+
+typedef void (*http_handler)(http_request *rq, http_response *rs);
+
+typedef struct {
+    const char *method;
+    const char *pattern; /* "/v1/admin/tokens/{name}": {x} matches one segment */
+    const char *name;    /* metrics label */
+    unsigned roles;      /* ROLE_* mask; 0 = no authentication */
+    http_handler fn;
+    size_t max_body;     /* 0 = http_max_body */
+    bool probe;          /* answered from memory, no body: no client rate limit,
+                          * so a load balancer's probes are never refused */
+} http_route;
+
+int http_start(http_server **out, kms_ctx *kms, const http_route *routes, int nroutes, char *err,
+               size_t errlen);
+/* Stop accepting connections; in-flight requests go on. */
+void http_quiesce(http_server *s);
+int http_inflight(http_server *s);
+void http_stop(http_server *s);
+
+/* Response helpers. http_json steals the reference to body. */
+void http_json(http_response *rs, int status, json_t *body);
+void http_error(http_response *rs, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void http_text(http_response *rs, int status, const char *content_type, char *text, size_t len);
+/* The one mapping of the error currency (err.h) to HTTP: the kind decides
+ * the status, the code and detail become the error body, retry_after the
+ * Retry-After header. A qk_err still QK_OK answers 500 internal. */
+void http_fail(http_response *rs, const qk_err *e);
+int http_status_of(qk_kind k);
+/* A JSON string of at most max bytes of s, made valid UTF-8 (utf8.h): for
+ * echoing client input in an answer. Never NULL unless out of memory. */
+json_t *http_json_text(const char *s, size_t max);
+/* Parse the body as a JSON object; on failure sets the error response and
+ * returns NULL. Caller decrefs. */
+json_t *http_body_object(http_request *rq, http_response *rs);
+/* Like http_body_object, but an empty body (with or without a content type)
+ * is an empty object: for actions whose parameters are all optional. */
+json_t *http_body_object_opt(http_request *rq, http_response *rs);
+/* A query-string argument, or NULL. */
+const char *http_query(http_request *rq, const char *key);
+/* Take a token from the rate limit of scope (rl_scope, ratelimit.h) for key.
+ * true: go on; false: rs is 429 rate_limited with Retry-After. The gate
+ * applies the client (every route but probes) and admin scopes itself; device handlers
+ * apply the device scope once a request has authenticated. */
+bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char *key);
+/* Body text must be NUL-terminated: it is zeroized when MHD frees it. */
+
+/* The client-address rate-limit key of ip: ip itself, or "<prefix>::/64"
+ * for IPv6 (IPv4-mapped addresses count as IPv4). Pure; unit-tested. */
+void http_client_key(const char *ip, char *out, size_t len);
+
+/* path as it may be logged: every "qkms_" followed by 16 or more hex
+ * digits (an admin token put in a URL) becomes "qkms_<redacted>"; cut to
+ * fit out. Pure; unit-tested. */
+void http_path_for_log(const char *path, char *out, size_t len);
+
+/* Routing (pure; unit-tested). Returns the route index, -404 when no path
+ * matches, -405 when the path matches only under other methods (their
+ * names are written to allow). params point into pathbuf. */
+int http_route_find(const http_route *routes, int n, const char *method, const char *path,
+                    char *pathbuf, size_t pathbuf_len, const char **params, int *nparams,
+                    char *allow, size_t allow_len);
+/* Whether s is an acceptable client-supplied request id. */
+bool http_request_id_ok(const char *s);
+
+#endif

@@ -1,0 +1,244 @@
+/* maintenance — periodic key retirement, expiry warnings and gauges. */
+#include "service/maintenance.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "service/audit.h"
+#include "service/audit_chain.h"
+#include "deadline.h"
+#include "log.h"
+#include "store/pgjson.h"
+#include "store/queries.h"
+#include "service/rotation.h"
+#include "service/sessions.h"
+#include "service/wrap_budget.h"
+
+struct maintenance {
+    qk_svc *k;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+    maintenance_stats stats; /* guarded by mu */
+};
+
+static db_status retire_tx(db_conn *c, void *arg)
+{
+    uint64_t *retired = arg;
+    db_status st;
+    PGresult *r = db_exec(c, Q_KEYS_RETIRE_DUE, 0, NULL, NULL, NULL, &st);
+    *retired = 0;
+    if (!r)
+        return st;
+    for (int i = 0; i < PQntuples(r) && st == DB_OK; i++) {
+        st = audit_append(c, "kmsd", "device_key.retired", PQgetvalue(r, i, 0),
+                          json_pack("{s:i,s:s}", "index", atoi(PQgetvalue(r, i, 1)), "reason",
+                                    "rotation grace period ended"));
+        (*retired)++;
+    }
+    PQclear(r);
+    return st;
+}
+
+int maintenance_run_once(maintenance *m)
+{
+    qk_svc *k = m->k;
+    char days[16];
+    const char *vals[1] = {days};
+    uint64_t retired = 0;
+    int64_t expiring = -1, counts[3] = {0, 0, 0}, open_sessions = 0;
+    db_status st;
+    db_conn *c;
+    PGresult *r;
+    int rc = -1;
+
+    snprintf(days, sizeof(days), "%d", k->cfg->device_key_warn_days);
+    st = db_tx(k->db, retire_tx, &retired);
+    if (st != DB_OK)
+        goto out;
+    if (retired)
+        log_emit(LOG_INFO, "device keys retired after rotation grace", "{s:I}", "count",
+                 (json_int_t)retired);
+    c = db_acquire(k->db, &st);
+    if (!c)
+        goto out;
+    r = db_exec(c, Q_EXPIRY_WARN, 1, vals, NULL, NULL, &st);
+    if (r) {
+        for (int i = 0; i < PQntuples(r); i++) {
+            char when[32] = "";
+            pgjson_rfc3339(PQgetvalue(r, i, 1), when, sizeof(when));
+            log_emit(LOG_WARN, "device key expiring soon", "{s:s,s:s,s:i}", "device_id",
+                     PQgetvalue(r, i, 0), "not_after", when, "warn_days",
+                     k->cfg->device_key_warn_days);
+        }
+        PQclear(r);
+        r = db_exec(c, Q_KEYS_EXPIRING_COUNT, 1, vals, NULL, NULL, &st);
+    }
+    if (r) {
+        expiring = atoll(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        r = db_exec(c, Q_DEVICE_COUNTS, 0, NULL, NULL, NULL, &st);
+    }
+    if (r) {
+        for (int i = 0; i < PQntuples(r); i++) {
+            const char *s = PQgetvalue(r, i, 0);
+            int idx = !strcmp(s, "active") ? 0 : !strcmp(s, "suspended") ? 1 : 2;
+            counts[idx] = atoll(PQgetvalue(r, i, 1));
+        }
+        PQclear(r);
+        r = db_exec(c, Q_SESSIONS_OPEN_COUNT, 0, NULL, NULL, NULL, &st);
+    }
+    if (r) {
+        open_sessions = atoll(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        rc = 0;
+    }
+    db_release(k->db, c);
+out:
+    pthread_mutex_lock(&m->mu);
+    m->stats.passes++;
+    m->stats.keys_retired += retired;
+    if (rc == 0) {
+        m->stats.keys_expiring = expiring;
+        m->stats.devices_active = counts[0];
+        m->stats.devices_suspended = counts[1];
+        m->stats.devices_revoked = counts[2];
+        m->stats.sessions_open = open_sessions;
+    } else {
+        m->stats.failures++;
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (rc != 0)
+        log_emit(LOG_WARN, "maintenance pass failed; will retry", "{s:s}", "error",
+                 db_status_name(st));
+    return rc;
+}
+
+/* Record master key wraps in the database and rotate at the budget. */
+static void wrap_budget_step(maintenance *m)
+{
+    wrap_budget_result wb;
+    int rc = wrap_budget_pass(m->k, &wb);
+    pthread_mutex_lock(&m->mu);
+    m->stats.wraps_recorded += wb.recorded;
+    if (rc == 0 && wb.active_version) {
+        m->stats.wrap_active_version = wb.active_version;
+        m->stats.wrap_active_count = wb.active_wrap_count;
+    }
+    if (wb.rotated)
+        m->stats.wrap_budget_rotations++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* The reaper runs every session_reap_interval seconds (bounded delay for
+ * session destruction); the heavier pass every maintenance_interval. */
+static void *loop(void *arg)
+{
+    maintenance *m = arg;
+    time_t next_full = 0;
+    pthread_mutex_lock(&m->mu);
+    while (!m->stop) {
+        struct timespec dl;
+        pthread_mutex_unlock(&m->mu);
+        if (sessions_reap(m->k) < 0)
+            log_emit(LOG_WARN, "session reaper pass failed; will retry", NULL);
+        audit_chain_seal(m->k, NULL); /* hash-chain new audit rows (logs its failures) */
+        wrap_budget_step(m);
+        /* Master key rotation: adopt new versions, rewrap, destroy unused. */
+        for (int i = 0; i < 20 && rotation_pass(m->k) > 0; i++)
+            ;
+        if (time(NULL) >= next_full) {
+            maintenance_run_once(m);
+            next_full = time(NULL) + m->k->cfg->maintenance_interval;
+        }
+        pthread_mutex_lock(&m->mu);
+        dl = deadline_in_ms(1000L * m->k->cfg->session_reap_interval);
+        while (!m->stop && pthread_cond_timedwait(&m->cv, &m->mu, &dl) != ETIMEDOUT)
+            ;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
+int maintenance_start(maintenance **out, qk_svc *k)
+{
+    maintenance *m = calloc(1, sizeof(*m));
+    if (!m)
+        return -1;
+    m->k = k;
+    m->stats.keys_expiring = -1;
+    pthread_mutex_init(&m->mu, NULL);
+    deadline_cond_init(&m->cv); /* waited on with deadline_in_ms */
+    if (pthread_create(&m->thread, NULL, loop, m) != 0) {
+        pthread_mutex_destroy(&m->mu);
+        pthread_cond_destroy(&m->cv);
+        free(m);
+        return -1;
+    }
+    *out = m;
+    return 0;
+}
+
+void maintenance_stop(maintenance *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    m->stop = true;
+    pthread_cond_signal(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+    pthread_join(m->thread, NULL);
+    if (wrap_budget_flush(m->k) != 0)
+        log_emit(LOG_WARN, "master key wrap counts since the last pass not recorded", NULL);
+    pthread_mutex_destroy(&m->mu);
+    pthread_cond_destroy(&m->cv);
+    free(m);
+}
+
+void maintenance_stats_get(maintenance *m, maintenance_stats *out)
+{
+    pthread_mutex_lock(&m->mu);
+    *out = m->stats;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void maintenance_metrics_render(void *maint, FILE *f)
+{
+    maintenance *m = maint;
+    maintenance_stats ms;
+    maintenance_stats_get(m, &ms);
+    fprintf(f,
+            "# HELP qkms_devices Registered devices by state (last maintenance pass).\n"
+            "# TYPE qkms_devices gauge\nqkms_devices{state=\"active\"} %lld\n"
+            "qkms_devices{state=\"suspended\"} %lld\nqkms_devices{state=\"revoked\"} %lld\n"
+            "# HELP qkms_device_keys_expiring Live device keys expiring within device_key_warn_days.\n"
+            "# TYPE qkms_device_keys_expiring gauge\nqkms_device_keys_expiring %lld\n"
+            "# HELP qkms_device_keys_retired_total Device keys retired after a rotation's grace.\n"
+            "# TYPE qkms_device_keys_retired_total counter\nqkms_device_keys_retired_total %llu\n"
+            "# HELP qkms_sessions_open Live sessions (last maintenance pass).\n"
+            "# TYPE qkms_sessions_open gauge\nqkms_sessions_open %lld\n"
+            "# HELP qkms_maintenance_failures_total Maintenance passes that failed.\n"
+            "# TYPE qkms_maintenance_failures_total counter\nqkms_maintenance_failures_total %llu\n",
+            (long long)ms.devices_active, (long long)ms.devices_suspended,
+            (long long)ms.devices_revoked, (long long)ms.keys_expiring,
+            (unsigned long long)ms.keys_retired, (long long)ms.sessions_open,
+            (unsigned long long)ms.failures);
+    fprintf(f,
+            "# HELP qkms_master_key_wraps Random-IV GCM invocations recorded under the active"
+            " master key version (master_keys.wrap_count; budget: master_key_wrap_limit).\n"
+            "# TYPE qkms_master_key_wraps gauge\nqkms_master_key_wraps{version=\"%u\"} %lld\n"
+            "# HELP qkms_master_key_wrap_limit Configured master_key_wrap_limit.\n"
+            "# TYPE qkms_master_key_wrap_limit gauge\nqkms_master_key_wrap_limit %d\n"
+            "# HELP qkms_master_key_budget_rotations_total Automatic rotations at the wrap"
+            " budget made by this process.\n"
+            "# TYPE qkms_master_key_budget_rotations_total counter\n"
+            "qkms_master_key_budget_rotations_total %llu\n",
+            ms.wrap_active_version, (long long)ms.wrap_active_count,
+            m->k->cfg->master_key_wrap_limit, (unsigned long long)ms.wrap_budget_rotations);
+}

@@ -1,0 +1,270 @@
+/* master — master key bootstrap and verification. */
+#include "service/master.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "hexutil.h"
+#include "log.h"
+#include "store/queries.h"
+#include "service/sessions.h"
+
+#define MASTER_LOCK "7164803902"
+
+static int lock_cmd(db_conn *c, const char *sql)
+{
+    return db_command(c, sql) == DB_OK ? 0 : -1;
+}
+
+static int record_v1(qk_svc *k, db_conn *c, char *err, size_t el)
+{
+    uint8_t kcv[KEYWRAP_KCV_LEN];
+    char label[128];
+    const char *vals[3] = {"1", label, (const char *)kcv};
+    int lens[3] = {0, 0, KEYWRAP_KCV_LEN}, fmts[3] = {0, 0, 1};
+    bool found = false;
+    db_status st;
+    PGresult *r;
+    CK_RV rv;
+
+    keywrap_label(k->kw, 1, label, sizeof(label));
+    rv = keywrap_load(k->kw, 1, &found);
+    if (rv != CKR_OK) {
+        snprintf(err, el, "searching the token for %s failed: %s", label, p11_rv_name(rv));
+        return -1;
+    }
+    if (found) {
+        log_emit(LOG_WARN, "adopting existing master key found in the token", "{s:s}", "label", label);
+    } else {
+        if (!k->cfg->master_key_create) {
+            snprintf(err, el, "token has no master key %s and master_key_create is false", label);
+            return -1;
+        }
+        rv = keywrap_create(k->kw, 1);
+        if (rv != CKR_OK) {
+            snprintf(err, el, "creating master key %s in the token failed: %s", label,
+                     p11_rv_name(rv));
+            return -1;
+        }
+        log_emit(LOG_INFO, "master key created in the token", "{s:s}", "label", label);
+    }
+    rv = keywrap_kcv(k->kw, 1, kcv);
+    if (rv != CKR_OK) {
+        snprintf(err, el, "master key %s is not usable for AES-GCM: %s", label, p11_rv_name(rv));
+        return -1;
+    }
+    r = db_exec(c, Q_MASTER_INSERT, 3, vals, lens, fmts, &st);
+    if (!r) {
+        snprintf(err, el, "recording master key %s failed: %s", label, db_status_name(st));
+        return -1;
+    }
+    PQclear(r);
+    keywrap_expect_kcv(k->kw, 1, kcv);
+    keywrap_set_active(k->kw, 1);
+    return 0;
+}
+
+/* Make the session ID hash key if the database has none (wrapped under the
+ * active version), then unwrap it into sessions.c. Under the master lock. */
+static int session_id_key_init(qk_svc *k, db_conn *c, char *err, size_t el)
+{
+    uint8_t *key = OPENSSL_secure_malloc(KEYWRAP_MAX_KEY + 16), blob[SID_KEY_LEN + KEYWRAP_OVERHEAD];
+    char hex[2 * sizeof(blob) + 1], ver[16];
+    const char *vals[2] = {hex, ver};
+    size_t kl = SID_KEY_LEN, bl = sizeof(blob);
+    db_status st;
+    PGresult *r = NULL;
+    long n;
+    int rc = -1;
+
+    if (!key) {
+        snprintf(err, el, "out of secure memory");
+        return -1;
+    }
+    r = db_exec(c, Q_SIDKEY_GET, 0, NULL, NULL, NULL, &st);
+    if (r && PQntuples(r) == 0) {
+        PQclear(r);
+        r = NULL;
+        if (p11_random(k->token, key, SID_KEY_LEN) != CKR_OK ||
+            keywrap_wrap(k->kw, (const uint8_t *)SID_KEY_CONTEXT, strlen(SID_KEY_CONTEXT), key,
+                         SID_KEY_LEN, blob, &bl) != CKR_OK) {
+            snprintf(err, el, "cannot make the session ID hash key in the token");
+            goto out;
+        }
+        qkms_hex_encode(blob, bl, hex);
+        snprintf(ver, sizeof(ver), "%u", keywrap_blob_version(blob, bl));
+        r = db_exec(c, Q_SIDKEY_INSERT, 2, vals, NULL, NULL, &st);
+        PQclear(r);
+        r = r ? db_exec(c, Q_SIDKEY_GET, 0, NULL, NULL, NULL, &st) : NULL;
+    }
+    if (!r || PQntuples(r) != 1) {
+        snprintf(err, el, "reading the session ID hash key failed: %s", db_status_name(st));
+        goto out;
+    }
+    n = qkms_hex_decode(PQgetvalue(r, 0, 0), strlen(PQgetvalue(r, 0, 0)), blob, sizeof(blob));
+    kl = KEYWRAP_MAX_KEY + 16;
+    if (n <= 0 || keywrap_unwrap(k->kw, (const uint8_t *)SID_KEY_CONTEXT, strlen(SID_KEY_CONTEXT),
+                                 blob, (size_t)n, key, &kl) != CKR_OK || kl != SID_KEY_LEN ||
+        sessions_set_id_key(key, kl) != 0) {
+        snprintf(err, el, "the session ID hash key (wrapped under master key version %s) cannot "
+                 "be unwrapped; refusing to start", PQgetvalue(r, 0, 1));
+        goto out;
+    }
+    rc = 0;
+out:
+    PQclear(r);
+    OPENSSL_secure_clear_free(key, KEYWRAP_MAX_KEY + 16);
+    return rc;
+}
+
+int master_init(qk_svc *k, char *err, size_t el)
+{
+    db_status st;
+    db_conn *c = db_acquire(k->db, &st);
+    PGresult *r = NULL;
+    int rc = -1;
+
+    if (!c) {
+        snprintf(err, el, "database unavailable: %s", db_status_name(st));
+        return -1;
+    }
+    if (lock_cmd(c, "SELECT pg_advisory_lock(" MASTER_LOCK ")") != 0) {
+        snprintf(err, el, "cannot take the master key lock");
+        db_release(k->db, c);
+        return -1;
+    }
+    r = db_exec(c, Q_MASTER_LIST, 0, NULL, NULL, NULL, &st);
+    if (!r) {
+        snprintf(err, el, "reading master_keys failed: %s", db_status_name(st));
+        goto out;
+    }
+    if (PQntuples(r) == 0) {
+        rc = record_v1(k, c, err, el);
+        if (rc == 0)
+            rc = session_id_key_init(k, c, err, el);
+        goto out;
+    }
+    for (int i = 0; i < PQntuples(r); i++) {
+        uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
+        const char *label = PQgetvalue(r, i, 1), *kcvhex = PQgetvalue(r, i, 2);
+        uint8_t want[KEYWRAP_KCV_LEN], got[KEYWRAP_KCV_LEN];
+        bool found = false;
+        CK_RV rv = keywrap_load(k->kw, v, &found);
+        if (rv != CKR_OK) {
+            snprintf(err, el, "searching the token for %s failed: %s", label, p11_rv_name(rv));
+            goto out;
+        }
+        if (!found) {
+            snprintf(err, el,
+                     "the database holds keys wrapped under master key %s, but token '%s' has no "
+                     "such key; refusing to start (restore the token, or point "
+                     "pkcs11_token_label at the token that holds it)",
+                     label, p11_token_label(k->token));
+            goto out;
+        }
+        rv = keywrap_kcv(k->kw, v, got);
+        if (rv != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
+            qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
+            CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
+            snprintf(err, el,
+                     "token key %s is not the master key the database was wrapped under (check "
+                     "value mismatch); refusing to start",
+                     label);
+            goto out;
+        }
+        keywrap_expect_kcv(k->kw, v, want);
+        if (!strcmp(PQgetvalue(r, i, 3), "active"))
+            keywrap_set_active(k->kw, v);
+    }
+    if (keywrap_active(k->kw) == 0) {
+        snprintf(err, el, "no active master key version in the database");
+        goto out;
+    }
+    PQclear(r);
+    r = NULL;
+    rc = session_id_key_init(k, c, err, el);
+out:
+    PQclear(r);
+    lock_cmd(c, "SELECT pg_advisory_unlock(" MASTER_LOCK ")");
+    db_release(k->db, c);
+    if (rc == 0) {
+        char label[128];
+        keywrap_label(k->kw, keywrap_active(k->kw), label, sizeof(label));
+        log_emit(LOG_INFO, "master key ready", "{s:s,s:i}", "label", label, "version",
+                 (int)keywrap_active(k->kw));
+    }
+    return rc;
+}
+
+/* ---- refresh ----------------------------------------------------------------- */
+
+static pthread_mutex_t refresh_mu = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic unsigned long refresh_count; /* refreshes started */
+
+/* Load versions recorded since we last looked (checking their check values)
+ * and switch the active one. Callers hold refresh_mu. */
+static int refresh_locked(qk_svc *k, db_conn *c)
+{
+    db_status st;
+    PGresult *r = db_exec(c, Q_MASTER_LIST, 0, NULL, NULL, NULL, &st);
+    if (!r)
+        return -1;
+    for (int i = 0; i < PQntuples(r); i++) {
+        uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
+        const char *kcvhex = PQgetvalue(r, i, 2);
+        uint8_t want[KEYWRAP_KCV_LEN], got[KEYWRAP_KCV_LEN];
+        bool found = false;
+        if (!keywrap_has(k->kw, v)) {
+            if (keywrap_load(k->kw, v, &found) != CKR_OK || !found ||
+                keywrap_kcv(k->kw, v, got) != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
+                qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
+                CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
+                log_emit(LOG_ERROR, "master key version recorded in the database is not usable",
+                         "{s:i}", "version", (int)v);
+                continue;
+            }
+            keywrap_expect_kcv(k->kw, v, want);
+            log_emit(LOG_INFO, "master key version loaded", "{s:i}", "version", (int)v);
+        }
+        if (!strcmp(PQgetvalue(r, i, 3), "active") && keywrap_active(k->kw) != v) {
+            keywrap_set_active(k->kw, v);
+            log_emit(LOG_INFO, "active master key version switched", "{s:i}", "version", (int)v);
+        }
+    }
+    PQclear(r);
+    return 0;
+}
+
+int master_refresh(qk_svc *k, db_conn *c)
+{
+    unsigned long seen = atomic_load(&refresh_count);
+    db_status st;
+    db_conn *own = NULL;
+    int rc = 0;
+
+    pthread_mutex_lock(&refresh_mu);
+    /* Requests that found the view stale together refresh it once: a
+     * refresh that started after we were called read the database after
+     * what made us call. */
+    if (atomic_load(&refresh_count) != seen)
+        goto out;
+    atomic_fetch_add(&refresh_count, 1);
+    if (!c) {
+        c = own = db_acquire(k->db, &st);
+        if (!c) {
+            rc = -1;
+            goto out;
+        }
+    }
+    rc = refresh_locked(k, c);
+out:
+    if (own)
+        db_release(k->db, own);
+    pthread_mutex_unlock(&refresh_mu);
+    return rc;
+}

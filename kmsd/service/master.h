@@ -1,0 +1,39 @@
+/*
+ * master — finds or creates the master key at start and checks that the
+ * token holds exactly the keys the database was wrapped under.
+ *
+ * Contract (master_init):
+ *  - The database's master_keys table lists every version still in use with
+ *    a key check value (KCV). Each must be present in the token with the same
+ *    KCV, or kmsd refuses to start: keys wrapped under a missing master key
+ *    could never be opened again, and a different key under the same label
+ *    would fail every unwrap.
+ *  - With no version recorded, version 1 is created in the token (if
+ *    master_key_create) or adopted if the token already has it, and recorded.
+ *    Runs under an advisory lock, so kmsd instances starting together agree.
+ *  - Then the session ID hash key (sessions.h): made from the token's RNG and
+ *    stored wrapped under the active version if the database has none,
+ *    unwrapped and handed to sessions_set_id_key(); kmsd refuses to start
+ *    if it cannot be unwrapped.
+ */
+#ifndef QKMS_MASTER_H
+#define QKMS_MASTER_H
+
+#include <stddef.h>
+
+#include "service/service.h"
+
+int master_init(qk_svc *k, char *err, size_t errlen);
+
+/*
+ * master_refresh: read master_keys again, load versions recorded since (each
+ * checked against its check value) and switch to the active one. Run by the
+ * maintenance pass of every instance, and at once by a request whose wrap
+ * the database refused as made under a version no longer active (another
+ * instance rotated). Callers arriving together while one refresh runs
+ * share it. c: a connection to use, or NULL to take one from the pool.
+ * 0, or -1 when the database could not be read.
+ */
+int master_refresh(qk_svc *k, db_conn *c);
+
+#endif

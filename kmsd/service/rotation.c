@@ -1,0 +1,322 @@
+/* rotation — new master key versions, background rewrap, destruction of unused versions. */
+#include "service/rotation.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "service/audit.h"
+#include "service/device_model.h"
+#include "hexutil.h"
+#include "service/keycache.h"
+#include "log.h"
+#include "service/master.h"
+#include "store/pgjson.h"
+#include "store/queries.h"
+#include "service/sessions.h"
+
+#define MASTER_LOCK "7164803902" /* shared with master.c */
+#define REWRAP_BATCH "500"
+#define BLOB_MAX (64 + KEYWRAP_OVERHEAD)
+
+/* ---- rotate ---------------------------------------------------------------- */
+
+int rotation_rotate(qk_svc *k, const char *actor, int *status, char *err, size_t el)
+{
+    db_status st;
+    db_conn *c = db_acquire(k->db, &st);
+    PGresult *r = NULL;
+    uint8_t kcv[KEYWRAP_KCV_LEN];
+    char label[128], ver[16], from[16] = "";
+    uint32_t v;
+    CK_RV rv;
+    int rc = -1;
+    bool commit_sent = false;
+
+    *status = 503;
+    if (!c) {
+        snprintf(err, el, "database unavailable");
+        return -1;
+    }
+    if (db_command(c, "SELECT pg_advisory_lock(" MASTER_LOCK ")") != DB_OK) {
+        snprintf(err, el, "cannot take the master key lock");
+        db_release(k->db, c);
+        return -1;
+    }
+    r = db_exec(c, Q_MASTER_MAX, 0, NULL, NULL, NULL, &st);
+    if (!r) {
+        snprintf(err, el, "database unavailable");
+        goto out;
+    }
+    v = (uint32_t)strtoul(PQgetvalue(r, 0, 0), NULL, 10) + 1;
+    PQclear(r);
+    r = NULL;
+    keywrap_label(k->kw, v, label, sizeof(label));
+    /* The token first: a database row must never name a key that does not exist. */
+    rv = keywrap_create(k->kw, v);
+    if (rv == CKR_OK)
+        rv = keywrap_kcv(k->kw, v, kcv);
+    if (rv != CKR_OK) {
+        snprintf(err, el, "creating %s in the token failed: %s", label, p11_rv_name(rv));
+        goto out;
+    }
+    snprintf(ver, sizeof(ver), "%u", v);
+    st = db_command(c, "BEGIN");
+    if (st == DB_OK) {
+        r = db_exec(c, Q_MASTER_RETIRE_ACTIVE, 0, NULL, NULL, NULL, &st);
+        if (r && PQntuples(r) > 0)
+            snprintf(from, sizeof(from), "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+        r = NULL;
+    }
+    if (st == DB_OK) {
+        const char *vals[3] = {ver, label, (const char *)kcv};
+        int lens[3] = {0, 0, KEYWRAP_KCV_LEN}, fmts[3] = {0, 0, 1};
+        r = db_exec(c, Q_MASTER_INSERT, 3, vals, lens, fmts, &st);
+        PQclear(r);
+        r = NULL;
+    }
+    if (st == DB_OK)
+        st = audit_append(c, actor, "master.rotated", NULL,
+                          json_pack("{s:s,s:i,s:s}", "from", from, "to", (int)v, "label", label));
+    if (st == DB_OK) {
+        commit_sent = true;
+        st = db_command(c, "COMMIT");
+    }
+    if (st != DB_OK && !commit_sent) {
+        db_command(c, "ROLLBACK");
+        keywrap_destroy(k->kw, v); /* leave no orphan in the token */
+        snprintf(err, el, "recording %s failed: %s", label, db_status_name(st));
+        goto out;
+    }
+    if (st != DB_OK) {
+        /* COMMIT sent, no answer (db_io_timeout_ms): the row may well be
+         * committed, and then this key is the active master key. Keep it:
+         * every instance adopts it at its next refresh if it was recorded,
+         * and if it was not, the next rotation finds it by its label and
+         * uses it (p11 generation looks for the label first). */
+        log_emit(LOG_WARN, "master key rotation: outcome unknown, key kept in the token",
+                 "{s:s,s:s}", "label", label, "error", db_status_name(st));
+        snprintf(err, el, "recording %s: outcome unknown (%s); see GET /v1/admin/master", label,
+                 db_status_name(st));
+        goto out;
+    }
+    keywrap_expect_kcv(k->kw, v, kcv);
+    keywrap_set_active(k->kw, v);
+    log_emit(LOG_INFO, "master key rotated", "{s:s,s:s,s:s}", "from", from, "to", label, "by", actor);
+    *status = 200;
+    rc = 0;
+out:
+    PQclear(r);
+    db_command(c, "SELECT pg_advisory_unlock(" MASTER_LOCK ")");
+    db_release(k->db, c);
+    return rc;
+}
+
+json_t *rotation_status(qk_svc *k)
+{
+    db_status st;
+    PGresult *r = db_query(k->db, Q_MASTER_STATUS, 0, NULL, NULL, NULL, &st);
+    json_t *arr;
+    long long pending = 0;
+    if (!r)
+        return NULL;
+    arr = json_array();
+    for (int i = 0; i < PQntuples(r); i++) {
+        long long dk = atoll(PQgetvalue(r, i, 5)), ss = atoll(PQgetvalue(r, i, 6));
+        if (strcmp(PQgetvalue(r, i, 2), "active") != 0)
+            pending += dk + ss;
+        json_array_append_new(
+            arr, json_pack("{s:i,s:o,s:o,s:o,s:o,s:I,s:I}", "version", atoi(PQgetvalue(r, i, 0)),
+                           "label", pgjson_text(r, i, 1), "state", pgjson_text(r, i, 2),
+                           "created_at", pgjson_time(r, i, 3), "retired_at", pgjson_time(r, i, 4),
+                           "device_keys", (json_int_t)dk, "sessions", (json_int_t)ss));
+    }
+    PQclear(r);
+    return json_pack("{s:i,s:o,s:I}", "active", (int)keywrap_active(k->kw), "versions", arr,
+                     "pending_rewrap", (json_int_t)pending);
+}
+
+/* ---- refresh, rewrap, destroy ------------------------------------------------ */
+
+/* Unwrap under whatever version the blob names, wrap under the active one. */
+static int rewrap_blob(qk_svc *k, const char *ctx, const char *hexblob, char *out_hex,
+                       uint32_t *version)
+{
+    uint8_t blob[BLOB_MAX], key[KEYWRAP_MAX_KEY + 16], nb[BLOB_MAX];
+    size_t kl = sizeof(key), nl = sizeof(nb);
+    long bl = qkms_hex_decode(hexblob, strlen(hexblob), blob, sizeof(blob));
+    int rc = -1;
+    if (bl > 0 &&
+        keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, key, &kl) == CKR_OK &&
+        keywrap_wrap(k->kw, (const uint8_t *)ctx, strlen(ctx), key, kl, nb, &nl) == CKR_OK) {
+        qkms_hex_encode(nb, nl, out_hex);
+        *version = keywrap_blob_version(nb, nl);
+        rc = 0;
+    }
+    OPENSSL_cleanse(key, sizeof(key));
+    return rc;
+}
+
+/* The session ID hash key: rewrapped like any key, never changed (the
+ * hashes of live sessions and tombstones must keep matching). 1 if done. */
+static int rewrap_session_id_key(qk_svc *k, db_conn *c, uint32_t av)
+{
+    char hex[2 * BLOB_MAX + 1], newv[16];
+    const char *vals[3] = {hex, newv, NULL};
+    db_status st;
+    PGresult *r = db_exec(c, Q_SIDKEY_GET, 0, NULL, NULL, NULL, &st), *u = NULL;
+    uint32_t nv = 0;
+    int done = 0;
+
+    if (r && PQntuples(r) == 1 && strtoul(PQgetvalue(r, 0, 1), NULL, 10) < av &&
+        rewrap_blob(k, SID_KEY_CONTEXT, PQgetvalue(r, 0, 0), hex, &nv) == 0) {
+        snprintf(newv, sizeof(newv), "%u", nv);
+        vals[2] = PQgetvalue(r, 0, 1);
+        u = db_exec(c, Q_SIDKEY_REWRAP_SET, 3, vals, NULL, NULL, &st);
+        done = u && atoi(PQcmdTuples(u)) == 1;
+    }
+    PQclear(u);
+    PQclear(r);
+    OPENSSL_cleanse(hex, sizeof(hex));
+    return done;
+}
+
+static int rewrap_batch(qk_svc *k, db_conn *c)
+{
+    char active[16], newv[16], ctx[256], hex[2 * BLOB_MAX + 1];
+    const char *vals[5];
+    db_status st;
+    PGresult *r, *u;
+    int done = 0;
+    uint32_t av = keywrap_active(k->kw), nv = 0;
+
+    snprintf(active, sizeof(active), "%u", av);
+    vals[0] = active;
+    vals[1] = REWRAP_BATCH;
+    r = db_exec(c, Q_REWRAP_DEVKEYS, 2, vals, NULL, NULL, &st);
+    if (!r)
+        return -1;
+    for (int i = 0; i < PQntuples(r); i++) {
+        int bits = !strcmp(PQgetvalue(r, i, 3), "AES-256") ? 256 : 128;
+        device_key_context(PQgetvalue(r, i, 0), atoi(PQgetvalue(r, i, 2)), bits, ctx, sizeof(ctx));
+        if (rewrap_blob(k, ctx, PQgetvalue(r, i, 4), hex, &nv) != 0)
+            continue;
+        snprintf(newv, sizeof(newv), "%u", nv);
+        vals[0] = PQgetvalue(r, i, 1);
+        vals[1] = PQgetvalue(r, i, 2);
+        vals[2] = PQgetvalue(r, i, 5);
+        vals[3] = hex;
+        vals[4] = newv;
+        u = db_exec(c, Q_REWRAP_DEVKEY_SET, 5, vals, NULL, NULL, &st);
+        if (u && atoi(PQcmdTuples(u)) == 1)
+            done++;
+        PQclear(u);
+    }
+    PQclear(r);
+    done += rewrap_session_id_key(k, c, av);
+    vals[0] = active;
+    vals[1] = REWRAP_BATCH;
+    r = db_exec(c, Q_REWRAP_SESSIONS, 2, vals, NULL, NULL, &st);
+    if (!r)
+        return done;
+    for (int i = 0; i < PQntuples(r); i++) {
+        if (session_key_context(PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), ctx, sizeof(ctx)) < 0 ||
+            rewrap_blob(k, ctx, PQgetvalue(r, i, 3), hex, &nv) != 0)
+            continue;
+        snprintf(newv, sizeof(newv), "%u", nv);
+        vals[0] = PQgetvalue(r, i, 0);
+        vals[1] = PQgetvalue(r, i, 4);
+        vals[2] = hex;
+        vals[3] = newv;
+        u = db_exec(c, Q_REWRAP_SESSION_SET, 4, vals, NULL, NULL, &st);
+        if (u && atoi(PQcmdTuples(u)) == 1)
+            done++;
+        PQclear(u);
+    }
+    PQclear(r);
+    return done;
+}
+
+/* Destroy one retired version nothing references, in the token and in the
+ * database, inside one transaction holding its master_keys row FOR UPDATE:
+ * a writer naming the version (qkms_master_must_be_active takes the row FOR
+ * SHARE) waits for us and then finds it destroyed, so no row can ever be
+ * wrapped under a version that is gone. */
+static void destroy_one(qk_svc *k, db_conn *c, const char *grace)
+{
+    const char *vals[1] = {grace};
+    db_status st = db_command(c, "BEGIN");
+    PGresult *r = NULL, *u = NULL;
+    char ver[16], label[128];
+    uint32_t v;
+    CK_RV rv;
+
+    if (st == DB_OK)
+        r = db_exec(c, Q_MASTER_DESTROYABLE, 1, vals, NULL, NULL, &st);
+    if (!r || PQntuples(r) == 0)
+        goto rollback;
+    v = (uint32_t)strtoul(PQgetvalue(r, 0, 0), NULL, 10);
+    snprintf(ver, sizeof(ver), "%u", v);
+    snprintf(label, sizeof(label), "%s", PQgetvalue(r, 0, 1));
+    vals[0] = ver;
+    u = db_exec(c, Q_MASTER_MARK_DESTROYED, 1, vals, NULL, NULL, &st);
+    if (!u || PQntuples(u) != 1)
+        goto rollback;
+    st = audit_append(c, "kmsd", "master.destroyed", NULL,
+                      json_pack("{s:i,s:s}", "version", (int)v, "label", label));
+    if (st != DB_OK)
+        goto rollback;
+    /* The token last, while the row is still locked: if it fails, nothing
+     * is recorded and the next pass tries again. */
+    rv = keywrap_has(k->kw, v) ? keywrap_destroy(k->kw, v) : CKR_OK;
+    if (rv != CKR_OK) {
+        log_emit(LOG_ERROR, "destroying a retired master key failed", "{s:i,s:s}", "version",
+                 (int)v, "ckr", p11_rv_name(rv));
+        goto rollback;
+    }
+    if (db_command(c, "COMMIT") == DB_OK)
+        log_emit(LOG_INFO, "retired master key destroyed in the token", "{s:s}", "label", label);
+    goto out;
+rollback:
+    db_command(c, "ROLLBACK");
+out:
+    PQclear(u);
+    PQclear(r);
+}
+
+static void destroy_unused(qk_svc *k, db_conn *c)
+{
+    char grace[16];
+    /* Every instance must have adopted the new version and dropped cached
+     * rows wrapped under the old one before it goes (a lagging instance
+     * that has not is refused by the database and refreshes at once). */
+    snprintf(grace, sizeof(grace), "%d",
+             2 * k->cfg->maintenance_interval + k->cfg->device_key_cache_ttl);
+    if (db_command(c, "SELECT pg_advisory_lock(" MASTER_LOCK ")") != DB_OK)
+        return;
+    destroy_one(k, c, grace);
+    db_command(c, "SELECT pg_advisory_unlock(" MASTER_LOCK ")");
+}
+
+int rotation_pass(qk_svc *k)
+{
+    db_status st;
+    db_conn *c = db_acquire(k->db, &st);
+    int n;
+    if (!c)
+        return -1;
+    master_refresh(k, c);
+    n = rewrap_batch(k, c);
+    if (n > 0) {
+        keycache_clear(k->keys); /* cached rows still hold the old wrapping */
+        log_emit(LOG_INFO, "keys rewrapped under the active master key", "{s:i,s:i}", "count", n,
+                 "version", (int)keywrap_active(k->kw));
+    }
+    if (n == 0)
+        destroy_unused(k, c);
+    db_release(k->db, c);
+    return n;
+}

@@ -1,0 +1,42 @@
+/*
+ * rotation — master key rotation without downtime.
+ *
+ * Contract:
+ *  - rotation_rotate() creates master key version N+1 in the token, records
+ *    it as active and the previous one as retired (one transaction, under
+ *    the master key advisory lock, audited). New wraps use it at once.
+ *  - rotation_pass(), run by the maintenance thread of every kmsd:
+ *    1. refreshes the loaded versions from the database (master_refresh;
+ *       another instance may have rotated);
+ *    2. rewraps a batch of device keys, live session keys and the session
+ *       ID hash key still wrapped under an older version (unwrap and wrap
+ *       in the token, optimistic
+ *       UPDATE ... WHERE master_version = old, so instances never clash);
+ *    3. destroys a retired version nothing references any more, once it
+ *       has been retired longer than two maintenance intervals plus the
+ *       device key cache TTL, in one transaction holding its master_keys
+ *       row FOR UPDATE (marked destroyed and audited, then destroyed in the
+ *       token, then committed). The database refuses any key written under
+ *       a version that is not active (schema 006 trigger, row FOR SHARE),
+ *       so the grace is about cached wrappings, not about correctness.
+ *  - Unwrapping keeps working throughout: a wrapped blob names its version
+ *    and every version not yet destroyed stays loaded.
+ */
+#ifndef QKMS_ROTATION_H
+#define QKMS_ROTATION_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "service/service.h"
+
+/* 0, or -1 with err (status set to the HTTP status to answer). */
+int rotation_rotate(qk_svc *k, const char *actor, int *status, char *err, size_t errlen);
+/* {"active":N,"versions":[{version,label,state,created_at,retired_at,
+ *   device_keys,sessions}],"pending_rewrap":M} or NULL (database down). */
+json_t *rotation_status(qk_svc *k);
+/* One maintenance step; returns the number of keys rewrapped, or -1. */
+int rotation_pass(qk_svc *k);
+
+#endif

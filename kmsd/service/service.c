@@ -1,0 +1,149 @@
+/*
+ * service — building and tearing down the key service (service.h): the
+ * schema check, the statement pool, the token session pool, the master key,
+ * the entropy sources and the in-memory caches. main() and the service
+ * tests (tests/service/) build it the same way, through these functions.
+ */
+#include "service/service.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+
+#include "service/keycache.h"
+#include "service/master.h"
+#include "service/sessions.h"
+#include "store/migrate.h"
+#include "store/queries.h"
+
+/* Start-up waits this long for PostgreSQL (compose starts both at once). */
+#define DB_START_WAIT_S 60
+/* A token may be briefly unreadable while another process writes it
+ * (SoftHSM's file store), or still coming up (a network HSM). */
+#define TOKEN_OPEN_TRIES 20
+#define TOKEN_OPEN_PAUSE_MS 250
+
+static void log_token_reinit(CK_RV rv, const char *err)
+{
+    if (rv == CKR_OK)
+        log_emit(LOG_WARN, "token module re-initialized after a failure", "{s:s}", "ckr", "CKR_OK");
+    else
+        log_emit(LOG_ERROR, "token module re-initialization failed", "{s:s,s:s}", "ckr",
+                 p11_rv_name(rv), "error", err);
+}
+
+int service_migrate(const kms_config *cfg, bool apply, int *schema_version, char *err,
+                    size_t errlen)
+{
+    db_pool *p = NULL;
+    db_conn *c = NULL;
+    db_status st;
+    int rc = -1;
+
+    if (db_pool_open(&p, cfg->db_conninfo, cfg->db_pool_size, cfg->db_acquire_timeout_ms,
+                     cfg->db_statement_timeout_ms, NULL, 0) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    db_pool_set_io_timeout(p, cfg->db_io_timeout_ms);
+    if (db_wait_ready(p, DB_START_WAIT_S, err, errlen) != 0) {
+        log_emit(LOG_ERROR, "database unreachable; giving up", "{s:s}", "error", err);
+        goto out;
+    }
+    if (!(c = db_acquire(p, &st))) {
+        snprintf(err, errlen, "database unavailable");
+        goto out;
+    }
+    if (migrate_run(db_pg(c), apply, schema_version, err, errlen) != 0) {
+        log_emit(LOG_ERROR, "schema migration failed", "{s:s}", "error", err);
+        goto out;
+    }
+    rc = 0;
+out:
+    if (c)
+        db_release(p, c);
+    db_pool_close(p);
+    return rc;
+}
+
+static CK_RV open_token(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, char *err,
+                        size_t errlen)
+{
+    p11_opts po = {cfg->pkcs11_module, cfg->pkcs11_token_label, pin, pin_len,
+                   cfg->pkcs11_sessions};
+    CK_RV rv = p11_open(&s->token, &po, err, errlen);
+    /* Wrong PINs and unsupported tokens are not retried. */
+    for (int i = 0; i < TOKEN_OPEN_TRIES && rv != CKR_OK && p11_rv_kind(rv) != P11_KIND_AUTH &&
+                    p11_rv_kind(rv) != P11_KIND_CONFIG;
+         i++) {
+        struct timespec ts = {0, TOKEN_OPEN_PAUSE_MS * 1000000L};
+        log_emit(LOG_WARN, "token not available yet; retrying", "{s:s,s:s}", "error", err, "ckr",
+                 p11_rv_name(rv));
+        nanosleep(&ts, NULL);
+        rv = p11_open(&s->token, &po, err, errlen);
+    }
+    return rv;
+}
+
+int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, char *err,
+                 size_t errlen)
+{
+    CK_RV rv;
+    int rc = -1;
+
+    memset(s, 0, sizeof(*s));
+    s->cfg = cfg;
+    if (db_pool_open(&s->db, cfg->db_conninfo, cfg->db_pool_size, cfg->db_acquire_timeout_ms,
+                     cfg->db_statement_timeout_ms, queries, Q__COUNT) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    db_pool_set_io_timeout(s->db, cfg->db_io_timeout_ms);
+    rv = open_token(s, cfg, pin, pin_len, err, errlen);
+    /* The token layer keeps its own copy in the secure heap for re-login
+     * after a token failure; this one is not needed again. */
+    OPENSSL_secure_clear_free(pin, pin_len + 1);
+    pin = NULL;
+    if (rv != CKR_OK) {
+        log_emit(LOG_ERROR, "token unavailable", "{s:s,s:s}", "error", err, "ckr", p11_rv_name(rv));
+        goto out;
+    }
+    p11_set_reinit_logger(s->token, log_token_reinit);
+    if (keywrap_new(&s->kw, s->token, cfg->master_key_label) != CKR_OK) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    if (master_init(s, err, errlen) != 0) {
+        log_emit(LOG_ERROR, "master key check failed", "{s:s}", "error", err);
+        goto out;
+    }
+    if (entropy_open(&s->ent, cfg, s->token, err, errlen) != 0) {
+        log_emit(LOG_ERROR, "entropy configuration error", "{s:s}", "error", err);
+        goto out;
+    }
+    s->smetrics = session_metrics_new();
+    s->keys = keycache_new((size_t)cfg->device_key_cache_size, cfg->device_key_cache_ttl);
+    if (!s->smetrics || !s->keys) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    rc = 0;
+out:
+    if (pin)
+        OPENSSL_secure_clear_free(pin, pin_len + 1);
+    return rc;
+}
+
+void service_close(qk_svc *s)
+{
+    session_metrics_free(s->smetrics);
+    sessions_set_id_key(NULL, 0);
+    keycache_free(s->keys);
+    entropy_close(s->ent);
+    keywrap_free(s->kw);
+    p11_close(s->token);
+    db_pool_close(s->db);
+    memset(s, 0, sizeof(*s));
+}

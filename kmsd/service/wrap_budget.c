@@ -1,0 +1,154 @@
+/* wrap_budget — counts master key wraps in the database and rotates before the GCM IV budget. */
+#include "service/wrap_budget.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "service/rotation.h"
+
+#define KW_TAKE_MAX 16
+/* A claim of the automatic rotation of a version lasts this long: a failed
+ * rotation is tried again (or, without master_key_create, re-logged) after it. */
+#define CLAIM_SECONDS "60"
+
+/* Add the in-memory counts to master_keys.wrap_count; what cannot be
+ * recorded goes back to keywrap for the next pass. */
+static int flush_counts(qk_svc *k, db_conn *c, uint64_t *recorded)
+{
+    uint32_t vers[KW_TAKE_MAX];
+    uint64_t counts[KW_TAKE_MAX];
+    int n = keywrap_uses_take(k->kw, vers, counts, KW_TAKE_MAX), rc = 0;
+    *recorded = 0;
+    for (int i = 0; i < n; i++) {
+        char sv[16], sn[24];
+        const char *vals[2] = {sv, sn};
+        db_status st = DB_ERROR;
+        PGresult *r = NULL;
+        snprintf(sv, sizeof(sv), "%" PRIu32, vers[i]);
+        snprintf(sn, sizeof(sn), "%" PRIu64, counts[i]);
+        if (rc == 0)
+            r = db_exec_params(c,
+                               "UPDATE master_keys SET wrap_count = wrap_count + $2::bigint"
+                               " WHERE version = $1::int",
+                               2, vals, &st);
+        if (!r) {
+            keywrap_uses_return(k->kw, vers[i], counts[i]);
+            rc = -1;
+            continue;
+        }
+        PQclear(r);
+        *recorded += counts[i];
+    }
+    return rc;
+}
+
+/* Claim the rotation of version v in the database: 1 claimed (this instance
+ * rotates), 0 not (another did within CLAIM_SECONDS, or v is no longer
+ * active), -1 error. */
+static int claim_rotation(db_conn *c, const char *v, int64_t limit)
+{
+    char slimit[24];
+    const char *vals[2] = {v, slimit};
+    db_status st;
+    PGresult *r;
+    int rc;
+    snprintf(slimit, sizeof(slimit), "%" PRId64, limit);
+    r = db_exec_params(c,
+                       "UPDATE master_keys SET wrap_rotation_claimed_at = now()"
+                       " WHERE version = $1::int AND state = 'active' AND wrap_count >= $2::bigint"
+                       " AND (wrap_rotation_claimed_at IS NULL OR wrap_rotation_claimed_at"
+                       " < now() - make_interval(secs => " CLAIM_SECONDS "))"
+                       " RETURNING version",
+                       2, vals, &st);
+    if (!r)
+        return -1;
+    rc = PQntuples(r) == 1;
+    PQclear(r);
+    return rc;
+}
+
+static int rotate_for_budget(qk_svc *k, uint32_t v, int64_t count, int64_t limit)
+{
+    char err[256] = "";
+    int status = 0;
+    if (!k->cfg->master_key_create) {
+        log_emit(LOG_ERROR,
+                 "master key wrap budget reached and master_key_create is false: rotate now"
+                 " (kmsctl master rotate)",
+                 "{s:i,s:I,s:I}", "version", (int)v, "wrap_count", (json_int_t)count, "limit",
+                 (json_int_t)limit);
+        return -1;
+    }
+    log_emit(LOG_WARN, "master key wrap budget reached; rotating", "{s:i,s:I,s:I}", "version",
+             (int)v, "wrap_count", (json_int_t)count, "limit", (json_int_t)limit);
+    if (rotation_rotate(k, "kmsd", &status, err, sizeof(err)) != 0) {
+        log_emit(LOG_ERROR, "automatic master key rotation failed; will retry", "{s:i,s:s}",
+                 "version", (int)v, "error", err);
+        return -1;
+    }
+    return 0;
+}
+
+int wrap_budget_flush(qk_svc *k)
+{
+    db_status st;
+    db_conn *c = db_acquire(k->db, &st);
+    uint64_t recorded = 0;
+    int rc;
+    if (!c)
+        return -1;
+    rc = flush_counts(k, c, &recorded);
+    db_release(k->db, c);
+    return rc;
+}
+
+int wrap_budget_pass(qk_svc *k, wrap_budget_result *out)
+{
+    db_status st;
+    db_conn *c = db_acquire(k->db, &st);
+    PGresult *r;
+    int64_t limit = k->cfg->master_key_wrap_limit, count;
+    char sv[16];
+    int rc = -1, claimed;
+
+    memset(out, 0, sizeof(*out));
+    if (!c)
+        return -1;
+    if (flush_counts(k, c, &out->recorded) != 0)
+        goto done;
+    r = db_exec_params(c, "SELECT version, wrap_count FROM master_keys WHERE state = 'active'", 0,
+                       NULL, &st);
+    if (!r)
+        goto done;
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        rc = 0; /* no active version yet */
+        goto done;
+    }
+    snprintf(sv, sizeof(sv), "%s", PQgetvalue(r, 0, 0));
+    out->active_version = (uint32_t)strtoul(sv, NULL, 10);
+    count = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+    out->active_wrap_count = count;
+    PQclear(r);
+    rc = 0;
+    if (count < limit)
+        goto done;
+    claimed = claim_rotation(c, sv, limit);
+    db_release(k->db, c); /* rotation_rotate takes its own connection */
+    c = NULL;
+    if (claimed < 0)
+        return -1;
+    if (claimed == 0)
+        return 0;
+    if (rotate_for_budget(k, out->active_version, count, limit) != 0)
+        return -1;
+    out->rotated = true;
+    out->active_version = keywrap_active(k->kw);
+    out->active_wrap_count = 0;
+done:
+    db_release(k->db, c);
+    return rc;
+}

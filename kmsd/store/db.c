@@ -1,0 +1,691 @@
+/* db — libpq connection pool, prepared statements, retrying transactions. */
+#include "store/db.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+#include "deadline.h"
+#include "log.h"
+
+#define DB_BACKOFF_MIN_MS 250
+#define DB_BACKOFF_MAX_MS 5000
+#define DB_TX_ATTEMPTS 5
+#define DB_TLS_POLL_MS 100
+
+struct db_conn {
+    PGconn *pg;
+    bool busy;
+    bool broken;
+    struct db_pool *pool;
+    bool timed_out; /* the server did not answer within io_timeout_ms */
+    int io_timeout_ms;
+};
+
+struct db_pool {
+    char *conninfo;
+    char stmt_timeout[16]; /* milliseconds, as text */
+    int io_timeout_ms;
+    int connect_timeout_ms; /* the conninfo's connect_timeout, default 3 s */
+    const db_stmt_def *stmts;
+    int nstmts;
+    int acquire_timeout_ms;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    db_conn *conns;
+    int size, in_use;
+    int64_t next_connect_ms; /* shared backoff while the server is down */
+    int backoff_ms;
+
+    _Atomic uint64_t connects, connect_failures, errors, retries, timeouts;
+    /* The last statement refused for want of resources (readiness). */
+    _Atomic int64_t resource_failure_ms; /* 0 = never */
+    char resource_sqlstate[6];           /* under mu */
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+const char *db_status_name(db_status st)
+{
+    static const char *const n[] = {"ok", "not_found", "conflict", "retry",
+                                    "unavailable", "invalid", "error"};
+    return (unsigned)st < sizeof(n) / sizeof(n[0]) ? n[st] : "?";
+}
+
+db_status db_classify_sqlstate(const char *s)
+{
+    if (!s || strlen(s) != 5)
+        return DB_UNAVAILABLE;
+    if (!strcmp(s, "40001") || !strcmp(s, "40P01"))
+        return DB_RETRY;
+    if (!strcmp(s, "23505"))
+        return DB_CONFLICT;
+    if (!strncmp(s, "23", 2) || !strncmp(s, "22", 2))
+        return DB_INVALID;
+    /* 08: connection exception; 57P0x: admin/crash shutdown, cannot connect
+     * now; 57014: statement timeout; 53: insufficient resources. */
+    if (!strncmp(s, "08", 2) || !strncmp(s, "57P", 3) || !strcmp(s, "57014") ||
+        !strncmp(s, "53", 2))
+        return DB_UNAVAILABLE;
+    return DB_ERROR;
+}
+
+/* libpq enforces connect_timeout only in its blocking connect; kmsd
+ * connects without blocking, so it applies the value itself (default 3 s:
+ * a server whose address no longer answers, such as a restarted container,
+ * must not hold a request for the whole io timeout). */
+static int conninfo_connect_timeout_ms(const char *conninfo)
+{
+    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+    int ms = 3000;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (!strcmp(o->keyword, "connect_timeout") && o->val && atoi(o->val) > 0)
+            ms = atoi(o->val) * 1000;
+    PQconninfoFree(opts);
+    return ms;
+}
+
+int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_timeout_ms,
+                 int statement_timeout_ms, const db_stmt_def *stmts, int nstmts)
+{
+    db_pool *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -1;
+    p->conninfo = strdup(conninfo);
+    p->conns = calloc((size_t)size, sizeof(*p->conns));
+    if (!p->conninfo || !p->conns) {
+        free(p->conninfo);
+        free(p->conns);
+        free(p);
+        return -1;
+    }
+    snprintf(p->stmt_timeout, sizeof(p->stmt_timeout), "%d", statement_timeout_ms);
+    p->io_timeout_ms = DB_IO_TIMEOUT_DEFAULT_MS;
+    p->connect_timeout_ms = conninfo_connect_timeout_ms(conninfo);
+    for (int i = 0; i < size; i++)
+        p->conns[i].pool = p;
+    p->size = size;
+    p->stmts = stmts;
+    p->nstmts = nstmts;
+    p->acquire_timeout_ms = acquire_timeout_ms;
+    p->backoff_ms = DB_BACKOFF_MIN_MS;
+    pthread_mutex_init(&p->mu, NULL);
+    deadline_cond_init(&p->cv); /* waited on with deadline_in_ms */
+    *out = p;
+    return 0;
+}
+
+void db_pool_close(db_pool *p)
+{
+    if (!p)
+        return;
+    for (int i = 0; i < p->size; i++)
+        if (p->conns[i].pg)
+            PQfinish(p->conns[i].pg);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->conns);
+    free(p->conninfo);
+    free(p);
+}
+
+void db_first_line(const char *msg, char *buf, size_t len)
+{
+    size_t n = strcspn(msg ? msg : "", "\n");
+    if (n >= len)
+        n = len - 1;
+    memcpy(buf, msg ? msg : "", n);
+    buf[n] = 0;
+}
+
+/* Server notices ("relation already exists, skipping") go to the JSON log. */
+static void on_notice(void *arg, const char *msg)
+{
+    char line[256];
+    (void)arg;
+    db_first_line(msg, line, sizeof(line));
+    log_emit(LOG_DEBUG, "database notice", "{s:s}", "detail", line);
+}
+
+void db_pool_set_io_timeout(db_pool *p, int ms) { p->io_timeout_ms = ms > 0 ? ms : 1; }
+
+/* Wait until pg's socket is ready for events or the deadline passes:
+ * 1 ready, 0 deadline passed, -1 error (no socket). */
+static int wait_socket(PGconn *pg, short events, int64_t deadline)
+{
+    struct pollfd pfd = {.fd = PQsocket(pg), .events = events};
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        int n;
+        if (pfd.fd < 0)
+            return -1;
+        if (left <= 0)
+            return 0;
+        n = poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (n > 0)
+            return 1;
+        if (n == 0)
+            return 0;
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
+/* After a PQsend*(): flush the request and collect its results, never
+ * waiting past deadline. Like PQexec, returns the last result, or the first
+ * error; NULL with *timed_out set when the server did not answer in time
+ * (the connection is then unusable: its protocol state is mid-query). A
+ * blocking PQcancel is not attempted: it would wait on the same unanswering
+ * server (it connects to the postmaster and waits for it to close). */
+static PGresult *await_result(PGconn *pg, int64_t deadline, bool *timed_out)
+{
+    PGresult *keep = NULL, *r;
+    int w;
+    *timed_out = false;
+    for (;;) {
+        int f = PQflush(pg);
+        if (f <= 0)
+            break; /* sent, or an error PQgetResult reports */
+        w = wait_socket(pg, POLLIN | POLLOUT, deadline);
+        if (w == 0)
+            goto timeout;
+        if (w < 0 || !PQconsumeInput(pg))
+            break;
+    }
+    for (;;) {
+        while (PQisBusy(pg)) {
+            /* Under TLS, bytes already decrypted may wait in the TLS layer
+             * where poll() cannot see them (libpq's own waits check for
+             * that; its public API cannot): read again before waiting, and
+             * wait in short slices. */
+            bool tls = PQsslInUse(pg);
+            int64_t until = tls && deadline - now_ms() > DB_TLS_POLL_MS ? now_ms() + DB_TLS_POLL_MS
+                                                                       : deadline;
+            if (tls && (!PQconsumeInput(pg) || !PQisBusy(pg)))
+                break;
+            w = wait_socket(pg, POLLIN, until);
+            if (w == 0 && until == deadline)
+                goto timeout;
+            if (w < 0 || !PQconsumeInput(pg))
+                break; /* the connection failed: PQgetResult says so */
+        }
+        r = PQgetResult(pg);
+        if (!r)
+            break;
+        if (keep && PQresultStatus(keep) == PGRES_FATAL_ERROR) {
+            PQclear(r);
+        } else {
+            PQclear(keep);
+            keep = r;
+        }
+        if (PQstatus(pg) != CONNECTION_OK)
+            break;
+    }
+    return keep;
+timeout:
+    PQclear(keep);
+    *timed_out = true;
+    return NULL;
+}
+
+/* Connect without blocking past the deadline (connect_timeout has a 2 s
+ * granularity and does not cover a server that accepts but never answers). */
+static PGconn *connect_deadline(db_pool *p, int64_t deadline, char *err, size_t errlen)
+{
+    char idle[16], intvl[16], tcp_to[16];
+    const char *keys[] = {"application_name", "keepalives",       "keepalives_idle",
+                          "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                          "dbname",           NULL};
+    const char *vals[] = {"kmsd", "1", idle, intvl, "2", tcp_to, p->conninfo, NULL};
+    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+    PGconn *pg;
+    /* TCP: a vanished peer is noticed after about io_timeout_ms, by
+     * keepalives while idle (idle + 2 probes) and tcp_user_timeout while
+     * data is unacknowledged. A conninfo that sets these keys wins. */
+    snprintf(idle, sizeof(idle), "%d", p->io_timeout_ms / 2000 > 1 ? p->io_timeout_ms / 2000 : 1);
+    snprintf(intvl, sizeof(intvl), "%d", p->io_timeout_ms / 4000 > 1 ? p->io_timeout_ms / 4000 : 1);
+    snprintf(tcp_to, sizeof(tcp_to), "%d", p->io_timeout_ms);
+    pg = PQconnectStartParams(keys, vals, 1);
+    if (!pg) {
+        db_first_line("out of memory", err, errlen);
+        return NULL;
+    }
+    while (PQstatus(pg) != CONNECTION_BAD && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+        int w = wait_socket(pg, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+        if (w == 0) {
+            snprintf(err, errlen, "no connection within %d ms", p->connect_timeout_ms < p->io_timeout_ms
+                                                                   ? p->connect_timeout_ms : p->io_timeout_ms);
+            PQfinish(pg);
+            return NULL;
+        }
+        ps = w < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(pg);
+    }
+    if (PQstatus(pg) != CONNECTION_OK) {
+        db_first_line(PQerrorMessage(pg), err, errlen);
+        PQfinish(pg);
+        return NULL;
+    }
+    return pg;
+}
+
+/* kmsd's session settings, applied after connecting so that nothing in
+ * db_conninfo (options=, PGOPTIONS, ALTER ROLE ... SET) can override them:
+ * statement_timeout bounds every statement, and timestamps and text come
+ * back in the forms kmsd parses. */
+static bool apply_settings(db_pool *p, PGconn *pg, int64_t deadline, char *err, size_t errlen)
+{
+    const char *vals[1] = {p->stmt_timeout};
+    bool to = false;
+    PGresult *r = NULL;
+    if (PQsendQueryParams(pg,
+                          "SELECT set_config('statement_timeout', $1, false),"
+                          " set_config('TimeZone', 'UTC', false),"
+                          " set_config('DateStyle', 'ISO, MDY', false),"
+                          " set_config('IntervalStyle', 'postgres', false),"
+                          " set_config('client_encoding', 'UTF8', false)",
+                          1, NULL, vals, NULL, NULL, 0))
+        r = await_result(pg, deadline, &to);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        if (to)
+            snprintf(err, errlen, "no answer from the server within %d ms", p->io_timeout_ms);
+        else
+            db_first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(pg), err, errlen);
+        PQclear(r);
+        return false;
+    }
+    PQclear(r);
+    return true;
+}
+
+static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
+{
+    char dummy[256];
+    int64_t deadline = now_ms() + (p->connect_timeout_ms < p->io_timeout_ms
+                                       ? p->connect_timeout_ms : p->io_timeout_ms);
+    PGconn *pg;
+    if (!err) {
+        err = dummy;
+        errlen = sizeof(dummy);
+    }
+    pg = connect_deadline(p, deadline, err, errlen);
+    if (!pg)
+        return NULL;
+    PQsetNoticeProcessor(pg, on_notice, NULL);
+    /* Requests never block in send(); every wait is a poll with a deadline. */
+    if (PQsetnonblocking(pg, 1) != 0 ||
+        !apply_settings(p, pg, now_ms() + p->io_timeout_ms, err, errlen)) {
+        PQfinish(pg);
+        return NULL;
+    }
+    for (int i = 0; i < p->nstmts; i++) {
+        char name[16];
+        bool to = false;
+        PGresult *r = NULL;
+        snprintf(name, sizeof(name), "s%d", i);
+        if (PQsendPrepare(pg, name, p->stmts[i].sql, 0, NULL))
+            r = await_result(pg, now_ms() + p->io_timeout_ms, &to);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            char line[256];
+            db_first_line(to ? "no answer from the server in time"
+                          : r ? PQresultErrorMessage(r) : PQerrorMessage(pg),
+                          line, sizeof(line));
+            log_emit(LOG_ERROR, "prepare failed", "{s:s,s:s}", "statement", p->stmts[i].name,
+                     "error", line);
+            snprintf(err, errlen, "cannot prepare %s: %s", p->stmts[i].name, line);
+            PQclear(r);
+            PQfinish(pg);
+            return NULL;
+        }
+        PQclear(r);
+    }
+    return pg;
+}
+
+int db_wait_ready(db_pool *p, int timeout_s, char *err, size_t errlen)
+{
+    int64_t deadline = now_ms() + (int64_t)timeout_s * 1000;
+    int delay = DB_BACKOFF_MIN_MS;
+    for (;;) {
+        PGconn *pg = connect_one(p, err, errlen);
+        if (pg) {
+            PQfinish(pg);
+            return 0;
+        }
+        if (now_ms() + delay > deadline)
+            return -1;
+        log_emit(LOG_WARN, "database not reachable yet", "{s:s,s:i}", "error", err, "retry_ms",
+                 delay);
+        usleep((useconds_t)delay * 1000);
+        delay = delay * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS : delay * 2;
+    }
+}
+
+db_conn *db_acquire(db_pool *p, db_status *st)
+{
+    struct timespec dl = deadline_in_ms(p->acquire_timeout_ms);
+    db_conn *c = NULL;
+    bool need_connect;
+
+    pthread_mutex_lock(&p->mu);
+    while (p->in_use == p->size)
+        if (pthread_cond_timedwait(&p->cv, &p->mu, &dl) == ETIMEDOUT)
+            break;
+    if (p->in_use == p->size) {
+        pthread_mutex_unlock(&p->mu);
+        *st = DB_UNAVAILABLE;
+        return NULL;
+    }
+    /* Prefer a live connection; otherwise take an empty slot to connect. */
+    for (int i = 0; i < p->size && !c; i++)
+        if (!p->conns[i].busy && p->conns[i].pg)
+            c = &p->conns[i];
+    for (int i = 0; i < p->size && !c; i++)
+        if (!p->conns[i].busy)
+            c = &p->conns[i];
+    need_connect = !c->pg;
+    if (need_connect && now_ms() < p->next_connect_ms) {
+        pthread_mutex_unlock(&p->mu);
+        *st = DB_UNAVAILABLE;
+        return NULL;
+    }
+    c->busy = true;
+    c->broken = false;
+    c->timed_out = false;
+    c->io_timeout_ms = p->io_timeout_ms;
+    p->in_use++;
+    pthread_mutex_unlock(&p->mu);
+
+    if (need_connect) {
+        char err[256] = "";
+        c->pg = connect_one(p, err, sizeof(err));
+        pthread_mutex_lock(&p->mu);
+        if (c->pg) {
+            atomic_fetch_add(&p->connects, 1);
+            p->backoff_ms = DB_BACKOFF_MIN_MS;
+            p->next_connect_ms = 0;
+        } else {
+            atomic_fetch_add(&p->connect_failures, 1);
+            p->next_connect_ms = now_ms() + p->backoff_ms;
+            p->backoff_ms = p->backoff_ms * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS
+                                                                  : p->backoff_ms * 2;
+            c->busy = false;
+            p->in_use--;
+            pthread_cond_signal(&p->cv);
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (!c->pg) {
+            log_emit(LOG_WARN, "database connect failed", "{s:s}", "error", err);
+            *st = DB_UNAVAILABLE;
+            return NULL;
+        }
+    }
+    *st = DB_OK;
+    return c;
+}
+
+void db_release(db_pool *p, db_conn *c)
+{
+    if (!c)
+        return;
+    if (!c->broken && PQstatus(c->pg) == CONNECTION_OK &&
+        PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+        /* A caller left a transaction open (error path): roll it back. */
+        if (db_command(c, "ROLLBACK") != DB_OK)
+            c->broken = true;
+    }
+    if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+    }
+    pthread_mutex_lock(&p->mu);
+    if (c->timed_out) {
+        /* The server stopped answering: new connections wait out the
+         * shared backoff instead of each spending io_timeout_ms. */
+        atomic_fetch_add(&p->timeouts, 1);
+        p->next_connect_ms = now_ms() + p->backoff_ms;
+        p->backoff_ms = p->backoff_ms * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS : p->backoff_ms * 2;
+    }
+    c->busy = false;
+    p->in_use--;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+PGconn *db_pg(db_conn *c) { return c->pg; }
+
+/* Classes 53 (insufficient resources: disk full, out of memory) and 58
+ * (system error: I/O) mean the server cannot persist what it is given. */
+static void note_resource_failure(db_pool *p, const char *sqlstate)
+{
+    if (!sqlstate || strlen(sqlstate) != 5 || (strncmp(sqlstate, "53", 2) && strncmp(sqlstate, "58", 2)))
+        return;
+    pthread_mutex_lock(&p->mu);
+    memcpy(p->resource_sqlstate, sqlstate, 6);
+    atomic_store(&p->resource_failure_ms, now_ms());
+    pthread_mutex_unlock(&p->mu);
+}
+
+bool db_last_resource_failure(db_pool *p, int64_t *ago_ms, char sqlstate[6])
+{
+    int64_t at = atomic_load(&p->resource_failure_ms);
+    if (!at)
+        return false;
+    pthread_mutex_lock(&p->mu);
+    memcpy(sqlstate, p->resource_sqlstate, 6);
+    pthread_mutex_unlock(&p->mu);
+    *ago_ms = now_ms() - at;
+    return true;
+}
+
+static db_status classify_result(db_conn *c, PGresult *r, bool timed_out)
+{
+    db_status st;
+    const char *sqlstate;
+    if (r && (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK))
+        return DB_OK;
+    sqlstate = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    note_resource_failure(c->pool, sqlstate);
+    st = db_classify_sqlstate(sqlstate);
+    if (timed_out) {
+        c->timed_out = true;
+        c->broken = true;
+        st = DB_UNAVAILABLE;
+        log_emit(LOG_WARN, "database did not answer in time; connection dropped", "{s:i}",
+                 "io_timeout_ms", c->io_timeout_ms);
+        return st;
+    }
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        c->broken = true;
+        st = DB_UNAVAILABLE;
+    }
+    if (st == DB_ERROR || st == DB_UNAVAILABLE) {
+        char line[256];
+        db_first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(c->pg), line, sizeof(line));
+        log_emit(st == DB_ERROR ? LOG_ERROR : LOG_WARN, "database error", "{s:s,s:s}", "error",
+                 line, "class", db_status_name(st));
+    }
+    return st;
+}
+
+PGresult *db_exec(db_conn *c, int stmt, int nparams, const char *const *values, const int *lengths,
+                  const int *formats, db_status *st)
+{
+    /* The statement's server-side name is its index; see connect_one(). */
+    PGresult *r = NULL;
+    bool to = false;
+    char name[16];
+    snprintf(name, sizeof(name), "s%d", stmt);
+    if (PQsendQueryPrepared(c->pg, name, nparams, values, lengths, formats, 0))
+        r = await_result(c->pg, now_ms() + c->io_timeout_ms, &to);
+    *st = classify_result(c, r, to);
+    if (*st != DB_OK) {
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+PGresult *db_exec_params(db_conn *c, const char *sql, int nparams, const char *const *values,
+                         db_status *st)
+{
+    PGresult *r = NULL;
+    bool to = false;
+    if (PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0))
+        r = await_result(c->pg, now_ms() + c->io_timeout_ms, &to);
+    *st = classify_result(c, r, to);
+    if (*st != DB_OK) {
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+PGresult *db_query(db_pool *p, int stmt, int nparams, const char *const *values,
+                   const int *lengths, const int *formats, db_status *st)
+{
+    db_conn *c = db_acquire(p, st);
+    PGresult *r;
+    if (!c)
+        return NULL;
+    r = db_exec(c, stmt, nparams, values, lengths, formats, st);
+    db_release(p, c);
+    return r;
+}
+
+db_status db_command(db_conn *c, const char *sql)
+{
+    PGresult *r = NULL;
+    bool to = false;
+    db_status st;
+    if (PQsendQuery(c->pg, sql))
+        r = await_result(c->pg, now_ms() + c->io_timeout_ms, &to);
+    st = classify_result(c, r, to);
+    PQclear(r);
+    return st;
+}
+
+static void jitter_sleep(int attempt)
+{
+    uint8_t b = 0;
+    RAND_bytes(&b, 1);
+    usleep((useconds_t)((1 << attempt) * 1000 + b * 20));
+}
+
+db_status db_tx(db_pool *p, db_tx_fn fn, void *arg)
+{
+    db_status st = DB_ERROR;
+    bool reconnected = false;
+    for (int attempt = 0; attempt < DB_TX_ATTEMPTS; attempt++) {
+        bool commit_sent = false, timed_out;
+        db_conn *c = db_acquire(p, &st);
+        if (!c)
+            return st;
+        st = db_command(c, "BEGIN");
+        if (st == DB_OK)
+            st = fn(c, arg);
+        if (st == DB_OK) {
+            commit_sent = true;
+            st = db_command(c, "COMMIT");
+        }
+        if (st != DB_OK && !c->broken)
+            db_command(c, "ROLLBACK");
+        timed_out = c->timed_out;
+        db_release(p, c);
+        if (st == DB_RETRY) {
+            atomic_fetch_add(&p->retries, 1);
+            jitter_sleep(attempt);
+            continue;
+        }
+        /* A connection that died before COMMIT left nothing behind; one more
+         * try on a fresh connection covers a server restart between requests.
+         * After COMMIT was sent the outcome is unknown, so we do not retry;
+         * nor after a server that did not answer at all (it would double the
+         * wait of a request that already waited io_timeout_ms). */
+        if (st == DB_UNAVAILABLE && !commit_sent && !reconnected && !timed_out) {
+            reconnected = true;
+            atomic_fetch_add(&p->retries, 1);
+            continue;
+        }
+        break;
+    }
+    if (st != DB_OK)
+        atomic_fetch_add(&p->errors, 1);
+    return st;
+}
+
+db_status db_ping(db_pool *p)
+{
+    db_status st;
+    db_conn *c = db_acquire(p, &st);
+    if (!c)
+        return st;
+    st = db_command(c, "SELECT 1");
+    db_release(p, c);
+    return st;
+}
+
+void db_stats_get(db_pool *p, db_stats *s)
+{
+    pthread_mutex_lock(&p->mu);
+    s->size = p->size;
+    s->in_use = p->in_use;
+    pthread_mutex_unlock(&p->mu);
+    s->connects = atomic_load(&p->connects);
+    s->connect_failures = atomic_load(&p->connect_failures);
+    s->errors = atomic_load(&p->errors);
+    s->retries = atomic_load(&p->retries);
+    s->timeouts = atomic_load(&p->timeouts);
+}
+
+void db_metrics_render(void *pool, FILE *f)
+{
+    db_pool *p = pool;
+    db_stats ds;
+    db_stats_get(p, &ds);
+    fprintf(f,
+            "# HELP qkms_db_pool_size PostgreSQL connections in the pool.\n"
+            "# TYPE qkms_db_pool_size gauge\nqkms_db_pool_size %d\n"
+            "# HELP qkms_db_pool_in_use PostgreSQL connections lent out now.\n"
+            "# TYPE qkms_db_pool_in_use gauge\nqkms_db_pool_in_use %d\n"
+            "# HELP qkms_db_connects_total Successful PostgreSQL connects.\n"
+            "# TYPE qkms_db_connects_total counter\nqkms_db_connects_total %llu\n"
+            "# HELP qkms_db_connect_failures_total Failed PostgreSQL connects.\n"
+            "# TYPE qkms_db_connect_failures_total counter\nqkms_db_connect_failures_total %llu\n"
+            "# HELP qkms_db_tx_errors_total Transactions that failed after retries.\n"
+            "# TYPE qkms_db_tx_errors_total counter\nqkms_db_tx_errors_total %llu\n"
+            "# HELP qkms_db_tx_retries_total Transactions run again (serialization, reconnect).\n"
+            "# TYPE qkms_db_tx_retries_total counter\nqkms_db_tx_retries_total %llu\n"
+            "# HELP qkms_db_timeouts_total Connections dropped because PostgreSQL did not answer"
+            " within db_io_timeout_ms.\n"
+            "# TYPE qkms_db_timeouts_total counter\nqkms_db_timeouts_total %llu\n",
+            ds.size, ds.in_use, (unsigned long long)ds.connects,
+            (unsigned long long)ds.connect_failures, (unsigned long long)ds.errors,
+            (unsigned long long)ds.retries, (unsigned long long)ds.timeouts);
+
+}
+
+qk_kind db_fail(qk_err *e, db_status st)
+{
+    if (st == DB_UNAVAILABLE || st == DB_RETRY) {
+        qk_fail(e, QK_UNAVAILABLE, "unavailable", "database unavailable, retry later");
+        if (e)
+            e->retry_after = 1;
+        return QK_UNAVAILABLE;
+    }
+    return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+}

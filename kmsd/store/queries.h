@@ -1,0 +1,227 @@
+/*
+ * queries — every SQL statement kmsd runs on the request path, prepared on
+ * each pooled connection. Parameters only; no SQL is ever built from input.
+ * Q_* is the statement's index (and, as "s<index>", its prepared name).
+ */
+#ifndef QKMS_QUERIES_H
+#define QKMS_QUERIES_H
+
+#include "store/db.h"
+
+#define QKMS_QUERIES(X)                                                                         \
+    X(Q_SCHEMA_VERSION, "SELECT coalesce(max(version), 0) FROM qkms_schema_migrations")        \
+    X(Q_READINESS_PROBE, "UPDATE readiness_probe SET probed_at = now() WHERE one")             \
+    X(Q_MASTER_LIST,                                                                           \
+      "SELECT version, label, kcv, state FROM master_keys WHERE state <> 'destroyed' "         \
+      "ORDER BY version")                                                                      \
+    X(Q_MASTER_INSERT,                                                                         \
+      "INSERT INTO master_keys (version, label, kcv, state) VALUES ($1::int, $2, $3, 'active')") \
+    X(Q_TOKEN_AUTH,                                                                            \
+      "WITH t AS (SELECT id, name, role, token_hash FROM admin_tokens"                         \
+      "  WHERE token_hash = $1 AND revoked_at IS NULL"                                         \
+      "  AND (expires_at IS NULL OR expires_at > now())),"                                     \
+      " u AS (UPDATE admin_tokens a SET last_used_at = now() FROM t WHERE a.id = t.id"         \
+      "  AND (a.last_used_at IS NULL OR a.last_used_at < now() - interval '60 seconds'))"      \
+      " SELECT id, name, role, token_hash FROM t")                                             \
+    X(Q_TOKEN_INSERT,                                                                          \
+      "INSERT INTO admin_tokens (name, role, token_hash, created_by, expires_at)"              \
+      " VALUES ($1, $2, $3, $4, CASE WHEN $5::int IS NULL THEN NULL"                           \
+      "  ELSE now() + make_interval(days => $5::int) END)"                                     \
+      " RETURNING created_at,"    \
+      "  expires_at")             \
+    X(Q_TOKEN_LIST,                                                                            \
+      "SELECT name, role,"                                                                     \
+      " CASE WHEN revoked_at IS NOT NULL THEN 'revoked'"                                       \
+      "  WHEN expires_at IS NOT NULL AND expires_at <= now() THEN 'expired' ELSE 'active' END," \
+      " created_at,"              \
+      " expires_at,"              \
+      " last_used_at,"            \
+      " revoked_at, created_by"   \
+      " FROM admin_tokens ORDER BY created_at, id")                                            \
+    X(Q_TOKEN_REVOKE,                                                                          \
+      "UPDATE admin_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL"      \
+      " RETURNING revoked_at")    \
+    X(Q_TOKEN_BY_HASH, "SELECT name, revoked_at IS NOT NULL FROM admin_tokens WHERE token_hash = $1") \
+    X(Q_TOKEN_LIVE_NAME, "SELECT 1 FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")  \
+    X(Q_TOKEN_NAME_EVER, "SELECT 1 FROM admin_tokens WHERE name = $1 LIMIT 1")                 \
+    X(Q_TOKEN_COUNT, "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")             \
+    X(Q_AUDIT_APPEND,                                                                          \
+      "INSERT INTO audit_log (actor, event, device_id, detail) VALUES ($1, $2, $3, $4::jsonb)") \
+    X(Q_AUDIT_APPEND_MANY,                                                                     \
+      "INSERT INTO audit_log (actor, event, device_id, detail)"                                \
+      " SELECT $1, $2, u.d, u.j::jsonb FROM unnest($3::text[], $4::text[]) AS u(d, j)")        \
+    X(Q_DEVTYPE_LIST, "SELECT name FROM device_types ORDER BY name")                           \
+    X(Q_DEVTYPE_INSERT, "INSERT INTO device_types (name) VALUES ($1)")                         \
+    X(Q_DEVICE_PARENTS,                                                                        \
+      "SELECT device_id, type, state FROM devices WHERE device_id = ANY($1::text[])")          \
+    X(Q_DEVICE_INSERT_MANY,                                                                    \
+      "INSERT INTO devices (device_id, type, group_label, parent_id)"                          \
+      " SELECT u.device_id, u.type, u.grp, p.id"                                               \
+      " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(device_id, type, grp, parent)" \
+      " LEFT JOIN devices p ON p.device_id = u.parent"                                         \
+      " ON CONFLICT (device_id) DO NOTHING RETURNING device_id")                               \
+    X(Q_DEVKEY_INSERT_MANY,                                                                    \
+      "INSERT INTO device_keys (device_pk, key_index, algorithm, wrapped, master_version,"     \
+      " provenance, not_before, not_after)"                                                    \
+      " SELECT d.id, u.idx, u.alg, decode(u.wrapped, 'hex'), u.mv, u.prov, now(),"             \
+      " now() + make_interval(days => u.days)"                                                 \
+      " FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[])" \
+      "  AS u(device_id, idx, alg, wrapped, mv, prov, days)"                                   \
+      " JOIN devices d ON d.device_id = u.device_id")                                          \
+    X(Q_DEVICE_GET,                                                                            \
+      "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
+      " d.updated_at, d.revoked_at FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"   \
+      " WHERE d.device_id = $1")                                                               \
+    X(Q_DEVICE_LOCK, "SELECT id, state, type, group_label FROM devices WHERE device_id = $1 FOR UPDATE") \
+    X(Q_DEVICE_KEYS,                                                                           \
+      "SELECT k.key_index, k.algorithm, k.state, k.not_after <= now(), k.not_before,"          \
+      " k.not_after, k.retire_at, k.exported_at, k.export_count, k.master_version,"            \
+      " k.provenance, encode(k.wrapped, 'hex'), k.created_at"                                  \
+      " FROM device_keys k JOIN devices d ON d.id = k.device_pk"                               \
+      " WHERE d.device_id = $1 ORDER BY k.key_index")                                          \
+    X(Q_DEVICE_SET_STATE,                                                                      \
+      "UPDATE devices SET state = $2, updated_at = now(),"                                     \
+      " revoked_at = CASE WHEN $2 = 'revoked' THEN now() ELSE revoked_at END WHERE id = $1")   \
+    X(Q_DEVKEY_DESTROY_ALL,                                                                    \
+      "UPDATE device_keys SET state = 'destroyed', wrapped = NULL, master_version = NULL,"      \
+      " destroyed_at = now(), retire_at = NULL WHERE device_pk = $1 AND state <> 'destroyed'"  \
+      " RETURNING key_index")                                                                  \
+    X(Q_DEVKEY_MAX_INDEX,                                                                      \
+      "SELECT coalesce(max(k.key_index), -1) FROM device_keys k JOIN devices d"                \
+      " ON d.id = k.device_pk WHERE d.device_id = $1")                                         \
+    X(Q_DEVKEY_SCHEDULE_RETIRE,                                                                \
+      "UPDATE device_keys SET retire_at = now() + make_interval(days => $2::int)"              \
+      " WHERE device_pk = $1 AND state = 'active' AND retire_at IS NULL RETURNING key_index")  \
+    X(Q_DEVKEY_INSERT_ONE,                                                                     \
+      "INSERT INTO device_keys (device_pk, key_index, algorithm, wrapped, master_version,"     \
+      " provenance, not_before, not_after) VALUES ($1, $2, $3, decode($4, 'hex'), $5, $6,"     \
+      " now(), now() + make_interval(days => $7::int))")                                       \
+    X(Q_DEVKEY_MARK_EXPORTED,                                                                  \
+      "UPDATE device_keys SET exported_at = now(), export_count = export_count + 1"            \
+      " WHERE device_pk = $1 AND key_index = ANY($2::int[])")                                  \
+    X(Q_DEVICE_LIST,                                                                           \
+      "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
+      " d.updated_at, d.revoked_at,"                                                           \
+      " (SELECT count(*) FROM device_keys k WHERE k.device_pk = d.id AND k.state = 'active'"   \
+      "   AND k.not_after > now()),"                                                           \
+      " (SELECT min(k.not_after) FROM device_keys k WHERE k.device_pk = d.id"                  \
+      "   AND k.state = 'active' AND k.not_after > now())"                                     \
+      " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
+      " WHERE ($1::text IS NULL OR d.type = $1) AND ($2::text IS NULL OR d.group_label = $2)"  \
+      " AND ($3::text IS NULL OR d.state = $3)"                                                \
+      " AND ($4::int IS NULL OR EXISTS (SELECT 1 FROM device_keys k WHERE k.device_pk = d.id"  \
+      "   AND k.state = 'active' AND k.not_after > now()"                                      \
+      "   AND k.not_after <= now() + make_interval(days => $4::int)))"                         \
+      " AND ($5::text IS NULL OR d.device_id > $5)"                                            \
+      " ORDER BY d.device_id LIMIT $6::int")                                                   \
+    X(Q_KEYS_RETIRE_DUE,                                                                       \
+      "UPDATE device_keys k SET state = 'retired', retired_at = now(), retire_at = NULL"       \
+      " FROM devices d WHERE d.id = k.device_pk AND k.state = 'active' AND k.retire_at <= now()" \
+      " RETURNING d.device_id, k.key_index")                                                   \
+    X(Q_EXPIRY_WARN,                                                                           \
+      "WITH due AS (SELECT d.id, d.device_id, min(k.not_after) AS first"                       \
+      "  FROM devices d JOIN device_keys k ON k.device_pk = d.id"                              \
+      "  WHERE d.state <> 'revoked' AND k.state = 'active' AND k.not_after > now()"            \
+      "  AND k.not_after <= now() + make_interval(days => $1::int)"                            \
+      "  AND (d.expiry_warned_at IS NULL OR d.expiry_warned_at < now() - interval '1 day')"    \
+      "  GROUP BY d.id, d.device_id LIMIT 1000)"                                               \
+      " UPDATE devices d SET expiry_warned_at = now() FROM due WHERE d.id = due.id"            \
+      " RETURNING due.device_id, due.first")                                                   \
+    X(Q_KEYS_EXPIRING_COUNT,                                                                   \
+      "SELECT count(*) FROM device_keys WHERE state = 'active' AND not_after > now()"          \
+      " AND not_after <= now() + make_interval(days => $1::int)")                              \
+    X(Q_DEVICE_COUNTS, "SELECT state, count(*) FROM devices GROUP BY state")                 \
+    X(Q_DEVKEY_FOR_AUTH,                                                                       \
+      "SELECT d.id, d.state, k.algorithm, encode(k.wrapped, 'hex'), k.state,"                 \
+      " floor(extract(epoch FROM k.not_before))::bigint,"                                      \
+      " floor(extract(epoch FROM k.not_after))::bigint"                                        \
+      " FROM devices d JOIN device_keys k ON k.device_pk = d.id"                               \
+      " WHERE d.device_id = $1 AND k.key_index = $2::int")                                     \
+    X(Q_SESSION_KEY,                                                                           \
+      "SELECT outcome, out_key_id, out_key_bits, encode(out_wrapped, 'hex'), out_expires,"     \
+      " out_policy, out_delivery, out_created, encode(out_hash, 'hex')"                        \
+      " FROM qkms_session_key($1::bigint, $2::int, $3::bytea, $13::bigint, $14::int,"          \
+      " $4::bytea, $15::bytea, $5, $6, $7::boolean, $8::uuid, decode($9, 'hex'), $10::int,"    \
+      " $11, $12::int)")                                                                       \
+    X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
+      " $6::int, $4::bytea, $7::bytea)")                                                       \
+    X(Q_SESSION_REAP, "SELECT qkms_session_reap($1::int, $2::int, $3::int)")                  \
+    X(Q_SESSIONS_LIST,                                                                         \
+      "SELECT s.session_id, s.key_id, i.device_id, r.device_id, s.policy, s.delivery,"         \
+      " s.key_bits, s.created_at, s.last_used_at, s.expires_at, s.idle_timeout_s,"             \
+      " s.initiator_delivered_at, s.responder_delivered_at, s.provenance,"                     \
+      " CASE WHEN s.initiator_delivered_at IS NOT NULL AND s.responder_delivered_at IS NOT NULL" \
+      "  THEN 'active' ELSE 'pending' END"                                                     \
+      " FROM sessions s JOIN devices i ON i.id = s.initiator JOIN devices r ON r.id = s.responder" \
+      " WHERE ($1::text IS NULL OR i.device_id = $1 OR r.device_id = $1)"                      \
+      " AND ($2::text IS NULL OR s.session_id = $2)"                                           \
+      " AND ($4::text IS NULL OR ($4 = 'active') = (s.initiator_delivered_at IS NOT NULL"      \
+      "  AND s.responder_delivered_at IS NOT NULL))"                                           \
+      " ORDER BY s.id DESC LIMIT $3::int")                                                     \
+    X(Q_TOMBSTONES_LIST,                                                                       \
+      "SELECT encode(session_hash, 'hex'), key_id, initiator, responder, created_at, ended_at, reason" \
+      " FROM session_tombstones WHERE ($1::text IS NULL OR initiator = $1 OR responder = $1)"  \
+      " AND ($2::bytea IS NULL OR session_hash = $2 OR session_hash = $4::bytea)"              \
+      " ORDER BY ended_at DESC LIMIT $3::int")                                                 \
+    X(Q_SESSION_END_OPERATOR,                                                                  \
+      "SELECT qkms_session_destroy(id, 'ended_by_operator', $2) FROM sessions"                 \
+      " WHERE session_hash = $1::bytea OR session_hash = $3::bytea")                           \
+    X(Q_SESSIONS_END_FOR_DEVICE,                                                               \
+      "SELECT count(*) FROM (SELECT qkms_session_destroy(id, 'revoked', $2) FROM sessions"     \
+      " WHERE initiator = $1::bigint OR responder = $1::bigint) AS ended")                     \
+    X(Q_SESSIONS_OPEN_COUNT, "SELECT count(*) FROM sessions")                                  \
+    X(Q_POLICY_LIST,                                                                           \
+      "SELECT name, type_a, type_b, group_a, group_b, key_bits, idle_timeout_s, max_lifetime_s," \
+      " delivery, created_at, created_by FROM pairing_policies ORDER BY name")                 \
+    X(Q_POLICY_INSERT,                                                                         \
+      "INSERT INTO pairing_policies (name, type_a, type_b, group_a, group_b, key_bits,"        \
+      " idle_timeout_s, max_lifetime_s, delivery, created_by)"                                 \
+      " VALUES ($1, $2, $3, $4, $5, $6::int, $7::int, $8::int, $9, $10)")                      \
+    X(Q_POLICY_DELETE, "DELETE FROM pairing_policies WHERE name = $1 RETURNING name")          \
+    X(Q_MASTER_MAX, "SELECT coalesce(max(version), 0) FROM master_keys")                       \
+    X(Q_MASTER_RETIRE_ACTIVE,                                                                  \
+      "UPDATE master_keys SET state = 'retired', retired_at = now() WHERE state = 'active'"    \
+      " RETURNING version")                                                                    \
+    X(Q_MASTER_STATUS,                                                                         \
+      "SELECT m.version, m.label, m.state, m.created_at, m.retired_at,"                        \
+      " (SELECT count(*) FROM device_keys k WHERE k.master_version = m.version),"              \
+      " (SELECT count(*) FROM sessions s WHERE s.master_version = m.version)"                  \
+      " FROM master_keys m ORDER BY m.version")                                                \
+    X(Q_REWRAP_DEVKEYS,                                                                        \
+      "SELECT d.device_id, k.device_pk, k.key_index, k.algorithm, encode(k.wrapped, 'hex'),"   \
+      " k.master_version FROM device_keys k JOIN devices d ON d.id = k.device_pk"              \
+      " WHERE k.master_version < $1::int AND k.wrapped IS NOT NULL LIMIT $2::int")             \
+    X(Q_REWRAP_DEVKEY_SET,                                                                     \
+      "UPDATE device_keys SET wrapped = decode($4, 'hex'), master_version = $5::int"           \
+      " WHERE device_pk = $1::bigint AND key_index = $2::int AND master_version = $3::int")    \
+    X(Q_REWRAP_SESSIONS,                                                                       \
+      "SELECT id, encode(session_hash, 'hex'), key_id, encode(wrapped_key, 'hex'),"            \
+      " master_version FROM sessions WHERE master_version < $1::int LIMIT $2::int")            \
+    X(Q_REWRAP_SESSION_SET,                                                                    \
+      "UPDATE sessions SET wrapped_key = decode($3, 'hex'), master_version = $4::int"          \
+      " WHERE id = $1::bigint AND master_version = $2::int")                                   \
+    X(Q_MASTER_DESTROYABLE,                                                                    \
+      "SELECT version, label FROM master_keys m WHERE state = 'retired'"                       \
+      " AND retired_at < now() - make_interval(secs => $1::int)"                               \
+      " AND NOT EXISTS (SELECT 1 FROM device_keys k WHERE k.master_version = m.version)"       \
+      " AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.master_version = m.version)"          \
+      " AND NOT EXISTS (SELECT 1 FROM session_hash_key h WHERE h.master_version = m.version)"  \
+      " ORDER BY version LIMIT 1 FOR UPDATE OF m")                                             \
+    X(Q_SIDKEY_GET, "SELECT encode(wrapped, 'hex'), master_version FROM session_hash_key")    \
+    X(Q_SIDKEY_INSERT,                                                                         \
+      "INSERT INTO session_hash_key (wrapped, master_version) VALUES (decode($1, 'hex'),"       \
+      " $2::int) ON CONFLICT DO NOTHING")                                                      \
+    X(Q_SIDKEY_REWRAP_SET,                                                                     \
+      "UPDATE session_hash_key SET wrapped = decode($1, 'hex'), master_version = $2::int"      \
+      " WHERE master_version = $3::int")                                                       \
+    X(Q_MASTER_MARK_DESTROYED,                                                                 \
+      "UPDATE master_keys SET state = 'destroyed' WHERE version = $1::int AND state = 'retired'" \
+      " RETURNING version")
+
+#define QKMS_Q_ENUM(id, sql) id,
+typedef enum { QKMS_QUERIES(QKMS_Q_ENUM) Q__COUNT } query_id;
+#undef QKMS_Q_ENUM
+
+extern const db_stmt_def queries[Q__COUNT];
+
+#endif
