@@ -12,14 +12,13 @@
 #include "exitcodes.h"
 #include "output.h"
 #include "version.h"
-#include "wipegrow.h"
+#include "qbuf.h"
 
 /* Admin responses are small; a bigger one means something is wrong. */
 #define RESPONSE_MAX (8u * 1024 * 1024)
 
 struct buffer {
-    char *data;
-    size_t len, cap;
+    qbuf *q; /* bounded by RESPONSE_MAX; may hold tokens or device keys */
     bool too_large;
 };
 
@@ -27,17 +26,10 @@ static size_t on_body(char *chunk, size_t size, size_t nmemb, void *userdata)
 {
     struct buffer *b = userdata;
     size_t n = size * nmemb;
-    if (n > RESPONSE_MAX - b->len) {
+    int r = qbuf_put(b->q, chunk, n); /* wipes the old block as it grows */
+    if (r == QBUF_E_LIMIT)
         b->too_large = true;
-        return 0; /* makes curl fail with CURLE_WRITE_ERROR */
-    }
-    /* The old block may hold tokens or device keys. */
-    if (qkms_grow_wiped(&b->data, &b->cap, b->len, b->len + n + 1, 4096) != 0)
-        return 0;
-    memcpy(b->data + b->len, chunk, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return n;
+    return r == QBUF_OK ? n : 0; /* 0 makes curl fail with CURLE_WRITE_ERROR */
 }
 
 int client_global_init(void)
@@ -142,7 +134,8 @@ static int classify(const struct kmsctl_ctx *ctx, long status, const struct buff
 {
     json_error_t jerr;
     /* Without JSON_DECODE_ANY jansson accepts only an object or array. */
-    json_t *body = b->len ? json_loadb(b->data, b->len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
+    size_t len = qbuf_len(b->q);
+    json_t *body = len ? json_loadb(qbuf_str(b->q), len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
     int rc;
 
     if (status >= 200 && status < 300) {
@@ -150,7 +143,7 @@ static int classify(const struct kmsctl_ctx *ctx, long status, const struct buff
             *out = body;
             return EXIT_OK;
         }
-        if (empty_ok && b->len == 0) {
+        if (empty_ok && len == 0) {
             if (!(*out = json_object())) {
                 out_error("out of memory");
                 return EXIT_INTERNAL;
@@ -196,6 +189,8 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
         goto cleanup;
 
     rc = EXIT_INTERNAL;
+    if (!(resp.q = qbuf_new(RESPONSE_MAX, 0)))
+        goto oom;
     if (asprintf(&url, "%s%s", ctx->addr, path) < 0) {
         url = NULL;
         goto oom;
@@ -268,7 +263,7 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
     if (ctx->verbose) {
         long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
-        out_note("< HTTP %ld, %zu bytes, %ld ms", status, resp.len, ms);
+        out_note("< HTTP %ld, %zu bytes, %ld ms", status, qbuf_len(resp.q), ms);
     }
     rc = classify(ctx, status, &resp, empty_ok, out);
     goto cleanup;
@@ -290,9 +285,7 @@ cleanup:
     free(url);
     /* Responses may carry tokens or device keys (`device fill --plaintext`):
      * the whole block, not just what was filled. */
-    if (resp.data)
-        OPENSSL_cleanse(resp.data, resp.cap);
-    free(resp.data);
+    qbuf_free(resp.q);
     return rc;
 }
 

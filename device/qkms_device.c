@@ -11,6 +11,7 @@
 #include <openssl/rand.h>
 
 #include "hexutil.h"
+#include "qbuf.h"
 #include "kcv.h"
 
 #define FILL_FORMAT "qkms-fill/1"
@@ -68,53 +69,41 @@ static void wipe_json(json_t *v)
     }
 }
 
-/* Bounded appends; overflow sticks and is checked once at the end. */
-struct sb {
-    char *buf;
-    size_t cap, len;
-    bool overflow;
-};
-
-static void sb_raw(struct sb *b, const char *s, size_t n)
-{
-    if (b->overflow || n >= b->cap - b->len) {
-        b->overflow = true;
-        return;
-    }
-    memcpy(b->buf + b->len, s, n);
-    b->len += n;
-    b->buf[b->len] = 0;
-}
-
-static void sb_str(struct sb *b, const char *s)
-{
-    sb_raw(b, s, strlen(s));
-}
-
-static void sb_i64(struct sb *b, int64_t v)
-{
-    char num[24];
-    int n = snprintf(num, sizeof(num), "%lld", (long long)v);
-    sb_raw(b, num, (size_t)n);
-}
+/* Writers append to a qbuf (common/qbuf.h: bounded, wiped on free) and
+ * OR their results, so a request is checked for overflow once at the end. */
+static int qb_i64(qbuf *b, int64_t v) { return qbuf_putf(b, "%lld", (long long)v); }
 
 /* A JSON string literal of an ID (qkd_json_id's rule). */
-static void sb_id(struct sb *b, const char *id)
+static int qb_id(qbuf *b, const char *id)
 {
-    sb_raw(b, "\"", 1);
-    for (const char *p = id; *p; p++)
-        sb_raw(b, *p == '"' ? "\\\"" : p, *p == '"' ? 2 : 1);
-    sb_raw(b, "\"", 1);
+    int r = qbuf_put_u8(b, '"');
+    for (const char *p = id; *p && r == QBUF_OK; p++)
+        r = *p == '"' ? qbuf_put(b, "\\\"", 2) : qbuf_put_u8(b, (uint8_t)*p);
+    return r != QBUF_OK ? r : qbuf_put_u8(b, '"');
+}
+
+/* Copy b (and its NUL) into out of cap bytes; its length, or -1. */
+static int qb_copy_out(const qbuf *b, char *out, size_t cap)
+{
+    if (qbuf_len(b) >= cap)
+        return -1;
+    memcpy(out, qbuf_str(b), qbuf_len(b) + 1);
+    return (int)qbuf_len(b);
 }
 
 int qkd_json_id(const char *id, char *out, size_t cap)
 {
-    struct sb b = {out, cap, 0, false};
+    qbuf *b;
+    int n = -1;
     if (!qkp_id_valid(id) || cap == 0)
         return -1;
     out[0] = 0;
-    sb_id(&b, id);
-    return b.overflow ? -1 : (int)b.len;
+    if (!(b = qbuf_new(cap, 0)))
+        return -1;
+    if (qb_id(b, id) == QBUF_OK)
+        n = qb_copy_out(b, out, cap);
+    qbuf_free(b);
+    return n;
 }
 
 /* ---- time ---------------------------------------------------------------- */
@@ -367,14 +356,17 @@ static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
     const qkd_key *k = qkd_device_key(d, key_index);
     /* Inner plaintext at most ~600 bytes here (two escaped IDs); the
      * protocol's limit is QKP_MAX_PLAINTEXT. */
-    char pt[QKP_MAX_PLAINTEXT], aad[QKP_MAX_AAD];
+    char aad[QKP_MAX_AAD];
     uint8_t ct[QKP_MAX_PLAINTEXT + QKP_TAG_LEN];
     char ct_b64[QKP_B64URL_LEN(sizeof(ct))];
-    struct sb in = {pt, sizeof(pt), 0, false}, body;
-    int aad_len, rc = QKD_ERR_INPUT;
+    qbuf *in = qbuf_new(QKP_MAX_PLAINTEXT, QBUF_SECURE), *body = qbuf_new(sizeof(r->body), 0);
+    int aad_len, w, rc = QKD_ERR_INPUT;
 
     memset(r, 0, sizeof(*r));
-    pt[0] = 0;
+    if (!in || !body) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "out of memory");
+        goto cleanup;
+    }
     if (!d || !k) {
         rc = fail(QKD_ERR_INPUT, err, errlen, "the device has no key with index %d", key_index);
         goto cleanup;
@@ -415,49 +407,42 @@ static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
     qkp_b64url_encode(r->nonce, QKP_NONCE_LEN, r->nonce_b64);
 
     /* The canonical inner request: fixed field order, no spaces. */
-    sb_str(&in, "{\"session_id\":");
-    sb_id(&in, session_id);
-    if (op == QKD_OP_KEY) {
-        sb_str(&in, ",\"peer_id\":");
-        sb_id(&in, peer_id);
-    }
-    sb_str(&in, ",\"ts\":");
-    sb_i64(&in, ts);
+    w = qbuf_put_str(in, "{\"session_id\":") | qb_id(in, session_id);
+    if (op == QKD_OP_KEY)
+        w |= qbuf_put_str(in, ",\"peer_id\":") | qb_id(in, peer_id);
+    w |= qbuf_put_str(in, ",\"ts\":") | qb_i64(in, ts);
     if (op == QKD_OP_KEY && delivered)
-        sb_str(&in, ",\"delivery\":\"delivered\"");
-    sb_str(&in, "}");
+        w |= qbuf_put_str(in, ",\"delivery\":\"delivered\"");
+    w |= qbuf_put_str(in, "}");
     aad_len = qkp_request_aad(opname, d->device_id, key_index, aad, sizeof(aad));
-    if (in.overflow || aad_len < 0) {
+    if (w != QBUF_OK || aad_len < 0) {
         rc = fail(QKD_ERR_INTERNAL, err, errlen, "request does not fit its buffers");
         goto cleanup;
     }
-    if (qkp_seal(k->key, k->len, r->nonce, aad, (size_t)aad_len, (const uint8_t *)pt, in.len,
+    if (qkp_seal(k->key, k->len, r->nonce, aad, (size_t)aad_len, qbuf_ptr(in), qbuf_len(in),
                  ct) != 0) {
         rc = fail(QKD_ERR_INTERNAL, err, errlen, "AES-GCM encryption failed");
         goto cleanup;
     }
-    qkp_b64url_encode(ct, in.len + QKP_TAG_LEN, ct_b64);
+    qkp_b64url_encode(ct, qbuf_len(in) + QKP_TAG_LEN, ct_b64);
 
-    body = (struct sb){r->body, sizeof(r->body), 0, false};
-    sb_str(&body, "{\"v\":1,\"device_id\":");
-    sb_id(&body, d->device_id);
-    sb_str(&body, ",\"key_index\":");
-    sb_i64(&body, key_index);
-    sb_str(&body, ",\"nonce\":\"");
-    sb_str(&body, r->nonce_b64);
-    sb_str(&body, "\",\"ct\":\"");
-    sb_str(&body, ct_b64);
-    sb_str(&body, "\"}");
-    if (body.overflow) {
+    w = qbuf_put_str(body, "{\"v\":1,\"device_id\":") | qb_id(body, d->device_id);
+    w |= qbuf_put_str(body, ",\"key_index\":") | qb_i64(body, key_index);
+    w |= qbuf_put_str(body, ",\"nonce\":\"") | qbuf_put_str(body, r->nonce_b64);
+    w |= qbuf_put_str(body, "\",\"ct\":\"") | qbuf_put_str(body, ct_b64);
+    w |= qbuf_put_str(body, "\"}");
+    if (w != QBUF_OK || qb_copy_out(body, r->body, sizeof(r->body)) < 0) {
         rc = fail(QKD_ERR_INTERNAL, err, errlen, "request body too large");
         goto cleanup;
     }
-    r->body_len = body.len;
+    r->body_len = qbuf_len(body);
     rc = QKD_OK;
 
 cleanup:
-    /* The plaintext names session and peer: confidential by the protocol. */
-    OPENSSL_cleanse(pt, sizeof(pt));
+    /* The plaintext names session and peer: confidential by the protocol;
+     * qbuf_free wipes it. */
+    qbuf_free(in);
+    qbuf_free(body);
     if (rc != QKD_OK)
         qkd_request_clear(r);
     return rc;

@@ -20,7 +20,7 @@
 #include <openssl/evp.h>
 
 #include "hexutil.h"
-#include "wipegrow.h"
+#include "qbuf.h"
 
 #define HTTP_BODY_MAX (4u << 20)
 
@@ -279,8 +279,7 @@ static const esrc_ops exec_ops = {"exec", exec_open, exec_read, exec_close};
 typedef struct {
     CURL *curl;
     char *bearer; /* "Authorization: Bearer ..." */
-    char *body;
-    size_t len, cap;
+    qbuf *body; /* bounded by HTTP_BODY_MAX; random bytes that become keys */
     int overflow;
 } http_impl;
 
@@ -288,19 +287,12 @@ static size_t http_sink(char *p, size_t sz, size_t n, void *arg)
 {
     http_impl *h = arg;
     size_t k = sz * n;
-    if (h->len + k > HTTP_BODY_MAX) {
+    /* qbuf wipes the old block when it grows: it holds random bytes that
+     * become key material. */
+    int r = qbuf_put(h->body, p, k);
+    if (r == QBUF_E_LIMIT)
         h->overflow = 1;
-        return 0;
-    }
-    if (h->len + k + 1 > h->cap) {
-        /* The old block holds random bytes that become key material. */
-        if (qkms_grow_wiped(&h->body, &h->cap, h->len, h->len + k + 1, 8192) != 0)
-            return 0;
-    }
-    memcpy(h->body + h->len, p, k);
-    h->len += k;
-    h->body[h->len] = 0;
-    return k;
+    return r == QBUF_OK ? k : 0;
 }
 
 static int http_open(esrc *s, char *err, size_t el)
@@ -428,7 +420,7 @@ static long http_read(esrc *s, uint8_t *buf, size_t len, char *err, size_t el)
     if (ask > len)
         ask = len;
     http_url(c->entropy_http_url, ask, url, sizeof(url));
-    h->len = 0;
+    qbuf_reset(h->body);
     h->overflow = 0;
     curl_easy_reset(h->curl);
     curl_easy_setopt(h->curl, CURLOPT_URL, url);
@@ -459,15 +451,14 @@ static long http_read(esrc *s, uint8_t *buf, size_t len, char *err, size_t el)
     } else if (status != 200) {
         snprintf(err, el, "HTTP %ld", status);
     } else {
-        n = esrc_decode_body(h->body ? h->body : "", h->len, c->entropy_http_json_path,
+        n = esrc_decode_body(qbuf_str(h->body), qbuf_len(h->body), c->entropy_http_json_path,
                              c->entropy_http_format, buf, len, err, el);
         if (n == 0)
             snprintf(err, el, "empty body");
         if (n == 0)
             n = -1;
     }
-    if (h->body)
-        OPENSSL_cleanse(h->body, h->len);
+    qbuf_reset(h->body);
     OPENSSL_cleanse(url, sizeof(url)); /* its query may carry an API key */
     return n;
 }
@@ -598,6 +589,12 @@ int esrc_create(esrc **out, const char *kind, const kms_config *cfg, p11_token *
             snprintf(err, el, "cannot read entropy_http_bearer_file %s", cfg->entropy_http_bearer_file);
             goto fail;
         }
+        if (!(h->body = qbuf_new(HTTP_BODY_MAX, QBUF_SECURE))) {
+            free(h->bearer);
+            free(h);
+            snprintf(err, el, "out of memory");
+            goto fail;
+        }
         s->impl = h;
         s->ops = &http_ops;
         snprintf(s->describe, sizeof(s->describe), "http %s %s (%s%s%s)", cfg->entropy_http_method,
@@ -637,9 +634,7 @@ void esrc_destroy(esrc *s)
             OPENSSL_cleanse(h->bearer, strlen(h->bearer));
             free(h->bearer);
         }
-        if (h->body)
-            OPENSSL_cleanse(h->body, h->cap);
-        free(h->body);
+        qbuf_free(h->body);
     }
     free(s->impl);
     free(s);
