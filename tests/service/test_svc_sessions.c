@@ -43,12 +43,12 @@ static char grp[64], grp_quick[64];
 
 /* ---- set-up ----------------------------------------------------------------- */
 
-/* Register one device with two 128-bit keys through the devices service.
- * Kept to this one function: the devices service's error type is changing. */
+/* Register one device with two 128-bit keys through the devices service. */
 static void register_device(const char *id, const char *group)
 {
+    qk_principal who = fixture_admin("service-test");
     device_reg row;
-    devices_err e;
+    qk_err e;
     memset(&row, 0, sizeof(row));
     snprintf(row.spec.device_id, sizeof(row.spec.device_id), "%s", id);
     snprintf(row.spec.type, sizeof(row.spec.type), "generic");
@@ -56,9 +56,9 @@ static void register_device(const char *id, const char *group)
     row.spec.nkeys = 2;
     row.spec.key_bits = 128;
     row.spec.validity_days = 30;
-    if (devices_register(&fx.svc, "service-test", &row, 1, &e) != 0 || !row.created)
-        fail_msg("registering %s: %s %s %s", id, e.code ? e.code : "", e.message,
-                 row.code ? row.code : row.db_code ? row.db_code : "");
+    if (devices_register(&fx.svc, &who, &row, 1, &e) != QK_OK ||
+        devices_row_err(&row, &e) != QK_OK || !row.created)
+        fail_msg("registering %s: %s %s", id, e.code ? e.code : "", e.detail);
 }
 
 /* A same-group pairing policy for group (no HTTP door for it in the
