@@ -66,8 +66,12 @@ KMSCTL     := $(BUILD)/bin/kmsctl
 
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+# Service tests: the key service against a real PostgreSQL and token, linked
+# without libmicrohttpd (run by tests/integration/test_service_units.py).
+SVC_TEST_SRC := $(wildcard tests/service/test_*.c)
+SVC_TEST_BIN := $(SVC_TEST_SRC:tests/service/%.c=$(BUILD)/tests/service/%)
 
-.PHONY: all clean test unit integration run bench install deps check-config-doc asan
+.PHONY: all clean test unit integration service-tests run bench install deps check-config-doc asan
 .DEFAULT_GOAL := all
 
 all: $(KMSD) $(KMSCTL) $(QKMSDEV)
@@ -117,6 +121,16 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIBKMSD) $(LIBP11) $(LIBDEVICE_TESTING)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $< $(LIBKMSD) $(LIBP11) $(LIBDEVICE_TESTING) $(KMSD_LIBS) $(CLI_LIBS) -lcmocka -o $@
 
+$(BUILD)/tests/service/%: tests/service/%.c $(BUILD)/tests/service/fixture.o $(LIBSVC) $(LIBP11) $(LIBDEVICE)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/service $(LDFLAGS) $< $(BUILD)/tests/service/fixture.o $(LIBSVC) $(LIBP11) $(LIBDEVICE) $(SVC_LIBS) -lcmocka -o $@
+
+$(BUILD)/tests/service/fixture.o: tests/service/fixture.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/service -c $< -o $@
+
+service-tests: $(SVC_TEST_BIN)
+
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1 \
             LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
             UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -128,8 +142,9 @@ test:
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $(ASAN_ENV) $$t; done
 
-integration: $(KMSD) $(KMSCTL) $(QKMSDEV)
+integration: $(KMSD) $(KMSCTL) $(QKMSDEV) $(SVC_TEST_BIN)
 	$(ASAN_ENV) QKMS_KMSD=$(CURDIR)/$(KMSD) QKMS_KMSCTL=$(CURDIR)/$(KMSCTL) QKMS_DEVICE=$(CURDIR)/$(QKMSDEV) \
+	  QKMS_SVC_TESTS="$(addprefix $(CURDIR)/,$(SVC_TEST_BIN))" \
 	  $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
 # ---- run, bench, install --------------------------------------------------

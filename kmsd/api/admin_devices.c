@@ -1,22 +1,22 @@
-/* admin_devices — the device registry's admin API (operator and admin roles). */
+/*
+ * admin_devices — the door of the device registry's admin API (operator and
+ * admin roles): it parses and checks the request, calls the device service
+ * (devices.h, device_keys.h, device_fill.h) and encodes the answer; every
+ * failure of the service goes out through http_fail.
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/crypto.h>
-
-#include "service/devices.h"
-#include "fillpkg.h"
+#include "api/principal.h"
 #include "api/routes.h"
 #include "api/transport.h"
+#include "fillpkg.h"
+#include "service/device_fill.h"
+#include "service/device_keys.h"
+#include "service/devices.h"
 
 #define IMPORT_MAX_ROWS 1000
-
-static void answer_err(http_response *rs, const devices_err *e)
-{
-    rs->retry_after = e->retry_after;
-    http_error(rs, e->status ? e->status : 500, e->code ? e->code : "internal", "%s", e->message);
-}
 
 static device_defaults defaults_of(kms_ctx *k)
 {
@@ -38,10 +38,9 @@ static const char *path_device(http_request *rq, http_response *rs)
 static void answer_device(http_request *rq, http_response *rs, const char *id, int status)
 {
     json_t *rec;
-    devices_err e;
-    memset(&e, 0, sizeof(e));
-    if (devices_get(&rq->kms->svc, id, true, false, &rec, &e) != 0) {
-        answer_err(rs, &e);
+    qk_err e;
+    if (devices_get(&rq->kms->svc, id, true, false, &rec, &e) != QK_OK) {
+        http_fail(rs, &e);
         return;
     }
     http_json(rs, status, rec);
@@ -51,8 +50,9 @@ void h_devices_create(http_request *rq, http_response *rs)
 {
     json_t *in = http_body_object(rq, rs);
     device_defaults d = defaults_of(rq->kms);
+    qk_principal who = admin_principal(rq);
     device_reg row;
-    devices_err e;
+    qk_err e;
     const char *code;
 
     if (!in)
@@ -64,14 +64,9 @@ void h_devices_create(http_request *rq, http_response *rs)
         return;
     }
     json_decref(in);
-    if (devices_register(&rq->kms->svc, rq->who.name, &row, 1, &e) != 0) {
-        answer_err(rs, &e);
-        return;
-    }
-    if (row.code || row.db_code) {
-        const char *c = row.code ? row.code : row.db_code;
-        http_error(rs, !strcmp(c, "conflict") ? 409 : 422, c, "%s",
-                   row.code ? row.message : row.db_message);
+    if (devices_register(&rq->kms->svc, &who, &row, 1, &e) != QK_OK ||
+        devices_row_err(&row, &e) != QK_OK) {
+        http_fail(rs, &e);
         return;
     }
     answer_device(rq, rs, row.spec.device_id, 201);
@@ -81,8 +76,9 @@ void h_devices_import(http_request *rq, http_response *rs)
 {
     json_t *in = http_body_object(rq, rs), *list, *results = NULL;
     device_defaults d = defaults_of(rq->kms);
+    qk_principal who = admin_principal(rq);
     device_reg *rows = NULL;
-    devices_err e;
+    qk_err e;
     size_t n;
     int created = 0, failed = 0;
 
@@ -113,8 +109,8 @@ void h_devices_import(http_request *rq, http_response *rs)
         else if (!rows[i].spec.line)
             rows[i].spec.line = (long)i + 1;
     }
-    if (devices_register(&rq->kms->svc, rq->who.name, rows, (int)n, &e) != 0) {
-        answer_err(rs, &e);
+    if (devices_register(&rq->kms->svc, &who, rows, (int)n, &e) != QK_OK) {
+        http_fail(rs, &e);
         goto out;
     }
     results = json_array();
@@ -168,7 +164,7 @@ void h_devices_list(http_request *rq, http_response *rs)
     device_filter f = {http_query(rq, "type"), http_query(rq, "group"), http_query(rq, "state"),
                        http_query(rq, "after"), -1, 100};
     json_t *out;
-    devices_err e;
+    qk_err e;
 
     if ((f.type && !device_type_name_valid(f.type)) || (f.group && !device_group_valid(f.group)) ||
         (f.state && !device_state_valid(f.state)) || (f.after && !device_id_valid(f.after))) {
@@ -178,8 +174,8 @@ void h_devices_list(http_request *rq, http_response *rs)
     if (query_int(rq, rs, "expiring_within", 0, 3650, &f.expiring_within) != 0 ||
         query_int(rq, rs, "limit", 1, 1000, &f.limit) != 0)
         return;
-    if (devices_list(&rq->kms->svc, &f, &out, &e) != 0) {
-        answer_err(rs, &e);
+    if (devices_list(&rq->kms->svc, &f, &out, &e) != QK_OK) {
+        http_fail(rs, &e);
         return;
     }
     http_json(rs, 200, out);
@@ -196,7 +192,7 @@ void h_device_keys(http_request *rq, http_response *rs)
 {
     const char *id = path_device(rq, rs), *kcv = http_query(rq, "kcv");
     json_t *rec;
-    devices_err e;
+    qk_err e;
     bool with_kcv = kcv && (!strcmp(kcv, "true") || !strcmp(kcv, "1"));
     if (!id)
         return;
@@ -204,8 +200,8 @@ void h_device_keys(http_request *rq, http_response *rs)
         http_error(rs, 400, "invalid_query", "kcv must be true or false");
         return;
     }
-    if (devices_get(&rq->kms->svc, id, true, with_kcv, &rec, &e) != 0) {
-        answer_err(rs, &e);
+    if (devices_get(&rq->kms->svc, id, true, with_kcv, &rec, &e) != QK_OK) {
+        http_fail(rs, &e);
         return;
     }
     http_json(rs, 200, json_pack("{s:O,s:O}", "device_id", json_object_get(rec, "device_id"),
@@ -216,8 +212,9 @@ void h_device_keys(http_request *rq, http_response *rs)
 static void state_action(http_request *rq, http_response *rs, device_action a)
 {
     const char *id = path_device(rq, rs);
+    qk_principal who = admin_principal(rq);
     json_t *in;
-    devices_err e;
+    qk_err e;
     if (!id)
         return;
     in = http_body_object_opt(rq, rs);
@@ -229,8 +226,8 @@ static void state_action(http_request *rq, http_response *rs, device_action a)
         return;
     }
     json_decref(in);
-    if (devices_set_state(&rq->kms->svc, rq->who.name, id, a, &e) != 0) {
-        answer_err(rs, &e);
+    if (devices_set_state(&rq->kms->svc, &who, id, a, &e) != QK_OK) {
+        http_fail(rs, &e);
         return;
     }
     answer_device(rq, rs, id, 200);
@@ -282,7 +279,8 @@ void h_device_rotate(http_request *rq, http_response *rs)
     const char *id = path_device(rq, rs);
     json_t *in;
     int grace = rq->kms->cfg.device_key_grace_days, bits = 0, validity = 0;
-    devices_err e;
+    qk_principal who = admin_principal(rq);
+    qk_err e;
     if (!id)
         return;
     in = action_body(rq, rs, true, known);
@@ -298,113 +296,154 @@ void h_device_rotate(http_request *rq, http_response *rs)
         http_error(rs, 422, "invalid_key_bits", "key_bits must be 128 or 256");
         return;
     }
-    if (devices_rotate(&rq->kms->svc, rq->who.name, id, grace, bits, validity, &e) != 0) {
-        answer_err(rs, &e);
+    if (device_keys_rotate(&rq->kms->svc, &who, id, grace, bits, validity, &e) != QK_OK) {
+        http_fail(rs, &e);
         return;
     }
     answer_device(rq, rs, id, 200);
 }
 
+/* A fill request's parameters, checked. */
+struct fill_args {
+    int indices[DEVICE_MAX_KEY_INDEX + 1], nidx;
+    bool force, plaintext;
+    const char *pem;
+};
+
+/* An optional boolean field; absent is false. */
+static int body_bool(json_t *in, http_response *rs, const char *key, bool *out)
+{
+    json_t *v = json_object_get(in, key);
+    if (v && !json_is_boolean(v)) {
+        http_error(rs, 422, "invalid_request", "%s must be true or false", key);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* "indices": distinct key indices, at most one of each. */
+static int body_indices(json_t *in, http_response *rs, struct fill_args *a)
+{
+    json_t *jidx = json_object_get(in, "indices"), *v;
+    size_t i;
+    if (!jidx)
+        return 0;
+    if (!json_is_array(jidx) || json_array_size(jidx) > DEVICE_MAX_KEY_INDEX + 1) {
+        http_error(rs, 422, "invalid_request", "indices must be an array of key indices");
+        return -1;
+    }
+    json_array_foreach(jidx, i, v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+            json_integer_value(v) > DEVICE_MAX_KEY_INDEX) {
+            http_error(rs, 422, "invalid_request", "indices must be integers from 0 to 255");
+            return -1;
+        }
+        for (int j = 0; j < a->nidx; j++)
+            if (a->indices[j] == (int)json_integer_value(v)) {
+                http_error(rs, 422, "invalid_request", "index %d listed twice", a->indices[j]);
+                return -1;
+            }
+        a->indices[a->nidx++] = (int)json_integer_value(v);
+    }
+    return 0;
+}
+
+/* Parse and check a fill request, in the order the answers are documented;
+ * *rcpt is the parsed recipient key for a sealed export. */
+static int fill_args_parse(http_request *rq, http_response *rs, json_t *in,
+                           const qk_principal *who, struct fill_args *a, EVP_PKEY **rcpt)
+{
+    char why[160];
+    qk_err e;
+
+    if (body_bool(in, rs, "force", &a->force) || body_bool(in, rs, "plaintext", &a->plaintext) ||
+        body_indices(in, rs, a))
+        return -1;
+    a->pem = json_string_value(json_object_get(in, "recipient_pub"));
+    if (a->plaintext == (a->pem != NULL)) {
+        http_error(rs, 422, "invalid_request", "give exactly one of recipient_pub and plaintext");
+        return -1;
+    }
+    if (a->plaintext && device_fill_may_plaintext(who, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return -1;
+    }
+    /* Keys in clear (and the bearer token that asked) only where no network
+     * can read them: a TLS listener, or a loopback client. */
+    if (a->plaintext && !transport_confidential(rq->kms->cfg.tls_cert_file != NULL, rq->client_ip)) {
+        http_error(rs, 403, "insecure_transport",
+                   "plaintext export needs TLS or a loopback connection; use recipient_pub");
+        return -1;
+    }
+    if (a->pem) {
+        if (strlen(a->pem) > 16384 ||
+            !(*rcpt = fillpkg_parse_recipient(a->pem, strlen(a->pem), why, sizeof(why)))) {
+            http_error(rs, 422, "invalid_recipient_key", "%s",
+                       strlen(a->pem) > 16384 ? "recipient key too large" : why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* {...fields..., "plaintext": <document>}: spliced as bytes so the key
+ * material only ever sits in buffers that are wiped (the response body is
+ * wiped when it is freed). */
+static void answer_plaintext(http_response *rs, json_t *fields, const qbuf *doc)
+{
+    char *head = json_dumps(fields, JSON_COMPACT);
+    size_t hl = head ? strlen(head) : 0, dl = qbuf_len(doc), total;
+    char *body = NULL;
+    static const char mid[] = ",\"plaintext\":";
+
+    total = hl - 1 + sizeof(mid) - 1 + dl + 1;
+    if (!head || hl < 2 || !(body = malloc(total + 1))) {
+        free(head);
+        http_error(rs, 500, "internal", "out of memory");
+        return;
+    }
+    memcpy(body, head, hl - 1);
+    memcpy(body + hl - 1, mid, sizeof(mid) - 1);
+    memcpy(body + hl - 1 + sizeof(mid) - 1, qbuf_ptr(doc), dl);
+    body[total - 1] = '}';
+    body[total] = 0;
+    free(head);
+    http_text(rs, 200, "application/json", body, total);
+}
+
 void h_device_fill(http_request *rq, http_response *rs)
 {
     static const char *const known[] = {"recipient_pub", "indices", "force", "plaintext", NULL};
-    const char *id = path_device(rq, rs), *pem;
-    json_t *in, *v, *jidx, *out = NULL;
-    int indices[DEVICE_MAX_KEY_INDEX + 1], nidx = 0;
-    bool force = false, plaintext = false;
+    const char *id = path_device(rq, rs);
+    qk_principal who = admin_principal(rq);
+    struct fill_args a;
+    json_t *in, *out = NULL;
     EVP_PKEY *rcpt = NULL;
-    char why[160], *doc = NULL;
-    size_t doc_len = 0;
-    devices_err e;
+    qbuf *doc = NULL;
+    qk_err e;
 
     if (!id)
         return;
     in = action_body(rq, rs, false, known);
     if (!in)
         return;
-    v = json_object_get(in, "force");
-    if (v && !json_is_boolean(v)) {
-        http_error(rs, 422, "invalid_request", "force must be true or false");
+    memset(&a, 0, sizeof(a));
+    if (fill_args_parse(rq, rs, in, &who, &a, &rcpt) != 0)
+        goto out;
+    if (device_fill_export(&rq->kms->svc, &who, id, rcpt, a.indices, a.nidx, a.force, &out,
+                           a.plaintext ? &doc : NULL, &e) != QK_OK) {
+        http_fail(rs, &e);
         goto out;
     }
-    force = json_is_true(v);
-    v = json_object_get(in, "plaintext");
-    if (v && !json_is_boolean(v)) {
-        http_error(rs, 422, "invalid_request", "plaintext must be true or false");
-        goto out;
-    }
-    plaintext = json_is_true(v);
-    jidx = json_object_get(in, "indices");
-    if (jidx) {
-        size_t i;
-        if (!json_is_array(jidx) || json_array_size(jidx) > DEVICE_MAX_KEY_INDEX + 1) {
-            http_error(rs, 422, "invalid_request", "indices must be an array of key indices");
-            goto out;
-        }
-        json_array_foreach(jidx, i, v) {
-            if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-                json_integer_value(v) > DEVICE_MAX_KEY_INDEX) {
-                http_error(rs, 422, "invalid_request", "indices must be integers from 0 to 255");
-                goto out;
-            }
-            for (int j = 0; j < nidx; j++)
-                if (indices[j] == (int)json_integer_value(v)) {
-                    http_error(rs, 422, "invalid_request", "index %d listed twice", indices[j]);
-                    goto out;
-                }
-            indices[nidx++] = (int)json_integer_value(v);
-        }
-    }
-    pem = json_string_value(json_object_get(in, "recipient_pub"));
-    if (plaintext == (pem != NULL)) {
-        http_error(rs, 422, "invalid_request", "give exactly one of recipient_pub and plaintext");
-        goto out;
-    }
-    if (plaintext && !(rq->who.role & ROLE_ADMIN)) {
-        http_error(rs, 403, "forbidden", "only an admin may export keys in plaintext");
-        goto out;
-    }
-    /* Keys in clear (and the bearer token that asked) only where no network
-     * can read them: a TLS listener, or a loopback client. */
-    if (plaintext && !transport_confidential(rq->kms->cfg.tls_cert_file != NULL, rq->client_ip)) {
-        http_error(rs, 403, "insecure_transport",
-                   "plaintext export needs TLS or a loopback connection; use recipient_pub");
-        goto out;
-    }
-    if (pem) {
-        if (strlen(pem) > 16384 || !(rcpt = fillpkg_parse_recipient(pem, strlen(pem), why, sizeof(why)))) {
-            http_error(rs, 422, "invalid_recipient_key", "%s",
-                       strlen(pem) > 16384 ? "recipient key too large" : why);
-            goto out;
-        }
-    }
-    if (devices_fill(&rq->kms->svc, rq->who.name, id, rcpt, indices, nidx, force, &out, &doc, &doc_len,
-                     &e) != 0) {
-        answer_err(rs, &e);
-        goto out;
-    }
-    if (!plaintext) {
+    if (a.plaintext) {
+        answer_plaintext(rs, out, doc);
+    } else {
         http_json(rs, 200, out);
         out = NULL;
-    } else {
-        /* {...fields..., "plaintext": <document>}: spliced as bytes so the key
-         * material only ever sits in buffers that are zeroized. */
-        char *head = json_dumps(out, JSON_COMPACT);
-        size_t hl = head ? strlen(head) : 0, total = hl + doc_len + 16;
-        char *body = head ? malloc(total) : NULL;
-        if (!body) {
-            free(head);
-            http_error(rs, 500, "internal", "out of memory");
-            goto out;
-        }
-        memcpy(body, head, hl - 1);
-        snprintf(body + hl - 1, total - hl + 1, ",\"plaintext\":%s}", doc);
-        free(head);
-        http_text(rs, 200, "application/json", body, strlen(body));
     }
 out:
-    if (doc)
-        OPENSSL_secure_clear_free(doc, doc_len + 1);
+    qbuf_free(doc);
     EVP_PKEY_free(rcpt);
     json_decref(out);
     json_decref(in);
@@ -413,9 +452,9 @@ out:
 void h_devtypes_list(http_request *rq, http_response *rs)
 {
     json_t *out;
-    devices_err e;
-    if (device_types_list(&rq->kms->svc, &out, &e) != 0) {
-        answer_err(rs, &e);
+    qk_err e;
+    if (device_types_list(&rq->kms->svc, &out, &e) != QK_OK) {
+        http_fail(rs, &e);
         return;
     }
     http_json(rs, 200, out);
@@ -425,14 +464,15 @@ void h_devtypes_add(http_request *rq, http_response *rs)
 {
     json_t *in = http_body_object(rq, rs);
     const char *name;
-    devices_err e;
+    qk_principal who = admin_principal(rq);
+    qk_err e;
     if (!in)
         return;
     name = json_string_value(json_object_get(in, "name"));
     if (json_object_size(in) != 1 || !device_type_name_valid(name)) {
         http_error(rs, 422, "invalid_type", "name must match [a-z][a-z0-9_-]{0,31}");
-    } else if (device_types_add(&rq->kms->svc, rq->who.name, name, &e) != 0) {
-        answer_err(rs, &e);
+    } else if (device_types_add(&rq->kms->svc, &who, name, &e) != QK_OK) {
+        http_fail(rs, &e);
     } else {
         http_json(rs, 201, json_pack("{s:s}", "name", name));
     }

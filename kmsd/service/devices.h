@@ -1,15 +1,22 @@
 /*
- * devices — the device registry: registering devices with their pre-filled
- * keys, reading them, their lifecycle (suspend, resume, revoke, rotate) and
- * the fill export.
+ * devices — the device registry: registering devices (one or a batch) with
+ * their pre-filled keys, reading and listing them, their lifecycle
+ * (suspend, resume, revoke) and the device types. Key material lives in
+ * device_keys.h (generation, rotation), the fill export in device_fill.h.
  *
  * Contract:
- *  - Keys are generated through the entropy interface and wrapped under the
- *    active master key (keywrap) before any SQL runs; plaintext key bytes
- *    live only in the secure heap and are zeroized after use.
- *  - Every change and its audit_log row commit in one transaction.
- *  - Functions answer with a devices_err: an HTTP status and a stable code
- *    (status 0 = success), so handlers only translate.
+ *  - Every operation returns a qk_kind (QK_OK = 0) and on failure fills *e
+ *    (err.h; e must not be NULL) with a stable code: not_found, conflict,
+ *    invalid_state, unavailable (Retry-After 1), token_unavailable,
+ *    entropy_unavailable, internal.
+ *  - Changes are made for a principal (who->name is the actor in audit
+ *    rows and the "by" of log lines, who->log the request's context) and
+ *    commit in one transaction with their audit_log rows.
+ *  - Registration makes and wraps every key before the transaction, so a
+ *    retried transaction never calls the token or the entropy sources.
+ *  - A change to a device drops its key cache entry (keycache.h).
+ *  - Results are JSON records in the shape of the admin API (docs/api.md);
+ *    the caller owns them.
  */
 #ifndef QKMS_DEVICES_H
 #define QKMS_DEVICES_H
@@ -17,17 +24,10 @@
 #include <stdbool.h>
 
 #include <jansson.h>
-#include <openssl/evp.h>
 
+#include "err.h"
 #include "service/device_model.h"
 #include "service/service.h"
-
-typedef struct {
-    int status;        /* 0 on success, else the HTTP status to answer */
-    const char *code;  /* stable error code */
-    char message[256];
-    int retry_after;
-} devices_err;
 
 /* One row of a registration batch. */
 typedef struct {
@@ -43,44 +43,41 @@ typedef struct {
     const char *provenance;
 } device_reg;
 
-/* Register a batch (rows whose code is set are skipped). On success the
- * batch committed and each row says created or why not; on failure nothing
- * was written. Frees the rows' wrapped keys before returning. */
-int devices_register(qk_svc *k, const char *actor, device_reg *rows, int n, devices_err *e);
+/* Register a batch (rows whose code is set are skipped; rows refused here
+ * get code or db_code). On QK_OK the batch committed and each row says
+ * created or why not; on failure nothing was written. Frees the rows'
+ * wrapped keys before returning. */
+qk_kind devices_register(qk_svc *s, const qk_principal *who, device_reg *rows, int n, qk_err *e);
+/* Why a row was not registered, as an error: QK_CONFLICT for "conflict",
+ * QK_INVALID for any other code; QK_OK when it was created. */
+qk_kind devices_row_err(const device_reg *row, qk_err *e);
 
-/* The device record (with keys when with_keys). */
-int devices_get(qk_svc *k, const char *device_id, bool with_keys, bool with_kcv, json_t **out,
-                devices_err *e);
+/* The device record, with its keys when with_keys (and their KCVs when
+ * with_kcv, which unwraps each live key). QK_NOT_FOUND "not_found". */
+qk_kind devices_get(qk_svc *s, const char *device_id, bool with_keys, bool with_kcv, json_t **out,
+                    qk_err *e);
 
 typedef struct {
-    const char *type, *group, *state, *after;
-    int expiring_within; /* -1 = no filter */
+    const char *type, *group, *state, *after; /* NULL = any */
+    int expiring_within;                      /* days; -1 = no filter */
     int limit;
 } device_filter;
-int devices_list(qk_svc *k, const device_filter *f, json_t **out, devices_err *e);
+/* {"devices": [...], "next": <last device_id when the page is full, or null>} */
+qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e);
 
 typedef enum { DEVICE_SUSPEND, DEVICE_RESUME, DEVICE_REVOKE } device_action;
-int devices_set_state(qk_svc *k, const char *actor, const char *device_id, device_action a,
-                      devices_err *e);
+/* Suspend (from active), resume (from suspended) or revoke (from either).
+ * Revoking destroys the device's key material and ends its sessions.
+ * QK_NOT_FOUND, or QK_CONFLICT "invalid_state" from any other state. */
+qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device_id,
+                          device_action a, qk_err *e);
 
-/* Add a key index; older active keys retire after grace_days. key_bits and
- * validity_days <= 0 mean "as the newest key" / "configured default". */
-int devices_rotate(qk_svc *k, const char *actor, const char *device_id, int grace_days,
-                   int key_bits, int validity_days, devices_err *e);
-
-/* Export keys: sealed to recipient (a fill package: *out has it in base64),
- * or, with recipient NULL, the plaintext fill document in *plaintext
- * (secure heap; OPENSSL_secure_clear_free(*plaintext, *plaintext_len + 1))
- * with *out holding the other fields. indices NULL/empty = every live key
- * not exported before; force allows exporting keys again. */
-int devices_fill(qk_svc *k, const char *actor, const char *device_id, EVP_PKEY *recipient,
-                 const int *indices, int nindices, bool force, json_t **out, char **plaintext,
-                 size_t *plaintext_len, devices_err *e);
-
-int device_types_list(qk_svc *k, json_t **out, devices_err *e);
-int device_types_add(qk_svc *k, const char *actor, const char *name, devices_err *e);
-
-/* Key check value: first 5 bytes of AES-CMAC(key, 0^16), as 10 hex digits. */
-int device_key_kcv(const uint8_t *key, size_t len, char out[11]);
+/* {"types": [names in order]} */
+qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e);
+/* Whether name is a registered device type (*known). */
+qk_kind device_types_has(qk_svc *s, const char *name, bool *known, qk_err *e);
+/* Add a type (name checked by the caller: device_type_name_valid).
+ * QK_CONFLICT "conflict" when it exists. */
+qk_kind device_types_add(qk_svc *s, const qk_principal *who, const char *name, qk_err *e);
 
 #endif

@@ -12,7 +12,7 @@
 #include "hexutil.h"
 #include "log.h"
 #include "store/queries.h"
-#include "service/sessions.h"
+#include "service/session_id.h"
 
 #define MASTER_LOCK "7164803902"
 

@@ -15,7 +15,7 @@
 #include "service/master.h"
 #include "store/pgjson.h"
 #include "store/queries.h"
-#include "service/sessions.h"
+#include "service/session_id.h"
 
 #define MASTER_LOCK "7164803902" /* shared with master.c */
 #define REWRAP_BATCH "500"

@@ -1,48 +1,44 @@
-/* pgarray — array literal builder. */
+/*
+ * pgarray — array literals for statement parameters (pgarray.h), written
+ * into a bounded, wiping qbuf.
+ */
 #include "store/pgarray.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-void pgarray_init(pgarray *a)
-{
-    memset(a, 0, sizeof(*a));
-}
+void pgarray_init(pgarray *a) { memset(a, 0, sizeof(*a)); }
 
 static void put(pgarray *a, const char *s, size_t n)
 {
     if (a->failed)
         return;
-    if (a->len + n + 2 > a->cap) {
-        size_t nc = a->cap ? a->cap : 256;
-        while (a->len + n + 2 > nc)
-            nc *= 2;
-        char *nb = realloc(a->buf, nc);
-        if (!nb) {
-            a->failed = 1;
-            return;
-        }
-        a->buf = nb;
-        a->cap = nc;
+    if (!a->b && !(a->b = qbuf_new(PGARRAY_MAX, 0))) {
+        a->failed = 1;
+        return;
     }
-    memcpy(a->buf + a->len, s, n);
-    a->len += n;
+    if (qbuf_put(a->b, s, n) != QBUF_OK)
+        a->failed = 1;
 }
 
 void pgarray_add(pgarray *a, const char *e)
 {
+    const char *p, *run;
     put(a, a->n++ ? "," : "{", 1);
     if (!e) {
         put(a, "NULL", 4);
         return;
     }
     put(a, "\"", 1);
-    for (const char *p = e; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            put(a, "\\", 1);
-        put(a, p, 1);
+    /* Runs without a character to escape go in whole. */
+    for (run = p = e; *p; p++) {
+        if (*p != '"' && *p != '\\')
+            continue;
+        put(a, run, (size_t)(p - run));
+        put(a, "\\", 1);
+        run = p;
     }
+    put(a, run, (size_t)(p - run));
     put(a, "\"", 1);
 }
 
@@ -58,14 +54,11 @@ const char *pgarray_finish(pgarray *a)
     if (a->n == 0)
         put(a, "{", 1);
     put(a, "}", 1);
-    if (a->failed)
-        return NULL;
-    a->buf[a->len] = 0;
-    return a->buf;
+    return a->failed ? NULL : qbuf_str(a->b);
 }
 
 void pgarray_free(pgarray *a)
 {
-    free(a->buf);
+    qbuf_free(a->b);
     memset(a, 0, sizeof(*a));
 }

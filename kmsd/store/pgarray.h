@@ -1,19 +1,33 @@
 /*
  * pgarray — building PostgreSQL array literals for parameters, so a whole
  * batch travels as a few array parameters (unnest on the server) instead of
- * a statement per row. Elements are always double-quoted and escaped, so any
- * text is safe; NULL elements are written as NULL.
+ * a statement per row.
+ *
+ * Contract:
+ *  - Elements are always double-quoted and escaped, so any text is safe;
+ *    NULL elements are written as NULL.
+ *  - The literal is built in a qbuf (common/qbuf.h): bounded by what
+ *    PostgreSQL takes as one parameter (PGARRAY_MAX), and wiped when it
+ *    grows and when freed, so elements may be sensitive.
+ *  - An allocation failure or the bound is sticky: later adds are ignored
+ *    and pgarray_finish answers NULL. pgarray_init never fails (storage is
+ *    taken on the first add); pgarray_free is always needed after init.
+ *  - One owner at a time; the literal is valid until the next call.
  */
 #ifndef QKMS_PGARRAY_H
 #define QKMS_PGARRAY_H
 
 #include <stddef.h>
 
+#include "qbuf.h"
+
+/* PostgreSQL's limit on one field (1 GB), less one for the NUL. */
+#define PGARRAY_MAX ((size_t)(1u << 30) - 1)
+
 typedef struct {
-    char *buf;
-    size_t len, cap;
-    int n;
-    int failed;
+    qbuf *b;
+    int n;      /* elements added */
+    int failed; /* an add or the finish could not be written */
 } pgarray;
 
 void pgarray_init(pgarray *a);

@@ -3,7 +3,7 @@ tokens (403 for a role that may not use the route; anything but 401/403 for
 one that may).
 
 The expected matrix is written out here, from docs/api.md, and NOT derived
-from kmsd/routes.c: a test that read the code it checks would change with a
+from kmsd/api/routes.c: a test that read the code it checks would change with a
 wrong role in the code and pass. A route added to routes.c without a row
 here fails test_matrix_covers_every_route."""
 import os
@@ -56,7 +56,7 @@ def concrete(path):
 
 def test_matrix_covers_every_route():
     """Only the route list is read from routes.c, never the roles."""
-    src = open(os.path.join(ROOT, "kmsd", "routes.c")).read()
+    src = open(os.path.join(ROOT, "kmsd", "api", "routes.c")).read()
     routes = set(re.findall(r'X\("([A-Z]+)", "(/v1/admin[^"]*)"', src))
     assert len(routes) >= 25
     assert routes == {(m, p) for m, p, _ in MATRIX}

@@ -12,7 +12,7 @@
 #include <openssl/pem.h>
 
 #include "service/device_model.h"
-#include "service/devices.h"
+#include "service/device_keys.h"
 #include "fillpkg.h"
 #include "store/pgarray.h"
 

@@ -1,0 +1,75 @@
+/*
+ * device_keys — a device's key material: making a key and wrapping it under
+ * the active master key, unwrapping a stored one, key check values, the key
+ * listing of a device record, and rotation (a new key index, the older keys
+ * retiring after a grace period).
+ *
+ * Contract:
+ *  - Plaintext key bytes exist only in the secure heap (or a caller's
+ *    secure buffer of DEVICE_KEY_BUF bytes), for as long as one operation
+ *    needs them, and are wiped after; they never reach a log line, an error
+ *    detail or PostgreSQL. What leaves this module is a wrapped key (hex),
+ *    a KCV, or plaintext in a caller-owned secure buffer.
+ *  - A key is bound to its row: the wrap's associated data is
+ *    device_key_context(device_id, index, bits), so a wrapped key moved to
+ *    another row does not open.
+ *  - Key generation and wrapping (entropy, token) happen before any
+ *    transaction: a retried database transaction never repeats them.
+ *  - Errors are the service currency (err.h): qk_kind returned, *e filled.
+ */
+#ifndef QKMS_DEVICE_KEYS_H
+#define QKMS_DEVICE_KEYS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "err.h"
+#include "service/service.h"
+
+/* Size of a buffer device_key_unwrap may write into (secure heap). */
+#define DEVICE_KEY_BUF (KEYWRAP_MAX_KEY + 16)
+
+/* Key check value: first 5 bytes of AES-CMAC(key, 0^16), as 10 hex digits.
+ * 0, or -1 for a length that is not an AES key. */
+int device_key_kcv(const uint8_t *key, size_t len, char out[11]);
+/* "AES-256" -> 256, anything else 128 (the two algorithms the schema has). */
+int device_key_bits(const char *algorithm);
+
+/* A new key of bits (128 or 256) for (device_id, index) from the entropy
+ * interface, wrapped under the active master key: *wrapped_hex (malloc'd,
+ * the caller frees), *master_version the version that wrapped it, *prov the
+ * entropy provenance (a static string). QK_UNAVAILABLE "entropy_unavailable"
+ * or "token_unavailable" (Retry-After 1) when a dependency is down. */
+qk_kind device_key_new(qk_svc *s, const char *device_id, int index, int bits, char **wrapped_hex,
+                       int *master_version, const char **prov, qk_err *e);
+/* Unwrap the stored key (hex) of (device_id, index, bits) into key
+ * (DEVICE_KEY_BUF bytes, secure heap); *klen = bits / 8. A key that fails
+ * authentication is logged (device and index, never bytes). */
+qk_kind device_key_unwrap(qk_svc *s, const char *device_id, int index, int bits,
+                          const char *hexblob, uint8_t *key, size_t *klen, qk_err *e);
+
+/* After a transaction failed with st having wrapped under master version
+ * used: whether another instance rotated the master key meanwhile (the
+ * database refused the version, DB_RETRY) and a refresh moved this one to
+ * another version, so wrapping again and retrying can succeed. */
+bool device_keys_master_moved(qk_svc *s, db_status st, uint32_t used);
+
+/* The keys of device_id (Q_DEVICE_KEYS on c, the caller's connection) as a
+ * JSON array of key records; with_kcv adds each live key's "kcv" (which
+ * unwraps it). *out is new, or NULL on failure. */
+qk_kind device_keys_list(qk_svc *s, db_conn *c, const char *device_id, bool with_kcv,
+                         json_t **out, qk_err *e);
+
+/* Rotate: add the next key index to device_id; its older active keys retire
+ * after grace_days. key_bits <= 0: as the newest key (128 when none);
+ * validity_days <= 0: the configured default. One transaction with its
+ * audit row ("device.rotated"); the key cache entry is dropped.
+ * QK_NOT_FOUND "not_found"; QK_CONFLICT "invalid_state" (revoked),
+ * "key_index_exhausted", or "conflict" after three concurrent rotations. */
+qk_kind device_keys_rotate(qk_svc *s, const qk_principal *who, const char *device_id,
+                           int grace_days, int key_bits, int validity_days, qk_err *e);
+
+#endif

@@ -1,0 +1,34 @@
+/*
+ * fixture — the key service for the service tests (tests/service/), built
+ * exactly as kmsd builds it (service_migrate + service_open), from the
+ * configuration file named by QKMS_TEST_CONF and the QKMS_* environment:
+ * a real PostgreSQL and a real PKCS#11 token, no HTTP.
+ *
+ * The runner (tests/integration/test_service_units.py) provisions a state
+ * directory (PostgreSQL cluster, SoftHSM token, schema, master key) and
+ * runs every tests/service binary against it.
+ *
+ * Contract: fixture_open returns 0 with *s built and the secure heap
+ * initialised, or fails the test (cmocka fail_msg). fixture_close tears it
+ * down. fixture_admin / fixture_device are principals for the operations.
+ * fixture_unique fills buf with a name no other test run uses.
+ */
+#ifndef QKMS_TEST_FIXTURE_H
+#define QKMS_TEST_FIXTURE_H
+
+#include <stddef.h>
+
+#include "service/service.h"
+
+typedef struct {
+    kms_config cfg;
+    qk_svc svc;
+} fixture;
+
+int fixture_open(fixture *f);
+void fixture_close(fixture *f);
+qk_principal fixture_admin(const char *name);
+qk_principal fixture_device(const char *device_id);
+void fixture_unique(char *buf, size_t len, const char *prefix);
+
+#endif
