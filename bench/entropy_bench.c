@@ -16,7 +16,7 @@
 #include <openssl/crypto.h>
 
 #include "config.h"
-#include "entropy.h"
+#include "entropy/entropy.h"
 #include "log.h"
 #include "p11.h"
 

@@ -26,7 +26,7 @@ cc $CFLAGS "$ROOT/bench/unwrap_bench.c" "$REL/libqkms-p11.a" -lcrypto -ldl -o "$
 cc $CFLAGS "$ROOT/bench/session_bench.c" "$ROOT/bench/httpc.c" "$REL/libqkms-device.a" \
     -ljansson -lcurl -lcrypto -o "$OUT/session_bench"
 cc $CFLAGS "$ROOT/bench/pgfloor.c" "$ROOT/bench/httpc.c" $(pkg-config --libs libpq) -o "$OUT/pgfloor"
-cc $CFLAGS -I"$ROOT/kmsd" -I"$ROOT/common" "$ROOT/bench/entropy_bench.c" "$REL/libkmsd.a" "$REL/libqkms-p11.a" \
+cc $CFLAGS -I"$ROOT/kmsd" -I"$ROOT/common" "$ROOT/bench/entropy_bench.c" "$REL/libqkms-service.a" "$REL/libqkms-p11.a" \
     $(pkg-config --libs jansson libcurl libcrypto libpq libmicrohttpd) -ldl -lm -o "$OUT/entropy_bench"
 
 STATE=$(mktemp -d /tmp/qkms-bench-XXXXXX)
