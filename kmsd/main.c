@@ -37,11 +37,12 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: kmsd [-c FILE] [--check-config | --migrate | --print-config-doc]\n"
+            "usage: kmsd [-c FILE] [--check-config | --migrate | --print-config-doc | --print-routes]\n"
             "  -c, --config FILE     configuration file (default: none; QKMS_* environment)\n"
             "      --check-config    parse and validate the configuration, then exit\n"
             "      --migrate         apply schema migrations, then exit\n"
             "      --print-config-doc  print the option table (Markdown), then exit\n"
+            "      --print-routes    print the HTTP route table (JSON), then exit\n"
             "  -V, --version         print the version\n"
             "  -h, --help            this help\n");
 }
@@ -96,7 +97,7 @@ int main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'k'},
         {"migrate", no_argument, NULL, 'm'},      {"print-config-doc", no_argument, NULL, 'd'},
         {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+        {"print-routes", no_argument, NULL, 'r'}, {NULL, 0, NULL, 0}};
     kms_ctx k;
     char err[1024];
     int opt, check_only = 0, migrate_only = 0, rc = 1;
@@ -114,6 +115,7 @@ int main(int argc, char **argv)
         case 'k': check_only = 1; break;
         case 'm': migrate_only = 1; break;
         case 'd': config_print_doc(stdout); return 0;
+        case 'r': return routes_print_json(stdout) == 0 ? 0 : 1;
         case 'V': printf("kmsd %s\n", QKMS_VERSION); return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

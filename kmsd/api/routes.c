@@ -1,4 +1,5 @@
-/* routes — the route table. */
+/* routes — the route table, and its JSON form for `kmsd --print-routes`
+ * (docs/openapi.yaml is checked against it: tests/integration/test_openapi.py). */
 #include "api/routes.h"
 
 #define OPS (ROLE_ADMIN | ROLE_OPERATOR)
@@ -45,6 +46,30 @@
 const http_route routes[] = {ROUTES(ROW)};
 const char *const route_names[] = {ROUTES(NAME)};
 const int routes_count = (int)(sizeof(routes) / sizeof(routes[0]));
+
+int routes_print_json(FILE *f)
+{
+    static const unsigned bits[] = {ROLE_ADMIN, ROLE_OPERATOR, ROLE_AUDITOR};
+    json_t *arr = json_array();
+    int rc;
+    for (int i = 0; arr && i < routes_count; i++) {
+        const http_route *rt = &routes[i];
+        json_t *roles = json_array();
+        for (size_t b = 0; roles && b < sizeof(bits) / sizeof(bits[0]); b++)
+            if (rt->roles & bits[b])
+                json_array_append_new(roles, json_string(auth_role_name(bits[b])));
+        if (json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:o*,s:I,s:b}", "method",
+                                                 rt->method, "path", rt->pattern, "name", rt->name,
+                                                 "roles", roles, "max_body",
+                                                 (json_int_t)rt->max_body, "probe", rt->probe)) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    rc = arr && json_dumpf(arr, f, JSON_INDENT(1)) == 0 && fputc('\n', f) != EOF ? 0 : -1;
+    json_decref(arr);
+    return rc;
+}
 
 void http_db_error(http_response *rs, db_status st)
 {

@@ -5,6 +5,8 @@
 #ifndef QKMS_ROUTES_H
 #define QKMS_ROUTES_H
 
+#include <stdio.h>
+
 #include "api/server.h"
 #include "store/pgjson.h"
 
@@ -12,6 +14,10 @@ extern const http_route routes[];
 extern const int routes_count;
 /* Route names in table order, for metrics labels. */
 extern const char *const route_names[];
+/* The table as a JSON array on f (`kmsd --print-routes`): method, path,
+ * name, roles (names; [] = no bearer token), max_body (0 = http_max_body)
+ * and probe, per route in table order. 0, or -1 when it could not be written. */
+int routes_print_json(FILE *f);
 
 /* health.c */
 void h_healthz(http_request *rq, http_response *rs);

@@ -21,11 +21,60 @@ import requests
 # explain themselves like a test module's.
 pytest.register_assert_rewrite("helpers")
 
+import openapi_check  # noqa: E402  (after the rewrite registration)
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KMSD = os.environ.get("QKMS_KMSD", os.path.join(ROOT, "build/asan/bin/kmsd"))
 KMSCTL = os.environ.get("QKMS_KMSCTL", os.path.join(ROOT, "build/asan/bin/kmsctl"))
 LOCAL = os.path.join(ROOT, "scripts", "qkms-local.sh")
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+# Every answer kmsd gives a test through requests (Stack.api, helpers.post,
+# requests.get...) is checked against docs/openapi.yaml (openapi_check.py);
+# the session fails at its end if one did not match. QKMS_OPENAPI_CHECK=0
+# turns it off; QKMS_OPENAPI_REPORT=FILE writes the findings there as JSON.
+OPENAPI = (None if os.environ.get("QKMS_OPENAPI_CHECK") == "0"
+           else openapi_check.Recorder(openapi_check.Spec(openapi_check.load())))
+
+if OPENAPI:
+    _send = requests.Session.send
+
+    def _checked_send(self, request, **kw):
+        r = _send(self, request, **kw)
+        try:
+            OPENAPI.observe(r, streamed=kw.get("stream", False))
+        except Exception as e:  # a bug of the checker must not change the test
+            OPENAPI.violations.append({"problem": f"checker error: {e!r}", "test": "?",
+                                       "status": r.status_code, "body": ""})
+        return r
+
+    requests.Session.send = _checked_send
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not OPENAPI:
+        return
+    if os.environ.get("QKMS_OPENAPI_REPORT"):
+        documented, seen = OPENAPI.coverage()
+        with open(os.environ["QKMS_OPENAPI_REPORT"], "w") as f:
+            json.dump({"checked": OPENAPI.checked, "violations": OPENAPI.violations,
+                       "unseen": sorted(documented - seen)}, f, indent=1)
+    if OPENAPI.violations and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not OPENAPI or not OPENAPI.checked:
+        return
+    if OPENAPI.violations:
+        terminalreporter.section("docs/openapi.yaml", red=True)
+        terminalreporter.write_line(OPENAPI.report())
+    else:
+        documented, seen = OPENAPI.coverage()
+        terminalreporter.write_line(
+            f"docs/openapi.yaml: {OPENAPI.checked} answers of kmsd checked, all as documented "
+            f"({len(seen)} of {len(documented)} documented route/status pairs seen)")
 
 
 def free_port():
@@ -122,6 +171,8 @@ class Stack:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([KMSD, "-c", self.conf, *args], env=env,
                                      stdout=self.log, stderr=self.log)
+        if OPENAPI:
+            OPENAPI.ports.add(self.port)
         if wait:
             self.wait_ready()
         return self.proc
@@ -147,6 +198,8 @@ class Stack:
                 self.proc.wait()
         rc = self.proc.returncode
         self.proc = None
+        if OPENAPI:
+            OPENAPI.ports.discard(self.port)
         self.log.close()
         return rc
 
