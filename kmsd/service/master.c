@@ -14,13 +14,6 @@
 #include "store/queries.h"
 #include "service/sessions.h"
 
-#define MASTER_LOCK "7164803902"
-
-static int lock_cmd(db_conn *c, const char *sql)
-{
-    return db_command(c, sql) == DB_OK ? 0 : -1;
-}
-
 static int record_v1(qk_svc *k, db_conn *c, char *err, size_t el)
 {
     uint8_t kcv[KEYWRAP_KCV_LEN];
@@ -133,7 +126,7 @@ int master_init(qk_svc *k, char *err, size_t el)
         snprintf(err, el, "database unavailable: %s", db_status_name(st));
         return -1;
     }
-    if (lock_cmd(c, "SELECT pg_advisory_lock(" MASTER_LOCK ")") != 0) {
+    if (qt_command(c, QT_MASTER_LOCK) != DB_OK) {
         snprintf(err, el, "cannot take the master key lock");
         db_release(k->db, c);
         return -1;
@@ -190,7 +183,7 @@ int master_init(qk_svc *k, char *err, size_t el)
     rc = session_id_key_init(k, c, err, el);
 out:
     PQclear(r);
-    lock_cmd(c, "SELECT pg_advisory_unlock(" MASTER_LOCK ")");
+    qt_command(c, QT_MASTER_UNLOCK);
     db_release(k->db, c);
     if (rc == 0) {
         char label[128];
