@@ -1,18 +1,21 @@
 /*
  * fuzz_envelope — the server's parse of a device request (docs/protocol.md):
  * the v1 envelope {"v","device_id","key_index","nonce","ct"} as
- * kmsd/sessions.c's parse_envelope reads a POST /v1/sessions/key body, then,
+ * kmsd/api/device_v1.c's parse_envelope reads a POST /v1/sessions/key body, then,
  * when the envelope names a device of the test vectors, the AEAD open under
  * that device's key (as authenticate() does after the token unwrap) and the
  * inner request's fields (inner_fields), for both operations.
  *
  * parse_envelope and inner_fields are static: this file compiles
- * kmsd/sessions.c into itself rather than changing it (the rest of kmsd
- * comes from the fuzz library; sessions.o is never pulled in because every
+ * kmsd/api/device_v1.c into itself rather than changing it (the rest of kmsd
+ * comes from the fuzz library; device_v1.o is never pulled in because every
  * symbol it defines is defined here; fuzz_sessions.h).
  */
 #include "fuzz_common.h"
 
+#include <errno.h>
+
+#include "hexutil.h"
 #include "fuzz_sessions.h"
 
 typedef struct {
@@ -36,8 +39,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (!fuzz_env_on("QKMS_FUZZ_VERBOSE"))
         log_set_level((log_level)(LOG_ERROR + 1));
     fk.cfg.protocol_clock_skew = 300;
-    fk.smetrics = session_metrics_new();
-    FUZZ_CHECK(fk.smetrics != NULL);
+    fk.svc.smetrics = session_metrics_new();
+    FUZZ_CHECK(fk.svc.smetrics != NULL);
     json_array_foreach(vs, i, v) {
         const char *hex = json_string_value(json_object_get(v, "device_key"));
         vkey *k = &vkeys[nvkeys];

@@ -1,16 +1,18 @@
 /*
  * fuzz_inner — the decrypted inner request of a device request
  * (docs/protocol.md): the bytes the AEAD opened, parsed by
- * kmsd/sessions.c exactly as authenticate() and inner_fields() do for the
+ * kmsd/api/device_v1.c exactly as authenticate() and inner_fields() do for the
  * `key` operation (session_id, peer_id, ts, delivery) and the `end`
  * operation (session_id, ts). The AEAD is skipped: the fuzzer stands in for
  * a device that holds its own key, which is the case the inner parse must
  * survive.
  *
- * Like fuzz_envelope, this compiles kmsd/sessions.c in (its parsers are
+ * Like fuzz_envelope, this compiles kmsd/api/device_v1.c in (its parsers are
  * static; fuzz_sessions.h).
  */
 #include "fuzz_common.h"
+
+#include <errno.h>
 
 #include "fuzz_sessions.h"
 
@@ -24,8 +26,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (!fuzz_env_on("QKMS_FUZZ_VERBOSE"))
         log_set_level((log_level)(LOG_ERROR + 1));
     fk.cfg.protocol_clock_skew = 300;
-    fk.smetrics = session_metrics_new();
-    FUZZ_CHECK(fk.smetrics != NULL);
+    fk.svc.smetrics = session_metrics_new();
+    FUZZ_CHECK(fk.svc.smetrics != NULL);
     {
         /* The session-ID HMAC key kmsd unwraps at start (a fixed one here). */
         static const uint8_t k[SID_KEY_LEN] = {1, 2, 3};

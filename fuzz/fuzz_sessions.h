@@ -1,12 +1,15 @@
 /*
- * fuzz_sessions — kmsd/sessions.c compiled into a fuzz target, for the
- * targets that reach its static parsers (fuzz_envelope, fuzz_inner).
+ * fuzz_sessions — kmsd/api/device_v1.c (the device protocol v1 door)
+ * compiled into a fuzz target, for the targets that reach its static
+ * parsers, parse_envelope and inner_fields (fuzz_envelope, fuzz_inner).
  *
  * Contract: include once, after fuzz_common.h, in place of linking
- * sessions.o (every symbol it defines is then defined by the target).
- * time() inside sessions.c is pinned to FUZZ_NOW, the test vectors' ts, so
- * a run is reproducible (the clock window itself is judged by the database
- * and is not reached here).
+ * device_v1.o (every symbol it defines is then defined by the target; the
+ * session service, kmsd/service/, comes from the fuzz library).
+ * time() inside device_v1.c is pinned to FUZZ_NOW, the test vectors' ts, so
+ * a run is reproducible (the door reads no clock today; the key validity
+ * check is device_auth.c's and the clock window the database's, neither
+ * reached here).
  */
 #ifndef QKMS_FUZZ_SESSIONS_H
 #define QKMS_FUZZ_SESSIONS_H
@@ -14,14 +17,14 @@
 #include <time.h>
 
 #define FUZZ_NOW 1795430000
-static time_t fuzz_time(time_t *t)
+__attribute__((unused)) static time_t fuzz_time(time_t *t)
 {
     if (t)
         *t = FUZZ_NOW;
     return FUZZ_NOW;
 }
 #define time(t) fuzz_time(t)
-#include "../kmsd/service/sessions.c"
+#include "../kmsd/api/device_v1.c"
 #undef time
 
 #endif

@@ -26,7 +26,7 @@
 #include "api/ratelimit.h"
 #include "service/readiness.h"
 #include "api/routes.h"
-#include "service/sessions.h"
+#include "service/session_metrics.h"
 #include "version.h"
 
 /* Locked, non-dumpable heap for PINs and unwrapped keys (OpenSSL's secure

@@ -1,6 +1,5 @@
 /* routes — the route table. */
 #include "api/routes.h"
-#include "service/sessions.h"
 
 #define OPS (ROLE_ADMIN | ROLE_OPERATOR)
 #define IMPORT_MAX_BODY (4u << 20)

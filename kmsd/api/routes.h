@@ -49,6 +49,15 @@ void h_audit_list(http_request *rq, http_response *rs);
 void h_audit_verify(http_request *rq, http_response *rs);
 void h_audit_export(http_request *rq, http_response *rs);
 
+/* device_v1.c: the device protocol v1 */
+void h_session_key(http_request *rq, http_response *rs);
+void h_session_end(http_request *rq, http_response *rs);
+
+/* admin_sessions.c */
+void h_admin_sessions_list(http_request *rq, http_response *rs);
+void h_admin_session_get(http_request *rq, http_response *rs);
+void h_admin_session_end(http_request *rq, http_response *rs);
+
 /* admin_policies.c */
 void h_policies_list(http_request *rq, http_response *rs);
 void h_policies_add(http_request *rq, http_response *rs);

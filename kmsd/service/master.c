@@ -12,7 +12,7 @@
 #include "hexutil.h"
 #include "log.h"
 #include "store/queries.h"
-#include "service/sessions.h"
+#include "service/session_id.h"
 
 static int record_v1(qk_svc *k, db_conn *c, char *err, size_t el)
 {

@@ -21,7 +21,7 @@
 #include "service/master.h"
 #include "store/pgjson.h"
 #include "store/queries.h"
-#include "service/sessions.h"
+#include "service/session_id.h"
 
 #define REWRAP_BATCH "500"
 #define BLOB_MAX (64 + KEYWRAP_OVERHEAD)

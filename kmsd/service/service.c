@@ -14,7 +14,8 @@
 
 #include "service/keycache.h"
 #include "service/master.h"
-#include "service/sessions.h"
+#include "service/session_metrics.h"
+#include "service/session_id.h"
 #include "store/migrate.h"
 #include "store/queries.h"
 

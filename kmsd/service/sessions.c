@@ -1,456 +1,32 @@
-/* sessions — device protocol v1: request authentication, paired session keys, ends. */
+/*
+ * sessions — the session service (sessions.h): issuing one paired key per
+ * session ID through the stored function qkms_session_key, ending sessions
+ * (qkms_session_end, and on an operator's word), reaping expired ones, and
+ * the operator's view.
+ * Authentication is device_auth.c's, the session ID hash session_id.c's;
+ * the wire encoding is the doors'.
+ */
 #include "service/sessions.h"
 
-#include <errno.h>
-#include <stdarg.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
-#include "service/device_model.h"
 #include "hexutil.h"
+#include "service/device_model.h"
 #include "service/keycache.h"
-#include "log.h"
 #include "service/master.h"
+#include "service/session_id.h"
+#include "service/session_metrics.h"
 #include "store/pgjson.h"
-#include "qkms_proto.h"
 #include "store/queries.h"
-#include "api/ratelimit.h"
-#include "api/routes.h"
 
-#define ENVELOPE_MAX 8192
 #define SESSION_WRAPPED_MAX (32 + KEYWRAP_OVERHEAD)
+#define SESSION_KEY_BUF (KEYWRAP_MAX_KEY + 16)
 
-/* ---- metrics ---------------------------------------------------------------- */
-
-enum { REFUSE_AUTH, REFUSE_INACTIVE, REFUSE_NOT_PARTY, REFUSE_PEER_MISMATCH, REFUSE_POLICY,
-       REFUSE_ENDED, REFUSE_PEER, REFUSE_INVALID, REFUSE__N };
-static const char *const refuse_names[] = {"unauthenticated", "device_inactive", "not_a_party",
-                                           "peer_mismatch", "policy_denied", "session_ended",
-                                           "unknown_peer", "invalid_request"};
-
-/* Where a key request's time goes (docs/performance.md). */
-enum { STAGE_PARSE, STAGE_KEY_LOOKUP, STAGE_KEY_UNWRAP, STAGE_OPEN, STAGE_SESSION_TX,
-       STAGE_NEW_KEY, STAGE_DELIVER, STAGE__N };
-static const char *const stage_names[] = {"parse", "device_key_lookup", "device_key_unwrap",
-                                          "open_request", "session_tx", "new_session_key",
-                                          "deliver"};
-
-struct session_metrics {
-    _Atomic uint64_t created, deliveries, ended_by_party, ended_by_operator, reaped;
-    _Atomic uint64_t refused[REFUSE__N];
-    _Atomic uint64_t stage_ns[STAGE__N], stage_count[STAGE__N];
-};
-
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-/* Close the current stage and start the next one. */
-static void stage(session_metrics *m, int which, uint64_t *t0)
-{
-    uint64_t t = now_ns();
-    atomic_fetch_add(&m->stage_ns[which], t - *t0);
-    atomic_fetch_add(&m->stage_count[which], 1);
-    *t0 = t;
-}
-
-session_metrics *session_metrics_new(void) { return calloc(1, sizeof(session_metrics)); }
-void session_metrics_free(session_metrics *m) { free(m); }
-
-void session_metrics_render(void *ctx, FILE *f)
-{
-    session_metrics *m = ctx;
-    fprintf(f,
-            "# HELP qkms_sessions_created_total Sessions created (first key request).\n"
-            "# TYPE qkms_sessions_created_total counter\nqkms_sessions_created_total %llu\n"
-            "# HELP qkms_session_deliveries_total Session keys delivered to a party.\n"
-            "# TYPE qkms_session_deliveries_total counter\nqkms_session_deliveries_total %llu\n"
-            "# HELP qkms_sessions_ended_total Sessions ended by this kmsd, by reason.\n"
-            "# TYPE qkms_sessions_ended_total counter\n"
-            "qkms_sessions_ended_total{reason=\"ended_by_party\"} %llu\n"
-            "qkms_sessions_ended_total{reason=\"ended_by_operator\"} %llu\n"
-            "qkms_sessions_ended_total{reason=\"expired\"} %llu\n"
-            "# HELP qkms_session_refusals_total Refused device requests, by reason.\n"
-            "# TYPE qkms_session_refusals_total counter\n",
-            (unsigned long long)atomic_load(&m->created),
-            (unsigned long long)atomic_load(&m->deliveries),
-            (unsigned long long)atomic_load(&m->ended_by_party),
-            (unsigned long long)atomic_load(&m->ended_by_operator),
-            (unsigned long long)atomic_load(&m->reaped));
-    for (int i = 0; i < REFUSE__N; i++)
-        fprintf(f, "qkms_session_refusals_total{reason=\"%s\"} %llu\n", refuse_names[i],
-                (unsigned long long)atomic_load(&m->refused[i]));
-    fprintf(f, "# HELP qkms_session_stage_seconds Time spent in each stage of key requests.\n"
-               "# TYPE qkms_session_stage_seconds summary\n");
-    for (int i = 0; i < STAGE__N; i++)
-        fprintf(f,
-                "qkms_session_stage_seconds_sum{stage=\"%s\"} %.6f\n"
-                "qkms_session_stage_seconds_count{stage=\"%s\"} %llu\n",
-                stage_names[i], (double)atomic_load(&m->stage_ns[i]) / 1e9, stage_names[i],
-                (unsigned long long)atomic_load(&m->stage_count[i]));
-}
-
-static void refuse(http_request *rq, int why)
-{
-    atomic_fetch_add(&rq->kms->svc.smetrics->refused[why], 1);
-}
-
-/* ---- request authentication ------------------------------------------------ */
-
-typedef struct {
-    char device_id[QKP_MAX_ID + 1];
-    int key_index;
-    uint8_t nonce[QKP_NONCE_LEN];
-    char nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)];
-    uint8_t ct[QKP_MAX_PLAINTEXT + QKP_TAG_LEN];
-    size_t ct_len;
-} envelope;
-
-typedef struct {
-    long long device_pk;
-    char state[16];
-    uint8_t *key; /* secure heap, KEYWRAP_MAX_KEY + 16 */
-    size_t key_len;
-    json_t *inner;
-} authed;
-
-static void authed_clear(authed *a)
-{
-    if (a->key)
-        OPENSSL_secure_clear_free(a->key, KEYWRAP_MAX_KEY + 16);
-    a->key = NULL;
-    json_decref(a->inner);
-    a->inner = NULL;
-}
-
-static int parse_envelope(http_request *rq, http_response *rs, envelope *env)
-{
-    json_t *in, *v;
-    const char *key, *s;
-    int rc = -1;
-
-    if (rq->body_len > ENVELOPE_MAX) {
-        http_error(rs, 413, "payload_too_large", "request body too large");
-        return -1;
-    }
-    in = http_body_object(rq, rs);
-    if (!in)
-        return -1;
-    json_object_foreach(in, key, v) {
-        if (strcmp(key, "v") && strcmp(key, "device_id") && strcmp(key, "key_index") &&
-            strcmp(key, "nonce") && strcmp(key, "ct")) {
-            http_error(rs, 400, "malformed_request", "unknown field '%.32s'", key);
-            goto out;
-        }
-    }
-    v = json_object_get(in, "v");
-    if (!json_is_integer(v) || json_integer_value(v) != QKP_VERSION) {
-        http_error(rs, 400, "malformed_request", "v must be 1");
-        goto out;
-    }
-    s = json_string_value(json_object_get(in, "device_id"));
-    if (!qkp_id_valid(s)) {
-        http_error(rs, 400, "malformed_request", "device_id is not a valid ID");
-        goto out;
-    }
-    strcpy(env->device_id, s);
-    v = json_object_get(in, "key_index");
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 255) {
-        http_error(rs, 400, "malformed_request", "key_index must be an integer from 0 to 255");
-        goto out;
-    }
-    env->key_index = (int)json_integer_value(v);
-    s = json_string_value(json_object_get(in, "nonce"));
-    if (!s || qkp_b64url_decode(s, strlen(s), env->nonce, sizeof(env->nonce)) != QKP_NONCE_LEN) {
-        http_error(rs, 400, "malformed_request", "nonce must be 12 bytes in base64url");
-        goto out;
-    }
-    strcpy(env->nonce_b64, s);
-    s = json_string_value(json_object_get(in, "ct"));
-    long n = s ? qkp_b64url_decode(s, strlen(s), env->ct, sizeof(env->ct)) : -1;
-    if (n < QKP_TAG_LEN + 1) {
-        http_error(rs, 400, "malformed_request", "ct must be base64url, 17 to 2064 bytes");
-        goto out;
-    }
-    env->ct_len = (size_t)n;
-    rc = 0;
-out:
-    json_decref(in);
-    return rc;
-}
-
-/* One 401 for every failure; the reason goes to the log only. */
-static void auth_fail(http_request *rq, http_response *rs, const envelope *env, const char *why)
-{
-    log_emit(LOG_WARN, "device request refused", "{s:s,s:s,s:i,s:s,s:s}", "req_id", rq->req_id,
-             "device_id", env->device_id, "key_index", env->key_index, "auth_failure", why,
-             "client", rq->client_ip);
-    refuse(rq, REFUSE_AUTH);
-    http_error(rs, 401, "unauthenticated", "request could not be authenticated");
-}
-
-static void unavailable(http_response *rs, const char *code, const char *msg)
-{
-    rs->retry_after = 1;
-    http_error(rs, 503, code, "%s", msg);
-}
-
-/* The device key row: 2 from the cache, 1 read by one indexed query (then
- * cached), 0 when there is none, -1 on error (answered). */
-static int load_key_row(http_request *rq, http_response *rs, const envelope *env,
-                        keycache_entry *e, uint64_t *t0)
-{
-    qk_svc *k = &rq->kms->svc;
-    char idx[8];
-    const char *vals[2] = {env->device_id, idx};
-    db_status st;
-    db_conn *c;
-    PGresult *r;
-    long bl;
-
-    if (keycache_get(k->keys, env->device_id, env->key_index, e))
-        return 2;
-    snprintf(idx, sizeof(idx), "%d", env->key_index);
-    c = db_acquire(k->db, &st);
-    if (!c) {
-        http_db_error(rs, st);
-        return -1;
-    }
-    r = db_exec(c, Q_DEVKEY_FOR_AUTH, 2, vals, NULL, NULL, &st);
-    db_release(k->db, c);
-    stage(k->smetrics, STAGE_KEY_LOOKUP, t0);
-    if (!r) {
-        http_db_error(rs, st);
-        return -1;
-    }
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        return 0;
-    }
-    memset(e, 0, sizeof(*e));
-    e->device_pk = atoll(PQgetvalue(r, 0, 0));
-    snprintf(e->device_state, sizeof(e->device_state), "%s", PQgetvalue(r, 0, 1));
-    e->key_bits = !strcmp(PQgetvalue(r, 0, 2), "AES-256") ? 256 : 128;
-    snprintf(e->key_state, sizeof(e->key_state), "%s", PQgetvalue(r, 0, 4));
-    e->not_before = atoll(PQgetvalue(r, 0, 5));
-    e->not_after = atoll(PQgetvalue(r, 0, 6));
-    bl = PQgetisnull(r, 0, 3) ? 0
-                              : qkms_hex_decode(PQgetvalue(r, 0, 3), strlen(PQgetvalue(r, 0, 3)),
-                                           e->wrapped, sizeof(e->wrapped));
-    e->wrapped_len = bl > 0 ? (size_t)bl : 0;
-    PQclear(r);
-    keycache_put(k->keys, env->device_id, env->key_index, e);
-    return 1;
-}
-
-/* Unwrap the device key of row e (found: load_key_row's answer) into a->key. */
-static CK_RV unwrap_device_key(http_request *rq, http_response *rs, const envelope *env,
-                               keycache_entry *e, int found, const char *ctx, authed *a,
-                               uint64_t *t0)
-{
-    qk_svc *k = &rq->kms->svc;
-    CK_RV rv;
-
-    a->key_len = KEYWRAP_MAX_KEY + 16;
-    rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e->wrapped, e->wrapped_len,
-                        a->key, &a->key_len);
-    if (rv != CKR_OK && (found == 2 || p11_rv_kind(rv) == P11_KIND_NOT_FOUND)) {
-        /* A cached row may name a master key version rotated away and
-         * destroyed since (the token answers not-found or, for a handle
-         * whose object vanished, device-removed); any row may name a
-         * version another instance made that we have not loaded yet
-         * (not-found). Refresh our view of the versions and read the row
-         * again, once. A row just read that failed for another reason
-         * would fail the same way again. */
-        master_refresh(k, NULL);
-        keycache_invalidate(k->keys, env->device_id);
-        if (load_key_row(rq, rs, env, e, t0) == 1 && e->wrapped_len) {
-            a->key_len = KEYWRAP_MAX_KEY + 16;
-            rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), e->wrapped,
-                                e->wrapped_len, a->key, &a->key_len);
-        }
-    }
-    return rv;
-}
-
-/* Find the device key, unwrap it through the token, open the request. The
- * checks here may use a cached row; the stored function repeats them. */
-static int authenticate(http_request *rq, http_response *rs, const char *op, const envelope *env,
-                        authed *a, uint64_t *t0)
-{
-    qk_svc *k = &rq->kms->svc;
-    char ctx[256], aad[QKP_MAX_AAD];
-    uint8_t *pt = NULL;
-    int aad_len, rc = -1, found;
-    int64_t now = (int64_t)time(NULL);
-    keycache_entry e;
-    json_error_t je;
-    CK_RV rv;
-
-    memset(a, 0, sizeof(*a));
-    found = load_key_row(rq, rs, env, &e, t0);
-    if (found < 0)
-        return -1;
-    if (found == 0) {
-        auth_fail(rq, rs, env, "unknown device or key index");
-        return -1;
-    }
-    a->device_pk = e.device_pk;
-    snprintf(a->state, sizeof(a->state), "%s", e.device_state);
-    if (!strcmp(e.device_state, "revoked") || strcmp(e.key_state, "active") != 0 ||
-        e.wrapped_len == 0) {
-        auth_fail(rq, rs, env,
-                  !strcmp(e.device_state, "revoked") ? "device revoked"
-                  : !strcmp(e.key_state, "retired")  ? "key retired"
-                                                     : "key destroyed");
-        return -1;
-    }
-    if (now < e.not_before || now >= e.not_after) {
-        auth_fail(rq, rs, env, "key outside its validity (expired or not yet valid)");
-        return -1;
-    }
-    a->key = OPENSSL_secure_malloc(KEYWRAP_MAX_KEY + 16);
-    pt = OPENSSL_secure_malloc(env->ct_len);
-    if (!a->key || !pt) {
-        http_error(rs, 500, "internal", "internal error (see kmsd log)");
-        goto out;
-    }
-    device_key_context(env->device_id, env->key_index, e.key_bits, ctx, sizeof(ctx));
-    rv = unwrap_device_key(rq, rs, env, &e, found, ctx, a, t0);
-    stage(k->smetrics, STAGE_KEY_UNWRAP, t0);
-    if (rv != CKR_OK) {
-        log_emit(LOG_ERROR, "device key unwrap failed", "{s:s,s:s,s:i}", "ckr", p11_rv_name(rv),
-                 "device_id", env->device_id, "key_index", env->key_index);
-        if (p11_rv_kind(rv) == P11_KIND_UNAVAILABLE || p11_rv_kind(rv) == P11_KIND_NOT_FOUND)
-            unavailable(rs, "token_unavailable", "key token unavailable, retry later");
-        else
-            http_error(rs, 500, "internal", "internal error (see kmsd log)");
-        goto out;
-    }
-    aad_len = qkp_request_aad(op, env->device_id, env->key_index, aad, sizeof(aad));
-    if (aad_len < 0 || qkp_open(a->key, a->key_len, env->nonce, aad, (size_t)aad_len, env->ct,
-                                env->ct_len, pt) != 0) {
-        auth_fail(rq, rs, env, "AEAD tag did not verify (wrong key, operation or tampering)");
-        goto out;
-    }
-    a->inner = json_loadb((const char *)pt, env->ct_len - QKP_TAG_LEN, JSON_REJECT_DUPLICATES, &je);
-    if (!json_is_object(a->inner)) {
-        http_error(rs, 422, "invalid_request", "the inner request is not a JSON object");
-        refuse(rq, REFUSE_INVALID);
-        goto out;
-    }
-    rc = 0;
-out:
-    OPENSSL_cleanse(&e, sizeof(e));
-    if (pt)
-        OPENSSL_secure_clear_free(pt, env->ct_len);
-    if (rc != 0)
-        authed_clear(a);
-    return rc;
-}
-
-/* Fields of the inner request. The clock check is part of authentication
- * and is made by the stored function against the database's clock (one
- * clock for every instance, the one nonces expire by): here ts is only
- * required to be an integer. */
-static int inner_fields(http_request *rq, http_response *rs, const envelope *env, authed *a,
-                        bool want_peer, const char **sid, const char **peer, bool *delivered,
-                        char ts_out[24])
-{
-    json_t *ts = json_object_get(a->inner, "ts"), *d = json_object_get(a->inner, "delivery");
-    const char *key;
-    json_t *v;
-
-    json_object_foreach(a->inner, key, v) {
-        if (strcmp(key, "session_id") && strcmp(key, "ts") &&
-            !(want_peer && (!strcmp(key, "peer_id") || !strcmp(key, "delivery")))) {
-            http_error(rs, 422, "invalid_request", "unknown field '%.32s'", key);
-            refuse(rq, REFUSE_INVALID);
-            return -1;
-        }
-    }
-    if (!json_is_integer(ts)) {
-        http_error(rs, 422, "invalid_request", "ts must be an integer");
-        refuse(rq, REFUSE_INVALID);
-        return -1;
-    }
-    snprintf(ts_out, 24, "%lld", (long long)json_integer_value(ts));
-    *sid = json_string_value(json_object_get(a->inner, "session_id"));
-    if (!qkp_id_valid(*sid)) {
-        http_error(rs, 422, "invalid_request", "session_id is not a valid ID");
-        refuse(rq, REFUSE_INVALID);
-        return -1;
-    }
-    if (!want_peer)
-        return 0;
-    *peer = json_string_value(json_object_get(a->inner, "peer_id"));
-    if (!qkp_id_valid(*peer) || !strcmp(*peer, env->device_id)) {
-        http_error(rs, 422, "invalid_request", "peer_id must be another device's ID");
-        refuse(rq, REFUSE_INVALID);
-        return -1;
-    }
-    if (d && !(json_is_string(d) && !strcmp(json_string_value(d), "delivered"))) {
-        http_error(rs, 422, "invalid_request", "delivery may only be \"delivered\"");
-        refuse(rq, REFUSE_INVALID);
-        return -1;
-    }
-    *delivered = d != NULL;
-    return 0;
-}
-
-static uint8_t *sid_key; /* secure heap, SID_KEY_LEN; set once at start */
-
-int sessions_set_id_key(const uint8_t *key, size_t len)
-{
-    if (sid_key)
-        OPENSSL_secure_clear_free(sid_key, SID_KEY_LEN);
-    sid_key = NULL;
-    if (!key)
-        return 0;
-    if (len != SID_KEY_LEN || !(sid_key = OPENSSL_secure_malloc(SID_KEY_LEN)))
-        return -1;
-    memcpy(sid_key, key, SID_KEY_LEN);
-    return 0;
-}
-
-int session_hash(const char *session_id, uint8_t out[32])
-{
-    unsigned int n = 32;
-    if (!sid_key || !HMAC(EVP_sha256(), sid_key, SID_KEY_LEN, (const uint8_t *)session_id,
-                          strlen(session_id), out, &n) || n != 32)
-        return -1;
-    return 0;
-}
-
-void session_hash_legacy(const char *session_id, uint8_t out[32])
-{
-    unsigned int n = 0;
-    EVP_Digest(session_id, strlen(session_id), out, &n, EVP_sha256(), NULL);
-}
-
-int session_key_context(const char *hash_hex, const char *key_id, char *out, size_t len)
-{
-    int n = snprintf(out, len, "qkms/session-key/v1\n%s\n%s", hash_hex, key_id);
-    return n > 0 && (size_t)n < len ? n : -1;
-}
-
-static void session_key_context_of(const uint8_t hash[32], const char *key_id, char *out,
-                                   size_t len)
-{
-    char hx[65];
-    qkms_hex_encode(hash, 32, hx);
-    session_key_context(hx, key_id, out, len);
-}
+/* ---- candidate keys --------------------------------------------------------- */
 
 static void uuid4(char out[37])
 {
@@ -472,131 +48,56 @@ typedef struct {
 } candidate;
 
 /* A new session key from the entropy interface, wrapped under the master key. */
-static int make_candidate(http_request *rq, http_response *rs, const uint8_t hash[32], int bits,
-                          candidate *cd)
+static qk_kind make_candidate(qk_svc *s, const qk_principal *who, const uint8_t hash[32], int bits,
+                              candidate *cd, qk_err *e)
 {
-    qk_svc *k = &rq->kms->svc;
     uint8_t *key = OPENSSL_secure_malloc(32), wrapped[SESSION_WRAPPED_MAX];
     size_t wl = sizeof(wrapped);
     char ctx[160];
     uint32_t used;
+    qk_kind r;
     CK_RV rv;
-    int rc = -1;
 
-    if (!key) {
-        http_error(rs, 500, "internal", "out of secure memory");
-        return -1;
-    }
-    if (entropy_get(k->ent, key, (size_t)bits / 8, &cd->provenance) != 0) {
-        unavailable(rs, "entropy_unavailable", "no entropy source available");
+    if (!key)
+        return qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
+    if (entropy_get(s->ent, key, (size_t)bits / 8, &cd->provenance) != 0) {
+        r = qk_fail(e, QK_UNAVAILABLE, "entropy_unavailable", "no entropy source available");
+        if (e)
+            e->retry_after = 1;
         goto out;
     }
     uuid4(cd->key_id);
     session_key_context_of(hash, cd->key_id, ctx, sizeof(ctx));
-    used = keywrap_active(k->kw);
-    rv = keywrap_wrap(k->kw, (const uint8_t *)ctx, strlen(ctx), key, (size_t)bits / 8, wrapped, &wl);
-    if (rv != CKR_OK && master_refresh(k, NULL) == 0 && keywrap_active(k->kw) != used) {
+    used = keywrap_active(s->kw);
+    rv = keywrap_wrap(s->kw, (const uint8_t *)ctx, strlen(ctx), key, (size_t)bits / 8, wrapped, &wl);
+    if (rv != CKR_OK && master_refresh(s, NULL) == 0 && keywrap_active(s->kw) != used) {
         /* The version we think active may have been retired and destroyed
          * by another instance since our last refresh: look again, once. */
         wl = sizeof(wrapped);
-        rv = keywrap_wrap(k->kw, (const uint8_t *)ctx, strlen(ctx), key, (size_t)bits / 8,
+        rv = keywrap_wrap(s->kw, (const uint8_t *)ctx, strlen(ctx), key, (size_t)bits / 8,
                           wrapped, &wl);
     }
     if (rv != CKR_OK) {
-        log_emit(LOG_ERROR, "session key wrap failed", "{s:s}", "ckr", p11_rv_name(rv));
-        unavailable(rs, "token_unavailable", "key token unavailable, retry later");
+        /* Whatever the token said, a key cannot be made now: the client
+         * retries (qk_from_token would answer 500 for some codes). */
+        log_with(&who->log, LOG_ERROR, "session key wrap failed", "{s:s}", "ckr", p11_rv_name(rv));
+        r = qk_fail(e, QK_UNAVAILABLE, "token_unavailable", "key token unavailable, retry later");
+        if (e)
+            e->retry_after = 1;
         goto out;
     }
     qkms_hex_encode(wrapped, wl, cd->wrapped_hex);
     snprintf(cd->master, sizeof(cd->master), "%u", keywrap_blob_version(wrapped, wl));
     snprintf(cd->bits, sizeof(cd->bits), "%d", bits);
-    rc = 0;
+    r = QK_OK;
 out:
     OPENSSL_secure_clear_free(key, 32);
-    return rc;
+    return r;
 }
 
-static const struct {
-    const char *outcome;
-    int status;
-    const char *code;
-    const char *message;
-    int refusal;
-} outcomes[] = {
-    {"ended", 409, "session_ended", "this session has ended; use a new session ID", REFUSE_ENDED},
-    {"not_a_party", 403, "not_a_party", "this device is not a party of the session", REFUSE_NOT_PARTY},
-    {"peer_mismatch", 403, "peer_mismatch", "the session's other party is a different device", REFUSE_PEER_MISMATCH},
-    {"unknown_peer", 422, "unknown_peer", "the peer is not a registered device", REFUSE_PEER},
-    {"peer_inactive", 422, "peer_inactive", "the peer is suspended or revoked", REFUSE_PEER},
-    {"policy_denied", 403, "policy_denied", "no pairing policy allows these two devices", REFUSE_POLICY},
-};
+/* ---- issuing ---------------------------------------------------------------- */
 
-/* Deliver: unwrap the session key and seal it under the device key. */
-static void deliver(http_request *rq, http_response *rs, const envelope *env, authed *a,
-                    const char *sid, PGresult *r)
-{
-    qk_svc *k = &rq->kms->svc;
-    /* The wrap context names the hash the row is keyed by (a row from
-     * before the keyed hash keeps its SHA-256, docs/sessions.md). */
-    const char *key_id = PQgetvalue(r, 0, 1), *whex = PQgetvalue(r, 0, 3),
-               *hash_hex = PQgetvalue(r, 0, 8);
-    int bits = atoi(PQgetvalue(r, 0, 2));
-    long long expires = atoll(PQgetvalue(r, 0, 4));
-    uint8_t blob[SESSION_WRAPPED_MAX], nonce[QKP_NONCE_LEN], ct[32 + QKP_TAG_LEN];
-    uint8_t *skey = OPENSSL_secure_malloc(KEYWRAP_MAX_KEY + 16);
-    char ctx[160], aad[QKP_MAX_AAD], nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)],
-        ct_b64[QKP_B64URL_LEN(sizeof(ct))];
-    size_t sl = KEYWRAP_MAX_KEY + 16;
-    long bl = qkms_hex_decode(whex, strlen(whex), blob, sizeof(blob));
-    int aad_len;
-    CK_RV rv;
-
-    if (!skey || bl <= 0 || session_key_context(hash_hex, key_id, ctx, sizeof(ctx)) < 0) {
-        http_error(rs, 500, "internal", "internal error (see kmsd log)");
-        goto out;
-    }
-    rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, skey, &sl);
-    if (p11_rv_kind(rv) == P11_KIND_NOT_FOUND && master_refresh(k, NULL) == 0) {
-        /* Rewrapped by another instance under a version we have not
-         * loaded yet: load it and try once more. */
-        sl = KEYWRAP_MAX_KEY + 16;
-        rv = keywrap_unwrap(k->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, skey, &sl);
-    }
-    if (rv != CKR_OK || sl != (size_t)bits / 8) {
-        log_emit(LOG_ERROR, "session key unwrap failed", "{s:s,s:s}", "ckr", p11_rv_name(rv),
-                 "key_id", key_id);
-        if (p11_rv_kind(rv) == P11_KIND_UNAVAILABLE || p11_rv_kind(rv) == P11_KIND_NOT_FOUND)
-            unavailable(rs, "token_unavailable", "key token unavailable, retry later");
-        else
-            http_error(rs, 500, "internal", "internal error (see kmsd log)");
-        goto out;
-    }
-    aad_len = qkp_response_aad(sid, env->device_id, env->key_index, key_id, expires,
-                               env->nonce_b64, aad, sizeof(aad));
-    if (RAND_bytes(nonce, sizeof(nonce)) != 1 || aad_len < 0 ||
-        qkp_seal(a->key, a->key_len, nonce, aad, (size_t)aad_len, skey, sl, ct) != 0) {
-        http_error(rs, 500, "internal", "internal error (see kmsd log)");
-        goto out;
-    }
-    qkp_b64url_encode(nonce, sizeof(nonce), nonce_b64);
-    qkp_b64url_encode(ct, sl + QKP_TAG_LEN, ct_b64);
-    atomic_fetch_add(&k->smetrics->deliveries, 1);
-    if (PQgetvalue(r, 0, 7)[0] == 't') {
-        atomic_fetch_add(&k->smetrics->created, 1);
-        log_emit(LOG_INFO, "session created", "{s:s,s:s,s:s,s:s}", "req_id", rq->req_id,
-                 "device_id", env->device_id, "key_id", key_id, "policy", PQgetvalue(r, 0, 5));
-    }
-    http_json(rs, 200,
-              json_pack("{s:i,s:s,s:s,s:i,s:I,s:s,s:s,s:s}", "v", QKP_VERSION, "session_id", sid,
-                        "key_id", key_id, "key_bits", bits, "expires_at", (json_int_t)expires,
-                        "delivery", PQgetvalue(r, 0, 6), "nonce", nonce_b64, "ct", ct_b64));
-out:
-    OPENSSL_cleanse(blob, sizeof(blob));
-    if (skey)
-        OPENSSL_secure_clear_free(skey, KEYWRAP_MAX_KEY + 16);
-}
-
-/* What a request's stored-function call needs besides the envelope. */
+/* What a request's stored-function call needs besides the device_auth. */
 typedef struct {
     const char *sid, *peer;
     bool delivered;
@@ -604,218 +105,297 @@ typedef struct {
     uint8_t hash[32], legacy[32];
 } session_call;
 
-static int session_call_init(http_request *rq, http_response *rs, const envelope *env, authed *a,
-                             bool key_op, session_call *sc)
+static qk_kind session_call_init(qk_svc *s, const device_auth *a, const char *sid,
+                                 const char *peer, bool delivered, int64_t ts, session_call *sc,
+                                 qk_err *e)
 {
     memset(sc, 0, sizeof(*sc));
-    if (inner_fields(rq, rs, env, a, key_op, &sc->sid, key_op ? &sc->peer : NULL,
-                     key_op ? &sc->delivered : NULL, sc->ts) != 0)
-        return -1;
-    if (session_hash(sc->sid, sc->hash) != 0) {
-        http_error(rs, 500, "internal", "internal error (see kmsd log)");
-        return -1;
-    }
-    session_hash_legacy(sc->sid, sc->legacy);
-    snprintf(sc->skew, sizeof(sc->skew), "%d", rq->kms->cfg.protocol_clock_skew);
+    sc->sid = sid;
+    sc->peer = peer;
+    sc->delivered = delivered;
+    if (!qkp_id_valid(sid))
+        return qk_fail(e, QK_INVALID, "invalid_request", "session_id is not a valid ID");
+    if (session_hash(sid, sc->hash) != 0)
+        return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+    session_hash_legacy(sid, sc->legacy);
+    snprintf(sc->ts, sizeof(sc->ts), "%lld", (long long)ts);
+    snprintf(sc->skew, sizeof(sc->skew), "%d", s->cfg->protocol_clock_skew);
     snprintf(sc->pk, sizeof(sc->pk), "%lld", a->device_pk);
-    snprintf(sc->kidx, sizeof(sc->kidx), "%d", env->key_index);
-    return 0;
+    snprintf(sc->kidx, sizeof(sc->kidx), "%d", a->key_index);
+    return QK_OK;
 }
 
-/* One call of qkms_session_key: the result, or NULL (answered). */
-static PGresult *session_key_call(http_request *rq, http_response *rs, const envelope *env,
-                                  const session_call *sc, const candidate *cd)
+/* The principal must be the device that authenticated. */
+static qk_kind device_principal(const qk_principal *who, const device_auth *a, qk_err *e)
 {
-    qk_svc *k = &rq->kms->svc;
-    const char *vals[15] = {sc->pk, sc->kidx, (const char *)env->nonce, (const char *)sc->hash,
+    if (!who || who->kind != QK_PRINCIPAL_DEVICE || !who->name || !a->key ||
+        strcmp(who->name, a->device_id) != 0) {
+        log_emit(LOG_ERROR, "session operation without its device", NULL);
+        return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+    }
+    return QK_OK;
+}
+
+/* One call of qkms_session_key: QK_OK with *out (PQclear it), or e. */
+static qk_kind session_key_call(qk_svc *s, const device_auth *a, const session_call *sc,
+                                const candidate *cd, PGresult **out, qk_err *e)
+{
+    const char *vals[15] = {sc->pk, sc->kidx, (const char *)a->nonce, (const char *)sc->hash,
                             sc->sid, sc->peer, sc->delivered ? "true" : "false", cd->key_id,
                             cd->wrapped_hex, cd->master, cd->provenance, cd->bits, sc->ts,
                             sc->skew, (const char *)sc->legacy};
     int lens[15] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32};
     int fmts[15] = {0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
     db_status st;
-    PGresult *r = db_query(k->db, Q_SESSION_KEY, 15, vals, lens, fmts, &st);
-    if (!r)
-        http_db_error(rs, st);
-    return r;
+    *out = db_query(s->db, Q_SESSION_KEY, 15, vals, lens, fmts, &st);
+    return *out ? QK_OK : db_fail(e, st);
 }
 
-/* Answer a refusal outcome of qkms_session_key (everything but ok, need_key
- * and master_inactive). */
-static void session_key_refused(http_request *rq, http_response *rs, const envelope *env,
-                                const session_call *sc, PGresult *r)
+static const struct {
+    const char *outcome;
+    qk_kind kind;
+    const char *code;
+    const char *message;
+    session_refusal refusal;
+} outcomes[] = {
+    {"ended", QK_CONFLICT, "session_ended", "this session has ended; use a new session ID", SESSION_REFUSE_ENDED},
+    {"not_a_party", QK_FORBIDDEN, "not_a_party", "this device is not a party of the session", SESSION_REFUSE_NOT_PARTY},
+    {"peer_mismatch", QK_FORBIDDEN, "peer_mismatch", "the session's other party is a different device", SESSION_REFUSE_PEER_MISMATCH},
+    {"unknown_peer", QK_INVALID, "unknown_peer", "the peer is not a registered device", SESSION_REFUSE_PEER},
+    {"peer_inactive", QK_INVALID, "peer_inactive", "the peer is suspended or revoked", SESSION_REFUSE_PEER},
+    {"policy_denied", QK_FORBIDDEN, "policy_denied", "no pairing policy allows these two devices", SESSION_REFUSE_POLICY},
+};
+
+/* A refusal outcome of qkms_session_key (everything but ok, need_key and
+ * master_inactive), into e. */
+static qk_kind session_key_refused(qk_svc *s, const qk_principal *who, device_auth *a,
+                                   const session_call *sc, PGresult *r, qk_err *e)
 {
-    qk_svc *k = &rq->kms->svc;
     const char *outcome = PQgetvalue(r, 0, 0);
 
     if (!strcmp(outcome, "replay")) {
-        ratelimit_refund(rq->kms->rl[RL_DEVICE], env->device_id, ratelimit_now_ns());
-        auth_fail(rq, rs, env, "nonce already used (replay)");
-        return;
+        a->replayed = true;
+        return device_auth_fail(s, &who->log, a->device_id, a->key_index,
+                                "nonce already used (replay)", e);
     }
-    if (!strcmp(outcome, "stale")) {
-        auth_fail(rq, rs, env, "timestamp outside the clock window");
-        return;
-    }
+    if (!strcmp(outcome, "stale"))
+        return device_auth_fail(s, &who->log, a->device_id, a->key_index,
+                                "timestamp outside the clock window", e);
     if (!strcmp(outcome, "unauthenticated")) {
         /* The authoritative re-check refused what a cached row allowed. */
-        keycache_invalidate(k->keys, env->device_id);
-        auth_fail(rq, rs, env, PQgetvalue(r, 0, 5));
-        return;
+        keycache_invalidate(s->keys, a->device_id);
+        return device_auth_fail(s, &who->log, a->device_id, a->key_index, PQgetvalue(r, 0, 5), e);
     }
     if (!strcmp(outcome, "device_inactive")) {
-        keycache_invalidate(k->keys, env->device_id);
-        refuse(rq, REFUSE_INACTIVE);
-        http_error(rs, 403, "device_inactive", "this device is %s", PQgetvalue(r, 0, 5));
-        return;
+        keycache_invalidate(s->keys, a->device_id);
+        session_metrics_refused(s->smetrics, SESSION_REFUSE_INACTIVE);
+        return qk_fail(e, QK_FORBIDDEN, "device_inactive", "this device is %s", PQgetvalue(r, 0, 5));
     }
     for (size_t i = 0; i < sizeof(outcomes) / sizeof(outcomes[0]); i++)
         if (!strcmp(outcome, outcomes[i].outcome)) {
-            refuse(rq, outcomes[i].refusal);
-            log_emit(LOG_WARN, "session request refused", "{s:s,s:s,s:s,s:s}", "req_id",
-                     rq->req_id, "device_id", env->device_id, "peer_id", sc->peer, "reason",
-                     outcome);
-            http_error(rs, outcomes[i].status, outcomes[i].code, "%s", outcomes[i].message);
-            return;
+            session_metrics_refused(s->smetrics, outcomes[i].refusal);
+            log_with(&who->log, LOG_WARN, "session request refused", "{s:s,s:s,s:s}", "device_id",
+                     a->device_id, "peer_id", sc->peer, "reason", outcome);
+            return qk_fail(e, outcomes[i].kind, outcomes[i].code, "%s", outcomes[i].message);
         }
-    log_emit(LOG_ERROR, "unexpected session outcome", "{s:s}", "outcome", outcome);
-    http_error(rs, 500, "internal", "internal error (see kmsd log)");
+    log_with(&who->log, LOG_ERROR, "unexpected session outcome", "{s:s}", "outcome", outcome);
+    return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
 }
 
-void h_session_key(http_request *rq, http_response *rs)
+void session_grant_clear(session_grant *g)
 {
-    qk_svc *k = &rq->kms->svc;
-    envelope env;
-    authed a;
+    if (g->key)
+        OPENSSL_secure_clear_free(g->key, SESSION_KEY_BUF);
+    memset(g, 0, sizeof(*g));
+}
+
+/* The "ok" row of qkms_session_key: unwrap its session key into g. */
+static qk_kind grant_from_row(qk_svc *s, const qk_principal *who, PGresult *r, session_grant *g,
+                              qk_err *e)
+{
+    /* The wrap context names the hash the row is keyed by (a row from
+     * before the keyed hash keeps its SHA-256, docs/sessions.md). */
+    const char *key_id = PQgetvalue(r, 0, 1), *whex = PQgetvalue(r, 0, 3),
+               *hash_hex = PQgetvalue(r, 0, 8);
+    uint8_t blob[SESSION_WRAPPED_MAX];
+    long bl = qkms_hex_decode(whex, strlen(whex), blob, sizeof(blob));
+    char ctx[160];
+    qk_kind k = QK_INTERNAL;
+    CK_RV rv;
+
+    snprintf(g->key_id, sizeof(g->key_id), "%s", key_id);
+    g->key_bits = atoi(PQgetvalue(r, 0, 2));
+    g->expires_at = atoll(PQgetvalue(r, 0, 4));
+    snprintf(g->delivery, sizeof(g->delivery), "%s", PQgetvalue(r, 0, 6));
+    g->created = PQgetvalue(r, 0, 7)[0] == 't';
+    g->key = OPENSSL_secure_malloc(SESSION_KEY_BUF);
+    g->key_len = SESSION_KEY_BUF;
+    if (!g->key || bl <= 0 || session_key_context(hash_hex, key_id, ctx, sizeof(ctx)) < 0) {
+        qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+        goto out;
+    }
+    rv = keywrap_unwrap(s->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, g->key,
+                        &g->key_len);
+    if (p11_rv_kind(rv) == P11_KIND_NOT_FOUND && master_refresh(s, NULL) == 0) {
+        /* Rewrapped by another instance under a version we have not
+         * loaded yet: load it and try once more. */
+        g->key_len = SESSION_KEY_BUF;
+        rv = keywrap_unwrap(s->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, g->key,
+                            &g->key_len);
+    }
+    if (rv != CKR_OK || g->key_len != (size_t)g->key_bits / 8) {
+        log_with(&who->log, LOG_ERROR, "session key unwrap failed", "{s:s,s:s}", "ckr",
+                 p11_rv_name(rv), "key_id", key_id);
+        if (rv == CKR_OK)
+            qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+        else
+            qk_from_token(e, rv, "session key unwrap");
+        goto out;
+    }
+    session_metrics_count(s->smetrics, SESSION_EV_DELIVERED, 1);
+    if (g->created) {
+        session_metrics_count(s->smetrics, SESSION_EV_CREATED, 1);
+        log_with(&who->log, LOG_INFO, "session created", "{s:s,s:s,s:s}", "device_id", who->name,
+                 "key_id", key_id, "policy", PQgetvalue(r, 0, 5));
+    }
+    k = QK_OK;
+out:
+    OPENSSL_cleanse(blob, sizeof(blob));
+    if (k != QK_OK)
+        session_grant_clear(g);
+    return k;
+}
+
+/* need_key: the policy wants other bits. master_inactive: the candidate was
+ * wrapped under a version another instance has retired; learn the active
+ * one and wrap again. Neither wrote anything (the nonce is still unused). */
+static qk_kind new_candidate(qk_svc *s, const qk_principal *who, const session_call *sc,
+                             PGresult *r, candidate *cd, qk_err *e)
+{
+    int bits = atoi(PQgetvalue(r, 0, 2));
+    if (PQgetvalue(r, 0, 0)[0] == 'm' && master_refresh(s, NULL) != 0)
+        return db_fail(e, DB_UNAVAILABLE);
+    return make_candidate(s, who, sc->hash, bits, cd, e);
+}
+
+qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const session_ask *ask,
+                       session_grant *g, qk_err *e)
+{
     session_call sc;
     candidate cd;
     PGresult *r = NULL;
-    uint64_t t0 = now_ns();
+    qk_kind k;
 
-    memset(&a, 0, sizeof(a));
+    memset(g, 0, sizeof(*g));
     memset(&cd, 0, sizeof(cd));
-    if (parse_envelope(rq, rs, &env) != 0)
+    memset(&sc, 0, sizeof(sc));
+    if ((k = device_principal(who, a, e)) != QK_OK ||
+        (k = session_call_init(s, a, ask->session_id, ask->peer_id, ask->delivered, ask->ts, &sc,
+                               e)) != QK_OK)
         goto out;
-    stage(k->smetrics, STAGE_PARSE, &t0);
-    if (authenticate(rq, rs, "key", &env, &a, &t0) != 0 ||
-        session_call_init(rq, rs, &env, &a, true, &sc) != 0)
+    if (!qkp_id_valid(ask->peer_id) || !strcmp(ask->peer_id, a->device_id)) {
+        k = qk_fail(e, QK_INVALID, "invalid_request", "peer_id must be another device's ID");
         goto out;
-    stage(k->smetrics, STAGE_OPEN, &t0);
-    /* Per device only once authenticated, so nobody can spend another
-     * device's tokens (a replay gets its token back below). A device that
-     * kmsd's row shows inactive is refused by the stored function, which
-     * records the nonce first. */
-    if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
-        goto out;
+    }
     /* A candidate key goes with the first call: when the session is new (the
      * common first request) this saves a round trip; when it exists, the
      * candidate is simply dropped (it never left kmsd unwrapped). */
-    if (make_candidate(rq, rs, sc.hash, 128, &cd) != 0)
+    if ((k = make_candidate(s, who, sc.hash, 128, &cd, e)) != QK_OK)
         goto out;
-    stage(k->smetrics, STAGE_NEW_KEY, &t0);
+    session_metrics_stage(s->smetrics, SESSION_STAGE_NEW_KEY, a->t0);
     for (int attempt = 0; attempt < 3; attempt++) {
         const char *outcome;
-        r = session_key_call(rq, rs, &env, &sc, &cd);
-        stage(k->smetrics, STAGE_SESSION_TX, &t0);
-        if (!r)
+        k = session_key_call(s, a, &sc, &cd, &r, e);
+        session_metrics_stage(s->smetrics, SESSION_STAGE_SESSION_TX, a->t0);
+        if (k != QK_OK)
             goto out;
         outcome = PQgetvalue(r, 0, 0);
         if (!strcmp(outcome, "ok")) {
-            deliver(rq, rs, &env, &a, sc.sid, r);
-            stage(k->smetrics, STAGE_DELIVER, &t0);
+            k = grant_from_row(s, who, r, g, e);
             goto out;
         }
-        if (!strcmp(outcome, "need_key") || !strcmp(outcome, "master_inactive")) {
-            /* need_key: the policy wants other bits. master_inactive: the
-             * candidate was wrapped under a version another instance has
-             * retired; learn the active one and wrap again. Neither wrote
-             * anything (the nonce is still unused). */
-            int bits = atoi(PQgetvalue(r, 0, 2));
-            if (outcome[0] == 'm' && master_refresh(k, NULL) != 0) {
-                unavailable(rs, "unavailable", "database unavailable, retry later");
-                goto out;
-            }
-            PQclear(r);
-            r = NULL;
-            if (make_candidate(rq, rs, sc.hash, bits, &cd) != 0)
-                goto out;
-            stage(k->smetrics, STAGE_NEW_KEY, &t0);
-            continue;
+        if (strcmp(outcome, "need_key") != 0 && strcmp(outcome, "master_inactive") != 0) {
+            k = session_key_refused(s, who, a, &sc, r, e);
+            goto out;
         }
-        session_key_refused(rq, rs, &env, &sc, r);
-        goto out;
+        if ((k = new_candidate(s, who, &sc, r, &cd, e)) != QK_OK)
+            goto out;
+        PQclear(r);
+        r = NULL;
+        session_metrics_stage(s->smetrics, SESSION_STAGE_NEW_KEY, a->t0);
     }
-    log_emit(LOG_ERROR, "session could not be settled", "{s:s}", "device_id", env.device_id);
-    http_error(rs, 500, "internal", "session could not be settled");
+    log_with(&who->log, LOG_ERROR, "session could not be settled", "{s:s}", "device_id",
+             a->device_id);
+    k = qk_fail(e, QK_INTERNAL, "internal", "session could not be settled");
 out:
     PQclear(r);
     OPENSSL_cleanse(&cd, sizeof(cd));
     OPENSSL_cleanse(&sc, sizeof(sc));
-    authed_clear(&a);
+    return k;
 }
 
-/* Answer an outcome of qkms_session_end. */
-static void session_end_answer(http_request *rq, http_response *rs, const envelope *env,
-                               const char *sid, const char *outcome)
+/* ---- ending ----------------------------------------------------------------- */
+
+/* An outcome of qkms_session_end, into e. */
+static qk_kind session_end_outcome(qk_svc *s, const qk_principal *who, device_auth *a,
+                                   const char *outcome, qk_err *e)
 {
-    qk_svc *k = &rq->kms->svc;
     if (!strcmp(outcome, "ok")) {
-        atomic_fetch_add(&k->smetrics->ended_by_party, 1);
-        log_emit(LOG_INFO, "session ended", "{s:s,s:s,s:s}", "req_id", rq->req_id, "device_id",
-                 env->device_id, "reason", "ended_by_party");
-        http_json(rs, 200, json_pack("{s:i,s:s,s:b}", "v", QKP_VERSION, "session_id", sid, "ended", 1));
-    } else if (!strcmp(outcome, "replay")) {
-        ratelimit_refund(rq->kms->rl[RL_DEVICE], env->device_id, ratelimit_now_ns());
-        auth_fail(rq, rs, env, "nonce already used (replay)");
-    } else if (!strcmp(outcome, "stale")) {
-        auth_fail(rq, rs, env, "timestamp outside the clock window");
-    } else if (!strncmp(outcome, "unauthenticated: ", 17)) {
-        keycache_invalidate(k->keys, env->device_id);
-        auth_fail(rq, rs, env, outcome + 17);
-    } else if (!strcmp(outcome, "ended")) {
-        refuse(rq, REFUSE_ENDED);
-        http_error(rs, 409, "session_ended", "this session has already ended");
-    } else if (!strcmp(outcome, "unknown")) {
-        http_error(rs, 404, "unknown_session", "no such session");
-    } else {
-        refuse(rq, REFUSE_NOT_PARTY);
-        http_error(rs, 403, "not_a_party", "this device is not a party of the session");
+        session_metrics_count(s->smetrics, SESSION_EV_ENDED_BY_PARTY, 1);
+        log_with(&who->log, LOG_INFO, "session ended", "{s:s,s:s}", "device_id", a->device_id,
+                 "reason", "ended_by_party");
+        return QK_OK;
     }
+    if (!strcmp(outcome, "replay")) {
+        a->replayed = true;
+        return device_auth_fail(s, &who->log, a->device_id, a->key_index,
+                                "nonce already used (replay)", e);
+    }
+    if (!strcmp(outcome, "stale"))
+        return device_auth_fail(s, &who->log, a->device_id, a->key_index,
+                                "timestamp outside the clock window", e);
+    if (!strncmp(outcome, "unauthenticated: ", 17)) {
+        keycache_invalidate(s->keys, a->device_id);
+        return device_auth_fail(s, &who->log, a->device_id, a->key_index, outcome + 17, e);
+    }
+    if (!strcmp(outcome, "ended")) {
+        session_metrics_refused(s->smetrics, SESSION_REFUSE_ENDED);
+        return qk_fail(e, QK_CONFLICT, "session_ended", "this session has already ended");
+    }
+    if (!strcmp(outcome, "unknown"))
+        return qk_fail(e, QK_NOT_FOUND, "unknown_session", "no such session");
+    session_metrics_refused(s->smetrics, SESSION_REFUSE_NOT_PARTY);
+    return qk_fail(e, QK_FORBIDDEN, "not_a_party", "this device is not a party of the session");
 }
 
-void h_session_end(http_request *rq, http_response *rs)
+qk_kind sessions_end(qk_svc *s, const qk_principal *who, device_auth *a, const char *session_id,
+                     int64_t ts, qk_err *e)
 {
-    qk_svc *k = &rq->kms->svc;
-    envelope env;
-    authed a;
     session_call sc;
     PGresult *r = NULL;
     db_status st;
-    uint64_t t0 = now_ns();
+    qk_kind k;
 
-    memset(&a, 0, sizeof(a));
     memset(&sc, 0, sizeof(sc));
-    if (parse_envelope(rq, rs, &env) != 0 || authenticate(rq, rs, "end", &env, &a, &t0) != 0 ||
-        session_call_init(rq, rs, &env, &a, false, &sc) != 0)
-        goto out;
-    if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+    if ((k = device_principal(who, a, e)) != QK_OK ||
+        (k = session_call_init(s, a, session_id, NULL, false, ts, &sc, e)) != QK_OK)
         goto out;
     /* A suspended device may still end its sessions: ending only destroys. */
     {
-        const char *vals[7] = {sc.pk, sc.kidx, (const char *)env.nonce, (const char *)sc.hash,
+        const char *vals[7] = {sc.pk, sc.kidx, (const char *)a->nonce, (const char *)sc.hash,
                                sc.ts, sc.skew, (const char *)sc.legacy};
         int lens[7] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 32}, fmts[7] = {0, 0, 1, 1, 0, 0, 1};
-        r = db_query(k->db, Q_SESSION_END, 7, vals, lens, fmts, &st);
+        r = db_query(s->db, Q_SESSION_END, 7, vals, lens, fmts, &st);
     }
     if (!r) {
-        http_db_error(rs, st);
+        k = db_fail(e, st);
         goto out;
     }
-    session_end_answer(rq, rs, &env, sc.sid, PQgetvalue(r, 0, 0));
+    k = session_end_outcome(s, who, a, PQgetvalue(r, 0, 0), e);
 out:
     PQclear(r);
     OPENSSL_cleanse(&sc, sizeof(sc));
-    authed_clear(&a);
+    return k;
 }
 
 int sessions_reap(qk_svc *k)
@@ -836,13 +416,13 @@ int sessions_reap(qk_svc *k)
     n = atoi(PQgetvalue(r, 0, 0));
     PQclear(r);
     if (n > 0) {
-        atomic_fetch_add(&k->smetrics->reaped, (uint64_t)n);
+        session_metrics_count(k->smetrics, SESSION_EV_REAPED, (uint64_t)n);
         log_emit(LOG_INFO, "expired sessions destroyed", "{s:i}", "count", n);
     }
     return n;
 }
 
-/* ---- admin view ------------------------------------------------------------- */
+/* ---- the operator's view ---------------------------------------------------- */
 
 static json_t *session_json(const PGresult *r, int i)
 {
@@ -867,8 +447,8 @@ static json_t *tombstone_json(const PGresult *r, int i)
 }
 
 /* Live sessions (device/session filters) or, for state=ended, tombstones. */
-static int query_sessions(http_request *rq, http_response *rs, const char *device,
-                          const char *sid, const char *state, int limit, json_t **out)
+static qk_kind query_sessions(qk_svc *s, const char *device, const char *sid, const char *state,
+                              long limit, json_t **out, qk_err *e)
 {
     char lim[16];
     uint8_t hash[32], legacy[32];
@@ -877,113 +457,85 @@ static int query_sessions(http_request *rq, http_response *rs, const char *devic
     int lens[4] = {0, 0, 0, 0}, fmts[4] = {0, 0, 0, 0};
     db_status st;
     PGresult *r;
-    snprintf(lim, sizeof(lim), "%d", limit);
+
+    snprintf(lim, sizeof(lim), "%ld", limit);
     if (ended && sid) {
-        if (session_hash(sid, hash) != 0) {
-            http_error(rs, 500, "internal", "internal error (see kmsd log)");
-            return -1;
-        }
+        if (session_hash(sid, hash) != 0)
+            return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
         session_hash_legacy(sid, legacy);
         vals[1] = (const char *)hash;
         vals[3] = (const char *)legacy;
         lens[1] = lens[3] = 32;
         fmts[1] = fmts[3] = 1;
     }
-    r = ended ? db_query(rq->kms->svc.db, Q_TOMBSTONES_LIST, 4, vals, lens, fmts, &st)
-              : db_query(rq->kms->svc.db, Q_SESSIONS_LIST, 4, vals, lens, fmts, &st);
-    if (!r) {
-        http_db_error(rs, st);
-        return -1;
-    }
+    r = db_query(s->db, ended ? Q_TOMBSTONES_LIST : Q_SESSIONS_LIST, 4, vals, lens, fmts, &st);
+    if (!r)
+        return db_fail(e, st);
     *out = pgjson_rows(r, ended ? tombstone_json : session_json);
     PQclear(r);
-    return 0;
+    return QK_OK;
 }
 
-void h_admin_sessions_list(http_request *rq, http_response *rs)
+qk_kind sessions_list(qk_svc *s, const session_filter *f, json_t **out, qk_err *e)
 {
-    const char *device = http_query(rq, "device"), *state = http_query(rq, "state"),
-               *lims = http_query(rq, "limit");
-    long limit = 100;
-    char *end = NULL;
-    json_t *arr;
-
-    if (lims) {
-        errno = 0;
-        limit = strtol(lims, &end, 10);
-        if (errno || !*lims || *end)
-            limit = 0;
-    }
-    if ((device && !device_id_valid(device)) || limit < 1 || limit > 1000 ||
-        (state && strcmp(state, "pending") && strcmp(state, "active") && strcmp(state, "ended"))) {
-        http_error(rs, 400, "invalid_query", "bad device, state (pending|active|ended) or limit");
-        return;
-    }
-    if (query_sessions(rq, rs, device, NULL, state, (int)limit, &arr) != 0)
-        return;
-    http_json(rs, 200, json_pack("{s:o}", "sessions", arr));
+    const char *st = f->state;
+    *out = NULL;
+    if ((f->device && !device_id_valid(f->device)) || f->limit < 1 || f->limit > 1000 ||
+        (st && strcmp(st, "pending") && strcmp(st, "active") && strcmp(st, "ended")))
+        return qk_fail(e, QK_MALFORMED, "invalid_query",
+                       "bad device, state (pending|active|ended) or limit");
+    return query_sessions(s, f->device, NULL, st, f->limit, out, e);
 }
 
-void h_admin_session_get(http_request *rq, http_response *rs)
+qk_kind sessions_get(qk_svc *s, const char *session_id, json_t **out, qk_err *e)
 {
-    const char *sid = rq->params[0];
-    json_t *arr;
-    if (!qkp_id_valid(sid)) {
-        http_error(rs, 404, "not_found", "no such session");
-        return;
-    }
-    if (query_sessions(rq, rs, NULL, sid, NULL, 1, &arr) != 0)
-        return;
+    json_t *arr = NULL;
+    qk_kind k;
+
+    *out = NULL;
+    if (!qkp_id_valid(session_id))
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such session");
+    if ((k = query_sessions(s, NULL, session_id, NULL, 1, &arr, e)) != QK_OK)
+        return k;
     if (json_array_size(arr) == 0) {
         json_decref(arr);
-        if (query_sessions(rq, rs, NULL, sid, "ended", 1, &arr) != 0)
-            return;
+        arr = NULL;
+        if ((k = query_sessions(s, NULL, session_id, "ended", 1, &arr, e)) != QK_OK)
+            return k;
     }
     if (json_array_size(arr) == 0) {
         json_decref(arr);
-        http_error(rs, 404, "not_found", "no such session");
-        return;
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such session");
     }
-    http_json(rs, 200, json_incref(json_array_get(arr, 0)));
+    *out = json_incref(json_array_get(arr, 0));
     json_decref(arr);
+    return QK_OK;
 }
 
-void h_admin_session_end(http_request *rq, http_response *rs)
+qk_kind sessions_end_by_operator(qk_svc *s, const qk_principal *who, const char *session_id,
+                                 qk_err *e)
 {
-    const char *sid = rq->params[0];
     uint8_t hash[32], legacy[32];
-    const char *vals[3] = {(const char *)hash, rq->who.name, (const char *)legacy};
+    const char *vals[3] = {(const char *)hash, who->name, (const char *)legacy};
     int lens[3] = {32, 0, 32}, fmts[3] = {1, 0, 1};
     db_status st;
     PGresult *r;
-    json_t *in;
+    int n;
 
-    if (!qkp_id_valid(sid)) {
-        http_error(rs, 404, "not_found", "no such session");
-        return;
-    }
-    in = http_body_object_opt(rq, rs);
-    if (!in)
-        return;
-    json_decref(in);
-    if (session_hash(sid, hash) != 0) {
-        http_error(rs, 500, "internal", "internal error (see kmsd log)");
-        return;
-    }
-    session_hash_legacy(sid, legacy);
-    r = db_query(rq->kms->svc.db, Q_SESSION_END_OPERATOR, 3, vals, lens, fmts, &st);
-    if (!r) {
-        http_db_error(rs, st);
-        return;
-    }
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        http_error(rs, 404, "not_found", "no live session with that ID");
-        return;
-    }
+    if (!qkp_id_valid(session_id))
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such session");
+    if (session_hash(session_id, hash) != 0)
+        return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+    session_hash_legacy(session_id, legacy);
+    r = db_query(s->db, Q_SESSION_END_OPERATOR, 3, vals, lens, fmts, &st);
+    if (!r)
+        return db_fail(e, st);
+    n = PQntuples(r);
     PQclear(r);
-    atomic_fetch_add(&rq->kms->svc.smetrics->ended_by_operator, 1);
-    log_emit(LOG_INFO, "session ended", "{s:s,s:s,s:s}", "req_id", rq->req_id, "reason",
-             "ended_by_operator", "by", rq->who.name);
-    h_admin_session_get(rq, rs);
+    if (n == 0)
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no live session with that ID");
+    session_metrics_count(s->smetrics, SESSION_EV_ENDED_BY_OPERATOR, 1);
+    log_with(&who->log, LOG_INFO, "session ended", "{s:s,s:s}", "reason", "ended_by_operator", "by",
+             who->name);
+    return QK_OK;
 }

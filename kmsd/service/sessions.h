@@ -1,70 +1,104 @@
 /*
- * sessions — the device protocol v1 (docs/protocol.md) on the server side:
- * authenticating device requests, issuing one paired session key per session
- * ID, ending sessions, and the operator's view of them.
+ * sessions — the session service: one paired session key per session ID
+ * for two authenticated devices, ending sessions, destroying expired ones,
+ * and the operator's view (docs/sessions.md). It knows no door: the device
+ * protocol v1 (api/device_v1.c) and the admin API (api/admin_sessions.c)
+ * call it with a principal and plain arguments and encode the answer or the
+ * qk_err (err.h).
  *
  * Contract:
- *  - A request is authenticated by opening its AEAD under the named device
- *    key (unwrapped through the token into secure memory, zeroized after).
- *    Every authentication failure answers the same 401; the log line names
- *    the reason (auth_failure).
+ *  - A device operation takes the device_auth of its request (device_auth.h:
+ *    the authenticated device, its key index and the request's nonce) and a
+ *    principal of kind QK_PRINCIPAL_DEVICE naming the same device, whose log
+ *    context the operation's log lines carry.
  *  - Session state lives only in PostgreSQL and is changed by the stored
  *    functions of schema/003 and 006 in one round trip and one transaction
  *    each, so the database alone guarantees one key per session ID, across
  *    kmsd instances. The session key exists at rest only wrapped under the
- *    master key, in the live session's row.
+ *    master key, in the live session's row; it leaves this module only
+ *    unwrapped into a session_grant in the secure heap, for the door to seal
+ *    to the device.
  *  - The database is also the authority for the request's time (its now())
  *    and for replays: the nonce is recorded before every outcome a device
- *    sees. A wrap it refuses as made under a master version no longer
- *    active makes kmsd refresh its view (master_refresh) and wrap again.
- *  - Counters for /metrics are kept here (lock-free).
+ *    sees. A replayed nonce, a stale ts or a device the authoritative
+ *    re-check refuses is the 401 of device_auth_fail; a replay also sets
+ *    a->replayed. A wrap the database refuses as made under a master
+ *    version no longer active makes kmsd refresh its view (master_refresh)
+ *    and wrap again.
+ *  - Refusals, as today's wire contract (docs/protocol.md): QK_FORBIDDEN
+ *    device_inactive, not_a_party, peer_mismatch, policy_denied;
+ *    QK_CONFLICT session_ended; QK_NOT_FOUND unknown_session (end only);
+ *    QK_INVALID unknown_peer, peer_inactive; QK_UNAVAILABLE unavailable,
+ *    token_unavailable, entropy_unavailable (Retry-After 1); QK_INTERNAL.
+ *  - Counters and stage timings go to s->smetrics (session_metrics.h).
  */
 #ifndef QKMS_SESSIONS_H
 #define QKMS_SESSIONS_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 
-#include "api/server.h"
+#include <jansson.h>
 
-typedef struct session_metrics session_metrics;
+#include "err.h"
+#include "service/device_auth.h"
+#include "service/service.h"
+#include "service/session_id.h"
 
-session_metrics *session_metrics_new(void);
-void session_metrics_free(session_metrics *m);
-/* A metrics_render_fn; ctx is a session_metrics. */
-void session_metrics_render(void *ctx, FILE *f);
+/* What a device asks for in a key request (its inner request). */
+typedef struct {
+    const char *session_id; /* a valid ID (qkp_id_valid) */
+    const char *peer_id;    /* the other party: a valid ID, not the asker */
+    bool delivered;         /* delivery "delivered": end the session once both hold it */
+    int64_t ts;             /* the request's time, Unix seconds (the database judges it) */
+} session_ask;
 
-void h_session_key(http_request *rq, http_response *rs);
-void h_session_end(http_request *rq, http_response *rs);
+/* A session key for one party. */
+typedef struct {
+    char key_id[37];
+    int key_bits;
+    int64_t expires_at;    /* Unix seconds */
+    char delivery[16];     /* "session" or "delivered" */
+    bool created;          /* this request created the session */
+    uint8_t *key;          /* key_len = key_bits / 8 bytes, secure heap */
+    size_t key_len;
+} session_grant;
 
-/* Admin: GET /v1/admin/sessions, GET /v1/admin/sessions/{id}, POST .../{id}/end */
-void h_admin_sessions_list(http_request *rq, http_response *rs);
-void h_admin_session_get(http_request *rq, http_response *rs);
-void h_admin_session_end(http_request *rq, http_response *rs);
+/* The session key of ask->session_id for the device of a (creating the
+ * session on the first request): QK_OK with *g filled, or e. */
+qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const session_ask *ask,
+                       session_grant *g, qk_err *e);
+/* Wipe and free g's key; g is zeroed. */
+void session_grant_clear(session_grant *g);
+
+/* End session_id at a party's request, destroying its key. QK_OK or e
+ * (QK_NOT_FOUND unknown_session, QK_CONFLICT session_ended, QK_FORBIDDEN
+ * not_a_party, or a 401). ts as in session_ask. */
+qk_kind sessions_end(qk_svc *s, const qk_principal *who, device_auth *a, const char *session_id,
+                     int64_t ts, qk_err *e);
 
 /* Destroy sessions past their idle timeout or lifetime; purge old nonces
  * and tombstones. Returns the number destroyed, or -1. */
 int sessions_reap(qk_svc *k);
 
-/* The session ID hash key: SID_KEY_LEN random bytes, stored only wrapped
- * under the master key with context SID_KEY_CONTEXT (master.c makes and
- * unwraps it at start, rotation.c rewraps it). */
-#define SID_KEY_LEN 32
-#define SID_KEY_CONTEXT "qkms/session-id-hmac-key/v1"
-/* Keep a copy of key in secure memory (NULL: wipe and forget it). 0 or -1. */
-int sessions_set_id_key(const uint8_t *key, size_t len);
+/* ---- the operator's view ---------------------------------------------------- */
 
-/* HMAC-SHA-256 of a session ID under the session ID hash key: what the
- * sessions and tombstones are keyed by, so a database reader cannot test
- * guessed session IDs. -1 if the key is not set. */
-int session_hash(const char *session_id, uint8_t out[32]);
-/* The plain SHA-256 rows written before migration 006 are keyed by; looked
- * up as a fallback so sessions live across the upgrade keep working. */
-void session_hash_legacy(const char *session_id, uint8_t out[32]);
+typedef struct {
+    const char *device; /* a party, or NULL */
+    const char *state;  /* "pending", "active", "ended" (tombstones) or NULL */
+    long limit;         /* 1..1000 */
+} session_filter;
 
-/* The wrap context (AAD) of a session key: its session hash as lower-case
- * hex and its key ID. One definition for wrapping (sessions.c) and
- * rewrapping under a new master key (rotation.c). -1 if out is too short. */
-int session_key_context(const char *hash_hex, const char *key_id, char *out, size_t len);
+/* Sessions matching f, newest first, as the admin API's JSON array:
+ * QK_OK with *out (caller decrefs), or QK_MALFORMED invalid_query. */
+qk_kind sessions_list(qk_svc *s, const session_filter *f, json_t **out, qk_err *e);
+/* The live session of that ID or else its tombstone: QK_OK with *out, or
+ * QK_NOT_FOUND not_found. */
+qk_kind sessions_get(qk_svc *s, const char *session_id, json_t **out, qk_err *e);
+/* End a live session on an operator's word (who: the admin principal, the
+ * actor recorded): QK_OK, or QK_NOT_FOUND not_found. */
+qk_kind sessions_end_by_operator(qk_svc *s, const qk_principal *who, const char *session_id,
+                                 qk_err *e);
 
 #endif

@@ -1,0 +1,311 @@
+/*
+ * device_v1 — the device protocol v1 door (docs/protocol.md): POST
+ * /v1/sessions/key and POST /v1/sessions/end. It owns the wire: the
+ * envelope's parse, the inner request's fields, the device rate limit, the
+ * answer sealed under the device key, and the one mapping of the service's
+ * qk_err to HTTP (http_fail). Authentication (device_auth_open) and the
+ * sessions themselves (sessions_issue, sessions_end) are the service's.
+ *
+ * parse_envelope and inner_fields are static and reached by the fuzz
+ * targets, which compile this file in (fuzz/fuzz_sessions.h).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "api/ratelimit.h"
+#include "api/routes.h"
+#include "log.h"
+#include "qkms_proto.h"
+#include "service/device_auth.h"
+#include "service/session_metrics.h"
+#include "service/sessions.h"
+
+#define ENVELOPE_MAX 8192
+
+static void refuse(http_request *rq, session_refusal why)
+{
+    session_metrics_refused(rq->kms->svc.smetrics, why);
+}
+
+/* ---- the envelope ----------------------------------------------------------- */
+
+typedef struct {
+    char device_id[QKP_MAX_ID + 1];
+    int key_index;
+    uint8_t nonce[QKP_NONCE_LEN];
+    char nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)];
+    uint8_t ct[QKP_MAX_PLAINTEXT + QKP_TAG_LEN];
+    size_t ct_len;
+} envelope;
+
+/* An authenticated request and its inner request, parsed. */
+typedef struct {
+    device_auth da;
+    json_t *inner;
+} authed;
+
+static void authed_clear(authed *a)
+{
+    device_auth_clear(&a->da);
+    json_decref(a->inner);
+    a->inner = NULL;
+}
+
+static int parse_envelope(http_request *rq, http_response *rs, envelope *env)
+{
+    json_t *in, *v;
+    const char *key, *s;
+    int rc = -1;
+
+    if (rq->body_len > ENVELOPE_MAX) {
+        http_error(rs, 413, "payload_too_large", "request body too large");
+        return -1;
+    }
+    in = http_body_object(rq, rs);
+    if (!in)
+        return -1;
+    json_object_foreach(in, key, v) {
+        if (strcmp(key, "v") && strcmp(key, "device_id") && strcmp(key, "key_index") &&
+            strcmp(key, "nonce") && strcmp(key, "ct")) {
+            http_error(rs, 400, "malformed_request", "unknown field '%.32s'", key);
+            goto out;
+        }
+    }
+    v = json_object_get(in, "v");
+    if (!json_is_integer(v) || json_integer_value(v) != QKP_VERSION) {
+        http_error(rs, 400, "malformed_request", "v must be 1");
+        goto out;
+    }
+    s = json_string_value(json_object_get(in, "device_id"));
+    if (!qkp_id_valid(s)) {
+        http_error(rs, 400, "malformed_request", "device_id is not a valid ID");
+        goto out;
+    }
+    strcpy(env->device_id, s);
+    v = json_object_get(in, "key_index");
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 255) {
+        http_error(rs, 400, "malformed_request", "key_index must be an integer from 0 to 255");
+        goto out;
+    }
+    env->key_index = (int)json_integer_value(v);
+    s = json_string_value(json_object_get(in, "nonce"));
+    if (!s || qkp_b64url_decode(s, strlen(s), env->nonce, sizeof(env->nonce)) != QKP_NONCE_LEN) {
+        http_error(rs, 400, "malformed_request", "nonce must be 12 bytes in base64url");
+        goto out;
+    }
+    strcpy(env->nonce_b64, s);
+    s = json_string_value(json_object_get(in, "ct"));
+    long n = s ? qkp_b64url_decode(s, strlen(s), env->ct, sizeof(env->ct)) : -1;
+    if (n < QKP_TAG_LEN + 1) {
+        http_error(rs, 400, "malformed_request", "ct must be base64url, 17 to 2064 bytes");
+        goto out;
+    }
+    env->ct_len = (size_t)n;
+    rc = 0;
+out:
+    json_decref(in);
+    return rc;
+}
+
+/* ---- authentication --------------------------------------------------------- */
+
+/* The request's context for the service's log lines, before and after the
+ * device is authenticated. */
+static log_ctx request_log(const http_request *rq)
+{
+    log_ctx c = {rq->req_id, rq->client_ip, NULL};
+    return c;
+}
+
+static qk_principal device_principal(const http_request *rq, const device_auth *da)
+{
+    qk_principal p = {.kind = QK_PRINCIPAL_DEVICE, .name = da->device_id};
+    p.log = request_log(rq);
+    p.log.principal = da->device_id;
+    return p;
+}
+
+/* Open the request under its device key (service: device_auth_open) and
+ * parse the inner request as a JSON object. */
+static int authenticate(http_request *rq, http_response *rs, const char *op, const envelope *env,
+                        authed *a, uint64_t *t0)
+{
+    device_request dr = {op, env->device_id, env->key_index, env->nonce, env->ct, env->ct_len, t0};
+    log_ctx lc = request_log(rq);
+    json_error_t je;
+    qk_err e;
+
+    memset(a, 0, sizeof(*a));
+    if (device_auth_open(&rq->kms->svc, &lc, &dr, &a->da, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return -1;
+    }
+    a->inner = json_loadb((const char *)a->da.inner, a->da.inner_len, JSON_REJECT_DUPLICATES, &je);
+    if (!json_is_object(a->inner)) {
+        http_error(rs, 422, "invalid_request", "the inner request is not a JSON object");
+        refuse(rq, SESSION_REFUSE_INVALID);
+        authed_clear(a);
+        return -1;
+    }
+    return 0;
+}
+
+/* Fields of the inner request. The clock check is part of authentication
+ * and is made by the stored function against the database's clock (one
+ * clock for every instance, the one nonces expire by): here ts is only
+ * required to be an integer. */
+static int inner_fields(http_request *rq, http_response *rs, const envelope *env, authed *a,
+                        bool want_peer, const char **sid, const char **peer, bool *delivered,
+                        char ts_out[24])
+{
+    json_t *ts = json_object_get(a->inner, "ts"), *d = json_object_get(a->inner, "delivery");
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(a->inner, key, v) {
+        if (strcmp(key, "session_id") && strcmp(key, "ts") &&
+            !(want_peer && (!strcmp(key, "peer_id") || !strcmp(key, "delivery")))) {
+            http_error(rs, 422, "invalid_request", "unknown field '%.32s'", key);
+            refuse(rq, SESSION_REFUSE_INVALID);
+            return -1;
+        }
+    }
+    if (!json_is_integer(ts)) {
+        http_error(rs, 422, "invalid_request", "ts must be an integer");
+        refuse(rq, SESSION_REFUSE_INVALID);
+        return -1;
+    }
+    snprintf(ts_out, 24, "%lld", (long long)json_integer_value(ts));
+    *sid = json_string_value(json_object_get(a->inner, "session_id"));
+    if (!qkp_id_valid(*sid)) {
+        http_error(rs, 422, "invalid_request", "session_id is not a valid ID");
+        refuse(rq, SESSION_REFUSE_INVALID);
+        return -1;
+    }
+    if (!want_peer)
+        return 0;
+    *peer = json_string_value(json_object_get(a->inner, "peer_id"));
+    if (!qkp_id_valid(*peer) || !strcmp(*peer, env->device_id)) {
+        http_error(rs, 422, "invalid_request", "peer_id must be another device's ID");
+        refuse(rq, SESSION_REFUSE_INVALID);
+        return -1;
+    }
+    if (d && !(json_is_string(d) && !strcmp(json_string_value(d), "delivered"))) {
+        http_error(rs, 422, "invalid_request", "delivery may only be \"delivered\"");
+        refuse(rq, SESSION_REFUSE_INVALID);
+        return -1;
+    }
+    *delivered = d != NULL;
+    return 0;
+}
+
+/* ---- answers ---------------------------------------------------------------- */
+
+/* A refused operation: a replayed nonce gets its rate-limit token back (a
+ * replay must not spend the device's budget); one http_fail for the rest. */
+static void answer_failure(http_request *rq, http_response *rs, const envelope *env,
+                           const authed *a, const qk_err *e)
+{
+    if (a->da.replayed && rq->kms->rl[RL_DEVICE])
+        ratelimit_refund(rq->kms->rl[RL_DEVICE], env->device_id, ratelimit_now_ns());
+    http_fail(rs, e);
+}
+
+/* Seal the session key under the device key, bound to the request (the
+ * response AAD names the request's nonce). */
+static void deliver(http_response *rs, const envelope *env, const authed *a, const char *sid,
+                    const session_grant *g)
+{
+    uint8_t nonce[QKP_NONCE_LEN], ct[32 + QKP_TAG_LEN];
+    char aad[QKP_MAX_AAD], nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)],
+        ct_b64[QKP_B64URL_LEN(sizeof(ct))];
+    int aad_len = qkp_response_aad(sid, env->device_id, env->key_index, g->key_id, g->expires_at,
+                                   env->nonce_b64, aad, sizeof(aad));
+
+    if (g->key_len > 32 || RAND_bytes(nonce, sizeof(nonce)) != 1 || aad_len < 0 ||
+        qkp_seal(a->da.key, a->da.key_len, nonce, aad, (size_t)aad_len, g->key, g->key_len,
+                 ct) != 0) {
+        http_error(rs, 500, "internal", "internal error (see kmsd log)");
+        return;
+    }
+    qkp_b64url_encode(nonce, sizeof(nonce), nonce_b64);
+    qkp_b64url_encode(ct, g->key_len + QKP_TAG_LEN, ct_b64);
+    http_json(rs, 200,
+              json_pack("{s:i,s:s,s:s,s:i,s:I,s:s,s:s,s:s}", "v", QKP_VERSION, "session_id", sid,
+                        "key_id", g->key_id, "key_bits", g->key_bits, "expires_at",
+                        (json_int_t)g->expires_at, "delivery", g->delivery, "nonce", nonce_b64,
+                        "ct", ct_b64));
+}
+
+/* ---- the handlers ----------------------------------------------------------- */
+
+void h_session_key(http_request *rq, http_response *rs)
+{
+    qk_svc *s = &rq->kms->svc;
+    envelope env;
+    authed a;
+    session_grant g;
+    qk_principal who;
+    qk_err e;
+    session_ask ask = {0};
+    char ts[24];
+    uint64_t t0 = session_clock_ns();
+
+    memset(&a, 0, sizeof(a));
+    memset(&g, 0, sizeof(g));
+    if (parse_envelope(rq, rs, &env) != 0)
+        goto out;
+    session_metrics_stage(s->smetrics, SESSION_STAGE_PARSE, &t0);
+    if (authenticate(rq, rs, "key", &env, &a, &t0) != 0 ||
+        inner_fields(rq, rs, &env, &a, true, &ask.session_id, &ask.peer_id, &ask.delivered,
+                     ts) != 0)
+        goto out;
+    session_metrics_stage(s->smetrics, SESSION_STAGE_OPEN, &t0);
+    /* Per device only once authenticated, so nobody can spend another
+     * device's tokens (a replay gets its token back). A device that
+     * kmsd's row shows inactive is refused by the stored function, which
+     * records the nonce first. */
+    if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+        goto out;
+    ask.ts = strtoll(ts, NULL, 10);
+    who = device_principal(rq, &a.da);
+    if (sessions_issue(s, &who, &a.da, &ask, &g, &e) != QK_OK) {
+        answer_failure(rq, rs, &env, &a, &e);
+        goto out;
+    }
+    deliver(rs, &env, &a, ask.session_id, &g);
+    session_metrics_stage(s->smetrics, SESSION_STAGE_DELIVER, &t0);
+out:
+    session_grant_clear(&g);
+    authed_clear(&a);
+}
+
+void h_session_end(http_request *rq, http_response *rs)
+{
+    qk_svc *s = &rq->kms->svc;
+    envelope env;
+    authed a;
+    qk_principal who;
+    qk_err e;
+    const char *sid = NULL;
+    char ts[24];
+    uint64_t t0 = session_clock_ns();
+
+    memset(&a, 0, sizeof(a));
+    if (parse_envelope(rq, rs, &env) != 0 || authenticate(rq, rs, "end", &env, &a, &t0) != 0 ||
+        inner_fields(rq, rs, &env, &a, false, &sid, NULL, NULL, ts) != 0)
+        goto out;
+    if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+        goto out;
+    who = device_principal(rq, &a.da);
+    if (sessions_end(s, &who, &a.da, sid, strtoll(ts, NULL, 10), &e) != QK_OK) {
+        answer_failure(rq, rs, &env, &a, &e);
+        goto out;
+    }
+    http_json(rs, 200, json_pack("{s:i,s:s,s:b}", "v", QKP_VERSION, "session_id", sid, "ended", 1));
+out:
+    authed_clear(&a);
+}
