@@ -1,12 +1,17 @@
-/* admin_master — GET /v1/admin/master, POST /v1/admin/master/rotate. */
-#include "service/rotation.h"
+/*
+ * admin_master — the master key's admin door: GET /v1/admin/master and
+ * POST /v1/admin/master/rotate. It calls the rotation service
+ * (service/rotation.h) and encodes the status.
+ */
 #include "api/routes.h"
+#include "service/rotation.h"
 
 void h_admin_master(http_request *rq, http_response *rs)
 {
-    json_t *st = rotation_status(&rq->kms->svc);
-    if (!st) {
-        http_db_error(rs, DB_UNAVAILABLE);
+    json_t *st;
+    qk_err e;
+    if (rotation_status(&rq->kms->svc, &st, &e) != QK_OK) {
+        http_fail(rs, &e);
         return;
     }
     http_json(rs, 200, st);
@@ -14,17 +19,15 @@ void h_admin_master(http_request *rq, http_response *rs)
 
 void h_admin_master_rotate(http_request *rq, http_response *rs)
 {
-    char err[256];
-    int status;
     json_t *in = http_body_object_opt(rq, rs), *st;
+    qk_err e;
     if (!in)
         return;
-    json_decref(in);
-    if (rotation_rotate(&rq->kms->svc, rq->who.name, &status, err, sizeof(err)) != 0) {
-        rs->retry_after = 1;
-        http_error(rs, status, "unavailable", "%s", err);
+    json_decref(in); /* rotation takes no parameters; any object is accepted */
+    if (rotation_rotate(&rq->kms->svc, rq->who.name, &e) != QK_OK) {
+        http_fail(rs, &e);
         return;
     }
-    st = rotation_status(&rq->kms->svc);
-    http_json(rs, 200, st ? st : json_object());
+    /* Rotated: the answer is the new status, or {} if it cannot be read now. */
+    http_json(rs, 200, rotation_status(&rq->kms->svc, &st, &e) == QK_OK ? st : json_object());
 }

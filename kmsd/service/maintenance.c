@@ -10,7 +10,7 @@
 #include <time.h>
 
 #include "service/audit.h"
-#include "service/audit_chain.h"
+#include "service/audit_seal.h"
 #include "deadline.h"
 #include "log.h"
 #include "store/pgjson.h"
@@ -148,7 +148,7 @@ static void *loop(void *arg)
         pthread_mutex_unlock(&m->mu);
         if (sessions_reap(m->k) < 0)
             log_emit(LOG_WARN, "session reaper pass failed; will retry", NULL);
-        audit_chain_seal(m->k, NULL); /* hash-chain new audit rows (logs its failures) */
+        audit_chain_seal(m->k, NULL, NULL); /* hash-chain new audit rows (logs its failures) */
         wrap_budget_step(m);
         /* Master key rotation: adopt new versions, rewrap, destroy unused. */
         for (int i = 0; i < 20 && rotation_pass(m->k) > 0; i++)

@@ -1,4 +1,8 @@
-/* master — master key bootstrap and verification. */
+/*
+ * master — the master key at start (master_init: find or create it, check
+ * it against the database, the session ID hash key) and the refresh of the
+ * loaded versions that other instances' rotations call for (master.h).
+ */
 #include "service/master.h"
 
 #include <pthread.h>
@@ -14,14 +18,7 @@
 #include "store/queries.h"
 #include "service/session_id.h"
 
-#define MASTER_LOCK "7164803902"
-
-static int lock_cmd(db_conn *c, const char *sql)
-{
-    return db_command(c, sql) == DB_OK ? 0 : -1;
-}
-
-static int record_v1(qk_svc *k, db_conn *c, char *err, size_t el)
+static int record_v1(const master_deps *k, db_conn *c, char *err, size_t el)
 {
     uint8_t kcv[KEYWRAP_KCV_LEN];
     char label[128];
@@ -41,7 +38,7 @@ static int record_v1(qk_svc *k, db_conn *c, char *err, size_t el)
     if (found) {
         log_emit(LOG_WARN, "adopting existing master key found in the token", "{s:s}", "label", label);
     } else {
-        if (!k->cfg->master_key_create) {
+        if (!k->create) {
             snprintf(err, el, "token has no master key %s and master_key_create is false", label);
             return -1;
         }
@@ -71,7 +68,7 @@ static int record_v1(qk_svc *k, db_conn *c, char *err, size_t el)
 
 /* Make the session ID hash key if the database has none (wrapped under the
  * active version), then unwrap it into sessions.c. Under the master lock. */
-static int session_id_key_init(qk_svc *k, db_conn *c, char *err, size_t el)
+static int session_id_key_init(const master_deps *k, db_conn *c, char *err, size_t el)
 {
     uint8_t *key = OPENSSL_secure_malloc(KEYWRAP_MAX_KEY + 16), blob[SID_KEY_LEN + KEYWRAP_OVERHEAD];
     char hex[2 * sizeof(blob) + 1], ver[16];
@@ -122,7 +119,7 @@ out:
     return rc;
 }
 
-int master_init(qk_svc *k, char *err, size_t el)
+int master_init(const master_deps *k, char *err, size_t el)
 {
     db_status st;
     db_conn *c = db_acquire(k->db, &st);
@@ -133,7 +130,7 @@ int master_init(qk_svc *k, char *err, size_t el)
         snprintf(err, el, "database unavailable: %s", db_status_name(st));
         return -1;
     }
-    if (lock_cmd(c, "SELECT pg_advisory_lock(" MASTER_LOCK ")") != 0) {
+    if (qt_command(c, QT_MASTER_LOCK) != DB_OK) {
         snprintf(err, el, "cannot take the master key lock");
         db_release(k->db, c);
         return -1;
@@ -190,7 +187,7 @@ int master_init(qk_svc *k, char *err, size_t el)
     rc = session_id_key_init(k, c, err, el);
 out:
     PQclear(r);
-    lock_cmd(c, "SELECT pg_advisory_unlock(" MASTER_LOCK ")");
+    qt_command(c, QT_MASTER_UNLOCK);
     db_release(k->db, c);
     if (rc == 0) {
         char label[128];
@@ -208,7 +205,7 @@ static _Atomic unsigned long refresh_count; /* refreshes started */
 
 /* Load versions recorded since we last looked (checking their check values)
  * and switch the active one. Callers hold refresh_mu. */
-static int refresh_locked(qk_svc *k, db_conn *c)
+static int refresh_locked(keywrap *kw, db_conn *c)
 {
     db_status st;
     PGresult *r = db_exec(c, Q_MASTER_LIST, 0, NULL, NULL, NULL, &st);
@@ -219,20 +216,20 @@ static int refresh_locked(qk_svc *k, db_conn *c)
         const char *kcvhex = PQgetvalue(r, i, 2);
         uint8_t want[KEYWRAP_KCV_LEN], got[KEYWRAP_KCV_LEN];
         bool found = false;
-        if (!keywrap_has(k->kw, v)) {
-            if (keywrap_load(k->kw, v, &found) != CKR_OK || !found ||
-                keywrap_kcv(k->kw, v, got) != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
+        if (!keywrap_has(kw, v)) {
+            if (keywrap_load(kw, v, &found) != CKR_OK || !found ||
+                keywrap_kcv(kw, v, got) != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
                 qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
                 CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
                 log_emit(LOG_ERROR, "master key version recorded in the database is not usable",
                          "{s:i}", "version", (int)v);
                 continue;
             }
-            keywrap_expect_kcv(k->kw, v, want);
+            keywrap_expect_kcv(kw, v, want);
             log_emit(LOG_INFO, "master key version loaded", "{s:i}", "version", (int)v);
         }
-        if (!strcmp(PQgetvalue(r, i, 3), "active") && keywrap_active(k->kw) != v) {
-            keywrap_set_active(k->kw, v);
+        if (!strcmp(PQgetvalue(r, i, 3), "active") && keywrap_active(kw) != v) {
+            keywrap_set_active(kw, v);
             log_emit(LOG_INFO, "active master key version switched", "{s:i}", "version", (int)v);
         }
     }
@@ -240,7 +237,7 @@ static int refresh_locked(qk_svc *k, db_conn *c)
     return 0;
 }
 
-int master_refresh(qk_svc *k, db_conn *c)
+int master_reload(keywrap *kw, db_pool *db, db_conn *c)
 {
     unsigned long seen = atomic_load(&refresh_count);
     db_status st;
@@ -255,16 +252,16 @@ int master_refresh(qk_svc *k, db_conn *c)
         goto out;
     atomic_fetch_add(&refresh_count, 1);
     if (!c) {
-        c = own = db_acquire(k->db, &st);
+        c = own = db_acquire(db, &st);
         if (!c) {
             rc = -1;
             goto out;
         }
     }
-    rc = refresh_locked(k, c);
+    rc = refresh_locked(kw, c);
 out:
     if (own)
-        db_release(k->db, own);
+        db_release(db, own);
     pthread_mutex_unlock(&refresh_mu);
     return rc;
 }

@@ -11,19 +11,33 @@
  *  - With no version recorded, version 1 is created in the token (if
  *    master_key_create) or adopted if the token already has it, and recorded.
  *    Runs under an advisory lock, so kmsd instances starting together agree.
- *  - Then the session ID hash key (sessions.h): made from the token's RNG and
- *    stored wrapped under the active version if the database has none,
- *    unwrapped and handed to sessions_set_id_key(); kmsd refuses to start
- *    if it cannot be unwrapped.
+ *  - Then the session ID hash key (session_id.h): made from the token's RNG
+ *    and stored wrapped under the active version if the database has none,
+ *    unwrapped and handed to session_id; kmsd refuses to start if it cannot
+ *    be unwrapped.
+ *  - The module sees only what it needs (master_deps), not the whole qk_svc:
+ *    service_open, which builds the qk_svc, calls master_init, so master
+ *    must not include service.h (an import circle).
  */
 #ifndef QKMS_MASTER_H
 #define QKMS_MASTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
-#include "service/service.h"
+#include "keywrap.h"
+#include "p11.h"
+#include "store/db.h"
 
-int master_init(qk_svc *k, char *err, size_t errlen);
+typedef struct {
+    db_pool *db;
+    p11_token *token;
+    keywrap *kw;
+    bool create; /* master_key_create: make version 1 when the token has none */
+} master_deps;
+
+/* 0, or -1 with err (why kmsd refuses to start). */
+int master_init(const master_deps *k, char *err, size_t errlen);
 
 /*
  * master_refresh: read master_keys again, load versions recorded since (each
@@ -34,6 +48,8 @@ int master_init(qk_svc *k, char *err, size_t errlen);
  * share it. c: a connection to use, or NULL to take one from the pool.
  * 0, or -1 when the database could not be read.
  */
-int master_refresh(qk_svc *k, db_conn *c);
+int master_reload(keywrap *kw, db_pool *db, db_conn *c);
+/* The same for callers holding the service context (a qk_svc *svc). */
+#define master_refresh(svc, c) master_reload((svc)->kw, (svc)->db, (c))
 
 #endif

@@ -1,6 +1,12 @@
-/* rotation — new master key versions, background rewrap, destruction of unused versions. */
+/*
+ * rotation — the master key's life after start-up (rotation.h): new
+ * versions (by an operator, or the wrap budget), the status view, and the
+ * maintenance step that adopts other instances' versions, rewraps what is
+ * still under an older one and destroys versions nothing references.
+ */
 #include "service/rotation.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,67 +23,63 @@
 #include "store/queries.h"
 #include "service/session_id.h"
 
-#define MASTER_LOCK "7164803902" /* shared with master.c */
 #define REWRAP_BATCH "500"
 #define BLOB_MAX (64 + KEYWRAP_OVERHEAD)
 
 /* ---- rotate ---------------------------------------------------------------- */
 
-int rotation_rotate(qk_svc *k, const char *actor, int *status, char *err, size_t el)
+/* Every rotation failure answers 503 "unavailable" with Retry-After: the
+ * operator (or the wrap budget) tries again. */
+static qk_kind rotate_fail(qk_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static qk_kind rotate_fail(qk_err *e, const char *fmt, ...)
+{
+    char msg[sizeof(e->detail)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    qk_fail(e, QK_UNAVAILABLE, "unavailable", "%s", msg);
+    if (e)
+        e->retry_after = 1;
+    return QK_UNAVAILABLE;
+}
+
+/* The version after the highest ever recorded (destroyed ones included). */
+static qk_kind next_version(db_conn *c, uint32_t *v, qk_err *e)
 {
     db_status st;
-    db_conn *c = db_acquire(k->db, &st);
-    PGresult *r = NULL;
-    uint8_t kcv[KEYWRAP_KCV_LEN];
-    char label[128], ver[16], from[16] = "";
-    uint32_t v;
-    CK_RV rv;
-    int rc = -1;
-    bool commit_sent = false;
-
-    *status = 503;
-    if (!c) {
-        snprintf(err, el, "database unavailable");
-        return -1;
-    }
-    if (db_command(c, "SELECT pg_advisory_lock(" MASTER_LOCK ")") != DB_OK) {
-        snprintf(err, el, "cannot take the master key lock");
-        db_release(k->db, c);
-        return -1;
-    }
-    r = db_exec(c, Q_MASTER_MAX, 0, NULL, NULL, NULL, &st);
-    if (!r) {
-        snprintf(err, el, "database unavailable");
-        goto out;
-    }
-    v = (uint32_t)strtoul(PQgetvalue(r, 0, 0), NULL, 10) + 1;
+    PGresult *r = db_exec(c, Q_MASTER_MAX, 0, NULL, NULL, NULL, &st);
+    if (!r)
+        return rotate_fail(e, "database unavailable");
+    *v = (uint32_t)strtoul(PQgetvalue(r, 0, 0), NULL, 10) + 1;
     PQclear(r);
-    r = NULL;
-    keywrap_label(k->kw, v, label, sizeof(label));
-    /* The token first: a database row must never name a key that does not exist. */
-    rv = keywrap_create(k->kw, v);
-    if (rv == CKR_OK)
-        rv = keywrap_kcv(k->kw, v, kcv);
-    if (rv != CKR_OK) {
-        snprintf(err, el, "creating %s in the token failed: %s", label, p11_rv_name(rv));
-        goto out;
-    }
+    return QK_OK;
+}
+
+/* Record v as the active version and the active one as retired, audited,
+ * in one transaction. A failure before COMMIT destroys the new key again;
+ * a COMMIT that got no answer keeps it (see below). */
+static qk_kind record_version(qk_svc *s, db_conn *c, const char *actor, uint32_t v,
+                              const char *label, const uint8_t kcv[KEYWRAP_KCV_LEN],
+                              char from[16], qk_err *e)
+{
+    char ver[16];
+    const char *vals[3] = {ver, label, (const char *)kcv};
+    int lens[3] = {0, 0, KEYWRAP_KCV_LEN}, fmts[3] = {0, 0, 1};
+    bool commit_sent = false;
+    PGresult *r;
+    db_status st;
+
     snprintf(ver, sizeof(ver), "%u", v);
     st = db_command(c, "BEGIN");
-    if (st == DB_OK) {
-        r = db_exec(c, Q_MASTER_RETIRE_ACTIVE, 0, NULL, NULL, NULL, &st);
-        if (r && PQntuples(r) > 0)
-            snprintf(from, sizeof(from), "%s", PQgetvalue(r, 0, 0));
+    if (st == DB_OK && (r = db_exec(c, Q_MASTER_RETIRE_ACTIVE, 0, NULL, NULL, NULL, &st))) {
+        if (PQntuples(r) > 0)
+            snprintf(from, 16, "%s", PQgetvalue(r, 0, 0));
         PQclear(r);
-        r = NULL;
     }
-    if (st == DB_OK) {
-        const char *vals[3] = {ver, label, (const char *)kcv};
-        int lens[3] = {0, 0, KEYWRAP_KCV_LEN}, fmts[3] = {0, 0, 1};
-        r = db_exec(c, Q_MASTER_INSERT, 3, vals, lens, fmts, &st);
+    if (st == DB_OK && (r = db_exec(c, Q_MASTER_INSERT, 3, vals, lens, fmts, &st)))
         PQclear(r);
-        r = NULL;
-    }
     if (st == DB_OK)
         st = audit_append(c, actor, "master.rotated", NULL,
                           json_pack("{s:s,s:i,s:s}", "from", from, "to", (int)v, "label", label));
@@ -85,44 +87,71 @@ int rotation_rotate(qk_svc *k, const char *actor, int *status, char *err, size_t
         commit_sent = true;
         st = db_command(c, "COMMIT");
     }
-    if (st != DB_OK && !commit_sent) {
+    if (st == DB_OK)
+        return QK_OK;
+    if (!commit_sent) {
         db_command(c, "ROLLBACK");
-        keywrap_destroy(k->kw, v); /* leave no orphan in the token */
-        snprintf(err, el, "recording %s failed: %s", label, db_status_name(st));
-        goto out;
+        keywrap_destroy(s->kw, v); /* leave no orphan in the token */
+        return rotate_fail(e, "recording %s failed: %s", label, db_status_name(st));
     }
-    if (st != DB_OK) {
-        /* COMMIT sent, no answer (db_io_timeout_ms): the row may well be
-         * committed, and then this key is the active master key. Keep it:
-         * every instance adopts it at its next refresh if it was recorded,
-         * and if it was not, the next rotation finds it by its label and
-         * uses it (p11 generation looks for the label first). */
-        log_emit(LOG_WARN, "master key rotation: outcome unknown, key kept in the token",
-                 "{s:s,s:s}", "label", label, "error", db_status_name(st));
-        snprintf(err, el, "recording %s: outcome unknown (%s); see GET /v1/admin/master", label,
-                 db_status_name(st));
-        goto out;
-    }
-    keywrap_expect_kcv(k->kw, v, kcv);
-    keywrap_set_active(k->kw, v);
-    log_emit(LOG_INFO, "master key rotated", "{s:s,s:s,s:s}", "from", from, "to", label, "by", actor);
-    *status = 200;
-    rc = 0;
-out:
-    PQclear(r);
-    db_command(c, "SELECT pg_advisory_unlock(" MASTER_LOCK ")");
-    db_release(k->db, c);
-    return rc;
+    /* COMMIT sent, no answer (db_io_timeout_ms): the row may well be
+     * committed, and then this key is the active master key. Keep it:
+     * every instance adopts it at its next refresh if it was recorded,
+     * and if it was not, the next rotation finds it by its label and
+     * uses it (p11 generation looks for the label first). */
+    log_emit(LOG_WARN, "master key rotation: outcome unknown, key kept in the token", "{s:s,s:s}",
+             "label", label, "error", db_status_name(st));
+    return rotate_fail(e, "recording %s: outcome unknown (%s); see GET /v1/admin/master", label,
+                       db_status_name(st));
 }
 
-json_t *rotation_status(qk_svc *k)
+qk_kind rotation_rotate(qk_svc *s, const char *actor, qk_err *e)
 {
     db_status st;
-    PGresult *r = db_query(k->db, Q_MASTER_STATUS, 0, NULL, NULL, NULL, &st);
+    db_conn *c = db_acquire(s->db, &st);
+    uint8_t kcv[KEYWRAP_KCV_LEN];
+    char label[128], from[16] = "";
+    uint32_t v = 0;
+    CK_RV rv;
+    qk_kind k;
+
+    if (!c)
+        return rotate_fail(e, "database unavailable");
+    if (qt_command(c, QT_MASTER_LOCK) != DB_OK) {
+        db_release(s->db, c);
+        return rotate_fail(e, "cannot take the master key lock");
+    }
+    if ((k = next_version(c, &v, e)) != QK_OK)
+        goto out;
+    keywrap_label(s->kw, v, label, sizeof(label));
+    /* The token first: a database row must never name a key that does not exist. */
+    rv = keywrap_create(s->kw, v);
+    if (rv == CKR_OK)
+        rv = keywrap_kcv(s->kw, v, kcv);
+    if (rv != CKR_OK) {
+        k = rotate_fail(e, "creating %s in the token failed: %s", label, p11_rv_name(rv));
+        goto out;
+    }
+    if ((k = record_version(s, c, actor, v, label, kcv, from, e)) != QK_OK)
+        goto out;
+    keywrap_expect_kcv(s->kw, v, kcv);
+    keywrap_set_active(s->kw, v);
+    log_emit(LOG_INFO, "master key rotated", "{s:s,s:s,s:s}", "from", from, "to", label, "by", actor);
+out:
+    qt_command(c, QT_MASTER_UNLOCK);
+    db_release(s->db, c);
+    return k;
+}
+
+qk_kind rotation_status(qk_svc *s, json_t **out, qk_err *e)
+{
+    db_status st;
+    PGresult *r = db_query(s->db, Q_MASTER_STATUS, 0, NULL, NULL, NULL, &st);
     json_t *arr;
     long long pending = 0;
-    if (!r)
-        return NULL;
+    *out = NULL;
+    if (!r) /* any failure answers 503, as GET /v1/admin/master always has */
+        return db_fail(e, DB_UNAVAILABLE);
     arr = json_array();
     for (int i = 0; i < PQntuples(r); i++) {
         long long dk = atoll(PQgetvalue(r, i, 5)), ss = atoll(PQgetvalue(r, i, 6));
@@ -135,8 +164,11 @@ json_t *rotation_status(qk_svc *k)
                            "device_keys", (json_int_t)dk, "sessions", (json_int_t)ss));
     }
     PQclear(r);
-    return json_pack("{s:i,s:o,s:I}", "active", (int)keywrap_active(k->kw), "versions", arr,
+    *out = json_pack("{s:i,s:o,s:I}", "active", (int)keywrap_active(s->kw), "versions", arr,
                      "pending_rewrap", (json_int_t)pending);
+    if (!*out)
+        return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+    return QK_OK;
 }
 
 /* ---- refresh, rewrap, destroy ------------------------------------------------ */
@@ -295,10 +327,10 @@ static void destroy_unused(qk_svc *k, db_conn *c)
      * that has not is refused by the database and refreshes at once). */
     snprintf(grace, sizeof(grace), "%d",
              2 * k->cfg->maintenance_interval + k->cfg->device_key_cache_ttl);
-    if (db_command(c, "SELECT pg_advisory_lock(" MASTER_LOCK ")") != DB_OK)
+    if (qt_command(c, QT_MASTER_LOCK) != DB_OK)
         return;
     destroy_one(k, c, grace);
-    db_command(c, "SELECT pg_advisory_unlock(" MASTER_LOCK ")");
+    qt_command(c, QT_MASTER_UNLOCK);
 }
 
 int rotation_pass(qk_svc *k)

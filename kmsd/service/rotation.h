@@ -21,6 +21,10 @@
  *       so the grace is about cached wrappings, not about correctness.
  *  - Unwrapping keeps working throughout: a wrapped blob names its version
  *    and every version not yet destroyed stays loaded.
+ *  - rotation_rotate and rotation_status are service operations (err.h):
+ *    every rotation failure is QK_UNAVAILABLE "unavailable" with a
+ *    Retry-After hint and a detail naming the step (and the CKR_ name of a
+ *    token failure); the status fails only when the database cannot say.
  */
 #ifndef QKMS_ROTATION_H
 #define QKMS_ROTATION_H
@@ -29,13 +33,15 @@
 
 #include <jansson.h>
 
+#include "err.h"
 #include "service/service.h"
 
-/* 0, or -1 with err (status set to the HTTP status to answer). */
-int rotation_rotate(qk_svc *k, const char *actor, int *status, char *err, size_t errlen);
-/* {"active":N,"versions":[{version,label,state,created_at,retired_at,
- *   device_keys,sessions}],"pending_rewrap":M} or NULL (database down). */
-json_t *rotation_status(qk_svc *k);
+/* Make version N+1 the active master key; actor is recorded in the audit
+ * row (a token name, or "kmsd" for the wrap budget). */
+qk_kind rotation_rotate(qk_svc *s, const char *actor, qk_err *e);
+/* *out = {"active":N,"versions":[{version,label,state,created_at,
+ * retired_at,device_keys,sessions}],"pending_rewrap":M} (caller decrefs). */
+qk_kind rotation_status(qk_svc *s, json_t **out, qk_err *e);
 /* One maintenance step; returns the number of keys rewrapped, or -1. */
 int rotation_pass(qk_svc *k);
 

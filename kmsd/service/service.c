@@ -91,6 +91,7 @@ static CK_RV open_token(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_
 int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, char *err,
                  size_t errlen)
 {
+    master_deps md;
     CK_RV rv;
     int rc = -1;
 
@@ -116,7 +117,8 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
         snprintf(err, errlen, "out of memory");
         goto out;
     }
-    if (master_init(s, err, errlen) != 0) {
+    md = (master_deps){s->db, s->token, s->kw, cfg->master_key_create};
+    if (master_init(&md, err, errlen) != 0) {
         log_emit(LOG_ERROR, "master key check failed", "{s:s}", "error", err);
         goto out;
     }

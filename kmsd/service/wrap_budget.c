@@ -1,4 +1,8 @@
-/* wrap_budget — counts master key wraps in the database and rotates before the GCM IV budget. */
+/*
+ * wrap_budget — the master key's random-IV budget (wrap_budget.h): adds the
+ * wrap counts keywrap keeps in memory to the database, and rotates (through
+ * rotation.h) once the active version reaches master_key_wrap_limit.
+ */
 #include "service/wrap_budget.h"
 
 #include <inttypes.h>
@@ -8,6 +12,7 @@
 
 #include "log.h"
 #include "service/rotation.h"
+#include "store/queries.h"
 
 #define KW_TAKE_MAX 16
 /* A claim of the automatic rotation of a version lasts this long: a failed
@@ -30,10 +35,7 @@ static int flush_counts(qk_svc *k, db_conn *c, uint64_t *recorded)
         snprintf(sv, sizeof(sv), "%" PRIu32, vers[i]);
         snprintf(sn, sizeof(sn), "%" PRIu64, counts[i]);
         if (rc == 0)
-            r = db_exec_params(c,
-                               "UPDATE master_keys SET wrap_count = wrap_count + $2::bigint"
-                               " WHERE version = $1::int",
-                               2, vals, &st);
+            r = qt_exec(c, QT_MASTER_WRAPS_ADD, 2, vals, &st);
         if (!r) {
             keywrap_uses_return(k->kw, vers[i], counts[i]);
             rc = -1;
@@ -51,18 +53,12 @@ static int flush_counts(qk_svc *k, db_conn *c, uint64_t *recorded)
 static int claim_rotation(db_conn *c, const char *v, int64_t limit)
 {
     char slimit[24];
-    const char *vals[2] = {v, slimit};
+    const char *vals[3] = {v, slimit, CLAIM_SECONDS};
     db_status st;
     PGresult *r;
     int rc;
     snprintf(slimit, sizeof(slimit), "%" PRId64, limit);
-    r = db_exec_params(c,
-                       "UPDATE master_keys SET wrap_rotation_claimed_at = now()"
-                       " WHERE version = $1::int AND state = 'active' AND wrap_count >= $2::bigint"
-                       " AND (wrap_rotation_claimed_at IS NULL OR wrap_rotation_claimed_at"
-                       " < now() - make_interval(secs => " CLAIM_SECONDS "))"
-                       " RETURNING version",
-                       2, vals, &st);
+    r = qt_exec(c, QT_MASTER_WRAP_CLAIM, 3, vals, &st);
     if (!r)
         return -1;
     rc = PQntuples(r) == 1;
@@ -72,8 +68,7 @@ static int claim_rotation(db_conn *c, const char *v, int64_t limit)
 
 static int rotate_for_budget(qk_svc *k, uint32_t v, int64_t count, int64_t limit)
 {
-    char err[256] = "";
-    int status = 0;
+    qk_err e;
     if (!k->cfg->master_key_create) {
         log_emit(LOG_ERROR,
                  "master key wrap budget reached and master_key_create is false: rotate now"
@@ -84,9 +79,9 @@ static int rotate_for_budget(qk_svc *k, uint32_t v, int64_t count, int64_t limit
     }
     log_emit(LOG_WARN, "master key wrap budget reached; rotating", "{s:i,s:I,s:I}", "version",
              (int)v, "wrap_count", (json_int_t)count, "limit", (json_int_t)limit);
-    if (rotation_rotate(k, "kmsd", &status, err, sizeof(err)) != 0) {
+    if (rotation_rotate(k, "kmsd", &e) != QK_OK) {
         log_emit(LOG_ERROR, "automatic master key rotation failed; will retry", "{s:i,s:s}",
-                 "version", (int)v, "error", err);
+                 "version", (int)v, "error", e.detail);
         return -1;
     }
     return 0;
@@ -119,8 +114,7 @@ int wrap_budget_pass(qk_svc *k, wrap_budget_result *out)
         return -1;
     if (flush_counts(k, c, &out->recorded) != 0)
         goto done;
-    r = db_exec_params(c, "SELECT version, wrap_count FROM master_keys WHERE state = 'active'", 0,
-                       NULL, &st);
+    r = qt_exec(c, QT_MASTER_ACTIVE_WRAPS, 0, NULL, &st);
     if (!r)
         goto done;
     if (PQntuples(r) != 1) {

@@ -224,4 +224,146 @@ typedef enum { QKMS_QUERIES(QKMS_Q_ENUM) Q__COUNT } query_id;
 
 extern const db_stmt_def queries[Q__COUNT];
 
+/*
+ * Statements of the background and admin paths (the audit chain's sealer
+ * and verifier, the audit listing, master key locks and wrap counts), run
+ * unprepared with qt_exec: each runs seldom, and an unnamed statement is
+ * planned for its actual parameters, so it is not worth preparing on every
+ * pooled connection. Same rules: parameters only, never SQL from input.
+ * Policy numbers (windows, page sizes) are parameters: the service owns
+ * them. QT_* indexes text_queries.
+ */
+/* The master key lock (session level), taken by start-up, rotation and
+ * destruction; the audit sealer's transaction-level lock has the same key,
+ * so a sealing pass and a master key change never overlap. */
+#define QKMS_MASTER_LOCK_KEY "7164803902"
+
+/* An audit row (service/audit_rows.h decodes these): id, at_us, actor,
+ * event, device_id, detail. */
+#define QKMS_AUDIT_ROW_COLS                                                                      \
+    "a.id, (extract(epoch FROM a.at) * 1000000)::bigint, a.actor, a.event, a.device_id,"        \
+    " a.detail::text"
+/* Then (verification) prev_hash hex, hash hex, sealed_at IS NOT NULL, and
+ * in cols 9-11 the values the hash covers as stored when sealed, and
+ * whether they still equal the row's columns, compared by value (epoch,
+ * jsonb equality), not by rendering. Rows sealed by a kmsd before
+ * migration 007 have NULLs there and are hashed over the columns' current
+ * rendering. */
+#define QKMS_AUDIT_CHAIN_COLS                                                                    \
+    ", encode(a.prev_hash, 'hex'), encode(a.hash, 'hex'), a.sealed_at IS NOT NULL"              \
+    ", a.hashed_at_us, a.hashed_detail,"                                                         \
+    " CASE WHEN a.hashed_at_us IS NULL AND a.hashed_detail IS NULL THEN true"                    \
+    " WHEN a.hashed_at_us IS NULL OR a.hashed_detail IS NULL THEN false"                         \
+    " WHEN a.hashed_at_us <> (extract(epoch FROM a.at) * 1000000)::bigint THEN false"            \
+    " WHEN a.hashed_detail = a.detail::text THEN true"                                           \
+    " ELSE coalesce(qkms_audit_detail_same(a.hashed_detail, a.detail), false) END"
+
+#define QKMS_TEXT_QUERIES(X)                                                                     \
+    X(QT_UTF8_LOCAL, "SET LOCAL client_encoding = 'UTF8'")                                      \
+    X(QT_MASTER_LOCK, "SELECT pg_advisory_lock(" QKMS_MASTER_LOCK_KEY ")")                       \
+    X(QT_MASTER_UNLOCK, "SELECT pg_advisory_unlock(" QKMS_MASTER_LOCK_KEY ")")                   \
+    X(QT_MASTER_WRAPS_ADD,                                                                      \
+      "UPDATE master_keys SET wrap_count = wrap_count + $2::bigint WHERE version = $1::int")    \
+    X(QT_MASTER_WRAP_CLAIM,                                                                     \
+      "UPDATE master_keys SET wrap_rotation_claimed_at = now()"                                 \
+      " WHERE version = $1::int AND state = 'active' AND wrap_count >= $2::bigint"              \
+      " AND (wrap_rotation_claimed_at IS NULL OR wrap_rotation_claimed_at"                      \
+      " < now() - make_interval(secs => $3::int))"                                              \
+      " RETURNING version")                                                                     \
+    X(QT_MASTER_ACTIVE_WRAPS, "SELECT version, wrap_count FROM master_keys WHERE state = 'active'") \
+    /* the sealer ($1 interval_s, $2 gap grace) */                                              \
+    X(QT_AUDIT_SEAL_TRY_LOCK, "SELECT pg_try_advisory_xact_lock(" QKMS_MASTER_LOCK_KEY ")")      \
+    X(QT_AUDIT_SEAL_STATE,                                                                      \
+      "SELECT main_id, head_id, encode(head_hash, 'hex'), chain_length, gap_seen_upto,"         \
+      " gap_seen_at <= now() - make_interval(secs => $2::int),"                                 \
+      " checkpoint_version,"                                                                    \
+      " checkpoint_at IS NULL OR checkpoint_at <= now() - make_interval(secs => $1::int)"       \
+      " FROM audit_chain_state FOR UPDATE")                                                     \
+    X(QT_AUDIT_LATE_ROWS, /* $1 main_id, $2 late window, $3 limit */                            \
+      "SELECT " QKMS_AUDIT_ROW_COLS " FROM audit_gaps g JOIN audit_log a"                       \
+      " ON a.id BETWEEN g.lo AND g.hi"                                                          \
+      " WHERE g.skipped_at > now() - make_interval(secs => $2::int)"                            \
+      " AND a.hash IS NULL AND a.id <= $1 ORDER BY a.id LIMIT $3::int")                         \
+    X(QT_AUDIT_ROWS_AFTER, /* $1 main_id, $2 limit */                                           \
+      "SELECT " QKMS_AUDIT_ROW_COLS ", a.hash IS NOT NULL FROM audit_log a WHERE a.id > $1"     \
+      " ORDER BY a.id LIMIT $2::int")                                                           \
+    X(QT_AUDIT_SEAL_ROWS,                                                                       \
+      "UPDATE audit_log a SET prev_hash = decode(u.p, 'hex'), hash = decode(u.h, 'hex'),"       \
+      " hashed_at_us = u.t, hashed_detail = u.d, sealed_at = now()"                             \
+      " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[])"            \
+      " AS u(id, p, h, t, d) WHERE a.id = u.id")                                                \
+    X(QT_AUDIT_LATE_INSERT,                                                                     \
+      "INSERT INTO audit_late (id, chain_prev)"                                                 \
+      " SELECT * FROM unnest($1::bigint[], $2::bigint[])")                                      \
+    X(QT_AUDIT_GAPS_INSERT,                                                                     \
+      "INSERT INTO audit_gaps (lo, hi) SELECT * FROM unnest($1::bigint[], $2::bigint[])")       \
+    /* clock_timestamp(), not now(): read after this statement's snapshot */                    \
+    X(QT_AUDIT_WATERMARK, "SELECT coalesce(max(id), 0), clock_timestamp() FROM audit_log")      \
+    X(QT_AUDIT_CHECKPOINT_NEXT,                                                                 \
+      "SELECT nextval(pg_get_serial_sequence('audit_checkpoints', 'id')), now(),"               \
+      " (extract(epoch FROM now()) * 1000000)::bigint")                                         \
+    X(QT_AUDIT_CHECKPOINT_INSERT,                                                               \
+      "INSERT INTO audit_checkpoints (id, last_audit_id, chain_length, head_hash,"              \
+      " master_version, iv, mac, at) VALUES ($1, $2, $3, decode($4, 'hex'), $5,"                \
+      " decode($6, 'hex'), decode($7, 'hex'), $8::timestamptz)")                                \
+    X(QT_AUDIT_STATE_UPDATE,                                                                    \
+      "UPDATE audit_chain_state SET main_id = $1, head_id = $2, head_hash = decode($3, 'hex'),"  \
+      " chain_length = $4, gap_seen_upto = $5,"                                                 \
+      " gap_seen_at = coalesce($6::timestamptz, gap_seen_at),"                                  \
+      " checkpoint_version = $7, updated_at = now(),"                                           \
+      " checkpoint_at = CASE WHEN $8::boolean THEN now() ELSE checkpoint_at END")               \
+    /* the verifier: one snapshot for the whole walk */                                         \
+    X(QT_AUDIT_VERIFY_BEGIN, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")                 \
+    X(QT_AUDIT_MAIN_ID, "SELECT main_id FROM audit_chain_state")                                \
+    X(QT_AUDIT_LATE_LIST, "SELECT id, chain_prev FROM audit_late ORDER BY id")                  \
+    X(QT_AUDIT_VERIFY_ROWS, /* $1 after, $2 limit */                                            \
+      "SELECT " QKMS_AUDIT_ROW_COLS QKMS_AUDIT_CHAIN_COLS " FROM audit_log a WHERE a.id > $1"   \
+      " ORDER BY a.id LIMIT $2::int")                                                           \
+    X(QT_AUDIT_HASH_ELSEWHERE,                                                                  \
+      "SELECT id FROM audit_log WHERE hash = decode($1, 'hex') AND id <> $2 LIMIT 1")           \
+    X(QT_AUDIT_GAPS_BETWEEN,                                                                    \
+      "SELECT lo, hi FROM audit_gaps WHERE hi >= $1 AND lo <= $2 ORDER BY lo")                  \
+    X(QT_AUDIT_IN_RECENT_GAP, /* $1 id, $2 late window */                                       \
+      "SELECT 1 FROM (SELECT hi, skipped_at FROM audit_gaps WHERE lo <= $1 ORDER BY lo DESC"    \
+      " LIMIT 1) g WHERE g.hi >= $1"                                                            \
+      " AND g.skipped_at > now() - make_interval(secs => $2::int)")                             \
+    X(QT_AUDIT_CHECKPOINTS_AFTER, /* $1 after, $2 limit */                                      \
+      "SELECT id, last_audit_id, chain_length, encode(head_hash, 'hex'), master_version,"       \
+      " encode(iv, 'hex'), encode(mac, 'hex'), (extract(epoch FROM at) * 1000000)::bigint"      \
+      " FROM audit_checkpoints WHERE id > $1 ORDER BY id LIMIT $2::int")                        \
+    X(QT_AUDIT_GAPS_MISSING, /* $1 how many to list */                                          \
+      "WITH g AS (SELECT lo, hi, (extract(epoch FROM skipped_at) * 1000000)::bigint"            \
+      " AS at_us, (hi - lo + 1) - (SELECT count(*) FROM audit_log a"                            \
+      " WHERE a.id BETWEEN audit_gaps.lo AND audit_gaps.hi) AS missing"                         \
+      " FROM audit_gaps)"                                                                       \
+      " SELECT lo, hi, missing, at_us, count(*) OVER (), sum(missing) OVER ()"                  \
+      " FROM g WHERE missing > 0 ORDER BY lo DESC LIMIT $1::int")                               \
+    /* the admin listing and export ($1 after, $2 since, $3 device, $4 event,                   \
+     * $5 event is a prefix, $6 limit) */                                                       \
+    X(QT_AUDIT_LIST,                                                                            \
+      "SELECT a.id, (extract(epoch FROM a.at) * 1000000)::bigint, a.actor, a.event,"            \
+      " a.device_id, a.detail::text, encode(a.prev_hash, 'hex'), encode(a.hash, 'hex'),"        \
+      " (extract(epoch FROM a.sealed_at) * 1000000)::bigint, a.hashed_at_us, a.hashed_detail"   \
+      " FROM audit_log a WHERE a.id > $1::bigint"                                               \
+      " AND ($2::timestamptz IS NULL OR a.at >= $2::timestamptz)"                               \
+      " AND ($3::text IS NULL OR a.device_id = $3::text)"                                       \
+      " AND ($4::text IS NULL OR a.event = $4::text"                                            \
+      "      OR ($5::boolean AND left(a.event, length($4::text)) = $4::text))"                  \
+      " ORDER BY a.id LIMIT $6::int")
+
+#define QKMS_QT_ENUM(id, sql) id,
+typedef enum { QKMS_TEXT_QUERIES(QKMS_QT_ENUM) QT__COUNT } text_query_id;
+#undef QKMS_QT_ENUM
+
+extern const char *const text_queries[QT__COUNT];
+
+/* Run text statement id, unprepared, with text parameters (NULL = SQL
+ * NULL), under the pool's deadline and error classification (db_exec_params).
+ * Returns the result (PQclear it) or NULL with *st set. */
+PGresult *qt_exec(db_conn *c, text_query_id id, int nparams, const char *const *values,
+                  db_status *st);
+/* qt_exec without parameters, for a statement whose rows are not needed
+ * (locks, SET, BEGIN): its status. */
+db_status qt_command(db_conn *c, text_query_id id);
+
 #endif

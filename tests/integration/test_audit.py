@@ -497,7 +497,7 @@ def test_two_instances_seal_one_chain(fresh_stack):
 
 
 # -- rows deleted before they were sealed -------------------------------------------------------
-SEALER_LOCK = 7164803902  # kmsd/audit_chain.c AUDIT_SEAL_LOCK
+SEALER_LOCK = 7164803902  # kmsd/store/queries.h QKMS_MASTER_LOCK_KEY (QT_AUDIT_SEAL_TRY_LOCK)
 
 
 def test_row_deleted_before_sealing_is_reported_as_gap(fresh_stack):
