@@ -55,6 +55,12 @@ API_OBJ    := $(KMSD_API_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/%.o)
 DEVICE_OBJ := $(DEVICE_LIB_SRC:%.c=$(BUILD)/%.o)
 
+# The archives are rebuilt when the list of sources changes (a file removed
+# or renamed), not only when a member is newer: a stale member would clash.
+SRC_LIST   := $(BUILD)/sources.list
+SRC_NAMES  := $(sort $(KMSD_SRC) $(COMMON_SRC) $(P11_SRC) $(DEVICE_LIB_SRC))
+$(shell mkdir -p $(BUILD); echo '$(SRC_NAMES)' | cmp -s - $(SRC_LIST) || echo '$(SRC_NAMES)' > $(SRC_LIST))
+
 LIBP11     := $(BUILD)/libqkms-p11.a
 LIBKMSD    := $(BUILD)/libkmsd.a
 LIBSVC     := $(BUILD)/libqkms-service.a
@@ -89,20 +95,20 @@ $(BUILD)/gen/schema_sql.o: $(BUILD)/gen/schema_sql.c
 	@echo "CC $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
 
-$(LIBP11): $(P11_OBJ)
-	ar rcs $@ $^
+$(LIBP11): $(P11_OBJ) $(SRC_LIST)
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-$(LIBKMSD): $(KMSD_OBJ) $(COMMON_OBJ)
-	ar rcs $@ $^
+$(LIBKMSD): $(KMSD_OBJ) $(COMMON_OBJ) $(SRC_LIST)
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-$(LIBSVC): $(SVC_OBJ) $(COMMON_OBJ)
-	ar rcs $@ $^
+$(LIBSVC): $(SVC_OBJ) $(COMMON_OBJ) $(SRC_LIST)
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-$(LIBAPI): $(API_OBJ)
-	ar rcs $@ $^
+$(LIBAPI): $(API_OBJ) $(SRC_LIST)
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-$(LIBDEVICE): $(DEVICE_OBJ)
-	ar rcs $@ $^
+$(LIBDEVICE): $(DEVICE_OBJ) $(SRC_LIST)
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
 $(QKMSDEV): $(DEVICE_PROG_SRC:%.c=$(BUILD)/%.o) $(LIBDEVICE)
 	@mkdir -p $(dir $@)

@@ -16,7 +16,7 @@ $(BUILD)/testing/%.o: %.c
 	@$(CC) $(CFLAGS) -DQKMS_TESTING -c $< -o $@
 
 $(LIBDEVICE_TESTING): $(DEVICE_TESTING_OBJ)
-	ar rcs $@ $^
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
 $(BUILD)/tests/test_device_release: tests/unit/test_device_release.c $(BUILD)/libqkms-device.a
 	@mkdir -p $(dir $@)

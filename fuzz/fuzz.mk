@@ -47,8 +47,8 @@ $(FUZZ_BUILD)/gen/schema_sql.c: $(SCHEMA) scripts/embed-sql.sh
 $(FUZZ_BUILD)/gen/schema_sql.o: $(FUZZ_BUILD)/gen/schema_sql.c
 	@$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
 
-$(FUZZ_LIB): $(FUZZ_LIB_OBJ)
-	ar rcs $@ $^
+$(FUZZ_LIB): $(FUZZ_LIB_OBJ) $(SRC_LIST)
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
 $(FUZZ_BUILD)/bin/fuzz_%: $(FUZZ_BUILD)/fuzz/fuzz_%.o $(FUZZ_LIB)
 	@mkdir -p $(dir $@)
