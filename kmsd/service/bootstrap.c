@@ -14,7 +14,6 @@
 #include "log.h"
 #include "store/queries.h"
 
-#define BOOTSTRAP_LOCK "7164803903"
 
 /* Reads the token file: 0 ok; -1 errno set (ENOENT: no file); -2 not a
  * token; -3 not a regular file of mode 0600 owned by kmsd's user (anyone
@@ -147,7 +146,7 @@ int bootstrap_admin_token(qk_svc *k, char *err, size_t el)
         return -1;
     }
     /* kmsd instances starting together must not both mint a token. */
-    if (db_command(c, "SELECT pg_advisory_lock(" BOOTSTRAP_LOCK ")") != DB_OK) {
+    if (qt_command(c, QT_BOOTSTRAP_LOCK) != DB_OK) {
         snprintf(err, el, "cannot take the bootstrap lock");
         db_release(k->db, c);
         return -1;
@@ -200,7 +199,7 @@ int bootstrap_admin_token(qk_svc *k, char *err, size_t el)
 out:
     OPENSSL_cleanse(tok, sizeof(tok));
     PQclear(r);
-    db_command(c, "SELECT pg_advisory_unlock(" BOOTSTRAP_LOCK ")");
+    qt_command(c, QT_BOOTSTRAP_UNLOCK);
     db_release(k->db, c);
     return rc;
 }

@@ -237,6 +237,8 @@ extern const db_stmt_def queries[Q__COUNT];
  * destruction; the audit sealer's transaction-level lock has the same key,
  * so a sealing pass and a master key change never overlap. */
 #define QKMS_MASTER_LOCK_KEY "7164803902"
+/* kmsd instances starting together must not both mint a bootstrap token. */
+#define QKMS_BOOTSTRAP_LOCK_KEY "7164803903"
 
 /* An audit row (service/audit_rows.h decodes these): id, at_us, actor,
  * event, device_id, detail. */
@@ -260,6 +262,8 @@ extern const db_stmt_def queries[Q__COUNT];
 
 #define QKMS_TEXT_QUERIES(X)                                                                     \
     X(QT_UTF8_LOCAL, "SET LOCAL client_encoding = 'UTF8'")                                      \
+    X(QT_BOOTSTRAP_LOCK, "SELECT pg_advisory_lock(" QKMS_BOOTSTRAP_LOCK_KEY ")")                 \
+    X(QT_BOOTSTRAP_UNLOCK, "SELECT pg_advisory_unlock(" QKMS_BOOTSTRAP_LOCK_KEY ")")             \
     X(QT_MASTER_LOCK, "SELECT pg_advisory_lock(" QKMS_MASTER_LOCK_KEY ")")                       \
     X(QT_MASTER_UNLOCK, "SELECT pg_advisory_unlock(" QKMS_MASTER_LOCK_KEY ")")                   \
     X(QT_MASTER_WRAPS_ADD,                                                                      \
