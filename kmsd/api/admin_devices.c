@@ -365,8 +365,8 @@ void h_device_fill(http_request *rq, http_response *rs)
         goto out;
     }
     /* Keys in clear (and the bearer token that asked) only where no network
-     * can read them: a TLS listener, or a loopback client. */
-    if (plaintext && !transport_confidential(rq->kms->cfg.tls_cert_file != NULL, rq->client_ip)) {
+     * can read them: a TLS listener, the unix socket, or a loopback client. */
+    if (plaintext && !http_confidential(rq)) {
         http_error(rs, 403, "insecure_transport",
                    "plaintext export needs TLS or a loopback connection; use recipient_pub");
         goto out;
