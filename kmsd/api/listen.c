@@ -124,6 +124,7 @@ int listen_unix_open(const char *path, listen_unix_id *id, char *err, size_t el)
     }
     id->dev = st.st_dev;
     id->ino = st.st_ino;
+    id->ctime = st.st_ctim;
     return fd;
 fail:
     close(fd);
@@ -134,6 +135,7 @@ void listen_unix_remove(const char *path, const listen_unix_id *id)
 {
     struct stat st;
     if (path && lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == id->dev &&
-        st.st_ino == id->ino)
+        st.st_ino == id->ino && st.st_ctim.tv_sec == id->ctime.tv_sec &&
+        st.st_ctim.tv_nsec == id->ctime.tv_nsec)
         unlink(path);
 }

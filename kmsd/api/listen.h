@@ -24,10 +24,14 @@
 #include <stddef.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <time.h>
 
+/* The socket file kmsd made: device, inode and change time (an inode
+ * number alone may be reused by a file made after ours was removed). */
 typedef struct {
     dev_t dev;
     ino_t ino;
+    struct timespec ctime;
 } listen_unix_id;
 
 /* 0, or -1 when addr is not an IPv4 or IPv6 address. *ipv6 says which. */
