@@ -8,11 +8,12 @@
  *    status; each response carries X-Request-Id and Cache-Control: no-store.
  *  - Before a byte of the body is read (first callback), in this order: a
  *    path over 1024 bytes is 414 uri_too_long, headers over 8 KiB are 431
- *    headers_too_large, then the route (404/405), the client-address rate
- *    limit (every route but the probes; IPv6 clients by /64), and for a route with
- *    roles != 0 the Bearer token (401 without or with an unknown token, 503
- *    when the database cannot say) then the admin rate limit per token name
- *    and the role (403). Only then does the route's own body cap (an import
+ *    headers_too_large, then the route among this listener's (404/405), the
+ *    client-address rate limit (every route but the probes; IPv6 clients by
+ *    /64), and for a route with roles != 0 the Bearer token (401 without or
+ *    with an unknown token, 503 when the database cannot say) then the
+ *    route's rate-limit scope (.rl_scope: admin) per token name and the role
+ *    (403). Only then does the route's own body cap (an import
  *    allows megabytes) replace http_max_body: an unauthenticated client can
  *    make kmsd buffer at most http_max_body bytes per request.
  *  - Bodies larger than the cap get 413 (by Content-Length before any byte
@@ -137,8 +138,9 @@ json_t *http_body_object_opt(http_request *rq, http_response *rs);
 const char *http_query(http_request *rq, const char *key);
 /* Take a token from the rate limit of scope (rl_scope, ratelimit.h) for key.
  * true: go on; false: rs is 429 rate_limited with Retry-After. The gate
- * applies the client (every route but probes) and admin scopes itself; device handlers
- * apply the device scope once a request has authenticated. */
+ * applies the client scope (every route but probes) and a route's .rl_scope
+ * when it authenticates the bearer token; device handlers apply the device
+ * scope once a request has authenticated. */
 bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char *key);
 /* Body text must be NUL-terminated: it is zeroized when MHD frees it.
  * The request body (rq->body) is NUL-terminated too, body_len bytes before
