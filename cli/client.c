@@ -178,7 +178,7 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
 {
     *out = NULL;
     int rc;
-    char *token = NULL, *auth = NULL, *url = NULL, *payload = NULL;
+    char *token = NULL, *auth = NULL, *url = NULL, *where = NULL, *payload = NULL;
     struct curl_slist *headers = NULL, *h;
     struct buffer resp = {0};
     char errbuf[CURL_ERROR_SIZE] = "";
@@ -193,6 +193,12 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
         goto oom;
     if (asprintf(&url, "%s%s", ctx->addr, path) < 0) {
         url = NULL;
+        goto oom;
+    }
+    /* Errors name what the user gave: the URL, or the unix socket. */
+    if (ctx->unix_path ? asprintf(&where, "unix:%s", ctx->unix_path) < 0
+                       : !(where = strdup(url))) {
+        where = NULL;
         goto oom;
     }
     if (asprintf(&auth, "Authorization: Bearer %s", token) < 0) {
@@ -224,6 +230,8 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     /* Return codes are ignored: these options only fail on out of memory
      * or an unsupported libcurl, which curl_easy_perform then reports. */
     curl_easy_setopt(curl, CURLOPT_URL, url);
+    if (ctx->unix_path)
+        curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, ctx->unix_path);
     curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L); /* token must not travel on */
     curl_easy_setopt(curl, CURLOPT_PATH_AS_IS, 1L);     /* send the path exactly as built */
@@ -249,13 +257,14 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     }
 
     if (ctx->verbose)
-        out_note("> %s %s", method, out_safe(url));
+        out_note("> %s %s%s%s", method, out_safe(url), ctx->unix_path ? " over " : "",
+                 ctx->unix_path ? out_safe(where) : "");
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     CURLcode code = curl_easy_perform(curl);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (code != CURLE_OK) {
-        rc = transport_error(ctx, url, code, errbuf, &resp);
+        rc = transport_error(ctx, where, code, errbuf, &resp);
         goto cleanup;
     }
 
@@ -283,6 +292,7 @@ cleanup:
         OPENSSL_cleanse(payload, strlen(payload));
     free(payload);
     free(url);
+    free(where);
     /* Responses may carry tokens or device keys (`device fill --plaintext`):
      * the whole block, not just what was filled. */
     qbuf_free(resp.q);

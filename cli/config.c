@@ -18,7 +18,7 @@
 #define TIMEOUT_MAX_S 86400L
 
 const struct opt_spec config_global_opts[] = {
-    {"addr", 0, "URL", "server URL (env KMS_ADDR; " CONFIG_DEFAULT_ADDR ")"},
+    {"addr", 0, "URL", "server URL or unix:SOCKET (env KMS_ADDR; " CONFIG_DEFAULT_ADDR ")"},
     {"token", 0, "TOKEN", "admin token (env KMS_TOKEN); prefer --token-file"},
     {"token-file", 0, "FILE", "file holding the admin token (env KMS_TOKEN_FILE)"},
     {"json", 0, NULL, "print the server's JSON response on stdout"},
@@ -36,6 +36,29 @@ static const char *env_nonempty(const char *name)
     return v && *v ? v : NULL;
 }
 
+/* unix:PATH: HTTP over kmsd's admin unix socket; the URL's host is then
+ * only the Host header. */
+static int resolve_unix(const char *src, const char *path, struct kmsctl_ctx *ctx)
+{
+    if (!*path) {
+        out_error("%s: unix: needs the socket's path (unix:/run/qkms/admin.sock)", src);
+        return EXIT_USAGE;
+    }
+    for (const char *p = path; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            out_error("%s must not contain control characters", src);
+            return EXIT_USAGE;
+        }
+    }
+    ctx->unix_path = strdup(path);
+    ctx->addr = strdup("http://localhost");
+    if (!ctx->unix_path || !ctx->addr) {
+        out_error("out of memory");
+        return EXIT_INTERNAL;
+    }
+    return EXIT_OK;
+}
+
 static int resolve_addr(const char *flag, struct kmsctl_ctx *ctx)
 {
     const char *src = flag ? "--addr" : "KMS_ADDR";
@@ -44,12 +67,14 @@ static int resolve_addr(const char *flag, struct kmsctl_ctx *ctx)
         addr = CONFIG_DEFAULT_ADDR;
         src = "default address";
     }
+    if (strncmp(addr, "unix:", 5) == 0)
+        return resolve_unix(src, addr + 5, ctx);
 
     size_t scheme = strncasecmp(addr, "http://", 7) == 0    ? 7
                     : strncasecmp(addr, "https://", 8) == 0 ? 8
                                                             : 0;
     if (!scheme || addr[scheme] == '\0' || addr[scheme] == '/') {
-        out_error("%s must be an http:// or https:// URL with a host", src);
+        out_error("%s must be an http:// or https:// URL with a host, or unix:PATH", src);
         return EXIT_USAGE;
     }
     for (const char *p = addr; *p; p++) {
@@ -110,6 +135,8 @@ void config_release(struct kmsctl_ctx *ctx)
 {
     free(ctx->addr);
     ctx->addr = NULL;
+    free(ctx->unix_path);
+    ctx->unix_path = NULL;
 }
 
 /* One printable word: anything else would corrupt the Authorization header. */

@@ -2,7 +2,8 @@
  * config — where kmsctl's global settings come from: the global option
  * table, then environment variables, then built-in defaults.
  *
- * Address:  --addr, KMS_ADDR, http://127.0.0.1:8470
+ * Address:  --addr, KMS_ADDR, http://127.0.0.1:8470; an http:// or https://
+ *           URL, or unix:PATH for kmsd's admin unix socket (admin_listen_unix)
  * Token:    --token, --token-file, KMS_TOKEN, KMS_TOKEN_FILE,
  *           $QKMS_STATE/admin.token (if that file exists), ./var/admin.token
  * Empty environment variables count as unset.

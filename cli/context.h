@@ -9,6 +9,8 @@
 
 struct kmsctl_ctx {
     char *addr;             /* owned; base URL without trailing '/' */
+    char *unix_path;        /* owned; KMS_ADDR=unix:PATH (addr is then
+                             * http://localhost), else NULL */
     const char *token;      /* --token value, or NULL; see config_load_token */
     const char *token_file; /* --token-file value, or NULL */
     const char *cacert;     /* --cacert value, or NULL for the system store */

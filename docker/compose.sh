@@ -7,11 +7,14 @@
 #   compose.sh wait              wait: init exited 0; postgres, qrng-sim, kmsd healthy
 #   compose.sh demo              run the demo profile; prints both devices' lines
 #   compose.sh down [-v]         stop gracefully and remove (-v: the volumes too)
+#   compose.sh kmsctl ARGS...    kmsctl in the kmsd container, on the admin socket
 #   compose.sh admin-token FILE  copy the bootstrap admin token out of the stack (0600)
 #   compose.sh cid SERVICE       container ID of a service
 #   compose.sh logs SERVICE      its logs
 #   compose.sh restart SERVICE   restart its container
-#   compose.sh exec SERVICE CMD...
+#   compose.sh exec [-i] SERVICE CMD...   (-i: with stdin)
+#   compose.sh probe NETWORK CMD...  CMD in a throwaway container of the kmsd
+#                                image on the project's NETWORK only
 #   compose.sh ps | config | engine
 #   compose.sh compose ARGS...   the compose CLI itself, with project and file
 #
@@ -24,7 +27,8 @@
 # (podman healthcheck run). podman-compose 1.0 ignores profiles and
 # depends_on conditions: `up` names the services to start, `demo` starts the
 # demo's containers one after the other, and the entrypoints wait for the
-# files they need.
+# files they need. It also ignores networks' driver_opts: `up` and `demo`
+# create the project's networks first, isolated as compose.yaml asks.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -39,6 +43,7 @@ BASE_IMAGE=${QKMS_BASE_IMAGE:-localhost/qkms-debian:bookworm}
 CORE_SERVICES="init postgres qrng-sim kmsd"
 DEMO_SERVICES="demo-setup vehicle encryptor"
 VOLUMES="pgdata db-secret token token-pin admin fills"
+NETWORKS="backend frontend" # driver_opts isolate=true in compose.yaml
 
 say() { echo "compose: $*" >&2; }
 die() { echo "compose: $*" >&2; exit 1; }
@@ -177,9 +182,23 @@ cmd_build() {
     fi
 }
 
+# podman-compose 1.0 creates networks without their driver_opts; made here
+# first (with the labels it would give them), it finds them and uses them.
+podman_networks() {
+    local n
+    [ "$ENGINE" = podman ] || return 0
+    for n in $NETWORKS; do
+        podman network exists "${PROJECT}_$n" && continue
+        podman network create --opt isolate=true \
+            --label "io.podman.compose.project=$PROJECT" \
+            --label "com.docker.compose.project=$PROJECT" "${PROJECT}_$n" >/dev/null
+    done
+}
+
 cmd_up() {
     [ "${1:-}" = --no-build ] || cmd_build
     say "starting project $PROJECT"
+    podman_networks
     if [ "$ENGINE" = podman ]; then
         # shellcheck disable=SC2086
         compose up -d --no-build $CORE_SERVICES
@@ -187,7 +206,7 @@ cmd_up() {
         compose up -d --no-build
     fi
     cmd_wait
-    say "up: kmsd on http://127.0.0.1:${QKMS_COMPOSE_PORT:-8470} (admin token: $0 admin-token FILE)"
+    say "up: kmsd's device listener on http://127.0.0.1:${QKMS_COMPOSE_PORT:-8470}; admin: $0 kmsctl status"
 }
 
 cmd_demo() {
@@ -197,6 +216,7 @@ cmd_demo() {
         c=$(cid "$s")
         [ -z "$c" ] || "$ENGINE" rm -f "$c" >/dev/null
     done
+    podman_networks
     if [ "$ENGINE" = podman ]; then
         # One after the other: podman-compose 1.0 would start them all at once.
         # shellcheck disable=SC2086
@@ -245,6 +265,22 @@ cmd_admin_token() {
     say "admin token copied to $out"
 }
 
+cmd_probe() { # probe NETWORK CMD...: what a container on NETWORK alone reaches
+    local net=${1:?usage: compose.sh probe NETWORK CMD...}
+    shift
+    "$ENGINE" run --rm --network "${PROJECT}_$net" --entrypoint "" --user 10001:10001 \
+        --read-only --cap-drop ALL --security-opt no-new-privileges \
+        localhost/qkms/kmsd:latest "$@"
+}
+
+cmd_exec() { # exec [-i] SERVICE CMD...
+    local i=()
+    if [ "${1:-}" = -i ]; then i=(-i); shift; fi
+    local s=${1:?usage: compose.sh exec [-i] SERVICE CMD...}
+    shift
+    "$ENGINE" exec "${i[@]}" "$(need_cid "$s")" "$@"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -258,9 +294,11 @@ case "$cmd" in
     cid) need_cid "${1:?usage: compose.sh cid SERVICE}" ;;
     logs) "$ENGINE" logs "$(need_cid "${1:?usage: compose.sh logs SERVICE}")" ;;
     restart) engine restart -t 30 "$(need_cid "${1:?usage: compose.sh restart SERVICE}")" >/dev/null ;;
-    exec) s=${1:?usage: compose.sh exec SERVICE CMD...}; shift; "$ENGINE" exec "$(need_cid "$s")" "$@" ;;
+    exec) cmd_exec "$@" ;;
+    kmsctl) "$ENGINE" exec "$(need_cid kmsd)" kmsctl "$@" ;;
+    probe) cmd_probe "$@" ;;
     ps) "$ENGINE" ps -a --filter "label=com.docker.compose.project=$PROJECT" ;;
     config) compose config ;;
     compose) compose "$@" ;;
-    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

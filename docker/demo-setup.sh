@@ -5,14 +5,17 @@
 # "fills" volume, then pick a fresh session ID for this demo run.
 # Idempotent: existing policy, devices and fill files are reused.
 #
+# kmsctl talks to kmsd's admin listener: the unix socket in the "admin"
+# volume (KMS_ADDR=unix:PATH), or an http(s) URL.
+#
 # The keys travel as a real provisioning station gets them: sealed to a
 # station key pair made here (kmsctl device fill ID --recipient-pub, then
-# kmsctl fill open). kmsd serves plaintext export only over TLS or to a
-# loopback client, and this container reaches it over the compose network.
+# kmsctl fill open), although the admin socket, being local, would be
+# allowed plaintext export.
 set -euo pipefail
 umask 077
 
-export KMS_ADDR=${KMS_ADDR:-http://kmsd:8470}
+export KMS_ADDR=${KMS_ADDR:-unix:/var/lib/qkms/admin/kmsd.sock}
 export KMS_TOKEN_FILE=${KMS_TOKEN_FILE:-/var/lib/qkms/admin/admin.token}
 VEHICLE=${DEMO_VEHICLE:-DEMO-VIN-0001}
 ENCRYPTOR=${DEMO_ENCRYPTOR:-DEMO-ENC-01}
@@ -23,8 +26,13 @@ FILLS=/var/lib/qkms/fills
 say() { echo "demo-setup: $*"; }
 die() { echo "demo-setup: $*" >&2; exit 1; }
 
+if [[ $KMS_ADDR == unix:* ]]; then
+    readyz=(--unix-socket "${KMS_ADDR#unix:}" http://localhost/readyz)
+else
+    readyz=("$KMS_ADDR/readyz")
+fi
 deadline=$(( $(date +%s) + ${DEMO_WAIT_SECONDS:-120} ))
-until curl -fsS -o /dev/null --max-time 2 "$KMS_ADDR/readyz" 2>/dev/null && [ -s "$KMS_TOKEN_FILE" ]; do
+until curl -fsS -o /dev/null --max-time 2 "${readyz[@]}" 2>/dev/null && [ -s "$KMS_TOKEN_FILE" ]; do
     [ "$(date +%s)" -lt "$deadline" ] || die "kmsd at $KMS_ADDR not ready in time"
     sleep 1
 done

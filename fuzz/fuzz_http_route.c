@@ -5,12 +5,13 @@
  * (http_request_id_ok), the Authorization header (kmsd/auth.c auth_bearer,
  * auth_token_well_formed) and the Content-Type check of http_body_object.
  *
- * Input: byte 0 the method, byte 1 the size of the parameter buffer
- * (allocated exactly, so ASan sees an overrun; 0 means dispatch's 1024
- * bytes), the rest the path up to a NUL. Properties: a match is a route of
- * that method whose pattern, with the captured parameters put back, is the
- * path; -405 names the allowed methods; the request-id check accepts exactly
- * 1-64 of [A-Za-z0-9._-]. The same text, taken as a header value, must give
+ * Input: byte 0 the method (and in bits 2-3 the listener: device, admin,
+ * or both when 0), byte 1 the size of the parameter buffer (allocated
+ * exactly, so ASan sees an overrun; 0 means dispatch's 1024 bytes), the
+ * rest the path up to a NUL. Properties: a match is a route that listener
+ * serves, of that method, whose pattern, with the captured parameters put
+ * back, is the path; -405 names the allowed methods; the request-id check
+ * accepts exactly 1-64 of [A-Za-z0-9._-]. The same text, taken as a header value, must give
  * a bearer token that is in the header, trimmed, non-empty and shorter than
  * dispatch's 128-byte buffer, and a JSON body is refused with 415 unless
  * the text names application/json.
@@ -99,6 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char allow[64], *path, *buf, again[2048];
     size_t bl;
     int np = 0, idx;
+    unsigned door;
     const char *method;
 
     if (size < 2)
@@ -110,10 +112,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     headers(path);
     buf = malloc(bl);
     FUZZ_CHECK(buf != NULL);
-    idx = http_route_find(routes, routes_count, method, path, buf, bl, params, &np, allow,
+    /* The listener: bits 2-3 of byte 0 (0: one listener serving both). */
+    door = (data[0] >> 2) & DOOR_ALL;
+    if (!door)
+        door = DOOR_ALL;
+    idx = http_route_find(routes, routes_count, door, method, path, buf, bl, params, &np, allow,
                           (size_t)(data[0] >> 4) + 1);
     if (idx >= 0) {
         FUZZ_CHECK(idx < routes_count && !strcmp(routes[idx].method, method));
+        FUZZ_CHECK(routes[idx].door & door);
         FUZZ_CHECK(np >= 0 && np <= HTTP_MAX_PARAMS);
         for (int i = 0; i < np; i++)
             FUZZ_CHECK(params[i] >= buf && params[i] + strlen(params[i]) < buf + bl &&

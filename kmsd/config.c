@@ -17,9 +17,11 @@
 
 const config_option config_options[] = {
     {"listen_addr", OPT_STR, OFF(listen_addr), "127.0.0.1", 0, 0, NULL, false, false,
-     "IPv4 or IPv6 address the HTTP API listens on."},
+     "IPv4 or IPv6 address of the device listener (device protocol, `/healthz`, `/readyz`). "
+     "Without an admin listener (`admin_listen_addr`, `admin_listen_unix`) it serves the "
+     "admin API and `/metrics` too."},
     {"listen_port", OPT_INT, OFF(listen_port), "8470", 1, 65535, NULL, false, false,
-     "TCP port of the HTTP API."},
+     "TCP port of the device listener."},
     {"http_threading", OPT_STR, OFF(http_threading), "connection", 0, 0, "connection|pool", false,
      false,
      "`connection`: a thread per connection, so a slow database or token call never stalls "
@@ -29,15 +31,33 @@ const config_option config_options[] = {
     {"http_max_body", OPT_INT, OFF(http_max_body), "65536", 256, 16777216, NULL, false, false,
      "Largest accepted request body in bytes; larger ones get 413."},
     {"http_max_connections", OPT_INT, OFF(http_max_connections), "1024", 1, 65535, NULL, false,
-     false, "Concurrent connections accepted in total."},
+     false, "Concurrent connections accepted in total, per listener."},
     {"http_per_ip_connections", OPT_INT, OFF(http_per_ip_connections), "256", 0, 65535, NULL,
-     false, false, "Concurrent connections per client address (0 = unlimited)."},
+     false, false, "Concurrent connections per client address, per TCP listener "
+     "(0 = unlimited)."},
     {"http_timeout", OPT_INT, OFF(http_timeout), "30", 1, 3600, NULL, false, false,
      "Seconds an idle connection is kept."},
     {"tls_cert_file", OPT_STR, OFF(tls_cert_file), NULL, 0, 0, NULL, false, false,
-     "PEM certificate chain; with `tls_key_file`, the listener speaks HTTPS only."},
+     "PEM certificate chain; with `tls_key_file`, the device listener (and a shared one) "
+     "speaks HTTPS only."},
     {"tls_key_file", OPT_STR, OFF(tls_key_file), NULL, 0, 0, NULL, false, false,
      "PEM private key for `tls_cert_file`."},
+    {"admin_listen_addr", OPT_STR, OFF(admin_listen_addr), NULL, 0, 0, NULL, false, false,
+     "IPv4 or IPv6 address of a separate admin listener: the admin API, `/metrics` and the "
+     "probes. The device listener then no longer serves the admin API, nor this one the "
+     "device protocol (404 `not_found`). Unset, with `admin_listen_unix` unset too: one "
+     "listener serves everything."},
+    {"admin_listen_port", OPT_INT, OFF(admin_listen_port), "8471", 1, 65535, NULL, false, false,
+     "TCP port of the admin listener (with `admin_listen_addr`)."},
+    {"admin_listen_unix", OPT_STR, OFF(admin_listen_unix), NULL, 0, 0, NULL, false, false,
+     "Absolute path of a unix socket for the admin listener instead of TCP (mode 0660: kmsd's "
+     "user and group; kmsctl: `KMS_ADDR=unix:PATH`). A socket left by a stopped kmsd is "
+     "replaced; any other file there is refused. Not with `admin_listen_addr`."},
+    {"admin_tls_cert_file", OPT_STR, OFF(admin_tls_cert_file), NULL, 0, 0, NULL, false, false,
+     "PEM certificate chain of the admin listener; with `admin_tls_key_file`, it speaks HTTPS "
+     "only. Independent of `tls_cert_file`."},
+    {"admin_tls_key_file", OPT_STR, OFF(admin_tls_key_file), NULL, 0, 0, NULL, false, false,
+     "PEM private key for `admin_tls_cert_file`."},
     {"shutdown_grace", OPT_INT, OFF(shutdown_grace), "10", 0, 600, NULL, false, false,
      "Seconds SIGTERM/SIGINT waits for in-flight requests before closing."},
     {"readiness_interval_ms", OPT_INT, OFF(readiness_interval_ms), "1000", 100, 60000, NULL,
@@ -510,6 +530,41 @@ int config_apply_env(kms_config *c, char *err, size_t el)
     return 0;
 }
 
+bool config_admin_apart(const kms_config *c)
+{
+    return c->admin_listen_addr != NULL || c->admin_listen_unix != NULL;
+}
+
+/* The admin listener's options make sense together (docs/configuration.md). */
+static int check_admin_listener(const kms_config *c, char *err, size_t el)
+{
+    if (c->admin_listen_addr && c->admin_listen_unix) {
+        fmt(err, el, "admin_listen_addr and admin_listen_unix exclude each other");
+        return -1;
+    }
+    if (!!c->admin_tls_cert_file != !!c->admin_tls_key_file) {
+        fmt(err, el, "admin_tls_cert_file and admin_tls_key_file go together");
+        return -1;
+    }
+    if (c->admin_tls_cert_file && !config_admin_apart(c)) {
+        fmt(err, el, "admin_tls_cert_file needs an admin listener (admin_listen_addr or "
+                     "admin_listen_unix)");
+        return -1;
+    }
+    if (c->admin_listen_addr && c->listen_addr && c->admin_listen_port == c->listen_port &&
+        !strcmp(c->admin_listen_addr, c->listen_addr)) {
+        fmt(err, el, "the admin listener needs its own port (admin_listen_port is listen_port)");
+        return -1;
+    }
+    if (c->admin_listen_unix &&
+        (c->admin_listen_unix[0] != '/' || strlen(c->admin_listen_unix) > CONFIG_UNIX_PATH_MAX)) {
+        fmt(err, el, "admin_listen_unix must be an absolute path of at most %d bytes",
+            CONFIG_UNIX_PATH_MAX);
+        return -1;
+    }
+    return 0;
+}
+
 int config_check(const kms_config *c, char *err, size_t el)
 {
     if (!c->pkcs11_module || !c->pkcs11_token_label || !c->master_key_label ||
@@ -526,6 +581,8 @@ int config_check(const kms_config *c, char *err, size_t el)
         fmt(err, el, "tls_cert_file and tls_key_file go together");
         return -1;
     }
+    if (check_admin_listener(c, err, el) != 0)
+        return -1;
     for (const char *s = c->master_key_label; *s; s++)
         if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.') {
             fmt(err, el, "master_key_label: only letters, digits, '-', '_' and '.'");

@@ -13,7 +13,7 @@
  *    QKMS_ENTROPY_EXEC_COMMAND) are wiped in place and unset once read: call
  *    it before any thread starts (setenv/unsetenv are not thread-safe).
  *  - config_finish() reads secret files (pkcs11_pin_file) and checks
- *    cross-option rules. Secret values never appear in error messages.
+ *    cross-option rules (TLS files in pairs, the admin listener's options). Secret values never appear in error messages.
  *  - config_check() is config_finish() without the secrets and without
  *    db_conninfo: for a SIGHUP reload, which changes neither (the scrubbed
  *    variables are gone by then).
@@ -40,6 +40,11 @@ typedef struct kms_config {
     int http_timeout;
     char *tls_cert_file;
     char *tls_key_file;
+    char *admin_listen_addr; /* NULL with admin_listen_unix NULL: one listener */
+    int admin_listen_port;
+    char *admin_listen_unix;
+    char *admin_tls_cert_file;
+    char *admin_tls_key_file;
     int shutdown_grace;
     int readiness_interval_ms;
     int readiness_write_failure_s;
@@ -134,6 +139,11 @@ int config_apply_env(kms_config *c, char *err, size_t errlen);
 int config_finish(kms_config *c, char *err, size_t errlen);
 int config_check(const kms_config *c, char *err, size_t errlen);
 void config_forget_pin(kms_config *c);
+/* Whether an admin listener is configured apart from the device listener
+ * (admin_listen_addr or admin_listen_unix). */
+bool config_admin_apart(const kms_config *c);
+/* Longest admin_listen_unix (struct sockaddr_un's sun_path, less the NUL). */
+#define CONFIG_UNIX_PATH_MAX 107
 /* Set one option from text (used by the parser and env); returns 0 or -1 with
  * a reason in why ("expected an integer from 1 to 65535"). */
 int config_set(kms_config *c, const char *key, const char *value, char *why, size_t whylen);

@@ -91,6 +91,29 @@ static void reload(kms_ctx *k)
     config_free(&fresh);
 }
 
+/* The listening addresses: addr/port (and tls) are the device listener, or
+ * the one listener when the admin API is not apart; admin_* name the admin
+ * listener when it is (admin_unix for a unix socket). */
+#define READY_FMT "{s:s,s:i,s:s,s:b,s:i"
+#define READY_ARGS(c, k)                                                                          \
+    "addr", (c)->listen_addr, "port", (c)->listen_port, "threading", (c)->http_threading, "tls", \
+        (c)->tls_cert_file != NULL, "schema_version", (k)->schema_version
+static void log_ready(const kms_ctx *k)
+{
+    const kms_config *c = &k->cfg;
+    bool admin_tls = c->admin_tls_cert_file != NULL;
+
+    if (c->admin_listen_unix)
+        log_emit(LOG_INFO, "kmsd ready", READY_FMT ",s:s,s:b}", READY_ARGS(c, k), "admin_unix",
+                 c->admin_listen_unix, "admin_tls", admin_tls);
+    else if (c->admin_listen_addr)
+        log_emit(LOG_INFO, "kmsd ready", READY_FMT ",s:s,s:i,s:b}", READY_ARGS(c, k),
+                 "admin_addr", c->admin_listen_addr, "admin_port", c->admin_listen_port,
+                 "admin_tls", admin_tls);
+    else
+        log_emit(LOG_INFO, "kmsd ready", READY_FMT "}", READY_ARGS(c, k));
+}
+
 int main(int argc, char **argv)
 {
     static const struct option lopts[] = {
@@ -207,9 +230,7 @@ int main(int argc, char **argv)
         log_emit(LOG_ERROR, "http listener failed", "{s:s}", "error", err);
         goto out;
     }
-    log_emit(LOG_INFO, "kmsd ready", "{s:s,s:i,s:s,s:b,s:i}", "addr", k.cfg.listen_addr, "port",
-             k.cfg.listen_port, "threading", k.cfg.http_threading, "tls",
-             k.cfg.tls_cert_file != NULL, "schema_version", k.schema_version);
+    log_ready(&k);
 
     for (;;) {
         int sig = 0;

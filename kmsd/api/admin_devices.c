@@ -371,7 +371,7 @@ static int fill_args_parse(http_request *rq, http_response *rs, json_t *in,
     }
     /* Keys in clear (and the bearer token that asked) only where no network
      * can read them: a TLS listener, or a loopback client. */
-    if (a->plaintext && !transport_confidential(rq->kms->cfg.tls_cert_file != NULL, rq->client_ip)) {
+    if (a->plaintext && !http_confidential(rq)) {
         http_error(rs, 403, "insecure_transport",
                    "plaintext export needs TLS or a loopback connection; use recipient_pub");
         return -1;

@@ -55,8 +55,9 @@ void ratelimit_stats_get(ratelimit *rl, ratelimit_stats *st);
 uint64_t ratelimit_now_ns(void);
 
 /* kmsd's scopes: device API per authenticated device, device API per client
- * address, admin API per token name. */
-typedef enum { RL_DEVICE, RL_CLIENT, RL_ADMIN, RL_NSCOPES } rl_scope;
+ * address, admin API per token name. RL_NONE: a route without a
+ * per-principal limit (http_route.rl_scope). */
+typedef enum { RL_NONE = -1, RL_DEVICE, RL_CLIENT, RL_ADMIN, RL_NSCOPES } rl_scope;
 extern const char *const ratelimit_scope_names[RL_NSCOPES];
 
 /* Create every scope's table (rate_limit_buckets slots each) and apply the

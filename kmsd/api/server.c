@@ -1,4 +1,10 @@
-/* http — libmicrohttpd server, router, auth gate, JSON responses. */
+/*
+ * server — kmsd's HTTP side (server.h): the listeners (one MHD daemon each,
+ * sockets from listen.c), the router, the gate before the body (limits,
+ * route, rate limits, bearer token, role, body cap), the request body
+ * buffer, the one error shape and the request log line. Handlers own what
+ * a route does; this file owns everything around it.
+ */
 #include "api/server.h"
 
 #include <arpa/inet.h>
@@ -22,18 +28,33 @@
 #include "hexutil.h"
 #include "log.h"
 #include "metrics.h"
+#include "qbuf.h"
+#include "api/listen.h"
 #include "api/ratelimit.h"
+#include "api/transport.h"
 #include "utf8.h"
-#include "wipegrow.h"
+
+#define HTTP_MAX_LISTENERS 2
+
+/* One listening socket and its MHD daemon, serving the routes of door. */
+typedef struct http_listener {
+    struct http_server *srv;
+    struct MHD_Daemon *d;
+    unsigned door;       /* DOOR_* mask */
+    bool tls;
+    char *tls_cert, *tls_key;
+    char *unix_path;     /* the admin unix socket, removed at stop; else NULL */
+    listen_unix_id unix_id;
+} http_listener;
 
 struct http_server {
-    struct MHD_Daemon *d;
+    http_listener l[HTTP_MAX_LISTENERS];
+    int nl;
     kms_ctx *kms;
     const http_route *routes;
     int nroutes;
     size_t max_body;
-    _Atomic int inflight;
-    char *tls_cert, *tls_key;
+    _Atomic int inflight; /* over all listeners */
 };
 
 /* Limits kmsd checks in the first callback, so that the answer is JSON.
@@ -45,8 +66,7 @@ struct http_server {
 /* Per-request state, owned by MHD's connection slot (*con_cls). */
 typedef struct {
     struct timespec t0;
-    char *body;
-    size_t len, cap;
+    qbuf *body;          /* made once the gate has set max_body; NULL: none yet */
     bool too_large;
     bool responded;
     size_t max_body;
@@ -189,6 +209,12 @@ const char *http_query(http_request *rq, const char *key)
     return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
+bool http_confidential(const http_request *rq)
+{
+    /* A unix socket's bytes never leave the host, like loopback's. */
+    return transport_confidential(rq->tls || rq->unix_socket, rq->client_ip);
+}
+
 _Static_assert(sizeof(((kms_ctx *)0)->rl) / sizeof(ratelimit *) == RL_NSCOPES, "kms_ctx.rl");
 
 bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char *key)
@@ -290,13 +316,17 @@ static bool match(const char *pattern, const char *path, char *buf, size_t bl, c
     return true;
 }
 
-int http_route_find(const http_route *routes, int n, const char *method, const char *path,
-                    char *buf, size_t bl, const char **params, int *np, char *allow, size_t al)
+int http_route_find(const http_route *routes, int n, unsigned door, const char *method,
+                    const char *path, char *buf, size_t bl, const char **params, int *np,
+                    char *allow, size_t al)
 {
     bool path_seen = false;
     if (allow && al)
         allow[0] = 0;
     for (int i = 0; i < n; i++) {
+        /* Another listener's route does not exist here: 404, never 405. */
+        if (!(routes[i].door & door))
+            continue;
         if (!match(routes[i].pattern, path, buf, bl, params, np))
             continue;
         if (!strcmp(routes[i].method, method))
@@ -317,7 +347,10 @@ static void client_ip(struct MHD_Connection *c, char *out, size_t len)
     snprintf(out, len, "?");
     if (!ci || !ci->client_addr)
         return;
-    if (ci->client_addr->sa_family == AF_INET)
+    /* Every client of the admin unix socket is this one (log, rate limit). */
+    if (ci->client_addr->sa_family == AF_UNIX)
+        snprintf(out, len, "unix");
+    else if (ci->client_addr->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, out, (socklen_t)len);
     else if (ci->client_addr->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, out, (socklen_t)len);
@@ -384,8 +417,7 @@ static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *co
     secs = elapsed(&st->t0);
     metrics_observe(srv->kms->metrics, route, rs->status, secs);
     /* Probes would drown the log; they still count in metrics. */
-    if (route < 0 || rs->status >= 400 || strncmp(rq->path, "/v1/", 4) == 0 ||
-        log_enabled(LOG_DEBUG)) {
+    if (route < 0 || rs->status >= 400 || !srv->routes[route].probe || log_enabled(LOG_DEBUG)) {
         char logpath[HTTP_MAX_PATH + 16];
         http_path_for_log(rq->path, logpath, sizeof(logpath));
         log_emit(rs->status >= 500 ? LOG_WARN : LOG_INFO, "request",
@@ -460,7 +492,8 @@ static bool authenticate(http_server *srv, struct MHD_Connection *conn, req_stat
         http_error(rs, 503, "unavailable", "database unavailable");
         return false;
     }
-    if (!strncmp(rq->path, "/v1/admin/", 10) && !http_rate_limit(rq, rs, RL_ADMIN, st->who.name))
+    /* The route's scope, keyed by the token's name (RL_ADMIN). */
+    if (rt->rl_scope != RL_NONE && !http_rate_limit(rq, rs, rt->rl_scope, st->who.name))
         return false;
     if (!(rt->roles & st->who.role)) {
         http_error(rs, 403, "forbidden", "role %s may not use this route",
@@ -479,9 +512,10 @@ static bool authenticate(http_server *srv, struct MHD_Connection *conn, req_stat
  * megabytes), and every guessed token first costs a rate-limit token.
  * true: go on and read the body; false: rs holds the answer.
  */
-static bool gate(http_server *srv, struct MHD_Connection *conn, req_state *st, http_request *rq,
-                 http_response *rs)
+static bool gate(const http_listener *l, struct MHD_Connection *conn, req_state *st,
+                 http_request *rq, http_response *rs)
 {
+    http_server *srv = l->srv;
     char allow[64], key[80];
     size_t hdr = 0;
     int idx;
@@ -497,7 +531,7 @@ static bool gate(http_server *srv, struct MHD_Connection *conn, req_state *st, h
                    HTTP_MAX_HEADER_BYTES);
         return false;
     }
-    idx = http_route_find(srv->routes, srv->nroutes, rq->method, rq->path, st->pathbuf,
+    idx = http_route_find(srv->routes, srv->nroutes, l->door, rq->method, rq->path, st->pathbuf,
                           sizeof(st->pathbuf), st->params, &st->nparams, allow, sizeof(allow));
     if (idx == -405) {
         snprintf(rs->allow, sizeof(rs->allow), "%s", allow);
@@ -525,15 +559,18 @@ static bool gate(http_server *srv, struct MHD_Connection *conn, req_state *st, h
     return true;
 }
 
-static void request_init(http_request *rq, http_server *srv, struct MHD_Connection *conn,
+static void request_init(http_request *rq, const http_listener *l, struct MHD_Connection *conn,
                          req_state *st, const char *url, const char *method)
 {
     memset(rq, 0, sizeof(*rq));
-    rq->kms = srv->kms;
+    rq->kms = l->srv->kms;
     rq->method = method;
     rq->path = url;
-    rq->body = st->body;
-    rq->body_len = st->len;
+    /* qbuf keeps the body NUL-terminated; "" when there is none. */
+    rq->body = st->body ? qbuf_str(st->body) : "";
+    rq->body_len = st->body ? qbuf_len(st->body) : 0;
+    rq->tls = l->tls;
+    rq->unix_socket = l->unix_path != NULL;
     rq->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     rq->conn = conn;
     rq->who = st->who;
@@ -566,28 +603,28 @@ static req_state *state_new(http_server *srv, struct MHD_Connection *conn)
     return st;
 }
 
-/* Append an upload chunk; past the cap only a flag is kept (answer 413). */
+/* Append an upload chunk; past the route's cap only a flag is kept (answer
+ * 413). The qbuf wipes what it held when it grows and when it is freed:
+ * bodies may carry tokens or wrapped keys. false: out of memory. */
 static bool body_append(req_state *st, const char *data, size_t n)
 {
+    int r;
     if (st->too_large)
         return true;
-    if (st->len + n > st->max_body) {
-        st->too_large = true;
-        return true;
-    }
-    /* The old block may hold a token or a wrapped key. */
-    if (qkms_grow_wiped(&st->body, &st->cap, st->len, st->len + n, 1024) != 0)
+    if (!st->body && !(st->body = qbuf_new(st->max_body, 0)))
         return false;
-    memcpy(st->body + st->len, data, n);
-    st->len += n;
-    return true;
+    r = qbuf_put(st->body, data, n);
+    if (r == QBUF_E_LIMIT)
+        st->too_large = true;
+    return r != QBUF_E_NOMEM;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls)
 {
-    http_server *srv = cls;
+    const http_listener *l = cls;
+    http_server *srv = l->srv;
     req_state *st = *con_cls;
     http_request rq;
     http_response rs;
@@ -599,8 +636,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!(st = state_new(srv, conn)))
             return MHD_NO;
         *con_cls = st;
-        request_init(&rq, srv, conn, st, url, method);
-        if (gate(srv, conn, st, &rq, &rs))
+        request_init(&rq, l, conn, st, url, method);
+        if (gate(l, conn, st, &rq, &rs))
             return MHD_YES; /* read the body, then the handler */
         /* Refused before a byte of the body was read. */
         ret = send_response(srv, conn, st, &rq, &rs);
@@ -615,7 +652,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (st->responded)
         return MHD_YES;
-    request_init(&rq, srv, conn, st, url, method);
+    request_init(&rq, l, conn, st, url, method);
     if (st->too_large)
         http_error(&rs, 413, "payload_too_large", "request body exceeds %zu bytes", st->max_body);
     else
@@ -628,17 +665,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    http_server *srv = cls;
+    http_server *srv = ((const http_listener *)cls)->srv;
     req_state *st = *con_cls;
     (void)conn;
     (void)toe;
     if (!st)
         return;
-    if (st->body) {
-        /* Bodies may carry wrapped keys or tokens; do not leave them in the heap. */
-        OPENSSL_cleanse(st->body, st->cap);
-        free(st->body);
-    }
+    qbuf_free(st->body); /* wipes: bodies may carry wrapped keys or tokens */
     free(st);
     *con_cls = NULL;
     atomic_fetch_sub(&srv->inflight, 1);
@@ -675,38 +708,113 @@ static char *slurp(const char *path)
     return buf;
 }
 
-int http_start(http_server **out, kms_ctx *kms, const http_route *routes, int nroutes, char *err,
-               size_t el)
+/* What one listener is configured to be (from kms_config). */
+typedef struct {
+    const char *opt;       /* "" or "admin_": its options' prefix, for errors */
+    unsigned door;
+    const char *addr;      /* TCP, or NULL with unix_path */
+    int port;
+    const char *unix_path;
+    const char *cert, *key; /* TLS files, or NULL */
+} listen_spec;
+
+/* The listeners kms->cfg asks for: one serving every door, or the device
+ * listener and the admin listener. Returns how many. */
+static int listen_specs(const kms_config *c, listen_spec sp[HTTP_MAX_LISTENERS])
 {
-    const kms_config *c = &kms->cfg;
-    http_server *s = calloc(1, sizeof(*s));
+    if (!config_admin_apart(c)) {
+        sp[0] = (listen_spec){"", DOOR_ALL, c->listen_addr, c->listen_port, NULL,
+                              c->tls_cert_file, c->tls_key_file};
+        return 1;
+    }
+    sp[0] = (listen_spec){"", DOOR_DEVICE, c->listen_addr, c->listen_port, NULL,
+                          c->tls_cert_file, c->tls_key_file};
+    sp[1] = (listen_spec){"admin_", DOOR_ADMIN, c->admin_listen_addr, c->admin_listen_port,
+                          c->admin_listen_unix, c->admin_tls_cert_file, c->admin_tls_key_file};
+    return 2;
+}
+
+static void listener_free(http_listener *l)
+{
+    if (l->d)
+        MHD_stop_daemon(l->d);
+    l->d = NULL;
+    if (l->unix_path)
+        listen_unix_remove(l->unix_path, &l->unix_id);
+    free(l->unix_path);
+    l->unix_path = NULL;
+    if (l->tls_key) {
+        OPENSSL_cleanse(l->tls_key, strlen(l->tls_key));
+        free(l->tls_key);
+    }
+    free(l->tls_cert);
+    l->tls_key = l->tls_cert = NULL;
+}
+
+/* The socket options: an address MHD binds, or the unix socket we bind.
+ * Appends to opts; 0, or -1 with err. */
+static int listener_socket(http_listener *l, const listen_spec *sp, struct sockaddr_storage *ss,
+                           unsigned *flags, struct MHD_OptionItem *opts, int *no, char *err,
+                           size_t el)
+{
+    const kms_config *c = &l->srv->kms->cfg;
+    bool v6;
+    int fd;
+
+    if (sp->unix_path) {
+        fd = listen_unix_open(sp->unix_path, &l->unix_id, err, el);
+        if (fd < 0)
+            return -1;
+        if (!(l->unix_path = strdup(sp->unix_path))) {
+            close(fd);
+            unlink(sp->unix_path);
+            snprintf(err, el, "out of memory");
+            return -1;
+        }
+        opts[(*no)++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL};
+        return 0;
+    }
+    if (listen_tcp_addr(sp->addr, sp->port, ss, &v6) != 0) {
+        snprintf(err, el, "%slisten_addr '%s' is not an IPv4 or IPv6 address", sp->opt,
+                 sp->addr ? sp->addr : "");
+        return -1;
+    }
+    if (v6)
+        *flags |= MHD_USE_IPv6;
+    opts[(*no)++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ss};
+    opts[(*no)++] =
+        (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT, c->http_per_ip_connections, NULL};
+    return 0;
+}
+
+static int listener_tls(http_listener *l, const listen_spec *sp, unsigned *flags,
+                        struct MHD_OptionItem *opts, int *no, char *err, size_t el)
+{
+    if (!sp->cert)
+        return 0;
+    l->tls_cert = slurp(sp->cert);
+    l->tls_key = slurp(sp->key);
+    if (!l->tls_cert || !l->tls_key) {
+        snprintf(err, el, "cannot read %stls_cert_file or %stls_key_file", sp->opt, sp->opt);
+        return -1;
+    }
+    l->tls = true;
+    *flags |= MHD_USE_TLS;
+    opts[(*no)++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, l->tls_cert};
+    opts[(*no)++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, l->tls_key};
+    return 0;
+}
+
+/* Start one MHD daemon for sp. On failure l holds what to free. */
+static int listener_start(http_listener *l, const listen_spec *sp, char *err, size_t el)
+{
+    const kms_config *c = &l->srv->kms->cfg;
     struct sockaddr_storage ss;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     struct MHD_OptionItem opts[16];
     int no = 0;
 
-    if (!s) {
-        snprintf(err, el, "out of memory");
-        return -1;
-    }
-    memset(&ss, 0, sizeof(ss));
-    if (inet_pton(AF_INET, c->listen_addr, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-        ((struct sockaddr_in *)&ss)->sin_family = AF_INET;
-        ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)c->listen_port);
-    } else if (inet_pton(AF_INET6, c->listen_addr, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-        ((struct sockaddr_in6 *)&ss)->sin6_family = AF_INET6;
-        ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)c->listen_port);
-        flags |= MHD_USE_IPv6;
-    } else {
-        snprintf(err, el, "listen_addr '%s' is not an IPv4 or IPv6 address", c->listen_addr);
-        free(s);
-        return -1;
-    }
-    s->kms = kms;
-    s->routes = routes;
-    s->nroutes = nroutes;
-    s->max_body = (size_t)c->http_max_body;
-
+    l->door = sp->door;
     /* The logger must come first or MHD prints early messages itself. */
     opts[no++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL};
     if (!strcmp(c->http_threading, "connection")) {
@@ -715,49 +823,79 @@ int http_start(http_server **out, kms_ctx *kms, const http_route *routes, int nr
         flags |= MHD_USE_EPOLL;
         opts[no++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, c->http_threads, NULL};
     }
-    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &ss};
+    if (listener_socket(l, sp, &ss, &flags, opts, &no, err, el) != 0 ||
+        listener_tls(l, sp, &flags, opts, &no, err, el) != 0)
+        return -1;
     opts[no++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, c->http_max_connections, NULL};
-    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT, c->http_per_ip_connections, NULL};
     opts[no++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, c->http_timeout, NULL};
-    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s};
+    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, l};
     opts[no++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, NULL};
-    if (c->tls_cert_file) {
-        s->tls_cert = slurp(c->tls_cert_file);
-        s->tls_key = slurp(c->tls_key_file);
-        if (!s->tls_cert || !s->tls_key) {
-            snprintf(err, el, "cannot read tls_cert_file or tls_key_file");
-            goto fail;
-        }
-        flags |= MHD_USE_TLS;
-        opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert};
-        opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key};
-    }
     opts[no++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
-    s->d = MHD_start_daemon(flags, (uint16_t)c->listen_port, NULL, NULL, on_request, s,
-                            MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
-    if (!s->d) {
-        snprintf(err, el, "cannot listen on %s:%d (address in use, or bad TLS files?)",
-                 c->listen_addr, c->listen_port);
-        goto fail;
+    l->d = MHD_start_daemon(flags, sp->unix_path ? 0 : (uint16_t)sp->port, NULL, NULL, on_request,
+                            l, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (!l->d) {
+        if (sp->unix_path)
+            snprintf(err, el, "cannot serve on %s (bad TLS files?)", sp->unix_path);
+        else
+            snprintf(err, el, "cannot listen on %s:%d (address in use, or bad TLS files?)",
+                     sp->addr, sp->port);
+        return -1;
+    }
+    return 0;
+}
+
+/* Every route must say where it is served and which limit applies. */
+static int routes_check(const http_route *routes, int n, char *err, size_t el)
+{
+    for (int i = 0; i < n; i++) {
+        const http_route *r = &routes[i];
+        if ((r->door & DOOR_ALL) == 0 || (r->door & ~(unsigned)DOOR_ALL) ||
+            r->rl_scope < RL_NONE || r->rl_scope >= RL_NSCOPES || r->rl_scope == RL_CLIENT) {
+            snprintf(err, el, "route %s %s: bad door or rate-limit scope", r->method, r->pattern);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int http_start(http_server **out, kms_ctx *kms, const http_route *routes, int nroutes, char *err,
+               size_t el)
+{
+    listen_spec sp[HTTP_MAX_LISTENERS];
+    http_server *s;
+    int n;
+
+    if (routes_check(routes, nroutes, err, el) != 0)
+        return -1;
+    if (!(s = calloc(1, sizeof(*s)))) {
+        snprintf(err, el, "out of memory");
+        return -1;
+    }
+    s->kms = kms;
+    s->routes = routes;
+    s->nroutes = nroutes;
+    s->max_body = (size_t)kms->cfg.http_max_body;
+    n = listen_specs(&kms->cfg, sp);
+    for (s->nl = 0; s->nl < n; s->nl++) {
+        s->l[s->nl].srv = s;
+        if (listener_start(&s->l[s->nl], &sp[s->nl], err, el) != 0) {
+            s->nl++; /* free this one's parts too */
+            http_stop(s);
+            return -1;
+        }
     }
     *out = s;
     return 0;
-fail:
-    if (s->tls_key) {
-        OPENSSL_cleanse(s->tls_key, strlen(s->tls_key));
-        free(s->tls_key);
-    }
-    free(s->tls_cert);
-    free(s);
-    return -1;
 }
 
 void http_quiesce(http_server *s)
 {
-    MHD_socket fd = MHD_quiesce_daemon(s->d);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
+    for (int i = 0; i < s->nl; i++) {
+        MHD_socket fd = MHD_quiesce_daemon(s->l[i].d);
+        if (fd != MHD_INVALID_SOCKET)
+            close(fd);
+    }
 }
 
 int http_inflight(http_server *s) { return atomic_load(&s->inflight); }
@@ -766,11 +904,7 @@ void http_stop(http_server *s)
 {
     if (!s)
         return;
-    MHD_stop_daemon(s->d);
-    if (s->tls_key) {
-        OPENSSL_cleanse(s->tls_key, strlen(s->tls_key));
-        free(s->tls_key);
-    }
-    free(s->tls_cert);
+    for (int i = 0; i < s->nl; i++)
+        listener_free(&s->l[i]);
     free(s);
 }

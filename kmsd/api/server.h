@@ -8,11 +8,12 @@
  *    status; each response carries X-Request-Id and Cache-Control: no-store.
  *  - Before a byte of the body is read (first callback), in this order: a
  *    path over 1024 bytes is 414 uri_too_long, headers over 8 KiB are 431
- *    headers_too_large, then the route (404/405), the client-address rate
- *    limit (every route but the probes; IPv6 clients by /64), and for a route with
- *    roles != 0 the Bearer token (401 without or with an unknown token, 503
- *    when the database cannot say) then the admin rate limit per token name
- *    and the role (403). Only then does the route's own body cap (an import
+ *    headers_too_large, then the route among this listener's (404/405), the
+ *    client-address rate limit (every route but the probes; IPv6 clients by
+ *    /64), and for a route with roles != 0 the Bearer token (401 without or
+ *    with an unknown token, 503 when the database cannot say) then the
+ *    route's rate-limit scope (.rl_scope: admin) per token name and the role
+ *    (403). Only then does the route's own body cap (an import
  *    allows megabytes) replace http_max_body: an unauthenticated client can
  *    make kmsd buffer at most http_max_body bytes per request.
  *  - Bodies larger than the cap get 413 (by Content-Length before any byte
@@ -26,6 +27,12 @@
  *    connection has its own thread, so a handler may block on PostgreSQL or
  *    the token without stalling other clients.
  *  - One JSON log line per request: id, method, route, status, latency.
+ *  - Listeners: one (listen_addr:listen_port) serving every route, or, when
+ *    admin_listen_addr or admin_listen_unix is set, two MHD daemons: the
+ *    device listener serves the routes whose .door has DOOR_DEVICE, the
+ *    admin listener (TCP or a unix socket) those with DOOR_ADMIN, each with
+ *    its own TLS settings. A route another listener serves is 404
+ *    not_found here, as if it did not exist (the route table's .door).
  */
 #ifndef QKMS_HTTP_H
 #define QKMS_HTTP_H
@@ -38,8 +45,16 @@
 #include "err.h"
 #include "service/auth.h"
 #include "kms.h"
+#include "api/ratelimit.h"
 
 #define HTTP_MAX_PARAMS 4
+
+/* Which listener serves a route (http_route.door, a mask). */
+enum {
+    DOOR_DEVICE = 1u << 0, /* the device protocol; devices' network */
+    DOOR_ADMIN = 1u << 1,  /* admin API, /metrics; operators' network */
+    DOOR_ALL = DOOR_DEVICE | DOOR_ADMIN,
+};
 
 typedef struct http_request {
     kms_ctx *kms;
@@ -54,6 +69,8 @@ typedef struct http_request {
     char client_ip[64];
     auth_principal who; /* valid when the route requires a role */
     void *conn;         /* struct MHD_Connection * */
+    bool tls;           /* the listener it came in on speaks TLS */
+    bool unix_socket;   /* it came over the admin unix socket (client_ip "unix") */
 } http_request;
 
 typedef struct http_response {
@@ -76,14 +93,26 @@ typedef struct {
     http_handler fn;
     size_t max_body;     /* 0 = http_max_body */
     bool probe;          /* answered from memory, no body: no client rate limit,
-                          * so a load balancer's probes are never refused */
+                          * so a load balancer's probes are never refused; and
+                          * logged only when it fails */
+    unsigned door;       /* DOOR_* mask: the listeners that serve it (not 0) */
+    int rl_scope;        /* the per-principal rate limit (ratelimit.h): RL_ADMIN
+                          * is taken by the gate, keyed by the token's name, once
+                          * the bearer token is known; RL_DEVICE by the device
+                          * handlers once the envelope has authenticated; RL_NONE:
+                          * only the client-address limit (none for probes) */
 } http_route;
 
+/* Start the listener(s) of kms->cfg (see the contract above) serving
+ * routes. Every route must name a door and a scope other than RL_CLIENT
+ * (which the gate applies to all but probes). 0, or -1 with err. */
 int http_start(http_server **out, kms_ctx *kms, const http_route *routes, int nroutes, char *err,
                size_t errlen);
-/* Stop accepting connections; in-flight requests go on. */
+/* Stop accepting connections on every listener; in-flight requests go on. */
 void http_quiesce(http_server *s);
+/* Requests in progress on all listeners. */
 int http_inflight(http_server *s);
+/* Stop every listener (removing the admin unix socket); NULL is a no-op. */
 void http_stop(http_server *s);
 
 /* Response helpers. http_json steals the reference to body. */
@@ -109,10 +138,18 @@ json_t *http_body_object_opt(http_request *rq, http_response *rs);
 const char *http_query(http_request *rq, const char *key);
 /* Take a token from the rate limit of scope (rl_scope, ratelimit.h) for key.
  * true: go on; false: rs is 429 rate_limited with Retry-After. The gate
- * applies the client (every route but probes) and admin scopes itself; device handlers
- * apply the device scope once a request has authenticated. */
+ * applies the client scope (every route but probes) and a route's .rl_scope
+ * when it authenticates the bearer token; device handlers apply the device
+ * scope once a request has authenticated. */
 bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char *key);
-/* Body text must be NUL-terminated: it is zeroized when MHD frees it. */
+/* Body text must be NUL-terminated: it is zeroized when MHD frees it.
+ * The request body (rq->body) is NUL-terminated too, body_len bytes before
+ * the NUL ("" when there is none). */
+
+/* Whether the request's connection may carry key material in clear: its
+ * listener speaks TLS, it came over the unix socket, or the client is on a
+ * loopback address (transport.h). */
+bool http_confidential(const http_request *rq);
 
 /* The client-address rate-limit key of ip: ip itself, or "<prefix>::/64"
  * for IPv6 (IPv4-mapped addresses count as IPv4). Pure; unit-tested. */
@@ -123,12 +160,13 @@ void http_client_key(const char *ip, char *out, size_t len);
  * fit out. Pure; unit-tested. */
 void http_path_for_log(const char *path, char *out, size_t len);
 
-/* Routing (pure; unit-tested). Returns the route index, -404 when no path
- * matches, -405 when the path matches only under other methods (their
- * names are written to allow). params point into pathbuf. */
-int http_route_find(const http_route *routes, int n, const char *method, const char *path,
-                    char *pathbuf, size_t pathbuf_len, const char **params, int *nparams,
-                    char *allow, size_t allow_len);
+/* Routing (pure; unit-tested) among the routes served at door (a DOOR_*
+ * mask; the others do not exist there). Returns the route index, -404 when
+ * no path matches, -405 when the path matches only under other methods
+ * (their names are written to allow). params point into pathbuf. */
+int http_route_find(const http_route *routes, int n, unsigned door, const char *method,
+                    const char *path, char *pathbuf, size_t pathbuf_len, const char **params,
+                    int *nparams, char *allow, size_t allow_len);
 /* Whether s is an acceptable client-supplied request id. */
 bool http_request_id_ok(const char *s);
 

@@ -16,7 +16,8 @@
 /* ip: the client address as kmsd's request log prints it (inet_ntop). */
 bool transport_is_loopback(const char *ip);
 
-/* tls: the listener is HTTPS (tls_cert_file set). */
+/* tls: the listener the request came in on speaks HTTPS (its tls_cert_file or
+ * admin_tls_cert_file is set); see also http_confidential (server.h). */
 bool transport_confidential(bool tls, const char *ip);
 
 #endif

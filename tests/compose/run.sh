@@ -7,9 +7,10 @@
 #   3. bring the stack up and wait until healthy (docker/compose.sh up);
 #   4. tests/compose/test_compose.py against 127.0.0.1:$QKMS_COMPOSE_PORT
 #      (8470, or a free port when 8470 is taken): paired sessions with the
-#      host's qkms-device and the Python client, kmsctl, PostgreSQL restarted
-#      under load, kmsd restarted (keys survive), the QRNG down (kmsd fails
-#      closed), the demo profile;
+#      host's qkms-device and the Python client, kmsctl in the kmsd container
+#      (admin socket), the zones (from the devices' network only the device
+#      port answers), PostgreSQL restarted under load, kmsd restarted (keys
+#      survive), the QRNG down (kmsd fails closed), the demo profile;
 #   5. tear down with the volumes (`down -v`), whatever happened.
 #
 # Every stage is bounded (seconds): QKMS_COMPOSE_BUILD_TIMEOUT (1200: a cold

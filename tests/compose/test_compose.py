@@ -6,10 +6,14 @@ stack up under its own project name, runs this module, and tears the stack
 down with its volumes. The module needs the running stack: it is skipped
 without QKMS_COMPOSE_URL (so a plain `pytest tests/` does not fail here).
 
-The clients are the host's: kmsctl and qkms-device from the release build
-($QKMS_KMSCTL, $QKMS_DEVICE), and the independent Python device client
-(tests/integration/qkms_proto_py.py). The tests run in file order; each
-bounds its own waits.
+The devices are the host's: qkms-device from the release build
+($QKMS_DEVICE) and the independent Python device client
+(tests/integration/qkms_proto_py.py), on the published device port. The
+operator is inside: kmsctl in the kmsd container, on the admin listener's
+unix socket (the admin API is on no network); the host's kmsctl
+($QKMS_KMSCTL) only opens fill packages, which needs no server. The zones
+are checked from throwaway containers on each network. The tests run in
+file order; each bounds its own waits.
 """
 import json
 import os
@@ -64,24 +68,56 @@ def wait_ready(timeout=90):
 
 
 class Ops:
-    """kmsctl against the stack, with the admin token copied out of its volume."""
+    """The operator: kmsctl in the kmsd container (docker/compose.sh kmsctl),
+    on the admin socket, with the bootstrap admin token it finds there. Files
+    cross into the container's /tmp and back through exec."""
 
     def __init__(self, workdir):
         self.dir = workdir
+        # The token can still be copied out (e.g. for another admin host).
         self.token_file = str(workdir / "admin.token")
         compose("admin-token", self.token_file)
         assert oct(os.stat(self.token_file).st_mode & 0o777) == "0o600"
 
     def kmsctl(self, *args, check=True):
-        env = dict(os.environ, KMS_ADDR=URL, KMS_TOKEN_FILE=self.token_file)
-        env.pop("KMS_TOKEN", None)
-        p = subprocess.run([KMSCTL, *args], env=env, capture_output=True, text=True, timeout=60)
+        p = compose("kmsctl", *args, timeout=60, check=False)
         if check and p.returncode != 0:
+            raise AssertionError(f"kmsctl {args} -> {p.returncode}: {p.stderr}")
+        return p
+
+    def local_kmsctl(self, *args):
+        """The host's kmsctl, for what needs no server (fill open)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
+        p = subprocess.run([KMSCTL, *args], env=env, capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
             raise AssertionError(f"kmsctl {args} -> {p.returncode}: {p.stderr}")
         return p
 
     def json(self, *args):
         return json.loads(self.kmsctl(*args, "--json").stdout)
+
+    def push(self, path):
+        """A host file into the kmsd container's /tmp; its path there."""
+        inside = "/tmp/" + os.path.basename(str(path))
+        with open(path, "rb") as f:
+            p = subprocess.run(["bash", COMPOSE_SH, "exec", "-i", "kmsd", "sh", "-c",
+                                'umask 077; cat > "$1"', "sh", inside], stdin=f,
+                               capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr.decode()[-2000:]
+        return inside
+
+    def pull(self, inside, path):
+        p = subprocess.run(["bash", COMPOSE_SH, "exec", "kmsd", "cat", inside],
+                           capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr.decode()[-2000:]
+        with open(path, "wb") as f:
+            f.write(p.stdout)
+
+    def fill_package(self, device_id, pub, pkg):
+        """kmsctl device fill, sealed to the station key pub; the package at pkg."""
+        inside = f"/tmp/{device_id}.qkfp"
+        self.kmsctl("device", "fill", device_id, "--recipient-pub", self.push(pub), "--out", inside)
+        self.pull(inside, pkg)
 
     def write_secret(self, name, data):
         path = self.dir / name
@@ -129,8 +165,8 @@ class CVehicle:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()).decode())
         pkg = str(ops.dir / (self.device_id + ".qkfp"))
-        ops.kmsctl("device", "fill", self.device_id, "--recipient-pub", pub, "--out", pkg)
-        doc = json.loads(ops.kmsctl("fill", "open", "--key", key, pkg, "--json").stdout)
+        ops.fill_package(self.device_id, pub, pkg)
+        doc = json.loads(ops.local_kmsctl("fill", "open", "--key", key, pkg, "--json").stdout)
         assert doc["device_id"] == self.device_id
         self.fill = ops.write_secret(self.device_id + ".json", json.dumps(doc))
 
@@ -144,8 +180,7 @@ class CVehicle:
 
 def py_device(ops, group, type_):
     """The Python client with a fill document from kmsctl, sealed to a
-    station key (plaintext export is refused off loopback without TLS, and
-    the published port is not loopback to kmsd)."""
+    station key (as a provisioning station gets it)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import x25519
     did = register(ops, group, type_)
@@ -156,9 +191,9 @@ def py_device(ops, group, type_):
     pub.write_bytes(priv.public_key().public_bytes(serialization.Encoding.PEM,
                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
     pkg = ops.dir / (did + ".qkfp")
-    ops.kmsctl("device", "fill", did, "--recipient-pub", str(pub), "--out", str(pkg))
-    return Device.from_fill(json.loads(ops.kmsctl("fill", "open", "--key", str(key), str(pkg),
-                                                  "--json").stdout))
+    ops.fill_package(did, pub, pkg)
+    return Device.from_fill(json.loads(ops.local_kmsctl("fill", "open", "--key", str(key),
+                                                        str(pkg), "--json").stdout))
 
 
 def py_post(dev, sid, peer_id):
@@ -216,6 +251,94 @@ def test_containers_hardened():
     assert lines[2:6] == ["400 qkms", "400 root", "400 qkms", "600 qkms"], lines[2:6]
     assert "so-pin-readable" not in lines
     assert not any(re.match(r"QKMS_PKCS11_PIN=|PGPASSWORD=", line) for line in lines)
+
+
+# ---- zones: devices outside, administration inside ---------------------------------
+
+PROBE = r"""
+for t in "$@"; do
+    h=${t%:*} port=${t##*:}
+    if ! [[ $h =~ ^[0-9.]+$ ]] && ! getent hosts "$h" >/dev/null 2>&1; then
+        echo "$t noname"; continue
+    fi
+    timeout 3 bash -c "exec 3<>/dev/tcp/$h/$port" 2>/dev/null
+    case $? in 0) echo "$t open" ;; 124) echo "$t timeout" ;; *) echo "$t refused" ;; esac
+done
+for path in /healthz /readyz /metrics /v1/admin/status; do
+    echo "http $path $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://kmsd:8470$path)"
+done
+"""
+
+
+def engine():
+    return re.search(r"\((\w+)\)\s*$", compose("engine").stdout).group(1)
+
+
+def backend_ip(service):
+    """The service's address on the project's backend network."""
+    cid = compose("cid", service).stdout.strip()
+    p = subprocess.run([engine(), "inspect", "-f", "{{json .NetworkSettings.Networks}}", cid],
+                       capture_output=True, text=True, timeout=60, check=True)
+    nets = json.loads(p.stdout)
+    ips = [v["IPAddress"] for k, v in nets.items() if k.endswith("_backend") and v.get("IPAddress")]
+    assert len(ips) == 1, nets
+    return ips[0]
+
+
+def probe(network, *targets):
+    """{target: open|refused|timeout|noname, "http PATH": status} as seen from
+    a throwaway container on network alone."""
+    p = compose("probe", network, "bash", "-c", PROBE, "probe", *targets, timeout=180)
+    out = {}
+    for line in p.stdout.splitlines():
+        key, _, state = line.rpartition(" ")
+        out[key] = state
+    return out
+
+
+def test_zones_from_the_devices_network():
+    """From the frontend network (the devices'): the device port answers and
+    serves no admin route; the admin API is on no TCP port; PostgreSQL and
+    the QRNG are neither named nor reachable, not even by address, and
+    neither is any of kmsd's inside addresses."""
+    pg, qrng, kmsd = backend_ip("postgres"), backend_ip("qrng-sim"), backend_ip("kmsd")
+    inside = [f"{pg}:5432", f"{qrng}:8090", f"{kmsd}:8470", f"{kmsd}:8471"]
+    seen = probe("frontend", "kmsd:8470", "kmsd:8471", "postgres:5432", "qrng-sim:8090", *inside)
+    assert seen["kmsd:8470"] == "open", seen
+    assert seen["kmsd:8471"] == "refused", seen
+    assert seen["postgres:5432"] == "noname" and seen["qrng-sim:8090"] == "noname", seen
+    for t in inside:
+        assert seen[t] in ("refused", "timeout"), (t, seen)
+    assert (seen["http /healthz"], seen["http /readyz"]) == ("200", "200"), seen
+    assert (seen["http /metrics"], seen["http /v1/admin/status"]) == ("404", "404"), seen
+    # The same addresses from the inside answer: the probe is not vacuous.
+    seen = probe("backend", f"{pg}:5432", f"{qrng}:8090", f"{kmsd}:8470", "kmsd:8471")
+    assert [seen[t] for t in (f"{pg}:5432", f"{qrng}:8090", f"{kmsd}:8470")] == ["open"] * 3, seen
+    assert seen["kmsd:8471"] == "refused", seen  # the admin API is no TCP port at all
+
+
+def test_admin_listener_inside(ops):
+    """The admin listener is the unix socket in the admin volume: kmsctl and
+    the probes work there; the published device port has no admin route."""
+    p = compose("exec", "kmsd", "sh", "-c",
+                "stat -c '%a %U %F' /var/lib/qkms/admin/kmsd.sock; "
+                "for path in /healthz /readyz /metrics /v1/sessions/key; do "
+                "curl -s -o /dev/null -w '%{http_code}\\n' --max-time 5 "
+                "--unix-socket /var/lib/qkms/admin/kmsd.sock http://localhost$path; done")
+    lines = p.stdout.split("\n")
+    assert lines[0] == "660 qkms socket", lines
+    assert lines[1:5] == ["200", "200", "200", "404"], lines
+    tok = open(ops.token_file).read().strip()
+    r = requests.get(URL + "/v1/admin/status", headers={"Authorization": "Bearer " + tok},
+                     timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    assert requests.get(URL + "/metrics", timeout=10).status_code == 404
+    assert requests.get(URL + "/healthz", timeout=10).status_code == 200
+    logs = compose("logs", "kmsd")  # kmsd logs on stderr; engines keep the streams apart
+    ready = [json.loads(ln) for ln in (logs.stdout + logs.stderr).splitlines()
+             if ln.startswith("{") and '"kmsd ready"' in ln]
+    assert ready and ready[-1]["admin_unix"] == "/var/lib/qkms/admin/kmsd.sock", ready[-1:]
+    assert ready[-1]["addr"] == "0.0.0.0" and ready[-1]["port"] == 8470
 
 
 # ---- devices from the host ------------------------------------------------------------

@@ -109,12 +109,24 @@ class Spec:
                 self._validators[key] = v
         return v
 
-    def check(self, method, url, status, headers, body, content_type, body_read=True):
+    def check(self, method, url, status, headers, body, content_type, body_read=True,
+              listener=None):
         """The problems (strings) of one answer; [] when it is as documented.
-        headers: a case-insensitive mapping; body: bytes."""
+        headers: a case-insensitive mapping; body: bytes. listener: "device"
+        or "admin" when the answer came from one of two listeners configured
+        apart (None: one listener serves every route): a route the other
+        listener serves (x-qkms-listeners) is then answered as unrouted."""
         path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
         template, op = self.match(method, path)
         where = f"{method} {template or path}"
+        if listener and template is not None:
+            served = [m for m, o in self.doc["paths"][template].items()
+                      if isinstance(o, dict) and listener in o.get("x-qkms-listeners", [])]
+            if op is not None and listener not in op.get("x-qkms-listeners", []):
+                op = None
+            if not served:
+                template = None  # the path is not this listener's at all: 404
+            where = f"{method} {template or path} on the {listener} listener"
         if op is not None:
             responses = op["responses"]
         else:
@@ -181,6 +193,7 @@ class Recorder:
     def __init__(self, spec):
         self.spec = spec
         self.ports = set()  # where Stacks run kmsd
+        self.listeners = {}  # port -> "device" | "admin" while configured apart
         self.checked = 0
         self.seen = set()  # (template, method, status) of routed answers
         self.violations = []
@@ -203,8 +216,10 @@ class Recorder:
             return
         method = r.request.method.upper()
         body = b"" if streamed else r.content
+        listener = self.listeners.get(urllib.parse.urlsplit(r.url).port)
         problems = self.spec.check(method, r.url, r.status_code, r.headers, body,
-                                   r.headers.get("Content-Type"), body_read=not streamed)
+                                   r.headers.get("Content-Type"), body_read=not streamed,
+                                   listener=listener)
         path = urllib.parse.unquote(urllib.parse.urlsplit(r.url).path)
         template, op = self.spec.match(method, path)
         with self._lock:
@@ -218,6 +233,19 @@ class Recorder:
                     "status": r.status_code,
                     "body": body[:300].decode("utf-8", "replace"),
                 })
+
+    def apart(self, device_port, admin_port):
+        """From now on answers from device_port and admin_port come from
+        listeners configured apart (admin_port None: a unix socket)."""
+        with self._lock:
+            self.listeners[device_port] = "device"
+            if admin_port is not None:
+                self.listeners[admin_port] = "admin"
+
+    def together(self):
+        """One listener serves every route again."""
+        with self._lock:
+            self.listeners.clear()
 
     def report(self, limit=40):
         lines = [f"docs/openapi.yaml: {len(self.violations)} answer(s) of kmsd do not match "

@@ -61,6 +61,8 @@ def test_operations_carry_the_route_table_rows():
         assert op["security"] == ([{"bearer": []}] if r["roles"] else []), where
         assert op.get("x-qkms-max-body", 0) == r["max_body"], where
         assert op.get("x-qkms-probe", False) == r["probe"], where
+        assert op["x-qkms-listeners"] == r["listeners"], where
+        assert op["x-qkms-rate-limit"] == (r["rate_limit"] or "none"), where
 
 
 def test_gate_answers_are_documented_per_route():
@@ -306,6 +308,29 @@ def test_checker_wants_kmsds_headers():
     del h["X-Request-Id"]
     problems = SPEC.check("GET", "http://x/healthz", 200, h, b'{"status":"ok"}', "application/json")
     assert problems == ["GET /healthz -> 200: header X-Request-Id missing"]
+
+
+def test_checker_knows_the_listeners():
+    """With the listeners apart, an admin route is unrouted on the device
+    listener (404 not_found, never 405) and a device route on the admin one."""
+    nf = b'{"error":{"code":"not_found","message":"no such route"}}'
+    h = Headers(STD)
+    assert SPEC.check("GET", "http://x/v1/admin/status", 404, h, nf, "application/json",
+                      listener="device") == []
+    assert SPEC.check("POST", "http://x/v1/sessions/key", 404, h, nf, "application/json",
+                      listener="admin") == []
+    assert SPEC.check("GET", "http://x/healthz", 200, h, b'{"status":"ok"}', "application/json",
+                      listener="device") == []
+    # A 200 for an admin route on the device listener is a leak the check reports.
+    problems = SPEC.check("GET", "http://x/metrics", 200, h, b"", "text/plain",
+                          listener="device")
+    assert problems and "not documented" in problems[0], problems
+    # And so is a 405 for it (the device listener has no such path at all).
+    problems = SPEC.check("PUT", "http://x/v1/admin/tokens", 405, h, nf, "application/json",
+                          listener="device")
+    assert problems, problems
+    # Together (no listener), the admin route is routed: 404 is not its answer.
+    assert SPEC.check("GET", "http://x/v1/admin/status", 404, h, nf, "application/json")
 
 
 def test_live_answers_to_malformed_requests(stack):

@@ -21,17 +21,25 @@
 static void dummy(http_request *rq, http_response *rs) { (void)rq; (void)rs; }
 
 static const http_route rt[] = {
-    {"GET", "/healthz", "healthz", 0, dummy, 0, false},
-    {"GET", "/v1/admin/tokens", "list", ROLE_ADMIN, dummy, 0, false},
-    {"POST", "/v1/admin/tokens", "create", ROLE_ADMIN, dummy, 0, false},
-    {"DELETE", "/v1/admin/tokens/{name}", "revoke", ROLE_ADMIN, dummy, 0, false},
-    {"GET", "/v1/x/{a}/y/{b}", "two", 0, dummy, 0, false},
+    {"GET", "/healthz", "healthz", 0, dummy, 0, false, DOOR_ALL, RL_NONE},
+    {"GET", "/v1/admin/tokens", "list", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN, RL_ADMIN},
+    {"POST", "/v1/admin/tokens", "create", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN, RL_ADMIN},
+    {"DELETE", "/v1/admin/tokens/{name}", "revoke", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN,
+     RL_ADMIN},
+    {"GET", "/v1/x/{a}/y/{b}", "two", 0, dummy, 0, false, DOOR_ALL, RL_NONE},
+    {"POST", "/v1/sessions/key", "session_key", 0, dummy, 0, false, DOOR_DEVICE, RL_DEVICE},
 };
+
+static int find_at(unsigned door, const char *m, const char *p, const char **params, int *np,
+                   char *allow)
+{
+    static char buf[256];
+    return http_route_find(rt, 6, door, m, p, buf, sizeof(buf), params, np, allow, 64);
+}
 
 static int find(const char *m, const char *p, const char **params, int *np, char *allow)
 {
-    static char buf[256];
-    return http_route_find(rt, 5, m, p, buf, sizeof(buf), params, np, allow, 64);
+    return find_at(DOOR_ALL, m, p, params, np, allow); /* one listener serves all */
 }
 
 static void routing(void **state)
@@ -59,6 +67,29 @@ static void routing(void **state)
     assert_int_equal(find("DELETE", "/v1/admin/tokens/", params, &np, allow), -404);
     assert_int_equal(find("DELETE", "/v1/admin/tokens/a/b", params, &np, allow), -404);
     assert_int_equal(find("GET", "", params, &np, allow), -404);
+}
+
+/* A route another listener serves does not exist here: 404, not 405. */
+static void routing_doors(void **state)
+{
+    const char *params[HTTP_MAX_PARAMS];
+    int np = -1;
+    char allow[64];
+    (void)state;
+    assert_int_equal(find_at(DOOR_DEVICE, "GET", "/healthz", params, &np, allow), 0);
+    assert_int_equal(find_at(DOOR_ADMIN, "GET", "/healthz", params, &np, allow), 0);
+    assert_int_equal(find_at(DOOR_ADMIN, "GET", "/v1/admin/tokens", params, &np, allow), 1);
+    assert_int_equal(find_at(DOOR_DEVICE, "GET", "/v1/admin/tokens", params, &np, allow), -404);
+    assert_int_equal(find_at(DOOR_DEVICE, "PUT", "/v1/admin/tokens", params, &np, allow), -404);
+    assert_string_equal(allow, "");
+    assert_int_equal(find_at(DOOR_DEVICE, "DELETE", "/v1/admin/tokens/x", params, &np, allow),
+                     -404);
+    assert_int_equal(find_at(DOOR_DEVICE, "POST", "/v1/sessions/key", params, &np, allow), 5);
+    assert_int_equal(find_at(DOOR_DEVICE, "GET", "/v1/sessions/key", params, &np, allow), -405);
+    assert_string_equal(allow, "POST");
+    assert_int_equal(find_at(DOOR_ADMIN, "POST", "/v1/sessions/key", params, &np, allow), -404);
+    assert_int_equal(find_at(DOOR_ADMIN, "GET", "/v1/sessions/key", params, &np, allow), -404);
+    assert_int_equal(find("POST", "/v1/sessions/key", params, &np, allow), 5);
 }
 
 static void request_ids(void **state)
@@ -273,7 +304,9 @@ static void utf8_repair(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(routing),          cmocka_unit_test(request_ids),
+        cmocka_unit_test(routing),
+        cmocka_unit_test(routing_doors),
+        cmocka_unit_test(request_ids),
         cmocka_unit_test(bearer_and_tokens), cmocka_unit_test(names_and_roles),
         cmocka_unit_test(hex),              cmocka_unit_test(sqlstate_classes),
         cmocka_unit_test(ckr_mapping),      cmocka_unit_test(wrap_blob_header),
