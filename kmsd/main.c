@@ -15,7 +15,7 @@
 #include "service/bootstrap.h"
 #include "api/server.h"
 #include "service/keycache.h"
-#include "kms.h"
+#include "api/context.h"
 #include "log.h"
 #include "service/maintenance.h"
 #include "service/master.h"

@@ -21,6 +21,9 @@ import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 KMSD = os.path.join(ROOT, "kmsd")
+if len(sys.argv) == 3 and sys.argv[1] == "--root":  # a tree to check instead (tests)
+    ROOT = sys.argv[2]
+    KMSD = os.path.join(ROOT, "kmsd")
 # layer -> layers it may include (besides itself and root)
 ALLOWED = {
     "api": {"service", "store", "entropy"},

@@ -44,7 +44,7 @@
 
 #include "err.h"
 #include "service/auth.h"
-#include "kms.h"
+#include "api/context.h"
 #include "api/ratelimit.h"
 
 #define HTTP_MAX_PARAMS 4

@@ -54,6 +54,23 @@ static void maximum_is_enforced(void **state)
     assert_null(qbuf_new(0, 0));
 }
 
+/* Growing (copy into a new block, wipe the old) keeps every byte written,
+ * and an impossible growth leaves the buffer as it was. */
+static void growth_keeps_bytes(void **state)
+{
+    qbuf *b = qbuf_new(1 << 20, 0);
+    uint8_t *dst;
+    (void)state;
+    for (int i = 0; i < 10000; i++)
+        assert_int_equal(qbuf_put_u8(b, (uint8_t)(i % 251)), QBUF_OK);
+    for (int i = 0; i < 10000; i++)
+        assert_int_equal(qbuf_ptr(b)[i], (uint8_t)(i % 251));
+    assert_int_equal(qbuf_reserve(b, (size_t)-1, &dst), QBUF_E_LIMIT);
+    assert_int_equal(qbuf_len(b), 10000);
+    assert_int_equal(qbuf_ptr(b)[9999], (uint8_t)(9999 % 251));
+    qbuf_free(b);
+}
+
 /* Long formatted text takes the second vsnprintf path. */
 static void long_format(void **state)
 {
@@ -135,7 +152,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(put_and_read),     cmocka_unit_test(maximum_is_enforced),
-        cmocka_unit_test(long_format),      cmocka_unit_test(reserve_and_steal),
+        cmocka_unit_test(long_format),      cmocka_unit_test(growth_keeps_bytes),      cmocka_unit_test(reserve_and_steal),
         cmocka_unit_test(secure_heap),      cmocka_unit_test(error_currency),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -16,7 +16,6 @@
 #include "keywrap.h"
 #include "p11.h"
 #include "utf8.h"
-#include "wipegrow.h"
 
 static void dummy(http_request *rq, http_response *rs) { (void)rq; (void)rs; }
 
@@ -238,25 +237,6 @@ static void client_keys(void **state)
     assert_string_equal(k, "?");
 }
 
-static void grow_keeps_bytes(void **state)
-{
-    char *b = NULL;
-    size_t cap = 0;
-    (void)state;
-    assert_int_equal(qkms_grow_wiped(&b, &cap, 0, 10, 16), 0);
-    assert_int_equal(cap, 16);
-    memcpy(b, "0123456789", 10);
-    assert_int_equal(qkms_grow_wiped(&b, &cap, 10, 12, 16), 0); /* fits: no-op */
-    assert_int_equal(cap, 16);
-    assert_int_equal(qkms_grow_wiped(&b, &cap, 10, 40, 16), 0);
-    assert_int_equal(cap, 64);
-    assert_memory_equal(b, "0123456789", 10);
-    assert_int_equal(qkms_grow_wiped(&b, &cap, 10, (size_t)-1, 16), -1); /* no overflow */
-    assert_int_equal(cap, 64);
-    assert_memory_equal(b, "0123456789", 10);
-    free(b);
-}
-
 static void token_paths_redacted(void **state)
 {
     char out[200];
@@ -312,7 +292,6 @@ int main(void)
         cmocka_unit_test(ckr_mapping),      cmocka_unit_test(wrap_blob_header),
         cmocka_unit_test(stuck_entropy_block), cmocka_unit_test(client_keys),
         cmocka_unit_test(utf8_repair), cmocka_unit_test(token_paths_redacted),
-        cmocka_unit_test(grow_keeps_bytes),
     };
     return cmocka_run_group_tests_name("validation", tests, NULL, NULL);
 }

@@ -1,10 +1,13 @@
 /*
- * kms — the daemon's context: everything a request handler may reach.
- * This struct is the only process-wide mutable state besides the log level;
- * it is built once in main() and handed to every handler through the request.
+ * context — the doors' context (kms_ctx): the key service (svc, all a
+ * service operation may reach) plus what belongs to the doors and main
+ * only: the listeners, rate limiters, metrics registry, maintenance thread
+ * and readiness prober. Built once in main() and handed to every handler
+ * through the request; with the log level, the only process-wide mutable
+ * state. Service code never sees this struct (tools/check-layers.py).
  */
-#ifndef QKMS_KMS_H
-#define QKMS_KMS_H
+#ifndef QKMS_API_CONTEXT_H
+#define QKMS_API_CONTEXT_H
 
 #include <stdatomic.h>
 #include <time.h>
