@@ -87,21 +87,28 @@ static CK_RV unwrap_device_key(qk_svc *s, const device_request *rq, keycache_ent
                                const char *ctx, device_auth *a, qk_err *e)
 {
     CK_RV rv;
+    uint64_t gen = p11_generation(s->token);
 
     a->key_len = DEVICE_KEY_BUF;
     rv = keywrap_unwrap(s->kw, (const uint8_t *)ctx, strlen(ctx), row->wrapped, row->wrapped_len,
                         a->key, &a->key_len);
-    if (rv != CKR_OK && (found == 2 || p11_rv_kind(rv) == P11_KIND_NOT_FOUND)) {
+    /* A module re-initialized while we were at it (another request found a
+     * key gone) voids the handles we used: that failure says nothing about
+     * this row, so it is retried like a stale one. */
+    if (rv != CKR_OK && (found == 2 || p11_rv_kind(rv) == P11_KIND_NOT_FOUND ||
+                         p11_generation(s->token) != gen)) {
         /* A cached row may name a master key version rotated away and
          * destroyed since (the token answers not-found or, for a handle
          * whose object vanished, device-removed); any row may name a
          * version another instance made that we have not loaded yet
          * (not-found). Refresh our view of the versions and read the row
-         * again, once. A row just read that failed for another reason
+         * again, once: from the database, or from the cache when a
+         * concurrent request has already re-read it (before, that case was
+         * answered 503). A row just read that failed for another reason
          * would fail the same way again. */
         master_refresh(s, NULL);
         keycache_invalidate(s->keys, rq->device_id);
-        if (load_key_row(s, rq, row, e) == 1 && row->wrapped_len) {
+        if (load_key_row(s, rq, row, e) > 0 && row->wrapped_len) {
             a->key_len = DEVICE_KEY_BUF;
             rv = keywrap_unwrap(s->kw, (const uint8_t *)ctx, strlen(ctx), row->wrapped,
                                 row->wrapped_len, a->key, &a->key_len);
