@@ -203,3 +203,9 @@ void log_with(const log_ctx *c, log_level l, const char *msg, const char *fmt, .
     vemit(c, l, msg, fmt, ap);
     va_end(ap);
 }
+
+void log_withv(const log_ctx *c, log_level l, const char *msg, const char *fmt, va_list ap)
+{
+    if (log_enabled(l))
+        vemit(c, l, msg, fmt, ap);
+}

@@ -21,6 +21,8 @@
 #ifndef QKMS_LOG_H
 #define QKMS_LOG_H
 
+#include <stdarg.h>
+
 typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
 
 int log_level_parse(const char *s, log_level *out);
@@ -36,5 +38,6 @@ typedef struct log_ctx {
     const char *principal; /* token name or device ID, once authenticated */
 } log_ctx;
 void log_with(const log_ctx *c, log_level l, const char *msg, const char *fmt, ...);
+void log_withv(const log_ctx *c, log_level l, const char *msg, const char *fmt, va_list ap);
 
 #endif

@@ -6,17 +6,10 @@
  */
 #include <stdlib.h>
 
+#include "api/principal.h"
 #include "api/routes.h"
 #include "hexutil.h"
 #include "service/audit_query.h"
-
-/* The admin the gate authenticated, as the service's principal. */
-static qk_principal admin_of(const http_request *rq)
-{
-    qk_principal p = {.kind = QK_PRINCIPAL_ADMIN, .name = rq->who.name, .roles = rq->who.role};
-    p.log = (log_ctx){.req_id = rq->req_id, .client = rq->client_ip, .principal = rq->who.name};
-    return p;
-}
 
 static void list_door(http_request *rq, http_response *rs, bool export)
 {
@@ -86,7 +79,7 @@ static json_t *verify_json(const audit_verify_result *v)
 void h_audit_verify(http_request *rq, http_response *rs)
 {
     audit_verify_result v;
-    qk_principal who = admin_of(rq);
+    qk_principal who = admin_principal(rq);
     qk_err e;
     json_t *in = http_body_object_opt(rq, rs);
 

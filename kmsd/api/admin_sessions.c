@@ -8,18 +8,10 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "api/principal.h"
 #include "api/routes.h"
 #include "qkms_proto.h"
 #include "service/sessions.h"
-
-static qk_principal admin_principal(const http_request *rq)
-{
-    qk_principal p = {.kind = QK_PRINCIPAL_ADMIN, .name = rq->who.name, .roles = rq->who.role};
-    p.log.req_id = rq->req_id;
-    p.log.client = rq->client_ip;
-    p.log.principal = rq->who.name;
-    return p;
-}
 
 void h_admin_sessions_list(http_request *rq, http_response *rs)
 {

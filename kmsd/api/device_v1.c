@@ -112,18 +112,11 @@ out:
 
 /* ---- authentication --------------------------------------------------------- */
 
-/* The request's context for the service's log lines, before and after the
- * device is authenticated. */
-static log_ctx request_log(const http_request *rq)
-{
-    log_ctx c = {rq->req_id, rq->client_ip, NULL};
-    return c;
-}
-
 static qk_principal device_principal(const http_request *rq, const device_auth *da)
 {
-    qk_principal p = {.kind = QK_PRINCIPAL_DEVICE, .name = da->device_id};
-    p.log = request_log(rq);
+    /* The device routes carry no token: the principal is the device the
+     * request authenticated as. */
+    qk_principal p = {.kind = QK_PRINCIPAL_DEVICE, .name = da->device_id, .log = http_log_ctx(rq)};
     p.log.principal = da->device_id;
     return p;
 }
@@ -134,7 +127,7 @@ static int authenticate(http_request *rq, http_response *rs, const char *op, con
                         authed *a, uint64_t *t0)
 {
     device_request dr = {op, env->device_id, env->key_index, env->nonce, env->ct, env->ct_len, t0};
-    log_ctx lc = request_log(rq);
+    log_ctx lc = http_log_ctx(rq); /* no principal yet */
     json_error_t je;
     qk_err e;
 

@@ -68,6 +68,7 @@ void h_admin_entropy_enable(http_request *rq, http_response *rs)
         http_error(rs, 404, "not_found", "no entropy source named '%.32s'", name);
         return;
     }
-    log_emit(LOG_INFO, "entropy source re-enabled", "{s:s,s:s}", "source", name, "by", rq->who.name);
+    http_log(rq, LOG_INFO, "entropy source re-enabled", "{s:s,s:s}", "source", name, "by",
+             rq->who.name);
     http_json(rs, 200, entropy_status_for(rq));
 }

@@ -3,9 +3,7 @@
 
 qk_principal admin_principal(const http_request *rq)
 {
-    qk_principal p = {.kind = QK_PRINCIPAL_ADMIN, .name = rq->who.name, .roles = rq->who.role};
-    p.log.req_id = rq->req_id;
-    p.log.client = rq->client_ip;
-    p.log.principal = rq->who.name;
+    qk_principal p = {.kind = QK_PRINCIPAL_ADMIN, .name = rq->who.name, .roles = rq->who.role,
+                      .log = http_log_ctx(rq)};
     return p;
 }

@@ -100,17 +100,3 @@ void http_db_error(http_response *rs, db_status st)
     http_fail(rs, &e);
 }
 
-void http_db_list(http_request *rq, http_response *rs, int stmt, const char *key,
-                  pgjson_row_fn row)
-{
-    db_status st;
-    PGresult *r = db_query(rq->kms->svc.db, stmt, 0, NULL, NULL, NULL, &st);
-    json_t *arr;
-    if (!r) {
-        http_db_error(rs, st);
-        return;
-    }
-    arr = pgjson_rows(r, row);
-    PQclear(r);
-    http_json(rs, 200, json_pack("{s:o}", key, arr));
-}

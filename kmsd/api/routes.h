@@ -8,7 +8,6 @@
 #include <stdio.h>
 
 #include "api/server.h"
-#include "store/pgjson.h"
 
 extern const http_route routes[];
 extern const int routes_count;
@@ -71,9 +70,5 @@ void h_policies_remove(http_request *rq, http_response *rs);
 
 /* Map a storage failure to its HTTP answer (503 for an outage, 500 else). */
 void http_db_error(http_response *rs, db_status st);
-/* A listing: stmt (prepared, no parameters) run on its own, answered
- * 200 {"<key>": [row(r, i) for every row]}, or the storage failure. */
-void http_db_list(http_request *rq, http_response *rs, int stmt, const char *key,
-                  pgjson_row_fn row);
 
 #endif

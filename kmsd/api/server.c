@@ -157,6 +157,22 @@ void http_error(http_response *rs, int status, const char *code, const char *fmt
     http_json(rs, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
 }
 
+log_ctx http_log_ctx(const http_request *rq)
+{
+    log_ctx c = {.req_id = rq->req_id, .client = rq->client_ip,
+                 .principal = rq->who.name[0] ? rq->who.name : NULL};
+    return c;
+}
+
+void http_log(const http_request *rq, log_level l, const char *msg, const char *fmt, ...)
+{
+    log_ctx c = http_log_ctx(rq);
+    va_list ap;
+    va_start(ap, fmt);
+    log_withv(&c, l, msg, fmt, ap);
+    va_end(ap);
+}
+
 int http_status_of(qk_kind k)
 {
     switch (k) {
@@ -230,8 +246,8 @@ bool http_rate_limit(http_request *rq, http_response *rs, int scope, const char 
                ra);
     /* The request line has the address and the token name, not the device. */
     if (scope == RL_DEVICE)
-        log_emit(LOG_WARN, "device rate limited", "{s:s,s:s,s:i}", "req_id", rq->req_id,
-                 "device_id", key, "retry_after", ra);
+        http_log(rq, LOG_WARN, "device rate limited", "{s:s,s:i}", "device_id", key,
+                 "retry_after", ra);
     return false;
 }
 

@@ -43,6 +43,7 @@
 #include <jansson.h>
 
 #include "err.h"
+#include "log.h"
 #include "service/auth.h"
 #include "api/context.h"
 #include "api/ratelimit.h"
@@ -125,6 +126,11 @@ void http_text(http_response *rs, int status, const char *content_type, char *te
  * Retry-After header. A qk_err still QK_OK answers 500 internal. */
 void http_fail(http_response *rs, const qk_err *e);
 int http_status_of(qk_kind k);
+/* A request's log context (log.h): its req_id, the client's address and,
+ * once the gate authenticated a token, its name. http_log writes a line
+ * with it: every line a door writes about a request carries them. */
+log_ctx http_log_ctx(const http_request *rq);
+void http_log(const http_request *rq, log_level l, const char *msg, const char *fmt, ...);
 /* A JSON string of at most max bytes of s, made valid UTF-8 (utf8.h): for
  * echoing client input in an answer. Never NULL unless out of memory. */
 json_t *http_json_text(const char *s, size_t max);
