@@ -114,73 +114,149 @@ static void log_ready(const kms_ctx *k)
         log_emit(LOG_INFO, "kmsd ready", READY_FMT "}", READY_ARGS(c, k));
 }
 
-int main(int argc, char **argv)
+/* The background threads, the rate limiters, the metrics registry and its
+ * sources, then the listeners: everything that serves requests. */
+static int start_doors(kms_ctx *k, char *err, size_t el)
+{
+    if (maintenance_start(&k->maint, &k->svc) != 0) {
+        log_emit(LOG_ERROR, "cannot start the maintenance thread", NULL);
+        return -1;
+    }
+    if (readiness_start(&k->ready, &k->svc) != 0) {
+        log_emit(LOG_ERROR, "cannot start the readiness prober", NULL);
+        return -1;
+    }
+    k->metrics = metrics_new(routes_count, route_names, k->started_at);
+    if (!k->metrics || ratelimit_open_all(k->rl, &k->cfg) != 0)
+        return -1;
+    /* /metrics renders in this order. */
+    if (metrics_register(k->metrics, db_metrics_render, k->svc.db) != 0 ||
+        metrics_register(k->metrics, p11_metrics_render, k->svc.token) != 0 ||
+        metrics_register(k->metrics, entropy_metrics_render, k->svc.ent) != 0 ||
+        metrics_register(k->metrics, session_metrics_render, k->svc.smetrics) != 0 ||
+        metrics_register(k->metrics, keycache_metrics_render, k->svc.keys) != 0 ||
+        metrics_register(k->metrics, ratelimit_metrics_render, k->rl) != 0 ||
+        metrics_register(k->metrics, maintenance_metrics_render, k->maint) != 0)
+        return -1;
+    if (http_start(&k->http, k, routes, routes_count, err, el) != 0) {
+        log_emit(LOG_ERROR, "http listener failed", "{s:s}", "error", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Serve until SIGINT or SIGTERM (SIGHUP reloads), then stop accepting and
+ * give in-flight requests up to shutdown_grace seconds. */
+static void serve(kms_ctx *k, const sigset_t *sigs)
+{
+    for (;;) {
+        int sig = 0;
+        if (sigwait(sigs, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            reload(k);
+            continue;
+        }
+        log_emit(LOG_INFO, "shutting down", "{s:s,s:i}", "signal",
+                 sig == SIGINT ? "SIGINT" : "SIGTERM", "inflight", http_inflight(k->http));
+        break;
+    }
+    http_quiesce(k->http);
+    for (int waited = 0; http_inflight(k->http) > 0 && waited < k->cfg.shutdown_grace * 10;
+         waited++) {
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Signals are taken synchronously by the main thread; every thread started
+ * after this inherits the mask. */
+static void block_signals(sigset_t *sigs)
+{
+    sigemptyset(sigs);
+    sigaddset(sigs, SIGINT);
+    sigaddset(sigs, SIGTERM);
+    sigaddset(sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* The PIN moves to the secure heap (locked, not dumped) until the token
+ * has it; the configuration's copy is wiped now. NULL when out of memory. */
+static char *take_pin(kms_config *cfg, size_t *len)
+{
+    char *pin;
+    *len = strlen(cfg->pkcs11_pin);
+    pin = OPENSSL_secure_malloc(*len + 1);
+    if (pin)
+        memcpy(pin, cfg->pkcs11_pin, *len + 1);
+    config_forget_pin(cfg);
+    return pin;
+}
+
+enum { RUN_SERVE, RUN_CHECK, RUN_MIGRATE };
+
+/* Command line: 0 to go on with *mode set, or the exit status (>= 0) of an
+ * option that has done its work, as 1 + status. */
+static int parse_args(int argc, char **argv, kms_ctx *k, int *mode)
 {
     static const struct option lopts[] = {
         {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'k'},
         {"migrate", no_argument, NULL, 'm'},      {"print-config-doc", no_argument, NULL, 'd'},
         {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
         {"print-routes", no_argument, NULL, 'r'}, {NULL, 0, NULL, 0}};
-    kms_ctx k;
-    char err[1024];
-    int opt, check_only = 0, migrate_only = 0, rc = 1;
-    sigset_t sigs;
-    log_level lvl;
-    int rv_open;
-    char *pin = NULL; /* secure heap until p11_open has taken it */
-    size_t pin_len = 0;
-
-    memset(&k, 0, sizeof(k));
-    k.svc.cfg = &k.cfg;
+    int opt;
     while ((opt = getopt_long(argc, argv, "c:Vh", lopts, NULL)) != -1) {
         switch (opt) {
-        case 'c': k.config_path = optarg; break;
-        case 'k': check_only = 1; break;
-        case 'm': migrate_only = 1; break;
-        case 'd': config_print_doc(stdout); return 0;
-        case 'r': return routes_print_json(stdout) == 0 ? 0 : 1;
-        case 'V': printf("kmsd %s\n", QKMS_VERSION); return 0;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'c': k->config_path = optarg; break;
+        case 'k': *mode = RUN_CHECK; break;
+        case 'm': *mode = RUN_MIGRATE; break;
+        case 'd': config_print_doc(stdout); return 1;
+        case 'r': return 1 + (routes_print_json(stdout) == 0 ? 0 : 1);
+        case 'V': printf("kmsd %s\n", QKMS_VERSION); return 1;
+        case 'h': usage(stdout); return 1;
+        default: usage(stderr); return 3;
         }
     }
     if (optind != argc) {
         usage(stderr);
-        return 2;
+        return 3;
     }
+    return 0;
+}
 
+int main(int argc, char **argv)
+{
+    kms_ctx k;
+    char err[1024];
+    int mode = RUN_SERVE, rc = 1, done;
+    sigset_t sigs;
+    log_level lvl;
+    char *pin = NULL; /* secure heap until service_open has taken it */
+    size_t pin_len = 0;
+
+    memset(&k, 0, sizeof(k));
+    k.svc.cfg = &k.cfg;
+    if ((done = parse_args(argc, argv, &k, &mode)) != 0)
+        return done - 1;
     harden_process();
-    /* Signals are taken synchronously by the main thread; every thread
-     * started after this inherits the mask. */
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
+    block_signals(&sigs);
     if (load_config(&k.cfg, k.config_path, 1, err, sizeof(err)) != 0) {
         fprintf(stderr, "kmsd: %s\n", err);
         log_emit(LOG_ERROR, "configuration error", "{s:s}", "error", err);
         config_free(&k.cfg);
         return 2;
     }
-    if (check_only) {
+    if (mode == RUN_CHECK) {
         printf("kmsd: configuration OK\n");
         config_free(&k.cfg);
         return 0;
     }
-    /* From here until the token has it, the PIN lives in the secure heap
-     * only (locked, not dumped); the configuration's copy is wiped now. */
-    pin_len = strlen(k.cfg.pkcs11_pin);
-    pin = OPENSSL_secure_malloc(pin_len + 1);
-    if (!pin) {
+    if (!(pin = take_pin(&k.cfg, &pin_len))) {
         log_emit(LOG_ERROR, "out of memory", NULL);
         config_free(&k.cfg);
         return 1;
     }
-    memcpy(pin, k.cfg.pkcs11_pin, pin_len + 1);
-    config_forget_pin(&k.cfg);
     if (log_level_parse(k.cfg.log_level, &lvl) == 0)
         log_set_level(lvl);
     config_hash(&k.cfg, k.config_hash);
@@ -188,17 +264,17 @@ int main(int argc, char **argv)
     log_emit(LOG_INFO, "kmsd starting", "{s:s,s:s,s:i}", "version", QKMS_VERSION, "config_hash",
              k.config_hash, "pid", (int)getpid());
 
-    if (service_migrate(&k.cfg, k.cfg.db_migrate || migrate_only, &k.schema_version, err,
+    if (service_migrate(&k.cfg, k.cfg.db_migrate || mode == RUN_MIGRATE, &k.schema_version, err,
                         sizeof(err)) != 0)
         goto out;
-    if (migrate_only) {
+    if (mode == RUN_MIGRATE) {
         log_emit(LOG_INFO, "schema up to date", "{s:i}", "version", k.schema_version);
         rc = 0;
         goto out;
     }
-    rv_open = service_open(&k.svc, &k.cfg, pin, pin_len, err, sizeof(err));
+    done = service_open(&k.svc, &k.cfg, pin, pin_len, err, sizeof(err));
     pin = NULL; /* service_open wiped it */
-    if (rv_open != 0) {
+    if (done != 0) {
         fprintf(stderr, "kmsd: %s\n", err);
         goto out;
     }
@@ -206,49 +282,10 @@ int main(int argc, char **argv)
         log_emit(LOG_ERROR, "bootstrap admin token failed", "{s:s}", "error", err);
         goto out;
     }
-    if (maintenance_start(&k.maint, &k.svc) != 0) {
-        log_emit(LOG_ERROR, "cannot start the maintenance thread", NULL);
+    if (start_doors(&k, err, sizeof(err)) != 0)
         goto out;
-    }
-    if (readiness_start(&k.ready, &k.svc) != 0) {
-        log_emit(LOG_ERROR, "cannot start the readiness prober", NULL);
-        goto out;
-    }
-    k.metrics = metrics_new(routes_count, route_names, k.started_at);
-    if (!k.metrics || ratelimit_open_all(k.rl, &k.cfg) != 0)
-        goto out;
-    /* /metrics renders in this order. */
-    if (metrics_register(k.metrics, db_metrics_render, k.svc.db) != 0 ||
-        metrics_register(k.metrics, p11_metrics_render, k.svc.token) != 0 ||
-        metrics_register(k.metrics, entropy_metrics_render, k.svc.ent) != 0 ||
-        metrics_register(k.metrics, session_metrics_render, k.svc.smetrics) != 0 ||
-        metrics_register(k.metrics, keycache_metrics_render, k.svc.keys) != 0 ||
-        metrics_register(k.metrics, ratelimit_metrics_render, k.rl) != 0 ||
-        metrics_register(k.metrics, maintenance_metrics_render, k.maint) != 0)
-        goto out;
-    if (http_start(&k.http, &k, routes, routes_count, err, sizeof(err)) != 0) {
-        log_emit(LOG_ERROR, "http listener failed", "{s:s}", "error", err);
-        goto out;
-    }
     log_ready(&k);
-
-    for (;;) {
-        int sig = 0;
-        if (sigwait(&sigs, &sig) != 0)
-            continue;
-        if (sig == SIGHUP) {
-            reload(&k);
-            continue;
-        }
-        log_emit(LOG_INFO, "shutting down", "{s:s,s:i}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
-                 "inflight", http_inflight(k.http));
-        break;
-    }
-    http_quiesce(k.http);
-    for (int waited = 0; http_inflight(k.http) > 0 && waited < k.cfg.shutdown_grace * 10; waited++) {
-        struct timespec ts = {0, 100 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+    serve(&k, &sigs);
     rc = 0;
 out:
     http_stop(k.http);
