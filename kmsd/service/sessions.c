@@ -166,21 +166,36 @@ static const struct {
     {"policy_denied", QK_FORBIDDEN, "policy_denied", "no pairing policy allows these two devices", SESSION_REFUSE_POLICY},
 };
 
+/* The outcomes both stored functions share: the nonce was used before
+ * (replay) or the request's time is outside the clock window (stale), both
+ * authentication failures. true with e set when outcome is one of them. */
+static bool refused_request(qk_svc *s, const qk_principal *who, device_auth *a,
+                            const char *outcome, qk_err *e, qk_kind *k)
+{
+    if (!strcmp(outcome, "replay")) {
+        a->replayed = true;
+        *k = device_auth_fail(s, &who->log, a->device_id, a->key_index,
+                              "nonce already used (replay)", e);
+        return true;
+    }
+    if (!strcmp(outcome, "stale")) {
+        *k = device_auth_fail(s, &who->log, a->device_id, a->key_index,
+                              "timestamp outside the clock window", e);
+        return true;
+    }
+    return false;
+}
+
 /* A refusal outcome of qkms_session_key (everything but ok, need_key and
  * master_inactive), into e. */
 static qk_kind session_key_refused(qk_svc *s, const qk_principal *who, device_auth *a,
                                    const session_call *sc, PGresult *r, qk_err *e)
 {
     const char *outcome = PQgetvalue(r, 0, 0);
+    qk_kind k;
 
-    if (!strcmp(outcome, "replay")) {
-        a->replayed = true;
-        return device_auth_fail(s, &who->log, a->device_id, a->key_index,
-                                "nonce already used (replay)", e);
-    }
-    if (!strcmp(outcome, "stale"))
-        return device_auth_fail(s, &who->log, a->device_id, a->key_index,
-                                "timestamp outside the clock window", e);
+    if (refused_request(s, who, a, outcome, e, &k))
+        return k;
     if (!strcmp(outcome, "unauthenticated")) {
         /* The authoritative re-check refused what a cached row allowed. */
         keycache_invalidate(s->keys, a->device_id);
@@ -340,20 +355,16 @@ out:
 static qk_kind session_end_outcome(qk_svc *s, const qk_principal *who, device_auth *a,
                                    const char *outcome, qk_err *e)
 {
+    qk_kind k;
+
     if (!strcmp(outcome, "ok")) {
         session_metrics_count(s->smetrics, SESSION_EV_ENDED_BY_PARTY, 1);
         log_with(&who->log, LOG_INFO, "session ended", "{s:s,s:s}", "device_id", a->device_id,
                  "reason", "ended_by_party");
         return QK_OK;
     }
-    if (!strcmp(outcome, "replay")) {
-        a->replayed = true;
-        return device_auth_fail(s, &who->log, a->device_id, a->key_index,
-                                "nonce already used (replay)", e);
-    }
-    if (!strcmp(outcome, "stale"))
-        return device_auth_fail(s, &who->log, a->device_id, a->key_index,
-                                "timestamp outside the clock window", e);
+    if (refused_request(s, who, a, outcome, e, &k))
+        return k;
     if (!strncmp(outcome, "unauthenticated: ", 17)) {
         keycache_invalidate(s->keys, a->device_id);
         return device_auth_fail(s, &who->log, a->device_id, a->key_index, outcome + 17, e);

@@ -54,6 +54,21 @@ void fixture_close(fixture *f)
     config_free(&f->cfg);
 }
 
+fixture fx;
+
+int fixture_setup(void **state)
+{
+    (void)state;
+    return fixture_open(&fx);
+}
+
+int fixture_teardown(void **state)
+{
+    (void)state;
+    fixture_close(&fx);
+    return 0;
+}
+
 qk_principal fixture_admin(const char *name)
 {
     qk_principal p = {.kind = QK_PRINCIPAL_ADMIN, .name = name, .roles = ROLE_ADMIN};

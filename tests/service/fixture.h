@@ -26,6 +26,11 @@ typedef struct {
 } fixture;
 
 int fixture_open(fixture *f);
+/* The one fixture of a test binary, for cmocka group setup/teardown:
+ * fixture_setup opens fx, fixture_teardown closes it. */
+extern fixture fx;
+int fixture_setup(void **state);
+int fixture_teardown(void **state);
 void fixture_close(fixture *f);
 qk_principal fixture_admin(const char *name);
 qk_principal fixture_device(const char *device_id);

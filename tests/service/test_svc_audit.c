@@ -28,21 +28,6 @@
 #define ACTOR "svc-test-audit"
 #define SEAL_WAIT_S 30
 
-static fixture fx;
-
-static int setup(void **state)
-{
-    (void)state;
-    return fixture_open(&fx);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    fixture_close(&fx);
-    return 0;
-}
-
 /* One statement through the service's own pool; the first value of the
  * first row (the caller frees), or NULL for no row. */
 static char *sql1(const char *text, int n, const char *const *vals)
@@ -303,5 +288,5 @@ int main(void)
         cmocka_unit_test(list_filters_and_pages),
         cmocka_unit_test(export_recomputes),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);
 }

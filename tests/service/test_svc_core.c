@@ -15,21 +15,6 @@
 #include "err.h"
 #include "fixture.h"
 
-static fixture fx;
-
-static int setup(void **state)
-{
-    (void)state;
-    return fixture_open(&fx);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    fixture_close(&fx);
-    return 0;
-}
-
 static void database_answers(void **state)
 {
     (void)state;
@@ -81,5 +66,5 @@ int main(void)
         cmocka_unit_test(master_key_round_trip),
         cmocka_unit_test(error_translations),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);
 }

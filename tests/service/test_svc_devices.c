@@ -24,7 +24,6 @@
 #include "service/device_keys.h"
 #include "service/devices.h"
 
-static fixture fx;
 static qk_principal admin;
 
 static int setup(void **state)
@@ -32,13 +31,6 @@ static int setup(void **state)
     (void)state;
     admin = fixture_admin("svc-devices");
     return fixture_open(&fx);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    fixture_close(&fx);
-    return 0;
 }
 
 /* ---- helpers ---------------------------------------------------------------- */
@@ -528,5 +520,5 @@ int main(void)
         cmocka_unit_test(fill_sealed),       cmocka_unit_test(fill_refusals),
         cmocka_unit_test(device_types),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, fixture_teardown);
 }

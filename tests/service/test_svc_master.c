@@ -22,21 +22,6 @@
 
 #define ACTOR "svc-test-master"
 
-static fixture fx;
-
-static int setup(void **state)
-{
-    (void)state;
-    return fixture_open(&fx);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    fixture_close(&fx);
-    return 0;
-}
-
 /* One statement through the service's pool; the first value of the first
  * row (the caller frees), or NULL for no row. */
 static char *sql1(const char *text, int n, const char *const *vals)
@@ -203,5 +188,5 @@ int main(void)
         cmocka_unit_test(rotate_makes_the_next_version_active),
         cmocka_unit_test(rewrap_moves_keys_to_the_active_version),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);
 }

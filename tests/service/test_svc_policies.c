@@ -14,7 +14,6 @@
 #include "fixture.h"
 #include "service/policies.h"
 
-static fixture fx;
 static qk_principal admin;
 
 static int setup(void **state)
@@ -22,13 +21,6 @@ static int setup(void **state)
     (void)state;
     admin = fixture_admin("svc-policies");
     return fixture_open(&fx);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    fixture_close(&fx);
-    return 0;
 }
 
 static policy_spec spec(const char *name)
@@ -172,5 +164,5 @@ int main(void)
         cmocka_unit_test(add_refusals),
         cmocka_unit_test(remove_policy),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, fixture_teardown);
 }

@@ -35,7 +35,6 @@
 #include "service/sessions.h"
 #include "store/queries.h"
 
-static fixture fx;
 /* A, B, C in group g (policy: any two devices of g); D, E in group gq,
  * whose policy lets sessions idle 1 s (the reap test). */
 static char dev_a[64], dev_b[64], dev_c[64], dev_d[64], dev_e[64];
@@ -95,13 +94,6 @@ static int setup(void **state)
     register_device(dev_e, grp_quick);
     add_policy(grp, "300");
     add_policy(grp_quick, "1");
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    fixture_close(&fx);
     return 0;
 }
 
@@ -544,5 +536,5 @@ int main(void)
         cmocka_unit_test(reap_destroys_expired_sessions),
         cmocka_unit_test(admin_list_get_and_end),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, fixture_teardown);
 }

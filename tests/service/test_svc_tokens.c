@@ -16,7 +16,6 @@
 #include "service/auth.h"
 #include "service/tokens.h"
 
-static fixture fx;
 static qk_principal admin;
 
 static int setup(void **state)
@@ -24,13 +23,6 @@ static int setup(void **state)
     (void)state;
     admin = fixture_admin("svc-tokens");
     return fixture_open(&fx);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    fixture_close(&fx);
-    return 0;
 }
 
 /* Create name with role (expiry in days, 0 = never): the token into tok. */
@@ -146,5 +138,5 @@ int main(void)
         cmocka_unit_test(list_tokens),
         cmocka_unit_test(revoke_token),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, fixture_teardown);
 }
