@@ -91,3 +91,20 @@ void fixture_unique(char *buf, size_t len, const char *prefix)
     clock_gettime(CLOCK_REALTIME, &t);
     snprintf(buf, len, "%s-%d-%lld%09ld", prefix, (int)getpid(), (long long)t.tv_sec, t.tv_nsec);
 }
+
+char *fixture_sql1(const char *text, int n, const char *const *vals)
+{
+    db_status st;
+    db_conn *c = db_acquire(fx.svc.db, &st);
+    PGresult *r;
+    char *out = NULL;
+    assert_non_null(c);
+    r = db_exec_params(c, text, n, vals, &st);
+    db_release(fx.svc.db, c);
+    if (!r)
+        fail_msg("%s: %s", text, db_status_name(st));
+    if (PQntuples(r) > 0 && PQnfields(r) > 0)
+        out = strdup(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return out;
+}

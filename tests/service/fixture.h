@@ -35,5 +35,9 @@ void fixture_close(fixture *f);
 qk_principal fixture_admin(const char *name);
 qk_principal fixture_device(const char *device_id);
 void fixture_unique(char *buf, size_t len, const char *prefix);
+/* One statement (text, n text parameters) through the service's own pool:
+ * the first value of the first row (the caller frees), or NULL for no row;
+ * a failing statement fails the test. For setting up and inspecting rows. */
+char *fixture_sql1(const char *text, int n, const char *const *vals);
 
 #endif

@@ -28,28 +28,9 @@
 #define ACTOR "svc-test-audit"
 #define SEAL_WAIT_S 30
 
-/* One statement through the service's own pool; the first value of the
- * first row (the caller frees), or NULL for no row. */
-static char *sql1(const char *text, int n, const char *const *vals)
-{
-    db_status st;
-    db_conn *c = db_acquire(fx.svc.db, &st);
-    PGresult *r;
-    char *out = NULL;
-    assert_non_null(c);
-    r = db_exec_params(c, text, n, vals, &st);
-    db_release(fx.svc.db, c);
-    if (!r)
-        fail_msg("%s: %s", text, db_status_name(st));
-    if (PQntuples(r) > 0 && PQnfields(r) > 0)
-        out = strdup(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return out;
-}
-
 static int64_t sql_i64(const char *text, int n, const char *const *vals)
 {
-    char *s = sql1(text, n, vals);
+    char *s = fixture_sql1(text, n, vals);
     int64_t v = s ? strtoll(s, NULL, 10) : 0;
     free(s);
     return v;
@@ -81,7 +62,7 @@ static void seal_until(int64_t id)
         char *sealed;
         assert_int_equal(audit_chain_seal(&fx.svc, &stats, &e), QK_OK);
         assert_false(stats.locked_out);
-        sealed = sql1("SELECT hash IS NOT NULL FROM audit_log WHERE id = $1", 1, vals);
+        sealed = fixture_sql1("SELECT hash IS NOT NULL FROM audit_log WHERE id = $1", 1, vals);
         if (sealed && !strcmp(sealed, "t")) {
             free(sealed);
             return;
@@ -161,7 +142,7 @@ static void verify_names_a_tampered_row(void **state)
     seal_until(id);
     snprintf(sid, sizeof(sid), "%lld", (long long)id);
     /* Behind kmsd's back: another actor on a sealed row. */
-    free(sql1("UPDATE audit_log SET actor = 'mallory' WHERE id = $1", 1, vals));
+    free(fixture_sql1("UPDATE audit_log SET actor = 'mallory' WHERE id = $1", 1, vals));
     v = verify();
     assert_false(v.ok);
     assert_int_equal(v.problem, AUDIT_MODIFIED);
@@ -169,7 +150,7 @@ static void verify_names_a_tampered_row(void **state)
     assert_non_null(strstr(v.detail, "does not match its hash"));
     free(v.gaps);
     /* Put back, the chain is whole again (and stays so for later tests). */
-    free(sql1("UPDATE audit_log SET actor = $2 WHERE id = $1", 2, vals));
+    free(fixture_sql1("UPDATE audit_log SET actor = $2 WHERE id = $1", 2, vals));
     v = verify();
     assert_true(v.ok);
     free(v.gaps);

@@ -22,25 +22,6 @@
 
 #define ACTOR "svc-test-master"
 
-/* One statement through the service's pool; the first value of the first
- * row (the caller frees), or NULL for no row. */
-static char *sql1(const char *text, int n, const char *const *vals)
-{
-    db_status st;
-    db_conn *c = db_acquire(fx.svc.db, &st);
-    PGresult *r;
-    char *out = NULL;
-    assert_non_null(c);
-    r = db_exec_params(c, text, n, vals, &st);
-    db_release(fx.svc.db, c);
-    if (!r)
-        fail_msg("%s: %s", text, db_status_name(st));
-    if (PQntuples(r) > 0 && PQnfields(r) > 0)
-        out = strdup(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return out;
-}
-
 static json_t *status(void)
 {
     json_t *st = NULL;
@@ -103,7 +84,7 @@ static void rotate_makes_the_next_version_active(void **state)
     json_decref(st);
     /* Audited, by whom, from which version. */
     snprintf(from, sizeof(from), "%u", before);
-    n = sql1("SELECT count(*) FROM audit_log WHERE event = 'master.rotated' AND actor = $1"
+    n = fixture_sql1("SELECT count(*) FROM audit_log WHERE event = 'master.rotated' AND actor = $1"
              " AND detail->>'from' = $2",
              2, vals);
     assert_string_equal(n, "1");
@@ -131,10 +112,10 @@ static void rewrap_moves_keys_to_the_active_version(void **state)
                      CKR_OK);
     qkms_hex_encode(blob, bl, hex);
     snprintf(ver, sizeof(ver), "%u", old);
-    free(sql1("INSERT INTO devices (device_id, type, group_label) VALUES ($1, 'generic', 'svc')"
+    free(fixture_sql1("INSERT INTO devices (device_id, type, group_label) VALUES ($1, 'generic', 'svc')"
               " RETURNING id",
               1, vals));
-    free(sql1("INSERT INTO device_keys (device_pk, key_index, algorithm, wrapped, master_version,"
+    free(fixture_sql1("INSERT INTO device_keys (device_pk, key_index, algorithm, wrapped, master_version,"
               " provenance, not_before, not_after) SELECT id, 0, 'AES-256', decode($2, 'hex'),"
               " $3::int, 'svc-test', now(), now() + interval '1 day' FROM devices"
               " WHERE device_id = $1",
@@ -152,13 +133,13 @@ static void rewrap_moves_keys_to_the_active_version(void **state)
     }
     assert_true(rewrapped >= 1);
 
-    got_ver = sql1("SELECT k.master_version FROM device_keys k JOIN devices d ON d.id = k.device_pk"
+    got_ver = fixture_sql1("SELECT k.master_version FROM device_keys k JOIN devices d ON d.id = k.device_pk"
                    " WHERE d.device_id = $1",
                    1, vals);
     snprintf(ver, sizeof(ver), "%u", now);
     assert_string_equal(got_ver, ver);
     free(got_ver);
-    got_hex = sql1("SELECT encode(k.wrapped, 'hex') FROM device_keys k JOIN devices d"
+    got_hex = fixture_sql1("SELECT encode(k.wrapped, 'hex') FROM device_keys k JOIN devices d"
                    " ON d.id = k.device_pk WHERE d.device_id = $1",
                    1, vals);
     assert_non_null(got_hex);
@@ -176,7 +157,7 @@ static void rewrap_moves_keys_to_the_active_version(void **state)
     st = status();
     assert_int_equal(json_integer_value(json_object_get(st, "pending_rewrap")), 0);
     json_decref(st);
-    got_ver = sql1("SELECT master_version FROM session_hash_key", 0, NULL);
+    got_ver = fixture_sql1("SELECT master_version FROM session_hash_key", 0, NULL);
     assert_string_equal(got_ver, ver);
     free(got_ver);
 }
