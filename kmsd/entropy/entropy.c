@@ -532,6 +532,54 @@ int entropy_enable(entropy *e, const char *name)
 
 /* ---- lifecycle ----------------------------------------------------------------- */
 
+/* The next source of entropy_sources, by name. 0, or -1 with err set. */
+static int add_source(entropy *e, const char *tok, const kms_config *cfg, p11_token *token,
+                      char *err, size_t el)
+{
+    source *s = &e->src[e->n];
+    if (e->n == MAX_SOURCES) {
+        snprintf(err, el, "entropy_sources: too many sources");
+        return -1;
+    }
+    for (int i = 0; i < e->n; i++)
+        if (!strcmp(e->src[i].name, tok)) {
+            snprintf(err, el, "entropy_sources: '%s' listed twice", tok);
+            return -1;
+        }
+    if (esrc_create(&s->s, tok, cfg, token, err, el) != 0)
+        return -1;
+    pthread_mutex_init(&s->io, NULL);
+    snprintf(s->name, sizeof(s->name), "%s", tok);
+    s->primary = e->n == 0;
+    s->state = SRC_STARTING;
+    snprintf(s->prov_drbg, sizeof(s->prov_drbg), "%s+ctr-drbg", tok);
+    snprintf(s->prov_direct, sizeof(s->prov_direct), "%s (direct)", tok);
+    snprintf(s->prov_fallback, sizeof(s->prov_fallback), "%s (fallback)", tok);
+    e->n++;
+    return 0;
+}
+
+/* The refill pool (secure heap) and the AES-256 CTR-DRBG. 0, or -1. */
+static int pool_and_drbg(entropy *e, char *err, size_t el)
+{
+    OSSL_PARAM p[2] = {OSSL_PARAM_construct_utf8_string(OSSL_DRBG_PARAM_CIPHER,
+                                                        (char *)"AES-256-CTR", 0),
+                       OSSL_PARAM_construct_end()};
+    e->cap = (size_t)e->cfg->entropy_pool_high;
+    e->pool = OPENSSL_secure_zalloc(e->cap);
+    e->rand = EVP_RAND_fetch(NULL, "CTR-DRBG", NULL);
+    e->drbg = e->rand ? EVP_RAND_CTX_new(e->rand, NULL) : NULL;
+    if (!e->pool || !e->drbg) {
+        snprintf(err, el, "cannot allocate the entropy pool or the CTR-DRBG");
+        return -1;
+    }
+    if (EVP_RAND_CTX_set_params(e->drbg, p) != 1) {
+        snprintf(err, el, "cannot configure CTR-DRBG with AES-256");
+        return -1;
+    }
+    return 0;
+}
+
 int entropy_open(entropy **out, const kms_config *cfg, p11_token *token, char *err, size_t el)
 {
     entropy *e = calloc(1, sizeof(*e));
@@ -553,49 +601,15 @@ int entropy_open(entropy **out, const kms_config *cfg, p11_token *token, char *e
         snprintf(err, el, "entropy_min_entropy/entropy_health_alpha_log2 out of range");
         goto out;
     }
-    for (tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
-        source *s = &e->src[e->n];
-        if (e->n == MAX_SOURCES) {
-            snprintf(err, el, "entropy_sources: too many sources");
+    for (tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+        if (add_source(e, tok, cfg, token, err, el) != 0)
             goto out;
-        }
-        for (int i = 0; i < e->n; i++)
-            if (!strcmp(e->src[i].name, tok)) {
-                snprintf(err, el, "entropy_sources: '%s' listed twice", tok);
-                goto out;
-            }
-        if (esrc_create(&s->s, tok, cfg, token, err, el) != 0)
-            goto out;
-        pthread_mutex_init(&s->io, NULL);
-        snprintf(s->name, sizeof(s->name), "%s", tok);
-        s->primary = e->n == 0;
-        s->state = SRC_STARTING;
-        snprintf(s->prov_drbg, sizeof(s->prov_drbg), "%s+ctr-drbg", tok);
-        snprintf(s->prov_direct, sizeof(s->prov_direct), "%s (direct)", tok);
-        snprintf(s->prov_fallback, sizeof(s->prov_fallback), "%s (fallback)", tok);
-        e->n++;
-    }
     if (e->n == 0) {
         snprintf(err, el, "entropy_sources: no source configured");
         goto out;
     }
-    e->cap = (size_t)cfg->entropy_pool_high;
-    e->pool = OPENSSL_secure_zalloc(e->cap);
-    e->rand = EVP_RAND_fetch(NULL, "CTR-DRBG", NULL);
-    e->drbg = e->rand ? EVP_RAND_CTX_new(e->rand, NULL) : NULL;
-    if (!e->pool || !e->drbg) {
-        snprintf(err, el, "cannot allocate the entropy pool or the CTR-DRBG");
+    if (pool_and_drbg(e, err, el) != 0)
         goto out;
-    }
-    {
-        OSSL_PARAM p[2] = {OSSL_PARAM_construct_utf8_string(OSSL_DRBG_PARAM_CIPHER,
-                                                            (char *)"AES-256-CTR", 0),
-                           OSSL_PARAM_construct_end()};
-        if (EVP_RAND_CTX_set_params(e->drbg, p) != 1) {
-            snprintf(err, el, "cannot configure CTR-DRBG with AES-256");
-            goto out;
-        }
-    }
     for (int i = 0; i < e->n; i++)
         if (e->src[i].s->ops->open(e->src[i].s, err, el) != 0)
             log_emit(LOG_WARN, "entropy source not available yet", "{s:s,s:s}", "source",

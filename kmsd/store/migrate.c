@@ -31,20 +31,15 @@ static void sha256_hex(const char *s, char out[65])
     qkms_hex_encode(md, 32, out);
 }
 
-int migrate_run(PGconn *pg, int apply, int *version, char *err, size_t el)
+/* The migrations the database has applied, each known to this kmsd with
+ * the same SQL; *cur is the highest. 0, or -1 with err set. */
+static int check_applied(PGconn *pg, int *cur, char *err, size_t el)
 {
-    PGresult *r = NULL;
-    int rc = -1, cur = 0;
+    PGresult *r =
+        PQexec(pg, "SELECT version, name, sha256 FROM qkms_schema_migrations ORDER BY version");
+    int rc = -1;
 
-    if (exec_ok(pg, "SELECT pg_advisory_lock(" MIGRATE_LOCK ")", err, el) != 0)
-        return -1;
-    if (exec_ok(pg,
-                "CREATE TABLE IF NOT EXISTS qkms_schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL, sha256 text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())",
-                err, el) != 0)
-        goto out;
-    r = PQexec(pg, "SELECT version, name, sha256 FROM qkms_schema_migrations ORDER BY version");
+    *cur = 0;
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         snprintf(err, el, "%s", PQresultErrorMessage(r));
         goto out;
@@ -69,17 +64,72 @@ int migrate_run(PGconn *pg, int apply, int *version, char *err, size_t el)
                      v, m->name);
             goto out;
         }
-        if (v > cur)
-            cur = v;
+        if (v > *cur)
+            *cur = v;
     }
+    rc = 0;
+out:
     PQclear(r);
-    r = NULL;
+    return rc;
+}
 
+/* Apply m and record it, in one transaction. 0, or -1 with err set (rolled
+ * back). */
+static int apply_one(PGconn *pg, const migration *m, char *err, size_t el)
+{
+    char sum[65], vbuf[16];
+    const char *params[3] = {vbuf, m->name, sum};
+    PGresult *ins;
+
+    sha256_hex(m->sql, sum);
+    snprintf(vbuf, sizeof(vbuf), "%d", m->version);
+    /* A migration rewrites whole tables (the audit log, nonces): on a large
+     * database it takes longer than any request may, so kmsd's
+     * statement_timeout does not apply to it. */
+    if (exec_ok(pg, "BEGIN", err, el) != 0 ||
+        exec_ok(pg, "SET LOCAL statement_timeout = 0", err, el) != 0)
+        return -1;
+    if (exec_ok(pg, m->sql, err, el) != 0) {
+        char why[512];
+        snprintf(why, sizeof(why), "%s", err);
+        snprintf(err, el, "migration %d (%s) failed: %s", m->version, m->name, why);
+        PQclear(PQexec(pg, "ROLLBACK"));
+        return -1;
+    }
+    ins = PQexecParams(pg,
+                       "INSERT INTO qkms_schema_migrations (version, name, sha256) "
+                       "VALUES ($1::int, $2, $3)",
+                       3, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(ins) != PGRES_COMMAND_OK) {
+        snprintf(err, el, "%s", PQresultErrorMessage(ins));
+        PQclear(ins);
+        PQclear(PQexec(pg, "ROLLBACK"));
+        return -1;
+    }
+    PQclear(ins);
+    if (exec_ok(pg, "COMMIT", err, el) != 0)
+        return -1;
+    log_emit(LOG_INFO, "schema migration applied", "{s:i,s:s}", "version", m->version, "name",
+             m->name);
+    return 0;
+}
+
+int migrate_run(PGconn *pg, int apply, int *version, char *err, size_t el)
+{
+    int rc = -1, cur = 0;
+
+    if (exec_ok(pg, "SELECT pg_advisory_lock(" MIGRATE_LOCK ")", err, el) != 0)
+        return -1;
+    if (exec_ok(pg,
+                "CREATE TABLE IF NOT EXISTS qkms_schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL, sha256 text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())",
+                err, el) != 0)
+        goto out;
+    if (check_applied(pg, &cur, err, el) != 0)
+        goto out;
     for (int j = 0; j < schema_migrations_count; j++) {
         const migration *m = &schema_migrations[j];
-        char sum[65], vbuf[16];
-        const char *params[3];
-        PGresult *ins;
         if (m->version <= cur)
             continue;
         if (!apply) {
@@ -87,45 +137,13 @@ int migrate_run(PGconn *pg, int apply, int *version, char *err, size_t el)
                      cur, schema_migrations[schema_migrations_count - 1].version);
             goto out;
         }
-        sha256_hex(m->sql, sum);
-        snprintf(vbuf, sizeof(vbuf), "%d", m->version);
-        params[0] = vbuf;
-        params[1] = m->name;
-        params[2] = sum;
-        /* A migration rewrites whole tables (the audit log, nonces): on a
-         * large database it takes longer than any request may, so kmsd's
-         * statement_timeout does not apply to it. */
-        if (exec_ok(pg, "BEGIN", err, el) != 0 ||
-            exec_ok(pg, "SET LOCAL statement_timeout = 0", err, el) != 0)
+        if (apply_one(pg, m, err, el) != 0)
             goto out;
-        if (exec_ok(pg, m->sql, err, el) != 0) {
-            char why[512];
-            snprintf(why, sizeof(why), "%s", err);
-            snprintf(err, el, "migration %d (%s) failed: %s", m->version, m->name, why);
-            PQclear(PQexec(pg, "ROLLBACK"));
-            goto out;
-        }
-        ins = PQexecParams(pg,
-                           "INSERT INTO qkms_schema_migrations (version, name, sha256) "
-                           "VALUES ($1::int, $2, $3)",
-                           3, NULL, params, NULL, NULL, 0);
-        if (PQresultStatus(ins) != PGRES_COMMAND_OK) {
-            snprintf(err, el, "%s", PQresultErrorMessage(ins));
-            PQclear(ins);
-            PQclear(PQexec(pg, "ROLLBACK"));
-            goto out;
-        }
-        PQclear(ins);
-        if (exec_ok(pg, "COMMIT", err, el) != 0)
-            goto out;
-        log_emit(LOG_INFO, "schema migration applied", "{s:i,s:s}", "version", m->version, "name",
-                 m->name);
         cur = m->version;
     }
     *version = cur;
     rc = 0;
 out:
-    PQclear(r);
     PQclear(PQexec(pg, "SELECT pg_advisory_unlock(" MIGRATE_LOCK ")"));
     return rc;
 }
