@@ -142,8 +142,10 @@ void config_forget_pin(kms_config *c);
 /* Whether an admin listener is configured apart from the device listener
  * (admin_listen_addr or admin_listen_unix). */
 bool config_admin_apart(const kms_config *c);
-/* Longest admin_listen_unix (struct sockaddr_un's sun_path, less the NUL). */
-#define CONFIG_UNIX_PATH_MAX 107
+/* Longest admin_listen_unix: struct sockaddr_un's sun_path (107 bytes and
+ * the NUL) less room for the temporary name the socket is made under
+ * (".<pid>.tmp", api/listen.c). */
+#define CONFIG_UNIX_PATH_MAX 91
 /* Set one option from text (used by the parser and env); returns 0 or -1 with
  * a reason in why ("expected an integer from 1 to 65535"). */
 int config_set(kms_config *c, const char *key, const char *value, char *why, size_t whylen);

@@ -36,8 +36,9 @@ void qk_clear(qk_err *e)
 qk_kind qk_from_token(qk_err *e, unsigned long rv, const char *op)
 {
     p11_kind k = p11_rv_kind((CK_RV)rv);
-    log_emit(LOG_ERROR, "token operation failed", "{s:s,s:s}", "op", op, "ckr",
-             p11_rv_name((CK_RV)rv));
+    if (op)
+        log_emit(LOG_ERROR, "token operation failed", "{s:s,s:s}", "op", op, "ckr",
+                 p11_rv_name((CK_RV)rv));
     if (k == P11_KIND_UNAVAILABLE || k == P11_KIND_NOT_FOUND) {
         qk_fail(e, QK_UNAVAILABLE, "token_unavailable", "key token unavailable, retry later");
         if (e)

@@ -54,7 +54,8 @@ void qk_clear(qk_err *e);
 
 /* A token failure (CK_RV): 503 "token_unavailable" when the token is
  * unreachable or the key is missing, 500 "internal" otherwise; logs op and
- * the CKR name. */
+ * the CKR name, unless op is NULL (the caller has written a line of its
+ * own that names the CKR and what failed). */
 qk_kind qk_from_token(qk_err *e, unsigned long rv, const char *op);
 
 /* The kind's name ("invalid", "unavailable"...), for logs and tests. */

@@ -223,30 +223,30 @@ static CK_RV gcm(keywrap *kw, bool enc, uint32_t version, const uint8_t iv[12],
         if (p11_rv_kind(rv) != P11_KIND_NOT_FOUND)
             break;
         CK_RV lrv = keywrap_load(kw, version, &found);
-        if (lrv != CKR_OK || !found || !lookup(kw, version, &h, &known)) {
-            /* A master key we knew is gone. A version other than the active
-             * one may have been rotated away and destroyed by another
-             * instance: it stays gone, and the caller refreshes its view of
-             * the versions (not-found). The active one gone means the token
-             * lost its state (an HSM restart, a store that vanished):
-             * re-initialize the module and ask once more; a search the token
-             * answers without the key still means not-found, a failing one
-             * an outage. Re-initializing for a destroyed old version would
-             * void every concurrent request's key handles for nothing. */
-            if (version != keywrap_active(kw)) {
-                rv = lrv != CKR_OK ? lrv : CKR_KEY_HANDLE_INVALID;
-                break;
-            }
-            p11_recover(kw->t);
-            found = false;
-            if (keywrap_load(kw, version, &found) == CKR_OK && !found) {
-                rv = CKR_KEY_HANDLE_INVALID;
-                break;
-            }
-            if (!found || !lookup(kw, version, &h, &known)) {
-                rv = CKR_DEVICE_REMOVED;
-                break;
-            }
+        if (lrv == CKR_OK && found && lookup(kw, version, &h, &known))
+            continue; /* a fresh handle (the module was re-initialized): again */
+        /* A master key we knew is gone. A version other than the active
+         * one may have been rotated away and destroyed by another
+         * instance: it stays gone, and the caller refreshes its view of
+         * the versions (not-found). The active one gone means the token
+         * lost its state (an HSM restart, a store that vanished):
+         * re-initialize the module and ask once more; a search the token
+         * answers without the key still means not-found, a failing one an
+         * outage. Re-initializing for a destroyed old version would void
+         * every concurrent request's key handles for nothing. */
+        if (version != keywrap_active(kw)) {
+            rv = lrv != CKR_OK ? lrv : found ? CKR_DEVICE_REMOVED : CKR_KEY_HANDLE_INVALID;
+            break;
+        }
+        p11_recover(kw->t);
+        found = false;
+        if (keywrap_load(kw, version, &found) == CKR_OK && !found) {
+            rv = CKR_KEY_HANDLE_INVALID;
+            break;
+        }
+        if (!found || !lookup(kw, version, &h, &known)) {
+            rv = CKR_DEVICE_REMOVED;
+            break;
         }
     }
     return rv;

@@ -208,9 +208,9 @@ static void answer_failure(http_request *rq, http_response *rs, const envelope *
 }
 
 /* Seal the session key under the device key, bound to the request (the
- * response AAD names the request's nonce). */
-static void deliver(http_response *rs, const envelope *env, const authed *a, const char *sid,
-                    const session_grant *g)
+ * response AAD names the request's nonce). 0, or -1 with rs the 500. */
+static int deliver(http_response *rs, const envelope *env, const authed *a, const char *sid,
+                   const session_grant *g)
 {
     uint8_t nonce[QKP_NONCE_LEN], ct[32 + QKP_TAG_LEN];
     char aad[QKP_MAX_AAD], nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)],
@@ -222,7 +222,7 @@ static void deliver(http_response *rs, const envelope *env, const authed *a, con
         qkp_seal(a->da.key, a->da.key_len, nonce, aad, (size_t)aad_len, g->key, g->key_len,
                  ct) != 0) {
         http_error(rs, 500, "internal", "internal error (see kmsd log)");
-        return;
+        return -1;
     }
     qkp_b64url_encode(nonce, sizeof(nonce), nonce_b64);
     qkp_b64url_encode(ct, g->key_len + QKP_TAG_LEN, ct_b64);
@@ -231,6 +231,7 @@ static void deliver(http_response *rs, const envelope *env, const authed *a, con
                         "key_id", g->key_id, "key_bits", g->key_bits, "expires_at",
                         (json_int_t)g->expires_at, "delivery", g->delivery, "nonce", nonce_b64,
                         "ct", ct_b64));
+    return 0;
 }
 
 /* ---- the handlers ----------------------------------------------------------- */
@@ -269,7 +270,8 @@ void h_session_key(http_request *rq, http_response *rs)
         answer_failure(rq, rs, &env, &a, &e);
         goto out;
     }
-    deliver(rs, &env, &a, ask.session_id, &g);
+    if (deliver(rs, &env, &a, ask.session_id, &g) == 0)
+        sessions_delivered(s, &who, &g);
     session_metrics_stage(s->smetrics, SESSION_STAGE_DELIVER, &t0);
 out:
     session_grant_clear(&g);

@@ -91,41 +91,64 @@ static int clear_stale(const char *path, const struct sockaddr_un *sa, char *err
 
 int listen_unix_open(const char *path, listen_unix_id *id, char *err, size_t el)
 {
-    struct sockaddr_un sa;
-    struct stat st;
+    struct sockaddr_un sa, tsa;
+    struct stat tst, st;
+    char tmp[sizeof(sa.sun_path) + 32];
     int fd = -1;
 
     if (unix_addr(path, &sa) != 0) {
         snprintf(err, el, "admin_listen_unix %s: path too long for a unix socket", path);
         return -1;
     }
+    /* The socket is made under a temporary name in the same directory,
+     * given its mode and put to listening there, then renamed onto path:
+     * at path there is never a socket that is bound but not listening yet,
+     * which another kmsd starting at the same time would take for a stale
+     * one and remove. */
+    snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid());
+    if (unix_addr(tmp, &tsa) != 0) {
+        snprintf(err, el, "admin_listen_unix %s: path too long for a unix socket", path);
+        return -1;
+    }
     if (clear_stale(path, &sa, err, el) != 0)
         return -1;
+    unlink(tmp); /* left by a killed kmsd of the same pid */
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, el, "admin_listen_unix: socket: %s", strerror(errno));
         return -1;
     }
-    if (bind(fd, (const struct sockaddr *)&sa, sizeof(sa)) != 0) {
+    if (bind(fd, (const struct sockaddr *)&tsa, sizeof(tsa)) != 0) {
         snprintf(err, el, "cannot bind admin_listen_unix %s: %s", path, strerror(errno));
         goto fail;
     }
     /* Before listen(): until then a connect is refused, so the umask's
      * mode never lets anyone in. */
-    if (chmod(path, UNIX_SOCKET_MODE) != 0 || lstat(path, &st) != 0) {
+    if (chmod(tmp, UNIX_SOCKET_MODE) != 0 || lstat(tmp, &tst) != 0) {
         snprintf(err, el, "admin_listen_unix %s: %s", path, strerror(errno));
-        unlink(path);
-        goto fail;
+        goto fail_unlink;
     }
     if (listen(fd, LISTEN_BACKLOG) != 0) {
         snprintf(err, el, "cannot listen on admin_listen_unix %s: %s", path, strerror(errno));
-        unlink(path);
+        goto fail_unlink;
+    }
+    if (rename(tmp, path) != 0) {
+        snprintf(err, el, "admin_listen_unix %s: %s", path, strerror(errno));
+        goto fail_unlink;
+    }
+    /* rename changes the inode's ctime: read the identity at path, and make
+     * sure it is still ours. */
+    if (lstat(path, &st) != 0 || st.st_dev != tst.st_dev || st.st_ino != tst.st_ino) {
+        snprintf(err, el, "admin_listen_unix %s: replaced by another process while starting",
+                 path);
         goto fail;
     }
     id->dev = st.st_dev;
     id->ino = st.st_ino;
     id->ctime = st.st_ctim;
     return fd;
+fail_unlink:
+    unlink(tmp);
 fail:
     close(fd);
     return -1;

@@ -589,7 +589,10 @@ int esrc_create(esrc **out, const char *kind, const kms_config *cfg, p11_token *
             snprintf(err, el, "cannot read entropy_http_bearer_file %s", cfg->entropy_http_bearer_file);
             goto fail;
         }
-        if (!(h->body = qbuf_new(HTTP_BODY_MAX, QBUF_SECURE))) {
+        /* The ordinary heap, wiped as it grows and after each read: an
+         * answer of up to 4 MiB would not fit the 1 MiB secure heap that
+         * holds every unwrapped key. */
+        if (!(h->body = qbuf_new(HTTP_BODY_MAX, 0))) {
             free(h->bearer);
             free(h);
             snprintf(err, el, "out of memory");

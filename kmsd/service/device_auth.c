@@ -191,7 +191,7 @@ qk_kind device_auth_open(qk_svc *s, const log_ctx *log, const device_request *rq
     if (rv != CKR_OK) {
         log_with(log, LOG_ERROR, "device key unwrap failed", "{s:s,s:s,s:i}", "ckr",
                  p11_rv_name(rv), "device_id", rq->device_id, "key_index", rq->key_index);
-        r = qk_from_token(e, rv, "device key unwrap");
+        r = qk_from_token(e, rv, NULL); /* logged just above */
         goto out;
     }
     aad_len = qkp_request_aad(rq->op, rq->device_id, rq->key_index, aad, sizeof(aad));

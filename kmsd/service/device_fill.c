@@ -301,6 +301,9 @@ static db_status fill_tx_fn(db_conn *c, void *arg)
     pgarray idx;
     db_status st;
 
+    /* db_tx may run this again: an error of an earlier attempt must not
+     * decide the answer of this one. */
+    qk_clear(t->e);
     pgarray_init(&idx);
     reset_fill_outputs(t);
     if ((st = fill_lock(c, t, pk, type, group)) != DB_OK)

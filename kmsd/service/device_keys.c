@@ -247,6 +247,9 @@ static db_status rotate_tx_fn(db_conn *c, void *arg)
     PGresult *r;
     json_t *retiring = NULL;
 
+    /* db_tx may run this again: an error of an earlier attempt must not
+     * decide the answer of this one. */
+    qk_clear(t->e);
     t->stale = false;
     if ((st = rotate_lock(c, t, pk)) != DB_OK || (st = rotate_check_index(c, t)) != DB_OK)
         return st;

@@ -541,6 +541,10 @@ static db_status state_tx_fn(db_conn *c, void *arg)
     db_status st;
     PGresult *r;
 
+    /* db_tx may run this again: an error of an earlier attempt must not
+     * decide the answer of this one. */
+    qk_clear(t->e);
+
     if ((st = state_lock(c, t, pk, from)) != DB_OK)
         return st;
     vals[0] = pk;

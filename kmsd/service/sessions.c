@@ -217,6 +217,16 @@ static qk_kind session_key_refused(qk_svc *s, const qk_principal *who, device_au
     return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
 }
 
+void sessions_delivered(qk_svc *s, const qk_principal *who, const session_grant *g)
+{
+    session_metrics_count(s->smetrics, SESSION_EV_DELIVERED, 1);
+    if (g->created) {
+        session_metrics_count(s->smetrics, SESSION_EV_CREATED, 1);
+        log_with(&who->log, LOG_INFO, "session created", "{s:s,s:s,s:s}", "device_id", who->name,
+                 "key_id", g->key_id, "policy", g->policy);
+    }
+}
+
 void session_grant_clear(session_grant *g)
 {
     if (g->key)
@@ -264,15 +274,10 @@ static qk_kind grant_from_row(qk_svc *s, const qk_principal *who, PGresult *r, s
         if (rv == CKR_OK)
             qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
         else
-            qk_from_token(e, rv, "session key unwrap");
+            qk_from_token(e, rv, NULL); /* logged just above */
         goto out;
     }
-    session_metrics_count(s->smetrics, SESSION_EV_DELIVERED, 1);
-    if (g->created) {
-        session_metrics_count(s->smetrics, SESSION_EV_CREATED, 1);
-        log_with(&who->log, LOG_INFO, "session created", "{s:s,s:s,s:s}", "device_id", who->name,
-                 "key_id", key_id, "policy", PQgetvalue(r, 0, 5));
-    }
+    snprintf(g->policy, sizeof(g->policy), "%s", PQgetvalue(r, 0, 5));
     k = QK_OK;
 out:
     OPENSSL_cleanse(blob, sizeof(blob));

@@ -61,6 +61,7 @@ typedef struct {
     int64_t expires_at;    /* Unix seconds */
     char delivery[16];     /* "session" or "delivered" */
     bool created;          /* this request created the session */
+    char policy[65];       /* the pairing policy that allowed it */
     uint8_t *key;          /* key_len = key_bits / 8 bytes, secure heap */
     size_t key_len;
 } session_grant;
@@ -69,6 +70,10 @@ typedef struct {
  * session on the first request): QK_OK with *g filled, or e. */
 qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const session_ask *ask,
                        session_grant *g, qk_err *e);
+/* The door has sealed g for its device: count the delivery (and the
+ * session, with its log line, when this request created it). Called only
+ * once the answer exists, so a failed seal is not a delivery. */
+void sessions_delivered(qk_svc *s, const qk_principal *who, const session_grant *g);
 /* Wipe and free g's key; g is zeroed. */
 void session_grant_clear(session_grant *g);
 

@@ -83,6 +83,14 @@ static void unix_socket_lifecycle(void **state)
     assert_true(S_ISSOCK(st.st_mode));
     assert_int_equal(st.st_mode & 07777, 0660);
     assert_int_equal(connect_to(path), 0);
+    {
+        /* The socket was made under a temporary name and renamed onto
+         * path listening: nothing of it is left behind. */
+        char tmp[160];
+        snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid());
+        assert_int_equal(lstat(tmp, &st), -1);
+        assert_int_equal(lstat(path, &st), 0);
+    }
     /* Someone listens: a second kmsd is refused, the socket left alone. */
     assert_int_equal(listen_unix_open(path, &id, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "another process listens on it"));
