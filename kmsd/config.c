@@ -52,7 +52,8 @@ const config_option config_options[] = {
     {"admin_listen_unix", OPT_STR, OFF(admin_listen_unix), NULL, 0, 0, NULL, false, false,
      "Absolute path of a unix socket for the admin listener instead of TCP (mode 0660: kmsd's "
      "user and group; kmsctl: `KMS_ADDR=unix:PATH`). A socket left by a stopped kmsd is "
-     "replaced; any other file there is refused. Not with `admin_listen_addr`."},
+     "replaced; any other file there is refused. At most 91 bytes (the socket is made "
+     "under a temporary name beside it, then renamed). Not with `admin_listen_addr`."},
     {"admin_tls_cert_file", OPT_STR, OFF(admin_tls_cert_file), NULL, 0, 0, NULL, false, false,
      "PEM certificate chain of the admin listener; with `admin_tls_key_file`, it speaks HTTPS "
      "only. Independent of `tls_cert_file`."},
