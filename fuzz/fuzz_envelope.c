@@ -35,12 +35,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     size_t i;
     (void)argc;
     (void)argv;
-    fuzz_quiet();
-    if (!fuzz_env_on("QKMS_FUZZ_VERBOSE"))
-        log_set_level((log_level)(LOG_ERROR + 1));
-    fk.cfg.protocol_clock_skew = 300;
-    fk.svc.smetrics = session_metrics_new();
-    FUZZ_CHECK(fk.svc.smetrics != NULL);
+    fuzz_sessions_init(&fk);
     json_array_foreach(vs, i, v) {
         const char *hex = json_string_value(json_object_get(v, "device_key"));
         vkey *k = &vkeys[nvkeys];

@@ -22,12 +22,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    fuzz_quiet();
-    if (!fuzz_env_on("QKMS_FUZZ_VERBOSE"))
-        log_set_level((log_level)(LOG_ERROR + 1));
-    fk.cfg.protocol_clock_skew = 300;
-    fk.svc.smetrics = session_metrics_new();
-    FUZZ_CHECK(fk.svc.smetrics != NULL);
+    fuzz_sessions_init(&fk);
     {
         /* The session-ID HMAC key kmsd unwraps at start (a fixed one here). */
         static const uint8_t k[SID_KEY_LEN] = {1, 2, 3};

@@ -93,10 +93,3 @@ int routes_print_json(FILE *f)
     return rc;
 }
 
-void http_db_error(http_response *rs, db_status st)
-{
-    qk_err e;
-    db_fail(&e, st);
-    http_fail(rs, &e);
-}
-

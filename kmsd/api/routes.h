@@ -68,7 +68,5 @@ void h_policies_list(http_request *rq, http_response *rs);
 void h_policies_add(http_request *rq, http_response *rs);
 void h_policies_remove(http_request *rq, http_response *rs);
 
-/* Map a storage failure to its HTTP answer (503 for an outage, 500 else). */
-void http_db_error(http_response *rs, db_status st);
 
 #endif

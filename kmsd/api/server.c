@@ -203,6 +203,13 @@ void http_fail(http_response *rs, const qk_err *e)
         rs->retry_after = e->retry_after;
 }
 
+void http_db_error(http_response *rs, db_status st)
+{
+    qk_err e;
+    db_fail(&e, st);
+    http_fail(rs, &e);
+}
+
 json_t *http_json_text(const char *s, size_t max)
 {
     char buf[1024];

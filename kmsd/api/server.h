@@ -126,6 +126,9 @@ void http_text(http_response *rs, int status, const char *content_type, char *te
  * Retry-After header. A qk_err still QK_OK answers 500 internal. */
 void http_fail(http_response *rs, const qk_err *e);
 int http_status_of(qk_kind k);
+/* A storage failure answered through the same mapping (db_fail, then
+ * http_fail): 503 with Retry-After for an outage, 500 else. */
+void http_db_error(http_response *rs, db_status st);
 /* A request's log context (log.h): its req_id, the client's address and,
  * once the gate authenticated a token, its name. http_log writes a line
  * with it: every line a door writes about a request carries them. */
