@@ -31,7 +31,7 @@ CFLAGS   += -std=c17 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -fstack-pro
             $(PKG_CFLAGS) -MMD -MP
 LDFLAGS  += -pie -Wl,-z,relro,-z,now $(SANFLAGS)
 
-SVC_LIBS  := $(shell pkg-config --libs jansson libpq libcrypto libcurl) -lpthread -ldl -lm
+SVC_LIBS  := $(shell pkg-config --libs jansson libpq libcrypto libcurl) -lanl -lpthread -ldl -lm
 KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd) $(SVC_LIBS)
 CLI_LIBS  := $(shell pkg-config --libs libcurl jansson libcrypto)
 

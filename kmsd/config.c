@@ -63,15 +63,21 @@ const config_option config_options[] = {
      "Seconds SIGTERM/SIGINT waits for in-flight requests before closing."},
     {"readiness_interval_ms", OPT_INT, OFF(readiness_interval_ms), "1000", 100, 60000, NULL,
      false, false, "How often the readiness prober checks the database (a one-row durable write), "
-     "the token and entropy; `/readyz` answers from its last results, and a check whose probe "
-     "has not returned within two intervals plus 2 s reports `timeout`."},
+     "the token and entropy; `/readyz` answers from its last results."},
+    {"readiness_timeout_ms", OPT_INT, OFF(readiness_timeout_ms), "1000", 100, 60000, NULL,
+     false, false, "A readiness check whose probe has been running longer than this reports "
+     "`timeout` in `/readyz` instead of its last result (a dependency that stopped answering, "
+     "or a database host name the resolver does not answer for, is not ready)."},
     {"readiness_write_failure_s", OPT_INT, OFF(readiness_write_failure_s), "10", 0, 3600, NULL,
      false, false, "Seconds `/readyz` reports the database not ready after a statement failed "
      "for want of resources (SQLSTATE classes 53, 58: disk full, I/O error), even if the small "
      "write probe succeeds (0 = only the probe decides)."},
     {"db_conninfo", OPT_STR, OFF(db_conninfo), NULL, 0, 0, NULL, false, false,
      "libpq connection string (required), e.g. `host=/run/qkms dbname=qkms user=qkms`. Put a "
-     "password in a `passfile=`, not here."},
+     "password in a `passfile=`, not here. kmsd looks `host=` names up itself, within half the "
+     "connect deadline, and hands libpq the addresses (`hostaddr=`); while the resolver does not "
+     "answer, the addresses the name last had are used (a `hostaddr=` of your own turns this "
+     "off)."},
     {"db_pool_size", OPT_INT, OFF(db_pool_size), "8", 1, 512, NULL, false, false,
      "PostgreSQL connections kept open."},
     {"db_acquire_timeout_ms", OPT_INT, OFF(db_acquire_timeout_ms), "2000", 1, 60000, NULL, false,

@@ -47,6 +47,7 @@ typedef struct kms_config {
     char *admin_tls_key_file;
     int shutdown_grace;
     int readiness_interval_ms;
+    int readiness_timeout_ms;
     int readiness_write_failure_s;
     /* database */
     char *db_conninfo;

@@ -184,7 +184,7 @@ void readiness_stop(readiness *r)
 int readiness_report(readiness *r, json_t **checks, json_t **down)
 {
     int n = 0;
-    int64_t now = mono_ms(), stale = 2 * (int64_t)r->k->cfg->readiness_interval_ms + 2000;
+    int64_t now = mono_ms(), stale = r->k->cfg->readiness_timeout_ms;
     struct timespec dl = deadline_in_ms(REPORT_WAIT_MS);
     *checks = json_object();
     *down = json_array();

@@ -16,6 +16,7 @@
 
 #include "deadline.h"
 #include "log.h"
+#include "store/pgresolve.h"
 
 #define DB_BACKOFF_MIN_MS 250
 #define DB_BACKOFF_MAX_MS 5000
@@ -33,6 +34,7 @@ struct db_conn {
 
 struct db_pool {
     char *conninfo;
+    pg_resolver *resolver; /* host names looked up within the connect deadline */
     char stmt_timeout[16]; /* milliseconds, as text */
     int io_timeout_ms;
     int connect_timeout_ms; /* the conninfo's connect_timeout, default 3 s */
@@ -108,7 +110,9 @@ int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_time
         return -1;
     p->conninfo = strdup(conninfo);
     p->conns = calloc((size_t)size, sizeof(*p->conns));
-    if (!p->conninfo || !p->conns) {
+    p->resolver = pgr_new(conninfo);
+    if (!p->conninfo || !p->conns || !p->resolver) {
+        pgr_free(p->resolver);
         free(p->conninfo);
         free(p->conns);
         free(p);
@@ -140,6 +144,7 @@ void db_pool_close(db_pool *p)
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     free(p->conns);
+    pgr_free(p->resolver);
     free(p->conninfo);
     free(p);
 }
@@ -248,22 +253,47 @@ timeout:
 static PGconn *connect_deadline(db_pool *p, int64_t deadline, char *err, size_t errlen)
 {
     char idle[16], intvl[16], tcp_to[16];
+    /* host/hostaddr/port come after dbname (the conninfo) so that they win:
+     * libpq takes the last non-empty value of a repeated key. */
     const char *keys[] = {"application_name", "keepalives",       "keepalives_idle",
                           "keepalives_interval", "keepalives_count", "tcp_user_timeout",
-                          "dbname",           NULL};
-    const char *vals[] = {"kmsd", "1", idle, intvl, "2", tcp_to, p->conninfo, NULL};
+                          "dbname",           "host",             "hostaddr",
+                          "port",             NULL};
+    const char *vals[] = {"kmsd", "1", idle, intvl, "2", tcp_to, p->conninfo, NULL, NULL, NULL, NULL};
+    pgr_lists *lists = NULL;
+    bool resolved = false;
     PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
-    PGconn *pg;
+    PGconn *pg = NULL;
     /* TCP: a vanished peer is noticed after about io_timeout_ms, by
      * keepalives while idle (idle + 2 probes) and tcp_user_timeout while
      * data is unacknowledged. A conninfo that sets these keys wins. */
     snprintf(idle, sizeof(idle), "%d", p->io_timeout_ms / 2000 > 1 ? p->io_timeout_ms / 2000 : 1);
     snprintf(intvl, sizeof(intvl), "%d", p->io_timeout_ms / 4000 > 1 ? p->io_timeout_ms / 4000 : 1);
     snprintf(tcp_to, sizeof(tcp_to), "%d", p->io_timeout_ms);
+    /* Host names are looked up here, within the deadline, not by libpq's
+     * blocking getaddrinfo (pgresolve.h). */
+    lists = malloc(sizeof(*lists));
+    if (!lists) {
+        db_first_line("out of memory", err, errlen);
+        return NULL;
+    }
+    /* Half the connect budget for the lookup: the other half is for TCP and
+     * authentication, also when the lookup gives up and falls back to the
+     * name's last addresses. */
+    if (pgr_params(p->resolver, now_ms() + (deadline - now_ms()) / 2, lists, &resolved, err,
+                   errlen) != 0)
+        goto out;
+    if (resolved) {
+        vals[7] = lists->host;
+        vals[8] = lists->hostaddr;
+        vals[9] = lists->port; /* empty: the conninfo's port stands */
+    } else {
+        keys[7] = NULL; /* libpq resolves as it always did */
+    }
     pg = PQconnectStartParams(keys, vals, 1);
     if (!pg) {
         db_first_line("out of memory", err, errlen);
-        return NULL;
+        goto out;
     }
     while (PQstatus(pg) != CONNECTION_BAD && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
         int w = wait_socket(pg, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
@@ -271,15 +301,18 @@ static PGconn *connect_deadline(db_pool *p, int64_t deadline, char *err, size_t 
             snprintf(err, errlen, "no connection within %d ms", p->connect_timeout_ms < p->io_timeout_ms
                                                                    ? p->connect_timeout_ms : p->io_timeout_ms);
             PQfinish(pg);
-            return NULL;
+            pg = NULL;
+            goto out;
         }
         ps = w < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(pg);
     }
     if (PQstatus(pg) != CONNECTION_OK) {
         db_first_line(PQerrorMessage(pg), err, errlen);
         PQfinish(pg);
-        return NULL;
+        pg = NULL;
     }
+out:
+    free(lists);
     return pg;
 }
 
@@ -375,6 +408,25 @@ int db_wait_ready(db_pool *p, int timeout_s, char *err, size_t errlen)
     }
 }
 
+/* An idle connection has nothing to say: if its socket is readable, the
+ * server spoke unprompted (a FATAL before closing, then EOF). Read it and
+ * see whether the connection survived; one poll(2), no round trip. */
+static bool idle_conn_alive(PGconn *pg)
+{
+    struct pollfd pfd = {.fd = PQsocket(pg), .events = POLLIN};
+    if (PQstatus(pg) != CONNECTION_OK || pfd.fd < 0)
+        return false;
+    /* libpq takes an ErrorResponse while idle for a notice and notices
+     * the EOF behind it only on its next read: read until nothing is left. */
+    for (int i = 0; i < 4; i++) {
+        if (poll(&pfd, 1, 0) <= 0)
+            return true; /* nothing (more) pending */
+        if (!PQconsumeInput(pg) || PQstatus(pg) != CONNECTION_OK)
+            return false;
+    }
+    return true;
+}
+
 db_conn *db_acquire(db_pool *p, db_status *st)
 {
     struct timespec dl = deadline_in_ms(p->acquire_timeout_ms);
@@ -410,6 +462,13 @@ db_conn *db_acquire(db_pool *p, db_status *st)
     p->in_use++;
     pthread_mutex_unlock(&p->mu);
 
+    if (!need_connect && !idle_conn_alive(c->pg)) {
+        /* Closed by the server while idle (a restart): connect anew now
+         * rather than fail this caller on a connection known to be dead. */
+        PQfinish(c->pg);
+        c->pg = NULL;
+        need_connect = true;
+    }
     if (need_connect) {
         char err[256] = "";
         c->pg = connect_one(p, err, sizeof(err));

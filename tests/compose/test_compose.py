@@ -51,18 +51,27 @@ def compose(*args, timeout=180, check=True):
     return p
 
 
-def wait_ready(timeout=90):
-    """Until /readyz answers 200; returns the statuses seen on the way."""
-    seen = []
+def wait_ready(timeout=90, stable=0.0):
+    """Until /readyz answers 200 (without a break for `stable` seconds, as a
+    load balancer's rise count would: right after a dependency restarts, the
+    prober's check may still be on its way to `timeout`); returns the statuses
+    seen on the way."""
+    seen, since = [], None
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             r = requests.get(URL + "/readyz", timeout=2)
             seen.append(r.status_code)
-            if r.status_code == 200:
-                return seen
+            ok = r.status_code == 200
         except requests.RequestException:
             seen.append(None)
+            ok = False
+        if not ok:
+            since = None
+        elif since is None:
+            since = time.time()
+        if since is not None and time.time() - since >= stable:
+            return seen
         time.sleep(0.25)
     raise AssertionError(f"/readyz not 200 within {timeout}s (seen {seen[-10:]})")
 
@@ -395,7 +404,7 @@ def test_postgres_restart_mid_run(ops, group, pair):
         before = len(statuses)
         t0 = time.time()
         compose("restart", "postgres", timeout=120)
-        seen = wait_ready(timeout=90)
+        seen = wait_ready(timeout=90, stable=2.5)
         restarted = time.time()
         time.sleep(3)  # keep going after recovery
     finally:
@@ -437,7 +446,7 @@ def test_kmsd_restart_keeps_keys(ops, pair):
     assert all(kcv for ks in before[0].values() for _, kcv, _ in ks)
     t0 = time.time()
     compose("restart", "kmsd", timeout=120)
-    wait_ready(timeout=90)
+    wait_ready(timeout=90, stable=2.5)
     # A new kmsd process answers.
     assert ops.json("status")["uptime_s"] <= time.time() - t0 + 1
     after = snapshot()
