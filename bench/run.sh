@@ -184,6 +184,9 @@ if [ -f "$OUT/sessions.txt" ] && echo "$PARTS" | grep -q sessions; then
     p99=$(echo "$best" | field p99_ms)
     floor=$(grep "^name=pg_floor conc=$conc " "$OUT/sessions.txt" | field tps)
     [ -n "$floor" ] || floor=$(grep '^name=pg_floor' "$OUT/sessions.txt" | tail -1 | field tps)
-    awk -v d="$dps" -v p="$p99" -v f="$floor" \
-        'BEGIN { printf "deliveries_per_s=%d p99_ms=%s pg_floor_tps=%d ratio=%.2f\n", d, p, f, (f > 0 ? d / f : 0) }'
+    # CPU per delivery (kmsd + PostgreSQL, from /proc) at the same concurrency.
+    cpu=$(grep "^cpu conc=$conc " "$OUT/sessions.txt" |
+          awk '{ for (i=1;i<=NF;i++) { split($i,a,"="); v[a[1]]=a[2] } print v["kmsd_us_per_delivery"] + v["postgres_us_per_delivery"] }')
+    awk -v d="$dps" -v p="$p99" -v f="$floor" -v c="${cpu:-0}" \
+        'BEGIN { printf "deliveries_per_s=%d p99_ms=%s pg_floor_tps=%d ratio=%.2f cpu_us_per_delivery=%d\n", d, p, f, (f > 0 ? d / f : 0), c }'
 fi

@@ -81,7 +81,15 @@ const config_option config_options[] = {
     {"db_pool_size", OPT_INT, OFF(db_pool_size), "8", 1, 512, NULL, false, false,
      "PostgreSQL connections kept open."},
     {"db_acquire_timeout_ms", OPT_INT, OFF(db_acquire_timeout_ms), "2000", 1, 60000, NULL, false,
-     false, "How long a request waits for a pooled connection before answering 503."},
+     false, "How long a request waits for a pooled connection (a key request: for a "
+     "group-commit batch to take it) before answering 503."},
+    {"db_group_commit_max", OPT_INT, OFF(db_group_commit_max), "32", 1, 256, NULL, false, false,
+     "Group commit of key requests: at most this many requests that wait for each other run as "
+     "one statement and one durable commit (1 = each request commits alone). A request that "
+     "finds no batch waiting runs at once; docs/performance.md."},
+    {"db_group_commit_inflight", OPT_INT, OFF(db_group_commit_inflight), "2", 1, 64, NULL, false,
+     false, "How many group-commit batches may run at once; requests that find them all running "
+     "wait and join the next one."},
     {"db_statement_timeout_ms", OPT_INT, OFF(db_statement_timeout_ms), "5000", 0, 600000, NULL,
      false, false, "PostgreSQL statement_timeout for kmsd's sessions (0 = none). Set by kmsd "
      "after connecting, so `options` in `db_conninfo` cannot override it."},

@@ -48,6 +48,8 @@ typedef struct kms_config {
     int shutdown_grace;
     int readiness_interval_ms;
     int readiness_timeout_ms;
+    int db_group_commit_max;
+    int db_group_commit_inflight;
     int readiness_write_failure_s;
     /* database */
     char *db_conninfo;

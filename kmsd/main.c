@@ -131,6 +131,7 @@ static int start_doors(kms_ctx *k, char *err, size_t el)
         return -1;
     /* /metrics renders in this order. */
     if (metrics_register(k->metrics, db_metrics_render, k->svc.db) != 0 ||
+        metrics_register(k->metrics, db_batch_metrics_render, k->svc.key_batch) != 0 ||
         metrics_register(k->metrics, p11_metrics_render, k->svc.token) != 0 ||
         metrics_register(k->metrics, entropy_metrics_render, k->svc.ent) != 0 ||
         metrics_register(k->metrics, session_metrics_render, k->svc.smetrics) != 0 ||

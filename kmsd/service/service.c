@@ -103,6 +103,13 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
         goto out;
     }
     db_pool_set_io_timeout(s->db, cfg->db_io_timeout_ms);
+    if (cfg->db_group_commit_max > 1 &&
+        db_batch_open(&s->key_batch, s->db, Q_SESSION_KEY_BATCH, Q_SESSION_KEY_BATCH_PARAMS,
+                      cfg->db_group_commit_max, cfg->db_group_commit_inflight,
+                      cfg->db_acquire_timeout_ms) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
     rv = open_token(s, cfg, pin, pin_len, err, errlen);
     /* The token layer keeps its own copy in the secure heap for re-login
      * after a token failure; this one is not needed again. */
@@ -147,6 +154,7 @@ void service_close(qk_svc *s)
     entropy_close(s->ent);
     keywrap_free(s->kw);
     p11_close(s->token);
+    db_batch_close(s->key_batch);
     db_pool_close(s->db);
     memset(s, 0, sizeof(*s));
 }

@@ -28,6 +28,7 @@
 #include "log.h"
 #include "p11.h"
 #include "store/db.h"
+#include "store/dbbatch.h"
 
 typedef struct keycache keycache;
 typedef struct session_metrics session_metrics;
@@ -35,6 +36,7 @@ typedef struct session_metrics session_metrics;
 typedef struct qk_svc {
     const kms_config *cfg;
     db_pool *db;
+    db_batch *key_batch; /* group commit of key requests; NULL = each alone */
     p11_token *token;
     keywrap *kw;      /* the active master key, through the token */
     entropy *ent;     /* where key material comes from */

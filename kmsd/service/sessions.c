@@ -136,18 +136,52 @@ static qk_kind device_principal(const qk_principal *who, const device_auth *a, q
     return QK_OK;
 }
 
-/* One call of qkms_session_key: QK_OK with *out (PQclear it), or e. */
+/* One qkms_session_key call's arguments. */
+typedef struct {
+    const device_auth *a;
+    const session_call *sc;
+    const candidate *cd;
+} key_call;
+
+/* The call alone on c: the prepared statement, binary arguments. */
+static PGresult *session_key_alone(db_conn *c, void *arg, db_status *st)
+{
+    const key_call *kc = arg;
+    const char *vals[15] = {kc->sc->pk, kc->sc->kidx, (const char *)kc->a->nonce,
+                            (const char *)kc->sc->hash, kc->sc->sid, kc->sc->peer,
+                            kc->sc->delivered ? "true" : "false", kc->cd->key_id,
+                            kc->cd->wrapped_hex, kc->cd->master, kc->cd->provenance,
+                            kc->cd->bits, kc->sc->ts, kc->sc->skew,
+                            (const char *)kc->sc->legacy};
+    int lens[15] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32};
+    int fmts[15] = {0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    return db_exec(c, Q_SESSION_KEY, 15, vals, lens, fmts, st);
+}
+
+/* One call of qkms_session_key, through the group commit when it is on
+ * (text values in the order of the function's parameters, the binary ones
+ * hex-encoded): QK_OK with *out (PQclear it), or e. */
 static qk_kind session_key_call(qk_svc *s, const device_auth *a, const session_call *sc,
                                 const candidate *cd, PGresult **out, qk_err *e)
 {
-    const char *vals[15] = {sc->pk, sc->kidx, (const char *)a->nonce, (const char *)sc->hash,
-                            sc->sid, sc->peer, sc->delivered ? "true" : "false", cd->key_id,
-                            cd->wrapped_hex, cd->master, cd->provenance, cd->bits, sc->ts,
-                            sc->skew, (const char *)sc->legacy};
-    int lens[15] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32};
-    int fmts[15] = {0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    key_call kc = {a, sc, cd};
+    char nonce[2 * QKP_NONCE_LEN + 1], hash[65], legacy[65];
+    const char *vals[Q_SESSION_KEY_BATCH_PARAMS] = {
+        sc->pk,     sc->kidx,        nonce,      sc->ts,         sc->skew,
+        hash,       legacy,          sc->sid,    sc->peer,       sc->delivered ? "t" : "f",
+        cd->key_id, cd->wrapped_hex, cd->master, cd->provenance, cd->bits};
     db_status st;
-    *out = db_query(s->db, Q_SESSION_KEY, 15, vals, lens, fmts, &st);
+
+    if (!s->key_batch) {
+        db_conn *c = db_acquire(s->db, &st);
+        *out = c ? session_key_alone(c, &kc, &st) : NULL;
+        db_release(s->db, c);
+        return *out ? QK_OK : db_fail(e, st);
+    }
+    qkms_hex_encode(a->nonce, QKP_NONCE_LEN, nonce);
+    qkms_hex_encode(sc->hash, 32, hash);
+    qkms_hex_encode(sc->legacy, 32, legacy);
+    *out = db_batch_run(s->key_batch, vals, session_key_alone, &kc, &st);
     return *out ? QK_OK : db_fail(e, st);
 }
 

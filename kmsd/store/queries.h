@@ -8,6 +8,9 @@
 
 #include "store/db.h"
 
+/* Q_SESSION_KEY_BATCH: one text array per argument of qkms_session_key. */
+#define Q_SESSION_KEY_BATCH_PARAMS 15
+
 #define QKMS_QUERIES(X)                                                                         \
     X(Q_SCHEMA_VERSION, "SELECT coalesce(max(version), 0) FROM qkms_schema_migrations")        \
     X(Q_READINESS_PROBE, "UPDATE readiness_probe SET probed_at = now() WHERE one")             \
@@ -143,6 +146,12 @@
       " FROM qkms_session_key($1::bigint, $2::int, $3::bytea, $13::bigint, $14::int,"          \
       " $4::bytea, $15::bytea, $5, $6, $7::boolean, $8::uuid, decode($9, 'hex'), $10::int,"    \
       " $11, $12::int)")                                                                       \
+    X(Q_SESSION_KEY_BATCH,                                                                     \
+      "SELECT i, outcome, out_key_id, out_key_bits, encode(out_wrapped, 'hex'), out_expires,"  \
+      " out_policy, out_delivery, out_created, encode(out_hash, 'hex')"                        \
+      " FROM qkms_session_key_batch($1::bigint[], $2::int[], $3::text[], $4::bigint[],"        \
+      " $5::int[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[],"            \
+      " $11::uuid[], $12::text[], $13::int[], $14::text[], $15::int[])")                      \
     X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
       " $6::int, $4::bytea, $7::bytea)")                                                       \
     X(Q_SESSION_REAP, "SELECT qkms_session_reap($1::int, $2::int, $3::int)")                  \

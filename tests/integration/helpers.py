@@ -202,6 +202,18 @@ def error_code(r):
     return r.json()["error"]["code"]
 
 
+def try_key(server, dev, sid, peer):
+    """(200, key), (status, error code), or ("conn", None) when server is
+    not reachable: for tests that expect failures among the answers."""
+    try:
+        req, r = ask_key(server, dev, sid, peer)
+    except requests.ConnectionError:
+        return "conn", None
+    if r.status_code != 200:
+        return r.status_code, error_code(r)
+    return 200, dev.open_key_response(req, r.json())
+
+
 def veh_enc_stack(name, extra_env):
     """A started Stack with a device group of its own (st.group) and the
     policy "veh-enc" pairing vehicles with encryptors."""

@@ -11,10 +11,9 @@ import time
 import uuid
 
 import pytest
-import requests
 
 from conftest import KMSD, Stack, _finish, free_port, wait_readyz
-from helpers import ask_key, error_code, make_device
+from helpers import make_device, try_key
 
 
 @pytest.fixture
@@ -26,16 +25,7 @@ def fs(fresh_stack):
     return st
 
 
-def ask(server, dev, sid, peer):
-    """(200, key), (status, error code), or ("conn", None) when server is
-    not reachable."""
-    try:
-        req, r = ask_key(server, dev, sid, peer)
-    except requests.ConnectionError:
-        return "conn", None
-    if r.status_code != 200:
-        return r.status_code, error_code(r)
-    return 200, dev.open_key_response(req, r.json())
+ask = try_key
 
 
 class SecondKmsd:

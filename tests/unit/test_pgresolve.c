@@ -20,6 +20,22 @@ static int64_t mono_ms(void)
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
+/* pgr_params for conninfo with a deadline ms away: its return value, the
+ * lists (free them) in *out, *used and err. */
+static int resolve(const char *conninfo, int ms, pgr_lists **out, bool *used, char *err,
+                   size_t errlen)
+{
+    pg_resolver *r = pgr_new(conninfo);
+    int rc;
+    *out = malloc(sizeof(**out));
+    assert_non_null(r);
+    assert_non_null(*out);
+    *used = false;
+    rc = pgr_params(r, mono_ms() + ms, *out, used, err, errlen);
+    pgr_free(r);
+    return rc;
+}
+
 static void names_and_not_names(void **state)
 {
     (void)state;
@@ -65,16 +81,12 @@ static void untouched_conninfos(void **state)
     unsetenv("PGHOST");
     unsetenv("PGHOSTADDR");
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        pg_resolver *r = pgr_new(cases[i]);
-        pgr_lists *l = malloc(sizeof(*l));
-        bool used = true;
+        pgr_lists *l;
+        bool used;
         char err[128] = "";
-        assert_non_null(r);
-        assert_non_null(l);
-        assert_int_equal(pgr_params(r, mono_ms() + 1000, l, &used, err, sizeof(err)), 0);
+        assert_int_equal(resolve(cases[i], 1000, &l, &used, err, sizeof(err)), 0);
         assert_false(used);
         free(l);
-        pgr_free(r);
     }
 }
 
@@ -82,13 +94,12 @@ static void untouched_conninfos(void **state)
  * addresses, the single port left to the conninfo. */
 static void localhost_resolves(void **state)
 {
-    pg_resolver *r = pgr_new("host=localhost port=5433 dbname=qkms");
-    pgr_lists *l = malloc(sizeof(*l));
-    bool used = false;
+    pgr_lists *l;
+    bool used;
     char err[128] = "";
     (void)state;
-    assert_non_null(l);
-    assert_int_equal(pgr_params(r, mono_ms() + 5000, l, &used, err, sizeof(err)), 0);
+    assert_int_equal(resolve("host=localhost port=5433 dbname=qkms", 5000, &l, &used, err,
+                             sizeof(err)), 0);
     assert_true(used);
     assert_non_null(strstr(l->hostaddr, "127.0.0.1"));
     assert_int_equal(strncmp(l->host, "localhost", 9), 0);
@@ -103,43 +114,38 @@ static void localhost_resolves(void **state)
         assert_int_equal(commas_h, commas_a);
     }
     free(l);
-    pgr_free(r);
 }
 
 /* Per-host ports follow their host through the expansion; a socket path
  * keeps an empty hostaddr (libpq then uses host=). */
 static void mixed_list_with_ports(void **state)
 {
-    pg_resolver *r = pgr_new("host=/tmp/pg,localhost port=5432,5433 dbname=qkms");
-    pgr_lists *l = malloc(sizeof(*l));
-    bool used = false;
+    pgr_lists *l;
+    bool used;
     char err[128] = "";
     (void)state;
-    assert_non_null(l);
-    assert_int_equal(pgr_params(r, mono_ms() + 5000, l, &used, err, sizeof(err)), 0);
+    assert_int_equal(resolve("host=/tmp/pg,localhost port=5432,5433 dbname=qkms", 5000, &l,
+                             &used, err, sizeof(err)), 0);
     assert_true(used);
     assert_int_equal(strncmp(l->host, "/tmp/pg,localhost", 17), 0);
     assert_true(strncmp(l->hostaddr, ",127.0.0.1", 10) == 0 || strncmp(l->hostaddr, ",::1", 4) == 0);
     assert_int_equal(strncmp(l->port, "5432,5433", 9), 0);
     free(l);
-    pgr_free(r);
 }
 
 /* A name that does not exist is an error naming it, with no address to
  * fall back on. */
 static void unknown_name_fails(void **state)
 {
-    pg_resolver *r = pgr_new("host=no-such-host.invalid dbname=qkms");
-    pgr_lists *l = malloc(sizeof(*l));
-    bool used = false;
+    pgr_lists *l;
+    bool used;
     char err[256] = "";
     (void)state;
-    assert_non_null(l);
-    assert_int_equal(pgr_params(r, mono_ms() + 3000, l, &used, err, sizeof(err)), -1);
+    assert_int_equal(resolve("host=no-such-host.invalid dbname=qkms", 3000, &l, &used, err,
+                             sizeof(err)), -1);
     assert_false(used);
     assert_non_null(strstr(err, "no-such-host.invalid"));
     free(l);
-    pgr_free(r);
 }
 
 int main(void)
