@@ -11,7 +11,11 @@
 #define QKMS_DEADLINE_H
 
 #include <pthread.h>
+#include <stdint.h>
 #include <time.h>
+
+/* CLOCK_MONOTONIC now, in milliseconds (for deadlines kept as numbers). */
+int64_t deadline_now_ms(void);
 
 /* CLOCK_MONOTONIC now plus ms milliseconds (ms >= 0), normalized. */
 struct timespec deadline_in_ms(long ms);

@@ -43,17 +43,10 @@ struct readiness {
     check c[CHK_N];
 };
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void begin(readiness *r, int i)
 {
     pthread_mutex_lock(&r->mu);
-    r->c[i].started_ms = mono_ms();
+    r->c[i].started_ms = deadline_now_ms();
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -118,7 +111,7 @@ static void *prober(void *arg)
     int64_t last_start = 0;
     for (;;) {
         struct timespec dl;
-        int64_t start = mono_ms();
+        int64_t start = deadline_now_ms();
         probe_round(r);
         last_start = start;
         pthread_mutex_lock(&r->mu);
@@ -134,7 +127,7 @@ static void *prober(void *arg)
             return NULL;
         }
         pthread_mutex_unlock(&r->mu);
-        if (mono_ms() - last_start < ROUND_GAP_MS) {
+        if (deadline_now_ms() - last_start < ROUND_GAP_MS) {
             struct timespec gap = {0, ROUND_GAP_MS * 1000000L};
             nanosleep(&gap, NULL);
         }
@@ -184,7 +177,7 @@ void readiness_stop(readiness *r)
 int readiness_report(readiness *r, json_t **checks, json_t **down)
 {
     int n = 0;
-    int64_t now = mono_ms(), stale = r->k->cfg->readiness_timeout_ms;
+    int64_t now = deadline_now_ms(), stale = r->k->cfg->readiness_timeout_ms;
     struct timespec dl = deadline_in_ms(REPORT_WAIT_MS);
     *checks = json_object();
     *down = json_array();
@@ -200,7 +193,7 @@ int readiness_report(readiness *r, json_t **checks, json_t **down)
     while (r->may_wait && r->done_round_start_ms < now &&
            pthread_cond_timedwait(&r->done_cv, &r->mu, &dl) != ETIMEDOUT)
         ;
-    now = mono_ms();
+    now = deadline_now_ms();
     for (int i = 0; i < CHK_N; i++) {
         const check *c = &r->c[i];
         const char *state = c->state;

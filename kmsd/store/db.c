@@ -55,13 +55,6 @@ struct db_pool {
     char resource_sqlstate[6];           /* under mu */
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 const char *db_status_name(db_status st)
 {
     static const char *const n[] = {"ok", "not_found", "conflict", "retry",
@@ -175,7 +168,7 @@ static int wait_socket(PGconn *pg, short events, int64_t deadline)
 {
     struct pollfd pfd = {.fd = PQsocket(pg), .events = events};
     for (;;) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - deadline_now_ms();
         int n;
         if (pfd.fd < 0)
             return -1;
@@ -219,8 +212,8 @@ static PGresult *await_result(PGconn *pg, int64_t deadline, bool *timed_out)
              * that; its public API cannot): read again before waiting, and
              * wait in short slices. */
             bool tls = PQsslInUse(pg);
-            int64_t until = tls && deadline - now_ms() > DB_TLS_POLL_MS ? now_ms() + DB_TLS_POLL_MS
-                                                                       : deadline;
+            int64_t now = deadline_now_ms();
+            int64_t until = tls && deadline - now > DB_TLS_POLL_MS ? now + DB_TLS_POLL_MS : deadline;
             if (tls && (!PQconsumeInput(pg) || !PQisBusy(pg)))
                 break;
             w = wait_socket(pg, POLLIN, until);
@@ -280,7 +273,7 @@ static PGconn *connect_deadline(db_pool *p, int64_t deadline, char *err, size_t 
     /* Half the connect budget for the lookup: the other half is for TCP and
      * authentication, also when the lookup gives up and falls back to the
      * name's last addresses. */
-    if (pgr_params(p->resolver, now_ms() + (deadline - now_ms()) / 2, lists, &resolved, err,
+    if (pgr_params(p->resolver, deadline_now_ms() + (deadline - deadline_now_ms()) / 2, lists, &resolved, err,
                    errlen) != 0)
         goto out;
     if (resolved) {
@@ -348,7 +341,7 @@ static bool apply_settings(db_pool *p, PGconn *pg, int64_t deadline, char *err, 
 static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
 {
     char dummy[256];
-    int64_t deadline = now_ms() + (p->connect_timeout_ms < p->io_timeout_ms
+    int64_t deadline = deadline_now_ms() + (p->connect_timeout_ms < p->io_timeout_ms
                                        ? p->connect_timeout_ms : p->io_timeout_ms);
     PGconn *pg;
     if (!err) {
@@ -361,7 +354,7 @@ static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
     PQsetNoticeProcessor(pg, on_notice, NULL);
     /* Requests never block in send(); every wait is a poll with a deadline. */
     if (PQsetnonblocking(pg, 1) != 0 ||
-        !apply_settings(p, pg, now_ms() + p->io_timeout_ms, err, errlen)) {
+        !apply_settings(p, pg, deadline_now_ms() + p->io_timeout_ms, err, errlen)) {
         PQfinish(pg);
         return NULL;
     }
@@ -371,7 +364,7 @@ static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
         PGresult *r = NULL;
         snprintf(name, sizeof(name), "s%d", i);
         if (PQsendPrepare(pg, name, p->stmts[i].sql, 0, NULL))
-            r = await_result(pg, now_ms() + p->io_timeout_ms, &to);
+            r = await_result(pg, deadline_now_ms() + p->io_timeout_ms, &to);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             char line[256];
             db_first_line(to ? "no answer from the server in time"
@@ -391,7 +384,7 @@ static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
 
 int db_wait_ready(db_pool *p, int timeout_s, char *err, size_t errlen)
 {
-    int64_t deadline = now_ms() + (int64_t)timeout_s * 1000;
+    int64_t deadline = deadline_now_ms() + (int64_t)timeout_s * 1000;
     int delay = DB_BACKOFF_MIN_MS;
     for (;;) {
         PGconn *pg = connect_one(p, err, errlen);
@@ -399,7 +392,7 @@ int db_wait_ready(db_pool *p, int timeout_s, char *err, size_t errlen)
             PQfinish(pg);
             return 0;
         }
-        if (now_ms() + delay > deadline)
+        if (deadline_now_ms() + delay > deadline)
             return -1;
         log_emit(LOG_WARN, "database not reachable yet", "{s:s,s:i}", "error", err, "retry_ms",
                  delay);
@@ -450,7 +443,7 @@ db_conn *db_acquire(db_pool *p, db_status *st)
         if (!p->conns[i].busy)
             c = &p->conns[i];
     need_connect = !c->pg;
-    if (need_connect && now_ms() < p->next_connect_ms) {
+    if (need_connect && deadline_now_ms() < p->next_connect_ms) {
         pthread_mutex_unlock(&p->mu);
         *st = DB_UNAVAILABLE;
         return NULL;
@@ -479,7 +472,7 @@ db_conn *db_acquire(db_pool *p, db_status *st)
             p->next_connect_ms = 0;
         } else {
             atomic_fetch_add(&p->connect_failures, 1);
-            p->next_connect_ms = now_ms() + p->backoff_ms;
+            p->next_connect_ms = deadline_now_ms() + p->backoff_ms;
             p->backoff_ms = p->backoff_ms * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS
                                                                   : p->backoff_ms * 2;
             c->busy = false;
@@ -516,7 +509,7 @@ void db_release(db_pool *p, db_conn *c)
         /* The server stopped answering: new connections wait out the
          * shared backoff instead of each spending io_timeout_ms. */
         atomic_fetch_add(&p->timeouts, 1);
-        p->next_connect_ms = now_ms() + p->backoff_ms;
+        p->next_connect_ms = deadline_now_ms() + p->backoff_ms;
         p->backoff_ms = p->backoff_ms * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS : p->backoff_ms * 2;
     }
     c->busy = false;
@@ -535,7 +528,7 @@ static void note_resource_failure(db_pool *p, const char *sqlstate)
         return;
     pthread_mutex_lock(&p->mu);
     memcpy(p->resource_sqlstate, sqlstate, 6);
-    atomic_store(&p->resource_failure_ms, now_ms());
+    atomic_store(&p->resource_failure_ms, deadline_now_ms());
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -547,7 +540,7 @@ bool db_last_resource_failure(db_pool *p, int64_t *ago_ms, char sqlstate[6])
     pthread_mutex_lock(&p->mu);
     memcpy(sqlstate, p->resource_sqlstate, 6);
     pthread_mutex_unlock(&p->mu);
-    *ago_ms = now_ms() - at;
+    *ago_ms = deadline_now_ms() - at;
     return true;
 }
 
@@ -590,7 +583,7 @@ PGresult *db_exec(db_conn *c, int stmt, int nparams, const char *const *values, 
     char name[16];
     snprintf(name, sizeof(name), "s%d", stmt);
     if (PQsendQueryPrepared(c->pg, name, nparams, values, lengths, formats, 0))
-        r = await_result(c->pg, now_ms() + c->io_timeout_ms, &to);
+        r = await_result(c->pg, deadline_now_ms() + c->io_timeout_ms, &to);
     *st = classify_result(c, r, to);
     if (*st != DB_OK) {
         PQclear(r);
@@ -605,7 +598,7 @@ PGresult *db_exec_params(db_conn *c, const char *sql, int nparams, const char *c
     PGresult *r = NULL;
     bool to = false;
     if (PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0))
-        r = await_result(c->pg, now_ms() + c->io_timeout_ms, &to);
+        r = await_result(c->pg, deadline_now_ms() + c->io_timeout_ms, &to);
     *st = classify_result(c, r, to);
     if (*st != DB_OK) {
         PQclear(r);
@@ -632,7 +625,7 @@ db_status db_command(db_conn *c, const char *sql)
     bool to = false;
     db_status st;
     if (PQsendQuery(c->pg, sql))
-        r = await_result(c->pg, now_ms() + c->io_timeout_ms, &to);
+        r = await_result(c->pg, deadline_now_ms() + c->io_timeout_ms, &to);
     st = classify_result(c, r, to);
     PQclear(r);
     return st;

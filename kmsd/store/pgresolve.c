@@ -13,6 +13,7 @@
 
 #include <libpq-fe.h>
 
+#include "deadline.h"
 #include "log.h"
 
 #define ADDR_MAX 48 /* INET6_ADDRSTRLEN and a margin */
@@ -44,13 +45,6 @@ typedef struct {
     atomic_int refs;
     char name[PGR_ENTRY_MAX];
 } lookup;
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 bool pgr_is_dns_name(const char *s)
 {
@@ -185,7 +179,7 @@ static int lookup_name(const char *name, int64_t deadline_ms, char (*addrs)[ADDR
         return rc;
     }
     while ((rc = gai_error(&l->cb)) == EAI_INPROGRESS) {
-        int64_t left = deadline_ms - mono_ms();
+        int64_t left = deadline_ms - deadline_now_ms();
         struct timespec ts;
         if (left <= 0)
             break;
@@ -240,8 +234,8 @@ static int addresses_for(pg_resolver *r, int i, int64_t deadline_ms, char (*addr
     pthread_mutex_lock(&r->mu);
     stale = lg->stale;
     pthread_mutex_unlock(&r->mu);
-    if (stale && deadline_ms - mono_ms() > PGR_STALE_WAIT_MS)
-        deadline_ms = mono_ms() + PGR_STALE_WAIT_MS;
+    if (stale && deadline_ms - deadline_now_ms() > PGR_STALE_WAIT_MS)
+        deadline_ms = deadline_now_ms() + PGR_STALE_WAIT_MS;
     rc = lookup_name(r->host[i], deadline_ms, addrs, n, timed_out);
 
     pthread_mutex_lock(&r->mu);
