@@ -208,6 +208,12 @@ const config_option config_options[] = {
      "holds plaintext; state is re-checked in each request's transaction."},
     {"device_key_cache_ttl", OPT_INT, OFF(device_key_cache_ttl), "30", 1, 3600, NULL, false, false,
      "Seconds a cached device key row is used before it is read again."},
+    {"device_key_cache_unwrapped", OPT_INT, OFF(device_key_cache_unwrapped), "16384", 0, 65536,
+     NULL, false, false,
+     "Slots of device keys kept unwrapped in kmsd's locked secure heap, so a device request "
+     "skips the token unwrap of its key (0 disables; off when the secure heap cannot be "
+     "locked). An entry serves only the wrapped key it came from, is wiped when this kmsd "
+     "changes the device, and lives at most device_key_cache_ttl seconds."},
     {"bootstrap_token_file", OPT_STR, OFF(bootstrap_token_file), NULL, 0, 0, NULL, false, false,
      "If set and no admin token named `bootstrap` ever existed (revoked ones count), kmsd "
      "creates one and writes it here (mode 0600, never overwritten), or registers the token "

@@ -104,6 +104,7 @@ typedef struct kms_config {
     int session_reap_interval;
     int device_key_cache_size;
     int device_key_cache_ttl;
+    int device_key_cache_unwrapped;
     /* admin */
     char *bootstrap_token_file;
     /* rate limits (kmsd/ratelimit.h) */

@@ -31,7 +31,7 @@
 
 /* Locked, non-dumpable heap for PINs and unwrapped keys (OpenSSL's secure
  * heap: mmap + mlock + MADV_DONTDUMP + guard pages). */
-#define SECURE_HEAP_BYTES (1 << 20)
+#define SECURE_HEAP_BYTES (1 << 22) /* 2 MiB of it at most for unwrapped device keys */
 #define SECURE_HEAP_MIN 16
 
 static void usage(FILE *f)
@@ -47,9 +47,11 @@ static void usage(FILE *f)
             "  -h, --help            this help\n");
 }
 
-/* No core files, no ptrace by other users, no swap of key pages. */
-static void harden_process(void)
+/* No core files, no ptrace by other users, no swap of key pages. true when
+ * the secure heap is locked in memory. */
+static bool harden_process(void)
 {
+    int rc;
     struct rlimit rl = {0, 0};
     setrlimit(RLIMIT_CORE, &rl);
 #if !defined(__SANITIZE_ADDRESS__)
@@ -57,8 +59,10 @@ static void harden_process(void)
      * keep it dumpable (RLIMIT_CORE is still 0). */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 #endif
-    if (CRYPTO_secure_malloc_init(SECURE_HEAP_BYTES, SECURE_HEAP_MIN) != 1)
+    /* 2: the heap exists but mlock failed (RLIMIT_MEMLOCK). */
+    if ((rc = CRYPTO_secure_malloc_init(SECURE_HEAP_BYTES, SECURE_HEAP_MIN)) != 1)
         log_emit(LOG_WARN, "secure heap unavailable (RLIMIT_MEMLOCK?); key buffers not locked", NULL);
+    return rc == 1;
 }
 
 /* At start (startup = 1) the secrets are read too; a reload changes no
@@ -231,6 +235,7 @@ int main(int argc, char **argv)
     kms_ctx k;
     char err[1024];
     int mode = RUN_SERVE, rc = 1, done;
+    bool heap_locked;
     sigset_t sigs;
     log_level lvl;
     char *pin = NULL; /* secure heap until service_open has taken it */
@@ -240,13 +245,19 @@ int main(int argc, char **argv)
     k.svc.cfg = &k.cfg;
     if ((done = parse_args(argc, argv, &k, &mode)) != 0)
         return done - 1;
-    harden_process();
+    heap_locked = harden_process();
     block_signals(&sigs);
     if (load_config(&k.cfg, k.config_path, 1, err, sizeof(err)) != 0) {
         fprintf(stderr, "kmsd: %s\n", err);
         log_emit(LOG_ERROR, "configuration error", "{s:s}", "error", err);
         config_free(&k.cfg);
         return 2;
+    }
+    if (!heap_locked && k.cfg.device_key_cache_unwrapped > 0 && mode == RUN_SERVE) {
+        /* Plaintext keys are kept only where they cannot be swapped out. */
+        log_emit(LOG_WARN, "unwrapped device keys are not cached: the secure heap is not locked",
+                 NULL);
+        k.cfg.device_key_cache_unwrapped = 0;
     }
     if (mode == RUN_CHECK) {
         printf("kmsd: configuration OK\n");

@@ -89,6 +89,12 @@ static CK_RV unwrap_device_key(qk_svc *s, const device_request *rq, keycache_ent
     CK_RV rv;
     uint64_t gen = p11_generation(s->token);
 
+    /* The key this exact wrapped row gave before: no token operation. A
+     * row from the database (found == 1) may be newer than what the
+     * cache holds; the byte-for-byte match of the wrapped blob decides. */
+    if (keycache_get_unwrapped(s->keys, rq->device_id, rq->key_index, row->wrapped,
+                               row->wrapped_len, a->key, DEVICE_KEY_BUF, &a->key_len))
+        return CKR_OK;
     a->key_len = DEVICE_KEY_BUF;
     rv = keywrap_unwrap(s->kw, (const uint8_t *)ctx, strlen(ctx), row->wrapped, row->wrapped_len,
                         a->key, &a->key_len);
@@ -114,6 +120,9 @@ static CK_RV unwrap_device_key(qk_svc *s, const device_request *rq, keycache_ent
                                 row->wrapped_len, a->key, &a->key_len);
         }
     }
+    if (rv == CKR_OK)
+        keycache_put_unwrapped(s->keys, rq->device_id, rq->key_index, row->wrapped,
+                               row->wrapped_len, a->key, a->key_len);
     return rv;
 }
 

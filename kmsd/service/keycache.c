@@ -1,4 +1,5 @@
-/* keycache — direct-mapped, TTL-bounded cache of wrapped device key rows. */
+/* keycache — direct-mapped, TTL-bounded cache of device key rows and of the
+ * keys unwrapped from them (the latter in the secure heap). */
 #include "service/keycache.h"
 
 #include <pthread.h>
@@ -21,38 +22,79 @@ typedef struct {
     keycache_entry e;
 } slot;
 
+/* An unwrapped key's slot: what it was unwrapped from, in ordinary memory;
+ * the key itself at keys + i * KEYCACHE_KEY_MAX, in the secure heap. */
+typedef struct {
+    bool used;
+    char device_id[QKP_MAX_ID + 1];
+    int key_index;
+    time_t stored;
+    uint8_t wrapped[KEYCACHE_WRAPPED_MAX];
+    size_t wrapped_len, key_len;
+} uslot;
+
 struct keycache {
     slot *slots;
     size_t n;
+    uslot *uslots;
+    uint8_t *keys; /* un * KEYCACHE_KEY_MAX bytes, secure heap */
+    size_t un;
     int ttl;
     pthread_mutex_t locks[STRIPES];
-    _Atomic uint64_t hits, misses, invalidations;
+    _Atomic uint64_t hits, misses, invalidations, uhits, umisses;
 };
 
 /* FNV-1a over the ID and the index. */
-static size_t slot_of(const keycache *c, const char *id, int idx)
+static uint64_t hash_of(const char *id, int idx)
 {
     uint64_t h = 1469598103934665603ull;
     for (const char *p = id; *p; p++)
         h = (h ^ (uint8_t)*p) * 1099511628211ull;
-    h = (h ^ (uint8_t)idx) * 1099511628211ull;
-    return (size_t)(h % c->n);
+    return (h ^ (uint8_t)idx) * 1099511628211ull;
 }
 
-keycache *keycache_new(size_t slots, int ttl_s)
+static size_t slot_of(const keycache *c, const char *id, int idx)
+{
+    return (size_t)(hash_of(id, idx) % c->n);
+}
+
+static size_t uslot_of(const keycache *c, const char *id, int idx)
+{
+    return (size_t)(hash_of(id, idx) % c->un);
+}
+
+/* Both tables share the striped locks: a slot's lock is its index mod
+ * STRIPES in either table, so keycache_invalidate takes each at most once
+ * per table. */
+keycache *keycache_new(size_t slots, size_t unwrapped_slots, int ttl_s)
 {
     keycache *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
     c->n = slots;
     c->ttl = ttl_s;
-    if (slots && !(c->slots = calloc(slots, sizeof(slot)))) {
-        free(c);
-        return NULL;
+    if (slots && !(c->slots = calloc(slots, sizeof(slot))))
+        goto fail;
+    /* Plaintext keys only where they are locked and wiped: without a
+     * secure heap OPENSSL_secure_zalloc would quietly use malloc. */
+    if (unwrapped_slots && CRYPTO_secure_malloc_initialized()) {
+        c->keys = OPENSSL_secure_zalloc(unwrapped_slots * KEYCACHE_KEY_MAX);
+        c->uslots = calloc(unwrapped_slots, sizeof(uslot));
+        if (!c->keys || !c->uslots || !CRYPTO_secure_allocated(c->keys)) {
+            OPENSSL_secure_clear_free(c->keys, unwrapped_slots * KEYCACHE_KEY_MAX);
+            free(c->uslots);
+            c->keys = NULL;
+            c->uslots = NULL;
+        } else {
+            c->un = unwrapped_slots;
+        }
     }
     for (int i = 0; i < STRIPES; i++)
         pthread_mutex_init(&c->locks[i], NULL);
     return c;
+fail:
+    free(c);
+    return NULL;
 }
 
 void keycache_free(keycache *c)
@@ -63,9 +105,68 @@ void keycache_free(keycache *c)
         OPENSSL_cleanse(c->slots, c->n * sizeof(slot));
         free(c->slots);
     }
+    if (c->keys)
+        OPENSSL_secure_clear_free(c->keys, c->un * KEYCACHE_KEY_MAX);
+    free(c->uslots);
     for (int i = 0; i < STRIPES; i++)
         pthread_mutex_destroy(&c->locks[i]);
     free(c);
+}
+
+bool keycache_holds_unwrapped(const keycache *c) { return c->un > 0; }
+
+/* Wipe unwrapped slot i (its stripe lock held). */
+static void udrop(keycache *c, size_t i)
+{
+    OPENSSL_cleanse(c->keys + i * KEYCACHE_KEY_MAX, KEYCACHE_KEY_MAX);
+    c->uslots[i].used = false;
+    c->uslots[i].key_len = 0;
+}
+
+bool keycache_get_unwrapped(keycache *c, const char *id, int idx, const uint8_t *wrapped,
+                            size_t wl, uint8_t *key, size_t cap, size_t *key_len)
+{
+    bool hit = false;
+    size_t i;
+    if (!c->un)
+        return false;
+    i = uslot_of(c, id, idx);
+    pthread_mutex_lock(&c->locks[i % STRIPES]);
+    uslot *u = &c->uslots[i];
+    if (u->used && u->key_index == idx && !strcmp(u->device_id, id)) {
+        if (time(NULL) - u->stored >= c->ttl)
+            udrop(c, i); /* expired: not left lying in memory until reused */
+        else if (u->wrapped_len == wl && !memcmp(u->wrapped, wrapped, wl) && u->key_len <= cap) {
+            memcpy(key, c->keys + i * KEYCACHE_KEY_MAX, u->key_len);
+            *key_len = u->key_len;
+            hit = true;
+        }
+    }
+    pthread_mutex_unlock(&c->locks[i % STRIPES]);
+    atomic_fetch_add(hit ? &c->uhits : &c->umisses, 1);
+    return hit;
+}
+
+void keycache_put_unwrapped(keycache *c, const char *id, int idx, const uint8_t *wrapped,
+                            size_t wl, const uint8_t *key, size_t key_len)
+{
+    size_t i;
+    if (!c->un || strlen(id) > QKP_MAX_ID || wl > KEYCACHE_WRAPPED_MAX ||
+        key_len > KEYCACHE_KEY_MAX)
+        return;
+    i = uslot_of(c, id, idx);
+    pthread_mutex_lock(&c->locks[i % STRIPES]);
+    uslot *u = &c->uslots[i];
+    udrop(c, i);
+    u->used = true;
+    strcpy(u->device_id, id);
+    u->key_index = idx;
+    u->stored = time(NULL);
+    memcpy(u->wrapped, wrapped, wl);
+    u->wrapped_len = wl;
+    memcpy(c->keys + i * KEYCACHE_KEY_MAX, key, key_len);
+    u->key_len = key_len;
+    pthread_mutex_unlock(&c->locks[i % STRIPES]);
 }
 
 bool keycache_get(keycache *c, const char *id, int idx, keycache_entry *out)
@@ -107,16 +208,26 @@ void keycache_put(keycache *c, const char *id, int idx, const keycache_entry *e)
 
 void keycache_invalidate(keycache *c, const char *id)
 {
-    if (!c->n)
+    if (!c->n && !c->un)
         return;
     atomic_fetch_add(&c->invalidations, 1);
     for (int idx = 0; idx < 256; idx++) {
-        size_t i = slot_of(c, id, idx);
-        pthread_mutex_lock(&c->locks[i % STRIPES]);
-        slot *s = &c->slots[i];
-        if (s->used && s->key_index == idx && !strcmp(s->device_id, id))
-            s->used = false;
-        pthread_mutex_unlock(&c->locks[i % STRIPES]);
+        if (c->n) {
+            size_t i = slot_of(c, id, idx);
+            pthread_mutex_lock(&c->locks[i % STRIPES]);
+            slot *s = &c->slots[i];
+            if (s->used && s->key_index == idx && !strcmp(s->device_id, id))
+                s->used = false;
+            pthread_mutex_unlock(&c->locks[i % STRIPES]);
+        }
+        if (c->un) {
+            size_t i = uslot_of(c, id, idx);
+            pthread_mutex_lock(&c->locks[i % STRIPES]);
+            uslot *u = &c->uslots[i];
+            if (u->used && u->key_index == idx && !strcmp(u->device_id, id))
+                udrop(c, i);
+            pthread_mutex_unlock(&c->locks[i % STRIPES]);
+        }
     }
 }
 
@@ -129,6 +240,11 @@ void keycache_clear(keycache *c)
         c->slots[i].used = false;
         pthread_mutex_unlock(&c->locks[i % STRIPES]);
     }
+    for (size_t i = 0; i < c->un; i++) {
+        pthread_mutex_lock(&c->locks[i % STRIPES]);
+        udrop(c, i);
+        pthread_mutex_unlock(&c->locks[i % STRIPES]);
+    }
 }
 
 void keycache_stats_get(keycache *c, keycache_stats *out)
@@ -136,6 +252,8 @@ void keycache_stats_get(keycache *c, keycache_stats *out)
     out->hits = atomic_load(&c->hits);
     out->misses = atomic_load(&c->misses);
     out->invalidations = atomic_load(&c->invalidations);
+    out->unwrapped_hits = atomic_load(&c->uhits);
+    out->unwrapped_misses = atomic_load(&c->umisses);
 }
 
 void keycache_metrics_render(void *cache, FILE *f)
@@ -146,6 +264,12 @@ void keycache_metrics_render(void *cache, FILE *f)
     fprintf(f, "# HELP qkms_device_key_cache_total Device key cache lookups by result.\n"
                "# TYPE qkms_device_key_cache_total counter\n"
                "qkms_device_key_cache_total{result=\"hit\"} %llu\n"
-               "qkms_device_key_cache_total{result=\"miss\"} %llu\n",
-            (unsigned long long)ks.hits, (unsigned long long)ks.misses);
+               "qkms_device_key_cache_total{result=\"miss\"} %llu\n"
+               "# HELP qkms_device_key_unwrapped_cache_total Lookups of unwrapped device keys "
+               "(a hit skips a token unwrap).\n"
+               "# TYPE qkms_device_key_unwrapped_cache_total counter\n"
+               "qkms_device_key_unwrapped_cache_total{result=\"hit\"} %llu\n"
+               "qkms_device_key_unwrapped_cache_total{result=\"miss\"} %llu\n",
+            (unsigned long long)ks.hits, (unsigned long long)ks.misses,
+            (unsigned long long)ks.unwrapped_hits, (unsigned long long)ks.unwrapped_misses);
 }

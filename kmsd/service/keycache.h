@@ -1,7 +1,14 @@
 /*
- * keycache — a bounded cache of device key rows (the *wrapped* key and its
- * metadata, never plaintext) for the device request path, so that a request
- * costs one database round trip instead of two.
+ * keycache — a bounded cache of device key rows (the wrapped key and its
+ * metadata) for the device request path, so that a request costs one
+ * database round trip instead of two; and, optionally, of the device keys
+ * unwrapped from those rows, so that it also skips one token operation.
+ *
+ * Unwrapped keys live only in OpenSSL's secure heap (mlock'ed, excluded
+ * from core dumps, wiped when dropped): if kmsd has no secure heap, the
+ * unwrapped part is off. An unwrapped entry answers only for the exact
+ * wrapped blob it was unwrapped from (compared byte for byte), so a key
+ * rotation, a refill or a rewrap under a new master version misses it.
  *
  * Correctness never depends on it: the stored functions that answer the
  * request re-check device and key state in the request's own transaction
@@ -34,20 +41,37 @@ typedef struct {
 
 typedef struct keycache keycache;
 
-/* slots == 0 gives a cache that never hits. */
-keycache *keycache_new(size_t slots, int ttl_s);
+/* slots == 0 gives a cache that never hits; unwrapped_slots == 0 (or no
+ * secure heap) never holds an unwrapped key. */
+keycache *keycache_new(size_t slots, size_t unwrapped_slots, int ttl_s);
 void keycache_free(keycache *c);
 bool keycache_get(keycache *c, const char *device_id, int key_index, keycache_entry *out);
 void keycache_put(keycache *c, const char *device_id, int key_index, const keycache_entry *e);
+/* Drop the device's rows and wipe its unwrapped keys. */
 void keycache_invalidate(keycache *c, const char *device_id);
 /* Drop every entry (after this kmsd rewrapped keys under a new master key). */
 void keycache_clear(keycache *c);
 
+#define KEYCACHE_KEY_MAX 32
+
+/* The key unwrapped from exactly wrapped[0..wl), if cached and younger than
+ * the TTL: copied into key (cap bytes, the caller's secure memory). */
+bool keycache_get_unwrapped(keycache *c, const char *device_id, int key_index,
+                            const uint8_t *wrapped, size_t wl, uint8_t *key, size_t cap,
+                            size_t *key_len);
+/* Remember key (at most KEYCACHE_KEY_MAX bytes) as unwrapped from wrapped. */
+void keycache_put_unwrapped(keycache *c, const char *device_id, int key_index,
+                            const uint8_t *wrapped, size_t wl, const uint8_t *key,
+                            size_t key_len);
+/* Whether unwrapped keys are kept (slots > 0 and a secure heap). */
+bool keycache_holds_unwrapped(const keycache *c);
+
 typedef struct {
     uint64_t hits, misses, invalidations;
+    uint64_t unwrapped_hits, unwrapped_misses;
 } keycache_stats;
 void keycache_stats_get(keycache *c, keycache_stats *out);
-/* Hits and misses for /metrics (a metrics_render_fn; cache is a keycache). */
+/* Hits and misses of both parts for /metrics (a metrics_render_fn; cache is a keycache). */
 void keycache_metrics_render(void *cache, FILE *f);
 
 #endif

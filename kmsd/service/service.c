@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 
 #include "service/keycache.h"
+#include "service/session_seen.h"
 #include "service/master.h"
 #include "service/session_metrics.h"
 #include "service/session_id.h"
@@ -134,8 +135,12 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
         goto out;
     }
     s->smetrics = session_metrics_new();
-    s->keys = keycache_new((size_t)cfg->device_key_cache_size, cfg->device_key_cache_ttl);
-    if (!s->smetrics || !s->keys) {
+    s->keys = keycache_new((size_t)cfg->device_key_cache_size,
+                           (size_t)cfg->device_key_cache_unwrapped, cfg->device_key_cache_ttl);
+    /* 64 Ki slots (512 KiB): a hint for every session opened in the last
+     * half minute at 2,000 sessions/s. */
+    s->seen = session_seen_new(65536);
+    if (!s->smetrics || !s->keys || !s->seen) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
@@ -151,6 +156,7 @@ void service_close(qk_svc *s)
     session_metrics_free(s->smetrics);
     sessions_set_id_key(NULL, 0);
     keycache_free(s->keys);
+    session_seen_free(s->seen);
     entropy_close(s->ent);
     keywrap_free(s->kw);
     p11_close(s->token);

@@ -31,6 +31,7 @@
 #include "store/dbbatch.h"
 
 typedef struct keycache keycache;
+typedef struct session_seen session_seen;
 typedef struct session_metrics session_metrics;
 
 typedef struct qk_svc {
@@ -40,7 +41,8 @@ typedef struct qk_svc {
     p11_token *token;
     keywrap *kw;      /* the active master key, through the token */
     entropy *ent;     /* where key material comes from */
-    keycache *keys;   /* unwrapped device keys, secure heap */
+    keycache *keys;   /* device key rows; unwrapped keys in the secure heap */
+    session_seen *seen; /* sessions seen to exist: no candidate key for them */
     session_metrics *smetrics;
 } qk_svc;
 

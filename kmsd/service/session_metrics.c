@@ -81,13 +81,20 @@ void session_metrics_render(void *ctx, FILE *f)
             "qkms_sessions_ended_total{reason=\"ended_by_party\"} %llu\n"
             "qkms_sessions_ended_total{reason=\"ended_by_operator\"} %llu\n"
             "qkms_sessions_ended_total{reason=\"expired\"} %llu\n"
+            "# HELP qkms_session_candidate_keys_total Key requests by whether a candidate "
+            "session key went with them (skipped: the session was seen to exist).\n"
+            "# TYPE qkms_session_candidate_keys_total counter\n"
+            "qkms_session_candidate_keys_total{result=\"made\"} %llu\n"
+            "qkms_session_candidate_keys_total{result=\"skipped\"} %llu\n"
             "# HELP qkms_session_refusals_total Refused device requests, by reason.\n"
             "# TYPE qkms_session_refusals_total counter\n",
             (unsigned long long)atomic_load(&m->events[SESSION_EV_CREATED]),
             (unsigned long long)atomic_load(&m->events[SESSION_EV_DELIVERED]),
             (unsigned long long)atomic_load(&m->events[SESSION_EV_ENDED_BY_PARTY]),
             (unsigned long long)atomic_load(&m->events[SESSION_EV_ENDED_BY_OPERATOR]),
-            (unsigned long long)atomic_load(&m->events[SESSION_EV_REAPED]));
+            (unsigned long long)atomic_load(&m->events[SESSION_EV_REAPED]),
+            (unsigned long long)atomic_load(&m->events[SESSION_EV_CANDIDATE_MADE]),
+            (unsigned long long)atomic_load(&m->events[SESSION_EV_CANDIDATE_SKIPPED]));
     for (int i = 0; i < SESSION_REFUSE__N; i++)
         fprintf(f, "qkms_session_refusals_total{reason=\"%s\"} %llu\n", refuse_names[i],
                 (unsigned long long)atomic_load(&m->refused[i]));

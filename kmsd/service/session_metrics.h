@@ -54,6 +54,8 @@ typedef enum {
     SESSION_EV_ENDED_BY_PARTY,
     SESSION_EV_ENDED_BY_OPERATOR,
     SESSION_EV_REAPED,            /* expired sessions destroyed */
+    SESSION_EV_CANDIDATE_MADE,    /* a candidate session key drawn and wrapped */
+    SESSION_EV_CANDIDATE_SKIPPED, /* none: the session was seen to exist */
     SESSION_EV__N
 } session_event;
 

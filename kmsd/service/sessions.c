@@ -20,6 +20,7 @@
 #include "service/master.h"
 #include "service/session_id.h"
 #include "service/session_metrics.h"
+#include "service/session_seen.h"
 #include "store/pgjson.h"
 #include "store/queries.h"
 
@@ -39,26 +40,42 @@ static void uuid4(char out[37])
              b[14], b[15]);
 }
 
+/* A candidate session key: wrapped for the database, and the plaintext kept
+ * (secure heap) until the answer, so that the request that creates the
+ * session needs no token unwrap to deliver it. A request that goes without
+ * one (its session was seen to exist) has key == NULL and empty strings,
+ * i.e. NULL parameters. */
 typedef struct {
     char key_id[37];
     char wrapped_hex[2 * SESSION_WRAPPED_MAX + 1];
     char master[12];
     char bits[8];
     const char *provenance;
+    uint8_t *key; /* bits / 8 bytes, secure heap; NULL: no candidate */
+    size_t key_len;
 } candidate;
 
-/* A new session key from the entropy interface, wrapped under the master key. */
+static void candidate_clear(candidate *cd)
+{
+    if (cd->key)
+        OPENSSL_secure_clear_free(cd->key, 32);
+    OPENSSL_cleanse(cd, sizeof(*cd));
+}
+
+/* A new session key from the entropy interface, wrapped under the master
+ * key, into cd (its earlier key, if any, is wiped). */
 static qk_kind make_candidate(qk_svc *s, const qk_principal *who, const uint8_t hash[32], int bits,
                               candidate *cd, qk_err *e)
 {
-    uint8_t *key = OPENSSL_secure_malloc(32), wrapped[SESSION_WRAPPED_MAX];
+    uint8_t *key, wrapped[SESSION_WRAPPED_MAX];
     size_t wl = sizeof(wrapped);
     char ctx[160];
     uint32_t used;
     qk_kind r;
     CK_RV rv;
 
-    if (!key)
+    candidate_clear(cd);
+    if (!(key = OPENSSL_secure_malloc(32)))
         return qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
     if (entropy_get(s->ent, key, (size_t)bits / 8, &cd->provenance) != 0) {
         r = qk_fail(e, QK_UNAVAILABLE, "entropy_unavailable", "no entropy source available");
@@ -89,9 +106,14 @@ static qk_kind make_candidate(qk_svc *s, const qk_principal *who, const uint8_t 
     qkms_hex_encode(wrapped, wl, cd->wrapped_hex);
     snprintf(cd->master, sizeof(cd->master), "%u", keywrap_blob_version(wrapped, wl));
     snprintf(cd->bits, sizeof(cd->bits), "%d", bits);
+    cd->key = key;
+    cd->key_len = (size_t)bits / 8;
+    key = NULL;
     r = QK_OK;
+    session_metrics_count(s->smetrics, SESSION_EV_CANDIDATE_MADE, 1);
 out:
-    OPENSSL_secure_clear_free(key, 32);
+    if (key)
+        OPENSSL_secure_clear_free(key, 32);
     return r;
 }
 
@@ -147,12 +169,13 @@ typedef struct {
 static PGresult *session_key_alone(db_conn *c, void *arg, db_status *st)
 {
     const key_call *kc = arg;
+    const candidate *cd = kc->cd->key ? kc->cd : NULL;
     const char *vals[15] = {kc->sc->pk, kc->sc->kidx, (const char *)kc->a->nonce,
                             (const char *)kc->sc->hash, kc->sc->sid, kc->sc->peer,
-                            kc->sc->delivered ? "true" : "false", kc->cd->key_id,
-                            kc->cd->wrapped_hex, kc->cd->master, kc->cd->provenance,
-                            kc->cd->bits, kc->sc->ts, kc->sc->skew,
-                            (const char *)kc->sc->legacy};
+                            kc->sc->delivered ? "true" : "false", cd ? cd->key_id : NULL,
+                            cd ? cd->wrapped_hex : NULL, cd ? cd->master : NULL,
+                            cd ? cd->provenance : NULL, cd ? cd->bits : NULL, kc->sc->ts,
+                            kc->sc->skew, (const char *)kc->sc->legacy};
     int lens[15] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32};
     int fmts[15] = {0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
     return db_exec(c, Q_SESSION_KEY, 15, vals, lens, fmts, st);
@@ -166,10 +189,23 @@ static qk_kind session_key_call(qk_svc *s, const device_auth *a, const session_c
 {
     key_call kc = {a, sc, cd};
     char nonce[2 * QKP_NONCE_LEN + 1], hash[65], legacy[65];
+    bool has = cd->key != NULL;
     const char *vals[Q_SESSION_KEY_BATCH_PARAMS] = {
-        sc->pk,     sc->kidx,        nonce,      sc->ts,         sc->skew,
-        hash,       legacy,          sc->sid,    sc->peer,       sc->delivered ? "t" : "f",
-        cd->key_id, cd->wrapped_hex, cd->master, cd->provenance, cd->bits};
+        sc->pk,
+        sc->kidx,
+        nonce,
+        sc->ts,
+        sc->skew,
+        hash,
+        legacy,
+        sc->sid,
+        sc->peer,
+        sc->delivered ? "t" : "f",
+        has ? cd->key_id : NULL,
+        has ? cd->wrapped_hex : NULL,
+        has ? cd->master : NULL,
+        has ? cd->provenance : NULL,
+        has ? cd->bits : NULL};
     db_status st;
 
     if (!s->key_batch) {
@@ -268,9 +304,12 @@ void session_grant_clear(session_grant *g)
     memset(g, 0, sizeof(*g));
 }
 
-/* The "ok" row of qkms_session_key: unwrap its session key into g. */
-static qk_kind grant_from_row(qk_svc *s, const qk_principal *who, PGresult *r, session_grant *g,
-                              qk_err *e)
+/* The "ok" row of qkms_session_key: its session key into g, unwrapped by the
+ * token, or the candidate's plaintext when the row is the session this
+ * request just created from it (its key ID and wrapped key are the
+ * candidate's). */
+static qk_kind grant_from_row(qk_svc *s, const qk_principal *who, PGresult *r,
+                              const candidate *cd, session_grant *g, qk_err *e)
 {
     /* The wrap context names the hash the row is keyed by (a row from
      * before the keyed hash keeps its SHA-256, docs/sessions.md). */
@@ -293,8 +332,15 @@ static qk_kind grant_from_row(qk_svc *s, const qk_principal *who, PGresult *r, s
         qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
         goto out;
     }
-    rv = keywrap_unwrap(s->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, g->key,
-                        &g->key_len);
+    if (g->created && cd->key && cd->key_len == (size_t)g->key_bits / 8 &&
+        !strcmp(cd->key_id, key_id) && !strcmp(cd->wrapped_hex, whex)) {
+        memcpy(g->key, cd->key, cd->key_len);
+        g->key_len = cd->key_len;
+        rv = CKR_OK;
+    } else {
+        rv = keywrap_unwrap(s->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, g->key,
+                            &g->key_len);
+    }
     if (p11_rv_kind(rv) == P11_KIND_NOT_FOUND && master_refresh(s, NULL) == 0) {
         /* Rewrapped by another instance under a version we have not
          * loaded yet: load it and try once more. */
@@ -351,10 +397,14 @@ qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const
         k = qk_fail(e, QK_INVALID, "invalid_request", "peer_id must be another device's ID");
         goto out;
     }
-    /* A candidate key goes with the first call: when the session is new (the
-     * common first request) this saves a round trip; when it exists, the
-     * candidate is simply dropped (it never left kmsd unwrapped). */
-    if ((k = make_candidate(s, who, sc.hash, 128, &cd, e)) != QK_OK)
+    /* A candidate key goes with the first call unless this kmsd has seen
+     * the session exist (the second party, mostly): when the session is new
+     * this saves a round trip; when it exists, the candidate is dropped (it
+     * never left kmsd unwrapped). A session wrongly thought to exist is
+     * answered need_key, and the loop below makes the candidate. */
+    if (session_seen_has(s->seen, sc.hash))
+        session_metrics_count(s->smetrics, SESSION_EV_CANDIDATE_SKIPPED, 1);
+    else if ((k = make_candidate(s, who, sc.hash, 128, &cd, e)) != QK_OK)
         goto out;
     session_metrics_stage(s->smetrics, SESSION_STAGE_NEW_KEY, a->t0);
     for (int attempt = 0; attempt < 3; attempt++) {
@@ -365,7 +415,9 @@ qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const
             goto out;
         outcome = PQgetvalue(r, 0, 0);
         if (!strcmp(outcome, "ok")) {
-            k = grant_from_row(s, who, r, g, e);
+            k = grant_from_row(s, who, r, &cd, g, e);
+            if (k == QK_OK)
+                session_seen_add(s->seen, sc.hash);
             goto out;
         }
         if (strcmp(outcome, "need_key") != 0 && strcmp(outcome, "master_inactive") != 0) {
@@ -383,7 +435,7 @@ qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const
     k = qk_fail(e, QK_INTERNAL, "internal", "session could not be settled");
 out:
     PQclear(r);
-    OPENSSL_cleanse(&cd, sizeof(cd));
+    candidate_clear(&cd);
     OPENSSL_cleanse(&sc, sizeof(sc));
     return k;
 }

@@ -165,11 +165,12 @@ class Stack:
                 f"passfile={self.state}/secrets/pgpass")
 
     # -- kmsd -------------------------------------------------------------
-    def start(self, extra_env=None, wait=True, args=()):
+    def start(self, extra_env=None, wait=True, args=(), wrap=()):
+        """wrap: a command line that runs kmsd (prlimit, setpriv ...)."""
         env = dict(self.env)
         env.update(extra_env or {})
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([KMSD, "-c", self.conf, *args], env=env,
+        self.proc = subprocess.Popen([*wrap, KMSD, "-c", self.conf, *args], env=env,
                                      stdout=self.log, stderr=self.log)
         if OPENAPI:
             OPENAPI.ports.add(self.port)

@@ -135,7 +135,7 @@ def test_exec_child_starts_with_empty_signal_mask(fresh_stack):
     assert int(sig["SigIgn"], 16) & ~libc_internal == 0, f"ignored signals inherited: {sig['SigIgn']}"
 
 
-SECURE_HEAP_BYTES = 1 << 20  # kmsd/main.c
+SECURE_HEAP_BYTES = 1 << 22  # kmsd/main.c
 
 
 def pin_locations(pid, pin):

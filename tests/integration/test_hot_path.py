@@ -1,0 +1,152 @@
+"""The key request's token operations (issue 14, docs/performance.md):
+device keys kept unwrapped in the secure heap, no candidate session key for
+a session this kmsd has seen exist, and the creating request delivered its
+own candidate without unwrapping it again. Each saves a token operation;
+none may change an answer: both parties still hold the same key, a key row
+changed or a device suspended behind kmsd's back is still refused (see also
+test_sessions_hardening), and a wrong hint costs a round trip, not a
+request."""
+import re
+
+import pytest
+
+from conftest import Stack, _finish
+from helpers import error_code, get_key, make_device, post, uid
+
+
+def metric(st, name, labels):
+    m = re.search(rf'^{name}{{{labels}}} (\d+)$', st.admin("GET", "/metrics").text, re.M)
+    assert m, f"{name}{{{labels}}} not in /metrics"
+    return int(m.group(1))
+
+
+def unwrapped_hits(st):
+    return metric(st, "qkms_device_key_unwrapped_cache_total", 'result="hit"')
+
+
+def candidates(st):
+    return (metric(st, "qkms_session_candidate_keys_total", 'result="made"'),
+            metric(st, "qkms_session_candidate_keys_total", 'result="skipped"'))
+
+
+def pair_stack(name, extra_env=None, wrap=()):
+    st = Stack(name)
+    try:
+        st.start(extra_env=extra_env, wrap=wrap)
+        r = st.admin("POST", "/v1/admin/policies", json={"name": "all", "type_a": "*", "type_b": "*"})
+        assert r.status_code == 201, r.text
+    except BaseException:
+        st.destroy()
+        raise
+    return st
+
+
+@pytest.fixture(scope="module")
+def hp():
+    st = pair_stack("hot")
+    yield st
+    _finish(st)
+
+
+def test_device_key_unwrapped_once(hp):
+    veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
+    h0 = unwrapped_hits(hp)
+    for _ in range(3):
+        sid = uid()
+        assert get_key(hp, veh, sid, enc).key == get_key(hp, enc, sid, veh).key
+    # Each device's first request unwraps (a miss); its next two do not.
+    assert unwrapped_hits(hp) - h0 >= 4
+
+
+def test_key_retired_behind_kmsds_back_is_refused(hp):
+    """The key's row changes in the database without this kmsd knowing (a
+    maintenance pass, another instance): the unwrapped key still opens the
+    request, and the request's own transaction refuses it; kmsd then drops
+    what it cached for the device."""
+    veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
+    get_key(hp, veh, uid(), enc)
+    get_key(hp, veh, uid(), enc)  # the unwrapped key is cached now
+    hp.psql(f"UPDATE device_keys SET state = 'retired', retired_at = now() "
+            f"WHERE device_pk = (SELECT id FROM devices WHERE device_id = '{veh.device_id}')")
+    for _ in range(2):
+        r = post(hp, veh.key_request(uid(), enc.device_id))
+        assert r.status_code == 401 and error_code(r) == "unauthenticated", r.text
+
+
+def test_second_party_goes_without_a_candidate(hp):
+    veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
+    sid = uid()
+    made0, skipped0 = candidates(hp)
+    k1 = get_key(hp, veh, sid, enc)
+    assert candidates(hp) == (made0 + 1, skipped0)
+    k2 = get_key(hp, enc, sid, veh)
+    assert candidates(hp) == (made0 + 1, skipped0 + 1)
+    assert k1.key == k2.key and k1.key_id == k2.key_id
+    # Again, either party: still the same key, still no candidate.
+    assert get_key(hp, veh, sid, enc).key == k1.key
+    assert candidates(hp) == (made0 + 1, skipped0 + 2)
+
+
+def test_wrong_hint_costs_a_round_trip_not_the_request(hp):
+    """The session vanishes behind kmsd's back (no tombstone: as if the
+    tombstone had been purged): the hint says it exists, the database says
+    need_key, and kmsd asks again with a candidate. A new session, a new
+    key, both parties agree."""
+    veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
+    sid = uid()
+    old = get_key(hp, veh, sid, enc)
+    assert get_key(hp, enc, sid, veh).key == old.key
+    hp.psql(f"DELETE FROM sessions WHERE initiator_id = '{veh.device_id}'")
+    made0, skipped0 = candidates(hp)
+    new = get_key(hp, veh, sid, enc)
+    assert candidates(hp) == (made0 + 1, skipped0 + 1)
+    assert new.key_id != old.key_id and new.key != old.key
+    assert get_key(hp, enc, sid, veh).key == new.key
+
+
+def test_ended_session_with_a_hint_is_ended(hp):
+    veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
+    sid = uid()
+    get_key(hp, veh, sid, enc)
+    r = post(hp, veh.end_request(sid))
+    assert r.status_code == 200, r.text
+    r = post(hp, enc.key_request(sid, veh.device_id))
+    assert r.status_code == 409 and error_code(r) == "session_ended", r.text
+
+
+def test_delivered_mode_creator_and_peer_agree(hp):
+    veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
+    sid = uid()
+    a = get_key(hp, veh, sid, enc, delivered=True)
+    b = get_key(hp, enc, sid, veh, delivered=True)
+    assert a.key == b.key
+    r = post(hp, veh.key_request(sid, enc.device_id, delivered=True))
+    assert r.status_code == 409 and error_code(r) == "session_ended", r.text
+
+
+def test_unwrapped_cache_off(request):
+    st = pair_stack("hot-off", {"QKMS_DEVICE_KEY_CACHE_UNWRAPPED": "0"})
+    request.addfinalizer(lambda: _finish(st))
+    veh, enc = make_device(st, "vehicle"), make_device(st, "encryptor")
+    for _ in range(3):
+        sid = uid()
+        assert get_key(st, veh, sid, enc).key == get_key(st, enc, sid, veh).key
+    assert unwrapped_hits(st) == 0
+
+
+def test_no_unwrapped_keys_without_a_locked_heap(request):
+    """RLIMIT_MEMLOCK 0 and no CAP_IPC_LOCK (as in a container that drops
+    every capability): the secure heap cannot be locked, so plaintext keys
+    are not kept (kmsd says so), and requests still work."""
+    st = pair_stack("hot-nolock", wrap=("prlimit", "--memlock=0:0", "setpriv", "--bounding-set",
+                                        "-ipc_lock", "--inh-caps", "-ipc_lock"))
+    request.addfinalizer(lambda: _finish(st))
+    msgs = [r.get("msg") for r in st.log_records()]
+    assert "secure heap unavailable (RLIMIT_MEMLOCK?); key buffers not locked" in msgs
+    assert "unwrapped device keys are not cached: the secure heap is not locked" in msgs
+    veh, enc = make_device(st, "vehicle"), make_device(st, "encryptor")
+    for _ in range(2):
+        sid = uid()
+        assert get_key(st, veh, sid, enc).key == get_key(st, enc, sid, veh).key
+    assert unwrapped_hits(st) == 0
+
