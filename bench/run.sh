@@ -5,7 +5,13 @@
 #   BENCH_SECONDS   seconds per run (default 5)
 #   BENCH_DEVICES   devices for the import benchmark (default 10000)
 #   BENCH_THREADING=both   also measure MHD's pool threading model
-#   BENCH_PARTS     which parts: "import http sessions entropy" (default all)
+#   BENCH_PARTS     which parts: "import http sessions entropy" (default all),
+#                   or "scale" (minutes: see bench_scale below)
+#   BENCH_SCALE_DEVICES  devices registered by the scale part (default 1000000)
+#   BENCH_SCALE_SESSIONS open sessions added by it (default 100000)
+#   BENCH_SCALE_EXPIRED  expired sessions it gives the reaper (default 50000)
+#   BENCH_PG_SETTINGS    extra postgresql.conf lines for this run, "name=value ..."
+#                        (to measure a setting against the shipped ones)
 # The last line reads: deliveries_per_s=N p99_ms=X pg_floor_tps=F ratio=R
 # (the best concurrency of the "deliveries" runs: two key requests per
 # session; the "sessions" runs add the end request).
@@ -41,6 +47,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 sh "$ROOT/scripts/qkms-local.sh" init 2>/dev/null
+if [ -n "${BENCH_PG_SETTINGS:-}" ]; then
+    for kv in $BENCH_PG_SETTINGS; do echo "$kv" | sed 's/=/ = /'; done >> "$STATE/pg/data/postgresql.conf"
+    sh "$ROOT/scripts/qkms-local.sh" stop-db >/dev/null 2>&1
+    sh "$ROOT/scripts/qkms-local.sh" start-db >/dev/null 2>&1
+    echo "# PostgreSQL settings added: $BENCH_PG_SETTINGS"
+fi
 CONNINFO="host=$STATE/pg/run port=$QKMS_PG_PORT dbname=qkms user=qkms passfile=$STATE/secrets/pgpass"
 URL="http://127.0.0.1:$QKMS_PORT"
 
@@ -122,7 +134,7 @@ run_model() { # threading
 
 # -- the session-key protocol ------------------------------------------------
 NPAIRS=64
-bench_sessions() {
+bench_sessions_setup() { # kmsd with the bench pairs, their fills in $STATE/fill
     start_kmsd connection 16
     admin POST /v1/admin/policies '{"name":"bench","type_a":"vehicle","type_b":"encryptor"}' >/dev/null
     mkdir -p "$STATE/fill"
@@ -140,6 +152,9 @@ bench_sessions() {
         done
         i=$((i+1))
     done
+}
+bench_sessions() {
+    bench_sessions_setup
     for c in 1 16 64; do
         k0=$(cpu_of "$PID"); p0=$(pg_cpu); b0=$(date +%s.%N)
         "$OUT/session_bench" "$QKMS_PORT" $c "$SECS" "$STATE/fill" $NPAIRS deliveries | tee "$STATE/last"
@@ -162,6 +177,64 @@ bench_sessions() {
     "$OUT/loadgen" -p 1 -c 1 -s 0.01 /healthz >/dev/null 2>&1 || true
 }
 
+# -- scale: the same deliveries with a fleet in the database -----------------
+# Deliveries at 16 and 64 clients (the 64 bench pairs) three times in one
+# stack: on the small database; after importing BENCH_SCALE_DEVICES devices
+# (4 keys each, through `kmsctl device import`: the import is itself a line)
+# and adding BENCH_SCALE_SESSIONS open sessions between them; and right
+# after adding BENCH_SCALE_EXPIRED sessions past their lifetime, while the
+# reaper destroys them. The added sessions are filler rows written by SQL
+# (random bytes where the wrapped key goes, never requested); the devices
+# are real registrations.
+sql() { psql -X -q -At -d "$CONNINFO" -v ON_ERROR_STOP=1 -c "$1"; }
+scale_runs() { # phase
+    for c in 16 64; do
+        k0=$(cpu_of "$PID"); p0=$(pg_cpu)
+        "$OUT/session_bench" "$QKMS_PORT" $c "$SECS" "$STATE/fill" $NPAIRS deliveries > "$STATE/last"
+        k1=$(cpu_of "$PID"); p1=$(pg_cpu)
+        d=$(field deliveries < "$STATE/last")
+        awk -v ph="$1" -v k0="$k0" -v k1="$k1" -v p0="$p0" -v p1="$p1" -v d="$d" \
+            -v line="$(sed 's/^name=deliveries //' "$STATE/last")" \
+            'BEGIN { printf "name=scale phase=%s %s cpu_us_per_delivery=%.0f\n", ph, line, (d > 0 ? 1e6*((k1-k0)+(p1-p0))/d : 0) }'
+    done
+}
+add_sessions() { # n, expires-at SQL expression, id prefix
+    sql "INSERT INTO sessions (session_hash, session_id, key_id, key_bits, wrapped_key, master_version,
+             provenance, initiator, responder, initiator_id, responder_id, policy, delivery,
+             idle_timeout_s, expires_at)
+         SELECT sha256(convert_to('$3' || g, 'UTF8')), '$3' || g, gen_random_uuid(), 128,
+                decode(md5('$3' || g) || md5(g || '$3') || md5('x' || g), 'hex'),
+                (SELECT version FROM master_keys WHERE state = 'active'), 'bench filler',
+                a.id, b.id, a.device_id, b.device_id, 'bench', 'session', 86400, $2
+           FROM generate_series(0, $1 - 1) g
+           JOIN devices a ON a.device_id = 'SCALE-' || lpad(((2 * g) % $SCALE_DEVICES)::text, 7, '0')
+           JOIN devices b ON b.device_id = 'SCALE-' || lpad(((2 * g + 1) % $SCALE_DEVICES)::text, 7, '0')"
+}
+bench_scale() {
+    SCALE_DEVICES=${BENCH_SCALE_DEVICES:-1000000}
+    bench_sessions_setup
+    scale_runs small
+    csv="$STATE/scale.csv"
+    awk -v n="$SCALE_DEVICES" 'BEGIN { print "device_id,type,group,keys"
+        for (i = 0; i < n; i++) printf "SCALE-%07d,%s,scale,4\n", i, (i % 2 ? "vehicle" : "encryptor") }' > "$csv"
+    t0=$(date +%s.%N)
+    KMS_ADDR="$URL" KMS_TOKEN_FILE="$STATE/admin.token" "$KMSCTL" --timeout 3600 device import "$csv" >/dev/null
+    t1=$(date +%s.%N)
+    rm -f "$csv"
+    awk -v n="$SCALE_DEVICES" -v a="$t0" -v b="$t1" \
+        'BEGIN { printf "name=import_scale devices=%d keys=%d seconds=%.1f devices_per_s=%.0f keys_per_s=%.0f\n", n, 4*n, b-a, n/(b-a), 4*n/(b-a) }'
+    add_sessions "${BENCH_SCALE_SESSIONS:-100000}" "now() + interval '1 day'" "scale-open-"
+    sql "VACUUM ANALYZE" 2>/dev/null || true
+    echo "name=scale_db $(sql "SELECT 'devices=' || (SELECT count(*) FROM devices) || ' device_keys=' || (SELECT count(*) FROM device_keys) || ' open_sessions=' || (SELECT count(*) FROM sessions) || ' db_mb=' || pg_database_size(current_database()) / 1048576")"
+    scale_runs fleet
+    n0=$(sql "SELECT count(*) FROM session_tombstones WHERE reason = 'max_lifetime'")
+    add_sessions "${BENCH_SCALE_EXPIRED:-50000}" "now() - interval '1 minute'" "scale-expired-"
+    scale_runs reaping
+    n1=$(sql "SELECT count(*) FROM session_tombstones WHERE reason = 'max_lifetime'")
+    echo "name=scale_reaper destroyed_during_runs=$((n1 - n0))"
+    stop_kmsd
+}
+
 echo "# kmsd benchmark: $(nproc) cores, ${SECS}s per run, loopback, release build, durable commits"
 for part in $PARTS; do
     case $part in
@@ -171,6 +244,7 @@ for part in $PARTS; do
         if [ "${BENCH_THREADING:-}" = both ]; then run_model pool | tee -a "$OUT/http.txt"; fi ;;
     entropy) bench_entropy | tee "$OUT/entropy.txt" ;;
     sessions) bench_sessions | tee "$OUT/sessions.txt" ;;
+    scale) bench_scale | tee "$OUT/scale.txt" ;;
     esac
 done
 

@@ -150,3 +150,40 @@ def test_no_unwrapped_keys_without_a_locked_heap(request):
         assert get_key(st, veh, sid, enc).key == get_key(st, enc, sid, veh).key
     assert unwrapped_hits(st) == 0
 
+
+# ---- schema/009: the stored function's writes --------------------------------
+
+@pytest.mark.parametrize("sql", [
+    "DELETE FROM devices WHERE device_id = '{did}'",
+    "TRUNCATE devices CASCADE",
+    "UPDATE devices SET id = id + 1000000 WHERE device_id = '{did}'",
+    "DELETE FROM master_keys",
+    "TRUNCATE master_keys CASCADE",
+    "UPDATE master_keys SET version = version + 1000",
+])
+def test_devices_and_master_versions_are_never_removed(hp, sql):
+    """Sessions and nonces reference devices and master versions without
+    foreign keys (no row lock per request): what keeps those references
+    true is that the rows they name can never go or change their key."""
+    veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
+    sid = uid()
+    k = get_key(hp, veh, sid, enc)
+    with pytest.raises(AssertionError, match="never deleted"):
+        hp.psql(sql.format(did=veh.device_id))
+    assert get_key(hp, enc, sid, veh).key == k.key
+
+
+def test_created_row_is_written_once(hp):
+    """The creating request writes the session already delivered to its
+    initiator; the responder's request stamps its own delivery."""
+    veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
+    sid = uid()
+    get_key(hp, veh, sid, enc)
+    row = hp.psql("SELECT initiator_delivered_at IS NOT NULL, responder_delivered_at IS NULL, "
+                  "last_used_at = created_at FROM sessions "
+                  f"WHERE initiator_id = '{veh.device_id}'").strip()
+    assert row == "t|t|t"
+    get_key(hp, enc, sid, veh)
+    row = hp.psql("SELECT initiator_delivered_at IS NOT NULL, responder_delivered_at IS NOT NULL "
+                  f"FROM sessions WHERE initiator_id = '{veh.device_id}'").strip()
+    assert row == "t|t"
