@@ -85,16 +85,22 @@ pg_cpu() {
 field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) { split($i, a, "="); if (a[1] == k) print a[2] } }'; }
 
 # -- registering devices through the import path ----------------------------
+# Register n devices with 4 keys each through `kmsctl device import` and print
+# one line: name=<name> devices keys seconds devices_per_s keys_per_s.
+import_devices() { # name n id-printf-format group
+    csv="$STATE/import.csv"
+    awk -v n="$2" -v f="$3" -v g="$4" 'BEGIN { print "device_id,type,group,keys"
+        for (i = 0; i < n; i++) printf f ",%s,%s,4\n", i, (i % 2 ? "vehicle" : "encryptor"), g }' > "$csv"
+    t0=$(date +%s.%N)
+    KMS_ADDR="$URL" KMS_TOKEN_FILE="$STATE/admin.token" "$KMSCTL" --timeout 3600 device import "$csv" >/dev/null
+    t1=$(date +%s.%N)
+    rm -f "$csv"
+    awk -v nm="$1" -v n="$2" -v a="$t0" -v b="$t1" \
+        'BEGIN { printf "name=%s devices=%d keys=%d seconds=%.2f devices_per_s=%.0f keys_per_s=%.0f\n", nm, n, 4*n, b-a, n/(b-a), 4*n/(b-a) }'
+}
 bench_import() {
     start_kmsd connection
-    csv="$STATE/devices.csv"
-    awk -v n="$BENCH_DEVICES" 'BEGIN { print "device_id,type,group,keys"
-        for (i = 0; i < n; i++) printf "BENCH-%06d,%s,bench,4\n", i, (i % 2 ? "vehicle" : "encryptor") }' > "$csv"
-    t0=$(date +%s.%N)
-    KMS_ADDR="$URL" KMS_TOKEN_FILE="$STATE/admin.token" "$KMSCTL" --timeout 600 device import "$csv" >/dev/null
-    t1=$(date +%s.%N)
-    awk -v n="$BENCH_DEVICES" -v a="$t0" -v b="$t1" \
-        'BEGIN { printf "name=import devices=%d keys=%d seconds=%.2f devices_per_s=%.0f keys_per_s=%.0f\n", n, 4*n, b-a, n/(b-a), 4*n/(b-a) }'
+    import_devices import "$BENCH_DEVICES" BENCH-%06d bench
     "$OUT/loadgen" -p "$QKMS_PORT" -c 16 -s "$SECS" -N "device_get" \
         -H "Authorization: Bearer $(cat "$STATE/admin.token")" /v1/admin/devices/BENCH-000042
     stop_kmsd
@@ -214,15 +220,7 @@ bench_scale() {
     SCALE_DEVICES=${BENCH_SCALE_DEVICES:-1000000}
     bench_sessions_setup
     scale_runs small
-    csv="$STATE/scale.csv"
-    awk -v n="$SCALE_DEVICES" 'BEGIN { print "device_id,type,group,keys"
-        for (i = 0; i < n; i++) printf "SCALE-%07d,%s,scale,4\n", i, (i % 2 ? "vehicle" : "encryptor") }' > "$csv"
-    t0=$(date +%s.%N)
-    KMS_ADDR="$URL" KMS_TOKEN_FILE="$STATE/admin.token" "$KMSCTL" --timeout 3600 device import "$csv" >/dev/null
-    t1=$(date +%s.%N)
-    rm -f "$csv"
-    awk -v n="$SCALE_DEVICES" -v a="$t0" -v b="$t1" \
-        'BEGIN { printf "name=import_scale devices=%d keys=%d seconds=%.1f devices_per_s=%.0f keys_per_s=%.0f\n", n, 4*n, b-a, n/(b-a), 4*n/(b-a) }'
+    import_devices import_scale "$SCALE_DEVICES" SCALE-%07d scale
     add_sessions "${BENCH_SCALE_SESSIONS:-100000}" "now() + interval '1 day'" "scale-open-"
     sql "VACUUM ANALYZE" 2>/dev/null || true
     echo "name=scale_db $(sql "SELECT 'devices=' || (SELECT count(*) FROM devices) || ' device_keys=' || (SELECT count(*) FROM device_keys) || ' open_sessions=' || (SELECT count(*) FROM sessions) || ' db_mb=' || pg_database_size(current_database()) / 1048576")"
