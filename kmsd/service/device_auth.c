@@ -45,7 +45,8 @@ void device_auth_clear(device_auth *a)
 
 /* The device key row of rq: 2 from the cache, 1 read by one indexed query
  * (then cached), 0 when there is none, -1 on error (e set). */
-static int load_key_row(qk_svc *s, const device_request *rq, keycache_entry *row, qk_err *e)
+static int load_key_row(qk_svc *s, const device_request *rq, keycache_entry *row, uint64_t gen,
+                        qk_err *e)
 {
     char idx[8];
     const char *vals[2] = {rq->device_id, idx};
@@ -78,13 +79,13 @@ static int load_key_row(qk_svc *s, const device_request *rq, keycache_entry *row
                                                 row->wrapped, sizeof(row->wrapped));
     row->wrapped_len = bl > 0 ? (size_t)bl : 0;
     PQclear(r);
-    keycache_put(s->keys, rq->device_id, rq->key_index, row);
+    keycache_put(s->keys, rq->device_id, rq->key_index, row, gen);
     return 1;
 }
 
 /* Unwrap the device key of row (found: load_key_row's answer) into a->key. */
 static CK_RV unwrap_device_key(qk_svc *s, const device_request *rq, keycache_entry *row, int found,
-                               const char *ctx, device_auth *a, qk_err *e)
+                               uint64_t cgen, const char *ctx, device_auth *a, qk_err *e)
 {
     CK_RV rv;
     uint64_t gen = p11_generation(s->token);
@@ -114,7 +115,8 @@ static CK_RV unwrap_device_key(qk_svc *s, const device_request *rq, keycache_ent
          * would fail the same way again. */
         master_refresh(s, NULL);
         keycache_invalidate(s->keys, rq->device_id);
-        if (load_key_row(s, rq, row, e) > 0 && row->wrapped_len) {
+        cgen = keycache_generation(s->keys);
+        if (load_key_row(s, rq, row, cgen, e) > 0 && row->wrapped_len) {
             a->key_len = DEVICE_KEY_BUF;
             rv = keywrap_unwrap(s->kw, (const uint8_t *)ctx, strlen(ctx), row->wrapped,
                                 row->wrapped_len, a->key, &a->key_len);
@@ -122,7 +124,7 @@ static CK_RV unwrap_device_key(qk_svc *s, const device_request *rq, keycache_ent
     }
     if (rv == CKR_OK)
         keycache_put_unwrapped(s->keys, rq->device_id, rq->key_index, row->wrapped,
-                               row->wrapped_len, a->key, a->key_len);
+                               row->wrapped_len, a->key, a->key_len, cgen);
     return rv;
 }
 
@@ -158,6 +160,7 @@ qk_kind device_auth_open(qk_svc *s, const log_ctx *log, const device_request *rq
 {
     char ctx[256], aad[QKP_MAX_AAD];
     int aad_len, found;
+    uint64_t cgen;
     keycache_entry row;
     const char *why;
     qk_err local;
@@ -174,7 +177,10 @@ qk_kind device_auth_open(qk_svc *s, const log_ctx *log, const device_request *rq
     a->key_index = rq->key_index;
     memcpy(a->nonce, rq->nonce, QKP_NONCE_LEN);
     a->t0 = rq->t0;
-    if ((found = load_key_row(s, rq, &row, e)) < 0) {
+    /* Read before the row: what a concurrent invalidate drops is not put
+     * back by this request (keycache_generation). */
+    cgen = keycache_generation(s->keys);
+    if ((found = load_key_row(s, rq, &row, cgen, e)) < 0) {
         r = e->kind;
         goto out;
     }
@@ -195,7 +201,7 @@ qk_kind device_auth_open(qk_svc *s, const log_ctx *log, const device_request *rq
         goto out;
     }
     device_key_context(rq->device_id, rq->key_index, row.key_bits, ctx, sizeof(ctx));
-    rv = unwrap_device_key(s, rq, &row, found, ctx, a, e);
+    rv = unwrap_device_key(s, rq, &row, found, cgen, ctx, a, e);
     session_metrics_stage(s->smetrics, SESSION_STAGE_KEY_UNWRAP, rq->t0);
     if (rv != CKR_OK) {
         log_with(log, LOG_ERROR, "device key unwrap failed", "{s:s,s:s,s:i}", "ckr",

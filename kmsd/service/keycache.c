@@ -8,11 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "deadline.h"
+#include "log.h"
 #include "qkms_proto.h"
 
 #define STRIPES 64
+
+/* Entry ages on the monotonic clock: a wall-clock step back must not keep
+ * a key past its TTL. */
+static time_t now_s(void) { return (time_t)(deadline_now_ms() / 1000); }
 
 typedef struct {
     bool used;
@@ -42,6 +49,7 @@ struct keycache {
     int ttl;
     pthread_mutex_t locks[STRIPES];
     _Atomic uint64_t hits, misses, invalidations, uhits, umisses;
+    _Atomic uint64_t generation; /* bumped by every invalidate and clear */
 };
 
 /* FNV-1a over the ID and the index. */
@@ -81,6 +89,8 @@ keycache *keycache_new(size_t slots, size_t unwrapped_slots, int ttl_s)
         c->keys = OPENSSL_secure_zalloc(unwrapped_slots * KEYCACHE_KEY_MAX);
         c->uslots = calloc(unwrapped_slots, sizeof(uslot));
         if (!c->keys || !c->uslots || !CRYPTO_secure_allocated(c->keys)) {
+            log_emit(LOG_WARN, "unwrapped device keys are not cached: no room in the secure heap",
+                     "{s:I}", "slots", (json_int_t)unwrapped_slots);
             OPENSSL_secure_clear_free(c->keys, unwrapped_slots * KEYCACHE_KEY_MAX);
             free(c->uslots);
             c->keys = NULL;
@@ -134,7 +144,7 @@ bool keycache_get_unwrapped(keycache *c, const char *id, int idx, const uint8_t 
     pthread_mutex_lock(&c->locks[i % STRIPES]);
     uslot *u = &c->uslots[i];
     if (u->used && u->key_index == idx && !strcmp(u->device_id, id)) {
-        if (time(NULL) - u->stored >= c->ttl)
+        if (now_s() - u->stored >= c->ttl)
             udrop(c, i); /* expired: not left lying in memory until reused */
         else if (u->wrapped_len == wl && !memcmp(u->wrapped, wrapped, wl) && u->key_len <= cap) {
             memcpy(key, c->keys + i * KEYCACHE_KEY_MAX, u->key_len);
@@ -148,7 +158,7 @@ bool keycache_get_unwrapped(keycache *c, const char *id, int idx, const uint8_t 
 }
 
 void keycache_put_unwrapped(keycache *c, const char *id, int idx, const uint8_t *wrapped,
-                            size_t wl, const uint8_t *key, size_t key_len)
+                            size_t wl, const uint8_t *key, size_t key_len, uint64_t gen)
 {
     size_t i;
     if (!c->un || strlen(id) > QKP_MAX_ID || wl > KEYCACHE_WRAPPED_MAX ||
@@ -156,12 +166,18 @@ void keycache_put_unwrapped(keycache *c, const char *id, int idx, const uint8_t 
         return;
     i = uslot_of(c, id, idx);
     pthread_mutex_lock(&c->locks[i % STRIPES]);
+    /* Checked under the slot's lock: an invalidate that bumped the
+     * generation before this point has its wipe of this slot after it. */
+    if (atomic_load(&c->generation) != gen) {
+        pthread_mutex_unlock(&c->locks[i % STRIPES]);
+        return;
+    }
     uslot *u = &c->uslots[i];
     udrop(c, i);
     u->used = true;
     strcpy(u->device_id, id);
     u->key_index = idx;
-    u->stored = time(NULL);
+    u->stored = now_s();
     memcpy(u->wrapped, wrapped, wl);
     u->wrapped_len = wl;
     memcpy(c->keys + i * KEYCACHE_KEY_MAX, key, key_len);
@@ -181,7 +197,7 @@ bool keycache_get(keycache *c, const char *id, int idx, keycache_entry *out)
     pthread_mutex_lock(&c->locks[i % STRIPES]);
     slot *s = &c->slots[i];
     if (s->used && s->key_index == idx && !strcmp(s->device_id, id) &&
-        time(NULL) - s->stored < c->ttl) {
+        now_s() - s->stored < c->ttl) {
         *out = s->e;
         hit = true;
     }
@@ -190,18 +206,22 @@ bool keycache_get(keycache *c, const char *id, int idx, keycache_entry *out)
     return hit;
 }
 
-void keycache_put(keycache *c, const char *id, int idx, const keycache_entry *e)
+void keycache_put(keycache *c, const char *id, int idx, const keycache_entry *e, uint64_t gen)
 {
     size_t i;
     if (!c->n || strlen(id) > QKP_MAX_ID)
         return;
     i = slot_of(c, id, idx);
     pthread_mutex_lock(&c->locks[i % STRIPES]);
+    if (atomic_load(&c->generation) != gen) {
+        pthread_mutex_unlock(&c->locks[i % STRIPES]);
+        return;
+    }
     slot *s = &c->slots[i];
     s->used = true;
     strcpy(s->device_id, id);
     s->key_index = idx;
-    s->stored = time(NULL);
+    s->stored = now_s();
     s->e = *e;
     pthread_mutex_unlock(&c->locks[i % STRIPES]);
 }
@@ -210,6 +230,7 @@ void keycache_invalidate(keycache *c, const char *id)
 {
     if (!c->n && !c->un)
         return;
+    atomic_fetch_add(&c->generation, 1);
     atomic_fetch_add(&c->invalidations, 1);
     for (int idx = 0; idx < 256; idx++) {
         if (c->n) {
@@ -231,8 +252,26 @@ void keycache_invalidate(keycache *c, const char *id)
     }
 }
 
+uint64_t keycache_generation(keycache *c) { return atomic_load(&c->generation); }
+
+size_t keycache_expire(keycache *c)
+{
+    time_t now = now_s();
+    size_t n = 0;
+    for (size_t i = 0; i < c->un; i++) {
+        pthread_mutex_lock(&c->locks[i % STRIPES]);
+        if (c->uslots[i].used && now - c->uslots[i].stored >= c->ttl) {
+            udrop(c, i);
+            n++;
+        }
+        pthread_mutex_unlock(&c->locks[i % STRIPES]);
+    }
+    return n;
+}
+
 void keycache_clear(keycache *c)
 {
+    atomic_fetch_add(&c->generation, 1);
     for (size_t i = 0; i < c->n; i++) {
         pthread_mutex_lock(&c->locks[i % STRIPES]);
         if (c->slots[i].used)

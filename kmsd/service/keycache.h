@@ -6,7 +6,7 @@
  *
  * Unwrapped keys live only in OpenSSL's secure heap (mlock'ed, excluded
  * from core dumps, wiped when dropped): if kmsd has no secure heap, the
- * unwrapped part is off. An unwrapped entry answers only for the exact
+ * unwrapped part is off. Ages are on the monotonic clock. An unwrapped entry answers only for the exact
  * wrapped blob it was unwrapped from (compared byte for byte), so a key
  * rotation, a refill or a rewrap under a new master version misses it.
  *
@@ -46,7 +46,13 @@ typedef struct keycache keycache;
 keycache *keycache_new(size_t slots, size_t unwrapped_slots, int ttl_s);
 void keycache_free(keycache *c);
 bool keycache_get(keycache *c, const char *device_id, int key_index, keycache_entry *out);
-void keycache_put(keycache *c, const char *device_id, int key_index, const keycache_entry *e);
+/* The generation to pass to the puts: read it before reading the row that
+ * will be put. A put is dropped when an invalidate or clear came in
+ * between, so a row read (or a key unwrapped) before a device changed is
+ * never cached after this kmsd dropped the device. */
+uint64_t keycache_generation(keycache *c);
+void keycache_put(keycache *c, const char *device_id, int key_index, const keycache_entry *e,
+                  uint64_t gen);
 /* Drop the device's rows and wipe its unwrapped keys. */
 void keycache_invalidate(keycache *c, const char *device_id);
 /* Drop every entry (after this kmsd rewrapped keys under a new master key). */
@@ -62,7 +68,11 @@ bool keycache_get_unwrapped(keycache *c, const char *device_id, int key_index,
 /* Remember key (at most KEYCACHE_KEY_MAX bytes) as unwrapped from wrapped. */
 void keycache_put_unwrapped(keycache *c, const char *device_id, int key_index,
                             const uint8_t *wrapped, size_t wl, const uint8_t *key,
-                            size_t key_len);
+                            size_t key_len, uint64_t gen);
+/* Wipe the unwrapped keys older than the TTL (the maintenance thread calls
+ * it every session_reap_interval), so a key nobody asks for again does not
+ * stay in memory. Returns how many it wiped. */
+size_t keycache_expire(keycache *c);
 /* Whether unwrapped keys are kept (slots > 0 and a secure heap). */
 bool keycache_holds_unwrapped(const keycache *c);
 

@@ -11,6 +11,7 @@
 
 #include "service/audit.h"
 #include "service/audit_seal.h"
+#include "service/keycache.h"
 #include "deadline.h"
 #include "log.h"
 #include "store/pgjson.h"
@@ -149,6 +150,7 @@ static void *loop(void *arg)
         if (sessions_reap(m->k) < 0)
             log_emit(LOG_WARN, "session reaper pass failed; will retry", NULL);
         audit_chain_seal(m->k, NULL, NULL); /* hash-chain new audit rows (logs its failures) */
+        keycache_expire(m->k->keys); /* no unwrapped key outlives its TTL by more than a pass */
         wrap_budget_step(m);
         /* Master key rotation: adopt new versions, rewrap, destroy unused. */
         for (int i = 0; i < 20 && rotation_pass(m->k) > 0; i++)

@@ -86,6 +86,11 @@ void session_metrics_render(void *ctx, FILE *f)
             "# TYPE qkms_session_candidate_keys_total counter\n"
             "qkms_session_candidate_keys_total{result=\"made\"} %llu\n"
             "qkms_session_candidate_keys_total{result=\"skipped\"} %llu\n"
+            "# HELP qkms_session_key_sources_total Session keys delivered, by where the plaintext "
+            "came from (candidate: the creating request's own; token: an unwrap of the row).\n"
+            "# TYPE qkms_session_key_sources_total counter\n"
+            "qkms_session_key_sources_total{source=\"candidate\"} %llu\n"
+            "qkms_session_key_sources_total{source=\"token\"} %llu\n"
             "# HELP qkms_session_refusals_total Refused device requests, by reason.\n"
             "# TYPE qkms_session_refusals_total counter\n",
             (unsigned long long)atomic_load(&m->events[SESSION_EV_CREATED]),
@@ -94,7 +99,9 @@ void session_metrics_render(void *ctx, FILE *f)
             (unsigned long long)atomic_load(&m->events[SESSION_EV_ENDED_BY_OPERATOR]),
             (unsigned long long)atomic_load(&m->events[SESSION_EV_REAPED]),
             (unsigned long long)atomic_load(&m->events[SESSION_EV_CANDIDATE_MADE]),
-            (unsigned long long)atomic_load(&m->events[SESSION_EV_CANDIDATE_SKIPPED]));
+            (unsigned long long)atomic_load(&m->events[SESSION_EV_CANDIDATE_SKIPPED]),
+            (unsigned long long)atomic_load(&m->events[SESSION_EV_KEY_FROM_CANDIDATE]),
+            (unsigned long long)atomic_load(&m->events[SESSION_EV_KEY_FROM_TOKEN]));
     for (int i = 0; i < SESSION_REFUSE__N; i++)
         fprintf(f, "qkms_session_refusals_total{reason=\"%s\"} %llu\n", refuse_names[i],
                 (unsigned long long)atomic_load(&m->refused[i]));

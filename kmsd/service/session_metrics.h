@@ -56,6 +56,8 @@ typedef enum {
     SESSION_EV_REAPED,            /* expired sessions destroyed */
     SESSION_EV_CANDIDATE_MADE,    /* a candidate session key drawn and wrapped */
     SESSION_EV_CANDIDATE_SKIPPED, /* none: the session was seen to exist */
+    SESSION_EV_KEY_FROM_CANDIDATE, /* delivered from the creating request's own candidate */
+    SESSION_EV_KEY_FROM_TOKEN,     /* delivered after a token unwrap of the session row */
     SESSION_EV__N
 } session_event;
 

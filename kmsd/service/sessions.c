@@ -337,9 +337,11 @@ static qk_kind grant_from_row(qk_svc *s, const qk_principal *who, PGresult *r,
         memcpy(g->key, cd->key, cd->key_len);
         g->key_len = cd->key_len;
         rv = CKR_OK;
+        session_metrics_count(s->smetrics, SESSION_EV_KEY_FROM_CANDIDATE, 1);
     } else {
         rv = keywrap_unwrap(s->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, g->key,
                             &g->key_len);
+        session_metrics_count(s->smetrics, SESSION_EV_KEY_FROM_TOKEN, 1);
     }
     if (p11_rv_kind(rv) == P11_KIND_NOT_FOUND && master_refresh(s, NULL) == 0) {
         /* Rewrapped by another instance under a version we have not

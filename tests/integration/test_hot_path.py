@@ -29,6 +29,11 @@ def candidates(st):
             metric(st, "qkms_session_candidate_keys_total", 'result="skipped"'))
 
 
+def key_sources(st):
+    return (metric(st, "qkms_session_key_sources_total", 'source="candidate"'),
+            metric(st, "qkms_session_key_sources_total", 'source="token"'))
+
+
 def pair_stack(name, extra_env=None, wrap=()):
     st = Stack(name)
     try:
@@ -77,10 +82,14 @@ def test_second_party_goes_without_a_candidate(hp):
     veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
     sid = uid()
     made0, skipped0 = candidates(hp)
+    src0 = key_sources(hp)
     k1 = get_key(hp, veh, sid, enc)
     assert candidates(hp) == (made0 + 1, skipped0)
+    # The creator got its own candidate, no unwrap of the row it wrote.
+    assert key_sources(hp) == (src0[0] + 1, src0[1])
     k2 = get_key(hp, enc, sid, veh)
     assert candidates(hp) == (made0 + 1, skipped0 + 1)
+    assert key_sources(hp) == (src0[0] + 1, src0[1] + 1)
     assert k1.key == k2.key and k1.key_id == k2.key_id
     # Again, either party: still the same key, still no candidate.
     assert get_key(hp, veh, sid, enc).key == k1.key
@@ -175,15 +184,27 @@ def test_devices_and_master_versions_are_never_removed(hp, sql):
 
 def test_created_row_is_written_once(hp):
     """The creating request writes the session already delivered to its
-    initiator; the responder's request stamps its own delivery."""
+    initiator, with no update of the row: an update of this device's
+    sessions raises here, and the creating request still succeeds. The
+    responder's request stamps its own delivery (an update)."""
     veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
-    sid = uid()
-    get_key(hp, veh, sid, enc)
-    row = hp.psql("SELECT initiator_delivered_at IS NOT NULL, responder_delivered_at IS NULL, "
-                  "last_used_at = created_at FROM sessions "
-                  f"WHERE initiator_id = '{veh.device_id}'").strip()
-    assert row == "t|t|t"
-    get_key(hp, enc, sid, veh)
+    fn, trg = f"no_upd_{uid().lower().replace('-', '_')}", f"t_{uid().lower().replace('-', '_')}"
+    hp.psql(f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"RAISE EXCEPTION 'session row updated'; END $$; "
+            f"CREATE TRIGGER {trg} BEFORE UPDATE ON sessions FOR EACH ROW "
+            f"WHEN (OLD.initiator_id = '{veh.device_id}') EXECUTE FUNCTION {fn}()")
+    try:
+        sid = uid()
+        k = get_key(hp, veh, sid, enc)
+        row = hp.psql("SELECT initiator_delivered_at IS NOT NULL, responder_delivered_at IS NULL, "
+                      "last_used_at = created_at FROM sessions "
+                      f"WHERE initiator_id = '{veh.device_id}'").strip()
+        assert row == "t|t|t"
+        r = post(hp, enc.key_request(sid, veh.device_id))
+        assert r.status_code >= 500, r.text  # the responder's update hit the trigger
+    finally:
+        hp.psql(f"DROP TRIGGER {trg} ON sessions; DROP FUNCTION {fn}()")
+    assert get_key(hp, enc, sid, veh).key == k.key
     row = hp.psql("SELECT initiator_delivered_at IS NOT NULL, responder_delivered_at IS NOT NULL "
                   f"FROM sessions WHERE initiator_id = '{veh.device_id}'").strip()
     assert row == "t|t"

@@ -28,7 +28,7 @@ static void unwrapped_hit_only_for_the_same_blob(void **state)
     assert_non_null(c);
     assert_true(keycache_holds_unwrapped(c));
     assert_false(keycache_get_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), out, 32, &n));
-    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1));
+    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1), keycache_generation(c));
     assert_true(keycache_get_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), out, 32, &n));
     assert_int_equal(n, sizeof(key1));
     assert_memory_equal(out, key1, sizeof(key1));
@@ -39,7 +39,7 @@ static void unwrapped_hit_only_for_the_same_blob(void **state)
     assert_false(keycache_get_unwrapped(c, "DEV-1", 1, blob1, sizeof(blob1), out, 32, &n));
     assert_false(keycache_get_unwrapped(c, "DEV-2", 0, blob1, sizeof(blob1), out, 32, &n));
     /* A buffer too small for the key: a miss, nothing written past it. */
-    keycache_put_unwrapped(c, "DEV-3", 0, blob2, sizeof(blob2), key2, sizeof(key2));
+    keycache_put_unwrapped(c, "DEV-3", 0, blob2, sizeof(blob2), key2, sizeof(key2), keycache_generation(c));
     assert_false(keycache_get_unwrapped(c, "DEV-3", 0, blob2, sizeof(blob2), out, 16, &n));
     assert_true(keycache_get_unwrapped(c, "DEV-3", 0, blob2, sizeof(blob2), out, 32, &n));
     assert_int_equal(n, 32);
@@ -57,9 +57,9 @@ static void invalidate_and_clear_wipe(void **state)
     keycache *c = keycache_new(16, 64, 30);
     uint8_t *out = OPENSSL_secure_malloc(32);
     size_t n;
-    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1));
-    keycache_put_unwrapped(c, "DEV-1", 7, blob2, sizeof(blob2), key1, sizeof(key1));
-    keycache_put_unwrapped(c, "DEV-2", 0, blob1, sizeof(blob1), key1, sizeof(key1));
+    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1), keycache_generation(c));
+    keycache_put_unwrapped(c, "DEV-1", 7, blob2, sizeof(blob2), key1, sizeof(key1), keycache_generation(c));
+    keycache_put_unwrapped(c, "DEV-2", 0, blob1, sizeof(blob1), key1, sizeof(key1), keycache_generation(c));
     keycache_invalidate(c, "DEV-1");
     assert_false(keycache_get_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), out, 32, &n));
     assert_false(keycache_get_unwrapped(c, "DEV-1", 7, blob2, sizeof(blob2), out, 32, &n));
@@ -77,8 +77,54 @@ static void expired_entries_miss(void **state)
     keycache *c = keycache_new(16, 64, 0);
     uint8_t out[32];
     size_t n;
-    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1));
+    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1), keycache_generation(c));
     assert_false(keycache_get_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), out, 32, &n));
+    keycache_free(c);
+}
+
+static void put_after_an_invalidate_is_dropped(void **state)
+{
+    (void)state;
+    keycache *c = keycache_new(16, 64, 30);
+    uint8_t out[32];
+    keycache_entry row = {.device_pk = 7, .key_bits = 128};
+    keycache_entry got;
+    size_t n;
+    /* A request reads the generation, then the row, then unwraps; an
+     * invalidate of the device comes in between: its puts are dropped. */
+    uint64_t gen = keycache_generation(c);
+    keycache_invalidate(c, "DEV-1");
+    keycache_put(c, "DEV-1", 0, &row, gen);
+    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1), gen);
+    assert_false(keycache_get(c, "DEV-1", 0, &got));
+    assert_false(keycache_get_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), out, 32, &n));
+    /* The same after a clear; with a fresh generation they are kept. */
+    gen = keycache_generation(c);
+    keycache_clear(c);
+    keycache_put(c, "DEV-1", 0, &row, gen);
+    assert_false(keycache_get(c, "DEV-1", 0, &got));
+    keycache_put(c, "DEV-1", 0, &row, keycache_generation(c));
+    assert_true(keycache_get(c, "DEV-1", 0, &got));
+    assert_int_equal(got.device_pk, 7);
+    keycache_free(c);
+}
+
+static void expire_wipes_old_keys(void **state)
+{
+    (void)state;
+    uint8_t out[32];
+    size_t n;
+    keycache *c = keycache_new(16, 64, 0); /* TTL 0: everything is old */
+    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1),
+                           keycache_generation(c));
+    assert_int_equal(keycache_expire(c), 1);
+    assert_int_equal(keycache_expire(c), 0);
+    keycache_free(c);
+    c = keycache_new(16, 64, 30); /* nothing is old: expire keeps it */
+    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1),
+                           keycache_generation(c));
+    assert_int_equal(keycache_expire(c), 0);
+    assert_true(keycache_get_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), out, 32, &n));
     keycache_free(c);
 }
 
@@ -89,11 +135,11 @@ static void off_when_zero_slots_or_oversized(void **state)
     uint8_t out[32], big[KEYCACHE_WRAPPED_MAX + 1] = {0};
     size_t n;
     assert_false(keycache_holds_unwrapped(c));
-    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1));
+    keycache_put_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), key1, sizeof(key1), keycache_generation(c));
     assert_false(keycache_get_unwrapped(c, "DEV-1", 0, blob1, sizeof(blob1), out, 32, &n));
     keycache_free(c);
     c = keycache_new(16, 64, 30);
-    keycache_put_unwrapped(c, "DEV-1", 0, big, sizeof(big), key1, sizeof(key1));
+    keycache_put_unwrapped(c, "DEV-1", 0, big, sizeof(big), key1, sizeof(key1), keycache_generation(c));
     assert_false(keycache_get_unwrapped(c, "DEV-1", 0, big, sizeof(big), out, 32, &n));
     keycache_free(c);
 }
@@ -126,6 +172,8 @@ int main(void)
         cmocka_unit_test(unwrapped_hit_only_for_the_same_blob),
         cmocka_unit_test(invalidate_and_clear_wipe),
         cmocka_unit_test(expired_entries_miss),
+        cmocka_unit_test(put_after_an_invalidate_is_dropped),
+        cmocka_unit_test(expire_wipes_old_keys),
         cmocka_unit_test(off_when_zero_slots_or_oversized),
         cmocka_unit_test(seen_sessions),
     };
