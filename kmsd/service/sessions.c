@@ -165,19 +165,31 @@ typedef struct {
     const candidate *cd;
 } key_call;
 
+/* The candidate's five arguments of qkms_session_key (key ID, wrapped key,
+ * master version, provenance, bits; adjacent in both statements) into
+ * out[0..4]: SQL NULLs when the request goes without a candidate. */
+static void candidate_args(const candidate *cd, const char **out)
+{
+    bool has = cd->key != NULL;
+    out[0] = has ? cd->key_id : NULL;
+    out[1] = has ? cd->wrapped_hex : NULL;
+    out[2] = has ? cd->master : NULL;
+    out[3] = has ? cd->provenance : NULL;
+    out[4] = has ? cd->bits : NULL;
+}
+
 /* The call alone on c: the prepared statement, binary arguments. */
 static PGresult *session_key_alone(db_conn *c, void *arg, db_status *st)
 {
     const key_call *kc = arg;
-    const candidate *cd = kc->cd->key ? kc->cd : NULL;
     const char *vals[15] = {kc->sc->pk, kc->sc->kidx, (const char *)kc->a->nonce,
                             (const char *)kc->sc->hash, kc->sc->sid, kc->sc->peer,
-                            kc->sc->delivered ? "true" : "false", cd ? cd->key_id : NULL,
-                            cd ? cd->wrapped_hex : NULL, cd ? cd->master : NULL,
-                            cd ? cd->provenance : NULL, cd ? cd->bits : NULL, kc->sc->ts,
-                            kc->sc->skew, (const char *)kc->sc->legacy};
+                            kc->sc->delivered ? "true" : "false", NULL, NULL, NULL, NULL, NULL,
+                            kc->sc->ts, kc->sc->skew, (const char *)kc->sc->legacy};
     int lens[15] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32};
     int fmts[15] = {0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+
+    candidate_args(kc->cd, &vals[7]);
     return db_exec(c, Q_SESSION_KEY, 15, vals, lens, fmts, st);
 }
 
@@ -189,24 +201,12 @@ static qk_kind session_key_call(qk_svc *s, const device_auth *a, const session_c
 {
     key_call kc = {a, sc, cd};
     char nonce[2 * QKP_NONCE_LEN + 1], hash[65], legacy[65];
-    bool has = cd->key != NULL;
     const char *vals[Q_SESSION_KEY_BATCH_PARAMS] = {
-        sc->pk,
-        sc->kidx,
-        nonce,
-        sc->ts,
-        sc->skew,
-        hash,
-        legacy,
-        sc->sid,
-        sc->peer,
-        sc->delivered ? "t" : "f",
-        has ? cd->key_id : NULL,
-        has ? cd->wrapped_hex : NULL,
-        has ? cd->master : NULL,
-        has ? cd->provenance : NULL,
-        has ? cd->bits : NULL};
+        sc->pk,   sc->kidx, nonce, sc->ts, sc->skew, hash, legacy, sc->sid, sc->peer,
+        sc->delivered ? "t" : "f"}; /* the candidate's five follow */
     db_status st;
+
+    candidate_args(cd, &vals[10]);
 
     if (!s->key_batch) {
         db_conn *c = db_acquire(s->db, &st);
