@@ -249,11 +249,15 @@ static int rewrap_batch(qk_svc *k, db_conn *c)
     }
     PQclear(r);
     done += rewrap_session_id_key(k, c, av);
+    if (k->sessions_rewrapped_for == av)
+        return done;
     vals[0] = active;
     vals[1] = REWRAP_BATCH;
     r = db_exec(c, Q_REWRAP_SESSIONS, 2, vals, NULL, NULL, &st);
     if (!r)
         return done;
+    if (PQntuples(r) == 0)
+        k->sessions_rewrapped_for = av;
     for (int i = 0; i < PQntuples(r); i++) {
         if (session_key_context(PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), ctx, sizeof(ctx)) < 0 ||
             rewrap_blob(k, ctx, PQgetvalue(r, i, 3), hex, &nv) != 0)

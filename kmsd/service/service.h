@@ -21,6 +21,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "entropy/entropy.h"
@@ -44,6 +45,12 @@ typedef struct qk_svc {
     keycache *keys;   /* device key rows; unwrapped keys in the secure heap */
     session_seen *seen; /* sessions seen to exist: no candidate key for them */
     session_metrics *smetrics;
+    /* The rotation's scan of sessions for rows under an older master version
+     * found none while this version was active (0: not yet). Rows are only
+     * written under the active version (006's trigger), so the scan, a full
+     * pass over every live session, is not run again until the next version;
+     * only the maintenance thread reads and writes it. */
+    uint32_t sessions_rewrapped_for;
 } qk_svc;
 
 /* Who asks: an admin token (by name and roles) or a device (by identity ID),

@@ -502,10 +502,10 @@ out:
     return k;
 }
 
-int sessions_reap(qk_svc *k)
+int sessions_reap(qk_svc *k, int *examined)
 {
-    char win[16], days[16];
-    const char *vals[3] = {win, days, "1000"};
+    char win[16], days[16], lim[16];
+    const char *vals[3] = {win, days, lim};
     db_status st;
     PGresult *r;
     int n;
@@ -514,10 +514,13 @@ int sessions_reap(qk_svc *k)
      * signature. */
     snprintf(win, sizeof(win), "%d", 2 * k->cfg->protocol_clock_skew + 60);
     snprintf(days, sizeof(days), "%d", k->cfg->session_tombstone_days);
+    snprintf(lim, sizeof(lim), "%d", SESSION_REAP_BATCH);
     r = db_query(k->db, Q_SESSION_REAP, 3, vals, NULL, NULL, &st);
     if (!r)
         return -1;
     n = atoi(PQgetvalue(r, 0, 0));
+    if (examined)
+        *examined = atoi(PQgetvalue(r, 0, 1));
     PQclear(r);
     if (n > 0) {
         session_metrics_count(k->smetrics, SESSION_EV_REAPED, (uint64_t)n);

@@ -83,9 +83,13 @@ void session_grant_clear(session_grant *g);
 qk_kind sessions_end(qk_svc *s, const qk_principal *who, device_auth *a, const char *session_id,
                      int64_t ts, qk_err *e);
 
-/* Destroy sessions past their idle timeout or lifetime; purge old nonces
- * and tombstones. Returns the number destroyed, or -1. */
-int sessions_reap(qk_svc *k);
+/* One reaper pass, one transaction: up to SESSION_REAP_BATCH sessions whose
+ * reap_at has come are destroyed (past their idle timeout or lifetime) or
+ * given a later reap_at; old nonces and tombstones are purged. Returns the
+ * number destroyed, or -1; *examined (if not NULL) is how many it took, so
+ * SESSION_REAP_BATCH means more may be due. */
+#define SESSION_REAP_BATCH 1000
+int sessions_reap(qk_svc *k, int *examined);
 
 /* ---- the operator's view ---------------------------------------------------- */
 

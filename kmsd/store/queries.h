@@ -154,7 +154,8 @@
       " $11::uuid[], $12::text[], $13::int[], $14::text[], $15::int[])")                      \
     X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
       " $6::int, $4::bytea, $7::bytea)")                                                       \
-    X(Q_SESSION_REAP, "SELECT qkms_session_reap($1::int, $2::int, $3::int)")                  \
+    X(Q_SESSION_REAP,                                                                          \
+      "SELECT destroyed, examined FROM qkms_session_reap($1::int, $2::int, $3::int)")           \
     X(Q_SESSIONS_LIST,                                                                         \
       "SELECT s.session_id, s.key_id, i.device_id, r.device_id, s.policy, s.delivery,"         \
       " s.key_bits, s.created_at, s.last_used_at, s.expires_at, s.idle_timeout_s,"             \

@@ -142,6 +142,14 @@ def test_one_failing_request_fails_alone(gc):
     assert "poisoned session" in gc.logs()
 
 
+def recent_problems(st, n=15):
+    """kmsd's last warnings and errors: why a request failed, in the
+    assertion's message (CI keeps nothing else of a failed run)."""
+    recs = [r for r in st.log_records() if r.get("level") in ("warn", "error")]
+    return [{k: r.get(k) for k in ("ts", "msg", "error", "reason", "req_id") if k in r}
+            for r in recs[-n:]]
+
+
 def test_postgres_killed_mid_batch_loses_and_duplicates_nothing(gc):
     def crash():
         # Immediate shutdown: every backend quits at once, mid-statement or
@@ -178,7 +186,8 @@ def test_postgres_killed_mid_batch_loses_and_duplicates_nothing(gc):
             retried += 1
             veh, enc = next(p for i, p in enumerate(gc.pairs) if sid.startswith(f"KILL-{i}-"))
             a, b = (veh, enc) if party == "veh" else (enc, veh)
-            assert ask(gc, a, sid, b) == (200, held[sid]), (sid, party)
+            got_now = ask(gc, a, sid, b)
+            assert got_now == (200, held[sid]), (sid, party, got_now, recent_problems(gc))
     print(f"{len(results)} requests, {sum(s == 503 for _, _, s, _ in results)} answered 503, "
           f"{in_doubt} of them in doubt (committed, no answer)")
 

@@ -7,6 +7,7 @@ changed or a device suspended behind kmsd's back is still refused (see also
 test_sessions_hardening), and a wrong hint costs a round trip, not a
 request."""
 import re
+import time
 
 import pytest
 
@@ -208,3 +209,79 @@ def test_created_row_is_written_once(hp):
     row = hp.psql("SELECT initiator_delivered_at IS NOT NULL, responder_delivered_at IS NOT NULL "
                   f"FROM sessions WHERE initiator_id = '{veh.device_id}'").strip()
     assert row == "t|t"
+
+
+# ---- schema/010: the periodic passes read what is due ------------------------
+
+def test_reaper_looks_at_a_session_in_use_once_per_idle_period(hp):
+    """reap_at is the first time a session can be due. A session used since
+    is not destroyed there: the reaper moves reap_at to the new idle deadline;
+    once the session stays idle it is destroyed at its deadline, with its
+    tombstone and audit row, as before."""
+    grp = "reap-" + uid().lower()[:8]
+    r = hp.admin("POST", "/v1/admin/policies", json={
+        "name": grp, "type_a": "vehicle", "type_b": "encryptor", "group_a": grp, "group_b": grp,
+        "idle_timeout_s": 3, "max_lifetime_s": 600})
+    assert r.status_code == 201, r.text
+    veh, enc = make_device(hp, "vehicle", group=grp), make_device(hp, "encryptor", group=grp)
+    sid = uid()
+    k = get_key(hp, veh, sid, enc)
+    row = f"FROM sessions WHERE initiator_id = '{veh.device_id}'"
+    first = hp.psql(f"SELECT extract(epoch FROM reap_at - created_at)::int {row}").strip()
+    assert first == "3"  # the idle deadline comes before the lifetime's end
+    # In use for twice the idle timeout: the reaper passes its first reap_at
+    # and must move it, not destroy the session.
+    t_end = time.time() + 6.5
+    while time.time() < t_end:
+        assert get_key(hp, enc, sid, veh).key == k.key
+        time.sleep(1)
+    moved = hp.psql(f"SELECT reap_at > created_at + interval '3 seconds', "
+                    f"reap_at = last_used_at + interval '3 seconds' {row}").strip()
+    assert moved in ("t|t", "t|f"), moved  # f: a request since the reaper's move
+    # Idle now: destroyed at its deadline, tombstone and audit row included.
+    deadline = time.time() + 10
+    while time.time() < deadline and hp.psql(f"SELECT count(*) {row}").strip() != "0":
+        time.sleep(0.3)
+    assert hp.psql(f"SELECT count(*) {row}").strip() == "0"
+    assert hp.psql(f"SELECT reason FROM session_tombstones "
+                   f"WHERE initiator = '{veh.device_id}'").strip() == "idle_timeout"
+    assert hp.psql(f"SELECT detail->>'reason' FROM audit_log WHERE event = 'session.destroyed' "
+                   f"AND device_id = '{veh.device_id}'").strip() == "idle_timeout"
+    r = post(hp, enc.key_request(sid, veh.device_id))
+    assert r.status_code == 409, r.text
+
+
+def sessions_rows_read(st):
+    return int(st.psql("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+                       "FROM pg_stat_user_tables WHERE relname = 'sessions'").strip())
+
+
+def test_periodic_passes_do_not_read_every_live_session(request):
+    """20,000 live sessions that are not due: the reaper (looking for
+    sessions past their deadline) and the rotation (looking for sessions
+    under an older master key version) run every second, and must not read
+    them all each time (before schema/010 each pass read every live row).
+    The gauges' pass (maintenance_interval), which counts the live
+    sessions, is set apart to once an hour."""
+    hp = pair_stack("hot-passes", {"QKMS_MAINTENANCE_INTERVAL": "3600"})
+    request.addfinalizer(lambda: _finish(hp))
+    veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
+    get_key(hp, veh, uid(), enc)
+    tag = uid().lower()[:8]
+    hp.psql(f"""INSERT INTO sessions (session_hash, session_id, key_id, key_bits, wrapped_key,
+                    master_version, provenance, initiator, responder, initiator_id, responder_id,
+                    policy, delivery, idle_timeout_s, expires_at, reap_at)
+                SELECT sha256(convert_to('{tag}' || g, 'UTF8')), '{tag}' || g, gen_random_uuid(),
+                       128, s.wrapped_key, s.master_version, 'filler', s.initiator, s.responder,
+                       s.initiator_id, s.responder_id, s.policy, 'session', 3600,
+                       now() + interval '1 hour', now() + interval '1 hour'
+                  FROM sessions s, generate_series(1, 20000) g
+                 WHERE s.initiator_id = '{veh.device_id}'""")
+    try:
+        time.sleep(2)  # a pass with the rows in place; statistics flushed
+        before = sessions_rows_read(hp)
+        time.sleep(4)  # four passes of each
+        read = sessions_rows_read(hp) - before
+        assert read < 5000, f"{read} session rows read by four passes over 20,000 live sessions"
+    finally:
+        hp.psql(f"DELETE FROM sessions WHERE session_id LIKE '{tag}%'")

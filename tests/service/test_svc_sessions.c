@@ -456,7 +456,7 @@ static void reap_destroys_expired_sessions(void **state)
     session_grant_clear(&g);
     /* The group's policy lets a session idle 1 s. */
     sleep(2);
-    n = sessions_reap(&fx.svc);
+    n = sessions_reap(&fx.svc, NULL);
     assert_true(n >= 1);
     assert_int_equal(session_metrics_get(fx.svc.smetrics, SESSION_EV_REAPED), reaped + (uint64_t)n);
     assert_int_equal(sessions_get(&fx.svc, sid, &rec, &e), QK_OK);
