@@ -6,7 +6,8 @@
 #   BENCH_DEVICES   devices for the import benchmark (default 10000)
 #   BENCH_THREADING=both   also measure MHD's pool threading model
 #   BENCH_PARTS     which parts: "import http sessions entropy" (default all),
-#                   or "scale" (minutes: see bench_scale below)
+#                   or "scale" (minutes: see bench_scale below), or "pgmodes"
+#                   (group commit: batch call against pipeline mode, pgbench)
 #   BENCH_SCALE_DEVICES  devices registered by the scale part (default 1000000)
 #   BENCH_SCALE_SESSIONS open sessions added by it (default 100000)
 #   BENCH_SCALE_EXPIRED  expired sessions it gives the reaper (default 50000)
@@ -239,6 +240,34 @@ bench_scale() {
     stop_kmsd
 }
 
+# -- group commit: one batch call or a pipeline of single calls ---------------
+# PostgreSQL's side of the two ways issue 14 names to share one commit among
+# waiting requests: kmsd's qkms_session_key_batch (one statement, array
+# arguments) and libpq pipeline mode (each request its own statement, all in
+# one transaction and one round trip). pgbench drives both with the same
+# deliveries (bench/pgmodes.py: n sessions per commit, each created by its
+# initiator and found by its responder) at 2 clients (kmsd's batches in
+# flight) and 4; PostgreSQL's CPU per delivery from /proc.
+PGBENCH=$(ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | tail -1)
+bench_pgmodes() {
+    bench_sessions_setup
+    stop_kmsd
+    for n in 4 16; do
+        for mode in ${BENCH_PGMODES:-batch pipeline}; do
+            python3 "$ROOT/bench/pgmodes.py" $mode $n > "$STATE/$mode.sql"
+            for c in 2 4; do
+                p0=$(pg_cpu)
+                tps=$("$PGBENCH" -n -M extended -c $c -j $c -T "$SECS" -f "$STATE/$mode.sql" "$CONNINFO" 2>"$STATE/pgbench.err" |
+                      awk '/^tps/ { print $3; exit }')
+                p1=$(pg_cpu)
+                [ -n "$tps" ] || { cat "$STATE/pgbench.err" >&2; tps=0; }
+                awk -v m=$mode -v n=$n -v c=$c -v t="$tps" -v p0="$p0" -v p1="$p1" -v s="$SECS" \
+                    'BEGIN { d = t * 2 * n; printf "name=pgmode mode=%s deliveries_per_commit=%d conc=%d commits_per_s=%.0f deliveries_per_s=%.0f postgres_us_per_delivery=%.0f\n", m, 2*n, c, t, d, (d > 0 ? 1e6 * (p1 - p0) / (d * s) : 0) }'
+            done
+        done
+    done
+}
+
 echo "# kmsd benchmark: $(nproc) cores, ${SECS}s per run, loopback, release build, durable commits"
 for part in $PARTS; do
     case $part in
@@ -249,6 +278,7 @@ for part in $PARTS; do
     entropy) bench_entropy | tee "$OUT/entropy.txt" ;;
     sessions) bench_sessions | tee "$OUT/sessions.txt" ;;
     scale) bench_scale | tee "$OUT/scale.txt" ;;
+    pgmodes) bench_pgmodes | tee "$OUT/pgmodes.txt" ;;
     esac
 done
 
