@@ -420,6 +420,21 @@ static bool idle_conn_alive(PGconn *pg)
     return true;
 }
 
+/* A connection failed (p->mu held): wait out the backoff before the next
+ * connect, and double it. Only a failure of an attempt made while
+ * connecting was allowed moves it on: when the server goes away, every
+ * pooled caller fails at once, and those failures are one outage, not
+ * eight (which took the wait to its 5 s cap at the first restart and kept
+ * requests failing for seconds after the server was back). */
+static void backoff_step(db_pool *p)
+{
+    int64_t now = deadline_now_ms();
+    if (now < p->next_connect_ms)
+        return;
+    p->next_connect_ms = now + p->backoff_ms;
+    p->backoff_ms = p->backoff_ms * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS : p->backoff_ms * 2;
+}
+
 db_conn *db_acquire(db_pool *p, db_status *st)
 {
     struct timespec dl = deadline_in_ms(p->acquire_timeout_ms);
@@ -472,9 +487,7 @@ db_conn *db_acquire(db_pool *p, db_status *st)
             p->next_connect_ms = 0;
         } else {
             atomic_fetch_add(&p->connect_failures, 1);
-            p->next_connect_ms = deadline_now_ms() + p->backoff_ms;
-            p->backoff_ms = p->backoff_ms * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS
-                                                                  : p->backoff_ms * 2;
+            backoff_step(p);
             c->busy = false;
             p->in_use--;
             pthread_cond_signal(&p->cv);
@@ -509,8 +522,7 @@ void db_release(db_pool *p, db_conn *c)
         /* The server stopped answering: new connections wait out the
          * shared backoff instead of each spending io_timeout_ms. */
         atomic_fetch_add(&p->timeouts, 1);
-        p->next_connect_ms = deadline_now_ms() + p->backoff_ms;
-        p->backoff_ms = p->backoff_ms * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS : p->backoff_ms * 2;
+        backoff_step(p);
     }
     c->busy = false;
     p->in_use--;
