@@ -173,8 +173,10 @@ static int classify(const struct kmsctl_ctx *ctx, long status, const struct buff
     return rc;
 }
 
+/* raw: on a 2xx answer its bytes go to *raw (malloc'd, NUL after them)
+ * and *out stays NULL; errors are classified as for JSON. */
 static int call(const struct kmsctl_ctx *ctx, const char *method, const char *path,
-                const json_t *body, bool empty_ok, json_t **out)
+                const json_t *body, bool empty_ok, json_t **out, char **raw, size_t *raw_len)
 {
     *out = NULL;
     int rc;
@@ -211,7 +213,7 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     if (!(h = curl_slist_append(headers, auth)))
         goto oom;
     headers = h;
-    if (!(h = curl_slist_append(headers, "Accept: application/json")))
+    if (!(h = curl_slist_append(headers, raw ? "Accept: */*" : "Accept: application/json")))
         goto oom;
     headers = h;
     if (payload) {
@@ -274,6 +276,16 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
         long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
         out_note("< HTTP %ld, %zu bytes, %ld ms", status, qbuf_len(resp.q), ms);
     }
+    if (raw && status >= 200 && status < 300) {
+        size_t n = qbuf_len(resp.q);
+        if (!(*raw = malloc(n + 1)))
+            goto oom;
+        memcpy(*raw, qbuf_str(resp.q), n);
+        (*raw)[n] = '\0';
+        *raw_len = n;
+        rc = EXIT_OK;
+        goto cleanup;
+    }
     rc = classify(ctx, status, &resp, empty_ok, out);
     goto cleanup;
 
@@ -302,7 +314,14 @@ cleanup:
 int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *path,
                 const json_t *body, json_t **out)
 {
-    return call(ctx, method, path, body, false, out);
+    return call(ctx, method, path, body, false, out, NULL, NULL);
+}
+
+int client_get_raw(const struct kmsctl_ctx *ctx, const char *path, char **data, size_t *len)
+{
+    json_t *none;
+    *data = NULL;
+    return call(ctx, "GET", path, NULL, false, &none, data, len);
 }
 
 int client_show(const struct kmsctl_ctx *ctx, const char *path, out_printer print)
@@ -315,5 +334,5 @@ int client_show(const struct kmsctl_ctx *ctx, const char *path, out_printer prin
 int client_call_empty_ok(const struct kmsctl_ctx *ctx, const char *method, const char *path,
                          const json_t *body, json_t **out)
 {
-    return call(ctx, method, path, body, true, out);
+    return call(ctx, method, path, body, true, out, NULL, NULL);
 }

@@ -1,7 +1,8 @@
 /*
  * cmd_device — `kmsctl device ...`: /v1/admin/devices. register, list,
- * show, keys, suspend, resume, revoke and rotate live here; fill and
- * import have modules of their own (device_fill.h, device_import.h).
+ * show, keys, suspend, resume, revoke and rotate live here; fill, import
+ * and cert have modules of their own (device_fill.h, device_import.h,
+ * device_cert.h).
  */
 #include "command.h"
 
@@ -12,6 +13,7 @@
 
 #include "client.h"
 #include "device_common.h"
+#include "device_cert.h"
 #include "device_fill.h"
 #include "device_import.h"
 #include "exitcodes.h"
@@ -513,6 +515,27 @@ static const struct action device_actions[] = {
         .min_args = 1,
         .max_args = 1,
         .run = device_import_run,
+    },
+    {
+        .sub = "cert",
+        .usage = "issue ID --csr FILE [--validity DAYS] [--out FILE] | bind ID --cert FILE | list ID | show ID SERIAL | revoke ID SERIAL [--reason R]",
+        .summary = "A device's certificates: issue from a CSR, bind one issued elsewhere, list, show, revoke",
+        .description = "issue: the platform CA signs the CSR in the token (docs/pki.md). Without\n"
+                       "--out the certificate record and its PEM are printed; with --out FILE the\n"
+                       "PEM goes to a new FILE (mode 0600, never overwritten).\n"
+                       "bind: a certificate issued elsewhere becomes the device's (one key, one\n"
+                       "device); its issuer must be in the TLS trust configuration to be accepted.\n"
+                       "list: columns SERIAL KIND STATE CA NOT-AFTER SHA256.\n"
+                       "revoke: the certificate goes into the next CRL, made at once\n"
+                       "(GET /v1/ca/crl; 'kmsctl ca crl').\n"
+                       DASH_NOTE
+                       "\n"
+                       "Requests: POST and GET /v1/admin/devices/ID/certificates,\n"
+                       "GET .../certificates/SERIAL, POST .../certificates/SERIAL/revoke\n",
+        .opts = device_cert_opts,
+        .min_args = 2,
+        .max_args = 3,
+        .run = device_cert_run,
     },
     {0},
 };

@@ -51,5 +51,6 @@ extern const struct command cmd_policy;
 extern const struct command cmd_entropy;
 extern const struct command cmd_audit;
 extern const struct command cmd_master;
+extern const struct command cmd_ca;
 
 #endif

@@ -12,5 +12,6 @@ const struct command *const kmsctl_commands[] = {
     &cmd_entropy,
     &cmd_audit,
     &cmd_master,
+    &cmd_ca,
     NULL,
 };

@@ -42,6 +42,18 @@ void out_text(FILE *f, const char *s)
     }
 }
 
+void out_lines(FILE *f, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '\n') {
+            fputc('\n', f);
+        } else {
+            char one[2] = {(char)*p, '\0'};
+            out_text(f, one);
+        }
+    }
+}
+
 void out_textf(FILE *f, const char *fmt, ...)
 {
     va_list ap;

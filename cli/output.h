@@ -26,6 +26,9 @@ void out_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Writes s to f with terminal control characters replaced. */
 void out_text(FILE *f, const char *s);
+/* The same, but newlines are kept: for multi-line text from the server
+ * (PEM). A C1 control's two bytes are each replaced. */
+void out_lines(FILE *f, const char *s);
 /*
  * fmt to f, each "%s" replaced by the next argument through out_text: for
  * sentences around names that came from the user or the server. "%s" is

@@ -202,6 +202,9 @@ const config_option config_options[] = {
     {"session_reap_interval", OPT_INT, OFF(session_reap_interval), "1", 1, 60, NULL, false, false,
      "Seconds between passes that destroy sessions past their idle timeout or lifetime (and "
      "adopt a master key version another instance rotated to)."},
+    {"ca_crl_interval", OPT_INT, OFF(ca_crl_interval), "3600", 60, 604800, NULL, false, false,
+     "Seconds between the platform CA's CRLs when nothing is revoked (a revocation makes one at "
+     "once); each CRL's nextUpdate is twice this after its thisUpdate (docs/pki.md)."},
     {"device_key_cache_size", OPT_INT, OFF(device_key_cache_size), "65536", 0, 16777216, NULL,
      false, false,
      "Slots of the cache of wrapped device key rows on the request path (0 disables). Never "

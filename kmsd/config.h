@@ -105,6 +105,8 @@ typedef struct kms_config {
     int device_key_cache_size;
     int device_key_cache_ttl;
     int device_key_cache_unwrapped;
+    /* the platform CA (docs/pki.md) */
+    int ca_crl_interval;
     /* admin */
     char *bootstrap_token_file;
     /* rate limits (kmsd/ratelimit.h) */

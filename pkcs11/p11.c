@@ -584,6 +584,15 @@ static CK_RV do_info(p11_token *t, CK_SESSION_HANDLE s, void *a)
         {CKA_VALUE_LEN, &vl, sizeof(vl)},
     };
     CK_RV rv = t->f->C_GetAttributeValue(s, ia->h, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+    /* A private key has no CKA_VALUE_LEN: the module says so for that one
+     * attribute and still fills the others. */
+    if (rv == CKR_ATTRIBUTE_TYPE_INVALID && tmpl[5].ulValueLen == CK_UNAVAILABLE_INFORMATION) {
+        vl = 0;
+        rv = CKR_OK;
+        for (int i = 0; i < 5; i++)
+            if (tmpl[i].ulValueLen == CK_UNAVAILABLE_INFORMATION)
+                rv = CKR_ATTRIBUTE_TYPE_INVALID;
+    }
     if (rv != CKR_OK)
         return rv;
     ia->info->token = tok;
@@ -703,6 +712,178 @@ CK_RV p11_gcm_decrypt(p11_token *t, CK_OBJECT_HANDLE key, const uint8_t iv[12], 
     if (*out_len < in_len)
         return CKR_BUFFER_TOO_SMALL;
     return run(t, do_gcm, &g);
+}
+
+/* ---- EC key pairs: the platform CA (issue 15) ---- */
+/* DER of the named curve P-256 (OID 1.2.840.10045.3.1.7), CKA_EC_PARAMS. */
+static const CK_BYTE p256_params[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+
+struct ec_arg {
+    const char *label;
+    CK_OBJECT_HANDLE priv;
+    bool found;
+};
+
+static CK_RV find_class(p11_token *t, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label,
+                        CK_OBJECT_HANDLE *h, bool *found)
+{
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_LABEL, (void *)label, strlen(label)},
+    };
+    CK_OBJECT_HANDLE hs[2];
+    CK_ULONG n = 0;
+    CK_RV rv = t->f->C_FindObjectsInit(s, tmpl, 2);
+    if (rv != CKR_OK)
+        return rv;
+    rv = t->f->C_FindObjects(s, hs, 2, &n);
+    t->f->C_FindObjectsFinal(s);
+    if (rv != CKR_OK)
+        return rv;
+    *found = n > 0;
+    if (n > 0)
+        *h = hs[0];
+    return n > 1 ? CKR_TEMPLATE_INCONSISTENT : CKR_OK;
+}
+
+static CK_RV do_find_priv(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct ec_arg *ea = a;
+    return find_class(t, s, CKO_PRIVATE_KEY, ea->label, &ea->priv, &ea->found);
+}
+
+CK_RV p11_find_private_key(p11_token *t, const char *label, CK_OBJECT_HANDLE *h, bool *found)
+{
+    struct ec_arg ea = {.label = label};
+    CK_RV rv = run(t, do_find_priv, &ea);
+    *found = ea.found;
+    if (ea.found)
+        *h = ea.priv;
+    return rv;
+}
+
+static CK_RV do_gen_ec(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct ec_arg *ea = a;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_OBJECT_HANDLE pub;
+    CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    CK_ATTRIBUTE pubt[] = {
+        {CKA_EC_PARAMS, (void *)p256_params, sizeof(p256_params)},
+        {CKA_LABEL, (void *)ea->label, strlen(ea->label)},
+        {CKA_ID, (void *)ea->label, strlen(ea->label)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_VERIFY, &yes, sizeof(yes)},
+        {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_WRAP, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},
+    };
+    CK_ATTRIBUTE privt[] = {
+        {CKA_LABEL, (void *)ea->label, strlen(ea->label)},
+        {CKA_ID, (void *)ea->label, strlen(ea->label)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_MODIFIABLE, &no, sizeof(no)},
+        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},
+    };
+    ea->found = true;
+    return t->f->C_GenerateKeyPair(s, &mech, pubt, sizeof(pubt) / sizeof(pubt[0]), privt,
+                                   sizeof(privt) / sizeof(privt[0]), &pub, &ea->priv);
+}
+
+/* As do_gen_again: a first try whose answer was lost may have made the
+ * pair; take a private key found under the label, or generate. */
+static CK_RV do_gen_ec_again(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct ec_arg *ea = a;
+    CK_RV rv = find_class(t, s, CKO_PRIVATE_KEY, ea->label, &ea->priv, &ea->found);
+    if (rv != CKR_OK || ea->found)
+        return rv;
+    return do_gen_ec(t, s, ea);
+}
+
+CK_RV p11_generate_ec_key_pair(p11_token *t, const char *label, CK_OBJECT_HANDLE *priv)
+{
+    struct ec_arg ea = {.label = label};
+    CK_RV rv = run_op(t, do_gen_ec_again, do_gen_ec_again, &ea);
+    if (rv == CKR_OK)
+        *priv = ea.priv;
+    return rv;
+}
+
+struct point_arg {
+    const char *label;
+    uint8_t *out;
+    size_t *len;
+};
+
+static CK_RV do_point(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct point_arg *pa = a;
+    CK_OBJECT_HANDLE h;
+    bool found = false;
+    uint8_t buf[160];
+    CK_ATTRIBUTE at = {CKA_EC_POINT, buf, sizeof(buf)};
+    CK_RV rv = find_class(t, s, CKO_PUBLIC_KEY, pa->label, &h, &found);
+    if (rv != CKR_OK)
+        return rv;
+    if (!found)
+        return CKR_KEY_HANDLE_INVALID;
+    if ((rv = t->f->C_GetAttributeValue(s, h, &at, 1)) != CKR_OK)
+        return rv;
+    /* PKCS#11 2.40 says a DER OCTET STRING around the point; some modules
+     * give the bare point. Unwrap the first form. */
+    const uint8_t *p = buf;
+    size_t n = at.ulValueLen;
+    if (n >= 2 && p[0] == 0x04 && p[1] == n - 2 && n - 2 < 128) {
+        p += 2;
+        n -= 2;
+    }
+    if (n > *pa->len)
+        return CKR_BUFFER_TOO_SMALL;
+    memcpy(pa->out, p, n);
+    *pa->len = n;
+    return CKR_OK;
+}
+
+CK_RV p11_ec_public_point(p11_token *t, const char *label, uint8_t *out, size_t *len)
+{
+    struct point_arg pa = {label, out, len};
+    return run(t, do_point, &pa);
+}
+
+struct sign_arg {
+    CK_OBJECT_HANDLE priv;
+    const uint8_t *digest;
+    size_t dlen;
+    uint8_t *sig;
+    size_t *sig_len;
+};
+
+static CK_RV do_sign(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct sign_arg *sa = a;
+    CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
+    CK_ULONG n = (CK_ULONG)*sa->sig_len;
+    CK_RV rv = t->f->C_SignInit(s, &m, sa->priv);
+    if (rv != CKR_OK)
+        return rv;
+    rv = t->f->C_Sign(s, (CK_BYTE_PTR)sa->digest, (CK_ULONG)sa->dlen, sa->sig, &n);
+    if (rv == CKR_OK)
+        *sa->sig_len = n;
+    return rv;
+}
+
+CK_RV p11_ecdsa_sign(p11_token *t, CK_OBJECT_HANDLE priv, const uint8_t *digest, size_t dlen,
+                     uint8_t *sig, size_t *sig_len)
+{
+    struct sign_arg sa = {priv, digest, dlen, sig, sig_len};
+    return run(t, do_sign, &sa);
 }
 
 /* ---- destroy, random, ping ---- */

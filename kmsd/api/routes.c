@@ -34,6 +34,13 @@
     X("POST", "/v1/admin/devices/{id}/revoke", "admin_device_revoke", OPS, h_device_revoke, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/rotate", "admin_device_rotate", OPS, h_device_rotate, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/fill", "admin_device_fill", OPS, h_device_fill, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/devices/{id}/certificates", "admin_device_certs_list", ROLE_ANY, h_device_certs_list, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/devices/{id}/certificates", "admin_device_cert_issue", OPS, h_device_cert_issue, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/devices/{id}/certificates/{serial}", "admin_device_cert_get", ROLE_ANY, h_device_cert_get, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/devices/{id}/certificates/{serial}/revoke", "admin_device_cert_revoke", OPS, h_device_cert_revoke, ADM, RL_ADMIN) \
+    X("GET", "/v1/ca", "ca_chain", 0, h_ca_chain, BOTH, RL_NONE) \
+    X("GET", "/v1/ca/crl", "ca_crl", 0, h_ca_crl, BOTH, RL_NONE) \
+    X("GET", "/v1/admin/ca", "admin_ca", ROLE_ANY, h_admin_ca, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/device-types", "admin_devtypes_list", ROLE_ANY, h_devtypes_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/device-types", "admin_devtypes_add", ROLE_ADMIN, h_devtypes_add, ADM, RL_ADMIN) \
     X("POST", "/v1/sessions/key", "session_key", 0, h_session_key, DEV, RL_DEVICE) \

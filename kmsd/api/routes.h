@@ -68,5 +68,13 @@ void h_policies_list(http_request *rq, http_response *rs);
 void h_policies_add(http_request *rq, http_response *rs);
 void h_policies_remove(http_request *rq, http_response *rs);
 
+/* admin_certs.c */
+void h_ca_chain(http_request *rq, http_response *rs);
+void h_admin_ca(http_request *rq, http_response *rs);
+void h_device_certs_list(http_request *rq, http_response *rs);
+void h_device_cert_issue(http_request *rq, http_response *rs);
+void h_device_cert_get(http_request *rq, http_response *rs);
+void h_device_cert_revoke(http_request *rq, http_response *rs);
+void h_ca_crl(http_request *rq, http_response *rs);
 
 #endif

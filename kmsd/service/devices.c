@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "service/audit.h"
+#include "service/crl.h"
 #include "service/device_keys.h"
 #include "service/keycache.h"
 #include "store/pgarray.h"
@@ -479,6 +480,7 @@ struct state_tx {
     const char *actor, *device_id;
     device_action action;
     qk_err *e;
+    int certs_revoked; /* by a revocation, in this attempt */
 };
 
 /* Lock the device and check the transition; *pk and from filled. */
@@ -514,7 +516,8 @@ static db_status state_lock(db_conn *c, struct state_tx *t, char pk[24], char fr
 /* Revocation destroys the key material at once (crypto-shredding; the
  * metadata stays for audit) and ends the device's open sessions,
  * destroying their keys. The destroyed indices go into *destroyed. */
-static db_status state_shred(db_conn *c, struct state_tx *t, const char *pk, json_t *destroyed)
+static db_status state_shred(db_conn *c, struct state_tx *t, const char *pk, json_t *destroyed,
+                             json_t *certs)
 {
     const char *vals[2] = {pk, t->actor};
     db_status st;
@@ -527,6 +530,13 @@ static db_status state_shred(db_conn *c, struct state_tx *t, const char *pk, jso
     if (!(r = db_exec(c, Q_SESSIONS_END_FOR_DEVICE, 2, vals, NULL, NULL, &st)))
         return st;
     PQclear(r);
+    /* Its certificates go with it (certs.h): in the same transaction, so
+     * no certificate of a revoked device is ever active on record. */
+    if (!(r = qt_exec(c, QT_CERTS_REVOKE_DEVICE, 1, vals, &st)))
+        return st;
+    for (int i = 0; i < PQntuples(r); i++)
+        json_array_append_new(certs, json_string(PQgetvalue(r, i, 0)));
+    PQclear(r);
     return DB_OK;
 }
 
@@ -537,13 +547,14 @@ static db_status state_tx_fn(db_conn *c, void *arg)
     struct state_tx *t = arg;
     const char *vals[2];
     char pk[24], from[16];
-    json_t *destroyed = NULL;
+    json_t *destroyed = NULL, *certs = NULL;
     db_status st;
     PGresult *r;
 
     /* db_tx may run this again: an error of an earlier attempt must not
      * decide the answer of this one. */
     qk_clear(t->e);
+    t->certs_revoked = 0;
 
     if ((st = state_lock(c, t, pk, from)) != DB_OK)
         return st;
@@ -553,12 +564,19 @@ static db_status state_tx_fn(db_conn *c, void *arg)
         goto fail;
     PQclear(r);
     destroyed = json_array();
-    if (t->action == DEVICE_REVOKE && (st = state_shred(c, t, pk, destroyed)) != DB_OK)
+    certs = json_array();
+    if (t->action == DEVICE_REVOKE && (st = state_shred(c, t, pk, destroyed, certs)) != DB_OK)
         goto fail;
+    t->certs_revoked = (int)json_array_size(certs);
+    if (!t->certs_revoked) {
+        json_decref(certs);
+        certs = NULL;
+    }
     return audit_append(c, t->actor, event[t->action], t->device_id,
-                        json_pack("{s:s,s:s,s:o}", "from", from, "to", target[t->action],
-                                  "destroyed_keys", destroyed));
+                        json_pack("{s:s,s:s,s:o,s:o*}", "from", from, "to", target[t->action],
+                                  "destroyed_keys", destroyed, "revoked_certificates", certs));
 fail:
+    json_decref(certs);
     json_decref(destroyed);
     db_fail(t->e, st);
     return st;
@@ -568,8 +586,9 @@ qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device
                           device_action a, qk_err *e)
 {
     static const char *const done[] = {"device suspended", "device resumed", "device revoked"};
-    struct state_tx t = {who->name, device_id, a, e};
+    struct state_tx t = {who->name, device_id, a, e, 0};
     db_status st;
+    qk_err ce;
 
     qk_clear(e);
     st = db_tx(s->db, state_tx_fn, &t);
@@ -577,7 +596,13 @@ qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device
     if (st != DB_OK)
         return e->kind != QK_OK ? e->kind : db_fail(e, st);
     qk_clear(e);
-    log_with(&who->log, LOG_INFO, done[a], "{s:s,s:s}", "device_id", device_id, "by", who->name);
+    log_with(&who->log, LOG_INFO, done[a], "{s:s,s:s,s:i}", "device_id", device_id, "by",
+             who->name, "certificates_revoked", t.certs_revoked);
+    /* The revocation stands; a CRL that could not be made now is made by
+     * the next maintenance pass (crl.h). */
+    if (t.certs_revoked && crl_refresh(s, true, &ce) != QK_OK)
+        log_with(&who->log, LOG_WARN, "CRL not refreshed after a revocation", "{s:s,s:s}", "code",
+                 ce.code, "detail", ce.detail);
     return QK_OK;
 }
 

@@ -11,6 +11,7 @@
 
 #include "service/audit.h"
 #include "service/audit_seal.h"
+#include "service/crl.h"
 #include "service/keycache.h"
 #include "deadline.h"
 #include "log.h"
@@ -175,7 +176,10 @@ static void *loop(void *arg)
         for (int i = 0; i < 20 && rotation_pass(m->k) > 0; i++)
             ;
         if (time(NULL) >= next_full) {
+            qk_err ce;
             maintenance_run_once(m);
+            /* A CRL when the newest is ca_crl_interval old (logs its failures). */
+            crl_refresh(m->k, false, &ce);
             next_full = time(NULL) + m->k->cfg->maintenance_interval;
         }
         pthread_mutex_lock(&m->mu);

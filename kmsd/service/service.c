@@ -12,6 +12,7 @@
 
 #include <openssl/crypto.h>
 
+#include "service/ca.h"
 #include "service/keycache.h"
 #include "service/session_seen.h"
 #include "service/master.h"
@@ -130,6 +131,10 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
         log_emit(LOG_ERROR, "master key check failed", "{s:s}", "error", err);
         goto out;
     }
+    if (ca_open(&s->ca, s->db, s->token, err, errlen) != 0) {
+        log_emit(LOG_ERROR, "platform CA check failed", "{s:s}", "error", err);
+        goto out;
+    }
     if (entropy_open(&s->ent, cfg, s->token, err, errlen) != 0) {
         log_emit(LOG_ERROR, "entropy configuration error", "{s:s}", "error", err);
         goto out;
@@ -156,6 +161,7 @@ void service_close(qk_svc *s)
     session_metrics_free(s->smetrics);
     sessions_set_id_key(NULL, 0);
     keycache_free(s->keys);
+    ca_free(s->ca);
     session_seen_free(s->seen);
     entropy_close(s->ent);
     keywrap_free(s->kw);

@@ -32,6 +32,7 @@
 #include "store/dbbatch.h"
 
 typedef struct keycache keycache;
+typedef struct qk_ca qk_ca;
 typedef struct session_seen session_seen;
 typedef struct session_metrics session_metrics;
 
@@ -45,6 +46,7 @@ typedef struct qk_svc {
     keycache *keys;   /* device key rows; unwrapped keys in the secure heap */
     session_seen *seen; /* sessions seen to exist: no candidate key for them */
     session_metrics *smetrics;
+    qk_ca *ca;        /* the platform CA (its key in the token), service/ca.h */
     /* The rotation's scan of sessions for rows under an older master version
      * found none while this version was active (0: not yet). Rows are only
      * written under the active version (006's trigger), so the scan, a full

@@ -249,6 +249,8 @@ extern const db_stmt_def queries[Q__COUNT];
 #define QKMS_MASTER_LOCK_KEY "7164803902"
 /* kmsd instances starting together must not both mint a bootstrap token. */
 #define QKMS_BOOTSTRAP_LOCK_KEY "7164803903"
+/* kmsd instances starting together must not both create the platform CA. */
+#define QKMS_CA_LOCK_KEY "7164803905"
 
 /* An audit row (service/audit_rows.h decodes these): id, at_us, actor,
  * event, device_id, detail. */
@@ -363,7 +365,62 @@ extern const db_stmt_def queries[Q__COUNT];
       " AND ($3::text IS NULL OR a.device_id = $3::text)"                                       \
       " AND ($4::text IS NULL OR a.event = $4::text"                                            \
       "      OR ($5::boolean AND left(a.event, length($4::text)) = $4::text))"                  \
-      " ORDER BY a.id LIMIT $6::int")
+      " ORDER BY a.id LIMIT $6::int")                                                           \
+    /* the platform CA and device certificates (service/ca.c) */                                \
+    X(QT_CA_LOCK, "SELECT pg_advisory_lock(" QKMS_CA_LOCK_KEY ")")                               \
+    X(QT_CA_UNLOCK, "SELECT pg_advisory_unlock(" QKMS_CA_LOCK_KEY ")")                           \
+    X(QT_CA_LIST,                                                                               \
+      "SELECT version, label, state, encode(certificate, 'hex') FROM ca_keys"                   \
+      " ORDER BY (state = 'active') DESC, version DESC")                                        \
+    X(QT_CA_INSERT,                                                                             \
+      "INSERT INTO ca_keys (version, label, certificate, not_after)"                            \
+      " VALUES ($1::int, $2, decode($3, 'hex'), to_timestamp($4::bigint))")                     \
+    X(QT_CA_ROW_LOCK, "SELECT version FROM ca_keys WHERE version = $1::int FOR UPDATE")         \
+    X(QT_CRL_NEWEST, /* $1 version, $2 interval_s: number, and whether it is recent enough */  \
+      "SELECT crl_number, this_update > now() - make_interval(secs => $2::int) FROM ca_crls"    \
+      " WHERE ca_version = $1::int ORDER BY crl_number DESC LIMIT 1")                           \
+    X(QT_CRL_REVOKED,                                                                           \
+      "SELECT serial, extract(epoch FROM revoked_at)::bigint, revoke_reason FROM certificates"  \
+      " WHERE ca_version = $1::int AND state = 'revoked' AND not_after > now() ORDER BY serial") \
+    X(QT_CRL_INSERT,                                                                            \
+      "INSERT INTO ca_crls (ca_version, crl_number, this_update, next_update, der)"            \
+      " VALUES ($1::int, $2::bigint, to_timestamp($3::bigint), to_timestamp($4::bigint),"       \
+      " decode($5, 'hex'))")                                                                    \
+    X(QT_CRL_PRUNE, "DELETE FROM ca_crls WHERE ca_version = $1::int AND crl_number <= $2::bigint") \
+    X(QT_CRL_GET,                                                                               \
+      "SELECT encode(der, 'hex') FROM ca_crls WHERE ca_version = $1::int"                       \
+      " ORDER BY crl_number DESC LIMIT 1")                                                      \
+    X(QT_CERT_DEVICE, /* $1 device_id: the device, locked against a concurrent revoke */        \
+      "SELECT id, state FROM devices WHERE device_id = $1 FOR SHARE")                           \
+    X(QT_CERT_SPKI_ELSEWHERE, /* $1 spki hex, $2 device_id */                                   \
+      "SELECT device_id FROM certificates WHERE spki_sha256 = decode($1, 'hex')"                \
+      " AND device_id <> $2 AND state = 'active' LIMIT 1")                                      \
+    X(QT_CERT_INSERT,                                                                           \
+      "INSERT INTO certificates (serial, device_pk, device_id, kind, ca_version, subject,"      \
+      " not_before, not_after, sha256, spki_sha256, der, created_by)"                           \
+      " VALUES ($1, $2::bigint, $3, $4, $5::int, $6, to_timestamp($7::bigint),"                 \
+      " to_timestamp($8::bigint), decode($9, 'hex'), decode($10, 'hex'), decode($11, 'hex'),"   \
+      " $12) RETURNING created_at")                                                             \
+    X(QT_CERT_LIST, /* $1 device_id */                                                          \
+      "SELECT serial, kind, ca_version, subject, not_before, not_after,"                        \
+      " encode(sha256, 'hex'), encode(spki_sha256, 'hex'), state, revoked_at,"                 \
+      " revoke_reason, created_at, created_by,"                                                 \
+      " encode(der, 'hex') FROM certificates WHERE device_id = $1 ORDER BY created_at, serial") \
+    X(QT_CERT_GET, /* $1 device_id, $2 serial: the columns of QT_CERT_LIST */                   \
+      "SELECT serial, kind, ca_version, subject, not_before, not_after,"                        \
+      " encode(sha256, 'hex'), encode(spki_sha256, 'hex'), state, revoked_at,"                 \
+      " revoke_reason, created_at, created_by,"                                                 \
+      " encode(der, 'hex') FROM certificates WHERE device_id = $1 AND serial = $2")             \
+    X(QT_CERT_LOCK, /* $1 device_id, $2 serial */                                               \
+      "SELECT state, ca_version IS NOT NULL FROM certificates"                                  \
+      " WHERE device_id = $1 AND serial = $2 FOR UPDATE")                                       \
+    X(QT_CERT_REVOKE, /* $1 device_id, $2 serial, $3 reason */                                  \
+      "UPDATE certificates SET state = 'revoked', revoked_at = now(), revoke_reason = $3"      \
+      " WHERE device_id = $1 AND serial = $2 AND state = 'active'")                             \
+    X(QT_CERTS_REVOKE_DEVICE, /* $1 device_pk: the device is revoked */                         \
+      "UPDATE certificates SET state = 'revoked', revoked_at = now(),"                          \
+      " revoke_reason = 'cessationOfOperation' WHERE device_pk = $1::bigint AND state = 'active'" \
+      " RETURNING serial")
 
 #define QKMS_QT_ENUM(id, sql) id,
 typedef enum { QKMS_TEXT_QUERIES(QKMS_QT_ENUM) QT__COUNT } text_query_id;

@@ -5,6 +5,7 @@ and its fixtures):
  - running the real kmsctl binary and checking what it prints: no sanitizer
    report and no admin token in its output, whatever the outcome; the exit
    code and the error shape of a usage error or a refusal;
+ - a second kmsd over a Stack's PostgreSQL and token (SecondKmsd);
  - playing devices over HTTP with the independent Python protocol client
    (qkms_proto_py): registering one and opening its plaintext fill, sending
    its requests, pairing vehicles with encryptors.
@@ -21,7 +22,7 @@ import uuid
 
 import requests
 
-from conftest import KMSCTL, running_stack
+from conftest import KMSCTL, KMSD, free_port, running_stack, wait_readyz
 from qkms_proto_py import Device
 
 TS_FMT = "%Y-%m-%dT%H:%M:%SZ"
@@ -227,3 +228,22 @@ def veh_enc_stack(name, extra_env):
         st.destroy()
         raise
     return st
+
+
+class SecondKmsd:
+    """Another kmsd over the same PostgreSQL and token."""
+
+    def __init__(self, st):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(st.env, QKMS_LISTEN_PORT=str(self.port))
+        self.log = open(os.path.join(st.state, f"kmsd-{self.port}.log"), "wb")
+        self.proc = subprocess.Popen([KMSD, "-c", st.conf], env=env, stdout=self.log, stderr=self.log)
+        if not wait_readyz(self.url, 30):
+            raise RuntimeError("second kmsd not ready")
+
+    def stop(self):
+        self.proc.terminate()
+        rc = self.proc.wait(timeout=30)
+        self.log.close()
+        return rc

@@ -32,6 +32,11 @@ MATRIX = [
     ("POST", "/v1/admin/devices/{id}/revoke", OPS),
     ("POST", "/v1/admin/devices/{id}/rotate", OPS),
     ("POST", "/v1/admin/devices/{id}/fill", OPS),
+    ("GET", "/v1/admin/devices/{id}/certificates", ANY),
+    ("POST", "/v1/admin/devices/{id}/certificates", OPS),
+    ("GET", "/v1/admin/devices/{id}/certificates/{serial}", ANY),
+    ("POST", "/v1/admin/devices/{id}/certificates/{serial}/revoke", OPS),
+    ("GET", "/v1/admin/ca", ANY),
     ("GET", "/v1/admin/device-types", ANY),
     ("POST", "/v1/admin/device-types", ADMIN),
     ("GET", "/v1/admin/sessions", ANY),
@@ -51,7 +56,7 @@ MATRIX = [
 
 
 def concrete(path):
-    return path.replace("{id}", "NO-SUCH").replace("{name}", "no-such")
+    return path.replace("{id}", "NO-SUCH").replace("{name}", "no-such").replace("{serial}", "00ff")
 
 
 def test_matrix_covers_every_route():

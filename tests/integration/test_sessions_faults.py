@@ -5,15 +5,14 @@ import concurrent.futures
 import glob
 import os
 import shutil
-import subprocess
 import threading
 import time
 import uuid
 
 import pytest
 
-from conftest import KMSD, Stack, _finish, free_port, wait_readyz
-from helpers import make_device, try_key
+from conftest import Stack, _finish
+from helpers import SecondKmsd, make_device, try_key
 
 
 @pytest.fixture
@@ -26,25 +25,6 @@ def fs(fresh_stack):
 
 
 ask = try_key
-
-
-class SecondKmsd:
-    """Another kmsd over the same PostgreSQL and token."""
-
-    def __init__(self, st):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(st.env, QKMS_LISTEN_PORT=str(self.port))
-        self.log = open(os.path.join(st.state, f"kmsd-{self.port}.log"), "wb")
-        self.proc = subprocess.Popen([KMSD, "-c", st.conf], env=env, stdout=self.log, stderr=self.log)
-        if not wait_readyz(self.url, 30):
-            raise RuntimeError("second kmsd not ready")
-
-    def stop(self):
-        self.proc.terminate()
-        rc = self.proc.wait(timeout=30)
-        self.log.close()
-        return rc
 
 
 def test_two_instances_one_key_per_session(fs):
