@@ -186,8 +186,9 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     char errbuf[CURL_ERROR_SIZE] = "";
     CURL *curl = NULL;
 
-    rc = config_load_token(ctx, &token);
-    if (rc)
+    /* raw answers come from public routes (the CRL): no token is sent,
+     * and none is needed. */
+    if (!raw && (rc = config_load_token(ctx, &token)))
         goto cleanup;
 
     rc = EXIT_INTERNAL;
@@ -203,16 +204,18 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
         where = NULL;
         goto oom;
     }
-    if (asprintf(&auth, "Authorization: Bearer %s", token) < 0) {
+    if (token && asprintf(&auth, "Authorization: Bearer %s", token) < 0) {
         auth = NULL;
         goto oom;
     }
     if (body && !(payload = json_dumps(body, JSON_COMPACT)))
         goto oom;
 
-    if (!(h = curl_slist_append(headers, auth)))
-        goto oom;
-    headers = h;
+    if (auth) {
+        if (!(h = curl_slist_append(headers, auth)))
+            goto oom;
+        headers = h;
+    }
     if (!(h = curl_slist_append(headers, raw ? "Accept: */*" : "Accept: application/json")))
         goto oom;
     headers = h;
@@ -319,9 +322,12 @@ int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
 
 int client_get_raw(const struct kmsctl_ctx *ctx, const char *path, char **data, size_t *len)
 {
-    json_t *none;
+    json_t *none = NULL;
+    int rc;
     *data = NULL;
-    return call(ctx, "GET", path, NULL, false, &none, data, len);
+    rc = call(ctx, "GET", path, NULL, false, &none, data, len);
+    json_decref(none); /* never set on 2xx; an error's body was reported */
+    return rc;
 }
 
 int client_show(const struct kmsctl_ctx *ctx, const char *path, out_printer print)

@@ -39,8 +39,9 @@ int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
 int client_call_empty_ok(const struct kmsctl_ctx *ctx, const char *method, const char *path,
                          const json_t *body, json_t **out);
 
-/* GET path for an answer that is not JSON (a CRL): on 2xx its bytes in
- * *data (malloc'd, a NUL after them) and *len; otherwise as client_call. */
+/* GET path of a public route whose answer is not JSON (the CRL), sending
+ * no token: on 2xx its bytes in *data (malloc'd, a NUL after them) and
+ * *len; otherwise as client_call. */
 int client_get_raw(const struct kmsctl_ctx *ctx, const char *path, char **data, size_t *len);
 
 /* GET path, then out_result: the whole of a command that shows one answer

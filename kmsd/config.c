@@ -205,6 +205,9 @@ const config_option config_options[] = {
     {"ca_crl_interval", OPT_INT, OFF(ca_crl_interval), "3600", 60, 604800, NULL, false, false,
      "Seconds between the platform CA's CRLs when nothing is revoked (a revocation makes one at "
      "once); each CRL's nextUpdate is twice this after its thisUpdate (docs/pki.md)."},
+    {"certificate_warn_days", OPT_INT, OFF(certificate_warn_days), "30", 1, 365, NULL, false,
+     false, "Days before a device certificate's notAfter from which kmsd warns (a log line at "
+     "most once a day per certificate, and `qkms_certificates_expiring`)."},
     {"device_key_cache_size", OPT_INT, OFF(device_key_cache_size), "65536", 0, 16777216, NULL,
      false, false,
      "Slots of the cache of wrapped device key rows on the request path (0 disables). Never "

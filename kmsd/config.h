@@ -107,6 +107,7 @@ typedef struct kms_config {
     int device_key_cache_unwrapped;
     /* the platform CA (docs/pki.md) */
     int ca_crl_interval;
+    int certificate_warn_days;
     /* admin */
     char *bootstrap_token_file;
     /* rate limits (kmsd/ratelimit.h) */

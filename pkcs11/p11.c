@@ -495,13 +495,15 @@ struct find_arg {
     bool found;
 };
 
-static CK_RV do_find(p11_token *t, CK_SESSION_HANDLE s, void *a)
+/* The object of class cls labelled label; *found false when absent. Two
+ * objects with one label is an operator mistake we must not guess at:
+ * CKR_TEMPLATE_INCONSISTENT. */
+static CK_RV find_class(p11_token *t, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label,
+                        CK_OBJECT_HANDLE *h, bool *found)
 {
-    struct find_arg *fa = a;
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_ATTRIBUTE tmpl[] = {
         {CKA_CLASS, &cls, sizeof(cls)},
-        {CKA_LABEL, (void *)fa->label, strlen(fa->label)},
+        {CKA_LABEL, (void *)label, strlen(label)},
     };
     CK_OBJECT_HANDLE hs[2];
     CK_ULONG n = 0;
@@ -512,11 +514,16 @@ static CK_RV do_find(p11_token *t, CK_SESSION_HANDLE s, void *a)
     t->f->C_FindObjectsFinal(s);
     if (rv != CKR_OK)
         return rv;
-    fa->found = n > 0;
+    *found = n > 0;
     if (n > 0)
-        fa->h = hs[0];
-    /* Two keys with one label is an operator mistake we must not guess at. */
+        *h = hs[0];
     return n > 1 ? CKR_TEMPLATE_INCONSISTENT : CKR_OK;
+}
+
+static CK_RV do_find(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct find_arg *fa = a;
+    return find_class(t, s, CKO_SECRET_KEY, fa->label, &fa->h, &fa->found);
 }
 
 CK_RV p11_find_secret_key(p11_token *t, const char *label, CK_OBJECT_HANDLE *h, bool *found)
@@ -604,6 +611,22 @@ static CK_RV do_info(p11_token *t, CK_SESSION_HANDLE s, void *a)
     return CKR_OK;
 }
 
+/* Whether a key found under one of kmsd's labels is one kmsd could have
+ * made: on the token, sensitive, never extractable (and, for a secret key,
+ * value_len bytes long; 0 for a private key). Anything else under the
+ * label was planted: CKR_TEMPLATE_INCONSISTENT. */
+static CK_RV adoptable(p11_token *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ULONG value_len)
+{
+    p11_key_info info;
+    struct info_arg ia = {.h = h, .info = &info};
+    CK_RV rv = do_info(t, s, &ia);
+    if (rv != CKR_OK)
+        return rv;
+    if (!info.token || !info.sensitive || info.extractable || info.value_len != value_len)
+        return CKR_TEMPLATE_INCONSISTENT;
+    return CKR_OK;
+}
+
 /* The retry of a generation: the failed first try may have created the key
  * (the answer, not the work, was lost). Creating it again would leave two
  * keys with one label, which p11_find_secret_key refuses for good; so look
@@ -616,16 +639,9 @@ static CK_RV do_gen_again(p11_token *t, CK_SESSION_HANDLE s, void *a)
     if (rv != CKR_OK)
         return rv;
     if (fa.found) {
-        /* Adopt only a key kmsd could have made: on the token, AES-256,
-         * sensitive and never extractable. Anything else under a master
-         * key's label was planted, and is refused. */
-        p11_key_info info;
-        struct info_arg ia = {.h = fa.h, .info = &info};
-        rv = do_info(t, s, &ia);
-        if (rv != CKR_OK)
+        /* Adopt only a key kmsd could have made: AES-256 (adoptable). */
+        if ((rv = adoptable(t, s, fa.h, 32)) != CKR_OK)
             return rv;
-        if (!info.token || !info.sensitive || info.extractable || info.value_len != 32)
-            return CKR_TEMPLATE_INCONSISTENT;
         ga->h = fa.h;
         return CKR_OK;
     }
@@ -724,28 +740,6 @@ struct ec_arg {
     bool found;
 };
 
-static CK_RV find_class(p11_token *t, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label,
-                        CK_OBJECT_HANDLE *h, bool *found)
-{
-    CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},
-        {CKA_LABEL, (void *)label, strlen(label)},
-    };
-    CK_OBJECT_HANDLE hs[2];
-    CK_ULONG n = 0;
-    CK_RV rv = t->f->C_FindObjectsInit(s, tmpl, 2);
-    if (rv != CKR_OK)
-        return rv;
-    rv = t->f->C_FindObjects(s, hs, 2, &n);
-    t->f->C_FindObjectsFinal(s);
-    if (rv != CKR_OK)
-        return rv;
-    *found = n > 0;
-    if (n > 0)
-        *h = hs[0];
-    return n > 1 ? CKR_TEMPLATE_INCONSISTENT : CKR_OK;
-}
-
 static CK_RV do_find_priv(p11_token *t, CK_SESSION_HANDLE s, void *a)
 {
     struct ec_arg *ea = a;
@@ -802,8 +796,10 @@ static CK_RV do_gen_ec_again(p11_token *t, CK_SESSION_HANDLE s, void *a)
 {
     struct ec_arg *ea = a;
     CK_RV rv = find_class(t, s, CKO_PRIVATE_KEY, ea->label, &ea->priv, &ea->found);
-    if (rv != CKR_OK || ea->found)
+    if (rv != CKR_OK)
         return rv;
+    if (ea->found)
+        return adoptable(t, s, ea->priv, 0); /* as for master keys (do_gen_again) */
     return do_gen_ec(t, s, ea);
 }
 
@@ -840,7 +836,7 @@ static CK_RV do_point(p11_token *t, CK_SESSION_HANDLE s, void *a)
      * give the bare point. Unwrap the first form. */
     const uint8_t *p = buf;
     size_t n = at.ulValueLen;
-    if (n >= 2 && p[0] == 0x04 && p[1] == n - 2 && n - 2 < 128) {
+    if (n == 67 && p[0] == 0x04 && p[1] == 65) { /* OCTET STRING of a P-256 point */
         p += 2;
         n -= 2;
     }

@@ -40,12 +40,14 @@ CREATE TABLE certificates (
                               'privilegeWithdrawn')),
     created_at     timestamptz NOT NULL DEFAULT now(),
     created_by     text NOT NULL,
+    expiry_warned_at timestamptz,        -- certificate_warn_days: warned at most once a day
     CHECK ((kind = 'issued') = (ca_version IS NOT NULL)),
     CHECK ((state = 'revoked') = (revoked_at IS NOT NULL))
 );
 CREATE UNIQUE INDEX certificates_device_serial ON certificates (device_id, serial);
 CREATE INDEX certificates_device_pk ON certificates (device_pk);
 CREATE INDEX certificates_spki ON certificates (spki_sha256);
+CREATE INDEX certificates_active_expiry ON certificates (not_after) WHERE state = 'active';
 CREATE UNIQUE INDEX certificates_issued_serial ON certificates (serial) WHERE kind = 'issued';
 CREATE INDEX certificates_revoked ON certificates (ca_version) WHERE state = 'revoked';
 

@@ -38,6 +38,7 @@ typedef struct {
 
 struct qk_ca {
     p11_token *t;
+    X509_STORE *store; /* every CA version's certificate: verifying client certificates */
     pthread_mutex_t lock; /* guards priv and gen */
     CK_OBJECT_HANDLE priv;
     uint64_t gen;
@@ -109,79 +110,70 @@ static int ecdsa_der(const uint8_t rs[64], unsigned char **der)
     return len;
 }
 
+/* Sign the to-be-signed bytes in the token (SHA-256 on the host, CKM_ECDSA
+ * in the token) and put the DER signature into sig, the object's own
+ * signature bit string (its getters hand it out const only by
+ * convention). */
+static CK_RV sign_into(p11_token *t, CK_OBJECT_HANDLE priv, const unsigned char *tbs, int tbsl,
+                       const ASN1_BIT_STRING *sig)
+{
+    unsigned char *der = NULL, md[SHA256_DIGEST_LENGTH];
+    uint8_t rs[132];
+    size_t rsl = sizeof(rs);
+    int derl;
+    CK_RV rv;
+    SHA256(tbs, (size_t)tbsl, md);
+    if ((rv = p11_ecdsa_sign(t, priv, md, sizeof(md), rs, &rsl)) != CKR_OK)
+        return rv;
+    rv = CKR_FUNCTION_FAILED;
+    if (rsl == 64 && (derl = ecdsa_der(rs, &der)) > 0 &&
+        ASN1_BIT_STRING_set((ASN1_BIT_STRING *)sig, der, derl) == 1)
+        rv = CKR_OK;
+    OPENSSL_free(der);
+    return rv;
+}
+
 /* Sign x in the token with the active CA key. OpenSSL has no call that
  * takes a signature made elsewhere, so x is first signed with a throwaway
- * key, which sets both signature algorithm fields to ecdsa-with-SHA256;
- * the to-be-signed part is then encoded again, hashed, signed in the token,
- * and the throwaway signature replaced. The result is verified with the
- * CA's public key, so a token fault never yields a certificate that does
- * not verify. */
+ * key, which sets both signature algorithm fields to ecdsa-with-SHA256 and
+ * marks the cached encoding modified (so i2d_X509 encodes the whole
+ * certificate afresh); the to-be-signed part is then encoded again,
+ * signed in the token, and the throwaway signature replaced. The result
+ * is verified with the CA's public key, so a token fault never yields a
+ * certificate that does not verify. */
 static CK_RV token_sign(p11_token *t, CK_OBJECT_HANDLE priv, X509 *x, EVP_PKEY *ca_pub)
 {
     EVP_PKEY *tmp = EVP_EC_gen("P-256");
-    unsigned char *tbs = NULL, *der = NULL, md[SHA256_DIGEST_LENGTH];
-    uint8_t rs[132];
-    size_t rsl = sizeof(rs);
-    int tbsl, derl;
+    unsigned char *tbs = NULL;
+    int tbsl;
     CK_RV rv = CKR_FUNCTION_FAILED;
-    const ASN1_BIT_STRING *cs;
+    const ASN1_BIT_STRING *sig;
     const X509_ALGOR *alg;
-
-    if (!tmp || X509_sign(x, tmp, EVP_sha256()) <= 0 || (tbsl = i2d_re_X509_tbs(x, &tbs)) <= 0)
-        goto out;
-    SHA256(tbs, (size_t)tbsl, md);
-    if ((rv = p11_ecdsa_sign(t, priv, md, sizeof(md), rs, &rsl)) != CKR_OK)
-        goto out;
-    rv = CKR_FUNCTION_FAILED;
-    if (rsl != 64 || (derl = ecdsa_der(rs, &der)) <= 0)
-        goto out;
-    X509_get0_signature(&cs, &alg, x);
-    /* The bit string is x's own (X509_get0_signature hands out const only
-     * by convention); i2d_X509 encodes it afresh, the TBS from its cache. */
-    if (ASN1_BIT_STRING_set((ASN1_BIT_STRING *)cs, der, derl) != 1)
-        goto out;
-    if (X509_verify(x, ca_pub) != 1) {
-        rv = CKR_SIGNATURE_INVALID;
-        goto out;
+    if (tmp && X509_sign(x, tmp, EVP_sha256()) > 0 && (tbsl = i2d_re_X509_tbs(x, &tbs)) > 0) {
+        X509_get0_signature(&sig, &alg, x);
+        if ((rv = sign_into(t, priv, tbs, tbsl, sig)) == CKR_OK && X509_verify(x, ca_pub) != 1)
+            rv = CKR_SIGNATURE_INVALID;
     }
-    rv = CKR_OK;
-out:
-    OPENSSL_free(der);
     OPENSSL_free(tbs);
     EVP_PKEY_free(tmp);
     return rv;
 }
 
-/* As token_sign, for a CRL: throwaway signature first (sets the algorithm
- * fields), then the to-be-signed part re-encoded, signed in the token, and
- * the result verified with the CA's public key. */
+/* As token_sign, for a CRL. */
 static CK_RV token_sign_crl(p11_token *t, CK_OBJECT_HANDLE priv, X509_CRL *crl, EVP_PKEY *ca_pub)
 {
     EVP_PKEY *tmp = EVP_EC_gen("P-256");
-    unsigned char *tbs = NULL, *der = NULL, md[SHA256_DIGEST_LENGTH];
-    uint8_t rs[132];
-    size_t rsl = sizeof(rs);
-    int tbsl, derl;
+    unsigned char *tbs = NULL;
+    int tbsl;
     CK_RV rv = CKR_FUNCTION_FAILED;
-    const ASN1_BIT_STRING *cs;
+    const ASN1_BIT_STRING *sig;
     const X509_ALGOR *alg;
-
-    if (!tmp || X509_CRL_sign(crl, tmp, EVP_sha256()) <= 0 ||
-        (tbsl = i2d_re_X509_CRL_tbs(crl, &tbs)) <= 0)
-        goto out;
-    SHA256(tbs, (size_t)tbsl, md);
-    if ((rv = p11_ecdsa_sign(t, priv, md, sizeof(md), rs, &rsl)) != CKR_OK)
-        goto out;
-    rv = CKR_FUNCTION_FAILED;
-    if (rsl != 64 || (derl = ecdsa_der(rs, &der)) <= 0)
-        goto out;
-    X509_CRL_get0_signature(crl, &cs, &alg);
-    /* As in token_sign: the CRL's own bit string, encoded afresh. */
-    if (ASN1_BIT_STRING_set((ASN1_BIT_STRING *)cs, der, derl) != 1)
-        goto out;
-    rv = X509_CRL_verify(crl, ca_pub) == 1 ? CKR_OK : CKR_SIGNATURE_INVALID;
-out:
-    OPENSSL_free(der);
+    if (tmp && X509_CRL_sign(crl, tmp, EVP_sha256()) > 0 &&
+        (tbsl = i2d_re_X509_CRL_tbs(crl, &tbs)) > 0) {
+        X509_CRL_get0_signature(crl, &sig, &alg);
+        if ((rv = sign_into(t, priv, tbs, tbsl, sig)) == CKR_OK && X509_CRL_verify(crl, ca_pub) != 1)
+            rv = CKR_SIGNATURE_INVALID;
+    }
     OPENSSL_free(tbs);
     EVP_PKEY_free(tmp);
     return rv;
@@ -290,8 +282,11 @@ static int load_versions(qk_ca *ca, db_conn *c, char *err, size_t el)
         v->version = atoi(PQgetvalue(r, i, 0));
         snprintf(v->label, sizeof(v->label), "%s", PQgetvalue(r, i, 1));
         v->active = !strcmp(PQgetvalue(r, i, 2), "active");
-        if (x509_unhex(PQgetvalue(r, i, 3), &der, &len) != 0)
-            break;
+        if (x509_unhex(PQgetvalue(r, i, 3), &der, &len) != 0) {
+            snprintf(err, el, "reading the certificate of CA version %d failed", v->version);
+            PQclear(r);
+            return -1;
+        }
         p = der;
         v->cert = d2i_X509(NULL, &p, (long)len);
         OPENSSL_free(der);
@@ -359,6 +354,16 @@ int ca_open(qk_ca **out, db_pool *db, p11_token *t, char *err, size_t el)
                  ca->v[ca->active].label);
         goto out;
     }
+    if (!(ca->store = X509_STORE_new())) {
+        snprintf(err, el, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < ca->nv; i++)
+        if (X509_STORE_add_cert(ca->store, ca->v[i].cert) != 1) {
+            snprintf(err, el, "CA version %d cannot be trusted (X509_STORE_add_cert)",
+                     ca->v[i].version);
+            goto out;
+        }
     rc = 0;
 out:
     EVP_PKEY_free(pub);
@@ -379,6 +384,7 @@ void ca_free(qk_ca *ca)
         return;
     for (int i = 0; i < ca->nv; i++)
         X509_free(ca->v[i].cert);
+    X509_STORE_free(ca->store);
     pthread_mutex_destroy(&ca->lock);
     free(ca);
 }
@@ -494,3 +500,5 @@ CK_RV ca_sign_crl(qk_ca *ca, X509_CRL *crl)
     EVP_PKEY_free(pub);
     return after_sign(ca, rv);
 }
+
+X509_STORE *ca_store(qk_ca *ca) { return ca->store; }

@@ -45,6 +45,9 @@ qk_kind ca_chain_pem(qk_ca *ca, char **pem, size_t *len, qk_err *e);
  * not_before, not_after, sha256, spki_sha256, key: {type, curve}, pem}]} */
 qk_kind ca_show(qk_ca *ca, json_t **out, qk_err *e);
 
+/* Every CA version's certificate as a trust store, for verifying client
+ * certificates (borrowed; read-only, so any thread may verify with it). */
+X509_STORE *ca_store(qk_ca *ca);
 /* The active CA's certificate (borrowed: lives as long as ca) and version. */
 X509 *ca_active_cert(qk_ca *ca, int *version);
 /* Sign x (every field set, issuer the active CA's subject) with the active

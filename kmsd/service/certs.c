@@ -121,15 +121,15 @@ static qk_kind parse_csr(const cert_request *rq, X509_REQ **out, EVP_PKEY **key,
     return QK_OK;
 }
 
-/* URI SAN for a device: urn:qkms:device:<id>, the ID percent-encoded where
- * a URI may not carry it as it is. */
+/* The device's URI: urn:qkms:device:<id>, the ID percent-encoded where a
+ * URI may not carry it as it is. */
 static void device_uri(const char *id, char *out, size_t len)
 {
     static const char hx[] = "0123456789ABCDEF";
-    size_t o = (size_t)snprintf(out, len, "URI:urn:qkms:device:");
+    size_t o = (size_t)snprintf(out, len, "urn:qkms:device:");
     for (const unsigned char *p = (const unsigned char *)id; *p && o + 4 < len; p++) {
         if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-            strchr("-._~:@!$&'()*+,;=", *p))
+            strchr("-._~:@!$&'()*+;=", *p))
             out[o++] = (char)*p;
         else {
             out[o++] = '%';
@@ -140,18 +140,42 @@ static void device_uri(const char *id, char *out, size_t len)
     out[o] = '\0';
 }
 
+/* The subjectAltName with the device's URI, built as a value: never
+ * through OpenSSL's configuration syntax, where a device ID's ',' would
+ * start another name ("a,URI:urn:qkms:device:victim"). */
+static int add_device_san(X509 *x, const char *device_id)
+{
+    char uri[512];
+    GENERAL_NAMES *names = GENERAL_NAMES_new();
+    GENERAL_NAME *gn = GENERAL_NAME_new();
+    ASN1_IA5STRING *v = ASN1_IA5STRING_new();
+    int ok = -1;
+    device_uri(device_id, uri, sizeof(uri));
+    if (names && gn && v && ASN1_STRING_set(v, uri, -1) == 1) {
+        GENERAL_NAME_set0_value(gn, GEN_URI, v);
+        v = NULL; /* owned by gn */
+        if (sk_GENERAL_NAME_push(names, gn)) {
+            gn = NULL; /* owned by names */
+            ok = X509_add1_ext_i2d(x, NID_subject_alt_name, names, 0, 0) == 1 ? 0 : -1;
+        }
+    }
+    ASN1_IA5STRING_free(v);
+    GENERAL_NAME_free(gn);
+    GENERAL_NAMES_free(names);
+    return ok;
+}
+
 static X509 *build_cert(qk_ca *ca, const char *device_id, EVP_PKEY *key, int days, char serial[41])
 {
     X509 *issuer = ca_active_cert(ca, NULL), *x = X509_new();
     X509_NAME *n = X509_NAME_new();
-    char san[512];
     long secs = (long)days * 86400;
     time_t ca_end = x509_time(X509_get0_notAfter(issuer));
     bool ok;
-    /* Never beyond the CA's own validity. */
+    /* Never beyond the CA's own validity (certs_issue refuses a CA with
+     * less than a day left). */
     if (ca_end && ca_end - time(NULL) < secs)
         secs = (long)(ca_end - time(NULL));
-    device_uri(device_id, san, sizeof(san));
     ok = x && n && X509_set_version(x, 2) == 1 && x509_random_serial(x, serial) == 0 &&
          X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)device_id, -1,
                                     -1, 0) == 1 &&
@@ -167,7 +191,7 @@ static X509 *build_cert(qk_ca *ca, const char *device_id, EVP_PKEY *key, int day
                            ? "critical,digitalSignature,keyAgreement"
                            : "critical,digitalSignature") == 0 &&
          x509_add_ext(x, issuer, NID_ext_key_usage, "clientAuth") == 0 &&
-         x509_add_ext(x, issuer, NID_subject_alt_name, san) == 0 &&
+         add_device_san(x, device_id) == 0 &&
          x509_add_ext(x, issuer, NID_subject_key_identifier, "hash") == 0 &&
          x509_add_ext(x, issuer, NID_authority_key_identifier, "keyid:always") == 0;
     X509_NAME_free(n);
@@ -242,9 +266,16 @@ static db_status store_tx_fn(db_conn *c, void *arg)
         return DB_CONFLICT;
     t->vals[1] = pk;
     t->in_use_by[0] = '\0';
-    if (!strcmp(t->vals[3], "bound")) {
-        /* One key, one device: a certificate is a device's identity. */
+    {
+        /* One key, one device: a certificate is a device's identity, so a
+         * key on another device's active certificate is refused, issued
+         * (a CSR is public: another device's could be replayed) or bound.
+         * Writers of one key take turns (a transaction lock on its hash),
+         * so two at once cannot both pass the check. */
         const char *kv[] = {t->vals[9], t->device_id};
+        if (!(r = qt_exec(c, QT_CERT_SPKI_LOCK, 1, kv, &st)))
+            return st;
+        PQclear(r);
         if (!(r = qt_exec(c, QT_CERT_SPKI_ELSEWHERE, 2, kv, &st)))
             return st;
         if (PQntuples(r) > 0)
@@ -308,7 +339,7 @@ static qk_kind store_cert(qk_svc *s, const qk_principal *who, const char *device
                     issued ? "issued" : "bound");
         goto out;
     }
-    if (st == DB_CONFLICT && !issued) {
+    if (st == DB_CONFLICT && (t.in_use_by[0] || !issued)) {
         if (t.in_use_by[0])
             k = qk_fail(e, QK_INVALID, "certificate_in_use",
                         "a certificate with this key is bound to device '%s'", t.in_use_by);
@@ -365,6 +396,9 @@ qk_kind certs_issue(qk_svc *s, const qk_principal *who, const cert_request *rq, 
     if (days < 1 || days > CERT_MAX_DAYS)
         return qk_fail(e, QK_INVALID, "invalid_validity", "validity_days must be 1..%d",
                        CERT_MAX_DAYS);
+    if (X509_cmp_time(X509_get0_notAfter(ca_active_cert(ca, NULL)), &(time_t){time(NULL) + 86400}) <= 0)
+        return qk_fail(e, QK_UNAVAILABLE, "unavailable",
+                       "the platform CA expires within a day: no certificate is issued");
     if ((k = parse_csr(rq, &req, &key, e)) != QK_OK)
         return k;
     ca_active_cert(ca, &ca_version);
@@ -568,4 +602,96 @@ qk_kind certs_revoke(qk_svc *s, const qk_principal *who, const char *device_id,
         log_with(&who->log, LOG_WARN, "CRL not refreshed after a revocation", "{s:s,s:s}", "code",
                  ce.code, "detail", ce.detail);
     return certs_get(s, device_id, serial, out, e);
+}
+
+/* The chain (leaf first) verified against the platform CA: time, purpose
+ * (TLS client), signatures. 0, or -1 with the reason in why. */
+static int chain_ok(qk_ca *ca, X509 *leaf, STACK_OF(X509) *rest, const char **why)
+{
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    int ok = -1;
+    if (!ctx || X509_STORE_CTX_init(ctx, ca_store(ca), leaf, rest) != 1 ||
+        X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SSL_CLIENT) != 1) {
+        *why = "out of memory";
+    } else if (X509_verify_cert(ctx) == 1) {
+        ok = 0;
+    } else {
+        *why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
+    }
+    X509_STORE_CTX_free(ctx);
+    return ok;
+}
+
+qk_kind certs_authenticate(qk_svc *s, const unsigned char *const *der, const size_t *len, int n,
+                           cert_principal *out, qk_err *e)
+{
+    X509 *leaf = NULL;
+    STACK_OF(X509) *rest = sk_X509_new_null();
+    const unsigned char *p;
+    const char *why = NULL, *vals[1];
+    char sha[65], spki[65];
+    db_status st;
+    PGresult *r = NULL;
+    qk_kind k = QK_UNAUTHENTICATED;
+
+    qk_clear(e);
+    memset(out, 0, sizeof(*out));
+    if (!rest)
+        return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+    if (n < 1) {
+        why = "no client certificate";
+        goto out;
+    }
+    p = der[0];
+    if (!(leaf = d2i_X509(NULL, &p, (long)len[0])) || p != der[0] + len[0]) {
+        why = "the client certificate does not parse";
+        goto out;
+    }
+    for (int i = 1; i < n; i++) {
+        X509 *x;
+        p = der[i];
+        if (!(x = d2i_X509(NULL, &p, (long)len[i])) || !sk_X509_push(rest, x)) {
+            X509_free(x);
+            why = "a certificate of the client's chain does not parse";
+            goto out;
+        }
+    }
+    if (x509_digests(leaf, sha, spki) != 0) {
+        k = qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+        goto out;
+    }
+    memcpy(out->sha256, sha, sizeof(out->sha256));
+    /* The signatures first: a stranger's certificate costs no query. */
+    if (chain_ok(s->ca, leaf, rest, &why) != 0)
+        goto out;
+    /* Only certificates on record name a device: the platform CA's, or
+     * bound ones (whose issuers a trust bundle must vouch for: to come
+     * with the listener's configuration; until then they do not verify). */
+    vals[0] = sha;
+    if (!(r = db_query(s->db, Q_CERT_BY_SHA256, 1, vals, NULL, NULL, &st))) {
+        k = db_fail(e, st);
+        goto out;
+    }
+    if (PQntuples(r) == 0) {
+        why = "the client certificate is not on record for any device";
+        goto out;
+    }
+    snprintf(out->device_id, sizeof(out->device_id), "%s", PQgetvalue(r, 0, 0));
+    snprintf(out->serial, sizeof(out->serial), "%s", PQgetvalue(r, 0, 1));
+    if (strcmp(PQgetvalue(r, 0, 2), "active")) {
+        why = "the client certificate is revoked";
+        goto out;
+    }
+    if (strcmp(PQgetvalue(r, 0, 3), "active")) {
+        why = "the certificate's device is not active";
+        goto out;
+    }
+    k = QK_OK;
+out:
+    if (k == QK_UNAUTHENTICATED)
+        qk_fail(e, QK_UNAUTHENTICATED, "unauthenticated", "%s", why ? why : "refused");
+    PQclear(r);
+    X509_free(leaf);
+    sk_X509_pop_free(rest, X509_free);
+    return k;
 }

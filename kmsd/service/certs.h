@@ -11,7 +11,9 @@
  *    2048..8192 or Ed25519 (unsupported_key), a validity out of 1..3650
  *    days (invalid_validity). The device must exist (404) and be active
  *    (409 invalid_state), checked under a row lock in the transaction that
- *    stores the certificate and its audit row.
+ *    stores the certificate and its audit row. A key on another device's
+ *    active certificate is refused (422 certificate_in_use): one key, one
+ *    device, for issued and bound certificates alike.
  *  - A device's revocation (devices.c) revokes its active certificates in
  *    the same transaction (reason cessationOfOperation).
  *  - The certificate is signed before the transaction: a refusal there
@@ -57,5 +59,22 @@ qk_kind certs_get(qk_svc *s, const char *device_id, const char *serial, json_t *
  * new CRL is made at once (crl.h). *out: the record, as certs_get. */
 qk_kind certs_revoke(qk_svc *s, const qk_principal *who, const char *device_id,
                      const char *serial, const char *reason, json_t **out, qk_err *e);
+
+/* Who a TLS client certificate names. */
+typedef struct {
+    char device_id[129];
+    char serial[41];
+    char sha256[65];
+} cert_principal;
+
+/* Authenticate a TLS client by its certificate chain (DER, leaf first; n
+ * certificates): the leaf must be a certificate on record for a device,
+ * active, of an active device, and verify against the platform CA (time,
+ * TLS client purpose, signatures). QK_UNAUTHENTICATED with the reason in
+ * e->detail (for the log; the client sees the code) otherwise. *out
+ * names the certificate's SHA-256 once the leaf parsed, and the device
+ * once the certificate was found on record. */
+qk_kind certs_authenticate(qk_svc *s, const unsigned char *const *der, const size_t *len, int n,
+                           cert_principal *out, qk_err *e);
 
 #endif

@@ -191,8 +191,11 @@ qk_kind crl_refresh(qk_svc *s, bool force, qk_err *e)
     snprintf(t.ver, sizeof(t.ver), "%d", t.version);
     snprintf(t.interval, sizeof(t.interval), "%d", s->cfg->ca_crl_interval);
     st = db_tx(s->db, crl_tx_fn, &t);
-    if (t.rv != CKR_OK)
-        return qk_from_token(e, t.rv, "sign CRL");
+    if (t.rv != CKR_OK) {
+        log_emit(LOG_WARN, "CRL not made", "{s:i,s:s}", "ca_version", t.version, "ckr",
+                 p11_rv_name(t.rv));
+        return qk_from_token(e, t.rv, NULL);
+    }
     if (st != DB_OK) {
         log_emit(LOG_WARN, "CRL not made", "{s:i,s:s}", "ca_version", t.version, "error",
                  db_status_name(st));

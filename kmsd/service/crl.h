@@ -3,8 +3,9 @@
  *
  * Contract:
  *  - crl_refresh makes a new CRL for the active CA version when forced (a
- *    certificate was just revoked) or when the newest one is older than
- *    ca_crl_interval: every revoked certificate of that version that has
+ *    certificate was just revoked), when a certificate was revoked since
+ *    the newest one was made (a forced refresh that failed), or when the
+ *    newest one is older than ca_crl_interval: every revoked certificate of that version that has
  *    not expired, with its revocation time and reason; thisUpdate now,
  *    nextUpdate thisUpdate + 2 x ca_crl_interval (a refresh that fails
  *    once leaves a CRL still current); a CRL number one past the last;
@@ -13,7 +14,8 @@
  *    pruned.
  *  - Called after the revoking transaction committed: a failure here
  *    leaves the revocation in place (it is in the next CRL the
- *    maintenance pass makes) and is logged, never undone.
+ *    maintenance thread makes, which checks every min(60 s,
+ *    ca_crl_interval / 4)) and is logged, never undone.
  *  - crl_get answers the newest CRL (DER) and its number; with none yet
  *    (a fresh CA), it makes one first.
  */

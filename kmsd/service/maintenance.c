@@ -48,13 +48,38 @@ static db_status retire_tx(db_conn *c, void *arg)
     return st;
 }
 
+/* Certificates expiring within certificate_warn_days: a warning per
+ * certificate at most once a day, and their count. 0, or -1 (*st set). */
+static int cert_expiry(qk_svc *k, db_conn *c, int64_t *count, db_status *st)
+{
+    char days[16];
+    const char *vals[1] = {days};
+    PGresult *r;
+    snprintf(days, sizeof(days), "%d", k->cfg->certificate_warn_days);
+    if (!(r = qt_exec(c, QT_CERT_EXPIRY_WARN, 1, vals, st)))
+        return -1;
+    for (int i = 0; i < PQntuples(r); i++) {
+        char when[32] = "";
+        pgjson_rfc3339(PQgetvalue(r, i, 2), when, sizeof(when));
+        log_emit(LOG_WARN, "certificate expiring soon", "{s:s,s:s,s:s,s:i}", "device_id",
+                 PQgetvalue(r, i, 0), "serial", PQgetvalue(r, i, 1), "not_after", when,
+                 "warn_days", k->cfg->certificate_warn_days);
+    }
+    PQclear(r);
+    if (!(r = qt_exec(c, QT_CERTS_EXPIRING_COUNT, 1, vals, st)))
+        return -1;
+    *count = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return 0;
+}
+
 int maintenance_run_once(maintenance *m)
 {
     qk_svc *k = m->k;
     char days[16];
     const char *vals[1] = {days};
     uint64_t retired = 0;
-    int64_t expiring = -1, counts[3] = {0, 0, 0}, open_sessions = 0;
+    int64_t expiring = -1, certs_expiring = -1, counts[3] = {0, 0, 0}, open_sessions = 0;
     db_status st;
     db_conn *c;
     PGresult *r;
@@ -100,6 +125,10 @@ int maintenance_run_once(maintenance *m)
         open_sessions = atoll(PQgetvalue(r, 0, 0));
         PQclear(r);
         rc = 0;
+        /* Its own failure costs the gauge, not the rest of the pass. */
+        if (cert_expiry(k, c, &certs_expiring, &st) != 0)
+            log_emit(LOG_WARN, "certificate expiry check failed; will retry", "{s:s}", "error",
+                     db_status_name(st));
     }
     db_release(k->db, c);
 out:
@@ -108,6 +137,7 @@ out:
     m->stats.keys_retired += retired;
     if (rc == 0) {
         m->stats.keys_expiring = expiring;
+        m->stats.certs_expiring = certs_expiring;
         m->stats.devices_active = counts[0];
         m->stats.devices_suspended = counts[1];
         m->stats.devices_revoked = counts[2];
@@ -163,7 +193,7 @@ static void reap(qk_svc *k)
 static void *loop(void *arg)
 {
     maintenance *m = arg;
-    time_t next_full = 0;
+    time_t next_full = 0, next_crl = 0;
     pthread_mutex_lock(&m->mu);
     while (!m->stop) {
         struct timespec dl;
@@ -176,11 +206,18 @@ static void *loop(void *arg)
         for (int i = 0; i < 20 && rotation_pass(m->k) > 0; i++)
             ;
         if (time(NULL) >= next_full) {
-            qk_err ce;
             maintenance_run_once(m);
-            /* A CRL when the newest is ca_crl_interval old (logs its failures). */
-            crl_refresh(m->k, false, &ce);
             next_full = time(NULL) + m->k->cfg->maintenance_interval;
+        }
+        /* A CRL when the newest is ca_crl_interval old or misses a
+         * revocation (logs its failures). Checked often enough that the
+         * newest never passes its nextUpdate (2 x ca_crl_interval),
+         * whatever maintenance_interval is. */
+        if (time(NULL) >= next_crl) {
+            qk_err ce;
+            int every = m->k->cfg->ca_crl_interval / 4;
+            crl_refresh(m->k, false, &ce);
+            next_crl = time(NULL) + (every < 60 ? every : 60);
         }
         pthread_mutex_lock(&m->mu);
         dl = deadline_in_ms(1000L * m->k->cfg->session_reap_interval);
@@ -198,6 +235,7 @@ int maintenance_start(maintenance **out, qk_svc *k)
         return -1;
     m->k = k;
     m->stats.keys_expiring = -1;
+    m->stats.certs_expiring = -1;
     pthread_mutex_init(&m->mu, NULL);
     deadline_cond_init(&m->cv); /* waited on with deadline_in_ms */
     if (pthread_create(&m->thread, NULL, loop, m) != 0) {
@@ -244,6 +282,9 @@ void maintenance_metrics_render(void *maint, FILE *f)
             "qkms_devices{state=\"suspended\"} %lld\nqkms_devices{state=\"revoked\"} %lld\n"
             "# HELP qkms_device_keys_expiring Live device keys expiring within device_key_warn_days.\n"
             "# TYPE qkms_device_keys_expiring gauge\nqkms_device_keys_expiring %lld\n"
+            "# HELP qkms_certificates_expiring Active device certificates expiring within"
+            " certificate_warn_days.\n"
+            "# TYPE qkms_certificates_expiring gauge\nqkms_certificates_expiring %lld\n"
             "# HELP qkms_device_keys_retired_total Device keys retired after a rotation's grace.\n"
             "# TYPE qkms_device_keys_retired_total counter\nqkms_device_keys_retired_total %llu\n"
             "# HELP qkms_sessions_open Live sessions (last maintenance pass).\n"
@@ -252,7 +293,7 @@ void maintenance_metrics_render(void *maint, FILE *f)
             "# TYPE qkms_maintenance_failures_total counter\nqkms_maintenance_failures_total %llu\n",
             (long long)ms.devices_active, (long long)ms.devices_suspended,
             (long long)ms.devices_revoked, (long long)ms.keys_expiring,
-            (unsigned long long)ms.keys_retired, (long long)ms.sessions_open,
+            (long long)ms.certs_expiring, (unsigned long long)ms.keys_retired, (long long)ms.sessions_open,
             (unsigned long long)ms.failures);
     fprintf(f,
             "# HELP qkms_master_key_wraps Random-IV GCM invocations recorded under the active"

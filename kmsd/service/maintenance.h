@@ -2,7 +2,8 @@
  * maintenance — the background pass that keeps key state true over time:
  * retires device keys whose post-rotation grace has ended (audited), logs a
  * warning at most once a day per device whose keys expire within
- * device_key_warn_days, and refreshes the gauges /metrics shows. Runs every
+ * device_key_warn_days and per certificate that expires within
+ * certificate_warn_days, and refreshes the gauges /metrics shows. Runs every
  * maintenance_interval seconds on its own thread and its own pooled
  * connection; a failed pass (database down) is logged and retried next time.
  */
@@ -17,6 +18,7 @@ typedef struct maintenance maintenance;
 
 typedef struct {
     int64_t keys_expiring;    /* live keys expiring within the warning window */
+    int64_t certs_expiring;   /* active certificates expiring within certificate_warn_days */
     int64_t devices_active, devices_suspended, devices_revoked;
     int64_t sessions_open;    /* live sessions (pending or active) */
     uint64_t keys_retired;    /* total retired by this process */

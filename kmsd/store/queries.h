@@ -48,6 +48,10 @@
     X(Q_TOKEN_LIVE_NAME, "SELECT 1 FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")  \
     X(Q_TOKEN_NAME_EVER, "SELECT 1 FROM admin_tokens WHERE name = $1 LIMIT 1")                 \
     X(Q_TOKEN_COUNT, "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")             \
+    /* a TLS client certificate (certs_authenticate): $1 SHA-256 of its DER, hex */           \
+    X(Q_CERT_BY_SHA256,                                                                        \
+      "SELECT c.device_id, c.serial, c.state, d.state FROM certificates c"                     \
+      " JOIN devices d ON d.id = c.device_pk WHERE c.sha256 = decode($1, 'hex')")             \
     X(Q_AUDIT_APPEND,                                                                          \
       "INSERT INTO audit_log (actor, event, device_id, detail) VALUES ($1, $2, $3, $4::jsonb)") \
     X(Q_AUDIT_APPEND_MANY,                                                                     \
@@ -376,9 +380,12 @@ extern const db_stmt_def queries[Q__COUNT];
       "INSERT INTO ca_keys (version, label, certificate, not_after)"                            \
       " VALUES ($1::int, $2, decode($3, 'hex'), to_timestamp($4::bigint))")                     \
     X(QT_CA_ROW_LOCK, "SELECT version FROM ca_keys WHERE version = $1::int FOR UPDATE")         \
-    X(QT_CRL_NEWEST, /* $1 version, $2 interval_s: number, and whether it is recent enough */  \
-      "SELECT crl_number, this_update > now() - make_interval(secs => $2::int) FROM ca_crls"    \
-      " WHERE ca_version = $1::int ORDER BY crl_number DESC LIMIT 1")                           \
+    X(QT_CRL_NEWEST, /* $1 version, $2 interval_s: number, and whether it is current: */       \
+      /* recent enough, and no revocation since it was made */                                   \
+      "SELECT crl_number, this_update > now() - make_interval(secs => $2::int)"                 \
+      " AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.ca_version = $1::int"              \
+      " AND c.state = 'revoked' AND c.revoked_at >= l.this_update)"                             \
+      " FROM ca_crls l WHERE ca_version = $1::int ORDER BY crl_number DESC LIMIT 1")            \
     X(QT_CRL_REVOKED,                                                                           \
       "SELECT serial, extract(epoch FROM revoked_at)::bigint, revoke_reason FROM certificates"  \
       " WHERE ca_version = $1::int AND state = 'revoked' AND not_after > now() ORDER BY serial") \
@@ -392,6 +399,8 @@ extern const db_stmt_def queries[Q__COUNT];
       " ORDER BY crl_number DESC LIMIT 1")                                                      \
     X(QT_CERT_DEVICE, /* $1 device_id: the device, locked against a concurrent revoke */        \
       "SELECT id, state FROM devices WHERE device_id = $1 FOR SHARE")                           \
+    X(QT_CERT_SPKI_LOCK, /* $1 spki hex: writers of one key take turns */                      \
+      "SELECT pg_advisory_xact_lock(hashtextextended($1, " QKMS_CA_LOCK_KEY "))")              \
     X(QT_CERT_SPKI_ELSEWHERE, /* $1 spki hex, $2 device_id */                                   \
       "SELECT device_id FROM certificates WHERE spki_sha256 = decode($1, 'hex')"                \
       " AND device_id <> $2 AND state = 'active' LIMIT 1")                                      \
@@ -417,6 +426,15 @@ extern const db_stmt_def queries[Q__COUNT];
     X(QT_CERT_REVOKE, /* $1 device_id, $2 serial, $3 reason */                                  \
       "UPDATE certificates SET state = 'revoked', revoked_at = now(), revoke_reason = $3"      \
       " WHERE device_id = $1 AND serial = $2 AND state = 'active'")                             \
+    X(QT_CERT_EXPIRY_WARN, /* $1 warn days: at most once a day per certificate */              \
+      "UPDATE certificates SET expiry_warned_at = now() WHERE id IN (SELECT id FROM certificates" \
+      " WHERE state = 'active' AND not_after > now()"                                           \
+      " AND not_after <= now() + make_interval(days => $1::int)"                                \
+      " AND (expiry_warned_at IS NULL OR expiry_warned_at < now() - interval '1 day')"          \
+      " LIMIT 1000) RETURNING device_id, serial, not_after")                                    \
+    X(QT_CERTS_EXPIRING_COUNT,                                                                  \
+      "SELECT count(*) FROM certificates WHERE state = 'active' AND not_after > now()"          \
+      " AND not_after <= now() + make_interval(days => $1::int)")                               \
     X(QT_CERTS_REVOKE_DEVICE, /* $1 device_pk: the device is revoked */                         \
       "UPDATE certificates SET state = 'revoked', revoked_at = now(),"                          \
       " revoke_reason = 'cessationOfOperation' WHERE device_pk = $1::bigint AND state = 'active'" \

@@ -193,12 +193,106 @@ static void refusals_store_nothing(void **state)
     free(empty);
 }
 
+/* Issue a certificate for a new device; its DER into der (OPENSSL_free). */
+static char *issue_for(char *id, size_t idlen, unsigned char **der, int *derlen)
+{
+    char *csr;
+    json_t *out = NULL;
+    qk_err e;
+    cert_request rq;
+    X509 *x;
+    char *serial;
+    make_device(id, idlen);
+    csr = make_csr(id, "P-256");
+    rq = (cert_request){id, csr, strlen(csr), 0};
+    assert_int_equal(certs_issue(&fx.svc, &admin, &rq, &out, &e), QK_OK);
+    x = pem_cert(json_string_value(json_object_get(out, "certificate")));
+    *der = NULL;
+    *derlen = i2d_X509(x, der);
+    assert_true(*derlen > 0);
+    serial = strdup(json_string_value(json_object_get(out, "serial")));
+    X509_free(x);
+    json_decref(out);
+    free(csr);
+    return serial;
+}
+
+static qk_kind auth(unsigned char *der, int len, cert_principal *who, qk_err *e)
+{
+    const unsigned char *ders[1] = {der};
+    size_t lens[1] = {(size_t)len};
+    return certs_authenticate(&fx.svc, ders, lens, 1, who, e);
+}
+
+static void authenticate_by_certificate(void **state)
+{
+    char id[64], *serial;
+    unsigned char *der = NULL;
+    int len;
+    cert_principal who;
+    json_t *out = NULL;
+    qk_err e;
+    (void)state;
+    serial = issue_for(id, sizeof(id), &der, &len);
+    assert_int_equal(auth(der, len, &who, &e), QK_OK);
+    assert_string_equal(who.device_id, id);
+    assert_string_equal(who.serial, serial);
+    /* Revoked: refused, and says why (for the log). */
+    assert_int_equal(certs_revoke(&fx.svc, &admin, id, serial, "keyCompromise", &out, &e), QK_OK);
+    json_decref(out);
+    assert_int_equal(auth(der, len, &who, &e), QK_UNAUTHENTICATED);
+    assert_string_equal(e.code, "unauthenticated");
+    assert_non_null(strstr(e.detail, "revoked"));
+    OPENSSL_free(der);
+    free(serial);
+}
+
+static void authenticate_refusals(void **state)
+{
+    char id[64], *serial;
+    unsigned char *der = NULL, *self = NULL, junk[8] = {0x30, 0x03, 1, 2, 3};
+    int len, selflen;
+    cert_principal who;
+    qk_err e;
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    (void)state;
+    /* A device that is not active. */
+    serial = issue_for(id, sizeof(id), &der, &len);
+    assert_int_equal(devices_set_state(&fx.svc, &admin, id, DEVICE_SUSPEND, &e), QK_OK);
+    assert_int_equal(auth(der, len, &who, &e), QK_UNAUTHENTICATED);
+    assert_non_null(strstr(e.detail, "not active"));
+    /* A certificate the platform CA did not issue (self-signed, same CN). */
+    assert_non_null(k);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                               (const unsigned char *)id, -1, -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(x));
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_set_pubkey(x, k);
+    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    selflen = i2d_X509(x, &self);
+    assert_int_equal(auth(self, selflen, &who, &e), QK_UNAUTHENTICATED);
+    /* Nothing, and bytes that are no certificate. */
+    assert_int_equal(certs_authenticate(&fx.svc, NULL, NULL, 0, &who, &e), QK_UNAUTHENTICATED);
+    assert_int_equal(auth(junk, 5, &who, &e), QK_UNAUTHENTICATED);
+    OPENSSL_free(self);
+    OPENSSL_free(der);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    free(serial);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(chain_is_the_active_root),
         cmocka_unit_test(issue_and_list),
         cmocka_unit_test(refusals_store_nothing),
+        cmocka_unit_test(authenticate_by_certificate),
+        cmocka_unit_test(authenticate_refusals),
     };
     return cmocka_run_group_tests(tests, setup, fixture_teardown);
 }
