@@ -185,7 +185,7 @@ static X509 *make_root(qk_ca *ca, int version, const char *label, char *err, siz
     CK_RV rv;
     CK_OBJECT_HANDLE priv;
     bool found = false;
-    char cn[64], serial[41];
+    char cn[64];
     EVP_PKEY *pub = token_public_key(ca->t, label, &rv);
     X509 *x = X509_new();
     X509_NAME *n = X509_NAME_new();
@@ -198,7 +198,7 @@ static X509 *make_root(qk_ca *ca, int version, const char *label, char *err, siz
         goto fail;
     }
     snprintf(cn, sizeof(cn), "qkms platform CA %d", version);
-    if (X509_set_version(x, 2) != 1 || x509_random_serial(x, serial) != 0 ||
+    if (X509_set_version(x, 2) != 1 || x509_random_serial(x) != 0 ||
         X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, (const unsigned char *)"qkms", -1, -1, 0) != 1 ||
         X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0) != 1 ||
         X509_set_subject_name(x, n) != 1 || X509_set_issuer_name(x, n) != 1 ||

@@ -165,7 +165,7 @@ static int add_device_san(X509 *x, const char *device_id)
     return ok;
 }
 
-static X509 *build_cert(qk_ca *ca, const char *device_id, EVP_PKEY *key, int days, char serial[41])
+static X509 *build_cert(qk_ca *ca, const char *device_id, EVP_PKEY *key, int days)
 {
     X509 *issuer = ca_active_cert(ca, NULL), *x = X509_new();
     X509_NAME *n = X509_NAME_new();
@@ -176,7 +176,7 @@ static X509 *build_cert(qk_ca *ca, const char *device_id, EVP_PKEY *key, int day
      * less than a day left). */
     if (ca_end && ca_end - time(NULL) < secs)
         secs = (long)(ca_end - time(NULL));
-    ok = x && n && X509_set_version(x, 2) == 1 && x509_random_serial(x, serial) == 0 &&
+    ok = x && n && X509_set_version(x, 2) == 1 && x509_random_serial(x) == 0 &&
          X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)device_id, -1,
                                     -1, 0) == 1 &&
          X509_set_subject_name(x, n) == 1 &&
@@ -385,7 +385,6 @@ qk_kind certs_issue(qk_svc *s, const qk_principal *who, const cert_request *rq, 
     EVP_PKEY *key = NULL;
     X509 *x = NULL;
     CK_RV rv;
-    char serial[41];
     int ca_version, days = rq->validity_days ? rq->validity_days : CERT_DEFAULT_DAYS;
     qk_kind k;
 
@@ -402,7 +401,7 @@ qk_kind certs_issue(qk_svc *s, const qk_principal *who, const cert_request *rq, 
     if ((k = parse_csr(rq, &req, &key, e)) != QK_OK)
         return k;
     ca_active_cert(ca, &ca_version);
-    if (!(x = build_cert(ca, rq->device_id, key, days, serial))) {
+    if (!(x = build_cert(ca, rq->device_id, key, days))) {
         k = qk_fail(e, QK_INTERNAL, "internal", "building the certificate failed");
         goto out;
     }

@@ -115,7 +115,7 @@ int x509_add_ext(X509 *x, X509 *issuer, int nid, const char *value)
     return ok == 1 ? 0 : -1;
 }
 
-int x509_random_serial(X509 *x, char hex[41])
+int x509_random_serial(X509 *x)
 {
     unsigned char b[16];
     BIGNUM *bn = NULL;
@@ -123,7 +123,6 @@ int x509_random_serial(X509 *x, char hex[41])
     if (RAND_bytes(b, sizeof(b)) != 1)
         return -1;
     b[0] = (b[0] & 0x7f) | 0x40; /* positive, and always 16 bytes long */
-    x509_hex(b, sizeof(b), hex);
     if ((bn = BN_bin2bn(b, sizeof(b), NULL)) && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)))
         ok = 0;
     BN_free(bn);

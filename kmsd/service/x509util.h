@@ -33,7 +33,8 @@ int x509_add_ext(X509 *x, X509 *issuer, int nid, const char *value);
 /* The certificate's serial as lower-case hex (whole bytes), 0; -1 when it
  * is not positive or longer than 20 bytes, or out does not hold it. */
 int x509_serial_hex(X509 *x, char *out, size_t len);
-/* A random positive 128-bit serial (RAND_bytes) set on x; hex gets it. */
-int x509_random_serial(X509 *x, char hex[41]);
+/* A random positive 128-bit serial (RAND_bytes) set on x (x509_serial_hex
+ * reads it back). 0, or -1. */
+int x509_random_serial(X509 *x);
 
 #endif
