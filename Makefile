@@ -24,7 +24,7 @@ else
   SANFLAGS := -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
 endif
 
-PKGS     := libmicrohttpd jansson libpq openssl libcurl p11-kit-1
+PKGS     := libmicrohttpd gnutls jansson libpq openssl libcurl p11-kit-1
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS   += -std=c17 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -fstack-protector-strong \
             -fPIE $(OPT) $(SANFLAGS) -D_GNU_SOURCE -Icommon -Ipkcs11 -Ikmsd -Idevice -I$(BUILD)/gen \
@@ -32,7 +32,7 @@ CFLAGS   += -std=c17 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -fstack-pro
 LDFLAGS  += -pie -Wl,-z,relro,-z,now $(SANFLAGS)
 
 SVC_LIBS  := $(shell pkg-config --libs jansson libpq libcrypto libcurl) -lanl -lpthread -ldl -lm
-KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd) $(SVC_LIBS)
+KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd gnutls) $(SVC_LIBS)
 CLI_LIBS  := $(shell pkg-config --libs libcurl jansson libcrypto)
 
 include device/device.mk

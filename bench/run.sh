@@ -5,7 +5,7 @@
 #   BENCH_SECONDS   seconds per run (default 5)
 #   BENCH_DEVICES   devices for the import benchmark (default 10000)
 #   BENCH_THREADING=both   also measure MHD's pool threading model
-#   BENCH_PARTS     which parts: "import http sessions entropy" (default all),
+#   BENCH_PARTS     which parts: "import http entropy tls sessions" (default all),
 #                   or "scale" (minutes: see bench_scale below), or "pgmodes"
 #                   (group commit: batch call against pipeline mode, pgbench)
 #   BENCH_SCALE_DEVICES  devices registered by the scale part (default 1000000)
@@ -22,17 +22,17 @@ KMSD=${QKMS_KMSD:-$ROOT/build/release/bin/kmsd}
 KMSCTL=${QKMS_KMSCTL:-$ROOT/build/release/bin/kmsctl}
 SECS=${BENCH_SECONDS:-5}
 BENCH_DEVICES=${BENCH_DEVICES:-10000}
-PARTS=${BENCH_PARTS:-import http entropy sessions}
+PARTS=${BENCH_PARTS:-import http entropy tls sessions}
 OUT=$ROOT/build/bench
 REL=$ROOT/build/release
 mkdir -p "$OUT"
 
 CFLAGS="-O2 -Wall -Wextra -Werror -std=c17 -D_GNU_SOURCE -pthread -I$ROOT/bench -I$ROOT/device -I$ROOT/pkcs11 $(pkg-config --cflags p11-kit-1 libpq)"
-cc $CFLAGS "$ROOT/bench/loadgen.c" "$ROOT/bench/httpc.c" -o "$OUT/loadgen"
+cc $CFLAGS "$ROOT/bench/loadgen.c" "$ROOT/bench/httpc.c" -lssl -lcrypto -o "$OUT/loadgen"
 cc $CFLAGS "$ROOT/bench/unwrap_bench.c" "$REL/libqkms-p11.a" -lcrypto -ldl -o "$OUT/unwrap_bench"
 cc $CFLAGS "$ROOT/bench/session_bench.c" "$ROOT/bench/httpc.c" "$REL/libqkms-device.a" \
-    -ljansson -lcurl -lcrypto -o "$OUT/session_bench"
-cc $CFLAGS "$ROOT/bench/pgfloor.c" "$ROOT/bench/httpc.c" $(pkg-config --libs libpq) -o "$OUT/pgfloor"
+    -ljansson -lcurl -lssl -lcrypto -o "$OUT/session_bench"
+cc $CFLAGS "$ROOT/bench/pgfloor.c" "$ROOT/bench/httpc.c" $(pkg-config --libs libpq) -lssl -lcrypto -o "$OUT/pgfloor"
 cc $CFLAGS -I"$ROOT/kmsd" -I"$ROOT/common" "$ROOT/bench/entropy_bench.c" "$REL/libqkms-service.a" "$REL/libqkms-p11.a" \
     $(pkg-config --libs jansson libcurl libcrypto libpq libmicrohttpd) -ldl -lm -o "$OUT/entropy_bench"
 
@@ -184,6 +184,62 @@ bench_sessions() {
     "$OUT/loadgen" -p 1 -c 1 -s 0.01 /healthz >/dev/null 2>&1 || true
 }
 
+# -- mutual TLS: the same deliveries with client certificates ----------------
+# At 16 clients, in one stack and one invocation: plain HTTP first, then the
+# device listener over TLS with tls_client_auth=require (kmsd's own server
+# certificate from the platform CA through tls_server_names, a certificate
+# per bench device issued from its CSR), keep-alive connections (one per
+# device: a connection carries one client certificate). One line: both
+# rates, their ratio, p99 and kmsd's CPU per delivery each way.
+deliveries_at() { # conc [tlsdir]: one session_bench line, then kmsd's CPU per delivery
+    k0=$(cpu_of "$PID")
+    "$OUT/session_bench" "$QKMS_PORT" "$1" "$SECS" "$STATE/fill" $NPAIRS deliveries ${2:+"$2"} > "$STATE/last"
+    k1=$(cpu_of "$PID")
+    cat "$STATE/last"
+    awk -v k0="$k0" -v k1="$k1" -v d="$(field deliveries < "$STATE/last")" \
+        'BEGIN { printf "%.0f\n", d > 0 ? 1e6 * (k1 - k0) / d : 0 }' > "$STATE/last.cpu"
+}
+bench_tls() {
+    bench_sessions_setup
+    tdir="$STATE/tls"
+    mkdir -p "$tdir"
+    i=0
+    while [ $i -lt $NPAIRS ]; do
+        for kind in veh enc; do
+            id=$([ $kind = veh ] && echo "SV-$i" || echo "SE-$i")
+            openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$id" \
+                -keyout "$tdir/$kind-$i.key" -out "$tdir/req.csr" 2>/dev/null
+            admin POST "/v1/admin/devices/$id/certificates" \
+                "$(python3 -c 'import json, sys; print(json.dumps({"csr": open(sys.argv[1]).read()}))' "$tdir/req.csr")" |
+                python3 -c 'import json, sys; sys.stdout.write(json.load(sys.stdin)["certificate"])' > "$tdir/$kind-$i.crt"
+        done
+        i=$((i+1))
+    done
+    curl -sf "$URL/v1/ca" > "$tdir/ca.pem"
+    deliveries_at 16 > "$STATE/plain"
+    plain=$(head -1 "$STATE/plain"); plain_cpu=$(cat "$STATE/last.cpu")
+    stop_kmsd
+    aport=$(port)
+    export QKMS_ADMIN_LISTEN_ADDR=127.0.0.1 QKMS_ADMIN_LISTEN_PORT="$aport" \
+        QKMS_TLS_CERT_FILE="$tdir/kmsd.crt" QKMS_TLS_KEY_FILE="$tdir/kmsd.key" \
+        QKMS_TLS_SERVER_NAMES=127.0.0.1 QKMS_TLS_CLIENT_AUTH=require
+    url_plain=$URL
+    URL="http://127.0.0.1:$aport"
+    start_kmsd connection 16
+    deliveries_at 16 "$tdir" > "$STATE/mtls"
+    mtls=$(head -1 "$STATE/mtls"); mtls_cpu=$(cat "$STATE/last.cpu")
+    stop_kmsd
+    unset QKMS_ADMIN_LISTEN_ADDR QKMS_ADMIN_LISTEN_PORT QKMS_TLS_CERT_FILE QKMS_TLS_KEY_FILE \
+        QKMS_TLS_SERVER_NAMES QKMS_TLS_CLIENT_AUTH
+    URL=$url_plain
+    echo "$plain"
+    echo "$mtls"
+    awk -v a="$(echo "$plain" | field deliveries_per_s)" -v b="$(echo "$mtls" | field deliveries_per_s)" \
+        -v pa="$(echo "$plain" | field p99_ms)" -v pb="$(echo "$mtls" | field p99_ms)" \
+        -v ca="$plain_cpu" -v cb="$mtls_cpu" -v e="$(echo "$mtls" | field errors)" \
+        'BEGIN { printf "name=tls conc=16 deliveries_per_s_http=%d deliveries_per_s_mtls=%d ratio_mtls_to_http=%.2f p99_ms_http=%s p99_ms_mtls=%s kmsd_us_per_delivery_http=%d kmsd_us_per_delivery_mtls=%d errors_mtls=%d\n", a, b, (a > 0 ? b / a : 0), pa, pb, ca, cb, e }'
+}
+
 # -- scale: the same deliveries with a fleet in the database -----------------
 # Deliveries at 16 and 64 clients (the 64 bench pairs) three times in one
 # stack: on the small database; after importing BENCH_SCALE_DEVICES devices
@@ -276,6 +332,7 @@ for part in $PARTS; do
         run_model connection | tee "$OUT/http.txt"
         if [ "${BENCH_THREADING:-}" = both ]; then run_model pool | tee -a "$OUT/http.txt"; fi ;;
     entropy) bench_entropy | tee "$OUT/entropy.txt" ;;
+    tls) bench_tls | tee "$OUT/tls.txt" ;;
     sessions) bench_sessions | tee "$OUT/sessions.txt" ;;
     scale) bench_scale | tee "$OUT/scale.txt" ;;
     pgmodes) bench_pgmodes | tee "$OUT/pgmodes.txt" ;;

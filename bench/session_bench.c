@@ -8,10 +8,15 @@
  *   name=sessions conc=C sessions=N deliveries=D errors=E sessions_per_s=...
  *        deliveries_per_s=... p50_ms=... p99_ms=... (per request)
  *
- * usage: session_bench PORT CONC SECONDS FILLDIR NPAIRS [sessions|deliveries]
+ * usage: session_bench PORT CONC SECONDS FILLDIR NPAIRS [sessions|deliveries [TLSDIR]]
  *   FILLDIR holds veh-<i>.json and enc-<i>.json (i = 0..NPAIRS-1).
  *   "deliveries" leaves out the end: two key deliveries per session, the
  *   sessions then end by idle timeout.
+ *   TLSDIR: mutual TLS. It holds ca.pem (the server's CA) and each
+ *   device's client certificate and key, veh-<i>.crt/.key and
+ *   enc-<i>.crt/.key; a worker then keeps one keep-alive connection per
+ *   device (a connection carries one client certificate), and the line's
+ *   name gets "_mtls".
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -34,7 +39,25 @@ typedef struct {
     size_t nlat, cap;
     long sessions, errors, mismatches;
     int with_end;
+    SSL_CTX *ctx_veh, *ctx_enc; /* mutual TLS: each device's certificate */
 } worker;
+
+/* One keep-alive connection: a socket, or a TLS session. */
+typedef struct {
+    int fd;
+    SSL *ssl;
+    SSL_CTX *ctx; /* NULL: plain */
+} conn;
+
+static void conn_close(conn *c)
+{
+    if (c->ssl)
+        httpc_tls_close(c->ssl);
+    else if (c->fd >= 0)
+        close(c->fd);
+    c->ssl = NULL;
+    c->fd = -1;
+}
 
 static void record(worker *w, double ms)
 {
@@ -47,7 +70,7 @@ static void record(worker *w, double ms)
 }
 
 /* One request; 0 on HTTP 200 (parsed into key when key != NULL). */
-static int call(worker *w, int *fd, qkd_request *rq, const qkd_device *d, qkd_session_key *key,
+static int call(worker *w, conn *c, qkd_request *rq, const qkd_device *d, qkd_session_key *key,
                 char *buf, size_t cap)
 {
     char req[4096], err[128];
@@ -59,12 +82,17 @@ static int call(worker *w, int *fd, qkd_request *rq, const qkd_device *d, qkd_se
                      rq->path, rq->body_len, rq->body);
     double t0 = httpc_now();
     int st;
-    if (*fd < 0 && (*fd = httpc_dial(w->port)) < 0)
-        return -1;
-    st = httpc_roundtrip(*fd, req, (size_t)n, buf, cap, &body, &blen);
+    if (c->ctx) {
+        if (!c->ssl && !(c->ssl = httpc_tls_dial(w->port, c->ctx)))
+            return -1;
+        st = httpc_tls_roundtrip(c->ssl, req, (size_t)n, buf, cap, &body, &blen);
+    } else {
+        if (c->fd < 0 && (c->fd = httpc_dial(w->port)) < 0)
+            return -1;
+        st = httpc_roundtrip(c->fd, req, (size_t)n, buf, cap, &body, &blen);
+    }
     if (st < 0) {
-        close(*fd);
-        *fd = -1;
+        conn_close(c);
         return -1;
     }
     record(w, (httpc_now() - t0) * 1000.0);
@@ -80,7 +108,9 @@ static void *run(void *arg)
     worker *w = arg;
     double end = httpc_now() + w->seconds;
     char *buf = malloc(65536), sid[64];
-    int fd = -1;
+    /* Plain: both devices share one connection; mutual TLS: one each. */
+    conn cv = {-1, NULL, w->ctx_veh}, ce = {-1, NULL, w->ctx_enc};
+    conn *ve = &cv, *en = w->ctx_enc ? &ce : &cv;
     long seq = 0;
     while (buf && httpc_now() < end) {
         qkd_request a, b, e;
@@ -96,8 +126,8 @@ static void *run(void *arg)
             w->errors++;
             break;
         }
-        if (call(w, &fd, &a, w->veh, &ka, buf, 65536) || call(w, &fd, &b, w->enc, &kb, buf, 65536) ||
-            (w->with_end && call(w, &fd, &e, w->veh, NULL, buf, 65536)))
+        if (call(w, ve, &a, w->veh, &ka, buf, 65536) || call(w, en, &b, w->enc, &kb, buf, 65536) ||
+            (w->with_end && call(w, ve, &e, w->veh, NULL, buf, 65536)))
             w->errors++;
         else if (strcmp(ka.key_id, kb.key_id) != 0 || ka.key_len != kb.key_len ||
                  CRYPTO_memcmp(ka.key, kb.key, ka.key_len) != 0)
@@ -110,8 +140,8 @@ static void *run(void *arg)
         qkd_request_clear(&b);
         qkd_request_clear(&e);
     }
-    if (fd >= 0)
-        close(fd);
+    conn_close(&cv);
+    conn_close(&ce);
     free(buf);
     return NULL;
 }
@@ -141,6 +171,25 @@ static qkd_device *load(const char *dir, const char *kind, int i)
     return d;
 }
 
+/* A client TLS context: trust ca.pem, present kind-i's certificate. */
+static SSL_CTX *tls_ctx(const char *dir, const char *kind, int i)
+{
+    char ca[512], crt[512], key[512];
+    SSL_CTX *c = SSL_CTX_new(TLS_client_method());
+    snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
+    snprintf(crt, sizeof(crt), "%s/%s-%d.crt", dir, kind, i);
+    snprintf(key, sizeof(key), "%s/%s-%d.key", dir, kind, i);
+    if (!c || SSL_CTX_load_verify_locations(c, ca, NULL) != 1 ||
+        SSL_CTX_use_certificate_chain_file(c, crt) != 1 ||
+        SSL_CTX_use_PrivateKey_file(c, key, SSL_FILETYPE_PEM) != 1) {
+        fprintf(stderr, "session_bench: TLS files %s, %s: cannot load\n", crt, key);
+        SSL_CTX_free(c);
+        return NULL;
+    }
+    SSL_CTX_set_verify(c, SSL_VERIFY_PEER, NULL);
+    return c;
+}
+
 static int cmpd(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -158,7 +207,8 @@ int main(int argc, char **argv)
     double *all;
 
     int with_end;
-    if (argc != 6 && argc != 7)
+    const char *tlsdir = argc == 8 ? argv[7] : NULL;
+    if (argc < 6 || argc > 8)
         return 2;
     with_end = argc == 6 || strcmp(argv[6], "deliveries") != 0;
     port = atoi(argv[1]);
@@ -181,6 +231,9 @@ int main(int argc, char **argv)
             fprintf(stderr, "session_bench: cannot load pair %d\n", i % npairs);
             return 1;
         }
+        if (tlsdir && (!(w[i].ctx_veh = tls_ctx(tlsdir, "veh", i % npairs)) ||
+                       !(w[i].ctx_enc = tls_ctx(tlsdir, "enc", i % npairs))))
+            return 1;
     }
     t0 = httpc_now();
     for (int i = 0; i < conc; i++)
@@ -201,12 +254,14 @@ int main(int argc, char **argv)
         free(w[i].lat);
         qkd_device_free(w[i].veh);
         qkd_device_free(w[i].enc);
+        SSL_CTX_free(w[i].ctx_veh);
+        SSL_CTX_free(w[i].ctx_enc);
     }
     qsort(all, total, sizeof(double), cmpd);
-    printf("name=%s conc=%d sessions=%ld deliveries=%ld requests=%zu errors=%ld "
+    printf("name=%s%s conc=%d sessions=%ld deliveries=%ld requests=%zu errors=%ld "
            "key_mismatches=%ld sessions_per_s=%.0f deliveries_per_s=%.0f requests_per_s=%.0f "
            "p50_ms=%.3f p99_ms=%.3f\n",
-           with_end ? "sessions" : "deliveries", conc, sessions, 2 * sessions, total, errors, mism, (double)sessions / el,
+           with_end ? "sessions" : "deliveries", tlsdir ? "_mtls" : "", conc, sessions, 2 * sessions, total, errors, mism, (double)sessions / el,
            2.0 * (double)sessions / el, (double)total / el, total ? all[total / 2] : 0,
            total ? all[(size_t)((double)total * 0.99)] : 0);
     free(all);

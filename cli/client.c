@@ -249,6 +249,14 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
     if (ctx->cacert)
         curl_easy_setopt(curl, CURLOPT_CAINFO, ctx->cacert);
+    if (ctx->cert) {
+        curl_easy_setopt(curl, CURLOPT_SSLCERT, ctx->cert);
+        curl_easy_setopt(curl, CURLOPT_SSLCERTTYPE, "PEM");
+    }
+    if (ctx->key) {
+        curl_easy_setopt(curl, CURLOPT_SSLKEY, ctx->key);
+        curl_easy_setopt(curl, CURLOPT_SSLKEYTYPE, "PEM");
+    }
     curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &resp);

@@ -1,6 +1,7 @@
-/* cmd_token — `kmsctl token create|list|revoke`: /v1/admin/tokens. */
+/* cmd_token — `kmsctl token create|list|revoke|cert`: /v1/admin/tokens. */
 #include "command.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 
 #include "client.h"
 #include "exitcodes.h"
+#include "fileio.h"
 #include "output.h"
 #include "resource.h"
 
@@ -133,6 +135,89 @@ static int token_revoke(const struct kmsctl_ctx *ctx, const struct invocation *i
     return rc;
 }
 
+/* `token cert bind|list|unbind NAME [SHA256]`: client certificates of a
+ * token (POST, GET /v1/admin/tokens/NAME/certificates, DELETE .../SHA256). */
+static int print_tcert(const json_t *c)
+{
+    static const char *const keys[] = {"token", "sha256", "spki_sha256", "subject", "issuer",
+                                       "not_before", "not_after", "created_at", "created_by",
+                                       NULL};
+    for (int i = 0; keys[i]; i++) {
+        const json_t *v = json_object_get(c, keys[i]);
+        char *s;
+        if (!v)
+            continue;
+        if (!(s = out_value_str(v)))
+            return EXIT_INTERNAL;
+        out_textf(stdout, "%s: %s\n", keys[i], s);
+        free(s);
+    }
+    return EXIT_OK;
+}
+
+static int print_tcerts(const json_t *resp)
+{
+    static const char *const cols[] = {"SHA256", "SUBJECT", "NOT-AFTER", "CREATED-BY"};
+    static const char *const keys[] = {"sha256", "subject", "not_after", "created_by"};
+    return out_table(json_object_get(resp, "certificates"), 4, cols, keys);
+}
+
+static int token_cert(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *verb = inv->pos[0], *name = inv->pos[1], *path = opt_get(&inv->local, "cert");
+    bool bind = !strcmp(verb, "bind"), list = !strcmp(verb, "list"),
+         unbind = !strcmp(verb, "unbind");
+    json_t *req = NULL, *resp = NULL;
+    char suffix[sizeof("certificates/") + 64];
+    char *pem = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (!bind && !list && !unbind) {
+        out_error("unknown cert action '%s' (bind, list or unbind)", out_safe(verb));
+        return EXIT_USAGE;
+    }
+    if ((unbind ? 3 : 2) != inv->npos) {
+        out_error("usage: token cert bind|list NAME, token cert unbind NAME SHA256");
+        return EXIT_USAGE;
+    }
+    if (!bind != !path) {
+        out_error(bind ? "--cert FILE is required (the certificate to bind, PEM)"
+                       : "--cert goes with 'cert bind' only");
+        return EXIT_USAGE;
+    }
+    if (list) {
+        rc = resource_call(ctx, &token_resource, "GET", name, "certificates", NULL, &resp);
+        return out_result(ctx->json, rc, resp, print_tcerts);
+    }
+    if (unbind) {
+        const char *sha = inv->pos[2];
+        if (strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64) {
+            out_error("SHA256 must be 64 lower-case hex digits (as 'token cert list' shows it)");
+            return EXIT_USAGE;
+        }
+        snprintf(suffix, sizeof(suffix), "certificates/%s", sha);
+        rc = resource_call(ctx, &token_resource, "DELETE", name, suffix, NULL, &resp);
+        return out_result(ctx->json, rc, resp, print_tcert);
+    }
+    if ((rc = file_read("certificate", path, 16384, &pem, &len)))
+        return rc;
+    if (!(req = json_pack("{s:s%}", "certificate", pem, len))) {
+        out_error("out of memory");
+        free(pem);
+        return EXIT_INTERNAL;
+    }
+    rc = resource_call(ctx, &token_resource, "POST", name, "certificates", req, &resp);
+    json_decref(req);
+    free(pem);
+    return out_result(ctx->json, rc, resp, print_tcert);
+}
+
+static const struct opt_spec cert_opts[] = {
+    {"cert", 0, "FILE", "bind: the client certificate (PEM)"},
+    {0},
+};
+
 static const struct opt_spec create_opts[] = {
     {"role", 0, "ROLE", "admin, operator or auditor (required)"},
     {"expires-in-days", 0, "N", "expire after N days, 1..3650 (default: never)"},
@@ -170,6 +255,25 @@ static const struct action token_actions[] = {
         .min_args = 1,
         .max_args = 1,
         .run = token_revoke,
+    },
+    {
+        .sub = "cert",
+        .usage = "bind NAME --cert FILE | list NAME | unbind NAME SHA256",
+        .summary = "Client certificates that authenticate as a token",
+        .description =
+            "On an admin listener with admin_tls_client_auth, a TLS client whose\n"
+            "certificate verifies (the platform CA, tls_client_ca_file) and is bound\n"
+            "to a live token is that token, without a bearer token (docs/pki.md,\n"
+            "\"Admin principals\"). A certificate is named by the SHA-256 of its DER.\n"
+            "The --cert here is the certificate to bind; kmsctl's own TLS client\n"
+            "certificate (--cert before the command) is another option.\n"
+            "\n"
+            "Requests: POST, GET /v1/admin/tokens/NAME/certificates,\n"
+            "          DELETE /v1/admin/tokens/NAME/certificates/SHA256\n",
+        .opts = cert_opts,
+        .min_args = 2,
+        .max_args = 3,
+        .run = token_cert,
     },
     {0},
 };

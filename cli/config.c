@@ -24,6 +24,8 @@ const struct opt_spec config_global_opts[] = {
     {"json", 0, NULL, "print the server's JSON response on stdout"},
     {"timeout", 0, "SECONDS", "seconds for the whole request, 1..86400 (default 10)"},
     {"cacert", 0, "FILE", "CA certificates for https; TLS is always verified"},
+    {"cert", 0, "FILE", "client certificate (PEM) for an admin listener that asks for one"},
+    {"key", 0, "FILE", "the --cert certificate's private key (PEM; default: in the --cert file)"},
     {"verbose", 'v', NULL, "log method, URL and status to stderr, never the token"},
     {"help", 'h', NULL, "show help (also after any command or subcommand)"},
     {"version", 0, NULL, "print the version and exit"},
@@ -104,6 +106,8 @@ int config_resolve(const struct opt_values *g, struct kmsctl_ctx *ctx)
     ctx->token = opt_get(g, "token");
     ctx->token_file = opt_get(g, "token-file");
     ctx->cacert = opt_get(g, "cacert");
+    ctx->cert = opt_get(g, "cert");
+    ctx->key = opt_get(g, "key");
     ctx->timeout_s = CONFIG_DEFAULT_TIMEOUT_S;
 
     int rc = resolve_addr(opt_get(g, "addr"), ctx);
@@ -126,6 +130,21 @@ int config_resolve(const struct opt_values *g, struct kmsctl_ctx *ctx)
     /* Checked here so a typo is a usage error, not a TLS failure later. */
     if (ctx->cacert && access(ctx->cacert, R_OK) != 0) {
         out_error("--cacert %s: %s", out_safe(ctx->cacert), strerror(errno));
+        return EXIT_USAGE;
+    }
+    if (ctx->key && !ctx->cert) {
+        out_error("--key goes with --cert");
+        return EXIT_USAGE;
+    }
+    for (int i = 0; i < 2; i++) {
+        const char *f = i ? ctx->key : ctx->cert;
+        if (f && access(f, R_OK) != 0) {
+            out_error("--%s %s: %s", i ? "key" : "cert", out_safe(f), strerror(errno));
+            return EXIT_USAGE;
+        }
+    }
+    if (ctx->cert && (ctx->unix_path || strncasecmp(ctx->addr, "https://", 8) != 0)) {
+        out_error("--cert needs an https:// address");
         return EXIT_USAGE;
     }
     return EXIT_OK;
@@ -205,6 +224,10 @@ int config_load_token(const struct kmsctl_ctx *ctx, char **out)
         const char *file = env_nonempty("KMS_TOKEN_FILE");
         if (file)
             return read_token_file(file, "KMS_TOKEN_FILE", out);
+        /* A client certificate authenticates by itself: a token found
+         * lying around (the bootstrap token) would be another principal. */
+        if (ctx->cert)
+            return EXIT_OK;
 
         const char *state = env_nonempty("QKMS_STATE");
         if (state) {

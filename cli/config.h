@@ -33,6 +33,9 @@ void config_release(struct kmsctl_ctx *ctx);
  * whitespace-trimmed at the end and checked to be one printable word.
  * Returns EXIT_OK, or EXIT_USAGE / EXIT_INTERNAL after printing why; errors
  * name the source (option, variable or file path), never the token.
+ * With --cert and no token given (--token, --token-file, KMS_TOKEN,
+ * KMS_TOKEN_FILE), *out stays NULL and EXIT_OK: the certificate alone
+ * authenticates (the default token files are not looked at).
  * Free *out with config_token_free, which wipes it.
  */
 int config_load_token(const struct kmsctl_ctx *ctx, char **out);

@@ -14,6 +14,7 @@ struct kmsctl_ctx {
     const char *token;      /* --token value, or NULL; see config_load_token */
     const char *token_file; /* --token-file value, or NULL */
     const char *cacert;     /* --cacert value, or NULL for the system store */
+    const char *cert, *key; /* --cert/--key: a TLS client certificate, or NULL */
     long timeout_s;         /* whole-request limit, connect included */
     bool json;              /* print the server's JSON instead of human output */
     bool verbose;           /* log method, URL and status to stderr */

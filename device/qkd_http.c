@@ -58,6 +58,32 @@ void qkd_http_response_clear(qkd_http_response *resp)
     memset(resp, 0, sizeof(*resp));
 }
 
+/* libcurl's pin list ("sha256//B64;sha256//B64") from ours ("B64;B64",
+ * the prefix optional). NULL when out of memory. */
+static char *pin_list(const char *pins)
+{
+    size_t n = 1, cap = strlen(pins) * 2 + 16;
+    char *out = malloc(cap), *o;
+    if (!out)
+        return NULL;
+    o = out;
+    while (*pins) {
+        size_t l = strcspn(pins, ";");
+        const char *p = pins;
+        if (l >= 8 && !strncmp(p, "sha256//", 8)) {
+            p += 8;
+            l -= 8;
+        }
+        if (l) {
+            o += snprintf(o, cap - (size_t)(o - out), "%ssha256//%.*s", n > 1 ? ";" : "", (int)l, p);
+            n++;
+        }
+        pins = p + l + (p[l] == ';');
+    }
+    *o = 0;
+    return out;
+}
+
 int qkd_http_post(const char *base_url, const char *path, const char *body, size_t len,
                   const qkd_http_opts *opts, qkd_http_response *resp, char *err, size_t errlen)
 {
@@ -67,7 +93,7 @@ int qkd_http_post(const char *base_url, const char *path, const char *body, size
     struct buffer b = {0};
     struct curl_slist *headers = NULL, *h;
     char errbuf[CURL_ERROR_SIZE] = "";
-    char *url = NULL;
+    char *url = NULL, *pins = NULL;
     CURL *curl = NULL;
     size_t blen;
     int rc = QKD_HTTP_NOMEM;
@@ -94,6 +120,8 @@ int qkd_http_post(const char *base_url, const char *path, const char *body, size
     headers = h;
     if (!(curl = curl_easy_init()))
         goto nomem;
+    if (o->pin_sha256 && !(pins = pin_list(o->pin_sha256)))
+        goto nomem;
 
     /* Options only fail on out of memory or an old libcurl; perform then
      * reports it, so their return codes are not checked one by one. */
@@ -110,6 +138,20 @@ int qkd_http_post(const char *base_url, const char *path, const char *body, size
     curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
     if (o->cacert)
         curl_easy_setopt(curl, CURLOPT_CAINFO, o->cacert);
+    if (o->cert) {
+        curl_easy_setopt(curl, CURLOPT_SSLCERT, o->cert);
+        curl_easy_setopt(curl, CURLOPT_SSLCERTTYPE, "PEM");
+    }
+    if (o->key) {
+        curl_easy_setopt(curl, CURLOPT_SSLKEY, o->key);
+        curl_easy_setopt(curl, CURLOPT_SSLKEYTYPE, "PEM");
+    }
+    if (pins && curl_easy_setopt(curl, CURLOPT_PINNEDPUBLICKEY, pins) != CURLE_OK) {
+        rc = QKD_HTTP_TRANSPORT;
+        if (err && errlen)
+            snprintf(err, errlen, "this libcurl cannot pin public keys");
+        goto cleanup;
+    }
     curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &b);
@@ -147,6 +189,7 @@ cleanup:
     curl_easy_cleanup(curl);
     curl_slist_free_all(headers);
     free(url);
+    free(pins);
     if (b.data) {
         OPENSSL_cleanse(b.data, b.len);
         free(b.data);

@@ -7,6 +7,11 @@
  *  - Speaks only http and https, never follows redirects (a 3xx is returned
  *    as is), verifies TLS certificate and host name always (the CA file is
  *    optional: the system store otherwise), sends no Expect: 100-continue.
+ *  - With cert and key it presents that client certificate (mutual TLS,
+ *    docs/pki.md); with pin_sha256 the server's public key must also be the
+ *    pinned one (base64 of the SHA-256 of its SubjectPublicKeyInfo, DER; a
+ *    list separated by ';' pins several), else the exchange fails before a
+ *    byte of the request is sent.
  *  - The response body is read up to QKD_HTTP_BODY_MAX bytes; a larger one
  *    fails the exchange (QKD_HTTP_TOO_LARGE) rather than being truncated.
  *  - Every status is a completed exchange (QKD_HTTP_OK); interpreting it is
@@ -33,6 +38,9 @@ typedef struct {
     const char *cacert; /* PEM CA bundle for https, or NULL for the system store */
     long timeout_s;     /* whole exchange, connect included; <= 0: QKD_HTTP_DEFAULT_TIMEOUT */
     const char *user_agent; /* NULL: "qkms-device" */
+    const char *cert;   /* client certificate (PEM; may carry its chain), or NULL */
+    const char *key;    /* its private key (PEM), or NULL: the one in cert's file */
+    const char *pin_sha256; /* the server's SPKI pin(s), or NULL */
 } qkd_http_opts;
 
 typedef struct {

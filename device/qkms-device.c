@@ -19,6 +19,7 @@
  * shows it) lives in the secure heap where possible and is zeroized before
  * exit; jansson's allocations are zeroed on free too.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -57,6 +58,7 @@ enum {
 struct options {
     const char *cmd;
     const char *url, *fill, *session, *peer, *cacert, *index_s, *timeout_s;
+    const char *cert, *key, *pin;
     int index; /* -1: the default key */
     long timeout;
     int delivered, json;
@@ -65,9 +67,10 @@ struct options {
 static void usage(FILE *f)
 {
     fputs("usage: " PROG " key --url URL --fill FILE --session S --peer P [--index N]\n"
-          "                  [--delivered] [--json] [--cacert F] [--timeout S]\n"
+          "                  [--delivered] [--json] [TLS options] [--timeout S]\n"
           "       " PROG " end --url URL --fill FILE --session S [--index N] [--json]\n"
-          "                  [--cacert F] [--timeout S]\n"
+          "                  [TLS options] [--timeout S]\n"
+          "  TLS options: [--cacert F] [--cert F [--key F]] [--pin-sha256 B64[;B64...]]\n"
           "\n"
           "  key   ask qkms for the key of session S shared with device P; prints the\n"
           "        key ID and the session key in hex\n"
@@ -79,6 +82,10 @@ static void usage(FILE *f)
           "  --delivered    ask for single-transfer delivery\n"
           "  --json         JSON output (errors too)\n"
           "  --cacert F     CA bundle for https (default: the system store)\n"
+          "  --cert F       client certificate (PEM) for mutual TLS; --key F its key\n"
+          "                 (PEM; default: in the --cert file)\n"
+          "  --pin-sha256 P the server's public key must be this one: base64 of the\n"
+          "                 SHA-256 of its SubjectPublicKeyInfo (';' separates several)\n"
           "  --timeout S    seconds for the whole request (default 30)\n"
           "\n"
           "Exit status: 0 ok, 1 internal error, 2 usage, 3 transport failure,\n"
@@ -144,6 +151,28 @@ static int parse_long(const char *s, long lo, long hi, long *out)
     return 0;
 }
 
+/* "B64[;B64...]", each the 44-character base64 of a SHA-256 digest,
+ * optionally prefixed "sha256//" as libcurl writes them. */
+static int pins_valid(const char *s)
+{
+    while (*s) {
+        size_t l = strcspn(s, ";");
+        if (l >= 8 && !strncmp(s, "sha256//", 8)) {
+            s += 8;
+            l -= 8;
+        }
+        if (l != 44 || s[43] != '=')
+            return 0;
+        for (size_t i = 0; i < 43; i++)
+            if (!isalnum((unsigned char)s[i]) && s[i] != '+' && s[i] != '/')
+                return 0;
+        s += l;
+        if (*s == ';' && !*++s)
+            return 0;
+    }
+    return 1;
+}
+
 static int parse_args(int argc, char **argv, struct options *o)
 {
     struct {
@@ -156,7 +185,8 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"session", &o->session, NULL, 0}, {"peer", &o->peer, NULL, 1},
         {"index", &o->index_s, NULL, 0},   {"cacert", &o->cacert, NULL, 0},
         {"timeout", &o->timeout_s, NULL, 0}, {"delivered", NULL, &o->delivered, 1},
-        {"json", NULL, &o->json, 0},
+        {"json", NULL, &o->json, 0},       {"cert", &o->cert, NULL, 0},
+        {"key", &o->key, NULL, 0},          {"pin-sha256", &o->pin, NULL, 0},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     long v;
@@ -215,6 +245,18 @@ static int parse_args(int argc, char **argv, struct options *o)
      * tried to send the request: say so as a usage error. */
     if (strncasecmp(o->url, "http://", 7) != 0 && strncasecmp(o->url, "https://", 8) != 0) {
         errorf("--url must be an http:// or https:// URL");
+        return -1;
+    }
+    if (o->key && !o->cert) {
+        errorf("--key goes with --cert");
+        return -1;
+    }
+    if ((o->cert || o->pin || o->cacert) && strncasecmp(o->url, "https://", 8) != 0) {
+        errorf("--cacert, --cert and --pin-sha256 need an https:// URL");
+        return -1;
+    }
+    if (o->pin && !pins_valid(o->pin)) {
+        errorf("--pin-sha256: base64 SHA-256 digests (44 characters each), ';' between them");
         return -1;
     }
     if (!qkp_id_valid(o->session)) {
@@ -510,6 +552,9 @@ int main(int argc, char **argv)
     }
     http_ready = 1;
     hopts.cacert = o.cacert;
+    hopts.cert = o.cert;
+    hopts.key = o.key;
+    hopts.pin_sha256 = o.pin;
     hopts.timeout_s = o.timeout;
     q = qkd_http_post(o.url, req.path, req.body, req.body_len, &hopts, &resp, err, sizeof(err));
     if (q != QKD_HTTP_OK) {

@@ -206,7 +206,7 @@ cmd_up() {
         compose up -d --no-build
     fi
     cmd_wait
-    say "up: kmsd's device listener on http://127.0.0.1:${QKMS_COMPOSE_PORT:-8470}; admin: $0 kmsctl status"
+    say "up: kmsd's device listener on https://127.0.0.1:${QKMS_COMPOSE_PORT:-8470} (its CA: $0 kmsctl ca show --pem; devices need a client certificate); admin: $0 kmsctl status"
 }
 
 cmd_demo() {

@@ -12,6 +12,11 @@
 # station key pair made here (kmsctl device fill ID --recipient-pub, then
 # kmsctl fill open), although the admin socket, being local, would be
 # allowed plaintext export.
+#
+# kmsd's device listener requires client certificates (mutual TLS): each
+# device gets a key pair made here, as a device makes its own, and a
+# certificate the platform CA issues from its CSR (kmsctl device cert
+# issue), beside the CA certificate devices trust (kmsctl ca show --pem).
 set -euo pipefail
 umask 077
 
@@ -71,6 +76,23 @@ for spec in "$VEHICLE:vehicle" "$ENCRYPTOR:encryptor"; do
     kmsctl fill open --key "$STATION/key.pem" "$STATION/$id.qkfp" --json > "$out.new"
     mv "$out.new" "$out"
     say "fill document $out written"
+done
+
+# The CA devices trust (it also issued kmsd's server certificate).
+kmsctl ca show --pem > "$FILLS/ca.pem.new"
+mv "$FILLS/ca.pem.new" "$FILLS/ca.pem"
+for id in "$VEHICLE" "$ENCRYPTOR"; do
+    if [ -s "$FILLS/$id.crt" ] && [ -s "$FILLS/$id.key" ]; then
+        say "client certificate $FILLS/$id.crt exists"
+        continue
+    fi
+    rm -f "$FILLS/$id.key.new" "$FILLS/$id.crt.new"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$id" \
+        -keyout "$FILLS/$id.key.new" -out "$STATION/$id.csr" 2>/dev/null
+    kmsctl device cert issue "$id" --csr "$STATION/$id.csr" --out "$FILLS/$id.crt.new" >/dev/null
+    mv "$FILLS/$id.key.new" "$FILLS/$id.key"
+    mv "$FILLS/$id.crt.new" "$FILLS/$id.crt"
+    say "client certificate $FILLS/$id.crt issued by the platform CA"
 done
 
 sid=demo-$(date -u +%Y%m%dT%H%M%SZ)-$(head -c 4 /dev/urandom | od -An -vtx1 | tr -d ' \n')

@@ -43,7 +43,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN set -eu; \
     apt-get update -qq; \
     apt-get install -y -qq --no-install-recommends \
-        libmicrohttpd12 libjansson4 libpq5 libssl3 libcurl4 softhsm2 ca-certificates curl >/dev/null; \
+        libmicrohttpd12 libgnutls30 libjansson4 libpq5 libssl3 libcurl4 softhsm2 ca-certificates curl >/dev/null; \
     rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log; \
     groupadd --gid 10001 qkms; \
     useradd --no-log-init --uid 10001 --gid qkms --home-dir /var/lib/qkms --no-create-home \

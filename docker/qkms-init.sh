@@ -9,7 +9,8 @@
 #   /run/qkms/pin/token.pin      SoftHSM user PIN                   (qkms 0400; kmsd's pkcs11_pin_file)
 #   /var/lib/qkms/token/         the SoftHSM token labelled $QKMS_PKCS11_TOKEN_LABEL (qkms 0700)
 #   /var/lib/qkms/admin/         where kmsd writes the bootstrap admin token (qkms 0700)
-#   /var/lib/qkms/fills/         the demo's fill documents (qkms 0700)
+#   /var/lib/qkms/fills/         the demo's fill documents and client certificates (qkms 0700)
+#   /var/lib/qkms/tls/           where kmsd writes its server certificate and key (qkms 0700)
 #
 # Each path is a named volume. Secrets are random (24 bytes from
 # /dev/urandom, hex) and never printed. Running again changes nothing that
@@ -85,7 +86,7 @@ if [ "${QKMS_INIT_SOFTHSM:-1}" != 0 ]; then
 fi
 
 # ---- directories kmsd and the demo write ----------------------------------------
-for d in /var/lib/qkms/admin /var/lib/qkms/fills; do
+for d in /var/lib/qkms/admin /var/lib/qkms/fills /var/lib/qkms/tls; do
     [ -d "$d" ] || continue
     chown "$QKMS_UID:$QKMS_UID" "$d"
     chmod 0700 "$d"

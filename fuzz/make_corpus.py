@@ -221,6 +221,42 @@ def main():
     put("hex", "hand-b64u", b"\x20" + by_name["key-aes128"]["request_nonce_b64u"].encode())
     put("hex", "hand-b64u-ct", b"\xff" + json.loads(by_name["key-aes128"]["request_body"])["ct"].encode())
 
+    # cert_pem: byte 0 even a CSR for device FUZZ-DEV-1, odd a certificate to bind
+    cert_pem_seeds()
+
+
+def cert_pem_seeds():
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    pem = serialization.Encoding.PEM
+    keys = [("p256", ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()),
+            ("ed25519", ed25519.Ed25519PrivateKey.generate(), None),
+            ("rsa2048", rsa.generate_private_key(65537, 2048), hashes.SHA256()),
+            ("p521", ec.generate_private_key(ec.SECP521R1()), hashes.SHA512())]
+    for kname, k, algo in keys:
+        for cn in ("FUZZ-DEV-1", "another"):
+            csr = (x509.CertificateSigningRequestBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                   .sign(k, algo))
+            put("cert_pem", "csr-%s-%s" % (kname, cn), b"\x00" + csr.public_bytes(pem))
+    k = keys[0][1]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "seed")])
+    start = datetime.datetime(2026, 1, 1)
+    base = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(k.public_key()).not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=36500)))
+    client = (base.serial_number(1)
+              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+              .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
+                                           False), True).sign(k, hashes.SHA256()))
+    put("cert_pem", "cert-client", b"\x01" + client.public_bytes(pem))
+    ca = (base.serial_number(2).add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+          .sign(k, hashes.SHA256()))
+    put("cert_pem", "cert-ca", b"\x01" + ca.public_bytes(pem))
+
 
 if __name__ == "__main__":
     main()

@@ -42,6 +42,28 @@ const config_option config_options[] = {
      "speaks HTTPS only."},
     {"tls_key_file", OPT_STR, OFF(tls_key_file), NULL, 0, 0, NULL, false, false,
      "PEM private key for `tls_cert_file`."},
+    {"tls_server_names", OPT_STR, OFF(tls_server_names), NULL, 0, 0, NULL, false, false,
+     "Comma-separated DNS names and IP addresses of the device listener. Set, with "
+     "`tls_cert_file` and `tls_key_file`, kmsd makes its own server certificate from the "
+     "platform CA at start when those files are missing, name other names, are not the "
+     "platform CA's, or have less than a third of their lifetime left (a new P-256 key, 365 "
+     "days; docs/pki.md, \"kmsd's server certificate\"). Renewed at a start only."},
+    {"tls_client_auth", OPT_STR, OFF(tls_client_auth), "none", 0, 0, "none|optional|require",
+     false, false,
+     "Client certificates on the device routes of the TLS device listener (docs/pki.md, "
+     "\"Mutual TLS\"): `none` asks for none; `optional` verifies one when the client sends it "
+     "(401 if it does not verify) and then binds the request to its device; `require` also "
+     "refuses a device request without one (401 `client_certificate_required`). The probes "
+     "never need one. Needs `tls_cert_file`."},
+    {"tls_client_ca_file", OPT_STR, OFF(tls_client_ca_file), NULL, 0, 0, NULL, false, false,
+     "PEM bundle of the CAs that issued bound certificates (`kmsctl device cert bind`): a "
+     "bound certificate authenticates only if it chains to one of these or to the platform "
+     "CA. Read at start."},
+    {"tls_client_crl_file", OPT_STR, OFF(tls_client_crl_file), NULL, 0, 0, NULL, false, false,
+     "PEM file of CRLs of the `tls_client_ca_file` CAs: a certificate that chains to one of "
+     "them is checked against its issuer's CRL, and refused while the CRL is missing or out "
+     "of date. Read again when the file changes (checked at most every 10 s). The platform "
+     "CA's own certificates are checked against the database instead, at every request."},
     {"admin_listen_addr", OPT_STR, OFF(admin_listen_addr), NULL, 0, 0, NULL, false, false,
      "IPv4 or IPv6 address of a separate admin listener: the admin API, `/metrics` and the "
      "probes. The device listener then no longer serves the admin API, nor this one the "
@@ -59,6 +81,15 @@ const config_option config_options[] = {
      "only. Independent of `tls_cert_file`."},
     {"admin_tls_key_file", OPT_STR, OFF(admin_tls_key_file), NULL, 0, 0, NULL, false, false,
      "PEM private key for `admin_tls_cert_file`."},
+    {"admin_tls_client_auth", OPT_STR, OFF(admin_tls_client_auth), "none", 0, 0,
+     "none|optional|require", false, false,
+     "Client certificates on the admin API (docs/pki.md, \"Admin principals\"): a TLS client "
+     "whose certificate verifies and is bound to a live admin token (`kmsctl token cert bind`) "
+     "is that token, without a bearer token. `optional`: a request without one is "
+     "authenticated by its bearer token; `require`: refused (401 "
+     "`client_certificate_required`). A bearer token sent as well must be the same token. "
+     "Needs TLS on the listener serving the admin API (`admin_tls_cert_file`, or "
+     "`tls_cert_file` when one listener serves everything)."},
     {"shutdown_grace", OPT_INT, OFF(shutdown_grace), "10", 0, 600, NULL, false, false,
      "Seconds SIGTERM/SIGINT waits for in-flight requests before closing."},
     {"readiness_interval_ms", OPT_INT, OFF(readiness_interval_ms), "1000", 100, 60000, NULL,
@@ -592,6 +623,9 @@ static int check_admin_listener(const kms_config *c, char *err, size_t el)
     return 0;
 }
 
+/* A client-certificate mode other than none. */
+static bool mode_on(const char *m) { return m && strcmp(m, "none") != 0; }
+
 int config_check(const kms_config *c, char *err, size_t el)
 {
     if (!c->pkcs11_module || !c->pkcs11_token_label || !c->master_key_label ||
@@ -606,6 +640,33 @@ int config_check(const kms_config *c, char *err, size_t el)
     }
     if (!!c->tls_cert_file != !!c->tls_key_file) {
         fmt(err, el, "tls_cert_file and tls_key_file go together");
+        return -1;
+    }
+    if (c->tls_server_names && !c->tls_cert_file) {
+        fmt(err, el, "tls_server_names needs tls_cert_file and tls_key_file (where the "
+                     "certificate and its key are written)");
+        return -1;
+    }
+    if (c->tls_client_auth && strcmp(c->tls_client_auth, "none") && !c->tls_cert_file) {
+        fmt(err, el, "tls_client_auth %s needs a TLS device listener (tls_cert_file)",
+            c->tls_client_auth);
+        return -1;
+    }
+    if (mode_on(c->admin_tls_client_auth) &&
+        !(config_admin_apart(c) ? c->admin_tls_cert_file : c->tls_cert_file)) {
+        fmt(err, el, "admin_tls_client_auth %s needs TLS on the admin API's listener (%s)",
+            c->admin_tls_client_auth,
+            config_admin_apart(c) ? "admin_tls_cert_file" : "tls_cert_file");
+        return -1;
+    }
+    if ((c->tls_client_ca_file || c->tls_client_crl_file) && !mode_on(c->tls_client_auth) &&
+        !mode_on(c->admin_tls_client_auth)) {
+        fmt(err, el, "tls_client_ca_file and tls_client_crl_file need tls_client_auth or "
+                     "admin_tls_client_auth optional or require");
+        return -1;
+    }
+    if (c->tls_client_crl_file && !c->tls_client_ca_file) {
+        fmt(err, el, "tls_client_crl_file needs tls_client_ca_file (the CRLs of its CAs)");
         return -1;
     }
     if (check_admin_listener(c, err, el) != 0)

@@ -40,11 +40,16 @@ typedef struct kms_config {
     int http_timeout;
     char *tls_cert_file;
     char *tls_key_file;
+    char *tls_server_names;   /* kmsd issues its own certificate for these */
+    char *tls_client_auth;    /* "none", "optional" or "require" (device routes) */
+    char *tls_client_ca_file; /* issuers of bound client certificates, or NULL */
+    char *tls_client_crl_file; /* their CRLs (PEM), or NULL */
     char *admin_listen_addr; /* NULL with admin_listen_unix NULL: one listener */
     int admin_listen_port;
     char *admin_listen_unix;
     char *admin_tls_cert_file;
     char *admin_tls_key_file;
+    char *admin_tls_client_auth; /* "none", "optional" or "require" (admin routes) */
     int shutdown_grace;
     int readiness_interval_ms;
     int readiness_timeout_ms;

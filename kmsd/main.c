@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 
 #include "service/bootstrap.h"
+#include "service/servercert.h"
 #include "api/server.h"
 #include "service/keycache.h"
 #include "api/context.h"
@@ -292,6 +293,12 @@ int main(int argc, char **argv)
     }
     if (bootstrap_admin_token(&k.svc, err, sizeof(err)) != 0) {
         log_emit(LOG_ERROR, "bootstrap admin token failed", "{s:s}", "error", err);
+        goto out;
+    }
+    if (k.cfg.tls_server_names &&
+        servercert_ensure(&k.svc, k.cfg.tls_server_names, k.cfg.tls_cert_file,
+                          k.cfg.tls_key_file, err, sizeof(err)) != 0) {
+        log_emit(LOG_ERROR, "server certificate failed", "{s:s}", "error", err);
         goto out;
     }
     if (start_doors(&k, err, sizeof(err)) != 0)

@@ -8,7 +8,7 @@
 #                              included (scripts/container-deps.sh)
 set -eu
 
-BUILD="build-essential pkg-config libmicrohttpd-dev libjansson-dev libpq-dev libssl-dev
+BUILD="build-essential pkg-config libmicrohttpd-dev libgnutls28-dev libjansson-dev libpq-dev libssl-dev
 libcurl4-openssl-dev libp11-kit-dev"
 RUN="postgresql-15 postgresql-client-15 softhsm2 opensc ca-certificates"
 TEST="libcmocka-dev python3 python3-pytest python3-requests python3-cryptography python3-pykcs11

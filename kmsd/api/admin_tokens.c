@@ -5,6 +5,7 @@
  */
 #include "api/principal.h"
 #include "api/routes.h"
+#include "service/token_certs.h"
 #include "service/tokens.h"
 
 void h_tokens_create(http_request *rq, http_response *rs)
@@ -56,6 +57,55 @@ void h_tokens_revoke(http_request *rq, http_response *rs)
     json_t *out;
     qk_err e;
     if (tokens_revoke(&rq->kms->svc, &who, rq->params[0], &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return;
+    }
+    http_json(rs, 200, out);
+}
+
+/* ---- client certificates of a token (token_certs.h) ------------------------ */
+
+void h_token_certs_bind(http_request *rq, http_response *rs)
+{
+    json_t *in = http_body_object(rq, rs), *jc, *out;
+    qk_principal who = admin_principal(rq);
+    const char *pem;
+    qk_err e;
+
+    if (!in)
+        return;
+    jc = json_object_get(in, "certificate");
+    if (json_object_size(in) != 1 || !(pem = json_string_value(jc))) {
+        http_error(rs, 422, "invalid_request", "expected {\"certificate\": PEM string}");
+        goto out;
+    }
+    if (token_certs_bind(&rq->kms->svc, &who, rq->params[0], pem, json_string_length(jc), &out,
+                         &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    http_json(rs, 201, out);
+out:
+    json_decref(in);
+}
+
+void h_token_certs_list(http_request *rq, http_response *rs)
+{
+    json_t *out;
+    qk_err e;
+    if (token_certs_list(&rq->kms->svc, rq->params[0], &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return;
+    }
+    http_json(rs, 200, out);
+}
+
+void h_token_certs_unbind(http_request *rq, http_response *rs)
+{
+    qk_principal who = admin_principal(rq);
+    json_t *out;
+    qk_err e;
+    if (token_certs_unbind(&rq->kms->svc, &who, rq->params[0], rq->params[1], &out, &e) != QK_OK) {
         http_fail(rs, &e);
         return;
     }

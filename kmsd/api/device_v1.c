@@ -19,6 +19,7 @@
 #include "api/routes.h"
 #include "log.h"
 #include "qkms_proto.h"
+#include "service/certs.h"
 #include "service/device_auth.h"
 #include "service/session_metrics.h"
 #include "service/sessions.h"
@@ -119,6 +120,23 @@ static qk_principal device_principal(const http_request *rq, const device_auth *
     qk_principal p = {.kind = QK_PRINCIPAL_DEVICE, .name = da->device_id, .log = http_log_ctx(rq)};
     p.log.principal = da->device_id;
     return p;
+}
+
+/* A request that came with a client certificate (api/tlsauth.h) must name
+ * the certificate's device: checked before any key is unwrapped, and a
+ * mismatch is audited (certs_mismatch). */
+static bool bound_to_cert(http_request *rq, http_response *rs, const envelope *env)
+{
+    log_ctx lc;
+    if (!rq->cert.device_id[0] || !strcmp(rq->cert.device_id, env->device_id))
+        return true;
+    lc = http_log_ctx(rq);
+    lc.principal = rq->cert.device_id;
+    certs_mismatch(&rq->kms->svc, &rq->cert, env->device_id, &lc);
+    refuse(rq, SESSION_REFUSE_AUTH);
+    http_error(rs, 401, "certificate_mismatch",
+               "the request names another device than its client certificate");
+    return false;
 }
 
 /* Open the request under its device key (service: device_auth_open) and
@@ -250,7 +268,7 @@ void h_session_key(http_request *rq, http_response *rs)
 
     memset(&a, 0, sizeof(a));
     memset(&g, 0, sizeof(g));
-    if (parse_envelope(rq, rs, &env) != 0)
+    if (parse_envelope(rq, rs, &env) != 0 || !bound_to_cert(rq, rs, &env))
         goto out;
     session_metrics_stage(s->smetrics, SESSION_STAGE_PARSE, &t0);
     if (authenticate(rq, rs, "key", &env, &a, &t0) != 0 ||
@@ -290,7 +308,8 @@ void h_session_end(http_request *rq, http_response *rs)
     uint64_t t0 = session_clock_ns();
 
     memset(&a, 0, sizeof(a));
-    if (parse_envelope(rq, rs, &env) != 0 || authenticate(rq, rs, "end", &env, &a, &t0) != 0 ||
+    if (parse_envelope(rq, rs, &env) != 0 || !bound_to_cert(rq, rs, &env) ||
+        authenticate(rq, rs, "end", &env, &a, &t0) != 0 ||
         inner_fields(rq, rs, &env, &a, false, &sid, NULL, NULL, ts) != 0)
         goto out;
     if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))

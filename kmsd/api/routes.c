@@ -24,6 +24,9 @@
     X("POST", "/v1/admin/tokens", "admin_tokens_create", ROLE_ADMIN, h_tokens_create, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/tokens", "admin_tokens_list", ROLE_ADMIN, h_tokens_list, ADM, RL_ADMIN) \
     X("DELETE", "/v1/admin/tokens/{name}", "admin_tokens_revoke", ROLE_ADMIN, h_tokens_revoke, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/tokens/{name}/certificates", "admin_token_certs_bind", ROLE_ADMIN, h_token_certs_bind, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/tokens/{name}/certificates", "admin_token_certs_list", ROLE_ADMIN, h_token_certs_list, ADM, RL_ADMIN) \
+    X("DELETE", "/v1/admin/tokens/{name}/certificates/{sha256}", "admin_token_certs_unbind", ROLE_ADMIN, h_token_certs_unbind, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices", "admin_devices_create", OPS, h_devices_create, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/devices", "admin_devices_list", ROLE_ANY, h_devices_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/import", "admin_devices_import", OPS, h_devices_import, ADM, RL_ADMIN, .max_body = IMPORT_MAX_BODY) \
@@ -43,8 +46,8 @@
     X("GET", "/v1/admin/ca", "admin_ca", ROLE_ANY, h_admin_ca, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/device-types", "admin_devtypes_list", ROLE_ANY, h_devtypes_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/device-types", "admin_devtypes_add", ROLE_ADMIN, h_devtypes_add, ADM, RL_ADMIN) \
-    X("POST", "/v1/sessions/key", "session_key", 0, h_session_key, DEV, RL_DEVICE) \
-    X("POST", "/v1/sessions/end", "session_end", 0, h_session_end, DEV, RL_DEVICE) \
+    X("POST", "/v1/sessions/key", "session_key", 0, h_session_key, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/v1/sessions/end", "session_end", 0, h_session_end, DEV, RL_DEVICE, .client_cert = true) \
     X("GET", "/v1/admin/sessions", "admin_sessions_list", ROLE_ANY, h_admin_sessions_list, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/sessions/{id}", "admin_session_get", ROLE_ANY, h_admin_session_get, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/sessions/{id}/end", "admin_session_end", OPS, h_admin_session_end, ADM, RL_ADMIN) \
@@ -84,9 +87,10 @@ int routes_print_json(FILE *f)
         if (doors && (rt->door & DOOR_ADMIN))
             json_array_append_new(doors, json_string("admin"));
         if (json_array_append_new(
-                arr, json_pack("{s:s,s:s,s:s,s:o*,s:I,s:b,s:o*,s:s?}", "method", rt->method, "path",
-                               rt->pattern, "name", rt->name, "roles", roles, "max_body",
-                               (json_int_t)rt->max_body, "probe", rt->probe, "listeners", doors,
+                arr, json_pack("{s:s,s:s,s:s,s:o*,s:I,s:b,s:b,s:o*,s:s?}", "method", rt->method,
+                               "path", rt->pattern, "name", rt->name, "roles", roles, "max_body",
+                               (json_int_t)rt->max_body, "probe", rt->probe, "client_cert",
+                               rt->client_cert, "listeners", doors,
                                "rate_limit",
                                rt->rl_scope >= 0 && rt->rl_scope < RL_NSCOPES
                                    ? scopes[rt->rl_scope]

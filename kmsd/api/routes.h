@@ -30,6 +30,9 @@ void h_admin_status(http_request *rq, http_response *rs);
 void h_tokens_create(http_request *rq, http_response *rs);
 void h_tokens_list(http_request *rq, http_response *rs);
 void h_tokens_revoke(http_request *rq, http_response *rs);
+void h_token_certs_bind(http_request *rq, http_response *rs);
+void h_token_certs_list(http_request *rq, http_response *rs);
+void h_token_certs_unbind(http_request *rq, http_response *rs);
 
 /* admin_devices.c */
 void h_devices_create(http_request *rq, http_response *rs);

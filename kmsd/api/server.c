@@ -31,7 +31,10 @@
 #include "qbuf.h"
 #include "api/listen.h"
 #include "api/ratelimit.h"
+#include "api/tlsauth.h"
 #include "api/transport.h"
+#include "service/ca.h"
+#include "service/trust.h"
 #include "utf8.h"
 
 #define HTTP_MAX_LISTENERS 2
@@ -43,6 +46,9 @@ typedef struct http_listener {
     unsigned door;       /* DOOR_* mask */
     bool tls;
     char *tls_cert, *tls_key;
+    tls_client_mode client_auth; /* of its .client_cert routes (tlsauth.h) */
+    tls_client_mode admin_client_auth; /* of its admin routes (roles != 0) */
+    char *tls_trust;     /* the issuers a client certificate may name (PEM) */
     char *unix_path;     /* the admin unix socket, removed at stop; else NULL */
     listen_unix_id unix_id;
 } http_listener;
@@ -78,6 +84,7 @@ typedef struct {
     const char *params[HTTP_MAX_PARAMS]; /* into pathbuf */
     char pathbuf[HTTP_MAX_PATH + 1];
     auth_principal who;
+    cert_principal cert;
 } req_state;
 
 static double elapsed(const struct timespec *t0)
@@ -490,22 +497,20 @@ static bool content_length_over(struct MHD_Connection *conn, size_t cap)
     return errno == ERANGE || v > cap;
 }
 
-/* Bearer authentication and the route's role. false: rs holds 401/403/429/503. */
-static bool authenticate(http_server *srv, struct MHD_Connection *conn, req_state *st,
-                         http_request *rq, http_response *rs)
+/* The token a bearer header names. true with *who; false: rs holds the
+ * 401 or 503. */
+static bool bearer_principal(http_server *srv, const char *h, auth_principal *who,
+                             http_response *rs)
 {
-    const http_route *rt = &srv->routes[st->route];
     char tok[128];
-    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     db_status ds;
 
     if (auth_bearer(h, tok, sizeof(tok)) != 0) {
         http_error(rs, 401, "unauthenticated", "missing or malformed bearer token");
         return false;
     }
-    ds = auth_lookup(srv->kms->svc.db, tok, &st->who);
+    ds = auth_lookup(srv->kms->svc.db, tok, who);
     OPENSSL_cleanse(tok, sizeof(tok));
-    rq->who = st->who;
     if (ds == DB_NOT_FOUND) {
         http_error(rs, 401, "unauthenticated", "unknown, expired or revoked token");
         return false;
@@ -515,6 +520,48 @@ static bool authenticate(http_server *srv, struct MHD_Connection *conn, req_stat
         http_error(rs, 503, "unavailable", "database unavailable");
         return false;
     }
+    return true;
+}
+
+/* The principal (a client certificate bound to a token, on a listener with
+ * admin_tls_client_auth; else the bearer token), its rate limit and the
+ * route's role. false: rs holds 401/403/429/503. */
+static bool authenticate(const http_listener *l, struct MHD_Connection *conn, req_state *st,
+                         http_request *rq, http_response *rs)
+{
+    http_server *srv = l->srv;
+    const http_route *rt = &srv->routes[st->route];
+    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    bool by_cert = false;
+
+    if (l->admin_client_auth != TLS_CLIENT_NONE) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        log_ctx lc = http_log_ctx(rq);
+        qk_err e;
+        if (tlsauth_admin(&srv->kms->svc, conn, l->admin_client_auth,
+                          ci ? ci->socket_context : NULL, &lc, &st->who, &by_cert, &e) != QK_OK) {
+            http_fail(rs, &e);
+            return false;
+        }
+    }
+    if (by_cert && h) {
+        /* Both: they must name one principal. */
+        auth_principal bw;
+        if (!bearer_principal(srv, h, &bw, rs))
+            return false;
+        if (bw.id != st->who.id) {
+            http_log(rq, LOG_WARN, "client certificate refused", "{s:s,s:s,s:s}", "reason",
+                     "the bearer token is another token than the certificate's", "code",
+                     "certificate_mismatch", "certificate_token", st->who.name);
+            http_error(rs, 401, "certificate_mismatch",
+                       "the bearer token is another admin token than the client certificate's");
+            return false;
+        }
+    } else if (!by_cert && !bearer_principal(srv, h, &st->who, rs)) {
+        return false;
+    }
+    rq->who = st->who;
     /* The route's scope, keyed by the token's name (RL_ADMIN). */
     if (rt->rl_scope != RL_NONE && !http_rate_limit(rq, rs, rt->rl_scope, st->who.name))
         return false;
@@ -571,7 +618,19 @@ static bool gate(const http_listener *l, struct MHD_Connection *conn, req_state 
     http_client_key(st->client_ip, key, sizeof(key));
     if (!srv->routes[idx].probe && !http_rate_limit(rq, rs, RL_CLIENT, key))
         return false;
-    if (srv->routes[idx].roles && !authenticate(srv, conn, st, rq, rs))
+    if (srv->routes[idx].client_cert && l->client_auth != TLS_CLIENT_NONE) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        log_ctx lc = http_log_ctx(rq);
+        qk_err e;
+        if (tlsauth_check(&srv->kms->svc, conn, l->client_auth, ci ? ci->socket_context : NULL,
+                          &lc, &st->cert, &e) != QK_OK) {
+            http_fail(rs, &e);
+            return false;
+        }
+        rq->cert = st->cert;
+    }
+    if (srv->routes[idx].roles && !authenticate(l, conn, st, rq, rs))
         return false;
     if (srv->routes[idx].max_body)
         st->max_body = srv->routes[idx].max_body;
@@ -597,6 +656,7 @@ static void request_init(http_request *rq, const http_listener *l, struct MHD_Co
     rq->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     rq->conn = conn;
     rq->who = st->who;
+    rq->cert = st->cert;
     snprintf(rq->req_id, sizeof(rq->req_id), "%s", st->req_id);
     snprintf(rq->client_ip, sizeof(rq->client_ip), "%s", st->client_ip);
     for (int i = 0; i < st->nparams; i++)
@@ -771,7 +831,8 @@ static void listener_free(http_listener *l)
         free(l->tls_key);
     }
     free(l->tls_cert);
-    l->tls_key = l->tls_cert = NULL;
+    free(l->tls_trust);
+    l->tls_key = l->tls_cert = l->tls_trust = NULL;
 }
 
 /* The socket options: an address MHD binds, or the unix socket we bind.
@@ -810,6 +871,45 @@ static int listener_socket(http_listener *l, const listen_spec *sp, struct socka
     return 0;
 }
 
+/* The issuers a client certificate may name, as one PEM text: the platform
+ * CA's certificates and tls_client_ca_file's. NULL with err. */
+static char *client_trust_pem(kms_ctx *kms, char *err, size_t el)
+{
+    const char *other = trust_pem(kms->svc.trust);
+    char *ca = NULL, *all = NULL;
+    size_t cl = 0, ol = other ? strlen(other) : 0;
+    qk_err e;
+
+    if (ca_chain_pem(kms->svc.ca, &ca, &cl, &e) != QK_OK) {
+        snprintf(err, el, "platform CA: %s", e.detail);
+        return NULL;
+    }
+    if ((all = malloc(cl + ol + 2))) {
+        memcpy(all, ca, cl);
+        all[cl] = '\n';
+        memcpy(all + cl + 1, other ? other : "", ol);
+        all[cl + 1 + ol] = 0;
+    } else {
+        snprintf(err, el, "out of memory");
+    }
+    free(ca);
+    return all;
+}
+
+/* A connection opens or closes: its tlsauth memo (client_auth listeners). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)cls;
+    (void)conn;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        *socket_context = tlsauth_memo_new();
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        tlsauth_memo_free(*socket_context);
+        *socket_context = NULL;
+    }
+}
+
 static int listener_tls(http_listener *l, const listen_spec *sp, unsigned *flags,
                         struct MHD_OptionItem *opts, int *no, char *err, size_t el)
 {
@@ -825,6 +925,19 @@ static int listener_tls(http_listener *l, const listen_spec *sp, unsigned *flags
     *flags |= MHD_USE_TLS;
     opts[(*no)++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, l->tls_cert};
     opts[(*no)++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, l->tls_key};
+    if (sp->door & DOOR_DEVICE)
+        l->client_auth = tlsauth_mode(l->srv->kms->cfg.tls_client_auth);
+    if (sp->door & DOOR_ADMIN)
+        l->admin_client_auth = tlsauth_mode(l->srv->kms->cfg.admin_tls_client_auth);
+    if (l->client_auth == TLS_CLIENT_NONE && l->admin_client_auth == TLS_CLIENT_NONE)
+        return 0;
+    if (!(l->tls_trust = client_trust_pem(l->srv->kms, err, el)))
+        return -1;
+    /* With a trust list GnuTLS asks the client for a certificate (naming
+     * these issuers) but, as MHD never verifies it, a handshake without
+     * one goes on: tlsauth answers for it, in JSON. */
+    opts[(*no)++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, l->tls_trust};
+    opts[(*no)++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l};
     return 0;
 }
 
@@ -834,7 +947,7 @@ static int listener_start(http_listener *l, const listen_spec *sp, char *err, si
     const kms_config *c = &l->srv->kms->cfg;
     struct sockaddr_storage ss;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
-    struct MHD_OptionItem opts[16];
+    struct MHD_OptionItem opts[20];
     int no = 0;
 
     l->door = sp->door;

@@ -10,10 +10,13 @@
  *    path over 1024 bytes is 414 uri_too_long, headers over 8 KiB are 431
  *    headers_too_large, then the route among this listener's (404/405), the
  *    client-address rate limit (every route but the probes; IPv6 clients by
- *    /64), and for a route with roles != 0 the Bearer token (401 without or
- *    with an unknown token, 503 when the database cannot say) then the
- *    route's rate-limit scope (.rl_scope: admin) per token name and the role
- *    (403). Only then does the route's own body cap (an import
+ *    /64), on a .client_cert route of a listener with tls_client_auth the
+ *    client certificate (api/tlsauth.h: 401, 503), and for a route with
+ *    roles != 0 the principal: a client certificate bound to a token on a
+ *    listener with admin_tls_client_auth, else the Bearer token (401
+ *    without or with an unknown token, 503 when the database cannot say),
+ *    then the route's rate-limit scope (.rl_scope: admin) per token name
+ *    and the role (403). Only then does the route's own body cap (an import
  *    allows megabytes) replace http_max_body: an unauthenticated client can
  *    make kmsd buffer at most http_max_body bytes per request.
  *  - Bodies larger than the cap get 413 (by Content-Length before any byte
@@ -45,6 +48,7 @@
 #include "err.h"
 #include "log.h"
 #include "service/auth.h"
+#include "service/certs.h"
 #include "api/context.h"
 #include "api/ratelimit.h"
 
@@ -69,6 +73,9 @@ typedef struct http_request {
     char req_id[65];
     char client_ip[64];
     auth_principal who; /* valid when the route requires a role */
+    cert_principal cert; /* the client certificate's device, on a .client_cert
+                          * route of a listener with tls_client_auth; else
+                          * device_id is "" (api/tlsauth.h) */
     void *conn;         /* struct MHD_Connection * */
     bool tls;           /* the listener it came in on speaks TLS */
     bool unix_socket;   /* it came over the admin unix socket (client_ip "unix") */
@@ -102,6 +109,8 @@ typedef struct {
                           * the bearer token is known; RL_DEVICE by the device
                           * handlers once the envelope has authenticated; RL_NONE:
                           * only the client-address limit (none for probes) */
+    bool client_cert;    /* the listener's tls_client_auth applies (api/tlsauth.h):
+                          * the device protocol's routes */
 } http_route;
 
 /* Start the listener(s) of kms->cfg (see the contract above) serving

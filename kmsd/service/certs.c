@@ -18,6 +18,7 @@
 #include "service/ca.h"
 #include "service/crl.h"
 #include "service/device_model.h"
+#include "service/trust.h"
 #include "service/x509util.h"
 #include "store/pgjson.h"
 #include "store/queries.h"
@@ -243,7 +244,7 @@ struct store_tx {
     json_t *detail;
     json_t *created_at; /* from the insert */
     bool inactive;
-    char in_use_by[132]; /* bind: the device whose certificate has this key */
+    char in_use_by[160]; /* "device 'X'" or "admin token 'Y'" holding this key */
 };
 
 static db_status store_tx_fn(db_conn *c, void *arg)
@@ -342,7 +343,7 @@ static qk_kind store_cert(qk_svc *s, const qk_principal *who, const char *device
     if (st == DB_CONFLICT && (t.in_use_by[0] || !issued)) {
         if (t.in_use_by[0])
             k = qk_fail(e, QK_INVALID, "certificate_in_use",
-                        "a certificate with this key is bound to device '%s'", t.in_use_by);
+                        "a certificate with this key is bound to %s", t.in_use_by);
         else
             k = qk_fail(e, QK_INVALID, "certificate_in_use",
                         "this certificate (or its serial, for this device) is on record already");
@@ -444,17 +445,13 @@ static qk_kind bindable(X509 *x, qk_err *e)
     return QK_OK;
 }
 
-qk_kind certs_bind(qk_svc *s, const qk_principal *who, const char *device_id, const char *pem,
-                   size_t len, json_t **out, qk_err *e)
+qk_kind certs_parse_client(const char *pem, size_t len, X509 **out, qk_err *e)
 {
     BIO *b;
-    X509 *x = NULL;
+    X509 *x;
     qk_kind k;
 
-    qk_clear(e);
     *out = NULL;
-    if (!device_id_valid(device_id))
-        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such device");
     if (!pem || len == 0 || len > 16384)
         return qk_fail(e, QK_INVALID, "invalid_certificate",
                        "certificate must be a PEM CERTIFICATE (at most 16 KiB)");
@@ -464,7 +461,25 @@ qk_kind certs_bind(qk_svc *s, const qk_principal *who, const char *device_id, co
     BIO_free(b);
     if (!x)
         return qk_fail(e, QK_INVALID, "invalid_certificate", "certificate is not a PEM CERTIFICATE");
-    if ((k = bindable(x, e)) == QK_OK)
+    if ((k = bindable(x, e)) != QK_OK) {
+        X509_free(x);
+        return k;
+    }
+    *out = x;
+    return QK_OK;
+}
+
+qk_kind certs_bind(qk_svc *s, const qk_principal *who, const char *device_id, const char *pem,
+                   size_t len, json_t **out, qk_err *e)
+{
+    X509 *x = NULL;
+    qk_kind k;
+
+    qk_clear(e);
+    *out = NULL;
+    if (!device_id_valid(device_id))
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such device");
+    if ((k = certs_parse_client(pem, len, &x, e)) == QK_OK)
         k = store_cert(s, who, device_id, x, "bound", 0, out, e);
     X509_free(x);
     return k;
@@ -603,34 +618,53 @@ qk_kind certs_revoke(qk_svc *s, const qk_principal *who, const char *device_id,
     return certs_get(s, device_id, serial, out, e);
 }
 
-/* The chain (leaf first) verified against the platform CA: time, purpose
- * (TLS client), signatures. 0, or -1 with the reason in why. */
-static int chain_ok(qk_ca *ca, X509 *leaf, STACK_OF(X509) *rest, const char **why)
+/* The earliest notAfter of a verified chain (Unix seconds). */
+static long long chain_until(STACK_OF(X509) *chain)
+{
+    long long until = 0;
+    for (int i = 0; i < sk_X509_num(chain); i++) {
+        struct tm tm;
+        if (ASN1_TIME_to_tm(X509_get0_notAfter(sk_X509_value(chain, i)), &tm) != 1)
+            return 0;
+        long long t = (long long)timegm(&tm);
+        if (!until || t < until)
+            until = t;
+    }
+    return until;
+}
+
+/* The chain (leaf first) verified against store: time, purpose (TLS
+ * client), signatures, and the CRLs when the store asks for them. 0 (with
+ * *until), or -1 with the verifier's error in *err. */
+static int chain_ok(X509_STORE *store, X509 *leaf, STACK_OF(X509) *rest, long long *until,
+                    int *err)
 {
     X509_STORE_CTX *ctx = X509_STORE_CTX_new();
     int ok = -1;
-    if (!ctx || X509_STORE_CTX_init(ctx, ca_store(ca), leaf, rest) != 1 ||
-        X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SSL_CLIENT) != 1) {
-        *why = "out of memory";
-    } else if (X509_verify_cert(ctx) == 1) {
-        ok = 0;
-    } else {
-        *why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
+    *err = X509_V_ERR_OUT_OF_MEM;
+    if (ctx && X509_STORE_CTX_init(ctx, store, leaf, rest) == 1 &&
+        X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SSL_CLIENT) == 1) {
+        if (X509_verify_cert(ctx) == 1) {
+            *until = chain_until(X509_STORE_CTX_get0_chain(ctx));
+            ok = 0;
+        } else {
+            *err = X509_STORE_CTX_get_error(ctx);
+        }
     }
     X509_STORE_CTX_free(ctx);
     return ok;
 }
 
-qk_kind certs_authenticate(qk_svc *s, const unsigned char *const *der, const size_t *len, int n,
+qk_kind certs_verify_chain(qk_svc *s, const unsigned char *const *der, const size_t *len, int n,
                            cert_principal *out, qk_err *e)
 {
     X509 *leaf = NULL;
     STACK_OF(X509) *rest = sk_X509_new_null();
+    X509_STORE *other = NULL;
     const unsigned char *p;
-    const char *why = NULL, *vals[1];
-    char sha[65], spki[65];
-    db_status st;
-    PGresult *r = NULL;
+    const char *why = NULL;
+    char spki[65];
+    int verr = 0, oerr = 0;
     qk_kind k = QK_UNAUTHENTICATED;
 
     qk_clear(e);
@@ -655,28 +689,54 @@ qk_kind certs_authenticate(qk_svc *s, const unsigned char *const *der, const siz
             goto out;
         }
     }
-    if (x509_digests(leaf, sha, spki) != 0) {
+    if (x509_digests(leaf, out->sha256, spki) != 0) {
         k = qk_fail(e, QK_INTERNAL, "internal", "out of memory");
         goto out;
     }
-    memcpy(out->sha256, sha, sizeof(out->sha256));
-    /* The signatures first: a stranger's certificate costs no query. */
-    if (chain_ok(s->ca, leaf, rest, &why) != 0)
-        goto out;
-    /* Only certificates on record name a device: the platform CA's, or
-     * bound ones (whose issuers a trust bundle must vouch for: to come
-     * with the listener's configuration; until then they do not verify). */
-    vals[0] = sha;
-    if (!(r = db_query(s->db, Q_CERT_BY_SHA256, 1, vals, NULL, NULL, &st))) {
-        k = db_fail(e, st);
+    if (chain_ok(ca_store(s->ca), leaf, rest, &out->valid_until, &verr) == 0) {
+        out->by_platform_ca = true;
+        k = QK_OK;
         goto out;
     }
+    if ((other = trust_store(s->trust)) &&
+        chain_ok(other, leaf, rest, &out->valid_until, &oerr) == 0) {
+        k = QK_OK;
+        goto out;
+    }
+    /* The reason that says most: the platform CA's, unless it merely did
+     * not know the issuer and another trusted issuer looked at it. */
+    if (other && (verr == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
+                  verr == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT))
+        verr = oerr;
+    why = X509_verify_cert_error_string(verr);
+out:
+    if (k == QK_UNAUTHENTICATED)
+        qk_fail(e, QK_UNAUTHENTICATED, "unauthenticated", "%s", why ? why : "refused");
+    X509_STORE_free(other);
+    X509_free(leaf);
+    sk_X509_pop_free(rest, X509_free);
+    return k;
+}
+
+qk_kind certs_lookup(qk_svc *s, cert_principal *cp, qk_err *e)
+{
+    const char *vals[1] = {cp->sha256}, *why = NULL;
+    db_status st;
+    PGresult *r;
+    qk_kind k = QK_UNAUTHENTICATED;
+
+    qk_clear(e);
+    cp->device_id[0] = cp->serial[0] = 0;
+    /* Only certificates on record name a device: the platform CA's, or
+     * bound ones (whose issuers tls_client_ca_file vouches for). */
+    if (!(r = db_query(s->db, Q_CERT_BY_SHA256, 1, vals, NULL, NULL, &st)))
+        return db_fail(e, st);
     if (PQntuples(r) == 0) {
         why = "the client certificate is not on record for any device";
         goto out;
     }
-    snprintf(out->device_id, sizeof(out->device_id), "%s", PQgetvalue(r, 0, 0));
-    snprintf(out->serial, sizeof(out->serial), "%s", PQgetvalue(r, 0, 1));
+    snprintf(cp->device_id, sizeof(cp->device_id), "%s", PQgetvalue(r, 0, 0));
+    snprintf(cp->serial, sizeof(cp->serial), "%s", PQgetvalue(r, 0, 1));
     if (strcmp(PQgetvalue(r, 0, 2), "active")) {
         why = "the client certificate is revoked";
         goto out;
@@ -688,9 +748,39 @@ qk_kind certs_authenticate(qk_svc *s, const unsigned char *const *der, const siz
     k = QK_OK;
 out:
     if (k == QK_UNAUTHENTICATED)
-        qk_fail(e, QK_UNAUTHENTICATED, "unauthenticated", "%s", why ? why : "refused");
+        qk_fail(e, QK_UNAUTHENTICATED, "unauthenticated", "%s", why);
     PQclear(r);
-    X509_free(leaf);
-    sk_X509_pop_free(rest, X509_free);
     return k;
+}
+
+qk_kind certs_authenticate(qk_svc *s, const unsigned char *const *der, const size_t *len, int n,
+                           cert_principal *out, qk_err *e)
+{
+    qk_kind k = certs_verify_chain(s, der, len, n, out, e);
+    return k == QK_OK ? certs_lookup(s, out, e) : k;
+}
+
+typedef struct {
+    const cert_principal *p;
+    const char *claimed;
+} mismatch_tx;
+
+static db_status mismatch_fn(db_conn *c, void *arg)
+{
+    const mismatch_tx *t = arg;
+    return audit_append(c, t->p->device_id, "certificate.mismatch", t->p->device_id,
+                        json_pack("{s:s,s:s}", "serial", t->p->serial, "claimed_device",
+                                  t->claimed));
+}
+
+void certs_mismatch(qk_svc *s, const cert_principal *p, const char *claimed, const log_ctx *log)
+{
+    mismatch_tx t = {p, claimed};
+    db_status st;
+    log_with(log, LOG_WARN, "device request refused", "{s:s,s:s,s:s}", "device_id", claimed,
+             "certificate_device", p->device_id, "auth_failure",
+             "the client certificate names another device");
+    if ((st = db_tx(s->db, mismatch_fn, &t)) != DB_OK)
+        log_with(log, LOG_ERROR, "certificate mismatch not audited", "{s:s}", "error",
+                 db_status_name(st));
 }

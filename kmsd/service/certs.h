@@ -23,7 +23,10 @@
 #define QKMS_CERTS_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
+
+#include <openssl/x509.h>
 
 #include "err.h"
 #include "service/service.h"
@@ -49,6 +52,11 @@ qk_kind certs_issue(qk_svc *s, const qk_principal *who, const cert_request *rq, 
  * checked here: who trusts it is the TLS configuration's business. */
 qk_kind certs_bind(qk_svc *s, const qk_principal *who, const char *device_id, const char *pem,
                    size_t len, json_t **out, qk_err *e);
+/* Parse a PEM certificate (at most 16 KiB) that may identify a TLS client:
+ * the checks of certs_bind but the record (invalid_certificate,
+ * certificate_expired, not_client_certificate, unsupported_key). *out is
+ * the caller's (X509_free). */
+qk_kind certs_parse_client(const char *pem, size_t len, X509 **out, qk_err *e);
 /* {"device_id", "certificates": [...]} of a device, oldest first. */
 qk_kind certs_list(qk_svc *s, const char *device_id, json_t **out, qk_err *e);
 /* One certificate's record, with "device_id". */
@@ -64,17 +72,32 @@ qk_kind certs_revoke(qk_svc *s, const qk_principal *who, const char *device_id,
 typedef struct {
     char device_id[129];
     char serial[41];
-    char sha256[65];
+    char sha256[65];     /* of the leaf certificate (DER), hex */
+    long long valid_until; /* the earliest notAfter of the verified chain (Unix s) */
+    bool by_platform_ca; /* the chain verified against the platform CA (not a
+                          * tls_client_ca_file issuer, whose CRLs may change) */
 } cert_principal;
 
-/* Authenticate a TLS client by its certificate chain (DER, leaf first; n
- * certificates): the leaf must be a certificate on record for a device,
- * active, of an active device, and verify against the platform CA (time,
- * TLS client purpose, signatures). QK_UNAUTHENTICATED with the reason in
- * e->detail (for the log; the client sees the code) otherwise. *out
- * names the certificate's SHA-256 once the leaf parsed, and the device
- * once the certificate was found on record. */
+/* A TLS client's certificate chain (DER, leaf first; n certificates): time,
+ * TLS client purpose and signatures, against the platform CA and else the
+ * issuers of tls_client_ca_file with their CRLs (trust.h).
+ * QK_UNAUTHENTICATED with the reason in e->detail otherwise. Fills
+ * out->sha256 once the leaf parsed, valid_until and by_platform_ca. */
+qk_kind certs_verify_chain(qk_svc *s, const unsigned char *const *der, const size_t *len, int n,
+                           cert_principal *out, qk_err *e);
+/* The verified leaf (p->sha256) must be a certificate on record, active, of
+ * an active device: fills p->device_id and p->serial (the device once the
+ * certificate was found), else QK_UNAUTHENTICATED with the reason in
+ * e->detail; a database failure is its own kind (db_fail). One indexed
+ * query: made for every request, so a revocation takes effect at once. */
+qk_kind certs_lookup(qk_svc *s, cert_principal *p, qk_err *e);
+/* Both, in that order. */
 qk_kind certs_authenticate(qk_svc *s, const unsigned char *const *der, const size_t *len, int n,
                            cert_principal *out, qk_err *e);
+/* Record (audit row certificate.mismatch: actor and device_id the
+ * certificate's device, detail its serial and the claimed device) that a request authenticated by p's
+ * certificate named another device, claimed, in its envelope. Best effort:
+ * a database failure is logged, the request is refused either way. */
+void certs_mismatch(qk_svc *s, const cert_principal *p, const char *claimed, const log_ctx *log);
 
 #endif

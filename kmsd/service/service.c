@@ -18,6 +18,7 @@
 #include "service/master.h"
 #include "service/session_metrics.h"
 #include "service/session_id.h"
+#include "service/trust.h"
 #include "store/migrate.h"
 #include "store/queries.h"
 
@@ -135,6 +136,12 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
         log_emit(LOG_ERROR, "platform CA check failed", "{s:s}", "error", err);
         goto out;
     }
+    if (trust_open(&s->trust, cfg->tls_client_ca_file, cfg->tls_client_crl_file, err, errlen) !=
+        0) {
+        log_emit(LOG_ERROR, "client certificate trust configuration error", "{s:s}", "error",
+                 err);
+        goto out;
+    }
     if (entropy_open(&s->ent, cfg, s->token, err, errlen) != 0) {
         log_emit(LOG_ERROR, "entropy configuration error", "{s:s}", "error", err);
         goto out;
@@ -162,6 +169,7 @@ void service_close(qk_svc *s)
     sessions_set_id_key(NULL, 0);
     keycache_free(s->keys);
     ca_free(s->ca);
+    trust_free(s->trust);
     session_seen_free(s->seen);
     entropy_close(s->ent);
     keywrap_free(s->kw);

@@ -33,6 +33,7 @@
 
 typedef struct keycache keycache;
 typedef struct qk_ca qk_ca;
+typedef struct qk_trust qk_trust;
 typedef struct session_seen session_seen;
 typedef struct session_metrics session_metrics;
 
@@ -47,6 +48,7 @@ typedef struct qk_svc {
     session_seen *seen; /* sessions seen to exist: no candidate key for them */
     session_metrics *smetrics;
     qk_ca *ca;        /* the platform CA (its key in the token), service/ca.h */
+    qk_trust *trust;  /* other issuers of client certificates (trust.h); NULL: none */
     /* The rotation's scan of sessions for rows under an older master version
      * found none while this version was active (0: not yet). Rows are only
      * written under the active version (006's trigger), so the scan, a full

@@ -49,6 +49,10 @@
     X(Q_TOKEN_NAME_EVER, "SELECT 1 FROM admin_tokens WHERE name = $1 LIMIT 1")                 \
     X(Q_TOKEN_COUNT, "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")             \
     /* a TLS client certificate (certs_authenticate): $1 SHA-256 of its DER, hex */           \
+    X(Q_TCERT_AUTH, /* $1 sha256 hex: the live token a client certificate is bound to */      \
+      "SELECT t.id, t.name, t.role FROM token_certificates c JOIN admin_tokens t"              \
+      " ON t.id = c.token_id WHERE c.sha256 = decode($1, 'hex') AND t.revoked_at IS NULL"       \
+      " AND (t.expires_at IS NULL OR t.expires_at > now())")                                   \
     X(Q_CERT_BY_SHA256,                                                                        \
       "SELECT c.device_id, c.serial, c.state, d.state FROM certificates c"                     \
       " JOIN devices d ON d.id = c.device_pk WHERE c.sha256 = decode($1, 'hex')")             \
@@ -401,9 +405,35 @@ extern const db_stmt_def queries[Q__COUNT];
       "SELECT id, state FROM devices WHERE device_id = $1 FOR SHARE")                           \
     X(QT_CERT_SPKI_LOCK, /* $1 spki hex: writers of one key take turns */                      \
       "SELECT pg_advisory_xact_lock(hashtextextended($1, " QKMS_CA_LOCK_KEY "))")              \
-    X(QT_CERT_SPKI_ELSEWHERE, /* $1 spki hex, $2 device_id */                                   \
-      "SELECT device_id FROM certificates WHERE spki_sha256 = decode($1, 'hex')"                \
-      " AND device_id <> $2 AND state = 'active' LIMIT 1")                                      \
+    X(QT_CERT_SPKI_ELSEWHERE, /* $1 spki hex, $2 device_id: who else holds the key */           \
+      "(SELECT 'device ''' || device_id || '''' FROM certificates"                              \
+      " WHERE spki_sha256 = decode($1, 'hex') AND device_id <> $2 AND state = 'active')"       \
+      " UNION ALL (SELECT 'admin token ''' || t.name || '''' FROM token_certificates c"         \
+      " JOIN admin_tokens t ON t.id = c.token_id"                                               \
+      " WHERE c.spki_sha256 = decode($1, 'hex') AND t.revoked_at IS NULL) LIMIT 1")            \
+    X(QT_TCERT_TOKEN, /* $1 token name: the live token, locked against a revoke */              \
+      "SELECT id FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL"                      \
+      " AND (expires_at IS NULL OR expires_at > now()) FOR SHARE")                              \
+    X(QT_TCERT_ELSEWHERE, /* $1 spki hex, $2 token id: who else holds the key */               \
+      "(SELECT 'device ''' || device_id || '''' FROM certificates"                              \
+      " WHERE spki_sha256 = decode($1, 'hex') AND state = 'active')"                            \
+      " UNION ALL (SELECT 'admin token ''' || t.name || '''' FROM token_certificates c"         \
+      " JOIN admin_tokens t ON t.id = c.token_id WHERE c.spki_sha256 = decode($1, 'hex')"      \
+      " AND c.token_id <> $2::bigint AND t.revoked_at IS NULL) LIMIT 1")                       \
+    X(QT_TCERT_INSERT,                                                                          \
+      "INSERT INTO token_certificates (token_id, sha256, spki_sha256, subject, issuer,"         \
+      " not_before, not_after, der, created_by) VALUES ($1::bigint, decode($2, 'hex'),"         \
+      " decode($3, 'hex'), $4, $5, to_timestamp($6::bigint), to_timestamp($7::bigint),"         \
+      " decode($8, 'hex'), $9) ON CONFLICT (sha256) DO NOTHING RETURNING created_at")          \
+    X(QT_TCERT_LIST, /* $1 token name: the live token's certificates */                         \
+      "SELECT encode(c.sha256, 'hex'), encode(c.spki_sha256, 'hex'), c.subject, c.issuer,"      \
+      " c.not_before, c.not_after, c.created_at, c.created_by, encode(c.der, 'hex')"            \
+      " FROM token_certificates c JOIN admin_tokens t ON t.id = c.token_id"                     \
+      " WHERE t.name = $1 AND t.revoked_at IS NULL ORDER BY c.created_at, c.id")               \
+    X(QT_TCERT_DELETE, /* $1 token name, $2 sha256 hex */                                       \
+      "DELETE FROM token_certificates c USING admin_tokens t WHERE t.id = c.token_id"           \
+      " AND t.name = $1 AND t.revoked_at IS NULL AND c.sha256 = decode($2, 'hex')"              \
+      " RETURNING c.subject")                                                                   \
     X(QT_CERT_INSERT,                                                                           \
       "INSERT INTO certificates (serial, device_pk, device_id, kind, ca_version, subject,"      \
       " not_before, not_after, sha256, spki_sha256, der, created_by)"                           \

@@ -5,9 +5,10 @@
 #      default qkmstest: never the `make compose-up` stack, project qkms);
 #   2. build the images (docker/compose.sh build: base image, compose build);
 #   3. bring the stack up and wait until healthy (docker/compose.sh up);
-#   4. tests/compose/test_compose.py against 127.0.0.1:$QKMS_COMPOSE_PORT
-#      (8470, or a free port when 8470 is taken): paired sessions with the
-#      host's qkms-device and the Python client, kmsctl in the kmsd container
+#   4. tests/compose/test_compose.py against https://127.0.0.1:$QKMS_COMPOSE_PORT
+#      (8470, or a free port when 8470 is taken; the platform CA from kmsctl
+#      ca show --pem as the server's issuer): paired sessions over mutual TLS
+#      with the host's qkms-device and the Python client, kmsctl in the kmsd container
 #      (admin socket), the zones (from the devices' network only the device
 #      port answers), PostgreSQL restarted under load, kmsd restarted (keys
 #      survive), the QRNG down (kmsd fails closed), the demo profile;
@@ -43,7 +44,7 @@ EOF
 )
 fi
 export QKMS_COMPOSE_PORT
-export QKMS_COMPOSE_URL=http://127.0.0.1:$QKMS_COMPOSE_PORT
+export QKMS_COMPOSE_URL=https://127.0.0.1:$QKMS_COMPOSE_PORT
 export QKMS_KMSCTL=${QKMS_KMSCTL:-$ROOT/build/release/bin/kmsctl}
 export QKMS_DEVICE=${QKMS_DEVICE:-$ROOT/build/release/bin/qkms-device}
 for b in "$QKMS_KMSCTL" "$QKMS_DEVICE"; do
@@ -97,6 +98,10 @@ timeout -k 10 "${QKMS_COMPOSE_UP_TIMEOUT:-240}" "${COMPOSE[@]}" up --no-build 2>
     exit 1
 }
 stage "stack healthy"
+# The platform CA: the issuer of kmsd's server certificate, which the host's
+# clients verify (python3-requests through REQUESTS_CA_BUNDLE).
+"${COMPOSE[@]}" kmsctl ca show --pem > "$LOGDIR/ca.pem"
+export QKMS_COMPOSE_CA=$LOGDIR/ca.pem REQUESTS_CA_BUNDLE=$LOGDIR/ca.pem
 timeout -k 10 "${QKMS_COMPOSE_TEST_TIMEOUT:-600}" \
     "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/compose "$@"
 stage "tests done"

@@ -32,6 +32,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from qkms_proto_py import Device  # noqa: E402
 
 URL = os.environ.get("QKMS_COMPOSE_URL")
+# The platform CA (run.sh: kmsctl ca show --pem); requests verifies against
+# it through REQUESTS_CA_BUNDLE, qkms-device through --cacert.
+CA = os.environ.get("QKMS_COMPOSE_CA")
 KMSCTL = os.environ.get("QKMS_KMSCTL", os.path.join(ROOT, "build/release/bin/kmsctl"))
 QKMS_DEVICE = os.environ.get("QKMS_DEVICE", os.path.join(ROOT, "build/release/bin/qkms-device"))
 COMPOSE_SH = os.path.join(ROOT, "docker", "compose.sh")
@@ -128,6 +131,26 @@ class Ops:
         self.kmsctl("device", "fill", device_id, "--recipient-pub", self.push(pub), "--out", inside)
         self.pull(inside, pkg)
 
+    def client_cert(self, device_id):
+        """A key pair made here (as the device makes its own) and the
+        certificate the platform CA issues from its CSR: (cert, key) files."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+               .sign(key, hashes.SHA256()))
+        path = self.dir / (device_id + ".csr")
+        path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+        rec = self.json("device", "cert", "issue", device_id, "--csr", self.push(path))
+        crt = self.write_secret(device_id + ".crt", rec["certificate"])
+        kf = self.write_secret(device_id + ".tls.key", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()).decode())
+        return crt, kf
+
     def write_secret(self, name, data):
         path = self.dir / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -178,10 +201,12 @@ class CVehicle:
         doc = json.loads(ops.local_kmsctl("fill", "open", "--key", key, pkg, "--json").stdout)
         assert doc["device_id"] == self.device_id
         self.fill = ops.write_secret(self.device_id + ".json", json.dumps(doc))
+        self.cert = ops.client_cert(self.device_id)
 
     def key(self, sid, peer):
         p = subprocess.run([QKMS_DEVICE, "key", "--url", URL, "--fill", self.fill, "--session", sid,
-                            "--peer", peer.device_id, "--json", "--timeout", "20"],
+                            "--peer", peer.device_id, "--json", "--timeout", "20",
+                            "--cacert", CA, "--cert", self.cert[0], "--key", self.cert[1]],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, f"qkms-device exit {p.returncode}: {p.stderr}"
         return json.loads(p.stdout)
@@ -201,14 +226,16 @@ def py_device(ops, group, type_):
                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
     pkg = ops.dir / (did + ".qkfp")
     ops.fill_package(did, pub, pkg)
-    return Device.from_fill(json.loads(ops.local_kmsctl("fill", "open", "--key", str(key),
-                                                        str(pkg), "--json").stdout))
+    dev = Device.from_fill(json.loads(ops.local_kmsctl("fill", "open", "--key", str(key),
+                                                       str(pkg), "--json").stdout))
+    dev.cert = ops.client_cert(did)
+    return dev
 
 
 def py_post(dev, sid, peer_id):
     req = dev.key_request(sid, peer_id)
     r = requests.post(URL + req.path, data=req.raw, headers={"Content-Type": "application/json"},
-                      timeout=10)
+                      cert=dev.cert, timeout=10)
     return req, r
 
 
@@ -247,6 +274,40 @@ def test_stack_ready(ops):
     assert "qrng-sim" in primary[0]["describe"]
 
 
+def test_device_listener_mutual_tls(ops, pair):
+    """The device port speaks TLS with a server certificate kmsd made from
+    its platform CA, for the names of tls_server_names; a device request
+    needs its device's client certificate."""
+    import ssl
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    port = int(URL.rsplit(":", 1)[1])
+    pem = ssl.get_server_certificate(("127.0.0.1", port))
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"kmsd", "localhost"}
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == \
+        [ExtendedKeyUsageOID.SERVER_AUTH]
+    with open(CA, "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())  # the first: the active CA
+    assert cert.issuer == ca.subject
+    # GET /v1/ca on the device port gives the same CA, without a certificate.
+    r = requests.get(URL + "/v1/ca", timeout=10)
+    assert r.status_code == 200 and x509.load_pem_x509_certificate(r.content) == ca
+    veh, enc = pair
+    req = enc.key_request(uid(), veh.device_id)
+    r = requests.post(URL + req.path, data=req.raw, headers={"Content-Type": "application/json"},
+                      timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "client_certificate_required"
+    # Another device's certificate with this device's envelope.
+    r = requests.post(URL + req.path, data=req.raw, headers={"Content-Type": "application/json"},
+                      cert=veh.cert, timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "certificate_mismatch"
+    ev = ops.json("audit", "list", "--type", "certificate.mismatch", "--device", veh.device_id)
+    assert ev["events"] and ev["events"][-1]["detail"]["claimed_device"] == enc.device_id
+
+
 def test_containers_hardened():
     """kmsd runs as qkms on a read-only root; the token's PINs are files
     only the right user reads, never environment variables."""
@@ -265,6 +326,7 @@ def test_containers_hardened():
 # ---- zones: devices outside, administration inside ---------------------------------
 
 PROBE = r"""
+ca=$1; shift  # the platform CA (PEM): kmsd's device listener speaks TLS
 for t in "$@"; do
     h=${t%:*} port=${t##*:}
     if ! [[ $h =~ ^[0-9.]+$ ]] && ! getent hosts "$h" >/dev/null 2>&1; then
@@ -274,7 +336,7 @@ for t in "$@"; do
     case $? in 0) echo "$t open" ;; 124) echo "$t timeout" ;; *) echo "$t refused" ;; esac
 done
 for path in /healthz /readyz /metrics /v1/admin/status; do
-    echo "http $path $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://kmsd:8470$path)"
+    echo "http $path $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert <(printf '%s\n' "$ca") https://kmsd:8470$path)"
 done
 """
 
@@ -297,7 +359,9 @@ def backend_ip(service):
 def probe(network, *targets):
     """{target: open|refused|timeout|noname, "http PATH": status} as seen from
     a throwaway container on network alone."""
-    p = compose("probe", network, "bash", "-c", PROBE, "probe", *targets, timeout=180)
+    with open(CA) as f:
+        ca = f.read()
+    p = compose("probe", network, "bash", "-c", PROBE, "probe", ca, *targets, timeout=180)
     out = {}
     for line in p.stdout.splitlines():
         key, _, state = line.rpartition(" ")

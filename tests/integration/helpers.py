@@ -14,6 +14,7 @@ conftest.py registers this module for pytest's assertion rewriting, so a
 failing assert here says as much as one in a test module.
 """
 import datetime
+import ipaddress
 import json
 import os
 import re
@@ -21,6 +22,10 @@ import subprocess
 import uuid
 
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import KMSCTL, KMSD, free_port, running_stack, wait_readyz
 from qkms_proto_py import Device
@@ -247,3 +252,88 @@ class SecondKmsd:
         rc = self.proc.wait(timeout=30)
         self.log.close()
         return rc
+
+
+# ---------------------------------------------------------------------------
+# certificates for the TLS tests (test_mtls.py, test_admin_certs.py)
+
+PEM = serialization.Encoding.PEM
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def key_pem(key):
+    return key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def self_signed_server(tmp):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - datetime.timedelta(minutes=1))
+            .not_valid_after(_now() + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    crt, kf = os.path.join(tmp, "server.crt"), os.path.join(tmp, "server.key")
+    with open(crt, "wb") as f:
+        f.write(cert.public_bytes(PEM))
+    with open(kf, "wb") as f:
+        f.write(key_pem(key))
+    return crt, kf, cert
+
+
+class OtherCA:
+    """A CA outside qkms whose certificates are bound to devices."""
+
+    def __init__(self, tmp):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Fleet CA " + uid())])
+        self.cert = (x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name)
+                     .public_key(self.key.public_key())
+                     .serial_number(x509.random_serial_number())
+                     .not_valid_before(_now() - datetime.timedelta(minutes=5))
+                     .not_valid_after(_now() + datetime.timedelta(days=30))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+                     .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                                  False, False), True)
+                     .sign(self.key, hashes.SHA256()))
+        self.ca_file = os.path.join(tmp, "fleet-ca.pem")
+        self.crl_file = os.path.join(tmp, "fleet-crl.pem")
+        with open(self.ca_file, "wb") as f:
+            f.write(self.cert.public_bytes(PEM))
+        self.revoked = []
+        self.write_crl()
+
+    def issue(self, cn, not_after=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                .issuer_name(self.name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(_now() - datetime.timedelta(minutes=1))
+                .not_valid_after(not_after or _now() + datetime.timedelta(days=10))
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+                .add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
+                                             False, False), True)
+                .sign(self.key, hashes.SHA256()))
+        return cert, key
+
+    def write_crl(self):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        b = (x509.CertificateRevocationListBuilder().issuer_name(self.name)
+             .last_update(now - datetime.timedelta(minutes=1))
+             .next_update(now + datetime.timedelta(days=1)))
+        for serial in self.revoked:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial)
+                .revocation_date(now - datetime.timedelta(seconds=30)).build())
+        crl = b.sign(self.key, hashes.SHA256())
+        tmp = self.crl_file + ".new"
+        with open(tmp, "wb") as f:
+            f.write(crl.public_bytes(PEM))
+        os.replace(tmp, self.crl_file)

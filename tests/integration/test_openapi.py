@@ -61,6 +61,7 @@ def test_operations_carry_the_route_table_rows():
         assert op["security"] == ([{"bearer": []}] if r["roles"] else []), where
         assert op.get("x-qkms-max-body", 0) == r["max_body"], where
         assert op.get("x-qkms-probe", False) == r["probe"], where
+        assert op.get("x-qkms-client-certificate", False) == r["client_cert"], where
         assert op["x-qkms-listeners"] == r["listeners"], where
         assert op["x-qkms-rate-limit"] == (r["rate_limit"] or "none"), where
 

@@ -22,6 +22,9 @@ MATRIX = [
     ("POST", "/v1/admin/tokens", ADMIN),
     ("GET", "/v1/admin/tokens", ADMIN),
     ("DELETE", "/v1/admin/tokens/{name}", ADMIN),
+    ("POST", "/v1/admin/tokens/{name}/certificates", ADMIN),
+    ("GET", "/v1/admin/tokens/{name}/certificates", ADMIN),
+    ("DELETE", "/v1/admin/tokens/{name}/certificates/{sha256}", ADMIN),
     ("POST", "/v1/admin/devices", OPS),
     ("GET", "/v1/admin/devices", ANY),
     ("POST", "/v1/admin/devices/import", OPS),
@@ -56,7 +59,8 @@ MATRIX = [
 
 
 def concrete(path):
-    return path.replace("{id}", "NO-SUCH").replace("{name}", "no-such").replace("{serial}", "00ff")
+    return (path.replace("{id}", "NO-SUCH").replace("{name}", "no-such").replace("{serial}", "00ff")
+            .replace("{sha256}", "0" * 64))
 
 
 def test_matrix_covers_every_route():
