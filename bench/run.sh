@@ -191,13 +191,14 @@ bench_sessions() {
 # per bench device issued from its CSR), keep-alive connections (one per
 # device: a connection carries one client certificate). One line: both
 # rates, their ratio, p99 and kmsd's CPU per delivery each way.
-deliveries_at() { # conc [tlsdir]: one session_bench line, then kmsd's CPU per delivery
-    k0=$(cpu_of "$PID")
+deliveries_at() { # conc [tlsdir]: one session_bench line; CPU per delivery in last.cpu
+    k0=$(cpu_of "$PID"); p0=$(pg_cpu)
     "$OUT/session_bench" "$QKMS_PORT" "$1" "$SECS" "$STATE/fill" $NPAIRS deliveries ${2:+"$2"} > "$STATE/last"
-    k1=$(cpu_of "$PID")
+    k1=$(cpu_of "$PID"); p1=$(pg_cpu)
     cat "$STATE/last"
-    awk -v k0="$k0" -v k1="$k1" -v d="$(field deliveries < "$STATE/last")" \
-        'BEGIN { printf "%.0f\n", d > 0 ? 1e6 * (k1 - k0) / d : 0 }' > "$STATE/last.cpu"
+    awk -v k0="$k0" -v k1="$k1" -v p0="$p0" -v p1="$p1" -v d="$(field deliveries < "$STATE/last")" \
+        'BEGIN { if (d > 0) printf "%.0f %.0f\n", 1e6 * (k1 - k0) / d, 1e6 * (p1 - p0) / d; else print "0 0" }' \
+        > "$STATE/last.cpu"
 }
 bench_tls() {
     bench_sessions_setup
@@ -237,7 +238,8 @@ bench_tls() {
     awk -v a="$(echo "$plain" | field deliveries_per_s)" -v b="$(echo "$mtls" | field deliveries_per_s)" \
         -v pa="$(echo "$plain" | field p99_ms)" -v pb="$(echo "$mtls" | field p99_ms)" \
         -v ca="$plain_cpu" -v cb="$mtls_cpu" -v e="$(echo "$mtls" | field errors)" \
-        'BEGIN { printf "name=tls conc=16 deliveries_per_s_http=%d deliveries_per_s_mtls=%d ratio_mtls_to_http=%.2f p99_ms_http=%s p99_ms_mtls=%s kmsd_us_per_delivery_http=%d kmsd_us_per_delivery_mtls=%d errors_mtls=%d\n", a, b, (a > 0 ? b / a : 0), pa, pb, ca, cb, e }'
+        'BEGIN { split(ca, x, " "); split(cb, y, " ");
+                 printf "name=tls conc=16 deliveries_per_s_http=%d deliveries_per_s_mtls=%d ratio_mtls_to_http=%.2f p99_ms_http=%s p99_ms_mtls=%s kmsd_us_per_delivery_http=%d kmsd_us_per_delivery_mtls=%d postgres_us_per_delivery_http=%d postgres_us_per_delivery_mtls=%d errors_mtls=%d\n", a, b, (a > 0 ? b / a : 0), pa, pb, x[1], y[1], x[2], y[2], e }'
 }
 
 # -- scale: the same deliveries with a fleet in the database -----------------

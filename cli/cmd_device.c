@@ -481,7 +481,7 @@ static const struct action device_actions[] = {
     },
     {
         .sub = "fill",
-        .usage = "ID (--recipient-pub PEMFILE | --plaintext) --out FILE [--index N]... [--force]",
+        .usage = "ID (--recipient-pub PEMFILE [--with-certificate [--cert-validity DAYS]] | --plaintext) --out FILE [--index N]... [--force]",
         .summary = "Export device keys for a provisioning station into FILE",
         .description = "With --recipient-pub the keys are sealed to the station's X25519 or P-256\n"
                        "public key (open them with 'kmsctl fill open'); FILE gets the package bytes.\n"
@@ -489,6 +489,9 @@ static const struct action device_actions[] = {
                        "FILE is created with mode 0600 and never overwritten. Keys already exported\n"
                        "need --force. With --json the server's answer is printed without the keys\n"
                        "and with \"out\": FILE.\n"
+                       "--with-certificate: the package also carries the device's TLS identity, a\n"
+                       "key pair made by the platform and its certificate from the platform CA\n"
+                       "(member \"tls\" of the fill document; docs/pki.md).\n"
                        "\n"
                        "Request: POST /v1/admin/devices/ID/fill\n",
         .opts = device_fill_opts,
@@ -518,11 +521,14 @@ static const struct action device_actions[] = {
     },
     {
         .sub = "cert",
-        .usage = "issue ID --csr FILE [--validity DAYS] [--out FILE] | bind ID --cert FILE | list ID | show ID SERIAL | revoke ID SERIAL [--reason R]",
+        .usage = "issue ID --csr FILE [--validity DAYS] [--out FILE] | issue ID --generate --recipient-pub PEMFILE --out FILE [--validity DAYS] | bind ID --cert FILE | list ID | show ID SERIAL | revoke ID SERIAL [--reason R]",
         .summary = "A device's certificates: issue from a CSR, bind one issued elsewhere, list, show, revoke",
         .description = "issue: the platform CA signs the CSR in the token (docs/pki.md). Without\n"
                        "--out the certificate record and its PEM are printed; with --out FILE the\n"
-                       "PEM goes to a new FILE (mode 0600, never overwritten).\n"
+                       "PEM goes to a new FILE (mode 0600, never overwritten). With --generate\n"
+                       "the platform makes the key pair and seals it, with the certificate and\n"
+                       "the CA chain, to the station's key in a fill package written to --out\n"
+                       "(document qkms-tls-identity/1; open it with 'kmsctl fill open').\n"
                        "bind: a certificate issued elsewhere becomes the device's (one key, one\n"
                        "device); its issuer must be in the TLS trust configuration to be accepted.\n"
                        "list: columns SERIAL KIND STATE CA NOT-AFTER SHA256.\n"

@@ -33,6 +33,7 @@
 #define KEY_PEM_MAX (64 * 1024)
 #define PACKAGE_MAX (FILLPKG_MAX_PLAINTEXT + 1024) /* plaintext plus header and tag */
 #define FILL_FORMAT "qkms-fill/1"
+#define TLS_IDENTITY_FORMAT "qkms-tls-identity/1" /* device cert issue --generate */
 
 /* Encrypted keys are refused rather than prompting: scripts must not hang. */
 static int no_passphrase(char *buf, int size, int rwflag, void *u)
@@ -118,7 +119,39 @@ cleanup:
     return rc;
 }
 
-/* The plaintext as a qkms-fill/1 document with sound keys. */
+/* A qkms-tls-identity/1 document: a certificate, its CA chain and the
+ * private key, which must be the certificate's. */
+static int check_tls_identity(const json_t *doc)
+{
+    const char *id = json_string_value(json_object_get(doc, "device_id"));
+    const char *cert = json_string_value(json_object_get(doc, "certificate"));
+    const char *chain = json_string_value(json_object_get(doc, "chain"));
+    const char *kp = json_string_value(json_object_get(doc, "private_key"));
+    BIO *cb = NULL, *kb = NULL;
+    X509 *x = NULL;
+    EVP_PKEY *k = NULL;
+    int rc = EXIT_REFUSED;
+
+    if (!id || !cert || !chain || !kp || !json_is_string(json_object_get(doc, "serial"))) {
+        out_error("the " TLS_IDENTITY_FORMAT " document lacks device_id, serial, certificate, "
+                  "chain or private_key");
+        return EXIT_REFUSED;
+    }
+    if ((cb = BIO_new_mem_buf(cert, -1)) && (kb = BIO_new_mem_buf(kp, -1)) &&
+        (x = PEM_read_bio_X509(cb, NULL, NULL, NULL)) &&
+        (k = PEM_read_bio_PrivateKey(kb, NULL, no_passphrase, NULL)) && X509_check_private_key(x, k) == 1)
+        rc = EXIT_OK;
+    else
+        out_error("the " TLS_IDENTITY_FORMAT " document's private key is not its certificate's");
+    EVP_PKEY_free(k);
+    X509_free(x);
+    BIO_free(kb);
+    BIO_free(cb);
+    return rc;
+}
+
+/* The plaintext as a qkms-fill/1 document with sound keys, or a
+ * qkms-tls-identity/1 document whose key is its certificate's. */
 static int parse_document(const uint8_t *pt, size_t len, json_t **doc)
 {
     json_error_t jerr;
@@ -128,6 +161,8 @@ static int parse_document(const uint8_t *pt, size_t len, json_t **doc)
     *doc = json_loadb((const char *)pt, len, JSON_REJECT_DUPLICATES, &jerr);
     const char *format = json_string_value(json_object_get(*doc, "format"));
     const json_t *keys = json_object_get(*doc, "keys");
+    if (json_is_object(*doc) && format && !strcmp(format, TLS_IDENTITY_FORMAT))
+        return check_tls_identity(*doc);
     if (!json_is_object(*doc) || !format || strcmp(format, FILL_FORMAT) != 0 || !json_is_array(keys)) {
         out_error("the package does not hold a " FILL_FORMAT " fill document");
         return EXIT_REFUSED;
@@ -137,6 +172,26 @@ static int parse_document(const uint8_t *pt, size_t len, json_t **doc)
         if (rc)
             return rc;
     }
+    /* device fill --with-certificate: the device's TLS identity too. */
+    if (json_object_get(*doc, "tls"))
+        return check_tls_identity(json_object_get(*doc, "tls"));
+    return EXIT_OK;
+}
+
+/* A TLS identity: its fields, then the PEM blocks as they are. */
+static int print_tls_identity(const json_t *doc)
+{
+    json_t *about = json_pack("{s:O?, s:O?, s:O?}", "device", json_object_get(doc, "device_id"),
+                              "serial", json_object_get(doc, "serial"), "format",
+                              json_object_get(doc, "format"));
+    int rc = about ? out_kv(about) : EXIT_INTERNAL;
+    json_decref(about);
+    if (rc)
+        return rc;
+    fputc('\n', stdout);
+    out_lines(stdout, json_string_value(json_object_get(doc, "certificate")));
+    out_lines(stdout, json_string_value(json_object_get(doc, "chain")));
+    out_lines(stdout, json_string_value(json_object_get(doc, "private_key")));
     return EXIT_OK;
 }
 
@@ -164,6 +219,10 @@ static int print_document(const json_t *doc)
         goto cleanup;
     fputc('\n', stdout);
     rc = table_print(t, stdout);
+    if (!rc && json_object_get(doc, "tls")) {
+        fputs("\nTLS identity\n", stdout);
+        rc = print_tls_identity(json_object_get(doc, "tls"));
+    }
 
 cleanup:
     table_free_wiped(t);
@@ -196,7 +255,10 @@ static int fill_open(const struct kmsctl_ctx *ctx, const struct invocation *inv)
     }
     if ((rc = parse_document(pt, pt_len, &doc)))
         goto cleanup;
-    rc = ctx->json ? out_json(doc) : print_document(doc);
+    rc = ctx->json ? out_json(doc)
+         : !strcmp(json_string_value(json_object_get(doc, "format")), TLS_IDENTITY_FORMAT)
+             ? print_tls_identity(doc)
+             : print_document(doc);
     /* The caller reads the keys from our stdout: get them there now. */
     if (fflush(stdout) != 0 && !rc) {
         out_error("cannot write output");
@@ -226,6 +288,9 @@ static const struct action fill_actions[] = {
         .description = "FILE is a package written by 'kmsctl device fill --recipient-pub'. Prints\n"
                        "device, type and group, then INDEX ALG KEY KCV NOT-AFTER for each key;\n"
                        "with --json the fill document itself. Each key's check value is verified.\n"
+                       "A package of 'device cert issue --generate' (qkms-tls-identity/1) prints\n"
+                       "device and serial, then the certificate, the CA chain and the private key\n"
+                       "(PEM); the key is checked to be the certificate's.\n"
                        "No server or admin token is involved. The output holds the keys IN CLEAR.\n"
                        "Exit status 6 if the package does not open with this key (wrong key,\n"
                        "tampered, not a package) or holds no valid fill document.\n",

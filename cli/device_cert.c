@@ -9,6 +9,7 @@
 
 #include "client.h"
 #include "device_common.h"
+#include "device_fill.h"
 #include "exitcodes.h"
 #include "fileio.h"
 #include "output.h"
@@ -18,6 +19,9 @@
 
 const struct opt_spec device_cert_opts[] = {
     {"csr", 0, "FILE", "issue: the device's certificate signing request (PEM)"},
+    {"generate", 0, NULL, "issue: make the key pair on the platform instead of a CSR"},
+    {"recipient-pub", 0, "PEMFILE",
+     "issue --generate: the station's X25519 or P-256 public key the key is sealed to"},
     {"validity", 0, "DAYS", "issue: validity in days, 1..3650 (server default: 365)"},
     {"out", 0, "FILE", "issue: write the certificate (PEM) to a new FILE"},
     {"reason", 0, "REASON", "revoke: unspecified (default), keyCompromise, affiliationChanged, "
@@ -29,7 +33,8 @@ const struct opt_spec device_cert_opts[] = {
 /* The options an action takes; any other given is a usage error. */
 static int only_opts(const struct invocation *inv, const char *verb, const char *const *allowed)
 {
-    static const char *const all[] = {"csr", "validity", "out", "reason", "cert", NULL};
+    static const char *const all[] = {"csr", "validity", "out", "reason", "cert",
+                                      "generate", "recipient-pub", NULL};
     for (int i = 0; all[i]; i++) {
         bool ok = false;
         for (int j = 0; allowed[j]; j++)
@@ -114,6 +119,68 @@ static int cert_bind(const struct kmsctl_ctx *ctx, const struct invocation *inv,
     return out_result(ctx->json, rc, resp, print_cert);
 }
 
+/* `cert issue ID --generate --recipient-pub PEMFILE --out PKG`: the key
+ * pair is made by the platform and comes back only in a fill package
+ * sealed to the station's key (qkms-tls-identity/1; kmsctl fill open). */
+static int cert_generate(const struct kmsctl_ctx *ctx, const struct invocation *inv,
+                         const char *id)
+{
+    const char *validity = opt_get(&inv->local, "validity"), *out = opt_get(&inv->local, "out");
+    const char *pub = opt_get(&inv->local, "recipient-pub");
+    struct fill_recipient r = {0};
+    json_t *req = NULL, *resp = NULL, *pem;
+    uint8_t *pkg = NULL;
+    size_t len = 0;
+    long days = 0;
+    int fd = -1, rc;
+
+    if (!pub || !out) {
+        out_error("--generate needs --recipient-pub PEMFILE (the station's key) and --out FILE "
+                  "(the sealed package)");
+        return EXIT_USAGE;
+    }
+    if (validity && !arg_to_long(validity, 1, 3650, &days)) {
+        out_error("--validity must be a whole number of days from 1 to 3650");
+        return EXIT_USAGE;
+    }
+    if ((rc = fill_recipient_load(pub, &r)))
+        return rc;
+    rc = EXIT_USAGE;
+    if (!(pem = fill_recipient_json(&r)))
+        goto out;
+    rc = EXIT_INTERNAL;
+    if (!(req = json_pack("{s:b,s:o}", "generate", 1, "recipient_pub", pem)) ||
+        (days && json_object_set_new(req, "validity_days", json_integer(days)) != 0)) {
+        out_error("out of memory");
+        goto out;
+    }
+    if ((fd = file_create_new("package", out)) < 0) {
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    rc = resource_call(ctx, &device_resource, "POST", id, "certificates", req, &resp);
+    if (rc == EXIT_OK && (rc = fill_package_decode(&r, resp, &pkg, &len)) == EXIT_OK &&
+        (rc = file_write_close(fd, out, pkg, len)) != EXIT_OK)
+        file_discard(-1, out);
+    else if (rc != EXIT_OK)
+        file_discard(fd, out);
+    fd = -1;
+    if (rc == EXIT_OK) {
+        json_object_del(resp, "package"); /* it went to the file */
+        if (!ctx->json)
+            out_note("certificate %s issued; its key pair is sealed in %s (kmsctl fill open)",
+                     out_string_or(json_object_get(resp, "serial"), "?"), out);
+    }
+    rc = out_result(ctx->json, rc, resp, print_cert);
+    resp = NULL;
+out:
+    json_decref(resp);
+    json_decref(req);
+    free(pkg);
+    free(r.pem);
+    return rc;
+}
+
 static int cert_issue(const struct kmsctl_ctx *ctx, const struct invocation *inv, const char *id)
 {
     const char *csr_path = opt_get(&inv->local, "csr"), *validity = opt_get(&inv->local, "validity");
@@ -175,7 +242,8 @@ out:
 
 int device_cert_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
-    static const char *const issue_opts[] = {"csr", "validity", "out", NULL};
+    static const char *const issue_opts[] = {"csr", "validity", "out", "generate",
+                                             "recipient-pub", NULL};
     static const char *const revoke_opts[] = {"reason", NULL};
     static const char *const bind_opts[] = {"cert", NULL};
     static const char *const none[] = {NULL};
@@ -200,6 +268,17 @@ int device_cert_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
                                    : is_bind   ? bind_opts
                                                : none)))
         return rc;
+    if (is_issue && opt_get(&inv->local, "generate")) {
+        if (opt_get(&inv->local, "csr")) {
+            out_error("--csr and --generate exclude each other");
+            return EXIT_USAGE;
+        }
+        return cert_generate(ctx, inv, id);
+    }
+    if (is_issue && opt_get(&inv->local, "recipient-pub")) {
+        out_error("--recipient-pub goes with --generate");
+        return EXIT_USAGE;
+    }
     if (is_issue)
         return cert_issue(ctx, inv, id);
     if (is_bind)

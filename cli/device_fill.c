@@ -26,19 +26,20 @@ const struct opt_spec device_fill_opts[] = {
     {"out", 0, "FILE", "new file to write (required; never overwritten)"},
     {"index", 0, "N", "export only key N, 0..255; repeat for more (default: all live)"},
     {"force", 0, NULL, "export again keys that were exported before"},
+    {"with-certificate", 0, NULL,
+     "also a TLS identity: a key pair made by the platform and its certificate (sealed only)"},
+    {"cert-validity", 0, "DAYS", "--with-certificate: validity in days, 1..3650 (default 365)"},
     {0},
 };
 
 /* One fill request, checked and ready to send. */
 struct fill {
     const char *id, *out;
-    bool plaintext, force;
+    bool plaintext, force, identity;
+    long cert_days;
     long indices[ARGS_MAX_VALUES];
     size_t nindices;
-    char *pem; /* owned: the PEM file's content, sent as is */
-    size_t pem_len;
-    int curve; /* FILLPKG_CURVE_* of the recipient key */
-    char fingerprint[65];
+    struct fill_recipient r; /* r.pem NULL with --plaintext */
 };
 
 static int parse_indices(const struct opt_values *o, struct fill *f)
@@ -56,25 +57,32 @@ static int parse_indices(const struct opt_values *o, struct fill *f)
     return EXIT_OK;
 }
 
-/* Reads the recipient key and checks that the server could seal to it. */
-static int load_recipient(const char *path, struct fill *f)
+int fill_recipient_load(const char *path, struct fill_recipient *r)
 {
     char err[160];
-    int rc = file_read("public key file", path, PEM_MAX, &f->pem, &f->pem_len);
+    int rc = file_read("public key file", path, PEM_MAX, &r->pem, &r->pem_len);
     if (rc)
         return rc;
-    EVP_PKEY *pub = fillpkg_parse_recipient(f->pem, f->pem_len, err, sizeof(err));
+    EVP_PKEY *pub = fillpkg_parse_recipient(r->pem, r->pem_len, err, sizeof(err));
     if (!pub) {
         out_error("%s: %s", out_safe(path), err);
         return EXIT_USAGE;
     }
-    f->curve = EVP_PKEY_is_a(pub, "X25519") ? FILLPKG_CURVE_X25519 : FILLPKG_CURVE_P256;
-    if (fillpkg_fingerprint(pub, f->fingerprint) != 0) {
+    r->curve = EVP_PKEY_is_a(pub, "X25519") ? FILLPKG_CURVE_X25519 : FILLPKG_CURVE_P256;
+    if (fillpkg_fingerprint(pub, r->fingerprint) != 0) {
         out_error("cannot fingerprint the public key in %s", out_safe(path));
         rc = EXIT_INTERNAL;
     }
     EVP_PKEY_free(pub);
     return rc;
+}
+
+json_t *fill_recipient_json(const struct fill_recipient *r)
+{
+    json_t *pem = json_stringn(r->pem, r->pem_len);
+    if (!pem) /* the PEM block parsed, so the rest is not UTF-8 text */
+        out_error("the public key file is not UTF-8 text");
+    return pem;
 }
 
 static int parse_fill(const struct invocation *inv, struct fill *f)
@@ -87,6 +95,15 @@ static int parse_fill(const struct invocation *inv, struct fill *f)
     f->out = opt_get(o, "out");
     f->plaintext = opt_get(o, "plaintext") != NULL;
     f->force = opt_get(o, "force") != NULL;
+    f->identity = opt_get(o, "with-certificate") != NULL;
+    if (opt_get(o, "cert-validity") && (!f->identity || !arg_to_long(opt_get(o, "cert-validity"), 1, 3650, &f->cert_days))) {
+        out_error("--cert-validity goes with --with-certificate: a whole number of days from 1 to 3650");
+        return EXIT_USAGE;
+    }
+    if (f->identity && f->plaintext) {
+        out_error("--with-certificate needs --recipient-pub: a TLS key pair is delivered sealed only");
+        return EXIT_USAGE;
+    }
     if ((rc = device_check_id("device ID", f->id)))
         return rc;
     if (!pub == !f->plaintext) {
@@ -99,7 +116,7 @@ static int parse_fill(const struct invocation *inv, struct fill *f)
     }
     if ((rc = parse_indices(o, f)))
         return rc;
-    return pub ? load_recipient(pub, f) : EXIT_OK;
+    return pub ? fill_recipient_load(pub, &f->r) : EXIT_OK;
 }
 
 /* With --json the path is echoed as a JSON string; refuse it before the
@@ -123,10 +140,9 @@ static int build_body(const struct fill *f, json_t **body)
     *body = NULL;
     if (!req)
         goto oom;
-    if (f->pem) {
-        json_t *pem = json_stringn(f->pem, f->pem_len);
-        if (!pem) { /* the PEM block parsed, so the rest is not UTF-8 text */
-            out_error("the public key file is not UTF-8 text");
+    if (f->r.pem) {
+        json_t *pem = fill_recipient_json(&f->r);
+        if (!pem) {
             rc = EXIT_USAGE;
             goto cleanup;
         }
@@ -148,6 +164,11 @@ static int build_body(const struct fill *f, json_t **body)
     }
     if (f->force && (rc = device_put(req, "force", json_true())))
         goto cleanup;
+    if (f->identity &&
+        (rc = device_put(req, "certificate",
+                         f->cert_days ? json_pack("{s:I}", "validity_days", (json_int_t)f->cert_days)
+                                      : json_true())))
+        goto cleanup;
     *body = req;
     req = NULL;
     rc = EXIT_OK;
@@ -162,8 +183,8 @@ cleanup:
     return rc;
 }
 
-/* The package bytes from the answer, checked to be sealed to our key. */
-static int decode_package(const struct fill *f, const json_t *resp, uint8_t **pkg, size_t *len)
+int fill_package_decode(const struct fill_recipient *r, const json_t *resp, uint8_t **pkg,
+                        size_t *len)
 {
     const json_t *b64 = json_object_get(resp, "package");
     const char *fp = json_string_value(json_object_get(resp, "recipient_fingerprint"));
@@ -174,9 +195,9 @@ static int decode_package(const struct fill *f, const json_t *resp, uint8_t **pk
         out_error("server response has no \"package\" or \"recipient_fingerprint\"");
         return EXIT_SERVER;
     }
-    if (strcasecmp(fp, f->fingerprint) != 0) {
+    if (strcasecmp(fp, r->fingerprint) != 0) {
         out_error("server sealed the package to another key (fingerprint %.64s, ours %s)",
-                  out_safe(fp), f->fingerprint);
+                  out_safe(fp), r->fingerprint);
         return EXIT_SERVER;
     }
     size_t cap = b64_decoded_max(json_string_length(b64));
@@ -190,7 +211,7 @@ static int decode_package(const struct fill *f, const json_t *resp, uint8_t **pk
         goto bad;
     }
     if (n < 8 || memcmp(buf, FILLPKG_MAGIC, 4) != 0 || buf[4] != FILLPKG_VERSION ||
-        buf[5] != f->curve) {
+        buf[5] != r->curve) {
         out_error("server sent something that is not a fill package for this key");
         goto bad;
     }
@@ -206,7 +227,7 @@ bad:
 static int write_package(const struct fill *f, json_t *resp, int fd, size_t *written)
 {
     uint8_t *pkg = NULL;
-    int rc = decode_package(f, resp, &pkg, written);
+    int rc = fill_package_decode(&f->r, resp, &pkg, written);
     if (rc) {
         file_discard(fd, f->out);
         return rc;
@@ -266,7 +287,7 @@ static int print_result(const struct kmsctl_ctx *ctx, const struct fill *f, json
     const char *rows[5][2] = {
         {"device:", f->id},
         {"indices:", indices},
-        {"recipient_fingerprint:", f->plaintext ? "none (keys in clear)" : f->fingerprint},
+        {"recipient_fingerprint:", f->plaintext ? "none (keys in clear)" : f->r.fingerprint},
         {"out:", f->out},
         {"size:", size},
     };
@@ -282,6 +303,9 @@ static int print_result(const struct kmsctl_ctx *ctx, const struct fill *f, json
         if ((rc = table_add(t, rows[i])))
             goto cleanup;
     rc = table_print(t, stdout);
+    if (!rc && json_is_object(json_object_get(resp, "certificate")))
+        out_note("certificate %s issued; its key pair is in the package (member \"tls\")",
+                 out_string_or(json_object_get(json_object_get(resp, "certificate"), "serial"), "?"));
 
 cleanup:
     table_free(t);
@@ -333,6 +357,6 @@ cleanup:
     json_decref(resp);
     json_decref(req);
     free(path);
-    free(f.pem);
+    free(f.r.pem);
     return rc;
 }

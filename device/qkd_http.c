@@ -62,11 +62,15 @@ void qkd_http_response_clear(qkd_http_response *resp)
  * the prefix optional). NULL when out of memory. */
 static char *pin_list(const char *pins)
 {
-    size_t n = 1, cap = strlen(pins) * 2 + 16;
-    char *out = malloc(cap), *o;
-    if (!out)
+    /* Each entry grows by at most "sha256//" and a ';'. */
+    size_t n = 1, entries = 1, cap, used = 0;
+    char *out;
+    for (const char *q = pins; *q; q++)
+        entries += *q == ';';
+    cap = strlen(pins) + entries * 9 + 1;
+    if (!(out = malloc(cap)))
         return NULL;
-    o = out;
+    out[0] = 0;
     while (*pins) {
         size_t l = strcspn(pins, ";");
         const char *p = pins;
@@ -75,12 +79,14 @@ static char *pin_list(const char *pins)
             l -= 8;
         }
         if (l) {
-            o += snprintf(o, cap - (size_t)(o - out), "%ssha256//%.*s", n > 1 ? ";" : "", (int)l, p);
+            int w = snprintf(out + used, cap - used, "%ssha256//%.*s", n > 1 ? ";" : "", (int)l, p);
+            if (w < 0 || (size_t)w >= cap - used)
+                break; /* cannot happen with cap as computed; never overrun */
+            used += (size_t)w;
             n++;
         }
         pins = p + l + (p[l] == ';');
     }
-    *o = 0;
     return out;
 }
 

@@ -12,6 +12,7 @@
 #include "api/routes.h"
 #include "api/transport.h"
 #include "fillpkg.h"
+#include "service/certs.h"
 #include "service/device_fill.h"
 #include "service/device_keys.h"
 #include "service/devices.h"
@@ -308,6 +309,8 @@ struct fill_args {
     int indices[DEVICE_MAX_KEY_INDEX + 1], nidx;
     bool force, plaintext;
     const char *pem;
+    bool identity;         /* "certificate": a TLS identity in the package too */
+    cert_request identity_rq;
 };
 
 /* An optional boolean field; absent is false. */
@@ -355,6 +358,7 @@ static int fill_args_parse(http_request *rq, http_response *rs, json_t *in,
                            const qk_principal *who, struct fill_args *a, EVP_PKEY **rcpt)
 {
     char why[160];
+    json_t *v;
     qk_err e;
 
     if (body_bool(in, rs, "force", &a->force) || body_bool(in, rs, "plaintext", &a->plaintext) ||
@@ -375,6 +379,20 @@ static int fill_args_parse(http_request *rq, http_response *rs, json_t *in,
         http_error(rs, 403, "insecure_transport",
                    "plaintext export needs TLS or a loopback connection; use recipient_pub");
         return -1;
+    }
+    if ((v = json_object_get(in, "certificate"))) {
+        json_t *d = json_is_object(v) ? json_object_get(v, "validity_days") : NULL;
+        if (!(json_is_true(v) || (json_is_object(v) && json_object_size(v) == (d ? 1u : 0u)))) {
+            http_error(rs, 422, "invalid_request",
+                       "certificate must be true or {\"validity_days\"?: 1..3650}");
+            return -1;
+        }
+        if (d && (!json_is_integer(d) || json_integer_value(d) < 1 || json_integer_value(d) > 3650)) {
+            http_error(rs, 422, "invalid_validity", "validity_days must be an integer 1..3650");
+            return -1;
+        }
+        a->identity = true;
+        a->identity_rq.validity_days = d ? (int)json_integer_value(d) : 0;
     }
     if (a->pem) {
         if (strlen(a->pem) > 16384 ||
@@ -414,7 +432,8 @@ static void answer_plaintext(http_response *rs, json_t *fields, const qbuf *doc)
 
 void h_device_fill(http_request *rq, http_response *rs)
 {
-    static const char *const known[] = {"recipient_pub", "indices", "force", "plaintext", NULL};
+    static const char *const known[] = {"recipient_pub", "indices", "force", "plaintext",
+                                        "certificate", NULL};
     const char *id = path_device(rq, rs);
     qk_principal who = admin_principal(rq);
     struct fill_args a;
@@ -431,8 +450,10 @@ void h_device_fill(http_request *rq, http_response *rs)
     memset(&a, 0, sizeof(a));
     if (fill_args_parse(rq, rs, in, &who, &a, &rcpt) != 0)
         goto out;
-    if (device_fill_export(&rq->kms->svc, &who, id, rcpt, a.indices, a.nidx, a.force, &out,
-                           a.plaintext ? &doc : NULL, &e) != QK_OK) {
+    a.identity_rq.device_id = id;
+    if (device_fill_export(&rq->kms->svc, &who, id, rcpt, a.indices, a.nidx, a.force,
+                           a.identity ? &a.identity_rq : NULL, &out, a.plaintext ? &doc : NULL,
+                           &e) != QK_OK) {
         http_fail(rs, &e);
         goto out;
     }

@@ -44,6 +44,9 @@
     X("GET", "/v1/ca", "ca_chain", 0, h_ca_chain, BOTH, RL_NONE) \
     X("GET", "/v1/ca/crl", "ca_crl", 0, h_ca_crl, BOTH, RL_NONE) \
     X("GET", "/v1/admin/ca", "admin_ca", ROLE_ANY, h_admin_ca, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/ca/rotate", "admin_ca_rotate", ROLE_ADMIN, h_admin_ca_rotate, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/ca/csr", "admin_ca_csr", ROLE_ADMIN, h_admin_ca_csr, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/ca/import", "admin_ca_import", ROLE_ADMIN, h_admin_ca_import, ADM, RL_ADMIN, .max_body = 128 * 1024) \
     X("GET", "/v1/admin/device-types", "admin_devtypes_list", ROLE_ANY, h_devtypes_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/device-types", "admin_devtypes_add", ROLE_ADMIN, h_devtypes_add, ADM, RL_ADMIN) \
     X("POST", "/v1/sessions/key", "session_key", 0, h_session_key, DEV, RL_DEVICE, .client_cert = true) \

@@ -13,7 +13,9 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "fillpkg.h"
 #include "log.h"
+#include "qbuf.h"
 #include "service/audit.h"
 #include "service/ca.h"
 #include "service/crl.h"
@@ -67,6 +69,15 @@ static qk_kind key_acceptable(EVP_PKEY *k, qk_err *e)
         return qk_fail(e, QK_INVALID, "unsupported_key",
                        "the key must be EC (P-256, P-384), RSA (2048+) or Ed25519");
     }
+}
+
+/* A certificate built for the CA version that was active, which a rotation
+ * retired before it was signed: 503, retry (it is built afresh). */
+static qk_kind ca_rotated(qk_err *e)
+{
+    qk_fail(e, QK_UNAVAILABLE, "unavailable", "the platform CA was rotated meanwhile; retry");
+    e->retry_after = 1;
+    return QK_UNAVAILABLE;
 }
 
 /* The CSR's subject may name the device (CN) or nothing; never another. */
@@ -166,17 +177,52 @@ static int add_device_san(X509 *x, const char *device_id)
     return ok;
 }
 
-static X509 *build_cert(qk_ca *ca, const char *device_id, EVP_PKEY *key, int days)
+/* The device's own validity: the latest notAfter of its active keys (a
+ * device whose keys have all expired can do nothing, and nor may a
+ * certificate of it). QK_OK with *until; 404 for no such device; 409
+ * invalid_state when it has no live key. The transaction that stores the
+ * certificate checks the device's state again. */
+static qk_kind device_until(qk_svc *s, const char *device_id, time_t *until, qk_err *e)
 {
-    X509 *issuer = ca_active_cert(ca, NULL), *x = X509_new();
+    const char *vals[1] = {device_id};
+    db_status st;
+    db_conn *c = db_acquire(s->db, &st);
+    PGresult *r;
+    qk_kind k = QK_OK;
+
+    if (!c)
+        return db_fail(e, st);
+    r = qt_exec(c, QT_CERT_DEVICE_UNTIL, 1, vals, &st);
+    db_release(s->db, c);
+    if (!r)
+        return db_fail(e, st);
+    if (PQntuples(r) == 0)
+        k = qk_fail(e, QK_NOT_FOUND, "not_found", "no device '%s'", device_id);
+    else if (PQgetisnull(r, 0, 1))
+        k = qk_fail(e, QK_CONFLICT, "invalid_state",
+                    "device '%s' has no live key: a certificate would outlive it", device_id);
+    else
+        *until = (time_t)strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+    PQclear(r);
+    return k;
+}
+
+/* The certificate, its issuer the active CA version, *version; it ends
+ * after days, and never after the CA or device_end. */
+static X509 *build_cert(qk_ca *ca, const char *device_id, EVP_PKEY *key, int days,
+                        time_t device_end, int *version)
+{
+    X509 *issuer = ca_active_cert(ca, version), *x = X509_new();
     X509_NAME *n = X509_NAME_new();
     long secs = (long)days * 86400;
     time_t ca_end = x509_time(X509_get0_notAfter(issuer));
     bool ok;
     /* Never beyond the CA's own validity (certs_issue refuses a CA with
-     * less than a day left). */
+     * less than a day left), nor the device's own (its live keys'). */
     if (ca_end && ca_end - time(NULL) < secs)
         secs = (long)(ca_end - time(NULL));
+    if (device_end && device_end - time(NULL) < secs)
+        secs = (long)(device_end - time(NULL));
     ok = x && n && X509_set_version(x, 2) == 1 && x509_random_serial(x) == 0 &&
          X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)device_id, -1,
                                     -1, 0) == 1 &&
@@ -387,6 +433,7 @@ qk_kind certs_issue(qk_svc *s, const qk_principal *who, const cert_request *rq, 
     X509 *x = NULL;
     CK_RV rv;
     int ca_version, days = rq->validity_days ? rq->validity_days : CERT_DEFAULT_DAYS;
+    time_t device_end = 0;
     qk_kind k;
 
     qk_clear(e);
@@ -401,19 +448,166 @@ qk_kind certs_issue(qk_svc *s, const qk_principal *who, const cert_request *rq, 
                        "the platform CA expires within a day: no certificate is issued");
     if ((k = parse_csr(rq, &req, &key, e)) != QK_OK)
         return k;
-    ca_active_cert(ca, &ca_version);
-    if (!(x = build_cert(ca, rq->device_id, key, days))) {
+    if ((k = device_until(s, rq->device_id, &device_end, e)) != QK_OK)
+        goto out;
+    /* The version recorded is the one whose name the certificate carries:
+     * ca_sign refuses it if a rotation made another version active since. */
+    if (!(x = build_cert(ca, rq->device_id, key, days, device_end, &ca_version))) {
         k = qk_fail(e, QK_INTERNAL, "internal", "building the certificate failed");
         goto out;
     }
     if ((rv = ca_sign(ca, x)) != CKR_OK) {
-        k = qk_from_token(e, rv, "sign certificate");
+        k = rv == CKR_KEY_CHANGED ? ca_rotated(e) : qk_from_token(e, rv, "sign certificate");
         goto out;
     }
     k = store_cert(s, who, rq->device_id, x, "issued", ca_version, out, e);
 out:
     X509_free(x);
     X509_REQ_free(req);
+    return k;
+}
+
+/* A PEM text into a JSON string's contents: PEM holds only base64, '-',
+ * ' ' and newlines, of which only the newlines need escaping. */
+static int put_pem_json(qbuf *b, const char *pem, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (pem[i] == '"' || pem[i] == '\\' || ((unsigned char)pem[i] < 0x20 && pem[i] != '\n'))
+            return -1;
+        if ((pem[i] == '\n' ? qbuf_put(b, "\\n", 2) : qbuf_put(b, pem + i, 1)) != QBUF_OK)
+            return -1;
+    }
+    return 0;
+}
+
+#define TLS_IDENTITY_FORMAT "qkms-tls-identity/1"
+
+qk_kind certs_identity(qk_svc *s, const qk_principal *who, const cert_request *rq, qbuf **doc,
+                       json_t **record, qk_err *e)
+{
+    qk_ca *ca = s->ca;
+    EVP_PKEY *key = NULL;
+    X509 *x = NULL;
+    BIO *kb = NULL;
+    qbuf *d = NULL;
+    size_t cl = 0;
+    char *cert_pem = NULL, *chain = NULL, *idj = NULL, *kpem, serial[44];
+    long kl;
+    int ca_version, days = rq->validity_days ? rq->validity_days : CERT_DEFAULT_DAYS;
+    time_t device_end = 0;
+    json_t *jid = NULL;
+    CK_RV rv;
+    qk_err ce;
+    qk_kind k;
+
+    qk_clear(e);
+    *doc = NULL;
+    *record = NULL;
+    if (!device_id_valid(rq->device_id))
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such device");
+    if (days < 1 || days > CERT_MAX_DAYS)
+        return qk_fail(e, QK_INVALID, "invalid_validity", "validity_days must be 1..%d",
+                       CERT_MAX_DAYS);
+    if (X509_cmp_time(X509_get0_notAfter(ca_active_cert(ca, NULL)), &(time_t){time(NULL) + 86400}) <= 0)
+        return qk_fail(e, QK_UNAVAILABLE, "unavailable",
+                       "the platform CA expires within a day: no certificate is issued");
+    if ((k = device_until(s, rq->device_id, &device_end, e)) != QK_OK)
+        goto out;
+    if (!(key = EVP_EC_gen("P-256")) ||
+        !(x = build_cert(ca, rq->device_id, key, days, device_end, &ca_version))) {
+        k = qk_fail(e, QK_INTERNAL, "internal", "building the key pair or certificate failed");
+        goto out;
+    }
+    if ((rv = ca_sign(ca, x)) != CKR_OK) {
+        k = rv == CKR_KEY_CHANGED ? ca_rotated(e) : qk_from_token(e, rv, "sign certificate");
+        goto out;
+    }
+    /* The document, in the secure heap: the key's PEM goes from a
+     * secure-heap BIO straight into it. */
+    if (!(kb = BIO_new(BIO_s_secmem())) || PEM_write_bio_PrivateKey(kb, key, NULL, NULL, 0, NULL, NULL) != 1 ||
+        (kl = BIO_get_mem_data(kb, &kpem)) <= 0 || !(cert_pem = x509_pem(x, NULL)) ||
+        ca_chain_pem(ca, &chain, &cl, &ce) != QK_OK || x509_serial_hex(x, serial, sizeof(serial)) != 0 ||
+        !(jid = json_string(rq->device_id)) || !(idj = json_dumps(jid, JSON_ENCODE_ANY)) ||
+        !(d = qbuf_new(64 * 1024, QBUF_SECURE)) ||
+        qbuf_putf(d, "{\"format\":\"" TLS_IDENTITY_FORMAT "\",\"device_id\":%s,\"serial\":\"%s\","
+                     "\"certificate\":\"", idj, serial) != QBUF_OK ||
+        put_pem_json(d, cert_pem, strlen(cert_pem)) != 0 ||
+        qbuf_put_str(d, "\",\"chain\":\"") != QBUF_OK || put_pem_json(d, chain, cl) != 0 ||
+        qbuf_put_str(d, "\",\"private_key\":\"") != QBUF_OK ||
+        put_pem_json(d, kpem, (size_t)kl) != 0 || qbuf_put_str(d, "\"}") != QBUF_OK) {
+        k = qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+        goto out;
+    }
+    if ((k = store_cert(s, who, rq->device_id, x, "issued", ca_version, record, e)) != QK_OK)
+        goto out;
+    json_object_set_new(*record, "key_generated", json_true());
+    *doc = d;
+    d = NULL;
+    log_with(&who->log, LOG_INFO, "certificate key pair generated", "{s:s,s:s}", "device_id",
+             rq->device_id, "serial", serial);
+out:
+    qbuf_free(d); /* wipes */
+    BIO_free_all(kb); /* the secure heap's: wiped */
+    EVP_PKEY_free(key);
+    X509_free(x);
+    free(cert_pem);
+    free(chain);
+    free(idj);
+    json_decref(jid);
+    return k;
+}
+
+void certs_identity_undo(qk_svc *s, const qk_principal *who, const json_t *record)
+{
+    const char *serial = json_string_value(json_object_get(record, "serial"));
+    const char *device = json_string_value(json_object_get(record, "device_id"));
+    json_t *out = NULL;
+    qk_err e;
+    /* Its key was never delivered: nobody may use the certificate. */
+    if (serial && device && certs_revoke(s, who, device, serial, "superseded", &out, &e) != QK_OK)
+        log_with(&who->log, LOG_ERROR, "undelivered certificate not revoked; revoke it",
+                 "{s:s,s:s,s:s}", "device_id", device, "serial", serial, "error", e.detail);
+    json_decref(out);
+}
+
+qk_kind certs_issue_generated(qk_svc *s, const qk_principal *who, const cert_request *rq,
+                              EVP_PKEY *recipient, json_t **out, qk_err *e)
+{
+    qbuf *doc = NULL;
+    uint8_t *pkg = NULL;
+    size_t pkg_len = 0;
+    char fp[65], err[160], *b64 = NULL;
+    qk_kind k;
+
+    qk_clear(e);
+    *out = NULL;
+    if (fillpkg_fingerprint(recipient, fp) != 0)
+        return qk_fail(e, QK_INVALID, "invalid_recipient_key", "cannot encode the recipient key");
+    if ((k = certs_identity(s, who, rq, &doc, out, e)) != QK_OK)
+        return k;
+    if (fillpkg_seal(recipient, qbuf_ptr(doc), qbuf_len(doc), &pkg, &pkg_len, err, sizeof(err)) != 0 ||
+        !(b64 = malloc(4 * ((pkg_len + 2) / 3) + 1))) {
+        k = qk_fail(e, QK_INTERNAL, "internal", "sealing the package failed");
+        goto fail;
+    }
+    EVP_EncodeBlock((unsigned char *)b64, pkg, (int)pkg_len);
+    if (json_object_set_new(*out, "package_format", json_string(TLS_IDENTITY_FORMAT)) ||
+        json_object_set_new(*out, "recipient_fingerprint", json_string(fp)) ||
+        json_object_set_new(*out, "package", json_string(b64))) {
+        k = qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+        goto fail;
+    }
+    log_with(&who->log, LOG_INFO, "certificate key pair sealed", "{s:s,s:s}", "device_id",
+             rq->device_id, "recipient_fingerprint", fp);
+    goto out;
+fail:
+    certs_identity_undo(s, who, *out);
+    json_decref(*out);
+    *out = NULL;
+out:
+    qbuf_free(doc);
+    free(pkg);
+    free(b64);
     return k;
 }
 
@@ -443,6 +637,39 @@ static qk_kind bindable(X509 *x, qk_err *e)
                        "the certificate must be an end-entity certificate for TLS client "
                        "authentication (no CA, clientAuth allowed, digitalSignature allowed)");
     return QK_OK;
+}
+
+qk_kind certs_ca_rotate(qk_svc *s, const qk_principal *who, json_t **out, qk_err *e)
+{
+    int version = 0;
+    qk_err ce;
+    qk_kind k;
+
+    *out = NULL;
+    if ((k = ca_rotate(s->ca, s->db, who->name, &version, e)) != QK_OK)
+        return k;
+    /* The new version's first CRL (empty) at once; a failure here is the
+     * maintenance thread's to repair, the rotation stands. */
+    if (crl_refresh(s, true, &ce) != QK_OK)
+        log_with(&who->log, LOG_WARN, "CRL after the CA rotation not made; the maintenance "
+                 "thread makes it", "{s:s}", "error", ce.detail);
+    return ca_show(s->ca, out, e);
+}
+
+qk_kind certs_ca_import(qk_svc *s, const qk_principal *who, const char *pem, size_t len,
+                        json_t **out, qk_err *e)
+{
+    int version = 0;
+    qk_err ce;
+    qk_kind k;
+
+    *out = NULL;
+    if ((k = ca_import(s->ca, s->db, who->name, pem, len, &version, e)) != QK_OK)
+        return k;
+    if (crl_refresh(s, true, &ce) != QK_OK)
+        log_with(&who->log, LOG_WARN, "CRL after the CA import not made; the maintenance "
+                 "thread makes it", "{s:s}", "error", ce.detail);
+    return ca_show(s->ca, out, e);
 }
 
 qk_kind certs_parse_client(const char *pem, size_t len, X509 **out, qk_err *e)

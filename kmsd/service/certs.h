@@ -29,6 +29,7 @@
 #include <openssl/x509.h>
 
 #include "err.h"
+#include "qbuf.h"
 #include "service/service.h"
 
 typedef struct {
@@ -42,6 +43,24 @@ typedef struct {
  * "certificate" and "chain" (PEM). */
 qk_kind certs_issue(qk_svc *s, const qk_principal *who, const cert_request *rq, json_t **out,
                     qk_err *e);
+/* A key pair made here (ECDSA P-256, on the host) and its certificate,
+ * issued (the checks and profile of certs_issue; rq->csr_* unused) and
+ * recorded: *doc (QBUF_SECURE, the caller's to qbuf_free) is the document
+ * "qkms-tls-identity/1": {"format", "device_id", "serial", "certificate",
+ * "chain", "private_key" (PKCS#8 PEM)}, *record the certificate's record
+ * plus "key_generated": true. The key exists only in that document: never
+ * in PostgreSQL, a log or an answer in clear. A caller that cannot deliver
+ * the document calls certs_identity_undo (the certificate is revoked,
+ * superseded: nobody holds its key). */
+qk_kind certs_identity(qk_svc *s, const qk_principal *who, const cert_request *rq, qbuf **doc,
+                       json_t **record, qk_err *e);
+void certs_identity_undo(qk_svc *s, const qk_principal *who, const json_t *record);
+/* certs_identity's document sealed to a provisioning station's public key
+ * (recipient: X25519 or P-256) in a fill package (fillpkg.h). *out: the
+ * record plus "package_format", "recipient_fingerprint" and "package"
+ * (base64). */
+qk_kind certs_issue_generated(qk_svc *s, const qk_principal *who, const cert_request *rq,
+                              EVP_PKEY *recipient, json_t **out, qk_err *e);
 /* Bind a certificate issued elsewhere (PEM) to a device, for seed 002's
  * "registered ID bound one-to-one to a certificate": refused (422, nothing
  * stored) when it does not parse (invalid_certificate), has expired
@@ -52,6 +71,14 @@ qk_kind certs_issue(qk_svc *s, const qk_principal *who, const cert_request *rq, 
  * checked here: who trusts it is the TLS configuration's business. */
 qk_kind certs_bind(qk_svc *s, const qk_principal *who, const char *device_id, const char *pem,
                    size_t len, json_t **out, qk_err *e);
+/* Rotate the platform CA (ca_rotate; docs/pki.md, "Rotating the CA") and
+ * make the CRLs; *out is ca_show's answer after it. Admin principals only
+ * (the door's route says so). */
+qk_kind certs_ca_rotate(qk_svc *s, const qk_principal *who, json_t **out, qk_err *e);
+/* The same for an operator's own root (ca_import): the pending version
+ * becomes the active one; *out is ca_show's answer after it. */
+qk_kind certs_ca_import(qk_svc *s, const qk_principal *who, const char *pem, size_t len,
+                        json_t **out, qk_err *e);
 /* Parse a PEM certificate (at most 16 KiB) that may identify a TLS client:
  * the checks of certs_bind but the record (invalid_certificate,
  * certificate_expired, not_client_certificate, unsupported_key). *out is

@@ -122,7 +122,7 @@ static db_status crl_tx_fn(db_conn *c, void *arg)
     db_status st;
     PGresult *r = NULL;
     X509_CRL *crl = NULL;
-    X509 *issuer = ca_active_cert(t->s->ca, NULL);
+    X509 *issuer = ca_cert(t->s->ca, t->version);
     unsigned char *der = NULL;
     char *hex = NULL, num[24], tu[24], nu[24];
     long long last = 0;
@@ -151,7 +151,7 @@ static db_status crl_tx_fn(db_conn *c, void *arg)
     PQclear(r);
     if (!crl)
         return DB_ERROR;
-    if ((t->rv = ca_sign_crl(t->s->ca, crl)) != CKR_OK) {
+    if ((t->rv = ca_sign_crl(t->s->ca, t->version, crl)) != CKR_OK) {
         X509_CRL_free(crl);
         return DB_ERROR;
     }
@@ -182,12 +182,11 @@ out:
     return st;
 }
 
-qk_kind crl_refresh(qk_svc *s, bool force, qk_err *e)
+/* One version's CRL (crl_refresh). */
+static qk_kind refresh_version(qk_svc *s, int version, bool force, qk_err *e)
 {
-    struct crl_tx t = {.s = s, .force = force};
+    struct crl_tx t = {.s = s, .force = force, .version = version};
     db_status st;
-    qk_clear(e);
-    ca_active_cert(s->ca, &t.version);
     snprintf(t.ver, sizeof(t.ver), "%d", t.version);
     snprintf(t.interval, sizeof(t.interval), "%d", s->cfg->ca_crl_interval);
     st = db_tx(s->db, crl_tx_fn, &t);
@@ -205,6 +204,22 @@ qk_kind crl_refresh(qk_svc *s, bool force, qk_err *e)
         log_emit(LOG_INFO, "CRL made", "{s:i,s:I,s:b}", "ca_version", t.version, "crl_number",
                  (json_int_t)t.number, "forced", force);
     return QK_OK;
+}
+
+qk_kind crl_refresh(qk_svc *s, bool force, qk_err *e)
+{
+    int versions[32], n = ca_versions_valid(s->ca, versions, 32);
+    qk_kind k = QK_OK;
+    qk_err ve;
+    qk_clear(e);
+    /* Every version that still verifies keeps its own CRL: what a retired
+     * version issued is revoked in the list its key signs. */
+    for (int i = 0; i < n; i++)
+        if (refresh_version(s, versions[i], force, &ve) != QK_OK && k == QK_OK) {
+            k = ve.kind;
+            *e = ve;
+        }
+    return k;
 }
 
 static qk_kind newest(qk_svc *s, const char *ver, PGresult **out, qk_err *e)
@@ -238,10 +253,10 @@ static char *pem_of_der(const unsigned char *der, size_t len, size_t *out_len)
     return out;
 }
 
-qk_kind crl_get(qk_svc *s, bool pem, char **body, size_t *len, qk_err *e)
+qk_kind crl_get(qk_svc *s, int version, bool pem, char **body, size_t *len, qk_err *e)
 {
     char ver[16];
-    int version;
+    X509 *cert;
     PGresult *r = NULL;
     unsigned char *der = NULL;
     size_t dl = 0;
@@ -249,13 +264,20 @@ qk_kind crl_get(qk_svc *s, bool pem, char **body, size_t *len, qk_err *e)
 
     qk_clear(e);
     *body = NULL;
-    ca_active_cert(s->ca, &version);
+    if (version == 0)
+        ca_active_cert(s->ca, &version);
+    if (!(cert = ca_cert(s->ca, version)))
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no CA version %d", version);
+    if (X509_cmp_current_time(X509_get0_notAfter(cert)) <= 0)
+        return qk_fail(e, QK_NOT_FOUND, "not_found",
+                       "CA version %d has expired: it keeps no CRL", version);
     snprintf(ver, sizeof(ver), "%d", version);
     if ((k = newest(s, ver, &r, e)) != QK_OK)
         return k;
     if (PQntuples(r) == 0) {
         PQclear(r);
-        if ((k = crl_refresh(s, false, e)) != QK_OK || (k = newest(s, ver, &r, e)) != QK_OK)
+        if ((k = refresh_version(s, version, false, e)) != QK_OK ||
+            (k = newest(s, ver, &r, e)) != QK_OK)
             return k;
         if (PQntuples(r) == 0) {
             PQclear(r);

@@ -2,7 +2,9 @@
  * crl — the platform CA's certificate revocation list (docs/pki.md).
  *
  * Contract:
- *  - crl_refresh makes a new CRL for the active CA version when forced (a
+ *  - crl_refresh makes a new CRL for each CA version whose certificate is
+ *    still valid (the active one and retired ones, each signed with its
+ *    own key; docs/pki.md, "Rotating the CA") when forced (a
  *    certificate was just revoked), when a certificate was revoked since
  *    the newest one was made (a forced refresh that failed), or when the
  *    newest one is older than ca_crl_interval: every revoked certificate of that version that has
@@ -30,8 +32,10 @@
 #include "service/service.h"
 
 qk_kind crl_refresh(qk_svc *s, bool force, qk_err *e);
-/* The newest CRL of the active CA version, DER or PEM (malloc'd). */
-qk_kind crl_get(qk_svc *s, bool pem, char **body, size_t *len, qk_err *e);
+/* The newest CRL of a CA version (0: the active one), DER or PEM
+ * (malloc'd); 404 not_found for a version this CA does not have or whose
+ * certificate has expired. */
+qk_kind crl_get(qk_svc *s, int version, bool pem, char **body, size_t *len, qk_err *e);
 /* RFC 5280 CRLReason of a reason name a revocation may give
  * (unspecified, keyCompromise, affiliationChanged, superseded,
  * cessationOfOperation, privilegeWithdrawn), or -1. */

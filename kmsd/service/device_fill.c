@@ -20,6 +20,7 @@
 #include "hexutil.h"
 #include "service/audit.h"
 #include "service/auth.h"
+#include "service/certs.h"
 #include "service/device_keys.h"
 #include "service/device_model.h"
 #include "store/pgarray.h"
@@ -39,6 +40,7 @@ struct fill_tx {
     bool force;
     EVP_PKEY *recipient;
     char fingerprint[65];
+    const qbuf *tls; /* a qkms-tls-identity/1 document to carry as "tls", or NULL */
     qk_err *e;
     /* outputs (reset at the start of each run: db_tx may run it again) */
     qbuf *doc;
@@ -181,7 +183,9 @@ static db_status write_doc(struct fill_tx *t, const PGresult *keys, const char *
     db_status st = DB_OK;
     int bad;
 
-    t->doc = qbuf_new(DOC_HEAD_MAX + (size_t)t->nchosen * DOC_KEY_MAX, QBUF_SECURE);
+    t->doc = qbuf_new(DOC_HEAD_MAX + (size_t)t->nchosen * DOC_KEY_MAX +
+                          (t->tls ? qbuf_len(t->tls) + 16 : 0),
+                      QBUF_SECURE);
     t->exported = json_array();
     if (!t->doc || !key || !t->exported) {
         qk_fail(t->e, QK_INTERNAL, "internal", "out of secure memory");
@@ -209,7 +213,13 @@ static db_status write_doc(struct fill_tx *t, const PGresult *keys, const char *
         pgarray_add_int(idx, index);
         json_array_append_new(t->exported, json_integer(index));
     }
-    bad = keep(bad, qbuf_put_str(t->doc, "]}"));
+    bad = keep(bad, qbuf_put_str(t->doc, "]"));
+    /* The device's TLS identity (device_fill.h), as made by certs_identity. */
+    if (t->tls) {
+        bad = keep(bad, qbuf_put_str(t->doc, ",\"tls\":"));
+        bad = keep(bad, qbuf_put(t->doc, qbuf_ptr(t->tls), qbuf_len(t->tls)));
+    }
+    bad = keep(bad, qbuf_put_str(t->doc, "}"));
     if (bad)
         st = doc_failed(t, bad);
 out:
@@ -340,9 +350,12 @@ static qk_kind sealed_answer(struct fill_tx *t, json_t **out, qk_err *e)
 
 qk_kind device_fill_export(qk_svc *s, const qk_principal *who, const char *device_id,
                            EVP_PKEY *recipient, const int *indices, int nindices, bool force,
-                           json_t **out, qbuf **plaintext, qk_err *e)
+                           const cert_request *identity, json_t **out, qbuf **plaintext,
+                           qk_err *e)
 {
     struct fill_tx *t = NULL;
+    qbuf *tls = NULL;
+    json_t *cert = NULL;
     qk_kind k;
     db_status st;
 
@@ -354,6 +367,9 @@ qk_kind device_fill_export(qk_svc *s, const qk_principal *who, const char *devic
         return qk_fail(e, QK_INTERNAL, "internal", "no plaintext buffer");
     if (!recipient && (k = device_fill_may_plaintext(who, e)) != QK_OK)
         return k;
+    if (identity && !recipient)
+        return qk_fail(e, QK_INVALID, "invalid_request",
+                       "a certificate's key pair is delivered sealed only: give recipient_pub");
     if (!(t = calloc(1, sizeof(*t))))
         return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
     *t = (struct fill_tx){.s = s, .actor = who->name, .device_id = device_id, .indices = indices,
@@ -362,14 +378,22 @@ qk_kind device_fill_export(qk_svc *s, const qk_principal *who, const char *devic
         k = qk_fail(e, QK_INVALID, "invalid_recipient_key", "cannot encode the recipient key");
         goto out;
     }
+    /* The identity first (it is recorded); undone if the fill fails. */
+    if (identity && (k = certs_identity(s, who, identity, &tls, &cert, e)) != QK_OK)
+        goto out;
+    t->tls = tls;
     if ((st = db_tx(s->db, fill_tx_fn, t)) != DB_OK) {
         k = e->kind != QK_OK ? e->kind : db_fail(e, st);
+        if (cert)
+            certs_identity_undo(s, who, cert);
         goto out;
     }
     qk_clear(e);
     if (recipient) {
         if ((k = sealed_answer(t, out, e)) != QK_OK)
             goto out;
+        if (cert)
+            json_object_set(*out, "certificate", cert);
     } else {
         *out = json_pack("{s:s,s:s,s:O}", "device_id", device_id, "format", "qkms-fill/1",
                          "indices", t->exported);
@@ -383,5 +407,7 @@ qk_kind device_fill_export(qk_svc *s, const qk_principal *who, const char *devic
 out:
     reset_fill_outputs(t);
     free(t);
+    qbuf_free(tls); /* wipes the private key */
+    json_decref(cert);
     return k;
 }

@@ -31,6 +31,7 @@
 
 #include "err.h"
 #include "qbuf.h"
+#include "service/certs.h"
 #include "service/service.h"
 
 /* QK_OK when who may export keys in plaintext, else QK_FORBIDDEN. */
@@ -43,9 +44,16 @@ qk_kind device_fill_may_plaintext(const qk_principal *who, qk_err *e);
  *    "package" (base64)}; *plaintext untouched (may be NULL).
  *  - plaintext: *out = {"device_id", "format", "indices"} and *plaintext the
  *    document (the caller qbuf_free()s it).
+ * With identity (sealed only, else 422 invalid_request), the package also
+ * carries the device's TLS identity: a key pair made here and its
+ * certificate (certs_identity, validity from identity->validity_days) as
+ * the member "tls" of the fill document (docs/pki.md), and *out its record
+ * as "certificate". The certificate is recorded before the fill runs and
+ * revoked (superseded) if the fill fails: nobody else ever holds its key.
  * On failure *out and *plaintext are NULL. */
 qk_kind device_fill_export(qk_svc *s, const qk_principal *who, const char *device_id,
                            EVP_PKEY *recipient, const int *indices, int nindices, bool force,
-                           json_t **out, qbuf **plaintext, qk_err *e);
+                           const cert_request *identity, json_t **out, qbuf **plaintext,
+                           qk_err *e);
 
 #endif

@@ -11,6 +11,7 @@
 
 #include "service/audit.h"
 #include "service/audit_seal.h"
+#include "service/ca.h"
 #include "service/crl.h"
 #include "service/keycache.h"
 #include "deadline.h"
@@ -216,6 +217,10 @@ static void *loop(void *arg)
         if (time(NULL) >= next_crl) {
             qk_err ce;
             int every = m->k->cfg->ca_crl_interval / 4;
+            /* A CA version another instance made (rotation) first. */
+            if (ca_refresh(m->k->ca, m->k->db, &ce) != QK_OK)
+                log_emit(LOG_WARN, "platform CA versions not re-read", "{s:s}", "error",
+                         ce.detail);
             crl_refresh(m->k, false, &ce);
             next_crl = time(NULL) + (every < 60 ? every : 60);
         }

@@ -226,7 +226,13 @@ static X509 *build(qk_ca *ca, EVP_PKEY *key, const name_list *nl)
     if (ca_end && ca_end - time(NULL) < secs)
         secs = (long)(ca_end - time(NULL));
     ok = x && n && secs > 3600 && X509_set_version(x, 2) == 1 && x509_random_serial(x) == 0 &&
-         X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)nl->v[0].name,
+         /* A CN holds at most 64 characters (RFC 5280's ub-common-name);
+          * the names themselves are in the subjectAltName, which clients
+          * match. */
+         X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8,
+                                    (const unsigned char *)(strlen(nl->v[0].name) <= 64
+                                                                ? nl->v[0].name
+                                                                : "qkms kmsd"),
                                     -1, -1, 0) == 1 &&
          X509_set_subject_name(x, n) == 1 &&
          X509_set_issuer_name(x, X509_get_subject_name(issuer)) == 1 &&
@@ -312,6 +318,7 @@ int servercert_ensure(qk_svc *s, const char *names, const char *cert_file, const
         goto out;
     }
     if ((rv = ca_sign(s->ca, x)) != CKR_OK) {
+        /* CKR_KEY_CHANGED: the CA rotated meanwhile; a start retries. */
         snprintf(err, el, "the token did not sign the server certificate: %s", p11_rv_name(rv));
         goto out;
     }

@@ -8,16 +8,16 @@
  *  - token_certs_bind: the token must be live (404 not_found); the
  *    certificate passes certs_parse_client (422 invalid_certificate,
  *    certificate_expired, not_client_certificate, unsupported_key) and
- *    neither it nor its key is on record for another principal, a device's
- *    active certificate or another live token (422 certificate_in_use; the
- *    same certificate twice for one token too). Its issuer is not checked
+ *    neither it nor its key is on record for another principal: any
+ *    device certificate, active or revoked, or another live token (422
+ *    certificate_in_use; the same certificate twice for one token too). Its issuer is not checked
  *    here: a binding names who a certificate is, the TLS configuration
  *    says whom to believe (the platform CA, tls_client_ca_file). The row
  *    and its audit row (token.certificate_bound) commit together, under
  *    the key's lock that device certificates take too.
  *  - token_certs_unbind: 404 when the live token has no such certificate;
- *    audit row token.certificate_unbound. A revoked token's bindings no
- *    longer authenticate and are no longer listed.
+ *    audit row token.certificate_unbound. Revoking a token deletes its
+ *    bindings in the same statement (Q_TOKEN_REVOKE).
  *  - token_certs_lookup: the live token a certificate (SHA-256 hex of its
  *    DER) is bound to: DB_OK with *who, DB_NOT_FOUND, or the outage.
  */

@@ -14,6 +14,7 @@
 #include <openssl/x509_vfy.h>
 
 #include "log.h"
+#include "service/x509util.h"
 
 /* How often trust_store looks at the CRL file. */
 #define TRUST_CRL_CHECK_S 10
@@ -64,32 +65,6 @@ static char *read_all(const char *path, size_t *len, char *err, size_t el)
 fail:
     fclose(f);
     free(buf);
-    return NULL;
-}
-
-static STACK_OF(X509) *parse_certs(const char *pem, size_t len)
-{
-    BIO *b = BIO_new_mem_buf(pem, (int)len);
-    STACK_OF(X509) *sk = sk_X509_new_null();
-    X509 *x;
-    if (!b || !sk)
-        goto fail;
-    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)))
-        if (!sk_X509_push(sk, x)) {
-            X509_free(x);
-            goto fail;
-        }
-    /* The loop ends at the end of the input (PEM_R_NO_START_LINE) or at a
-     * block that does not parse: only the first is fine. */
-    if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE || sk_X509_num(sk) == 0)
-        goto fail;
-    ERR_clear_error();
-    BIO_free(b);
-    return sk;
-fail:
-    ERR_clear_error();
-    BIO_free(b);
-    sk_X509_pop_free(sk, X509_free);
     return NULL;
 }
 
@@ -166,7 +141,7 @@ int trust_open(qk_trust **out, const char *ca_file, const char *crl_file, char *
     pthread_mutex_init(&t->mu, NULL);
     if (!(t->ca_pem = read_all(ca_file, &len, err, el)))
         goto fail;
-    if (!(t->cas = parse_certs(t->ca_pem, len))) {
+    if (!(t->cas = x509_parse_chain(t->ca_pem, len))) {
         snprintf(err, el, "tls_client_ca_file %s: no certificate, or one that does not parse",
                  ca_file);
         goto fail;

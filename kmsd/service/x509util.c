@@ -1,12 +1,14 @@
 /* x509util — small X.509 and PEM helpers of the CA and the certificates (x509util.h). */
 #include "service/x509util.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -148,4 +150,30 @@ int x509_serial_hex(X509 *x, char *out, size_t len)
     OPENSSL_free(h);
     BN_free(bn);
     return rc;
+}
+
+STACK_OF(X509) *x509_parse_chain(const char *pem, size_t len)
+{
+    BIO *b = len <= INT_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
+    STACK_OF(X509) *sk = sk_X509_new_null();
+    X509 *x;
+    if (!b || !sk)
+        goto fail;
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)))
+        if (!sk_X509_push(sk, x)) {
+            X509_free(x);
+            goto fail;
+        }
+    /* The loop ends at the end of the text (PEM_R_NO_START_LINE) or at a
+     * block that does not parse: only the first will do. */
+    if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE || sk_X509_num(sk) == 0)
+        goto fail;
+    ERR_clear_error();
+    BIO_free(b);
+    return sk;
+fail:
+    ERR_clear_error();
+    BIO_free(b);
+    sk_X509_pop_free(sk, X509_free);
+    return NULL;
 }

@@ -36,5 +36,8 @@ int x509_serial_hex(X509 *x, char *out, size_t len);
 /* A random positive 128-bit serial (RAND_bytes) set on x (x509_serial_hex
  * reads it back). 0, or -1. */
 int x509_random_serial(X509 *x);
+/* Every certificate of a PEM text, in order (sk_X509_pop_free); NULL when
+ * there is none or a block does not parse. */
+STACK_OF(X509) *x509_parse_chain(const char *pem, size_t len);
 
 #endif

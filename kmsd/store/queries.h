@@ -41,9 +41,11 @@
       " last_used_at,"            \
       " revoked_at, created_by"   \
       " FROM admin_tokens ORDER BY created_at, id")                                            \
-    X(Q_TOKEN_REVOKE,                                                                          \
-      "UPDATE admin_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL"      \
-      " RETURNING revoked_at")    \
+    X(Q_TOKEN_REVOKE, /* its client certificates' bindings go with it (token_certs.h) */       \
+      "WITH r AS (UPDATE admin_tokens SET revoked_at = now() WHERE name = $1"                  \
+      "  AND revoked_at IS NULL RETURNING id, revoked_at),"                                    \
+      " d AS (DELETE FROM token_certificates WHERE token_id IN (SELECT id FROM r))"            \
+      " SELECT revoked_at FROM r")                                                             \
     X(Q_TOKEN_BY_HASH, "SELECT name, revoked_at IS NOT NULL FROM admin_tokens WHERE token_hash = $1") \
     X(Q_TOKEN_LIVE_NAME, "SELECT 1 FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")  \
     X(Q_TOKEN_NAME_EVER, "SELECT 1 FROM admin_tokens WHERE name = $1 LIMIT 1")                 \
@@ -377,13 +379,26 @@ extern const db_stmt_def queries[Q__COUNT];
     /* the platform CA and device certificates (service/ca.c) */                                \
     X(QT_CA_LOCK, "SELECT pg_advisory_lock(" QKMS_CA_LOCK_KEY ")")                               \
     X(QT_CA_UNLOCK, "SELECT pg_advisory_unlock(" QKMS_CA_LOCK_KEY ")")                           \
-    X(QT_CA_LIST,                                                                               \
-      "SELECT version, label, state, encode(certificate, 'hex') FROM ca_keys"                   \
-      " ORDER BY (state = 'active') DESC, version DESC")                                        \
+    X(QT_CA_LIST, /* the versions that have a certificate (not a pending one) */               \
+      "SELECT version, label, state, encode(certificate, 'hex'), issuers FROM ca_keys"          \
+      " WHERE state <> 'pending' ORDER BY (state = 'active') DESC, version DESC")               \
+    X(QT_CA_PENDING, "SELECT version, label, csr FROM ca_keys WHERE state = 'pending'")         \
+    X(QT_CA_MAX_VERSION, "SELECT coalesce(max(version), 0) FROM ca_keys")                       \
+    X(QT_CA_INSERT_PENDING, /* $1 version, $2 label, $3 csr PEM */                              \
+      "INSERT INTO ca_keys (version, label, state, csr) VALUES ($1::int, $2, 'pending', $3)")   \
+    X(QT_CA_ACTIVATE, /* $1 version, $2 certificate hex, $3 not_after, $4 issuers PEM */      \
+      "UPDATE ca_keys SET state = 'active', certificate = decode($2, 'hex'),"                   \
+      " not_after = to_timestamp($3::bigint), issuers = $4, csr = NULL"                         \
+      " WHERE version = $1::int AND state = 'pending'")                                         \
     X(QT_CA_INSERT,                                                                             \
       "INSERT INTO ca_keys (version, label, certificate, not_after)"                            \
       " VALUES ($1::int, $2, decode($3, 'hex'), to_timestamp($4::bigint))")                     \
     X(QT_CA_ROW_LOCK, "SELECT version FROM ca_keys WHERE version = $1::int FOR UPDATE")         \
+    X(QT_CA_RETIRE,                                                                             \
+      "UPDATE ca_keys SET state = 'retired', retired_at = now() WHERE state = 'active'")        \
+    X(QT_BEGIN, "BEGIN")                                                                        \
+    X(QT_COMMIT, "COMMIT")                                                                      \
+    X(QT_ROLLBACK, "ROLLBACK")                                                                  \
     X(QT_CRL_NEWEST, /* $1 version, $2 interval_s: number, and whether it is current: */       \
       /* recent enough, and no revocation since it was made */                                   \
       "SELECT crl_number, this_update > now() - make_interval(secs => $2::int)"                 \
@@ -403,6 +418,10 @@ extern const db_stmt_def queries[Q__COUNT];
       " ORDER BY crl_number DESC LIMIT 1")                                                      \
     X(QT_CERT_DEVICE, /* $1 device_id: the device, locked against a concurrent revoke */        \
       "SELECT id, state FROM devices WHERE device_id = $1 FOR SHARE")                           \
+    X(QT_CERT_DEVICE_UNTIL, /* $1 device_id: its state, and its active keys' latest notAfter */ \
+      "SELECT d.state, extract(epoch FROM max(k.not_after) FILTER (WHERE k.state = 'active'"    \
+      " AND k.not_after > now()))::bigint FROM devices d LEFT JOIN device_keys k"               \
+      " ON k.device_pk = d.id WHERE d.device_id = $1 GROUP BY d.state")                         \
     X(QT_CERT_SPKI_LOCK, /* $1 spki hex: writers of one key take turns */                      \
       "SELECT pg_advisory_xact_lock(hashtextextended($1, " QKMS_CA_LOCK_KEY "))")              \
     X(QT_CERT_SPKI_ELSEWHERE, /* $1 spki hex, $2 device_id: who else holds the key */           \
@@ -414,9 +433,9 @@ extern const db_stmt_def queries[Q__COUNT];
     X(QT_TCERT_TOKEN, /* $1 token name: the live token, locked against a revoke */              \
       "SELECT id FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL"                      \
       " AND (expires_at IS NULL OR expires_at > now()) FOR SHARE")                              \
-    X(QT_TCERT_ELSEWHERE, /* $1 spki hex, $2 token id: who else holds the key */               \
+    X(QT_TCERT_ELSEWHERE, /* $1 spki hex, $2 token id: who else holds (or held) it */         \
       "(SELECT 'device ''' || device_id || '''' FROM certificates"                              \
-      " WHERE spki_sha256 = decode($1, 'hex') AND state = 'active')"                            \
+      " WHERE spki_sha256 = decode($1, 'hex'))"                                                 \
       " UNION ALL (SELECT 'admin token ''' || t.name || '''' FROM token_certificates c"         \
       " JOIN admin_tokens t ON t.id = c.token_id WHERE c.spki_sha256 = decode($1, 'hex')"      \
       " AND c.token_id <> $2::bigint AND t.revoked_at IS NULL) LIMIT 1")                       \

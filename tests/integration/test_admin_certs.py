@@ -195,11 +195,18 @@ def test_refusals(at):
     r = at.bind(other, cert)
     assert r.status_code == 422 and r.json()["error"]["code"] == "certificate_in_use"
     assert name in r.json()["error"]["message"]
-    # A revoked token's certificate authenticates no more.
+    # A revoked token's certificate authenticates no more; its binding went
+    # with it, so the certificate may be bound to another token.
     assert at.call("GET", "/v1/admin/devices", cert=(crt, kf)).status_code == 200
     assert at.admin("DELETE", f"/v1/admin/tokens/{name}").status_code == 200
     r = at.call("GET", "/v1/admin/devices", cert=(crt, kf))
     assert r.status_code == 401 and r.json()["error"]["code"] == "client_certificate_refused"
+    assert int(at.st.psql(f"SELECT count(*) FROM token_certificates WHERE sha256 = "
+                          f"decode('{sha(cert)}', 'hex')").strip()) == 0
+    assert at.bind(other, cert).status_code == 201
+    r = at.call("GET", "/v1/admin/devices", cert=(crt, kf))
+    assert r.status_code == 200, r.text
+    assert at.admin("DELETE", f"/v1/admin/tokens/{other}").status_code == 200
     # A certificate of an issuer nobody trusts.
     key = ec.generate_private_key(ec.SECP256R1())
     n = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "stranger")])
@@ -232,11 +239,20 @@ def test_a_device_certificate_key_is_not_an_admin_key(at):
     r = at.admin("POST", f"/v1/admin/devices/{did}/certificates",
                  json={"csr": csr.public_bytes(PEM).decode()})
     assert r.status_code == 201, r.text
+    rec = r.json()
     name, _ = at.token("operator")
     r = at.admin("POST", f"/v1/admin/tokens/{name}/certificates",
-                 json={"certificate": r.json()["certificate"]})
+                 json={"certificate": rec["certificate"]})
     assert r.status_code == 422 and r.json()["error"]["code"] == "certificate_in_use", r.text
     assert did in r.json()["error"]["message"]
+    # Revoked, the device's certificate (it still verifies against the
+    # platform CA) never becomes an operator's either.
+    r = at.admin("POST", f"/v1/admin/devices/{did}/certificates/{rec['serial']}/revoke",
+                 json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    r = at.admin("POST", f"/v1/admin/tokens/{name}/certificates",
+                 json={"certificate": rec["certificate"]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "certificate_in_use", r.text
 
 
 def test_require_mode(at):

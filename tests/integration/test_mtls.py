@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import ROOT, Stack, _finish, free_port, wait_for
+from conftest import KMSCTL, ROOT, Stack, _finish, free_port, wait_for
 from helpers import PEM, OtherCA, key_pem, self_signed_server, uid
 from qkms_proto_py import Device
 
@@ -455,3 +455,132 @@ def test_kmsd_issues_its_server_certificate_from_the_platform_ca(tmp_path):
         st.proc = None
     finally:
         _finish(st)
+
+
+# ---- key pairs made by the platform, sealed to a station -------------------------
+
+def test_generated_key_pair_comes_only_sealed_to_the_station(mt, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import x25519
+    import fillpkg_py
+    (a, _, _, _), (b, _, _, _) = pair(mt)
+    station = x25519.X25519PrivateKey.generate()
+    pub, priv, pkg = tmp_path / "station.pub", tmp_path / "station.pem", tmp_path / "id.qkfp"
+    pub.write_bytes(station.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv.write_bytes(key_pem(station))
+    before = int(mt.st.psql(f"SELECT count(*) FROM certificates WHERE device_id = '{a.device_id}'"))
+    env = dict(mt.st.env, KMS_ADDR=mt.st.url, KMS_TOKEN=mt.st.admin_token)
+    p = subprocess.run([KMSCTL, "device", "cert", "issue", a.device_id, "--generate",
+                        "--recipient-pub", str(pub), "--out", str(pkg), "--validity", "30",
+                        "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["key_generated"] is True and rec["package_format"] == "qkms-tls-identity/1"
+    assert "package" not in rec and rec["recipient_fingerprint"] == fillpkg_py.fingerprint(
+        station.public_key())
+    # The second implementation opens it; the key is the certificate's.
+    doc = json.loads(fillpkg_py.open_package(station, pkg.read_bytes()))
+    assert doc["format"] == "qkms-tls-identity/1" and doc["device_id"] == a.device_id
+    assert doc["serial"] == rec["serial"] and doc["certificate"] == rec["certificate"]
+    cert = x509.load_pem_x509_certificate(doc["certificate"].encode())
+    key = serialization.load_pem_private_key(doc["private_key"].encode(), None)
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+    assert (cert.not_valid_after - cert.not_valid_before).days in (29, 30)
+    assert "qkms platform CA" in doc["chain"] or "BEGIN CERTIFICATE" in doc["chain"]
+    # kmsctl opens it the same way, and checks the pair.
+    p = subprocess.run([KMSCTL, "fill", "open", "--key", str(priv), str(pkg), "--json"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and json.loads(p.stdout) == doc, p.stderr
+    # The identity authenticates over mutual TLS.
+    crt, kf = mt.files("gen-" + a.device_id, doc["certificate"].encode(), key)
+    assert mt.post(a.key_request(sid(), b.device_id), cert=(crt, kf)).status_code == 200
+    # The key is nowhere but in the package: not in PostgreSQL, not in the log.
+    body = "".join(doc["private_key"].splitlines()[1:-1])
+    assert body[20:60] not in mt.st.logs()
+    dump = mt.st.psql("SELECT string_agg(encode(der, 'base64'), '') FROM certificates")
+    assert body[20:60] not in dump.replace("\n", "")
+    assert int(mt.st.psql(f"SELECT count(*) FROM certificates WHERE device_id = '{a.device_id}'")) \
+        == before + 1
+
+
+def test_generate_refusals_store_nothing(mt, tmp_path):
+    (a, _, _, _) = mt.device("vehicle")
+    count = f"SELECT count(*) FROM certificates WHERE device_id = '{a.device_id}'"
+    before = int(mt.st.psql(count))
+    station = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    path = f"/v1/admin/devices/{a.device_id}/certificates"
+    for body, code in (({"generate": True}, "invalid_recipient_key"),
+                       ({"generate": True, "recipient_pub": "junk"}, "invalid_recipient_key"),
+                       ({"generate": False, "recipient_pub": station}, "invalid_request"),
+                       ({"recipient_pub": station, "csr": "x"}, "invalid_request"),
+                       ({"generate": True, "recipient_pub": station, "csr": "x"}, "invalid_request"),
+                       ({"generate": True, "recipient_pub": station, "validity_days": 0},
+                        "invalid_validity")):
+        r = mt.st.admin("POST", path, json=body)
+        assert r.status_code == 422 and r.json()["error"]["code"] == code, (body, r.text)
+    r = mt.st.admin("POST", "/v1/admin/devices/NO-SUCH/certificates",
+                    json={"generate": True, "recipient_pub": station})
+    assert r.status_code == 404, r.text
+    assert int(mt.st.psql(count)) == before
+    env = dict(mt.st.env, KMS_ADDR=mt.st.url, KMS_TOKEN=mt.st.admin_token)
+    for extra, what in ((["--generate"], "--recipient-pub"),
+                        (["--generate", "--csr", "x.csr"], "exclude"),
+                        (["--recipient-pub", "x.pem"], "goes with --generate")):
+        p = subprocess.run([KMSCTL, "device", "cert", "issue", a.device_id, *extra], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and what in p.stderr, (extra, p.stderr)
+
+
+def test_fill_package_carries_the_tls_identity(mt, tmp_path):
+    """device fill --with-certificate: one package, sealed to the station,
+    with the device keys and the TLS identity the platform made."""
+    from cryptography.hazmat.primitives.asymmetric import x25519
+    import fillpkg_py
+    (b, _, _, _) = mt.device("encryptor")
+    did = uid("VEH")
+    r = mt.st.admin("POST", "/v1/admin/devices",
+                    json={"device_id": did, "type": "vehicle", "group": mt.group})
+    assert r.status_code == 201, r.text
+    station = x25519.X25519PrivateKey.generate()
+    pub, priv, pkg = tmp_path / "st.pub", tmp_path / "st.pem", tmp_path / "fill.qkfp"
+    pub.write_bytes(station.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv.write_bytes(key_pem(station))
+    env = dict(mt.st.env, KMS_ADDR=mt.st.url, KMS_TOKEN=mt.st.admin_token)
+    p = subprocess.run([KMSCTL, "device", "fill", did, "--recipient-pub", str(pub), "--out",
+                        str(pkg), "--with-certificate", "--cert-validity", "20", "--json"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["certificate"]["key_generated"] is True and rec["certificate"]["device_id"] == did
+    doc = json.loads(fillpkg_py.open_package(station, pkg.read_bytes()))
+    assert doc["format"] == "qkms-fill/1" and doc["keys"]
+    tls = doc["tls"]
+    assert tls["format"] == "qkms-tls-identity/1" and tls["serial"] == rec["certificate"]["serial"]
+    cert = x509.load_pem_x509_certificate(tls["certificate"].encode())
+    key = serialization.load_pem_private_key(tls["private_key"].encode(), None)
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+    assert (cert.not_valid_after - cert.not_valid_before).days in (19, 20)
+    p = subprocess.run([KMSCTL, "fill", "open", "--key", str(priv), str(pkg)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "TLS identity" in p.stdout, p.stderr
+    # The device uses both: its keys in the envelope, its identity for TLS.
+    dev = Device.from_fill(doc)
+    crt, kf = mt.files("fill-" + did, tls["certificate"].encode(), key)
+    assert mt.post(dev.key_request(sid(), b.device_id), cert=(crt, kf)).status_code == 200
+    # A fill that fails (keys exported already, no --force) revokes the
+    # certificate it had made: nobody holds that key.
+    r = mt.st.admin("POST", f"/v1/admin/devices/{did}/fill",
+                    json={"recipient_pub": pub.read_text(), "certificate": True})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "already_exported", r.text
+    certs = mt.st.admin("GET", f"/v1/admin/devices/{did}/certificates").json()["certificates"]
+    assert [(c["state"], c["revoke_reason"]) for c in certs] == \
+        [("active", None), ("revoked", "superseded")]
+    # Sealed only.
+    r = mt.st.admin("POST", f"/v1/admin/devices/{did}/fill",
+                    json={"plaintext": True, "certificate": True, "force": True})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+    r = mt.st.admin("POST", f"/v1/admin/devices/{did}/fill",
+                    json={"recipient_pub": pub.read_text(), "certificate": {"days": 3}})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text

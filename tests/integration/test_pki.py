@@ -90,10 +90,11 @@ def test_ca_key_pair_lives_in_the_token_sensitive_and_never_extractable(pki):
     access = [a.strip() for a in re.search(r"Access:\s+(.*)", b).group(1).split(",")]
     assert "sensitive" in access and "never extractable" in access and "extractable" not in access
     assert [u.strip() for u in re.search(r"Usage:\s+(.*)", b).group(1).split(",")] == ["sign"]
-    # And nothing of it in the database: ca_keys holds the certificate only.
+    # And nothing of it in the database: ca_keys holds certificates (and a
+    # pending version's CSR, and an operator's issuers) only.
     cols = pki.psql("SELECT string_agg(column_name, ',' ORDER BY column_name) FROM "
                     "information_schema.columns WHERE table_name = 'ca_keys'").strip()
-    assert cols == "certificate,created_at,label,not_after,retired_at,state,version"
+    assert cols == "certificate,created_at,csr,issuers,label,not_after,retired_at,state,version"
 
 
 def test_ca_chain_is_a_self_signed_root_the_token_key_signed(pki, tmp_path):
@@ -763,3 +764,22 @@ def test_kmsctl_ca_crl_needs_no_token(pki, tmp_path):
     p = subprocess.run([KMSCTL, "ca", "show"], env=env, cwd=tmp_path, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2  # the admin view still needs one
+
+
+def test_certificate_never_outlives_the_device(pki):
+    """Validity: never beyond the device's own (its active keys' latest
+    notAfter); a device with no live key gets no certificate."""
+    did = uid()
+    r = pki.admin("POST", "/v1/admin/devices",
+                  json={"device_id": did, "type": "vehicle", "keys": 1, "validity_days": 10})
+    assert r.status_code == 201, r.text
+    r = issue(pki, did, csr_pem(did)[0])
+    assert r.status_code == 201, r.text
+    cert = x509.load_pem_x509_certificate(r.json()["certificate"].encode())
+    assert cert.not_valid_after - cert.not_valid_before <= datetime.timedelta(days=10, minutes=2)
+    # Its only key destroyed (as the reaper would once it expired): refused.
+    pki.psql(f"UPDATE device_keys SET state = 'destroyed', wrapped = NULL, master_version = NULL "
+             f"WHERE device_pk = (SELECT id FROM devices WHERE device_id = '{did}')")
+    r = issue(pki, did, csr_pem(did)[0])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_state", r.text
+    assert "no live key" in r.json()["error"]["message"]

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 #include <openssl/rand.h>
 
+#include "qkd_http.h"
 #include "qkms_device.h"
 #include "qkms_proto.h"
 
@@ -635,6 +636,27 @@ static void gcm_open_wipes(void **state)
     assert_int_equal(qkp_open(K0, 16, N0, NULL, 0, ct, QKP_TAG_LEN, pt), 0);
 }
 
+/* Pins as libqkms-device callers may pass them, the shortest entries
+ * included (each grows by "sha256//" and a ';' in libcurl's form): the
+ * exchange fails at connect (nothing listens on port 1), and ASan sees
+ * every byte the list took. */
+static void http_pin_lists(void **state)
+{
+    static const char *const pins[] = {"a", "a;a;a;a;a;a;a;a", ";;;", "sha256//a;b", "a;", ""};
+    (void)state;
+    assert_int_equal(qkd_http_global_init(), QKD_HTTP_OK);
+    for (size_t i = 0; i < sizeof(pins) / sizeof(pins[0]); i++) {
+        qkd_http_opts o = {.timeout_s = 5, .pin_sha256 = pins[i]};
+        qkd_http_response r;
+        char err[256];
+        assert_int_equal(qkd_http_post("https://127.0.0.1:1", "/v1/sessions/key", "{}", 2, &o, &r,
+                                       err, sizeof(err)),
+                         QKD_HTTP_TRANSPORT);
+        assert_null(r.body);
+    }
+    qkd_http_global_cleanup();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -651,6 +673,7 @@ int main(void)
         cmocka_unit_test(b64url_edges),
         cmocka_unit_test(ids_and_aad),
         cmocka_unit_test(gcm_open_wipes),
+        cmocka_unit_test(http_pin_lists),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
