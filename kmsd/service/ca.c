@@ -140,67 +140,51 @@ static CK_RV sign_into(p11_token *t, CK_OBJECT_HANDLE priv, const unsigned char 
     return rv;
 }
 
-/* Sign x in the token with the active CA key. OpenSSL has no call that
- * takes a signature made elsewhere, so x is first signed with a throwaway
- * key, which sets both signature algorithm fields to ecdsa-with-SHA256 and
- * marks the cached encoding modified (so i2d_X509 encodes the whole
- * certificate afresh); the to-be-signed part is then encoded again,
- * signed in the token, and the throwaway signature replaced. The result
- * is verified with the CA's public key, so a token fault never yields a
- * certificate that does not verify. */
-static CK_RV token_sign(p11_token *t, CK_OBJECT_HANDLE priv, X509 *x, EVP_PKEY *ca_pub)
-{
-    EVP_PKEY *tmp = EVP_EC_gen("P-256");
-    unsigned char *tbs = NULL;
-    int tbsl;
-    CK_RV rv = CKR_FUNCTION_FAILED;
-    const ASN1_BIT_STRING *sig;
-    const X509_ALGOR *alg;
-    if (tmp && X509_sign(x, tmp, EVP_sha256()) > 0 && (tbsl = i2d_re_X509_tbs(x, &tbs)) > 0) {
-        X509_get0_signature(&sig, &alg, x);
-        if ((rv = sign_into(t, priv, tbs, tbsl, sig)) == CKR_OK && X509_verify(x, ca_pub) != 1)
-            rv = CKR_SIGNATURE_INVALID;
-    }
-    OPENSSL_free(tbs);
-    EVP_PKEY_free(tmp);
-    return rv;
-}
+/* What the token signs: a certificate, a CRL or a certificate request. */
+typedef enum { SIGN_CERT, SIGN_CRL, SIGN_REQ } sign_kind;
 
-/* As token_sign, for a CRL. */
-static CK_RV token_sign_crl(p11_token *t, CK_OBJECT_HANDLE priv, X509_CRL *crl, EVP_PKEY *ca_pub)
+/* Sign obj (a kind) in the token with the CA key priv. OpenSSL has no call
+ * that takes a signature made elsewhere, so obj is first signed with a
+ * throwaway key, which sets both signature algorithm fields to
+ * ecdsa-with-SHA256 and marks the cached encoding modified (so it is
+ * encoded afresh); the to-be-signed part is then encoded again, signed in
+ * the token, and the throwaway signature replaced. The result is verified
+ * with the CA's public key, so a token fault never yields an object that
+ * does not verify. */
+static CK_RV token_sign(p11_token *t, CK_OBJECT_HANDLE priv, sign_kind kind, void *obj,
+                        EVP_PKEY *ca_pub)
 {
     EVP_PKEY *tmp = EVP_EC_gen("P-256");
     unsigned char *tbs = NULL;
-    int tbsl;
+    int tbsl = 0, ok = 0;
     CK_RV rv = CKR_FUNCTION_FAILED;
-    const ASN1_BIT_STRING *sig;
+    const ASN1_BIT_STRING *sig = NULL;
     const X509_ALGOR *alg;
-    if (tmp && X509_CRL_sign(crl, tmp, EVP_sha256()) > 0 &&
-        (tbsl = i2d_re_X509_CRL_tbs(crl, &tbs)) > 0) {
-        X509_CRL_get0_signature(crl, &sig, &alg);
-        if ((rv = sign_into(t, priv, tbs, tbsl, sig)) == CKR_OK && X509_CRL_verify(crl, ca_pub) != 1)
-            rv = CKR_SIGNATURE_INVALID;
-    }
-    OPENSSL_free(tbs);
-    EVP_PKEY_free(tmp);
-    return rv;
-}
 
-/* As token_sign, for a certificate request. */
-static CK_RV token_sign_req(p11_token *t, CK_OBJECT_HANDLE priv, X509_REQ *req, EVP_PKEY *pub)
-{
-    EVP_PKEY *tmp = EVP_EC_gen("P-256");
-    unsigned char *tbs = NULL;
-    int tbsl;
-    CK_RV rv = CKR_FUNCTION_FAILED;
-    const ASN1_BIT_STRING *sig;
-    const X509_ALGOR *alg;
-    if (tmp && X509_REQ_sign(req, tmp, EVP_sha256()) > 0 &&
-        (tbsl = i2d_re_X509_REQ_tbs(req, &tbs)) > 0) {
-        X509_REQ_get0_signature(req, &sig, &alg);
-        if ((rv = sign_into(t, priv, tbs, tbsl, sig)) == CKR_OK && X509_REQ_verify(req, pub) != 1)
-            rv = CKR_SIGNATURE_INVALID;
+    if (!tmp)
+        goto out;
+    switch (kind) {
+    case SIGN_CERT:
+        if ((ok = X509_sign(obj, tmp, EVP_sha256()) > 0 && (tbsl = i2d_re_X509_tbs(obj, &tbs)) > 0))
+            X509_get0_signature(&sig, &alg, obj);
+        break;
+    case SIGN_CRL:
+        if ((ok = X509_CRL_sign(obj, tmp, EVP_sha256()) > 0 &&
+                  (tbsl = i2d_re_X509_CRL_tbs(obj, &tbs)) > 0))
+            X509_CRL_get0_signature(obj, &sig, &alg);
+        break;
+    case SIGN_REQ:
+        if ((ok = X509_REQ_sign(obj, tmp, EVP_sha256()) > 0 &&
+                  (tbsl = i2d_re_X509_REQ_tbs(obj, &tbs)) > 0))
+            X509_REQ_get0_signature(obj, &sig, &alg);
+        break;
     }
+    if (ok && (rv = sign_into(t, priv, tbs, tbsl, sig)) == CKR_OK &&
+        (kind == SIGN_CERT  ? X509_verify(obj, ca_pub)
+         : kind == SIGN_CRL ? X509_CRL_verify(obj, ca_pub)
+                            : X509_REQ_verify(obj, ca_pub)) != 1)
+        rv = CKR_SIGNATURE_INVALID;
+out:
     OPENSSL_free(tbs);
     EVP_PKEY_free(tmp);
     return rv;
@@ -238,7 +222,7 @@ static X509 *make_root(qk_ca *ca, int version, const char *label, char *err, siz
         snprintf(err, el, "building the CA certificate failed");
         goto fail;
     }
-    if ((rv = token_sign(ca->t, priv, x, pub)) != CKR_OK) {
+    if ((rv = token_sign(ca->t, priv, SIGN_CERT, x, pub)) != CKR_OK) {
         snprintf(err, el, "signing the CA certificate in the token: %s", p11_rv_name(rv));
         goto fail;
     }
@@ -596,7 +580,7 @@ CK_RV ca_sign(qk_ca *ca, X509 *x)
     if (!(pub = X509_get_pubkey(ca->v[a].cert)))
         return CKR_HOST_MEMORY;
     if ((rv = priv_handle(ca, a, &priv)) == CKR_OK)
-        rv = token_sign(ca->t, priv, x, pub);
+        rv = token_sign(ca->t, priv, SIGN_CERT, x, pub);
     EVP_PKEY_free(pub);
     return after_sign(ca, a, rv);
 }
@@ -612,7 +596,7 @@ CK_RV ca_sign_crl(qk_ca *ca, int version, X509_CRL *crl)
     if (!(pub = X509_get_pubkey(ca->v[i].cert)))
         return CKR_HOST_MEMORY;
     if ((rv = priv_handle(ca, i, &priv)) == CKR_OK)
-        rv = token_sign_crl(ca->t, priv, crl, pub);
+        rv = token_sign(ca->t, priv, SIGN_CRL, crl, pub);
     EVP_PKEY_free(pub);
     return after_sign(ca, i, rv);
 }
@@ -775,7 +759,7 @@ static char *make_csr(qk_ca *ca, int version, const char *label, char *err, size
         goto out;
     }
     ku = NULL;
-    if ((rv = token_sign_req(ca->t, priv, req, pub)) != CKR_OK) {
+    if ((rv = token_sign(ca->t, priv, SIGN_REQ, req, pub)) != CKR_OK) {
         snprintf(err, el, "signing the CA's CSR in the token: %s", p11_rv_name(rv));
         goto out;
     }

@@ -424,6 +424,21 @@ out:
     return k;
 }
 
+/* What issuing needs before anything is built: a device ID, a validity in
+ * range, a CA with more than a day left. */
+static qk_kind issue_checks(qk_ca *ca, const char *device_id, int days, qk_err *e)
+{
+    if (!device_id_valid(device_id))
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such device");
+    if (days < 1 || days > CERT_MAX_DAYS)
+        return qk_fail(e, QK_INVALID, "invalid_validity", "validity_days must be 1..%d",
+                       CERT_MAX_DAYS);
+    if (X509_cmp_time(X509_get0_notAfter(ca_active_cert(ca, NULL)), &(time_t){time(NULL) + 86400}) <= 0)
+        return qk_fail(e, QK_UNAVAILABLE, "unavailable",
+                       "the platform CA expires within a day: no certificate is issued");
+    return QK_OK;
+}
+
 qk_kind certs_issue(qk_svc *s, const qk_principal *who, const cert_request *rq, json_t **out,
                     qk_err *e)
 {
@@ -438,14 +453,8 @@ qk_kind certs_issue(qk_svc *s, const qk_principal *who, const cert_request *rq, 
 
     qk_clear(e);
     *out = NULL;
-    if (!device_id_valid(rq->device_id))
-        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such device");
-    if (days < 1 || days > CERT_MAX_DAYS)
-        return qk_fail(e, QK_INVALID, "invalid_validity", "validity_days must be 1..%d",
-                       CERT_MAX_DAYS);
-    if (X509_cmp_time(X509_get0_notAfter(ca_active_cert(ca, NULL)), &(time_t){time(NULL) + 86400}) <= 0)
-        return qk_fail(e, QK_UNAVAILABLE, "unavailable",
-                       "the platform CA expires within a day: no certificate is issued");
+    if ((k = issue_checks(ca, rq->device_id, days, e)) != QK_OK)
+        return k;
     if ((k = parse_csr(rq, &req, &key, e)) != QK_OK)
         return k;
     if ((k = device_until(s, rq->device_id, &device_end, e)) != QK_OK)
@@ -503,14 +512,8 @@ qk_kind certs_identity(qk_svc *s, const qk_principal *who, const cert_request *r
     qk_clear(e);
     *doc = NULL;
     *record = NULL;
-    if (!device_id_valid(rq->device_id))
-        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such device");
-    if (days < 1 || days > CERT_MAX_DAYS)
-        return qk_fail(e, QK_INVALID, "invalid_validity", "validity_days must be 1..%d",
-                       CERT_MAX_DAYS);
-    if (X509_cmp_time(X509_get0_notAfter(ca_active_cert(ca, NULL)), &(time_t){time(NULL) + 86400}) <= 0)
-        return qk_fail(e, QK_UNAVAILABLE, "unavailable",
-                       "the platform CA expires within a day: no certificate is issued");
+    if ((k = issue_checks(ca, rq->device_id, days, e)) != QK_OK)
+        return k;
     if ((k = device_until(s, rq->device_id, &device_end, e)) != QK_OK)
         goto out;
     if (!(key = EVP_EC_gen("P-256")) ||
