@@ -605,22 +605,32 @@ X509_STORE *ca_store(qk_ca *ca) { return ca->store; }
 
 /* ---- new versions ------------------------------------------------------------ */
 
+/* sync_versions under ca->lock (held only for the appends), for the
+ * paths that run while kmsd serves. */
+static qk_kind sync_locked(qk_ca *ca, db_conn *c, qk_err *e)
+{
+    char err[256];
+    int rc;
+    pthread_mutex_lock(&ca->lock);
+    rc = sync_versions(ca, c, err, sizeof(err));
+    pthread_mutex_unlock(&ca->lock);
+    return rc == 0 ? QK_OK : qk_fail(e, QK_UNAVAILABLE, "unavailable", "%s", err);
+}
+
 qk_kind ca_refresh(qk_ca *ca, db_pool *db, qk_err *e)
 {
     db_status st;
     db_conn *c = db_acquire(db, &st);
-    char err[256];
-    int before, rc;
+    int before;
+    qk_kind k;
     qk_clear(e);
     if (!c)
         return db_fail(e, st);
     before = atomic_load(&ca->active);
-    pthread_mutex_lock(&ca->lock);
-    rc = sync_versions(ca, c, err, sizeof(err));
-    pthread_mutex_unlock(&ca->lock);
+    k = sync_locked(ca, c, e);
     db_release(db, c);
-    if (rc != 0)
-        return qk_fail(e, QK_UNAVAILABLE, "unavailable", "%s", err);
+    if (k != QK_OK)
+        return k;
     if (atomic_load(&ca->active) != before)
         log_emit(LOG_INFO, "platform CA version adopted", "{s:i}", "version",
                  ca->v[atomic_load(&ca->active)].version);
@@ -635,7 +645,7 @@ qk_kind ca_rotate(qk_ca *ca, db_pool *db, const char *actor, int *version, qk_er
     X509 *x = NULL;
     PGresult *r;
     qk_kind k = QK_OK;
-    int prev, next = 0, rc;
+    int prev, next = 0;
     json_t *detail = NULL;
 
     qk_clear(e);
@@ -649,13 +659,8 @@ qk_kind ca_rotate(qk_ca *ca, db_pool *db, const char *actor, int *version, qk_er
     /* ca->lock only around the appends: never across the token's key
      * generation or a statement (a CRL's transaction may hold the CA row
      * and wait for a key handle, which takes the lock). */
-    pthread_mutex_lock(&ca->lock);
-    rc = sync_versions(ca, c, err, sizeof(err));
-    pthread_mutex_unlock(&ca->lock);
-    if (rc != 0) {
-        k = qk_fail(e, QK_UNAVAILABLE, "unavailable", "%s", err);
+    if ((k = sync_locked(ca, c, e)) != QK_OK)
         goto out;
-    }
     prev = ca->v[atomic_load(&ca->active)].version;
     for (int i = 0; i < atomic_load(&ca->nv); i++)
         if (ca->v[i].version > next)
@@ -697,13 +702,8 @@ qk_kind ca_rotate(qk_ca *ca, db_pool *db, const char *actor, int *version, qk_er
             goto out;
         }
     }
-    pthread_mutex_lock(&ca->lock);
-    rc = sync_versions(ca, c, err, sizeof(err));
-    pthread_mutex_unlock(&ca->lock);
-    if (rc != 0) {
-        k = qk_fail(e, QK_UNAVAILABLE, "unavailable", "%s", err);
+    if ((k = sync_locked(ca, c, e)) != QK_OK)
         goto out;
-    }
     log_emit(LOG_INFO, "platform CA rotated", "{s:i,s:i,s:s,s:s}", "from_version", prev,
              "version", next, "label", label, "by", actor);
     *version = next;
@@ -927,10 +927,10 @@ qk_kind ca_import(qk_ca *ca, db_pool *db, const char *actor, const char *pem, si
     db_status st;
     db_conn *c = NULL;
     PGresult *r = NULL;
-    char label[64], ver[16], na[24], err[256], *hex = NULL, *issuers = NULL, sha[65], spki[65];
+    char label[64], ver[16], na[24], *hex = NULL, *issuers = NULL, sha[65], spki[65];
     size_t il = 0;
     qk_kind k;
-    int v, rc;
+    int v;
 
     qk_clear(e);
     if (!pem || len == 0 || len > 64 * 1024 || !(chain = x509_parse_chain(pem, len)) ||
@@ -1005,13 +1005,8 @@ qk_kind ca_import(qk_ca *ca, db_pool *db, const char *actor, const char *pem, si
             goto out;
         }
     }
-    pthread_mutex_lock(&ca->lock);
-    rc = sync_versions(ca, c, err, sizeof(err));
-    pthread_mutex_unlock(&ca->lock);
-    if (rc != 0) {
-        k = qk_fail(e, QK_UNAVAILABLE, "unavailable", "%s", err);
+    if ((k = sync_locked(ca, c, e)) != QK_OK)
         goto out;
-    }
     log_emit(LOG_INFO, "platform CA certified by an operator's root", "{s:i,s:s,s:s}",
              "version", v, "label", label, "by", actor);
     *version = v;
