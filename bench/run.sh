@@ -5,7 +5,7 @@
 #   BENCH_SECONDS   seconds per run (default 5)
 #   BENCH_DEVICES   devices for the import benchmark (default 10000)
 #   BENCH_THREADING=both   also measure MHD's pool threading model
-#   BENCH_PARTS     which parts: "import http entropy tls sessions" (default all),
+#   BENCH_PARTS     which parts: "import http entropy tls v2 sessions" (default all),
 #                   or "scale" (minutes: see bench_scale below), or "pgmodes"
 #                   (group commit: batch call against pipeline mode, pgbench)
 #   BENCH_SCALE_DEVICES  devices registered by the scale part (default 1000000)
@@ -22,7 +22,7 @@ KMSD=${QKMS_KMSD:-$ROOT/build/release/bin/kmsd}
 KMSCTL=${QKMS_KMSCTL:-$ROOT/build/release/bin/kmsctl}
 SECS=${BENCH_SECONDS:-5}
 BENCH_DEVICES=${BENCH_DEVICES:-10000}
-PARTS=${BENCH_PARTS:-import http entropy tls sessions}
+PARTS=${BENCH_PARTS:-import http entropy tls v2 sessions}
 OUT=$ROOT/build/bench
 REL=$ROOT/build/release
 mkdir -p "$OUT"
@@ -30,6 +30,8 @@ mkdir -p "$OUT"
 CFLAGS="-O2 -Wall -Wextra -Werror -std=c17 -D_GNU_SOURCE -pthread -I$ROOT/bench -I$ROOT/device -I$ROOT/pkcs11 $(pkg-config --cflags p11-kit-1 libpq)"
 cc $CFLAGS "$ROOT/bench/loadgen.c" "$ROOT/bench/httpc.c" -lssl -lcrypto -o "$OUT/loadgen"
 cc $CFLAGS "$ROOT/bench/unwrap_bench.c" "$REL/libqkms-p11.a" -lcrypto -ldl -o "$OUT/unwrap_bench"
+cc $CFLAGS -I"$ROOT/common" "$ROOT/bench/v2ops_bench.c" "$REL/libqkms-p11.a" "$REL/libqkms-device.a" \
+    -lcrypto -ldl -o "$OUT/v2ops_bench"
 cc $CFLAGS "$ROOT/bench/session_bench.c" "$ROOT/bench/httpc.c" "$REL/libqkms-device.a" \
     -ljansson -lcurl -lssl -lcrypto -o "$OUT/session_bench"
 cc $CFLAGS "$ROOT/bench/pgfloor.c" "$ROOT/bench/httpc.c" $(pkg-config --libs libpq) -lssl -lcrypto -o "$OUT/pgfloor"
@@ -200,9 +202,10 @@ deliveries_at() { # conc [tlsdir]: one session_bench line; CPU per delivery in l
         'BEGIN { if (d > 0) printf "%.0f %.0f\n", 1e6 * (k1 - k0) / d, 1e6 * (p1 - p0) / d; else print "0 0" }' \
         > "$STATE/last.cpu"
 }
-bench_tls() {
-    bench_sessions_setup
-    tdir="$STATE/tls"
+# A certificate from the platform CA for every bench device, issued from a
+# CSR made here: DIR/veh-<i>.crt/.key, DIR/enc-<i>.crt/.key.
+issue_certs() { # dir
+    tdir=$1
     mkdir -p "$tdir"
     i=0
     while [ $i -lt $NPAIRS ]; do
@@ -216,6 +219,11 @@ bench_tls() {
         done
         i=$((i+1))
     done
+}
+bench_tls() {
+    bench_sessions_setup
+    tdir="$STATE/tls"
+    issue_certs "$tdir"
     curl -sf "$URL/v1/ca" > "$tdir/ca.pem"
     deliveries_at 16 > "$STATE/plain"
     plain=$(head -1 "$STATE/plain"); plain_cpu=$(cat "$STATE/last.cpu")
@@ -240,6 +248,40 @@ bench_tls() {
         -v ca="$plain_cpu" -v cb="$mtls_cpu" -v e="$(echo "$mtls" | field errors)" \
         'BEGIN { split(ca, x, " "); split(cb, y, " ");
                  printf "name=tls conc=16 deliveries_per_s_http=%d deliveries_per_s_mtls=%d ratio_mtls_to_http=%.2f p99_ms_http=%s p99_ms_mtls=%s kmsd_us_per_delivery_http=%d kmsd_us_per_delivery_mtls=%d postgres_us_per_delivery_http=%d postgres_us_per_delivery_mtls=%d errors_mtls=%d\n", a, b, (a > 0 ? b / a : 0), pa, pb, x[1], y[1], x[2], y[2], e }'
+}
+
+# -- device protocol v2: the same deliveries, signed and key-agreed ----------
+# At 16 clients, one stack, plain HTTP both ways: v1 (AES-GCM under device
+# keys) then v2 (docs/protocol.md: the vehicle signs in mode 2 asking key
+# source a, so kmsd verifies an ECDSA signature, derives with the
+# key-agreement key in the token, makes an ephemeral pair, two ECDHs on the
+# host and signs the answer in the token; the encryptor, second, gets the
+# key enclosed). One line: both rates, the ratio, p99, CPU per delivery.
+bench_v2() {
+    bench_sessions_setup
+    vdir="$STATE/v2"
+    issue_certs "$vdir"
+    curl -sf "$URL/v1/platform/certificates" |
+        python3 -c 'import json, sys; sys.stdout.write("".join(c["pem"] for c in json.load(sys.stdin)["certificates"] if c["state"] == "active"))' \
+        > "$vdir/platform.pem"
+    deliveries_at 16 > "$STATE/v1"
+    v1=$(head -1 "$STATE/v1"); v1_cpu=$(cat "$STATE/last.cpu")
+    # Each cryptographic step alone (one thread), kmsd's token beside it.
+    "$OUT/v2ops_bench" /usr/lib/softhsm/libsofthsm2.so qkms "$STATE/secrets/token.pin" 2
+    k0=$(cpu_of "$PID"); p0=$(pg_cpu)
+    "$OUT/session_bench" "$QKMS_PORT" 16 "$SECS" "$STATE/fill" $NPAIRS deliveries_v2 "$vdir" > "$STATE/v2line"
+    k1=$(cpu_of "$PID"); p1=$(pg_cpu)
+    v2=$(head -1 "$STATE/v2line")
+    echo "$v1"
+    echo "$v2"
+    awk -v a="$(echo "$v1" | field deliveries_per_s)" -v b="$(echo "$v2" | field deliveries_per_s)" \
+        -v pa="$(echo "$v1" | field p99_ms)" -v pb="$(echo "$v2" | field p99_ms)" \
+        -v ca="$v1_cpu" -v e="$(echo "$v2" | field errors)" -v d="$(echo "$v2" | field deliveries)" \
+        -v k0="$k0" -v k1="$k1" -v p0="$p0" -v p1="$p1" \
+        'BEGIN { split(ca, x, " ");
+                 kv2 = d > 0 ? 1e6 * (k1 - k0) / d : 0; pv2 = d > 0 ? 1e6 * (p1 - p0) / d : 0;
+                 printf "name=v2 conc=16 deliveries_per_s_v1=%d deliveries_per_s_v2=%d ratio_v2_to_v1=%.2f p99_ms_v1=%s p99_ms_v2=%s kmsd_us_per_delivery_v1=%d kmsd_us_per_delivery_v2=%d postgres_us_per_delivery_v1=%d postgres_us_per_delivery_v2=%d errors_v2=%d\n", a, b, (a > 0 ? b / a : 0), pa, pb, x[1], kv2, x[2], pv2, e }'
+    stop_kmsd
 }
 
 # -- scale: the same deliveries with a fleet in the database -----------------
@@ -335,6 +377,7 @@ for part in $PARTS; do
         if [ "${BENCH_THREADING:-}" = both ]; then run_model pool | tee -a "$OUT/http.txt"; fi ;;
     entropy) bench_entropy | tee "$OUT/entropy.txt" ;;
     tls) bench_tls | tee "$OUT/tls.txt" ;;
+    v2) bench_v2 | tee "$OUT/v2.txt" ;;
     sessions) bench_sessions | tee "$OUT/sessions.txt" ;;
     scale) bench_scale | tee "$OUT/scale.txt" ;;
     pgmodes) bench_pgmodes | tee "$OUT/pgmodes.txt" ;;

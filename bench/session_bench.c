@@ -9,6 +9,7 @@
  *        deliveries_per_s=... p50_ms=... p99_ms=... (per request)
  *
  * usage: session_bench PORT CONC SECONDS FILLDIR NPAIRS [sessions|deliveries [TLSDIR]]
+ *        session_bench PORT CONC SECONDS FILLDIR NPAIRS deliveries_v2 V2DIR
  *   FILLDIR holds veh-<i>.json and enc-<i>.json (i = 0..NPAIRS-1).
  *   "deliveries" leaves out the end: two key deliveries per session, the
  *   sessions then end by idle timeout.
@@ -17,6 +18,12 @@
  *   enc-<i>.crt/.key; a worker then keeps one keep-alive connection per
  *   device (a connection carries one client certificate), and the line's
  *   name gets "_mtls".
+ *   deliveries_v2: the same deliveries in device protocol v2 (docs/protocol.md)
+ *   over plain HTTP: the vehicle in mode 2 asking key source a (both
+ *   sides' randoms, so the platform derives in the token), the encryptor in
+ *   mode 2 (the key enclosed). V2DIR holds platform.pem (the platform's
+ *   signing and key-agreement certificates) and veh-<i>.crt/.key,
+ *   enc-<i>.crt/.key; the line's name is "deliveries_v2".
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -30,6 +37,7 @@
 
 #include "httpc.h"
 #include "qkms_device.h"
+#include "qkms_device2.h"
 
 typedef struct {
     int port, id;
@@ -40,6 +48,8 @@ typedef struct {
     long sessions, errors, mismatches;
     int with_end;
     SSL_CTX *ctx_veh, *ctx_enc; /* mutual TLS: each device's certificate */
+    const qkd2_platform *plat;  /* protocol v2 */
+    qkd2_identity *veh2, *enc2;
 } worker;
 
 /* One keep-alive connection: a socket, or a TLS session. */
@@ -103,9 +113,84 @@ static int call(worker *w, conn *c, qkd_request *rq, const qkd_device *d, qkd_se
     return 0;
 }
 
+/* A v2 request and its answer (call's counterpart). */
+static int call2(worker *w, conn *c, qkd2_request *rq, const qkd2_identity *id,
+                 qkd_session_key *key, char *buf, size_t cap)
+{
+    char *req = malloc(QKD2_MAX_BODY + 256), err[128];
+    const char *body;
+    size_t blen;
+    int n, st;
+    double t0;
+    if (!req)
+        return -1;
+    n = snprintf(req, QKD2_MAX_BODY + 256,
+                 "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %zu\r\n\r\n%s",
+                 rq->path, rq->body_len, rq->body);
+    t0 = httpc_now();
+    if (c->fd < 0 && (c->fd = httpc_dial(w->port)) < 0) {
+        free(req);
+        return -1;
+    }
+    st = httpc_roundtrip(c->fd, req, (size_t)n, buf, cap, &body, &blen);
+    free(req);
+    if (st < 0) {
+        conn_close(c);
+        return -1;
+    }
+    record(w, (httpc_now() - t0) * 1000.0);
+    if (st != 200 ||
+        qkd2_response_key(key, NULL, rq, id, w->plat, body, blen, err, sizeof(err)) != QKD_OK)
+        return -1;
+    return 0;
+}
+
+static void *run_v2(worker *w)
+{
+    double end = httpc_now() + w->seconds;
+    char *buf = malloc(65536), sid[64], err[128];
+    conn cv = {-1, NULL, NULL};
+    long seq = 0;
+    qkd2_request *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
+    while (buf && a && b && httpc_now() < end) {
+        qkd_session_key ka, kb;
+        int64_t now = (int64_t)time(NULL);
+        memset(&ka, 0, sizeof(ka));
+        memset(&kb, 0, sizeof(kb));
+        snprintf(sid, sizeof(sid), "bench2-%d-%d-%ld-%ld", (int)getpid(), w->id, (long)now, seq++);
+        if (qkd2_request_key(a, w->veh2, w->plat, sid, w->enc->device_id, 'a', false, now, NULL,
+                             err, sizeof(err)) ||
+            qkd2_request_key(b, w->enc2, w->plat, sid, w->veh->device_id, 'a', false, now, NULL,
+                             err, sizeof(err))) {
+            fprintf(stderr, "session_bench: %s\n", err);
+            w->errors++;
+            break;
+        }
+        if (call2(w, &cv, a, w->veh2, &ka, buf, 65536) || call2(w, &cv, b, w->enc2, &kb, buf, 65536))
+            w->errors++;
+        else if (strcmp(ka.key_id, kb.key_id) != 0 || ka.key_len != kb.key_len ||
+                 CRYPTO_memcmp(ka.key, kb.key, ka.key_len) != 0)
+            w->mismatches++;
+        else
+            w->sessions++;
+        qkd_session_key_clear(&ka);
+        qkd_session_key_clear(&kb);
+        qkd2_request_clear(a);
+        qkd2_request_clear(b);
+    }
+    conn_close(&cv);
+    free(a);
+    free(b);
+    free(buf);
+    return NULL;
+}
+
 static void *run(void *arg)
 {
     worker *w = arg;
+    if (w->plat)
+        return run_v2(w);
     double end = httpc_now() + w->seconds;
     char *buf = malloc(65536), sid[64];
     /* Plain: both devices share one connection; mutual TLS: one each. */
@@ -171,6 +256,45 @@ static qkd_device *load(const char *dir, const char *kind, int i)
     return d;
 }
 
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *t = NULL;
+    long n;
+    if (!f)
+        return NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (t = calloc(1, (size_t)n + 1)) && fread(t, 1, (size_t)n, f) == (size_t)n)
+        *len = (size_t)n;
+    else {
+        free(t);
+        t = NULL;
+    }
+    fclose(f);
+    return t;
+}
+
+/* kind-i's v2 identity (mode 2) from V2DIR's certificate and key. */
+static qkd2_identity *identity2(const char *dir, const char *kind, int i)
+{
+    char crt[512], key[512], err[128];
+    size_t cl = 0, kl = 0;
+    char *c, *k;
+    qkd2_identity *id = NULL;
+    snprintf(crt, sizeof(crt), "%s/%s-%d.crt", dir, kind, i);
+    snprintf(key, sizeof(key), "%s/%s-%d.key", dir, kind, i);
+    c = slurp(crt, &cl);
+    k = slurp(key, &kl);
+    if (!c || !k || qkd2_identity_cert(&id, NULL, 2, c, cl, k, kl, err, sizeof(err)) != QKD_OK)
+        fprintf(stderr, "session_bench: %s: %s\n", crt, c && k ? err : "cannot read");
+    free(c);
+    if (k) {
+        OPENSSL_cleanse(k, kl);
+        free(k);
+    }
+    return id;
+}
+
 /* A client TLS context: trust ca.pem, present kind-i's certificate. */
 static SSL_CTX *tls_ctx(const char *dir, const char *kind, int i)
 {
@@ -206,11 +330,23 @@ int main(int argc, char **argv)
     long sessions = 0, errors = 0, mism = 0;
     double *all;
 
-    int with_end;
-    const char *tlsdir = argc == 8 ? argv[7] : NULL;
+    int with_end, v2 = argc == 8 && !strcmp(argv[6], "deliveries_v2");
+    const char *tlsdir = argc == 8 && !v2 ? argv[7] : NULL;
+    qkd2_platform *plat = NULL;
     if (argc < 6 || argc > 8)
         return 2;
-    with_end = argc == 6 || strcmp(argv[6], "deliveries") != 0;
+    with_end = argc == 6 || (strcmp(argv[6], "deliveries") != 0 && !v2);
+    if (v2) {
+        char path[512], err[128], *pem;
+        size_t pl = 0;
+        snprintf(path, sizeof(path), "%s/platform.pem", argv[7]);
+        if (!(pem = slurp(path, &pl)) ||
+            qkd2_platform_load(&plat, pem, pl, err, sizeof(err)) != QKD_OK) {
+            fprintf(stderr, "session_bench: %s: %s\n", path, pem ? err : "cannot read");
+            return 1;
+        }
+        free(pem);
+    }
     port = atoi(argv[1]);
     conc = atoi(argv[2]);
     secs = atof(argv[3]);
@@ -234,6 +370,12 @@ int main(int argc, char **argv)
         if (tlsdir && (!(w[i].ctx_veh = tls_ctx(tlsdir, "veh", i % npairs)) ||
                        !(w[i].ctx_enc = tls_ctx(tlsdir, "enc", i % npairs))))
             return 1;
+        if (v2) {
+            w[i].plat = plat;
+            if (!(w[i].veh2 = identity2(argv[7], "veh", i % npairs)) ||
+                !(w[i].enc2 = identity2(argv[7], "enc", i % npairs)))
+                return 1;
+        }
     }
     t0 = httpc_now();
     for (int i = 0; i < conc; i++)
@@ -256,12 +398,15 @@ int main(int argc, char **argv)
         qkd_device_free(w[i].enc);
         SSL_CTX_free(w[i].ctx_veh);
         SSL_CTX_free(w[i].ctx_enc);
+        qkd2_identity_free(w[i].veh2);
+        qkd2_identity_free(w[i].enc2);
     }
+    qkd2_platform_free(plat);
     qsort(all, total, sizeof(double), cmpd);
     printf("name=%s%s conc=%d sessions=%ld deliveries=%ld requests=%zu errors=%ld "
            "key_mismatches=%ld sessions_per_s=%.0f deliveries_per_s=%.0f requests_per_s=%.0f "
            "p50_ms=%.3f p99_ms=%.3f\n",
-           with_end ? "sessions" : "deliveries", tlsdir ? "_mtls" : "", conc, sessions, 2 * sessions, total, errors, mism, (double)sessions / el,
+           with_end ? "sessions" : "deliveries", tlsdir ? "_mtls" : v2 ? "_v2" : "", conc, sessions, 2 * sessions, total, errors, mism, (double)sessions / el,
            2.0 * (double)sessions / el, (double)total / el, total ? all[total / 2] : 0,
            total ? all[(size_t)((double)total * 0.99)] : 0);
     free(all);

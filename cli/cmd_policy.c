@@ -97,6 +97,30 @@ static bool type_or_any_ok(const char *s)
 
 /* ---- list ------------------------------------------------------------------ */
 
+/* --key-sources a,c: the policy's "key_sources" (the server checks the
+ * letters; here only the form). */
+static int key_sources_arg(const char *v, json_t *req)
+{
+    json_t *arr = json_array();
+    const char *p = v;
+    while (arr && *p) {
+        size_t n = strcspn(p, ",");
+        if (n != 1 || json_array_size(arr) == 3) {
+            json_decref(arr);
+            out_error("--key-sources: some of a, b, c separated by commas (e.g. a,c)");
+            return EXIT_USAGE;
+        }
+        json_array_append_new(arr, json_stringn(p, 1));
+        p += n + (p[n] == ',');
+    }
+    if (!arr || json_array_size(arr) == 0) {
+        json_decref(arr);
+        out_error("--key-sources: some of a, b, c separated by commas (e.g. a,c)");
+        return EXIT_USAGE;
+    }
+    return device_put(req, "key_sources", arr);
+}
+
 /* "A:B" from two fields, or `none` when the first is null or missing. */
 static char *pair_cell(const json_t *o, const char *ka, const char *kb, const char *none)
 {
@@ -121,15 +145,28 @@ static void policy_row(const json_t *p, char **cells)
     cells[2] = pair_cell(p, "group_a", "group_b", SAME_GROUP);
     for (size_t c = 0; c < 4; c++)
         cells[3 + c] = out_value_str(json_object_get(p, fields[c]));
+    /* ["a","b","c"] as a,b,c */
+    {
+        const json_t *ks = json_object_get(p, "key_sources"), *x;
+        char buf[16] = "";
+        size_t i;
+        json_array_foreach(ks, i, x) if (json_is_string(x) && strlen(buf) + 3 < sizeof(buf)) {
+            if (i)
+                strcat(buf, ",");
+            strncat(buf, json_string_value(x), 1);
+        }
+        cells[7] = strdup(buf[0] ? buf : "-");
+    }
 }
 
 /* The policies table, and a warning when there are none. */
 static int print_policies(const json_t *resp)
 {
-    static const char *const headers[] = {"NAME",         "TYPES",        "GROUPS",  "KEY-BITS",
-                                          "IDLE-TIMEOUT", "MAX-LIFETIME", "DELIVERY"};
+    static const char *const headers[] = {"NAME",         "TYPES",        "GROUPS",
+                                          "KEY-BITS",     "IDLE-TIMEOUT", "MAX-LIFETIME",
+                                          "DELIVERY",     "KEY-SOURCES"};
     const json_t *policies = json_object_get(resp, "policies");
-    int rc = out_table_by(policies, 7, headers, policy_row);
+    int rc = out_table_by(policies, 8, headers, policy_row);
     if (!rc && json_array_size(policies) == 0)
         out_note("No pairing policies: every new session is refused (policy_denied).");
     return rc;
@@ -193,6 +230,8 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
         (idle && (rc = device_put(*req, "idle_timeout_s", json_integer(idle_s)))) ||
         (life && (rc = device_put(*req, "max_lifetime_s", json_integer(life_s)))) ||
         (opt_get(o, "delivered") && (rc = device_put(*req, "delivery", json_string("delivered")))))
+        goto cleanup;
+    if (opt_get(o, "key-sources") && (rc = key_sources_arg(opt_get(o, "key-sources"), *req)))
         goto cleanup;
     rc = EXIT_OK;
 
@@ -268,6 +307,7 @@ static const struct opt_spec add_opts[] = {
     {"idle-timeout", 0, "SECONDS", "end sessions idle this long, 1..86400 (default 300)"},
     {"max-lifetime", 0, "SECONDS", "end sessions this long after start, 1..604800 (default 3600)"},
     {"delivered", 0, NULL, "destroy each session's key once both parties have received it"},
+    {"key-sources", 0, "LIST", "protocol v2 key sources allowed, some of a,b,c (default all; v1 counts as c)"},
     {0},
 };
 
@@ -286,7 +326,7 @@ static const struct action policy_actions[] = {
     {
         .sub = "add",
         .usage = "NAME --types A:B [--groups GA:GB] [--key-bits B] [--idle-timeout SECONDS] "
-                 "[--max-lifetime SECONDS] [--delivered]",
+                 "[--max-lifetime SECONDS] [--delivered] [--key-sources a,b,c]",
         .summary = "Add a pairing policy: which devices may share session keys",
         .description =
             "Two devices may start a session only if a policy matches them, in either\n"

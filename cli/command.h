@@ -52,5 +52,6 @@ extern const struct command cmd_entropy;
 extern const struct command cmd_audit;
 extern const struct command cmd_master;
 extern const struct command cmd_ca;
+extern const struct command cmd_platform;
 
 #endif

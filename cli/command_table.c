@@ -13,5 +13,6 @@ const struct command *const kmsctl_commands[] = {
     &cmd_audit,
     &cmd_master,
     &cmd_ca,
+    &cmd_platform,
     NULL,
 };

@@ -37,6 +37,7 @@
 
 #include "qkd_http.h"
 #include "qkms_device.h"
+#include "qkms_device2.h"
 
 /* The values and meanings of kmsctl's exit statuses (cli/exitcodes.h). */
 enum {
@@ -53,15 +54,19 @@ enum {
 #define FILL_MAX (256 * 1024)         /* 256 keys pretty-printed fit easily */
 #define SECURE_HEAP_BYTES (1u << 20)  /* holds FILL_MAX, rounded up, and the keys */
 #define SECURE_HEAP_MIN 16
+#define PEM_MAX (64 * 1024)           /* a certificate or key file */
 #define OUT_MAX 2048                  /* our longest output line, with margin */
 
 struct options {
     const char *cmd;
     const char *url, *fill, *session, *peer, *cacert, *index_s, *timeout_s;
     const char *cert, *key, *pin;
+    const char *mode_s, *source_s, *server_cert; /* protocol v2 */
     int index; /* -1: the default key */
     long timeout;
-    int delivered, json;
+    int delivered, json, v2, peer_platform;
+    int mode;    /* v2: 1, 2 or 3 */
+    char source; /* v2: 'a', 'b' or 'c' */
 };
 
 static void usage(FILE *f)
@@ -70,11 +75,28 @@ static void usage(FILE *f)
           "                  [--delivered] [--json] [TLS options] [--timeout S]\n"
           "       " PROG " end --url URL --fill FILE --session S [--index N] [--json]\n"
           "                  [TLS options] [--timeout S]\n"
+          "       " PROG " key --v2 --server-cert F (--cert F [--key F] | --fill FILE)\n"
+          "                  [--mode 1|2|3] [--source a|b|c] --url URL --session S --peer P ...\n"
+          "       " PROG " end --v2 --server-cert F (--cert F [--key F] | --fill FILE) ...\n"
           "  TLS options: [--cacert F] [--cert F [--key F]] [--pin-sha256 B64[;B64...]]\n"
           "\n"
           "  key   ask qkms for the key of session S shared with device P; prints the\n"
           "        key ID and the session key in hex\n"
           "  end   end session S (its key is destroyed)\n"
+          "\n"
+          "  --v2           device protocol v2 (docs/protocol.md): the request is signed\n"
+          "                 with the device's key (--cert/--key, modes 1 and 2) or sealed\n"
+          "                 under a pre-filled key (--fill, mode 3); the answer is signed\n"
+          "                 by the platform and checked against --server-cert\n"
+          "  --server-cert F  the platform's signing and key-agreement certificates\n"
+          "                 (PEM, both in one file), pinned at provisioning\n"
+          "  --mode N       v2 authentication: 1 the certificate in the request (default\n"
+          "                 with --cert), 2 the certificate on record, 3 a pre-filled key\n"
+          "                 (default with --fill); with --cert the device ID is its CN\n"
+          "  --source S     v2 key source: a (both sides' randoms, default), b (this\n"
+          "                 device's random), c (the platform's key)\n"
+          "  --peer-platform  v2: the platform itself is the peer (a device-platform\n"
+          "                 channel key), instead of --peer\n"
           "\n"
           "  --url URL      qkms base URL, e.g. https://kms.example:8443\n"
           "  --fill FILE    the device's fill document (kmsctl fill open --json); - for stdin\n"
@@ -173,6 +195,9 @@ static int pins_valid(const char *s)
     return 1;
 }
 
+static int common_checks(struct options *o, int is_key);
+static int parse_v2(struct options *o, int is_key);
+
 static int parse_args(int argc, char **argv, struct options *o)
 {
     struct {
@@ -187,9 +212,11 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"timeout", &o->timeout_s, NULL, 0}, {"delivered", NULL, &o->delivered, 1},
         {"json", NULL, &o->json, 0},       {"cert", &o->cert, NULL, 0},
         {"key", &o->key, NULL, 0},          {"pin-sha256", &o->pin, NULL, 0},
+        {"v2", NULL, &o->v2, 0},            {"mode", &o->mode_s, NULL, 0},
+        {"source", &o->source_s, NULL, 1},  {"server-cert", &o->server_cert, NULL, 0},
+        {"peer-platform", NULL, &o->peer_platform, 1},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
-    long v;
 
     o->cmd = argv[1];
     if (strcmp(o->cmd, "key") != 0 && strcmp(o->cmd, "end") != 0) {
@@ -236,11 +263,25 @@ static int parse_args(int argc, char **argv, struct options *o)
             return -1;
         }
     }
+    if (o->v2)
+        return parse_v2(o, is_key);
+    if (o->mode_s || o->source_s || o->server_cert || o->peer_platform) {
+        errorf("--mode, --source, --server-cert and --peer-platform go with --v2");
+        return -1;
+    }
     if (!o->url || !*o->url || !o->fill || !o->session || (is_key && !o->peer)) {
         errorf(is_key ? "key needs --url, --fill, --session and --peer"
                       : "end needs --url, --fill and --session");
         return -1;
     }
+    return common_checks(o, is_key);
+}
+
+/* The checks v1 and v2 share: URL, TLS options, IDs, index, timeout. */
+static int common_checks(struct options *o, int is_key)
+{
+    long v;
+
     /* libcurl would refuse other schemes too, but only after we built and
      * tried to send the request: say so as a usage error. */
     if (strncasecmp(o->url, "http://", 7) != 0 && strncasecmp(o->url, "https://", 8) != 0) {
@@ -251,7 +292,9 @@ static int parse_args(int argc, char **argv, struct options *o)
         errorf("--key goes with --cert");
         return -1;
     }
-    if ((o->cert || o->pin || o->cacert) && strncasecmp(o->url, "https://", 8) != 0) {
+    /* (With --v2, --cert is the device's identity first: over http it is
+     * only that.) */
+    if (((o->cert && !o->v2) || o->pin || o->cacert) && strncasecmp(o->url, "https://", 8) != 0) {
         errorf("--cacert, --cert and --pin-sha256 need an https:// URL");
         return -1;
     }
@@ -263,7 +306,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         errorf("--session: 1-128 printable ASCII characters except / \\ %% ? #");
         return -1;
     }
-    if (is_key && !qkp_id_valid(o->peer)) {
+    if (is_key && o->peer && !qkp_id_valid(o->peer)) {
         errorf("--peer: 1-128 printable ASCII characters except / \\ %% ? #");
         return -1;
     }
@@ -283,11 +326,74 @@ static int parse_args(int argc, char **argv, struct options *o)
     return 0;
 }
 
+static int parse_v2(struct options *o, int is_key)
+{
+    long m;
+    if (!o->url || !*o->url || !o->session || (is_key && !o->peer == !o->peer_platform) ||
+        !o->server_cert) {
+        errorf("--v2 %s needs --url, --server-cert and --session%s", o->cmd,
+               is_key ? " and one of --peer and --peer-platform" : "");
+        return -1;
+    }
+    if (o->peer_platform && o->delivered) {
+        errorf("--peer-platform has no --delivered mode (the platform keeps the key)");
+        return -1;
+    }
+    if (!!o->cert == !!o->fill) {
+        errorf("--v2 needs the device's --cert (modes 1 and 2) or its --fill (mode 3), one of them");
+        return -1;
+    }
+    o->mode = o->cert ? 1 : 3;
+    if (o->mode_s) {
+        if (parse_long(o->mode_s, 1, 3, &m) != 0) {
+            errorf("--mode must be 1, 2 or 3");
+            return -1;
+        }
+        o->mode = (int)m;
+    }
+    if ((o->mode == 3) != (o->fill != NULL)) {
+        errorf("--mode 3 goes with --fill, modes 1 and 2 with --cert");
+        return -1;
+    }
+    if (o->index_s && o->mode != 3) {
+        errorf("--index is for mode 3 (a pre-filled key)");
+        return -1;
+    }
+    o->source = 'a';
+    if (o->source_s) {
+        if (strlen(o->source_s) != 1 || !strchr("abc", o->source_s[0])) {
+            errorf("--source must be a, b or c");
+            return -1;
+        }
+        o->source = o->source_s[0];
+    }
+    return common_checks(o, is_key);
+}
+
 /* ---- the fill file ------------------------------------------------------- */
 
 /* Reads path ("-": stdin) into a secure-heap buffer of FILL_MAX + 1 bytes
  * with read(2), so no stdio buffer keeps a copy of the keys. */
+static int read_file(const char *path, size_t max, bool secure, const char *what, char **buf,
+                     size_t *len);
+
 static int read_fill(const char *path, char **buf, size_t *len)
+{
+    return read_file(path, FILL_MAX, true, "a fill document", buf, len);
+}
+
+/* A certificate file (public: the plain heap) or a private key file (the
+ * secure heap), at most PEM_MAX bytes; free with free_file. */
+static void free_file(char *buf, bool secure)
+{
+    if (buf && secure)
+        OPENSSL_secure_clear_free(buf, PEM_MAX + 1);
+    else
+        free(buf);
+}
+
+static int read_file(const char *path, size_t max, bool secure, const char *what, char **buf,
+                     size_t *len)
 {
     int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
     int rc = EXIT_USAGE;
@@ -298,13 +404,13 @@ static int read_fill(const char *path, char **buf, size_t *len)
         errorf("%s: %s", path, strerror(errno));
         return EXIT_USAGE;
     }
-    if (!(*buf = OPENSSL_secure_malloc(FILL_MAX + 1))) {
-        errorf("out of secure memory");
+    if (!(*buf = secure ? OPENSSL_secure_malloc(max + 1) : malloc(max + 1))) {
+        errorf("out of %smemory", secure ? "secure " : "");
         rc = EXIT_INTERNAL;
         goto cleanup;
     }
     for (;;) {
-        ssize_t n = read(fd, *buf + *len, FILL_MAX + 1 - *len);
+        ssize_t n = read(fd, *buf + *len, max + 1 - *len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -314,8 +420,8 @@ static int read_fill(const char *path, char **buf, size_t *len)
         if (n == 0)
             break;
         *len += (size_t)n;
-        if (*len > FILL_MAX) {
-            errorf("%s: larger than %d bytes: not a fill document", path, FILL_MAX);
+        if (*len > max) {
+            errorf("%s: larger than %zu bytes: not %s", path, max, what);
             goto cleanup;
         }
     }
@@ -325,7 +431,10 @@ cleanup:
     if (fd != STDIN_FILENO)
         close(fd);
     if (rc != EXIT_OK && *buf) {
-        OPENSSL_secure_clear_free(*buf, FILL_MAX + 1);
+        if (secure)
+            OPENSSL_secure_clear_free(*buf, max + 1);
+        else
+            free(*buf);
         *buf = NULL;
         *len = 0;
     }
@@ -363,7 +472,8 @@ static void hex(const uint8_t *in, size_t len, char *out)
  * session key must not linger in stdio's buffer. All strings were checked
  * by the library (IDs, delivery), so only IDs need JSON quoting.
  */
-static int print_key(const struct options *o, const qkd_request *r, const qkd_session_key *sk)
+static int print_key(const struct options *o, const char *device_id, int key_index,
+                     const qkd_session_key *sk, char source)
 {
     char *out = OPENSSL_secure_malloc(OUT_MAX);
     char khex[2 * QKD_MAX_KEY_LEN + 1], sid[2 * QKP_MAX_ID + 3], kid[2 * QKP_MAX_ID + 3],
@@ -378,15 +488,23 @@ static int print_key(const struct options *o, const qkd_request *r, const qkd_se
     }
     hex(sk->key, sk->key_len, khex);
     if (o->json) {
+        char tail[64] = "";
         if (qkd_json_id(sk->session_id, sid, sizeof(sid)) < 0 ||
             qkd_json_id(sk->key_id, kid, sizeof(kid)) < 0 ||
-            qkd_json_id(r->device_id, did, sizeof(did)) < 0)
+            qkd_json_id(device_id, did, sizeof(did)) < 0)
             goto cleanup;
+        /* v2: how the key came, and the mode (no key index in modes 1, 2). */
+        if (o->v2)
+            snprintf(tail, sizeof(tail), ",\"protocol\":2,\"mode\":%d,\"key_source\":\"%c\"",
+                     o->mode, source);
+        if (key_index >= 0)
+            snprintf(tail + strlen(tail), sizeof(tail) - strlen(tail), ",\"key_index\":%d",
+                     key_index);
         n = snprintf(out, OUT_MAX,
                      "{\"session_id\":%s,\"key_id\":%s,\"key\":\"%s\",\"key_bits\":%d,"
-                     "\"expires_at\":%lld,\"delivery\":\"%s\",\"device_id\":%s,\"key_index\":%d}\n",
+                     "\"expires_at\":%lld,\"delivery\":\"%s\",\"device_id\":%s%s}\n",
                      sid, kid, khex, sk->key_bits, (long long)sk->expires_at, sk->delivery, did,
-                     r->key_index);
+                     tail);
     } else {
         if (!gmtime_r(&t, &tm) || !strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm))
             snprintf(when, sizeof(when), "%lld", (long long)sk->expires_at);
@@ -405,17 +523,20 @@ cleanup:
     return rc;
 }
 
-static int print_end(const struct options *o, const qkd_request *r)
+static int print_end(const struct options *o, const char *device_id, const char *session_id,
+                     int key_index)
 {
     char sid[2 * QKP_MAX_ID + 3], did[2 * QKP_MAX_ID + 3];
     if (o->json) {
-        if (qkd_json_id(r->session_id, sid, sizeof(sid)) < 0 ||
-            qkd_json_id(r->device_id, did, sizeof(did)) < 0)
+        if (qkd_json_id(session_id, sid, sizeof(sid)) < 0 ||
+            qkd_json_id(device_id, did, sizeof(did)) < 0)
             return EXIT_INTERNAL;
-        printf("{\"session_id\":%s,\"ended\":true,\"device_id\":%s,\"key_index\":%d}\n", sid, did,
-               r->key_index);
+        printf("{\"session_id\":%s,\"ended\":true,\"device_id\":%s", sid, did);
+        if (key_index >= 0)
+            printf(",\"key_index\":%d", key_index);
+        printf("%s}\n", o->v2 ? ",\"protocol\":2" : "");
     } else {
-        printf("session_id: %s\nended: true\n", r->session_id);
+        printf("session_id: %s\nended: true\n", session_id);
     }
     if (fflush(stdout) != 0) {
         errorf("cannot write output");
@@ -466,6 +587,156 @@ static int report_status(const struct options *o, const qkd_http_response *resp)
     return rc;
 }
 
+/* The device key to use: --index, else the default one. */
+static int pick_index(const struct options *o, const qkd_device *dev, int64_t now, int *index)
+{
+    if (o->index >= 0) {
+        const qkd_key *k = qkd_device_key(dev, o->index);
+        if (!k) {
+            errorf("%s: device %s has no key with index %d", o->fill, dev->device_id, o->index);
+            return EXIT_USAGE;
+        }
+        /* The server's clock decides; say why it will probably refuse. */
+        if (now >= k->not_after || now < k->not_before)
+            errorf("warning: key %d is not valid now (expired or not yet valid)", o->index);
+        *index = o->index;
+    } else if ((*index = qkd_device_default_index(dev, now)) < 0) {
+        errorf("%s: no key of device %s is valid now; choose one with --index", o->fill,
+               dev->device_id);
+        return EXIT_USAGE;
+    }
+    return EXIT_OK;
+}
+
+/* The library's result as an exit status. */
+static int lib_rc(int q)
+{
+    return q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_USAGE;
+}
+
+/* POST body to path; 200 with *resp filled is EXIT_OK, else the exit status
+ * (the failure reported). http_ready tells the caller to clean libcurl up. */
+static int post(const struct options *o, const char *path, const char *body, size_t len,
+                bool send_cert, qkd_http_response *resp, int *http_ready)
+{
+    qkd_http_opts hopts = {0};
+    char err[256];
+    int q;
+
+    if (qkd_http_global_init() != QKD_HTTP_OK) {
+        errorf("cannot initialise libcurl");
+        return EXIT_INTERNAL;
+    }
+    *http_ready = 1;
+    hopts.cacert = o->cacert;
+    hopts.cert = send_cert ? o->cert : NULL;
+    hopts.key = send_cert ? o->key : NULL;
+    hopts.pin_sha256 = o->pin;
+    hopts.timeout_s = o->timeout;
+    q = qkd_http_post(o->url, path, body, len, &hopts, resp, err, sizeof(err));
+    if (q != QKD_HTTP_OK) {
+        fputs(PROG ": ", stderr);
+        put_safe(stderr, o->url);
+        fputs(": ", stderr);
+        put_safe(stderr, err);
+        fputc('\n', stderr);
+        return q == QKD_HTTP_TRANSPORT   ? EXIT_CONNECT
+               : q == QKD_HTTP_TOO_LARGE ? EXIT_SERVER
+                                         : EXIT_INTERNAL;
+    }
+    return resp->status == 200 ? EXIT_OK : report_status(o, resp);
+}
+
+/* Protocol v2 (docs/protocol.md): the identity from --cert/--key or
+ * --fill, the platform's pinned certificates from --server-cert. */
+static int run_v2(const struct options *o, int64_t now)
+{
+    char *pem = NULL, *cbuf = NULL, *kbuf = NULL, *fill = NULL, err[256], src = 0;
+    size_t pl = 0, cl = 0, kl = 0, fl = 0;
+    qkd2_platform *plat = NULL;
+    qkd2_identity *id = NULL;
+    qkd_device *dev = NULL;
+    qkd2_request *req = calloc(1, sizeof(*req));
+    qkd_session_key sk;
+    qkd_http_response resp = {0};
+    int rc, q, http_ready = 0, index = -1;
+    bool https = strncasecmp(o->url, "https://", 8) == 0;
+
+    memset(&sk, 0, sizeof(sk));
+    if (!req) {
+        errorf("out of memory");
+        return EXIT_INTERNAL;
+    }
+    if ((rc = read_file(o->server_cert, PEM_MAX, false, "a certificate file", &pem, &pl)) !=
+        EXIT_OK)
+        goto out;
+    if ((q = qkd2_platform_load(&plat, pem, pl, err, sizeof(err))) != QKD_OK) {
+        errorf("%s: %s", o->server_cert, err);
+        rc = lib_rc(q);
+        goto out;
+    }
+    if (o->mode != 3) {
+        if ((rc = read_file(o->cert, PEM_MAX, false, "a certificate file", &cbuf, &cl)) !=
+                EXIT_OK ||
+            (rc = read_file(o->key ? o->key : o->cert, PEM_MAX, true, "a key file", &kbuf, &kl)) !=
+                EXIT_OK)
+            goto out;
+        q = qkd2_identity_cert(&id, NULL, o->mode, cbuf, cl, kbuf, kl, err, sizeof(err));
+    } else {
+        if ((rc = read_fill(o->fill, &fill, &fl)) != EXIT_OK)
+            goto out;
+        if ((q = qkd_device_load(&dev, fill, fl, err, sizeof(err))) == QKD_OK) {
+            if ((rc = pick_index(o, dev, now, &index)) != EXIT_OK)
+                goto out;
+            q = qkd2_identity_keys(&id, dev, index, err, sizeof(err));
+        }
+    }
+    if (q != QKD_OK) {
+        errorf("%s: %s", o->mode != 3 ? o->cert : o->fill, err);
+        rc = lib_rc(q);
+        goto out;
+    }
+    q = strcmp(o->cmd, "key") == 0
+            ? qkd2_request_key(req, id, plat, o->session, o->peer, o->source, o->delivered, now,
+                               NULL, err, sizeof(err))
+            : qkd2_request_end(req, id, plat, o->session, now, NULL, err, sizeof(err));
+    if (q != QKD_OK) {
+        errorf("%s", err);
+        rc = lib_rc(q);
+        goto out;
+    }
+    /* Over https the device certificate is the TLS client's too. */
+    if ((rc = post(o, req->path, req->body, req->body_len, https && o->cert, &resp,
+                   &http_ready)) != EXIT_OK)
+        goto out;
+    q = req->op == QKD_OP_KEY
+            ? qkd2_response_key(&sk, &src, req, id, plat, resp.body, resp.len, err, sizeof(err))
+            : qkd2_response_end(req, plat, resp.body, resp.len, err, sizeof(err));
+    if (q != QKD_OK) {
+        errorf("unverifiable response (HTTP 200): %s", err);
+        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_SERVER;
+        goto out;
+    }
+    rc = req->op == QKD_OP_KEY ? print_key(o, req->device_id, index, &sk, src)
+                               : print_end(o, req->device_id, req->session_id, index);
+out:
+    qkd_session_key_clear(&sk);
+    qkd2_request_clear(req);
+    free(req);
+    qkd_http_response_clear(&resp);
+    qkd2_identity_free(id);
+    qkd2_platform_free(plat);
+    qkd_device_free(dev);
+    free_file(pem, false);
+    free_file(cbuf, false);
+    free_file(kbuf, true);
+    if (fill)
+        OPENSSL_secure_clear_free(fill, FILL_MAX + 1);
+    if (http_ready)
+        qkd_http_global_cleanup();
+    return rc;
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -476,7 +747,6 @@ int main(int argc, char **argv)
     qkd_request req;
     qkd_session_key sk;
     qkd_http_response resp = {0};
-    qkd_http_opts hopts = {0};
     char *fill = NULL, err[256];
     size_t fill_len = 0;
     int rc = EXIT_USAGE, index, http_ready = 0, q;
@@ -507,6 +777,10 @@ int main(int argc, char **argv)
         goto cleanup;
     }
 
+    if (o.v2) {
+        rc = run_v2(&o, now);
+        goto cleanup;
+    }
     if ((rc = read_fill(o.fill, &fill, &fill_len)) != EXIT_OK)
         goto cleanup;
     q = qkd_device_load(&dev, fill, fill_len, err, sizeof(err));
@@ -517,22 +791,8 @@ int main(int argc, char **argv)
         rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_USAGE;
         goto cleanup;
     }
-    rc = EXIT_USAGE;
-    if (o.index >= 0) {
-        const qkd_key *k = qkd_device_key(dev, o.index);
-        if (!k) {
-            errorf("%s: device %s has no key with index %d", o.fill, dev->device_id, o.index);
-            goto cleanup;
-        }
-        /* The server's clock decides; say why it will probably refuse. */
-        if (now >= k->not_after || now < k->not_before)
-            errorf("warning: key %d is not valid now (expired or not yet valid)", o.index);
-        index = o.index;
-    } else if ((index = qkd_device_default_index(dev, now)) < 0) {
-        errorf("%s: no key of device %s is valid now; choose one with --index", o.fill,
-               dev->device_id);
+    if ((rc = pick_index(&o, dev, now, &index)) != EXIT_OK)
         goto cleanup;
-    }
 
     if (strcmp(o.cmd, "key") == 0)
         q = qkd_request_key(&req, dev, index, o.session, o.peer, o.delivered, now, NULL, err,
@@ -545,33 +805,9 @@ int main(int argc, char **argv)
         goto cleanup;
     }
 
-    if (qkd_http_global_init() != QKD_HTTP_OK) {
-        errorf("cannot initialise libcurl");
-        rc = EXIT_INTERNAL;
+    if ((rc = post(&o, req.path, req.body, req.body_len, o.cert != NULL, &resp, &http_ready)) !=
+        EXIT_OK)
         goto cleanup;
-    }
-    http_ready = 1;
-    hopts.cacert = o.cacert;
-    hopts.cert = o.cert;
-    hopts.key = o.key;
-    hopts.pin_sha256 = o.pin;
-    hopts.timeout_s = o.timeout;
-    q = qkd_http_post(o.url, req.path, req.body, req.body_len, &hopts, &resp, err, sizeof(err));
-    if (q != QKD_HTTP_OK) {
-        fputs(PROG ": ", stderr);
-        put_safe(stderr, o.url);
-        fputs(": ", stderr);
-        put_safe(stderr, err);
-        fputc('\n', stderr);
-        rc = q == QKD_HTTP_TRANSPORT   ? EXIT_CONNECT
-             : q == QKD_HTTP_TOO_LARGE ? EXIT_SERVER
-                                       : EXIT_INTERNAL;
-        goto cleanup;
-    }
-    if (resp.status != 200) {
-        rc = report_status(&o, &resp);
-        goto cleanup;
-    }
 
     if (req.op == QKD_OP_KEY)
         q = qkd_response_key(&sk, dev, &req, resp.body, resp.len, err, sizeof(err));
@@ -582,7 +818,8 @@ int main(int argc, char **argv)
         rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_SERVER;
         goto cleanup;
     }
-    rc = req.op == QKD_OP_KEY ? print_key(&o, &req, &sk) : print_end(&o, &req);
+    rc = req.op == QKD_OP_KEY ? print_key(&o, req.device_id, req.key_index, &sk, 'c')
+                              : print_end(&o, req.device_id, req.session_id, req.key_index);
 
 cleanup:
     qkd_session_key_clear(&sk);

@@ -11,6 +11,7 @@
  *    keeps it as a crash artifact).
  *  - fuzz_vectors() is tests/vectors/protocol-v1.json, parsed once (the
  *    path is compiled in as FUZZ_VECTORS); NULL-safe callers only.
+ *  - fuzz_vectors_v2() is tests/vectors/protocol-v2.json (FUZZ_VECTORS_V2).
  *  - fuzz_strndup() copies input bytes into a NUL-terminated heap string.
  */
 #ifndef QKMS_FUZZ_COMMON_H
@@ -66,6 +67,21 @@ static inline char *fuzz_strndup(const uint8_t *data, size_t size)
 }
 
 #ifdef FUZZ_VECTORS
+/* tests/vectors/protocol-v2.json (FUZZ_VECTORS_V2), parsed once. */
+static inline json_t *fuzz_vectors_v2(void)
+{
+    static json_t *v;
+    json_error_t je;
+    if (!v) {
+        v = json_load_file(FUZZ_VECTORS_V2, 0, &je);
+        if (!json_is_array(json_object_get(v, "cases"))) {
+            dprintf(STDERR_FILENO, "cannot load %s: %s\n", FUZZ_VECTORS_V2, je.text);
+            abort();
+        }
+    }
+    return v;
+}
+
 static inline json_t *fuzz_vectors(void)
 {
     static json_t *v;

@@ -223,6 +223,28 @@ def main():
 
     # cert_pem: byte 0 even a CSR for device FUZZ-DEV-1, odd a certificate to bind
     cert_pem_seeds()
+    v2_seeds()
+
+
+def v2_seeds():
+    """v2_request: every request body of tests/vectors/protocol-v2.json and
+    some refusals; v2_response: byte 0 the index of an accept case among the
+    accept cases (as fuzz_v2_response.c counts them), then an answer body."""
+    v2 = json.load(open(os.path.join(ROOT, "tests", "vectors", "protocol-v2.json")))
+    for c in v2["cases"]:
+        put("v2_request", c["name"], c["request_body"])
+    ok = json.loads(v2["cases"][0]["request_body"])
+    put("v2_request", "hand-suite", compact(dict(ok, suite="X25519")))
+    put("v2_request", "hand-mode-4", compact(dict(ok, mode=4)))
+    put("v2_request", "hand-req-not-object", compact(dict(ok, req="WzFd")))
+    accepts = [c for c in v2["cases"] if c["expect"] == "accept"]
+    for i, c in enumerate(accepts):
+        put("v2_response", c["name"], bytes([i]) + c["response"]["body"].encode())
+    for c in v2["cases"]:
+        if c["expect"] == "reject":
+            i = next(j for j, a in enumerate(accepts) if a["request_body"] == c["request_body"]) \
+                if any(a["request_body"] == c["request_body"] for a in accepts) else 0
+            put("v2_response", c["name"], bytes([i]) + c["response"]["body"].encode())
 
 
 def cert_pem_seeds():

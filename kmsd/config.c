@@ -239,6 +239,10 @@ const config_option config_options[] = {
     {"certificate_warn_days", OPT_INT, OFF(certificate_warn_days), "30", 1, 365, NULL, false,
      false, "Days before a device certificate's notAfter from which kmsd warns (a log line at "
      "most once a day per certificate, and `qkms_certificates_expiring`)."},
+    {"platform_key_overlap_days", OPT_INT, OFF(platform_key_overlap_days), "30", 1, 365, NULL,
+     false, false, "Days a retired version of the platform's protocol v2 keys keeps answering "
+     "devices that still pin it, after a rotation (docs/protocol.md, \"The platform's keys\"); "
+     "then its private keys are destroyed in the token."},
     {"device_key_cache_size", OPT_INT, OFF(device_key_cache_size), "65536", 0, 16777216, NULL,
      false, false,
      "Slots of the cache of wrapped device key rows on the request path (0 disables). Never "

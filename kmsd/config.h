@@ -113,6 +113,7 @@ typedef struct kms_config {
     /* the platform CA (docs/pki.md) */
     int ca_crl_interval;
     int certificate_warn_days;
+    int platform_key_overlap_days; /* protocol v2 (docs/protocol.md) */
     /* admin */
     char *bootstrap_token_file;
     /* rate limits (kmsd/ratelimit.h) */

@@ -736,6 +736,7 @@ static const CK_BYTE p256_params[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 
 
 struct ec_arg {
     const char *label;
+    p11_ec_usage usage;
     CK_OBJECT_HANDLE priv;
     bool found;
 };
@@ -760,6 +761,8 @@ static CK_RV do_gen_ec(p11_token *t, CK_SESSION_HANDLE s, void *a)
 {
     struct ec_arg *ea = a;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BBOOL sign = ea->usage == P11_EC_SIGN ? CK_TRUE : CK_FALSE;
+    CK_BBOOL derive = ea->usage == P11_EC_DERIVE ? CK_TRUE : CK_FALSE;
     CK_OBJECT_HANDLE pub;
     CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
     CK_ATTRIBUTE pubt[] = {
@@ -767,7 +770,7 @@ static CK_RV do_gen_ec(p11_token *t, CK_SESSION_HANDLE s, void *a)
         {CKA_LABEL, (void *)ea->label, strlen(ea->label)},
         {CKA_ID, (void *)ea->label, strlen(ea->label)},
         {CKA_TOKEN, &yes, sizeof(yes)},
-        {CKA_VERIFY, &yes, sizeof(yes)},
+        {CKA_VERIFY, &sign, sizeof(sign)},
         {CKA_ENCRYPT, &no, sizeof(no)},
         {CKA_WRAP, &no, sizeof(no)},
         {CKA_DERIVE, &no, sizeof(no)},
@@ -780,10 +783,10 @@ static CK_RV do_gen_ec(p11_token *t, CK_SESSION_HANDLE s, void *a)
         {CKA_SENSITIVE, &yes, sizeof(yes)},
         {CKA_EXTRACTABLE, &no, sizeof(no)},
         {CKA_MODIFIABLE, &no, sizeof(no)},
-        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_SIGN, &sign, sizeof(sign)},
         {CKA_DECRYPT, &no, sizeof(no)},
         {CKA_UNWRAP, &no, sizeof(no)},
-        {CKA_DERIVE, &no, sizeof(no)},
+        {CKA_DERIVE, &derive, sizeof(derive)},
     };
     ea->found = true;
     return t->f->C_GenerateKeyPair(s, &mech, pubt, sizeof(pubt) / sizeof(pubt[0]), privt,
@@ -803,9 +806,10 @@ static CK_RV do_gen_ec_again(p11_token *t, CK_SESSION_HANDLE s, void *a)
     return do_gen_ec(t, s, ea);
 }
 
-CK_RV p11_generate_ec_key_pair(p11_token *t, const char *label, CK_OBJECT_HANDLE *priv)
+CK_RV p11_generate_ec_key_pair(p11_token *t, const char *label, p11_ec_usage usage,
+                               CK_OBJECT_HANDLE *priv)
 {
-    struct ec_arg ea = {.label = label};
+    struct ec_arg ea = {.label = label, .usage = usage};
     CK_RV rv = run_op(t, do_gen_ec_again, do_gen_ec_again, &ea);
     if (rv == CKR_OK)
         *priv = ea.priv;
@@ -880,6 +884,54 @@ CK_RV p11_ecdsa_sign(p11_token *t, CK_OBJECT_HANDLE priv, const uint8_t *digest,
 {
     struct sign_arg sa = {priv, digest, dlen, sig, sig_len};
     return run(t, do_sign, &sa);
+}
+
+struct ecdh_arg {
+    CK_OBJECT_HANDLE priv;
+    const uint8_t *point;
+    size_t point_len;
+    uint8_t *z;
+};
+
+/* The shared secret is made a session object that only this call sees, read
+ * out and destroyed at once: PKCS#11 has no way to hand back a derived
+ * secret without an object. Its value is the x-coordinate (CKD_NULL). */
+static CK_RV do_ecdh(p11_token *t, CK_SESSION_HANDLE s, void *a)
+{
+    struct ecdh_arg *ea = a;
+    CK_ECDH1_DERIVE_PARAMS prm = {CKD_NULL, 0, NULL, (CK_ULONG)ea->point_len,
+                                  (CK_BYTE_PTR)ea->point};
+    CK_MECHANISM m = {CKM_ECDH1_DERIVE, &prm, sizeof(prm)};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_ULONG len = P11_ECDH_LEN;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},       {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_VALUE_LEN, &len, sizeof(len)},   {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},     {CKA_SENSITIVE, &no, sizeof(no)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+    };
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ATTRIBUTE val = {CKA_VALUE, ea->z, P11_ECDH_LEN};
+    CK_RV rv = t->f->C_DeriveKey(s, &m, ea->priv, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
+    if (rv != CKR_OK)
+        return rv;
+    rv = t->f->C_GetAttributeValue(s, h, &val, 1);
+    if (rv == CKR_OK && val.ulValueLen != P11_ECDH_LEN)
+        rv = CKR_GENERAL_ERROR;
+    t->f->C_DestroyObject(s, h);
+    return rv;
+}
+
+CK_RV p11_ecdh_derive(p11_token *t, CK_OBJECT_HANDLE priv, const uint8_t *point, size_t point_len,
+                      uint8_t z[P11_ECDH_LEN])
+{
+    struct ecdh_arg ea = {priv, point, point_len, z};
+    CK_RV rv = run(t, do_ecdh, &ea);
+    if (rv != CKR_OK)
+        explicit_bzero(z, P11_ECDH_LEN);
+    return rv;
 }
 
 /* ---- destroy, random, ping ---- */

@@ -94,11 +94,14 @@ CK_RV p11_gcm_decrypt(p11_token *t, CK_OBJECT_HANDLE key, const uint8_t iv[12],
                       const uint8_t *aad, size_t aad_len,
                       const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len);
 
-/* EC P-256 key pairs (the platform CA): the private key token, private,
- * sensitive, never extractable, sign only; the public key beside it under
- * the same label. A generation that finds a private key with the label
- * takes it (a retry after a lost answer). */
-CK_RV p11_generate_ec_key_pair(p11_token *t, const char *label, CK_OBJECT_HANDLE *priv);
+/* EC P-256 key pairs (the platform CA, the platform's protocol v2 keys):
+ * the private key token, private, sensitive, never extractable, and either
+ * sign only or derive (ECDH) only; the public key beside it under the same
+ * label. A generation that finds a private key with the label takes it (a
+ * retry after a lost answer). */
+typedef enum { P11_EC_SIGN, P11_EC_DERIVE } p11_ec_usage;
+CK_RV p11_generate_ec_key_pair(p11_token *t, const char *label, p11_ec_usage usage,
+                               CK_OBJECT_HANDLE *priv);
 /* Find a private key object by exact label; *found false when absent. */
 CK_RV p11_find_private_key(p11_token *t, const char *label, CK_OBJECT_HANDLE *h, bool *found);
 /* The public point (uncompressed, 0x04 || X || Y) of the public key object
@@ -109,6 +112,13 @@ CK_RV p11_ec_public_point(p11_token *t, const char *label, uint8_t *out, size_t 
  * for P-256); *sig_len in: capacity, out: length. */
 CK_RV p11_ecdsa_sign(p11_token *t, CK_OBJECT_HANDLE priv, const uint8_t *digest, size_t dlen,
                      uint8_t *sig, size_t *sig_len);
+
+/* CKM_ECDH1_DERIVE with a derive-only private key and a peer's public
+ * point (uncompressed, 65 bytes for P-256): z gets the shared secret, the
+ * x-coordinate (32 bytes); z is zeroed on failure. */
+#define P11_ECDH_LEN 32
+CK_RV p11_ecdh_derive(p11_token *t, CK_OBJECT_HANDLE priv, const uint8_t *point, size_t point_len,
+                      uint8_t z[P11_ECDH_LEN]);
 
 /* Destroy a token object (master key retirement). */
 CK_RV p11_destroy_object(p11_token *t, CK_OBJECT_HANDLE h);

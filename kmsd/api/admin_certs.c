@@ -14,6 +14,7 @@
 #include "api/routes.h"
 #include "service/ca.h"
 #include "service/certs.h"
+#include "service/platform_keys.h"
 #include "service/crl.h"
 #include "fillpkg.h"
 
@@ -152,6 +153,24 @@ void h_admin_ca_rotate(http_request *rq, http_response *rs)
         http_fail(rs, &e);
         return;
     }
+    http_json(rs, 200, out);
+}
+
+/* POST /v1/admin/platform/rotate: new protocol v2 keys (docs/protocol.md,
+ * "The platform's keys"); the answer is GET /v1/platform/certificates'. */
+void h_admin_platform_rotate(http_request *rq, http_response *rs)
+{
+    qk_principal who = admin_principal(rq);
+    json_t *out;
+    qk_err e;
+    int version;
+    if (platform_keys_rotate(rq->kms->svc.pkeys, rq->kms->svc.db, who.name, &version, &e) !=
+            QK_OK ||
+        platform_keys_json(rq->kms->svc.pkeys, &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return;
+    }
+    json_object_set_new(out, "active_version", json_integer(version));
     http_json(rs, 200, out);
 }
 

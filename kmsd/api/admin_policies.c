@@ -32,7 +32,7 @@ static int check_fields(json_t *in, http_response *rs)
 {
     static const char *const known[] = {"name", "type_a", "type_b", "group_a", "group_b",
                                         "key_bits", "idle_timeout_s", "max_lifetime_s",
-                                        "delivery", NULL};
+                                        "delivery", "key_sources", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(in, key, v) {
@@ -42,6 +42,19 @@ static int check_fields(json_t *in, http_response *rs)
         if (!ok) {
             http_error(rs, 422, "invalid_policy", "unknown field '%.64s'", key);
             return -1;
+        }
+        if (!strcmp(key, "key_sources")) {
+            size_t i;
+            json_t *x;
+            bool strs = json_is_array(v);
+            json_array_foreach(v, i, x) strs = strs && json_is_string(x) &&
+                                              strlen(json_string_value(x)) == 1;
+            if (!json_is_null(v) && !strs) {
+                http_error(rs, 422, "invalid_policy",
+                           "key_sources must be an array of \"a\", \"b\" and \"c\"");
+                return -1;
+            }
+            continue;
         }
         if (!json_is_null(v) && (is_int ? !json_is_integer(v) : !json_is_string(v))) {
             http_error(rs, 422, "invalid_policy", "field '%s' must be %s", key,
@@ -77,7 +90,18 @@ void h_policies_add(http_request *rq, http_response *rs)
         goto out;
     p = (policy_spec){str(in, "name"), str(in, "type_a"), str(in, "type_b"), str(in, "group_a"),
                       str(in, "group_b"), str(in, "delivery"), opt_int(in, "key_bits"),
-                      opt_int(in, "idle_timeout_s"), opt_int(in, "max_lifetime_s")};
+                      opt_int(in, "idle_timeout_s"), opt_int(in, "max_lifetime_s"), NULL};
+    /* ["a", "c"] as "ac", checked by the service; more than three entries
+     * cannot be right and go as four. */
+    char ks[5] = "";
+    json_t *ksv = json_object_get(in, "key_sources");
+    if (json_is_array(ksv)) {
+        size_t i, n = json_array_size(ksv);
+        json_t *x;
+        json_array_foreach(ksv, i, x) if (i < 4) ks[i] = json_string_value(x)[0];
+        ks[n < 4 ? n : 4] = 0;
+        p.key_sources = ks;
+    }
     if (policies_add(&rq->kms->svc, &who, &p, &e) != QK_OK) {
         http_fail(rs, &e);
         goto out;

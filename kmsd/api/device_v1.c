@@ -144,7 +144,7 @@ static bool bound_to_cert(http_request *rq, http_response *rs, const envelope *e
 static int authenticate(http_request *rq, http_response *rs, const char *op, const envelope *env,
                         authed *a, uint64_t *t0)
 {
-    device_request dr = {op, env->device_id, env->key_index, env->nonce, env->ct, env->ct_len, t0};
+    device_request dr = {op, env->device_id, env->key_index, env->nonce, env->ct, env->ct_len, t0, 1};
     log_ctx lc = http_log_ctx(rq); /* no principal yet */
     json_error_t je;
     qk_err e;

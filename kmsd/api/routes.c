@@ -51,6 +51,10 @@
     X("POST", "/v1/admin/device-types", "admin_devtypes_add", ROLE_ADMIN, h_devtypes_add, ADM, RL_ADMIN) \
     X("POST", "/v1/sessions/key", "session_key", 0, h_session_key, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v1/sessions/end", "session_end", 0, h_session_end, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/v2/sessions/key", "session_key_v2", 0, h_session_key_v2, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/v2/sessions/end", "session_end_v2", 0, h_session_end_v2, DEV, RL_DEVICE, .client_cert = true) \
+    X("GET", "/v1/platform/certificates", "platform_certs", 0, h_platform_certs, BOTH, RL_NONE) \
+    X("POST", "/v1/admin/platform/rotate", "admin_platform_rotate", ROLE_ADMIN, h_admin_platform_rotate, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/sessions", "admin_sessions_list", ROLE_ANY, h_admin_sessions_list, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/sessions/{id}", "admin_session_get", ROLE_ANY, h_admin_session_get, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/sessions/{id}/end", "admin_session_end", OPS, h_admin_session_end, ADM, RL_ADMIN) \

@@ -64,6 +64,12 @@ void h_audit_export(http_request *rq, http_response *rs);
 void h_session_key(http_request *rq, http_response *rs);
 void h_session_end(http_request *rq, http_response *rs);
 
+/* device_v2.c: the device protocol v2, and the platform's certificates */
+void h_session_key_v2(http_request *rq, http_response *rs);
+void h_session_end_v2(http_request *rq, http_response *rs);
+void h_platform_certs(http_request *rq, http_response *rs);
+void h_admin_platform_rotate(http_request *rq, http_response *rs);
+
 /* admin_sessions.c */
 void h_admin_sessions_list(http_request *rq, http_response *rs);
 void h_admin_session_get(http_request *rq, http_response *rs);

@@ -244,7 +244,7 @@ static X509 *new_version(qk_ca *ca, int version, char label[64], char *err, size
     CK_OBJECT_HANDLE priv;
     CK_RV rv;
     snprintf(label, 64, "%s-%d", CA_LABEL_PREFIX, version);
-    if ((rv = p11_generate_ec_key_pair(ca->t, label, &priv)) != CKR_OK) {
+    if ((rv = p11_generate_ec_key_pair(ca->t, label, P11_EC_SIGN, &priv)) != CKR_OK) {
         snprintf(err, el, "generating the CA key pair in the token: %s", p11_rv_name(rv));
         return NULL;
     }
@@ -820,7 +820,7 @@ qk_kind ca_csr(qk_ca *ca, db_pool *db, const char *actor, json_t **out, qk_err *
     snprintf(ver, sizeof(ver), "%d", version);
     {
         CK_OBJECT_HANDLE priv;
-        CK_RV rv = p11_generate_ec_key_pair(ca->t, label, &priv);
+        CK_RV rv = p11_generate_ec_key_pair(ca->t, label, P11_EC_SIGN, &priv);
         if (rv != CKR_OK) {
             k = qk_from_token(e, rv, "generate CA key pair");
             goto out;

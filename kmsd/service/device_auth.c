@@ -8,6 +8,8 @@
  */
 #include "service/device_auth.h"
 
+#include "qkms_proto2.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -209,7 +211,9 @@ qk_kind device_auth_open(qk_svc *s, const log_ctx *log, const device_request *rq
         r = qk_from_token(e, rv, NULL); /* logged just above */
         goto out;
     }
-    aad_len = qkp_request_aad(rq->op, rq->device_id, rq->key_index, aad, sizeof(aad));
+    aad_len = rq->version == 2
+                  ? qkp2_request_aad(rq->op, rq->device_id, rq->key_index, aad, sizeof(aad))
+                  : qkp_request_aad(rq->op, rq->device_id, rq->key_index, aad, sizeof(aad));
     if (aad_len < 0 || qkp_open(a->key, a->key_len, rq->nonce, aad, (size_t)aad_len, rq->ct,
                                 rq->ct_len, a->inner) != 0) {
         r = device_auth_fail(s, log, rq->device_id, rq->key_index,

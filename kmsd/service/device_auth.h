@@ -49,6 +49,7 @@ typedef struct {
     const uint8_t *ct;     /* ciphertext and tag */
     size_t ct_len;         /* QKP_TAG_LEN + 1 .. QKP_MAX_PLAINTEXT + QKP_TAG_LEN */
     uint64_t *t0;          /* the request's stage clock (session_metrics.h), or NULL */
+    int version;           /* the protocol, for the AAD's label: 0 or 1 v1, 2 v2 (mode 3) */
 } device_request;
 
 /* An authenticated device request. */
@@ -64,6 +65,12 @@ typedef struct device_auth {
     uint64_t *t0;             /* the request's stage clock, or NULL */
     bool replayed;            /* the database found the nonce used (the door may
                                * refund what the request cost) */
+    /* Protocol v2 modes 1 and 2 (negotiate.h): authenticated by a signature
+     * under this device certificate (SHA-256 of its DER), not by a device
+     * key: key is NULL, key_index -1, and the stored functions re-check the
+     * certificate instead of the key. */
+    bool by_cert;
+    uint8_t cert_sha256[32];
 } device_auth;
 
 /* Authenticate rq: QK_OK with *a filled, or the failure in e (a cleared). */

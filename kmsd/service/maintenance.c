@@ -12,6 +12,7 @@
 #include "service/audit.h"
 #include "service/audit_seal.h"
 #include "service/ca.h"
+#include "service/platform_keys.h"
 #include "service/crl.h"
 #include "service/keycache.h"
 #include "deadline.h"
@@ -222,6 +223,10 @@ static void *loop(void *arg)
                 log_emit(LOG_WARN, "platform CA versions not re-read", "{s:s}", "error",
                          ce.detail);
             crl_refresh(m->k, false, &ce);
+            /* Protocol v2's keys: other instances' rotations, overlaps
+             * that ended, certificates near their end. */
+            if (platform_keys_refresh(m->k->pkeys, m->k->db, &ce) != QK_OK)
+                log_emit(LOG_WARN, "platform keys not refreshed", "{s:s}", "error", ce.detail);
             next_crl = time(NULL) + (every < 60 ? every : 60);
         }
         pthread_mutex_lock(&m->mu);

@@ -12,6 +12,7 @@
 #include "service/auth.h"
 #include "service/device_model.h"
 #include "service/devices.h"
+#include "service/sessions.h"
 #include "store/pgjson.h"
 #include "store/queries.h"
 
@@ -24,7 +25,22 @@ static json_t *policy_json(const PGresult *r, int i)
                      atoi(PQgetvalue(r, i, 6)), "max_lifetime_s", atoi(PQgetvalue(r, i, 7)),
                      "delivery", pgjson_text(r, i, 8), "created_at", pgjson_time(r, i, 9),
                      "created_by", pgjson_text(r, i, 10), "scope",
-                     PQgetisnull(r, i, 3) ? "same-group" : "cross-group");
+                     !strcmp(PQgetvalue(r, i, 1), SESSION_PLATFORM_PEER) ||
+                             !strcmp(PQgetvalue(r, i, 2), SESSION_PLATFORM_PEER)
+                         ? "platform"
+                     : PQgetisnull(r, i, 3) ? "same-group"
+                                            : "cross-group");
+}
+
+static json_t *policy_row(const PGresult *r, int i)
+{
+    json_t *o = policy_json(r, i);
+    json_t *ks = json_loads(PQgetvalue(r, i, 11), 0, NULL);
+    if (o && ks)
+        json_object_set_new(o, "key_sources", ks);
+    else
+        json_decref(ks);
+    return o;
 }
 
 qk_kind policies_list(qk_svc *s, json_t **out, qk_err *e)
@@ -35,16 +51,18 @@ qk_kind policies_list(qk_svc *s, json_t **out, qk_err *e)
     *out = NULL;
     if (!r)
         return db_fail(e, st);
-    *out = json_pack("{s:o}", "policies", pgjson_rows(r, policy_json));
+    *out = json_pack("{s:o}", "policies", pgjson_rows(r, policy_row));
     PQclear(r);
     return QK_OK;
 }
 
-/* "*" or a registered device type, into *ok. */
+/* "*", "@platform" (the platform as a peer, protocol v2) or a registered
+ * device type, into *ok. */
 static qk_kind type_ok(qk_svc *s, const char *type, bool *ok, qk_err *e)
 {
-    *ok = type && (!strcmp(type, "*") || device_type_name_valid(type));
-    if (!*ok || !strcmp(type, "*"))
+    *ok = type && (!strcmp(type, "*") || !strcmp(type, SESSION_PLATFORM_PEER) ||
+                   device_type_name_valid(type));
+    if (!*ok || !strcmp(type, "*") || !strcmp(type, SESSION_PLATFORM_PEER))
         return QK_OK;
     return device_types_has(s, type, ok, e);
 }
@@ -72,7 +90,14 @@ static qk_kind check_policy(qk_svc *s, const policy_spec *p, char ints[3][24], q
         return k;
     if (!a || !b)
         return qk_fail(e, QK_INVALID, "invalid_policy",
-                       "type_a and type_b must be registered device types or \"*\"");
+                       "type_a and type_b must be registered device types, \"*\" or "
+                       "\"@platform\"");
+    if (!strcmp(p->type_a, SESSION_PLATFORM_PEER) + !strcmp(p->type_b, SESSION_PLATFORM_PEER) == 2 ||
+        ((!strcmp(p->type_a, SESSION_PLATFORM_PEER) || !strcmp(p->type_b, SESSION_PLATFORM_PEER)) &&
+         p->group_a))
+        return qk_fail(e, QK_INVALID, "invalid_policy",
+                       "a policy for the platform as peer names \"@platform\" on one side only, "
+                       "and no groups");
     if (!!p->group_a != !!p->group_b ||
         (p->group_a && (!device_group_valid(p->group_a) || !device_group_valid(p->group_b))))
         return qk_fail(e, QK_INVALID, "invalid_policy",
@@ -85,6 +110,30 @@ static qk_kind check_policy(qk_svc *s, const policy_spec *p, char ints[3][24], q
         return k;
     if (strcmp(ints[0], "128") && strcmp(ints[0], "256"))
         return qk_fail(e, QK_INVALID, "invalid_policy", "key_bits must be 128 or 256");
+    return QK_OK;
+}
+
+/* key_sources ("ac") as the array literal "{a,c}" into out (all three when
+ * NULL). */
+static qk_kind sources_arg(const char *ks, char out[8], qk_err *e)
+{
+    size_t n = 0;
+    if (!ks)
+        ks = "abc";
+    if (!*ks || strlen(ks) > 3)
+        return qk_fail(e, QK_INVALID, "invalid_policy",
+                       "key_sources must be one to three of \"a\", \"b\", \"c\", each once");
+    out[n++] = '{';
+    for (const char *p = ks; *p; p++) {
+        if (!strchr("abc", *p) || strchr(p + 1, *p))
+            return qk_fail(e, QK_INVALID, "invalid_policy",
+                           "key_sources must be one to three of \"a\", \"b\", \"c\", each once");
+        if (p != ks)
+            out[n++] = ',';
+        out[n++] = *p;
+    }
+    out[n++] = '}';
+    out[n] = 0;
     return QK_OK;
 }
 
@@ -107,7 +156,7 @@ static json_t *policy_detail(const policy_spec *p)
 }
 
 struct policy_tx {
-    const char *vals[10];
+    const char *vals[11];
     const char *actor;
     json_t *detail;
     bool remove;
@@ -118,7 +167,7 @@ static db_status policy_tx_fn(db_conn *c, void *arg)
     struct policy_tx *t = arg;
     db_status st;
     PGresult *r = t->remove ? db_exec(c, Q_POLICY_DELETE, 1, t->vals, NULL, NULL, &st)
-                            : db_exec(c, Q_POLICY_INSERT, 10, t->vals, NULL, NULL, &st);
+                            : db_exec(c, Q_POLICY_INSERT, 11, t->vals, NULL, NULL, &st);
     int found;
     if (!r)
         return st;
@@ -133,12 +182,12 @@ static db_status policy_tx_fn(db_conn *c, void *arg)
 qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, qk_err *e)
 {
     struct policy_tx t = {{0}, who->name, NULL, false};
-    char ints[3][24];
+    char ints[3][24], sources[8];
     db_status st;
     qk_kind k;
 
     qk_clear(e);
-    if ((k = check_policy(s, p, ints, e)) != QK_OK)
+    if ((k = check_policy(s, p, ints, e)) != QK_OK || (k = sources_arg(p->key_sources, sources, e)) != QK_OK)
         return k;
     t.vals[0] = p->name;
     t.vals[1] = p->type_a;
@@ -150,7 +199,10 @@ qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, q
     t.vals[7] = ints[2];
     t.vals[8] = p->delivery ? p->delivery : "session";
     t.vals[9] = who->name;
+    t.vals[10] = sources;
     t.detail = policy_detail(p);
+    if (t.detail && p->key_sources)
+        json_object_set_new(t.detail, "key_sources", json_string(p->key_sources));
     st = db_tx(s->db, policy_tx_fn, &t);
     json_decref(t.detail);
     if (st == DB_CONFLICT)

@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 
 #include "service/ca.h"
+#include "service/platform_keys.h"
 #include "service/keycache.h"
 #include "service/session_seen.h"
 #include "service/master.h"
@@ -136,6 +137,11 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
         log_emit(LOG_ERROR, "platform CA check failed", "{s:s}", "error", err);
         goto out;
     }
+    if (platform_keys_open(&s->pkeys, s->db, s->token, s->ca, cfg->platform_key_overlap_days, err,
+                           errlen) != 0) {
+        log_emit(LOG_ERROR, "platform key check failed", "{s:s}", "error", err);
+        goto out;
+    }
     if (trust_open(&s->trust, cfg->tls_client_ca_file, cfg->tls_client_crl_file, err, errlen) !=
         0) {
         log_emit(LOG_ERROR, "client certificate trust configuration error", "{s:s}", "error",
@@ -168,6 +174,7 @@ void service_close(qk_svc *s)
     session_metrics_free(s->smetrics);
     sessions_set_id_key(NULL, 0);
     keycache_free(s->keys);
+    platform_keys_free(s->pkeys);
     ca_free(s->ca);
     trust_free(s->trust);
     session_seen_free(s->seen);

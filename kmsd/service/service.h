@@ -33,6 +33,7 @@
 
 typedef struct keycache keycache;
 typedef struct qk_ca qk_ca;
+typedef struct platform_keys platform_keys;
 typedef struct qk_trust qk_trust;
 typedef struct session_seen session_seen;
 typedef struct session_metrics session_metrics;
@@ -48,6 +49,7 @@ typedef struct qk_svc {
     session_seen *seen; /* sessions seen to exist: no candidate key for them */
     session_metrics *smetrics;
     qk_ca *ca;        /* the platform CA (its key in the token), service/ca.h */
+    platform_keys *pkeys; /* protocol v2's signing and key-agreement keys (platform_keys.h) */
     qk_trust *trust;  /* other issuers of client certificates (trust.h); NULL: none */
     /* The rotation's scan of sessions for rows under an older master version
      * found none while this version was active (0: not yet). Rows are only

@@ -15,6 +15,7 @@
 #include <openssl/rand.h>
 
 #include "hexutil.h"
+#include "qkms_proto2.h"
 #include "service/device_model.h"
 #include "service/keycache.h"
 #include "service/master.h"
@@ -51,21 +52,64 @@ typedef struct {
     char master[12];
     char bits[8];
     const char *provenance;
+    char provenance_buf[48];
     uint8_t *key; /* bits / 8 bytes, secure heap; NULL: no candidate */
     size_t key_len;
+    uint8_t *sr;  /* key source 'a': the server random, secure heap */
 } candidate;
 
 static void candidate_clear(candidate *cd)
 {
     if (cd->key)
         OPENSSL_secure_clear_free(cd->key, 32);
+    if (cd->sr)
+        OPENSSL_secure_clear_free(cd->sr, QKP2_RANDOM_LEN);
     OPENSSL_cleanse(cd, sizeof(*cd));
+}
+
+static qk_kind no_entropy(qk_err *e)
+{
+    qk_kind r = qk_fail(e, QK_UNAVAILABLE, "entropy_unavailable", "no entropy source available");
+    if (e)
+        e->retry_after = 1;
+    return r;
+}
+
+/* The candidate's key bytes by the request's key source (sessions.h): from
+ * the entropy interface ('c', v1), or derived from the initiator's random
+ * ('b') and a server random from the entropy interface ('a'). The
+ * provenance recorded says which: the entropy source's name, "device", or
+ * "device+" and the source's name. */
+static qk_kind candidate_key(qk_svc *s, const session_ask *ask, int bits, candidate *cd,
+                             uint8_t *key, qk_err *e)
+{
+    const char *src = NULL;
+
+    if (ask->key_source != 'a' && ask->key_source != 'b') {
+        if (entropy_get(s->ent, key, (size_t)bits / 8, &cd->provenance) != 0)
+            return no_entropy(e);
+        return QK_OK;
+    }
+    if (!ask->cr || !ask->h)
+        return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+    if (ask->key_source == 'a') {
+        if (!(cd->sr = OPENSSL_secure_malloc(QKP2_RANDOM_LEN)))
+            return qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
+        if (entropy_get(s->ent, cd->sr, QKP2_RANDOM_LEN, &src) != 0)
+            return no_entropy(e);
+    }
+    snprintf(cd->provenance_buf, sizeof(cd->provenance_buf), "%s%s", src ? "device+" : "device",
+             src ? src : "");
+    cd->provenance = cd->provenance_buf;
+    if (qkp2_session_key(ask->cr, cd->sr, ask->h, cd->key_id, key, (size_t)bits / 8) != 0)
+        return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+    return QK_OK;
 }
 
 /* A new session key from the entropy interface, wrapped under the master
  * key, into cd (its earlier key, if any, is wiped). */
-static qk_kind make_candidate(qk_svc *s, const qk_principal *who, const uint8_t hash[32], int bits,
-                              candidate *cd, qk_err *e)
+static qk_kind make_candidate(qk_svc *s, const qk_principal *who, const session_ask *ask,
+                              const uint8_t hash[32], int bits, candidate *cd, qk_err *e)
 {
     uint8_t *key, wrapped[SESSION_WRAPPED_MAX];
     size_t wl = sizeof(wrapped);
@@ -77,13 +121,9 @@ static qk_kind make_candidate(qk_svc *s, const qk_principal *who, const uint8_t 
     candidate_clear(cd);
     if (!(key = OPENSSL_secure_malloc(32)))
         return qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
-    if (entropy_get(s->ent, key, (size_t)bits / 8, &cd->provenance) != 0) {
-        r = qk_fail(e, QK_UNAVAILABLE, "entropy_unavailable", "no entropy source available");
-        if (e)
-            e->retry_after = 1;
-        goto out;
-    }
     uuid4(cd->key_id);
+    if ((r = candidate_key(s, ask, bits, cd, key, e)) != QK_OK)
+        goto out;
     session_key_context_of(hash, cd->key_id, ctx, sizeof(ctx));
     used = keywrap_active(s->kw);
     rv = keywrap_wrap(s->kw, (const uint8_t *)ctx, strlen(ctx), key, (size_t)bits / 8, wrapped, &wl);
@@ -125,6 +165,9 @@ typedef struct {
     bool delivered;
     char ts[24], skew[12], pk[24], kidx[8];
     uint8_t hash[32], legacy[32];
+    const uint8_t *cert; /* v2 modes 1, 2: the certificate's SHA-256, else NULL */
+    char cert_hex[65];
+    char source[2];      /* v2: the asked key source; empty for v1 (NULL) */
 } session_call;
 
 static qk_kind session_call_init(qk_svc *s, const device_auth *a, const char *sid,
@@ -144,13 +187,17 @@ static qk_kind session_call_init(qk_svc *s, const device_auth *a, const char *si
     snprintf(sc->skew, sizeof(sc->skew), "%d", s->cfg->protocol_clock_skew);
     snprintf(sc->pk, sizeof(sc->pk), "%lld", a->device_pk);
     snprintf(sc->kidx, sizeof(sc->kidx), "%d", a->key_index);
+    if (a->by_cert) {
+        sc->cert = a->cert_sha256;
+        qkms_hex_encode(a->cert_sha256, 32, sc->cert_hex);
+    }
     return QK_OK;
 }
 
 /* The principal must be the device that authenticated. */
 static qk_kind device_principal(const qk_principal *who, const device_auth *a, qk_err *e)
 {
-    if (!who || who->kind != QK_PRINCIPAL_DEVICE || !who->name || !a->key ||
+    if (!who || who->kind != QK_PRINCIPAL_DEVICE || !who->name || (!a->key && !a->by_cert) ||
         strcmp(who->name, a->device_id) != 0) {
         log_emit(LOG_ERROR, "session operation without its device", NULL);
         return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
@@ -182,15 +229,16 @@ static void candidate_args(const candidate *cd, const char **out)
 static PGresult *session_key_alone(db_conn *c, void *arg, db_status *st)
 {
     const key_call *kc = arg;
-    const char *vals[15] = {kc->sc->pk, kc->sc->kidx, (const char *)kc->a->nonce,
+    const char *vals[17] = {kc->sc->pk, kc->sc->kidx, (const char *)kc->a->nonce,
                             (const char *)kc->sc->hash, kc->sc->sid, kc->sc->peer,
                             kc->sc->delivered ? "true" : "false", NULL, NULL, NULL, NULL, NULL,
-                            kc->sc->ts, kc->sc->skew, (const char *)kc->sc->legacy};
-    int lens[15] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32};
-    int fmts[15] = {0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+                            kc->sc->ts, kc->sc->skew, (const char *)kc->sc->legacy,
+                            (const char *)kc->sc->cert, kc->sc->source[0] ? kc->sc->source : NULL};
+    int lens[17] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 32, 0};
+    int fmts[17] = {0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0};
 
     candidate_args(kc->cd, &vals[7]);
-    return db_exec(c, Q_SESSION_KEY, 15, vals, lens, fmts, st);
+    return db_exec(c, Q_SESSION_KEY, 17, vals, lens, fmts, st);
 }
 
 /* One call of qkms_session_key, through the group commit when it is on
@@ -203,10 +251,12 @@ static qk_kind session_key_call(qk_svc *s, const device_auth *a, const session_c
     char nonce[2 * QKP_NONCE_LEN + 1], hash[65], legacy[65];
     const char *vals[Q_SESSION_KEY_BATCH_PARAMS] = {
         sc->pk,   sc->kidx, nonce, sc->ts, sc->skew, hash, legacy, sc->sid, sc->peer,
-        sc->delivered ? "t" : "f"}; /* the candidate's five follow */
+        sc->delivered ? "t" : "f"}; /* the candidate's five follow, then cert and source */
     db_status st;
 
     candidate_args(cd, &vals[10]);
+    vals[15] = sc->cert ? sc->cert_hex : NULL;
+    vals[16] = sc->source[0] ? sc->source : NULL;
 
     if (!s->key_batch) {
         db_conn *c = db_acquire(s->db, &st);
@@ -234,6 +284,7 @@ static const struct {
     {"unknown_peer", QK_INVALID, "unknown_peer", "the peer is not a registered device", SESSION_REFUSE_PEER},
     {"peer_inactive", QK_INVALID, "peer_inactive", "the peer is suspended or revoked", SESSION_REFUSE_PEER},
     {"policy_denied", QK_FORBIDDEN, "policy_denied", "no pairing policy allows these two devices", SESSION_REFUSE_POLICY},
+    {"source_denied", QK_FORBIDDEN, "key_source_denied", "the pairing policy does not allow this key source", SESSION_REFUSE_POLICY},
 };
 
 /* The outcomes both stored functions share: the nonce was used before
@@ -280,7 +331,8 @@ static qk_kind session_key_refused(qk_svc *s, const qk_principal *who, device_au
         if (!strcmp(outcome, outcomes[i].outcome)) {
             session_metrics_refused(s->smetrics, outcomes[i].refusal);
             log_with(&who->log, LOG_WARN, "session request refused", "{s:s,s:s,s:s}", "device_id",
-                     a->device_id, "peer_id", sc->peer, "reason", outcome);
+                     a->device_id, "peer_id", sc->peer ? sc->peer : SESSION_PLATFORM_PEER, "reason",
+                     outcome);
             return qk_fail(e, outcomes[i].kind, outcomes[i].code, "%s", outcomes[i].message);
         }
     log_with(&who->log, LOG_ERROR, "unexpected session outcome", "{s:s}", "outcome", outcome);
@@ -301,6 +353,8 @@ void session_grant_clear(session_grant *g)
 {
     if (g->key)
         OPENSSL_secure_clear_free(g->key, SESSION_KEY_BUF);
+    if (g->sr)
+        OPENSSL_secure_clear_free(g->sr, QKP2_RANDOM_LEN);
     memset(g, 0, sizeof(*g));
 }
 
@@ -309,7 +363,7 @@ void session_grant_clear(session_grant *g)
  * request just created from it (its key ID and wrapped key are the
  * candidate's). */
 static qk_kind grant_from_row(qk_svc *s, const qk_principal *who, PGresult *r,
-                              const candidate *cd, session_grant *g, qk_err *e)
+                              candidate *cd, session_grant *g, qk_err *e)
 {
     /* The wrap context names the hash the row is keyed by (a row from
      * before the keyed hash keeps its SHA-256, docs/sessions.md). */
@@ -332,10 +386,19 @@ static qk_kind grant_from_row(qk_svc *s, const qk_principal *who, PGresult *r,
         qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
         goto out;
     }
+    g->key_source = 'c';
     if (g->created && cd->key && cd->key_len == (size_t)g->key_bits / 8 &&
         !strcmp(cd->key_id, key_id) && !strcmp(cd->wrapped_hex, whex)) {
         memcpy(g->key, cd->key, cd->key_len);
         g->key_len = cd->key_len;
+        /* The key was made from this request's randoms: the answer gives
+         * the device what it needs to derive it (the server random of 'a'),
+         * not the key. */
+        if (cd->provenance == cd->provenance_buf) {
+            g->key_source = cd->sr ? 'a' : 'b';
+            g->sr = cd->sr; /* moved */
+            cd->sr = NULL;
+        }
         rv = CKR_OK;
         session_metrics_count(s->smetrics, SESSION_EV_KEY_FROM_CANDIDATE, 1);
     } else {
@@ -371,13 +434,13 @@ out:
 /* need_key: the policy wants other bits. master_inactive: the candidate was
  * wrapped under a version another instance has retired; learn the active
  * one and wrap again. Neither wrote anything (the nonce is still unused). */
-static qk_kind new_candidate(qk_svc *s, const qk_principal *who, const session_call *sc,
-                             PGresult *r, candidate *cd, qk_err *e)
+static qk_kind new_candidate(qk_svc *s, const qk_principal *who, const session_ask *ask,
+                             const session_call *sc, PGresult *r, candidate *cd, qk_err *e)
 {
     int bits = atoi(PQgetvalue(r, 0, 2));
     if (PQgetvalue(r, 0, 0)[0] == 'm' && master_refresh(s, NULL) != 0)
         return db_fail(e, DB_UNAVAILABLE);
-    return make_candidate(s, who, sc->hash, bits, cd, e);
+    return make_candidate(s, who, ask, sc->hash, bits, cd, e);
 }
 
 qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const session_ask *ask,
@@ -395,9 +458,25 @@ qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const
         (k = session_call_init(s, a, ask->session_id, ask->peer_id, ask->delivered, ask->ts, &sc,
                                e)) != QK_OK)
         goto out;
-    if (!qkp_id_valid(ask->peer_id) || !strcmp(ask->peer_id, a->device_id)) {
+    if (ask->platform_peer) {
+        /* The platform holds a channel key from the start: single transfer
+         * would destroy it as soon as the device had it. */
+        if (ask->peer_id || ask->delivered || ask->key_source == 0) {
+            k = qk_fail(e, QK_INVALID, "invalid_request",
+                        "the platform as peer: no peer_id, no delivered mode, protocol v2");
+            goto out;
+        }
+    } else if (!qkp_id_valid(ask->peer_id) || !strcmp(ask->peer_id, a->device_id)) {
         k = qk_fail(e, QK_INVALID, "invalid_request", "peer_id must be another device's ID");
         goto out;
+    }
+    if (ask->key_source) {
+        if (!strchr("abc", ask->key_source) ||
+            (ask->key_source != 'c' && (!ask->cr || !ask->h))) {
+            k = qk_fail(e, QK_INVALID, "invalid_request", "key_source must be a, b or c");
+            goto out;
+        }
+        sc.source[0] = ask->key_source;
     }
     /* A candidate key goes with the first call unless this kmsd has seen
      * the session exist (the second party, mostly): when the session is new
@@ -406,7 +485,7 @@ qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const
      * answered need_key, and the loop below makes the candidate. */
     if (session_seen_has(s->seen, sc.hash))
         session_metrics_count(s->smetrics, SESSION_EV_CANDIDATE_SKIPPED, 1);
-    else if ((k = make_candidate(s, who, sc.hash, 128, &cd, e)) != QK_OK)
+    else if ((k = make_candidate(s, who, ask, sc.hash, 128, &cd, e)) != QK_OK)
         goto out;
     session_metrics_stage(s->smetrics, SESSION_STAGE_NEW_KEY, a->t0);
     for (int attempt = 0; attempt < 3; attempt++) {
@@ -426,7 +505,7 @@ qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const
             k = session_key_refused(s, who, a, &sc, r, e);
             goto out;
         }
-        if ((k = new_candidate(s, who, &sc, r, &cd, e)) != QK_OK)
+        if ((k = new_candidate(s, who, ask, &sc, r, &cd, e)) != QK_OK)
             goto out;
         PQclear(r);
         r = NULL;
@@ -486,10 +565,11 @@ qk_kind sessions_end(qk_svc *s, const qk_principal *who, device_auth *a, const c
         goto out;
     /* A suspended device may still end its sessions: ending only destroys. */
     {
-        const char *vals[7] = {sc.pk, sc.kidx, (const char *)a->nonce, (const char *)sc.hash,
-                               sc.ts, sc.skew, (const char *)sc.legacy};
-        int lens[7] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 32}, fmts[7] = {0, 0, 1, 1, 0, 0, 1};
-        r = db_query(s->db, Q_SESSION_END, 7, vals, lens, fmts, &st);
+        const char *vals[8] = {sc.pk, sc.kidx, (const char *)a->nonce, (const char *)sc.hash,
+                               sc.ts, sc.skew, (const char *)sc.legacy, (const char *)sc.cert};
+        int lens[8] = {0, 0, QKP_NONCE_LEN, 32, 0, 0, 32, 32},
+            fmts[8] = {0, 0, 1, 1, 0, 0, 1, 1};
+        r = db_query(s->db, Q_SESSION_END, 8, vals, lens, fmts, &st);
     }
     if (!r) {
         k = db_fail(e, st);
@@ -533,7 +613,8 @@ int sessions_reap(qk_svc *k, int *examined)
 
 static json_t *session_json(const PGresult *r, int i)
 {
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:i,s:o,s:o,s:o,s:i,s:o,s:o,s:o,s:o}", "session_id",
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:i,s:o,s:o,s:o,s:i,s:o,s:o,s:o,s:o,s:o}",
+                     "session_id",
                      pgjson_text(r, i, 0), "key_id", pgjson_text(r, i, 1), "initiator",
                      pgjson_text(r, i, 2), "responder", pgjson_text(r, i, 3), "policy",
                      pgjson_text(r, i, 4), "delivery", pgjson_text(r, i, 5), "key_bits",
@@ -541,7 +622,8 @@ static json_t *session_json(const PGresult *r, int i)
                      pgjson_time(r, i, 8), "expires_at", pgjson_time(r, i, 9), "idle_timeout_s",
                      atoi(PQgetvalue(r, i, 10)), "initiator_delivered_at", pgjson_time(r, i, 11),
                      "responder_delivered_at", pgjson_time(r, i, 12), "provenance",
-                     pgjson_text(r, i, 13), "state", pgjson_text(r, i, 14));
+                     pgjson_text(r, i, 13), "state", pgjson_text(r, i, 14), "key_source",
+                     pgjson_text(r, i, 15));
 }
 
 static json_t *tombstone_json(const PGresult *r, int i)

@@ -49,10 +49,25 @@
 /* What a device asks for in a key request (its inner request). */
 typedef struct {
     const char *session_id; /* a valid ID (qkp_id_valid) */
-    const char *peer_id;    /* the other party: a valid ID, not the asker */
+    const char *peer_id;    /* the other party: a valid ID, not the asker; NULL with
+                             * platform_peer */
     bool delivered;         /* delivery "delivered": end the session once both hold it */
     int64_t ts;             /* the request's time, Unix seconds (the database judges it) */
+    /* Protocol v2 (docs/protocol.md "Key sources"): 0 for v1 (as 'c');
+     * 'a' or 'b' derive a creating request's key from cr (and, for 'a', a
+     * server random from the entropy interface) over the request hash h. */
+    char key_source;
+    const uint8_t *cr;      /* 32 bytes, for 'a' and 'b' */
+    const uint8_t *h;       /* 32 bytes, for 'a' and 'b' */
+    /* v2: the platform itself is the peer (a device-platform channel key,
+     * docs/protocol.md): the session row has no responder, the platform
+     * holds the key until the session ends. */
+    bool platform_peer;
 } session_ask;
+
+/* How a channel's platform side is named (session rows, logs, the admin
+ * view). '@' is in no device type's name, so policies name it too. */
+#define SESSION_PLATFORM_PEER "@platform"
 
 /* A session key for one party. */
 typedef struct {
@@ -64,6 +79,11 @@ typedef struct {
     char policy[65];       /* the pairing policy that allowed it */
     uint8_t *key;          /* key_len = key_bits / 8 bytes, secure heap */
     size_t key_len;
+    /* How this answer gives the key (v2): 'a' or 'b' when this request
+     * created the session from its own randoms (sr: the server random of
+     * 'a', secure heap), else 'c' (the key itself). */
+    char key_source;
+    uint8_t *sr;
 } session_grant;
 
 /* The session key of ask->session_id for the device of a (creating the

@@ -9,7 +9,7 @@
 #include "store/db.h"
 
 /* Q_SESSION_KEY_BATCH: one text array per argument of qkms_session_key. */
-#define Q_SESSION_KEY_BATCH_PARAMS 15
+#define Q_SESSION_KEY_BATCH_PARAMS 17
 
 #define QKMS_QUERIES(X)                                                                         \
     X(Q_SCHEMA_VERSION, "SELECT coalesce(max(version), 0) FROM qkms_schema_migrations")        \
@@ -155,25 +155,33 @@
       " out_policy, out_delivery, out_created, encode(out_hash, 'hex')"                        \
       " FROM qkms_session_key($1::bigint, $2::int, $3::bytea, $13::bigint, $14::int,"          \
       " $4::bytea, $15::bytea, $5, $6, $7::boolean, $8::uuid, decode($9, 'hex'), $10::int,"    \
-      " $11, $12::int)")                                                                       \
+      " $11, $12::int, $16::bytea, $17)")                                                      \
     X(Q_SESSION_KEY_BATCH,                                                                     \
       "SELECT i, outcome, out_key_id, out_key_bits, encode(out_wrapped, 'hex'), out_expires,"  \
       " out_policy, out_delivery, out_created, encode(out_hash, 'hex')"                        \
       " FROM qkms_session_key_batch($1::bigint[], $2::int[], $3::text[], $4::bigint[],"        \
       " $5::int[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[],"            \
-      " $11::uuid[], $12::text[], $13::int[], $14::text[], $15::int[])")                      \
+      " $11::uuid[], $12::text[], $13::int[], $14::text[], $15::int[], $16::text[],"         \
+      " $17::text[])")                                                                         \
     X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
-      " $6::int, $4::bytea, $7::bytea)")                                                       \
+      " $6::int, $4::bytea, $7::bytea, $8::bytea)")                                            \
+    X(Q_V2_DEVICE_CERTS, /* a device and its certificates, newest first (protocol v2) */       \
+      "SELECT d.id, d.state, encode(c.sha256, 'hex'), encode(c.der, 'hex'), c.state,"           \
+      " c.not_before <= now() AND c.not_after > now()"                                          \
+      " FROM devices d LEFT JOIN certificates c ON c.device_pk = d.id"                          \
+      " WHERE d.device_id = $1 ORDER BY c.created_at DESC NULLS LAST LIMIT 16")                 \
+    X(Q_V2_REFUSED,                                                                            \
+      "SELECT qkms_v2_refused($1, $2::bytea, $3::bigint, $4::int, $5, $6::jsonb)")              \
     X(Q_SESSION_REAP,                                                                          \
       "SELECT destroyed, examined FROM qkms_session_reap($1::int, $2::int, $3::int)")           \
     X(Q_SESSIONS_LIST,                                                                         \
-      "SELECT s.session_id, s.key_id, i.device_id, r.device_id, s.policy, s.delivery,"         \
+      "SELECT s.session_id, s.key_id, s.initiator_id, s.responder_id, s.policy, s.delivery,"   \
       " s.key_bits, s.created_at, s.last_used_at, s.expires_at, s.idle_timeout_s,"             \
       " s.initiator_delivered_at, s.responder_delivered_at, s.provenance,"                     \
       " CASE WHEN s.initiator_delivered_at IS NOT NULL AND s.responder_delivered_at IS NOT NULL" \
-      "  THEN 'active' ELSE 'pending' END"                                                     \
-      " FROM sessions s JOIN devices i ON i.id = s.initiator JOIN devices r ON r.id = s.responder" \
-      " WHERE ($1::text IS NULL OR i.device_id = $1 OR r.device_id = $1)"                      \
+      "  THEN 'active' ELSE 'pending' END, s.key_source"                                       \
+      " FROM sessions s"                                                                       \
+      " WHERE ($1::text IS NULL OR s.initiator_id = $1 OR s.responder_id = $1)"                \
       " AND ($2::text IS NULL OR s.session_id = $2)"                                           \
       " AND ($4::text IS NULL OR ($4 = 'active') = (s.initiator_delivered_at IS NOT NULL"      \
       "  AND s.responder_delivered_at IS NOT NULL))"                                           \
@@ -192,11 +200,12 @@
     X(Q_SESSIONS_OPEN_COUNT, "SELECT count(*) FROM sessions")                                  \
     X(Q_POLICY_LIST,                                                                           \
       "SELECT name, type_a, type_b, group_a, group_b, key_bits, idle_timeout_s, max_lifetime_s," \
-      " delivery, created_at, created_by FROM pairing_policies ORDER BY name")                 \
+      " delivery, created_at, created_by, array_to_json(key_sources)"                          \
+      " FROM pairing_policies ORDER BY name")                                                  \
     X(Q_POLICY_INSERT,                                                                         \
       "INSERT INTO pairing_policies (name, type_a, type_b, group_a, group_b, key_bits,"        \
-      " idle_timeout_s, max_lifetime_s, delivery, created_by)"                                 \
-      " VALUES ($1, $2, $3, $4, $5, $6::int, $7::int, $8::int, $9, $10)")                      \
+      " idle_timeout_s, max_lifetime_s, delivery, created_by, key_sources)"                    \
+      " VALUES ($1, $2, $3, $4, $5, $6::int, $7::int, $8::int, $9, $10, $11::text[])")         \
     X(Q_POLICY_DELETE, "DELETE FROM pairing_policies WHERE name = $1 RETURNING name")          \
     X(Q_MASTER_MAX, "SELECT coalesce(max(version), 0) FROM master_keys")                       \
     X(Q_MASTER_RETIRE_ACTIVE,                                                                  \
@@ -261,6 +270,7 @@ extern const db_stmt_def queries[Q__COUNT];
 #define QKMS_BOOTSTRAP_LOCK_KEY "7164803903"
 /* kmsd instances starting together must not both create the platform CA. */
 #define QKMS_CA_LOCK_KEY "7164803905"
+#define QKMS_PK_LOCK_KEY "7164803906"
 
 /* An audit row (service/audit_rows.h decodes these): id, at_us, actor,
  * event, device_id, detail. */
@@ -377,6 +387,21 @@ extern const db_stmt_def queries[Q__COUNT];
       "      OR ($5::boolean AND left(a.event, length($4::text)) = $4::text))"                  \
       " ORDER BY a.id LIMIT $6::int")                                                           \
     /* the platform CA and device certificates (service/ca.c) */                                \
+    X(QT_PK_LOCK, "SELECT pg_advisory_lock(" QKMS_PK_LOCK_KEY ")")                               \
+    X(QT_PK_UNLOCK, "SELECT pg_advisory_unlock(" QKMS_PK_LOCK_KEY ")")                           \
+    X(QT_PK_LIST, /* ordered by version, 'agree' before 'sign' */                              \
+      "SELECT version, purpose, label, state, encode(certificate, 'hex'),"                      \
+      " floor(extract(epoch FROM overlap_until))::bigint FROM platform_keys"                    \
+      " ORDER BY version, purpose")                                                             \
+    X(QT_PK_INSERT, /* $1 version $2 purpose $3 label $4 cert hex $5 sha256 hex $6 not_after */ \
+      "INSERT INTO platform_keys (version, purpose, label, certificate, sha256, not_after)"      \
+      " VALUES ($1::int, $2, $3, decode($4, 'hex'), decode($5, 'hex'), to_timestamp($6::bigint))") \
+    X(QT_PK_RETIRE, /* $1 overlap days */                                                       \
+      "UPDATE platform_keys SET state = 'retired', retired_at = now(),"                         \
+      " overlap_until = now() + make_interval(days => $1::int) WHERE state = 'active'")        \
+    X(QT_PK_DUE, /* versions whose overlap ended: one row per key */                          \
+      "UPDATE platform_keys SET state = 'destroyed'"                                            \
+      " WHERE state = 'retired' AND overlap_until <= now() RETURNING version, purpose")        \
     X(QT_CA_LOCK, "SELECT pg_advisory_lock(" QKMS_CA_LOCK_KEY ")")                               \
     X(QT_CA_UNLOCK, "SELECT pg_advisory_unlock(" QKMS_CA_LOCK_KEY ")")                           \
     X(QT_CA_LIST, /* the versions that have a certificate (not a pending one) */               \

@@ -163,6 +163,8 @@ def human(v):
         return "-"
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"))
     return str(v)
 
 

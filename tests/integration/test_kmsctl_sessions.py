@@ -20,12 +20,14 @@ from qkms_proto_py import Device
 
 SESSION_HEADER = ["SESSION", "KEY-ID", "INITIATOR", "RESPONDER", "STATE", "EXPIRES"]
 ENDED_HEADER = ["SESSION-HASH", "KEY-ID", "INITIATOR", "RESPONDER", "REASON", "ENDED"]
-POLICY_HEADER = ["NAME", "TYPES", "GROUPS", "KEY-BITS", "IDLE-TIMEOUT", "MAX-LIFETIME", "DELIVERY"]
+POLICY_HEADER = ["NAME", "TYPES", "GROUPS", "KEY-BITS", "IDLE-TIMEOUT", "MAX-LIFETIME", "DELIVERY",
+                 "KEY-SOURCES"]
 POLICY_FIELDS = {"name", "type_a", "type_b", "group_a", "group_b", "key_bits", "idle_timeout_s",
-                 "max_lifetime_s", "delivery", "created_at", "created_by", "scope"}
+                 "max_lifetime_s", "delivery", "created_at", "created_by", "scope", "key_sources"}
 LIVE_FIELDS = {"session_id", "key_id", "initiator", "responder", "policy", "delivery", "key_bits",
                "created_at", "last_used_at", "expires_at", "idle_timeout_s",
-               "initiator_delivered_at", "responder_delivered_at", "provenance", "state"}
+               "initiator_delivered_at", "responder_delivered_at", "provenance", "state",
+               "key_source"}
 TOMBSTONE_FIELDS = {"session_hash", "key_id", "initiator", "responder", "created_at", "ended_at",
                     "reason", "state"}
 
@@ -169,8 +171,9 @@ def test_policy_add_list_remove_human(stack):
     by_name = {r[0]: r for r in rows[1:]}
     assert len(by_name) == len(rows) - 1 == len(server_policies(stack))
     assert by_name[full] == [full, "vehicle:encryptor", f"{g}-a:{g}-b", "256", "60", "7200",
-                             "delivered"]
-    assert by_name[plain] == [plain, "meter:*", "(same)", "128", "300", "3600", "session"]
+                             "delivered", "a,b,c"]
+    assert by_name[plain] == [plain, "meter:*", "(same)", "128", "300", "3600", "session",
+                              "a,b,c"]
     # In the server's order (by name).
     assert [r[0] for r in rows[1:]] == sorted(by_name)
 

@@ -80,7 +80,7 @@ def test_gate_answers_are_documented_per_route():
             assert {"401", "503"} <= codes, where
             if len(r["roles"]) < 3:
                 assert "403" in codes, where
-        if r["path"].startswith("/v1/sessions/"):
+        if r["path"].startswith(("/v1/sessions/", "/v2/sessions/")):
             assert {"400", "401", "415", "422"} <= codes, where
 
 
@@ -89,18 +89,21 @@ def test_gate_answers_are_documented_per_route():
 
 
 def docs_error_pairs(name):
-    """(status, code) of the rows of the "## Errors" section's tables of
-    docs/NAME (up to the next heading)."""
+    """(status, code) of the rows of every "## Errors" section's tables of
+    docs/NAME (each up to the next heading; protocol.md has one per
+    protocol version)."""
     with open(f"{ROOT}/docs/{name}") as f:
         text = f.read()
-    start = text.index("\n## Errors\n")
-    end = re.compile(r"^#", re.M).search(text, start + 11).start()
     pairs = set()
-    for line in text[start:end].splitlines():
-        m = re.match(r"^\| (\d{3}) \| ([^|]*)\|", line)
-        if m:
-            for code in re.findall(r"`([a-z_]+)`", m.group(2)):
-                pairs.add((int(m.group(1)), code))
+    starts = [m.start() for m in re.finditer(r"\n## Errors\n", text)]
+    assert starts, name
+    for start in starts:
+        nxt = re.compile(r"^#", re.M).search(text, start + 11)
+        for line in text[start:nxt.start() if nxt else len(text)].splitlines():
+            m = re.match(r"^\| (\d{3}) \| ([^|]*)\|", line)
+            if m:
+                for code in re.findall(r"`([a-z_]+)`", m.group(2)):
+                    pairs.add((int(m.group(1)), code))
     return pairs
 
 

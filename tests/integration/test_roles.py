@@ -23,6 +23,7 @@ MATRIX = [
     ("GET", "/v1/admin/tokens", ADMIN),
     ("DELETE", "/v1/admin/tokens/{name}", ADMIN),
     ("POST", "/v1/admin/ca/rotate", ADMIN),
+    ("POST", "/v1/admin/platform/rotate", ADMIN),
     ("POST", "/v1/admin/ca/csr", ADMIN),
     ("POST", "/v1/admin/ca/import", ADMIN),
     ("POST", "/v1/admin/tokens/{name}/certificates", ADMIN),

@@ -65,12 +65,12 @@ static void register_device(const char *id, const char *group)
 static void add_policy(const char *group, const char *idle_s)
 {
     char name[64];
-    const char *vals[10] = {name, "*", "*", group, group, "128", idle_s, "3600", "session",
-                            "service-test"};
+    const char *vals[11] = {name, "*",       "*",          group,         group, "128",
+                            idle_s, "3600", "session", "service-test", "{a,b,c}"};
     db_status st;
     PGresult *r;
     fixture_unique(name, sizeof(name), "pol");
-    r = db_query(fx.svc.db, Q_POLICY_INSERT, 10, vals, NULL, NULL, &st);
+    r = db_query(fx.svc.db, Q_POLICY_INSERT, 11, vals, NULL, NULL, &st);
     if (!r)
         fail_msg("policy for %s: %s", group, db_status_name(st));
     PQclear(r);
@@ -162,7 +162,7 @@ static qk_kind ask_key(const char *id, const char *sid, const char *peer, sessio
     char pt[512];
     uint8_t nonce[QKP_NONCE_LEN], ct[sizeof(pt) + QKP_TAG_LEN];
     int64_t now = (int64_t)time(NULL);
-    session_ask ask = {sid, peer, false, now};
+    session_ask ask = {.session_id = sid, .peer_id = peer, .ts = now};
     device_request rq;
     device_auth a;
     /* Before authentication the request has a context but no principal. */
@@ -337,7 +337,7 @@ static void a_replayed_request_is_refused(void **state)
     char sid[64], pt[256];
     uint8_t nonce[QKP_NONCE_LEN], ct[sizeof(pt) + QKP_TAG_LEN];
     int64_t now = (int64_t)time(NULL);
-    session_ask ask = {sid, dev_b, false, now};
+    session_ask ask = {.session_id = sid, .peer_id = dev_b, .ts = now};
     session_grant g;
     device_request rq;
     device_auth a;
@@ -379,7 +379,7 @@ static void a_stale_request_is_refused(void **state)
         char pt[256];
         uint8_t nonce[QKP_NONCE_LEN], ct[sizeof(pt) + QKP_TAG_LEN];
         int64_t old = (int64_t)time(NULL) - 10 * fx.cfg.protocol_clock_skew - 60;
-        session_ask ask = {sid, dev_b, false, old};
+        session_ask ask = {.session_id = sid, .peer_id = dev_b, .ts = old};
         device_request rq;
         device_auth a;
         qk_principal who;
@@ -399,7 +399,7 @@ static void the_principal_must_be_the_device(void **state)
 {
     char sid[64];
     uint8_t nonce[QKP_NONCE_LEN], ct[64];
-    session_ask ask = {sid, dev_b, false, (int64_t)time(NULL)};
+    session_ask ask = {.session_id = sid, .peer_id = dev_b, .ts = (int64_t)time(NULL)};
     session_grant g;
     device_request rq;
     device_auth a;

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "qkms_device.h"
+#include "qkms_device2.h"
 
 static const char FILL[] =
     "{\"format\":\"qkms-fill/1\",\"device_id\":\"VIN-0001\",\"keys\":[{\"index\":0,"
@@ -40,6 +41,35 @@ static void fixed_nonce_refused(void **state)
     qkd_device_free(d);
 }
 
+/* Protocol v2: fixed nonces, ephemerals and client randoms alike, before
+ * anything else is looked at. */
+static void v2_fixed_randoms_refused(void **state)
+{
+    qkd_device *d = NULL;
+    qkd2_identity *id = NULL;
+    qkd2_request r;
+    static const uint8_t E[32] = {1}, CR[32] = {2};
+    const qkd2_fixed fixes[] = {{N0, NULL, NULL}, {NULL, E, NULL}, {NULL, NULL, CR}};
+    char err[256] = "";
+    (void)state;
+
+    assert_int_equal(qkd_device_load(&d, FILL, strlen(FILL), err, sizeof(err)), QKD_OK);
+    assert_int_equal(qkd2_identity_keys(&id, d, 0, err, sizeof(err)), QKD_OK);
+    for (size_t i = 0; i < sizeof(fixes) / sizeof(fixes[0]); i++) {
+        err[0] = 0;
+        assert_int_equal(qkd2_request_key(&r, id, NULL, "S-1", "ENC-1", 'a', false, 1, &fixes[i],
+                                          err, sizeof(err)),
+                         QKD_ERR_INPUT);
+        assert_non_null(strstr(err, "test builds"));
+        assert_int_equal(r.body_len, 0);
+        assert_int_equal(qkd2_request_end(&r, id, NULL, "S-1", 1, &fixes[i], err, sizeof(err)),
+                         QKD_ERR_INPUT);
+    }
+    qkd2_request_clear(&r);
+    qkd2_identity_free(id);
+    qkd_device_free(d);
+}
+
 static void random_nonces_differ(void **state)
 {
     qkd_device *d = NULL;
@@ -62,6 +92,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(fixed_nonce_refused),
         cmocka_unit_test(random_nonces_differ),
+        cmocka_unit_test(v2_fixed_randoms_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
