@@ -67,13 +67,21 @@ int qkd2_platform_load(qkd2_platform **out, const char *pem, size_t len, char *e
         uint32_t ku = X509_get_key_usage(x);
         EVP_PKEY *k = X509_get0_pubkey(x);
         int ok = -1;
-        if ((ku & KU_DIGITAL_SIGNATURE) && !p->sign) {
+        /* The first of each purpose: GET /v1/platform/certificates lists
+         * the active pair first, then retired ones during an overlap. */
+        if (ku & KU_DIGITAL_SIGNATURE) {
             uint8_t pt[QKP2_POINT_LEN];
-            if (qkp2_key_point(k, pt) == 0 && (p->sign = qkp2_point_key(pt, sizeof(pt))))
-                ok = cert_sha_hex(x, p->pin);
-        } else if ((ku & KU_KEY_AGREEMENT) && !have_ka) {
-            ok = qkp2_key_point(k, p->ka_point) == 0 ? cert_sha_hex(x, p->ka) : -1;
-            have_ka = ok == 0;
+            ok = 0;
+            if (!p->sign)
+                ok = qkp2_key_point(k, pt) == 0 && (p->sign = qkp2_point_key(pt, sizeof(pt)))
+                         ? cert_sha_hex(x, p->pin)
+                         : -1;
+        } else if (ku & KU_KEY_AGREEMENT) {
+            ok = 0;
+            if (!have_ka) {
+                ok = qkp2_key_point(k, p->ka_point) == 0 ? cert_sha_hex(x, p->ka) : -1;
+                have_ka = ok == 0;
+            }
         }
         X509_free(x);
         if (ok != 0) {

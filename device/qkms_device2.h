@@ -34,8 +34,10 @@
 /* The platform's signing and key-agreement certificates, pinned. */
 typedef struct qkd2_platform qkd2_platform;
 /* From PEM text holding both certificates (in any order: told apart by key
- * usage, digitalSignature or keyAgreement), P-256 keys. The caller has
- * verified them against the platform CA at provisioning. */
+ * usage, digitalSignature or keyAgreement; of several of one purpose, the
+ * first, as GET /v1/platform/certificates lists the active pair first),
+ * P-256 keys. The caller has verified them against the platform CA at
+ * provisioning. */
 int qkd2_platform_load(qkd2_platform **out, const char *pem, size_t len, char *err, size_t errlen);
 void qkd2_platform_free(qkd2_platform *p);
 /* The hex SHA-256 of the signing ("pin") and key-agreement ("ka") certificates. */

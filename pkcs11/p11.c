@@ -801,8 +801,19 @@ static CK_RV do_gen_ec_again(p11_token *t, CK_SESSION_HANDLE s, void *a)
     CK_RV rv = find_class(t, s, CKO_PRIVATE_KEY, ea->label, &ea->priv, &ea->found);
     if (rv != CKR_OK)
         return rv;
-    if (ea->found)
-        return adoptable(t, s, ea->priv, 0); /* as for master keys (do_gen_again) */
+    if (ea->found) {
+        /* As for master keys (do_gen_again), and the usage must be the one
+         * asked for: a sign key is not adopted as a derive key. */
+        CK_BBOOL sign = CK_FALSE, derive = CK_FALSE;
+        CK_ATTRIBUTE at[] = {{CKA_SIGN, &sign, sizeof(sign)}, {CKA_DERIVE, &derive, sizeof(derive)}};
+        if ((rv = adoptable(t, s, ea->priv, 0)) != CKR_OK ||
+            (rv = t->f->C_GetAttributeValue(s, ea->priv, at, 2)) != CKR_OK)
+            return rv;
+        if ((sign == CK_TRUE) != (ea->usage == P11_EC_SIGN) ||
+            (derive == CK_TRUE) != (ea->usage == P11_EC_DERIVE))
+            return CKR_TEMPLATE_INCONSISTENT;
+        return CKR_OK;
+    }
     return do_gen_ec(t, s, ea);
 }
 
@@ -920,7 +931,12 @@ static CK_RV do_ecdh(p11_token *t, CK_SESSION_HANDLE s, void *a)
     rv = t->f->C_GetAttributeValue(s, h, &val, 1);
     if (rv == CKR_OK && val.ulValueLen != P11_ECDH_LEN)
         rv = CKR_GENERAL_ERROR;
-    t->f->C_DestroyObject(s, h);
+    /* The secret must not outlive the call in the session: a failed
+     * destroy fails the operation (the caller does not use z), and the
+     * session's objects go with it when it is closed. */
+    CK_RV drv = t->f->C_DestroyObject(s, h);
+    if (rv == CKR_OK && drv != CKR_OK)
+        rv = drv;
     return rv;
 }
 

@@ -82,11 +82,13 @@ $$;
 -- key, a client random that does not decrypt): when it names a registered
 -- device, its nonce is recorded (if its ts is in the window) so that the
 -- same request cannot be tried again for another answer, and the refusal
--- is audited. Returns 'replay' when the nonce was already used, 'stale'
+-- is audited (p_authenticated: whether the request proved its device; if
+-- not, the audit row's actor is 'unauthenticated'). Returns 'replay' when
+-- the nonce was already used, 'stale'
 -- when the ts is outside the window (nothing recorded but the audit row),
 -- 'unknown_device', else 'recorded'.
 CREATE FUNCTION qkms_v2_refused(p_device_id text, p_nonce bytea, p_ts bigint, p_skew integer,
-                                p_reason text, p_detail jsonb)
+                                p_reason text, p_detail jsonb, p_authenticated boolean)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     d devices;
@@ -101,9 +103,13 @@ BEGIN
     ELSIF NOT qkms_nonce_take(d.id, p_nonce, p_ts, p_skew) THEN
         RETURN 'replay';
     END IF;
+    -- An authentication failure names a device that proved nothing: the
+    -- row is filed under the device, but its actor is nobody's.
     INSERT INTO audit_log (actor, event, device_id, detail)
-    VALUES (d.device_id, 'session.refused', d.device_id,
-            jsonb_build_object('reason', p_reason, 'protocol', 2) || coalesce(p_detail, '{}'));
+    VALUES (CASE WHEN p_authenticated THEN d.device_id ELSE 'unauthenticated' END,
+            'session.refused', d.device_id,
+            jsonb_build_object('reason', p_reason, 'protocol', 2,
+                               'authenticated', p_authenticated) || coalesce(p_detail, '{}'));
     RETURN r;
 END $$;
 

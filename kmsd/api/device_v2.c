@@ -364,7 +364,7 @@ static int open_request(http_request *rq, http_response *rs, const char *op, v2_
         c->vr.nonce = c->o.nonce;
     }
     if (!c->o.suite_ok) {
-        if (negotiate_refused(s, &c->lc, &c->vr, "unsupported_suite", NULL)) {
+        if (negotiate_refused(s, &c->lc, &c->vr, "unsupported_suite", false, NULL)) {
             http_error(rs, 401, "unauthenticated", "request could not be authenticated");
             return -1;
         }
@@ -423,6 +423,13 @@ static int open_request(http_request *rq, http_response *rs, const char *op, v2_
     if (negotiate_platform_key(s, &c->lc, &c->vr, PLATFORM_SIGN, c->ir.pin, &c->signer, &e) !=
         QK_OK) {
         http_fail(rs, &e);
+        return -1;
+    }
+    /* The answer is signed after the session's transaction: make sure now
+     * that it can be (docs/protocol.md, "A lost answer"). */
+    if (platform_keys_ready(s->pkeys, c->signer) != CKR_OK) {
+        http_error(rs, 503, "token_unavailable", "key token unavailable, retry later");
+        rs->retry_after = 1;
         return -1;
     }
     return 0;

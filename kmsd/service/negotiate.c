@@ -6,9 +6,11 @@
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 
 #include "hexutil.h"
+#include "service/certkeys.h"
 #include "service/certs.h"
 #include "service/session_metrics.h"
 #include "store/queries.h"
@@ -23,12 +25,13 @@ void v2_auth_clear(v2_auth *a)
 }
 
 bool negotiate_refused(qk_svc *s, const log_ctx *log, const v2_request *rq, const char *reason,
-                       json_t *detail)
+                       bool authenticated, json_t *detail)
 {
     char ts[24], skew[12];
-    const char *vals[6] = {rq->device_id, (const char *)rq->nonce, rq->has_ts ? ts : NULL, skew,
-                           reason, NULL};
-    int lens[6] = {0, rq->nonce ? QKP_NONCE_LEN : 0, 0, 0, 0, 0}, fmts[6] = {0, 1, 0, 0, 0, 0};
+    const char *vals[7] = {rq->device_id, (const char *)rq->nonce, rq->has_ts ? ts : NULL, skew,
+                           reason, NULL, authenticated ? "true" : "false"};
+    int lens[7] = {0, rq->nonce ? QKP_NONCE_LEN : 0, 0, 0, 0, 0, 0},
+        fmts[7] = {0, 1, 0, 0, 0, 0, 0};
     char *dj = NULL;
     db_status st;
     PGresult *r;
@@ -38,7 +41,7 @@ bool negotiate_refused(qk_svc *s, const log_ctx *log, const v2_request *rq, cons
     snprintf(skew, sizeof(skew), "%d", s->cfg->protocol_clock_skew);
     if (detail)
         vals[5] = dj = json_dumps(detail, JSON_COMPACT);
-    r = db_query(s->db, Q_V2_REFUSED, 6, vals, lens, fmts, &st);
+    r = db_query(s->db, Q_V2_REFUSED, 7, vals, lens, fmts, &st);
     if (!r)
         log_with(log, LOG_WARN, "v2 refusal not recorded", "{s:s,s:s}", "device_id",
                  rq->device_id, "reason", reason);
@@ -56,7 +59,10 @@ static qk_kind refuse(qk_svc *s, const log_ctx *log, const v2_request *rq, qk_ki
                       const char *code, const char *why, qk_err *e)
 {
     log_ctx lc = {log ? log->req_id : NULL, log ? log->client : NULL, NULL};
-    if (negotiate_refused(s, log, rq, code, json_pack("{s:i,s:s}", "mode", rq->mode, "why", why)))
+    /* An authentication failure names a device that proved nothing: the
+     * audit row's actor says so. */
+    if (negotiate_refused(s, log, rq, code, kind != QK_UNAUTHENTICATED,
+                          json_pack("{s:i,s:s}", "mode", rq->mode, "why", why)))
         return device_auth_fail(s, log, rq->device_id, rq->key_index, "nonce already used (replay)",
                                 e);
     log_with(&lc, LOG_WARN, "device request refused", "{s:s,s:i,s:s,s:s}", "device_id",
@@ -65,6 +71,12 @@ static qk_kind refuse(qk_svc *s, const log_ctx *log, const v2_request *rq, qk_ki
         session_metrics_refused(s->smetrics, SESSION_REFUSE_AUTH);
     else
         session_metrics_refused(s->smetrics, SESSION_REFUSE_INVALID);
+    /* The one answer for every authentication failure, as v1 (the reason
+     * is in the log and the audit row), but for the two codes the
+     * protocol names: a certificate that does not authenticate, no
+     * certificate to authenticate with. */
+    if (kind == QK_UNAUTHENTICATED && !strcmp(code, "unauthenticated"))
+        return qk_fail(e, kind, code, "request could not be authenticated");
     return qk_fail(e, kind, code, "%s", why);
 }
 
@@ -72,19 +84,22 @@ static qk_kind refuse(qk_svc *s, const log_ctx *log, const v2_request *rq, qk_ki
 
 typedef struct {
     uint8_t sha[32];
-    X509 *x;
-    bool active, valid;
+    EVP_PKEY *pub; /* NULL when the DER does not parse */
+    bool p256, active, valid, issued;
+    uint8_t *der;  /* a bound certificate that may authenticate: for its chain */
+    size_t der_len;
 } dev_cert;
 
 /* The device's row and certificates (one query): its pk and state, and up
- * to V2_MAX_CERTS certificates, newest first. -1 with e on a database
- * failure; 0 with *pk 0 when there is no such device. */
-static int load_certs(qk_svc *s, const char *device_id, long long *pk, char state[16],
-                      dev_cert *out, int *n, qk_err *e)
+ * to V2_MAX_CERTS certificates, newest first, with their keys. -1 with e on
+ * a database failure; 0 with *pk 0 when there is no such device. */
+static int load_certs(qk_svc *s, const char *device_id, const uint8_t *sha, long long *pk,
+                      char state[16], dev_cert *out, int *n, qk_err *e)
 {
-    const char *vals[1] = {device_id};
+    const char *vals[2] = {device_id, (const char *)sha};
+    int lens[2] = {0, sha ? 32 : 0}, fmts[2] = {0, 1};
     db_status st;
-    PGresult *r = db_query(s->db, Q_V2_DEVICE_CERTS, 1, vals, NULL, NULL, &st);
+    PGresult *r = db_query(s->db, Q_V2_DEVICE_CERTS, 2, vals, lens, fmts, &st);
 
     *n = 0;
     *pk = 0;
@@ -99,37 +114,57 @@ static int load_certs(qk_svc *s, const char *device_id, long long *pk, char stat
             continue;
         const char *sh = PQgetvalue(r, i, 2), *dh = PQgetvalue(r, i, 3);
         size_t dl = strlen(dh) / 2;
-        unsigned char *der = malloc(dl ? dl : 1);
-        const unsigned char *p = der;
         dev_cert *c = &out[*n];
         memset(c, 0, sizeof(*c));
-        if (der && qkms_hex_decode(sh, strlen(sh), c->sha, 32) == 32 &&
-            qkms_hex_decode(dh, strlen(dh), der, dl) == (long)dl &&
-            (c->x = d2i_X509(NULL, &p, (long)dl))) {
-            c->active = !strcmp(PQgetvalue(r, i, 4), "active");
-            c->valid = PQgetvalue(r, i, 5)[0] == 't';
-            (*n)++;
+        if (qkms_hex_decode(sh, strlen(sh), c->sha, 32) != 32)
+            continue;
+        c->active = !strcmp(PQgetvalue(r, i, 4), "active");
+        c->valid = PQgetvalue(r, i, 5)[0] == 't';
+        c->issued = !strcmp(PQgetvalue(r, i, 6), "issued");
+        /* Only certificates that may authenticate need their key. */
+        if (c->active && c->valid) {
+            uint8_t *der = malloc(dl ? dl : 1);
+            if (der && qkms_hex_decode(dh, strlen(dh), der, dl) == (long)dl)
+                c->pub = certkeys_get(s->v2cache, c->sha, der, dl, &c->p256);
+            if (c->pub && !c->issued) {
+                c->der = der;
+                c->der_len = dl;
+                der = NULL;
+            }
+            free(der);
         }
-        free(der);
+        (*n)++;
     }
-    ERR_clear_error();
     PQclear(r);
     return 0;
 }
 
-/* Protocol v2's one suite signs and agrees on P-256 only. */
-static bool p256(X509 *x)
-{
-    uint8_t pt[QKP2_POINT_LEN];
-    bool ok = qkp2_key_point(X509_get0_pubkey(x), pt) == 0;
-    ERR_clear_error();
-    return ok;
-}
-
 static void free_certs(dev_cert *c, int n)
 {
-    for (int i = 0; i < n; i++)
-        X509_free(c[i].x);
+    for (int i = 0; i < n; i++) {
+        EVP_PKEY_free(c[i].pub);
+        free(c[i].der);
+    }
+}
+
+/* A certificate bound from another issuer is checked against that issuer
+ * and its CRL (tls_client_ca_file, trust.h) too, which can revoke it on its
+ * own; the platform CA's own are authoritative in their records. NULL, or
+ * why not. */
+static qk_kind bound_chain(qk_svc *s, const dev_cert *c, const char **why, qk_err *ce)
+{
+    const unsigned char *der[1] = {c->der};
+    size_t len[1] = {c->der_len};
+    cert_principal cp;
+    *why = NULL;
+    if (c->issued)
+        return QK_OK;
+    if (certs_verify_chain(s, der, len, 1, &cp, ce) != QK_OK) {
+        if (ce->kind != QK_UNAUTHENTICATED)
+            return ce->kind;
+        *why = ce->detail;
+    }
+    return QK_OK;
 }
 
 static qk_kind by_signature(qk_svc *s, const log_ctx *log, const v2_request *rq, v2_auth *a,
@@ -139,10 +174,12 @@ static qk_kind by_signature(qk_svc *s, const log_ctx *log, const v2_request *rq,
     char state[16] = "";
     long long pk;
     int n = 0, use = -1;
-    uint8_t sha[32];
     qk_kind k;
 
-    if (load_certs(s, rq->device_id, &pk, state, certs, &n, e) != 0)
+    uint8_t csha[32];
+    if (rq->mode == 1)
+        SHA256(rq->cert, rq->cert_len, csha);
+    if (load_certs(s, rq->device_id, rq->mode == 1 ? csha : NULL, &pk, state, certs, &n, e) != 0)
         return e ? e->kind : QK_UNAVAILABLE;
     if (!pk) {
         k = device_auth_fail(s, log, rq->device_id, -1, "unknown device", e);
@@ -153,36 +190,26 @@ static qk_kind by_signature(qk_svc *s, const log_ctx *log, const v2_request *rq,
         goto out;
     }
     if (rq->mode == 1) {
-        const unsigned char *der[1] = {rq->cert};
-        size_t len[1] = {rq->cert_len};
-        cert_principal cp;
-        qk_err ce;
-        /* The chain first: a certificate no trusted issuer made is refused
-         * whatever the records say. */
-        if (certs_verify_chain(s, der, len, 1, &cp, &ce) != QK_OK) {
-            k = ce.kind == QK_UNAUTHENTICATED
-                    ? refuse(s, log, rq, QK_UNAUTHENTICATED, "certificate_refused", ce.detail, e)
-                    : qk_fail(e, ce.kind, ce.code, "%s", ce.detail);
-            goto out;
-        }
-        if (qkms_hex_decode(cp.sha256, 64, sha, 32) != 32) {
-            k = qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
-            goto out;
-        }
+        const char *why = NULL;
+        /* The certificate in the request must be one on record for the
+         * device (by its digest): the record says whether it is active
+         * and valid. */
         for (int i = 0; i < n && use < 0; i++)
-            if (!memcmp(certs[i].sha, sha, 32))
+            if (!memcmp(certs[i].sha, csha, 32))
                 use = i;
-        if (use >= 0 && !p256(certs[use].x)) {
-            k = refuse(s, log, rq, QK_UNAUTHENTICATED, "certificate_refused",
-                       "the certificate's key is not a P-256 key, which protocol v2 needs", e);
-            goto out;
-        }
-        if (use < 0 || !certs[use].active || !certs[use].valid) {
-            k = refuse(s, log, rq, QK_UNAUTHENTICATED, "certificate_refused",
-                       use < 0                ? "the certificate is not on record for this device"
-                       : !certs[use].active ? "the certificate is revoked"
-                                              : "the certificate is outside its validity",
-                       e);
+        if (use < 0)
+            why = "the certificate is not on record for this device";
+        else if (!certs[use].active)
+            why = "the certificate is revoked";
+        else if (!certs[use].valid)
+            why = "the certificate is outside its validity";
+        else if (!certs[use].pub)
+            why = "the certificate does not parse";
+        else if (!certs[use].p256)
+            why = "the certificate's key is not a P-256 key for signing and key agreement, "
+                  "which protocol v2 needs";
+        if (why) {
+            k = refuse(s, log, rq, QK_UNAUTHENTICATED, "certificate_refused", why, e);
             goto out;
         }
     } else {
@@ -190,29 +217,42 @@ static qk_kind by_signature(qk_svc *s, const log_ctx *log, const v2_request *rq,
          * newest active one whose key verifies is the one it signed with. */
         bool any = false;
         for (int i = 0; i < n && use < 0; i++) {
-            if (!certs[i].active || !certs[i].valid || !p256(certs[i].x))
+            if (!certs[i].active || !certs[i].valid || !certs[i].pub || !certs[i].p256)
                 continue;
             any = true;
-            if (qkp2_verify(X509_get0_pubkey(certs[i].x), QKP2_REQ_PREFIX, rq->inner,
-                            rq->inner_len, rq->sig) == 0)
+            if (qkp2_verify(certs[i].pub, QKP2_REQ_PREFIX, rq->inner, rq->inner_len, rq->sig) ==
+                0)
                 use = i;
         }
         ERR_clear_error();
         if (!any) {
             k = refuse(s, log, rq, QK_UNAUTHENTICATED, "no_bound_certificate",
-                       "the device has no active P-256 certificate on record", e);
+                       "the device has no active P-256 certificate on record for signing and "
+                       "key agreement",
+                       e);
             goto out;
         }
     }
-    if (use < 0 || qkp2_verify(X509_get0_pubkey(certs[use].x), QKP2_REQ_PREFIX, rq->inner,
-                               rq->inner_len, rq->sig) != 0) {
+    /* Mode 2 verified while it chose; mode 1 verifies now. */
+    if (use < 0 || (rq->mode == 1 && qkp2_verify(certs[use].pub, QKP2_REQ_PREFIX, rq->inner,
+                                                 rq->inner_len, rq->sig) != 0)) {
         ERR_clear_error();
         k = refuse(s, log, rq, QK_UNAUTHENTICATED, "unauthenticated",
                    "the signature does not verify", e);
-        /* One answer for every authentication failure, as v1. */
-        if (k == QK_UNAUTHENTICATED && e)
-            qk_fail(e, QK_UNAUTHENTICATED, "unauthenticated", "request could not be authenticated");
         goto out;
+    }
+    {
+        const char *why;
+        qk_err ce;
+        qk_kind ck = bound_chain(s, &certs[use], &why, &ce);
+        if (ck != QK_OK) {
+            k = qk_fail(e, ck, ce.code, "%s", ce.detail);
+            goto out;
+        }
+        if (why) {
+            k = refuse(s, log, rq, QK_UNAUTHENTICATED, "certificate_refused", why, e);
+            goto out;
+        }
     }
     snprintf(a->da.device_id, sizeof(a->da.device_id), "%s", rq->device_id);
     a->da.device_pk = pk;
@@ -221,8 +261,9 @@ static qk_kind by_signature(qk_svc *s, const log_ctx *log, const v2_request *rq,
     memcpy(a->da.cert_sha256, certs[use].sha, 32);
     memcpy(a->da.nonce, rq->nonce, QKP_NONCE_LEN);
     a->da.t0 = rq->t0;
-    a->device_pub = X509_get_pubkey(certs[use].x);
-    k = a->device_pub ? QK_OK : qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+    a->device_pub = certs[use].pub;
+    certs[use].pub = NULL; /* moved */
+    k = QK_OK;
 out:
     free_certs(certs, n);
     return k;

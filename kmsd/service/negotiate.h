@@ -9,10 +9,12 @@
  * Contract:
  *  - negotiate_authenticate: mode 3 is device_auth_open with the v2 AAD.
  *    Modes 1 and 2 look the device and its certificates up in one indexed
- *    query; mode 1 takes the certificate in the request, which must chain
- *    (certs_verify_chain), be on record for the device, active and within
- *    its validity; mode 2 takes the device's active certificates on record
- *    (the newest first). The signature over "qkms/v2/req\n" || R must
+ *    query; mode 1 takes the certificate in the request, which must be on
+ *    record for the device (by its SHA-256), active and within its
+ *    validity, and if bound from another issuer also chain to it with its
+ *    CRLs (certs_verify_chain); mode 2 takes the device's active
+ *    certificates on record (the newest first). Certificate keys are
+ *    cached by digest (certkeys.h), their state never. The signature over "qkms/v2/req\n" || R must
  *    verify under the certificate's key. Then the device_auth says by_cert,
  *    with the certificate's SHA-256, which the stored functions re-check.
  *  - Refusals: QK_UNAUTHENTICATED with code certificate_refused,
@@ -75,10 +77,12 @@ qk_kind negotiate_authenticate(qk_svc *s, const log_ctx *log, const v2_request *
 void v2_auth_clear(v2_auth *a);
 
 /* Record a refusal of rq for `reason` (an error code of docs/protocol.md),
- * with detail (stolen, may be NULL): true when the nonce had been used,
- * i.e. the request is a replay and must be answered as one. */
+ * with detail (stolen, may be NULL); authenticated: the request proved its
+ * device (else the audit row's actor is "unauthenticated"). True when the
+ * nonce had been used, i.e. the request is a replay and must be answered
+ * as one. */
 bool negotiate_refused(qk_svc *s, const log_ctx *log, const v2_request *rq, const char *reason,
-                       json_t *detail);
+                       bool authenticated, json_t *detail);
 
 /* The platform key a request names by certificate SHA-256: the signing
  * key (pin) or the key-agreement key (ka). QK_INVALID unknown_platform_key

@@ -55,6 +55,8 @@ struct platform_keys {
     pthread_mutex_t lock;
     pk_version v[PK_MAX_VERSIONS];
     _Atomic int nv;
+    int *cleared; /* destroyed versions seen gone from this token (clear_destroyed) */
+    size_t ncleared;
 };
 
 static const char *const purpose_name[2] = {"sign", "agree"};
@@ -204,6 +206,11 @@ static int sync_versions(platform_keys *pk, db_conn *c, char *err, size_t el)
             snprintf(err, el, "platform_keys: version %d lacks a key", version);
             goto out;
         }
+        /* A destroyed version is of no use to load: only its token
+         * objects may still need deleting (clear_destroyed). Versions are
+         * then bounded by those alive, not by every rotation ever made. */
+        if (idx < 0 && state_of(PQgetvalue(r, i, 3)) == PK_DESTROYED)
+            continue;
         if (idx < 0) {
             int n = atomic_load(&pk->nv);
             pk_version *v = &pk->v[n];
@@ -227,9 +234,11 @@ static int sync_versions(platform_keys *pk, db_conn *c, char *err, size_t el)
             idx = n;
             atomic_store(&pk->nv, n + 1);
         }
-        atomic_store(&pk->v[idx].state, state_of(PQgetvalue(r, i, 3)));
+        /* The overlap before the state: a reader that sees "retired" must
+         * see its overlap too. */
         atomic_store(&pk->v[idx].overlap_until,
                      PQgetisnull(r, i, 5) ? 0 : atoll(PQgetvalue(r, i, 5)));
+        atomic_store(&pk->v[idx].state, state_of(PQgetvalue(r, i, 3)));
     }
     rc = 0;
 out:
@@ -376,7 +385,19 @@ int platform_keys_open(platform_keys **out, db_pool *db, p11_token *t, qk_ca *ca
         for (int i = 0; i < atomic_load(&pk->nv); i++)
             if (pk->v[i].version >= next)
                 next = pk->v[i].version + 1;
-        if (make_version(pk, c, next, err, el) != 0 || sync_versions(pk, c, err, el) != 0)
+        /* Both rows in one transaction: a start that fails half way leaves
+         * nothing behind to trip the next one. */
+        if (qt_command(c, QT_BEGIN) != DB_OK) {
+            snprintf(err, el, "database unavailable");
+            goto out;
+        }
+        if (make_version(pk, c, next, err, el) != 0 || qt_command(c, QT_COMMIT) != DB_OK) {
+            qt_command(c, QT_ROLLBACK);
+            if (!err[0])
+                snprintf(err, el, "recording the platform keys failed");
+            goto out;
+        }
+        if (sync_versions(pk, c, err, el) != 0)
             goto out;
         log_emit(LOG_INFO, "platform keys created", "{s:i}", "version", next);
     }
@@ -406,6 +427,7 @@ void platform_keys_free(platform_keys *pk)
     for (int i = 0; i < atomic_load(&pk->nv); i++)
         for (int p = 0; p < 2; p++)
             X509_free(pk->v[i].key[p].cert);
+    free(pk->cleared);
     pthread_mutex_destroy(&pk->lock);
     free(pk);
 }
@@ -449,6 +471,13 @@ static CK_RV after_use(platform_keys *pk, platform_key *k, CK_RV rv)
         pthread_mutex_unlock(&pk->lock);
     }
     return rv;
+}
+
+CK_RV platform_keys_ready(platform_keys *pk, const platform_key *ck)
+{
+    platform_key *k = (platform_key *)ck;
+    CK_OBJECT_HANDLE h;
+    return after_use(pk, k, key_handle(pk, k, &h));
 }
 
 CK_RV platform_keys_sign(platform_keys *pk, const platform_key *ck, const uint8_t digest[32],
@@ -614,24 +643,70 @@ qk_kind platform_keys_rotate(platform_keys *pk, db_pool *db, const char *actor, 
     return k;
 }
 
-/* Delete the private keys of a version whose overlap has ended from this
- * instance's token (each instance does it for its own token). */
-static void destroy_keys(platform_keys *pk, pk_version *v)
+/* Delete from this instance's token the private keys of every version the
+ * database says destroyed (each instance does it for its own token), until
+ * the token is seen without them: a failure, or a crash between the
+ * database's word and the deletion, is retried at the next pass. The
+ * versions found cleared are remembered for the process's life (a start
+ * looks once at each). Under the platform key lock, from the maintenance
+ * thread only. */
+static bool cleared(const platform_keys *pk, int version)
 {
-    for (int p = 0; p < 2; p++) {
+    for (size_t j = 0; j < pk->ncleared; j++)
+        if (pk->cleared[j] == version)
+            return true;
+    return false;
+}
+
+static void clear_destroyed(platform_keys *pk, db_conn *c)
+{
+    db_status st;
+    PGresult *r = qt_exec(c, QT_PK_DESTROYED, 0, NULL, &st);
+    int n = r ? PQntuples(r) : 0;
+    bool all_gone = true;
+
+    for (int i = 0; i < n; i++) {
+        int version = atoi(PQgetvalue(r, i, 0)), idx;
+        const char *label = PQgetvalue(r, i, 1);
+        bool found = false, last = i + 1 == n || atoi(PQgetvalue(r, i + 1, 0)) != version;
         CK_OBJECT_HANDLE h;
-        bool found = false;
-        CK_RV rv = p11_find_private_key(pk->t, v->key[p].label, &h, &found);
-        if (rv == CKR_OK && found)
-            rv = p11_destroy_object(pk->t, h);
-        if (rv != CKR_OK)
-            log_emit(LOG_WARN, "platform key not destroyed", "{s:s,s:s}", "label",
-                     v->key[p].label, "ckr", p11_rv_name(rv));
-        pthread_mutex_lock(&pk->lock);
-        v->key[p].h = CK_INVALID_HANDLE;
-        v->key[p].gen = 0;
-        pthread_mutex_unlock(&pk->lock);
+        CK_RV rv = CKR_OK;
+
+        if (!cleared(pk, version)) {
+            rv = p11_find_private_key(pk->t, label, &h, &found);
+            if (rv == CKR_OK && found)
+                rv = p11_destroy_object(pk->t, h);
+            if (rv != CKR_OK) {
+                all_gone = false;
+                log_emit(LOG_WARN, "platform key not destroyed, retried at the next pass",
+                         "{s:s,s:s}", "label", label, "ckr", p11_rv_name(rv));
+            } else if (found) {
+                log_emit(LOG_INFO, "platform key destroyed", "{s:i,s:s}", "version", version,
+                         "label", label);
+            }
+            if ((idx = find_index(pk, version)) >= 0) {
+                pthread_mutex_lock(&pk->lock);
+                for (int p = 0; p < 2; p++) {
+                    pk->v[idx].key[p].h = CK_INVALID_HANDLE;
+                    pk->v[idx].key[p].gen = 0;
+                }
+                pthread_mutex_unlock(&pk->lock);
+            }
+        }
+        /* A version's two rows come together: it counts as cleared when
+         * both keys were seen gone. */
+        if (last) {
+            if (all_gone && !cleared(pk, version)) {
+                int *grown = realloc(pk->cleared, (pk->ncleared + 1) * sizeof(int));
+                if (grown) {
+                    pk->cleared = grown;
+                    pk->cleared[pk->ncleared++] = version;
+                }
+            }
+            all_gone = true;
+        }
     }
+    PQclear(r);
 }
 
 qk_kind platform_keys_refresh(platform_keys *pk, db_pool *db, qk_err *e)
@@ -640,8 +715,7 @@ qk_kind platform_keys_refresh(platform_keys *pk, db_pool *db, qk_err *e)
     db_conn *c;
     PGresult *r;
     qk_kind k = QK_OK;
-    bool gone[PK_MAX_VERSIONS] = {false};
-    int a, n;
+    int a;
 
     qk_clear(e);
     if (!(c = db_acquire(db, &st)))
@@ -650,9 +724,6 @@ qk_kind platform_keys_refresh(platform_keys *pk, db_pool *db, qk_err *e)
         db_release(db, c);
         return db_fail(e, st);
     }
-    n = atomic_load(&pk->nv);
-    for (int i = 0; i < n; i++)
-        gone[i] = atomic_load(&pk->v[i].state) == PK_DESTROYED;
     /* Overlaps that ended: the rows say destroyed, with an audit row each,
      * in one transaction. */
     st = qt_command(c, QT_BEGIN);
@@ -672,12 +743,7 @@ qk_kind platform_keys_refresh(platform_keys *pk, db_pool *db, qk_err *e)
     }
     if ((k = sync_locked(pk, c, e)) != QK_OK)
         goto out;
-    n = atomic_load(&pk->nv);
-    for (int i = 0; i < n; i++)
-        if (!gone[i] && atomic_load(&pk->v[i].state) == PK_DESTROYED) {
-            destroy_keys(pk, &pk->v[i]);
-            log_emit(LOG_INFO, "platform keys destroyed", "{s:i}", "version", pk->v[i].version);
-        }
+    clear_destroyed(pk, c);
     /* The active certificates must outlive the overlap a rotation gives
      * devices to re-pin: rotate before they get closer to their end. */
     if ((a = active_index(pk)) >= 0) {

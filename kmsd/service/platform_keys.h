@@ -61,6 +61,11 @@ const char *platform_key_sha_hex(const platform_key *k);
 const uint8_t *platform_key_point(const platform_key *k);
 int platform_key_version(const platform_key *k);
 
+/* The key's private half is in the token now (its handle found): asked
+ * before a session is committed, so that an answer that cannot be signed
+ * is refused before, not after (a failure in between is still possible,
+ * as a lost answer is). */
+CK_RV platform_keys_ready(platform_keys *pk, const platform_key *k);
 /* ECDSA in the token over a SHA-256 digest: sig = r || s. */
 CK_RV platform_keys_sign(platform_keys *pk, const platform_key *k, const uint8_t digest[32],
                          uint8_t sig[64]);

@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 
 #include "service/ca.h"
+#include "service/certkeys.h"
 #include "service/platform_keys.h"
 #include "service/keycache.h"
 #include "service/session_seen.h"
@@ -158,7 +159,8 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
     /* 64 Ki slots (512 KiB): a hint for every session opened in the last
      * half minute at 2,000 sessions/s. */
     s->seen = session_seen_new(65536);
-    if (!s->smetrics || !s->keys || !s->seen) {
+    s->v2cache = certkeys_new();
+    if (!s->smetrics || !s->keys || !s->seen || !s->v2cache) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
@@ -175,6 +177,7 @@ void service_close(qk_svc *s)
     sessions_set_id_key(NULL, 0);
     keycache_free(s->keys);
     platform_keys_free(s->pkeys);
+    certkeys_free(s->v2cache);
     ca_free(s->ca);
     trust_free(s->trust);
     session_seen_free(s->seen);

@@ -165,13 +165,15 @@
       " $17::text[])")                                                                         \
     X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
       " $6::int, $4::bytea, $7::bytea, $8::bytea)")                                            \
-    X(Q_V2_DEVICE_CERTS, /* a device and its certificates, newest first (protocol v2) */       \
+    X(Q_V2_DEVICE_CERTS, /* a device, its active certificates (newest first) and the one */   \
+      /* of SHA-256 $2 whatever its state (protocol v2) */                                     \
       "SELECT d.id, d.state, encode(c.sha256, 'hex'), encode(c.der, 'hex'), c.state,"           \
-      " c.not_before <= now() AND c.not_after > now()"                                          \
+      " c.not_before <= now() AND c.not_after > now(), c.kind"                                  \
       " FROM devices d LEFT JOIN certificates c ON c.device_pk = d.id"                          \
+      "  AND (c.state = 'active' OR c.sha256 = $2::bytea)"                                     \
       " WHERE d.device_id = $1 ORDER BY c.created_at DESC NULLS LAST LIMIT 16")                 \
     X(Q_V2_REFUSED,                                                                            \
-      "SELECT qkms_v2_refused($1, $2::bytea, $3::bigint, $4::int, $5, $6::jsonb)")              \
+      "SELECT qkms_v2_refused($1, $2::bytea, $3::bigint, $4::int, $5, $6::jsonb, $7::boolean)") \
     X(Q_SESSION_REAP,                                                                          \
       "SELECT destroyed, examined FROM qkms_session_reap($1::int, $2::int, $3::int)")           \
     X(Q_SESSIONS_LIST,                                                                         \
@@ -399,6 +401,9 @@ extern const db_stmt_def queries[Q__COUNT];
     X(QT_PK_RETIRE, /* $1 overlap days */                                                       \
       "UPDATE platform_keys SET state = 'retired', retired_at = now(),"                         \
       " overlap_until = now() + make_interval(days => $1::int) WHERE state = 'active'")        \
+    X(QT_PK_DESTROYED, /* one row per key, a version's two together */                        \
+      "SELECT version, label FROM platform_keys WHERE state = 'destroyed'"                      \
+      " ORDER BY version, purpose")                                                             \
     X(QT_PK_DUE, /* versions whose overlap ended: one row per key */                          \
       "UPDATE platform_keys SET state = 'destroyed'"                                            \
       " WHERE state = 'retired' AND overlap_until <= now() RETURNING version, purpose")        \

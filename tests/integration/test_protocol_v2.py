@@ -215,7 +215,12 @@ def test_bad_signature_is_401_and_audited(st):
     before = refusals(st, "unauthenticated")
     r = post(st, req, raw=json.dumps(body).encode())
     assert r.status_code == 401 and code(r) == "unauthenticated"
+    assert r.json()["error"]["message"] == "request could not be authenticated"
     assert refusals(st, "unauthenticated") == before + 1
+    # Filed under the device it named, but nobody's act: it proved nothing.
+    actor = st.psql("SELECT actor FROM audit_log WHERE event = 'session.refused' AND device_id = "
+                    f"'{enc.device_id}' ORDER BY id DESC LIMIT 1").strip()
+    assert actor == "unauthenticated"
     # The genuine request still works: its nonce was recorded for the
     # forged one... so it is a replay now. A fresh request works.
     r = post(st, req)
@@ -382,7 +387,7 @@ def test_the_answer_is_bound_to_the_request(st):
 
 # ---- rotation of the platform's keys -------------------------------------------
 
-def test_rotation_keeps_old_pins_working_during_the_overlap(st):
+def test_rotation_keeps_old_pins_working_during_the_overlap(st, tmp_path):
     old = platform(st)
     veh_v1, _ = key_device(st, "vehicle")
     enc = cert_device(st, 2)
@@ -399,6 +404,19 @@ def test_rotation_keeps_old_pins_working_during_the_overlap(st):
     assert json.loads(b64u_decode(json.loads(post(st, enc.key_request(
         old, uid(), veh_v1.device_id)).content)["resp"]))["signer"] == old.pin
     req, k_new = v2_key(st, enc, new, uid(), veh_v1.device_id, "a")
+    # The C library takes the published list as it is during the overlap
+    # (four certificates, the active pair first).
+    (tmp_path / "all.pem").write_text("".join(c["pem"] for c in doc["certificates"]))
+    (tmp_path / "d.crt").write_text(x509.load_der_x509_certificate(enc.certificate)
+                                    .public_bytes(serialization.Encoding.PEM).decode())
+    (tmp_path / "d.key").write_text(enc.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode())
+    out = json.loads(device_cli("key", "--v2", "--mode", "2", "--server-cert",
+                                str(tmp_path / "all.pem"), "--cert", str(tmp_path / "d.crt"),
+                                "--key", str(tmp_path / "d.key"), "--url", st.url, "--session",
+                                uid(), "--peer", veh_v1.device_id, "--json").stdout)
+    assert out["protocol"] == 2
     assert st.psql("SELECT count(*) FROM audit_log WHERE event = 'platform.rotated'").strip() == "1"
     # The overlap ends: the old version is destroyed and refused.
     st.psql("UPDATE platform_keys SET overlap_until = now() - interval '1 second'"
@@ -409,6 +427,16 @@ def test_rotation_keeps_old_pins_working_during_the_overlap(st):
     assert code(r) == "unknown_platform_key"
     assert st.psql("SELECT count(*) FROM platform_keys WHERE state = 'destroyed'").strip() == "2"
     v2_key(st, enc, new, uid(), veh_v1.device_id, "b")
+    # And gone from the token (each instance clears its own).
+    env = dict(os.environ, SOFTHSM2_CONF=st.env["SOFTHSM2_CONF"])
+    def labels():
+        out = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "qkms",
+                              "--login", "--pin", st.token_pin, "--list-objects", "--type",
+                              "privkey"], env=env, capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+        return set(re.findall(r"label:\s+(\S+)", out))
+    wait_for(lambda: not {"qkms-v2-sign-1", "qkms-v2-agree-1"} & labels(), timeout=40)
+    assert {"qkms-v2-sign-2", "qkms-v2-agree-2"} <= labels()
 
 
 # ---- the C device library and qkms-device ------------------------------------
