@@ -5,7 +5,7 @@
 #   BENCH_SECONDS   seconds per run (default 5)
 #   BENCH_DEVICES   devices for the import benchmark (default 10000)
 #   BENCH_THREADING=both   also measure MHD's pool threading model
-#   BENCH_PARTS     which parts: "import http entropy tls v2 sessions" (default all),
+#   BENCH_PARTS     which parts: "import http entropy tls v2 etsi sessions" (default all),
 #                   or "scale" (minutes: see bench_scale below), or "pgmodes"
 #                   (group commit: batch call against pipeline mode, pgbench)
 #   BENCH_SCALE_DEVICES  devices registered by the scale part (default 1000000)
@@ -22,7 +22,7 @@ KMSD=${QKMS_KMSD:-$ROOT/build/release/bin/kmsd}
 KMSCTL=${QKMS_KMSCTL:-$ROOT/build/release/bin/kmsctl}
 SECS=${BENCH_SECONDS:-5}
 BENCH_DEVICES=${BENCH_DEVICES:-10000}
-PARTS=${BENCH_PARTS:-import http entropy tls v2 sessions}
+PARTS=${BENCH_PARTS:-import http entropy tls v2 etsi sessions}
 OUT=$ROOT/build/bench
 REL=$ROOT/build/release
 mkdir -p "$OUT"
@@ -34,6 +34,7 @@ cc $CFLAGS -I"$ROOT/common" "$ROOT/bench/v2ops_bench.c" "$REL/libqkms-p11.a" "$R
     -lcrypto -ldl -o "$OUT/v2ops_bench"
 cc $CFLAGS "$ROOT/bench/session_bench.c" "$ROOT/bench/httpc.c" "$REL/libqkms-device.a" \
     -ljansson -lcurl -lssl -lcrypto -o "$OUT/session_bench"
+cc $CFLAGS "$ROOT/bench/etsi_bench.c" "$ROOT/bench/httpc.c" -ljansson -lssl -lcrypto -o "$OUT/etsi_bench"
 cc $CFLAGS "$ROOT/bench/pgfloor.c" "$ROOT/bench/httpc.c" $(pkg-config --libs libpq) -lssl -lcrypto -o "$OUT/pgfloor"
 cc $CFLAGS -I"$ROOT/kmsd" -I"$ROOT/common" "$ROOT/bench/entropy_bench.c" "$REL/libqkms-service.a" "$REL/libqkms-p11.a" \
     $(pkg-config --libs jansson libcurl libcrypto libpq libmicrohttpd) -ldl -lm -o "$OUT/entropy_bench"
@@ -284,6 +285,45 @@ bench_v2() {
     stop_kmsd
 }
 
+# -- ETSI GS QKD 014: key pairs over mutual TLS --------------------------------
+# At 16 clients over the device listener with tls_client_auth=require (as the
+# tls part): each worker's master SAE asks for one key (enc_keys), its slave
+# fetches it by ID (dec_keys); both SAEs have their own connection and
+# certificate. One line: pairs/s, requests/s, p50 and p99 per request, and
+# CPU per pair (kmsd, PostgreSQL).
+bench_etsi() {
+    bench_sessions_setup
+    tdir="$STATE/etsi"
+    issue_certs "$tdir"
+    curl -sf "$URL/v1/ca" > "$tdir/ca.pem"
+    admin POST /v1/admin/policies '{"name":"bench-sae","type_a":"vehicle","type_b":"encryptor","max_lifetime_s":600}' >/dev/null
+    i=0
+    while [ $i -lt $NPAIRS ]; do
+        admin POST "/v1/admin/devices/SV-$i/sae" "{\"sae_id\":\"SAE-V-$i\"}" >/dev/null
+        admin POST "/v1/admin/devices/SE-$i/sae" "{\"sae_id\":\"SAE-E-$i\"}" >/dev/null
+        i=$((i+1))
+    done
+    stop_kmsd
+    aport=$(port)
+    export QKMS_ADMIN_LISTEN_ADDR=127.0.0.1 QKMS_ADMIN_LISTEN_PORT="$aport" \
+        QKMS_TLS_CERT_FILE="$tdir/kmsd.crt" QKMS_TLS_KEY_FILE="$tdir/kmsd.key" \
+        QKMS_TLS_SERVER_NAMES=127.0.0.1 QKMS_TLS_CLIENT_AUTH=require
+    url_plain=$URL
+    URL="http://127.0.0.1:$aport"
+    start_kmsd connection 16
+    k0=$(cpu_of "$PID"); p0=$(pg_cpu)
+    "$OUT/etsi_bench" "$QKMS_PORT" 16 "$SECS" "$tdir" $NPAIRS > "$STATE/etsi.line"
+    k1=$(cpu_of "$PID"); p1=$(pg_cpu)
+    stop_kmsd
+    unset QKMS_ADMIN_LISTEN_ADDR QKMS_ADMIN_LISTEN_PORT QKMS_TLS_CERT_FILE QKMS_TLS_KEY_FILE \
+        QKMS_TLS_SERVER_NAMES QKMS_TLS_CLIENT_AUTH
+    URL=$url_plain
+    line=$(head -1 "$STATE/etsi.line")
+    awk -v l="$line" -v n="$(echo "$line" | field pairs)" -v k0="$k0" -v k1="$k1" -v p0="$p0" -v p1="$p1" \
+        'BEGIN { printf "%s kmsd_us_per_pair=%.0f postgres_us_per_pair=%.0f\n", l,
+                 (n > 0 ? 1e6 * (k1 - k0) / n : 0), (n > 0 ? 1e6 * (p1 - p0) / n : 0) }'
+}
+
 # -- scale: the same deliveries with a fleet in the database -----------------
 # Deliveries at 16 and 64 clients (the 64 bench pairs) three times in one
 # stack: on the small database; after importing BENCH_SCALE_DEVICES devices
@@ -378,6 +418,7 @@ for part in $PARTS; do
     entropy) bench_entropy | tee "$OUT/entropy.txt" ;;
     tls) bench_tls | tee "$OUT/tls.txt" ;;
     v2) bench_v2 | tee "$OUT/v2.txt" ;;
+    etsi) bench_etsi | tee "$OUT/etsi.txt" ;;
     sessions) bench_sessions | tee "$OUT/sessions.txt" ;;
     scale) bench_scale | tee "$OUT/scale.txt" ;;
     pgmodes) bench_pgmodes | tee "$OUT/pgmodes.txt" ;;

@@ -312,6 +312,35 @@ static int device_revoke(const struct kmsctl_ctx *ctx, const struct invocation *
     return change_state(ctx, inv, "revoke");
 }
 
+/* `device sae ID SAE_ID` / `device sae ID --clear`: the device's SAE ID
+ * for ETSI GS QKD 014 (docs/etsi014.md). */
+static int device_sae(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *id = inv->pos[0], *sae = inv->npos > 1 ? inv->pos[1] : NULL;
+    bool clear = opt_get(&inv->local, "clear") != NULL;
+    json_t *req, *resp = NULL;
+    int rc;
+
+    if (!sae == !clear) {
+        out_error("give the SAE ID, or --clear to take it away");
+        return EXIT_USAGE;
+    }
+    req = json_pack("{s:o}", "sae_id", sae ? json_string(sae) : json_null());
+    if (!req) {
+        out_error("the SAE ID is not UTF-8 text");
+        return EXIT_USAGE;
+    }
+    rc = resource_call(ctx, &device_resource, "POST", id, "sae", req, &resp);
+    json_decref(req);
+    if (!rc && ctx->json)
+        rc = out_json(resp);
+    else if (!rc)
+        out_textf(stdout, "Device '%s' has SAE ID %s.\n", id,
+                  out_string_or(json_object_get(resp, "sae_id"), "(none)"));
+    json_decref(resp);
+    return rc;
+}
+
 /* The rotate body from the options, checked. */
 static int rotate_body(const struct opt_values *o, json_t *req)
 {
@@ -390,6 +419,11 @@ static const struct opt_spec rotate_opts[] = {
     {0},
 };
 
+static const struct opt_spec sae_opts[] = {
+    {"clear", 0, NULL, "take the device's SAE ID away"},
+    {0},
+};
+
 static const struct action device_actions[] = {
     {
         .sub = "register",
@@ -437,6 +471,21 @@ static const struct action device_actions[] = {
         .min_args = 1,
         .max_args = 1,
         .run = device_keys,
+    },
+    {
+        .sub = "sae",
+        .usage = "ID (SAE_ID | --clear)",
+        .summary = "Give a device an SAE ID for ETSI GS QKD 014 key delivery, or take it away",
+        .description = "An SAE (Secure Application Entity: a QKD encryptor, a VPN router) asks\n"
+                       "for keys over /api/v1/keys/... with its client certificate; the\n"
+                       "certificate names the device, the device's SAE ID names it in the\n"
+                       "standard's requests (docs/etsi014.md). SAE IDs are unique.\n"
+                       "\n"
+                       "Request: POST /v1/admin/devices/ID/sae\n",
+        .opts = sae_opts,
+        .min_args = 1,
+        .max_args = 2,
+        .run = device_sae,
     },
     {
         .sub = "suspend",

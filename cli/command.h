@@ -53,5 +53,6 @@ extern const struct command cmd_audit;
 extern const struct command cmd_master;
 extern const struct command cmd_ca;
 extern const struct command cmd_platform;
+extern const struct command cmd_qkd;
 
 #endif

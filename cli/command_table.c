@@ -14,5 +14,6 @@ const struct command *const kmsctl_commands[] = {
     &cmd_master,
     &cmd_ca,
     &cmd_platform,
+    &cmd_qkd,
     NULL,
 };

@@ -224,6 +224,24 @@ def main():
     # cert_pem: byte 0 even a CSR for device FUZZ-DEV-1, odd a certificate to bind
     cert_pem_seeds()
     v2_seeds()
+    etsi014_seeds()
+
+
+def etsi014_seeds():
+    """etsi014: byte 0 even a Key request (POST enc_keys), odd Key IDs
+    (POST dec_keys), then the JSON body."""
+    ids = ["2c9b0c4e-52b4-4c8e-9b8a-0d1e2f3a4b5c", "F1A0C4E5-52B4-4C8E-9B8A-0D1E2F3A4B5C"]
+    for name, body in (
+            ("key-request", {"number": 2, "size": 256}),
+            ("key-request-multicast", {"number": 1, "additional_slave_SAE_IDs": ["SAE-B", "SAE-C"]}),
+            ("key-request-extensions", {"extension_mandatory": [{"x": 1}], "extension_optional": []}),
+            ("key-request-empty", {})):
+        put("etsi014", name, b"\x00" + compact(body).encode())
+    for name, body in (
+            ("key-ids", {"key_IDs": [{"key_ID": i} for i in ids]}),
+            ("key-ids-extension", {"key_IDs": [{"key_ID": ids[0], "key_ID_extension": {}}],
+                                   "key_IDs_extension": {}})):
+        put("etsi014", name, b"\x01" + compact(body).encode())
 
 
 def v2_seeds():

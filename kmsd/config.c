@@ -239,6 +239,9 @@ const config_option config_options[] = {
     {"certificate_warn_days", OPT_INT, OFF(certificate_warn_days), "30", 1, 365, NULL, false,
      false, "Days before a device certificate's notAfter from which kmsd warns (a log line at "
      "most once a day per certificate, and `qkms_certificates_expiring`)."},
+    {"qkd_kme_id", OPT_STR, OFF(qkd_kme_id), "qkms", 0, 0, NULL, false, false,
+     "This KME's ID in ETSI GS QKD 014 answers (`source_KME_ID`, `target_KME_ID` of Get "
+     "status: master and slave SAEs share this KME, docs/etsi014.md)."},
     {"platform_key_overlap_days", OPT_INT, OFF(platform_key_overlap_days), "30", 1, 365, NULL,
      false, false, "Days a retired version of the platform's protocol v2 keys keeps answering "
      "devices that still pin it, after a rotation (docs/protocol.md, \"The platform's keys\"); "
@@ -262,7 +265,9 @@ const config_option config_options[] = {
      "mode 0600 owned by its user."},
     {"rate_limit_device", OPT_DOUBLE, OFF(rate_limit_device), "20", 0, 1000000, NULL, false, true,
      "Device API requests per second per device, counted once the request has authenticated "
-     "(0 = unlimited); over it: 429 `rate_limited` with `Retry-After`. See docs/operations.md."},
+     "(0 = unlimited); over it: 429 `rate_limited` with `Retry-After` (on the ETSI GS QKD 014 "
+     "door, 503 `rate_limited` in the standard's Error object, docs/etsi014.md). See "
+     "docs/operations.md."},
     {"rate_limit_device_burst", OPT_INT, OFF(rate_limit_device_burst), "40", 1, 1000000, NULL,
      false, true, "Requests a device may make at once before `rate_limit_device` applies."},
     {"rate_limit_client", OPT_DOUBLE, OFF(rate_limit_client), "500", 0, 1000000, NULL, false,

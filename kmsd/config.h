@@ -114,6 +114,7 @@ typedef struct kms_config {
     int ca_crl_interval;
     int certificate_warn_days;
     int platform_key_overlap_days; /* protocol v2 (docs/protocol.md) */
+    char *qkd_kme_id;              /* ETSI GS QKD 014 (docs/etsi014.md) */
     /* admin */
     char *bootstrap_token_file;
     /* rate limits (kmsd/ratelimit.h) */

@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 
 #include "service/bootstrap.h"
+#include "service/qkd_metrics.h"
 #include "service/servercert.h"
 #include "api/server.h"
 #include "service/keycache.h"
@@ -140,6 +141,7 @@ static int start_doors(kms_ctx *k, char *err, size_t el)
         metrics_register(k->metrics, p11_metrics_render, k->svc.token) != 0 ||
         metrics_register(k->metrics, entropy_metrics_render, k->svc.ent) != 0 ||
         metrics_register(k->metrics, session_metrics_render, k->svc.smetrics) != 0 ||
+        metrics_register(k->metrics, qkd_metrics_render, k->svc.qkdm) != 0 ||
         metrics_register(k->metrics, keycache_metrics_render, k->svc.keys) != 0 ||
         metrics_register(k->metrics, ratelimit_metrics_render, k->rl) != 0 ||
         metrics_register(k->metrics, maintenance_metrics_render, k->maint) != 0)

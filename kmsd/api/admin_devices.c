@@ -13,6 +13,7 @@
 #include "api/transport.h"
 #include "fillpkg.h"
 #include "service/certs.h"
+#include "service/qkd.h"
 #include "service/device_fill.h"
 #include "service/device_keys.h"
 #include "service/devices.h"
@@ -258,6 +259,30 @@ static json_t *action_body(http_request *rq, http_response *rs, bool opt,
         }
     }
     return in;
+}
+
+/* POST /v1/admin/devices/{id}/sae {"sae_id": "ID" | null}: the device's
+ * SAE ID for ETSI GS QKD 014 (docs/etsi014.md); the answer is the device. */
+void h_device_sae(http_request *rq, http_response *rs)
+{
+    static const char *const known[] = {"sae_id", NULL};
+    const char *id = path_device(rq, rs);
+    qk_principal who = admin_principal(rq);
+    json_t *in, *v;
+    qk_err e;
+    if (!id || !(in = action_body(rq, rs, false, known)))
+        return;
+    v = json_object_get(in, "sae_id");
+    if (!v || !(json_is_string(v) || json_is_null(v))) {
+        http_error(rs, 422, "invalid_sae_id", "sae_id must be a string, or null to remove it");
+        json_decref(in);
+        return;
+    }
+    if (qkd_set_sae(&rq->kms->svc, &who, id, json_string_value(v), &e) != QK_OK)
+        http_fail(rs, &e);
+    else
+        answer_device(rq, rs, id, 200);
+    json_decref(in);
 }
 
 /* Optional integer field; absent keeps *out. */

@@ -12,6 +12,9 @@
 
 #define OPS (ROLE_ADMIN | ROLE_OPERATOR)
 #define IMPORT_MAX_BODY (4u << 20)
+/* The ETSI door refuses bodies over 64 KiB itself, in the standard's Error
+ * object (400); the gate only stops what no client of it would send. */
+#define ETSI_GATE_MAX_BODY (1u << 20)
 #define DEV DOOR_DEVICE
 #define ADM DOOR_ADMIN
 #define BOTH DOOR_ALL
@@ -36,6 +39,7 @@
     X("POST", "/v1/admin/devices/{id}/resume", "admin_device_resume", OPS, h_device_resume, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/revoke", "admin_device_revoke", OPS, h_device_revoke, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/rotate", "admin_device_rotate", OPS, h_device_rotate, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/devices/{id}/sae", "admin_device_sae", OPS, h_device_sae, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/fill", "admin_device_fill", OPS, h_device_fill, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/devices/{id}/certificates", "admin_device_certs_list", ROLE_ANY, h_device_certs_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/certificates", "admin_device_cert_issue", OPS, h_device_cert_issue, ADM, RL_ADMIN) \
@@ -53,6 +57,13 @@
     X("POST", "/v1/sessions/end", "session_end", 0, h_session_end, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v2/sessions/key", "session_key_v2", 0, h_session_key_v2, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v2/sessions/end", "session_end_v2", 0, h_session_end_v2, DEV, RL_DEVICE, .client_cert = true) \
+    X("GET", "/api/v1/keys/{sae}/status", "etsi_status", 0, h_etsi_status, DEV, RL_DEVICE, .client_cert = true) \
+    X("GET", "/api/v1/keys/{sae}/enc_keys", "etsi_enc_keys_get", 0, h_etsi_enc_get, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/api/v1/keys/{sae}/enc_keys", "etsi_enc_keys", 0, h_etsi_enc_post, DEV, RL_DEVICE, .client_cert = true, .max_body = ETSI_GATE_MAX_BODY) \
+    X("GET", "/api/v1/keys/{sae}/dec_keys", "etsi_dec_keys_get", 0, h_etsi_dec_get, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/api/v1/keys/{sae}/dec_keys", "etsi_dec_keys", 0, h_etsi_dec_post, DEV, RL_DEVICE, .client_cert = true, .max_body = ETSI_GATE_MAX_BODY) \
+    X("GET", "/v1/admin/qkd", "admin_qkd", ROLE_ANY, h_admin_qkd, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/qkd/keys", "admin_qkd_keys", ROLE_ANY, h_admin_qkd_keys, ADM, RL_ADMIN) \
     X("GET", "/v1/platform/certificates", "platform_certs", 0, h_platform_certs, BOTH, RL_NONE) \
     X("POST", "/v1/admin/platform/rotate", "admin_platform_rotate", ROLE_ADMIN, h_admin_platform_rotate, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/sessions", "admin_sessions_list", ROLE_ANY, h_admin_sessions_list, ADM, RL_ADMIN) \

@@ -48,6 +48,7 @@ void h_device_resume(http_request *rq, http_response *rs);
 void h_device_revoke(http_request *rq, http_response *rs);
 void h_device_rotate(http_request *rq, http_response *rs);
 void h_device_fill(http_request *rq, http_response *rs);
+void h_device_sae(http_request *rq, http_response *rs);
 void h_devtypes_list(http_request *rq, http_response *rs);
 void h_devtypes_add(http_request *rq, http_response *rs);
 
@@ -69,6 +70,17 @@ void h_session_key_v2(http_request *rq, http_response *rs);
 void h_session_end_v2(http_request *rq, http_response *rs);
 void h_platform_certs(http_request *rq, http_response *rs);
 void h_admin_platform_rotate(http_request *rq, http_response *rs);
+
+/* etsi014.c: ETSI GS QKD 014 (docs/etsi014.md) */
+void h_etsi_status(http_request *rq, http_response *rs);
+void h_etsi_enc_get(http_request *rq, http_response *rs);
+void h_etsi_enc_post(http_request *rq, http_response *rs);
+void h_etsi_dec_get(http_request *rq, http_response *rs);
+void h_etsi_dec_post(http_request *rq, http_response *rs);
+
+/* admin_qkd.c */
+void h_admin_qkd(http_request *rq, http_response *rs);
+void h_admin_qkd_keys(http_request *rq, http_response *rs);
 
 /* admin_sessions.c */
 void h_admin_sessions_list(http_request *rq, http_response *rs);

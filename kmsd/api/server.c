@@ -239,6 +239,29 @@ const char *http_query(http_request *rq, const char *key)
     return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
+struct query_count {
+    const char *key;
+    int n;
+};
+
+static enum MHD_Result count_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    struct query_count *q = cls;
+    (void)kind;
+    (void)value;
+    if (key && !strcmp(key, q->key))
+        q->n++;
+    return MHD_YES;
+}
+
+int http_query_count(http_request *rq, const char *key)
+{
+    struct query_count q = {key, 0};
+    MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, count_arg, &q);
+    return q.n;
+}
+
 bool http_confidential(const http_request *rq)
 {
     /* A unix socket's bytes never leave the host, like loopback's. */

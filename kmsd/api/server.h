@@ -152,8 +152,10 @@ json_t *http_body_object(http_request *rq, http_response *rs);
 /* Like http_body_object, but an empty body (with or without a content type)
  * is an empty object: for actions whose parameters are all optional. */
 json_t *http_body_object_opt(http_request *rq, http_response *rs);
-/* A query-string argument, or NULL. */
+/* A query-string argument, or NULL (the first, when it is repeated). */
 const char *http_query(http_request *rq, const char *key);
+/* How many times the query string names key. */
+int http_query_count(http_request *rq, const char *key);
 /* Take a token from the rate limit of scope (rl_scope, ratelimit.h) for key.
  * true: go on; false: rs is 429 rate_limited with Retry-After. The gate
  * applies the client scope (every route but probes) and a route's .rl_scope

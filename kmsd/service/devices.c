@@ -22,14 +22,14 @@
 
 /* ---- reading -------------------------------------------------------------- */
 
-/* Columns of Q_DEVICE_GET / Q_DEVICE_LIST 0..7. */
-static json_t *device_json(const PGresult *r, int i)
+/* Columns of Q_DEVICE_GET / Q_DEVICE_LIST 0..7, and the SAE ID's column. */
+static json_t *device_json(const PGresult *r, int i, int sae_col)
 {
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "device_id", pgjson_text(r, i, 0), "type",
-                     pgjson_text(r, i, 1), "group", pgjson_text(r, i, 2), "parent",
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "device_id", pgjson_text(r, i, 0),
+                     "type", pgjson_text(r, i, 1), "group", pgjson_text(r, i, 2), "parent",
                      pgjson_text(r, i, 3), "state", pgjson_text(r, i, 4), "created_at",
                      pgjson_time(r, i, 5), "updated_at", pgjson_time(r, i, 6), "revoked_at",
-                     pgjson_time(r, i, 7));
+                     pgjson_time(r, i, 7), "sae_id", pgjson_text(r, i, sae_col));
 }
 
 qk_kind devices_get(qk_svc *s, const char *device_id, bool with_keys, bool with_kcv, json_t **out,
@@ -53,7 +53,7 @@ qk_kind devices_get(qk_svc *s, const char *device_id, bool with_keys, bool with_
         k = qk_fail(e, QK_NOT_FOUND, "not_found", "no device '%s'", device_id);
         goto out;
     }
-    rec = device_json(r, 0);
+    rec = device_json(r, 0, 8);
     if (with_keys) {
         if ((k = device_keys_list(s, c, device_id, with_kcv, &keys, e)) != QK_OK)
             goto out;
@@ -91,7 +91,7 @@ qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e)
     arr = json_array();
     n = PQntuples(r);
     for (int i = 0; i < n; i++) {
-        json_t *d = device_json(r, i);
+        json_t *d = device_json(r, i, 10);
         json_object_set_new(d, "active_keys", json_integer(atoll(PQgetvalue(r, i, 8))));
         json_object_set_new(d, "next_expiry", pgjson_time(r, i, 9));
         json_array_append_new(arr, d);
@@ -529,6 +529,14 @@ static db_status state_shred(db_conn *c, struct state_tx *t, const char *pk, jso
     PQclear(r);
     if (!(r = db_exec(c, Q_SESSIONS_END_FOR_DEVICE, 2, vals, NULL, NULL, &st)))
         return st;
+    PQclear(r);
+    /* And its ETSI GS QKD 014 keys, as master or as a slave (qkd.h), like
+     * its sessions: tombstone 'revoked'. */
+    {
+        const char *qv[3] = {pk, t->actor, "revoked"};
+        if (!(r = db_exec(c, Q_QKD_DESTROY_FOR_DEVICE, 3, qv, NULL, NULL, &st)))
+            return st;
+    }
     PQclear(r);
     /* Its certificates go with it (certs.h): in the same transaction, so
      * no certificate of a revoked device is ever active on record. */

@@ -13,6 +13,7 @@
 #include "service/audit_seal.h"
 #include "service/ca.h"
 #include "service/platform_keys.h"
+#include "service/qkd.h"
 #include "service/crl.h"
 #include "service/keycache.h"
 #include "deadline.h"
@@ -188,6 +189,9 @@ static void reap(qk_svc *k)
         if (examined < SESSION_REAP_BATCH)
             break;
     }
+    /* ETSI GS QKD 014 keys no slave fetched within their lifetime. */
+    if (qkd_reap(k) < 0)
+        log_emit(LOG_WARN, "qkd key expiry pass failed; will retry", NULL);
 }
 
 /* The reaper runs every session_reap_interval seconds (bounded delay for

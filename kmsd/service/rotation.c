@@ -5,6 +5,7 @@
  * still under an older one and destroys versions nothing references.
  */
 #include "service/rotation.h"
+#include "service/qkd.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -155,8 +156,10 @@ qk_kind rotation_status(qk_svc *s, json_t **out, qk_err *e)
     arr = json_array();
     for (int i = 0; i < PQntuples(r); i++) {
         long long dk = atoll(PQgetvalue(r, i, 5)), ss = atoll(PQgetvalue(r, i, 6));
+        /* ETSI GS QKD 014 keys (qkd.h) count as pending too; they are not
+         * listed per version (they live minutes, not years). */
         if (strcmp(PQgetvalue(r, i, 2), "active") != 0)
-            pending += dk + ss;
+            pending += dk + ss + atoll(PQgetvalue(r, i, 7));
         json_array_append_new(
             arr, json_pack("{s:i,s:o,s:o,s:o,s:o,s:I,s:I}", "version", atoi(PQgetvalue(r, i, 0)),
                            "label", pgjson_text(r, i, 1), "state", pgjson_text(r, i, 2),
@@ -216,6 +219,35 @@ static int rewrap_session_id_key(qk_svc *k, db_conn *c, uint32_t av)
     return done;
 }
 
+/* ETSI GS QKD 014 keys waiting for their slaves (qkd.h): a batch, like
+ * the sessions'. */
+static int rewrap_qkd(qk_svc *k, db_conn *c, const char *active)
+{
+    char newv[16], ctx[96], hex[2 * BLOB_MAX + 1];
+    const char *vals[4] = {active, REWRAP_BATCH, NULL, NULL};
+    db_status st;
+    PGresult *r = db_exec(c, Q_REWRAP_QKD, 2, vals, NULL, NULL, &st), *u;
+    uint32_t nv = 0;
+    int done = 0;
+    for (int i = 0; r && i < PQntuples(r); i++) {
+        snprintf(ctx, sizeof(ctx), QKD_WRAP_CONTEXT "%s", PQgetvalue(r, i, 1));
+        if (rewrap_blob(k, ctx, PQgetvalue(r, i, 2), hex, &nv) != 0)
+            continue;
+        snprintf(newv, sizeof(newv), "%u", nv);
+        vals[0] = PQgetvalue(r, i, 0);
+        vals[1] = PQgetvalue(r, i, 3);
+        vals[2] = hex;
+        vals[3] = newv;
+        u = db_exec(c, Q_REWRAP_QKD_SET, 4, vals, NULL, NULL, &st);
+        if (u && atoi(PQcmdTuples(u)) == 1)
+            done++;
+        PQclear(u);
+    }
+    PQclear(r);
+    OPENSSL_cleanse(hex, sizeof(hex));
+    return done;
+}
+
 static int rewrap_batch(qk_svc *k, db_conn *c)
 {
     char active[16], newv[16], ctx[256], hex[2 * BLOB_MAX + 1];
@@ -249,6 +281,9 @@ static int rewrap_batch(qk_svc *k, db_conn *c)
     }
     PQclear(r);
     done += rewrap_session_id_key(k, c, av);
+    /* Before the sessions' skip below: QKD keys have no such latch, and a
+     * rotation must reach every one of them however few sessions remain. */
+    done += rewrap_qkd(k, c, active);
     if (k->sessions_rewrapped_for == av)
         return done;
     vals[0] = active;

@@ -14,6 +14,7 @@
 
 #include "service/ca.h"
 #include "service/certkeys.h"
+#include "service/qkd_metrics.h"
 #include "service/platform_keys.h"
 #include "service/keycache.h"
 #include "service/session_seen.h"
@@ -160,7 +161,8 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
      * half minute at 2,000 sessions/s. */
     s->seen = session_seen_new(65536);
     s->v2cache = certkeys_new();
-    if (!s->smetrics || !s->keys || !s->seen || !s->v2cache) {
+    s->qkdm = qkd_metrics_new();
+    if (!s->smetrics || !s->keys || !s->seen || !s->v2cache || !s->qkdm) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
@@ -178,6 +180,7 @@ void service_close(qk_svc *s)
     keycache_free(s->keys);
     platform_keys_free(s->pkeys);
     certkeys_free(s->v2cache);
+    qkd_metrics_free(s->qkdm);
     ca_free(s->ca);
     trust_free(s->trust);
     session_seen_free(s->seen);

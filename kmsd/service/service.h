@@ -35,6 +35,7 @@ typedef struct keycache keycache;
 typedef struct qk_ca qk_ca;
 typedef struct platform_keys platform_keys;
 typedef struct certkeys certkeys;
+typedef struct qkd_metrics qkd_metrics;
 typedef struct qk_trust qk_trust;
 typedef struct session_seen session_seen;
 typedef struct session_metrics session_metrics;
@@ -52,6 +53,7 @@ typedef struct qk_svc {
     qk_ca *ca;        /* the platform CA (its key in the token), service/ca.h */
     platform_keys *pkeys; /* protocol v2's signing and key-agreement keys (platform_keys.h) */
     certkeys *v2cache; /* protocol v2: certificate keys by digest (certkeys.h) */
+    qkd_metrics *qkdm; /* ETSI GS QKD 014 counters (qkd.h) */
     qk_trust *trust;  /* other issuers of client certificates (trust.h); NULL: none */
     /* The rotation's scan of sessions for rows under an older master version
      * found none while this version was active (0: not yet). Rows are only

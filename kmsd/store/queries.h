@@ -83,7 +83,8 @@
       " JOIN devices d ON d.device_id = u.device_id")                                          \
     X(Q_DEVICE_GET,                                                                            \
       "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
-      " d.updated_at, d.revoked_at FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"   \
+      " d.updated_at, d.revoked_at, d.sae_id"                                                  \
+      " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
       " WHERE d.device_id = $1")                                                               \
     X(Q_DEVICE_LOCK, "SELECT id, state, type, group_label FROM devices WHERE device_id = $1 FOR UPDATE") \
     X(Q_DEVICE_KEYS,                                                                           \
@@ -118,7 +119,7 @@
       " (SELECT count(*) FROM device_keys k WHERE k.device_pk = d.id AND k.state = 'active'"   \
       "   AND k.not_after > now()),"                                                           \
       " (SELECT min(k.not_after) FROM device_keys k WHERE k.device_pk = d.id"                  \
-      "   AND k.state = 'active' AND k.not_after > now())"                                     \
+      "   AND k.state = 'active' AND k.not_after > now()), d.sae_id"                           \
       " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
       " WHERE ($1::text IS NULL OR d.type = $1) AND ($2::text IS NULL OR d.group_label = $2)"  \
       " AND ($3::text IS NULL OR d.state = $3)"                                                \
@@ -165,6 +166,46 @@
       " $17::text[])")                                                                         \
     X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
       " $6::int, $4::bytea, $7::bytea, $8::bytea)")                                            \
+    X(Q_QKD_SAE, "SELECT id, sae_id, state FROM devices WHERE device_id = $1")               \
+    X(Q_QKD_SET_SAE, /* $1 device, $2 SAE ID or NULL: the old one */                          \
+      "UPDATE devices d SET sae_id = $2, updated_at = now() FROM devices o"                     \
+      " WHERE d.device_id = $1 AND o.id = d.id RETURNING o.sae_id, d.state, d.id")              \
+    X(Q_QKD_ENC,                                                                               \
+      "SELECT outcome, detail, expires FROM qkms_qkd_enc($1::bigint, $2::text[], $3::uuid[],"  \
+      " $4::bytea[], $5::int, $6::text[], $7::int, $8::int)")                                   \
+    X(Q_QKD_DEC,                                                                               \
+      "SELECT outcome, detail, out_key_id, out_wrapped, out_size, out_master_version"          \
+      " FROM qkms_qkd_dec($1::bigint, $2, $3::uuid[])")                                        \
+    X(Q_QKD_STATUS, /* the slave (no row: unknown), paired?, the keys waiting for it, */      \
+                    /* does the pair's policy allow key source c? */                              \
+      "SELECT sl.id, sl.state, p.id IS NOT NULL,"                                                \
+      " (SELECT count(*) FROM qkd_key_slaves ks JOIN qkd_keys k ON k.id = ks.key_pk"            \
+      "  WHERE k.master_pk = m.id AND ks.slave_pk = sl.id AND ks.fetched_at IS NULL"             \
+      "  AND k.expires_at > now()),"                                                            \
+      " coalesce('c' = ANY (p.key_sources), false)"                                              \
+      " FROM devices sl CROSS JOIN devices m CROSS JOIN LATERAL qkms_policy_for(m, sl) p"        \
+      " WHERE sl.sae_id = $2 AND m.id = $1::bigint")                                            \
+    X(Q_QKD_REAP, "SELECT qkms_qkd_reap($1::int)")                                             \
+    X(Q_QKD_DESTROY_FOR_DEVICE, /* $1 device pk, $2 actor, $3 reason: its keys, either side */ \
+      "SELECT count(*) FROM (SELECT qkms_qkd_destroy(k.id, $3, $2)"                             \
+      " FROM qkd_keys k"                                                                         \
+      " WHERE k.master_pk = $1::bigint OR EXISTS (SELECT 1 FROM qkd_key_slaves ks"              \
+      "  WHERE ks.key_pk = k.id AND ks.slave_pk = $1::bigint)) AS gone")                        \
+    X(Q_QKD_PAIRS, /* keys waiting, by master and slave */                                    \
+      "SELECT k.master_sae, ks.slave_sae, count(*), min(k.expires_at)"                          \
+      " FROM qkd_keys k JOIN qkd_key_slaves ks ON ks.key_pk = k.id"                              \
+      " WHERE ks.fetched_at IS NULL AND k.expires_at > now()"                                    \
+      " GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 10000")                                                \
+    X(Q_QKD_KEYS_LIST,                                                                          \
+      "SELECT k.key_id, k.master_sae, k.size_bits, k.policy, k.created_at, k.expires_at,"       \
+      " (SELECT json_agg(json_build_object('sae_id', ks.slave_sae, 'fetched_at',"               \
+      "   to_char(ks.fetched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))"          \
+      "   ORDER BY ks.slave_sae) FROM qkd_key_slaves ks WHERE ks.key_pk = k.id)"                \
+      " FROM qkd_keys k WHERE k.expires_at > now()"                                              \
+      " AND ($1::text IS NULL OR k.master_sae = $1)"                                             \
+      " AND ($2::text IS NULL OR EXISTS (SELECT 1 FROM qkd_key_slaves ks"                        \
+      "   WHERE ks.key_pk = k.id AND ks.slave_sae = $2))"                                        \
+      " ORDER BY k.id DESC LIMIT $3::int")                                                       \
     X(Q_V2_DEVICE_CERTS, /* a device, its active certificates (newest first) and the one */   \
       /* of SHA-256 $2 whatever its state (protocol v2) */                                     \
       "SELECT d.id, d.state, encode(c.sha256, 'hex'), encode(c.der, 'hex'), c.state,"           \
@@ -216,8 +257,15 @@
     X(Q_MASTER_STATUS,                                                                         \
       "SELECT m.version, m.label, m.state, m.created_at, m.retired_at,"                        \
       " (SELECT count(*) FROM device_keys k WHERE k.master_version = m.version),"              \
-      " (SELECT count(*) FROM sessions s WHERE s.master_version = m.version)"                  \
+      " (SELECT count(*) FROM sessions s WHERE s.master_version = m.version),"                 \
+      " (SELECT count(*) FROM qkd_keys q WHERE q.master_version = m.version)"                  \
       " FROM master_keys m ORDER BY m.version")                                                \
+    X(Q_REWRAP_QKD,                                                                            \
+      "SELECT id, key_id, encode(wrapped_key, 'hex'), master_version FROM qkd_keys"             \
+      " WHERE master_version < $1::int LIMIT $2::int")                                          \
+    X(Q_REWRAP_QKD_SET,                                                                        \
+      "UPDATE qkd_keys SET wrapped_key = decode($3, 'hex'), master_version = $4::int"           \
+      " WHERE id = $1::bigint AND master_version = $2::int")                                   \
     X(Q_REWRAP_DEVKEYS,                                                                        \
       "SELECT d.device_id, k.device_pk, k.key_index, k.algorithm, encode(k.wrapped, 'hex'),"   \
       " k.master_version FROM device_keys k JOIN devices d ON d.id = k.device_pk"              \
@@ -236,6 +284,7 @@
       " AND retired_at < now() - make_interval(secs => $1::int)"                               \
       " AND NOT EXISTS (SELECT 1 FROM device_keys k WHERE k.master_version = m.version)"       \
       " AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.master_version = m.version)"          \
+      " AND NOT EXISTS (SELECT 1 FROM qkd_keys q WHERE q.master_version = m.version)"          \
       " AND NOT EXISTS (SELECT 1 FROM session_hash_key h WHERE h.master_version = m.version)"  \
       " ORDER BY version LIMIT 1 FOR UPDATE OF m")                                             \
     X(Q_SIDKEY_GET, "SELECT encode(wrapped, 'hex'), master_version FROM session_hash_key")    \

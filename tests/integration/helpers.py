@@ -240,13 +240,15 @@ def veh_enc_stack(name, extra_env):
 class SecondKmsd:
     """Another kmsd over the same PostgreSQL and token."""
 
-    def __init__(self, st, extra_env=None):
+    def __init__(self, st, extra_env=None, ready_url=None):
+        """ready_url: where /readyz answers plain HTTP when the device
+        listener speaks TLS (the admin listener's base URL)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(st.env, QKMS_LISTEN_PORT=str(self.port), **(extra_env or {}))
         self.log = open(os.path.join(st.state, f"kmsd-{self.port}.log"), "wb")
         self.proc = subprocess.Popen([KMSD, "-c", st.conf], env=env, stdout=self.log, stderr=self.log)
-        if not wait_readyz(self.url, 30):
+        if not wait_readyz(ready_url or self.url, 30):
             raise RuntimeError("second kmsd not ready")
 
     def stop(self):

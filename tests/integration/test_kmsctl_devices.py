@@ -23,7 +23,7 @@ from helpers import (AUTH, NOWHERE, OK, REFUSED, USAGE, human, kv_block, near, o
                      table, ts, uid, usage, utcnow)
 
 RECORD_FIELDS = ("device_id", "type", "group", "parent", "state", "created_at", "updated_at",
-                 "revoked_at")
+                 "revoked_at", "sae_id")
 KEY_HEADER = ["INDEX", "ALG", "STATE", "EXPIRED", "NOT-AFTER", "RETIRE-AT", "EXPORTED"]
 LIST_HEADER = ["DEVICE", "TYPE", "GROUP", "STATE", "ACTIVE-KEYS", "NEXT-EXPIRY"]
 BUILTIN_TYPES = {"vehicle", "encryptor", "meter", "gateway", "subdevice", "generic"}

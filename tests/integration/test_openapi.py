@@ -113,14 +113,22 @@ def yaml_error_pairs():
     pairs = set()
 
     def codes_of(schema):
-        # {"$ref": Error, "properties": {"error": {"properties": {"code": X}}}}
-        code = schema.get("properties", {}).get("error", {}).get("properties", {}).get("code")
-        if code is None:
-            return set()
-        code = SPEC.resolve(code)
-        if "const" in code:
-            return {code["const"]}
-        return set(code["enum"])
+        # {"$ref": Error, "properties": {"error": {"properties": {"code": X}}}},
+        # the ETSI GS QKD 014 door's {"$ref": EtsiError, "properties":
+        # {"details": {"items": {"properties": {"qkms_code": X}}}}}, and
+        # oneOf/anyOf alternatives of them (a route answered by the gate in
+        # the one shape and by its handler in the other).
+        out = set()
+        for alt in schema.get("oneOf", []) + schema.get("anyOf", []):
+            out |= codes_of(alt)
+        props = schema.get("properties", {})
+        for code in (props.get("error", {}).get("properties", {}).get("code"),
+                     props.get("details", {}).get("items", {}).get("properties", {}).get("qkms_code")):
+            if code is None:
+                continue
+            code = SPEC.resolve(code)
+            out |= {code["const"]} if "const" in code else set(code["enum"])
+        return out
 
     def walk_responses(responses):
         for status, resp in responses.items():

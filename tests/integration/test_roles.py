@@ -38,6 +38,7 @@ MATRIX = [
     ("POST", "/v1/admin/devices/{id}/resume", OPS),
     ("POST", "/v1/admin/devices/{id}/revoke", OPS),
     ("POST", "/v1/admin/devices/{id}/rotate", OPS),
+    ("POST", "/v1/admin/devices/{id}/sae", OPS),
     ("POST", "/v1/admin/devices/{id}/fill", OPS),
     ("GET", "/v1/admin/devices/{id}/certificates", ANY),
     ("POST", "/v1/admin/devices/{id}/certificates", OPS),
@@ -59,6 +60,8 @@ MATRIX = [
     ("GET", "/v1/admin/audit/export", AUDIT),
     ("GET", "/v1/admin/entropy", ANY),
     ("POST", "/v1/admin/entropy/sources/{name}/enable", ADMIN),
+    ("GET", "/v1/admin/qkd", ANY),
+    ("GET", "/v1/admin/qkd/keys", ANY),
 ]
 
 
