@@ -344,7 +344,8 @@ static int device_sae(const struct kmsctl_ctx *ctx, const struct invocation *inv
 /* The rotate body from the options, checked. */
 static int rotate_body(const struct opt_values *o, json_t *req)
 {
-    const char *grace = opt_get(o, "grace-days"), *validity = opt_get(o, "validity");
+    const char *grace = opt_get(o, "grace-days"), *validity = opt_get(o, "validity"),
+               *purpose = opt_get(o, "purpose");
     long days = 0, bits = 0, gdays = 0;
     int rc;
 
@@ -358,7 +359,13 @@ static int rotate_body(const struct opt_values *o, json_t *req)
         out_error("--validity must be a whole number of days from 1 to %ld", DEVICE_VALIDITY_MAX);
         return EXIT_USAGE;
     }
-    if ((grace && (rc = device_put(req, "grace_days", json_integer(gdays)))) ||
+    if (purpose && strcmp(purpose, "access") && strcmp(purpose, "local") &&
+        strcmp(purpose, "generic")) {
+        out_error("--purpose must be access, local or generic");
+        return EXIT_USAGE;
+    }
+    if ((purpose && (rc = device_put(req, "purpose", json_string(purpose)))) ||
+        (grace && (rc = device_put(req, "grace_days", json_integer(gdays)))) ||
         (bits && (rc = device_put(req, "key_bits", json_integer(bits)))) ||
         (days && (rc = device_put(req, "validity_days", json_integer(days)))))
         return rc;
@@ -416,6 +423,7 @@ static const struct opt_spec rotate_opts[] = {
     {"grace-days", 0, "N", "days older keys stay usable, 0..365 (server default from config)"},
     {"key-bits", 0, "BITS", "128 or 256 for the new key"},
     {"validity", 0, "DAYS", "validity of the new key in days, 1..3650"},
+    {"purpose", 0, "PURPOSE", "replace only the keys of access, local or generic (default: one new key per purpose the device has)"},
     {0},
 };
 
@@ -518,9 +526,11 @@ static const struct action device_actions[] = {
     },
     {
         .sub = "rotate",
-        .usage = "ID [--grace-days N] [--key-bits B] [--validity DAYS]",
-        .summary = "Add a new key; older active keys retire after the grace period",
-        .description = "Prints the updated device record and its keys.\n"
+        .usage = "ID [--grace-days N] [--key-bits B] [--validity DAYS] [--purpose PURPOSE]",
+        .summary = "Add new keys; older active keys of their purposes retire after the grace period",
+        .description = "One new key for each purpose the device's active keys have (a gateway:\n"
+                       "access and local), or only for --purpose. Prints the updated device\n"
+                       "record and its keys.\n"
                        "\n"
                        "Request: POST /v1/admin/devices/ID/rotate\n",
         .opts = rotate_opts,

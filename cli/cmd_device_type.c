@@ -2,6 +2,8 @@
 #include "command.h"
 
 #include <stdio.h>
+#include <string.h>
+
 #include <jansson.h>
 
 #include "client.h"
@@ -10,15 +12,44 @@
 #include "output.h"
 #include "resource.h"
 
-/* One name a line; checked here, so --json prints any answer as it is. */
+/* One type a line with its key template; checked here, so --json prints
+ * any answer as it is. */
 static int print_types(const json_t *resp)
 {
     const json_t *types = resource_items(resp, "types"), *name;
+    const json_t *tpl = json_object_get(resp, "key_purposes");
     size_t i;
     if (!types)
         return EXIT_SERVER;
-    json_array_foreach(types, i, name)
-        out_textf(stdout, "%s\n", out_string_or(name, "-"));
+    json_array_foreach(types, i, name) {
+        const json_t *p = json_object_get(tpl, json_string_value(name)), *v;
+        size_t j;
+        out_textf(stdout, "%s", out_string_or(name, "-"));
+        json_array_foreach(p, j, v)
+            out_textf(stdout, "%s%s", j ? "," : "  key purposes: ", out_string_or(v, "?"));
+        fputc('\n', stdout);
+    }
+    return EXIT_OK;
+}
+
+/* --key-purposes a,b,...: each access, local or generic, at most 16. */
+static int purposes_arg(const char *arg, json_t *out)
+{
+    char buf[256];
+    size_t n = 0;
+    if (strlen(arg) >= sizeof(buf)) {
+        out_error("--key-purposes is too long");
+        return EXIT_USAGE;
+    }
+    strcpy(buf, arg);
+    for (char *save = NULL, *w = strtok_r(buf, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
+        if ((strcmp(w, "access") && strcmp(w, "local") && strcmp(w, "generic")) || ++n > 16) {
+            out_error("--key-purposes is a comma-separated list of at most 16 of access, local, "
+                      "generic");
+            return EXIT_USAGE;
+        }
+        json_array_append_new(out, json_string(w));
+    }
     return EXIT_OK;
 }
 
@@ -32,6 +63,7 @@ static int type_add(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     const char *name = inv->pos[0];
     json_t *req = NULL, *resp = NULL;
+    const char *kp = opt_get(&inv->local, "key-purposes");
     int rc = device_check_type("type name", name);
     if (rc)
         goto cleanup;
@@ -39,6 +71,12 @@ static int type_add(const struct kmsctl_ctx *ctx, const struct invocation *inv)
         out_error("out of memory");
         rc = EXIT_INTERNAL;
         goto cleanup;
+    }
+    if (kp) {
+        json_t *arr = json_array();
+        json_object_set_new(req, "key_purposes", arr);
+        if ((rc = purposes_arg(kp, arr)))
+            goto cleanup;
     }
     /* The contract documents "201" and no body; accept one either way. */
     rc = client_call_empty_ok(ctx, "POST", "/v1/admin/device-types", req, &resp);
@@ -62,25 +100,35 @@ cleanup:
     return rc;
 }
 
+static const struct opt_spec add_opts[] = {
+    {"key-purposes", 0, "P,P,...", "the type's key template: access, local or generic per index"},
+    {0},
+};
+
 static const struct action type_actions[] = {
     {
         .sub = "list",
         .usage = "",
         .summary = "List the device types devices may be registered with",
-        .description = "One type name per line.\n"
+        .description = "One type per line, with its key template when it has one (the purpose\n"
+                       "of key index 0, 1, ...; docs/gateways.md).\n"
                        "\n"
                        "Request: GET /v1/admin/device-types\n",
         .run = type_list,
     },
     {
         .sub = "add",
-        .usage = "NAME",
+        .usage = "NAME [--key-purposes P,P,...]",
         .summary = "Add a device type (admin)",
         .description = "NAME: a lowercase letter, then up to 31 of a-z 0-9 _ -.\n"
+                       "--key-purposes: the purpose of key index 0, 1, ... of its devices\n"
+                       "(access, local, generic); a device of the type has at least that many\n"
+                       "keys.\n"
                        "With --json the server's answer is printed, or {\"name\": NAME} if it\n"
                        "sent none.\n"
                        "\n"
                        "Request: POST /v1/admin/device-types\n",
+        .opts = add_opts,
         .min_args = 1,
         .max_args = 1,
         .run = type_add,

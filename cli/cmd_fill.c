@@ -195,17 +195,40 @@ static int print_tls_identity(const json_t *doc)
     return EXIT_OK;
 }
 
+/* A sub-device's family member: its gateway's local keys (docs/gateways.md). */
+static int print_family(const json_t *fam, const char *const *headers, const char *const *fields)
+{
+    struct table *t = table_new(6, headers);
+    const json_t *k;
+    size_t i;
+    int rc = EXIT_OK;
+    if (!t) {
+        out_error("out of memory");
+        return EXIT_INTERNAL;
+    }
+    json_array_foreach(json_object_get(fam, "keys"), i, k)
+        if ((rc = table_add_json(t, k, fields)))
+            break;
+    if (!rc) {
+        out_textf(stdout, "\nFamily: the local keys of gateway %s\n",
+                  out_string_or(json_object_get(fam, "gateway_id"), "?"));
+        rc = table_print(t, stdout);
+    }
+    table_free_wiped(t);
+    return rc;
+}
+
 static int print_document(const json_t *doc)
 {
-    static const char *const headers[] = {"INDEX", "ALG", "KEY", "KCV", "NOT-AFTER"};
-    static const char *const fields[] = {"index", "algorithm", "key", "kcv", "not_after"};
+    static const char *const headers[] = {"INDEX", "PURPOSE", "ALG", "KEY", "KCV", "NOT-AFTER"};
+    static const char *const fields[] = {"index", "purpose", "algorithm", "key", "kcv", "not_after"};
     struct table *t = NULL;
     json_t *about = json_pack("{s:O?, s:O?, s:O?}", "device", json_object_get(doc, "device_id"),
                               "type", json_object_get(doc, "type"), "group",
                               json_object_get(doc, "group"));
     int rc = EXIT_INTERNAL;
 
-    if (!about || !(t = table_new(5, headers))) {
+    if (!about || !(t = table_new(6, headers))) {
         out_error("out of memory");
         goto cleanup;
     }
@@ -219,6 +242,8 @@ static int print_document(const json_t *doc)
         goto cleanup;
     fputc('\n', stdout);
     rc = table_print(t, stdout);
+    if (!rc && json_object_get(doc, "family"))
+        rc = print_family(json_object_get(doc, "family"), headers, fields);
     if (!rc && json_object_get(doc, "tls")) {
         fputs("\nTLS identity\n", stdout);
         rc = print_tls_identity(json_object_get(doc, "tls"));

@@ -301,10 +301,12 @@ static int body_int(json_t *in, http_response *rs, const char *key, int lo, int 
 
 void h_device_rotate(http_request *rq, http_response *rs)
 {
-    static const char *const known[] = {"grace_days", "key_bits", "validity_days", NULL};
+    static const char *const known[] = {"grace_days", "key_bits", "validity_days", "purpose",
+                                        NULL};
     const char *id = path_device(rq, rs);
     json_t *in;
     int grace = rq->kms->cfg.device_key_grace_days, bits = 0, validity = 0;
+    json_t *pv;
     qk_principal who = admin_principal(rq);
     qk_err e;
     if (!id)
@@ -317,15 +319,24 @@ void h_device_rotate(http_request *rq, http_response *rs)
         json_decref(in);
         return;
     }
-    json_decref(in);
+    pv = json_object_get(in, "purpose");
+    if (pv && !json_is_null(pv) && !device_key_purpose_valid(json_string_value(pv))) {
+        http_error(rs, 422, "invalid_key_purposes", "purpose is access, local or generic");
+        json_decref(in);
+        return;
+    }
     if (bits && bits != 128 && bits != 256) {
         http_error(rs, 422, "invalid_key_bits", "key_bits must be 128 or 256");
+        json_decref(in);
         return;
     }
-    if (device_keys_rotate(&rq->kms->svc, &who, id, grace, bits, validity, &e) != QK_OK) {
+    if (device_keys_rotate(&rq->kms->svc, &who, id, json_string_value(pv), grace, bits, validity,
+                           &e) != QK_OK) {
         http_fail(rs, &e);
+        json_decref(in);
         return;
     }
+    json_decref(in);
     answer_device(rq, rs, id, 200);
 }
 
@@ -514,13 +525,29 @@ void h_devtypes_add(http_request *rq, http_response *rs)
     qk_err e;
     if (!in)
         return;
+    const char *purposes[DEVICE_MAX_KEYS];
+    json_t *kp;
+    size_t np = 0;
     name = json_string_value(json_object_get(in, "name"));
-    if (json_object_size(in) != 1 || !device_type_name_valid(name)) {
-        http_error(rs, 422, "invalid_type", "name must match [a-z][a-z0-9_-]{0,31}");
-    } else if (device_types_add(&rq->kms->svc, &who, name, &e) != QK_OK) {
+    kp = json_object_get(in, "key_purposes");
+    if (kp && json_is_array(kp) && json_array_size(kp) <= DEVICE_MAX_KEYS)
+        for (np = 0; np < json_array_size(kp); np++)
+            if (!device_key_purpose_valid(purposes[np] =
+                                              json_string_value(json_array_get(kp, np))))
+                break;
+    if (json_object_size(in) != 1 + (kp != NULL) || !device_type_name_valid(name)) {
+        http_error(rs, 422, "invalid_type",
+                   "name must match [a-z][a-z0-9_-]{0,31}; the only other field is key_purposes");
+    } else if (kp && (!json_is_array(kp) || np != json_array_size(kp) ||
+                      json_array_size(kp) > DEVICE_MAX_KEYS)) {
+        http_error(rs, 422, "invalid_key_purposes",
+                   "key_purposes is an array of at most %d of access, local, generic",
+                   DEVICE_MAX_KEYS);
+    } else if (device_types_add(&rq->kms->svc, &who, name, purposes, (int)np, &e) != QK_OK) {
         http_fail(rs, &e);
     } else {
-        http_json(rs, 201, json_pack("{s:s}", "name", name));
+        http_json(rs, 201, json_pack("{s:s,s:o}", "name", name, "key_purposes",
+                                     kp ? json_incref(kp) : json_array()));
     }
     json_decref(in);
 }

@@ -76,6 +76,7 @@ static int load_key_row(qk_svc *s, const device_request *rq, keycache_entry *row
     snprintf(row->key_state, sizeof(row->key_state), "%s", PQgetvalue(r, 0, 4));
     row->not_before = atoll(PQgetvalue(r, 0, 5));
     row->not_after = atoll(PQgetvalue(r, 0, 6));
+    snprintf(row->purpose, sizeof(row->purpose), "%s", PQgetvalue(r, 0, 7));
     bl = PQgetisnull(r, 0, 3) ? 0
                               : qkms_hex_decode(PQgetvalue(r, 0, 3), strlen(PQgetvalue(r, 0, 3)),
                                                 row->wrapped, sizeof(row->wrapped));
@@ -128,6 +129,24 @@ static CK_RV unwrap_device_key(qk_svc *s, const device_request *rq, keycache_ent
         keycache_put_unwrapped(s->keys, rq->device_id, rq->key_index, row->wrapped,
                                row->wrapped_len, a->key, a->key_len, cgen);
     return rv;
+}
+
+/* An audit row for a local key used on a device-facing door. Best effort:
+ * the refusal stands whether or not the row could be written. */
+static void local_key_audit(qk_svc *s, const log_ctx *log, const device_request *rq)
+{
+    char detail[128];
+    const char *vals[4] = {"kmsd", "device.local_key_refused", rq->device_id, detail};
+    db_status st;
+    PGresult *r;
+    /* op is the door's constant ("key", "end", ...), never the client's. */
+    snprintf(detail, sizeof(detail), "{\"key_index\":%d,\"op\":\"%.16s\",\"protocol\":%d}",
+             rq->key_index, rq->op, rq->version == 2 ? 2 : 1);
+    r = db_query(s->db, Q_AUDIT_APPEND, 4, vals, NULL, NULL, &st);
+    if (!r)
+        log_with(log, LOG_ERROR, "audit row for a local key not written", "{s:s}", "device_id",
+                 rq->device_id);
+    PQclear(r);
 }
 
 /* The checks a key row must pass (the stored function repeats them): NULL,
@@ -218,6 +237,16 @@ qk_kind device_auth_open(qk_svc *s, const log_ctx *log, const device_request *rq
                                 rq->ct_len, a->inner) != 0) {
         r = device_auth_fail(s, log, rq->device_id, rq->key_index,
                              "AEAD tag did not verify (wrong key, operation or tampering)", e);
+        goto out;
+    }
+    /* A local key is for a gateway's local network and never crosses the
+     * wide area (seed 004). Judged after the tag verified: a request that
+     * holds the key is a device (or sub-device) misusing it, worth an audit
+     * row; a mere claim of the index is any other failure. */
+    if (!strcmp(row.purpose, "local")) {
+        local_key_audit(s, log, rq);
+        r = device_auth_fail(s, log, rq->device_id, rq->key_index,
+                             "a local key (its gateway's local network only)", e);
         goto out;
     }
     r = QK_OK;

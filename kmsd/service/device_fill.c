@@ -47,6 +47,8 @@ struct fill_tx {
     int chosen[DEVICE_MAX_KEY_INDEX + 1]; /* rows of Q_DEVICE_KEYS, in document order */
     int nchosen;
     json_t *exported; /* indices, in document order */
+    json_t *family;   /* the gateway's local key indices in the document */
+    char gateway[DEVICE_ID_MAX + 1];
     uint8_t *package;
     size_t package_len;
 };
@@ -154,8 +156,9 @@ static int put_key(qbuf *b, int first, const PGresult *keys, int r0, const uint8
 
     pgjson_rfc3339(PQgetvalue(keys, r0, 4), nb, sizeof(nb));
     pgjson_rfc3339(PQgetvalue(keys, r0, 5), na, sizeof(na));
-    bad = qbuf_putf(b, "%s{\"index\":%d,\"algorithm\":\"%s\",\"key\":\"", first ? "" : ",",
-                    atoi(PQgetvalue(keys, r0, 0)), PQgetvalue(keys, r0, 1));
+    bad = qbuf_putf(b, "%s{\"index\":%d,\"purpose\":\"%s\",\"algorithm\":\"%s\",\"key\":\"",
+                    first ? "" : ",", atoi(PQgetvalue(keys, r0, 0)), PQgetvalue(keys, r0, 13),
+                    PQgetvalue(keys, r0, 1));
     if (bad == QBUF_OK && (bad = qbuf_reserve(b, 2 * kl, &dst)) == QBUF_OK)
         qkms_hex_encode(key, kl, (char *)dst); /* its NUL lands on the qbuf's own */
     return keep(bad, qbuf_putf(b, "\",\"kcv\":\"%s\",\"not_before\":\"%s\",\"not_after\":\"%s\"}",
@@ -171,10 +174,35 @@ static db_status doc_failed(struct fill_tx *t, int bad)
     return DB_ERROR;
 }
 
-/* Write the document of the chosen keys into t->doc; their indices go into
- * idx (for the statement) and t->exported. */
-static db_status write_doc(struct fill_tx *t, const PGresult *keys, const char *type,
-                           const char *group, pgarray *idx)
+/* The family member of a sub-device's document: its gateway's live local
+ * keys (Q_FAMILY_LOCAL_KEYS rows; docs/gateways.md), unwrapped under the
+ * gateway's own key contexts. Their indices go into t->family. */
+static db_status write_family(struct fill_tx *t, const PGresult *fam, uint8_t *key)
+{
+    const char *gw = PQgetvalue(fam, 0, 14);
+    int bad = qbuf_put_str(t->doc, ",\"family\":{\"gateway_id\":");
+    bad = keep(bad, put_str(t->doc, gw));
+    bad = keep(bad, qbuf_put_str(t->doc, ",\"keys\":["));
+    for (int r0 = 0; r0 < PQntuples(fam) && !bad; r0++) {
+        int index = atoi(PQgetvalue(fam, r0, 0));
+        char kcv[11];
+        size_t kl;
+        if (device_key_unwrap(t->s, gw, index, device_key_bits(PQgetvalue(fam, r0, 1)),
+                              PQgetvalue(fam, r0, 11), key, &kl, t->e) != QK_OK)
+            return DB_INVALID;
+        device_key_kcv(key, kl, kcv);
+        bad = put_key(t->doc, r0 == 0, fam, r0, key, kl, kcv);
+        OPENSSL_cleanse(key, kl);
+        json_array_append_new(t->family, json_integer(index));
+    }
+    bad = keep(bad, qbuf_put_str(t->doc, "]}"));
+    return bad ? doc_failed(t, bad) : DB_OK;
+}
+
+/* Write the document of the chosen keys (and fam's, when it has rows) into
+ * t->doc; their indices go into idx (for the statement) and t->exported. */
+static db_status write_doc(struct fill_tx *t, const PGresult *keys, const PGresult *fam,
+                           const char *type, const char *group, pgarray *idx)
 {
     uint8_t *key = OPENSSL_secure_malloc(DEVICE_KEY_BUF);
     time_t tnow = time(NULL);
@@ -183,11 +211,13 @@ static db_status write_doc(struct fill_tx *t, const PGresult *keys, const char *
     db_status st = DB_OK;
     int bad;
 
-    t->doc = qbuf_new(DOC_HEAD_MAX + (size_t)t->nchosen * DOC_KEY_MAX +
+    t->doc = qbuf_new(DOC_HEAD_MAX * (PQntuples(fam) > 0 ? 2 : 1) +
+                          (size_t)(t->nchosen + PQntuples(fam)) * DOC_KEY_MAX +
                           (t->tls ? qbuf_len(t->tls) + 16 : 0),
                       QBUF_SECURE);
     t->exported = json_array();
-    if (!t->doc || !key || !t->exported) {
+    t->family = json_array();
+    if (!t->doc || !key || !t->exported || !t->family) {
         qk_fail(t->e, QK_INTERNAL, "internal", "out of secure memory");
         st = DB_ERROR;
         goto out;
@@ -214,6 +244,12 @@ static db_status write_doc(struct fill_tx *t, const PGresult *keys, const char *
         json_array_append_new(t->exported, json_integer(index));
     }
     bad = keep(bad, qbuf_put_str(t->doc, "]"));
+    if (bad) {
+        st = doc_failed(t, bad);
+        goto out;
+    }
+    if (PQntuples(fam) > 0 && (st = write_family(t, fam, key)) != DB_OK)
+        goto out;
     /* The device's TLS identity (device_fill.h), as made by certs_identity. */
     if (t->tls) {
         bad = keep(bad, qbuf_put_str(t->doc, ",\"tls\":"));
@@ -237,6 +273,8 @@ static void reset_fill_outputs(struct fill_tx *t)
     t->package_len = 0;
     json_decref(t->exported);
     t->exported = NULL;
+    json_decref(t->family);
+    t->family = NULL;
 }
 
 /* Lock the device (it must be active); its pk, type and group. */
@@ -294,9 +332,13 @@ static db_status record(db_conn *c, struct fill_tx *t, const char *pk, pgarray *
     }
     PQclear(r);
     st = audit_append(c, t->actor, "device.fill_exported", t->device_id,
-                      json_pack("{s:O,s:s,s:s?,s:b}", "indices", t->exported, "mode",
+                      json_pack("{s:O,s:s,s:s?,s:b,s:o?}", "indices", t->exported, "mode",
                                 t->recipient ? "sealed" : "plaintext", "recipient_fingerprint",
-                                t->recipient ? t->fingerprint : NULL, "forced", t->force));
+                                t->recipient ? t->fingerprint : NULL, "forced", t->force,
+                                "family", json_array_size(t->family)
+                                              ? json_pack("{s:s,s:O}", "gateway_id", t->gateway,
+                                                          "indices", t->family)
+                                              : NULL));
     if (st != DB_OK)
         db_fail(t->e, st);
     return st;
@@ -307,7 +349,8 @@ static db_status fill_tx_fn(db_conn *c, void *arg)
     struct fill_tx *t = arg;
     const char *vals[1] = {t->device_id};
     char pk[24], type[DEVICE_TYPE_MAX + 1], group[DEVICE_GROUP_MAX + 1];
-    PGresult *keys = NULL;
+    const char *fvals[1] = {pk};
+    PGresult *keys = NULL, *fam = NULL;
     pgarray idx;
     db_status st;
 
@@ -322,7 +365,16 @@ static db_status fill_tx_fn(db_conn *c, void *arg)
         db_fail(t->e, st);
         goto out;
     }
-    if ((st = choose_keys(t, keys)) != DB_OK || (st = write_doc(t, keys, type, group, &idx)) != DB_OK)
+    /* A sub-device also gets its gateway's local key (its family's). */
+    if (!(fam = db_exec(c, Q_FAMILY_LOCAL_KEYS, 1, fvals, NULL, NULL, &st))) {
+        db_fail(t->e, st);
+        goto out;
+    }
+    t->gateway[0] = 0;
+    if (PQntuples(fam) > 0)
+        snprintf(t->gateway, sizeof(t->gateway), "%s", PQgetvalue(fam, 0, 14));
+    if ((st = choose_keys(t, keys)) != DB_OK ||
+        (st = write_doc(t, keys, fam, type, group, &idx)) != DB_OK)
         goto out;
     if (t->recipient && (st = seal(t)) != DB_OK)
         goto out;
@@ -330,6 +382,7 @@ static db_status fill_tx_fn(db_conn *c, void *arg)
 out:
     pgarray_free(&idx);
     PQclear(keys);
+    PQclear(fam);
     return st;
 }
 

@@ -120,8 +120,9 @@ qk_kind device_key_unwrap(qk_svc *s, const char *device_id, int index, int bits,
 /* One row of Q_DEVICE_KEYS. */
 static json_t *key_json(const PGresult *r, int i)
 {
-    return json_pack("{s:i,s:o,s:o,s:b,s:o,s:o,s:o,s:o,s:i,s:o,s:o,s:o}", "index",
-                     atoi(PQgetvalue(r, i, 0)), "algorithm", pgjson_text(r, i, 1), "state",
+    return json_pack("{s:i,s:o,s:o,s:o,s:b,s:o,s:o,s:o,s:o,s:i,s:o,s:o,s:o}", "index",
+                     atoi(PQgetvalue(r, i, 0)), "purpose", pgjson_text(r, i, 13), "algorithm",
+                     pgjson_text(r, i, 1), "state",
                      pgjson_text(r, i, 2), "expired", PQgetvalue(r, i, 3)[0] == 't', "not_before",
                      pgjson_time(r, i, 4), "not_after", pgjson_time(r, i, 5), "retire_at",
                      pgjson_time(r, i, 6), "exported_at", pgjson_time(r, i, 7), "export_count",
@@ -186,10 +187,19 @@ out:
 
 /* ---- rotation ------------------------------------------------------------- */
 
+/* One new key per purpose rotated (docs/gateways.md, "Key purposes"). */
+#define ROTATE_MAX 3
+
+struct rotate_key {
+    int index, mv;
+    const char *purpose, *prov;
+    char *wrapped_hex;
+};
+
 struct rotate_tx {
     const char *actor, *device_id;
-    int index, bits, validity, grace, mv;
-    const char *wrapped_hex, *prov;
+    int bits, validity, grace, n;
+    struct rotate_key k[ROTATE_MAX];
     bool stale; /* another rotation took the index first */
     qk_err *e;
 };
@@ -218,7 +228,7 @@ static db_status rotate_lock(db_conn *c, struct rotate_tx *t, char pk[24])
     return st;
 }
 
-/* Whether our index is still the next one (else t->stale, DB_INVALID). */
+/* Whether our first index is still the next one (else t->stale, DB_INVALID). */
 static db_status rotate_check_index(db_conn *c, struct rotate_tx *t)
 {
     const char *vals[1] = {t->device_id};
@@ -229,8 +239,8 @@ static db_status rotate_check_index(db_conn *c, struct rotate_tx *t)
         return st;
     }
     st = DB_OK;
-    if (atoi(PQgetvalue(r, 0, 0)) + 1 != t->index) {
-        /* Another rotation got in first; our key was wrapped for its index. */
+    if (atoi(PQgetvalue(r, 0, 0)) + 1 != t->k[0].index) {
+        /* Another rotation got in first; our keys were wrapped for its indices. */
         t->stale = true;
         st = DB_INVALID;
     }
@@ -241,11 +251,12 @@ static db_status rotate_check_index(db_conn *c, struct rotate_tx *t)
 static db_status rotate_tx_fn(db_conn *c, void *arg)
 {
     struct rotate_tx *t = arg;
-    const char *vals[7];
-    char pk[24], idx[16], mv[16], days[16], grace[16];
+    const char *vals[8];
+    char pk[24], idx[16], mv[16], days[16], grace[16], purposes[64];
     db_status st;
     PGresult *r;
-    json_t *retiring = NULL;
+    json_t *retiring = NULL, *indices = NULL, *names = NULL;
+    size_t pl = 0;
 
     /* db_tx may run this again: an error of an earlier attempt must not
      * decide the answer of this one. */
@@ -253,47 +264,70 @@ static db_status rotate_tx_fn(db_conn *c, void *arg)
     t->stale = false;
     if ((st = rotate_lock(c, t, pk)) != DB_OK || (st = rotate_check_index(c, t)) != DB_OK)
         return st;
+    purposes[pl++] = '{';
+    for (int i = 0; i < t->n; i++)
+        pl += (size_t)snprintf(purposes + pl, sizeof(purposes) - pl, "%s%s", i ? "," : "",
+                               t->k[i].purpose);
+    snprintf(purposes + pl, sizeof(purposes) - pl, "}");
     snprintf(grace, sizeof(grace), "%d", t->grace);
     vals[0] = pk;
     vals[1] = grace;
-    if (!(r = db_exec(c, Q_DEVKEY_SCHEDULE_RETIRE, 2, vals, NULL, NULL, &st)))
+    vals[2] = purposes;
+    /* Only the keys of the purposes rotated retire: a gateway's new local
+     * key leaves its access key alone. */
+    if (!(r = db_exec(c, Q_DEVKEY_SCHEDULE_RETIRE, 3, vals, NULL, NULL, &st)))
         goto fail;
     retiring = json_array();
+    indices = json_array();
+    names = json_array();
     for (int i = 0; i < PQntuples(r); i++)
         json_array_append_new(retiring, json_integer(atoi(PQgetvalue(r, i, 0))));
     PQclear(r);
-    snprintf(idx, sizeof(idx), "%d", t->index);
-    snprintf(mv, sizeof(mv), "%d", t->mv);
     snprintf(days, sizeof(days), "%d", t->validity);
-    vals[1] = idx;
-    vals[2] = t->bits == 256 ? "AES-256" : "AES-128";
-    vals[3] = t->wrapped_hex;
-    vals[4] = mv;
-    vals[5] = t->prov;
-    vals[6] = days;
-    if (!(r = db_exec(c, Q_DEVKEY_INSERT_ONE, 7, vals, NULL, NULL, &st)))
-        goto fail;
-    PQclear(r);
+    for (int i = 0; i < t->n; i++) {
+        snprintf(idx, sizeof(idx), "%d", t->k[i].index);
+        snprintf(mv, sizeof(mv), "%d", t->k[i].mv);
+        vals[1] = idx;
+        vals[2] = t->bits == 256 ? "AES-256" : "AES-128";
+        vals[3] = t->k[i].wrapped_hex;
+        vals[4] = mv;
+        vals[5] = t->k[i].prov;
+        vals[6] = days;
+        vals[7] = t->k[i].purpose;
+        if (!(r = db_exec(c, Q_DEVKEY_INSERT_ONE, 8, vals, NULL, NULL, &st)))
+            goto fail;
+        PQclear(r);
+        json_array_append_new(indices, json_integer(t->k[i].index));
+        json_array_append_new(names, json_string(t->k[i].purpose));
+    }
     return audit_append(c, t->actor, "device.rotated", t->device_id,
-                        json_pack("{s:i,s:i,s:i,s:o,s:s}", "new_index", t->index, "key_bits",
-                                  t->bits, "grace_days", t->grace, "retiring", retiring,
-                                  "provenance", t->prov));
+                        json_pack("{s:i,s:o,s:o,s:i,s:i,s:o,s:s}", "new_index", t->k[0].index,
+                                  "new_indices", indices, "purposes", names, "key_bits", t->bits,
+                                  "grace_days", t->grace, "retiring", retiring, "provenance",
+                                  t->k[0].prov));
 fail:
     json_decref(retiring);
+    json_decref(indices);
+    json_decref(names);
     db_fail(t->e, st);
     return st;
 }
 
-/* The next index of device_id and, when *bits <= 0, the newest key's size
- * (128 with no key yet). QK_NOT_FOUND for an unknown device. */
-static qk_kind rotate_plan(qk_svc *s, const char *device_id, int *index, int *bits, qk_err *e)
+/* The next index of device_id, the purposes to rotate (purpose, or those
+ * of its active keys: access, local, generic in that order; generic when it
+ * has none) into t->k, and, when t->bits <= 0, the newest key's size (128
+ * with no key yet). QK_NOT_FOUND for an unknown device. */
+static qk_kind rotate_plan(qk_svc *s, const char *device_id, const char *purpose,
+                           struct rotate_tx *t, qk_err *e)
 {
+    static const char *const order[ROTATE_MAX] = {"access", "local", "generic"};
     const char *vals[1] = {device_id};
     db_status st;
     db_conn *c = db_acquire(s->db, &st);
     PGresult *r = NULL;
     qk_kind k = QK_OK;
-    int n;
+    bool live[ROTATE_MAX] = {false, false, false};
+    int n, next;
 
     if (!c)
         return db_fail(e, st);
@@ -311,47 +345,77 @@ static qk_kind rotate_plan(qk_svc *s, const char *device_id, int *index, int *bi
         goto out;
     }
     n = PQntuples(r);
-    *index = n ? atoi(PQgetvalue(r, n - 1, 0)) + 1 : 0;
-    if (*bits <= 0)
-        *bits = n ? device_key_bits(PQgetvalue(r, n - 1, 1)) : 128;
+    next = n ? atoi(PQgetvalue(r, n - 1, 0)) + 1 : 0;
+    if (t->bits <= 0)
+        t->bits = n ? device_key_bits(PQgetvalue(r, n - 1, 1)) : 128;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < ROTATE_MAX; j++)
+            if (!strcmp(PQgetvalue(r, i, 2), "active") && !strcmp(PQgetvalue(r, i, 13), order[j]))
+                live[j] = true;
+    t->n = 0;
+    for (int j = 0; j < ROTATE_MAX; j++)
+        if (purpose ? !strcmp(purpose, order[j]) : live[j]) {
+            t->k[t->n] = (struct rotate_key){.index = next + t->n, .purpose = order[j]};
+            t->n++;
+        }
+    if (t->n == 0) {
+        t->k[0] = (struct rotate_key){.index = next, .purpose = "generic"};
+        t->n = 1;
+    }
 out:
     PQclear(r);
     db_release(s->db, c);
     return k;
 }
 
+static void rotate_free(struct rotate_tx *t)
+{
+    for (int i = 0; i < t->n; i++) {
+        free(t->k[i].wrapped_hex);
+        t->k[i].wrapped_hex = NULL;
+    }
+}
+
 qk_kind device_keys_rotate(qk_svc *s, const qk_principal *who, const char *device_id,
-                           int grace_days, int key_bits, int validity_days, qk_err *e)
+                           const char *purpose, int grace_days, int key_bits, int validity_days,
+                           qk_err *e)
 {
     qk_clear(e);
+    if (purpose && !device_key_purpose_valid(purpose))
+        return qk_fail(e, QK_INVALID, "invalid_key_purposes",
+                       "purpose is access, local or generic");
     for (int attempt = 0; attempt < ROTATE_TRIES; attempt++) {
-        struct rotate_tx t = {who->name, device_id, 0, key_bits, validity_days, grace_days, 0,
-                              NULL, NULL, false, e};
-        char *wrapped = NULL;
+        struct rotate_tx t = {.actor = who->name, .device_id = device_id, .bits = key_bits,
+                              .validity = validity_days, .grace = grace_days, .e = e};
         db_status st;
         qk_kind k;
 
-        if ((k = rotate_plan(s, device_id, &t.index, &t.bits, e)) != QK_OK)
+        if ((k = rotate_plan(s, device_id, purpose, &t, e)) != QK_OK)
             return k;
         if (t.validity <= 0)
             t.validity = s->cfg->device_key_validity_days;
-        if (t.index > DEVICE_MAX_KEY_INDEX)
+        if (t.k[t.n - 1].index > DEVICE_MAX_KEY_INDEX)
             return qk_fail(e, QK_CONFLICT, "key_index_exhausted",
                            "device '%s' has used all 256 key indices", device_id);
-        if ((k = device_key_new(s, device_id, t.index, t.bits, &wrapped, &t.mv, &t.prov, e)) !=
-            QK_OK)
-            return k;
-        t.wrapped_hex = wrapped;
+        for (int i = 0; i < t.n; i++)
+            if ((k = device_key_new(s, device_id, t.k[i].index, t.bits, &t.k[i].wrapped_hex,
+                                    &t.k[i].mv, &t.k[i].prov, e)) != QK_OK) {
+                rotate_free(&t);
+                return k;
+            }
         st = db_tx(s->db, rotate_tx_fn, &t);
-        free(wrapped);
+        rotate_free(&t);
         keycache_invalidate(s->keys, device_id);
         if (st == DB_OK) {
-            log_with(&who->log, LOG_INFO, "device key rotated", "{s:s,s:i,s:s}", "device_id",
-                     device_id, "new_index", t.index, "by", who->name);
+            log_with(&who->log, LOG_INFO, "device key rotated", "{s:s,s:i,s:i,s:s}", "device_id",
+                     device_id, "new_index", t.k[0].index, "keys", t.n, "by", who->name);
             qk_clear(e);
             return QK_OK;
         }
-        if (device_keys_master_moved(s, st, (uint32_t)t.mv)) {
+        /* Every key of one attempt is wrapped under one version unless a
+         * rotation of the master key came in between: then the database
+         * refuses, and the next attempt wraps them all again. */
+        if (device_keys_master_moved(s, st, (uint32_t)t.k[0].mv)) {
             qk_clear(e);
             continue;
         }

@@ -63,13 +63,18 @@ bool device_keys_master_moved(qk_svc *s, db_status st, uint32_t used);
 qk_kind device_keys_list(qk_svc *s, db_conn *c, const char *device_id, bool with_kcv,
                          json_t **out, qk_err *e);
 
-/* Rotate: add the next key index to device_id; its older active keys retire
- * after grace_days. key_bits <= 0: as the newest key (128 when none);
- * validity_days <= 0: the configured default. One transaction with its
- * audit row ("device.rotated"); the key cache entry is dropped.
- * QK_NOT_FOUND "not_found"; QK_CONFLICT "invalid_state" (revoked),
- * "key_index_exhausted", or "conflict" after three concurrent rotations. */
+/* Rotate: add a new key to device_id for purpose (NULL: one for each
+ * purpose its active keys have, in the order access, local, generic; a
+ * device without active keys gets a generic one), at the next key indices;
+ * its older active keys of those purposes retire after grace_days.
+ * key_bits <= 0: as the newest key (128 when none); validity_days <= 0:
+ * the configured default. One transaction with its audit row
+ * ("device.rotated"); the key cache entry is dropped. QK_NOT_FOUND
+ * "not_found"; QK_INVALID "invalid_key_purposes"; QK_CONFLICT
+ * "invalid_state" (revoked), "key_index_exhausted", or "conflict" after
+ * three concurrent rotations. */
 qk_kind device_keys_rotate(qk_svc *s, const qk_principal *who, const char *device_id,
-                           int grace_days, int key_bits, int validity_days, qk_err *e);
+                           const char *purpose, int grace_days, int key_bits, int validity_days,
+                           qk_err *e);
 
 #endif

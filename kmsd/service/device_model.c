@@ -131,3 +131,27 @@ int device_key_context(const char *device_id, int index, int key_bits, char *out
     int n = snprintf(out, len, "qkms/device-key/v1\n%s\n%d\nAES-%d", device_id, index, key_bits);
     return n > 0 && (size_t)n < len ? n : -1;
 }
+
+bool device_key_purpose_valid(const char *s)
+{
+    return s && (!strcmp(s, "access") || !strcmp(s, "local") || !strcmp(s, "generic"));
+}
+
+int device_template_parse(const char *lit, const char **out, int max)
+{
+    static const char *const names[] = {"access", "local", "generic"};
+    int n = 0;
+    if (!lit || *lit != '{')
+        return 0;
+    for (const char *p = lit + 1; *p && *p != '}' && n < max;) {
+        size_t len = strcspn(p, ",}");
+        const char *hit = NULL;
+        for (size_t j = 0; j < sizeof(names) / sizeof(names[0]); j++)
+            if (strlen(names[j]) == len && !strncmp(p, names[j], len))
+                hit = names[j];
+        if (hit)
+            out[n++] = hit;
+        p += len + (p[len] == ',');
+    }
+    return n;
+}

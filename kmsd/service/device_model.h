@@ -40,6 +40,14 @@ bool device_id_valid(const char *s);
 bool device_group_valid(const char *s);
 bool device_type_name_valid(const char *s);
 bool device_state_valid(const char *s);
+/* A key's purpose (docs/gateways.md, "Key purposes"): "access" (a gateway's
+ * wide-area key), "local" (its local network's: never accepted by a
+ * device-facing door) or "generic". */
+bool device_key_purpose_valid(const char *s);
+/* A type's key template as PostgreSQL writes a text[] ("{access,local}"):
+ * the purposes in index order into out[0..max) (static strings), and how
+ * many. Unknown words and anything past max are skipped. */
+int device_template_parse(const char *lit, const char **out, int max);
 
 int device_spec_from_json(const json_t *o, const device_defaults *d, device_spec *out,
                           const char **code, char *msg, size_t msglen);

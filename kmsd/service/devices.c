@@ -403,10 +403,22 @@ static qk_kind precheck_rows(qk_svc *s, device_reg *rows, int n, qk_err *e)
         bool known = false;
         if (row->code)
             continue;
+        int need = 0;
         for (int j = 0; j < PQntuples(types) && !known; j++)
-            known = !strcmp(PQgetvalue(types, j, 0), row->spec.type);
+            if ((known = !strcmp(PQgetvalue(types, j, 0), row->spec.type))) {
+                const char *purposes[DEVICE_MAX_KEYS] = {0};
+                need = device_template_parse(PQgetvalue(types, j, 1), purposes, DEVICE_MAX_KEYS);
+            }
         if (!known) {
             row_refuse(row, "invalid_type", "unknown device type '%s'", row->spec.type);
+            continue;
+        }
+        /* A template's keys all exist from the start (a gateway without its
+         * local key could not serve its sub-devices). */
+        if (row->spec.nkeys < need) {
+            row_refuse(row, "invalid_keys",
+                       "a %s has at least %d keys (its type's key purposes)", row->spec.type,
+                       need);
             continue;
         }
         if (row->spec.parent[0] && strcmp(row->spec.type, "subdevice") != 0) {
@@ -619,17 +631,25 @@ qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device
 qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e)
 {
     PGresult *r = NULL;
-    json_t *arr;
+    json_t *arr, *templates;
     qk_kind k;
 
     *out = NULL;
     if ((k = load_types(s, &r, e)) != QK_OK)
         return k;
     arr = json_array();
-    for (int i = 0; i < PQntuples(r); i++)
+    templates = json_object();
+    for (int i = 0; i < PQntuples(r); i++) {
+        const char *purposes[DEVICE_MAX_KEYS] = {0};
+        int n = device_template_parse(PQgetvalue(r, i, 1), purposes, DEVICE_MAX_KEYS);
+        json_t *t = json_array();
         json_array_append_new(arr, json_string(PQgetvalue(r, i, 0)));
+        for (int j = 0; j < n; j++)
+            json_array_append_new(t, json_string(purposes[j]));
+        json_object_set_new(templates, PQgetvalue(r, i, 0), t);
+    }
     PQclear(r);
-    *out = json_pack("{s:o}", "types", arr);
+    *out = json_pack("{s:o,s:o}", "types", arr, "key_purposes", templates);
     return QK_OK;
 }
 
@@ -648,28 +668,56 @@ qk_kind device_types_has(qk_svc *s, const char *name, bool *known, qk_err *e)
 }
 
 struct type_tx {
-    const char *actor, *name;
+    const char *actor, *name, *purposes_lit;
+    json_t *purposes;
 };
 
 static db_status type_tx_fn(db_conn *c, void *arg)
 {
     struct type_tx *t = arg;
-    const char *vals[1] = {t->name};
+    const char *vals[2] = {t->name, t->purposes_lit};
     db_status st;
-    PGresult *r = db_exec(c, Q_DEVTYPE_INSERT, 1, vals, NULL, NULL, &st);
+    PGresult *r = db_exec(c, Q_DEVTYPE_INSERT, 2, vals, NULL, NULL, &st);
     if (!r)
         return st;
     PQclear(r);
-    return audit_append(c, t->actor, "device_type.added", NULL, json_pack("{s:s}", "name", t->name));
+    return audit_append(c, t->actor, "device_type.added", NULL,
+                        json_pack("{s:s,s:O}", "name", t->name, "key_purposes", t->purposes));
 }
 
-qk_kind device_types_add(qk_svc *s, const qk_principal *who, const char *name, qk_err *e)
+qk_kind device_types_add(qk_svc *s, const qk_principal *who, const char *name,
+                         const char *const *purposes, int npurposes, qk_err *e)
 {
-    struct type_tx t = {who->name, name};
+    struct type_tx t = {who->name, name, NULL, json_array()};
+    pgarray lit;
     db_status st;
 
     qk_clear(e);
+    pgarray_init(&lit);
+    if (npurposes < 0 || npurposes > DEVICE_MAX_KEYS) {
+        json_decref(t.purposes);
+        return qk_fail(e, QK_INVALID, "invalid_key_purposes", "at most %d key purposes",
+                       DEVICE_MAX_KEYS);
+    }
+    for (int i = 0; i < npurposes; i++) {
+        if (!device_key_purpose_valid(purposes[i])) {
+            json_decref(t.purposes);
+            pgarray_free(&lit);
+            return qk_fail(e, QK_INVALID, "invalid_key_purposes",
+                           "a key purpose is access, local or generic");
+        }
+        pgarray_add(&lit, purposes[i]);
+        json_array_append_new(t.purposes, json_string(purposes[i]));
+    }
+    t.purposes_lit = pgarray_finish(&lit);
+    if (!t.purposes_lit || !t.purposes) {
+        json_decref(t.purposes);
+        pgarray_free(&lit);
+        return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+    }
     st = db_tx(s->db, type_tx_fn, &t);
+    json_decref(t.purposes);
+    pgarray_free(&lit);
     if (st == DB_CONFLICT)
         return qk_fail(e, QK_CONFLICT, "conflict", "device type '%s' exists", name);
     if (st != DB_OK)

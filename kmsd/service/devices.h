@@ -72,12 +72,16 @@ typedef enum { DEVICE_SUSPEND, DEVICE_RESUME, DEVICE_REVOKE } device_action;
 qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device_id,
                           device_action a, qk_err *e);
 
-/* {"types": [names in order]} */
+/* {"types": [names in order], "key_purposes": {name: [purpose of index 0,
+ * 1, ...]}} (an empty template: every key generic). */
 qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e);
 /* Whether name is a registered device type (*known). */
 qk_kind device_types_has(qk_svc *s, const char *name, bool *known, qk_err *e);
-/* Add a type (name checked by the caller: device_type_name_valid).
- * QK_CONFLICT "conflict" when it exists. */
-qk_kind device_types_add(qk_svc *s, const qk_principal *who, const char *name, qk_err *e);
+/* Add a type (name checked by the caller: device_type_name_valid) with its
+ * key template: purposes[i] is the purpose of key index i (none: generic
+ * keys). QK_CONFLICT "conflict" when it exists; QK_INVALID
+ * "invalid_key_purposes". */
+qk_kind device_types_add(qk_svc *s, const qk_principal *who, const char *name,
+                         const char *const *purposes, int npurposes, qk_err *e);
 
 #endif

@@ -34,6 +34,7 @@ typedef struct {
     char device_state[16];
     char key_state[16];
     int key_bits;
+    char purpose[8];               /* "access", "local", "generic" */
     int64_t not_before, not_after; /* Unix seconds */
     uint8_t wrapped[KEYCACHE_WRAPPED_MAX];
     size_t wrapped_len;

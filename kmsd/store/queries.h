@@ -63,8 +63,8 @@
     X(Q_AUDIT_APPEND_MANY,                                                                     \
       "INSERT INTO audit_log (actor, event, device_id, detail)"                                \
       " SELECT $1, $2, u.d, u.j::jsonb FROM unnest($3::text[], $4::text[]) AS u(d, j)")        \
-    X(Q_DEVTYPE_LIST, "SELECT name FROM device_types ORDER BY name")                           \
-    X(Q_DEVTYPE_INSERT, "INSERT INTO device_types (name) VALUES ($1)")                         \
+    X(Q_DEVTYPE_LIST, "SELECT name, key_purposes FROM device_types ORDER BY name")             \
+    X(Q_DEVTYPE_INSERT, "INSERT INTO device_types (name, key_purposes) VALUES ($1, $2::text[])") \
     X(Q_DEVICE_PARENTS,                                                                        \
       "SELECT device_id, type, state FROM devices WHERE device_id = ANY($1::text[])")          \
     X(Q_DEVICE_INSERT_MANY,                                                                    \
@@ -75,12 +75,12 @@
       " ON CONFLICT (device_id) DO NOTHING RETURNING device_id")                               \
     X(Q_DEVKEY_INSERT_MANY,                                                                    \
       "INSERT INTO device_keys (device_pk, key_index, algorithm, wrapped, master_version,"     \
-      " provenance, not_before, not_after)"                                                    \
+      " provenance, not_before, not_after, purpose)"                                           \
       " SELECT d.id, u.idx, u.alg, decode(u.wrapped, 'hex'), u.mv, u.prov, now(),"             \
-      " now() + make_interval(days => u.days)"                                                 \
+      " now() + make_interval(days => u.days), coalesce(t.key_purposes[u.idx + 1], 'generic')" \
       " FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[])" \
       "  AS u(device_id, idx, alg, wrapped, mv, prov, days)"                                   \
-      " JOIN devices d ON d.device_id = u.device_id")                                          \
+      " JOIN devices d ON d.device_id = u.device_id JOIN device_types t ON t.name = d.type")    \
     X(Q_DEVICE_GET,                                                                            \
       "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
       " d.updated_at, d.revoked_at, d.sae_id"                                                  \
@@ -90,9 +90,18 @@
     X(Q_DEVICE_KEYS,                                                                           \
       "SELECT k.key_index, k.algorithm, k.state, k.not_after <= now(), k.not_before,"          \
       " k.not_after, k.retire_at, k.exported_at, k.export_count, k.master_version,"            \
-      " k.provenance, encode(k.wrapped, 'hex'), k.created_at"                                  \
+      " k.provenance, encode(k.wrapped, 'hex'), k.created_at, k.purpose"                       \
       " FROM device_keys k JOIN devices d ON d.id = k.device_pk"                               \
       " WHERE d.device_id = $1 ORDER BY k.key_index")                                          \
+    X(Q_FAMILY_LOCAL_KEYS, /* a sub-device's gateway's live local keys, as Q_DEVICE_KEYS */   \
+                           /* and then the gateway's device ID (column 14) */                   \
+      "SELECT k.key_index, k.algorithm, k.state, k.not_after <= now(), k.not_before,"          \
+      " k.not_after, k.retire_at, k.exported_at, k.export_count, k.master_version,"            \
+      " k.provenance, encode(k.wrapped, 'hex'), k.created_at, k.purpose, p.device_id"          \
+      " FROM devices d JOIN devices p ON p.id = d.parent_id"                                   \
+      " JOIN device_keys k ON k.device_pk = p.id"                                              \
+      " WHERE d.id = $1::bigint AND p.state = 'active' AND k.purpose = 'local'"                \
+      " AND k.state = 'active' AND k.not_after > now() ORDER BY k.key_index")                  \
     X(Q_DEVICE_SET_STATE,                                                                      \
       "UPDATE devices SET state = $2, updated_at = now(),"                                     \
       " revoked_at = CASE WHEN $2 = 'revoked' THEN now() ELSE revoked_at END WHERE id = $1")   \
@@ -105,11 +114,12 @@
       " ON d.id = k.device_pk WHERE d.device_id = $1")                                         \
     X(Q_DEVKEY_SCHEDULE_RETIRE,                                                                \
       "UPDATE device_keys SET retire_at = now() + make_interval(days => $2::int)"              \
-      " WHERE device_pk = $1 AND state = 'active' AND retire_at IS NULL RETURNING key_index")  \
+      " WHERE device_pk = $1 AND state = 'active' AND retire_at IS NULL"                       \
+      " AND purpose = ANY ($3::text[]) RETURNING key_index")                                   \
     X(Q_DEVKEY_INSERT_ONE,                                                                     \
       "INSERT INTO device_keys (device_pk, key_index, algorithm, wrapped, master_version,"     \
-      " provenance, not_before, not_after) VALUES ($1, $2, $3, decode($4, 'hex'), $5, $6,"     \
-      " now(), now() + make_interval(days => $7::int))")                                       \
+      " provenance, not_before, not_after, purpose) VALUES ($1, $2, $3, decode($4, 'hex'), $5," \
+      " $6, now(), now() + make_interval(days => $7::int), $8)")                              \
     X(Q_DEVKEY_MARK_EXPORTED,                                                                  \
       "UPDATE device_keys SET exported_at = now(), export_count = export_count + 1"            \
       " WHERE device_pk = $1 AND key_index = ANY($2::int[])")                                  \
@@ -148,7 +158,7 @@
     X(Q_DEVKEY_FOR_AUTH,                                                                       \
       "SELECT d.id, d.state, k.algorithm, encode(k.wrapped, 'hex'), k.state,"                 \
       " floor(extract(epoch FROM k.not_before))::bigint,"                                      \
-      " floor(extract(epoch FROM k.not_after))::bigint"                                        \
+      " floor(extract(epoch FROM k.not_after))::bigint, k.purpose"                             \
       " FROM devices d JOIN device_keys k ON k.device_pk = d.id"                               \
       " WHERE d.device_id = $1 AND k.key_index = $2::int")                                     \
     X(Q_SESSION_KEY,                                                                           \

@@ -302,8 +302,8 @@ static void rotate(void **state)
     (void)state;
     make_device(id, sizeof(id), "svc-grp", 1, 256);
     /* key_bits 0: as the newest key (256). */
-    assert_int_equal(device_keys_rotate(&fx.svc, &admin, id, 7, 0, 0, &e), QK_OK);
-    assert_int_equal(device_keys_rotate(&fx.svc, &admin, id, 0, 128, 30, &e), QK_OK);
+    assert_int_equal(device_keys_rotate(&fx.svc, &admin, id, NULL, 7, 0, 0, &e), QK_OK);
+    assert_int_equal(device_keys_rotate(&fx.svc, &admin, id, NULL, 0, 128, 30, &e), QK_OK);
     rec = get(id, false);
     assert_int_equal(json_array_size(json_object_get(rec, "keys")), 3);
     assert_int_equal(json_integer_value(json_object_get(key_at(rec, 1), "index")), 1);
@@ -314,10 +314,10 @@ static void rotate(void **state)
     assert_true(json_is_null(json_object_get(key_at(rec, 2), "retire_at")));
     json_decref(rec);
     assert_int_equal(audit_rows("device.rotated", id), 2);
-    assert_int_equal(device_keys_rotate(&fx.svc, &admin, "svc-no-such-device", 7, 0, 0, &e),
+    assert_int_equal(device_keys_rotate(&fx.svc, &admin, "svc-no-such-device", NULL, 7, 0, 0, &e),
                      QK_NOT_FOUND);
     assert_int_equal(devices_set_state(&fx.svc, &admin, id, DEVICE_REVOKE, &e), QK_OK);
-    assert_int_equal(device_keys_rotate(&fx.svc, &admin, id, 7, 0, 0, &e), QK_CONFLICT);
+    assert_int_equal(device_keys_rotate(&fx.svc, &admin, id, NULL, 7, 0, 0, &e), QK_CONFLICT);
     assert_string_equal(e.code, "invalid_state");
 }
 
@@ -496,17 +496,26 @@ static void device_types(void **state)
     fixture_unique(name, sizeof(name), "t");
     assert_int_equal(device_types_has(&fx.svc, name, &known, &e), QK_OK);
     assert_false(known);
-    assert_int_equal(device_types_add(&fx.svc, &admin, name, &e), QK_OK);
+    const char *tpl[2] = {"local", "access"}, *bad[1] = {"wan"};
+    assert_int_equal(device_types_add(&fx.svc, &admin, name, bad, 1, &e), QK_INVALID);
+    assert_string_equal(e.code, "invalid_key_purposes");
+    assert_int_equal(device_types_add(&fx.svc, &admin, name, tpl, 2, &e), QK_OK);
     assert_int_equal(device_types_has(&fx.svc, name, &known, &e), QK_OK);
     assert_true(known);
     assert_int_equal(device_types_list(&fx.svc, &out, &e), QK_OK);
     json_array_foreach(json_object_get(out, "types"), i, v) found =
         found || !strcmp(json_string_value(v), name);
     assert_true(found);
+    v = json_object_get(json_object_get(out, "key_purposes"), name);
+    assert_int_equal(json_array_size(v), 2);
+    assert_string_equal(json_string_value(json_array_get(v, 0)), "local");
+    v = json_object_get(json_object_get(out, "key_purposes"), "gateway");
+    assert_string_equal(json_string_value(json_array_get(v, 0)), "access");
+    assert_string_equal(json_string_value(json_array_get(v, 1)), "local");
     json_decref(out);
-    assert_int_equal(device_types_add(&fx.svc, &admin, name, &e), QK_CONFLICT);
+    assert_int_equal(device_types_add(&fx.svc, &admin, name, NULL, 0, &e), QK_CONFLICT);
     assert_string_equal(e.code, "conflict");
-    assert_int_equal(device_types_add(&fx.svc, &admin, "vehicle", &e), QK_CONFLICT);
+    assert_int_equal(device_types_add(&fx.svc, &admin, "vehicle", NULL, 0, &e), QK_CONFLICT);
 }
 
 int main(void)

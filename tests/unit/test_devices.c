@@ -60,6 +60,29 @@ static void ids_and_groups(void **state)
     assert_false(device_state_valid("deleted"));
 }
 
+static void key_purposes(void **state)
+{
+    const char *out[4] = {0};
+    (void)state;
+    assert_true(device_key_purpose_valid("access"));
+    assert_true(device_key_purpose_valid("local"));
+    assert_true(device_key_purpose_valid("generic"));
+    assert_false(device_key_purpose_valid("Local"));
+    assert_false(device_key_purpose_valid(""));
+    assert_false(device_key_purpose_valid(NULL));
+    assert_int_equal(device_template_parse("{access,local}", out, 4), 2);
+    assert_string_equal(out[0], "access");
+    assert_string_equal(out[1], "local");
+    assert_int_equal(device_template_parse("{}", out, 4), 0);
+    assert_int_equal(device_template_parse("", out, 4), 0);
+    assert_int_equal(device_template_parse(NULL, out, 4), 0);
+    /* At most max; unknown words skipped. */
+    assert_int_equal(device_template_parse("{generic,wan,local,access,generic}", out, 2), 2);
+    assert_string_equal(out[0], "generic");
+    assert_string_equal(out[1], "local");
+    assert_int_equal(device_template_parse("{access", out, 4), 1);
+}
+
 static void specs(void **state)
 {
     device_spec s;
@@ -193,7 +216,7 @@ static void fill_packages(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(ids_and_groups), cmocka_unit_test(specs),
+        cmocka_unit_test(ids_and_groups), cmocka_unit_test(specs), cmocka_unit_test(key_purposes),
         cmocka_unit_test(key_context_binds_row), cmocka_unit_test(array_literals),
         cmocka_unit_test(kcv_vector), cmocka_unit_test(fill_packages),
     };

@@ -1,0 +1,202 @@
+"""Gateways and their sub-devices (issue 18, seed 004, docs/gateways.md),
+end to end against real kmsd, PostgreSQL and SoftHSM: key purposes from a
+device type's template, a local key refused on the device doors (and
+audited), the family's local key in a sub-device's fill, and rotation by
+purpose."""
+import uuid
+
+import pytest
+
+from conftest import _finish, running_stack
+from helpers import ask_key, error_code, get_key, make_device, uid
+from qkms_proto_py import Device
+
+
+@pytest.fixture(scope="module")
+def st():
+    s = running_stack("gw")
+    try:
+        r = s.admin("POST", "/v1/admin/policies", json={
+            "name": "gw-veh", "type_a": "gateway", "type_b": "vehicle"})
+        assert r.status_code == 201, r.text
+    except BaseException:
+        _finish(s)
+        raise
+    yield s
+    _finish(s)
+
+
+def fill(st, did):
+    r = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True, "force": True})
+    assert r.status_code == 200, r.text
+    return r.json()["plaintext"]
+
+
+def keys_of(st, did):
+    r = st.admin("GET", f"/v1/admin/devices/{did}")
+    assert r.status_code == 200, r.text
+    return {k["index"]: k for k in r.json()["keys"]}
+
+
+def gateway(st, **body):
+    gid = uid("GW")
+    r = st.admin("POST", "/v1/admin/devices", json={"device_id": gid, "type": "gateway", **body})
+    assert r.status_code == 201, r.text
+    return gid
+
+
+def test_types_carry_key_templates(st):
+    r = st.admin("GET", "/v1/admin/device-types")
+    assert r.status_code == 200
+    body = r.json()
+    assert "gateway" in body["types"]
+    assert body["key_purposes"]["gateway"] == ["access", "local"]
+    assert body["key_purposes"]["vehicle"] == []
+    name = "hub-" + uuid.uuid4().hex[:6]
+    r = st.admin("POST", "/v1/admin/device-types", json={"name": name,
+                                                          "key_purposes": ["local", "access"]})
+    assert r.status_code == 201, r.text
+    assert r.json() == {"name": name, "key_purposes": ["local", "access"]}
+    for bad in (["wan"], "access", [1], ["access"] * 17):
+        r = st.admin("POST", "/v1/admin/device-types", json={"name": name + "x", "key_purposes": bad})
+        assert r.status_code == 422 and error_code(r) == "invalid_key_purposes", (bad, r.text)
+    assert name + "x" not in st.admin("GET", "/v1/admin/device-types").json()["types"]
+    # A device of the new type: its keys follow the template.
+    did = uid("HUB")
+    assert st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": name,
+                                                        "keys": 3}).status_code == 201
+    assert [k["purpose"] for k in keys_of(st, did).values()] == ["local", "access", "generic"]
+
+
+def test_a_gateway_has_access_and_local_keys(st):
+    gid = gateway(st, keys=3)
+    ks = keys_of(st, gid)
+    assert [ks[i]["purpose"] for i in range(3)] == ["access", "local", "generic"]
+    doc = fill(st, gid)
+    assert [k["purpose"] for k in doc["keys"]] == ["access", "local", "generic"]
+    assert "family" not in doc
+    # Fewer keys than the template: refused, nothing registered.
+    did = uid("GW")
+    r = st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": "gateway", "keys": 1})
+    assert r.status_code == 422 and error_code(r) == "invalid_keys", r.text
+    assert st.admin("GET", f"/v1/admin/devices/{did}").status_code == 404
+
+
+def test_a_local_key_is_refused_on_the_device_doors(st):
+    gid = gateway(st, keys=2)
+    gw = Device.from_fill(fill(st, gid))
+    veh = make_device(st, "vehicle")
+    sid = uid()
+    # Under the access key: a session as any device.
+    k1 = get_key(st, gw, sid, veh, index=0)
+    assert get_key(st, veh, sid, gw).key == k1.key
+    # Under the local key: refused like any failed authentication, audited.
+    before = st.psql("SELECT count(*) FROM audit_log WHERE event = 'device.local_key_refused'"
+                     f" AND device_id = '{gid}'").strip()
+    req, r = ask_key(st, gw, uid(), veh, index=1)
+    assert r.status_code == 401 and error_code(r) == "unauthenticated", r.text
+    req, r = ask_key(st, gw, uid(), veh, index=1)
+    assert r.status_code == 401
+    after = st.psql("SELECT count(*) FROM audit_log WHERE event = 'device.local_key_refused'"
+                    f" AND device_id = '{gid}'").strip()
+    assert int(after) == int(before) + 2
+    detail = st.psql("SELECT detail::text FROM audit_log WHERE event = 'device.local_key_refused'"
+                     f" AND device_id = '{gid}' ORDER BY id DESC LIMIT 1")
+    assert '"key_index": 1' in detail and '"op": "key"' in detail
+    # A wrong key under the local index is an ordinary failure: no audit row.
+    forged = Device(gid, {1: bytes(16)})
+    req, r = ask_key(st, forged, uid(), veh, index=1)
+    assert r.status_code == 401
+    assert st.psql("SELECT count(*) FROM audit_log WHERE event = 'device.local_key_refused'"
+                   f" AND device_id = '{gid}'").strip() == after
+    assert "a local key" in st.logs()
+
+
+def test_sub_devices_get_the_family_local_key(st):
+    gid = gateway(st, keys=2)
+    subs = []
+    for _ in range(3):
+        did = uid("SUB")
+        r = st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": "subdevice",
+                                                         "parent": gid, "keys": 1})
+        assert r.status_code == 201, r.text
+        subs.append(did)
+    local = {k["index"]: k for k in fill(st, gid)["keys"] if k["purpose"] == "local"}
+    assert list(local) == [1]
+    for did in subs:
+        doc = fill(st, did)
+        assert [k["purpose"] for k in doc["keys"]] == ["generic"]
+        fam = doc["family"]
+        assert fam["gateway_id"] == gid
+        assert [(k["index"], k["key"], k["kcv"], k["purpose"]) for k in fam["keys"]] == \
+            [(1, local[1]["key"], local[1]["kcv"], "local")]
+    detail = st.psql("SELECT detail::text FROM audit_log WHERE event = 'device.fill_exported'"
+                     f" AND device_id = '{subs[0]}' ORDER BY id DESC LIMIT 1")
+    assert gid in detail and '"family"' in detail
+    # Rotating the local key: the access key stays; the family gets the new
+    # local key beside the one retiring.
+    r = st.admin("POST", f"/v1/admin/devices/{gid}/rotate", json={"purpose": "local",
+                                                                   "grace_days": 3})
+    assert r.status_code == 200, r.text
+    ks = {k["index"]: k for k in r.json()["keys"]}
+    assert ks[2]["purpose"] == "local" and ks[2]["state"] == "active"
+    assert ks[1]["retire_at"] is not None and ks[0]["retire_at"] is None
+    fam = fill(st, subs[1])["family"]
+    assert [k["index"] for k in fam["keys"]] == [1, 2]
+    new_local = [k for k in fill(st, gid)["keys"] if k["index"] == 2][0]
+    assert fam["keys"][1]["key"] == new_local["key"]
+    # A suspended gateway's local key is not handed to its family.
+    assert st.admin("POST", f"/v1/admin/devices/{gid}/suspend").status_code == 200
+    assert "family" not in fill(st, subs[2])
+    assert st.admin("POST", f"/v1/admin/devices/{gid}/resume").status_code == 200
+
+
+def test_rotation_by_purpose(st):
+    gid = gateway(st, keys=3)
+    r = st.admin("POST", f"/v1/admin/devices/{gid}/rotate", json={"grace_days": 0})
+    assert r.status_code == 200, r.text
+    ks = {k["index"]: k for k in r.json()["keys"]}
+    # One new key per purpose, each retiring only its own purpose's keys.
+    assert [ks[i]["purpose"] for i in (3, 4, 5)] == ["access", "local", "generic"]
+    assert all(ks[i]["retire_at"] is not None for i in (0, 1, 2))
+    audit = st.psql("SELECT detail::text FROM audit_log WHERE event = 'device.rotated'"
+                    f" AND device_id = '{gid}' ORDER BY id DESC LIMIT 1")
+    assert '"purposes": ["access", "local", "generic"]' in audit
+    assert '"new_indices": [3, 4, 5]' in audit
+    r = st.admin("POST", f"/v1/admin/devices/{gid}/rotate", json={"purpose": "wan"})
+    assert r.status_code == 422 and error_code(r) == "invalid_key_purposes"
+    r = st.admin("POST", f"/v1/admin/devices/{gid}/rotate", json={"purpose": "access"})
+    assert r.status_code == 200
+    ks = {k["index"]: k for k in r.json()["keys"]}
+    assert ks[6]["purpose"] == "access" and ks[4]["retire_at"] is None
+    # A device without purposes rotates as before: one generic key.
+    veh = uid("VEH")
+    assert st.admin("POST", "/v1/admin/devices", json={"device_id": veh, "type": "vehicle",
+                                                        "keys": 2}).status_code == 201
+    r = st.admin("POST", f"/v1/admin/devices/{veh}/rotate", json={})
+    ks = {k["index"]: k for k in r.json()["keys"]}
+    assert sorted(ks) == [0, 1, 2] and ks[2]["purpose"] == "generic"
+
+
+def test_kmsctl_purposes(st):
+    import json
+    name = "kp-" + uuid.uuid4().hex[:6]
+    r = st.kmsctl("device-type", "add", name, "--key-purposes", "access,local,generic")
+    assert r.returncode == 0, r.stderr
+    r = st.kmsctl("device-type", "add", name + "x", "--key-purposes", "access,wan")
+    assert r.returncode != 0 and "--key-purposes" in r.stderr
+    r = st.kmsctl("device-type", "list")
+    assert r.returncode == 0
+    assert f"{name}  key purposes: access,local,generic" in r.stdout
+    assert "gateway  key purposes: access,local" in r.stdout
+    r = st.kmsctl("--json", "device-type", "list")
+    assert json.loads(r.stdout)["key_purposes"][name] == ["access", "local", "generic"]
+    gid = gateway(st, keys=2)
+    r = st.kmsctl("device", "keys", gid)
+    assert r.returncode == 0 and "PURPOSE" in r.stdout
+    assert [ln.split()[1] for ln in r.stdout.splitlines()[1:] if ln.strip()] == ["access", "local"]
+    r = st.kmsctl("--json", "device", "rotate", gid, "--purpose", "local", "--grace-days", "1")
+    assert r.returncode == 0, r.stderr
+    assert [k["purpose"] for k in json.loads(r.stdout)["keys"]] == ["access", "local", "local"]
+    r = st.kmsctl("device", "rotate", gid, "--purpose", "wan")
+    assert r.returncode != 0 and "--purpose" in r.stderr
