@@ -104,6 +104,7 @@ static int list_query(const struct opt_values *o, char **query)
     const char *type = opt_get(o, "type"), *group = opt_get(o, "group");
     const char *state = opt_get(o, "state"), *within = opt_get(o, "expiring-within");
     const char *limit = opt_get(o, "limit"), *after = opt_get(o, "after");
+    const char *parent = opt_get(o, "parent");
     long v;
     int rc;
 
@@ -126,12 +127,15 @@ static int list_query(const struct opt_values *o, char **query)
     }
     if (after && (rc = device_check_id("--after", after)))
         return rc;
+    if (parent && (rc = device_check_id("--parent", parent)))
+        return rc;
     if (!limit && opt_get(o, "all"))
         limit = ALL_PAGE_SIZE;
 
     if ((type && (rc = client_query_add(query, "type", type))) ||
         (group && (rc = client_query_add(query, "group", group))) ||
         (state && (rc = client_query_add(query, "state", state))) ||
+        (parent && (rc = client_query_add(query, "parent", parent))) ||
         (within && (rc = client_query_add(query, "expiring_within", within))) ||
         (limit && (rc = client_query_add(query, "limit", limit))))
         return rc;
@@ -407,6 +411,7 @@ static const struct opt_spec list_opts[] = {
     {"type", 0, "TYPE", "only devices of this type"},
     {"group", 0, "GROUP", "only devices in this group"},
     {"state", 0, "STATE", "only active, suspended or revoked devices"},
+    {"parent", 0, "ID", "only the sub-devices of this gateway"},
     {"expiring-within", 0, "DAYS", "only devices with a live key expiring within DAYS (0..3650)"},
     {"limit", 0, "N", "devices per page, 1..1000 (server default 100; 1000 with --all)"},
     {"after", 0, "ID", "start after this device ID (the 'next' cursor)"},
@@ -449,7 +454,7 @@ static const struct action device_actions[] = {
     },
     {
         .sub = "list",
-        .usage = "[--type T] [--group G] [--state S] [--expiring-within DAYS] [--limit N] [--after ID] [--all]",
+        .usage = "[--type T] [--group G] [--state S] [--parent ID] [--expiring-within DAYS] [--limit N] [--after ID] [--all]",
         .summary = "List devices",
         .description = "Columns: DEVICE TYPE GROUP STATE ACTIVE-KEYS NEXT-EXPIRY; '-' means none.\n"
                        "Without --all one page is shown and a note says when more follow.\n"

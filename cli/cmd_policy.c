@@ -140,9 +140,11 @@ static void policy_row(const json_t *p, char **cells)
 {
     static const char *const fields[] = {"key_bits", "idle_timeout_s", "max_lifetime_s",
                                          "delivery"};
+    const char *scope = json_string_value(json_object_get(p, "scope"));
     cells[0] = out_value_str(json_object_get(p, "name"));
     cells[1] = pair_cell(p, "type_a", "type_b", "-");
-    cells[2] = pair_cell(p, "group_a", "group_b", SAME_GROUP);
+    cells[2] = scope && !strcmp(scope, "parent") ? strdup("(parent)")
+                                                 : pair_cell(p, "group_a", "group_b", SAME_GROUP);
     for (size_t c = 0; c < 4; c++)
         cells[3 + c] = out_value_str(json_object_get(p, fields[c]));
     /* ["a","b","c"] as a,b,c */
@@ -233,6 +235,16 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
         goto cleanup;
     if (opt_get(o, "key-sources") && (rc = key_sources_arg(opt_get(o, "key-sources"), *req)))
         goto cleanup;
+    if (opt_get(o, "scope")) {
+        const char *scope = opt_get(o, "scope");
+        if (strcmp(scope, "parent") && strcmp(scope, "groups")) {
+            out_error("--scope must be parent or groups");
+            rc = EXIT_USAGE;
+            goto cleanup;
+        }
+        if ((rc = device_put(*req, "scope", json_string(scope))))
+            goto cleanup;
+    }
     rc = EXIT_OK;
 
 cleanup:
@@ -308,6 +320,7 @@ static const struct opt_spec add_opts[] = {
     {"max-lifetime", 0, "SECONDS", "end sessions this long after start, 1..604800 (default 3600)"},
     {"delivered", 0, NULL, "destroy each session's key once both parties have received it"},
     {"key-sources", 0, "LIST", "protocol v2 key sources allowed, some of a,b,c (default all; v1 counts as c)"},
+    {"scope", 0, "SCOPE", "parent: a sub-device with its own gateway only (no --groups); groups (default)"},
     {0},
 };
 
@@ -318,7 +331,7 @@ static const struct action policy_actions[] = {
         .summary = "List pairing policies",
         .description = "Columns: NAME TYPES GROUPS KEY-BITS IDLE-TIMEOUT MAX-LIFETIME DELIVERY;\n"
                        "timeouts in seconds. GROUPS is " SAME_GROUP " for a policy that pairs\n"
-                       "devices of the same group only.\n"
+                       "devices of the same group only, (parent) for a family policy.\n"
                        "\n"
                        "Request: GET /v1/admin/policies\n",
         .run = policy_list,
@@ -326,14 +339,16 @@ static const struct action policy_actions[] = {
     {
         .sub = "add",
         .usage = "NAME --types A:B [--groups GA:GB] [--key-bits B] [--idle-timeout SECONDS] "
-                 "[--max-lifetime SECONDS] [--delivered] [--key-sources a,b,c]",
+                 "[--max-lifetime SECONDS] [--delivered] [--key-sources a,b,c] [--scope parent]",
         .summary = "Add a pairing policy: which devices may share session keys",
         .description =
             "Two devices may start a session only if a policy matches them, in either\n"
             "order: their types (A:B; '*' matches any type, quote it for the shell: '*:*')\n"
             "and groups. Without --groups both devices must be in the same group; with\n"
             "--groups GA:GB the device of type A must be in group GA and the one of type B\n"
-            "in GB. The most specific matching policy wins.\n"
+            "in GB. With --scope parent it pairs a sub-device with its own gateway only,\n"
+            "whatever their groups (docs/gateways.md). A family policy wins, then the most\n"
+            "specific matching policy.\n"
             "NAME: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit.\n"
             "Prints the new policy; with --json the server's answer (every policy).\n"
             "\n"

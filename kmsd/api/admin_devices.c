@@ -164,13 +164,14 @@ static int query_int(http_request *rq, http_response *rs, const char *key, int l
 void h_devices_list(http_request *rq, http_response *rs)
 {
     device_filter f = {http_query(rq, "type"), http_query(rq, "group"), http_query(rq, "state"),
-                       http_query(rq, "after"), -1, 100};
+                       http_query(rq, "after"), -1, 100, http_query(rq, "parent")};
     json_t *out;
     qk_err e;
 
     if ((f.type && !device_type_name_valid(f.type)) || (f.group && !device_group_valid(f.group)) ||
-        (f.state && !device_state_valid(f.state)) || (f.after && !device_id_valid(f.after))) {
-        http_error(rs, 400, "invalid_query", "bad type, group, state or after");
+        (f.state && !device_state_valid(f.state)) || (f.after && !device_id_valid(f.after)) ||
+        (f.parent && !device_id_valid(f.parent))) {
+        http_error(rs, 400, "invalid_query", "bad type, group, state, parent or after");
         return;
     }
     if (query_int(rq, rs, "expiring_within", 0, 3650, &f.expiring_within) != 0 ||

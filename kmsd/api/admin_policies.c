@@ -32,7 +32,7 @@ static int check_fields(json_t *in, http_response *rs)
 {
     static const char *const known[] = {"name", "type_a", "type_b", "group_a", "group_b",
                                         "key_bits", "idle_timeout_s", "max_lifetime_s",
-                                        "delivery", "key_sources", NULL};
+                                        "delivery", "key_sources", "scope", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(in, key, v) {
@@ -90,7 +90,8 @@ void h_policies_add(http_request *rq, http_response *rs)
         goto out;
     p = (policy_spec){str(in, "name"), str(in, "type_a"), str(in, "type_b"), str(in, "group_a"),
                       str(in, "group_b"), str(in, "delivery"), opt_int(in, "key_bits"),
-                      opt_int(in, "idle_timeout_s"), opt_int(in, "max_lifetime_s"), NULL};
+                      opt_int(in, "idle_timeout_s"), opt_int(in, "max_lifetime_s"), NULL,
+                      str(in, "scope")};
     /* ["a", "c"] as "ac", checked by the service; more than three entries
      * cannot be right and go as four. */
     char ks[5] = "";

@@ -71,7 +71,7 @@ out:
 qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e)
 {
     char days[16], lim[16];
-    const char *vals[6];
+    const char *vals[7];
     db_status st;
     PGresult *r;
     json_t *arr;
@@ -86,7 +86,8 @@ qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e)
     vals[3] = f->expiring_within >= 0 ? days : NULL;
     vals[4] = f->after;
     vals[5] = lim;
-    if (!(r = db_query(s->db, Q_DEVICE_LIST, 6, vals, NULL, NULL, &st)))
+    vals[6] = f->parent;
+    if (!(r = db_query(s->db, Q_DEVICE_LIST, 7, vals, NULL, NULL, &st)))
         return db_fail(e, st);
     arr = json_array();
     n = PQntuples(r);
@@ -493,6 +494,7 @@ struct state_tx {
     device_action action;
     qk_err *e;
     int certs_revoked; /* by a revocation, in this attempt */
+    json_t *family;    /* the sub-devices moved with it, in this attempt */
 };
 
 /* Lock the device and check the transition; *pk and from filled. */
@@ -560,45 +562,113 @@ static db_status state_shred(db_conn *c, struct state_tx *t, const char *pk, jso
     return DB_OK;
 }
 
-static db_status state_tx_fn(db_conn *c, void *arg)
+/* One device's move to the action's state: the row, the family flag
+ * (with_parent: suspended because its gateway was), for a revocation its
+ * material (state_shred), and its audit row (cascade_from: the gateway it
+ * followed, or NULL). */
+static db_status state_apply(db_conn *c, struct state_tx *t, const char *pk,
+                             const char *device_id, const char *from, bool with_parent,
+                             const char *cascade_from)
 {
     static const char *const target[] = {"suspended", "active", "revoked"};
     static const char *const event[] = {"device.suspended", "device.resumed", "device.revoked"};
-    struct state_tx *t = arg;
-    const char *vals[2];
-    char pk[24], from[16];
-    json_t *destroyed = NULL, *certs = NULL;
+    const char *vals[2] = {pk, target[t->action]};
+    json_t *destroyed = json_array(), *certs = json_array();
     db_status st;
     PGresult *r;
+
+    if (!(r = db_exec(c, Q_DEVICE_SET_STATE, 2, vals, NULL, NULL, &st)))
+        goto fail;
+    PQclear(r);
+    vals[1] = with_parent ? "true" : "false";
+    if (!(r = db_exec(c, Q_DEVICE_SET_WITH_PARENT, 2, vals, NULL, NULL, &st)))
+        goto fail;
+    PQclear(r);
+    if (t->action == DEVICE_REVOKE && (st = state_shred(c, t, pk, destroyed, certs)) != DB_OK)
+        goto fail;
+    t->certs_revoked += (int)json_array_size(certs);
+    if (!json_array_size(certs)) {
+        json_decref(certs);
+        certs = NULL;
+    }
+    return audit_append(c, t->actor, event[t->action], device_id,
+                        json_pack("{s:s,s:s,s:o,s:o*,s:s*}", "from", from, "to",
+                                  target[t->action], "destroyed_keys", destroyed,
+                                  "revoked_certificates", certs, "cascade_from", cascade_from));
+fail:
+    json_decref(certs);
+    json_decref(destroyed);
+    return st;
+}
+
+/* A sub-device is resumed only under an active gateway. */
+static db_status state_parent_allows(db_conn *c, struct state_tx *t, const char *pk)
+{
+    const char *vals[1] = {pk};
+    db_status st;
+    PGresult *r = db_exec(c, Q_DEVICE_PARENT_STATE, 1, vals, NULL, NULL, &st);
+    if (!r)
+        return st;
+    st = DB_OK;
+    if (PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 1), "active") != 0) {
+        qk_fail(t->e, QK_CONFLICT, "invalid_state", "the gateway of '%s', '%s', is %s",
+                t->device_id, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
+        st = DB_INVALID;
+    }
+    PQclear(r);
+    return st;
+}
+
+/* The gateway's sub-devices follow it (docs/gateways.md, "Families"):
+ * suspended with it (and marked so), resumed with it when they were
+ * suspended with it, revoked with it. */
+static db_status state_family(db_conn *c, struct state_tx *t, const char *pk)
+{
+    const char *vals[1] = {pk};
+    db_status st;
+    PGresult *r = db_exec(c, Q_DEVICE_CHILDREN_LOCK, 1, vals, NULL, NULL, &st);
+    if (!r)
+        return st;
+    st = DB_OK;
+    for (int i = 0; i < PQntuples(r) && st == DB_OK; i++) {
+        const char *state = PQgetvalue(r, i, 2);
+        bool with = PQgetvalue(r, i, 3)[0] == 't';
+        bool moves = t->action == DEVICE_SUSPEND  ? !strcmp(state, "active")
+                     : t->action == DEVICE_RESUME ? !strcmp(state, "suspended") && with
+                                                  : strcmp(state, "revoked") != 0;
+        if (!moves)
+            continue;
+        st = state_apply(c, t, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), state,
+                         t->action == DEVICE_SUSPEND, t->device_id);
+        json_array_append_new(t->family, json_string(PQgetvalue(r, i, 1)));
+    }
+    PQclear(r);
+    return st;
+}
+
+static db_status state_tx_fn(db_conn *c, void *arg)
+{
+    struct state_tx *t = arg;
+    char pk[24], from[16];
+    db_status st;
 
     /* db_tx may run this again: an error of an earlier attempt must not
      * decide the answer of this one. */
     qk_clear(t->e);
     t->certs_revoked = 0;
+    json_array_clear(t->family);
 
     if ((st = state_lock(c, t, pk, from)) != DB_OK)
         return st;
-    vals[0] = pk;
-    vals[1] = target[t->action];
-    if (!(r = db_exec(c, Q_DEVICE_SET_STATE, 2, vals, NULL, NULL, &st)))
+    if (t->action == DEVICE_RESUME && (st = state_parent_allows(c, t, pk)) != DB_OK)
         goto fail;
-    PQclear(r);
-    destroyed = json_array();
-    certs = json_array();
-    if (t->action == DEVICE_REVOKE && (st = state_shred(c, t, pk, destroyed, certs)) != DB_OK)
+    if ((st = state_apply(c, t, pk, t->device_id, from, false, NULL)) != DB_OK ||
+        (st = state_family(c, t, pk)) != DB_OK)
         goto fail;
-    t->certs_revoked = (int)json_array_size(certs);
-    if (!t->certs_revoked) {
-        json_decref(certs);
-        certs = NULL;
-    }
-    return audit_append(c, t->actor, event[t->action], t->device_id,
-                        json_pack("{s:s,s:s,s:o,s:o*}", "from", from, "to", target[t->action],
-                                  "destroyed_keys", destroyed, "revoked_certificates", certs));
+    return DB_OK;
 fail:
-    json_decref(certs);
-    json_decref(destroyed);
-    db_fail(t->e, st);
+    if (t->e->kind == QK_OK)
+        db_fail(t->e, st);
     return st;
 }
 
@@ -606,18 +676,26 @@ qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device
                           device_action a, qk_err *e)
 {
     static const char *const done[] = {"device suspended", "device resumed", "device revoked"};
-    struct state_tx t = {who->name, device_id, a, e, 0};
+    struct state_tx t = {who->name, device_id, a, e, 0, json_array()};
     db_status st;
+    json_t *v;
+    size_t i;
     qk_err ce;
 
     qk_clear(e);
+    if (!t.family)
+        return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
     st = db_tx(s->db, state_tx_fn, &t);
     keycache_invalidate(s->keys, device_id);
-    if (st != DB_OK)
+    json_array_foreach(t.family, i, v) keycache_invalidate(s->keys, json_string_value(v));
+    if (st != DB_OK) {
+        json_decref(t.family);
         return e->kind != QK_OK ? e->kind : db_fail(e, st);
+    }
     qk_clear(e);
-    log_with(&who->log, LOG_INFO, done[a], "{s:s,s:s,s:i}", "device_id", device_id, "by",
-             who->name, "certificates_revoked", t.certs_revoked);
+    log_with(&who->log, LOG_INFO, done[a], "{s:s,s:s,s:i,s:O}", "device_id", device_id, "by",
+             who->name, "certificates_revoked", t.certs_revoked, "sub_devices", t.family);
+    json_decref(t.family);
     /* The revocation stands; a CRL that could not be made now is made by
      * the next maintenance pass (crl.h). */
     if (t.certs_revoked && crl_refresh(s, true, &ce) != QK_OK)

@@ -61,14 +61,19 @@ typedef struct {
     const char *type, *group, *state, *after; /* NULL = any */
     int expiring_within;                      /* days; -1 = no filter */
     int limit;
+    const char *parent; /* NULL = any; else the sub-devices of that gateway */
 } device_filter;
 /* {"devices": [...], "next": <last device_id when the page is full, or null>} */
 qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e);
 
 typedef enum { DEVICE_SUSPEND, DEVICE_RESUME, DEVICE_REVOKE } device_action;
 /* Suspend (from active), resume (from suspended) or revoke (from either).
- * Revoking destroys the device's key material and ends its sessions.
- * QK_NOT_FOUND, or QK_CONFLICT "invalid_state" from any other state. */
+ * Revoking destroys the device's key material and ends its sessions. A
+ * gateway's sub-devices follow it in the same transaction, each with its
+ * own audit row (cascade_from): suspended with it, resumed with it when
+ * they were suspended with it, revoked with it. QK_NOT_FOUND, or
+ * QK_CONFLICT "invalid_state" from any other state, or for resuming a
+ * sub-device whose gateway is not active. */
 qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device_id,
                           device_action a, qk_err *e);
 

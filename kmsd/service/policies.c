@@ -25,7 +25,8 @@ static json_t *policy_json(const PGresult *r, int i)
                      atoi(PQgetvalue(r, i, 6)), "max_lifetime_s", atoi(PQgetvalue(r, i, 7)),
                      "delivery", pgjson_text(r, i, 8), "created_at", pgjson_time(r, i, 9),
                      "created_by", pgjson_text(r, i, 10), "scope",
-                     !strcmp(PQgetvalue(r, i, 1), SESSION_PLATFORM_PEER) ||
+                     PQgetvalue(r, i, 12)[0] == 't' ? "parent"
+                     : !strcmp(PQgetvalue(r, i, 1), SESSION_PLATFORM_PEER) ||
                              !strcmp(PQgetvalue(r, i, 2), SESSION_PLATFORM_PEER)
                          ? "platform"
                      : PQgetisnull(r, i, 3) ? "same-group"
@@ -102,6 +103,15 @@ static qk_kind check_policy(qk_svc *s, const policy_spec *p, char ints[3][24], q
         (p->group_a && (!device_group_valid(p->group_a) || !device_group_valid(p->group_b))))
         return qk_fail(e, QK_INVALID, "invalid_policy",
                        "group_a and group_b go together (cross-group policy) and must be groups");
+    if (p->scope && strcmp(p->scope, "parent") && strcmp(p->scope, "groups"))
+        return qk_fail(e, QK_INVALID, "invalid_policy",
+                       "scope is \"parent\" (a sub-device with its own gateway only) or "
+                       "\"groups\" (the default)");
+    if (p->scope && !strcmp(p->scope, "parent") &&
+        (p->group_a || !strcmp(p->type_a, SESSION_PLATFORM_PEER) ||
+         !strcmp(p->type_b, SESSION_PLATFORM_PEER)))
+        return qk_fail(e, QK_INVALID, "invalid_policy",
+                       "a scope \"parent\" policy names no groups and no \"@platform\"");
     if (p->delivery && strcmp(p->delivery, "session") && strcmp(p->delivery, "delivered"))
         return qk_fail(e, QK_INVALID, "invalid_policy", "delivery must be session or delivered");
     if ((k = int_arg("key_bits", p->key_bits, 128, 256, 128, ints[0], e)) != QK_OK ||
@@ -156,7 +166,7 @@ static json_t *policy_detail(const policy_spec *p)
 }
 
 struct policy_tx {
-    const char *vals[11];
+    const char *vals[12];
     const char *actor;
     json_t *detail;
     bool remove;
@@ -167,7 +177,7 @@ static db_status policy_tx_fn(db_conn *c, void *arg)
     struct policy_tx *t = arg;
     db_status st;
     PGresult *r = t->remove ? db_exec(c, Q_POLICY_DELETE, 1, t->vals, NULL, NULL, &st)
-                            : db_exec(c, Q_POLICY_INSERT, 11, t->vals, NULL, NULL, &st);
+                            : db_exec(c, Q_POLICY_INSERT, 12, t->vals, NULL, NULL, &st);
     int found;
     if (!r)
         return st;
@@ -200,7 +210,10 @@ qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, q
     t.vals[8] = p->delivery ? p->delivery : "session";
     t.vals[9] = who->name;
     t.vals[10] = sources;
+    t.vals[11] = p->scope && !strcmp(p->scope, "parent") ? "true" : "false";
     t.detail = policy_detail(p);
+    if (t.detail && p->scope)
+        json_object_set_new(t.detail, "scope", json_string(p->scope));
     if (t.detail && p->key_sources)
         json_object_set_new(t.detail, "key_sources", json_string(p->key_sources));
     st = db_tx(s->db, policy_tx_fn, &t);

@@ -44,11 +44,16 @@ typedef struct {
     /* Protocol v2's key sources the policy allows (docs/protocol.md, "Key
      * sources"): some of 'a', 'b', 'c', each once, e.g. "ac"; NULL = all. */
     const char *key_sources;
+    /* "parent": a family policy (docs/gateways.md), pairing a sub-device
+     * with its own gateway only, whatever their groups; NULL or "groups":
+     * the group rules above. */
+    const char *scope;
 } policy_spec;
 
 /* {"policies": [{"name", "type_a", "type_b", "group_a", "group_b",
  * "key_bits", "idle_timeout_s", "max_lifetime_s", "delivery", "created_at",
- * "created_by", "scope", "key_sources"}, ...]} by name. */
+ * "created_by", "scope" (same-group, cross-group, platform or parent),
+ * "key_sources"}, ...]} by name. */
 qk_kind policies_list(qk_svc *s, json_t **out, qk_err *e);
 qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, qk_err *e);
 /* A name that cannot be a policy's is QK_NOT_FOUND too. */

@@ -102,6 +102,14 @@
       " JOIN device_keys k ON k.device_pk = p.id"                                              \
       " WHERE d.id = $1::bigint AND p.state = 'active' AND k.purpose = 'local'"                \
       " AND k.state = 'active' AND k.not_after > now() ORDER BY k.key_index")                  \
+    X(Q_DEVICE_CHILDREN_LOCK, /* a gateway's sub-devices, locked in one order */              \
+      "SELECT id, device_id, state, suspended_with_parent FROM devices"                        \
+      " WHERE parent_id = $1::bigint ORDER BY id FOR UPDATE")                                  \
+    X(Q_DEVICE_PARENT_STATE,                                                                   \
+      "SELECT p.device_id, p.state FROM devices d JOIN devices p ON p.id = d.parent_id"        \
+      " WHERE d.id = $1::bigint")                                                               \
+    X(Q_DEVICE_SET_WITH_PARENT,                                                                \
+      "UPDATE devices SET suspended_with_parent = $2::boolean WHERE id = $1::bigint")          \
     X(Q_DEVICE_SET_STATE,                                                                      \
       "UPDATE devices SET state = $2, updated_at = now(),"                                     \
       " revoked_at = CASE WHEN $2 = 'revoked' THEN now() ELSE revoked_at END WHERE id = $1")   \
@@ -137,6 +145,7 @@
       "   AND k.state = 'active' AND k.not_after > now()"                                      \
       "   AND k.not_after <= now() + make_interval(days => $4::int)))"                         \
       " AND ($5::text IS NULL OR d.device_id > $5)"                                            \
+      " AND ($7::text IS NULL OR p.device_id = $7)"                                            \
       " ORDER BY d.device_id LIMIT $6::int")                                                   \
     X(Q_KEYS_RETIRE_DUE,                                                                       \
       "UPDATE device_keys k SET state = 'retired', retired_at = now(), retire_at = NULL"       \
@@ -253,12 +262,13 @@
     X(Q_SESSIONS_OPEN_COUNT, "SELECT count(*) FROM sessions")                                  \
     X(Q_POLICY_LIST,                                                                           \
       "SELECT name, type_a, type_b, group_a, group_b, key_bits, idle_timeout_s, max_lifetime_s," \
-      " delivery, created_at, created_by, array_to_json(key_sources)"                          \
+      " delivery, created_at, created_by, array_to_json(key_sources), family"                  \
       " FROM pairing_policies ORDER BY name")                                                  \
     X(Q_POLICY_INSERT,                                                                         \
       "INSERT INTO pairing_policies (name, type_a, type_b, group_a, group_b, key_bits,"        \
-      " idle_timeout_s, max_lifetime_s, delivery, created_by, key_sources)"                    \
-      " VALUES ($1, $2, $3, $4, $5, $6::int, $7::int, $8::int, $9, $10, $11::text[])")         \
+      " idle_timeout_s, max_lifetime_s, delivery, created_by, key_sources, family)"            \
+      " VALUES ($1, $2, $3, $4, $5, $6::int, $7::int, $8::int, $9, $10, $11::text[],"          \
+      " $12::boolean)")                                                                       \
     X(Q_POLICY_DELETE, "DELETE FROM pairing_policies WHERE name = $1 RETURNING name")          \
     X(Q_MASTER_MAX, "SELECT coalesce(max(version), 0) FROM master_keys")                       \
     X(Q_MASTER_RETIRE_ACTIVE,                                                                  \

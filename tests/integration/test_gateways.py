@@ -145,10 +145,12 @@ def test_sub_devices_get_the_family_local_key(st):
     assert [k["index"] for k in fam["keys"]] == [1, 2]
     new_local = [k for k in fill(st, gid)["keys"] if k["index"] == 2][0]
     assert fam["keys"][1]["key"] == new_local["key"]
-    # A suspended gateway's local key is not handed to its family.
+    # A suspended gateway's family is suspended with it: no fill at all.
     assert st.admin("POST", f"/v1/admin/devices/{gid}/suspend").status_code == 200
-    assert "family" not in fill(st, subs[2])
+    r = st.admin("POST", f"/v1/admin/devices/{subs[2]}/fill", json={"plaintext": True, "force": True})
+    assert r.status_code == 409 and error_code(r) == "invalid_state"
     assert st.admin("POST", f"/v1/admin/devices/{gid}/resume").status_code == 200
+    assert fill(st, subs[2])["family"]["gateway_id"] == gid
 
 
 def test_rotation_by_purpose(st):
@@ -200,3 +202,95 @@ def test_kmsctl_purposes(st):
     assert [k["purpose"] for k in json.loads(r.stdout)["keys"]] == ["access", "local", "local"]
     r = st.kmsctl("device", "rotate", gid, "--purpose", "wan")
     assert r.returncode != 0 and "--purpose" in r.stderr
+
+
+def family(st, n, **gw_body):
+    gid = gateway(st, keys=2, **gw_body)
+    subs = []
+    for i in range(n):
+        did = uid("SUB")
+        r = st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": "subdevice",
+                                                         "parent": gid, "keys": 1,
+                                                         "group": "fam-other" if i == 0 else "default"})
+        assert r.status_code == 201, r.text
+        subs.append(did)
+    return gid, subs
+
+
+def state_of(st, did):
+    return st.admin("GET", f"/v1/admin/devices/{did}").json()["state"]
+
+
+def test_families_list_and_follow_their_gateway(st):
+    gid, subs = family(st, 3)
+    other, _ = family(st, 1)
+    r = st.admin("GET", "/v1/admin/devices", params={"parent": gid})
+    assert r.status_code == 200
+    assert sorted(d["device_id"] for d in r.json()["devices"]) == sorted(subs)
+    assert st.admin("GET", "/v1/admin/devices", params={"parent": "bad id"}).status_code == 400
+    r = st.kmsctl("--json", "device", "list", "--parent", gid)
+    assert r.returncode == 0, r.stderr
+    import json
+    assert sorted(d["device_id"] for d in json.loads(r.stdout)["devices"]) == sorted(subs)
+    # An operator suspends one sub-device; then the gateway is suspended.
+    assert st.admin("POST", f"/v1/admin/devices/{subs[0]}/suspend").status_code == 200
+    assert st.admin("POST", f"/v1/admin/devices/{gid}/suspend").status_code == 200
+    assert [state_of(st, d) for d in subs] == ["suspended"] * 3
+    cascade = st.psql("SELECT device_id FROM audit_log WHERE event = 'device.suspended'"
+                      f" AND detail->>'cascade_from' = '{gid}' ORDER BY device_id").split()
+    assert cascade == sorted(subs[1:])
+    # A sub-device is not resumed under a suspended gateway.
+    r = st.admin("POST", f"/v1/admin/devices/{subs[1]}/resume")
+    assert r.status_code == 409 and error_code(r) == "invalid_state" and gid in r.text
+    # Resuming the gateway resumes those suspended with it, and only those.
+    assert st.admin("POST", f"/v1/admin/devices/{gid}/resume").status_code == 200
+    assert [state_of(st, d) for d in subs] == ["suspended", "active", "active"]
+    assert state_of(st, other) == "active"
+    # Revoking the gateway revokes the family, its keys destroyed, at once.
+    assert st.admin("POST", f"/v1/admin/devices/{gid}/revoke").status_code == 200
+    assert [state_of(st, d) for d in subs] == ["revoked"] * 3
+    for d in subs:
+        ks = keys_of(st, d)
+        assert all(k["state"] == "destroyed" for k in ks.values())
+    n = st.psql("SELECT count(*) FROM audit_log WHERE event = 'device.revoked'"
+                f" AND detail->>'cascade_from' = '{gid}'").strip()
+    assert n == "3"
+
+
+def test_a_family_policy_pairs_a_sub_device_with_its_own_gateway(st):
+    r = st.admin("POST", "/v1/admin/policies", json={
+        "name": "fam-" + uuid.uuid4().hex[:6], "type_a": "subdevice", "type_b": "gateway",
+        "scope": "parent"})
+    assert r.status_code == 201, r.text
+    assert any(p["scope"] == "parent" for p in r.json()["policies"])
+    for bad in ({"scope": "parents"}, {"scope": "parent", "group_a": "a", "group_b": "b"},
+                {"scope": "parent", "type_b": "@platform"}):
+        body = {"name": "x-" + uuid.uuid4().hex[:6], "type_a": "subdevice", "type_b": "gateway",
+                **bad}
+        r = st.admin("POST", "/v1/admin/policies", json=body)
+        assert r.status_code == 422 and error_code(r) == "invalid_policy", (bad, r.text)
+    gid, subs = family(st, 2)
+    gid2, _ = family(st, 0)
+    gw = Device.from_fill(fill(st, gid))
+    gw2 = Device.from_fill(fill(st, gid2))
+    # subs[0] is in another group than its gateway: the family policy
+    # pairs them all the same.
+    for did in subs:
+        sub = Device.from_fill(fill(st, did))
+        sid = uid()
+        k = get_key(st, sub, sid, gw)
+        assert get_key(st, gw, sid, sub, index=0).key == k.key
+        # Another gateway in the same group is no family.
+        req, r = ask_key(st, sub, uid(), gw2)
+        assert r.status_code == 403 and error_code(r) == "policy_denied", r.text
+
+
+def test_kmsctl_family_policy(st):
+    name = "famk-" + uuid.uuid4().hex[:6]
+    r = st.kmsctl("policy", "add", name, "--types", "subdevice:gateway", "--scope", "parent")
+    assert r.returncode == 0, r.stderr
+    r = st.kmsctl("policy", "list")
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith(name)][0]
+    assert "(parent)" in line
+    r = st.kmsctl("policy", "add", name + "x", "--types", "subdevice:gateway", "--scope", "kin")
+    assert r.returncode != 0 and "--scope" in r.stderr
