@@ -236,6 +236,14 @@ static int load_key(const json_t *k, size_t i, qkd_key *slot, char *err, size_t 
             return fail(QKD_ERR_INPUT, err, errlen, "key %d: check value does not match the key",
                         slot->index);
     }
+    /* "purpose" (docs/gateways.md): absent in older documents (generic). */
+    if (json_object_get(k, "purpose")) {
+        const char *p = get_str(k, "purpose");
+        if (!p || (strcmp(p, "access") && strcmp(p, "local") && strcmp(p, "generic")))
+            return fail(QKD_ERR_INPUT, err, errlen,
+                        "key %d: purpose must be access, local or generic", slot->index);
+        slot->local = !strcmp(p, "local");
+    }
     if (get_time(k, "not_before", INT64_MIN, &slot->not_before) != 0 ||
         get_time(k, "not_after", INT64_MAX, &slot->not_after) != 0)
         return fail(QKD_ERR_INPUT, err, errlen,
@@ -340,7 +348,7 @@ int qkd_device_default_index(const qkd_device *d, int64_t now)
     /* keys are sorted by index: scan down from the highest. */
     for (size_t i = d ? d->nkeys : 0; i > 0; i--) {
         const qkd_key *k = &d->keys[i - 1];
-        if (k->not_before <= now && now < k->not_after)
+        if (!k->local && k->not_before <= now && now < k->not_after)
             return k->index;
     }
     return -1;
@@ -369,6 +377,12 @@ static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
     }
     if (!d || !k) {
         rc = fail(QKD_ERR_INPUT, err, errlen, "the device has no key with index %d", key_index);
+        goto cleanup;
+    }
+    if (k->local) {
+        /* The platform refuses it (and audits the attempt). */
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "key %d is a local key: for the gateway's local network only", key_index);
         goto cleanup;
     }
     if (!qkp_id_valid(session_id)) {

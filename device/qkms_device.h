@@ -58,6 +58,8 @@ typedef struct {
     uint8_t *key;       /* len bytes, secure heap, owned by the qkd_device */
     int64_t not_before; /* Unix seconds; INT64_MIN when the document has none */
     int64_t not_after;  /* Unix seconds; INT64_MAX when the document has none */
+    bool local;         /* purpose "local": a gateway's local network key, never
+                         * sent to the platform (docs/gateways.md) */
 } qkd_key;
 
 /* A device as its fill document describes it. Read-only for callers. */
@@ -85,7 +87,7 @@ void qkd_device_free(qkd_device *d);
 const qkd_key *qkd_device_key(const qkd_device *d, int index);
 
 /* The default key: the highest index valid at `now` (not_before <= now <
- * not_after), or -1 when every key is expired or not yet valid. */
+ * not_after) that is not a local key, or -1 when there is none. */
 int qkd_device_default_index(const qkd_device *d, int64_t now);
 
 typedef enum { QKD_OP_KEY, QKD_OP_END } qkd_op;

@@ -204,6 +204,9 @@ int qkd2_identity_keys(qkd2_identity **out, const qkd_device *d, int key_index, 
     *out = NULL;
     if (!k)
         return fail(QKD_ERR_INPUT, err, errlen, "the device has no key with index %d", key_index);
+    if (k->local)
+        return fail(QKD_ERR_INPUT, err, errlen,
+                    "key %d is a local key: for the gateway's local network only", key_index);
     if (!(id = calloc(1, sizeof(*id))) || !(id->key = OPENSSL_secure_malloc(k->len))) {
         free(id);
         return fail(QKD_ERR_INTERNAL, err, errlen, "out of memory");

@@ -38,7 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     def = qkd_device_default_index(d, 1795430000);
     if (def >= 0) {
         const qkd_key *k = qkd_device_key(d, def);
-        FUZZ_CHECK(k && k->not_before <= 1795430000 && 1795430000 < k->not_after);
+        FUZZ_CHECK(k && !k->local && k->not_before <= 1795430000 && 1795430000 < k->not_after);
     }
     qkd_device_free(d);
     return 0;

@@ -128,6 +128,36 @@ static int load(const char *text)
 
 #define KEY0 "\"key\":\"00112233445566778899aabbccddeeff\""
 
+/* A gateway's document (docs/gateways.md): its local key is never the
+ * default and never builds a request to the platform. */
+static void local_keys(void **state)
+{
+    static const char gw[] =
+        "{\"device_id\":\"GW-1\",\"keys\":["
+        "{\"index\":0,\"purpose\":\"access\",\"algorithm\":\"AES-128\"," KEY0 "},"
+        "{\"index\":1,\"purpose\":\"local\",\"algorithm\":\"AES-128\"," KEY0 "}],"
+        "\"family\":{\"gateway_id\":\"GW-1\",\"keys\":[]}}";
+    qkd_device *d = NULL;
+    qkd_request r;
+    char err[160];
+    (void)state;
+    assert_int_equal(qkd_device_load(&d, gw, strlen(gw), err, sizeof(err)), QKD_OK);
+    assert_false(qkd_device_key(d, 0)->local);
+    assert_true(qkd_device_key(d, 1)->local);
+    assert_int_equal(qkd_device_default_index(d, T_FILL), 0);
+    assert_int_equal(qkd_request_key(&r, d, 1, "S-1", "VIN-0001", false, T_FILL, N0, err,
+                                     sizeof(err)),
+                     QKD_ERR_INPUT);
+    assert_non_null(strstr(err, "local key"));
+    assert_int_equal(qkd_request_key(&r, d, 0, "S-1", "VIN-0001", false, T_FILL, N0, err,
+                                     sizeof(err)),
+                     QKD_OK);
+    qkd_device_free(d);
+    assert_int_equal(load("{\"device_id\":\"D\",\"keys\":[{\"index\":0,\"purpose\":\"wan\","
+                          "\"algorithm\":\"AES-128\"," KEY0 "}]}"),
+                     QKD_ERR_INPUT);
+}
+
 static void fill_refused(void **state)
 {
     (void)state;
@@ -662,6 +692,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(fill_loaded),
         cmocka_unit_test(default_index),
+        cmocka_unit_test(local_keys),
         cmocka_unit_test(fill_refused),
         cmocka_unit_test(fill_times),
         cmocka_unit_test(request_vectors),
