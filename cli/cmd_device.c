@@ -545,7 +545,7 @@ static const struct action device_actions[] = {
     },
     {
         .sub = "fill",
-        .usage = "ID (--recipient-pub PEMFILE [--with-certificate [--cert-validity DAYS]] | --plaintext) --out FILE [--index N]... [--force]",
+        .usage = "ID (--recipient-pub PEMFILE [--with-certificate [--cert-validity DAYS]] | --plaintext) --out FILE [--index N]... [--force] [--family-only]",
         .summary = "Export device keys for a provisioning station into FILE",
         .description = "With --recipient-pub the keys are sealed to the station's X25519 or P-256\n"
                        "public key (open them with 'kmsctl fill open'); FILE gets the package bytes.\n"

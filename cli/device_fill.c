@@ -26,6 +26,7 @@ const struct opt_spec device_fill_opts[] = {
     {"out", 0, "FILE", "new file to write (required; never overwritten)"},
     {"index", 0, "N", "export only key N, 0..255; repeat for more (default: all live)"},
     {"force", 0, NULL, "export again keys that were exported before"},
+    {"family-only", 0, NULL, "a sub-device: only its gateway's local keys (the refill after a rotation)"},
     {"with-certificate", 0, NULL,
      "also a TLS identity: a key pair made by the platform and its certificate (sealed only)"},
     {"cert-validity", 0, "DAYS", "--with-certificate: validity in days, 1..3650 (default 365)"},
@@ -35,7 +36,7 @@ const struct opt_spec device_fill_opts[] = {
 /* One fill request, checked and ready to send. */
 struct fill {
     const char *id, *out;
-    bool plaintext, force, identity;
+    bool plaintext, force, identity, family_only;
     long cert_days;
     long indices[ARGS_MAX_VALUES];
     size_t nindices;
@@ -95,6 +96,7 @@ static int parse_fill(const struct invocation *inv, struct fill *f)
     f->out = opt_get(o, "out");
     f->plaintext = opt_get(o, "plaintext") != NULL;
     f->force = opt_get(o, "force") != NULL;
+    f->family_only = opt_get(o, "family-only") != NULL;
     f->identity = opt_get(o, "with-certificate") != NULL;
     if (opt_get(o, "cert-validity") && (!f->identity || !arg_to_long(opt_get(o, "cert-validity"), 1, 3650, &f->cert_days))) {
         out_error("--cert-validity goes with --with-certificate: a whole number of days from 1 to 3650");
@@ -163,6 +165,8 @@ static int build_body(const struct fill *f, json_t **body)
             goto cleanup;
     }
     if (f->force && (rc = device_put(req, "force", json_true())))
+        goto cleanup;
+    if (f->family_only && (rc = device_put(req, "family_only", json_true())))
         goto cleanup;
     if (f->identity &&
         (rc = device_put(req, "certificate",

@@ -14,10 +14,28 @@ ALTER TABLE device_types
 UPDATE device_types SET key_purposes = '{access,local}' WHERE name = 'gateway';
 
 -- A key's purpose is fixed when it is made (registration: the template;
--- rotation: the purpose of the keys it replaces).
+-- rotation: the purpose of the keys it replaces). Keys made before this
+-- migration stay generic: relabelling one that already served the wide area
+-- as local would lock its gateway out and hand it to every sub-device. A
+-- gateway registered before gets its access and local keys by a rotation
+-- (docs/gateways.md, "Upgrading").
 ALTER TABLE device_keys
     ADD COLUMN purpose text NOT NULL DEFAULT 'generic'
         CHECK (purpose IN ('access', 'local', 'generic'));
-UPDATE device_keys k SET purpose = coalesce(t.key_purposes[k.key_index + 1], 'generic')
-  FROM devices d JOIN device_types t ON t.name = d.type
- WHERE d.id = k.device_pk AND cardinality(t.key_purposes) > 0;
+
+-- The database's own re-check of a device key (the stored functions call it
+-- in the request's transaction): a local key never authenticates a request
+-- to the platform, whatever kmsd checked before.
+CREATE OR REPLACE FUNCTION qkms_auth_refusal(d devices, p_key_index integer)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN d.id IS NULL THEN 'unknown device'
+        WHEN d.state = 'revoked' THEN 'device revoked'
+        WHEN k.state IS NULL THEN 'unknown key index'
+        WHEN k.state <> 'active' THEN 'key ' || k.state
+        WHEN NOT (k.not_before <= now() AND k.not_after > now()) THEN 'key outside its validity'
+        WHEN k.purpose = 'local' THEN 'a local key'
+    END
+    FROM (SELECT 1) one
+    LEFT JOIN device_keys k ON k.device_pk = d.id AND k.key_index = p_key_index
+$$;

@@ -15,8 +15,10 @@ ALTER TABLE devices ADD COLUMN suspended_with_parent boolean NOT NULL DEFAULT fa
 
 -- The pairing policy that lets device a pair with device b (most specific
 -- first: a family policy before the others), or none: default deny, never
--- across groups unless a policy names both groups, and a family policy
--- only between a sub-device and its own gateway.
+-- across groups unless a policy names both groups. A family policy matches
+-- only a sub-device and its own gateway, and it restricts its two types:
+-- once one covers them, no other policy pairs two devices of those types
+-- that are not a family (a sub-device pairs only with its own gateway).
 CREATE OR REPLACE FUNCTION qkms_policy_for(a devices, b devices)
 RETURNS pairing_policies LANGUAGE sql STABLE AS $$
     SELECT p.* FROM pairing_policies p
@@ -25,6 +27,10 @@ RETURNS pairing_policies LANGUAGE sql STABLE AS $$
            AND ((p.type_a IN ('*', a.type) AND p.type_b IN ('*', b.type))
                 OR (p.type_a IN ('*', b.type) AND p.type_b IN ('*', a.type))))
        OR (NOT p.family
+           AND NOT EXISTS (SELECT 1 FROM pairing_policies f
+                            WHERE f.family
+                              AND ((f.type_a IN ('*', a.type) AND f.type_b IN ('*', b.type))
+                                   OR (f.type_a IN ('*', b.type) AND f.type_b IN ('*', a.type))))
            AND ((p.type_a IN ('*', a.type) AND p.type_b IN ('*', b.type)
                  AND ((p.group_a IS NULL AND a.group_label = b.group_label)
                       OR (p.group_a = a.group_label AND p.group_b = b.group_label)))

@@ -344,7 +344,7 @@ void h_device_rotate(http_request *rq, http_response *rs)
 /* A fill request's parameters, checked. */
 struct fill_args {
     int indices[DEVICE_MAX_KEY_INDEX + 1], nidx;
-    bool force, plaintext;
+    bool force, plaintext, family_only;
     const char *pem;
     bool identity;         /* "certificate": a TLS identity in the package too */
     cert_request identity_rq;
@@ -399,7 +399,7 @@ static int fill_args_parse(http_request *rq, http_response *rs, json_t *in,
     qk_err e;
 
     if (body_bool(in, rs, "force", &a->force) || body_bool(in, rs, "plaintext", &a->plaintext) ||
-        body_indices(in, rs, a))
+        body_bool(in, rs, "family_only", &a->family_only) || body_indices(in, rs, a))
         return -1;
     a->pem = json_string_value(json_object_get(in, "recipient_pub"));
     if (a->plaintext == (a->pem != NULL)) {
@@ -470,7 +470,7 @@ static void answer_plaintext(http_response *rs, json_t *fields, const qbuf *doc)
 void h_device_fill(http_request *rq, http_response *rs)
 {
     static const char *const known[] = {"recipient_pub", "indices", "force", "plaintext",
-                                        "certificate", NULL};
+                                        "certificate", "family_only", NULL};
     const char *id = path_device(rq, rs);
     qk_principal who = admin_principal(rq);
     struct fill_args a;
@@ -488,7 +488,7 @@ void h_device_fill(http_request *rq, http_response *rs)
     if (fill_args_parse(rq, rs, in, &who, &a, &rcpt) != 0)
         goto out;
     a.identity_rq.device_id = id;
-    if (device_fill_export(&rq->kms->svc, &who, id, rcpt, a.indices, a.nidx, a.force,
+    if (device_fill_export(&rq->kms->svc, &who, id, rcpt, a.indices, a.nidx, a.force, a.family_only,
                            a.identity ? &a.identity_rq : NULL, &out, a.plaintext ? &doc : NULL,
                            &e) != QK_OK) {
         http_fail(rs, &e);

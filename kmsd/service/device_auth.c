@@ -131,18 +131,19 @@ static CK_RV unwrap_device_key(qk_svc *s, const device_request *rq, keycache_ent
     return rv;
 }
 
-/* An audit row for a local key used on a device-facing door. Best effort:
+/* An audit row for a local key used on a device-facing door (at most one a
+ * minute per device: Q_AUDIT_LOCAL_KEY). Best effort:
  * the refusal stands whether or not the row could be written. */
 static void local_key_audit(qk_svc *s, const log_ctx *log, const device_request *rq)
 {
     char detail[128];
-    const char *vals[4] = {"kmsd", "device.local_key_refused", rq->device_id, detail};
+    const char *vals[2] = {rq->device_id, detail};
     db_status st;
     PGresult *r;
     /* op is the door's constant ("key", "end", ...), never the client's. */
     snprintf(detail, sizeof(detail), "{\"key_index\":%d,\"op\":\"%.16s\",\"protocol\":%d}",
              rq->key_index, rq->op, rq->version == 2 ? 2 : 1);
-    r = db_query(s->db, Q_AUDIT_APPEND, 4, vals, NULL, NULL, &st);
+    r = db_query(s->db, Q_AUDIT_LOCAL_KEY, 2, vals, NULL, NULL, &st);
     if (!r)
         log_with(log, LOG_ERROR, "audit row for a local key not written", "{s:s}", "device_id",
                  rq->device_id);

@@ -37,7 +37,7 @@ struct fill_tx {
     const char *actor, *device_id;
     const int *indices;
     int nindices;
-    bool force;
+    bool force, family_only;
     EVP_PKEY *recipient;
     char fingerprint[65];
     const qbuf *tls; /* a qkms-tls-identity/1 document to carry as "tls", or NULL */
@@ -373,8 +373,18 @@ static db_status fill_tx_fn(db_conn *c, void *arg)
     t->gateway[0] = 0;
     if (PQntuples(fam) > 0)
         snprintf(t->gateway, sizeof(t->gateway), "%s", PQgetvalue(fam, 0, 14));
-    if ((st = choose_keys(t, keys)) != DB_OK ||
-        (st = write_doc(t, keys, fam, type, group, &idx)) != DB_OK)
+    if (t->family_only) {
+        t->nchosen = 0;
+        if (PQntuples(fam) == 0) {
+            qk_fail(t->e, QK_INVALID, "no_exportable_keys",
+                    "device '%s' has no gateway with a live local key", t->device_id);
+            st = DB_INVALID;
+            goto out;
+        }
+    } else if ((st = choose_keys(t, keys)) != DB_OK) {
+        goto out;
+    }
+    if ((st = write_doc(t, keys, fam, type, group, &idx)) != DB_OK)
         goto out;
     if (t->recipient && (st = seal(t)) != DB_OK)
         goto out;
@@ -403,8 +413,8 @@ static qk_kind sealed_answer(struct fill_tx *t, json_t **out, qk_err *e)
 
 qk_kind device_fill_export(qk_svc *s, const qk_principal *who, const char *device_id,
                            EVP_PKEY *recipient, const int *indices, int nindices, bool force,
-                           const cert_request *identity, json_t **out, qbuf **plaintext,
-                           qk_err *e)
+                           bool family_only, const cert_request *identity, json_t **out,
+                           qbuf **plaintext, qk_err *e)
 {
     struct fill_tx *t = NULL;
     qbuf *tls = NULL;
@@ -425,8 +435,14 @@ qk_kind device_fill_export(qk_svc *s, const qk_principal *who, const char *devic
                        "a certificate's key pair is delivered sealed only: give recipient_pub");
     if (!(t = calloc(1, sizeof(*t))))
         return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+    if (family_only && (nindices > 0 || identity)) {
+        free(t);
+        return qk_fail(e, QK_INVALID, "invalid_request",
+                       "family_only exports the family's keys alone: no indices, no certificate");
+    }
     *t = (struct fill_tx){.s = s, .actor = who->name, .device_id = device_id, .indices = indices,
-                          .nindices = nindices, .force = force, .recipient = recipient, .e = e};
+                          .nindices = nindices, .force = force, .family_only = family_only,
+                          .recipient = recipient, .e = e};
     if (recipient && fillpkg_fingerprint(recipient, t->fingerprint) != 0) {
         k = qk_fail(e, QK_INVALID, "invalid_recipient_key", "cannot encode the recipient key");
         goto out;

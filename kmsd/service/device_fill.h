@@ -39,7 +39,11 @@ qk_kind device_fill_may_plaintext(const qk_principal *who, qk_err *e);
 
 /* Export keys of device_id: indices (nindices of them; 0 = every live key
  * not exported before, or every live key with force) sealed to recipient,
- * or, with recipient NULL, in plaintext.
+ * or, with recipient NULL, in plaintext. A sub-device's document also
+ * carries its gateway's live local keys ("family", docs/gateways.md); with
+ * family_only it carries them alone (no key of its own, none marked
+ * exported: the refill after the gateway's local key rotated), and
+ * QK_INVALID "no_exportable_keys" when there are none.
  *  - sealed: *out = {"device_id", "format", "indices", "recipient_fingerprint",
  *    "package" (base64)}; *plaintext untouched (may be NULL).
  *  - plaintext: *out = {"device_id", "format", "indices"} and *plaintext the
@@ -53,7 +57,7 @@ qk_kind device_fill_may_plaintext(const qk_principal *who, qk_err *e);
  * On failure *out and *plaintext are NULL. */
 qk_kind device_fill_export(qk_svc *s, const qk_principal *who, const char *device_id,
                            EVP_PKEY *recipient, const int *indices, int nindices, bool force,
-                           const cert_request *identity, json_t **out, qbuf **plaintext,
-                           qk_err *e);
+                           bool family_only, const cert_request *identity, json_t **out,
+                           qbuf **plaintext, qk_err *e);
 
 #endif

@@ -313,10 +313,14 @@ fail:
     return st;
 }
 
-/* The next index of device_id, the purposes to rotate (purpose, or those
- * of its active keys: access, local, generic in that order; generic when it
- * has none) into t->k, and, when t->bits <= 0, the newest key's size (128
- * with no key yet). QK_NOT_FOUND for an unknown device. */
+/* The next index of device_id, the purposes to rotate into t->k, and, when
+ * t->bits <= 0, the newest key's size (128 with no key yet). The purposes:
+ * purpose, which the device must have (an active key of it, or its type's
+ * template names it; generic always), or else those of its active keys
+ * and of its type's template (access, local, generic in that order;
+ * generic when there are none): a gateway whose local key is gone gets a
+ * new one. QK_NOT_FOUND for an unknown device; QK_INVALID
+ * "invalid_key_purposes". */
 static qk_kind rotate_plan(qk_svc *s, const char *device_id, const char *purpose,
                            struct rotate_tx *t, qk_err *e)
 {
@@ -327,6 +331,7 @@ static qk_kind rotate_plan(qk_svc *s, const char *device_id, const char *purpose
     PGresult *r = NULL;
     qk_kind k = QK_OK;
     bool live[ROTATE_MAX] = {false, false, false};
+    char type[DEVICE_TYPE_MAX + 1];
     int n, next;
 
     if (!c)
@@ -339,7 +344,24 @@ static qk_kind rotate_plan(qk_svc *s, const char *device_id, const char *purpose
         k = qk_fail(e, QK_NOT_FOUND, "not_found", "no device '%s'", device_id);
         goto out;
     }
-    PQclear(r);
+    snprintf(type, sizeof(type), "%s", PQgetvalue(r, 0, 1));
+    {
+        const char *tv[1] = {type}, *tpl[DEVICE_MAX_KEYS] = {0};
+        PGresult *tr;
+        PQclear(r);
+        if (!(r = db_exec(c, Q_DEVTYPE_TEMPLATE, 1, tv, NULL, NULL, &st))) {
+            k = db_fail(e, st);
+            goto out;
+        }
+        tr = r;
+        n = PQntuples(tr) ? device_template_parse(PQgetvalue(tr, 0, 0), tpl, DEVICE_MAX_KEYS) : 0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < ROTATE_MAX; j++)
+                if (!strcmp(tpl[i], order[j]))
+                    live[j] = true;
+        PQclear(tr);
+        r = NULL;
+    }
     if (!(r = db_exec(c, Q_DEVICE_KEYS, 1, vals, NULL, NULL, &st))) {
         k = db_fail(e, st);
         goto out;
@@ -352,6 +374,17 @@ static qk_kind rotate_plan(qk_svc *s, const char *device_id, const char *purpose
         for (int j = 0; j < ROTATE_MAX; j++)
             if (!strcmp(PQgetvalue(r, i, 2), "active") && !strcmp(PQgetvalue(r, i, 13), order[j]))
                 live[j] = true;
+    if (purpose && strcmp(purpose, "generic") != 0) {
+        bool has = false;
+        for (int j = 0; j < ROTATE_MAX; j++)
+            has = has || (live[j] && !strcmp(purpose, order[j]));
+        if (!has) {
+            k = qk_fail(e, QK_INVALID, "invalid_key_purposes",
+                        "device '%s' has no %s key and its type's template names none",
+                        device_id, purpose);
+            goto out;
+        }
+    }
     t->n = 0;
     for (int j = 0; j < ROTATE_MAX; j++)
         if (purpose ? !strcmp(purpose, order[j]) : live[j]) {

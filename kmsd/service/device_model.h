@@ -46,7 +46,7 @@ bool device_state_valid(const char *s);
 bool device_key_purpose_valid(const char *s);
 /* A type's key template as PostgreSQL writes a text[] ("{access,local}"):
  * the purposes in index order into out[0..max) (static strings), and how
- * many. Unknown words and anything past max are skipped. */
+ * many. An unknown word is generic in its place; past max is cut. */
 int device_template_parse(const char *lit, const char **out, int max);
 
 int device_spec_from_json(const json_t *o, const device_defaults *d, device_spec *out,

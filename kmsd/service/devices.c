@@ -219,8 +219,10 @@ static db_status resolve_parents(db_conn *c, struct reg_tx *t)
         if (found >= 0) {
             if (strcmp(PQgetvalue(r, found, 1), "gateway") != 0)
                 row_fail(row, "invalid_parent", "parent '%s' is not a gateway", p);
-            else if (!strcmp(PQgetvalue(r, found, 2), "revoked"))
-                row_fail(row, "invalid_parent", "parent '%s' is revoked", p);
+            else if (strcmp(PQgetvalue(r, found, 2), "active") != 0)
+                /* A sub-device follows its gateway (docs/gateways.md): it
+                 * is not made active under one that is not. */
+                row_fail(row, "invalid_parent", "parent '%s' is %s", p, PQgetvalue(r, found, 2));
             continue;
         }
         /* A gateway earlier in the same batch will do. */
@@ -503,7 +505,7 @@ static db_status state_lock(db_conn *c, struct state_tx *t, char pk[24], char fr
     const char *vals[1] = {t->device_id};
     db_status st;
     PGresult *r = db_exec(c, Q_DEVICE_LOCK, 1, vals, NULL, NULL, &st);
-    bool ok;
+    bool ok, with_parent;
 
     if (!r) {
         db_fail(t->e, st);
@@ -516,8 +518,12 @@ static db_status state_lock(db_conn *c, struct state_tx *t, char pk[24], char fr
     }
     snprintf(pk, 24, "%s", PQgetvalue(r, 0, 0));
     snprintf(from, 16, "%s", PQgetvalue(r, 0, 1));
+    with_parent = PQgetvalue(r, 0, 4)[0] == 't';
     PQclear(r);
-    ok = (t->action == DEVICE_SUSPEND && !strcmp(from, "active")) ||
+    /* A sub-device suspended with its gateway may be suspended again by an
+     * operator: it then stays suspended when the gateway resumes. */
+    ok = (t->action == DEVICE_SUSPEND &&
+          (!strcmp(from, "active") || (!strcmp(from, "suspended") && with_parent))) ||
          (t->action == DEVICE_RESUME && !strcmp(from, "suspended")) ||
          (t->action == DEVICE_REVOKE && strcmp(from, "revoked") != 0);
     if (!ok) {
@@ -621,15 +627,10 @@ static db_status state_parent_allows(db_conn *c, struct state_tx *t, const char 
 
 /* The gateway's sub-devices follow it (docs/gateways.md, "Families"):
  * suspended with it (and marked so), resumed with it when they were
- * suspended with it, revoked with it. */
-static db_status state_family(db_conn *c, struct state_tx *t, const char *pk)
+ * suspended with it, revoked with it. r: their rows, locked. */
+static db_status state_family(db_conn *c, struct state_tx *t, const PGresult *r)
 {
-    const char *vals[1] = {pk};
-    db_status st;
-    PGresult *r = db_exec(c, Q_DEVICE_CHILDREN_LOCK, 1, vals, NULL, NULL, &st);
-    if (!r)
-        return st;
-    st = DB_OK;
+    db_status st = DB_OK;
     for (int i = 0; i < PQntuples(r) && st == DB_OK; i++) {
         const char *state = PQgetvalue(r, i, 2);
         bool with = PQgetvalue(r, i, 3)[0] == 't';
@@ -642,7 +643,6 @@ static db_status state_family(db_conn *c, struct state_tx *t, const char *pk)
                          t->action == DEVICE_SUSPEND, t->device_id);
         json_array_append_new(t->family, json_string(PQgetvalue(r, i, 1)));
     }
-    PQclear(r);
     return st;
 }
 
@@ -650,6 +650,8 @@ static db_status state_tx_fn(db_conn *c, void *arg)
 {
     struct state_tx *t = arg;
     char pk[24], from[16];
+    const char *vals[1] = {pk};
+    PGresult *children = NULL;
     db_status st;
 
     /* db_tx may run this again: an error of an earlier attempt must not
@@ -660,13 +662,20 @@ static db_status state_tx_fn(db_conn *c, void *arg)
 
     if ((st = state_lock(c, t, pk, from)) != DB_OK)
         return st;
+    /* The family is locked before anything is changed: the gateway's
+     * revocation ends sessions its sub-devices are party to, and a
+     * sub-device's own revocation locks the sub-device first. */
+    if (!(children = db_exec(c, Q_DEVICE_CHILDREN_LOCK, 1, vals, NULL, NULL, &st)))
+        goto fail;
     if (t->action == DEVICE_RESUME && (st = state_parent_allows(c, t, pk)) != DB_OK)
         goto fail;
     if ((st = state_apply(c, t, pk, t->device_id, from, false, NULL)) != DB_OK ||
-        (st = state_family(c, t, pk)) != DB_OK)
+        (st = state_family(c, t, children)) != DB_OK)
         goto fail;
+    PQclear(children);
     return DB_OK;
 fail:
+    PQclear(children);
     if (t->e->kind == QK_OK)
         db_fail(t->e, st);
     return st;

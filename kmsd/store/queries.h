@@ -60,13 +60,21 @@
       " JOIN devices d ON d.id = c.device_pk WHERE c.sha256 = decode($1, 'hex')")             \
     X(Q_AUDIT_APPEND,                                                                          \
       "INSERT INTO audit_log (actor, event, device_id, detail) VALUES ($1, $2, $3, $4::jsonb)") \
+    X(Q_AUDIT_LOCAL_KEY, /* at most one row a minute per device: a replayed request */        \
+                         /* cannot flood the audit log (each refusal is logged) */            \
+      "INSERT INTO audit_log (actor, event, device_id, detail)"                                \
+      " SELECT 'kmsd', 'device.local_key_refused', $1, $2::jsonb WHERE NOT EXISTS"             \
+      " (SELECT 1 FROM audit_log WHERE device_id = $1 AND event = 'device.local_key_refused'"  \
+      "  AND at > now() - interval '1 minute')")                                               \
     X(Q_AUDIT_APPEND_MANY,                                                                     \
       "INSERT INTO audit_log (actor, event, device_id, detail)"                                \
       " SELECT $1, $2, u.d, u.j::jsonb FROM unnest($3::text[], $4::text[]) AS u(d, j)")        \
     X(Q_DEVTYPE_LIST, "SELECT name, key_purposes FROM device_types ORDER BY name")             \
+    X(Q_DEVTYPE_TEMPLATE, "SELECT key_purposes FROM device_types WHERE name = $1")             \
     X(Q_DEVTYPE_INSERT, "INSERT INTO device_types (name, key_purposes) VALUES ($1, $2::text[])") \
     X(Q_DEVICE_PARENTS,                                                                        \
-      "SELECT device_id, type, state FROM devices WHERE device_id = ANY($1::text[])")          \
+      "SELECT device_id, type, state FROM devices WHERE device_id = ANY($1::text[])"          \
+      " ORDER BY id FOR SHARE")                                                                \
     X(Q_DEVICE_INSERT_MANY,                                                                    \
       "INSERT INTO devices (device_id, type, group_label, parent_id)"                          \
       " SELECT u.device_id, u.type, u.grp, p.id"                                               \
@@ -86,7 +94,8 @@
       " d.updated_at, d.revoked_at, d.sae_id"                                                  \
       " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
       " WHERE d.device_id = $1")                                                               \
-    X(Q_DEVICE_LOCK, "SELECT id, state, type, group_label FROM devices WHERE device_id = $1 FOR UPDATE") \
+    X(Q_DEVICE_LOCK, "SELECT id, state, type, group_label, suspended_with_parent FROM devices"  \
+      " WHERE device_id = $1 FOR UPDATE")                                                      \
     X(Q_DEVICE_KEYS,                                                                           \
       "SELECT k.key_index, k.algorithm, k.state, k.not_after <= now(), k.not_before,"          \
       " k.not_after, k.retire_at, k.exported_at, k.export_count, k.master_version,"            \
@@ -101,7 +110,7 @@
       " FROM devices d JOIN devices p ON p.id = d.parent_id"                                   \
       " JOIN device_keys k ON k.device_pk = p.id"                                              \
       " WHERE d.id = $1::bigint AND p.state = 'active' AND k.purpose = 'local'"                \
-      " AND k.state = 'active' AND k.not_after > now() ORDER BY k.key_index")                  \
+      " AND k.state = 'active' AND k.not_after > now() ORDER BY k.key_index FOR SHARE OF p")   \
     X(Q_DEVICE_CHILDREN_LOCK, /* a gateway's sub-devices, locked in one order */              \
       "SELECT id, device_id, state, suspended_with_parent FROM devices"                        \
       " WHERE parent_id = $1::bigint ORDER BY id FOR UPDATE")                                  \

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from conftest import _finish, running_stack
-from helpers import ask_key, error_code, get_key, make_device, uid
+from helpers import ask_key, error_code, get_key, make_device, post, uid
 from qkms_proto_py import Device
 
 
@@ -97,9 +97,14 @@ def test_a_local_key_is_refused_on_the_device_doors(st):
     assert r.status_code == 401 and error_code(r) == "unauthenticated", r.text
     req, r = ask_key(st, gw, uid(), veh, index=1)
     assert r.status_code == 401
+    # The end door too; one audit row a minute per device (each is logged).
+    req = gw.end_request(sid, index=1)
+    r = post(st, req)
+    assert r.status_code == 401 and error_code(r) == "unauthenticated", r.text
     after = st.psql("SELECT count(*) FROM audit_log WHERE event = 'device.local_key_refused'"
                     f" AND device_id = '{gid}'").strip()
-    assert int(after) == int(before) + 2
+    assert int(after) == int(before) + 1
+    assert st.logs().count("a local key (its gateway") >= 3
     detail = st.psql("SELECT detail::text FROM audit_log WHERE event = 'device.local_key_refused'"
                      f" AND device_id = '{gid}' ORDER BY id DESC LIMIT 1")
     assert '"key_index": 1' in detail and '"op": "key"' in detail
@@ -294,3 +299,68 @@ def test_kmsctl_family_policy(st):
     assert "(parent)" in line
     r = st.kmsctl("policy", "add", name + "x", "--types", "subdevice:gateway", "--scope", "kin")
     assert r.returncode != 0 and "--scope" in r.stderr
+
+
+def test_family_only_refill_and_registration_under_a_suspended_gateway(st):
+    gid, subs = family(st, 1)
+    sub = subs[0]
+    first = st.admin("POST", f"/v1/admin/devices/{sub}/fill", json={"plaintext": True})
+    assert first.status_code == 200, first.text
+    r = st.admin("POST", f"/v1/admin/devices/{gid}/rotate", json={"purpose": "local"})
+    assert r.status_code == 200
+    # The sub-device's own key was exported: only family_only goes without force.
+    r = st.admin("POST", f"/v1/admin/devices/{sub}/fill", json={"plaintext": True})
+    assert r.status_code == 409 and error_code(r) == "already_exported"
+    r = st.admin("POST", f"/v1/admin/devices/{sub}/fill", json={"plaintext": True,
+                                                               "family_only": True})
+    assert r.status_code == 200, r.text
+    doc = r.json()["plaintext"]
+    assert doc["keys"] == [] and [k["index"] for k in doc["family"]["keys"]] == [1, 2]
+    r = st.admin("POST", f"/v1/admin/devices/{sub}/fill", json={"plaintext": True,
+                                                               "family_only": True, "indices": [0]})
+    assert r.status_code == 422 and error_code(r) == "invalid_request"
+    lone = uid("VEH")
+    assert st.admin("POST", "/v1/admin/devices", json={"device_id": lone, "type": "vehicle"}).status_code == 201
+    r = st.admin("POST", f"/v1/admin/devices/{lone}/fill", json={"plaintext": True, "family_only": True})
+    assert r.status_code == 422 and error_code(r) == "no_exportable_keys"
+    # No sub-device is registered active under a gateway that is not.
+    assert st.admin("POST", f"/v1/admin/devices/{gid}/suspend").status_code == 200
+    did = uid("SUB")
+    r = st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": "subdevice",
+                                                     "parent": gid})
+    assert r.status_code == 422 and error_code(r) == "invalid_parent" and "suspended" in r.text
+    # An operator may suspend a sub-device suspended with its gateway: it then
+    # stays suspended when the gateway resumes.
+    assert st.admin("POST", f"/v1/admin/devices/{sub}/suspend").status_code == 200
+    assert st.admin("POST", f"/v1/admin/devices/{gid}/resume").status_code == 200
+    assert state_of(st, sub) == "suspended"
+
+
+def test_a_cascade_stops_the_family_at_once(st):
+    gid, subs = family(st, 1)
+    veh_pol = st.admin("POST", "/v1/admin/policies", json={
+        "name": "sub-veh-" + uuid.uuid4().hex[:6], "type_a": "subdevice", "type_b": "vehicle"})
+    assert veh_pol.status_code == 201
+    sub = Device.from_fill(fill(st, subs[0]))
+    veh = make_device(st, "vehicle", group="fam-other")
+    assert get_key(st, sub, uid(), veh)  # warms the key cache
+    assert st.admin("POST", f"/v1/admin/devices/{gid}/suspend").status_code == 200
+    req, r = ask_key(st, sub, uid(), veh)
+    assert r.status_code in (401, 403), r.text
+
+
+def test_a_family_policy_restricts_its_types(st):
+    # A policy for any two devices of a group does not let a sub-device pair
+    # with a gateway not its own once a family policy covers the two types.
+    r = st.admin("POST", "/v1/admin/policies", json={
+        "name": "any-" + uuid.uuid4().hex[:6], "type_a": "*", "type_b": "*"})
+    assert r.status_code == 201
+    gid, subs = family(st, 2)
+    gid2, _ = family(st, 0)
+    gw2 = Device.from_fill(fill(st, gid2))
+    sub = Device.from_fill(fill(st, subs[1]))  # subs[1] is in the default group, as gid2
+    req, r = ask_key(st, sub, uid(), gw2)
+    assert r.status_code == 403 and error_code(r) == "policy_denied", r.text
+    # Its own gateway: the family policy (test above) applies.
+    gw = Device.from_fill(fill(st, gid))
+    assert get_key(st, sub, uid(), gw)

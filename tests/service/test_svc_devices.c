@@ -396,7 +396,7 @@ static void fill_plaintext(void **state)
     qk_err e;
     (void)state;
     make_device(id, sizeof(id), "svc-grp", 2, 128);
-    assert_int_equal(device_fill_export(&fx.svc, &admin, id, NULL, NULL, 0, false, NULL, &out, &doc, &e),
+    assert_int_equal(device_fill_export(&fx.svc, &admin, id, NULL, NULL, 0, false, false, NULL, &out, &doc, &e),
                      QK_OK);
     assert_non_null(doc);
     assert_int_equal(json_array_size(json_object_get(out, "indices")), 2);
@@ -406,12 +406,12 @@ static void fill_plaintext(void **state)
     json_decref(out);
     assert_int_equal(audit_rows("device.fill_exported", id), 1);
     /* Once exported, the keys go out again only with force. */
-    assert_int_equal(device_fill_export(&fx.svc, &admin, id, NULL, NULL, 0, false, NULL, &out, &doc, &e),
+    assert_int_equal(device_fill_export(&fx.svc, &admin, id, NULL, NULL, 0, false, false, NULL, &out, &doc, &e),
                      QK_CONFLICT);
     assert_string_equal(e.code, "already_exported");
     assert_null(doc);
     assert_null(out);
-    assert_int_equal(device_fill_export(&fx.svc, &admin, id, NULL, (const int[]){1}, 1, true, NULL, &out,
+    assert_int_equal(device_fill_export(&fx.svc, &admin, id, NULL, (const int[]){1}, 1, true, false, NULL, &out,
                                         &doc, &e),
                      QK_OK);
     assert_int_equal(json_integer_value(json_array_get(json_object_get(out, "indices"), 0)), 1);
@@ -432,7 +432,7 @@ static void fill_sealed(void **state)
     (void)state;
     assert_non_null(priv);
     make_device(id, sizeof(id), "svc-grp", 2, 128);
-    assert_int_equal(device_fill_export(&fx.svc, &admin, id, priv, NULL, 0, false, NULL, &out, NULL, &e),
+    assert_int_equal(device_fill_export(&fx.svc, &admin, id, priv, NULL, 0, false, false, NULL, &out, NULL, &e),
                      QK_OK);
     assert_string_equal(json_string_value(json_object_get(out, "format")), "qkms-fill/1");
     assert_int_equal(strlen(json_string_value(json_object_get(out, "recipient_fingerprint"))), 64);
@@ -462,19 +462,19 @@ static void fill_refusals(void **state)
     make_device(id, sizeof(id), "svc-grp", 1, 128);
     assert_int_equal(device_fill_may_plaintext(&operator, &e), QK_FORBIDDEN);
     assert_int_equal(device_fill_may_plaintext(&admin, &e), QK_OK);
-    assert_int_equal(device_fill_export(&fx.svc, &operator, id, NULL, NULL, 0, false, NULL, &out,
+    assert_int_equal(device_fill_export(&fx.svc, &operator, id, NULL, NULL, 0, false, false, NULL, &out,
                                         &doc, &e),
                      QK_FORBIDDEN);
     assert_string_equal(e.code, "forbidden");
-    assert_int_equal(device_fill_export(&fx.svc, &admin, "svc-no-such-device", NULL, NULL, 0, false,
+    assert_int_equal(device_fill_export(&fx.svc, &admin, "svc-no-such-device", NULL, NULL, 0, false, false,
                                         NULL, &out, &doc, &e),
                      QK_NOT_FOUND);
-    assert_int_equal(device_fill_export(&fx.svc, &admin, id, NULL, (const int[]){5}, 1, false, NULL,
+    assert_int_equal(device_fill_export(&fx.svc, &admin, id, NULL, (const int[]){5}, 1, false, false, NULL,
                                         &out, &doc, &e),
                      QK_INVALID);
     assert_string_equal(e.code, "no_exportable_keys");
     assert_int_equal(devices_set_state(&fx.svc, &admin, id, DEVICE_SUSPEND, &e), QK_OK);
-    assert_int_equal(device_fill_export(&fx.svc, &admin, id, NULL, NULL, 0, false, NULL, &out, &doc, &e),
+    assert_int_equal(device_fill_export(&fx.svc, &admin, id, NULL, NULL, 0, false, false, NULL, &out, &doc, &e),
                      QK_CONFLICT);
     assert_string_equal(e.code, "invalid_state");
     assert_null(out);

@@ -76,10 +76,11 @@ static void key_purposes(void **state)
     assert_int_equal(device_template_parse("{}", out, 4), 0);
     assert_int_equal(device_template_parse("", out, 4), 0);
     assert_int_equal(device_template_parse(NULL, out, 4), 0);
-    /* At most max; unknown words skipped. */
-    assert_int_equal(device_template_parse("{generic,wan,local,access,generic}", out, 2), 2);
-    assert_string_equal(out[0], "generic");
-    assert_string_equal(out[1], "local");
+    /* At most max; an unknown word keeps its place, as generic. */
+    assert_int_equal(device_template_parse("{local,wan,access,generic}", out, 3), 3);
+    assert_string_equal(out[0], "local");
+    assert_string_equal(out[1], "generic");
+    assert_string_equal(out[2], "access");
     assert_int_equal(device_template_parse("{access", out, 4), 1);
 }
 
