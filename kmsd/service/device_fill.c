@@ -339,6 +339,11 @@ static db_status record(db_conn *c, struct fill_tx *t, const char *pk, pgarray *
                                               ? json_pack("{s:s,s:O}", "gateway_id", t->gateway,
                                                           "indices", t->family)
                                               : NULL));
+    /* The gateway's own trail names where its local key went. */
+    if (st == DB_OK && json_array_size(t->family))
+        st = audit_append(c, t->actor, "device.family_key_exported", t->gateway,
+                          json_pack("{s:s,s:O,s:s}", "sub_device", t->device_id, "indices",
+                                    t->family, "mode", t->recipient ? "sealed" : "plaintext"));
     if (st != DB_OK)
         db_fail(t->e, st);
     return st;

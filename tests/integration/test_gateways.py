@@ -138,6 +138,9 @@ def test_sub_devices_get_the_family_local_key(st):
     detail = st.psql("SELECT detail::text FROM audit_log WHERE event = 'device.fill_exported'"
                      f" AND device_id = '{subs[0]}' ORDER BY id DESC LIMIT 1")
     assert gid in detail and '"family"' in detail
+    n = st.psql("SELECT count(*) FROM audit_log WHERE event = 'device.family_key_exported'"
+                f" AND device_id = '{gid}'").strip()
+    assert n == "3"
     # Rotating the local key: the access key stays; the family gets the new
     # local key beside the one retiring.
     r = st.admin("POST", f"/v1/admin/devices/{gid}/rotate", json={"purpose": "local",
