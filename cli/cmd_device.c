@@ -26,12 +26,49 @@ static const char *const states[] = {"active", "suspended", "revoked", NULL};
 
 /* ---- register ------------------------------------------------------------ */
 
+/* --attr NAME=VALUE (repeatable) as an attributes object: port is a
+ * number, joined a boolean, every other value a string (the server checks
+ * and normalizes them: docs/gateways.md). */
+static int attrs_arg(const struct opt_values *o, json_t **out)
+{
+    const char *terms[ARGS_MAX_VALUES];
+    size_t n = opt_get_all(o, "attr", terms, ARGS_MAX_VALUES);
+    *out = NULL;
+    if (n == 0)
+        return EXIT_OK;
+    *out = json_object();
+    for (size_t i = 0; i < n; i++) {
+        const char *eq = strchr(terms[i], '=');
+        char name[64];
+        json_t *v;
+        long port;
+        if (!eq || eq == terms[i] || (size_t)(eq - terms[i]) >= sizeof(name)) {
+            out_error("--attr takes NAME=VALUE");
+            json_decref(*out);
+            *out = NULL;
+            return EXIT_USAGE;
+        }
+        memcpy(name, terms[i], (size_t)(eq - terms[i]));
+        name[eq - terms[i]] = 0;
+        eq++;
+        if (!strcmp(name, "port") && arg_to_long(eq, 1, 65535, &port))
+            v = json_integer(port);
+        else if (!strcmp(name, "joined") && (!strcmp(eq, "true") || !strcmp(eq, "false")))
+            v = json_boolean(!strcmp(eq, "true"));
+        else
+            v = json_string(eq);
+        json_object_set_new(*out, name, v);
+    }
+    return EXIT_OK;
+}
+
 /* The optional registration fields, checked; EXIT_USAGE says which is bad. */
 static int register_optional(const struct opt_values *o, json_t *req)
 {
     const char *group = opt_get(o, "group"), *parent = opt_get(o, "parent");
     const char *keys = opt_get(o, "keys"), *validity = opt_get(o, "validity");
     long nkeys = 0, bits = 0, days = 0;
+    json_t *attrs = NULL;
     int rc;
 
     if (group && (rc = device_check_group("--group", group)))
@@ -54,6 +91,10 @@ static int register_optional(const struct opt_values *o, json_t *req)
         (nkeys && (rc = device_put(req, "keys", json_integer(nkeys)))) ||
         (bits && (rc = device_put(req, "key_bits", json_integer(bits)))) ||
         (days && (rc = device_put(req, "validity_days", json_integer(days)))))
+        return rc;
+    if ((rc = attrs_arg(o, &attrs)))
+        return rc;
+    if (attrs && (rc = device_put(req, "attributes", attrs)))
         return rc;
     return EXIT_OK;
 }
@@ -98,6 +139,23 @@ cleanup:
 
 /* ---- list ---------------------------------------------------------------- */
 
+/* Each --attr NAME=VALUE as an attr= term of the query. */
+static int attr_query(const struct opt_values *o, char **query)
+{
+    const char *terms[ARGS_MAX_VALUES];
+    size_t n = opt_get_all(o, "attr", terms, ARGS_MAX_VALUES);
+    int rc;
+    for (size_t i = 0; i < n; i++) {
+        if (!strchr(terms[i], '=') || terms[i][0] == '=') {
+            out_error("--attr takes NAME=VALUE");
+            return EXIT_USAGE;
+        }
+        if ((rc = client_query_add(query, "attr", terms[i])))
+            return rc;
+    }
+    return EXIT_OK;
+}
+
 /* The filter query from the options, checked; NULL *query when none. */
 static int list_query(const struct opt_values *o, char **query)
 {
@@ -136,6 +194,7 @@ static int list_query(const struct opt_values *o, char **query)
         (group && (rc = client_query_add(query, "group", group))) ||
         (state && (rc = client_query_add(query, "state", state))) ||
         (parent && (rc = client_query_add(query, "parent", parent))) ||
+        (rc = attr_query(o, query)) ||
         (within && (rc = client_query_add(query, "expiring_within", within))) ||
         (limit && (rc = client_query_add(query, "limit", limit))))
         return rc;
@@ -395,6 +454,65 @@ cleanup:
     return rc;
 }
 
+/* `device attributes ID [--set NAME=VALUE]... [--unset NAME]...` */
+static int device_attributes(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const struct opt_values *o = &inv->local;
+    const char *names[ARGS_MAX_VALUES];
+    size_t n = opt_get_all(o, "unset", names, ARGS_MAX_VALUES);
+    json_t *req = json_object(), *unset = json_array(), *set = NULL, *resp = NULL;
+    int rc = EXIT_INTERNAL;
+
+    if (!req || !unset) {
+        out_error("out of memory");
+        goto cleanup;
+    }
+    /* --set takes what register's --attr takes. */
+    {
+        const char *terms[ARGS_MAX_VALUES];
+        size_t m = opt_get_all(o, "set", terms, ARGS_MAX_VALUES);
+        set = json_object();
+        for (size_t i = 0; i < m && set; i++) {
+            const char *eq = strchr(terms[i], '=');
+            char name[64];
+            long port;
+            if (!eq || eq == terms[i] || (size_t)(eq - terms[i]) >= sizeof(name)) {
+                out_error("--set takes NAME=VALUE");
+                rc = EXIT_USAGE;
+                goto cleanup;
+            }
+            memcpy(name, terms[i], (size_t)(eq - terms[i]));
+            name[eq - terms[i]] = 0;
+            eq++;
+            json_object_set_new(set, name,
+                                !strcmp(name, "port") && arg_to_long(eq, 1, 65535, &port)
+                                    ? json_integer(port)
+                                : !strcmp(name, "joined") && (!strcmp(eq, "true") || !strcmp(eq, "false"))
+                                    ? json_boolean(!strcmp(eq, "true"))
+                                    : json_string(eq));
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(unset, json_string(names[i]));
+    if (json_object_size(set) == 0 && n == 0) {
+        out_error("give --set NAME=VALUE or --unset NAME");
+        rc = EXIT_USAGE;
+        goto cleanup;
+    }
+    json_object_set_new(req, "set", set);
+    set = NULL;
+    json_object_set_new(req, "unset", unset);
+    unset = NULL;
+    rc = resource_call(ctx, &device_resource, "POST", inv->pos[0], "attributes", req, &resp);
+    rc = out_result(ctx->json, rc, resp, device_print_record);
+
+cleanup:
+    json_decref(set);
+    json_decref(unset);
+    json_decref(req);
+    return rc;
+}
+
 /* ---- the table ------------------------------------------------------------ */
 
 static const struct opt_spec register_opts[] = {
@@ -404,6 +522,13 @@ static const struct opt_spec register_opts[] = {
     {"keys", 0, "N", "initial keys, 1..16 (server default: 4)"},
     {"key-bits", 0, "BITS", "128 or 256 (server default: 128)"},
     {"validity", 0, "DAYS", "key validity in days, 1..3650 (server default: 365)"},
+    {"attr", 0, "NAME=VALUE", "an attribute (mac, sn, uuid, ip, port, joined or your own); repeat for more"},
+    {0},
+};
+
+static const struct opt_spec attr_opts[] = {
+    {"set", 0, "NAME=VALUE", "set an attribute; repeat for more"},
+    {"unset", 0, "NAME", "remove an attribute; repeat for more"},
     {0},
 };
 
@@ -412,6 +537,7 @@ static const struct opt_spec list_opts[] = {
     {"group", 0, "GROUP", "only devices in this group"},
     {"state", 0, "STATE", "only active, suspended or revoked devices"},
     {"parent", 0, "ID", "only the sub-devices of this gateway"},
+    {"attr", 0, "NAME=VALUE", "only devices with this attribute; repeat for more (all must match)"},
     {"expiring-within", 0, "DAYS", "only devices with a live key expiring within DAYS (0..3650)"},
     {"limit", 0, "N", "devices per page, 1..1000 (server default 100; 1000 with --all)"},
     {"after", 0, "ID", "start after this device ID (the 'next' cursor)"},
@@ -440,7 +566,7 @@ static const struct opt_spec sae_opts[] = {
 static const struct action device_actions[] = {
     {
         .sub = "register",
-        .usage = "ID --type TYPE [--group G] [--parent ID] [--keys N] [--key-bits B] [--validity DAYS]",
+        .usage = "ID --type TYPE [--group G] [--parent ID] [--keys N] [--key-bits B] [--validity DAYS] [--attr NAME=VALUE]...",
         .summary = "Register a device and generate its initial keys",
         .description = "Prints the new device record as 'key: value' lines and its keys as a table.\n"
                        "Device IDs: 1-128 printable ASCII characters, none of / \\ % ? #.\n"
@@ -454,7 +580,7 @@ static const struct action device_actions[] = {
     },
     {
         .sub = "list",
-        .usage = "[--type T] [--group G] [--state S] [--parent ID] [--expiring-within DAYS] [--limit N] [--after ID] [--all]",
+        .usage = "[--type T] [--group G] [--state S] [--parent ID] [--attr NAME=VALUE]... [--expiring-within DAYS] [--limit N] [--after ID] [--all]",
         .summary = "List devices",
         .description = "Columns: DEVICE TYPE GROUP STATE ACTIVE-KEYS NEXT-EXPIRY; '-' means none.\n"
                        "Without --all one page is shown and a note says when more follow.\n"
@@ -499,6 +625,20 @@ static const struct action device_actions[] = {
         .min_args = 1,
         .max_args = 2,
         .run = device_sae,
+    },
+    {
+        .sub = "attributes",
+        .usage = "ID [--set NAME=VALUE]... [--unset NAME]...",
+        .summary = "Set or remove a device's attributes (mac, sn, uuid, ip, port, joined, ...)",
+        .description = "mac and sn are unique among the devices of a type. port is a number,\n"
+                       "joined true or false, every other value a string; the server writes the\n"
+                       "known ones in one normal form (docs/gateways.md). Prints the record.\n"
+                       "\n"
+                       "Request: POST /v1/admin/devices/ID/attributes\n",
+        .opts = attr_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_attributes,
     },
     {
         .sub = "suspend",

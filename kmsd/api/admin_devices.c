@@ -161,27 +161,57 @@ static int query_int(http_request *rq, http_response *rs, const char *key, int l
     return 0;
 }
 
+/* One attr=name=value term of the device list into the filter object. */
+struct attr_terms {
+    json_t *all;
+    char msg[160];
+};
+
+static int attr_term(void *arg, const char *term)
+{
+    struct attr_terms *a = arg;
+    char name[DEVICE_ATTR_NAME_MAX + 1];
+    json_t *v;
+    if (json_object_size(a->all) >= DEVICE_ATTRS_MAX) {
+        snprintf(a->msg, sizeof(a->msg), "at most %d attr terms", DEVICE_ATTRS_MAX);
+        return -1;
+    }
+    if (device_attr_term(term, name, &v, a->msg, sizeof(a->msg)) != 0)
+        return -1;
+    json_object_set_new(a->all, name, v);
+    return 0;
+}
+
 void h_devices_list(http_request *rq, http_response *rs)
 {
+    struct attr_terms at = {json_object(), ""};
     device_filter f = {http_query(rq, "type"), http_query(rq, "group"), http_query(rq, "state"),
-                       http_query(rq, "after"), -1, 100, http_query(rq, "parent")};
+                       http_query(rq, "after"), -1, 100, http_query(rq, "parent"), at.all};
     json_t *out;
     qk_err e;
+
+    if (!at.all || http_query_each(rq, "attr", attr_term, &at) != 0) {
+        http_error(rs, 400, "invalid_query", "attr: %s", at.msg[0] ? at.msg : "out of memory");
+        json_decref(at.all);
+        return;
+    }
 
     if ((f.type && !device_type_name_valid(f.type)) || (f.group && !device_group_valid(f.group)) ||
         (f.state && !device_state_valid(f.state)) || (f.after && !device_id_valid(f.after)) ||
         (f.parent && !device_id_valid(f.parent))) {
         http_error(rs, 400, "invalid_query", "bad type, group, state, parent or after");
-        return;
+        goto out;
     }
     if (query_int(rq, rs, "expiring_within", 0, 3650, &f.expiring_within) != 0 ||
         query_int(rq, rs, "limit", 1, 1000, &f.limit) != 0)
-        return;
+        goto out;
     if (devices_list(&rq->kms->svc, &f, &out, &e) != QK_OK) {
         http_fail(rs, &e);
-        return;
+        goto out;
     }
     http_json(rs, 200, out);
+out:
+    json_decref(at.all);
 }
 
 void h_device_get(http_request *rq, http_response *rs)
@@ -284,6 +314,51 @@ void h_device_sae(http_request *rq, http_response *rs)
     else
         answer_device(rq, rs, id, 200);
     json_decref(in);
+}
+
+/* POST /v1/admin/devices/{id}/attributes {"set"?: {name: value}, "unset"?:
+ * [name]}: the device's attributes (docs/gateways.md, "Attributes"); the
+ * answer is the device. */
+void h_device_attributes(http_request *rq, http_response *rs)
+{
+    static const char *const known[] = {"set", "unset", NULL};
+    const char *id = path_device(rq, rs);
+    qk_principal who = admin_principal(rq);
+    json_t *in, *set = NULL, *unset, *v, *empty_set = json_object(), *empty_unset = json_array();
+    char msg[200];
+    size_t i;
+    qk_err e;
+    if (!id || !(in = action_body(rq, rs, false, known))) {
+        json_decref(empty_set);
+        json_decref(empty_unset);
+        return;
+    }
+    unset = json_object_get(in, "unset");
+    if (unset && !json_is_array(unset)) {
+        http_error(rs, 422, "invalid_attributes", "unset must be an array of attribute names");
+        goto out;
+    }
+    json_array_foreach(unset, i, v) if (!json_is_string(v) ||
+                                        strlen(json_string_value(v)) > DEVICE_ATTR_NAME_MAX) {
+        http_error(rs, 422, "invalid_attributes", "unset must be an array of attribute names");
+        goto out;
+    }
+    if (!(set = device_attrs_check(json_object_get(in, "set") ? json_object_get(in, "set")
+                                                                : empty_set,
+                                   msg, sizeof(msg)))) {
+        http_error(rs, 422, "invalid_attributes", "%s", msg);
+        goto out;
+    }
+    if (devices_set_attributes(&rq->kms->svc, &who, id, set, unset ? unset : empty_unset, &e) !=
+        QK_OK)
+        http_fail(rs, &e);
+    else
+        answer_device(rq, rs, id, 200);
+out:
+    json_decref(set);
+    json_decref(in);
+    json_decref(empty_set);
+    json_decref(empty_unset);
 }
 
 /* Optional integer field; absent keeps *out. */

@@ -262,6 +262,31 @@ int http_query_count(http_request *rq, const char *key)
     return q.n;
 }
 
+struct query_each {
+    const char *key;
+    int (*fn)(void *, const char *);
+    void *arg;
+    int rc;
+};
+
+static enum MHD_Result each_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+    struct query_each *q = cls;
+    (void)kind;
+    if (key && !strcmp(key, q->key) && (q->rc = q->fn(q->arg, value ? value : "")) != 0)
+        return MHD_NO;
+    return MHD_YES;
+}
+
+int http_query_each(http_request *rq, const char *key, int (*fn)(void *arg, const char *value),
+                    void *arg)
+{
+    struct query_each q = {key, fn, arg, 0};
+    MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, each_arg, &q);
+    return q.rc;
+}
+
 bool http_confidential(const http_request *rq)
 {
     /* A unix socket's bytes never leave the host, like loopback's. */

@@ -156,6 +156,10 @@ json_t *http_body_object_opt(http_request *rq, http_response *rs);
 const char *http_query(http_request *rq, const char *key);
 /* How many times the query string names key. */
 int http_query_count(http_request *rq, const char *key);
+/* fn(arg, value) for each value of key in the query string, in order,
+ * until one returns non-zero: that, or 0. */
+int http_query_each(http_request *rq, const char *key, int (*fn)(void *arg, const char *value),
+                    void *arg);
 /* Take a token from the rate limit of scope (rl_scope, ratelimit.h) for key.
  * true: go on; false: rs is 429 rate_limited with Retry-After. The gate
  * applies the client scope (every route but probes) and a route's .rl_scope

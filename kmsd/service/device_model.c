@@ -2,6 +2,7 @@
 #include "service/device_model.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "service/names.h"
@@ -61,8 +62,9 @@ static int opt_int(const json_t *o, const char *key, long lo, long hi, int *out)
 int device_spec_from_json(const json_t *o, const device_defaults *d, device_spec *s,
                           const char **code, char *msg, size_t ml)
 {
-    static const char *const known[] = {"device_id", "type",     "group",         "parent",
-                                        "keys",      "key_bits", "validity_days", "line", NULL};
+    static const char *const known[] = {"device_id",     "type", "group",      "parent", "keys",
+                                        "key_bits",      "validity_days", "line",
+                                        "attributes",    NULL};
     const char *key, *v;
     json_t *val;
 
@@ -123,6 +125,18 @@ int device_spec_from_json(const json_t *o, const device_defaults *d, device_spec
         return fail(code, "invalid_key_bits", msg, ml, "key_bits must be 128 or 256");
     if (opt_int(o, "validity_days", 1, 3650, &s->validity_days) != 0)
         return fail(code, "invalid_validity", msg, ml, "validity_days must be an integer from 1 to 3650");
+    val = json_object_get(o, "attributes");
+    if (val && !json_is_null(val)) {
+        json_t *n = device_attrs_check(val, msg, ml);
+        char *text = n ? json_dumps(n, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        json_decref(n);
+        if (!text) {
+            *code = "invalid_attributes";
+            return -1;
+        }
+        snprintf(s->attributes, sizeof(s->attributes), "%s", text); /* checked: fits */
+        free(text);
+    }
     return 0;
 }
 

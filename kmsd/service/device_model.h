@@ -15,6 +15,8 @@
 
 #include <jansson.h>
 
+#include "service/device_attrs.h"
+
 #define DEVICE_ID_MAX 128
 #define DEVICE_GROUP_MAX 64
 #define DEVICE_TYPE_MAX 32
@@ -30,6 +32,8 @@ typedef struct {
     int key_bits;
     int validity_days;
     long line; /* import: the row's line in the operator's file, 0 if none */
+    /* Its attributes in normal form, compact JSON ("" = none: device_attrs.h). */
+    char attributes[DEVICE_ATTRS_TEXT_MAX + 1];
 } device_spec;
 
 typedef struct {

@@ -22,14 +22,17 @@
 
 /* ---- reading -------------------------------------------------------------- */
 
-/* Columns of Q_DEVICE_GET / Q_DEVICE_LIST 0..7, and the SAE ID's column. */
+/* Columns of Q_DEVICE_GET / Q_DEVICE_LIST 0..7, and the SAE ID's column
+ * (the attributes' is the next). */
 static json_t *device_json(const PGresult *r, int i, int sae_col)
 {
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "device_id", pgjson_text(r, i, 0),
-                     "type", pgjson_text(r, i, 1), "group", pgjson_text(r, i, 2), "parent",
-                     pgjson_text(r, i, 3), "state", pgjson_text(r, i, 4), "created_at",
-                     pgjson_time(r, i, 5), "updated_at", pgjson_time(r, i, 6), "revoked_at",
-                     pgjson_time(r, i, 7), "sae_id", pgjson_text(r, i, sae_col));
+    json_t *attrs = json_loads(PQgetvalue(r, i, sae_col + 1), 0, NULL);
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "device_id",
+                     pgjson_text(r, i, 0), "type", pgjson_text(r, i, 1), "group",
+                     pgjson_text(r, i, 2), "parent", pgjson_text(r, i, 3), "state",
+                     pgjson_text(r, i, 4), "created_at", pgjson_time(r, i, 5), "updated_at",
+                     pgjson_time(r, i, 6), "revoked_at", pgjson_time(r, i, 7), "sae_id",
+                     pgjson_text(r, i, sae_col), "attributes", attrs ? attrs : json_object());
 }
 
 qk_kind devices_get(qk_svc *s, const char *device_id, bool with_keys, bool with_kcv, json_t **out,
@@ -70,8 +73,8 @@ out:
 
 qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e)
 {
-    char days[16], lim[16];
-    const char *vals[7];
+    char days[16], lim[16], *attr = NULL;
+    const char *vals[8];
     db_status st;
     PGresult *r;
     json_t *arr;
@@ -87,7 +90,11 @@ qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e)
     vals[4] = f->after;
     vals[5] = lim;
     vals[6] = f->parent;
-    if (!(r = db_query(s->db, Q_DEVICE_LIST, 7, vals, NULL, NULL, &st)))
+    vals[7] = f->attrs && json_object_size(f->attrs) ? (attr = json_dumps(f->attrs, JSON_COMPACT))
+                                                      : NULL;
+    r = db_query(s->db, Q_DEVICE_LIST, 8, vals, NULL, NULL, &st);
+    free(attr);
+    if (!r)
         return db_fail(e, st);
     arr = json_array();
     n = PQntuples(r);
@@ -129,8 +136,8 @@ static void row_fail(device_reg *r, const char *code, const char *fmt, ...)
 /* Insert the rows of one pass; mark created and conflicting rows. */
 static db_status insert_pass(db_conn *c, struct reg_tx *t, int pass)
 {
-    pgarray ids, types, groups, parents;
-    const char *vals[4];
+    pgarray ids, types, groups, parents, attrs;
+    const char *vals[5];
     db_status st = DB_OK;
     PGresult *r = NULL;
     int count = 0;
@@ -139,10 +146,12 @@ static db_status insert_pass(db_conn *c, struct reg_tx *t, int pass)
     pgarray_init(&types);
     pgarray_init(&groups);
     pgarray_init(&parents);
+    pgarray_init(&attrs);
     for (int i = 0; i < t->n; i++) {
         device_reg *row = &t->rows[i];
         if (!row_ok(row) || t->pass[i] != pass)
             continue;
+        pgarray_add(&attrs, row->spec.attributes[0] ? row->spec.attributes : "{}");
         pgarray_add(&ids, row->spec.device_id);
         pgarray_add(&types, row->spec.type);
         pgarray_add(&groups, row->spec.group);
@@ -155,11 +164,12 @@ static db_status insert_pass(db_conn *c, struct reg_tx *t, int pass)
     vals[1] = pgarray_finish(&types);
     vals[2] = pgarray_finish(&groups);
     vals[3] = pgarray_finish(&parents);
-    if (!vals[0] || !vals[1] || !vals[2] || !vals[3]) {
+    vals[4] = pgarray_finish(&attrs);
+    if (!vals[0] || !vals[1] || !vals[2] || !vals[3] || !vals[4]) {
         st = DB_ERROR;
         goto out;
     }
-    r = db_exec(c, Q_DEVICE_INSERT_MANY, 4, vals, NULL, NULL, &st);
+    r = db_exec(c, Q_DEVICE_INSERT_MANY, 5, vals, NULL, NULL, &st);
     if (!r)
         goto out;
     /* RETURNING gives the IDs that went in; the others already existed. */
@@ -178,6 +188,7 @@ out:
     pgarray_free(&types);
     pgarray_free(&groups);
     pgarray_free(&parents);
+    pgarray_free(&attrs);
     return st;
 }
 
@@ -313,6 +324,77 @@ out:
     return st;
 }
 
+/* attribute name ("mac", "sn") of a spec's attributes, or NULL; *held
+ * keeps the parsed object alive for the answer (decref it). */
+static const char *spec_attr(const device_spec *s, const char *name, json_t **held)
+{
+    if (!*held)
+        *held = s->attributes[0] ? json_loads(s->attributes, 0, NULL) : NULL;
+    return json_string_value(json_object_get(*held, name));
+}
+
+/* Rows whose MAC or serial number another device of their type has:
+ * refused (conflict) before anything is inserted. */
+static db_status attrs_taken(db_conn *c, struct reg_tx *t)
+{
+    pgarray idx, types, macs, sns;
+    json_t **held = calloc((size_t)t->n + 1, sizeof(json_t *));
+    const char *vals[4];
+    db_status st = DB_OK;
+    PGresult *r = NULL;
+    int count = 0;
+
+    pgarray_init(&idx);
+    pgarray_init(&types);
+    pgarray_init(&macs);
+    pgarray_init(&sns);
+    if (!held)
+        return DB_ERROR;
+    for (int i = 0; i < t->n; i++) {
+        device_reg *row = &t->rows[i];
+        const char *mac, *sn;
+        if (!row_ok(row) || !row->spec.attributes[0])
+            continue;
+        mac = spec_attr(&row->spec, "mac", &held[i]);
+        sn = spec_attr(&row->spec, "sn", &held[i]);
+        if (!mac && !sn)
+            continue;
+        pgarray_add_int(&idx, i);
+        pgarray_add(&types, row->spec.type);
+        pgarray_add(&macs, mac);
+        pgarray_add(&sns, sn);
+        count++;
+    }
+    if (count == 0)
+        goto out;
+    vals[0] = pgarray_finish(&idx);
+    vals[1] = pgarray_finish(&types);
+    vals[2] = pgarray_finish(&macs);
+    vals[3] = pgarray_finish(&sns);
+    if (!vals[0] || !vals[1] || !vals[2] || !vals[3]) {
+        st = DB_ERROR;
+        goto out;
+    }
+    if (!(r = db_exec(c, Q_DEVICE_ATTRS_TAKEN, 4, vals, NULL, NULL, &st)))
+        goto out;
+    for (int j = 0; j < PQntuples(r); j++) {
+        int i = atoi(PQgetvalue(r, j, 0));
+        if (i >= 0 && i < t->n)
+            row_fail(&t->rows[i], "conflict", "another %s has this mac or sn",
+                     t->rows[i].spec.type);
+    }
+out:
+    PQclear(r);
+    for (int i = 0; i < t->n; i++)
+        json_decref(held[i]);
+    free(held);
+    pgarray_free(&idx);
+    pgarray_free(&types);
+    pgarray_free(&macs);
+    pgarray_free(&sns);
+    return st;
+}
+
 static db_status reg_tx_fn(db_conn *c, void *arg)
 {
     struct reg_tx *t = arg;
@@ -324,6 +406,8 @@ static db_status reg_tx_fn(db_conn *c, void *arg)
         t->rows[i].created = false;
     }
     st = resolve_parents(c, t);
+    if (st == DB_OK)
+        st = attrs_taken(c, t);
     if (st == DB_OK)
         st = insert_pass(c, t, 1);
     if (st == DB_OK) {
@@ -392,6 +476,28 @@ static void row_refuse(device_reg *row, const char *code, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Row i's MAC or serial number on an earlier row of the same type in the
+ * batch: refused (conflict), as against the database (attrs_taken). */
+static void batch_attr_twice(device_reg *rows, int i)
+{
+    static const char *const names[] = {"mac", "sn"};
+    json_t *mine = NULL;
+    for (int n = 0; n < 2 && !rows[i].code; n++) {
+        const char *v = spec_attr(&rows[i].spec, names[n], &mine);
+        for (int j = 0; v && j < i && !rows[i].code; j++) {
+            json_t *theirs = NULL;
+            const char *w;
+            if (rows[j].code || strcmp(rows[j].spec.type, rows[i].spec.type))
+                continue;
+            w = spec_attr(&rows[j].spec, names[n], &theirs);
+            if (w && !strcmp(v, w))
+                row_refuse(&rows[i], "conflict", "%s %s appears twice in the batch", names[n], v);
+            json_decref(theirs);
+        }
+    }
+    json_decref(mine);
+}
+
 /* What can be refused before the transaction: unknown types, a parent on a
  * device that is not a subdevice, an ID twice in the batch. */
 static qk_kind precheck_rows(qk_svc *s, device_reg *rows, int n, qk_err *e)
@@ -434,6 +540,8 @@ static qk_kind precheck_rows(qk_svc *s, device_reg *rows, int n, qk_err *e)
                            row->spec.device_id);
                 break;
             }
+        if (!row->code && row->spec.attributes[0])
+            batch_attr_twice(rows, i);
     }
     PQclear(types);
     return QK_OK;
@@ -711,6 +819,101 @@ qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device
         log_with(&who->log, LOG_WARN, "CRL not refreshed after a revocation", "{s:s,s:s}", "code",
                  ce.code, "detail", ce.detail);
     return QK_OK;
+}
+
+/* ---- attributes ------------------------------------------------------------ */
+
+struct attrs_tx {
+    const char *actor, *device_id, *set, *unset;
+    json_t *audit;
+    qk_err *e;
+};
+
+static db_status attrs_tx_fn(db_conn *c, void *arg)
+{
+    struct attrs_tx *t = arg;
+    const char *vals[3] = {t->device_id, t->set, t->unset};
+    char pk[24];
+    db_status st;
+    PGresult *r;
+    json_t *now;
+    int n;
+
+    qk_clear(t->e);
+    if (!(r = db_exec(c, Q_DEVICE_LOCK, 1, vals, NULL, NULL, &st)))
+        return st;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        qk_fail(t->e, QK_NOT_FOUND, "not_found", "no device '%s'", t->device_id);
+        return DB_NOT_FOUND;
+    }
+    snprintf(pk, sizeof(pk), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    vals[0] = pk;
+    if (!(r = db_exec(c, Q_DEVICE_ATTRS_SET, 3, vals, NULL, NULL, &st)))
+        return st;
+    now = json_loads(PQgetvalue(r, 0, 0), 0, NULL);
+    n = (int)json_object_size(now);
+    st = strlen(PQgetvalue(r, 0, 0)) > DEVICE_ATTRS_TEXT_MAX || n > DEVICE_ATTRS_MAX ? DB_INVALID
+                                                                                    : DB_OK;
+    json_decref(now);
+    PQclear(r);
+    if (st != DB_OK) {
+        qk_fail(t->e, QK_INVALID, "invalid_attributes",
+                "a device has at most %d attributes, %d bytes of JSON", DEVICE_ATTRS_MAX,
+                DEVICE_ATTRS_TEXT_MAX);
+        return st;
+    }
+    if (!(r = db_exec(c, Q_DEVICE_ATTRS_CLASH, 1, vals, NULL, NULL, &st)))
+        return st;
+    if (PQntuples(r) > 0) {
+        qk_fail(t->e, QK_CONFLICT, "conflict", "another device of its type has that mac or sn");
+        PQclear(r);
+        return DB_INVALID;
+    }
+    PQclear(r);
+    return audit_append(c, t->actor, "device.attributes_set", t->device_id, json_incref(t->audit));
+}
+
+qk_kind devices_set_attributes(qk_svc *s, const qk_principal *who, const char *device_id,
+                               const json_t *set, const json_t *unset, qk_err *e)
+{
+    struct attrs_tx t = {who->name, device_id, NULL, NULL, NULL, e};
+    char *set_text = json_dumps(set, JSON_COMPACT | JSON_SORT_KEYS);
+    pgarray names;
+    size_t i;
+    json_t *v;
+    db_status st;
+    qk_kind k;
+
+    qk_clear(e);
+    pgarray_init(&names);
+    json_array_foreach(unset, i, v) pgarray_add(&names, json_string_value(v));
+    t.set = set_text;
+    t.unset = pgarray_finish(&names);
+    t.audit = json_pack("{s:O,s:O}", "set", set, "unset", unset);
+    if (!t.set || !t.unset || !t.audit) {
+        k = qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+        goto out;
+    }
+    st = db_tx(s->db, attrs_tx_fn, &t);
+    if (st == DB_CONFLICT) {
+        /* The unique index saw a concurrent write of the same value. */
+        k = qk_fail(e, QK_CONFLICT, "conflict", "another device of its type has that mac or sn");
+        goto out;
+    }
+    if (st != DB_OK) {
+        k = e->kind != QK_OK ? e->kind : db_fail(e, st);
+        goto out;
+    }
+    log_with(&who->log, LOG_INFO, "device attributes set", "{s:s,s:s}", "device_id", device_id,
+             "by", who->name);
+    k = QK_OK;
+out:
+    free(set_text);
+    pgarray_free(&names);
+    json_decref(t.audit);
+    return k;
 }
 
 /* ---- device types --------------------------------------------------------- */

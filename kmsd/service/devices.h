@@ -62,6 +62,7 @@ typedef struct {
     int expiring_within;                      /* days; -1 = no filter */
     int limit;
     const char *parent; /* NULL = any; else the sub-devices of that gateway */
+    json_t *attrs;      /* NULL = any; else attributes the device has (normal forms) */
 } device_filter;
 /* {"devices": [...], "next": <last device_id when the page is full, or null>} */
 qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e);
@@ -76,6 +77,14 @@ typedef enum { DEVICE_SUSPEND, DEVICE_RESUME, DEVICE_REVOKE } device_action;
  * sub-device whose gateway is not active. */
 qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device_id,
                           device_action a, qk_err *e);
+
+/* Change a device's attributes (device_attrs.h): the names in unset go,
+ * set's members (normal forms: device_attrs_check) are written over, in
+ * one transaction with its audit row (device.attributes_set). QK_NOT_FOUND;
+ * QK_CONFLICT "conflict" (another device of its type has that mac or sn);
+ * QK_INVALID "invalid_attributes" (too many or too long in all). */
+qk_kind devices_set_attributes(qk_svc *s, const qk_principal *who, const char *device_id,
+                               const json_t *set, const json_t *unset, qk_err *e);
 
 /* {"types": [names in order], "key_purposes": {name: [purpose of index 0,
  * 1, ...]}} (an empty template: every key generic). */

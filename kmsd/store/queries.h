@@ -72,13 +72,20 @@
     X(Q_DEVTYPE_LIST, "SELECT name, key_purposes FROM device_types ORDER BY name")             \
     X(Q_DEVTYPE_TEMPLATE, "SELECT key_purposes FROM device_types WHERE name = $1")             \
     X(Q_DEVTYPE_INSERT, "INSERT INTO device_types (name, key_purposes) VALUES ($1, $2::text[])") \
+    X(Q_DEVICE_ATTRS_TAKEN, /* rows ($1) whose (type, mac) or (type, sn) another device has */ \
+      "SELECT u.i FROM unnest($1::int[], $2::text[], $3::text[], $4::text[]) AS u(i, type, mac, sn)" \
+      " WHERE (u.mac IS NOT NULL AND EXISTS (SELECT 1 FROM devices d WHERE d.type = u.type"    \
+      "         AND d.attributes ? 'mac' AND d.attributes->>'mac' = u.mac))"                   \
+      "    OR (u.sn IS NOT NULL AND EXISTS (SELECT 1 FROM devices d WHERE d.type = u.type"     \
+      "         AND d.attributes ? 'sn' AND d.attributes->>'sn' = u.sn))")                     \
     X(Q_DEVICE_PARENTS,                                                                        \
       "SELECT device_id, type, state FROM devices WHERE device_id = ANY($1::text[])"          \
       " ORDER BY id FOR SHARE")                                                                \
     X(Q_DEVICE_INSERT_MANY,                                                                    \
-      "INSERT INTO devices (device_id, type, group_label, parent_id)"                          \
-      " SELECT u.device_id, u.type, u.grp, p.id"                                               \
-      " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(device_id, type, grp, parent)" \
+      "INSERT INTO devices (device_id, type, group_label, parent_id, attributes)"              \
+      " SELECT u.device_id, u.type, u.grp, p.id, u.attrs::jsonb"                               \
+      " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"               \
+      "  AS u(device_id, type, grp, parent, attrs)"                                            \
       " LEFT JOIN devices p ON p.device_id = u.parent"                                         \
       " ON CONFLICT (device_id) DO NOTHING RETURNING device_id")                               \
     X(Q_DEVKEY_INSERT_MANY,                                                                    \
@@ -91,7 +98,7 @@
       " JOIN devices d ON d.device_id = u.device_id JOIN device_types t ON t.name = d.type")    \
     X(Q_DEVICE_GET,                                                                            \
       "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
-      " d.updated_at, d.revoked_at, d.sae_id"                                                  \
+      " d.updated_at, d.revoked_at, d.sae_id, d.attributes::text"                              \
       " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
       " WHERE d.device_id = $1")                                                               \
     X(Q_DEVICE_LOCK, "SELECT id, state, type, group_label, suspended_with_parent FROM devices"  \
@@ -117,6 +124,14 @@
     X(Q_DEVICE_PARENT_STATE,                                                                   \
       "SELECT p.device_id, p.state FROM devices d JOIN devices p ON p.id = d.parent_id"        \
       " WHERE d.id = $1::bigint")                                                               \
+    X(Q_DEVICE_ATTRS_SET, /* $1 pk: (attributes - $3 names) || $2; the new attributes */    \
+      "UPDATE devices SET attributes = (attributes - $3::text[]) || $2::jsonb,"                \
+      " updated_at = now() WHERE id = $1::bigint RETURNING attributes::text")                  \
+    X(Q_DEVICE_ATTRS_CLASH, /* another device of its type with its new mac or sn */          \
+      "SELECT o.device_id FROM devices d JOIN devices o ON o.type = d.type AND o.id <> d.id"   \
+      " WHERE d.id = $1::bigint AND ((d.attributes ? 'mac' AND o.attributes ? 'mac'"           \
+      "  AND o.attributes->>'mac' = d.attributes->>'mac') OR (d.attributes ? 'sn'"             \
+      "  AND o.attributes ? 'sn' AND o.attributes->>'sn' = d.attributes->>'sn')) LIMIT 1")     \
     X(Q_DEVICE_SET_WITH_PARENT,                                                                \
       "UPDATE devices SET suspended_with_parent = $2::boolean WHERE id = $1::bigint")          \
     X(Q_DEVICE_SET_STATE,                                                                      \
@@ -146,7 +161,7 @@
       " (SELECT count(*) FROM device_keys k WHERE k.device_pk = d.id AND k.state = 'active'"   \
       "   AND k.not_after > now()),"                                                           \
       " (SELECT min(k.not_after) FROM device_keys k WHERE k.device_pk = d.id"                  \
-      "   AND k.state = 'active' AND k.not_after > now()), d.sae_id"                           \
+      "   AND k.state = 'active' AND k.not_after > now()), d.sae_id, d.attributes::text"       \
       " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
       " WHERE ($1::text IS NULL OR d.type = $1) AND ($2::text IS NULL OR d.group_label = $2)"  \
       " AND ($3::text IS NULL OR d.state = $3)"                                                \
@@ -155,6 +170,7 @@
       "   AND k.not_after <= now() + make_interval(days => $4::int)))"                         \
       " AND ($5::text IS NULL OR d.device_id > $5)"                                            \
       " AND ($7::text IS NULL OR p.device_id = $7)"                                            \
+      " AND ($8::jsonb IS NULL OR d.attributes @> $8::jsonb)"                                  \
       " ORDER BY d.device_id LIMIT $6::int")                                                   \
     X(Q_KEYS_RETIRE_DUE,                                                                       \
       "UPDATE device_keys k SET state = 'retired', retired_at = now(), retire_at = NULL"       \

@@ -367,3 +367,74 @@ def test_a_family_policy_restricts_its_types(st):
     # Its own gateway: the family policy (test above) applies.
     gw = Device.from_fill(fill(st, gid))
     assert get_key(st, sub, uid(), gw)
+
+
+def test_attributes(st):
+    import json
+    gid = uid("GW")
+    body = {"device_id": gid, "type": "gateway", "attributes": {
+        "mac": "02-1A-2B-3C-4D-" + uuid.uuid4().hex[:2].upper(), "sn": "SN-" + uuid.uuid4().hex[:8],
+        "uuid": str(uuid.uuid4()).upper(), "ip": "192.0.2.10", "port": 8443, "joined": False,
+        "room": "hall"}}
+    r = st.admin("POST", "/v1/admin/devices", json=body)
+    assert r.status_code == 201, r.text
+    a = r.json()["attributes"]
+    mac = a["mac"]
+    assert mac == body["attributes"]["mac"].lower().replace("-", ":")
+    assert a["uuid"] == body["attributes"]["uuid"].lower() and a["port"] == 8443
+    assert a["joined"] is False and a["room"] == "hall"
+    # MAC and SN are unique per type: another gateway cannot have them.
+    for clash in ({"mac": mac.upper()}, {"sn": a["sn"]}):
+        r = st.admin("POST", "/v1/admin/devices", json={"device_id": uid("GW"), "type": "gateway",
+                                                         "attributes": clash})
+        assert r.status_code == 409 and error_code(r) == "conflict", r.text
+    # ... a vehicle may.
+    r = st.admin("POST", "/v1/admin/devices", json={"device_id": uid("VEH"), "type": "vehicle",
+                                                     "attributes": {"mac": mac}})
+    assert r.status_code == 201
+    # Two in one import: the second is refused, the first goes in.
+    m2 = "02:00:00:00:00:" + uuid.uuid4().hex[:2]
+    r = st.admin("POST", "/v1/admin/devices/import", json={"devices": [
+        {"device_id": uid("GW"), "type": "gateway", "attributes": {"mac": m2}},
+        {"device_id": uid("GW"), "type": "gateway", "attributes": {"mac": m2}}]})
+    assert r.status_code == 200 and r.json()["created"] == 1, r.text
+    for bad in ({"mac": "nope"}, {"port": 0}, {"ip": "300.1.1.1"}, {"Bad": 1}, {"x": [1]},
+                {f"a{i}": i for i in range(33)}, "mac"):
+        r = st.admin("POST", "/v1/admin/devices", json={"device_id": uid("GW"), "type": "gateway",
+                                                         "attributes": bad})
+        assert r.status_code == 422 and error_code(r) == "invalid_attributes", (bad, r.text)
+    # Search, by the normal form whatever the spelling.
+    r = st.admin("GET", "/v1/admin/devices", params={"attr": "mac=" + mac.replace(":", "").upper(),
+                                                     "type": "gateway"})
+    assert [d["device_id"] for d in r.json()["devices"]] == [gid]
+    r = st.admin("GET", "/v1/admin/devices", params=[("attr", "port=8443"), ("attr", "room=hall"),
+                                                     ("type", "gateway")])
+    assert gid in [d["device_id"] for d in r.json()["devices"]]
+    r = st.admin("GET", "/v1/admin/devices", params={"attr": "port=x"})
+    assert r.status_code == 400 and error_code(r) == "invalid_query"
+    # Change: set and unset, audited; the unique check holds.
+    r = st.admin("POST", f"/v1/admin/devices/{gid}/attributes",
+                 json={"set": {"joined": True, "ip": "2001:db8::0:1"}, "unset": ["room"]})
+    assert r.status_code == 200, r.text
+    a = r.json()["attributes"]
+    assert a["joined"] is True and a["ip"] == "2001:db8::1" and "room" not in a
+    r = st.admin("POST", f"/v1/admin/devices/{gid}/attributes", json={"set": {"mac": m2}})
+    assert r.status_code == 409 and error_code(r) == "conflict"
+    assert st.admin("GET", f"/v1/admin/devices/{gid}").json()["attributes"]["mac"] == mac
+    r = st.admin("POST", f"/v1/admin/devices/{gid}/attributes", json={"set": {"port": "80"}})
+    assert r.status_code == 422 and error_code(r) == "invalid_attributes"
+    n = st.psql("SELECT count(*) FROM audit_log WHERE event = 'device.attributes_set'"
+                f" AND device_id = '{gid}'").strip()
+    assert n == "1"
+    # kmsctl
+    did = uid("GW")
+    r = st.kmsctl("--json", "device", "register", did, "--type", "gateway", "--attr", "port=7000",
+                  "--attr", "joined=true", "--attr", "sn=K-" + uuid.uuid4().hex[:6])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["attributes"]["port"] == 7000
+    r = st.kmsctl("--json", "device", "attributes", did, "--set", "room=attic", "--unset", "joined")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["attributes"] == {"port": 7000, "room": "attic",
+                                                  "sn": json.loads(r.stdout)["attributes"]["sn"]}
+    r = st.kmsctl("--json", "device", "list", "--attr", "room=attic", "--type", "gateway")
+    assert [d["device_id"] for d in json.loads(r.stdout)["devices"]] == [did]

@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "service/device_attrs.h"
 #include "service/device_model.h"
 #include "service/device_keys.h"
 #include "fillpkg.h"
@@ -82,6 +83,63 @@ static void key_purposes(void **state)
     assert_string_equal(out[1], "generic");
     assert_string_equal(out[2], "access");
     assert_int_equal(device_template_parse("{access", out, 4), 1);
+}
+
+static json_t *attrs(const char *js, char *msg)
+{
+    json_t *o = json_loads(js, 0, NULL), *n;
+    assert_non_null(o);
+    n = device_attrs_check(o, msg, 200);
+    json_decref(o);
+    return n;
+}
+
+static void attributes(void **state)
+{
+    char msg[200], name[DEVICE_ATTR_NAME_MAX + 1], *text;
+    json_t *n, *v;
+    (void)state;
+    n = attrs("{\"mac\":\"02-1A-2B-3C-4D-5E\",\"sn\":\"SN-001\",\"uuid\":"
+              "\"5F0C2B3A-1D2E-4F60-8A9B-0C1D2E3F4A5B\",\"ip\":\"2001:DB8:0:0::1\","
+              "\"port\":8443,\"joined\":true,\"room\":\"kitchen\",\"floor\":2}", msg);
+    assert_non_null(n);
+    text = json_dumps(n, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(text, "{\"floor\":2,\"ip\":\"2001:db8::1\",\"joined\":true,"
+                              "\"mac\":\"02:1a:2b:3c:4d:5e\",\"port\":8443,\"room\":\"kitchen\","
+                              "\"sn\":\"SN-001\",\"uuid\":\"5f0c2b3a-1d2e-4f60-8a9b-0c1d2e3f4a5b\"}");
+    free(text);
+    json_decref(n);
+    n = attrs("{\"mac\":\"021a2b3c4d5e\",\"ip\":\"10.0.0.7\"}", msg);
+    assert_string_equal(json_string_value(json_object_get(n, "mac")), "02:1a:2b:3c:4d:5e");
+    json_decref(n);
+    const char *bad[] = {"[]", "{\"mac\":\"02:1a:2b:3c:4d\"}", "{\"mac\":\"02:1a-2b:3c:4d:5e\"}",
+                         "{\"mac\":\"zz:1a:2b:3c:4d:5e\"}", "{\"mac\":5}", "{\"sn\":\"a b\"}",
+                         "{\"sn\":\"\"}", "{\"uuid\":\"nope\"}", "{\"ip\":\"10.0.0.256\"}",
+                         "{\"port\":0}", "{\"port\":65536}", "{\"port\":\"80\"}",
+                         "{\"joined\":1}", "{\"Bad\":1}", "{\"x\":[1]}", "{\"x\":{}}",
+                         "{\"x\":null}", NULL};
+    for (int i = 0; bad[i]; i++) {
+        msg[0] = 0;
+        assert_null(attrs(bad[i], msg));
+        assert_true(msg[0] != 0);
+    }
+    /* Search terms take the attribute's type from its name. */
+    assert_int_equal(device_attr_term("mac=02-1A-2B-3C-4D-5E", name, &v, msg, sizeof(msg)), 0);
+    assert_string_equal(name, "mac");
+    assert_string_equal(json_string_value(v), "02:1a:2b:3c:4d:5e");
+    json_decref(v);
+    assert_int_equal(device_attr_term("port=8443", name, &v, msg, sizeof(msg)), 0);
+    assert_int_equal(json_integer_value(v), 8443);
+    json_decref(v);
+    assert_int_equal(device_attr_term("joined=false", name, &v, msg, sizeof(msg)), 0);
+    assert_true(json_is_false(v));
+    json_decref(v);
+    assert_int_equal(device_attr_term("room=a=b", name, &v, msg, sizeof(msg)), 0);
+    assert_string_equal(json_string_value(v), "a=b");
+    json_decref(v);
+    assert_int_equal(device_attr_term("port=x", name, &v, msg, sizeof(msg)), -1);
+    assert_int_equal(device_attr_term("=x", name, &v, msg, sizeof(msg)), -1);
+    assert_int_equal(device_attr_term("mac", name, &v, msg, sizeof(msg)), -1);
 }
 
 static void specs(void **state)
@@ -217,7 +275,7 @@ static void fill_packages(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(ids_and_groups), cmocka_unit_test(specs), cmocka_unit_test(key_purposes),
+        cmocka_unit_test(ids_and_groups), cmocka_unit_test(specs), cmocka_unit_test(key_purposes), cmocka_unit_test(attributes),
         cmocka_unit_test(key_context_binds_row), cmocka_unit_test(array_literals),
         cmocka_unit_test(kcv_vector), cmocka_unit_test(fill_packages),
     };
