@@ -198,7 +198,7 @@ static int print_tls_identity(const json_t *doc)
 /* A sub-device's family member: its gateway's local keys (docs/gateways.md). */
 static int print_family(const json_t *fam, const char *const *headers, const char *const *fields)
 {
-    struct table *t = table_new(6, headers);
+    struct table *t = table_new(5, headers);
     const json_t *k;
     size_t i;
     int rc = EXIT_OK;
@@ -220,15 +220,15 @@ static int print_family(const json_t *fam, const char *const *headers, const cha
 
 static int print_document(const json_t *doc)
 {
-    static const char *const headers[] = {"INDEX", "PURPOSE", "ALG", "KEY", "KCV", "NOT-AFTER"};
-    static const char *const fields[] = {"index", "purpose", "algorithm", "key", "kcv", "not_after"};
+    static const char *const headers[] = {"INDEX", "ALG", "KEY", "KCV", "NOT-AFTER"};
+    static const char *const fields[] = {"index", "algorithm", "key", "kcv", "not_after"};
     struct table *t = NULL;
     json_t *about = json_pack("{s:O?, s:O?, s:O?}", "device", json_object_get(doc, "device_id"),
                               "type", json_object_get(doc, "type"), "group",
                               json_object_get(doc, "group"));
     int rc = EXIT_INTERNAL;
 
-    if (!about || !(t = table_new(6, headers))) {
+    if (!about || !(t = table_new(5, headers))) {
         out_error("out of memory");
         goto cleanup;
     }

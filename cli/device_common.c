@@ -111,13 +111,13 @@ const struct resource device_resource = {
 
 int device_print_keys(const json_t *owner, bool kcv)
 {
-    static const char *const headers[] = {"INDEX",     "PURPOSE",   "ALG",      "STATE", "EXPIRED",
+    static const char *const headers[] = {"INDEX",     "ALG",       "STATE",    "EXPIRED",
                                           "NOT-AFTER", "RETIRE-AT", "EXPORTED", "KCV"};
-    static const char *const fields[] = {"index",     "purpose",   "algorithm",   "state", "expired",
+    static const char *const fields[] = {"index",     "algorithm", "state",       "expired",
                                          "not_after", "retire_at", "exported_at", "kcv"};
 
     const json_t *keys = resource_items(owner, "keys");
-    return keys ? out_table(keys, kcv ? 9 : 8, headers, fields) : EXIT_SERVER;
+    return keys ? out_table(keys, kcv ? 8 : 7, headers, fields) : EXIT_SERVER;
 }
 
 int device_print_record(const json_t *record)

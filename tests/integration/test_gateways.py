@@ -196,15 +196,14 @@ def test_kmsctl_purposes(st):
     r = st.kmsctl("device-type", "add", name + "x", "--key-purposes", "access,wan")
     assert r.returncode != 0 and "--key-purposes" in r.stderr
     r = st.kmsctl("device-type", "list")
-    assert r.returncode == 0
-    assert f"{name}  key purposes: access,local,generic" in r.stdout
-    assert "gateway  key purposes: access,local" in r.stdout
+    assert r.returncode == 0 and name in r.stdout.split()
     r = st.kmsctl("--json", "device-type", "list")
     assert json.loads(r.stdout)["key_purposes"][name] == ["access", "local", "generic"]
+    assert json.loads(r.stdout)["key_purposes"]["gateway"] == ["access", "local"]
     gid = gateway(st, keys=2)
-    r = st.kmsctl("device", "keys", gid)
-    assert r.returncode == 0 and "PURPOSE" in r.stdout
-    assert [ln.split()[1] for ln in r.stdout.splitlines()[1:] if ln.strip()] == ["access", "local"]
+    r = st.kmsctl("--json", "device", "keys", gid)
+    assert r.returncode == 0
+    assert [k["purpose"] for k in json.loads(r.stdout)["keys"]] == ["access", "local"]
     r = st.kmsctl("--json", "device", "rotate", gid, "--purpose", "local", "--grace-days", "1")
     assert r.returncode == 0, r.stderr
     assert [k["purpose"] for k in json.loads(r.stdout)["keys"]] == ["access", "local", "local"]

@@ -23,7 +23,7 @@ from helpers import (AUTH, NOWHERE, OK, REFUSED, USAGE, human, kv_block, near, o
                      table, ts, uid, usage, utcnow)
 
 RECORD_FIELDS = ("device_id", "type", "group", "parent", "state", "created_at", "updated_at",
-                 "revoked_at", "sae_id")
+                 "revoked_at", "sae_id", "attributes")
 KEY_HEADER = ["INDEX", "ALG", "STATE", "EXPIRED", "NOT-AFTER", "RETIRE-AT", "EXPORTED"]
 LIST_HEADER = ["DEVICE", "TYPE", "GROUP", "STATE", "ACTIVE-KEYS", "NEXT-EXPIRY"]
 BUILTIN_TYPES = {"vehicle", "encryptor", "meter", "gateway", "subdevice", "generic"}
@@ -142,7 +142,7 @@ def remember(doc):
 def test_register_all_options_human(stack):
     grp = "g" + uuid.uuid4().hex[:8]
     gw, did = uid("GW"), uid("VIN")
-    ok(stack, "device", "register", gw, "--type", "gateway", "--group", grp, "--keys", "1")
+    ok(stack, "device", "register", gw, "--type", "gateway", "--group", grp, "--keys", "2")
     before = utcnow()
     p = ok(stack, "device", "register", did, "--type", "subdevice", "--group", grp, "--parent", gw,
            "--keys", "3", "--key-bits", "256", "--validity", "30")
@@ -249,7 +249,7 @@ def test_register_bad_options_refused_locally(stack):
 
 def test_register_refused_by_server(stack):
     gw, veh = uid("GW"), uid("VEH")
-    register(stack, gw, "--keys", "1", type_="gateway")
+    register(stack, gw, "--keys", "2", type_="gateway")
     register(stack, veh, "--keys", "1", type_="vehicle")
     tag = uid("BAD")
     cases = [
@@ -435,7 +435,7 @@ def test_list_limit_and_all_pages(stack):
 
 def test_show(stack):
     gw, did = uid("GW"), uid("SH")
-    register(stack, gw, "--keys", "1", type_="gateway")
+    register(stack, gw, "--keys", "2", type_="gateway")
     d = register(stack, did, "--parent", gw, "--group", "shows", "--keys", "2", type_="subdevice")
     assert ok_json(stack, "device", "show", did) == d
     p = ok(stack, "device", "show", did)
@@ -956,7 +956,7 @@ def test_import_jsonl(stack, tmp_path):
     rows = [
         {"device_id": f"{p}-A", "type": "meter", "keys": 1},
         None,  # a blank line
-        {"device_id": f"{p}-GW", "type": "gateway", "group": "jl", "keys": 1},
+        {"device_id": f"{p}-GW", "type": "gateway", "group": "jl", "keys": 2},
         {"device_id": f"{p}-S", "type": "subdevice", "parent": f"{p}-GW", "keys": 2,
          "key_bits": 256, "validity_days": 30},
     ]
@@ -970,7 +970,7 @@ def test_import_jsonl(stack, tmp_path):
     assert s["parent"] == f"{p}-GW" and [k["algorithm"] for k in s["keys"]] == ["AES-256"] * 2
     k = s["keys"][0]
     assert ts(k["not_after"]) - ts(k["not_before"]) == datetime.timedelta(days=30)
-    assert key_count(stack, p) == 4
+    assert key_count(stack, p) == 5  # the gateway has two: access and local
 
     # No extension: the format follows the content; one good row, three bad.
     q = uid("IMK")
@@ -1009,7 +1009,7 @@ def test_import_jsonl(stack, tmp_path):
 def test_import_large_multi_batch(stack, tmp_path):
     p = uid("BIG")
     n = 1200
-    lines = ["device_id,type,group,parent,keys", f"{p}-GW,gateway,big,,1"]
+    lines = ["device_id,type,group,parent,keys", f"{p}-GW,gateway,big,,2"]
     lines += [f"{p}-{i:05d},meter,big,,1" for i in range(n - 2)]
     lines += [f"{p}-SUB,subdevice,big,{p}-GW,1"]  # in the third batch; its gateway in the first
     f = tmp_path / "big.csv"
@@ -1021,7 +1021,7 @@ def test_import_large_multi_batch(stack, tmp_path):
     assert r.stdout == f"created {n}, failed 0\n"
     assert wait_route_count(stack, route, before + 3) == before + 3  # 500 + 500 + 200
     assert int(stack.psql(f"SELECT count(*) FROM devices WHERE device_id LIKE '{p}-%'").strip()) == n
-    assert key_count(stack, p) == n
+    assert key_count(stack, p) == n + 1  # the gateway has two: access and local
     assert ok_json(stack, "device", "show", f"{p}-SUB")["parent"] == f"{p}-GW"
     # Bigger batches, one bad row in each: reported with their file lines.
     q = uid("BIG")
@@ -1054,7 +1054,7 @@ def test_device_type_list_add(stack):
     p = ok(stack, "device-type", "list")
     listed = p.stdout.rstrip("\n").split("\n")
     assert set(listed) >= BUILTIN_TYPES and listed == sorted(listed)
-    assert ok_json(stack, "device-type", "list") == {"types": listed}
+    assert ok_json(stack, "device-type", "list")["types"] == listed
     name = "rsu" + uuid.uuid4().hex[:8]
     assert name not in listed
     p = ok(stack, "device-type", "add", name)
@@ -1064,7 +1064,7 @@ def test_device_type_list_add(stack):
     assert d["type"] == name
     refused(stack, "conflict", "device-type", "add", name, status=409)
     name2 = "rsu" + uuid.uuid4().hex[:8]
-    assert ok_json(stack, "device-type", "add", name2) == {"name": name2}
+    assert ok_json(stack, "device-type", "add", name2) == {"name": name2, "key_purposes": []}
     types = ok_json(stack, "device-type", "list")["types"]
     assert name in types and name2 in types
     assert stack.psql(f"SELECT count(*) FROM audit_log WHERE event = 'device_type.added' "

@@ -127,7 +127,7 @@ static void register_batch(void **state)
     fixture_unique(plain, sizeof(plain), "svc-plain");
     /* A subdevice under a gateway earlier in the same batch (the gateway
      * goes in first, its subdevices in a second pass). */
-    spec_of(&rows[0], gw, "gateway", "svc-grp", NULL, 1, 128);
+    spec_of(&rows[0], gw, "gateway", "svc-grp", NULL, 2, 128);
     spec_of(&rows[1], sub, "subdevice", "svc-grp", gw, 1, 128);
     spec_of(&rows[2], plain, "vehicle", "svc-grp", NULL, 1, 128);
     spec_of(&rows[3], plain, "no-such-type", "svc-grp", NULL, 1, 128);
