@@ -26,24 +26,27 @@ static const char *const states[] = {"active", "suspended", "revoked", NULL};
 
 /* ---- register ------------------------------------------------------------ */
 
-/* --attr NAME=VALUE (repeatable) as an attributes object: port is a
+/* Each --OPT NAME=VALUE (repeatable) as an attributes object: port is a
  * number, joined a boolean, every other value a string (the server checks
- * and normalizes them: docs/gateways.md). */
-static int attrs_arg(const struct opt_values *o, json_t **out)
+ * and normalizes them: docs/gateways.md). *out stays NULL when none. */
+static int attrs_arg(const struct opt_values *o, const char *opt, json_t **out)
 {
     const char *terms[ARGS_MAX_VALUES];
-    size_t n = opt_get_all(o, "attr", terms, ARGS_MAX_VALUES);
+    size_t n = opt_get_all(o, opt, terms, ARGS_MAX_VALUES);
     *out = NULL;
     if (n == 0)
         return EXIT_OK;
-    *out = json_object();
+    if (!(*out = json_object())) {
+        out_error("out of memory");
+        return EXIT_INTERNAL;
+    }
     for (size_t i = 0; i < n; i++) {
         const char *eq = strchr(terms[i], '=');
         char name[64];
         json_t *v;
         long port;
         if (!eq || eq == terms[i] || (size_t)(eq - terms[i]) >= sizeof(name)) {
-            out_error("--attr takes NAME=VALUE");
+            out_error("--%s takes NAME=VALUE", opt);
             json_decref(*out);
             *out = NULL;
             return EXIT_USAGE;
@@ -92,7 +95,7 @@ static int register_optional(const struct opt_values *o, json_t *req)
         (bits && (rc = device_put(req, "key_bits", json_integer(bits)))) ||
         (days && (rc = device_put(req, "validity_days", json_integer(days)))))
         return rc;
-    if ((rc = attrs_arg(o, &attrs)))
+    if ((rc = attrs_arg(o, "attr", &attrs)))
         return rc;
     if (attrs && (rc = device_put(req, "attributes", attrs)))
         return rc;
@@ -468,29 +471,11 @@ static int device_attributes(const struct kmsctl_ctx *ctx, const struct invocati
         goto cleanup;
     }
     /* --set takes what register's --attr takes. */
-    {
-        const char *terms[ARGS_MAX_VALUES];
-        size_t m = opt_get_all(o, "set", terms, ARGS_MAX_VALUES);
-        set = json_object();
-        for (size_t i = 0; i < m && set; i++) {
-            const char *eq = strchr(terms[i], '=');
-            char name[64];
-            long port;
-            if (!eq || eq == terms[i] || (size_t)(eq - terms[i]) >= sizeof(name)) {
-                out_error("--set takes NAME=VALUE");
-                rc = EXIT_USAGE;
-                goto cleanup;
-            }
-            memcpy(name, terms[i], (size_t)(eq - terms[i]));
-            name[eq - terms[i]] = 0;
-            eq++;
-            json_object_set_new(set, name,
-                                !strcmp(name, "port") && arg_to_long(eq, 1, 65535, &port)
-                                    ? json_integer(port)
-                                : !strcmp(name, "joined") && (!strcmp(eq, "true") || !strcmp(eq, "false"))
-                                    ? json_boolean(!strcmp(eq, "true"))
-                                    : json_string(eq));
-        }
+    if ((rc = attrs_arg(o, "set", &set)))
+        goto cleanup;
+    if (!set && !(set = json_object())) {
+        rc = EXIT_INTERNAL;
+        goto cleanup;
     }
     for (size_t i = 0; i < n; i++)
         json_array_append_new(unset, json_string(names[i]));
