@@ -22,7 +22,6 @@
 #include "log.h"
 #include "qbuf.h"
 #include "service/qkd.h"
-#include "utf8.h"
 
 #define ETSI_BODY_MAX 65536
 
@@ -32,17 +31,11 @@ static void etsi_error(http_response *rs, int status, const char *code, const ch
 
 static void etsi_error(http_response *rs, int status, const char *code, const char *fmt, ...)
 {
-    char raw[512], msg[3 * sizeof(raw)];
+    char msg[HTTP_MESSAGE_MAX];
     va_list ap;
-    int n;
     va_start(ap, fmt);
-    n = vsnprintf(raw, sizeof(raw), fmt, ap);
+    http_vmessage(msg, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        n = 0;
-    if ((size_t)n >= sizeof(raw))
-        n = (int)sizeof(raw) - 1;
-    utf8_sanitize(raw, (size_t)n, msg, sizeof(msg), NULL);
     http_json(rs, status, json_pack("{s:s,s:[{s:s}]}", "message", msg, "details", "qkms_code",
                                     code));
     rs->err_code = code;

@@ -144,14 +144,10 @@ void http_json(http_response *rs, int status, json_t *body)
     }
 }
 
-void http_error(http_response *rs, int status, const char *code, const char *fmt, ...)
+void http_vmessage(char msg[HTTP_MESSAGE_MAX], const char *fmt, va_list ap)
 {
-    char raw[512], msg[3 * sizeof(raw)];
-    int n;
-    va_list ap;
-    va_start(ap, fmt);
-    n = vsnprintf(raw, sizeof(raw), fmt, ap);
-    va_end(ap);
+    char raw[HTTP_MESSAGE_MAX / 3];
+    int n = vsnprintf(raw, sizeof(raw), fmt, ap);
     if (n < 0)
         n = 0;
     /* Messages quote client input (names, JSON keys, a %.32s cut that may
@@ -159,7 +155,16 @@ void http_error(http_response *rs, int status, const char *code, const char *fmt
      * answer would become a 500. Each bad byte becomes U+FFFD. */
     if ((size_t)n >= sizeof(raw))
         n = (int)sizeof(raw) - 1;
-    utf8_sanitize(raw, (size_t)n, msg, sizeof(msg), NULL);
+    utf8_sanitize(raw, (size_t)n, msg, HTTP_MESSAGE_MAX, NULL);
+}
+
+void http_error(http_response *rs, int status, const char *code, const char *fmt, ...)
+{
+    char msg[HTTP_MESSAGE_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    http_vmessage(msg, fmt, ap);
+    va_end(ap);
     rs->err_code = code;
     http_json(rs, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
 }

@@ -40,6 +40,7 @@
 #ifndef QKMS_HTTP_H
 #define QKMS_HTTP_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -127,6 +128,10 @@ void http_stop(http_server *s);
 
 /* Response helpers. http_json steals the reference to body. */
 void http_json(http_response *rs, int status, json_t *body);
+/* An error message from fmt, cut to fit and made valid UTF-8 (each bad
+ * byte U+FFFD): what http_error and the ETSI door's Error object say. */
+#define HTTP_MESSAGE_MAX 1536
+void http_vmessage(char msg[HTTP_MESSAGE_MAX], const char *fmt, va_list ap);
 void http_error(http_response *rs, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void http_text(http_response *rs, int status, const char *content_type, char *text, size_t len);
