@@ -70,7 +70,8 @@ static int register_optional(const struct opt_values *o, json_t *req)
 {
     const char *group = opt_get(o, "group"), *parent = opt_get(o, "parent");
     const char *keys = opt_get(o, "keys"), *validity = opt_get(o, "validity");
-    long nkeys = 0, bits = 0, days = 0;
+    const char *service = opt_get(o, "service-days");
+    long nkeys = 0, bits = 0, days = 0, sdays = 0;
     json_t *attrs = NULL;
     int rc;
 
@@ -88,6 +89,18 @@ static int register_optional(const struct opt_values *o, json_t *req)
         out_error("--validity must be a whole number of days from 1 to %ld", DEVICE_VALIDITY_MAX);
         return EXIT_USAGE;
     }
+    if (service && (opt_get(o, "no-service-end") != NULL)) {
+        out_error("give --service-days or --no-service-end, not both");
+        return EXIT_USAGE;
+    }
+    if (service && !arg_to_long(service, 1, DEVICE_SERVICE_MAX, &sdays)) {
+        out_error("--service-days must be a whole number of days from 1 to %ld",
+                  DEVICE_SERVICE_MAX);
+        return EXIT_USAGE;
+    }
+    if ((service && (rc = device_put(req, "service_days", json_integer(sdays)))) ||
+        ((opt_get(o, "no-service-end") != NULL) && (rc = device_put(req, "service_days", json_null()))))
+        return rc;
 
     if ((group && (rc = device_put(req, "group", json_string(group)))) ||
         (parent && (rc = device_put(req, "parent", json_string(parent)))) ||
@@ -457,6 +470,39 @@ cleanup:
     return rc;
 }
 
+/* `device service ID (--days N | --until TIME | --no-end)` */
+static int device_service(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const struct opt_values *o = &inv->local;
+    const char *days = opt_get(o, "days"), *until = opt_get(o, "until");
+    bool none = opt_get(o, "no-end") != NULL;
+    json_t *req = NULL, *resp = NULL;
+    long n = 0;
+    int rc = EXIT_USAGE;
+
+    if ((days != NULL) + (until != NULL) + none != 1) {
+        out_error("give one of --days N, --until TIME, --no-end");
+        goto cleanup;
+    }
+    if (days && !arg_to_long(days, 1, DEVICE_SERVICE_MAX, &n)) {
+        out_error("--days must be a whole number from 1 to %ld", DEVICE_SERVICE_MAX);
+        goto cleanup;
+    }
+    req = days ? json_pack("{s:I}", "days", (json_int_t)n)
+          : until ? json_pack("{s:s}", "until", until)
+                  : json_pack("{s:n}", "until");
+    if (!req) {
+        out_error(until ? "--until is not UTF-8" : "out of memory");
+        goto cleanup;
+    }
+    rc = resource_call(ctx, &device_resource, "POST", inv->pos[0], "service", req, &resp);
+    rc = out_result(ctx->json, rc, resp, device_print_record);
+
+cleanup:
+    json_decref(req);
+    return rc;
+}
+
 /* `device attributes ID [--set NAME=VALUE]... [--unset NAME]...` */
 static int device_attributes(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
@@ -508,6 +554,15 @@ static const struct opt_spec register_opts[] = {
     {"key-bits", 0, "BITS", "128 or 256 (server default: 128)"},
     {"validity", 0, "DAYS", "key validity in days, 1..3650 (server default: 365)"},
     {"attr", 0, "NAME=VALUE", "an attribute (mac, sn, uuid, ip, port, joined or your own); repeat for more"},
+    {"service-days", 0, "DAYS", "service validity in days, 1..36500 (server default: the type's)"},
+    {"no-service-end", 0, NULL, "no end of service, whatever the type's default"},
+    {0},
+};
+
+static const struct opt_spec service_opts[] = {
+    {"days", 0, "N", "extend the service N days past the later of now and its current end"},
+    {"until", 0, "TIME", "end the service at TIME (RFC 3339; a past time ends it now)"},
+    {"no-end", 0, NULL, "remove the end of service"},
     {0},
 };
 
@@ -551,7 +606,7 @@ static const struct opt_spec sae_opts[] = {
 static const struct action device_actions[] = {
     {
         .sub = "register",
-        .usage = "ID --type TYPE [--group G] [--parent ID] [--keys N] [--key-bits B] [--validity DAYS] [--attr NAME=VALUE]...",
+        .usage = "ID --type TYPE [--group G] [--parent ID] [--keys N] [--key-bits B] [--validity DAYS] [--attr NAME=VALUE]... [--service-days DAYS | --no-service-end]",
         .summary = "Register a device and generate its initial keys",
         .description = "Prints the new device record as 'key: value' lines and its keys as a table.\n"
                        "Device IDs: 1-128 printable ASCII characters, none of / \\ % ? #.\n"
@@ -610,6 +665,20 @@ static const struct action device_actions[] = {
         .min_args = 1,
         .max_args = 2,
         .run = device_sae,
+    },
+    {
+        .sub = "service",
+        .usage = "ID (--days N | --until TIME | --no-end)",
+        .summary = "Renew, set or remove a device's end of service",
+        .description = "Past its end of service (service_until) a device is refused keys on\n"
+                       "every door: 403 service_expired (docs/gateways.md). --days renews:\n"
+                       "N days past the later of now and the current end. Prints the record.\n"
+                       "\n"
+                       "Request: POST /v1/admin/devices/ID/service\n",
+        .opts = service_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_service,
     },
     {
         .sub = "attributes",

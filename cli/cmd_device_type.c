@@ -57,14 +57,24 @@ static int type_add(const struct kmsctl_ctx *ctx, const struct invocation *inv)
     const char *name = inv->pos[0];
     json_t *req = NULL, *resp = NULL;
     const char *kp = opt_get(&inv->local, "key-purposes");
+    const char *sd = opt_get(&inv->local, "service-days");
+    long days = 0;
     int rc = device_check_type("type name", name);
     if (rc)
         goto cleanup;
+    if (sd && !arg_to_long(sd, 1, DEVICE_SERVICE_MAX, &days)) {
+        out_error("--service-days must be a whole number of days from 1 to %ld",
+                  DEVICE_SERVICE_MAX);
+        rc = EXIT_USAGE;
+        goto cleanup;
+    }
     if (!(req = json_pack("{s:s}", "name", name))) {
         out_error("out of memory");
         rc = EXIT_INTERNAL;
         goto cleanup;
     }
+    if (days)
+        json_object_set_new(req, "service_days", json_integer(days));
     if (kp) {
         json_t *arr = json_array();
         json_object_set_new(req, "key_purposes", arr);
@@ -95,6 +105,7 @@ cleanup:
 
 static const struct opt_spec add_opts[] = {
     {"key-purposes", 0, "P,P,...", "the type's key template: access, local or generic per index"},
+    {"service-days", 0, "DAYS", "its devices' service validity in days, 1..36500 (default: no end)"},
     {0},
 };
 
@@ -104,19 +115,22 @@ static const struct action type_actions[] = {
         .usage = "",
         .summary = "List the device types devices may be registered with",
         .description = "One type name per line; with --json also each type's key template\n"
-                       "(\"key_purposes\": the purpose of key index 0, 1, ...; docs/gateways.md).\n"
+                       "(\"key_purposes\": the purpose of key index 0, 1, ...; docs/gateways.md)\n"
+                       "and its default service validity (\"service_days\", null: no end).\n"
                        "\n"
                        "Request: GET /v1/admin/device-types\n",
         .run = type_list,
     },
     {
         .sub = "add",
-        .usage = "NAME [--key-purposes P,P,...]",
+        .usage = "NAME [--key-purposes P,P,...] [--service-days DAYS]",
         .summary = "Add a device type (admin)",
         .description = "NAME: a lowercase letter, then up to 31 of a-z 0-9 _ -.\n"
                        "--key-purposes: the purpose of key index 0, 1, ... of its devices\n"
                        "(access, local, generic); a device of the type has at least that many\n"
                        "keys.\n"
+                       "--service-days: a device of the type is served that many days from its\n"
+                       "registration unless renewed (kmsctl device service); default: no end.\n"
                        "With --json the server's answer is printed, or {\"name\": NAME} if it\n"
                        "sent none.\n"
                        "\n"

@@ -17,6 +17,7 @@
 #define DEVICE_KEYS_MAX 16
 #define DEVICE_KEY_INDEX_MAX 255
 #define DEVICE_VALIDITY_MAX 3650L
+#define DEVICE_SERVICE_MAX 36500L
 #define DEVICE_GRACE_MAX 365L
 
 /* 1..128 printable ASCII (0x21..0x7E) except / \ % ? #. */

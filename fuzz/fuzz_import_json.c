@@ -52,6 +52,8 @@ static void check_row(const json_t *o, const device_defaults *d)
     FUZZ_CHECK(s.nkeys >= 1 && s.nkeys <= DEVICE_MAX_KEYS);
     FUZZ_CHECK(s.key_bits == 128 || s.key_bits == 256);
     FUZZ_CHECK(s.validity_days >= 1 && s.validity_days <= 3650);
+    FUZZ_CHECK(s.service_days == DEVICE_SERVICE_TYPE || s.service_days == DEVICE_SERVICE_NONE ||
+               (s.service_days >= 1 && s.service_days <= DEVICE_SERVICE_DAYS_MAX));
     /* Attributes (device_attrs.h): what passed is one JSON object within
      * the limits, and its normal form is a fixed point. */
     if (s.attributes[0]) {

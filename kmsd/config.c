@@ -220,6 +220,9 @@ const config_option config_options[] = {
      false, false, "Validity of a new device key when the request does not say (seed 004: a year)."},
     {"device_key_warn_days", OPT_INT, OFF(device_key_warn_days), "15", 1, 365, NULL, false, false,
      "Keys expiring within this many days are warned about (log once a day per device, metric)."},
+    {"service_warn_days", OPT_INT, OFF(service_warn_days), "15", 1, 365, NULL, false, false,
+     "Devices whose service ends within this many days are warned about (log once a day per"
+     " device, metric qkms_devices_service_ending)."},
     {"device_key_grace_days", OPT_INT, OFF(device_key_grace_days), "30", 0, 365, NULL, false, false,
      "After `device rotate`, older keys stay usable this many days, then retire."},
     {"maintenance_interval", OPT_INT, OFF(maintenance_interval), "30", 1, 3600, NULL, false, false,

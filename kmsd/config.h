@@ -101,6 +101,7 @@ typedef struct kms_config {
     int device_default_keys;
     int device_key_validity_days;
     int device_key_warn_days;
+    int service_warn_days;
     int device_key_grace_days;
     int maintenance_interval;
     /* sessions */

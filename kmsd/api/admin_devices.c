@@ -16,7 +16,9 @@
 #include "service/qkd.h"
 #include "service/device_fill.h"
 #include "service/device_keys.h"
+#include "service/device_service.h"
 #include "service/devices.h"
+#include "timetext.h"
 
 #define IMPORT_MAX_ROWS 1000
 
@@ -361,6 +363,43 @@ out:
     json_decref(empty_unset);
 }
 
+/* POST /v1/admin/devices/{id}/service: {"days": N} extends the service N
+ * days past the later of now and its current end; {"until": "RFC 3339"}
+ * sets the end (a past time ends it now); {"until": null} removes the end.
+ * The answer is the device. */
+void h_device_service(http_request *rq, http_response *rs)
+{
+    static const char *const known[] = {"days", "until", NULL};
+    const char *id = path_device(rq, rs);
+    qk_principal who = admin_principal(rq);
+    json_t *in, *days, *until;
+    qk_err e;
+    if (!id || !(in = action_body(rq, rs, false, known)))
+        return;
+    days = json_object_get(in, "days");
+    until = json_object_get(in, "until");
+    if ((days != NULL) == (until != NULL)) {
+        http_error(rs, 422, "invalid_service", "give one of days (extend) and until");
+    } else if (days && (!json_is_integer(days) || json_integer_value(days) < 1 ||
+                        json_integer_value(days) > DEVICE_SERVICE_DAYS_MAX)) {
+        http_error(rs, 422, "invalid_service", "days must be an integer from 1 to %d",
+                   DEVICE_SERVICE_DAYS_MAX);
+    } else if (until && !json_is_null(until) &&
+               !timetext_valid(json_string_value(until), false)) {
+        http_error(rs, 422, "invalid_service",
+                   "until must be an RFC 3339 time (2027-01-31T00:00:00Z) or null for no end");
+    } else if (device_service_set(&rq->kms->svc, &who, id,
+                                  days ? SERVICE_EXTEND
+                                       : json_is_null(until) ? SERVICE_NO_END : SERVICE_UNTIL,
+                                  days ? (int)json_integer_value(days) : 0,
+                                  json_string_value(until), &e) != QK_OK) {
+        http_fail(rs, &e);
+    } else {
+        answer_device(rq, rs, id, 200);
+    }
+    json_decref(in);
+}
+
 /* Optional integer field; absent keeps *out. */
 static int body_int(json_t *in, http_response *rs, const char *key, int lo, int hi, int *out)
 {
@@ -602,28 +641,39 @@ void h_devtypes_add(http_request *rq, http_response *rs)
     if (!in)
         return;
     const char *purposes[DEVICE_MAX_KEYS];
-    json_t *kp;
+    json_t *kp, *sd;
     size_t np = 0;
     name = json_string_value(json_object_get(in, "name"));
     kp = json_object_get(in, "key_purposes");
+    sd = json_object_get(in, "service_days");
     if (kp && json_is_array(kp) && json_array_size(kp) <= DEVICE_MAX_KEYS)
         for (np = 0; np < json_array_size(kp); np++)
             if (!device_key_purpose_valid(purposes[np] =
                                               json_string_value(json_array_get(kp, np))))
                 break;
-    if (json_object_size(in) != 1 + (kp != NULL) || !device_type_name_valid(name)) {
+    if (json_object_size(in) != 1 + (size_t)(kp != NULL) + (size_t)(sd != NULL) ||
+        !device_type_name_valid(name)) {
         http_error(rs, 422, "invalid_type",
-                   "name must match [a-z][a-z0-9_-]{0,31}; the only other field is key_purposes");
+                   "name must match [a-z][a-z0-9_-]{0,31}; the other fields are key_purposes and"
+                   " service_days");
+    } else if (sd && !json_is_null(sd) &&
+               (!json_is_integer(sd) || json_integer_value(sd) < 1 ||
+                json_integer_value(sd) > DEVICE_SERVICE_DAYS_MAX)) {
+        http_error(rs, 422, "invalid_service",
+                   "service_days must be an integer from 1 to %d, or null for no end",
+                   DEVICE_SERVICE_DAYS_MAX);
     } else if (kp && (!json_is_array(kp) || np != json_array_size(kp) ||
                       json_array_size(kp) > DEVICE_MAX_KEYS)) {
         http_error(rs, 422, "invalid_key_purposes",
                    "key_purposes is an array of at most %d of access, local, generic",
                    DEVICE_MAX_KEYS);
-    } else if (device_types_add(&rq->kms->svc, &who, name, purposes, (int)np, &e) != QK_OK) {
+    } else if (device_types_add(&rq->kms->svc, &who, name, purposes, (int)np,
+                                sd ? (int)json_integer_value(sd) : 0, &e) != QK_OK) {
         http_fail(rs, &e);
     } else {
-        http_json(rs, 201, json_pack("{s:s,s:o}", "name", name, "key_purposes",
-                                     kp ? json_incref(kp) : json_array()));
+        http_json(rs, 201, json_pack("{s:s,s:o,s:o}", "name", name, "key_purposes",
+                                     kp ? json_incref(kp) : json_array(), "service_days",
+                                     sd ? json_incref(sd) : json_null()));
     }
     json_decref(in);
 }

@@ -41,6 +41,7 @@
     X("POST", "/v1/admin/devices/{id}/rotate", "admin_device_rotate", OPS, h_device_rotate, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/sae", "admin_device_sae", OPS, h_device_sae, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/attributes", "admin_device_attributes", OPS, h_device_attributes, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/devices/{id}/service", "admin_device_service", OPS, h_device_service, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/fill", "admin_device_fill", OPS, h_device_fill, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/devices/{id}/certificates", "admin_device_certs_list", ROLE_ANY, h_device_certs_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/certificates", "admin_device_cert_issue", OPS, h_device_cert_issue, ADM, RL_ADMIN) \

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "timetext.h"
 #include "service/audit.h"
 #include "service/audit_canon.h"
 #include "service/device_model.h"
@@ -29,38 +30,6 @@ typedef struct {
     long limit, after;
     char typebuf[EVENT_MAX + 1];
 } list_filter;
-
-static bool digits(const char *s, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-    return true;
-}
-
-/* "YYYY-MM-DD" or RFC 3339 "YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)".
- * PostgreSQL checks the calendar. */
-static bool time_arg_ok(const char *s)
-{
-    size_t n = strlen(s), i = 19;
-    if (n == 10)
-        return digits(s, 4) && s[4] == '-' && digits(s + 5, 2) && s[7] == '-' && digits(s + 8, 2);
-    if (n < 20 || n > 40 || !digits(s, 4) || s[4] != '-' || !digits(s + 5, 2) || s[7] != '-' ||
-        !digits(s + 8, 2) || (s[10] != 'T' && s[10] != 't') || !digits(s + 11, 2) ||
-        s[13] != ':' || !digits(s + 14, 2) || s[16] != ':' || !digits(s + 17, 2))
-        return false;
-    if (s[i] == '.') {
-        size_t f = ++i;
-        while (s[i] >= '0' && s[i] <= '9')
-            i++;
-        if (i == f || i - f > 9)
-            return false;
-    }
-    if ((s[i] == 'Z' || s[i] == 'z') && s[i + 1] == 0)
-        return true;
-    return (s[i] == '+' || s[i] == '-') && n - i == 6 && digits(s + i + 1, 2) && s[i + 3] == ':' &&
-           digits(s + i + 4, 2);
-}
 
 /* Event names: 1-64 of [a-z0-9_.-]; a trailing '*' asks for a prefix. */
 static bool event_arg_ok(const char *s, bool *prefix)
@@ -97,7 +66,7 @@ static qk_kind judge_filter(const audit_list_args *a, bool export, list_filter *
     long max = export ? AUDIT_EXPORT_MAX : AUDIT_LIST_MAX;
     memset(f, 0, sizeof(*f));
     f->limit = export ? AUDIT_EXPORT_DEFAULT : AUDIT_LIST_DEFAULT;
-    if ((a->since && !time_arg_ok(a->since)) || (a->device && !device_id_valid(a->device)) ||
+    if ((a->since && !timetext_valid(a->since, true)) || (a->device && !device_id_valid(a->device)) ||
         (a->type && !event_arg_ok(a->type, &f->prefix)) ||
         (a->limit && !long_arg(a->limit, 1, max, &f->limit)) ||
         (a->after && !long_arg(a->after, 0, LONG_MAX, &f->after)))

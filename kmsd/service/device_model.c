@@ -64,7 +64,7 @@ int device_spec_from_json(const json_t *o, const device_defaults *d, device_spec
 {
     static const char *const known[] = {"device_id",     "type", "group",      "parent", "keys",
                                         "key_bits",      "validity_days", "line",
-                                        "attributes",    NULL};
+                                        "attributes",    "service_days", NULL};
     const char *key, *v;
     json_t *val;
 
@@ -72,6 +72,7 @@ int device_spec_from_json(const json_t *o, const device_defaults *d, device_spec
     s->nkeys = d->keys;
     s->key_bits = 128;
     s->validity_days = d->validity_days;
+    s->service_days = DEVICE_SERVICE_TYPE;
     if (!json_is_object(o))
         return fail(code, "invalid_request", msg, ml, "a device must be a JSON object");
     json_object_foreach((json_t *)o, key, val) {
@@ -125,6 +126,12 @@ int device_spec_from_json(const json_t *o, const device_defaults *d, device_spec
         return fail(code, "invalid_key_bits", msg, ml, "key_bits must be 128 or 256");
     if (opt_int(o, "validity_days", 1, 3650, &s->validity_days) != 0)
         return fail(code, "invalid_validity", msg, ml, "validity_days must be an integer from 1 to 3650");
+    val = json_object_get(o, "service_days");
+    if (val && json_is_null(val))
+        s->service_days = DEVICE_SERVICE_NONE;
+    else if (opt_int(o, "service_days", 1, DEVICE_SERVICE_DAYS_MAX, &s->service_days) != 0)
+        return fail(code, "invalid_service", msg, ml,
+                    "service_days must be an integer from 1 to 36500, or null for no end");
     val = json_object_get(o, "attributes");
     if (val && !json_is_null(val)) {
         json_t *n = device_attrs_check(val, msg, ml);

@@ -22,6 +22,9 @@
 #define DEVICE_TYPE_MAX 32
 #define DEVICE_MAX_KEYS 16
 #define DEVICE_MAX_KEY_INDEX 255
+#define DEVICE_SERVICE_DAYS_MAX 36500
+#define DEVICE_SERVICE_TYPE (-1)
+#define DEVICE_SERVICE_NONE 0
 
 typedef struct {
     char device_id[DEVICE_ID_MAX + 1];
@@ -31,6 +34,7 @@ typedef struct {
     int nkeys;
     int key_bits;
     int validity_days;
+    int service_days; /* DEVICE_SERVICE_TYPE: its type's; DEVICE_SERVICE_NONE: no end; else days */
     long line; /* import: the row's line in the operator's file, 0 if none */
     /* Its attributes in normal form, compact JSON ("" = none: device_attrs.h). */
     char attributes[DEVICE_ATTRS_TEXT_MAX + 1];

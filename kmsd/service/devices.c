@@ -23,16 +23,17 @@
 /* ---- reading -------------------------------------------------------------- */
 
 /* Columns of Q_DEVICE_GET / Q_DEVICE_LIST 0..7, and the SAE ID's column
- * (the attributes' is the next). */
+ * (the attributes' and the end of service's are the next two). */
 static json_t *device_json(const PGresult *r, int i, int sae_col)
 {
     json_t *attrs = json_loads(PQgetvalue(r, i, sae_col + 1), 0, NULL);
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "device_id",
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "device_id",
                      pgjson_text(r, i, 0), "type", pgjson_text(r, i, 1), "group",
                      pgjson_text(r, i, 2), "parent", pgjson_text(r, i, 3), "state",
                      pgjson_text(r, i, 4), "created_at", pgjson_time(r, i, 5), "updated_at",
                      pgjson_time(r, i, 6), "revoked_at", pgjson_time(r, i, 7), "sae_id",
-                     pgjson_text(r, i, sae_col), "attributes", attrs ? attrs : json_object());
+                     pgjson_text(r, i, sae_col), "attributes", attrs ? attrs : json_object(),
+                     "service_until", pgjson_time(r, i, sae_col + 2));
 }
 
 qk_kind devices_get(qk_svc *s, const char *device_id, bool with_keys, bool with_kcv, json_t **out,
@@ -136,8 +137,8 @@ static void row_fail(device_reg *r, const char *code, const char *fmt, ...)
 /* Insert the rows of one pass; mark created and conflicting rows. */
 static db_status insert_pass(db_conn *c, struct reg_tx *t, int pass)
 {
-    pgarray ids, types, groups, parents, attrs;
-    const char *vals[5];
+    pgarray ids, types, groups, parents, attrs, svc;
+    const char *vals[6];
     db_status st = DB_OK;
     PGresult *r = NULL;
     int count = 0;
@@ -147,6 +148,7 @@ static db_status insert_pass(db_conn *c, struct reg_tx *t, int pass)
     pgarray_init(&groups);
     pgarray_init(&parents);
     pgarray_init(&attrs);
+    pgarray_init(&svc);
     for (int i = 0; i < t->n; i++) {
         device_reg *row = &t->rows[i];
         if (!row_ok(row) || t->pass[i] != pass)
@@ -156,6 +158,7 @@ static db_status insert_pass(db_conn *c, struct reg_tx *t, int pass)
         pgarray_add(&types, row->spec.type);
         pgarray_add(&groups, row->spec.group);
         pgarray_add(&parents, row->spec.parent[0] ? row->spec.parent : NULL);
+        pgarray_add_int(&svc, row->spec.service_days);
         count++;
     }
     if (count == 0)
@@ -165,11 +168,12 @@ static db_status insert_pass(db_conn *c, struct reg_tx *t, int pass)
     vals[2] = pgarray_finish(&groups);
     vals[3] = pgarray_finish(&parents);
     vals[4] = pgarray_finish(&attrs);
-    if (!vals[0] || !vals[1] || !vals[2] || !vals[3] || !vals[4]) {
+    vals[5] = pgarray_finish(&svc);
+    if (!vals[0] || !vals[1] || !vals[2] || !vals[3] || !vals[4] || !vals[5]) {
         st = DB_ERROR;
         goto out;
     }
-    r = db_exec(c, Q_DEVICE_INSERT_MANY, 5, vals, NULL, NULL, &st);
+    r = db_exec(c, Q_DEVICE_INSERT_MANY, 6, vals, NULL, NULL, &st);
     if (!r)
         goto out;
     /* RETURNING gives the IDs that went in; the others already existed. */
@@ -178,7 +182,9 @@ static db_status insert_pass(db_conn *c, struct reg_tx *t, int pass)
         if (!row_ok(row) || t->pass[i] != pass)
             continue;
         for (int j = 0; j < PQntuples(r) && !row->created; j++)
-            row->created = !strcmp(PQgetvalue(r, j, 0), row->spec.device_id);
+            if ((row->created = !strcmp(PQgetvalue(r, j, 0), row->spec.device_id)))
+                snprintf(row->service_until, sizeof(row->service_until), "%s",
+                         PQgetvalue(r, j, 1));
         if (!row->created)
             row_fail(row, "conflict", "device '%s' is already registered", row->spec.device_id);
     }
@@ -189,6 +195,7 @@ out:
     pgarray_free(&groups);
     pgarray_free(&parents);
     pgarray_free(&attrs);
+    pgarray_free(&svc);
     return st;
 }
 
@@ -279,11 +286,12 @@ static db_status insert_keys_and_audit(db_conn *c, struct reg_tx *t)
             pgarray_add(&prov, row->provenance);
             pgarray_add_int(&days, row->spec.validity_days);
         }
-        jd = json_pack("{s:s,s:s,s:s?,s:i,s:i,s:i,s:s,s:I}", "type", row->spec.type, "group",
-                       row->spec.group, "parent", row->spec.parent[0] ? row->spec.parent : NULL,
-                       "keys", row->spec.nkeys, "key_bits", row->spec.key_bits, "validity_days",
-                       row->spec.validity_days, "provenance", row->provenance, "line",
-                       (json_int_t)row->spec.line);
+        jd = json_pack("{s:s,s:s,s:s?,s:i,s:i,s:i,s:s,s:I,s:s?}", "type", row->spec.type,
+                       "group", row->spec.group, "parent",
+                       row->spec.parent[0] ? row->spec.parent : NULL, "keys", row->spec.nkeys,
+                       "key_bits", row->spec.key_bits, "validity_days", row->spec.validity_days,
+                       "provenance", row->provenance, "line", (json_int_t)row->spec.line,
+                       "service_until", row->service_until[0] ? row->service_until : NULL);
         detail = jd ? json_dumps(jd, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
         json_decref(jd);
         pgarray_add(&aud_ids, row->spec.device_id);
@@ -921,7 +929,7 @@ out:
 qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e)
 {
     PGresult *r = NULL;
-    json_t *arr, *templates;
+    json_t *arr, *templates, *service;
     qk_kind k;
 
     *out = NULL;
@@ -929,6 +937,7 @@ qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e)
         return k;
     arr = json_array();
     templates = json_object();
+    service = json_object();
     for (int i = 0; i < PQntuples(r); i++) {
         const char *purposes[DEVICE_MAX_KEYS] = {0};
         int n = device_template_parse(PQgetvalue(r, i, 1), purposes, DEVICE_MAX_KEYS);
@@ -937,9 +946,13 @@ qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e)
         for (int j = 0; j < n; j++)
             json_array_append_new(t, json_string(purposes[j]));
         json_object_set_new(templates, PQgetvalue(r, i, 0), t);
+        json_object_set_new(service, PQgetvalue(r, i, 0),
+                            PQgetisnull(r, i, 2) ? json_null()
+                                                 : json_integer(atoi(PQgetvalue(r, i, 2))));
     }
     PQclear(r);
-    *out = json_pack("{s:o,s:o}", "types", arr, "key_purposes", templates);
+    *out = json_pack("{s:o,s:o,s:o}", "types", arr, "key_purposes", templates, "service_days",
+                     service);
     return QK_OK;
 }
 
@@ -960,25 +973,31 @@ qk_kind device_types_has(qk_svc *s, const char *name, bool *known, qk_err *e)
 struct type_tx {
     const char *actor, *name, *purposes_lit;
     json_t *purposes;
+    int service_days;
 };
 
 static db_status type_tx_fn(db_conn *c, void *arg)
 {
     struct type_tx *t = arg;
-    const char *vals[2] = {t->name, t->purposes_lit};
+    char days[16];
+    const char *vals[3] = {t->name, t->purposes_lit, t->service_days > 0 ? days : NULL};
     db_status st;
-    PGresult *r = db_exec(c, Q_DEVTYPE_INSERT, 2, vals, NULL, NULL, &st);
-    if (!r)
+    PGresult *r;
+    snprintf(days, sizeof(days), "%d", t->service_days);
+    if (!(r = db_exec(c, Q_DEVTYPE_INSERT, 3, vals, NULL, NULL, &st)))
         return st;
     PQclear(r);
     return audit_append(c, t->actor, "device_type.added", NULL,
-                        json_pack("{s:s,s:O}", "name", t->name, "key_purposes", t->purposes));
+                        json_pack("{s:s,s:O,s:o}", "name", t->name, "key_purposes", t->purposes,
+                                  "service_days",
+                                  t->service_days > 0 ? json_integer(t->service_days)
+                                                      : json_null()));
 }
 
 qk_kind device_types_add(qk_svc *s, const qk_principal *who, const char *name,
-                         const char *const *purposes, int npurposes, qk_err *e)
+                         const char *const *purposes, int npurposes, int service_days, qk_err *e)
 {
-    struct type_tx t = {who->name, name, NULL, json_array()};
+    struct type_tx t = {who->name, name, NULL, json_array(), service_days};
     pgarray lit;
     db_status st;
 

@@ -38,6 +38,7 @@ typedef struct {
     const char *db_code;
     char db_message[200];
     bool created;
+    char service_until[32]; /* RFC 3339, "" for no end: set when created */
     char *wrapped_hex[DEVICE_MAX_KEYS];
     int master_version[DEVICE_MAX_KEYS];
     const char *provenance;
@@ -87,15 +88,18 @@ qk_kind devices_set_attributes(qk_svc *s, const qk_principal *who, const char *d
                                const json_t *set, const json_t *unset, qk_err *e);
 
 /* {"types": [names in order], "key_purposes": {name: [purpose of index 0,
- * 1, ...]}} (an empty template: every key generic). */
+ * 1, ...]}, "service_days": {name: days or null}} (an empty template: every
+ * key generic; null: no end of service). */
 qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e);
 /* Whether name is a registered device type (*known). */
 qk_kind device_types_has(qk_svc *s, const char *name, bool *known, qk_err *e);
 /* Add a type (name checked by the caller: device_type_name_valid) with its
  * key template: purposes[i] is the purpose of key index i (none: generic
- * keys). QK_CONFLICT "conflict" when it exists; QK_INVALID
- * "invalid_key_purposes". */
+ * keys), and its devices' default service length (service_days 0: no end;
+ * else 1..DEVICE_SERVICE_DAYS_MAX, checked by the caller). QK_CONFLICT
+ * "conflict" when it exists; QK_INVALID "invalid_key_purposes". */
 qk_kind device_types_add(qk_svc *s, const qk_principal *who, const char *name,
-                         const char *const *purposes, int npurposes, qk_err *e);
+                         const char *const *purposes, int npurposes, int service_days,
+                         qk_err *e);
 
 #endif

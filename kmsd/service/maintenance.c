@@ -15,6 +15,7 @@
 #include "service/platform_keys.h"
 #include "service/qkd.h"
 #include "service/crl.h"
+#include "service/device_service.h"
 #include "service/keycache.h"
 #include "deadline.h"
 #include "log.h"
@@ -83,6 +84,7 @@ int maintenance_run_once(maintenance *m)
     const char *vals[1] = {days};
     uint64_t retired = 0;
     int64_t expiring = -1, certs_expiring = -1, counts[3] = {0, 0, 0}, open_sessions = 0;
+    device_service_counts service = {-1, -1};
     db_status st;
     db_conn *c;
     PGresult *r;
@@ -132,6 +134,11 @@ int maintenance_run_once(maintenance *m)
         if (cert_expiry(k, c, &certs_expiring, &st) != 0)
             log_emit(LOG_WARN, "certificate expiry check failed; will retry", "{s:s}", "error",
                      db_status_name(st));
+        if (device_service_warn(c, k->cfg->service_warn_days, &service, &st) != 0) {
+            service.ending = service.ended = -1;
+            log_emit(LOG_WARN, "service expiry check failed; will retry", "{s:s}", "error",
+                     db_status_name(st));
+        }
     }
     db_release(k->db, c);
 out:
@@ -141,6 +148,8 @@ out:
     if (rc == 0) {
         m->stats.keys_expiring = expiring;
         m->stats.certs_expiring = certs_expiring;
+        m->stats.service_ending = service.ending;
+        m->stats.service_ended = service.ended;
         m->stats.devices_active = counts[0];
         m->stats.devices_suspended = counts[1];
         m->stats.devices_revoked = counts[2];
@@ -250,6 +259,7 @@ int maintenance_start(maintenance **out, qk_svc *k)
     m->k = k;
     m->stats.keys_expiring = -1;
     m->stats.certs_expiring = -1;
+    m->stats.service_ending = m->stats.service_ended = -1;
     pthread_mutex_init(&m->mu, NULL);
     deadline_cond_init(&m->cv); /* waited on with deadline_in_ms */
     if (pthread_create(&m->thread, NULL, loop, m) != 0) {
@@ -321,4 +331,12 @@ void maintenance_metrics_render(void *maint, FILE *f)
             "qkms_master_key_budget_rotations_total %llu\n",
             ms.wrap_active_version, (long long)ms.wrap_active_count,
             m->k->cfg->master_key_wrap_limit, (unsigned long long)ms.wrap_budget_rotations);
+    fprintf(f,
+            "# HELP qkms_devices_service_ending Devices whose service ends within"
+            " service_warn_days (last maintenance pass; -1 before the first).\n"
+            "# TYPE qkms_devices_service_ending gauge\nqkms_devices_service_ending %lld\n"
+            "# HELP qkms_devices_service_ended Devices not revoked whose service has ended (last"
+            " maintenance pass; -1 before the first).\n"
+            "# TYPE qkms_devices_service_ended gauge\nqkms_devices_service_ended %lld\n",
+            (long long)ms.service_ending, (long long)ms.service_ended);
 }

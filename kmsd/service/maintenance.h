@@ -19,6 +19,8 @@ typedef struct maintenance maintenance;
 typedef struct {
     int64_t keys_expiring;    /* live keys expiring within the warning window */
     int64_t certs_expiring;   /* active certificates expiring within certificate_warn_days */
+    int64_t service_ending;   /* devices whose service ends within service_warn_days */
+    int64_t service_ended;    /* devices (not revoked) whose service has ended */
     int64_t devices_active, devices_suspended, devices_revoked;
     int64_t sessions_open;    /* live sessions (pending or active) */
     uint64_t keys_retired;    /* total retired by this process */

@@ -67,6 +67,10 @@ qk_kind qkd_sae_of(qk_svc *s, const char *device_id, qkd_sae *out, qk_err *e)
         k = qk_fail(e, QK_UNAUTHENTICATED, "not_an_sae",
                     "the client certificate's device is no active SAE (it has no SAE ID, or is "
                     "suspended or revoked)");
+    } else if (!strcmp(PQgetvalue(r, 0, 3), "t")) {
+        /* The standard has no 403: its 401 says the SAE may not be served. */
+        k = qk_fail(e, QK_UNAUTHENTICATED, "service_expired", "this SAE's service ended at %s",
+                    PQgetvalue(r, 0, 4));
     } else {
         out->pk = atoll(PQgetvalue(r, 0, 0));
         snprintf(out->device_id, sizeof(out->device_id), "%s", device_id);

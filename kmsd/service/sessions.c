@@ -282,7 +282,7 @@ static const struct {
     {"not_a_party", QK_FORBIDDEN, "not_a_party", "this device is not a party of the session", SESSION_REFUSE_NOT_PARTY},
     {"peer_mismatch", QK_FORBIDDEN, "peer_mismatch", "the session's other party is a different device", SESSION_REFUSE_PEER_MISMATCH},
     {"unknown_peer", QK_INVALID, "unknown_peer", "the peer is not a registered device", SESSION_REFUSE_PEER},
-    {"peer_inactive", QK_INVALID, "peer_inactive", "the peer is suspended or revoked", SESSION_REFUSE_PEER},
+    {"peer_inactive", QK_INVALID, "peer_inactive", "the peer is suspended or revoked, or its service ended", SESSION_REFUSE_PEER},
     {"policy_denied", QK_FORBIDDEN, "policy_denied", "no pairing policy allows these two devices", SESSION_REFUSE_POLICY},
     {"source_denied", QK_FORBIDDEN, "key_source_denied", "the pairing policy does not allow this key source", SESSION_REFUSE_POLICY},
 };
@@ -326,6 +326,11 @@ static qk_kind session_key_refused(qk_svc *s, const qk_principal *who, device_au
         keycache_invalidate(s->keys, a->device_id);
         session_metrics_refused(s->smetrics, SESSION_REFUSE_INACTIVE);
         return qk_fail(e, QK_FORBIDDEN, "device_inactive", "this device is %s", PQgetvalue(r, 0, 5));
+    }
+    if (!strcmp(outcome, "service_expired")) {
+        session_metrics_refused(s->smetrics, SESSION_REFUSE_SERVICE);
+        return qk_fail(e, QK_FORBIDDEN, "service_expired", "this device's service ended at %s",
+                       PQgetvalue(r, 0, 5));
     }
     for (size_t i = 0; i < sizeof(outcomes) / sizeof(outcomes[0]); i++)
         if (!strcmp(outcome, outcomes[i].outcome)) {

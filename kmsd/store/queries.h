@@ -69,9 +69,10 @@
     X(Q_AUDIT_APPEND_MANY,                                                                     \
       "INSERT INTO audit_log (actor, event, device_id, detail)"                                \
       " SELECT $1, $2, u.d, u.j::jsonb FROM unnest($3::text[], $4::text[]) AS u(d, j)")        \
-    X(Q_DEVTYPE_LIST, "SELECT name, key_purposes FROM device_types ORDER BY name")             \
+    X(Q_DEVTYPE_LIST, "SELECT name, key_purposes, service_days FROM device_types ORDER BY name") \
     X(Q_DEVTYPE_TEMPLATE, "SELECT key_purposes FROM device_types WHERE name = $1")             \
-    X(Q_DEVTYPE_INSERT, "INSERT INTO device_types (name, key_purposes) VALUES ($1, $2::text[])") \
+    X(Q_DEVTYPE_INSERT, "INSERT INTO device_types (name, key_purposes, service_days)"          \
+      " VALUES ($1, $2::text[], $3::int)")                                                     \
     X(Q_DEVICE_ATTRS_TAKEN, /* rows ($1) whose (type, mac) or (type, sn) another device has */ \
       "SELECT u.i FROM unnest($1::int[], $2::text[], $3::text[], $4::text[]) AS u(i, type, mac, sn)" \
       " WHERE (u.mac IS NOT NULL AND EXISTS (SELECT 1 FROM devices d WHERE d.type = u.type"    \
@@ -81,13 +82,16 @@
     X(Q_DEVICE_PARENTS,                                                                        \
       "SELECT device_id, type, state FROM devices WHERE device_id = ANY($1::text[])"          \
       " ORDER BY id FOR SHARE")                                                                \
-    X(Q_DEVICE_INSERT_MANY,                                                                    \
-      "INSERT INTO devices (device_id, type, group_label, parent_id, attributes)"              \
-      " SELECT u.device_id, u.type, u.grp, p.id, u.attrs::jsonb"                               \
-      " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"               \
-      "  AS u(device_id, type, grp, parent, attrs)"                                            \
+    X(Q_DEVICE_INSERT_MANY, /* service days: -1 the type's, 0 no end (device_model.h) */     \
+      "INSERT INTO devices (device_id, type, group_label, parent_id, attributes, service_until)" \
+      " SELECT u.device_id, u.type, u.grp, p.id, u.attrs::jsonb,"                              \
+      " now() + make_interval(days => CASE u.svc WHEN -1 THEN t.service_days"                  \
+      "                                          WHEN 0 THEN NULL ELSE u.svc END)"              \
+      " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[])"    \
+      "  AS u(device_id, type, grp, parent, attrs, svc)"                                       \
       " LEFT JOIN devices p ON p.device_id = u.parent"                                         \
-      " ON CONFLICT (device_id) DO NOTHING RETURNING device_id")                               \
+      " LEFT JOIN device_types t ON t.name = u.type"                                           \
+      " ON CONFLICT (device_id) DO NOTHING RETURNING device_id, qkms_rfc3339(service_until)")  \
     X(Q_DEVKEY_INSERT_MANY,                                                                    \
       "INSERT INTO device_keys (device_pk, key_index, algorithm, wrapped, master_version,"     \
       " provenance, not_before, not_after, purpose)"                                           \
@@ -98,7 +102,7 @@
       " JOIN devices d ON d.device_id = u.device_id JOIN device_types t ON t.name = d.type")    \
     X(Q_DEVICE_GET,                                                                            \
       "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
-      " d.updated_at, d.revoked_at, d.sae_id, d.attributes::text"                              \
+      " d.updated_at, d.revoked_at, d.sae_id, d.attributes::text, d.service_until"             \
       " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
       " WHERE d.device_id = $1")                                                               \
     X(Q_DEVICE_LOCK, "SELECT id, state, type, group_label, suspended_with_parent FROM devices"  \
@@ -161,7 +165,8 @@
       " (SELECT count(*) FROM device_keys k WHERE k.device_pk = d.id AND k.state = 'active'"   \
       "   AND k.not_after > now()),"                                                           \
       " (SELECT min(k.not_after) FROM device_keys k WHERE k.device_pk = d.id"                  \
-      "   AND k.state = 'active' AND k.not_after > now()), d.sae_id, d.attributes::text"       \
+      "   AND k.state = 'active' AND k.not_after > now()), d.sae_id, d.attributes::text,"      \
+      " d.service_until"                                                                       \
       " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
       " WHERE ($1::text IS NULL OR d.type = $1) AND ($2::text IS NULL OR d.group_label = $2)"  \
       " AND ($3::text IS NULL OR d.state = $3)"                                                \
@@ -185,6 +190,26 @@
       "  GROUP BY d.id, d.device_id LIMIT 1000)"                                               \
       " UPDATE devices d SET expiry_warned_at = now() FROM due WHERE d.id = due.id"            \
       " RETURNING due.device_id, due.first")                                                   \
+    X(Q_SERVICE_SET, /* $1 pk, $2 extend|until|none, $3 days, $4 until: from, to */          \
+      "UPDATE devices d SET service_until = CASE $2"                                           \
+      "   WHEN 'extend' THEN greatest(now(), coalesce(o.service_until, now()))"                 \
+      "                      + make_interval(days => $3::int)"                                 \
+      "   WHEN 'until' THEN $4::timestamptz END,"                                              \
+      " service_warned_at = NULL, updated_at = now() FROM devices o"                           \
+      " WHERE d.id = $1::bigint AND o.id = d.id"                                               \
+      " RETURNING qkms_rfc3339(o.service_until), qkms_rfc3339(d.service_until)")               \
+    X(Q_SERVICE_WARN, /* ends within $1 days, each device at most once a day */               \
+      "WITH due AS (SELECT id FROM devices WHERE state <> 'revoked'"                          \
+      "  AND service_until > now() AND service_until <= now() + make_interval(days => $1::int)" \
+      "  AND (service_warned_at IS NULL OR service_warned_at < now() - interval '1 day')"      \
+      "  LIMIT 1000)"                                                                          \
+      " UPDATE devices d SET service_warned_at = now() FROM due WHERE d.id = due.id"           \
+      " RETURNING d.device_id, qkms_rfc3339(d.service_until)")                                 \
+    X(Q_SERVICE_COUNTS, /* ending within $1 days; ended */                                   \
+      "SELECT count(*) FILTER (WHERE service_until > now()),"                                  \
+      " count(*) FILTER (WHERE service_until <= now()) FROM devices"                           \
+      " WHERE state <> 'revoked' AND service_until IS NOT NULL"                                \
+      " AND service_until <= now() + make_interval(days => $1::int)")                          \
     X(Q_KEYS_EXPIRING_COUNT,                                                                   \
       "SELECT count(*) FROM device_keys WHERE state = 'active' AND not_after > now()"          \
       " AND not_after <= now() + make_interval(days => $1::int)")                              \
@@ -210,7 +235,8 @@
       " $17::text[])")                                                                         \
     X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
       " $6::int, $4::bytea, $7::bytea, $8::bytea)")                                            \
-    X(Q_QKD_SAE, "SELECT id, sae_id, state FROM devices WHERE device_id = $1")               \
+    X(Q_QKD_SAE, "SELECT id, sae_id, state, service_until <= now(), qkms_rfc3339(service_until)" \
+      " FROM devices WHERE device_id = $1")                                                    \
     X(Q_QKD_SET_SAE, /* $1 device, $2 SAE ID or NULL: the old one */                          \
       "UPDATE devices d SET sae_id = $2, updated_at = now() FROM devices o"                     \
       " WHERE d.device_id = $1 AND o.id = d.id RETURNING o.sae_id, d.state, d.id")              \

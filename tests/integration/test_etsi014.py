@@ -303,6 +303,30 @@ def test_no_policy_or_no_sae_is_401(mt):
     assert check_error(r, 401) == "not_an_sae"
 
 
+def test_an_sae_out_of_service_is_refused(mt):
+    """docs/gateways.md, "Service validity": the caller 401 service_expired
+    (the standard has no 403), a slave 400 slave_inactive; renewed, served."""
+    a, b = Sae(mt), Sae(mt)
+    ka = keys_of(a.call("POST", b.sae_id, "enc_keys", {}))
+
+    def service(sae, **body):
+        r = mt.st.admin("POST", f"/v1/admin/devices/{sae.device_id}/service", json=body)
+        assert r.status_code == 200, r.text
+
+    service(b, until="2020-01-01T00:00:00Z")
+    r = b.call("POST", a.sae_id, "dec_keys", {"key_IDs": [{"key_ID": k} for k in ka]})
+    assert check_error(r, 401) == "service_expired"
+    assert check_error(b.call("GET", a.sae_id, "status"), 401) == "service_expired"
+    assert check_error(a.call("POST", b.sae_id, "enc_keys", {}), 400) == "slave_inactive"
+    service(b, days=1)
+    r = b.call("POST", a.sae_id, "dec_keys", {"key_IDs": [{"key_ID": k} for k in ka]})
+    assert keys_of(r) == ka
+    service(a, until="2020-01-01T00:00:00Z")
+    assert check_error(a.call("POST", b.sae_id, "enc_keys", {}), 401) == "service_expired"
+    service(a, until=None)
+    assert keys_of(a.call("POST", b.sae_id, "enc_keys", {}))
+
+
 def test_keys_no_slave_fetches_expire(mt):
     grp_policy = "short-" + uuid.uuid4().hex[:6]
     r = mt.st.admin("POST", "/v1/admin/policies", json={

@@ -3,18 +3,21 @@ end to end against real kmsd, PostgreSQL and SoftHSM: key purposes from a
 device type's template, a local key refused on the device doors (and
 audited), the family's local key in a sub-device's fill, and rotation by
 purpose."""
+import datetime
+import re
+import time
 import uuid
 
 import pytest
 
-from conftest import _finish, running_stack
-from helpers import ask_key, error_code, get_key, make_device, post, uid
+from conftest import _finish, running_stack, wait_for
+from helpers import ask_key, error_code, get_key, make_device, near, post, ts, uid, utcnow
 from qkms_proto_py import Device
 
 
 @pytest.fixture(scope="module")
 def st():
-    s = running_stack("gw")
+    s = running_stack("gw", {"QKMS_MAINTENANCE_INTERVAL": "1"})
     try:
         r = s.admin("POST", "/v1/admin/policies", json={
             "name": "gw-veh", "type_a": "gateway", "type_b": "vehicle"})
@@ -56,7 +59,7 @@ def test_types_carry_key_templates(st):
     r = st.admin("POST", "/v1/admin/device-types", json={"name": name,
                                                           "key_purposes": ["local", "access"]})
     assert r.status_code == 201, r.text
-    assert r.json() == {"name": name, "key_purposes": ["local", "access"]}
+    assert r.json() == {"name": name, "key_purposes": ["local", "access"], "service_days": None}
     for bad in (["wan"], "access", [1], ["access"] * 17):
         r = st.admin("POST", "/v1/admin/device-types", json={"name": name + "x", "key_purposes": bad})
         assert r.status_code == 422 and error_code(r) == "invalid_key_purposes", (bad, r.text)
@@ -437,3 +440,156 @@ def test_attributes(st):
                                                   "sn": json.loads(r.stdout)["attributes"]["sn"]}
     r = st.kmsctl("--json", "device", "list", "--attr", "room=attic", "--type", "gateway")
     assert [d["device_id"] for d in json.loads(r.stdout)["devices"]] == [did]
+
+
+# ---- service validity ---------------------------------------------------------
+
+def record(st, did):
+    r = st.admin("GET", f"/v1/admin/devices/{did}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def service(st, did, **body):
+    return st.admin("POST", f"/v1/admin/devices/{did}/service", json=body)
+
+
+def rfc3339(t):
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def gauge(st, name):
+    m = re.search(rf"^{name} (-?\d+)$", st.admin("GET", "/metrics").text, re.M)
+    assert m, name
+    return int(m.group(1))
+
+
+def test_service_validity_from_the_type_and_its_renewal(st):
+    types = st.admin("GET", "/v1/admin/device-types").json()
+    assert types["service_days"]["gateway"] == 730 and types["service_days"]["vehicle"] is None
+    gid = gateway(st)
+    assert near(ts(record(st, gid)["service_until"]), utcnow() + datetime.timedelta(days=730))
+    assert record(st, make_device(st, "vehicle").device_id)["service_until"] is None
+    # The registration's own length, or none.
+    gid2 = gateway(st, service_days=30)
+    assert near(ts(record(st, gid2)["service_until"]), utcnow() + datetime.timedelta(days=30))
+    assert record(st, gateway(st, service_days=None))["service_until"] is None
+    for bad in (0, 36501, "30", 1.5):
+        r = st.admin("POST", "/v1/admin/devices", json={"device_id": uid("GW"), "type": "gateway",
+                                                        "service_days": bad})
+        assert r.status_code == 422 and error_code(r) == "invalid_service", (bad, r.text)
+    # A type with a default.
+    name = "meter-" + uuid.uuid4().hex[:6]
+    r = st.admin("POST", "/v1/admin/device-types", json={"name": name, "service_days": 2})
+    assert r.status_code == 201 and r.json()["service_days"] == 2, r.text
+    did = uid("MTR")
+    assert st.admin("POST", "/v1/admin/devices",
+                    json={"device_id": did, "type": name}).status_code == 201
+    assert near(ts(record(st, did)["service_until"]), utcnow() + datetime.timedelta(days=2))
+    r = st.admin("POST", "/v1/admin/device-types", json={"name": name + "x", "service_days": 0})
+    assert r.status_code == 422 and error_code(r) == "invalid_service"
+
+    # Renewal: days past the later of now and the current end.
+    end = ts(record(st, gid2)["service_until"])
+    r = service(st, gid2, days=10)
+    assert r.status_code == 200, r.text
+    assert abs((ts(r.json()["service_until"]) - end).total_seconds() - 10 * 86400) < 2
+    until = utcnow() + datetime.timedelta(days=3)
+    r = service(st, gid2, until=rfc3339(until))
+    assert r.status_code == 200 and r.json()["service_until"] == rfc3339(until), r.text
+    r = service(st, gid2, until=None)
+    assert r.status_code == 200 and r.json()["service_until"] is None
+    # From an end in the past, days count from now.
+    service(st, gid2, until="2020-01-01T00:00:00Z")
+    r = service(st, gid2, days=1)
+    assert near(ts(r.json()["service_until"]), utcnow() + datetime.timedelta(days=1))
+    rows = st.psql("SELECT detail->>'from', detail->>'to' FROM audit_log"
+                   f" WHERE event = 'device.service_set' AND device_id = '{gid2}' ORDER BY id")
+    assert len(rows.strip().splitlines()) == 5
+    assert rows.splitlines()[1].split("|")[1] == rfc3339(until)
+
+    before = record(st, gid2)["service_until"]
+    for body in ({}, {"days": 1, "until": None}, {"days": 0}, {"days": "1"},
+                 {"until": "tomorrow"}, {"until": "2026-02-30T00:00:00Z"}, {"until": 5},
+                 {"until": "2026-01-01"}):
+        r = service(st, gid2, **body)
+        assert r.status_code == 422 and error_code(r) == "invalid_service", (body, r.text)
+    r = service(st, gid2, days=1, color="red")
+    assert r.status_code == 422 and error_code(r) == "invalid_request"
+    assert record(st, gid2)["service_until"] == before
+    assert service(st, uid("NOPE"), days=1).status_code == 404
+    st.admin("POST", f"/v1/admin/devices/{gid}/revoke")
+    r = service(st, gid, days=1)
+    assert r.status_code == 409 and error_code(r) == "invalid_state", r.text
+
+
+def test_past_its_service_a_device_gets_no_key(st):
+    gid = gateway(st, keys=2)
+    gw = Device.from_fill(fill(st, gid))
+    veh = make_device(st, "vehicle")
+    sid = uid()
+    # A short validity: served before its end, refused after.
+    until = utcnow() + datetime.timedelta(seconds=3)
+    assert service(st, gid, until=rfc3339(until)).status_code == 200
+    k = get_key(st, gw, sid, veh, index=0)
+    wait_for(lambda: utcnow() > until + datetime.timedelta(seconds=1), timeout=10)
+    req, r = ask_key(st, gw, sid, veh, index=0)
+    assert r.status_code == 403 and error_code(r) == "service_expired", r.text
+    assert rfc3339(until) in r.json()["error"]["message"]
+    # The nonce was recorded: the same request again is a replay.
+    r = post(st, req)
+    assert r.status_code == 401, r.text
+    # Its peer still gets the key of the session it opened before ...
+    assert get_key(st, veh, sid, gw).key == k.key
+    # ... but cannot open a new one with it.
+    req, r = ask_key(st, veh, uid(), gw)
+    assert r.status_code == 422 and error_code(r) == "peer_inactive", r.text
+    # Ending a session only destroys a key: allowed, as for a suspended device.
+    r = post(st, gw.end_request(sid, index=0))
+    assert r.status_code == 200, r.text
+    assert "service_expired" in st.admin("GET", "/metrics").text
+    # Renewed, it is served again.
+    assert service(st, gid, days=365).status_code == 200
+    get_key(st, gw, uid(), veh, index=0)
+
+
+def test_service_ending_soon_is_warned_about(st):
+    gid = gateway(st)
+    assert service(st, gid, until=rfc3339(utcnow() + datetime.timedelta(days=3))).status_code == 200
+    wait_for(lambda: f'"device_id":"{gid}"' in "".join(
+        l for l in st.logs().splitlines() if "device service ending soon" in l))
+    wait_for(lambda: gauge(st, "qkms_devices_service_ending") >= 1)
+    ended = gauge(st, "qkms_devices_service_ended")
+    assert service(st, gid, until="2020-01-01T00:00:00Z").status_code == 200
+    wait_for(lambda: gauge(st, "qkms_devices_service_ended") == ended + 1)
+    # Once a day per device: one warning line for this end.
+    assert service(st, gid, until=rfc3339(utcnow() + datetime.timedelta(days=2))).status_code == 200
+    time.sleep(3)
+    lines = [l for l in st.logs().splitlines()
+             if "device service ending soon" in l and f'"device_id":"{gid}"' in l]
+    assert len(lines) == 2, lines
+
+
+def test_kmsctl_service(st):
+    gid = gateway(st)
+    r = st.kmsctl("--json", "device", "service", gid, "--days", "5")
+    assert r.returncode == 0, r.stderr
+    import json
+    assert json.loads(r.stdout)["service_until"]
+    r = st.kmsctl("device", "service", gid, "--no-end")
+    assert r.returncode == 0, r.stderr
+    assert record(st, gid)["service_until"] is None
+    r = st.kmsctl("device", "service", gid, "--until", "2030-01-01T00:00:00Z")
+    assert r.returncode == 0 and "2030-01-01T00:00:00Z" in r.stdout, r.stdout
+    r = st.kmsctl("device", "service", gid)
+    assert r.returncode == 2
+    r = st.kmsctl("device", "service", gid, "--days", "5", "--no-end")
+    assert r.returncode == 2
+    did = uid("GW")
+    r = st.kmsctl("device", "register", did, "--type", "gateway", "--no-service-end")
+    assert r.returncode == 0, r.stderr
+    assert record(st, did)["service_until"] is None
+    name = "mt-" + uuid.uuid4().hex[:6]
+    r = st.kmsctl("device-type", "add", name, "--service-days", "9")
+    assert r.returncode == 0, r.stderr
+    assert st.admin("GET", "/v1/admin/device-types").json()["service_days"][name] == 9

@@ -497,9 +497,9 @@ static void device_types(void **state)
     assert_int_equal(device_types_has(&fx.svc, name, &known, &e), QK_OK);
     assert_false(known);
     const char *tpl[2] = {"local", "access"}, *bad[1] = {"wan"};
-    assert_int_equal(device_types_add(&fx.svc, &admin, name, bad, 1, &e), QK_INVALID);
+    assert_int_equal(device_types_add(&fx.svc, &admin, name, bad, 1, 0, &e), QK_INVALID);
     assert_string_equal(e.code, "invalid_key_purposes");
-    assert_int_equal(device_types_add(&fx.svc, &admin, name, tpl, 2, &e), QK_OK);
+    assert_int_equal(device_types_add(&fx.svc, &admin, name, tpl, 2, 0, &e), QK_OK);
     assert_int_equal(device_types_has(&fx.svc, name, &known, &e), QK_OK);
     assert_true(known);
     assert_int_equal(device_types_list(&fx.svc, &out, &e), QK_OK);
@@ -513,9 +513,9 @@ static void device_types(void **state)
     assert_string_equal(json_string_value(json_array_get(v, 0)), "access");
     assert_string_equal(json_string_value(json_array_get(v, 1)), "local");
     json_decref(out);
-    assert_int_equal(device_types_add(&fx.svc, &admin, name, NULL, 0, &e), QK_CONFLICT);
+    assert_int_equal(device_types_add(&fx.svc, &admin, name, NULL, 0, 0, &e), QK_CONFLICT);
     assert_string_equal(e.code, "conflict");
-    assert_int_equal(device_types_add(&fx.svc, &admin, "vehicle", NULL, 0, &e), QK_CONFLICT);
+    assert_int_equal(device_types_add(&fx.svc, &admin, "vehicle", NULL, 0, 0, &e), QK_CONFLICT);
 }
 
 int main(void)

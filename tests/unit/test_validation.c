@@ -15,6 +15,7 @@
 #include "api/server.h"
 #include "keywrap.h"
 #include "p11.h"
+#include "timetext.h"
 #include "utf8.h"
 
 static void dummy(http_request *rq, http_response *rs) { (void)rq; (void)rs; }
@@ -281,6 +282,28 @@ static void utf8_repair(void **state)
     assert_int_equal(utf8_sanitize("x", 1, out, 0, NULL), 0);
 }
 
+/* The operator's times (audit since, a device's end of service). */
+static void time_texts(void **state)
+{
+    (void)state;
+    assert_true(timetext_valid("2027-01-31T00:00:00Z", false));
+    assert_true(timetext_valid("2027-01-31t23:59:60.123456789z", false));
+    assert_true(timetext_valid("2027-01-31T08:00:00+08:00", false));
+    assert_true(timetext_valid("2027-01-31T08:00:00-05:30", true));
+    assert_true(timetext_valid("2027-01-31", true));
+    assert_false(timetext_valid("2027-01-31", false));
+    assert_false(timetext_valid(NULL, true));
+    assert_false(timetext_valid("", true));
+    assert_false(timetext_valid("2027-01-31T00:00:00", false));     /* no zone */
+    assert_false(timetext_valid("2027-01-31 00:00:00Z", false));    /* space */
+    assert_false(timetext_valid("2027-01-31T00:00:00.Z", false));   /* empty fraction */
+    assert_false(timetext_valid("2027-01-31T00:00:00.1234567890Z", false));
+    assert_false(timetext_valid("2027-01-31T00:00:00+0800", false));
+    assert_false(timetext_valid("2027-01-31T00:00:00Zjunk", false));
+    assert_false(timetext_valid("tomorrow", true));
+    assert_false(timetext_valid("27-01-31", true));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -292,6 +315,7 @@ int main(void)
         cmocka_unit_test(ckr_mapping),      cmocka_unit_test(wrap_blob_header),
         cmocka_unit_test(stuck_entropy_block), cmocka_unit_test(client_keys),
         cmocka_unit_test(utf8_repair), cmocka_unit_test(token_paths_redacted),
+        cmocka_unit_test(time_texts),
     };
     return cmocka_run_group_tests_name("validation", tests, NULL, NULL);
 }
