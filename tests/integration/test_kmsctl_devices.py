@@ -23,7 +23,7 @@ from helpers import (AUTH, NOWHERE, OK, REFUSED, USAGE, human, kv_block, near, o
                      table, ts, uid, usage, utcnow)
 
 RECORD_FIELDS = ("device_id", "type", "group", "parent", "state", "created_at", "updated_at",
-                 "revoked_at", "sae_id", "attributes")
+                 "revoked_at", "sae_id", "attributes", "service_until")
 KEY_HEADER = ["INDEX", "ALG", "STATE", "EXPIRED", "NOT-AFTER", "RETIRE-AT", "EXPORTED"]
 LIST_HEADER = ["DEVICE", "TYPE", "GROUP", "STATE", "ACTIVE-KEYS", "NEXT-EXPIRY"]
 BUILTIN_TYPES = {"vehicle", "encryptor", "meter", "gateway", "subdevice", "generic"}
@@ -145,10 +145,11 @@ def test_register_all_options_human(stack):
     ok(stack, "device", "register", gw, "--type", "gateway", "--group", grp, "--keys", "2")
     before = utcnow()
     p = ok(stack, "device", "register", did, "--type", "subdevice", "--group", grp, "--parent", gw,
-           "--keys", "3", "--key-bits", "256", "--validity", "30")
+           "--keys", "3", "--key-bits", "256", "--validity", "30", "--service-days", "400")
     assert p.stderr == ""
     rec, keys = human_record(p.stdout)
     assert list(rec) == list(RECORD_FIELDS), rec
+    assert near(ts(rec["service_until"]), before + datetime.timedelta(days=400))
     assert rec["device_id"] == did and rec["type"] == "subdevice" and rec["group"] == grp
     assert rec["parent"] == gw and rec["state"] == "active" and rec["revoked_at"] == "-"
     assert near(ts(rec["created_at"]), before)
@@ -1064,7 +1065,7 @@ def test_device_type_list_add(stack):
     assert d["type"] == name
     refused(stack, "conflict", "device-type", "add", name, status=409)
     name2 = "rsu" + uuid.uuid4().hex[:8]
-    assert ok_json(stack, "device-type", "add", name2) == {"name": name2, "key_purposes": []}
+    assert ok_json(stack, "device-type", "add", name2) == {"name": name2, "key_purposes": [], "service_days": None}
     types = ok_json(stack, "device-type", "list")["types"]
     assert name in types and name2 in types
     assert stack.psql(f"SELECT count(*) FROM audit_log WHERE event = 'device_type.added' "
