@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <jansson.h>
 
 #include "client.h"
@@ -470,6 +471,66 @@ cleanup:
     return rc;
 }
 
+/* `device credential ID --tid TID [--password-stdin]`: without
+ * --password-stdin a password is made here (24 characters from the OS
+ * RNG) and printed once. */
+static int device_credential(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    static const char alphabet[] = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    const char *tid = opt_get(&inv->local, "tid");
+    bool from_stdin = opt_get(&inv->local, "password-stdin") != NULL;
+    char pw[258];
+    size_t n = 0;
+    json_t *req = NULL, *resp = NULL;
+    int rc = EXIT_USAGE;
+
+    if (!tid) {
+        out_error("--tid is required (the gateway's account name)");
+        goto cleanup;
+    }
+    if (from_stdin) {
+        if (!fgets(pw, sizeof(pw), stdin)) {
+            out_error("no password on stdin");
+            goto cleanup;
+        }
+        n = strcspn(pw, "\r\n");
+        pw[n] = 0;
+        if (n < 8 || n > 256) {
+            out_error("the password must be 8 to 256 bytes");
+            goto cleanup;
+        }
+    } else {
+        uint8_t r[24];
+        if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) {
+            out_error("the OS RNG failed");
+            rc = EXIT_INTERNAL;
+            goto cleanup;
+        }
+        for (n = 0; n < sizeof(r); n++) /* 57 symbols: a small bias, 140 bits */
+            pw[n] = alphabet[r[n] % (sizeof(alphabet) - 1)];
+        pw[n] = 0;
+        explicit_bzero(r, sizeof(r));
+    }
+    if (!(req = json_pack("{s:s,s:s}", "tid", tid, "password", pw))) {
+        out_error("--tid and the password must be UTF-8");
+        goto cleanup;
+    }
+    rc = resource_call(ctx, &device_resource, "POST", inv->pos[0], "credential", req, &resp);
+    if (rc == EXIT_OK) {
+        if (!from_stdin)
+            json_object_set_new(resp, "password", json_string(pw));
+        rc = ctx->json ? out_json(resp) : out_kv(resp);
+    }
+
+cleanup:
+    explicit_bzero(pw, sizeof(pw));
+    if (req) /* jansson's copy */
+        json_object_del(req, "password");
+    json_decref(req);
+    json_decref(resp);
+    return rc;
+}
+
 /* `device service ID (--days N | --until TIME | --no-end)` */
 static int device_service(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
@@ -556,6 +617,12 @@ static const struct opt_spec register_opts[] = {
     {"attr", 0, "NAME=VALUE", "an attribute (mac, sn, uuid, ip, port, joined or your own); repeat for more"},
     {"service-days", 0, "DAYS", "service validity in days, 1..36500 (server default: the type's)"},
     {"no-service-end", 0, NULL, "no end of service, whatever the type's default"},
+    {0},
+};
+
+static const struct opt_spec credential_opts[] = {
+    {"tid", 0, "TID", "the gateway's account name, 1-64 printable ASCII (required)"},
+    {"password-stdin", 0, NULL, "read the password (8-256 bytes) from the first line of stdin; without it one is made and printed once"},
     {0},
 };
 
@@ -665,6 +732,22 @@ static const struct action device_actions[] = {
         .min_args = 1,
         .max_args = 2,
         .run = device_sae,
+    },
+    {
+        .sub = "credential",
+        .usage = "ID --tid TID [--password-stdin]",
+        .summary = "Set a gateway's login account (tid and password)",
+        .description = "The gateway logs in with them, sealed under its access key\n"
+                       "(docs/gateways.md, \"Login\"). The platform keeps only an scrypt hash.\n"
+                       "Setting it unlocks the account and ends the gateway's current login.\n"
+                       "Without --password-stdin a 24-character password is made and printed\n"
+                       "once (\"password\"): give it to the gateway, it is not kept.\n"
+                       "\n"
+                       "Request: POST /v1/admin/devices/ID/credential\n",
+        .opts = credential_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_credential,
     },
     {
         .sub = "service",

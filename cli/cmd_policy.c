@@ -90,9 +90,11 @@ fail:
     return EXIT_INTERNAL;
 }
 
+/* '@platform': the platform itself as the peer (protocol v2 channels, a
+ * gateway's login: docs/gateways.md). */
 static bool type_or_any_ok(const char *s)
 {
-    return strcmp(s, "*") == 0 || device_type_ok(s);
+    return strcmp(s, "*") == 0 || strcmp(s, "@platform") == 0 || device_type_ok(s);
 }
 
 /* ---- list ------------------------------------------------------------------ */
@@ -202,7 +204,7 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
                   "(e.g. vehicle:encryptor)");
         goto cleanup;
     }
-    if ((rc = split_pair("--types", types, type_or_any_ok, "a device type or '*'", &ta, &tb)))
+    if ((rc = split_pair("--types", types, type_or_any_ok, "a device type, '*' or '@platform'", &ta, &tb)))
         goto cleanup;
     if (groups && (rc = split_pair("--groups", groups, device_group_ok,
                                    "a group (1-64 of A-Z a-z 0-9 . _ -, starting with a letter "
@@ -313,7 +315,7 @@ static int policy_remove(const struct kmsctl_ctx *ctx, const struct invocation *
 /* ---- the table ------------------------------------------------------------- */
 
 static const struct opt_spec add_opts[] = {
-    {"types", 0, "A:B", "device types that may pair, '*' for any (required)"},
+    {"types", 0, "A:B", "device types that may pair, '*' for any, '@platform' for the platform itself (required)"},
     {"groups", 0, "GA:GB", "groups of the A and the B device (default: both in one group)"},
     {"key-bits", 0, "BITS", "session key length, 128 or 256 (default 128)"},
     {"idle-timeout", 0, "SECONDS", "end sessions idle this long, 1..86400 (default 300)"},

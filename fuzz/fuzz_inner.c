@@ -3,7 +3,8 @@
  * (docs/protocol.md): the bytes the AEAD opened, parsed by
  * kmsd/api/device_v1.c exactly as authenticate() and inner_fields() do for the
  * `key` operation (session_id, peer_id, ts, delivery) and the `end`
- * operation (session_id, ts). The AEAD is skipped: the fuzzer stands in for
+ * operation (session_id, ts), and as login_fields() does for a gateway's
+ * `login` (tid, password, ts) and `logout` (ts). The AEAD is skipped: the fuzzer stands in for
  * a device that holds its own key, which is the case the inner parse must
  * survive.
  *
@@ -76,11 +77,41 @@ out:
     authed_clear(&a);
 }
 
+/* The gateway login's inner request (docs/gateways.md, "Login"). */
+static void one_login(const uint8_t *data, size_t size, bool login)
+{
+    http_request rq;
+    http_response rs;
+    authed a;
+    json_error_t je;
+    login_ask ask = {0};
+
+    memset(&rq, 0, sizeof(rq));
+    memset(&rs, 0, sizeof(rs));
+    memset(&a, 0, sizeof(a));
+    rq.kms = &fk;
+    a.inner = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, &je);
+    if (!json_is_object(a.inner))
+        goto out;
+    if (login_fields(&rq, &rs, &a, login, &ask) == 0) {
+        FUZZ_CHECK(rs.body == NULL);
+        FUZZ_CHECK(!login || (gateway_tid_valid(ask.tid) && ask.password &&
+                              ask.password_len >= 1 && ask.password_len <= 256));
+    } else {
+        FUZZ_CHECK(rs.status == 422 && rs.body != NULL);
+    }
+out:
+    free(rs.body);
+    authed_clear(&a);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size > QKP_MAX_PLAINTEXT)
         return 0;
     one(data, size, true);
     one(data, size, false);
+    one_login(data, size, true);
+    one_login(data, size, false);
     return 0;
 }

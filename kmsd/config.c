@@ -223,6 +223,15 @@ const config_option config_options[] = {
     {"service_warn_days", OPT_INT, OFF(service_warn_days), "15", 1, 365, NULL, false, false,
      "Devices whose service ends within this many days are warned about (log once a day per"
      " device, metric qkms_devices_service_ending)."},
+    {"gateway_login_max_failures", OPT_INT, OFF(gateway_login_max_failures), "5", 1, 100, NULL,
+     false, false,
+     "Wrong gateway passwords in a row that lock the gateway's account (docs/gateways.md)."},
+    {"gateway_login_lockout", OPT_INT, OFF(gateway_login_lockout), "900", 1, 86400, NULL, false,
+     false, "Seconds a gateway's account stays locked after gateway_login_max_failures."},
+    {"gateway_password_scrypt_log2n", OPT_INT, OFF(gateway_password_scrypt_log2n), "17", 10, 20,
+     NULL, false, false,
+     "scrypt cost of new gateway passwords: N = 2^this (r 8, p 1; 17 uses 128 MiB and about"
+     " 0.3 s per check). Stored with each hash: a change applies to passwords set after it."},
     {"device_key_grace_days", OPT_INT, OFF(device_key_grace_days), "30", 0, 365, NULL, false, false,
      "After `device rotate`, older keys stay usable this many days, then retire."},
     {"maintenance_interval", OPT_INT, OFF(maintenance_interval), "30", 1, 3600, NULL, false, false,

@@ -102,6 +102,9 @@ typedef struct kms_config {
     int device_key_validity_days;
     int device_key_warn_days;
     int service_warn_days;
+    int gateway_login_max_failures;
+    int gateway_login_lockout;
+    int gateway_password_scrypt_log2n;
     int device_key_grace_days;
     int maintenance_interval;
     /* sessions */

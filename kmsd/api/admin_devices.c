@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "api/principal.h"
 #include "api/routes.h"
 #include "api/transport.h"
@@ -17,6 +19,7 @@
 #include "service/device_fill.h"
 #include "service/device_keys.h"
 #include "service/device_service.h"
+#include "service/gateway_login.h"
 #include "service/devices.h"
 #include "timetext.h"
 
@@ -397,6 +400,34 @@ void h_device_service(http_request *rq, http_response *rs)
     } else {
         answer_device(rq, rs, id, 200);
     }
+    json_decref(in);
+}
+
+/* POST /v1/admin/devices/{id}/credential {"tid", "password"}: the
+ * gateway's login account (docs/gateways.md, "Login"); the answer names
+ * the device and the tid, never the password. */
+void h_device_credential(http_request *rq, http_response *rs)
+{
+    static const char *const known[] = {"tid", "password", NULL};
+    const char *id = path_device(rq, rs), *tid;
+    qk_principal who = admin_principal(rq);
+    json_t *in, *pw;
+    qk_err e;
+    if (!id || !(in = action_body(rq, rs, false, known)))
+        return;
+    tid = json_string_value(json_object_get(in, "tid"));
+    pw = json_object_get(in, "password");
+    if (!json_is_string(pw)) {
+        http_error(rs, 422, "invalid_credential", "password must be a string");
+    } else if (gateway_credential_set(&rq->kms->svc, &who, id, tid,
+                                      (const uint8_t *)json_string_value(pw),
+                                      json_string_length(pw), &e) != QK_OK) {
+        http_fail(rs, &e);
+    } else {
+        http_json(rs, 200, json_pack("{s:s,s:s}", "device_id", id, "tid", tid));
+    }
+    if (json_is_string(pw)) /* jansson's copy; its parse buffers are freed unwiped */
+        OPENSSL_cleanse((void *)json_string_value(pw), json_string_length(pw));
     json_decref(in);
 }
 

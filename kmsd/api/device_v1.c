@@ -5,6 +5,9 @@
  * answer sealed under the device key, and the one mapping of the service's
  * qk_err to HTTP (http_fail). Authentication (device_auth_open) and the
  * sessions themselves (sessions_issue, sessions_end) are the service's.
+ * A gateway's login and logout (POST /v1/gateway/login|logout,
+ * docs/gateways.md) are the same envelope with their own ops and inner
+ * requests, onto gateway_login.h.
  *
  * parse_envelope and inner_fields are static and reached by the fuzz
  * targets, which compile this file in (fuzz/fuzz_sessions.h).
@@ -21,6 +24,7 @@
 #include "qkms_proto.h"
 #include "service/certs.h"
 #include "service/device_auth.h"
+#include "service/gateway_login.h"
 #include "service/session_metrics.h"
 #include "service/sessions.h"
 
@@ -228,7 +232,7 @@ static void answer_failure(http_request *rq, http_response *rs, const envelope *
 /* Seal the session key under the device key, bound to the request (the
  * response AAD names the request's nonce). 0, or -1 with rs the 500. */
 static int deliver(http_response *rs, const envelope *env, const authed *a, const char *sid,
-                   const session_grant *g)
+                   const session_grant *g, bool login)
 {
     uint8_t nonce[QKP_NONCE_LEN], ct[32 + QKP_TAG_LEN];
     char aad[QKP_MAX_AAD], nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)],
@@ -244,11 +248,17 @@ static int deliver(http_response *rs, const envelope *env, const authed *a, cons
     }
     qkp_b64url_encode(nonce, sizeof(nonce), nonce_b64);
     qkp_b64url_encode(ct, g->key_len + QKP_TAG_LEN, ct_b64);
-    http_json(rs, 200,
-              json_pack("{s:i,s:s,s:s,s:i,s:I,s:s,s:s,s:s}", "v", QKP_VERSION, "session_id", sid,
-                        "key_id", g->key_id, "key_bits", g->key_bits, "expires_at",
-                        (json_int_t)g->expires_at, "delivery", g->delivery, "nonce", nonce_b64,
-                        "ct", ct_b64));
+    if (login) /* a gateway login: its ID is the platform's choice, its delivery "session" */
+        http_json(rs, 200,
+                  json_pack("{s:i,s:s,s:s,s:i,s:I,s:s,s:s}", "v", QKP_VERSION, "login_id", sid,
+                            "key_id", g->key_id, "key_bits", g->key_bits, "expires_at",
+                            (json_int_t)g->expires_at, "nonce", nonce_b64, "ct", ct_b64));
+    else
+        http_json(rs, 200,
+                  json_pack("{s:i,s:s,s:s,s:i,s:I,s:s,s:s,s:s}", "v", QKP_VERSION, "session_id",
+                            sid, "key_id", g->key_id, "key_bits", g->key_bits, "expires_at",
+                            (json_int_t)g->expires_at, "delivery", g->delivery, "nonce",
+                            nonce_b64, "ct", ct_b64));
     return 0;
 }
 
@@ -288,7 +298,7 @@ void h_session_key(http_request *rq, http_response *rs)
         answer_failure(rq, rs, &env, &a, &e);
         goto out;
     }
-    if (deliver(rs, &env, &a, ask.session_id, &g) == 0)
+    if (deliver(rs, &env, &a, ask.session_id, &g, false) == 0)
         sessions_delivered(s, &who, &g);
     session_metrics_stage(s->smetrics, SESSION_STAGE_DELIVER, &t0);
 out:
@@ -320,6 +330,104 @@ void h_session_end(http_request *rq, http_response *rs)
         goto out;
     }
     http_json(rs, 200, json_pack("{s:i,s:s,s:b}", "v", QKP_VERSION, "session_id", sid, "ended", 1));
+out:
+    authed_clear(&a);
+}
+
+/* ---- the gateway login (docs/gateways.md, "Login") -------------------------- */
+
+/* The login's inner request: {"tid", "password", "ts"}; logout's {"ts"}. */
+static int login_fields(http_request *rq, http_response *rs, authed *a, bool login,
+                        login_ask *ask)
+{
+    json_t *ts = json_object_get(a->inner, "ts"), *v;
+    const char *key;
+    json_object_foreach(a->inner, key, v) {
+        if (strcmp(key, "ts") && !(login && (!strcmp(key, "tid") || !strcmp(key, "password")))) {
+            http_error(rs, 422, "invalid_request", "unknown field '%.32s'", key);
+            refuse(rq, SESSION_REFUSE_INVALID);
+            return -1;
+        }
+    }
+    if (!json_is_integer(ts)) {
+        http_error(rs, 422, "invalid_request", "ts must be an integer");
+        refuse(rq, SESSION_REFUSE_INVALID);
+        return -1;
+    }
+    ask->ts = json_integer_value(ts);
+    if (!login)
+        return 0;
+    ask->tid = json_string_value(json_object_get(a->inner, "tid"));
+    v = json_object_get(a->inner, "password");
+    ask->password = (const uint8_t *)json_string_value(v);
+    ask->password_len = json_is_string(v) ? json_string_length(v) : 0;
+    if (!gateway_tid_valid(ask->tid) || !ask->password || ask->password_len < 1 ||
+        ask->password_len > 256) {
+        http_error(rs, 422, "invalid_request",
+                   "tid must be 1-64 printable ASCII characters, password a string of 1 to 256"
+                   " bytes");
+        refuse(rq, SESSION_REFUSE_INVALID);
+        return -1;
+    }
+    return 0;
+}
+
+void h_gateway_login(http_request *rq, http_response *rs)
+{
+    qk_svc *s = &rq->kms->svc;
+    envelope env;
+    authed a;
+    session_grant g;
+    qk_principal who;
+    qk_err e;
+    login_ask ask = {0};
+    char login_id[37];
+    qk_kind k;
+    uint64_t t0 = session_clock_ns();
+
+    memset(&a, 0, sizeof(a));
+    memset(&g, 0, sizeof(g));
+    if (parse_envelope(rq, rs, &env) != 0 || !bound_to_cert(rq, rs, &env) ||
+        authenticate(rq, rs, "login", &env, &a, &t0) != 0 ||
+        login_fields(rq, rs, &a, true, &ask) != 0 ||
+        !http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+        goto out;
+    who = device_principal(rq, &a.da);
+    k = gateway_login(s, &who, &a.da, &ask, login_id, &g, &e);
+    /* jansson's copy of the password; its parse buffers are freed unwiped. */
+    OPENSSL_cleanse((void *)ask.password, ask.password_len);
+    if (k != QK_OK) {
+        answer_failure(rq, rs, &env, &a, &e);
+        goto out;
+    }
+    if (deliver(rs, &env, &a, login_id, &g, true) == 0)
+        sessions_delivered(s, &who, &g);
+out:
+    session_grant_clear(&g);
+    authed_clear(&a); /* wipes the inner request, and the password in it */
+}
+
+void h_gateway_logout(http_request *rq, http_response *rs)
+{
+    envelope env;
+    authed a;
+    qk_principal who;
+    qk_err e;
+    login_ask ask = {0};
+    uint64_t t0 = session_clock_ns();
+
+    memset(&a, 0, sizeof(a));
+    if (parse_envelope(rq, rs, &env) != 0 || !bound_to_cert(rq, rs, &env) ||
+        authenticate(rq, rs, "logout", &env, &a, &t0) != 0 ||
+        login_fields(rq, rs, &a, false, &ask) != 0 ||
+        !http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+        goto out;
+    who = device_principal(rq, &a.da);
+    if (gateway_logout(&rq->kms->svc, &who, &a.da, ask.ts, &e) != QK_OK) {
+        answer_failure(rq, rs, &env, &a, &e);
+        goto out;
+    }
+    http_json(rs, 200, json_pack("{s:i,s:b}", "v", QKP_VERSION, "logged_out", 1));
 out:
     authed_clear(&a);
 }

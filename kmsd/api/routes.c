@@ -42,6 +42,7 @@
     X("POST", "/v1/admin/devices/{id}/sae", "admin_device_sae", OPS, h_device_sae, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/attributes", "admin_device_attributes", OPS, h_device_attributes, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/service", "admin_device_service", OPS, h_device_service, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/devices/{id}/credential", "admin_device_credential", OPS, h_device_credential, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/fill", "admin_device_fill", OPS, h_device_fill, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/devices/{id}/certificates", "admin_device_certs_list", ROLE_ANY, h_device_certs_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/certificates", "admin_device_cert_issue", OPS, h_device_cert_issue, ADM, RL_ADMIN) \
@@ -59,6 +60,8 @@
     X("POST", "/v1/sessions/end", "session_end", 0, h_session_end, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v2/sessions/key", "session_key_v2", 0, h_session_key_v2, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v2/sessions/end", "session_end_v2", 0, h_session_end_v2, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/v1/gateway/login", "gateway_login", 0, h_gateway_login, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/v1/gateway/logout", "gateway_logout", 0, h_gateway_logout, DEV, RL_DEVICE, .client_cert = true) \
     X("GET", "/api/v1/keys/{sae}/status", "etsi_status", 0, h_etsi_status, DEV, RL_DEVICE, .client_cert = true) \
     X("GET", "/api/v1/keys/{sae}/enc_keys", "etsi_enc_keys_get", 0, h_etsi_enc_get, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/api/v1/keys/{sae}/enc_keys", "etsi_enc_keys", 0, h_etsi_enc_post, DEV, RL_DEVICE, .client_cert = true, .max_body = ETSI_GATE_MAX_BODY) \

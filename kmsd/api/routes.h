@@ -51,6 +51,9 @@ void h_device_fill(http_request *rq, http_response *rs);
 void h_device_sae(http_request *rq, http_response *rs);
 void h_device_attributes(http_request *rq, http_response *rs);
 void h_device_service(http_request *rq, http_response *rs);
+void h_device_credential(http_request *rq, http_response *rs);
+void h_gateway_login(http_request *rq, http_response *rs);
+void h_gateway_logout(http_request *rq, http_response *rs);
 void h_devtypes_list(http_request *rq, http_response *rs);
 void h_devtypes_add(http_request *rq, http_response *rs);
 

@@ -215,6 +215,7 @@ qk_kind device_auth_open(qk_svc *s, const log_ctx *log, const device_request *rq
         goto out;
     }
     a->device_pk = row.device_pk;
+    snprintf(a->purpose, sizeof(a->purpose), "%s", row.purpose);
     a->key = OPENSSL_secure_malloc(DEVICE_KEY_BUF);
     a->inner_len = rq->ct_len - QKP_TAG_LEN;
     a->inner = OPENSSL_secure_malloc(a->inner_len);

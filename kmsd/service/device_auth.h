@@ -65,6 +65,8 @@ typedef struct device_auth {
     uint64_t *t0;             /* the request's stage clock, or NULL */
     bool replayed;            /* the database found the nonce used (the door may
                                * refund what the request cost) */
+    char purpose[8];          /* the key's: "access" or "generic" (a "local" key
+                               * never authenticates) */
     /* Protocol v2 modes 1 and 2 (negotiate.h): authenticated by a signature
      * under this device certificate (SHA-256 of its DER), not by a device
      * key: key is NULL, key_index -1, and the stored functions re-check the

@@ -1,5 +1,6 @@
 /* qkd — key delivery to SAEs, ETSI GS QKD 014's service (qkd.h). */
 #include "service/qkd.h"
+#include "service/session_id.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -27,19 +28,6 @@ void qkd_keys_out_clear(qkd_keys_out *o)
             OPENSSL_secure_clear_free(o->keys[i].key, o->keys[i].len);
     free(o->keys);
     memset(o, 0, sizeof(*o));
-}
-
-static int uuid4(char out[37])
-{
-    uint8_t b[16];
-    if (RAND_bytes(b, sizeof(b)) != 1)
-        return -1;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-             b[14], b[15]);
-    return 0;
 }
 
 static qk_kind unavailable(qk_err *e, const char *code, const char *msg)
@@ -227,7 +215,7 @@ static qk_kind make_keys(qk_svc *s, int number, int size, qkd_keys_out *out, pga
             k = unavailable(e, "entropy_unavailable", "no entropy source available");
             break;
         }
-        if (uuid4(q->key_id) != 0) {
+        if (uuid4_text(q->key_id) != 0) {
             k = unavailable(e, "entropy_unavailable", "no random key ID available");
             break;
         }

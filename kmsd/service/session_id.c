@@ -10,6 +10,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include "hexutil.h"
 
@@ -54,4 +55,17 @@ int session_key_context_of(const uint8_t hash[32], const char *key_id, char *out
     char hx[65];
     qkms_hex_encode(hash, 32, hx);
     return session_key_context(hx, key_id, out, len);
+}
+
+int uuid4_text(char out[37])
+{
+    uint8_t b[16];
+    if (RAND_bytes(b, sizeof(b)) != 1)
+        return -1;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
+    return 0;
 }

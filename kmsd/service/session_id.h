@@ -34,6 +34,10 @@ int session_hash(const char *session_id, uint8_t out[32]);
  * up as a fallback so sessions live across the upgrade keep working. */
 void session_hash_legacy(const char *session_id, uint8_t out[32]);
 
+/* A random (version 4) UUID in its 36-character text form: key IDs and
+ * the platform's login IDs. 0, or -1 when the RNG fails. */
+int uuid4_text(char out[37]);
+
 /* The wrap context (AAD) of a session key: its session hash as lower-case
  * hex and its key ID. One definition for wrapping (sessions.c) and
  * rewrapping under a new master key (rotation.c). -1 if out is too short. */

@@ -30,17 +30,6 @@
 
 /* ---- candidate keys --------------------------------------------------------- */
 
-static void uuid4(char out[37])
-{
-    uint8_t b[16];
-    RAND_bytes(b, sizeof(b));
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-             b[14], b[15]);
-}
-
 /* A candidate session key: wrapped for the database, and the plaintext kept
  * (secure heap) until the answer, so that the request that creates the
  * session needs no token unwrap to deliver it. A request that goes without
@@ -121,7 +110,12 @@ static qk_kind make_candidate(qk_svc *s, const qk_principal *who, const session_
     candidate_clear(cd);
     if (!(key = OPENSSL_secure_malloc(32)))
         return qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
-    uuid4(cd->key_id);
+    if (uuid4_text(cd->key_id) != 0) {
+        OPENSSL_secure_clear_free(key, 32);
+        qk_fail(e, QK_UNAVAILABLE, "entropy_unavailable", "the RNG failed; retry later");
+        e->retry_after = 1;
+        return QK_UNAVAILABLE;
+    }
     if ((r = candidate_key(s, ask, bits, cd, key, e)) != QK_OK)
         goto out;
     session_key_context_of(hash, cd->key_id, ctx, sizeof(ctx));

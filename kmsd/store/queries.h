@@ -235,6 +235,29 @@
       " $17::text[])")                                                                         \
     X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
       " $6::int, $4::bytea, $7::bytea, $8::bytea)")                                            \
+    X(Q_GW_CRED_GET,                                                                           \
+      "SELECT tid, kdf_n, kdf_r, kdf_p, encode(salt, 'hex'), encode(hash, 'hex'),"             \
+      " coalesce(locked_until > now(), false) FROM gateway_credentials WHERE device_pk = $1::bigint") \
+    X(Q_GW_LOGIN_REFUSED,                                                                      \
+      "SELECT outcome, retry_s FROM qkms_gateway_login_refused($1::bigint, $2::int, $3::bytea," \
+      " $4::bigint, $5::int, $6, $7::int, $8::int)")                                           \
+    X(Q_GW_LOGIN_DONE, "SELECT qkms_gateway_login_done($1::bigint, $2::bytea, $3)")            \
+    X(Q_GW_LOGOUT,                                                                             \
+      "SELECT qkms_gateway_logout($1::bigint, $2::int, $3::bytea, $4::bigint, $5::int)")        \
+    X(Q_GW_CRED_LOGIN, /* the login a new credential replaces (session hash, hex) */       \
+      "SELECT encode(login_hash, 'hex') FROM gateway_credentials WHERE device_pk = $1::bigint" \
+      " FOR UPDATE")                                                                           \
+    X(Q_GW_CRED_SET,                                                                           \
+      "INSERT INTO gateway_credentials (device_pk, tid, kdf, kdf_n, kdf_r, kdf_p, salt, hash)" \
+      " VALUES ($1::bigint, $2, 'scrypt', $3::bigint, $4::int, $5::int, decode($6, 'hex'),"    \
+      "  decode($7, 'hex'))"                                                                   \
+      " ON CONFLICT (device_pk) DO UPDATE SET tid = excluded.tid, kdf = excluded.kdf,"         \
+      "  kdf_n = excluded.kdf_n, kdf_r = excluded.kdf_r, kdf_p = excluded.kdf_p,"              \
+      "  salt = excluded.salt, hash = excluded.hash, failures = 0, locked_until = NULL,"       \
+      "  login_hash = NULL, updated_at = now()")                                               \
+    X(Q_SESSION_DESTROY_BY_HASH, /* $1 session hash (hex), $2 reason, $3 actor */            \
+      "SELECT qkms_session_destroy(id, $2, $3) FROM sessions"                                  \
+      " WHERE session_hash = decode($1, 'hex') FOR UPDATE")                                    \
     X(Q_QKD_SAE, "SELECT id, sae_id, state, service_until <= now(), qkms_rfc3339(service_until)" \
       " FROM devices WHERE device_id = $1")                                                    \
     X(Q_QKD_SET_SAE, /* $1 device, $2 SAE ID or NULL: the old one */                          \

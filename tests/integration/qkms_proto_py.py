@@ -82,6 +82,38 @@ class Device:
         return Request(op, f"/v1/sessions/{op}", body, raw, body["nonce"],
                        inner["session_id"], index)
 
+    def login_request(self, tid, password, index=0, ts=None, nonce=None) -> Request:
+        """A gateway login (docs/gateways.md, "Login"): op "login" under the
+        access key, to POST /v1/gateway/login."""
+        req = self._gateway_request("login", {"tid": tid, "password": password,
+                                              "ts": int(time.time()) if ts is None else ts},
+                                    index, nonce)
+        return req
+
+    def logout_request(self, index=0, ts=None, nonce=None) -> Request:
+        return self._gateway_request("logout", {"ts": int(time.time()) if ts is None else ts},
+                                     index, nonce)
+
+    def _gateway_request(self, op, inner, index, nonce):
+        key = self.keys[index]
+        nonce = nonce if nonce is not None else os.urandom(12)
+        plaintext = json.dumps(inner, separators=(",", ":")).encode()
+        ct = AESGCM(key).encrypt(nonce, plaintext, request_aad(op, self.device_id, index))
+        body = {"v": 1, "device_id": self.device_id, "key_index": index, "nonce": b64u(nonce),
+                "ct": b64u(ct)}
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        return Request(op, f"/v1/gateway/{op}", body, raw, body["nonce"], None, index)
+
+    def open_login_response(self, req: Request, resp: dict) -> SessionKey:
+        """The login key: sealed as a session key whose session ID is the
+        login ID the platform chose (its delivery is "session")."""
+        if set(resp) != {"v", "login_id", "key_id", "key_bits", "expires_at", "nonce", "ct"}:
+            raise ProtocolError("not a login response")
+        as_key = dict(resp, session_id=resp["login_id"], delivery="session")
+        del as_key["login_id"]
+        return self.open_key_response(Request(req.op, req.path, req.body, req.raw, req.nonce_b64,
+                                              resp["login_id"], req.key_index), as_key)
+
     def key_request(self, session_id, peer_id, index=0, ts=None, delivered=False, nonce=None):
         inner = {"session_id": session_id, "peer_id": peer_id,
                  "ts": int(time.time()) if ts is None else ts}

@@ -4,23 +4,33 @@ device type's template, a local key refused on the device doors (and
 audited), the family's local key in a sub-device's fill, and rotation by
 purpose."""
 import datetime
+import hashlib
 import re
+import subprocess
 import time
 import uuid
 
 import pytest
 
-from conftest import _finish, running_stack, wait_for
+from conftest import KMSCTL, _finish, running_stack, wait_for
 from helpers import ask_key, error_code, get_key, make_device, near, post, ts, uid, utcnow
 from qkms_proto_py import Device
 
 
 @pytest.fixture(scope="module")
 def st():
-    s = running_stack("gw", {"QKMS_MAINTENANCE_INTERVAL": "1"})
+    # A cheap scrypt cost keeps the tests quick; production's is 2^17.
+    s = running_stack("gw", {"QKMS_MAINTENANCE_INTERVAL": "1",
+                             "QKMS_GATEWAY_PASSWORD_SCRYPT_LOG2N": "12",
+                             "QKMS_GATEWAY_LOGIN_MAX_FAILURES": "3",
+                             "QKMS_GATEWAY_LOGIN_LOCKOUT": "3"})
     try:
         r = s.admin("POST", "/v1/admin/policies", json={
             "name": "gw-veh", "type_a": "gateway", "type_b": "vehicle"})
+        assert r.status_code == 201, r.text
+        r = s.admin("POST", "/v1/admin/policies", json={
+            "name": "gw-login", "type_a": "gateway", "type_b": "@platform", "key_bits": 256,
+            "idle_timeout_s": 600, "max_lifetime_s": 3600})
         assert r.status_code == 201, r.text
     except BaseException:
         _finish(s)
@@ -593,3 +603,157 @@ def test_kmsctl_service(st):
     r = st.kmsctl("device-type", "add", name, "--service-days", "9")
     assert r.returncode == 0, r.stderr
     assert st.admin("GET", "/v1/admin/device-types").json()["service_days"][name] == 9
+
+
+# ---- login ----------------------------------------------------------------------
+
+def credential(st, did, tid, password):
+    return st.admin("POST", f"/v1/admin/devices/{did}/credential",
+                    json={"tid": tid, "password": password})
+
+
+def login(st, gw, tid, password, index=0):
+    req = gw.login_request(tid, password, index=index)
+    return req, post(st, req)
+
+
+def audit_count(st, event, did):
+    return int(st.psql(f"SELECT count(*) FROM audit_log WHERE event = '{event}'"
+                       f" AND device_id = '{did}'").strip())
+
+
+def test_a_gateway_logs_in_and_out(st):
+    gid = gateway(st)
+    gw = Device.from_fill(fill(st, gid))
+    tid = "tid-" + uuid.uuid4().hex[:8]
+    r = credential(st, gid, tid, "correct horse battery")
+    assert r.status_code == 200 and r.json() == {"device_id": gid, "tid": tid}, r.text
+    assert "correct horse" not in st.psql("SELECT row_to_json(c)::text FROM gateway_credentials c")
+    # The stored hash is RFC 7914 scrypt: Python's hashlib computes the same.
+    row = st.psql("SELECT kdf, kdf_n, kdf_r, kdf_p, encode(salt, 'hex'), encode(hash, 'hex')"
+                  " FROM gateway_credentials c JOIN devices d ON d.id = c.device_pk"
+                  f" WHERE d.device_id = '{gid}'").strip().split("|")
+    assert row[0] == "scrypt" and row[1:4] == ["4096", "8", "1"], row
+    assert hashlib.scrypt(b"correct horse battery", salt=bytes.fromhex(row[4]), n=4096, r=8, p=1,
+                          dklen=32).hex() == row[5]
+    req, r = login(st, gw, tid, "correct horse battery")
+    assert r.status_code == 200, r.text
+    k1 = gw.open_login_response(req, r.json())
+    assert len(k1.key) == 32
+    login1 = r.json()["login_id"]
+    # The platform holds it: a live session with the platform as its peer.
+    r = st.admin("GET", f"/v1/admin/sessions?device={gid}")
+    assert [s["responder"] for s in r.json()["sessions"]] == ["@platform"], r.text
+    # A second login: another key; the first login ends (tombstone superseded).
+    req, r = login(st, gw, tid, "correct horse battery")
+    assert r.status_code == 200, r.text
+    k2 = gw.open_login_response(req, r.json())
+    assert k2.key != k1.key and r.json()["login_id"] != login1
+    assert len(st.admin("GET", f"/v1/admin/sessions?device={gid}").json()["sessions"]) == 1
+    assert st.psql("SELECT reason FROM session_tombstones WHERE key_id = "
+                   f"'{k1.key_id}'").strip() == "superseded"
+    # A replayed login request is refused and changes nothing.
+    r = post(st, req)
+    assert r.status_code == 401 and error_code(r) == "unauthenticated", r.text
+    # Logout: the key is destroyed, tombstone logout; a second logout has nothing to end.
+    r = post(st, gw.logout_request())
+    assert r.status_code == 200 and r.json() == {"v": 1, "logged_out": True}, r.text
+    assert st.psql("SELECT reason FROM session_tombstones WHERE key_id = "
+                   f"'{k2.key_id}'").strip() == "logout"
+    assert st.admin("GET", f"/v1/admin/sessions?device={gid}").json()["sessions"] == []
+    r = post(st, gw.logout_request())
+    assert r.status_code == 404 and error_code(r) == "no_login", r.text
+    assert audit_count(st, "gateway.login", gid) == 2
+    assert audit_count(st, "gateway.logout", gid) == 1
+    assert "correct horse" not in st.logs()
+
+
+def test_wrong_logins_lock_the_account(st):
+    gid = gateway(st)
+    gw = Device.from_fill(fill(st, gid))
+    tid = "tid-" + uuid.uuid4().hex[:8]
+    assert credential(st, gid, tid, "s3cret-pass").status_code == 200
+    for bad in ((tid, "wrong-pass"), ("other-" + tid, "s3cret-pass")):
+        req, r = login(st, gw, *bad)
+        assert r.status_code == 401 and error_code(r) == "login_failed", r.text
+        # Its nonce was recorded: replaying it is a replay, not another attempt.
+        r = post(st, req)
+        assert r.status_code == 401 and error_code(r) == "unauthenticated"
+    assert audit_count(st, "gateway.login_failed", gid) == 2
+    # The third wrong password in a row locks the account (max 3, 3 s here).
+    req, r = login(st, gw, tid, "wrong-again")
+    assert r.status_code == 403 and error_code(r) == "login_locked", r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    assert audit_count(st, "gateway.login_locked", gid) == 1
+    # Locked: even the right password is refused, and not counted.
+    req, r = login(st, gw, tid, "s3cret-pass")
+    assert r.status_code == 403 and error_code(r) == "login_locked", r.text
+    assert audit_count(st, "gateway.login_failed", gid) == 2
+    wait_for(lambda: login(st, gw, tid, "s3cret-pass")[1].status_code == 200, timeout=10)
+    # A local key never logs in; a generic one neither (only the access key).
+    r = post(st, gw.login_request(tid, "s3cret-pass", index=1))
+    assert r.status_code == 401 and error_code(r) == "unauthenticated"
+    # No account: 403 no_credential; a non-gateway without one the same.
+    other = Device.from_fill(fill(st, gateway(st)))
+    r = post(st, other.login_request(tid, "s3cret-pass"))
+    assert r.status_code == 403 and error_code(r) == "no_credential", r.text
+    # Bad inner requests.
+    for inner in ({"tid": tid, "ts": int(time.time())},
+                  {"tid": "", "password": "x", "ts": int(time.time())},
+                  {"tid": tid, "password": "x", "ts": "now"},
+                  {"tid": tid, "password": "x", "ts": int(time.time()), "extra": 1}):
+        r = post(st, gw._gateway_request("login", inner, 0, None))
+        assert r.status_code == 422 and error_code(r) == "invalid_request", (inner, r.text)
+
+
+def test_credentials_are_checked_and_replacing_one_ends_the_login(st):
+    gid = gateway(st)
+    gw = Device.from_fill(fill(st, gid))
+    tid = "tid-" + uuid.uuid4().hex[:8]
+    for body in ({"tid": tid, "password": "short"}, {"tid": "has space", "password": "long-enough"},
+                 {"tid": tid, "password": 12345678}, {"tid": tid}, {"password": "long-enough"}):
+        r = st.admin("POST", f"/v1/admin/devices/{gid}/credential", json=body)
+        assert r.status_code == 422 and error_code(r) == "invalid_credential", (body, r.text)
+    r = st.admin("POST", f"/v1/admin/devices/{gid}/credential",
+                 json={"tid": tid, "password": "long-enough", "color": 1})
+    assert r.status_code == 422 and error_code(r) == "invalid_request"
+    assert credential(st, gid, tid, "long-enough").status_code == 200
+    # A tid is one gateway's.
+    r = credential(st, gateway(st), tid, "long-enough")
+    assert r.status_code == 409 and error_code(r) == "conflict", r.text
+    req, r = login(st, gw, tid, "long-enough")
+    key = gw.open_login_response(req, r.json())
+    assert credential(st, gid, tid, "another-one").status_code == 200
+    assert st.psql("SELECT reason FROM session_tombstones WHERE key_id = "
+                   f"'{key.key_id}'").strip() == "ended_by_operator"
+    assert login(st, gw, tid, "long-enough")[1].status_code == 401
+    assert login(st, gw, tid, "another-one")[1].status_code == 200
+    assert credential(st, uid("NOPE"), tid + "x", "long-enough").status_code == 404
+    # Revoking the gateway ends its login.
+    st.admin("POST", f"/v1/admin/devices/{gid}/revoke")
+    assert st.admin("GET", f"/v1/admin/sessions?device={gid}").json()["sessions"] == []
+    r = credential(st, gid, tid, "long-enough")
+    assert r.status_code == 409 and error_code(r) == "invalid_state"
+
+
+def test_kmsctl_credential(st):
+    import json
+    gid = gateway(st)
+    gw = Device.from_fill(fill(st, gid))
+    tid = "tid-" + uuid.uuid4().hex[:8]
+    r = st.kmsctl("--json", "device", "credential", gid, "--tid", tid)
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)["password"]
+    assert len(made) == 24
+    assert login(st, gw, tid, made)[1].status_code == 200
+    p = subprocess.run([KMSCTL, "device", "credential", gid, "--tid", tid, "--password-stdin"],
+                       input="from-stdin-pass\n", env=dict(st.env, KMS_ADDR=st.url),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "from-stdin-pass" not in p.stdout, p.stderr
+    assert login(st, gw, tid, "from-stdin-pass")[1].status_code == 200
+    assert st.kmsctl("device", "credential", gid).returncode == 2
+    # The login's policy names the platform as a type.
+    name = "gwl-" + uuid.uuid4().hex[:6]
+    r = st.kmsctl("policy", "add", name, "--types", "gateway:@platform", "--key-bits", "256")
+    assert r.returncode == 0, r.stderr
+    assert st.kmsctl("policy", "remove", name).returncode == 0

@@ -164,7 +164,8 @@ def check_apart(doors):
     assert r.status_code == 200 and "qkms_http_requests_total" in r.text
     # The device protocol: device listener only (even a well-formed request).
     assert dev.call("POST", "/v1/sessions/key", body={}).status_code == 400
-    for path in ("/v1/sessions/key", "/v1/sessions/end"):
+    for path in ("/v1/sessions/key", "/v1/sessions/end", "/v1/gateway/login",
+                 "/v1/gateway/logout"):
         assert_not_found(adm.call("POST", path, body={}))
         assert_not_found(adm.call("GET", path))  # not 405
 

@@ -41,6 +41,7 @@ MATRIX = [
     ("POST", "/v1/admin/devices/{id}/sae", OPS),
     ("POST", "/v1/admin/devices/{id}/attributes", OPS),
     ("POST", "/v1/admin/devices/{id}/service", OPS),
+    ("POST", "/v1/admin/devices/{id}/credential", OPS),
     ("POST", "/v1/admin/devices/{id}/fill", OPS),
     ("GET", "/v1/admin/devices/{id}/certificates", ANY),
     ("POST", "/v1/admin/devices/{id}/certificates", OPS),

@@ -15,6 +15,7 @@
 #include "api/server.h"
 #include "keywrap.h"
 #include "p11.h"
+#include "service/password.h"
 #include "timetext.h"
 #include "utf8.h"
 
@@ -304,6 +305,27 @@ static void time_texts(void **state)
     assert_false(timetext_valid("27-01-31", true));
 }
 
+/* Gateway passwords: scrypt round trip, a wrong password or salt fails. */
+static void password_hashes(void **state)
+{
+    password_cost c = {1024, 8, 1}, huge = {(uint64_t)1 << 24, 8, 1};
+    uint8_t salt[PASSWORD_SALT_LEN], hash[PASSWORD_HASH_LEN], salt2[PASSWORD_SALT_LEN],
+        hash2[PASSWORD_HASH_LEN];
+    (void)state;
+    assert_int_equal(password_hash((const uint8_t *)"s3cret-pass", 11, &c, salt, hash), 0);
+    assert_int_equal(password_check((const uint8_t *)"s3cret-pass", 11, &c, salt, hash), 1);
+    assert_int_equal(password_check((const uint8_t *)"s3cret-pasS", 11, &c, salt, hash), 0);
+    assert_int_equal(password_check((const uint8_t *)"s3cret-pas", 10, &c, salt, hash), 0);
+    /* A fresh salt each time: the same password hashes differently. */
+    assert_int_equal(password_hash((const uint8_t *)"s3cret-pass", 11, &c, salt2, hash2), 0);
+    assert_memory_not_equal(salt, salt2, sizeof(salt));
+    assert_memory_not_equal(hash, hash2, sizeof(hash));
+    salt[0] ^= 1;
+    assert_int_equal(password_check((const uint8_t *)"s3cret-pass", 11, &c, salt, hash), 0);
+    /* A cost over the memory bound (2 GiB) fails instead of exhausting the host. */
+    assert_int_equal(password_check((const uint8_t *)"s3cret-pass", 11, &huge, salt, hash), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -315,7 +337,7 @@ int main(void)
         cmocka_unit_test(ckr_mapping),      cmocka_unit_test(wrap_blob_header),
         cmocka_unit_test(stuck_entropy_block), cmocka_unit_test(client_keys),
         cmocka_unit_test(utf8_repair), cmocka_unit_test(token_paths_redacted),
-        cmocka_unit_test(time_texts),
+        cmocka_unit_test(time_texts), cmocka_unit_test(password_hashes),
     };
     return cmocka_run_group_tests_name("validation", tests, NULL, NULL);
 }
