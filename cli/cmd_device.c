@@ -471,6 +471,12 @@ cleanup:
     return rc;
 }
 
+static void wipe_json_string(json_t *v)
+{
+    if (json_is_string(v))
+        explicit_bzero((void *)json_string_value(v), json_string_length(v));
+}
+
 /* `device credential ID --tid TID [--password-stdin]`: without
  * --password-stdin a password is made here (24 characters from the OS
  * RNG) and printed once. */
@@ -524,8 +530,8 @@ static int device_credential(const struct kmsctl_ctx *ctx, const struct invocati
 
 cleanup:
     explicit_bzero(pw, sizeof(pw));
-    if (req) /* jansson's copy */
-        json_object_del(req, "password");
+    wipe_json_string(json_object_get(req, "password")); /* jansson's copies */
+    wipe_json_string(json_object_get(resp, "password"));
     json_decref(req);
     json_decref(resp);
     return rc;
@@ -628,7 +634,7 @@ static const struct opt_spec credential_opts[] = {
 
 static const struct opt_spec service_opts[] = {
     {"days", 0, "N", "extend the service N days past the later of now and its current end"},
-    {"until", 0, "TIME", "end the service at TIME (RFC 3339; a past time ends it now)"},
+    {"until", 0, "TIME", "end the service at TIME (RFC 3339; a time already past ends it)"},
     {"no-end", 0, NULL, "remove the end of service"},
     {0},
 };

@@ -232,6 +232,10 @@ const config_option config_options[] = {
      NULL, false, false,
      "scrypt cost of new gateway passwords: N = 2^this (r 8, p 1; 17 uses 128 MiB and about"
      " 0.3 s per check). Stored with each hash: a change applies to passwords set after it."},
+    {"gateway_login_concurrency", OPT_INT, OFF(gateway_login_concurrency), "4", 1, 64, NULL,
+     false, false,
+     "Gateway password checks (scrypt) running at once; a login over it is answered 503 with"
+     " Retry-After, before its nonce is used (memory: this many times 128 x 2^log2n x 8 bytes)."},
     {"device_key_grace_days", OPT_INT, OFF(device_key_grace_days), "30", 0, 365, NULL, false, false,
      "After `device rotate`, older keys stay usable this many days, then retire."},
     {"maintenance_interval", OPT_INT, OFF(maintenance_interval), "30", 1, 3600, NULL, false, false,

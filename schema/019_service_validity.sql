@@ -22,10 +22,11 @@ CREATE INDEX devices_service_until ON devices (service_until)
     WHERE service_until IS NOT NULL AND state <> 'revoked';
 
 -- Whether a device may be served: NULL, or why not (device_inactive: it is
--- suspended or revoked; service_expired: its service ended).
+-- suspended or revoked, or no device at all; service_expired: its service
+-- ended).
 CREATE FUNCTION qkms_device_standing(d devices)
 RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN d.state <> 'active' THEN 'device_inactive'
+    SELECT CASE WHEN d.state IS DISTINCT FROM 'active' THEN 'device_inactive'
                 WHEN d.service_until <= now() THEN 'service_expired' END
 $$;
 

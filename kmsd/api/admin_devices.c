@@ -408,16 +408,19 @@ void h_device_service(http_request *rq, http_response *rs)
  * the device and the tid, never the password. */
 void h_device_credential(http_request *rq, http_response *rs)
 {
-    static const char *const known[] = {"tid", "password", NULL};
-    const char *id = path_device(rq, rs), *tid;
+    const char *id = path_device(rq, rs), *tid, *key;
     qk_principal who = admin_principal(rq);
-    json_t *in, *pw;
+    json_t *in, *pw, *v;
     qk_err e;
-    if (!id || !(in = action_body(rq, rs, false, known)))
+    if (!id || !(in = http_body_object(rq, rs)))
         return;
     tid = json_string_value(json_object_get(in, "tid"));
     pw = json_object_get(in, "password");
-    if (!json_is_string(pw)) {
+    key = NULL;
+    json_object_foreach(in, key, v) if (strcmp(key, "tid") && strcmp(key, "password")) break;
+    if (key && strcmp(key, "tid") && strcmp(key, "password")) {
+        http_error(rs, 422, "invalid_request", "unknown field '%.64s'", key);
+    } else if (!json_is_string(pw)) {
         http_error(rs, 422, "invalid_credential", "password must be a string");
     } else if (gateway_credential_set(&rq->kms->svc, &who, id, tid,
                                       (const uint8_t *)json_string_value(pw),

@@ -336,6 +336,15 @@ out:
 
 /* ---- the gateway login (docs/gateways.md, "Login") -------------------------- */
 
+/* jansson's copy of a password, on every path (its parse buffers are
+ * freed unwiped: docs/gateways.md says so). */
+static void wipe_password(json_t *o)
+{
+    json_t *v = json_object_get(o, "password");
+    if (json_is_string(v))
+        OPENSSL_cleanse((void *)json_string_value(v), json_string_length(v));
+}
+
 /* The login's inner request: {"tid", "password", "ts"}; logout's {"ts"}. */
 static int login_fields(http_request *rq, http_response *rs, authed *a, bool login,
                         login_ask *ask)
@@ -394,8 +403,6 @@ void h_gateway_login(http_request *rq, http_response *rs)
         goto out;
     who = device_principal(rq, &a.da);
     k = gateway_login(s, &who, &a.da, &ask, login_id, &g, &e);
-    /* jansson's copy of the password; its parse buffers are freed unwiped. */
-    OPENSSL_cleanse((void *)ask.password, ask.password_len);
     if (k != QK_OK) {
         answer_failure(rq, rs, &env, &a, &e);
         goto out;
@@ -404,7 +411,8 @@ void h_gateway_login(http_request *rq, http_response *rs)
         sessions_delivered(s, &who, &g);
 out:
     session_grant_clear(&g);
-    authed_clear(&a); /* wipes the inner request, and the password in it */
+    wipe_password(a.inner);
+    authed_clear(&a); /* wipes the opened inner request */
 }
 
 void h_gateway_logout(http_request *rq, http_response *rs)

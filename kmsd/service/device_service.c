@@ -44,6 +44,19 @@ static db_status service_tx_fn(db_conn *c, void *arg)
     snprintf(pk, sizeof(pk), "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
     vals[0] = pk;
+    if (t->days) {
+        /* A renewal extends an end; a service without one has none to extend. */
+        if (!(r = db_exec(c, Q_SERVICE_GET, 1, vals, NULL, NULL, &st)))
+            return st;
+        bool none = PQgetisnull(r, 0, 0);
+        PQclear(r);
+        if (none) {
+            qk_fail(t->e, QK_CONFLICT, "invalid_state",
+                    "device '%s' has no end of service to renew (set one with until)",
+                    t->device_id);
+            return DB_INVALID;
+        }
+    }
     if (!(r = db_exec(c, Q_SERVICE_SET, 4, vals, NULL, NULL, &st))) {
         if (st == DB_INVALID) /* the calendar: "2026-02-30T00:00:00Z" */
             qk_fail(t->e, QK_INVALID, "invalid_service", "until is not a valid time");

@@ -16,7 +16,7 @@
  *    (device.service_set: from, to) in one transaction and clears the
  *    warning mark, so the next end is warned about in its turn.
  *    QK_NOT_FOUND "not_found"; QK_CONFLICT "invalid_state" for a revoked
- *    device; QK_INVALID "invalid_service" for an until PostgreSQL does not
+ *    device, or SERVICE_EXTEND of a service without an end; QK_INVALID "invalid_service" for an until PostgreSQL does not
  *    read as a time (the caller checks the syntax: timetext.h).
  *  - device_service_warn writes one "device service ending soon" log line
  *    per device whose end falls within warn_days (at most once a day per
@@ -35,8 +35,8 @@
 #include "store/db.h"
 
 typedef enum {
-    SERVICE_EXTEND, /* days past the later of now and the current end */
-    SERVICE_UNTIL,  /* exactly until (in the past: the service ends now) */
+    SERVICE_EXTEND, /* days past the later of now and the current end (there must be one) */
+    SERVICE_UNTIL,  /* exactly until (a time past: the service has ended) */
     SERVICE_NO_END,
 } service_change;
 

@@ -14,21 +14,31 @@
  * the policy's timeouts, revocation.
  *
  * Contract:
- *  - Only a request under an access key logs in or out (else the one 401 of
- *    device_auth_fail).
- *  - The password is checked in kmsd (scrypt, password.h) only when the
- *    account exists and is not locked. Every refusal after authentication
- *    records the request's nonce first, so a replayed request cannot spend
- *    the gateway's attempts. A wrong tid or password is QK_UNAUTHENTICATED
- *    "login_failed" (audited gateway.login_failed); the
- *    gateway_login_max_failures-th in a row locks the account for
- *    gateway_login_lockout seconds (audited gateway.login_locked); a locked
- *    account is QK_FORBIDDEN "login_locked" with Retry-After; no account is
- *    QK_FORBIDDEN "no_credential". device_inactive and service_expired as
- *    for sessions; policy_denied when no policy allows a login.
+ *  - The login's first step is one transaction before any password is
+ *    hashed (qkms_gateway_login_begin): the request's authentication, its
+ *    ts and its nonce (recorded: a replayed or stale request never costs a
+ *    hash), the key's purpose (only an access key logs in or out; else the
+ *    one 401 of device_auth_fail), the device's standing (device_inactive,
+ *    service_expired as for sessions, whatever the password), the account
+ *    (QK_FORBIDDEN "no_credential") and its lock (QK_FORBIDDEN
+ *    "login_locked", Retry-After). The attempt is counted there, so the
+ *    attempts in flight together never check more than
+ *    gateway_login_max_failures passwords per lock.
+ *  - At most gateway_login_concurrency passwords are hashed at once; a
+ *    login over it is QK_UNAVAILABLE (Retry-After 1) before its nonce is
+ *    used.
+ *  - A wrong tid or password is QK_UNAUTHENTICATED "login_failed" (audited
+ *    gateway.login_failed); the one that reaches the limit locks the
+ *    account for gateway_login_lockout seconds (gateway.login_locked) and
+ *    is answered login_locked. A right one makes the login's session, then
+ *    makes it the gateway's one login if the account is still the one the
+ *    password matched (else login_failed, and the new key is destroyed).
+ *  - policy_denied (and the rest of sessions_issue's refusals) when no
+ *    policy allows the gateway's type a channel with '@platform'.
  *  - gateway_credential_set replaces the account (a new salt and hash),
  *    unlocks it and ends its current login, audited; the password never
- *    reaches the database, the log or the audit row.
+ *    reaches the database, the log or the audit row. The device must have
+ *    a live access key.
  */
 #ifndef QKMS_GATEWAY_LOGIN_H
 #define QKMS_GATEWAY_LOGIN_H
@@ -60,8 +70,9 @@ qk_kind gateway_logout(qk_svc *s, const qk_principal *who, device_auth *a, int64
 /* Whether tid is a valid account name: 1-64 printable ASCII, no space. */
 bool gateway_tid_valid(const char *tid);
 /* Set device_id's account (admin). QK_NOT_FOUND; QK_CONFLICT "conflict"
- * (another device has that tid), "invalid_state" (revoked); QK_INVALID
- * "invalid_credential" (tid or password out of bounds). */
+ * (another device has that tid), "invalid_state" (revoked, or no live
+ * access key); QK_INVALID "invalid_credential" (tid or password out of
+ * bounds). */
 qk_kind gateway_credential_set(qk_svc *s, const qk_principal *who, const char *device_id,
                                const char *tid, const uint8_t *password, size_t password_len,
                                qk_err *e);

@@ -9,16 +9,19 @@
 #include <openssl/params.h>
 #include <openssl/rand.h>
 
-/* The memory scrypt may use: 128 * N * r bytes, with room; a stored cost
- * over it fails (-1) rather than exhausting the host. */
-#define PASSWORD_MAXMEM ((uint64_t)1 << 30)
+/* What scrypt needs (OpenSSL: 128 r (N + 2) + 128 r p bytes), with room;
+ * a cost that needs more than PASSWORD_MAXMEM fails (-1) rather than
+ * exhausting the host. 2 GiB: N = 2^20, r = 8 (the largest cost the
+ * configuration allows) fits. */
+#define PASSWORD_MAXMEM ((uint64_t)2 << 30)
 
 static int derive(const uint8_t *pw, size_t len, const password_cost *c, const uint8_t *salt,
                   uint8_t out[PASSWORD_HASH_LEN])
 {
     EVP_KDF *kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL);
     EVP_KDF_CTX *kc = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-    uint64_t n = c->n, maxmem = PASSWORD_MAXMEM;
+    uint64_t n = c->n, maxmem = 128 * (uint64_t)c->r * (c->n + 2) + 128 * (uint64_t)c->r * c->p +
+                                (1u << 20);
     uint32_t r = c->r, p = c->p;
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD, (void *)pw, len),
@@ -29,7 +32,9 @@ static int derive(const uint8_t *pw, size_t len, const password_cost *c, const u
         OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_MAXMEM, &maxmem),
         OSSL_PARAM_construct_end(),
     };
-    int rc = kc && EVP_KDF_derive(kc, out, PASSWORD_HASH_LEN, params) == 1 ? 0 : -1;
+    int rc = maxmem <= PASSWORD_MAXMEM && kc && EVP_KDF_derive(kc, out, PASSWORD_HASH_LEN, params) == 1
+                 ? 0
+                 : -1;
     EVP_KDF_CTX_free(kc);
     EVP_KDF_free(kdf);
     return rc;

@@ -152,7 +152,7 @@ static qk_kind outcome_fail(const char *outcome, const char *detail, qk_err *e)
                        detail);
     if (!strcmp(outcome, "slave_inactive"))
         return qk_fail(e, QK_INVALID, "slave_inactive",
-                       "slave SAE '%.128s' is suspended or revoked", detail);
+                       "slave SAE '%.128s' is suspended, revoked or out of service", detail);
     if (!strcmp(outcome, "policy_denied"))
         return qk_fail(e, QK_FORBIDDEN, "policy_denied",
                        "no pairing policy allows keys between this SAE and '%.128s'", detail);
@@ -582,7 +582,8 @@ qk_kind qkd_status(qk_svc *s, const qkd_sae *master, const char *slave_sae, json
                         ? qk_fail(e, QK_INVALID, "invalid_request", "the slave SAE is the caller")
                     : strcmp(PQgetvalue(r, 0, 1), "active")
                         ? qk_fail(e, QK_INVALID, "slave_inactive",
-                                  "slave SAE '%.128s' is suspended or revoked", slave_sae)
+                                  "slave SAE '%.128s' is suspended, revoked or out of service",
+                                  slave_sae)
                     : PQgetvalue(r, 0, 2)[0] != 't'
                         ? qk_fail(e, QK_FORBIDDEN, "policy_denied",
                                   "no pairing policy allows keys between this SAE and '%.128s'",

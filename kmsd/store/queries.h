@@ -190,6 +190,7 @@
       "  GROUP BY d.id, d.device_id LIMIT 1000)"                                               \
       " UPDATE devices d SET expiry_warned_at = now() FROM due WHERE d.id = due.id"            \
       " RETURNING due.device_id, due.first")                                                   \
+    X(Q_SERVICE_GET, "SELECT service_until FROM devices WHERE id = $1::bigint")               \
     X(Q_SERVICE_SET, /* $1 pk, $2 extend|until|none, $3 days, $4 until: from, to */          \
       "UPDATE devices d SET service_until = CASE $2"                                           \
       "   WHEN 'extend' THEN greatest(now(), coalesce(o.service_until, now()))"                 \
@@ -235,15 +236,24 @@
       " $17::text[])")                                                                         \
     X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
       " $6::int, $4::bytea, $7::bytea, $8::bytea)")                                            \
-    X(Q_GW_CRED_GET,                                                                           \
-      "SELECT tid, kdf_n, kdf_r, kdf_p, encode(salt, 'hex'), encode(hash, 'hex'),"             \
-      " coalesce(locked_until > now(), false) FROM gateway_credentials WHERE device_pk = $1::bigint") \
-    X(Q_GW_LOGIN_REFUSED,                                                                      \
-      "SELECT outcome, retry_s FROM qkms_gateway_login_refused($1::bigint, $2::int, $3::bytea," \
-      " $4::bigint, $5::int, $6, $7::int, $8::int)")                                           \
-    X(Q_GW_LOGIN_DONE, "SELECT qkms_gateway_login_done($1::bigint, $2::bytea, $3)")            \
+    X(Q_GW_LOGIN_BEGIN,                                                                        \
+      "SELECT outcome, detail, retry_s, tid, kdf_n, kdf_r, kdf_p, encode(salt, 'hex'),"        \
+      " encode(hash, 'hex') FROM qkms_gateway_login_begin($1::bigint, $2::int, $3::bytea,"      \
+      " $4::bigint, $5::int, $6::boolean, $7::int, $8::int)")                                 \
+    X(Q_GW_LOGIN_FAILED,                                                                       \
+      "SELECT outcome, retry_s FROM qkms_gateway_login_failed($1::bigint, decode($2, 'hex'),"  \
+      " $3::int, $4::int)")                                                                    \
+    X(Q_GW_LOGIN_RIGHT, /* a right password whose login failed for another reason */       \
+      "UPDATE gateway_credentials SET failures = 0"                                            \
+      " WHERE device_pk = $1::bigint AND hash = decode($2, 'hex')")                            \
+    X(Q_GW_LOGIN_DONE,                                                                         \
+      "SELECT qkms_gateway_login_done($1::bigint, $2::bytea, $3, decode($4, 'hex'))")          \
     X(Q_GW_LOGOUT,                                                                             \
-      "SELECT qkms_gateway_logout($1::bigint, $2::int, $3::bytea, $4::bigint, $5::int)")        \
+      "SELECT qkms_gateway_logout($1::bigint, $2::int, $3::bytea, $4::bigint, $5::int,"         \
+      " $6::boolean)")                                                                         \
+    X(Q_DEVKEY_HAS_ACCESS,                                                                     \
+      "SELECT 1 FROM device_keys WHERE device_pk = $1::bigint AND purpose = 'access'"          \
+      " AND state = 'active' AND not_after > now() LIMIT 1")                                   \
     X(Q_GW_CRED_LOGIN, /* the login a new credential replaces (session hash, hex) */       \
       "SELECT encode(login_hash, 'hex') FROM gateway_credentials WHERE device_pk = $1::bigint" \
       " FOR UPDATE")                                                                           \
@@ -271,7 +281,8 @@
       " FROM qkms_qkd_dec($1::bigint, $2, $3::uuid[])")                                        \
     X(Q_QKD_STATUS, /* the slave (no row: unknown), paired?, the keys waiting for it, */      \
                     /* does the pair's policy allow key source c? */                              \
-      "SELECT sl.id, sl.state, p.id IS NOT NULL,"                                                \
+      "SELECT sl.id, CASE WHEN qkms_device_standing(sl) IS NULL THEN 'active' ELSE 'inactive' END," \
+      " p.id IS NOT NULL,"                                                                      \
       " (SELECT count(*) FROM qkd_key_slaves ks JOIN qkd_keys k ON k.id = ks.key_pk"            \
       "  WHERE k.master_pk = m.id AND ks.slave_pk = sl.id AND ks.fetched_at IS NULL"             \
       "  AND k.expires_at > now()),"                                                            \

@@ -314,6 +314,8 @@ def test_an_sae_out_of_service_is_refused(mt):
         assert r.status_code == 200, r.text
 
     service(b, until="2020-01-01T00:00:00Z")
+    # What Get key refuses, Get status refuses too.
+    assert check_error(a.call("GET", b.sae_id, "status"), 400) == "slave_inactive"
     r = b.call("POST", a.sae_id, "dec_keys", {"key_IDs": [{"key_ID": k} for k in ka]})
     assert check_error(r, 401) == "service_expired"
     assert check_error(b.call("GET", a.sae_id, "status"), 401) == "service_expired"

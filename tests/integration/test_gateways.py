@@ -3,6 +3,8 @@ end to end against real kmsd, PostgreSQL and SoftHSM: key purposes from a
 device type's template, a local key refused on the device doors (and
 audited), the family's local key in a sub-device's fill, and rotation by
 purpose."""
+import base64
+import concurrent.futures
 import datetime
 import hashlib
 import re
@@ -11,10 +13,12 @@ import time
 import uuid
 
 import pytest
+import requests
 
 from conftest import KMSCTL, _finish, running_stack, wait_for
 from helpers import ask_key, error_code, get_key, make_device, near, post, ts, uid, utcnow
 from qkms_proto_py import Device
+from qkms_proto2_py import Device2, Platform
 
 
 @pytest.fixture(scope="module")
@@ -509,6 +513,10 @@ def test_service_validity_from_the_type_and_its_renewal(st):
     assert r.status_code == 200 and r.json()["service_until"] == rfc3339(until), r.text
     r = service(st, gid2, until=None)
     assert r.status_code == 200 and r.json()["service_until"] is None
+    # No end: nothing to renew.
+    r = service(st, gid2, days=5)
+    assert r.status_code == 409 and error_code(r) == "invalid_state", r.text
+    assert record(st, gid2)["service_until"] is None
     # From an end in the past, days count from now.
     service(st, gid2, until="2020-01-01T00:00:00Z")
     r = service(st, gid2, days=1)
@@ -685,15 +693,16 @@ def test_wrong_logins_lock_the_account(st):
     assert r.status_code == 403 and error_code(r) == "login_locked", r.text
     assert int(r.headers["Retry-After"]) >= 1
     assert audit_count(st, "gateway.login_locked", gid) == 1
+    assert audit_count(st, "gateway.login_failed", gid) == 3
     # Locked: even the right password is refused, and not counted.
     req, r = login(st, gw, tid, "s3cret-pass")
     assert r.status_code == 403 and error_code(r) == "login_locked", r.text
-    assert audit_count(st, "gateway.login_failed", gid) == 2
+    assert audit_count(st, "gateway.login_failed", gid) == 3
     wait_for(lambda: login(st, gw, tid, "s3cret-pass")[1].status_code == 200, timeout=10)
     # A local key never logs in; a generic one neither (only the access key).
     r = post(st, gw.login_request(tid, "s3cret-pass", index=1))
     assert r.status_code == 401 and error_code(r) == "unauthenticated"
-    # No account: 403 no_credential; a non-gateway without one the same.
+    # No account: 403 no_credential.
     other = Device.from_fill(fill(st, gateway(st)))
     r = post(st, other.login_request(tid, "s3cret-pass"))
     assert r.status_code == 403 and error_code(r) == "no_credential", r.text
@@ -757,3 +766,119 @@ def test_kmsctl_credential(st):
     r = st.kmsctl("policy", "add", name, "--types", "gateway:@platform", "--key-bits", "256")
     assert r.returncode == 0, r.stderr
     assert st.kmsctl("policy", "remove", name).returncode == 0
+
+
+def test_a_gateway_out_of_service_cannot_try_passwords(st):
+    """Standing is judged before any password: the same answer for a right
+    and a wrong one, and nothing counted (docs/gateways.md, "Login")."""
+    gid = gateway(st)
+    gw = Device.from_fill(fill(st, gid))
+    tid = "tid-" + uuid.uuid4().hex[:8]
+    assert credential(st, gid, tid, "right-password").status_code == 200
+    st.admin("POST", f"/v1/admin/devices/{gid}/suspend")
+    for pw in ("right-password", "wrong-password", "wrong-again", "and-again"):
+        req, r = login(st, gw, tid, pw)
+        assert r.status_code == 403 and error_code(r) == "device_inactive", r.text
+    st.admin("POST", f"/v1/admin/devices/{gid}/resume")
+    assert service(st, gid, until="2020-01-01T00:00:00Z").status_code == 200
+    for pw in ("right-password", "wrong-password", "wrong-again", "and-again"):
+        req, r = login(st, gw, tid, pw)
+        assert r.status_code == 403 and error_code(r) == "service_expired", r.text
+    assert audit_count(st, "gateway.login_failed", gid) == 0
+    assert audit_count(st, "gateway.login_locked", gid) == 0
+    assert service(st, gid, days=30).status_code == 200
+    assert login(st, gw, tid, "right-password")[1].status_code == 200
+
+
+def test_a_login_resets_the_count_and_parallel_guesses_are_bounded(st):
+    gid = gateway(st)
+    gw = Device.from_fill(fill(st, gid))
+    tid = "tid-" + uuid.uuid4().hex[:8]
+    assert credential(st, gid, tid, "right-password").status_code == 200
+    for _ in range(2):  # max 3 here
+        assert login(st, gw, tid, "wrong-password")[1].status_code == 401
+    assert login(st, gw, tid, "right-password")[1].status_code == 200
+    for _ in range(2):
+        r = login(st, gw, tid, "wrong-password")[1]
+        assert r.status_code == 401 and error_code(r) == "login_failed", r.text
+    assert login(st, gw, tid, "right-password")[1].status_code == 200
+    # Wrong guesses eight at a time: at most three passwords are checked
+    # before the lock, however many are in flight.
+    before = audit_count(st, "gateway.login_failed", gid)
+    codes = []
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        for _ in range(5):
+            answers = list(ex.map(lambda i: login(st, gw, tid, f"guess-{i}")[1], range(8)))
+            codes += [error_code(r) for r in answers]
+            if "login_locked" in codes:
+                break
+    assert set(codes) <= {"login_failed", "login_locked", "unavailable", "rate_limited"}, codes
+    assert "login_locked" in codes, codes
+    assert codes.count("login_failed") <= 2, codes  # the third failure answers login_locked
+    assert audit_count(st, "gateway.login_failed", gid) - before <= 3
+    assert audit_count(st, "gateway.login_locked", gid) == 1
+
+
+def test_logins_need_a_policy_and_end_by_timeout(st):
+    name = "hub-" + uuid.uuid4().hex[:6]
+    r = st.admin("POST", "/v1/admin/device-types", json={"name": name,
+                                                          "key_purposes": ["access", "local"]})
+    assert r.status_code == 201, r.text
+    did = uid("HUB")
+    assert st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": name,
+                                                        "keys": 3}).status_code == 201
+    hub = Device.from_fill(fill(st, did))
+    tid = "tid-" + uuid.uuid4().hex[:8]
+    assert credential(st, did, tid, "hub-password").status_code == 200
+    for _ in range(4):  # a right password refused for want of a policy never locks
+        r = login(st, hub, tid, "hub-password")[1]
+        assert r.status_code == 403 and error_code(r) == "policy_denied", r.text
+    r = st.admin("POST", "/v1/admin/policies", json={
+        "name": name, "type_a": name, "type_b": "@platform", "idle_timeout_s": 1,
+        "max_lifetime_s": 60})
+    assert r.status_code == 201, r.text
+    req, r = login(st, hub, tid, "hub-password")
+    assert r.status_code == 200, r.text
+    key = hub.open_login_response(req, r.json())
+    assert len(key.key) == 16  # the policy's 128 bits
+    wait_for(lambda: st.psql("SELECT reason FROM session_tombstones WHERE key_id = "
+                             f"'{key.key_id}'").strip() == "idle_timeout", timeout=15)
+    r = post(st, hub.logout_request())
+    assert r.status_code == 404 and error_code(r) == "no_login", r.text
+    # Only the access key logs in or out; the refusal records the nonce.
+    r = post(st, hub.login_request(tid, "hub-password", index=2))
+    assert r.status_code == 401 and error_code(r) == "unauthenticated", r.text
+    req = hub.logout_request(index=2)
+    r = post(st, req)
+    assert r.status_code == 401 and error_code(r) == "unauthenticated"
+    assert st.psql(f"SELECT count(*) FROM request_nonces n JOIN devices d ON d.id = n.device_pk"
+                   f" WHERE d.device_id = '{did}' AND n.nonce = decode('"
+                   f"{base64.urlsafe_b64decode(req.nonce_b64 + '==').hex()}', 'hex')"
+                   ).strip() == "1"
+    # A replayed logout, a stale one.
+    req = hub.logout_request()
+    assert post(st, req).status_code == 404
+    r = post(st, req)
+    assert r.status_code == 401 and error_code(r) == "unauthenticated"
+    r = post(st, hub.logout_request(ts=int(time.time()) - 3600))
+    assert r.status_code == 401 and error_code(r) == "unauthenticated"
+    # No password in any audit row.
+    assert st.psql("SELECT count(*) FROM audit_log WHERE detail::text LIKE '%password%'"
+                   " OR detail::text LIKE '%hub-password%'").strip() == "0"
+
+
+def test_v2_refuses_a_device_out_of_service(st):
+    gid = gateway(st, keys=2)
+    doc = fill(st, gid)
+    dev2 = Device2.from_fill(doc, 3)
+    plat = Platform.from_certificates(
+        requests.get(st.url + "/v1/platform/certificates", timeout=10).json())
+    veh = make_device(st, "vehicle")
+    assert service(st, gid, until="2020-01-01T00:00:00Z").status_code == 200
+    req = dev2.key_request(plat, uid(), veh.device_id, key_source="c")
+    r = post(st, req)
+    assert r.status_code == 403 and error_code(r) == "service_expired", r.text
+    assert service(st, gid, days=1).status_code == 200
+    req = dev2.key_request(plat, uid(), veh.device_id, key_source="c")
+    r = post(st, req)
+    assert r.status_code == 200, r.text

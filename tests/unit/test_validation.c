@@ -308,7 +308,7 @@ static void time_texts(void **state)
 /* Gateway passwords: scrypt round trip, a wrong password or salt fails. */
 static void password_hashes(void **state)
 {
-    password_cost c = {1024, 8, 1}, huge = {(uint64_t)1 << 24, 8, 1};
+    password_cost c = {1024, 8, 1}, huge = {(uint64_t)1 << 24, 8, 1}, top = {(uint64_t)1 << 20, 8, 1};
     uint8_t salt[PASSWORD_SALT_LEN], hash[PASSWORD_HASH_LEN], salt2[PASSWORD_SALT_LEN],
         hash2[PASSWORD_HASH_LEN];
     (void)state;
@@ -324,6 +324,8 @@ static void password_hashes(void **state)
     assert_int_equal(password_check((const uint8_t *)"s3cret-pass", 11, &c, salt, hash), 0);
     /* A cost over the memory bound (2 GiB) fails instead of exhausting the host. */
     assert_int_equal(password_check((const uint8_t *)"s3cret-pass", 11, &huge, salt, hash), -1);
+    /* The largest the configuration allows (gateway_password_scrypt_log2n 20) fits. */
+    assert_int_equal(password_hash((const uint8_t *)"s3cret-pass", 11, &top, salt, hash), 0);
 }
 
 int main(void)
