@@ -358,6 +358,16 @@ static int device_keys(const struct kmsctl_ctx *ctx, const struct invocation *in
     return out_result(ctx->json, rc, resp, print_keys_answer);
 }
 
+/* `device verification-code ID`: what an owner's app proves it knows to
+ * bind the gateway (docs/gateways.md); the gateway shows the same. */
+static int device_vcode(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    json_t *resp;
+    int rc = resource_call(ctx, &device_resource, "GET", inv->pos[0], "verification-code", NULL,
+                           &resp);
+    return out_result(ctx->json, rc, resp, out_kv);
+}
+
 /* ---- suspend, resume, revoke, rotate ------------------------------------- */
 
 static int change_state(const struct kmsctl_ctx *ctx, const struct invocation *inv, const char *verb)
@@ -738,6 +748,20 @@ static const struct action device_actions[] = {
         .min_args = 1,
         .max_args = 2,
         .run = device_sae,
+    },
+    {
+        .sub = "verification-code",
+        .usage = "ID",
+        .summary = "Show a gateway's verification code (for binding it to an owner)",
+        .description = "Derived from the gateway's newest access key: the gateway computes\n"
+                       "the same and shows it (label, display, local channel); an owner's app\n"
+                       "proves it knows it to bind the gateway (docs/gateways.md). A new\n"
+                       "access key makes a new code.\n"
+                       "\n"
+                       "Request: GET /v1/admin/devices/ID/verification-code\n",
+        .min_args = 1,
+        .max_args = 1,
+        .run = device_vcode,
     },
     {
         .sub = "credential",

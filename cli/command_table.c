@@ -6,6 +6,7 @@ const struct command *const kmsctl_commands[] = {
     &cmd_token,
     &cmd_device,
     &cmd_device_type,
+    &cmd_app,
     &cmd_fill,
     &cmd_session,
     &cmd_policy,

@@ -236,6 +236,10 @@ const config_option config_options[] = {
      false, false,
      "Gateway password checks (scrypt) running at once; a login over it is answered 503 with"
      " Retry-After, before its nonce is used (memory: this many times 128 x 2^log2n x 8 bytes)."},
+    {"app_self_registration", OPT_BOOL, OFF(app_self_registration), "false", 0, 0, NULL, false,
+     false,
+     "Whether anyone may create an app (an owner's account, without an enroller scope) with POST"
+     " /v1/app/register; off, operators create them (kmsctl app create)."},
     {"device_key_grace_days", OPT_INT, OFF(device_key_grace_days), "30", 0, 365, NULL, false, false,
      "After `device rotate`, older keys stay usable this many days, then retire."},
     {"maintenance_interval", OPT_INT, OFF(maintenance_interval), "30", 1, 3600, NULL, false, false,

@@ -106,6 +106,7 @@ typedef struct kms_config {
     int gateway_login_lockout;
     int gateway_password_scrypt_log2n;
     int gateway_login_concurrency;
+    bool app_self_registration;
     int device_key_grace_days;
     int maintenance_interval;
     /* sessions */

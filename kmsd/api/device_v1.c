@@ -439,3 +439,32 @@ void h_gateway_logout(http_request *rq, http_response *rs)
 out:
     authed_clear(&a);
 }
+
+/* POST /v1/gateway/reset: the gateway unbinds itself from its owners and
+ * ends its sessions (docs/gateways.md, "Owners, binding, reset"). */
+void h_gateway_reset(http_request *rq, http_response *rs)
+{
+    envelope env;
+    authed a;
+    qk_principal who;
+    qk_err e;
+    login_ask ask = {0};
+    int unbound = 0, ended = 0;
+    uint64_t t0 = session_clock_ns();
+
+    memset(&a, 0, sizeof(a));
+    if (parse_envelope(rq, rs, &env) != 0 || !bound_to_cert(rq, rs, &env) ||
+        authenticate(rq, rs, "reset", &env, &a, &t0) != 0 ||
+        login_fields(rq, rs, &a, false, &ask) != 0 ||
+        !http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+        goto out;
+    who = device_principal(rq, &a.da);
+    if (gateway_reset(&rq->kms->svc, &who, &a.da, ask.ts, &unbound, &ended, &e) != QK_OK) {
+        answer_failure(rq, rs, &env, &a, &e);
+        goto out;
+    }
+    http_json(rs, 200, json_pack("{s:i,s:b,s:i,s:i}", "v", QKP_VERSION, "reset", 1, "unbound",
+                                 unbound, "sessions_ended", ended));
+out:
+    authed_clear(&a);
+}

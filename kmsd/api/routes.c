@@ -43,6 +43,7 @@
     X("POST", "/v1/admin/devices/{id}/attributes", "admin_device_attributes", OPS, h_device_attributes, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/service", "admin_device_service", OPS, h_device_service, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/credential", "admin_device_credential", OPS, h_device_credential, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/devices/{id}/verification-code", "admin_device_verification_code", OPS, h_device_verification_code, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/fill", "admin_device_fill", OPS, h_device_fill, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/devices/{id}/certificates", "admin_device_certs_list", ROLE_ANY, h_device_certs_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/devices/{id}/certificates", "admin_device_cert_issue", OPS, h_device_cert_issue, ADM, RL_ADMIN) \
@@ -62,6 +63,18 @@
     X("POST", "/v2/sessions/end", "session_end_v2", 0, h_session_end_v2, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v1/gateway/login", "gateway_login", 0, h_gateway_login, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v1/gateway/logout", "gateway_logout", 0, h_gateway_logout, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/v1/gateway/reset", "gateway_reset", 0, h_gateway_reset, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/v1/app/register", "app_register", 0, h_app_register, DEV, RL_NONE) \
+    X("POST", "/v1/app/devices", "app_devices_create", ROLE_APP, h_app_devices_create, DEV, RL_ADMIN) \
+    X("GET", "/v1/app/devices", "app_devices_list", ROLE_APP, h_app_devices_list, DEV, RL_ADMIN) \
+    X("GET", "/v1/app/devices/{id}", "app_device_get", ROLE_APP, h_app_device_get, DEV, RL_ADMIN) \
+    X("POST", "/v1/app/devices/{id}/rotate", "app_device_rotate", ROLE_APP, h_app_device_rotate, DEV, RL_ADMIN) \
+    X("POST", "/v1/app/bind/challenges", "app_bind_challenge", ROLE_APP, h_app_bind_challenge, DEV, RL_ADMIN) \
+    X("POST", "/v1/app/bind", "app_bind", ROLE_APP, h_app_bind, DEV, RL_ADMIN) \
+    X("POST", "/v1/admin/apps", "admin_apps_create", ROLE_ADMIN, h_apps_create, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/apps", "admin_apps_list", ROLE_ANY, h_apps_list, ADM, RL_ADMIN) \
+    X("DELETE", "/v1/admin/apps/{name}", "admin_apps_revoke", ROLE_ADMIN, h_apps_revoke, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/apps/{name}/tokens", "admin_apps_token", ROLE_ADMIN, h_apps_token, ADM, RL_ADMIN) \
     X("GET", "/api/v1/keys/{sae}/status", "etsi_status", 0, h_etsi_status, DEV, RL_DEVICE, .client_cert = true) \
     X("GET", "/api/v1/keys/{sae}/enc_keys", "etsi_enc_keys_get", 0, h_etsi_enc_get, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/api/v1/keys/{sae}/enc_keys", "etsi_enc_keys", 0, h_etsi_enc_post, DEV, RL_DEVICE, .client_cert = true, .max_body = ETSI_GATE_MAX_BODY) \
@@ -94,7 +107,7 @@ const int routes_count = (int)(sizeof(routes) / sizeof(routes[0]));
 
 int routes_print_json(FILE *f)
 {
-    static const unsigned bits[] = {ROLE_ADMIN, ROLE_OPERATOR, ROLE_AUDITOR};
+    static const unsigned bits[] = {ROLE_ADMIN, ROLE_OPERATOR, ROLE_AUDITOR, ROLE_APP};
     json_t *arr = json_array();
     int rc;
     for (int i = 0; arr && i < routes_count; i++) {

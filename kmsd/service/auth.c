@@ -24,12 +24,18 @@ unsigned auth_role_parse(const char *s)
         return ROLE_OPERATOR;
     if (!strcmp(s, "auditor"))
         return ROLE_AUDITOR;
+    if (!strcmp(s, "app"))
+        return ROLE_APP;
     return 0;
 }
 
 const char *auth_role_name(unsigned r)
 {
-    return r == ROLE_ADMIN ? "admin" : r == ROLE_OPERATOR ? "operator" : r == ROLE_AUDITOR ? "auditor" : "?";
+    return r == ROLE_ADMIN      ? "admin"
+           : r == ROLE_OPERATOR ? "operator"
+           : r == ROLE_AUDITOR  ? "auditor"
+           : r == ROLE_APP      ? "app"
+                                : "?";
 }
 
 bool auth_name_valid(const char *s) { return name_valid(s, 64); }

@@ -17,7 +17,8 @@
 
 #include "store/db.h"
 
-enum { ROLE_ADMIN = 1u, ROLE_OPERATOR = 2u, ROLE_AUDITOR = 4u };
+/* ROLE_APP: an app's token (apps.h): only the app door's routes take it. */
+enum { ROLE_ADMIN = 1u, ROLE_OPERATOR = 2u, ROLE_AUDITOR = 4u, ROLE_APP = 8u };
 #define ROLE_ANY (ROLE_ADMIN | ROLE_OPERATOR | ROLE_AUDITOR)
 
 #define AUTH_TOKEN_PREFIX "qkms_"

@@ -434,6 +434,17 @@ static db_status reg_tx_fn(db_conn *c, void *arg)
     }
     if (st == DB_OK)
         st = insert_keys_and_audit(c, t);
+    /* Registered by an app for its owner: the app owns it from the start. */
+    for (int i = 0; i < t->n && st == DB_OK; i++) {
+        char app[24];
+        const char *vals[2] = {t->rows[i].spec.device_id, app};
+        PGresult *r;
+        if (!t->rows[i].created || !t->rows[i].owner_app)
+            continue;
+        snprintf(app, sizeof(app), "%lld", t->rows[i].owner_app);
+        if ((r = db_exec(c, Q_DEVICE_OWNER_SET, 2, vals, NULL, NULL, &st)))
+            PQclear(r);
+    }
     return st;
 }
 

@@ -33,6 +33,7 @@
 typedef struct {
     device_spec spec;
     const char *code; /* validation failure (set by the caller) or NULL */
+    long long owner_app; /* an app registering it for its owner (apps.h), or 0 */
     char message[200];
     /* filled by devices_register */
     const char *db_code;

@@ -323,6 +323,41 @@ qk_kind gateway_logout(qk_svc *s, const qk_principal *who, device_auth *a, int64
     return k;
 }
 
+qk_kind gateway_reset(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts,
+                      int *unbound, int *ended, qk_err *e)
+{
+    char pk[24], kidx[8], sts[24], skew[16];
+    const char *vals[6] = {pk,   kidx, (const char *)a->nonce, sts, skew,
+                           strcmp(a->purpose, "access") ? "f" : "t"},
+               *outcome;
+    int lens[6] = {0, 0, QKP_NONCE_LEN, 0, 0, 0}, fmts[6] = {0, 0, 1, 0, 0, 0};
+    db_status st;
+    PGresult *r;
+    qk_kind k;
+
+    if ((k = login_principal(who, a, e)) != QK_OK)
+        return k;
+    snprintf(pk, sizeof(pk), "%lld", a->device_pk);
+    snprintf(kidx, sizeof(kidx), "%d", a->key_index);
+    snprintf(sts, sizeof(sts), "%lld", (long long)ts);
+    snprintf(skew, sizeof(skew), "%d", s->cfg->protocol_clock_skew);
+    if (!(r = db_query(s->db, Q_GW_RESET, 6, vals, lens, fmts, &st)))
+        return db_fail(e, st);
+    outcome = PQgetvalue(r, 0, 0);
+    if (!strcmp(outcome, "ok")) {
+        *unbound = atoi(PQgetvalue(r, 0, 1));
+        *ended = atoi(PQgetvalue(r, 0, 2));
+        log_with(&who->log, LOG_INFO, "gateway reset", "{s:s,s:i,s:i}", "device_id",
+                 a->device_id, "unbound", *unbound, "sessions_ended", *ended);
+        k = QK_OK;
+    } else if (!common_refusal(s, who, a, outcome, NULL, e, &k)) {
+        log_with(&who->log, LOG_ERROR, "unexpected reset outcome", "{s:s}", "outcome", outcome);
+        k = qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+    }
+    PQclear(r);
+    return k;
+}
+
 struct cred_tx {
     const char *actor, *device_id, *tid, *n, *r, *p, *salt, *hash;
     char old_login[65];

@@ -134,6 +134,8 @@ int maintenance_run_once(maintenance *m)
         if (cert_expiry(k, c, &certs_expiring, &st) != 0)
             log_emit(LOG_WARN, "certificate expiry check failed; will retry", "{s:s}", "error",
                      db_status_name(st));
+        if ((r = db_exec(c, Q_BIND_CHALLENGES_PURGE, 0, NULL, NULL, NULL, &st)))
+            PQclear(r);
         if (device_service_warn(c, k->cfg->service_warn_days, &service, &st) != 0) {
             service.ending = service.ended = -1;
             log_emit(LOG_WARN, "service expiry check failed; will retry", "{s:s}", "error",

@@ -268,6 +268,68 @@
     X(Q_SESSION_DESTROY_BY_HASH, /* $1 session hash (hex), $2 reason, $3 actor */            \
       "SELECT qkms_session_destroy(id, $2, $3) FROM sessions"                                  \
       " WHERE session_hash = decode($1, 'hex') FOR UPDATE")                                    \
+    X(Q_DEVICE_OWNER_SET,                                                                      \
+      "INSERT INTO device_owners (device_pk, app_id, how)"                                     \
+      " SELECT id, $2::bigint, 'registered' FROM devices WHERE device_id = $1")                \
+    X(Q_APP_OF_TOKEN, /* the live app of a live token */                                     \
+      "SELECT a.id, a.name, a.enroll_types, a.enroll_group FROM admin_tokens t"                \
+      " JOIN apps a ON a.id = t.app_id WHERE t.id = $1::bigint AND t.revoked_at IS NULL"       \
+      " AND a.revoked_at IS NULL")                                                             \
+    X(Q_APP_INSERT,                                                                            \
+      "INSERT INTO apps (name, enroll_types, enroll_group, self_registered, created_by)"       \
+      " VALUES ($1, $2::text[], $3, $4::boolean, $5) RETURNING id")                            \
+    X(Q_APP_TOKEN_INSERT,                                                                      \
+      "INSERT INTO admin_tokens (name, role, token_hash, created_by, app_id)"                   \
+      " SELECT $1, 'app', $2, $3, id FROM apps WHERE name = $4 AND revoked_at IS NULL"         \
+      " RETURNING created_at")                                                                 \
+    X(Q_APP_LIST,                                                                              \
+      "SELECT a.name, a.enroll_types, a.enroll_group, a.self_registered, a.created_at,"        \
+      " a.created_by, a.revoked_at,"                                                           \
+      " (SELECT count(*) FROM device_owners o WHERE o.app_id = a.id)"                          \
+      " FROM apps a ORDER BY a.name")                                                          \
+    X(Q_APP_REVOKE, /* its tokens and its bindings go with it: the names of its devices */   \
+      "WITH a AS (UPDATE apps SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL"   \
+      "  RETURNING id),"                                                                       \
+      " t AS (UPDATE admin_tokens SET revoked_at = now() WHERE app_id IN (SELECT id FROM a)"   \
+      "  AND revoked_at IS NULL),"                                                             \
+      " o AS (DELETE FROM device_owners WHERE app_id IN (SELECT id FROM a) RETURNING device_pk)" \
+      " SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM o)")                            \
+    X(Q_APP_OWNS, /* the device, owned by app $2 itself or through its gateway */            \
+      "SELECT 1 FROM devices d LEFT JOIN device_owners o ON o.device_pk = d.id"                \
+      " LEFT JOIN device_owners po ON po.device_pk = d.parent_id"                              \
+      " WHERE d.device_id = $1 AND (o.app_id = $2::bigint OR po.app_id = $2::bigint)")         \
+    X(Q_APP_DEVICES, /* an app's devices: owned, and the sub-devices of owned ones */        \
+      "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
+      " d.updated_at, d.revoked_at, d.sae_id, d.attributes::text, d.service_until,"            \
+      " coalesce(o.how, 'via_parent')"                                                         \
+      " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
+      " LEFT JOIN device_owners o ON o.device_pk = d.id AND o.app_id = $1::bigint"             \
+      " LEFT JOIN device_owners po ON po.device_pk = d.parent_id AND po.app_id = $1::bigint"   \
+      " WHERE o.device_pk IS NOT NULL OR po.device_pk IS NOT NULL"                             \
+      " ORDER BY d.device_id LIMIT 10000")                                                     \
+    X(Q_DEVICE_ACCESS_KEY, /* the device; its newest live access key (or NULLs): */         \
+                           /* index, algorithm, wrapped hex */                                 \
+      "SELECT k.key_index, k.algorithm, encode(k.wrapped, 'hex') FROM devices d"               \
+      " LEFT JOIN LATERAL (SELECT * FROM device_keys x WHERE x.device_pk = d.id"               \
+      "  AND x.purpose = 'access' AND x.state = 'active' AND x.not_before <= now()"            \
+      "  AND x.not_after > now() ORDER BY x.key_index DESC LIMIT 1) k ON true"                 \
+      " WHERE d.device_id = $1")                                                               \
+    X(Q_BIND_CHALLENGE,                                                                        \
+      "INSERT INTO bind_challenges (id, app_id, device_pk, random, expires_at)"                \
+      " SELECT $1::uuid, $2::bigint, d.id, decode($3, 'hex'),"                                 \
+      "  now() + make_interval(secs => $5::int) FROM devices d"                                \
+      " WHERE d.device_id = $4 AND d.state <> 'revoked'"                                       \
+      " RETURNING floor(extract(epoch FROM expires_at))::bigint")                              \
+    X(Q_BIND_CHALLENGE_GET, /* an app's live challenge: device, random (hex) */              \
+      "SELECT d.device_id, encode(c.random, 'hex') FROM bind_challenges c"                     \
+      " JOIN devices d ON d.id = c.device_pk WHERE c.id = $1::uuid AND c.app_id = $2::bigint"  \
+      " AND c.used_at IS NULL AND c.expires_at > now()")                                       \
+    X(Q_BIND_CHALLENGES_PURGE, /* used or expired, kept a day for the audit's sake */        \
+      "DELETE FROM bind_challenges WHERE expires_at < now() - interval '1 day'")               \
+    X(Q_APP_BIND, "SELECT outcome, device_id FROM qkms_app_bind($1::bigint, $2::uuid, $3::boolean)") \
+    X(Q_GW_RESET,                                                                              \
+      "SELECT outcome, unbound, ended FROM qkms_gateway_reset($1::bigint, $2::int, $3::bytea,"  \
+      " $4::bigint, $5::int, $6::boolean)")                                                    \
     X(Q_QKD_SAE, "SELECT id, sae_id, state, service_until <= now(), qkms_rfc3339(service_until)" \
       " FROM devices WHERE device_id = $1")                                                    \
     X(Q_QKD_SET_SAE, /* $1 device, $2 SAE ID or NULL: the old one */                          \

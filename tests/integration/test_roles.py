@@ -42,6 +42,11 @@ MATRIX = [
     ("POST", "/v1/admin/devices/{id}/attributes", OPS),
     ("POST", "/v1/admin/devices/{id}/service", OPS),
     ("POST", "/v1/admin/devices/{id}/credential", OPS),
+    ("GET", "/v1/admin/devices/{id}/verification-code", OPS),
+    ("POST", "/v1/admin/apps", ADMIN),
+    ("GET", "/v1/admin/apps", ANY),
+    ("DELETE", "/v1/admin/apps/{name}", ADMIN),
+    ("POST", "/v1/admin/apps/{name}/tokens", ADMIN),
     ("POST", "/v1/admin/devices/{id}/fill", OPS),
     ("GET", "/v1/admin/devices/{id}/certificates", ANY),
     ("POST", "/v1/admin/devices/{id}/certificates", OPS),
@@ -89,6 +94,10 @@ def tokens(stack):
     for role in ("operator", "auditor"):
         r = stack.admin("POST", "/v1/admin/tokens", json={"name": f"matrix-{role}", "role": role})
         out[role] = r.json()["token"]
+    # An app's token (docs/gateways.md) opens no admin route.
+    r = stack.admin("POST", "/v1/admin/apps", json={"name": "matrix-app"})
+    assert r.status_code == 201, r.text
+    out["app"] = r.json()["token"]
     return out
 
 
