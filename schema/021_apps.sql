@@ -34,12 +34,18 @@ CREATE TABLE device_owners (
 );
 CREATE INDEX device_owners_app ON device_owners (app_id);
 
+-- A gateway's verification code changes at each reset (the epoch is in its
+-- HMAC), so a code seen before the reset binds nothing after it.
+ALTER TABLE devices ADD COLUMN bind_epoch integer NOT NULL DEFAULT 0;
+
 -- A bind challenge: a platform random for one app and one gateway, used at
--- most once, until expires_at.
+-- most once, until expires_at. A challenge asked for a device that cannot
+-- be bound (none, revoked, a sub-device) has no device: the answer does not
+-- say whether one exists, and the bind fails.
 CREATE TABLE bind_challenges (
     id         uuid PRIMARY KEY,
     app_id     bigint NOT NULL REFERENCES apps (id),
-    device_pk  bigint NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    device_pk  bigint REFERENCES devices (id) ON DELETE CASCADE,
     random     bytea NOT NULL CHECK (length(random) = 32),
     expires_at timestamptz NOT NULL,
     used_at    timestamptz
@@ -66,16 +72,21 @@ DECLARE
     owner bigint;
     app text;
 BEGIN
-    SELECT name INTO app FROM apps WHERE id = p_app;
+    -- A revoked app binds nothing (its revocation waits for this, or wins).
+    SELECT 'app/' || name INTO app FROM apps WHERE id = p_app AND revoked_at IS NULL FOR SHARE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'bind_failed', NULL::text;
+        RETURN;
+    END IF;
     UPDATE bind_challenges SET used_at = now()
      WHERE id = p_challenge AND app_id = p_app AND used_at IS NULL AND expires_at > now()
     RETURNING * INTO ch;
-    IF ch.id IS NULL OR NOT p_ok THEN
+    IF ch.id IS NULL OR ch.device_pk IS NULL OR NOT p_ok THEN
         INSERT INTO audit_log (actor, event, device_id, detail)
         SELECT app, 'app.bind_failed', dd.device_id,
                jsonb_build_object('challenge', p_challenge,
-                                  'reason', CASE WHEN ch.id IS NULL THEN 'challenge'
-                                                 ELSE 'proof' END)
+                                  'reason', CASE WHEN ch.id IS NULL OR ch.device_pk IS NULL
+                                                 THEN 'challenge' ELSE 'proof' END)
           FROM (SELECT NULL) one
           LEFT JOIN bind_challenges c ON c.id = p_challenge
           LEFT JOIN devices dd ON dd.id = c.device_pk;
@@ -94,18 +105,20 @@ BEGIN
         RETURN;
     END IF;
     INSERT INTO audit_log (actor, event, device_id, detail)
-    VALUES (app, 'device.bound', d.device_id, jsonb_build_object('app', app));
+    VALUES (app, 'device.bound', d.device_id, jsonb_build_object('app', substr(app, 5)));
     RETURN QUERY SELECT 'bound', d.device_id;
 END $$;
 
 -- A gateway's reset, at its own request (under its access key): every
--- binding of it and of its sub-devices goes, every session of it ends (tombstone 'reset'), its login
--- with them. The request's nonce is recorded first. Outcomes:
--- unauthenticated, stale, replay, not_access, ok (the number of bindings
--- and sessions ended).
+-- binding of it and of its sub-devices goes, every session of it ends
+-- (tombstone 'reset'), its login with them, its pending challenges are used
+-- up, and its bind epoch moves on (a new verification code). The request's
+-- nonce is recorded first. Outcomes: unauthenticated, stale, replay,
+-- not_access, ok (the bindings and sessions ended, the new epoch). The
+-- sub-devices' own sessions go on.
 CREATE FUNCTION qkms_gateway_reset(p_device bigint, p_key_index integer, p_nonce bytea,
                                    p_ts bigint, p_skew integer, p_access boolean)
-RETURNS TABLE (outcome text, unbound integer, ended integer)
+RETURNS TABLE (outcome text, unbound integer, ended integer, epoch integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     d devices;
@@ -113,26 +126,28 @@ DECLARE
     n_owner integer;
     n_sess integer := 0;
     sid bigint;
+    new_epoch integer;
 BEGIN
     SELECT * INTO d FROM devices WHERE id = p_device;
     refusal := qkms_auth_refusal(d, p_key_index);
     IF refusal IS NOT NULL THEN
-        RETURN QUERY SELECT 'unauthenticated', NULL::int, NULL::int;
+        RETURN QUERY SELECT 'unauthenticated', NULL::int, NULL::int, NULL::int;
         RETURN;
     END IF;
     IF NOT qkms_ts_ok(p_ts, p_skew) THEN
-        RETURN QUERY SELECT 'stale', NULL::int, NULL::int;
+        RETURN QUERY SELECT 'stale', NULL::int, NULL::int, NULL::int;
         RETURN;
     END IF;
     IF NOT qkms_nonce_take(p_device, p_nonce, p_ts, p_skew) THEN
-        RETURN QUERY SELECT 'replay', NULL::int, NULL::int;
+        RETURN QUERY SELECT 'replay', NULL::int, NULL::int, NULL::int;
         RETURN;
     END IF;
     IF NOT p_access THEN
-        RETURN QUERY SELECT 'not_access', NULL::int, NULL::int;
+        RETURN QUERY SELECT 'not_access', NULL::int, NULL::int, NULL::int;
         RETURN;
     END IF;
-    PERFORM 1 FROM devices WHERE id = p_device FOR UPDATE;
+    UPDATE devices SET bind_epoch = bind_epoch + 1 WHERE id = p_device
+    RETURNING bind_epoch INTO new_epoch;
     -- Its sub-devices go with it (a reset gateway changes hands with them).
     DELETE FROM device_owners
      WHERE device_pk = p_device OR device_pk IN (SELECT id FROM devices WHERE parent_id = p_device);
@@ -143,9 +158,11 @@ BEGIN
         PERFORM qkms_session_destroy(sid, 'reset', d.device_id);
         n_sess := n_sess + 1;
     END LOOP;
-    UPDATE gateway_credentials SET login_hash = NULL WHERE device_pk = p_device;
+    UPDATE gateway_credentials SET login_hash = NULL, updated_at = now()
+     WHERE device_pk = p_device;
     INSERT INTO audit_log (actor, event, device_id, detail)
     VALUES (d.device_id, 'gateway.reset', d.device_id,
-            jsonb_build_object('unbound', n_owner, 'sessions_ended', n_sess));
-    RETURN QUERY SELECT 'ok', n_owner, n_sess;
+            jsonb_build_object('unbound', n_owner, 'sessions_ended', n_sess,
+                               'bind_epoch', new_epoch));
+    RETURN QUERY SELECT 'ok', n_owner, n_sess, new_epoch;
 END $$;

@@ -26,7 +26,7 @@ static bool the_app(http_request *rq, http_response *rs, app_account *app, qk_pr
         return false;
     }
     *who = admin_principal(rq);
-    who->name = app->name; /* the actor of its audit rows: the app, not one of its tokens */
+    who->name = app->actor; /* its audit rows name the app ("app/NAME"), not a token */
     return true;
 }
 
@@ -169,7 +169,7 @@ void h_app_device_get(http_request *rq, http_response *rs)
     qk_err e;
     if (!id || !the_app(rq, rs, &app, &who))
         return;
-    if (apps_owns(&rq->kms->svc, &app, id, &e) != QK_OK ||
+    if (apps_owns(&rq->kms->svc, &app, id, false, &e) != QK_OK ||
         devices_get(&rq->kms->svc, id, true, false, &rec, &e) != QK_OK)
         http_fail(rs, &e);
     else
@@ -191,7 +191,7 @@ void h_app_device_rotate(http_request *rq, http_response *rs)
         return;
     if (!only_fields(rs, in, known) || !the_app(rq, rs, &app, &who) || !(rcpt = recipient(rs, in)))
         goto out;
-    if (apps_owns(&rq->kms->svc, &app, id, &e) != QK_OK ||
+    if (apps_owns(&rq->kms->svc, &app, id, true, &e) != QK_OK ||
         device_keys_rotate(&rq->kms->svc, &who, id, NULL, rq->kms->cfg.device_key_grace_days,
                            0, 0, &e) != QK_OK) {
         http_fail(rs, &e);
@@ -229,6 +229,18 @@ out:
     json_decref(in);
 }
 
+/* A lowercase UUID in its 8-4-4-4-12 form. */
+static bool uuid_text_valid(const char *u)
+{
+    if (!u || strlen(u) != 36)
+        return false;
+    for (int i = 0; i < 36; i++)
+        if ((i == 8 || i == 13 || i == 18 || i == 23) ? u[i] != '-'
+                                                      : !strchr("0123456789abcdef", u[i]) || !u[i])
+            return false;
+    return true;
+}
+
 /* POST /v1/app/bind {"challenge_id", "proof"} */
 void h_app_bind(http_request *rq, http_response *rs)
 {
@@ -244,8 +256,7 @@ void h_app_bind(http_request *rq, http_response *rs)
     proof = json_string_value(json_object_get(in, "proof"));
     if (!only_fields(rs, in, known) || !the_app(rq, rs, &app, &who))
         goto out;
-    if (!ch || strlen(ch) != 36 || strspn(ch, "0123456789abcdef-") != 36 || !proof ||
-        strlen(proof) > 64) {
+    if (!uuid_text_valid(ch) || !proof || strlen(proof) > 64) {
         http_error(rs, 422, "invalid_request",
                    "challenge_id must be a challenge's UUID (lowercase), proof a base64url"
                    " string");
@@ -321,8 +332,12 @@ void h_apps_create(http_request *rq, http_response *rs)
     for (n = 0; types && n < json_array_size(types); n++) {
         bool known_type = false;
         t[n] = json_string_value(json_array_get(types, n));
-        if (!device_type_name_valid(t[n]) ||
-            device_types_has(&rq->kms->svc, t[n], &known_type, &e) != QK_OK || !known_type) {
+        if (device_type_name_valid(t[n]) &&
+            device_types_has(&rq->kms->svc, t[n], &known_type, &e) != QK_OK) {
+            http_fail(rs, &e);
+            goto out;
+        }
+        if (!known_type) {
             http_error(rs, 422, "invalid_scope", "enroll_types names an unknown device type");
             goto out;
         }
@@ -392,7 +407,8 @@ void h_device_verification_code(http_request *rq, http_response *rs)
     qk_err e;
     if (!id)
         return;
-    if (apps_verification_code(&rq->kms->svc, id, code, &e) != QK_OK) {
+    qk_principal who = admin_principal(rq);
+    if (apps_verification_code(&rq->kms->svc, &who, id, code, &e) != QK_OK) {
         http_fail(rs, &e);
         return;
     }

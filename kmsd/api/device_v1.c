@@ -449,7 +449,7 @@ void h_gateway_reset(http_request *rq, http_response *rs)
     qk_principal who;
     qk_err e;
     login_ask ask = {0};
-    int unbound = 0, ended = 0;
+    int unbound = 0, ended = 0, epoch = 0;
     uint64_t t0 = session_clock_ns();
 
     memset(&a, 0, sizeof(a));
@@ -459,12 +459,14 @@ void h_gateway_reset(http_request *rq, http_response *rs)
         !http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
         goto out;
     who = device_principal(rq, &a.da);
-    if (gateway_reset(&rq->kms->svc, &who, &a.da, ask.ts, &unbound, &ended, &e) != QK_OK) {
+    if (gateway_reset(&rq->kms->svc, &who, &a.da, ask.ts, &unbound, &ended, &epoch, &e) !=
+        QK_OK) {
         answer_failure(rq, rs, &env, &a, &e);
         goto out;
     }
-    http_json(rs, 200, json_pack("{s:i,s:b,s:i,s:i}", "v", QKP_VERSION, "reset", 1, "unbound",
-                                 unbound, "sessions_ended", ended));
+    http_json(rs, 200, json_pack("{s:i,s:b,s:i,s:i,s:i}", "v", QKP_VERSION, "reset", 1,
+                                 "unbound", unbound, "sessions_ended", ended, "bind_epoch",
+                                 epoch));
 out:
     authed_clear(&a);
 }

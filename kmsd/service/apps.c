@@ -30,23 +30,16 @@
 
 bool app_name_valid(const char *s) { return name_valid(s, APP_NAME_MAX); }
 
-/* A text[] of type names as PostgreSQL writes it ("{gateway,subdevice}":
- * type names need no quoting) into out; how many. */
-static int type_array_parse(const char *lit, char out[][DEVICE_TYPE_MAX + 1], int max)
+/* A JSON array of type names (array_to_json) into out; how many. */
+static int type_array_parse(const char *text, char out[][DEVICE_TYPE_MAX + 1], int max)
 {
+    json_t *a = json_loads(text, 0, NULL), *v;
+    size_t i;
     int n = 0;
-    size_t len;
-    if (!lit || *lit != '{')
-        return 0;
-    lit++;
-    while (*lit && *lit != '}' && n < max) {
-        len = strcspn(lit, ",}");
-        if (len > 0 && len <= DEVICE_TYPE_MAX)
-            snprintf(out[n++], DEVICE_TYPE_MAX + 1, "%.*s", (int)len, lit);
-        lit += len;
-        if (*lit == ',')
-            lit++;
-    }
+    json_array_foreach(a, i, v) if (n < max && json_is_string(v) &&
+                                    json_string_length(v) <= DEVICE_TYPE_MAX)
+        snprintf(out[n++], DEVICE_TYPE_MAX + 1, "%s", json_string_value(v));
+    json_decref(a);
     return n;
 }
 
@@ -67,6 +60,7 @@ qk_kind apps_of_token(qk_svc *s, long long token_id, app_account *out, qk_err *e
     }
     out->id = atoll(PQgetvalue(r, 0, 0));
     snprintf(out->name, sizeof(out->name), "%s", PQgetvalue(r, 0, 1));
+    snprintf(out->actor, sizeof(out->actor), "app/%s", out->name);
     /* text[] as PostgreSQL writes it: the type names need no quoting. */
     out->ntypes = type_array_parse(PQgetvalue(r, 0, 2), out->types, APP_SCOPE_TYPES_MAX);
     snprintf(out->group, sizeof(out->group), "%s", PQgetvalue(r, 0, 3));
@@ -226,14 +220,10 @@ qk_kind apps_token_new(qk_svc *s, const qk_principal *who, const char *name, jso
     return k;
 }
 
-static json_t *text_array(const char *lit)
+static json_t *text_array(const char *json_text)
 {
-    char buf[APP_SCOPE_TYPES_MAX][DEVICE_TYPE_MAX + 1];
-    json_t *a = json_array();
-    int n = type_array_parse(lit, buf, APP_SCOPE_TYPES_MAX);
-    for (int i = 0; i < n; i++)
-        json_array_append_new(a, json_string(buf[i]));
-    return a;
+    json_t *a = json_loads(json_text, 0, NULL);
+    return json_is_array(a) ? a : (json_decref(a), json_array());
 }
 
 qk_kind apps_list(qk_svc *s, json_t **out, qk_err *e)
@@ -299,7 +289,8 @@ qk_kind apps_revoke(qk_svc *s, const qk_principal *who, const char *name, qk_err
     return QK_OK;
 }
 
-qk_kind apps_owns(qk_svc *s, const app_account *app, const char *device_id, qk_err *e)
+qk_kind apps_owns(qk_svc *s, const app_account *app, const char *device_id, bool registered,
+                  qk_err *e)
 {
     char id[24];
     const char *vals[2] = {device_id, id};
@@ -312,7 +303,18 @@ qk_kind apps_owns(qk_svc *s, const app_account *app, const char *device_id, qk_e
         return db_fail(e, st);
     owned = PQntuples(r) > 0;
     PQclear(r);
-    return owned ? QK_OK : qk_fail(e, QK_NOT_FOUND, "not_found", "no such device");
+    if (!owned)
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such device");
+    if (!registered)
+        return QK_OK;
+    if (!(r = db_query(s->db, Q_APP_OWNS_REGISTERED, 2, vals, NULL, NULL, &st)))
+        return db_fail(e, st);
+    owned = PQntuples(r) > 0;
+    PQclear(r);
+    return owned ? QK_OK
+                 : qk_fail(e, QK_FORBIDDEN, "out_of_scope",
+                           "only a device this app registered gets keys through it (a bound one:"
+                           " its operator rotates it)");
 }
 
 qk_kind apps_devices(qk_svc *s, const app_account *app, json_t **out, qk_err *e)
@@ -361,30 +363,32 @@ qk_kind apps_scope_check(qk_svc *s, const app_account *app, device_spec *spec, q
                        "this app registers into group '%s' only", app->group);
     snprintf(spec->group, sizeof(spec->group), "%s", app->group);
     if (spec->parent[0])
-        return apps_owns(s, app, spec->parent, e);
+        return apps_owns(s, app, spec->parent, true, e);
     return QK_OK;
 }
 
-/* RFC 4648 base32 of the first bytes of in, n characters. */
-static void base32(const uint8_t *in, char *out, int n)
+/* RFC 4648 base32 of the first bits of in (len bytes), n characters. */
+static void base32(const uint8_t *in, size_t len, char *out, int n)
 {
     static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     for (int i = 0; i < n; i++) {
-        int bit = i * 5, byte = bit / 8, shift = bit % 8;
-        unsigned v = ((unsigned)in[byte] << 8 | in[byte + 1]) >> (11 - shift);
+        size_t bit = (size_t)i * 5, byte = bit / 8, shift = bit % 8;
+        unsigned v = ((unsigned)(byte < len ? in[byte] : 0) << 8 |
+                      (byte + 1 < len ? in[byte + 1] : 0)) >> (11 - shift);
         out[i] = alphabet[v & 31];
     }
     out[n] = 0;
 }
 
-qk_kind apps_verification_code(qk_svc *s, const char *device_id,
+qk_kind apps_verification_code(qk_svc *s, const qk_principal *who, const char *device_id,
                                char out[APP_VERIFICATION_CODE_LEN + 1], qk_err *e)
 {
     static const char label[] = "qkms/v1/verification-code\n";
     const char *vals[1] = {device_id};
     uint8_t *key = NULL, mac[32], *msg = NULL;
     unsigned int maclen = sizeof(mac);
-    size_t klen = 0, ml = strlen(label) + strlen(device_id);
+    char epoch[16];
+    size_t klen = 0, ml;
     db_status st;
     PGresult *r;
     qk_kind k;
@@ -401,6 +405,8 @@ qk_kind apps_verification_code(qk_svc *s, const char *device_id,
         PQclear(r);
         return k;
     }
+    snprintf(epoch, sizeof(epoch), "\n%s", PQgetvalue(r, 0, 3));
+    ml = strlen(label) + strlen(device_id) + strlen(epoch);
     if (!(key = OPENSSL_secure_malloc(KEY_BUF)) || !(msg = malloc(ml))) {
         k = qk_fail(e, QK_INTERNAL, "internal", "out of memory");
         goto out;
@@ -411,11 +417,22 @@ qk_kind apps_verification_code(qk_svc *s, const char *device_id,
         goto out;
     memcpy(msg, label, strlen(label));
     memcpy(msg + strlen(label), device_id, strlen(device_id));
+    memcpy(msg + strlen(label) + strlen(device_id), epoch, strlen(epoch));
     if (!HMAC(EVP_sha256(), key, (int)klen, msg, ml, mac, &maclen)) {
         k = qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
         goto out;
     }
-    base32(mac, out, APP_VERIFICATION_CODE_LEN);
+    base32(mac, sizeof(mac), out, APP_VERIFICATION_CODE_LEN);
+    if (who) {
+        const char *av[4] = {who->name, "device.verification_code_read", device_id, "{}"};
+        PGresult *ar = db_query(s->db, Q_AUDIT_APPEND, 4, av, NULL, NULL, &st);
+        if (!ar) {
+            OPENSSL_cleanse(out, APP_VERIFICATION_CODE_LEN + 1);
+            k = db_fail(e, st);
+            goto out;
+        }
+        PQclear(ar);
+    }
     k = QK_OK;
 out:
     OPENSSL_cleanse(mac, sizeof(mac));
@@ -449,7 +466,7 @@ qk_kind apps_bind_challenge(qk_svc *s, const app_account *app, const char *devic
         return db_fail(e, st);
     if (PQntuples(r) != 1) {
         PQclear(r);
-        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such device");
+        return qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
     }
     *out = json_pack("{s:s,s:s,s:s,s:I}", "challenge_id", id, "device_id", device_id, "random",
                      rb64, "expires_at", (json_int_t)atoll(PQgetvalue(r, 0, 0)));
@@ -497,14 +514,14 @@ qk_kind apps_bind(qk_svc *s, const app_account *app, const char *challenge_id, c
         if (!(r = db_query(s->db, Q_BIND_CHALLENGE_GET, 2, gv, NULL, NULL, &st)))
             return db_fail(e, st);
     }
-    if (PQntuples(r) == 1 &&
+    if (PQntuples(r) == 1 && !PQgetisnull(r, 0, 0) &&
         qkms_hex_decode(PQgetvalue(r, 0, 1), strlen(PQgetvalue(r, 0, 1)), rnd, sizeof(rnd)) ==
             (long)sizeof(rnd)) {
         snprintf(dev, sizeof(dev), "%s", PQgetvalue(r, 0, 0));
         qkp_b64url_encode(rnd, sizeof(rnd), rb64);
         PQclear(r);
         r = NULL;
-        if ((k = apps_verification_code(s, dev, code, e)) != QK_OK &&
+        if ((k = apps_verification_code(s, NULL, dev, code, e)) != QK_OK &&
             !(k == QK_CONFLICT && !strcmp(e->code, "invalid_state")))
             return k; /* the token or the database: the challenge stays */
         ok = code[0] && bind_proof(code, rb64, want) == 0 && strlen(proof) == strlen(want) &&

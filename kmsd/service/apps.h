@@ -40,6 +40,8 @@
 typedef struct {
     long long id;
     char name[APP_NAME_MAX + 1];
+    char actor[APP_NAME_MAX + 5]; /* "app/NAME": its audit rows' actor ('/' is in no
+                                   * token name or device ID) */
     char types[APP_SCOPE_TYPES_MAX][DEVICE_TYPE_MAX + 1];
     int ntypes;
     char group[DEVICE_GROUP_MAX + 1]; /* "" : it registers nothing */
@@ -67,24 +69,31 @@ qk_kind apps_list(qk_svc *s, json_t **out, qk_err *e);
 qk_kind apps_revoke(qk_svc *s, const qk_principal *who, const char *name, qk_err *e);
 
 /* Whether the app owns device_id (itself, or its gateway): QK_OK or
- * QK_NOT_FOUND. */
-qk_kind apps_owns(qk_svc *s, const app_account *app, const char *device_id, qk_err *e);
+ * QK_NOT_FOUND. With registered, also that the app registered it itself
+ * (an enroller's device): QK_FORBIDDEN "out_of_scope" for one it only
+ * bound, since new keys sealed to a key the app names would reach the app. */
+qk_kind apps_owns(qk_svc *s, const app_account *app, const char *device_id, bool registered,
+                  qk_err *e);
 /* {"devices": [device summaries with "owned": "registered" | "bound" |
  * "via_parent"]} */
 qk_kind apps_devices(qk_svc *s, const app_account *app, json_t **out, qk_err *e);
 /* Check row against the app's enroller scope and mark it the app's: its
- * group is the app's; a parent must be the app's. QK_FORBIDDEN
+ * group is the app's; a parent must be one the app registered (the
+ * registration's transaction checks again: devices.c). QK_FORBIDDEN
  * "out_of_scope"; QK_NOT_FOUND for a parent it does not own. */
 qk_kind apps_scope_check(qk_svc *s, const app_account *app, device_spec *spec, qk_err *e);
 
 /* The verification code of device_id: APP_VERIFICATION_CODE_LEN characters
  * of RFC 4648 base32 of HMAC-SHA-256(newest live access key,
- * "qkms/v1/verification-code\n" || device_id). QK_CONFLICT "invalid_state"
- * when it has no live access key. */
-qk_kind apps_verification_code(qk_svc *s, const char *device_id,
+ * "qkms/v1/verification-code\n" || device_id || "\n" || bind epoch), the
+ * epoch moving on at each reset. QK_NOT_FOUND; QK_CONFLICT "invalid_state"
+ * when it has no live access key. With who, the read is audited
+ * (device.verification_code_read). */
+qk_kind apps_verification_code(qk_svc *s, const qk_principal *who, const char *device_id,
                                char out[APP_VERIFICATION_CODE_LEN + 1], qk_err *e);
 /* A challenge for binding device_id: *out = {"challenge_id", "device_id",
- * "random" (base64url of 32 bytes), "expires_at"}. */
+ * "random" (base64url of 32 bytes), "expires_at"}, whether or not such a
+ * device exists (one that does not, or cannot be bound, fails the bind). */
 qk_kind apps_bind_challenge(qk_svc *s, const app_account *app, const char *device_id,
                             json_t **out, qk_err *e);
 /* Bind with a challenge and proof = base64url(SHA-256("qkms/v1/bind\n" ||

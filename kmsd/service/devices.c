@@ -403,6 +403,32 @@ out:
     return st;
 }
 
+/* Rows an app registers (apps.h), in the transaction: the app is still
+ * live (locked against its revocation) and a parent is still one it
+ * registered (locked against a reset). */
+static db_status owners_check(db_conn *c, struct reg_tx *t)
+{
+    db_status st = DB_OK;
+    for (int i = 0; i < t->n && st == DB_OK; i++) {
+        device_reg *row = &t->rows[i];
+        char app[24];
+        const char *vals[2] = {app, row->spec.parent[0] ? row->spec.parent : NULL};
+        PGresult *r;
+        if (!row->owner_app || !row_ok(row))
+            continue;
+        snprintf(app, sizeof(app), "%lld", row->owner_app);
+        if (!(r = db_exec(c, Q_APP_REG_CHECK, 2, vals, NULL, NULL, &st)))
+            break;
+        if (strcmp(PQgetvalue(r, 0, 0), "t") != 0)
+            row_fail(row, "out_of_scope", "the app was revoked");
+        else if (strcmp(PQgetvalue(r, 0, 1), "t") != 0)
+            row_fail(row, "out_of_scope", "parent '%s' is not a device this app registered",
+                     row->spec.parent);
+        PQclear(r);
+    }
+    return st;
+}
+
 static db_status reg_tx_fn(db_conn *c, void *arg)
 {
     struct reg_tx *t = arg;
@@ -413,7 +439,9 @@ static db_status reg_tx_fn(db_conn *c, void *arg)
         t->rows[i].db_message[0] = 0;
         t->rows[i].created = false;
     }
-    st = resolve_parents(c, t);
+    st = owners_check(c, t);
+    if (st == DB_OK)
+        st = resolve_parents(c, t);
     if (st == DB_OK)
         st = attrs_taken(c, t);
     if (st == DB_OK)
@@ -612,8 +640,11 @@ qk_kind devices_row_err(const device_reg *row, qk_err *e)
         qk_clear(e);
         return QK_OK;
     }
-    return qk_fail(e, !strcmp(code, "conflict") ? QK_CONFLICT : QK_INVALID, code, "%s",
-                   row->code ? row->message : row->db_message);
+    return qk_fail(e,
+                   !strcmp(code, "conflict")       ? QK_CONFLICT
+                   : !strcmp(code, "out_of_scope") ? QK_FORBIDDEN
+                                                   : QK_INVALID,
+                   code, "%s", row->code ? row->message : row->db_message);
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */

@@ -324,7 +324,7 @@ qk_kind gateway_logout(qk_svc *s, const qk_principal *who, device_auth *a, int64
 }
 
 qk_kind gateway_reset(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts,
-                      int *unbound, int *ended, qk_err *e)
+                      int *unbound, int *ended, int *epoch, qk_err *e)
 {
     char pk[24], kidx[8], sts[24], skew[16];
     const char *vals[6] = {pk,   kidx, (const char *)a->nonce, sts, skew,
@@ -347,6 +347,7 @@ qk_kind gateway_reset(qk_svc *s, const qk_principal *who, device_auth *a, int64_
     if (!strcmp(outcome, "ok")) {
         *unbound = atoi(PQgetvalue(r, 0, 1));
         *ended = atoi(PQgetvalue(r, 0, 2));
+        *epoch = atoi(PQgetvalue(r, 0, 3));
         log_with(&who->log, LOG_INFO, "gateway reset", "{s:s,s:i,s:i}", "device_id",
                  a->device_id, "unbound", *unbound, "sessions_ended", *ended);
         k = QK_OK;

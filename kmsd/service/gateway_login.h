@@ -68,11 +68,12 @@ qk_kind gateway_login(qk_svc *s, const qk_principal *who, device_auth *a, const 
 qk_kind gateway_logout(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts, qk_err *e);
 
 /* The gateway's reset at its own request (under its access key; the nonce
- * recorded first): every binding to an owner goes (apps.h), every session
- * of it ends (tombstone "reset", its login with them), audited
- * gateway.reset. QK_OK with how many of each, or a 401. */
+ * recorded first): every binding of it and its sub-devices to an owner
+ * goes (apps.h), every session of it ends (tombstone "reset", its login
+ * with them), its bind epoch moves on (a new verification code), audited
+ * gateway.reset. QK_OK with how many of each and the new epoch, or a 401. */
 qk_kind gateway_reset(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts,
-                      int *unbound, int *ended, qk_err *e);
+                      int *unbound, int *ended, int *epoch, qk_err *e);
 
 /* Whether tid is a valid account name: 1-64 printable ASCII, no space. */
 bool gateway_tid_valid(const char *tid);

@@ -136,6 +136,9 @@ int maintenance_run_once(maintenance *m)
                      db_status_name(st));
         if ((r = db_exec(c, Q_BIND_CHALLENGES_PURGE, 0, NULL, NULL, NULL, &st)))
             PQclear(r);
+        else
+            log_emit(LOG_WARN, "old bind challenges not purged; will retry", "{s:s}", "error",
+                     db_status_name(st));
         if (device_service_warn(c, k->cfg->service_warn_days, &service, &st) != 0) {
             service.ending = service.ended = -1;
             log_emit(LOG_WARN, "service expiry check failed; will retry", "{s:s}", "error",

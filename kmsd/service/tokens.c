@@ -20,6 +20,9 @@ static qk_kind check_spec(const token_spec *spec, qk_err *e)
         return qk_fail(e, QK_INVALID, "invalid_name",
                        "name must be 1-64 characters of letters, digits, '.', '_' or '-', "
                        "starting with a letter or digit");
+    if (spec->name && !strncmp(spec->name, "app.", 4))
+        return qk_fail(e, QK_INVALID, "invalid_name",
+                       "token names starting with 'app.' are the apps' (/v1/admin/apps)");
     if (!(auth_role_parse(spec->role) & ROLE_ANY))
         return qk_fail(e, QK_INVALID, "invalid_role",
                        "role must be admin, operator or auditor (an app's tokens: /v1/admin/apps)");

@@ -272,7 +272,8 @@
       "INSERT INTO device_owners (device_pk, app_id, how)"                                     \
       " SELECT id, $2::bigint, 'registered' FROM devices WHERE device_id = $1")                \
     X(Q_APP_OF_TOKEN, /* the live app of a live token */                                     \
-      "SELECT a.id, a.name, a.enroll_types, a.enroll_group FROM admin_tokens t"                \
+      "SELECT a.id, a.name, array_to_json(a.enroll_types)::text, a.enroll_group"              \
+      " FROM admin_tokens t"                                                                   \
       " JOIN apps a ON a.id = t.app_id WHERE t.id = $1::bigint AND t.revoked_at IS NULL"       \
       " AND a.revoked_at IS NULL")                                                             \
     X(Q_APP_INSERT,                                                                            \
@@ -283,7 +284,8 @@
       " SELECT $1, 'app', $2, $3, id FROM apps WHERE name = $4 AND revoked_at IS NULL"         \
       " RETURNING created_at")                                                                 \
     X(Q_APP_LIST,                                                                              \
-      "SELECT a.name, a.enroll_types, a.enroll_group, a.self_registered, a.created_at,"        \
+      "SELECT a.name, array_to_json(a.enroll_types)::text, a.enroll_group, a.self_registered," \
+      " a.created_at,"                                                                         \
       " a.created_by, a.revoked_at,"                                                           \
       " (SELECT count(*) FROM device_owners o WHERE o.app_id = a.id)"                          \
       " FROM apps a ORDER BY a.name")                                                          \
@@ -298,6 +300,15 @@
       "SELECT 1 FROM devices d LEFT JOIN device_owners o ON o.device_pk = d.id"                \
       " LEFT JOIN device_owners po ON po.device_pk = d.parent_id"                              \
       " WHERE d.device_id = $1 AND (o.app_id = $2::bigint OR po.app_id = $2::bigint)")         \
+    X(Q_APP_OWNS_REGISTERED, /* registered by app $2 (its enroller scope) */                 \
+      "SELECT 1 FROM devices d JOIN device_owners o ON o.device_pk = d.id"                     \
+      " WHERE d.device_id = $1 AND o.app_id = $2::bigint AND o.how = 'registered'")            \
+    X(Q_APP_REG_CHECK, /* in the registration's transaction: the app live, the parent its own */ \
+      "SELECT EXISTS (SELECT 1 FROM apps WHERE id = $1::bigint AND revoked_at IS NULL"        \
+      "  FOR SHARE),"                                                                          \
+      " $2::text IS NULL OR EXISTS (SELECT 1 FROM device_owners o JOIN devices p"              \
+      "  ON p.id = o.device_pk WHERE p.device_id = $2 AND o.app_id = $1::bigint"               \
+      "  AND o.how = 'registered' FOR SHARE OF o)")                                            \
     X(Q_APP_DEVICES, /* an app's devices: owned, and the sub-devices of owned ones */        \
       "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
       " d.updated_at, d.revoked_at, d.sae_id, d.attributes::text, d.service_until,"            \
@@ -309,26 +320,28 @@
       " ORDER BY d.device_id LIMIT 10000")                                                     \
     X(Q_DEVICE_ACCESS_KEY, /* the device; its newest live access key (or NULLs): */         \
                            /* index, algorithm, wrapped hex */                                 \
-      "SELECT k.key_index, k.algorithm, encode(k.wrapped, 'hex') FROM devices d"               \
+      "SELECT k.key_index, k.algorithm, encode(k.wrapped, 'hex'), d.bind_epoch FROM devices d" \
       " LEFT JOIN LATERAL (SELECT * FROM device_keys x WHERE x.device_pk = d.id"               \
       "  AND x.purpose = 'access' AND x.state = 'active' AND x.not_before <= now()"            \
       "  AND x.not_after > now() ORDER BY x.key_index DESC LIMIT 1) k ON true"                 \
       " WHERE d.device_id = $1")                                                               \
-    X(Q_BIND_CHALLENGE,                                                                        \
+    X(Q_BIND_CHALLENGE, /* no device when none can be bound by that ID: not said */          \
       "INSERT INTO bind_challenges (id, app_id, device_pk, random, expires_at)"                \
-      " SELECT $1::uuid, $2::bigint, d.id, decode($3, 'hex'),"                                 \
-      "  now() + make_interval(secs => $5::int) FROM devices d"                                \
-      " WHERE d.device_id = $4 AND d.state <> 'revoked'"                                       \
+      " VALUES ($1::uuid, $2::bigint, (SELECT d.id FROM devices d WHERE d.device_id = $4"      \
+      "  AND d.state <> 'revoked' AND d.parent_id IS NULL), decode($3, 'hex'),"                \
+      "  now() + make_interval(secs => $5::int))"                                              \
       " RETURNING floor(extract(epoch FROM expires_at))::bigint")                              \
     X(Q_BIND_CHALLENGE_GET, /* an app's live challenge: device, random (hex) */              \
       "SELECT d.device_id, encode(c.random, 'hex') FROM bind_challenges c"                     \
-      " JOIN devices d ON d.id = c.device_pk WHERE c.id = $1::uuid AND c.app_id = $2::bigint"  \
+      " LEFT JOIN devices d ON d.id = c.device_pk"                                             \
+      " WHERE c.id = $1::uuid AND c.app_id = $2::bigint"                                       \
       " AND c.used_at IS NULL AND c.expires_at > now()")                                       \
     X(Q_BIND_CHALLENGES_PURGE, /* used or expired, kept a day for the audit's sake */        \
       "DELETE FROM bind_challenges WHERE expires_at < now() - interval '1 day'")               \
     X(Q_APP_BIND, "SELECT outcome, device_id FROM qkms_app_bind($1::bigint, $2::uuid, $3::boolean)") \
     X(Q_GW_RESET,                                                                              \
-      "SELECT outcome, unbound, ended FROM qkms_gateway_reset($1::bigint, $2::int, $3::bytea,"  \
+      "SELECT outcome, unbound, ended, epoch FROM qkms_gateway_reset($1::bigint, $2::int,"     \
+      " $3::bytea,"                                                                            \
       " $4::bigint, $5::int, $6::boolean)")                                                    \
     X(Q_QKD_SAE, "SELECT id, sae_id, state, service_until <= now(), qkms_rfc3339(service_until)" \
       " FROM devices WHERE device_id = $1")                                                    \

@@ -74,8 +74,8 @@ def opened(priv, answer):
     return json.loads(fillpkg_py.open_package(priv, base64.b64decode(answer["package"])))
 
 
-def vcode(access_key, did):
-    mac = hmac.new(access_key, b"qkms/v1/verification-code\n" + did.encode(),
+def vcode(access_key, did, epoch=0):
+    mac = hmac.new(access_key, f"qkms/v1/verification-code\n{did}\n{epoch}".encode(),
                    hashlib.sha256).digest()
     return base64.b32encode(mac).decode()[:10]
 
@@ -128,7 +128,7 @@ def test_an_app_registers_a_gateway_and_its_sub_devices(st):
     assert r.status_code == 200 and r.json()["parent"] == gid
     # The audit rows name the app.
     assert st.psql(f"SELECT actor FROM audit_log WHERE event = 'device.registered'"
-                   f" AND device_id = '{gid}'").strip() == name
+                   f" AND device_id = '{gid}'").strip() == "app/" + name
     # Outside its scope.
     r = register(st, tok, type="vehicle")[2]
     assert r.status_code == 403 and error_code(r) == "out_of_scope", r.text
@@ -203,15 +203,21 @@ def test_binding_proves_local_access_and_has_one_owner(st):
              json={"challenge_id": ch["challenge_id"], "proof": proof(code, ch["random"])})
     assert r.status_code == 401 and error_code(r) == "bind_failed"
     # Bad input.
-    r = call(st, a_tok, "POST", "/v1/app/bind/challenges", json={"device_id": uid("NOPE")})
-    assert r.status_code == 404 and error_code(r) == "not_found"
+    # A device that does not exist (or cannot be bound) gets a challenge all
+    # the same: whether it exists is not said; the bind fails.
+    nope = uid("NOPE")
+    ch, r = bind(st, a_tok, nope, code)
+    assert r.status_code == 401 and error_code(r) == "bind_failed", r.text
     for body in ({"challenge_id": "x", "proof": "y"}, {"proof": "y"},
+                 {"challenge_id": "-" * 36, "proof": "y"},
                  {"challenge_id": ch["challenge_id"], "proof": "p" * 65},
                  {"challenge_id": ch["challenge_id"], "proof": "p", "extra": 1}):
         r = call(st, a_tok, "POST", "/v1/app/bind", json=body)
         assert r.status_code == 422 and error_code(r) == "invalid_request", (body, r.text)
     assert int(st.psql(f"SELECT count(*) FROM audit_log WHERE event = 'app.bind_failed'"
-                       f" AND actor IN ('{a_name}', '{b_name}')").strip()) == 5
+                       f" AND actor IN ('app/{a_name}', 'app/{b_name}')").strip()) == 6
+    assert int(st.psql("SELECT count(*) FROM audit_log WHERE event ="
+                       f" 'device.verification_code_read' AND device_id = '{gid}'").strip()) == 1
 
 
 def test_two_apps_race_to_bind_one_gateway(st):
@@ -248,6 +254,15 @@ def test_the_owner_asks_for_new_keys(st):
     assert r.status_code == 404 and error_code(r) == "not_found"
     r = call(st, tok, "POST", f"/v1/app/devices/{gid}/rotate", json={})
     assert r.status_code == 422 and error_code(r) == "invalid_recipient_key"
+    # A gateway the app only bound gets no keys through it: they would be
+    # sealed to a key the app names. Nor does a sub-device under it.
+    bid, doc = operator_gateway(st)
+    access = bytes.fromhex(next(k["key"] for k in doc["keys"] if k["purpose"] == "access"))
+    assert bind(st, tok, bid, vcode(access, bid))[1].status_code == 200
+    r = call(st, tok, "POST", f"/v1/app/devices/{bid}/rotate", json={"recipient_pub": pem})
+    assert r.status_code == 403 and error_code(r) == "out_of_scope", r.text
+    r = register(st, tok, type="subdevice", parent=bid)[2]
+    assert r.status_code == 403 and error_code(r) == "out_of_scope", r.text
 
 
 def test_a_gateway_resets_itself(st):
@@ -272,7 +287,7 @@ def test_a_gateway_resets_itself(st):
     req = gw._gateway_request("reset", {"ts": int(time.time())}, 0, None)
     r = post(st, req)
     assert r.status_code == 200, r.text
-    assert r.json() == {"v": 1, "reset": True, "unbound": 1, "sessions_ended": 2}
+    assert r.json() == {"v": 1, "reset": True, "unbound": 1, "sessions_ended": 2, "bind_epoch": 1}
     assert call(st, tok, "GET", "/v1/app/devices").json()["devices"] == []
     assert st.psql("SELECT reason FROM session_tombstones WHERE key_id = "
                    f"'{key.key_id}'").strip() == "reset"
@@ -282,9 +297,11 @@ def test_a_gateway_resets_itself(st):
     assert r.status_code == 404 and error_code(r) == "no_login"
     assert st.psql("SELECT detail->>'unbound' FROM audit_log WHERE event = 'gateway.reset'"
                    f" AND device_id = '{gid}'").strip() == "1"
-    # Free again: another owner can bind it.
+    # Free again, under a new code: the old one binds nothing.
     other = new_app(st, scope=False)[1]
-    assert bind(st, other, gid, vcode(access, gid))[1].status_code == 200
+    r = bind(st, other, gid, vcode(access, gid))[1]
+    assert r.status_code == 401 and error_code(r) == "bind_failed"
+    assert bind(st, other, gid, vcode(access, gid, 1))[1].status_code == 200
 
 
 def test_operators_manage_apps(st):
@@ -302,6 +319,9 @@ def test_operators_manage_apps(st):
     r = st.admin("POST", "/v1/admin/tokens", json={"name": "x" + uuid.uuid4().hex[:6],
                                                    "role": "app"})
     assert r.status_code == 422 and error_code(r) == "invalid_role", r.text
+    r = st.admin("POST", "/v1/admin/tokens", json={"name": f"app.{name}.abcdef",
+                                                   "role": "operator"})
+    assert r.status_code == 422 and error_code(r) == "invalid_name", r.text
     for body, code in (({"name": "bad name"}, "invalid_name"),
                        ({"name": "ok-" + uuid.uuid4().hex[:6], "enroll_types": ["nope"],
                          "enroll_group": "g"}, "invalid_scope"),
