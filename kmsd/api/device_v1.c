@@ -381,6 +381,18 @@ static int login_fields(http_request *rq, http_response *rs, authed *a, bool log
     return 0;
 }
 
+/* A gateway's request, opened: the envelope, its certificate binding, the
+ * AEAD under its key (op in the AAD), the inner fields and the device rate
+ * limit. false with rs answered. */
+static bool open_gateway(http_request *rq, http_response *rs, const char *op, bool login,
+                         envelope *env, authed *a, login_ask *ask, uint64_t *t0)
+{
+    /* t0 is the handler's: the authenticated request keeps a pointer to it. */
+    return parse_envelope(rq, rs, env) == 0 && bound_to_cert(rq, rs, env) &&
+           authenticate(rq, rs, op, env, a, t0) == 0 && login_fields(rq, rs, a, login, ask) == 0 &&
+           http_rate_limit(rq, rs, RL_DEVICE, env->device_id);
+}
+
 void h_gateway_login(http_request *rq, http_response *rs)
 {
     qk_svc *s = &rq->kms->svc;
@@ -396,10 +408,7 @@ void h_gateway_login(http_request *rq, http_response *rs)
 
     memset(&a, 0, sizeof(a));
     memset(&g, 0, sizeof(g));
-    if (parse_envelope(rq, rs, &env) != 0 || !bound_to_cert(rq, rs, &env) ||
-        authenticate(rq, rs, "login", &env, &a, &t0) != 0 ||
-        login_fields(rq, rs, &a, true, &ask) != 0 ||
-        !http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+    if (!open_gateway(rq, rs, "login", true, &env, &a, &ask, &t0))
         goto out;
     who = device_principal(rq, &a.da);
     k = gateway_login(s, &who, &a.da, &ask, login_id, &g, &e);
@@ -425,10 +434,7 @@ void h_gateway_logout(http_request *rq, http_response *rs)
     uint64_t t0 = session_clock_ns();
 
     memset(&a, 0, sizeof(a));
-    if (parse_envelope(rq, rs, &env) != 0 || !bound_to_cert(rq, rs, &env) ||
-        authenticate(rq, rs, "logout", &env, &a, &t0) != 0 ||
-        login_fields(rq, rs, &a, false, &ask) != 0 ||
-        !http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+    if (!open_gateway(rq, rs, "logout", false, &env, &a, &ask, &t0))
         goto out;
     who = device_principal(rq, &a.da);
     if (gateway_logout(&rq->kms->svc, &who, &a.da, ask.ts, &e) != QK_OK) {
@@ -453,10 +459,7 @@ void h_gateway_reset(http_request *rq, http_response *rs)
     uint64_t t0 = session_clock_ns();
 
     memset(&a, 0, sizeof(a));
-    if (parse_envelope(rq, rs, &env) != 0 || !bound_to_cert(rq, rs, &env) ||
-        authenticate(rq, rs, "reset", &env, &a, &t0) != 0 ||
-        login_fields(rq, rs, &a, false, &ask) != 0 ||
-        !http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+    if (!open_gateway(rq, rs, "reset", false, &env, &a, &ask, &t0))
         goto out;
     who = device_principal(rq, &a.da);
     if (gateway_reset(&rq->kms->svc, &who, &a.da, ask.ts, &unbound, &ended, &epoch, &e) !=

@@ -290,25 +290,39 @@ out:
     return k;
 }
 
-qk_kind gateway_logout(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts, qk_err *e)
+/* A gateway's own request that only changes state (logout, reset): stmt
+ * takes the request's device, key index, nonce, ts, the clock skew and
+ * whether the key is an access key. *r is its answer, or NULL with e. */
+static qk_kind state_call(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts,
+                          int stmt, PGresult **r, qk_err *e)
 {
     char pk[24], kidx[8], sts[24], skew[16];
     const char *vals[6] = {pk,   kidx, (const char *)a->nonce, sts, skew,
-                           strcmp(a->purpose, "access") ? "f" : "t"},
-               *outcome;
+                           strcmp(a->purpose, "access") ? "f" : "t"};
     int lens[6] = {0, 0, QKP_NONCE_LEN, 0, 0, 0}, fmts[6] = {0, 0, 1, 0, 0, 0};
     db_status st;
-    PGresult *r;
     qk_kind k;
 
+    *r = NULL;
     if ((k = login_principal(who, a, e)) != QK_OK)
         return k;
     snprintf(pk, sizeof(pk), "%lld", a->device_pk);
     snprintf(kidx, sizeof(kidx), "%d", a->key_index);
     snprintf(sts, sizeof(sts), "%lld", (long long)ts);
     snprintf(skew, sizeof(skew), "%d", s->cfg->protocol_clock_skew);
-    if (!(r = db_query(s->db, Q_GW_LOGOUT, 6, vals, lens, fmts, &st)))
+    if (!(*r = db_query(s->db, stmt, 6, vals, lens, fmts, &st)))
         return db_fail(e, st);
+    return QK_OK;
+}
+
+qk_kind gateway_logout(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts, qk_err *e)
+{
+    const char *outcome;
+    PGresult *r;
+    qk_kind k;
+
+    if ((k = state_call(s, who, a, ts, Q_GW_LOGOUT, &r, e)) != QK_OK)
+        return k;
     outcome = PQgetvalue(r, 0, 0);
     if (!strcmp(outcome, "ok")) {
         log_with(&who->log, LOG_INFO, "gateway logged out", "{s:s}", "device_id", a->device_id);
@@ -326,23 +340,12 @@ qk_kind gateway_logout(qk_svc *s, const qk_principal *who, device_auth *a, int64
 qk_kind gateway_reset(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts,
                       int *unbound, int *ended, int *epoch, qk_err *e)
 {
-    char pk[24], kidx[8], sts[24], skew[16];
-    const char *vals[6] = {pk,   kidx, (const char *)a->nonce, sts, skew,
-                           strcmp(a->purpose, "access") ? "f" : "t"},
-               *outcome;
-    int lens[6] = {0, 0, QKP_NONCE_LEN, 0, 0, 0}, fmts[6] = {0, 0, 1, 0, 0, 0};
-    db_status st;
+    const char *outcome;
     PGresult *r;
     qk_kind k;
 
-    if ((k = login_principal(who, a, e)) != QK_OK)
+    if ((k = state_call(s, who, a, ts, Q_GW_RESET, &r, e)) != QK_OK)
         return k;
-    snprintf(pk, sizeof(pk), "%lld", a->device_pk);
-    snprintf(kidx, sizeof(kidx), "%d", a->key_index);
-    snprintf(sts, sizeof(sts), "%lld", (long long)ts);
-    snprintf(skew, sizeof(skew), "%d", s->cfg->protocol_clock_skew);
-    if (!(r = db_query(s->db, Q_GW_RESET, 6, vals, lens, fmts, &st)))
-        return db_fail(e, st);
     outcome = PQgetvalue(r, 0, 0);
     if (!strcmp(outcome, "ok")) {
         *unbound = atoi(PQgetvalue(r, 0, 1));
