@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "service/audit.h"
+#include "service/devices.h"
 #include "store/pgjson.h"
 #include "store/queries.h"
 
@@ -29,20 +30,8 @@ static db_status service_tx_fn(db_conn *c, void *arg)
     PGresult *r;
 
     qk_clear(t->e);
-    if (!(r = db_exec(c, Q_DEVICE_LOCK, 1, vals, NULL, NULL, &st)))
+    if ((st = devices_lock_live(c, t->device_id, pk, t->e)) != DB_OK)
         return st;
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        qk_fail(t->e, QK_NOT_FOUND, "not_found", "no device '%s'", t->device_id);
-        return DB_NOT_FOUND;
-    }
-    if (!strcmp(PQgetvalue(r, 0, 1), "revoked")) {
-        PQclear(r);
-        qk_fail(t->e, QK_CONFLICT, "invalid_state", "device '%s' is revoked", t->device_id);
-        return DB_INVALID;
-    }
-    snprintf(pk, sizeof(pk), "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
     vals[0] = pk;
     if (t->days) {
         /* A renewal extends an end; a service without one has none to extend. */

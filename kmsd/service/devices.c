@@ -871,6 +871,27 @@ qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device
     return QK_OK;
 }
 
+db_status devices_lock_live(db_conn *c, const char *device_id, char pk[24], qk_err *e)
+{
+    const char *vals[1] = {device_id};
+    db_status st;
+    PGresult *r = db_exec(c, Q_DEVICE_LOCK, 1, vals, NULL, NULL, &st);
+    if (!r)
+        return st;
+    if (PQntuples(r) == 0) {
+        qk_fail(e, QK_NOT_FOUND, "not_found", "no device '%s'", device_id);
+        st = DB_NOT_FOUND;
+    } else if (!strcmp(PQgetvalue(r, 0, 1), "revoked")) {
+        qk_fail(e, QK_CONFLICT, "invalid_state", "device '%s' is revoked", device_id);
+        st = DB_INVALID;
+    } else {
+        snprintf(pk, 24, "%s", PQgetvalue(r, 0, 0));
+        st = DB_OK;
+    }
+    PQclear(r);
+    return st;
+}
+
 /* ---- attributes ------------------------------------------------------------ */
 
 struct attrs_tx {

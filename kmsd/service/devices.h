@@ -28,6 +28,7 @@
 #include "err.h"
 #include "service/device_model.h"
 #include "service/service.h"
+#include "store/db.h"
 
 /* One row of a registration batch. */
 typedef struct {
@@ -87,6 +88,11 @@ qk_kind devices_set_state(qk_svc *s, const qk_principal *who, const char *device
  * QK_INVALID "invalid_attributes" (too many or too long in all). */
 qk_kind devices_set_attributes(qk_svc *s, const qk_principal *who, const char *device_id,
                                const json_t *set, const json_t *unset, qk_err *e);
+
+/* In c's transaction, lock device_id's row for a change to it: its row id
+ * (decimal) in pk. DB_OK; DB_NOT_FOUND with e QK_NOT_FOUND "not_found";
+ * DB_INVALID with e QK_CONFLICT "invalid_state" when it is revoked. */
+db_status devices_lock_live(db_conn *c, const char *device_id, char pk[24], qk_err *e);
 
 /* {"types": [names in order], "key_purposes": {name: [purpose of index 0,
  * 1, ...]}, "service_days": {name: days or null}} (an empty template: every

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "qkms_proto.h"
 #include "service/audit.h"
+#include "service/devices.h"
 #include "service/keycache.h"
 #include "service/password.h"
 #include "service/session_id.h"
@@ -371,27 +372,15 @@ struct cred_tx {
 static db_status cred_tx_fn(db_conn *c, void *arg)
 {
     struct cred_tx *t = arg;
-    const char *vals[7] = {t->device_id};
+    const char *vals[7] = {NULL};
     char pk[24];
     db_status st;
     PGresult *r;
 
     qk_clear(t->e);
     t->old_login[0] = 0;
-    if (!(r = db_exec(c, Q_DEVICE_LOCK, 1, vals, NULL, NULL, &st)))
+    if ((st = devices_lock_live(c, t->device_id, pk, t->e)) != DB_OK)
         return st;
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        qk_fail(t->e, QK_NOT_FOUND, "not_found", "no device '%s'", t->device_id);
-        return DB_NOT_FOUND;
-    }
-    if (!strcmp(PQgetvalue(r, 0, 1), "revoked")) {
-        PQclear(r);
-        qk_fail(t->e, QK_CONFLICT, "invalid_state", "device '%s' is revoked", t->device_id);
-        return DB_INVALID;
-    }
-    snprintf(pk, sizeof(pk), "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
     vals[0] = pk;
     /* A login is sealed under an access key: a device without one has no
      * use for an account. */
