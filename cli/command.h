@@ -46,6 +46,7 @@ extern const struct command cmd_token;
 extern const struct command cmd_device;
 extern const struct command cmd_device_type;
 extern const struct command cmd_app;
+extern const struct command cmd_events;
 extern const struct command cmd_fill;
 extern const struct command cmd_session;
 extern const struct command cmd_policy;

@@ -7,6 +7,7 @@ const struct command *const kmsctl_commands[] = {
     &cmd_device,
     &cmd_device_type,
     &cmd_app,
+    &cmd_events,
     &cmd_fill,
     &cmd_session,
     &cmd_policy,

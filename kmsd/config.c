@@ -240,6 +240,13 @@ const config_option config_options[] = {
      false,
      "Whether anyone may create an app (an owner's account, without an enroller scope) with POST"
      " /v1/app/register; off, operators create them (kmsctl app create)."},
+    {"webhook_urls", OPT_STR, OFF(webhook_urls), NULL, 0, 0, NULL, false, false,
+     "Comma-separated http:// or https:// URLs (at most 8) every event is POSTed to, signed"
+     " with HMAC-SHA-256 (docs/gateways.md, \"Events\"); empty: no push."},
+    {"webhook_secret_file", OPT_STR, OFF(webhook_secret_file), NULL, 0, 0, NULL, false, false,
+     "File holding the webhooks' HMAC secret (32 to 4096 bytes); required with webhook_urls."},
+    {"event_retention_days", OPT_INT, OFF(event_retention_days), "30", 1, 3650, NULL, false,
+     false, "Events are kept this many days (for GET /v1/app/events and replays), then purged."},
     {"device_key_grace_days", OPT_INT, OFF(device_key_grace_days), "30", 0, 365, NULL, false, false,
      "After `device rotate`, older keys stay usable this many days, then retire."},
     {"maintenance_interval", OPT_INT, OFF(maintenance_interval), "30", 1, 3600, NULL, false, false,
@@ -700,6 +707,25 @@ int config_check(const kms_config *c, char *err, size_t el)
     }
     if (check_admin_listener(c, err, el) != 0)
         return -1;
+    if (c->webhook_urls && *c->webhook_urls) {
+        char list[4096];
+        int n = 0;
+        if (!c->webhook_secret_file) {
+            fmt(err, el, "webhook_urls needs webhook_secret_file (the HMAC secret)");
+            return -1;
+        }
+        snprintf(list, sizeof(list), "%s", c->webhook_urls);
+        for (char *save = NULL, *u = strtok_r(list, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
+            while (*u == ' ')
+                u++;
+            if ((strncmp(u, "http://", 7) && strncmp(u, "https://", 8)) || strlen(u) >= 512 ||
+                strpbrk(u, " \t\r\n") || ++n > 8) {
+                fmt(err, el, "webhook_urls: at most 8 http:// or https:// URLs, comma-separated,"
+                             " without spaces (\"%.64s\")", u);
+                return -1;
+            }
+        }
+    }
     for (const char *s = c->master_key_label; *s; s++)
         if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.') {
             fmt(err, el, "master_key_label: only letters, digits, '-', '_' and '.'");

@@ -107,6 +107,9 @@ typedef struct kms_config {
     int gateway_password_scrypt_log2n;
     int gateway_login_concurrency;
     bool app_self_registration;
+    char *webhook_urls;
+    char *webhook_secret_file;
+    int event_retention_days;
     int device_key_grace_days;
     int maintenance_interval;
     /* sessions */

@@ -19,6 +19,7 @@
 #include "service/keycache.h"
 #include "api/context.h"
 #include "log.h"
+#include "service/events.h"
 #include "service/maintenance.h"
 #include "service/master.h"
 #include "service/service.h"
@@ -132,6 +133,10 @@ static int start_doors(kms_ctx *k, char *err, size_t el)
         log_emit(LOG_ERROR, "cannot start the readiness prober", NULL);
         return -1;
     }
+    if (events_worker_start(&k->events, &k->svc, err, el) != 0) {
+        log_emit(LOG_ERROR, "cannot start the event delivery", "{s:s}", "error", err);
+        return -1;
+    }
     k->metrics = metrics_new(routes_count, route_names, k->started_at);
     if (!k->metrics || ratelimit_open_all(k->rl, &k->cfg) != 0)
         return -1;
@@ -144,7 +149,8 @@ static int start_doors(kms_ctx *k, char *err, size_t el)
         metrics_register(k->metrics, qkd_metrics_render, k->svc.qkdm) != 0 ||
         metrics_register(k->metrics, keycache_metrics_render, k->svc.keys) != 0 ||
         metrics_register(k->metrics, ratelimit_metrics_render, k->rl) != 0 ||
-        metrics_register(k->metrics, maintenance_metrics_render, k->maint) != 0)
+        metrics_register(k->metrics, maintenance_metrics_render, k->maint) != 0 ||
+        metrics_register(k->metrics, events_metrics_render, k->events) != 0)
         return -1;
     if (http_start(&k->http, k, routes, routes_count, err, el) != 0) {
         log_emit(LOG_ERROR, "http listener failed", "{s:s}", "error", err);
@@ -310,6 +316,7 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     http_stop(k.http);
+    events_worker_stop(k.events);
     readiness_stop(k.ready);
     ratelimit_free_all(k.rl);
     maintenance_stop(k.maint);

@@ -5,6 +5,7 @@
  * the token (apps_of_token), calls the service (apps.h, devices.h,
  * device_fill.h, device_keys.h) and encodes the answer.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "service/device_fill.h"
 #include "service/device_keys.h"
 #include "service/devices.h"
+#include "service/events.h"
 
 /* The app of the request's token, or the answer (401 for a revoked app). */
 static bool the_app(http_request *rq, http_response *rs, app_account *app, qk_principal *who)
@@ -413,4 +415,96 @@ void h_device_verification_code(http_request *rq, http_response *rs)
         return;
     }
     http_json(rs, 200, json_pack("{s:s,s:s}", "device_id", id, "verification_code", code));
+}
+
+/* ---- events ---------------------------------------------------------------------- */
+
+/* ?after=ID&limit=N of an event listing: false with the 400 in rs. */
+static bool page_args(http_request *rq, http_response *rs, long long *after, int *limit)
+{
+    const char *a = http_query(rq, "after"), *l = http_query(rq, "limit");
+    char *end;
+    long long v;
+    *after = 0;
+    *limit = 100;
+    if (a) {
+        errno = 0;
+        v = strtoll(a, &end, 10);
+        if (!*a || *end || errno || v < 0) {
+            http_error(rs, 400, "invalid_query", "after is an event id (0 or more)");
+            return false;
+        }
+        *after = v;
+    }
+    if (l) {
+        errno = 0;
+        v = strtoll(l, &end, 10);
+        if (!*l || *end || errno || v < 1 || v > EVENTS_LIST_MAX) {
+            http_error(rs, 400, "invalid_query", "limit is 1 to %d", EVENTS_LIST_MAX);
+            return false;
+        }
+        *limit = (int)v;
+    }
+    return true;
+}
+
+/* GET /v1/app/events?after=&limit= : the app's events. */
+void h_app_events(http_request *rq, http_response *rs)
+{
+    app_account app;
+    qk_principal who;
+    long long after;
+    int limit;
+    json_t *out;
+    qk_err e;
+    if (!page_args(rq, rs, &after, &limit) || !the_app(rq, rs, &app, &who))
+        return;
+    if (events_list(&rq->kms->svc, app.id, after, limit, &out, &e) != QK_OK)
+        http_fail(rs, &e);
+    else
+        http_json(rs, 200, out);
+}
+
+/* GET /v1/admin/events?after=&limit= : every event, and the webhooks' state. */
+void h_events_list(http_request *rq, http_response *rs)
+{
+    long long after;
+    int limit;
+    json_t *out, *hooks;
+    qk_err e;
+    if (!page_args(rq, rs, &after, &limit))
+        return;
+    if (events_list(&rq->kms->svc, 0, after, limit, &out, &e) != QK_OK ||
+        events_webhooks(&rq->kms->svc, &hooks, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return;
+    }
+    json_object_update(out, hooks);
+    json_decref(hooks);
+    http_json(rs, 200, out);
+}
+
+/* POST /v1/admin/events/replay {"after": ID}: deliver again after ID. */
+void h_events_replay(http_request *rq, http_response *rs)
+{
+    static const char *const known[] = {"after", NULL};
+    json_t *in = http_body_object(rq, rs), *a;
+    qk_principal who = admin_principal(rq);
+    qk_err e;
+    if (!in)
+        return;
+    a = json_object_get(in, "after");
+    if (!only_fields(rs, in, known)) {
+        /* answered */
+    } else if (!json_is_integer(a) || json_integer_value(a) < 0) {
+        http_error(rs, 422, "invalid_request", "after is an event id (0 or more)");
+    } else if (!rq->kms->cfg.webhook_urls || !*rq->kms->cfg.webhook_urls) {
+        http_error(rs, 409, "invalid_state", "no webhook_urls are configured");
+    } else if (events_replay(&rq->kms->svc, &who, (long long)json_integer_value(a), &e) !=
+               QK_OK) {
+        http_fail(rs, &e);
+    } else {
+        http_json(rs, 200, json_pack("{s:I,s:b}", "after", json_integer_value(a), "replayed", 1));
+    }
+    json_decref(in);
 }

@@ -34,6 +34,7 @@ typedef struct kms_ctx {
     metrics *metrics;
     http_server *http;
     maintenance *maint;
+    struct events_worker *events; /* NULL without webhook_urls */
     ratelimit *rl[3]; /* by rl_scope: device, client, admin (ratelimit.h) */
     readiness *ready;
 } kms_ctx;

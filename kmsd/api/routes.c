@@ -71,6 +71,9 @@
     X("POST", "/v1/app/devices/{id}/rotate", "app_device_rotate", ROLE_APP, h_app_device_rotate, DEV, RL_ADMIN) \
     X("POST", "/v1/app/bind/challenges", "app_bind_challenge", ROLE_APP, h_app_bind_challenge, DEV, RL_ADMIN) \
     X("POST", "/v1/app/bind", "app_bind", ROLE_APP, h_app_bind, DEV, RL_ADMIN) \
+    X("GET", "/v1/app/events", "app_events", ROLE_APP, h_app_events, DEV, RL_ADMIN) \
+    X("GET", "/v1/admin/events", "admin_events_list", ROLE_ANY, h_events_list, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/events/replay", "admin_events_replay", ROLE_ADMIN, h_events_replay, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/apps", "admin_apps_create", ROLE_ADMIN, h_apps_create, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/apps", "admin_apps_list", ROLE_ANY, h_apps_list, ADM, RL_ADMIN) \
     X("DELETE", "/v1/admin/apps/{name}", "admin_apps_revoke", ROLE_ADMIN, h_apps_revoke, ADM, RL_ADMIN) \

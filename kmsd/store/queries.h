@@ -188,8 +188,12 @@
       "  AND k.not_after <= now() + make_interval(days => $1::int)"                            \
       "  AND (d.expiry_warned_at IS NULL OR d.expiry_warned_at < now() - interval '1 day')"    \
       "  GROUP BY d.id, d.device_id LIMIT 1000)"                                               \
-      " UPDATE devices d SET expiry_warned_at = now() FROM due WHERE d.id = due.id"            \
-      " RETURNING due.device_id, due.first")                                                   \
+      " , upd AS (UPDATE devices d SET expiry_warned_at = now() FROM due WHERE d.id = due.id"  \
+      "  RETURNING due.device_id, due.first)"                                                  \
+      " , ev AS (INSERT INTO audit_log (actor, event, device_id, detail)"  /* an event too */ \
+      "  SELECT 'kmsd', 'device.key_expiring', device_id,"                                     \
+      "   jsonb_build_object('not_after', qkms_rfc3339(first)) FROM upd)"                      \
+      " SELECT device_id, first FROM upd")                                                     \
     X(Q_SERVICE_GET, "SELECT service_until FROM devices WHERE id = $1::bigint")               \
     X(Q_SERVICE_SET, /* $1 pk, $2 extend|until|none, $3 days, $4 until: from, to */          \
       "UPDATE devices d SET service_until = CASE $2"                                           \
@@ -204,8 +208,12 @@
       "  AND service_until > now() AND service_until <= now() + make_interval(days => $1::int)" \
       "  AND (service_warned_at IS NULL OR service_warned_at < now() - interval '1 day')"      \
       "  LIMIT 1000)"                                                                          \
-      " UPDATE devices d SET service_warned_at = now() FROM due WHERE d.id = due.id"           \
-      " RETURNING d.device_id, qkms_rfc3339(d.service_until)")                                 \
+      " , upd AS (UPDATE devices d SET service_warned_at = now() FROM due WHERE d.id = due.id" \
+      "  RETURNING d.device_id, qkms_rfc3339(d.service_until) AS until)"                       \
+      " , ev AS (INSERT INTO audit_log (actor, event, device_id, detail)"  /* an event too */ \
+      "  SELECT 'kmsd', 'device.service_expiring', device_id,"                                 \
+      "   jsonb_build_object('service_until', until) FROM upd)"                                \
+      " SELECT device_id, until FROM upd")                                                     \
     X(Q_SERVICE_COUNTS, /* ending within $1 days; ended */                                   \
       "SELECT count(*) FILTER (WHERE service_until > now()),"                                  \
       " count(*) FILTER (WHERE service_until <= now()) FROM devices"                           \
@@ -343,6 +351,35 @@
       "SELECT outcome, unbound, ended, epoch FROM qkms_gateway_reset($1::bigint, $2::int,"     \
       " $3::bytea,"                                                                            \
       " $4::bigint, $5::int, $6::boolean)")                                                    \
+    X(Q_EVENTS_LIST, /* $1 app or NULL, after $2, $3 rows */                                \
+      "SELECT id, event_id, type, device_id, created_at, detail::text FROM events"             \
+      " WHERE ($1::bigint IS NULL OR app_id = $1::bigint) AND id > $2::bigint"                \
+      " ORDER BY id LIMIT $3::int")                                                            \
+    X(Q_EVENTS_AFTER,                                                                          \
+      "SELECT id, event_id, type, device_id, created_at, detail::text FROM events"             \
+      " WHERE id > $1::bigint ORDER BY id LIMIT $2::int")                                      \
+    X(Q_EVENTS_PURGE,                                                                          \
+      "DELETE FROM events WHERE created_at < now() - make_interval(days => $1::int)")          \
+    X(Q_WEBHOOK_ENSURE, /* a new webhook starts after the events there are */                 \
+      "INSERT INTO webhook_cursors (url, last_event)"                                          \
+      " VALUES ($1, (SELECT coalesce(max(id), 0) FROM events)) ON CONFLICT (url) DO NOTHING")  \
+    X(Q_WEBHOOK_LOCK, /* this instance's turn: cursor, attempts, due? */                      \
+      "SELECT last_event, attempts, next_at <= now() FROM webhook_cursors WHERE url = $1"      \
+      " FOR UPDATE SKIP LOCKED")                                                               \
+    X(Q_WEBHOOK_ADVANCE, /* $2 the last event delivered, $3 how many now, $4 error */        \
+      "UPDATE webhook_cursors SET last_event = $2::bigint, delivered = delivered + $3::int,"   \
+      " attempts = CASE WHEN $4::text IS NULL THEN 0 ELSE attempts + 1 END, last_error = $4,"  \
+      " next_at = CASE WHEN $4::text IS NULL THEN now()"                                       \
+      "  ELSE now() + make_interval(secs => least(300, power(2, attempts))::int) END,"         \
+      " updated_at = now() WHERE url = $1")                                                    \
+    X(Q_WEBHOOK_GET,                                                                           \
+      "SELECT last_event, attempts, next_at, last_error, delivered FROM webhook_cursors"       \
+      " WHERE url = $1")                                                                       \
+    X(Q_WEBHOOK_REPLAY, /* $1 the URLs (JSON array), $2 deliver again after this event */    \
+      "INSERT INTO webhook_cursors (url, last_event)"                                          \
+      " SELECT u, $2::bigint FROM json_array_elements_text($1::json) u"                        \
+      " ON CONFLICT (url) DO UPDATE SET last_event = excluded.last_event, attempts = 0,"       \
+      " next_at = now(), last_error = NULL, updated_at = now()")                               \
     X(Q_QKD_SAE, "SELECT id, sae_id, state, service_until <= now(), qkms_rfc3339(service_until)" \
       " FROM devices WHERE device_id = $1")                                                    \
     X(Q_QKD_SET_SAE, /* $1 device, $2 SAE ID or NULL: the old one */                          \

@@ -47,6 +47,8 @@ MATRIX = [
     ("GET", "/v1/admin/apps", ANY),
     ("DELETE", "/v1/admin/apps/{name}", ADMIN),
     ("POST", "/v1/admin/apps/{name}/tokens", ADMIN),
+    ("GET", "/v1/admin/events", ANY),
+    ("POST", "/v1/admin/events/replay", ADMIN),
     ("POST", "/v1/admin/devices/{id}/fill", OPS),
     ("GET", "/v1/admin/devices/{id}/certificates", ANY),
     ("POST", "/v1/admin/devices/{id}/certificates", OPS),

@@ -1,0 +1,106 @@
+/* cmd_events — `kmsctl events list|replay`: /v1/admin/events (docs/gateways.md,
+ * "Events"). */
+#include "command.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "args.h"
+#include "client.h"
+#include "exitcodes.h"
+#include "output.h"
+#include "resource.h"
+
+static int print_events(const json_t *resp)
+{
+    static const char *const headers[] = {"ID", "TYPE", "DEVICE", "CREATED-AT", "EVENT-ID"};
+    static const char *const fields[] = {"id", "type", "device_id", "created_at", "event_id"};
+    static const char *const hheaders[] = {"WEBHOOK", "LAST-EVENT", "ATTEMPTS", "LAST-ERROR"};
+    static const char *const hfields[] = {"url", "last_event", "attempts", "last_error"};
+    const json_t *events = resource_items(resp, "events"), *hooks;
+    int rc;
+    if (!events)
+        return EXIT_SERVER;
+    if ((rc = out_table(events, 5, headers, fields)) != EXIT_OK)
+        return rc;
+    hooks = json_object_get(resp, "webhooks");
+    if (json_array_size(hooks) > 0) {
+        fputc('\n', stdout);
+        rc = out_table(hooks, 4, hheaders, hfields);
+    }
+    return rc;
+}
+
+static int events_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *after = opt_get(&inv->local, "after"), *limit = opt_get(&inv->local, "limit");
+    char path[128];
+    long a = 0, l = 100;
+    if ((after && !arg_to_long(after, 0, 9000000000000000000L, &a)) ||
+        (limit && !arg_to_long(limit, 1, 1000, &l))) {
+        out_error("--after is an event id (0 or more), --limit 1 to 1000");
+        return EXIT_USAGE;
+    }
+    snprintf(path, sizeof(path), "/v1/admin/events?after=%ld&limit=%ld", a, l);
+    return client_show(ctx, path, print_events);
+}
+
+static int events_replay(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *after = opt_get(&inv->local, "after");
+    json_t *req, *resp = NULL;
+    long a = 0;
+    int rc;
+    if (!after || !arg_to_long(after, 0, 9000000000000000000L, &a)) {
+        out_error("--after is required: the event id to deliver again after (0: all kept)");
+        return EXIT_USAGE;
+    }
+    req = json_pack("{s:I}", "after", (json_int_t)a);
+    rc = client_call(ctx, "POST", "/v1/admin/events/replay", req, &resp);
+    json_decref(req);
+    return out_result(ctx->json, rc, resp, out_kv);
+}
+
+static const struct opt_spec list_opts[] = {
+    {"after", 0, "ID", "events after this id (the 'next' cursor)"},
+    {"limit", 0, "N", "events per page, 1..1000 (default 100)"},
+    {0},
+};
+
+static const struct opt_spec replay_opts[] = {
+    {"after", 0, "ID", "deliver again every event after this id (required)"},
+    {0},
+};
+
+static const struct action events_actions[] = {
+    {
+        .sub = "list",
+        .usage = "[--after ID] [--limit N]",
+        .summary = "List the events and where each webhook's delivery stands",
+        .description = "Events: a key or a service about to expire, a gateway bound, reset or\n"
+                       "revoked, a login locked (docs/gateways.md, \"Events\").\n"
+                       "\n"
+                       "Request: GET /v1/admin/events\n",
+        .opts = list_opts,
+        .run = events_list,
+    },
+    {
+        .sub = "replay",
+        .usage = "--after ID",
+        .summary = "Deliver the events after ID to every webhook again (admin)",
+        .description = "Receivers deduplicate by event_id.\n"
+                       "\n"
+                       "Request: POST /v1/admin/events/replay\n",
+        .opts = replay_opts,
+        .run = events_replay,
+    },
+    {0},
+};
+
+const struct command cmd_events = {
+    .name = "events",
+    .summary = "List and replay events (webhooks)",
+    .actions = events_actions,
+};

@@ -1,0 +1,62 @@
+/*
+ * events — the events pushed to owners and operators (issue 18, seed 004;
+ * docs/gateways.md "Events"): a key or a service about to expire, a gateway
+ * bound, reset or revoked, a login locked. They are written in the
+ * transaction of the change (schema/022_events.sql: a trigger on its audit
+ * row), read here, and delivered by a worker thread to the webhooks of
+ * webhook_urls.
+ *
+ * Delivery: per webhook, in event order, one POST per event with the JSON
+ * body {"id", "event_id", "type", "device_id", "created_at", "detail"} and
+ * the headers X-Qkms-Event-Id, X-Qkms-Timestamp (Unix seconds) and
+ * X-Qkms-Signature: "v1=" hex(HMAC-SHA-256(secret, timestamp "." body)).
+ * A 2xx answer moves the webhook's cursor past the event in the database;
+ * anything else retries that event after 1, 2, 4 ... 300 seconds. At least
+ * once: a kmsd that dies between the answer and the cursor's commit sends
+ * the event again after its restart, with the same event_id, which is the
+ * receiver's to deduplicate. Several kmsd instances share the work: a
+ * webhook's cursor row is locked (SKIP LOCKED) for its batch.
+ *
+ * Contract: the listing functions return QK_OK with *out, or e. The worker
+ * logs its failures and counts deliveries for /metrics.
+ */
+#ifndef QKMS_EVENTS_H
+#define QKMS_EVENTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "err.h"
+#include "service/service.h"
+
+#define EVENTS_LIST_MAX 1000
+#define EVENTS_SECRET_MIN 32
+
+/* {"events": [...], "next": last id when the page is full, or null};
+ * app_id > 0: only that app's. */
+qk_kind events_list(qk_svc *s, long long app_id, long long after, int limit, json_t **out,
+                    qk_err *e);
+/* {"webhooks": [{"url", "last_event", "attempts", "next_at", "last_error",
+ * "delivered"}]} for the configured webhooks. */
+qk_kind events_webhooks(qk_svc *s, json_t **out, qk_err *e);
+/* Deliver again every event after `after` to every webhook (their cursors
+ * set back, or forward, to it), audited events.replayed. */
+qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, qk_err *e);
+
+/* The signature header's value for body at ts (pure): "v1=" and 64 hex. */
+int events_sign(const uint8_t *secret, size_t secret_len, long long ts, const char *body,
+                size_t body_len, char out[68]);
+
+typedef struct events_worker events_worker;
+/* Start the worker (nothing to do without webhook_urls: *out NULL, 0).
+ * The secret is read from webhook_secret_file. 0, or -1 with err. */
+int events_worker_start(events_worker **out, qk_svc *s, char *err, size_t errlen);
+void events_worker_stop(events_worker *w);
+/* qkms_events_delivered_total, qkms_event_delivery_failures_total (a
+ * metrics_render_fn; w may be NULL). */
+void events_metrics_render(void *w, FILE *f);
+
+#endif
