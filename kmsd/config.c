@@ -580,7 +580,7 @@ int config_load_file(kms_config *c, const char *path, char *err, size_t el)
  * that no child process and no /proc/<pid>/environ reader sees them. */
 static bool env_is_secret(const config_option *o)
 {
-    static const char *const names[] = {"db_conninfo", "entropy_http_url",
+    static const char *const names[] = {"db_conninfo", "entropy_http_url", "webhook_urls",
                                         "entropy_exec_command"};
     if (o->secret)
         return true;
@@ -708,22 +708,31 @@ int config_check(const kms_config *c, char *err, size_t el)
     if (check_admin_listener(c, err, el) != 0)
         return -1;
     if (c->webhook_urls && *c->webhook_urls) {
-        char list[4096];
+        char list[8 * 512 + 8], *seen[8];
         int n = 0;
         if (!c->webhook_secret_file) {
             fmt(err, el, "webhook_urls needs webhook_secret_file (the HMAC secret)");
             return -1;
         }
+        if (strlen(c->webhook_urls) >= sizeof(list)) {
+            fmt(err, el, "webhook_urls: at most 8 URLs of at most 511 bytes");
+            return -1;
+        }
         snprintf(list, sizeof(list), "%s", c->webhook_urls);
         for (char *save = NULL, *u = strtok_r(list, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
-            while (*u == ' ')
-                u++;
-            if ((strncmp(u, "http://", 7) && strncmp(u, "https://", 8)) || strlen(u) >= 512 ||
-                strpbrk(u, " \t\r\n") || ++n > 8) {
-                fmt(err, el, "webhook_urls: at most 8 http:// or https:// URLs, comma-separated,"
-                             " without spaces (\"%.64s\")", u);
+            const char *host = !strncmp(u, "http://", 7) ? u + 7 : !strncmp(u, "https://", 8) ? u + 8 : NULL;
+            size_t hl = host ? strcspn(host, "/?#") : 0;
+            bool dup = false;
+            for (int i = 0; i < n; i++)
+                dup = dup || !strcmp(seen[i], u);
+            /* No userinfo: a URL is shown in logs and listings (its query is not). */
+            if (!host || hl == 0 || memchr(host, '@', hl) || strlen(u) >= 512 ||
+                strpbrk(u, " \t\r\n") || n >= 8 || dup) {
+                fmt(err, el, "webhook_urls: at most 8 distinct http:// or https:// URLs with a"
+                             " host and no user:password@, comma-separated, without spaces");
                 return -1;
             }
+            seen[n++] = u;
         }
     }
     for (const char *s = c->master_key_label; *s; s++)

@@ -3,6 +3,8 @@
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
+
+#include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -252,6 +254,9 @@ int main(int argc, char **argv)
 
     memset(&k, 0, sizeof(k));
     k.svc.cfg = &k.cfg;
+    /* Before any thread: curl_easy_init would do it implicitly, which is
+     * thread-safe only in recent libcurl (QRNG source, webhooks). */
+    curl_global_init(CURL_GLOBAL_DEFAULT);
     if ((done = parse_args(argc, argv, &k, &mode)) != 0)
         return done - 1;
     heap_locked = harden_process();
@@ -326,6 +331,7 @@ out:
     if (pin)
         OPENSSL_secure_clear_free(pin, pin_len + 1);
     CRYPTO_secure_malloc_done();
+    curl_global_cleanup();
     if (rc == 0)
         log_emit(LOG_INFO, "kmsd stopped", NULL);
     return rc;

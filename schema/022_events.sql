@@ -2,8 +2,8 @@
 -- docs/gateways.md "Events"): a key or the service about to expire, a
 -- gateway bound, reset or revoked, a login locked. An outbox: each event is
 -- written in the transaction of the change itself (by a trigger on the
--- audit row that change writes), then delivered by kmsd's worker to the
--- configured webhooks, and readable by the owner's app.
+-- audit row that change writes), with a delivery row for each registered
+-- webhook, then delivered by kmsd's worker, and readable by the owner's app.
 
 CREATE TABLE events (
     id         bigserial PRIMARY KEY,
@@ -17,17 +17,32 @@ CREATE TABLE events (
 CREATE INDEX events_app ON events (app_id, id) WHERE app_id IS NOT NULL;
 CREATE INDEX events_created ON events (created_at);
 
--- Where each webhook's delivery stands: every event up to last_event was
--- answered 2xx. A failure retries the next one after a back-off.
-CREATE TABLE webhook_cursors (
-    url          text PRIMARY KEY,
-    last_event   bigint NOT NULL DEFAULT 0,
+-- The webhooks kmsd delivers to (webhook_urls, registered by each kmsd at
+-- start under the SHA-256 of the URL: a URL may carry a credential).
+CREATE TABLE webhooks (
+    url_hash   bytea PRIMARY KEY CHECK (length(url_hash) = 32),
+    shown      text NOT NULL,           -- scheme://host[:port]/... without userinfo or query
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per event and webhook, written with the event: what is delivered
+-- is chosen by its state, never by an id range, so an event whose
+-- transaction commits after a later one is delivered all the same. A
+-- worker leases a few rows in a short transaction, POSTs with no
+-- transaction open, then marks each; a lease that runs out (kmsd killed
+-- mid-delivery) makes its rows due again: at least once.
+CREATE TABLE event_deliveries (
+    event_pk     bigint NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    url_hash     bytea NOT NULL REFERENCES webhooks (url_hash) ON DELETE CASCADE,
     attempts     integer NOT NULL DEFAULT 0,
     next_at      timestamptz NOT NULL DEFAULT now(),
+    lease_until  timestamptz,
+    delivered_at timestamptz,
     last_error   text,
-    delivered    bigint NOT NULL DEFAULT 0,
-    updated_at   timestamptz NOT NULL DEFAULT now()
+    PRIMARY KEY (url_hash, event_pk)
 );
+CREATE INDEX event_deliveries_due ON event_deliveries (url_hash, next_at, event_pk)
+    WHERE delivered_at IS NULL;
 
 -- The audit events that are events too. Their audit detail is the event's
 -- (audit rows hold no secret). The owner: named by the row (a reset, whose
@@ -35,6 +50,7 @@ CREATE TABLE webhook_cursors (
 CREATE FUNCTION qkms_event_from_audit() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     owner bigint;
+    ev bigint;
 BEGIN
     owner := (NEW.detail->>'owner_app')::bigint;
     IF owner IS NULL AND NEW.device_id IS NOT NULL THEN
@@ -45,7 +61,9 @@ BEGIN
          WHERE d.device_id = NEW.device_id;
     END IF;
     INSERT INTO events (type, device_id, app_id, detail, created_at)
-    VALUES (NEW.event, NEW.device_id, owner, NEW.detail - 'owner_app', NEW.at);
+    VALUES (NEW.event, NEW.device_id, owner, NEW.detail - 'owner_app', NEW.at)
+    RETURNING id INTO ev;
+    INSERT INTO event_deliveries (event_pk, url_hash) SELECT ev, url_hash FROM webhooks;
     RETURN NULL;
 END $$;
 

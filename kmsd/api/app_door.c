@@ -430,7 +430,7 @@ static bool page_args(http_request *rq, http_response *rs, long long *after, int
     if (a) {
         errno = 0;
         v = strtoll(a, &end, 10);
-        if (!*a || *end || errno || v < 0) {
+        if (*a < '0' || *a > '9' || *end || errno || v < 0) {
             http_error(rs, 400, "invalid_query", "after is an event id (0 or more)");
             return false;
         }
@@ -439,7 +439,7 @@ static bool page_args(http_request *rq, http_response *rs, long long *after, int
     if (l) {
         errno = 0;
         v = strtoll(l, &end, 10);
-        if (!*l || *end || errno || v < 1 || v > EVENTS_LIST_MAX) {
+        if (*l < '0' || *l > '9' || *end || errno || v < 1 || v > EVENTS_LIST_MAX) {
             http_error(rs, 400, "invalid_query", "limit is 1 to %d", EVENTS_LIST_MAX);
             return false;
         }
@@ -474,22 +474,28 @@ void h_events_list(http_request *rq, http_response *rs)
     qk_err e;
     if (!page_args(rq, rs, &after, &limit))
         return;
-    if (events_list(&rq->kms->svc, 0, after, limit, &out, &e) != QK_OK ||
-        events_webhooks(&rq->kms->svc, &hooks, &e) != QK_OK) {
-        http_fail(rs, &e);
-        return;
+    if (events_list(&rq->kms->svc, 0, after, limit, &out, &e) != QK_OK)
+        goto fail;
+    if (events_webhooks(&rq->kms->svc, &hooks, &e) != QK_OK) {
+        json_decref(out);
+        goto fail;
     }
     json_object_update(out, hooks);
     json_decref(hooks);
     http_json(rs, 200, out);
+    return;
+fail:
+    http_fail(rs, &e);
 }
 
-/* POST /v1/admin/events/replay {"after": ID}: deliver again after ID. */
+/* POST /v1/admin/events/replay {"after": ID}: every kept event after ID
+ * to every registered webhook again. */
 void h_events_replay(http_request *rq, http_response *rs)
 {
     static const char *const known[] = {"after", NULL};
     json_t *in = http_body_object(rq, rs), *a;
     qk_principal who = admin_principal(rq);
+    long long rows = 0;
     qk_err e;
     if (!in)
         return;
@@ -500,11 +506,12 @@ void h_events_replay(http_request *rq, http_response *rs)
         http_error(rs, 422, "invalid_request", "after is an event id (0 or more)");
     } else if (!rq->kms->cfg.webhook_urls || !*rq->kms->cfg.webhook_urls) {
         http_error(rs, 409, "invalid_state", "no webhook_urls are configured");
-    } else if (events_replay(&rq->kms->svc, &who, (long long)json_integer_value(a), &e) !=
-               QK_OK) {
+    } else if (events_replay(&rq->kms->svc, &who, (long long)json_integer_value(a), &rows,
+                             &e) != QK_OK) {
         http_fail(rs, &e);
     } else {
-        http_json(rs, 200, json_pack("{s:I,s:b}", "after", json_integer_value(a), "replayed", 1));
+        http_json(rs, 200, json_pack("{s:I,s:I}", "after", json_integer_value(a), "deliveries",
+                                     (json_int_t)rows));
     }
     json_decref(in);
 }

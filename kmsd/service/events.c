@@ -28,10 +28,9 @@
 #include "store/pgjson.h"
 #include "store/queries.h"
 
-#define EVENTS_BATCH 20
+#define EVENTS_BATCH 4
 #define EVENTS_HTTP_TIMEOUT_MS 5000L
-#define EVENTS_MAX_URLS 8
-#define EVENTS_BACKOFF_MAX_S 300
+#define EVENTS_LEASE_MARGIN_S 10
 
 static json_t *event_json(const PGresult *r, int i)
 {
@@ -46,7 +45,7 @@ qk_kind events_list(qk_svc *s, long long app_id, long long after, int limit, jso
                     qk_err *e)
 {
     char sa[24], saft[24], slim[16];
-    const char *vals[3] = {app_id > 0 ? sa : NULL, saft, slim};
+    const char *vals[3] = {saft, slim, sa};
     db_status st;
     PGresult *r;
     json_t *arr;
@@ -56,7 +55,8 @@ qk_kind events_list(qk_svc *s, long long app_id, long long after, int limit, jso
     snprintf(sa, sizeof(sa), "%lld", app_id);
     snprintf(saft, sizeof(saft), "%lld", after);
     snprintf(slim, sizeof(slim), "%d", limit);
-    if (!(r = db_query(s->db, Q_EVENTS_LIST, 3, vals, NULL, NULL, &st)))
+    if (!(r = app_id > 0 ? db_query(s->db, Q_EVENTS_LIST_APP, 3, vals, NULL, NULL, &st)
+                         : db_query(s->db, Q_EVENTS_LIST, 2, vals, NULL, NULL, &st)))
         return db_fail(e, st);
     arr = json_array();
     n = PQntuples(r);
@@ -69,22 +69,13 @@ qk_kind events_list(qk_svc *s, long long app_id, long long after, int limit, jso
     return QK_OK;
 }
 
-/* The configured URLs (webhook_urls, comma-separated) into urls; how many. */
-static int split_urls(const char *list, char urls[][512], int max)
+int events_split_urls(const char *list, char urls[][EVENTS_URL_MAX], int max)
 {
     int n = 0;
     while (list && *list && n < max) {
         size_t len = strcspn(list, ",");
-        while (len > 0 && (*list == ' ')) {
-            list++;
-            len--;
-        }
-        if (len > 0 && len < 512) {
-            snprintf(urls[n], 512, "%.*s", (int)len, list);
-            while (strlen(urls[n]) && urls[n][strlen(urls[n]) - 1] == ' ')
-                urls[n][strlen(urls[n]) - 1] = 0;
-            n++;
-        }
+        if (len > 0 && len < EVENTS_URL_MAX)
+            snprintf(urls[n++], EVENTS_URL_MAX, "%.*s", (int)len, list);
         list += len;
         if (*list == ',')
             list++;
@@ -94,76 +85,60 @@ static int split_urls(const char *list, char urls[][512], int max)
 
 qk_kind events_webhooks(qk_svc *s, json_t **out, qk_err *e)
 {
-    char urls[EVENTS_MAX_URLS][512];
-    int n = split_urls(s->cfg->webhook_urls, urls, EVENTS_MAX_URLS);
-    json_t *arr = json_array();
+    db_status st;
+    PGresult *r;
+    json_t *arr;
 
     *out = NULL;
-    for (int i = 0; i < n; i++) {
-        const char *vals[1] = {urls[i]};
-        db_status st;
-        PGresult *r = db_query(s->db, Q_WEBHOOK_GET, 1, vals, NULL, NULL, &st);
-        if (!r) {
-            json_decref(arr);
-            return db_fail(e, st);
-        }
+    if (!(r = db_query(s->db, Q_WEBHOOK_STATUS, 0, NULL, NULL, NULL, &st)))
+        return db_fail(e, st);
+    arr = json_array();
+    for (int i = 0; i < PQntuples(r); i++)
         json_array_append_new(
-            arr, PQntuples(r) == 1
-                     ? json_pack("{s:s,s:I,s:i,s:o,s:o,s:I}", "url", urls[i], "last_event",
-                                 (json_int_t)atoll(PQgetvalue(r, 0, 0)), "attempts",
-                                 atoi(PQgetvalue(r, 0, 1)), "next_at", pgjson_time(r, 0, 2),
-                                 "last_error", pgjson_text(r, 0, 3), "delivered",
-                                 (json_int_t)atoll(PQgetvalue(r, 0, 4)))
-                     : json_pack("{s:s,s:i,s:i,s:n,s:n,s:i}", "url", urls[i], "last_event", 0,
-                                 "attempts", 0, "next_at", "last_error", "delivered", 0));
-        PQclear(r);
-    }
+            arr, json_pack("{s:o,s:I,s:I,s:i,s:o}", "url", pgjson_text(r, i, 0), "pending",
+                           (json_int_t)atoll(PQgetvalue(r, i, 1)), "delivered",
+                           (json_int_t)atoll(PQgetvalue(r, i, 2)), "attempts",
+                           atoi(PQgetvalue(r, i, 3)), "last_error", pgjson_text(r, i, 4)));
+    PQclear(r);
     *out = json_pack("{s:o}", "webhooks", arr);
     return QK_OK;
 }
 
 struct replay_tx {
-    const char *actor, *after, *urls_lit;
-    int n;
+    const char *actor, *after;
+    long long rows;
 };
 
 static db_status replay_tx_fn(db_conn *c, void *arg)
 {
     struct replay_tx *t = arg;
-    const char *vals[2] = {t->urls_lit, t->after};
+    const char *vals[1] = {t->after};
     db_status st;
-    PGresult *r = db_exec(c, Q_WEBHOOK_REPLAY, 2, vals, NULL, NULL, &st);
+    PGresult *r = db_exec(c, Q_WEBHOOK_REPLAY, 1, vals, NULL, NULL, &st);
     if (!r)
         return st;
+    t->rows = atoll(PQgetvalue(r, 0, 0));
     PQclear(r);
     return audit_append(c, t->actor, "events.replayed", NULL,
-                        json_pack("{s:I,s:i}", "after", (json_int_t)atoll(t->after), "webhooks",
-                                  t->n));
+                        json_pack("{s:I,s:I}", "after", (json_int_t)atoll(t->after),
+                                  "deliveries", (json_int_t)t->rows));
 }
 
-qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, qk_err *e)
+qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, long long *rows,
+                      qk_err *e)
 {
-    char urls[EVENTS_MAX_URLS][512], saft[24];
-    int n = split_urls(s->cfg->webhook_urls, urls, EVENTS_MAX_URLS);
-    json_t *arr = json_array();
-    char *lit;
+    char saft[24];
     struct replay_tx t;
     db_status st;
 
-    for (int i = 0; i < n; i++)
-        json_array_append_new(arr, json_string(urls[i]));
-    lit = json_dumps(arr, JSON_COMPACT);
-    json_decref(arr);
-    if (!lit)
-        return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
     snprintf(saft, sizeof(saft), "%lld", after);
-    t = (struct replay_tx){who->name, saft, lit, n};
+    t = (struct replay_tx){who->name, saft, 0};
     st = db_tx(s->db, replay_tx_fn, &t);
-    free(lit);
     if (st != DB_OK)
         return db_fail(e, st);
-    log_with(&who->log, LOG_INFO, "events replayed", "{s:I,s:i,s:s}", "after", (json_int_t)after,
-             "webhooks", n, "by", who->name);
+    *rows = t.rows;
+    log_with(&who->log, LOG_INFO, "events replayed", "{s:I,s:I,s:s}", "after", (json_int_t)after,
+             "deliveries", (json_int_t)t.rows, "by", who->name);
     return QK_OK;
 }
 
@@ -201,11 +176,15 @@ struct events_worker {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool stop;
+    _Atomic bool stop;
     uint8_t *secret; /* secure heap */
-    size_t secret_len;
-    char urls[EVENTS_MAX_URLS][512];
-    int nurls;
+    size_t secret_len, secret_cap;
+    struct {
+        char url[EVENTS_URL_MAX];
+        char shown[EVENTS_URL_MAX];
+        char hash[65]; /* SHA-256 of url, hex: its rows' key */
+    } hooks[EVENTS_MAX_URLS];
+    int nhooks;
     CURL *curl;
     atomic_ullong delivered, failures;
 };
@@ -215,6 +194,17 @@ static size_t discard(char *p, size_t size, size_t n, void *u)
     (void)p;
     (void)u;
     return size * n;
+}
+
+/* curl's progress callback: a stopping kmsd abandons the transfer. */
+static int abort_on_stop(void *u, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
+{
+    events_worker *w = u;
+    (void)a;
+    (void)b;
+    (void)c;
+    (void)d;
+    return atomic_load(&w->stop) ? 1 : 0;
 }
 
 /* POST one event: 0 on a 2xx answer, else -1 with why. */
@@ -235,17 +225,22 @@ static int post_event(events_worker *w, const char *url, const char *event_id, c
     snprintf(h_ts, sizeof(h_ts), "X-Qkms-Timestamp: %lld", ts);
     snprintf(h_id, sizeof(h_id), "X-Qkms-Event-Id: %s", event_id);
     hdr = curl_slist_append(hdr, "Content-Type: application/json");
+    hdr = curl_slist_append(hdr, "Expect:"); /* no 100-continue wait for larger bodies */
     hdr = curl_slist_append(hdr, h_sig);
     hdr = curl_slist_append(hdr, h_ts);
     hdr = curl_slist_append(hdr, h_id);
     curl_easy_reset(w->curl);
     curl_easy_setopt(w->curl, CURLOPT_URL, url);
     curl_easy_setopt(w->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(w->curl, CURLOPT_PROXY, ""); /* not the environment's proxy */
     curl_easy_setopt(w->curl, CURLOPT_HTTPHEADER, hdr);
     curl_easy_setopt(w->curl, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(w->curl, CURLOPT_TIMEOUT_MS, EVENTS_HTTP_TIMEOUT_MS);
     curl_easy_setopt(w->curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(w->curl, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(w->curl, CURLOPT_XFERINFOFUNCTION, abort_on_stop);
+    curl_easy_setopt(w->curl, CURLOPT_XFERINFODATA, w);
+    curl_easy_setopt(w->curl, CURLOPT_NOPROGRESS, 0L);
     cc = curl_easy_perform(w->curl);
     if (cc == CURLE_OK)
         curl_easy_getinfo(w->curl, CURLINFO_RESPONSE_CODE, &status);
@@ -261,95 +256,125 @@ static int post_event(events_worker *w, const char *url, const char *event_id, c
     return 0;
 }
 
-/* One batch for one webhook, in one transaction. */
-static db_status deliver_batch(events_worker *w, const char *url)
+/* Mark a leased row: done, failed (why), or released untried (why NULL). */
+static void mark(qk_svc *s, const char *hash, const char *event_pk, bool done, const char *why)
+{
+    const char *vals[3] = {hash, event_pk, why};
+    db_status st;
+    PGresult *r = db_query(s->db, done ? Q_DELIVERY_DONE : Q_DELIVERY_FAILED, done ? 2 : 3, vals,
+                           NULL, NULL, &st);
+    if (!r)
+        log_emit(LOG_WARN, "event delivery not recorded; its lease will run out",
+                 "{s:s,s:s}", "event", event_pk, "error", db_status_name(st));
+    PQclear(r);
+}
+
+/* One batch for one webhook: lease its due rows (a short statement of its
+ * own), POST each with no transaction open, mark each. Stops at the first
+ * failure (the rest released) or when kmsd stops. How many it leased. */
+static int deliver_batch(events_worker *w, int h)
 {
     qk_svc *s = w->s;
-    const char *vals[4] = {url};
-    char last[24], lim[8], why[200] = "";
+    char lim[8], lease[8], why[200];
+    const char *vals[3] = {w->hooks[h].hash, lim, lease};
     db_status st;
-    db_conn *c;
-    PGresult *r = NULL, *ev = NULL;
-    int n, sent = 0;
+    PGresult *ev;
+    int n, i;
+    bool failed = false;
 
-    if (!(c = db_acquire(s->db, &st)))
-        return st;
-    if ((r = db_exec(c, Q_WEBHOOK_ENSURE, 1, vals, NULL, NULL, &st)))
-        PQclear(r);
-    if ((st = db_command(c, "BEGIN")) != DB_OK)
-        goto out;
-    if (!(r = db_exec(c, Q_WEBHOOK_LOCK, 1, vals, NULL, NULL, &st)))
-        goto rollback;
-    if (PQntuples(r) != 1 || strcmp(PQgetvalue(r, 0, 2), "t") != 0) {
-        /* Another instance has it, or its back-off has not passed. */
-        PQclear(r);
-        st = db_command(c, "COMMIT");
-        goto out;
-    }
-    snprintf(last, sizeof(last), "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-    r = NULL;
     snprintf(lim, sizeof(lim), "%d", EVENTS_BATCH);
-    vals[0] = last;
-    vals[1] = lim;
-    if (!(ev = db_exec(c, Q_EVENTS_AFTER, 2, vals, NULL, NULL, &st)))
-        goto rollback;
+    snprintf(lease, sizeof(lease), "%ld",
+             EVENTS_BATCH * EVENTS_HTTP_TIMEOUT_MS / 1000 + EVENTS_LEASE_MARGIN_S);
+    if (!(ev = db_query(s->db, Q_DELIVERY_LEASE, 3, vals, NULL, NULL, &st))) {
+        log_emit(LOG_WARN, "event delivery pass failed; will retry", "{s:s,s:s}", "webhook",
+                 w->hooks[h].shown, "error", db_status_name(st));
+        return 0;
+    }
     n = PQntuples(ev);
-    for (int i = 0; i < n; i++) {
-        json_t *j = event_json(ev, i);
-        char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        int rc = body ? post_event(w, url, PQgetvalue(ev, i, 1), body, why, sizeof(why)) : -1;
-        json_decref(j);
-        free(body);
-        if (rc != 0) {
-            atomic_fetch_add(&w->failures, 1);
-            log_emit(LOG_WARN, "event delivery failed; will retry", "{s:s,s:s,s:s}", "url", url,
-                     "event_id", PQgetvalue(ev, i, 1), "error", why);
-            break;
+    for (i = 0; i < n; i++) {
+        const char *pk = PQgetvalue(ev, i, 0);
+        json_t *j;
+        char *body;
+        if (failed || atomic_load(&w->stop)) {
+            mark(s, w->hooks[h].hash, pk, false, NULL);
+            continue;
         }
-        atomic_fetch_add(&w->delivered, 1);
-        snprintf(last, sizeof(last), "%s", PQgetvalue(ev, i, 0));
-        sent++;
+        j = event_json(ev, i);
+        body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        snprintf(why, sizeof(why), "out of memory");
+        if (body && post_event(w, w->hooks[h].url, PQgetvalue(ev, i, 1), body, why,
+                               sizeof(why)) == 0) {
+            atomic_fetch_add(&w->delivered, 1);
+            mark(s, w->hooks[h].hash, pk, true, NULL);
+        } else {
+            failed = true;
+            atomic_fetch_add(&w->failures, 1);
+            log_emit(LOG_WARN, "event delivery failed; will retry", "{s:s,s:s,s:s}", "webhook",
+                     w->hooks[h].shown, "event_id", PQgetvalue(ev, i, 1), "error", why);
+            mark(s, w->hooks[h].hash, pk, false, why);
+        }
+        free(body);
     }
-    {
-        char ssent[16];
-        const char *uv[4] = {url, last, ssent, why[0] ? why : NULL};
-        snprintf(ssent, sizeof(ssent), "%d", sent);
-        if (!(r = db_exec(c, Q_WEBHOOK_ADVANCE, 4, uv, NULL, NULL, &st)))
-            goto rollback;
-        PQclear(r);
-        r = NULL;
-    }
-    st = db_command(c, "COMMIT");
-    goto out;
-rollback:
-    db_command(c, "ROLLBACK");
-out:
     PQclear(ev);
-    db_release(s->db, c);
-    return st;
+    return failed ? 0 : n;
 }
 
 static void *loop(void *arg)
 {
     events_worker *w = arg;
     pthread_mutex_lock(&w->mu);
-    while (!w->stop) {
+    while (!atomic_load(&w->stop)) {
         struct timespec dl;
         pthread_mutex_unlock(&w->mu);
-        for (int i = 0; i < w->nurls; i++) {
-            db_status st = deliver_batch(w, w->urls[i]);
-            if (st != DB_OK)
-                log_emit(LOG_WARN, "event delivery pass failed; will retry", "{s:s,s:s}", "url",
-                         w->urls[i], "error", db_status_name(st));
-        }
+        for (int h = 0; h < w->nhooks && !atomic_load(&w->stop); h++)
+            while (!atomic_load(&w->stop) && deliver_batch(w, h) == EVENTS_BATCH)
+                ;
         pthread_mutex_lock(&w->mu);
         dl = deadline_in_ms(1000);
-        while (!w->stop && pthread_cond_timedwait(&w->cv, &w->mu, &dl) != ETIMEDOUT)
+        while (!atomic_load(&w->stop) &&
+               pthread_cond_timedwait(&w->cv, &w->mu, &dl) != ETIMEDOUT)
             ;
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
+}
+
+/* The URL as logs and listings show it: scheme://host[:port]/path, without
+ * userinfo (refused by the configuration anyway), query or fragment. */
+static void url_shown(const char *url, char *out, size_t cap)
+{
+    size_t n = strcspn(url, "?#");
+    snprintf(out, cap, "%.*s", (int)n, url);
+}
+
+static int register_hooks(events_worker *w, char *err, size_t errlen)
+{
+    char urls[EVENTS_MAX_URLS][EVENTS_URL_MAX];
+    int n = events_split_urls(w->s->cfg->webhook_urls, urls, EVENTS_MAX_URLS);
+    for (int i = 0; i < n; i++) {
+        uint8_t d[32];
+        unsigned int dl = sizeof(d);
+        const char *vals[2];
+        db_status st;
+        PGresult *r;
+        memcpy(w->hooks[i].url, urls[i], EVENTS_URL_MAX);
+        url_shown(urls[i], w->hooks[i].shown, EVENTS_URL_MAX);
+        if (EVP_Digest(urls[i], strlen(urls[i]), d, &dl, EVP_sha256(), NULL) != 1) {
+            snprintf(err, errlen, "SHA-256 failed");
+            return -1;
+        }
+        qkms_hex_encode(d, sizeof(d), w->hooks[i].hash);
+        vals[0] = w->hooks[i].hash;
+        vals[1] = w->hooks[i].shown;
+        if (!(r = db_query(w->s->db, Q_WEBHOOK_REGISTER, 2, vals, NULL, NULL, &st))) {
+            snprintf(err, errlen, "cannot register the webhooks: %s", db_status_name(st));
+            return -1;
+        }
+        PQclear(r);
+    }
+    w->nhooks = n;
+    return 0;
 }
 
 int events_worker_start(events_worker **out, qk_svc *s, char *err, size_t errlen)
@@ -359,13 +384,14 @@ int events_worker_start(events_worker **out, qk_svc *s, char *err, size_t errlen
     long len = 0;
 
     *out = NULL;
+    snprintf(err, errlen, "out of memory");
     if (!s->cfg->webhook_urls || !*s->cfg->webhook_urls)
         return 0;
     if (!(w = calloc(1, sizeof(*w))))
         return -1;
     w->s = s;
-    w->nurls = split_urls(s->cfg->webhook_urls, w->urls, EVENTS_MAX_URLS);
     if (!s->cfg->webhook_secret_file || !(f = fopen(s->cfg->webhook_secret_file, "rb")) ||
+        setvbuf(f, NULL, _IONBF, 0) != 0 || /* no stdio buffer keeps a copy */
         fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < EVENTS_SECRET_MIN || len > 4096 ||
         fseek(f, 0, SEEK_SET) != 0 || !(w->secret = OPENSSL_secure_malloc((size_t)len)) ||
         fread(w->secret, 1, (size_t)len, f) != (size_t)len) {
@@ -375,7 +401,7 @@ int events_worker_start(events_worker **out, qk_svc *s, char *err, size_t errlen
     }
     fclose(f);
     f = NULL;
-    w->secret_len = (size_t)len;
+    w->secret_cap = w->secret_len = (size_t)len;
     /* A trailing newline is the editor's, not the secret's. */
     while (w->secret_len > 0 && (w->secret[w->secret_len - 1] == '\n' ||
                                  w->secret[w->secret_len - 1] == '\r'))
@@ -385,6 +411,8 @@ int events_worker_start(events_worker **out, qk_svc *s, char *err, size_t errlen
                  EVENTS_SECRET_MIN);
         goto fail;
     }
+    if (register_hooks(w, err, errlen) != 0)
+        goto fail;
     if (!(w->curl = curl_easy_init())) {
         snprintf(err, errlen, "curl_easy_init failed");
         goto fail;
@@ -405,7 +433,7 @@ fail:
     if (w->curl)
         curl_easy_cleanup(w->curl);
     if (w->secret)
-        OPENSSL_secure_clear_free(w->secret, (size_t)len);
+        OPENSSL_secure_clear_free(w->secret, w->secret_cap ? w->secret_cap : (size_t)len);
     free(w);
     return -1;
 }
@@ -415,12 +443,12 @@ void events_worker_stop(events_worker *w)
     if (!w)
         return;
     pthread_mutex_lock(&w->mu);
-    w->stop = true;
+    atomic_store(&w->stop, true);
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->thread, NULL);
     curl_easy_cleanup(w->curl);
-    OPENSSL_secure_clear_free(w->secret, w->secret_len);
+    OPENSSL_secure_clear_free(w->secret, w->secret_cap);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     free(w);

@@ -6,16 +6,19 @@
  * row), read here, and delivered by a worker thread to the webhooks of
  * webhook_urls.
  *
- * Delivery: per webhook, in event order, one POST per event with the JSON
- * body {"id", "event_id", "type", "device_id", "created_at", "detail"} and
- * the headers X-Qkms-Event-Id, X-Qkms-Timestamp (Unix seconds) and
- * X-Qkms-Signature: "v1=" hex(HMAC-SHA-256(secret, timestamp "." body)).
- * A 2xx answer moves the webhook's cursor past the event in the database;
- * anything else retries that event after 1, 2, 4 ... 300 seconds. At least
- * once: a kmsd that dies between the answer and the cursor's commit sends
- * the event again after its restart, with the same event_id, which is the
- * receiver's to deduplicate. Several kmsd instances share the work: a
- * webhook's cursor row is locked (SKIP LOCKED) for its batch.
+ * Delivery: each event has a delivery row per registered webhook, written
+ * with it; one POST per event with the JSON body {"id", "event_id",
+ * "type", "device_id", "created_at", "detail"} and the headers
+ * X-Qkms-Event-Id, X-Qkms-Timestamp (Unix seconds) and X-Qkms-Signature:
+ * "v1=" hex(HMAC-SHA-256(secret, timestamp "." body)). The worker leases a
+ * few due rows in one short statement, POSTs with no transaction open and
+ * marks each: a 2xx delivers it, anything else retries it after 1, 2, 4
+ * ... 300 seconds. At least once: a kmsd that dies with rows leased sends
+ * them again when the lease runs out, with the same event_id, which is the
+ * receiver's to deduplicate. Several kmsd instances share the work (SKIP
+ * LOCKED). Rows are chosen by state, not by id, so an event whose
+ * transaction commits after a later one is delivered all the same; a
+ * retried event does not hold later ones back (receivers order by id).
  *
  * Contract: the listing functions return QK_OK with *out, or e. The worker
  * logs its failures and counts deliveries for /metrics.
@@ -34,17 +37,23 @@
 
 #define EVENTS_LIST_MAX 1000
 #define EVENTS_SECRET_MIN 32
+#define EVENTS_MAX_URLS 8
+#define EVENTS_URL_MAX 512
 
 /* {"events": [...], "next": last id when the page is full, or null};
  * app_id > 0: only that app's. */
 qk_kind events_list(qk_svc *s, long long app_id, long long after, int limit, json_t **out,
                     qk_err *e);
-/* {"webhooks": [{"url", "last_event", "attempts", "next_at", "last_error",
- * "delivered"}]} for the configured webhooks. */
+/* {"webhooks": [{"url" (without query), "pending", "delivered", "attempts"
+ * (of the most tried pending one), "last_error"}]}: every webhook any kmsd
+ * registered. */
 qk_kind events_webhooks(qk_svc *s, json_t **out, qk_err *e);
-/* Deliver again every event after `after` to every webhook (their cursors
- * set back, or forward, to it), audited events.replayed. */
-qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, qk_err *e);
+/* Deliver every kept event after `after` to every registered webhook again
+ * (*rows: how many deliveries that made), audited events.replayed. */
+qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, long long *rows,
+                      qk_err *e);
+/* webhook_urls (comma-separated) into urls; how many (at most max). */
+int events_split_urls(const char *list, char urls[][EVENTS_URL_MAX], int max);
 
 /* The signature header's value for body at ts (pure): "v1=" and 64 hex. */
 int events_sign(const uint8_t *secret, size_t secret_len, long long ts, const char *body,

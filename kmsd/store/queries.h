@@ -189,6 +189,7 @@
       "  AND (d.expiry_warned_at IS NULL OR d.expiry_warned_at < now() - interval '1 day')"    \
       "  GROUP BY d.id, d.device_id LIMIT 1000)"                                               \
       " , upd AS (UPDATE devices d SET expiry_warned_at = now() FROM due WHERE d.id = due.id"  \
+      "  AND (d.expiry_warned_at IS NULL OR d.expiry_warned_at < now() - interval '1 day')"    \
       "  RETURNING due.device_id, due.first)"                                                  \
       " , ev AS (INSERT INTO audit_log (actor, event, device_id, detail)"  /* an event too */ \
       "  SELECT 'kmsd', 'device.key_expiring', device_id,"                                     \
@@ -209,6 +210,7 @@
       "  AND (service_warned_at IS NULL OR service_warned_at < now() - interval '1 day')"      \
       "  LIMIT 1000)"                                                                          \
       " , upd AS (UPDATE devices d SET service_warned_at = now() FROM due WHERE d.id = due.id" \
+      "  AND (d.service_warned_at IS NULL OR d.service_warned_at < now() - interval '1 day')"  \
       "  RETURNING d.device_id, qkms_rfc3339(d.service_until) AS until)"                       \
       " , ev AS (INSERT INTO audit_log (actor, event, device_id, detail)"  /* an event too */ \
       "  SELECT 'kmsd', 'device.service_expiring', device_id,"                                 \
@@ -351,35 +353,51 @@
       "SELECT outcome, unbound, ended, epoch FROM qkms_gateway_reset($1::bigint, $2::int,"     \
       " $3::bytea,"                                                                            \
       " $4::bigint, $5::int, $6::boolean)")                                                    \
-    X(Q_EVENTS_LIST, /* $1 app or NULL, after $2, $3 rows */                                \
-      "SELECT id, event_id, type, device_id, created_at, detail::text FROM events"             \
-      " WHERE ($1::bigint IS NULL OR app_id = $1::bigint) AND id > $2::bigint"                \
-      " ORDER BY id LIMIT $3::int")                                                            \
-    X(Q_EVENTS_AFTER,                                                                          \
+    X(Q_EVENTS_LIST, /* after $1, $2 rows */                                                 \
       "SELECT id, event_id, type, device_id, created_at, detail::text FROM events"             \
       " WHERE id > $1::bigint ORDER BY id LIMIT $2::int")                                      \
+    X(Q_EVENTS_LIST_APP, /* app $3's, after $1, $2 rows */                                   \
+      "SELECT id, event_id, type, device_id, created_at, detail::text FROM events"             \
+      " WHERE app_id = $3::bigint AND id > $1::bigint ORDER BY id LIMIT $2::int")              \
     X(Q_EVENTS_PURGE,                                                                          \
       "DELETE FROM events WHERE created_at < now() - make_interval(days => $1::int)")          \
-    X(Q_WEBHOOK_ENSURE, /* a new webhook starts after the events there are */                 \
-      "INSERT INTO webhook_cursors (url, last_event)"                                          \
-      " VALUES ($1, (SELECT coalesce(max(id), 0) FROM events)) ON CONFLICT (url) DO NOTHING")  \
-    X(Q_WEBHOOK_LOCK, /* this instance's turn: cursor, attempts, due? */                      \
-      "SELECT last_event, attempts, next_at <= now() FROM webhook_cursors WHERE url = $1"      \
-      " FOR UPDATE SKIP LOCKED")                                                               \
-    X(Q_WEBHOOK_ADVANCE, /* $2 the last event delivered, $3 how many now, $4 error */        \
-      "UPDATE webhook_cursors SET last_event = $2::bigint, delivered = delivered + $3::int,"   \
-      " attempts = CASE WHEN $4::text IS NULL THEN 0 ELSE attempts + 1 END, last_error = $4,"  \
-      " next_at = CASE WHEN $4::text IS NULL THEN now()"                                       \
-      "  ELSE now() + make_interval(secs => least(300, power(2, attempts))::int) END,"         \
-      " updated_at = now() WHERE url = $1")                                                    \
-    X(Q_WEBHOOK_GET,                                                                           \
-      "SELECT last_event, attempts, next_at, last_error, delivered FROM webhook_cursors"       \
-      " WHERE url = $1")                                                                       \
-    X(Q_WEBHOOK_REPLAY, /* $1 the URLs (JSON array), $2 deliver again after this event */    \
-      "INSERT INTO webhook_cursors (url, last_event)"                                          \
-      " SELECT u, $2::bigint FROM json_array_elements_text($1::json) u"                        \
-      " ON CONFLICT (url) DO UPDATE SET last_event = excluded.last_event, attempts = 0,"       \
-      " next_at = now(), last_error = NULL, updated_at = now()")                               \
+    X(Q_WEBHOOK_REGISTER, /* $1 SHA-256 of the URL (hex), $2 the URL as shown */            \
+      "INSERT INTO webhooks (url_hash, shown) VALUES (decode($1, 'hex'), $2)"                  \
+      " ON CONFLICT (url_hash) DO UPDATE SET shown = excluded.shown")                          \
+    X(Q_DELIVERY_LEASE, /* due rows of webhook $1, at most $2, leased $3 s: the events */    \
+      "WITH due AS (SELECT event_pk FROM event_deliveries WHERE url_hash = decode($1, 'hex')"  \
+      "  AND delivered_at IS NULL AND next_at <= now()"                                        \
+      "  AND (lease_until IS NULL OR lease_until <= now())"                                    \
+      "  ORDER BY event_pk LIMIT $2::int FOR UPDATE SKIP LOCKED),"                             \
+      " l AS (UPDATE event_deliveries d SET lease_until = now() + make_interval(secs => $3::int)" \
+      "  FROM due WHERE d.url_hash = decode($1, 'hex') AND d.event_pk = due.event_pk"          \
+      "  RETURNING d.event_pk)"                                                                \
+      " SELECT e.id, e.event_id, e.type, e.device_id, e.created_at, e.detail::text"            \
+      " FROM events e JOIN l ON l.event_pk = e.id ORDER BY e.id")                             \
+    X(Q_DELIVERY_DONE,                                                                         \
+      "UPDATE event_deliveries SET delivered_at = now(), lease_until = NULL, last_error = NULL" \
+      " WHERE url_hash = decode($1, 'hex') AND event_pk = $2::bigint")                         \
+    X(Q_DELIVERY_FAILED, /* $3 why, or NULL: not tried (released); 1, 2, 4 ... 300 s */      \
+      "UPDATE event_deliveries SET lease_until = NULL,"                                        \
+      " attempts = attempts + CASE WHEN $3::text IS NULL THEN 0 ELSE 1 END,"                   \
+      " last_error = coalesce($3, last_error),"                                                \
+      " next_at = CASE WHEN $3::text IS NULL THEN next_at"                                     \
+      "  ELSE now() + make_interval(secs => least(300, power(2, least(attempts, 9)))::int) END" \
+      " WHERE url_hash = decode($1, 'hex') AND event_pk = $2::bigint")                         \
+    X(Q_WEBHOOK_STATUS,                                                                        \
+      "SELECT w.shown, count(d.event_pk) FILTER (WHERE d.delivered_at IS NULL),"               \
+      " count(d.event_pk) FILTER (WHERE d.delivered_at IS NOT NULL),"                          \
+      " coalesce(max(d.attempts) FILTER (WHERE d.delivered_at IS NULL), 0),"                   \
+      " (array_agg(d.last_error ORDER BY d.event_pk) FILTER (WHERE d.delivered_at IS NULL"     \
+      "   AND d.last_error IS NOT NULL))[1]"                                                   \
+      " FROM webhooks w LEFT JOIN event_deliveries d ON d.url_hash = w.url_hash"               \
+      " GROUP BY w.url_hash, w.shown ORDER BY w.shown")                                        \
+    X(Q_WEBHOOK_REPLAY, /* every kept event after $1, to every webhook, again */             \
+      "WITH r AS (INSERT INTO event_deliveries (event_pk, url_hash)"                           \
+      "  SELECT e.id, w.url_hash FROM events e CROSS JOIN webhooks w WHERE e.id > $1::bigint"  \
+      "  ON CONFLICT (url_hash, event_pk) DO UPDATE SET delivered_at = NULL, attempts = 0,"    \
+      "  next_at = now(), lease_until = NULL, last_error = NULL RETURNING 1)"                  \
+      " SELECT count(*) FROM r")                                                               \
     X(Q_QKD_SAE, "SELECT id, sae_id, state, service_until <= now(), qkms_rfc3339(service_until)" \
       " FROM devices WHERE device_id = $1")                                                    \
     X(Q_QKD_SET_SAE, /* $1 device, $2 SAE ID or NULL: the old one */                          \

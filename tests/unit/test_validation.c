@@ -15,6 +15,7 @@
 #include "api/server.h"
 #include "keywrap.h"
 #include "p11.h"
+#include "service/events.h"
 #include "service/password.h"
 #include "timetext.h"
 #include "utf8.h"
@@ -328,6 +329,18 @@ static void password_hashes(void **state)
     assert_int_equal(password_hash((const uint8_t *)"s3cret-pass", 11, &top, salt, hash), 0);
 }
 
+/* The webhook signature (docs/gateways.md, "Events"): a vector computed
+ * with Python's hmac module. */
+static void event_signature(void **state)
+{
+    uint8_t secret[32];
+    char sig[68];
+    (void)state;
+    memset(secret, 'k', sizeof(secret));
+    assert_int_equal(events_sign(secret, sizeof(secret), 1700000000LL, "{\"id\":1}", 8, sig), 0);
+    assert_string_equal(sig, "v1=b0dcba5a42969fb3cc9dbf46fb0278a25a6d777ca4b49a285591a893c6e32e1d");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -340,6 +353,7 @@ int main(void)
         cmocka_unit_test(stuck_entropy_block), cmocka_unit_test(client_keys),
         cmocka_unit_test(utf8_repair), cmocka_unit_test(token_paths_redacted),
         cmocka_unit_test(time_texts), cmocka_unit_test(password_hashes),
+        cmocka_unit_test(event_signature),
     };
     return cmocka_run_group_tests_name("validation", tests, NULL, NULL);
 }
