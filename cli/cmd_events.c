@@ -1,5 +1,5 @@
-/* cmd_events — `kmsctl events list|replay`: /v1/admin/events (docs/gateways.md,
- * "Events"). */
+/* cmd_events — `kmsctl events list|replay|remove-webhook`: /v1/admin/events
+ * (docs/gateways.md, "Events"). */
 #include "command.h"
 
 #include <stdio.h>
@@ -17,8 +17,10 @@ static int print_events(const json_t *resp)
 {
     static const char *const headers[] = {"ID", "TYPE", "DEVICE", "CREATED-AT", "EVENT-ID"};
     static const char *const fields[] = {"id", "type", "device_id", "created_at", "event_id"};
-    static const char *const hheaders[] = {"WEBHOOK", "LAST-EVENT", "ATTEMPTS", "LAST-ERROR"};
-    static const char *const hfields[] = {"url", "last_event", "attempts", "last_error"};
+    static const char *const hheaders[] = {"WEBHOOK", "PENDING", "FAILED", "DELIVERED",
+                                           "ATTEMPTS", "LAST-ERROR", "ID"};
+    static const char *const hfields[] = {"url", "pending", "failed", "delivered", "attempts",
+                                          "last_error", "id"};
     const json_t *events = resource_items(resp, "events"), *hooks;
     int rc;
     if (!events)
@@ -28,7 +30,7 @@ static int print_events(const json_t *resp)
     hooks = json_object_get(resp, "webhooks");
     if (json_array_size(hooks) > 0) {
         fputc('\n', stdout);
-        rc = out_table(hooks, 4, hheaders, hfields);
+        rc = out_table(hooks, 7, hheaders, hfields);
     }
     return rc;
 }
@@ -60,6 +62,21 @@ static int events_replay(const struct kmsctl_ctx *ctx, const struct invocation *
     req = json_pack("{s:I}", "after", (json_int_t)a);
     rc = client_call(ctx, "POST", "/v1/admin/events/replay", req, &resp);
     json_decref(req);
+    return out_result(ctx->json, rc, resp, out_kv);
+}
+
+static int events_remove_webhook(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *id = inv->pos[0];
+    char path[128];
+    json_t *resp = NULL;
+    int rc;
+    if (strlen(id) != 64 || strspn(id, "0123456789abcdef") != 64) {
+        out_error("not a webhook id (64 lowercase hex, from 'kmsctl events list'): '%s'", id);
+        return EXIT_USAGE;
+    }
+    snprintf(path, sizeof(path), "/v1/admin/events/webhooks/%s", id);
+    rc = client_call(ctx, "DELETE", path, NULL, &resp);
     return out_result(ctx->json, rc, resp, out_kv);
 }
 
@@ -95,6 +112,20 @@ static const struct action events_actions[] = {
                        "Request: POST /v1/admin/events/replay\n",
         .opts = replay_opts,
         .run = events_replay,
+    },
+    {
+        .sub = "remove-webhook",
+        .usage = "ID",
+        .summary = "Forget a webhook and its pending deliveries (admin)",
+        .description = "ID is the SHA-256 of the URL in hex, as 'kmsctl events list' shows it\n"
+                       "(printf %s URL | sha256sum). Take the URL out of every kmsd's\n"
+                       "webhook_urls first: a kmsd still configured with it registers it\n"
+                       "again when it starts.\n"
+                       "\n"
+                       "Request: DELETE /v1/admin/events/webhooks/ID\n",
+        .min_args = 1,
+        .max_args = 1,
+        .run = events_remove_webhook,
     },
     {0},
 };

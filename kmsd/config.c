@@ -244,7 +244,14 @@ const config_option config_options[] = {
      "Comma-separated http:// or https:// URLs (at most 8) every event is POSTed to, signed"
      " with HMAC-SHA-256 (docs/gateways.md, \"Events\"); empty: no push."},
     {"webhook_secret_file", OPT_STR, OFF(webhook_secret_file), NULL, 0, 0, NULL, false, false,
-     "File holding the webhooks' HMAC secret (32 to 4096 bytes); required with webhook_urls."},
+     "File holding the webhooks' HMAC secret (32 to 4096 bytes; mode 0600 or 0400, checked by"
+     " --check-config); required with webhook_urls."},
+    {"webhook_max_attempts", OPT_INT, OFF(webhook_max_attempts), "100", 1, 100000, NULL, false,
+     false, "A delivery that failed this many times is given up (kmsctl events list shows it"
+     " as failed) until a replay; retries come after 1, 2, 4 ... 300 seconds."},
+    {"webhook_ca_file", OPT_STR, OFF(webhook_ca_file), NULL, 0, 0, NULL, false, false,
+     "PEM file of the CA certificates https:// webhooks are verified against; unset: the"
+     " system's store."},
     {"event_retention_days", OPT_INT, OFF(event_retention_days), "30", 1, 3650, NULL, false,
      false, "Events are kept this many days (for GET /v1/app/events and replays), then purged."},
     {"device_key_grace_days", OPT_INT, OFF(device_key_grace_days), "30", 0, 365, NULL, false, false,

@@ -110,6 +110,8 @@ typedef struct kms_config {
     char *webhook_urls;
     char *webhook_secret_file;
     int event_retention_days;
+    int webhook_max_attempts;
+    char *webhook_ca_file;
     int device_key_grace_days;
     int maintenance_interval;
     /* sessions */

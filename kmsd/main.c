@@ -3,8 +3,6 @@
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
-
-#include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -12,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
 #include <openssl/crypto.h>
 
 #include "service/bootstrap.h"
@@ -274,6 +273,17 @@ int main(int argc, char **argv)
         k.cfg.device_key_cache_unwrapped = 0;
     }
     if (mode == RUN_CHECK) {
+        if (k.cfg.webhook_urls && *k.cfg.webhook_urls) {
+            uint8_t *secret;
+            size_t slen, scap;
+            if (events_read_secret(k.cfg.webhook_secret_file, &secret, &slen, &scap, err,
+                                   sizeof(err)) != 0) {
+                fprintf(stderr, "kmsd: %s\n", err);
+                config_free(&k.cfg);
+                return 2;
+            }
+            OPENSSL_secure_clear_free(secret, scap);
+        }
         printf("kmsd: configuration OK\n");
         config_free(&k.cfg);
         return 0;

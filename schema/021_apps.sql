@@ -127,7 +127,6 @@ DECLARE
     n_sess integer := 0;
     sid bigint;
     new_epoch integer;
-    prev_owner bigint;
 BEGIN
     SELECT * INTO d FROM devices WHERE id = p_device;
     refusal := qkms_auth_refusal(d, p_key_index);
@@ -149,7 +148,6 @@ BEGIN
     END IF;
     UPDATE devices SET bind_epoch = bind_epoch + 1 WHERE id = p_device
     RETURNING bind_epoch INTO new_epoch;
-    SELECT app_id INTO prev_owner FROM device_owners WHERE device_pk = p_device;
     -- Its sub-devices go with it (a reset gateway changes hands with them).
     DELETE FROM device_owners
      WHERE device_pk = p_device OR device_pk IN (SELECT id FROM devices WHERE parent_id = p_device);
@@ -165,6 +163,6 @@ BEGIN
     INSERT INTO audit_log (actor, event, device_id, detail)
     VALUES (d.device_id, 'gateway.reset', d.device_id,
             jsonb_build_object('unbound', n_owner, 'sessions_ended', n_sess,
-                               'bind_epoch', new_epoch, 'owner_app', prev_owner));
+                               'bind_epoch', new_epoch));
     RETURN QUERY SELECT 'ok', n_owner, n_sess, new_epoch;
 END $$;

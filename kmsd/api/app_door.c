@@ -504,8 +504,6 @@ void h_events_replay(http_request *rq, http_response *rs)
         /* answered */
     } else if (!json_is_integer(a) || json_integer_value(a) < 0) {
         http_error(rs, 422, "invalid_request", "after is an event id (0 or more)");
-    } else if (!rq->kms->cfg.webhook_urls || !*rq->kms->cfg.webhook_urls) {
-        http_error(rs, 409, "invalid_state", "no webhook_urls are configured");
     } else if (events_replay(&rq->kms->svc, &who, (long long)json_integer_value(a), &rows,
                              &e) != QK_OK) {
         http_fail(rs, &e);
@@ -514,4 +512,22 @@ void h_events_replay(http_request *rq, http_response *rs)
                                      (json_int_t)rows));
     }
     json_decref(in);
+}
+
+/* DELETE /v1/admin/events/webhooks/{id}: id is the SHA-256 of the URL (hex). */
+void h_webhook_remove(http_request *rq, http_response *rs)
+{
+    qk_principal who = admin_principal(rq);
+    const char *id = rq->params[0];
+    char *shown = NULL;
+    qk_err e;
+    if (strlen(id) != 64 || strspn(id, "0123456789abcdef") != 64) {
+        http_error(rs, 404, "not_found", "no such webhook (its id is 64 lowercase hex)");
+        return;
+    }
+    if (events_webhook_remove(&rq->kms->svc, &who, id, &shown, &e) != QK_OK)
+        http_fail(rs, &e);
+    else
+        http_json(rs, 200, json_pack("{s:s,s:s,s:b}", "id", id, "url", shown, "removed", 1));
+    free(shown);
 }

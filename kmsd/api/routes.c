@@ -74,6 +74,7 @@
     X("GET", "/v1/app/events", "app_events", ROLE_APP, h_app_events, DEV, RL_ADMIN) \
     X("GET", "/v1/admin/events", "admin_events_list", ROLE_ANY, h_events_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/events/replay", "admin_events_replay", ROLE_ADMIN, h_events_replay, ADM, RL_ADMIN) \
+    X("DELETE", "/v1/admin/events/webhooks/{id}", "admin_webhook_remove", ROLE_ADMIN, h_webhook_remove, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/apps", "admin_apps_create", ROLE_ADMIN, h_apps_create, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/apps", "admin_apps_list", ROLE_ANY, h_apps_list, ADM, RL_ADMIN) \
     X("DELETE", "/v1/admin/apps/{name}", "admin_apps_revoke", ROLE_ADMIN, h_apps_revoke, ADM, RL_ADMIN) \

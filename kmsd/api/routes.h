@@ -70,6 +70,7 @@ void h_device_verification_code(http_request *rq, http_response *rs);
 void h_app_events(http_request *rq, http_response *rs);
 void h_events_list(http_request *rq, http_response *rs);
 void h_events_replay(http_request *rq, http_response *rs);
+void h_webhook_remove(http_request *rq, http_response *rs);
 void h_devtypes_list(http_request *rq, http_response *rs);
 void h_devtypes_add(http_request *rq, http_response *rs);
 

@@ -1,19 +1,23 @@
 /*
  * events — reading the outbox and delivering it to webhooks (events.h).
- * The worker thread holds a webhook's cursor row locked for one batch (one
- * transaction, a pooled connection) while it POSTs, so two instances never
- * deliver one webhook's events at once; the HTTP timeout bounds the hold.
+ * The worker thread leases a few rows of one webhook at a time in a short
+ * statement and POSTs with no transaction open, so a slow receiver holds
+ * no pooled connection; the lease (and its ID) keeps two instances off the
+ * same rows, and its end returns a dead instance's rows.
  */
 #include "service/events.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <openssl/crypto.h>
@@ -31,13 +35,18 @@
 #define EVENTS_BATCH 4
 #define EVENTS_HTTP_TIMEOUT_MS 5000L
 #define EVENTS_LEASE_MARGIN_S 10
+#define EVENTS_PURGE_BATCH 2000
+#define EVENTS_PURGE_BATCHES 20 /* per maintenance pass: a backlog goes over a few */
 
+/* An event from columns id, event_id, type, device_id, created_at,
+ * detail, app name. */
 static json_t *event_json(const PGresult *r, int i)
 {
     json_t *detail = json_loads(PQgetvalue(r, i, 5), 0, NULL);
-    return json_pack("{s:I,s:o,s:o,s:o,s:o,s:o}", "id", (json_int_t)atoll(PQgetvalue(r, i, 0)),
-                     "event_id", pgjson_text(r, i, 1), "type", pgjson_text(r, i, 2), "device_id",
-                     pgjson_text(r, i, 3), "created_at", pgjson_time(r, i, 4), "detail",
+    return json_pack("{s:I,s:o,s:o,s:o,s:o,s:o,s:o}", "id",
+                     (json_int_t)atoll(PQgetvalue(r, i, 0)), "event_id", pgjson_text(r, i, 1),
+                     "type", pgjson_text(r, i, 2), "device_id", pgjson_text(r, i, 3), "app",
+                     pgjson_text(r, i, 6), "created_at", pgjson_time(r, i, 4), "detail",
                      detail ? detail : json_object());
 }
 
@@ -95,10 +104,12 @@ qk_kind events_webhooks(qk_svc *s, json_t **out, qk_err *e)
     arr = json_array();
     for (int i = 0; i < PQntuples(r); i++)
         json_array_append_new(
-            arr, json_pack("{s:o,s:I,s:I,s:i,s:o}", "url", pgjson_text(r, i, 0), "pending",
-                           (json_int_t)atoll(PQgetvalue(r, i, 1)), "delivered",
-                           (json_int_t)atoll(PQgetvalue(r, i, 2)), "attempts",
-                           atoi(PQgetvalue(r, i, 3)), "last_error", pgjson_text(r, i, 4)));
+            arr, json_pack("{s:o,s:o,s:I,s:I,s:I,s:i,s:o,s:o}", "id", pgjson_text(r, i, 0), "url",
+                           pgjson_text(r, i, 1), "pending", (json_int_t)atoll(PQgetvalue(r, i, 2)),
+                           "failed", (json_int_t)atoll(PQgetvalue(r, i, 3)), "delivered",
+                           (json_int_t)atoll(PQgetvalue(r, i, 4)), "attempts",
+                           atoi(PQgetvalue(r, i, 5)), "last_error", pgjson_text(r, i, 6),
+                           "registered_at", pgjson_time(r, i, 7)));
     PQclear(r);
     *out = json_pack("{s:o}", "webhooks", arr);
     return QK_OK;
@@ -106,7 +117,7 @@ qk_kind events_webhooks(qk_svc *s, json_t **out, qk_err *e)
 
 struct replay_tx {
     const char *actor, *after;
-    long long rows;
+    long long rows, hooks;
 };
 
 static db_status replay_tx_fn(db_conn *c, void *arg)
@@ -118,7 +129,10 @@ static db_status replay_tx_fn(db_conn *c, void *arg)
     if (!r)
         return st;
     t->rows = atoll(PQgetvalue(r, 0, 0));
+    t->hooks = atoll(PQgetvalue(r, 0, 1));
     PQclear(r);
+    if (t->hooks == 0)
+        return DB_OK; /* nothing written; the caller answers 409 */
     return audit_append(c, t->actor, "events.replayed", NULL,
                         json_pack("{s:I,s:I}", "after", (json_int_t)atoll(t->after),
                                   "deliveries", (json_int_t)t->rows));
@@ -132,14 +146,140 @@ qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, long 
     db_status st;
 
     snprintf(saft, sizeof(saft), "%lld", after);
-    t = (struct replay_tx){who->name, saft, 0};
+    t = (struct replay_tx){who->name, saft, 0, 0};
     st = db_tx(s->db, replay_tx_fn, &t);
     if (st != DB_OK)
         return db_fail(e, st);
+    if (t.hooks == 0)
+        return qk_fail(e, QK_CONFLICT, "invalid_state",
+                       "no webhook is registered (webhook_urls of a running kmsd)");
     *rows = t.rows;
     log_with(&who->log, LOG_INFO, "events replayed", "{s:I,s:I,s:s}", "after", (json_int_t)after,
              "deliveries", (json_int_t)t.rows, "by", who->name);
     return QK_OK;
+}
+
+struct remove_tx {
+    const char *actor, *id;
+    char *shown;
+    long long pending;
+};
+
+static db_status remove_tx_fn(db_conn *c, void *arg)
+{
+    struct remove_tx *t = arg;
+    const char *vals[1] = {t->id};
+    db_status st;
+    PGresult *r = db_exec(c, Q_WEBHOOK_REMOVE, 1, vals, NULL, NULL, &st);
+    if (!r)
+        return st;
+    if (PQntuples(r) == 1) {
+        t->shown = strdup(PQgetvalue(r, 0, 0));
+        t->pending = atoll(PQgetvalue(r, 0, 1));
+    }
+    PQclear(r);
+    if (!t->shown)
+        return DB_OK;
+    return audit_append(c, t->actor, "webhook.removed", NULL,
+                        json_pack("{s:s,s:s,s:I}", "webhook", t->id, "url", t->shown,
+                                  "pending_dropped", (json_int_t)t->pending));
+}
+
+qk_kind events_webhook_remove(qk_svc *s, const qk_principal *who, const char *id, char **shown,
+                              qk_err *e)
+{
+    struct remove_tx t = {who->name, id, NULL, 0};
+    db_status st;
+
+    *shown = NULL;
+    st = db_tx(s->db, remove_tx_fn, &t);
+    if (st != DB_OK) {
+        free(t.shown);
+        return db_fail(e, st);
+    }
+    if (!t.shown)
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such webhook");
+    log_with(&who->log, LOG_INFO, "webhook removed", "{s:s,s:s,s:I,s:s}", "webhook", id, "url",
+             t.shown, "pending_dropped", (json_int_t)t.pending, "by", who->name);
+    *shown = t.shown;
+    return QK_OK;
+}
+
+long long events_purge(db_conn *c, int days, db_status *st)
+{
+    char sd[16], sb[16];
+    const char *vals[2] = {sd, sb};
+    long long total = 0;
+
+    snprintf(sd, sizeof(sd), "%d", days);
+    snprintf(sb, sizeof(sb), "%d", EVENTS_PURGE_BATCH);
+    /* Batches in their own transactions: a backlog never holds locks on
+     * the outbox for long, and what is done stays done. */
+    for (int i = 0; i < EVENTS_PURGE_BATCHES; i++) {
+        PGresult *r = db_exec(c, Q_EVENTS_PURGE, 2, vals, NULL, NULL, st);
+        long long n;
+        if (!r)
+            return -1;
+        n = atoll(PQcmdTuples(r));
+        PQclear(r);
+        total += n;
+        if (n < EVENTS_PURGE_BATCH)
+            break;
+    }
+    return total;
+}
+
+int events_read_secret(const char *path, uint8_t **out, size_t *len, size_t *cap, char *err,
+                       size_t errlen)
+{
+    int fd = path ? open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) : -1;
+    struct stat sb = {0};
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    ssize_t got;
+
+    *out = NULL;
+    *len = *cap = 0;
+    if (fd < 0) {
+        snprintf(err, errlen, "webhook_secret_file: cannot open it: %s",
+                 path ? strerror(errno) : "not set");
+        return -1;
+    }
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (sb.st_mode & 077) != 0 ||
+        sb.st_size < EVENTS_SECRET_MIN || sb.st_size > 4096) {
+        snprintf(err, errlen,
+                 "webhook_secret_file: must be a regular file of %d to 4096 bytes that neither"
+                 " group nor others may read (mode 0600 or 0400)",
+                 EVENTS_SECRET_MIN);
+        goto fail;
+    }
+    /* read(2) into the secure heap: no stdio buffer keeps a copy. */
+    if (!(buf = OPENSSL_secure_malloc((size_t)sb.st_size))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    while (n < (size_t)sb.st_size &&
+           ((got = read(fd, buf + n, (size_t)sb.st_size - n)) > 0 || (got < 0 && errno == EINTR)))
+        if (got > 0)
+            n += (size_t)got;
+    /* A trailing newline is the editor's, not the secret's. */
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    if (n < EVENTS_SECRET_MIN) {
+        snprintf(err, errlen, "webhook_secret_file: the secret must be at least %d bytes",
+                 EVENTS_SECRET_MIN);
+        goto fail;
+    }
+    close(fd);
+    *out = buf;
+    *len = n;
+    *cap = (size_t)sb.st_size;
+    return 0;
+fail:
+    if (buf)
+        OPENSSL_secure_clear_free(buf, (size_t)sb.st_size);
+    close(fd);
+    return -1;
 }
 
 int events_sign(const uint8_t *secret, size_t secret_len, long long ts, const char *body,
@@ -180,13 +320,14 @@ struct events_worker {
     uint8_t *secret; /* secure heap */
     size_t secret_len, secret_cap;
     struct {
-        char url[EVENTS_URL_MAX];
+        char url[EVENTS_URL_MAX]; /* may hold a credential: cleansed at stop */
         char shown[EVENTS_URL_MAX];
         char hash[65]; /* SHA-256 of url, hex: its rows' key */
+        bool registered;
     } hooks[EVENTS_MAX_URLS];
     int nhooks;
     CURL *curl;
-    atomic_ullong delivered, failures;
+    atomic_ullong delivered, failures, given_up;
 };
 
 static size_t discard(char *p, size_t size, size_t n, void *u)
@@ -207,9 +348,12 @@ static int abort_on_stop(void *u, curl_off_t a, curl_off_t b, curl_off_t c, curl
     return atomic_load(&w->stop) ? 1 : 0;
 }
 
-/* POST one event: 0 on a 2xx answer, else -1 with why. */
-static int post_event(events_worker *w, const char *url, const char *event_id, const char *body,
-                      char *why, size_t wl)
+enum post_result { POST_OK, POST_FAILED, POST_ABORTED };
+
+/* POST one event: POST_OK on a 2xx answer, POST_FAILED with why, or
+ * POST_ABORTED when kmsd is stopping (not the receiver's failure). */
+static enum post_result post_event(events_worker *w, const char *url, const char *event_id,
+                                   const char *body, char *why, size_t wl)
 {
     char sig[68], h_sig[96], h_ts[48], h_id[80];
     long long ts = (long long)time(NULL);
@@ -219,7 +363,7 @@ static int post_event(events_worker *w, const char *url, const char *event_id, c
 
     if (events_sign(w->secret, w->secret_len, ts, body, strlen(body), sig) != 0) {
         snprintf(why, wl, "signing failed");
-        return -1;
+        return POST_FAILED;
     }
     snprintf(h_sig, sizeof(h_sig), "X-Qkms-Signature: %s", sig);
     snprintf(h_ts, sizeof(h_ts), "X-Qkms-Timestamp: %lld", ts);
@@ -233,6 +377,8 @@ static int post_event(events_worker *w, const char *url, const char *event_id, c
     curl_easy_setopt(w->curl, CURLOPT_URL, url);
     curl_easy_setopt(w->curl, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(w->curl, CURLOPT_PROXY, ""); /* not the environment's proxy */
+    if (w->s->cfg->webhook_ca_file && *w->s->cfg->webhook_ca_file)
+        curl_easy_setopt(w->curl, CURLOPT_CAINFO, w->s->cfg->webhook_ca_file);
     curl_easy_setopt(w->curl, CURLOPT_HTTPHEADER, hdr);
     curl_easy_setopt(w->curl, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(w->curl, CURLOPT_TIMEOUT_MS, EVENTS_HTTP_TIMEOUT_MS);
@@ -245,33 +391,52 @@ static int post_event(events_worker *w, const char *url, const char *event_id, c
     if (cc == CURLE_OK)
         curl_easy_getinfo(w->curl, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(hdr);
+    if (cc == CURLE_ABORTED_BY_CALLBACK)
+        return POST_ABORTED;
     if (cc != CURLE_OK) {
+        /* curl's generic message: no part of the URL. */
         snprintf(why, wl, "%s", curl_easy_strerror(cc));
-        return -1;
+        return POST_FAILED;
     }
     if (status < 200 || status > 299) {
         snprintf(why, wl, "HTTP %ld", status);
-        return -1;
+        return POST_FAILED;
     }
-    return 0;
+    return POST_OK;
 }
 
-/* Mark a leased row: done, failed (why), or released untried (why NULL). */
-static void mark(qk_svc *s, const char *hash, const char *event_pk, bool done, const char *why)
+/* Mark a leased row: done, failed (why), or released untried (why NULL).
+ * Only the lease's holder can: a row whose lease ran out and was leased
+ * again is the new holder's. */
+static void mark(events_worker *w, int h, const char *event_pk, const char *lease, bool done,
+                 const char *why)
 {
-    const char *vals[3] = {hash, event_pk, why};
+    char maxa[16];
+    const char *vals[5] = {w->hooks[h].hash, event_pk, lease, why, maxa};
     db_status st;
-    PGresult *r = db_query(s->db, done ? Q_DELIVERY_DONE : Q_DELIVERY_FAILED, done ? 2 : 3, vals,
-                           NULL, NULL, &st);
-    if (!r)
+    PGresult *r;
+
+    snprintf(maxa, sizeof(maxa), "%d", w->s->cfg->webhook_max_attempts);
+    r = db_query(w->s->db, done ? Q_DELIVERY_DONE : Q_DELIVERY_FAILED, done ? 3 : 5, vals, NULL,
+                 NULL, &st);
+    if (!r) {
         log_emit(LOG_WARN, "event delivery not recorded; its lease will run out",
                  "{s:s,s:s}", "event", event_pk, "error", db_status_name(st));
+        return;
+    }
+    if (!done && why && PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't') {
+        atomic_fetch_add(&w->given_up, 1);
+        log_emit(LOG_ERROR, "event delivery given up; replay it once the webhook works",
+                 "{s:s,s:s,s:i}", "webhook", w->hooks[h].shown, "event", event_pk,
+                 "attempts", w->s->cfg->webhook_max_attempts);
+    }
     PQclear(r);
 }
 
 /* One batch for one webhook: lease its due rows (a short statement of its
  * own), POST each with no transaction open, mark each. Stops at the first
- * failure (the rest released) or when kmsd stops. How many it leased. */
+ * failure or when kmsd stops (the rest released untried). How many it
+ * delivered. */
 static int deliver_batch(events_worker *w, int h)
 {
     qk_svc *s = w->s;
@@ -279,7 +444,7 @@ static int deliver_batch(events_worker *w, int h)
     const char *vals[3] = {w->hooks[h].hash, lim, lease};
     db_status st;
     PGresult *ev;
-    int n, i;
+    int n, i, delivered = 0;
     bool failed = false;
 
     snprintf(lim, sizeof(lim), "%d", EVENTS_BATCH);
@@ -292,32 +457,57 @@ static int deliver_batch(events_worker *w, int h)
     }
     n = PQntuples(ev);
     for (i = 0; i < n; i++) {
-        const char *pk = PQgetvalue(ev, i, 0);
+        const char *pk = PQgetvalue(ev, i, 0), *lid = PQgetvalue(ev, i, 7);
+        enum post_result pr = POST_FAILED;
         json_t *j;
         char *body;
         if (failed || atomic_load(&w->stop)) {
-            mark(s, w->hooks[h].hash, pk, false, NULL);
+            mark(w, h, pk, lid, false, NULL);
             continue;
         }
         j = event_json(ev, i);
         body = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
         snprintf(why, sizeof(why), "out of memory");
-        if (body && post_event(w, w->hooks[h].url, PQgetvalue(ev, i, 1), body, why,
-                               sizeof(why)) == 0) {
+        if (body)
+            pr = post_event(w, w->hooks[h].url, PQgetvalue(ev, i, 1), body, why, sizeof(why));
+        if (pr == POST_OK) {
             atomic_fetch_add(&w->delivered, 1);
-            mark(s, w->hooks[h].hash, pk, true, NULL);
+            mark(w, h, pk, lid, true, NULL);
+            delivered++;
+        } else if (pr == POST_ABORTED) {
+            mark(w, h, pk, lid, false, NULL); /* kmsd is stopping: not an attempt */
         } else {
             failed = true;
             atomic_fetch_add(&w->failures, 1);
             log_emit(LOG_WARN, "event delivery failed; will retry", "{s:s,s:s,s:s}", "webhook",
                      w->hooks[h].shown, "event_id", PQgetvalue(ev, i, 1), "error", why);
-            mark(s, w->hooks[h].hash, pk, false, why);
+            mark(w, h, pk, lid, false, why);
         }
         free(body);
     }
     PQclear(ev);
-    return failed ? 0 : n;
+    return delivered;
+}
+
+/* Register the webhooks not yet registered (a database that was down at
+ * start is retried every pass). */
+static void register_hooks(events_worker *w)
+{
+    for (int i = 0; i < w->nhooks; i++) {
+        const char *vals[2] = {w->hooks[i].hash, w->hooks[i].shown};
+        db_status st;
+        PGresult *r;
+        if (w->hooks[i].registered)
+            continue;
+        if (!(r = db_query(w->s->db, Q_WEBHOOK_REGISTER, 2, vals, NULL, NULL, &st))) {
+            log_emit(LOG_WARN, "webhook not registered; will retry", "{s:s,s:s}", "webhook",
+                     w->hooks[i].shown, "error", db_status_name(st));
+            continue;
+        }
+        PQclear(r);
+        w->hooks[i].registered = true;
+    }
 }
 
 static void *loop(void *arg)
@@ -326,10 +516,17 @@ static void *loop(void *arg)
     pthread_mutex_lock(&w->mu);
     while (!atomic_load(&w->stop)) {
         struct timespec dl;
+        bool more;
         pthread_mutex_unlock(&w->mu);
-        for (int h = 0; h < w->nhooks && !atomic_load(&w->stop); h++)
-            while (!atomic_load(&w->stop) && deliver_batch(w, h) == EVENTS_BATCH)
-                ;
+        register_hooks(w);
+        /* Webhooks take turns, one batch each, so a backlog at one does not
+         * delay the others. */
+        do {
+            more = false;
+            for (int h = 0; h < w->nhooks && !atomic_load(&w->stop); h++)
+                if (w->hooks[h].registered && deliver_batch(w, h) == EVENTS_BATCH)
+                    more = true;
+        } while (more && !atomic_load(&w->stop));
         pthread_mutex_lock(&w->mu);
         dl = deadline_in_ms(1000);
         while (!atomic_load(&w->stop) &&
@@ -340,78 +537,50 @@ static void *loop(void *arg)
     return NULL;
 }
 
-/* The URL as logs and listings show it: scheme://host[:port]/path, without
- * userinfo (refused by the configuration anyway), query or fragment. */
+/* What logs, listings and the database show of a URL: scheme://host[:port]
+ * and "/..." when there is more (a path or query may be the credential). */
 static void url_shown(const char *url, char *out, size_t cap)
 {
-    size_t n = strcspn(url, "?#");
-    snprintf(out, cap, "%.*s", (int)n, url);
+    const char *host = strstr(url, "://");
+    size_t n = host ? (size_t)(host + 3 - url) + strcspn(host + 3, "/?#") : strlen(url);
+    snprintf(out, cap, "%.*s%s", (int)n, url, url[n] ? "/..." : "");
 }
 
-static int register_hooks(events_worker *w, char *err, size_t errlen)
+static int hooks_from_config(events_worker *w, char *err, size_t errlen)
 {
     char urls[EVENTS_MAX_URLS][EVENTS_URL_MAX];
-    int n = events_split_urls(w->s->cfg->webhook_urls, urls, EVENTS_MAX_URLS);
-    for (int i = 0; i < n; i++) {
+    int n = events_split_urls(w->s->cfg->webhook_urls, urls, EVENTS_MAX_URLS), rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
         uint8_t d[32];
         unsigned int dl = sizeof(d);
-        const char *vals[2];
-        db_status st;
-        PGresult *r;
         memcpy(w->hooks[i].url, urls[i], EVENTS_URL_MAX);
         url_shown(urls[i], w->hooks[i].shown, EVENTS_URL_MAX);
         if (EVP_Digest(urls[i], strlen(urls[i]), d, &dl, EVP_sha256(), NULL) != 1) {
             snprintf(err, errlen, "SHA-256 failed");
-            return -1;
+            rc = -1;
         }
         qkms_hex_encode(d, sizeof(d), w->hooks[i].hash);
-        vals[0] = w->hooks[i].hash;
-        vals[1] = w->hooks[i].shown;
-        if (!(r = db_query(w->s->db, Q_WEBHOOK_REGISTER, 2, vals, NULL, NULL, &st))) {
-            snprintf(err, errlen, "cannot register the webhooks: %s", db_status_name(st));
-            return -1;
-        }
-        PQclear(r);
     }
+    OPENSSL_cleanse(urls, sizeof(urls));
     w->nhooks = n;
-    return 0;
+    return rc;
 }
 
 int events_worker_start(events_worker **out, qk_svc *s, char *err, size_t errlen)
 {
     events_worker *w;
-    FILE *f = NULL;
-    long len = 0;
 
     *out = NULL;
-    snprintf(err, errlen, "out of memory");
     if (!s->cfg->webhook_urls || !*s->cfg->webhook_urls)
         return 0;
-    if (!(w = calloc(1, sizeof(*w))))
+    if (!(w = calloc(1, sizeof(*w)))) {
+        snprintf(err, errlen, "out of memory");
         return -1;
+    }
     w->s = s;
-    if (!s->cfg->webhook_secret_file || !(f = fopen(s->cfg->webhook_secret_file, "rb")) ||
-        setvbuf(f, NULL, _IONBF, 0) != 0 || /* no stdio buffer keeps a copy */
-        fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < EVENTS_SECRET_MIN || len > 4096 ||
-        fseek(f, 0, SEEK_SET) != 0 || !(w->secret = OPENSSL_secure_malloc((size_t)len)) ||
-        fread(w->secret, 1, (size_t)len, f) != (size_t)len) {
-        snprintf(err, errlen, "webhook_secret_file: cannot read a secret of %d to 4096 bytes",
-                 EVENTS_SECRET_MIN);
-        goto fail;
-    }
-    fclose(f);
-    f = NULL;
-    w->secret_cap = w->secret_len = (size_t)len;
-    /* A trailing newline is the editor's, not the secret's. */
-    while (w->secret_len > 0 && (w->secret[w->secret_len - 1] == '\n' ||
-                                 w->secret[w->secret_len - 1] == '\r'))
-        w->secret_len--;
-    if (w->secret_len < EVENTS_SECRET_MIN) {
-        snprintf(err, errlen, "webhook_secret_file: the secret must be at least %d bytes",
-                 EVENTS_SECRET_MIN);
-        goto fail;
-    }
-    if (register_hooks(w, err, errlen) != 0)
+    if (events_read_secret(s->cfg->webhook_secret_file, &w->secret, &w->secret_len,
+                           &w->secret_cap, err, errlen) != 0 ||
+        hooks_from_config(w, err, errlen) != 0)
         goto fail;
     if (!(w->curl = curl_easy_init())) {
         snprintf(err, errlen, "curl_easy_init failed");
@@ -428,12 +597,11 @@ int events_worker_start(events_worker **out, qk_svc *s, char *err, size_t errlen
     *out = w;
     return 0;
 fail:
-    if (f)
-        fclose(f);
     if (w->curl)
         curl_easy_cleanup(w->curl);
     if (w->secret)
-        OPENSSL_secure_clear_free(w->secret, w->secret_cap ? w->secret_cap : (size_t)len);
+        OPENSSL_secure_clear_free(w->secret, w->secret_cap);
+    OPENSSL_cleanse(w->hooks, sizeof(w->hooks));
     free(w);
     return -1;
 }
@@ -449,6 +617,7 @@ void events_worker_stop(events_worker *w)
     pthread_join(w->thread, NULL);
     curl_easy_cleanup(w->curl);
     OPENSSL_secure_clear_free(w->secret, w->secret_cap);
+    OPENSSL_cleanse(w->hooks, sizeof(w->hooks));
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     free(w);
@@ -463,7 +632,12 @@ void events_metrics_render(void *arg, FILE *f)
             "# HELP qkms_event_delivery_failures_total Event deliveries that failed and will be"
             " retried (this process).\n"
             "# TYPE qkms_event_delivery_failures_total counter\n"
-            "qkms_event_delivery_failures_total %llu\n",
+            "qkms_event_delivery_failures_total %llu\n"
+            "# HELP qkms_event_deliveries_given_up_total Event deliveries given up after"
+            " webhook_max_attempts failures (this process).\n"
+            "# TYPE qkms_event_deliveries_given_up_total counter\n"
+            "qkms_event_deliveries_given_up_total %llu\n",
             w ? (unsigned long long)atomic_load(&w->delivered) : 0ULL,
-            w ? (unsigned long long)atomic_load(&w->failures) : 0ULL);
+            w ? (unsigned long long)atomic_load(&w->failures) : 0ULL,
+            w ? (unsigned long long)atomic_load(&w->given_up) : 0ULL);
 }

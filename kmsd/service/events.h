@@ -8,20 +8,27 @@
  *
  * Delivery: each event has a delivery row per registered webhook, written
  * with it; one POST per event with the JSON body {"id", "event_id",
- * "type", "device_id", "created_at", "detail"} and the headers
+ * "type", "device_id", "app", "created_at", "detail"} and the headers
  * X-Qkms-Event-Id, X-Qkms-Timestamp (Unix seconds) and X-Qkms-Signature:
  * "v1=" hex(HMAC-SHA-256(secret, timestamp "." body)). The worker leases a
- * few due rows in one short statement, POSTs with no transaction open and
- * marks each: a 2xx delivers it, anything else retries it after 1, 2, 4
- * ... 300 seconds. At least once: a kmsd that dies with rows leased sends
- * them again when the lease runs out, with the same event_id, which is the
- * receiver's to deduplicate. Several kmsd instances share the work (SKIP
- * LOCKED). Rows are chosen by state, not by id, so an event whose
- * transaction commits after a later one is delivered all the same; a
- * retried event does not hold later ones back (receivers order by id).
+ * few due rows of one webhook in one short statement (under a lease ID
+ * that its marks must match), POSTs with no transaction open and marks
+ * each: a 2xx delivers it, anything else retries it after 1, 2, 4 ... 300
+ * seconds, up to webhook_max_attempts; webhooks take turns, one batch
+ * each. At least once: a kmsd that dies with rows leased sends them again
+ * when the lease runs out, with the same event_id, which is the receiver's
+ * to deduplicate. Several kmsd instances share the work (SKIP LOCKED). Rows
+ * are chosen by state, not by id, so an event whose transaction commits
+ * after a later one is delivered all the same; a retried event does not
+ * hold later ones back (receivers order by id).
  *
- * Contract: the listing functions return QK_OK with *out, or e. The worker
- * logs its failures and counts deliveries for /metrics.
+ * A webhook is known by the SHA-256 of its URL (hex, its "id"); only
+ * scheme://host[:port] is stored or shown, since a path or query may be
+ * the credential (chat services' hooks).
+ *
+ * Contract: the listing and admin functions return QK_OK with their
+ * outputs, or e. The worker logs its failures (registration included: it
+ * retries) and counts deliveries for /metrics.
  */
 #ifndef QKMS_EVENTS_H
 #define QKMS_EVENTS_H
@@ -44,14 +51,28 @@
  * app_id > 0: only that app's. */
 qk_kind events_list(qk_svc *s, long long app_id, long long after, int limit, json_t **out,
                     qk_err *e);
-/* {"webhooks": [{"url" (without query), "pending", "delivered", "attempts"
- * (of the most tried pending one), "last_error"}]}: every webhook any kmsd
- * registered. */
+/* {"webhooks": [{"id", "url" (scheme://host[:port]), "pending", "failed"
+ * (given up), "delivered", "attempts" (of the most tried pending one),
+ * "last_error", "registered_at"}]}: every webhook any kmsd registered. */
 qk_kind events_webhooks(qk_svc *s, json_t **out, qk_err *e);
 /* Deliver every kept event after `after` to every registered webhook again
- * (*rows: how many deliveries that made), audited events.replayed. */
+ * (*rows: how many deliveries that made; leased ones are left to their
+ * holder), audited events.replayed. QK_CONFLICT without webhooks. */
 qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, long long *rows,
                       qk_err *e);
+/* Forget a webhook (64 hex) and its pending deliveries, audited
+ * webhook.removed; *shown: its scheme://host[:port] (caller frees).
+ * QK_NOT_FOUND if none. */
+qk_kind events_webhook_remove(qk_svc *s, const qk_principal *who, const char *id, char **shown,
+                              qk_err *e);
+/* Purge the events older than days, in batches (a pass of maintenance);
+ * how many, or -1 with *st. */
+long long events_purge(db_conn *c, int days, db_status *st);
+/* Read webhook_secret_file (a regular file, no access for group or others,
+ * 32 to 4096 bytes, a trailing newline dropped) into the secure heap:
+ * *out (OPENSSL_secure_clear_free(*out, *cap)), *len. 0, or -1 with err. */
+int events_read_secret(const char *path, uint8_t **out, size_t *len, size_t *cap, char *err,
+                       size_t errlen);
 /* webhook_urls (comma-separated) into urls; how many (at most max). */
 int events_split_urls(const char *list, char urls[][EVENTS_URL_MAX], int max);
 

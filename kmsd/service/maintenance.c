@@ -16,6 +16,7 @@
 #include "service/qkd.h"
 #include "service/crl.h"
 #include "service/device_service.h"
+#include "service/events.h"
 #include "service/keycache.h"
 #include "deadline.h"
 #include "log.h"
@@ -139,16 +140,9 @@ int maintenance_run_once(maintenance *m)
         else
             log_emit(LOG_WARN, "old bind challenges not purged; will retry", "{s:s}", "error",
                      db_status_name(st));
-        {
-            char rdays[16];
-            const char *pv[1] = {rdays};
-            snprintf(rdays, sizeof(rdays), "%d", k->cfg->event_retention_days);
-            if ((r = db_exec(c, Q_EVENTS_PURGE, 1, pv, NULL, NULL, &st)))
-                PQclear(r);
-            else
-                log_emit(LOG_WARN, "old events not purged; will retry", "{s:s}", "error",
-                         db_status_name(st));
-        }
+        if (events_purge(c, k->cfg->event_retention_days, &st) < 0)
+            log_emit(LOG_WARN, "old events not purged; will retry", "{s:s}", "error",
+                     db_status_name(st));
         if (device_service_warn(c, k->cfg->service_warn_days, &service, &st) != 0) {
             service.ending = service.ended = -1;
             log_emit(LOG_WARN, "service expiry check failed; will retry", "{s:s}", "error",

@@ -354,50 +354,70 @@
       " $3::bytea,"                                                                            \
       " $4::bigint, $5::int, $6::boolean)")                                                    \
     X(Q_EVENTS_LIST, /* after $1, $2 rows */                                                 \
-      "SELECT id, event_id, type, device_id, created_at, detail::text FROM events"             \
-      " WHERE id > $1::bigint ORDER BY id LIMIT $2::int")                                      \
+      "SELECT e.id, e.event_id, e.type, e.device_id, e.created_at, e.detail::text, a.name"     \
+      " FROM events e LEFT JOIN apps a ON a.id = e.app_id"                                     \
+      " WHERE e.id > $1::bigint ORDER BY e.id LIMIT $2::int")                                  \
     X(Q_EVENTS_LIST_APP, /* app $3's, after $1, $2 rows */                                   \
-      "SELECT id, event_id, type, device_id, created_at, detail::text FROM events"             \
-      " WHERE app_id = $3::bigint AND id > $1::bigint ORDER BY id LIMIT $2::int")              \
-    X(Q_EVENTS_PURGE,                                                                          \
-      "DELETE FROM events WHERE created_at < now() - make_interval(days => $1::int)")          \
-    X(Q_WEBHOOK_REGISTER, /* $1 SHA-256 of the URL (hex), $2 the URL as shown */            \
+      "SELECT e.id, e.event_id, e.type, e.device_id, e.created_at, e.detail::text, a.name"     \
+      " FROM events e JOIN apps a ON a.id = e.app_id"                                          \
+      " WHERE e.app_id = $3::bigint AND e.id > $1::bigint ORDER BY e.id LIMIT $2::int")        \
+    X(Q_EVENTS_PURGE, /* older than $1 days, at most $2 of them (a batch) */                 \
+      "DELETE FROM events WHERE id IN (SELECT id FROM events"                                  \
+      " WHERE created_at < now() - make_interval(days => $1::int) ORDER BY id LIMIT $2::int)") \
+    X(Q_WEBHOOK_REGISTER, /* $1 SHA-256 of the URL (hex), $2 scheme://host[:port] */        \
       "INSERT INTO webhooks (url_hash, shown) VALUES (decode($1, 'hex'), $2)"                  \
-      " ON CONFLICT (url_hash) DO UPDATE SET shown = excluded.shown")                          \
+      " ON CONFLICT (url_hash) DO UPDATE SET shown = excluded.shown, registered_at = now()")   \
     X(Q_DELIVERY_LEASE, /* due rows of webhook $1, at most $2, leased $3 s: the events */    \
       "WITH due AS (SELECT event_pk FROM event_deliveries WHERE url_hash = decode($1, 'hex')"  \
       "  AND delivered_at IS NULL AND next_at <= now()"                                        \
       "  AND (lease_until IS NULL OR lease_until <= now())"                                    \
       "  ORDER BY event_pk LIMIT $2::int FOR UPDATE SKIP LOCKED),"                             \
-      " l AS (UPDATE event_deliveries d SET lease_until = now() + make_interval(secs => $3::int)" \
-      "  FROM due WHERE d.url_hash = decode($1, 'hex') AND d.event_pk = due.event_pk"          \
-      "  RETURNING d.event_pk)"                                                                \
-      " SELECT e.id, e.event_id, e.type, e.device_id, e.created_at, e.detail::text"            \
-      " FROM events e JOIN l ON l.event_pk = e.id ORDER BY e.id")                             \
-    X(Q_DELIVERY_DONE,                                                                         \
-      "UPDATE event_deliveries SET delivered_at = now(), lease_until = NULL, last_error = NULL" \
-      " WHERE url_hash = decode($1, 'hex') AND event_pk = $2::bigint")                         \
-    X(Q_DELIVERY_FAILED, /* $3 why, or NULL: not tried (released); 1, 2, 4 ... 300 s */      \
-      "UPDATE event_deliveries SET lease_until = NULL,"                                        \
-      " attempts = attempts + CASE WHEN $3::text IS NULL THEN 0 ELSE 1 END,"                   \
-      " last_error = coalesce($3, last_error),"                                                \
-      " next_at = CASE WHEN $3::text IS NULL THEN next_at"                                     \
+      " lease AS (SELECT gen_random_uuid() AS id),"                                            \
+      " l AS (UPDATE event_deliveries d SET lease_until = now() + make_interval(secs => $3::int)," \
+      "  lease_id = lease.id FROM due, lease"                                                  \
+      "  WHERE d.url_hash = decode($1, 'hex') AND d.event_pk = due.event_pk"                   \
+      "  RETURNING d.event_pk, d.lease_id)"                                                    \
+      " SELECT e.id, e.event_id, e.type, e.device_id, e.created_at, e.detail::text, a.name,"   \
+      " l.lease_id FROM events e JOIN l ON l.event_pk = e.id"                                  \
+      " LEFT JOIN apps a ON a.id = e.app_id ORDER BY e.id")                                    \
+    X(Q_DELIVERY_DONE, /* webhook $1, event $2, lease $3 */                                  \
+      "UPDATE event_deliveries SET delivered_at = now(), lease_id = NULL, lease_until = NULL," \
+      " last_error = NULL"                                                                     \
+      " WHERE url_hash = decode($1, 'hex') AND event_pk = $2::bigint AND lease_id = $3::uuid") \
+    X(Q_DELIVERY_FAILED, /* $4 why, or NULL: not tried (released); 1, 2, 4 ... 300 s;      \
+                            given up (next_at infinity) at $5 attempts */                    \
+      "UPDATE event_deliveries SET lease_id = NULL, lease_until = NULL,"                       \
+      " attempts = attempts + CASE WHEN $4::text IS NULL THEN 0 ELSE 1 END,"                   \
+      " last_error = coalesce($4, last_error),"                                                \
+      " next_at = CASE WHEN $4::text IS NULL THEN next_at"                                     \
+      "  WHEN attempts + 1 >= $5::int THEN 'infinity'::timestamptz"                            \
       "  ELSE now() + make_interval(secs => least(300, power(2, least(attempts, 9)))::int) END" \
-      " WHERE url_hash = decode($1, 'hex') AND event_pk = $2::bigint")                         \
+      " WHERE url_hash = decode($1, 'hex') AND event_pk = $2::bigint AND lease_id = $3::uuid"  \
+      " RETURNING next_at = 'infinity'::timestamptz")                                          \
     X(Q_WEBHOOK_STATUS,                                                                        \
-      "SELECT w.shown, count(d.event_pk) FILTER (WHERE d.delivered_at IS NULL),"               \
+      "SELECT encode(w.url_hash, 'hex'), w.shown,"                                             \
+      " count(d.event_pk) FILTER (WHERE d.delivered_at IS NULL AND d.next_at < 'infinity'),"   \
+      " count(d.event_pk) FILTER (WHERE d.delivered_at IS NULL AND d.next_at = 'infinity'),"   \
       " count(d.event_pk) FILTER (WHERE d.delivered_at IS NOT NULL),"                          \
       " coalesce(max(d.attempts) FILTER (WHERE d.delivered_at IS NULL), 0),"                   \
-      " (array_agg(d.last_error ORDER BY d.event_pk) FILTER (WHERE d.delivered_at IS NULL"     \
-      "   AND d.last_error IS NOT NULL))[1]"                                                   \
+      " (array_agg(d.last_error ORDER BY d.event_pk DESC) FILTER (WHERE d.delivered_at IS NULL" \
+      "   AND d.last_error IS NOT NULL))[1], w.registered_at"                                  \
       " FROM webhooks w LEFT JOIN event_deliveries d ON d.url_hash = w.url_hash"               \
-      " GROUP BY w.url_hash, w.shown ORDER BY w.shown")                                        \
-    X(Q_WEBHOOK_REPLAY, /* every kept event after $1, to every webhook, again */             \
+      " GROUP BY w.url_hash ORDER BY w.shown, w.url_hash")                                     \
+    X(Q_WEBHOOK_REPLAY, /* every kept event after $1, to every webhook, again: how many     \
+                           deliveries (leased ones are left to their holder), how many hooks */ \
       "WITH r AS (INSERT INTO event_deliveries (event_pk, url_hash)"                           \
       "  SELECT e.id, w.url_hash FROM events e CROSS JOIN webhooks w WHERE e.id > $1::bigint"  \
       "  ON CONFLICT (url_hash, event_pk) DO UPDATE SET delivered_at = NULL, attempts = 0,"    \
-      "  next_at = now(), lease_until = NULL, last_error = NULL RETURNING 1)"                  \
-      " SELECT count(*) FROM r")                                                               \
+      "  next_at = now(), lease_id = NULL, lease_until = NULL, last_error = NULL"              \
+      "  WHERE event_deliveries.lease_until IS NULL OR event_deliveries.lease_until <= now()"  \
+      "  RETURNING 1)"                                                                         \
+      " SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM webhooks)")                     \
+    X(Q_WEBHOOK_REMOVE, /* $1 the URL's SHA-256 (hex): what it showed, its pending rows */   \
+      "WITH p AS (SELECT count(*) AS n FROM event_deliveries"                                  \
+      "  WHERE url_hash = decode($1, 'hex') AND delivered_at IS NULL)"                         \
+      " DELETE FROM webhooks w USING p WHERE w.url_hash = decode($1, 'hex')"                   \
+      " RETURNING w.shown, p.n")                                                               \
     X(Q_QKD_SAE, "SELECT id, sae_id, state, service_until <= now(), qkms_rfc3339(service_until)" \
       " FROM devices WHERE device_id = $1")                                                    \
     X(Q_QKD_SET_SAE, /* $1 device, $2 SAE ID or NULL: the old one */                          \

@@ -253,11 +253,14 @@ def test_expired_keys_are_not_exported_and_warned_once(dev):
     did = uid("EXP")
     register(dev, device_id=did, keys=2, validity_days=5)
     # Expiry warning: logged once, not again on the next passes.
-    wait_for(lambda: f'"device_id":"{did}"' in dev.logs(), 10, 0.3)
+    assert wait_for(lambda: f'"device_id":"{did}"' in dev.logs(), 10, 0.3)
     time.sleep(2.5)
     warned = [r for r in dev.log_records()
               if r.get("msg") == "device key expiring soon" and r.get("device_id") == did]
     assert len(warned) == 1
+    # The warning is an event too (docs/gateways.md "Events"), once.
+    assert dev.psql("SELECT detail->>'not_after' IS NOT NULL FROM events"
+                    f" WHERE type = 'device.key_expiring' AND device_id = '{did}'").split() == ["t"]
     m = requests.get(dev.url + "/metrics").text
     assert int(re.search(r"^qkms_device_keys_expiring (\d+)", m, re.M).group(1)) >= 2
     # Make key 0 expire (as time would), then it is neither live nor exportable.

@@ -340,7 +340,7 @@ def test_keys_no_slave_fetches_expire(mt):
     time.sleep(1.5)
     r = b.call("POST", a.sae_id, "dec_keys", {"key_IDs": [{"key_ID": kid}]})
     assert check_error(r, 400) == "unknown_key"
-    wait_for(lambda: mt.st.psql(
+    assert wait_for(lambda: mt.st.psql(
         f"SELECT reason FROM qkd_key_tombstones WHERE key_id = '{kid}'").strip() == "expired",
         timeout=30)
     assert mt.st.psql(f"SELECT count(*) FROM qkd_keys WHERE key_id = '{kid}'").strip() == "0"
@@ -479,7 +479,7 @@ def test_entropy_down_is_503(tmp_path):
         a, b = Sae(m), Sae(m)
         assert keys_of(a.call("POST", b.sae_id, "enc_keys", {"number": 1}))
         q.mode("down")
-        wait_for(lambda: a.call("POST", b.sae_id, "enc_keys", {"number": 1}).status_code == 503,
+        assert wait_for(lambda: a.call("POST", b.sae_id, "enc_keys", {"number": 1}).status_code == 503,
                  timeout=30)
         before = st.psql("SELECT count(*) FROM qkd_keys").strip()
         r = a.call("POST", b.sae_id, "enc_keys", {"number": 3})
@@ -570,7 +570,7 @@ def test_master_rotation_rewraps_waiting_keys(mt):
     r = mt.st.admin("POST", "/v1/admin/master/rotate", json={})
     assert r.status_code in (200, 202), r.text
     active = mt.st.admin("GET", "/v1/admin/master").json()["active"]
-    wait_for(lambda: mt.st.psql(f"SELECT count(*) FROM qkd_keys WHERE master_sae = '{a.sae_id}'"
+    assert wait_for(lambda: mt.st.psql(f"SELECT count(*) FROM qkd_keys WHERE master_sae = '{a.sae_id}'"
                                 f" AND master_version = {active}").strip() == "512", timeout=90)
     ids = list(ka)
     for i in range(0, len(ids), 128):

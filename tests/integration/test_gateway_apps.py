@@ -297,6 +297,11 @@ def test_a_gateway_resets_itself(st):
     assert r.status_code == 404 and error_code(r) == "no_login"
     assert st.psql("SELECT detail->>'unbound' FROM audit_log WHERE event = 'gateway.reset'"
                    f" AND device_id = '{gid}'").strip() == "1"
+    # The owner it had hears of it (docs/gateways.md "Events").
+    evs = call(st, tok, "GET", "/v1/app/events").json()["events"]
+    assert [(e["type"], e["device_id"], e["app"]) for e in evs] == [
+        ("device.bound", gid, name), ("gateway.reset", gid, name)], evs
+    assert "owner_app" not in evs[1]["detail"] and evs[1]["detail"]["unbound"] == 1
     # Free again, under a new code: the old one binds nothing.
     other = new_app(st, scope=False)[1]
     r = bind(st, other, gid, vcode(access, gid))[1]

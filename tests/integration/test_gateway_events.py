@@ -11,13 +11,14 @@ import http.server
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
 
 import pytest
 
-from conftest import Stack, _finish, wait_for
+from conftest import KMSD, Stack, _finish, wait_for
 from helpers import error_code, uid
 
 SECRET = b"s" * 24 + os.urandom(16).hex().encode()
@@ -26,8 +27,9 @@ SECRET = b"s" * 24 + os.urandom(16).hex().encode()
 class Receiver:
     """Records every signed POST; can hold answers, or fail some."""
 
-    def __init__(self):
+    def __init__(self, delay=0.0):
         self.got = []          # (event_id, body dict)
+        self.delay = delay     # seconds before each answer
         self.bad_sigs = 0
         self.fail_next = 0
         self.hold = threading.Event()
@@ -45,6 +47,7 @@ class Receiver:
                     rec.bad_sigs += 1
                 rec.in_flight.set()
                 rec.hold.wait(30)
+                time.sleep(rec.delay)
                 if rec.fail_next > 0:
                     rec.fail_next -= 1
                     self.send_response(500)
@@ -74,7 +77,7 @@ def ev(tmp_path_factory):
     secret.write_bytes(SECRET + b"\n")
     os.chmod(secret, 0o600)
     env = {"QKMS_WEBHOOK_URLS": rec.url, "QKMS_WEBHOOK_SECRET_FILE": str(secret),
-           "QKMS_MAINTENANCE_INTERVAL": "1"}
+           "QKMS_MAINTENANCE_INTERVAL": "1", "QKMS_WEBHOOK_MAX_ATTEMPTS": "3"}
     st = Stack("events")
     try:
         st.start(extra_env=env)
@@ -109,17 +112,22 @@ def test_events_are_signed_and_delivered(ev):
     dids = revoked(st, 3)
     want = event_ids(st, dids)
     assert len(want) == 3
-    wait_for(lambda: want <= set(rec.ids()), timeout=20)
+    assert wait_for(lambda: want <= set(rec.ids()), timeout=20)
     assert rec.bad_sigs == 0
     doc = dict(rec.got)[next(iter(want))]
     assert doc["type"] == "device.revoked" and doc["device_id"] in dids
-    assert set(doc) == {"id", "event_id", "type", "device_id", "created_at", "detail"}
-    # The admin view, with the webhook's cursor.
+    assert set(doc) == {"id", "event_id", "type", "device_id", "app", "created_at", "detail"}
+    assert doc["app"] is None  # an operator's device: no owner
+    # The admin view, with how the webhook's deliveries stand; its URL's
+    # path is not shown (it may be the credential), its SHA-256 names it.
     r = st.admin("GET", "/v1/admin/events?limit=1000")
     assert r.status_code == 200, r.text
     assert want <= {e["event_id"] for e in r.json()["events"]}
     hook = r.json()["webhooks"][0]
-    assert hook["url"] == rec.url and hook["delivered"] >= 3 and hook["pending"] == 0
+    assert hook["url"] == rec.url.rsplit("/", 1)[0] + "/..." and "hook" not in hook["url"]
+    assert hook["id"] == hashlib.sha256(rec.url.encode()).hexdigest()
+    assert hook["delivered"] >= 3 and hook["pending"] == 0 and hook["failed"] == 0
+    assert "/hook" not in st.logs() and "/hook" not in st.psql("SELECT shown FROM webhooks")
     for q in ("after=-1", "limit=0", "limit=1001", "after=x"):
         r = st.admin("GET", f"/v1/admin/events?{q}")
         assert r.status_code == 400 and error_code(r) == "invalid_query", q
@@ -130,8 +138,86 @@ def test_a_failure_is_retried(ev):
     rec.fail_next = 1
     did = revoked(st, 1)
     want = event_ids(st, did)
-    wait_for(lambda: want <= set(rec.ids()), timeout=30)
+    assert wait_for(lambda: want <= set(rec.ids()), timeout=30)
     assert "qkms_event_delivery_failures_total" in st.admin("GET", "/metrics").text
+    assert st.psql("SELECT attempts, last_error IS NULL FROM event_deliveries d JOIN events e"
+                   f" ON e.id = d.event_pk WHERE e.device_id = '{did[0]}'").split() == ["1|t"]
+
+
+def metric(st, name):
+    import re
+    m = re.search(rf"^{name} (\d+)", st.admin("GET", "/metrics").text, re.M)
+    return int(m.group(1))
+
+
+def test_a_delivery_is_given_up_then_replayed(ev):
+    """After webhook_max_attempts (3 here) failures a delivery stops being
+    tried, shows as failed, and a replay tries it again."""
+    st, rec = ev
+    before = metric(st, "qkms_event_deliveries_given_up_total")
+    rec.fail_next = 3
+    did = revoked(st, 1)
+    want = event_ids(st, did)
+    mine = hashlib.sha256(rec.url.encode()).hexdigest()
+    hook = lambda: next(h for h in st.admin("GET", "/v1/admin/events").json()["webhooks"]
+                        if h["id"] == mine)
+    assert wait_for(lambda: hook()["failed"] == 1, timeout=30)  # after 1 + 2 s of back-off
+    h = hook()
+    assert h["attempts"] == 3 and h["last_error"] == "HTTP 500", h
+    assert metric(st, "qkms_event_deliveries_given_up_total") == before + 1
+    assert not want & set(rec.ids())
+    assert any(r.get("msg", "").startswith("event delivery given up") for r in st.log_records())
+    pk = int(st.psql(f"SELECT id FROM events WHERE device_id = '{did[0]}'").strip())
+    r = st.admin("POST", "/v1/admin/events/replay", json={"after": pk - 1})
+    assert r.status_code == 200 and r.json()["deliveries"] >= 1, r.text
+    assert wait_for(lambda: want <= set(rec.ids()), timeout=20)
+    assert hook()["failed"] == 0
+
+
+def test_a_replay_leaves_a_leased_delivery_to_its_holder(ev):
+    st, rec = ev
+    did = revoked(st, 1)
+    want = event_ids(st, did)
+    assert wait_for(lambda: want <= set(rec.ids()), timeout=20)
+    pk = int(st.psql(f"SELECT id FROM events WHERE device_id = '{did[0]}'").strip())
+    # As if another kmsd held it right now: a replay does not take it over,
+    # and a mark under another lease ID would not count (the holder's does).
+    st.psql("UPDATE event_deliveries SET delivered_at = NULL, lease_id = gen_random_uuid(),"
+            f" lease_until = now() + interval '1 hour' WHERE event_pk = {pk}")
+    r = st.admin("POST", "/v1/admin/events/replay", json={"after": pk - 1})
+    assert r.status_code == 200, r.text
+    assert st.psql("SELECT lease_until > now() + interval '50 minutes' FROM event_deliveries"
+                   f" WHERE event_pk = {pk}").strip() == "t"
+    st.psql(f"UPDATE event_deliveries SET lease_until = now() WHERE event_pk = {pk}")
+    n = rec.ids().count(next(iter(want)))
+    assert wait_for(lambda: rec.ids().count(next(iter(want))) == n + 1, timeout=20)
+
+
+def test_a_webhook_is_removed(ev):
+    """A webhook no kmsd is configured with any more (here one planted in
+    the table) keeps its undelivered rows until an operator removes it."""
+    st, rec = ev
+    gone = "http://127.0.0.1:9/old-hook?token=abc"
+    gid = hashlib.sha256(gone.encode()).hexdigest()
+    st.psql(f"INSERT INTO webhooks (url_hash, shown) VALUES (decode('{gid}', 'hex'),"
+            " 'http://127.0.0.1:9/...')")
+    revoked(st, 2)
+    hooks = {h["id"]: h for h in st.admin("GET", "/v1/admin/events").json()["webhooks"]}
+    assert hooks[gid]["pending"] == 2 and hooks[gid]["url"] == "http://127.0.0.1:9/..."
+    for bad in ("x" * 64, gid.upper(), gid[:63]):
+        r = st.admin("DELETE", f"/v1/admin/events/webhooks/{bad}")
+        assert r.status_code == 404 and error_code(r) == "not_found", bad
+    p = st.kmsctl("--json", "events", "remove-webhook", gid)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"id": gid, "url": "http://127.0.0.1:9/...", "removed": True}
+    assert gid not in {h["id"] for h in st.admin("GET", "/v1/admin/events").json()["webhooks"]}
+    assert st.psql(f"SELECT count(*) FROM event_deliveries WHERE url_hash = decode('{gid}', 'hex')"
+                   ).strip() == "0"
+    assert st.psql("SELECT detail->>'pending_dropped' FROM audit_log WHERE event ="
+                   f" 'webhook.removed' AND detail->>'webhook' = '{gid}'").strip() == "2"
+    r = st.admin("DELETE", f"/v1/admin/events/webhooks/{gid}")
+    assert r.status_code == 404
+    assert st.kmsctl("events", "remove-webhook", "nothex").returncode == 2
 
 
 def test_delivery_survives_kill_9(ev):
@@ -146,7 +232,7 @@ def test_delivery_survives_kill_9(ev):
     st.start(extra_env=st.env_extra)
     # The batch the killed kmsd had leased comes again once its lease (4 x 5 s
     # + 10 s) runs out.
-    wait_for(lambda: want <= set(rec.ids()), timeout=90)
+    assert wait_for(lambda: want <= set(rec.ids()), timeout=90)
     got = [i for i in rec.ids() if i in want]
     # Every event arrived; a repeat carries the same event_id.
     assert set(got) == want and len(got) <= len(want) + 4, got
@@ -155,7 +241,8 @@ def test_delivery_survives_kill_9(ev):
 def test_replay_and_the_apps_view(ev):
     st, rec = ev
     # An app binds a gateway: the event is the app's too.
-    r = st.admin("POST", "/v1/admin/apps", json={"name": "ev-" + uuid.uuid4().hex[:6]})
+    app = "ev-" + uuid.uuid4().hex[:6]
+    r = st.admin("POST", "/v1/admin/apps", json={"name": app})
     tok = r.json()["token"]
     gid = uid("GW")
     assert st.admin("POST", "/v1/admin/devices", json={"device_id": gid, "type": "gateway"}) \
@@ -172,7 +259,8 @@ def test_replay_and_the_apps_view(ev):
     assert r.status_code == 200, r.text
     r = st.api("GET", "/v1/app/events", token=tok)
     assert r.status_code == 200, r.text
-    assert [(e["type"], e["device_id"]) for e in r.json()["events"]] == [("device.bound", gid)]
+    assert [(e["type"], e["device_id"], e["app"]) for e in r.json()["events"]] == [
+        ("device.bound", gid, app)]
     assert r.json()["next"] is None
     # Replay: everything after an id comes again.
     first = st.admin("GET", "/v1/admin/events?limit=1").json()["events"][0]["id"]
@@ -180,7 +268,7 @@ def test_replay_and_the_apps_view(ev):
     r = st.admin("POST", "/v1/admin/events/replay", json={"after": first - 1})
     total = int(st.psql(f"SELECT count(*) FROM events WHERE id >= {first}").strip())
     assert r.status_code == 200 and r.json() == {"after": first - 1, "deliveries": total}, r.text
-    wait_for(lambda: len(rec.got) >= n + total, timeout=30)
+    assert wait_for(lambda: len(rec.got) >= n + total, timeout=30)
     for body in ({}, {"after": -1}, {"after": "1"}, {"after": 1, "x": 2}):
         r = st.admin("POST", "/v1/admin/events/replay", json=body)
         assert r.status_code == 422 and error_code(r) in ("invalid_request",), (body, r.text)
@@ -208,8 +296,53 @@ def test_webhook_urls_must_be_http(tmp_path):
             st.start(extra_env={"QKMS_WEBHOOK_URLS": "http://127.0.0.1:9/x"})
         assert "webhook_secret_file" in str(exc.value)
         st.proc = None
+        # A secret others may read is refused, at start and by --check-config.
+        for mode, ok in ((0o644, False), (0o640, False), (0o600, True)):
+            os.chmod(secret, mode)
+            env = dict(st.env, QKMS_WEBHOOK_URLS="http://127.0.0.1:9/x",
+                       QKMS_WEBHOOK_SECRET_FILE=str(secret))
+            p = subprocess.run([KMSD, "-c", st.conf, "--check-config"], env=env,
+                               capture_output=True, text=True, timeout=60)
+            assert (p.returncode == 0) == ok, (mode, p.stderr)
+            if not ok:
+                assert "webhook_secret_file" in p.stderr and "0600" in p.stderr
+                with pytest.raises(RuntimeError) as exc:
+                    st.start(extra_env={"QKMS_WEBHOOK_URLS": "http://127.0.0.1:9/x",
+                                        "QKMS_WEBHOOK_SECRET_FILE": str(secret)})
+                assert "webhook_secret_file" in str(exc.value)
+                st.proc = None
     finally:
         st.destroy()
+
+
+def test_webhooks_take_turns(tmp_path):
+    """A webhook with a backlog (a slow receiver) does not hold back the
+    others: each gets a batch in turn."""
+    slow, fast = Receiver(delay=0.25), Receiver()
+    secret = tmp_path / "s"
+    secret.write_bytes(SECRET)
+    os.chmod(secret, 0o600)
+    st = Stack("events-rr")
+    try:
+        st.start(extra_env={"QKMS_WEBHOOK_URLS": f"{slow.url},{fast.url}",
+                            "QKMS_WEBHOOK_SECRET_FILE": str(secret)})
+        # 30 events in one transaction: all due at the worker's next pass.
+        rows = ",".join(f"('test','device.revoked','{uid('RR')}','{{}}')" for _ in range(30))
+        st.psql(f"INSERT INTO audit_log (actor, event, device_id, detail) VALUES {rows}")
+        slow_when_fast_began = []
+        def fast_began():
+            if fast.got and not slow_when_fast_began:
+                slow_when_fast_began.append(len(slow.got))
+            return bool(fast.got)
+        assert wait_for(fast_began, timeout=30, interval=0.02)
+        # One batch (4) of the slow one at most went first, not its 30.
+        assert slow_when_fast_began[0] <= 8, slow_when_fast_began
+        assert wait_for(lambda: len(fast.got) == 30 and len(slow.got) == 30, timeout=60)
+        assert st.stop() == 0
+    finally:
+        st.destroy()
+        slow.server.shutdown()
+        fast.server.shutdown()
 
 
 def test_an_event_committed_late_is_delivered(ev):
@@ -229,7 +362,7 @@ def test_an_event_committed_late_is_delivered(ev):
     time.sleep(1)
     # ... while a later one commits and is delivered.
     assert st.admin("POST", f"/v1/admin/devices/{late}/revoke").status_code == 200
-    wait_for(lambda: event_ids(st, [late]) <= set(rec.ids()), timeout=20)
+    assert wait_for(lambda: event_ids(st, [late]) <= set(rec.ids()), timeout=20)
     assert p.wait(20) == 0
-    wait_for(lambda: event_ids(st, [early]) <= set(rec.ids()), timeout=20)
+    assert wait_for(lambda: event_ids(st, [early]) <= set(rec.ids()), timeout=20)
 

@@ -550,7 +550,7 @@ def test_past_its_service_a_device_gets_no_key(st):
     until = utcnow() + datetime.timedelta(seconds=3)
     assert service(st, gid, until=rfc3339(until)).status_code == 200
     k = get_key(st, gw, sid, veh, index=0)
-    wait_for(lambda: utcnow() > until + datetime.timedelta(seconds=1), timeout=10)
+    assert wait_for(lambda: utcnow() > until + datetime.timedelta(seconds=1), timeout=10)
     req, r = ask_key(st, gw, sid, veh, index=0)
     assert r.status_code == 403 and error_code(r) == "service_expired", r.text
     assert rfc3339(until) in r.json()["error"]["message"]
@@ -574,18 +574,21 @@ def test_past_its_service_a_device_gets_no_key(st):
 def test_service_ending_soon_is_warned_about(st):
     gid = gateway(st)
     assert service(st, gid, until=rfc3339(utcnow() + datetime.timedelta(days=3))).status_code == 200
-    wait_for(lambda: f'"device_id":"{gid}"' in "".join(
+    assert wait_for(lambda: f'"device_id":"{gid}"' in "".join(
         l for l in st.logs().splitlines() if "device service ending soon" in l))
-    wait_for(lambda: gauge(st, "qkms_devices_service_ending") >= 1)
+    assert wait_for(lambda: gauge(st, "qkms_devices_service_ending") >= 1)
     ended = gauge(st, "qkms_devices_service_ended")
     assert service(st, gid, until="2020-01-01T00:00:00Z").status_code == 200
-    wait_for(lambda: gauge(st, "qkms_devices_service_ended") == ended + 1)
+    assert wait_for(lambda: gauge(st, "qkms_devices_service_ended") == ended + 1)
     # Once a day per device: one warning line for this end.
     assert service(st, gid, until=rfc3339(utcnow() + datetime.timedelta(days=2))).status_code == 200
     time.sleep(3)
     lines = [l for l in st.logs().splitlines()
              if "device service ending soon" in l and f'"device_id":"{gid}"' in l]
     assert len(lines) == 2, lines
+    # Each warning is an event (docs/gateways.md "Events").
+    assert st.psql("SELECT count(*) FROM events WHERE type = 'device.service_expiring'"
+                   f" AND device_id = '{gid}' AND detail ? 'service_until'").strip() == "2"
 
 
 def test_kmsctl_service(st):
@@ -694,11 +697,13 @@ def test_wrong_logins_lock_the_account(st):
     assert int(r.headers["Retry-After"]) >= 1
     assert audit_count(st, "gateway.login_locked", gid) == 1
     assert audit_count(st, "gateway.login_failed", gid) == 3
+    assert st.psql("SELECT detail->>'failures' FROM events WHERE type = 'gateway.login_locked'"
+                   f" AND device_id = '{gid}'").split() == ["3"]
     # Locked: even the right password is refused, and not counted.
     req, r = login(st, gw, tid, "s3cret-pass")
     assert r.status_code == 403 and error_code(r) == "login_locked", r.text
     assert audit_count(st, "gateway.login_failed", gid) == 3
-    wait_for(lambda: login(st, gw, tid, "s3cret-pass")[1].status_code == 200, timeout=10)
+    assert wait_for(lambda: login(st, gw, tid, "s3cret-pass")[1].status_code == 200, timeout=10)
     # A local key never logs in; a generic one neither (only the access key).
     r = post(st, gw.login_request(tid, "s3cret-pass", index=1))
     assert r.status_code == 401 and error_code(r) == "unauthenticated"
@@ -841,7 +846,7 @@ def test_logins_need_a_policy_and_end_by_timeout(st):
     assert r.status_code == 200, r.text
     key = hub.open_login_response(req, r.json())
     assert len(key.key) == 16  # the policy's 128 bits
-    wait_for(lambda: st.psql("SELECT reason FROM session_tombstones WHERE key_id = "
+    assert wait_for(lambda: st.psql("SELECT reason FROM session_tombstones WHERE key_id = "
                              f"'{key.key_id}'").strip() == "idle_timeout", timeout=15)
     r = post(st, hub.logout_request())
     assert r.status_code == 404 and error_code(r) == "no_login", r.text

@@ -164,13 +164,13 @@ def test_sighup_reloads_log_level(fresh_stack):
     with open(st.conf, "a") as f:
         f.write("log_level = debug\n")  # set twice
     st.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reload failed" in st.logs(), 5, 0.1)
+    assert wait_for(lambda: "reload failed" in st.logs(), 5, 0.1)
     assert "set twice" in st.logs()
     assert requests.get(st.url + "/readyz").status_code == 200
     with open(st.conf, "w") as f:
         f.write(good.replace("log_level = info", "log_level = debug"))
     st.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "configuration reloaded" in st.logs(), 5, 0.1)
+    assert wait_for(lambda: "configuration reloaded" in st.logs(), 5, 0.1)
     requests.get(st.url + "/healthz", headers={"X-Request-Id": "after-hup"})
     time.sleep(0.2)
     ids = [r.get("req_id") for r in st.log_records()]

@@ -421,7 +421,7 @@ def test_rotation_keeps_old_pins_working_during_the_overlap(st, tmp_path):
     # The overlap ends: the old version is destroyed and refused.
     st.psql("UPDATE platform_keys SET overlap_until = now() - interval '1 second'"
             " WHERE state = 'retired'")
-    wait_for(lambda: post(st, enc.key_request(old, uid(), veh_v1.device_id)).status_code == 422,
+    assert wait_for(lambda: post(st, enc.key_request(old, uid(), veh_v1.device_id)).status_code == 422,
              timeout=40)
     r = post(st, enc.key_request(old, uid(), veh_v1.device_id))
     assert code(r) == "unknown_platform_key"
@@ -435,7 +435,7 @@ def test_rotation_keeps_old_pins_working_during_the_overlap(st, tmp_path):
                               "privkey"], env=env, capture_output=True, text=True, timeout=60,
                              check=True).stdout
         return set(re.findall(r"label:\s+(\S+)", out))
-    wait_for(lambda: not {"qkms-v2-sign-1", "qkms-v2-agree-1"} & labels(), timeout=40)
+    assert wait_for(lambda: not {"qkms-v2-sign-1", "qkms-v2-agree-1"} & labels(), timeout=40)
     assert {"qkms-v2-sign-2", "qkms-v2-agree-2"} <= labels()
 
 

@@ -224,7 +224,7 @@ def test_client_limit_and_sighup_reload(fresh_stack):
     with open(st.conf, "a") as f:
         f.write("rate_limit_client_burst = 3\n")  # set twice
     st.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "set twice" in st.logs(), 5, 0.05)
+    assert wait_for(lambda: "set twice" in st.logs(), 5, 0.05)
     assert "set twice" in st.logs()
     r = garbage(st)
     if r.status_code == 429:

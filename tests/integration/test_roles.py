@@ -49,6 +49,7 @@ MATRIX = [
     ("POST", "/v1/admin/apps/{name}/tokens", ADMIN),
     ("GET", "/v1/admin/events", ANY),
     ("POST", "/v1/admin/events/replay", ADMIN),
+    ("DELETE", "/v1/admin/events/webhooks/{id}", ADMIN),
     ("POST", "/v1/admin/devices/{id}/fill", OPS),
     ("GET", "/v1/admin/devices/{id}/certificates", ANY),
     ("POST", "/v1/admin/devices/{id}/certificates", OPS),
