@@ -17,10 +17,10 @@ static int print_events(const json_t *resp)
 {
     static const char *const headers[] = {"ID", "TYPE", "DEVICE", "CREATED-AT", "EVENT-ID"};
     static const char *const fields[] = {"id", "type", "device_id", "created_at", "event_id"};
-    static const char *const hheaders[] = {"WEBHOOK", "PENDING", "FAILED", "DELIVERED",
-                                           "ATTEMPTS", "LAST-ERROR", "ID"};
-    static const char *const hfields[] = {"url", "pending", "failed", "delivered", "attempts",
-                                          "last_error", "id"};
+    static const char *const hheaders[] = {"WEBHOOK", "PENDING", "FAILED", "ATTEMPTS",
+                                           "LAST-ERROR", "LAST-DELIVERED-AT", "ID"};
+    static const char *const hfields[] = {"url", "pending", "failed", "attempts",
+                                          "last_error", "last_delivered_at", "id"};
     const json_t *events = resource_items(resp, "events"), *hooks;
     int rc;
     if (!events)
@@ -116,11 +116,11 @@ static const struct action events_actions[] = {
     {
         .sub = "remove-webhook",
         .usage = "ID",
-        .summary = "Forget a webhook and its pending deliveries (admin)",
-        .description = "ID is the SHA-256 of the URL in hex, as 'kmsctl events list' shows it\n"
-                       "(printf %s URL | sha256sum). Take the URL out of every kmsd's\n"
-                       "webhook_urls first: a kmsd still configured with it registers it\n"
-                       "again when it starts.\n"
+        .summary = "Forget a webhook and its deliveries (admin)",
+        .description = "ID as 'kmsctl events list' shows it. Nothing more is delivered to it;\n"
+                       "its deliveries are deleted by the next maintenance passes. Take the\n"
+                       "URL out of every kmsd's webhook_urls first: a kmsd still configured\n"
+                       "with it registers it again when it starts.\n"
                        "\n"
                        "Request: DELETE /v1/admin/events/webhooks/ID\n",
         .min_args = 1,

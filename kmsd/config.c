@@ -240,7 +240,7 @@ const config_option config_options[] = {
      false,
      "Whether anyone may create an app (an owner's account, without an enroller scope) with POST"
      " /v1/app/register; off, operators create them (kmsctl app create)."},
-    {"webhook_urls", OPT_STR, OFF(webhook_urls), NULL, 0, 0, NULL, false, false,
+    {"webhook_urls", OPT_STR, OFF(webhook_urls), NULL, 0, 0, NULL, true, false,
      "Comma-separated http:// or https:// URLs (at most 8) every event is POSTed to, signed"
      " with HMAC-SHA-256 (docs/gateways.md, \"Events\"); empty: no push."},
     {"webhook_secret_file", OPT_STR, OFF(webhook_secret_file), NULL, 0, 0, NULL, false, false,
@@ -732,15 +732,17 @@ int config_check(const kms_config *c, char *err, size_t el)
             bool dup = false;
             for (int i = 0; i < n; i++)
                 dup = dup || !strcmp(seen[i], u);
-            /* No userinfo: a URL is shown in logs and listings (its query is not). */
+            /* No userinfo: scheme://host[:port] is shown in logs and listings. */
             if (!host || hl == 0 || memchr(host, '@', hl) || strlen(u) >= 512 ||
                 strpbrk(u, " \t\r\n") || n >= 8 || dup) {
+                OPENSSL_cleanse(list, sizeof(list)); /* URLs may hold credentials */
                 fmt(err, el, "webhook_urls: at most 8 distinct http:// or https:// URLs with a"
                              " host and no user:password@, comma-separated, without spaces");
                 return -1;
             }
             seen[n++] = u;
         }
+        OPENSSL_cleanse(list, sizeof(list));
     }
     for (const char *s = c->master_key_label; *s; s++)
         if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.') {

@@ -283,6 +283,12 @@ int main(int argc, char **argv)
                 return 2;
             }
             OPENSSL_secure_clear_free(secret, scap);
+            if (k.cfg.webhook_ca_file && *k.cfg.webhook_ca_file &&
+                access(k.cfg.webhook_ca_file, R_OK) != 0) {
+                fprintf(stderr, "kmsd: webhook_ca_file: cannot read %s\n", k.cfg.webhook_ca_file);
+                config_free(&k.cfg);
+                return 2;
+            }
         }
         printf("kmsd: configuration OK\n");
         config_free(&k.cfg);

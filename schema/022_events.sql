@@ -18,39 +18,45 @@ CREATE INDEX events_app ON events (app_id, id) WHERE app_id IS NOT NULL;
 CREATE INDEX events_created ON events (created_at);
 
 -- The webhooks kmsd delivers to (webhook_urls, registered by each kmsd at
--- start under the SHA-256 of the URL: its path or query may carry a
--- credential, so what is stored and shown is scheme://host[:port] only).
--- Removing one (kmsctl events webhooks remove) deletes its pending
--- deliveries; a kmsd still configured with it registers it again when it
--- starts.
+-- start). A URL's path or query may be its credential, so neither is
+-- stored: a webhook is known by webhook_id, HMAC-SHA-256 of the URL under
+-- the webhook secret (every kmsd of a platform has the same), and shown as
+-- scheme://host[:port]. Removing one (kmsctl events remove-webhook) retires
+-- it at once; maintenance then deletes its deliveries in batches, and the
+-- row when none is left. A kmsd still configured with it registers it
+-- again when it starts.
 CREATE TABLE webhooks (
-    url_hash      bytea PRIMARY KEY CHECK (length(url_hash) = 32),
-    shown         text NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    registered_at timestamptz NOT NULL DEFAULT now()  -- the last kmsd start that named it
+    webhook_id        bytea PRIMARY KEY CHECK (length(webhook_id) = 32),
+    shown             text NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    registered_at     timestamptz NOT NULL DEFAULT now(),  -- the last kmsd start that named it
+    last_delivered_at timestamptz,
+    retired_at        timestamptz
 );
 
 -- One row per event and webhook, written with the event: what is delivered
 -- is chosen by its state, never by an id range, so an event whose
--- transaction commits after a later one is delivered all the same. A
--- worker leases a few rows in a short statement (lease_id: only the holder
--- marks them), POSTs with no transaction open, then marks each; a lease
+-- transaction commits after a later one is delivered all the same. A row
+-- is due when next_at has come. A worker leases a few due rows in a short
+-- statement (lease_id, next_at moved to the lease's end), POSTs with no
+-- transaction open, then marks each (only under its lease_id); a lease
 -- that runs out (kmsd killed mid-delivery) makes its rows due again: at
--- least once. After webhook_max_attempts failures a row is given up
--- (next_at infinity) until a replay.
+-- least once. A failure moves next_at by the back-off; after
+-- webhook_max_attempts failures next_at is infinity (given up) until a
+-- replay.
 CREATE TABLE event_deliveries (
     event_pk     bigint NOT NULL REFERENCES events (id) ON DELETE CASCADE,
-    url_hash     bytea NOT NULL REFERENCES webhooks (url_hash) ON DELETE CASCADE,
+    webhook_id   bytea NOT NULL REFERENCES webhooks (webhook_id) ON DELETE CASCADE,
     attempts     integer NOT NULL DEFAULT 0,
     next_at      timestamptz NOT NULL DEFAULT now(),
     lease_id     uuid,
-    lease_until  timestamptz,
     delivered_at timestamptz,
     last_error   text,
-    PRIMARY KEY (url_hash, event_pk)
+    PRIMARY KEY (webhook_id, event_pk)
 );
--- The lease walks a webhook's undelivered rows in event order only.
-CREATE INDEX event_deliveries_pending ON event_deliveries (url_hash, event_pk)
+-- The lease reads a webhook's due rows only: undelivered ones by next_at,
+-- so rows backing off or given up (infinity) are past the range it scans.
+CREATE INDEX event_deliveries_due ON event_deliveries (webhook_id, next_at)
     WHERE delivered_at IS NULL;
 -- The purge's cascade from events finds their rows by event.
 CREATE INDEX event_deliveries_event ON event_deliveries (event_pk);
@@ -74,7 +80,11 @@ BEGIN
     INSERT INTO events (type, device_id, app_id, detail, created_at)
     VALUES (NEW.event, NEW.device_id, owner, NEW.detail - 'owner_app', NEW.at)
     RETURNING id INTO ev;
-    INSERT INTO event_deliveries (event_pk, url_hash) SELECT ev, url_hash FROM webhooks;
+    -- FOR KEY SHARE: a webhook whose row is being deleted (its removal's
+    -- last step) is waited for and skipped, not a foreign key error that
+    -- would fail the change itself.
+    INSERT INTO event_deliveries (event_pk, webhook_id)
+    SELECT ev, webhook_id FROM webhooks WHERE retired_at IS NULL FOR KEY SHARE;
     RETURN NULL;
 END $$;
 

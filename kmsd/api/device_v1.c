@@ -168,32 +168,49 @@ static int authenticate(http_request *rq, http_response *rs, const char *op, con
     return 0;
 }
 
-/* Fields of the inner request. The clock check is part of authentication
- * and is made by the stored function against the database's clock (one
- * clock for every instance, the one nonces expire by): here ts is only
- * required to be an integer. */
-static int inner_fields(http_request *rq, http_response *rs, const envelope *env, authed *a,
-                        bool want_peer, const char **sid, const char **peer, bool *delivered,
-                        char ts_out[24])
+/* The inner request names only known fields and has an integer ts (*ts).
+ * The clock check is part of authentication and is made by the stored
+ * function against the database's clock (one clock for every instance,
+ * the one nonces expire by): here ts is only required to be an integer.
+ * 0, or -1 with rs answered and the refusal counted. */
+static int inner_known(http_request *rq, http_response *rs, json_t *inner,
+                       const char *const known[], long long *ts)
 {
-    json_t *ts = json_object_get(a->inner, "ts"), *d = json_object_get(a->inner, "delivery");
+    json_t *t = json_object_get(inner, "ts"), *v;
     const char *key;
-    json_t *v;
 
-    json_object_foreach(a->inner, key, v) {
-        if (strcmp(key, "session_id") && strcmp(key, "ts") &&
-            !(want_peer && (!strcmp(key, "peer_id") || !strcmp(key, "delivery")))) {
+    json_object_foreach(inner, key, v) {
+        size_t i = 0;
+        while (known[i] && strcmp(known[i], key))
+            i++;
+        if (!known[i]) {
             http_error(rs, 422, "invalid_request", "unknown field '%.32s'", key);
             refuse(rq, SESSION_REFUSE_INVALID);
             return -1;
         }
     }
-    if (!json_is_integer(ts)) {
+    if (!json_is_integer(t)) {
         http_error(rs, 422, "invalid_request", "ts must be an integer");
         refuse(rq, SESSION_REFUSE_INVALID);
         return -1;
     }
-    snprintf(ts_out, 24, "%lld", (long long)json_integer_value(ts));
+    *ts = (long long)json_integer_value(t);
+    return 0;
+}
+
+/* Fields of a session's inner request (key: with peer_id and delivery). */
+static int inner_fields(http_request *rq, http_response *rs, const envelope *env, authed *a,
+                        bool want_peer, const char **sid, const char **peer, bool *delivered,
+                        char ts_out[24])
+{
+    static const char *const key_fields[] = {"session_id", "ts", "peer_id", "delivery", NULL};
+    static const char *const end_fields[] = {"session_id", "ts", NULL};
+    json_t *d = json_object_get(a->inner, "delivery");
+    long long ts;
+
+    if (inner_known(rq, rs, a->inner, want_peer ? key_fields : end_fields, &ts) != 0)
+        return -1;
+    snprintf(ts_out, 24, "%lld", ts);
     *sid = json_string_value(json_object_get(a->inner, "session_id"));
     if (!qkp_id_valid(*sid)) {
         http_error(rs, 422, "invalid_request", "session_id is not a valid ID");
@@ -349,21 +366,14 @@ static void wipe_password(json_t *o)
 static int login_fields(http_request *rq, http_response *rs, authed *a, bool login,
                         login_ask *ask)
 {
-    json_t *ts = json_object_get(a->inner, "ts"), *v;
-    const char *key;
-    json_object_foreach(a->inner, key, v) {
-        if (strcmp(key, "ts") && !(login && (!strcmp(key, "tid") || !strcmp(key, "password")))) {
-            http_error(rs, 422, "invalid_request", "unknown field '%.32s'", key);
-            refuse(rq, SESSION_REFUSE_INVALID);
-            return -1;
-        }
-    }
-    if (!json_is_integer(ts)) {
-        http_error(rs, 422, "invalid_request", "ts must be an integer");
-        refuse(rq, SESSION_REFUSE_INVALID);
+    static const char *const login_known[] = {"tid", "password", "ts", NULL};
+    static const char *const logout_known[] = {"ts", NULL};
+    json_t *v;
+    long long ts;
+
+    if (inner_known(rq, rs, a->inner, login ? login_known : logout_known, &ts) != 0)
         return -1;
-    }
-    ask->ts = json_integer_value(ts);
+    ask->ts = ts;
     if (!login)
         return 0;
     ask->tid = json_string_value(json_object_get(a->inner, "tid"));

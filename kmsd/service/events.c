@@ -37,6 +37,8 @@
 #define EVENTS_LEASE_MARGIN_S 10
 #define EVENTS_PURGE_BATCH 2000
 #define EVENTS_PURGE_BATCHES 20 /* per maintenance pass: a backlog goes over a few */
+#define EVENTS_REPLAY_BATCH 1000
+#define EVENTS_LIVE_CHECK_S 60
 
 /* An event from columns id, event_id, type, device_id, created_at,
  * detail, app name. */
@@ -104,58 +106,79 @@ qk_kind events_webhooks(qk_svc *s, json_t **out, qk_err *e)
     arr = json_array();
     for (int i = 0; i < PQntuples(r); i++)
         json_array_append_new(
-            arr, json_pack("{s:o,s:o,s:I,s:I,s:I,s:i,s:o,s:o}", "id", pgjson_text(r, i, 0), "url",
+            arr, json_pack("{s:o,s:o,s:I,s:I,s:i,s:o,s:o,s:o}", "id", pgjson_text(r, i, 0), "url",
                            pgjson_text(r, i, 1), "pending", (json_int_t)atoll(PQgetvalue(r, i, 2)),
-                           "failed", (json_int_t)atoll(PQgetvalue(r, i, 3)), "delivered",
-                           (json_int_t)atoll(PQgetvalue(r, i, 4)), "attempts",
-                           atoi(PQgetvalue(r, i, 5)), "last_error", pgjson_text(r, i, 6),
-                           "registered_at", pgjson_time(r, i, 7)));
+                           "failed", (json_int_t)atoll(PQgetvalue(r, i, 3)), "attempts",
+                           atoi(PQgetvalue(r, i, 4)), "last_error", pgjson_text(r, i, 5),
+                           "last_delivered_at", pgjson_time(r, i, 6), "registered_at",
+                           pgjson_time(r, i, 7)));
     PQclear(r);
     *out = json_pack("{s:o}", "webhooks", arr);
     return QK_OK;
 }
 
+/* One batch of a replay, in its own transaction; the first also writes the
+ * audit row, so the replay is on record before anything is re-armed. */
 struct replay_tx {
-    const char *actor, *after;
-    long long rows, hooks;
+    const char *actor;
+    long long after, from, next, rows, hooks, events;
+    bool first;
 };
 
 static db_status replay_tx_fn(db_conn *c, void *arg)
 {
     struct replay_tx *t = arg;
-    const char *vals[1] = {t->after};
+    char cur[24], lim[16];
+    const char *vals[2] = {cur, lim};
     db_status st;
-    PGresult *r = db_exec(c, Q_WEBHOOK_REPLAY, 1, vals, NULL, NULL, &st);
-    if (!r)
+    PGresult *r;
+
+    snprintf(cur, sizeof(cur), "%lld", t->from);
+    snprintf(lim, sizeof(lim), "%d", EVENTS_REPLAY_BATCH);
+    if (!(r = db_exec(c, Q_WEBHOOK_REPLAY, 2, vals, NULL, NULL, &st)))
         return st;
+    /* Assigned, not added, and from left alone: db_tx runs this again
+     * after a serialization failure; the caller moves on once committed. */
     t->rows = atoll(PQgetvalue(r, 0, 0));
     t->hooks = atoll(PQgetvalue(r, 0, 1));
+    t->events = atoll(PQgetvalue(r, 0, 2));
+    t->next = atoll(PQgetvalue(r, 0, 3));
     PQclear(r);
-    if (t->hooks == 0)
-        return DB_OK; /* nothing written; the caller answers 409 */
+    if (!t->first || t->hooks == 0)
+        return DB_OK; /* no webhook: nothing written, the caller answers 409 */
     return audit_append(c, t->actor, "events.replayed", NULL,
-                        json_pack("{s:I,s:I}", "after", (json_int_t)atoll(t->after),
-                                  "deliveries", (json_int_t)t->rows));
+                        json_pack("{s:I}", "after", (json_int_t)t->after));
 }
 
 qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, long long *rows,
                       qk_err *e)
 {
-    char saft[24];
-    struct replay_tx t;
+    struct replay_tx t = {who->name, after, after, after, 0, 0, 0, true};
+    long long total = 0;
     db_status st;
 
-    snprintf(saft, sizeof(saft), "%lld", after);
-    t = (struct replay_tx){who->name, saft, 0, 0};
-    st = db_tx(s->db, replay_tx_fn, &t);
-    if (st != DB_OK)
-        return db_fail(e, st);
-    if (t.hooks == 0)
-        return qk_fail(e, QK_CONFLICT, "invalid_state",
-                       "no webhook is registered (webhook_urls of a running kmsd)");
-    *rows = t.rows;
+    /* Batches of EVENTS_REPLAY_BATCH events: a replay of everything kept
+     * never is one statement longer than the statement timeout. */
+    for (;;) {
+        st = db_tx(s->db, replay_tx_fn, &t);
+        if (st != DB_OK) {
+            if (!t.first)
+                log_with(&who->log, LOG_WARN, "events replay stopped part way", "{s:I,s:I}",
+                         "after", (json_int_t)after, "replayed_up_to", (json_int_t)t.from);
+            return db_fail(e, st);
+        }
+        if (t.first && t.hooks == 0)
+            return qk_fail(e, QK_CONFLICT, "invalid_state",
+                           "no webhook is registered (webhook_urls of a running kmsd)");
+        t.first = false;
+        t.from = t.next;
+        total += t.rows;
+        if (t.events < EVENTS_REPLAY_BATCH)
+            break;
+    }
+    *rows = total;
     log_with(&who->log, LOG_INFO, "events replayed", "{s:I,s:I,s:s}", "after", (json_int_t)after,
-             "deliveries", (json_int_t)t.rows, "by", who->name);
+             "deliveries", (json_int_t)total, "by", who->name);
     return QK_OK;
 }
 
@@ -170,8 +193,13 @@ static db_status remove_tx_fn(db_conn *c, void *arg)
     struct remove_tx *t = arg;
     const char *vals[1] = {t->id};
     db_status st;
-    PGresult *r = db_exec(c, Q_WEBHOOK_REMOVE, 1, vals, NULL, NULL, &st);
-    if (!r)
+    PGresult *r;
+
+    /* db_tx may run this again (serialization failure): start clean. */
+    free(t->shown);
+    t->shown = NULL;
+    t->pending = 0;
+    if (!(r = db_exec(c, Q_WEBHOOK_RETIRE, 1, vals, NULL, NULL, &st)))
         return st;
     if (PQntuples(r) == 1) {
         t->shown = strdup(PQgetvalue(r, 0, 0));
@@ -205,18 +233,14 @@ qk_kind events_webhook_remove(qk_svc *s, const qk_principal *who, const char *id
     return QK_OK;
 }
 
-long long events_purge(db_conn *c, int days, db_status *st)
+/* Run a DELETE of at most EVENTS_PURGE_BATCH rows (its batch size $last)
+ * until it deletes fewer, at most EVENTS_PURGE_BATCHES times. */
+static long long purge_batches(db_conn *c, query_id q, int nparams, const char **vals,
+                               db_status *st)
 {
-    char sd[16], sb[16];
-    const char *vals[2] = {sd, sb};
     long long total = 0;
-
-    snprintf(sd, sizeof(sd), "%d", days);
-    snprintf(sb, sizeof(sb), "%d", EVENTS_PURGE_BATCH);
-    /* Batches in their own transactions: a backlog never holds locks on
-     * the outbox for long, and what is done stays done. */
     for (int i = 0; i < EVENTS_PURGE_BATCHES; i++) {
-        PGresult *r = db_exec(c, Q_EVENTS_PURGE, 2, vals, NULL, NULL, st);
+        PGresult *r = db_exec(c, q, nparams, vals, NULL, NULL, st);
         long long n;
         if (!r)
             return -1;
@@ -229,10 +253,32 @@ long long events_purge(db_conn *c, int days, db_status *st)
     return total;
 }
 
+long long events_purge(db_conn *c, int days, db_status *st)
+{
+    char sd[16], sb[16];
+    const char *ev[2] = {sd, sb}, *hooks[1] = {sb};
+    long long n, m;
+    PGresult *r;
+
+    snprintf(sd, sizeof(sd), "%d", days);
+    snprintf(sb, sizeof(sb), "%d", EVENTS_PURGE_BATCH);
+    /* Batches in their own transactions: a backlog never holds locks on
+     * the outbox for long, and what is done stays done. */
+    if ((n = purge_batches(c, Q_EVENTS_PURGE, 2, ev, st)) < 0 ||
+        (m = purge_batches(c, Q_WEBHOOKS_RETIRED_PURGE, 1, hooks, st)) < 0)
+        return -1;
+    if (!(r = db_exec(c, Q_WEBHOOKS_RETIRED_DROP, 0, NULL, NULL, NULL, st)))
+        return -1;
+    PQclear(r);
+    return n + m;
+}
+
 int events_read_secret(const char *path, uint8_t **out, size_t *len, size_t *cap, char *err,
                        size_t errlen)
 {
-    int fd = path ? open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) : -1;
+    /* A symlink is followed (Kubernetes mounts secrets so); the mode is the
+     * file's own. */
+    int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
     struct stat sb = {0};
     uint8_t *buf = NULL;
     size_t n = 0;
@@ -282,25 +328,32 @@ fail:
     return -1;
 }
 
+/* HMAC-SHA-256(key, a || b) into mac. 0 or -1. */
+static int hmac2(const uint8_t *key, size_t key_len, const void *a, size_t al, const void *b,
+                 size_t bl, uint8_t mac[32])
+{
+    EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *mc = m ? EVP_MAC_CTX_new(m) : NULL;
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0),
+                           OSSL_PARAM_construct_end()};
+    size_t outl = 0;
+    int rc = mc && EVP_MAC_init(mc, key, key_len, params) == 1 &&
+                     EVP_MAC_update(mc, a, al) == 1 && EVP_MAC_update(mc, b, bl) == 1 &&
+                     EVP_MAC_final(mc, mac, &outl, 32) == 1 && outl == 32
+                 ? 0
+                 : -1;
+    EVP_MAC_CTX_free(mc);
+    EVP_MAC_free(m);
+    return rc;
+}
+
 int events_sign(const uint8_t *secret, size_t secret_len, long long ts, const char *body,
                 size_t body_len, char out[68])
 {
     uint8_t mac[32];
     char prefix[32];
     int pl = snprintf(prefix, sizeof(prefix), "%lld.", ts);
-    EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *mc = m ? EVP_MAC_CTX_new(m) : NULL;
-    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0),
-                           OSSL_PARAM_construct_end()};
-    size_t outl = 0;
-    int rc = mc && EVP_MAC_init(mc, secret, secret_len, params) == 1 &&
-                     EVP_MAC_update(mc, (const uint8_t *)prefix, (size_t)pl) == 1 &&
-                     EVP_MAC_update(mc, (const uint8_t *)body, body_len) == 1 &&
-                     EVP_MAC_final(mc, mac, &outl, sizeof(mac)) == 1 && outl == sizeof(mac)
-                 ? 0
-                 : -1;
-    EVP_MAC_CTX_free(mc);
-    EVP_MAC_free(m);
+    int rc = hmac2(secret, secret_len, prefix, (size_t)pl, body, body_len, mac);
     if (rc == 0) {
         memcpy(out, "v1=", 3);
         qkms_hex_encode(mac, sizeof(mac), out + 3);
@@ -309,24 +362,44 @@ int events_sign(const uint8_t *secret, size_t secret_len, long long ts, const ch
     return rc;
 }
 
+int events_webhook_id(const uint8_t *secret, size_t secret_len, const char *url, char out[65])
+{
+    static const char label[] = "qkms/webhook-id\n";
+    uint8_t mac[32];
+    int rc = hmac2(secret, secret_len, label, sizeof(label) - 1, url, strlen(url), mac);
+    if (rc == 0)
+        qkms_hex_encode(mac, sizeof(mac), out);
+    return rc;
+}
+
 /* ---- the worker -------------------------------------------------------------- */
+
+/* One webhook and the thread that delivers to it: a slow or dead receiver
+ * holds up no other. */
+typedef struct {
+    events_worker *w;
+    pthread_t thread;
+    bool started;
+    char url[EVENTS_URL_MAX]; /* may hold a credential: cleansed at stop */
+    char shown[EVENTS_URL_MAX];
+    char id[65]; /* its webhook_id, hex */
+    CURL *curl;
+    /* the thread's own */
+    bool registered, retired_warned, db_failing;
+    int fail_streak;           /* failed POSTs in a row */
+    int64_t skip_until_ms;     /* webhook-level back-off after a failure */
+    int64_t live_checked_ms;
+} hook;
 
 struct events_worker {
     qk_svc *s;
-    pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     _Atomic bool stop;
     uint8_t *secret; /* secure heap */
     size_t secret_len, secret_cap;
-    struct {
-        char url[EVENTS_URL_MAX]; /* may hold a credential: cleansed at stop */
-        char shown[EVENTS_URL_MAX];
-        char hash[65]; /* SHA-256 of url, hex: its rows' key */
-        bool registered;
-    } hooks[EVENTS_MAX_URLS];
+    hook hooks[EVENTS_MAX_URLS];
     int nhooks;
-    CURL *curl;
     atomic_ullong delivered, failures, given_up;
 };
 
@@ -352,9 +425,11 @@ enum post_result { POST_OK, POST_FAILED, POST_ABORTED };
 
 /* POST one event: POST_OK on a 2xx answer, POST_FAILED with why, or
  * POST_ABORTED when kmsd is stopping (not the receiver's failure). */
-static enum post_result post_event(events_worker *w, const char *url, const char *event_id,
-                                   const char *body, char *why, size_t wl)
+static enum post_result post_event(hook *h, const char *event_id, const char *body, char *why,
+                                   size_t wl)
 {
+    events_worker *w = h->w;
+    const char *ca = w->s->cfg->webhook_ca_file;
     char sig[68], h_sig[96], h_ts[48], h_id[80];
     long long ts = (long long)time(NULL);
     struct curl_slist *hdr = NULL;
@@ -373,29 +448,28 @@ static enum post_result post_event(events_worker *w, const char *url, const char
     hdr = curl_slist_append(hdr, h_sig);
     hdr = curl_slist_append(hdr, h_ts);
     hdr = curl_slist_append(hdr, h_id);
-    curl_easy_reset(w->curl);
-    curl_easy_setopt(w->curl, CURLOPT_URL, url);
-    curl_easy_setopt(w->curl, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(w->curl, CURLOPT_PROXY, ""); /* not the environment's proxy */
-    if (w->s->cfg->webhook_ca_file && *w->s->cfg->webhook_ca_file)
-        curl_easy_setopt(w->curl, CURLOPT_CAINFO, w->s->cfg->webhook_ca_file);
-    curl_easy_setopt(w->curl, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(w->curl, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(w->curl, CURLOPT_TIMEOUT_MS, EVENTS_HTTP_TIMEOUT_MS);
-    curl_easy_setopt(w->curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(w->curl, CURLOPT_WRITEFUNCTION, discard);
-    curl_easy_setopt(w->curl, CURLOPT_XFERINFOFUNCTION, abort_on_stop);
-    curl_easy_setopt(w->curl, CURLOPT_XFERINFODATA, w);
-    curl_easy_setopt(w->curl, CURLOPT_NOPROGRESS, 0L);
-    cc = curl_easy_perform(w->curl);
+    curl_easy_reset(h->curl);
+    curl_easy_setopt(h->curl, CURLOPT_URL, h->url);
+    curl_easy_setopt(h->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h->curl, CURLOPT_PROXY, ""); /* not the environment's proxy */
+    if (ca && *ca)
+        curl_easy_setopt(h->curl, CURLOPT_CAINFO, ca);
+    curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, EVENTS_HTTP_TIMEOUT_MS);
+    curl_easy_setopt(h->curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h->curl, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(h->curl, CURLOPT_XFERINFOFUNCTION, abort_on_stop);
+    curl_easy_setopt(h->curl, CURLOPT_XFERINFODATA, w);
+    curl_easy_setopt(h->curl, CURLOPT_NOPROGRESS, 0L);
+    cc = curl_easy_perform(h->curl);
     if (cc == CURLE_OK)
-        curl_easy_getinfo(w->curl, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(hdr);
     if (cc == CURLE_ABORTED_BY_CALLBACK)
         return POST_ABORTED;
     if (cc != CURLE_OK) {
-        /* curl's generic message: no part of the URL. */
-        snprintf(why, wl, "%s", curl_easy_strerror(cc));
+        snprintf(why, wl, "%s", curl_easy_strerror(cc)); /* generic: no part of the URL */
         return POST_FAILED;
     }
     if (status < 200 || status > 299) {
@@ -408,11 +482,11 @@ static enum post_result post_event(events_worker *w, const char *url, const char
 /* Mark a leased row: done, failed (why), or released untried (why NULL).
  * Only the lease's holder can: a row whose lease ran out and was leased
  * again is the new holder's. */
-static void mark(events_worker *w, int h, const char *event_pk, const char *lease, bool done,
-                 const char *why)
+static void mark(hook *h, const char *event_pk, const char *lease, bool done, const char *why)
 {
+    events_worker *w = h->w;
     char maxa[16];
-    const char *vals[5] = {w->hooks[h].hash, event_pk, lease, why, maxa};
+    const char *vals[5] = {h->id, event_pk, lease, why, maxa};
     db_status st;
     PGresult *r;
 
@@ -427,34 +501,46 @@ static void mark(events_worker *w, int h, const char *event_pk, const char *leas
     if (!done && why && PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't') {
         atomic_fetch_add(&w->given_up, 1);
         log_emit(LOG_ERROR, "event delivery given up; replay it once the webhook works",
-                 "{s:s,s:s,s:i}", "webhook", w->hooks[h].shown, "event", event_pk,
-                 "attempts", w->s->cfg->webhook_max_attempts);
+                 "{s:s,s:s,s:i}", "webhook", h->shown, "event", event_pk, "attempts",
+                 w->s->cfg->webhook_max_attempts);
     }
     PQclear(r);
 }
 
-/* One batch for one webhook: lease its due rows (a short statement of its
- * own), POST each with no transaction open, mark each. Stops at the first
- * failure or when kmsd stops (the rest released untried). How many it
- * delivered. */
-static int deliver_batch(events_worker *w, int h)
+/* A database failure is logged when it starts and when it ends, not at
+ * every pass. */
+static void db_state(hook *h, bool failing, db_status st)
 {
-    qk_svc *s = w->s;
+    if (failing && !h->db_failing)
+        log_emit(LOG_WARN, "event delivery cannot reach the database; will retry",
+                 "{s:s,s:s}", "webhook", h->shown, "error", db_status_name(st));
+    else if (!failing && h->db_failing)
+        log_emit(LOG_INFO, "event delivery reaches the database again", "{s:s}", "webhook",
+                 h->shown);
+    h->db_failing = failing;
+}
+
+/* One batch: lease the webhook's due rows (a short statement of its own),
+ * POST each with no transaction open, mark each. Stops at the first
+ * failure or when kmsd stops (the rest released untried). How many it
+ * leased, or -1 after a failure. */
+static int deliver_batch(hook *h)
+{
+    events_worker *w = h->w;
     char lim[8], lease[8], why[200];
-    const char *vals[3] = {w->hooks[h].hash, lim, lease};
+    const char *vals[3] = {h->id, lim, lease};
     db_status st;
     PGresult *ev;
-    int n, i, delivered = 0;
+    int n, i;
     bool failed = false;
 
     snprintf(lim, sizeof(lim), "%d", EVENTS_BATCH);
     snprintf(lease, sizeof(lease), "%ld",
              EVENTS_BATCH * EVENTS_HTTP_TIMEOUT_MS / 1000 + EVENTS_LEASE_MARGIN_S);
-    if (!(ev = db_query(s->db, Q_DELIVERY_LEASE, 3, vals, NULL, NULL, &st))) {
-        log_emit(LOG_WARN, "event delivery pass failed; will retry", "{s:s,s:s}", "webhook",
-                 w->hooks[h].shown, "error", db_status_name(st));
+    ev = db_query(w->s->db, Q_DELIVERY_LEASE, 3, vals, NULL, NULL, &st);
+    db_state(h, !ev, st);
+    if (!ev)
         return 0;
-    }
     n = PQntuples(ev);
     for (i = 0; i < n; i++) {
         const char *pk = PQgetvalue(ev, i, 0), *lid = PQgetvalue(ev, i, 7);
@@ -462,7 +548,7 @@ static int deliver_batch(events_worker *w, int h)
         json_t *j;
         char *body;
         if (failed || atomic_load(&w->stop)) {
-            mark(w, h, pk, lid, false, NULL);
+            mark(h, pk, lid, false, NULL);
             continue;
         }
         j = event_json(ev, i);
@@ -470,63 +556,78 @@ static int deliver_batch(events_worker *w, int h)
         json_decref(j);
         snprintf(why, sizeof(why), "out of memory");
         if (body)
-            pr = post_event(w, w->hooks[h].url, PQgetvalue(ev, i, 1), body, why, sizeof(why));
+            pr = post_event(h, PQgetvalue(ev, i, 1), body, why, sizeof(why));
         if (pr == POST_OK) {
             atomic_fetch_add(&w->delivered, 1);
-            mark(w, h, pk, lid, true, NULL);
-            delivered++;
+            h->fail_streak = 0;
+            mark(h, pk, lid, true, NULL);
         } else if (pr == POST_ABORTED) {
-            mark(w, h, pk, lid, false, NULL); /* kmsd is stopping: not an attempt */
+            mark(h, pk, lid, false, NULL); /* kmsd is stopping: not an attempt */
         } else {
             failed = true;
             atomic_fetch_add(&w->failures, 1);
+            /* The receiver is down or refusing: this instance leaves it
+             * alone 1, 2, 4 ... 300 s, whatever its backlog. */
+            h->fail_streak++;
+            h->skip_until_ms =
+                deadline_now_ms() +
+                1000LL * (h->fail_streak > 9 ? 300 : 1LL << (h->fail_streak - 1)); /* 256 at 9 */
             log_emit(LOG_WARN, "event delivery failed; will retry", "{s:s,s:s,s:s}", "webhook",
-                     w->hooks[h].shown, "event_id", PQgetvalue(ev, i, 1), "error", why);
-            mark(w, h, pk, lid, false, why);
+                     h->shown, "event_id", PQgetvalue(ev, i, 1), "error", why);
+            mark(h, pk, lid, false, why);
         }
         free(body);
     }
     PQclear(ev);
-    return delivered;
+    return failed ? -1 : n;
 }
 
-/* Register the webhooks not yet registered (a database that was down at
- * start is retried every pass). */
-static void register_hooks(events_worker *w)
+/* Register the webhook (a database down at start is retried every pass),
+ * then every EVENTS_LIVE_CHECK_S see that no operator removed it. */
+static void check_registration(hook *h)
 {
-    for (int i = 0; i < w->nhooks; i++) {
-        const char *vals[2] = {w->hooks[i].hash, w->hooks[i].shown};
-        db_status st;
-        PGresult *r;
-        if (w->hooks[i].registered)
-            continue;
-        if (!(r = db_query(w->s->db, Q_WEBHOOK_REGISTER, 2, vals, NULL, NULL, &st))) {
-            log_emit(LOG_WARN, "webhook not registered; will retry", "{s:s,s:s}", "webhook",
-                     w->hooks[i].shown, "error", db_status_name(st));
-            continue;
-        }
+    events_worker *w = h->w;
+    const char *vals[2] = {h->id, h->shown};
+    db_status st;
+    PGresult *r;
+    int64_t now = deadline_now_ms();
+
+    if (!h->registered) {
+        r = db_query(w->s->db, Q_WEBHOOK_REGISTER, 2, vals, NULL, NULL, &st);
+        db_state(h, !r, st);
+        if (!r)
+            return;
         PQclear(r);
-        w->hooks[i].registered = true;
+        h->registered = true;
+        h->live_checked_ms = now;
+        return;
     }
+    if (now - h->live_checked_ms < EVENTS_LIVE_CHECK_S * 1000LL)
+        return;
+    if (!(r = db_query(w->s->db, Q_WEBHOOK_LIVE, 1, vals, NULL, NULL, &st)))
+        return;
+    h->live_checked_ms = now;
+    if (PQntuples(r) == 0 && !h->retired_warned)
+        log_emit(LOG_WARN,
+                 "webhook removed by an operator but still in webhook_urls here; its events"
+                 " are not delivered until it is registered again (kmsd restart)",
+                 "{s:s,s:s}", "webhook", h->shown, "id", h->id);
+    h->retired_warned = PQntuples(r) == 0;
+    PQclear(r);
 }
 
 static void *loop(void *arg)
 {
-    events_worker *w = arg;
+    hook *h = arg;
+    events_worker *w = h->w;
     pthread_mutex_lock(&w->mu);
     while (!atomic_load(&w->stop)) {
         struct timespec dl;
-        bool more;
         pthread_mutex_unlock(&w->mu);
-        register_hooks(w);
-        /* Webhooks take turns, one batch each, so a backlog at one does not
-         * delay the others. */
-        do {
-            more = false;
-            for (int h = 0; h < w->nhooks && !atomic_load(&w->stop); h++)
-                if (w->hooks[h].registered && deliver_batch(w, h) == EVENTS_BATCH)
-                    more = true;
-        } while (more && !atomic_load(&w->stop));
+        check_registration(h);
+        if (h->registered && deadline_now_ms() >= h->skip_until_ms)
+            while (!atomic_load(&w->stop) && deliver_batch(h) == EVENTS_BATCH)
+                ;
         pthread_mutex_lock(&w->mu);
         dl = deadline_in_ms(1000);
         while (!atomic_load(&w->stop) &&
@@ -551,76 +652,85 @@ static int hooks_from_config(events_worker *w, char *err, size_t errlen)
     char urls[EVENTS_MAX_URLS][EVENTS_URL_MAX];
     int n = events_split_urls(w->s->cfg->webhook_urls, urls, EVENTS_MAX_URLS), rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
-        uint8_t d[32];
-        unsigned int dl = sizeof(d);
-        memcpy(w->hooks[i].url, urls[i], EVENTS_URL_MAX);
-        url_shown(urls[i], w->hooks[i].shown, EVENTS_URL_MAX);
-        if (EVP_Digest(urls[i], strlen(urls[i]), d, &dl, EVP_sha256(), NULL) != 1) {
-            snprintf(err, errlen, "SHA-256 failed");
+        hook *h = &w->hooks[i];
+        h->w = w;
+        memcpy(h->url, urls[i], EVENTS_URL_MAX);
+        url_shown(urls[i], h->shown, EVENTS_URL_MAX);
+        if (events_webhook_id(w->secret, w->secret_len, urls[i], h->id) != 0) {
+            snprintf(err, errlen, "HMAC-SHA-256 failed");
+            rc = -1;
+        } else if (!(h->curl = curl_easy_init())) {
+            snprintf(err, errlen, "curl_easy_init failed");
             rc = -1;
         }
-        qkms_hex_encode(d, sizeof(d), w->hooks[i].hash);
     }
     OPENSSL_cleanse(urls, sizeof(urls));
     w->nhooks = n;
     return rc;
 }
 
+/* Stop and join the started threads, free everything. */
+static void worker_free(events_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    atomic_store(&w->stop, true);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    for (int i = 0; i < w->nhooks; i++) {
+        if (w->hooks[i].started)
+            pthread_join(w->hooks[i].thread, NULL);
+        if (w->hooks[i].curl)
+            curl_easy_cleanup(w->hooks[i].curl);
+    }
+    if (w->secret)
+        OPENSSL_secure_clear_free(w->secret, w->secret_cap);
+    OPENSSL_cleanse(w->hooks, sizeof(w->hooks));
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w);
+}
+
 int events_worker_start(events_worker **out, qk_svc *s, char *err, size_t errlen)
 {
     events_worker *w;
+    const char *ca = s->cfg->webhook_ca_file;
 
     *out = NULL;
     if (!s->cfg->webhook_urls || !*s->cfg->webhook_urls)
         return 0;
+    if (ca && *ca && access(ca, R_OK) != 0) {
+        snprintf(err, errlen, "webhook_ca_file: cannot read %s: %s", ca, strerror(errno));
+        return -1;
+    }
     if (!(w = calloc(1, sizeof(*w)))) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
     w->s = s;
+    pthread_mutex_init(&w->mu, NULL);
+    deadline_cond_init(&w->cv);
     if (events_read_secret(s->cfg->webhook_secret_file, &w->secret, &w->secret_len,
                            &w->secret_cap, err, errlen) != 0 ||
         hooks_from_config(w, err, errlen) != 0)
         goto fail;
-    if (!(w->curl = curl_easy_init())) {
-        snprintf(err, errlen, "curl_easy_init failed");
-        goto fail;
-    }
-    pthread_mutex_init(&w->mu, NULL);
-    deadline_cond_init(&w->cv);
-    if (pthread_create(&w->thread, NULL, loop, w) != 0) {
-        snprintf(err, errlen, "cannot start the event delivery thread");
-        pthread_mutex_destroy(&w->mu);
-        pthread_cond_destroy(&w->cv);
-        goto fail;
+    for (int i = 0; i < w->nhooks; i++) {
+        if (pthread_create(&w->hooks[i].thread, NULL, loop, &w->hooks[i]) != 0) {
+            snprintf(err, errlen, "cannot start an event delivery thread");
+            goto fail;
+        }
+        w->hooks[i].started = true;
     }
     *out = w;
     return 0;
 fail:
-    if (w->curl)
-        curl_easy_cleanup(w->curl);
-    if (w->secret)
-        OPENSSL_secure_clear_free(w->secret, w->secret_cap);
-    OPENSSL_cleanse(w->hooks, sizeof(w->hooks));
-    free(w);
+    worker_free(w);
     return -1;
 }
 
 void events_worker_stop(events_worker *w)
 {
-    if (!w)
-        return;
-    pthread_mutex_lock(&w->mu);
-    atomic_store(&w->stop, true);
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    pthread_join(w->thread, NULL);
-    curl_easy_cleanup(w->curl);
-    OPENSSL_secure_clear_free(w->secret, w->secret_cap);
-    OPENSSL_cleanse(w->hooks, sizeof(w->hooks));
-    pthread_mutex_destroy(&w->mu);
-    pthread_cond_destroy(&w->cv);
-    free(w);
+    if (w)
+        worker_free(w);
 }
 
 void events_metrics_render(void *arg, FILE *f)

@@ -22,9 +22,12 @@
  * after a later one is delivered all the same; a retried event does not
  * hold later ones back (receivers order by id).
  *
- * A webhook is known by the SHA-256 of its URL (hex, its "id"); only
- * scheme://host[:port] is stored or shown, since a path or query may be
- * the credential (chat services' hooks).
+ * A webhook is known by its ID, a keyed hash of its URL
+ * (events_webhook_id); only scheme://host[:port] is stored or shown, since
+ * a path or query may be the credential (chat services' hooks). Each
+ * webhook has a delivery thread of its own, so a slow or dead receiver
+ * holds up no other; after a failure the thread leaves its receiver alone
+ * 1, 2, 4 ... 300 s.
  *
  * Contract: the listing and admin functions return QK_OK with their
  * outputs, or e. The worker logs its failures (registration included: it
@@ -52,21 +55,23 @@
 qk_kind events_list(qk_svc *s, long long app_id, long long after, int limit, json_t **out,
                     qk_err *e);
 /* {"webhooks": [{"id", "url" (scheme://host[:port]), "pending", "failed"
- * (given up), "delivered", "attempts" (of the most tried pending one),
- * "last_error", "registered_at"}]}: every webhook any kmsd registered. */
+ * (given up), "attempts" (of the most tried undelivered one), "last_error",
+ * "last_delivered_at", "registered_at"}]}: every live webhook any kmsd
+ * registered. */
 qk_kind events_webhooks(qk_svc *s, json_t **out, qk_err *e);
 /* Deliver every kept event after `after` to every registered webhook again
  * (*rows: how many deliveries that made; leased ones are left to their
  * holder), audited events.replayed. QK_CONFLICT without webhooks. */
 qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, long long *rows,
                       qk_err *e);
-/* Forget a webhook (64 hex) and its pending deliveries, audited
- * webhook.removed; *shown: its scheme://host[:port] (caller frees).
- * QK_NOT_FOUND if none. */
+/* Retire a webhook (its ID, 64 hex): no new deliveries, none tried, all
+ * deleted by the next purges; audited webhook.removed; *shown: its
+ * scheme://host[:port] (caller frees). QK_NOT_FOUND if none live. */
 qk_kind events_webhook_remove(qk_svc *s, const qk_principal *who, const char *id, char **shown,
                               qk_err *e);
-/* Purge the events older than days, in batches (a pass of maintenance);
- * how many, or -1 with *st. */
+/* Purge the events older than days and the deliveries of retired
+ * webhooks, in batches (a pass of maintenance); how many rows, or -1 with
+ * *st. */
 long long events_purge(db_conn *c, int days, db_status *st);
 /* Read webhook_secret_file (a regular file, no access for group or others,
  * 32 to 4096 bytes, a trailing newline dropped) into the secure heap:
@@ -79,6 +84,9 @@ int events_split_urls(const char *list, char urls[][EVENTS_URL_MAX], int max);
 /* The signature header's value for body at ts (pure): "v1=" and 64 hex. */
 int events_sign(const uint8_t *secret, size_t secret_len, long long ts, const char *body,
                 size_t body_len, char out[68]);
+/* A webhook's ID (pure): hex HMAC-SHA-256(secret, "qkms/webhook-id\n" ||
+ * url). Keyed, so the ID confirms no guess of a URL's credential. */
+int events_webhook_id(const uint8_t *secret, size_t secret_len, const char *url, char out[65]);
 
 typedef struct events_worker events_worker;
 /* Start the worker (nothing to do without webhook_urls: *out NULL, 0).

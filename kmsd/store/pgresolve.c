@@ -137,12 +137,17 @@ void pgr_free(pg_resolver *r)
     free(r);
 }
 
+static atomic_int lookups_live;
+
+int pgr_lookups_in_flight(void) { return atomic_load(&lookups_live); }
+
 static void lookup_put(lookup *l)
 {
     if (atomic_fetch_sub(&l->refs, 1) == 1) {
         if (l->cb.ar_result)
             freeaddrinfo(l->cb.ar_result);
         free(l);
+        atomic_fetch_sub(&lookups_live, 1);
     }
 }
 
@@ -162,6 +167,7 @@ static int lookup_name(const char *name, int64_t deadline_ms, char (*addrs)[ADDR
     *timed_out = false;
     if (!l)
         return EAI_MEMORY;
+    atomic_fetch_add(&lookups_live, 1);
     snprintf(l->name, sizeof(l->name), "%s", name);
     l->hints.ai_family = AF_UNSPEC; /* as libpq asks */
     l->hints.ai_socktype = SOCK_STREAM;
@@ -176,6 +182,7 @@ static int lookup_name(const char *name, int64_t deadline_ms, char (*addrs)[ADDR
     rc = getaddrinfo_a(GAI_NOWAIT, list, 1, &sev);
     if (rc != 0) {
         free(l); /* not queued: no notification will come */
+        atomic_fetch_sub(&lookups_live, 1);
         return rc;
     }
     while ((rc = gai_error(&l->cb)) == EAI_INPROGRESS) {

@@ -56,6 +56,10 @@ typedef struct {
 /* NULL when out of memory or the conninfo does not parse. */
 pg_resolver *pgr_new(const char *conninfo);
 void pgr_free(pg_resolver *r);
+/* Lookups whose completion notification has not run yet (it frees the
+ * lookup on glibc's own thread, possibly after its caller gave up). A
+ * process that checks for leaks at exit waits for 0 first. */
+int pgr_lookups_in_flight(void);
 
 /* Resolve for a connect that must be under way by deadline_ms (CLOCK_MONOTONIC
  * milliseconds). 0: *used says whether out holds lists to pass to libpq.

@@ -364,60 +364,81 @@
     X(Q_EVENTS_PURGE, /* older than $1 days, at most $2 of them (a batch) */                 \
       "DELETE FROM events WHERE id IN (SELECT id FROM events"                                  \
       " WHERE created_at < now() - make_interval(days => $1::int) ORDER BY id LIMIT $2::int)") \
-    X(Q_WEBHOOK_REGISTER, /* $1 SHA-256 of the URL (hex), $2 scheme://host[:port] */        \
-      "INSERT INTO webhooks (url_hash, shown) VALUES (decode($1, 'hex'), $2)"                  \
-      " ON CONFLICT (url_hash) DO UPDATE SET shown = excluded.shown, registered_at = now()")   \
-    X(Q_DELIVERY_LEASE, /* due rows of webhook $1, at most $2, leased $3 s: the events */    \
-      "WITH due AS (SELECT event_pk FROM event_deliveries WHERE url_hash = decode($1, 'hex')"  \
-      "  AND delivered_at IS NULL AND next_at <= now()"                                        \
-      "  AND (lease_until IS NULL OR lease_until <= now())"                                    \
-      "  ORDER BY event_pk LIMIT $2::int FOR UPDATE SKIP LOCKED),"                             \
+    X(Q_WEBHOOK_REGISTER, /* $1 webhook ID (hex), $2 scheme://host[:port] */               \
+      "INSERT INTO webhooks (webhook_id, shown) VALUES (decode($1, 'hex'), $2)"                \
+      " ON CONFLICT (webhook_id) DO UPDATE SET shown = excluded.shown, registered_at = now(),"  \
+      " retired_at = NULL")                                                                    \
+    X(Q_WEBHOOK_LIVE, "SELECT 1 FROM webhooks WHERE webhook_id = decode($1, 'hex')"            \
+      " AND retired_at IS NULL")                                                               \
+    X(Q_DELIVERY_LEASE, /* due rows of live webhook $1, at most $2, leased $3 s: the events */ \
+      "WITH due AS (SELECT d.event_pk FROM event_deliveries d"                                 \
+      "  WHERE d.webhook_id = decode($1, 'hex') AND d.delivered_at IS NULL"                    \
+      "  AND d.next_at <= now() AND EXISTS (SELECT 1 FROM webhooks w"                          \
+      "   WHERE w.webhook_id = decode($1, 'hex') AND w.retired_at IS NULL)"                    \
+      "  ORDER BY d.next_at LIMIT $2::int FOR UPDATE SKIP LOCKED),"                            \
       " lease AS (SELECT gen_random_uuid() AS id),"                                            \
-      " l AS (UPDATE event_deliveries d SET lease_until = now() + make_interval(secs => $3::int)," \
+      " l AS (UPDATE event_deliveries d SET next_at = now() + make_interval(secs => $3::int)," \
       "  lease_id = lease.id FROM due, lease"                                                  \
-      "  WHERE d.url_hash = decode($1, 'hex') AND d.event_pk = due.event_pk"                   \
+      "  WHERE d.webhook_id = decode($1, 'hex') AND d.event_pk = due.event_pk"                 \
       "  RETURNING d.event_pk, d.lease_id)"                                                    \
       " SELECT e.id, e.event_id, e.type, e.device_id, e.created_at, e.detail::text, a.name,"   \
       " l.lease_id FROM events e JOIN l ON l.event_pk = e.id"                                  \
       " LEFT JOIN apps a ON a.id = e.app_id ORDER BY e.id")                                    \
     X(Q_DELIVERY_DONE, /* webhook $1, event $2, lease $3 */                                  \
-      "UPDATE event_deliveries SET delivered_at = now(), lease_id = NULL, lease_until = NULL," \
-      " last_error = NULL"                                                                     \
-      " WHERE url_hash = decode($1, 'hex') AND event_pk = $2::bigint AND lease_id = $3::uuid") \
-    X(Q_DELIVERY_FAILED, /* $4 why, or NULL: not tried (released); 1, 2, 4 ... 300 s;      \
-                            given up (next_at infinity) at $5 attempts */                    \
-      "UPDATE event_deliveries SET lease_id = NULL, lease_until = NULL,"                       \
+      "WITH m AS (UPDATE event_deliveries SET delivered_at = now(), lease_id = NULL,"          \
+      "  last_error = NULL WHERE webhook_id = decode($1, 'hex') AND event_pk = $2::bigint"     \
+      "  AND lease_id = $3::uuid RETURNING 1)"                                                 \
+      " UPDATE webhooks SET last_delivered_at = now() WHERE webhook_id = decode($1, 'hex')"    \
+      " AND EXISTS (SELECT 1 FROM m)")                                                         \
+    X(Q_DELIVERY_FAILED, /* $4 why, or NULL: not tried (released, due now); else due after \
+                            1, 2, 4 ... 300 s, or given up (infinity) at $5 attempts */      \
+      "UPDATE event_deliveries SET lease_id = NULL,"                                           \
       " attempts = attempts + CASE WHEN $4::text IS NULL THEN 0 ELSE 1 END,"                   \
       " last_error = coalesce($4, last_error),"                                                \
-      " next_at = CASE WHEN $4::text IS NULL THEN next_at"                                     \
+      " next_at = CASE WHEN $4::text IS NULL THEN now()"                                       \
       "  WHEN attempts + 1 >= $5::int THEN 'infinity'::timestamptz"                            \
       "  ELSE now() + make_interval(secs => least(300, power(2, least(attempts, 9)))::int) END" \
-      " WHERE url_hash = decode($1, 'hex') AND event_pk = $2::bigint AND lease_id = $3::uuid"  \
+      " WHERE webhook_id = decode($1, 'hex') AND event_pk = $2::bigint AND lease_id = $3::uuid" \
       " RETURNING next_at = 'infinity'::timestamptz")                                          \
-    X(Q_WEBHOOK_STATUS,                                                                        \
-      "SELECT encode(w.url_hash, 'hex'), w.shown,"                                             \
-      " count(d.event_pk) FILTER (WHERE d.delivered_at IS NULL AND d.next_at < 'infinity'),"   \
-      " count(d.event_pk) FILTER (WHERE d.delivered_at IS NULL AND d.next_at = 'infinity'),"   \
-      " count(d.event_pk) FILTER (WHERE d.delivered_at IS NOT NULL),"                          \
-      " coalesce(max(d.attempts) FILTER (WHERE d.delivered_at IS NULL), 0),"                   \
-      " (array_agg(d.last_error ORDER BY d.event_pk DESC) FILTER (WHERE d.delivered_at IS NULL" \
-      "   AND d.last_error IS NOT NULL))[1], w.registered_at"                                  \
-      " FROM webhooks w LEFT JOIN event_deliveries d ON d.url_hash = w.url_hash"               \
-      " GROUP BY w.url_hash ORDER BY w.shown, w.url_hash")                                     \
-    X(Q_WEBHOOK_REPLAY, /* every kept event after $1, to every webhook, again: how many     \
-                           deliveries (leased ones are left to their holder), how many hooks */ \
-      "WITH r AS (INSERT INTO event_deliveries (event_pk, url_hash)"                           \
-      "  SELECT e.id, w.url_hash FROM events e CROSS JOIN webhooks w WHERE e.id > $1::bigint"  \
-      "  ON CONFLICT (url_hash, event_pk) DO UPDATE SET delivered_at = NULL, attempts = 0,"    \
-      "  next_at = now(), lease_id = NULL, lease_until = NULL, last_error = NULL"              \
-      "  WHERE event_deliveries.lease_until IS NULL OR event_deliveries.lease_until <= now()"  \
+    X(Q_WEBHOOK_STATUS, /* counts through event_deliveries_due: undelivered rows only */     \
+      "SELECT encode(w.webhook_id, 'hex'), w.shown,"                                           \
+      " (SELECT count(*) FROM event_deliveries d WHERE d.webhook_id = w.webhook_id"            \
+      "   AND d.delivered_at IS NULL AND d.next_at < 'infinity'),"                             \
+      " (SELECT count(*) FROM event_deliveries d WHERE d.webhook_id = w.webhook_id"            \
+      "   AND d.delivered_at IS NULL AND d.next_at = 'infinity'),"                             \
+      " coalesce((SELECT max(d.attempts) FROM event_deliveries d"                              \
+      "   WHERE d.webhook_id = w.webhook_id AND d.delivered_at IS NULL), 0),"                  \
+      " (SELECT d.last_error FROM event_deliveries d WHERE d.webhook_id = w.webhook_id"        \
+      "   AND d.delivered_at IS NULL AND d.last_error IS NOT NULL"                             \
+      "   ORDER BY d.next_at DESC LIMIT 1),"                                                   \
+      " w.last_delivered_at, w.registered_at"                                                  \
+      " FROM webhooks w WHERE w.retired_at IS NULL ORDER BY w.shown, w.webhook_id")            \
+    X(Q_WEBHOOK_REPLAY, /* the kept events after $1, at most $2, to every live webhook,     \
+                           again (leased rows left to their holder): deliveries, webhooks,  \
+                           events, the last event's id */                                   \
+      "WITH ev AS (SELECT id FROM events WHERE id > $1::bigint ORDER BY id LIMIT $2::int"      \
+      "  FOR KEY SHARE),"                                                                      \
+      " w AS (SELECT webhook_id FROM webhooks WHERE retired_at IS NULL FOR KEY SHARE),"        \
+      " r AS (INSERT INTO event_deliveries (event_pk, webhook_id)"                             \
+      "  SELECT ev.id, w.webhook_id FROM ev CROSS JOIN w"                                      \
+      "  ON CONFLICT (webhook_id, event_pk) DO UPDATE SET delivered_at = NULL, attempts = 0,"  \
+      "  next_at = now(), lease_id = NULL, last_error = NULL"                                  \
+      "  WHERE event_deliveries.lease_id IS NULL OR event_deliveries.next_at <= now()"         \
       "  RETURNING 1)"                                                                         \
-      " SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM webhooks)")                     \
-    X(Q_WEBHOOK_REMOVE, /* $1 the URL's SHA-256 (hex): what it showed, its pending rows */   \
-      "WITH p AS (SELECT count(*) AS n FROM event_deliveries"                                  \
-      "  WHERE url_hash = decode($1, 'hex') AND delivered_at IS NULL)"                         \
-      " DELETE FROM webhooks w USING p WHERE w.url_hash = decode($1, 'hex')"                   \
-      " RETURNING w.shown, p.n")                                                               \
+      " SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM w), (SELECT count(*) FROM ev),"  \
+      " (SELECT coalesce(max(id), $1::bigint) FROM ev)")                                       \
+    X(Q_WEBHOOK_RETIRE, /* $1 webhook ID (hex): what it showed, its undelivered rows */      \
+      "UPDATE webhooks w SET retired_at = now() WHERE webhook_id = decode($1, 'hex')"          \
+      " AND retired_at IS NULL RETURNING w.shown,"                                             \
+      " (SELECT count(*) FROM event_deliveries d WHERE d.webhook_id = w.webhook_id"            \
+      "  AND d.delivered_at IS NULL)")                                                         \
+    X(Q_WEBHOOKS_RETIRED_PURGE, /* at most $1 deliveries of retired webhooks */             \
+      "DELETE FROM event_deliveries d WHERE (d.webhook_id, d.event_pk) IN"                     \
+      " (SELECT d2.webhook_id, d2.event_pk FROM webhooks w JOIN event_deliveries d2"           \
+      "  ON d2.webhook_id = w.webhook_id WHERE w.retired_at IS NOT NULL LIMIT $1::int)")       \
+    X(Q_WEBHOOKS_RETIRED_DROP,                                                                 \
+      "DELETE FROM webhooks w WHERE retired_at IS NOT NULL AND NOT EXISTS"                     \
+      " (SELECT 1 FROM event_deliveries d WHERE d.webhook_id = w.webhook_id)")                 \
     X(Q_QKD_SAE, "SELECT id, sae_id, state, service_until <= now(), qkms_rfc3339(service_until)" \
       " FROM devices WHERE device_id = $1")                                                    \
     X(Q_QKD_SET_SAE, /* $1 device, $2 SAE ID or NULL: the old one */                          \

@@ -341,6 +341,19 @@ static void event_signature(void **state)
     assert_string_equal(sig, "v1=b0dcba5a42969fb3cc9dbf46fb0278a25a6d777ca4b49a285591a893c6e32e1d");
 }
 
+/* A webhook's id: HMAC-SHA-256(secret, "qkms/webhook-id\n" || URL), the
+ * same vector's way. */
+static void webhook_id(void **state)
+{
+    uint8_t secret[32];
+    char id[65];
+    (void)state;
+    memset(secret, 'k', sizeof(secret));
+    assert_int_equal(events_webhook_id(secret, sizeof(secret),
+                                       "https://hooks.example.com/T0/B1?token=x", id), 0);
+    assert_string_equal(id, "1402d9793c0e077298bd6de4a22c35bf59ae37780421dc579190d4da30f81ca1");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -353,7 +366,7 @@ int main(void)
         cmocka_unit_test(stuck_entropy_block), cmocka_unit_test(client_keys),
         cmocka_unit_test(utf8_repair), cmocka_unit_test(token_paths_redacted),
         cmocka_unit_test(time_texts), cmocka_unit_test(password_hashes),
-        cmocka_unit_test(event_signature),
+        cmocka_unit_test(event_signature), cmocka_unit_test(webhook_id),
     };
     return cmocka_run_group_tests_name("validation", tests, NULL, NULL);
 }
