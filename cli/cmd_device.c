@@ -45,7 +45,6 @@ static int attrs_arg(const struct opt_values *o, const char *opt, json_t **out)
         const char *eq = strchr(terms[i], '=');
         char name[64];
         json_t *v;
-        long port;
         if (!eq || eq == terms[i] || (size_t)(eq - terms[i]) >= sizeof(name)) {
             out_error("--%s takes NAME=VALUE", opt);
             json_decref(*out);
@@ -55,12 +54,12 @@ static int attrs_arg(const struct opt_values *o, const char *opt, json_t **out)
         memcpy(name, terms[i], (size_t)(eq - terms[i]));
         name[eq - terms[i]] = 0;
         eq++;
-        if (!strcmp(name, "port") && arg_to_long(eq, 1, 65535, &port))
-            v = json_integer(port);
-        else if (!strcmp(name, "joined") && (!strcmp(eq, "true") || !strcmp(eq, "false")))
-            v = json_boolean(!strcmp(eq, "true"));
-        else
-            v = json_string(eq);
+        if (!(v = device_attr_value(name, eq))) {
+            out_error("--%s %s: the value is not valid UTF-8", opt, name);
+            json_decref(*out);
+            *out = NULL;
+            return EXIT_USAGE;
+        }
         json_object_set_new(*out, name, v);
     }
     return EXIT_OK;
@@ -875,8 +874,10 @@ static const struct action device_actions[] = {
         .usage = "FILE [--batch N] [--format csv|jsonl]",
         .summary = "Register devices in bulk from a CSV or JSON-lines file",
         .description = "CSV: a header line naming the columns device_id,type,group,parent,keys,\n"
-                       "key_bits,validity_days (any order; device_id and type required), then one\n"
-                       "device per line; empty cells are left to the server's defaults. RFC 4180\n"
+                       "key_bits,validity_days,service_days (days, or 'none': no end) and\n"
+                       "attr.NAME (one attribute each: port a number, joined true|false, others\n"
+                       "text) in any order, device_id and type required; then one device per\n"
+                       "line; empty cells are left to the server's defaults. RFC 4180\n"
                        "quoting; a field may not span lines. JSON lines: one object per line with\n"
                        "the same field names; blank lines are skipped. The format follows the\n"
                        "extension (.csv, .jsonl, .json), else the first character ('{': JSON lines).\n"

@@ -49,20 +49,37 @@ static int events_list(const struct kmsctl_ctx *ctx, const struct invocation *in
     return client_show(ctx, path, print_events);
 }
 
+/* A replay is a series of calls, each a bounded part of the range: the
+ * first fixes the range's end (until), each answer says where the next
+ * starts. The total is printed once. */
 static int events_replay(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     const char *after = opt_get(&inv->local, "after");
-    json_t *req, *resp = NULL;
+    json_int_t total = 0, until = 0, next;
+    json_t *resp = NULL, *sum;
     long a = 0;
     int rc;
     if (!after || !arg_to_long(after, 0, 9000000000000000000L, &a)) {
         out_error("--after is required: the event id to deliver again after (0: all kept)");
         return EXIT_USAGE;
     }
-    req = json_pack("{s:I}", "after", (json_int_t)a);
-    rc = client_call(ctx, "POST", "/v1/admin/events/replay", req, &resp);
-    json_decref(req);
-    return out_result(ctx->json, rc, resp, out_kv);
+    next = a;
+    do {
+        json_t *req = until ? json_pack("{s:I,s:I}", "after", next, "until", until)
+                            : json_pack("{s:I}", "after", next);
+        json_decref(resp);
+        resp = NULL;
+        rc = client_call(ctx, "POST", "/v1/admin/events/replay", req, &resp);
+        json_decref(req);
+        if (rc != EXIT_OK)
+            return out_result(ctx->json, rc, resp, out_kv);
+        total += json_integer_value(json_object_get(resp, "deliveries"));
+        until = json_integer_value(json_object_get(resp, "until"));
+        next = json_integer_value(json_object_get(resp, "next")); /* null: 0, done */
+    } while (next > 0 && until > next);
+    json_decref(resp);
+    sum = json_pack("{s:I,s:I,s:I}", "after", (json_int_t)a, "until", until, "deliveries", total);
+    return out_result(ctx->json, EXIT_OK, sum, out_kv);
 }
 
 static int events_remove_webhook(const struct kmsctl_ctx *ctx, const struct invocation *inv)
@@ -107,9 +124,11 @@ static const struct action events_actions[] = {
         .sub = "replay",
         .usage = "--after ID",
         .summary = "Deliver the events after ID to every webhook again (admin)",
-        .description = "Receivers deduplicate by event_id.\n"
+        .description = "Every event after ID up to the last one now. Receivers deduplicate by\n"
+                       "event_id. A long range takes several requests (10,000 events each);\n"
+                       "the total is printed at the end.\n"
                        "\n"
-                       "Request: POST /v1/admin/events/replay\n",
+                       "Request: POST /v1/admin/events/replay, until 'next' is null\n",
         .opts = replay_opts,
         .run = events_replay,
     },

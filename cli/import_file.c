@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "csv.h"
+#include "device_common.h"
 #include "exitcodes.h"
 #include "output.h"
 
@@ -17,13 +18,22 @@
 
 enum format { FMT_UNKNOWN, FMT_CSV, FMT_JSONL };
 
-enum col { COL_DEVICE_ID, COL_TYPE, COL_GROUP, COL_PARENT, COL_KEYS, COL_KEY_BITS, COL_VALIDITY, NCOLS };
-static const char *const col_names[NCOLS] = {"device_id", "type",     "group",        "parent",
-                                             "keys",      "key_bits", "validity_days"};
+enum col {
+    COL_DEVICE_ID, COL_TYPE, COL_GROUP, COL_PARENT, COL_KEYS, COL_KEY_BITS, COL_VALIDITY,
+    COL_SERVICE_DAYS, NCOLS,
+    COL_ATTR = NCOLS /* attr.NAME: one attribute, its name in attr_names */
+};
+static const char *const col_names[NCOLS] = {"device_id", "type",     "group",
+                                             "parent",    "keys",     "key_bits",
+                                             "validity_days", "service_days"};
+#define ATTR_PREFIX "attr."
+#define ATTR_COLS_MAX 32 /* the server's limit of attributes per device */
+#define ATTR_NAME_MAX 32
+#define HEADER_MAX (NCOLS + ATTR_COLS_MAX)
 /* The columns the server takes as integers; the rest are strings. */
 static bool col_is_int(enum col c)
 {
-    return c == COL_KEYS || c == COL_KEY_BITS || c == COL_VALIDITY;
+    return c == COL_KEYS || c == COL_KEY_BITS || c == COL_VALIDITY || c == COL_SERVICE_DAYS;
 }
 
 struct import_file {
@@ -34,7 +44,8 @@ struct import_file {
     size_t line_cap, line_len;
     long lineno;  /* of the current physical line */
     bool pending; /* line is a data line import_open read ahead */
-    enum col cols[NCOLS]; /* CSV: the column at each header position */
+    enum col cols[HEADER_MAX]; /* CSV: the column at each header position */
+    char attr_names[HEADER_MAX][ATTR_NAME_MAX + 1]; /* of the COL_ATTR ones */
     size_t ncols;
 };
 
@@ -151,9 +162,9 @@ static int read_header(struct import_file *f)
                   why ? why : "a quote is not closed");
         return EXIT_USAGE;
     }
-    if (rec.n > NCOLS) {
-        out_error("%s line %ld: the CSV header has %zu columns; known are %d", out_safe(f->path),
-                  f->lineno, rec.n, NCOLS);
+    if (rec.n > HEADER_MAX) {
+        out_error("%s line %ld: the CSV header has %zu columns; at most %d", out_safe(f->path),
+                  f->lineno, rec.n, HEADER_MAX);
         goto cleanup;
     }
     for (size_t i = 0; i < rec.n; i++) {
@@ -163,11 +174,28 @@ static int read_header(struct import_file *f)
             name[--len] = '\0';
         name += strspn(name, " ");
         int c = 0;
+        if (!strncmp(name, ATTR_PREFIX, strlen(ATTR_PREFIX))) {
+            const char *an = name + strlen(ATTR_PREFIX);
+            bool dup = false;
+            for (size_t j = 0; j < i; j++)
+                dup = dup || (f->cols[j] == COL_ATTR && !strcmp(f->attr_names[j], an));
+            /* The name's form is the server's to judge; its length bounds the buffer. */
+            if (!*an || strlen(an) > ATTR_NAME_MAX || dup) {
+                out_error("%s line %ld: %s column '%s' in the CSV header (attr.NAME, NAME of 1 to"
+                          " %d characters)",
+                          out_safe(f->path), f->lineno, dup ? "repeated" : "bad", out_safe(name),
+                          ATTR_NAME_MAX);
+                goto cleanup;
+            }
+            snprintf(f->attr_names[i], sizeof(f->attr_names[i]), "%s", an);
+            f->cols[i] = COL_ATTR;
+            continue;
+        }
         while (c < NCOLS && strcmp(col_names[c], name) != 0)
             c++;
         if (c == NCOLS || seen[c]) {
             out_error("%s line %ld: %s column '%s' in the CSV header (known: device_id, type, "
-                      "group, parent, keys, key_bits, validity_days)",
+                      "group, parent, keys, key_bits, validity_days, service_days, attr.NAME)",
                       out_safe(f->path), f->lineno, c == NCOLS ? "unknown" : "repeated",
                       out_safe(name));
             goto cleanup;
@@ -254,12 +282,31 @@ static bool short_ascii(const char *s)
     return n <= 40;
 }
 
-/* One cell into obj[col]; false with fail->message set if it does not parse. */
-static bool put_cell(json_t *obj, enum col c, const char *cell, struct failure *fail, int *rc)
+/* One cell into obj[col] (an attribute into obj.attributes[name]); false
+ * with fail->message set if it does not parse. */
+static bool put_cell(json_t *obj, enum col c, const char *attr, const char *cell,
+                     struct failure *fail, int *rc)
 {
-    json_t *v;
+    json_t *v, *attrs;
     json_int_t n;
-    if (col_is_int(c)) {
+    if (c == COL_ATTR) {
+        if (!(attrs = json_object_get(obj, "attributes")) &&
+            json_object_set_new(obj, "attributes", attrs = json_object()) != 0)
+            attrs = NULL;
+        if (!(v = device_attr_value(attr, cell))) {
+            snprintf(fail->message, sizeof(fail->message), "attr.%s is not valid UTF-8", attr);
+            return false;
+        }
+        if (!attrs || json_object_set_new(attrs, attr, v) != 0) {
+            out_error("out of memory");
+            *rc = EXIT_INTERNAL;
+            return false;
+        }
+        return true;
+    }
+    if (c == COL_SERVICE_DAYS && !strcmp(cell, "none")) {
+        v = json_null(); /* no end of service */
+    } else if (col_is_int(c)) {
         if (!parse_int(cell, &n)) {
             /* Quote only short ASCII: a cut UTF-8 sequence would not be JSON. */
             bool quote = short_ascii(cell);
@@ -305,7 +352,8 @@ static int csv_row(struct import_file *f, json_t **row, bool *parsed)
         goto done;
     }
     for (size_t i = 0; i < rec.n; i++)
-        if (*rec.field[i] && !put_cell(obj, f->cols[i], rec.field[i], &fail, &rc))
+        if (*rec.field[i] &&
+            !put_cell(obj, f->cols[i], f->attr_names[i], rec.field[i], &fail, &rc))
             goto done;
     *row = obj;
     obj = NULL;

@@ -56,7 +56,8 @@ CREATE TABLE event_deliveries (
 );
 -- The lease reads a webhook's due rows only: undelivered ones by next_at,
 -- so rows backing off or given up (infinity) are past the range it scans.
-CREATE INDEX event_deliveries_due ON event_deliveries (webhook_id, next_at)
+-- attempts included: the listing's counts and maximum read the index only.
+CREATE INDEX event_deliveries_due ON event_deliveries (webhook_id, next_at) INCLUDE (attempts)
     WHERE delivered_at IS NULL;
 -- The purge's cascade from events finds their rows by event.
 CREATE INDEX event_deliveries_event ON event_deliveries (event_pk);

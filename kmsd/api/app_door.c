@@ -488,33 +488,39 @@ fail:
     http_fail(rs, &e);
 }
 
-/* POST /v1/admin/events/replay {"after": ID}: every kept event after ID
- * to every registered webhook again. */
+/* POST /v1/admin/events/replay {"after": ID, "until": ID}: the kept events
+ * in (after, until] to every live webhook again, a bounded part per call:
+ * "next" says where the next call starts. */
 void h_events_replay(http_request *rq, http_response *rs)
 {
-    static const char *const known[] = {"after", NULL};
-    json_t *in = http_body_object(rq, rs), *a;
+    static const char *const known[] = {"after", "until", NULL};
+    json_t *in = http_body_object(rq, rs), *a, *u;
     qk_principal who = admin_principal(rq);
-    long long rows = 0;
+    events_replay_result res;
     qk_err e;
     if (!in)
         return;
     a = json_object_get(in, "after");
+    u = json_object_get(in, "until");
     if (!only_fields(rs, in, known)) {
         /* answered */
-    } else if (!json_is_integer(a) || json_integer_value(a) < 0) {
-        http_error(rs, 422, "invalid_request", "after is an event id (0 or more)");
-    } else if (events_replay(&rq->kms->svc, &who, (long long)json_integer_value(a), &rows,
-                             &e) != QK_OK) {
+    } else if (!json_is_integer(a) || json_integer_value(a) < 0 ||
+               (u && (!json_is_integer(u) || json_integer_value(u) <= json_integer_value(a)))) {
+        http_error(rs, 422, "invalid_request",
+                   "after is an event id (0 or more); until, if given, a greater one");
+    } else if (events_replay(&rq->kms->svc, &who, (long long)json_integer_value(a),
+                             u ? (long long)json_integer_value(u) : 0, &res, &e) != QK_OK) {
         http_fail(rs, &e);
     } else {
-        http_json(rs, 200, json_pack("{s:I,s:I}", "after", json_integer_value(a), "deliveries",
-                                     (json_int_t)rows));
+        http_json(rs, 200,
+                  json_pack("{s:I,s:I,s:I,s:o}", "after", json_integer_value(a), "until",
+                            (json_int_t)res.until, "deliveries", (json_int_t)res.deliveries,
+                            "next", res.next ? json_integer(res.next) : json_null()));
     }
     json_decref(in);
 }
 
-/* DELETE /v1/admin/events/webhooks/{id}: id is the SHA-256 of the URL (hex). */
+/* DELETE /v1/admin/events/webhooks/{id}: id as listed (events_webhook_id, hex). */
 void h_webhook_remove(http_request *rq, http_response *rs)
 {
     qk_principal who = admin_principal(rq);

@@ -37,7 +37,6 @@
 #define EVENTS_LEASE_MARGIN_S 10
 #define EVENTS_PURGE_BATCH 2000
 #define EVENTS_PURGE_BATCHES 20 /* per maintenance pass: a backlog goes over a few */
-#define EVENTS_REPLAY_BATCH 1000
 #define EVENTS_LIVE_CHECK_S 60
 
 /* An event from columns id, event_id, type, device_id, created_at,
@@ -117,25 +116,27 @@ qk_kind events_webhooks(qk_svc *s, json_t **out, qk_err *e)
     return QK_OK;
 }
 
-/* One batch of a replay, in its own transaction; the first also writes the
- * audit row, so the replay is on record before anything is re-armed. */
+/* One batch of a replay, in its own transaction; the first of a call also
+ * writes the audit row, so the replay is on record before anything is
+ * re-armed. */
 struct replay_tx {
     const char *actor;
-    long long after, from, next, rows, hooks, events;
+    long long after, until, from, next, rows, hooks, events;
     bool first;
 };
 
 static db_status replay_tx_fn(db_conn *c, void *arg)
 {
     struct replay_tx *t = arg;
-    char cur[24], lim[16];
-    const char *vals[2] = {cur, lim};
+    char cur[24], lim[16], upto[24];
+    const char *vals[3] = {cur, lim, upto};
     db_status st;
     PGresult *r;
 
     snprintf(cur, sizeof(cur), "%lld", t->from);
     snprintf(lim, sizeof(lim), "%d", EVENTS_REPLAY_BATCH);
-    if (!(r = db_exec(c, Q_WEBHOOK_REPLAY, 2, vals, NULL, NULL, &st)))
+    snprintf(upto, sizeof(upto), "%lld", t->until);
+    if (!(r = db_exec(c, Q_WEBHOOK_REPLAY, 3, vals, NULL, NULL, &st)))
         return st;
     /* Assigned, not added, and from left alone: db_tx runs this again
      * after a serialization failure; the caller moves on once committed. */
@@ -147,37 +148,50 @@ static db_status replay_tx_fn(db_conn *c, void *arg)
     if (!t->first || t->hooks == 0)
         return DB_OK; /* no webhook: nothing written, the caller answers 409 */
     return audit_append(c, t->actor, "events.replayed", NULL,
-                        json_pack("{s:I}", "after", (json_int_t)t->after));
+                        json_pack("{s:I,s:I}", "after", (json_int_t)t->after, "until",
+                                  (json_int_t)t->until));
 }
 
-qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, long long *rows,
-                      qk_err *e)
+qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, long long until,
+                      events_replay_result *out, qk_err *e)
 {
-    struct replay_tx t = {who->name, after, after, after, 0, 0, 0, true};
-    long long total = 0;
+    struct replay_tx t = {who->name, after, until, after, after, 0, 0, 0, true};
+    long long total = 0, done = 0;
     db_status st;
 
-    /* Batches of EVENTS_REPLAY_BATCH events: a replay of everything kept
-     * never is one statement longer than the statement timeout. */
+    memset(out, 0, sizeof(*out));
+    if (t.until <= 0) { /* the range ends at the last event now: later ones are not chased */
+        PGresult *r = db_query(s->db, Q_EVENTS_LAST, 0, NULL, NULL, NULL, &st);
+        if (!r)
+            return db_fail(e, st);
+        t.until = atoll(PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    /* Batches of EVENTS_REPLAY_BATCH events, each its own transaction, and
+     * at most EVENTS_REPLAY_PER_CALL per call: no statement near the
+     * statement timeout, no request near a client's. */
     for (;;) {
         st = db_tx(s->db, replay_tx_fn, &t);
-        if (st != DB_OK) {
-            if (!t.first)
-                log_with(&who->log, LOG_WARN, "events replay stopped part way", "{s:I,s:I}",
-                         "after", (json_int_t)after, "replayed_up_to", (json_int_t)t.from);
+        if (st != DB_OK)
             return db_fail(e, st);
-        }
         if (t.first && t.hooks == 0)
             return qk_fail(e, QK_CONFLICT, "invalid_state",
                            "no webhook is registered (webhook_urls of a running kmsd)");
         t.first = false;
         t.from = t.next;
         total += t.rows;
-        if (t.events < EVENTS_REPLAY_BATCH)
+        done += t.events;
+        if (t.events < EVENTS_REPLAY_BATCH || t.from >= t.until)
             break;
+        if (done >= EVENTS_REPLAY_PER_CALL) {
+            out->next = t.from;
+            break;
+        }
     }
-    *rows = total;
-    log_with(&who->log, LOG_INFO, "events replayed", "{s:I,s:I,s:s}", "after", (json_int_t)after,
+    out->until = t.until;
+    out->deliveries = total;
+    log_with(&who->log, LOG_INFO, "events replayed", "{s:I,s:I,s:I,s:I,s:s}", "after",
+             (json_int_t)after, "until", (json_int_t)t.until, "next", (json_int_t)out->next,
              "deliveries", (json_int_t)total, "by", who->name);
     return QK_OK;
 }
@@ -201,10 +215,12 @@ static db_status remove_tx_fn(db_conn *c, void *arg)
     t->pending = 0;
     if (!(r = db_exec(c, Q_WEBHOOK_RETIRE, 1, vals, NULL, NULL, &st)))
         return st;
-    if (PQntuples(r) == 1) {
-        t->shown = strdup(PQgetvalue(r, 0, 0));
-        t->pending = atoll(PQgetvalue(r, 0, 1));
+    if (PQntuples(r) == 1 && !(t->shown = strdup(PQgetvalue(r, 0, 0)))) {
+        PQclear(r);
+        return DB_ERROR; /* rolled back: no retirement without its audit row */
     }
+    if (t->shown)
+        t->pending = atoll(PQgetvalue(r, 0, 1));
     PQclear(r);
     if (!t->shown)
         return DB_OK;
@@ -452,8 +468,10 @@ static enum post_result post_event(hook *h, const char *event_id, const char *bo
     curl_easy_setopt(h->curl, CURLOPT_URL, h->url);
     curl_easy_setopt(h->curl, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h->curl, CURLOPT_PROXY, ""); /* not the environment's proxy */
-    if (ca && *ca)
+    if (ca && *ca) { /* only these CAs: not the CA directory libcurl was built with */
         curl_easy_setopt(h->curl, CURLOPT_CAINFO, ca);
+        curl_easy_setopt(h->curl, CURLOPT_CAPATH, NULL);
+    }
     curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, hdr);
     curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, EVENTS_HTTP_TIMEOUT_MS);
@@ -479,6 +497,19 @@ static enum post_result post_event(hook *h, const char *event_id, const char *bo
     return POST_OK;
 }
 
+/* A database failure is logged when it starts and when it ends, not at
+ * every pass. */
+static void db_state(hook *h, bool failing, db_status st)
+{
+    if (failing && !h->db_failing)
+        log_emit(LOG_WARN, "event delivery cannot reach the database; will retry",
+                 "{s:s,s:s}", "webhook", h->shown, "error", db_status_name(st));
+    else if (!failing && h->db_failing)
+        log_emit(LOG_INFO, "event delivery reaches the database again", "{s:s}", "webhook",
+                 h->shown);
+    h->db_failing = failing;
+}
+
 /* Mark a leased row: done, failed (why), or released untried (why NULL).
  * Only the lease's holder can: a row whose lease ran out and was leased
  * again is the new holder's. */
@@ -496,6 +527,8 @@ static void mark(hook *h, const char *event_pk, const char *lease, bool done, co
     if (!r) {
         log_emit(LOG_WARN, "event delivery not recorded; its lease will run out",
                  "{s:s,s:s}", "event", event_pk, "error", db_status_name(st));
+        if (st == DB_UNAVAILABLE)
+            db_state(h, true, st);
         return;
     }
     if (!done && why && PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't') {
@@ -505,19 +538,6 @@ static void mark(hook *h, const char *event_pk, const char *lease, bool done, co
                  w->s->cfg->webhook_max_attempts);
     }
     PQclear(r);
-}
-
-/* A database failure is logged when it starts and when it ends, not at
- * every pass. */
-static void db_state(hook *h, bool failing, db_status st)
-{
-    if (failing && !h->db_failing)
-        log_emit(LOG_WARN, "event delivery cannot reach the database; will retry",
-                 "{s:s,s:s}", "webhook", h->shown, "error", db_status_name(st));
-    else if (!failing && h->db_failing)
-        log_emit(LOG_INFO, "event delivery reaches the database again", "{s:s}", "webhook",
-                 h->shown);
-    h->db_failing = failing;
 }
 
 /* One batch: lease the webhook's due rows (a short statement of its own),
@@ -548,7 +568,10 @@ static int deliver_batch(hook *h)
         json_t *j;
         char *body;
         if (failed || atomic_load(&w->stop)) {
-            mark(h, pk, lid, false, NULL);
+            /* Released untried; with the database failing, left to the
+             * lease's end rather than a stop waiting on timeouts. */
+            if (!h->db_failing)
+                mark(h, pk, lid, false, NULL);
             continue;
         }
         j = event_json(ev, i);

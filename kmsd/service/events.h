@@ -49,6 +49,8 @@
 #define EVENTS_SECRET_MIN 32
 #define EVENTS_MAX_URLS 8
 #define EVENTS_URL_MAX 512
+#define EVENTS_REPLAY_BATCH 1000
+#define EVENTS_REPLAY_PER_CALL (10 * EVENTS_REPLAY_BATCH)
 
 /* {"events": [...], "next": last id when the page is full, or null};
  * app_id > 0: only that app's. */
@@ -59,11 +61,17 @@ qk_kind events_list(qk_svc *s, long long app_id, long long after, int limit, jso
  * "last_delivered_at", "registered_at"}]}: every live webhook any kmsd
  * registered. */
 qk_kind events_webhooks(qk_svc *s, json_t **out, qk_err *e);
-/* Deliver every kept event after `after` to every registered webhook again
- * (*rows: how many deliveries that made; leased ones are left to their
- * holder), audited events.replayed. QK_CONFLICT without webhooks. */
-qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, long long *rows,
-                      qk_err *e);
+/* What a replay call did: the deliveries it made due again (leased ones
+ * are left to their holder), the range's end, and where the next call
+ * starts (0: the range is done). */
+typedef struct {
+    long long until, deliveries, next;
+} events_replay_result;
+/* Deliver the kept events after `after` up to `until` (0: the last event
+ * now) to every live webhook again, at most EVENTS_REPLAY_PER_CALL events
+ * per call, audited events.replayed. QK_CONFLICT without webhooks. */
+qk_kind events_replay(qk_svc *s, const qk_principal *who, long long after, long long until,
+                      events_replay_result *out, qk_err *e);
 /* Retire a webhook (its ID, 64 hex): no new deliveries, none tried, all
  * deleted by the next purges; audited webhook.removed; *shown: its
  * scheme://host[:port] (caller frees). QK_NOT_FOUND if none live. */

@@ -311,8 +311,11 @@ out:
 
 /* kmsd's session settings, applied after connecting so that nothing in
  * db_conninfo (options=, PGOPTIONS, ALTER ROLE ... SET) can override them:
- * statement_timeout bounds every statement, and timestamps and text come
- * back in the forms kmsd parses. */
+ * statement_timeout bounds every statement, timestamps and text come back
+ * in the forms kmsd parses, the stored functions and SKIP LOCKED leases
+ * are written for READ COMMITTED, and the prepared statements are planned
+ * as PostgreSQL's default plans them (a forced generic plan turns the
+ * event lease's index range into a full scan). */
 static bool apply_settings(db_pool *p, PGconn *pg, int64_t deadline, char *err, size_t errlen)
 {
     const char *vals[1] = {p->stmt_timeout};
@@ -323,7 +326,9 @@ static bool apply_settings(db_pool *p, PGconn *pg, int64_t deadline, char *err, 
                           " set_config('TimeZone', 'UTC', false),"
                           " set_config('DateStyle', 'ISO, MDY', false),"
                           " set_config('IntervalStyle', 'postgres', false),"
-                          " set_config('client_encoding', 'UTF8', false)",
+                          " set_config('client_encoding', 'UTF8', false),"
+                          " set_config('default_transaction_isolation', 'read committed', false),"
+                          " set_config('plan_cache_mode', 'auto', false)",
                           1, NULL, vals, NULL, NULL, 0))
         r = await_result(pg, deadline, &to);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {

@@ -409,15 +409,16 @@
       " coalesce((SELECT max(d.attempts) FROM event_deliveries d"                              \
       "   WHERE d.webhook_id = w.webhook_id AND d.delivered_at IS NULL), 0),"                  \
       " (SELECT d.last_error FROM event_deliveries d WHERE d.webhook_id = w.webhook_id"        \
-      "   AND d.delivered_at IS NULL AND d.last_error IS NOT NULL"                             \
-      "   ORDER BY d.next_at DESC LIMIT 1),"                                                   \
+      "   AND d.delivered_at IS NULL AND d.last_error IS NOT NULL" /* latest, given up last */ \
+      "   ORDER BY d.next_at = 'infinity', d.next_at DESC LIMIT 1),"                           \
       " w.last_delivered_at, w.registered_at"                                                  \
       " FROM webhooks w WHERE w.retired_at IS NULL ORDER BY w.shown, w.webhook_id")            \
-    X(Q_WEBHOOK_REPLAY, /* the kept events after $1, at most $2, to every live webhook,     \
-                           again (leased rows left to their holder): deliveries, webhooks,  \
-                           events, the last event's id */                                   \
-      "WITH ev AS (SELECT id FROM events WHERE id > $1::bigint ORDER BY id LIMIT $2::int"      \
-      "  FOR KEY SHARE),"                                                                      \
+    X(Q_EVENTS_LAST, "SELECT coalesce(max(id), 0) FROM events")                               \
+    X(Q_WEBHOOK_REPLAY, /* the kept events after $1 up to $3, at most $2, to every live      \
+                           webhook, again (leased rows left to their holder): deliveries,   \
+                           webhooks, events, the last event's id */                         \
+      "WITH ev AS (SELECT id FROM events WHERE id > $1::bigint AND id <= $3::bigint"           \
+      "  ORDER BY id LIMIT $2::int FOR KEY SHARE),"                                            \
       " w AS (SELECT webhook_id FROM webhooks WHERE retired_at IS NULL FOR KEY SHARE),"        \
       " r AS (INSERT INTO event_deliveries (event_pk, webhook_id)"                             \
       "  SELECT ev.id, w.webhook_id FROM ev CROSS JOIN w"                                      \
@@ -432,10 +433,12 @@
       " AND retired_at IS NULL RETURNING w.shown,"                                             \
       " (SELECT count(*) FROM event_deliveries d WHERE d.webhook_id = w.webhook_id"            \
       "  AND d.delivered_at IS NULL)")                                                         \
-    X(Q_WEBHOOKS_RETIRED_PURGE, /* at most $1 deliveries of retired webhooks */             \
+    X(Q_WEBHOOKS_RETIRED_PURGE, /* at most $1 deliveries of each retired webhook, found     \
+                                   through the primary key */                                \
       "DELETE FROM event_deliveries d WHERE (d.webhook_id, d.event_pk) IN"                     \
-      " (SELECT d2.webhook_id, d2.event_pk FROM webhooks w JOIN event_deliveries d2"           \
-      "  ON d2.webhook_id = w.webhook_id WHERE w.retired_at IS NOT NULL LIMIT $1::int)")       \
+      " (SELECT w.webhook_id, x.event_pk FROM webhooks w, LATERAL (SELECT event_pk"            \
+      "   FROM event_deliveries d2 WHERE d2.webhook_id = w.webhook_id ORDER BY event_pk"       \
+      "   LIMIT $1::int) x WHERE w.retired_at IS NOT NULL)")                                   \
     X(Q_WEBHOOKS_RETIRED_DROP,                                                                 \
       "DELETE FROM webhooks w WHERE retired_at IS NOT NULL AND NOT EXISTS"                     \
       " (SELECT 1 FROM event_deliveries d WHERE d.webhook_id = w.webhook_id)")                 \

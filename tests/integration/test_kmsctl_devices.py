@@ -1007,6 +1007,39 @@ def test_import_jsonl(stack, tmp_path):
     assert device_ids(stack, q2) == [f"{q2}-OK"]
 
 
+def test_import_csv_attributes_and_service(stack, tmp_path):
+    """attr.NAME columns become attributes (port a number, joined a
+    boolean), service_days a number of days or none (no end); an empty
+    cell is left out. Bad values are the server's row errors."""
+    p = uid("IMA")
+    f = tmp_path / "gw.csv"
+    f.write_text(
+        "device_id,type,service_days,attr.mac,attr.port,attr.joined,attr.room\n"
+        f"{p}-1,gateway,30,02-1A-2B-3C-4D-{p[-2:]},8443,true,hall\n"
+        f"{p}-2,gateway,none,,,,\n"
+        f"{p}-3,gateway,,02:1a:2b:3c:4d:{p[-2:].lower()},,,\n"     # the same MAC: conflict
+        f"{p}-4,gateway,10,,99999,,\n")                            # port out of range
+    r = run(stack, "device", "import", str(f), "--json")
+    assert r.returncode == REFUSED, r.stdout + r.stderr
+    res = {x["line"]: x for x in json.loads(r.stdout)["results"]}
+    assert [res[n]["status"] for n in (2, 3, 4, 5)] == ["created", "created", "error", "error"]
+    assert res[4]["error"]["code"] == "conflict", res[4]
+    assert res[5]["error"]["code"] == "invalid_attributes", res[5]
+    d1 = ok_json(stack, "device", "show", f"{p}-1")
+    assert d1["attributes"] == {"mac": f"02:1a:2b:3c:4d:{p[-2:].lower()}", "port": 8443,
+                                "joined": True, "room": "hall"}, d1["attributes"]
+    until = ts(d1["service_until"]) - datetime.datetime.now(datetime.timezone.utc)
+    assert datetime.timedelta(days=29) < until <= datetime.timedelta(days=30)
+    d2 = ok_json(stack, "device", "show", f"{p}-2")
+    assert d2["service_until"] is None and d2.get("attributes", {}) == {}
+    for header in ("device_id,type,attr.", "device_id,type,attr.x,attr.x",
+                   "device_id,type,attr." + "n" * 33):
+        g = tmp_path / "bad.csv"
+        g.write_text(header + "\n" + f"{p}-9,gateway" + ",v" * (header.count(",") - 1) + "\n")
+        r = run(stack, "device", "import", str(g))
+        assert r.returncode == USAGE and "attr." in r.stderr, (header, r.stderr)
+
+
 def test_import_large_multi_batch(stack, tmp_path):
     p = uid("BIG")
     n = 1200
