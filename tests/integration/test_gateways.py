@@ -887,3 +887,27 @@ def test_v2_refuses_a_device_out_of_service(st):
     req = dev2.key_request(plat, uid(), veh.device_id, key_source="c")
     r = post(st, req)
     assert r.status_code == 200, r.text
+
+
+def test_v2_mode_3_refuses_a_local_key(st):
+    """Protocol v2 mode 3 under the gateway's local key: the same 401 as
+    v1, audited once (docs/gateways.md, "A local key on a device-facing
+    door"); under its access key the same request is served."""
+    gid = gateway(st, keys=2)
+    doc = fill(st, gid)
+    dev2 = Device2.from_fill(doc, 3)
+    plat = Platform.from_certificates(
+        requests.get(st.url + "/v1/platform/certificates", timeout=10).json())
+    veh = make_device(st, "vehicle")
+    count = lambda: st.psql("SELECT count(*) FROM audit_log WHERE event ="
+                            f" 'device.local_key_refused' AND device_id = '{gid}'").strip()
+    before = count()
+    for _ in range(2):
+        r = post(st, dev2.key_request(plat, uid(), veh.device_id, key_source="c", key_index=1))
+        assert r.status_code == 401 and error_code(r) == "unauthenticated", r.text
+    assert int(count()) == int(before) + 1
+    detail = st.psql("SELECT detail::text FROM audit_log WHERE event = 'device.local_key_refused'"
+                     f" AND device_id = '{gid}' ORDER BY id DESC LIMIT 1")
+    assert '"key_index": 1' in detail and '"protocol": 2' in detail, detail
+    r = post(st, dev2.key_request(plat, uid(), veh.device_id, key_source="c", key_index=0))
+    assert r.status_code == 200, r.text
