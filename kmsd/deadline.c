@@ -1,6 +1,13 @@
 /* deadline — CLOCK_MONOTONIC deadlines for timed condition waits. */
 #include "deadline.h"
 
+int64_t deadline_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 int64_t deadline_now_ms(void)
 {
     struct timespec ts;

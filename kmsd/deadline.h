@@ -16,6 +16,8 @@
 
 /* CLOCK_MONOTONIC now, in milliseconds (for deadlines kept as numbers). */
 int64_t deadline_now_ms(void);
+/* The same in microseconds (for short waits that are measured). */
+int64_t deadline_now_us(void);
 
 /* CLOCK_MONOTONIC now plus ms milliseconds (ms >= 0), normalized. */
 struct timespec deadline_in_ms(long ms);

@@ -13,6 +13,7 @@
 #include <curl/curl.h>
 #include <openssl/crypto.h>
 
+#include "service/audit_verify.h"
 #include "service/bootstrap.h"
 #include "service/qkd_metrics.h"
 #include "service/servercert.h"
@@ -151,7 +152,9 @@ static int start_doors(kms_ctx *k, char *err, size_t el)
         metrics_register(k->metrics, keycache_metrics_render, k->svc.keys) != 0 ||
         metrics_register(k->metrics, ratelimit_metrics_render, k->rl) != 0 ||
         metrics_register(k->metrics, maintenance_metrics_render, k->maint) != 0 ||
-        metrics_register(k->metrics, events_metrics_render, k->events) != 0)
+        metrics_register(k->metrics, events_metrics_render, k->events) != 0 ||
+        metrics_register(k->metrics, readiness_metrics_render, k->ready) != 0 ||
+        metrics_register(k->metrics, audit_verify_metrics_render, NULL) != 0)
         return -1;
     if (http_start(&k->http, k, routes, routes_count, err, el) != 0) {
         log_emit(LOG_ERROR, "http listener failed", "{s:s}", "error", err);

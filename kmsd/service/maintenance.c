@@ -85,6 +85,7 @@ int maintenance_run_once(maintenance *m)
     const char *vals[1] = {days};
     uint64_t retired = 0;
     int64_t expiring = -1, certs_expiring = -1, counts[3] = {0, 0, 0}, open_sessions = 0;
+    int64_t unsealed = -1, seal_lag = -1;
     device_service_counts service = {-1, -1};
     db_status st;
     db_conn *c;
@@ -143,6 +144,11 @@ int maintenance_run_once(maintenance *m)
         if (events_purge(c, k->cfg->event_retention_days, &st) < 0)
             log_emit(LOG_WARN, "old events not purged; will retry", "{s:s}", "error",
                      db_status_name(st));
+        if ((r = qt_exec(c, QT_AUDIT_SEAL_LAG, 0, NULL, &st))) {
+            unsealed = atoll(PQgetvalue(r, 0, 0));
+            seal_lag = atoll(PQgetvalue(r, 0, 1));
+            PQclear(r);
+        }
         if (device_service_warn(c, k->cfg->service_warn_days, &service, &st) != 0) {
             service.ending = service.ended = -1;
             log_emit(LOG_WARN, "service expiry check failed; will retry", "{s:s}", "error",
@@ -163,6 +169,8 @@ out:
         m->stats.devices_suspended = counts[1];
         m->stats.devices_revoked = counts[2];
         m->stats.sessions_open = open_sessions;
+        m->stats.audit_unsealed = unsealed;
+        m->stats.audit_seal_lag_s = seal_lag;
     } else {
         m->stats.failures++;
     }
@@ -269,6 +277,7 @@ int maintenance_start(maintenance **out, qk_svc *k)
     m->stats.keys_expiring = -1;
     m->stats.certs_expiring = -1;
     m->stats.service_ending = m->stats.service_ended = -1;
+    m->stats.audit_unsealed = m->stats.audit_seal_lag_s = -1;
     pthread_mutex_init(&m->mu, NULL);
     deadline_cond_init(&m->cv); /* waited on with deadline_in_ms */
     if (pthread_create(&m->thread, NULL, loop, m) != 0) {
@@ -346,6 +355,13 @@ void maintenance_metrics_render(void *maint, FILE *f)
             "# TYPE qkms_devices_service_ending gauge\nqkms_devices_service_ending %lld\n"
             "# HELP qkms_devices_service_ended Devices not revoked whose service has ended (last"
             " maintenance pass; -1 before the first).\n"
-            "# TYPE qkms_devices_service_ended gauge\nqkms_devices_service_ended %lld\n",
-            (long long)ms.service_ending, (long long)ms.service_ended);
+            "# TYPE qkms_devices_service_ended gauge\nqkms_devices_service_ended %lld\n"
+            "# HELP qkms_audit_unsealed_rows Audit rows not hash-chained yet (last maintenance"
+            " pass; -1 unknown).\n"
+            "# TYPE qkms_audit_unsealed_rows gauge\nqkms_audit_unsealed_rows %lld\n"
+            "# HELP qkms_audit_seal_lag_seconds Age of the oldest audit row not chained yet (last"
+            " maintenance pass; 0 none, -1 unknown).\n"
+            "# TYPE qkms_audit_seal_lag_seconds gauge\nqkms_audit_seal_lag_seconds %lld\n",
+            (long long)ms.service_ending, (long long)ms.service_ended,
+            (long long)ms.audit_unsealed, (long long)ms.audit_seal_lag_s);
 }

@@ -23,6 +23,8 @@ typedef struct {
     int64_t service_ended;    /* devices (not revoked) whose service has ended */
     int64_t devices_active, devices_suspended, devices_revoked;
     int64_t sessions_open;    /* live sessions (pending or active) */
+    int64_t audit_unsealed;   /* audit rows the sealer has not chained yet (-1: unknown) */
+    int64_t audit_seal_lag_s; /* the oldest of them's age */
     uint64_t keys_retired;    /* total retired by this process */
     uint64_t passes, failures;
     /* master key wrap budget (wrap_budget.h) */

@@ -41,6 +41,7 @@ struct readiness {
     bool may_wait; /* thread-per-connection: a probe may wait for its round */
     int64_t done_round_start_ms; /* start of the last completed round */
     check c[CHK_N];
+    uint64_t changes[CHK_N]; /* between ok and not ok, for /metrics (flapping) */
 };
 
 static void begin(readiness *r, int i)
@@ -53,6 +54,9 @@ static void begin(readiness *r, int i)
 static void finish(readiness *r, int i, const char *state)
 {
     pthread_mutex_lock(&r->mu);
+    if (strcmp(r->c[i].state, "starting") != 0 &&
+        !strcmp(r->c[i].state, "ok") != !strcmp(state, "ok"))
+        r->changes[i]++;
     if (strcmp(r->c[i].state, state) != 0 && strcmp(r->c[i].state, "starting") != 0)
         log_emit(strcmp(state, "ok") ? LOG_WARN : LOG_INFO, "readiness changed", "{s:s,s:s,s:s}",
                  "check", check_names[i], "from", r->c[i].state, "to", state);
@@ -207,4 +211,27 @@ int readiness_report(readiness *r, json_t **checks, json_t **down)
     }
     pthread_mutex_unlock(&r->mu);
     return n;
+}
+
+void readiness_metrics_render(void *arg, FILE *f)
+{
+    readiness *r = arg;
+    int64_t now = deadline_now_ms();
+    if (!r)
+        return;
+    fprintf(f, "# HELP qkms_ready Whether a readiness check passed in its last round (1), or"
+               " failed, hangs or has not run yet (0).\n# TYPE qkms_ready gauge\n");
+    pthread_mutex_lock(&r->mu);
+    for (int i = 0; i < CHK_N; i++) {
+        const check *c = &r->c[i];
+        bool stuck = c->started_ms && now - c->started_ms > r->k->cfg->readiness_timeout_ms;
+        fprintf(f, "qkms_ready{check=\"%s\"} %d\n", check_names[i],
+                !stuck && !strcmp(c->state, "ok"));
+    }
+    fprintf(f, "# HELP qkms_ready_changes_total Times a readiness check went from passing to"
+               " failing or back.\n# TYPE qkms_ready_changes_total counter\n");
+    for (int i = 0; i < CHK_N; i++)
+        fprintf(f, "qkms_ready_changes_total{check=\"%s\"} %llu\n", check_names[i],
+                (unsigned long long)r->changes[i]);
+    pthread_mutex_unlock(&r->mu);
 }

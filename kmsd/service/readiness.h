@@ -36,5 +36,8 @@ void readiness_stop(readiness *r);
  * and *down to the names that are not ok (both new references). Returns the
  * number of checks down. */
 int readiness_report(readiness *r, json_t **checks, json_t **down);
+/* qkms_ready{check} and qkms_ready_changes_total{check} from the last
+ * results, without asking for a round (a metrics_render_fn). */
+void readiness_metrics_render(void *r, FILE *f);
 
 #endif

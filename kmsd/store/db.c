@@ -50,6 +50,7 @@ struct db_pool {
     int backoff_ms;
 
     _Atomic uint64_t connects, connect_failures, errors, retries, timeouts;
+    _Atomic uint64_t acquires, acquire_wait_us, exhausted; /* lending: a full pool's cost */
     /* The last statement refused for want of resources (readiness). */
     _Atomic int64_t resource_failure_ms; /* 0 = never */
     char resource_sqlstate[6];           /* under mu */
@@ -445,13 +446,20 @@ db_conn *db_acquire(db_pool *p, db_status *st)
     struct timespec dl = deadline_in_ms(p->acquire_timeout_ms);
     db_conn *c = NULL;
     bool need_connect;
+    int64_t t0 = 0;
 
     pthread_mutex_lock(&p->mu);
+    if (p->in_use == p->size)
+        t0 = deadline_now_us();
     while (p->in_use == p->size)
         if (pthread_cond_timedwait(&p->cv, &p->mu, &dl) == ETIMEDOUT)
             break;
+    atomic_fetch_add(&p->acquires, 1);
+    if (t0)
+        atomic_fetch_add(&p->acquire_wait_us, (uint64_t)(deadline_now_us() - t0));
     if (p->in_use == p->size) {
         pthread_mutex_unlock(&p->mu);
+        atomic_fetch_add(&p->exhausted, 1);
         *st = DB_UNAVAILABLE;
         return NULL;
     }
@@ -745,6 +753,19 @@ void db_metrics_render(void *pool, FILE *f)
             ds.size, ds.in_use, (unsigned long long)ds.connects,
             (unsigned long long)ds.connect_failures, (unsigned long long)ds.errors,
             (unsigned long long)ds.retries, (unsigned long long)ds.timeouts);
+    fprintf(f,
+            "# HELP qkms_db_pool_acquires_total Connections asked of the pool.\n"
+            "# TYPE qkms_db_pool_acquires_total counter\nqkms_db_pool_acquires_total %llu\n"
+            "# HELP qkms_db_pool_wait_seconds_total Time callers waited for a free connection"
+            " (rate over qkms_db_pool_acquires_total: the mean wait).\n"
+            "# TYPE qkms_db_pool_wait_seconds_total counter\n"
+            "qkms_db_pool_wait_seconds_total %.6f\n"
+            "# HELP qkms_db_pool_exhausted_total Callers that got no connection within"
+            " db_acquire_timeout_ms (answered 503).\n"
+            "# TYPE qkms_db_pool_exhausted_total counter\nqkms_db_pool_exhausted_total %llu\n",
+            (unsigned long long)atomic_load(&p->acquires),
+            (double)atomic_load(&p->acquire_wait_us) / 1e6,
+            (unsigned long long)atomic_load(&p->exhausted));
 
 }
 

@@ -638,6 +638,10 @@ extern const db_stmt_def queries[Q__COUNT];
       " RETURNING version")                                                                     \
     X(QT_MASTER_ACTIVE_WRAPS, "SELECT version, wrap_count FROM master_keys WHERE state = 'active'") \
     /* the sealer ($1 interval_s, $2 gap grace) */                                              \
+    /* rows above the sealer's position and the age of the oldest: a PK range */              \
+    X(QT_AUDIT_SEAL_LAG,                                                                        \
+      "SELECT count(*), coalesce(extract(epoch FROM now() - min(a.at)), 0)::bigint"             \
+      " FROM audit_log a, audit_chain_state s WHERE a.id > s.main_id")                          \
     X(QT_AUDIT_SEAL_TRY_LOCK, "SELECT pg_try_advisory_xact_lock(" QKMS_MASTER_LOCK_KEY ")")      \
     X(QT_AUDIT_SEAL_STATE,                                                                      \
       "SELECT main_id, head_id, encode(head_hash, 'hex'), chain_length, gap_seen_upto,"         \

@@ -9,6 +9,7 @@ also shows that the restored chain verifies again.
 import hashlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -172,13 +173,27 @@ def expect_bad(st, problem, row_id):
     return res
 
 
+def audit_metric(st, name):
+    text = st.admin("GET", "/metrics").text
+    m = re.search(rf"^{re.escape(name)} (-?\d+)$", text, re.M)
+    assert m, name
+    return int(m.group(1))
+
+
 def test_modified_detail_is_named(intact):
     st = intact
+    broken = 'qkms_audit_verifications_total{result="broken"}'
+    before = audit_metric(st, broken)
     rid = sealed_row(st, offset=1)
     orig = st.psql(f"SELECT detail::text FROM audit_log WHERE id = {rid}").strip()
     st.psql(f"UPDATE audit_log SET detail = detail || '{{\"keys\": 0}}' WHERE id = {rid}")
     expect_bad(st, "modified", rid)
+    # For the alert rules (docs/operations.md): the finding is in /metrics.
+    assert audit_metric(st, broken) == before + 2  # expect_bad verifies twice
+    assert audit_metric(st, "qkms_audit_chain_broken") == 1
     st.psql(f"UPDATE audit_log SET detail = $${orig}$$::jsonb WHERE id = {rid}")
+    assert verify(st)["ok"] is True
+    assert audit_metric(st, "qkms_audit_chain_broken") == 0
 
 
 def test_modified_actor_with_recomputed_hash_is_named(intact):

@@ -3,6 +3,7 @@ it reflects whether PostgreSQL can commit (disk full), it answers at once
 whatever its dependencies do (stopped, hung), and it comes back by itself.
 """
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -145,10 +146,23 @@ def test_readyz_answers_at_once_while_postgres_is_stopped(veh_enc):
         assert "database" in doc["error"]["down"]
         assert doc["checks"]["database"] != "ok"
         assert readyz(st).headers["Retry-After"] == "1"
+        # The same in /metrics, for the alert rules (docs/operations.md).
+        assert ready_metric(st, "database") == 0 and ready_metric(st, "token") == 1
+        changes = ready_metric(st, "database", "qkms_ready_changes_total")
+        assert changes >= 1
     finally:
         st.start_db()
     assert wait_for(lambda: readyz(st).status_code == 200, 20, 0.2)
     assert deliver(st, "AFTER-RESTART").status_code == 200
+    assert ready_metric(st, "database") == 1
+    assert ready_metric(st, "database", "qkms_ready_changes_total") == changes + 1
+
+
+def ready_metric(st, check, name="qkms_ready"):
+    text = requests.get(st.url + "/metrics", timeout=5).text
+    m = re.search(rf'^{name}{{check="{check}"}} (\d+)$', text, re.M)
+    assert m, text[-2000:]
+    return int(m.group(1))
 
 
 def test_readyz_reports_a_hung_database_as_timeout(veh_enc):
