@@ -166,6 +166,9 @@ install: all
 	install -m 0644 $(LIBP11) $(LIBDEVICE) $(DESTDIR)$(PREFIX)/lib/
 	install -m 0755 scripts/qkms-local.sh $(DESTDIR)$(PREFIX)/share/qkms/
 	install -m 0644 docs/kmsd.conf.example $(DESTDIR)$(PREFIX)/share/qkms/
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions
+	$(KMSCTL) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/kmsctl
+	$(KMSCTL) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_kmsctl
 
 deps:
 	sh scripts/deps.sh

@@ -56,5 +56,6 @@ extern const struct command cmd_master;
 extern const struct command cmd_ca;
 extern const struct command cmd_platform;
 extern const struct command cmd_qkd;
+extern const struct command cmd_completion;
 
 #endif

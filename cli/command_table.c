@@ -17,5 +17,6 @@ const struct command *const kmsctl_commands[] = {
     &cmd_ca,
     &cmd_platform,
     &cmd_qkd,
+    &cmd_completion,
     NULL,
 };

@@ -509,3 +509,39 @@ def test_created_tokens_only_on_stdout(stack):
     # The listing never shows one either.
     p = ok(stack, "token", "list", "--json")
     assert not TOKEN_RE.search(p.stdout) and not TOKEN_RE.search(p.stderr)
+
+
+# -- shell completion (issue 21) -------------------------------------------------------------
+
+def complete(script, *words):
+    """What bash offers for the last of words (the word being completed)."""
+    import subprocess
+    line = " ".join("'%s'" % w for w in words)
+    p = subprocess.run(["bash", "--norc", "-c", script + '\nCOMP_WORDS=(' + line + ')\n'
+                        'COMP_CWORD=$((${#COMP_WORDS[@]} - 1))\n_kmsctl\n'
+                        'printf "%s\\n" "${COMPREPLY[@]}"'],
+                       capture_output=True, text=True, timeout=30, cwd="/")
+    assert p.returncode == 0, p.stderr
+    return p.stdout.split()
+
+
+def test_completion_scripts(stack):
+    p = run(stack, "completion", "bash", unset=("KMS_ADDR",))
+    assert p.returncode == OK and p.stderr == "", p.stderr
+    bash = p.stdout
+    assert "complete -F _kmsctl kmsctl" in bash
+    assert complete(bash, "kmsctl", "dev") == ["device", "device-type"]
+    assert complete(bash, "kmsctl", "--addr", "http://x", "dev") == ["device", "device-type"]
+    assert complete(bash, "kmsctl", "device", "reg") == ["register"]
+    assert complete(bash, "kmsctl", "device", "register", "--ty") == ["--type"]
+    assert complete(bash, "kmsctl", "events", "") == ["list", "replay", "remove-webhook"]
+    assert "--json" in complete(bash, "kmsctl", "status", "--")
+    assert complete(bash, "kmsctl", "--token-file", "/et") == ["/etc"]  # a file option
+    # Every command of `kmsctl --help` is offered.
+    words = complete(bash, "kmsctl", "")
+    listed = re.findall(r"^  ([a-z][a-z-]+) ", run(stack, "--help").stdout, re.M)
+    assert listed and set(listed) <= set(words), (listed, words)
+    p = run(stack, "completion", "zsh")
+    assert p.returncode == OK and p.stdout.startswith("#compdef kmsctl\n") and "_kmsctl" in p.stdout
+    p = run(stack, "completion", "fish")
+    assert p.returncode == USAGE and "bash or zsh" in p.stderr
