@@ -884,6 +884,8 @@ static const struct action device_actions[] = {
                        "Rows that do not parse are reported with code parse_error and not sent.\n"
                        "Output: 'created N, failed M' and one line per failed row; with --json\n"
                        "{\"created\",\"failed\",\"results\"}. Exit status 6 if any row failed.\n"
+                       "On a terminal, stderr shows the progress (rows, rows/s, share of the\n"
+                       "file read, ETA) until the summary; never with --json or into a pipe.\n"
                        "\n"
                        "Request: POST /v1/admin/devices/import, N rows at a time\n",
         .opts = device_import_opts,

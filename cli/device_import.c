@@ -10,6 +10,7 @@
 #include "exitcodes.h"
 #include "import_file.h"
 #include "output.h"
+#include "progress.h"
 
 #define BATCH_DEFAULT 500L
 #define BATCH_MAX 1000L /* the server's limit per request */
@@ -146,17 +147,20 @@ static int print_tally(const struct kmsctl_ctx *ctx, const struct tally *t)
     return EXIT_OK;
 }
 
-/* Reads every row, sending full batches as they fill. */
+/* Reads every row, sending full batches as they fill; progress on a
+ * terminal (progress.h). */
 static int run_import(const struct kmsctl_ctx *ctx, struct import_file *f, size_t batch_size,
                       struct tally *t)
 {
     json_t *batch = json_array(), *row = NULL;
     json_int_t batch_line = 0; /* first line of the batch being filled */
+    struct progress *pg = progress_start("import", ctx->json);
     bool parsed;
     int rc = EXIT_INTERNAL;
 
     if (!batch) {
         out_error("out of memory");
+        progress_end(pg);
         return rc;
     }
     for (;;) {
@@ -174,13 +178,16 @@ static int run_import(const struct kmsctl_ctx *ctx, struct import_file *f, size_
             break;
         if (json_array_size(batch) == batch_size && (rc = send_batch(ctx, batch, t)))
             goto stopped;
+        progress_update(pg, t->created + t->failed, import_fraction(f));
     }
     if (!rc && json_array_size(batch) > 0 && (rc = send_batch(ctx, batch, t)))
         goto stopped;
+    progress_end(pg);
     json_decref(batch);
     return rc;
 
 stopped:
+    progress_end(pg);
     out_note("Import stopped at the batch starting at line %lld; %lld device(s) from earlier "
              "batches were created.",
              (long long)batch_line, (long long)t->created);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "csv.h"
 #include "device_common.h"
@@ -510,4 +511,14 @@ void import_close(struct import_file *f)
         fclose(f->fp);
     free(f->line);
     free(f);
+}
+
+double import_fraction(const struct import_file *f)
+{
+    struct stat sb;
+    off_t at;
+    if (!f || !f->fp || fstat(fileno(f->fp), &sb) != 0 || !S_ISREG(sb.st_mode) ||
+        sb.st_size <= 0 || (at = ftello(f->fp)) < 0)
+        return -1;
+    return at >= sb.st_size ? 1.0 : (double)at / (double)sb.st_size;
 }

@@ -43,5 +43,7 @@ int import_open(const char *path, const char *format, struct import_file **out);
 int import_next(struct import_file *f, json_t **row, bool *parsed);
 
 void import_close(struct import_file *f);
+/* How much of the file has been read: 0..1, or -1 when unknown (a pipe). */
+double import_fraction(const struct import_file *f);
 
 #endif

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 import fillpkg_py
+from conftest import KMSCTL
 from helpers import (AUTH, NOWHERE, OK, REFUSED, USAGE, human, kv_block, near, ok, refused, run,
                      table, ts, uid, usage, utcnow)
 
@@ -1147,3 +1148,44 @@ def test_no_plaintext_key_in_log_or_pg_dump(stack, tmp_path):
         for form in forms:
             assert form not in log, "a device key is in the kmsd log"
             assert form not in dump.stdout, "a device key is in the database dump"
+
+
+def test_import_progress_only_on_a_terminal(stack, tmp_path):
+    """kmsctl device import draws its progress on stderr when stderr is a
+    terminal (a pseudo-terminal here), never with --json or into a pipe."""
+    import pty
+    p = uid("IMP")
+    f = tmp_path / "many.csv"
+    f.write_text("device_id,type,keys\n" + "".join(f"{p}-{i},meter,1\n" for i in range(300)))
+    env = dict(stack.env, KMS_ADDR=stack.url)
+
+    def import_with_tty(*extra, ids):
+        g = tmp_path / f"{ids}.csv"
+        g.write_text(f.read_text().replace(p, ids))
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.Popen([KMSCTL, "device", "import", str(g), "--batch", "50", *extra],
+                                    env=env, stdout=subprocess.PIPE, stderr=slave)
+            os.close(slave)
+            out, seen = proc.communicate(timeout=120)[0], b""
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        finally:
+            os.close(master)
+        return proc.returncode, out.decode(), seen.decode()
+
+    rc, out, tty = import_with_tty(ids=uid("IMP"))
+    assert rc == OK and out == "created 300, failed 0\n", (rc, out, tty)
+    assert "\r\x1b[Kimport: " in tty and " rows/s" in tty, repr(tty)
+    assert tty.endswith("\r\x1b[K"), repr(tty[-40:])  # the line is cleared before the summary
+    rc, out, tty = import_with_tty("--json", ids=uid("IMP"))
+    assert rc == OK and json.loads(out)["created"] == 300 and tty == "", repr(tty)
+    # Piped stderr: nothing drawn.
+    r = run(stack, "device", "import", str(f), "--batch", "50")
+    assert r.returncode == OK and r.stderr == "", r.stderr

@@ -1,0 +1,63 @@
+/* progress — see progress.h. */
+#include "progress.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REDRAW_NS 200000000LL
+
+struct progress {
+    const char *what;
+    int64_t t0, last;
+};
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+struct progress *progress_start(const char *what, bool json)
+{
+    struct progress *p;
+    if (json || !isatty(STDERR_FILENO) || !(p = calloc(1, sizeof(*p))))
+        return NULL;
+    p->what = what;
+    p->t0 = now_ns();
+    return p;
+}
+
+void progress_update(struct progress *p, int64_t done, double fraction)
+{
+    int64_t t;
+    double secs, rate;
+    if (!p)
+        return;
+    t = now_ns();
+    if (p->last && t - p->last < REDRAW_NS)
+        return;
+    p->last = t;
+    secs = (double)(t - p->t0) / 1e9;
+    rate = secs > 0 ? (double)done / secs : 0;
+    /* \r and "erase to the end of the line": one line, redrawn in place. */
+    fprintf(stderr, "\r\033[K%s: %lld rows, %.0f rows/s", p->what, (long long)done, rate);
+    if (fraction > 0 && fraction <= 1) {
+        double left = secs / fraction - secs;
+        fprintf(stderr, ", %.0f%%", fraction * 100);
+        if (fraction < 1 && secs >= 1)
+            fprintf(stderr, ", ETA %lld:%02lld", (long long)left / 60, (long long)left % 60);
+    }
+    fflush(stderr);
+}
+
+void progress_end(struct progress *p)
+{
+    if (!p)
+        return;
+    fputs("\r\033[K", stderr);
+    fflush(stderr);
+    free(p);
+}

@@ -1,0 +1,26 @@
+/*
+ * progress — a one-line progress display on stderr for long commands
+ * (kmsctl device import), drawn only when stderr is a terminal and the
+ * output is not --json, so pipes, logs and scripts never see it.
+ *
+ * Contract: progress_start returns NULL when nothing is to be drawn (and
+ * every other function accepts NULL). progress_update redraws at most every
+ * 200 ms; progress_end clears the line, so what follows (the summary)
+ * starts on a clean line.
+ */
+#ifndef KMSCTL_PROGRESS_H
+#define KMSCTL_PROGRESS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct progress;
+
+/* what: the command's name ("import"); json: --json given. */
+struct progress *progress_start(const char *what, bool json);
+/* done items (rows) and, when the total is unknown, the fraction done
+ * measured otherwise (bytes read of the file): 0..1, or < 0 if unknown. */
+void progress_update(struct progress *p, int64_t done, double fraction);
+void progress_end(struct progress *p);
+
+#endif
