@@ -1,11 +1,15 @@
 /* cmd_master — `kmsctl master status|rotate`: master key versions and rotation. */
 #include <stdio.h>
+#include <time.h>
 
 #include <jansson.h>
 
+#include "args.h"
 #include "client.h"
 #include "command.h"
+#include "exitcodes.h"
 #include "output.h"
+#include "progress.h"
 
 static int print_master(const json_t *st)
 {
@@ -25,19 +29,69 @@ static int master_status_run(const struct kmsctl_ctx *ctx, const struct invocati
     return client_show(ctx, "/v1/admin/master", print_master);
 }
 
+/* --wait: poll the status until nothing is left to rewrap (or the time is
+ * up: EXIT_CONNECT, as for a request that timed out), drawing the progress
+ * on a terminal. *resp: the last status. */
+static int wait_rewrap(const struct kmsctl_ctx *ctx, long wait_s, json_t **resp)
+{
+    struct progress *pg = progress_start("rewrap", "keys", ctx->json);
+    time_t until = time(NULL) + wait_s;
+    json_int_t first = -1, left;
+    int rc;
+
+    for (;;) {
+        json_decref(*resp);
+        *resp = NULL;
+        if ((rc = client_call(ctx, "GET", "/v1/admin/master", NULL, resp)))
+            break;
+        left = json_integer_value(json_object_get(*resp, "pending_rewrap"));
+        if (first < 0)
+            first = left;
+        progress_update(pg, first - left, first > 0 ? (double)(first - left) / (double)first : 1);
+        if (left <= 0)
+            break;
+        if (time(NULL) >= until) {
+            progress_end(pg);
+            pg = NULL;
+            out_error("%lld keys still to rewrap after %ld s (the rewrap goes on; "
+                      "see 'kmsctl master status')", (long long)left, wait_s);
+            rc = EXIT_CONNECT;
+            break;
+        }
+        nanosleep(&(struct timespec){1, 0}, NULL);
+    }
+    progress_end(pg);
+    return rc;
+}
+
 static int master_rotate_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
+    const char *wait = opt_get(&inv->local, "wait"), *wt = opt_get(&inv->local, "wait-timeout");
     json_t *resp = NULL, *body = json_object();
+    long wait_s = 3600;
     int rc;
-    (void)inv;
+    if (wt && (!wait || !arg_to_long(wt, 1, 86400 * 7, &wait_s))) {
+        json_decref(body);
+        out_error("--wait-timeout takes --wait and a number of seconds, 1..604800");
+        return EXIT_USAGE;
+    }
     rc = client_call(ctx, "POST", "/v1/admin/master/rotate", body, &resp);
-    if (!rc && !ctx->json)
-        fprintf(stderr, "kmsctl: new master key version %lld is active; older keys are being "
-                        "rewrapped in the background (see 'kmsctl master status')\n",
-                (long long)json_integer_value(json_object_get(resp, "active")));
     json_decref(body);
+    if (!rc && !ctx->json)
+        fprintf(stderr, "kmsctl: new master key version %lld is active; older keys are %s\n",
+                (long long)json_integer_value(json_object_get(resp, "active")),
+                wait ? "being rewrapped" : "being rewrapped in the background (see 'kmsctl "
+                                           "master status')");
+    if (!rc && wait)
+        rc = wait_rewrap(ctx, wait_s, &resp);
     return out_result(ctx->json, rc, resp, print_master);
 }
+
+static const struct opt_spec rotate_opts[] = {
+    {"wait", 0, NULL, "wait until every key is rewrapped under the new version"},
+    {"wait-timeout", 0, "SECONDS", "give up waiting after this long (default 3600)"},
+    {0},
+};
 
 static const struct action master_actions[] = {
     {
@@ -49,13 +103,17 @@ static const struct action master_actions[] = {
     },
     {
         .sub = "rotate",
-        .usage = "",
+        .usage = "[--wait [--wait-timeout SECONDS]]",
         .summary = "Create a new master key version in the token and rewrap everything under it",
         .description = "The new version wraps new keys at once; a background job rewraps device\n"
                        "and session keys in batches, and the old version is destroyed in the token\n"
                        "once nothing references it. Requests keep succeeding throughout.\n"
+                       "--wait polls the status each second until nothing is left to rewrap\n"
+                       "(on a terminal, stderr shows the progress) and prints it; after\n"
+                       "--wait-timeout it stops waiting with exit status 3.\n"
                        "\n"
-                       "Request: POST /v1/admin/master/rotate (admin)\n",
+                       "Request: POST /v1/admin/master/rotate (admin), then GET /v1/admin/master\n",
+        .opts = rotate_opts,
         .run = master_rotate_run,
     },
     {0},

@@ -154,7 +154,7 @@ static int run_import(const struct kmsctl_ctx *ctx, struct import_file *f, size_
 {
     json_t *batch = json_array(), *row = NULL;
     json_int_t batch_line = 0; /* first line of the batch being filled */
-    struct progress *pg = progress_start("import", ctx->json);
+    struct progress *pg = progress_start("import", "rows", ctx->json);
     bool parsed;
     int rc = EXIT_INTERNAL;
 

@@ -9,7 +9,7 @@
 #define REDRAW_NS 200000000LL
 
 struct progress {
-    const char *what;
+    const char *what, *unit;
     int64_t t0, last;
 };
 
@@ -20,12 +20,13 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-struct progress *progress_start(const char *what, bool json)
+struct progress *progress_start(const char *what, const char *unit, bool json)
 {
     struct progress *p;
     if (json || !isatty(STDERR_FILENO) || !(p = calloc(1, sizeof(*p))))
         return NULL;
     p->what = what;
+    p->unit = unit;
     p->t0 = now_ns();
     return p;
 }
@@ -43,7 +44,8 @@ void progress_update(struct progress *p, int64_t done, double fraction)
     secs = (double)(t - p->t0) / 1e9;
     rate = secs > 0 ? (double)done / secs : 0;
     /* \r and "erase to the end of the line": one line, redrawn in place. */
-    fprintf(stderr, "\r\033[K%s: %lld rows, %.0f rows/s", p->what, (long long)done, rate);
+    fprintf(stderr, "\r\033[K%s: %lld %s, %.0f %s/s", p->what, (long long)done, p->unit, rate,
+            p->unit);
     if (fraction > 0 && fraction <= 1) {
         double left = secs / fraction - secs;
         fprintf(stderr, ", %.0f%%", fraction * 100);

@@ -1,6 +1,6 @@
 /*
  * progress — a one-line progress display on stderr for long commands
- * (kmsctl device import), drawn only when stderr is a terminal and the
+ * (kmsctl device import, master rotate --wait), drawn only when stderr is a terminal and the
  * output is not --json, so pipes, logs and scripts never see it.
  *
  * Contract: progress_start returns NULL when nothing is to be drawn (and
@@ -16,10 +16,11 @@
 
 struct progress;
 
-/* what: the command's name ("import"); json: --json given. */
-struct progress *progress_start(const char *what, bool json);
-/* done items (rows) and, when the total is unknown, the fraction done
- * measured otherwise (bytes read of the file): 0..1, or < 0 if unknown. */
+/* what: the command's name ("import"); unit: what is counted ("rows");
+ * json: --json given. */
+struct progress *progress_start(const char *what, const char *unit, bool json);
+/* done items and the fraction done (of the items, or measured otherwise:
+ * bytes read of a file): 0..1, or < 0 if unknown. */
 void progress_update(struct progress *p, int64_t done, double fraction);
 void progress_end(struct progress *p);
 

@@ -1,6 +1,7 @@
 """Master key rotation under concurrent session-key load: zero failed
 requests, every key readable afterwards, the old version destroyed in the
 token only once nothing references it."""
+import json
 import os
 import re
 import subprocess
@@ -11,7 +12,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import KMSD, SOFTHSM, free_port, wait_readyz
+from conftest import KMSCTL, KMSD, SOFTHSM, free_port, wait_readyz
 from helpers import ask_key, make_device
 
 
@@ -303,3 +304,33 @@ def test_lagging_instance_is_refused_by_the_database_and_retries(fresh_stack):
         assert rows == ["3"], rows
     finally:
         assert lag.stop() == 0
+    # kmsctl master rotate --wait: it returns once nothing is left to rewrap,
+    # with the progress on a terminal's stderr (issue 21), none in a pipe.
+    import pty
+    master, slave = pty.openpty()
+    env = dict(st.env, KMS_ADDR=st.url, KMS_TOKEN=st.admin_token)
+    try:
+        proc = subprocess.Popen([KMSCTL, "master", "rotate", "--wait"], env=env,
+                                stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        out = proc.communicate(timeout=120)[0].decode()
+        tty = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            tty += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, (out, tty)
+    assert re.search(r"active version: 3\s+keys still to rewrap: 0", out), out
+    assert "\r\x1b[Krewrap: " in tty.decode() and "new master key version 3" in tty.decode()
+    assert st.admin("GET", "/v1/admin/master").json()["pending_rewrap"] == 0
+    p = st.kmsctl("master", "rotate", "--wait", "--json", token=st.admin_token)
+    assert p.returncode == 0 and json.loads(p.stdout)["pending_rewrap"] == 0, p.stderr
+    assert p.stderr == ""
+    p = st.kmsctl("master", "rotate", "--wait-timeout", "5", token=st.admin_token)
+    assert p.returncode == 2 and "--wait" in p.stderr
