@@ -13,7 +13,8 @@ libcurl4-openssl-dev libp11-kit-dev"
 RUN="postgresql-15 postgresql-client-15 softhsm2 opensc ca-certificates"
 TEST="libcmocka-dev python3 python3-pytest python3-requests python3-cryptography python3-pykcs11
 python3-psycopg2 python3-jsonschema python3-yaml procps prometheus"
-# prometheus: promtool checks the metrics, the alert rules and their tests
+# prometheus: for promtool, which checks the metrics, the alert rules and their tests (the
+# package is ~100 MB and, on a systemd host, also starts a Prometheus server)
 # make fuzz: libFuzzer targets built with clang (fuzz/README.md)
 FUZZ="clang-14 libfuzzer-14-dev"
 

@@ -625,7 +625,6 @@ static qk_kind verify_failed(const verify_ctx *vc, qk_err *e)
 
 /* This process's verifications, for /metrics. */
 static atomic_ullong verified_ok, verified_broken, verify_errors;
-static atomic_int last_broken = -1;
 
 void audit_verify_metrics_render(void *arg, FILE *f)
 {
@@ -635,13 +634,10 @@ void audit_verify_metrics_render(void *arg, FILE *f)
             " by result.\n# TYPE qkms_audit_verifications_total counter\n"
             "qkms_audit_verifications_total{result=\"ok\"} %llu\n"
             "qkms_audit_verifications_total{result=\"broken\"} %llu\n"
-            "qkms_audit_verifications_total{result=\"error\"} %llu\n"
-            "# HELP qkms_audit_chain_broken The last verification's finding: 1 the chain is broken,"
-            " 0 intact, -1 none run by this process yet.\n"
-            "# TYPE qkms_audit_chain_broken gauge\nqkms_audit_chain_broken %d\n",
+            "qkms_audit_verifications_total{result=\"error\"} %llu\n",
             (unsigned long long)atomic_load(&verified_ok),
             (unsigned long long)atomic_load(&verified_broken),
-            (unsigned long long)atomic_load(&verify_errors), atomic_load(&last_broken));
+            (unsigned long long)atomic_load(&verify_errors));
 }
 
 qk_kind audit_chain_verify(qk_svc *s, audit_verify_result *out, qk_err *e)
@@ -674,7 +670,6 @@ qk_kind audit_chain_verify(qk_svc *s, audit_verify_result *out, qk_err *e)
         atomic_fetch_add(&verify_errors, 1);
     } else {
         atomic_fetch_add(out->problem == AUDIT_OK ? &verified_ok : &verified_broken, 1);
-        atomic_store(&last_broken, out->problem != AUDIT_OK);
     }
     audit_verifier_free(v);
     return k;

@@ -110,9 +110,9 @@ void audit_verifier_free(audit_verifier *v);
  * reason verification itself could not run in *e (*out then holds no
  * gaps). */
 qk_kind audit_chain_verify(qk_svc *s, audit_verify_result *out, qk_err *e);
-/* qkms_audit_verifications_total{result="ok|broken|error"} and
- * qkms_audit_chain_broken (the last verification's finding: 1 broken, 0
- * intact, -1 none yet) of this process (a metrics_render_fn; arg unused). */
+/* qkms_audit_verifications_total{result="ok|broken|error"} of this process
+ * (a metrics_render_fn; arg unused). The newest verdict of any instance is
+ * the maintenance pass's qkms_audit_chain_broken. */
 void audit_verify_metrics_render(void *arg, FILE *f);
 
 #endif

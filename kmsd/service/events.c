@@ -736,6 +736,11 @@ int events_worker_start(events_worker **out, qk_svc *s, char *err, size_t errlen
                            &w->secret_cap, err, errlen) != 0 ||
         hooks_from_config(w, err, errlen) != 0)
         goto fail;
+    /* Registered before kmsd reports ready, so the events of its first
+     * requests have their deliveries; a database that is down now is
+     * retried by each thread. */
+    for (int i = 0; i < w->nhooks; i++)
+        check_registration(&w->hooks[i]);
     for (int i = 0; i < w->nhooks; i++) {
         if (pthread_create(&w->hooks[i].thread, NULL, loop, &w->hooks[i]) != 0) {
             snprintf(err, errlen, "cannot start an event delivery thread");

@@ -85,7 +85,8 @@ int maintenance_run_once(maintenance *m)
     const char *vals[1] = {days};
     uint64_t retired = 0;
     int64_t expiring = -1, certs_expiring = -1, counts[3] = {0, 0, 0}, open_sessions = 0;
-    int64_t unsealed = -1, seal_lag = -1;
+    int64_t unsealed = -1, seal_lag = -1, verified_age = -2;
+    int broken = -2; /* -2: not read this pass (the last value stands) */
     device_service_counts service = {-1, -1};
     db_status st;
     db_conn *c;
@@ -145,9 +146,22 @@ int maintenance_run_once(maintenance *m)
             log_emit(LOG_WARN, "old events not purged; will retry", "{s:s}", "error",
                      db_status_name(st));
         if ((r = qt_exec(c, QT_AUDIT_SEAL_LAG, 0, NULL, &st))) {
-            unsealed = atoll(PQgetvalue(r, 0, 0));
-            seal_lag = atoll(PQgetvalue(r, 0, 1));
+            if (PQntuples(r) == 1) {
+                unsealed = atoll(PQgetvalue(r, 0, 0));
+                seal_lag = atoll(PQgetvalue(r, 0, 1));
+            }
             PQclear(r);
+        } else {
+            log_emit(LOG_WARN, "audit sealing lag not measured; will retry", "{s:s}", "error",
+                     db_status_name(st));
+        }
+        if ((r = qt_exec(c, QT_AUDIT_LAST_VERIFIED, 0, NULL, &st))) {
+            verified_age = PQntuples(r) == 1 ? atoll(PQgetvalue(r, 0, 0)) : -1;
+            broken = PQntuples(r) == 1 ? PQgetvalue(r, 0, 1)[0] != 't' : -1;
+            PQclear(r);
+        } else {
+            log_emit(LOG_WARN, "last audit verification not read; will retry", "{s:s}", "error",
+                     db_status_name(st));
         }
         if (device_service_warn(c, k->cfg->service_warn_days, &service, &st) != 0) {
             service.ending = service.ended = -1;
@@ -171,6 +185,10 @@ out:
         m->stats.sessions_open = open_sessions;
         m->stats.audit_unsealed = unsealed;
         m->stats.audit_seal_lag_s = seal_lag;
+        if (broken != -2) {
+            m->stats.audit_verified_age_s = verified_age;
+            m->stats.audit_broken = broken;
+        }
     } else {
         m->stats.failures++;
     }
@@ -278,6 +296,8 @@ int maintenance_start(maintenance **out, qk_svc *k)
     m->stats.certs_expiring = -1;
     m->stats.service_ending = m->stats.service_ended = -1;
     m->stats.audit_unsealed = m->stats.audit_seal_lag_s = -1;
+    m->stats.audit_verified_age_s = -1;
+    m->stats.audit_broken = -1;
     pthread_mutex_init(&m->mu, NULL);
     deadline_cond_init(&m->cv); /* waited on with deadline_in_ms */
     if (pthread_create(&m->thread, NULL, loop, m) != 0) {
@@ -356,12 +376,20 @@ void maintenance_metrics_render(void *maint, FILE *f)
             "# HELP qkms_devices_service_ended Devices not revoked whose service has ended (last"
             " maintenance pass; -1 before the first).\n"
             "# TYPE qkms_devices_service_ended gauge\nqkms_devices_service_ended %lld\n"
-            "# HELP qkms_audit_unsealed_rows Audit rows not hash-chained yet (last maintenance"
-            " pass; -1 unknown).\n"
+            "# HELP qkms_audit_unsealed_rows Audit ids above the sealer's position: rows not"
+            " hash-chained yet, about (last maintenance pass; -1 unknown).\n"
             "# TYPE qkms_audit_unsealed_rows gauge\nqkms_audit_unsealed_rows %lld\n"
             "# HELP qkms_audit_seal_lag_seconds Age of the oldest audit row not chained yet (last"
             " maintenance pass; 0 none, -1 unknown).\n"
-            "# TYPE qkms_audit_seal_lag_seconds gauge\nqkms_audit_seal_lag_seconds %lld\n",
+            "# TYPE qkms_audit_seal_lag_seconds gauge\nqkms_audit_seal_lag_seconds %lld\n"
+            "# HELP qkms_audit_chain_broken The newest audit chain verification's verdict (any"
+            " instance's, from the database): 1 broken, 0 intact, -1 none yet or unknown.\n"
+            "# TYPE qkms_audit_chain_broken gauge\nqkms_audit_chain_broken %d\n"
+            "# HELP qkms_audit_last_verification_seconds Age of the newest audit chain"
+            " verification (any instance's; -1 none yet or unknown).\n"
+            "# TYPE qkms_audit_last_verification_seconds gauge\n"
+            "qkms_audit_last_verification_seconds %lld\n",
             (long long)ms.service_ending, (long long)ms.service_ended,
-            (long long)ms.audit_unsealed, (long long)ms.audit_seal_lag_s);
+            (long long)ms.audit_unsealed, (long long)ms.audit_seal_lag_s, ms.audit_broken,
+            (long long)ms.audit_verified_age_s);
 }

@@ -25,6 +25,8 @@ typedef struct {
     int64_t sessions_open;    /* live sessions (pending or active) */
     int64_t audit_unsealed;   /* audit rows the sealer has not chained yet (-1: unknown) */
     int64_t audit_seal_lag_s; /* the oldest of them's age */
+    int64_t audit_verified_age_s; /* since the newest verification (-1: none) */
+    int audit_broken;             /* its verdict: 1 broken, 0 intact, -1 none */
     uint64_t keys_retired;    /* total retired by this process */
     uint64_t passes, failures;
     /* master key wrap budget (wrap_budget.h) */

@@ -54,9 +54,19 @@ static void begin(readiness *r, int i)
 static void finish(readiness *r, int i, const char *state)
 {
     pthread_mutex_lock(&r->mu);
-    if (strcmp(r->c[i].state, "starting") != 0 &&
-        !strcmp(r->c[i].state, "ok") != !strcmp(state, "ok"))
-        r->changes[i]++;
+    if (strcmp(r->c[i].state, "starting") != 0) {
+        /* A probe that outlived readiness_timeout_ms was reported as
+         * "timeout" (not ok) meanwhile: from ok, that was a change, and a
+         * return to ok another. */
+        bool was_ok = !strcmp(r->c[i].state, "ok");
+        if (was_ok && r->c[i].started_ms &&
+            deadline_now_ms() - r->c[i].started_ms > r->k->cfg->readiness_timeout_ms) {
+            r->changes[i]++;
+            was_ok = false;
+        }
+        if (was_ok != !strcmp(state, "ok"))
+            r->changes[i]++;
+    }
     if (strcmp(r->c[i].state, state) != 0 && strcmp(r->c[i].state, "starting") != 0)
         log_emit(strcmp(state, "ok") ? LOG_WARN : LOG_INFO, "readiness changed", "{s:s,s:s,s:s}",
                  "check", check_names[i], "from", r->c[i].state, "to", state);

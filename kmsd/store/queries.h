@@ -638,10 +638,16 @@ extern const db_stmt_def queries[Q__COUNT];
       " RETURNING version")                                                                     \
     X(QT_MASTER_ACTIVE_WRAPS, "SELECT version, wrap_count FROM master_keys WHERE state = 'active'") \
     /* the sealer ($1 interval_s, $2 gap grace) */                                              \
-    /* rows above the sealer's position and the age of the oldest: a PK range */              \
+    /* ids above the sealer's position and the age of the first of them: two   \
+       index probes whatever the backlog; no row without a chain state */        \
     X(QT_AUDIT_SEAL_LAG,                                                                        \
-      "SELECT count(*), coalesce(extract(epoch FROM now() - min(a.at)), 0)::bigint"             \
-      " FROM audit_log a, audit_chain_state s WHERE a.id > s.main_id")                          \
+      "SELECT greatest(coalesce((SELECT max(id) FROM audit_log), 0) - s.main_id, 0),"           \
+      " coalesce(extract(epoch FROM now() - (SELECT a.at FROM audit_log a"                      \
+      "  WHERE a.id > s.main_id ORDER BY a.id LIMIT 1)), 0)::bigint FROM audit_chain_state s")  \
+    /* the newest verification (any instance's): its age and verdict */       \
+    X(QT_AUDIT_LAST_VERIFIED,                                                                   \
+      "SELECT extract(epoch FROM now() - at)::bigint, coalesce((detail->>'ok')::boolean, false)" \
+      " FROM audit_log WHERE event = 'audit.verified' ORDER BY id DESC LIMIT 1")                \
     X(QT_AUDIT_SEAL_TRY_LOCK, "SELECT pg_try_advisory_xact_lock(" QKMS_MASTER_LOCK_KEY ")")      \
     X(QT_AUDIT_SEAL_STATE,                                                                      \
       "SELECT main_id, head_id, encode(head_hash, 'hex'), chain_length, gap_seen_upto,"         \
