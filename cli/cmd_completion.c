@@ -35,6 +35,17 @@ static void print_file_opts(FILE *f, const struct opt_spec *o, bool *first)
         }
 }
 
+/* Every table's options through print (print_value_opts or
+ * print_file_opts), as one "|"-separated case pattern. */
+static void print_all(FILE *f, void (*print)(FILE *, const struct opt_spec *, bool *))
+{
+    bool first = true;
+    print(f, config_global_opts, &first);
+    for (const struct command *const *c = kmsctl_commands; *c; c++)
+        for (const struct action *a = (*c)->actions; a->run; a++)
+            print(f, a->opts, &first);
+}
+
 static void print_opts(FILE *f, const struct opt_spec *o)
 {
     for (; o && o->name; o++)
@@ -44,7 +55,6 @@ static void print_opts(FILE *f, const struct opt_spec *o)
 static void print_bash(FILE *f)
 {
     const struct command *const *c;
-    bool first = true;
 
     fputs("# kmsctl completion for bash, made by `kmsctl completion bash` from kmsctl's own\n"
           "# command table. Load it with\n"
@@ -56,27 +66,15 @@ static void print_bash(FILE *f)
           f);
     print_opts(f, config_global_opts);
     fputs("\"\n    case \"$prev\" in\n        ", f);
-    first = true;
-    print_file_opts(f, config_global_opts, &first);
-    for (c = kmsctl_commands; *c; c++)
-        for (const struct action *a = (*c)->actions; a->run; a++)
-            print_file_opts(f, a->opts, &first);
+    print_all(f, print_file_opts);
     fputs(")\n            COMPREPLY=($(compgen -f -- \"$cur\")); return ;;\n        ", f);
-    first = true;
-    print_value_opts(f, config_global_opts, &first);
-    for (c = kmsctl_commands; *c; c++)
-        for (const struct action *a = (*c)->actions; a->run; a++)
-            print_value_opts(f, a->opts, &first);
+    print_all(f, print_value_opts);
     fputs(")\n            COMPREPLY=(); return ;;\n    esac\n"
           "    for ((i = 1; i < COMP_CWORD; i++)); do\n"
           "        w=\"${COMP_WORDS[i]}\"\n"
           "        case \"$w\" in\n            ",
           f);
-    first = true;
-    print_value_opts(f, config_global_opts, &first);
-    for (c = kmsctl_commands; *c; c++)
-        for (const struct action *a = (*c)->actions; a->run; a++)
-            print_value_opts(f, a->opts, &first);
+    print_all(f, print_value_opts);
     fputs(") ((i++)); continue ;;\n"
           "            -*) continue ;;\n"
           "        esac\n"

@@ -85,6 +85,30 @@ def run_raw(stack, *args, env=None, unset=(), cwd=None, umask=None):
     return p
 
 
+def run_on_tty(cmd, env, timeout=120):
+    """Runs cmd with stderr on a pseudo-terminal and stdout on a pipe (what
+    a person at a terminal sees on stderr, a script on stdout): (returncode,
+    stdout text, the terminal's text)."""
+    import pty
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        out = proc.communicate(timeout=timeout)[0]
+        tty = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO once the child's side is closed
+                break
+            if not chunk:
+                break
+            tty += chunk
+    finally:
+        os.close(master)
+    return proc.returncode, out.decode(), tty.decode()
+
+
 def run(stack, *args, **kw):
     """run_raw, checking that the admin token shows neither on stderr nor
     on stdout, whatever the outcome."""

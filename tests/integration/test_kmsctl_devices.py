@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 import fillpkg_py
 from conftest import KMSCTL
 from helpers import (AUTH, NOWHERE, OK, REFUSED, USAGE, human, kv_block, near, ok, refused, run,
+                     run_on_tty,
                      table, ts, uid, usage, utcnow)
 
 RECORD_FIELDS = ("device_id", "type", "group", "parent", "state", "created_at", "updated_at",
@@ -1153,7 +1154,6 @@ def test_no_plaintext_key_in_log_or_pg_dump(stack, tmp_path):
 def test_import_progress_only_on_a_terminal(stack, tmp_path):
     """kmsctl device import draws its progress on stderr when stderr is a
     terminal (a pseudo-terminal here), never with --json or into a pipe."""
-    import pty
     p = uid("IMP")
     f = tmp_path / "many.csv"
     f.write_text("device_id,type,keys\n" + "".join(f"{p}-{i},meter,1\n" for i in range(300)))
@@ -1162,23 +1162,7 @@ def test_import_progress_only_on_a_terminal(stack, tmp_path):
     def import_with_tty(*extra, ids):
         g = tmp_path / f"{ids}.csv"
         g.write_text(f.read_text().replace(p, ids))
-        master, slave = pty.openpty()
-        try:
-            proc = subprocess.Popen([KMSCTL, "device", "import", str(g), "--batch", "50", *extra],
-                                    env=env, stdout=subprocess.PIPE, stderr=slave)
-            os.close(slave)
-            out, seen = proc.communicate(timeout=120)[0], b""
-            while True:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-        finally:
-            os.close(master)
-        return proc.returncode, out.decode(), seen.decode()
+        return run_on_tty([KMSCTL, "device", "import", str(g), "--batch", "50", *extra], env)
 
     rc, out, tty = import_with_tty(ids=uid("IMP"))
     assert rc == OK and out == "created 300, failed 0\n", (rc, out, tty)
