@@ -12,6 +12,7 @@
 #include <sys/random.h>
 #include <jansson.h>
 
+#include "attr_arg.h"
 #include "client.h"
 #include "device_common.h"
 #include "device_cert.h"
@@ -54,7 +55,7 @@ static int attrs_arg(const struct opt_values *o, const char *opt, json_t **out)
         memcpy(name, terms[i], (size_t)(eq - terms[i]));
         name[eq - terms[i]] = 0;
         eq++;
-        if (!(v = device_attr_value(name, eq))) {
+        if (!(v = attr_arg_value(name, eq))) {
             out_error("--%s %s: the value is not valid UTF-8", opt, name);
             json_decref(*out);
             *out = NULL;

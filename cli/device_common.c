@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "args.h"
 #include "exitcodes.h"
 #include "output.h"
 
@@ -92,16 +91,6 @@ int device_check_key_bits(const char *what, const char *s, long *bits)
     }
     out_error("%s must be 128 or 256", what);
     return EXIT_USAGE;
-}
-
-json_t *device_attr_value(const char *name, const char *text)
-{
-    long port;
-    if (!strcmp(name, "port") && arg_to_long(text, 1, 65535, &port))
-        return json_integer(port);
-    if (!strcmp(name, "joined") && (!strcmp(text, "true") || !strcmp(text, "false")))
-        return json_boolean(!strcmp(text, "true"));
-    return json_string(text);
 }
 
 int device_put(json_t *o, const char *key, json_t *value)

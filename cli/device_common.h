@@ -40,11 +40,6 @@ int device_check_key_bits(const char *what, const char *s, long *bits);
 /* Sets o[key] = value, taking value (NULL = out of memory). EXIT_OK, or
  * EXIT_INTERNAL after reporting. */
 int device_put(json_t *o, const char *key, json_t *value);
-/* An attribute's value from its text (--attr, a CSV column): port a
- * number, joined a boolean, every other value a string (the server checks
- * and normalizes them: docs/gateways.md, "Attributes"). NULL: out of
- * memory, or text that is not UTF-8. */
-json_t *device_attr_value(const char *name, const char *text);
 
 /* /v1/admin/devices/<ID>, IDs checked by device_check_id (resource.h). */
 extern const struct resource device_resource;

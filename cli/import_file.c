@@ -8,8 +8,8 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "attr_arg.h"
 #include "csv.h"
-#include "device_common.h"
 #include "exitcodes.h"
 #include "output.h"
 
@@ -180,10 +180,14 @@ static int read_header(struct import_file *f)
             bool dup = false;
             for (size_t j = 0; j < i; j++)
                 dup = dup || (f->cols[j] == COL_ATTR && !strcmp(f->attr_names[j], an));
-            /* The name's form is the server's to judge; its length bounds the buffer. */
-            if (!*an || strlen(an) > ATTR_NAME_MAX || dup) {
+            bool ascii = true;
+            for (const char *q = an; *q; q++)
+                ascii = ascii && *q > 0x20 && *q < 0x7f;
+            /* The name's form is the server's to judge; printable ASCII
+             * makes it a JSON key, its length bounds the buffer. */
+            if (!*an || strlen(an) > ATTR_NAME_MAX || dup || !ascii) {
                 out_error("%s line %ld: %s column '%s' in the CSV header (attr.NAME, NAME of 1 to"
-                          " %d characters)",
+                          " %d printable ASCII characters)",
                           out_safe(f->path), f->lineno, dup ? "repeated" : "bad", out_safe(name),
                           ATTR_NAME_MAX);
                 goto cleanup;
@@ -294,7 +298,7 @@ static bool put_cell(json_t *obj, enum col c, const char *attr, const char *cell
         if (!(attrs = json_object_get(obj, "attributes")) &&
             json_object_set_new(obj, "attributes", attrs = json_object()) != 0)
             attrs = NULL;
-        if (!(v = device_attr_value(attr, cell))) {
+        if (!(v = attr_arg_value(attr, cell))) {
             snprintf(fail->message, sizeof(fail->message), "attr.%s is not valid UTF-8", attr);
             return false;
         }
