@@ -519,13 +519,19 @@ def test_a_long_replay_takes_several_requests(tmp_path):
         assert st.psql("SELECT count(*) FROM event_deliveries").strip() == "10001"
         assert st.psql("SELECT count(*) FROM audit_log WHERE event = 'events.replayed'"
                        ).strip() == "2"
-        # One request does 10,000 and says where the next starts.
+        # One request does 10,000 and says where the next starts. The rows
+        # the delivery thread holds leased at that moment (one batch, at
+        # most 4) are left to it, so up to 4 may not be re-armed.
         r = st.admin("POST", "/v1/admin/events/replay", json={"after": 0})
         tenth = int(st.psql("SELECT id FROM events ORDER BY id OFFSET 9999 LIMIT 1").strip())
-        assert r.status_code == 200 and r.json() == {"after": 0, "until": last,
-                                                     "deliveries": 10000, "next": tenth}, r.text
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert 10000 - 4 <= got.pop("deliveries") <= 10000, r.text
+        assert got == {"after": 0, "until": last, "next": tenth}, r.text
         r = st.admin("POST", "/v1/admin/events/replay", json={"after": tenth, "until": last})
-        assert r.json() == {"after": tenth, "until": last, "deliveries": 1, "next": None}
+        got = r.json()
+        assert got.pop("deliveries") in (0, 1), r.text  # 0 if that row is leased
+        assert got == {"after": tenth, "until": last, "next": None}, r.text
         assert st.stop() == 0
     finally:
         st.destroy()
