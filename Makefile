@@ -33,7 +33,7 @@ LDFLAGS  += -pie -Wl,-z,relro,-z,now $(SANFLAGS)
 
 SVC_LIBS  := $(shell pkg-config --libs jansson libpq libcrypto libcurl) -lanl -lpthread -ldl -lm
 KMSD_LIBS := $(shell pkg-config --libs libmicrohttpd gnutls) $(SVC_LIBS)
-CLI_LIBS  := $(shell pkg-config --libs libcurl jansson libcrypto)
+CLI_LIBS  := $(shell pkg-config --libs libcurl jansson libcrypto) -pthread
 
 include device/device.mk
 COMMON_SRC := $(wildcard common/*.c)
@@ -77,7 +77,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 SVC_TEST_SRC := $(wildcard tests/service/test_*.c)
 SVC_TEST_BIN := $(SVC_TEST_SRC:tests/service/%.c=$(BUILD)/tests/service/%)
 
-.PHONY: all clean test unit integration service-tests run bench install deps check-config-doc asan
+.PHONY: all clean test unit integration service-tests run bench install deps check-config-doc asan man
 .DEFAULT_GOAL := all
 
 all: $(KMSD) $(KMSCTL) $(QKMSDEV)
@@ -110,7 +110,7 @@ $(LIBAPI): $(API_OBJ) $(SRC_LIST)
 $(LIBDEVICE): $(DEVICE_OBJ) $(SRC_LIST)
 	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-$(QKMSDEV): $(DEVICE_PROG_SRC:%.c=$(BUILD)/%.o) $(LIBDEVICE)
+$(QKMSDEV): $(DEVICE_PROG_SRC:%.c=$(BUILD)/%.o) $(BUILD)/common/manroff.o $(LIBDEVICE)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(CLI_LIBS) -o $@
 
@@ -158,9 +158,26 @@ run: all
 	QKMS_KMSD=$(CURDIR)/$(KMSD) sh scripts/qkms-local.sh run
 
 bench: all
-	QKMS_KMSD=$(CURDIR)/$(KMSD) sh bench/run.sh
+	QKMS_KMSD=$(CURDIR)/$(KMSD) PYTHON=$(PYTHON) sh bench/run.sh
 
-install: all
+# Manual pages, made by the binaries from their own help tables
+# (common/manroff.h), so the manual cannot drift from --help.
+MAN_PAGES := $(BUILD)/man/kmsctl.1 $(BUILD)/man/qkms-device.1 $(BUILD)/man/kmsd.8
+man: $(MAN_PAGES)
+
+$(BUILD)/man/kmsctl.1: $(KMSCTL)
+	@mkdir -p $(dir $@)
+	$(KMSCTL) --man > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/man/qkms-device.1: $(QKMSDEV)
+	@mkdir -p $(dir $@)
+	$(QKMSDEV) --man > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/man/kmsd.8: $(KMSD)
+	@mkdir -p $(dir $@)
+	$(KMSD) --print-man > $@.tmp && mv $@.tmp $@
+
+install: all $(MAN_PAGES)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/share/qkms
 	install -m 0755 $(KMSD) $(KMSCTL) $(QKMSDEV) $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 $(LIBP11) $(LIBDEVICE) $(DESTDIR)$(PREFIX)/lib/
@@ -169,6 +186,9 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions
 	$(KMSCTL) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/kmsctl
 	$(KMSCTL) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_kmsctl
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0644 $(BUILD)/man/kmsctl.1 $(BUILD)/man/qkms-device.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 0644 $(BUILD)/man/kmsd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 
 deps:
 	sh scripts/deps.sh

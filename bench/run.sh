@@ -13,6 +13,8 @@
 #   BENCH_SCALE_EXPIRED  expired sessions it gives the reaper (default 50000)
 #   BENCH_PG_SETTINGS    extra postgresql.conf lines for this run, "name=value ..."
 #                        (to measure a setting against the shipped ones)
+# With the sessions part it also draws build/bench/sessions.svg (bench/plot.py:
+# deliveries/s and p99 against concurrency; needs python3-matplotlib).
 # The last line reads: deliveries_per_s=N p99_ms=X pg_floor_tps=F ratio=R
 # (the best concurrency of the "deliveries" runs: two key requests per
 # session; the "sessions" runs add the end request).
@@ -426,6 +428,12 @@ for part in $PARTS; do
 done
 
 if [ -f "$OUT/sessions.txt" ] && echo "$PARTS" | grep -q sessions; then
+    # The picture (docs/performance.md): deliveries/s and p99 against
+    # concurrency, beside the lines; not made without matplotlib.
+    if "${PYTHON:-python3}" "$ROOT/bench/plot.py" "$OUT/sessions.txt" "$OUT/sessions.svg" \
+        "kmsd session keys: $(nproc) cores, ${SECS} s per run, $(date -u +%Y-%m-%d)"; then
+        echo "# plot: $OUT/sessions.svg"
+    fi
     # The headline: the best concurrency's deliveries, its p99, and the
     # one-row commit floor at the same concurrency (each delivery commits once).
     best=$(grep '^name=deliveries' "$OUT/sessions.txt" |

@@ -200,6 +200,8 @@ enum args_result args_parse(int argc, char **argv, const struct opt_spec *global
         return ARGS_HELP;
     if (opt_get(&inv->global, "version"))
         return ARGS_VERSION;
+    if (opt_get(&inv->global, "man"))
+        return ARGS_MAN;
     if (!inv->cmd) {
         set_msg(msg, msg_size, "no command given");
         return ARGS_USAGE;

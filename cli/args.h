@@ -51,11 +51,12 @@ enum args_result {
     ARGS_RUN,     /* cmd and act set, positional count within bounds */
     ARGS_HELP,    /* -h/--help given: show help for cmd/act as far as known */
     ARGS_VERSION, /* --version given */
+    ARGS_MAN,     /* --man given: the manual page */
     ARGS_USAGE,   /* msg says what is wrong; cmd/act as far as resolved */
 };
 
 /*
- * globals must contain "help" and "version" entries. The message written on
+ * globals must contain "help", "version" and "man" entries. The message written on
  * ARGS_USAGE names command words and option names but never echoes option
  * values or positional arguments, which may be secrets typed by mistake.
  */

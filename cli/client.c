@@ -89,6 +89,13 @@ int client_query_add(char **query, const char *name, const char *value)
     return EXIT_OK;
 }
 
+/* What one call does besides the request itself. */
+struct call_opts {
+    bool empty_ok;          /* a 2xx without a body is an empty object */
+    bool quiet;             /* report nothing: the caller polls */
+    const char *request_id; /* sent as X-Request-Id, or NULL */
+};
+
 static int transport_error(const struct kmsctl_ctx *ctx, const char *url, CURLcode code,
                            const char *detail, const struct buffer *b)
 {
@@ -176,11 +183,12 @@ static int classify(const struct kmsctl_ctx *ctx, long status, const struct buff
 /* raw: on a 2xx answer its bytes go to *raw (malloc'd, NUL after them)
  * and *out stays NULL; errors are classified as for JSON. */
 static int call(const struct kmsctl_ctx *ctx, const char *method, const char *path,
-                const json_t *body, bool empty_ok, json_t **out, char **raw, size_t *raw_len)
+                const json_t *body, const struct call_opts *o, json_t **out, char **raw,
+                size_t *raw_len)
 {
     *out = NULL;
     int rc;
-    char *token = NULL, *auth = NULL, *url = NULL, *where = NULL, *payload = NULL;
+    char *token = NULL, *auth = NULL, *url = NULL, *where = NULL, *payload = NULL, *rid = NULL;
     struct curl_slist *headers = NULL, *h;
     struct buffer resp = {0};
     char errbuf[CURL_ERROR_SIZE] = "";
@@ -221,6 +229,15 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     headers = h;
     if (payload) {
         if (!(h = curl_slist_append(headers, "Content-Type: application/json")))
+            goto oom;
+        headers = h;
+    }
+    if (o->request_id) {
+        if (asprintf(&rid, "X-Request-Id: %s", o->request_id) < 0) {
+            rid = NULL;
+            goto oom;
+        }
+        if (!(h = curl_slist_append(headers, rid)))
             goto oom;
         headers = h;
     }
@@ -269,7 +286,7 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)strlen(payload));
     }
 
-    if (ctx->verbose)
+    if (ctx->verbose && !o->quiet)
         out_note("> %s %s%s%s", method, out_safe(url), ctx->unix_path ? " over " : "",
                  ctx->unix_path ? out_safe(where) : "");
     struct timespec t0, t1;
@@ -277,13 +294,13 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     CURLcode code = curl_easy_perform(curl);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (code != CURLE_OK) {
-        rc = transport_error(ctx, where, code, errbuf, &resp);
+        rc = o->quiet ? EXIT_CONNECT : transport_error(ctx, where, code, errbuf, &resp);
         goto cleanup;
     }
 
     long status = 0;
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-    if (ctx->verbose) {
+    if (ctx->verbose && !o->quiet) {
         long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
         out_note("< HTTP %ld, %zu bytes, %ld ms", status, qbuf_len(resp.q), ms);
     }
@@ -297,11 +314,22 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
         rc = EXIT_OK;
         goto cleanup;
     }
-    rc = classify(ctx, status, &resp, empty_ok, out);
+    if (o->quiet) { /* a 2xx JSON object or array, or a plain failure */
+        size_t n = qbuf_len(resp.q);
+        if (status < 200 || status >= 300)
+            rc = EXIT_REFUSED;
+        else if (!n || !(*out = json_loadb(qbuf_str(resp.q), n, JSON_REJECT_DUPLICATES, NULL)))
+            rc = EXIT_SERVER;
+        else
+            rc = EXIT_OK;
+        goto cleanup;
+    }
+    rc = classify(ctx, status, &resp, o->empty_ok, out);
     goto cleanup;
 
 oom:
-    out_error("out of memory");
+    if (!o->quiet)
+        out_error("out of memory");
 cleanup:
     curl_easy_cleanup(curl);
     /* curl_slist_append copied the header; wipe our copies of the token. */
@@ -316,6 +344,7 @@ cleanup:
     free(payload);
     free(url);
     free(where);
+    free(rid);
     /* Responses may carry tokens or device keys (`device fill --plaintext`):
      * the whole block, not just what was filled. */
     qbuf_free(resp.q);
@@ -325,7 +354,21 @@ cleanup:
 int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *path,
                 const json_t *body, json_t **out)
 {
-    return call(ctx, method, path, body, false, out, NULL, NULL);
+    static const struct call_opts plain = {0};
+    return call(ctx, method, path, body, &plain, out, NULL, NULL);
+}
+
+int client_call_id(const struct kmsctl_ctx *ctx, const char *method, const char *path,
+                   const json_t *body, const char *request_id, json_t **out)
+{
+    const struct call_opts o = {.request_id = request_id};
+    return call(ctx, method, path, body, &o, out, NULL, NULL);
+}
+
+int client_get_quiet(const struct kmsctl_ctx *ctx, const char *path, json_t **out)
+{
+    static const struct call_opts quiet = {.quiet = true};
+    return call(ctx, "GET", path, NULL, &quiet, out, NULL, NULL);
 }
 
 int client_get_raw(const struct kmsctl_ctx *ctx, const char *path, char **data, size_t *len)
@@ -333,7 +376,8 @@ int client_get_raw(const struct kmsctl_ctx *ctx, const char *path, char **data, 
     json_t *none = NULL;
     int rc;
     *data = NULL;
-    rc = call(ctx, "GET", path, NULL, false, &none, data, len);
+    static const struct call_opts plain = {0};
+    rc = call(ctx, "GET", path, NULL, &plain, &none, data, len);
     json_decref(none); /* never set on 2xx; an error's body was reported */
     return rc;
 }
@@ -348,5 +392,6 @@ int client_show(const struct kmsctl_ctx *ctx, const char *path, out_printer prin
 int client_call_empty_ok(const struct kmsctl_ctx *ctx, const char *method, const char *path,
                          const json_t *body, json_t **out)
 {
-    return call(ctx, method, path, body, true, out, NULL, NULL);
+    static const struct call_opts empty_ok = {.empty_ok = true};
+    return call(ctx, method, path, body, &empty_ok, out, NULL, NULL);
 }

@@ -39,6 +39,19 @@ int client_call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
 int client_call_empty_ok(const struct kmsctl_ctx *ctx, const char *method, const char *path,
                          const json_t *body, json_t **out);
 
+/* As client_call, sending request_id (1-64 of A-Z a-z 0-9 - _ .) as
+ * X-Request-Id, so that another call can ask after this request while it
+ * runs (audit verify's progress). */
+int client_call_id(const struct kmsctl_ctx *ctx, const char *method, const char *path,
+                   const json_t *body, const char *request_id, json_t **out);
+
+/* GET path reporting nothing about the exchange, for polling beside
+ * another call: on a 2xx JSON answer EXIT_OK and *out; otherwise a nonzero
+ * exit code and *out NULL. Safe from another thread (each call has its own
+ * curl handle). Only a missing token is still reported (as every call
+ * does, before sending): poll after the main call has found one. */
+int client_get_quiet(const struct kmsctl_ctx *ctx, const char *path, json_t **out);
+
 /* GET path of a public route whose answer is not JSON (the CRL), sending
  * no token: on 2xx its bytes in *data (malloc'd, a NUL after them) and
  * *len; otherwise as client_call. */

@@ -3,6 +3,7 @@
  * log (/v1/admin/audit, docs/operations.md "Audit log").
  */
 #include "command.h"
+#include <pthread.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -12,12 +13,14 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/rand.h>
 
 #include "client.h"
 #include "device_common.h"
 #include "exitcodes.h"
 #include "fileio.h"
 #include "output.h"
+#include "progress.h"
 #include "resource.h"
 
 #define LIST_LIMIT_MAX 1000L
@@ -195,6 +198,124 @@ static void print_gaps(const json_t *resp)
     }
 }
 
+/* The progress of a verification, drawn on a terminal while the one
+ * request runs: a second thread polls GET /v1/admin/audit/verify/{id}
+ * with the request's X-Request-Id every half second. Best effort: behind a
+ * load balancer the poll may reach another kmsd (404), and the line then
+ * shows only that it runs and for how long. */
+#define POLL_MS 500
+#define POLL_TIMEOUT_S 2 /* a slow poll must not hold the answer back */
+
+struct verify_watch {
+    struct kmsctl_ctx poll_ctx; /* the caller's, with POLL_TIMEOUT_S */
+    struct progress *pg;
+    char id[48], path[96];
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* on CLOCK_MONOTONIC: a clock step neither stalls nor hurries it */
+    bool done;
+};
+
+static void *verify_watch_run(void *arg)
+{
+    struct verify_watch *w = arg;
+
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        t.tv_nsec += POLL_MS * 1000000L;
+        if (t.tv_nsec >= 1000000000L) {
+            t.tv_sec++;
+            t.tv_nsec -= 1000000000L;
+        }
+        /* The first poll after half a second: a verification that fails
+         * at once (no token, no server) has reported it alone. */
+        while (!w->done && pthread_cond_timedwait(&w->cond, &w->lock, &t) == 0)
+            ;
+        if (w->done)
+            break;
+        pthread_mutex_unlock(&w->lock);
+        json_t *r = NULL;
+        int64_t rows = -1;
+        double fraction = -1;
+        if (client_get_quiet(&w->poll_ctx, w->path, &r) == EXIT_OK) {
+            rows = json_integer_value(json_object_get(r, "rows_checked"));
+            fraction = json_number_value(json_object_get(r, "fraction"));
+        }
+        json_decref(r);
+        pthread_mutex_lock(&w->lock);
+        if (!w->done)
+            progress_update(w->pg, rows, fraction);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+/* Starts the watch; false (and nothing to stop) when there is nothing to
+ * draw or no thread to draw it with. */
+static bool verify_watch_start(struct verify_watch *w, const struct kmsctl_ctx *ctx,
+                               pthread_t *th)
+{
+    unsigned char r[12];
+    pthread_condattr_t ca;
+    bool ok = false;
+
+    if (!(w->pg = progress_start("verify", "rows", ctx->json)))
+        return false;
+    w->poll_ctx = *ctx;
+    if (w->poll_ctx.timeout_s > POLL_TIMEOUT_S)
+        w->poll_ctx.timeout_s = POLL_TIMEOUT_S;
+    w->poll_ctx.verbose = false;
+    if (RAND_bytes(r, sizeof(r)) != 1 || pthread_condattr_init(&ca) != 0)
+        goto out;
+    memcpy(w->id, "kmsctl-verify-", 14);
+    for (size_t i = 0; i < sizeof(r); i++)
+        snprintf(w->id + 14 + 2 * i, 3, "%02x", r[i]);
+    snprintf(w->path, sizeof(w->path), "/v1/admin/audit/verify/%s", w->id);
+    pthread_mutex_init(&w->lock, NULL);
+    if (pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+        pthread_cond_init(&w->cond, &ca) == 0) {
+        if (pthread_create(th, NULL, verify_watch_run, w) == 0)
+            ok = true;
+        else
+            pthread_cond_destroy(&w->cond);
+    }
+    pthread_condattr_destroy(&ca);
+    if (!ok)
+        pthread_mutex_destroy(&w->lock);
+out:
+    if (!ok) {
+        progress_end(w->pg);
+        w->pg = NULL;
+    }
+    return ok;
+}
+
+static void verify_watch_stop(struct verify_watch *w, pthread_t th)
+{
+    pthread_mutex_lock(&w->lock);
+    w->done = true;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(th, NULL);
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+    progress_end(w->pg); /* before the summary */
+}
+
+static int verify_call(const struct kmsctl_ctx *ctx, const json_t *body, json_t **resp)
+{
+    struct verify_watch w = {0};
+    pthread_t th;
+    int rc;
+
+    if (!verify_watch_start(&w, ctx, &th))
+        return client_call(ctx, "POST", "/v1/admin/audit/verify", body, resp);
+    rc = client_call_id(ctx, "POST", "/v1/admin/audit/verify", body, w.id, resp);
+    verify_watch_stop(&w, th);
+    return rc;
+}
+
 static int audit_verify(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     json_t *resp = NULL, *body = json_object();
@@ -204,7 +325,7 @@ static int audit_verify(const struct kmsctl_ctx *ctx, const struct invocation *i
         out_error("out of memory");
         return EXIT_INTERNAL;
     }
-    rc = client_call(ctx, "POST", "/v1/admin/audit/verify", body, &resp);
+    rc = verify_call(ctx, body, &resp);
     json_decref(body);
     if (rc)
         return rc;
@@ -411,7 +532,9 @@ static const struct action audit_actions[] = {
                        "Exits 6 when a row was modified, deleted, reordered or inserted,\n"
                        "or a checkpoint does not authenticate; the first such row is named.\n"
                        "Gaps (ids never sealed: a rolled-back transaction, or a row deleted\n"
-                       "before it was sealed) are listed; with --strict they also exit 6.\n",
+                       "before it was sealed) are listed; with --strict they also exit 6.\n"
+                       "On a terminal, stderr shows the progress (rows checked, share of the\n"
+                       "log) from GET /v1/admin/audit/verify/{request_id}.\n",
         .opts = verify_opts,
         .run = audit_verify,
     },

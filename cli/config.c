@@ -29,6 +29,7 @@ const struct opt_spec config_global_opts[] = {
     {"verbose", 'v', NULL, "log method, URL and status to stderr, never the token"},
     {"help", 'h', NULL, "show help (also after any command or subcommand)"},
     {"version", 0, NULL, "print the version and exit"},
+    {"man", 0, NULL, "print this manual (man(7) format; kmsctl --man | man -l -) and exit"},
     {0},
 };
 

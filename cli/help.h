@@ -15,4 +15,8 @@ void help_print_words(FILE *f, const struct invocation *inv);
 
 void help_print_version(FILE *f);
 
+/* kmsctl(1) in man(7) format (`kmsctl --man`), from the same tables and
+ * texts as the help. */
+void help_print_man(FILE *f);
+
 #endif

@@ -40,6 +40,9 @@ int main(int argc, char **argv)
     case ARGS_VERSION:
         help_print_version(stdout);
         return finish(EXIT_OK);
+    case ARGS_MAN:
+        help_print_man(stdout);
+        return finish(EXIT_OK);
     case ARGS_USAGE:
         out_error("%s", msg);
         fputs("Try '", stderr);

@@ -7,14 +7,20 @@
 #include <string.h>
 
 #include "exitcodes.h"
+#include "progress.h"
 
 void out_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
+    /* One message, whole: a progress redraw from another thread waits
+     * (the stream lock is recursive, progress_interrupt takes it too). */
+    flockfile(stderr);
+    progress_interrupt();
     fputs("kmsctl: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+    funlockfile(stderr);
     va_end(ap);
 }
 
@@ -22,8 +28,11 @@ void out_note(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
+    flockfile(stderr);
+    progress_interrupt();
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+    funlockfile(stderr);
     va_end(ap);
 }
 
@@ -93,6 +102,8 @@ void out_api_error(bool json, long status, const json_t *body, const char *fallb
     const char *code = json_string_value(json_object_get(err, "code"));
     const char *message = json_string_value(json_object_get(err, "message"));
 
+    flockfile(stderr);
+    progress_interrupt();
     fputs("kmsctl: ", stderr);
     out_text(stderr, message && *message ? message : fallback);
     fputs(" (", stderr);
@@ -101,6 +112,7 @@ void out_api_error(bool json, long status, const json_t *body, const char *fallb
         fputs(", ", stderr);
     }
     fprintf(stderr, "HTTP %ld)\n", status);
+    funlockfile(stderr);
 }
 
 int out_json(const json_t *value)

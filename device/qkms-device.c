@@ -35,9 +35,11 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "manroff.h"
 #include "qkd_http.h"
 #include "qkms_device.h"
 #include "qkms_device2.h"
+#include "version.h"
 
 /* The values and meanings of kmsctl's exit statuses (cli/exitcodes.h). */
 enum {
@@ -69,50 +71,100 @@ struct options {
     char source; /* v2: 'a', 'b' or 'c' */
 };
 
-static void usage(FILE *f)
+/* The help text: --help prints it, --man lays it out as qkms-device(1).
+ * The synopsis is everything before the first blank line. */
+static const char usage_text[] =
+    "usage: " PROG " key --url URL --fill FILE --session S --peer P [--index N]\n"
+    "                  [--delivered] [--json] [TLS options] [--timeout S]\n"
+    "       " PROG " end --url URL --fill FILE --session S [--index N] [--json]\n"
+    "                  [TLS options] [--timeout S]\n"
+    "       " PROG " key --v2 --server-cert F (--cert F [--key F] | --fill FILE)\n"
+    "                  [--mode 1|2|3] [--source a|b|c] --url URL --session S --peer P ...\n"
+    "       " PROG " end --v2 --server-cert F (--cert F [--key F] | --fill FILE) ...\n"
+    "  TLS options: [--cacert F] [--cert F [--key F]] [--pin-sha256 B64[;B64...]]\n"
+    "\n"
+    "  key   ask qkms for the key of session S shared with device P; prints the\n"
+    "        key ID and the session key in hex\n"
+    "  end   end session S (its key is destroyed)\n"
+    "\n"
+    "  --v2           device protocol v2 (docs/protocol.md): the request is signed\n"
+    "                 with the device's key (--cert/--key, modes 1 and 2) or sealed\n"
+    "                 under a pre-filled key (--fill, mode 3); the answer is signed\n"
+    "                 by the platform and checked against --server-cert\n"
+    "  --server-cert F  the platform's signing and key-agreement certificates\n"
+    "                 (PEM, both in one file), pinned at provisioning\n"
+    "  --mode N       v2 authentication: 1 the certificate in the request (default\n"
+    "                 with --cert), 2 the certificate on record, 3 a pre-filled key\n"
+    "                 (default with --fill); with --cert the device ID is its CN\n"
+    "  --source S     v2 key source: a (both sides' randoms, default), b (this\n"
+    "                 device's random), c (the platform's key)\n"
+    "  --peer-platform  v2: the platform itself is the peer (a device-platform\n"
+    "                 channel key), instead of --peer\n"
+    "\n"
+    "  --url URL      qkms base URL, e.g. https://kms.example:8443\n"
+    "  --fill FILE    the device's fill document (kmsctl fill open --json); - for stdin\n"
+    "  --index N      device key index (default: the highest one valid now)\n"
+    "  --delivered    ask for single-transfer delivery\n"
+    "  --json         JSON output (errors too)\n"
+    "  --cacert F     CA bundle for https (default: the system store)\n"
+    "  --cert F       client certificate (PEM) for mutual TLS; --key F its key\n"
+    "                 (PEM; default: in the --cert file)\n"
+    "  --pin-sha256 P the server's public key must be this one: base64 of the\n"
+    "                 SHA-256 of its SubjectPublicKeyInfo (';' separates several)\n"
+    "  --timeout S    seconds for the whole request (default 30)\n"
+    "  --man          print this manual (man(7) format; " PROG " --man | man -l -)\n"
+    "\n"
+    "Exit status: 0 ok, 1 internal error, 2 usage, 3 transport failure,\n"
+    "4 refused (401/403), 5 server error or unverifiable response, 6 other 4xx.\n";
+
+static void usage(FILE *f) { fputs(usage_text, f); }
+
+static void print_man(FILE *f)
 {
-    fputs("usage: " PROG " key --url URL --fill FILE --session S --peer P [--index N]\n"
-          "                  [--delivered] [--json] [TLS options] [--timeout S]\n"
-          "       " PROG " end --url URL --fill FILE --session S [--index N] [--json]\n"
-          "                  [TLS options] [--timeout S]\n"
-          "       " PROG " key --v2 --server-cert F (--cert F [--key F] | --fill FILE)\n"
-          "                  [--mode 1|2|3] [--source a|b|c] --url URL --session S --peer P ...\n"
-          "       " PROG " end --v2 --server-cert F (--cert F [--key F] | --fill FILE) ...\n"
-          "  TLS options: [--cacert F] [--cert F [--key F]] [--pin-sha256 B64[;B64...]]\n"
-          "\n"
-          "  key   ask qkms for the key of session S shared with device P; prints the\n"
-          "        key ID and the session key in hex\n"
-          "  end   end session S (its key is destroyed)\n"
-          "\n"
-          "  --v2           device protocol v2 (docs/protocol.md): the request is signed\n"
-          "                 with the device's key (--cert/--key, modes 1 and 2) or sealed\n"
-          "                 under a pre-filled key (--fill, mode 3); the answer is signed\n"
-          "                 by the platform and checked against --server-cert\n"
-          "  --server-cert F  the platform's signing and key-agreement certificates\n"
-          "                 (PEM, both in one file), pinned at provisioning\n"
-          "  --mode N       v2 authentication: 1 the certificate in the request (default\n"
-          "                 with --cert), 2 the certificate on record, 3 a pre-filled key\n"
-          "                 (default with --fill); with --cert the device ID is its CN\n"
-          "  --source S     v2 key source: a (both sides' randoms, default), b (this\n"
-          "                 device's random), c (the platform's key)\n"
-          "  --peer-platform  v2: the platform itself is the peer (a device-platform\n"
-          "                 channel key), instead of --peer\n"
-          "\n"
-          "  --url URL      qkms base URL, e.g. https://kms.example:8443\n"
-          "  --fill FILE    the device's fill document (kmsctl fill open --json); - for stdin\n"
-          "  --index N      device key index (default: the highest one valid now)\n"
-          "  --delivered    ask for single-transfer delivery\n"
-          "  --json         JSON output (errors too)\n"
-          "  --cacert F     CA bundle for https (default: the system store)\n"
-          "  --cert F       client certificate (PEM) for mutual TLS; --key F its key\n"
-          "                 (PEM; default: in the --cert file)\n"
-          "  --pin-sha256 P the server's public key must be this one: base64 of the\n"
-          "                 SHA-256 of its SubjectPublicKeyInfo (';' separates several)\n"
-          "  --timeout S    seconds for the whole request (default 30)\n"
-          "\n"
-          "Exit status: 0 ok, 1 internal error, 2 usage, 3 transport failure,\n"
-          "4 refused (401/403), 5 server error or unverifiable response, 6 other 4xx.\n",
-          f);
+    const char *rest = strstr(usage_text, "\n\n");
+    char *synopsis = strndup(usage_text, (size_t)(rest - usage_text) + 1);
+    /* Without "usage: ", and the lines under it moved left as far. */
+    if (synopsis) {
+        char *w = synopsis;
+        for (const char *r = synopsis + strlen("usage: "); *r;) {
+            const char *eol = strchr(r, '\n');
+            size_t n = eol ? (size_t)(eol - r) + 1 : strlen(r);
+            memmove(w, r, n);
+            w += n;
+            r += n;
+            for (int k = 0; k < 7 && *r == ' '; k++)
+                r++;
+        }
+        *w = 0;
+    }
+    man_title(f, PROG, 1, "qkms " QKMS_VERSION);
+    man_section(f, "NAME");
+    fputs(PROG " \\- a device's side of the qkms device protocol, from the command line\n", f);
+    man_section(f, "SYNOPSIS");
+    /* The continuation lines keep their place under the first. */
+    man_verbatim(f, synopsis ? synopsis : "");
+    free(synopsis);
+    man_section(f, "DESCRIPTION");
+    man_text(f, "What a device's secure processing unit does with libqkms-device: it asks "
+                "qkms for the key of a session shared with a peer device, or ends the "
+                "session, authenticating with the device keys of its fill document (protocol "
+                "v1) or its certificate (v2). For provisioning stations, integration tests and "
+                "scripts; the protocol is in docs/protocol.md.");
+    /* The options up to "Exit status:", which has a section of its own. */
+    {
+        const char *ex = strstr(rest, "\nExit status: ");
+        char *opts = ex ? strndup(rest + 2, (size_t)(ex - rest) - 1) : NULL;
+        man_section(f, "OPTIONS");
+        man_verbatim(f, opts ? opts : rest + 2);
+        free(opts);
+        if (ex && opts) {
+            man_section(f, "EXIT STATUS");
+            man_text(f, ex + 1 + strlen("Exit status: "));
+        }
+    }
+    man_section(f, "SEE ALSO");
+    man_text(f, "kmsctl(1), kmsd(8); docs/protocol.md and docs/devices.md in the qkms "
+                "documentation.");
 }
 
 static void errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -764,6 +816,11 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
+            rc = EXIT_OK;
+            goto cleanup;
+        }
+        if (strcmp(argv[i], "--man") == 0) {
+            print_man(stdout);
             rc = EXIT_OK;
             goto cleanup;
         }

@@ -4,7 +4,7 @@
 #
 #   compose.sh build             base image (docker/base-image.sh) + compose build
 #   compose.sh up [--no-build]   build, start the stack (no demo), wait until healthy
-#   compose.sh wait              wait: init exited 0; postgres, qrng-sim, kmsd healthy
+#   compose.sh wait              wait: init exited 0; postgres, qrng-sim, prometheus, kmsd healthy
 #   compose.sh demo              run the demo profile; prints both devices' lines
 #   compose.sh down [-v]         stop gracefully and remove (-v: the volumes too)
 #   compose.sh kmsctl ARGS...    kmsctl in the kmsd container, on the admin socket
@@ -40,9 +40,9 @@ FILES=(-f "$FILE")
 PROJECT=${QKMS_COMPOSE_PROJECT:-qkms}
 WAIT=${QKMS_COMPOSE_WAIT:-180}
 BASE_IMAGE=${QKMS_BASE_IMAGE:-localhost/qkms-debian:bookworm}
-CORE_SERVICES="init postgres qrng-sim kmsd"
+CORE_SERVICES="init postgres qrng-sim prometheus kmsd"
 DEMO_SERVICES="demo-setup vehicle encryptor"
-VOLUMES="pgdata db-secret token token-pin admin fills"
+VOLUMES="pgdata db-secret token token-pin admin fills tls prometheus"
 NETWORKS="backend frontend" # driver_opts isolate=true in compose.yaml
 
 say() { echo "compose: $*" >&2; }
@@ -156,7 +156,7 @@ wait_healthy() { # wait_healthy SERVICE
 cmd_wait() {
     wait_exited_ok init
     local s
-    for s in postgres qrng-sim kmsd; do wait_healthy "$s"; done
+    for s in postgres qrng-sim prometheus kmsd; do wait_healthy "$s"; done
 }
 
 cmd_build() {
@@ -237,7 +237,7 @@ cmd_demo() {
 cmd_down() {
     local s c
     # Graceful stop in reverse start order (podman-compose 1.0 stops with a 1 s timeout).
-    for s in $DEMO_SERVICES kmsd qrng-sim postgres; do
+    for s in $DEMO_SERVICES kmsd prometheus qrng-sim postgres; do
         c=$(cid "$s")
         if [ -n "$c" ]; then "$ENGINE" stop -t 30 "$c" >/dev/null 2>&1 || true; fi
     done

@@ -2,7 +2,8 @@
 # the services init, kmsd, demo-setup, vehicle and encryptor).
 #
 #   build:   Debian bookworm + the build packages of scripts/deps.sh; make; make install
-#   runtime: the runtime libraries only, SoftHSMv2, curl (health check);
+#   runtime: the runtime libraries only, SoftHSMv2, curl (health check),
+#            iproute2 (the entrypoint finds the metrics listener's address);
 #            user qkms (10001); nothing under / needs to be writable
 #            (compose runs it read_only with volumes and a tmpfs /tmp).
 #
@@ -43,7 +44,8 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN set -eu; \
     apt-get update -qq; \
     apt-get install -y -qq --no-install-recommends \
-        libmicrohttpd12 libgnutls30 libjansson4 libpq5 libssl3 libcurl4 softhsm2 ca-certificates curl >/dev/null; \
+        libmicrohttpd12 libgnutls30 libjansson4 libpq5 libssl3 libcurl4 softhsm2 ca-certificates curl \
+        iproute2 >/dev/null; \
     rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log; \
     groupadd --gid 10001 qkms; \
     useradd --no-log-init --uid 10001 --gid qkms --home-dir /var/lib/qkms --no-create-home \

@@ -21,7 +21,7 @@ FUZZ_TARGETS ?= $(FUZZ_ALL)
 # the kmsctl parsers. An archive, so each target pulls only what it uses.
 FUZZ_LIB_SRC := $(COMMON_SRC) $(P11_SRC) $(KMSD_SRC) device/qkms_proto.c device/qkms_device.c \
                 device/qkms_proto2.c device/qkms_device2.c \
-                cli/attr_arg.c cli/csv.c cli/import_file.c cli/output.c
+                cli/attr_arg.c cli/csv.c cli/import_file.c cli/output.c cli/progress.c
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/gen/schema_sql.o
 FUZZ_LIB     := $(FUZZ_BUILD)/libqkms-fuzz.a
 FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/bin/fuzz_%)

@@ -1,9 +1,11 @@
 /* config — option table, file/env parsing and validation. */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,7 @@
 #include <openssl/evp.h>
 
 #include "hexutil.h"
+#include "manroff.h"
 
 #define OFF(f) offsetof(kms_config, f)
 
@@ -90,6 +93,14 @@ const config_option config_options[] = {
      "`client_certificate_required`). A bearer token sent as well must be the same token. "
      "Needs TLS on the listener serving the admin API (`admin_tls_cert_file`, or "
      "`tls_cert_file` when one listener serves everything)."},
+    {"metrics_listen_addr", OPT_STR, OFF(metrics_listen_addr), NULL, 0, 0, NULL, false, false,
+     "IPv4 or IPv6 address of a listener serving `/metrics`, `/healthz` and `/readyz` and "
+     "nothing else (404 `not_found`), in plain HTTP and without a token, for a Prometheus "
+     "on a network that must not reach the admin API or the device protocol (the compose "
+     "stack's backend network). Unset: no such listener; `/metrics` is on the admin "
+     "listener (or the one listener)."},
+    {"metrics_listen_port", OPT_INT, OFF(metrics_listen_port), "8472", 1, 65535, NULL, false,
+     false, "TCP port of the metrics listener (with `metrics_listen_addr`)."},
     {"shutdown_grace", OPT_INT, OFF(shutdown_grace), "10", 0, 600, NULL, false, false,
      "Seconds SIGTERM/SIGINT waits for in-flight requests before closing."},
     {"readiness_interval_ms", OPT_INT, OFF(readiness_interval_ms), "1000", 100, 60000, NULL,
@@ -636,9 +647,51 @@ bool config_admin_apart(const kms_config *c)
     return c->admin_listen_addr != NULL || c->admin_listen_unix != NULL;
 }
 
-/* The admin listener's options make sense together (docs/configuration.md). */
+/* An address literal, as the listeners bind it (no name lookup: a
+ * listener on a name would move with DNS). */
+static bool ip_literal(const char *a)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return a && (inet_pton(AF_INET, a, buf) == 1 || inet_pton(AF_INET6, a, buf) == 1);
+}
+
+/* Two TCP listeners that would want the same socket: the same port on the
+ * same address, or on a wildcard (0.0.0.0, ::) that covers the other.
+ * Addresses are compared parsed, so ::1 and 0:0:0:0:0:0:0:1 are one. */
+static bool listeners_clash(const char *a, int pa, const char *b, int pb)
+{
+    unsigned char x[sizeof(struct in6_addr)], y[sizeof(struct in6_addr)];
+    static const unsigned char zero[sizeof(struct in6_addr)];
+    int fa, fb;
+
+    if (!a || !b || pa != pb)
+        return false;
+    fa = inet_pton(AF_INET, a, x) == 1 ? AF_INET : inet_pton(AF_INET6, a, x) == 1 ? AF_INET6 : 0;
+    fb = inet_pton(AF_INET, b, y) == 1 ? AF_INET : inet_pton(AF_INET6, b, y) == 1 ? AF_INET6 : 0;
+    if (!fa || !fb)
+        return false; /* refused as not an address before this is asked */
+    if (!memcmp(x, zero, fa == AF_INET ? 4 : 16) || !memcmp(y, zero, fb == AF_INET ? 4 : 16))
+        return true; /* a wildcard (:: may take IPv4 too) */
+    return fa == fb && !memcmp(x, y, fa == AF_INET ? 4 : 16);
+}
+
+/* The admin and metrics listeners' options make sense together
+ * (docs/configuration.md). */
 static int check_admin_listener(const kms_config *c, char *err, size_t el)
 {
+    static const struct {
+        const char *name;
+        size_t off;
+    } addrs[] = {{"listen_addr", offsetof(kms_config, listen_addr)},
+                 {"admin_listen_addr", offsetof(kms_config, admin_listen_addr)},
+                 {"metrics_listen_addr", offsetof(kms_config, metrics_listen_addr)}};
+    for (size_t i = 0; i < sizeof(addrs) / sizeof(addrs[0]); i++) {
+        const char *a = *(char *const *)((const char *)c + addrs[i].off);
+        if (a && !ip_literal(a)) {
+            fmt(err, el, "%s '%s' is not an IPv4 or IPv6 address", addrs[i].name, a);
+            return -1;
+        }
+    }
     if (c->admin_listen_addr && c->admin_listen_unix) {
         fmt(err, el, "admin_listen_addr and admin_listen_unix exclude each other");
         return -1;
@@ -652,9 +705,17 @@ static int check_admin_listener(const kms_config *c, char *err, size_t el)
                      "admin_listen_unix)");
         return -1;
     }
-    if (c->admin_listen_addr && c->listen_addr && c->admin_listen_port == c->listen_port &&
-        !strcmp(c->admin_listen_addr, c->listen_addr)) {
+    if (listeners_clash(c->admin_listen_addr, c->admin_listen_port, c->listen_addr,
+                        c->listen_port)) {
         fmt(err, el, "the admin listener needs its own port (admin_listen_port is listen_port)");
+        return -1;
+    }
+    if (listeners_clash(c->metrics_listen_addr, c->metrics_listen_port, c->listen_addr,
+                        c->listen_port) ||
+        listeners_clash(c->metrics_listen_addr, c->metrics_listen_port, c->admin_listen_addr,
+                        c->admin_listen_port)) {
+        fmt(err, el, "the metrics listener needs its own port (metrics_listen_port is "
+                     "another listener's)");
         return -1;
     }
     if (c->admin_listen_unix &&
@@ -820,23 +881,48 @@ void config_free(kms_config *c)
             free_str((char **)((char *)c + config_options[i].offset), config_options[i].secret);
 }
 
+/* An option's range ("1–65535" with sep "–") or choices
+ * ("none/optional/require"), or "". */
+static void option_range(const config_option *o, const char *sep, char *range, size_t n)
+{
+    range[0] = 0;
+    if (o->type == OPT_INT || o->type == OPT_DOUBLE)
+        snprintf(range, n, "%ld%s%ld", o->min, sep, o->max);
+    else if (o->choices)
+        snprintf(range, n, "%s", o->choices);
+    for (char *s = range; *s; s++)
+        if (*s == '|')
+            *s = '/';
+}
+
+static const char *option_type(const config_option *o)
+{
+    return o->type == OPT_INT ? "integer" : o->type == OPT_BOOL ? "boolean"
+           : o->type == OPT_DOUBLE ? "number" : "string";
+}
+
 void config_print_doc(FILE *f)
 {
     fprintf(f, "| option | type | default | range | reload | meaning |\n"
                "|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < config_options_count; i++) {
         const config_option *o = &config_options[i];
-        char range[64] = "";
-        if (o->type == OPT_INT || o->type == OPT_DOUBLE)
-            snprintf(range, sizeof(range), "%ld–%ld", o->min, o->max);
-        else if (o->choices)
-            snprintf(range, sizeof(range), "%s", o->choices);
-        for (char *s = range; *s; s++)
-            if (*s == '|')
-                *s = '/';
-        fprintf(f, "| `%s` | %s | %s | %s | %s | %s |\n", o->name,
-                o->type == OPT_INT ? "integer" : o->type == OPT_BOOL ? "boolean"
-                : o->type == OPT_DOUBLE ? "number" : "string",
+        char range[64];
+        option_range(o, "–", range, sizeof(range));
+        fprintf(f, "| `%s` | %s | %s | %s | %s | %s |\n", o->name, option_type(o),
                 o->def ? o->def : "(unset)", range, o->reloadable ? "SIGHUP" : "restart", o->doc);
+    }
+}
+
+void config_print_man(FILE *f)
+{
+    for (size_t i = 0; i < config_options_count; i++) {
+        const config_option *o = &config_options[i];
+        char range[64], tag[192];
+        option_range(o, "..", range, sizeof(range)); /* ASCII: any man locale */
+        snprintf(tag, sizeof(tag), "%s (%s; default %s%s%s; %s)", o->name, option_type(o),
+                 o->def ? o->def : "unset", *range ? "; " : "", range,
+                 o->reloadable ? "SIGHUP" : "restart");
+        man_item(f, tag, o->doc);
     }
 }

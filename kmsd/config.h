@@ -50,6 +50,8 @@ typedef struct kms_config {
     char *admin_tls_cert_file;
     char *admin_tls_key_file;
     char *admin_tls_client_auth; /* "none", "optional" or "require" (admin routes) */
+    char *metrics_listen_addr; /* NULL: no metrics listener */
+    int metrics_listen_port;
     int shutdown_grace;
     int readiness_interval_ms;
     int readiness_timeout_ms;
@@ -178,5 +180,7 @@ void config_hash(const kms_config *c, char out_hex[65]);
 void config_free(kms_config *c);
 /* Markdown table of every option (docs/configuration.md). */
 void config_print_doc(FILE *f);
+/* The same options as man(7) tagged paragraphs (kmsd --print-man). */
+void config_print_man(FILE *f);
 
 #endif

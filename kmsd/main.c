@@ -21,6 +21,7 @@
 #include "service/keycache.h"
 #include "api/context.h"
 #include "log.h"
+#include "manroff.h"
 #include "service/events.h"
 #include "service/maintenance.h"
 #include "service/master.h"
@@ -39,17 +40,59 @@
 #define SECURE_HEAP_BYTES (1 << 22) /* 2 MiB of it at most for unwrapped device keys */
 #define SECURE_HEAP_MIN 16
 
-static void usage(FILE *f)
+static const char usage_text[] =
+    "usage: kmsd [-c FILE] [--check-config | --migrate | --print-config-doc | --print-routes |\n"
+    "            --print-man]\n"
+    "  -c, --config FILE     configuration file (default: none; QKMS_* environment)\n"
+    "      --check-config    parse and validate the configuration, then exit\n"
+    "      --migrate         apply schema migrations, then exit\n"
+    "      --print-config-doc  print the option table (Markdown), then exit\n"
+    "      --print-routes    print the HTTP route table (JSON), then exit\n"
+    "      --print-man       print kmsd(8) (man(7) format), then exit\n"
+    "  -V, --version         print the version\n"
+    "  -h, --help            this help\n";
+
+static void usage(FILE *f) { fputs(usage_text, f); }
+
+/* kmsd(8): the usage text and the option table, the same as --help and
+ * --print-config-doc show, so the manual cannot drift from them. */
+static void print_man(FILE *f)
 {
-    fprintf(f,
-            "usage: kmsd [-c FILE] [--check-config | --migrate | --print-config-doc | --print-routes]\n"
-            "  -c, --config FILE     configuration file (default: none; QKMS_* environment)\n"
-            "      --check-config    parse and validate the configuration, then exit\n"
-            "      --migrate         apply schema migrations, then exit\n"
-            "      --print-config-doc  print the option table (Markdown), then exit\n"
-            "      --print-routes    print the HTTP route table (JSON), then exit\n"
-            "  -V, --version         print the version\n"
-            "  -h, --help            this help\n");
+    const char *opts = strchr(usage_text, '\n');
+    opts = strchr(opts + 1, '\n') + 1; /* past the two synopsis lines */
+    man_title(f, "kmsd", 8, "qkms " QKMS_VERSION);
+    man_section(f, "NAME");
+    fputs("kmsd \\- the qkms key\\-management daemon\n", f);
+    man_section(f, "SYNOPSIS");
+    {
+        size_t skip = strlen("usage: ");
+        char *syn = strndup(usage_text + skip, (size_t)(opts - usage_text) - skip);
+        man_verbatim(f, syn ? syn : "kmsd");
+        free(syn);
+    }
+    man_section(f, "DESCRIPTION");
+    man_text(f, "kmsd issues, delivers and destroys the keys of devices' sessions over HTTP "
+                "(the device protocol, ETSI GS QKD 014, gateway logins) and serves the admin "
+                "API, `/metrics`, `/healthz` and `/readyz`. Its state is in PostgreSQL "
+                "(`db_conninfo`); keys at rest are wrapped under a master key that never "
+                "leaves the PKCS#11 token (`pkcs11_module`). Logs are JSON lines on stderr.");
+    man_section(f, "OPTIONS");
+    man_verbatim(f, opts);
+    man_section(f, "CONFIGURATION");
+    man_text(f, "One file (`-c FILE`) of `key = value` lines; `#` starts a comment; a value "
+                "may be double-quoted. Every option can also be set in the environment as "
+                "`QKMS_<OPTION>` in upper case, which overrides the file. Options marked "
+                "SIGHUP take effect when kmsd receives SIGHUP (the file is read again); the "
+                "others at the next start.");
+    config_print_man(f);
+    man_section(f, "SIGNALS");
+    man_item(f, "SIGHUP", "re-read the configuration file; a file that fails to parse is "
+                          "refused (logged) and the running configuration kept.");
+    man_item(f, "SIGTERM, SIGINT", "stop accepting, let the requests in flight finish "
+                                   "(at most `shutdown_grace` seconds), then exit.");
+    man_section(f, "SEE ALSO");
+    man_text(f, "kmsctl(1), qkms-device(1); the qkms documentation (docs/ in the source: "
+                "configuration.md, operations.md, api.md).");
 }
 
 /* No core files, no ptrace by other users, no swap of key pages. true when
@@ -121,6 +164,9 @@ static void log_ready(const kms_ctx *k)
                  "admin_tls", admin_tls);
     else
         log_emit(LOG_INFO, "kmsd ready", READY_FMT "}", READY_ARGS(c, k));
+    if (c->metrics_listen_addr)
+        log_emit(LOG_INFO, "metrics listener ready", "{s:s,s:i}", "metrics_addr",
+                 c->metrics_listen_addr, "metrics_port", c->metrics_listen_port);
 }
 
 /* The background threads, the rate limiters, the metrics registry and its
@@ -222,7 +268,8 @@ static int parse_args(int argc, char **argv, kms_ctx *k, int *mode)
         {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'k'},
         {"migrate", no_argument, NULL, 'm'},      {"print-config-doc", no_argument, NULL, 'd'},
         {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
-        {"print-routes", no_argument, NULL, 'r'}, {NULL, 0, NULL, 0}};
+        {"print-routes", no_argument, NULL, 'r'}, {"print-man", no_argument, NULL, 'M'},
+        {NULL, 0, NULL, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "c:Vh", lopts, NULL)) != -1) {
         switch (opt) {
@@ -231,6 +278,7 @@ static int parse_args(int argc, char **argv, kms_ctx *k, int *mode)
         case 'm': *mode = RUN_MIGRATE; break;
         case 'd': config_print_doc(stdout); return 1;
         case 'r': return 1 + (routes_print_json(stdout) == 0 ? 0 : 1);
+        case 'M': print_man(stdout); return 1;
         case 'V': printf("kmsd %s\n", QKMS_VERSION); return 1;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 3;

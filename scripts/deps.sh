@@ -12,9 +12,11 @@ BUILD="build-essential pkg-config libmicrohttpd-dev libgnutls28-dev libjansson-d
 libcurl4-openssl-dev libp11-kit-dev"
 RUN="postgresql-15 postgresql-client-15 softhsm2 opensc ca-certificates"
 TEST="libcmocka-dev python3 python3-pytest python3-requests python3-cryptography python3-pykcs11
-python3-psycopg2 python3-jsonschema python3-yaml procps prometheus"
+python3-psycopg2 python3-jsonschema python3-yaml procps prometheus man-db python3-matplotlib"
 # prometheus: for promtool, which checks the metrics, the alert rules and their tests (the
 # package is ~100 MB and, on a systemd host, also starts a Prometheus server)
+# man-db: `man -l` renders the manual pages in the tests; python3-matplotlib: the plot
+# make bench draws (bench/plot.py), and its test
 # make fuzz: libFuzzer targets built with clang (fuzz/README.md)
 FUZZ="clang-14 libfuzzer-14-dev"
 

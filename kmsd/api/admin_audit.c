@@ -1,6 +1,7 @@
 /*
  * admin_audit — the audit log's admin door: GET /v1/admin/audit,
- * GET /v1/admin/audit/export, POST /v1/admin/audit/verify
+ * GET /v1/admin/audit/export, POST /v1/admin/audit/verify and its progress,
+ * GET /v1/admin/audit/verify/{request_id}
  * (docs/operations.md). It reads the query or body, calls the audit
  * service (service/audit_query.h) and encodes the answer.
  */
@@ -10,6 +11,7 @@
 #include "api/routes.h"
 #include "hexutil.h"
 #include "service/audit_query.h"
+#include "service/audit_verify.h"
 
 static void list_door(http_request *rq, http_response *rs, bool export)
 {
@@ -97,4 +99,27 @@ void h_audit_verify(http_request *rq, http_response *rs)
     }
     http_json(rs, 200, verify_json(&v));
     free(v.gaps);
+}
+
+/* GET /v1/admin/audit/verify/{request_id}: how far a verification started
+ * on this kmsd with that X-Request-Id has got (kmsctl audit verify polls it
+ * to draw its progress). */
+void h_audit_verify_progress(http_request *rq, http_response *rs)
+{
+    audit_verify_progress_info p;
+    const char *id = rq->params[0];
+
+    if (!http_request_id_ok(id)) {
+        http_error(rs, 422, "invalid_request",
+                   "request_id must be 1-64 characters of A-Z a-z 0-9 - _ .");
+        return;
+    }
+    if (!audit_verify_progress(id, &p)) {
+        http_error(rs, 404, "not_found",
+                   "no verification with this request ID is running on this kmsd");
+        return;
+    }
+    http_json(rs, 200,
+              json_pack("{s:s,s:I,s:f}", "request_id", id, "rows_checked",
+                        (json_int_t)p.rows_checked, "fraction", p.fraction));
 }

@@ -18,11 +18,12 @@
 #define DEV DOOR_DEVICE
 #define ADM DOOR_ADMIN
 #define BOTH DOOR_ALL
+#define MET DOOR_METRICS
 
 #define ROUTES(X)                                                                    \
-    X("GET", "/healthz", "healthz", 0, h_healthz, BOTH, RL_NONE, .probe = true) \
-    X("GET", "/readyz", "readyz", 0, h_readyz, BOTH, RL_NONE, .probe = true) \
-    X("GET", "/metrics", "metrics", 0, h_metrics, ADM, RL_NONE, .probe = true) \
+    X("GET", "/healthz", "healthz", 0, h_healthz, BOTH | MET, RL_NONE, .probe = true) \
+    X("GET", "/readyz", "readyz", 0, h_readyz, BOTH | MET, RL_NONE, .probe = true) \
+    X("GET", "/metrics", "metrics", 0, h_metrics, ADM | MET, RL_NONE, .probe = true) \
     X("GET", "/v1/admin/status", "admin_status", ROLE_ANY, h_admin_status, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/tokens", "admin_tokens_create", ROLE_ADMIN, h_tokens_create, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/tokens", "admin_tokens_list", ROLE_ADMIN, h_tokens_list, ADM, RL_ADMIN) \
@@ -98,6 +99,7 @@
     X("POST", "/v1/admin/master/rotate", "admin_master_rotate", ROLE_ADMIN, h_admin_master_rotate, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/audit", "admin_audit_list", ROLE_ANY, h_audit_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/audit/verify", "admin_audit_verify", ROLE_ADMIN | ROLE_AUDITOR, h_audit_verify, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/audit/verify/{request_id}", "admin_audit_verify_progress", ROLE_ADMIN | ROLE_AUDITOR, h_audit_verify_progress, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/audit/export", "admin_audit_export", ROLE_ADMIN | ROLE_AUDITOR, h_audit_export, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/entropy", "admin_entropy", ROLE_ANY, h_admin_entropy, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/entropy/sources/{name}/enable", "admin_entropy_enable", ROLE_ADMIN, h_admin_entropy_enable, ADM, RL_ADMIN)
@@ -126,6 +128,8 @@ int routes_print_json(FILE *f)
             json_array_append_new(doors, json_string("device"));
         if (doors && (rt->door & DOOR_ADMIN))
             json_array_append_new(doors, json_string("admin"));
+        if (doors && (rt->door & DOOR_METRICS))
+            json_array_append_new(doors, json_string("metrics"));
         if (json_array_append_new(
                 arr, json_pack("{s:s,s:s,s:s,s:o*,s:I,s:b,s:b,s:o*,s:s?}", "method", rt->method,
                                "path", rt->pattern, "name", rt->name, "roles", roles, "max_body",

@@ -81,6 +81,7 @@ void h_admin_master_rotate(http_request *rq, http_response *rs);
 /* admin_audit.c */
 void h_audit_list(http_request *rq, http_response *rs);
 void h_audit_verify(http_request *rq, http_response *rs);
+void h_audit_verify_progress(http_request *rq, http_response *rs);
 void h_audit_export(http_request *rq, http_response *rs);
 
 /* device_v1.c: the device protocol v1 */

@@ -37,7 +37,7 @@
 #include "service/trust.h"
 #include "utf8.h"
 
-#define HTTP_MAX_LISTENERS 2
+#define HTTP_MAX_LISTENERS 3
 
 /* One listening socket and its MHD daemon, serving the routes of door. */
 typedef struct http_listener {
@@ -855,19 +855,25 @@ typedef struct {
 } listen_spec;
 
 /* The listeners kms->cfg asks for: one serving every door, or the device
- * listener and the admin listener. Returns how many. */
+ * listener and the admin listener; then the metrics listener if asked for.
+ * Returns how many. */
 static int listen_specs(const kms_config *c, listen_spec sp[HTTP_MAX_LISTENERS])
 {
+    int n = 0;
     if (!config_admin_apart(c)) {
-        sp[0] = (listen_spec){"", DOOR_ALL, c->listen_addr, c->listen_port, NULL,
-                              c->tls_cert_file, c->tls_key_file};
-        return 1;
+        sp[n++] = (listen_spec){"", DOOR_ALL, c->listen_addr, c->listen_port, NULL,
+                                c->tls_cert_file, c->tls_key_file};
+    } else {
+        sp[n++] = (listen_spec){"", DOOR_DEVICE, c->listen_addr, c->listen_port, NULL,
+                                c->tls_cert_file, c->tls_key_file};
+        sp[n++] = (listen_spec){"admin_", DOOR_ADMIN, c->admin_listen_addr, c->admin_listen_port,
+                                c->admin_listen_unix, c->admin_tls_cert_file,
+                                c->admin_tls_key_file};
     }
-    sp[0] = (listen_spec){"", DOOR_DEVICE, c->listen_addr, c->listen_port, NULL,
-                          c->tls_cert_file, c->tls_key_file};
-    sp[1] = (listen_spec){"admin_", DOOR_ADMIN, c->admin_listen_addr, c->admin_listen_port,
-                          c->admin_listen_unix, c->admin_tls_cert_file, c->admin_tls_key_file};
-    return 2;
+    if (c->metrics_listen_addr)
+        sp[n++] = (listen_spec){"metrics_", DOOR_METRICS, c->metrics_listen_addr,
+                                c->metrics_listen_port, NULL, NULL, NULL};
+    return n;
 }
 
 static void listener_free(http_listener *l)
@@ -1039,7 +1045,7 @@ static int routes_check(const http_route *routes, int n, char *err, size_t el)
 {
     for (int i = 0; i < n; i++) {
         const http_route *r = &routes[i];
-        if ((r->door & DOOR_ALL) == 0 || (r->door & ~(unsigned)DOOR_ALL) ||
+        if ((r->door & DOOR_ALL) == 0 || (r->door & ~(unsigned)(DOOR_ALL | DOOR_METRICS)) ||
             r->rl_scope < RL_NONE || r->rl_scope >= RL_NSCOPES || r->rl_scope == RL_CLIENT) {
             snprintf(err, el, "route %s %s: bad door or rate-limit scope", r->method, r->pattern);
             return -1;

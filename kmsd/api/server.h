@@ -36,6 +36,8 @@
  *    admin listener (TCP or a unix socket) those with DOOR_ADMIN, each with
  *    its own TLS settings. A route another listener serves is 404
  *    not_found here, as if it did not exist (the route table's .door).
+ *    metrics_listen_addr adds a plain-HTTP listener serving the routes
+ *    with DOOR_METRICS (/metrics and the probes) and nothing else.
  */
 #ifndef QKMS_HTTP_H
 #define QKMS_HTTP_H
@@ -60,6 +62,10 @@ enum {
     DOOR_DEVICE = 1u << 0, /* the device protocol; devices' network */
     DOOR_ADMIN = 1u << 1,  /* admin API, /metrics; operators' network */
     DOOR_ALL = DOOR_DEVICE | DOOR_ADMIN,
+    /* metrics_listen_addr: /metrics and the probes only, for a scraper on
+     * a network that must reach nothing else. A route has it besides
+     * DOOR_ADMIN or DOOR_ALL, never alone. */
+    DOOR_METRICS = 1u << 2,
 };
 
 typedef struct http_request {

@@ -220,7 +220,7 @@ static void log_verdict(const char *who, const audit_verify_result *v)
 qk_kind audit_query_verify(qk_svc *s, const qk_principal *who, audit_verify_result *out,
                            qk_err *e)
 {
-    qk_kind k = audit_chain_verify(s, out, e);
+    qk_kind k = audit_chain_verify(s, who->log.req_id, out, e);
     if (k != QK_OK)
         return k;
     log_verdict(who->name, out);

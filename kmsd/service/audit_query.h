@@ -50,7 +50,8 @@ qk_kind audit_query_list(qk_svc *s, const audit_list_args *a, audit_page *out, q
 /* The same rows with their chain columns. */
 qk_kind audit_query_export(qk_svc *s, const audit_list_args *a, audit_page *out, qk_err *e);
 /* Verify the chain for who. QK_OK with *out filled (free out->gaps), or why
- * verification could not run. */
+ * verification could not run. While it runs, its progress is readable by
+ * who's request ID (audit_verify_progress). */
 qk_kind audit_query_verify(qk_svc *s, const qk_principal *who, audit_verify_result *out,
                            qk_err *e);
 

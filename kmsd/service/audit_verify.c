@@ -9,6 +9,7 @@
 #include "service/audit_verify.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -583,10 +584,96 @@ out:
     return v;
 }
 
-/* Feed every row in id order until the walker finds a problem. 0, or -1. */
-static int walk_rows(verify_ctx *vc, audit_verifier *v)
+/* ---- progress of running verifications, by track ID -------------------------- */
+
+/* A fixed table under one lock: a verification updates its slot once per
+ * page, a poller reads it; neither is on a hot path. */
+typedef struct {
+    bool used;
+    char id[65];
+    int64_t rows, last_id, max_id;
+} track_slot;
+
+static pthread_mutex_t track_lock = PTHREAD_MUTEX_INITIALIZER;
+static track_slot tracks[AUDIT_VERIFY_TRACKED];
+
+/* A slot for id, or -1: no id, table full, or the ID already running (the
+ * poller would not know whose progress it read). */
+static int track_begin(const char *id)
 {
-    int64_t after = 0;
+    int free_slot = -1;
+    if (!id || !*id || strlen(id) >= sizeof(tracks[0].id))
+        return -1;
+    pthread_mutex_lock(&track_lock);
+    for (int i = 0; i < AUDIT_VERIFY_TRACKED; i++) {
+        if (tracks[i].used && !strcmp(tracks[i].id, id)) {
+            free_slot = -1;
+            break;
+        }
+        if (!tracks[i].used && free_slot < 0)
+            free_slot = i;
+    }
+    if (free_slot >= 0) {
+        tracks[free_slot] = (track_slot){.used = true};
+        snprintf(tracks[free_slot].id, sizeof(tracks[free_slot].id), "%s", id);
+    }
+    pthread_mutex_unlock(&track_lock);
+    return free_slot;
+}
+
+static void track_set(int slot, int64_t rows, int64_t last_id, int64_t max_id)
+{
+    if (slot < 0)
+        return;
+    pthread_mutex_lock(&track_lock);
+    tracks[slot].rows = rows;
+    tracks[slot].last_id = last_id;
+    tracks[slot].max_id = max_id;
+    pthread_mutex_unlock(&track_lock);
+}
+
+static void track_end(int slot)
+{
+    if (slot < 0)
+        return;
+    pthread_mutex_lock(&track_lock);
+    tracks[slot].used = false;
+    pthread_mutex_unlock(&track_lock);
+}
+
+bool audit_verify_progress(const char *track_id, audit_verify_progress_info *out)
+{
+    bool found = false;
+    if (!track_id)
+        return false;
+    pthread_mutex_lock(&track_lock);
+    for (int i = 0; i < AUDIT_VERIFY_TRACKED && !found; i++) {
+        if (!tracks[i].used || strcmp(tracks[i].id, track_id))
+            continue;
+        found = true;
+        out->rows_checked = tracks[i].rows;
+        out->fraction = tracks[i].max_id > 0 ? (double)tracks[i].last_id / (double)tracks[i].max_id
+                                             : 0.0;
+        if (out->fraction > 1.0)
+            out->fraction = 1.0;
+    }
+    pthread_mutex_unlock(&track_lock);
+    return found;
+}
+
+/* Feed every row in id order until the walker finds a problem, its
+ * progress in slot. 0, or -1. */
+static int walk_rows(verify_ctx *vc, audit_verifier *v, int slot)
+{
+    int64_t after = 0, rows = 0, max_id = 0;
+    if (slot >= 0) {
+        PGresult *r = qt_exec(vc->c, QT_AUDIT_MAX_ID, 0, NULL, &vc->st);
+        if (!r)
+            return -1;
+        max_id = audit_get_i64(r, 0, 0);
+        PQclear(r);
+        track_set(slot, 0, 0, max_id);
+    }
     for (;;) {
         audit_i64_text safter = audit_i64_param(after), page = audit_i64_param(VERIFY_PAGE);
         const char *vals[2] = {safter.s, page.s};
@@ -599,9 +686,11 @@ static int walk_rows(verify_ctx *vc, audit_verifier *v)
             audit_row row;
             audit_row_from(r, i, &row, true);
             after = row.id;
+            rows++;
             stop = audit_verifier_row(v, &row);
         }
         PQclear(r);
+        track_set(slot, rows, after, max_id);
         if (stop < 0)
             return -1;
         if (stop || n < VERIFY_PAGE)
@@ -640,7 +729,7 @@ void audit_verify_metrics_render(void *arg, FILE *f)
             (unsigned long long)atomic_load(&verify_errors));
 }
 
-qk_kind audit_chain_verify(qk_svc *s, audit_verify_result *out, qk_err *e)
+qk_kind audit_chain_verify(qk_svc *s, const char *track_id, audit_verify_result *out, qk_err *e)
 {
     verify_ctx vc = {.s = s, .st = DB_OK, .rv = CKR_OK};
     audit_verify_ops ops = {.arg = &vc,
@@ -651,9 +740,10 @@ qk_kind audit_chain_verify(qk_svc *s, audit_verify_result *out, qk_err *e)
                             .checkpoint_mac = v_checkpoint_mac};
     audit_verifier *v = NULL;
     qk_kind k = QK_OK;
+    int slot = track_begin(track_id);
 
     memset(out, 0, sizeof(*out));
-    if (begin_snapshot(&vc) != 0 || !(v = new_walker(&vc, &ops)) || walk_rows(&vc, v) != 0 ||
+    if (begin_snapshot(&vc) != 0 || !(v = new_walker(&vc, &ops)) || walk_rows(&vc, v, slot) != 0 ||
         audit_verifier_finish(v, out) != 0 || load_gaps(&vc, out) != 0)
         k = verify_failed(&vc, e);
     if (vc.cps)
@@ -672,5 +762,6 @@ qk_kind audit_chain_verify(qk_svc *s, audit_verify_result *out, qk_err *e)
         atomic_fetch_add(out->problem == AUDIT_OK ? &verified_ok : &verified_broken, 1);
     }
     audit_verifier_free(v);
+    track_end(slot);
     return k;
 }

@@ -108,8 +108,21 @@ void audit_verifier_free(audit_verifier *v);
 
 /* Verify the whole chain: QK_OK with *out filled (free out->gaps), or the
  * reason verification itself could not run in *e (*out then holds no
- * gaps). */
-qk_kind audit_chain_verify(qk_svc *s, audit_verify_result *out, qk_err *e);
+ * gaps). track_id (a request ID, or NULL): while it runs, the walk's
+ * progress can be read under that ID with audit_verify_progress. */
+qk_kind audit_chain_verify(qk_svc *s, const char *track_id, audit_verify_result *out, qk_err *e);
+
+/* The progress of a verification running in this process, by the
+ * track_id it was started with: rows walked so far and the fraction of
+ * audit ids walked (0..1). false when none with that ID is running here
+ * (finished, never started, or running on another kmsd). At most
+ * AUDIT_VERIFY_TRACKED run tracked at once; others run untracked. */
+#define AUDIT_VERIFY_TRACKED 16
+typedef struct {
+    int64_t rows_checked;
+    double fraction;
+} audit_verify_progress_info;
+bool audit_verify_progress(const char *track_id, audit_verify_progress_info *out);
 /* qkms_audit_verifications_total{result="ok|broken|error"} of this process
  * (a metrics_render_fn; arg unused). The newest verdict of any instance is
  * the maintenance pass's qkms_audit_chain_broken. */

@@ -691,6 +691,8 @@ extern const db_stmt_def queries[Q__COUNT];
     /* the verifier: one snapshot for the whole walk */                                         \
     X(QT_AUDIT_VERIFY_BEGIN, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")                 \
     X(QT_AUDIT_MAIN_ID, "SELECT main_id FROM audit_chain_state")                                \
+    X(QT_AUDIT_MAX_ID, /* how far the walk goes, for its progress */                            \
+      "SELECT coalesce(max(id), 0) FROM audit_log")                                             \
     X(QT_AUDIT_LATE_LIST, "SELECT id, chain_prev FROM audit_late ORDER BY id")                  \
     X(QT_AUDIT_VERIFY_ROWS, /* $1 after, $2 limit */                                            \
       "SELECT " QKMS_AUDIT_ROW_COLS QKMS_AUDIT_CHAIN_COLS " FROM audit_log a WHERE a.id > $1"   \

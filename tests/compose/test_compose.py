@@ -375,18 +375,25 @@ def test_zones_from_the_devices_network():
     the QRNG are neither named nor reachable, not even by address, and
     neither is any of kmsd's inside addresses."""
     pg, qrng, kmsd = backend_ip("postgres"), backend_ip("qrng-sim"), backend_ip("kmsd")
-    inside = [f"{pg}:5432", f"{qrng}:8090", f"{kmsd}:8470", f"{kmsd}:8471"]
-    seen = probe("frontend", "kmsd:8470", "kmsd:8471", "postgres:5432", "qrng-sim:8090", *inside)
+    prom = backend_ip("prometheus")
+    inside = [f"{pg}:5432", f"{qrng}:8090", f"{kmsd}:8470", f"{kmsd}:8471", f"{kmsd}:8472",
+              f"{prom}:9090"]
+    seen = probe("frontend", "kmsd:8470", "kmsd:8471", "kmsd:8472", "postgres:5432",
+                 "qrng-sim:8090", "prometheus:9090", *inside)
     assert seen["kmsd:8470"] == "open", seen
-    assert seen["kmsd:8471"] == "refused", seen
+    # No admin port, and the metrics listener is not on this network's address.
+    assert seen["kmsd:8471"] == "refused" and seen["kmsd:8472"] == "refused", seen
     assert seen["postgres:5432"] == "noname" and seen["qrng-sim:8090"] == "noname", seen
+    assert seen["prometheus:9090"] == "noname", seen
     for t in inside:
         assert seen[t] in ("refused", "timeout"), (t, seen)
     assert (seen["http /healthz"], seen["http /readyz"]) == ("200", "200"), seen
     assert (seen["http /metrics"], seen["http /v1/admin/status"]) == ("404", "404"), seen
     # The same addresses from the inside answer: the probe is not vacuous.
-    seen = probe("backend", f"{pg}:5432", f"{qrng}:8090", f"{kmsd}:8470", "kmsd:8471")
-    assert [seen[t] for t in (f"{pg}:5432", f"{qrng}:8090", f"{kmsd}:8470")] == ["open"] * 3, seen
+    seen = probe("backend", f"{pg}:5432", f"{qrng}:8090", f"{kmsd}:8470", "kmsd:8471",
+                 f"{kmsd}:8472", f"{prom}:9090")
+    assert [seen[t] for t in (f"{pg}:5432", f"{qrng}:8090", f"{kmsd}:8470", f"{kmsd}:8472",
+                              f"{prom}:9090")] == ["open"] * 5, seen
     assert seen["kmsd:8471"] == "refused", seen  # the admin API is no TCP port at all
 
 
@@ -412,6 +419,56 @@ def test_admin_listener_inside(ops):
              if ln.startswith("{") and '"kmsd ready"' in ln]
     assert ready and ready[-1]["admin_unix"] == "/var/lib/qkms/admin/kmsd.sock", ready[-1:]
     assert ready[-1]["addr"] == "0.0.0.0" and ready[-1]["port"] == 8470
+
+
+# ---- monitoring: Prometheus on the backend network ----------------------------------
+
+def promql(expr):
+    """An instant query in the prometheus container: [{metric, value}]."""
+    p = compose("exec", "prometheus", "promtool", "query", "instant", "-o", "json",
+                "http://127.0.0.1:9090", expr, timeout=60)
+    return json.loads(p.stdout)
+
+
+def test_prometheus_scrapes_kmsd():
+    """Prometheus scrapes kmsd's metrics listener (target up, kmsd's own
+    series stored) and has loaded the shipped alert rules; the metrics
+    listener serves nothing but /metrics and the probes."""
+    deadline = time.time() + 90  # a scrape every 15 s
+    up = []
+    while time.time() < deadline:
+        up = promql('up{job="qkms"}')
+        if up and up[0]["value"][1] == "1":
+            break
+        time.sleep(2)
+    assert len(up) == 1 and up[0]["value"][1] == "1", up
+    assert up[0]["metric"]["instance"] == "kmsd:8472", up
+    ready = promql('qkms_ready{job="qkms"}')
+    assert {r["metric"]["check"] for r in ready} >= {"database", "token", "entropy"}, ready
+    assert all(r["value"][1] == "1" for r in ready), ready
+    rules = []
+    while time.time() < deadline:
+        rules = promql("prometheus_rule_group_rules")
+        if rules:
+            break
+        time.sleep(2)
+    with open(os.path.join(ROOT, "docker", "prometheus", "rules.yml")) as f:
+        shipped = f.read().count("- alert: ")
+    assert [r["value"][1] for r in rules] == [str(shipped)], rules
+    # Nothing fires on the healthy stack.
+    assert promql('ALERTS{alertstate="firing"}') == []
+    # The metrics listener, from the backend network: /metrics and the
+    # probes, 404 for the rest.
+    p = compose("probe", "backend", "bash", "-c",
+                "for path in /metrics /healthz /readyz /v1/admin/status /v1/ca; do "
+                "curl -s -o /dev/null -w '%{http_code}\\n' --max-time 5 http://kmsd:8472$path; "
+                "done", timeout=180)
+    assert p.stdout.split() == ["200", "200", "200", "404", "404"], p.stdout
+    logs = compose("logs", "kmsd")
+    lines = [json.loads(ln) for ln in (logs.stdout + logs.stderr).splitlines()
+             if ln.startswith("{") and '"metrics listener ready"' in ln]
+    assert lines and lines[-1]["metrics_addr"] == backend_ip("kmsd"), lines[-1:]
+    assert lines[-1]["metrics_port"] == 8472
 
 
 # ---- devices from the host ------------------------------------------------------------

@@ -112,8 +112,8 @@ class Spec:
     def check(self, method, url, status, headers, body, content_type, body_read=True,
               listener=None):
         """The problems (strings) of one answer; [] when it is as documented.
-        headers: a case-insensitive mapping; body: bytes. listener: "device"
-        or "admin" when the answer came from one of two listeners configured
+        headers: a case-insensitive mapping; body: bytes. listener: "device",
+        "admin" or "metrics" when the answer came from one of two listeners configured
         apart (None: one listener serves every route): a route the other
         listener serves (x-qkms-listeners) is then answered as unrouted."""
         path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
@@ -236,13 +236,16 @@ class Recorder:
                     "body": body[:300].decode("utf-8", "replace"),
                 })
 
-    def apart(self, device_port, admin_port):
+    def apart(self, device_port, admin_port, metrics_port=None):
         """From now on answers from device_port and admin_port come from
-        listeners configured apart (admin_port None: a unix socket)."""
+        listeners configured apart (admin_port None: a unix socket), and
+        those from metrics_port from the metrics listener."""
         with self._lock:
             self.listeners[device_port] = "device"
             if admin_port is not None:
                 self.listeners[admin_port] = "admin"
+            if metrics_port is not None:
+                self.listeners[metrics_port] = "metrics"
 
     def together(self):
         """One listener serves every route again."""

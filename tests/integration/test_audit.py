@@ -657,3 +657,64 @@ def test_verification_does_not_depend_on_rendering(fresh_stack):
         assert verify(st)["ok"]
     finally:
         st.psql("ALTER ROLE qkms RESET ALL")
+
+
+def test_verify_progress_while_it_runs(fresh_stack):
+    """A long verification's progress (issue 21): GET
+    /v1/admin/audit/verify/{request_id} answers while the POST sent with
+    that X-Request-Id runs and 404 once it is done; kmsctl audit verify
+    draws it on a terminal's stderr, never in a pipe or with --json."""
+    import threading
+    import uuid
+
+    from conftest import KMSCTL
+    from helpers import run_on_tty
+
+    st = fresh_stack
+    st.start(extra_env=FAST)
+    st.psql("INSERT INTO audit_log (actor, event, detail) SELECT 'test', 'test.bulk',"
+            " jsonb_build_object('n', g) FROM generate_series(1, 200000) g")
+    assert wait_for(lambda: st.psql("SELECT count(*) FROM audit_log WHERE hash IS NULL")
+                    .strip() == "0", timeout=300)
+    rid = "progress-" + uuid.uuid4().hex[:8]
+    seen, other, done = [], [], threading.Event()
+
+    def poll():  # 20 a second: under the admin rate limit (50/s)
+        while not done.is_set():
+            r = st.admin("GET", f"/v1/admin/audit/verify/{rid}")
+            if r.status_code == 200:
+                seen.append(r.json())
+            else:
+                other.append((r.status_code, r.json()["error"]["code"]))
+            time.sleep(0.05)
+
+    th = threading.Thread(target=poll)
+    th.start()
+    try:
+        r = st.admin("POST", "/v1/admin/audit/verify", json={}, headers={"X-Request-Id": rid})
+    finally:
+        done.set()
+        th.join()
+    assert r.status_code == 200 and r.json()["ok"] is True, r.text
+    # Before it started and after it ended: 404, nothing else.
+    assert set(other) <= {(404, "not_found")}, other
+    assert seen, "no progress answered while the verification ran"
+    assert {s["request_id"] for s in seen} == {rid}
+    rows = [s["rows_checked"] for s in seen]
+    assert rows == sorted(rows) and rows[-1] <= r.json()["rows_checked"], rows
+    fractions = [s["fraction"] for s in seen]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1
+    assert any(0 < f < 1 for f in fractions), fractions  # seen mid-walk
+    assert st.admin("GET", f"/v1/admin/audit/verify/{rid}").status_code == 404
+    r = st.admin("GET", "/v1/admin/audit/verify/" + "x" * 65)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+
+    env = dict(st.env, KMS_ADDR=st.url, KMS_TOKEN=st.admin_token)
+    rc, out, tty = run_on_tty([KMSCTL, "audit", "verify"], env)
+    assert rc == 0 and out.startswith("audit log OK: "), (out, tty)
+    assert re.search(r"\r\x1b\[Kverify: \d+ rows, \d+ rows/s, \d+%", tty), repr(tty)
+    assert not re.search(r"verify: \d+ rows[^\r]*$", tty), repr(tty)  # the line was cleared
+    rc, out, tty = run_on_tty([KMSCTL, "--json", "audit", "verify"], env)
+    assert rc == 0 and json.loads(out)["ok"] is True and "verify:" not in tty, repr(tty)
+    p = st.kmsctl("audit", "verify", token=st.admin_token)
+    assert p.returncode == 0 and "\x1b[K" not in p.stderr and "verify:" not in p.stderr

@@ -212,14 +212,14 @@ def check_kmsctl(doors):
 # admin listener on its own TCP port
 
 
-def openapi_apart(device_port=None, admin_port=None):
+def openapi_apart(device_port=None, admin_port=None, metrics_port=None):
     """Tell the OpenAPI check (conftest.OPENAPI) which listener answers on
     which port, so an admin route answered 404 on the device listener is
     checked as the unrouted answer it is; no device_port: together again."""
     if OPENAPI and device_port is None:
         OPENAPI.together()
     elif OPENAPI:
-        OPENAPI.apart(device_port, admin_port)
+        OPENAPI.apart(device_port, admin_port, metrics_port)
 
 
 @pytest.fixture(scope="class")
@@ -347,6 +347,66 @@ class TestUnixApart:
 
 
 # ---------------------------------------------------------------------------
+# the metrics listener, beside an admin listener on a unix socket (the
+# compose stack's shape: Prometheus speaks TCP only)
+
+
+@pytest.fixture(scope="class")
+def metrics(st):
+    path = os.path.join(st.state, "run", "admin.sock")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    port = free_port()
+    restart(st, {"QKMS_ADMIN_LISTEN_UNIX": path, "QKMS_METRICS_LISTEN_ADDR": "127.0.0.1",
+                 "QKMS_METRICS_LISTEN_PORT": str(port)})
+    openapi_apart(st.port, None, port)
+    yield Doors(st, Door(url=st.url), Door(unix=path)), Door(url=f"http://127.0.0.1:{port}")
+    openapi_apart()
+
+
+class TestMetricsListener:
+    def test_serves_metrics_and_probes_only(self, metrics):
+        doors, met = metrics
+        tok = doors.st.admin_token
+        r = met.call("GET", "/metrics")
+        assert r.status_code == 200 and "qkms_http_requests_total" in r.text
+        assert r.headers["content-type"].startswith("text/plain")
+        assert met.call("GET", "/healthz").json() == {"status": "ok"}
+        r = met.call("GET", "/readyz")
+        assert r.status_code == 200 and r.json()["status"] == "ready", r.text
+        # Nothing else: not the admin API (with a valid token), not the
+        # device protocol, not the CA, not ETSI's routes.
+        assert_not_found(met.call("GET", "/v1/admin/status", token=tok))
+        assert_not_found(met.call("POST", "/v1/admin/tokens", token=tok,
+                                  body={"name": "x" + uuid.uuid4().hex[:8], "role": "admin"}))
+        assert_not_found(met.call("POST", "/v1/sessions/key", body={}))
+        assert_not_found(met.call("GET", "/v1/ca"))
+        r = met.call("POST", "/metrics")  # its own route, another method
+        assert r.status_code == 405 and r.headers["allow"] == "GET", r.text
+        assert_not_found(met.call("GET", "/api/v1/keys/x/status"))
+        # The other listeners are as they were.
+        check_apart(doors)
+
+    def test_counts_requests_like_the_others(self, metrics):
+        doors, met = metrics
+        for _ in range(3):
+            assert met.call("GET", "/healthz").status_code == 200
+        assert_not_found(met.call("GET", "/v1/admin/devices"))
+        text = met.call("GET", "/metrics").text
+        adm = doors.admin.call("GET", "/metrics").text
+        for t in (text, adm):
+            assert 'qkms_http_requests_total{route="metrics",status="200"}' in t
+            assert 'qkms_http_requests_total{route="unmatched",status="404"}' in t
+
+    def test_ready_lines(self, metrics):
+        doors, met = metrics
+        rec = ready_line(doors.st)
+        assert rec["admin_unix"] == doors.admin.unix
+        rec = [r for r in doors.st.log_records() if r.get("msg") == "metrics listener ready"][-1]
+        assert f"http://{rec['metrics_addr']}:{rec['metrics_port']}" == met.url
+
+
+
+# ---------------------------------------------------------------------------
 # the default: one listener for everything
 
 
@@ -444,8 +504,24 @@ class TestAdminTls:
     ({"QKMS_LISTEN_ADDR": "127.0.0.1", "QKMS_LISTEN_PORT": "9000",
       "QKMS_ADMIN_LISTEN_ADDR": "127.0.0.1", "QKMS_ADMIN_LISTEN_PORT": "9000"},
      "the admin listener needs its own port"),
+    ({"QKMS_LISTEN_ADDR": "127.0.0.1", "QKMS_LISTEN_PORT": "9000",
+      "QKMS_METRICS_LISTEN_ADDR": "127.0.0.1", "QKMS_METRICS_LISTEN_PORT": "9000"},
+     "the metrics listener needs its own port"),
+    ({"QKMS_ADMIN_LISTEN_ADDR": "127.0.0.1", "QKMS_ADMIN_LISTEN_PORT": "9001",
+      "QKMS_METRICS_LISTEN_ADDR": "127.0.0.1", "QKMS_METRICS_LISTEN_PORT": "9001"},
+     "the metrics listener needs its own port"),
+    ({"QKMS_LISTEN_ADDR": "0.0.0.0", "QKMS_LISTEN_PORT": "9002",
+      "QKMS_METRICS_LISTEN_ADDR": "127.0.0.1", "QKMS_METRICS_LISTEN_PORT": "9002"},
+     "the metrics listener needs its own port"),
+    ({"QKMS_LISTEN_ADDR": "::1", "QKMS_LISTEN_PORT": "9003",
+      "QKMS_ADMIN_LISTEN_ADDR": "0:0:0:0:0:0:0:1", "QKMS_ADMIN_LISTEN_PORT": "9003"},
+     "the admin listener needs its own port"),
+    ({"QKMS_METRICS_LISTEN_ADDR": "kmsd-metrics"},
+     "metrics_listen_addr 'kmsd-metrics' is not an IPv4 or IPv6 address"),
+    ({"QKMS_LISTEN_ADDR": "localhost"}, "listen_addr 'localhost' is not an IPv4 or IPv6 address"),
 ], ids=["addr-and-unix", "tls-without-listener", "tls-half", "relative-unix", "long-unix",
-        "same-port"])
+        "same-port", "metrics-same-port", "metrics-admin-port", "metrics-wildcard",
+        "ipv6-spellings", "metrics-name", "device-name"])
 def test_bad_listener_config(st, env, message):
     e = dict(st.env, **env)
     p = subprocess.run([KMSD, "-c", st.conf, "--check-config"], env=e, capture_output=True,

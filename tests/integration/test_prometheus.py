@@ -86,6 +86,19 @@ def test_the_alert_rules_pass_their_tests():
         assert p.returncode == 0, p.stdout + p.stderr
 
 
+@needs_promtool
+def test_the_scrape_configuration_is_valid():
+    """The compose stack's Prometheus configuration (its rule file included)
+    as promtool reads it; the image build runs the same check."""
+    p = subprocess.run([PROMTOOL, "check", "config", "prometheus.yml"], cwd=RULES,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "SUCCESS: 1 rule files found" in p.stdout, p.stdout
+    conf = open(os.path.join(RULES, "prometheus.yml")).read()
+    # The job the rules select on (up{job="qkms"}), on the metrics listener.
+    assert re.search(r"job_name: qkms\n", conf) and '"kmsd:8472"' in conf, conf
+
+
 def test_every_rule_is_tested_and_uses_served_metrics(stack):
     rules = open(os.path.join(RULES, "rules.yml")).read()
     tests = open(os.path.join(RULES, "rules_test.yml")).read()

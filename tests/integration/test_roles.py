@@ -68,6 +68,7 @@ MATRIX = [
     ("POST", "/v1/admin/master/rotate", ADMIN),
     ("GET", "/v1/admin/audit", ANY),
     ("POST", "/v1/admin/audit/verify", AUDIT),
+    ("GET", "/v1/admin/audit/verify/{request_id}", AUDIT),
     ("GET", "/v1/admin/audit/export", AUDIT),
     ("GET", "/v1/admin/entropy", ANY),
     ("POST", "/v1/admin/entropy/sources/{name}/enable", ADMIN),
@@ -78,7 +79,7 @@ MATRIX = [
 
 def concrete(path):
     return (path.replace("{id}", "NO-SUCH").replace("{name}", "no-such").replace("{serial}", "00ff")
-            .replace("{sha256}", "0" * 64))
+            .replace("{sha256}", "0" * 64).replace("{request_id}", "no-such-request"))
 
 
 def test_matrix_covers_every_route():

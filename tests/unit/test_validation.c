@@ -23,7 +23,8 @@
 static void dummy(http_request *rq, http_response *rs) { (void)rq; (void)rs; }
 
 static const http_route rt[] = {
-    {"GET", "/healthz", "healthz", 0, dummy, 0, false, DOOR_ALL, RL_NONE, false},
+    {"GET", "/healthz", "healthz", 0, dummy, 0, false, DOOR_ALL | DOOR_METRICS, RL_NONE,
+     false},
     {"GET", "/v1/admin/tokens", "list", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN, RL_ADMIN, false},
     {"POST", "/v1/admin/tokens", "create", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN, RL_ADMIN, false},
     {"DELETE", "/v1/admin/tokens/{name}", "revoke", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN,
@@ -92,6 +93,11 @@ static void routing_doors(void **state)
     assert_int_equal(find_at(DOOR_ADMIN, "POST", "/v1/sessions/key", params, &np, allow), -404);
     assert_int_equal(find_at(DOOR_ADMIN, "GET", "/v1/sessions/key", params, &np, allow), -404);
     assert_int_equal(find("POST", "/v1/sessions/key", params, &np, allow), 5);
+    /* The metrics listener: its routes, and nothing else exists there. */
+    assert_int_equal(find_at(DOOR_METRICS, "GET", "/healthz", params, &np, allow), 0);
+    assert_int_equal(find_at(DOOR_METRICS, "GET", "/v1/admin/tokens", params, &np, allow), -404);
+    assert_int_equal(find_at(DOOR_METRICS, "POST", "/v1/sessions/key", params, &np, allow), -404);
+    assert_int_equal(find_at(DOOR_METRICS, "GET", "/v1/x/a/y/b", params, &np, allow), -404);
 }
 
 static void request_ids(void **state)
