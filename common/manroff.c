@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* One character of text, escaped for roff. at_line_start: it would begin
@@ -120,4 +121,29 @@ void man_item(FILE *f, const char *tag, const char *text)
         put_char(f, *s == '\n' ? ' ' : *s, false, false); /* the tag is one line */
     fputs("\\fR\n", f);
     put_text(f, text, true);
+}
+
+void man_synopsis(FILE *f, const char *usage, size_t len)
+{
+    static const char prefix[] = "usage: ";
+    const size_t indent = sizeof(prefix) - 1;
+    char *syn = malloc(len + 1), *w = syn;
+    const char *r = usage, *end = usage + len;
+
+    if (!syn)
+        return;
+    if ((size_t)(end - r) >= indent && !strncmp(r, prefix, indent))
+        r += indent;
+    while (r < end) {
+        const char *eol = memchr(r, '\n', (size_t)(end - r));
+        size_t n = eol ? (size_t)(eol - r) + 1 : (size_t)(end - r);
+        memcpy(w, r, n);
+        w += n;
+        r += n;
+        for (size_t k = 0; k < indent && r < end && *r == ' '; k++)
+            r++;
+    }
+    *w = 0;
+    man_verbatim(f, syn);
+    free(syn);
 }

@@ -14,6 +14,7 @@
  */
 #ifndef QKMS_MANROFF_H
 #define QKMS_MANROFF_H
+#include <stddef.h>
 #include <stdio.h>
 
 /* .TH: name (upper-cased here), section, and the footer's source. */
@@ -25,6 +26,10 @@ void man_subsection(FILE *f, const char *title);
 void man_text(FILE *f, const char *text);
 /* Lines exactly as given (.EX ... .EE). */
 void man_verbatim(FILE *f, const char *text);
+/* The SYNOPSIS lines of a usage text: its first len bytes, without the
+ * leading "usage: " and with the lines under the first moved left as far,
+ * verbatim. */
+void man_synopsis(FILE *f, const char *usage, size_t len);
 /* A tagged paragraph (.TP): tag in bold (an option, a command), then text. */
 void man_item(FILE *f, const char *tag, const char *text);
 

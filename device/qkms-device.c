@@ -122,28 +122,11 @@ static void usage(FILE *f) { fputs(usage_text, f); }
 static void print_man(FILE *f)
 {
     const char *rest = strstr(usage_text, "\n\n");
-    char *synopsis = strndup(usage_text, (size_t)(rest - usage_text) + 1);
-    /* Without "usage: ", and the lines under it moved left as far. */
-    if (synopsis) {
-        char *w = synopsis;
-        for (const char *r = synopsis + strlen("usage: "); *r;) {
-            const char *eol = strchr(r, '\n');
-            size_t n = eol ? (size_t)(eol - r) + 1 : strlen(r);
-            memmove(w, r, n);
-            w += n;
-            r += n;
-            for (int k = 0; k < 7 && *r == ' '; k++)
-                r++;
-        }
-        *w = 0;
-    }
     man_title(f, PROG, 1, "qkms " QKMS_VERSION);
     man_section(f, "NAME");
     fputs(PROG " \\- a device's side of the qkms device protocol, from the command line\n", f);
     man_section(f, "SYNOPSIS");
-    /* The continuation lines keep their place under the first. */
-    man_verbatim(f, synopsis ? synopsis : "");
-    free(synopsis);
+    man_synopsis(f, usage_text, (size_t)(rest - usage_text) + 1);
     man_section(f, "DESCRIPTION");
     man_text(f, "What a device's secure processing unit does with libqkms-device: it asks "
                 "qkms for the key of a session shared with a peer device, or ends the "

@@ -64,12 +64,7 @@ static void print_man(FILE *f)
     man_section(f, "NAME");
     fputs("kmsd \\- the qkms key\\-management daemon\n", f);
     man_section(f, "SYNOPSIS");
-    {
-        size_t skip = strlen("usage: ");
-        char *syn = strndup(usage_text + skip, (size_t)(opts - usage_text) - skip);
-        man_verbatim(f, syn ? syn : "kmsd");
-        free(syn);
-    }
+    man_synopsis(f, usage_text, (size_t)(opts - usage_text));
     man_section(f, "DESCRIPTION");
     man_text(f, "kmsd issues, delivers and destroys the keys of devices' sessions over HTTP "
                 "(the device protocol, ETSI GS QKD 014, gateway logins) and serves the admin "
