@@ -9,15 +9,15 @@
 ARG BASE=localhost/qkms-debian:bookworm
 FROM ${BASE}
 ENV DEBIAN_FRONTEND=noninteractive
-# The user first, with a fixed ID (the package's postinst keeps an existing
-# one): the volume's owner is then the same in every image built.
+# The package makes a system user "prometheus"; it then gets a fixed ID, so
+# that the volume's owner is the same in every image built.
 RUN set -eu; \
-    groupadd --system --gid 10003 prometheus; \
-    useradd --system --no-log-init --uid 10003 --gid prometheus --home-dir /var/lib/prometheus \
-        --no-create-home --shell /usr/sbin/nologin prometheus; \
     apt-get update -qq; \
     apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
     rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log /etc/prometheus/*.yml; \
+    groupmod --gid 10003 prometheus; \
+    usermod --uid 10003 --gid 10003 prometheus; \
+    rm -rf /var/lib/prometheus; \
     install -d -o prometheus -g prometheus -m 0750 /var/lib/prometheus /var/lib/prometheus/metrics2
 COPY docker/prometheus/prometheus.yml docker/prometheus/rules.yml /etc/prometheus/
 # The configuration is checked at build time: a broken file fails the build,
