@@ -448,7 +448,7 @@ def test_prometheus_scrapes_kmsd():
     assert all(r["value"][1] == "1" for r in ready), ready
     rules = []
     while time.time() < deadline:
-        rules = promql("prometheus_rule_group_rules")
+        rules = promql('prometheus_rule_group_rules{job="prometheus"}')
         if rules:
             break
         time.sleep(2)
