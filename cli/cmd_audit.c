@@ -22,58 +22,13 @@
 #include "output.h"
 #include "progress.h"
 #include "resource.h"
+#include "timearg.h"
 
 #define LIST_LIMIT_MAX 1000L
 #define LIST_LIMIT_DEFAULT 100L
 #define EXPORT_PAGE "5000"
 #define HASH_SHOWN 16
 
-/* --since: an RFC 3339 time or date as it is (the server checks it), or a
- * duration back from now: N followed by s, m, h or d. Heap string. */
-static int since_arg(const char *s, char **out)
-{
-    size_t n = strlen(s);
-    long v;
-    *out = NULL;
-    if (n >= 2 && strchr("smhd", s[n - 1]) && strspn(s, "0123456789") == n - 1) {
-        char num[24];
-        if (n - 1 >= sizeof(num)) {
-            out_error("--since: duration too long");
-            return EXIT_USAGE;
-        }
-        memcpy(num, s, n - 1);
-        num[n - 1] = 0;
-        if (!arg_to_long(num, 0, 100L * 365 * 86400, &v)) {
-            out_error("--since: duration out of range");
-            return EXIT_USAGE;
-        }
-        long mult = s[n - 1] == 's' ? 1 : s[n - 1] == 'm' ? 60 : s[n - 1] == 'h' ? 3600 : 86400;
-        if (v > 100L * 365 * 86400 / mult) {
-            out_error("--since: duration out of range");
-            return EXIT_USAGE;
-        }
-        time_t t = time(NULL) - (time_t)(v * mult);
-        struct tm tm;
-        char buf[64];
-        if (!gmtime_r(&t, &tm) || strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) {
-            out_error("--since: cannot compute the time");
-            return EXIT_INTERNAL;
-        }
-        *out = strdup(buf);
-    } else {
-        if (n < 10 || n > 40 || strspn(s, "0123456789-:.TtZz+") != n) {
-            out_error("--since must be a time (2026-11-23T08:00:00Z), a date (2026-11-23) or a"
-                      " duration back from now (30m, 12h, 7d)");
-            return EXIT_USAGE;
-        }
-        *out = strdup(s);
-    }
-    if (!*out) {
-        out_error("out of memory");
-        return EXIT_INTERNAL;
-    }
-    return EXIT_OK;
-}
 
 static int check_type(const char *s)
 {
@@ -112,7 +67,7 @@ static int list_query(const struct opt_values *o, char **query, long *limit)
         out_error("--after must be an audit row id");
         return EXIT_USAGE;
     }
-    if (since && (rc = since_arg(since, &since_v)))
+    if (since && (rc = time_arg("--since", since, &since_v)))
         return rc;
     rc = EXIT_OK;
     if (since_v)
@@ -414,7 +369,7 @@ static int audit_export(const struct kmsctl_ctx *ctx, const struct invocation *i
         return EXIT_USAGE;
     }
     to_stdout = strcmp(out, "-") == 0;
-    if (since && (rc = since_arg(since, &since_v)))
+    if (since && (rc = time_arg("--since", since, &since_v)))
         return rc;
     rc = client_query_add(&base, "limit", EXPORT_PAGE);
     if (!rc && since_v)

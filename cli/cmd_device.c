@@ -20,6 +20,7 @@
 #include "device_import.h"
 #include "exitcodes.h"
 #include "output.h"
+#include "timearg.h"
 
 #define LIST_LIMIT_MAX 1000L
 #define ALL_PAGE_SIZE "1000" /* --all without --limit: fewest round trips */
@@ -179,11 +180,17 @@ static int list_query(const struct opt_values *o, char **query)
     const char *type = opt_get(o, "type"), *group = opt_get(o, "group");
     const char *state = opt_get(o, "state"), *within = opt_get(o, "expiring-within");
     const char *limit = opt_get(o, "limit"), *after = opt_get(o, "after");
-    const char *parent = opt_get(o, "parent");
+    const char *parent = opt_get(o, "parent"), *since = opt_get(o, "seen-since");
+    bool never = opt_get(o, "never-seen") != NULL;
+    char *since_v = NULL;
     long v;
     int rc;
 
     *query = NULL;
+    if (never && since) {
+        out_error("--never-seen and --seen-since exclude each other");
+        return EXIT_USAGE;
+    }
     if (type && (rc = device_check_type("--type", type)))
         return rc;
     if (group && (rc = device_check_group("--group", group)))
@@ -206,7 +213,16 @@ static int list_query(const struct opt_values *o, char **query)
         return rc;
     if (!limit && opt_get(o, "all"))
         limit = ALL_PAGE_SIZE;
+    if (since && (rc = time_arg("--seen-since", since, &since_v)))
+        return rc;
 
+    rc = EXIT_OK;
+    if ((never && (rc = client_query_add(query, "never_seen", "true"))) ||
+        (since_v && (rc = client_query_add(query, "seen_since", since_v)))) {
+        free(since_v);
+        return rc;
+    }
+    free(since_v);
     if ((type && (rc = client_query_add(query, "type", type))) ||
         (group && (rc = client_query_add(query, "group", group))) ||
         (state && (rc = client_query_add(query, "state", state))) ||
@@ -311,11 +327,11 @@ cleanup:
 /* The devices table, and a note when a "next" cursor says more follow. */
 static int print_device_page(const json_t *resp)
 {
-    static const char *const headers[] = {"DEVICE", "TYPE",        "GROUP",
-                                          "STATE",  "ACTIVE-KEYS", "NEXT-EXPIRY"};
-    static const char *const fields[] = {"device_id", "type",        "group",
-                                         "state",     "active_keys", "next_expiry"};
-    int rc = out_table(json_object_get(resp, "devices"), 6, headers, fields);
+    static const char *const headers[] = {"DEVICE",      "TYPE",        "GROUP",    "STATE",
+                                          "ACTIVE-KEYS", "NEXT-EXPIRY", "LAST-SEEN"};
+    static const char *const fields[] = {"device_id",   "type",        "group",       "state",
+                                         "active_keys", "next_expiry", "last_seen_at"};
+    int rc = out_table(json_object_get(resp, "devices"), 7, headers, fields);
     if (!rc && json_is_string(json_object_get(resp, "next")))
         out_note("More devices follow: use --all, or --after with the last device ID shown.");
     return rc;
@@ -662,6 +678,8 @@ static const struct opt_spec list_opts[] = {
     {"parent", 0, "ID", "only the sub-devices of this gateway"},
     {"attr", 0, "NAME=VALUE", "only devices with this attribute; repeat for more (all must match)"},
     {"expiring-within", 0, "DAYS", "only devices with a live key expiring within DAYS (0..3650)"},
+    {"never-seen", 0, NULL, "only devices never heard from (no request since registration)"},
+    {"seen-since", 0, "T", "only devices heard from at or after T: a time, a date, or 30m, 12h, 7d back"},
     {"limit", 0, "N", "devices per page, 1..1000 (server default 100; 1000 with --all)"},
     {"after", 0, "ID", "start after this device ID (the 'next' cursor)"},
     {"all", 0, NULL, "follow the cursor and list every page"},
@@ -703,13 +721,16 @@ static const struct action device_actions[] = {
     },
     {
         .sub = "list",
-        .usage = "[--type T] [--group G] [--state S] [--parent ID] [--attr NAME=VALUE]... [--expiring-within DAYS] [--limit N] [--after ID] [--all]",
+        .usage = "[--type T] [--group G] [--state S] [--parent ID] [--attr NAME=VALUE]... [--expiring-within DAYS] [--never-seen | --seen-since T] [--limit N] [--after ID] [--all]",
         .summary = "List devices",
-        .description = "Columns: DEVICE TYPE GROUP STATE ACTIVE-KEYS NEXT-EXPIRY; '-' means none.\n"
+        .description = "Columns: DEVICE TYPE GROUP STATE ACTIVE-KEYS NEXT-EXPIRY LAST-SEEN; '-' means none.\n"
                        "Without --all one page is shown and a note says when more follow.\n"
                        "With --all and --json the pages are combined into one {\"devices\":[...]}.\n"
+                       "A device is seen when a request of its own succeeds (a key, an end, a\n"
+                       "gateway logout or reset), recorded to about a minute.\n"
                        "\n"
-                       "Request: GET /v1/admin/devices?type=&group=&state=&expiring_within=&limit=&after=\n",
+                       "Request: GET /v1/admin/devices?type=&group=&state=&expiring_within=\n"
+                       "         &never_seen=&seen_since=&limit=&after=\n",
         .opts = list_opts,
         .run = device_list,
     },

@@ -191,7 +191,9 @@ void h_devices_list(http_request *rq, http_response *rs)
 {
     struct attr_terms at = {json_object(), ""};
     device_filter f = {http_query(rq, "type"), http_query(rq, "group"), http_query(rq, "state"),
-                       http_query(rq, "after"), -1, 100, http_query(rq, "parent"), at.all};
+                       http_query(rq, "after"), -1, 100, http_query(rq, "parent"), at.all,
+                       -1, http_query(rq, "seen_since")};
+    const char *never = http_query(rq, "never_seen");
     json_t *out;
     qk_err e;
 
@@ -210,6 +212,25 @@ void h_devices_list(http_request *rq, http_response *rs)
     if (query_int(rq, rs, "expiring_within", 0, 3650, &f.expiring_within) != 0 ||
         query_int(rq, rs, "limit", 1, 1000, &f.limit) != 0)
         goto out;
+    if (never) {
+        if (!strcmp(never, "true") || !strcmp(never, "1")) {
+            f.never_seen = 1;
+        } else if (!strcmp(never, "false") || !strcmp(never, "0")) {
+            f.never_seen = 0;
+        } else {
+            http_error(rs, 400, "invalid_query", "never_seen must be true or false");
+            goto out;
+        }
+    }
+    if (f.seen_since && !timetext_valid(f.seen_since, true)) {
+        http_error(rs, 400, "invalid_query",
+                   "seen_since must be an RFC 3339 time or a date (YYYY-MM-DD)");
+        goto out;
+    }
+    if (f.never_seen == 1 && f.seen_since) {
+        http_error(rs, 400, "invalid_query", "never_seen=true and seen_since exclude each other");
+        goto out;
+    }
     if (devices_list(&rq->kms->svc, &f, &out, &e) != QK_OK) {
         http_fail(rs, &e);
         goto out;

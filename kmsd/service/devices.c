@@ -27,13 +27,15 @@
 static json_t *device_json(const PGresult *r, int i, int sae_col)
 {
     json_t *attrs = json_loads(PQgetvalue(r, i, sae_col + 1), 0, NULL);
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "device_id",
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "device_id",
                      pgjson_text(r, i, 0), "type", pgjson_text(r, i, 1), "group",
                      pgjson_text(r, i, 2), "parent", pgjson_text(r, i, 3), "state",
                      pgjson_text(r, i, 4), "created_at", pgjson_time(r, i, 5), "updated_at",
                      pgjson_time(r, i, 6), "revoked_at", pgjson_time(r, i, 7), "sae_id",
                      pgjson_text(r, i, sae_col), "attributes", attrs ? attrs : json_object(),
-                     "service_until", pgjson_time(r, i, sae_col + 2));
+                     "service_until", pgjson_time(r, i, sae_col + 2), "first_seen_at",
+                     pgjson_time(r, i, sae_col + 3), "last_seen_at",
+                     pgjson_time(r, i, sae_col + 4));
 }
 
 qk_kind devices_get(qk_svc *s, const char *device_id, bool with_keys, bool with_kcv, json_t **out,
@@ -75,7 +77,7 @@ out:
 qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e)
 {
     char days[16], lim[16], *attr = NULL;
-    const char *vals[8];
+    const char *vals[10];
     db_status st;
     PGresult *r;
     json_t *arr;
@@ -93,8 +95,12 @@ qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e)
     vals[6] = f->parent;
     vals[7] = f->attrs && json_object_size(f->attrs) ? (attr = json_dumps(f->attrs, JSON_COMPACT))
                                                       : NULL;
-    r = db_query(s->db, Q_DEVICE_LIST, 8, vals, NULL, NULL, &st);
+    vals[8] = f->never_seen < 0 ? NULL : f->never_seen ? "true" : "false";
+    vals[9] = f->seen_since;
+    r = db_query(s->db, Q_DEVICE_LIST, 10, vals, NULL, NULL, &st);
     free(attr);
+    if (!r && st == DB_INVALID && f->seen_since) /* the calendar: "2026-02-30" */
+        return qk_fail(e, QK_MALFORMED, "invalid_query", "seen_since is not a valid time");
     if (!r)
         return db_fail(e, st);
     arr = json_array();

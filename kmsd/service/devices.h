@@ -66,6 +66,8 @@ typedef struct {
     int limit;
     const char *parent; /* NULL = any; else the sub-devices of that gateway */
     json_t *attrs;      /* NULL = any; else attributes the device has (normal forms) */
+    int never_seen;     /* -1 = any; 1 = never heard from; 0 = heard from at least once */
+    const char *seen_since; /* NULL = any; else heard from at or after this time (RFC 3339) */
 } device_filter;
 /* {"devices": [...], "next": <last device_id when the page is full, or null>} */
 qk_kind devices_list(qk_svc *s, const device_filter *f, json_t **out, qk_err *e);

@@ -4,6 +4,7 @@
  * account's state (failures, lock, the current login) is the stored
  * functions' of schema/020_gateway_login.sql.
  */
+#include "service/device_seen.h"
 #include "service/gateway_login.h"
 
 #include <stdatomic.h>
@@ -327,6 +328,7 @@ qk_kind gateway_logout(qk_svc *s, const qk_principal *who, device_auth *a, int64
     outcome = PQgetvalue(r, 0, 0);
     if (!strcmp(outcome, "ok")) {
         log_with(&who->log, LOG_INFO, "gateway logged out", "{s:s}", "device_id", a->device_id);
+        device_seen_note(s->contact, a->device_pk);
         k = QK_OK;
     } else if (!strcmp(outcome, "no_login")) {
         k = qk_fail(e, QK_NOT_FOUND, "no_login", "this gateway has no live login");
@@ -354,6 +356,7 @@ qk_kind gateway_reset(qk_svc *s, const qk_principal *who, device_auth *a, int64_
         *epoch = atoi(PQgetvalue(r, 0, 3));
         log_with(&who->log, LOG_INFO, "gateway reset", "{s:s,s:i,s:i}", "device_id",
                  a->device_id, "unbound", *unbound, "sessions_ended", *ended);
+        device_seen_note(s->contact, a->device_pk);
         k = QK_OK;
     } else if (!common_refusal(s, who, a, outcome, NULL, e, &k)) {
         log_with(&who->log, LOG_ERROR, "unexpected reset outcome", "{s:s}", "outcome", outcome);

@@ -17,6 +17,7 @@
 #include "service/qkd_metrics.h"
 #include "service/platform_keys.h"
 #include "service/keycache.h"
+#include "service/device_seen.h"
 #include "service/session_seen.h"
 #include "service/master.h"
 #include "service/session_metrics.h"
@@ -160,9 +161,12 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
     /* 64 Ki slots (512 KiB): a hint for every session opened in the last
      * half minute at 2,000 sessions/s. */
     s->seen = session_seen_new(65536);
+    /* 64 Ki slots (512 KiB): each device heard from is written once a
+     * minute, a collision once more. */
+    s->contact = device_seen_open(s->db, 65536);
     s->v2cache = certkeys_new();
     s->qkdm = qkd_metrics_new();
-    if (!s->smetrics || !s->keys || !s->seen || !s->v2cache || !s->qkdm) {
+    if (!s->smetrics || !s->keys || !s->seen || !s->contact || !s->v2cache || !s->qkdm) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
@@ -175,6 +179,7 @@ out:
 
 void service_close(qk_svc *s)
 {
+    device_seen_close(s->contact); /* flushes: needs the pool */
     session_metrics_free(s->smetrics);
     sessions_set_id_key(NULL, 0);
     keycache_free(s->keys);

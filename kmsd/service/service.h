@@ -38,6 +38,7 @@ typedef struct certkeys certkeys;
 typedef struct qkd_metrics qkd_metrics;
 typedef struct qk_trust qk_trust;
 typedef struct session_seen session_seen;
+typedef struct device_seen device_seen;
 typedef struct session_metrics session_metrics;
 
 typedef struct qk_svc {
@@ -49,6 +50,7 @@ typedef struct qk_svc {
     entropy *ent;     /* where key material comes from */
     keycache *keys;   /* device key rows; unwrapped keys in the secure heap */
     session_seen *seen; /* sessions seen to exist: no candidate key for them */
+    device_seen *contact; /* devices heard from: first_seen_at, last_seen_at (device_seen.h) */
     session_metrics *smetrics;
     qk_ca *ca;        /* the platform CA (its key in the token), service/ca.h */
     platform_keys *pkeys; /* protocol v2's signing and key-agreement keys (platform_keys.h) */

@@ -21,6 +21,7 @@
 #include "service/master.h"
 #include "service/session_id.h"
 #include "service/session_metrics.h"
+#include "service/device_seen.h"
 #include "service/session_seen.h"
 #include "store/pgjson.h"
 #include "store/queries.h"
@@ -496,8 +497,10 @@ qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const
         outcome = PQgetvalue(r, 0, 0);
         if (!strcmp(outcome, "ok")) {
             k = grant_from_row(s, who, r, &cd, g, e);
-            if (k == QK_OK)
+            if (k == QK_OK) {
                 session_seen_add(s->seen, sc.hash);
+                device_seen_note(s->contact, a->device_pk); /* a contact, off the path */
+            }
             goto out;
         }
         if (strcmp(outcome, "need_key") != 0 && strcmp(outcome, "master_inactive") != 0) {
@@ -575,6 +578,8 @@ qk_kind sessions_end(qk_svc *s, const qk_principal *who, device_auth *a, const c
         goto out;
     }
     k = session_end_outcome(s, who, a, PQgetvalue(r, 0, 0), e);
+    if (k == QK_OK)
+        device_seen_note(s->contact, a->device_pk);
 out:
     PQclear(r);
     OPENSSL_cleanse(&sc, sizeof(sc));

@@ -102,9 +102,19 @@
       " JOIN devices d ON d.device_id = u.device_id JOIN device_types t ON t.name = d.type")    \
     X(Q_DEVICE_GET,                                                                            \
       "SELECT d.device_id, d.type, d.group_label, p.device_id, d.state, d.created_at,"         \
-      " d.updated_at, d.revoked_at, d.sae_id, d.attributes::text, d.service_until"             \
+      " d.updated_at, d.revoked_at, d.sae_id, d.attributes::text, d.service_until,"            \
+      " d.first_seen_at, d.last_seen_at"                                                       \
       " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
       " WHERE d.device_id = $1")                                                               \
+    X(Q_DEVICE_SEEN, /* $1 bigint[] of device rows heard from: how many were first contacts */ \
+      "WITH o AS (SELECT id, device_id, first_seen_at IS NULL AS first FROM devices"           \
+      "  WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE),"                          \
+      " u AS (UPDATE devices d SET last_seen_at = now(),"                                       \
+      "  first_seen_at = coalesce(d.first_seen_at, now()) FROM o WHERE d.id = o.id),"           \
+      " a AS (INSERT INTO audit_log (actor, event, device_id, detail)"                          \
+      "  SELECT 'kmsd', 'device.first_contact', o.device_id, '{}'::jsonb FROM o WHERE o.first"  \
+      "  ORDER BY o.id RETURNING 1)"                                                            \
+      " SELECT count(*) FROM a")                                                                \
     X(Q_DEVICE_LOCK, "SELECT id, state, type, group_label, suspended_with_parent FROM devices"  \
       " WHERE device_id = $1 FOR UPDATE")                                                      \
     X(Q_DEVICE_KEYS,                                                                           \
@@ -166,7 +176,7 @@
       "   AND k.not_after > now()),"                                                           \
       " (SELECT min(k.not_after) FROM device_keys k WHERE k.device_pk = d.id"                  \
       "   AND k.state = 'active' AND k.not_after > now()), d.sae_id, d.attributes::text,"      \
-      " d.service_until"                                                                       \
+      " d.service_until, d.first_seen_at, d.last_seen_at"                                      \
       " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
       " WHERE ($1::text IS NULL OR d.type = $1) AND ($2::text IS NULL OR d.group_label = $2)"  \
       " AND ($3::text IS NULL OR d.state = $3)"                                                \
@@ -176,6 +186,8 @@
       " AND ($5::text IS NULL OR d.device_id > $5)"                                            \
       " AND ($7::text IS NULL OR p.device_id = $7)"                                            \
       " AND ($8::jsonb IS NULL OR d.attributes @> $8::jsonb)"                                  \
+      " AND ($9::boolean IS NULL OR (d.first_seen_at IS NULL) = $9)"                           \
+      " AND ($10::timestamptz IS NULL OR d.last_seen_at >= $10)"                               \
       " ORDER BY d.device_id LIMIT $6::int")                                                   \
     X(Q_KEYS_RETIRE_DUE,                                                                       \
       "UPDATE device_keys k SET state = 'retired', retired_at = now(), retire_at = NULL"       \

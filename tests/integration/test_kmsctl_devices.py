@@ -25,9 +25,10 @@ from helpers import (AUTH, NOWHERE, OK, REFUSED, USAGE, human, kv_block, near, o
                      table, ts, uid, usage, utcnow)
 
 RECORD_FIELDS = ("device_id", "type", "group", "parent", "state", "created_at", "updated_at",
-                 "revoked_at", "sae_id", "attributes", "service_until")
+                 "revoked_at", "sae_id", "attributes", "service_until", "first_seen_at",
+                 "last_seen_at")
 KEY_HEADER = ["INDEX", "ALG", "STATE", "EXPIRED", "NOT-AFTER", "RETIRE-AT", "EXPORTED"]
-LIST_HEADER = ["DEVICE", "TYPE", "GROUP", "STATE", "ACTIVE-KEYS", "NEXT-EXPIRY"]
+LIST_HEADER = ["DEVICE", "TYPE", "GROUP", "STATE", "ACTIVE-KEYS", "NEXT-EXPIRY", "LAST-SEEN"]
 BUILTIN_TYPES = {"vehicle", "encryptor", "meter", "gateway", "subdevice", "generic"}
 
 # Every key a fill in this module put in clear (hex), for the leak check at

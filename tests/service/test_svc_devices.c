@@ -209,7 +209,7 @@ static void get_not_found(void **state)
 static void list_with_filters(void **state)
 {
     char group[64], a[96], b[96];
-    device_filter f = {NULL, NULL, NULL, NULL, -1, 100, NULL, NULL};
+    device_filter f = {NULL, NULL, NULL, NULL, -1, 100, NULL, NULL, -1, NULL};
     json_t *out, *devs;
     qk_err e;
     (void)state;
@@ -235,18 +235,31 @@ static void list_with_filters(void **state)
     assert_string_equal(json_string_value(json_object_get(json_array_get(devs, 0), "device_id")), b);
     json_decref(out);
     /* Type, state and expiry filters. */
-    f = (device_filter){"gateway", group, NULL, NULL, -1, 100, NULL, NULL};
+    f = (device_filter){"gateway", group, NULL, NULL, -1, 100, NULL, NULL, -1, NULL};
     assert_int_equal(devices_list(&fx.svc, &f, &out, &e), QK_OK);
     assert_int_equal(json_array_size(json_object_get(out, "devices")), 0);
     json_decref(out);
-    f = (device_filter){NULL, group, "suspended", NULL, -1, 100, NULL, NULL};
+    f = (device_filter){NULL, group, "suspended", NULL, -1, 100, NULL, NULL, -1, NULL};
     assert_int_equal(devices_list(&fx.svc, &f, &out, &e), QK_OK);
     assert_int_equal(json_array_size(json_object_get(out, "devices")), 0);
     json_decref(out);
-    f = (device_filter){NULL, group, NULL, NULL, 400, 100, NULL, NULL};
+    f = (device_filter){NULL, group, NULL, NULL, 400, 100, NULL, NULL, -1, NULL};
     assert_int_equal(devices_list(&fx.svc, &f, &out, &e), QK_OK);
     assert_int_equal(json_array_size(json_object_get(out, "devices")), 2);
     json_decref(out);
+    /* First contact: never heard from (the service writes no contact for
+     * admin calls), and a seen_since the calendar refuses. */
+    f = (device_filter){NULL, group, NULL, NULL, -1, 100, NULL, NULL, 1, NULL};
+    assert_int_equal(devices_list(&fx.svc, &f, &out, &e), QK_OK);
+    assert_int_equal(json_array_size(json_object_get(out, "devices")), 2);
+    json_decref(out);
+    f = (device_filter){NULL, group, NULL, NULL, -1, 100, NULL, NULL, 0, NULL};
+    assert_int_equal(devices_list(&fx.svc, &f, &out, &e), QK_OK);
+    assert_int_equal(json_array_size(json_object_get(out, "devices")), 0);
+    json_decref(out);
+    f = (device_filter){NULL, group, NULL, NULL, -1, 100, NULL, NULL, -1, "2026-02-30"};
+    assert_int_equal(devices_list(&fx.svc, &f, &out, &e), QK_MALFORMED);
+    assert_string_equal(e.code, "invalid_query");
 }
 
 /* ---- lifecycle -------------------------------------------------------------- */
