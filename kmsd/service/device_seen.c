@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "log.h"
 #include "store/pgarray.h"
 #include "store/queries.h"
@@ -102,10 +104,17 @@ int device_seen_flush(device_seen *ds)
         pgarray_init(&a);
         for (size_t i = 0; i < m; i++)
             pgarray_add_int(&a, (long)take[at + i]);
-        if ((t.rows = pgarray_finish(&a)) && (st = db_tx(ds->db, seen_tx_fn, &t)) != DB_OK) {
-            log_emit(LOG_WARN, "device contact not recorded; noted again at the next request",
+        if (!(t.rows = pgarray_finish(&a))) {
+            log_emit(LOG_WARN, "device contact not recorded (out of memory)", "{s:i}", "devices",
+                     (int)m);
+            rc = -1;
+        } else if ((st = db_tx(ds->db, seen_tx_fn, &t)) != DB_OK) {
+            log_emit(LOG_WARN, "device contact not recorded; written at their next minute",
                      "{s:i,s:s}", "devices", (int)m, "error", db_status_name(st));
             rc = -1;
+        } else if (t.firsts > 0) {
+            log_emit(LOG_INFO, "devices heard from for the first time", "{s:I}", "count",
+                     (json_int_t)t.firsts);
         }
         pgarray_free(&a);
         at += m;

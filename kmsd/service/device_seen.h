@@ -11,15 +11,17 @@
  *    in a direct-mapped table of the minute each device was last noted;
  *    the first note of a device in a minute also queues its row.
  *  - A flusher thread writes the queue every DEVICE_SEEN_FLUSH_S seconds
- *    in one statement per DEVICE_SEEN_BATCH rows (ordered row locks, so
- *    two kmsd flushing the same devices wait for each other rather than
- *    deadlock): last_seen_at = now(), first_seen_at set once, and the
- *    first contact audited exactly once across instances.
+ *    in one statement per DEVICE_SEEN_BATCH rows: last_seen_at (never
+ *    backwards), first_seen_at set once, and the first contact audited
+ *    exactly once across instances (the row lock makes a second flush see
+ *    the first's write). A row another transaction holds (a revoke, a
+ *    fill, another kmsd's flush) is skipped, so a flush never waits or
+ *    deadlocks: that device is written at its next minute.
  *  - Best effort, never wrong: a full queue, a failed flush or a crash
  *    loses at most that minute's update (the next request in a later
  *    minute notes the device again); a first contact is then recorded
  *    late, never twice. last_seen_at is accurate to about a minute.
- *  - device_seen_close flushes what is queued, then stops the thread; call
+ *  - device_seen_close stops the thread, then flushes what is queued; call
  *    it before the database pool is closed.
  */
 #ifndef QKMS_DEVICE_SEEN_H
@@ -29,7 +31,7 @@
 
 #define DEVICE_SEEN_FLUSH_S 5
 #define DEVICE_SEEN_BATCH 1000
-#define DEVICE_SEEN_QUEUE 16384
+#define DEVICE_SEEN_QUEUE 65536 /* 4 flush periods of 3,000 new devices a second */
 
 typedef struct device_seen device_seen;
 

@@ -256,6 +256,7 @@ qk_kind gateway_login(qk_svc *s, const qk_principal *who, device_auth *a, const 
     session_nonce(a->nonce);
     sa.session_id = login_id;
     sa.platform_peer = true;
+    sa.contact_by_caller = true; /* below, once the login is done */
     sa.key_source = 'c'; /* the platform's entropy: the key itself in the answer */
     sa.ts = ask->ts;
     if ((k = sessions_issue(s, who, a, &sa, g, e)) != QK_OK) {
@@ -284,6 +285,7 @@ qk_kind gateway_login(qk_svc *s, const qk_principal *who, device_auth *a, const 
     PQclear(r);
     log_with(&who->log, LOG_INFO, "gateway logged in", "{s:s,s:s,s:s}", "device_id",
              a->device_id, "login_id", login_id, "key_id", g->key_id);
+    device_seen_note(s->contact, a->device_pk);
     k = QK_OK;
 out:
     if (slot)

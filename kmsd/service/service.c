@@ -161,9 +161,10 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
     /* 64 Ki slots (512 KiB): a hint for every session opened in the last
      * half minute at 2,000 sessions/s. */
     s->seen = session_seen_new(65536);
-    /* 64 Ki slots (512 KiB): each device heard from is written once a
-     * minute, a collision once more. */
-    s->contact = device_seen_open(s->db, 65536);
+    /* 256 Ki slots (2 MiB): each device heard from is written once a
+     * minute while fewer than about that many are active in a minute;
+     * devices sharing a slot are written once per request of theirs. */
+    s->contact = device_seen_open(s->db, 262144);
     s->v2cache = certkeys_new();
     s->qkdm = qkd_metrics_new();
     if (!s->smetrics || !s->keys || !s->seen || !s->contact || !s->v2cache || !s->qkdm) {

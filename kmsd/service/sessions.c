@@ -499,7 +499,8 @@ qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const
             k = grant_from_row(s, who, r, &cd, g, e);
             if (k == QK_OK) {
                 session_seen_add(s->seen, sc.hash);
-                device_seen_note(s->contact, a->device_pk); /* a contact, off the path */
+                if (!ask->contact_by_caller) /* a contact, written off the path */
+                    device_seen_note(s->contact, a->device_pk);
             }
             goto out;
         }

@@ -63,6 +63,9 @@ typedef struct {
      * docs/protocol.md): the session row has no responder, the platform
      * holds the key until the session ends. */
     bool platform_peer;
+    /* The caller has more to settle before the request succeeds (a
+     * gateway login): it notes the device's contact itself. */
+    bool contact_by_caller;
 } session_ask;
 
 /* How a channel's platform side is named (session rows, logs, the admin

@@ -106,10 +106,12 @@
       " d.first_seen_at, d.last_seen_at"                                                       \
       " FROM devices d LEFT JOIN devices p ON p.id = d.parent_id"                              \
       " WHERE d.device_id = $1")                                                               \
-    X(Q_DEVICE_SEEN, /* $1 bigint[] of device rows heard from: how many were first contacts */ \
+    X(Q_DEVICE_SEEN, /* $1 bigint[] of device rows heard from: how many were first contacts; \
+                        rows another transaction holds are skipped (written at their next  \
+                        minute): no flush waits on, or deadlocks with, a device's change */  \
       "WITH o AS (SELECT id, device_id, first_seen_at IS NULL AS first FROM devices"           \
-      "  WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE),"                          \
-      " u AS (UPDATE devices d SET last_seen_at = now(),"                                       \
+      "  WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED),"              \
+      " u AS (UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, now()),"             \
       "  first_seen_at = coalesce(d.first_seen_at, now()) FROM o WHERE d.id = o.id),"           \
       " a AS (INSERT INTO audit_log (actor, event, device_id, detail)"                          \
       "  SELECT 'kmsd', 'device.first_contact', o.device_id, '{}'::jsonb FROM o WHERE o.first"  \
