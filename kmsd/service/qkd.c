@@ -1,4 +1,5 @@
 /* qkd — key delivery to SAEs, ETSI GS QKD 014's service (qkd.h). */
+#include "service/device_seen.h"
 #include "service/qkd.h"
 #include "service/session_id.h"
 
@@ -397,6 +398,7 @@ qk_kind qkd_enc(qk_svc *s, const qk_principal *who, const qkd_sae *master,
         atomic_fetch_add(&s->qkdm->issued, (unsigned long long)number);
     log_with(&who->log, LOG_INFO, "qkd keys issued", "{s:s,s:i,s:i,s:i}", "master_sae",
              master->sae_id, "number", number, "size", size, "slaves", nslaves);
+    device_seen_note(s->contact, master->pk);
     k = QK_OK;
 out:
     pgarray_free(&sl);
@@ -548,6 +550,7 @@ qk_kind qkd_dec(qk_svc *s, const qk_principal *who, const qkd_sae *slave, const 
         atomic_fetch_add(&s->qkdm->fetched, (unsigned long long)n);
     log_with(&who->log, LOG_INFO, "qkd keys fetched", "{s:s,s:s,s:i}", "slave_sae",
              slave->sae_id, "master_sae", master_sae, "number", n);
+    device_seen_note(s->contact, slave->pk);
     k = QK_OK;
 out:
     qkd_keys_out_clear(&t.out);
@@ -604,7 +607,10 @@ qk_kind qkd_status(qk_svc *s, const qkd_sae *master, const char *slave_sae, json
                      "max_key_per_request", QKD_MAX_KEY_PER_REQUEST, "max_key_size",
                      QKD_MAX_KEY_SIZE, "min_key_size", QKD_MIN_KEY_SIZE, "max_SAE_ID_count",
                      QKD_MAX_SAE_ID_COUNT);
-    return *out ? QK_OK : qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+    if (!*out)
+        return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+    device_seen_note(s->contact, master->pk);
+    return QK_OK;
 }
 
 qk_kind qkd_overview(qk_svc *s, json_t **out, qk_err *e)

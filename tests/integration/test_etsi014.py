@@ -199,6 +199,30 @@ def test_status_enc_and_dec_give_identical_keys(mt):
     assert n == "3"
 
 
+def test_an_sae_is_heard_from(mt):
+    """A successful ETSI request is the SAE's contact (docs/devices.md,
+    "First contact"): status and enc_keys for the master, dec_keys for the
+    slave; a refused one is not."""
+    a, b, c = Sae(mt), Sae(mt), Sae(mt)
+
+    def first_seen(sae):
+        return mt.st.admin("GET", f"/v1/admin/devices/{sae.device_id}").json()["first_seen_at"]
+
+    assert a.call("GET", b.sae_id, "status").status_code == 200
+    assert wait_for(lambda: first_seen(a) is not None, timeout=30)
+    ka = keys_of(a.call("POST", b.sae_id, "enc_keys", {"number": 1, "size": 256}))
+    # c asks for a key that is not its own: refused, no contact.
+    r = c.call("POST", a.sae_id, "dec_keys", {"key_IDs": [{"key_ID": next(iter(ka))}]})
+    assert r.status_code == 401
+    assert keys_of(b.call("POST", a.sae_id, "dec_keys",
+                          {"key_IDs": [{"key_ID": i} for i in ka]})) == ka
+    assert wait_for(lambda: first_seen(b) is not None, timeout=30)
+    n = mt.st.psql("SELECT count(*) FROM audit_log WHERE event = 'device.first_contact'"
+                   f" AND device_id IN ('{a.device_id}', '{b.device_id}')").strip()
+    assert n == "2"
+    assert first_seen(c) is None
+
+
 def test_get_forms(mt):
     a, b = Sae(mt), Sae(mt)
     ka = keys_of(a.call("GET", b.sae_id, "enc_keys", params={"number": "2", "size": "128"}))
