@@ -139,8 +139,7 @@ void help_print_man(FILE *f)
     char line[256];
 
     man_title(f, "kmsctl", 1, "qkms " QKMS_VERSION);
-    man_section(f, "NAME");
-    fputs("kmsctl \\- admin CLI for the qkms key\\-management server\n", f);
+    man_name(f, "kmsctl", "admin CLI for the qkms key-management server");
     man_section(f, "SYNOPSIS");
     man_verbatim(f, "kmsctl [OPTIONS] COMMAND [SUBCOMMAND] [ARGS] [OPTIONS]");
     man_section(f, "DESCRIPTION");

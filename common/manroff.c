@@ -101,6 +101,15 @@ void man_subsection(FILE *f, const char *title)
     fputc('\n', f);
 }
 
+void man_name(FILE *f, const char *name, const char *what)
+{
+    man_section(f, "NAME");
+    for (const char *s = name; *s; s++)
+        put_char(f, *s, s == name, false);
+    fputs(" \\- ", f);
+    put_text(f, what, false);
+}
+
 void man_text(FILE *f, const char *text)
 {
     fputs(".PP\n", f);

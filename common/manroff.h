@@ -19,6 +19,8 @@
 
 /* .TH: name (upper-cased here), section, and the footer's source. */
 void man_title(FILE *f, const char *name, int section, const char *source);
+/* The NAME section: "name \- what", both escaped. */
+void man_name(FILE *f, const char *name, const char *what);
 /* .SH / .SS headings. */
 void man_section(FILE *f, const char *title);
 void man_subsection(FILE *f, const char *title);

@@ -123,8 +123,7 @@ static void print_man(FILE *f)
 {
     const char *rest = strstr(usage_text, "\n\n");
     man_title(f, PROG, 1, "qkms " QKMS_VERSION);
-    man_section(f, "NAME");
-    fputs(PROG " \\- a device's side of the qkms device protocol, from the command line\n", f);
+    man_name(f, PROG, "a device's side of the qkms device protocol, from the command line");
     man_section(f, "SYNOPSIS");
     man_synopsis(f, usage_text, (size_t)(rest - usage_text) + 1);
     man_section(f, "DESCRIPTION");

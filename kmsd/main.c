@@ -61,8 +61,7 @@ static void print_man(FILE *f)
     const char *opts = strchr(usage_text, '\n');
     opts = strchr(opts + 1, '\n') + 1; /* past the two synopsis lines */
     man_title(f, "kmsd", 8, "qkms " QKMS_VERSION);
-    man_section(f, "NAME");
-    fputs("kmsd \\- the qkms key\\-management daemon\n", f);
+    man_name(f, "kmsd", "the qkms key-management daemon");
     man_section(f, "SYNOPSIS");
     man_synopsis(f, usage_text, (size_t)(opts - usage_text));
     man_section(f, "DESCRIPTION");
