@@ -67,6 +67,7 @@ struct options {
     int index; /* -1: the default key */
     long timeout;
     int delivered, json, v2, peer_platform;
+    int all; /* end: every session of the device, instead of --session */
     int mode;    /* v2: 1, 2 or 3 */
     char source; /* v2: 'a', 'b' or 'c' */
 };
@@ -76,7 +77,7 @@ struct options {
 static const char usage_text[] =
     "usage: " PROG " key --url URL --fill FILE --session S --peer P [--index N]\n"
     "                  [--delivered] [--json] [TLS options] [--timeout S]\n"
-    "       " PROG " end --url URL --fill FILE --session S [--index N] [--json]\n"
+    "       " PROG " end --url URL --fill FILE (--session S | --all) [--index N] [--json]\n"
     "                  [TLS options] [--timeout S]\n"
     "       " PROG " key --v2 --server-cert F (--cert F [--key F] | --fill FILE)\n"
     "                  [--mode 1|2|3] [--source a|b|c] --url URL --session S --peer P ...\n"
@@ -85,7 +86,8 @@ static const char usage_text[] =
     "\n"
     "  key   ask qkms for the key of session S shared with device P; prints the\n"
     "        key ID and the session key in hex\n"
-    "  end   end session S (its key is destroyed)\n"
+    "  end   end session S (its key is destroyed); with --all, every session of\n"
+    "        the device at once (a power-down)\n"
     "\n"
     "  --v2           device protocol v2 (docs/protocol.md): the request is signed\n"
     "                 with the device's key (--cert/--key, modes 1 and 2) or sealed\n"
@@ -238,7 +240,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         const char *name;
         const char **value; /* NULL: a flag */
         int *flag;
-        int key_only;
+        int key_only; /* 1: key only; -1: end only */
     } specs[] = {
         {"url", &o->url, NULL, 0},         {"fill", &o->fill, NULL, 0},
         {"session", &o->session, NULL, 0}, {"peer", &o->peer, NULL, 1},
@@ -249,6 +251,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"v2", NULL, &o->v2, 0},            {"mode", &o->mode_s, NULL, 0},
         {"source", &o->source_s, NULL, 1},  {"server-cert", &o->server_cert, NULL, 0},
         {"peer-platform", NULL, &o->peer_platform, 1},
+        {"all", NULL, &o->all, -1},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
 
@@ -272,7 +275,8 @@ static int parse_args(int argc, char **argv, struct options *o)
             if (strlen(specs[j].name) == nl && strncmp(specs[j].name, a, nl) == 0)
                 break;
         }
-        if (j == nspecs || (specs[j].key_only && !is_key)) {
+        if (j == nspecs || (specs[j].key_only > 0 && !is_key) ||
+            (specs[j].key_only < 0 && is_key)) {
             errorf("unknown option '--%.*s' for %s", (int)nl, a, o->cmd);
             return -1;
         }
@@ -303,9 +307,9 @@ static int parse_args(int argc, char **argv, struct options *o)
         errorf("--mode, --source, --server-cert and --peer-platform go with --v2");
         return -1;
     }
-    if (!o->url || !*o->url || !o->fill || !o->session || (is_key && !o->peer)) {
+    if (!o->url || !*o->url || !o->fill || !o->session == !o->all || (is_key && !o->peer)) {
         errorf(is_key ? "key needs --url, --fill, --session and --peer"
-                      : "end needs --url, --fill and --session");
+                      : "end needs --url, --fill and one of --session and --all");
         return -1;
     }
     return common_checks(o, is_key);
@@ -336,7 +340,7 @@ static int common_checks(struct options *o, int is_key)
         errorf("--pin-sha256: base64 SHA-256 digests (44 characters each), ';' between them");
         return -1;
     }
-    if (!qkp_id_valid(o->session)) {
+    if (!o->all && !qkp_id_valid(o->session)) {
         errorf("--session: 1-128 printable ASCII characters except / \\ %% ? #");
         return -1;
     }
@@ -363,10 +367,11 @@ static int common_checks(struct options *o, int is_key)
 static int parse_v2(struct options *o, int is_key)
 {
     long m;
-    if (!o->url || !*o->url || !o->session || (is_key && !o->peer == !o->peer_platform) ||
-        !o->server_cert) {
-        errorf("--v2 %s needs --url, --server-cert and --session%s", o->cmd,
-               is_key ? " and one of --peer and --peer-platform" : "");
+    if (!o->url || !*o->url || !o->session == !o->all ||
+        (is_key && !o->peer == !o->peer_platform) || !o->server_cert) {
+        errorf("--v2 %s needs --url, --server-cert and %s", o->cmd,
+               is_key ? "--session and one of --peer and --peer-platform"
+                      : "one of --session and --all");
         return -1;
     }
     if (o->peer_platform && o->delivered) {
@@ -579,6 +584,28 @@ static int print_end(const struct options *o, const char *device_id, const char 
     return EXIT_OK;
 }
 
+static int print_end_all(const struct options *o, const char *device_id, int key_index,
+                         int ended)
+{
+    char did[2 * QKP_MAX_ID + 3];
+    if (o->json) {
+        if (qkd_json_id(device_id, did, sizeof(did)) < 0)
+            return EXIT_INTERNAL;
+        printf("{\"all\":true,\"ended\":true,\"sessions_ended\":%d,\"device_id\":%s", ended,
+               did);
+        if (key_index >= 0)
+            printf(",\"key_index\":%d", key_index);
+        printf("%s}\n", o->v2 ? ",\"protocol\":2" : "");
+    } else {
+        printf("all: true\nended: true\nsessions_ended: %d\n", ended);
+    }
+    if (fflush(stdout) != 0) {
+        errorf("cannot write output");
+        return EXIT_INTERNAL;
+    }
+    return EXIT_OK;
+}
+
 /* A non-200 answer: report it, and with --json put the error object on
  * stdout (the server's, or one of ours when the body is not one). */
 static int report_status(const struct options *o, const qkd_http_response *resp)
@@ -693,7 +720,7 @@ static int run_v2(const struct options *o, int64_t now)
     qkd2_request *req = calloc(1, sizeof(*req));
     qkd_session_key sk;
     qkd_http_response resp = {0};
-    int rc, q, http_ready = 0, index = -1;
+    int rc, q, http_ready = 0, index = -1, ended = 0;
     bool https = strncasecmp(o->url, "https://", 8) == 0;
 
     memset(&sk, 0, sizeof(sk));
@@ -733,7 +760,8 @@ static int run_v2(const struct options *o, int64_t now)
     q = strcmp(o->cmd, "key") == 0
             ? qkd2_request_key(req, id, plat, o->session, o->peer, o->source, o->delivered, now,
                                NULL, err, sizeof(err))
-            : qkd2_request_end(req, id, plat, o->session, now, NULL, err, sizeof(err));
+        : o->all ? qkd2_request_end_all(req, id, plat, now, NULL, err, sizeof(err))
+                 : qkd2_request_end(req, id, plat, o->session, now, NULL, err, sizeof(err));
     if (q != QKD_OK) {
         errorf("%s", err);
         rc = lib_rc(q);
@@ -745,13 +773,15 @@ static int run_v2(const struct options *o, int64_t now)
         goto out;
     q = req->op == QKD_OP_KEY
             ? qkd2_response_key(&sk, &src, req, id, plat, resp.body, resp.len, err, sizeof(err))
-            : qkd2_response_end(req, plat, resp.body, resp.len, err, sizeof(err));
+        : o->all ? qkd2_response_end_all(req, plat, resp.body, resp.len, &ended, err, sizeof(err))
+                 : qkd2_response_end(req, plat, resp.body, resp.len, err, sizeof(err));
     if (q != QKD_OK) {
         errorf("unverifiable response (HTTP 200): %s", err);
         rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_SERVER;
         goto out;
     }
     rc = req->op == QKD_OP_KEY ? print_key(o, req->device_id, index, &sk, src)
+         : o->all              ? print_end_all(o, req->device_id, index, ended)
                                : print_end(o, req->device_id, req->session_id, index);
 out:
     qkd_session_key_clear(&sk);
@@ -783,7 +813,7 @@ int main(int argc, char **argv)
     qkd_http_response resp = {0};
     char *fill = NULL, err[256];
     size_t fill_len = 0;
-    int rc = EXIT_USAGE, index, http_ready = 0, q;
+    int rc = EXIT_USAGE, index, http_ready = 0, q, ended = 0;
     int64_t now = (int64_t)time(NULL);
 
     memset(&req, 0, sizeof(req));
@@ -836,6 +866,8 @@ int main(int argc, char **argv)
     if (strcmp(o.cmd, "key") == 0)
         q = qkd_request_key(&req, dev, index, o.session, o.peer, o.delivered, now, NULL, err,
                             sizeof(err));
+    else if (o.all)
+        q = qkd_request_end_all(&req, dev, index, now, NULL, err, sizeof(err));
     else
         q = qkd_request_end(&req, dev, index, o.session, now, NULL, err, sizeof(err));
     if (q != QKD_OK) {
@@ -850,6 +882,8 @@ int main(int argc, char **argv)
 
     if (req.op == QKD_OP_KEY)
         q = qkd_response_key(&sk, dev, &req, resp.body, resp.len, err, sizeof(err));
+    else if (o.all)
+        q = qkd_response_end_all(&req, resp.body, resp.len, &ended, err, sizeof(err));
     else
         q = qkd_response_end(&req, resp.body, resp.len, err, sizeof(err));
     if (q != QKD_OK) {
@@ -858,6 +892,7 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     rc = req.op == QKD_OP_KEY ? print_key(&o, req.device_id, req.key_index, &sk, 'c')
+         : o.all              ? print_end_all(&o, req.device_id, req.key_index, ended)
                               : print_end(&o, req.device_id, req.session_id, req.key_index);
 
 cleanup:

@@ -1,6 +1,7 @@
 /* qkms_device — fill documents, request building, response verification. */
 #include "qkms_device.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -385,7 +386,7 @@ static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
                   "key %d is a local key: for the gateway's local network only", key_index);
         goto cleanup;
     }
-    if (!qkp_id_valid(session_id)) {
+    if ((op != QKD_OP_END || session_id) && !qkp_id_valid(session_id)) {
         rc = fail(QKD_ERR_INPUT, err, errlen, "session ID is not a valid ID");
         goto cleanup;
     }
@@ -402,7 +403,9 @@ static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
     r->path = op == QKD_OP_KEY ? QKD_PATH_KEY : QKD_PATH_END;
     strcpy(r->device_id, d->device_id);
     r->key_index = key_index;
-    strcpy(r->session_id, session_id);
+    r->all = !session_id; /* an end of all the device's sessions */
+    if (session_id)
+        strcpy(r->session_id, session_id);
     r->ts = ts;
     if (nonce) {
 #ifdef QKMS_TESTING
@@ -421,7 +424,10 @@ static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
     qkp_b64url_encode(r->nonce, QKP_NONCE_LEN, r->nonce_b64);
 
     /* The canonical inner request: fixed field order, no spaces. */
-    w = qbuf_put_str(in, "{\"session_id\":") | qb_id(in, session_id);
+    if (r->all)
+        w = qbuf_put_str(in, "{\"all\":true");
+    else
+        w = qbuf_put_str(in, "{\"session_id\":") | qb_id(in, session_id);
     if (op == QKD_OP_KEY)
         w |= qbuf_put_str(in, ",\"peer_id\":") | qb_id(in, peer_id);
     w |= qbuf_put_str(in, ",\"ts\":") | qb_i64(in, ts);
@@ -473,7 +479,15 @@ int qkd_request_key(qkd_request *r, const qkd_device *d, int key_index, const ch
 int qkd_request_end(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
                     int64_t ts, const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
 {
+    if (!session_id)
+        return fail(QKD_ERR_INPUT, err, errlen, "session ID is not a valid ID");
     return build(r, QKD_OP_END, d, key_index, session_id, NULL, false, ts, nonce, err, errlen);
+}
+
+int qkd_request_end_all(qkd_request *r, const qkd_device *d, int key_index, int64_t ts,
+                        const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
+{
+    return build(r, QKD_OP_END, d, key_index, NULL, NULL, false, ts, nonce, err, errlen);
 }
 
 void qkd_request_clear(qkd_request *r)
@@ -620,8 +634,10 @@ int qkd_response_end(const qkd_request *r, const char *body, size_t len, char *e
     json_t *o = NULL;
     int rc = QKD_ERR_INPUT;
 
-    if (!r || r->op != QKD_OP_END) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "not an end request");
+    if (!r || r->op != QKD_OP_END || r->all) {
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  r && r->all ? "an end of all sessions: qkd_response_end_all"
+                              : "not an end request");
         goto cleanup;
     }
     if (!(o = parse_object(body, len))) {
@@ -634,6 +650,44 @@ int qkd_response_end(const qkd_request *r, const char *body, size_t len, char *e
         rc = fail(QKD_ERR_INPUT, err, errlen, "response does not say the session ended");
         goto cleanup;
     }
+    rc = QKD_OK;
+
+cleanup:
+    json_decref(o);
+    return rc;
+}
+
+int qkd_response_end_all(const qkd_request *r, const char *body, size_t len, int *ended,
+                         char *err, size_t errlen)
+{
+    json_t *o = NULL, *v, *n;
+    int rc = QKD_ERR_INPUT;
+
+    if (ended)
+        *ended = 0;
+    if (!r || r->op != QKD_OP_END || !r->all) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "not an end of all sessions");
+        goto cleanup;
+    }
+    if (!(o = parse_object(body, len))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response is not a JSON object");
+        goto cleanup;
+    }
+    v = json_object_get(o, "v");
+    if (!json_is_integer(v) || json_integer_value(v) != QKP_VERSION) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response is not protocol version 1");
+        goto cleanup;
+    }
+    n = json_object_get(o, "sessions_ended");
+    if (!json_is_true(json_object_get(o, "all")) || !json_is_true(json_object_get(o, "ended")) ||
+        json_object_get(o, "session_id") || !json_is_integer(n) || json_integer_value(n) < 0 ||
+        json_integer_value(n) > INT_MAX) {
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "response does not say that all the device's sessions ended");
+        goto cleanup;
+    }
+    if (ended)
+        *ended = (int)json_integer_value(n);
     rc = QKD_OK;
 
 cleanup:

@@ -13,6 +13,7 @@
  *      key: {"session_id":"S","peer_id":"P","ts":123}
  *           or ...,"ts":123,"delivery":"delivered"}
  *      end: {"session_id":"S","ts":123}
+ *           or {"all":true,"ts":123} (every session of the device)
  *    and the body {"v":1,"device_id":"D","key_index":0,"nonce":"..","ct":".."},
  *    in this field order, without spaces.
  *  - A key response is accepted only when v is 1, session_id is the one
@@ -99,7 +100,8 @@ typedef struct {
     const char *path; /* QKD_PATH_KEY or QKD_PATH_END */
     char device_id[QKP_MAX_ID + 1];
     int key_index;
-    char session_id[QKP_MAX_ID + 1];
+    char session_id[QKP_MAX_ID + 1]; /* empty when all */
+    bool all;                         /* an end of every session of the device */
     int64_t ts;
     uint8_t nonce[QKP_NONCE_LEN];
     char nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)];
@@ -123,6 +125,11 @@ int qkd_request_key(qkd_request *r, const qkd_device *d, int key_index, const ch
 /* Builds an `end` request; arguments as for qkd_request_key. */
 int qkd_request_end(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
                     int64_t ts, const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen);
+
+/* Builds an `end` of every session of the device (a power-down:
+ * docs/protocol.md, "Response to end"); arguments as for qkd_request_key. */
+int qkd_request_end_all(qkd_request *r, const qkd_device *d, int key_index, int64_t ts,
+                        const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen);
 
 /* Zeroes the request (it names the session in clear). */
 void qkd_request_clear(qkd_request *r);
@@ -155,6 +162,14 @@ void qkd_session_key_clear(qkd_session_key *k);
  * AEAD: only TLS vouches for it.
  */
 int qkd_response_end(const qkd_request *r, const char *body, size_t len, char *err, size_t errlen);
+
+/*
+ * Parses the body of a 200 answer to the end-all request r:
+ * {"v":1,"all":true,"ended":true,"sessions_ended":N}, N into *ended (may be
+ * NULL). Like the `end` answer it carries no AEAD.
+ */
+int qkd_response_end_all(const qkd_request *r, const char *body, size_t len, int *ended,
+                         char *err, size_t errlen);
 
 /* An error answer {"error":{"code":"...","message":"..."}}. */
 typedef struct {

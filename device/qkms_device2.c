@@ -1,6 +1,7 @@
 /* qkms_device2 — protocol v2 on the device side (qkms_device2.h). */
 #include "qkms_device2.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -313,7 +314,11 @@ static int build(qkd2_request *r, qkd_op op, const qkd2_identity *id, const qkd2
         rc = fail(QKD_ERR_INPUT, err, errlen, "no identity or platform");
         goto out;
     }
-    if (!qkp_id_valid(session_id) || (op == QKD_OP_KEY && peer_id && !qkp_id_valid(peer_id))) {
+    if ((op != QKD_OP_END || session_id) && !qkp_id_valid(session_id)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "session and peer IDs must be valid IDs");
+        goto out;
+    }
+    if (op == QKD_OP_KEY && peer_id && !qkp_id_valid(peer_id)) {
         rc = fail(QKD_ERR_INPUT, err, errlen, "session and peer IDs must be valid IDs");
         goto out;
     }
@@ -332,7 +337,9 @@ static int build(qkd2_request *r, qkd_op op, const qkd2_identity *id, const qkd2
     r->op = op;
     r->path = op == QKD_OP_KEY ? QKD2_PATH_KEY : QKD2_PATH_END;
     strcpy(r->device_id, id->device_id);
-    strcpy(r->session_id, session_id);
+    r->all = !session_id; /* an end of all the device's sessions */
+    if (session_id)
+        strcpy(r->session_id, session_id);
     r->mode = id->mode;
     r->key_source = op == QKD_OP_KEY ? source : 0;
     rc = QKD_ERR_INTERNAL;
@@ -367,8 +374,13 @@ static int build(qkd2_request *r, qkd_op op, const qkd2_identity *id, const qkd2
     /* R, the fields in the order of the spec's table. */
     put(&in, "{\"op\":\"%s\",\"device_id\":", opname);
     put_id(&in, id->device_id);
-    put(&in, ",\"mode\":%d,\"suite\":\"%s\",\"session_id\":", id->mode, QKP2_SUITE);
-    put_id(&in, session_id);
+    put(&in, ",\"mode\":%d,\"suite\":\"%s\",", id->mode, QKP2_SUITE);
+    if (r->all) {
+        put(&in, "\"all\":true");
+    } else {
+        put(&in, "\"session_id\":");
+        put_id(&in, session_id);
+    }
     if (op == QKD_OP_KEY) {
         if (peer_id) {
             put(&in, ",\"peer_id\":");
@@ -465,7 +477,15 @@ int qkd2_request_end(qkd2_request *r, const qkd2_identity *id, const qkd2_platfo
                      const char *session_id, int64_t ts, const qkd2_fixed *fixed, char *err,
                      size_t errlen)
 {
+    if (!session_id)
+        return fail(QKD_ERR_INPUT, err, errlen, "session and peer IDs must be valid IDs");
     return build(r, QKD_OP_END, id, p, session_id, NULL, 0, false, ts, fixed, err, errlen);
+}
+
+int qkd2_request_end_all(qkd2_request *r, const qkd2_identity *id, const qkd2_platform *p,
+                         int64_t ts, const qkd2_fixed *fixed, char *err, size_t errlen)
+{
+    return build(r, QKD_OP_END, id, p, NULL, NULL, 0, false, ts, fixed, err, errlen);
 }
 
 void qkd2_request_clear(qkd2_request *r)
@@ -527,7 +547,11 @@ static int open_answer(json_t **pout, const qkd2_request *r, const qkd2_platform
     }
     s = str(in, "op");
     if (!s || strcmp(s, r->op == QKD_OP_KEY ? "key" : "end") || !(s = str(in, "device_id")) ||
-        strcmp(s, r->device_id) || !(s = str(in, "session_id")) || strcmp(s, r->session_id)) {
+        strcmp(s, r->device_id) ||
+        (r->all ? json_object_get(in, "session_id") != NULL ||
+                      !json_is_true(json_object_get(in, "all"))
+                : json_object_get(in, "all") != NULL || !(s = str(in, "session_id")) ||
+                      strcmp(s, r->session_id))) {
         rc = fail(QKD_ERR_INPUT, err, errlen,
                   "the answer is for another operation, device or session");
         goto out;
@@ -651,13 +675,40 @@ int qkd2_response_end(const qkd2_request *r, const qkd2_platform *p, const char 
 {
     json_t *in = NULL;
     int rc;
-    if (!r || r->op != QKD_OP_END || !p)
-        return fail(QKD_ERR_INPUT, err, errlen, "not an end request");
+    if (!r || r->op != QKD_OP_END || r->all || !p)
+        return fail(QKD_ERR_INPUT, err, errlen,
+                    r && r->all ? "an end of all sessions: qkd2_response_end_all"
+                                : "not an end request");
     if ((rc = open_answer(&in, r, p, body, len, err, errlen)) != QKD_OK)
         return rc;
     rc = json_is_true(json_object_get(in, "ended"))
              ? QKD_OK
              : fail(QKD_ERR_INPUT, err, errlen, "the answer does not say the session ended");
+    json_decref(in);
+    return rc;
+}
+
+int qkd2_response_end_all(const qkd2_request *r, const qkd2_platform *p, const char *body,
+                          size_t len, int *ended, char *err, size_t errlen)
+{
+    json_t *in = NULL, *n;
+    int rc;
+    if (ended)
+        *ended = 0;
+    if (!r || r->op != QKD_OP_END || !r->all || !p)
+        return fail(QKD_ERR_INPUT, err, errlen, "not an end of all sessions");
+    if ((rc = open_answer(&in, r, p, body, len, err, errlen)) != QKD_OK)
+        return rc;
+    n = json_object_get(in, "sessions_ended");
+    if (!json_is_true(json_object_get(in, "ended")) || !json_is_integer(n) ||
+        json_integer_value(n) < 0 || json_integer_value(n) > INT_MAX) {
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "the answer does not say that all the device's sessions ended");
+    } else {
+        if (ended)
+            *ended = (int)json_integer_value(n);
+        rc = QKD_OK;
+    }
     json_decref(in);
     return rc;
 }

@@ -67,7 +67,8 @@ typedef struct {
     qkd_op op;
     const char *path;          /* QKD2_PATH_KEY or QKD2_PATH_END */
     char device_id[QKP_MAX_ID + 1];
-    char session_id[QKP_MAX_ID + 1];
+    char session_id[QKP_MAX_ID + 1]; /* empty when all */
+    bool all;                         /* an end of every session of the device */
     int mode;
     char key_source;           /* 'a', 'b', 'c'; 0 for end */
     uint8_t nonce[QKP_NONCE_LEN];
@@ -89,6 +90,9 @@ int qkd2_request_key(qkd2_request *r, const qkd2_identity *id, const qkd2_platfo
 int qkd2_request_end(qkd2_request *r, const qkd2_identity *id, const qkd2_platform *p,
                      const char *session_id, int64_t ts, const qkd2_fixed *fixed, char *err,
                      size_t errlen);
+/* An end of every session of the device (a power-down). */
+int qkd2_request_end_all(qkd2_request *r, const qkd2_identity *id, const qkd2_platform *p,
+                         int64_t ts, const qkd2_fixed *fixed, char *err, size_t errlen);
 void qkd2_request_clear(qkd2_request *r);
 
 /* A 200 answer to a key request: on success *out holds the session key
@@ -100,5 +104,9 @@ int qkd2_response_key(qkd_session_key *out, char *source, const qkd2_request *r,
 /* A 200 answer to an end request (signed, unlike v1's). */
 int qkd2_response_end(const qkd2_request *r, const qkd2_platform *p, const char *body, size_t len,
                       char *err, size_t errlen);
+/* A 200 answer to an end of all sessions: signed, "all" true, no
+ * session_id; the number ended into *ended (may be NULL). */
+int qkd2_response_end_all(const qkd2_request *r, const qkd2_platform *p, const char *body,
+                          size_t len, int *ended, char *err, size_t errlen);
 
 #endif

@@ -204,14 +204,24 @@ static int inner_fields(http_request *rq, http_response *rs, const envelope *env
                         char ts_out[24])
 {
     static const char *const key_fields[] = {"session_id", "ts", "peer_id", "delivery", NULL};
-    static const char *const end_fields[] = {"session_id", "ts", NULL};
-    json_t *d = json_object_get(a->inner, "delivery");
+    static const char *const end_fields[] = {"session_id", "ts", "all", NULL};
+    json_t *d = json_object_get(a->inner, "delivery"), *all = json_object_get(a->inner, "all");
     long long ts;
 
     if (inner_known(rq, rs, a->inner, want_peer ? key_fields : end_fields, &ts) != 0)
         return -1;
     snprintf(ts_out, 24, "%lld", ts);
     *sid = json_string_value(json_object_get(a->inner, "session_id"));
+    if (all) { /* end: every session of the device, named by none */
+        if (!json_is_true(all) || json_object_get(a->inner, "session_id")) {
+            http_error(rs, 422, "invalid_request",
+                       "all may only be true, and goes without session_id");
+            refuse(rq, SESSION_REFUSE_INVALID);
+            return -1;
+        }
+        *sid = NULL;
+        return 0;
+    }
     if (!qkp_id_valid(*sid)) {
         http_error(rs, 422, "invalid_request", "session_id is not a valid ID");
         refuse(rq, SESSION_REFUSE_INVALID);
@@ -342,6 +352,17 @@ void h_session_end(http_request *rq, http_response *rs)
     if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
         goto out;
     who = device_principal(rq, &a.da);
+    if (!sid) { /* "all": true (inner_fields) */
+        int ended = 0;
+        if (sessions_end_all(s, &who, &a.da, strtoll(ts, NULL, 10), &ended, &e) != QK_OK) {
+            answer_failure(rq, rs, &env, &a, &e);
+            goto out;
+        }
+        http_json(rs, 200,
+                  json_pack("{s:i,s:b,s:b,s:i}", "v", QKP_VERSION, "all", 1, "ended", 1,
+                            "sessions_ended", ended));
+        goto out;
+    }
     if (sessions_end(s, &who, &a.da, sid, strtoll(ts, NULL, 10), &e) != QK_OK) {
         answer_failure(rq, rs, &env, &a, &e);
         goto out;

@@ -157,6 +157,7 @@ out:
 typedef struct {
     json_t *obj;
     const char *session_id, *peer_id; /* peer_id NULL: the platform is the peer */
+    bool all; /* end: every session of the device (session_id NULL) */
     char key_source;
     bool delivered, platform_peer;
     int64_t ts;
@@ -199,8 +200,8 @@ static bool hex32(json_t *v, uint8_t out[32])
 static const char *const inner_key_fields[] = {
     "op",   "device_id", "mode", "suite", "session_id", "peer_id", "peer_platform", "key_source",
     "delivery", "ts", "nonce", "pin", "epk", "ka", "cr", "cert", NULL};
-static const char *const inner_end_fields[] = {"op", "device_id", "mode",  "suite", "session_id",
-                                               "ts", "nonce",     "pin",   "cert",  NULL};
+static const char *const inner_end_fields[] = {"op",  "device_id", "mode", "suite", "session_id",
+                                               "all", "ts",        "nonce", "pin",  "cert", NULL};
 
 #define FAIL(...)                                                                                  \
     do {                                                                                           \
@@ -260,8 +261,14 @@ static int inner_fields(inner_req *ir, const char *op, const outer *o, char *why
     const char *s;
 
     ir->session_id = json_string_value(json_object_get(obj, "session_id"));
-    if (!qkp_id_valid(ir->session_id))
+    v = json_object_get(obj, "all");
+    if (v) { /* end: every session of the device, named by none */
+        if (!json_is_true(v) || json_object_get(obj, "session_id"))
+            FAIL("all may only be true, and goes without session_id");
+        ir->all = true;
+    } else if (!qkp_id_valid(ir->session_id)) {
         FAIL("session_id is not a valid ID");
+    }
     if (!ir->has_ts)
         FAIL("ts must be an integer");
     if (!hex32(json_object_get(obj, "pin"), ir->pin))
@@ -567,6 +574,19 @@ void h_session_end_v2(http_request *rq, http_response *rs)
     if (!http_rate_limit(rq, rs, RL_DEVICE, c.o.device_id))
         goto out;
     who = principal(&c);
+    if (c.ir.all) {
+        int ended = 0;
+        if (sessions_end_all(s, &who, &c.a.da, c.ir.ts, &ended, &e) != QK_OK) {
+            answer_failure(rq, rs, &c, &e);
+            goto out;
+        }
+        qkp_b64url_encode(c.a.h, QKP2_HASH_LEN, h_b64);
+        answer(rq, rs, &c,
+               json_pack("{s:s,s:s,s:b,s:s,s:s,s:b,s:i}", "op", "end", "device_id",
+                         c.o.device_id, "all", 1, "request", h_b64, "signer",
+                         platform_key_sha_hex(c.signer), "ended", 1, "sessions_ended", ended));
+        goto out;
+    }
     if (sessions_end(s, &who, &c.a.da, c.ir.session_id, c.ir.ts, &e) != QK_OK) {
         answer_failure(rq, rs, &c, &e);
         goto out;

@@ -81,6 +81,7 @@ void session_metrics_render(void *ctx, FILE *f)
             "# TYPE qkms_sessions_ended_total counter\n"
             "qkms_sessions_ended_total{reason=\"ended_by_party\"} %llu\n"
             "qkms_sessions_ended_total{reason=\"ended_by_operator\"} %llu\n"
+            "qkms_sessions_ended_total{reason=\"device_ended\"} %llu\n"
             "qkms_sessions_ended_total{reason=\"expired\"} %llu\n"
             "# HELP qkms_session_candidate_keys_total Key requests by whether a candidate "
             "session key went with them (skipped: the session was seen to exist).\n"
@@ -98,6 +99,7 @@ void session_metrics_render(void *ctx, FILE *f)
             (unsigned long long)atomic_load(&m->events[SESSION_EV_DELIVERED]),
             (unsigned long long)atomic_load(&m->events[SESSION_EV_ENDED_BY_PARTY]),
             (unsigned long long)atomic_load(&m->events[SESSION_EV_ENDED_BY_OPERATOR]),
+            (unsigned long long)atomic_load(&m->events[SESSION_EV_ENDED_BY_DEVICE]),
             (unsigned long long)atomic_load(&m->events[SESSION_EV_REAPED]),
             (unsigned long long)atomic_load(&m->events[SESSION_EV_CANDIDATE_MADE]),
             (unsigned long long)atomic_load(&m->events[SESSION_EV_CANDIDATE_SKIPPED]),

@@ -54,6 +54,7 @@ typedef enum {
     SESSION_EV_DELIVERED,         /* a session key handed to a party */
     SESSION_EV_ENDED_BY_PARTY,
     SESSION_EV_ENDED_BY_OPERATOR,
+    SESSION_EV_ENDED_BY_DEVICE,   /* ended by its party's end with "all" */
     SESSION_EV_REAPED,            /* expired sessions destroyed */
     SESSION_EV_CANDIDATE_MADE,    /* a candidate session key drawn and wrapped */
     SESSION_EV_CANDIDATE_SKIPPED, /* none: the session was seen to exist */

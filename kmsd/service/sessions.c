@@ -587,6 +587,51 @@ out:
     return k;
 }
 
+qk_kind sessions_end_all(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts,
+                         int *ended, qk_err *e)
+{
+    char pk[24], kidx[8], tsb[24], skew[12];
+    const char *vals[6] = {pk, kidx, (const char *)a->nonce, tsb, skew,
+                           a->by_cert ? (const char *)a->cert_sha256 : NULL};
+    int lens[6] = {0, 0, QKP_NONCE_LEN, 0, 0, 32}, fmts[6] = {0, 0, 1, 0, 0, 1};
+    const char *outcome;
+    PGresult *r = NULL;
+    db_status st;
+    qk_kind k;
+
+    *ended = 0;
+    if ((k = device_principal(who, a, e)) != QK_OK)
+        return k;
+    snprintf(pk, sizeof(pk), "%lld", a->device_pk);
+    snprintf(kidx, sizeof(kidx), "%d", a->key_index);
+    snprintf(tsb, sizeof(tsb), "%lld", (long long)ts);
+    snprintf(skew, sizeof(skew), "%d", s->cfg->protocol_clock_skew);
+    if (!(r = db_query(s->db, Q_SESSION_END_ALL, 6, vals, lens, fmts, &st)))
+        return db_fail(e, st);
+    outcome = PQgetvalue(r, 0, 0);
+    if (refused_request(s, who, a, outcome, e, &k))
+        goto out;
+    if (!strncmp(outcome, "unauthenticated: ", 17)) {
+        keycache_invalidate(s->keys, a->device_id);
+        k = device_auth_fail(s, &who->log, a->device_id, a->key_index, outcome + 17, e);
+        goto out;
+    }
+    if (strcmp(outcome, "ok") != 0) {
+        log_with(&who->log, LOG_ERROR, "unexpected session outcome", "{s:s}", "outcome", outcome);
+        k = qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+        goto out;
+    }
+    *ended = atoi(PQgetvalue(r, 0, 1));
+    session_metrics_count(s->smetrics, SESSION_EV_ENDED_BY_DEVICE, (uint64_t)*ended);
+    log_with(&who->log, LOG_INFO, "sessions ended", "{s:s,s:s,s:i}", "device_id", a->device_id,
+             "reason", "device_ended", "count", *ended);
+    device_seen_note(s->contact, a->device_pk);
+    k = QK_OK;
+out:
+    PQclear(r);
+    return k;
+}
+
 int sessions_reap(qk_svc *k, int *examined)
 {
     char win[16], days[16], lim[16];

@@ -106,6 +106,13 @@ void session_grant_clear(session_grant *g);
 qk_kind sessions_end(qk_svc *s, const qk_principal *who, device_auth *a, const char *session_id,
                      int64_t ts, qk_err *e);
 
+/* End every live session of the device of a at its request (a power-down,
+ * docs/protocol.md "Response to end"), in one transaction: QK_OK with
+ * *ended the number ended (0 is fine), or a 401 (device_auth_fail). A
+ * suspended device may still do it. ts as in session_ask. */
+qk_kind sessions_end_all(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts,
+                         int *ended, qk_err *e);
+
 /* One reaper pass, one transaction: up to SESSION_REAP_BATCH sessions whose
  * reap_at has come are destroyed (past their idle timeout or lifetime) or
  * given a later reap_at; old nonces and tombstones are purged. Returns the

@@ -260,6 +260,9 @@
       " $17::text[])")                                                                         \
     X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
       " $6::int, $4::bytea, $7::bytea, $8::bytea)")                                            \
+    X(Q_SESSION_END_ALL, /* a device ends all its sessions (schema/025) */                   \
+      "SELECT outcome, n FROM qkms_session_end_all($1::bigint, $2::int, $3::bytea, $4::bigint," \
+      " $5::int, $6::bytea)")                                                                  \
     X(Q_GW_LOGIN_BEGIN,                                                                        \
       "SELECT outcome, detail, retry_s, tid, kdf_n, kdf_r, kdf_p, encode(salt, 'hex'),"        \
       " encode(hash, 'hex') FROM qkms_gateway_login_begin($1::bigint, $2::int, $3::bytea,"      \

@@ -69,7 +69,8 @@ class Device2(device_id, mode, private_key=None, certificate=None, keys=None, ke
             and no member name of P (or of the outer object) is repeated; members
             of P the protocol does not name are ignored. On success it forgets
             req's secrets (e_c, CR, Z1, K1), so a request opens once.
-    .open_end_response(req, resp) -> True
+    .open_end_response(req, resp) -> True, or for session_id ALL the
+            number of sessions ended (an end of every session of the device)
 
 Request2 (dataclass): op, path, mode, device_id, session_id, peer_id, key_source,
     delivered, ts, key_index, pin, ka, body (dict), raw (bytes: the exact outer
@@ -131,15 +132,19 @@ RESP_INFO = b"qkms/v2/resp"
 KEY_INFO = b"qkms/v2/key\n"
 # The inner request's fields in the order of docs/protocol.md's table (the
 # order the C library writes them in).
-INNER_ORDER = ("op", "device_id", "mode", "suite", "session_id", "peer_id", "peer_platform",
+INNER_ORDER = ("op", "device_id", "mode", "suite", "session_id", "all", "peer_id", "peer_platform",
                "key_source", "delivery", "ts", "nonce", "pin", "epk", "ka", "cr", "cert")
 # The platform as the peer (a device-platform channel key): key_request's
 # peer_id PLATFORM sends "peer_platform": true instead of a peer_id.
 PLATFORM = None
+# end_request's session_id ALL ends every session of the device (a
+# power-down): "all": true instead of a session_id.
+ALL = object()
 # The inner response's fields in the order of docs/protocol.md's example.
 KEY_RESPONSE_ORDER = ("op", "device_id", "session_id", "request", "signer", "key_id",
                       "key_bits", "expires_at", "delivery", "key_source", "epk", "ct")
-END_RESPONSE_ORDER = ("op", "device_id", "session_id", "request", "signer", "ended")
+END_RESPONSE_ORDER = ("op", "device_id", "session_id", "all", "request", "signer", "ended",
+                      "sessions_ended")
 
 
 class ProtocolError(Exception):
@@ -490,8 +495,11 @@ def inner_request(op, device_id, mode, session_id, ts, pin, peer_id=None, key_so
                   delivered=False, nonce=None, epk=None, ka=None, cr=None, cert=None) -> bytes:
     """R, canonical: the table's fields in its order, those that apply,
     compact. nonce/epk/cr/cert are bytes (encoded b64u here)."""
-    f = {"op": op, "device_id": device_id, "mode": mode, "suite": SUITE,
-         "session_id": session_id}
+    f = {"op": op, "device_id": device_id, "mode": mode, "suite": SUITE}
+    if session_id is ALL:  # end: every session of the device
+        f["all"] = True
+    else:
+        f["session_id"] = session_id
     if op == "key":
         if peer_id is PLATFORM:
             f["peer_platform"] = True
@@ -649,7 +657,7 @@ class Device2:
         return body, canonical(body), sig, ct, aad
 
     def _common(self, platform, session_id, ts, nonce, key_index):
-        if not id_ok(session_id):
+        if session_id is not ALL and not id_ok(session_id):
             raise ValueError(f"bad session ID {session_id!r}")
         ts = int(time.time()) if ts is None else ts
         nonce = os.urandom(12) if nonce is None else bytes(nonce)
@@ -731,7 +739,10 @@ class Device2:
             raise ProtocolError("op is not the request's", "op")
         if inner.get("device_id") != self.device_id:
             raise ProtocolError("device_id is not the request's", "device_id")
-        if inner.get("session_id") != req.session_id:
+        if req.session_id is ALL:
+            if "session_id" in inner or inner.get("all") is not True:
+                raise ProtocolError("not an answer to an end of all sessions", "session_id")
+        elif inner.get("session_id") != req.session_id or "all" in inner:
             raise ProtocolError("session_id is not the request's", "session_id")
         try:
             h = b64u_decode(inner.get("request"))
@@ -787,6 +798,11 @@ class Device2:
         inner = self._verified_inner(req, resp)
         if inner.get("ended") is not True:
             raise ProtocolError("ended is not true", "ended")
+        if req.session_id is ALL:
+            n = inner.get("sessions_ended")
+            if not _is_int(n) or n < 0:
+                raise ProtocolError("sessions_ended is not a count", "ended")
+            return n
         return True
 
 

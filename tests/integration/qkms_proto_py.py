@@ -80,7 +80,7 @@ class Device:
                 "ct": b64u(ct)}
         raw = json.dumps(body, separators=(",", ":")).encode()
         return Request(op, f"/v1/sessions/{op}", body, raw, body["nonce"],
-                       inner["session_id"], index)
+                       inner.get("session_id"), index)
 
     def login_request(self, tid, password, index=0, ts=None, nonce=None) -> Request:
         """A gateway login (docs/gateways.md, "Login"): op "login" under the
@@ -124,6 +124,22 @@ class Device:
     def end_request(self, session_id, index=0, ts=None, nonce=None):
         return self._request("end", {"session_id": session_id,
                                      "ts": int(time.time()) if ts is None else ts}, index, nonce)
+
+    def end_all_request(self, index=0, ts=None, nonce=None):
+        """An end of every session of the device (a power-down)."""
+        return self._request("end", {"all": True, "ts": int(time.time()) if ts is None else ts},
+                             index, nonce)
+
+    @staticmethod
+    def open_end_all_response(resp: dict) -> int:
+        """The number of sessions ended, from a 200 answer to end_all_request
+        (like every end answer, it carries no AEAD)."""
+        n = resp.get("sessions_ended")
+        if (set(resp) != {"v", "all", "ended", "sessions_ended"} or type(resp["v"]) is not int
+                or resp["v"] != 1 or resp["all"] is not True or resp["ended"] is not True
+                or type(n) is not int or n < 0):
+            raise ProtocolError("not an answer to an end of all sessions")
+        return n
 
     def open_key_response(self, req: Request, resp: dict) -> SessionKey:
         def is_int(x):  # JSON integers only: not true/false, not 1.0

@@ -60,6 +60,9 @@ def build(c):
     if c["op"] == "key":
         return dev, dev.key_request(c["session_id"], c["peer_id"], index=c["key_index"],
                                     ts=c["ts"], delivered=c["delivered"], nonce=nonce)
+    if c.get("all"):
+        assert "session_id" not in c
+        return dev, dev.end_all_request(index=c["key_index"], ts=c["ts"], nonce=nonce)
     return dev, dev.end_request(c["session_id"], index=c["key_index"], ts=c["ts"], nonce=nonce)
 
 
@@ -73,9 +76,10 @@ def test_the_file_covers_what_it_must():
     assert {c["response"]["key_bits"] for c in KEY_ACCEPT} == {128, 256}
     assert any(c["key_index"] == 255 for c in ACCEPT)
     assert any('"' in c["session_id"] for c in KEY_ACCEPT)
-    assert any('"' in c["session_id"] for c in ACCEPT if c["op"] == "end")
+    assert any('"' in c.get("session_id", "") for c in ACCEPT if c["op"] == "end")
+    assert any(c.get("all") is True for c in ACCEPT if c["op"] == "end")
     assert any('"' in c["device_id"] for c in KEY_ACCEPT)
-    assert any(len(c["session_id"]) == 128 for c in ACCEPT)
+    assert any(len(c.get("session_id", "")) == 128 for c in ACCEPT)
     assert any(c["delivered"] for c in KEY_ACCEPT)
     assert {c["must_fail"] for c in REJECT} == MUST_FAIL
     for c in CASES:

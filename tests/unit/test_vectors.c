@@ -112,6 +112,9 @@ static void build_request(const json_t *c, const qkd_device *d, qkd_request *r)
         rc = qkd_request_key(r, d, (int)num(c, "key_index"), str(c, "session_id"),
                              str(c, "peer_id"), json_is_true(json_object_get(c, "delivered")),
                              num(c, "ts"), nonce, err, sizeof(err));
+    else if (json_is_true(json_object_get(c, "all"))) /* every session of the device */
+        rc = qkd_request_end_all(r, d, (int)num(c, "key_index"), num(c, "ts"), nonce, err,
+                                 sizeof(err));
     else
         rc = qkd_request_end(r, d, (int)num(c, "key_index"), str(c, "session_id"), num(c, "ts"),
                              nonce, err, sizeof(err));
@@ -157,7 +160,7 @@ static void coverage(void **state)
 {
     size_t i;
     json_t *c;
-    int key_ok = 0, end_ok = 0, rejects = 0, aes128 = 0, aes256 = 0, bits256 = 0, idx255 = 0,
+    int key_ok = 0, end_ok = 0, end_all = 0, rejects = 0, aes128 = 0, aes256 = 0, bits256 = 0, idx255 = 0,
         quote_sid = 0, quote_dev = 0, delivered = 0;
 
     FOR_CASES(*state, i, c) {
@@ -173,7 +176,11 @@ static void coverage(void **state)
         key_ok += is_op(c, "key");
         end_ok += is_op(c, "end");
         idx255 += num(c, "key_index") == 255;
-        quote_sid += strchr(str(c, "session_id"), '"') != NULL;
+        end_all += json_is_true(json_object_get(c, "all"));
+        if (json_is_true(json_object_get(c, "all")))
+            assert_null(json_object_get(c, "session_id"));
+        else
+            quote_sid += strchr(str(c, "session_id"), '"') != NULL;
         quote_dev += strchr(str(c, "device_id"), '"') != NULL;
         if (is_op(c, "key")) {
             bits256 += num(json_object_get(c, "response"), "key_bits") == 256;
@@ -181,7 +188,8 @@ static void coverage(void **state)
         }
     }
     assert_true(key_ok >= 3 && end_ok >= 1 && rejects >= 3);
-    assert_true(aes128 && aes256 && bits256 && idx255 && quote_sid && quote_dev && delivered);
+    assert_true(aes128 && aes256 && bits256 && idx255 && quote_sid && quote_dev && delivered &&
+                end_all);
 }
 
 static void request_aad(void **state)
@@ -221,7 +229,10 @@ static void request_body(void **state)
         if (r.body_len != strlen(r.body) || r.body_len != strlen(want) ||
             memcmp(r.body, want, r.body_len) != 0)
             fail_msg("%s: request body\n  got      %s\n  expected %s", name, r.body, want);
-        assert_string_equal(r.session_id, str(c, "session_id"));
+        if (json_is_true(json_object_get(c, "all")))
+            assert_true(r.all && r.session_id[0] == '\0');
+        else
+            assert_string_equal(r.session_id, str(c, "session_id"));
         assert_string_equal(r.device_id, str(c, "device_id"));
         assert_int_equal(r.key_index, num(c, "key_index"));
         qkd_request_clear(&r);

@@ -18,7 +18,9 @@ The file is a JSON list of cases. Every case has:
   op                  "key" or "end"
   device_id, key_index, device_key (hex), device_key_algorithm
                       ("AES-128" for 16 bytes, "AES-256" for 32)
-  session_id, ts      inner request fields
+  session_id, ts      inner request fields (an "end" case with "all": true
+                      has no session_id: it ends every session of the
+                      device, and its plaintext is {"all":true,"ts":N})
   peer_id, delivered  (op "key" only) delivered=true adds "delivery":"delivered"
   request_nonce       hex (12 bytes); request_nonce_b64u the same in b64u
   request_path        "/v1/sessions/key" or "/v1/sessions/end"
@@ -138,6 +140,8 @@ def response_aad(session_id, device_id, key_index, key_id, expires_at, req_nonce
 
 
 def inner_plaintext(op, session_id, ts, peer_id=None, delivered=False):
+    if op == "end" and session_id is None:  # every session of the device
+        return '{"all":true,"ts":' + str(ts) + "}"
     s = '{"session_id":' + json_id(session_id)
     if op == "key":
         s += ',"peer_id":' + json_id(peer_id)
@@ -167,7 +171,8 @@ def opens(key, nonce, aad, ct):
 
 def request_case(name, description, op, device_id, key_index, key_len, session_id, ts,
                  peer_id=None, delivered=False):
-    assert id_ok(device_id) and id_ok(session_id) and 0 <= key_index <= 255
+    assert id_ok(device_id) and 0 <= key_index <= 255
+    assert (op == "end" and session_id is None) or id_ok(session_id)
     key = derive(name + "/device-key", key_len)
     nonce = derive(name + "/request-nonce", 12)
     aad = request_aad(op, device_id, key_index)
@@ -177,7 +182,8 @@ def request_case(name, description, op, device_id, key_index, key_len, session_i
 
     # Self-checks against the spec's prose, independent of the code above.
     inner = json.loads(pt)
-    want = {"session_id": session_id, "ts": ts}
+    want = {"session_id": session_id, "ts": ts} if session_id is not None else \
+        {"all": True, "ts": ts}
     if op == "key":
         want["peer_id"] = peer_id
         if delivered:
@@ -197,8 +203,11 @@ def request_case(name, description, op, device_id, key_index, key_len, session_i
         "key_index": key_index,
         "device_key": key.hex(),
         "device_key_algorithm": "AES-128" if key_len == 16 else "AES-256",
-        "session_id": session_id,
     }
+    if session_id is None:
+        case["all"] = True
+    else:
+        case["session_id"] = session_id
     if op == "key":
         case["peer_id"] = peer_id
         case["delivered"] = delivered
@@ -291,6 +300,8 @@ def good_cases():
     end_case("end-aes128", "end request under an AES-128 device key", "VIN-0001", 0, 16, "S-1")
     end_case("end-aes256-quote", "end request under an AES-256 device key, index 255, for a "
              "session ID with double quotes", "ENC-0001", 255, 32, 'S"quoted"-3')
+    end_case("end-all", "end of every session of the device (\"all\":true, no session_id), "
+             "under an AES-128 device key", "VIN-0001", 1, 16, None)
     return out
 
 
