@@ -23,6 +23,8 @@
 #define NAME_MAX_LEN 64
 #define IDLE_MAX 86400L     /* one day */
 #define LIFETIME_MAX 604800L /* one week */
+#define EPOCHS_MAX 1000000L
+#define GRACE_MAX 86400L
 #define SAME_GROUP "(same)"  /* GROUPS cell of a same-group policy; no group has '(' */
 
 /* [A-Za-z0-9][A-Za-z0-9._-]{0,63}, the server's rule for policy names. */
@@ -191,8 +193,9 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
 {
     const char *types = opt_get(o, "types"), *groups = opt_get(o, "groups");
     const char *idle = opt_get(o, "idle-timeout"), *life = opt_get(o, "max-lifetime");
+    const char *epochs = opt_get(o, "max-epochs"), *grace = opt_get(o, "epoch-grace");
     char *ta = NULL, *tb = NULL, *ga = NULL, *gb = NULL;
-    long bits = 0, idle_s = 0, life_s = 0;
+    long bits = 0, idle_s = 0, life_s = 0, epochs_n = 0, grace_s = 0;
     int rc;
 
     *req = NULL;
@@ -222,6 +225,14 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
         out_error("--max-lifetime must be a whole number of seconds from 1 to %ld", LIFETIME_MAX);
         goto cleanup;
     }
+    if (epochs && !arg_to_long(epochs, 1, EPOCHS_MAX, &epochs_n)) {
+        out_error("--max-epochs must be a whole number from 1 to %ld", EPOCHS_MAX);
+        goto cleanup;
+    }
+    if (grace && !arg_to_long(grace, 0, GRACE_MAX, &grace_s)) {
+        out_error("--epoch-grace must be a whole number of seconds from 0 to %ld", GRACE_MAX);
+        goto cleanup;
+    }
 
     rc = EXIT_INTERNAL;
     if (!(*req = json_pack("{s:s, s:s, s:s}", "name", name, "type_a", ta, "type_b", tb))) {
@@ -233,6 +244,9 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
         (bits && (rc = device_put(*req, "key_bits", json_integer(bits)))) ||
         (idle && (rc = device_put(*req, "idle_timeout_s", json_integer(idle_s)))) ||
         (life && (rc = device_put(*req, "max_lifetime_s", json_integer(life_s)))) ||
+        (epochs && (rc = device_put(*req, "max_epochs", json_integer(epochs_n)))) ||
+        (grace && (rc = device_put(*req, "epoch_grace_s", json_integer(grace_s)))) ||
+        (opt_get(o, "directions") && (rc = device_put(*req, "directions", json_true()))) ||
         (opt_get(o, "delivered") && (rc = device_put(*req, "delivery", json_string("delivered")))))
         goto cleanup;
     if (opt_get(o, "key-sources") && (rc = key_sources_arg(opt_get(o, "key-sources"), *req)))
@@ -323,6 +337,9 @@ static const struct opt_spec add_opts[] = {
     {"delivered", 0, NULL, "destroy each session's key once both parties have received it"},
     {"key-sources", 0, "LIST", "protocol v2 key sources allowed, some of a,b,c (default all; v1 counts as c)"},
     {"scope", 0, "SCOPE", "parent: a sub-device with its own gateway only (no --groups); groups (default)"},
+    {"max-epochs", 0, "N", "keys a session may move through (epochs), 1..1000000 (default 1)"},
+    {"directions", 0, NULL, "allow a key per direction (a2b, b2a) in each epoch"},
+    {"epoch-grace", 0, "SECONDS", "an older epoch's keys last at most this long, 0..86400 (default 60)"},
     {0},
 };
 
@@ -341,7 +358,8 @@ static const struct action policy_actions[] = {
     {
         .sub = "add",
         .usage = "NAME --types A:B [--groups GA:GB] [--key-bits B] [--idle-timeout SECONDS] "
-                 "[--max-lifetime SECONDS] [--delivered] [--key-sources a,b,c] [--scope parent]",
+                 "[--max-lifetime SECONDS] [--delivered] [--key-sources a,b,c] [--scope parent] "
+                 "[--max-epochs N] [--directions] [--epoch-grace SECONDS]",
         .summary = "Add a pairing policy: which devices may share session keys",
         .description =
             "Two devices may start a session only if a policy matches them, in either\n"
@@ -350,7 +368,8 @@ static const struct action policy_actions[] = {
             "--groups GA:GB the device of type A must be in group GA and the one of type B\n"
             "in GB. With --scope parent it pairs a sub-device with its own gateway only,\n"
             "whatever their groups (docs/gateways.md). A family policy wins, then the most\n"
-            "specific matching policy.\n"
+            "specific matching policy. --max-epochs, --directions and --epoch-grace let a\n"
+            "session hold several keys (docs/sessions.md, \"Epochs and direction keys\").\n"
             "NAME: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit.\n"
             "Prints the new policy; with --json the server's answer (every policy).\n"
             "\n"

@@ -64,6 +64,8 @@ struct options {
     const char *url, *fill, *session, *peer, *cacert, *index_s, *timeout_s;
     const char *cert, *key, *pin;
     const char *mode_s, *source_s, *server_cert; /* protocol v2 */
+    const char *epoch_s, *direction;             /* one of the session's other keys */
+    int epoch;                                   /* -1: none */
     int index; /* -1: the default key */
     long timeout;
     int delivered, json, v2, peer_platform;
@@ -76,7 +78,8 @@ struct options {
  * The synopsis is everything before the first blank line. */
 static const char usage_text[] =
     "usage: " PROG " key --url URL --fill FILE --session S --peer P [--index N]\n"
-    "                  [--delivered] [--json] [TLS options] [--timeout S]\n"
+    "                  [--delivered | --epoch N | --direction a2b|b2a] [--json]\n"
+    "                  [TLS options] [--timeout S]\n"
     "       " PROG " end --url URL --fill FILE (--session S | --all) [--index N] [--json]\n"
     "                  [TLS options] [--timeout S]\n"
     "       " PROG " key --v2 --server-cert F (--cert F [--key F] | --fill FILE)\n"
@@ -107,6 +110,10 @@ static const char usage_text[] =
     "  --fill FILE    the device's fill document (kmsctl fill open --json); - for stdin\n"
     "  --index N      device key index (default: the highest one valid now)\n"
     "  --delivered    ask for single-transfer delivery\n"
+    "  --epoch N      the session's key of epoch N (N+1 past its current epoch\n"
+    "                 re-keys it), protocol v1\n"
+    "  --direction D  the key of direction a2b or b2a (a: the party whose device ID\n"
+    "                 sorts first), of --epoch or epoch 0; protocol v1\n"
     "  --json         JSON output (errors too)\n"
     "  --cacert F     CA bundle for https (default: the system store)\n"
     "  --cert F       client certificate (PEM) for mutual TLS; --key F its key\n"
@@ -252,6 +259,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"source", &o->source_s, NULL, 1},  {"server-cert", &o->server_cert, NULL, 0},
         {"peer-platform", NULL, &o->peer_platform, 1},
         {"all", NULL, &o->all, -1},
+        {"epoch", &o->epoch_s, NULL, 1},   {"direction", &o->direction, NULL, 1},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
 
@@ -300,6 +308,24 @@ static int parse_args(int argc, char **argv, struct options *o)
             errorf("--%s needs a value", specs[j].name);
             return -1;
         }
+    }
+    o->epoch = -1;
+    if (o->epoch_s) {
+        long ep;
+        if (parse_long(o->epoch_s, 0, QKP_MAX_EPOCH, &ep) != 0) {
+            errorf("--epoch must be an integer from 0 to %d", QKP_MAX_EPOCH);
+            return -1;
+        }
+        o->epoch = (int)ep;
+    }
+    if (o->direction && strcmp(o->direction, "a2b") && strcmp(o->direction, "b2a")) {
+        errorf("--direction must be a2b or b2a");
+        return -1;
+    }
+    if ((o->epoch_s || o->direction) && (o->delivered || o->v2)) {
+        errorf("--epoch and --direction are for protocol v1 in session mode (not --delivered, "
+               "not --v2)");
+        return -1;
     }
     if (o->v2)
         return parse_v2(o, is_key);
@@ -527,7 +553,7 @@ static int print_key(const struct options *o, const char *device_id, int key_ind
     }
     hex(sk->key, sk->key_len, khex);
     if (o->json) {
-        char tail[64] = "";
+        char tail[192] = "";
         if (qkd_json_id(sk->session_id, sid, sizeof(sid)) < 0 ||
             qkd_json_id(sk->key_id, kid, sizeof(kid)) < 0 ||
             qkd_json_id(device_id, did, sizeof(did)) < 0)
@@ -539,6 +565,10 @@ static int print_key(const struct options *o, const char *device_id, int key_ind
         if (key_index >= 0)
             snprintf(tail + strlen(tail), sizeof(tail) - strlen(tail), ",\"key_index\":%d",
                      key_index);
+        if (o->epoch >= 0 || o->direction)
+            snprintf(tail + strlen(tail), sizeof(tail) - strlen(tail),
+                     ",\"epoch\":%d,\"direction\":\"%s\",\"current_epoch\":%d", sk->epoch,
+                     sk->direction, sk->current_epoch);
         n = snprintf(out, OUT_MAX,
                      "{\"session_id\":%s,\"key_id\":%s,\"key\":\"%s\",\"key_bits\":%d,"
                      "\"expires_at\":%lld,\"delivery\":\"%s\",\"device_id\":%s%s}\n",
@@ -549,6 +579,10 @@ static int print_key(const struct options *o, const char *device_id, int key_ind
             snprintf(when, sizeof(when), "%lld", (long long)sk->expires_at);
         n = snprintf(out, OUT_MAX, "key_id: %s\nkey: %s\nexpires_at: %s\ndelivery: %s\n",
                      sk->key_id, khex, when, sk->delivery);
+        if (n > 0 && n < OUT_MAX && (o->epoch >= 0 || o->direction))
+            n += snprintf(out + n, OUT_MAX - (size_t)n,
+                          "epoch: %d\ndirection: %s\ncurrent_epoch: %d\n", sk->epoch,
+                          sk->direction[0] ? sk->direction : "-", sk->current_epoch);
     }
     if (n < 0 || n >= OUT_MAX || write_all(out, (size_t)n) != 0) {
         errorf("cannot write output");
@@ -863,7 +897,10 @@ int main(int argc, char **argv)
     if ((rc = pick_index(&o, dev, now, &index)) != EXIT_OK)
         goto cleanup;
 
-    if (strcmp(o.cmd, "key") == 0)
+    if (strcmp(o.cmd, "key") == 0 && (o.epoch >= 0 || o.direction))
+        q = qkd_request_key_ext(&req, dev, index, o.session, o.peer, o.epoch, o.direction, now,
+                                NULL, err, sizeof(err));
+    else if (strcmp(o.cmd, "key") == 0)
         q = qkd_request_key(&req, dev, index, o.session, o.peer, o.delivered, now, NULL, err,
                             sizeof(err));
     else if (o.all)

@@ -358,8 +358,9 @@ int qkd_device_default_index(const qkd_device *d, int64_t now)
 /* ---- requests ------------------------------------------------------------ */
 
 static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
-                 const char *session_id, const char *peer_id, bool delivered, int64_t ts,
-                 const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
+                 const char *session_id, const char *peer_id, bool delivered, int epoch,
+                 const char *direction, int64_t ts, const uint8_t nonce[QKP_NONCE_LEN],
+                 char *err, size_t errlen)
 {
     const char *opname = op == QKD_OP_KEY ? "key" : "end";
     const qkd_key *k = qkd_device_key(d, key_index);
@@ -398,8 +399,21 @@ static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
         rc = fail(QKD_ERR_INPUT, err, errlen, "timestamp must not be negative");
         goto cleanup;
     }
+    if ((epoch >= 0 || direction) &&
+        (op != QKD_OP_KEY || delivered || epoch > QKP_MAX_EPOCH ||
+         (direction && strcmp(direction, "a2b") && strcmp(direction, "b2a")))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "epoch 0-%d and direction a2b or b2a, for a key request in session mode",
+                  QKP_MAX_EPOCH);
+        goto cleanup;
+    }
 
     r->op = op;
+    if (epoch >= 0 || direction) { /* one of the session's other keys */
+        r->ext = true;
+        r->epoch = epoch >= 0 ? epoch : 0;
+        snprintf(r->direction, sizeof(r->direction), "%s", direction ? direction : "");
+    }
     r->path = op == QKD_OP_KEY ? QKD_PATH_KEY : QKD_PATH_END;
     strcpy(r->device_id, d->device_id);
     r->key_index = key_index;
@@ -433,6 +447,11 @@ static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
     w |= qbuf_put_str(in, ",\"ts\":") | qb_i64(in, ts);
     if (op == QKD_OP_KEY && delivered)
         w |= qbuf_put_str(in, ",\"delivery\":\"delivered\"");
+    if (epoch >= 0)
+        w |= qbuf_put_str(in, ",\"epoch\":") | qb_i64(in, epoch);
+    if (direction)
+        w |= qbuf_put_str(in, ",\"direction\":\"") | qbuf_put_str(in, direction) |
+             qbuf_put_str(in, "\"");
     w |= qbuf_put_str(in, "}");
     aad_len = qkp_request_aad(opname, d->device_id, key_index, aad, sizeof(aad));
     if (w != QBUF_OK || aad_len < 0) {
@@ -472,8 +491,19 @@ int qkd_request_key(qkd_request *r, const qkd_device *d, int key_index, const ch
                     const char *peer_id, bool delivered, int64_t ts,
                     const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
 {
-    return build(r, QKD_OP_KEY, d, key_index, session_id, peer_id, delivered, ts, nonce, err,
-                 errlen);
+    return build(r, QKD_OP_KEY, d, key_index, session_id, peer_id, delivered, -1, NULL, ts,
+                 nonce, err, errlen);
+}
+
+int qkd_request_key_ext(qkd_request *r, const qkd_device *d, int key_index,
+                        const char *session_id, const char *peer_id, int epoch,
+                        const char *direction, int64_t ts, const uint8_t nonce[QKP_NONCE_LEN],
+                        char *err, size_t errlen)
+{
+    if (epoch < 0 && !direction)
+        return fail(QKD_ERR_INPUT, err, errlen, "an epoch, a direction or both");
+    return build(r, QKD_OP_KEY, d, key_index, session_id, peer_id, false, epoch, direction, ts,
+                 nonce, err, errlen);
 }
 
 int qkd_request_end(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
@@ -481,13 +511,15 @@ int qkd_request_end(qkd_request *r, const qkd_device *d, int key_index, const ch
 {
     if (!session_id)
         return fail(QKD_ERR_INPUT, err, errlen, "session ID is not a valid ID");
-    return build(r, QKD_OP_END, d, key_index, session_id, NULL, false, ts, nonce, err, errlen);
+    return build(r, QKD_OP_END, d, key_index, session_id, NULL, false, -1, NULL, ts, nonce, err,
+                 errlen);
 }
 
 int qkd_request_end_all(qkd_request *r, const qkd_device *d, int key_index, int64_t ts,
                         const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
 {
-    return build(r, QKD_OP_END, d, key_index, NULL, NULL, false, ts, nonce, err, errlen);
+    return build(r, QKD_OP_END, d, key_index, NULL, NULL, false, -1, NULL, ts, nonce, err,
+                 errlen);
 }
 
 void qkd_request_clear(qkd_request *r)
@@ -588,8 +620,30 @@ int qkd_response_key(qkd_session_key *out, const qkd_device *d, const qkd_reques
         rc = fail(QKD_ERR_INPUT, err, errlen, "response ct is not a %d-bit key and tag", bits);
         goto cleanup;
     }
-    aad_len = qkp_response_aad(r->session_id, r->device_id, r->key_index, key_id,
-                               (int64_t)json_integer_value(jexp), r->nonce_b64, aad, sizeof(aad));
+    {
+        /* An ext request's answer names the epoch and direction asked for
+         * (the AAD binds them) and the session's current epoch; any other
+         * answer names none of them. */
+        json_t *je = json_object_get(o, "epoch"), *jc = json_object_get(o, "current_epoch");
+        const char *dir = get_str(o, "direction");
+        if (r->ext ? !json_is_integer(je) || json_integer_value(je) != r->epoch || !dir ||
+                         strcmp(dir, r->direction) || !json_is_integer(jc) ||
+                         json_integer_value(jc) < r->epoch || json_integer_value(jc) > INT_MAX
+                   : je || jc || json_object_get(o, "direction")) {
+            rc = fail(QKD_ERR_INPUT, err, errlen,
+                      r->ext ? "response is for another epoch or direction"
+                             : "response names an epoch the request did not ask for");
+            goto cleanup;
+        }
+        if (r->ext)
+            out->current_epoch = (int)json_integer_value(jc);
+    }
+    aad_len = r->ext ? qkp_response_aad_ext(r->session_id, r->device_id, r->key_index, key_id,
+                                            (int64_t)json_integer_value(jexp), r->nonce_b64,
+                                            r->epoch, r->direction, aad, sizeof(aad))
+                     : qkp_response_aad(r->session_id, r->device_id, r->key_index, key_id,
+                                        (int64_t)json_integer_value(jexp), r->nonce_b64, aad,
+                                        sizeof(aad));
     if (aad_len < 0) {
         rc = fail(QKD_ERR_INPUT, err, errlen, "response fields too long");
         goto cleanup;
@@ -611,6 +665,8 @@ int qkd_response_key(qkd_session_key *out, const qkd_device *d, const qkd_reques
     out->key_bits = bits;
     out->expires_at = (int64_t)json_integer_value(jexp);
     strcpy(out->delivery, delivery);
+    out->epoch = r->ext ? r->epoch : 0;
+    strcpy(out->direction, r->ext ? r->direction : "");
     rc = QKD_OK;
 
 cleanup:

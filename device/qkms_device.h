@@ -12,12 +12,14 @@
  *    expect: the inner plaintext is
  *      key: {"session_id":"S","peer_id":"P","ts":123}
  *           or ...,"ts":123,"delivery":"delivered"}
+ *           or ...,"ts":123,"epoch":1,"direction":"a2b"} (either or both)
  *      end: {"session_id":"S","ts":123}
  *           or {"all":true,"ts":123} (every session of the device)
  *    and the body {"v":1,"device_id":"D","key_index":0,"nonce":"..","ct":".."},
  *    in this field order, without spaces.
  *  - A key response is accepted only when v is 1, session_id is the one
- *    asked for, key_bits is 128 or 256 and matches the length of ct, the
+ *    asked for, epoch and direction are the ones an ext request asked for
+ *    (and absent otherwise), key_bits is 128 or 256 and matches the length of ct, the
  *    response nonce differs from the request nonce, and ct opens under the
  *    request's device key with the response AAD bound to the request nonce.
  *    Nothing of a refused response is returned.
@@ -102,6 +104,9 @@ typedef struct {
     int key_index;
     char session_id[QKP_MAX_ID + 1]; /* empty when all */
     bool all;                         /* an end of every session of the device */
+    bool ext;                         /* a key by epoch and direction: */
+    int epoch;                        /*   0.. */
+    char direction[4];                /*   "", "a2b" or "b2a" */
     int64_t ts;
     uint8_t nonce[QKP_NONCE_LEN];
     char nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)];
@@ -121,6 +126,17 @@ typedef struct {
 int qkd_request_key(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
                     const char *peer_id, bool delivered, int64_t ts,
                     const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen);
+
+/*
+ * Builds a `key` request for one of the session's other keys (docs/protocol.md,
+ * "Epochs and direction keys"): epoch 0..QKP_MAX_EPOCH (or -1: none, i.e. 0)
+ * and direction "a2b", "b2a" (or NULL: none), at least one of them given;
+ * session mode only. Other arguments as for qkd_request_key.
+ */
+int qkd_request_key_ext(qkd_request *r, const qkd_device *d, int key_index,
+                        const char *session_id, const char *peer_id, int epoch,
+                        const char *direction, int64_t ts, const uint8_t nonce[QKP_NONCE_LEN],
+                        char *err, size_t errlen);
 
 /* Builds an `end` request; arguments as for qkd_request_key. */
 int qkd_request_end(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
@@ -142,6 +158,9 @@ typedef struct {
     size_t key_len;      /* key_bits / 8: the bytes at key */
     int64_t expires_at;  /* Unix seconds */
     char delivery[16];   /* "session" or "delivered" (not covered by the AEAD) */
+    int epoch;           /* the key's epoch and direction ("" for none): what an ext */
+    char direction[4];   /* request asked for, bound by the AAD; 0 and "" otherwise */
+    int current_epoch;   /* ext: the session's current epoch (not covered by the AEAD) */
     uint8_t *key;        /* key_len bytes, secure heap; NULL when empty */
 } qkd_session_key;
 

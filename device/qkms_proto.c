@@ -109,6 +109,19 @@ int qkp_response_aad(const char *session_id, const char *device_id, int key_inde
     return n > 0 && (size_t)n < cap ? n : -1;
 }
 
+int qkp_response_aad_ext(const char *session_id, const char *device_id, int key_index,
+                         const char *key_id, int64_t expires_at, const char *req_nonce_b64,
+                         int epoch, const char *direction, char *out, size_t cap)
+{
+    int n = qkp_response_aad(session_id, device_id, key_index, key_id, expires_at, req_nonce_b64,
+                             out, cap), m;
+    if (n < 0 || epoch < 0 || !direction ||
+        (direction[0] && strcmp(direction, "a2b") && strcmp(direction, "b2a")))
+        return -1;
+    m = snprintf(out + n, cap - (size_t)n, "\n%d\n%s", epoch, direction);
+    return m > 0 && (size_t)m < cap - (size_t)n ? n + m : -1;
+}
+
 static const EVP_CIPHER *cipher_for(size_t key_len)
 {
     return key_len == 16 ? EVP_aes_128_gcm() : key_len == 32 ? EVP_aes_256_gcm() : NULL;

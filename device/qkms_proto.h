@@ -27,6 +27,7 @@
 #define QKP_MAX_ID 128
 #define QKP_MAX_PLAINTEXT 2048
 #define QKP_MAX_AAD 512
+#define QKP_MAX_EPOCH 999999 /* a session's epochs are 0..QKP_MAX_EPOCH */
 
 /* Output size for n input bytes, including the NUL. */
 #define QKP_B64URL_LEN(n) ((((n) + 2) / 3) * 4 + 1)
@@ -47,6 +48,14 @@ int qkp_request_aad(const char *op, const char *device_id, int key_index, char *
 int qkp_response_aad(const char *session_id, const char *device_id, int key_index,
                      const char *key_id, int64_t expires_at, const char *req_nonce_b64,
                      char *out, size_t cap);
+
+/* The response AAD of a request that named an epoch or a direction
+ * (docs/protocol.md, "Epochs and direction keys"): qkp_response_aad's, then
+ * "\n" epoch "\n" direction ("" for none, else "a2b" or "b2a"). -1 also for
+ * a negative epoch or another direction. */
+int qkp_response_aad_ext(const char *session_id, const char *device_id, int key_index,
+                         const char *key_id, int64_t expires_at, const char *req_nonce_b64,
+                         int epoch, const char *direction, char *out, size_t cap);
 
 /* out receives len + 16 bytes (ciphertext then tag). */
 int qkp_seal(const uint8_t *key, size_t key_len, const uint8_t nonce[QKP_NONCE_LEN],

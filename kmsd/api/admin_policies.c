@@ -23,7 +23,8 @@ void h_policies_list(http_request *rq, http_response *rs)
 static bool is_int_field(const char *key)
 {
     return !strcmp(key, "key_bits") || !strcmp(key, "idle_timeout_s") ||
-           !strcmp(key, "max_lifetime_s");
+           !strcmp(key, "max_lifetime_s") || !strcmp(key, "max_epochs") ||
+           !strcmp(key, "epoch_grace_s");
 }
 
 /* Every field known, each a string or an integer as it should be (null is
@@ -32,7 +33,8 @@ static int check_fields(json_t *in, http_response *rs)
 {
     static const char *const known[] = {"name", "type_a", "type_b", "group_a", "group_b",
                                         "key_bits", "idle_timeout_s", "max_lifetime_s",
-                                        "delivery", "key_sources", "scope", NULL};
+                                        "delivery", "key_sources", "scope", "max_epochs",
+                                        "directions", "epoch_grace_s", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(in, key, v) {
@@ -42,6 +44,13 @@ static int check_fields(json_t *in, http_response *rs)
         if (!ok) {
             http_error(rs, 422, "invalid_policy", "unknown field '%.64s'", key);
             return -1;
+        }
+        if (!strcmp(key, "directions")) {
+            if (!json_is_null(v) && !json_is_boolean(v)) {
+                http_error(rs, 422, "invalid_policy", "field 'directions' must be a boolean");
+                return -1;
+            }
+            continue;
         }
         if (!strcmp(key, "key_sources")) {
             size_t i;
@@ -91,7 +100,8 @@ void h_policies_add(http_request *rq, http_response *rs)
     p = (policy_spec){str(in, "name"), str(in, "type_a"), str(in, "type_b"), str(in, "group_a"),
                       str(in, "group_b"), str(in, "delivery"), opt_int(in, "key_bits"),
                       opt_int(in, "idle_timeout_s"), opt_int(in, "max_lifetime_s"), NULL,
-                      str(in, "scope")};
+                      str(in, "scope"), opt_int(in, "max_epochs"), opt_int(in, "epoch_grace_s"),
+                      json_is_true(json_object_get(in, "directions"))};
     /* ["a", "c"] as "ac", checked by the service; more than three entries
      * cannot be right and go as four. */
     char ks[5] = "";

@@ -203,7 +203,8 @@ static int inner_fields(http_request *rq, http_response *rs, const envelope *env
                         bool want_peer, const char **sid, const char **peer, bool *delivered,
                         char ts_out[24])
 {
-    static const char *const key_fields[] = {"session_id", "ts", "peer_id", "delivery", NULL};
+    static const char *const key_fields[] = {"session_id", "ts",    "peer_id",
+                                             "delivery",   "epoch", "direction", NULL};
     static const char *const end_fields[] = {"session_id", "ts", "all", NULL};
     json_t *d = json_object_get(a->inner, "delivery"), *all = json_object_get(a->inner, "all");
     long long ts;
@@ -244,6 +245,37 @@ static int inner_fields(http_request *rq, http_response *rs, const envelope *env
     return 0;
 }
 
+/* The key request's optional epoch and direction (docs/protocol.md,
+ * "Epochs and direction keys") into ask: either one makes it an ext
+ * request. 0, or -1 with rs answered (422) and the refusal counted. */
+static int inner_epoch(http_request *rq, http_response *rs, json_t *inner, session_ask *ask)
+{
+    json_t *ep = json_object_get(inner, "epoch"), *dir = json_object_get(inner, "direction");
+    const char *d = json_string_value(dir);
+
+    if (!ep && !dir)
+        return 0;
+    if ((ep && (!json_is_integer(ep) || json_integer_value(ep) < 0 ||
+                json_integer_value(ep) > QKP_MAX_EPOCH)) ||
+        (dir && (!d || (strcmp(d, "a2b") && strcmp(d, "b2a"))))) {
+        http_error(rs, 422, "invalid_request",
+                   "epoch must be an integer from 0 to %d, direction \"a2b\" or \"b2a\"",
+                   QKP_MAX_EPOCH);
+        refuse(rq, SESSION_REFUSE_INVALID);
+        return -1;
+    }
+    if (json_object_get(inner, "delivery")) {
+        http_error(rs, 422, "invalid_request",
+                   "epoch and direction are for session mode, not \"delivery\"");
+        refuse(rq, SESSION_REFUSE_INVALID);
+        return -1;
+    }
+    ask->ext = true;
+    ask->epoch = ep ? (int)json_integer_value(ep) : 0;
+    ask->direction = d ? d : "";
+    return 0;
+}
+
 /* ---- answers ---------------------------------------------------------------- */
 
 /* A refused operation: a replayed nonce gets its rate-limit token back (a
@@ -264,8 +296,11 @@ static int deliver(http_response *rs, const envelope *env, const authed *a, cons
     uint8_t nonce[QKP_NONCE_LEN], ct[32 + QKP_TAG_LEN];
     char aad[QKP_MAX_AAD], nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)],
         ct_b64[QKP_B64URL_LEN(sizeof(ct))];
-    int aad_len = qkp_response_aad(sid, env->device_id, env->key_index, g->key_id, g->expires_at,
-                                   env->nonce_b64, aad, sizeof(aad));
+    int aad_len = g->ext ? qkp_response_aad_ext(sid, env->device_id, env->key_index, g->key_id,
+                                                g->expires_at, env->nonce_b64, g->epoch,
+                                                g->direction, aad, sizeof(aad))
+                         : qkp_response_aad(sid, env->device_id, env->key_index, g->key_id,
+                                            g->expires_at, env->nonce_b64, aad, sizeof(aad));
 
     if (g->key_len > 32 || RAND_bytes(nonce, sizeof(nonce)) != 1 || aad_len < 0 ||
         qkp_seal(a->da.key, a->da.key_len, nonce, aad, (size_t)aad_len, g->key, g->key_len,
@@ -280,6 +315,13 @@ static int deliver(http_response *rs, const envelope *env, const authed *a, cons
                   json_pack("{s:i,s:s,s:s,s:i,s:I,s:s,s:s}", "v", QKP_VERSION, "login_id", sid,
                             "key_id", g->key_id, "key_bits", g->key_bits, "expires_at",
                             (json_int_t)g->expires_at, "nonce", nonce_b64, "ct", ct_b64));
+    else if (g->ext) /* the key's epoch and direction, bound by the AAD */
+        http_json(rs, 200,
+                  json_pack("{s:i,s:s,s:s,s:i,s:I,s:s,s:i,s:s,s:i,s:s,s:s}", "v", QKP_VERSION,
+                            "session_id", sid, "key_id", g->key_id, "key_bits", g->key_bits,
+                            "expires_at", (json_int_t)g->expires_at, "delivery", g->delivery,
+                            "epoch", g->epoch, "direction", g->direction, "current_epoch",
+                            g->current_epoch, "nonce", nonce_b64, "ct", ct_b64));
     else
         http_json(rs, 200,
                   json_pack("{s:i,s:s,s:s,s:i,s:I,s:s,s:s,s:s}", "v", QKP_VERSION, "session_id",
@@ -310,7 +352,8 @@ void h_session_key(http_request *rq, http_response *rs)
     session_metrics_stage(s->smetrics, SESSION_STAGE_PARSE, &t0);
     if (authenticate(rq, rs, "key", &env, &a, &t0) != 0 ||
         inner_fields(rq, rs, &env, &a, true, &ask.session_id, &ask.peer_id, &ask.delivered,
-                     ts) != 0)
+                     ts) != 0 ||
+        inner_epoch(rq, rs, a.inner, &ask) != 0)
         goto out;
     session_metrics_stage(s->smetrics, SESSION_STAGE_OPEN, &t0);
     /* Per device only once authenticated, so nobody can spend another

@@ -41,6 +41,11 @@ static json_t *policy_row(const PGresult *r, int i)
         json_object_set_new(o, "key_sources", ks);
     else
         json_decref(ks);
+    if (o) {
+        json_object_set_new(o, "max_epochs", json_integer(atoi(PQgetvalue(r, i, 13))));
+        json_object_set_new(o, "directions", json_boolean(PQgetvalue(r, i, 14)[0] == 't'));
+        json_object_set_new(o, "epoch_grace_s", json_integer(atoi(PQgetvalue(r, i, 15))));
+    }
     return o;
 }
 
@@ -79,7 +84,7 @@ static qk_kind int_arg(const char *key, policy_int v, long long lo, long long hi
     return QK_OK;
 }
 
-static qk_kind check_policy(qk_svc *s, const policy_spec *p, char ints[3][24], qk_err *e)
+static qk_kind check_policy(qk_svc *s, const policy_spec *p, char ints[5][24], qk_err *e)
 {
     bool a = false, b = false;
     qk_kind k;
@@ -116,8 +121,21 @@ static qk_kind check_policy(qk_svc *s, const policy_spec *p, char ints[3][24], q
         return qk_fail(e, QK_INVALID, "invalid_policy", "delivery must be session or delivered");
     if ((k = int_arg("key_bits", p->key_bits, 128, 256, 128, ints[0], e)) != QK_OK ||
         (k = int_arg("idle_timeout_s", p->idle_timeout_s, 1, 86400, 300, ints[1], e)) != QK_OK ||
-        (k = int_arg("max_lifetime_s", p->max_lifetime_s, 1, 604800, 3600, ints[2], e)) != QK_OK)
+        (k = int_arg("max_lifetime_s", p->max_lifetime_s, 1, 604800, 3600, ints[2], e)) != QK_OK ||
+        (k = int_arg("max_epochs", p->max_epochs, 1, 1000000, 1, ints[3], e)) != QK_OK ||
+        (k = int_arg("epoch_grace_s", p->epoch_grace_s, 0, 86400, 60, ints[4], e)) != QK_OK)
         return k;
+    if ((p->max_epochs.set && p->max_epochs.v > 1) || p->directions) {
+        /* A single-transfer session has one key, and the platform's
+         * channel keys are protocol v2's, which has no epochs. */
+        if (p->delivery && !strcmp(p->delivery, "delivered"))
+            return qk_fail(e, QK_INVALID, "invalid_policy",
+                           "max_epochs above 1 and directions are for delivery \"session\"");
+        if (!strcmp(p->type_a, SESSION_PLATFORM_PEER) || !strcmp(p->type_b, SESSION_PLATFORM_PEER))
+            return qk_fail(e, QK_INVALID, "invalid_policy",
+                           "max_epochs above 1 and directions are for two devices, not "
+                           "\"@platform\"");
+    }
     if (strcmp(ints[0], "128") && strcmp(ints[0], "256"))
         return qk_fail(e, QK_INVALID, "invalid_policy", "key_bits must be 128 or 256");
     return QK_OK;
@@ -154,19 +172,23 @@ static json_t *policy_detail(const policy_spec *p)
                           p->type_b);
     const char *const skey[] = {"group_a", "group_b", "delivery"};
     const char *const sval[] = {p->group_a, p->group_b, p->delivery};
-    const char *const ikey[] = {"key_bits", "idle_timeout_s", "max_lifetime_s"};
-    const policy_int ival[] = {p->key_bits, p->idle_timeout_s, p->max_lifetime_s};
-    for (int i = 0; i < 3 && d; i++) {
-        if (sval[i])
+    const char *const ikey[] = {"key_bits", "idle_timeout_s", "max_lifetime_s", "max_epochs",
+                                "epoch_grace_s"};
+    const policy_int ival[] = {p->key_bits, p->idle_timeout_s, p->max_lifetime_s, p->max_epochs,
+                               p->epoch_grace_s};
+    for (int i = 0; i < 5 && d; i++) {
+        if (i < 3 && sval[i])
             json_object_set_new(d, skey[i], json_string(sval[i]));
         if (ival[i].set)
             json_object_set_new(d, ikey[i], json_integer(ival[i].v));
     }
+    if (d && p->directions)
+        json_object_set_new(d, "directions", json_true());
     return d;
 }
 
 struct policy_tx {
-    const char *vals[12];
+    const char *vals[15];
     const char *actor;
     json_t *detail;
     bool remove;
@@ -177,7 +199,7 @@ static db_status policy_tx_fn(db_conn *c, void *arg)
     struct policy_tx *t = arg;
     db_status st;
     PGresult *r = t->remove ? db_exec(c, Q_POLICY_DELETE, 1, t->vals, NULL, NULL, &st)
-                            : db_exec(c, Q_POLICY_INSERT, 12, t->vals, NULL, NULL, &st);
+                            : db_exec(c, Q_POLICY_INSERT, 15, t->vals, NULL, NULL, &st);
     int found;
     if (!r)
         return st;
@@ -192,7 +214,7 @@ static db_status policy_tx_fn(db_conn *c, void *arg)
 qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, qk_err *e)
 {
     struct policy_tx t = {{0}, who->name, NULL, false};
-    char ints[3][24], sources[8];
+    char ints[5][24], sources[8];
     db_status st;
     qk_kind k;
 
@@ -211,6 +233,9 @@ qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, q
     t.vals[9] = who->name;
     t.vals[10] = sources;
     t.vals[11] = p->scope && !strcmp(p->scope, "parent") ? "true" : "false";
+    t.vals[12] = ints[3];
+    t.vals[13] = p->directions ? "true" : "false";
+    t.vals[14] = ints[4];
     t.detail = policy_detail(p);
     if (t.detail && p->scope)
         json_object_set_new(t.detail, "scope", json_string(p->scope));

@@ -12,7 +12,8 @@
  *    (same-group policy) or both groups (cross-group); delivery is
  *    "session" (default) or "delivered"; key_bits is 128 (default) or 256;
  *    idle_timeout_s 1..86400 (default 300); max_lifetime_s 1..604800
- *    (default 3600). Anything else is QK_INVALID "invalid_policy".
+ *    (default 3600); max_epochs and epoch_grace_s as in policy_spec.
+ *    Anything else is QK_INVALID "invalid_policy".
  *  - Adding and removing commit with their audit row ("policy.added",
  *    "policy.removed"; actor who->name).
  *  - Errors (err.h; e must not be NULL): QK_INVALID "invalid_policy";
@@ -48,12 +49,20 @@ typedef struct {
      * with its own gateway only, whatever their groups; NULL or "groups":
      * the group rules above. */
     const char *scope;
+    /* Several keys per session (docs/sessions.md, "Epochs and direction
+     * keys"): max_epochs 1..1000000 (default 1: the first key only),
+     * directions (direction keys allowed; default false), epoch_grace_s
+     * 0..86400 (default 60: how long an older epoch's keys outlive the move
+     * to a newer one, at most). */
+    policy_int max_epochs, epoch_grace_s;
+    bool directions;
 } policy_spec;
 
 /* {"policies": [{"name", "type_a", "type_b", "group_a", "group_b",
  * "key_bits", "idle_timeout_s", "max_lifetime_s", "delivery", "created_at",
  * "created_by", "scope" (same-group, cross-group, platform or parent),
- * "key_sources"}, ...]} by name. */
+ * "key_sources", "max_epochs", "directions", "epoch_grace_s"}, ...]} by
+ * name. */
 qk_kind policies_list(qk_svc *s, json_t **out, qk_err *e);
 qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, qk_err *e);
 /* A name that cannot be a policy's is QK_NOT_FOUND too. */

@@ -248,6 +248,39 @@ static int rewrap_qkd(qk_svc *k, db_conn *c, const char *active)
     return done;
 }
 
+/* One batch of session keys under versions before the active one, from
+ * query q (id, session hash, key ID, wrapped hex, version) and written back
+ * by set (id, old version, wrapped hex, new version): how many it rewrapped;
+ * *found how many it found (0: none left), -1 when the query failed. */
+static int rewrap_sessions(qk_svc *k, db_conn *c, int q, int set, const char *active, int *found)
+{
+    char newv[16], ctx[256], hex[2 * BLOB_MAX + 1];
+    const char *vals[4] = {active, REWRAP_BATCH, NULL, NULL};
+    db_status st;
+    PGresult *r = db_exec(c, q, 2, vals, NULL, NULL, &st), *u;
+    uint32_t nv = 0;
+    int done = 0;
+
+    *found = r ? PQntuples(r) : -1;
+    for (int i = 0; i < *found; i++) {
+        if (session_key_context(PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), ctx, sizeof(ctx)) < 0 ||
+            rewrap_blob(k, ctx, PQgetvalue(r, i, 3), hex, &nv) != 0)
+            continue;
+        snprintf(newv, sizeof(newv), "%u", nv);
+        vals[0] = PQgetvalue(r, i, 0);
+        vals[1] = PQgetvalue(r, i, 4);
+        vals[2] = hex;
+        vals[3] = newv;
+        u = db_exec(c, set, 4, vals, NULL, NULL, &st);
+        if (u && atoi(PQcmdTuples(u)) == 1)
+            done++;
+        PQclear(u);
+    }
+    PQclear(r);
+    OPENSSL_cleanse(hex, sizeof(hex));
+    return done;
+}
+
 static int rewrap_batch(qk_svc *k, db_conn *c)
 {
     char active[16], newv[16], ctx[256], hex[2 * BLOB_MAX + 1];
@@ -280,34 +313,24 @@ static int rewrap_batch(qk_svc *k, db_conn *c)
         PQclear(u);
     }
     PQclear(r);
+    OPENSSL_cleanse(hex, sizeof(hex));
     done += rewrap_session_id_key(k, c, av);
     /* Before the sessions' skip below: QKD keys have no such latch, and a
      * rotation must reach every one of them however few sessions remain. */
     done += rewrap_qkd(k, c, active);
     if (k->sessions_rewrapped_for == av)
         return done;
-    vals[0] = active;
-    vals[1] = REWRAP_BATCH;
-    r = db_exec(c, Q_REWRAP_SESSIONS, 2, vals, NULL, NULL, &st);
-    if (!r)
-        return done;
-    if (PQntuples(r) == 0)
-        k->sessions_rewrapped_for = av;
-    for (int i = 0; i < PQntuples(r); i++) {
-        if (session_key_context(PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), ctx, sizeof(ctx)) < 0 ||
-            rewrap_blob(k, ctx, PQgetvalue(r, i, 3), hex, &nv) != 0)
-            continue;
-        snprintf(newv, sizeof(newv), "%u", nv);
-        vals[0] = PQgetvalue(r, i, 0);
-        vals[1] = PQgetvalue(r, i, 4);
-        vals[2] = hex;
-        vals[3] = newv;
-        u = db_exec(c, Q_REWRAP_SESSION_SET, 4, vals, NULL, NULL, &st);
-        if (u && atoi(PQcmdTuples(u)) == 1)
-            done++;
-        PQclear(u);
+    {
+        /* Sessions' own keys, then their other epochs' and directions'
+         * (schema/026): rows of the same shape, wrapped in the same
+         * context. */
+        int fa, fb;
+        done += rewrap_sessions(k, c, Q_REWRAP_SESSIONS, Q_REWRAP_SESSION_SET, active, &fa);
+        done += rewrap_sessions(k, c, Q_REWRAP_SESSION_KEYS, Q_REWRAP_SESSION_KEY_SET, active,
+                                &fb);
+        if (fa == 0 && fb == 0)
+            k->sessions_rewrapped_for = av;
     }
-    PQclear(r);
     return done;
 }
 

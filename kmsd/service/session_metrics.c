@@ -12,7 +12,7 @@
 static const char *const refuse_names[SESSION_REFUSE__N] = {
     "unauthenticated", "device_inactive", "not_a_party",   "peer_mismatch",
     "policy_denied",   "session_ended",   "unknown_peer",  "invalid_request",
-    "service_expired"};
+    "service_expired", "epoch"};
 
 static const char *const stage_names[SESSION_STAGE__N] = {
     "parse",      "device_key_lookup", "device_key_unwrap", "open_request",

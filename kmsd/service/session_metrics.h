@@ -33,6 +33,7 @@ typedef enum {
     SESSION_REFUSE_PEER,
     SESSION_REFUSE_INVALID,
     SESSION_REFUSE_SERVICE,
+    SESSION_REFUSE_EPOCH, /* an epoch skipped, beyond the limit or gone; no session yet */
     SESSION_REFUSE__N
 } session_refusal;
 

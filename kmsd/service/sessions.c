@@ -266,6 +266,27 @@ static qk_kind session_key_call(qk_svc *s, const device_auth *a, const session_c
     return *out ? QK_OK : db_fail(e, st);
 }
 
+/* One call of qkms_session_key_ext (schema/026): an ext request's key by
+ * epoch and direction. Never batched: such requests are rare next to the
+ * first key's. QK_OK with *out (PQclear it), or e. */
+static qk_kind session_key_ext_call(qk_svc *s, const device_auth *a, const session_call *sc,
+                                    const session_ask *ask, const candidate *cd, PGresult **out,
+                                    qk_err *e)
+{
+    char epoch[16];
+    const char *vals[15] = {sc->pk,   sc->kidx, (const char *)a->nonce, sc->ts, sc->skew,
+                            (const char *)sc->hash, sc->peer, epoch, ask->direction ? ask->direction : ""};
+    int lens[15] = {0, 0, QKP_NONCE_LEN, 0, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 32};
+    int fmts[15] = {0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    db_status st;
+
+    snprintf(epoch, sizeof(epoch), "%d", ask->epoch);
+    candidate_args(cd, &vals[9]);
+    vals[14] = (const char *)sc->cert;
+    *out = db_query(s->db, Q_SESSION_KEY_EXT, 15, vals, lens, fmts, &st);
+    return *out ? QK_OK : db_fail(e, st);
+}
+
 static const struct {
     const char *outcome;
     qk_kind kind;
@@ -280,6 +301,13 @@ static const struct {
     {"peer_inactive", QK_INVALID, "peer_inactive", "the peer is suspended or revoked, or its service ended", SESSION_REFUSE_PEER},
     {"policy_denied", QK_FORBIDDEN, "policy_denied", "no pairing policy allows these two devices", SESSION_REFUSE_POLICY},
     {"source_denied", QK_FORBIDDEN, "key_source_denied", "the pairing policy does not allow this key source", SESSION_REFUSE_POLICY},
+    /* Epochs and direction keys (schema/026). */
+    {"unknown_session", QK_NOT_FOUND, "unknown_session", "no such session: its first key is asked for without epoch or direction", SESSION_REFUSE_EPOCH},
+    {"direction_denied", QK_FORBIDDEN, "direction_denied", "the session's pairing policy allows no direction keys", SESSION_REFUSE_POLICY},
+    {"epoch_denied", QK_FORBIDDEN, "epoch_denied", "a single-transfer session has one key", SESSION_REFUSE_POLICY},
+    {"epoch_skip", QK_CONFLICT, "epoch_skip", "an epoch may only be the session's current one plus one at most", SESSION_REFUSE_EPOCH},
+    {"epoch_limit", QK_CONFLICT, "epoch_limit", "the session has as many epochs as its pairing policy allows", SESSION_REFUSE_EPOCH},
+    {"epoch_ended", QK_CONFLICT, "epoch_ended", "that epoch's key is destroyed: ask for the current epoch", SESSION_REFUSE_EPOCH},
 };
 
 /* The outcomes both stored functions share: the nonce was used before
@@ -342,7 +370,10 @@ static qk_kind session_key_refused(qk_svc *s, const qk_principal *who, device_au
 void sessions_delivered(qk_svc *s, const qk_principal *who, const session_grant *g)
 {
     session_metrics_count(s->smetrics, SESSION_EV_DELIVERED, 1);
-    if (g->created) {
+    if (g->created && g->ext) {
+        log_with(&who->log, LOG_INFO, "session key created", "{s:s,s:s,s:i,s:s}", "device_id",
+                 who->name, "key_id", g->key_id, "epoch", g->epoch, "direction", g->direction);
+    } else if (g->created) {
         session_metrics_count(s->smetrics, SESSION_EV_CREATED, 1);
         log_with(&who->log, LOG_INFO, "session created", "{s:s,s:s,s:s}", "device_id", who->name,
                  "key_id", g->key_id, "policy", g->policy);
@@ -423,6 +454,10 @@ static qk_kind grant_from_row(qk_svc *s, const qk_principal *who, PGresult *r,
         goto out;
     }
     snprintf(g->policy, sizeof(g->policy), "%s", PQgetvalue(r, 0, 5));
+    if (PQnfields(r) > 10) { /* an ext request's answer */
+        g->epoch = atoi(PQgetvalue(r, 0, 9));
+        g->current_epoch = atoi(PQgetvalue(r, 0, 10));
+    }
     k = QK_OK;
 out:
     OPENSSL_cleanse(blob, sizeof(blob));
@@ -470,6 +505,14 @@ qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const
         k = qk_fail(e, QK_INVALID, "invalid_request", "peer_id must be another device's ID");
         goto out;
     }
+    if (ask->ext && (ask->platform_peer || ask->key_source || ask->epoch < 0 ||
+                     !ask->direction ||
+                     (ask->direction[0] && strcmp(ask->direction, "a2b") &&
+                      strcmp(ask->direction, "b2a")))) {
+        k = qk_fail(e, QK_INVALID, "invalid_request",
+                    "epoch must be an integer from 0, direction a2b or b2a (protocol v1)");
+        goto out;
+    }
     if (ask->key_source) {
         if (!strchr("abc", ask->key_source) ||
             (ask->key_source != 'c' && (!ask->cr || !ask->h))) {
@@ -483,20 +526,27 @@ qk_kind sessions_issue(qk_svc *s, const qk_principal *who, device_auth *a, const
      * this saves a round trip; when it exists, the candidate is dropped (it
      * never left kmsd unwrapped). A session wrongly thought to exist is
      * answered need_key, and the loop below makes the candidate. */
-    if (session_seen_has(s->seen, sc.hash))
+    if (ask->ext) /* the epoch's or direction's key may not exist yet: no guess */
+        ;
+    else if (session_seen_has(s->seen, sc.hash))
         session_metrics_count(s->smetrics, SESSION_EV_CANDIDATE_SKIPPED, 1);
     else if ((k = make_candidate(s, who, ask, sc.hash, 128, &cd, e)) != QK_OK)
         goto out;
     session_metrics_stage(s->smetrics, SESSION_STAGE_NEW_KEY, a->t0);
     for (int attempt = 0; attempt < 3; attempt++) {
         const char *outcome;
-        k = session_key_call(s, a, &sc, &cd, &r, e);
+        k = ask->ext ? session_key_ext_call(s, a, &sc, ask, &cd, &r, e)
+                     : session_key_call(s, a, &sc, &cd, &r, e);
         session_metrics_stage(s->smetrics, SESSION_STAGE_SESSION_TX, a->t0);
         if (k != QK_OK)
             goto out;
         outcome = PQgetvalue(r, 0, 0);
         if (!strcmp(outcome, "ok")) {
             k = grant_from_row(s, who, r, &cd, g, e);
+            if (k == QK_OK && ask->ext) {
+                g->ext = true;
+                snprintf(g->direction, sizeof(g->direction), "%s", ask->direction);
+            }
             if (k == QK_OK) {
                 session_seen_add(s->seen, sc.hash);
                 if (!ask->contact_by_caller) /* a contact, written off the path */
@@ -652,6 +702,16 @@ int sessions_reap(qk_svc *k, int *examined)
     if (examined)
         *examined = atoi(PQgetvalue(r, 0, 1));
     PQclear(r);
+    /* Older epochs' keys whose grace is over (schema/026); a full batch
+     * asks for another pass like the sessions'. */
+    if ((r = db_query(k->db, Q_SESSION_KEYS_REAP, 1, &vals[2], NULL, NULL, &st))) {
+        int keys = atoi(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        if (keys > 0)
+            log_emit(LOG_INFO, "older epochs' keys destroyed", "{s:i}", "count", keys);
+        if (keys >= SESSION_REAP_BATCH && examined)
+            *examined = SESSION_REAP_BATCH;
+    }
     if (n > 0) {
         session_metrics_count(k->smetrics, SESSION_EV_REAPED, (uint64_t)n);
         log_emit(LOG_INFO, "expired sessions destroyed", "{s:i}", "count", n);

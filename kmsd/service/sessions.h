@@ -28,7 +28,10 @@
  *  - Refusals, as today's wire contract (docs/protocol.md): QK_FORBIDDEN
  *    device_inactive, not_a_party, peer_mismatch, policy_denied;
  *    QK_CONFLICT session_ended; QK_NOT_FOUND unknown_session (end only);
- *    QK_INVALID unknown_peer, peer_inactive; QK_UNAVAILABLE unavailable,
+ *    QK_INVALID unknown_peer, peer_inactive; for ext requests (and a v1
+ *    request on a session past its first epoch) QK_CONFLICT epoch_skip,
+ *    epoch_limit, epoch_ended, QK_FORBIDDEN direction_denied, epoch_denied,
+ *    QK_NOT_FOUND unknown_session; QK_UNAVAILABLE unavailable,
  *    token_unavailable, entropy_unavailable (Retry-After 1); QK_INTERNAL.
  *  - Counters and stage timings go to s->smetrics (session_metrics.h).
  */
@@ -66,6 +69,13 @@ typedef struct {
     /* The caller has more to settle before the request succeeds (a
      * gateway login): it notes the device's contact itself. */
     bool contact_by_caller;
+    /* Several keys per session (docs/sessions.md, "Epochs and direction
+     * keys"): ext asks for the key of epoch (>= 0) and direction ("",
+     * "a2b" or "b2a") of a session that exists; v1 only (key_source 0, a
+     * device peer). Without ext the request is served as it always was. */
+    bool ext;
+    int epoch;
+    const char *direction;
 } session_ask;
 
 /* How a channel's platform side is named (session rows, logs, the admin
@@ -87,6 +97,11 @@ typedef struct {
      * 'a', secure heap), else 'c' (the key itself). */
     char key_source;
     uint8_t *sr;
+    /* ext requests: the key's epoch and direction, and the session's
+     * current epoch. */
+    bool ext;
+    int epoch, current_epoch;
+    char direction[4];
 } session_grant;
 
 /* The session key of ask->session_id for the device of a (creating the

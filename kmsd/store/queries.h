@@ -510,6 +510,14 @@
       " WHERE d.device_id = $1 ORDER BY c.created_at DESC NULLS LAST LIMIT 16")                 \
     X(Q_V2_REFUSED,                                                                            \
       "SELECT qkms_v2_refused($1, $2::bytea, $3::bigint, $4::int, $5, $6::jsonb, $7::boolean)") \
+    X(Q_SESSION_KEYS_REAP, /* older epochs' keys past their grace (schema/026) */            \
+      "SELECT qkms_session_keys_reap($1::int)")                                                \
+    X(Q_SESSION_KEY_EXT, /* a key by epoch and direction (schema/026) */                      \
+      "SELECT outcome, out_key_id, out_key_bits, encode(out_wrapped, 'hex'), out_expires,"     \
+      " out_policy, out_delivery, out_created, encode(out_hash, 'hex'), out_epoch, out_current" \
+      " FROM qkms_session_key_ext($1::bigint, $2::int, $3::bytea, $4::bigint, $5::int,"        \
+      " $6::bytea, $7, $8::int, $9, $10::uuid, decode($11, 'hex'), $12::int, $13, $14::int,"   \
+      " $15::bytea)")                                                                          \
     X(Q_SESSION_REAP,                                                                          \
       "SELECT destroyed, examined FROM qkms_session_reap($1::int, $2::int, $3::int)")           \
     X(Q_SESSIONS_LIST,                                                                         \
@@ -538,13 +546,14 @@
     X(Q_SESSIONS_OPEN_COUNT, "SELECT count(*) FROM sessions")                                  \
     X(Q_POLICY_LIST,                                                                           \
       "SELECT name, type_a, type_b, group_a, group_b, key_bits, idle_timeout_s, max_lifetime_s," \
-      " delivery, created_at, created_by, array_to_json(key_sources), family"                  \
-      " FROM pairing_policies ORDER BY name")                                                  \
+      " delivery, created_at, created_by, array_to_json(key_sources), family, max_epochs,"     \
+      " directions, epoch_grace_s FROM pairing_policies ORDER BY name")                        \
     X(Q_POLICY_INSERT,                                                                         \
       "INSERT INTO pairing_policies (name, type_a, type_b, group_a, group_b, key_bits,"        \
-      " idle_timeout_s, max_lifetime_s, delivery, created_by, key_sources, family)"            \
+      " idle_timeout_s, max_lifetime_s, delivery, created_by, key_sources, family,"            \
+      " max_epochs, directions, epoch_grace_s)"                                                \
       " VALUES ($1, $2, $3, $4, $5, $6::int, $7::int, $8::int, $9, $10, $11::text[],"          \
-      " $12::boolean)")                                                                       \
+      " $12::boolean, $13::int, $14::boolean, $15::int)")                                     \
     X(Q_POLICY_DELETE, "DELETE FROM pairing_policies WHERE name = $1 RETURNING name")          \
     X(Q_MASTER_MAX, "SELECT coalesce(max(version), 0) FROM master_keys")                       \
     X(Q_MASTER_RETIRE_ACTIVE,                                                                  \
@@ -553,7 +562,8 @@
     X(Q_MASTER_STATUS,                                                                         \
       "SELECT m.version, m.label, m.state, m.created_at, m.retired_at,"                        \
       " (SELECT count(*) FROM device_keys k WHERE k.master_version = m.version),"              \
-      " (SELECT count(*) FROM sessions s WHERE s.master_version = m.version),"                 \
+      " (SELECT count(*) FROM sessions s WHERE s.master_version = m.version)"                  \
+      "  + (SELECT count(*) FROM session_keys k WHERE k.master_version = m.version),"          \
       " (SELECT count(*) FROM qkd_keys q WHERE q.master_version = m.version)"                  \
       " FROM master_keys m ORDER BY m.version")                                                \
     X(Q_REWRAP_QKD,                                                                            \
@@ -572,6 +582,13 @@
     X(Q_REWRAP_SESSIONS,                                                                       \
       "SELECT id, encode(session_hash, 'hex'), key_id, encode(wrapped_key, 'hex'),"            \
       " master_version FROM sessions WHERE master_version < $1::int LIMIT $2::int")            \
+    X(Q_REWRAP_SESSION_KEYS, /* a session's other keys (schema/026), as its own */           \
+      "SELECT k.key_id, encode(s.session_hash, 'hex'), k.key_id, encode(k.wrapped_key, 'hex')," \
+      " k.master_version FROM session_keys k JOIN sessions s ON s.id = k.session_pk"           \
+      " WHERE k.master_version < $1::int LIMIT $2::int")                                       \
+    X(Q_REWRAP_SESSION_KEY_SET,                                                                \
+      "UPDATE session_keys SET wrapped_key = decode($3, 'hex'), master_version = $4::int"      \
+      " WHERE key_id = $1::uuid AND master_version = $2::int")                                 \
     X(Q_REWRAP_SESSION_SET,                                                                    \
       "UPDATE sessions SET wrapped_key = decode($3, 'hex'), master_version = $4::int"          \
       " WHERE id = $1::bigint AND master_version = $2::int")                                   \
@@ -580,6 +597,7 @@
       " AND retired_at < now() - make_interval(secs => $1::int)"                               \
       " AND NOT EXISTS (SELECT 1 FROM device_keys k WHERE k.master_version = m.version)"       \
       " AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.master_version = m.version)"          \
+      " AND NOT EXISTS (SELECT 1 FROM session_keys k WHERE k.master_version = m.version)"      \
       " AND NOT EXISTS (SELECT 1 FROM qkd_keys q WHERE q.master_version = m.version)"          \
       " AND NOT EXISTS (SELECT 1 FROM session_hash_key h WHERE h.master_version = m.version)"  \
       " ORDER BY version LIMIT 1 FOR UPDATE OF m")                                             \

@@ -37,9 +37,15 @@ def request_aad(op: str, device_id: str, key_index: int) -> bytes:
     return f"qkms/v1/req\n{op}\n{device_id}\n{key_index}".encode()
 
 
-def response_aad(session_id, device_id, key_index, key_id, expires_at, req_nonce_b64) -> bytes:
-    return (f"qkms/v1/resp\n{session_id}\n{device_id}\n{key_index}\n{key_id}\n"
-            f"{expires_at}\n{req_nonce_b64}").encode()
+def response_aad(session_id, device_id, key_index, key_id, expires_at, req_nonce_b64,
+                 epoch=None, direction=None) -> bytes:
+    """The response AAD; a request that named an epoch or a direction has
+    both appended (docs/protocol.md, "Epochs and direction keys")."""
+    aad = (f"qkms/v1/resp\n{session_id}\n{device_id}\n{key_index}\n{key_id}\n"
+           f"{expires_at}\n{req_nonce_b64}")
+    if epoch is not None:
+        aad += f"\n{epoch}\n{direction or ''}"
+    return aad.encode()
 
 
 @dataclass
@@ -51,6 +57,8 @@ class Request:
     nonce_b64: str
     session_id: str
     key_index: int
+    epoch: object = None      # an ext request: the epoch asked for (int)
+    direction: object = None  # and the direction ("" for none)
 
 
 @dataclass
@@ -60,6 +68,9 @@ class SessionKey:
     key: bytes
     expires_at: int
     delivery: str
+    epoch: object = None          # ext answers: the key's epoch,
+    direction: object = None      # its direction,
+    current_epoch: object = None  # and the session's current epoch
 
 
 class Device:
@@ -114,12 +125,24 @@ class Device:
         return self.open_key_response(Request(req.op, req.path, req.body, req.raw, req.nonce_b64,
                                               resp["login_id"], req.key_index), as_key)
 
-    def key_request(self, session_id, peer_id, index=0, ts=None, delivered=False, nonce=None):
+    def key_request(self, session_id, peer_id, index=0, ts=None, delivered=False, nonce=None,
+                    epoch=None, direction=None):
+        """epoch (int) and/or direction ("a2b", "b2a") ask for one of the
+        session's other keys; the inner request then carries them after
+        ts, epoch first."""
         inner = {"session_id": session_id, "peer_id": peer_id,
                  "ts": int(time.time()) if ts is None else ts}
         if delivered:
             inner["delivery"] = "delivered"
-        return self._request("key", inner, index, nonce)
+        if epoch is not None:
+            inner["epoch"] = epoch
+        if direction is not None:
+            inner["direction"] = direction
+        req = self._request("key", inner, index, nonce)
+        if epoch is not None or direction is not None:
+            req.epoch = 0 if epoch is None else epoch
+            req.direction = direction or ""
+        return req
 
     def end_request(self, session_id, index=0, ts=None, nonce=None):
         return self._request("end", {"session_id": session_id,
@@ -154,8 +177,18 @@ class Device:
         ct = b64u_decode(resp["ct"])
         if bits not in (128, 256) or len(ct) != bits // 8 + 16:
             raise ProtocolError("key_bits does not match the ciphertext")
+        ext = req.epoch is not None
+        if ext:
+            if (resp.get("epoch") != req.epoch or type(resp.get("epoch")) is not int
+                    or resp.get("direction") != req.direction
+                    or not is_int(resp.get("current_epoch"))
+                    or resp["current_epoch"] < req.epoch):
+                raise ProtocolError("epoch, direction or current_epoch is not the request's")
+        elif any(f in resp for f in ("epoch", "direction", "current_epoch")):
+            raise ProtocolError("an epoch in the answer to a request without one")
         aad = response_aad(req.session_id, self.device_id, req.key_index, resp["key_id"],
-                           resp["expires_at"], req.nonce_b64)
+                           resp["expires_at"], req.nonce_b64,
+                           *((req.epoch, req.direction) if ext else ()))
         nonce = b64u_decode(resp["nonce"])
         # AES-GCM would take other nonce lengths; the protocol's are 12 bytes.
         # A response sealed with the request's nonce means the server reused
@@ -164,4 +197,5 @@ class Device:
             raise ProtocolError("response nonce is not 12 bytes or reuses the request nonce")
         key = AESGCM(self.keys[req.key_index]).decrypt(nonce, ct, aad)
         return SessionKey(resp["session_id"], resp["key_id"], key, resp["expires_at"],
-                          resp["delivery"])
+                          resp["delivery"], resp.get("epoch"), resp.get("direction"),
+                          resp.get("current_epoch"))

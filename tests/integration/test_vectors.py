@@ -26,11 +26,12 @@ with open(VECTORS, encoding="ascii") as _f:
 ACCEPT = [c for c in CASES if c["expect"] == "accept"]
 KEY_ACCEPT = [c for c in ACCEPT if c["op"] == "key"]
 REJECT = [c for c in CASES if c["expect"] == "reject"]
-MUST_FAIL = {"aead", "key_bits", "session_id", "version", "nonce_reuse", "nonce_length", "b64u"}
+MUST_FAIL = {"aead", "key_bits", "session_id", "version", "nonce_reuse", "nonce_length", "b64u",
+             "epoch"}
 # What qkms_proto_py's ProtocolError says for each client-side check (regex).
 REASON = {"key_bits": "key_bits", "session_id": "session", "version": "version",
           "nonce_reuse": "reuses the request nonce", "nonce_length": "12 bytes",
-          "b64u": "base64url"}
+          "b64u": "base64url", "epoch": "epoch"}
 
 
 # What a reject case may change relative to a valid response to the same
@@ -39,10 +40,17 @@ REASON = {"key_bits": "key_bits", "session_id": "session", "version": "version",
 ALLOWED_DIFF = {"aead": [{"ct"}, {"key_id"}, {"expires_at"}], "key_bits": [{"key_bits"}],
                 "session_id": [{"session_id"}], "version": [{"v"}],
                 "nonce_reuse": [{"nonce", "ct"}], "nonce_length": [{"nonce", "ct"}],
-                "b64u": [{"ct"}]}
+                "b64u": [{"ct"}], "epoch": [{"epoch"}]}
 # docs/protocol.md: key_id is a UUID in lower-case text form (kmsd: version 4).
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 MISSING = object()
+
+
+def ext(c):
+    """The (epoch, direction) an ext request asks for, () for the others."""
+    if "epoch" not in c and "direction" not in c:
+        return ()
+    return (c.get("epoch", 0), c.get("direction", ""))
 
 
 def ids(cases):
@@ -59,7 +67,8 @@ def build(c):
     nonce = bytes.fromhex(c["request_nonce"])
     if c["op"] == "key":
         return dev, dev.key_request(c["session_id"], c["peer_id"], index=c["key_index"],
-                                    ts=c["ts"], delivered=c["delivered"], nonce=nonce)
+                                    ts=c["ts"], delivered=c["delivered"], nonce=nonce,
+                                    epoch=c.get("epoch"), direction=c.get("direction"))
     if c.get("all"):
         assert "session_id" not in c
         return dev, dev.end_all_request(index=c["key_index"], ts=c["ts"], nonce=nonce)
@@ -81,6 +90,7 @@ def test_the_file_covers_what_it_must():
     assert any('"' in c["device_id"] for c in KEY_ACCEPT)
     assert any(len(c.get("session_id", "")) == 128 for c in ACCEPT)
     assert any(c["delivered"] for c in KEY_ACCEPT)
+    assert {ext(c) for c in KEY_ACCEPT} >= {(), (1, "a2b"), (2, ""), (0, "b2a")}
     assert {c["must_fail"] for c in REJECT} == MUST_FAIL
     for c in CASES:
         assert len(bytes.fromhex(c["device_key"])) == (16 if c["device_key_algorithm"] == "AES-128" else 32)
@@ -116,7 +126,7 @@ def test_key_response_accepted(c):
     dev, req = build(c)
     r = c["response"]
     aad = qp.response_aad(c["session_id"], c["device_id"], c["key_index"], r["key_id"],
-                          r["expires_at"], c["request_nonce_b64u"])
+                          r["expires_at"], c["request_nonce_b64u"], *ext(c))
     assert aad == r["aad"].encode()
     # The server's side: sealing the session key gives the expected ct.
     ct = AESGCM(dev.keys[c["key_index"]]).encrypt(bytes.fromhex(r["nonce"]),
@@ -157,8 +167,12 @@ def test_refusal_tests_can_fail():
 def assert_well_formed_response(c, body):
     """body is a 200 answer to c's key request as docs/protocol.md describes
     it, field by field (what a server may send, beyond what opens)."""
+    extra = {"epoch", "direction", "current_epoch"} if ext(c) else set()
     assert set(body) == {"v", "session_id", "key_id", "key_bits", "expires_at", "delivery",
-                         "nonce", "ct"}, body
+                         "nonce", "ct"} | extra, body
+    if extra:
+        assert (body["epoch"], body["direction"]) == ext(c) or c.get("must_fail") == "epoch"
+        assert type(body["current_epoch"]) is int and body["current_epoch"] >= body["epoch"]
     assert body["v"] == 1 and body["session_id"] == c["session_id"]
     assert UUID.fullmatch(body["key_id"]), body["key_id"]
     assert type(body["expires_at"]) is int and body["expires_at"] > c["ts"]
@@ -194,7 +208,7 @@ def test_reject_differs_from_a_valid_response_in_one_named_thing(c):
     # The change is the named one and no bigger.
     key = dev.keys[c["key_index"]]
     aad = qp.response_aad(c["session_id"], c["device_id"], c["key_index"], valid["key_id"],
-                          valid["expires_at"], c["request_nonce_b64u"])
+                          valid["expires_at"], c["request_nonce_b64u"], *ext(c))
     if c["must_fail"] in ("nonce_reuse", "nonce_length"):
         # ct is the same key correctly sealed under the other nonce.
         nonce = base64.urlsafe_b64decode(body["nonce"] + "=" * (-len(body["nonce"]) % 4))

@@ -108,7 +108,13 @@ static void build_request(const json_t *c, const qkd_device *d, qkd_request *r)
     int rc;
 
     assert_int_equal(unhex(str(c, "request_nonce"), nonce, sizeof(nonce)), QKP_NONCE_LEN);
-    if (is_op(c, "key"))
+    if (is_op(c, "key") && (json_object_get(c, "epoch") || json_object_get(c, "direction")))
+        rc = qkd_request_key_ext(r, d, (int)num(c, "key_index"), str(c, "session_id"),
+                                 str(c, "peer_id"),
+                                 json_object_get(c, "epoch") ? (int)num(c, "epoch") : -1,
+                                 json_string_value(json_object_get(c, "direction")), num(c, "ts"),
+                                 nonce, err, sizeof(err));
+    else if (is_op(c, "key"))
         rc = qkd_request_key(r, d, (int)num(c, "key_index"), str(c, "session_id"),
                              str(c, "peer_id"), json_is_true(json_object_get(c, "delivered")),
                              num(c, "ts"), nonce, err, sizeof(err));
@@ -284,10 +290,17 @@ static void response_aad_and_seal(void **state)
         const char *name = str(c, "name");
         const json_t *resp = json_object_get(c, "response");
         const char *want = str(resp, "aad");
-        int n = qkp_response_aad(str(c, "session_id"), str(c, "device_id"),
-                                 (int)num(c, "key_index"), str(resp, "key_id"),
-                                 num(resp, "expires_at"), str(c, "request_nonce_b64u"), aad,
-                                 sizeof(aad));
+        bool ext = json_object_get(c, "epoch") || json_object_get(c, "direction");
+        const char *dir = json_string_value(json_object_get(c, "direction"));
+        int n = ext ? qkp_response_aad_ext(str(c, "session_id"), str(c, "device_id"),
+                                           (int)num(c, "key_index"), str(resp, "key_id"),
+                                           num(resp, "expires_at"), str(c, "request_nonce_b64u"),
+                                           json_object_get(c, "epoch") ? (int)num(c, "epoch") : 0,
+                                           dir ? dir : "", aad, sizeof(aad))
+                    : qkp_response_aad(str(c, "session_id"), str(c, "device_id"),
+                                       (int)num(c, "key_index"), str(resp, "key_id"),
+                                       num(resp, "expires_at"), str(c, "request_nonce_b64u"), aad,
+                                       sizeof(aad));
         if (n < 0 || (size_t)n != strlen(want) || strcmp(aad, want) != 0)
             fail_msg("%s: response AAD \"%s\", expected \"%s\"", name, n < 0 ? "-" : aad, want);
 
@@ -351,6 +364,12 @@ static void response_accepted(void **state)
         assert_string_equal(sk.key_id, str(resp, "key_id"));
         assert_int_equal(sk.expires_at, num(resp, "expires_at"));
         assert_string_equal(sk.delivery, str(resp, "delivery"));
+        if (json_object_get(c, "epoch") || json_object_get(c, "direction")) {
+            const json_t *b = json_object_get(resp, "body");
+            assert_int_equal(sk.epoch, num(b, "epoch"));
+            assert_string_equal(sk.direction, str(b, "direction"));
+            assert_int_equal(sk.current_epoch, num(b, "current_epoch"));
+        }
         qkd_session_key_clear(&sk);
         checked++;
     }
@@ -368,7 +387,7 @@ static const char *reason_word(const char *must_fail)
     } words[] = {
         {"aead", "does not verify"}, {"key_bits", "-bit key"},       {"session_id", "session"},
         {"version", "version"},      {"nonce_reuse", "request nonce"}, {"nonce_length", "12 bytes"},
-        {"b64u", "response ct"},
+        {"b64u", "response ct"},     {"epoch", "epoch"},
     };
     for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
         if (strcmp(words[i].must_fail, must_fail) == 0)

@@ -22,6 +22,14 @@ The file is a JSON list of cases. Every case has:
                       has no session_id: it ends every session of the
                       device, and its plaintext is {"all":true,"ts":N})
   peer_id, delivered  (op "key" only) delivered=true adds "delivery":"delivered"
+  epoch, direction    (op "key", optional) present when the request asks for
+                      one of the session's other keys ("Epochs and direction
+                      keys"): the inner request then ends with ,"epoch":N
+                      and/or ,"direction":"a2b"|"b2a" after ts, and the
+                      response has "epoch", "direction" and "current_epoch"
+                      and its AAD ends with "\n" epoch "\n" direction (epoch
+                      0 and direction "" when the request named only the
+                      other)
   request_nonce       hex (12 bytes); request_nonce_b64u the same in b64u
   request_path        "/v1/sessions/key" or "/v1/sessions/end"
   request_aad         the associated data, as a string ("\n" is 0x0A)
@@ -81,6 +89,8 @@ body (a client that skipped that check would otherwise accept it):
                 it; the protocol does not)
   b64u          ct is not strict base64url (padding, or non-zero unused
                 trailing bits that a lax decoder would ignore)
+  epoch         the body names another epoch than the request asked for
+                (sealed for the asked one, so the AEAD would open)
 
 For every "reject" case other than "aead" the generator checks that the
 AEAD itself would open, so the case isolates the check it names; for "aead"
@@ -134,12 +144,25 @@ def request_aad(op, device_id, key_index):
     return "qkms/v1/req\n" + op + "\n" + device_id + "\n" + str(key_index)
 
 
-def response_aad(session_id, device_id, key_index, key_id, expires_at, req_nonce_b64u):
-    return ("qkms/v1/resp\n" + session_id + "\n" + device_id + "\n" + str(key_index) + "\n" +
-            key_id + "\n" + str(expires_at) + "\n" + req_nonce_b64u)
+def response_aad(session_id, device_id, key_index, key_id, expires_at, req_nonce_b64u,
+                 ext=None):
+    """ext: (epoch, direction) of a request that named either."""
+    aad = ("qkms/v1/resp\n" + session_id + "\n" + device_id + "\n" + str(key_index) + "\n" +
+           key_id + "\n" + str(expires_at) + "\n" + req_nonce_b64u)
+    if ext is not None:
+        aad += "\n" + str(ext[0]) + "\n" + ext[1]
+    return aad
 
 
-def inner_plaintext(op, session_id, ts, peer_id=None, delivered=False):
+def case_ext(case):
+    """(epoch, direction) a key case's request asks for, or None."""
+    if "epoch" not in case and "direction" not in case:
+        return None
+    return (case.get("epoch", 0), case.get("direction", ""))
+
+
+def inner_plaintext(op, session_id, ts, peer_id=None, delivered=False, epoch=None,
+                    direction=None):
     if op == "end" and session_id is None:  # every session of the device
         return '{"all":true,"ts":' + str(ts) + "}"
     s = '{"session_id":' + json_id(session_id)
@@ -148,6 +171,10 @@ def inner_plaintext(op, session_id, ts, peer_id=None, delivered=False):
     s += ',"ts":' + str(ts)
     if op == "key" and delivered:
         s += ',"delivery":"delivered"'
+    if epoch is not None:
+        s += ',"epoch":' + str(epoch)
+    if direction is not None:
+        s += ',"direction":"' + direction + '"'
     return s + "}"
 
 
@@ -170,13 +197,14 @@ def opens(key, nonce, aad, ct):
 
 
 def request_case(name, description, op, device_id, key_index, key_len, session_id, ts,
-                 peer_id=None, delivered=False):
+                 peer_id=None, delivered=False, epoch=None, direction=None):
     assert id_ok(device_id) and 0 <= key_index <= 255
     assert (op == "end" and session_id is None) or id_ok(session_id)
     key = derive(name + "/device-key", key_len)
     nonce = derive(name + "/request-nonce", 12)
     aad = request_aad(op, device_id, key_index)
-    pt = inner_plaintext(op, session_id, ts, peer_id, delivered)
+    assert (epoch is None and direction is None) or (op == "key" and not delivered)
+    pt = inner_plaintext(op, session_id, ts, peer_id, delivered, epoch, direction)
     ct = seal(key, nonce, aad, pt.encode("ascii"))
     body = request_body(device_id, key_index, nonce, ct)
 
@@ -188,6 +216,10 @@ def request_case(name, description, op, device_id, key_index, key_len, session_i
         want["peer_id"] = peer_id
         if delivered:
             want["delivery"] = "delivered"
+        if epoch is not None:
+            want["epoch"] = epoch
+        if direction is not None:
+            want["direction"] = direction
     assert inner == want, (inner, want)
     env = json.loads(body)
     assert list(env) == ["v", "device_id", "key_index", "nonce", "ct"]
@@ -211,6 +243,10 @@ def request_case(name, description, op, device_id, key_index, key_len, session_i
     if op == "key":
         case["peer_id"] = peer_id
         case["delivered"] = delivered
+        if epoch is not None:
+            case["epoch"] = epoch
+        if direction is not None:
+            case["direction"] = direction
     case.update({
         "ts": ts,
         "request_nonce": nonce.hex(),
@@ -239,7 +275,7 @@ UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0
 
 
 def response(case, key, req_nonce, key_bits=128, delivery="session", key_id=None,
-             expires_at=EXPIRES, resp_nonce=None, sealed_aad=None):
+             expires_at=EXPIRES, resp_nonce=None, sealed_aad=None, current_epoch=None):
     """The server's answer to case's request, sealed correctly unless
     sealed_aad says otherwise. Returns (response dict, raw ct)."""
     name = case["name"]
@@ -249,13 +285,17 @@ def response(case, key, req_nonce, key_bits=128, delivery="session", key_id=None
     if resp_nonce is None:
         resp_nonce = derive(name + "/response-nonce", 12)
     assert resp_nonce != req_nonce or name.endswith("nonce-reuse")
+    ext = case_ext(case)
     aad = sealed_aad or response_aad(case["session_id"], case["device_id"], case["key_index"],
-                                     key_id, expires_at, b64u(req_nonce))
+                                     key_id, expires_at, b64u(req_nonce), ext)
     ct = seal(key, resp_nonce, aad, skey)
     assert len(ct) == key_bits // 8 + 16
     body = {"v": 1, "session_id": case["session_id"], "key_id": key_id, "key_bits": key_bits,
-            "expires_at": expires_at, "delivery": delivery, "nonce": b64u(resp_nonce),
-            "ct": b64u(ct)}
+            "expires_at": expires_at, "delivery": delivery}
+    if ext is not None:
+        body.update({"epoch": ext[0], "direction": ext[1],
+                     "current_epoch": ext[0] if current_epoch is None else current_epoch})
+    body.update({"nonce": b64u(resp_nonce), "ct": b64u(ct)})
     return {"session_key": skey.hex(), "key_id": key_id, "expires_at": expires_at,
             "key_bits": key_bits, "delivery": delivery, "nonce": resp_nonce.hex(), "aad": aad,
             "ct": b64u(ct), "body": body}, ct
@@ -265,11 +305,12 @@ def good_cases():
     out = []
 
     def key_case(name, desc, device_id, key_index, key_len, session_id, peer_id,
-                 delivered=False, key_bits=128):
+                 delivered=False, key_bits=128, epoch=None, direction=None, current_epoch=None):
         case, key, nonce = request_case(name, desc, "key", device_id, key_index, key_len,
-                                        session_id, TS, peer_id, delivered)
+                                        session_id, TS, peer_id, delivered, epoch, direction)
         case["response"], _ = response(case, key, nonce, key_bits=key_bits,
-                                       delivery="delivered" if delivered else "session")
+                                       delivery="delivered" if delivered else "session",
+                                       current_epoch=current_epoch)
         out.append(case)
 
     key_case("key-aes128", "key request under an AES-128 device key, index 0; 128-bit session key",
@@ -292,6 +333,15 @@ def good_cases():
              "L" + "".join(chr(0x21 + (i * 7) % 94) for i in range(127)).replace("/", "a")
              .replace("\\", "b").replace("%", "c").replace("?", "d").replace("#", "e"),
              'p"eer', key_bits=256)
+
+    key_case("key-epoch1-a2b", "the a2b key of epoch 1 (\"epoch\" then \"direction\" after ts; "
+             "both at the end of the response AAD)", "VIN-0001", 0, 16, "S-5", "ENC-0001",
+             epoch=1, direction="a2b")
+    key_case("key-epoch2-older", "epoch 2's shared key while the session is at epoch 3 "
+             "(direction \"\" in the answer and the AAD); 256-bit key, AES-256 device key",
+             "ENC-0001", 3, 32, "S-6", "VIN-0001", epoch=2, key_bits=256, current_epoch=3)
+    key_case("key-direction-only", "only a direction: epoch 0's b2a key (epoch 0 in the answer "
+             "and the AAD)", "METER-42", 1, 16, "S-7", "GW-7", direction="b2a")
 
     def end_case(name, desc, device_id, key_index, key_len, session_id):
         case, _, _ = request_case(name, desc, "end", device_id, key_index, key_len, session_id, TS)
@@ -317,7 +367,8 @@ def reject_cases():
 
     def client_aad(case, body):
         return response_aad(case["session_id"], case["device_id"], case["key_index"],
-                            body["key_id"], body["expires_at"], case["request_nonce_b64u"])
+                            body["key_id"], body["expires_at"], case["request_nonce_b64u"],
+                            case_ext(case))
 
     def add(case, key, nonce, resp, differs):
         """Adds a reject case whose body differs from the valid response to
@@ -411,6 +462,23 @@ def reject_cases():
     resp, ct = response(case, key, nonce, resp_nonce=n16)
     assert opens(key, n16, client_aad(case, resp["body"]), ct)
     add(case, key, nonce, resp, ["nonce", "ct"])
+
+    # epoch: the body names another epoch than asked; sealed for the asked
+    # one (the client's AAD uses its request's), so the AEAD would open.
+    case, key, nonce = request_case("reject-other-epoch", "the body names epoch 2 for a request "
+                                    "for epoch 1 (the AAD was sealed for epoch 1)", "key",
+                                    "VIN-0001", 0, 16, "S-epoch", TS, "ENC-0001", epoch=1)
+    case["expect"] = "reject"
+    case["must_fail"] = "epoch"
+    resp, ct = response(case, key, nonce, current_epoch=2)
+    resp["body"]["epoch"] = 2
+    assert opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), ct)
+    valid, _ = response(case, key, nonce, current_epoch=2)
+    assert {k for k in valid["body"] if valid["body"][k] != resp["body"][k]} == {"epoch"}
+    case["response"] = resp
+    case["valid_body"] = valid["body"]
+    case["differs_in"] = ["epoch"]
+    out.append(case)
 
     # b64u: padding; non-zero unused trailing bits (a 32-byte ct is 43
     # characters whose last one carries 2 unused bits).
