@@ -194,8 +194,9 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
     const char *types = opt_get(o, "types"), *groups = opt_get(o, "groups");
     const char *idle = opt_get(o, "idle-timeout"), *life = opt_get(o, "max-lifetime");
     const char *epochs = opt_get(o, "max-epochs"), *grace = opt_get(o, "epoch-grace");
+    const char *rk_age = opt_get(o, "rekey-after"), *rk_n = opt_get(o, "rekey-deliveries");
     char *ta = NULL, *tb = NULL, *ga = NULL, *gb = NULL;
-    long bits = 0, idle_s = 0, life_s = 0, epochs_n = 0, grace_s = 0;
+    long bits = 0, idle_s = 0, life_s = 0, epochs_n = 0, grace_s = 0, rk_age_s = 0, rk_count = 0;
     int rc;
 
     *req = NULL;
@@ -233,6 +234,18 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
         out_error("--epoch-grace must be a whole number of seconds from 0 to %ld", GRACE_MAX);
         goto cleanup;
     }
+    if (rk_age && !arg_to_long(rk_age, 1, LIFETIME_MAX, &rk_age_s)) {
+        out_error("--rekey-after must be a whole number of seconds from 1 to %ld", LIFETIME_MAX);
+        goto cleanup;
+    }
+    if (rk_n && !arg_to_long(rk_n, 2, 1000000000L, &rk_count)) {
+        out_error("--rekey-deliveries must be a whole number from 2 to 1000000000");
+        goto cleanup;
+    }
+    if ((rk_age || rk_n) && epochs_n < 2) {
+        out_error("--rekey-after and --rekey-deliveries need --max-epochs above 1");
+        goto cleanup;
+    }
 
     rc = EXIT_INTERNAL;
     if (!(*req = json_pack("{s:s, s:s, s:s}", "name", name, "type_a", ta, "type_b", tb))) {
@@ -247,6 +260,8 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
         (epochs && (rc = device_put(*req, "max_epochs", json_integer(epochs_n)))) ||
         (grace && (rc = device_put(*req, "epoch_grace_s", json_integer(grace_s)))) ||
         (opt_get(o, "directions") && (rc = device_put(*req, "directions", json_true()))) ||
+        (rk_age && (rc = device_put(*req, "rekey_after_s", json_integer(rk_age_s)))) ||
+        (rk_n && (rc = device_put(*req, "rekey_after_deliveries", json_integer(rk_count)))) ||
         (opt_get(o, "delivered") && (rc = device_put(*req, "delivery", json_string("delivered")))))
         goto cleanup;
     if (opt_get(o, "key-sources") && (rc = key_sources_arg(opt_get(o, "key-sources"), *req)))
@@ -340,6 +355,8 @@ static const struct opt_spec add_opts[] = {
     {"max-epochs", 0, "N", "keys a session may move through (epochs), 1..1000000 (default 1)"},
     {"directions", 0, NULL, "allow a key per direction (a2b, b2a) in each epoch"},
     {"epoch-grace", 0, "SECONDS", "an older epoch's keys last at most this long, 0..86400 (default 60)"},
+    {"rekey-after", 0, "SECONDS", "move a session to its next epoch once the current one is this old"},
+    {"rekey-deliveries", 0, "N", "... or once its keys were delivered N times, 2..1000000000"},
     {0},
 };
 
@@ -359,7 +376,8 @@ static const struct action policy_actions[] = {
         .sub = "add",
         .usage = "NAME --types A:B [--groups GA:GB] [--key-bits B] [--idle-timeout SECONDS] "
                  "[--max-lifetime SECONDS] [--delivered] [--key-sources a,b,c] [--scope parent] "
-                 "[--max-epochs N] [--directions] [--epoch-grace SECONDS]",
+                 "[--max-epochs N] [--directions] [--epoch-grace SECONDS] [--rekey-after SECONDS] "
+                 "[--rekey-deliveries N]",
         .summary = "Add a pairing policy: which devices may share session keys",
         .description =
             "Two devices may start a session only if a policy matches them, in either\n"

@@ -136,7 +136,7 @@ static void man_opts(FILE *f, const struct opt_spec *opts)
 
 void help_print_man(FILE *f)
 {
-    char line[256];
+    char line[1024];
 
     man_title(f, "kmsctl", 1, "qkms " QKMS_VERSION);
     man_name(f, "kmsctl", "admin CLI for the qkms key-management server");

@@ -56,13 +56,18 @@ typedef struct {
      * to a newer one, at most). */
     policy_int max_epochs, epoch_grace_s;
     bool directions;
+    /* Re-keying (max_epochs above 1): a session moves to its next epoch
+     * once the current one is rekey_after_s old (1..604800) or its keys
+     * were delivered rekey_after_deliveries times (2..1000000000); unset:
+     * never by itself. */
+    policy_int rekey_after_s, rekey_after_deliveries;
 } policy_spec;
 
 /* {"policies": [{"name", "type_a", "type_b", "group_a", "group_b",
  * "key_bits", "idle_timeout_s", "max_lifetime_s", "delivery", "created_at",
  * "created_by", "scope" (same-group, cross-group, platform or parent),
- * "key_sources", "max_epochs", "directions", "epoch_grace_s"}, ...]} by
- * name. */
+ * "key_sources", "max_epochs", "directions", "epoch_grace_s", "rekey_after_s",
+ * "rekey_after_deliveries" (null: none)}, ...]} by name. */
 qk_kind policies_list(qk_svc *s, json_t **out, qk_err *e);
 qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, qk_err *e);
 /* A name that cannot be a policy's is QK_NOT_FOUND too. */

@@ -723,7 +723,7 @@ int sessions_reap(qk_svc *k, int *examined)
 
 static json_t *session_json(const PGresult *r, int i)
 {
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:i,s:o,s:o,s:o,s:i,s:o,s:o,s:o,s:o,s:o}",
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:i,s:o,s:o,s:o,s:i,s:o,s:o,s:o,s:o,s:o,s:o}",
                      "session_id",
                      pgjson_text(r, i, 0), "key_id", pgjson_text(r, i, 1), "initiator",
                      pgjson_text(r, i, 2), "responder", pgjson_text(r, i, 3), "policy",
@@ -733,7 +733,7 @@ static json_t *session_json(const PGresult *r, int i)
                      atoi(PQgetvalue(r, i, 10)), "initiator_delivered_at", pgjson_time(r, i, 11),
                      "responder_delivered_at", pgjson_time(r, i, 12), "provenance",
                      pgjson_text(r, i, 13), "state", pgjson_text(r, i, 14), "key_source",
-                     pgjson_text(r, i, 15));
+                     pgjson_text(r, i, 15), "epoch", json_integer(atoi(PQgetvalue(r, i, 16))));
 }
 
 static json_t *tombstone_json(const PGresult *r, int i)

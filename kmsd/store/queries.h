@@ -525,7 +525,7 @@
       " s.key_bits, s.created_at, s.last_used_at, s.expires_at, s.idle_timeout_s,"             \
       " s.initiator_delivered_at, s.responder_delivered_at, s.provenance,"                     \
       " CASE WHEN s.initiator_delivered_at IS NOT NULL AND s.responder_delivered_at IS NOT NULL" \
-      "  THEN 'active' ELSE 'pending' END, s.key_source"                                       \
+      "  THEN 'active' ELSE 'pending' END, s.key_source, s.epoch"                              \
       " FROM sessions s"                                                                       \
       " WHERE ($1::text IS NULL OR s.initiator_id = $1 OR s.responder_id = $1)"                \
       " AND ($2::text IS NULL OR s.session_id = $2)"                                           \
@@ -541,19 +541,21 @@
       "SELECT qkms_session_destroy(id, 'ended_by_operator', $2) FROM sessions"                 \
       " WHERE session_hash = $1::bytea OR session_hash = $3::bytea")                           \
     X(Q_SESSIONS_END_FOR_DEVICE,                                                               \
-      "SELECT count(*) FROM (SELECT qkms_session_destroy(id, 'revoked', $2) FROM sessions"     \
-      " WHERE initiator = $1::bigint OR responder = $1::bigint) AS ended")                     \
+      "SELECT count(*) FROM (SELECT qkms_session_destroy(o.id, 'revoked', $2) FROM"             \
+      " (SELECT id FROM sessions WHERE initiator = $1::bigint OR responder = $1::bigint"       \
+      "  ORDER BY session_hash FOR UPDATE) o) AS ended") /* locked in hash order */            \
     X(Q_SESSIONS_OPEN_COUNT, "SELECT count(*) FROM sessions")                                  \
     X(Q_POLICY_LIST,                                                                           \
       "SELECT name, type_a, type_b, group_a, group_b, key_bits, idle_timeout_s, max_lifetime_s," \
       " delivery, created_at, created_by, array_to_json(key_sources), family, max_epochs,"     \
-      " directions, epoch_grace_s FROM pairing_policies ORDER BY name")                        \
+      " directions, epoch_grace_s, rekey_after_s, rekey_after_deliveries"                      \
+      " FROM pairing_policies ORDER BY name")                                                  \
     X(Q_POLICY_INSERT,                                                                         \
       "INSERT INTO pairing_policies (name, type_a, type_b, group_a, group_b, key_bits,"        \
       " idle_timeout_s, max_lifetime_s, delivery, created_by, key_sources, family,"            \
-      " max_epochs, directions, epoch_grace_s)"                                                \
+      " max_epochs, directions, epoch_grace_s, rekey_after_s, rekey_after_deliveries)"         \
       " VALUES ($1, $2, $3, $4, $5, $6::int, $7::int, $8::int, $9, $10, $11::text[],"          \
-      " $12::boolean, $13::int, $14::boolean, $15::int)")                                     \
+      " $12::boolean, $13::int, $14::boolean, $15::int, $16::int, $17::int)")                 \
     X(Q_POLICY_DELETE, "DELETE FROM pairing_policies WHERE name = $1 RETURNING name")          \
     X(Q_MASTER_MAX, "SELECT coalesce(max(version), 0) FROM master_keys")                       \
     X(Q_MASTER_RETIRE_ACTIVE,                                                                  \

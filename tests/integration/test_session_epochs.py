@@ -158,11 +158,14 @@ def test_direction_keys(st, pair):
     assert keys_of(st, sid) == ["0:", "0:a2b", "0:b2a", "1:a2b"]
     assert key(st, a, sid, b, epoch=1, direction="a2b").key == n1.key
     assert keys_of(st, sid) == ["1:a2b"]
-    # Ending the session destroys every key it has.
+    # Ending the session destroys every key it has, each named in its audit row.
+    pk = st.psql(f"SELECT id FROM sessions WHERE session_id = '{sid}'").strip()
     r = post(st, a.end_request(sid))
     assert r.status_code == 200, r.text
-    assert st.psql("SELECT count(*) FROM session_keys k WHERE NOT EXISTS"
-                   " (SELECT 1 FROM sessions s WHERE s.id = k.session_pk)").strip() == "0"
+    assert st.psql(f"SELECT count(*) FROM session_keys WHERE session_pk = {pk}").strip() == "0"
+    assert st.psql("SELECT detail->'key_ids' ? '" + n1.key_id + "' FROM audit_log WHERE event ="
+                   " 'session.destroyed' AND detail->>'reason' = 'ended_by_party'"
+                   f" AND detail->>'key_id' = '{k0.key_id}'").strip() == "t"
     assert refused(st, b, sid, a, epoch=1, direction="a2b") == (409, "session_ended")
 
 
@@ -196,11 +199,16 @@ def test_refusals(st, pair):
                              "delivery": "delivered", "epoch": 1}, 0)
     assert code(post(st, req)) == "invalid_request"
     assert head(st, sid) == "0 f" and keys_of(st, sid) == []
-    # A single-transfer session has one key.
+    # A single-transfer session has one key: no epoch, not even 0 (its
+    # destruction on the second delivery is the v1 request's), no direction.
     sid = uid()
     key(st, a, sid, b, delivered=True)
     assert refused(st, a, sid, b, epoch=1) == (403, "epoch_denied")
-    assert refused(st, a, sid, b, direction="b2a") == (403, "direction_denied")
+    assert refused(st, a, sid, b, epoch=0) == (403, "epoch_denied")
+    assert refused(st, b, sid, a, epoch=0) == (403, "epoch_denied")
+    assert refused(st, a, sid, b, direction="b2a") == (403, "epoch_denied")
+    key(st, b, sid, a, delivered=True)
+    assert refused(st, a, sid, b) == (409, "session_ended")
 
 
 def test_a_policy_refuses_epochs_where_they_cannot_be(st):
@@ -285,3 +293,172 @@ def test_qkms_device_asks_for_epochs_and_directions(st, tmp_path):
     for bad in (["--epoch", "-1"], ["--epoch", "x"], ["--direction", "up"],
                 ["--epoch", "1", "--delivered"]):
         assert run(*bad).returncode == 2, bad
+
+
+def test_a_device_wide_end_destroys_every_key(st, pair):
+    a, b = pair
+    sid = uid()
+    key(st, a, sid, b)
+    k1 = key(st, b, sid, a, epoch=1, direction="b2a")
+    r = post(st, a.end_all_request())
+    assert r.status_code == 200 and r.json()["sessions_ended"] == 1, r.text
+    assert keys_of(st, sid) == []
+    assert st.psql("SELECT count(*) FROM audit_log WHERE event = 'session.destroyed' AND"
+                   f" detail->>'reason' = 'device_ended' AND detail->'key_ids' ? '{k1.key_id}'"
+                   ).strip() == "1"
+
+
+def test_rekeying_by_deliveries_and_by_age(st):
+    ga, gb = "rk-" + uuid.uuid4().hex[:6], "rk-" + uuid.uuid4().hex[:6]
+    for name, extra in (("rk-count-", {"rekey_after_deliveries": 4}),
+                        ("rk-age-", {"rekey_after_s": 1})):
+        r = st.admin("POST", "/v1/admin/policies", json={
+            "name": name + ga, "type_a": "vehicle", "type_b": "encryptor", "group_a": ga + name,
+            "group_b": gb + name, "max_epochs": 3, **extra})
+        assert r.status_code == 201, r.text
+        pol = [p for p in r.json()["policies"] if p["name"] == name + ga][0]
+        assert (pol["rekey_after_deliveries"], pol["rekey_after_s"]) == (
+            extra.get("rekey_after_deliveries"), extra.get("rekey_after_s"))
+    # By deliveries: epoch 0's two first keys count, then two more answers
+    # with an epoch reach 4: that answer says the session is at epoch 1.
+    a = helpers.make_device(st, "vehicle", ga + "rk-count-")
+    b = helpers.make_device(st, "encryptor", gb + "rk-count-")
+    sid = uid()
+    k0 = key(st, a, sid, b)
+    key(st, b, sid, a)
+    assert key(st, a, sid, b, epoch=0).current_epoch == 0
+    last = key(st, b, sid, a, epoch=0)
+    assert (last.key, last.epoch, last.current_epoch) == (k0.key, 0, 1)
+    assert st.psql("SELECT detail->>'why' FROM audit_log WHERE event = 'session.rekeyed' AND"
+                   f" detail->>'session_hash' = (SELECT encode(session_hash, 'hex') FROM sessions"
+                   f" WHERE session_id = '{sid}')").strip() == "deliveries"
+    # A v1 request without an epoch neither counts towards it nor moves it:
+    # its key is epoch 0's, which is now an older epoch's (in its grace).
+    assert refused(st, a, sid, b) == (409, "epoch_ended")
+    n1 = key(st, a, sid, b, epoch=1)
+    assert key(st, b, sid, a, epoch=1).key == n1.key
+    # The last epoch (max_epochs 3: 2) is never left.
+    for _ in range(3):
+        key(st, a, sid, b, epoch=1)
+    assert key(st, a, sid, b, epoch=2).current_epoch == 2
+    for _ in range(6):
+        assert key(st, b, sid, a, epoch=2).current_epoch == 2
+    # By age: the current epoch older than 1 s moves on at the next answer.
+    a = helpers.make_device(st, "vehicle", ga + "rk-age-")
+    b = helpers.make_device(st, "encryptor", gb + "rk-age-")
+    sid = uid()
+    key(st, a, sid, b)
+    assert key(st, b, sid, a, epoch=0).current_epoch in (0, 1)
+    time.sleep(1.2)
+    assert key(st, a, sid, b, epoch=0).current_epoch == 1
+    # kmsctl and the checks.
+    r = st.admin("POST", "/v1/admin/policies", json={
+        "name": "rk-bad-" + ga, "type_a": "vehicle", "type_b": "encryptor",
+        "group_a": "z1", "group_b": "z2", "rekey_after_s": 60})
+    assert r.status_code == 422 and "max_epochs" in r.json()["error"]["message"]
+    p = st.kmsctl("policy", "add", "rk-cli-" + ga, "--types", "vehicle:encryptor", "--groups",
+                  "q1:q2", "--max-epochs", "4", "--rekey-after", "3600", "--rekey-deliveries",
+                  "1000", "--json", token=st.admin_token)
+    assert p.returncode == 0, p.stderr
+    pol = [x for x in __import__("json").loads(p.stdout)["policies"] if x["name"] == "rk-cli-" + ga][0]
+    assert (pol["rekey_after_s"], pol["rekey_after_deliveries"]) == (3600, 1000)
+    p = st.kmsctl("policy", "add", "rk-cli2-" + ga, "--types", "vehicle:encryptor",
+                  "--rekey-after", "60", token=st.admin_token)
+    assert p.returncode == 2, p.stderr
+
+
+def test_a_session_keeps_its_policys_terms(st):
+    ga, gb = "kt-" + uuid.uuid4().hex[:6], "kt-" + uuid.uuid4().hex[:6]
+    body = {"name": "kt-" + ga, "type_a": "vehicle", "type_b": "encryptor", "group_a": ga,
+            "group_b": gb, "max_epochs": 2, "directions": True}
+    assert st.admin("POST", "/v1/admin/policies", json=body).status_code == 201
+    a, b = helpers.make_device(st, "vehicle", ga), helpers.make_device(st, "encryptor", gb)
+    sid = uid()
+    key(st, a, sid, b)
+    # Re-added under the same name without epochs: the live session keeps them.
+    assert st.admin("DELETE", f"/v1/admin/policies/kt-{ga}").status_code == 200
+    assert st.admin("POST", "/v1/admin/policies",
+                    json=dict(body, max_epochs=1, directions=False)).status_code == 201
+    assert key(st, a, sid, b, epoch=1, direction="a2b").epoch == 1
+    assert st.admin("GET", f"/v1/admin/sessions/{sid}").json()["epoch"] == 1
+
+
+def test_epochs_keep_the_sessions_key_sources(st):
+    """A v2 session made from the parties' randoms (key source a, the
+    policy excluding c): a v1 request for another epoch's key, which the
+    platform would make (source c), is refused."""
+    import requests
+    from qkms_proto2_py import Device2, Platform
+    ga, gb = "ks-" + uuid.uuid4().hex[:6], "ks-" + uuid.uuid4().hex[:6]
+    r = st.admin("POST", "/v1/admin/policies", json={
+        "name": "ks-" + ga, "type_a": "vehicle", "type_b": "encryptor", "group_a": ga,
+        "group_b": gb, "max_epochs": 3, "key_sources": ["a", "b"]})
+    assert r.status_code == 201, r.text
+    plat = Platform.from_certificates(
+        requests.get(st.url + "/v1/platform/certificates", timeout=10).json())
+    did = uid("VEH")
+    assert st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": "vehicle",
+                                                        "group": ga}).status_code == 201
+    doc = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True}).json()
+    v1, v2 = helpers.Device.from_fill(doc["plaintext"]), Device2.from_fill(doc["plaintext"], 3)
+    enc = helpers.make_device(st, "encryptor", gb)
+    sid = uid()
+    req = v2.key_request(plat, sid, enc.device_id, key_source="a")
+    r = post(st, req)
+    assert r.status_code == 200, r.text
+    assert refused(st, v1, sid, enc, epoch=1) == (403, "key_source_denied")
+    assert refused(st, enc, sid, v1, epoch=0) == (403, "key_source_denied")
+    assert head(st, sid) == "0 f" and keys_of(st, sid) == []
+
+
+@pytest.fixture(scope="module")
+def slow():
+    """A stack whose reaper waits a minute and maintenance (the master
+    rewrap) an hour: what happens between their passes."""
+    s = veh_enc_stack("qkms-epochs-slow", {"QKMS_SESSION_REAP_INTERVAL": "60",
+                                           "QKMS_MAINTENANCE_INTERVAL": "3600",
+                                           "QKMS_PROTOCOL_CLOCK_SKEW": "60"})
+    s.ga, s.gb = "sa-" + uuid.uuid4().hex[:6], "sb-" + uuid.uuid4().hex[:6]
+    r = s.admin("POST", "/v1/admin/policies", json={
+        "name": "slow-epochs", "type_a": "vehicle", "type_b": "encryptor", "group_a": s.ga,
+        "group_b": s.gb, "max_epochs": 5, "directions": True, "epoch_grace_s": 60})
+    assert r.status_code == 201, r.text
+    yield s
+    _finish(s)
+
+
+def test_a_key_past_its_grace_is_not_served_before_the_reaper_comes(slow):
+    a, b = (helpers.make_device(slow, "vehicle", slow.ga),
+            helpers.make_device(slow, "encryptor", slow.gb))
+    sid = uid()
+    k0 = key(slow, a, sid, b)
+    key(slow, a, sid, b, epoch=1)
+    assert key(slow, b, sid, a, epoch=0).key == k0.key
+    slow.psql("UPDATE session_keys SET destroy_at = now() - interval '1 second' WHERE epoch = 0"
+              f" AND key_id = '{k0.key_id}'")
+    assert refused(slow, b, sid, a, epoch=0) == (409, "epoch_ended")
+    assert keys_of(slow, sid) == ["1:"]
+    assert slow.psql("SELECT count(*) FROM audit_log WHERE event = 'session.keys_destroyed' AND"
+                     f" detail->>'reason' = 'grace' AND detail->'key_ids' ? '{k0.key_id}'"
+                     ).strip() == "1"
+
+
+def test_re_keying_while_a_rotation_has_not_rewrapped_yet(slow):
+    a, b = (helpers.make_device(slow, "vehicle", slow.ga),
+            helpers.make_device(slow, "encryptor", slow.gb))
+    sid = uid()
+    k0 = key(slow, a, sid, b)
+    old = slow.psql(f"SELECT master_version FROM sessions WHERE session_id = '{sid}'").strip()
+    assert slow.admin("POST", "/v1/admin/master/rotate").status_code == 200
+    assert slow.psql(f"SELECT state FROM master_keys WHERE version = {old}").strip() == "retired"
+    # The move of epoch 0's key keeps its wrap under the retired version.
+    k1 = key(slow, a, sid, b, epoch=1)
+    assert slow.psql("SELECT master_version FROM session_keys WHERE key_id ="
+                     f" '{k0.key_id}'").strip() == old
+    assert key(slow, b, sid, a, epoch=0).key == k0.key
+    new = slow.psql("SELECT version FROM master_keys WHERE state = 'active'").strip()
+    assert slow.psql(f"SELECT master_version FROM session_keys WHERE key_id = '{k1.key_id}'"
+                     ).strip() == new
+    # Nothing else may name the retired version.
+    with pytest.raises(AssertionError, match="not active"):
+        slow.psql(f"UPDATE session_keys SET master_version = {old} WHERE key_id = '{k1.key_id}'")

@@ -334,6 +334,9 @@ struct fake {
     const uint8_t *seal_key; /* NULL: the request's device key */
     size_t seal_key_len;
     int flip; /* index of a ct byte to flip, or -1 */
+    const char *aad_dir; /* non-NULL: the ext AAD, with aad_epoch and this direction */
+    int aad_epoch;
+    const char *extra;   /* JSON members appended to the body, e.g. ",\"epoch\":1" */
 };
 
 static struct fake fake_for(const qkd_request *r)
@@ -354,8 +357,12 @@ static void make_response(const qkd_device *d, const qkd_request *r, const struc
     char aad[QKP_MAX_AAD], nb[QKP_B64URL_LEN(12)], cb[QKP_B64URL_LEN(sizeof(ct))], sid[300];
     for (size_t i = 0; i < sizeof(skey); i++)
         skey[i] = (uint8_t)(0xa0 + i);
-    int al = qkp_response_aad(f->aad_session_id, r->device_id, f->aad_index, f->key_id,
-                              f->aad_expires_at, f->aad_req_nonce, aad, sizeof(aad));
+    int al = f->aad_dir ? qkp_response_aad_ext(f->aad_session_id, r->device_id, f->aad_index,
+                                               f->key_id, f->aad_expires_at, f->aad_req_nonce,
+                                               f->aad_epoch, f->aad_dir, aad, sizeof(aad))
+                        : qkp_response_aad(f->aad_session_id, r->device_id, f->aad_index,
+                                           f->key_id, f->aad_expires_at, f->aad_req_nonce, aad,
+                                           sizeof(aad));
     assert_true(al > 0);
     assert_int_equal(qkp_seal(f->seal_key ? f->seal_key : k->key, f->seal_key ? f->seal_key_len : k->len,
                               f->rnonce, aad, (size_t)al, skey, f->skey_len, ct),
@@ -367,8 +374,9 @@ static void make_response(const qkd_device *d, const qkd_request *r, const struc
     assert_true(qkd_json_id(f->session_id, sid, sizeof(sid)) > 0);
     int n = snprintf(out, cap,
                      "{\"v\":%d,\"session_id\":%s,\"key_id\":\"%s\",\"key_bits\":%d,\"expires_at\":%lld,"
-                     "\"delivery\":\"%s\",\"nonce\":\"%s\",\"ct\":\"%s\"}",
-                     f->v, sid, f->key_id, f->key_bits, (long long)f->expires_at, f->delivery, nb, cb);
+                     "\"delivery\":\"%s\",\"nonce\":\"%s\",\"ct\":\"%s\"%s}",
+                     f->v, sid, f->key_id, f->key_bits, (long long)f->expires_at, f->delivery, nb, cb,
+                     f->extra ? f->extra : "");
     assert_true(n > 0 && (size_t)n < cap);
 }
 
@@ -427,6 +435,70 @@ static void response_vectors(void **state)
     qkd_session_key_clear(&sk);
     /* resp0 does not answer this request */
     assert_int_equal(qkd_response_key(&sk, d, &r, resp0, strlen(resp0), err, sizeof(err)), QKD_ERR_INPUT);
+}
+
+/* Epochs and direction keys: the answer must name what the request asked
+ * for, bound by the AAD, and a plain request refuses such fields. */
+static void ext_responses(void **state)
+{
+    const qkd_device *d = *state;
+    qkd_request r, plain;
+    struct fake f;
+    char err[200], body[1024];
+    qkd_session_key sk;
+
+    assert_int_equal(qkd_request_key_ext(&r, d, 0, "S-1", "ENC-7", 1, "a2b", 1795430000, N0, err,
+                                         sizeof(err)),
+                     QKD_OK);
+    assert_true(r.ext && r.epoch == 1 && !strcmp(r.direction, "a2b"));
+    f = fake_for(&r);
+    f.aad_dir = "a2b";
+    f.aad_epoch = 1;
+    f.extra = ",\"epoch\":1,\"direction\":\"a2b\",\"current_epoch\":2";
+    make_response(d, &r, &f, body, sizeof(body));
+    assert_int_equal(qkd_response_key(&sk, d, &r, body, strlen(body), err, sizeof(err)), QKD_OK);
+    assert_int_equal(sk.epoch, 1);
+    assert_string_equal(sk.direction, "a2b");
+    assert_int_equal(sk.current_epoch, 2);
+    qkd_session_key_clear(&sk);
+    static const char *const bad_extra[] = {
+        ",\"epoch\":1,\"direction\":\"b2a\",\"current_epoch\":1",  /* another direction */
+        ",\"epoch\":2,\"direction\":\"a2b\",\"current_epoch\":2",  /* another epoch */
+        ",\"epoch\":1,\"direction\":\"a2b\",\"current_epoch\":0",  /* current < epoch */
+        ",\"epoch\":1,\"direction\":\"a2b\"",                       /* no current_epoch */
+        ",\"epoch\":\"1\",\"direction\":\"a2b\",\"current_epoch\":1", /* a string */
+        "",                                                         /* none of them */
+    };
+    for (size_t i = 0; i < sizeof(bad_extra) / sizeof(bad_extra[0]); i++) {
+        f.extra = bad_extra[i];
+        assert_int_equal(try_response(d, &r, &f), QKD_ERR_INPUT);
+    }
+    /* Sealed for epoch 2: the AEAD refuses, whatever the body says. */
+    f.extra = ",\"epoch\":1,\"direction\":\"a2b\",\"current_epoch\":2";
+    f.aad_epoch = 2;
+    assert_int_equal(try_response(d, &r, &f), QKD_ERR_INPUT);
+    /* A plain request refuses an answer naming an epoch. */
+    assert_int_equal(qkd_request_key(&plain, d, 0, "S-1", "ENC-7", false, 1795430000, N1, err,
+                                     sizeof(err)),
+                     QKD_OK);
+    f = fake_for(&plain);
+    assert_int_equal(try_response(d, &plain, &f), QKD_OK);
+    f.extra = ",\"epoch\":0,\"direction\":\"\",\"current_epoch\":0";
+    assert_int_equal(try_response(d, &plain, &f), QKD_ERR_INPUT);
+    /* Building: bad epochs and directions, and with delivered or end. */
+    assert_int_equal(qkd_request_key_ext(&r, d, 0, "S-1", "ENC-7", -1, NULL, 1, N0, err,
+                                         sizeof(err)),
+                     QKD_ERR_INPUT);
+    assert_int_equal(qkd_request_key_ext(&r, d, 0, "S-1", "ENC-7", QKP_MAX_EPOCH + 1, NULL, 1,
+                                         N0, err, sizeof(err)),
+                     QKD_ERR_INPUT);
+    assert_int_equal(qkd_request_key_ext(&r, d, 0, "S-1", "ENC-7", 1, "up", 1, N0, err,
+                                         sizeof(err)),
+                     QKD_ERR_INPUT);
+    assert_int_equal(qkd_request_key_ext(&r, d, 0, "S-1", "ENC-7", -1, "b2a", 1, N0, err,
+                                         sizeof(err)),
+                     QKD_OK);
+    assert_true(r.ext && r.epoch == 0 && !strcmp(r.direction, "b2a"));
 }
 
 static void response_refused(void **state)
@@ -734,6 +806,7 @@ int main(void)
         cmocka_unit_test(request_refused),
         cmocka_unit_test(response_vectors),
         cmocka_unit_test(response_refused),
+        cmocka_unit_test(ext_responses),
         cmocka_unit_test(end_and_error_responses),
         cmocka_unit_test(b64url_edges),
         cmocka_unit_test(ids_and_aad),
