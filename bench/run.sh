@@ -148,7 +148,9 @@ run_model() { # threading
 NPAIRS=64
 bench_sessions_setup() { # kmsd with the bench pairs, their fills in $STATE/fill
     start_kmsd connection 16
-    admin POST /v1/admin/policies '{"name":"bench","type_a":"vehicle","type_b":"encryptor"}' >/dev/null
+    # Epochs for the epochs line (a plain session's request is the same
+    # with or without them); streams take the policy's default window.
+    admin POST /v1/admin/policies '{"name":"bench","type_a":"vehicle","type_b":"encryptor","max_epochs":1000000}' >/dev/null
     mkdir -p "$STATE/fill"
     { echo "device_id,type,group,keys"
       i=0; while [ $i -lt $NPAIRS ]; do echo "SV-$i,vehicle,sbench,1"; echo "SE-$i,encryptor,sbench,1"; i=$((i+1)); done
@@ -178,6 +180,11 @@ bench_sessions() {
     done
     for c in 1 16 64; do
         "$OUT/session_bench" "$QKMS_PORT" $c "$SECS" "$STATE/fill" $NPAIRS sessions
+    done
+    # Epoch requests and stream keys beside them, in the same stack (issue
+    # 20): two deliveries per epoch or per stream key.
+    for mode in epochs streams; do
+        "$OUT/session_bench" "$QKMS_PORT" 16 "$SECS" "$STATE/fill" $NPAIRS $mode
     done
     # Where the time goes: average per stage of a key request.
     curl -sf "$URL/metrics" | awk '

@@ -9,6 +9,7 @@
  *        deliveries_per_s=... p50_ms=... p99_ms=... (per request)
  *
  * usage: session_bench PORT CONC SECONDS FILLDIR NPAIRS [sessions|deliveries [TLSDIR]]
+ *        session_bench PORT CONC SECONDS FILLDIR NPAIRS epochs|streams
  *        session_bench PORT CONC SECONDS FILLDIR NPAIRS deliveries_v2 V2DIR
  *   FILLDIR holds veh-<i>.json and enc-<i>.json (i = 0..NPAIRS-1).
  *   "deliveries" leaves out the end: two key deliveries per session, the
@@ -18,6 +19,15 @@
  *   enc-<i>.crt/.key; a worker then keeps one keep-alive connection per
  *   device (a connection carries one client certificate), and the line's
  *   name gets "_mtls".
+ *   epochs: each worker opens one session, then asks for its next epoch's
+ *   key from both parties, over and over (docs/protocol.md, "Epochs and
+ *   direction keys"; the policy allows 1,000,000 epochs): each epoch is two
+ *   deliveries, the first of which makes the key and supersedes the epoch
+ *   before. Line name "epochs".
+ *   streams: each worker takes its pair's key stream, both parties asking
+ *   for key 0, 1, 2, ... in turn (each key made by the first, consumed and
+ *   destroyed at the second): two deliveries per key. Line name "streams";
+ *   needs CONC <= NPAIRS (a stream is its pair's).
  *   deliveries_v2: the same deliveries in device protocol v2 (docs/protocol.md)
  *   over plain HTTP: the vehicle in mode 2 asking key source a (both
  *   sides' randoms, so the platform derives in the token), the encryptor in
@@ -47,6 +57,7 @@ typedef struct {
     size_t nlat, cap;
     long sessions, errors, mismatches;
     int with_end;
+    int mode; /* 0 sessions or deliveries, 1 epochs, 2 streams */
     SSL_CTX *ctx_veh, *ctx_enc; /* mutual TLS: each device's certificate */
     const qkd2_platform *plat;  /* protocol v2 */
     qkd2_identity *veh2, *enc2;
@@ -111,6 +122,123 @@ static int call(worker *w, conn *c, qkd_request *rq, const qkd_device *d, qkd_se
     if (key && qkd_response_key(key, d, rq, body, blen, err, sizeof(err)) != QKD_OK)
         return -1;
     return 0;
+}
+
+/* A stream request and its answer (call's counterpart). */
+static int call_stream(worker *w, conn *c, qkd_request *rq, const qkd_device *d,
+                       qkd_stream_key *key, char *buf, size_t cap)
+{
+    char req[4096], err[128];
+    const char *body;
+    size_t blen;
+    int n = snprintf(req, sizeof(req),
+                     "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     rq->path, rq->body_len, rq->body);
+    double t0 = httpc_now();
+    int st;
+    if (c->fd < 0 && (c->fd = httpc_dial(w->port)) < 0)
+        return -1;
+    st = httpc_roundtrip(c->fd, req, (size_t)n, buf, cap, &body, &blen);
+    if (st < 0) {
+        conn_close(c);
+        return -1;
+    }
+    record(w, (httpc_now() - t0) * 1000.0);
+    if (st != 200 || qkd_response_stream(key, d, rq, body, blen, err, sizeof(err)) != QKD_OK)
+        return -1;
+    return 0;
+}
+
+/* epochs: one session, then its epochs 1, 2, ... from both parties. */
+static void *run_epochs(worker *w)
+{
+    double end = httpc_now() + w->seconds;
+    char *buf = malloc(65536), sid[64], err[128];
+    conn c = {-1, NULL, NULL};
+    int epoch = 0;
+    qkd_request a, b;
+    qkd_session_key ka, kb;
+    int64_t now = (int64_t)time(NULL);
+
+    memset(&ka, 0, sizeof(ka));
+    memset(&kb, 0, sizeof(kb));
+    snprintf(sid, sizeof(sid), "benche-%d-%d-%ld", (int)getpid(), w->id, (long)now);
+    if (!buf || qkd_request_key(&a, w->veh, 0, sid, w->enc->device_id, false, now, NULL, err,
+                                sizeof(err)) ||
+        call(w, &c, &a, w->veh, &ka, buf, 65536)) {
+        w->errors++;
+        goto out;
+    }
+    qkd_session_key_clear(&ka);
+    while (httpc_now() < end && epoch < QKP_MAX_EPOCH) {
+        now = (int64_t)time(NULL);
+        epoch++;
+        if (qkd_request_key_ext(&a, w->veh, 0, sid, w->enc->device_id, epoch, NULL, now, NULL,
+                                err, sizeof(err)) ||
+            qkd_request_key_ext(&b, w->enc, 0, sid, w->veh->device_id, epoch, NULL, now, NULL,
+                                err, sizeof(err))) {
+            w->errors++;
+            break;
+        }
+        if (call(w, &c, &a, w->veh, &ka, buf, 65536) || call(w, &c, &b, w->enc, &kb, buf, 65536))
+            w->errors++;
+        else if (strcmp(ka.key_id, kb.key_id) != 0 || ka.key_len != kb.key_len ||
+                 CRYPTO_memcmp(ka.key, kb.key, ka.key_len) != 0)
+            w->mismatches++;
+        else
+            w->sessions++;
+        qkd_session_key_clear(&ka);
+        qkd_session_key_clear(&kb);
+        qkd_request_clear(&a);
+        qkd_request_clear(&b);
+    }
+out:
+    conn_close(&c);
+    free(buf);
+    return NULL;
+}
+
+/* streams: the pair's stream, keys 0, 1, 2, ... from both parties. */
+static void *run_streams(worker *w)
+{
+    double end = httpc_now() + w->seconds;
+    char *buf = malloc(65536), err[128], stream[64] = "";
+    conn c = {-1, NULL, NULL};
+    long seq = 0;
+
+    while (buf && httpc_now() < end) {
+        qkd_request a, b;
+        qkd_stream_key ka, kb;
+        int64_t now = (int64_t)time(NULL);
+        memset(&ka, 0, sizeof(ka));
+        memset(&kb, 0, sizeof(kb));
+        if (qkd_request_stream(&a, w->veh, 0, stream[0] ? stream : NULL, w->enc->device_id, seq,
+                               now, NULL, err, sizeof(err)) ||
+            call_stream(w, &c, &a, w->veh, &ka, buf, 65536)) {
+            w->errors++;
+            qkd_request_clear(&a);
+            break;
+        }
+        snprintf(stream, sizeof(stream), "%s", ka.stream_id);
+        if (qkd_request_stream(&b, w->enc, 0, stream, w->veh->device_id, seq, now, NULL, err,
+                               sizeof(err)) ||
+            call_stream(w, &c, &b, w->enc, &kb, buf, 65536))
+            w->errors++;
+        else if (strcmp(ka.key_id, kb.key_id) != 0 || ka.key_len != kb.key_len ||
+                 CRYPTO_memcmp(ka.key, kb.key, ka.key_len) != 0)
+            w->mismatches++;
+        else
+            w->sessions++;
+        seq++;
+        qkd_stream_key_clear(&ka);
+        qkd_stream_key_clear(&kb);
+        qkd_request_clear(&a);
+        qkd_request_clear(&b);
+    }
+    conn_close(&c);
+    free(buf);
+    return NULL;
 }
 
 /* A v2 request and its answer (call's counterpart). */
@@ -191,6 +319,10 @@ static void *run(void *arg)
     worker *w = arg;
     if (w->plat)
         return run_v2(w);
+    if (w->mode == 1)
+        return run_epochs(w);
+    if (w->mode == 2)
+        return run_streams(w);
     double end = httpc_now() + w->seconds;
     char *buf = malloc(65536), sid[64];
     /* Plain: both devices share one connection; mutual TLS: one each. */
@@ -335,7 +467,10 @@ int main(int argc, char **argv)
     qkd2_platform *plat = NULL;
     if (argc < 6 || argc > 8)
         return 2;
-    with_end = argc == 6 || (strcmp(argv[6], "deliveries") != 0 && !v2);
+    int mode = argc == 7 && !strcmp(argv[6], "epochs") ? 1
+               : argc == 7 && !strcmp(argv[6], "streams") ? 2
+                                                           : 0;
+    with_end = argc == 6 || (strcmp(argv[6], "deliveries") != 0 && !v2 && !mode);
     if (v2) {
         char path[512], err[128], *pem;
         size_t pl = 0;
@@ -351,7 +486,8 @@ int main(int argc, char **argv)
     conc = atoi(argv[2]);
     secs = atof(argv[3]);
     npairs = atoi(argv[5]);
-    if (conc < 1 || conc > 512 || secs <= 0 || secs > 600 || npairs < 1)
+    if (conc < 1 || conc > 512 || secs <= 0 || secs > 600 || npairs < 1 ||
+        (mode == 2 && conc > npairs))
         return 2;
     CRYPTO_secure_malloc_init(1 << 22, 16);
     w = calloc((size_t)conc, sizeof(*w));
@@ -361,6 +497,7 @@ int main(int argc, char **argv)
         w[i].id = i;
         w[i].seconds = secs;
         w[i].with_end = with_end;
+        w[i].mode = mode;
         w[i].veh = load(argv[4], "veh", i % npairs);
         w[i].enc = load(argv[4], "enc", i % npairs);
         if (!w[i].veh || !w[i].enc) {
@@ -406,7 +543,9 @@ int main(int argc, char **argv)
     printf("name=%s%s conc=%d sessions=%ld deliveries=%ld requests=%zu errors=%ld "
            "key_mismatches=%ld sessions_per_s=%.0f deliveries_per_s=%.0f requests_per_s=%.0f "
            "p50_ms=%.3f p99_ms=%.3f\n",
-           with_end ? "sessions" : "deliveries", tlsdir ? "_mtls" : v2 ? "_v2" : "", conc, sessions, 2 * sessions, total, errors, mism, (double)sessions / el,
+           mode == 1 ? "epochs" : mode == 2 ? "streams" : with_end ? "sessions" : "deliveries",
+           tlsdir ? "_mtls" : v2 ? "_v2" : "", conc, sessions, 2 * sessions, total, errors, mism,
+           (double)sessions / el,
            2.0 * (double)sessions / el, (double)total / el, total ? all[total / 2] : 0,
            total ? all[(size_t)((double)total * 0.99)] : 0);
     free(all);

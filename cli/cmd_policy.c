@@ -195,8 +195,10 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
     const char *idle = opt_get(o, "idle-timeout"), *life = opt_get(o, "max-lifetime");
     const char *epochs = opt_get(o, "max-epochs"), *grace = opt_get(o, "epoch-grace");
     const char *rk_age = opt_get(o, "rekey-after"), *rk_n = opt_get(o, "rekey-deliveries");
+    const char *win = opt_get(o, "stream-window");
     char *ta = NULL, *tb = NULL, *ga = NULL, *gb = NULL;
-    long bits = 0, idle_s = 0, life_s = 0, epochs_n = 0, grace_s = 0, rk_age_s = 0, rk_count = 0;
+    long bits = 0, idle_s = 0, life_s = 0, epochs_n = 0, grace_s = 0, rk_age_s = 0, rk_count = 0,
+         win_n = 0;
     int rc;
 
     *req = NULL;
@@ -242,6 +244,10 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
         out_error("--rekey-deliveries must be a whole number from 2 to 1000000000");
         goto cleanup;
     }
+    if (win && !arg_to_long(win, 1, 1024, &win_n)) {
+        out_error("--stream-window must be a whole number from 1 to 1024");
+        goto cleanup;
+    }
     if ((rk_age || rk_n) && epochs_n < 2) {
         out_error("--rekey-after and --rekey-deliveries need --max-epochs above 1");
         goto cleanup;
@@ -262,6 +268,7 @@ static int add_body(const char *name, const struct opt_values *o, json_t **req)
         (opt_get(o, "directions") && (rc = device_put(*req, "directions", json_true()))) ||
         (rk_age && (rc = device_put(*req, "rekey_after_s", json_integer(rk_age_s)))) ||
         (rk_n && (rc = device_put(*req, "rekey_after_deliveries", json_integer(rk_count)))) ||
+        (win && (rc = device_put(*req, "stream_window", json_integer(win_n)))) ||
         (opt_get(o, "delivered") && (rc = device_put(*req, "delivery", json_string("delivered")))))
         goto cleanup;
     if (opt_get(o, "key-sources") && (rc = key_sources_arg(opt_get(o, "key-sources"), *req)))
@@ -355,8 +362,9 @@ static const struct opt_spec add_opts[] = {
     {"max-epochs", 0, "N", "keys a session may move through (epochs), 1..1000000 (default 1)"},
     {"directions", 0, NULL, "allow a key per direction (a2b, b2a) in each epoch"},
     {"epoch-grace", 0, "SECONDS", "an older epoch's keys last at most this long, 0..86400 (default 60)"},
-    {"rekey-after", 0, "SECONDS", "move a session to its next epoch once the current one is this old"},
+    {"rekey-after", 0, "SECONDS", "move a session to its next epoch once the current one is this old, 1..604800 (with --max-epochs above 1)"},
     {"rekey-deliveries", 0, "N", "... or once its keys were delivered N times, 2..1000000000"},
+    {"stream-window", 0, "N", "key streams: keys a party may ask for ahead of the lowest not consumed, 1..1024 (default 16)"},
     {0},
 };
 
@@ -377,7 +385,7 @@ static const struct action policy_actions[] = {
         .usage = "NAME --types A:B [--groups GA:GB] [--key-bits B] [--idle-timeout SECONDS] "
                  "[--max-lifetime SECONDS] [--delivered] [--key-sources a,b,c] [--scope parent] "
                  "[--max-epochs N] [--directions] [--epoch-grace SECONDS] [--rekey-after SECONDS] "
-                 "[--rekey-deliveries N]",
+                 "[--rekey-deliveries N] [--stream-window N]",
         .summary = "Add a pairing policy: which devices may share session keys",
         .description =
             "Two devices may start a session only if a policy matches them, in either\n"

@@ -70,6 +70,9 @@ struct options {
     long timeout;
     int delivered, json, v2, peer_platform;
     int all; /* end: every session of the device, instead of --session */
+    const char *seq_s, *stream;                  /* stream: the key, the stream's ID */
+    int stream_end;                              /* stream --end */
+    long seq;
     int mode;    /* v2: 1, 2 or 3 */
     char source; /* v2: 'a', 'b' or 'c' */
 };
@@ -85,12 +88,17 @@ static const char usage_text[] =
     "       " PROG " key --v2 --server-cert F (--cert F [--key F] | --fill FILE)\n"
     "                  [--mode 1|2|3] [--source a|b|c] --url URL --session S --peer P ...\n"
     "       " PROG " end --v2 --server-cert F (--cert F [--key F] | --fill FILE) ...\n"
+    "       " PROG " stream --url URL --fill FILE --peer P --seq N [--stream ID] [--json]\n"
+    "       " PROG " stream --end --url URL --fill FILE --stream ID [--json]\n"
     "  TLS options: [--cacert F] [--cert F [--key F]] [--pin-sha256 B64[;B64...]]\n"
     "\n"
     "  key   ask qkms for the key of session S shared with device P; prints the\n"
     "        key ID and the session key in hex\n"
     "  end   end session S (its key is destroyed); with --all, every session of\n"
     "        the device at once (a power-down)\n"
+    "  stream  key N of the key stream with device P (without --stream: the pair's\n"
+    "        live stream, opened if there is none; prints its ID); with --end,\n"
+    "        end the stream\n"
     "\n"
     "  --v2           device protocol v2 (docs/protocol.md): the request is signed\n"
     "                 with the device's key (--cert/--key, modes 1 and 2) or sealed\n"
@@ -105,6 +113,10 @@ static const char usage_text[] =
     "                 device's random), c (the platform's key)\n"
     "  --peer-platform  v2: the platform itself is the peer (a device-platform\n"
     "                 channel key), instead of --peer\n"
+    "\n"
+    "  --seq N        stream: which key (0, 1, ...)\n"
+    "  --stream ID    stream: its ID, as the first answer gave it\n"
+    "  --end          stream: end it (its keys are destroyed)\n"
     "\n"
     "  --url URL      qkms base URL, e.g. https://kms.example:8443\n"
     "  --fill FILE    the device's fill document (kmsctl fill open --json); - for stdin\n"
@@ -240,35 +252,43 @@ static int pins_valid(const char *s)
 
 static int common_checks(struct options *o, int is_key);
 static int parse_v2(struct options *o, int is_key);
+static int parse_stream(struct options *o);
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
+    enum { K = 1, E = 2, S = 4 }; /* the commands an option is for */
     struct {
         const char *name;
         const char **value; /* NULL: a flag */
         int *flag;
-        int key_only; /* 1: key only; -1: end only */
+        int cmds;
     } specs[] = {
-        {"url", &o->url, NULL, 0},         {"fill", &o->fill, NULL, 0},
-        {"session", &o->session, NULL, 0}, {"peer", &o->peer, NULL, 1},
-        {"index", &o->index_s, NULL, 0},   {"cacert", &o->cacert, NULL, 0},
-        {"timeout", &o->timeout_s, NULL, 0}, {"delivered", NULL, &o->delivered, 1},
-        {"json", NULL, &o->json, 0},       {"cert", &o->cert, NULL, 0},
-        {"key", &o->key, NULL, 0},          {"pin-sha256", &o->pin, NULL, 0},
-        {"v2", NULL, &o->v2, 0},            {"mode", &o->mode_s, NULL, 0},
-        {"source", &o->source_s, NULL, 1},  {"server-cert", &o->server_cert, NULL, 0},
-        {"peer-platform", NULL, &o->peer_platform, 1},
-        {"all", NULL, &o->all, -1},
-        {"epoch", &o->epoch_s, NULL, 1},   {"direction", &o->direction, NULL, 1},
+        {"url", &o->url, NULL, K | E | S},    {"fill", &o->fill, NULL, K | E | S},
+        {"session", &o->session, NULL, K | E}, {"peer", &o->peer, NULL, K | S},
+        {"index", &o->index_s, NULL, K | E | S}, {"cacert", &o->cacert, NULL, K | E | S},
+        {"timeout", &o->timeout_s, NULL, K | E | S}, {"delivered", NULL, &o->delivered, K},
+        {"json", NULL, &o->json, K | E | S},  {"cert", &o->cert, NULL, K | E | S},
+        {"key", &o->key, NULL, K | E | S},    {"pin-sha256", &o->pin, NULL, K | E | S},
+        {"v2", NULL, &o->v2, K | E},          {"mode", &o->mode_s, NULL, K | E},
+        {"source", &o->source_s, NULL, K},    {"server-cert", &o->server_cert, NULL, K | E},
+        {"peer-platform", NULL, &o->peer_platform, K},
+        {"all", NULL, &o->all, E},
+        {"epoch", &o->epoch_s, NULL, K},      {"direction", &o->direction, NULL, K},
+        {"seq", &o->seq_s, NULL, S},          {"stream", &o->stream, NULL, S},
+        {"end", NULL, &o->stream_end, S},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
+    int cmd_bit;
 
     o->cmd = argv[1];
-    if (strcmp(o->cmd, "key") != 0 && strcmp(o->cmd, "end") != 0) {
-        errorf("unknown command '%s' (key or end)", o->cmd);
+    cmd_bit = !strcmp(o->cmd, "key") ? K : !strcmp(o->cmd, "end") ? E
+              : !strcmp(o->cmd, "stream")                      ? S
+                                                               : 0;
+    if (!cmd_bit) {
+        errorf("unknown command '%s' (key, end or stream)", o->cmd);
         return -1;
     }
-    int is_key = strcmp(o->cmd, "key") == 0;
+    int is_key = cmd_bit == K;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *eq;
         size_t j, nl;
@@ -283,8 +303,7 @@ static int parse_args(int argc, char **argv, struct options *o)
             if (strlen(specs[j].name) == nl && strncmp(specs[j].name, a, nl) == 0)
                 break;
         }
-        if (j == nspecs || (specs[j].key_only > 0 && !is_key) ||
-            (specs[j].key_only < 0 && is_key)) {
+        if (j == nspecs || !(specs[j].cmds & cmd_bit)) {
             errorf("unknown option '--%.*s' for %s", (int)nl, a, o->cmd);
             return -1;
         }
@@ -309,6 +328,8 @@ static int parse_args(int argc, char **argv, struct options *o)
             return -1;
         }
     }
+    if (cmd_bit == S)
+        return parse_stream(o);
     o->epoch = -1;
     if (o->epoch_s) {
         long ep;
@@ -341,6 +362,31 @@ static int parse_args(int argc, char **argv, struct options *o)
     return common_checks(o, is_key);
 }
 
+/* stream: --peer and --seq (with --stream or not), or --end with --stream. */
+static int parse_stream(struct options *o)
+{
+    o->epoch = -1;
+    if (!o->url || !*o->url || !o->fill ||
+        (o->stream_end ? !o->stream || o->peer || o->seq_s : !o->peer || !o->seq_s)) {
+        errorf("stream needs --url, --fill, and --peer with --seq (and --stream once known), "
+               "or --end with --stream");
+        return -1;
+    }
+    if (o->stream && !qkp_id_valid(o->stream)) {
+        errorf("--stream: the stream ID the platform gave (a UUID)");
+        return -1;
+    }
+    if (o->seq_s && parse_long(o->seq_s, 0, LONG_MAX / 2, &o->seq) != 0) {
+        errorf("--seq must be an integer from 0");
+        return -1;
+    }
+    if (o->peer && !qkp_id_valid(o->peer)) {
+        errorf("--peer: 1-128 printable ASCII characters except / \\ %% ? #");
+        return -1;
+    }
+    return common_checks(o, 0);
+}
+
 /* The checks v1 and v2 share: URL, TLS options, IDs, index, timeout. */
 static int common_checks(struct options *o, int is_key)
 {
@@ -366,7 +412,7 @@ static int common_checks(struct options *o, int is_key)
         errorf("--pin-sha256: base64 SHA-256 digests (44 characters each), ';' between them");
         return -1;
     }
-    if (!o->all && !qkp_id_valid(o->session)) {
+    if (!o->all && o->session && !qkp_id_valid(o->session)) {
         errorf("--session: 1-128 printable ASCII characters except / \\ %% ? #");
         return -1;
     }
@@ -619,19 +665,21 @@ static int print_end(const struct options *o, const char *device_id, const char 
 }
 
 static int print_end_all(const struct options *o, const char *device_id, int key_index,
-                         int ended)
+                         int ended, int streams_ended)
 {
     char did[2 * QKP_MAX_ID + 3];
     if (o->json) {
         if (qkd_json_id(device_id, did, sizeof(did)) < 0)
             return EXIT_INTERNAL;
-        printf("{\"all\":true,\"ended\":true,\"sessions_ended\":%d,\"device_id\":%s", ended,
-               did);
+        printf("{\"all\":true,\"ended\":true,\"sessions_ended\":%d,\"streams_ended\":%d,"
+               "\"device_id\":%s",
+               ended, streams_ended, did);
         if (key_index >= 0)
             printf(",\"key_index\":%d", key_index);
         printf("%s}\n", o->v2 ? ",\"protocol\":2" : "");
     } else {
-        printf("all: true\nended: true\nsessions_ended: %d\n", ended);
+        printf("all: true\nended: true\nsessions_ended: %d\nstreams_ended: %d\n", ended,
+               streams_ended);
     }
     if (fflush(stdout) != 0) {
         errorf("cannot write output");
@@ -754,7 +802,7 @@ static int run_v2(const struct options *o, int64_t now)
     qkd2_request *req = calloc(1, sizeof(*req));
     qkd_session_key sk;
     qkd_http_response resp = {0};
-    int rc, q, http_ready = 0, index = -1, ended = 0;
+    int rc, q, http_ready = 0, index = -1, ended = 0, streams_ended = 0;
     bool https = strncasecmp(o->url, "https://", 8) == 0;
 
     memset(&sk, 0, sizeof(sk));
@@ -807,7 +855,8 @@ static int run_v2(const struct options *o, int64_t now)
         goto out;
     q = req->op == QKD_OP_KEY
             ? qkd2_response_key(&sk, &src, req, id, plat, resp.body, resp.len, err, sizeof(err))
-        : o->all ? qkd2_response_end_all(req, plat, resp.body, resp.len, &ended, err, sizeof(err))
+        : o->all ? qkd2_response_end_all(req, plat, resp.body, resp.len, &ended, &streams_ended, err,
+                                         sizeof(err))
                  : qkd2_response_end(req, plat, resp.body, resp.len, err, sizeof(err));
     if (q != QKD_OK) {
         errorf("unverifiable response (HTTP 200): %s", err);
@@ -815,7 +864,7 @@ static int run_v2(const struct options *o, int64_t now)
         goto out;
     }
     rc = req->op == QKD_OP_KEY ? print_key(o, req->device_id, index, &sk, src)
-         : o->all              ? print_end_all(o, req->device_id, index, ended)
+         : o->all              ? print_end_all(o, req->device_id, index, ended, streams_ended)
                                : print_end(o, req->device_id, req->session_id, index);
 out:
     qkd_session_key_clear(&sk);
@@ -835,6 +884,94 @@ out:
     return rc;
 }
 
+/* ---- key streams ----------------------------------------------------------- */
+
+static int print_stream_key(const struct options *o, const char *device_id, int key_index,
+                            const qkd_stream_key *sk)
+{
+    char *out = OPENSSL_secure_malloc(OUT_MAX);
+    char khex[2 * QKD_MAX_KEY_LEN + 1], did[2 * QKP_MAX_ID + 3];
+    int n, rc = EXIT_INTERNAL;
+
+    if (!out) {
+        errorf("out of secure memory");
+        return EXIT_INTERNAL;
+    }
+    hex(sk->key, sk->key_len, khex);
+    if (o->json) {
+        if (qkd_json_id(device_id, did, sizeof(did)) < 0)
+            goto cleanup;
+        /* stream and key IDs are UUIDs from the platform, checked IDs. */
+        n = snprintf(out, OUT_MAX,
+                     "{\"stream_id\":\"%s\",\"seq\":%lld,\"key_id\":\"%s\",\"key\":\"%s\","
+                     "\"key_bits\":%d,\"expires_at\":%lld,\"low\":%lld,\"window\":%d,"
+                     "\"device_id\":%s,\"key_index\":%d}\n",
+                     sk->stream_id, (long long)sk->seq, sk->key_id, khex, sk->key_bits,
+                     (long long)sk->expires_at, (long long)sk->low, sk->window, did, key_index);
+    } else {
+        n = snprintf(out, OUT_MAX, "stream_id: %s\nseq: %lld\nkey_id: %s\nkey: %s\nlow: %lld\n",
+                     sk->stream_id, (long long)sk->seq, sk->key_id, khex, (long long)sk->low);
+    }
+    if (n < 0 || n >= OUT_MAX || write_all(out, (size_t)n) != 0) {
+        errorf("cannot write output");
+        goto cleanup;
+    }
+    rc = EXIT_OK;
+cleanup:
+    OPENSSL_cleanse(khex, sizeof(khex));
+    OPENSSL_secure_clear_free(out, OUT_MAX);
+    return rc;
+}
+
+/* stream: key --seq of the stream with --peer (--stream named or not), or
+ * --end of --stream. */
+static int run_stream(const struct options *o, const qkd_device *dev, int index, int64_t now,
+                      int *http_ready)
+{
+    qkd_request req;
+    qkd_stream_key sk;
+    qkd_http_response resp = {0};
+    char err[256];
+    int q, rc;
+
+    memset(&sk, 0, sizeof(sk));
+    q = o->stream_end
+            ? qkd_request_stream_end(&req, dev, index, o->stream, now, NULL, err, sizeof(err))
+            : qkd_request_stream(&req, dev, index, o->stream, o->peer, o->seq, now, NULL, err,
+                                 sizeof(err));
+    if (q != QKD_OK) {
+        errorf("%s", err);
+        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_USAGE;
+        goto out;
+    }
+    if ((rc = post(o, req.path, req.body, req.body_len, o->cert != NULL, &resp, http_ready)) !=
+        EXIT_OK)
+        goto out;
+    q = o->stream_end ? qkd_response_stream_end(&req, resp.body, resp.len, err, sizeof(err))
+                      : qkd_response_stream(&sk, dev, &req, resp.body, resp.len, err,
+                                            sizeof(err));
+    if (q != QKD_OK) {
+        errorf("unverifiable response (HTTP 200): %s", err);
+        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_SERVER;
+        goto out;
+    }
+    if (!o->stream_end) {
+        rc = print_stream_key(o, req.device_id, req.key_index, &sk);
+    } else {
+        if (o->json)
+            printf("{\"stream_id\":\"%s\",\"ended\":true,\"key_index\":%d}\n", req.session_id,
+                   req.key_index);
+        else
+            printf("stream_id: %s\nended: true\n", req.session_id);
+        rc = fflush(stdout) == 0 ? EXIT_OK : EXIT_INTERNAL;
+    }
+out:
+    qkd_stream_key_clear(&sk);
+    qkd_request_clear(&req);
+    qkd_http_response_clear(&resp);
+    return rc;
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -847,7 +984,7 @@ int main(int argc, char **argv)
     qkd_http_response resp = {0};
     char *fill = NULL, err[256];
     size_t fill_len = 0;
-    int rc = EXIT_USAGE, index, http_ready = 0, q, ended = 0;
+    int rc = EXIT_USAGE, index, http_ready = 0, q, ended = 0, streams_ended = 0;
     int64_t now = (int64_t)time(NULL);
 
     memset(&req, 0, sizeof(req));
@@ -897,6 +1034,10 @@ int main(int argc, char **argv)
     if ((rc = pick_index(&o, dev, now, &index)) != EXIT_OK)
         goto cleanup;
 
+    if (strcmp(o.cmd, "stream") == 0) {
+        rc = run_stream(&o, dev, index, now, &http_ready);
+        goto cleanup;
+    }
     if (strcmp(o.cmd, "key") == 0 && (o.epoch >= 0 || o.direction))
         q = qkd_request_key_ext(&req, dev, index, o.session, o.peer, o.epoch, o.direction, now,
                                 NULL, err, sizeof(err));
@@ -920,7 +1061,8 @@ int main(int argc, char **argv)
     if (req.op == QKD_OP_KEY)
         q = qkd_response_key(&sk, dev, &req, resp.body, resp.len, err, sizeof(err));
     else if (o.all)
-        q = qkd_response_end_all(&req, resp.body, resp.len, &ended, err, sizeof(err));
+        q = qkd_response_end_all(&req, resp.body, resp.len, &ended, &streams_ended, err,
+                                 sizeof(err));
     else
         q = qkd_response_end(&req, resp.body, resp.len, err, sizeof(err));
     if (q != QKD_OK) {
@@ -929,7 +1071,7 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     rc = req.op == QKD_OP_KEY ? print_key(&o, req.device_id, req.key_index, &sk, 'c')
-         : o.all              ? print_end_all(&o, req.device_id, req.key_index, ended)
+         : o.all              ? print_end_all(&o, req.device_id, req.key_index, ended, streams_ended)
                               : print_end(&o, req.device_id, req.session_id, req.key_index);
 
 cleanup:

@@ -357,104 +357,23 @@ int qkd_device_default_index(const qkd_device *d, int64_t now)
 
 /* ---- requests ------------------------------------------------------------ */
 
-static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
-                 const char *session_id, const char *peer_id, bool delivered, int epoch,
-                 const char *direction, int64_t ts, const uint8_t nonce[QKP_NONCE_LEN],
-                 char *err, size_t errlen)
+/* The envelope of r: the inner request in sealed under key k (index
+ * key_index of d) with r's nonce, the AAD naming opname; r->body. */
+static int seal_envelope(qkd_request *r, const qkd_device *d, const qkd_key *k, int key_index,
+                         const char *opname, const qbuf *in, char *err, size_t errlen)
 {
-    const char *opname = op == QKD_OP_KEY ? "key" : "end";
-    const qkd_key *k = qkd_device_key(d, key_index);
-    /* Inner plaintext at most ~600 bytes here (two escaped IDs); the
-     * protocol's limit is QKP_MAX_PLAINTEXT. */
     char aad[QKP_MAX_AAD];
     uint8_t ct[QKP_MAX_PLAINTEXT + QKP_TAG_LEN];
     char ct_b64[QKP_B64URL_LEN(sizeof(ct))];
-    qbuf *in = qbuf_new(QKP_MAX_PLAINTEXT, QBUF_SECURE), *body = qbuf_new(sizeof(r->body), 0);
-    int aad_len, w, rc = QKD_ERR_INPUT;
+    qbuf *body = qbuf_new(sizeof(r->body), 0);
+    int aad_len, w, rc = QKD_ERR_INTERNAL;
 
-    memset(r, 0, sizeof(*r));
-    if (!in || !body) {
+    if (!body) {
         rc = fail(QKD_ERR_INTERNAL, err, errlen, "out of memory");
         goto cleanup;
     }
-    if (!d || !k) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "the device has no key with index %d", key_index);
-        goto cleanup;
-    }
-    if (k->local) {
-        /* The platform refuses it (and audits the attempt). */
-        rc = fail(QKD_ERR_INPUT, err, errlen,
-                  "key %d is a local key: for the gateway's local network only", key_index);
-        goto cleanup;
-    }
-    if ((op != QKD_OP_END || session_id) && !qkp_id_valid(session_id)) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "session ID is not a valid ID");
-        goto cleanup;
-    }
-    if (op == QKD_OP_KEY && !qkp_id_valid(peer_id)) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "peer ID is not a valid ID");
-        goto cleanup;
-    }
-    if (ts < 0) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "timestamp must not be negative");
-        goto cleanup;
-    }
-    if ((epoch >= 0 || direction) &&
-        (op != QKD_OP_KEY || delivered || epoch > QKP_MAX_EPOCH ||
-         (direction && strcmp(direction, "a2b") && strcmp(direction, "b2a")))) {
-        rc = fail(QKD_ERR_INPUT, err, errlen,
-                  "epoch 0-%d and direction a2b or b2a, for a key request in session mode",
-                  QKP_MAX_EPOCH);
-        goto cleanup;
-    }
-
-    r->op = op;
-    if (epoch >= 0 || direction) { /* one of the session's other keys */
-        r->ext = true;
-        r->epoch = epoch >= 0 ? epoch : 0;
-        snprintf(r->direction, sizeof(r->direction), "%s", direction ? direction : "");
-    }
-    r->path = op == QKD_OP_KEY ? QKD_PATH_KEY : QKD_PATH_END;
-    strcpy(r->device_id, d->device_id);
-    r->key_index = key_index;
-    r->all = !session_id; /* an end of all the device's sessions */
-    if (session_id)
-        strcpy(r->session_id, session_id);
-    r->ts = ts;
-    if (nonce) {
-#ifdef QKMS_TESTING
-        memcpy(r->nonce, nonce, QKP_NONCE_LEN);
-#else
-        /* A caller-chosen nonce can repeat under the device key, which breaks
-         * AES-GCM: only test builds (the vectors) may fix it. */
-        rc = fail(QKD_ERR_INPUT, err, errlen,
-                  "a fixed request nonce is accepted only in test builds (QKMS_TESTING)");
-        goto cleanup;
-#endif
-    } else if (RAND_bytes(r->nonce, QKP_NONCE_LEN) != 1) {
-        rc = fail(QKD_ERR_INTERNAL, err, errlen, "no randomness for the request nonce");
-        goto cleanup;
-    }
-    qkp_b64url_encode(r->nonce, QKP_NONCE_LEN, r->nonce_b64);
-
-    /* The canonical inner request: fixed field order, no spaces. */
-    if (r->all)
-        w = qbuf_put_str(in, "{\"all\":true");
-    else
-        w = qbuf_put_str(in, "{\"session_id\":") | qb_id(in, session_id);
-    if (op == QKD_OP_KEY)
-        w |= qbuf_put_str(in, ",\"peer_id\":") | qb_id(in, peer_id);
-    w |= qbuf_put_str(in, ",\"ts\":") | qb_i64(in, ts);
-    if (op == QKD_OP_KEY && delivered)
-        w |= qbuf_put_str(in, ",\"delivery\":\"delivered\"");
-    if (epoch >= 0)
-        w |= qbuf_put_str(in, ",\"epoch\":") | qb_i64(in, epoch);
-    if (direction)
-        w |= qbuf_put_str(in, ",\"direction\":\"") | qbuf_put_str(in, direction) |
-             qbuf_put_str(in, "\"");
-    w |= qbuf_put_str(in, "}");
     aad_len = qkp_request_aad(opname, d->device_id, key_index, aad, sizeof(aad));
-    if (w != QBUF_OK || aad_len < 0) {
+    if (aad_len < 0) {
         rc = fail(QKD_ERR_INTERNAL, err, errlen, "request does not fit its buffers");
         goto cleanup;
     }
@@ -478,10 +397,134 @@ static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
     rc = QKD_OK;
 
 cleanup:
+    qbuf_free(body);
+    return rc;
+}
+
+static const char *const op_names[] = {"key", "end", "stream", "stream_end"};
+static const char *const op_paths[] = {QKD_PATH_KEY, QKD_PATH_END, QKD_PATH_STREAM,
+                                       QKD_PATH_STREAM_END};
+
+/* Every request: op on session_id (for the stream ops the stream ID; NULL
+ * for an end of all sessions, or a stream request that opens or joins). */
+static int build(qkd_request *r, qkd_op op, const qkd_device *d, int key_index,
+                 const char *session_id, const char *peer_id, bool delivered, int epoch,
+                 const char *direction, int64_t seq, int64_t ts,
+                 const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
+{
+    const char *opname = op_names[op];
+    const qkd_key *k = qkd_device_key(d, key_index);
+    bool stream = op == QKD_OP_STREAM || op == QKD_OP_STREAM_END;
+    /* Inner plaintext at most ~600 bytes here (two escaped IDs); the
+     * protocol's limit is QKP_MAX_PLAINTEXT. */
+    qbuf *in = qbuf_new(QKP_MAX_PLAINTEXT, QBUF_SECURE);
+    int w, rc = QKD_ERR_INPUT;
+
+    memset(r, 0, sizeof(*r));
+    if (!in) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "out of memory");
+        goto cleanup;
+    }
+    if (!d || !k) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "the device has no key with index %d", key_index);
+        goto cleanup;
+    }
+    if (k->local) {
+        /* The platform refuses it (and audits the attempt). */
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "key %d is a local key: for the gateway's local network only", key_index);
+        goto cleanup;
+    }
+    if ((session_id || (op != QKD_OP_END && op != QKD_OP_STREAM)) && !qkp_id_valid(session_id)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, stream ? "stream ID is not a valid ID"
+                                                     : "session ID is not a valid ID");
+        goto cleanup;
+    }
+    if ((op == QKD_OP_KEY || op == QKD_OP_STREAM) &&
+        (!qkp_id_valid(peer_id) || !strcmp(peer_id, d->device_id))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "peer ID is not another device's valid ID");
+        goto cleanup;
+    }
+    if (ts < 0 || (op == QKD_OP_STREAM && seq < 0)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "timestamp and seq must not be negative");
+        goto cleanup;
+    }
+    if ((epoch >= 0 || direction) &&
+        (op != QKD_OP_KEY || delivered || epoch > QKP_MAX_EPOCH ||
+         (direction && strcmp(direction, "a2b") && strcmp(direction, "b2a")))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "epoch 0-%d and direction a2b or b2a, for a key request in session mode",
+                  QKP_MAX_EPOCH);
+        goto cleanup;
+    }
+
+    r->op = op;
+    if (epoch >= 0 || direction) { /* one of the session's other keys */
+        r->ext = true;
+        r->epoch = epoch >= 0 ? epoch : 0;
+        snprintf(r->direction, sizeof(r->direction), "%s", direction ? direction : "");
+    }
+    r->path = op_paths[op];
+    strcpy(r->device_id, d->device_id);
+    r->key_index = key_index;
+    r->all = op == QKD_OP_END && !session_id; /* an end of all the device's sessions */
+    r->seq = op == QKD_OP_STREAM ? seq : 0;
+    if (session_id)
+        strcpy(r->session_id, session_id);
+    r->ts = ts;
+    if (nonce) {
+#ifdef QKMS_TESTING
+        memcpy(r->nonce, nonce, QKP_NONCE_LEN);
+#else
+        /* A caller-chosen nonce can repeat under the device key, which breaks
+         * AES-GCM: only test builds (the vectors) may fix it. */
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "a fixed request nonce is accepted only in test builds (QKMS_TESTING)");
+        goto cleanup;
+#endif
+    } else if (RAND_bytes(r->nonce, QKP_NONCE_LEN) != 1) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "no randomness for the request nonce");
+        goto cleanup;
+    }
+    qkp_b64url_encode(r->nonce, QKP_NONCE_LEN, r->nonce_b64);
+
+    /* The canonical inner request: fixed field order, no spaces. */
+    if (stream) {
+        w = qbuf_put_str(in, "{");
+        if (session_id)
+            w |= qbuf_put_str(in, "\"stream_id\":") | qb_id(in, session_id) |
+                 qbuf_put_str(in, ",");
+        if (op == QKD_OP_STREAM)
+            w |= qbuf_put_str(in, "\"peer_id\":") | qb_id(in, peer_id) |
+                 qbuf_put_str(in, ",\"seq\":") | qb_i64(in, seq) | qbuf_put_str(in, ",");
+        w |= qbuf_put_str(in, "\"ts\":") | qb_i64(in, ts);
+    } else {
+        if (r->all)
+            w = qbuf_put_str(in, "{\"all\":true");
+        else
+            w = qbuf_put_str(in, "{\"session_id\":") | qb_id(in, session_id);
+        if (op == QKD_OP_KEY)
+            w |= qbuf_put_str(in, ",\"peer_id\":") | qb_id(in, peer_id);
+        w |= qbuf_put_str(in, ",\"ts\":") | qb_i64(in, ts);
+        if (op == QKD_OP_KEY && delivered)
+            w |= qbuf_put_str(in, ",\"delivery\":\"delivered\"");
+        if (epoch >= 0)
+            w |= qbuf_put_str(in, ",\"epoch\":") | qb_i64(in, epoch);
+        if (direction)
+            w |= qbuf_put_str(in, ",\"direction\":\"") | qbuf_put_str(in, direction) |
+                 qbuf_put_str(in, "\"");
+    }
+    w |= qbuf_put_str(in, "}");
+    if (w != QBUF_OK) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "request does not fit its buffers");
+        goto cleanup;
+    }
+    rc = seal_envelope(r, d, k, key_index, opname, in, err, errlen);
+
+cleanup:
     /* The plaintext names session and peer: confidential by the protocol;
      * qbuf_free wipes it. */
     qbuf_free(in);
-    qbuf_free(body);
     if (rc != QKD_OK)
         qkd_request_clear(r);
     return rc;
@@ -491,7 +534,7 @@ int qkd_request_key(qkd_request *r, const qkd_device *d, int key_index, const ch
                     const char *peer_id, bool delivered, int64_t ts,
                     const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
 {
-    return build(r, QKD_OP_KEY, d, key_index, session_id, peer_id, delivered, -1, NULL, ts,
+    return build(r, QKD_OP_KEY, d, key_index, session_id, peer_id, delivered, -1, NULL, 0, ts,
                  nonce, err, errlen);
 }
 
@@ -502,8 +545,8 @@ int qkd_request_key_ext(qkd_request *r, const qkd_device *d, int key_index,
 {
     if (epoch < 0 && !direction)
         return fail(QKD_ERR_INPUT, err, errlen, "an epoch, a direction or both");
-    return build(r, QKD_OP_KEY, d, key_index, session_id, peer_id, false, epoch, direction, ts,
-                 nonce, err, errlen);
+    return build(r, QKD_OP_KEY, d, key_index, session_id, peer_id, false, epoch, direction, 0,
+                 ts, nonce, err, errlen);
 }
 
 int qkd_request_end(qkd_request *r, const qkd_device *d, int key_index, const char *session_id,
@@ -511,15 +554,33 @@ int qkd_request_end(qkd_request *r, const qkd_device *d, int key_index, const ch
 {
     if (!session_id)
         return fail(QKD_ERR_INPUT, err, errlen, "session ID is not a valid ID");
-    return build(r, QKD_OP_END, d, key_index, session_id, NULL, false, -1, NULL, ts, nonce, err,
-                 errlen);
+    return build(r, QKD_OP_END, d, key_index, session_id, NULL, false, -1, NULL, 0, ts, nonce,
+                 err, errlen);
 }
 
 int qkd_request_end_all(qkd_request *r, const qkd_device *d, int key_index, int64_t ts,
                         const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
 {
-    return build(r, QKD_OP_END, d, key_index, NULL, NULL, false, -1, NULL, ts, nonce, err,
+    return build(r, QKD_OP_END, d, key_index, NULL, NULL, false, -1, NULL, 0, ts, nonce, err,
                  errlen);
+}
+
+int qkd_request_stream(qkd_request *r, const qkd_device *d, int key_index, const char *stream_id,
+                       const char *peer_id, int64_t seq, int64_t ts,
+                       const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen)
+{
+    return build(r, QKD_OP_STREAM, d, key_index, stream_id, peer_id, false, -1, NULL, seq, ts,
+                 nonce, err, errlen);
+}
+
+int qkd_request_stream_end(qkd_request *r, const qkd_device *d, int key_index,
+                           const char *stream_id, int64_t ts, const uint8_t nonce[QKP_NONCE_LEN],
+                           char *err, size_t errlen)
+{
+    if (!stream_id)
+        return fail(QKD_ERR_INPUT, err, errlen, "stream ID is not a valid ID");
+    return build(r, QKD_OP_STREAM_END, d, key_index, stream_id, NULL, false, -1, NULL, 0, ts,
+                 nonce, err, errlen);
 }
 
 void qkd_request_clear(qkd_request *r)
@@ -714,13 +775,15 @@ cleanup:
 }
 
 int qkd_response_end_all(const qkd_request *r, const char *body, size_t len, int *ended,
-                         char *err, size_t errlen)
+                         int *streams_ended, char *err, size_t errlen)
 {
-    json_t *o = NULL, *v, *n;
+    json_t *o = NULL, *v, *n, *m;
     int rc = QKD_ERR_INPUT;
 
     if (ended)
         *ended = 0;
+    if (streams_ended)
+        *streams_ended = 0;
     if (!r || r->op != QKD_OP_END || !r->all) {
         rc = fail(QKD_ERR_INPUT, err, errlen, "not an end of all sessions");
         goto cleanup;
@@ -735,15 +798,159 @@ int qkd_response_end_all(const qkd_request *r, const char *body, size_t len, int
         goto cleanup;
     }
     n = json_object_get(o, "sessions_ended");
+    m = json_object_get(o, "streams_ended");
     if (!json_is_true(json_object_get(o, "all")) || !json_is_true(json_object_get(o, "ended")) ||
         json_object_get(o, "session_id") || !json_is_integer(n) || json_integer_value(n) < 0 ||
-        json_integer_value(n) > INT_MAX) {
+        json_integer_value(n) > INT_MAX || !json_is_integer(m) || json_integer_value(m) < 0 ||
+        json_integer_value(m) > INT_MAX) {
         rc = fail(QKD_ERR_INPUT, err, errlen,
                   "response does not say that all the device's sessions ended");
         goto cleanup;
     }
     if (ended)
         *ended = (int)json_integer_value(n);
+    if (streams_ended)
+        *streams_ended = (int)json_integer_value(m);
+    rc = QKD_OK;
+
+cleanup:
+    json_decref(o);
+    return rc;
+}
+
+int qkd_response_stream(qkd_stream_key *out, const qkd_device *d, const qkd_request *r,
+                        const char *body, size_t len, char *err, size_t errlen)
+{
+    json_t *o = NULL, *v, *jseq, *jbits, *jexp, *jlow, *jwin;
+    const char *sid, *key_id, *nonce_s, *ct_s;
+    const qkd_key *k;
+    uint8_t nonce[QKP_NONCE_LEN], ct[QKD_MAX_KEY_LEN + QKP_TAG_LEN];
+    char aad[QKP_MAX_AAD];
+    long ct_len;
+    int bits, aad_len, rc = QKD_ERR_INPUT;
+
+    memset(out, 0, sizeof(*out));
+    if (!d || !r || r->op != QKD_OP_STREAM || strcmp(d->device_id, r->device_id) != 0 ||
+        !(k = qkd_device_key(d, r->key_index))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "not a stream request of this device");
+        goto cleanup;
+    }
+    if (!(o = parse_object(body, len))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response is not a JSON object");
+        goto cleanup;
+    }
+    v = json_object_get(o, "v");
+    sid = get_str(o, "stream_id");
+    key_id = get_str(o, "key_id");
+    jseq = json_object_get(o, "seq");
+    jbits = json_object_get(o, "key_bits");
+    jexp = json_object_get(o, "expires_at");
+    jlow = json_object_get(o, "low");
+    jwin = json_object_get(o, "window");
+    nonce_s = get_str(o, "nonce");
+    ct_s = get_str(o, "ct");
+    if (!json_is_integer(v) || json_integer_value(v) != QKP_VERSION) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response is not protocol version 1");
+        goto cleanup;
+    }
+    if (!qkp_id_valid(sid) || (r->session_id[0] && strcmp(sid, r->session_id) != 0) ||
+        !json_is_integer(jseq) || json_integer_value(jseq) != r->seq) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response is for another stream or seq");
+        goto cleanup;
+    }
+    if (!qkp_id_valid(key_id) || !json_is_integer(jexp) || json_integer_value(jexp) < 0 ||
+        !json_is_integer(jlow) || !json_is_integer(jwin) || json_integer_value(jwin) < 1 ||
+        json_integer_value(jwin) > 1024 || json_integer_value(jlow) > r->seq ||
+        r->seq >= json_integer_value(jlow) + json_integer_value(jwin)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "response key_id, expires_at, low or window malformed, or seq outside its "
+                  "window");
+        goto cleanup;
+    }
+    if (!json_is_integer(jbits) ||
+        (json_integer_value(jbits) != 128 && json_integer_value(jbits) != 256)) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response key_bits must be 128 or 256");
+        goto cleanup;
+    }
+    if (!nonce_s ||
+        qkp_b64url_decode(nonce_s, strlen(nonce_s), nonce, sizeof(nonce)) != QKP_NONCE_LEN ||
+        CRYPTO_memcmp(nonce, r->nonce, QKP_NONCE_LEN) == 0) {
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "response nonce must be 12 bytes in base64url, not the request's");
+        goto cleanup;
+    }
+    bits = (int)json_integer_value(jbits);
+    ct_len = ct_s ? qkp_b64url_decode(ct_s, strlen(ct_s), ct, sizeof(ct)) : -1;
+    if (ct_len != bits / 8 + QKP_TAG_LEN) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response ct is not a %d-bit key and tag", bits);
+        goto cleanup;
+    }
+    aad_len = qkp_stream_aad(sid, r->device_id, r->key_index, r->seq, key_id,
+                             (int64_t)json_integer_value(jexp), r->nonce_b64, aad, sizeof(aad));
+    if (aad_len < 0) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response fields too long");
+        goto cleanup;
+    }
+    if (!(out->key = OPENSSL_secure_malloc((size_t)bits / 8))) {
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "out of secure memory");
+        goto cleanup;
+    }
+    out->key_len = (size_t)bits / 8;
+    if (qkp_open(k->key, k->len, nonce, aad, (size_t)aad_len, ct, (size_t)ct_len, out->key) != 0) {
+        rc = fail(QKD_ERR_INPUT, err, errlen,
+                  "response does not verify under device key %d "
+                  "(tampered, or not an answer to this request)",
+                  r->key_index);
+        goto cleanup;
+    }
+    strcpy(out->stream_id, sid);
+    strcpy(out->key_id, key_id);
+    out->seq = r->seq;
+    out->key_bits = bits;
+    out->expires_at = (int64_t)json_integer_value(jexp);
+    out->low = (int64_t)json_integer_value(jlow);
+    out->window = (int)json_integer_value(jwin);
+    rc = QKD_OK;
+
+cleanup:
+    OPENSSL_cleanse(ct, sizeof(ct));
+    if (rc != QKD_OK)
+        qkd_stream_key_clear(out);
+    json_decref(o);
+    return rc;
+}
+
+void qkd_stream_key_clear(qkd_stream_key *k)
+{
+    if (!k)
+        return;
+    if (k->key)
+        OPENSSL_secure_clear_free(k->key, k->key_len);
+    OPENSSL_cleanse(k, sizeof(*k));
+}
+
+int qkd_response_stream_end(const qkd_request *r, const char *body, size_t len, char *err,
+                            size_t errlen)
+{
+    json_t *o = NULL, *v;
+    const char *sid;
+    int rc = QKD_ERR_INPUT;
+
+    if (!r || r->op != QKD_OP_STREAM_END) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "not a stream end request");
+        goto cleanup;
+    }
+    if (!(o = parse_object(body, len))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response is not a JSON object");
+        goto cleanup;
+    }
+    v = json_object_get(o, "v");
+    sid = get_str(o, "stream_id");
+    if (!json_is_integer(v) || json_integer_value(v) != QKP_VERSION || !sid ||
+        strcmp(sid, r->session_id) != 0 || !json_is_true(json_object_get(o, "ended"))) {
+        rc = fail(QKD_ERR_INPUT, err, errlen, "response does not say the stream ended");
+        goto cleanup;
+    }
     rc = QKD_OK;
 
 cleanup:

@@ -53,6 +53,8 @@ enum {
 #define QKD_MAX_BODY 2048      /* a request body we build; the protocol allows 8 KiB */
 #define QKD_PATH_KEY "/v1/sessions/key"
 #define QKD_PATH_END "/v1/sessions/end"
+#define QKD_PATH_STREAM "/v1/streams/key"
+#define QKD_PATH_STREAM_END "/v1/streams/end"
 
 /* One pre-filled device key. */
 typedef struct {
@@ -93,7 +95,7 @@ const qkd_key *qkd_device_key(const qkd_device *d, int index);
  * not_after) that is not a local key, or -1 when there is none. */
 int qkd_device_default_index(const qkd_device *d, int64_t now);
 
-typedef enum { QKD_OP_KEY, QKD_OP_END } qkd_op;
+typedef enum { QKD_OP_KEY, QKD_OP_END, QKD_OP_STREAM, QKD_OP_STREAM_END } qkd_op;
 
 /* A built request: POST body to path. Plain data, no heap; the request must
  * be kept until its response is parsed (the response AAD names its nonce). */
@@ -102,7 +104,9 @@ typedef struct {
     const char *path; /* QKD_PATH_KEY or QKD_PATH_END */
     char device_id[QKP_MAX_ID + 1];
     int key_index;
-    char session_id[QKP_MAX_ID + 1]; /* empty when all */
+    char session_id[QKP_MAX_ID + 1]; /* empty when all; the stream ID for the stream ops
+                                      * (empty: open or join the pair's stream) */
+    int64_t seq;                      /* QKD_OP_STREAM: the key asked for */
     bool all;                         /* an end of every session of the device */
     bool ext;                         /* a key by epoch and direction: */
     int epoch;                        /*   0.. */
@@ -147,6 +151,20 @@ int qkd_request_end(qkd_request *r, const qkd_device *d, int key_index, const ch
 int qkd_request_end_all(qkd_request *r, const qkd_device *d, int key_index, int64_t ts,
                         const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen);
 
+/*
+ * Key streams (docs/protocol.md, "Key streams"): a request for key seq of
+ * the stream with peer_id, the one named stream_id (a stream ID the
+ * platform gave), or with stream_id NULL the pair's live stream (opened if
+ * there is none). Other arguments as for qkd_request_key.
+ */
+int qkd_request_stream(qkd_request *r, const qkd_device *d, int key_index, const char *stream_id,
+                       const char *peer_id, int64_t seq, int64_t ts,
+                       const uint8_t nonce[QKP_NONCE_LEN], char *err, size_t errlen);
+/* The end of stream stream_id. */
+int qkd_request_stream_end(qkd_request *r, const qkd_device *d, int key_index,
+                           const char *stream_id, int64_t ts, const uint8_t nonce[QKP_NONCE_LEN],
+                           char *err, size_t errlen);
+
 /* Zeroes the request (it names the session in clear). */
 void qkd_request_clear(qkd_request *r);
 
@@ -184,11 +202,40 @@ int qkd_response_end(const qkd_request *r, const char *body, size_t len, char *e
 
 /*
  * Parses the body of a 200 answer to the end-all request r:
- * {"v":1,"all":true,"ended":true,"sessions_ended":N}, N into *ended (may be
- * NULL). Like the `end` answer it carries no AEAD.
+ * {"v":1,"all":true,"ended":true,"sessions_ended":N,"streams_ended":M}, N
+ * into *ended and M into *streams_ended (either may be NULL). Like the
+ * `end` answer it carries no AEAD.
  */
 int qkd_response_end_all(const qkd_request *r, const char *body, size_t len, int *ended,
-                         char *err, size_t errlen);
+                         int *streams_ended, char *err, size_t errlen);
+
+/* A verified key of a stream. */
+typedef struct {
+    char stream_id[QKP_MAX_ID + 1];
+    int64_t seq;
+    char key_id[QKP_MAX_ID + 1];
+    int key_bits;
+    size_t key_len;
+    int64_t expires_at;
+    int64_t low;     /* every seq below is consumed (not covered by the AEAD) */
+    int window;      /* seq < low + window may be asked for (idem) */
+    uint8_t *key;    /* key_len bytes, secure heap */
+} qkd_stream_key;
+
+/*
+ * Parses and verifies the body of a 200 answer to the stream request r, which
+ * d built: v 1, seq the one asked for, stream_id the one named (when r named
+ * one), low <= seq < low + window, key_bits 128 or 256 matching ct, a fresh
+ * response nonce, and ct opening under the request's device key with the
+ * stream AAD (qkp_stream_aad). On success *out holds the key
+ * (qkd_stream_key_clear).
+ */
+int qkd_response_stream(qkd_stream_key *out, const qkd_device *d, const qkd_request *r,
+                        const char *body, size_t len, char *err, size_t errlen);
+void qkd_stream_key_clear(qkd_stream_key *k);
+/* {"v":1,"stream_id":r's,"ended":true} (no AEAD, as every end). */
+int qkd_response_stream_end(const qkd_request *r, const char *body, size_t len, char *err,
+                            size_t errlen);
 
 /* An error answer {"error":{"code":"...","message":"..."}}. */
 typedef struct {

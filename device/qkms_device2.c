@@ -689,24 +689,30 @@ int qkd2_response_end(const qkd2_request *r, const qkd2_platform *p, const char 
 }
 
 int qkd2_response_end_all(const qkd2_request *r, const qkd2_platform *p, const char *body,
-                          size_t len, int *ended, char *err, size_t errlen)
+                          size_t len, int *ended, int *streams_ended, char *err, size_t errlen)
 {
-    json_t *in = NULL, *n;
+    json_t *in = NULL, *n, *m;
     int rc;
     if (ended)
         *ended = 0;
+    if (streams_ended)
+        *streams_ended = 0;
     if (!r || r->op != QKD_OP_END || !r->all || !p)
         return fail(QKD_ERR_INPUT, err, errlen, "not an end of all sessions");
     if ((rc = open_answer(&in, r, p, body, len, err, errlen)) != QKD_OK)
         return rc;
     n = json_object_get(in, "sessions_ended");
+    m = json_object_get(in, "streams_ended");
     if (!json_is_true(json_object_get(in, "ended")) || !json_is_integer(n) ||
-        json_integer_value(n) < 0 || json_integer_value(n) > INT_MAX) {
+        json_integer_value(n) < 0 || json_integer_value(n) > INT_MAX || !json_is_integer(m) ||
+        json_integer_value(m) < 0 || json_integer_value(m) > INT_MAX) {
         rc = fail(QKD_ERR_INPUT, err, errlen,
                   "the answer does not say that all the device's sessions ended");
     } else {
         if (ended)
             *ended = (int)json_integer_value(n);
+        if (streams_ended)
+            *streams_ended = (int)json_integer_value(m);
         rc = QKD_OK;
     }
     json_decref(in);

@@ -105,8 +105,9 @@ int qkd2_response_key(qkd_session_key *out, char *source, const qkd2_request *r,
 int qkd2_response_end(const qkd2_request *r, const qkd2_platform *p, const char *body, size_t len,
                       char *err, size_t errlen);
 /* A 200 answer to an end of all sessions: signed, "all" true, no
- * session_id; the number ended into *ended (may be NULL). */
+ * session_id; the numbers of sessions and key streams ended into *ended and
+ * *streams_ended (either may be NULL). */
 int qkd2_response_end_all(const qkd2_request *r, const qkd2_platform *p, const char *body,
-                          size_t len, int *ended, char *err, size_t errlen);
+                          size_t len, int *ended, int *streams_ended, char *err, size_t errlen);
 
 #endif

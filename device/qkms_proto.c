@@ -122,6 +122,20 @@ int qkp_response_aad_ext(const char *session_id, const char *device_id, int key_
     return m > 0 && (size_t)m < cap - (size_t)n ? n + m : -1;
 }
 
+int qkp_stream_aad(const char *stream_id, const char *device_id, int key_index, int64_t seq,
+                   const char *key_id, int64_t expires_at, const char *req_nonce_b64, char *out,
+                   size_t cap)
+{
+    if (!aad_field_ok(stream_id) || !aad_field_ok(device_id) || !aad_field_ok(key_id) ||
+        !aad_field_ok(req_nonce_b64) || key_index < 0 || key_index > 255 || expires_at < 0 ||
+        seq < 0)
+        return -1;
+    int n = snprintf(out, cap, "qkms/v1/stream\n%s\n%s\n%d\n%lld\n%s\n%lld\n%s", stream_id,
+                     device_id, key_index, (long long)seq, key_id, (long long)expires_at,
+                     req_nonce_b64);
+    return n > 0 && (size_t)n < cap ? n : -1;
+}
+
 static const EVP_CIPHER *cipher_for(size_t key_len)
 {
     return key_len == 16 ? EVP_aes_128_gcm() : key_len == 32 ? EVP_aes_256_gcm() : NULL;

@@ -57,6 +57,14 @@ int qkp_response_aad_ext(const char *session_id, const char *device_id, int key_
                          const char *key_id, int64_t expires_at, const char *req_nonce_b64,
                          int epoch, const char *direction, char *out, size_t cap);
 
+/* The response AAD of a key stream's key (docs/protocol.md, "Key
+ * streams"): "qkms/v1/stream\n" stream_id "\n" device_id "\n" key_index
+ * "\n" seq "\n" key_id "\n" expires_at "\n" req_nonce_b64. -1 as
+ * qkp_response_aad, and for a negative seq. */
+int qkp_stream_aad(const char *stream_id, const char *device_id, int key_index, int64_t seq,
+                   const char *key_id, int64_t expires_at, const char *req_nonce_b64, char *out,
+                   size_t cap);
+
 /* out receives len + 16 bytes (ciphertext then tag). */
 int qkp_seal(const uint8_t *key, size_t key_len, const uint8_t nonce[QKP_NONCE_LEN],
              const void *aad, size_t aad_len, const uint8_t *pt, size_t len, uint8_t *out);

@@ -25,7 +25,7 @@ static bool is_int_field(const char *key)
     return !strcmp(key, "key_bits") || !strcmp(key, "idle_timeout_s") ||
            !strcmp(key, "max_lifetime_s") || !strcmp(key, "max_epochs") ||
            !strcmp(key, "epoch_grace_s") || !strcmp(key, "rekey_after_s") ||
-           !strcmp(key, "rekey_after_deliveries");
+           !strcmp(key, "rekey_after_deliveries") || !strcmp(key, "stream_window");
 }
 
 /* Every field known, each a string or an integer as it should be (null is
@@ -36,7 +36,7 @@ static int check_fields(json_t *in, http_response *rs)
                                         "key_bits", "idle_timeout_s", "max_lifetime_s",
                                         "delivery", "key_sources", "scope", "max_epochs",
                                         "directions", "epoch_grace_s", "rekey_after_s",
-                                        "rekey_after_deliveries", NULL};
+                                        "rekey_after_deliveries", "stream_window", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(in, key, v) {
@@ -104,7 +104,8 @@ void h_policies_add(http_request *rq, http_response *rs)
                       opt_int(in, "idle_timeout_s"), opt_int(in, "max_lifetime_s"), NULL,
                       str(in, "scope"), opt_int(in, "max_epochs"), opt_int(in, "epoch_grace_s"),
                       json_is_true(json_object_get(in, "directions")),
-                      opt_int(in, "rekey_after_s"), opt_int(in, "rekey_after_deliveries")};
+                      opt_int(in, "rekey_after_s"), opt_int(in, "rekey_after_deliveries"),
+                      opt_int(in, "stream_window")};
     /* ["a", "c"] as "ac", checked by the service; more than three entries
      * cannot be right and go as four. */
     char ks[5] = "";

@@ -27,6 +27,7 @@
 #include "service/gateway_login.h"
 #include "service/session_metrics.h"
 #include "service/sessions.h"
+#include "service/streams.h"
 
 #define ENVELOPE_MAX 8192
 
@@ -396,14 +397,15 @@ void h_session_end(http_request *rq, http_response *rs)
         goto out;
     who = device_principal(rq, &a.da);
     if (!sid) { /* "all": true (inner_fields) */
-        int ended = 0;
-        if (sessions_end_all(s, &who, &a.da, strtoll(ts, NULL, 10), &ended, &e) != QK_OK) {
+        int ended = 0, streams = 0;
+        if (sessions_end_all(s, &who, &a.da, strtoll(ts, NULL, 10), &ended, &streams, &e) !=
+            QK_OK) {
             answer_failure(rq, rs, &env, &a, &e);
             goto out;
         }
         http_json(rs, 200,
-                  json_pack("{s:i,s:b,s:b,s:i}", "v", QKP_VERSION, "all", 1, "ended", 1,
-                            "sessions_ended", ended));
+                  json_pack("{s:i,s:b,s:b,s:i,s:i}", "v", QKP_VERSION, "all", 1, "ended", 1,
+                            "sessions_ended", ended, "streams_ended", streams));
         goto out;
     }
     if (sessions_end(s, &who, &a.da, sid, strtoll(ts, NULL, 10), &e) != QK_OK) {
@@ -411,6 +413,118 @@ void h_session_end(http_request *rq, http_response *rs)
         goto out;
     }
     http_json(rs, 200, json_pack("{s:i,s:s,s:b}", "v", QKP_VERSION, "session_id", sid, "ended", 1));
+out:
+    authed_clear(&a);
+}
+
+/* ---- key streams (docs/protocol.md, "Key streams") ---------------------------- */
+
+/* The stream key request's fields: stream_id (optional), peer_id, seq, ts.
+ * 0, or -1 with rs answered (422) and the refusal counted. */
+static int stream_fields(http_request *rq, http_response *rs, const envelope *env, authed *a,
+                         stream_ask *ask)
+{
+    static const char *const fields[] = {"stream_id", "peer_id", "seq", "ts", NULL};
+    json_t *sid = json_object_get(a->inner, "stream_id"), *seq = json_object_get(a->inner, "seq");
+    long long ts;
+
+    if (inner_known(rq, rs, a->inner, fields, &ts) != 0)
+        return -1;
+    ask->ts = ts;
+    ask->stream_id = json_string_value(sid);
+    ask->peer_id = json_string_value(json_object_get(a->inner, "peer_id"));
+    if ((sid && !ask->stream_id) || !qkp_id_valid(ask->peer_id) ||
+        !strcmp(ask->peer_id, env->device_id) || !json_is_integer(seq) ||
+        json_integer_value(seq) < 0) {
+        http_error(rs, 422, "invalid_request",
+                   "peer_id must be another device's ID, seq an integer from 0, stream_id a "
+                   "string");
+        refuse(rq, SESSION_REFUSE_INVALID);
+        return -1;
+    }
+    ask->seq = (int64_t)json_integer_value(seq);
+    return 0;
+}
+
+void h_stream_key(http_request *rq, http_response *rs)
+{
+    qk_svc *s = &rq->kms->svc;
+    envelope env;
+    authed a;
+    stream_grant g;
+    stream_ask ask = {0};
+    qk_principal who;
+    qk_err e;
+    uint8_t nonce[QKP_NONCE_LEN], ct[32 + QKP_TAG_LEN];
+    char aad[QKP_MAX_AAD], nonce_b64[QKP_B64URL_LEN(QKP_NONCE_LEN)],
+        ct_b64[QKP_B64URL_LEN(sizeof(ct))];
+    int aad_len;
+    uint64_t t0 = session_clock_ns();
+
+    memset(&a, 0, sizeof(a));
+    memset(&g, 0, sizeof(g));
+    if (parse_envelope(rq, rs, &env) != 0 || !bound_to_cert(rq, rs, &env) ||
+        authenticate(rq, rs, "stream", &env, &a, &t0) != 0 ||
+        stream_fields(rq, rs, &env, &a, &ask) != 0)
+        goto out;
+    if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+        goto out;
+    who = device_principal(rq, &a.da);
+    if (streams_key(s, &who, &a.da, &ask, &g, &e) != QK_OK) {
+        answer_failure(rq, rs, &env, &a, &e);
+        goto out;
+    }
+    /* Sealed under the request's device key, bound to the request. */
+    aad_len = qkp_stream_aad(g.stream_id, env.device_id, env.key_index, g.seq, g.key_id,
+                             g.expires_at, env.nonce_b64, aad, sizeof(aad));
+    if (g.key_len > 32 || RAND_bytes(nonce, sizeof(nonce)) != 1 || aad_len < 0 ||
+        qkp_seal(a.da.key, a.da.key_len, nonce, aad, (size_t)aad_len, g.key, g.key_len, ct) != 0) {
+        http_error(rs, 500, "internal", "internal error (see kmsd log)");
+        goto out;
+    }
+    qkp_b64url_encode(nonce, sizeof(nonce), nonce_b64);
+    qkp_b64url_encode(ct, g.key_len + QKP_TAG_LEN, ct_b64);
+    http_json(rs, 200,
+              json_pack("{s:i,s:s,s:I,s:s,s:i,s:I,s:I,s:i,s:s,s:s}", "v", QKP_VERSION,
+                        "stream_id", g.stream_id, "seq", (json_int_t)g.seq, "key_id", g.key_id,
+                        "key_bits", g.key_bits, "expires_at", (json_int_t)g.expires_at, "low",
+                        (json_int_t)g.low, "window", g.window, "nonce", nonce_b64, "ct", ct_b64));
+out:
+    OPENSSL_cleanse(ct, sizeof(ct));
+    stream_grant_clear(&g);
+    authed_clear(&a);
+}
+
+void h_stream_end(http_request *rq, http_response *rs)
+{
+    qk_svc *s = &rq->kms->svc;
+    static const char *const fields[] = {"stream_id", "ts", NULL};
+    envelope env;
+    authed a;
+    qk_principal who;
+    qk_err e;
+    const char *sid;
+    long long ts;
+    uint64_t t0 = session_clock_ns();
+
+    memset(&a, 0, sizeof(a));
+    if (parse_envelope(rq, rs, &env) != 0 || !bound_to_cert(rq, rs, &env) ||
+        authenticate(rq, rs, "stream_end", &env, &a, &t0) != 0 ||
+        inner_known(rq, rs, a.inner, fields, &ts) != 0)
+        goto out;
+    if (!(sid = json_string_value(json_object_get(a.inner, "stream_id")))) {
+        http_error(rs, 422, "invalid_request", "stream_id must be a string");
+        refuse(rq, SESSION_REFUSE_INVALID);
+        goto out;
+    }
+    if (!http_rate_limit(rq, rs, RL_DEVICE, env.device_id))
+        goto out;
+    who = device_principal(rq, &a.da);
+    if (streams_end(s, &who, &a.da, sid, ts, &e) != QK_OK) {
+        answer_failure(rq, rs, &env, &a, &e);
+        goto out;
+    }
+    http_json(rs, 200, json_pack("{s:i,s:s,s:b}", "v", QKP_VERSION, "stream_id", sid, "ended", 1));
 out:
     authed_clear(&a);
 }

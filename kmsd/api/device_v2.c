@@ -575,16 +575,17 @@ void h_session_end_v2(http_request *rq, http_response *rs)
         goto out;
     who = principal(&c);
     if (c.ir.all) {
-        int ended = 0;
-        if (sessions_end_all(s, &who, &c.a.da, c.ir.ts, &ended, &e) != QK_OK) {
+        int ended = 0, streams = 0;
+        if (sessions_end_all(s, &who, &c.a.da, c.ir.ts, &ended, &streams, &e) != QK_OK) {
             answer_failure(rq, rs, &c, &e);
             goto out;
         }
         qkp_b64url_encode(c.a.h, QKP2_HASH_LEN, h_b64);
         answer(rq, rs, &c,
-               json_pack("{s:s,s:s,s:b,s:s,s:s,s:b,s:i}", "op", "end", "device_id",
+               json_pack("{s:s,s:s,s:b,s:s,s:s,s:b,s:i,s:i}", "op", "end", "device_id",
                          c.o.device_id, "all", 1, "request", h_b64, "signer",
-                         platform_key_sha_hex(c.signer), "ended", 1, "sessions_ended", ended));
+                         platform_key_sha_hex(c.signer), "ended", 1, "sessions_ended", ended,
+                         "streams_ended", streams));
         goto out;
     }
     if (sessions_end(s, &who, &c.a.da, c.ir.session_id, c.ir.ts, &e) != QK_OK) {

@@ -60,6 +60,8 @@
     X("POST", "/v1/admin/device-types", "admin_devtypes_add", ROLE_ADMIN, h_devtypes_add, ADM, RL_ADMIN) \
     X("POST", "/v1/sessions/key", "session_key", 0, h_session_key, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v1/sessions/end", "session_end", 0, h_session_end, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/v1/streams/key", "stream_key", 0, h_stream_key, DEV, RL_DEVICE, .client_cert = true) \
+    X("POST", "/v1/streams/end", "stream_end", 0, h_stream_end, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v2/sessions/key", "session_key_v2", 0, h_session_key_v2, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v2/sessions/end", "session_end_v2", 0, h_session_end_v2, DEV, RL_DEVICE, .client_cert = true) \
     X("POST", "/v1/gateway/login", "gateway_login", 0, h_gateway_login, DEV, RL_DEVICE, .client_cert = true) \

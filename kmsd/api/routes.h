@@ -87,6 +87,8 @@ void h_audit_export(http_request *rq, http_response *rs);
 /* device_v1.c: the device protocol v1 */
 void h_session_key(http_request *rq, http_response *rs);
 void h_session_end(http_request *rq, http_response *rs);
+void h_stream_key(http_request *rq, http_response *rs);
+void h_stream_end(http_request *rq, http_response *rs);
 
 /* device_v2.c: the device protocol v2, and the platform's certificates */
 void h_session_key_v2(http_request *rq, http_response *rs);

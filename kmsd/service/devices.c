@@ -714,6 +714,10 @@ static db_status state_shred(db_conn *c, struct state_tx *t, const char *pk, jso
     if (!(r = db_exec(c, Q_SESSIONS_END_FOR_DEVICE, 2, vals, NULL, NULL, &st)))
         return st;
     PQclear(r);
+    /* Its key streams too (streams.h): tombstone 'revoked'. */
+    if (!(r = db_exec(c, Q_STREAMS_END_FOR_DEVICE, 2, vals, NULL, NULL, &st)))
+        return st;
+    PQclear(r);
     /* And its ETSI GS QKD 014 keys, as master or as a slave (qkd.h), like
      * its sessions: tombstone 'revoked'. */
     {

@@ -24,6 +24,7 @@
 #include "store/queries.h"
 #include "service/rotation.h"
 #include "service/sessions.h"
+#include "service/streams.h"
 #include "service/wrap_budget.h"
 
 struct maintenance {
@@ -233,6 +234,9 @@ static void reap(qk_svc *k)
         if (examined < SESSION_REAP_BATCH)
             break;
     }
+    /* Key streams idle or past their lifetime (streams.h). */
+    if (streams_reap(k) < 0)
+        log_emit(LOG_WARN, "stream reaper pass failed; will retry", NULL);
     /* ETSI GS QKD 014 keys no slave fetched within their lifetime. */
     if (qkd_reap(k) < 0)
         log_emit(LOG_WARN, "qkd key expiry pass failed; will retry", NULL);

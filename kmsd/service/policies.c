@@ -50,6 +50,7 @@ static json_t *policy_row(const PGresult *r, int i)
         json_object_set_new(o, "rekey_after_deliveries",
                             PQgetisnull(r, i, 17) ? json_null()
                                                   : json_integer(atoll(PQgetvalue(r, i, 17))));
+        json_object_set_new(o, "stream_window", json_integer(atoi(PQgetvalue(r, i, 18))));
     }
     return o;
 }
@@ -89,7 +90,7 @@ static qk_kind int_arg(const char *key, policy_int v, long long lo, long long hi
     return QK_OK;
 }
 
-static qk_kind check_policy(qk_svc *s, const policy_spec *p, char ints[7][24], qk_err *e)
+static qk_kind check_policy(qk_svc *s, const policy_spec *p, char ints[8][24], qk_err *e)
 {
     bool a = false, b = false;
     qk_kind k;
@@ -131,7 +132,8 @@ static qk_kind check_policy(qk_svc *s, const policy_spec *p, char ints[7][24], q
         (k = int_arg("epoch_grace_s", p->epoch_grace_s, 0, 86400, 60, ints[4], e)) != QK_OK ||
         (k = int_arg("rekey_after_s", p->rekey_after_s, 1, 604800, 0, ints[5], e)) != QK_OK ||
         (k = int_arg("rekey_after_deliveries", p->rekey_after_deliveries, 2, 1000000000, 0,
-                     ints[6], e)) != QK_OK)
+                     ints[6], e)) != QK_OK ||
+        (k = int_arg("stream_window", p->stream_window, 1, 1024, 16, ints[7], e)) != QK_OK)
         return k;
     if ((p->rekey_after_s.set || p->rekey_after_deliveries.set) &&
         !(p->max_epochs.set && p->max_epochs.v > 1))
@@ -186,11 +188,11 @@ static json_t *policy_detail(const policy_spec *p)
     const char *const sval[] = {p->group_a, p->group_b, p->delivery};
     const char *const ikey[] = {"key_bits",      "idle_timeout_s", "max_lifetime_s",
                                 "max_epochs",    "epoch_grace_s",  "rekey_after_s",
-                                "rekey_after_deliveries"};
+                                "rekey_after_deliveries", "stream_window"};
     const policy_int ival[] = {p->key_bits,      p->idle_timeout_s, p->max_lifetime_s,
                                p->max_epochs,    p->epoch_grace_s,  p->rekey_after_s,
-                               p->rekey_after_deliveries};
-    for (int i = 0; i < 7 && d; i++) {
+                               p->rekey_after_deliveries, p->stream_window};
+    for (int i = 0; i < 8 && d; i++) {
         if (i < 3 && sval[i])
             json_object_set_new(d, skey[i], json_string(sval[i]));
         if (ival[i].set)
@@ -202,7 +204,7 @@ static json_t *policy_detail(const policy_spec *p)
 }
 
 struct policy_tx {
-    const char *vals[17];
+    const char *vals[18];
     const char *actor;
     json_t *detail;
     bool remove;
@@ -213,7 +215,7 @@ static db_status policy_tx_fn(db_conn *c, void *arg)
     struct policy_tx *t = arg;
     db_status st;
     PGresult *r = t->remove ? db_exec(c, Q_POLICY_DELETE, 1, t->vals, NULL, NULL, &st)
-                            : db_exec(c, Q_POLICY_INSERT, 17, t->vals, NULL, NULL, &st);
+                            : db_exec(c, Q_POLICY_INSERT, 18, t->vals, NULL, NULL, &st);
     int found;
     if (!r)
         return st;
@@ -228,7 +230,7 @@ static db_status policy_tx_fn(db_conn *c, void *arg)
 qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, qk_err *e)
 {
     struct policy_tx t = {{0}, who->name, NULL, false};
-    char ints[7][24], sources[8];
+    char ints[8][24], sources[8];
     db_status st;
     qk_kind k;
 
@@ -252,6 +254,7 @@ qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, q
     t.vals[14] = ints[4];
     t.vals[15] = p->rekey_after_s.set ? ints[5] : NULL;
     t.vals[16] = p->rekey_after_deliveries.set ? ints[6] : NULL;
+    t.vals[17] = ints[7];
     t.detail = policy_detail(p);
     if (t.detail && p->scope)
         json_object_set_new(t.detail, "scope", json_string(p->scope));

@@ -61,13 +61,16 @@ typedef struct {
      * were delivered rekey_after_deliveries times (2..1000000000); unset:
      * never by itself. */
     policy_int rekey_after_s, rekey_after_deliveries;
+    /* Key streams (streams.h): how far above the lowest key not yet
+     * consumed a party may ask, 1..1024 (default 16). */
+    policy_int stream_window;
 } policy_spec;
 
 /* {"policies": [{"name", "type_a", "type_b", "group_a", "group_b",
  * "key_bits", "idle_timeout_s", "max_lifetime_s", "delivery", "created_at",
  * "created_by", "scope" (same-group, cross-group, platform or parent),
  * "key_sources", "max_epochs", "directions", "epoch_grace_s", "rekey_after_s",
- * "rekey_after_deliveries" (null: none)}, ...]} by name. */
+ * "rekey_after_deliveries" (null: none), "stream_window"}, ...]} by name. */
 qk_kind policies_list(qk_svc *s, json_t **out, qk_err *e);
 qk_kind policies_add(qk_svc *s, const qk_principal *who, const policy_spec *p, qk_err *e);
 /* A name that cannot be a policy's is QK_NOT_FOUND too. */

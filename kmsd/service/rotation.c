@@ -23,6 +23,7 @@
 #include "store/pgjson.h"
 #include "store/queries.h"
 #include "service/session_id.h"
+#include "service/streams.h"
 
 #define REWRAP_BATCH "500"
 #define BLOB_MAX (64 + KEYWRAP_OVERHEAD)
@@ -252,7 +253,10 @@ static int rewrap_qkd(qk_svc *k, db_conn *c, const char *active)
  * query q (id, session hash, key ID, wrapped hex, version) and written back
  * by set (id, old version, wrapped hex, new version): how many it rewrapped;
  * *found how many it found (0: none left), -1 when the query failed. */
-static int rewrap_sessions(qk_svc *k, db_conn *c, int q, int set, const char *active, int *found)
+typedef int (*wrap_context_fn)(const char *owner, const char *key_id, char *out, size_t len);
+
+static int rewrap_sessions(qk_svc *k, db_conn *c, int q, int set, wrap_context_fn context,
+                           const char *active, int *found)
 {
     char newv[16], ctx[256], hex[2 * BLOB_MAX + 1];
     const char *vals[4] = {active, REWRAP_BATCH, NULL, NULL};
@@ -263,7 +267,7 @@ static int rewrap_sessions(qk_svc *k, db_conn *c, int q, int set, const char *ac
 
     *found = r ? PQntuples(r) : -1;
     for (int i = 0; i < *found; i++) {
-        if (session_key_context(PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), ctx, sizeof(ctx)) < 0 ||
+        if (context(PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), ctx, sizeof(ctx)) < 0 ||
             rewrap_blob(k, ctx, PQgetvalue(r, i, 3), hex, &nv) != 0)
             continue;
         snprintf(newv, sizeof(newv), "%u", nv);
@@ -324,11 +328,15 @@ static int rewrap_batch(qk_svc *k, db_conn *c)
         /* Sessions' own keys, then their other epochs' and directions'
          * (schema/026): rows of the same shape, wrapped in the same
          * context. */
-        int fa, fb;
-        done += rewrap_sessions(k, c, Q_REWRAP_SESSIONS, Q_REWRAP_SESSION_SET, active, &fa);
-        done += rewrap_sessions(k, c, Q_REWRAP_SESSION_KEYS, Q_REWRAP_SESSION_KEY_SET, active,
-                                &fb);
-        if (fa == 0 && fb == 0)
+        int fa, fb, fc;
+        done += rewrap_sessions(k, c, Q_REWRAP_SESSIONS, Q_REWRAP_SESSION_SET,
+                                session_key_context, active, &fa);
+        done += rewrap_sessions(k, c, Q_REWRAP_SESSION_KEYS, Q_REWRAP_SESSION_KEY_SET,
+                                session_key_context, active, &fb);
+        /* And streams' keys (schema/028), under their own context. */
+        done += rewrap_sessions(k, c, Q_REWRAP_STREAM_KEYS, Q_REWRAP_STREAM_KEY_SET,
+                                stream_key_context, active, &fc);
+        if (fa == 0 && fb == 0 && fc == 0)
             k->sessions_rewrapped_for = av;
     }
     return done;

@@ -638,7 +638,7 @@ out:
 }
 
 qk_kind sessions_end_all(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts,
-                         int *ended, qk_err *e)
+                         int *ended, int *streams_ended, qk_err *e)
 {
     char pk[24], kidx[8], tsb[24], skew[12];
     const char *vals[6] = {pk, kidx, (const char *)a->nonce, tsb, skew,
@@ -649,7 +649,7 @@ qk_kind sessions_end_all(qk_svc *s, const qk_principal *who, device_auth *a, int
     db_status st;
     qk_kind k;
 
-    *ended = 0;
+    *ended = *streams_ended = 0;
     if ((k = device_principal(who, a, e)) != QK_OK)
         return k;
     snprintf(pk, sizeof(pk), "%lld", a->device_pk);
@@ -672,9 +672,10 @@ qk_kind sessions_end_all(qk_svc *s, const qk_principal *who, device_auth *a, int
         goto out;
     }
     *ended = atoi(PQgetvalue(r, 0, 1));
+    *streams_ended = atoi(PQgetvalue(r, 0, 2));
     session_metrics_count(s->smetrics, SESSION_EV_ENDED_BY_DEVICE, (uint64_t)*ended);
-    log_with(&who->log, LOG_INFO, "sessions ended", "{s:s,s:s,s:i}", "device_id", a->device_id,
-             "reason", "device_ended", "count", *ended);
+    log_with(&who->log, LOG_INFO, "sessions ended", "{s:s,s:s,s:i,s:i}", "device_id",
+             a->device_id, "reason", "device_ended", "count", *ended, "streams", *streams_ended);
     device_seen_note(s->contact, a->device_pk);
     k = QK_OK;
 out:

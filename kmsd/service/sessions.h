@@ -122,11 +122,12 @@ qk_kind sessions_end(qk_svc *s, const qk_principal *who, device_auth *a, const c
                      int64_t ts, qk_err *e);
 
 /* End every live session of the device of a at its request (a power-down,
- * docs/protocol.md "Response to end"), in one transaction: QK_OK with
- * *ended the number ended (0 is fine), or a 401 (device_auth_fail). A
+ * docs/protocol.md "Ending every session"), and all its key streams
+ * (streams.h), in one transaction: QK_OK with *ended and *streams_ended the
+ * numbers ended (0 is fine), or a 401 (device_auth_fail). A
  * suspended device may still do it. ts as in session_ask. */
 qk_kind sessions_end_all(qk_svc *s, const qk_principal *who, device_auth *a, int64_t ts,
-                         int *ended, qk_err *e);
+                         int *ended, int *streams_ended, qk_err *e);
 
 /* One reaper pass, one transaction: up to SESSION_REAP_BATCH sessions whose
  * reap_at has come are destroyed (past their idle timeout or lifetime) or

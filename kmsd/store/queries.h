@@ -260,9 +260,9 @@
       " $17::text[])")                                                                         \
     X(Q_SESSION_END, "SELECT qkms_session_end($1::bigint, $2::int, $3::bytea, $5::bigint,"    \
       " $6::int, $4::bytea, $7::bytea, $8::bytea)")                                            \
-    X(Q_SESSION_END_ALL, /* a device ends all its sessions (schema/025) */                   \
-      "SELECT outcome, n FROM qkms_session_end_all($1::bigint, $2::int, $3::bytea, $4::bigint," \
-      " $5::int, $6::bytea)")                                                                  \
+    X(Q_SESSION_END_ALL, /* a device ends all its sessions and streams (schema/025, 028) */  \
+      "SELECT outcome, n, n_streams FROM qkms_session_end_all($1::bigint, $2::int, $3::bytea,"  \
+      " $4::bigint, $5::int, $6::bytea)")                                                      \
     X(Q_GW_LOGIN_BEGIN,                                                                        \
       "SELECT outcome, detail, retry_s, tid, kdf_n, kdf_r, kdf_p, encode(salt, 'hex'),"        \
       " encode(hash, 'hex') FROM qkms_gateway_login_begin($1::bigint, $2::int, $3::bytea,"      \
@@ -510,6 +510,25 @@
       " WHERE d.device_id = $1 ORDER BY c.created_at DESC NULLS LAST LIMIT 16")                 \
     X(Q_V2_REFUSED,                                                                            \
       "SELECT qkms_v2_refused($1, $2::bytea, $3::bigint, $4::int, $5, $6::jsonb, $7::boolean)") \
+    X(Q_STREAM_KEY, /* a stream's key by seq (schema/028) */                                  \
+      "SELECT outcome, out_stream, out_key_id, out_key_bits, encode(out_wrapped, 'hex'),"      \
+      " out_expires, out_low, out_window, out_created, out_detail"                             \
+      " FROM qkms_stream_key($1::bigint, $2::int, $3::bytea, $4::bigint, $5::int, $6::uuid,"   \
+      " $7, $8::bigint, $9::uuid, decode($10, 'hex'), $11::int, $12, $13::int, $14::uuid)")    \
+    X(Q_STREAM_END,                                                                            \
+      "SELECT qkms_stream_end($1::bigint, $2::int, $3::bytea, $4::bigint, $5::int, $6::uuid)") \
+    X(Q_STREAM_REAP, "SELECT qkms_stream_reap($1::int, $2::int)")                             \
+    X(Q_STREAMS_END_FOR_DEVICE, /* a revocation's: in stream ID order */                      \
+      "SELECT count(*) FROM (SELECT qkms_stream_destroy(o.id, 'revoked', $2) FROM"              \
+      " (SELECT id FROM streams WHERE party_lo = $1::bigint OR party_hi = $1::bigint"          \
+      "  ORDER BY stream_id FOR UPDATE) o) AS ended")                                          \
+    X(Q_REWRAP_STREAM_KEYS,                                                                    \
+      "SELECT k.key_id, s.stream_id, k.key_id, encode(k.wrapped_key, 'hex'), k.master_version" \
+      " FROM stream_keys k JOIN streams s ON s.id = k.stream_pk"                               \
+      " WHERE k.master_version < $1::int LIMIT $2::int")                                       \
+    X(Q_REWRAP_STREAM_KEY_SET,                                                                 \
+      "UPDATE stream_keys SET wrapped_key = decode($3, 'hex'), master_version = $4::int"       \
+      " WHERE key_id = $1::uuid AND master_version = $2::int")                                 \
     X(Q_SESSION_KEYS_REAP, /* older epochs' keys past their grace (schema/026) */            \
       "SELECT qkms_session_keys_reap($1::int)")                                                \
     X(Q_SESSION_KEY_EXT, /* a key by epoch and direction (schema/026) */                      \
@@ -548,14 +567,15 @@
     X(Q_POLICY_LIST,                                                                           \
       "SELECT name, type_a, type_b, group_a, group_b, key_bits, idle_timeout_s, max_lifetime_s," \
       " delivery, created_at, created_by, array_to_json(key_sources), family, max_epochs,"     \
-      " directions, epoch_grace_s, rekey_after_s, rekey_after_deliveries"                      \
+      " directions, epoch_grace_s, rekey_after_s, rekey_after_deliveries, stream_window"       \
       " FROM pairing_policies ORDER BY name")                                                  \
     X(Q_POLICY_INSERT,                                                                         \
       "INSERT INTO pairing_policies (name, type_a, type_b, group_a, group_b, key_bits,"        \
       " idle_timeout_s, max_lifetime_s, delivery, created_by, key_sources, family,"            \
-      " max_epochs, directions, epoch_grace_s, rekey_after_s, rekey_after_deliveries)"         \
+      " max_epochs, directions, epoch_grace_s, rekey_after_s, rekey_after_deliveries,"         \
+      " stream_window)"                                                                        \
       " VALUES ($1, $2, $3, $4, $5, $6::int, $7::int, $8::int, $9, $10, $11::text[],"          \
-      " $12::boolean, $13::int, $14::boolean, $15::int, $16::int, $17::int)")                 \
+      " $12::boolean, $13::int, $14::boolean, $15::int, $16::int, $17::int, $18::int)")       \
     X(Q_POLICY_DELETE, "DELETE FROM pairing_policies WHERE name = $1 RETURNING name")          \
     X(Q_MASTER_MAX, "SELECT coalesce(max(version), 0) FROM master_keys")                       \
     X(Q_MASTER_RETIRE_ACTIVE,                                                                  \
@@ -565,7 +585,8 @@
       "SELECT m.version, m.label, m.state, m.created_at, m.retired_at,"                        \
       " (SELECT count(*) FROM device_keys k WHERE k.master_version = m.version),"              \
       " (SELECT count(*) FROM sessions s WHERE s.master_version = m.version)"                  \
-      "  + (SELECT count(*) FROM session_keys k WHERE k.master_version = m.version),"          \
+      "  + (SELECT count(*) FROM session_keys k WHERE k.master_version = m.version)"           \
+      "  + (SELECT count(*) FROM stream_keys k WHERE k.master_version = m.version),"           \
       " (SELECT count(*) FROM qkd_keys q WHERE q.master_version = m.version)"                  \
       " FROM master_keys m ORDER BY m.version")                                                \
     X(Q_REWRAP_QKD,                                                                            \
@@ -600,6 +621,7 @@
       " AND NOT EXISTS (SELECT 1 FROM device_keys k WHERE k.master_version = m.version)"       \
       " AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.master_version = m.version)"          \
       " AND NOT EXISTS (SELECT 1 FROM session_keys k WHERE k.master_version = m.version)"      \
+      " AND NOT EXISTS (SELECT 1 FROM stream_keys k WHERE k.master_version = m.version)"       \
       " AND NOT EXISTS (SELECT 1 FROM qkd_keys q WHERE q.master_version = m.version)"          \
       " AND NOT EXISTS (SELECT 1 FROM session_hash_key h WHERE h.master_version = m.version)"  \
       " ORDER BY version LIMIT 1 FOR UPDATE OF m")                                             \

@@ -144,7 +144,7 @@ ALL = object()
 KEY_RESPONSE_ORDER = ("op", "device_id", "session_id", "request", "signer", "key_id",
                       "key_bits", "expires_at", "delivery", "key_source", "epk", "ct")
 END_RESPONSE_ORDER = ("op", "device_id", "session_id", "all", "request", "signer", "ended",
-                      "sessions_ended")
+                      "sessions_ended", "streams_ended")
 
 
 class ProtocolError(Exception):
@@ -799,9 +799,9 @@ class Device2:
         if inner.get("ended") is not True:
             raise ProtocolError("ended is not true", "ended")
         if req.session_id is ALL:
-            n = inner.get("sessions_ended")
-            if not _is_int(n) or n < 0:
-                raise ProtocolError("sessions_ended is not a count", "ended")
+            n, m = inner.get("sessions_ended"), inner.get("streams_ended")
+            if not _is_int(n) or n < 0 or not _is_int(m) or m < 0:
+                raise ProtocolError("sessions_ended or streams_ended is not a count", "ended")
             return n
         return True
 

@@ -61,6 +61,22 @@ class Request:
     direction: object = None  # and the direction ("" for none)
 
 
+def stream_aad(stream_id, device_id, key_index, seq, key_id, expires_at, req_nonce_b64) -> bytes:
+    return (f"qkms/v1/stream\n{stream_id}\n{device_id}\n{key_index}\n{seq}\n{key_id}\n"
+            f"{expires_at}\n{req_nonce_b64}").encode()
+
+
+@dataclass
+class StreamKey:
+    stream_id: str
+    seq: int
+    key_id: str
+    key: bytes
+    expires_at: int
+    low: int
+    window: int
+
+
 @dataclass
 class SessionKey:
     session_id: str
@@ -148,6 +164,59 @@ class Device:
         return self._request("end", {"session_id": session_id,
                                      "ts": int(time.time()) if ts is None else ts}, index, nonce)
 
+    # -- key streams (docs/protocol.md, "Key streams") ------------------------
+    def _stream_request(self, op, path, inner, index, nonce):
+        key = self.keys[index]
+        nonce = nonce if nonce is not None else os.urandom(12)
+        plaintext = json.dumps(inner, separators=(",", ":")).encode()
+        ct = AESGCM(key).encrypt(nonce, plaintext, request_aad(op, self.device_id, index))
+        body = {"v": 1, "device_id": self.device_id, "key_index": index, "nonce": b64u(nonce),
+                "ct": b64u(ct)}
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        req = Request(op, path, body, raw, body["nonce"], inner.get("stream_id"), index)
+        req.seq = inner.get("seq")
+        return req
+
+    def stream_request(self, peer_id, seq, stream_id=None, index=0, ts=None, nonce=None):
+        """Key seq of the stream with peer_id: the one named stream_id, or
+        without it the pair's live stream (opened if there is none)."""
+        inner = {}
+        if stream_id is not None:
+            inner["stream_id"] = stream_id
+        inner.update({"peer_id": peer_id, "seq": seq,
+                      "ts": int(time.time()) if ts is None else ts})
+        return self._stream_request("stream", "/v1/streams/key", inner, index, nonce)
+
+    def stream_end_request(self, stream_id, index=0, ts=None, nonce=None):
+        return self._stream_request("stream_end", "/v1/streams/end",
+                                    {"stream_id": stream_id,
+                                     "ts": int(time.time()) if ts is None else ts}, index, nonce)
+
+    def open_stream_response(self, req: Request, resp: dict) -> StreamKey:
+        def is_int(x):
+            return type(x) is int
+        want = {"v", "stream_id", "seq", "key_id", "key_bits", "expires_at", "low", "window",
+                "nonce", "ct"}
+        if set(resp) != want or resp["v"] != 1 or not all(
+                is_int(resp[f]) for f in ("seq", "key_bits", "expires_at", "low", "window")):
+            raise ProtocolError("not a stream key answer")
+        if resp["seq"] != req.seq or (req.session_id is not None
+                                      and resp["stream_id"] != req.session_id):
+            raise ProtocolError("the answer is for another stream or seq")
+        if not resp["low"] <= resp["seq"] < resp["low"] + resp["window"]:
+            raise ProtocolError("seq outside the answer's window")
+        ct = b64u_decode(resp["ct"])
+        if resp["key_bits"] not in (128, 256) or len(ct) != resp["key_bits"] // 8 + 16:
+            raise ProtocolError("key_bits does not match the ciphertext")
+        nonce = b64u_decode(resp["nonce"])
+        if len(nonce) != 12 or nonce == b64u_decode(req.nonce_b64):
+            raise ProtocolError("response nonce is not 12 bytes or reuses the request nonce")
+        aad = stream_aad(resp["stream_id"], self.device_id, req.key_index, resp["seq"],
+                         resp["key_id"], resp["expires_at"], req.nonce_b64)
+        key = AESGCM(self.keys[req.key_index]).decrypt(nonce, ct, aad)
+        return StreamKey(resp["stream_id"], resp["seq"], resp["key_id"], key, resp["expires_at"],
+                         resp["low"], resp["window"])
+
     def end_all_request(self, index=0, ts=None, nonce=None):
         """An end of every session of the device (a power-down)."""
         return self._request("end", {"all": True, "ts": int(time.time()) if ts is None else ts},
@@ -156,11 +225,13 @@ class Device:
     @staticmethod
     def open_end_all_response(resp: dict) -> int:
         """The number of sessions ended, from a 200 answer to end_all_request
-        (like every end answer, it carries no AEAD)."""
-        n = resp.get("sessions_ended")
-        if (set(resp) != {"v", "all", "ended", "sessions_ended"} or type(resp["v"]) is not int
-                or resp["v"] != 1 or resp["all"] is not True or resp["ended"] is not True
-                or type(n) is not int or n < 0):
+        (like every end answer, it carries no AEAD); its streams_ended is
+        checked and left in the answer."""
+        n, m = resp.get("sessions_ended"), resp.get("streams_ended")
+        if (set(resp) != {"v", "all", "ended", "sessions_ended", "streams_ended"}
+                or type(resp["v"]) is not int or resp["v"] != 1 or resp["all"] is not True
+                or resp["ended"] is not True or type(n) is not int or n < 0
+                or type(m) is not int or m < 0):
             raise ProtocolError("not an answer to an end of all sessions")
         return n
 

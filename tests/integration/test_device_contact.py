@@ -203,3 +203,34 @@ def test_kmsctl_never_seen_and_seen_since(st):
     assert "first_seen_at: " in p.stdout and "last_seen_at: " in p.stdout, p.stdout
 
 
+
+
+def test_every_door_is_contact(st):
+    """A v2 request, an end, an end of all sessions and a key stream's key
+    are contact too, as a v1 key request is."""
+    import requests
+    from qkms_proto2_py import Device2, Platform
+    plat = Platform.from_certificates(
+        requests.get(st.url + "/v1/platform/certificates", timeout=10).json())
+    did = uid("VEH")
+    assert st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": "vehicle",
+                                                        "group": st.group}).status_code == 201
+    doc = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True}).json()
+    v2 = Device2.from_fill(doc["plaintext"], 3)
+    enc = make_device(st, "encryptor", st.group)
+    req = v2.key_request(plat, uid(), enc.device_id, key_source="c")
+    r = post(st, req)
+    assert r.status_code == 200, r.text
+    assert wait_for(lambda: record(st, did)["first_seen_at"] is not None, timeout=30)
+    assert first_contacts(st, did) == 1
+    # An end of all sessions, from a device never seen before.
+    other = make_device(st, "encryptor", st.group)
+    assert post(st, other.end_all_request()).status_code == 200
+    assert wait_for(lambda: record(st, other.device_id)["first_seen_at"] is not None, timeout=30)
+    # A key stream's key (the stack's same-group policy allows the pair).
+    veh = make_device(st, "vehicle", st.group)
+    sreq = veh.stream_request(enc.device_id, 0)
+    r = post(st, sreq)
+    assert r.status_code == 200, r.text
+    assert wait_for(lambda: record(st, veh.device_id)["first_seen_at"] is not None, timeout=30)
+    assert first_contacts(st, veh.device_id) == 1

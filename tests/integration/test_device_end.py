@@ -184,10 +184,12 @@ def test_end_all_v2_python_and_qkms_device(st, tmp_path):
         assert p.returncode == 0, p.stderr
         out = json.loads(p.stdout)
         assert out["all"] is True and out["ended"] is True and out["sessions_ended"] == n
+        assert out["streams_ended"] == 0
         assert out["device_id"] == veh1.device_id and ("protocol" in out) == bool(extra)
         p = subprocess.run([QKMSDEV, "end", "--all", "--url", st.url, "--fill", str(fill),
                             *extra], capture_output=True, text=True, timeout=60)
-        assert p.returncode == 0 and p.stdout == "all: true\nended: true\nsessions_ended: 0\n"
+        assert p.returncode == 0 and p.stdout == ("all: true\nended: true\nsessions_ended: 0\n"
+                                                  "streams_ended: 0\n")
     # --all and --session together, or neither, or --all for key: usage (2).
     for args in (["end", "--all", "--session", "S"], ["end"], ["key", "--all", "--session", "S",
                                                                "--peer", "P"]):

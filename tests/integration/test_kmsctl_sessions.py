@@ -25,7 +25,7 @@ POLICY_HEADER = ["NAME", "TYPES", "GROUPS", "KEY-BITS", "IDLE-TIMEOUT", "MAX-LIF
 POLICY_FIELDS = {"name", "type_a", "type_b", "group_a", "group_b", "key_bits", "idle_timeout_s",
                  "max_lifetime_s", "delivery", "created_at", "created_by", "scope", "key_sources",
                  "max_epochs", "directions", "epoch_grace_s", "rekey_after_s",
-                 "rekey_after_deliveries"}
+                 "rekey_after_deliveries", "stream_window"}
 LIVE_FIELDS = {"session_id", "key_id", "initiator", "responder", "policy", "delivery", "key_bits",
                "created_at", "last_used_at", "expires_at", "idle_timeout_s",
                "initiator_delivered_at", "responder_delivered_at", "provenance", "state",

@@ -69,6 +69,9 @@ def build(c):
         return dev, dev.key_request(c["session_id"], c["peer_id"], index=c["key_index"],
                                     ts=c["ts"], delivered=c["delivered"], nonce=nonce,
                                     epoch=c.get("epoch"), direction=c.get("direction"))
+    if c["op"] == "stream":
+        return dev, dev.stream_request(c["peer_id"], c["seq"], c.get("stream_id"),
+                                       index=c["key_index"], ts=c["ts"], nonce=nonce)
     if c.get("all"):
         assert "session_id" not in c
         return dev, dev.end_all_request(index=c["key_index"], ts=c["ts"], nonce=nonce)
@@ -80,7 +83,8 @@ def test_the_file_covers_what_it_must():
     that lost them fails here."""
     names = ids(CASES)
     assert len(set(names)) == len(names)
-    assert {c["op"] for c in ACCEPT} == {"key", "end"}
+    assert {c["op"] for c in ACCEPT} == {"key", "end", "stream"}
+    assert {("stream_id" in c) for c in ACCEPT if c["op"] == "stream"} == {True, False}
     assert {c["device_key_algorithm"] for c in CASES} == {"AES-128", "AES-256"}
     assert {c["response"]["key_bits"] for c in KEY_ACCEPT} == {128, 256}
     assert any(c["key_index"] == 255 for c in ACCEPT)
@@ -94,7 +98,7 @@ def test_the_file_covers_what_it_must():
     assert {c["must_fail"] for c in REJECT} == MUST_FAIL
     for c in CASES:
         assert len(bytes.fromhex(c["device_key"])) == (16 if c["device_key_algorithm"] == "AES-128" else 32)
-        assert ("response" in c) == (c["op"] == "key")
+        assert ("response" in c) == (c["op"] in ("key", "stream"))
 
 
 def test_file_is_what_the_generator_writes(tmp_path):
@@ -139,6 +143,30 @@ def test_key_response_accepted(c):
         c["session_id"], r["key_id"], r["expires_at"], r["delivery"])
     # Round trip through the wire format too.
     assert dev.open_key_response(req, json.loads(json.dumps(r["body"]))).key == sk.key
+
+
+STREAM = [c for c in ACCEPT if c["op"] == "stream"]
+
+
+@pytest.mark.parametrize("c", STREAM, ids=ids(STREAM))
+def test_stream_response_accepted(c):
+    dev, req = build(c)
+    r = c["response"]
+    aad = qp.stream_aad(r["stream_id"], c["device_id"], c["key_index"], c["seq"], r["key_id"],
+                        r["expires_at"], c["request_nonce_b64u"])
+    assert aad == r["aad"].encode()
+    ct = AESGCM(dev.keys[c["key_index"]]).encrypt(bytes.fromhex(r["nonce"]),
+                                                  bytes.fromhex(r["session_key"]), aad)
+    assert qp.b64u(ct) == r["ct"] == r["body"]["ct"]
+    sk = dev.open_stream_response(req, r["body"])
+    assert sk.key == bytes.fromhex(r["session_key"]) and (sk.stream_id, sk.seq) == (
+        r["stream_id"], c["seq"])
+    # The body's seq or stream is checked against the request, not trusted.
+    with pytest.raises(qp.ProtocolError):
+        dev.open_stream_response(req, dict(r["body"], seq=c["seq"] + 1))
+    if "stream_id" in c:
+        with pytest.raises(qp.ProtocolError):
+            dev.open_stream_response(req, dict(r["body"], stream_id="1" + r["stream_id"][1:]))
 
 
 @pytest.mark.parametrize("c", REJECT, ids=ids(REJECT))

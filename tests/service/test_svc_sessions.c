@@ -65,13 +65,13 @@ static void register_device(const char *id, const char *group)
 static void add_policy(const char *group, const char *idle_s)
 {
     char name[64];
-    const char *vals[17] = {name,   "*",    "*",       group,          group,     "128",
+    const char *vals[18] = {name,   "*",    "*",       group,          group,     "128",
                             idle_s, "3600", "session", "service-test", "{a,b,c}", "false",
-                            "1",    "false", "60",     NULL,           NULL};
+                            "1",    "false", "60",     NULL,           NULL,      "16"};
     db_status st;
     PGresult *r;
     fixture_unique(name, sizeof(name), "pol");
-    r = db_query(fx.svc.db, Q_POLICY_INSERT, 17, vals, NULL, NULL, &st);
+    r = db_query(fx.svc.db, Q_POLICY_INSERT, 18, vals, NULL, NULL, &st);
     if (!r)
         fail_msg("policy for %s: %s", group, db_status_name(st));
     PQclear(r);

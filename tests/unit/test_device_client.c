@@ -625,10 +625,13 @@ static void end_and_error_responses(void **state)
     /* An end of every session: its own answer, not a single end's. */
     {
         qkd_request a;
-        int n = -1;
-        static const char all_ok[] = "{\"v\":1,\"all\":true,\"ended\":true,\"sessions_ended\":3}";
+        int n = -1, m = -1;
+        static const char all_ok[] =
+            "{\"v\":1,\"all\":true,\"ended\":true,\"sessions_ended\":3,\"streams_ended\":1}";
         static const char *all_bad[] = {
             "{\"v\":1,\"all\":true,\"ended\":true}",
+            "{\"v\":1,\"all\":true,\"ended\":true,\"sessions_ended\":3}",
+            "{\"v\":1,\"all\":true,\"ended\":true,\"sessions_ended\":3,\"streams_ended\":-1}",
             "{\"v\":1,\"all\":true,\"ended\":true,\"sessions_ended\":-1}",
             "{\"v\":1,\"all\":true,\"ended\":true,\"sessions_ended\":1.0}",
             "{\"v\":1,\"all\":false,\"ended\":true,\"sessions_ended\":1}",
@@ -640,17 +643,18 @@ static void end_and_error_responses(void **state)
         assert_int_equal(qkd_request_end_all(&a, d, 0, 1, N1, err, sizeof(err)), QKD_OK);
         assert_true(a.all && a.session_id[0] == '\0');
         assert_non_null(strstr(a.path, "/end"));
-        assert_int_equal(qkd_response_end_all(&a, all_ok, strlen(all_ok), &n, err, sizeof(err)),
+        assert_int_equal(qkd_response_end_all(&a, all_ok, strlen(all_ok), &n, &m, err, sizeof(err)),
                          QKD_OK);
         assert_int_equal(n, 3);
+        assert_int_equal(m, 1);
         assert_int_equal(qkd_response_end(&a, all_ok, strlen(all_ok), err, sizeof(err)),
                          QKD_ERR_INPUT);
-        assert_int_equal(qkd_response_end_all(&r, all_ok, strlen(all_ok), &n, err, sizeof(err)),
+        assert_int_equal(qkd_response_end_all(&r, all_ok, strlen(all_ok), &n, &m, err, sizeof(err)),
                          QKD_ERR_INPUT);
-        assert_int_equal(qkd_response_end_all(&a, ok, strlen(ok), &n, err, sizeof(err)),
+        assert_int_equal(qkd_response_end_all(&a, ok, strlen(ok), &n, &m, err, sizeof(err)),
                          QKD_ERR_INPUT);
         for (size_t i = 0; i < sizeof(all_bad) / sizeof(all_bad[0]); i++)
-            assert_int_equal(qkd_response_end_all(&a, all_bad[i], strlen(all_bad[i]), &n, err,
+            assert_int_equal(qkd_response_end_all(&a, all_bad[i], strlen(all_bad[i]), &n, &m, err,
                                                   sizeof(err)),
                              QKD_ERR_INPUT);
         assert_int_equal(qkd_request_end(&a, d, 0, NULL, 1, N1, err, sizeof(err)), QKD_ERR_INPUT);

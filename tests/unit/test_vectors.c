@@ -108,7 +108,12 @@ static void build_request(const json_t *c, const qkd_device *d, qkd_request *r)
     int rc;
 
     assert_int_equal(unhex(str(c, "request_nonce"), nonce, sizeof(nonce)), QKP_NONCE_LEN);
-    if (is_op(c, "key") && (json_object_get(c, "epoch") || json_object_get(c, "direction")))
+    if (is_op(c, "stream"))
+        rc = qkd_request_stream(r, d, (int)num(c, "key_index"),
+                                json_string_value(json_object_get(c, "stream_id")),
+                                str(c, "peer_id"), num(c, "seq"), num(c, "ts"), nonce, err,
+                                sizeof(err));
+    else if (is_op(c, "key") && (json_object_get(c, "epoch") || json_object_get(c, "direction")))
         rc = qkd_request_key_ext(r, d, (int)num(c, "key_index"), str(c, "session_id"),
                                  str(c, "peer_id"),
                                  json_object_get(c, "epoch") ? (int)num(c, "epoch") : -1,
@@ -166,7 +171,7 @@ static void coverage(void **state)
 {
     size_t i;
     json_t *c;
-    int key_ok = 0, end_ok = 0, end_all = 0, rejects = 0, aes128 = 0, aes256 = 0, bits256 = 0, idx255 = 0,
+    int key_ok = 0, end_ok = 0, end_all = 0, stream_ok = 0, rejects = 0, aes128 = 0, aes256 = 0, bits256 = 0, idx255 = 0,
         quote_sid = 0, quote_dev = 0, delivered = 0;
 
     FOR_CASES(*state, i, c) {
@@ -183,7 +188,10 @@ static void coverage(void **state)
         end_ok += is_op(c, "end");
         idx255 += num(c, "key_index") == 255;
         end_all += json_is_true(json_object_get(c, "all"));
-        if (json_is_true(json_object_get(c, "all")))
+        stream_ok += is_op(c, "stream");
+        if (is_op(c, "stream"))
+            assert_null(json_object_get(c, "session_id"));
+        else if (json_is_true(json_object_get(c, "all")))
             assert_null(json_object_get(c, "session_id"));
         else
             quote_sid += strchr(str(c, "session_id"), '"') != NULL;
@@ -195,7 +203,7 @@ static void coverage(void **state)
     }
     assert_true(key_ok >= 3 && end_ok >= 1 && rejects >= 3);
     assert_true(aes128 && aes256 && bits256 && idx255 && quote_sid && quote_dev && delivered &&
-                end_all);
+                end_all && stream_ok >= 2);
 }
 
 static void request_aad(void **state)
@@ -237,6 +245,9 @@ static void request_body(void **state)
             fail_msg("%s: request body\n  got      %s\n  expected %s", name, r.body, want);
         if (json_is_true(json_object_get(c, "all")))
             assert_true(r.all && r.session_id[0] == '\0');
+        else if (is_op(c, "stream"))
+            assert_string_equal(r.session_id,
+                                json_object_get(c, "stream_id") ? str(c, "stream_id") : "");
         else
             assert_string_equal(r.session_id, str(c, "session_id"));
         assert_string_equal(r.device_id, str(c, "device_id"));
@@ -374,6 +385,67 @@ static void response_accepted(void **state)
         checked++;
     }
     assert_true(checked > 0);
+}
+
+/* Key streams: the server's side (AAD, seal) and the client's (the key). */
+static void stream_responses(void **state)
+{
+    size_t i;
+    json_t *c;
+    char aad[QKP_MAX_AAD], err[256], ct_b64[QKP_B64URL_LEN(QKD_MAX_KEY_LEN + QKP_TAG_LEN)];
+    uint8_t key[QKD_MAX_KEY_LEN], nonce[QKP_NONCE_LEN], skey[QKD_MAX_KEY_LEN],
+        ct[QKD_MAX_KEY_LEN + QKP_TAG_LEN];
+    int checked = 0;
+
+    FOR_CASES(*state, i, c) {
+        if (!is_op(c, "stream"))
+            continue;
+        const char *name = str(c, "name");
+        const json_t *resp = json_object_get(c, "response");
+        int n = qkp_stream_aad(str(resp, "stream_id"), str(c, "device_id"),
+                               (int)num(c, "key_index"), num(c, "seq"), str(resp, "key_id"),
+                               num(resp, "expires_at"), str(c, "request_nonce_b64u"), aad,
+                               sizeof(aad));
+        if (n < 0 || strcmp(aad, str(resp, "aad")) != 0)
+            fail_msg("%s: stream AAD \"%s\", expected \"%s\"", name, n < 0 ? "-" : aad,
+                     str(resp, "aad"));
+        size_t klen = unhex(str(c, "device_key"), key, sizeof(key));
+        size_t slen = unhex(str(resp, "session_key"), skey, sizeof(skey));
+        assert_int_equal(unhex(str(resp, "nonce"), nonce, sizeof(nonce)), QKP_NONCE_LEN);
+        assert_int_equal(qkp_seal(key, klen, nonce, aad, (size_t)n, skey, slen, ct), 0);
+        qkp_b64url_encode(ct, slen + QKP_TAG_LEN, ct_b64);
+        assert_string_equal(ct_b64, str(resp, "ct"));
+
+        const json_t *body = json_object_get(resp, "body");
+        char *text = json_dumps(body, JSON_COMPACT);
+        qkd_device *d = load_device(c);
+        qkd_request r;
+        qkd_stream_key sk;
+        build_request(c, d, &r);
+        if (qkd_response_stream(&sk, d, &r, text, strlen(text), err, sizeof(err)) != QKD_OK)
+            fail_msg("%s: good stream answer refused: %s", name, err);
+        assert_true(sk.key_len == slen && memcmp(sk.key, skey, slen) == 0);
+        assert_string_equal(sk.stream_id, str(resp, "stream_id"));
+        assert_int_equal(sk.seq, num(c, "seq"));
+        assert_int_equal(sk.low, num(resp, "low"));
+        assert_int_equal(sk.window, num(resp, "window"));
+        qkd_stream_key_clear(&sk);
+        /* Another seq in the body: refused (the AAD would open: the body's
+         * seq is the request's only if the client checks it). */
+        json_t *other = json_deep_copy(body);
+        json_object_set_new(other, "seq", json_integer(num(c, "seq") + 1));
+        char *t2 = json_dumps(other, JSON_COMPACT);
+        assert_int_equal(qkd_response_stream(&sk, d, &r, t2, strlen(t2), err, sizeof(err)),
+                         QKD_ERR_INPUT);
+        assert_null(sk.key);
+        free(t2);
+        json_decref(other);
+        qkd_request_clear(&r);
+        qkd_device_free(d);
+        free(text);
+        checked++;
+    }
+    assert_true(checked >= 2);
 }
 
 /* What the client's error message must mention for each must_fail, so that
@@ -519,6 +591,7 @@ int main(void)
         cmocka_unit_test(response_refused),
         cmocka_unit_test(refusal_is_not_vacuous),
         cmocka_unit_test(reject_undone_is_accepted),
+        cmocka_unit_test(stream_responses),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

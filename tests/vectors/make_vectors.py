@@ -15,7 +15,7 @@ so running it again gives the same file byte for byte.
 The file is a JSON list of cases. Every case has:
 
   name, description
-  op                  "key" or "end"
+  op                  "key", "end", or "stream" (a key stream's key, below)
   device_id, key_index, device_key (hex), device_key_algorithm
                       ("AES-128" for 16 bytes, "AES-256" for 32)
   session_id, ts      inner request fields (an "end" case with "all": true
@@ -44,6 +44,14 @@ The file is a JSON list of cases. Every case has:
                       {"v":1,"device_id":D,"key_index":N,"nonce":..,"ct":..}
   expect              "accept" or "reject" (the response; "end" cases have
                       no response and expect "accept")
+
+An op "stream" case (docs/protocol.md, "Key streams") has no session_id;
+it has peer_id, seq and, when the request names one, stream_id; its inner
+request is {"stream_id":S,"peer_id":P,"seq":N,"ts":T} (without stream_id to
+open or join); request_path "/v1/streams/key"; its response object, as for
+"key" below, has stream_id, seq, low and window instead of session_id and
+delivery, and aad is "qkms/v1/stream\n" stream_id "\n" device_id "\n"
+key_index "\n" seq "\n" key_id "\n" expires_at "\n" request_nonce_b64u.
 
 and op "key" cases a "response" object:
 
@@ -301,6 +309,55 @@ def response(case, key, req_nonce, key_bits=128, delivery="session", key_id=None
             "ct": b64u(ct), "body": body}, ct
 
 
+def stream_aad(stream_id, device_id, key_index, seq, key_id, expires_at, req_nonce_b64u):
+    return ("qkms/v1/stream\n" + stream_id + "\n" + device_id + "\n" + str(key_index) + "\n" +
+            str(seq) + "\n" + key_id + "\n" + str(expires_at) + "\n" + req_nonce_b64u)
+
+
+def stream_case(name, description, device_id, key_index, key_len, stream_id, peer_id, seq,
+                served_stream=None, low=0, window=16, key_bits=128):
+    """A stream key request (stream_id None: open or join) and its answer
+    (served_stream: the stream ID the answer names)."""
+    assert id_ok(device_id) and id_ok(peer_id) and seq >= 0
+    key = derive(name + "/device-key", key_len)
+    nonce = derive(name + "/request-nonce", 12)
+    aad = request_aad("stream", device_id, key_index)
+    pt = "{"
+    if stream_id is not None:
+        pt += '"stream_id":' + json_id(stream_id) + ","
+    pt += '"peer_id":' + json_id(peer_id) + ',"seq":' + str(seq) + ',"ts":' + str(TS) + "}"
+    want = {"peer_id": peer_id, "seq": seq, "ts": TS}
+    if stream_id is not None:
+        want["stream_id"] = stream_id
+    assert json.loads(pt) == want
+    ct = seal(key, nonce, aad, pt.encode("ascii"))
+    body = request_body(device_id, key_index, nonce, ct)
+    case = {"name": name, "description": description, "op": "stream", "device_id": device_id,
+            "key_index": key_index, "device_key": key.hex(),
+            "device_key_algorithm": "AES-128" if key_len == 16 else "AES-256"}
+    if stream_id is not None:
+        case["stream_id"] = stream_id
+    case.update({"peer_id": peer_id, "seq": seq, "ts": TS, "request_nonce": nonce.hex(),
+                 "request_nonce_b64u": b64u(nonce), "request_path": "/v1/streams/key",
+                 "request_aad": aad, "request_plaintext": pt, "request_ct": b64u(ct),
+                 "request_body": body, "expect": "accept"})
+    served = served_stream or stream_id
+    key_id = key_id_for(name)
+    skey = derive(name + "/session-key", key_bits // 8)
+    resp_nonce = derive(name + "/response-nonce", 12)
+    raad = stream_aad(served, device_id, key_index, seq, key_id, EXPIRES, b64u(nonce))
+    rct = seal(key, resp_nonce, raad, skey)
+    assert low <= seq < low + window
+    case["response"] = {
+        "session_key": skey.hex(), "key_id": key_id, "expires_at": EXPIRES, "key_bits": key_bits,
+        "stream_id": served, "seq": seq, "low": low, "window": window,
+        "nonce": resp_nonce.hex(), "aad": raad, "ct": b64u(rct),
+        "body": {"v": 1, "stream_id": served, "seq": seq, "key_id": key_id,
+                 "key_bits": key_bits, "expires_at": EXPIRES, "low": low, "window": window,
+                 "nonce": b64u(resp_nonce), "ct": b64u(rct)}}
+    return case
+
+
 def good_cases():
     out = []
 
@@ -352,6 +409,14 @@ def good_cases():
              "session ID with double quotes", "ENC-0001", 255, 32, 'S"quoted"-3')
     end_case("end-all", "end of every session of the device (\"all\":true, no session_id), "
              "under an AES-128 device key", "VIN-0001", 1, 16, None)
+    out.append(stream_case("stream-open", "a key stream's key 0, opening (or joining) the pair's "
+                           "stream: no stream_id in the request; the answer names the stream",
+                           "VIN-0001", 0, 16, None, "ENC-0001", 0,
+                           served_stream="0b7e4c1a-5d2f-4e8a-9c3b-7f6a1d2e3c4b"))
+    out.append(stream_case("stream-named-seq9", "key 9 of a named stream whose low is 4 (window "
+                           "16); 256-bit key under an AES-256 device key",
+                           "ENC-0001", 2, 32, "0b7e4c1a-5d2f-4e8a-9c3b-7f6a1d2e3c4b", "VIN-0001", 9,
+                           low=4, key_bits=256))
     return out
 
 
