@@ -896,15 +896,20 @@ class Response2:
 def platform_respond(sign_priv, signer, *, op, device_id, session_id, request_hash,
                      key_id=None, key_bits=None, expires_at=None, delivery="session",
                      key_source=None, payload=b"", epk=None, device_pub=None, device_key=None,
-                     e_s=None, tamper=None, sig_key=None) -> Response2:
+                     e_s=None, tamper=None, sig_key=None, sessions_ended=0,
+                     streams_ended=0) -> Response2:
     """The platform's answer. For op "key": epk is the request's ephemeral
     point (65 bytes), device_pub the device certificate's key (modes 1, 2)
     or device_key the pre-filled key of key_index (mode 3), payload the
     session key (c), SR (a) or b"" (b). tamper(fields) -> fields changes the
     inner response after ct is computed, before signing; sig_key signs with
     another key."""
-    fields = {"op": op, "device_id": device_id, "session_id": session_id,
-              "request": b64u(request_hash), "signer": signer}
+    fields = {"op": op, "device_id": device_id}
+    if session_id is ALL:  # an end of every session: "all" and the counts
+        fields["all"] = True
+    else:
+        fields["session_id"] = session_id
+    fields.update({"request": b64u(request_hash), "signer": signer})
     epk_s = z2 = z3 = k2 = ct = None
     if op == "key":
         e_s = ec.generate_private_key(CURVE) if e_s is None else to_private_key(e_s)
@@ -922,6 +927,8 @@ def platform_respond(sign_priv, signer, *, op, device_id, session_id, request_ha
                        "ct": b64u(ct)})
     else:
         fields["ended"] = True
+        if session_id is ALL:
+            fields.update({"sessions_ended": sessions_ended, "streams_ended": streams_ended})
     if tamper is not None:
         fields = tamper(dict(fields))
     p = inner_response(fields)

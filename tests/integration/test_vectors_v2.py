@@ -34,7 +34,9 @@ PLAT = DOC["platform"]
 CASES = DOC["cases"]
 ACCEPT = [c for c in CASES if c["expect"] == "accept"]
 KEY_ACCEPT = [c for c in ACCEPT if c["op"] == "key"]
-END_ACCEPT = [c for c in ACCEPT if c["op"] == "end"]
+END_ACCEPT = [c for c in ACCEPT if c["op"] == "end" and not c.get("all")]
+# Ends of every session of a device ("all": true, no session_id).
+END_ALL = [c for c in ACCEPT if c["op"] == "end" and c.get("all")]
 REJECT = [c for c in CASES if c["expect"] == "reject"]
 KEY_REJECT = [c for c in REJECT if c["op"] == "key"]
 REASONS = {"v", "duplicate", "signature", "signer", "op", "device_id", "session_id", "request",
@@ -73,7 +75,8 @@ def build(c):
                               delivered=c["delivered"], ts=c["ts"], nonce=nonce,
                               e_c=int(c["e_c_priv_hex"], 16), cr=cr)
     else:
-        req = dev.end_request(plat, c["session_id"], ts=c["ts"], nonce=nonce)
+        req = dev.end_request(plat, qp.ALL if c.get("all") else c["session_id"], ts=c["ts"],
+                              nonce=nonce)
     return dev, req
 
 
@@ -122,7 +125,8 @@ def test_the_file_covers_what_it_must():
     assert any(c["delivered"] and c["response"]["delivery"] == "delivered" for c in KEY_ACCEPT)
     assert any(c["key_source"] != "c" and c["response"]["key_source"] == "c" for c in KEY_ACCEPT)
     assert {len(bytes.fromhex(c["device_key_hex"])) for c in CASES if c["mode"] == 3} == {16, 32}
-    assert any('"' in c["session_id"] for c in ACCEPT)
+    assert any('"' in c.get("session_id", "") for c in ACCEPT)
+    assert END_ALL and all("session_id" not in c for c in END_ALL)
     assert {c["reason"] for c in REJECT} <= REASONS
     assert {c["reason"] for c in REJECT} >= {"signature", "signer", "request", "session_id",
                                               "key_source", "aead", "payload_length", "key_bits",
@@ -353,6 +357,31 @@ def test_end_response_accepted(c):
     assert out.raw.decode().replace(qp.b64u(out.sig), c["response"]["sig_b64u"]) == \
         c["response"]["body"]
     assert dev.open_end_response(req, out.raw) is True
+
+
+@pytest.mark.parametrize("c", END_ALL, ids=ids(END_ALL))
+def test_end_all_response_accepted(c):
+    dev, req = build(c)
+    assert json.loads(req.inner)["all"] is True
+    assert dev.open_end_response(req, c["response"]["body"]) == 3
+    p, _ = resp_parts(c["response"]["body"])
+    inner = json.loads(p)
+    assert "session_id" not in inner and inner["streams_ended"] == 1
+    out = qp.platform_respond(int(PLAT["sign_priv_hex"], 16), PLAT["pin"], op="end",
+                              device_id=c["device_id"], session_id=qp.ALL,
+                              request_hash=bytes.fromhex(c["request_hash_hex"]),
+                              sessions_ended=3, streams_ended=1)
+    assert out.inner == c["response"]["inner"].encode()
+    assert dev.open_end_response(req, out.raw) == 3
+    # An answer naming a session, or without the counts, does not answer it.
+    sign_priv = qp.to_private_key(int(PLAT["sign_priv_hex"], 16))
+    for bad in (dict(inner, session_id="S-1"), {k: v for k, v in inner.items() if k != "all"},
+                {k: v for k, v in inner.items() if k != "streams_ended"}):
+        pb = qp.inner_response(bad)
+        body = qp.response_body(pb, qp.sign(sign_priv, b"qkms/v2/resp\n" + pb))
+        dev, req = build(c)
+        with pytest.raises(qp.ProtocolError):
+            dev.open_end_response(req, body)
 
 
 @pytest.mark.parametrize("c", REJECT, ids=ids(REJECT))

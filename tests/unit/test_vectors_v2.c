@@ -185,7 +185,10 @@ static void build(const json_t *c, const qkd2_identity *id, const qkd2_platform 
                               json_is_true(json_object_get(c, "delivered")), num(c, "ts"), &fx,
                               err, sizeof(err));
     } else {
-        rc = qkd2_request_end(r, id, p, str(c, "session_id"), num(c, "ts"), &fx, err, sizeof(err));
+        rc = json_is_true(json_object_get(c, "all"))
+                 ? qkd2_request_end_all(r, id, p, num(c, "ts"), &fx, err, sizeof(err))
+                 : qkd2_request_end(r, id, p, str(c, "session_id"), num(c, "ts"), &fx, err,
+                                    sizeof(err));
     }
     if (rc != QKD_OK)
         fail_msg("%s: building the request: %s", str(c, "name"), err);
@@ -370,7 +373,11 @@ static int open_answer(const json_t *c, const char *body, uint8_t *key, size_t *
             qkd_session_key_clear(&k);
         }
     } else {
-        rc = qkd2_response_end(&r, p, body, strlen(body), err, el);
+        int n = -1, m = -1;
+        rc = r.all ? qkd2_response_end_all(&r, p, body, strlen(body), &n, &m, err, el)
+                   : qkd2_response_end(&r, p, body, strlen(body), err, el);
+        if (rc == QKD_OK && r.all && (n < 0 || m < 0))
+            fail_msg("%s: counts not read", str(c, "name"));
     }
     qkd2_request_clear(&r);
     qkd2_identity_free(id);

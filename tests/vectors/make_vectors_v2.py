@@ -49,7 +49,9 @@ The file is one JSON object:
   device_cert_b64u    modes 1, 2: its certificate from the platform CA (CN = the
                       device ID). Mode 1 sends it in R ("cert"); mode 2 does not
                       (it is the certificate kmsd has on record)
-  session_id, ts
+  session_id, ts      (an "end" with "all": true has no session_id: it ends
+                      every session of the device; its answer has "all",
+                      "sessions_ended" and "streams_ended" instead)
   peer_id, key_source, delivered        op "key"
   nonce_hex           N: the inner "nonce" (modes 1, 2) or the outer one (mode 3)
   e_c_priv_hex, epk_b64u                op "key": the device's ephemeral key
@@ -516,7 +518,7 @@ def js(s):
 
 def request(name, op, mode, dev, session_id, peer_id=None, key_source=None, delivered=False):
     """One request: returns the case's request fields and a context for the answer."""
-    assert id_ok(dev["device_id"]) and id_ok(session_id)
+    assert id_ok(dev["device_id"]) and ((op == "end" and session_id is None) or id_ok(session_id))
     device_id = dev["device_id"]
     n = derive(name + "/nonce", 12)
     c = {"name": name, "description": None, "op": op, "mode": mode, "device_id": device_id}
@@ -527,7 +529,10 @@ def request(name, op, mode, dev, session_id, peer_id=None, key_source=None, deli
         c["device_priv_hex"] = i2b(dev["d"]).hex()
         c["device_pub_b64u"] = b64u(enc_point(dev["pt"]))
         c["device_cert_b64u"] = b64u(dev["cert"])
-    c["session_id"] = session_id
+    if session_id is None:  # an end of every session of the device
+        c["all"] = True
+    else:
+        c["session_id"] = session_id
     if op == "key":
         # peer_id None: the platform itself is the peer ("peer_platform": true).
         assert (peer_id is None and not delivered) or (id_ok(peer_id) and peer_id != device_id)
@@ -560,7 +565,8 @@ def request(name, op, mode, dev, session_id, peer_id=None, key_source=None, deli
             ctx["cr_plain"] = crp
     # R: the table's fields, in its order, those that apply, compact.
     r = '{"op":"' + op + '","device_id":' + js(device_id) + ',"mode":' + str(mode)
-    r += ',"suite":"' + SUITE + '","session_id":' + js(session_id)
+    r += ',"suite":"' + SUITE + '",' + ('"all":true' if session_id is None
+                                         else '"session_id":' + js(session_id))
     if op == "key":
         r += (',"peer_platform":true' if peer_id is None else ',"peer_id":' + js(peer_id))
         r += ',"key_source":"' + key_source + '"'
@@ -580,8 +586,11 @@ def request(name, op, mode, dev, session_id, peer_id=None, key_source=None, deli
     rb = r.encode("ascii")
     h = sha256(n + rb)  # H = SHA-256(N || R)
     # Self-check against the table, independently of the string building above.
-    want = {"op": op, "device_id": device_id, "mode": mode, "suite": SUITE,
-            "session_id": session_id, "ts": TS, "pin": PIN}
+    want = {"op": op, "device_id": device_id, "mode": mode, "suite": SUITE, "ts": TS, "pin": PIN}
+    if session_id is None:
+        want["all"] = True
+    else:
+        want["session_id"] = session_id
     if op == "key":
         want.update({"key_source": key_source, "epk": b64u(epk)})
         if peer_id is None:
@@ -596,7 +605,7 @@ def request(name, op, mode, dev, session_id, peer_id=None, key_source=None, deli
         want["nonce"] = b64u(n)
     if mode == 1:
         want["cert"] = b64u(dev["cert"])
-    order = ["op", "device_id", "mode", "suite", "session_id", "peer_id", "peer_platform",
+    order = ["op", "device_id", "mode", "suite", "session_id", "all", "peer_id", "peer_platform",
              "key_source",
              "delivery", "ts", "nonce", "pin", "epk", "ka", "cr", "cert"]
     parsed = json.loads(r)
@@ -646,6 +655,11 @@ def inner_key(f):
 
 
 def inner_end(f):
+    if "all" in f:  # an end of every session: counts, no session_id
+        return ('{"op":' + js(f["op"]) + ',"device_id":' + js(f["device_id"]) + ',"all":true' +
+                ',"request":"' + f["request"] + '","signer":"' + f["signer"] + '","ended":' +
+                ("true" if f["ended"] is True else "false") + ',"sessions_ended":' +
+                str(f["sessions_ended"]) + ',"streams_ended":' + str(f["streams_ended"]) + "}")
     return ('{"op":' + js(f["op"]) + ',"device_id":' + js(f["device_id"]) + ',"session_id":' +
             js(f["session_id"]) + ',"request":"' + f["request"] + '","signer":"' + f["signer"] +
             '","ended":' + ("true" if f["ended"] is True else "false") + "}")
@@ -718,8 +732,13 @@ def key_answer(name, ctx, key_bits=256, key_source=None, delivery="session", pay
 
 
 def end_answer(ctx, ended=True):
-    f = {"op": "end", "device_id": ctx["dev"]["device_id"], "session_id": ctx["session_id"],
-         "request": b64u(ctx["h"]), "signer": PIN, "ended": ended}
+    if ctx["session_id"] is None:
+        f = {"op": "end", "device_id": ctx["dev"]["device_id"], "all": True,
+             "request": b64u(ctx["h"]), "signer": PIN, "ended": ended, "sessions_ended": 3,
+             "streams_ended": 1}
+    else:
+        f = {"op": "end", "device_id": ctx["dev"]["device_id"], "session_id": ctx["session_id"],
+             "request": b64u(ctx["h"]), "signer": PIN, "ended": ended}
     p = inner_end(f)
     assert json.loads(p) == f
     sig = sign(SIGN_D, b"qkms/v2/resp\n" + p.encode())
@@ -751,10 +770,12 @@ def device_checks(ctx, body, first_wins=False):
         fails.append("signature")
     if f["signer"] != PIN:
         fails.append("signer")
-    for k, want in (("op", ctx["op"]), ("device_id", ctx["dev"]["device_id"]),
-                    ("session_id", ctx["session_id"])):
+    for k, want in (("op", ctx["op"]), ("device_id", ctx["dev"]["device_id"])):
         if f[k] != want:
             fails.append(k)
+    if (ctx["session_id"] is None and ("session_id" in f or f.get("all") is not True)) or \
+            (ctx["session_id"] is not None and ("all" in f or f.get("session_id") != ctx["session_id"])):
+        fails.append("session_id")
     if f["request"] != b64u(ctx["h"]):
         fails.append("request")
     if ctx["op"] == "end":
@@ -851,6 +872,8 @@ def accept_cases():
     end("end-m1", "end in mode 1 (signed, certificate in R)", 1, DEV1, "S-1")
     end("end-m2", "end in mode 2 (signed)", 2, DEV2, 'S"quoted"-5')
     end("end-m3", "end in mode 3 (AEAD under device key 255)", 3, DEV3_256, "S-8")
+    end("end-all-m3", "an end of every session of the device (\"all\":true in R, no session_id; "
+        "the answer counts sessions_ended and streams_ended), mode 3", 3, DEV3_128, None)
     return out
 
 
