@@ -223,9 +223,15 @@ static void *run_streams(worker *w)
         snprintf(stream, sizeof(stream), "%s", ka.stream_id);
         if (qkd_request_stream(&b, w->enc, 0, stream, w->veh->device_id, seq, now, NULL, err,
                                sizeof(err)) ||
-            call_stream(w, &c, &b, w->enc, &kb, buf, 65536))
+            call_stream(w, &c, &b, w->enc, &kb, buf, 65536)) {
+            /* Key seq stays live with one party: stop rather than fill the
+             * window with such keys. */
             w->errors++;
-        else if (strcmp(ka.key_id, kb.key_id) != 0 || ka.key_len != kb.key_len ||
+            qkd_stream_key_clear(&ka);
+            qkd_request_clear(&a);
+            qkd_request_clear(&b);
+            break;
+        } else if (strcmp(ka.key_id, kb.key_id) != 0 || ka.key_len != kb.key_len ||
                  CRYPTO_memcmp(ka.key, kb.key, ka.key_len) != 0)
             w->mismatches++;
         else

@@ -890,7 +890,8 @@ static int print_stream_key(const struct options *o, const char *device_id, int 
                             const qkd_stream_key *sk)
 {
     char *out = OPENSSL_secure_malloc(OUT_MAX);
-    char khex[2 * QKD_MAX_KEY_LEN + 1], did[2 * QKP_MAX_ID + 3];
+    char khex[2 * QKD_MAX_KEY_LEN + 1], did[2 * QKP_MAX_ID + 3], sid[2 * QKP_MAX_ID + 3],
+        kid[2 * QKP_MAX_ID + 3];
     int n, rc = EXIT_INTERNAL;
 
     if (!out) {
@@ -899,14 +900,15 @@ static int print_stream_key(const struct options *o, const char *device_id, int 
     }
     hex(sk->key, sk->key_len, khex);
     if (o->json) {
-        if (qkd_json_id(device_id, did, sizeof(did)) < 0)
+        if (qkd_json_id(device_id, did, sizeof(did)) < 0 ||
+            qkd_json_id(sk->stream_id, sid, sizeof(sid)) < 0 ||
+            qkd_json_id(sk->key_id, kid, sizeof(kid)) < 0)
             goto cleanup;
-        /* stream and key IDs are UUIDs from the platform, checked IDs. */
         n = snprintf(out, OUT_MAX,
-                     "{\"stream_id\":\"%s\",\"seq\":%lld,\"key_id\":\"%s\",\"key\":\"%s\","
+                     "{\"stream_id\":%s,\"seq\":%lld,\"key_id\":%s,\"key\":\"%s\","
                      "\"key_bits\":%d,\"expires_at\":%lld,\"low\":%lld,\"window\":%d,"
                      "\"device_id\":%s,\"key_index\":%d}\n",
-                     sk->stream_id, (long long)sk->seq, sk->key_id, khex, sk->key_bits,
+                     sid, (long long)sk->seq, kid, khex, sk->key_bits,
                      (long long)sk->expires_at, (long long)sk->low, sk->window, did, key_index);
     } else {
         n = snprintf(out, OUT_MAX, "stream_id: %s\nseq: %lld\nkey_id: %s\nkey: %s\nlow: %lld\n",
@@ -958,9 +960,13 @@ static int run_stream(const struct options *o, const qkd_device *dev, int index,
     if (!o->stream_end) {
         rc = print_stream_key(o, req.device_id, req.key_index, &sk);
     } else {
+        char sid[2 * QKP_MAX_ID + 3];
+        if (o->json && qkd_json_id(req.session_id, sid, sizeof(sid)) < 0) {
+            rc = EXIT_INTERNAL;
+            goto out;
+        }
         if (o->json)
-            printf("{\"stream_id\":\"%s\",\"ended\":true,\"key_index\":%d}\n", req.session_id,
-                   req.key_index);
+            printf("{\"stream_id\":%s,\"ended\":true,\"key_index\":%d}\n", sid, req.key_index);
         else
             printf("stream_id: %s\nended: true\n", req.session_id);
         rc = fflush(stdout) == 0 ? EXIT_OK : EXIT_INTERNAL;

@@ -859,7 +859,8 @@ int qkd_response_stream(qkd_stream_key *out, const qkd_device *d, const qkd_requ
         goto cleanup;
     }
     if (!qkp_id_valid(key_id) || !json_is_integer(jexp) || json_integer_value(jexp) < 0 ||
-        !json_is_integer(jlow) || !json_is_integer(jwin) || json_integer_value(jwin) < 1 ||
+        !json_is_integer(jlow) || json_integer_value(jlow) < 0 || !json_is_integer(jwin) ||
+        json_integer_value(jwin) < 1 ||
         json_integer_value(jwin) > 1024 || json_integer_value(jlow) > r->seq ||
         r->seq >= json_integer_value(jlow) + json_integer_value(jwin)) {
         rc = fail(QKD_ERR_INPUT, err, errlen,

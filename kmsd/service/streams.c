@@ -173,7 +173,7 @@ static const struct {
     {"ended", QK_CONFLICT, "stream_ended", "this stream has ended; open a new one"},
     {"not_a_party", QK_FORBIDDEN, "not_a_party", "this device is not a party of the stream"},
     {"peer_mismatch", QK_FORBIDDEN, "peer_mismatch", "the stream's other party is a different device"},
-    {"key_consumed", QK_CONFLICT, "key_consumed", "both parties hold that key: it is destroyed"},
+    {"key_consumed", QK_CONFLICT, "key_consumed", "that key was sent to both parties and is destroyed; go on with the next"},
     {"seq_out_of_window", QK_CONFLICT, "seq_out_of_window", "seq is beyond the stream's window"},
 };
 

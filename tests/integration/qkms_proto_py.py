@@ -203,7 +203,8 @@ class Device:
         if resp["seq"] != req.seq or (req.session_id is not None
                                       and resp["stream_id"] != req.session_id):
             raise ProtocolError("the answer is for another stream or seq")
-        if not resp["low"] <= resp["seq"] < resp["low"] + resp["window"]:
+        if resp["low"] < 0 or not 1 <= resp["window"] <= 1024 or \
+                not resp["low"] <= resp["seq"] < resp["low"] + resp["window"]:
             raise ProtocolError("seq outside the answer's window")
         ct = b64u_decode(resp["ct"])
         if resp["key_bits"] not in (128, 256) or len(ct) != resp["key_bits"] // 8 + 16:

@@ -275,6 +275,11 @@ def test_a_gateway_resets_itself(st):
     veh = make_device(st, "vehicle")
     sid = uid()
     key = get_key(st, gw, sid, veh, index=0)
+    # And a key stream with the vehicle: the reset ends it too.
+    sreq = gw.stream_request(veh.device_id, 0, index=0)
+    r = post(st, sreq)
+    assert r.status_code == 200, r.text
+    stream_id = r.json()["stream_id"]
     tid = "tid-" + uuid.uuid4().hex[:8]
     assert st.admin("POST", f"/v1/admin/devices/{gid}/credential",
                     json={"tid": tid, "password": "gateway-pass"}).status_code == 200
@@ -291,6 +296,8 @@ def test_a_gateway_resets_itself(st):
     assert call(st, tok, "GET", "/v1/app/devices").json()["devices"] == []
     assert st.psql("SELECT reason FROM session_tombstones WHERE key_id = "
                    f"'{key.key_id}'").strip() == "reset"
+    assert st.psql("SELECT reason FROM stream_tombstones WHERE stream_id = "
+                   f"'{stream_id}'").strip() == "reset"
     r = post(st, req)  # a replay
     assert r.status_code == 401
     r = post(st, gw.logout_request())

@@ -265,3 +265,75 @@ def test_qkms_device_stream(st, tmp_path):
                 ["--peer", enc.device_id, "--seq", "-1"],
                 ["--peer", enc.device_id, "--seq", "0", "--session", "S"]):
         assert run(*bad).returncode == 2, bad
+
+
+def test_a_stream_id_is_used_once(st, pair):
+    """A candidate made for a stream that has ended since is asked again
+    (kmsd makes a new ID), and nothing can make a live stream of an ended
+    stream's ID."""
+    a, b = pair
+    k0 = skey(st, a, b, 0)
+    assert post(st, a.stream_end_request(k0.stream_id)).status_code == 200
+    apk = st.psql(f"SELECT id FROM devices WHERE device_id = '{a.device_id}'").strip()
+    active = st.psql("SELECT version FROM master_keys WHERE state = 'active'").strip()
+    # The stored function as kmsd's second call would make it, with a
+    # candidate for the ended stream: need_key, a new stream wanted.
+    row = st.psql("SELECT outcome || ' ' || coalesce(out_stream::text, '-') FROM qkms_stream_key("
+                  f"{apk}, 0, '\\x000102030405060708090a0b'::bytea,"
+                  " extract(epoch FROM now())::bigint, 60, NULL,"
+                  f" '{b.device_id}', 0, gen_random_uuid(), '\\x00'::bytea, {active}, 'test', 128,"
+                  f" '{k0.stream_id}'::uuid)").strip()
+    assert row == "need_key -"
+    with pytest.raises(AssertionError, match="used once"):
+        st.psql("INSERT INTO streams (stream_id, party_lo, party_hi, lo_id, hi_id, opened_by,"
+                " policy, key_bits, stream_window, idle_timeout_s, expires_at, reap_at)"
+                f" SELECT '{k0.stream_id}', min(id), max(id), 'x', 'y', min(id), 'p', 128, 4, 60,"
+                " now(), now() FROM devices"
+                f" WHERE device_id IN ('{a.device_id}', '{b.device_id}')")
+    n0 = skey(st, b, a, 0)
+    assert n0.stream_id != k0.stream_id
+
+
+def test_stream_keys_are_audited(st, pair):
+    a, b = pair
+    k0 = skey(st, a, b, 0)
+    skey(st, b, a, 0, k0.stream_id)
+    k1 = skey(st, a, b, 1, k0.stream_id)
+    made = st.psql("SELECT string_agg(detail->>'key_id', ' ' ORDER BY detail->>'seq')"
+                   " FROM audit_log WHERE event = 'stream.key_created' AND"
+                   f" detail->>'stream_id' = '{k0.stream_id}'").strip().split()
+    assert made == [k0.key_id, k1.key_id]
+    assert st.psql("SELECT count(*) FROM audit_log WHERE event = 'stream.keys_destroyed' AND"
+                   f" detail->>'reason' = 'consumed' AND detail->'key_ids' ? '{k0.key_id}'"
+                   ).strip() == "1"
+    # A refusal of the window records the nonce (the same request again is
+    # a replay) and an audit row; nothing is made.
+    req = a.stream_request(b.device_id, 99, k0.stream_id)
+    assert code(post(st, req)) == "seq_out_of_window"
+    r = post(st, req)
+    assert r.status_code == 401
+    assert st.psql("SELECT count(*) FROM audit_log WHERE event = 'stream.refused' AND"
+                   f" detail->>'reason' = 'seq_out_of_window' AND detail->>'stream_id' ="
+                   f" '{k0.stream_id}'").strip() == "1"
+    assert rows(st, k0.stream_id) == ["1:live"]
+    # The end names the key left unconsumed; the tombstone counts the consumed.
+    assert post(st, b.stream_end_request(k0.stream_id)).status_code == 200
+    assert st.psql("SELECT detail->'key_ids' ? '" + k1.key_id + "' FROM audit_log WHERE event ="
+                   f" 'stream.ended' AND detail->>'stream_id' = '{k0.stream_id}'").strip() == "t"
+    assert st.psql("SELECT keys_consumed FROM stream_tombstones WHERE stream_id ="
+                   f" '{k0.stream_id}'").strip() == "1"
+
+
+def test_two_instances_open_one_stream(st):
+    second = helpers.SecondKmsd(st)
+    try:
+        for _ in range(4):
+            a, b = (helpers.make_device(st, "vehicle", st.ga),
+                    helpers.make_device(st, "encryptor", st.gb))
+            with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                fa = ex.submit(skey, st, a, b, 0, None, st)
+                fb = ex.submit(skey, st, b, a, 0, None, second)
+                ka, kb = fa.result(), fb.result()
+            assert (ka.stream_id, ka.key) == (kb.stream_id, kb.key)
+    finally:
+        assert second.stop() == 0
