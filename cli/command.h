@@ -49,6 +49,7 @@ extern const struct command cmd_app;
 extern const struct command cmd_events;
 extern const struct command cmd_fill;
 extern const struct command cmd_session;
+extern const struct command cmd_stream;
 extern const struct command cmd_policy;
 extern const struct command cmd_entropy;
 extern const struct command cmd_audit;

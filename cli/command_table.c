@@ -10,6 +10,7 @@ const struct command *const kmsctl_commands[] = {
     &cmd_events,
     &cmd_fill,
     &cmd_session,
+    &cmd_stream,
     &cmd_policy,
     &cmd_entropy,
     &cmd_audit,

@@ -94,6 +94,9 @@
     X("GET", "/v1/admin/sessions", "admin_sessions_list", ROLE_ANY, h_admin_sessions_list, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/sessions/{id}", "admin_session_get", ROLE_ANY, h_admin_session_get, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/sessions/{id}/end", "admin_session_end", OPS, h_admin_session_end, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/streams", "admin_streams_list", ROLE_ANY, h_admin_streams_list, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/streams/{id}", "admin_stream_get", ROLE_ANY, h_admin_stream_get, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/streams/{id}/end", "admin_stream_end", OPS, h_admin_stream_end, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/policies", "admin_policies_list", ROLE_ANY, h_policies_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/policies", "admin_policies_add", OPS, h_policies_add, ADM, RL_ADMIN) \
     X("DELETE", "/v1/admin/policies/{name}", "admin_policies_remove", OPS, h_policies_remove, ADM, RL_ADMIN) \

@@ -107,6 +107,10 @@ void h_etsi_dec_post(http_request *rq, http_response *rs);
 void h_admin_qkd(http_request *rq, http_response *rs);
 void h_admin_qkd_keys(http_request *rq, http_response *rs);
 
+/* admin_streams.c */
+void h_admin_streams_list(http_request *rq, http_response *rs);
+void h_admin_stream_get(http_request *rq, http_response *rs);
+void h_admin_stream_end(http_request *rq, http_response *rs);
 /* admin_sessions.c */
 void h_admin_sessions_list(http_request *rq, http_response *rs);
 void h_admin_session_get(http_request *rq, http_response *rs);

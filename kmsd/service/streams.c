@@ -17,6 +17,8 @@
 #include "service/keycache.h"
 #include "service/master.h"
 #include "service/session_id.h"
+#include "service/device_model.h"
+#include "store/pgjson.h"
 #include "store/queries.h"
 
 #define STREAM_WRAPPED_MAX (32 + KEYWRAP_OVERHEAD)
@@ -407,4 +409,99 @@ int streams_reap(qk_svc *s)
     if (n > 0)
         log_emit(LOG_INFO, "expired streams destroyed", "{s:i}", "count", n);
     return n;
+}
+
+/* ---- the operator's view ------------------------------------------------------ */
+
+static json_t *stream_json(const PGresult *r, int i)
+{
+    return json_pack("{s:o,s:[o,o],s:o,s:o,s:i,s:i,s:I,s:I,s:o,s:o,s:o,s:i,s:s}", "stream_id",
+                     pgjson_text(r, i, 0), "parties", pgjson_text(r, i, 1), pgjson_text(r, i, 2),
+                     "opened_by", pgjson_text(r, i, 3), "policy", pgjson_text(r, i, 4),
+                     "key_bits", atoi(PQgetvalue(r, i, 5)), "window", atoi(PQgetvalue(r, i, 6)),
+                     "low", (json_int_t)atoll(PQgetvalue(r, i, 7)), "keys_live",
+                     (json_int_t)atoll(PQgetvalue(r, i, 8)), "created_at", pgjson_time(r, i, 9),
+                     "last_used_at", pgjson_time(r, i, 10), "expires_at", pgjson_time(r, i, 11),
+                     "idle_timeout_s", atoi(PQgetvalue(r, i, 12)), "state", "live");
+}
+
+static json_t *tombstone_json(const PGresult *r, int i)
+{
+    return json_pack("{s:o,s:[o,o],s:o,s:o,s:I,s:o,s:s}", "stream_id", pgjson_text(r, i, 0),
+                     "parties", pgjson_text(r, i, 1), pgjson_text(r, i, 2), "created_at",
+                     pgjson_time(r, i, 3), "ended_at", pgjson_time(r, i, 4), "keys_consumed",
+                     (json_int_t)atoll(PQgetvalue(r, i, 5)), "reason", pgjson_text(r, i, 6),
+                     "state", "ended");
+}
+
+static qk_kind query_streams(qk_svc *s, const char *device, const char *stream_id, long limit,
+                             json_t **out, qk_err *e)
+{
+    char lim[16];
+    const char *vals[3] = {device, stream_id, lim};
+    db_status st;
+    PGresult *r;
+
+    snprintf(lim, sizeof(lim), "%ld", limit);
+    if (!(r = db_query(s->db, Q_STREAMS_LIST, 3, vals, NULL, NULL, &st)))
+        return db_fail(e, st);
+    *out = pgjson_rows(r, stream_json);
+    PQclear(r);
+    return QK_OK;
+}
+
+qk_kind streams_list(qk_svc *s, const char *device, long limit, json_t **out, qk_err *e)
+{
+    *out = NULL;
+    if ((device && !device_id_valid(device)) || limit < 1 || limit > 1000)
+        return qk_fail(e, QK_MALFORMED, "invalid_query", "bad device or limit");
+    return query_streams(s, device, NULL, limit, out, e);
+}
+
+qk_kind streams_get(qk_svc *s, const char *stream_id, json_t **out, qk_err *e)
+{
+    json_t *arr = NULL;
+    const char *vals[1] = {stream_id};
+    db_status st;
+    PGresult *r;
+    qk_kind k;
+
+    *out = NULL;
+    if (!uuid_text(stream_id))
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such stream");
+    if ((k = query_streams(s, NULL, stream_id, 1, &arr, e)) != QK_OK)
+        return k;
+    if (json_array_size(arr) == 1) {
+        *out = json_incref(json_array_get(arr, 0));
+        json_decref(arr);
+        return QK_OK;
+    }
+    json_decref(arr);
+    if (!(r = db_query(s->db, Q_STREAM_TOMBSTONE, 1, vals, NULL, NULL, &st)))
+        return db_fail(e, st);
+    if (PQntuples(r) == 1)
+        *out = tombstone_json(r, 0);
+    PQclear(r);
+    return *out ? QK_OK : qk_fail(e, QK_NOT_FOUND, "not_found", "no such stream");
+}
+
+qk_kind streams_end_by_operator(qk_svc *s, const qk_principal *who, const char *stream_id,
+                                qk_err *e)
+{
+    const char *vals[2] = {stream_id, who->name};
+    db_status st;
+    PGresult *r;
+    int n;
+
+    if (!uuid_text(stream_id))
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such stream");
+    if (!(r = db_query(s->db, Q_STREAM_END_OPERATOR, 2, vals, NULL, NULL, &st)))
+        return db_fail(e, st);
+    n = PQntuples(r);
+    PQclear(r);
+    if (n == 0)
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no live stream with that ID");
+    log_with(&who->log, LOG_INFO, "stream ended", "{s:s,s:s,s:s}", "stream_id", stream_id,
+             "reason", "ended_by_operator", "by", who->name);
+    return QK_OK;
 }

@@ -31,6 +31,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "err.h"
 #include "service/device_auth.h"
 #include "service/service.h"
@@ -68,6 +70,20 @@ void stream_grant_clear(stream_grant *g);
  * not_a_party, a 401. A suspended device may still end its streams. */
 qk_kind streams_end(qk_svc *s, const qk_principal *who, device_auth *a, const char *stream_id,
                     int64_t ts, qk_err *e);
+
+/* ---- the operator's view ---------------------------------------------------- */
+
+/* Live streams (device: a party, or NULL; limit 1..1000), newest first, as
+ * the admin API's JSON array: QK_OK with *out, or QK_MALFORMED
+ * invalid_query. */
+qk_kind streams_list(qk_svc *s, const char *device, long limit, json_t **out, qk_err *e);
+/* The live stream of that ID, else its tombstone: QK_OK with *out, or
+ * QK_NOT_FOUND not_found. */
+qk_kind streams_get(qk_svc *s, const char *stream_id, json_t **out, qk_err *e);
+/* End a live stream on an operator's word (who is recorded): QK_OK, or
+ * QK_NOT_FOUND not_found. */
+qk_kind streams_end_by_operator(qk_svc *s, const qk_principal *who, const char *stream_id,
+                                qk_err *e);
 
 /* One reaper pass over streams (idle or past their lifetime, old
  * tombstones): the number destroyed, or -1. */

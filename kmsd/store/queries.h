@@ -518,6 +518,21 @@
     X(Q_STREAM_END,                                                                            \
       "SELECT qkms_stream_end($1::bigint, $2::int, $3::bytea, $4::bigint, $5::int, $6::uuid)") \
     X(Q_STREAM_REAP, "SELECT qkms_stream_reap($1::int, $2::int)")                             \
+    X(Q_STREAMS_LIST, /* the operator's view: live streams, newest first */                   \
+      "SELECT s.stream_id, s.lo_id, s.hi_id, o.device_id, s.policy, s.key_bits,"               \
+      " s.stream_window, s.low,"                                                               \
+      " (SELECT count(*) FROM stream_keys k WHERE k.stream_pk = s.id AND k.consumed_at IS NULL)," \
+      " s.created_at, s.last_used_at, s.expires_at, s.idle_timeout_s"                         \
+      " FROM streams s LEFT JOIN devices o ON o.id = s.opened_by"                              \
+      " WHERE ($1::text IS NULL OR s.lo_id = $1 OR s.hi_id = $1)"                              \
+      " AND ($2::uuid IS NULL OR s.stream_id = $2::uuid)"                                      \
+      " ORDER BY s.id DESC LIMIT $3::int")                                                     \
+    X(Q_STREAM_TOMBSTONE,                                                                      \
+      "SELECT stream_id, lo_id, hi_id, created_at, ended_at, keys_consumed, reason"            \
+      " FROM stream_tombstones WHERE stream_id = $1::uuid")                                    \
+    X(Q_STREAM_END_OPERATOR,                                                                   \
+      "SELECT qkms_stream_destroy(id, 'ended_by_operator', $2) FROM streams"                   \
+      " WHERE stream_id = $1::uuid")                                                           \
     X(Q_STREAMS_END_FOR_DEVICE, /* a revocation's: in stream ID order */                      \
       "SELECT count(*) FROM (SELECT qkms_stream_destroy(o.id, 'revoked', $2) FROM"              \
       " (SELECT id FROM streams WHERE party_lo = $1::bigint OR party_hi = $1::bigint"          \

@@ -337,3 +337,34 @@ def test_two_instances_open_one_stream(st):
             assert (ka.stream_id, ka.key) == (kb.stream_id, kb.key)
     finally:
         assert second.stop() == 0
+
+
+def test_the_operators_view(st, pair):
+    a, b = pair
+    k0 = skey(st, a, b, 0)
+    skey(st, a, b, 1, k0.stream_id)
+    body = st.admin("GET", "/v1/admin/streams", params={"device": a.device_id}).json()
+    assert [x["stream_id"] for x in body["streams"]] == [k0.stream_id]
+    rec = body["streams"][0]
+    assert sorted(rec["parties"]) == sorted([a.device_id, b.device_id])
+    assert (rec["opened_by"], rec["low"], rec["keys_live"], rec["window"], rec["state"]) == (
+        a.device_id, 0, 2, 4, "live")
+    assert st.admin("GET", f"/v1/admin/streams/{k0.stream_id}").json() == rec
+    for q in ({"limit": 0}, {"limit": "x"}, {"device": "a/b"}):
+        r = st.admin("GET", "/v1/admin/streams", params=q)
+        assert r.status_code == 400 and code(r) == "invalid_query", q
+    assert st.admin("GET", "/v1/admin/streams/nope").status_code == 404
+    assert st.admin("GET", f"/v1/admin/streams/{uuid.uuid4()}").status_code == 404
+    # kmsctl, then the operator's end.
+    p = st.kmsctl("stream", "list", "--device", a.device_id, token=st.admin_token)
+    assert p.returncode == 0 and k0.stream_id in p.stdout and "LIVE-KEYS" in p.stdout, p.stderr
+    p = st.kmsctl("stream", "show", k0.stream_id, "--json", token=st.admin_token)
+    assert p.returncode == 0 and __import__("json").loads(p.stdout)["low"] == 0
+    assert st.kmsctl("stream", "show", "NOT-A-UUID", token=st.admin_token).returncode == 2
+    p = st.kmsctl("stream", "end", k0.stream_id, token=st.admin_token)
+    assert p.returncode == 0 and "ended" in p.stdout, p.stderr
+    stone = st.admin("GET", f"/v1/admin/streams/{k0.stream_id}").json()
+    assert (stone["state"], stone["reason"], stone["keys_consumed"]) == (
+        "ended", "ended_by_operator", 0)
+    assert srefused(st, b, a, 0, k0.stream_id) == (409, "stream_ended")
+    assert st.admin("POST", f"/v1/admin/streams/{k0.stream_id}/end").status_code == 404
