@@ -203,7 +203,7 @@ out:
 static void *run_streams(worker *w)
 {
     double end = httpc_now() + w->seconds;
-    char *buf = malloc(65536), err[128], stream[64] = "";
+    char *buf = malloc(65536), err[128], stream[QKP_MAX_ID + 1] = "";
     conn c = {-1, NULL, NULL};
     long seq = 0;
 
