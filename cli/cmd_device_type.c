@@ -58,10 +58,16 @@ static int type_add(const struct kmsctl_ctx *ctx, const struct invocation *inv)
     json_t *req = NULL, *resp = NULL;
     const char *kp = opt_get(&inv->local, "key-purposes");
     const char *sd = opt_get(&inv->local, "service-days");
+    const char *suite = opt_get(&inv->local, "suite");
     long days = 0;
     int rc = device_check_type("type name", name);
     if (rc)
         goto cleanup;
+    if (suite && strcmp(suite, "aes") && strcmp(suite, "sm4")) {
+        out_error("--suite must be aes or sm4");
+        rc = EXIT_USAGE;
+        goto cleanup;
+    }
     if (sd && !arg_to_long(sd, 1, DEVICE_SERVICE_MAX, &days)) {
         out_error("--service-days must be a whole number of days from 1 to %ld",
                   DEVICE_SERVICE_MAX);
@@ -75,6 +81,8 @@ static int type_add(const struct kmsctl_ctx *ctx, const struct invocation *inv)
     }
     if (days)
         json_object_set_new(req, "service_days", json_integer(days));
+    if (suite)
+        json_object_set_new(req, "suite", json_string(suite));
     if (kp) {
         json_t *arr = json_array();
         json_object_set_new(req, "key_purposes", arr);
@@ -106,6 +114,7 @@ cleanup:
 static const struct opt_spec add_opts[] = {
     {"key-purposes", 0, "P,P,...", "the type's key template: access, local or generic per index"},
     {"service-days", 0, "DAYS", "its devices' service validity in days, 1..36500 (default: no end)"},
+    {"suite", 0, "SUITE", "aes (default) or sm4: its devices' keys and protocol v1 envelope"},
     {0},
 };
 
@@ -116,14 +125,15 @@ static const struct action type_actions[] = {
         .summary = "List the device types devices may be registered with",
         .description = "One type name per line; with --json also each type's key template\n"
                        "(\"key_purposes\": the purpose of key index 0, 1, ...; docs/gateways.md)\n"
-                       "and its default service validity (\"service_days\", null: no end).\n"
+                       "its default service validity (\"service_days\", null: no end) and its\n"
+                       "suite (\"suites\": aes or sm4).\n"
                        "\n"
                        "Request: GET /v1/admin/device-types\n",
         .run = type_list,
     },
     {
         .sub = "add",
-        .usage = "NAME [--key-purposes P,P,...] [--service-days DAYS]",
+        .usage = "NAME [--key-purposes P,P,...] [--service-days DAYS] [--suite aes|sm4]",
         .summary = "Add a device type (admin)",
         .description = "NAME: a lowercase letter, then up to 31 of a-z 0-9 _ -.\n"
                        "--key-purposes: the purpose of key index 0, 1, ... of its devices\n"
@@ -131,6 +141,9 @@ static const struct action type_actions[] = {
                        "keys.\n"
                        "--service-days: a device of the type is served that many days from its\n"
                        "registration unless renewed (kmsctl device service); default: no end.\n"
+                       "--suite sm4: its devices' keys are SM4-128 and their protocol v1\n"
+                       "requests and answers are SM4-CTR with HMAC-SM3 (docs/protocol.md,\n"
+                       "\"Suites\"); default aes.\n"
                        "With --json the server's answer is printed, or {\"name\": NAME} if it\n"
                        "sent none.\n"
                        "\n"

@@ -79,10 +79,11 @@ static int load_private_key(const char *path, EVP_PKEY **key)
 }
 
 /* The key's check value (kcv.h) as hex. */
-static int compute_kcv(const uint8_t *key, size_t len, char out[2 * QKMS_KCV_LEN + 1])
+static int compute_kcv(const char *alg, const uint8_t *key, size_t len,
+                       char out[2 * QKMS_KCV_LEN + 1])
 {
     uint8_t kcv[QKMS_KCV_LEN];
-    if (qkms_kcv_compute(key, len, kcv) != 0)
+    if (qkms_kcv_compute_alg(alg, key, len, kcv) != 0)
         return -1;
     qkms_hex_encode(kcv, QKMS_KCV_LEN, out);
     return 0;
@@ -94,7 +95,9 @@ static int check_key(const json_t *k, size_t i)
     const char *alg = json_string_value(json_object_get(k, "algorithm"));
     const char *hex = json_string_value(json_object_get(k, "key"));
     const char *kcv = json_string_value(json_object_get(k, "kcv"));
-    size_t want = alg && strcmp(alg, "AES-128") == 0 ? 16 : alg && strcmp(alg, "AES-256") == 0 ? 32 : 0;
+    size_t want = alg && (strcmp(alg, "AES-128") == 0 || strcmp(alg, "SM4-128") == 0) ? 16
+                  : alg && strcmp(alg, "AES-256") == 0                                 ? 32
+                                                                                       : 0;
     uint8_t key[32];
     char mine[2 * QKMS_KCV_LEN + 1];
     int rc = EXIT_REFUSED;
@@ -103,8 +106,8 @@ static int check_key(const json_t *k, size_t i)
         out_error("fill document key #%zu: algorithm, key or kcv missing or malformed", i);
         goto cleanup;
     }
-    if (compute_kcv(key, want, mine) != 0) {
-        out_error("cannot compute a key check value (AES-CMAC)");
+    if (compute_kcv(alg, key, want, mine) != 0) {
+        out_error("cannot compute a key check value (CMAC)");
         rc = EXIT_INTERNAL;
         goto cleanup;
     }

@@ -15,5 +15,10 @@
 /* key: 16 (AES-128) or 32 (AES-256) bytes. 0, or -1 for another length
  * or a crypto library failure. Leaves no copy of the full MAC behind. */
 int qkms_kcv_compute(const uint8_t *key, size_t len, uint8_t kcv[QKMS_KCV_LEN]);
+/* The same in the cipher of a key algorithm: "AES-128", "AES-256" (as
+ * qkms_kcv_compute) or "SM4-128" (SM4-CMAC, 16 bytes). -1 for another
+ * algorithm or a length that does not match it. */
+int qkms_kcv_compute_alg(const char *algorithm, const uint8_t *key, size_t len,
+                         uint8_t kcv[QKMS_KCV_LEN]);
 
 #endif

@@ -190,10 +190,11 @@ static int get_time(const json_t *k, const char *name, int64_t dflt, int64_t *ou
 /* ---- fill documents ------------------------------------------------------ */
 
 /* The check value of docs/devices.md (kcv.h), compared in constant time. */
-static int kcv_matches(const uint8_t *key, size_t len, const uint8_t want[QKMS_KCV_LEN], bool *match)
+static int kcv_matches(const char *alg, const uint8_t *key, size_t len,
+                       const uint8_t want[QKMS_KCV_LEN], bool *match)
 {
     uint8_t mine[QKMS_KCV_LEN];
-    if (qkms_kcv_compute(key, len, mine) != 0)
+    if (qkms_kcv_compute_alg(alg, key, len, mine) != 0)
         return -1;
     *match = CRYPTO_memcmp(mine, want, QKMS_KCV_LEN) == 0;
     OPENSSL_cleanse(mine, sizeof(mine));
@@ -218,9 +219,12 @@ static int load_key(const json_t *k, size_t i, qkd_key *slot, char *err, size_t 
         slot->len = 16;
     else if (alg && strcmp(alg, "AES-256") == 0)
         slot->len = 32;
+    else if (alg && strcmp(alg, "SM4-128") == 0)
+        slot->len = 16;
     else
-        return fail(QKD_ERR_INPUT, err, errlen, "key %d: algorithm must be AES-128 or AES-256",
-                    slot->index);
+        return fail(QKD_ERR_INPUT, err, errlen,
+                    "key %d: algorithm must be AES-128, AES-256 or SM4-128", slot->index);
+    slot->suite = qkp_suite_of(alg);
     if (!(slot->key = OPENSSL_secure_malloc(slot->len)))
         return fail(QKD_ERR_INTERNAL, err, errlen, "out of secure memory");
     /* Never quote the key text in a message. */
@@ -231,7 +235,7 @@ static int load_key(const json_t *k, size_t i, qkd_key *slot, char *err, size_t 
         if (hex_exact(kcv, strlen(kcv), want, QKMS_KCV_LEN) != 0)
             return fail(QKD_ERR_INPUT, err, errlen, "key %d: kcv must be %d hex digits",
                         slot->index, 2 * QKMS_KCV_LEN);
-        if (kcv_matches(slot->key, slot->len, want, &match) != 0)
+        if (kcv_matches(alg, slot->key, slot->len, want, &match) != 0)
             return fail(QKD_ERR_INTERNAL, err, errlen, "cannot compute a key check value (CMAC)");
         if (!match)
             return fail(QKD_ERR_INPUT, err, errlen, "key %d: check value does not match the key",
@@ -377,7 +381,8 @@ static int seal_envelope(qkd_request *r, const qkd_device *d, const qkd_key *k, 
         rc = fail(QKD_ERR_INTERNAL, err, errlen, "request does not fit its buffers");
         goto cleanup;
     }
-    if (qkp_seal(k->key, k->len, r->nonce, aad, (size_t)aad_len, qbuf_ptr(in), qbuf_len(in),
+    if (qkp_seal_suite(k->suite, k->key, k->len, r->nonce, aad, (size_t)aad_len, qbuf_ptr(in),
+                       qbuf_len(in),
                  ct) != 0) {
         rc = fail(QKD_ERR_INTERNAL, err, errlen, "AES-GCM encryption failed");
         goto cleanup;
@@ -714,7 +719,8 @@ int qkd_response_key(qkd_session_key *out, const qkd_device *d, const qkd_reques
         goto cleanup;
     }
     out->key_len = (size_t)bits / 8;
-    if (qkp_open(k->key, k->len, nonce, aad, (size_t)aad_len, ct, (size_t)ct_len, out->key) != 0) {
+    if (qkp_open_suite(k->suite, k->key, k->len, nonce, aad, (size_t)aad_len, ct, (size_t)ct_len,
+                       out->key) != 0) {
         rc = fail(QKD_ERR_INPUT, err, errlen,
                   "response does not verify under device key %d "
                   "(tampered, or not an answer to this request)",
@@ -897,7 +903,8 @@ int qkd_response_stream(qkd_stream_key *out, const qkd_device *d, const qkd_requ
         goto cleanup;
     }
     out->key_len = (size_t)bits / 8;
-    if (qkp_open(k->key, k->len, nonce, aad, (size_t)aad_len, ct, (size_t)ct_len, out->key) != 0) {
+    if (qkp_open_suite(k->suite, k->key, k->len, nonce, aad, (size_t)aad_len, ct, (size_t)ct_len,
+                       out->key) != 0) {
         rc = fail(QKD_ERR_INPUT, err, errlen,
                   "response does not verify under device key %d "
                   "(tampered, or not an answer to this request)",

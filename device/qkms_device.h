@@ -59,7 +59,8 @@ enum {
 /* One pre-filled device key. */
 typedef struct {
     int index;          /* 0-255 */
-    size_t len;         /* 16 (AES-128) or 32 (AES-256) */
+    size_t len;         /* 16 (AES-128, SM4-128) or 32 (AES-256) */
+    int suite;          /* qkp_suite: AES-GCM, or SM4-CTR + HMAC-SM3 for SM4-128 */
     uint8_t *key;       /* len bytes, secure heap, owned by the qkd_device */
     int64_t not_before; /* Unix seconds; INT64_MIN when the document has none */
     int64_t not_after;  /* Unix seconds; INT64_MAX when the document has none */
@@ -76,7 +77,7 @@ typedef struct {
 
 /*
  * Reads a fill document (docs/devices.md; `kmsctl fill open --json` output):
- * "device_id" and "keys":[{"index","algorithm":"AES-128"|"AES-256","key":hex,
+ * "device_id" and "keys":[{"index","algorithm":"AES-128"|"AES-256"|"SM4-128","key":hex,
  * "kcv","not_before","not_after"}], times in RFC 3339 (or integer Unix
  * seconds). "format", when present, must be "qkms-fill/1"; "kcv", when
  * present, must match the key (AES-CMAC check value); other fields are

@@ -208,6 +208,10 @@ int qkd2_identity_keys(qkd2_identity **out, const qkd_device *d, int key_index, 
     if (k->local)
         return fail(QKD_ERR_INPUT, err, errlen,
                     "key %d is a local key: for the gateway's local network only", key_index);
+    if (k->suite != QKP_SUITE_AES)
+        return fail(QKD_ERR_INPUT, err, errlen,
+                    "key %d is an SM4 key: protocol v2's suite is AES (use protocol v1)",
+                    key_index);
     if (!(id = calloc(1, sizeof(*id))) || !(id->key = OPENSSL_secure_malloc(k->len))) {
         free(id);
         return fail(QKD_ERR_INTERNAL, err, errlen, "out of memory");

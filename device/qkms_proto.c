@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 
 static const char b64u[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -187,4 +189,115 @@ int qkp_open(const uint8_t *key, size_t key_len, const uint8_t nonce[QKP_NONCE_L
         return -1;
     }
     return 0;
+}
+
+/* ---- the SM4 suite ---------------------------------------------------------- */
+
+int qkp_suite_of(const char *algorithm)
+{
+    if (algorithm && (!strcmp(algorithm, "AES-128") || !strcmp(algorithm, "AES-256")))
+        return QKP_SUITE_AES;
+    if (algorithm && !strcmp(algorithm, "SM4-128"))
+        return QKP_SUITE_SM4;
+    return -1;
+}
+
+static int hmac_sm3(const uint8_t *key, size_t key_len, const void *const *parts,
+                    const size_t *lens, int nparts, uint8_t out[32])
+{
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *c = mac ? EVP_MAC_CTX_new(mac) : NULL;
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SM3", 0),
+                           OSSL_PARAM_construct_end()};
+    size_t n = 0;
+    int ok = c && EVP_MAC_init(c, key, key_len, params) == 1;
+    for (int i = 0; ok && i < nparts; i++)
+        ok = lens[i] == 0 || EVP_MAC_update(c, parts[i], lens[i]) == 1;
+    ok = ok && EVP_MAC_final(c, out, &n, 32) == 1 && n == 32;
+    EVP_MAC_CTX_free(c);
+    EVP_MAC_free(mac);
+    return ok ? 0 : -1;
+}
+
+/* Ke (16 bytes) and Km (32 bytes) of an SM4 device key. */
+static int sm4_keys(const uint8_t *key, uint8_t ke[32], uint8_t km[32])
+{
+    static const char enc[] = "qkms/v1/sm4/enc", mac[] = "qkms/v1/sm4/mac";
+    const void *pe[1] = {enc}, *pm[1] = {mac};
+    size_t le[1] = {sizeof(enc) - 1}, lm[1] = {sizeof(mac) - 1};
+    return hmac_sm3(key, 16, pe, le, 1, ke) == 0 && hmac_sm3(key, 16, pm, lm, 1, km) == 0 ? 0
+                                                                                          : -1;
+}
+
+static int sm4_tag(const uint8_t km[32], const uint8_t nonce[QKP_NONCE_LEN], const void *aad,
+                   size_t aad_len, const uint8_t *c, size_t len, uint8_t tag[32])
+{
+    static const char label[] = "qkms/v1/sm4\n";
+    uint8_t be[8];
+    for (int i = 0; i < 8; i++)
+        be[i] = (uint8_t)((uint64_t)aad_len >> (56 - 8 * i));
+    const void *parts[5] = {label, be, aad, nonce, c};
+    size_t lens[5] = {sizeof(label) - 1, 8, aad_len, QKP_NONCE_LEN, len};
+    return hmac_sm3(km, 32, parts, lens, 5, tag);
+}
+
+static int sm4_ctr(const uint8_t ke[16], const uint8_t nonce[QKP_NONCE_LEN], const uint8_t *in,
+                   size_t len, uint8_t *out)
+{
+    uint8_t iv[16] = {0};
+    EVP_CIPHER *ciph = EVP_CIPHER_fetch(NULL, "SM4-CTR", NULL);
+    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0, ok;
+
+    memcpy(iv, nonce, QKP_NONCE_LEN);
+    ok = ciph && x && len <= INT_MAX && EVP_EncryptInit_ex2(x, ciph, ke, iv, NULL) == 1 &&
+         (len == 0 || EVP_EncryptUpdate(x, out, &n, in, (int)len) == 1) &&
+         EVP_EncryptFinal_ex(x, len ? out + n : out, &m) == 1 && (size_t)(n + m) == len;
+    EVP_CIPHER_CTX_free(x);
+    EVP_CIPHER_free(ciph);
+    return ok ? 0 : -1;
+}
+
+int qkp_seal_suite(qkp_suite suite, const uint8_t *key, size_t key_len,
+                   const uint8_t nonce[QKP_NONCE_LEN], const void *aad, size_t aad_len,
+                   const uint8_t *pt, size_t len, uint8_t *out)
+{
+    uint8_t ke[32], km[32], tag[32];
+    int rc = -1;
+    if (suite == QKP_SUITE_AES)
+        return qkp_seal(key, key_len, nonce, aad, aad_len, pt, len, out);
+    if (suite != QKP_SUITE_SM4 || key_len != 16 || sm4_keys(key, ke, km) != 0)
+        goto out;
+    if (sm4_ctr(ke, nonce, pt, len, out) != 0 || sm4_tag(km, nonce, aad, aad_len, out, len, tag))
+        goto out;
+    memcpy(out + len, tag, QKP_TAG_LEN);
+    rc = 0;
+out:
+    OPENSSL_cleanse(ke, sizeof(ke));
+    OPENSSL_cleanse(km, sizeof(km));
+    OPENSSL_cleanse(tag, sizeof(tag));
+    return rc;
+}
+
+int qkp_open_suite(qkp_suite suite, const uint8_t *key, size_t key_len,
+                   const uint8_t nonce[QKP_NONCE_LEN], const void *aad, size_t aad_len,
+                   const uint8_t *in, size_t len, uint8_t *out)
+{
+    uint8_t ke[32], km[32], tag[32];
+    int rc = -1;
+    if (suite == QKP_SUITE_AES)
+        return qkp_open(key, key_len, nonce, aad, aad_len, in, len, out);
+    if (suite != QKP_SUITE_SM4 || key_len != 16 || len < QKP_TAG_LEN ||
+        sm4_keys(key, ke, km) != 0)
+        goto out;
+    /* The tag first, in constant time: nothing is decrypted unauthenticated. */
+    if (sm4_tag(km, nonce, aad, aad_len, in, len - QKP_TAG_LEN, tag) != 0 ||
+        CRYPTO_memcmp(tag, in + len - QKP_TAG_LEN, QKP_TAG_LEN) != 0)
+        goto out;
+    rc = sm4_ctr(ke, nonce, in, len - QKP_TAG_LEN, out);
+out:
+    OPENSSL_cleanse(ke, sizeof(ke));
+    OPENSSL_cleanse(km, sizeof(km));
+    OPENSSL_cleanse(tag, sizeof(tag));
+    return rc;
 }

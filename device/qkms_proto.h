@@ -65,6 +65,32 @@ int qkp_stream_aad(const char *stream_id, const char *device_id, int key_index, 
                    const char *key_id, int64_t expires_at, const char *req_nonce_b64, char *out,
                    size_t cap);
 
+/*
+ * The v1 envelope's suites (docs/protocol.md, "Suites"): what a device key
+ * seals with. QKP_SUITE_AES: AES-GCM under the key (16 or 32 bytes), as
+ * qkp_seal. QKP_SUITE_SM4: for a 16-byte SM4 key K, SM4-CTR then HMAC-SM3
+ * (encrypt-then-MAC, since OpenSSL 3.0 has no SM4-GCM) with
+ *   Ke = HMAC-SM3(K, "qkms/v1/sm4/enc")[0..16]
+ *   Km = HMAC-SM3(K, "qkms/v1/sm4/mac")
+ *   C  = SM4-CTR(Ke, counter block nonce || 00000000, plaintext)
+ *   T  = HMAC-SM3(Km, "qkms/v1/sm4\n" || be64(len(aad)) || aad || nonce || C)[0..16]
+ * out = C || T: the same lengths as AES-GCM's.
+ */
+typedef enum { QKP_SUITE_AES = 0, QKP_SUITE_SM4 = 1 } qkp_suite;
+
+/* The suite of a key algorithm: "AES-128", "AES-256" -> QKP_SUITE_AES,
+ * "SM4-128" -> QKP_SUITE_SM4, anything else -1. */
+int qkp_suite_of(const char *algorithm);
+
+/* qkp_seal and qkp_open in the suite (same contracts); SM4 takes 16-byte
+ * keys only. */
+int qkp_seal_suite(qkp_suite suite, const uint8_t *key, size_t key_len,
+                   const uint8_t nonce[QKP_NONCE_LEN], const void *aad, size_t aad_len,
+                   const uint8_t *pt, size_t len, uint8_t *out);
+int qkp_open_suite(qkp_suite suite, const uint8_t *key, size_t key_len,
+                   const uint8_t nonce[QKP_NONCE_LEN], const void *aad, size_t aad_len,
+                   const uint8_t *in, size_t len, uint8_t *out);
+
 /* out receives len + 16 bytes (ciphertext then tag). */
 int qkp_seal(const uint8_t *key, size_t key_len, const uint8_t nonce[QKP_NONCE_LEN],
              const void *aad, size_t aad_len, const uint8_t *pt, size_t len, uint8_t *out);

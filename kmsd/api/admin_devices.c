@@ -696,21 +696,25 @@ void h_devtypes_add(http_request *rq, http_response *rs)
     if (!in)
         return;
     const char *purposes[DEVICE_MAX_KEYS];
-    json_t *kp, *sd;
+    json_t *kp, *sd, *su;
     size_t np = 0;
     name = json_string_value(json_object_get(in, "name"));
     kp = json_object_get(in, "key_purposes");
     sd = json_object_get(in, "service_days");
+    su = json_object_get(in, "suite");
     if (kp && json_is_array(kp) && json_array_size(kp) <= DEVICE_MAX_KEYS)
         for (np = 0; np < json_array_size(kp); np++)
             if (!device_key_purpose_valid(purposes[np] =
                                               json_string_value(json_array_get(kp, np))))
                 break;
-    if (json_object_size(in) != 1 + (size_t)(kp != NULL) + (size_t)(sd != NULL) ||
-        !device_type_name_valid(name)) {
+    if (json_object_size(in) != 1 + (size_t)(kp != NULL) + (size_t)(sd != NULL) +
+                                    (size_t)(su != NULL) ||
+        !device_type_name_valid(name) ||
+        (su && !(json_is_string(su) && (!strcmp(json_string_value(su), "aes") ||
+                                        !strcmp(json_string_value(su), "sm4"))))) {
         http_error(rs, 422, "invalid_type",
-                   "name must match [a-z][a-z0-9_-]{0,31}; the other fields are key_purposes and"
-                   " service_days");
+                   "name must match [a-z][a-z0-9_-]{0,31}; the other fields are key_purposes,"
+                   " service_days and suite (aes or sm4)");
     } else if (sd && !json_is_null(sd) &&
                (!json_is_integer(sd) || json_integer_value(sd) < 1 ||
                 json_integer_value(sd) > DEVICE_SERVICE_DAYS_MAX)) {
@@ -723,12 +727,14 @@ void h_devtypes_add(http_request *rq, http_response *rs)
                    "key_purposes is an array of at most %d of access, local, generic",
                    DEVICE_MAX_KEYS);
     } else if (device_types_add(&rq->kms->svc, &who, name, purposes, (int)np,
-                                sd ? (int)json_integer_value(sd) : 0, &e) != QK_OK) {
+                                sd ? (int)json_integer_value(sd) : 0, json_string_value(su),
+                                &e) != QK_OK) {
         http_fail(rs, &e);
     } else {
-        http_json(rs, 201, json_pack("{s:s,s:o,s:o}", "name", name, "key_purposes",
+        http_json(rs, 201, json_pack("{s:s,s:o,s:o,s:s}", "name", name, "key_purposes",
                                      kp ? json_incref(kp) : json_array(), "service_days",
-                                     sd ? json_incref(sd) : json_null()));
+                                     sd ? json_incref(sd) : json_null(), "suite",
+                                     su ? json_string_value(su) : "aes"));
     }
     json_decref(in);
 }

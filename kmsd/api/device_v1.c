@@ -304,8 +304,8 @@ static int deliver(http_response *rs, const envelope *env, const authed *a, cons
                                             g->expires_at, env->nonce_b64, aad, sizeof(aad));
 
     if (g->key_len > 32 || RAND_bytes(nonce, sizeof(nonce)) != 1 || aad_len < 0 ||
-        qkp_seal(a->da.key, a->da.key_len, nonce, aad, (size_t)aad_len, g->key, g->key_len,
-                 ct) != 0) {
+        qkp_seal_suite(a->da.suite, a->da.key, a->da.key_len, nonce, aad, (size_t)aad_len, g->key,
+                       g->key_len, ct) != 0) {
         http_error(rs, 500, "internal", "internal error (see kmsd log)");
         return -1;
     }
@@ -478,7 +478,8 @@ void h_stream_key(http_request *rq, http_response *rs)
     aad_len = qkp_stream_aad(g.stream_id, env.device_id, env.key_index, g.seq, g.key_id,
                              g.expires_at, env.nonce_b64, aad, sizeof(aad));
     if (g.key_len > 32 || RAND_bytes(nonce, sizeof(nonce)) != 1 || aad_len < 0 ||
-        qkp_seal(a.da.key, a.da.key_len, nonce, aad, (size_t)aad_len, g.key, g.key_len, ct) != 0) {
+        qkp_seal_suite(a.da.suite, a.da.key, a.da.key_len, nonce, aad, (size_t)aad_len, g.key,
+                       g.key_len, ct) != 0) {
         http_error(rs, 500, "internal", "internal error (see kmsd log)");
         goto out;
     }

@@ -411,9 +411,8 @@ qk_kind apps_verification_code(qk_svc *s, const qk_principal *who, const char *d
         k = qk_fail(e, QK_INTERNAL, "internal", "out of memory");
         goto out;
     }
-    if ((k = device_key_unwrap(s, device_id, atoi(PQgetvalue(r, 0, 0)),
-                               device_key_bits(PQgetvalue(r, 0, 1)), PQgetvalue(r, 0, 2), key,
-                               &klen, e)) != QK_OK)
+    if ((k = device_key_unwrap(s, device_id, atoi(PQgetvalue(r, 0, 0)), PQgetvalue(r, 0, 1),
+                               PQgetvalue(r, 0, 2), key, &klen, e)) != QK_OK)
         goto out;
     memcpy(msg, label, strlen(label));
     memcpy(msg + strlen(label), device_id, strlen(device_id));

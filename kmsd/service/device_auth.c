@@ -72,7 +72,7 @@ static int load_key_row(qk_svc *s, const device_request *rq, keycache_entry *row
     memset(row, 0, sizeof(*row));
     row->device_pk = atoll(PQgetvalue(r, 0, 0));
     snprintf(row->device_state, sizeof(row->device_state), "%s", PQgetvalue(r, 0, 1));
-    row->key_bits = !strcmp(PQgetvalue(r, 0, 2), "AES-256") ? 256 : 128;
+    snprintf(row->algorithm, sizeof(row->algorithm), "%s", PQgetvalue(r, 0, 2));
     snprintf(row->key_state, sizeof(row->key_state), "%s", PQgetvalue(r, 0, 4));
     row->not_before = atoll(PQgetvalue(r, 0, 5));
     row->not_after = atoll(PQgetvalue(r, 0, 6));
@@ -223,7 +223,17 @@ qk_kind device_auth_open(qk_svc *s, const log_ctx *log, const device_request *rq
         r = qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
         goto out;
     }
-    device_key_context(rq->device_id, rq->key_index, row.key_bits, ctx, sizeof(ctx));
+    /* The key's suite seals the protocol v1 envelope; protocol v2 (mode 3)
+     * is AES-GCM by its own suite, and an SM4 key is not an AES key. */
+    a->suite = qkp_suite_of(row.algorithm);
+    if (a->suite < 0 || (rq->version == 2 && a->suite != QKP_SUITE_AES)) {
+        r = device_auth_fail(s, log, rq->device_id, rq->key_index,
+                             a->suite < 0 ? "unknown key algorithm"
+                                          : "an SM4 key in protocol v2 (its suite is AES)",
+                             e);
+        goto out;
+    }
+    device_key_context(rq->device_id, rq->key_index, row.algorithm, ctx, sizeof(ctx));
     rv = unwrap_device_key(s, rq, &row, found, cgen, ctx, a, e);
     session_metrics_stage(s->smetrics, SESSION_STAGE_KEY_UNWRAP, rq->t0);
     if (rv != CKR_OK) {
@@ -235,8 +245,8 @@ qk_kind device_auth_open(qk_svc *s, const log_ctx *log, const device_request *rq
     aad_len = rq->version == 2
                   ? qkp2_request_aad(rq->op, rq->device_id, rq->key_index, aad, sizeof(aad))
                   : qkp_request_aad(rq->op, rq->device_id, rq->key_index, aad, sizeof(aad));
-    if (aad_len < 0 || qkp_open(a->key, a->key_len, rq->nonce, aad, (size_t)aad_len, rq->ct,
-                                rq->ct_len, a->inner) != 0) {
+    if (aad_len < 0 || qkp_open_suite(a->suite, a->key, a->key_len, rq->nonce, aad,
+                                      (size_t)aad_len, rq->ct, rq->ct_len, a->inner) != 0) {
         r = device_auth_fail(s, log, rq->device_id, rq->key_index,
                              "AEAD tag did not verify (wrong key, operation or tampering)", e);
         goto out;

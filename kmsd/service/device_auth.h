@@ -60,6 +60,7 @@ typedef struct device_auth {
     uint8_t nonce[QKP_NONCE_LEN];
     uint8_t *key;             /* the device key, secure heap */
     size_t key_len;
+    int suite;                /* its envelope suite (qkp_suite): AES-GCM or SM4 */
     uint8_t *inner;           /* the opened inner request, secure heap */
     size_t inner_len;
     uint64_t *t0;             /* the request's stage clock, or NULL */

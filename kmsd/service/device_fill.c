@@ -187,10 +187,10 @@ static db_status write_family(struct fill_tx *t, const PGresult *fam, uint8_t *k
         int index = atoi(PQgetvalue(fam, r0, 0));
         char kcv[11];
         size_t kl;
-        if (device_key_unwrap(t->s, gw, index, device_key_bits(PQgetvalue(fam, r0, 1)),
-                              PQgetvalue(fam, r0, 11), key, &kl, t->e) != QK_OK)
+        if (device_key_unwrap(t->s, gw, index, PQgetvalue(fam, r0, 1), PQgetvalue(fam, r0, 11),
+                              key, &kl, t->e) != QK_OK)
             return DB_INVALID;
-        device_key_kcv(key, kl, kcv);
+        device_key_kcv(PQgetvalue(fam, r0, 1), key, kl, kcv);
         bad = put_key(t->doc, r0 == 0, fam, r0, key, kl, kcv);
         OPENSSL_cleanse(key, kl);
         json_array_append_new(t->family, json_integer(index));
@@ -232,12 +232,12 @@ static db_status write_doc(struct fill_tx *t, const PGresult *keys, const PGresu
         int r0 = t->chosen[i], index = atoi(PQgetvalue(keys, r0, 0));
         char kcv[11];
         size_t kl;
-        if (device_key_unwrap(t->s, t->device_id, index, device_key_bits(PQgetvalue(keys, r0, 1)),
+        if (device_key_unwrap(t->s, t->device_id, index, PQgetvalue(keys, r0, 1),
                               PQgetvalue(keys, r0, 11), key, &kl, t->e) != QK_OK) {
             st = DB_INVALID;
             goto out;
         }
-        device_key_kcv(key, kl, kcv);
+        device_key_kcv(PQgetvalue(keys, r0, 1), key, kl, kcv);
         bad = put_key(t->doc, i == 0, keys, r0, key, kl, kcv);
         OPENSSL_cleanse(key, kl);
         pgarray_add_int(idx, index);

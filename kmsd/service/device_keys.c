@@ -27,16 +27,22 @@
  * this often in all. */
 #define ROTATE_TRIES 3
 
-int device_key_kcv(const uint8_t *key, size_t len, char out[11])
+bool device_key_alg_valid(const char *a)
+{
+    return a && (!strcmp(a, "AES-128") || !strcmp(a, "AES-256") || !strcmp(a, "SM4-128"));
+}
+
+size_t device_key_len(const char *a) { return a && !strcmp(a, "AES-256") ? 32 : 16; }
+
+int device_key_kcv(const char *algorithm, const uint8_t *key, size_t len, char out[11])
 {
     uint8_t kcv[QKMS_KCV_LEN];
-    if (qkms_kcv_compute(key, len, kcv) != 0)
+    if (qkms_kcv_compute_alg(algorithm, key, len, kcv) != 0)
         return -1;
     qkms_hex_encode(kcv, QKMS_KCV_LEN, out);
     return 0;
 }
 
-int device_key_bits(const char *alg) { return alg && !strcmp(alg, "AES-256") ? 256 : 128; }
 
 bool device_keys_master_moved(qk_svc *s, db_status st, uint32_t used)
 {
@@ -47,10 +53,10 @@ bool device_keys_master_moved(qk_svc *s, db_status st, uint32_t used)
 
 /* ---- generation and unwrapping ------------------------------------------- */
 
-qk_kind device_key_new(qk_svc *s, const char *device_id, int index, int bits, char **wrapped_hex,
-                       int *mv, const char **prov, qk_err *e)
+qk_kind device_key_new(qk_svc *s, const char *device_id, int index, const char *algorithm,
+                       char **wrapped_hex, int *mv, const char **prov, qk_err *e)
 {
-    size_t klen = (size_t)bits / 8, wl = WRAPPED_MAX;
+    size_t klen = device_key_len(algorithm), wl = WRAPPED_MAX;
     uint8_t *key = OPENSSL_secure_malloc(32), wrapped[WRAPPED_MAX];
     char ctx[256];
     CK_RV rv;
@@ -64,7 +70,7 @@ qk_kind device_key_new(qk_svc *s, const char *device_id, int index, int bits, ch
         e->retry_after = 1;
         goto out;
     }
-    device_key_context(device_id, index, bits, ctx, sizeof(ctx));
+    device_key_context(device_id, index, algorithm, ctx, sizeof(ctx));
     *mv = (int)keywrap_active(s->kw);
     rv = keywrap_wrap(s->kw, (const uint8_t *)ctx, strlen(ctx), key, klen, wrapped, &wl);
     if (rv != CKR_OK && master_refresh(s, NULL) == 0 && keywrap_active(s->kw) != (uint32_t)*mv) {
@@ -89,7 +95,7 @@ out:
     return r;
 }
 
-qk_kind device_key_unwrap(qk_svc *s, const char *device_id, int index, int bits,
+qk_kind device_key_unwrap(qk_svc *s, const char *device_id, int index, const char *algorithm,
                           const char *hexblob, uint8_t *key, size_t *klen, qk_err *e)
 {
     uint8_t blob[WRAPPED_MAX];
@@ -99,7 +105,7 @@ qk_kind device_key_unwrap(qk_svc *s, const char *device_id, int index, int bits,
 
     if (bl <= 0)
         return qk_fail(e, QK_INTERNAL, "internal", "stored key is malformed");
-    device_key_context(device_id, index, bits, ctx, sizeof(ctx));
+    device_key_context(device_id, index, algorithm, ctx, sizeof(ctx));
     *klen = DEVICE_KEY_BUF;
     rv = keywrap_unwrap(s->kw, (const uint8_t *)ctx, strlen(ctx), blob, (size_t)bl, key, klen);
     if (rv != CKR_OK) {
@@ -108,7 +114,7 @@ qk_kind device_key_unwrap(qk_svc *s, const char *device_id, int index, int bits,
                      "device_id", device_id, "index", index);
         return qk_from_token(e, rv, "unwrap device key");
     }
-    if (*klen != (size_t)bits / 8) {
+    if (*klen != device_key_len(algorithm)) {
         OPENSSL_cleanse(key, *klen);
         return qk_fail(e, QK_INTERNAL, "internal", "stored key has the wrong length");
     }
@@ -137,12 +143,11 @@ static qk_kind add_kcv(qk_svc *s, const char *device_id, const PGresult *r, int 
 {
     size_t kl;
     char kcv[11];
-    qk_kind k = device_key_unwrap(s, device_id, atoi(PQgetvalue(r, i, 0)),
-                                  device_key_bits(PQgetvalue(r, i, 1)), PQgetvalue(r, i, 11), key,
-                                  &kl, e);
+    qk_kind k = device_key_unwrap(s, device_id, atoi(PQgetvalue(r, i, 0)), PQgetvalue(r, i, 1),
+                                  PQgetvalue(r, i, 11), key, &kl, e);
     if (k != QK_OK)
         return k;
-    device_key_kcv(key, kl, kcv);
+    device_key_kcv(PQgetvalue(r, i, 1), key, kl, kcv);
     OPENSSL_cleanse(key, kl);
     json_object_set_new(kj, "kcv", json_string(kcv));
     return QK_OK;
@@ -199,6 +204,7 @@ struct rotate_key {
 struct rotate_tx {
     const char *actor, *device_id;
     int bits, validity, grace, n;
+    char alg[8]; /* the new keys' algorithm (rotate_plan) */
     struct rotate_key k[ROTATE_MAX];
     bool stale; /* another rotation took the index first */
     qk_err *e;
@@ -288,7 +294,7 @@ static db_status rotate_tx_fn(db_conn *c, void *arg)
         snprintf(idx, sizeof(idx), "%d", t->k[i].index);
         snprintf(mv, sizeof(mv), "%d", t->k[i].mv);
         vals[1] = idx;
-        vals[2] = t->bits == 256 ? "AES-256" : "AES-128";
+        vals[2] = t->alg;
         vals[3] = t->k[i].wrapped_hex;
         vals[4] = mv;
         vals[5] = t->k[i].prov;
@@ -368,8 +374,21 @@ static qk_kind rotate_plan(qk_svc *s, const char *device_id, const char *purpose
     }
     n = PQntuples(r);
     next = n ? atoi(PQgetvalue(r, n - 1, 0)) + 1 : 0;
-    if (t->bits <= 0)
-        t->bits = n ? device_key_bits(PQgetvalue(r, n - 1, 1)) : 128;
+    /* A device's new keys keep its suite (an SM4 device's are SM4-128);
+     * AES keys take the asked length, else the last key's. */
+    if (n && !strcmp(PQgetvalue(r, n - 1, 1), "SM4-128")) {
+        if (t->bits > 0 && t->bits != 128) {
+            k = qk_fail(e, QK_INVALID, "invalid_key_bits",
+                        "an SM4 device's keys are 128 bits (SM4-128)");
+            goto out;
+        }
+        snprintf(t->alg, sizeof(t->alg), "SM4-128");
+        t->bits = 128;
+    } else {
+        if (t->bits <= 0)
+            t->bits = n && !strcmp(PQgetvalue(r, n - 1, 1), "AES-256") ? 256 : 128;
+        snprintf(t->alg, sizeof(t->alg), "%s", t->bits == 256 ? "AES-256" : "AES-128");
+    }
     for (int i = 0; i < n; i++)
         for (int j = 0; j < ROTATE_MAX; j++)
             if (!strcmp(PQgetvalue(r, i, 2), "active") && !strcmp(PQgetvalue(r, i, 13), order[j]))
@@ -431,7 +450,7 @@ qk_kind device_keys_rotate(qk_svc *s, const qk_principal *who, const char *devic
             return qk_fail(e, QK_CONFLICT, "key_index_exhausted",
                            "device '%s' has used all 256 key indices", device_id);
         for (int i = 0; i < t.n; i++)
-            if ((k = device_key_new(s, device_id, t.k[i].index, t.bits, &t.k[i].wrapped_hex,
+            if ((k = device_key_new(s, device_id, t.k[i].index, t.alg, &t.k[i].wrapped_hex,
                                     &t.k[i].mv, &t.k[i].prov, e)) != QK_OK) {
                 rotate_free(&t);
                 return k;

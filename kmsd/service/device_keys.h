@@ -11,7 +11,7 @@
  *    detail or PostgreSQL. What leaves this module is a wrapped key (hex),
  *    a KCV, or plaintext in a caller-owned secure buffer.
  *  - A key is bound to its row: the wrap's associated data is
- *    device_key_context(device_id, index, bits), so a wrapped key moved to
+ *    device_key_context(device_id, index, algorithm), so a wrapped key moved to
  *    another row does not open.
  *  - Key generation and wrapping (entropy, token) happen before any
  *    transaction: a retried database transaction never repeats them.
@@ -32,23 +32,29 @@
 /* Size of a buffer device_key_unwrap may write into (secure heap). */
 #define DEVICE_KEY_BUF (KEYWRAP_MAX_KEY + 16)
 
-/* Key check value: first 5 bytes of AES-CMAC(key, 0^16), as 10 hex digits.
- * 0, or -1 for a length that is not an AES key. */
-int device_key_kcv(const uint8_t *key, size_t len, char out[11]);
-/* "AES-256" -> 256, anything else 128 (the two algorithms the schema has). */
-int device_key_bits(const char *algorithm);
+/* A device key's algorithm, as stored and in fill documents: "AES-128",
+ * "AES-256" or "SM4-128" (the SM4 suite of protocol v1, docs/protocol.md
+ * "Suites"). */
+bool device_key_alg_valid(const char *algorithm);
+/* Its length in bytes: 32 for "AES-256", else 16. */
+size_t device_key_len(const char *algorithm);
 
-/* A new key of bits (128 or 256) for (device_id, index) from the entropy
+/* Key check value: first 5 bytes of CMAC(key, 0^16) in the key's cipher
+ * (AES or SM4), as 10 hex digits. 0, or -1 for a length or algorithm that
+ * does not fit. */
+int device_key_kcv(const char *algorithm, const uint8_t *key, size_t len, char out[11]);
+
+/* A new key of algorithm for (device_id, index) from the entropy
  * interface, wrapped under the active master key: *wrapped_hex (malloc'd,
  * the caller frees), *master_version the version that wrapped it, *prov the
  * entropy provenance (a static string). QK_UNAVAILABLE "entropy_unavailable"
  * or "token_unavailable" (Retry-After 1) when a dependency is down. */
-qk_kind device_key_new(qk_svc *s, const char *device_id, int index, int bits, char **wrapped_hex,
-                       int *master_version, const char **prov, qk_err *e);
-/* Unwrap the stored key (hex) of (device_id, index, bits) into key
- * (DEVICE_KEY_BUF bytes, secure heap); *klen = bits / 8. A key that fails
+qk_kind device_key_new(qk_svc *s, const char *device_id, int index, const char *algorithm,
+                       char **wrapped_hex, int *master_version, const char **prov, qk_err *e);
+/* Unwrap the stored key (hex) of (device_id, index, algorithm) into key
+ * (DEVICE_KEY_BUF bytes, secure heap); *klen its length. A key that fails
  * authentication is logged (device and index, never bytes). */
-qk_kind device_key_unwrap(qk_svc *s, const char *device_id, int index, int bits,
+qk_kind device_key_unwrap(qk_svc *s, const char *device_id, int index, const char *algorithm,
                           const char *hexblob, uint8_t *key, size_t *klen, qk_err *e);
 
 /* After a transaction failed with st having wrapped under master version

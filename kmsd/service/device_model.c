@@ -147,9 +147,10 @@ int device_spec_from_json(const json_t *o, const device_defaults *d, device_spec
     return 0;
 }
 
-int device_key_context(const char *device_id, int index, int key_bits, char *out, size_t len)
+int device_key_context(const char *device_id, int index, const char *algorithm, char *out,
+                       size_t len)
 {
-    int n = snprintf(out, len, "qkms/device-key/v1\n%s\n%d\nAES-%d", device_id, index, key_bits);
+    int n = snprintf(out, len, "qkms/device-key/v1\n%s\n%d\n%s", device_id, index, algorithm);
     return n > 0 && (size_t)n < len ? n : -1;
 }
 

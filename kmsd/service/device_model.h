@@ -61,6 +61,7 @@ int device_spec_from_json(const json_t *o, const device_defaults *d, device_spec
                           const char **code, char *msg, size_t msglen);
 
 /* Associated data binding a wrapped device key to its row. */
-int device_key_context(const char *device_id, int index, int key_bits, char *out, size_t len);
+int device_key_context(const char *device_id, int index, const char *algorithm, char *out,
+                       size_t len);
 
 #endif

@@ -286,7 +286,7 @@ static db_status insert_keys_and_audit(db_conn *c, struct reg_tx *t)
         for (int j = 0; j < row->spec.nkeys; j++) {
             pgarray_add(&ids, row->spec.device_id);
             pgarray_add_int(&idx, j);
-            pgarray_add(&alg, row->spec.key_bits == 256 ? "AES-256" : "AES-128");
+            pgarray_add(&alg, row->key_alg);
             pgarray_add(&wrapped, row->wrapped_hex[j]);
             pgarray_add_int(&mv, row->master_version[j]);
             pgarray_add(&prov, row->provenance);
@@ -510,7 +510,7 @@ static qk_kind gen_all_keys(qk_svc *s, device_reg *rows, int n, qk_err *e)
         if (row->code)
             continue;
         for (int j = 0; j < row->spec.nkeys; j++)
-            if ((k = device_key_new(s, row->spec.device_id, j, row->spec.key_bits,
+            if ((k = device_key_new(s, row->spec.device_id, j, row->key_alg,
                                     &row->wrapped_hex[j], &row->master_version[j],
                                     &row->provenance, e)) != QK_OK)
                 return k;
@@ -566,15 +566,27 @@ static qk_kind precheck_rows(qk_svc *s, device_reg *rows, int n, qk_err *e)
         if (row->code)
             continue;
         int need = 0;
+        bool sm4 = false;
         for (int j = 0; j < PQntuples(types) && !known; j++)
             if ((known = !strcmp(PQgetvalue(types, j, 0), row->spec.type))) {
                 const char *purposes[DEVICE_MAX_KEYS] = {0};
                 need = device_template_parse(PQgetvalue(types, j, 1), purposes, DEVICE_MAX_KEYS);
+                sm4 = !strcmp(PQgetvalue(types, j, 3), "sm4");
             }
         if (!known) {
             row_refuse(row, "invalid_type", "unknown device type '%s'", row->spec.type);
             continue;
         }
+        /* The type's suite decides the keys' algorithm: SM4 keys are
+         * 128 bits (docs/protocol.md, "Suites"). */
+        if (sm4 && row->spec.key_bits != 128) {
+            row_refuse(row, "invalid_key_bits",
+                       "a %s is of the SM4 suite: its keys are 128 bits (SM4-128)",
+                       row->spec.type);
+            continue;
+        }
+        snprintf(row->key_alg, sizeof(row->key_alg), "%s",
+                 sm4 ? "SM4-128" : row->spec.key_bits == 256 ? "AES-256" : "AES-128");
         /* A template's keys all exist from the start (a gateway without its
          * local key could not serve its sub-devices). */
         if (row->spec.nkeys < need) {
@@ -1002,7 +1014,7 @@ out:
 qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e)
 {
     PGresult *r = NULL;
-    json_t *arr, *templates, *service;
+    json_t *arr, *templates, *service, *suites;
     qk_kind k;
 
     *out = NULL;
@@ -1011,6 +1023,7 @@ qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e)
     arr = json_array();
     templates = json_object();
     service = json_object();
+    suites = json_object();
     for (int i = 0; i < PQntuples(r); i++) {
         const char *purposes[DEVICE_MAX_KEYS] = {0};
         int n = device_template_parse(PQgetvalue(r, i, 1), purposes, DEVICE_MAX_KEYS);
@@ -1022,10 +1035,11 @@ qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e)
         json_object_set_new(service, PQgetvalue(r, i, 0),
                             PQgetisnull(r, i, 2) ? json_null()
                                                  : json_integer(atoi(PQgetvalue(r, i, 2))));
+        json_object_set_new(suites, PQgetvalue(r, i, 0), json_string(PQgetvalue(r, i, 3)));
     }
     PQclear(r);
-    *out = json_pack("{s:o,s:o,s:o}", "types", arr, "key_purposes", templates, "service_days",
-                     service);
+    *out = json_pack("{s:o,s:o,s:o,s:o}", "types", arr, "key_purposes", templates,
+                     "service_days", service, "suites", suites);
     return QK_OK;
 }
 
@@ -1047,30 +1061,39 @@ struct type_tx {
     const char *actor, *name, *purposes_lit;
     json_t *purposes;
     int service_days;
+    const char *suite; /* NULL: "aes" */
 };
 
 static db_status type_tx_fn(db_conn *c, void *arg)
 {
     struct type_tx *t = arg;
     char days[16];
-    const char *vals[3] = {t->name, t->purposes_lit, t->service_days > 0 ? days : NULL};
+    const char *vals[4] = {t->name, t->purposes_lit, t->service_days > 0 ? days : NULL,
+                           t->suite};
     db_status st;
     PGresult *r;
     snprintf(days, sizeof(days), "%d", t->service_days);
-    if (!(r = db_exec(c, Q_DEVTYPE_INSERT, 3, vals, NULL, NULL, &st)))
+    if (!(r = db_exec(c, Q_DEVTYPE_INSERT, 4, vals, NULL, NULL, &st)))
         return st;
     PQclear(r);
     return audit_append(c, t->actor, "device_type.added", NULL,
-                        json_pack("{s:s,s:O,s:o}", "name", t->name, "key_purposes", t->purposes,
-                                  "service_days",
+                        json_pack("{s:s,s:O,s:o,s:s}", "name", t->name, "key_purposes",
+                                  t->purposes, "service_days",
                                   t->service_days > 0 ? json_integer(t->service_days)
-                                                      : json_null()));
+                                                      : json_null(),
+                                  "suite", t->suite ? t->suite : "aes"));
 }
 
 qk_kind device_types_add(qk_svc *s, const qk_principal *who, const char *name,
-                         const char *const *purposes, int npurposes, int service_days, qk_err *e)
+                         const char *const *purposes, int npurposes, int service_days,
+                         const char *suite, qk_err *e)
 {
-    struct type_tx t = {who->name, name, NULL, json_array(), service_days};
+    struct type_tx t = {who->name, name, NULL, json_array(), service_days, suite};
+
+    if (suite && strcmp(suite, "aes") && strcmp(suite, "sm4")) {
+        json_decref(t.purposes);
+        return qk_fail(e, QK_INVALID, "invalid_type", "suite is aes or sm4");
+    }
     pgarray lit;
     db_status st;
 

@@ -44,6 +44,7 @@ typedef struct {
     char *wrapped_hex[DEVICE_MAX_KEYS];
     int master_version[DEVICE_MAX_KEYS];
     const char *provenance;
+    char key_alg[8]; /* its keys' algorithm, by its type's suite (devices_register) */
 } device_reg;
 
 /* Register a batch (rows whose code is set are skipped; rows refused here
@@ -97,18 +98,20 @@ qk_kind devices_set_attributes(qk_svc *s, const qk_principal *who, const char *d
 db_status devices_lock_live(db_conn *c, const char *device_id, char pk[24], qk_err *e);
 
 /* {"types": [names in order], "key_purposes": {name: [purpose of index 0,
- * 1, ...]}, "service_days": {name: days or null}} (an empty template: every
- * key generic; null: no end of service). */
+ * 1, ...]}, "service_days": {name: days or null}, "suites": {name: "aes" or
+ * "sm4"}} (an empty template: every key generic; null: no end of service). */
 qk_kind device_types_list(qk_svc *s, json_t **out, qk_err *e);
 /* Whether name is a registered device type (*known). */
 qk_kind device_types_has(qk_svc *s, const char *name, bool *known, qk_err *e);
 /* Add a type (name checked by the caller: device_type_name_valid) with its
  * key template: purposes[i] is the purpose of key index i (none: generic
  * keys), and its devices' default service length (service_days 0: no end;
- * else 1..DEVICE_SERVICE_DAYS_MAX, checked by the caller). QK_CONFLICT
- * "conflict" when it exists; QK_INVALID "invalid_key_purposes". */
+ * else 1..DEVICE_SERVICE_DAYS_MAX, checked by the caller), and its suite
+ * ("aes", the default for NULL, or "sm4": docs/protocol.md "Suites").
+ * QK_CONFLICT "conflict" when it exists; QK_INVALID "invalid_key_purposes",
+ * "invalid_type" (another suite). */
 qk_kind device_types_add(qk_svc *s, const qk_principal *who, const char *name,
                          const char *const *purposes, int npurposes, int service_days,
-                         qk_err *e);
+                         const char *suite, qk_err *e);
 
 #endif

@@ -33,7 +33,7 @@ typedef struct {
     long long device_pk;
     char device_state[16];
     char key_state[16];
-    int key_bits;
+    char algorithm[8];             /* "AES-128", "AES-256", "SM4-128" */
     char purpose[8];               /* "access", "local", "generic" */
     int64_t not_before, not_after; /* Unix seconds */
     uint8_t wrapped[KEYCACHE_WRAPPED_MAX];

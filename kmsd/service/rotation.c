@@ -301,8 +301,8 @@ static int rewrap_batch(qk_svc *k, db_conn *c)
     if (!r)
         return -1;
     for (int i = 0; i < PQntuples(r); i++) {
-        int bits = !strcmp(PQgetvalue(r, i, 3), "AES-256") ? 256 : 128;
-        device_key_context(PQgetvalue(r, i, 0), atoi(PQgetvalue(r, i, 2)), bits, ctx, sizeof(ctx));
+        device_key_context(PQgetvalue(r, i, 0), atoi(PQgetvalue(r, i, 2)), PQgetvalue(r, i, 3), ctx,
+                           sizeof(ctx));
         if (rewrap_blob(k, ctx, PQgetvalue(r, i, 4), hex, &nv) != 0)
             continue;
         snprintf(newv, sizeof(newv), "%u", nv);

@@ -69,10 +69,11 @@
     X(Q_AUDIT_APPEND_MANY,                                                                     \
       "INSERT INTO audit_log (actor, event, device_id, detail)"                                \
       " SELECT $1, $2, u.d, u.j::jsonb FROM unnest($3::text[], $4::text[]) AS u(d, j)")        \
-    X(Q_DEVTYPE_LIST, "SELECT name, key_purposes, service_days FROM device_types ORDER BY name") \
+    X(Q_DEVTYPE_LIST,                                                                          \
+      "SELECT name, key_purposes, service_days, suite FROM device_types ORDER BY name")        \
     X(Q_DEVTYPE_TEMPLATE, "SELECT key_purposes FROM device_types WHERE name = $1")             \
-    X(Q_DEVTYPE_INSERT, "INSERT INTO device_types (name, key_purposes, service_days)"          \
-      " VALUES ($1, $2::text[], $3::int)")                                                     \
+    X(Q_DEVTYPE_INSERT, "INSERT INTO device_types (name, key_purposes, service_days, suite)"   \
+      " VALUES ($1, $2::text[], $3::int, coalesce($4, 'aes'))")                               \
     X(Q_DEVICE_ATTRS_TAKEN, /* rows ($1) whose (type, mac) or (type, sn) another device has */ \
       "SELECT u.i FROM unnest($1::int[], $2::text[], $3::text[], $4::text[]) AS u(i, type, mac, sn)" \
       " WHERE (u.mac IS NOT NULL AND EXISTS (SELECT 1 FROM devices d WHERE d.type = u.type"    \

@@ -13,11 +13,62 @@ import os
 import time
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import constant_time, hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 
 class ProtocolError(Exception):
     pass
+
+
+# -- the suites (docs/protocol.md, "Suites") ------------------------------------
+
+def _hmac_sm3(key: bytes, *parts: bytes) -> bytes:
+    h = hmac.HMAC(key, hashes.SM3())
+    for p in parts:
+        h.update(p)
+    return h.finalize()
+
+
+def _sm4_keys(key: bytes):
+    if len(key) != 16:
+        raise ValueError("an SM4 key is 16 bytes")
+    return _hmac_sm3(key, b"qkms/v1/sm4/enc")[:16], _hmac_sm3(key, b"qkms/v1/sm4/mac")
+
+
+def _sm4_tag(km: bytes, nonce: bytes, aad: bytes, c: bytes) -> bytes:
+    return _hmac_sm3(km, b"qkms/v1/sm4\n", len(aad).to_bytes(8, "big"), aad, nonce, c)[:16]
+
+
+def _sm4_ctr(ke: bytes, nonce: bytes, data: bytes) -> bytes:
+    e = Cipher(algorithms.SM4(ke), modes.CTR(nonce + bytes(4))).encryptor()
+    return e.update(data) + e.finalize()
+
+
+def seal(suite: str, key: bytes, nonce: bytes, aad: bytes, pt: bytes) -> bytes:
+    """AEAD of the v1 envelope in the key's suite: "aes" (AES-GCM) or "sm4"
+    (SM4-CTR, then HMAC-SM3 over the AAD, nonce and ciphertext)."""
+    if suite == "aes":
+        return AESGCM(key).encrypt(nonce, pt, aad)
+    ke, km = _sm4_keys(key)
+    c = _sm4_ctr(ke, nonce, pt)
+    return c + _sm4_tag(km, nonce, aad, c)
+
+
+def open_(suite: str, key: bytes, nonce: bytes, aad: bytes, ct: bytes) -> bytes:
+    """seal's inverse; InvalidTag when it does not verify (as AESGCM)."""
+    if suite == "aes":
+        return AESGCM(key).decrypt(nonce, ct, aad)
+    ke, km = _sm4_keys(key)
+    if len(ct) < 16 or not constant_time.bytes_eq(_sm4_tag(km, nonce, aad, ct[:-16]), ct[-16:]):
+        raise InvalidTag()
+    return _sm4_ctr(ke, nonce, ct[:-16])
+
+
+def suite_of(algorithm: str) -> str:
+    return {"AES-128": "aes", "AES-256": "aes", "SM4-128": "sm4"}[algorithm]
 
 
 def b64u(data: bytes) -> str:
@@ -90,19 +141,22 @@ class SessionKey:
 
 
 class Device:
-    def __init__(self, device_id: str, keys: dict):
+    def __init__(self, device_id: str, keys: dict, suites: dict = None):
         self.device_id = device_id
         self.keys = keys  # index -> bytes
+        self.suites = suites or {}  # index -> "aes" (the default) or "sm4"
 
     @classmethod
     def from_fill(cls, doc: dict) -> "Device":
-        return cls(doc["device_id"], {k["index"]: bytes.fromhex(k["key"]) for k in doc["keys"]})
+        return cls(doc["device_id"], {k["index"]: bytes.fromhex(k["key"]) for k in doc["keys"]},
+                   {k["index"]: suite_of(k.get("algorithm", "AES-128")) for k in doc["keys"]})
 
     def _request(self, op, inner: dict, index, nonce=None) -> Request:
         key = self.keys[index]
         nonce = nonce if nonce is not None else os.urandom(12)
         plaintext = json.dumps(inner, separators=(",", ":")).encode()
-        ct = AESGCM(key).encrypt(nonce, plaintext, request_aad(op, self.device_id, index))
+        ct = seal(self.suites.get(index, "aes"), key, nonce, request_aad(op, self.device_id, index),
+                  plaintext)
         body = {"v": 1, "device_id": self.device_id, "key_index": index, "nonce": b64u(nonce),
                 "ct": b64u(ct)}
         raw = json.dumps(body, separators=(",", ":")).encode()
@@ -125,7 +179,8 @@ class Device:
         key = self.keys[index]
         nonce = nonce if nonce is not None else os.urandom(12)
         plaintext = json.dumps(inner, separators=(",", ":")).encode()
-        ct = AESGCM(key).encrypt(nonce, plaintext, request_aad(op, self.device_id, index))
+        ct = seal(self.suites.get(index, "aes"), key, nonce, request_aad(op, self.device_id, index),
+                  plaintext)
         body = {"v": 1, "device_id": self.device_id, "key_index": index, "nonce": b64u(nonce),
                 "ct": b64u(ct)}
         raw = json.dumps(body, separators=(",", ":")).encode()
@@ -169,7 +224,8 @@ class Device:
         key = self.keys[index]
         nonce = nonce if nonce is not None else os.urandom(12)
         plaintext = json.dumps(inner, separators=(",", ":")).encode()
-        ct = AESGCM(key).encrypt(nonce, plaintext, request_aad(op, self.device_id, index))
+        ct = seal(self.suites.get(index, "aes"), key, nonce, request_aad(op, self.device_id, index),
+                  plaintext)
         body = {"v": 1, "device_id": self.device_id, "key_index": index, "nonce": b64u(nonce),
                 "ct": b64u(ct)}
         raw = json.dumps(body, separators=(",", ":")).encode()
@@ -214,7 +270,7 @@ class Device:
             raise ProtocolError("response nonce is not 12 bytes or reuses the request nonce")
         aad = stream_aad(resp["stream_id"], self.device_id, req.key_index, resp["seq"],
                          resp["key_id"], resp["expires_at"], req.nonce_b64)
-        key = AESGCM(self.keys[req.key_index]).decrypt(nonce, ct, aad)
+        key = open_(self.suites.get(req.key_index, "aes"), self.keys[req.key_index], nonce, aad, ct)
         return StreamKey(resp["stream_id"], resp["seq"], resp["key_id"], key, resp["expires_at"],
                          resp["low"], resp["window"])
 
@@ -267,7 +323,7 @@ class Device:
         # a nonce under the device key.
         if len(nonce) != 12 or nonce == b64u_decode(req.nonce_b64):
             raise ProtocolError("response nonce is not 12 bytes or reuses the request nonce")
-        key = AESGCM(self.keys[req.key_index]).decrypt(nonce, ct, aad)
+        key = open_(self.suites.get(req.key_index, "aes"), self.keys[req.key_index], nonce, aad, ct)
         return SessionKey(resp["session_id"], resp["key_id"], key, resp["expires_at"],
                           resp["delivery"], resp.get("epoch"), resp.get("direction"),
                           resp.get("current_epoch"))

@@ -73,7 +73,8 @@ def test_types_carry_key_templates(st):
     r = st.admin("POST", "/v1/admin/device-types", json={"name": name,
                                                           "key_purposes": ["local", "access"]})
     assert r.status_code == 201, r.text
-    assert r.json() == {"name": name, "key_purposes": ["local", "access"], "service_days": None}
+    assert r.json() == {"name": name, "key_purposes": ["local", "access"], "service_days": None,
+                        "suite": "aes"}
     for bad in (["wan"], "access", [1], ["access"] * 17):
         r = st.admin("POST", "/v1/admin/device-types", json={"name": name + "x", "key_purposes": bad})
         assert r.status_code == 422 and error_code(r) == "invalid_key_purposes", (bad, r.text)

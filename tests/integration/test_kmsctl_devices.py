@@ -1101,7 +1101,8 @@ def test_device_type_list_add(stack):
     assert d["type"] == name
     refused(stack, "conflict", "device-type", "add", name, status=409)
     name2 = "rsu" + uuid.uuid4().hex[:8]
-    assert ok_json(stack, "device-type", "add", name2) == {"name": name2, "key_purposes": [], "service_days": None}
+    assert ok_json(stack, "device-type", "add", name2) == {"name": name2, "key_purposes": [], "service_days": None,
+                                                                "suite": "aes"}
     types = ok_json(stack, "device-type", "list")["types"]
     assert name in types and name2 in types
     assert stack.psql(f"SELECT count(*) FROM audit_log WHERE event = 'device_type.added' "

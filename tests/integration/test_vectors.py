@@ -58,7 +58,12 @@ def ids(cases):
 
 
 def device(c):
-    return qp.Device(c["device_id"], {c["key_index"]: bytes.fromhex(c["device_key"])})
+    return qp.Device(c["device_id"], {c["key_index"]: bytes.fromhex(c["device_key"])},
+                     {c["key_index"]: qp.suite_of(c["device_key_algorithm"])})
+
+
+def suite(c):
+    return qp.suite_of(c["device_key_algorithm"])
 
 
 def build(c):
@@ -85,7 +90,8 @@ def test_the_file_covers_what_it_must():
     assert len(set(names)) == len(names)
     assert {c["op"] for c in ACCEPT} == {"key", "end", "stream"}
     assert {("stream_id" in c) for c in ACCEPT if c["op"] == "stream"} == {True, False}
-    assert {c["device_key_algorithm"] for c in CASES} == {"AES-128", "AES-256"}
+    assert {c["device_key_algorithm"] for c in CASES} == {"AES-128", "AES-256", "SM4-128"}
+    assert {c["op"] for c in ACCEPT if c["device_key_algorithm"] == "SM4-128"} == {"key", "end"}
     assert {c["response"]["key_bits"] for c in KEY_ACCEPT} == {128, 256}
     assert any(c["key_index"] == 255 for c in ACCEPT)
     assert any('"' in c["session_id"] for c in KEY_ACCEPT)
@@ -97,7 +103,7 @@ def test_the_file_covers_what_it_must():
     assert {ext(c) for c in KEY_ACCEPT} >= {(), (1, "a2b"), (2, ""), (0, "b2a")}
     assert {c["must_fail"] for c in REJECT} == MUST_FAIL
     for c in CASES:
-        assert len(bytes.fromhex(c["device_key"])) == (16 if c["device_key_algorithm"] == "AES-128" else 32)
+        assert len(bytes.fromhex(c["device_key"])) == (32 if c["device_key_algorithm"] == "AES-256" else 16)
         assert ("response" in c) == (c["op"] in ("key", "stream"))
 
 
@@ -120,8 +126,8 @@ def test_request(c):
     assert req.body["ct"] == c["request_ct"]
     assert req.raw == c["request_body"].encode("ascii")
     # The ciphertext opens to the canonical inner request.
-    pt = AESGCM(dev.keys[c["key_index"]]).decrypt(
-        bytes.fromhex(c["request_nonce"]), qp.b64u_decode(c["request_ct"]), c["request_aad"].encode())
+    pt = qp.open_(suite(c), dev.keys[c["key_index"]], bytes.fromhex(c["request_nonce"]),
+                  c["request_aad"].encode(), qp.b64u_decode(c["request_ct"]))
     assert pt == c["request_plaintext"].encode("ascii")
 
 
@@ -133,8 +139,8 @@ def test_key_response_accepted(c):
                           r["expires_at"], c["request_nonce_b64u"], *ext(c))
     assert aad == r["aad"].encode()
     # The server's side: sealing the session key gives the expected ct.
-    ct = AESGCM(dev.keys[c["key_index"]]).encrypt(bytes.fromhex(r["nonce"]),
-                                                  bytes.fromhex(r["session_key"]), aad)
+    ct = qp.seal(suite(c), dev.keys[c["key_index"]], bytes.fromhex(r["nonce"]), aad,
+                 bytes.fromhex(r["session_key"]))
     assert qp.b64u(ct) == r["ct"] == r["body"]["ct"]
     # The client's side.
     sk = dev.open_key_response(req, r["body"])

@@ -344,21 +344,34 @@ static void key_primitives(void **state)
     qk_err e;
     (void)state;
     assert_non_null(key);
-    assert_int_equal(device_key_new(&fx.svc, "svc-prim", 3, 256, &hex, &mv, &prov, &e), QK_OK);
+    assert_int_equal(device_key_new(&fx.svc, "svc-prim", 3, "AES-256", &hex, &mv, &prov, &e),
+                     QK_OK);
     assert_non_null(hex);
     assert_true(mv >= 1);
     assert_non_null(prov);
-    assert_int_equal(device_key_unwrap(&fx.svc, "svc-prim", 3, 256, hex, key, &kl, &e), QK_OK);
+    assert_int_equal(device_key_unwrap(&fx.svc, "svc-prim", 3, "AES-256", hex, key, &kl, &e),
+                     QK_OK);
     assert_int_equal(kl, 32);
-    assert_int_equal(device_key_kcv(key, kl, kcv), 0);
-    assert_int_equal(device_key_kcv(key, kl, kcv2), 0);
+    assert_int_equal(device_key_kcv("AES-256", key, kl, kcv), 0);
+    assert_int_equal(device_key_kcv("AES-256", key, kl, kcv2), 0);
     assert_string_equal(kcv, kcv2);
-    /* Bound to its row: another index does not open it. */
-    assert_int_not_equal(device_key_unwrap(&fx.svc, "svc-prim", 4, 256, hex, key, &kl, &e), QK_OK);
-    assert_int_equal(device_key_unwrap(&fx.svc, "svc-prim", 3, 256, "zz", key, &kl, &e),
+    /* Bound to its row: another index, or another algorithm, does not open it. */
+    assert_int_not_equal(
+        device_key_unwrap(&fx.svc, "svc-prim", 4, "AES-256", hex, key, &kl, &e), QK_OK);
+    assert_int_equal(device_key_unwrap(&fx.svc, "svc-prim", 3, "AES-256", "zz", key, &kl, &e),
                      QK_INTERNAL);
-    assert_int_equal(device_key_bits("AES-256"), 256);
-    assert_int_equal(device_key_bits("AES-128"), 128);
+    free(hex);
+    hex = NULL;
+    assert_int_equal(device_key_new(&fx.svc, "svc-prim", 5, "SM4-128", &hex, &mv, &prov, &e),
+                     QK_OK);
+    assert_int_equal(device_key_unwrap(&fx.svc, "svc-prim", 5, "SM4-128", hex, key, &kl, &e),
+                     QK_OK);
+    assert_int_equal(kl, 16);
+    assert_int_not_equal(
+        device_key_unwrap(&fx.svc, "svc-prim", 5, "AES-128", hex, key, &kl, &e), QK_OK);
+    assert_int_equal(device_key_len("AES-256"), 32);
+    assert_int_equal(device_key_len("SM4-128"), 16);
+    assert_true(device_key_alg_valid("SM4-128") && !device_key_alg_valid("SM4-256"));
     free(hex);
     OPENSSL_secure_clear_free(key, DEVICE_KEY_BUF);
 }
@@ -393,7 +406,7 @@ static void check_doc(const char *id, const char *text, size_t len, size_t nkeys
         char mine[11];
         long rl = qkms_hex_decode(hex, strlen(hex), raw, sizeof(raw));
         assert_int_equal(rl, 16);
-        assert_int_equal(device_key_kcv(raw, (size_t)rl, mine), 0);
+        assert_int_equal(device_key_kcv("AES-128", raw, (size_t)rl, mine), 0);
         assert_string_equal(mine, kcv[i]);
         assert_string_equal(json_string_value(json_object_get(k, "kcv")), kcv[i]);
         OPENSSL_cleanse(raw, sizeof(raw));
@@ -510,9 +523,9 @@ static void device_types(void **state)
     assert_int_equal(device_types_has(&fx.svc, name, &known, &e), QK_OK);
     assert_false(known);
     const char *tpl[2] = {"local", "access"}, *bad[1] = {"wan"};
-    assert_int_equal(device_types_add(&fx.svc, &admin, name, bad, 1, 0, &e), QK_INVALID);
+    assert_int_equal(device_types_add(&fx.svc, &admin, name, bad, 1, 0, NULL, &e), QK_INVALID);
     assert_string_equal(e.code, "invalid_key_purposes");
-    assert_int_equal(device_types_add(&fx.svc, &admin, name, tpl, 2, 0, &e), QK_OK);
+    assert_int_equal(device_types_add(&fx.svc, &admin, name, tpl, 2, 0, NULL, &e), QK_OK);
     assert_int_equal(device_types_has(&fx.svc, name, &known, &e), QK_OK);
     assert_true(known);
     assert_int_equal(device_types_list(&fx.svc, &out, &e), QK_OK);
@@ -526,9 +539,10 @@ static void device_types(void **state)
     assert_string_equal(json_string_value(json_array_get(v, 0)), "access");
     assert_string_equal(json_string_value(json_array_get(v, 1)), "local");
     json_decref(out);
-    assert_int_equal(device_types_add(&fx.svc, &admin, name, NULL, 0, 0, &e), QK_CONFLICT);
+    assert_int_equal(device_types_add(&fx.svc, &admin, name, NULL, 0, 0, NULL, &e), QK_CONFLICT);
     assert_string_equal(e.code, "conflict");
-    assert_int_equal(device_types_add(&fx.svc, &admin, "vehicle", NULL, 0, 0, &e), QK_CONFLICT);
+    assert_int_equal(device_types_add(&fx.svc, &admin, "vehicle", NULL, 0, 0, NULL, &e),
+                     QK_CONFLICT);
 }
 
 int main(void)

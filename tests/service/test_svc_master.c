@@ -105,7 +105,7 @@ static void rewrap_moves_keys_to_the_active_version(void **state)
     int rewrapped = 0;
     (void)state;
     fixture_unique(device, sizeof(device), "SVC-REWRAP");
-    assert_true(device_key_context(device, 0, 256, ctx, sizeof(ctx)) > 0);
+    assert_true(device_key_context(device, 0, "AES-256", ctx, sizeof(ctx)) > 0);
     assert_int_equal(entropy_get(fx.svc.ent, key, sizeof(key), NULL), 0);
     assert_int_equal(keywrap_wrap(fx.svc.kw, (const uint8_t *)ctx, strlen(ctx), key, sizeof(key),
                                   blob, &bl),

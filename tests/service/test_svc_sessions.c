@@ -119,7 +119,7 @@ static size_t device_key(const char *id, int idx, uint8_t key[KEYWRAP_MAX_KEY + 
     bl = qkms_hex_decode(PQgetvalue(r, 0, 3), strlen(PQgetvalue(r, 0, 3)), blob, sizeof(blob));
     PQclear(r);
     assert_true(bl > 0);
-    device_key_context(id, idx, 128, ctx, sizeof(ctx));
+    device_key_context(id, idx, "AES-128", ctx, sizeof(ctx));
     assert_int_equal(keywrap_unwrap(fx.svc.kw, (const uint8_t *)ctx, strlen(ctx), blob,
                                     (size_t)bl, key, &kl),
                      CKR_OK);

@@ -501,6 +501,52 @@ static void ext_responses(void **state)
     assert_true(r.ext && r.epoch == 0 && !strcmp(r.direction, "b2a"));
 }
 
+/* The SM4 suite against the Python implementation's answer for the same
+ * inputs (tests/integration/qkms_proto_py.py seal("sm4", ...)): key 00..0f,
+ * nonce 0^12, AAD "aad", plaintext "hello world". */
+static void sm4_suite(void **state)
+{
+    (void)state;
+    static const char want[] = "d5c2fc25ee26c5d2d042f02a74f6709fad640dc20ff015abc594d9";
+    uint8_t key[16], nonce[12] = {0}, ct[11 + QKP_TAG_LEN], pt[11];
+    char hexct[2 * sizeof(ct) + 1];
+    for (int i = 0; i < 16; i++)
+        key[i] = (uint8_t)i;
+    assert_int_equal(qkp_suite_of("SM4-128"), QKP_SUITE_SM4);
+    assert_int_equal(qkp_suite_of("AES-256"), QKP_SUITE_AES);
+    assert_int_equal(qkp_suite_of("SM4-256"), -1);
+    assert_int_equal(qkp_seal_suite(QKP_SUITE_SM4, key, 16, nonce, "aad", 3,
+                                    (const uint8_t *)"hello world", 11, ct),
+                     0);
+    for (size_t i = 0; i < sizeof(ct); i++)
+        snprintf(hexct + 2 * i, 3, "%02x", ct[i]);
+    assert_string_equal(hexct, want);
+    assert_int_equal(qkp_open_suite(QKP_SUITE_SM4, key, 16, nonce, "aad", 3, ct, sizeof(ct), pt),
+                     0);
+    assert_memory_equal(pt, "hello world", 11);
+    /* Any bit of the AAD, nonce, ciphertext or tag: refused, nothing out. */
+    assert_int_equal(qkp_open_suite(QKP_SUITE_SM4, key, 16, nonce, "aae", 3, ct, sizeof(ct), pt),
+                     -1);
+    for (size_t i = 0; i < sizeof(ct); i++) {
+        ct[i] ^= 1;
+        assert_int_equal(qkp_open_suite(QKP_SUITE_SM4, key, 16, nonce, "aad", 3, ct, sizeof(ct),
+                                        pt),
+                         -1);
+        ct[i] ^= 1;
+    }
+    nonce[11] = 1;
+    assert_int_equal(qkp_open_suite(QKP_SUITE_SM4, key, 16, nonce, "aad", 3, ct, sizeof(ct), pt),
+                     -1);
+    /* SM4 keys are 16 bytes; an AES-GCM seal does not open as SM4. */
+    assert_int_equal(qkp_seal_suite(QKP_SUITE_SM4, key, 32 - 16 + 8, nonce, "", 0, pt, 1, ct), -1);
+    nonce[11] = 0;
+    assert_int_equal(qkp_seal_suite(QKP_SUITE_AES, key, 16, nonce, "aad", 3,
+                                    (const uint8_t *)"hello world", 11, ct),
+                     0);
+    assert_int_equal(qkp_open_suite(QKP_SUITE_SM4, key, 16, nonce, "aad", 3, ct, sizeof(ct), pt),
+                     -1);
+}
+
 static void response_refused(void **state)
 {
     const qkd_device *d = *state;
@@ -811,6 +857,7 @@ int main(void)
         cmocka_unit_test(response_vectors),
         cmocka_unit_test(response_refused),
         cmocka_unit_test(ext_responses),
+        cmocka_unit_test(sm4_suite),
         cmocka_unit_test(end_and_error_responses),
         cmocka_unit_test(b64url_edges),
         cmocka_unit_test(ids_and_aad),

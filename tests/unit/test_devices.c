@@ -178,11 +178,14 @@ static void key_context_binds_row(void **state)
 {
     char a[256], b[256];
     (void)state;
-    assert_true(device_key_context("V1", 0, 128, a, sizeof(a)) > 0);
-    assert_true(device_key_context("V1", 1, 128, b, sizeof(b)) > 0);
+    assert_true(device_key_context("V1", 0, "AES-128", a, sizeof(a)) > 0);
+    assert_true(device_key_context("V1", 1, "AES-128", b, sizeof(b)) > 0);
     assert_string_not_equal(a, b);
     assert_string_equal(a, "qkms/device-key/v1\nV1\n0\nAES-128");
-    assert_int_equal(device_key_context("V1", 0, 128, a, 8), -1);
+    /* The algorithm is bound too: an SM4 key's blob does not open as AES. */
+    assert_true(device_key_context("V1", 0, "SM4-128", b, sizeof(b)) > 0);
+    assert_string_equal(b, "qkms/device-key/v1\nV1\n0\nSM4-128");
+    assert_int_equal(device_key_context("V1", 0, "AES-128", a, 8), -1);
 }
 
 static void array_literals(void **state)
@@ -212,9 +215,14 @@ static void kcv_vector(void **state)
     char kcv[11], kcv2[11];
     (void)kcv2;
     (void)state;
-    assert_int_equal(device_key_kcv(key, 16, kcv), 0);
+    assert_int_equal(device_key_kcv("AES-128", key, 16, kcv), 0);
     assert_string_equal(kcv, "7ad386c376");
-    assert_int_equal(device_key_kcv(key, 15, kcv2), -1);
+    assert_int_equal(device_key_kcv("AES-128", key, 15, kcv2), -1);
+    /* SM4-CMAC, the same way (Python's cryptography, algorithms.SM4). */
+    assert_int_equal(device_key_kcv("SM4-128", key, 16, kcv), 0);
+    assert_string_equal(kcv, "704ee20d7b");
+    assert_int_equal(device_key_kcv("SM4-128", key, 32, kcv2), -1);
+    assert_int_equal(device_key_kcv("DES", key, 16, kcv2), -1);
 }
 
 static void roundtrip(const char *alg)

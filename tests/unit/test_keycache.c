@@ -87,7 +87,7 @@ static void put_after_an_invalidate_is_dropped(void **state)
     (void)state;
     keycache *c = keycache_new(16, 64, 30);
     uint8_t out[32];
-    keycache_entry row = {.device_pk = 7, .key_bits = 128};
+    keycache_entry row = {.device_pk = 7, .algorithm = "AES-128"};
     keycache_entry got;
     size_t n;
     /* A request reads the generation, then the row, then unwraps; an

@@ -274,12 +274,15 @@ static void request_ct(void **state)
 
         unhex(str(c, "request_nonce"), nonce, sizeof(nonce));
         assert_true(len <= QKP_MAX_PLAINTEXT);
-        assert_int_equal(qkp_seal(key, klen, nonce, aad, strlen(aad), (const uint8_t *)pt, len, ct),
+        qkp_suite suite = (qkp_suite)qkp_suite_of(str(c, "device_key_algorithm"));
+        assert_int_equal(qkp_seal_suite(suite, key, klen, nonce, aad, strlen(aad),
+                                        (const uint8_t *)pt, len, ct),
                          0);
         qkp_b64url_encode(ct, len + QKP_TAG_LEN, ct_b64);
         if (strcmp(ct_b64, str(c, "request_ct")) != 0)
             fail_msg("%s: request ct %s, expected %s", name, ct_b64, str(c, "request_ct"));
-        assert_int_equal(qkp_open(key, klen, nonce, aad, strlen(aad), ct, len + QKP_TAG_LEN, back),
+        assert_int_equal(qkp_open_suite(suite, key, klen, nonce, aad, strlen(aad), ct,
+                                        len + QKP_TAG_LEN, back),
                          0);
         assert_memory_equal(back, pt, len);
     }
@@ -319,7 +322,9 @@ static void response_aad_and_seal(void **state)
         size_t slen = unhex(str(resp, "session_key"), skey, sizeof(skey));
         assert_int_equal(slen * 8, num(resp, "key_bits"));
         assert_int_equal(unhex(str(resp, "nonce"), nonce, sizeof(nonce)), QKP_NONCE_LEN);
-        assert_int_equal(qkp_seal(key, klen, nonce, aad, (size_t)n, skey, slen, ct), 0);
+        assert_int_equal(qkp_seal_suite((qkp_suite)qkp_suite_of(str(c, "device_key_algorithm")),
+                                        key, klen, nonce, aad, (size_t)n, skey, slen, ct),
+                         0);
         qkp_b64url_encode(ct, slen + QKP_TAG_LEN, ct_b64);
         if (strcmp(ct_b64, str(resp, "ct")) != 0)
             fail_msg("%s: response ct %s, expected %s", name, ct_b64, str(resp, "ct"));

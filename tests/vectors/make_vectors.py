@@ -17,7 +17,9 @@ The file is a JSON list of cases. Every case has:
   name, description
   op                  "key", "end", or "stream" (a key stream's key, below)
   device_id, key_index, device_key (hex), device_key_algorithm
-                      ("AES-128" for 16 bytes, "AES-256" for 32)
+                      ("AES-128" for 16 bytes, "AES-256" for 32; "SM4-128" for
+                      the SM4 suite, docs/protocol.md "Suites": every AES-GCM
+                      below is then SM4-CTR + HMAC-SM3)
   session_id, ts      inner request fields (an "end" case with "all": true
                       has no session_id: it ends every session of the
                       device, and its plaintext is {"all":true,"ts":N})
@@ -109,9 +111,12 @@ import hashlib
 import json
 import os
 import re
+import struct
 import sys
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 LABEL = "qkms protocol v1 test vector: "
@@ -191,12 +196,47 @@ def request_body(device_id, key_index, nonce, ct):
             ',"nonce":"' + b64u(nonce) + '","ct":"' + b64u(ct) + '"}')
 
 
+# The SM4 suite (docs/protocol.md, "Suites"), from its definition there:
+# encrypt-then-MAC with SM4-CTR and HMAC-SM3 under keys derived from K.
+SM4_KEYS = set()  # the device keys of SM4-128 cases (derived per case name)
+
+
+def _hmac_sm3(key, data):
+    h = hmac.HMAC(key, hashes.SM3())
+    h.update(data)
+    return h.finalize()
+
+
+def sm4_seal(key, nonce, aad, pt):
+    ke = _hmac_sm3(key, b"qkms/v1/sm4/enc")[:16]
+    km = _hmac_sm3(key, b"qkms/v1/sm4/mac")
+    enc = Cipher(algorithms.SM4(ke), modes.CTR(nonce + b"\x00" * 4)).encryptor()
+    c = enc.update(pt) + enc.finalize()
+    t = _hmac_sm3(km, b"qkms/v1/sm4\n" + struct.pack(">Q", len(aad)) + aad + nonce + c)[:16]
+    return c + t
+
+
+def sm4_opens(key, nonce, aad, ct):
+    """The tag verifies (resealing the plaintext gives the same C || T)."""
+    return len(ct) >= 16 and sm4_seal(key, nonce, aad, sm4_plain(key, nonce, ct[:-16])) == ct
+
+
+def sm4_plain(key, nonce, c):
+    ke = _hmac_sm3(key, b"qkms/v1/sm4/enc")[:16]
+    dec = Cipher(algorithms.SM4(ke), modes.CTR(nonce + b"\x00" * 4)).decryptor()
+    return dec.update(c) + dec.finalize()
+
+
 def seal(key, nonce, aad, pt):
     assert len(key) in (16, 32)
+    if key in SM4_KEYS:
+        return sm4_seal(key, nonce, aad.encode("ascii"), pt)
     return AESGCM(key).encrypt(nonce, pt, aad.encode("ascii"))
 
 
 def opens(key, nonce, aad, ct):
+    if key in SM4_KEYS:
+        return sm4_opens(key, nonce, aad.encode("ascii"), ct)
     try:
         AESGCM(key).decrypt(nonce, ct, aad.encode("ascii"))
         return True
@@ -205,10 +245,13 @@ def opens(key, nonce, aad, ct):
 
 
 def request_case(name, description, op, device_id, key_index, key_len, session_id, ts,
-                 peer_id=None, delivered=False, epoch=None, direction=None):
+                 peer_id=None, delivered=False, epoch=None, direction=None, sm4=False):
     assert id_ok(device_id) and 0 <= key_index <= 255
     assert (op == "end" and session_id is None) or id_ok(session_id)
     key = derive(name + "/device-key", key_len)
+    if sm4:
+        assert key_len == 16
+        SM4_KEYS.add(key)
     nonce = derive(name + "/request-nonce", 12)
     aad = request_aad(op, device_id, key_index)
     assert (epoch is None and direction is None) or (op == "key" and not delivered)
@@ -233,7 +276,10 @@ def request_case(name, description, op, device_id, key_index, key_len, session_i
     assert list(env) == ["v", "device_id", "key_index", "nonce", "ct"]
     assert env["device_id"] == device_id and env["key_index"] == key_index
     assert 16 + 1 <= len(ct) <= 16 + 2048 and len(body) <= 8192
-    assert AESGCM(key).decrypt(nonce, ct, aad.encode()) == pt.encode()
+    if sm4:
+        assert sm4_plain(key, nonce, ct[:-16]) == pt.encode() and opens(key, nonce, aad, ct)
+    else:
+        assert AESGCM(key).decrypt(nonce, ct, aad.encode()) == pt.encode()
 
     case = {
         "name": name,
@@ -242,7 +288,7 @@ def request_case(name, description, op, device_id, key_index, key_len, session_i
         "device_id": device_id,
         "key_index": key_index,
         "device_key": key.hex(),
-        "device_key_algorithm": "AES-128" if key_len == 16 else "AES-256",
+        "device_key_algorithm": "SM4-128" if sm4 else "AES-128" if key_len == 16 else "AES-256",
     }
     if session_id is None:
         case["all"] = True
@@ -362,9 +408,10 @@ def good_cases():
     out = []
 
     def key_case(name, desc, device_id, key_index, key_len, session_id, peer_id,
-                 delivered=False, key_bits=128, epoch=None, direction=None, current_epoch=None):
+                 delivered=False, key_bits=128, epoch=None, direction=None, current_epoch=None,
+                 sm4=False):
         case, key, nonce = request_case(name, desc, "key", device_id, key_index, key_len,
-                                        session_id, TS, peer_id, delivered, epoch, direction)
+                                        session_id, TS, peer_id, delivered, epoch, direction, sm4)
         case["response"], _ = response(case, key, nonce, key_bits=key_bits,
                                        delivery="delivered" if delivered else "session",
                                        current_epoch=current_epoch)
@@ -400,11 +447,21 @@ def good_cases():
     key_case("key-direction-only", "only a direction: epoch 0's b2a key (epoch 0 in the answer "
              "and the AAD)", "METER-42", 1, 16, "S-7", "GW-7", direction="b2a")
 
-    def end_case(name, desc, device_id, key_index, key_len, session_id):
-        case, _, _ = request_case(name, desc, "end", device_id, key_index, key_len, session_id, TS)
+    def end_case(name, desc, device_id, key_index, key_len, session_id, sm4=False):
+        case, _, _ = request_case(name, desc, "end", device_id, key_index, key_len, session_id, TS,
+                                  sm4=sm4)
         out.append(case)
 
+    key_case("key-sm4", "the SM4 suite (docs/protocol.md, \"Suites\"): request and answer "
+             "sealed with SM4-CTR and HMAC-SM3 under an SM4-128 device key; 128-bit session key",
+             "METER-SM4", 0, 16, "S-sm4", "GW-7", sm4=True)
+    key_case("key-sm4-epoch-256", "the SM4 suite with an epoch and a direction (their AAD tail) "
+             "and a 256-bit session key", "METER-SM4", 3, 16, "S-sm4-2", "GW-7", epoch=2,
+             direction="b2a", key_bits=256, sm4=True)
+
     end_case("end-aes128", "end request under an AES-128 device key", "VIN-0001", 0, 16, "S-1")
+    end_case("end-sm4", "end request under an SM4-128 device key (the SM4 suite)", "METER-SM4", 1,
+             16, "S-sm4", sm4=True)
     end_case("end-aes256-quote", "end request under an AES-256 device key, index 255, for a "
              "session ID with double quotes", "ENC-0001", 255, 32, 'S"quoted"-3')
     end_case("end-all", "end of every session of the device (\"all\":true, no session_id), "
