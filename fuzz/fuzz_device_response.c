@@ -58,7 +58,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     fuzz_quiet();
     json_array_foreach(vs, i, v) {
-        if (nv < MAXV)
+        /* Key and end requests that name a session (not an end of all,
+         * not a key stream's). */
+        const char *op = json_string_value(json_object_get(v, "op"));
+        if (nv < MAXV && op && (!strcmp(op, "key") || !strcmp(op, "end")) &&
+            json_object_get(v, "session_id"))
             add(v);
     }
     FUZZ_CHECK(nv > 0);

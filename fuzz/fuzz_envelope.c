@@ -90,7 +90,8 @@ static void inner(http_request *rq, const envelope *env, const vkey *k, const ch
         errno = 0;
         (void)strtoll(ts, &end, 10); /* handed to the database as bigint text */
         FUZZ_CHECK(ts[0] && !*end && errno == 0);
-        FUZZ_CHECK(qkp_id_valid(sid));
+        /* An end names a session, or none with "all": true. */
+        FUZZ_CHECK(want_peer ? qkp_id_valid(sid) : (!sid || qkp_id_valid(sid)));
         FUZZ_CHECK(!want_peer || (qkp_id_valid(peer) && strcmp(peer, env->device_id) != 0));
     } else if (json_is_object(a.inner)) {
         check_refusal(&rs);
