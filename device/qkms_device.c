@@ -384,7 +384,7 @@ static int seal_envelope(qkd_request *r, const qkd_device *d, const qkd_key *k, 
     if (qkp_seal_suite(k->suite, k->key, k->len, r->nonce, aad, (size_t)aad_len, qbuf_ptr(in),
                        qbuf_len(in),
                  ct) != 0) {
-        rc = fail(QKD_ERR_INTERNAL, err, errlen, "AES-GCM encryption failed");
+        rc = fail(QKD_ERR_INTERNAL, err, errlen, "sealing the request failed");
         goto cleanup;
     }
     qkp_b64url_encode(ct, qbuf_len(in) + QKP_TAG_LEN, ct_b64);

@@ -80,7 +80,7 @@ typedef struct {
  * "device_id" and "keys":[{"index","algorithm":"AES-128"|"AES-256"|"SM4-128","key":hex,
  * "kcv","not_before","not_after"}], times in RFC 3339 (or integer Unix
  * seconds). "format", when present, must be "qkms-fill/1"; "kcv", when
- * present, must match the key (AES-CMAC check value); other fields are
+ * present, must match the key (AES-CMAC check value, SM4-CMAC for SM4-128); other fields are
  * ignored. text need not be NUL-terminated and is not modified; the caller
  * wipes it. On success *out is the caller's (qkd_device_free).
  */

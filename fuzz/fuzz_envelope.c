@@ -23,6 +23,7 @@ typedef struct {
     int key_index;
     uint8_t key[32];
     size_t len;
+    qkp_suite suite; /* the vector's device_key_algorithm's (AES or SM4) */
 } vkey;
 
 static kms_ctx fk;
@@ -44,8 +45,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         k->device_id = json_string_value(json_object_get(v, "device_id"));
         k->key_index = (int)json_integer_value(json_object_get(v, "key_index"));
         k->len = strlen(hex) / 2;
-        FUZZ_CHECK(k->device_id && qkms_hex_decode(hex, strlen(hex), k->key, sizeof(k->key)) ==
-                                       (long)k->len);
+        k->suite = (qkp_suite)qkp_suite_of(
+            json_string_value(json_object_get(v, "device_key_algorithm")));
+        FUZZ_CHECK(k->device_id && (int)k->suite >= 0 &&
+                   qkms_hex_decode(hex, strlen(hex), k->key, sizeof(k->key)) == (long)k->len);
         nvkeys++;
     }
     return 0;
@@ -79,7 +82,8 @@ static void inner(http_request *rq, const envelope *env, const vkey *k, const ch
     int aad_len = qkp_request_aad(op, env->device_id, env->key_index, aad, sizeof(aad));
 
     FUZZ_CHECK(aad_len > 0);
-    if (qkp_open(k->key, k->len, env->nonce, aad, (size_t)aad_len, env->ct, env->ct_len, pt) != 0)
+    if (qkp_open_suite(k->suite, k->key, k->len, env->nonce, aad, (size_t)aad_len, env->ct,
+                       env->ct_len, pt) != 0)
         return;
     memset(&a, 0, sizeof(a));
     memset(&rs, 0, sizeof(rs));

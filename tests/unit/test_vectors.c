@@ -171,13 +171,14 @@ static void coverage(void **state)
 {
     size_t i;
     json_t *c;
-    int key_ok = 0, end_ok = 0, end_all = 0, stream_ok = 0, rejects = 0, aes128 = 0, aes256 = 0, bits256 = 0, idx255 = 0,
+    int key_ok = 0, end_ok = 0, end_all = 0, stream_ok = 0, sm4 = 0, rejects = 0, aes128 = 0, aes256 = 0, bits256 = 0, idx255 = 0,
         quote_sid = 0, quote_dev = 0, delivered = 0;
 
     FOR_CASES(*state, i, c) {
         const char *alg = str(c, "device_key_algorithm");
         aes128 += strcmp(alg, "AES-128") == 0;
         aes256 += strcmp(alg, "AES-256") == 0;
+        sm4 += strcmp(alg, "SM4-128") == 0;
         if (!accepts(c)) {
             rejects++;
             assert_true(is_op(c, "key"));
@@ -203,7 +204,7 @@ static void coverage(void **state)
     }
     assert_true(key_ok >= 3 && end_ok >= 1 && rejects >= 3);
     assert_true(aes128 && aes256 && bits256 && idx255 && quote_sid && quote_dev && delivered &&
-                end_all && stream_ok >= 2);
+                end_all && stream_ok >= 2 && sm4 >= 3);
 }
 
 static void request_aad(void **state)
@@ -417,7 +418,9 @@ static void stream_responses(void **state)
         size_t klen = unhex(str(c, "device_key"), key, sizeof(key));
         size_t slen = unhex(str(resp, "session_key"), skey, sizeof(skey));
         assert_int_equal(unhex(str(resp, "nonce"), nonce, sizeof(nonce)), QKP_NONCE_LEN);
-        assert_int_equal(qkp_seal(key, klen, nonce, aad, (size_t)n, skey, slen, ct), 0);
+        assert_int_equal(qkp_seal_suite((qkp_suite)qkp_suite_of(str(c, "device_key_algorithm")),
+                                        key, klen, nonce, aad, (size_t)n, skey, slen, ct),
+                         0);
         qkp_b64url_encode(ct, slen + QKP_TAG_LEN, ct_b64);
         assert_string_equal(ct_b64, str(resp, "ct"));
 

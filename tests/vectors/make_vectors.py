@@ -480,9 +480,9 @@ def good_cases():
 def reject_cases():
     out = []
 
-    def base(name, desc, must_fail, key_len=16, key_index=0):
+    def base(name, desc, must_fail, key_len=16, key_index=0, sm4=False):
         case, key, nonce = request_case(name, desc, "key", "VIN-0001", key_index, key_len,
-                                        "R-" + name, TS, "ENC-0001")
+                                        "R-" + name, TS, "ENC-0001", sm4=sm4)
         case["expect"] = "reject"
         case["must_fail"] = must_fail
         return case, key, nonce
@@ -501,8 +501,13 @@ def reject_cases():
         missing = object()
         diff = sorted(k for k in set(vb) | set(rb) if vb.get(k, missing) != rb.get(k, missing))
         assert diff == sorted(differs), (case["name"], diff, differs)
-        assert AESGCM(key).decrypt(unb64u(vb["nonce"]), unb64u(vb["ct"]),
-                                   client_aad(case, vb).encode()) == bytes.fromhex(resp["session_key"])
+        vnonce, vct, vaad = unb64u(vb["nonce"]), unb64u(vb["ct"]), client_aad(case, vb)
+        if key in SM4_KEYS:
+            assert opens(key, vnonce, vaad, vct)
+            assert sm4_plain(key, vnonce, vct[:-16]) == bytes.fromhex(resp["session_key"])
+        else:
+            assert AESGCM(key).decrypt(vnonce, vct, vaad.encode()) == \
+                bytes.fromhex(resp["session_key"])
         case["response"] = resp
         case["valid_body"] = vb
         case["differs_in"] = sorted(differs)
@@ -512,6 +517,16 @@ def reject_cases():
     case, key, nonce = base("reject-tampered-ct", "one bit of the response ct flipped", "aead")
     resp, ct = response(case, key, nonce)
     bad = bytes([ct[0] ^ 0x01]) + ct[1:]
+    resp["body"]["ct"] = b64u(bad)
+    assert not opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), bad)
+    add(case, key, nonce, resp, ["ct"])
+
+    # aead, the SM4 suite: a flipped bit in the tag (HMAC-SM3 refuses it
+    # before anything is decrypted).
+    case, key, nonce = base("reject-sm4-tampered-tag", "the SM4 suite: one bit of the response "
+                            "tag flipped", "aead", sm4=True)
+    resp, ct = response(case, key, nonce)
+    bad = ct[:-1] + bytes([ct[-1] ^ 0x01])
     resp["body"]["ct"] = b64u(bad)
     assert not opens(key, bytes.fromhex(resp["nonce"]), client_aad(case, resp["body"]), bad)
     add(case, key, nonce, resp, ["ct"])
