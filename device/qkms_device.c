@@ -619,6 +619,48 @@ static int check_common(const json_t *o, const qkd_request *r, char *err, size_t
     return QKD_OK;
 }
 
+/* The nonce and ct of an answer to r carrying a bits-bit key: decoded and
+ * checked (12 bytes, not the request's own: the answer is sealed under the
+ * same device key, so a server reusing the request's nonce would break the
+ * AEAD for that key; ct a key and its tag). */
+static int decode_sealed(const qkd_request *r, const char *nonce_s, const char *ct_s, int bits,
+                         uint8_t nonce[QKP_NONCE_LEN], uint8_t ct[QKD_MAX_KEY_LEN + QKP_TAG_LEN],
+                         long *ct_len, char *err, size_t errlen)
+{
+    if (!nonce_s ||
+        qkp_b64url_decode(nonce_s, strlen(nonce_s), nonce, QKP_NONCE_LEN) != QKP_NONCE_LEN)
+        return fail(QKD_ERR_INPUT, err, errlen, "response nonce must be 12 bytes in base64url");
+    if (CRYPTO_memcmp(nonce, r->nonce, QKP_NONCE_LEN) == 0)
+        return fail(QKD_ERR_INPUT, err, errlen, "response reuses the request nonce");
+    *ct_len = ct_s ? qkp_b64url_decode(ct_s, strlen(ct_s), ct, QKD_MAX_KEY_LEN + QKP_TAG_LEN)
+                   : -1;
+    if (*ct_len != bits / 8 + QKP_TAG_LEN)
+        return fail(QKD_ERR_INPUT, err, errlen, "response ct is not a %d-bit key and tag", bits);
+    return QKD_OK;
+}
+
+/* Opens the sealed key (decode_sealed's) under r's device key k in its
+ * suite with the AAD the client computed (aad_len < 0: it did not fit):
+ * *key is then bits / 8 bytes of secure heap, the caller's on success and
+ * on failure (its clear function frees it). */
+static int open_sealed(const qkd_key *k, const qkd_request *r, const uint8_t nonce[QKP_NONCE_LEN],
+                       const char *aad, int aad_len, const uint8_t *ct, long ct_len, int bits,
+                       uint8_t **key, size_t *key_len, char *err, size_t errlen)
+{
+    if (aad_len < 0)
+        return fail(QKD_ERR_INPUT, err, errlen, "response fields too long");
+    if (!(*key = OPENSSL_secure_malloc((size_t)bits / 8)))
+        return fail(QKD_ERR_INTERNAL, err, errlen, "out of secure memory");
+    *key_len = (size_t)bits / 8;
+    if (qkp_open_suite(k->suite, k->key, k->len, nonce, aad, (size_t)aad_len, ct, (size_t)ct_len,
+                       *key) != 0)
+        return fail(QKD_ERR_INPUT, err, errlen,
+                    "response does not verify under device key %d "
+                    "(tampered, or not an answer to this request)",
+                    r->key_index);
+    return QKD_OK;
+}
+
 int qkd_response_key(qkd_session_key *out, const qkd_device *d, const qkd_request *r,
                      const char *body, size_t len, char *err, size_t errlen)
 {
@@ -669,23 +711,10 @@ int qkd_response_key(qkd_session_key *out, const qkd_device *d, const qkd_reques
         rc = fail(QKD_ERR_INPUT, err, errlen, "response delivery must be session or delivered");
         goto cleanup;
     }
-    if (!nonce_s ||
-        qkp_b64url_decode(nonce_s, strlen(nonce_s), nonce, sizeof(nonce)) != QKP_NONCE_LEN) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "response nonce must be 12 bytes in base64url");
-        goto cleanup;
-    }
-    /* The response is sealed under the same key as the request: a server
-     * that reused our nonce would break AES-GCM for this key. */
-    if (CRYPTO_memcmp(nonce, r->nonce, QKP_NONCE_LEN) == 0) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "response reuses the request nonce");
-        goto cleanup;
-    }
     bits = (int)json_integer_value(jbits);
-    ct_len = ct_s ? qkp_b64url_decode(ct_s, strlen(ct_s), ct, sizeof(ct)) : -1;
-    if (ct_len != bits / 8 + QKP_TAG_LEN) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "response ct is not a %d-bit key and tag", bits);
+    if ((rc = decode_sealed(r, nonce_s, ct_s, bits, nonce, ct, &ct_len, err, errlen)) != QKD_OK)
         goto cleanup;
-    }
+    rc = QKD_ERR_INPUT;
     {
         /* An ext request's answer names the epoch and direction asked for
          * (the AAD binds them) and the session's current epoch; any other
@@ -710,23 +739,9 @@ int qkd_response_key(qkd_session_key *out, const qkd_device *d, const qkd_reques
                      : qkp_response_aad(r->session_id, r->device_id, r->key_index, key_id,
                                         (int64_t)json_integer_value(jexp), r->nonce_b64, aad,
                                         sizeof(aad));
-    if (aad_len < 0) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "response fields too long");
+    if ((rc = open_sealed(k, r, nonce, aad, aad_len, ct, ct_len, bits, &out->key, &out->key_len,
+                          err, errlen)) != QKD_OK)
         goto cleanup;
-    }
-    if (!(out->key = OPENSSL_secure_malloc((size_t)bits / 8))) {
-        rc = fail(QKD_ERR_INTERNAL, err, errlen, "out of secure memory");
-        goto cleanup;
-    }
-    out->key_len = (size_t)bits / 8;
-    if (qkp_open_suite(k->suite, k->key, k->len, nonce, aad, (size_t)aad_len, ct, (size_t)ct_len,
-                       out->key) != 0) {
-        rc = fail(QKD_ERR_INPUT, err, errlen,
-                  "response does not verify under device key %d "
-                  "(tampered, or not an answer to this request)",
-                  r->key_index);
-        goto cleanup;
-    }
     strcpy(out->session_id, r->session_id);
     strcpy(out->key_id, key_id);
     out->key_bits = bits;
@@ -879,38 +894,14 @@ int qkd_response_stream(qkd_stream_key *out, const qkd_device *d, const qkd_requ
         rc = fail(QKD_ERR_INPUT, err, errlen, "response key_bits must be 128 or 256");
         goto cleanup;
     }
-    if (!nonce_s ||
-        qkp_b64url_decode(nonce_s, strlen(nonce_s), nonce, sizeof(nonce)) != QKP_NONCE_LEN ||
-        CRYPTO_memcmp(nonce, r->nonce, QKP_NONCE_LEN) == 0) {
-        rc = fail(QKD_ERR_INPUT, err, errlen,
-                  "response nonce must be 12 bytes in base64url, not the request's");
-        goto cleanup;
-    }
     bits = (int)json_integer_value(jbits);
-    ct_len = ct_s ? qkp_b64url_decode(ct_s, strlen(ct_s), ct, sizeof(ct)) : -1;
-    if (ct_len != bits / 8 + QKP_TAG_LEN) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "response ct is not a %d-bit key and tag", bits);
+    if ((rc = decode_sealed(r, nonce_s, ct_s, bits, nonce, ct, &ct_len, err, errlen)) != QKD_OK)
         goto cleanup;
-    }
     aad_len = qkp_stream_aad(sid, r->device_id, r->key_index, r->seq, key_id,
                              (int64_t)json_integer_value(jexp), r->nonce_b64, aad, sizeof(aad));
-    if (aad_len < 0) {
-        rc = fail(QKD_ERR_INPUT, err, errlen, "response fields too long");
+    if ((rc = open_sealed(k, r, nonce, aad, aad_len, ct, ct_len, bits, &out->key, &out->key_len,
+                          err, errlen)) != QKD_OK)
         goto cleanup;
-    }
-    if (!(out->key = OPENSSL_secure_malloc((size_t)bits / 8))) {
-        rc = fail(QKD_ERR_INTERNAL, err, errlen, "out of secure memory");
-        goto cleanup;
-    }
-    out->key_len = (size_t)bits / 8;
-    if (qkp_open_suite(k->suite, k->key, k->len, nonce, aad, (size_t)aad_len, ct, (size_t)ct_len,
-                       out->key) != 0) {
-        rc = fail(QKD_ERR_INPUT, err, errlen,
-                  "response does not verify under device key %d "
-                  "(tampered, or not an answer to this request)",
-                  r->key_index);
-        goto cleanup;
-    }
     strcpy(out->stream_id, sid);
     strcpy(out->key_id, key_id);
     out->seq = r->seq;
