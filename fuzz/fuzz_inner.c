@@ -2,8 +2,9 @@
  * fuzz_inner — the decrypted inner request of a device request
  * (docs/protocol.md): the bytes the AEAD opened, parsed by
  * kmsd/api/device_v1.c exactly as authenticate() and inner_fields() do for the
- * `key` operation (session_id, peer_id, ts, delivery) and the `end`
- * operation (session_id, ts), and as login_fields() does for a gateway's
+ * `key` operation (session_id, peer_id, ts, delivery, epoch, direction:
+ * inner_epoch) and the `end` operation (session_id or all, ts), as
+ * stream_fields() does for a key stream's, and as login_fields() does for a gateway's
  * `login` (tid, password, ts) and `logout` (ts). The AEAD is skipped: the fuzzer stands in for
  * a device that holds its own key, which is the case the inner parse must
  * survive.
@@ -59,7 +60,21 @@ static void one(const uint8_t *data, size_t size, bool want_peer)
         (void)strtoll(ts, &end, 10); /* handed to the database as bigint text */
         FUZZ_CHECK(ts[0] && !*end && errno == 0);
         FUZZ_CHECK(rs.body == NULL);
+        if (!want_peer && !sid) { /* an end of every session: "all" is true */
+            FUZZ_CHECK(json_is_true(json_object_get(a.inner, "all")));
+            goto out;
+        }
         FUZZ_CHECK(qkp_id_valid(sid));
+        if (want_peer) { /* the epoch and direction of the same request */
+            session_ask ask = {0};
+            if (inner_epoch(&rq, &rs, a.inner, &ask) == 0)
+                FUZZ_CHECK(!ask.ext || (ask.epoch >= 0 && ask.epoch <= QKP_MAX_EPOCH &&
+                                        ask.direction &&
+                                        (!ask.direction[0] || !strcmp(ask.direction, "a2b") ||
+                                         !strcmp(ask.direction, "b2a"))));
+            else
+                FUZZ_CHECK(rs.status == 422 && rs.body != NULL);
+        }
         FUZZ_CHECK(!want_peer || (qkp_id_valid(peer) && strcmp(peer, env.device_id) != 0));
         /* The session hash and wrap context are computed from what passed. */
         {
@@ -71,6 +86,37 @@ static void one(const uint8_t *data, size_t size, bool want_peer)
     } else {
         FUZZ_CHECK(rs.status >= 400);
         FUZZ_CHECK(rs.status < 500 && rs.body != NULL); /* issue 12, item 14 */
+    }
+out:
+    free(rs.body);
+    authed_clear(&a);
+}
+
+/* A key stream's inner request (docs/protocol.md, "Key streams"). */
+static void one_stream(const uint8_t *data, size_t size)
+{
+    http_request rq;
+    http_response rs;
+    envelope env;
+    authed a;
+    json_error_t je;
+    stream_ask ask = {0};
+
+    memset(&rq, 0, sizeof(rq));
+    memset(&rs, 0, sizeof(rs));
+    memset(&env, 0, sizeof(env));
+    memset(&a, 0, sizeof(a));
+    rq.kms = &fk;
+    snprintf(env.device_id, sizeof(env.device_id), "VIN-0001");
+    a.inner = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, &je);
+    if (!json_is_object(a.inner))
+        goto out;
+    if (stream_fields(&rq, &rs, &env, &a, &ask) == 0) {
+        FUZZ_CHECK(rs.body == NULL);
+        FUZZ_CHECK(qkp_id_valid(ask.peer_id) && strcmp(ask.peer_id, env.device_id) != 0);
+        FUZZ_CHECK(ask.seq >= 0);
+    } else {
+        FUZZ_CHECK(rs.status == 422 && rs.body != NULL);
     }
 out:
     free(rs.body);
@@ -111,6 +157,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     one(data, size, true);
     one(data, size, false);
+    one_stream(data, size);
     one_login(data, size, true);
     one_login(data, size, false);
     return 0;
