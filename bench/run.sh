@@ -7,7 +7,8 @@
 #   BENCH_THREADING=both   also measure MHD's pool threading model
 #   BENCH_PARTS     which parts: "import http entropy tls v2 etsi sessions" (default all),
 #                   or "scale" (minutes: see bench_scale below), or "pgmodes"
-#                   (group commit: batch call against pipeline mode, pgbench)
+#                   (group commit: batch call against pipeline mode, pgbench), or "ab"
+#                   (BENCH_AB="a.sql b.sql": two SQL variants in one stack, turn about)
 #   BENCH_SCALE_DEVICES  devices registered by the scale part (default 1000000)
 #   BENCH_SCALE_SESSIONS open sessions added by it (default 100000)
 #   BENCH_SCALE_EXPIRED  expired sessions it gives the reaper (default 50000)
@@ -333,6 +334,34 @@ bench_etsi() {
                  (n > 0 ? 1e6 * (k1 - k0) / n : 0), (n > 0 ? 1e6 * (p1 - p0) / n : 0) }'
 }
 
+# -- A/B: two variants of SQL in one stack, interleaved ---------------------
+# BENCH_PARTS=ab BENCH_AB="a.sql b.sql" applies a.sql, runs the deliveries at
+# 16 and 64 clients, applies b.sql, runs them again, BENCH_AB_ROUNDS times
+# (default 4). On a machine whose speed drifts between runs (this VM's
+# one-row commit floor moves by half within an hour), variants measured in
+# one stack, turn about, share the drift; separate stacks do not. The two
+# files must be the same function in two forms: requests in flight see
+# either. One line per run: the session_bench line, variant, round, and CPU
+# per delivery (kmsd, PostgreSQL).
+bench_ab() {
+    bench_sessions_setup
+    # shellcheck disable=SC2086
+    set -- $BENCH_AB
+    r=1
+    while [ $r -le "${BENCH_AB_ROUNDS:-4}" ]; do
+        for v in a b; do
+            f=$1; [ $v = b ] && f=$2
+            psql -X -q -d "$CONNINFO" -v ON_ERROR_STOP=1 -f "$f" >/dev/null
+            for c in 16 64; do
+                line=$(deliveries_at $c | head -1)
+                echo "$line variant=$v round=$r kmsd_us_per_delivery=$(cut -d' ' -f1 "$STATE/last.cpu") postgres_us_per_delivery=$(cut -d' ' -f2 "$STATE/last.cpu")"
+            done
+        done
+        r=$((r+1))
+    done
+    stop_kmsd
+}
+
 # -- scale: the same deliveries with a fleet in the database -----------------
 # Deliveries at 16 and 64 clients (the 64 bench pairs) three times in one
 # stack: on the small database; after importing BENCH_SCALE_DEVICES devices
@@ -431,6 +460,7 @@ for part in $PARTS; do
     sessions) bench_sessions | tee "$OUT/sessions.txt" ;;
     scale) bench_scale | tee "$OUT/scale.txt" ;;
     pgmodes) bench_pgmodes | tee "$OUT/pgmodes.txt" ;;
+    ab) bench_ab | tee "$OUT/ab.txt" ;;
     esac
 done
 

@@ -211,6 +211,51 @@ def test_created_row_is_written_once(hp):
     assert row == "t|t"
 
 
+# ---- schema/031: no function parsed on every call ---------------------------
+
+def test_no_sql_function_is_planned_per_call(hp):
+    """A LANGUAGE sql function with a FROM clause is not inlined: PostgreSQL
+    parses and plans it again in each transaction that calls it (perf put
+    30 % of its CPU there before schema/031). The request path's helpers are
+    plpgsql (plans kept per connection) or SQL that the planner inlines (a
+    single SELECT of an expression, no FROM): EXPLAIN VERBOSE of a call to
+    each SQL function of the schema must show its body, not the call."""
+    funcs = hp.psql("SELECT p.proname, array_to_string(p.proargtypes::regtype[], ',') "
+                    "FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+                    "WHERE l.lanname = 'sql' AND p.pronamespace = current_schema()::regnamespace "
+                    "ORDER BY 1").splitlines()
+    names = set()
+    for f in funcs:
+        name, types = f.split("|")
+        names.add(name)
+        args = ", ".join(f"NULL::{t}" for t in types.split(",") if t)
+        plan = hp.psql(f"EXPLAIN (VERBOSE, COSTS OFF) SELECT {name}({args})")
+        assert f"{name}(" not in plan, f"{name} is not inlined:\n{plan}"
+    assert {"qkms_ts_ok", "qkms_device_standing"} <= names
+    # The check itself: a SQL function with a FROM shows as a call.
+    hp.psql("CREATE FUNCTION test_not_inlined(d devices) RETURNS text LANGUAGE sql STABLE AS "
+            "$$ SELECT k.state FROM device_keys k WHERE k.device_pk = d.id LIMIT 1 $$")
+    try:
+        assert "test_not_inlined(" in hp.psql("EXPLAIN (VERBOSE, COSTS OFF) "
+                                              "SELECT test_not_inlined(NULL::devices)")
+    finally:
+        hp.psql("DROP FUNCTION test_not_inlined(devices)")
+    # The plpgsql versions answer as the SQL ones did (docs/sessions.md).
+    veh, enc = make_device(hp, "vehicle"), make_device(hp, "encryptor")
+    did = veh.device_id
+    assert hp.psql(f"SELECT qkms_auth_refusal(d, (SELECT min(key_index) FROM device_keys "
+                   f"WHERE device_pk = d.id)) FROM devices d WHERE device_id = '{did}'").strip() == ""
+    assert hp.psql(f"SELECT qkms_auth_refusal(d, 77) FROM devices d "
+                   f"WHERE device_id = '{did}'").strip() == "unknown key index"
+    assert hp.psql("SELECT qkms_auth_refusal(NULL::devices, 0)").strip() == "unknown device"
+    assert hp.psql(f"SELECT qkms_cert_refusal(d, '\\x00'::bytea) FROM devices d "
+                   f"WHERE device_id = '{did}'").strip() == "certificate not on record for this device"
+    assert hp.psql(f"SELECT p.name FROM devices a, devices b, LATERAL qkms_policy_for(a, b) p "
+                   f"WHERE a.device_id = '{did}' AND b.device_id = '{enc.device_id}'").strip() == "all"
+    assert hp.psql(f"SELECT p.id IS NULL FROM devices a, LATERAL qkms_policy_for_platform(a) p "
+                   f"WHERE a.device_id = '{did}'").strip() == "t"
+
+
 # ---- schema/010: the periodic passes read what is due ------------------------
 
 def test_reaper_looks_at_a_session_in_use_once_per_idle_period(hp):
