@@ -41,6 +41,7 @@
 #include <stdint.h>
 
 #include "qkms_proto.h"
+#include "qkms_seal.h"
 
 enum {
     QKD_OK = 0,
@@ -237,6 +238,29 @@ void qkd_stream_key_clear(qkd_stream_key *k);
 /* {"v":1,"stream_id":r's,"ended":true} (no AEAD, as every end). */
 int qkd_response_stream_end(const qkd_request *r, const char *body, size_t len, char *err,
                             size_t errlen);
+
+/*
+ * Data sealed under a session key (docs/sealing.md): what one party of the
+ * session sends the other. qkd_seal seals pt (at most QKS_MAX_PLAINTEXT
+ * bytes) from my_id to peer_id (the direction is theirs: a2b when my_id
+ * sorts first) at seq, into out (cap >= pt_len + QKS_OVERHEAD), its length
+ * in *out_len. The caller must never seal twice with one seq under one
+ * key: keep the counter across restarts, or ask for the next epoch's key.
+ * qkd_open opens a frame peer_id sent to my_id, refusing a seq window w has
+ * seen (w: one per key and direction, zeroed to start; NULL: no replay
+ * check); the plaintext (the frame's length - QKS_OVERHEAD bytes, cap at
+ * least that) into pt, its length into *pt_len, its seq into *seq (may be
+ * NULL). A refused frame is QKD_ERR_INPUT and err starts with the frame
+ * error's name ("format", "key", "direction", "auth", "replay"), nothing in
+ * pt; the window moves only for a frame that opened.
+ */
+typedef qks_window qkd_seal_window;
+int qkd_seal(const qkd_session_key *k, const char *my_id, const char *peer_id, uint64_t seq,
+             const uint8_t *pt, size_t pt_len, uint8_t *out, size_t cap, size_t *out_len,
+             char *err, size_t errlen);
+int qkd_open(const qkd_session_key *k, const char *my_id, const char *peer_id,
+             qkd_seal_window *w, const uint8_t *frame, size_t len, uint8_t *pt, size_t cap,
+             size_t *pt_len, uint64_t *seq, char *err, size_t errlen);
 
 /* An error answer {"error":{"code":"...","message":"..."}}. */
 typedef struct {

@@ -225,6 +225,27 @@ def main():
     cert_pem_seeds()
     v2_seeds()
     etsi014_seeds()
+    seal_seeds()
+
+
+def seal_seeds():
+    """seal: byte 0 the window (0 fresh, else shared with the previous
+    input), then a frame: the first seal vector's frames (those that open
+    under the key fuzz_seal.c uses) and every reject case's."""
+    doc = json.load(open(os.path.join(ROOT, "tests", "vectors", "seal-v1.json")))
+    first = doc["seal"][0]
+    put("seal", "vec-first", b"\x00" + bytes.fromhex(first["frame"]))
+    for c in doc["seal"][1:]:
+        put("seal", f"vec-{c['name']}", b"\x00" + bytes.fromhex(c["frame"]))
+    for c in doc["reject"]:
+        put("seal", f"reject-{c['name']}", b"\x00" + bytes.fromhex(c["frame"]))
+    key = bytes.fromhex(first["key"])
+    hdr = bytes.fromhex(first["frame"])[:28]
+    for seq in (1, 70, 2):  # a sequence sharing one window (byte 0 = 1)
+        h = hdr[:20] + struct.pack(">Q", seq)
+        aad = b"qkms/seal/v1\x00" + first["session_id"].encode() + b"\x00" + h
+        nonce = struct.pack(">IQ", h[2], seq)
+        put("seal", f"seq-{seq}", b"\x01" + h + AESGCM(key).encrypt(nonce, b"reading", aad))
 
 
 def etsi014_seeds():
