@@ -15,13 +15,14 @@
 
 #define EXPIRES_MAX_DAYS 3650L
 
-static const char *const roles[] = {"admin", "operator", "auditor", NULL};
+static const char *const roles[] = {"admin", "operator", "auditor", "crypto", NULL};
 
 static int token_create(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
     const char *name = inv->pos[0];
     const char *role = opt_get(&inv->local, "role");
     const char *days_arg = opt_get(&inv->local, "expires-in-days");
+    const char *acts_for = opt_get(&inv->local, "acts-for");
     json_t *req = NULL, *resp = NULL;
     int rc = EXIT_USAGE;
 
@@ -31,11 +32,16 @@ static int token_create(const struct kmsctl_ctx *ctx, const struct invocation *i
         goto cleanup;
     }
     if (!role) {
-        out_error("--role is required (admin, operator or auditor)");
+        out_error("--role is required (admin, operator, auditor or crypto)");
         goto cleanup;
     }
     if (!arg_is_one_of(role, roles)) {
-        out_error("--role must be admin, operator or auditor");
+        out_error("--role must be admin, operator, auditor or crypto");
+        goto cleanup;
+    }
+    if ((strcmp(role, "crypto") == 0) != (acts_for != NULL)) {
+        out_error(acts_for ? "--acts-for goes with --role crypto only"
+                           : "--role crypto needs --acts-for DEVICE-ID (or @platform)");
         goto cleanup;
     }
     long days = 0;
@@ -50,7 +56,8 @@ static int token_create(const struct kmsctl_ctx *ctx, const struct invocation *i
         out_error("token name must be valid UTF-8");
         goto cleanup;
     }
-    if (days_arg && json_object_set_new(req, "expires_in_days", json_integer(days))) {
+    if ((days_arg && json_object_set_new(req, "expires_in_days", json_integer(days))) ||
+        (acts_for && json_object_set_new(req, "acts_for", json_string(acts_for)))) {
         out_error("out of memory");
         rc = EXIT_INTERNAL;
         goto cleanup;
@@ -87,11 +94,12 @@ cleanup:
 /* The tokens table; checked here, so --json prints any answer as it is. */
 static int print_tokens(const json_t *resp)
 {
-    static const char *const headers[] = {"NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST-USED"};
-    static const char *const keys[] = {"name",       "role",       "state",
-                                       "created_at", "expires_at", "last_used_at"};
+    static const char *const headers[] = {"NAME",    "ROLE",      "STATE",   "CREATED",
+                                          "EXPIRES", "LAST-USED", "ACTS-FOR"};
+    static const char *const keys[] = {"name",       "role",         "state",   "created_at",
+                                       "expires_at", "last_used_at", "acts_for"};
     const json_t *tokens = resource_items(resp, "tokens");
-    return tokens ? out_table(tokens, 6, headers, keys) : EXIT_SERVER;
+    return tokens ? out_table(tokens, 7, headers, keys) : EXIT_SERVER;
 }
 
 static int token_list(const struct kmsctl_ctx *ctx, const struct invocation *inv)
@@ -219,18 +227,22 @@ static const struct opt_spec cert_opts[] = {
 };
 
 static const struct opt_spec create_opts[] = {
-    {"role", 0, "ROLE", "admin, operator or auditor (required)"},
+    {"role", 0, "ROLE", "admin, operator, auditor or crypto (required)"},
     {"expires-in-days", 0, "N", "expire after N days, 1..3650 (default: never)"},
+    {"acts-for", 0, "PARTY", "crypto: the device ID it acts for, or @platform (required)"},
     {0},
 };
 
 static const struct action token_actions[] = {
     {
         .sub = "create",
-        .usage = "NAME --role ROLE [--expires-in-days N]",
+        .usage = "NAME --role ROLE [--expires-in-days N] [--acts-for PARTY]",
         .summary = "Create an admin API token and print it once",
         .description = "The new token is printed alone on stdout, and only this once;\n"
                        "a note goes to stderr. With --json the whole response is printed.\n"
+                       "A crypto token (the crypto services: random bytes, data sealed\n"
+                       "under session keys) acts for one party of sessions: a device\n"
+                       "(a back end registered as one) or @platform (docs/api.md).\n"
                        "\n"
                        "Request: POST /v1/admin/tokens\n",
         .opts = create_opts,
@@ -242,7 +254,8 @@ static const struct action token_actions[] = {
         .sub = "list",
         .usage = "",
         .summary = "List admin API tokens (never their secrets)",
-        .description = "Columns: NAME ROLE STATE CREATED EXPIRES LAST-USED; '-' means none.\n"
+        .description = "Columns: NAME ROLE STATE CREATED EXPIRES LAST-USED ACTS-FOR; '-' means\n"
+                       "none.\n"
                        "\n"
                        "Request: GET /v1/admin/tokens\n",
         .run = token_list,

@@ -10,7 +10,7 @@
 
 void h_tokens_create(http_request *rq, http_response *rs)
 {
-    json_t *in = http_body_object(rq, rs), *jname, *jrole, *jexp, *out;
+    json_t *in = http_body_object(rq, rs), *jname, *jrole, *jexp, *jacts, *out;
     qk_principal who = admin_principal(rq);
     token_spec spec;
     qk_err e;
@@ -20,11 +20,15 @@ void h_tokens_create(http_request *rq, http_response *rs)
     jname = json_object_get(in, "name");
     jrole = json_object_get(in, "role");
     jexp = json_object_get(in, "expires_in_days");
-    if (json_object_size(in) > (size_t)(1 + 1 + (jexp ? 1 : 0)) || !jname || !jrole) {
+    jacts = json_object_get(in, "acts_for");
+    if (json_object_size(in) > (size_t)(1 + 1 + (jexp ? 1 : 0) + (jacts ? 1 : 0)) || !jname ||
+        !jrole || (jacts && !json_is_string(jacts) && !json_is_null(jacts))) {
         http_error(rs, 422, "invalid_request",
-                   "expected {\"name\": string, \"role\": string, \"expires_in_days\"?: integer}");
+                   "expected {\"name\": string, \"role\": string, \"expires_in_days\"?: integer, "
+                   "\"acts_for\"?: string}");
         goto out;
     }
+    spec.acts_for = json_string_value(jacts);
     spec.name = json_string_value(jname);
     spec.role = json_string_value(jrole);
     spec.expires = jexp && !json_is_null(jexp);

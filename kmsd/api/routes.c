@@ -15,6 +15,9 @@
 /* The ETSI door refuses bodies over 64 KiB itself, in the standard's Error
  * object (400); the gate only stops what no client of it would send. */
 #define ETSI_GATE_MAX_BODY (1u << 20)
+/* The crypto services' data (service/crypto.h, 4 MiB and a frame's
+ * overhead) in base64 inside JSON. */
+#define CRYPTO_MAX_BODY (6u << 20)
 #define DEV DOOR_DEVICE
 #define ADM DOOR_ADMIN
 #define BOTH DOOR_ALL
@@ -107,7 +110,10 @@
     X("GET", "/v1/admin/audit/verify/{request_id}", "admin_audit_verify_progress", ROLE_ADMIN | ROLE_AUDITOR, h_audit_verify_progress, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/audit/export", "admin_audit_export", ROLE_ADMIN | ROLE_AUDITOR, h_audit_export, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/entropy", "admin_entropy", ROLE_ANY, h_admin_entropy, ADM, RL_ADMIN) \
-    X("POST", "/v1/admin/entropy/sources/{name}/enable", "admin_entropy_enable", ROLE_ADMIN, h_admin_entropy_enable, ADM, RL_ADMIN)
+    X("POST", "/v1/admin/entropy/sources/{name}/enable", "admin_entropy_enable", ROLE_ADMIN, h_admin_entropy_enable, ADM, RL_ADMIN) \
+    X("GET", "/v1/random", "random", ROLE_CRYPTO | ROLE_ADMIN, h_crypto_random, ADM, RL_ADMIN) \
+    X("POST", "/v1/crypto/sessions/{session}/encrypt", "crypto_session_encrypt", ROLE_CRYPTO, h_crypto_encrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
+    X("POST", "/v1/crypto/sessions/{session}/decrypt", "crypto_session_decrypt", ROLE_CRYPTO, h_crypto_decrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY)
 
 #define ROW(m, p, n, r, f, d, rl, ...) \
     {.method = m, .pattern = p, .name = n, .roles = r, .fn = f, .door = d, .rl_scope = rl, __VA_ARGS__},
@@ -118,7 +124,8 @@ const int routes_count = (int)(sizeof(routes) / sizeof(routes[0]));
 
 int routes_print_json(FILE *f)
 {
-    static const unsigned bits[] = {ROLE_ADMIN, ROLE_OPERATOR, ROLE_AUDITOR, ROLE_APP};
+    static const unsigned bits[] = {ROLE_ADMIN, ROLE_OPERATOR, ROLE_AUDITOR, ROLE_APP,
+                                    ROLE_CRYPTO};
     json_t *arr = json_array();
     int rc;
     for (int i = 0; arr && i < routes_count; i++) {

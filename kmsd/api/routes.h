@@ -24,6 +24,10 @@ void h_readyz(http_request *rq, http_response *rs);
 void h_metrics(http_request *rq, http_response *rs);
 void h_admin_entropy(http_request *rq, http_response *rs);
 void h_admin_entropy_enable(http_request *rq, http_response *rs);
+/* crypto_door.c */
+void h_crypto_random(http_request *rq, http_response *rs);
+void h_crypto_encrypt(http_request *rq, http_response *rs);
+void h_crypto_decrypt(http_request *rq, http_response *rs);
 /* admin_status.c */
 void h_admin_status(http_request *rq, http_response *rs);
 /* admin_tokens.c */

@@ -488,6 +488,8 @@ static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *co
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
     if (rs->allow[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, rs->allow);
+    if (rs->provenance[0])
+        MHD_add_response_header(r, "Qkms-Provenance", rs->provenance);
     if (rs->retry_after > 0) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%d", rs->retry_after);

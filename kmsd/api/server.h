@@ -96,6 +96,7 @@ typedef struct http_response {
     const char *err_code; /* for the log line */
     char allow[64];
     int retry_after;
+    char provenance[64]; /* Qkms-Provenance: where random bytes came from ("" none) */
 } http_response;
 
 typedef void (*http_handler)(http_request *rq, http_response *rs);

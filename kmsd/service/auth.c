@@ -26,6 +26,8 @@ unsigned auth_role_parse(const char *s)
         return ROLE_AUDITOR;
     if (!strcmp(s, "app"))
         return ROLE_APP;
+    if (!strcmp(s, "crypto"))
+        return ROLE_CRYPTO;
     return 0;
 }
 
@@ -35,6 +37,7 @@ const char *auth_role_name(unsigned r)
            : r == ROLE_OPERATOR ? "operator"
            : r == ROLE_AUDITOR  ? "auditor"
            : r == ROLE_APP      ? "app"
+           : r == ROLE_CRYPTO   ? "crypto"
                                 : "?";
 }
 
@@ -86,11 +89,18 @@ int auth_token_new(entropy *e, char out[AUTH_TOKEN_LEN + 1])
 }
 
 PGresult *auth_token_insert(db_conn *c, const char *name, const char *role, const uint8_t hash[32],
-                            const char *created_by, const char *expires_days, db_status *st)
+                            const char *created_by, const char *expires_days,
+                            const char *acts_for, db_status *st)
 {
-    const char *vals[5] = {name, role, (const char *)hash, created_by, expires_days};
-    int lens[5] = {0, 0, 32, 0, 0}, fmts[5] = {0, 0, 1, 0, 0}; /* the hash is binary */
-    return db_exec(c, Q_TOKEN_INSERT, 5, vals, lens, fmts, st);
+    const char *vals[6] = {name, role, (const char *)hash, created_by, expires_days, acts_for};
+    int lens[6] = {0, 0, 32, 0, 0, 0}, fmts[6] = {0, 0, 1, 0, 0, 0}; /* the hash is binary */
+    PGresult *r = db_exec(c, Q_TOKEN_INSERT, 6, vals, lens, fmts, st);
+    if (r && PQntuples(r) == 0) { /* acts_for names no live device */
+        PQclear(r);
+        r = NULL;
+        *st = DB_NOT_FOUND;
+    }
+    return r;
 }
 
 db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who)

@@ -17,8 +17,10 @@
 
 #include "store/db.h"
 
-/* ROLE_APP: an app's token (apps.h): only the app door's routes take it. */
-enum { ROLE_ADMIN = 1u, ROLE_OPERATOR = 2u, ROLE_AUDITOR = 4u, ROLE_APP = 8u };
+/* ROLE_APP: an app's token (apps.h): only the app door's routes take it.
+ * ROLE_CRYPTO: a back end's token for the crypto services (crypto.h), which
+ * acts for one party (a device or '@platform'): only those routes take it. */
+enum { ROLE_ADMIN = 1u, ROLE_OPERATOR = 2u, ROLE_AUDITOR = 4u, ROLE_APP = 8u, ROLE_CRYPTO = 16u };
 #define ROLE_ANY (ROLE_ADMIN | ROLE_OPERATOR | ROLE_AUDITOR)
 
 #define AUTH_TOKEN_PREFIX "qkms_"
@@ -49,9 +51,13 @@ int auth_token_new(struct entropy *e, char out[AUTH_TOKEN_LEN + 1]);
 db_status auth_lookup(db_pool *db, const char *tok, auth_principal *who);
 /* Store a token by its hash (the token itself never reaches the database):
  * name, role, who made it and its lifetime (expires_days, decimal; NULL =
- * never expires). Returns the row (created_at, expires_at; PQclear it) or
- * NULL with *st set; DB_CONFLICT: a live token has that name. */
+ * never expires), and for a crypto token the party it acts for (acts_for:
+ * a device ID or "@platform"; NULL for other roles). Returns the row
+ * (created_at, expires_at; PQclear it) or NULL with *st set; DB_CONFLICT: a
+ * live token has that name; DB_NOT_FOUND: acts_for names no device that is
+ * not revoked. */
 PGresult *auth_token_insert(db_conn *c, const char *name, const char *role, const uint8_t hash[32],
-                            const char *created_by, const char *expires_days, db_status *st);
+                            const char *created_by, const char *expires_days,
+                            const char *acts_for, db_status *st);
 
 #endif

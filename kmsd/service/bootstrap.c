@@ -188,7 +188,7 @@ int bootstrap_admin_token(qk_svc *k, char *err, size_t el)
         fresh = true;
         auth_token_hash(tok, hash);
     }
-    r = auth_token_insert(c, "bootstrap", "admin", hash, "kmsd", NULL, &st);
+    r = auth_token_insert(c, "bootstrap", "admin", hash, "kmsd", NULL, NULL, &st);
     if (!r) {
         snprintf(err, el, "storing the bootstrap token failed: %s", db_status_name(st));
         goto out;

@@ -10,6 +10,7 @@
 
 #include <openssl/crypto.h>
 
+#include "qkms_proto.h"
 #include "service/auth.h"
 #include "store/pgjson.h"
 #include "store/queries.h"
@@ -23,9 +24,21 @@ static qk_kind check_spec(const token_spec *spec, qk_err *e)
     if (spec->name && !strncmp(spec->name, "app.", 4))
         return qk_fail(e, QK_INVALID, "invalid_name",
                        "token names starting with 'app.' are the apps' (/v1/admin/apps)");
-    if (!(auth_role_parse(spec->role) & ROLE_ANY))
+    unsigned role = auth_role_parse(spec->role);
+    if (!(role & (ROLE_ANY | ROLE_CRYPTO)))
         return qk_fail(e, QK_INVALID, "invalid_role",
-                       "role must be admin, operator or auditor (an app's tokens: /v1/admin/apps)");
+                       "role must be admin, operator, auditor or crypto (an app's tokens: "
+                       "/v1/admin/apps)");
+    if (role == ROLE_CRYPTO && !spec->acts_for)
+        return qk_fail(e, QK_INVALID, "invalid_acts_for",
+                       "a crypto token acts for one party: acts_for, a device ID or '@platform'");
+    if (role != ROLE_CRYPTO && spec->acts_for)
+        return qk_fail(e, QK_INVALID, "invalid_acts_for", "only a crypto token acts for a party");
+    if (spec->acts_for && strcmp(spec->acts_for, "@platform") != 0 &&
+        !qkp_id_valid(spec->acts_for))
+        return qk_fail(e, QK_INVALID, "invalid_acts_for",
+                       "acts_for must be a device ID (1-128 printable ASCII characters) or "
+                       "'@platform'");
     if (spec->expires &&
         (spec->expires_in_days < 1 || spec->expires_in_days > TOKEN_EXPIRY_MAX_DAYS))
         return qk_fail(e, QK_INVALID, "invalid_expiry",
@@ -59,17 +72,22 @@ qk_kind tokens_create(qk_svc *s, const qk_principal *who, const token_spec *spec
         goto out;
     }
     r = auth_token_insert(c, spec->name, spec->role, hash, who->name, spec->expires ? days : NULL,
-                          &st);
+                          spec->acts_for, &st);
     if (!r) {
-        k = st == DB_CONFLICT ? qk_fail(e, QK_CONFLICT, "conflict", "a live token named '%s' exists",
-                                        spec->name)
-                              : db_fail(e, st);
+        k = st == DB_CONFLICT    ? qk_fail(e, QK_CONFLICT, "conflict",
+                                           "a live token named '%s' exists", spec->name)
+            : st == DB_NOT_FOUND ? qk_fail(e, QK_INVALID, "unknown_device",
+                                           "no device '%s' that is not revoked", spec->acts_for)
+                                 : db_fail(e, st);
         goto out;
     }
-    log_with(&who->log, LOG_INFO, "admin token created", "{s:s,s:s,s:s}", "name", spec->name,
-             "role", spec->role, "by", who->name);
-    *out = json_pack("{s:s,s:s,s:s,s:o,s:o}", "name", spec->name, "role", spec->role, "token", tok,
-                     "created_at", pgjson_time(r, 0, 0), "expires_at", pgjson_time(r, 0, 1));
+    log_with(&who->log, LOG_INFO, "admin token created", "{s:s,s:s,s:s,s:s?}", "name", spec->name,
+             "role", spec->role, "by", who->name, "acts_for", spec->acts_for);
+    *out = json_pack("{s:s,s:s,s:s,s:o,s:o,s:s?}", "name", spec->name, "role", spec->role, "token",
+                     tok, "created_at", pgjson_time(r, 0, 0), "expires_at", pgjson_time(r, 0, 1),
+                     "acts_for", spec->acts_for);
+    if (*out && !spec->acts_for)
+        json_object_set_new(*out, "acts_for", json_null());
     k = QK_OK;
 out:
     OPENSSL_cleanse(tok, sizeof(tok));
@@ -82,11 +100,11 @@ out:
 
 static json_t *token_json(const PGresult *r, int i)
 {
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "name", pgjson_text(r, i, 0), "role",
-                     pgjson_text(r, i, 1), "state", pgjson_text(r, i, 2), "created_at",
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "name", pgjson_text(r, i, 0),
+                     "role", pgjson_text(r, i, 1), "state", pgjson_text(r, i, 2), "created_at",
                      pgjson_time(r, i, 3), "expires_at", pgjson_time(r, i, 4), "last_used_at",
                      pgjson_time(r, i, 5), "revoked_at", pgjson_time(r, i, 6), "created_by",
-                     pgjson_text(r, i, 7));
+                     pgjson_text(r, i, 7), "acts_for", pgjson_text(r, i, 8));
 }
 
 qk_kind tokens_list(qk_svc *s, json_t **out, qk_err *e)

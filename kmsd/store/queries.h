@@ -26,12 +26,15 @@
       " u AS (UPDATE admin_tokens a SET last_used_at = now() FROM t WHERE a.id = t.id"         \
       "  AND (a.last_used_at IS NULL OR a.last_used_at < now() - interval '60 seconds'))"      \
       " SELECT id, name, role, token_hash FROM t")                                             \
-    X(Q_TOKEN_INSERT,                                                                          \
-      "INSERT INTO admin_tokens (name, role, token_hash, created_by, expires_at)"              \
-      " VALUES ($1, $2, $3, $4, CASE WHEN $5::int IS NULL THEN NULL"                           \
-      "  ELSE now() + make_interval(days => $5::int) END)"                                     \
-      " RETURNING created_at,"    \
-      "  expires_at")             \
+    X(Q_TOKEN_INSERT, /* $6: a crypto token's party; no row when it names no live device */  \
+      "INSERT INTO admin_tokens (name, role, token_hash, created_by, expires_at, acts_for,"    \
+      "  device_pk)"                                                                           \
+      " SELECT $1, $2, $3, $4, CASE WHEN $5::int IS NULL THEN NULL"                            \
+      "  ELSE now() + make_interval(days => $5::int) END, $6::text, d.id"                      \
+      " FROM (SELECT 1) one LEFT JOIN devices d ON d.device_id = $6::text"                     \
+      "  AND $6::text <> '@platform' AND d.state <> 'revoked'"                                 \
+      " WHERE $6::text IS NULL OR $6::text = '@platform' OR d.id IS NOT NULL"                  \
+      " RETURNING created_at, expires_at")                                                     \
     X(Q_TOKEN_LIST,                                                                            \
       "SELECT name, role,"                                                                     \
       " CASE WHEN revoked_at IS NOT NULL THEN 'revoked'"                                       \
@@ -39,7 +42,7 @@
       " created_at,"              \
       " expires_at,"              \
       " last_used_at,"            \
-      " revoked_at, created_by"   \
+      " revoked_at, created_by, acts_for" \
       " FROM admin_tokens ORDER BY created_at, id")                                            \
     X(Q_TOKEN_REVOKE, /* its client certificates' bindings go with it (token_certs.h) */       \
       "WITH r AS (UPDATE admin_tokens SET revoked_at = now() WHERE name = $1"                  \
@@ -50,6 +53,26 @@
     X(Q_TOKEN_LIVE_NAME, "SELECT 1 FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")  \
     X(Q_TOKEN_NAME_EVER, "SELECT 1 FROM admin_tokens WHERE name = $1 LIMIT 1")                 \
     X(Q_TOKEN_COUNT, "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")             \
+    /* the crypto services (crypto.h, schema/032): a session's key for a crypto token */      \
+    X(Q_CRYPTO_KEY, "SELECT * FROM qkms_crypto_key($1, $2, $3, $4::uuid)")                     \
+    /* $1 key_id, $2 direction, $3 session_pk: the seq to seal with (the next one, from 2^63  \
+     * as a bit pattern, i.e. bigint's minimum); no row once 2^64 - 2 was used */            \
+    X(Q_SEAL_SEND_NEXT,                                                                        \
+      "INSERT INTO seal_state AS x (key_id, direction, session_pk, send_next)"                \
+      " VALUES ($1::uuid, $2::smallint, $3::bigint, (-9223372036854775807)::bigint)"           \
+      " ON CONFLICT (key_id, direction) DO UPDATE"                                              \
+      " SET send_next = coalesce(x.send_next, (-9223372036854775807)::bigint - 1) + 1"          \
+      " WHERE coalesce(x.send_next, 0) <> -1"                                                   \
+      " RETURNING send_next - 1")                                                               \
+    /* the receiver's window of a key and direction, locked until the transaction ends */      \
+    X(Q_SEAL_RECV_LOCK,                                                                        \
+      "INSERT INTO seal_state AS x (key_id, direction, session_pk)"                            \
+      " VALUES ($1::uuid, $2::smallint, $3::bigint)"                                            \
+      " ON CONFLICT (key_id, direction) DO UPDATE SET session_pk = x.session_pk"                \
+      " RETURNING recv_top, recv_bitmap")                                                      \
+    X(Q_SEAL_RECV_SET,                                                                         \
+      "UPDATE seal_state SET recv_top = $3::bigint, recv_bitmap = $4::bigint"                   \
+      " WHERE key_id = $1::uuid AND direction = $2::smallint")                                  \
     /* a TLS client certificate (certs_authenticate): $1 SHA-256 of its DER, hex */           \
     X(Q_TCERT_AUTH, /* $1 sha256 hex: the live token a client certificate is bound to */      \
       "SELECT t.id, t.name, t.role FROM token_certificates c JOIN admin_tokens t"              \

@@ -191,7 +191,8 @@ def test_list_json_and_human(stack):
                       "revoked_at", "created_by"}
     p = ok(stack, "token", "list")
     lines = p.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST-USED"]
+    assert lines[0].split() == ["NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST-USED",
+                                "ACTS-FOR"]
     rows = [l.split() for l in lines[1:] if l.split()[0] == name]
     assert len(rows) == 1, p.stdout
     assert rows[0][:3] == [name, "operator", "active"]
@@ -311,7 +312,7 @@ def test_usage_bad_role(stack):
     name = uname("role")
     for bad in ("root", "Admin", ""):
         p = usage(stack, "token", "create", name, "--role", bad)
-        assert "--role must be admin, operator or auditor" in p.stderr, p.stderr
+        assert "--role must be admin, operator, auditor or crypto" in p.stderr, p.stderr
     p = usage(stack, "token", "create", name)  # --role is required
     assert "--role is required" in p.stderr
     # Nothing was created on the real server either.

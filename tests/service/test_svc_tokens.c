@@ -28,7 +28,7 @@ static int setup(void **state)
 /* Create name with role (expiry in days, 0 = never): the token into tok. */
 static void create(const char *name, const char *role, long long days, char tok[AUTH_TOKEN_LEN + 1])
 {
-    token_spec s = {name, role, days > 0, days};
+    token_spec s = {name, role, days > 0, days, NULL};
     json_t *out = NULL;
     qk_err e;
     assert_int_equal(tokens_create(&fx.svc, &admin, &s, &out, &e), QK_OK);
@@ -58,7 +58,7 @@ static void create_token(void **state)
 static void expect_invalid(const char *name, const char *role, bool expires, long long days,
                            const char *code)
 {
-    token_spec s = {name, role, expires, days};
+    token_spec s = {name, role, expires, days, NULL};
     json_t *out = (json_t *)1;
     qk_err e;
     assert_int_equal(tokens_create(&fx.svc, &admin, &s, &out, &e), QK_INVALID);
@@ -80,9 +80,19 @@ static void create_refusals(void **state)
     expect_invalid(name, NULL, false, 0, "invalid_role");
     expect_invalid(name, "admin", true, 0, "invalid_expiry");
     expect_invalid(name, "admin", true, TOKEN_EXPIRY_MAX_DAYS + 1, "invalid_expiry");
+    /* A crypto token acts for one party; no other role does. */
+    s = (token_spec){name, "crypto", false, 0, NULL};
+    assert_int_equal(tokens_create(&fx.svc, &admin, &s, &out, &e), QK_INVALID);
+    assert_string_equal(e.code, "invalid_acts_for");
+    s = (token_spec){name, "operator", false, 0, "@platform"};
+    assert_int_equal(tokens_create(&fx.svc, &admin, &s, &out, &e), QK_INVALID);
+    assert_string_equal(e.code, "invalid_acts_for");
+    s = (token_spec){name, "crypto", false, 0, "no-such-device-x"};
+    assert_int_equal(tokens_create(&fx.svc, &admin, &s, &out, &e), QK_INVALID);
+    assert_string_equal(e.code, "unknown_device");
     /* One live token per name. */
     create(name, "admin", 0, tok);
-    s = (token_spec){name, "auditor", false, 0};
+    s = (token_spec){name, "auditor", false, 0, NULL};
     assert_int_equal(tokens_create(&fx.svc, &admin, &s, &out, &e), QK_CONFLICT);
     assert_string_equal(e.code, "conflict");
 }

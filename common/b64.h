@@ -1,14 +1,15 @@
 /*
- * b64 — strict standard base64 (RFC 4648 section 4) decoding, for the fill
- * package the server sends inside JSON.
+ * b64 — strict standard base64 (RFC 4648 section 4) decoding, for what
+ * kmsd and kmsctl exchange inside JSON (fill packages, the crypto services'
+ * data).
  *
  * Accepts the standard alphabet with correct '=' padding, or the same
  * without padding; rejects whitespace, any other character, padding in the
  * middle, a length that no encoding produces, and non-zero unused bits
  * (so every byte string has exactly one accepted encoding).
  */
-#ifndef KMSCTL_B64_H
-#define KMSCTL_B64_H
+#ifndef QKMS_B64_H
+#define QKMS_B64_H
 #include <stddef.h>
 #include <stdint.h>
 

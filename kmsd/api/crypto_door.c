@@ -1,0 +1,196 @@
+/*
+ * crypto_door — the door of the crypto services (service/crypto.h) on the
+ * admin listener: GET /v1/random, POST /v1/crypto/sessions/{session}/
+ * encrypt and .../decrypt (docs/api.md, "Crypto services"). Data travels as
+ * standard base64 inside JSON; sequence numbers, unsigned 64-bit, as
+ * decimal strings.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "api/principal.h"
+#include "api/routes.h"
+#include "b64.h"
+#include "qkms_seal.h"
+#include "service/crypto.h"
+
+/* Standard base64 of len bytes, malloc'd (NULL: out of memory). */
+static char *b64_encode(const uint8_t *in, size_t len)
+{
+    size_t n = 4 * ((len + 2) / 3) + 1;
+    char *out = malloc(n);
+    if (out)
+        EVP_EncodeBlock((unsigned char *)out, in, (int)len);
+    return out;
+}
+
+/* The named string member of in as bytes (malloc'd, *len): strict standard
+ * base64 of at most max bytes. NULL with the answer written otherwise. */
+static uint8_t *b64_member(json_t *in, const char *name, size_t max, size_t *len,
+                           http_response *rs)
+{
+    json_t *j = json_object_get(in, name);
+    const char *s = json_string_value(j);
+    size_t sl = s ? json_string_length(j) : 0;
+    uint8_t *out;
+    long n;
+
+    if (!s) {
+        http_error(rs, 422, "invalid_request", "%s must be a base64 string", name);
+        return NULL;
+    }
+    if (!(out = malloc(b64_decoded_max(sl) + 1))) {
+        http_error(rs, 500, "internal", "out of memory");
+        return NULL;
+    }
+    n = b64_decode(s, sl, out, b64_decoded_max(sl) + 1);
+    if (n < 0 || (size_t)n > max) {
+        free(out);
+        if (n < 0)
+            http_error(rs, 422, "invalid_base64", "%s is not standard base64 (RFC 4648)", name);
+        else
+            http_error(rs, 413, "payload_too_large", "%s over %zu bytes", name, max);
+        return NULL;
+    }
+    *len = (size_t)n;
+    return out;
+}
+
+/* Only the named members (each at most once: JSON objects here have
+ * unique keys). */
+static bool only_members(json_t *in, const char *const *names, int n)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(in, k, v) {
+        int i;
+        for (i = 0; i < n && strcmp(k, names[i]) != 0; i++)
+            ;
+        if (i == n)
+            return false;
+    }
+    return true;
+}
+
+void h_crypto_random(http_request *rq, http_response *rs)
+{
+    const char *bs = http_query(rq, "bytes"), *prov = NULL;
+    qk_principal who = admin_principal(rq);
+    uint8_t buf[CRYPTO_RANDOM_MAX];
+    char *end = NULL, *b64 = NULL;
+    long n = 0;
+    qk_err e;
+
+    if (bs && *bs >= '0' && *bs <= '9') {
+        errno = 0;
+        n = strtol(bs, &end, 10);
+        if (errno || *end)
+            n = 0;
+    }
+    if (http_query_count(rq, "bytes") > 1)
+        n = 0;
+    /* n = 0 (absent, not a number, 0) is refused by the service with its
+     * one message. */
+    if (crypto_random(&rq->kms->svc, &who, n > 0 && n <= CRYPTO_RANDOM_MAX ? (size_t)n : 0, buf,
+                      &prov, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return;
+    }
+    if (!(b64 = b64_encode(buf, (size_t)n))) {
+        http_error(rs, 500, "internal", "out of memory");
+        goto out;
+    }
+    snprintf(rs->provenance, sizeof(rs->provenance), "%s", prov);
+    http_json(rs, 200, json_pack("{s:i,s:s,s:s}", "bytes", (int)n, "random", b64, "provenance",
+                                 prov));
+out:
+    OPENSSL_cleanse(buf, sizeof(buf));
+    if (b64) {
+        OPENSSL_cleanse(b64, strlen(b64));
+        free(b64);
+    }
+}
+
+/* The answer of a seal or an open: data under `field`. */
+static void answer(http_response *rs, const crypto_result *r, const char *field)
+{
+    char *b64 = b64_encode(r->data, r->len), seq[24];
+    if (!b64) {
+        http_error(rs, 500, "internal", "out of memory");
+        return;
+    }
+    snprintf(seq, sizeof(seq), "%llu", (unsigned long long)r->seq);
+    http_json(rs, 200, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", field, b64, "key_id", r->key_id,
+                                 "seq", seq, "direction", r->direction == QKS_A2B ? "a2b" : "b2a",
+                                 "party", r->party, "peer", r->peer));
+    OPENSSL_cleanse(b64, strlen(b64));
+    free(b64);
+}
+
+void h_crypto_encrypt(http_request *rq, http_response *rs)
+{
+    static const char *const members[] = {"plaintext", "key_id"};
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object(rq, rs), *jk;
+    uint8_t *pt = NULL;
+    size_t pt_len = 0;
+    crypto_result r = {0};
+    qk_err e;
+
+    if (!in)
+        return;
+    jk = json_object_get(in, "key_id");
+    if (!only_members(in, members, 2) || (jk && !json_is_string(jk))) {
+        http_error(rs, 422, "invalid_request",
+                   "expected {\"plaintext\": base64 string, \"key_id\"?: string}");
+        goto out;
+    }
+    if (!(pt = b64_member(in, "plaintext", CRYPTO_DATA_MAX, &pt_len, rs)))
+        goto out;
+    if (crypto_seal(&rq->kms->svc, &who, rq->params[0], json_string_value(jk), pt, pt_len, &r,
+                    &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    answer(rs, &r, "frame");
+out:
+    crypto_result_clear(&r);
+    if (pt) {
+        OPENSSL_cleanse(pt, pt_len);
+        free(pt);
+    }
+    json_decref(in);
+}
+
+void h_crypto_decrypt(http_request *rq, http_response *rs)
+{
+    static const char *const members[] = {"frame"};
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object(rq, rs);
+    uint8_t *frame = NULL;
+    size_t len = 0;
+    crypto_result r = {0};
+    qk_err e;
+
+    if (!in)
+        return;
+    if (!only_members(in, members, 1)) {
+        http_error(rs, 422, "invalid_request", "expected {\"frame\": base64 string}");
+        goto out;
+    }
+    if (!(frame = b64_member(in, "frame", CRYPTO_DATA_MAX + QKS_OVERHEAD, &len, rs)))
+        goto out;
+    if (crypto_open(&rq->kms->svc, &who, rq->params[0], frame, len, &r, &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    answer(rs, &r, "plaintext");
+out:
+    crypto_result_clear(&r);
+    free(frame);
+    json_decref(in);
+}

@@ -1,0 +1,73 @@
+/*
+ * crypto — the platform's data services for back ends (issue 19; seed 003
+ * claim 13, seed 000's cipher machine): random bytes from the entropy
+ * subsystem, and frames sealed and opened under a session's key on behalf
+ * of one of its parties. docs/api.md ("Crypto services") is the contract,
+ * docs/sealing.md the frame.
+ *
+ * Contract:
+ *  - Session operations are for a principal with a crypto token, which acts
+ *    for one party (tokens.h: a device, or "@platform" for the platform's
+ *    side of platform-peer sessions). They work only on a live session that
+ *    party is in, as that party: frames it receives are opened (the peer's
+ *    direction), frames it sends are sealed (its own). No other identity
+ *    gets anything from a session's key.
+ *  - Opening checks what qks_open checks, in its order, against a replay
+ *    window per key and direction kept in PostgreSQL (seal_state), read and
+ *    moved in one transaction under a row lock: across kmsd instances and
+ *    restarts a frame is opened at most once. Sealing takes its seq from a
+ *    counter per key and direction in the same table, starting at 2^63 (the
+ *    upper half of the sequence space, so a party that also seals itself
+ *    from 0 never reuses a nonce), committed before the frame is returned.
+ *  - Every operation, done or refused after its arguments parsed, writes an
+ *    audit row (crypto.encrypt, crypto.decrypt, crypto.random,
+ *    crypto.refused) with sizes, key ID and seq, never data. The session
+ *    key is unwrapped by the token into the secure heap for the one
+ *    operation and wiped; plaintexts handed out are the caller's to wipe
+ *    (crypto_result_clear).
+ *  - Errors (err.h): see docs/api.md; the seal_* codes are the frame's
+ *    check names (docs/sealing.md) with "seal_" in front.
+ */
+#ifndef QKMS_CRYPTO_H
+#define QKMS_CRYPTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "service/service.h"
+
+#define CRYPTO_RANDOM_MAX 4096
+/* The largest plaintext sealed or opened in one call (the door's body
+ * limit is set from it). */
+#define CRYPTO_DATA_MAX ((size_t)4 << 20)
+
+typedef struct {
+    uint8_t *data; /* the frame (seal) or the plaintext (open), malloc'd */
+    size_t len;
+    char key_id[37];
+    uint64_t seq;
+    int direction;      /* QKS_A2B or QKS_B2A */
+    char party[129];    /* who the token acts for */
+    char peer[129];
+} crypto_result;
+
+/* Wipe and free r->data; zero r. */
+void crypto_result_clear(crypto_result *r);
+
+/* n (1..CRYPTO_RANDOM_MAX) bytes into out from the entropy subsystem under
+ * its policy; *provenance where they came from (entropy.h). Audited. */
+qk_kind crypto_random(qk_svc *s, const qk_principal *who, size_t n, uint8_t *out,
+                      const char **provenance, qk_err *e);
+
+/* Seal pt for session_id as who's party, under key_id (NULL: the shared key
+ * of the session's current epoch). */
+qk_kind crypto_seal(qk_svc *s, const qk_principal *who, const char *session_id,
+                    const char *key_id, const uint8_t *pt, size_t pt_len, crypto_result *out,
+                    qk_err *e);
+
+/* Open frame for session_id as who's party. */
+qk_kind crypto_open(qk_svc *s, const qk_principal *who, const char *session_id,
+                    const uint8_t *frame, size_t len, crypto_result *out, qk_err *e);
+
+#endif

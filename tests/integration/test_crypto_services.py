@@ -1,0 +1,392 @@
+"""The platform's crypto services (issue 19; seed 003 claim 13, seed 000's
+cipher machine) against real kmsd, PostgreSQL and SoftHSM: random bytes with
+their provenance, and frames (docs/sealing.md) sealed and opened under a
+session's key for a back end that is a party of the session, with the
+Python implementations of protocol v1 and of the frame as the devices.
+Every refusal has its documented status and code, opens or seals nothing,
+and is audited; no third identity gets anything from a session's key."""
+import base64
+import json
+import uuid
+
+import pytest
+import requests
+
+import helpers
+import qkms_seal_py as qs
+from conftest import _finish, wait_for
+from helpers import error_code as code, get_key, uid, veh_enc_stack
+from test_entropy import Qrng, entropy_env, primary
+
+
+@pytest.fixture(scope="module")
+def st():
+    s = veh_enc_stack("qkms-crypto", {"QKMS_RATE_LIMIT_ADMIN": "0"})
+    yield s
+    _finish(s)
+
+
+def b64(b):
+    return base64.b64encode(b).decode()
+
+
+def crypto_token(st, acts_for, name=None):
+    name = name or "be-" + uuid.uuid4().hex[:8]
+    r = st.admin("POST", "/v1/admin/tokens", json={"name": name, "role": "crypto",
+                                                   "acts_for": acts_for})
+    assert r.status_code == 201, r.text
+    assert r.json()["acts_for"] == acts_for and r.json()["role"] == "crypto"
+    return r.json()["token"]
+
+
+def call(st, tok, sid, op, body):
+    return st.api("POST", f"/v1/crypto/sessions/{sid}/{op}", token=tok, json=body)
+
+
+class Pair:
+    """A vehicle (the device) and an encryptor (the back end, through the
+    crypto services), with a live session both hold the key of."""
+
+    def __init__(self, st):
+        self.dev = helpers.make_device(st, "vehicle", st.group)
+        self.be = helpers.make_device(st, "encryptor", st.group)
+        self.sid = uid()
+        self.k = get_key(st, self.dev, self.sid, self.be)
+        assert get_key(st, self.be, self.sid, self.dev).key == self.k.key
+        self.tok = crypto_token(st, self.be.device_id)
+        self.up = qs.direction_of(self.dev.device_id, self.be.device_id)   # device -> back end
+        self.down = qs.direction_of(self.be.device_id, self.dev.device_id)
+
+    def frame(self, seq, pt=b"reading 42", **kw):
+        return qs.seal(self.k.key, self.k.key_id, self.sid, kw.get("direction", self.up), seq, pt)
+
+
+@pytest.fixture
+def pair(st):
+    return Pair(st)
+
+
+def audit_rows(st, event, party):
+    out = st.psql("SELECT detail::text FROM audit_log WHERE event = '%s' AND device_id = '%s'"
+                  " ORDER BY id" % (event, party))
+    return [json.loads(x) for x in out.splitlines() if x.strip()]
+
+
+# ---------------------------------------------------------------------------
+# crypto tokens
+
+
+def test_a_crypto_token_acts_for_one_live_party(st):
+    dev = helpers.make_device(st, "encryptor", st.group)
+    bad = [({"role": "crypto"}, 422, "invalid_acts_for"),
+           ({"role": "operator", "acts_for": dev.device_id}, 422, "invalid_acts_for"),
+           ({"role": "crypto", "acts_for": "no-such-" + uid()}, 422, "unknown_device"),
+           ({"role": "crypto", "acts_for": "a/b"}, 422, "invalid_acts_for"),
+           ({"role": "crypto", "acts_for": 7}, 422, "invalid_request")]
+    for body, status, c in bad:
+        r = st.admin("POST", "/v1/admin/tokens", json={"name": "t-" + uuid.uuid4().hex[:8], **body})
+        assert (r.status_code, code(r)) == (status, c), (body, r.text)
+    name = "be-" + uuid.uuid4().hex[:8]
+    crypto_token(st, dev.device_id, name)
+    crypto_token(st, "@platform")
+    row = [t for t in st.admin("GET", "/v1/admin/tokens").json()["tokens"] if t["name"] == name][0]
+    assert (row["role"], row["acts_for"]) == ("crypto", dev.device_id)
+    assert all(t["acts_for"] is None for t in st.admin("GET", "/v1/admin/tokens").json()["tokens"]
+               if t["role"] != "crypto")
+    # A revoked device gets no new crypto token.
+    assert st.admin("POST", f"/v1/admin/devices/{dev.device_id}/revoke", json={}).status_code == 200
+    r = st.admin("POST", "/v1/admin/tokens", json={"name": "t-" + uuid.uuid4().hex[:8],
+                                                   "role": "crypto", "acts_for": dev.device_id})
+    assert (r.status_code, code(r)) == (422, "unknown_device")
+
+
+def test_a_crypto_token_reaches_nothing_else(st, pair):
+    for method, path in (("GET", "/v1/admin/devices"), ("GET", "/v1/admin/status"),
+                         ("GET", "/v1/admin/sessions")):
+        r = st.api(method, path, token=pair.tok)
+        assert (r.status_code, code(r)) == (403, "forbidden"), path
+    # Nor do the other roles reach the session services.
+    op = st.admin("POST", "/v1/admin/tokens", json={"name": "op-" + uuid.uuid4().hex[:8],
+                                                    "role": "operator"}).json()["token"]
+    for tok in (op, st.admin_token):
+        r = call(st, tok, pair.sid, "decrypt", {"frame": b64(pair.frame(0))})
+        assert (r.status_code, code(r)) == (403, "forbidden")
+
+
+# ---------------------------------------------------------------------------
+# random
+
+
+def test_random_bytes_with_their_provenance(st):
+    tok = crypto_token(st, "@platform")
+    seen = set()
+    for n in (1, 32, 4096):
+        r = st.api("GET", f"/v1/random?bytes={n}", token=tok)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        data = base64.b64decode(body["random"], validate=True)
+        assert len(data) == n == body["bytes"]
+        assert body["provenance"] == r.headers["Qkms-Provenance"] == "pkcs11+ctr-drbg"
+        seen.add(data)
+    assert len(seen) == 3
+    # An admin may ask too; an operator may not.
+    assert st.admin("GET", "/v1/random?bytes=16").status_code == 200
+    op = st.admin("POST", "/v1/admin/tokens", json={"name": "op-" + uuid.uuid4().hex[:8],
+                                                    "role": "operator"}).json()["token"]
+    assert st.api("GET", "/v1/random?bytes=16", token=op).status_code == 403
+    for q in ("bytes=0", "bytes=4097", "bytes=-1", "bytes=abc", "bytes=16x", "", "bytes=",
+              "bytes=99999999999999999999", "bytes=8&bytes=8", "bytes=+8"):
+        r = st.api("GET", "/v1/random?" + q, token=tok)
+        assert (r.status_code, code(r)) == (422, "invalid_bytes"), q
+        assert "Qkms-Provenance" not in r.headers
+    rows = st.psql("SELECT detail->>'bytes' || ' ' || (detail->>'provenance') FROM audit_log"
+                   " WHERE event = 'crypto.random' ORDER BY id").splitlines()
+    assert rows[-4:] == ["1 pkcs11+ctr-drbg", "32 pkcs11+ctr-drbg", "4096 pkcs11+ctr-drbg",
+                         "16 pkcs11+ctr-drbg"]
+
+
+def test_random_provenance_follows_the_qrng(fresh_stack):
+    q = Qrng()
+    try:
+        st = fresh_stack
+        st.start(extra_env=entropy_env(q, "fallback"))
+        assert wait_for(lambda: primary(st)["state"] == "ok")
+
+        def prov():
+            r = st.admin("GET", "/v1/random?bytes=32")
+            assert r.status_code == 200, r.text
+            assert r.headers["Qkms-Provenance"] == r.json()["provenance"]
+            return r.json()["provenance"]
+
+        assert prov() == "http+ctr-drbg"
+        q.mode("stuck")
+        assert wait_for(lambda: primary(st)["state"] == "quarantined")
+        assert prov() == "pkcs11 (fallback)"
+        q.mode("ok")
+        assert wait_for(lambda: primary(st)["state"] == "ok")
+        assert prov() == "http+ctr-drbg"
+    finally:
+        q.stop()
+
+
+def test_random_under_require_fails_closed(fresh_stack):
+    q = Qrng()
+    try:
+        st = fresh_stack
+        st.start(extra_env=entropy_env(q, "require"))
+        assert wait_for(lambda: primary(st)["state"] == "ok")
+        q.mode("down")
+        assert wait_for(lambda: primary(st)["state"] == "quarantined")
+        r = st.admin("GET", "/v1/random?bytes=32")
+        assert (r.status_code, code(r)) == (503, "entropy_unavailable")
+        assert r.headers["Retry-After"] == "1" and "Qkms-Provenance" not in r.headers
+        q.mode("ok")
+        assert wait_for(lambda: st.admin("GET", "/v1/random?bytes=32").status_code == 200)
+    finally:
+        q.stop()
+
+
+# ---------------------------------------------------------------------------
+# decrypt: the device's frames opened for the back end
+
+
+def test_a_devices_frame_opens_for_the_back_end(st, pair):
+    for seq, pt in ((0, b"reading 1"), (1, b""), (5, bytes(range(256)) * 40)):
+        r = call(st, pair.tok, pair.sid, "decrypt", {"frame": b64(pair.frame(seq, pt))})
+        assert r.status_code == 200, r.text
+        a = r.json()
+        assert base64.b64decode(a["plaintext"]) == pt
+        assert (a["key_id"], a["seq"], a["direction"], a["party"], a["peer"]) == (
+            pair.k.key_id, str(seq), pair.up, pair.be.device_id, pair.dev.device_id)
+    rows = audit_rows(st, "crypto.decrypt", pair.be.device_id)
+    assert [(x["seq"], x["bytes"], x["key_id"]) for x in rows] == [
+        ("0", 9, pair.k.key_id), ("1", 0, pair.k.key_id), ("5", 10240, pair.k.key_id)]
+    assert "reading" not in json.dumps(rows)
+
+
+def test_replayed_and_too_old_frames_are_refused(st, pair):
+    def dec(seq, **kw):
+        return call(st, pair.tok, pair.sid, "decrypt", {"frame": b64(pair.frame(seq, **kw))})
+
+    assert dec(100).status_code == 200
+    r = dec(100)
+    assert (r.status_code, code(r)) == (409, "seal_replay")
+    # Out of order within the window: once each.
+    assert dec(40).status_code == 200 and dec(99).status_code == 200
+    assert code(dec(40)) == "seal_replay"
+    # 64 or more behind the newest: too old to tell.
+    r = dec(36)
+    assert (r.status_code, code(r)) == (409, "seal_replay")
+    # A forged frame far ahead does not move the window.
+    forged = bytearray(pair.frame(10**6))
+    forged[-1] ^= 1
+    r = call(st, pair.tok, pair.sid, "decrypt", {"frame": b64(bytes(forged))})
+    assert (r.status_code, code(r)) == (400, "seal_auth")
+    assert dec(101).status_code == 200
+    refused = [x for x in audit_rows(st, "crypto.refused", pair.be.device_id)]
+    assert [(x["code"], x["seq"]) for x in refused] == [
+        ("seal_replay", "100"), ("seal_replay", "40"), ("seal_replay", "36"),
+        ("seal_auth", str(10**6))]
+
+
+def test_the_window_holds_across_kmsd_restarts(fresh_stack):
+    st = fresh_stack
+    st.start(extra_env={"QKMS_RATE_LIMIT_ADMIN": "0"})
+    st.group = "g-" + uuid.uuid4().hex[:6]
+    assert st.admin("POST", "/v1/admin/policies", json={
+        "name": "veh-enc", "type_a": "vehicle", "type_b": "encryptor"}).status_code == 201
+    p = Pair(st)
+    assert call(st, p.tok, p.sid, "decrypt", {"frame": b64(p.frame(7))}).status_code == 200
+    st.restart()
+    r = call(st, p.tok, p.sid, "decrypt", {"frame": b64(p.frame(7))})
+    assert (r.status_code, code(r)) == (409, "seal_replay")
+    assert call(st, p.tok, p.sid, "decrypt", {"frame": b64(p.frame(8))}).status_code == 200
+
+
+def test_frames_that_are_not_the_peers_are_refused(st, pair):
+    def dec(frame):
+        return call(st, pair.tok, pair.sid, "decrypt", {"frame": b64(frame)})
+
+    good = pair.frame(3)
+    cases = [
+        (good[:43], 400, "seal_format"),
+        (bytes([2]) + good[1:], 400, "seal_format"),
+        (good[:3] + b"\x01" + good[4:], 400, "seal_format"),
+        # Sealed by the back end's own side: not what it receives.
+        (pair.frame(3, direction=pair.down), 422, "seal_direction"),
+        # Another key ID: no key of this session.
+        (good[:4] + uuid.uuid4().bytes + good[20:], 409, "seal_key"),
+        # Another session's frame under this key's ID (the AAD differs).
+        (qs.seal(pair.k.key, pair.k.key_id, "other-" + pair.sid, pair.up, 3, b"x"), 400,
+         "seal_auth"),
+    ]
+    for i in range(0, len(good), 7):   # a flipped bit anywhere
+        bad = bytearray(good)
+        bad[i] ^= 0x10
+        if 4 <= i < 20:
+            cases.append((bytes(bad), 409, "seal_key"))
+        elif i < 4:
+            cases.append((bytes(bad), 400, "seal_format"))
+        else:
+            cases.append((bytes(bad), 400, "seal_auth"))
+    for frame, status, c in cases:
+        r = dec(frame)
+        assert (r.status_code, code(r)) == (status, c), (frame.hex(), r.text)
+    # Nothing of them moved the window: seq 3 still opens.
+    assert dec(good).status_code == 200
+    for body, status, c in (({"frame": "not base64!"}, 422, "invalid_base64"),
+                            ({"frame": 5}, 422, "invalid_request"),
+                            ({}, 422, "invalid_request"),
+                            ({"frame": b64(good), "extra": 1}, 422, "invalid_request")):
+        r = call(st, pair.tok, pair.sid, "decrypt", body)
+        assert (r.status_code, code(r)) == (status, c), body
+
+
+def test_no_third_identity(st, pair):
+    other = helpers.make_device(st, "encryptor", st.group)
+    tok = crypto_token(st, other.device_id)
+    for op, body in (("decrypt", {"frame": b64(pair.frame(0))}),
+                     ("encrypt", {"plaintext": b64(b"x")})):
+        r = call(st, tok, pair.sid, op, body)
+        assert (r.status_code, code(r)) == (403, "not_a_party"), op
+    # Nor the platform's side: the session's peer is a device.
+    r = call(st, crypto_token(st, "@platform"), pair.sid, "decrypt", {"frame": b64(pair.frame(0))})
+    assert (r.status_code, code(r)) == (403, "not_a_party")
+    # The refusals opened nothing: seq 0 still opens for the back end.
+    assert call(st, pair.tok, pair.sid, "decrypt", {"frame": b64(pair.frame(0))}).status_code == 200
+    assert [x["code"] for x in audit_rows(st, "crypto.refused", other.device_id)] == [
+        "not_a_party", "not_a_party"]
+
+
+def test_unknown_ended_and_suspended(st, pair):
+    r = call(st, pair.tok, "no-such-" + uid(), "decrypt", {"frame": b64(pair.frame(0))})
+    assert (r.status_code, code(r)) == (404, "unknown_session")
+    assert call(st, pair.tok, pair.sid, "decrypt", {"frame": b64(pair.frame(0))}).status_code == 200
+    assert call(st, pair.tok, pair.sid, "encrypt", {"plaintext": b64(b"x")}).status_code == 200
+    assert st.psql("SELECT count(*) FROM seal_state s JOIN sessions x ON x.id = s.session_pk"
+                   f" WHERE x.session_id = '{pair.sid}'").strip() == "2"
+    before = st.psql("SELECT count(*) FROM seal_state").strip()
+    # Suspending the back end's device stops its token.
+    be = pair.be.device_id
+    assert st.admin("POST", f"/v1/admin/devices/{be}/suspend", json={}).status_code == 200
+    r = call(st, pair.tok, pair.sid, "decrypt", {"frame": b64(pair.frame(1))})
+    assert (r.status_code, code(r)) == (403, "party_inactive")
+    assert st.admin("POST", f"/v1/admin/devices/{be}/resume", json={}).status_code == 200
+    assert call(st, pair.tok, pair.sid, "decrypt", {"frame": b64(pair.frame(1))}).status_code == 200
+    assert st.admin("POST", f"/v1/admin/sessions/{pair.sid}/end", json={}).status_code == 200
+    for op, body in (("decrypt", {"frame": b64(pair.frame(2))}),
+                     ("encrypt", {"plaintext": b64(b"x")})):
+        r = call(st, pair.tok, pair.sid, op, body)
+        assert (r.status_code, code(r)) == (409, "session_ended"), op
+    # The session's frame state went with it.
+    assert int(st.psql("SELECT count(*) FROM seal_state").strip()) == int(before) - 2
+    # A revoked token is refused at the gate.
+    name = [t["name"] for t in st.admin("GET", "/v1/admin/tokens").json()["tokens"]
+            if t.get("acts_for") == be][0]
+    assert st.admin("DELETE", f"/v1/admin/tokens/{name}").status_code == 200
+    r = call(st, pair.tok, pair.sid, "decrypt", {"frame": b64(pair.frame(3))})
+    assert r.status_code == 401
+
+
+# ---------------------------------------------------------------------------
+# encrypt: the back end's frames, opened on the device
+
+
+def test_the_back_ends_frames_open_on_the_device(st, pair):
+    w = qs.Window()
+    seqs = []
+    for pt in (b"set tariff 7", b"", b"x" * 70000):
+        r = call(st, pair.tok, pair.sid, "encrypt", {"plaintext": b64(pt)})
+        assert r.status_code == 200, r.text
+        a = r.json()
+        assert (a["key_id"], a["direction"], a["party"], a["peer"]) == (
+            pair.k.key_id, pair.down, pair.be.device_id, pair.dev.device_id)
+        frame = base64.b64decode(a["frame"])
+        got, seq = qs.open_frame(pair.k.key, pair.k.key_id, pair.sid, pair.down, frame, w)
+        assert got == pt and str(seq) == a["seq"]
+        seqs.append(seq)
+    # The service's counter: the upper half of the sequence space, one by one.
+    assert seqs == [2**63, 2**63 + 1, 2**63 + 2]
+    # The key named explicitly (any case) is the same key.
+    r = call(st, pair.tok, pair.sid, "encrypt", {"plaintext": b64(b"y"),
+                                                  "key_id": pair.k.key_id.upper()})
+    assert r.status_code == 200 and r.json()["seq"] == str(2**63 + 3)
+    for body, status, c in (({"plaintext": b64(b"y"), "key_id": str(uuid.uuid4())}, 409, "no_key"),
+                            ({"plaintext": b64(b"y"), "key_id": "nope"}, 422, "invalid_key_id"),
+                            ({"plaintext": b64(b"y"), "key_id": None}, 422, "invalid_request"),
+                            ({"plaintext": "%%%"}, 422, "invalid_base64"),
+                            ({"plaintext": b64(b"y"), "seq": 1}, 422, "invalid_request")):
+        r = call(st, pair.tok, pair.sid, "encrypt", body)
+        assert (r.status_code, code(r)) == (status, c), body
+    rows = audit_rows(st, "crypto.encrypt", pair.be.device_id)
+    assert [(x["seq"], x["bytes"]) for x in rows] == [
+        (str(2**63), 12), (str(2**63 + 1), 0), (str(2**63 + 2), 70000), (str(2**63 + 3), 1)]
+
+
+def test_a_round_trip_through_the_platform(st, pair):
+    """The device seals, the back end opens through the platform, answers
+    through the platform, the device opens: both implementations agree."""
+    w = qs.Window()
+    for i in range(5):
+        up = call(st, pair.tok, pair.sid, "decrypt",
+                  {"frame": b64(pair.frame(i, b"ping %d" % i))}).json()
+        assert base64.b64decode(up["plaintext"]) == b"ping %d" % i
+        down = call(st, pair.tok, pair.sid, "encrypt",
+                    {"plaintext": b64(b"pong %d" % i)}).json()
+        pt, _ = qs.open_frame(pair.k.key, pair.k.key_id, pair.sid, pair.down,
+                              base64.b64decode(down["frame"]), w)
+        assert pt == b"pong %d" % i
+
+
+def test_the_size_limits(st, pair):
+    big = b"\0" * ((4 << 20) + 1)
+    r = call(st, pair.tok, pair.sid, "encrypt", {"plaintext": b64(big)})
+    assert (r.status_code, code(r)) == (413, "payload_too_large")
+    r = call(st, pair.tok, pair.sid, "encrypt", {"plaintext": b64(big[:-1])})
+    assert r.status_code == 200, r.text[:200]
+    frame = base64.b64decode(r.json()["frame"])
+    assert len(frame) == (4 << 20) + qs.OVERHEAD
+    r = requests.post(st.url + f"/v1/crypto/sessions/{pair.sid}/decrypt",
+                      headers={"Authorization": "Bearer " + pair.tok},
+                      data=b'{"frame":"' + b"A" * (7 << 20) + b'"}', timeout=60)
+    assert r.status_code == 413
