@@ -75,6 +75,8 @@ struct options {
     long seq;
     int mode;    /* v2: 1, 2 or 3 */
     char source; /* v2: 'a', 'b' or 'c' */
+    const char *seal_in, *open_in, *out; /* key: seal or open a frame (docs/sealing.md) */
+    uint64_t seal_seq;
 };
 
 /* The help text: --help prints it, --man lays it out as qkms-device(1).
@@ -82,6 +84,7 @@ struct options {
 static const char usage_text[] =
     "usage: " PROG " key --url URL --fill FILE --session S --peer P [--index N]\n"
     "                  [--delivered | --epoch N | --direction a2b|b2a] [--json]\n"
+    "                  [--seal FILE --seq N --out FILE | --open FILE --out FILE]\n"
     "                  [TLS options] [--timeout S]\n"
     "       " PROG " end --url URL --fill FILE (--session S | --all) [--index N] [--json]\n"
     "                  [TLS options] [--timeout S]\n"
@@ -93,7 +96,8 @@ static const char usage_text[] =
     "  TLS options: [--cacert F] [--cert F [--key F]] [--pin-sha256 B64[;B64...]]\n"
     "\n"
     "  key   ask qkms for the key of session S shared with device P; prints the\n"
-    "        key ID and the session key in hex\n"
+    "        key ID and the session key in hex; with --seal or --open, uses it\n"
+    "        on a frame instead (docs/sealing.md) and prints what it did\n"
     "  end   end session S (its key is destroyed); with --all, every session of\n"
     "        the device at once (a power-down)\n"
     "  stream  key N of the key stream with device P (without --stream: the pair's\n"
@@ -114,7 +118,13 @@ static const char usage_text[] =
     "  --peer-platform  v2: the platform itself is the peer (a device-platform\n"
     "                 channel key), instead of --peer\n"
     "\n"
-    "  --seq N        stream: which key (0, 1, ...)\n"
+    "  --seal FILE    key: seal FILE's bytes to P under the key, as sequence\n"
+    "                 number --seq (never twice under one key), into --out\n"
+    "  --open FILE    key: open the frame in FILE that P sealed under the key\n"
+    "                 (no replay window: a one-off open), its plaintext into --out\n"
+    "  --out FILE     where --seal and --open write (created mode 0600)\n"
+    "  --seq N        stream: which key (0, 1, ...); --seal: the frame's sequence\n"
+    "                 number (0 to 2^64 - 2)\n"
     "  --stream ID    stream: its ID, as the first answer gave it\n"
     "  --end          stream: end it (its keys are destroyed)\n"
     "\n"
@@ -136,7 +146,8 @@ static const char usage_text[] =
     "  --man          print this manual (man(7) format; " PROG " --man | man -l -)\n"
     "\n"
     "Exit status: 0 ok, 1 internal error, 2 usage, 3 transport failure,\n"
-    "4 refused (401/403), 5 server error or unverifiable response, 6 other 4xx.\n";
+    "4 refused (401/403), 5 server error or unverifiable response (or a frame\n"
+    "that does not open), 6 other 4xx.\n";
 
 static void usage(FILE *f) { fputs(usage_text, f); }
 
@@ -274,7 +285,9 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"peer-platform", NULL, &o->peer_platform, K},
         {"all", NULL, &o->all, E},
         {"epoch", &o->epoch_s, NULL, K},      {"direction", &o->direction, NULL, K},
-        {"seq", &o->seq_s, NULL, S},          {"stream", &o->stream, NULL, S},
+        {"seq", &o->seq_s, NULL, K | S},      {"stream", &o->stream, NULL, S},
+        {"seal", &o->seal_in, NULL, K},       {"open", &o->open_in, NULL, K},
+        {"out", &o->out, NULL, K},
         {"end", NULL, &o->stream_end, S},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
@@ -347,6 +360,22 @@ static int parse_args(int argc, char **argv, struct options *o)
         errorf("--epoch and --direction are for protocol v1 in session mode (not --delivered, "
                "not --v2)");
         return -1;
+    }
+    if (o->seal_in || o->open_in || o->out || o->seq_s) {
+        char *end = NULL;
+        if ((o->seal_in && o->open_in) || !o->out || !o->seal_in != !o->seq_s || o->v2) {
+            errorf("--seal FILE --seq N --out FILE, or --open FILE --out FILE (protocol v1)");
+            return -1;
+        }
+        if (o->seq_s) {
+            errno = 0;
+            o->seal_seq = strtoull(o->seq_s, &end, 10);
+            if (errno || !*o->seq_s || *end || !isdigit((unsigned char)o->seq_s[0]) ||
+                o->seal_seq > QKS_MAX_SEQ) {
+                errorf("--seq must be an integer from 0 to 2^64 - 2");
+                return -1;
+            }
+        }
     }
     if (o->v2)
         return parse_v2(o, is_key);
@@ -583,6 +612,87 @@ static void hex(const uint8_t *in, size_t len, char *out)
  * session key must not linger in stdio's buffer. All strings were checked
  * by the library (IDs, delivery), so only IDs need JSON quoting.
  */
+/* key --seal / --open: the frame operation under the session key just
+ * received, between files; prints what it did (never the key). */
+static int run_seal(const struct options *o, const char *device_id, const qkd_session_key *sk)
+{
+    bool seal = o->seal_in != NULL;
+    const char *in_path = seal ? o->seal_in : o->open_in;
+    size_t max = seal ? QKS_MAX_PLAINTEXT : QKS_MAX_PLAINTEXT + QKS_OVERHEAD, in_len = 0,
+           out_len = 0, cap;
+    char *in = NULL, err[256];
+    const char *kid = sk->key_id;
+    uint8_t *out = NULL;
+    uint64_t seq = o->seal_seq;
+    int fd = -1, q, rc;
+
+    if ((rc = read_file(in_path, max, false, seal ? "a plaintext" : "a frame", &in, &in_len)) !=
+        EXIT_OK)
+        return rc;
+    rc = EXIT_INTERNAL;
+    cap = seal ? in_len + QKS_OVERHEAD : in_len;
+    if (!(out = malloc(cap ? cap : 1))) {
+        errorf("out of memory");
+        goto cleanup;
+    }
+    q = seal ? qkd_seal(sk, device_id, o->peer, seq, (const uint8_t *)in, in_len, out, cap,
+                        &out_len, err, sizeof(err))
+             : qkd_open(sk, device_id, o->peer, NULL, (const uint8_t *)in, in_len, out, cap,
+                        &out_len, &seq, err, sizeof(err));
+    if (q != QKD_OK) {
+        errorf("%s", err);
+        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : seal ? EXIT_USAGE : EXIT_SERVER;
+        goto cleanup;
+    }
+    fd = open(o->out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        errorf("%s: %s", o->out, strerror(errno));
+        rc = EXIT_USAGE;
+        goto cleanup;
+    }
+    for (size_t off = 0; off < out_len;) {
+        ssize_t n = write(fd, out + off, out_len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            errorf("%s: %s", o->out, strerror(errno));
+            goto cleanup;
+        }
+        off += (size_t)n;
+    }
+    if (close(fd) != 0) {
+        fd = -1;
+        errorf("%s: %s", o->out, strerror(errno));
+        goto cleanup;
+    }
+    fd = -1;
+    {
+        int d = qks_direction_of(seal ? device_id : o->peer, seal ? o->peer : device_id);
+        const char *dn = d == QKS_A2B ? "a2b" : "b2a";
+        if (o->json)
+            printf("{\"op\":\"%s\",\"key_id\":\"%s\",\"seq\":\"%llu\",\"direction\":\"%s\","
+                   "\"bytes\":%zu}\n",
+                   seal ? "seal" : "open", kid, (unsigned long long)seq, dn,
+                   seal ? in_len : out_len);
+        else
+            printf("%s %zu bytes, seq %llu, key %s, direction %s\n", seal ? "sealed" : "opened",
+                   seal ? in_len : out_len, (unsigned long long)seq, kid, dn);
+    }
+    rc = EXIT_OK;
+cleanup:
+    if (fd >= 0)
+        close(fd);
+    if (out) {
+        OPENSSL_cleanse(out, cap ? cap : 1);
+        free(out);
+    }
+    if (in) {
+        OPENSSL_cleanse(in, in_len);
+        free(in);
+    }
+    return rc;
+}
+
 static int print_key(const struct options *o, const char *device_id, int key_index,
                      const qkd_session_key *sk, char source)
 {
@@ -1076,7 +1186,8 @@ int main(int argc, char **argv)
         rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_SERVER;
         goto cleanup;
     }
-    rc = req.op == QKD_OP_KEY ? print_key(&o, req.device_id, req.key_index, &sk, 'c')
+    rc = req.op == QKD_OP_KEY && (o.seal_in || o.open_in) ? run_seal(&o, req.device_id, &sk)
+         : req.op == QKD_OP_KEY ? print_key(&o, req.device_id, req.key_index, &sk, 'c')
          : o.all              ? print_end_all(&o, req.device_id, req.key_index, ended, streams_ended)
                               : print_end(&o, req.device_id, req.session_id, req.key_index);
 

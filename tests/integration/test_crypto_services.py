@@ -7,6 +7,8 @@ Every refusal has its documented status and code, opens or seals nothing,
 and is audited; no third identity gets anything from a session's key."""
 import base64
 import json
+import os
+import subprocess
 import uuid
 
 import pytest
@@ -14,7 +16,7 @@ import requests
 
 import helpers
 import qkms_seal_py as qs
-from conftest import _finish, wait_for
+from conftest import ROOT, _finish, wait_for
 from helpers import error_code as code, get_key, uid, veh_enc_stack
 from test_entropy import Qrng, entropy_env, primary
 
@@ -390,3 +392,80 @@ def test_the_size_limits(st, pair):
                       headers={"Authorization": "Bearer " + pair.tok},
                       data=b'{"frame":"' + b"A" * (7 << 20) + b'"}', timeout=60)
     assert r.status_code == 413
+
+
+# ---------------------------------------------------------------------------
+# the C device library (qkms-device key --seal / --open) through the platform
+
+QKMS_DEVICE = os.environ.get("QKMS_DEVICE", os.path.join(ROOT, "build/asan/bin/qkms-device"))
+
+
+def c_device(st, tmp_path, type_):
+    did = uid(type_[:3].upper())
+    r = st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": type_,
+                                                    "group": st.group})
+    assert r.status_code == 201, r.text
+    r = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True})
+    assert r.status_code == 200, r.text
+    path = tmp_path / f"{did}.fill.json"
+    path.write_text(json.dumps(r.json()["plaintext"]))
+    path.chmod(0o600)
+    return did, str(path)
+
+
+def qkms_device(st, fill, sid, peer, *args):
+    p = subprocess.run([QKMS_DEVICE, "key", "--url", st.url, "--fill", fill,
+                        "--session", sid, "--peer", peer, "--json", *args],
+                       capture_output=True, text=True, timeout=60)
+    return p
+
+
+def test_the_c_library_and_the_platform_agree(st, tmp_path):
+    """A meter's uplink sealed by libqkms-device opens on the platform for
+    the back end; the back end's downlink sealed by the platform opens in
+    libqkms-device; a replay of the device's frame is refused."""
+    did, fill = c_device(st, tmp_path, "vehicle")
+    be = helpers.make_device(st, "encryptor", st.group)
+    sid = uid()
+    tok = crypto_token(st, be.device_id)
+    pt = tmp_path / "uplink.bin"
+    pt.write_bytes(b"meter 17: 12.5 m3\n" * 100)
+    frame = tmp_path / "uplink.frame"
+    p = qkms_device(st, fill, sid, be.device_id, "--seal", str(pt), "--seq", "41",
+                    "--out", str(frame))
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert (info["op"], info["seq"], info["bytes"]) == ("seal", "41", 1800)
+    assert info["direction"] == qs.direction_of(did, be.device_id)
+    assert "key" not in info   # the key itself is never printed
+    assert oct(os.stat(frame).st_mode & 0o777) == "0o600"
+    # The back end is the session's second party once it asked for the key.
+    get_key(st, be, sid, _peer(did))
+    r = call(st, tok, sid, "decrypt", {"frame": b64(frame.read_bytes())})
+    assert r.status_code == 200, r.text
+    assert base64.b64decode(r.json()["plaintext"]) == pt.read_bytes()
+    assert (r.json()["seq"], r.json()["key_id"]) == ("41", info["key_id"])
+    r = call(st, tok, sid, "decrypt", {"frame": b64(frame.read_bytes())})
+    assert (r.status_code, code(r)) == (409, "seal_replay")
+    # Downlink: sealed by the platform, opened by the C library.
+    r = call(st, tok, sid, "encrypt", {"plaintext": b64(b"valve: close")})
+    assert r.status_code == 200, r.text
+    down = tmp_path / "downlink.frame"
+    down.write_bytes(base64.b64decode(r.json()["frame"]))
+    out = tmp_path / "downlink.bin"
+    p = qkms_device(st, fill, sid, be.device_id, "--open", str(down), "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes() == b"valve: close"
+    assert json.loads(p.stdout)["seq"] == str(2**63)
+    # A flipped bit: the C library refuses it (exit 5), writes nothing.
+    bad = bytearray(down.read_bytes())
+    bad[-3] ^= 4
+    down.write_bytes(bytes(bad))
+    out2 = tmp_path / "never.bin"
+    p = qkms_device(st, fill, sid, be.device_id, "--open", str(down), "--out", str(out2))
+    assert p.returncode == 5 and "auth" in p.stderr and not out2.exists()
+
+
+class _peer:
+    def __init__(self, did):
+        self.device_id = did
