@@ -58,6 +58,9 @@ int qkd_seal(const qkd_session_key *k, const char *my_id, const char *peer_id, u
 
     if ((rc = prepare(k, my_id, peer_id, kid, &dir, err, errlen)) != QKD_OK)
         return rc;
+    if (seq > QKS_PARTY_MAX_SEQ)
+        return fail(QKD_ERR_INPUT, err, errlen,
+                    "input: seq 2^63 and up are the platform's (docs/sealing.md)");
     rc = qks_seal(k->key, k->key_len, kid, k->session_id, dir, seq, pt, pt_len, out, cap,
                   out_len);
     return rc == QKS_OK ? QKD_OK : frame_error(rc, err, errlen);

@@ -124,7 +124,7 @@ static const char usage_text[] =
     "                 (no replay window: a one-off open), its plaintext into --out\n"
     "  --out FILE     where --seal and --open write (created mode 0600)\n"
     "  --seq N        stream: which key (0, 1, ...); --seal: the frame's sequence\n"
-    "                 number (0 to 2^64 - 2)\n"
+    "                 number (0 to 2^63 - 1)\n"
     "  --stream ID    stream: its ID, as the first answer gave it\n"
     "  --end          stream: end it (its keys are destroyed)\n"
     "\n"
@@ -371,8 +371,9 @@ static int parse_args(int argc, char **argv, struct options *o)
             errno = 0;
             o->seal_seq = strtoull(o->seq_s, &end, 10);
             if (errno || !*o->seq_s || *end || !isdigit((unsigned char)o->seq_s[0]) ||
-                o->seal_seq > QKS_MAX_SEQ) {
-                errorf("--seq must be an integer from 0 to 2^64 - 2");
+                o->seal_seq > QKS_PARTY_MAX_SEQ) {
+                errorf("--seq must be an integer from 0 to 2^63 - 1 (the rest is the "
+                       "platform's)");
                 return -1;
             }
         }

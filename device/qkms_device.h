@@ -244,7 +244,8 @@ int qkd_response_stream_end(const qkd_request *r, const char *body, size_t len, 
  * session sends the other. qkd_seal seals pt (at most QKS_MAX_PLAINTEXT
  * bytes) from my_id to peer_id (the direction is theirs: a2b when my_id
  * sorts first) at seq, into out (cap >= pt_len + QKS_OVERHEAD), its length
- * in *out_len. The caller must never seal twice with one seq under one
+ * in *out_len; seq at most QKS_PARTY_MAX_SEQ (2^63 - 1: the upper half is
+ * the platform's). The caller must never seal twice with one seq under one
  * key: keep the counter across restarts, or ask for the next epoch's key.
  * qkd_open opens a frame peer_id sent to my_id, refusing a seq window w has
  * seen (w: one per key and direction, zeroed to start; NULL: no replay

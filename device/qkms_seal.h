@@ -48,6 +48,10 @@
 #define QKS_TAG_LEN 16
 #define QKS_OVERHEAD (QKS_HEADER_LEN + QKS_TAG_LEN)
 #define QKS_MAX_SEQ UINT64_C(0xFFFFFFFFFFFFFFFE)
+/* A party sealing on its own uses seq 0 .. 2^63 - 1; 2^63 and up are the
+ * platform's crypto services', sealing for a party under the same key
+ * (docs/sealing.md), so the two never meet. qkd_seal enforces it. */
+#define QKS_PARTY_MAX_SEQ UINT64_C(0x7FFFFFFFFFFFFFFF)
 #define QKS_MAX_PLAINTEXT ((size_t)64 << 20) /* 64 MiB per frame */
 #define QKS_WINDOW 64
 

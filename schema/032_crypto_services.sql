@@ -42,7 +42,8 @@ CREATE TABLE seal_state (
 -- The cascade's lookup when a session row is deleted.
 CREATE INDEX seal_state_session ON seal_state (session_pk);
 
--- A key of a session for a crypto token's party. p_key_id NULL: the key the
+-- A key of a session for a crypto token's party (p_token: the token's row,
+-- as the gate authenticated it). p_key_id NULL: the key the
 -- party seals with by default, the shared key of the session's current
 -- epoch. Outcomes, checked in this order:
 --   'no_party'        the token is not a live crypto token (revoked since
@@ -58,11 +59,13 @@ CREATE INDEX seal_state_session ON seal_state (session_pk);
 --   'ok'              party and peer IDs, the session's row ID and hash,
 --                     the key's ID, length, wrapped bytes and direction
 --                     ('', 'a2b', 'b2a')
--- The session row is locked FOR KEY SHARE: it cannot be destroyed (nor its
--- key) before the caller's transaction ends, and the request path's updates
--- of it are not blocked. A session's use here is not a key request: it
--- does not move its idle deadline.
-CREATE FUNCTION qkms_crypto_key(p_token text, p_hash bytea, p_legacy bytea, p_key_id uuid)
+-- The session row is locked FOR KEY SHARE (as seal_state's foreign key
+-- would lock it anyway): it cannot be destroyed before the caller's
+-- transaction ends. The request path locks it FOR UPDATE, so a key request
+-- for the same session waits for a crypto call that holds it (one token
+-- unwrap and one AES-GCM pass: milliseconds for megabytes). A session's
+-- use here is not a key request: it does not move its idle deadline.
+CREATE FUNCTION qkms_crypto_key(p_token bigint, p_hash bytea, p_legacy bytea, p_key_id uuid)
 RETURNS TABLE (outcome text, party text, peer text, session_pk bigint, hash_hex text,
                out_key_id uuid, key_bits integer, wrapped bytea, key_dir text)
 LANGUAGE plpgsql AS $$
@@ -76,7 +79,7 @@ DECLARE
     party_state text;
 BEGIN
     SELECT a.acts_for, a.device_pk INTO t FROM admin_tokens a
-    WHERE a.name = p_token AND a.revoked_at IS NULL AND a.role = 'crypto'
+    WHERE a.id = p_token AND a.revoked_at IS NULL AND a.role = 'crypto'
       AND (a.expires_at IS NULL OR a.expires_at > now());
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'no_party', NULL::text, NULL::text, NULL::bigint, NULL::text,
@@ -104,8 +107,10 @@ BEGIN
                             NULL::int, NULL::bytea, NULL::text;
         RETURN;
     END IF;
-    IF NOT (t.device_pk IS NOT NULL AND t.device_pk IN (s.initiator, s.responder)
-            OR t.acts_for = '@platform' AND s.responder IS NULL) THEN
+    -- IS TRUE: a platform-peer session's responder is NULL, and a NULL
+    -- here must refuse, not fall through.
+    IF NOT ((t.device_pk = s.initiator OR t.device_pk = s.responder) IS TRUE
+            OR (t.acts_for = '@platform' AND s.responder IS NULL) IS TRUE) THEN
         RETURN QUERY SELECT 'not_a_party', t.acts_for, NULL::text, NULL::bigint, NULL::text,
                             NULL::uuid, NULL::int, NULL::bytea, NULL::text;
         RETURN;
@@ -127,6 +132,9 @@ BEGIN
         SELECT sk.key_id, sk.key_bits, sk.wrapped_key, sk.direction
         INTO kid, kbits, kwrapped, kdir FROM session_keys sk
         WHERE sk.session_pk = s.id
+          -- an older epoch's key past its grace is never used, even before
+          -- the reaper destroys it (as on the request path, 027)
+          AND (sk.destroy_at IS NULL OR sk.destroy_at > now())
           AND CASE WHEN p_key_id IS NULL THEN sk.epoch = s.epoch AND sk.direction = ''
                    ELSE sk.key_id = p_key_id END;
         IF NOT FOUND THEN

@@ -49,6 +49,7 @@ static uint8_t *b64_member(json_t *in, const char *name, size_t max, size_t *len
     }
     n = b64_decode(s, sl, out, b64_decoded_max(sl) + 1);
     if (n < 0 || (size_t)n > max) {
+        OPENSSL_cleanse(out, b64_decoded_max(sl) + 1);
         free(out);
         if (n < 0)
             http_error(rs, 422, "invalid_base64", "%s is not standard base64 (RFC 4648)", name);

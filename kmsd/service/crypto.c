@@ -117,8 +117,13 @@ static db_status refuse(db_conn *c, crypto_tx *t, const char *hash_hex, qk_kind 
         snprintf(sq, sizeof(sq), "%llu", (unsigned long long)t->hdr.seq);
         json_object_set_new(d, "seq", json_string(sq));
     }
-    return audit_append(c, t->who->name, "crypto.refused", t->out->party[0] ? t->out->party : NULL,
-                        d);
+    db_status st = audit_append(c, t->who->name, "crypto.refused",
+                                t->out->party[0] ? t->out->party : NULL, d);
+    if (st != DB_OK) { /* no refusal without its audit row: the caller answers st */
+        qk_clear(t->e);
+        t->refused = false;
+    }
+    return st;
 }
 
 static qk_kind unwrap_key(crypto_tx *t, const char *hash_hex, const char *key_id, const char *whex,
@@ -163,7 +168,8 @@ static db_status crypto_tx_fn(db_conn *c, void *arg)
 {
     crypto_tx *t = arg;
     crypto_result *o = t->out;
-    const char *vals[4] = {t->who->name, (const char *)t->hash, (const char *)t->legacy,
+    char tokid[24];
+    const char *vals[4] = {tokid, (const char *)t->hash, (const char *)t->legacy,
                            t->want_key[0] ? t->want_key : NULL};
     int lens[4] = {0, 32, 32, 0}, fmts[4] = {0, 1, 1, 0};
     const char *outcome, *hash_hex, *key_dir, *spk;
@@ -177,6 +183,7 @@ static db_status crypto_tx_fn(db_conn *c, void *arg)
     qk_clear(t->e);
     t->refused = false;
     crypto_result_clear(o);
+    snprintf(tokid, sizeof(tokid), "%lld", t->who->token_id);
     if (!t->seal)
         uuid_text(t->hdr.key_id, o->key_id);
     if (!(r = db_exec(c, Q_CRYPTO_KEY, 4, vals, lens, fmts, &st)))
@@ -355,8 +362,11 @@ static qk_kind run(qk_svc *s, const qk_principal *who, crypto_tx *t, qk_err *e)
     t->e = e;
     st = db_tx(s->db, crypto_tx_fn, t);
     if (st != DB_OK) {
+        /* A fault the callback named (token, internal) stands; a refusal
+         * whose transaction did not commit (its audit row with it) is the
+         * database's failure. */
         crypto_result_clear(t->out);
-        return e->kind != QK_OK ? e->kind : db_fail(e, st);
+        return !t->refused && e->kind != QK_OK ? e->kind : db_fail(e, st);
     }
     if (t->refused) {
         crypto_result_clear(t->out);

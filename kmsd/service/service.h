@@ -72,6 +72,7 @@ typedef enum { QK_PRINCIPAL_NONE = 0, QK_PRINCIPAL_ADMIN, QK_PRINCIPAL_DEVICE } 
 typedef struct qk_principal {
     qk_principal_kind kind;
     const char *name; /* token name or device ID; the actor in audit rows */
+    long long token_id; /* an admin token's row (admin_tokens.id); 0 otherwise */
     unsigned roles;   /* ROLE_* (service/auth.h) for an admin token */
     log_ctx log;      /* req_id, client, principal (= name) */
 } qk_principal;

@@ -54,7 +54,7 @@
     X(Q_TOKEN_NAME_EVER, "SELECT 1 FROM admin_tokens WHERE name = $1 LIMIT 1")                 \
     X(Q_TOKEN_COUNT, "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")             \
     /* the crypto services (crypto.h, schema/032): a session's key for a crypto token */      \
-    X(Q_CRYPTO_KEY, "SELECT * FROM qkms_crypto_key($1, $2, $3, $4::uuid)")                     \
+    X(Q_CRYPTO_KEY, "SELECT * FROM qkms_crypto_key($1::bigint, $2, $3, $4::uuid)")             \
     /* $1 key_id, $2 direction, $3 session_pk: the seq to seal with (the next one, from 2^63  \
      * as a bit pattern, i.e. bigint's minimum); no row once 2^64 - 2 was used */            \
     X(Q_SEAL_SEND_NEXT,                                                                        \

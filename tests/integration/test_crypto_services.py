@@ -23,7 +23,9 @@ from test_entropy import Qrng, entropy_env, primary
 
 @pytest.fixture(scope="module")
 def st():
-    s = veh_enc_stack("qkms-crypto", {"QKMS_RATE_LIMIT_ADMIN": "0"})
+    # A cheap scrypt cost for the gateway login below (production's is 2^17).
+    s = veh_enc_stack("qkms-crypto", {"QKMS_RATE_LIMIT_ADMIN": "0",
+                                      "QKMS_GATEWAY_PASSWORD_SCRYPT_LOG2N": "12"})
     yield s
     _finish(s)
 
@@ -328,6 +330,50 @@ def test_unknown_ended_and_suspended(st, pair):
     assert st.admin("DELETE", f"/v1/admin/tokens/{name}").status_code == 200
     r = call(st, pair.tok, pair.sid, "decrypt", {"frame": b64(pair.frame(3))})
     assert r.status_code == 401
+
+
+def test_the_platforms_side_of_a_platform_peer_session(st):
+    """A gateway's login key is a session with the platform as its peer
+    (docs/gateways.md): a crypto token acting for @platform opens what the
+    gateway seals to the platform and seals the platform's answers; no
+    device's token passes for the platform's side (the session's responder
+    is NULL: a membership test must not fall through on it)."""
+    r = st.admin("POST", "/v1/admin/policies", json={
+        "name": "gw-login-" + uuid.uuid4().hex[:6], "type_a": "gateway", "type_b": "@platform"})
+    assert r.status_code == 201, r.text
+    gw = helpers.make_device(st, "gateway", st.group)
+    tid = "tid-" + uuid.uuid4().hex[:8]
+    assert st.admin("POST", f"/v1/admin/devices/{gw.device_id}/credential",
+                    json={"tid": tid, "password": "correct horse battery"}).status_code == 200
+    req = gw.login_request(tid, "correct horse battery")
+    r = helpers.post(st, req)
+    assert r.status_code == 200, r.text
+    k = gw.open_login_response(req, r.json())
+    sid = r.json()["login_id"]
+    tok = crypto_token(st, "@platform")
+    up = qs.direction_of(gw.device_id, "@platform")
+    r = call(st, tok, sid, "decrypt",
+             {"frame": b64(qs.seal(k.key, k.key_id, sid, up, 0, b"gateway hello"))})
+    assert r.status_code == 200, r.text
+    assert base64.b64decode(r.json()["plaintext"]) == b"gateway hello"
+    assert (r.json()["party"], r.json()["peer"], r.json()["direction"]) == (
+        "@platform", gw.device_id, up)
+    r = call(st, tok, sid, "encrypt", {"plaintext": b64(b"platform hello")})
+    assert r.status_code == 200, r.text
+    pt, seq = qs.open_frame(k.key, k.key_id, sid, qs.direction_of("@platform", gw.device_id),
+                            base64.b64decode(r.json()["frame"]))
+    assert pt == b"platform hello" and seq == 2**63
+    # A device's crypto token is not the platform's side of someone else's
+    # login.
+    other = crypto_token(st, helpers.make_device(st, "encryptor", st.group).device_id)
+    for op, body in (("decrypt", {"frame": b64(qs.seal(k.key, k.key_id, sid, up, 1, b"x"))}),
+                     ("encrypt", {"plaintext": b64(b"x")})):
+        r = call(st, other, sid, op, body)
+        assert (r.status_code, code(r)) == (403, "not_a_party"), op
+    # Those refusals opened nothing: seq 1 still opens for the platform.
+    r = call(st, tok, sid, "decrypt",
+             {"frame": b64(qs.seal(k.key, k.key_id, sid, up, 1, b"x"))})
+    assert r.status_code == 200, r.text
 
 
 # ---------------------------------------------------------------------------

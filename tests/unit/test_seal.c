@@ -293,6 +293,14 @@ static void test_qkd_wrappers(void **state)
                               &seq, err, sizeof(err)),
                      QKD_ERR_INPUT);
     assert_non_null(strstr(err, "direction"));
+    /* The platform's half of the sequence space is not a party's. */
+    assert_int_equal(qkd_seal(&k, "VIN-0001", "ENC-0002", QKS_PARTY_MAX_SEQ + 1, pt, 1, frame,
+                              sizeof(frame), &fl, err, sizeof(err)),
+                     QKD_ERR_INPUT);
+    assert_non_null(strstr(err, "platform"));
+    assert_int_equal(qkd_seal(&k, "VIN-0001", "ENC-0002", QKS_PARTY_MAX_SEQ, pt, 1, frame,
+                              sizeof(frame), &fl, err, sizeof(err)),
+                     QKD_OK);
     /* A key that is not a UUID, or no key. */
     snprintf(k.key_id, sizeof(k.key_id), "not-a-uuid");
     assert_int_equal(qkd_seal(&k, "VIN-0001", "ENC-0002", 6, pt, 1, frame, sizeof(frame), &fl,
