@@ -76,7 +76,13 @@ class Door:
             return Resp(r.status_code, r.headers, r.content)
         c = UnixHTTPConnection(self.unix)
         try:
-            c.request(method, path, body=data, headers=headers)
+            try:
+                c.request(method, path, body=data, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # A refusal (404 on a listener without the route) may be
+                # answered and the socket closed before the body was read;
+                # the answer is there to read all the same.
+                pass
             r = c.getresponse()
             return Resp(r.status, dict(r.getheaders()), r.read())
         finally:
