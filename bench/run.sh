@@ -5,7 +5,7 @@
 #   BENCH_SECONDS   seconds per run (default 5)
 #   BENCH_DEVICES   devices for the import benchmark (default 10000)
 #   BENCH_THREADING=both   also measure MHD's pool threading model
-#   BENCH_PARTS     which parts: "import http entropy tls v2 etsi sessions" (default all),
+#   BENCH_PARTS     which parts: "import http entropy tls v2 etsi crypto sessions" (default all),
 #                   or "scale" (minutes: see bench_scale below), or "pgmodes"
 #                   (group commit: batch call against pipeline mode, pgbench), or "ab"
 #                   (BENCH_AB="a.sql b.sql": two SQL variants in one stack, turn about)
@@ -25,7 +25,7 @@ KMSD=${QKMS_KMSD:-$ROOT/build/release/bin/kmsd}
 KMSCTL=${QKMS_KMSCTL:-$ROOT/build/release/bin/kmsctl}
 SECS=${BENCH_SECONDS:-5}
 BENCH_DEVICES=${BENCH_DEVICES:-10000}
-PARTS=${BENCH_PARTS:-import http entropy tls v2 etsi sessions}
+PARTS=${BENCH_PARTS:-import http entropy tls v2 etsi crypto sessions}
 OUT=$ROOT/build/bench
 REL=$ROOT/build/release
 mkdir -p "$OUT"
@@ -33,6 +33,7 @@ mkdir -p "$OUT"
 CFLAGS="-O2 -Wall -Wextra -Werror -std=c17 -D_GNU_SOURCE -pthread -I$ROOT/bench -I$ROOT/device -I$ROOT/pkcs11 $(pkg-config --cflags p11-kit-1 libpq)"
 cc $CFLAGS "$ROOT/bench/loadgen.c" "$ROOT/bench/httpc.c" -lssl -lcrypto -o "$OUT/loadgen"
 cc $CFLAGS "$ROOT/bench/unwrap_bench.c" "$REL/libqkms-p11.a" -lcrypto -ldl -o "$OUT/unwrap_bench"
+cc $CFLAGS "$ROOT/bench/seal_bench.c" "$REL/libqkms-device.a" -lcrypto -o "$OUT/seal_bench"
 cc $CFLAGS -I"$ROOT/common" "$ROOT/bench/v2ops_bench.c" "$REL/libqkms-p11.a" "$REL/libqkms-device.a" \
     -lcrypto -ldl -o "$OUT/v2ops_bench"
 cc $CFLAGS "$ROOT/bench/session_bench.c" "$ROOT/bench/httpc.c" "$REL/libqkms-device.a" \
@@ -457,6 +458,10 @@ for part in $PARTS; do
     tls) bench_tls | tee "$OUT/tls.txt" ;;
     v2) bench_v2 | tee "$OUT/v2.txt" ;;
     etsi) bench_etsi | tee "$OUT/etsi.txt" ;;
+    crypto)
+        # Sealed frames (docs/sealing.md) in one thread: MB/s per frame size,
+        # and the ratio to bare AES-256-GCM on the same buffers.
+        "$OUT/seal_bench" "$SECS" | tee "$OUT/crypto.txt" ;;
     sessions) bench_sessions | tee "$OUT/sessions.txt" ;;
     scale) bench_scale | tee "$OUT/scale.txt" ;;
     pgmodes) bench_pgmodes | tee "$OUT/pgmodes.txt" ;;

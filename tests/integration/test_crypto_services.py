@@ -515,3 +515,37 @@ def test_the_c_library_and_the_platform_agree(st, tmp_path):
 class _peer:
     def __init__(self, did):
         self.device_id = did
+
+
+def test_keys_of_older_epochs(st):
+    """Frames under an older epoch's key open while its grace lasts, never
+    after (even before the reaper destroyed the row); the default key to
+    seal with follows the session's current epoch."""
+    ga, gb = "ga-" + uuid.uuid4().hex[:6], "gb-" + uuid.uuid4().hex[:6]
+    r = st.admin("POST", "/v1/admin/policies", json={
+        "name": "veh-enc-ep-" + uuid.uuid4().hex[:6], "type_a": "vehicle",
+        "type_b": "encryptor", "group_a": ga, "group_b": gb, "max_epochs": 3,
+        "epoch_grace_s": 600})
+    assert r.status_code == 201, r.text
+    dev = helpers.make_device(st, "vehicle", ga)
+    be = helpers.make_device(st, "encryptor", gb)
+    sid = uid()
+    k0 = get_key(st, dev, sid, be)
+    assert get_key(st, be, sid, dev).key == k0.key
+    tok = crypto_token(st, be.device_id)
+    up = qs.direction_of(dev.device_id, be.device_id)
+    k1 = get_key(st, dev, sid, be, epoch=1)
+    # The default key is now epoch 1's; epoch 0's still opens (its grace).
+    r = call(st, tok, sid, "encrypt", {"plaintext": b64(b"x")})
+    assert r.status_code == 200 and r.json()["key_id"] == k1.key_id, r.text
+    r = call(st, tok, sid, "decrypt", {"frame": b64(qs.seal(k0.key, k0.key_id, sid, up, 0, b"a"))})
+    assert r.status_code == 200, r.text
+    # Its grace over: refused at once, whether or not the reaper came by.
+    st.psql("UPDATE session_keys SET destroy_at = now() - interval '1 second'"
+            f" WHERE key_id = '{k0.key_id}'")
+    for op, body in (("decrypt", {"frame": b64(qs.seal(k0.key, k0.key_id, sid, up, 1, b"a"))}),
+                     ("encrypt", {"plaintext": b64(b"x"), "key_id": k0.key_id})):
+        r = call(st, tok, sid, op, body)
+        assert (r.status_code, code(r)) == (409, "seal_key" if op == "decrypt" else "no_key"), op
+    r = call(st, tok, sid, "decrypt", {"frame": b64(qs.seal(k1.key, k1.key_id, sid, up, 0, b"b"))})
+    assert r.status_code == 200, r.text
