@@ -1,7 +1,7 @@
 # The library is installed on its own, so it carries the common/ modules it
 # uses (kmsd links them from libkmsd.a first; the copies do not clash).
 DEVICE_LIB_SRC := device/qkms_proto.c device/qkms_proto2.c device/qkms_device.c device/qkms_device2.c device/qkd_http.c \
-                  device/qkms_seal.c device/qkd_seal.c \
+                  device/qkms_seal.c device/qkd_seal.c device/qkms_fw.c \
                   common/hexutil.c common/kcv.c common/qbuf.c
 DEVICE_PROG_SRC := device/qkms-device.c
 

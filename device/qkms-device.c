@@ -33,12 +33,17 @@
 #include <sys/resource.h>
 
 #include <jansson.h>
+#include <openssl/bio.h>
 #include <openssl/crypto.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
+#include "hexutil.h"
 #include "manroff.h"
 #include "qkd_http.h"
 #include "qkms_device.h"
 #include "qkms_device2.h"
+#include "qkms_fw.h"
 #include "version.h"
 
 /* The values and meanings of kmsctl's exit statuses (cli/exitcodes.h). */
@@ -77,6 +82,9 @@ struct options {
     char source; /* v2: 'a', 'b' or 'c' */
     const char *seal_in, *open_in, *out; /* key: seal or open a frame (docs/sealing.md) */
     uint64_t seal_seq;
+    /* firmware open (docs/firmware.md) */
+    const char *fw_in, *product, *certs, *group_key, *counter_s, *now_s;
+    int no_clock;
 };
 
 /* The help text: --help prints it, --man lays it out as qkms-device(1).
@@ -93,6 +101,9 @@ static const char usage_text[] =
     "       " PROG " end --v2 --server-cert F (--cert F [--key F] | --fill FILE) ...\n"
     "       " PROG " stream --url URL --fill FILE --peer P --seq N [--stream ID] [--json]\n"
     "       " PROG " stream --end --url URL --fill FILE --stream ID [--json]\n"
+    "       " PROG " firmware open --in PKG --out IMAGE --product P --certs PEM[,PEM]\n"
+    "                  (--fill FILE | --group-key FILE)... [--counter N]\n"
+    "                  [--now T | --no-clock] [--json]\n"
     "  TLS options: [--cacert F] [--cert F [--key F]] [--pin-sha256 B64[;B64...]]\n"
     "\n"
     "  key   ask qkms for the key of session S shared with device P; prints the\n"
@@ -103,6 +114,11 @@ static const char usage_text[] =
     "  stream  key N of the key stream with device P (without --stream: the pair's\n"
     "        live stream, opened if there is none; prints its ID); with --end,\n"
     "        end the stream\n"
+    "  firmware open  open a firmware package (docs/firmware.md) as this device\n"
+    "        would: unwrap its key (--fill, --group-key), check the signature\n"
+    "        against the pinned certificates, product, target, counter and\n"
+    "        not_before, and write the image to --out only when all passed\n"
+    "        (streamed through a staging file; prints the manifest)\n"
     "\n"
     "  --v2           device protocol v2 (docs/protocol.md): the request is signed\n"
     "                 with the device's key (--cert/--key, modes 1 and 2) or sealed\n"
@@ -128,6 +144,14 @@ static const char usage_text[] =
     "  --stream ID    stream: its ID, as the first answer gave it\n"
     "  --end          stream: end it (its keys are destroyed)\n"
     "\n"
+    "  --in PKG       firmware: the package\n"
+    "  --product P    firmware: this device's product line\n"
+    "  --certs F[,F]  firmware: the pinned firmware certificates (PEM files)\n"
+    "  --group-key F  firmware: the device's group firmware key, JSON\n"
+    "                 {\"group\",\"key_id\" (32 hex),\"key\" (64 hex)}\n"
+    "  --counter N    firmware: the installed counter (default 0)\n"
+    "  --now T        firmware: Unix seconds for not_before (default: the clock)\n"
+    "  --no-clock     firmware: no not_before check\n"
     "  --url URL      qkms base URL, e.g. https://kms.example:8443\n"
     "  --fill FILE    the device's fill document (kmsctl fill open --json); - for stdin\n"
     "  --index N      device key index (default: the highest one valid now)\n"
@@ -267,18 +291,18 @@ static int parse_stream(struct options *o);
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
-    enum { K = 1, E = 2, S = 4 }; /* the commands an option is for */
+    enum { K = 1, E = 2, S = 4, F = 8 }; /* the commands an option is for */
     struct {
         const char *name;
         const char **value; /* NULL: a flag */
         int *flag;
         int cmds;
     } specs[] = {
-        {"url", &o->url, NULL, K | E | S},    {"fill", &o->fill, NULL, K | E | S},
+        {"url", &o->url, NULL, K | E | S},    {"fill", &o->fill, NULL, K | E | S | F},
         {"session", &o->session, NULL, K | E}, {"peer", &o->peer, NULL, K | S},
         {"index", &o->index_s, NULL, K | E | S}, {"cacert", &o->cacert, NULL, K | E | S},
         {"timeout", &o->timeout_s, NULL, K | E | S}, {"delivered", NULL, &o->delivered, K},
-        {"json", NULL, &o->json, K | E | S},  {"cert", &o->cert, NULL, K | E | S},
+        {"json", NULL, &o->json, K | E | S | F}, {"cert", &o->cert, NULL, K | E | S},
         {"key", &o->key, NULL, K | E | S},    {"pin-sha256", &o->pin, NULL, K | E | S},
         {"v2", NULL, &o->v2, K | E},          {"mode", &o->mode_s, NULL, K | E},
         {"source", &o->source_s, NULL, K},    {"server-cert", &o->server_cert, NULL, K | E},
@@ -287,7 +311,10 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"epoch", &o->epoch_s, NULL, K},      {"direction", &o->direction, NULL, K},
         {"seq", &o->seq_s, NULL, K | S},      {"stream", &o->stream, NULL, S},
         {"seal", &o->seal_in, NULL, K},       {"open", &o->open_in, NULL, K},
-        {"out", &o->out, NULL, K},
+        {"out", &o->out, NULL, K | F},        {"in", &o->fw_in, NULL, F},
+        {"product", &o->product, NULL, F},    {"certs", &o->certs, NULL, F},
+        {"group-key", &o->group_key, NULL, F}, {"counter", &o->counter_s, NULL, F},
+        {"now", &o->now_s, NULL, F},          {"no-clock", NULL, &o->no_clock, F},
         {"end", NULL, &o->stream_end, S},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
@@ -296,13 +323,18 @@ static int parse_args(int argc, char **argv, struct options *o)
     o->cmd = argv[1];
     cmd_bit = !strcmp(o->cmd, "key") ? K : !strcmp(o->cmd, "end") ? E
               : !strcmp(o->cmd, "stream")                      ? S
+              : !strcmp(o->cmd, "firmware")                    ? F
                                                                : 0;
     if (!cmd_bit) {
-        errorf("unknown command '%s' (key, end or stream)", o->cmd);
+        errorf("unknown command '%s' (key, end, stream or firmware)", o->cmd);
+        return -1;
+    }
+    if (cmd_bit == F && (argc < 3 || strcmp(argv[2], "open") != 0)) {
+        errorf("firmware: the only action is 'open'");
         return -1;
     }
     int is_key = cmd_bit == K;
-    for (int i = 2; i < argc; i++) {
+    for (int i = cmd_bit == F ? 3 : 2; i < argc; i++) {
         const char *a = argv[i], *eq;
         size_t j, nl;
         if (strncmp(a, "--", 2) != 0) {
@@ -343,6 +375,15 @@ static int parse_args(int argc, char **argv, struct options *o)
     }
     if (cmd_bit == S)
         return parse_stream(o);
+    if (cmd_bit == F) {
+        if (!o->fw_in || !o->out || !o->product || !o->certs || (!o->fill && !o->group_key) ||
+            (o->now_s && o->no_clock)) {
+            errorf("firmware open needs --in, --out, --product, --certs and --fill or "
+                   "--group-key (--now or --no-clock, not both)");
+            return -1;
+        }
+        return 0;
+    }
     o->epoch = -1;
     if (o->epoch_s) {
         long ep;
@@ -613,6 +654,240 @@ static void hex(const uint8_t *in, size_t len, char *out)
  * session key must not linger in stdio's buffer. All strings were checked
  * by the library (IDs, delivery), so only IDs need JSON quoting.
  */
+/* ---- firmware open --------------------------------------------------------- */
+
+static int write_fd(int fd, const uint8_t *d, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, d, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -1;
+        d += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int fw_sink(void *arg, const uint8_t *d, size_t n) { return write_fd(*(int *)arg, d, n); }
+
+/* A PEM certificate file as DER (malloc'd). */
+static int read_cert_der(const char *path, uint8_t **der, size_t *len)
+{
+    char *pem = NULL;
+    size_t pl;
+    BIO *b = NULL;
+    X509 *x = NULL;
+    unsigned char *p = NULL;
+    int n, rc;
+
+    if ((rc = read_file(path, PEM_MAX, false, "a certificate", &pem, &pl)) != EXIT_OK)
+        return rc;
+    rc = EXIT_USAGE;
+    if (!(b = BIO_new_mem_buf(pem, (int)pl)) || !(x = PEM_read_bio_X509(b, NULL, NULL, NULL)) ||
+        (n = i2d_X509(x, &p)) <= 0) {
+        errorf("%s: not a PEM certificate", path);
+        goto out;
+    }
+    *der = p;
+    *len = (size_t)n;
+    rc = EXIT_OK;
+out:
+    X509_free(x);
+    BIO_free(b);
+    free(pem);
+    return rc;
+}
+
+static int read_group_key(const char *path, qkd_firmware_group_key *g)
+{
+    char *text = NULL;
+    size_t tl;
+    json_t *j = NULL;
+    const char *name, *kid, *key;
+    int rc;
+
+    if ((rc = read_file(path, FILL_MAX, true, "a group key", &text, &tl)) != EXIT_OK)
+        return rc;
+    rc = EXIT_USAGE;
+    j = json_loadb(text, tl, JSON_REJECT_DUPLICATES, NULL);
+    if (!j || json_unpack(j, "{s:s,s:s,s:s}", "group", &name, "key_id", &kid, "key", &key) != 0 ||
+        strlen(name) >= sizeof(g->group) ||
+        qkms_hex_decode(kid, strlen(kid), g->key_id, 16) != 16 ||
+        qkms_hex_decode(key, strlen(key), g->key, 32) != 32) {
+        errorf("%s: not a group key {\"group\",\"key_id\" (32 hex),\"key\" (64 hex)}", path);
+        goto out;
+    }
+    snprintf(g->group, sizeof(g->group), "%s", name);
+    rc = EXIT_OK;
+out:
+    json_decref(j);
+    OPENSSL_secure_clear_free(text, FILL_MAX + 1);
+    return rc;
+}
+
+static int run_firmware(const struct options *o, const qkd_device *dev, int64_t now)
+{
+    qkd_firmware_policy p = {0};
+    qkd_firmware_group_key *g = NULL;
+    qkd_firmware_manifest m;
+    qkd_firmware_stream *s = NULL;
+    uint8_t *certs[8] = {0}, *buf = NULL;
+    size_t cert_lens[8], ncerts = 0;
+    char tmp[4096], err[256], sha[65], signer[65];
+    int in = -1, out = -1, rc = EXIT_USAGE, q = QKD_OK;
+    char *list = NULL, *tok, *save = NULL;
+
+    if (snprintf(tmp, sizeof(tmp), "%s.part", o->out) >= (int)sizeof(tmp)) {
+        errorf("--out: path too long");
+        return EXIT_USAGE;
+    }
+    if (!(list = strdup(o->certs))) {
+        errorf("out of memory");
+        return EXIT_INTERNAL;
+    }
+    for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (ncerts == 8) {
+            errorf("--certs: at most 8");
+            goto out;
+        }
+        if ((rc = read_cert_der(tok, &certs[ncerts], &cert_lens[ncerts])) != EXIT_OK)
+            goto out;
+        ncerts++;
+    }
+    rc = EXIT_USAGE;
+    if (o->group_key) {
+        if (!(g = OPENSSL_secure_zalloc(sizeof(*g)))) {
+            errorf("out of secure memory");
+            rc = EXIT_INTERNAL;
+            goto out;
+        }
+        if ((rc = read_group_key(o->group_key, g)) != EXIT_OK)
+            goto out;
+        rc = EXIT_USAGE;
+    }
+    p.device = dev;
+    p.groups = g;
+    p.ngroups = g ? 1 : 0;
+    p.product = o->product;
+    p.certs = (const uint8_t *const *)certs;
+    p.cert_lens = cert_lens;
+    p.ncerts = ncerts;
+    p.now = o->no_clock ? -1 : now;
+    if (o->counter_s || o->now_s) {
+        long long v;
+        char *end;
+        if (o->counter_s) {
+            errno = 0;
+            v = strtoll(o->counter_s, &end, 10);
+            if (errno || *end || !*o->counter_s || v < 0) {
+                errorf("--counter must be an integer from 0");
+                goto out;
+            }
+            p.counter = (uint64_t)v;
+        }
+        if (o->now_s) {
+            errno = 0;
+            v = strtoll(o->now_s, &end, 10);
+            if (errno || *end || !*o->now_s || v < 0) {
+                errorf("--now must be Unix seconds");
+                goto out;
+            }
+            p.now = v;
+        }
+    }
+    if ((in = open(o->fw_in, O_RDONLY | O_CLOEXEC)) < 0) {
+        errorf("%s: %s", o->fw_in, strerror(errno));
+        goto out;
+    }
+    /* The image goes to a staging file, renamed to --out only once every
+     * check passed (docs/firmware.md: the hash is known at the end). */
+    if ((out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
+        errorf("%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    rc = EXIT_INTERNAL;
+    if (!(buf = malloc(65536)) ||
+        (q = qkd_firmware_stream_new(&s, &p, fw_sink, &out, err, sizeof(err))) != QKD_OK) {
+        errorf("%s", buf ? err : "out of memory");
+        goto out;
+    }
+    for (;;) {
+        ssize_t n = read(in, buf, 65536);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            errorf("%s: %s", o->fw_in, strerror(errno));
+            rc = EXIT_USAGE;
+            goto out;
+        }
+        if (n == 0)
+            break;
+        if ((q = qkd_firmware_stream_update(s, buf, (size_t)n, err, sizeof(err))) != QKD_OK)
+            break;
+    }
+    if (q == QKD_OK)
+        q = qkd_firmware_stream_final(s, &m, err, sizeof(err));
+    if (q != QKD_OK) {
+        errorf("%s", err);
+        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_SERVER;
+        goto out;
+    }
+    if (fsync(out) != 0 || close(out) != 0) {
+        out = -1;
+        errorf("%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    out = -1;
+    if (rename(tmp, o->out) != 0) {
+        errorf("%s: %s", o->out, strerror(errno));
+        goto out;
+    }
+    qkms_hex_encode(m.image_sha256, 32, sha);
+    qkms_hex_encode(m.signer, 32, signer);
+    {
+        json_t *j = json_pack("{s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:s?,s:I,s:s}", "product", m.product,
+                              "version", m.version, "counter", (json_int_t)m.counter,
+                              "image_size", (json_int_t)m.image_size, "image_sha256", sha,
+                              "package_id", m.package_id, "target",
+                              m.kind == QKF_KIND_GROUP ? "group" : "device", "group",
+                              m.kind == QKF_KIND_GROUP ? m.group : NULL, "not_before",
+                              (json_int_t)m.not_before, "signer", signer);
+        char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        if (!text) {
+            json_decref(j);
+            errorf("out of memory");
+            goto out;
+        }
+        if (o->json)
+            printf("%s\n", text);
+        else
+            printf("opened %s %s (counter %llu, %llu bytes) into %s; store the counter before "
+                   "booting it\n",
+                   m.product, m.version, (unsigned long long)m.counter,
+                   (unsigned long long)m.image_size, o->out);
+        zfree(text);
+        json_decref(j);
+    }
+    rc = EXIT_OK;
+out:
+    if (out >= 0)
+        close(out);
+    if (rc != EXIT_OK)
+        unlink(tmp); /* nothing of a refused package stays */
+    if (in >= 0)
+        close(in);
+    qkd_firmware_stream_free(s);
+    free(buf);
+    free(list);
+    for (size_t i = 0; i < ncerts; i++)
+        OPENSSL_free(certs[i]);
+    if (g)
+        OPENSSL_secure_clear_free(g, sizeof(*g));
+    return rc;
+}
+
 /* key --seal / --open: the frame operation under the session key just
  * received, between files; prints what it did (never the key). */
 static int run_seal(const struct options *o, const char *device_id, const qkd_session_key *sk)
@@ -1138,6 +1413,10 @@ int main(int argc, char **argv)
         rc = run_v2(&o, now);
         goto cleanup;
     }
+    if (strcmp(o.cmd, "firmware") == 0 && !o.fill) {
+        rc = run_firmware(&o, NULL, now);
+        goto cleanup;
+    }
     if ((rc = read_fill(o.fill, &fill, &fill_len)) != EXIT_OK)
         goto cleanup;
     q = qkd_device_load(&dev, fill, fill_len, err, sizeof(err));
@@ -1146,6 +1425,10 @@ int main(int argc, char **argv)
     if (q != QKD_OK) {
         errorf("%s: %s", o.fill, err);
         rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_USAGE;
+        goto cleanup;
+    }
+    if (strcmp(o.cmd, "firmware") == 0) {
+        rc = run_firmware(&o, dev, now);
         goto cleanup;
     }
     if ((rc = pick_index(&o, dev, now, &index)) != EXIT_OK)
