@@ -15,13 +15,14 @@ FUZZ_CFLAGS  := -std=c17 -g -O1 -fno-omit-frame-pointer $(FUZZ_SAN) -fsanitize=f
                 -Idevice -Icli -I$(FUZZ_BUILD)/gen $(PKG_CFLAGS) -MMD -MP \
                 -DFUZZ_VECTORS='"$(CURDIR)/tests/vectors/protocol-v1.json"' \
                 -DFUZZ_VECTORS_V2='"$(CURDIR)/tests/vectors/protocol-v2.json"' \
-                -DFUZZ_VECTORS_SEAL='"$(CURDIR)/tests/vectors/seal-v1.json"'
+                -DFUZZ_VECTORS_SEAL='"$(CURDIR)/tests/vectors/seal-v1.json"' \
+                -DFUZZ_VECTORS_FW='"$(CURDIR)/tests/vectors/firmware-v1.json"'
 FUZZ_ALL     := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_TARGETS ?= $(FUZZ_ALL)
 # Everything a target may call: kmsd, its libraries, the device library and
 # the kmsctl parsers. An archive, so each target pulls only what it uses.
 FUZZ_LIB_SRC := $(COMMON_SRC) $(P11_SRC) $(KMSD_SRC) device/qkms_proto.c device/qkms_device.c \
-                device/qkms_proto2.c device/qkms_device2.c device/qkms_seal.c \
+                device/qkms_proto2.c device/qkms_device2.c device/qkms_seal.c device/qkms_fw.c \
                 cli/attr_arg.c cli/csv.c cli/import_file.c cli/output.c cli/progress.c
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/gen/schema_sql.o
 FUZZ_LIB     := $(FUZZ_BUILD)/libqkms-fuzz.a

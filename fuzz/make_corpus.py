@@ -144,7 +144,7 @@ def main():
     for i, v in enumerate(VECTORS):
         if v["op"] == "key" and "response" in v:
             put("device_response", v["name"], bytes([i]) + compact(v["response"]["body"]).encode())
-        elif v["op"] == "end":
+        elif v["op"] == "end" and "session_id" in v:  # an end of all has its own answer
             put("device_response", v["name"],
                 bytes([i]) + compact({"v": 1, "session_id": v["session_id"], "ended": True}).encode())
     put("device_response", "hand-error",
@@ -226,6 +226,7 @@ def main():
     v2_seeds()
     etsi014_seeds()
     seal_seeds()
+    fw_seeds()
 
 
 def seal_seeds():
@@ -246,6 +247,31 @@ def seal_seeds():
         aad = b"qkms/seal/v1\x00" + first["session_id"].encode() + b"\x00" + h
         nonce = struct.pack(">IQ", h[2], seq)
         put("seal", f"seq-{seq}", b"\x01" + h + AESGCM(key).encrypt(nonce, b"reading", aad))
+
+
+def fw_seeds():
+    """fw: byte 0 the mode and slicing (bit 7 clear: a package; set: a
+    body the harness encrypts for the group key), then the bytes: every
+    vector package small enough (mode 0, several slicings), and the first
+    package's body (mode 0x80) so the manifest parser starts from a real
+    one."""
+    doc = json.load(open(os.path.join(ROOT, "tests", "vectors", "firmware-v1.json")))
+    for i, c in enumerate(doc["cases"]):
+        pkg = bytes.fromhex(c["package"])
+        if len(pkg) <= 16000:
+            put("fw", f"pkg-{i:02d}", bytes([(i * 13) % 128]) + pkg)
+    import sys as _sys
+    _sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+    import qkms_fw_py as fw
+    g = doc["groups"][0]
+    grp = fw.Group(g["group"], bytes.fromhex(g["key_id"]), bytes.fromhex(g["key"]))
+    first = doc["cases"][0]
+    _, _, mb, sig = fw.open_package(bytes.fromhex(first["package"]), fw.Policy(
+        product=first["policy"]["product"], certs=[bytes.fromhex(doc["signer"]["cert"])],
+        groups=[grp]), parts=True)
+    image = bytes.fromhex(first["expect"]["image"])
+    body = struct.pack(">I", len(mb)) + mb + struct.pack(">H", len(sig)) + sig + image
+    put("fw", "body-first", b"\x80" + body)
 
 
 def etsi014_seeds():
