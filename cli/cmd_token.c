@@ -15,7 +15,7 @@
 
 #define EXPIRES_MAX_DAYS 3650L
 
-static const char *const roles[] = {"admin", "operator", "auditor", "crypto", NULL};
+static const char *const roles[] = {"admin", "operator", "auditor", "crypto", "release", NULL};
 
 static int token_create(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
@@ -32,11 +32,11 @@ static int token_create(const struct kmsctl_ctx *ctx, const struct invocation *i
         goto cleanup;
     }
     if (!role) {
-        out_error("--role is required (admin, operator, auditor or crypto)");
+        out_error("--role is required (admin, operator, auditor, crypto or release)");
         goto cleanup;
     }
     if (!arg_is_one_of(role, roles)) {
-        out_error("--role must be admin, operator, auditor or crypto");
+        out_error("--role must be admin, operator, auditor, crypto or release");
         goto cleanup;
     }
     if ((strcmp(role, "crypto") == 0) != (acts_for != NULL)) {
@@ -227,7 +227,7 @@ static const struct opt_spec cert_opts[] = {
 };
 
 static const struct opt_spec create_opts[] = {
-    {"role", 0, "ROLE", "admin, operator, auditor or crypto (required)"},
+    {"role", 0, "ROLE", "admin, operator, auditor, crypto or release (required)"},
     {"expires-in-days", 0, "N", "expire after N days, 1..3650 (default: never)"},
     {"acts-for", 0, "PARTY", "crypto: the device ID it acts for, or @platform (required)"},
     {0},

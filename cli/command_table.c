@@ -17,6 +17,7 @@ const struct command *const kmsctl_commands[] = {
     &cmd_master,
     &cmd_ca,
     &cmd_platform,
+    &cmd_firmware,
     &cmd_qkd,
     &cmd_completion,
     NULL,

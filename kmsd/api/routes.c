@@ -111,6 +111,9 @@
     X("GET", "/v1/admin/audit/export", "admin_audit_export", ROLE_ADMIN | ROLE_AUDITOR, h_audit_export, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/entropy", "admin_entropy", ROLE_ANY, h_admin_entropy, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/entropy/sources/{name}/enable", "admin_entropy_enable", ROLE_ADMIN, h_admin_entropy_enable, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/firmware/keys", "admin_firmware_keys", ROLE_ANY | ROLE_RELEASE, h_firmware_keys_list, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/firmware/keys", "admin_firmware_keys_create", ROLE_ADMIN, h_firmware_keys_create, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/firmware/keys/{product}/rotate", "admin_firmware_keys_rotate", ROLE_ADMIN, h_firmware_keys_rotate, ADM, RL_ADMIN) \
     X("GET", "/v1/random", "random", ROLE_CRYPTO | ROLE_ADMIN, h_crypto_random, ADM, RL_ADMIN) \
     X("POST", "/v1/crypto/sessions/{session}/encrypt", "crypto_session_encrypt", ROLE_CRYPTO, h_crypto_encrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
     X("POST", "/v1/crypto/sessions/{session}/decrypt", "crypto_session_decrypt", ROLE_CRYPTO, h_crypto_decrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY)
@@ -125,7 +128,7 @@ const int routes_count = (int)(sizeof(routes) / sizeof(routes[0]));
 int routes_print_json(FILE *f)
 {
     static const unsigned bits[] = {ROLE_ADMIN, ROLE_OPERATOR, ROLE_AUDITOR, ROLE_APP,
-                                    ROLE_CRYPTO};
+                                    ROLE_CRYPTO, ROLE_RELEASE};
     json_t *arr = json_array();
     int rc;
     for (int i = 0; arr && i < routes_count; i++) {

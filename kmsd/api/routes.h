@@ -24,6 +24,10 @@ void h_readyz(http_request *rq, http_response *rs);
 void h_metrics(http_request *rq, http_response *rs);
 void h_admin_entropy(http_request *rq, http_response *rs);
 void h_admin_entropy_enable(http_request *rq, http_response *rs);
+/* admin_firmware.c */
+void h_firmware_keys_list(http_request *rq, http_response *rs);
+void h_firmware_keys_create(http_request *rq, http_response *rs);
+void h_firmware_keys_rotate(http_request *rq, http_response *rs);
 /* crypto_door.c */
 void h_crypto_random(http_request *rq, http_response *rs);
 void h_crypto_encrypt(http_request *rq, http_response *rs);

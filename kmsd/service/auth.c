@@ -28,6 +28,8 @@ unsigned auth_role_parse(const char *s)
         return ROLE_APP;
     if (!strcmp(s, "crypto"))
         return ROLE_CRYPTO;
+    if (!strcmp(s, "release"))
+        return ROLE_RELEASE;
     return 0;
 }
 
@@ -38,6 +40,7 @@ const char *auth_role_name(unsigned r)
            : r == ROLE_AUDITOR  ? "auditor"
            : r == ROLE_APP      ? "app"
            : r == ROLE_CRYPTO   ? "crypto"
+           : r == ROLE_RELEASE  ? "release"
                                 : "?";
 }
 

@@ -19,8 +19,17 @@
 
 /* ROLE_APP: an app's token (apps.h): only the app door's routes take it.
  * ROLE_CRYPTO: a back end's token for the crypto services (crypto.h), which
- * acts for one party (a device or '@platform'): only those routes take it. */
-enum { ROLE_ADMIN = 1u, ROLE_OPERATOR = 2u, ROLE_AUDITOR = 4u, ROLE_APP = 8u, ROLE_CRYPTO = 16u };
+ * acts for one party (a device or '@platform'): only those routes take it.
+ * ROLE_RELEASE: signs firmware releases (docs/firmware.md) and reads the
+ * firmware keys; nothing else. */
+enum {
+    ROLE_ADMIN = 1u,
+    ROLE_OPERATOR = 2u,
+    ROLE_AUDITOR = 4u,
+    ROLE_APP = 8u,
+    ROLE_CRYPTO = 16u,
+    ROLE_RELEASE = 32u,
+};
 #define ROLE_ANY (ROLE_ADMIN | ROLE_OPERATOR | ROLE_AUDITOR)
 
 #define AUTH_TOKEN_PREFIX "qkms_"

@@ -25,10 +25,10 @@ static qk_kind check_spec(const token_spec *spec, qk_err *e)
         return qk_fail(e, QK_INVALID, "invalid_name",
                        "token names starting with 'app.' are the apps' (/v1/admin/apps)");
     unsigned role = auth_role_parse(spec->role);
-    if (!(role & (ROLE_ANY | ROLE_CRYPTO)))
+    if (!(role & (ROLE_ANY | ROLE_CRYPTO | ROLE_RELEASE)))
         return qk_fail(e, QK_INVALID, "invalid_role",
-                       "role must be admin, operator, auditor or crypto (an app's tokens: "
-                       "/v1/admin/apps)");
+                       "role must be admin, operator, auditor, crypto or release (an app's "
+                       "tokens: /v1/admin/apps)");
     if (role == ROLE_CRYPTO && !spec->acts_for)
         return qk_fail(e, QK_INVALID, "invalid_acts_for",
                        "a crypto token acts for one party: acts_for, a device ID or '@platform'");

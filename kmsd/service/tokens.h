@@ -32,7 +32,7 @@
 
 typedef struct {
     const char *name; /* NULL: not given (or not a string) */
-    const char *role; /* "admin", "operator", "auditor" or "crypto" */
+    const char *role; /* "admin", "operator", "auditor", "crypto" or "release" */
     bool expires;     /* expires_in_days given; else the token never expires */
     long long expires_in_days; /* 1..TOKEN_EXPIRY_MAX_DAYS */
     const char *acts_for; /* a crypto token's party; NULL: none given */

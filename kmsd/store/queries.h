@@ -53,6 +53,23 @@
     X(Q_TOKEN_LIVE_NAME, "SELECT 1 FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")  \
     X(Q_TOKEN_NAME_EVER, "SELECT 1 FROM admin_tokens WHERE name = $1 LIMIT 1")                 \
     X(Q_TOKEN_COUNT, "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")             \
+    /* firmware signing keys (firmware_keys.h, schema/033) */                                 \
+    X(Q_FW_KEY_LOCK, "SELECT pg_advisory_xact_lock(hashtextextended('qkms-fw:' || $1, 0))")    \
+    X(Q_FW_KEY_CURRENT, /* (the highest version, the active one or NULL) */                    \
+      "SELECT coalesce(max(version), 0), max(version) FILTER (WHERE state = 'active')"         \
+      " FROM firmware_keys WHERE product = $1")                                                 \
+    X(Q_FW_KEY_RETIRE, /* $2 overlap days */                                                    \
+      "UPDATE firmware_keys SET state = 'retired', retired_at = now(),"                         \
+      " overlap_until = now() + make_interval(days => $2::int)"                                 \
+      " WHERE product = $1 AND state = 'active'")                                               \
+    X(Q_FW_KEY_INSERT,                                                                          \
+      "INSERT INTO firmware_keys (product, version, label, state, cert_der, sha256, not_after,"  \
+      " created_by) VALUES ($1, $2::int, $3, 'active', $4, decode($5, 'hex'),"                  \
+      " to_timestamp($6::bigint), $7)")                                                         \
+    X(Q_FW_KEYS_LIST, /* $1 product or NULL */                                                  \
+      "SELECT product, version, state, encode(sha256, 'hex'), not_after, overlap_until,"        \
+      " created_at, created_by, retired_at, cert_der FROM firmware_keys"                        \
+      " WHERE $1::text IS NULL OR product = $1 ORDER BY product, version")                      \
     /* the crypto services (crypto.h, schema/032): a session's key for a crypto token */      \
     X(Q_CRYPTO_KEY, "SELECT * FROM qkms_crypto_key($1::bigint, $2, $3, $4::uuid)")             \
     /* $1 key_id, $2 direction, $3 session_pk: the seq to seal with (the next one, from 2^63  \

@@ -312,7 +312,7 @@ def test_usage_bad_role(stack):
     name = uname("role")
     for bad in ("root", "Admin", ""):
         p = usage(stack, "token", "create", name, "--role", bad)
-        assert "--role must be admin, operator, auditor or crypto" in p.stderr, p.stderr
+        assert "--role must be admin, operator, auditor, crypto or release" in p.stderr, p.stderr
     p = usage(stack, "token", "create", name)  # --role is required
     assert "--role is required" in p.stderr
     # Nothing was created on the real server either.

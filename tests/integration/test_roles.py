@@ -13,7 +13,7 @@ import pytest
 
 from conftest import KMSD
 
-A, O, U = "admin", "operator", "auditor"
+A, O, U, R = "admin", "operator", "auditor", "release"
 ANY, OPS, ADMIN, AUDIT = {A, O, U}, {A, O}, {A}, {A, U}
 
 # method, path, roles that may use it (docs/api.md).
@@ -77,11 +77,15 @@ MATRIX = [
     ("POST", "/v1/admin/entropy/sources/{name}/enable", ADMIN),
     ("GET", "/v1/admin/qkd", ANY),
     ("GET", "/v1/admin/qkd/keys", ANY),
+    ("GET", "/v1/admin/firmware/keys", ANY | {R}),
+    ("POST", "/v1/admin/firmware/keys", ADMIN),
+    ("POST", "/v1/admin/firmware/keys/{product}/rotate", ADMIN),
 ]
 
 
 def concrete(path):
     return (path.replace("{id}", "NO-SUCH").replace("{name}", "no-such").replace("{serial}", "00ff")
+            .replace("{product}", "no-such")
             .replace("{sha256}", "0" * 64).replace("{request_id}", "no-such-request"))
 
 
@@ -98,9 +102,15 @@ def test_matrix_covers_every_route():
 @pytest.fixture(scope="module")
 def tokens(stack):
     out = {"admin": stack.admin_token}
-    for role in ("operator", "auditor"):
+    for role in ("operator", "auditor", "release"):
         r = stack.admin("POST", "/v1/admin/tokens", json={"name": f"matrix-{role}", "role": role})
         out[role] = r.json()["token"]
+    # A back end's crypto token (docs/api.md, "Crypto services") opens no
+    # admin route.
+    r = stack.admin("POST", "/v1/admin/tokens", json={"name": "matrix-crypto", "role": "crypto",
+                                                      "acts_for": "@platform"})
+    assert r.status_code == 201, r.text
+    out["crypto"] = r.json()["token"]
     # An app's token (docs/gateways.md) opens no admin route.
     r = stack.admin("POST", "/v1/admin/apps", json={"name": "matrix-app"})
     assert r.status_code == 201, r.text

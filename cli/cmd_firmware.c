@@ -1,0 +1,140 @@
+/* cmd_firmware — `kmsctl firmware keys list|create|rotate`: product lines'
+ * firmware signing keys, in the token with certificates from the platform
+ * CA (docs/firmware.md; docs/api.md, "Firmware signing keys"). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "args.h"
+#include "client.h"
+#include "command.h"
+#include "exitcodes.h"
+#include "output.h"
+
+static int print_keys(const json_t *doc)
+{
+    static const char *const cols[] = {"PRODUCT",   "VERSION",       "STATE",
+                                       "NOT-AFTER", "OVERLAP-UNTIL", "SHA256"};
+    static const char *const keys[] = {"product",   "version",       "state",
+                                       "not_after", "overlap_until", "sha256"};
+    return out_table(json_object_get(doc, "keys"), 6, cols, keys);
+}
+
+/* One key's record: its fields, then the certificate devices pin. */
+static int print_key(const json_t *k)
+{
+    static const char *const fields[] = {"product",    "version",       "state",
+                                         "sha256",     "subject",       "not_after",
+                                         "created_at", "overlap_until", NULL};
+    for (int i = 0; fields[i]; i++) {
+        char *v = out_value_str(json_object_get(k, fields[i]));
+        if (!v)
+            return EXIT_INTERNAL;
+        out_textf(stdout, "%s: %s\n", fields[i], v);
+        free(v);
+    }
+    out_lines(stdout, json_string_value(json_object_get(k, "certificate")) ?: "");
+    return EXIT_OK;
+}
+
+/* The certificates devices of the product pin now: the active key's and
+ * the retired ones' still in their overlap. */
+static int print_pem(const json_t *doc)
+{
+    size_t i;
+    const json_t *k;
+    json_array_foreach(json_object_get(doc, "keys"), i, k)
+        if (json_is_string(json_object_get(k, "certificate")))
+            out_lines(stdout, json_string_value(json_object_get(k, "certificate")));
+    return EXIT_OK;
+}
+
+static int keys_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *verb = inv->pos[0], *product = inv->npos > 1 ? inv->pos[1] : NULL;
+    const char *days_s = opt_get(&inv->local, "overlap-days");
+    bool list = !strcmp(verb, "list"), create = !strcmp(verb, "create"),
+         rotate = !strcmp(verb, "rotate");
+    char path[256];
+    json_t *req = NULL, *resp = NULL;
+    long days = 0;
+    int rc;
+
+    if (!list && !create && !rotate) {
+        out_error("unknown keys action '%s' (list, create or rotate)", out_safe(verb));
+        return EXIT_USAGE;
+    }
+    if (!list && !product) {
+        out_error("%s needs a PRODUCT", verb);
+        return EXIT_USAGE;
+    }
+    if (days_s && (!rotate || !arg_to_long(days_s, 1, 365, &days))) {
+        out_error(rotate ? "--overlap-days must be a whole number from 1 to 365"
+                         : "--overlap-days goes with rotate");
+        return EXIT_USAGE;
+    }
+    if (opt_get(&inv->local, "pem") && !list) {
+        out_error("--pem goes with list");
+        return EXIT_USAGE;
+    }
+    /* Product names are [A-Za-z0-9._-]: nothing to escape in a path or a
+     * query; anything else is the server's to refuse. */
+    if (product && strspn(product, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                   "0123456789._-") != strlen(product)) {
+        out_error("PRODUCT must be of A-Z a-z 0-9 . _ -");
+        return EXIT_USAGE;
+    }
+    if (list) {
+        snprintf(path, sizeof(path), "/v1/admin/firmware/keys%s%s", product ? "?product=" : "",
+                 product ? product : "");
+        return client_show(ctx, path, opt_get(&inv->local, "pem") ? print_pem : print_keys);
+    }
+    if (create) {
+        req = json_pack("{s:s}", "product", product);
+        rc = client_call(ctx, "POST", "/v1/admin/firmware/keys", req, &resp);
+    } else {
+        snprintf(path, sizeof(path), "/v1/admin/firmware/keys/%s/rotate", product);
+        req = days_s ? json_pack("{s:i}", "overlap_days", (int)days) : json_object();
+        rc = client_call(ctx, "POST", path, req, &resp);
+    }
+    json_decref(req);
+    return out_result(ctx->json, rc, resp, print_key);
+}
+
+static const struct opt_spec keys_opts[] = {
+    {"overlap-days", 0, "N", "rotate: days devices pin the old key too (1..365, default 30)"},
+    {"pem", 0, NULL, "list: print the certificates devices pin (active and in overlap)"},
+    {0},
+};
+
+static const struct action firmware_actions[] = {
+    {
+        .sub = "keys",
+        .usage = "list [PRODUCT] [--pem] | create PRODUCT | rotate PRODUCT [--overlap-days N]",
+        .summary = "Firmware signing keys of product lines (in the token)",
+        .description =
+            "Each product line has one active ECDSA P-256 signing key, made in the token,\n"
+            "with a certificate from the platform CA (codeSigning) that the product's\n"
+            "devices pin (docs/firmware.md). create makes a product's first key; rotate\n"
+            "makes the next version active and retires the current one, which devices\n"
+            "keep pinning for --overlap-days. list columns: PRODUCT VERSION STATE\n"
+            "NOT-AFTER OVERLAP-UNTIL SHA256; --pem prints the certificates to pin.\n"
+            "create and rotate: admin tokens; list: any admin role and release.\n"
+            "\n"
+            "Requests: GET, POST /v1/admin/firmware/keys,\n"
+            "          POST /v1/admin/firmware/keys/PRODUCT/rotate\n",
+        .opts = keys_opts,
+        .min_args = 1,
+        .max_args = 2,
+        .run = keys_run,
+    },
+    {0},
+};
+
+const struct command cmd_firmware = {
+    .name = "firmware",
+    .summary = "Firmware signing: keys of product lines",
+    .actions = firmware_actions,
+};

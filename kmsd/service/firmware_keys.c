@@ -1,0 +1,304 @@
+/*
+ * firmware_keys — product lines' firmware signing keys (firmware_keys.h):
+ * the pair in the token, its certificate from the platform CA, the row and
+ * its audit row in one transaction under the product's advisory lock.
+ */
+#include "service/firmware_keys.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "qkms_proto2.h"
+#include "service/audit.h"
+#include "service/ca.h"
+#include "service/names.h"
+#include "service/x509util.h"
+#include "store/pgjson.h"
+#include "store/queries.h"
+
+#define FW_BACKDATE_S 60
+
+bool firmware_product_valid(const char *product) { return product && name_valid(product, 64); }
+
+/* The token's public key under label, as an EVP_PKEY. */
+static EVP_PKEY *token_pub(p11_token *t, const char *label, CK_RV *rv)
+{
+    uint8_t point[QKP2_POINT_LEN];
+    size_t n = sizeof(point);
+    EVP_PKEY *k;
+    if ((*rv = p11_ec_public_point(t, label, point, &n)) != CKR_OK)
+        return NULL;
+    if (n != QKP2_POINT_LEN || !(k = qkp2_point_key(point, n))) {
+        *rv = CKR_ATTRIBUTE_VALUE_INVALID;
+        return NULL;
+    }
+    return k;
+}
+
+/* A certificate of the platform CA for the token's signing key under
+ * label: CN "qkms firmware <product> <version>", codeSigning. */
+static qk_kind issue(qk_svc *s, const qk_principal *who, const char *product, int version,
+                     const char *label, X509 **out, qk_err *e)
+{
+    CK_RV rv = CKR_OK;
+    EVP_PKEY *pub = token_pub(s->token, label, &rv);
+    char cn[128];
+    X509 *x = NULL;
+    X509_NAME *n = NULL;
+
+    *out = NULL;
+    if (!pub)
+        return qk_from_token(e, rv, "reading a firmware key's public half");
+    snprintf(cn, sizeof(cn), "qkms firmware %s %d", product, version);
+    /* A CA rotated between building and signing refuses (CKR_KEY_CHANGED):
+     * build again for the new one, once. */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        X509 *issuer = ca_active_cert(s->ca, NULL);
+        long secs = (long)FIRMWARE_KEY_DAYS * 86400;
+        time_t ca_end = x509_time(X509_get0_notAfter(issuer));
+        bool ok;
+        if (ca_end && ca_end - time(NULL) < secs)
+            secs = (long)(ca_end - time(NULL));
+        X509_free(x);
+        X509_NAME_free(n);
+        x = X509_new();
+        n = X509_NAME_new();
+        ok = x && n && secs > 86400 && X509_set_version(x, 2) == 1 && x509_random_serial(x) == 0 &&
+             X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, (const unsigned char *)"qkms", -1,
+                                        -1, 0) == 1 &&
+             X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1,
+                                        -1, 0) == 1 &&
+             X509_set_subject_name(x, n) == 1 &&
+             X509_set_issuer_name(x, X509_get_subject_name(issuer)) == 1 &&
+             X509_gmtime_adj(X509_getm_notBefore(x), -FW_BACKDATE_S) &&
+             X509_gmtime_adj(X509_getm_notAfter(x), secs) && X509_set_pubkey(x, pub) == 1 &&
+             x509_add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") == 0 &&
+             x509_add_ext(x, issuer, NID_key_usage, "critical,digitalSignature") == 0 &&
+             x509_add_ext(x, issuer, NID_ext_key_usage, "codeSigning") == 0 &&
+             x509_add_ext(x, issuer, NID_subject_key_identifier, "hash") == 0 &&
+             x509_add_ext(x, issuer, NID_authority_key_identifier, "keyid:always") == 0;
+        if (!ok) {
+            log_with(&who->log, LOG_ERROR, "building a firmware certificate failed", "{s:s}",
+                     "label", label);
+            qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+            break;
+        }
+        rv = ca_sign(s->ca, x);
+        if (rv == CKR_OK) {
+            *out = x;
+            x = NULL;
+            break;
+        }
+        if (rv != CKR_KEY_CHANGED || attempt == 1)
+            qk_from_token(e, rv, "the platform CA signing a firmware certificate");
+    }
+    X509_NAME_free(n);
+    X509_free(x);
+    EVP_PKEY_free(pub);
+    return *out ? QK_OK : e->kind;
+}
+
+static json_t *key_json(const PGresult *r, int i)
+{
+    /* cert_der comes as "\x<hex>" */
+    const char *hx = PQgetvalue(r, i, 9);
+    unsigned char *der = NULL;
+    size_t len = 0;
+    const unsigned char *q;
+    X509 *x = NULL;
+    char *pem = NULL, *subject = NULL;
+    size_t pl = 0;
+    json_t *o = NULL;
+
+    if (strlen(hx) > 2 && x509_unhex(hx + 2, &der, &len) == 0 && (q = der) &&
+        (x = d2i_X509(NULL, &q, (long)len)) && (pem = x509_pem(x, &pl)) &&
+        (subject = x509_name_text(X509_get_subject_name(x))))
+        o = json_pack("{s:o,s:i,s:o,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:s%}", "product",
+                      pgjson_text(r, i, 0), "version", atoi(PQgetvalue(r, i, 1)), "state",
+                      pgjson_text(r, i, 2), "sha256", pgjson_text(r, i, 3), "subject", subject,
+                      "not_after", pgjson_time(r, i, 4), "overlap_until", pgjson_time(r, i, 5),
+                      "created_at", pgjson_time(r, i, 6), "created_by", pgjson_text(r, i, 7),
+                      "retired_at", pgjson_time(r, i, 8), "certificate", pem, pl);
+    free(pem);
+    free(subject);
+    X509_free(x);
+    OPENSSL_free(der);
+    return o;
+}
+
+qk_kind firmware_keys_list(qk_svc *s, const char *product, json_t **out, qk_err *e)
+{
+    const char *vals[1] = {product};
+    db_status st;
+    PGresult *r;
+
+    *out = NULL;
+    if (product && !firmware_product_valid(product))
+        return qk_fail(e, QK_INVALID, "invalid_product",
+                       "product must be 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or "
+                       "digit");
+    if (!(r = db_query(s->db, Q_FW_KEYS_LIST, 1, vals, NULL, NULL, &st)))
+        return db_fail(e, st);
+    *out = json_pack("{s:o}", "keys", pgjson_rows(r, key_json));
+    PQclear(r);
+    return *out ? QK_OK : qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+}
+
+/* One creation or rotation, in one transaction (db_tx). */
+typedef struct {
+    qk_svc *s;
+    const qk_principal *who;
+    const char *product;
+    bool rotate;
+    int overlap_days;
+    int version;      /* the new key's */
+    char label[96];
+    qk_err *e;
+    bool refused;
+} fw_tx;
+
+static db_status fw_tx_fn(db_conn *c, void *arg)
+{
+    fw_tx *t = arg;
+    const char *pv[1] = {t->product};
+    char ver[16], days[16], sha_hex[65], spki[65], na[24];
+    unsigned char *der = NULL;
+    int dl;
+    PGresult *r = NULL;
+    db_status st;
+    X509 *x = NULL;
+    CK_OBJECT_HANDLE h;
+    CK_RV rv;
+    int active;
+
+    qk_clear(t->e);
+    t->refused = false;
+    if (!(r = db_exec(c, Q_FW_KEY_LOCK, 1, pv, NULL, NULL, &st)))
+        goto out;
+    PQclear(r);
+    if (!(r = db_exec(c, Q_FW_KEY_CURRENT, 1, pv, NULL, NULL, &st)))
+        goto out;
+    /* (max version, the active version or NULL) */
+    t->version = atoi(PQgetvalue(r, 0, 0)) + 1;
+    active = PQgetisnull(r, 0, 1) ? 0 : atoi(PQgetvalue(r, 0, 1));
+    PQclear(r);
+    r = NULL;
+    if (!t->rotate && active) {
+        qk_fail(t->e, QK_CONFLICT, "conflict",
+                "product '%s' has a firmware key (version %d): rotate it", t->product, active);
+        t->refused = true;
+        st = DB_OK;
+        goto out;
+    }
+    if (t->rotate && !active) {
+        qk_fail(t->e, QK_NOT_FOUND, "not_found", "product '%s' has no firmware key", t->product);
+        t->refused = true;
+        st = DB_OK;
+        goto out;
+    }
+    snprintf(t->label, sizeof(t->label), "qkms-fw-%s-%d", t->product, t->version);
+    /* The token key first; a retry finds the one made before. */
+    if ((rv = p11_generate_ec_key_pair(t->s->token, t->label, P11_EC_SIGN, &h)) != CKR_OK) {
+        qk_from_token(t->e, rv, "generating a firmware signing key");
+        st = DB_ERROR;
+        goto out;
+    }
+    if (issue(t->s, t->who, t->product, t->version, t->label, &x, t->e) != QK_OK) {
+        st = DB_ERROR;
+        goto out;
+    }
+    if ((dl = i2d_X509(x, &der)) <= 0 || x509_digests(x, sha_hex, spki) != 0) {
+        qk_fail(t->e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+        st = DB_ERROR;
+        goto out;
+    }
+    snprintf(ver, sizeof(ver), "%d", t->version);
+    snprintf(days, sizeof(days), "%d", t->overlap_days);
+    snprintf(na, sizeof(na), "%lld", (long long)x509_time(X509_get0_notAfter(x)));
+    {
+        const char *vals[7] = {t->product, ver, t->label, (const char *)der, sha_hex, na,
+                               t->who->name};
+        int lens[7] = {0, 0, 0, dl, 0, 0, 0}, fmts[7] = {0, 0, 0, 1, 0, 0, 0};
+        if (t->rotate) {
+            const char *rv2[2] = {t->product, days};
+            if (!(r = db_exec(c, Q_FW_KEY_RETIRE, 2, rv2, NULL, NULL, &st)))
+                goto out;
+            PQclear(r);
+        }
+        if (!(r = db_exec(c, Q_FW_KEY_INSERT, 7, vals, lens, fmts, &st)))
+            goto out;
+        PQclear(r);
+        r = NULL;
+    }
+    {
+        json_t *d = json_pack("{s:s,s:i,s:s}", "product", t->product, "version", t->version,
+                              "sha256", sha_hex);
+        if (d && t->rotate)
+            json_object_set_new(d, "overlap_days", json_integer(t->overlap_days));
+        st = audit_append(c, t->who->name,
+                          t->rotate ? "firmware.key_rotated" : "firmware.key_created", NULL, d);
+    }
+out:
+    OPENSSL_free(der);
+    X509_free(x);
+    PQclear(r);
+    return st;
+}
+
+static qk_kind run(qk_svc *s, const qk_principal *who, const char *product, bool rotate,
+                   int overlap_days, json_t **out, qk_err *e)
+{
+    fw_tx t;
+    db_status st;
+    json_t *all = NULL, *k;
+    size_t i;
+
+    *out = NULL;
+    if (!firmware_product_valid(product))
+        return qk_fail(e, QK_INVALID, "invalid_product",
+                       "product must be 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or "
+                       "digit");
+    if (rotate && (overlap_days < 1 || overlap_days > FIRMWARE_OVERLAP_MAX_DAYS))
+        return qk_fail(e, QK_INVALID, "invalid_overlap", "overlap_days must be from 1 to %d",
+                       FIRMWARE_OVERLAP_MAX_DAYS);
+    memset(&t, 0, sizeof(t));
+    t.s = s;
+    t.who = who;
+    t.product = product;
+    t.rotate = rotate;
+    t.overlap_days = overlap_days;
+    t.e = e;
+    st = db_tx(s->db, fw_tx_fn, &t);
+    if (st != DB_OK)
+        return !t.refused && e->kind != QK_OK ? e->kind : db_fail(e, st);
+    if (t.refused)
+        return e->kind;
+    log_with(&who->log, LOG_INFO, rotate ? "firmware key rotated" : "firmware key created",
+             "{s:s,s:i,s:s}", "product", product, "version", t.version, "by", who->name);
+    if (firmware_keys_list(s, product, &all, e) != QK_OK)
+        return e->kind;
+    json_array_foreach(json_object_get(all, "keys"), i, k) {
+        if (json_integer_value(json_object_get(k, "version")) == t.version)
+            *out = json_incref(k);
+    }
+    json_decref(all);
+    return *out ? QK_OK : qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+}
+
+qk_kind firmware_keys_create(qk_svc *s, const qk_principal *who, const char *product,
+                             json_t **out, qk_err *e)
+{
+    return run(s, who, product, false, 0, out, e);
+}
+
+qk_kind firmware_keys_rotate(qk_svc *s, const qk_principal *who, const char *product,
+                             int overlap_days, json_t **out, qk_err *e)
+{
+    return run(s, who, product, true, overlap_days, out, e);
+}

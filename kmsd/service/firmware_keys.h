@@ -1,0 +1,50 @@
+/*
+ * firmware_keys — the firmware signing keys of product lines (schema/033,
+ * docs/firmware.md, docs/api.md "Firmware signing keys"): ECDSA P-256
+ * pairs generated in the token (private key sensitive, never extractable,
+ * sign only; label "qkms-fw-<product>-<version>"), each with a certificate
+ * from the platform CA (digitalSignature, codeSigning; CN "qkms firmware
+ * <product> <version>") that the product's devices pin.
+ *
+ * Contract:
+ *  - One active key per product. firmware_keys_create makes a product's
+ *    first key (QK_CONFLICT "conflict" when it has one); firmware_keys_rotate
+ *    makes version N+1 active and retires N, pinned by devices until
+ *    overlap_until (now + overlap_days, 1..365). Each runs under a
+ *    per-product advisory lock, so two instances cannot make two keys, and
+ *    commits its row with an audit row (firmware.key_created,
+ *    firmware.key_rotated).
+ *  - The token key is made before the row; a retry after a failure between
+ *    the two takes the key the token already has under that label.
+ *  - No private key byte is ever in kmsd's memory.
+ *  - Errors (err.h): QK_INVALID "invalid_product", "invalid_overlap";
+ *    QK_NOT_FOUND "not_found" (rotate: no key for the product);
+ *    QK_CONFLICT "conflict"; QK_UNAVAILABLE "token_unavailable",
+ *    "unavailable"; QK_INTERNAL.
+ */
+#ifndef QKMS_FIRMWARE_KEYS_H
+#define QKMS_FIRMWARE_KEYS_H
+
+#include <jansson.h>
+
+#include "err.h"
+#include "service/service.h"
+
+#define FIRMWARE_KEY_DAYS 1825 /* five years, at most the CA's remaining life */
+#define FIRMWARE_OVERLAP_DEFAULT_DAYS 30
+#define FIRMWARE_OVERLAP_MAX_DAYS 365
+
+/* Product names: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit. */
+bool firmware_product_valid(const char *product);
+
+/* *out = the new key's record (as in the list). */
+qk_kind firmware_keys_create(qk_svc *s, const qk_principal *who, const char *product,
+                             json_t **out, qk_err *e);
+qk_kind firmware_keys_rotate(qk_svc *s, const qk_principal *who, const char *product,
+                             int overlap_days, json_t **out, qk_err *e);
+/* {"keys":[{"product","version","state","sha256","subject","not_after",
+ * "overlap_until","created_at","created_by","retired_at","certificate"}]},
+ * by product then version; product NULL: every product. */
+qk_kind firmware_keys_list(qk_svc *s, const char *product, json_t **out, qk_err *e);
+
+#endif
