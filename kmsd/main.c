@@ -1,6 +1,7 @@
 /* kmsd — the qkms key-management daemon: start-up, signals, shutdown. */
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,19 @@ static void print_man(FILE *f)
     man_section(f, "SEE ALSO");
     man_text(f, "kmsctl(1), qkms-device(1); the qkms documentation (docs/ in the source: "
                 "configuration.md, operations.md, api.md).");
+}
+
+/* jansson's free: every block it held is wiped first. Request and answer
+ * bodies pass through its trees and buffers (the crypto services' data,
+ * random bytes, plaintext fill documents for admins); the blocks are plain
+ * malloc blocks, so what jansson hands out (json_dumps) may still be freed
+ * with free() elsewhere. */
+static void json_wiping_free(void *p)
+{
+    if (p) {
+        OPENSSL_cleanse(p, malloc_usable_size(p));
+        free(p);
+    }
 }
 
 /* No core files, no ptrace by other users, no swap of key pages. true when
@@ -304,6 +318,7 @@ int main(int argc, char **argv)
     if ((done = parse_args(argc, argv, &k, &mode)) != 0)
         return done - 1;
     heap_locked = harden_process();
+    json_set_alloc_funcs(malloc, json_wiping_free); /* before any other jansson call */
     block_signals(&sigs);
     if (load_config(&k.cfg, k.config_path, 1, err, sizeof(err)) != 0) {
         fprintf(stderr, "kmsd: %s\n", err);
