@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -40,14 +41,24 @@ static int print_key(const json_t *k)
 }
 
 /* The certificates devices of the product pin now: the active key's and
- * the retired ones' still in their overlap. */
+ * the retired ones' still in their overlap (overlap_until, RFC 3339 UTC
+ * "YYYY-MM-DDTHH:MM:SSZ", compares as text). */
 static int print_pem(const json_t *doc)
 {
+    char now[32];
+    time_t t = time(NULL);
+    struct tm tm;
     size_t i;
     const json_t *k;
-    json_array_foreach(json_object_get(doc, "keys"), i, k)
-        if (json_is_string(json_object_get(k, "certificate")))
+    strftime(now, sizeof(now), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    json_array_foreach(json_object_get(doc, "keys"), i, k) {
+        const char *state = json_string_value(json_object_get(k, "state")),
+                   *until = json_string_value(json_object_get(k, "overlap_until"));
+        bool pinned = state && (!strcmp(state, "active") ||
+                                (!strcmp(state, "retired") && until && strcmp(until, now) > 0));
+        if (pinned && json_is_string(json_object_get(k, "certificate")))
             out_lines(stdout, json_string_value(json_object_get(k, "certificate")));
+    }
     return EXIT_OK;
 }
 

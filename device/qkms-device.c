@@ -102,7 +102,7 @@ static const char usage_text[] =
     "       " PROG " stream --url URL --fill FILE --peer P --seq N [--stream ID] [--json]\n"
     "       " PROG " stream --end --url URL --fill FILE --stream ID [--json]\n"
     "       " PROG " firmware open --in PKG --out IMAGE --product P --certs PEM[,PEM]\n"
-    "                  (--fill FILE | --group-key FILE)... [--counter N]\n"
+    "                  [--fill FILE] [--group-key FILE] [--counter N]\n"
     "                  [--now T | --no-clock] [--json]\n"
     "  TLS options: [--cacert F] [--cert F [--key F]] [--pin-sha256 B64[;B64...]]\n"
     "\n"
@@ -147,7 +147,7 @@ static const char usage_text[] =
     "  --in PKG       firmware: the package\n"
     "  --product P    firmware: this device's product line\n"
     "  --certs F[,F]  firmware: the pinned firmware certificates (PEM files)\n"
-    "  --group-key F  firmware: the device's group firmware key, JSON\n"
+    "  --group-key F  firmware: the device's group firmware key (one), JSON\n"
     "                 {\"group\",\"key_id\" (32 hex),\"key\" (64 hex)}\n"
     "  --counter N    firmware: the installed counter (default 0)\n"
     "  --now T        firmware: Unix seconds for not_before (default: the clock)\n"
@@ -737,6 +737,7 @@ static int run_firmware(const struct options *o, const qkd_device *dev, int64_t 
     size_t cert_lens[8], ncerts = 0;
     char tmp[4096], err[256], sha[65], signer[65];
     int in = -1, out = -1, rc = EXIT_USAGE, q = QKD_OK;
+    bool made_tmp = false;
     char *list = NULL, *tok, *save = NULL;
 
     if (snprintf(tmp, sizeof(tmp), "%s.part", o->out) >= (int)sizeof(tmp)) {
@@ -802,11 +803,16 @@ static int run_firmware(const struct options *o, const qkd_device *dev, int64_t 
         goto out;
     }
     /* The image goes to a staging file, renamed to --out only once every
-     * check passed (docs/firmware.md: the hash is known at the end). */
-    if ((out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
-        errorf("%s: %s", tmp, strerror(errno));
+     * check passed (docs/firmware.md: the hash is known at the end). Made
+     * here and now (O_EXCL, no symlink followed): one left behind by
+     * someone else is not ours to write through or to delete. */
+    if ((out = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)) < 0) {
+        errorf("%s: %s%s", tmp, strerror(errno),
+               errno == EEXIST ? " (another open's staging file, or one left over: remove it)"
+                               : "");
         goto out;
     }
+    made_tmp = true;
     rc = EXIT_INTERNAL;
     if (!(buf = malloc(65536)) ||
         (q = qkd_firmware_stream_new(&s, &p, fw_sink, &out, err, sizeof(err))) != QKD_OK) {
@@ -831,7 +837,8 @@ static int run_firmware(const struct options *o, const qkd_device *dev, int64_t 
         q = qkd_firmware_stream_final(s, &m, err, sizeof(err));
     if (q != QKD_OK) {
         errorf("%s", err);
-        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_SERVER;
+        /* a staging file that cannot be written is ours, not the package's */
+        rc = q == QKD_ERR_INTERNAL || !strncmp(err, "sink:", 5) ? EXIT_INTERNAL : EXIT_SERVER;
         goto out;
     }
     if (fsync(out) != 0 || close(out) != 0) {
@@ -874,7 +881,7 @@ static int run_firmware(const struct options *o, const qkd_device *dev, int64_t 
 out:
     if (out >= 0)
         close(out);
-    if (rc != EXIT_OK)
+    if (rc != EXIT_OK && made_tmp)
         unlink(tmp); /* nothing of a refused package stays */
     if (in >= 0)
         close(in);

@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/kdf.h>
 #include <openssl/core_names.h>
 #include <openssl/x509.h>
@@ -149,20 +150,19 @@ static int sha256(const void *a, size_t al, const void *b, size_t bl, const void
     return ok ? 0 : -1;
 }
 
-/* A device's kek_id for its key of index idx. */
-static int device_kek_id(const char *device_id, int idx, uint8_t out[16])
+/* A device's kek_id for one of its keys: HMAC-SHA-256(key, label 0x00
+ * package_id), first 16 bytes (no one without the key can tell whose). */
+static int device_kek_id(const uint8_t *key, size_t key_len, const uint8_t package_id[16],
+                         uint8_t out[16])
 {
-    uint8_t msg[sizeof(FW_RECIPIENT_LABEL) + QKP_MAX_ID + 2], h[32];
-    size_t dl = strlen(device_id), n = 0;
+    uint8_t msg[sizeof(FW_RECIPIENT_LABEL) + 16], h[32];
+    unsigned int hl = 0;
     memcpy(msg, FW_RECIPIENT_LABEL, sizeof(FW_RECIPIENT_LABEL)); /* with its NUL */
-    n = sizeof(FW_RECIPIENT_LABEL);
-    memcpy(msg + n, device_id, dl);
-    n += dl;
-    msg[n++] = 0;
-    msg[n++] = (uint8_t)idx;
-    if (sha256(msg, n, NULL, 0, NULL, 0, h) != 0)
+    memcpy(msg + sizeof(FW_RECIPIENT_LABEL), package_id, 16);
+    if (!HMAC(EVP_sha256(), key, (int)key_len, msg, sizeof(msg), h, &hl) || hl != 32)
         return -1;
     memcpy(out, h, 16);
+    OPENSSL_cleanse(h, sizeof(h));
     return 0;
 }
 
@@ -222,7 +222,7 @@ static int try_entry(qkd_firmware_stream *s)
     } else if (p->device) {
         for (size_t i = 0; i < p->device->nkeys && rc == 0; i++) {
             const qkd_key *dk = &p->device->keys[i];
-            if (device_kek_id(p->device->device_id, dk->index, id) != 0) {
+            if (device_kek_id(dk->key, dk->len, s->fixed + 16, id) != 0) {
                 rc = -1;
                 break;
             }
@@ -294,8 +294,10 @@ static int check_manifest(qkd_firmware_stream *s, char *err, size_t errlen)
         strcmp(fmt, "qkms-fw-manifest/1") != 0 || strlen(prod) < 1 || strlen(prod) > 64 ||
         strlen(ver) < 1 || strlen(ver) > 64 || counter < 1 ||
         (uint64_t)counter > QKF_COUNTER_MAX || size < 0 ||
-        qkms_hex_decode(sha, strlen(sha), m->image_sha256, 32) != 32 ||
-        qkms_hex_decode(signer, strlen(signer), m->signer, 32) != 32 ||
+        strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64 ||
+        strlen(signer) != 64 || strspn(signer, "0123456789abcdef") != 64 ||
+        qkms_hex_decode(sha, 64, m->image_sha256, 32) != 32 ||
+        qkms_hex_decode(signer, 64, m->signer, 32) != 32 ||
         json_unpack(t, "{s:o,s:o!}", "groups", &groups, "devices", &devs) != 0 ||
         !json_is_array(groups) || !json_is_array(devs) ||
         json_array_size(groups) + json_array_size(devs) == 0) {
@@ -342,9 +344,12 @@ static int check_manifest(qkd_firmware_stream *s, char *err, size_t errlen)
         EVP_PKEY *pk;
         cert = d2i_X509(NULL, &q, (long)der_len);
         pk = cert ? X509_get0_pubkey(cert) : NULL;
-        if (!pk || !EVP_PKEY_is_a(pk, "EC") ||
-            X509_cmp_time(X509_get0_notBefore(cert), &(time_t){(time_t)nb}) > 0 ||
-            X509_cmp_time(X509_get0_notAfter(cert), &(time_t){(time_t)nb}) < 0) {
+        /* notBefore <= not_before <= notAfter; -2 is a time that does not
+         * parse (refused, never taken for "valid"). */
+        int before = cert ? ASN1_TIME_cmp_time_t(X509_get0_notBefore(cert), (time_t)nb) : -2,
+            after = cert ? ASN1_TIME_cmp_time_t(X509_get0_notAfter(cert), (time_t)nb) : -2;
+        if (!pk || !EVP_PKEY_is_a(pk, "EC") || before == -2 || before > 0 || after == -2 ||
+            after < 0) {
             fail(s, rc, err, errlen,
                  "signature: the signer's certificate is unusable or not valid at not_before");
             goto out;
@@ -361,17 +366,23 @@ static int check_manifest(qkd_firmware_stream *s, char *err, size_t errlen)
         goto out;
     }
     {
-        json_t *list = s->kind == QKF_KIND_GROUP ? groups : devs, *x;
-        const char *me = s->kind == QKF_KIND_GROUP ? s->group : p->device->device_id;
+        /* the device by its ID, or the group whose key unwrapped K */
+        json_t *x;
         size_t i;
-        json_array_foreach(list, i, x) {
-            if (json_is_string(x) && !strcmp(json_string_value(x), me))
+        json_array_foreach(devs, i, x) {
+            if (p->device && json_is_string(x) &&
+                !strcmp(json_string_value(x), p->device->device_id))
+                target = true;
+        }
+        json_array_foreach(groups, i, x) {
+            if (s->kind == QKF_KIND_GROUP && json_is_string(x) &&
+                !strcmp(json_string_value(x), s->group))
                 target = true;
         }
     }
     if (!target) {
-        fail(s, rc, err, errlen, "not_a_target: the manifest does not name this %s",
-             s->kind == QKF_KIND_GROUP ? "group" : "device");
+        fail(s, rc, err, errlen, "not_a_target: the manifest names neither this device nor %s",
+             s->kind == QKF_KIND_GROUP ? "its group" : "a group it unwrapped the key with");
         goto out;
     }
     if ((uint64_t)counter <= p->counter) {
@@ -588,6 +599,19 @@ int qkd_firmware_open(const uint8_t *pkg, size_t len, const qkd_firmware_policy 
     if (!(b.p = malloc(len ? len : 1)))
         return fail(NULL, QKD_ERR_INTERNAL, err, errlen, "out of memory");
     b.cap = len;
+    /* The whole package is at hand: bytes after its last chunk are a
+     * format error before anything else is looked at (docs/firmware.md). */
+    if (len >= QKF_FIXED_LEN && !memcmp(pkg, QKF_MAGIC, 8)) {
+        uint32_t n = (uint32_t)pkg[10] << 8 | pkg[11], cs = be32(pkg + 12);
+        uint64_t bl = be64(pkg + 32);
+        if (n >= 1 && cs >= QKF_CHUNK_MIN && cs <= QKF_CHUNK_MAX && bl >= 1 && bl <= QKF_BODY_MAX &&
+            len > QKF_FIXED_LEN + (uint64_t)QKF_RECIPIENT_LEN * n + bl +
+                      QKF_TAG_LEN * ((bl + cs - 1) / cs)) {
+            OPENSSL_cleanse(b.p, b.cap);
+            free(b.p);
+            return fail(NULL, QKD_ERR_INPUT, err, errlen, "format: bytes after the last chunk");
+        }
+    }
     if ((rc = qkd_firmware_stream_new(&s, p, mem_sink, &b, err, errlen)) == QKD_OK &&
         (rc = qkd_firmware_stream_update(s, pkg, len, err, errlen)) == QKD_OK)
         rc = qkd_firmware_stream_final(s, m, err, errlen);

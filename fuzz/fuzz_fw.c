@@ -10,10 +10,11 @@
  *    signature_len, signature, image), which the harness encrypts into a
  *    package for the group key, so the manifest's parser and the body's
  *    length fields are reached past the chunks' authentication.
- * Properties: both ways of opening agree (ok, or the same refusal name);
- * a package that opens gives exactly image_size bytes whose SHA-256 is the
- * manifest's; a refused stream gave its sink nothing it should not have
- * (the sink's total never passes image_size).
+ * Properties: both ways of opening agree (ok, or the same refusal name,
+ * but for trailing bytes, which the whole open sees first); a package that
+ * opens gives exactly image_size bytes whose SHA-256 is the manifest's.
+ * (Mutations cannot pass the signature check: rollback, targets and the
+ * image hash are reached by the unmutated seeds only.)
  */
 #include "fuzz_common.h"
 
@@ -164,8 +165,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(r1 == r2);
     FUZZ_CHECK(r1 == QKD_OK || r1 == QKD_ERR_INPUT);
     if (r1 != QKD_OK) {
-        /* the same refusal's name */
-        FUZZ_CHECK(strncmp(e1, e2, strcspn(e1, ":")) == 0);
+        /* the same refusal's name, but for trailing bytes: the whole open
+         * sees them first, a stream at its end */
+        if (strncmp(e1, "format: bytes after", 19) != 0)
+            FUZZ_CHECK(strncmp(e1, e2, strcspn(e1, ":")) == 0);
         FUZZ_CHECK(img == NULL);
     } else {
         EVP_MD_CTX *x = EVP_MD_CTX_new();

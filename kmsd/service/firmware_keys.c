@@ -95,8 +95,10 @@ static qk_kind issue(qk_svc *s, const qk_principal *who, const char *product, in
             x = NULL;
             break;
         }
-        if (rv != CKR_KEY_CHANGED || attempt == 1)
+        if (rv != CKR_KEY_CHANGED || attempt == 1) {
             qk_from_token(e, rv, "the platform CA signing a firmware certificate");
+            break;
+        }
     }
     X509_NAME_free(n);
     X509_free(x);

@@ -14,6 +14,7 @@ Errors raise FwError whose .code is the doc's name.
 import dataclasses
 import datetime
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -77,8 +78,8 @@ class Policy:
     groups: list = dataclasses.field(default_factory=list)      # Group
 
 
-def device_kek_id(device_id, index):
-    return hashlib.sha256(RECIPIENT_LABEL + device_id.encode() + b"\x00" + bytes([index])).digest()[:16]
+def device_kek_id(key, package_id):
+    return hmac.new(key, RECIPIENT_LABEL + package_id, hashlib.sha256).digest()[:16]
 
 
 def device_kek(key, package_id, device_id):
@@ -118,7 +119,7 @@ def build(image, signer_key, signer_cert_der, *, product, version, counter, targ
         if isinstance(r, Group):
             kind, kek_id, kek = KIND_GROUP, r.key_id, r.key
         else:
-            kind, kek_id = KIND_DEVICE, device_kek_id(r.device_id, r.index)
+            kind, kek_id = KIND_DEVICE, device_kek_id(r.key, package_id)
             kek = device_kek(r.key, package_id, r.device_id)
         nonce = rng(12)
         entries += bytes([kind, 0, 0, 0]) + kek_id + nonce + \
@@ -148,6 +149,10 @@ def open_package(pkg, policy, parts=False):
     if not (n >= 1 and CHUNK_MIN <= chunk_size <= CHUNK_MAX and 1 <= body_len <= BODY_MAX):
         raise FwError("format", "recipients, chunk size or body length")
     hlen = FIXED_LEN + RECIPIENT_LEN * n
+    nchunks = -(-body_len // chunk_size)
+    expect = hlen + body_len + TAG_LEN * nchunks
+    if len(pkg) > expect:   # the whole package is at hand: known at once
+        raise FwError("format", "bytes after the last chunk")
     if len(pkg) < hlen:
         raise FwError("format", "the package ends in its header")
     k, kind, group = None, None, None
@@ -165,7 +170,7 @@ def open_package(pkg, policy, parts=False):
         elif policy.device_id:
             cands = [(device_kek(key, package_id, policy.device_id), None)
                      for idx, key in sorted(policy.device_keys.items())
-                     if device_kek_id(policy.device_id, idx) == kek_id]
+                     if hmac.compare_digest(device_kek_id(key, package_id), kek_id)]
         for kek, gname in cands[:1]:
             try:
                 k = AESGCM(kek).decrypt(nonce, ct, aad)
@@ -175,8 +180,6 @@ def open_package(pkg, policy, parts=False):
     if k is None:
         raise FwError("not_a_target", "no recipient entry for this device or its groups")
     aad = AAD_LABEL + hashlib.sha256(pkg[:hlen]).digest()
-    nchunks = -(-body_len // chunk_size)
-    expect = hlen + body_len + TAG_LEN * nchunks
     g = AESGCM(k)
     body = bytearray()
     pos = hlen
@@ -192,6 +195,8 @@ def open_package(pkg, policy, parts=False):
     if len(pkg) != expect:
         raise FwError("format", "bytes after the last chunk")
     body = bytes(body)
+    if len(body) < 4:
+        raise FwError("manifest", "length out of range")
     (ml,) = struct.unpack(">I", body[:4])
     if not 2 <= ml <= MANIFEST_MAX or len(body) < 4 + ml + 2:
         raise FwError("manifest", "length out of range")
@@ -202,20 +207,21 @@ def open_package(pkg, policy, parts=False):
     sig = body[6 + ml:6 + ml + sl]
     image = body[6 + ml + sl:]
     try:
-        m = json.loads(mb, object_pairs_hook=_no_dups)
+        m = json.loads(mb.decode("utf-8"), object_pairs_hook=_no_dups)  # strict UTF-8, no BOM
+        _utf8_strings(m)   # no lone surrogate escapes
         ok = (isinstance(m, dict) and sorted(m) == sorted(FIELDS)
               and m["format"] == "qkms-fw-manifest/1"
-              and isinstance(m["product"], str) and 1 <= len(m["product"]) <= 64
-              and isinstance(m["version"], str) and 1 <= len(m["version"]) <= 64
+              and isinstance(m["product"], str) and 1 <= len(m["product"].encode()) <= 64
+              and isinstance(m["version"], str) and 1 <= len(m["version"].encode()) <= 64
               and type(m["counter"]) is int and 1 <= m["counter"] <= COUNTER_MAX
               and type(m["image_size"]) is int and m["image_size"] >= 0
               and type(m["not_before"]) is int
               and isinstance(m["targets"], dict) and sorted(m["targets"]) == ["devices", "groups"]
               and all(isinstance(m["targets"][x], list) for x in ("devices", "groups"))
               and len(m["targets"]["devices"]) + len(m["targets"]["groups"]) > 0
-              and all(isinstance(m[x], str) and re.fullmatch("[0-9a-fA-F]{64}", m[x])
+              and all(isinstance(m[x], str) and re.fullmatch("[0-9a-f]{64}", m[x])
                       for x in ("image_sha256", "signer")))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, UnicodeError):
         ok = False
     if not ok:
         raise FwError("manifest", "not a manifest of format qkms-fw-manifest/1")
@@ -238,17 +244,31 @@ def open_package(pkg, policy, parts=False):
         raise FwError("signature", "the manifest's signature does not verify") from None
     if m["product"] != policy.product:
         raise FwError("product", "another product's")
-    me = group if kind == KIND_GROUP else policy.device_id
-    if me not in m["targets"]["groups" if kind == KIND_GROUP else "devices"]:
-        raise FwError("not_a_target", "the manifest does not name this device or group")
+    # the device by its ID, or the group whose key unwrapped K
+    if not ((policy.device_id is not None and policy.device_id in m["targets"]["devices"])
+            or (kind == KIND_GROUP and group in m["targets"]["groups"])):
+        raise FwError("not_a_target", "the manifest names neither this device nor its group")
     if m["counter"] <= policy.counter:
         raise FwError("rollback", "counter not above the installed one")
     if policy.now >= 0 and nb > policy.now:
         raise FwError("not_yet", "not before")
     if len(image) != m["image_size"] or \
-            hashlib.sha256(image).hexdigest() != m["image_sha256"].lower():
+            hashlib.sha256(image).hexdigest() != m["image_sha256"]:
         raise FwError("image", "its length or SHA-256 is not the manifest's")
     return (image, m, mb, sig) if parts else (image, m)
+
+
+def _utf8_strings(v):
+    """Raises UnicodeError for a string UTF-8 cannot carry (a lone surrogate)."""
+    if isinstance(v, str):
+        v.encode("utf-8")
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _utf8_strings(k)
+            _utf8_strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            _utf8_strings(x)
 
 
 def _no_dups(pairs):

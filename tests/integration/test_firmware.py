@@ -252,3 +252,39 @@ def test_usage_errors(tmp_path):
                   "c", "--fill", "f", "--now", "1", "--no-clock"]):
         p = subprocess.run([QKMS_DEVICE, *args], capture_output=True, text=True)
         assert p.returncode == 2, (args, p.stderr)
+
+
+def test_the_staging_file_is_never_someone_elses(signer, tmp_path):
+    """The image is staged in OUT.part, made by the open itself: a symlink
+    or a file already there is refused and left alone; a staging file that
+    cannot be written is exit 1 (ours), not a refused package."""
+    import resource
+    import signal
+    pkg = package(signer, os.urandom(300000), chunk_size=65536)
+    cert, gk = signer.pem_file(tmp_path), group_key_file(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "pkg.img.part").symlink_to(victim)
+    p, out = c_open(tmp_path, pkg, [cert], "--group-key", gk)
+    assert p.returncode != 0 and "pkg.img.part" in p.stderr
+    assert victim.read_bytes() == b"keep me" and not out.exists()
+    assert (tmp_path / "pkg.img.part").is_symlink()   # not ours to delete
+    (tmp_path / "pkg.img.part").unlink()
+    (tmp_path / "pkg.img.part").write_bytes(b"another open's")
+    p, out = c_open(tmp_path, pkg, [cert], "--group-key", gk)
+    assert p.returncode != 0 and "remove it" in p.stderr
+    assert (tmp_path / "pkg.img.part").read_bytes() == b"another open's"
+    (tmp_path / "pkg.img.part").unlink()
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))
+
+    pp = tmp_path / "big.bin"
+    pp.write_bytes(pkg)
+    p = subprocess.run([QKMS_DEVICE, "firmware", "open", "--in", str(pp), "--out",
+                        str(tmp_path / "big.img"), "--product", "meter-g4", "--certs", cert,
+                        "--group-key", gk], capture_output=True, text=True, timeout=60,
+                       preexec_fn=small_files)
+    assert p.returncode == 1 and "sink" in p.stderr, (p.returncode, p.stderr)
+    assert not (tmp_path / "big.img").exists() and not (tmp_path / "big.img.part").exists()

@@ -139,6 +139,11 @@ def test_kmsctl_firmware_keys(stack):
     assert [ln.split()[:3] for ln in lines[1:]] == [[p, "1", "retired"], [p, "2", "active"]]
     r = st.kmsctl("firmware", "keys", "list", p, "--pem")
     assert r.returncode == 0 and r.stdout.count("BEGIN CERTIFICATE") == 2
+    # Once the old key's overlap is over, devices pin only the active one.
+    st.psql(f"UPDATE firmware_keys SET overlap_until = now() - interval '1 minute'"
+            f" WHERE product = '{p}' AND state = 'retired'")
+    r = st.kmsctl("firmware", "keys", "list", p, "--pem")
+    assert r.returncode == 0 and r.stdout.count("BEGIN CERTIFICATE") == 1
     for args in (("firmware", "keys", "sign", p), ("firmware", "keys", "create"),
                  ("firmware", "keys", "create", p, "--overlap-days", "3"),
                  ("firmware", "keys", "rotate", p, "--overlap-days", "0"),

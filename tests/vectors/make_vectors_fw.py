@@ -23,7 +23,8 @@ The file is a JSON object:
       "now" (-1: no clock), "certs": ["signer"|"other_signer"],
       "device": true|false, "groups": [indexes into "groups"]},
       "expect": {"image": hex, "counter", "version", "kind"} or
-      {"error": name}}]
+      {"error": name}, "expect_stream" (when a stream, which learns the
+      package's length only at its end, reaches another outcome)}]
 """
 import datetime
 import hashlib
@@ -97,10 +98,12 @@ def main(out):
     cases = []
 
     def case(name, pkg, expect, product="meter-g4", counter=41, now=nb + 60,
-             certs=("signer",), device=False, gs=(0,)):
+             certs=("signer",), device=False, gs=(0,), expect_stream=None):
         cases.append({"name": name, "package": pkg.hex(), "policy": {
             "product": product, "counter": counter, "now": now, "certs": list(certs),
             "device": device, "groups": list(gs)}, "expect": expect})
+        if expect_stream:
+            cases[-1]["expect_stream"] = expect_stream
 
     def ok(img, kind, version="2.7.1", counter=42):
         return {"image": img.hex(), "counter": counter, "version": version, "kind": kind}
@@ -145,7 +148,16 @@ def main(out):
     case("the package ID (header hash)", flip(pg, 20), {"error": "not_a_target"})
     case("the other recipient's entry (header hash)", flip(pg, fw.FIXED_LEN + 50),
          {"error": "auth"})
-    case("body_len (the wrap's associated data)", flip(pg, 39), {"error": "not_a_target"})
+    def body_len(pkg, delta):
+        (bl,) = struct.unpack(">Q", pkg[32:40])
+        return pkg[:32] + struct.pack(">Q", bl + delta) + pkg[40:]
+
+    # body_len one less: the package is a byte too long (whole: format at
+    # once; streamed: the wrap's associated data changed, not_a_target)
+    case("body_len one less (a byte too many)", body_len(pg, -1), {"error": "format"},
+         expect_stream={"error": "not_a_target"})
+    case("body_len one more (the wrap's associated data)", body_len(pg, 1),
+         {"error": "not_a_target"})
     case("chunk 0", flip(pg, hlen + 5), {"error": "auth"})
     case("the last chunk's tag", flip(pg, len(pg) - 1), {"error": "auth"})
     case("the last chunk missing", pg[:hlen + 2 * (1024 + 16)], {"error": "auth"})
@@ -186,6 +198,22 @@ def main(out):
         return build(label, targets=g7, recipients=[groups[0]],
                      manifest_override=fw.manifest_bytes(m))
 
+    case("the group's key unwraps and the manifest names the device",
+         build("dev-named", targets={"groups": [], "devices": [dev_id]}, recipients=[groups[0]]),
+         ok(image, 1), device=True)
+    case("upper-case hex in the manifest", manifest_of(
+        "upper", image_sha256=hashlib.sha256(image).hexdigest().upper()), {"error": "manifest"})
+    case("a manifest with a byte order mark", build(
+        "bom", targets=g7, recipients=[groups[0]],
+        manifest_override=b"\xef\xbb\xbf" + fw.manifest_bytes({
+            "format": "qkms-fw-manifest/1", "product": "meter-g4", "version": "2.7.1",
+            "counter": 42, "image_size": len(image),
+            "image_sha256": hashlib.sha256(image).hexdigest(), "targets": g7,
+            "not_before": nb, "package_id": str(__import__("uuid").UUID(bytes=Rng("bom")(16))),
+            "signer": hashlib.sha256(signer).hexdigest()})), {"error": "manifest"})
+    case("trailing bytes after a refused manifest: format first",
+         manifest_of("pid2", package_id="00000000-0000-4000-8000-000000000000") + b"\0",
+         {"error": "format"}, expect_stream={"error": "manifest"})
     case("the manifest's package_id is another package's",
          manifest_of("pid", package_id="00000000-0000-4000-8000-000000000000"),
          {"error": "manifest"})
