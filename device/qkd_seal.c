@@ -6,6 +6,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include <openssl/crypto.h>
+
 static int fail(int rc, char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int fail(int rc, char *err, size_t errlen, const char *fmt, ...)
@@ -79,4 +81,64 @@ int qkd_open(const qkd_session_key *k, const char *my_id, const char *peer_id,
     rc = qks_open(k->key, k->key_len, kid, k->session_id, dir, w, frame, len, pt, cap, pt_len,
                   seq);
     return rc == QKS_OK ? QKD_OK : frame_error(rc, err, errlen);
+}
+
+int qkd_device_seal(const qkd_device *d, int index, int64_t now, uint64_t seq, const uint8_t *pt,
+                    size_t pt_len, uint8_t *out, size_t cap, size_t *out_len, char *err,
+                    size_t errlen)
+{
+    uint8_t key[32], kid[16];
+    const qkd_key *k;
+    int dir, rc;
+
+    if (!d)
+        return fail(QKD_ERR_INPUT, err, errlen, "input: no device");
+    if (index < 0)
+        index = qkd_device_default_index(d, now);
+    if (!(k = qkd_device_key(d, index)) || k->local)
+        return fail(QKD_ERR_INPUT, err, errlen, "input: no usable device key of index %d", index);
+    if (seq > QKS_PARTY_MAX_SEQ)
+        return fail(QKD_ERR_INPUT, err, errlen,
+                    "input: seq 2^63 and up are the platform's (docs/sealing.md)");
+    if ((dir = qks_direction_of(d->device_id, QKS_PLATFORM_ID)) < 0)
+        return fail(QKD_ERR_INPUT, err, errlen, "input: the device ID");
+    if ((rc = qks_device_data_key(k->key, k->len, d->device_id, key, kid)) != QKS_OK)
+        return frame_error(rc, err, errlen);
+    rc = qks_seal(key, 32, kid, d->device_id, dir, seq, pt, pt_len, out, cap, out_len);
+    OPENSSL_cleanse(key, sizeof(key));
+    return rc == QKS_OK ? QKD_OK : frame_error(rc, err, errlen);
+}
+
+int qkd_device_open(const qkd_device *d, qkd_seal_window *w, const uint8_t *frame, size_t len,
+                    uint8_t *pt, size_t cap, size_t *pt_len, uint64_t *seq, int *index,
+                    char *err, size_t errlen)
+{
+    uint8_t key[32], kid[16];
+    qks_header h;
+    int dir, rc;
+
+    if (!d)
+        return fail(QKD_ERR_INPUT, err, errlen, "input: no device");
+    if ((rc = qks_peek(frame, len, &h)) != QKS_OK)
+        return frame_error(rc, err, errlen);
+    if ((dir = qks_direction_of(QKS_PLATFORM_ID, d->device_id)) < 0)
+        return fail(QKD_ERR_INPUT, err, errlen, "input: the device ID");
+    /* The key the frame names: one of the device's (not its local keys). */
+    for (size_t i = 0; i < d->nkeys; i++) {
+        const qkd_key *k = &d->keys[i];
+        if (k->local)
+            continue;
+        if ((rc = qks_device_data_key(k->key, k->len, d->device_id, key, kid)) != QKS_OK)
+            return frame_error(rc, err, errlen);
+        if (CRYPTO_memcmp(kid, h.key_id, 16) != 0) {
+            OPENSSL_cleanse(key, sizeof(key));
+            continue;
+        }
+        rc = qks_open(key, 32, kid, d->device_id, dir, w, frame, len, pt, cap, pt_len, seq);
+        OPENSSL_cleanse(key, sizeof(key));
+        if (rc == QKS_OK && index)
+            *index = k->index;
+        return rc == QKS_OK ? QKD_OK : frame_error(rc, err, errlen);
+    }
+    return frame_error(QKS_ERR_KEY, err, errlen);
 }

@@ -101,6 +101,8 @@ static const char usage_text[] =
     "       " PROG " end --v2 --server-cert F (--cert F [--key F] | --fill FILE) ...\n"
     "       " PROG " stream --url URL --fill FILE --peer P --seq N [--stream ID] [--json]\n"
     "       " PROG " stream --end --url URL --fill FILE --stream ID [--json]\n"
+    "       " PROG " data --fill FILE (--seal FILE --seq N | --open FILE) --out FILE\n"
+    "                  [--index N] [--json]\n"
     "       " PROG " firmware open --in PKG --out IMAGE --product P --certs PEM[,PEM]\n"
     "                  [--fill FILE] [--group-key FILE] [--counter N]\n"
     "                  [--now T | --no-clock] [--json]\n"
@@ -114,6 +116,9 @@ static const char usage_text[] =
     "  stream  key N of the key stream with device P (without --stream: the pair's\n"
     "        live stream, opened if there is none; prints its ID); with --end,\n"
     "        end the stream\n"
+    "  data  data between this device and the platform under a device key, no\n"
+    "        session (docs/sealing.md): seal FILE to the platform (--index: which\n"
+    "        key, default the newest valid one), or open what the platform sealed\n"
     "  firmware open  open a firmware package (docs/firmware.md) as this device\n"
     "        would: unwrap its key (--fill, --group-key), check the signature\n"
     "        against the pinned certificates, product, target, counter and\n"
@@ -291,27 +296,27 @@ static int parse_stream(struct options *o);
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
-    enum { K = 1, E = 2, S = 4, F = 8 }; /* the commands an option is for */
+    enum { K = 1, E = 2, S = 4, F = 8, D = 16 }; /* the commands an option is for */
     struct {
         const char *name;
         const char **value; /* NULL: a flag */
         int *flag;
         int cmds;
     } specs[] = {
-        {"url", &o->url, NULL, K | E | S},    {"fill", &o->fill, NULL, K | E | S | F},
+        {"url", &o->url, NULL, K | E | S},    {"fill", &o->fill, NULL, K | E | S | F | D},
         {"session", &o->session, NULL, K | E}, {"peer", &o->peer, NULL, K | S},
-        {"index", &o->index_s, NULL, K | E | S}, {"cacert", &o->cacert, NULL, K | E | S},
+        {"index", &o->index_s, NULL, K | E | S | D}, {"cacert", &o->cacert, NULL, K | E | S},
         {"timeout", &o->timeout_s, NULL, K | E | S}, {"delivered", NULL, &o->delivered, K},
-        {"json", NULL, &o->json, K | E | S | F}, {"cert", &o->cert, NULL, K | E | S},
+        {"json", NULL, &o->json, K | E | S | F | D}, {"cert", &o->cert, NULL, K | E | S},
         {"key", &o->key, NULL, K | E | S},    {"pin-sha256", &o->pin, NULL, K | E | S},
         {"v2", NULL, &o->v2, K | E},          {"mode", &o->mode_s, NULL, K | E},
         {"source", &o->source_s, NULL, K},    {"server-cert", &o->server_cert, NULL, K | E},
         {"peer-platform", NULL, &o->peer_platform, K},
         {"all", NULL, &o->all, E},
         {"epoch", &o->epoch_s, NULL, K},      {"direction", &o->direction, NULL, K},
-        {"seq", &o->seq_s, NULL, K | S},      {"stream", &o->stream, NULL, S},
-        {"seal", &o->seal_in, NULL, K},       {"open", &o->open_in, NULL, K},
-        {"out", &o->out, NULL, K | F},        {"in", &o->fw_in, NULL, F},
+        {"seq", &o->seq_s, NULL, K | S | D},  {"stream", &o->stream, NULL, S},
+        {"seal", &o->seal_in, NULL, K | D},   {"open", &o->open_in, NULL, K | D},
+        {"out", &o->out, NULL, K | F | D},    {"in", &o->fw_in, NULL, F},
         {"product", &o->product, NULL, F},    {"certs", &o->certs, NULL, F},
         {"group-key", &o->group_key, NULL, F}, {"counter", &o->counter_s, NULL, F},
         {"now", &o->now_s, NULL, F},          {"no-clock", NULL, &o->no_clock, F},
@@ -324,9 +329,10 @@ static int parse_args(int argc, char **argv, struct options *o)
     cmd_bit = !strcmp(o->cmd, "key") ? K : !strcmp(o->cmd, "end") ? E
               : !strcmp(o->cmd, "stream")                      ? S
               : !strcmp(o->cmd, "firmware")                    ? F
+              : !strcmp(o->cmd, "data")                        ? D
                                                                : 0;
     if (!cmd_bit) {
-        errorf("unknown command '%s' (key, end, stream or firmware)", o->cmd);
+        errorf("unknown command '%s' (key, end, stream, firmware or data)", o->cmd);
         return -1;
     }
     if (cmd_bit == F && (argc < 3 || strcmp(argv[2], "open") != 0)) {
@@ -375,6 +381,31 @@ static int parse_args(int argc, char **argv, struct options *o)
     }
     if (cmd_bit == S)
         return parse_stream(o);
+    if (cmd_bit == D) {
+        char *end = NULL;
+        if (!o->fill || !o->out || !o->seal_in == !o->open_in || !o->seal_in != !o->seq_s) {
+            errorf("data needs --fill, --out, and --seal FILE --seq N or --open FILE");
+            return -1;
+        }
+        if (o->seq_s) {
+            errno = 0;
+            o->seal_seq = strtoull(o->seq_s, &end, 10);
+            if (errno || !*o->seq_s || *end || !isdigit((unsigned char)o->seq_s[0]) ||
+                o->seal_seq > QKS_PARTY_MAX_SEQ) {
+                errorf("--seq must be an integer from 0 to 2^63 - 1 (the rest is the "
+                       "platform's)");
+                return -1;
+            }
+        }
+        o->index = -1;
+        if (o->index_s && parse_long(o->index_s, 0, 255, &(long){0}) != 0) {
+            errorf("--index must be an integer from 0 to 255");
+            return -1;
+        }
+        if (o->index_s)
+            o->index = atoi(o->index_s);
+        return 0;
+    }
     if (cmd_bit == F) {
         if (!o->fw_in || !o->out || !o->product || !o->certs || (!o->fill && !o->group_key) ||
             (o->now_s && o->no_clock)) {
@@ -892,6 +923,68 @@ out:
         OPENSSL_free(certs[i]);
     if (g)
         OPENSSL_secure_clear_free(g, sizeof(*g));
+    return rc;
+}
+
+/* data --seal / --open: a frame between the device and the platform under
+ * one of its keys, between files; prints what it did (never a key). */
+static int run_data(const struct options *o, const qkd_device *dev, int64_t now)
+{
+    bool seal = o->seal_in != NULL;
+    const char *in_path = seal ? o->seal_in : o->open_in;
+    size_t max = seal ? QKS_MAX_PLAINTEXT : QKS_MAX_PLAINTEXT + QKS_OVERHEAD, in_len = 0,
+           out_len = 0, cap;
+    char *in = NULL, err[256];
+    uint8_t *out = NULL;
+    uint64_t seq = o->seal_seq;
+    int fd = -1, q, rc, index = o->index;
+
+    if ((rc = read_file(in_path, max, false, seal ? "a plaintext" : "a frame", &in, &in_len)) !=
+        EXIT_OK)
+        return rc;
+    rc = EXIT_INTERNAL;
+    cap = seal ? in_len + QKS_OVERHEAD : in_len;
+    if (!(out = malloc(cap ? cap : 1))) {
+        errorf("out of memory");
+        goto cleanup;
+    }
+    q = seal ? qkd_device_seal(dev, index, now, seq, (const uint8_t *)in, in_len, out, cap,
+                               &out_len, err, sizeof(err))
+             : qkd_device_open(dev, NULL, (const uint8_t *)in, in_len, out, cap, &out_len, &seq,
+                               &index, err, sizeof(err));
+    if (q != QKD_OK) {
+        errorf("%s", err);
+        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : seal ? EXIT_USAGE : EXIT_SERVER;
+        goto cleanup;
+    }
+    if (seal && index < 0)
+        index = qkd_device_default_index(dev, now);
+    fd = open(o->out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || write_fd(fd, out, out_len) != 0) {
+        errorf("%s: %s", o->out, strerror(errno));
+        rc = EXIT_USAGE;
+        goto cleanup;
+    }
+    if (o->json)
+        printf("{\"op\":\"%s\",\"device_id\":\"%s\",\"key_index\":%d,\"seq\":\"%llu\","
+               "\"bytes\":%zu}\n",
+               seal ? "seal" : "open", dev->device_id, index, (unsigned long long)seq,
+               seal ? in_len : out_len);
+    else
+        printf("%s %zu bytes, seq %llu, device key %d\n", seal ? "sealed" : "opened",
+               seal ? in_len : out_len, (unsigned long long)seq, index);
+    rc = EXIT_OK;
+cleanup:
+    if (fd >= 0)
+        close(fd);
+    if (out) {
+        OPENSSL_cleanse(out, cap ? cap : 1);
+        free(out);
+    }
+    if (in) {
+        OPENSSL_cleanse(in, in_len);
+        free(in);
+    }
     return rc;
 }
 
@@ -1436,6 +1529,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(o.cmd, "firmware") == 0) {
         rc = run_firmware(&o, dev, now);
+        goto cleanup;
+    }
+    if (strcmp(o.cmd, "data") == 0) {
+        rc = run_data(&o, dev, now);
         goto cleanup;
     }
     if ((rc = pick_index(&o, dev, now, &index)) != EXIT_OK)

@@ -263,6 +263,23 @@ int qkd_open(const qkd_session_key *k, const char *my_id, const char *peer_id,
              qkd_seal_window *w, const uint8_t *frame, size_t len, uint8_t *pt, size_t cap,
              size_t *pt_len, uint64_t *seq, char *err, size_t errlen);
 
+/*
+ * Data between the device and the platform under one of its device keys,
+ * without a session (docs/sealing.md, "Data under a device key"): the
+ * frame of qkd_seal under the key qks_device_data_key derives from the
+ * device key of `index` (-1: qkd_device_default_index at now), sealed to
+ * "@platform"; qkd_device_open opens what the platform sealed to the
+ * device under whichever of its keys the frame names (*index, may be
+ * NULL). Same rules as qkd_seal / qkd_open otherwise (seq below 2^63, one
+ * window per key and direction).
+ */
+int qkd_device_seal(const qkd_device *d, int index, int64_t now, uint64_t seq, const uint8_t *pt,
+                    size_t pt_len, uint8_t *out, size_t cap, size_t *out_len, char *err,
+                    size_t errlen);
+int qkd_device_open(const qkd_device *d, qkd_seal_window *w, const uint8_t *frame, size_t len,
+                    uint8_t *pt, size_t cap, size_t *pt_len, uint64_t *seq, int *index,
+                    char *err, size_t errlen);
+
 /* An error answer {"error":{"code":"...","message":"..."}}. */
 typedef struct {
     char code[64];

@@ -3,7 +3,11 @@
 
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/kdf.h>
 
 #include "qkms_proto.h"
 
@@ -223,4 +227,41 @@ int qks_open(const uint8_t *key, size_t key_len, const uint8_t key_id[16],
     if (seq)
         *seq = h.seq;
     return QKS_OK;
+}
+
+int qks_device_data_key(const uint8_t *device_key, size_t len, const char *device_id,
+                        uint8_t out[32], uint8_t key_id[16])
+{
+    static const char info_label[] = "qkms/seal/device-data/v1";
+    static const char id_label[] = "qkms/seal/device-key-id/v1";
+    uint8_t info[sizeof(info_label) + 128], h[32];
+    unsigned int hl = 0;
+    size_t dl = device_id ? strlen(device_id) : 0;
+    EVP_KDF *kdf;
+    EVP_KDF_CTX *c = NULL;
+    OSSL_PARAM ps[4];
+    int rc = QKS_ERR_INTERNAL;
+
+    if (!device_key || (len != 16 && len != 32) || dl < 1 || dl > 128 || !out || !key_id)
+        return QKS_ERR_INPUT;
+    memcpy(info, info_label, sizeof(info_label)); /* with its NUL */
+    memcpy(info + sizeof(info_label), device_id, dl);
+    ps[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
+    ps[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)device_key, len);
+    ps[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, sizeof(info_label) + dl);
+    ps[3] = OSSL_PARAM_construct_end();
+    if ((kdf = EVP_KDF_fetch(NULL, "HKDF", NULL)) && (c = EVP_KDF_CTX_new(kdf)) &&
+        EVP_KDF_derive(c, out, 32, ps) == 1 &&
+        HMAC(EVP_sha256(), out, 32, (const unsigned char *)id_label, sizeof(id_label) - 1, h,
+             &hl) &&
+        hl == 32) {
+        memcpy(key_id, h, 16);
+        rc = QKS_OK;
+    } else {
+        OPENSSL_cleanse(out, 32);
+    }
+    OPENSSL_cleanse(h, sizeof(h));
+    EVP_KDF_CTX_free(c);
+    EVP_KDF_free(kdf);
+    return rc;
 }

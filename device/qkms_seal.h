@@ -120,4 +120,19 @@ int qks_open(const uint8_t *key, size_t key_len, const uint8_t key_id[16],
              const char *session_id, int direction, qks_window *w, const uint8_t *frame,
              size_t len, uint8_t *pt, size_t cap, size_t *pt_len, uint64_t *seq);
 
+/*
+ * Data under a device key (docs/sealing.md, "Data under a device key"): the
+ * same frame between a device and the platform without a session. The
+ * frame key is HKDF-SHA-256(IKM = the device key, no salt, info =
+ * "qkms/seal/device-data/v1" 0x00 device_id), 32 bytes (AES-256-GCM,
+ * whatever the device key's suite); its key_id the first 16 bytes of
+ * HMAC-SHA-256(frame key, "qkms/seal/device-key-id/v1"); the AAD's session
+ * ID is the device ID; the platform's ID for the direction is "@platform".
+ * Writes out (32 bytes) and key_id; QKS_OK, QKS_ERR_INPUT or
+ * QKS_ERR_INTERNAL.
+ */
+#define QKS_PLATFORM_ID "@platform"
+int qks_device_data_key(const uint8_t *device_key, size_t len, const char *device_id,
+                        uint8_t out[32], uint8_t key_id[16]);
+
 #endif

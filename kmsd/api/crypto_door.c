@@ -195,3 +195,93 @@ out:
     free(frame);
     json_decref(in);
 }
+
+/* The answer of a device seal or open: as a session's, and the key's index. */
+static void device_answer(http_response *rs, const crypto_result *r, const char *field)
+{
+    answer(rs, r, field);
+    if (rs->status == 200) {
+        json_t *j = json_loadb(rs->body, rs->body_len, 0, NULL);
+        if (j && json_object_set_new(j, "key_index", json_integer(r->key_index)) == 0) {
+            OPENSSL_cleanse(rs->body, rs->body_len);
+            free(rs->body);
+            rs->body = NULL;
+            http_json(rs, 200, j);
+        } else {
+            json_decref(j);
+            OPENSSL_cleanse(rs->body, rs->body_len);
+            free(rs->body);
+            rs->body = NULL;
+            http_error(rs, 500, "internal", "out of memory");
+        }
+    }
+}
+
+void h_crypto_device_encrypt(http_request *rq, http_response *rs)
+{
+    static const char *const members[] = {"plaintext", "key_index"};
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object(rq, rs), *ji;
+    uint8_t *pt = NULL;
+    size_t pt_len = 0;
+    crypto_result r = {0};
+    int idx = -1;
+    qk_err e;
+
+    if (!in)
+        return;
+    ji = json_object_get(in, "key_index");
+    if (!only_members(in, members, 2) || (ji && !json_is_integer(ji))) {
+        http_error(rs, 422, "invalid_request",
+                   "expected {\"plaintext\": base64 string, \"key_index\"?: integer}");
+        goto out;
+    }
+    if (ji) /* out of 0..255 is refused by the service, with its message */
+        idx = json_integer_value(ji) < 0 || json_integer_value(ji) > 255
+                  ? 256
+                  : (int)json_integer_value(ji);
+    if (!(pt = b64_member(in, "plaintext", CRYPTO_DATA_MAX, &pt_len, rs)))
+        goto out;
+    if (crypto_device_seal(&rq->kms->svc, &who, rq->params[0], idx, pt, pt_len, &r, &e) !=
+        QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    device_answer(rs, &r, "frame");
+out:
+    crypto_result_clear(&r);
+    if (pt) {
+        OPENSSL_cleanse(pt, pt_len);
+        free(pt);
+    }
+    json_decref(in);
+}
+
+void h_crypto_device_decrypt(http_request *rq, http_response *rs)
+{
+    static const char *const members[] = {"frame"};
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object(rq, rs);
+    uint8_t *frame = NULL;
+    size_t len = 0;
+    crypto_result r = {0};
+    qk_err e;
+
+    if (!in)
+        return;
+    if (!only_members(in, members, 1)) {
+        http_error(rs, 422, "invalid_request", "expected {\"frame\": base64 string}");
+        goto out;
+    }
+    if (!(frame = b64_member(in, "frame", CRYPTO_DATA_MAX + QKS_OVERHEAD, &len, rs)))
+        goto out;
+    if (crypto_device_open(&rq->kms->svc, &who, rq->params[0], frame, len, &r, &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    device_answer(rs, &r, "plaintext");
+out:
+    crypto_result_clear(&r);
+    free(frame);
+    json_decref(in);
+}

@@ -116,7 +116,9 @@
     X("POST", "/v1/admin/firmware/keys/{product}/rotate", "admin_firmware_keys_rotate", ROLE_ADMIN, h_firmware_keys_rotate, ADM, RL_ADMIN) \
     X("GET", "/v1/random", "random", ROLE_CRYPTO | ROLE_ADMIN, h_crypto_random, ADM, RL_ADMIN) \
     X("POST", "/v1/crypto/sessions/{session}/encrypt", "crypto_session_encrypt", ROLE_CRYPTO, h_crypto_encrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
-    X("POST", "/v1/crypto/sessions/{session}/decrypt", "crypto_session_decrypt", ROLE_CRYPTO, h_crypto_decrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY)
+    X("POST", "/v1/crypto/sessions/{session}/decrypt", "crypto_session_decrypt", ROLE_CRYPTO, h_crypto_decrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
+    X("POST", "/v1/crypto/devices/{id}/encrypt", "crypto_device_encrypt", ROLE_CRYPTO, h_crypto_device_encrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
+    X("POST", "/v1/crypto/devices/{id}/decrypt", "crypto_device_decrypt", ROLE_CRYPTO, h_crypto_device_decrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY)
 
 #define ROW(m, p, n, r, f, d, rl, ...) \
     {.method = m, .pattern = p, .name = n, .roles = r, .fn = f, .door = d, .rl_scope = rl, __VA_ARGS__},

@@ -32,6 +32,8 @@ void h_firmware_keys_rotate(http_request *rq, http_response *rs);
 void h_crypto_random(http_request *rq, http_response *rs);
 void h_crypto_encrypt(http_request *rq, http_response *rs);
 void h_crypto_decrypt(http_request *rq, http_response *rs);
+void h_crypto_device_encrypt(http_request *rq, http_response *rs);
+void h_crypto_device_decrypt(http_request *rq, http_response *rs);
 /* admin_status.c */
 void h_admin_status(http_request *rq, http_response *rs);
 /* admin_tokens.c */

@@ -50,6 +50,7 @@ typedef struct {
     int direction;      /* QKS_A2B or QKS_B2A */
     char party[129];    /* who the token acts for */
     char peer[129];
+    int key_index;      /* data under a device key: the device key's index */
 } crypto_result;
 
 /* Wipe and free r->data; zero r. */
@@ -69,5 +70,22 @@ qk_kind crypto_seal(qk_svc *s, const qk_principal *who, const char *session_id,
 /* Open frame for session_id as who's party. */
 qk_kind crypto_open(qk_svc *s, const qk_principal *who, const char *session_id,
                     const uint8_t *frame, size_t len, crypto_result *out, qk_err *e);
+
+/*
+ * Data under a device key (crypto_device.c; docs/sealing.md "Data under a
+ * device key"): for a crypto token acting for "@platform" only (the
+ * device's data is between it and the platform). Seal pt to device_id
+ * under its key of key_index (-1: its newest usable one: active, valid
+ * now, not a local key), or open a frame the device sealed under one of
+ * its keys (active or retired). out->party is "@platform", out->peer the
+ * device, out->key_index the key. Windows and counters in device_seal_state
+ * (schema/034), as for sessions. Errors as for sessions, and QK_NOT_FOUND
+ * "unknown_device", QK_FORBIDDEN "device_inactive".
+ */
+qk_kind crypto_device_seal(qk_svc *s, const qk_principal *who, const char *device_id,
+                           int key_index, const uint8_t *pt, size_t pt_len, crypto_result *out,
+                           qk_err *e);
+qk_kind crypto_device_open(qk_svc *s, const qk_principal *who, const char *device_id,
+                           const uint8_t *frame, size_t len, crypto_result *out, qk_err *e);
 
 #endif

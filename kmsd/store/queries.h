@@ -53,6 +53,34 @@
     X(Q_TOKEN_LIVE_NAME, "SELECT 1 FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")  \
     X(Q_TOKEN_NAME_EVER, "SELECT 1 FROM admin_tokens WHERE name = $1 LIMIT 1")                 \
     X(Q_TOKEN_COUNT, "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")             \
+    /* data under a device key (crypto.h, schema/034): the crypto token's party, the device, \
+     * its keys that are not local (newest first): usable to seal (active, valid now), to    \
+     * open (active or retired) */                                                            \
+    X(Q_CRYPTO_DEVICE,                                                                         \
+      "SELECT t.acts_for, d.id, d.state, k.key_index, k.algorithm, encode(k.wrapped, 'hex'),"  \
+      " k.state = 'active' AND k.not_before <= now() AND now() < k.not_after,"                 \
+      " k.state IN ('active', 'retired')"                                                      \
+      " FROM admin_tokens t LEFT JOIN devices d ON d.device_id = $2"                           \
+      " LEFT JOIN device_keys k ON k.device_pk = d.id AND k.wrapped IS NOT NULL"               \
+      "  AND k.purpose <> 'local'"                                                              \
+      " WHERE t.id = $1::bigint AND t.revoked_at IS NULL AND t.role = 'crypto'"                \
+      "  AND (t.expires_at IS NULL OR t.expires_at > now())"                                    \
+      " ORDER BY k.key_index DESC")                                                            \
+    X(Q_DSEAL_SEND_NEXT, /* $1 device_pk, $2 key_index, $3 direction: as Q_SEAL_SEND_NEXT */   \
+      "INSERT INTO device_seal_state AS x (device_pk, key_index, direction, send_next)"        \
+      " VALUES ($1::bigint, $2::int, $3::smallint, (-9223372036854775807)::bigint)"            \
+      " ON CONFLICT (device_pk, key_index, direction) DO UPDATE"                                \
+      " SET send_next = coalesce(x.send_next, (-9223372036854775807)::bigint - 1) + 1"          \
+      " WHERE coalesce(x.send_next, 0) <> -1"                                                   \
+      " RETURNING send_next - 1")                                                               \
+    X(Q_DSEAL_RECV_LOCK,                                                                       \
+      "INSERT INTO device_seal_state AS x (device_pk, key_index, direction)"                   \
+      " VALUES ($1::bigint, $2::int, $3::smallint)"                                             \
+      " ON CONFLICT (device_pk, key_index, direction) DO UPDATE SET device_pk = x.device_pk"   \
+      " RETURNING recv_top, recv_bitmap")                                                      \
+    X(Q_DSEAL_RECV_SET,                                                                        \
+      "UPDATE device_seal_state SET recv_top = $4::bigint, recv_bitmap = $5::bigint"           \
+      " WHERE device_pk = $1::bigint AND key_index = $2::int AND direction = $3::smallint")    \
     /* firmware signing keys (firmware_keys.h, schema/033) */                                 \
     X(Q_FW_KEY_LOCK, "SELECT pg_advisory_xact_lock(hashtextextended('qkms-fw:' || $1, 0))")    \
     X(Q_FW_KEY_CURRENT, /* (the highest version, the active one or NULL) */                    \

@@ -132,3 +132,37 @@ def open_frame(key, key_id, session_id, direction, frame, window=None):
     if window is not None:
         window.accept(seq)
     return pt, seq
+
+
+# ---------------------------------------------------------------------------
+# data under a device key (docs/sealing.md, "Data under a device key")
+
+PLATFORM_ID = "@platform"
+
+
+def device_data_key(device_key, device_id):
+    """(frame key, key ID text) of a device key: HKDF-SHA-256 without salt,
+    info "qkms/seal/device-data/v1" 0x00 device_id; the key ID the first 16
+    bytes of HMAC-SHA-256(frame key, "qkms/seal/device-key-id/v1")."""
+    import hashlib
+    import hmac
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    if len(device_key) not in (16, 32):
+        raise SealError("input", "a device key is 16 or 32 bytes")
+    k = HKDF(hashes.SHA256(), 32, None,
+             b"qkms/seal/device-data/v1\x00" + device_id.encode()).derive(device_key)
+    kid = hmac.new(k, b"qkms/seal/device-key-id/v1", hashlib.sha256).digest()[:16]
+    return k, str(uuid.UUID(bytes=kid))
+
+
+def device_seal(device_key, device_id, seq, plaintext):
+    """A frame from the device to the platform under its device key."""
+    k, kid = device_data_key(device_key, device_id)
+    return seal(k, kid, device_id, direction_of(device_id, PLATFORM_ID), seq, plaintext)
+
+
+def device_open(device_key, device_id, frame, window=None):
+    """(plaintext, seq) of a frame the platform sealed to the device."""
+    k, kid = device_data_key(device_key, device_id)
+    return open_frame(k, kid, device_id, direction_of(PLATFORM_ID, device_id), frame, window)

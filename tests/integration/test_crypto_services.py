@@ -549,3 +549,102 @@ def test_keys_of_older_epochs(st):
         assert (r.status_code, code(r)) == (409, "seal_key" if op == "decrypt" else "no_key"), op
     r = call(st, tok, sid, "decrypt", {"frame": b64(qs.seal(k1.key, k1.key_id, sid, up, 0, b"b"))})
     assert r.status_code == 200, r.text
+
+
+# ---------------------------------------------------------------------------
+# data under a device key, without a session (seed 000's cipher machine)
+
+def test_a_meters_data_under_its_device_key(st):
+    """A meter seals its reading under its own device key for the platform;
+    a crypto token acting for @platform opens it, seals the downlink the
+    meter opens; replay, the wrong direction, tampering, other tokens,
+    unknown and suspended devices refused."""
+    meter = helpers.make_device(st, "meter", st.group, keys=2)
+    tok = crypto_token(st, "@platform")
+    newest = max(meter.keys)
+    path = f"/v1/crypto/devices/{meter.device_id}"
+    frame = qs.device_seal(meter.keys[newest], meter.device_id, 7, b"m3=12.5")
+    r = st.api("POST", path + "/decrypt", token=tok, json={"frame": b64(frame)})
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert base64.b64decode(a["plaintext"]) == b"m3=12.5"
+    assert (a["key_index"], a["seq"], a["party"], a["peer"]) == (newest, "7", "@platform",
+                                                                 meter.device_id)
+    assert a["key_id"] == qs.device_data_key(meter.keys[newest], meter.device_id)[1]
+    r = st.api("POST", path + "/decrypt", token=tok, json={"frame": b64(frame)})
+    assert (r.status_code, code(r)) == (409, "seal_replay")
+    # Under its older key too (both are live).
+    old = qs.device_seal(meter.keys[min(meter.keys)], meter.device_id, 1, b"old key")
+    r = st.api("POST", path + "/decrypt", token=tok, json={"frame": b64(old)})
+    assert r.status_code == 200 and r.json()["key_index"] == min(meter.keys), r.text
+    # The downlink, opened by the meter.
+    w = qs.Window()
+    for i in range(2):
+        r = st.api("POST", path + "/encrypt", token=tok, json={"plaintext": b64(b"valve %d" % i)})
+        assert r.status_code == 200, r.text
+        assert r.json()["key_index"] == newest and r.json()["seq"] == str(2**63 + i)
+        pt, _ = qs.device_open(meter.keys[newest], meter.device_id,
+                               base64.b64decode(r.json()["frame"]), w)
+        assert pt == b"valve %d" % i
+    r = st.api("POST", path + "/encrypt", token=tok,
+               json={"plaintext": b64(b"x"), "key_index": min(meter.keys)})
+    assert r.status_code == 200 and r.json()["key_index"] == min(meter.keys)
+    # Refusals.
+    down = base64.b64decode(r.json()["frame"])
+    bad = bytearray(qs.device_seal(meter.keys[newest], meter.device_id, 8, b"x"))
+    bad[-1] ^= 1
+    for body, status, c in (({"frame": b64(down)}, 422, "seal_direction"),
+                            ({"frame": b64(bytes(bad))}, 400, "seal_auth"),
+                            ({"frame": b64(qs.device_seal(os.urandom(16), meter.device_id, 9,
+                                                          b"x"))}, 409, "seal_key"),
+                            ({"frame": "AAAA"}, 400, "seal_format")):
+        r = st.api("POST", path + "/decrypt", token=tok, json=body)
+        assert (r.status_code, code(r)) == (status, c), body
+    for body, status, c in (({"plaintext": b64(b"x"), "key_index": 9}, 409, "no_key"),
+                            ({"plaintext": b64(b"x"), "key_index": 300}, 422,
+                             "invalid_key_index"),
+                            ({"plaintext": b64(b"x"), "key_index": "1"}, 422, "invalid_request")):
+        r = st.api("POST", path + "/encrypt", token=tok, json=body)
+        assert (r.status_code, code(r)) == (status, c), body
+    other = crypto_token(st, helpers.make_device(st, "encryptor", st.group).device_id)
+    r = st.api("POST", path + "/decrypt", token=other, json={"frame": b64(frame)})
+    assert (r.status_code, code(r)) == (403, "not_a_party")
+    r = st.api("POST", "/v1/crypto/devices/NO-SUCH-" + uid() + "/decrypt", token=tok,
+               json={"frame": b64(frame)})
+    assert (r.status_code, code(r)) == (404, "unknown_device")
+    assert st.admin("POST", f"/v1/admin/devices/{meter.device_id}/suspend",
+                    json={}).status_code == 200
+    r = st.api("POST", path + "/encrypt", token=tok, json={"plaintext": b64(b"x")})
+    assert (r.status_code, code(r)) == (403, "device_inactive")
+    refused = audit_rows(st, "crypto.refused", meter.device_id)
+    assert [x["code"] for x in refused][-1] == "device_inactive"
+    assert "m3=12.5" not in json.dumps(audit_rows(st, "crypto.decrypt", meter.device_id))
+
+
+def test_the_c_library_seals_device_data_for_the_platform(st, tmp_path):
+    """libqkms-device's qkd_device_seal, through a test program built from
+    the library, and the platform agree both ways."""
+    meter = helpers.make_device(st, "meter", st.group)
+    tok = crypto_token(st, "@platform")
+    fill = tmp_path / "m.fill.json"
+    fill.write_text(json.dumps({"format": "qkms-fill/1", "device_id": meter.device_id, "keys": [
+        {"index": i, "algorithm": "AES-256" if len(k) == 32 else "AES-128", "key": k.hex()}
+        for i, k in meter.keys.items()]}))
+    r = st.api("POST", f"/v1/crypto/devices/{meter.device_id}/encrypt", token=tok,
+               json={"plaintext": b64(b"from the platform")})
+    assert r.status_code == 200, r.text
+    (tmp_path / "down.frame").write_bytes(base64.b64decode(r.json()["frame"]))
+    p = subprocess.run([QKMS_DEVICE, "data", "--fill", str(fill), "--open",
+                        str(tmp_path / "down.frame"), "--out", str(tmp_path / "down.txt")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "down.txt").read_bytes() == b"from the platform"
+    (tmp_path / "up.txt").write_bytes(b"meter reading 42")
+    p = subprocess.run([QKMS_DEVICE, "data", "--fill", str(fill), "--seal",
+                        str(tmp_path / "up.txt"), "--seq", "3", "--out",
+                        str(tmp_path / "up.frame")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    r = st.api("POST", f"/v1/crypto/devices/{meter.device_id}/decrypt", token=tok,
+               json={"frame": b64((tmp_path / "up.frame").read_bytes())})
+    assert r.status_code == 200, r.text
+    assert base64.b64decode(r.json()["plaintext"]) == b"meter reading 42"

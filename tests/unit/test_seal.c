@@ -312,12 +312,77 @@ static void test_qkd_wrappers(void **state)
                      QKD_ERR_INPUT);
 }
 
+/* Data under a device key: the device seals to the platform, the platform
+ * (qks_device_data_key + qks_open, as kmsd) opens; back the other way; the
+ * device cannot open its own frame; the key ID names the key. */
+static void test_device_data(void **state)
+{
+    static const char fill[] =
+        "{\"format\":\"qkms-fill/1\",\"device_id\":\"METER-1\",\"keys\":["
+        "{\"index\":0,\"algorithm\":\"AES-128\",\"key\":\"000102030405060708090a0b0c0d0e0f\"},"
+        "{\"index\":2,\"algorithm\":\"AES-256\",\"key\":"
+        "\"202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f\"}]}";
+    qkd_device *d = NULL;
+    uint8_t frame[256], pt[256], fk[32], kid[16];
+    size_t fl = 0, pl = 0;
+    uint64_t seq = 0;
+    int idx = -1;
+    char err[160];
+    qks_header h;
+    (void)state;
+
+    assert_int_equal(qkd_device_load(&d, fill, strlen(fill), err, sizeof(err)), QKD_OK);
+    assert_int_equal(qkd_device_seal(d, -1, 1000, 5, (const uint8_t *)"m3=12", 5, frame,
+                                     sizeof(frame), &fl, err, sizeof(err)),
+                     QKD_OK);
+    /* The platform's side: key 2 (the newest), device ID as the session ID,
+     * the device's direction to @platform. */
+    assert_int_equal(qks_peek(frame, fl, &h), QKS_OK);
+    assert_int_equal(qks_device_data_key(d->keys[1].key, 32, "METER-1", fk, kid), QKS_OK);
+    assert_memory_equal(h.key_id, kid, 16);
+    assert_int_equal(qks_open(fk, 32, kid, "METER-1", qks_direction_of("METER-1", "@platform"),
+                              NULL, frame, fl, pt, sizeof(pt), &pl, &seq),
+                     QKS_OK);
+    assert_int_equal(pl, 5);
+    assert_memory_equal(pt, "m3=12", 5);
+    /* The device does not open its own frame as one from the platform. */
+    assert_int_equal(qkd_device_open(d, NULL, frame, fl, pt, sizeof(pt), &pl, &seq, &idx, err,
+                                     sizeof(err)),
+                     QKD_ERR_INPUT);
+    assert_non_null(strstr(err, "direction"));
+    /* The platform's frame under key 0 opens on the device, naming key 0. */
+    assert_int_equal(qks_device_data_key(d->keys[0].key, 16, "METER-1", fk, kid), QKS_OK);
+    assert_int_equal(qks_seal(fk, 32, kid, "METER-1", qks_direction_of("@platform", "METER-1"),
+                              UINT64_C(1) << 63, (const uint8_t *)"close", 5, frame,
+                              sizeof(frame), &fl),
+                     QKS_OK);
+    assert_int_equal(qkd_device_open(d, NULL, frame, fl, pt, sizeof(pt), &pl, &seq, &idx, err,
+                                     sizeof(err)),
+                     QKD_OK);
+    assert_int_equal(idx, 0);
+    assert_true(seq == (UINT64_C(1) << 63) && pl == 5 && !memcmp(pt, "close", 5));
+    /* A key ID of no key of the device; the platform's half of seqs; no key. */
+    frame[4] ^= 1;
+    assert_int_equal(qkd_device_open(d, NULL, frame, fl, pt, sizeof(pt), &pl, &seq, &idx, err,
+                                     sizeof(err)),
+                     QKD_ERR_INPUT);
+    assert_non_null(strstr(err, "key"));
+    assert_int_equal(qkd_device_seal(d, 0, 1000, UINT64_C(1) << 63, pt, 1, frame, sizeof(frame),
+                                     &fl, err, sizeof(err)),
+                     QKD_ERR_INPUT);
+    assert_int_equal(qkd_device_seal(d, 7, 1000, 1, pt, 1, frame, sizeof(frame), &fl, err,
+                                     sizeof(err)),
+                     QKD_ERR_INPUT);
+    qkd_device_free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seal_vectors),   cmocka_unit_test(test_reject_vectors),
         cmocka_unit_test(test_window_vectors), cmocka_unit_test(test_arguments),
         cmocka_unit_test(test_window_model),   cmocka_unit_test(test_qkd_wrappers),
+        cmocka_unit_test(test_device_data),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
