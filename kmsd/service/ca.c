@@ -585,6 +585,55 @@ CK_RV ca_sign(qk_ca *ca, X509 *x)
     return after_sign(ca, a, rv);
 }
 
+X509 *ca_issue_leaf(qk_ca *ca, EVP_PKEY *pub, const char *cn, long days, const char *key_usage,
+                    const char *ext_key_usage, CK_RV *rv)
+{
+    X509 *x = NULL;
+    X509_NAME *n = NULL;
+
+    *rv = CKR_ATTRIBUTE_VALUE_INVALID;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        X509 *issuer = ca_active_cert(ca, NULL);
+        long secs = days * 86400;
+        time_t ca_end = x509_time(X509_get0_notAfter(issuer));
+        bool ok;
+        if (ca_end && ca_end - time(NULL) < secs)
+            secs = (long)(ca_end - time(NULL));
+        X509_free(x);
+        X509_NAME_free(n);
+        x = X509_new();
+        n = X509_NAME_new();
+        ok = x && n && secs > 3600 && X509_set_version(x, 2) == 1 && x509_random_serial(x) == 0 &&
+             X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, (const unsigned char *)"qkms", -1,
+                                        -1, 0) == 1 &&
+             X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1,
+                                        -1, 0) == 1 &&
+             X509_set_subject_name(x, n) == 1 &&
+             X509_set_issuer_name(x, X509_get_subject_name(issuer)) == 1 &&
+             X509_gmtime_adj(X509_getm_notBefore(x), -60) &&
+             X509_gmtime_adj(X509_getm_notAfter(x), secs) && X509_set_pubkey(x, pub) == 1 &&
+             x509_add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") == 0 &&
+             x509_add_ext(x, issuer, NID_key_usage, key_usage) == 0 &&
+             (!ext_key_usage || x509_add_ext(x, issuer, NID_ext_key_usage, ext_key_usage) == 0) &&
+             x509_add_ext(x, issuer, NID_subject_key_identifier, "hash") == 0 &&
+             x509_add_ext(x, issuer, NID_authority_key_identifier, "keyid:always") == 0;
+        if (!ok) {
+            *rv = CKR_ATTRIBUTE_VALUE_INVALID; /* not the token's failure */
+            break;
+        }
+        *rv = ca_sign(ca, x);
+        if (*rv == CKR_OK) {
+            X509_NAME_free(n);
+            return x;
+        }
+        if (*rv != CKR_KEY_CHANGED)
+            break;
+    }
+    X509_NAME_free(n);
+    X509_free(x);
+    return NULL;
+}
+
 CK_RV ca_sign_crl(qk_ca *ca, int version, X509_CRL *crl)
 {
     CK_OBJECT_HANDLE priv;

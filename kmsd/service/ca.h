@@ -69,6 +69,15 @@ int ca_versions_valid(qk_ca *ca, int *out, int max);
  * CA key in the token; CKR_SIGNATURE_INVALID if the result did not verify,
  * CKR_KEY_CHANGED when x names a CA that was rotated out meanwhile. */
 CK_RV ca_sign(qk_ca *ca, X509 *x);
+/* A leaf certificate of the active CA for pub (the platform's own keys in
+ * the token): subject O=qkms, CN=cn; valid from a minute ago for days, or
+ * the CA's remaining life if shorter; CA:FALSE, key_usage (e.g.
+ * "critical,digitalSignature"), ext_key_usage when not NULL, key
+ * identifiers. A CA rotated between building and signing is retried once.
+ * NULL with *rv the token's failure, or CKR_ATTRIBUTE_VALUE_INVALID when the
+ * certificate could not be built (the CA has under an hour left, memory). */
+X509 *ca_issue_leaf(qk_ca *ca, EVP_PKEY *pub, const char *cn, long days, const char *key_usage,
+                    const char *ext_key_usage, CK_RV *rv);
 /* The same for a CRL of version (every field set, issuer that version's
  * subject), with that version's key. */
 CK_RV ca_sign_crl(qk_ca *ca, int version, X509_CRL *crl);

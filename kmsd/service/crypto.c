@@ -41,6 +41,51 @@ static void uuid_text(const uint8_t b[16], char out[37])
 
 static const char *dir_name(int d) { return d == QKS_A2B ? "a2b" : d == QKS_B2A ? "b2a" : ""; }
 
+int crypto_frame_step(bool seal, const uint8_t *key, size_t key_len, const uint8_t kid[16],
+                      const char *aad_id, int dir, const PGresult *w, const uint8_t *in,
+                      size_t in_len, crypto_result *o, qks_window *win)
+{
+    memset(win, 0, sizeof(*win));
+    if (seal) {
+        o->seq = (uint64_t)strtoll(PQgetvalue(w, 0, 0), NULL, 10); /* the bit pattern */
+        o->len = in_len + QKS_OVERHEAD;
+        if (!(o->data = malloc(o->len)))
+            return QKS_ERR_INTERNAL;
+        return qks_seal(key, key_len, kid, aad_id, dir, o->seq, in, in_len, o->data, o->len,
+                        &o->len);
+    }
+    if (!PQgetisnull(w, 0, 0)) {
+        win->any = 1;
+        win->top = (uint64_t)strtoll(PQgetvalue(w, 0, 0), NULL, 10);
+        win->bitmap = (uint64_t)strtoll(PQgetvalue(w, 0, 1), NULL, 10);
+    }
+    o->len = in_len - QKS_OVERHEAD;
+    if (!(o->data = malloc(o->len ? o->len : 1)))
+        return QKS_ERR_INTERNAL;
+    return qks_open(key, key_len, kid, aad_id, dir, win, in, in_len, o->data, o->len, &o->len,
+                    &o->seq);
+}
+
+bool crypto_frame_refusal(int rc, uint64_t seq, const char *what, qk_kind *kind,
+                          const char **code, char *msg, size_t len)
+{
+    if (rc == QKS_ERR_REPLAY) {
+        *kind = QK_CONFLICT;
+        *code = "seal_replay";
+        snprintf(msg, len,
+                 "frame %llu was opened already, or is too far behind the newest one opened",
+                 (unsigned long long)seq);
+        return true;
+    }
+    if (rc == QKS_ERR_AUTH) {
+        *kind = QK_MALFORMED;
+        *code = "seal_auth";
+        snprintf(msg, len, "the frame does not authenticate (altered, or sealed for %s)", what);
+        return true;
+    }
+    return false;
+}
+
 qk_kind crypto_random(qk_svc *s, const qk_principal *who, size_t n, uint8_t *out,
                       const char **provenance, qk_err *e)
 {
@@ -279,33 +324,13 @@ static db_status crypto_tx_fn(db_conn *c, void *arg)
         st = DB_ERROR; /* rolled back: no seq spent, nothing audited (the log says it) */
         goto out;
     }
-    if (t->seal) {
-        o->seq = (uint64_t)strtoll(PQgetvalue(w, 0, 0), NULL, 10);
-        o->len = t->in_len + QKS_OVERHEAD;
-        if (!(o->data = malloc(o->len))) {
-            qk_fail(t->e, QK_INTERNAL, "internal", "out of memory");
-            st = DB_ERROR;
-            goto out;
-        }
-        rc = qks_seal(key, key_len, kid, t->session_id, dir, o->seq, t->in, t->in_len, o->data,
-                      o->len, &o->len);
-    } else {
-        qks_window win = {0};
-        if (!PQgetisnull(w, 0, 0)) {
-            win.any = 1;
-            win.top = (uint64_t)strtoll(PQgetvalue(w, 0, 0), NULL, 10);
-            win.bitmap = (uint64_t)strtoll(PQgetvalue(w, 0, 1), NULL, 10);
-        }
-        o->seq = t->hdr.seq;
-        o->len = t->in_len - QKS_OVERHEAD;
-        if (!(o->data = malloc(o->len ? o->len : 1))) {
-            qk_fail(t->e, QK_INTERNAL, "internal", "out of memory");
-            st = DB_ERROR;
-            goto out;
-        }
-        rc = qks_open(key, key_len, kid, t->session_id, dir, &win, t->in, t->in_len, o->data,
-                      o->len, &o->len, NULL);
-        if (rc == QKS_OK) {
+    {
+        qks_window win;
+        qk_kind kind;
+        const char *code;
+        rc = crypto_frame_step(t->seal, key, key_len, kid, t->session_id, dir, w, t->in,
+                               t->in_len, o, &win);
+        if (!t->seal && rc == QKS_OK) {
             const char *uv[4] = {o->key_id, dirb, topb, bitb};
             PGresult *u;
             snprintf(topb, sizeof(topb), "%lld", (long long)win.top);
@@ -314,18 +339,11 @@ static db_status crypto_tx_fn(db_conn *c, void *arg)
                 goto out;
             PQclear(u);
         }
-    }
-    if (rc == QKS_ERR_REPLAY) {
-        snprintf(msg, sizeof(msg),
-                 "frame %llu was opened already, or is too far behind the newest one opened",
-                 (unsigned long long)o->seq);
-        st = refuse(c, t, hash_hex, QK_CONFLICT, "seal_replay", msg);
-        goto out;
-    }
-    if (rc == QKS_ERR_AUTH) {
-        st = refuse(c, t, hash_hex, QK_MALFORMED, "seal_auth",
-                    "the frame does not authenticate (altered, or sealed for another session)");
-        goto out;
+        if (crypto_frame_refusal(rc, t->hdr.seq, "another session", &kind, &code, msg,
+                                 sizeof(msg))) {
+            st = refuse(c, t, hash_hex, kind, code, msg);
+            goto out;
+        }
     }
     if (rc != QKS_OK) {
         log_with(&t->who->log, LOG_ERROR, "seal operation failed", "{s:s}", "error",

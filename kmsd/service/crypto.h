@@ -35,6 +35,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "qkms_seal.h"
 #include "service/service.h"
 
 #define CRYPTO_RANDOM_MAX 4096
@@ -87,5 +88,21 @@ qk_kind crypto_device_seal(qk_svc *s, const qk_principal *who, const char *devic
                            qk_err *e);
 qk_kind crypto_device_open(qk_svc *s, const qk_principal *who, const char *device_id,
                            const uint8_t *frame, size_t len, crypto_result *out, qk_err *e);
+
+/* Shared by crypto.c and crypto_device.c, inside their transactions: the
+ * frame step of a seal or an open under key (key_len bytes) / kid, for
+ * aad_id (the session ID, or the device ID) in direction dir, with the
+ * state row w (seal: the seq Q_*SEAL_SEND_NEXT returned; open: the window
+ * Q_*SEAL_RECV_LOCK returned). Seal fills o->data, len, seq from in; open
+ * fills them from the frame in and sets *win to the window to store when
+ * it returns QKS_OK. A QKS_* code (QKS_ERR_INTERNAL also for memory). */
+int crypto_frame_step(bool seal, const uint8_t *key, size_t key_len, const uint8_t kid[16],
+                      const char *aad_id, int dir, const PGresult *w, const uint8_t *in,
+                      size_t in_len, crypto_result *o, qks_window *win);
+/* A refusal among a frame step's codes (replay: 409 seal_replay; auth:
+ * 400 seal_auth, "what" naming what else it could be sealed for): true
+ * with *kind, *code and msg; false for QKS_OK and internal failures. */
+bool crypto_frame_refusal(int rc, uint64_t seq, const char *what, qk_kind *kind,
+                          const char **code, char *msg, size_t len);
 
 #endif

@@ -173,39 +173,19 @@ static db_status dev_tx_fn(db_conn *c, void *arg)
                           &st)))
             goto out;
     }
-    if (t->seal) {
-        if (PQntuples(w) == 0) {
-            st = refuse(c, t, QK_CONFLICT, "seal_exhausted",
-                        "the key has sealed its last sequence number in this direction: rotate "
-                        "the device's keys");
-            goto out;
-        }
-        o->seq = (uint64_t)strtoll(PQgetvalue(w, 0, 0), NULL, 10);
-        o->len = t->in_len + QKS_OVERHEAD;
-        if (!(o->data = malloc(o->len))) {
-            qk_fail(t->e, QK_INTERNAL, "internal", "out of memory");
-            st = DB_ERROR;
-            goto out;
-        }
-        rc = qks_seal(key, 32, kid, t->device_id, dir, o->seq, t->in, t->in_len, o->data, o->len,
-                      &o->len);
-    } else {
-        qks_window win = {0};
-        if (!PQgetisnull(w, 0, 0)) {
-            win.any = 1;
-            win.top = (uint64_t)strtoll(PQgetvalue(w, 0, 0), NULL, 10);
-            win.bitmap = (uint64_t)strtoll(PQgetvalue(w, 0, 1), NULL, 10);
-        }
-        o->seq = t->hdr.seq;
-        o->len = t->in_len - QKS_OVERHEAD;
-        if (!(o->data = malloc(o->len ? o->len : 1))) {
-            qk_fail(t->e, QK_INTERNAL, "internal", "out of memory");
-            st = DB_ERROR;
-            goto out;
-        }
-        rc = qks_open(key, 32, kid, t->device_id, dir, &win, t->in, t->in_len, o->data, o->len,
-                      &o->len, NULL);
-        if (rc == QKS_OK) {
+    if (t->seal && PQntuples(w) == 0) {
+        st = refuse(c, t, QK_CONFLICT, "seal_exhausted",
+                    "the key has sealed its last sequence number in this direction: rotate the "
+                    "device's keys");
+        goto out;
+    }
+    {
+        qks_window win;
+        qk_kind kind;
+        const char *code;
+        rc = crypto_frame_step(t->seal, key, 32, kid, t->device_id, dir, w, t->in, t->in_len, o,
+                               &win);
+        if (!t->seal && rc == QKS_OK) {
             const char *uv[5] = {pk, idx, dirb, topb, bitb};
             PGresult *u;
             snprintf(topb, sizeof(topb), "%lld", (long long)win.top);
@@ -214,18 +194,11 @@ static db_status dev_tx_fn(db_conn *c, void *arg)
                 goto out;
             PQclear(u);
         }
-    }
-    if (rc == QKS_ERR_REPLAY) {
-        snprintf(msg, sizeof(msg),
-                 "frame %llu was opened already, or is too far behind the newest one opened",
-                 (unsigned long long)o->seq);
-        st = refuse(c, t, QK_CONFLICT, "seal_replay", msg);
-        goto out;
-    }
-    if (rc == QKS_ERR_AUTH) {
-        st = refuse(c, t, QK_MALFORMED, "seal_auth",
-                    "the frame does not authenticate (altered, or for another device)");
-        goto out;
+        if (crypto_frame_refusal(rc, t->hdr.seq, "another device", &kind, &code, msg,
+                                 sizeof(msg))) {
+            st = refuse(c, t, kind, code, msg);
+            goto out;
+        }
     }
     if (rc != QKS_OK) {
         log_with(&t->who->log, LOG_ERROR, "seal operation failed", "{s:s}", "error",

@@ -22,8 +22,6 @@
 #include "store/pgjson.h"
 #include "store/queries.h"
 
-#define FW_BACKDATE_S 60
-
 bool firmware_product_valid(const char *product) { return product && name_valid(product, 64); }
 
 /* The token's public key under label, as an EVP_PKEY. */
@@ -43,67 +41,23 @@ static EVP_PKEY *token_pub(p11_token *t, const char *label, CK_RV *rv)
 
 /* A certificate of the platform CA for the token's signing key under
  * label: CN "qkms firmware <product> <version>", codeSigning. */
-static qk_kind issue(qk_svc *s, const qk_principal *who, const char *product, int version,
-                     const char *label, X509 **out, qk_err *e)
+static qk_kind issue(qk_svc *s, const char *product, int version, const char *label, X509 **out,
+                     qk_err *e)
 {
     CK_RV rv = CKR_OK;
     EVP_PKEY *pub = token_pub(s->token, label, &rv);
     char cn[128];
-    X509 *x = NULL;
-    X509_NAME *n = NULL;
 
     *out = NULL;
     if (!pub)
         return qk_from_token(e, rv, "reading a firmware key's public half");
     snprintf(cn, sizeof(cn), "qkms firmware %s %d", product, version);
-    /* A CA rotated between building and signing refuses (CKR_KEY_CHANGED):
-     * build again for the new one, once. */
-    for (int attempt = 0; attempt < 2; attempt++) {
-        X509 *issuer = ca_active_cert(s->ca, NULL);
-        long secs = (long)FIRMWARE_KEY_DAYS * 86400;
-        time_t ca_end = x509_time(X509_get0_notAfter(issuer));
-        bool ok;
-        if (ca_end && ca_end - time(NULL) < secs)
-            secs = (long)(ca_end - time(NULL));
-        X509_free(x);
-        X509_NAME_free(n);
-        x = X509_new();
-        n = X509_NAME_new();
-        ok = x && n && secs > 86400 && X509_set_version(x, 2) == 1 && x509_random_serial(x) == 0 &&
-             X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, (const unsigned char *)"qkms", -1,
-                                        -1, 0) == 1 &&
-             X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1,
-                                        -1, 0) == 1 &&
-             X509_set_subject_name(x, n) == 1 &&
-             X509_set_issuer_name(x, X509_get_subject_name(issuer)) == 1 &&
-             X509_gmtime_adj(X509_getm_notBefore(x), -FW_BACKDATE_S) &&
-             X509_gmtime_adj(X509_getm_notAfter(x), secs) && X509_set_pubkey(x, pub) == 1 &&
-             x509_add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") == 0 &&
-             x509_add_ext(x, issuer, NID_key_usage, "critical,digitalSignature") == 0 &&
-             x509_add_ext(x, issuer, NID_ext_key_usage, "codeSigning") == 0 &&
-             x509_add_ext(x, issuer, NID_subject_key_identifier, "hash") == 0 &&
-             x509_add_ext(x, issuer, NID_authority_key_identifier, "keyid:always") == 0;
-        if (!ok) {
-            log_with(&who->log, LOG_ERROR, "building a firmware certificate failed", "{s:s}",
-                     "label", label);
-            qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
-            break;
-        }
-        rv = ca_sign(s->ca, x);
-        if (rv == CKR_OK) {
-            *out = x;
-            x = NULL;
-            break;
-        }
-        if (rv != CKR_KEY_CHANGED || attempt == 1) {
-            qk_from_token(e, rv, "the platform CA signing a firmware certificate");
-            break;
-        }
-    }
-    X509_NAME_free(n);
-    X509_free(x);
+    *out = ca_issue_leaf(s->ca, pub, cn, FIRMWARE_KEY_DAYS, "critical,digitalSignature",
+                         "codeSigning", &rv);
     EVP_PKEY_free(pub);
-    return *out ? QK_OK : e->kind;
+    if (!*out)
+        return qk_from_token(e, rv, "the platform CA certifying a firmware key");
+    return QK_OK;
 }
 
 static json_t *key_json(const PGresult *r, int i)
@@ -211,7 +165,7 @@ static db_status fw_tx_fn(db_conn *c, void *arg)
         st = DB_ERROR;
         goto out;
     }
-    if (issue(t->s, t->who, t->product, t->version, t->label, &x, t->e) != QK_OK) {
+    if (issue(t->s, t->product, t->version, t->label, &x, t->e) != QK_OK) {
         st = DB_ERROR;
         goto out;
     }

@@ -24,7 +24,6 @@
 
 #define PK_MAX_VERSIONS 64
 #define PK_DAYS 1825 /* five years, at most the CA's own remaining life */
-#define PK_BACKDATE_S 60
 
 enum { PK_ACTIVE, PK_RETIRED, PK_DESTROYED };
 
@@ -85,8 +84,7 @@ static X509 *issue(platform_keys *pk, int version, platform_purpose p, const cha
     char cn[64];
     CK_RV rv = CKR_OK;
     EVP_PKEY *pub = token_pub(pk->t, label, point, &rv);
-    X509 *x = NULL;
-    X509_NAME *n = NULL;
+    X509 *x;
 
     if (!pub) {
         snprintf(err, el, "reading the public key %s: %s", label, p11_rv_name(rv));
@@ -94,52 +92,13 @@ static X509 *issue(platform_keys *pk, int version, platform_purpose p, const cha
     }
     snprintf(cn, sizeof(cn), "qkms platform %s key %d",
              p == PLATFORM_SIGN ? "signing" : "key agreement", version);
-    /* A CA rotated between building and signing refuses (CKR_KEY_CHANGED):
-     * build again for the new one, once. */
-    for (int attempt = 0; attempt < 2; attempt++) {
-        X509 *issuer = ca_active_cert(pk->ca, NULL);
-        long secs = (long)PK_DAYS * 86400;
-        time_t ca_end = x509_time(X509_get0_notAfter(issuer));
-        bool ok;
-        if (ca_end && ca_end - time(NULL) < secs)
-            secs = (long)(ca_end - time(NULL));
-        X509_free(x);
-        X509_NAME_free(n);
-        x = X509_new();
-        n = X509_NAME_new();
-        ok = x && n && secs > 3600 && X509_set_version(x, 2) == 1 && x509_random_serial(x) == 0 &&
-             X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, (const unsigned char *)"qkms", -1,
-                                        -1, 0) == 1 &&
-             X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
-                                        0) == 1 &&
-             X509_set_subject_name(x, n) == 1 &&
-             X509_set_issuer_name(x, X509_get_subject_name(issuer)) == 1 &&
-             X509_gmtime_adj(X509_getm_notBefore(x), -PK_BACKDATE_S) &&
-             X509_gmtime_adj(X509_getm_notAfter(x), secs) && X509_set_pubkey(x, pub) == 1 &&
-             x509_add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") == 0 &&
-             x509_add_ext(x, issuer, NID_key_usage,
-                          p == PLATFORM_SIGN ? "critical,digitalSignature"
-                                             : "critical,keyAgreement") == 0 &&
-             x509_add_ext(x, issuer, NID_subject_key_identifier, "hash") == 0 &&
-             x509_add_ext(x, issuer, NID_authority_key_identifier, "keyid:always") == 0;
-        if (!ok) {
-            snprintf(err, el, "building the certificate of %s failed", label);
-            break;
-        }
-        rv = ca_sign(pk->ca, x);
-        if (rv == CKR_OK) {
-            X509_NAME_free(n);
-            EVP_PKEY_free(pub);
-            return x;
-        }
-        snprintf(err, el, "the platform CA could not sign for %s: %s", label, p11_rv_name(rv));
-        if (rv != CKR_KEY_CHANGED)
-            break;
-    }
-    X509_NAME_free(n);
-    X509_free(x);
+    x = ca_issue_leaf(pk->ca, pub, cn, PK_DAYS,
+                      p == PLATFORM_SIGN ? "critical,digitalSignature" : "critical,keyAgreement",
+                      NULL, &rv);
+    if (!x)
+        snprintf(err, el, "the platform CA could not certify %s: %s", label, p11_rv_name(rv));
     EVP_PKEY_free(pub);
-    return NULL;
+    return x;
 }
 
 /* ---- versions ------------------------------------------------------------------ */
