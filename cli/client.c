@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <curl/curl.h>
 #include <openssl/crypto.h>
@@ -20,12 +21,28 @@
 struct buffer {
     qbuf *q; /* bounded by RESPONSE_MAX; may hold tokens or device keys */
     bool too_large;
+    FILE *sink;  /* a 2xx answer's bytes go here instead (client_upload) */
+    CURL *curl;
+    bool sink_failed;
+    uint64_t sunk;
 };
 
 static size_t on_body(char *chunk, size_t size, size_t nmemb, void *userdata)
 {
     struct buffer *b = userdata;
     size_t n = size * nmemb;
+    if (b->sink) {
+        long status = 0;
+        curl_easy_getinfo(b->curl, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && status < 300) {
+            if (fwrite(chunk, 1, n, b->sink) != n) {
+                b->sink_failed = true;
+                return 0;
+            }
+            b->sunk += n;
+            return n;
+        }
+    }
     int r = qbuf_put(b->q, chunk, n); /* wipes the old block as it grows */
     if (r == QBUF_E_LIMIT)
         b->too_large = true;
@@ -94,7 +111,27 @@ struct call_opts {
     bool empty_ok;          /* a 2xx without a body is an empty object */
     bool quiet;             /* report nothing: the caller polls */
     const char *request_id; /* sent as X-Request-Id, or NULL */
+    FILE *upload;           /* the request body, raw (application/octet-stream) */
+    uint64_t upload_len;
+    FILE *download;         /* a 2xx answer's body, raw */
+    struct curl_slist **answer_headers; /* Qkms-* headers of the answer */
 };
+
+static size_t on_header(char *line, size_t size, size_t nmemb, void *userdata)
+{
+    struct curl_slist **l = userdata, *h;
+    size_t n = size * nmemb;
+    if (n > 5 && !strncasecmp(line, "Qkms-", 5)) {
+        char *copy = strndup(line, n);
+        if (copy) {
+            copy[strcspn(copy, "\r\n")] = 0;
+            if ((h = curl_slist_append(*l, copy)))
+                *l = h;
+            free(copy);
+        }
+    }
+    return n;
+}
 
 static int transport_error(const struct kmsctl_ctx *ctx, const char *url, CURLcode code,
                            const char *detail, const struct buffer *b)
@@ -108,8 +145,9 @@ static int transport_error(const struct kmsctl_ctx *ctx, const char *url, CURLco
     case CURLE_OUT_OF_MEMORY:
         out_error("out of memory");
         return EXIT_INTERNAL;
-    case CURLE_WRITE_ERROR: /* only on_body fails writes: realloc failed */
-        out_error("out of memory reading the response");
+    case CURLE_WRITE_ERROR: /* only on_body fails writes: memory, or the output file */
+        out_error(b->sink_failed ? "cannot write the answer to its file"
+                                 : "out of memory reading the response");
         return EXIT_INTERNAL;
     case CURLE_OPERATION_TIMEDOUT:
         out_error("request to %s timed out after %ld s", url, ctx->timeout_s);
@@ -227,8 +265,9 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     if (!(h = curl_slist_append(headers, raw ? "Accept: */*" : "Accept: application/json")))
         goto oom;
     headers = h;
-    if (payload) {
-        if (!(h = curl_slist_append(headers, "Content-Type: application/json")))
+    if (payload || o->upload) {
+        if (!(h = curl_slist_append(headers, o->upload ? "Content-Type: application/octet-stream"
+                                                       : "Content-Type: application/json")))
             goto oom;
         headers = h;
     }
@@ -285,6 +324,22 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
         curl_easy_setopt(curl, CURLOPT_POSTFIELDS, payload);
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)strlen(payload));
     }
+    if (o->upload) { /* read from the file as it is sent: never in memory whole */
+        curl_easy_setopt(curl, CURLOPT_POST, 1L);
+        curl_easy_setopt(curl, CURLOPT_READFUNCTION, fread);
+        curl_easy_setopt(curl, CURLOPT_READDATA, o->upload);
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->upload_len);
+        /* Hundreds of MiB take longer than an admin call: at least 10 minutes. */
+        curl_easy_setopt(curl, CURLOPT_TIMEOUT, ctx->timeout_s > 600 ? ctx->timeout_s : 600L);
+    }
+    if (o->download) {
+        resp.sink = o->download;
+        resp.curl = curl;
+    }
+    if (o->answer_headers) {
+        curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(curl, CURLOPT_HEADERDATA, o->answer_headers);
+    }
 
     if (ctx->verbose && !o->quiet)
         out_note("> %s %s%s%s", method, out_safe(url), ctx->unix_path ? " over " : "",
@@ -303,6 +358,10 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
     if (ctx->verbose && !o->quiet) {
         long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
         out_note("< HTTP %ld, %zu bytes, %ld ms", status, qbuf_len(resp.q), ms);
+    }
+    if (o->download && status >= 200 && status < 300) {
+        rc = EXIT_OK;
+        goto cleanup;
     }
     if (raw && status >= 200 && status < 300) {
         size_t n = qbuf_len(resp.q);
@@ -394,4 +453,18 @@ int client_call_empty_ok(const struct kmsctl_ctx *ctx, const char *method, const
 {
     static const struct call_opts empty_ok = {.empty_ok = true};
     return call(ctx, method, path, body, &empty_ok, out, NULL, NULL);
+}
+
+int client_upload(const struct kmsctl_ctx *ctx, const char *path, FILE *in, uint64_t in_len,
+                  FILE *out, struct curl_slist **answer_headers, json_t **err_out)
+{
+    struct call_opts o = {.upload = in, .upload_len = in_len, .download = out,
+                          .answer_headers = answer_headers};
+    json_t *body = NULL;
+    int rc = call(ctx, "POST", path, NULL, &o, &body, NULL, NULL);
+    if (err_out)
+        *err_out = body;
+    else
+        json_decref(body);
+    return rc;
 }

@@ -8,6 +8,9 @@
  */
 #ifndef KMSCTL_CLIENT_H
 #define KMSCTL_CLIENT_H
+#include <stdint.h>
+#include <stdio.h>
+
 #include <jansson.h>
 #include "context.h"
 #include "output.h"
@@ -78,5 +81,13 @@ char *client_escape_segment(const char *s);
  * EXIT_INTERNAL after reporting.
  */
 int client_query_add(char **query, const char *name, const char *value);
+
+/* POST in (in_len bytes, application/octet-stream, read as it is sent) to
+ * path with the admin token; a 2xx answer's body is written to out as it
+ * arrives, and its Qkms-* header lines appended to *answer_headers (may be
+ * NULL); other answers are reported as client_call reports them. */
+struct curl_slist;
+int client_upload(const struct kmsctl_ctx *ctx, const char *path, FILE *in, uint64_t in_len,
+                  FILE *out, struct curl_slist **answer_headers, json_t **err_out);
 
 #endif

@@ -1,10 +1,16 @@
 /* cmd_firmware — `kmsctl firmware keys list|create|rotate`: product lines'
  * firmware signing keys, in the token with certificates from the platform
  * CA (docs/firmware.md; docs/api.md, "Firmware signing keys"). */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
 
 #include <jansson.h>
 
@@ -114,6 +120,119 @@ static int keys_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
     return out_result(ctx->json, rc, resp, print_key);
 }
 
+/* `firmware sign IMAGE`: the image streamed up, the package streamed down
+ * into OUT.part, renamed to OUT once whole. */
+static int sign_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *image = inv->pos[0], *product = opt_get(&inv->local, "product"),
+               *version = opt_get(&inv->local, "version"),
+               *devices = opt_get(&inv->local, "device"),
+               *counter = opt_get(&inv->local, "counter"),
+               *nb = opt_get(&inv->local, "not-before"), *out = opt_get(&inv->local, "out");
+    char *query = NULL, *path = NULL, *list = NULL, *tok, *save = NULL, tmp[4096];
+    struct curl_slist *hdrs = NULL, *h;
+    FILE *in = NULL, *pkg = NULL;
+    struct stat sb;
+    long v;
+    int rc = EXIT_USAGE, fd;
+
+    if (!product || !version || !devices || !out) {
+        out_error("sign needs --product, --version, --device and --out");
+        return EXIT_USAGE;
+    }
+    if ((counter && !arg_to_long(counter, 1, 9007199254740991L, &v)) ||
+        (nb && !arg_to_long(nb, 0, 1099511627776L, &v))) {
+        out_error("--counter must be from 1 to 2^53 - 1, --not-before Unix seconds");
+        return EXIT_USAGE;
+    }
+    if (snprintf(tmp, sizeof(tmp), "%s.part", out) >= (int)sizeof(tmp)) {
+        out_error("--out: path too long");
+        return EXIT_USAGE;
+    }
+    if (!(in = fopen(image, "rb")) || fstat(fileno(in), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        out_error("%s: %s", out_safe(image), in ? "not a regular file" : strerror(errno));
+        goto done;
+    }
+    if (client_query_add(&query, "product", product) || client_query_add(&query, "version", version) ||
+        (counter && client_query_add(&query, "counter", counter)) ||
+        (nb && client_query_add(&query, "not_before", nb))) {
+        rc = EXIT_INTERNAL;
+        goto done;
+    }
+    if (!(list = strdup(devices))) {
+        rc = EXIT_INTERNAL;
+        goto done;
+    }
+    for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+        if (client_query_add(&query, "device", tok)) {
+            rc = EXIT_INTERNAL;
+            goto done;
+        }
+    if (asprintf(&path, "/v1/admin/firmware/packages%s", query) < 0) {
+        path = NULL;
+        rc = EXIT_INTERNAL;
+        goto done;
+    }
+    /* Made here and now: a staging file already there is someone else's. */
+    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644)) < 0 ||
+        !(pkg = fdopen(fd, "wb"))) {
+        out_error("%s: %s", out_safe(tmp), strerror(errno));
+        goto done;
+    }
+    rc = client_upload(ctx, path, in, (uint64_t)sb.st_size, pkg, &hdrs, NULL);
+    if (fclose(pkg) != 0 && rc == EXIT_OK) {
+        out_error("%s: %s", out_safe(tmp), strerror(errno));
+        rc = EXIT_INTERNAL;
+    }
+    pkg = NULL;
+    if (rc != EXIT_OK || rename(tmp, out) != 0) {
+        if (rc == EXIT_OK) {
+            out_error("%s: %s", out_safe(out), strerror(errno));
+            rc = EXIT_INTERNAL;
+        }
+        unlink(tmp);
+        goto done;
+    }
+    {
+        const char *pid = "", *cnt = "";
+        for (h = hdrs; h; h = h->next) {
+            if (!strncasecmp(h->data, "Qkms-Package-Id: ", 17))
+                pid = h->data + 17;
+            else if (!strncasecmp(h->data, "Qkms-Counter: ", 14))
+                cnt = h->data + 14;
+        }
+        if (ctx->json) {
+            json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s}", "product", product, "version",
+                                  version, "counter", cnt, "package_id", pid, "out", out);
+            rc = j ? out_json(j) : EXIT_INTERNAL;
+            json_decref(j);
+        } else {
+            out_textf(stdout, "Signed %s %s (counter %s, package %s) into %s.\n", product,
+                      version, cnt, pid, out);
+        }
+    }
+done:
+    if (pkg)
+        fclose(pkg);
+    if (in)
+        fclose(in);
+    curl_slist_free_all(hdrs);
+    free(list);
+    free(query);
+    free(path);
+    return rc;
+}
+
+static const struct opt_spec sign_opts[] = {
+    {"product", 0, "P", "the product line (its active firmware key signs)"},
+    {"version", 0, "V", "the release's name (1-64 printable ASCII)"},
+    {"device", 0, "ID[,ID]", "the target devices (up to 1000)"},
+    {"counter", 0, "N", "anti-rollback counter (default: the product's last + 1)"},
+    {"not-before", 0, "T", "Unix seconds before which devices do not install it (default: now)"},
+    {"out", 0, "PKG", "where the package goes (written whole, or not at all)"},
+    {0},
+};
+
 static const struct opt_spec keys_opts[] = {
     {"overlap-days", 0, "N", "rotate: days devices pin the old key too (1..365, default 30)"},
     {"pem", 0, NULL, "list: print the certificates devices pin (active and in overlap)"},
@@ -141,11 +260,28 @@ static const struct action firmware_actions[] = {
         .max_args = 2,
         .run = keys_run,
     },
+    {
+        .sub = "sign",
+        .usage = "IMAGE --product P --version V --device ID[,ID] --out PKG [--counter N]\n"
+                 "         [--not-before T]",
+        .summary = "Sign a firmware image into a package for its target devices",
+        .description =
+            "The image is streamed to kmsd (held there once), which signs its manifest\n"
+            "in the token with the product's active firmware key, decides the\n"
+            "anti-rollback counter, wraps the content key for each target device and\n"
+            "streams the package back (docs/firmware.md). Release tokens only.\n"
+            "\n"
+            "Request: POST /v1/admin/firmware/packages\n",
+        .opts = sign_opts,
+        .min_args = 1,
+        .max_args = 1,
+        .run = sign_run,
+    },
     {0},
 };
 
 const struct command cmd_firmware = {
     .name = "firmware",
-    .summary = "Firmware signing: keys of product lines",
+    .summary = "Firmware signing: keys of product lines, signing releases",
     .actions = firmware_actions,
 };

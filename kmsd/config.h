@@ -35,6 +35,7 @@ typedef struct kms_config {
     char *http_threading; /* "connection" or "pool" */
     int http_threads;
     int http_max_body;
+    int http_max_upload_mb; /* .octets routes (firmware images) */
     int http_max_connections;
     int http_per_ip_connections;
     int http_timeout;

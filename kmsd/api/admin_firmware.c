@@ -1,11 +1,18 @@
 /*
  * admin_firmware — the doors of the firmware signing keys
  * (service/firmware_keys.h; docs/api.md, "Firmware signing keys"):
- * GET and POST /v1/admin/firmware/keys, POST .../keys/{product}/rotate.
+ * GET and POST /v1/admin/firmware/keys, POST .../keys/{product}/rotate;
+ * and of signing releases (service/firmware_sign.h; "Signing releases"):
+ * POST /v1/admin/firmware/packages, the image in, the package out, each
+ * held once.
  */
+#include <errno.h>
+#include <stdlib.h>
+
 #include "api/principal.h"
 #include "api/routes.h"
 #include "service/firmware_keys.h"
+#include "service/firmware_sign.h"
 
 void h_firmware_keys_list(http_request *rq, http_response *rs)
 {
@@ -69,4 +76,98 @@ void h_firmware_keys_rotate(http_request *rq, http_response *rs)
     http_json(rs, 200, out);
 out:
     json_decref(in);
+}
+
+/* ---- POST /v1/admin/firmware/packages ------------------------------------------ */
+
+struct devlist {
+    const char *v[FIRMWARE_MAX_TARGETS + 1];
+    size_t n;
+};
+
+static int add_device(void *arg, const char *value)
+{
+    struct devlist *d = arg;
+    if (d->n > FIRMWARE_MAX_TARGETS)
+        return -1;
+    d->v[d->n++] = value;
+    return 0;
+}
+
+/* A decimal query value (absent: ok, *v untouched): false when it is not
+ * a whole decimal number from lo to hi, or given twice. */
+static bool query_u64(http_request *rq, const char *name, uint64_t lo, uint64_t hi, uint64_t *v)
+{
+    const char *s = http_query(rq, name);
+    char *end = NULL;
+    unsigned long long x;
+    if (!s)
+        return true;
+    if (http_query_count(rq, name) > 1 || *s < '0' || *s > '9')
+        return false;
+    errno = 0;
+    x = strtoull(s, &end, 10);
+    if (errno || *end || x < lo || x > hi)
+        return false;
+    *v = x;
+    return true;
+}
+
+void h_firmware_sign(http_request *rq, http_response *rs)
+{
+    qk_principal who = admin_principal(rq);
+    firmware_sign_spec sp = {0};
+    static struct devlist empty;
+    struct devlist *devs = malloc(sizeof(*devs));
+    firmware_package *pkg = NULL;
+    http_stream *st = NULL;
+    uint64_t counter = 0, nb = 0;
+    uint8_t *image;
+    json_t *info = NULL;
+    qk_err e;
+
+    if (!devs || !(st = calloc(1, sizeof(*st)))) {
+        http_error(rs, 500, "internal", "out of memory");
+        goto out;
+    }
+    *devs = empty;
+    if (http_query_count(rq, "product") > 1 || http_query_count(rq, "version") > 1 ||
+        !query_u64(rq, "counter", 1, (UINT64_C(1) << 53) - 1, &counter) ||
+        !query_u64(rq, "not_before", 0, (UINT64_C(1) << 40), &nb) ||
+        http_query_each(rq, "device", add_device, devs) != 0) {
+        http_error(rs, 400, "invalid_query",
+                   "expected product, version (once each), counter and not_before (decimal, "
+                   "once each), device (1 to %d)",
+                   FIRMWARE_MAX_TARGETS);
+        goto out;
+    }
+    sp.product = http_query(rq, "product");
+    sp.version = http_query(rq, "version");
+    sp.counter = counter;
+    sp.not_before = http_query(rq, "not_before") ? (int64_t)nb : -1;
+    sp.devices = devs->v;
+    sp.ndevices = devs->n;
+    /* The image is the service's from here (held once: it is not copied). */
+    image = *rq->octets;
+    *rq->octets = NULL;
+    if (firmware_sign(&rq->kms->svc, &who, &sp, image, rq->body_len, &pkg, &info, &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    st->total = firmware_package_size(pkg);
+    st->read = firmware_package_read;
+    st->release = firmware_package_free;
+    st->ctx = pkg;
+    http_stream_answer(rs, 201, "application/octet-stream", st);
+    st = NULL;
+    snprintf(rs->extra_name[0], sizeof(rs->extra_name[0]), "Qkms-Package-Id");
+    snprintf(rs->extra_value[0], sizeof(rs->extra_value[0]), "%s",
+             json_string_value(json_object_get(info, "package_id")));
+    snprintf(rs->extra_name[1], sizeof(rs->extra_name[1]), "Qkms-Counter");
+    snprintf(rs->extra_value[1], sizeof(rs->extra_value[1]), "%lld",
+             (long long)json_integer_value(json_object_get(info, "counter")));
+out:
+    json_decref(info);
+    free(st);
+    free(devs);
 }

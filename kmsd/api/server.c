@@ -73,6 +73,8 @@ struct http_server {
 typedef struct {
     struct timespec t0;
     qbuf *body;          /* made once the gate has set max_body; NULL: none yet */
+    uint8_t *octets;     /* an .octets route's body: exactly Content-Length bytes */
+    size_t octets_len, octets_cap;
     bool too_large;
     bool responded;
     size_t max_body;
@@ -127,6 +129,36 @@ static void body_drop(http_response *rs)
     }
     rs->body = NULL;
     rs->body_len = 0;
+    if (rs->stream) { /* never handed to MHD */
+        rs->stream->release(rs->stream->ctx);
+        free(rs->stream);
+        rs->stream = NULL;
+    }
+}
+
+void http_stream_answer(http_response *rs, int status, const char *content_type, http_stream *st)
+{
+    body_drop(rs);
+    rs->status = status;
+    rs->content_type = content_type;
+    rs->stream = st;
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    http_stream *st = cls;
+    long n;
+    if (pos >= st->total)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    n = st->read(st->ctx, pos, buf, max);
+    return n > 0 ? (ssize_t)n : MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void stream_free(void *cls)
+{
+    http_stream *st = cls;
+    st->release(st->ctx);
+    free(st);
 }
 
 void http_json(http_response *rs, int status, json_t *body)
@@ -473,14 +505,25 @@ static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *co
     int route = st->route;
     const char *route_name = route >= 0 ? srv->routes[route].name : "unmatched";
 
-    if (!rs->body && rs->status != 204)
+    if (!rs->body && !rs->stream && rs->status != 204)
         http_error(rs, 500, "internal", "handler produced no response");
-    r = MHD_create_response_from_buffer_with_free_callback(rs->body_len, rs->body, free_body);
-    if (!r) {
-        body_drop(rs);
-        return MHD_NO;
+    if (rs->stream) {
+        r = MHD_create_response_from_callback(rs->stream->total, 64 * 1024, stream_read,
+                                              rs->stream, stream_free);
+        if (!r) {
+            body_drop(rs);
+            return MHD_NO;
+        }
+        rs->stream = NULL; /* MHD owns it now */
+    } else {
+        r = MHD_create_response_from_buffer_with_free_callback(rs->body_len, rs->body,
+                                                               free_body);
+        if (!r) {
+            body_drop(rs);
+            return MHD_NO;
+        }
+        rs->body = NULL; /* MHD owns it now */
     }
-    rs->body = NULL; /* MHD owns it now */
     if (rs->content_type)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, rs->content_type);
     MHD_add_response_header(r, "X-Request-Id", st->req_id);
@@ -490,6 +533,9 @@ static enum MHD_Result send_response(http_server *srv, struct MHD_Connection *co
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, rs->allow);
     if (rs->provenance[0])
         MHD_add_response_header(r, "Qkms-Provenance", rs->provenance);
+    for (int i = 0; i < 2; i++)
+        if (rs->extra_name[i][0])
+            MHD_add_response_header(r, rs->extra_name[i], rs->extra_value[i]);
     if (rs->retry_after > 0) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%d", rs->retry_after);
@@ -550,6 +596,39 @@ static bool content_length_over(struct MHD_Connection *conn, size_t cap)
     errno = 0;
     v = strtoull(cl, &end, 10);
     return errno == ERANGE || v > cap;
+}
+
+/* An .octets route: application/octet-stream with a Content-Length (the
+ * gate checked it against the cap), and the one buffer of that size. */
+static bool octets_gate(struct MHD_Connection *conn, req_state *st, http_response *rs)
+{
+    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    size_t ctl = ct ? strcspn(ct, ";") : 0;
+    unsigned long long v;
+    char *end;
+
+    while (ctl > 0 && ct[ctl - 1] == ' ')
+        ctl--;
+    if (!ct || ctl != 24 || strncasecmp(ct, "application/octet-stream", 24) != 0) {
+        http_error(rs, 415, "unsupported_media_type",
+                   "Content-Type must be application/octet-stream");
+        return false;
+    }
+    errno = 0;
+    if (!cl || !*cl || (v = strtoull(cl, &end, 10), errno || *end)) {
+        http_error(rs, 411, "length_required", "a Content-Length is required");
+        return false;
+    }
+    if (!(st->octets = malloc(v ? (size_t)v : 1))) {
+        http_error(rs, 503, "unavailable", "no memory for a body of %llu bytes", v);
+        rs->retry_after = 5;
+        return false;
+    }
+    st->octets_cap = (size_t)v;
+    return true;
 }
 
 /* The token a bearer header names. true with *who; false: rs holds the
@@ -689,10 +768,14 @@ static bool gate(const http_listener *l, struct MHD_Connection *conn, req_state 
         return false;
     if (srv->routes[idx].max_body)
         st->max_body = srv->routes[idx].max_body;
+    if (srv->routes[idx].octets)
+        st->max_body = (size_t)srv->kms->cfg.http_max_upload_mb << 20;
     if (content_length_over(conn, st->max_body)) {
         http_error(rs, 413, "payload_too_large", "request body exceeds %zu bytes", st->max_body);
         return false;
     }
+    if (srv->routes[idx].octets && !octets_gate(conn, st, rs))
+        return false;
     return true;
 }
 
@@ -706,6 +789,11 @@ static void request_init(http_request *rq, const http_listener *l, struct MHD_Co
     /* qbuf keeps the body NUL-terminated; "" when there is none. */
     rq->body = st->body ? qbuf_str(st->body) : "";
     rq->body_len = st->body ? qbuf_len(st->body) : 0;
+    if (st->octets) {
+        rq->body = (const char *)st->octets;
+        rq->body_len = st->octets_len;
+        rq->octets = &st->octets;
+    }
     rq->tls = l->tls;
     rq->unix_socket = l->unix_path != NULL;
     rq->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -749,6 +837,15 @@ static bool body_append(req_state *st, const char *data, size_t n)
     int r;
     if (st->too_large)
         return true;
+    if (st->octets) { /* exactly Content-Length bytes: MHD sends no more */
+        if (n > st->octets_cap - st->octets_len) {
+            st->too_large = true;
+            return true;
+        }
+        memcpy(st->octets + st->octets_len, data, n);
+        st->octets_len += n;
+        return true;
+    }
     if (!st->body && !(st->body = qbuf_new(st->max_body, 0)))
         return false;
     r = qbuf_put(st->body, data, n);
@@ -810,6 +907,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!st)
         return;
     qbuf_free(st->body); /* wipes: bodies may carry wrapped keys or tokens */
+    if (st->octets) { /* not taken over by the handler */
+        OPENSSL_cleanse(st->octets, st->octets_len);
+        free(st->octets);
+    }
     free(st);
     *con_cls = NULL;
     atomic_fetch_sub(&srv->inflight, 1);

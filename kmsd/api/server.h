@@ -84,6 +84,8 @@ typedef struct http_request {
                           * route of a listener with tls_client_auth; else
                           * device_id is "" (api/tlsauth.h) */
     void *conn;         /* struct MHD_Connection * */
+    uint8_t **octets;   /* an .octets route: the body's buffer, which the
+                         * handler may take over (set *octets NULL) */
     bool tls;           /* the listener it came in on speaks TLS */
     bool unix_socket;   /* it came over the admin unix socket (client_ip "unix") */
 } http_request;
@@ -97,7 +99,24 @@ typedef struct http_response {
     char allow[64];
     int retry_after;
     char provenance[64]; /* Qkms-Provenance: where random bytes came from ("" none) */
+    struct http_stream *stream; /* instead of body: an answer produced as it is sent */
+    char extra_name[2][32], extra_value[2][96]; /* more headers ("" none) */
 } http_response;
+
+/* An answer too large to build in memory: total bytes, produced in order by
+ * read (pos: how many were produced before; fills up to max into buf and
+ * returns how many, 0 < n; -1 aborts the connection), freed by release
+ * once the server is done with it (sent or not). http_stream_answer hands
+ * one to the response. */
+typedef struct http_stream {
+    uint64_t total;
+    long (*read)(void *ctx, uint64_t pos, char *buf, size_t max);
+    void (*release)(void *ctx);
+    void *ctx;
+} http_stream;
+/* rs answers status with st (malloc'd; owned by the response from now on,
+ * released even when the answer is never sent) as content_type. */
+void http_stream_answer(http_response *rs, int status, const char *content_type, http_stream *st);
 
 typedef void (*http_handler)(http_request *rq, http_response *rs);
 
@@ -119,6 +138,9 @@ typedef struct {
                           * only the client-address limit (none for probes) */
     bool client_cert;    /* the listener's tls_client_auth applies (api/tlsauth.h):
                           * the device protocol's routes */
+    bool octets;         /* the body is raw bytes (application/octet-stream) with a
+                          * Content-Length (411 without), read once into a buffer
+                          * of exactly that size (rq->octets), up to max_body */
 } http_route;
 
 /* Start the listener(s) of kms->cfg (see the contract above) serving

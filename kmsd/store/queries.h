@@ -98,6 +98,22 @@
       "SELECT product, version, state, encode(sha256, 'hex'), not_after, overlap_until,"        \
       " created_at, created_by, retired_at, cert_der FROM firmware_keys"                        \
       " WHERE $1::text IS NULL OR product = $1 ORDER BY product, version")                      \
+    /* signing releases (firmware_sign.h, schema/035): the active key's label and certificate \
+     * SHA-256 (NULL without one), the last counter signed (0: none) */                       \
+    X(Q_FW_SIGN_STATE,                                                                         \
+      "SELECT k.label, encode(k.sha256, 'hex'),"                                               \
+      " (SELECT coalesce(max(counter), 0) FROM firmware_releases WHERE product = $1)"          \
+      " FROM (SELECT 1) one LEFT JOIN firmware_keys k ON k.product = $1 AND k.state = 'active'") \
+    X(Q_FW_TARGET_KEY, /* a target device's newest usable key (active, valid, not local) */   \
+      "SELECT k.key_index, k.algorithm, encode(k.wrapped, 'hex') FROM devices d"               \
+      " JOIN device_keys k ON k.device_pk = d.id WHERE d.device_id = $1 AND d.state = 'active'" \
+      " AND k.state = 'active' AND k.wrapped IS NOT NULL AND k.purpose <> 'local'"            \
+      " AND k.not_before <= now() AND now() < k.not_after ORDER BY k.key_index DESC LIMIT 1")  \
+    X(Q_FW_RELEASE_INSERT,                                                                     \
+      "INSERT INTO firmware_releases (product, counter, version, package_id, image_size,"      \
+      " image_sha256, manifest_sha256, signer_sha256, targets, not_before, signed_by)"         \
+      " VALUES ($1, $2::bigint, $3, $4::uuid, $5::bigint, decode($6, 'hex'), decode($7, 'hex')," \
+      " decode($8, 'hex'), $9::jsonb, to_timestamp($10::bigint), $11)")                        \
     /* the crypto services (crypto.h, schema/032): a session's key for a crypto token */      \
     X(Q_CRYPTO_KEY, "SELECT * FROM qkms_crypto_key($1::bigint, $2, $3, $4::uuid)")             \
     /* $1 key_id, $2 direction, $3 session_pk: the seq to seal with (the next one, from 2^63  \

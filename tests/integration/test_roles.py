@@ -80,6 +80,7 @@ MATRIX = [
     ("GET", "/v1/admin/firmware/keys", ANY | {R}),
     ("POST", "/v1/admin/firmware/keys", ADMIN),
     ("POST", "/v1/admin/firmware/keys/{product}/rotate", ADMIN),
+    ("POST", "/v1/admin/firmware/packages", {R}),
 ]
 
 
