@@ -23,14 +23,17 @@
 static void dummy(http_request *rq, http_response *rs) { (void)rq; (void)rs; }
 
 static const http_route rt[] = {
-    {"GET", "/healthz", "healthz", 0, dummy, 0, false, DOOR_ALL | DOOR_METRICS, RL_NONE,
+    {"GET", "/healthz", "healthz", 0, dummy, 0, false, DOOR_ALL | DOOR_METRICS, RL_NONE, false,
      false},
-    {"GET", "/v1/admin/tokens", "list", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN, RL_ADMIN, false},
-    {"POST", "/v1/admin/tokens", "create", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN, RL_ADMIN, false},
+    {"GET", "/v1/admin/tokens", "list", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN, RL_ADMIN, false,
+     false},
+    {"POST", "/v1/admin/tokens", "create", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN, RL_ADMIN,
+     false, false},
     {"DELETE", "/v1/admin/tokens/{name}", "revoke", ROLE_ADMIN, dummy, 0, false, DOOR_ADMIN,
-     RL_ADMIN, false},
-    {"GET", "/v1/x/{a}/y/{b}", "two", 0, dummy, 0, false, DOOR_ALL, RL_NONE, false},
-    {"POST", "/v1/sessions/key", "session_key", 0, dummy, 0, false, DOOR_DEVICE, RL_DEVICE, true},
+     RL_ADMIN, false, false},
+    {"GET", "/v1/x/{a}/y/{b}", "two", 0, dummy, 0, false, DOOR_ALL, RL_NONE, false, false},
+    {"POST", "/v1/sessions/key", "session_key", 0, dummy, 0, false, DOOR_DEVICE, RL_DEVICE, true,
+     false},
 };
 
 static int find_at(unsigned door, const char *m, const char *p, const char **params, int *np,
