@@ -191,6 +191,17 @@ static int device_kek(const uint8_t *ikm, size_t ikm_len, const uint8_t salt[16]
     return ok ? 0 : -1;
 }
 
+int qkd_firmware_device_kek(const uint8_t *dkey, size_t len, const uint8_t package_id[16],
+                            const char *device_id, uint8_t kek[32], uint8_t kek_id[16])
+{
+    if (device_kek_id(dkey, len, package_id, kek_id) != 0 ||
+        device_kek(dkey, len, package_id, device_id, kek) != 0) {
+        OPENSSL_cleanse(kek, 32);
+        return QKD_ERR_INTERNAL;
+    }
+    return QKD_OK;
+}
+
 /* One recipient entry: the content key if it is ours. 1 unwrapped, 0 not
  * ours, -1 library failure, -2 ours but it does not open. */
 static int try_entry(qkd_firmware_stream *s)

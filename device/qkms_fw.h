@@ -83,6 +83,13 @@ typedef struct {
     char group[65];  /* kind 1: the group */
 } qkd_firmware_manifest;
 
+/* A device recipient's KEK and kek_id for device key dkey (16 or 32 bytes)
+ * in the package package_id (docs/firmware.md, "Header"): the signer wraps
+ * with them, the device finds and unwraps its entry with them. QKD_OK or
+ * QKD_ERR_INTERNAL. */
+int qkd_firmware_device_kek(const uint8_t *dkey, size_t len, const uint8_t package_id[16],
+                            const char *device_id, uint8_t kek[32], uint8_t kek_id[16]);
+
 typedef struct qkd_firmware_stream qkd_firmware_stream;
 /* Receives image bytes (staging: see the contract); nonzero stops the open
  * (QKD_ERR_INPUT, "sink"). */

@@ -12,12 +12,9 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/kdf.h>
 
 #include "hexutil.h"
 #include "qkms_fw.h"
@@ -164,29 +161,6 @@ static db_status refuse(sign_tx *t, qk_kind kind, const char *code, const char *
     qk_fail(t->e, kind, code, "%s", msg);
     t->refused = true;
     return DB_OK; /* nothing written: the transaction commits empty */
-}
-
-static int hkdf_kek(const uint8_t *ikm, size_t len, const uint8_t salt[16], const char *device_id,
-                    uint8_t out[32])
-{
-    static const char label[] = "qkms/fw/kek/v1";
-    uint8_t info[sizeof(label) + QKP_MAX_ID];
-    size_t dl = strlen(device_id);
-    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-    EVP_KDF_CTX *c = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-    OSSL_PARAM ps[5];
-    int ok;
-    memcpy(info, label, sizeof(label));
-    memcpy(info + sizeof(label), device_id, dl);
-    ps[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
-    ps[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)ikm, len);
-    ps[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, 16);
-    ps[3] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, sizeof(label) + dl);
-    ps[4] = OSSL_PARAM_construct_end();
-    ok = c && EVP_KDF_derive(c, out, 32, ps) == 1;
-    EVP_KDF_CTX_free(c);
-    EVP_KDF_free(kdf);
-    return ok ? 0 : -1;
 }
 
 /* The manifest's bytes: the documented key order, no spaces. */
@@ -357,8 +331,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         const char *dv[1] = {sp->devices[i]};
         uint8_t *e = p->header + QKF_FIXED_LEN + QKF_RECIPIENT_LEN * i, aad[QKF_FIXED_LEN + 17];
         size_t dl = 0;
-        unsigned int hl = 0;
-        uint8_t hm[32];
+        uint8_t hm[16];
         if (!(r = db_exec(c, Q_FW_TARGET_KEY, 1, dv, NULL, NULL, &st)))
             goto out;
         if (PQntuples(r) == 0) {
@@ -375,18 +348,11 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         PQclear(r);
         r = NULL;
         e[0] = QKF_KIND_DEVICE;
-        {
-            static const char rl[] = "qkms/fw/recipient/v1";
-            uint8_t m[sizeof(rl) + 16];
-            memcpy(m, rl, sizeof(rl));
-            memcpy(m + sizeof(rl), pid, 16);
-            if (!HMAC(EVP_sha256(), dk, (int)dl, m, sizeof(m), hm, &hl) || hl != 32 ||
-                hkdf_kek(dk, dl, pid, sp->devices[i], kek) != 0 ||
-                entropy_get_secret(t->s->ent, e + 20, 12) != 0) {
-                qk_fail(t->e, QK_INTERNAL, "internal", "the crypto library failed");
-                st = DB_ERROR;
-                goto out;
-            }
+        if (qkd_firmware_device_kek(dk, dl, pid, sp->devices[i], kek, hm) != QKD_OK ||
+            entropy_get_secret(t->s->ent, e + 20, 12) != 0) {
+            qk_fail(t->e, QK_INTERNAL, "internal", "the crypto library failed");
+            st = DB_ERROR;
+            goto out;
         }
         memcpy(e + 4, hm, 16);
         memcpy(aad, p->header, QKF_FIXED_LEN);
