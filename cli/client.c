@@ -280,10 +280,14 @@ static int call(const struct kmsctl_ctx *ctx, const char *method, const char *pa
             goto oom;
         headers = h;
     }
-    /* No "Expect: 100-continue" round trip: bodies are small. */
-    if (!(h = curl_slist_append(headers, "Expect:")))
-        goto oom;
-    headers = h;
+    /* No "Expect: 100-continue" round trip: bodies are small. But an
+     * upload waits for it: a refusal (401, 413 ...) comes before hundreds of
+     * MiB are sent to a server that will not read them. */
+    if (!o->upload) {
+        if (!(h = curl_slist_append(headers, "Expect:")))
+            goto oom;
+        headers = h;
+    }
 
     if (!(curl = curl_easy_init()))
         goto oom;

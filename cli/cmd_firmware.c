@@ -130,6 +130,7 @@ static int sign_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
                *counter = opt_get(&inv->local, "counter"),
                *nb = opt_get(&inv->local, "not-before"), *out = opt_get(&inv->local, "out");
     char *query = NULL, *path = NULL, *list = NULL, *tok, *save = NULL, tmp[4096];
+    const char *pid = "", *cnt = "";
     struct curl_slist *hdrs = NULL, *h;
     FILE *in = NULL, *pkg = NULL;
     struct stat sb;
@@ -174,33 +175,46 @@ static int sign_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
         goto done;
     }
     /* Made here and now: a staging file already there is someone else's. */
-    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644)) < 0 ||
-        !(pkg = fdopen(fd, "wb"))) {
+    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644)) < 0) {
         out_error("%s: %s", out_safe(tmp), strerror(errno));
         goto done;
     }
+    if (!(pkg = fdopen(fd, "wb"))) {
+        out_error("%s: %s", out_safe(tmp), strerror(errno));
+        close(fd);
+        unlink(tmp);
+        goto done;
+    }
     rc = client_upload(ctx, path, in, (uint64_t)sb.st_size, pkg, &hdrs, NULL);
+    for (h = hdrs; h; h = h->next) {
+        if (!strncasecmp(h->data, "Qkms-Package-Id: ", 17))
+            pid = h->data + 17;
+        else if (!strncasecmp(h->data, "Qkms-Counter: ", 14))
+            cnt = h->data + 14;
+    }
+    if ((fflush(pkg) != 0 || fsync(fileno(pkg)) != 0) && rc == EXIT_OK) {
+        out_error("%s: %s", out_safe(tmp), strerror(errno));
+        rc = EXIT_INTERNAL;
+    }
     if (fclose(pkg) != 0 && rc == EXIT_OK) {
         out_error("%s: %s", out_safe(tmp), strerror(errno));
         rc = EXIT_INTERNAL;
     }
     pkg = NULL;
-    if (rc != EXIT_OK || rename(tmp, out) != 0) {
-        if (rc == EXIT_OK) {
-            out_error("%s: %s", out_safe(out), strerror(errno));
-            rc = EXIT_INTERNAL;
-        }
-        unlink(tmp);
+    /* link, not rename: an existing PKG is never replaced. */
+    if (rc == EXIT_OK && link(tmp, out) != 0) {
+        out_error("%s: %s", out_safe(out), strerror(errno));
+        rc = EXIT_INTERNAL;
+    }
+    unlink(tmp);
+    if (rc != EXIT_OK) {
+        if (*cnt) /* signed, counter spent, but not received whole */
+            out_error("the release was signed (counter %s, package %s) but its package was not "
+                      "received whole: sign again (the next counter)",
+                      out_safe(cnt), out_safe(pid));
         goto done;
     }
     {
-        const char *pid = "", *cnt = "";
-        for (h = hdrs; h; h = h->next) {
-            if (!strncasecmp(h->data, "Qkms-Package-Id: ", 17))
-                pid = h->data + 17;
-            else if (!strncasecmp(h->data, "Qkms-Counter: ", 14))
-                cnt = h->data + 14;
-        }
         if (ctx->json) {
             json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s}", "product", product, "version",
                                   version, "counter", cnt, "package_id", pid, "out", out);
@@ -229,7 +243,7 @@ static const struct opt_spec sign_opts[] = {
     {"device", 0, "ID[,ID]", "the target devices (up to 1000)"},
     {"counter", 0, "N", "anti-rollback counter (default: the product's last + 1)"},
     {"not-before", 0, "T", "Unix seconds before which devices do not install it (default: now)"},
-    {"out", 0, "PKG", "where the package goes (written whole, or not at all)"},
+    {"out", 0, "PKG", "where the package goes (written whole, or not at all; never replaced)"},
     {0},
 };
 

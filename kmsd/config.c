@@ -35,7 +35,9 @@ const config_option config_options[] = {
      "Largest accepted request body in bytes; larger ones get 413."},
     {"http_max_upload_mb", OPT_INT, OFF(http_max_upload_mb), "256", 1, 4096, NULL, false, false,
      "Largest raw upload in MiB (a firmware image to sign, `POST /v1/admin/firmware/packages`); "
-     "larger ones get 413. kmsd holds one upload in memory once, and answers it as it goes."},
+     "larger ones get 413. kmsd holds an upload in memory once, and answers it as it goes; "
+     "uploads held at once take at most twice this in all (503 `unavailable`, `Retry-After`, "
+     "beyond)."},
     {"http_max_connections", OPT_INT, OFF(http_max_connections), "1024", 1, 65535, NULL, false,
      false, "Concurrent connections accepted in total, per listener."},
     {"http_per_ip_connections", OPT_INT, OFF(http_per_ip_connections), "256", 0, 65535, NULL,

@@ -80,17 +80,19 @@ out:
 
 /* ---- POST /v1/admin/firmware/packages ------------------------------------------ */
 
+/* The device values: the first FIRMWARE_MAX_TARGETS + 1 kept, all counted
+ * (the service refuses more than its maximum with its one message). */
 struct devlist {
     const char *v[FIRMWARE_MAX_TARGETS + 1];
-    size_t n;
+    size_t n, kept;
 };
 
 static int add_device(void *arg, const char *value)
 {
     struct devlist *d = arg;
-    if (d->n > FIRMWARE_MAX_TARGETS)
-        return -1;
-    d->v[d->n++] = value;
+    if (d->kept < FIRMWARE_MAX_TARGETS + 1)
+        d->v[d->kept++] = value;
+    d->n++;
     return 0;
 }
 
@@ -146,12 +148,17 @@ void h_firmware_sign(http_request *rq, http_response *rs)
     sp.counter = counter;
     sp.not_before = http_query(rq, "not_before") ? (int64_t)nb : -1;
     sp.devices = devs->v;
-    sp.ndevices = devs->n;
+    sp.ndevices = devs->n > devs->kept ? FIRMWARE_MAX_TARGETS + 1 : devs->n;
     /* The image is the service's from here (held once: it is not copied). */
     image = *rq->octets;
     *rq->octets = NULL;
     if (firmware_sign(&rq->kms->svc, &who, &sp, image, rq->body_len, &pkg, &info, &e) != QK_OK) {
         http_fail(rs, &e);
+        goto out;
+    }
+    if (!info) {
+        firmware_package_free(pkg);
+        http_error(rs, 500, "internal", "out of memory");
         goto out;
     }
     st->total = firmware_package_size(pkg);

@@ -61,6 +61,10 @@ struct http_server {
     int nroutes;
     size_t max_body;
     _Atomic int inflight; /* over all listeners */
+    /* Bytes of raw uploads held now (.octets routes), over all requests:
+     * at most twice http_max_upload_mb, so concurrent uploads cannot take
+     * the machine's memory. */
+    _Atomic unsigned long long octets_held;
 };
 
 /* Limits kmsd checks in the first callback, so that the answer is JSON.
@@ -75,6 +79,7 @@ typedef struct {
     qbuf *body;          /* made once the gate has set max_body; NULL: none yet */
     uint8_t *octets;     /* an .octets route's body: exactly Content-Length bytes */
     size_t octets_len, octets_cap;
+    unsigned long long octets_counted; /* its share of octets_held */
     bool too_large;
     bool responded;
     size_t max_body;
@@ -600,8 +605,11 @@ static bool content_length_over(struct MHD_Connection *conn, size_t cap)
 
 /* An .octets route: application/octet-stream with a Content-Length (the
  * gate checked it against the cap), and the one buffer of that size. */
-static bool octets_gate(struct MHD_Connection *conn, req_state *st, http_response *rs)
+static bool octets_gate(http_server *srv, struct MHD_Connection *conn, req_state *st,
+                        http_response *rs)
 {
+    unsigned long long cap = 2ULL * ((unsigned long long)srv->kms->cfg.http_max_upload_mb << 20),
+                       held;
     const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_TYPE);
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -622,10 +630,13 @@ static bool octets_gate(struct MHD_Connection *conn, req_state *st, http_respons
         http_error(rs, 411, "length_required", "a Content-Length is required");
         return false;
     }
-    if (!(st->octets = malloc(v ? (size_t)v : 1))) {
-        http_error(rs, 503, "unavailable", "no memory for a body of %llu bytes", v);
+    held = atomic_fetch_add(&srv->octets_held, v);
+    st->octets_counted = v;
+    if (held + v > cap || !(st->octets = malloc(v ? (size_t)v : 1))) {
+        http_error(rs, 503, "unavailable",
+                   "other uploads hold the memory for this one now: retry later");
         rs->retry_after = 5;
-        return false;
+        return false; /* on_completed gives the share back */
     }
     st->octets_cap = (size_t)v;
     return true;
@@ -774,7 +785,7 @@ static bool gate(const http_listener *l, struct MHD_Connection *conn, req_state 
         http_error(rs, 413, "payload_too_large", "request body exceeds %zu bytes", st->max_body);
         return false;
     }
-    if (srv->routes[idx].octets && !octets_gate(conn, st, rs))
+    if (srv->routes[idx].octets && !octets_gate(srv, conn, st, rs))
         return false;
     return true;
 }
@@ -911,6 +922,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         OPENSSL_cleanse(st->octets, st->octets_len);
         free(st->octets);
     }
+    /* A taken-over body lives on in the answer being sent, which ends
+     * before the request completes. */
+    atomic_fetch_sub(&srv->octets_held, st->octets_counted);
     free(st);
     *con_cls = NULL;
     atomic_fetch_sub(&srv->inflight, 1);

@@ -370,6 +370,7 @@ out:
 static qk_kind run(qk_svc *s, const qk_principal *who, crypto_tx *t, qk_err *e)
 {
     db_status st;
+    qk_clear(e); /* db_tx may fail before the callback ever ran */
     if (!qkp_id_valid(t->session_id))
         return qk_fail(e, QK_NOT_FOUND, "unknown_session", "no such session");
     if (session_hash(t->session_id, t->hash) != 0)

@@ -223,6 +223,7 @@ out:
 static qk_kind run(qk_svc *s, const qk_principal *who, dev_tx *t, qk_err *e)
 {
     db_status st;
+    qk_clear(e); /* db_tx may fail before the callback ever ran */
     if (!qkp_id_valid(t->device_id))
         return qk_fail(e, QK_NOT_FOUND, "unknown_device", "no such device");
     t->s = s;

@@ -224,6 +224,7 @@ static qk_kind run(qk_svc *s, const qk_principal *who, const char *product, bool
         return qk_fail(e, QK_INVALID, "invalid_overlap", "overlap_days must be from 1 to %d",
                        FIRMWARE_OVERLAP_MAX_DAYS);
     memset(&t, 0, sizeof(t));
+    qk_clear(e); /* db_tx may fail before the callback ever ran */
     t.s = s;
     t.who = who;
     t.product = product;

@@ -190,7 +190,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     PGresult *r = NULL;
     db_status st;
     char label[96], msg[200], sha_hex[65], *man = NULL, cnt[24], nbs[24];
-    uint8_t pid[16], dig[32], rs[64], *der = NULL, *dk = NULL, kek[32];
+    uint8_t pid[16], dig[32], rs[64], *der = NULL, *dk = NULL, *keks = NULL;
     unsigned char *q;
     size_t ml, sl, rsl = sizeof(rs);
     int64_t nb = sp->not_before >= 0 ? sp->not_before : (int64_t)time(NULL);
@@ -219,6 +219,16 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     snprintf(label, sizeof(label), "%s", PQgetvalue(r, 0, 0));
     snprintf(t->signer, sizeof(t->signer), "%s", PQgetvalue(r, 0, 1));
     last = (uint64_t)strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+    /* Devices accept a manifest only while its signer's certificate was
+     * valid at not_before: a package they would all refuse is not made. */
+    if (nb < atoll(PQgetvalue(r, 0, 3)) || nb > atoll(PQgetvalue(r, 0, 4))) {
+        snprintf(msg, sizeof(msg),
+                 "not_before %lld is outside the active firmware certificate's validity "
+                 "(%s to %s, Unix seconds)",
+                 (long long)nb, PQgetvalue(r, 0, 3), PQgetvalue(r, 0, 4));
+        st = refuse(t, QK_INVALID, "invalid_not_before", msg);
+        goto out;
+    }
     PQclear(r);
     r = NULL;
     if (sp->counter && sp->counter <= last) {
@@ -256,6 +266,40 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         snprintf(t->package_id, sizeof(t->package_id), "%.8s-%.4s-%.4s-%.4s-%.12s", hx, hx + 8,
                  hx + 12, hx + 16, hx + 20);
     }
+    /* The targets' keys first: nothing is signed for a package that
+     * cannot be made. Each target's newest usable device key, unwrapped for
+     * its KEK and kek_id (docs/firmware.md), kept in the secure heap. */
+    if (!(keks = OPENSSL_secure_malloc(48 * sp->ndevices))) {
+        qk_fail(t->e, QK_INTERNAL, "internal", "out of secure memory");
+        st = DB_ERROR;
+        goto out;
+    }
+    for (size_t i = 0; i < sp->ndevices; i++) {
+        const char *dv[1] = {sp->devices[i]};
+        size_t dl = 0;
+        if (!(r = db_exec(c, Q_FW_TARGET_KEY, 1, dv, NULL, NULL, &st)))
+            goto out;
+        if (PQntuples(r) == 0) {
+            snprintf(msg, sizeof(msg), "no active device '%.128s' with a usable device key",
+                     sp->devices[i]);
+            st = refuse(t, QK_INVALID, "unknown_device", msg);
+            goto out;
+        }
+        if (device_key_unwrap(t->s, sp->devices[i], atoi(PQgetvalue(r, 0, 0)),
+                              PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), dk, &dl, t->e) != QK_OK) {
+            st = DB_ERROR;
+            goto out;
+        }
+        PQclear(r);
+        r = NULL;
+        if (qkd_firmware_device_kek(dk, dl, pid, sp->devices[i], keks + 48 * i,
+                                    keks + 48 * i + 32) != QKD_OK) {
+            qk_fail(t->e, QK_INTERNAL, "internal", "the crypto library failed");
+            st = DB_ERROR;
+            goto out;
+        }
+        OPENSSL_cleanse(dk, DEVICE_KEY_BUF);
+    }
     qkms_hex_encode(t->image_sha, 32, sha_hex);
     if (!(man = manifest_text(sp, t->counter, t->image_len, sha_hex, nb, t->package_id,
                               t->signer))) {
@@ -264,6 +308,11 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         goto out;
     }
     ml = strlen(man);
+    if (ml > QKF_MANIFEST_MAX) {
+        st = refuse(t, QK_INVALID, "invalid_targets",
+                    "the targets make a manifest over 64 KiB: fewer or shorter device IDs");
+        goto out;
+    }
     /* Signed in the token: ECDSA P-256 over SHA-256(manifest), as DER. */
     if (EVP_Digest(man, ml, dig, NULL, EVP_sha256(), NULL) != 1) {
         qk_fail(t->e, QK_INTERNAL, "internal", "the crypto library failed");
@@ -326,45 +375,26 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     memcpy(p->header + 16, pid, 16);
     put64(p->header + 32, p->body_len);
 
-    /* One recipient per target: its newest usable device key. */
+    /* One recipient per target, with the KEKs derived above. */
     for (size_t i = 0; i < sp->ndevices; i++) {
-        const char *dv[1] = {sp->devices[i]};
         uint8_t *e = p->header + QKF_FIXED_LEN + QKF_RECIPIENT_LEN * i, aad[QKF_FIXED_LEN + 17];
-        size_t dl = 0;
-        uint8_t hm[16];
-        if (!(r = db_exec(c, Q_FW_TARGET_KEY, 1, dv, NULL, NULL, &st)))
-            goto out;
-        if (PQntuples(r) == 0) {
-            snprintf(msg, sizeof(msg), "no active device '%.128s' with a usable device key",
-                     sp->devices[i]);
-            st = refuse(t, QK_INVALID, "unknown_device", msg);
-            goto out;
-        }
-        if (device_key_unwrap(t->s, sp->devices[i], atoi(PQgetvalue(r, 0, 0)),
-                              PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), dk, &dl, t->e) != QK_OK) {
-            st = DB_ERROR;
-            goto out;
-        }
-        PQclear(r);
-        r = NULL;
+        const uint8_t *kk = keks + 48 * i; /* kek (32) || kek_id (16) */
         e[0] = QKF_KIND_DEVICE;
-        if (qkd_firmware_device_kek(dk, dl, pid, sp->devices[i], kek, hm) != QKD_OK ||
-            entropy_get_secret(t->s->ent, e + 20, 12) != 0) {
-            qk_fail(t->e, QK_INTERNAL, "internal", "the crypto library failed");
+        memcpy(e + 4, kk + 32, 16);
+        if (entropy_get_secret(t->s->ent, e + 20, 12) != 0) {
+            qk_fail(t->e, QK_UNAVAILABLE, "entropy_unavailable", "no entropy source may serve now");
+            t->e->retry_after = 1;
             st = DB_ERROR;
             goto out;
         }
-        memcpy(e + 4, hm, 16);
         memcpy(aad, p->header, QKF_FIXED_LEN);
         aad[QKF_FIXED_LEN] = QKF_KIND_DEVICE;
-        memcpy(aad + QKF_FIXED_LEN + 1, hm, 16);
-        if (gcm_seal(kek, e + 20, aad, sizeof(aad), p->k, 32, e + 32) != 0) {
+        memcpy(aad + QKF_FIXED_LEN + 1, kk + 32, 16);
+        if (gcm_seal(kk, e + 20, aad, sizeof(aad), p->k, 32, e + 32) != 0) {
             qk_fail(t->e, QK_INTERNAL, "internal", "the crypto library failed");
             st = DB_ERROR;
             goto out;
         }
-        OPENSSL_cleanse(kek, sizeof(kek));
-        OPENSSL_cleanse(dk, DEVICE_KEY_BUF);
     }
     memcpy(p->aad, "qkms/fw/v1", 11); /* with its NUL */
     if (EVP_Digest(p->header, p->hlen, p->aad + 11, NULL, EVP_sha256(), NULL) != 1) {
@@ -412,7 +442,8 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         p = NULL;
     }
 out:
-    OPENSSL_cleanse(kek, sizeof(kek));
+    if (keks)
+        OPENSSL_secure_clear_free(keks, 48 * sp->ndevices);
     if (dk)
         OPENSSL_secure_clear_free(dk, DEVICE_KEY_BUF);
     ECDSA_SIG_free(sig);
@@ -442,6 +473,7 @@ qk_kind firmware_sign(qk_svc *s, const qk_principal *who, const firmware_sign_sp
     db_status st;
     qk_kind k = QK_OK;
 
+    qk_clear(e); /* db_tx may fail before the callback ever ran */
     *out = NULL;
     *info = NULL;
     memset(&t, 0, sizeof(t));

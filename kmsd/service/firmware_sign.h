@@ -16,7 +16,8 @@
  *    the product's lock and committed with the release row before a byte
  *    of the package exists: a package whose answer was lost is signed again
  *    with the next counter.
- *  - Nothing is signed when a check fails. Errors (err.h): QK_INVALID
+ *  - Nothing is signed when a check fails: the targets' keys are read
+ *    before the manifest is signed. Errors (err.h): QK_INVALID
  *    "invalid_product", "invalid_version", "invalid_counter",
  *    "invalid_not_before", "invalid_targets", "unknown_device" (no active
  *    device of that ID with a usable key), "invalid_image" (empty);
@@ -34,7 +35,10 @@
 #include "err.h"
 #include "service/service.h"
 
-#define FIRMWARE_MAX_TARGETS 1000
+/* Targets travel in the request's query string (libmicrohttpd's 32 KiB
+ * connection memory holds the request line): 100 device IDs of up to 128
+ * bytes fit. Many devices are a group's (next). */
+#define FIRMWARE_MAX_TARGETS 100
 #define FIRMWARE_CHUNK 65536u
 
 typedef struct {

@@ -102,7 +102,8 @@
      * SHA-256 (NULL without one), the last counter signed (0: none) */                       \
     X(Q_FW_SIGN_STATE,                                                                         \
       "SELECT k.label, encode(k.sha256, 'hex'),"                                               \
-      " (SELECT coalesce(max(counter), 0) FROM firmware_releases WHERE product = $1)"          \
+      " (SELECT coalesce(max(counter), 0) FROM firmware_releases WHERE product = $1),"         \
+      " extract(epoch FROM k.created_at)::bigint - 60, extract(epoch FROM k.not_after)::bigint" \
       " FROM (SELECT 1) one LEFT JOIN firmware_keys k ON k.product = $1 AND k.state = 'active'") \
     X(Q_FW_TARGET_KEY, /* a target device's newest usable key (active, valid, not local) */   \
       "SELECT k.key_index, k.algorithm, encode(k.wrapped, 'hex') FROM devices d"               \

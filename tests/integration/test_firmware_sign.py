@@ -158,6 +158,10 @@ def test_refusals_sign_nothing(rel, stack):
         (dict(counter="abc"), 400, "invalid_query"),
         (dict(counter=0), 400, "invalid_query"),
         (dict(not_before="-5"), 400, "invalid_query"),
+        # Before the firmware certificate was made: every device would refuse it.
+        (dict(not_before=1700000000), 422, "invalid_not_before"),
+        (dict(devices=[d] + ["D%d" % i for i in range(100)]), 422, "invalid_targets"),
+        (dict(devices=[d] + ["D%d" % i for i in range(150)]), 422, "invalid_targets"),
     ]
     for kw, status, c in cases:
         image = kw.pop("image", b"firmware")
@@ -201,6 +205,16 @@ def test_the_upload_limit(fresh_stack):
     assert (r.status_code, code(r)) == (413, "payload_too_large")
     r = rel.sign(os.urandom(1 << 20), [d])
     assert r.status_code == 201, r.text[:200]
+    # kmsctl waits for 100-continue: the refusal comes back as JSON, the
+    # image is not sent, no package is left.
+    big = os.path.join(st.state, "big.bin")
+    with open(big, "wb") as f:
+        f.write(os.urandom(8 << 20))
+    out = os.path.join(st.state, "big.pkg")
+    p = st.kmsctl("firmware", "sign", big, "--product", rel.product, "--version", "1",
+                  "--device", d, "--out", out, token=rel.token)
+    assert p.returncode != 0 and "payload_too_large" in p.stderr + p.stdout, p.stderr
+    assert not os.path.exists(out) and not os.path.exists(out + ".part")
 
 
 def test_kmsctl_firmware_sign(rel, tmp_path):
