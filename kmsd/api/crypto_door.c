@@ -116,18 +116,24 @@ out:
     }
 }
 
-/* The answer of a seal or an open: data under `field`. */
-static void answer(http_response *rs, const crypto_result *r, const char *field)
+/* The answer of a seal or an open: data under `field`; with_index: the
+ * device key's index too (data under a device key). */
+static void answer(http_response *rs, const crypto_result *r, const char *field,
+                   bool with_index)
 {
     char *b64 = b64_encode(r->data, r->len), seq[24];
+    json_t *j;
     if (!b64) {
         http_error(rs, 500, "internal", "out of memory");
         return;
     }
     snprintf(seq, sizeof(seq), "%llu", (unsigned long long)r->seq);
-    http_json(rs, 200, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", field, b64, "key_id", r->key_id,
-                                 "seq", seq, "direction", r->direction == QKS_A2B ? "a2b" : "b2a",
-                                 "party", r->party, "peer", r->peer));
+    j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", field, b64, "key_id", r->key_id, "seq", seq,
+                  "direction", r->direction == QKS_A2B ? "a2b" : "b2a", "party", r->party,
+                  "peer", r->peer);
+    if (j && with_index)
+        json_object_set_new(j, "key_index", json_integer(r->key_index));
+    http_json(rs, 200, j);
     OPENSSL_cleanse(b64, strlen(b64));
     free(b64);
 }
@@ -157,7 +163,7 @@ void h_crypto_encrypt(http_request *rq, http_response *rs)
         http_fail(rs, &e);
         goto out;
     }
-    answer(rs, &r, "frame");
+    answer(rs, &r, "frame", false);
 out:
     crypto_result_clear(&r);
     if (pt) {
@@ -189,32 +195,11 @@ void h_crypto_decrypt(http_request *rq, http_response *rs)
         http_fail(rs, &e);
         goto out;
     }
-    answer(rs, &r, "plaintext");
+    answer(rs, &r, "plaintext", false);
 out:
     crypto_result_clear(&r);
     free(frame);
     json_decref(in);
-}
-
-/* The answer of a device seal or open: as a session's, and the key's index. */
-static void device_answer(http_response *rs, const crypto_result *r, const char *field)
-{
-    answer(rs, r, field);
-    if (rs->status == 200) {
-        json_t *j = json_loadb(rs->body, rs->body_len, 0, NULL);
-        if (j && json_object_set_new(j, "key_index", json_integer(r->key_index)) == 0) {
-            OPENSSL_cleanse(rs->body, rs->body_len);
-            free(rs->body);
-            rs->body = NULL;
-            http_json(rs, 200, j);
-        } else {
-            json_decref(j);
-            OPENSSL_cleanse(rs->body, rs->body_len);
-            free(rs->body);
-            rs->body = NULL;
-            http_error(rs, 500, "internal", "out of memory");
-        }
-    }
 }
 
 void h_crypto_device_encrypt(http_request *rq, http_response *rs)
@@ -247,7 +232,7 @@ void h_crypto_device_encrypt(http_request *rq, http_response *rs)
         http_fail(rs, &e);
         goto out;
     }
-    device_answer(rs, &r, "frame");
+    answer(rs, &r, "frame", true);
 out:
     crypto_result_clear(&r);
     if (pt) {
@@ -279,7 +264,7 @@ void h_crypto_device_decrypt(http_request *rq, http_response *rs)
         http_fail(rs, &e);
         goto out;
     }
-    device_answer(rs, &r, "plaintext");
+    answer(rs, &r, "plaintext", true);
 out:
     crypto_result_clear(&r);
     free(frame);
