@@ -17,7 +17,7 @@ import requests
 
 import helpers
 import qkms_fw_py as fw
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from helpers import error_code as code
 
 QKMS_DEVICE = os.environ.get("QKMS_DEVICE", os.path.join(ROOT, "build/asan/bin/qkms-device"))
@@ -244,3 +244,38 @@ def test_kmsctl_firmware_sign(rel, tmp_path):
                   "--version", "1", "--device", d, "--counter", "0", "--out", "x")):
         r = rel.st.kmsctl(*args, token=rel.token)
         assert r.returncode == 2, (args, r.stderr)
+
+
+def test_uploads_held_at_once_are_capped(fresh_stack):
+    """Uploads held at once take at most twice http_max_upload_mb: one held
+    (its body still arriving) leaves room for one more of the same size,
+    not two; a refused one is answered 503 with Retry-After before its body
+    is read, and the room comes back when the held upload ends."""
+    import socket
+    st = fresh_stack
+    st.start(extra_env={"QKMS_HTTP_MAX_UPLOAD_MB": "1"})
+    rel = Release(st)
+    d, _ = rel.device()
+    size = (1 << 20) - 1000
+
+    def hold():
+        """An upload whose body stops half way: kmsd holds its buffer."""
+        s = socket.create_connection(("127.0.0.1", st.port))
+        s.sendall((f"POST /v1/admin/firmware/packages?product={rel.product}&version=1"
+                   f"&device={d} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   f"Authorization: Bearer {rel.token}\r\n"
+                   "Content-Type: application/octet-stream\r\n"
+                   f"Content-Length: {size}\r\n\r\n").encode() + b"\0" * 1000)
+        return s
+
+    a, b = hold(), hold()
+    time.sleep(0.5)   # both past the gate
+    try:
+        r = rel.sign(os.urandom(size), [d])
+        assert (r.status_code, code(r)) == (503, "unavailable"), r.text[:200]
+        assert r.headers["Retry-After"] == "5"
+    finally:
+        a.close()
+        b.close()
+    # The room comes back once the held uploads are gone.
+    assert wait_for(lambda: rel.sign(os.urandom(size), [d]).status_code == 201)
