@@ -1,6 +1,9 @@
 /* cmd_firmware — `kmsctl firmware keys list|create|rotate`: product lines'
  * firmware signing keys, in the token with certificates from the platform
- * CA (docs/firmware.md; docs/api.md, "Firmware signing keys"). */
+ * CA (docs/firmware.md; docs/api.md, "Firmware signing keys"); `firmware
+ * groups list|create|rotate|destroy`: groups' firmware keys ("Group
+ * firmware keys"); `firmware sign`: a release into a package ("Signing
+ * releases"). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -120,6 +123,87 @@ static int keys_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
     return out_result(ctx->json, rc, resp, print_key);
 }
 
+static int print_group_keys(const json_t *doc)
+{
+    static const char *const cols[] = {"GROUP", "KEY-ID", "STATE", "CREATED-AT", "SUPERSEDED-AT"};
+    static const char *const keys[] = {"group", "key_id", "state", "created_at", "superseded_at"};
+    return out_table(json_object_get(doc, "keys"), 5, cols, keys);
+}
+
+static int print_group_key(const json_t *k)
+{
+    static const char *const fields[] = {"group",      "key_id",     "state",         "master_version",
+                                         "created_at", "created_by", "superseded_at", NULL};
+    for (int i = 0; fields[i]; i++) {
+        char *v = out_value_str(json_object_get(k, fields[i]));
+        if (!v)
+            return EXIT_INTERNAL;
+        out_textf(stdout, "%s: %s\n", fields[i], v);
+        free(v);
+    }
+    return EXIT_OK;
+}
+
+static int print_destroyed(const json_t *k)
+{
+    out_textf(stdout, "Destroyed key %s of group %s.\n",
+              json_string_value(json_object_get(k, "key_id")) ?: "",
+              json_string_value(json_object_get(k, "group")) ?: "");
+    return EXIT_OK;
+}
+
+static bool name_ok(const char *s)
+{
+    return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") ==
+           strlen(s);
+}
+
+static int groups_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *verb = inv->pos[0], *group = inv->npos > 1 ? inv->pos[1] : NULL,
+               *kid = inv->npos > 2 ? inv->pos[2] : NULL;
+    bool list = !strcmp(verb, "list"), create = !strcmp(verb, "create"),
+         rotate = !strcmp(verb, "rotate"), destroy = !strcmp(verb, "destroy");
+    char path[256];
+    json_t *req = NULL, *resp = NULL;
+    int rc;
+
+    if (!list && !create && !rotate && !destroy) {
+        out_error("unknown groups action '%s' (list, create, rotate or destroy)", out_safe(verb));
+        return EXIT_USAGE;
+    }
+    if ((!list && !group) || (destroy != !!kid)) {
+        out_error(destroy ? "destroy needs a GROUP and a KEY_ID" : "%s needs a GROUP%s", verb,
+                  list ? " at most" : "");
+        return EXIT_USAGE;
+    }
+    /* Group names are [A-Za-z0-9._-], key IDs hex: nothing to escape in a
+     * path or a query; anything else is the server's to refuse. */
+    if ((group && !name_ok(group)) ||
+        (kid && strspn(kid, "0123456789abcdefABCDEF") != strlen(kid))) {
+        out_error("GROUP must be of A-Z a-z 0-9 . _ -, KEY_ID hex");
+        return EXIT_USAGE;
+    }
+    if (list) {
+        snprintf(path, sizeof(path), "/v1/admin/firmware/groups%s%s", group ? "?group=" : "",
+                 group ? group : "");
+        return client_show(ctx, path, print_group_keys);
+    }
+    if (create) {
+        req = json_pack("{s:s}", "group", group);
+        rc = client_call(ctx, "POST", "/v1/admin/firmware/groups", req, &resp);
+    } else if (rotate) {
+        snprintf(path, sizeof(path), "/v1/admin/firmware/groups/%s/rotate", group);
+        req = json_object();
+        rc = client_call(ctx, "POST", path, req, &resp);
+    } else {
+        snprintf(path, sizeof(path), "/v1/admin/firmware/groups/%s/keys/%s", group, kid);
+        rc = client_call(ctx, "DELETE", path, NULL, &resp);
+    }
+    json_decref(req);
+    return out_result(ctx->json, rc, resp, destroy ? print_destroyed : print_group_key);
+}
+
 /* `firmware sign IMAGE`: the image streamed up, the package streamed down
  * into OUT.part, renamed to OUT once whole. */
 static int sign_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
@@ -127,6 +211,7 @@ static int sign_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
     const char *image = inv->pos[0], *product = opt_get(&inv->local, "product"),
                *version = opt_get(&inv->local, "version"),
                *devices = opt_get(&inv->local, "device"),
+               *groups = opt_get(&inv->local, "group"),
                *counter = opt_get(&inv->local, "counter"),
                *nb = opt_get(&inv->local, "not-before"), *out = opt_get(&inv->local, "out");
     char *query = NULL, *path = NULL, *list = NULL, *tok, *save = NULL, tmp[4096];
@@ -137,8 +222,8 @@ static int sign_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
     long v;
     int rc = EXIT_USAGE, fd;
 
-    if (!product || !version || !devices || !out) {
-        out_error("sign needs --product, --version, --device and --out");
+    if (!product || !version || (!devices && !groups) || !out) {
+        out_error("sign needs --product, --version, --device or --group (or both) and --out");
         return EXIT_USAGE;
     }
     if ((counter && !arg_to_long(counter, 1, 9007199254740991L, &v)) ||
@@ -160,15 +245,22 @@ static int sign_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
         rc = EXIT_INTERNAL;
         goto done;
     }
-    if (!(list = strdup(devices))) {
-        rc = EXIT_INTERNAL;
-        goto done;
-    }
-    for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-        if (client_query_add(&query, "device", tok)) {
+    for (int g = 0; g < 2; g++) {
+        const char *names = g ? groups : devices;
+        if (!names)
+            continue;
+        free(list);
+        save = NULL;
+        if (!(list = strdup(names))) {
             rc = EXIT_INTERNAL;
             goto done;
         }
+        for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+            if (client_query_add(&query, g ? "group" : "device", tok)) {
+                rc = EXIT_INTERNAL;
+                goto done;
+            }
+    }
     if (asprintf(&path, "/v1/admin/firmware/packages%s", query) < 0) {
         path = NULL;
         rc = EXIT_INTERNAL;
@@ -240,7 +332,8 @@ done:
 static const struct opt_spec sign_opts[] = {
     {"product", 0, "P", "the product line (its active firmware key signs)"},
     {"version", 0, "V", "the release's name (1-64 printable ASCII)"},
-    {"device", 0, "ID[,ID]", "the target devices (up to 1000)"},
+    {"device", 0, "ID[,ID]", "the target devices"},
+    {"group", 0, "G[,G]", "the target groups (their firmware keys; 100 targets in all)"},
     {"counter", 0, "N", "anti-rollback counter (default: the product's last + 1)"},
     {"not-before", 0, "T", "Unix seconds before which devices do not install it (default: now)"},
     {"out", 0, "PKG", "where the package goes (written whole, or not at all; never replaced)"},
@@ -254,6 +347,26 @@ static const struct opt_spec keys_opts[] = {
 };
 
 static const struct action firmware_actions[] = {
+    {
+        .sub = "groups",
+        .usage = "list [GROUP] | create GROUP | rotate GROUP | destroy GROUP KEY_ID",
+        .summary = "Groups' firmware keys (packages for a whole group)",
+        .description =
+            "A package for a group wraps its content key under the group's firmware\n"
+            "key, which every device of the group receives in its fill document\n"
+            "(docs/firmware.md, \"Group targets\"). create makes a group's key; rotate\n"
+            "makes a new active key and keeps the old one as previous (packages are\n"
+            "wrapped for both until destroy removes it: refill the group's devices\n"
+            "first). list columns: GROUP KEY-ID STATE CREATED-AT SUPERSEDED-AT.\n"
+            "create, rotate and destroy: admin tokens; list: any admin role and release.\n"
+            "\n"
+            "Requests: GET, POST /v1/admin/firmware/groups,\n"
+            "          POST /v1/admin/firmware/groups/GROUP/rotate,\n"
+            "          DELETE /v1/admin/firmware/groups/GROUP/keys/KEY_ID\n",
+        .min_args = 1,
+        .max_args = 3,
+        .run = groups_run,
+    },
     {
         .sub = "keys",
         .usage = "list [PRODUCT] [--pem] | create PRODUCT | rotate PRODUCT [--overlap-days N]",
@@ -276,14 +389,15 @@ static const struct action firmware_actions[] = {
     },
     {
         .sub = "sign",
-        .usage = "IMAGE --product P --version V --device ID[,ID] --out PKG [--counter N]\n"
-                 "         [--not-before T]",
-        .summary = "Sign a firmware image into a package for its target devices",
+        .usage = "IMAGE --product P --version V (--device ID[,ID] | --group G[,G]) --out PKG\n"
+                 "         [--counter N] [--not-before T]",
+        .summary = "Sign a firmware image into a package for its target devices and groups",
         .description =
             "The image is streamed to kmsd (held there once), which signs its manifest\n"
             "in the token with the product's active firmware key, decides the\n"
             "anti-rollback counter, wraps the content key for each target device and\n"
-            "streams the package back (docs/firmware.md). Release tokens only.\n"
+            "each key of each target group, and streams the package back\n"
+            "(docs/firmware.md). Release tokens only.\n"
             "\n"
             "Request: POST /v1/admin/firmware/packages\n",
         .opts = sign_opts,

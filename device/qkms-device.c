@@ -153,7 +153,8 @@ static const char usage_text[] =
     "  --product P    firmware: this device's product line\n"
     "  --certs F[,F]  firmware: the pinned firmware certificates (PEM files)\n"
     "  --group-key F  firmware: the device's group firmware key (one), JSON\n"
-    "                 {\"group\",\"key_id\" (32 hex),\"key\" (64 hex)}\n"
+    "                 {\"group\",\"key_id\" (32 hex),\"key\" (64 hex)} or a fill\n"
+    "                 document with it; default: the one in --fill, if any\n"
     "  --counter N    firmware: the installed counter (default 0)\n"
     "  --now T        firmware: Unix seconds for not_before (default: the clock)\n"
     "  --no-clock     firmware: no not_before check\n"
@@ -731,34 +732,28 @@ out:
     return rc;
 }
 
+/* A group key file: a fill document with "firmware_group_key", or the key
+ * alone (qkd_firmware_group_key_load). */
 static int read_group_key(const char *path, qkd_firmware_group_key *g)
 {
-    char *text = NULL;
+    char *text = NULL, err[200];
     size_t tl;
-    json_t *j = NULL;
-    const char *name, *kid, *key;
-    int rc;
+    int rc, found = 0;
 
     if ((rc = read_file(path, FILL_MAX, true, "a group key", &text, &tl)) != EXIT_OK)
         return rc;
-    rc = EXIT_USAGE;
-    j = json_loadb(text, tl, JSON_REJECT_DUPLICATES, NULL);
-    if (!j || json_unpack(j, "{s:s,s:s,s:s}", "group", &name, "key_id", &kid, "key", &key) != 0 ||
-        strlen(name) >= sizeof(g->group) ||
-        qkms_hex_decode(kid, strlen(kid), g->key_id, 16) != 16 ||
-        qkms_hex_decode(key, strlen(key), g->key, 32) != 32) {
-        errorf("%s: not a group key {\"group\",\"key_id\" (32 hex),\"key\" (64 hex)}", path);
-        goto out;
-    }
-    snprintf(g->group, sizeof(g->group), "%s", name);
-    rc = EXIT_OK;
-out:
-    json_decref(j);
+    rc = qkd_firmware_group_key_load(text, tl, g, &found, err, sizeof(err));
     OPENSSL_secure_clear_free(text, FILL_MAX + 1);
-    return rc;
+    if (rc != QKD_OK || !found) {
+        errorf("%s: %s", path, rc != QKD_OK ? err : "no firmware_group_key in it");
+        return rc == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_USAGE;
+    }
+    return EXIT_OK;
 }
 
-static int run_firmware(const struct options *o, const qkd_device *dev, int64_t now)
+/* fill_gk: the group key of the --fill document, or NULL. */
+static int run_firmware(const struct options *o, const qkd_device *dev,
+                        const qkd_firmware_group_key *fill_gk, int64_t now)
 {
     qkd_firmware_policy p = {0};
     qkd_firmware_group_key *g = NULL;
@@ -800,8 +795,8 @@ static int run_firmware(const struct options *o, const qkd_device *dev, int64_t 
         rc = EXIT_USAGE;
     }
     p.device = dev;
-    p.groups = g;
-    p.ngroups = g ? 1 : 0;
+    p.groups = g ? g : fill_gk;
+    p.ngroups = p.groups ? 1 : 0;
     p.product = o->product;
     p.certs = (const uint8_t *const *)certs;
     p.cert_lens = cert_lens;
@@ -1471,6 +1466,7 @@ int main(int argc, char **argv)
     struct options o = {0};
     struct rlimit no_core = {0, 0};
     qkd_device *dev = NULL;
+    qkd_firmware_group_key *fill_gk = NULL;
     qkd_request req;
     qkd_session_key sk;
     qkd_http_response resp = {0};
@@ -1514,11 +1510,34 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     if (strcmp(o.cmd, "firmware") == 0 && !o.fill) {
-        rc = run_firmware(&o, NULL, now);
+        rc = run_firmware(&o, NULL, NULL, now);
         goto cleanup;
     }
     if ((rc = read_fill(o.fill, &fill, &fill_len)) != EXIT_OK)
         goto cleanup;
+    /* firmware: the group's key the fill carries, unless --group-key names one */
+    if (strcmp(o.cmd, "firmware") == 0 && !o.group_key) {
+        int found = 0;
+        if (!(fill_gk = OPENSSL_secure_zalloc(sizeof(*fill_gk)))) {
+            OPENSSL_secure_clear_free(fill, FILL_MAX + 1);
+            fill = NULL;
+            errorf("out of secure memory");
+            rc = EXIT_INTERNAL;
+            goto cleanup;
+        }
+        q = qkd_firmware_group_key_load(fill, fill_len, fill_gk, &found, err, sizeof(err));
+        if (q == QKD_OK && !found) {
+            OPENSSL_secure_clear_free(fill_gk, sizeof(*fill_gk));
+            fill_gk = NULL;
+        }
+        if (q != QKD_OK) {
+            OPENSSL_secure_clear_free(fill, FILL_MAX + 1);
+            fill = NULL;
+            errorf("%s: %s", o.fill, err);
+            rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : EXIT_USAGE;
+            goto cleanup;
+        }
+    }
     q = qkd_device_load(&dev, fill, fill_len, err, sizeof(err));
     OPENSSL_secure_clear_free(fill, FILL_MAX + 1);
     fill = NULL;
@@ -1528,7 +1547,7 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     if (strcmp(o.cmd, "firmware") == 0) {
-        rc = run_firmware(&o, dev, now);
+        rc = run_firmware(&o, dev, fill_gk, now);
         goto cleanup;
     }
     if (strcmp(o.cmd, "data") == 0) {
@@ -1584,6 +1603,8 @@ cleanup:
     qkd_request_clear(&req);
     qkd_http_response_clear(&resp);
     qkd_device_free(dev);
+    if (fill_gk)
+        OPENSSL_secure_clear_free(fill_gk, sizeof(*fill_gk));
     if (fill)
         OPENSSL_secure_clear_free(fill, FILL_MAX + 1);
     if (http_ready)

@@ -636,3 +636,49 @@ int qkd_firmware_open(const uint8_t *pkg, size_t len, const qkd_firmware_policy 
     *image_len = b.len;
     return QKD_OK;
 }
+
+/* ---- a group's key from a fill document ------------------------------------ */
+
+int qkd_firmware_group_key_load(const char *text, size_t len, qkd_firmware_group_key *g,
+                                int *found, char *err, size_t errlen)
+{
+    json_error_t je;
+    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je), *m = NULL, *jk;
+    const char *name = NULL, *kid = NULL, *key = NULL;
+    int rc = QKD_ERR_INPUT;
+
+    *found = 0;
+    memset(g, 0, sizeof(*g));
+    if (!json_is_object(doc)) {
+        /* the position only: jansson's text can quote a piece of a key */
+        rc = fail(NULL, QKD_ERR_INPUT, err, errlen, "not a JSON object (line %d, column %d)",
+                  je.line, je.column);
+        goto out;
+    }
+    /* a fill document's member, or a document that is the key alone */
+    m = json_object_get(doc, "firmware_group_key");
+    if (!m && json_object_get(doc, "key_id"))
+        m = doc;
+    if (!m) {
+        rc = QKD_OK; /* a fill document without one */
+        goto out;
+    }
+    if (json_unpack(m, "{s:s,s:s,s:s}", "group", &name, "key_id", &kid, "key", &key) != 0 ||
+        strlen(name) < 1 || strlen(name) >= sizeof(g->group) || strlen(kid) != 32 ||
+        strlen(key) != 64 || qkms_hex_decode(kid, 32, g->key_id, 16) != 16 ||
+        qkms_hex_decode(key, 64, g->key, 32) != 32) {
+        OPENSSL_cleanse(g, sizeof(*g));
+        rc = fail(NULL, QKD_ERR_INPUT, err, errlen,
+                  "firmware_group_key: expected {\"group\",\"key_id\" (32 hex),\"key\" (64 hex)}");
+        goto out;
+    }
+    snprintf(g->group, sizeof(g->group), "%s", name);
+    *found = 1;
+    rc = QKD_OK;
+out:
+    /* the key's hex in the parsed tree: wiped before it is freed */
+    if (json_is_object(m) && (jk = json_object_get(m, "key")) && json_is_string(jk))
+        OPENSSL_cleanse((char *)json_string_value(jk), json_string_length(jk));
+    json_decref(doc);
+    return rc;
+}

@@ -90,6 +90,16 @@ typedef struct {
 int qkd_firmware_device_kek(const uint8_t *dkey, size_t len, const uint8_t package_id[16],
                             const char *device_id, uint8_t kek[32], uint8_t kek_id[16]);
 
+/* The group firmware key of a fill document (its member
+ * "firmware_group_key", docs/devices.md), or of a document that is that
+ * member alone: {"group","key_id" (32 hex),"key" (64 hex)}. QKD_OK with
+ * *found 1 and *g filled (the caller wipes it), QKD_OK with *found 0 when
+ * the document has neither the member nor "key_id"; QKD_ERR_INPUT when text is not JSON or the
+ * member is malformed. The parsed key's hex is wiped from jansson's tree
+ * (its parser buffers: see qkms_device.h). */
+int qkd_firmware_group_key_load(const char *text, size_t len, qkd_firmware_group_key *g,
+                                int *found, char *err, size_t errlen);
+
 typedef struct qkd_firmware_stream qkd_firmware_stream;
 /* Receives image bytes (staging: see the contract); nonzero stops the open
  * (QKD_ERR_INPUT, "sink"). */

@@ -4,13 +4,16 @@
  * GET and POST /v1/admin/firmware/keys, POST .../keys/{product}/rotate;
  * and of signing releases (service/firmware_sign.h; "Signing releases"):
  * POST /v1/admin/firmware/packages, the image in, the package out, each
- * held once.
+ * held once; and of groups' firmware keys (service/firmware_groups.h;
+ * "Group firmware keys"): GET and POST /v1/admin/firmware/groups, POST
+ * .../groups/{group}/rotate, DELETE .../groups/{group}/keys/{key_id}.
  */
 #include <errno.h>
 #include <stdlib.h>
 
 #include "api/principal.h"
 #include "api/routes.h"
+#include "service/firmware_groups.h"
 #include "service/firmware_keys.h"
 #include "service/firmware_sign.h"
 
@@ -78,6 +81,78 @@ out:
     json_decref(in);
 }
 
+/* ---- groups' firmware keys ------------------------------------------------------ */
+
+void h_firmware_groups_list(http_request *rq, http_response *rs)
+{
+    json_t *out;
+    qk_err e;
+    if (http_query_count(rq, "group") > 1) {
+        http_error(rs, 400, "invalid_query", "group given twice");
+        return;
+    }
+    if (firmware_groups_list(&rq->kms->svc, http_query(rq, "group"), &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return;
+    }
+    http_json(rs, 200, out);
+}
+
+void h_firmware_groups_create(http_request *rq, http_response *rs)
+{
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object(rq, rs), *out;
+    qk_err e;
+
+    if (!in)
+        return;
+    if (json_object_size(in) != 1 || !json_is_string(json_object_get(in, "group"))) {
+        http_error(rs, 422, "invalid_request", "expected {\"group\": string}");
+        goto out;
+    }
+    if (firmware_groups_create(&rq->kms->svc, &who, json_string_value(json_object_get(in, "group")),
+                               &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    http_json(rs, 201, out);
+out:
+    json_decref(in);
+}
+
+void h_firmware_groups_rotate(http_request *rq, http_response *rs)
+{
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object_opt(rq, rs), *out;
+    qk_err e;
+
+    if (!in)
+        return;
+    if (json_object_size(in) != 0) {
+        http_error(rs, 422, "invalid_request", "expected no body or {}");
+        goto out;
+    }
+    if (firmware_groups_rotate(&rq->kms->svc, &who, rq->params[0], &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    http_json(rs, 200, out);
+out:
+    json_decref(in);
+}
+
+void h_firmware_groups_destroy(http_request *rq, http_response *rs)
+{
+    qk_principal who = admin_principal(rq);
+    qk_err e;
+    if (firmware_groups_destroy(&rq->kms->svc, &who, rq->params[0], rq->params[1], &e) != QK_OK) {
+        http_fail(rs, &e);
+        return;
+    }
+    http_json(rs, 200, json_pack("{s:s,s:s,s:s}", "group", rq->params[0], "key_id", rq->params[1],
+                                 "state", "destroyed"));
+}
+
 /* ---- POST /v1/admin/firmware/packages ------------------------------------------ */
 
 /* The device values: the first FIRMWARE_MAX_TARGETS + 1 kept, all counted
@@ -87,7 +162,7 @@ struct devlist {
     size_t n, kept;
 };
 
-static int add_device(void *arg, const char *value)
+static int add_value(void *arg, const char *value)
 {
     struct devlist *d = arg;
     if (d->kept < FIRMWARE_MAX_TARGETS + 1)
@@ -120,7 +195,7 @@ void h_firmware_sign(http_request *rq, http_response *rs)
     qk_principal who = admin_principal(rq);
     firmware_sign_spec sp = {0};
     static struct devlist empty;
-    struct devlist *devs = malloc(sizeof(*devs));
+    struct devlist *devs = malloc(sizeof(*devs)), *groups = malloc(sizeof(*groups));
     firmware_package *pkg = NULL;
     http_stream *st = NULL;
     uint64_t counter = 0, nb = 0;
@@ -128,18 +203,20 @@ void h_firmware_sign(http_request *rq, http_response *rs)
     json_t *info = NULL;
     qk_err e;
 
-    if (!devs || !(st = calloc(1, sizeof(*st)))) {
+    if (!devs || !groups || !(st = calloc(1, sizeof(*st)))) {
         http_error(rs, 500, "internal", "out of memory");
         goto out;
     }
     *devs = empty;
+    *groups = empty;
     if (http_query_count(rq, "product") > 1 || http_query_count(rq, "version") > 1 ||
         !query_u64(rq, "counter", 1, (UINT64_C(1) << 53) - 1, &counter) ||
         !query_u64(rq, "not_before", 0, (UINT64_C(1) << 40), &nb) ||
-        http_query_each(rq, "device", add_device, devs) != 0) {
+        http_query_each(rq, "device", add_value, devs) != 0 ||
+        http_query_each(rq, "group", add_value, groups) != 0) {
         http_error(rs, 400, "invalid_query",
                    "expected product, version (once each), counter and not_before (decimal, "
-                   "once each), device (1 to %d)",
+                   "once each), device and group (1 to %d in all)",
                    FIRMWARE_MAX_TARGETS);
         goto out;
     }
@@ -149,6 +226,8 @@ void h_firmware_sign(http_request *rq, http_response *rs)
     sp.not_before = http_query(rq, "not_before") ? (int64_t)nb : -1;
     sp.devices = devs->v;
     sp.ndevices = devs->n > devs->kept ? FIRMWARE_MAX_TARGETS + 1 : devs->n;
+    sp.groups = groups->v;
+    sp.ngroups = groups->n > groups->kept ? FIRMWARE_MAX_TARGETS + 1 : groups->n;
     /* The image is the service's from here (held once: it is not copied). */
     image = *rq->octets;
     *rq->octets = NULL;
@@ -177,4 +256,5 @@ out:
     json_decref(info);
     free(st);
     free(devs);
+    free(groups);
 }

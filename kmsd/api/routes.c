@@ -115,6 +115,10 @@
     X("POST", "/v1/admin/firmware/keys", "admin_firmware_keys_create", ROLE_ADMIN, h_firmware_keys_create, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/keys/{product}/rotate", "admin_firmware_keys_rotate", ROLE_ADMIN, h_firmware_keys_rotate, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/packages", "admin_firmware_sign", ROLE_RELEASE, h_firmware_sign, ADM, RL_ADMIN, .octets = true) \
+    X("GET", "/v1/admin/firmware/groups", "admin_firmware_groups", ROLE_ANY | ROLE_RELEASE, h_firmware_groups_list, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/firmware/groups", "admin_firmware_groups_create", ROLE_ADMIN, h_firmware_groups_create, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/firmware/groups/{group}/rotate", "admin_firmware_groups_rotate", ROLE_ADMIN, h_firmware_groups_rotate, ADM, RL_ADMIN) \
+    X("DELETE", "/v1/admin/firmware/groups/{group}/keys/{key_id}", "admin_firmware_groups_destroy", ROLE_ADMIN, h_firmware_groups_destroy, ADM, RL_ADMIN) \
     X("GET", "/v1/random", "random", ROLE_CRYPTO | ROLE_ADMIN, h_crypto_random, ADM, RL_ADMIN) \
     X("POST", "/v1/crypto/sessions/{session}/encrypt", "crypto_session_encrypt", ROLE_CRYPTO, h_crypto_encrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
     X("POST", "/v1/crypto/sessions/{session}/decrypt", "crypto_session_decrypt", ROLE_CRYPTO, h_crypto_decrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \

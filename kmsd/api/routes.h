@@ -29,6 +29,10 @@ void h_firmware_keys_list(http_request *rq, http_response *rs);
 void h_firmware_keys_create(http_request *rq, http_response *rs);
 void h_firmware_keys_rotate(http_request *rq, http_response *rs);
 void h_firmware_sign(http_request *rq, http_response *rs);
+void h_firmware_groups_list(http_request *rq, http_response *rs);
+void h_firmware_groups_create(http_request *rq, http_response *rs);
+void h_firmware_groups_rotate(http_request *rq, http_response *rs);
+void h_firmware_groups_destroy(http_request *rq, http_response *rs);
 /* crypto_door.c */
 void h_crypto_random(http_request *rq, http_response *rs);
 void h_crypto_encrypt(http_request *rq, http_response *rs);

@@ -23,6 +23,7 @@
 #include "service/certs.h"
 #include "service/device_keys.h"
 #include "service/device_model.h"
+#include "service/firmware_groups.h"
 #include "store/pgarray.h"
 #include "store/pgjson.h"
 #include "store/queries.h"
@@ -49,6 +50,9 @@ struct fill_tx {
     json_t *exported; /* indices, in document order */
     json_t *family;   /* the gateway's local key indices in the document */
     char gateway[DEVICE_ID_MAX + 1];
+    uint8_t *gkeys;        /* the group's firmware keys (secure heap), the active one first */
+    size_t ngkeys;
+    char group_key_id[33]; /* the one in the document, or "" */
     uint8_t *package;
     size_t package_len;
 };
@@ -211,7 +215,7 @@ static db_status write_doc(struct fill_tx *t, const PGresult *keys, const PGresu
     db_status st = DB_OK;
     int bad;
 
-    t->doc = qbuf_new(DOC_HEAD_MAX * (PQntuples(fam) > 0 ? 2 : 1) +
+    t->doc = qbuf_new(DOC_HEAD_MAX * (PQntuples(fam) > 0 ? 3 : 2) +
                           (size_t)(t->nchosen + PQntuples(fam)) * DOC_KEY_MAX +
                           (t->tls ? qbuf_len(t->tls) + 16 : 0),
                       QBUF_SECURE);
@@ -250,6 +254,18 @@ static db_status write_doc(struct fill_tx *t, const PGresult *keys, const PGresu
     }
     if (PQntuples(fam) > 0 && (st = write_family(t, fam, key)) != DB_OK)
         goto out;
+    /* The group's active firmware key (firmware_groups.h): group-targeted
+     * packages are wrapped under it. */
+    if (t->ngkeys > 0) {
+        uint8_t *dst;
+        qkms_hex_encode(t->gkeys + 32, 16, t->group_key_id);
+        bad = keep(bad, qbuf_put_str(t->doc, ",\"firmware_group_key\":{\"group\":"));
+        bad = keep(bad, put_str(t->doc, group));
+        bad = keep(bad, qbuf_putf(t->doc, ",\"key_id\":\"%s\",\"key\":\"", t->group_key_id));
+        if (bad == QBUF_OK && (bad = qbuf_reserve(t->doc, 64, &dst)) == QBUF_OK)
+            qkms_hex_encode(t->gkeys, 32, (char *)dst);
+        bad = keep(bad, qbuf_put_str(t->doc, "\"}"));
+    }
     /* The device's TLS identity (device_fill.h), as made by certs_identity. */
     if (t->tls) {
         bad = keep(bad, qbuf_put_str(t->doc, ",\"tls\":"));
@@ -275,6 +291,10 @@ static void reset_fill_outputs(struct fill_tx *t)
     t->exported = NULL;
     json_decref(t->family);
     t->family = NULL;
+    if (t->gkeys)
+        OPENSSL_cleanse(t->gkeys, FIRMWARE_GROUP_ENTRY * FIRMWARE_GROUP_MAX_KEYS);
+    t->ngkeys = 0;
+    t->group_key_id[0] = 0;
 }
 
 /* Lock the device (it must be active); its pk, type and group. */
@@ -332,9 +352,11 @@ static db_status record(db_conn *c, struct fill_tx *t, const char *pk, pgarray *
     }
     PQclear(r);
     st = audit_append(c, t->actor, "device.fill_exported", t->device_id,
-                      json_pack("{s:O,s:s,s:s?,s:b,s:o?}", "indices", t->exported, "mode",
+                      json_pack("{s:O,s:s,s:s?,s:b,s:s?,s:o?}", "indices", t->exported, "mode",
                                 t->recipient ? "sealed" : "plaintext", "recipient_fingerprint",
                                 t->recipient ? t->fingerprint : NULL, "forced", t->force,
+                                "firmware_group_key_id",
+                                t->group_key_id[0] ? t->group_key_id : NULL,
                                 "family", json_array_size(t->family)
                                               ? json_pack("{s:s,s:O}", "gateway_id", t->gateway,
                                                           "indices", t->family)
@@ -389,6 +411,10 @@ static db_status fill_tx_fn(db_conn *c, void *arg)
     } else if ((st = choose_keys(t, keys)) != DB_OK) {
         goto out;
     }
+    /* A family-only refill carries the family's keys alone. */
+    if (!t->family_only &&
+        (st = firmware_group_keys_get(t->s, c, group, t->gkeys, &t->ngkeys, t->e)) != DB_OK)
+        goto out;
     if ((st = write_doc(t, keys, fam, type, group, &idx)) != DB_OK)
         goto out;
     if (t->recipient && (st = seal(t)) != DB_OK)
@@ -452,6 +478,10 @@ qk_kind device_fill_export(qk_svc *s, const qk_principal *who, const char *devic
         k = qk_fail(e, QK_INVALID, "invalid_recipient_key", "cannot encode the recipient key");
         goto out;
     }
+    if (!(t->gkeys = OPENSSL_secure_zalloc(FIRMWARE_GROUP_ENTRY * FIRMWARE_GROUP_MAX_KEYS))) {
+        k = qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
+        goto out;
+    }
     /* The identity first (it is recorded); undone if the fill fails. */
     if (identity && (k = certs_identity(s, who, identity, &tls, &cert, e)) != QK_OK)
         goto out;
@@ -480,6 +510,8 @@ qk_kind device_fill_export(qk_svc *s, const qk_principal *who, const char *devic
     k = QK_OK;
 out:
     reset_fill_outputs(t);
+    if (t->gkeys)
+        OPENSSL_secure_clear_free(t->gkeys, FIRMWARE_GROUP_ENTRY * FIRMWARE_GROUP_MAX_KEYS);
     free(t);
     qbuf_free(tls); /* wipes the private key */
     json_decref(cert);

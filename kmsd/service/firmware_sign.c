@@ -21,6 +21,8 @@
 #include "qkms_proto.h"
 #include "service/audit.h"
 #include "service/device_keys.h"
+#include "service/device_model.h"
+#include "service/firmware_groups.h"
 #include "service/firmware_keys.h"
 #include "store/queries.h"
 
@@ -163,22 +165,42 @@ static db_status refuse(sign_tx *t, qk_kind kind, const char *code, const char *
     return DB_OK; /* nothing written: the transaction commits empty */
 }
 
+/* {"groups":[...],"devices":[...]}, in the order given. */
+static json_t *targets_json(const firmware_sign_spec *sp)
+{
+    json_t *g = json_array(), *d = json_array();
+    for (size_t i = 0; g && i < sp->ngroups; i++)
+        json_array_append_new(g, json_string(sp->groups[i]));
+    for (size_t i = 0; d && i < sp->ndevices; i++)
+        json_array_append_new(d, json_string(sp->devices[i]));
+    if (!g || !d) {
+        json_decref(g);
+        json_decref(d);
+        return NULL;
+    }
+    return json_pack("{s:o,s:o}", "groups", g, "devices", d);
+}
+
 /* The manifest's bytes: the documented key order, no spaces. */
 static char *manifest_text(const firmware_sign_spec *sp, uint64_t counter, uint64_t size,
                            const char *sha_hex, int64_t nb, const char *pid, const char *signer)
 {
-    json_t *devs = json_array(), *m;
+    json_t *targets = targets_json(sp), *m;
     char *text;
-    for (size_t i = 0; devs && i < sp->ndevices; i++)
-        json_array_append_new(devs, json_string(sp->devices[i]));
-    m = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:{s:[],s:o},s:I,s:s,s:s}", "format",
-                  "qkms-fw-manifest/1", "product", sp->product, "version", sp->version, "counter",
-                  (json_int_t)counter, "image_size", (json_int_t)size, "image_sha256", sha_hex,
-                  "targets", "groups", "devices", devs, "not_before", (json_int_t)nb,
-                  "package_id", pid, "signer", signer);
+    m = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:o,s:I,s:s,s:s}", "format", "qkms-fw-manifest/1",
+                  "product", sp->product, "version", sp->version, "counter", (json_int_t)counter,
+                  "image_size", (json_int_t)size, "image_sha256", sha_hex, "targets", targets,
+                  "not_before", (json_int_t)nb, "package_id", pid, "signer", signer);
     text = m ? json_dumps(m, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(m);
     return text;
+}
+
+/* Recipients a package may have: one per device, FIRMWARE_GROUP_MAX_KEYS
+ * per group. */
+static size_t max_recipients(const firmware_sign_spec *sp)
+{
+    return sp->ndevices + FIRMWARE_GROUP_MAX_KEYS * sp->ngroups;
 }
 
 static db_status sign_tx_fn(db_conn *c, void *arg)
@@ -190,7 +212,8 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     PGresult *r = NULL;
     db_status st;
     char label[96], msg[200], sha_hex[65], *man = NULL, cnt[24], nbs[24];
-    uint8_t pid[16], dig[32], rs[64], *der = NULL, *dk = NULL, *keks = NULL;
+    uint8_t pid[16], dig[32], rs[64], *der = NULL, *dk = NULL, *keks = NULL, *kinds = NULL;
+    size_t nr = 0; /* recipients gathered */
     unsigned char *q;
     size_t ml, sl, rsl = sizeof(rs);
     int64_t nb = sp->not_before >= 0 ? sp->not_before : (int64_t)time(NULL);
@@ -267,12 +290,28 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
                  hx + 12, hx + 16, hx + 20);
     }
     /* The targets' keys first: nothing is signed for a package that
-     * cannot be made. Each target's newest usable device key, unwrapped for
-     * its KEK and kek_id (docs/firmware.md), kept in the secure heap. */
-    if (!(keks = OPENSSL_secure_malloc(48 * sp->ndevices))) {
+     * cannot be made. Each recipient's KEK and kek_id (docs/firmware.md),
+     * kept in the secure heap: for a device, derived from its newest usable
+     * device key; for a group, each of its firmware keys as they are. */
+    if (!(keks = OPENSSL_secure_malloc(FIRMWARE_GROUP_ENTRY * max_recipients(sp))) ||
+        !(kinds = malloc(max_recipients(sp)))) {
         qk_fail(t->e, QK_INTERNAL, "internal", "out of secure memory");
         st = DB_ERROR;
         goto out;
+    }
+    for (size_t i = 0; i < sp->ngroups; i++) {
+        size_t n = 0;
+        if ((st = firmware_group_keys_get(t->s, c, sp->groups[i], keks + 48 * nr, &n, t->e)) !=
+            DB_OK)
+            goto out;
+        if (n == 0) {
+            snprintf(msg, sizeof(msg), "group '%s' has no firmware key (firmware groups create)",
+                     sp->groups[i]);
+            st = refuse(t, QK_CONFLICT, "no_group_key", msg);
+            goto out;
+        }
+        memset(kinds + nr, QKF_KIND_GROUP, n);
+        nr += n;
     }
     for (size_t i = 0; i < sp->ndevices; i++) {
         const char *dv[1] = {sp->devices[i]};
@@ -292,13 +331,14 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         }
         PQclear(r);
         r = NULL;
-        if (qkd_firmware_device_kek(dk, dl, pid, sp->devices[i], keks + 48 * i,
-                                    keks + 48 * i + 32) != QKD_OK) {
+        if (qkd_firmware_device_kek(dk, dl, pid, sp->devices[i], keks + 48 * nr,
+                                    keks + 48 * nr + 32) != QKD_OK) {
             qk_fail(t->e, QK_INTERNAL, "internal", "the crypto library failed");
             st = DB_ERROR;
             goto out;
         }
         OPENSSL_cleanse(dk, DEVICE_KEY_BUF);
+        kinds[nr++] = QKF_KIND_DEVICE;
     }
     qkms_hex_encode(t->image_sha, 32, sha_hex);
     if (!(man = manifest_text(sp, t->counter, t->image_len, sha_hex, nb, t->package_id,
@@ -360,7 +400,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     memcpy(p->prefix + 6 + ml, der, sl);
     p->body_len = p->plen + t->image_len;
     p->nchunks = (p->body_len + FIRMWARE_CHUNK - 1) / FIRMWARE_CHUNK;
-    p->hlen = QKF_FIXED_LEN + QKF_RECIPIENT_LEN * sp->ndevices;
+    p->hlen = QKF_FIXED_LEN + QKF_RECIPIENT_LEN * nr;
     if (!(p->header = calloc(1, p->hlen)) || !(p->chunk = malloc(FIRMWARE_CHUNK + QKF_TAG_LEN))) {
         qk_fail(t->e, QK_INTERNAL, "internal", "out of memory");
         st = DB_ERROR;
@@ -369,17 +409,17 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     memcpy(p->header, QKF_MAGIC, 8);
     p->header[8] = QKF_VERSION;
     p->header[9] = QKF_SUITE;
-    p->header[10] = (uint8_t)(sp->ndevices >> 8);
-    p->header[11] = (uint8_t)sp->ndevices;
+    p->header[10] = (uint8_t)(nr >> 8);
+    p->header[11] = (uint8_t)nr;
     put32(p->header + 12, FIRMWARE_CHUNK);
     memcpy(p->header + 16, pid, 16);
     put64(p->header + 32, p->body_len);
 
-    /* One recipient per target, with the KEKs derived above. */
-    for (size_t i = 0; i < sp->ndevices; i++) {
+    /* One recipient per key gathered above. */
+    for (size_t i = 0; i < nr; i++) {
         uint8_t *e = p->header + QKF_FIXED_LEN + QKF_RECIPIENT_LEN * i, aad[QKF_FIXED_LEN + 17];
         const uint8_t *kk = keks + 48 * i; /* kek (32) || kek_id (16) */
-        e[0] = QKF_KIND_DEVICE;
+        e[0] = kinds[i];
         memcpy(e + 4, kk + 32, 16);
         if (entropy_get_secret(t->s->ent, e + 20, 12) != 0) {
             qk_fail(t->e, QK_UNAVAILABLE, "entropy_unavailable", "no entropy source may serve now");
@@ -388,7 +428,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
             goto out;
         }
         memcpy(aad, p->header, QKF_FIXED_LEN);
-        aad[QKF_FIXED_LEN] = QKF_KIND_DEVICE;
+        aad[QKF_FIXED_LEN] = kinds[i];
         memcpy(aad + QKF_FIXED_LEN + 1, kk + 32, 16);
         if (gcm_seal(kk, e + 20, aad, sizeof(aad), p->k, 32, e + 32) != 0) {
             qk_fail(t->e, QK_INTERNAL, "internal", "the crypto library failed");
@@ -407,43 +447,42 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     snprintf(cnt, sizeof(cnt), "%llu", (unsigned long long)t->counter);
     snprintf(nbs, sizeof(nbs), "%lld", (long long)nb);
     {
-        json_t *devs = json_array();
-        char *tg;
+        json_t *targets = targets_json(sp);
+        char *tg = targets ? json_dumps(targets, JSON_COMPACT) : NULL;
         uint8_t msha[32];
         char msha_hex[65], isize[24];
-        for (size_t i = 0; devs && i < sp->ndevices; i++)
-            json_array_append_new(devs, json_string(sp->devices[i]));
-        {
-            json_t *targets = devs ? json_pack("{s:[],s:o}", "groups", "devices", devs) : NULL;
-            tg = targets ? json_dumps(targets, JSON_COMPACT) : NULL;
-            json_decref(targets);
-        }
+        json_decref(targets);
         EVP_Digest(man, ml, msha, NULL, EVP_sha256(), NULL);
         qkms_hex_encode(msha, 32, msha_hex);
         snprintf(isize, sizeof(isize), "%llu", (unsigned long long)t->image_len);
         {
             const char *vals[11] = {sp->product, cnt, sp->version, t->package_id, isize, sha_hex,
-                                    msha_hex, t->signer, tg ? tg : "{}", nbs, t->who->name};
-            PGresult *ins = db_exec(c, Q_FW_RELEASE_INSERT, 11, vals, NULL, NULL, &st);
+                                    msha_hex, t->signer, tg, nbs, t->who->name};
+            PGresult *ins = tg ? db_exec(c, Q_FW_RELEASE_INSERT, 11, vals, NULL, NULL, &st) : NULL;
             free(tg);
+            if (!ins && !tg) {
+                qk_fail(t->e, QK_INTERNAL, "internal", "out of memory");
+                st = DB_ERROR;
+            }
             if (!ins)
                 goto out;
             PQclear(ins);
         }
     }
     st = audit_append(c, t->who->name, "firmware.signed", NULL,
-                      json_pack("{s:s,s:s,s:s,s:s,s:I,s:s,s:s,s:i}", "product", sp->product,
-                                "version", sp->version, "counter", cnt, "package_id",
+                      json_pack("{s:s,s:s,s:s,s:s,s:I,s:s,s:s,s:o,s:i}", "product",
+                                sp->product, "version", sp->version, "counter", cnt, "package_id",
                                 t->package_id, "image_size", (json_int_t)t->image_len,
                                 "image_sha256", sha_hex, "signer", t->signer, "targets",
-                                (int)sp->ndevices));
+                                targets_json(sp), "recipients", (int)nr));
     if (st == DB_OK) {
         t->pkg = p;
         p = NULL;
     }
 out:
     if (keks)
-        OPENSSL_secure_clear_free(keks, 48 * sp->ndevices);
+        OPENSSL_secure_clear_free(keks, FIRMWARE_GROUP_ENTRY * max_recipients(sp));
+    free(kinds);
     if (dk)
         OPENSSL_secure_clear_free(dk, DEVICE_KEY_BUF);
     ECDSA_SIG_free(sig);
@@ -485,8 +524,8 @@ qk_kind firmware_sign(qk_svc *s, const qk_principal *who, const firmware_sign_sp
                     "version must be 1-64 printable ASCII characters, no quote or backslash");
     else if (sp->counter > QKF_COUNTER_MAX)
         k = qk_fail(e, QK_INVALID, "invalid_counter", "counter must be from 1 to 2^53 - 1");
-    else if (sp->ndevices < 1 || sp->ndevices > FIRMWARE_MAX_TARGETS)
-        k = qk_fail(e, QK_INVALID, "invalid_targets", "from 1 to %d target devices",
+    else if (sp->ndevices + sp->ngroups < 1 || sp->ndevices + sp->ngroups > FIRMWARE_MAX_TARGETS)
+        k = qk_fail(e, QK_INVALID, "invalid_targets", "from 1 to %d targets (devices and groups)",
                     FIRMWARE_MAX_TARGETS);
     else if (image_len == 0)
         k = qk_fail(e, QK_INVALID, "invalid_image", "the image is empty");
@@ -497,6 +536,14 @@ qk_kind firmware_sign(qk_svc *s, const qk_principal *who, const firmware_sign_sp
             if (!strcmp(sp->devices[i], sp->devices[j]))
                 k = qk_fail(e, QK_INVALID, "invalid_targets", "device '%.128s' named twice",
                             sp->devices[i]);
+    }
+    for (size_t i = 0; k == QK_OK && i < sp->ngroups; i++) {
+        if (!device_group_valid(sp->groups[i]))
+            k = qk_fail(e, QK_INVALID, "invalid_targets", "a group name no group can have");
+        for (size_t j = 0; k == QK_OK && j < i; j++)
+            if (!strcmp(sp->groups[i], sp->groups[j]))
+                k = qk_fail(e, QK_INVALID, "invalid_targets", "group '%s' named twice",
+                            sp->groups[i]);
     }
     if (k != QK_OK)
         goto fail;

@@ -16,12 +16,16 @@
  *    the product's lock and committed with the release row before a byte
  *    of the package exists: a package whose answer was lost is signed again
  *    with the next counter.
+ *  - Targets: devices (the content key wrapped under a key derived from
+ *    each one's newest device key) and groups (wrapped under each of the
+ *    group's firmware keys, firmware_groups.h: the active one and the
+ *    previous ones not yet destroyed).
  *  - Nothing is signed when a check fails: the targets' keys are read
  *    before the manifest is signed. Errors (err.h): QK_INVALID
  *    "invalid_product", "invalid_version", "invalid_counter",
  *    "invalid_not_before", "invalid_targets", "unknown_device" (no active
  *    device of that ID with a usable key), "invalid_image" (empty);
- *    QK_CONFLICT "no_firmware_key", "counter_rollback"; QK_UNAVAILABLE
+ *    QK_CONFLICT "no_firmware_key", "no_group_key", "counter_rollback"; QK_UNAVAILABLE
  *    "token_unavailable", "entropy_unavailable", "unavailable"; QK_INTERNAL.
  */
 #ifndef QKMS_FIRMWARE_SIGN_H
@@ -35,9 +39,10 @@
 #include "err.h"
 #include "service/service.h"
 
-/* Targets travel in the request's query string (libmicrohttpd's 32 KiB
- * connection memory holds the request line): 100 device IDs of up to 128
- * bytes fit. Many devices are a group's (next). */
+/* Targets (devices and groups together) travel in the request's query
+ * string (libmicrohttpd's 32 KiB connection memory holds the request
+ * line): 100 device IDs of up to 128 bytes fit. Many devices are a
+ * group's. */
 #define FIRMWARE_MAX_TARGETS 100
 #define FIRMWARE_CHUNK 65536u
 
@@ -46,8 +51,10 @@ typedef struct {
     const char *version;          /* 1-64 printable ASCII */
     uint64_t counter;             /* 0: the product's last + 1 */
     int64_t not_before;           /* Unix seconds; < 0: now */
-    const char *const *devices;   /* the target devices' IDs, 1..FIRMWARE_MAX_TARGETS */
+    const char *const *devices;   /* the target devices' IDs */
     size_t ndevices;
+    const char *const *groups;    /* the target groups; with the devices 1..FIRMWARE_MAX_TARGETS */
+    size_t ngroups;
 } firmware_sign_spec;
 
 typedef struct firmware_package firmware_package;

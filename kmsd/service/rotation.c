@@ -16,6 +16,7 @@
 
 #include "service/audit.h"
 #include "service/device_model.h"
+#include "service/firmware_groups.h"
 #include "hexutil.h"
 #include "service/keycache.h"
 #include "log.h"
@@ -157,8 +158,9 @@ qk_kind rotation_status(qk_svc *s, json_t **out, qk_err *e)
     arr = json_array();
     for (int i = 0; i < PQntuples(r); i++) {
         long long dk = atoll(PQgetvalue(r, i, 5)), ss = atoll(PQgetvalue(r, i, 6));
-        /* ETSI GS QKD 014 keys (qkd.h) count as pending too; they are not
-         * listed per version (they live minutes, not years). */
+        /* ETSI GS QKD 014 keys (qkd.h) and groups' firmware keys
+         * (firmware_groups.h) count as pending too; they are not listed per
+         * version (the former live minutes; the latter are a handful). */
         if (strcmp(PQgetvalue(r, i, 2), "active") != 0)
             pending += dk + ss + atoll(PQgetvalue(r, i, 7));
         json_array_append_new(
@@ -322,6 +324,13 @@ static int rewrap_batch(qk_svc *k, db_conn *c)
     /* Before the sessions' skip below: QKD keys have no such latch, and a
      * rotation must reach every one of them however few sessions remain. */
     done += rewrap_qkd(k, c, active);
+    {
+        /* Groups' firmware keys (schema/036): few, long-lived, rewrapped
+         * on every pass like the QKD keys, whatever the sessions' latch. */
+        int fg;
+        done += rewrap_sessions(k, c, Q_REWRAP_FW_GROUPS, Q_REWRAP_FW_GROUP_SET,
+                                firmware_group_key_context, active, &fg);
+    }
     if (k->sessions_rewrapped_for == av)
         return done;
     {

@@ -115,6 +115,31 @@
       " image_sha256, manifest_sha256, signer_sha256, targets, not_before, signed_by)"         \
       " VALUES ($1, $2::bigint, $3, $4::uuid, $5::bigint, decode($6, 'hex'), decode($7, 'hex')," \
       " decode($8, 'hex'), $9::jsonb, to_timestamp($10::bigint), $11)")                        \
+    /* groups' firmware keys (firmware_groups.h, schema/036) */                              \
+    X(Q_FWG_LOCK, "SELECT pg_advisory_xact_lock(hashtextextended('qkms-fwg:' || $1, 0))")      \
+    X(Q_FWG_KEYS, /* a group's keys, the active one first */                                  \
+      "SELECT encode(key_id, 'hex'), encode(wrapped, 'hex'), state FROM firmware_group_keys"   \
+      " WHERE group_label = $1 ORDER BY state = 'active' DESC, id DESC")                       \
+    X(Q_FWG_SUPERSEDE,                                                                         \
+      "UPDATE firmware_group_keys SET state = 'previous', superseded_at = now()"               \
+      " WHERE group_label = $1 AND state = 'active' RETURNING encode(key_id, 'hex')")          \
+    X(Q_FWG_INSERT,                                                                            \
+      "INSERT INTO firmware_group_keys (group_label, key_id, state, wrapped, master_version,"  \
+      " created_by) VALUES ($1, decode($2, 'hex'), 'active', decode($3, 'hex'), $4::int, $5)") \
+    X(Q_FWG_DELETE, /* a previous key; the active one is refused by the service */             \
+      "DELETE FROM firmware_group_keys WHERE group_label = $1 AND key_id = decode($2, 'hex')"  \
+      " AND state = 'previous' RETURNING created_at")                                          \
+    X(Q_FWG_LIST, /* $1 group or NULL */                                                       \
+      "SELECT g.group_label, encode(g.key_id, 'hex'), g.state, g.master_version, g.created_at," \
+      " g.created_by, g.superseded_at FROM firmware_group_keys g"                              \
+      " WHERE $1::text IS NULL OR g.group_label = $1"                                          \
+      " ORDER BY g.group_label, g.state = 'active' DESC, g.id DESC")                          \
+    X(Q_REWRAP_FW_GROUPS,                                                                      \
+      "SELECT id, group_label, encode(key_id, 'hex'), encode(wrapped, 'hex'), master_version"  \
+      " FROM firmware_group_keys WHERE master_version < $1::int LIMIT $2::int")               \
+    X(Q_REWRAP_FW_GROUP_SET,                                                                   \
+      "UPDATE firmware_group_keys SET wrapped = decode($3, 'hex'), master_version = $4::int"   \
+      " WHERE id = $1::bigint AND master_version = $2::int")                                   \
     /* the crypto services (crypto.h, schema/032): a session's key for a crypto token */      \
     X(Q_CRYPTO_KEY, "SELECT * FROM qkms_crypto_key($1::bigint, $2, $3, $4::uuid)")             \
     /* $1 key_id, $2 direction, $3 session_pk: the seq to seal with (the next one, from 2^63  \
@@ -689,6 +714,7 @@
       "  + (SELECT count(*) FROM session_keys k WHERE k.master_version = m.version)"           \
       "  + (SELECT count(*) FROM stream_keys k WHERE k.master_version = m.version),"           \
       " (SELECT count(*) FROM qkd_keys q WHERE q.master_version = m.version)"                  \
+      "  + (SELECT count(*) FROM firmware_group_keys g WHERE g.master_version = m.version)"    \
       " FROM master_keys m ORDER BY m.version")                                                \
     X(Q_REWRAP_QKD,                                                                            \
       "SELECT id, key_id, encode(wrapped_key, 'hex'), master_version FROM qkd_keys"             \
@@ -724,6 +750,7 @@
       " AND NOT EXISTS (SELECT 1 FROM session_keys k WHERE k.master_version = m.version)"      \
       " AND NOT EXISTS (SELECT 1 FROM stream_keys k WHERE k.master_version = m.version)"       \
       " AND NOT EXISTS (SELECT 1 FROM qkd_keys q WHERE q.master_version = m.version)"          \
+      " AND NOT EXISTS (SELECT 1 FROM firmware_group_keys g WHERE g.master_version = m.version)" \
       " AND NOT EXISTS (SELECT 1 FROM session_hash_key h WHERE h.master_version = m.version)"  \
       " ORDER BY version LIMIT 1 FOR UPDATE OF m")                                             \
     X(Q_SIDKEY_GET, "SELECT encode(wrapped, 'hex'), master_version FROM session_hash_key")    \

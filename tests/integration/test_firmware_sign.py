@@ -119,7 +119,8 @@ def test_a_release_signed_and_opened_by_its_devices(rel, tmp_path):
     assert row == f"1 2.7.1 {50 << 20} {hashlib.sha256(image).hexdigest()}"
     a = rel.st.psql("SELECT detail::text FROM audit_log WHERE event = 'firmware.signed'"
                     f" AND detail->>'product' = '{rel.product}'").strip()
-    assert json.loads(a)["targets"] == 2
+    assert json.loads(a)["targets"] == {"groups": [], "devices": [d1, d2]}
+    assert json.loads(a)["recipients"] == 2
 
 
 def test_counters_only_grow(rel):

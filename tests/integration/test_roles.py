@@ -81,12 +81,17 @@ MATRIX = [
     ("POST", "/v1/admin/firmware/keys", ADMIN),
     ("POST", "/v1/admin/firmware/keys/{product}/rotate", ADMIN),
     ("POST", "/v1/admin/firmware/packages", {R}),
+    ("GET", "/v1/admin/firmware/groups", ANY | {R}),
+    ("POST", "/v1/admin/firmware/groups", ADMIN),
+    ("POST", "/v1/admin/firmware/groups/{group}/rotate", ADMIN),
+    ("DELETE", "/v1/admin/firmware/groups/{group}/keys/{key_id}", ADMIN),
 ]
 
 
 def concrete(path):
     return (path.replace("{id}", "NO-SUCH").replace("{name}", "no-such").replace("{serial}", "00ff")
-            .replace("{product}", "no-such")
+            .replace("{product}", "no-such").replace("{group}", "no-such")
+            .replace("{key_id}", "0" * 32)
             .replace("{sha256}", "0" * 64).replace("{request_id}", "no-such-request"))
 
 

@@ -285,12 +285,65 @@ static void test_arguments(void **state)
     qkd_firmware_stream_free(NULL);
 }
 
+/* The group key of a fill document, or the key alone; none; malformed. */
+static void test_group_key_load(void **state)
+{
+    (void)state;
+    static const char kid[] = "00112233445566778899aabbccddeeff";
+    static const char key[] = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    char fd[512], err[200];
+    qkd_firmware_group_key g;
+    int found = -1;
+
+    snprintf(fd, sizeof(fd),
+             "{\"format\":\"qkms-fill/1\",\"device_id\":\"M1\",\"group\":\"plant-7\","
+             "\"keys\":[],\"firmware_group_key\":{\"group\":\"plant-7\",\"key_id\":\"%s\","
+             "\"key\":\"%s\"}}",
+             kid, key);
+    assert_int_equal(qkd_firmware_group_key_load(fd, strlen(fd), &g, &found, err, sizeof(err)),
+                     QKD_OK);
+    assert_int_equal(found, 1);
+    assert_string_equal(g.group, "plant-7");
+    assert_int_equal(g.key_id[0], 0x00);
+    assert_int_equal(g.key_id[15], 0xff);
+    assert_int_equal(g.key[31], 0x1f);
+    snprintf(fd, sizeof(fd), "{\"group\":\"g\",\"key_id\":\"%s\",\"key\":\"%s\"}", kid, key);
+    assert_int_equal(qkd_firmware_group_key_load(fd, strlen(fd), &g, &found, err, sizeof(err)),
+                     QKD_OK);
+    assert_int_equal(found, 1);
+    assert_string_equal(g.group, "g");
+    /* a fill document without one */
+    snprintf(fd, sizeof(fd), "{\"format\":\"qkms-fill/1\",\"device_id\":\"M1\",\"keys\":[]}");
+    assert_int_equal(qkd_firmware_group_key_load(fd, strlen(fd), &g, &found, err, sizeof(err)),
+                     QKD_OK);
+    assert_int_equal(found, 0);
+    /* malformed: short key, bad hex, missing group, not JSON; never found */
+    {
+        static const char *const bad[] = {
+            "{\"group\":\"g\",\"key_id\":\"00112233445566778899aabbccddeeff\",\"key\":\"00\"}",
+            "{\"group\":\"g\",\"key_id\":\"zz112233445566778899aabbccddeeff\",\"key\":"
+            "\"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\"}",
+            "{\"firmware_group_key\":{\"key_id\":\"00112233445566778899aabbccddeeff\"}}",
+            "{\"firmware_group_key\":5}",
+            "not json",
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            assert_int_equal(qkd_firmware_group_key_load(bad[i], strlen(bad[i]), &g, &found, err,
+                                                         sizeof(err)),
+                             QKD_ERR_INPUT);
+            assert_int_equal(found, 0);
+            assert_null(strstr(err, "0102030405"));
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vectors),
         cmocka_unit_test(test_flipped_bits_never_open),
         cmocka_unit_test(test_arguments),
+        cmocka_unit_test(test_group_key_load),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
