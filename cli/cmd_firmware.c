@@ -329,6 +329,69 @@ done:
     return rc;
 }
 
+/* `firmware verify PKG`: the package streamed up, checked by kmsd as its
+ * targets would check it; the verdict printed. */
+static int verify_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *path = inv->pos[0];
+    FILE *in = NULL, *ans = NULL;
+    char *buf = NULL;
+    size_t blen = 0;
+    struct stat sb;
+    json_t *doc = NULL;
+    int rc;
+
+    if (!(in = fopen(path, "rb")) || fstat(fileno(in), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        out_error("%s: %s", out_safe(path), in ? "not a regular file" : strerror(errno));
+        if (in)
+            fclose(in);
+        return EXIT_USAGE;
+    }
+    if (!(ans = open_memstream(&buf, &blen))) {
+        fclose(in);
+        return EXIT_INTERNAL;
+    }
+    rc = client_upload(ctx, "/v1/admin/firmware/packages/verify", in, (uint64_t)sb.st_size, ans,
+                       NULL, NULL);
+    fclose(in);
+    if (fclose(ans) != 0 && rc == EXIT_OK)
+        rc = EXIT_INTERNAL;
+    if (rc != EXIT_OK)
+        goto out;
+    if (!(doc = json_loadb(buf ? buf : "", blen, 0, NULL)) ||
+        !json_is_boolean(json_object_get(doc, "valid"))) {
+        out_error("the answer is not a verdict");
+        rc = EXIT_SERVER;
+        goto out;
+    }
+    if (ctx->json) {
+        rc = out_json(doc);
+    } else if (json_is_true(json_object_get(doc, "valid"))) {
+        const json_t *w = json_object_get(doc, "opened_with");
+        char cnt[24]; /* out_textf knows %s only */
+        snprintf(cnt, sizeof(cnt), "%lld", (long long)json_integer_value(json_object_get(doc, "counter")));
+        out_textf(stdout,
+                  "Valid: %s %s (counter %s, package %s), signed by %s, opened with %s %s.\n",
+                  json_string_value(json_object_get(doc, "product")) ?: "",
+                  json_string_value(json_object_get(doc, "version")) ?: "", cnt,
+                  json_string_value(json_object_get(doc, "package_id")) ?: "",
+                  json_string_value(json_object_get(doc, "signer")) ?: "",
+                  json_string_value(json_object_get(w, "kind")) ?: "",
+                  json_string_value(json_object_get(w, "group"))
+                      ?: json_string_value(json_object_get(w, "device_id")) ?: "");
+    } else {
+        out_textf(stdout, "Invalid (%s): %s\n",
+                  json_string_value(json_object_get(doc, "check")) ?: "",
+                  json_string_value(json_object_get(doc, "message")) ?: "");
+    }
+    if (rc == EXIT_OK && !json_is_true(json_object_get(doc, "valid")))
+        rc = EXIT_REFUSED;
+out:
+    json_decref(doc);
+    free(buf);
+    return rc;
+}
+
 static const struct opt_spec sign_opts[] = {
     {"product", 0, "P", "the product line (its active firmware key signs)"},
     {"version", 0, "V", "the release's name (1-64 printable ASCII)"},
@@ -404,6 +467,24 @@ static const struct action firmware_actions[] = {
         .min_args = 1,
         .max_args = 1,
         .run = sign_run,
+    },
+    {
+        .sub = "verify",
+        .usage = "PKG",
+        .summary = "Check a package as its targets would (kmsd opens it)",
+        .description =
+            "The package is streamed to kmsd, which finds the release it signed under\n"
+            "that package ID and opens the package as its target devices would, with\n"
+            "their keys and the product's certificates: every chunk's tag, the\n"
+            "manifest's signature, the product and targets, the image's size and\n"
+            "SHA-256, and the manifest against the recorded release. Prints the\n"
+            "verdict; exit 0 when valid, 6 when a check failed (it names the check).\n"
+            "Any admin role, and release tokens.\n"
+            "\n"
+            "Request: POST /v1/admin/firmware/packages/verify\n",
+        .min_args = 1,
+        .max_args = 1,
+        .run = verify_run,
     },
     {0},
 };

@@ -326,6 +326,52 @@ cleanup:
     return rc;
 }
 
+int qkd_device_new(qkd_device **out, const char *device_id, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!qkp_id_valid(device_id))
+        return fail(QKD_ERR_INPUT, err, errlen, "device_id is not a valid ID");
+    if (!(*out = calloc(1, sizeof(**out))))
+        return fail(QKD_ERR_INTERNAL, err, errlen, "out of memory");
+    strcpy((*out)->device_id, device_id); /* qkp_id_valid: at most QKP_MAX_ID */
+    return QKD_OK;
+}
+
+int qkd_device_add_key(qkd_device *d, int index, const char *algorithm, const uint8_t *key,
+                       size_t len, char *err, size_t errlen)
+{
+    qkd_key *keys, *slot;
+    size_t at = 0;
+    int suite = algorithm ? qkp_suite_of(algorithm) : -1;
+
+    if (index < 0 || index > 255 || suite < 0 ||
+        len != (strcmp(algorithm, "AES-256") == 0 ? 32u : 16u) || !key)
+        return fail(QKD_ERR_INPUT, err, errlen, "key %d: bad index, algorithm or length", index);
+    if (qkd_device_key(d, index))
+        return fail(QKD_ERR_INPUT, err, errlen, "key index %d appears twice", index);
+    if (d->nkeys >= QKD_MAX_KEYS ||
+        !(keys = realloc(d->keys, (d->nkeys + 1) * sizeof(qkd_key))))
+        return fail(QKD_ERR_INTERNAL, err, errlen, "out of memory");
+    d->keys = keys;
+    while (at < d->nkeys && d->keys[at].index < index) /* kept sorted by index */
+        at++;
+    memmove(&d->keys[at + 1], &d->keys[at], (d->nkeys - at) * sizeof(qkd_key));
+    slot = &d->keys[at];
+    memset(slot, 0, sizeof(*slot));
+    if (!(slot->key = OPENSSL_secure_malloc(len))) {
+        memmove(&d->keys[at], &d->keys[at + 1], (d->nkeys - at) * sizeof(qkd_key));
+        return fail(QKD_ERR_INTERNAL, err, errlen, "out of secure memory");
+    }
+    memcpy(slot->key, key, len);
+    slot->index = index;
+    slot->len = len;
+    slot->suite = suite;
+    slot->not_before = INT64_MIN;
+    slot->not_after = INT64_MAX;
+    d->nkeys++;
+    return QKD_OK;
+}
+
 void qkd_device_free(qkd_device *d)
 {
     if (!d)

@@ -87,6 +87,16 @@ typedef struct {
  */
 int qkd_device_load(qkd_device **out, const char *text, size_t len, char *err, size_t errlen);
 
+/* A device built from keys at hand rather than a fill document (the
+ * platform checking a firmware package under its own copy of a device's
+ * keys): an empty device with device_id, then each key added. add_key
+ * copies key (16 or 32 bytes) into the secure heap; algorithm as in a fill
+ * document; no validity limits, not local. QKD_ERR_INPUT for a bad ID,
+ * length, algorithm or an index it has; QKD_ERR_INTERNAL out of memory. */
+int qkd_device_new(qkd_device **out, const char *device_id, char *err, size_t errlen);
+int qkd_device_add_key(qkd_device *d, int index, const char *algorithm, const uint8_t *key,
+                       size_t len, char *err, size_t errlen);
+
 /* Zeroizes and frees every key, then the device. NULL is fine. */
 void qkd_device_free(qkd_device *d);
 

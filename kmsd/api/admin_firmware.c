@@ -4,7 +4,8 @@
  * GET and POST /v1/admin/firmware/keys, POST .../keys/{product}/rotate;
  * and of signing releases (service/firmware_sign.h; "Signing releases"):
  * POST /v1/admin/firmware/packages, the image in, the package out, each
- * held once; and of groups' firmware keys (service/firmware_groups.h;
+ * held once; POST /v1/admin/firmware/packages/verify, a package checked
+ * as its targets would (service/firmware_verify.h); and of groups' firmware keys (service/firmware_groups.h;
  * "Group firmware keys"): GET and POST /v1/admin/firmware/groups, POST
  * .../groups/{group}/rotate, DELETE .../groups/{group}/keys/{key_id}.
  */
@@ -16,6 +17,7 @@
 #include "service/firmware_groups.h"
 #include "service/firmware_keys.h"
 #include "service/firmware_sign.h"
+#include "service/firmware_verify.h"
 
 void h_firmware_keys_list(http_request *rq, http_response *rs)
 {
@@ -257,4 +259,21 @@ out:
     free(st);
     free(devs);
     free(groups);
+}
+
+/* ---- POST /v1/admin/firmware/packages/verify ----------------------------------- */
+
+void h_firmware_verify(http_request *rq, http_response *rs)
+{
+    qk_principal who = admin_principal(rq);
+    uint8_t *pkg = *rq->octets; /* the service's from here (held once) */
+    json_t *out;
+    qk_err e;
+
+    *rq->octets = NULL;
+    if (firmware_verify(&rq->kms->svc, &who, pkg, rq->body_len, &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return;
+    }
+    http_json(rs, 200, out);
 }

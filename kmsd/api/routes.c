@@ -9,6 +9,7 @@
  * is checked against it (tests/integration/test_openapi.py).
  */
 #include "api/routes.h"
+#include "service/firmware_verify.h"
 
 #define OPS (ROLE_ADMIN | ROLE_OPERATOR)
 #define IMPORT_MAX_BODY (4u << 20)
@@ -115,6 +116,7 @@
     X("POST", "/v1/admin/firmware/keys", "admin_firmware_keys_create", ROLE_ADMIN, h_firmware_keys_create, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/keys/{product}/rotate", "admin_firmware_keys_rotate", ROLE_ADMIN, h_firmware_keys_rotate, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/packages", "admin_firmware_sign", ROLE_RELEASE, h_firmware_sign, ADM, RL_ADMIN, .octets = true) \
+    X("POST", "/v1/admin/firmware/packages/verify", "admin_firmware_verify", ROLE_ANY | ROLE_RELEASE, h_firmware_verify, ADM, RL_ADMIN, .octets = true, .max_body = FIRMWARE_PACKAGE_ROOM) \
     X("GET", "/v1/admin/firmware/groups", "admin_firmware_groups", ROLE_ANY | ROLE_RELEASE, h_firmware_groups_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/groups", "admin_firmware_groups_create", ROLE_ADMIN, h_firmware_groups_create, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/groups/{group}/rotate", "admin_firmware_groups_rotate", ROLE_ADMIN, h_firmware_groups_rotate, ADM, RL_ADMIN) \

@@ -29,6 +29,7 @@ void h_firmware_keys_list(http_request *rq, http_response *rs);
 void h_firmware_keys_create(http_request *rq, http_response *rs);
 void h_firmware_keys_rotate(http_request *rq, http_response *rs);
 void h_firmware_sign(http_request *rq, http_response *rs);
+void h_firmware_verify(http_request *rq, http_response *rs);
 void h_firmware_groups_list(http_request *rq, http_response *rs);
 void h_firmware_groups_create(http_request *rq, http_response *rs);
 void h_firmware_groups_rotate(http_request *rq, http_response *rs);

@@ -608,8 +608,7 @@ static bool content_length_over(struct MHD_Connection *conn, size_t cap)
 static bool octets_gate(http_server *srv, struct MHD_Connection *conn, req_state *st,
                         http_response *rs)
 {
-    unsigned long long cap = 2ULL * ((unsigned long long)srv->kms->cfg.http_max_upload_mb << 20),
-                       held;
+    unsigned long long cap = 2ULL * st->max_body, held; /* the route's cap, twice */
     const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_TYPE);
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -777,10 +776,11 @@ static bool gate(const http_listener *l, struct MHD_Connection *conn, req_state 
     }
     if (srv->routes[idx].roles && !authenticate(l, conn, st, rq, rs))
         return false;
-    if (srv->routes[idx].max_body)
+    if (srv->routes[idx].max_body && !srv->routes[idx].octets)
         st->max_body = srv->routes[idx].max_body;
-    if (srv->routes[idx].octets)
-        st->max_body = (size_t)srv->kms->cfg.http_max_upload_mb << 20;
+    if (srv->routes[idx].octets) /* max_body: the room over the upload cap */
+        st->max_body =
+            ((size_t)srv->kms->cfg.http_max_upload_mb << 20) + srv->routes[idx].max_body;
     if (content_length_over(conn, st->max_body)) {
         http_error(rs, 413, "payload_too_large", "request body exceeds %zu bytes", st->max_body);
         return false;

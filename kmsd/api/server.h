@@ -140,7 +140,9 @@ typedef struct {
                           * the device protocol's routes */
     bool octets;         /* the body is raw bytes (application/octet-stream) with a
                           * Content-Length (411 without), read once into a buffer
-                          * of exactly that size (rq->octets), up to max_body */
+                          * of exactly that size (rq->octets), up to
+                          * http_max_upload_mb MiB plus max_body (the room a
+                          * firmware package takes over its image) */
 } http_route;
 
 /* Start the listener(s) of kms->cfg (see the contract above) serving

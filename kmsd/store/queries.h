@@ -115,6 +115,18 @@
       " image_sha256, manifest_sha256, signer_sha256, targets, not_before, signed_by)"         \
       " VALUES ($1, $2::bigint, $3, $4::uuid, $5::bigint, decode($6, 'hex'), decode($7, 'hex')," \
       " decode($8, 'hex'), $9::jsonb, to_timestamp($10::bigint), $11)")                        \
+    /* checking a package (firmware_verify.h): its release, the product's certificates, a \
+     * target device's keys (any state: the one it was signed for may have retired) */        \
+    X(Q_FW_RELEASE_BY_PACKAGE,                                                                 \
+      "SELECT product, counter, version, image_size, encode(image_sha256, 'hex'),"             \
+      " encode(signer_sha256, 'hex'), targets::text, extract(epoch FROM not_before)::bigint,"  \
+      " signed_by, created_at FROM firmware_releases WHERE package_id = $1::uuid")             \
+    X(Q_FW_PRODUCT_CERTS,                                                                      \
+      "SELECT encode(cert_der, 'hex') FROM firmware_keys WHERE product = $1 ORDER BY version") \
+    X(Q_FW_DEVICE_KEYS_ALL,                                                                    \
+      "SELECT k.key_index, k.algorithm, encode(k.wrapped, 'hex') FROM devices d"               \
+      " JOIN device_keys k ON k.device_pk = d.id WHERE d.device_id = $1"                       \
+      " AND k.wrapped IS NOT NULL AND k.purpose <> 'local' ORDER BY k.key_index DESC")         \
     /* groups' firmware keys (firmware_groups.h, schema/036) */                              \
     X(Q_FWG_LOCK, "SELECT pg_advisory_xact_lock(hashtextextended('qkms-fwg:' || $1, 0))")      \
     X(Q_FWG_KEYS, /* a group's keys, the active one first */                                  \

@@ -81,6 +81,7 @@ MATRIX = [
     ("POST", "/v1/admin/firmware/keys", ADMIN),
     ("POST", "/v1/admin/firmware/keys/{product}/rotate", ADMIN),
     ("POST", "/v1/admin/firmware/packages", {R}),
+    ("POST", "/v1/admin/firmware/packages/verify", ANY | {R}),
     ("GET", "/v1/admin/firmware/groups", ANY | {R}),
     ("POST", "/v1/admin/firmware/groups", ADMIN),
     ("POST", "/v1/admin/firmware/groups/{group}/rotate", ADMIN),
