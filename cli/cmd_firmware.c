@@ -22,105 +22,13 @@
 #include "command.h"
 #include "exitcodes.h"
 #include "output.h"
+#include "signkeys.h"
 
-static int print_keys(const json_t *doc)
-{
-    static const char *const cols[] = {"PRODUCT",   "VERSION",       "STATE",
-                                       "NOT-AFTER", "OVERLAP-UNTIL", "SHA256"};
-    static const char *const keys[] = {"product",   "version",       "state",
-                                       "not_after", "overlap_until", "sha256"};
-    return out_table(json_object_get(doc, "keys"), 6, cols, keys);
-}
-
-/* One key's record: its fields, then the certificate devices pin. */
-static int print_key(const json_t *k)
-{
-    static const char *const fields[] = {"product",    "version",       "state",
-                                         "sha256",     "subject",       "not_after",
-                                         "created_at", "overlap_until", NULL};
-    for (int i = 0; fields[i]; i++) {
-        char *v = out_value_str(json_object_get(k, fields[i]));
-        if (!v)
-            return EXIT_INTERNAL;
-        out_textf(stdout, "%s: %s\n", fields[i], v);
-        free(v);
-    }
-    out_lines(stdout, json_string_value(json_object_get(k, "certificate")) ?: "");
-    return EXIT_OK;
-}
-
-/* The certificates devices of the product pin now: the active key's and
- * the retired ones' still in their overlap (overlap_until, RFC 3339 UTC
- * "YYYY-MM-DDTHH:MM:SSZ", compares as text). */
-static int print_pem(const json_t *doc)
-{
-    char now[32];
-    time_t t = time(NULL);
-    struct tm tm;
-    size_t i;
-    const json_t *k;
-    strftime(now, sizeof(now), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
-    json_array_foreach(json_object_get(doc, "keys"), i, k) {
-        const char *state = json_string_value(json_object_get(k, "state")),
-                   *until = json_string_value(json_object_get(k, "overlap_until"));
-        bool pinned = state && (!strcmp(state, "active") ||
-                                (!strcmp(state, "retired") && until && strcmp(until, now) > 0));
-        if (pinned && json_is_string(json_object_get(k, "certificate")))
-            out_lines(stdout, json_string_value(json_object_get(k, "certificate")));
-    }
-    return EXIT_OK;
-}
+static const struct signkeys FIRMWARE_KEYS = {"/v1/admin/firmware/keys", "product", "PRODUCT"};
 
 static int keys_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
 {
-    const char *verb = inv->pos[0], *product = inv->npos > 1 ? inv->pos[1] : NULL;
-    const char *days_s = opt_get(&inv->local, "overlap-days");
-    bool list = !strcmp(verb, "list"), create = !strcmp(verb, "create"),
-         rotate = !strcmp(verb, "rotate");
-    char path[256];
-    json_t *req = NULL, *resp = NULL;
-    long days = 0;
-    int rc;
-
-    if (!list && !create && !rotate) {
-        out_error("unknown keys action '%s' (list, create or rotate)", out_safe(verb));
-        return EXIT_USAGE;
-    }
-    if (!list && !product) {
-        out_error("%s needs a PRODUCT", verb);
-        return EXIT_USAGE;
-    }
-    if (days_s && (!rotate || !arg_to_long(days_s, 1, 365, &days))) {
-        out_error(rotate ? "--overlap-days must be a whole number from 1 to 365"
-                         : "--overlap-days goes with rotate");
-        return EXIT_USAGE;
-    }
-    if (opt_get(&inv->local, "pem") && !list) {
-        out_error("--pem goes with list");
-        return EXIT_USAGE;
-    }
-    /* Product names are [A-Za-z0-9._-]: nothing to escape in a path or a
-     * query; anything else is the server's to refuse. */
-    if (product && strspn(product, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                   "0123456789._-") != strlen(product)) {
-        out_error("PRODUCT must be of A-Z a-z 0-9 . _ -");
-        return EXIT_USAGE;
-    }
-    if (list) {
-        snprintf(path, sizeof(path), "/v1/admin/firmware/keys%s%s", product ? "?product=" : "",
-                 product ? product : "");
-        return client_show(ctx, path, opt_get(&inv->local, "pem") ? print_pem : print_keys);
-    }
-    if (create) {
-        req = json_pack("{s:s}", "product", product);
-        rc = client_call(ctx, "POST", "/v1/admin/firmware/keys", req, &resp);
-    } else {
-        snprintf(path, sizeof(path), "/v1/admin/firmware/keys/%s/rotate", product);
-        req = days_s ? json_pack("{s:i}", "overlap_days", (int)days) : json_object();
-        rc = client_call(ctx, "POST", path, req, &resp);
-    }
-    json_decref(req);
-    return out_result(ctx->json, rc, resp, print_key);
+    return signkeys_run(ctx, inv, &FIRMWARE_KEYS);
 }
 
 static int print_group_keys(const json_t *doc)
@@ -403,11 +311,6 @@ static const struct opt_spec sign_opts[] = {
     {0},
 };
 
-static const struct opt_spec keys_opts[] = {
-    {"overlap-days", 0, "N", "rotate: days devices pin the old key too (1..365, default 30)"},
-    {"pem", 0, NULL, "list: print the certificates devices pin (active and in overlap)"},
-    {0},
-};
 
 static const struct action firmware_actions[] = {
     {
@@ -445,7 +348,7 @@ static const struct action firmware_actions[] = {
             "\n"
             "Requests: GET, POST /v1/admin/firmware/keys,\n"
             "          POST /v1/admin/firmware/keys/PRODUCT/rotate\n",
-        .opts = keys_opts,
+        .opts = signkeys_opts,
         .min_args = 1,
         .max_args = 2,
         .run = keys_run,

@@ -57,6 +57,7 @@ extern const struct command cmd_master;
 extern const struct command cmd_ca;
 extern const struct command cmd_platform;
 extern const struct command cmd_firmware;
+extern const struct command cmd_signing;
 extern const struct command cmd_qkd;
 extern const struct command cmd_completion;
 

@@ -18,6 +18,7 @@ const struct command *const kmsctl_commands[] = {
     &cmd_ca,
     &cmd_platform,
     &cmd_firmware,
+    &cmd_signing,
     &cmd_qkd,
     &cmd_completion,
     NULL,

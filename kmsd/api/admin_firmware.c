@@ -1,7 +1,9 @@
 /*
  * admin_firmware — the doors of the firmware signing keys
  * (service/firmware_keys.h; docs/api.md, "Firmware signing keys"):
- * GET and POST /v1/admin/firmware/keys, POST .../keys/{product}/rotate;
+ * GET and POST /v1/admin/firmware/keys, POST .../keys/{product}/rotate,
+ * and of their twins the data-signing keys ("Data-signing keys"): GET and
+ * POST /v1/admin/signing-keys, POST .../signing-keys/{name}/rotate;
  * and of signing releases (service/firmware_sign.h; "Signing releases"):
  * POST /v1/admin/firmware/packages, the image in, the package out, each
  * held once; POST /v1/admin/firmware/packages/verify, a package checked
@@ -19,22 +21,30 @@
 #include "service/firmware_sign.h"
 #include "service/firmware_verify.h"
 
-void h_firmware_keys_list(http_request *rq, http_response *rs)
+/* The signing keys' doors, for either purpose (service/firmware_keys.h):
+ * field is the name's field ("product" or "name"). */
+typedef qk_kind (*keys_list_fn)(qk_svc *, const char *, json_t **, qk_err *);
+typedef qk_kind (*keys_create_fn)(qk_svc *, const qk_principal *, const char *, json_t **,
+                                  qk_err *);
+typedef qk_kind (*keys_rotate_fn)(qk_svc *, const qk_principal *, const char *, int, json_t **,
+                                  qk_err *);
+
+static void keys_list(http_request *rq, http_response *rs, const char *field, keys_list_fn fn)
 {
     json_t *out;
     qk_err e;
-    if (http_query_count(rq, "product") > 1) {
-        http_error(rs, 400, "invalid_query", "product given twice");
+    if (http_query_count(rq, field) > 1) {
+        http_error(rs, 400, "invalid_query", "%s given twice", field);
         return;
     }
-    if (firmware_keys_list(&rq->kms->svc, http_query(rq, "product"), &out, &e) != QK_OK) {
+    if (fn(&rq->kms->svc, http_query(rq, field), &out, &e) != QK_OK) {
         http_fail(rs, &e);
         return;
     }
     http_json(rs, 200, out);
 }
 
-void h_firmware_keys_create(http_request *rq, http_response *rs)
+static void keys_create(http_request *rq, http_response *rs, const char *field, keys_create_fn fn)
 {
     qk_principal who = admin_principal(rq);
     json_t *in = http_body_object(rq, rs), *out;
@@ -42,12 +52,12 @@ void h_firmware_keys_create(http_request *rq, http_response *rs)
 
     if (!in)
         return;
-    if (json_object_size(in) != 1 || !json_is_string(json_object_get(in, "product"))) {
-        http_error(rs, 422, "invalid_request", "expected {\"product\": string}");
+    if (json_object_size(in) != 1 || !json_is_string(json_object_get(in, field))) {
+        http_error(rs, 422, "invalid_request", "expected {\"%s\": string}", field);
         goto out;
     }
-    if (firmware_keys_create(&rq->kms->svc, &who, json_string_value(json_object_get(in, "product")),
-                             &out, &e) != QK_OK) {
+    if (fn(&rq->kms->svc, &who, json_string_value(json_object_get(in, field)), &out, &e) !=
+        QK_OK) {
         http_fail(rs, &e);
         goto out;
     }
@@ -56,7 +66,7 @@ out:
     json_decref(in);
 }
 
-void h_firmware_keys_rotate(http_request *rq, http_response *rs)
+static void keys_rotate(http_request *rq, http_response *rs, keys_rotate_fn fn)
 {
     qk_principal who = admin_principal(rq);
     json_t *in = http_body_object_opt(rq, rs), *jd, *out;
@@ -74,13 +84,43 @@ void h_firmware_keys_rotate(http_request *rq, http_response *rs)
         days = json_integer_value(jd) < 0 || json_integer_value(jd) > 100000
                    ? 0
                    : (int)json_integer_value(jd);
-    if (firmware_keys_rotate(&rq->kms->svc, &who, rq->params[0], days, &out, &e) != QK_OK) {
+    if (fn(&rq->kms->svc, &who, rq->params[0], days, &out, &e) != QK_OK) {
         http_fail(rs, &e);
         goto out;
     }
     http_json(rs, 200, out);
 out:
     json_decref(in);
+}
+
+void h_firmware_keys_list(http_request *rq, http_response *rs)
+{
+    keys_list(rq, rs, "product", firmware_keys_list);
+}
+
+void h_firmware_keys_create(http_request *rq, http_response *rs)
+{
+    keys_create(rq, rs, "product", firmware_keys_create);
+}
+
+void h_firmware_keys_rotate(http_request *rq, http_response *rs)
+{
+    keys_rotate(rq, rs, firmware_keys_rotate);
+}
+
+void h_data_keys_list(http_request *rq, http_response *rs)
+{
+    keys_list(rq, rs, "name", data_keys_list);
+}
+
+void h_data_keys_create(http_request *rq, http_response *rs)
+{
+    keys_create(rq, rs, "name", data_keys_create);
+}
+
+void h_data_keys_rotate(http_request *rq, http_response *rs)
+{
+    keys_rotate(rq, rs, data_keys_rotate);
 }
 
 /* ---- groups' firmware keys ------------------------------------------------------ */

@@ -1,7 +1,8 @@
 /*
  * crypto_door — the door of the crypto services (service/crypto.h) on the
  * admin listener: GET /v1/random, POST /v1/crypto/sessions/{session}/
- * encrypt and .../decrypt (docs/api.md, "Crypto services"). Data travels as
+ * encrypt and .../decrypt, .../devices/{id}/encrypt and .../decrypt, POST
+ * /v1/crypto/sign and /verify (docs/api.md, "Crypto services"). Data travels as
  * standard base64 inside JSON; sequence numbers, unsigned 64-bit, as
  * decimal strings.
  */
@@ -16,7 +17,9 @@
 #include "api/routes.h"
 #include "b64.h"
 #include "qkms_seal.h"
+#include "hexutil.h"
 #include "service/crypto.h"
+#include "service/crypto_sign.h"
 
 /* Standard base64 of len bytes, malloc'd (NULL: out of memory). */
 static char *b64_encode(const uint8_t *in, size_t len)
@@ -268,5 +271,110 @@ void h_crypto_device_decrypt(http_request *rq, http_response *rs)
 out:
     crypto_result_clear(&r);
     free(frame);
+    json_decref(in);
+}
+
+/* ---- signatures (service/crypto_sign.h) ------------------------------------- */
+
+/* The key's name and the SHA-256 to sign or verify: of "data" (base64, up
+ * to CRYPTO_DATA_MAX) or given as "digest" (64 hex), one of them; *size
+ * the data's length, -1 for a digest. false with the answer written. */
+static bool sign_input(json_t *in, http_response *rs, const char **name, uint8_t digest[32],
+                       long long *size)
+{
+    json_t *jd = json_object_get(in, "data"), *jg = json_object_get(in, "digest");
+    *name = json_string_value(json_object_get(in, "key"));
+    if (!*name || !jd == !jg) {
+        http_error(rs, 422, "invalid_request",
+                   "expected {\"key\": string} and one of \"data\" (base64) and \"digest\" "
+                   "(SHA-256, 64 hex digits)");
+        return false;
+    }
+    if (jg) {
+        const char *h = json_string_value(jg);
+        if (!h || json_string_length(jg) != 64 || qkms_hex_decode(h, 64, digest, 32) != 32) {
+            http_error(rs, 422, "invalid_digest", "digest must be a SHA-256: 64 hex digits");
+            return false;
+        }
+        *size = -1;
+        return true;
+    }
+    {
+        size_t len = 0;
+        uint8_t *data = b64_member(in, "data", CRYPTO_DATA_MAX, &len, rs);
+        if (!data)
+            return false;
+        EVP_Digest(data, len, digest, NULL, EVP_sha256(), NULL);
+        OPENSSL_cleanse(data, len);
+        free(data);
+        *size = (long long)len;
+        return true;
+    }
+}
+
+void h_crypto_sign(http_request *rq, http_response *rs)
+{
+    static const char *const names[] = {"key", "data", "digest"};
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object(rq, rs), *out;
+    const char *name;
+    uint8_t digest[32];
+    long long size;
+    qk_err e;
+
+    if (!in)
+        return;
+    if (!only_members(in, names, 3)) {
+        http_error(rs, 422, "invalid_request", "unknown field (key, data, digest)");
+        goto out;
+    }
+    if (!sign_input(in, rs, &name, digest, &size))
+        goto out;
+    if (crypto_sign(&rq->kms->svc, &who, name, digest, size, &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    http_json(rs, 200, out);
+out:
+    json_decref(in);
+}
+
+void h_crypto_verify(http_request *rq, http_response *rs)
+{
+    static const char *const names[] = {"key", "data", "digest", "signature", "version"};
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object(rq, rs), *out, *jv;
+    const char *name;
+    uint8_t digest[32], *sig = NULL;
+    size_t siglen = 0;
+    long long size;
+    int version = 0;
+    qk_err e;
+
+    if (!in)
+        return;
+    if (!only_members(in, names, 5)) {
+        http_error(rs, 422, "invalid_request",
+                   "unknown field (key, data, digest, signature, version)");
+        goto out;
+    }
+    jv = json_object_get(in, "version");
+    if (jv && (!json_is_integer(jv) || json_integer_value(jv) < 1 ||
+               json_integer_value(jv) > 1000000)) {
+        http_error(rs, 422, "invalid_request", "version must be an integer from 1");
+        goto out;
+    }
+    version = jv ? (int)json_integer_value(jv) : 0;
+    if (!sign_input(in, rs, &name, digest, &size) ||
+        !(sig = b64_member(in, "signature", 256, &siglen, rs)))
+        goto out;
+    if (crypto_verify(&rq->kms->svc, &who, name, version, digest, size, sig, siglen, &out, &e) !=
+        QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    http_json(rs, 200, out);
+out:
+    free(sig);
     json_decref(in);
 }

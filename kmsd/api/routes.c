@@ -115,6 +115,9 @@
     X("GET", "/v1/admin/firmware/keys", "admin_firmware_keys", ROLE_ANY | ROLE_RELEASE, h_firmware_keys_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/keys", "admin_firmware_keys_create", ROLE_ADMIN, h_firmware_keys_create, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/keys/{product}/rotate", "admin_firmware_keys_rotate", ROLE_ADMIN, h_firmware_keys_rotate, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/signing-keys", "admin_signing_keys", ROLE_ANY, h_data_keys_list, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/signing-keys", "admin_signing_keys_create", ROLE_ADMIN, h_data_keys_create, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/signing-keys/{name}/rotate", "admin_signing_keys_rotate", ROLE_ADMIN, h_data_keys_rotate, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/packages", "admin_firmware_sign", ROLE_RELEASE, h_firmware_sign, ADM, RL_ADMIN, .octets = true) \
     X("POST", "/v1/admin/firmware/packages/verify", "admin_firmware_verify", ROLE_ANY | ROLE_RELEASE, h_firmware_verify, ADM, RL_ADMIN, .octets = true, .max_body = FIRMWARE_PACKAGE_ROOM) \
     X("GET", "/v1/admin/firmware/groups", "admin_firmware_groups", ROLE_ANY | ROLE_RELEASE, h_firmware_groups_list, ADM, RL_ADMIN) \
@@ -125,7 +128,9 @@
     X("POST", "/v1/crypto/sessions/{session}/encrypt", "crypto_session_encrypt", ROLE_CRYPTO, h_crypto_encrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
     X("POST", "/v1/crypto/sessions/{session}/decrypt", "crypto_session_decrypt", ROLE_CRYPTO, h_crypto_decrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
     X("POST", "/v1/crypto/devices/{id}/encrypt", "crypto_device_encrypt", ROLE_CRYPTO, h_crypto_device_encrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
-    X("POST", "/v1/crypto/devices/{id}/decrypt", "crypto_device_decrypt", ROLE_CRYPTO, h_crypto_device_decrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY)
+    X("POST", "/v1/crypto/devices/{id}/decrypt", "crypto_device_decrypt", ROLE_CRYPTO, h_crypto_device_decrypt, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
+    X("POST", "/v1/crypto/sign", "crypto_sign", ROLE_CRYPTO, h_crypto_sign, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY) \
+    X("POST", "/v1/crypto/verify", "crypto_verify", ROLE_CRYPTO, h_crypto_verify, ADM, RL_ADMIN, .max_body = CRYPTO_MAX_BODY)
 
 #define ROW(m, p, n, r, f, d, rl, ...) \
     {.method = m, .pattern = p, .name = n, .roles = r, .fn = f, .door = d, .rl_scope = rl, __VA_ARGS__},

@@ -1,7 +1,9 @@
 /*
- * firmware_keys — product lines' firmware signing keys (firmware_keys.h):
- * the pair in the token, its certificate from the platform CA, the row and
- * its audit row in one transaction under the product's advisory lock.
+ * firmware_keys — product lines' firmware signing keys and named
+ * data-signing keys (firmware_keys.h): the pair in the token, its
+ * certificate from the platform CA, the row and its audit row in one
+ * transaction under the key's advisory lock. The two purposes differ only
+ * in the strings of struct purpose below.
  */
 #include "service/firmware_keys.h"
 
@@ -24,6 +26,26 @@
 
 bool firmware_product_valid(const char *product) { return product && name_valid(product, 64); }
 
+/* What a purpose's keys are called and certified as. */
+struct purpose {
+    const char *db;          /* firmware_keys.purpose */
+    const char *label;       /* the token objects' label: this, name, "-", version */
+    const char *cn;          /* the certificate's CN: this, name, " ", version */
+    const char *eku;         /* extended key usage, or NULL */
+    const char *field;       /* the name's field in records and audit rows */
+    const char *lock_prefix; /* before the name in Q_FW_KEY_LOCK's argument */
+    const char *invalid;     /* the code of a bad name */
+    const char *ev_created, *ev_rotated, *what;
+};
+
+static const struct purpose FIRMWARE = {"firmware", "qkms-fw-", "qkms firmware ",
+                                        "codeSigning", "product", "", "invalid_product",
+                                        "firmware.key_created", "firmware.key_rotated",
+                                        "firmware key"};
+static const struct purpose DATA = {"data", "qkms-sign-", "qkms signing ", NULL, "name",
+                                    "data/", "invalid_name", "signing.key_created",
+                                    "signing.key_rotated", "data-signing key"};
+
 /* The token's public key under label, as an EVP_PKEY. */
 static EVP_PKEY *token_pub(p11_token *t, const char *label, CK_RV *rv)
 {
@@ -41,8 +63,8 @@ static EVP_PKEY *token_pub(p11_token *t, const char *label, CK_RV *rv)
 
 /* A certificate of the platform CA for the token's signing key under
  * label: CN "qkms firmware <product> <version>", codeSigning. */
-static qk_kind issue(qk_svc *s, const char *product, int version, const char *label, X509 **out,
-                     qk_err *e)
+static qk_kind issue(qk_svc *s, const struct purpose *pp, const char *product, int version,
+                     const char *label, X509 **out, qk_err *e)
 {
     CK_RV rv = CKR_OK;
     EVP_PKEY *pub = token_pub(s->token, label, &rv);
@@ -51,16 +73,16 @@ static qk_kind issue(qk_svc *s, const char *product, int version, const char *la
     *out = NULL;
     if (!pub)
         return qk_from_token(e, rv, "reading a firmware key's public half");
-    snprintf(cn, sizeof(cn), "qkms firmware %s %d", product, version);
-    *out = ca_issue_leaf(s->ca, pub, cn, FIRMWARE_KEY_DAYS, "critical,digitalSignature",
-                         "codeSigning", &rv);
+    snprintf(cn, sizeof(cn), "%s%s %d", pp->cn, product, version);
+    *out = ca_issue_leaf(s->ca, pub, cn, FIRMWARE_KEY_DAYS, "critical,digitalSignature", pp->eku,
+                         &rv);
     EVP_PKEY_free(pub);
     if (!*out)
         return qk_from_token(e, rv, "the platform CA certifying a firmware key");
     return QK_OK;
 }
 
-static json_t *key_json(const PGresult *r, int i)
+static json_t *key_json(const PGresult *r, int i, const char *field)
 {
     /* cert_der comes as "\x<hex>" */
     const char *hx = PQgetvalue(r, i, 9);
@@ -75,7 +97,7 @@ static json_t *key_json(const PGresult *r, int i)
     if (strlen(hx) > 2 && x509_unhex(hx + 2, &der, &len) == 0 && (q = der) &&
         (x = d2i_X509(NULL, &q, (long)len)) && (pem = x509_pem(x, &pl)) &&
         (subject = x509_name_text(X509_get_subject_name(x))))
-        o = json_pack("{s:o,s:i,s:o,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:s%}", "product",
+        o = json_pack("{s:o,s:i,s:o,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:s%}", field,
                       pgjson_text(r, i, 0), "version", atoi(PQgetvalue(r, i, 1)), "state",
                       pgjson_text(r, i, 2), "sha256", pgjson_text(r, i, 3), "subject", subject,
                       "not_after", pgjson_time(r, i, 4), "overlap_until", pgjson_time(r, i, 5),
@@ -88,28 +110,48 @@ static json_t *key_json(const PGresult *r, int i)
     return o;
 }
 
-qk_kind firmware_keys_list(qk_svc *s, const char *product, json_t **out, qk_err *e)
+static json_t *fw_key_json(const PGresult *r, int i) { return key_json(r, i, "product"); }
+static json_t *data_key_json(const PGresult *r, int i) { return key_json(r, i, "name"); }
+
+static qk_kind bad_name(const struct purpose *pp, qk_err *e)
 {
-    const char *vals[1] = {product};
+    return qk_fail(e, QK_INVALID, pp->invalid,
+                   "%s must be 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+                   pp->field);
+}
+
+static qk_kind list(qk_svc *s, const struct purpose *pp, const char *product, json_t **out,
+                    qk_err *e)
+{
+    const char *vals[2] = {product, pp->db};
     db_status st;
     PGresult *r;
 
     *out = NULL;
     if (product && !firmware_product_valid(product))
-        return qk_fail(e, QK_INVALID, "invalid_product",
-                       "product must be 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or "
-                       "digit");
-    if (!(r = db_query(s->db, Q_FW_KEYS_LIST, 1, vals, NULL, NULL, &st)))
+        return bad_name(pp, e);
+    if (!(r = db_query(s->db, Q_FW_KEYS_LIST, 2, vals, NULL, NULL, &st)))
         return db_fail(e, st);
-    *out = json_pack("{s:o}", "keys", pgjson_rows(r, key_json));
+    *out = json_pack("{s:o}", "keys", pgjson_rows(r, pp == &DATA ? data_key_json : fw_key_json));
     PQclear(r);
     return *out ? QK_OK : qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+}
+
+qk_kind firmware_keys_list(qk_svc *s, const char *product, json_t **out, qk_err *e)
+{
+    return list(s, &FIRMWARE, product, out, e);
+}
+
+qk_kind data_keys_list(qk_svc *s, const char *name, json_t **out, qk_err *e)
+{
+    return list(s, &DATA, name, out, e);
 }
 
 /* One creation or rotation, in one transaction (db_tx). */
 typedef struct {
     qk_svc *s;
     const qk_principal *who;
+    const struct purpose *pp;
     const char *product;
     bool rotate;
     int overlap_days;
@@ -122,7 +164,8 @@ typedef struct {
 static db_status fw_tx_fn(db_conn *c, void *arg)
 {
     fw_tx *t = arg;
-    const char *pv[1] = {t->product};
+    char lockname[80];
+    const char *lv[1] = {lockname}, *pv[2] = {t->product, t->pp->db};
     char ver[16], days[16], sha_hex[65], spki[65], na[24];
     unsigned char *der = NULL;
     int dl;
@@ -135,10 +178,11 @@ static db_status fw_tx_fn(db_conn *c, void *arg)
 
     qk_clear(t->e);
     t->refused = false;
-    if (!(r = db_exec(c, Q_FW_KEY_LOCK, 1, pv, NULL, NULL, &st)))
+    snprintf(lockname, sizeof(lockname), "%s%s", t->pp->lock_prefix, t->product);
+    if (!(r = db_exec(c, Q_FW_KEY_LOCK, 1, lv, NULL, NULL, &st)))
         goto out;
     PQclear(r);
-    if (!(r = db_exec(c, Q_FW_KEY_CURRENT, 1, pv, NULL, NULL, &st)))
+    if (!(r = db_exec(c, Q_FW_KEY_CURRENT, 2, pv, NULL, NULL, &st)))
         goto out;
     /* (max version, the active version or NULL) */
     t->version = atoi(PQgetvalue(r, 0, 0)) + 1;
@@ -146,26 +190,27 @@ static db_status fw_tx_fn(db_conn *c, void *arg)
     PQclear(r);
     r = NULL;
     if (!t->rotate && active) {
-        qk_fail(t->e, QK_CONFLICT, "conflict",
-                "product '%s' has a firmware key (version %d): rotate it", t->product, active);
+        qk_fail(t->e, QK_CONFLICT, "conflict", "%s '%s' has a %s (version %d): rotate it",
+                t->pp->field, t->product, t->pp->what, active);
         t->refused = true;
         st = DB_OK;
         goto out;
     }
     if (t->rotate && !active) {
-        qk_fail(t->e, QK_NOT_FOUND, "not_found", "product '%s' has no firmware key", t->product);
+        qk_fail(t->e, QK_NOT_FOUND, "not_found", "%s '%s' has no %s", t->pp->field, t->product,
+                t->pp->what);
         t->refused = true;
         st = DB_OK;
         goto out;
     }
-    snprintf(t->label, sizeof(t->label), "qkms-fw-%s-%d", t->product, t->version);
+    snprintf(t->label, sizeof(t->label), "%s%s-%d", t->pp->label, t->product, t->version);
     /* The token key first; a retry finds the one made before. */
     if ((rv = p11_generate_ec_key_pair(t->s->token, t->label, P11_EC_SIGN, &h)) != CKR_OK) {
         qk_from_token(t->e, rv, "generating a firmware signing key");
         st = DB_ERROR;
         goto out;
     }
-    if (issue(t->s, t->product, t->version, t->label, &x, t->e) != QK_OK) {
+    if (issue(t->s, t->pp, t->product, t->version, t->label, &x, t->e) != QK_OK) {
         st = DB_ERROR;
         goto out;
     }
@@ -178,27 +223,27 @@ static db_status fw_tx_fn(db_conn *c, void *arg)
     snprintf(days, sizeof(days), "%d", t->overlap_days);
     snprintf(na, sizeof(na), "%lld", (long long)x509_time(X509_get0_notAfter(x)));
     {
-        const char *vals[7] = {t->product, ver, t->label, (const char *)der, sha_hex, na,
-                               t->who->name};
-        int lens[7] = {0, 0, 0, dl, 0, 0, 0}, fmts[7] = {0, 0, 0, 1, 0, 0, 0};
+        const char *vals[8] = {t->product, ver, t->label, (const char *)der, sha_hex, na,
+                               t->who->name, t->pp->db};
+        int lens[8] = {0, 0, 0, dl, 0, 0, 0, 0}, fmts[8] = {0, 0, 0, 1, 0, 0, 0, 0};
         if (t->rotate) {
-            const char *rv2[2] = {t->product, days};
-            if (!(r = db_exec(c, Q_FW_KEY_RETIRE, 2, rv2, NULL, NULL, &st)))
+            const char *rv2[3] = {t->product, days, t->pp->db};
+            if (!(r = db_exec(c, Q_FW_KEY_RETIRE, 3, rv2, NULL, NULL, &st)))
                 goto out;
             PQclear(r);
         }
-        if (!(r = db_exec(c, Q_FW_KEY_INSERT, 7, vals, lens, fmts, &st)))
+        if (!(r = db_exec(c, Q_FW_KEY_INSERT, 8, vals, lens, fmts, &st)))
             goto out;
         PQclear(r);
         r = NULL;
     }
     {
-        json_t *d = json_pack("{s:s,s:i,s:s}", "product", t->product, "version", t->version,
+        json_t *d = json_pack("{s:s,s:i,s:s}", t->pp->field, t->product, "version", t->version,
                               "sha256", sha_hex);
         if (d && t->rotate)
             json_object_set_new(d, "overlap_days", json_integer(t->overlap_days));
         st = audit_append(c, t->who->name,
-                          t->rotate ? "firmware.key_rotated" : "firmware.key_created", NULL, d);
+                          t->rotate ? t->pp->ev_rotated : t->pp->ev_created, NULL, d);
     }
 out:
     OPENSSL_free(der);
@@ -207,8 +252,8 @@ out:
     return st;
 }
 
-static qk_kind run(qk_svc *s, const qk_principal *who, const char *product, bool rotate,
-                   int overlap_days, json_t **out, qk_err *e)
+static qk_kind run(qk_svc *s, const qk_principal *who, const struct purpose *pp,
+                   const char *product, bool rotate, int overlap_days, json_t **out, qk_err *e)
 {
     fw_tx t;
     db_status st;
@@ -217,9 +262,7 @@ static qk_kind run(qk_svc *s, const qk_principal *who, const char *product, bool
 
     *out = NULL;
     if (!firmware_product_valid(product))
-        return qk_fail(e, QK_INVALID, "invalid_product",
-                       "product must be 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or "
-                       "digit");
+        return bad_name(pp, e);
     if (rotate && (overlap_days < 1 || overlap_days > FIRMWARE_OVERLAP_MAX_DAYS))
         return qk_fail(e, QK_INVALID, "invalid_overlap", "overlap_days must be from 1 to %d",
                        FIRMWARE_OVERLAP_MAX_DAYS);
@@ -227,6 +270,7 @@ static qk_kind run(qk_svc *s, const qk_principal *who, const char *product, bool
     qk_clear(e); /* db_tx may fail before the callback ever ran */
     t.s = s;
     t.who = who;
+    t.pp = pp;
     t.product = product;
     t.rotate = rotate;
     t.overlap_days = overlap_days;
@@ -236,9 +280,10 @@ static qk_kind run(qk_svc *s, const qk_principal *who, const char *product, bool
         return !t.refused && e->kind != QK_OK ? e->kind : db_fail(e, st);
     if (t.refused)
         return e->kind;
-    log_with(&who->log, LOG_INFO, rotate ? "firmware key rotated" : "firmware key created",
-             "{s:s,s:i,s:s}", "product", product, "version", t.version, "by", who->name);
-    if (firmware_keys_list(s, product, &all, e) != QK_OK)
+    log_with(&who->log, LOG_INFO, rotate ? "signing key rotated" : "signing key created",
+             "{s:s,s:s,s:i,s:s}", "purpose", pp->db, pp->field, product, "version", t.version,
+             "by", who->name);
+    if (list(s, pp, product, &all, e) != QK_OK)
         return e->kind;
     json_array_foreach(json_object_get(all, "keys"), i, k) {
         if (json_integer_value(json_object_get(k, "version")) == t.version)
@@ -251,11 +296,23 @@ static qk_kind run(qk_svc *s, const qk_principal *who, const char *product, bool
 qk_kind firmware_keys_create(qk_svc *s, const qk_principal *who, const char *product,
                              json_t **out, qk_err *e)
 {
-    return run(s, who, product, false, 0, out, e);
+    return run(s, who, &FIRMWARE, product, false, 0, out, e);
 }
 
 qk_kind firmware_keys_rotate(qk_svc *s, const qk_principal *who, const char *product,
                              int overlap_days, json_t **out, qk_err *e)
 {
-    return run(s, who, product, true, overlap_days, out, e);
+    return run(s, who, &FIRMWARE, product, true, overlap_days, out, e);
+}
+
+qk_kind data_keys_create(qk_svc *s, const qk_principal *who, const char *name, json_t **out,
+                         qk_err *e)
+{
+    return run(s, who, &DATA, name, false, 0, out, e);
+}
+
+qk_kind data_keys_rotate(qk_svc *s, const qk_principal *who, const char *name, int overlap_days,
+                         json_t **out, qk_err *e)
+{
+    return run(s, who, &DATA, name, true, overlap_days, out, e);
 }

@@ -1,5 +1,11 @@
 /*
- * firmware_keys — the firmware signing keys of product lines (schema/033,
+ * firmware_keys — the platform's signing keys in the token: product lines'
+ * firmware signing keys, and named data-signing keys (schema/037;
+ * docs/api.md "Data-signing keys"; the same life, label "qkms-sign-<name>-
+ * <version>", CN "qkms signing <name> <version>", no extended key usage,
+ * audit rows signing.key_created/.key_rotated, records with "name" for
+ * "product", "invalid_name" for "invalid_product"). The firmware keys
+ * (schema/033,
  * docs/firmware.md, docs/api.md "Firmware signing keys"): ECDSA P-256
  * pairs generated in the token (private key sensitive, never extractable,
  * sign only; label "qkms-fw-<product>-<version>"), each with a certificate
@@ -46,5 +52,12 @@ qk_kind firmware_keys_rotate(qk_svc *s, const qk_principal *who, const char *pro
  * "overlap_until","created_at","created_by","retired_at","certificate"}]},
  * by product then version; product NULL: every product. */
 qk_kind firmware_keys_list(qk_svc *s, const char *product, json_t **out, qk_err *e);
+
+/* The data-signing keys: as above, by name. */
+qk_kind data_keys_create(qk_svc *s, const qk_principal *who, const char *name, json_t **out,
+                         qk_err *e);
+qk_kind data_keys_rotate(qk_svc *s, const qk_principal *who, const char *name, int overlap_days,
+                         json_t **out, qk_err *e);
+qk_kind data_keys_list(qk_svc *s, const char *name, json_t **out, qk_err *e);
 
 #endif

@@ -81,30 +81,32 @@
     X(Q_DSEAL_RECV_SET,                                                                        \
       "UPDATE device_seal_state SET recv_top = $4::bigint, recv_bitmap = $5::bigint"           \
       " WHERE device_pk = $1::bigint AND key_index = $2::int AND direction = $3::smallint")    \
-    /* firmware signing keys (firmware_keys.h, schema/033) */                                 \
-    X(Q_FW_KEY_LOCK, "SELECT pg_advisory_xact_lock(hashtextextended('qkms-fw:' || $1, 0))")    \
+    /* firmware and data-signing keys (firmware_keys.h, schema/033, 037): $N purpose */       \
+    X(Q_FW_KEY_LOCK, /* $1 a product, or "data/<name>" (no product has a '/') */              \
+      "SELECT pg_advisory_xact_lock(hashtextextended('qkms-fw:' || $1, 0))")                    \
     X(Q_FW_KEY_CURRENT, /* (the highest version, the active one or NULL) */                    \
       "SELECT coalesce(max(version), 0), max(version) FILTER (WHERE state = 'active')"         \
-      " FROM firmware_keys WHERE product = $1")                                                 \
+      " FROM firmware_keys WHERE product = $1 AND purpose = $2")                               \
     X(Q_FW_KEY_RETIRE, /* $2 overlap days */                                                    \
       "UPDATE firmware_keys SET state = 'retired', retired_at = now(),"                         \
       " overlap_until = now() + make_interval(days => $2::int)"                                 \
-      " WHERE product = $1 AND state = 'active'")                                               \
+      " WHERE product = $1 AND state = 'active' AND purpose = $3")                             \
     X(Q_FW_KEY_INSERT,                                                                          \
       "INSERT INTO firmware_keys (product, version, label, state, cert_der, sha256, not_after,"  \
-      " created_by) VALUES ($1, $2::int, $3, 'active', $4, decode($5, 'hex'),"                  \
-      " to_timestamp($6::bigint), $7)")                                                         \
+      " created_by, purpose) VALUES ($1, $2::int, $3, 'active', $4, decode($5, 'hex'),"         \
+      " to_timestamp($6::bigint), $7, $8)")                                                     \
     X(Q_FW_KEYS_LIST, /* $1 product or NULL */                                                  \
       "SELECT product, version, state, encode(sha256, 'hex'), not_after, overlap_until,"        \
       " created_at, created_by, retired_at, cert_der FROM firmware_keys"                        \
-      " WHERE $1::text IS NULL OR product = $1 ORDER BY product, version")                      \
+      " WHERE ($1::text IS NULL OR product = $1) AND purpose = $2 ORDER BY product, version")  \
     /* signing releases (firmware_sign.h, schema/035): the active key's label and certificate \
      * SHA-256 (NULL without one), the last counter signed (0: none) */                       \
     X(Q_FW_SIGN_STATE,                                                                         \
       "SELECT k.label, encode(k.sha256, 'hex'),"                                               \
       " (SELECT coalesce(max(counter), 0) FROM firmware_releases WHERE product = $1),"         \
       " extract(epoch FROM k.created_at)::bigint - 60, extract(epoch FROM k.not_after)::bigint" \
-      " FROM (SELECT 1) one LEFT JOIN firmware_keys k ON k.product = $1 AND k.state = 'active'") \
+      " FROM (SELECT 1) one LEFT JOIN firmware_keys k ON k.product = $1 AND k.state = 'active'" \
+      " AND k.purpose = 'firmware'")                                                           \
     X(Q_FW_TARGET_KEY, /* a target device's newest usable key (active, valid, not local) */   \
       "SELECT k.key_index, k.algorithm, encode(k.wrapped, 'hex') FROM devices d"               \
       " JOIN device_keys k ON k.device_pk = d.id WHERE d.device_id = $1 AND d.state = 'active'" \
@@ -122,11 +124,23 @@
       " encode(signer_sha256, 'hex'), targets::text, extract(epoch FROM not_before)::bigint,"  \
       " signed_by, created_at FROM firmware_releases WHERE package_id = $1::uuid")             \
     X(Q_FW_PRODUCT_CERTS,                                                                      \
-      "SELECT encode(cert_der, 'hex') FROM firmware_keys WHERE product = $1 ORDER BY version") \
+      "SELECT encode(cert_der, 'hex') FROM firmware_keys WHERE product = $1"                   \
+      " AND purpose = 'firmware' ORDER BY version")                                            \
     X(Q_FW_DEVICE_KEYS_ALL,                                                                    \
       "SELECT k.key_index, k.algorithm, encode(k.wrapped, 'hex') FROM devices d"               \
       " JOIN device_keys k ON k.device_pk = d.id WHERE d.device_id = $1"                       \
       " AND k.wrapped IS NOT NULL AND k.purpose <> 'local' ORDER BY k.key_index DESC")         \
+    /* signatures (crypto_sign.h): the token's party, and the data key of $2 (the active    \
+     * one: label, version, certificate SHA-256; NULL when none) */                          \
+    X(Q_SIGN_KEY,                                                                              \
+      "SELECT t.acts_for, k.label, k.version, encode(k.sha256, 'hex')"                         \
+      " FROM admin_tokens t LEFT JOIN firmware_keys k ON k.purpose = 'data'"                    \
+      "  AND k.product = $2 AND k.state = 'active'"                                             \
+      " WHERE t.id = $1::bigint AND t.revoked_at IS NULL AND t.role = 'crypto'"                \
+      "  AND (t.expires_at IS NULL OR t.expires_at > now())")                                   \
+    X(Q_SIGN_KEY_CERTS, /* every version of data key $1, newest first */                       \
+      "SELECT version, encode(cert_der, 'hex'), encode(sha256, 'hex') FROM firmware_keys"      \
+      " WHERE purpose = 'data' AND product = $1 ORDER BY version DESC")                        \
     /* groups' firmware keys (firmware_groups.h, schema/036) */                              \
     X(Q_FWG_LOCK, "SELECT pg_advisory_xact_lock(hashtextextended('qkms-fwg:' || $1, 0))")      \
     X(Q_FWG_KEYS, /* a group's keys, the active one first */                                  \
