@@ -21,6 +21,7 @@
 #include "client.h"
 #include "command.h"
 #include "exitcodes.h"
+#include "fileio.h"
 #include "output.h"
 #include "signkeys.h"
 
@@ -121,7 +122,8 @@ static int sign_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
                *devices = opt_get(&inv->local, "device"),
                *groups = opt_get(&inv->local, "group"),
                *counter = opt_get(&inv->local, "counter"),
-               *nb = opt_get(&inv->local, "not-before"), *out = opt_get(&inv->local, "out");
+               *nb = opt_get(&inv->local, "not-before"), *out = opt_get(&inv->local, "out"),
+               *approval = opt_get(&inv->local, "approval");
     char *query = NULL, *path = NULL, *list = NULL, *tok, *save = NULL, tmp[4096];
     const char *pid = "", *cnt = "";
     struct curl_slist *hdrs = NULL, *h;
@@ -149,7 +151,8 @@ static int sign_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
     }
     if (client_query_add(&query, "product", product) || client_query_add(&query, "version", version) ||
         (counter && client_query_add(&query, "counter", counter)) ||
-        (nb && client_query_add(&query, "not_before", nb))) {
+        (nb && client_query_add(&query, "not_before", nb)) ||
+        (approval && client_query_add(&query, "approval", approval))) {
         rc = EXIT_INTERNAL;
         goto done;
     }
@@ -308,11 +311,216 @@ static const struct opt_spec sign_opts[] = {
     {"counter", 0, "N", "anti-rollback counter (default: the product's last + 1)"},
     {"not-before", 0, "T", "Unix seconds before which devices do not install it (default: now)"},
     {"out", 0, "PKG", "where the package goes (written whole, or not at all; never replaced)"},
+    {"approval", 0, "ID", "the release's approval (products with two approvers)"},
+    {0},
+};
+
+static int print_approvals(const json_t *doc)
+{
+    static const char *const cols[] = {"ID", "PRODUCT", "VERSION", "STATE", "REQUESTED-BY",
+                                       "APPROVED-BY", "EXPIRES-AT"};
+    static const char *const keys[] = {"id", "product", "version", "state", "requested_by",
+                                       "approved_by", "expires_at"};
+    return out_table(json_object_get(doc, "approvals"), 7, cols, keys);
+}
+
+static int print_approval(const json_t *a)
+{
+    static const char *const fields[] = {"id", "product", "version", "state", "image_size",
+                                         "image_sha256", "targets", "counter", "not_before",
+                                         "requested_by", "approved_by", "expires_at", NULL};
+    for (int i = 0; fields[i]; i++) {
+        char *v = out_value_str(json_object_get(a, fields[i]));
+        if (!v)
+            return EXIT_INTERNAL;
+        out_textf(stdout, "%s: %s\n", fields[i], v);
+        free(v);
+    }
+    return EXIT_OK;
+}
+
+/* A comma-separated list as a JSON array (NULL list: empty). */
+static json_t *csv_array(const char *list)
+{
+    json_t *a = json_array();
+    char *copy = list ? strdup(list) : NULL, *tok, *save = NULL;
+    if (list && !copy) {
+        json_decref(a);
+        return NULL;
+    }
+    for (tok = copy ? strtok_r(copy, ",", &save) : NULL; a && tok; tok = strtok_r(NULL, ",", &save))
+        json_array_append_new(a, json_string(tok));
+    free(copy);
+    return a;
+}
+
+/* `firmware approvals list | request IMAGE ... | approve ID`. */
+static int approvals_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *verb = inv->pos[0], *arg = inv->npos > 1 ? inv->pos[1] : NULL,
+               *product = opt_get(&inv->local, "product"),
+               *version = opt_get(&inv->local, "version"),
+               *devices = opt_get(&inv->local, "device"), *groups = opt_get(&inv->local, "group"),
+               *counter = opt_get(&inv->local, "counter"),
+               *nb = opt_get(&inv->local, "not-before");
+    char path[256], hex[65];
+    unsigned long long size = 0;
+    json_t *req = NULL, *resp = NULL;
+    long c = 0, n = 0;
+    int rc;
+
+    if (!strcmp(verb, "list")) {
+        if (arg) {
+            out_error("list takes no argument (--product P)");
+            return EXIT_USAGE;
+        }
+        if (product && strspn(product, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                       "0123456789._-") != strlen(product)) {
+            out_error("--product must be of A-Z a-z 0-9 . _ -");
+            return EXIT_USAGE;
+        }
+        snprintf(path, sizeof(path), "/v1/admin/firmware/approvals%s%s",
+                 product ? "?product=" : "", product ? product : "");
+        return client_show(ctx, path, print_approvals);
+    }
+    if (!strcmp(verb, "approve")) {
+        if (!arg || strspn(arg, "0123456789abcdefABCDEF-") != strlen(arg) || strlen(arg) != 36) {
+            out_error("approve needs the approval's ID (a UUID)");
+            return EXIT_USAGE;
+        }
+        snprintf(path, sizeof(path), "/v1/admin/firmware/approvals/%s/approve", arg);
+        req = json_object();
+        rc = client_call(ctx, "POST", path, req, &resp);
+        json_decref(req);
+        return out_result(ctx->json, rc, resp, print_approval);
+    }
+    if (strcmp(verb, "request") != 0) {
+        out_error("unknown approvals action '%s' (list, request or approve)", out_safe(verb));
+        return EXIT_USAGE;
+    }
+    if (!arg || !product || !version || (!devices && !groups)) {
+        out_error("request needs IMAGE, --product, --version and --device or --group");
+        return EXIT_USAGE;
+    }
+    if ((counter && !arg_to_long(counter, 1, 9007199254740991L, &c)) ||
+        (nb && !arg_to_long(nb, 0, 1099511627776L, &n))) {
+        out_error("--counter must be from 1 to 2^53 - 1, --not-before Unix seconds");
+        return EXIT_USAGE;
+    }
+    /* The image is hashed here: approvers approve its SHA-256, and the
+     * image goes up once, when it is signed. */
+    if ((rc = file_sha256("image", arg, hex, &size)) != EXIT_OK)
+        return rc;
+    req = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o}", "product", product, "version", version,
+                    "image_size", (json_int_t)size, "image_sha256", hex, "devices",
+                    csv_array(devices), "groups", csv_array(groups));
+    if (req && counter)
+        json_object_set_new(req, "counter", json_integer(c));
+    if (req && nb)
+        json_object_set_new(req, "not_before", json_integer(n));
+    if (!req)
+        return EXIT_INTERNAL;
+    rc = client_call(ctx, "POST", "/v1/admin/firmware/approvals", req, &resp);
+    json_decref(req);
+    return out_result(ctx->json, rc, resp, print_approval);
+}
+
+static const struct opt_spec approvals_opts[] = {
+    {"product", 0, "P", "the product line (list: only its approvals)"},
+    {"version", 0, "V", "request: the release's name"},
+    {"device", 0, "ID[,ID]", "request: the target devices"},
+    {"group", 0, "G[,G]", "request: the target groups"},
+    {"counter", 0, "N", "request: fix the anti-rollback counter"},
+    {"not-before", 0, "T", "request: fix not_before (Unix seconds)"},
+    {0},
+};
+
+static int print_rule(const json_t *r)
+{
+    char n[8];
+    snprintf(n, sizeof(n), "%lld", (long long)json_integer_value(json_object_get(r, "approvals")));
+    out_textf(stdout, "%s: %s approver(s) per release.\n",
+              json_string_value(json_object_get(r, "product")) ?: "", n);
+    return EXIT_OK;
+}
+
+static int print_rules(const json_t *doc)
+{
+    static const char *const cols[] = {"PRODUCT", "APPROVALS", "UPDATED-AT", "UPDATED-BY"};
+    static const char *const keys[] = {"product", "approvals", "updated_at", "updated_by"};
+    return out_table(json_object_get(doc, "products"), 4, cols, keys);
+}
+
+/* `firmware rule list | set PRODUCT --approvals N`. */
+static int rule_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
+{
+    const char *verb = inv->pos[0], *product = inv->npos > 1 ? inv->pos[1] : NULL,
+               *ap = opt_get(&inv->local, "approvals");
+    char path[256];
+    json_t *req, *resp = NULL;
+    long n;
+    int rc;
+
+    if (!strcmp(verb, "list") && !product && !ap)
+        return client_show(ctx, "/v1/admin/firmware/products", print_rules);
+    if (strcmp(verb, "set") != 0 || !product || !ap || !arg_to_long(ap, 1, 2, &n) ||
+        strspn(product, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") !=
+            strlen(product)) {
+        out_error("usage: firmware rule list | firmware rule set PRODUCT --approvals 1|2");
+        return EXIT_USAGE;
+    }
+    snprintf(path, sizeof(path), "/v1/admin/firmware/products/%s/rule", product);
+    req = json_pack("{s:i}", "approvals", (int)n);
+    rc = client_call(ctx, "POST", path, req, &resp);
+    json_decref(req);
+    return out_result(ctx->json, rc, resp, print_rule);
+}
+
+static const struct opt_spec rule_opts[] = {
+    {"approvals", 0, "N", "set: 1 (the signer) or 2 (a request and a second approver)"},
     {0},
 };
 
 
 static const struct action firmware_actions[] = {
+    {
+        .sub = "rule",
+        .usage = "list | set PRODUCT --approvals 1|2",
+        .summary = "Approvals a product's releases need",
+        .description =
+            "1 (the default): the release token that signs. 2: a release token requests\n"
+            "approval of the release (firmware approvals request), a second, distinct\n"
+            "release token approves it, and the signature names the approval.\n"
+            "set: admin tokens; list: any admin role and release.\n"
+            "\n"
+            "Requests: GET /v1/admin/firmware/products,\n"
+            "          POST /v1/admin/firmware/products/PRODUCT/rule\n",
+        .opts = rule_opts,
+        .min_args = 1,
+        .max_args = 2,
+        .run = rule_run,
+    },
+    {
+        .sub = "approvals",
+        .usage = "list [--product P] | request IMAGE --product P --version V\n"
+                 "         (--device ID[,ID] | --group G[,G]) [--counter N] [--not-before T]\n"
+                 "         | approve ID",
+        .summary = "Two-approver releases: request, approve, list",
+        .description =
+            "request fixes what will be signed (the image's SHA-256, computed here, and\n"
+            "size; version; targets; counter and not_before if given) for 24 hours;\n"
+            "approve, by another release token, lets firmware sign --approval ID sign\n"
+            "exactly that, once. list columns: ID PRODUCT VERSION STATE REQUESTED-BY\n"
+            "APPROVED-BY EXPIRES-AT. request and approve: release tokens; list: any\n"
+            "admin role and release.\n"
+            "\n"
+            "Requests: GET, POST /v1/admin/firmware/approvals,\n"
+            "          POST /v1/admin/firmware/approvals/ID/approve\n",
+        .opts = approvals_opts,
+        .min_args = 1,
+        .max_args = 2,
+        .run = approvals_run,
+    },
     {
         .sub = "groups",
         .usage = "list [GROUP] | create GROUP | rotate GROUP | destroy GROUP KEY_ID",
@@ -356,7 +564,7 @@ static const struct action firmware_actions[] = {
     {
         .sub = "sign",
         .usage = "IMAGE --product P --version V (--device ID[,ID] | --group G[,G]) --out PKG\n"
-                 "         [--counter N] [--not-before T]",
+                 "         [--counter N] [--not-before T] [--approval ID]",
         .summary = "Sign a firmware image into a package for its target devices and groups",
         .description =
             "The image is streamed to kmsd (held there once), which signs its manifest\n"

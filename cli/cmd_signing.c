@@ -30,40 +30,6 @@ static int keys_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
     return signkeys_run(ctx, inv, &DATA_KEYS);
 }
 
-/* SHA-256 of the file at path, as 64 hex digits. */
-static int file_digest(const char *path, char hex[65])
-{
-    FILE *f = fopen(path, "rb");
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    unsigned char buf[65536], dig[32];
-    size_t n;
-    int rc = EXIT_INTERNAL;
-
-    if (!f) {
-        out_error("%s: %s", out_safe(path), strerror(errno));
-        EVP_MD_CTX_free(md);
-        return EXIT_USAGE;
-    }
-    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
-        goto out;
-    while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-        if (EVP_DigestUpdate(md, buf, n) != 1)
-            goto out;
-    if (ferror(f)) {
-        out_error("%s: %s", out_safe(path), strerror(errno));
-        rc = EXIT_USAGE;
-        goto out;
-    }
-    if (EVP_DigestFinal_ex(md, dig, NULL) != 1)
-        goto out;
-    qkms_hex_encode(dig, 32, hex);
-    rc = EXIT_OK;
-out:
-    EVP_MD_CTX_free(md);
-    fclose(f);
-    return rc;
-}
-
 static int print_signature(const json_t *j)
 {
     out_textf(stdout, "%s\n", json_string_value(json_object_get(j, "signature")) ?: "");
@@ -81,7 +47,7 @@ static int sign_run(const struct kmsctl_ctx *ctx, const struct invocation *inv)
         out_error("sign needs --key NAME");
         return EXIT_USAGE;
     }
-    if ((rc = file_digest(inv->pos[0], hex)) != EXIT_OK)
+    if ((rc = file_sha256("data", inv->pos[0], hex, NULL)) != EXIT_OK)
         return rc;
     req = json_pack("{s:s,s:s}", "key", key, "digest", hex);
     rc = client_call(ctx, "POST", "/v1/crypto/sign", req, &resp);
@@ -130,7 +96,7 @@ static int verify_run(const struct kmsctl_ctx *ctx, const struct invocation *inv
         out_error("verify needs --key NAME and --signature FILE (DER)");
         return EXIT_USAGE;
     }
-    if ((rc = file_digest(inv->pos[0], hex)) != EXIT_OK)
+    if ((rc = file_sha256("data", inv->pos[0], hex, NULL)) != EXIT_OK)
         return rc;
     if ((rc = file_read("signature", sigp, 256, &der, &len)) != EXIT_OK)
         return rc;

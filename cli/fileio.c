@@ -3,12 +3,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "exitcodes.h"
+#include "hexutil.h"
 #include "output.h"
 
 int file_read(const char *what, const char *path, size_t max, char **data, size_t *len)
@@ -116,4 +120,42 @@ void file_discard(int fd, const char *path)
     if (fd >= 0)
         close(fd);
     unlink(path);
+}
+
+int file_sha256(const char *what, const char *path, char hex[65], unsigned long long *size)
+{
+    FILE *f = fopen(path, "rb");
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char buf[65536], dig[32];
+    unsigned long long total = 0;
+    size_t n;
+    int rc = EXIT_INTERNAL;
+
+    if (!f) {
+        out_error("%s (%s): %s", out_safe(path), what, strerror(errno));
+        EVP_MD_CTX_free(md);
+        return EXIT_USAGE;
+    }
+    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+        goto out;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
+        if (EVP_DigestUpdate(md, buf, n) != 1)
+            goto out;
+        total += n;
+    }
+    if (ferror(f)) {
+        out_error("%s: %s", out_safe(path), strerror(errno));
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    if (EVP_DigestFinal_ex(md, dig, NULL) != 1)
+        goto out;
+    qkms_hex_encode(dig, 32, hex);
+    if (size)
+        *size = total;
+    rc = EXIT_OK;
+out:
+    EVP_MD_CTX_free(md);
+    fclose(f);
+    return rc;
 }

@@ -32,4 +32,9 @@ int file_write_close(int fd, const char *path, const void *buf, size_t len);
  * created with file_create_new. */
 void file_discard(int fd, const char *path);
 
+/* SHA-256 of the file at path as 64 hex digits (and its size, when size
+ * is not NULL), read in pieces. EXIT_OK, EXIT_USAGE (cannot read it) or
+ * EXIT_INTERNAL, after reporting. */
+int file_sha256(const char *what, const char *path, char hex[65], unsigned long long *size);
+
 #endif

@@ -13,9 +13,11 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "api/principal.h"
 #include "api/routes.h"
+#include "service/firmware_approvals.h"
 #include "service/firmware_groups.h"
 #include "service/firmware_keys.h"
 #include "service/firmware_sign.h"
@@ -252,6 +254,7 @@ void h_firmware_sign(http_request *rq, http_response *rs)
     *devs = empty;
     *groups = empty;
     if (http_query_count(rq, "product") > 1 || http_query_count(rq, "version") > 1 ||
+        http_query_count(rq, "approval") > 1 ||
         !query_u64(rq, "counter", 1, (UINT64_C(1) << 53) - 1, &counter) ||
         !query_u64(rq, "not_before", 0, (UINT64_C(1) << 40), &nb) ||
         http_query_each(rq, "device", add_value, devs) != 0 ||
@@ -270,6 +273,7 @@ void h_firmware_sign(http_request *rq, http_response *rs)
     sp.ndevices = devs->n > devs->kept ? FIRMWARE_MAX_TARGETS + 1 : devs->n;
     sp.groups = groups->v;
     sp.ngroups = groups->n > groups->kept ? FIRMWARE_MAX_TARGETS + 1 : groups->n;
+    sp.approval = http_query(rq, "approval");
     /* The image is the service's from here (held once: it is not copied). */
     image = *rq->octets;
     *rq->octets = NULL;
@@ -316,4 +320,156 @@ void h_firmware_verify(http_request *rq, http_response *rs)
         return;
     }
     http_json(rs, 200, out);
+}
+
+/* ---- release approvals (service/firmware_approvals.h) ----------------------------- */
+
+void h_firmware_rules_list(http_request *rq, http_response *rs)
+{
+    json_t *out;
+    qk_err e;
+    if (firmware_rules_list(&rq->kms->svc, &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return;
+    }
+    http_json(rs, 200, out);
+}
+
+void h_firmware_rule_set(http_request *rq, http_response *rs)
+{
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object(rq, rs), *ja, *out;
+    qk_err e;
+
+    if (!in)
+        return;
+    ja = json_object_get(in, "approvals");
+    if (json_object_size(in) != 1 || !json_is_integer(ja)) {
+        http_error(rs, 422, "invalid_request", "expected {\"approvals\": 1 or 2}");
+        goto out;
+    }
+    if (firmware_rule_set(&rq->kms->svc, &who, rq->params[0],
+                          json_integer_value(ja) == 1 ? 1 : json_integer_value(ja) == 2 ? 2 : 0,
+                          &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    http_json(rs, 200, out);
+out:
+    json_decref(in);
+}
+
+void h_firmware_approvals_list(http_request *rq, http_response *rs)
+{
+    json_t *out;
+    qk_err e;
+    if (http_query_count(rq, "product") > 1) {
+        http_error(rs, 400, "invalid_query", "product given twice");
+        return;
+    }
+    if (firmware_approvals_list(&rq->kms->svc, http_query(rq, "product"), &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        return;
+    }
+    http_json(rs, 200, out);
+}
+
+/* A JSON array of strings into at most FIRMWARE_MAX_TARGETS + 1 pointers
+ * (more counts as one too many for the service's check); -1 not strings. */
+static long string_list(const json_t *a, const char **v)
+{
+    size_t i;
+    const json_t *x;
+    if (!a)
+        return 0;
+    if (!json_is_array(a))
+        return -1;
+    json_array_foreach(a, i, x) {
+        if (!json_is_string(x))
+            return -1;
+        if (i <= FIRMWARE_MAX_TARGETS)
+            v[i] = json_string_value(x);
+    }
+    return json_array_size(a) > FIRMWARE_MAX_TARGETS ? FIRMWARE_MAX_TARGETS + 1
+                                                       : (long)json_array_size(a);
+}
+
+void h_firmware_approval_request(http_request *rq, http_response *rs)
+{
+    static const char *const names[] = {"product", "version", "image_size", "image_sha256",
+                                        "devices", "groups", "counter", "not_before"};
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object(rq, rs), *out, *v;
+    const char *devs[FIRMWARE_MAX_TARGETS + 1], *grps[FIRMWARE_MAX_TARGETS + 1], *k;
+    firmware_sign_spec sp = {0};
+    json_t *jc, *jn, *js;
+    long nd, ng;
+    qk_err e;
+
+    if (!in)
+        return;
+    json_object_foreach(in, k, v) {
+        size_t i;
+        for (i = 0; i < sizeof(names) / sizeof(names[0]) && strcmp(k, names[i]); i++)
+            ;
+        if (i == sizeof(names) / sizeof(names[0])) {
+            http_error(rs, 422, "invalid_request", "unknown field '%s'", k);
+            goto out;
+        }
+    }
+    jc = json_object_get(in, "counter");
+    jn = json_object_get(in, "not_before");
+    js = json_object_get(in, "image_size");
+    nd = string_list(json_object_get(in, "devices"), devs);
+    ng = string_list(json_object_get(in, "groups"), grps);
+    if (!json_is_string(json_object_get(in, "product")) ||
+        !json_is_string(json_object_get(in, "version")) || !json_is_integer(js) ||
+        !json_is_string(json_object_get(in, "image_sha256")) || nd < 0 || ng < 0 ||
+        (jc && (!json_is_integer(jc) || json_integer_value(jc) < 1)) ||
+        (jn && (!json_is_integer(jn) || json_integer_value(jn) < 0 ||
+                json_integer_value(jn) > ((json_int_t)1 << 40)))) {
+        http_error(rs, 422, "invalid_request",
+                   "expected {\"product\",\"version\",\"image_size\",\"image_sha256\","
+                   "\"devices\"?:[],\"groups\"?:[],\"counter\"?,\"not_before\"?}");
+        goto out;
+    }
+    sp.product = json_string_value(json_object_get(in, "product"));
+    sp.version = json_string_value(json_object_get(in, "version"));
+    sp.counter = jc ? (uint64_t)json_integer_value(jc) : 0;
+    sp.not_before = jn ? (int64_t)json_integer_value(jn) : -1;
+    sp.devices = devs;
+    sp.ndevices = (size_t)nd;
+    sp.groups = grps;
+    sp.ngroups = (size_t)ng;
+    if (firmware_approval_request(&rq->kms->svc, &who, &sp,
+                                  json_integer_value(js) < 0 ? 0 : (uint64_t)json_integer_value(js),
+                                  json_string_value(json_object_get(in, "image_sha256")), &out,
+                                  &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    http_json(rs, 201, out);
+out:
+    json_decref(in);
+}
+
+void h_firmware_approval_approve(http_request *rq, http_response *rs)
+{
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object_opt(rq, rs), *out;
+    qk_err e;
+
+    if (!in)
+        return;
+    if (json_object_size(in) != 0) {
+        http_error(rs, 422, "invalid_request", "expected no body or {}");
+        goto out;
+    }
+    if (firmware_approval_approve(&rq->kms->svc, &who, rq->params[0], &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    http_json(rs, 200, out);
+out:
+    json_decref(in);
 }

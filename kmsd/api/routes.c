@@ -120,6 +120,11 @@
     X("POST", "/v1/admin/signing-keys/{name}/rotate", "admin_signing_keys_rotate", ROLE_ADMIN, h_data_keys_rotate, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/packages", "admin_firmware_sign", ROLE_RELEASE, h_firmware_sign, ADM, RL_ADMIN, .octets = true) \
     X("POST", "/v1/admin/firmware/packages/verify", "admin_firmware_verify", ROLE_ANY | ROLE_RELEASE, h_firmware_verify, ADM, RL_ADMIN, .octets = true, .max_body = FIRMWARE_PACKAGE_ROOM) \
+    X("GET", "/v1/admin/firmware/products", "admin_firmware_products", ROLE_ANY | ROLE_RELEASE, h_firmware_rules_list, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/firmware/products/{product}/rule", "admin_firmware_product_rule", ROLE_ADMIN, h_firmware_rule_set, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/firmware/approvals", "admin_firmware_approvals", ROLE_ANY | ROLE_RELEASE, h_firmware_approvals_list, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/firmware/approvals", "admin_firmware_approval_request", ROLE_RELEASE, h_firmware_approval_request, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/firmware/approvals/{id}/approve", "admin_firmware_approval_approve", ROLE_RELEASE, h_firmware_approval_approve, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/firmware/groups", "admin_firmware_groups", ROLE_ANY | ROLE_RELEASE, h_firmware_groups_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/groups", "admin_firmware_groups_create", ROLE_ADMIN, h_firmware_groups_create, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/groups/{group}/rotate", "admin_firmware_groups_rotate", ROLE_ADMIN, h_firmware_groups_rotate, ADM, RL_ADMIN) \

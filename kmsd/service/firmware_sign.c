@@ -22,6 +22,7 @@
 #include "service/audit.h"
 #include "service/device_keys.h"
 #include "service/device_model.h"
+#include "service/firmware_approvals.h"
 #include "service/firmware_groups.h"
 #include "service/firmware_keys.h"
 #include "store/queries.h"
@@ -154,6 +155,7 @@ typedef struct {
     firmware_package *pkg; /* built per attempt */
     uint64_t counter;
     char package_id[37], signer[65];
+    char approved_by[129], requested_by[129]; /* the approval's, or "" */
     qk_err *e;
     bool refused;
 } sign_tx;
@@ -165,27 +167,11 @@ static db_status refuse(sign_tx *t, qk_kind kind, const char *code, const char *
     return DB_OK; /* nothing written: the transaction commits empty */
 }
 
-/* {"groups":[...],"devices":[...]}, in the order given. */
-static json_t *targets_json(const firmware_sign_spec *sp)
-{
-    json_t *g = json_array(), *d = json_array();
-    for (size_t i = 0; g && i < sp->ngroups; i++)
-        json_array_append_new(g, json_string(sp->groups[i]));
-    for (size_t i = 0; d && i < sp->ndevices; i++)
-        json_array_append_new(d, json_string(sp->devices[i]));
-    if (!g || !d) {
-        json_decref(g);
-        json_decref(d);
-        return NULL;
-    }
-    return json_pack("{s:o,s:o}", "groups", g, "devices", d);
-}
-
 /* The manifest's bytes: the documented key order, no spaces. */
 static char *manifest_text(const firmware_sign_spec *sp, uint64_t counter, uint64_t size,
                            const char *sha_hex, int64_t nb, const char *pid, const char *signer)
 {
-    json_t *targets = targets_json(sp), *m;
+    json_t *targets = firmware_targets_json(sp), *m;
     char *text;
     m = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:o,s:I,s:s,s:s}", "format", "qkms-fw-manifest/1",
                   "product", sp->product, "version", sp->version, "counter", (json_int_t)counter,
@@ -266,6 +252,14 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         goto out;
     }
 
+    /* The product's approval rule, and the approval when one is named
+     * (firmware_approvals.h): checked before anything is made. */
+    qkms_hex_encode(t->image_sha, 32, sha_hex);
+    if ((st = firmware_approval_check(c, sp, t->image_len, sha_hex, t->approved_by,
+                                      t->requested_by, &t->refused, t->e)) != DB_OK ||
+        t->refused)
+        goto out;
+
     /* The package: its ID and content key from the entropy interface. */
     if (!(p = calloc(1, sizeof(*p))) || !(p->k = OPENSSL_secure_malloc(32)) ||
         !(dk = OPENSSL_secure_malloc(DEVICE_KEY_BUF))) {
@@ -340,7 +334,6 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         OPENSSL_cleanse(dk, DEVICE_KEY_BUF);
         kinds[nr++] = QKF_KIND_DEVICE;
     }
-    qkms_hex_encode(t->image_sha, 32, sha_hex);
     if (!(man = manifest_text(sp, t->counter, t->image_len, sha_hex, nb, t->package_id,
                               t->signer))) {
         qk_fail(t->e, QK_INTERNAL, "internal", "out of memory");
@@ -447,7 +440,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     snprintf(cnt, sizeof(cnt), "%llu", (unsigned long long)t->counter);
     snprintf(nbs, sizeof(nbs), "%lld", (long long)nb);
     {
-        json_t *targets = targets_json(sp);
+        json_t *targets = firmware_targets_json(sp);
         char *tg = targets ? json_dumps(targets, JSON_COMPACT) : NULL;
         uint8_t msha[32];
         char msha_hex[65], isize[24];
@@ -469,12 +462,19 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
             PQclear(ins);
         }
     }
+    if (sp->approval && (st = firmware_approval_use(c, sp->approval, t->package_id, t->e)) != DB_OK)
+        goto out;
     st = audit_append(c, t->who->name, "firmware.signed", NULL,
                       json_pack("{s:s,s:s,s:s,s:s,s:I,s:s,s:s,s:o,s:i}", "product",
                                 sp->product, "version", sp->version, "counter", cnt, "package_id",
                                 t->package_id, "image_size", (json_int_t)t->image_len,
                                 "image_sha256", sha_hex, "signer", t->signer, "targets",
-                                targets_json(sp), "recipients", (int)nr));
+                                firmware_targets_json(sp), "recipients", (int)nr));
+    if (st == DB_OK && sp->approval)
+        st = audit_append(c, t->who->name, "firmware.approval_used", NULL,
+                          json_pack("{s:s,s:s,s:s,s:s}", "approval", sp->approval, "package_id",
+                                    t->package_id, "requested_by", t->requested_by,
+                                    "approved_by", t->approved_by));
     if (st == DB_OK) {
         t->pkg = p;
         p = NULL;
@@ -493,17 +493,6 @@ out:
     return st;
 }
 
-static bool version_valid(const char *v)
-{
-    size_t n = v ? strlen(v) : 0;
-    if (n < 1 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (v[i] < 0x20 || v[i] > 0x7e || v[i] == '"' || v[i] == '\\')
-            return false;
-    return true;
-}
-
 qk_kind firmware_sign(qk_svc *s, const qk_principal *who, const firmware_sign_spec *sp,
                       uint8_t *image, size_t image_len, firmware_package **out, json_t **info,
                       qk_err *e)
@@ -516,35 +505,8 @@ qk_kind firmware_sign(qk_svc *s, const qk_principal *who, const firmware_sign_sp
     *out = NULL;
     *info = NULL;
     memset(&t, 0, sizeof(t));
-    if (!firmware_product_valid(sp->product))
-        k = qk_fail(e, QK_INVALID, "invalid_product",
-                    "product must be 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit");
-    else if (!version_valid(sp->version))
-        k = qk_fail(e, QK_INVALID, "invalid_version",
-                    "version must be 1-64 printable ASCII characters, no quote or backslash");
-    else if (sp->counter > QKF_COUNTER_MAX)
-        k = qk_fail(e, QK_INVALID, "invalid_counter", "counter must be from 1 to 2^53 - 1");
-    else if (sp->ndevices + sp->ngroups < 1 || sp->ndevices + sp->ngroups > FIRMWARE_MAX_TARGETS)
-        k = qk_fail(e, QK_INVALID, "invalid_targets", "from 1 to %d targets (devices and groups)",
-                    FIRMWARE_MAX_TARGETS);
-    else if (image_len == 0)
+    if ((k = firmware_spec_check(sp, e)) == QK_OK && image_len == 0)
         k = qk_fail(e, QK_INVALID, "invalid_image", "the image is empty");
-    for (size_t i = 0; k == QK_OK && i < sp->ndevices; i++) {
-        if (!qkp_id_valid(sp->devices[i]))
-            k = qk_fail(e, QK_INVALID, "invalid_targets", "a device ID no device can have");
-        for (size_t j = 0; k == QK_OK && j < i; j++)
-            if (!strcmp(sp->devices[i], sp->devices[j]))
-                k = qk_fail(e, QK_INVALID, "invalid_targets", "device '%.128s' named twice",
-                            sp->devices[i]);
-    }
-    for (size_t i = 0; k == QK_OK && i < sp->ngroups; i++) {
-        if (!device_group_valid(sp->groups[i]))
-            k = qk_fail(e, QK_INVALID, "invalid_targets", "a group name no group can have");
-        for (size_t j = 0; k == QK_OK && j < i; j++)
-            if (!strcmp(sp->groups[i], sp->groups[j]))
-                k = qk_fail(e, QK_INVALID, "invalid_targets", "group '%s' named twice",
-                            sp->groups[i]);
-    }
     if (k != QK_OK)
         goto fail;
     t.s = s;

@@ -25,7 +25,10 @@
  *    "invalid_product", "invalid_version", "invalid_counter",
  *    "invalid_not_before", "invalid_targets", "unknown_device" (no active
  *    device of that ID with a usable key), "invalid_image" (empty);
- *    QK_CONFLICT "no_firmware_key", "no_group_key", "counter_rollback"; QK_UNAVAILABLE
+ *    QK_CONFLICT "no_firmware_key", "no_group_key", "counter_rollback",
+ *    and the approvals' (firmware_approvals.h: "approval_required",
+ *    "unknown_approval", "approval_pending", "approval_used",
+ *    "approval_expired", "approval_mismatch"); QK_UNAVAILABLE
  *    "token_unavailable", "entropy_unavailable", "unavailable"; QK_INTERNAL.
  */
 #ifndef QKMS_FIRMWARE_SIGN_H
@@ -37,25 +40,10 @@
 #include <jansson.h>
 
 #include "err.h"
+#include "service/firmware_spec.h"
 #include "service/service.h"
 
-/* Targets (devices and groups together) travel in the request's query
- * string (libmicrohttpd's 32 KiB connection memory holds the request
- * line): 100 device IDs of up to 128 bytes fit. Many devices are a
- * group's. */
-#define FIRMWARE_MAX_TARGETS 100
 #define FIRMWARE_CHUNK 65536u
-
-typedef struct {
-    const char *product;
-    const char *version;          /* 1-64 printable ASCII */
-    uint64_t counter;             /* 0: the product's last + 1 */
-    int64_t not_before;           /* Unix seconds; < 0: now */
-    const char *const *devices;   /* the target devices' IDs */
-    size_t ndevices;
-    const char *const *groups;    /* the target groups; with the devices 1..FIRMWARE_MAX_TARGETS */
-    size_t ngroups;
-} firmware_sign_spec;
 
 typedef struct firmware_package firmware_package;
 

@@ -141,6 +141,41 @@
     X(Q_SIGN_KEY_CERTS, /* every version of data key $1, newest first */                       \
       "SELECT version, encode(cert_der, 'hex'), encode(sha256, 'hex') FROM firmware_keys"      \
       " WHERE purpose = 'data' AND product = $1 ORDER BY version DESC")                        \
+    /* release approvals (firmware_approvals.h, schema/038) */                               \
+    X(Q_FW_RULE, "SELECT approvals FROM firmware_products WHERE product = $1")                 \
+    X(Q_FW_RULE_LOCK,                                                                          \
+      "SELECT approvals FROM firmware_products WHERE product = $1 FOR UPDATE")                 \
+    X(Q_FW_RULE_SET,                                                                           \
+      "INSERT INTO firmware_products (product, approvals, updated_by) VALUES ($1, $2::int, $3)" \
+      " ON CONFLICT (product) DO UPDATE SET approvals = EXCLUDED.approvals,"                    \
+      " updated_at = now(), updated_by = EXCLUDED.updated_by"                                   \
+      " RETURNING product, approvals, updated_at, updated_by")                                 \
+    X(Q_FW_RULES_LIST,                                                                         \
+      "SELECT product, approvals, updated_at, updated_by FROM firmware_products"               \
+      " ORDER BY product")                                                                     \
+    X(Q_FW_APPROVAL_INSERT,                                                                    \
+      "INSERT INTO firmware_approvals (id, product, version, image_size, image_sha256,"        \
+      " targets, counter, not_before, requested_by, expires_at) VALUES ($1::uuid, $2, $3,"     \
+      " $4::bigint, decode($5, 'hex'), $6::jsonb, $7::bigint, $8::bigint, $9,"                 \
+      " now() + make_interval(hours => $10::int))")                                             \
+    X(Q_FW_APPROVAL_LOCK, /* $2 the targets to compare with (jsonb equality) */              \
+      "SELECT product, version, image_size, encode(image_sha256, 'hex'), targets = $2::jsonb," \
+      " counter, not_before, requested_by, approved_by, used_at IS NOT NULL,"                  \
+      " expires_at < now() FROM firmware_approvals WHERE id = $1::uuid FOR UPDATE")            \
+    X(Q_FW_APPROVAL_APPROVE,                                                                   \
+      "UPDATE firmware_approvals SET approved_by = $2, approved_at = now()"                     \
+      " WHERE id = $1::uuid")                                                                  \
+    X(Q_FW_APPROVAL_USE,                                                                       \
+      "UPDATE firmware_approvals SET used_at = now(), package_id = $2::uuid"                    \
+      " WHERE id = $1::uuid AND used_at IS NULL AND approved_at IS NOT NULL")                  \
+    X(Q_FW_APPROVALS_LIST, /* $1 product or NULL, $2 id or NULL */                             \
+      "SELECT id, product, version, image_size, encode(image_sha256, 'hex'), targets::text,"   \
+      " counter, not_before, CASE WHEN used_at IS NOT NULL THEN 'used'"                        \
+      " WHEN expires_at < now() THEN 'expired' WHEN approved_at IS NOT NULL THEN 'approved'"   \
+      " ELSE 'pending' END, requested_by, requested_at, approved_by, approved_at, used_at,"    \
+      " package_id, expires_at FROM firmware_approvals"                                        \
+      " WHERE ($1::text IS NULL OR product = $1) AND ($2::uuid IS NULL OR id = $2::uuid)"      \
+      " ORDER BY requested_at DESC, id LIMIT 100")                                             \
     /* groups' firmware keys (firmware_groups.h, schema/036) */                              \
     X(Q_FWG_LOCK, "SELECT pg_advisory_xact_lock(hashtextextended('qkms-fwg:' || $1, 0))")      \
     X(Q_FWG_KEYS, /* a group's keys, the active one first */                                  \
