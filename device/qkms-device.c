@@ -921,115 +921,47 @@ out:
     return rc;
 }
 
-/* data --seal / --open: a frame between the device and the platform under
- * one of its keys, between files; prints what it did (never a key). */
-static int run_data(const struct options *o, const qkd_device *dev, int64_t now)
+/* One frame operation between files (data, and key --seal/--open): the
+ * input read (a plaintext or a frame), op run into a buffer, the output
+ * written whole, then report prints what was done (never a key). */
+typedef struct {
+    bool seal;
+    size_t in_len, out_len;
+    uint64_t seq;  /* seal: the one given; open: the frame's */
+    int index;     /* data: the device key's index */
+} frame_io;
+typedef int (*frame_op)(void *arg, frame_io *io, const uint8_t *in, uint8_t *out, size_t cap,
+                        char *err, size_t errlen);
+typedef void (*frame_report)(void *arg, const struct options *o, const frame_io *io);
+
+static int frame_file(const struct options *o, frame_op op, frame_report report, void *arg)
 {
-    bool seal = o->seal_in != NULL;
-    const char *in_path = seal ? o->seal_in : o->open_in;
-    size_t max = seal ? QKS_MAX_PLAINTEXT : QKS_MAX_PLAINTEXT + QKS_OVERHEAD, in_len = 0,
-           out_len = 0, cap;
+    frame_io io = {.seal = o->seal_in != NULL, .seq = o->seal_seq, .index = o->index};
+    const char *in_path = io.seal ? o->seal_in : o->open_in;
+    size_t max = io.seal ? QKS_MAX_PLAINTEXT : QKS_MAX_PLAINTEXT + QKS_OVERHEAD, cap = 0;
     char *in = NULL, err[256];
     uint8_t *out = NULL;
-    uint64_t seq = o->seal_seq;
-    int fd = -1, q, rc, index = o->index;
-
-    if ((rc = read_file(in_path, max, false, seal ? "a plaintext" : "a frame", &in, &in_len)) !=
-        EXIT_OK)
-        return rc;
-    rc = EXIT_INTERNAL;
-    cap = seal ? in_len + QKS_OVERHEAD : in_len;
-    if (!(out = malloc(cap ? cap : 1))) {
-        errorf("out of memory");
-        goto cleanup;
-    }
-    q = seal ? qkd_device_seal(dev, index, now, seq, (const uint8_t *)in, in_len, out, cap,
-                               &out_len, err, sizeof(err))
-             : qkd_device_open(dev, NULL, (const uint8_t *)in, in_len, out, cap, &out_len, &seq,
-                               &index, err, sizeof(err));
-    if (q != QKD_OK) {
-        errorf("%s", err);
-        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : seal ? EXIT_USAGE : EXIT_SERVER;
-        goto cleanup;
-    }
-    if (seal && index < 0)
-        index = qkd_device_default_index(dev, now);
-    fd = open(o->out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || write_fd(fd, out, out_len) != 0) {
-        errorf("%s: %s", o->out, strerror(errno));
-        rc = EXIT_USAGE;
-        goto cleanup;
-    }
-    if (o->json)
-        printf("{\"op\":\"%s\",\"device_id\":\"%s\",\"key_index\":%d,\"seq\":\"%llu\","
-               "\"bytes\":%zu}\n",
-               seal ? "seal" : "open", dev->device_id, index, (unsigned long long)seq,
-               seal ? in_len : out_len);
-    else
-        printf("%s %zu bytes, seq %llu, device key %d\n", seal ? "sealed" : "opened",
-               seal ? in_len : out_len, (unsigned long long)seq, index);
-    rc = EXIT_OK;
-cleanup:
-    if (fd >= 0)
-        close(fd);
-    if (out) {
-        OPENSSL_cleanse(out, cap ? cap : 1);
-        free(out);
-    }
-    if (in) {
-        OPENSSL_cleanse(in, in_len);
-        free(in);
-    }
-    return rc;
-}
-
-/* key --seal / --open: the frame operation under the session key just
- * received, between files; prints what it did (never the key). */
-static int run_seal(const struct options *o, const char *device_id, const qkd_session_key *sk)
-{
-    bool seal = o->seal_in != NULL;
-    const char *in_path = seal ? o->seal_in : o->open_in;
-    size_t max = seal ? QKS_MAX_PLAINTEXT : QKS_MAX_PLAINTEXT + QKS_OVERHEAD, in_len = 0,
-           out_len = 0, cap;
-    char *in = NULL, err[256];
-    const char *kid = sk->key_id;
-    uint8_t *out = NULL;
-    uint64_t seq = o->seal_seq;
     int fd = -1, q, rc;
 
-    if ((rc = read_file(in_path, max, false, seal ? "a plaintext" : "a frame", &in, &in_len)) !=
-        EXIT_OK)
+    if ((rc = read_file(in_path, max, false, io.seal ? "a plaintext" : "a frame", &in,
+                        &io.in_len)) != EXIT_OK)
         return rc;
     rc = EXIT_INTERNAL;
-    cap = seal ? in_len + QKS_OVERHEAD : in_len;
+    cap = io.seal ? io.in_len + QKS_OVERHEAD : io.in_len;
     if (!(out = malloc(cap ? cap : 1))) {
         errorf("out of memory");
         goto cleanup;
     }
-    q = seal ? qkd_seal(sk, device_id, o->peer, seq, (const uint8_t *)in, in_len, out, cap,
-                        &out_len, err, sizeof(err))
-             : qkd_open(sk, device_id, o->peer, NULL, (const uint8_t *)in, in_len, out, cap,
-                        &out_len, &seq, err, sizeof(err));
-    if (q != QKD_OK) {
+    if ((q = op(arg, &io, (const uint8_t *)in, out, cap, err, sizeof(err))) != QKD_OK) {
         errorf("%s", err);
-        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : seal ? EXIT_USAGE : EXIT_SERVER;
+        rc = q == QKD_ERR_INTERNAL ? EXIT_INTERNAL : io.seal ? EXIT_USAGE : EXIT_SERVER;
         goto cleanup;
     }
-    fd = open(o->out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
+    if ((fd = open(o->out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0 ||
+        write_fd(fd, out, io.out_len) != 0) {
         errorf("%s: %s", o->out, strerror(errno));
         rc = EXIT_USAGE;
         goto cleanup;
-    }
-    for (size_t off = 0; off < out_len;) {
-        ssize_t n = write(fd, out + off, out_len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            errorf("%s: %s", o->out, strerror(errno));
-            goto cleanup;
-        }
-        off += (size_t)n;
     }
     if (close(fd) != 0) {
         fd = -1;
@@ -1037,18 +969,7 @@ static int run_seal(const struct options *o, const char *device_id, const qkd_se
         goto cleanup;
     }
     fd = -1;
-    {
-        int d = qks_direction_of(seal ? device_id : o->peer, seal ? o->peer : device_id);
-        const char *dn = d == QKS_A2B ? "a2b" : "b2a";
-        if (o->json)
-            printf("{\"op\":\"%s\",\"key_id\":\"%s\",\"seq\":\"%llu\",\"direction\":\"%s\","
-                   "\"bytes\":%zu}\n",
-                   seal ? "seal" : "open", kid, (unsigned long long)seq, dn,
-                   seal ? in_len : out_len);
-        else
-            printf("%s %zu bytes, seq %llu, key %s, direction %s\n", seal ? "sealed" : "opened",
-                   seal ? in_len : out_len, (unsigned long long)seq, kid, dn);
-    }
+    report(arg, o, &io);
     rc = EXIT_OK;
 cleanup:
     if (fd >= 0)
@@ -1058,10 +979,87 @@ cleanup:
         free(out);
     }
     if (in) {
-        OPENSSL_cleanse(in, in_len);
+        OPENSSL_cleanse(in, io.in_len);
         free(in);
     }
     return rc;
+}
+
+/* data --seal / --open: under one of the device's keys, with the platform. */
+struct data_arg {
+    const qkd_device *dev;
+    int64_t now;
+};
+
+static int data_op(void *arg, frame_io *io, const uint8_t *in, uint8_t *out, size_t cap,
+                   char *err, size_t errlen)
+{
+    const struct data_arg *a = arg;
+    int q = io->seal ? qkd_device_seal(a->dev, io->index, a->now, io->seq, in, io->in_len, out,
+                                       cap, &io->out_len, err, errlen)
+                     : qkd_device_open(a->dev, NULL, in, io->in_len, out, cap, &io->out_len,
+                                       &io->seq, &io->index, err, errlen);
+    if (q == QKD_OK && io->seal && io->index < 0)
+        io->index = qkd_device_default_index(a->dev, a->now);
+    return q;
+}
+
+static void data_report(void *arg, const struct options *o, const frame_io *io)
+{
+    const struct data_arg *a = arg;
+    size_t bytes = io->seal ? io->in_len : io->out_len;
+    if (o->json)
+        printf("{\"op\":\"%s\",\"device_id\":\"%s\",\"key_index\":%d,\"seq\":\"%llu\","
+               "\"bytes\":%zu}\n",
+               io->seal ? "seal" : "open", a->dev->device_id, io->index,
+               (unsigned long long)io->seq, bytes);
+    else
+        printf("%s %zu bytes, seq %llu, device key %d\n", io->seal ? "sealed" : "opened", bytes,
+               (unsigned long long)io->seq, io->index);
+}
+
+static int run_data(const struct options *o, const qkd_device *dev, int64_t now)
+{
+    struct data_arg a = {dev, now};
+    return frame_file(o, data_op, data_report, &a);
+}
+
+/* key --seal / --open: under the session key just received, with the peer. */
+struct seal_arg {
+    const char *device_id, *peer;
+    const qkd_session_key *sk;
+};
+
+static int seal_op(void *arg, frame_io *io, const uint8_t *in, uint8_t *out, size_t cap,
+                   char *err, size_t errlen)
+{
+    const struct seal_arg *a = arg;
+    return io->seal ? qkd_seal(a->sk, a->device_id, a->peer, io->seq, in, io->in_len, out, cap,
+                               &io->out_len, err, errlen)
+                    : qkd_open(a->sk, a->device_id, a->peer, NULL, in, io->in_len, out, cap,
+                               &io->out_len, &io->seq, err, errlen);
+}
+
+static void seal_report(void *arg, const struct options *o, const frame_io *io)
+{
+    const struct seal_arg *a = arg;
+    int d = qks_direction_of(io->seal ? a->device_id : a->peer,
+                             io->seal ? a->peer : a->device_id);
+    const char *dn = d == QKS_A2B ? "a2b" : "b2a";
+    size_t bytes = io->seal ? io->in_len : io->out_len;
+    if (o->json)
+        printf("{\"op\":\"%s\",\"key_id\":\"%s\",\"seq\":\"%llu\",\"direction\":\"%s\","
+               "\"bytes\":%zu}\n",
+               io->seal ? "seal" : "open", a->sk->key_id, (unsigned long long)io->seq, dn, bytes);
+    else
+        printf("%s %zu bytes, seq %llu, key %s, direction %s\n", io->seal ? "sealed" : "opened",
+               bytes, (unsigned long long)io->seq, a->sk->key_id, dn);
+}
+
+static int run_seal(const struct options *o, const char *device_id, const qkd_session_key *sk)
+{
+    struct seal_arg a = {device_id, o->peer, sk};
+    return frame_file(o, seal_op, seal_report, &a);
 }
 
 static int print_key(const struct options *o, const char *device_id, int key_index,

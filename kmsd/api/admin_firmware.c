@@ -23,8 +23,9 @@
 #include "service/firmware_sign.h"
 #include "service/firmware_verify.h"
 
-/* The signing keys' doors, for either purpose (service/firmware_keys.h):
- * field is the name's field ("product" or "name"). */
+/* The doors of things named by one string (signing keys of either
+ * purpose, groups' keys, approvals): field is the name's field in the
+ * query and the body ("product", "name", "group"). */
 typedef qk_kind (*keys_list_fn)(qk_svc *, const char *, json_t **, qk_err *);
 typedef qk_kind (*keys_create_fn)(qk_svc *, const qk_principal *, const char *, json_t **,
                                   qk_err *);
@@ -95,6 +96,31 @@ out:
     json_decref(in);
 }
 
+/* A POST on {param} with no body (or {}) doing fn: 200 with its answer. */
+typedef qk_kind (*param_action_fn)(qk_svc *, const qk_principal *, const char *, json_t **,
+                                   qk_err *);
+
+static void empty_body_action(http_request *rq, http_response *rs, param_action_fn fn)
+{
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object_opt(rq, rs), *out;
+    qk_err e;
+
+    if (!in)
+        return;
+    if (json_object_size(in) != 0) {
+        http_error(rs, 422, "invalid_request", "expected no body or {}");
+        goto out;
+    }
+    if (fn(&rq->kms->svc, &who, rq->params[0], &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    http_json(rs, 200, out);
+out:
+    json_decref(in);
+}
+
 void h_firmware_keys_list(http_request *rq, http_response *rs)
 {
     keys_list(rq, rs, "product", firmware_keys_list);
@@ -129,60 +155,17 @@ void h_data_keys_rotate(http_request *rq, http_response *rs)
 
 void h_firmware_groups_list(http_request *rq, http_response *rs)
 {
-    json_t *out;
-    qk_err e;
-    if (http_query_count(rq, "group") > 1) {
-        http_error(rs, 400, "invalid_query", "group given twice");
-        return;
-    }
-    if (firmware_groups_list(&rq->kms->svc, http_query(rq, "group"), &out, &e) != QK_OK) {
-        http_fail(rs, &e);
-        return;
-    }
-    http_json(rs, 200, out);
+    keys_list(rq, rs, "group", firmware_groups_list);
 }
 
 void h_firmware_groups_create(http_request *rq, http_response *rs)
 {
-    qk_principal who = admin_principal(rq);
-    json_t *in = http_body_object(rq, rs), *out;
-    qk_err e;
-
-    if (!in)
-        return;
-    if (json_object_size(in) != 1 || !json_is_string(json_object_get(in, "group"))) {
-        http_error(rs, 422, "invalid_request", "expected {\"group\": string}");
-        goto out;
-    }
-    if (firmware_groups_create(&rq->kms->svc, &who, json_string_value(json_object_get(in, "group")),
-                               &out, &e) != QK_OK) {
-        http_fail(rs, &e);
-        goto out;
-    }
-    http_json(rs, 201, out);
-out:
-    json_decref(in);
+    keys_create(rq, rs, "group", firmware_groups_create);
 }
 
 void h_firmware_groups_rotate(http_request *rq, http_response *rs)
 {
-    qk_principal who = admin_principal(rq);
-    json_t *in = http_body_object_opt(rq, rs), *out;
-    qk_err e;
-
-    if (!in)
-        return;
-    if (json_object_size(in) != 0) {
-        http_error(rs, 422, "invalid_request", "expected no body or {}");
-        goto out;
-    }
-    if (firmware_groups_rotate(&rq->kms->svc, &who, rq->params[0], &out, &e) != QK_OK) {
-        http_fail(rs, &e);
-        goto out;
-    }
-    http_json(rs, 200, out);
-out:
-    json_decref(in);
+    empty_body_action(rq, rs, firmware_groups_rotate);
 }
 
 void h_firmware_groups_destroy(http_request *rq, http_response *rs)
@@ -361,17 +344,7 @@ out:
 
 void h_firmware_approvals_list(http_request *rq, http_response *rs)
 {
-    json_t *out;
-    qk_err e;
-    if (http_query_count(rq, "product") > 1) {
-        http_error(rs, 400, "invalid_query", "product given twice");
-        return;
-    }
-    if (firmware_approvals_list(&rq->kms->svc, http_query(rq, "product"), &out, &e) != QK_OK) {
-        http_fail(rs, &e);
-        return;
-    }
-    http_json(rs, 200, out);
+    keys_list(rq, rs, "product", firmware_approvals_list);
 }
 
 /* A JSON array of strings into at most FIRMWARE_MAX_TARGETS + 1 pointers
@@ -455,21 +428,5 @@ out:
 
 void h_firmware_approval_approve(http_request *rq, http_response *rs)
 {
-    qk_principal who = admin_principal(rq);
-    json_t *in = http_body_object_opt(rq, rs), *out;
-    qk_err e;
-
-    if (!in)
-        return;
-    if (json_object_size(in) != 0) {
-        http_error(rs, 422, "invalid_request", "expected no body or {}");
-        goto out;
-    }
-    if (firmware_approval_approve(&rq->kms->svc, &who, rq->params[0], &out, &e) != QK_OK) {
-        http_fail(rs, &e);
-        goto out;
-    }
-    http_json(rs, 200, out);
-out:
-    json_decref(in);
+    empty_body_action(rq, rs, firmware_approval_approve);
 }

@@ -176,7 +176,12 @@ out:
     json_decref(in);
 }
 
-void h_crypto_decrypt(http_request *rq, http_response *rs)
+/* A decrypt: {"frame"} opened by fn for the route's session or device;
+ * with_index: the answer names the device key's index too. */
+typedef qk_kind (*open_fn)(qk_svc *, const qk_principal *, const char *, const uint8_t *, size_t,
+                           crypto_result *, qk_err *);
+
+static void decrypt_door(http_request *rq, http_response *rs, open_fn fn, bool with_index)
 {
     static const char *const members[] = {"frame"};
     qk_principal who = admin_principal(rq);
@@ -194,15 +199,20 @@ void h_crypto_decrypt(http_request *rq, http_response *rs)
     }
     if (!(frame = b64_member(in, "frame", CRYPTO_DATA_MAX + QKS_OVERHEAD, &len, rs)))
         goto out;
-    if (crypto_open(&rq->kms->svc, &who, rq->params[0], frame, len, &r, &e) != QK_OK) {
+    if (fn(&rq->kms->svc, &who, rq->params[0], frame, len, &r, &e) != QK_OK) {
         http_fail(rs, &e);
         goto out;
     }
-    answer(rs, &r, "plaintext", false);
+    answer(rs, &r, "plaintext", with_index);
 out:
     crypto_result_clear(&r);
     free(frame);
     json_decref(in);
+}
+
+void h_crypto_decrypt(http_request *rq, http_response *rs)
+{
+    decrypt_door(rq, rs, crypto_open, false);
 }
 
 void h_crypto_device_encrypt(http_request *rq, http_response *rs)
@@ -247,31 +257,7 @@ out:
 
 void h_crypto_device_decrypt(http_request *rq, http_response *rs)
 {
-    static const char *const members[] = {"frame"};
-    qk_principal who = admin_principal(rq);
-    json_t *in = http_body_object(rq, rs);
-    uint8_t *frame = NULL;
-    size_t len = 0;
-    crypto_result r = {0};
-    qk_err e;
-
-    if (!in)
-        return;
-    if (!only_members(in, members, 1)) {
-        http_error(rs, 422, "invalid_request", "expected {\"frame\": base64 string}");
-        goto out;
-    }
-    if (!(frame = b64_member(in, "frame", CRYPTO_DATA_MAX + QKS_OVERHEAD, &len, rs)))
-        goto out;
-    if (crypto_device_open(&rq->kms->svc, &who, rq->params[0], frame, len, &r, &e) != QK_OK) {
-        http_fail(rs, &e);
-        goto out;
-    }
-    answer(rs, &r, "plaintext", true);
-out:
-    crypto_result_clear(&r);
-    free(frame);
-    json_decref(in);
+    decrypt_door(rq, rs, crypto_device_open, true);
 }
 
 /* ---- signatures (service/crypto_sign.h) ------------------------------------- */

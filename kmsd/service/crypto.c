@@ -367,9 +367,20 @@ out:
     return st;
 }
 
+qk_kind crypto_tx_outcome(db_status st, bool refused, crypto_result *out, qk_err *e)
+{
+    if (st == DB_OK && !refused)
+        return QK_OK;
+    crypto_result_clear(out);
+    if (st != DB_OK)
+        return !refused && e->kind != QK_OK ? e->kind : db_fail(e, st);
+    return e->kind;
+}
+
 static qk_kind run(qk_svc *s, const qk_principal *who, crypto_tx *t, qk_err *e)
 {
     db_status st;
+    qk_kind k;
     qk_clear(e); /* db_tx may fail before the callback ever ran */
     if (!qkp_id_valid(t->session_id))
         return qk_fail(e, QK_NOT_FOUND, "unknown_session", "no such session");
@@ -380,17 +391,8 @@ static qk_kind run(qk_svc *s, const qk_principal *who, crypto_tx *t, qk_err *e)
     t->who = who;
     t->e = e;
     st = db_tx(s->db, crypto_tx_fn, t);
-    if (st != DB_OK) {
-        /* A fault the callback named (token, internal) stands; a refusal
-         * whose transaction did not commit (its audit row with it) is the
-         * database's failure. */
-        crypto_result_clear(t->out);
-        return !t->refused && e->kind != QK_OK ? e->kind : db_fail(e, st);
-    }
-    if (t->refused) {
-        crypto_result_clear(t->out);
-        return e->kind;
-    }
+    if ((k = crypto_tx_outcome(st, t->refused, t->out, e)) != QK_OK)
+        return k;
     {
         char sq[24];
         snprintf(sq, sizeof(sq), "%llu", (unsigned long long)t->out->seq);

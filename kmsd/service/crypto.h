@@ -104,5 +104,10 @@ int crypto_frame_step(bool seal, const uint8_t *key, size_t key_len, const uint8
  * with *kind, *code and msg; false for QKS_OK and internal failures. */
 bool crypto_frame_refusal(int rc, uint64_t seq, const char *what, qk_kind *kind,
                           const char **code, char *msg, size_t len);
+/* A frame transaction's outcome (st from db_tx; refused: the callback
+ * refused, its audit row committed): QK_OK, or the failure with out
+ * cleared. A fault the callback named (token, internal) stands; a refusal
+ * whose transaction did not commit is the database's failure. */
+qk_kind crypto_tx_outcome(db_status st, bool refused, crypto_result *out, qk_err *e);
 
 #endif

@@ -223,6 +223,7 @@ out:
 static qk_kind run(qk_svc *s, const qk_principal *who, dev_tx *t, qk_err *e)
 {
     db_status st;
+    qk_kind k;
     qk_clear(e); /* db_tx may fail before the callback ever ran */
     if (!qkp_id_valid(t->device_id))
         return qk_fail(e, QK_NOT_FOUND, "unknown_device", "no such device");
@@ -230,14 +231,8 @@ static qk_kind run(qk_svc *s, const qk_principal *who, dev_tx *t, qk_err *e)
     t->who = who;
     t->e = e;
     st = db_tx(s->db, dev_tx_fn, t);
-    if (st != DB_OK) {
-        crypto_result_clear(t->out);
-        return !t->refused && e->kind != QK_OK ? e->kind : db_fail(e, st);
-    }
-    if (t->refused) {
-        crypto_result_clear(t->out);
-        return e->kind;
-    }
+    if ((k = crypto_tx_outcome(st, t->refused, t->out, e)) != QK_OK)
+        return k;
     log_with(&who->log, LOG_INFO, t->seal ? "device frame sealed" : "device frame opened",
              "{s:s,s:i,s:I}", "device_id", t->device_id, "key_index", t->out->key_index, "bytes",
              (json_int_t)(t->seal ? t->in_len : t->out->len));
