@@ -1,5 +1,6 @@
 /* qkms_device — fill documents, request building, response verification. */
 #include "qkms_device.h"
+#include "qkd_json.h"
 
 #include <limits.h>
 #include <stdarg.h>
@@ -49,11 +50,7 @@ static const char *get_str(const json_t *obj, const char *name)
     return s && strlen(s) == json_string_length(v) ? s : NULL;
 }
 
-/* Overwrites every string in v with zeros before it is freed: the fill
- * document's tree holds the key hex. jansson gives each string its own
- * buffer, owned by the tree, so writing through the const pointer is sound
- * for a tree we parsed and are about to release. */
-static void wipe_json(json_t *v)
+void qkd_json_wipe(json_t *v)
 {
     size_t i;
     const char *k;
@@ -63,10 +60,10 @@ static void wipe_json(json_t *v)
         OPENSSL_cleanse((char *)json_string_value(v), json_string_length(v));
     } else if (json_is_array(v)) {
         json_array_foreach(v, i, item)
-            wipe_json(item);
+            qkd_json_wipe(item);
     } else if (json_is_object(v)) {
         json_object_foreach(v, k, item)
-            wipe_json(item);
+            qkd_json_wipe(item);
     }
 }
 
@@ -321,7 +318,7 @@ int qkd_device_load(qkd_device **out, const char *text, size_t len, char *err, s
 
 cleanup:
     qkd_device_free(d);
-    wipe_json(doc);
+    qkd_json_wipe(doc);
     json_decref(doc);
     return rc;
 }

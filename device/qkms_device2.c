@@ -70,7 +70,12 @@ int qkd2_platform_load(qkd2_platform **out, const char *pem, size_t len, char *e
         int ok = -1;
         /* The first of each purpose: GET /v1/platform/certificates lists
          * the active pair first, then retired ones during an overlap. */
-        if (ku & KU_DIGITAL_SIGNATURE) {
+        if ((ku & KU_DIGITAL_SIGNATURE) && (X509_get_extension_flags(x) & EXFLAG_XKUSAGE)) {
+            /* The platform's signing certificate has no extended key usage:
+             * one with it is a firmware or data-signing certificate, whose
+             * key signs what others ask (docs/protocol.md, v2). */
+            ok = -2;
+        } else if (ku & KU_DIGITAL_SIGNATURE) {
             uint8_t pt[QKP2_POINT_LEN];
             ok = 0;
             if (!p->sign)
@@ -85,6 +90,12 @@ int qkd2_platform_load(qkd2_platform **out, const char *pem, size_t len, char *e
             }
         }
         X509_free(x);
+        if (ok == -2) {
+            rc = fail(QKD_ERR_INPUT, err, errlen,
+                      "a certificate with an extended key usage (a firmware or data-signing "
+                      "one) is not a platform certificate");
+            goto out;
+        }
         if (ok != 0) {
             rc = fail(QKD_ERR_INPUT, err, errlen,
                       "a platform certificate is neither a P-256 signing nor a key-agreement one");

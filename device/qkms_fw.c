@@ -22,6 +22,7 @@
 #include <openssl/x509.h>
 
 #include "hexutil.h"
+#include "qkd_json.h"
 
 #define FW_AAD_LABEL "qkms/fw/v1"
 #define FW_KEK_INFO "qkms/fw/kek/v1"
@@ -643,7 +644,7 @@ int qkd_firmware_group_key_load(const char *text, size_t len, qkd_firmware_group
                                 int *found, char *err, size_t errlen)
 {
     json_error_t je;
-    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je), *m = NULL, *jk;
+    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je), *m = NULL;
     const char *name = NULL, *kid = NULL, *key = NULL;
     int rc = QKD_ERR_INPUT;
 
@@ -676,9 +677,9 @@ int qkd_firmware_group_key_load(const char *text, size_t len, qkd_firmware_group
     *found = 1;
     rc = QKD_OK;
 out:
-    /* the key's hex in the parsed tree: wiped before it is freed */
-    if (json_is_object(m) && (jk = json_object_get(m, "key")) && json_is_string(jk))
-        OPENSSL_cleanse((char *)json_string_value(jk), json_string_length(jk));
+    /* every string of the parsed tree (device keys, TLS key, the group's
+     * key): wiped before it is freed */
+    qkd_json_wipe(doc);
     json_decref(doc);
     return rc;
 }

@@ -262,6 +262,10 @@ void h_crypto_device_decrypt(http_request *rq, http_response *rs)
 
 /* ---- signatures (service/crypto_sign.h) ------------------------------------- */
 
+/* A P-256 signature in DER is at most 72 bytes; anything up to this size
+ * gets a verdict, larger is 413. */
+#define CRYPTO_SIGNATURE_MAX 512
+
 /* The key's name and the SHA-256 to sign or verify: of "data" (base64, up
  * to CRYPTO_DATA_MAX) or given as "digest" (64 hex), one of them; *size
  * the data's length, -1 for a digest. false with the answer written. */
@@ -352,7 +356,7 @@ void h_crypto_verify(http_request *rq, http_response *rs)
     }
     version = jv ? (int)json_integer_value(jv) : 0;
     if (!sign_input(in, rs, &name, digest, &size) ||
-        !(sig = b64_member(in, "signature", 256, &siglen, rs)))
+        !(sig = b64_member(in, "signature", CRYPTO_SIGNATURE_MAX, &siglen, rs)))
         goto out;
     if (crypto_verify(&rq->kms->svc, &who, name, version, digest, size, sig, siglen, &out, &e) !=
         QK_OK) {

@@ -608,7 +608,11 @@ static bool content_length_over(struct MHD_Connection *conn, size_t cap)
 static bool octets_gate(http_server *srv, struct MHD_Connection *conn, req_state *st,
                         http_response *rs)
 {
-    unsigned long long cap = 2ULL * st->max_body, held; /* the route's cap, twice */
+    /* Twice http_max_upload_mb in all, and the route's room over it (a
+     * package being checked): one budget for every raw upload. */
+    unsigned long long cap = ((unsigned long long)srv->kms->cfg.http_max_upload_mb << 20) +
+                             st->max_body,
+                       held;
     const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_TYPE);
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,

@@ -27,7 +27,8 @@ typedef struct {
     const char *name;
     const uint8_t *digest;
     long long size;
-    int version;             /* verify: asked for (0 any); then the one used */
+    int want;                /* verify: the version asked for (0: any) */
+    int version;             /* the one used (set by each attempt) */
     const uint8_t *sig;      /* verify */
     size_t siglen;
     bool valid;              /* verify's outcome */
@@ -124,9 +125,12 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     db_status st;
     PGresult *r = NULL;
 
-    qk_clear(t->e);
+    qk_clear(t->e); /* db_tx may run this again: nothing of an earlier attempt stays */
     t->refused = false;
     t->valid = false;
+    t->version = 0;
+    t->cert_sha[0] = 0;
+    t->derlen = 0;
     snprintf(tokid, sizeof(tokid), "%lld", t->who->token_id);
     if (!(r = db_exec(c, Q_SIGN_KEY, 2, vals, NULL, NULL, &st)))
         goto out;
@@ -158,8 +162,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     if (!(r = db_exec(c, Q_SIGN_KEY_CERTS, 1, vals + 1, NULL, NULL, &st)))
         goto out;
     {
-        int want = t->version, n = 0;
-        t->version = 0;
+        int want = t->want, n = 0;
         for (int i = 0; i < PQntuples(r) && !t->valid; i++) {
             int v = atoi(PQgetvalue(r, i, 0)), ok;
             if (want && v != want)
@@ -233,6 +236,6 @@ qk_kind crypto_verify(qk_svc *s, const qk_principal *who, const char *name, int 
                       json_t **out, qk_err *e)
 {
     sign_tx t = {.s = s, .who = who, .name = name, .digest = digest, .size = size,
-                 .version = version, .sig = sig, .siglen = siglen, .e = e};
+                 .want = version, .sig = sig, .siglen = siglen, .e = e};
     return run(&t, out);
 }

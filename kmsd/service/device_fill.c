@@ -50,7 +50,7 @@ struct fill_tx {
     json_t *exported; /* indices, in document order */
     json_t *family;   /* the gateway's local key indices in the document */
     char gateway[DEVICE_ID_MAX + 1];
-    uint8_t *gkeys;        /* the group's firmware keys (secure heap), the active one first */
+    uint8_t *gkeys;        /* the group's active firmware key (secure heap) */
     size_t ngkeys;
     char group_key_id[33]; /* the one in the document, or "" */
     uint8_t *package;
@@ -413,7 +413,7 @@ static db_status fill_tx_fn(db_conn *c, void *arg)
     }
     /* A family-only refill carries the family's keys alone. */
     if (!t->family_only &&
-        (st = firmware_group_keys_get(t->s, c, group, t->gkeys, &t->ngkeys, t->e)) != DB_OK)
+        (st = firmware_group_keys_get(t->s, c, group, 1, t->gkeys, &t->ngkeys, t->e)) != DB_OK)
         goto out;
     if ((st = write_doc(t, keys, fam, type, group, &idx)) != DB_OK)
         goto out;

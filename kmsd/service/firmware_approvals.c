@@ -238,6 +238,9 @@ static db_status approve_fn(db_conn *c, void *arg)
                 PQgetvalue(r, 0, 8));
     else if (PQgetvalue(r, 0, 10)[0] == 't')
         qk_fail(t->e, QK_CONFLICT, "approval_expired", "approval %s expired", t->id);
+    else if (PQgetvalue(r, 0, 11)[0] != 't')
+        qk_fail(t->e, QK_CONFLICT, "approval_revoked",
+                "the token that requested approval %s is revoked or expired", t->id);
     else
         t->refused = false;
     if (!t->refused)
@@ -355,11 +358,16 @@ db_status firmware_approval_check(db_conn *c, const firmware_sign_spec *sp, uint
     } else if (PQgetvalue(r, 0, 9)[0] == 't') {
         qk_fail(e, QK_CONFLICT, "approval_used", "approval %s was used for a signature",
                 sp->approval);
+    } else if (PQgetvalue(r, 0, 10)[0] == 't') {
+        qk_fail(e, QK_CONFLICT, "approval_expired", "approval %s expired", sp->approval);
     } else if (PQgetisnull(r, 0, 8)) {
         qk_fail(e, QK_CONFLICT, "approval_pending", "approval %s awaits its second approver",
                 sp->approval);
-    } else if (PQgetvalue(r, 0, 10)[0] == 't') {
-        qk_fail(e, QK_CONFLICT, "approval_expired", "approval %s expired", sp->approval);
+    } else if (PQgetvalue(r, 0, 11)[0] != 't' || PQgetvalue(r, 0, 12)[0] != 't') {
+        /* an approver whose token went since: the approval is theirs no more */
+        qk_fail(e, QK_CONFLICT, "approval_revoked",
+                "a token that requested or approved approval %s is revoked or expired",
+                sp->approval);
     } else {
         /* what the approvers saw, field by field */
         char cnt[24], nb[24];

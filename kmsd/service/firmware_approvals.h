@@ -23,7 +23,9 @@
  *    "not_found" (approve: no such approval); QK_CONFLICT "same_approver",
  *    "approval_approved" (approved before), "approval_used",
  *    "approval_expired", "approval_required", "approval_pending",
- *    "approval_mismatch"; QK_UNAVAILABLE "unavailable"; QK_INTERNAL.
+ *    "approval_mismatch", "approval_revoked" (the requester's or the
+ *    approver's release token was revoked or expired since: approvals
+ *    are people's, checked again when used); QK_UNAVAILABLE "unavailable"; QK_INTERNAL.
  */
 #ifndef QKMS_FIRMWARE_APPROVALS_H
 #define QKMS_FIRMWARE_APPROVALS_H

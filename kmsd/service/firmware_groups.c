@@ -281,8 +281,8 @@ qk_kind firmware_groups_destroy(qk_svc *s, const qk_principal *who, const char *
 
 /* ---- for fills and signatures ------------------------------------------------ */
 
-db_status firmware_group_keys_get(qk_svc *s, db_conn *c, const char *group, uint8_t *keys,
-                                  size_t *n, qk_err *e)
+db_status firmware_group_keys_get(qk_svc *s, db_conn *c, const char *group, size_t max,
+                                  uint8_t *keys, size_t *n, qk_err *e)
 {
     const char *gv[1] = {group};
     db_status st;
@@ -299,7 +299,7 @@ db_status firmware_group_keys_get(qk_svc *s, db_conn *c, const char *group, uint
         db_fail(e, st);
         return st;
     }
-    for (int i = 0; i < PQntuples(r) && i < FIRMWARE_GROUP_MAX_KEYS; i++) {
+    for (int i = 0; i < PQntuples(r) && (size_t)i < max; i++) {
         const char *kid = PQgetvalue(r, i, 0), *hx = PQgetvalue(r, i, 1);
         uint8_t *dst = keys + FIRMWARE_GROUP_ENTRY * i;
         long bl = qkms_hex_decode(hx, strlen(hx), blob, sizeof(blob));
@@ -330,7 +330,7 @@ db_status firmware_group_keys_get(qk_svc *s, db_conn *c, const char *group, uint
     PQclear(r);
     OPENSSL_secure_clear_free(tmp, KEYWRAP_MAX_KEY + 16);
     if (st != DB_OK) {
-        OPENSSL_cleanse(keys, FIRMWARE_GROUP_ENTRY * FIRMWARE_GROUP_MAX_KEYS);
+        OPENSSL_cleanse(keys, FIRMWARE_GROUP_ENTRY * max);
         *n = 0;
     }
     return st;

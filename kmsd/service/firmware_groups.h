@@ -60,10 +60,11 @@ qk_kind firmware_groups_destroy(qk_svc *s, const qk_principal *who, const char *
 qk_kind firmware_groups_list(qk_svc *s, const char *group, json_t **out, qk_err *e);
 
 /* On the caller's connection (inside its transaction): the group's keys,
- * unwrapped, into keys (FIRMWARE_GROUP_MAX_KEYS * FIRMWARE_GROUP_ENTRY
- * bytes, the caller's secure heap), the active one first; *n how many
- * (0: the group has none). DB_OK, or the failure with *e filled. */
-db_status firmware_group_keys_get(qk_svc *s, db_conn *c, const char *group, uint8_t *keys,
-                                  size_t *n, qk_err *e);
+ * unwrapped, into keys (max * FIRMWARE_GROUP_ENTRY bytes, the caller's
+ * secure heap), the active one first, at most max (1: the active one
+ * alone, for a fill; FIRMWARE_GROUP_MAX_KEYS: every one, for a package);
+ * *n how many (0: the group has none). DB_OK, or the failure with *e. */
+db_status firmware_group_keys_get(qk_svc *s, db_conn *c, const char *group, size_t max,
+                                  uint8_t *keys, size_t *n, qk_err *e);
 
 #endif

@@ -42,7 +42,7 @@ static const struct purpose FIRMWARE = {"firmware", "qkms-fw-", "qkms firmware "
                                         "codeSigning", "product", "", "invalid_product",
                                         "firmware.key_created", "firmware.key_rotated",
                                         "firmware key"};
-static const struct purpose DATA = {"data", "qkms-sign-", "qkms signing ", NULL, "name",
+static const struct purpose DATA = {"data", "qkms-sign-", "qkms signing ", DATA_SIGNING_EKU, "name",
                                     "data/", "invalid_name", "signing.key_created",
                                     "signing.key_rotated", "data-signing key"};
 

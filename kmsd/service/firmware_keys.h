@@ -2,7 +2,8 @@
  * firmware_keys — the platform's signing keys in the token: product lines'
  * firmware signing keys, and named data-signing keys (schema/037;
  * docs/api.md "Data-signing keys"; the same life, label "qkms-sign-<name>-
- * <version>", CN "qkms signing <name> <version>", no extended key usage,
+ * <version>", CN "qkms signing <name> <version>", extended key usage
+ * DATA_SIGNING_EKU,
  * audit rows signing.key_created/.key_rotated, records with "name" for
  * "product", "invalid_name" for "invalid_product"). The firmware keys
  * (schema/033,
@@ -35,6 +36,12 @@
 
 #include "err.h"
 #include "service/service.h"
+
+/* The extended key usage of data-signing certificates: id-kp-
+ * documentSigning (RFC 9336), so no verifier mistakes one for the
+ * platform's v2 signing certificate (no EKU; the device library refuses a
+ * signing certificate with one) nor for a firmware key's (codeSigning). */
+#define DATA_SIGNING_EKU "1.3.6.1.5.5.7.3.36"
 
 #define FIRMWARE_KEY_DAYS 1825 /* five years, at most the CA's remaining life */
 #define FIRMWARE_OVERLAP_DEFAULT_DAYS 30

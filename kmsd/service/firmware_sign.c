@@ -295,7 +295,8 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     }
     for (size_t i = 0; i < sp->ngroups; i++) {
         size_t n = 0;
-        if ((st = firmware_group_keys_get(t->s, c, sp->groups[i], keks + 48 * nr, &n, t->e)) !=
+        if ((st = firmware_group_keys_get(t->s, c, sp->groups[i], FIRMWARE_GROUP_MAX_KEYS,
+                                          keks + 48 * nr, &n, t->e)) !=
             DB_OK)
             goto out;
         if (n == 0) {

@@ -26,9 +26,10 @@
  *    "invalid_not_before", "invalid_targets", "unknown_device" (no active
  *    device of that ID with a usable key), "invalid_image" (empty);
  *    QK_CONFLICT "no_firmware_key", "no_group_key", "counter_rollback",
- *    and the approvals' (firmware_approvals.h: "approval_required",
- *    "unknown_approval", "approval_pending", "approval_used",
- *    "approval_expired", "approval_mismatch"); QK_UNAVAILABLE
+ *    and the approvals' (firmware_approvals.h: QK_CONFLICT
+ *    "approval_required", "approval_pending", "approval_used",
+ *    "approval_expired", "approval_mismatch", "approval_revoked";
+ *    QK_INVALID "unknown_approval"); QK_UNAVAILABLE
  *    "token_unavailable", "entropy_unavailable", "unavailable"; QK_INTERNAL.
  */
 #ifndef QKMS_FIRMWARE_SIGN_H

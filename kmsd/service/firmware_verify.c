@@ -17,6 +17,7 @@
 #include "qkms_fw.h"
 #include "service/device_keys.h"
 #include "service/firmware_groups.h"
+#include "service/firmware_spec.h"
 #include "service/x509util.h"
 #include "store/pgjson.h"
 #include "store/queries.h"
@@ -33,6 +34,11 @@ typedef struct {
     qkd_firmware_manifest m;
     char err[256];
     const char *product;
+    qkd_firmware_group_key *gk; /* the target groups' keys (secure heap) */
+    size_t ngk, gk_cap;
+    qkd_device *devs[FIRMWARE_MAX_TARGETS]; /* the target devices' keys */
+    const char *dev_ids[FIRMWARE_MAX_TARGETS];
+    size_t ndevs;
 } vctx;
 
 static int discard(void *arg, const uint8_t *d, size_t n)
@@ -74,96 +80,99 @@ static json_t *invalid_from(const vctx *v)
     return invalid(check, v->err);
 }
 
-/* Under the target groups' firmware keys: 1 opened, 0 not theirs or no
- * groups, -1 a check failed (v->err), -2 an error (e). */
-static int try_groups(vctx *v, db_conn *c, const json_t *groups, qk_err *e)
+/* One run of the opener under v->p: 1 opened, 0 none of its keys is the
+ * package's, -1 a check failed (v->err), -2 the library failed (e). */
+static int attempt(vctx *v, qk_err *e)
 {
-    size_t ng = json_array_size(groups), n, total = 0, i;
-    uint8_t *raw = OPENSSL_secure_malloc(FIRMWARE_GROUP_ENTRY * FIRMWARE_GROUP_MAX_KEYS);
-    qkd_firmware_group_key *gk = ng ? OPENSSL_secure_zalloc(
-                                          sizeof(*gk) * FIRMWARE_GROUP_MAX_KEYS * ng)
-                                    : NULL;
-    const json_t *g;
-    int rc = -2;
-
-    if (ng == 0) {
-        OPENSSL_secure_free(raw);
-        return 0;
+    int rc = open_once(v);
+    if (rc == QKD_OK)
+        return 1;
+    if (rc == QKD_ERR_INTERNAL) {
+        qk_fail(e, QK_INTERNAL, "internal", "the crypto library failed");
+        return -2;
     }
-    if (!raw || !gk) {
-        qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
+    return not_ours(v) ? 0 : -1;
+}
+
+/* The target groups' firmware keys, unwrapped into v->gk (secure heap). */
+static qk_kind load_groups(vctx *v, db_conn *c, const json_t *groups, qk_err *e)
+{
+    size_t ng = json_array_size(groups), n, i;
+    uint8_t *raw = NULL;
+    const json_t *g;
+    qk_kind k = QK_OK;
+
+    if (ng == 0)
+        return QK_OK;
+    v->gk_cap = FIRMWARE_GROUP_MAX_KEYS * ng;
+    if (!(raw = OPENSSL_secure_malloc(FIRMWARE_GROUP_ENTRY * FIRMWARE_GROUP_MAX_KEYS)) ||
+        !(v->gk = OPENSSL_secure_zalloc(sizeof(*v->gk) * v->gk_cap))) {
+        k = qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
         goto out;
     }
     json_array_foreach(groups, i, g) {
         const char *name = json_string_value(g);
-        if (!name || strlen(name) >= sizeof(gk->group))
+        if (!name || strlen(name) >= sizeof(v->gk->group))
             continue;
-        if (firmware_group_keys_get(v->s, c, name, raw, &n, e) != DB_OK)
+        if (firmware_group_keys_get(v->s, c, name, FIRMWARE_GROUP_MAX_KEYS, raw, &n, e) != DB_OK) {
+            k = e->kind != QK_OK ? e->kind : QK_INTERNAL;
             goto out;
-        for (size_t k = 0; k < n; k++, total++) {
-            snprintf(gk[total].group, sizeof(gk[total].group), "%s", name);
-            memcpy(gk[total].key, raw + FIRMWARE_GROUP_ENTRY * k, 32);
-            memcpy(gk[total].key_id, raw + FIRMWARE_GROUP_ENTRY * k + 32, 16);
+        }
+        for (size_t j = 0; j < n; j++, v->ngk++) {
+            snprintf(v->gk[v->ngk].group, sizeof(v->gk->group), "%s", name);
+            memcpy(v->gk[v->ngk].key, raw + FIRMWARE_GROUP_ENTRY * j, 32);
+            memcpy(v->gk[v->ngk].key_id, raw + FIRMWARE_GROUP_ENTRY * j + 32, 16);
         }
         OPENSSL_cleanse(raw, FIRMWARE_GROUP_ENTRY * FIRMWARE_GROUP_MAX_KEYS);
     }
-    v->p.groups = gk;
-    v->p.ngroups = total;
-    v->p.device = NULL;
-    rc = total == 0 ? 0 : open_once(v) == QKD_OK ? 1 : not_ours(v) ? 0 : -1;
-    v->p.groups = NULL;
-    v->p.ngroups = 0;
 out:
     if (raw)
         OPENSSL_secure_clear_free(raw, FIRMWARE_GROUP_ENTRY * FIRMWARE_GROUP_MAX_KEYS);
-    if (gk)
-        OPENSSL_secure_clear_free(gk, sizeof(*gk) * FIRMWARE_GROUP_MAX_KEYS * ng);
-    return rc;
+    return k;
 }
 
-/* Under one target device's keys (any state but local): as try_groups. */
-static int try_device(vctx *v, db_conn *c, const char *id, qk_err *e)
+/* One target device's keys (any state but local) as a qkd_device: *out,
+ * or NULL when it has none (or an ID the library would not take). */
+static qk_kind load_device(vctx *v, db_conn *c, const char *id, qkd_device **out, qk_err *e)
 {
     const char *vals[1] = {id};
     db_status st;
     PGresult *r = db_exec(c, Q_FW_DEVICE_KEYS_ALL, 1, vals, NULL, NULL, &st);
     uint8_t *key = OPENSSL_secure_malloc(DEVICE_KEY_BUF);
     qkd_device *d = NULL;
-    int rc = -2;
+    qk_kind k = QK_OK;
 
+    *out = NULL;
     if (!r) {
-        db_fail(e, st);
+        k = db_fail(e, st);
         goto out;
     }
     if (!key) {
-        qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
+        k = qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
         goto out;
     }
-    if (PQntuples(r) == 0 || qkd_device_new(&d, id, NULL, 0) != QKD_OK) {
-        rc = 0; /* gone, or an ID no device library would take */
-        goto out;
-    }
+    if (PQntuples(r) == 0 || qkd_device_new(&d, id, NULL, 0) != QKD_OK)
+        goto out; /* gone, or an ID no device library would take */
     for (int i = 0; i < PQntuples(r); i++) {
         size_t kl;
         int idx = atoi(PQgetvalue(r, i, 0));
-        if (device_key_unwrap(v->s, id, idx, PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), key, &kl,
-                              e) != QK_OK)
+        if ((k = device_key_unwrap(v->s, id, idx, PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), key,
+                                   &kl, e)) != QK_OK)
             goto out;
         if (qkd_device_add_key(d, idx, PQgetvalue(r, i, 1), key, kl, NULL, 0) != QKD_OK) {
-            qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
+            k = qk_fail(e, QK_INTERNAL, "internal", "out of secure memory");
             goto out;
         }
         OPENSSL_cleanse(key, DEVICE_KEY_BUF);
     }
-    v->p.device = d;
-    rc = open_once(v) == QKD_OK ? 1 : not_ours(v) ? 0 : -1;
-    v->p.device = NULL;
+    *out = d;
+    d = NULL;
 out:
     qkd_device_free(d);
     if (key)
         OPENSSL_secure_clear_free(key, DEVICE_KEY_BUF);
     PQclear(r);
-    return rc;
+    return k;
 }
 
 /* The product's certificates, pinned as its devices pin them. */
@@ -231,20 +240,38 @@ qk_kind firmware_verify(qk_svc *s, const qk_principal *who, uint8_t *pkg, size_t
         k = qk_fail(e, QK_INTERNAL, "internal", "a release's targets are unreadable");
         goto done;
     }
-    if ((k = load_certs(&v, c, e)) != QK_OK)
+    /* Every key first, then the connection back to the pool: the opener
+     * may take a while over a large package. */
+    if ((k = load_certs(&v, c, e)) != QK_OK ||
+        (k = load_groups(&v, c, json_object_get(targets, "groups"), e)) != QK_OK)
         goto done;
-    got = try_groups(&v, c, json_object_get(targets, "groups"), e);
-    if (got == 1)
-        with = json_pack("{s:s,s:s}", "kind", "group", "group", v.m.group);
     {
         size_t i;
         const json_t *d;
         json_array_foreach(json_object_get(targets, "devices"), i, d) {
-            if (got != 0)
-                break;
-            if (json_is_string(d) && (got = try_device(&v, c, json_string_value(d), e)) == 1)
-                with = json_pack("{s:s,s:s}", "kind", "device", "device_id", json_string_value(d));
+            if (!json_is_string(d) || v.ndevs == FIRMWARE_MAX_TARGETS)
+                continue;
+            if ((k = load_device(&v, c, json_string_value(d), &v.devs[v.ndevs], e)) != QK_OK)
+                goto done;
+            if (v.devs[v.ndevs])
+                v.dev_ids[v.ndevs++] = json_string_value(d);
         }
+    }
+    db_release(s->db, c);
+    c = NULL;
+    if (v.ngk > 0) {
+        v.p.groups = v.gk;
+        v.p.ngroups = v.ngk;
+        if ((got = attempt(&v, e)) == 1)
+            with = json_pack("{s:s,s:s}", "kind", "group", "group", v.m.group);
+        v.p.groups = NULL;
+        v.p.ngroups = 0;
+    }
+    for (size_t i = 0; got == 0 && i < v.ndevs; i++) {
+        v.p.device = v.devs[i];
+        if ((got = attempt(&v, e)) == 1)
+            with = json_pack("{s:s,s:s}", "kind", "device", "device_id", v.dev_ids[i]);
+        v.p.device = NULL;
     }
     if (got == -2) {
         k = e->kind != QK_OK ? e->kind : qk_fail(e, QK_INTERNAL, "internal", "internal error");
@@ -287,6 +314,10 @@ done:
                  "valid", json_object_get(*out, "valid"));
     for (size_t i = 0; i < v.ncerts; i++)
         OPENSSL_free(v.certs[i]);
+    for (size_t i = 0; i < FIRMWARE_MAX_TARGETS; i++)
+        qkd_device_free(v.devs[i]);
+    if (v.gk)
+        OPENSSL_secure_clear_free(v.gk, sizeof(*v.gk) * v.gk_cap);
     json_decref(targets);
     json_decref(with);
     PQclear(r);

@@ -161,7 +161,16 @@
     X(Q_FW_APPROVAL_LOCK, /* $2 the targets to compare with (jsonb equality) */              \
       "SELECT product, version, image_size, encode(image_sha256, 'hex'), targets = $2::jsonb," \
       " counter, not_before, requested_by, approved_by, used_at IS NOT NULL,"                  \
-      " expires_at < now() FROM firmware_approvals WHERE id = $1::uuid FOR UPDATE")            \
+      " expires_at < now(),"                                                                   \
+      /* 11, 12: the requester's and the approver's tokens still live (a name can be reused   \
+       * after a revocation: the token must be older than the act) */                         \
+      " EXISTS (SELECT 1 FROM admin_tokens t WHERE t.name = a.requested_by"                   \
+      "  AND t.role = 'release' AND t.revoked_at IS NULL"                                     \
+      "  AND (t.expires_at IS NULL OR t.expires_at > now()) AND t.created_at <= a.requested_at)," \
+      " EXISTS (SELECT 1 FROM admin_tokens t WHERE t.name = a.approved_by"                    \
+      "  AND t.role = 'release' AND t.revoked_at IS NULL"                                     \
+      "  AND (t.expires_at IS NULL OR t.expires_at > now()) AND t.created_at <= a.approved_at)" \
+      " FROM firmware_approvals a WHERE id = $1::uuid FOR UPDATE")                             \
     X(Q_FW_APPROVAL_APPROVE,                                                                   \
       "UPDATE firmware_approvals SET approved_by = $2, approved_at = now()"                     \
       " WHERE id = $1::uuid")                                                                  \

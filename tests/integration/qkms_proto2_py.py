@@ -446,6 +446,15 @@ class Platform:
                 raise ProtocolError("no keyUsage") from None
             if not getattr(ku, usage):
                 raise ProtocolError(f"{cert.subject.rfc4514_string()}: keyUsage lacks {usage}")
+            # The platform's certificates carry no extended key usage; one
+            # that does is a firmware or data-signing certificate, whose key
+            # signs what others ask.
+            try:
+                cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+                raise ProtocolError(f"{cert.subject.rfc4514_string()}: an extended key usage "
+                                    "(a firmware or data-signing certificate)")
+            except x509.ExtensionNotFound:
+                pass
 
 
 # -- the protocol's computations -------------------------------------------------

@@ -52,8 +52,8 @@ def test_the_platform_signs_and_anyone_checks(stack, key, plat):
     assert (key["version"], key["state"]) == (1, "active")
     cert = pub(key["certificate"])
     assert cert.subject.rfc4514_string() .startswith(f"CN=qkms signing {name} 1")
-    with pytest.raises(x509.ExtensionNotFound):
-        cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert [o.dotted_string for o in eku] == ["1.3.6.1.5.5.7.3.36"]
     data = os.urandom(5000)
     r = sign(stack, plat, key=name, data=b64(data))
     assert r.status_code == 200, r.text
@@ -186,3 +186,32 @@ def test_kmsctl_signing(stack, key, plat, tmp_path):
     r = stack.kmsctl("signing", "sign", str(tmp_path / "invoice.xml"), "--key", "nope-key",
                      "--out", str(tmp_path / "none.sig"), token=plat)
     assert r.returncode == 6 and not (tmp_path / "none.sig").exists(), r.stderr
+
+
+def test_a_data_certificate_never_passes_for_the_platforms(stack, key, tmp_path):
+    """A data-signing key signs digests back ends choose: its certificate
+    (extended key usage "qkms data signing") is refused as the platform's
+    v2 signing certificate by the C library and the Python implementation,
+    as firmware certificates (codeSigning) are."""
+    import qkms_proto2_py as p2
+    from test_protocol_v2 import device_cli
+    certs = stack.api("GET", "/v1/platform/certificates").json()["certificates"]
+    agree = [c["pem"] for c in certs if c["purpose"] == "agree" and c["state"] == "active"][0]
+    ca = stack.api("GET", "/v1/ca").text
+    product = "prod-" + uuid.uuid4().hex[:8]
+    fwcert = stack.admin("POST", "/v1/admin/firmware/keys",
+                         json={"product": product}).json()["certificate"]
+    did = uid("V2")
+    assert stack.admin("POST", "/v1/admin/devices", json={"device_id": did,
+                                                           "type": "encryptor"}).status_code == 201
+    fill = stack.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True}).json()
+    (tmp_path / "fill.json").write_text(json.dumps(fill["plaintext"]))
+    for pem in (key["certificate"], fwcert):
+        (tmp_path / "srv.pem").write_text(pem + agree)
+        r = device_cli("key", "--v2", "--server-cert", str(tmp_path / "srv.pem"), "--fill",
+                       str(tmp_path / "fill.json"), "--url", stack.url, "--session", uid("S"),
+                       "--peer", "NOBODY", check=False)
+        assert r.returncode == 2 and "extended key usage" in r.stderr, r.stderr
+        plat = p2.Platform.from_pem(pem, agree)
+        with pytest.raises(p2.ProtocolError, match="extended key usage"):
+            plat.verify(ca)

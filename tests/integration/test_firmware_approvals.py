@@ -117,6 +117,19 @@ def test_fixed_counter_expiry_and_foreign_approvals(rel, stack):
     assert (r.status_code, code(r)) == (409, "approval_expired")
     r = sign_groups(rel, b"img3", [], devices=[d1], version="1.0", approval=a3)
     assert (r.status_code, code(r)) == (409, "approval_expired")
+    # An approver whose token is revoked since approved nothing any more.
+    c_tok, c_name = release_token(stack)
+    a5 = request(stack, rel.token, rel, b"img5", devices=[d1]).json()["id"]
+    assert approve(stack, c_tok, a5).status_code == 200
+    assert stack.admin("DELETE", f"/v1/admin/tokens/{c_name}").status_code == 200
+    r = sign_groups(rel, b"img5", [], devices=[d1], version="1.0", approval=a5)
+    assert (r.status_code, code(r)) == (409, "approval_revoked"), r.text
+    # Nor is a request of a token revoked since approvable.
+    d_tok, d_name = release_token(stack)
+    a6 = request(stack, d_tok, rel, b"img6", devices=[d1]).json()["id"]
+    assert stack.admin("DELETE", f"/v1/admin/tokens/{d_name}").status_code == 200
+    r = approve(stack, b_tok, a6)
+    assert (r.status_code, code(r)) == (409, "approval_revoked"), r.text
     # Another product's approval, or no approval at all.
     other = Release(stack)
     d9, _ = other.device()
