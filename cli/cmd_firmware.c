@@ -543,22 +543,27 @@ static const struct action firmware_actions[] = {
     },
     {
         .sub = "keys",
-        .usage = "list [PRODUCT] [--pem] | create PRODUCT | rotate PRODUCT [--overlap-days N]",
+        .usage = "list [PRODUCT] [--pem] | create PRODUCT | rotate PRODUCT [--overlap-days N]\n"
+                 "         | revoke PRODUCT VERSION [--reason R]",
         .summary = "Firmware signing keys of product lines (in the token)",
         .description =
             "Each product line has one active ECDSA P-256 signing key, made in the token,\n"
             "with a certificate from the platform CA (codeSigning) that the product's\n"
             "devices pin (docs/firmware.md). create makes a product's first key; rotate\n"
             "makes the next version active and retires the current one, which devices\n"
-            "keep pinning for --overlap-days. list columns: PRODUCT VERSION STATE\n"
-            "NOT-AFTER OVERLAP-UNTIL SHA256; --pem prints the certificates to pin.\n"
-            "create and rotate: admin tokens; list: any admin role and release.\n"
+            "keep pinning for --overlap-days. revoke (a lost key) ends a version:\n"
+            "it signs nothing, leaves the list to pin and enters the CA's CRL; after\n"
+            "revoking the active one, create makes the next. list columns: PRODUCT\n"
+            "VERSION STATE NOT-AFTER OVERLAP-UNTIL SHA256; --pem prints the\n"
+            "certificates to pin. create, rotate and revoke: admin tokens; list: any\n"
+            "admin role and release.\n"
             "\n"
             "Requests: GET, POST /v1/admin/firmware/keys,\n"
-            "          POST /v1/admin/firmware/keys/PRODUCT/rotate\n",
+            "          POST /v1/admin/firmware/keys/PRODUCT/rotate,\n"
+            "          POST /v1/admin/firmware/keys/PRODUCT/versions/VERSION/revoke\n",
         .opts = signkeys_opts,
         .min_args = 1,
-        .max_args = 2,
+        .max_args = 3,
         .run = keys_run,
     },
     {

@@ -137,22 +137,25 @@ static const struct opt_spec verify_opts[] = {
 static const struct action signing_actions[] = {
     {
         .sub = "keys",
-        .usage = "list [NAME] [--pem] | create NAME | rotate NAME [--overlap-days N]",
+        .usage = "list [NAME] [--pem] | create NAME | rotate NAME [--overlap-days N]\n"
+                 "         | revoke NAME VERSION [--reason R]",
         .summary = "The platform's data-signing keys (in the token)",
         .description =
             "Named ECDSA P-256 keys made in the token, each with a certificate from the\n"
             "platform CA, for signatures the platform makes for back ends (signing\n"
             "sign, POST /v1/crypto/sign). create makes a name's first key; rotate\n"
             "makes the next version active and retires the current one, whose\n"
-            "certificate verifiers keep for --overlap-days. list columns: NAME VERSION\n"
+            "certificate verifiers keep for --overlap-days; revoke ends a version (it\n"
+            "signs and verifies nothing more and enters the CA's CRL). list columns: NAME VERSION\n"
             "STATE NOT-AFTER OVERLAP-UNTIL SHA256; --pem prints the certificates.\n"
-            "create and rotate: admin tokens; list: any admin role.\n"
+            "create, rotate and revoke: admin tokens; list: any admin role.\n"
             "\n"
             "Requests: GET, POST /v1/admin/signing-keys,\n"
-            "          POST /v1/admin/signing-keys/NAME/rotate\n",
+            "          POST /v1/admin/signing-keys/NAME/rotate,\n"
+            "          POST /v1/admin/signing-keys/NAME/versions/VERSION/revoke\n",
         .opts = signkeys_opts,
         .min_args = 1,
-        .max_args = 2,
+        .max_args = 3,
         .run = keys_run,
     },
     {

@@ -19,6 +19,7 @@
 const struct opt_spec signkeys_opts[] = {
     {"overlap-days", 0, "N", "rotate: days the old key stays pinned too (1..365, default 30)"},
     {"pem", 0, NULL, "list: print the certificates to pin (active and in overlap)"},
+    {"reason", 0, "R", "revoke: an RFC 5280 reason (keyCompromise, superseded, ...)"},
     {0},
 };
 
@@ -35,7 +36,7 @@ static int print_keys(const json_t *doc)
 /* One key's record: its fields, then the certificate devices pin. */
 static int print_key(const json_t *k)
 {
-    const char *fields[] = {fam->field,   "version",       "state",
+    const char *fields[] = {fam->field,   "version",       "state", "revoked_at",
                                          "sha256",     "subject",       "not_after",
                                          "created_at", "overlap_until", NULL};
     for (int i = 0; fields[i]; i++) {
@@ -74,22 +75,34 @@ static int print_pem(const json_t *doc)
 int signkeys_run(const struct kmsctl_ctx *ctx, const struct invocation *inv,
                  const struct signkeys *f)
 {
-    const char *verb = inv->pos[0], *product = inv->npos > 1 ? inv->pos[1] : NULL;
-    const char *days_s = opt_get(&inv->local, "overlap-days");
+    const char *verb = inv->pos[0], *product = inv->npos > 1 ? inv->pos[1] : NULL,
+               *ver_s = inv->npos > 2 ? inv->pos[2] : NULL;
+    const char *days_s = opt_get(&inv->local, "overlap-days"),
+               *reason = opt_get(&inv->local, "reason");
     bool list = !strcmp(verb, "list"), create = !strcmp(verb, "create"),
-         rotate = !strcmp(verb, "rotate");
+         rotate = !strcmp(verb, "rotate"), revoke = !strcmp(verb, "revoke");
     char path[256];
     json_t *req = NULL, *resp = NULL;
-    long days = 0;
+    long days = 0, version = 0;
     int rc;
 
     fam = f;
-    if (!list && !create && !rotate) {
-        out_error("unknown keys action '%s' (list, create or rotate)", out_safe(verb));
+    if (!list && !create && !rotate && !revoke) {
+        out_error("unknown keys action '%s' (list, create, rotate or revoke)", out_safe(verb));
         return EXIT_USAGE;
     }
     if (!list && !product) {
         out_error("%s needs a %s", verb, f->upper);
+        return EXIT_USAGE;
+    }
+    if (revoke != !!ver_s || (revoke && !arg_to_long(ver_s, 1, 999999999, &version))) {
+        out_error(revoke ? "revoke needs %s and a VERSION (a whole number from 1)"
+                         : "only revoke takes a VERSION",
+                  f->upper);
+        return EXIT_USAGE;
+    }
+    if (reason && !revoke) {
+        out_error("--reason goes with revoke");
         return EXIT_USAGE;
     }
     if (days_s && (!rotate || !arg_to_long(days_s, 1, 365, &days))) {
@@ -116,6 +129,10 @@ int signkeys_run(const struct kmsctl_ctx *ctx, const struct invocation *inv,
     if (create) {
         req = json_pack("{s:s}", f->field, product);
         rc = client_call(ctx, "POST", f->path, req, &resp);
+    } else if (revoke) {
+        snprintf(path, sizeof(path), "%s/%s/versions/%ld/revoke", f->path, product, version);
+        req = reason ? json_pack("{s:s}", "reason", reason) : json_object();
+        rc = client_call(ctx, "POST", path, req, &resp);
     } else {
         snprintf(path, sizeof(path), "%s/%s/rotate", f->path, product);
         req = days_s ? json_pack("{s:i}", "overlap_days", (int)days) : json_object();

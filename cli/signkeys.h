@@ -1,8 +1,9 @@
 /*
- * signkeys — list, create and rotate one family of the platform's signing
- * keys (firmware keys by product, data-signing keys by name): `list
- * [NAME] [--pem] | create NAME | rotate NAME [--overlap-days N]` against
- * path (GET, POST path; POST path/NAME/rotate), the name in field.
+ * signkeys — list, create, rotate and revoke one family of the platform's
+ * signing keys (firmware keys by product, data-signing keys by name):
+ * `list [NAME] [--pem] | create NAME | rotate NAME [--overlap-days N] |
+ * revoke NAME VERSION [--reason R]` against path (GET, POST path; POST
+ * path/NAME/rotate, path/NAME/versions/VERSION/revoke), the name in field.
  */
 #ifndef KMSCTL_SIGNKEYS_H
 #define KMSCTL_SIGNKEYS_H

@@ -36,8 +36,9 @@ const config_option config_options[] = {
     {"http_max_upload_mb", OPT_INT, OFF(http_max_upload_mb), "256", 1, 4096, NULL, false, false,
      "Largest raw upload in MiB (a firmware image to sign, `POST /v1/admin/firmware/packages`); "
      "larger ones get 413. kmsd holds an upload in memory once, and answers it as it goes; "
-     "uploads held at once take at most twice this in all (503 `unavailable`, `Retry-After`, "
-     "beyond)."},
+     "uploads held at once take at most twice this in all (plus 2 MiB while a package is "
+     "checked, `POST /v1/admin/firmware/packages/verify`, whose packages may be 2 MiB over it; "
+     "503 `unavailable`, `Retry-After`, beyond)."},
     {"http_max_connections", OPT_INT, OFF(http_max_connections), "1024", 1, 65535, NULL, false,
      false, "Concurrent connections accepted in total, per listener."},
     {"http_per_ip_connections", OPT_INT, OFF(http_per_ip_connections), "256", 0, 65535, NULL,

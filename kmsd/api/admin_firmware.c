@@ -121,6 +121,49 @@ out:
     json_decref(in);
 }
 
+/* POST .../{name}/versions/{version}/revoke {"reason"?}: fn. */
+typedef qk_kind (*keys_revoke_fn)(qk_svc *, const qk_principal *, const char *, int, const char *,
+                                  json_t **, qk_err *);
+
+static void keys_revoke(http_request *rq, http_response *rs, keys_revoke_fn fn)
+{
+    qk_principal who = admin_principal(rq);
+    json_t *in = http_body_object_opt(rq, rs), *jr, *out;
+    const char *v = rq->params[1];
+    char *end = NULL;
+    long version = 0;
+    qk_err e;
+
+    if (!in)
+        return;
+    jr = json_object_get(in, "reason");
+    if (json_object_size(in) > (jr ? 1u : 0u) || (jr && !json_is_string(jr))) {
+        http_error(rs, 422, "invalid_request", "expected {\"reason\"?: string}");
+        goto out;
+    }
+    /* a version is decimal digits; anything else names no version */
+    if (*v >= '1' && *v <= '9' && strlen(v) <= 9)
+        version = strtol(v, &end, 10);
+    if (fn(&rq->kms->svc, &who, rq->params[0], end && !*end ? (int)version : 0,
+           json_string_value(jr), &out, &e) != QK_OK) {
+        http_fail(rs, &e);
+        goto out;
+    }
+    http_json(rs, 200, out);
+out:
+    json_decref(in);
+}
+
+void h_firmware_keys_revoke(http_request *rq, http_response *rs)
+{
+    keys_revoke(rq, rs, firmware_keys_revoke);
+}
+
+void h_data_keys_revoke(http_request *rq, http_response *rs)
+{
+    keys_revoke(rq, rs, data_keys_revoke);
+}
+
 void h_firmware_keys_list(http_request *rq, http_response *rs)
 {
     keys_list(rq, rs, "product", firmware_keys_list);

@@ -115,9 +115,11 @@
     X("GET", "/v1/admin/firmware/keys", "admin_firmware_keys", ROLE_ANY | ROLE_RELEASE, h_firmware_keys_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/keys", "admin_firmware_keys_create", ROLE_ADMIN, h_firmware_keys_create, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/keys/{product}/rotate", "admin_firmware_keys_rotate", ROLE_ADMIN, h_firmware_keys_rotate, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/firmware/keys/{product}/versions/{version}/revoke", "admin_firmware_keys_revoke", ROLE_ADMIN, h_firmware_keys_revoke, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/signing-keys", "admin_signing_keys", ROLE_ANY, h_data_keys_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/signing-keys", "admin_signing_keys_create", ROLE_ADMIN, h_data_keys_create, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/signing-keys/{name}/rotate", "admin_signing_keys_rotate", ROLE_ADMIN, h_data_keys_rotate, ADM, RL_ADMIN) \
+    X("POST", "/v1/admin/signing-keys/{name}/versions/{version}/revoke", "admin_signing_keys_revoke", ROLE_ADMIN, h_data_keys_revoke, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/firmware/packages", "admin_firmware_sign", ROLE_RELEASE, h_firmware_sign, ADM, RL_ADMIN, .octets = true) \
     X("POST", "/v1/admin/firmware/packages/verify", "admin_firmware_verify", ROLE_ANY | ROLE_RELEASE, h_firmware_verify, ADM, RL_ADMIN, .octets = true, .max_body = FIRMWARE_PACKAGE_ROOM) \
     X("GET", "/v1/admin/firmware/products", "admin_firmware_products", ROLE_ANY | ROLE_RELEASE, h_firmware_rules_list, ADM, RL_ADMIN) \

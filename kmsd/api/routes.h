@@ -38,6 +38,8 @@ void h_firmware_approval_approve(http_request *rq, http_response *rs);
 void h_data_keys_list(http_request *rq, http_response *rs);
 void h_data_keys_create(http_request *rq, http_response *rs);
 void h_data_keys_rotate(http_request *rq, http_response *rs);
+void h_firmware_keys_revoke(http_request *rq, http_response *rs);
+void h_data_keys_revoke(http_request *rq, http_response *rs);
 void h_crypto_sign(http_request *rq, http_response *rs);
 void h_crypto_verify(http_request *rq, http_response *rs);
 void h_firmware_groups_list(http_request *rq, http_response *rs);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -19,6 +20,7 @@
 #include "qkms_proto2.h"
 #include "service/audit.h"
 #include "service/ca.h"
+#include "service/crl.h"
 #include "service/names.h"
 #include "service/x509util.h"
 #include "store/pgjson.h"
@@ -97,12 +99,13 @@ static json_t *key_json(const PGresult *r, int i, const char *field)
     if (strlen(hx) > 2 && x509_unhex(hx + 2, &der, &len) == 0 && (q = der) &&
         (x = d2i_X509(NULL, &q, (long)len)) && (pem = x509_pem(x, &pl)) &&
         (subject = x509_name_text(X509_get_subject_name(x))))
-        o = json_pack("{s:o,s:i,s:o,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:s%}", field,
+        o = json_pack("{s:o,s:i,s:o,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:s%,s:o,s:o}", field,
                       pgjson_text(r, i, 0), "version", atoi(PQgetvalue(r, i, 1)), "state",
                       pgjson_text(r, i, 2), "sha256", pgjson_text(r, i, 3), "subject", subject,
                       "not_after", pgjson_time(r, i, 4), "overlap_until", pgjson_time(r, i, 5),
                       "created_at", pgjson_time(r, i, 6), "created_by", pgjson_text(r, i, 7),
-                      "retired_at", pgjson_time(r, i, 8), "certificate", pem, pl);
+                      "retired_at", pgjson_time(r, i, 8), "certificate", pem, pl,
+                      "revoked_at", pgjson_time(r, i, 10), "revoke_reason", pgjson_text(r, i, 11));
     free(pem);
     free(subject);
     X509_free(x);
@@ -315,4 +318,151 @@ qk_kind data_keys_rotate(qk_svc *s, const qk_principal *who, const char *name, i
                          json_t **out, qk_err *e)
 {
     return run(s, who, &DATA, name, true, overlap_days, out, e);
+}
+
+/* ---- revocation ----------------------------------------------------------- */
+
+typedef struct {
+    qk_svc *s;
+    const qk_principal *who;
+    const struct purpose *pp;
+    const char *name, *reason;
+    int version;
+    qk_err *e;
+    bool refused;
+} revoke_tx;
+
+/* The CA version whose key signed x (its serial goes into that version's
+ * CRL), or 0. */
+static int issuing_version(qk_ca *ca, X509 *x)
+{
+    int versions[32], n = ca_versions_valid(ca, versions, 32);
+    for (int i = 0; i < n; i++) {
+        X509 *c = ca_cert(ca, versions[i]);
+        if (c && X509_verify(x, X509_get0_pubkey(c)) == 1)
+            return versions[i];
+    }
+    ERR_clear_error();
+    return 0;
+}
+
+static db_status revoke_fn(db_conn *c, void *arg)
+{
+    revoke_tx *t = arg;
+    char lockname[80], ver[16], cav[16], serial[44];
+    const char *lv[1] = {lockname}, *kv[3] = {t->name, ver, t->pp->db};
+    db_status st;
+    PGresult *r = NULL;
+    X509 *x = NULL;
+    const unsigned char *q;
+    unsigned char *der = NULL;
+    size_t len;
+    int cv;
+
+    qk_clear(t->e);
+    t->refused = true;
+    snprintf(lockname, sizeof(lockname), "%s%s", t->pp->lock_prefix, t->name);
+    snprintf(ver, sizeof(ver), "%d", t->version);
+    if (!(r = db_exec(c, Q_FW_KEY_LOCK, 1, lv, NULL, NULL, &st)))
+        return st;
+    PQclear(r);
+    if (!(r = db_exec(c, Q_FW_KEY_ONE, 3, kv, NULL, NULL, &st)))
+        return st;
+    if (PQntuples(r) == 0) {
+        qk_fail(t->e, QK_NOT_FOUND, "not_found", "%s '%s' has no key version %d", t->pp->field,
+                t->name, t->version);
+        st = DB_OK;
+        goto out;
+    }
+    if (!strcmp(PQgetvalue(r, 0, 0), "revoked")) {
+        qk_fail(t->e, QK_CONFLICT, "conflict", "version %d is revoked already", t->version);
+        st = DB_OK;
+        goto out;
+    }
+    /* the certificate's serial and issuer, for the CRL */
+    {
+        const char *hx = PQgetvalue(r, 0, 1); /* bytea as "\x<hex>" */
+        if (strlen(hx) < 3 || x509_unhex(hx + 2, &der, &len) != 0 || !(q = der) ||
+            !(x = d2i_X509(NULL, &q, (long)len)) || x509_serial_hex(x, serial, sizeof(serial)) != 0) {
+            qk_fail(t->e, QK_INTERNAL, "internal", "a stored certificate does not parse");
+            st = DB_ERROR;
+            t->refused = false;
+            goto out;
+        }
+    }
+    /* an expired CA version keeps no CRL: its certificates are dead anyway */
+    cv = issuing_version(t->s->ca, x);
+    snprintf(cav, sizeof(cav), "%d", cv > 0 ? cv : 0);
+    PQclear(r);
+    {
+        const char *uv[6] = {t->name, ver, t->pp->db, t->reason, serial, cav};
+        if (!(r = db_exec(c, Q_FW_KEY_REVOKE, 6, uv, NULL, NULL, &st))) {
+            t->refused = false;
+            goto out;
+        }
+    }
+    t->refused = false;
+    st = audit_append(c, t->who->name, t->pp == &DATA ? "signing.key_revoked"
+                                                     : "firmware.key_revoked",
+                      NULL,
+                      json_pack("{s:s,s:i,s:s,s:s}", t->pp->field, t->name, "version",
+                                t->version, "reason", t->reason, "serial", serial));
+out:
+    X509_free(x);
+    OPENSSL_free(der);
+    PQclear(r);
+    return st;
+}
+
+static qk_kind revoke(qk_svc *s, const qk_principal *who, const struct purpose *pp,
+                      const char *name, int version, const char *reason, json_t **out, qk_err *e)
+{
+    revoke_tx t = {.s = s, .who = who, .pp = pp, .name = name, .version = version,
+                   .reason = reason ? reason : "unspecified", .e = e};
+    json_t *all = NULL, *k;
+    db_status st;
+    qk_err ce;
+    size_t i;
+
+    *out = NULL;
+    qk_clear(e);
+    if (!firmware_product_valid(name))
+        return bad_name(pp, e);
+    if (crl_reason_code(t.reason) < 0)
+        return qk_fail(e, QK_INVALID, "invalid_reason",
+                       "reason must be an RFC 5280 name: unspecified, keyCompromise, "
+                       "affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn");
+    if (version < 1)
+        return qk_fail(e, QK_NOT_FOUND, "not_found", "no such version");
+    st = db_tx(s->db, revoke_fn, &t);
+    if (st != DB_OK)
+        return !t.refused && e->kind != QK_OK ? e->kind : db_fail(e, st);
+    if (t.refused)
+        return e->kind;
+    log_with(&who->log, LOG_WARN, "signing key revoked", "{s:s,s:s,s:i,s:s}", "purpose", pp->db,
+             pp->field, name, "version", version, "reason", t.reason);
+    /* the CRL now; a failure leaves the revocation in place, for the next */
+    if (crl_refresh(s, true, &ce) != QK_OK)
+        log_emit(LOG_ERROR, "CRL refresh after a signing key revocation failed", "{s:s}", "error",
+                 ce.detail);
+    if (list(s, pp, name, &all, e) != QK_OK)
+        return e->kind;
+    json_array_foreach(json_object_get(all, "keys"), i, k) {
+        if (json_integer_value(json_object_get(k, "version")) == version)
+            *out = json_incref(k);
+    }
+    json_decref(all);
+    return *out ? QK_OK : qk_fail(e, QK_INTERNAL, "internal", "internal error (see kmsd log)");
+}
+
+qk_kind firmware_keys_revoke(qk_svc *s, const qk_principal *who, const char *product, int version,
+                             const char *reason, json_t **out, qk_err *e)
+{
+    return revoke(s, who, &FIRMWARE, product, version, reason, out, e);
+}
+
+qk_kind data_keys_revoke(qk_svc *s, const qk_principal *who, const char *name, int version,
+                         const char *reason, json_t **out, qk_err *e)
+{
+    return revoke(s, who, &DATA, name, version, reason, out, e);
 }

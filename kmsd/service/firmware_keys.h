@@ -56,7 +56,8 @@ qk_kind firmware_keys_create(qk_svc *s, const qk_principal *who, const char *pro
 qk_kind firmware_keys_rotate(qk_svc *s, const qk_principal *who, const char *product,
                              int overlap_days, json_t **out, qk_err *e);
 /* {"keys":[{"product","version","state","sha256","subject","not_after",
- * "overlap_until","created_at","created_by","retired_at","certificate"}]},
+ * "overlap_until","created_at","created_by","retired_at","certificate",
+ * "revoked_at","revoke_reason"}]},
  * by product then version; product NULL: every product. */
 qk_kind firmware_keys_list(qk_svc *s, const char *product, json_t **out, qk_err *e);
 
@@ -66,5 +67,19 @@ qk_kind data_keys_create(qk_svc *s, const qk_principal *who, const char *name, j
 qk_kind data_keys_rotate(qk_svc *s, const qk_principal *who, const char *name, int overlap_days,
                          json_t **out, qk_err *e);
 qk_kind data_keys_list(qk_svc *s, const char *name, json_t **out, qk_err *e);
+
+/* Revoke a version (active or retired) for reason (an RFC 5280 name,
+ * crl_reason_code; NULL: unspecified): it signs nothing more, is no
+ * longer among the certificates to pin or verify with, and its
+ * certificate goes into its CA version's CRL (refreshed at once; a
+ * failure there is logged, the revocation stays). A product whose active
+ * key is revoked has none: create makes the next version. Audited
+ * (firmware.key_revoked, signing.key_revoked). *out the key's record.
+ * QK_NOT_FOUND "not_found"; QK_CONFLICT "conflict" (revoked already);
+ * QK_INVALID "invalid_reason" and the name's code. */
+qk_kind firmware_keys_revoke(qk_svc *s, const qk_principal *who, const char *product, int version,
+                             const char *reason, json_t **out, qk_err *e);
+qk_kind data_keys_revoke(qk_svc *s, const qk_principal *who, const char *name, int version,
+                         const char *reason, json_t **out, qk_err *e);
 
 #endif

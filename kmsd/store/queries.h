@@ -95,9 +95,16 @@
       "INSERT INTO firmware_keys (product, version, label, state, cert_der, sha256, not_after,"  \
       " created_by, purpose) VALUES ($1, $2::int, $3, 'active', $4, decode($5, 'hex'),"         \
       " to_timestamp($6::bigint), $7, $8)")                                                     \
+    X(Q_FW_KEY_REVOKE, /* $1 name, $2 version, $3 purpose, $4 reason, $5 serial, $6 CA version */ \
+      "UPDATE firmware_keys SET state = 'revoked', revoked_at = now(), revoke_reason = $4,"   \
+      " serial = $5, ca_version = $6::int, overlap_until = NULL"                               \
+      " WHERE product = $1 AND version = $2::int AND purpose = $3 AND state <> 'revoked'")     \
+    X(Q_FW_KEY_ONE, /* $1 name, $2 version, $3 purpose: its state and certificate */           \
+      "SELECT state, cert_der FROM firmware_keys WHERE product = $1 AND version = $2::int"     \
+      " AND purpose = $3 FOR UPDATE")                                                          \
     X(Q_FW_KEYS_LIST, /* $1 product or NULL */                                                  \
       "SELECT product, version, state, encode(sha256, 'hex'), not_after, overlap_until,"        \
-      " created_at, created_by, retired_at, cert_der FROM firmware_keys"                        \
+      " created_at, created_by, retired_at, cert_der, revoked_at, revoke_reason FROM firmware_keys" \
       " WHERE ($1::text IS NULL OR product = $1) AND purpose = $2 ORDER BY product, version")  \
     /* signing releases (firmware_sign.h, schema/035): the active key's label and certificate \
      * SHA-256 (NULL without one), the last counter signed (0: none) */                       \
@@ -125,7 +132,7 @@
       " signed_by, created_at FROM firmware_releases WHERE package_id = $1::uuid")             \
     X(Q_FW_PRODUCT_CERTS,                                                                      \
       "SELECT encode(cert_der, 'hex') FROM firmware_keys WHERE product = $1"                   \
-      " AND purpose = 'firmware' ORDER BY version")                                            \
+      " AND purpose = 'firmware' AND state <> 'revoked' ORDER BY version")                     \
     X(Q_FW_DEVICE_KEYS_ALL,                                                                    \
       "SELECT k.key_index, k.algorithm, encode(k.wrapped, 'hex') FROM devices d"               \
       " JOIN device_keys k ON k.device_pk = d.id WHERE d.device_id = $1"                       \
@@ -140,7 +147,7 @@
       "  AND (t.expires_at IS NULL OR t.expires_at > now())")                                   \
     X(Q_SIGN_KEY_CERTS, /* every version of data key $1, newest first */                       \
       "SELECT version, encode(cert_der, 'hex'), encode(sha256, 'hex') FROM firmware_keys"      \
-      " WHERE purpose = 'data' AND product = $1 ORDER BY version DESC")                        \
+      " WHERE purpose = 'data' AND product = $1 AND state <> 'revoked' ORDER BY version DESC") \
     /* release approvals (firmware_approvals.h, schema/038) */                               \
     X(Q_FW_RULE, "SELECT approvals FROM firmware_products WHERE product = $1")                 \
     X(Q_FW_RULE_LOCK,                                                                          \
@@ -1031,10 +1038,15 @@ extern const db_stmt_def queries[Q__COUNT];
       "SELECT crl_number, this_update > now() - make_interval(secs => $2::int)"                 \
       " AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.ca_version = $1::int"              \
       " AND c.state = 'revoked' AND c.revoked_at >= l.this_update)"                             \
+      " AND NOT EXISTS (SELECT 1 FROM firmware_keys k WHERE k.ca_version = $1::int"             \
+      " AND k.state = 'revoked' AND k.revoked_at >= l.this_update)"                             \
       " FROM ca_crls l WHERE ca_version = $1::int ORDER BY crl_number DESC LIMIT 1")            \
     X(QT_CRL_REVOKED,                                                                           \
       "SELECT serial, extract(epoch FROM revoked_at)::bigint, revoke_reason FROM certificates"  \
-      " WHERE ca_version = $1::int AND state = 'revoked' AND not_after > now() ORDER BY serial") \
+      " WHERE ca_version = $1::int AND state = 'revoked' AND not_after > now()"                 \
+      " UNION ALL SELECT serial, extract(epoch FROM revoked_at)::bigint, revoke_reason"         \
+      " FROM firmware_keys WHERE ca_version = $1::int AND state = 'revoked'"                    \
+      " AND not_after > now() ORDER BY 1") /* the platform's signing keys too (schema/039) */  \
     X(QT_CRL_INSERT,                                                                            \
       "INSERT INTO ca_crls (ca_version, crl_number, this_update, next_update, der)"            \
       " VALUES ($1::int, $2::bigint, to_timestamp($3::bigint), to_timestamp($4::bigint),"       \

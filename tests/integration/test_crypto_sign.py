@@ -215,3 +215,21 @@ def test_a_data_certificate_never_passes_for_the_platforms(stack, key, tmp_path)
         plat = p2.Platform.from_pem(pem, agree)
         with pytest.raises(p2.ProtocolError, match="extended key usage"):
             plat.verify(ca)
+
+
+def test_a_revoked_data_key_signs_and_verifies_nothing(stack, key, plat):
+    name = key["name"]
+    sig = sign(stack, plat, key=name, data=b64(b"before")).json()["signature"]
+    r = stack.admin("POST", f"/v1/admin/signing-keys/{name}/versions/1/revoke",
+                    json={"reason": "keyCompromise"})
+    assert r.status_code == 200 and r.json()["state"] == "revoked", r.text
+    r = sign(stack, plat, key=name, data=b64(b"after"))
+    assert (r.status_code, code(r)) == (404, "unknown_key")
+    r = verify(stack, plat, key=name, data=b64(b"before"), signature=sig)
+    assert (r.status_code, code(r)) == (404, "unknown_key")
+    r = stack.kmsctl("signing", "keys", "create", name, "--json", token=stack.admin_token)
+    assert r.returncode == 0 and json.loads(r.stdout)["version"] == 2, r.stderr
+    r = verify(stack, plat, key=name, data=b64(b"before"), signature=sig)
+    assert r.json() == {"valid": False, "key": name, "version": None}
+    assert stack.psql("SELECT count(*) FROM audit_log WHERE event = 'signing.key_revoked'"
+                      f" AND detail->>'name' = '{name}'").strip() == "1"

@@ -139,3 +139,54 @@ def test_kmsctl_firmware_verify(rel, stack, tmp_path):
     assert p.returncode == 6 and p.stdout.startswith("Invalid (auth): auth"), p.stdout + p.stderr
     p = stack.kmsctl("firmware", "verify", str(tmp_path / "none.pkg"), token=rel.token)
     assert p.returncode == 2
+
+
+def test_a_revoked_firmware_key(rel, stack, tmp_path):
+    """A lost firmware key is revoked: it signs nothing more, is no longer
+    among the certificates to pin, a package it signed fails the platform's
+    check, its certificate is in the CA's CRL, and create makes the next
+    version."""
+    d1, f1 = rel.device()
+    old_pkg = sign_groups(rel, b"signed by v1", [], devices=[d1]).content
+    r = stack.admin("POST", f"/v1/admin/firmware/keys/{rel.product}/rotate")
+    assert r.status_code == 200 and r.json()["version"] == 2
+    r = stack.admin("POST", f"/v1/admin/firmware/keys/{rel.product}/versions/1/revoke",
+                    json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert (got["state"], got["revoke_reason"]) == ("revoked", "keyCompromise") and got["revoked_at"]
+    got = verify(stack, old_pkg).json()
+    assert (got["valid"], got["check"]) == (False, "signature"), got
+    # In the CRL, by the certificate's serial.
+    from cryptography import x509 as cx
+    serial = cx.load_pem_x509_certificate(rel.key["certificate"].encode()).serial_number
+    crl = cx.load_der_x509_crl(stack.api("GET", "/v1/ca/crl").content)
+    entry = crl.get_revoked_certificate_by_serial_number(serial)
+    assert entry is not None
+    # Not among the certificates to pin.
+    p = stack.kmsctl("firmware", "keys", "list", rel.product, "--pem", token=stack.admin_token)
+    assert p.returncode == 0 and rel.key["certificate"].strip() not in p.stdout
+    # The active one revoked: nothing signs until create makes version 3.
+    p = stack.kmsctl("firmware", "keys", "revoke", rel.product, "2", "--reason", "superseded",
+                     "--json", token=stack.admin_token)
+    assert p.returncode == 0 and json.loads(p.stdout)["state"] == "revoked", p.stderr
+    r = sign_groups(rel, b"x", [], devices=[d1])
+    assert (r.status_code, code(r)) == (409, "no_firmware_key")
+    r = stack.admin("POST", "/v1/admin/firmware/keys", json={"product": rel.product})
+    assert r.status_code == 201 and r.json()["version"] == 3
+    assert sign_groups(rel, b"x", [], devices=[d1]).status_code == 201
+    for path, body, status, c in (
+            (f"/v1/admin/firmware/keys/{rel.product}/versions/1/revoke", {}, 409, "conflict"),
+            (f"/v1/admin/firmware/keys/{rel.product}/versions/9/revoke", {}, 404, "not_found"),
+            (f"/v1/admin/firmware/keys/{rel.product}/versions/x/revoke", {}, 404, "not_found"),
+            (f"/v1/admin/firmware/keys/{rel.product}/versions/3/revoke", {"reason": "lost"},
+             422, "invalid_reason"),
+            (f"/v1/admin/firmware/keys/{rel.product}/versions/3/revoke", {"why": "x"},
+             422, "invalid_request")):
+        r = stack.admin("POST", path, json=body)
+        assert (r.status_code, code(r)) == (status, c), (path, r.text)
+    events = [json.loads(x) for x in stack.psql(
+        "SELECT detail::text FROM audit_log WHERE event = 'firmware.key_revoked'"
+        f" AND detail->>'product' = '{rel.product}' ORDER BY id").splitlines()]
+    assert [(x["version"], x["reason"]) for x in events] == [(1, "keyCompromise"),
+                                                             (2, "superseded")]

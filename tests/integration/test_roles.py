@@ -80,6 +80,8 @@ MATRIX = [
     ("GET", "/v1/admin/firmware/keys", ANY | {R}),
     ("POST", "/v1/admin/firmware/keys", ADMIN),
     ("POST", "/v1/admin/firmware/keys/{product}/rotate", ADMIN),
+    ("POST", "/v1/admin/firmware/keys/{product}/versions/{version}/revoke", ADMIN),
+    ("POST", "/v1/admin/signing-keys/{name}/versions/{version}/revoke", ADMIN),
     ("POST", "/v1/admin/firmware/packages", {R}),
     ("POST", "/v1/admin/firmware/packages/verify", ANY | {R}),
     ("GET", "/v1/admin/signing-keys", ANY),
@@ -100,7 +102,7 @@ MATRIX = [
 def concrete(path):
     return (path.replace("{id}", "NO-SUCH").replace("{name}", "no-such").replace("{serial}", "00ff")
             .replace("{product}", "no-such").replace("{group}", "no-such")
-            .replace("{key_id}", "0" * 32)
+            .replace("{key_id}", "0" * 32).replace("{version}", "1")
             .replace("{sha256}", "0" * 64).replace("{request_id}", "no-such-request"))
 
 
