@@ -160,11 +160,30 @@ typedef struct {
     bool refused;
 } sign_tx;
 
-static db_status refuse(sign_tx *t, qk_kind kind, const char *code, const char *msg)
+/* A refusal's audit row (firmware.refused: what was asked, the code; never
+ * the image), in the transaction that otherwise writes nothing. */
+static db_status audit_refusal(db_conn *c, sign_tx *t)
+{
+    char sha[65];
+    db_status st;
+    qkms_hex_encode(t->image_sha, 32, sha);
+    st = audit_append(c, t->who->name, "firmware.refused", NULL,
+                      json_pack("{s:s,s:s,s:s,s:I,s:s,s:s?}", "product", t->sp->product,
+                                "version", t->sp->version, "code", t->e->code, "image_size",
+                                (json_int_t)t->image_len, "image_sha256", sha, "approval",
+                                t->sp->approval));
+    if (st != DB_OK) { /* no refusal without its audit row */
+        qk_clear(t->e);
+        t->refused = false;
+    }
+    return st;
+}
+
+static db_status refuse(db_conn *c, sign_tx *t, qk_kind kind, const char *code, const char *msg)
 {
     qk_fail(t->e, kind, code, "%s", msg);
     t->refused = true;
-    return DB_OK; /* nothing written: the transaction commits empty */
+    return audit_refusal(c, t); /* nothing else written */
 }
 
 /* The manifest's bytes: the documented key order, no spaces. */
@@ -222,7 +241,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     if (PQgetisnull(r, 0, 0)) {
         snprintf(msg, sizeof(msg), "product '%s' has no firmware key (firmware keys create)",
                  sp->product);
-        st = refuse(t, QK_CONFLICT, "no_firmware_key", msg);
+        st = refuse(c, t, QK_CONFLICT, "no_firmware_key", msg);
         goto out;
     }
     snprintf(label, sizeof(label), "%s", PQgetvalue(r, 0, 0));
@@ -235,7 +254,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
                  "not_before %lld is outside the active firmware certificate's validity "
                  "(%s to %s, Unix seconds)",
                  (long long)nb, PQgetvalue(r, 0, 3), PQgetvalue(r, 0, 4));
-        st = refuse(t, QK_INVALID, "invalid_not_before", msg);
+        st = refuse(c, t, QK_INVALID, "invalid_not_before", msg);
         goto out;
     }
     PQclear(r);
@@ -243,12 +262,12 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     if (sp->counter && sp->counter <= last) {
         snprintf(msg, sizeof(msg), "counter %llu is not above %llu, the last one signed for '%s'",
                  (unsigned long long)sp->counter, (unsigned long long)last, sp->product);
-        st = refuse(t, QK_CONFLICT, "counter_rollback", msg);
+        st = refuse(c, t, QK_CONFLICT, "counter_rollback", msg);
         goto out;
     }
     t->counter = sp->counter ? sp->counter : last + 1;
     if (t->counter > QKF_COUNTER_MAX) {
-        st = refuse(t, QK_CONFLICT, "counter_rollback", "the product's counters are spent");
+        st = refuse(c, t, QK_CONFLICT, "counter_rollback", "the product's counters are spent");
         goto out;
     }
 
@@ -256,9 +275,12 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
      * (firmware_approvals.h): checked before anything is made. */
     qkms_hex_encode(t->image_sha, 32, sha_hex);
     if ((st = firmware_approval_check(c, sp, t->image_len, sha_hex, t->approved_by,
-                                      t->requested_by, &t->refused, t->e)) != DB_OK ||
-        t->refused)
+                                      t->requested_by, &t->refused, t->e)) != DB_OK)
         goto out;
+    if (t->refused) {
+        st = audit_refusal(c, t);
+        goto out;
+    }
 
     /* The package: its ID and content key from the entropy interface. */
     if (!(p = calloc(1, sizeof(*p))) || !(p->k = OPENSSL_secure_malloc(32)) ||
@@ -302,7 +324,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         if (n == 0) {
             snprintf(msg, sizeof(msg), "group '%s' has no firmware key (firmware groups create)",
                      sp->groups[i]);
-            st = refuse(t, QK_CONFLICT, "no_group_key", msg);
+            st = refuse(c, t, QK_CONFLICT, "no_group_key", msg);
             goto out;
         }
         memset(kinds + nr, QKF_KIND_GROUP, n);
@@ -316,7 +338,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         if (PQntuples(r) == 0) {
             snprintf(msg, sizeof(msg), "no active device '%.128s' with a usable device key",
                      sp->devices[i]);
-            st = refuse(t, QK_INVALID, "unknown_device", msg);
+            st = refuse(c, t, QK_INVALID, "unknown_device", msg);
             goto out;
         }
         if (device_key_unwrap(t->s, sp->devices[i], atoi(PQgetvalue(r, 0, 0)),
@@ -343,7 +365,7 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     }
     ml = strlen(man);
     if (ml > QKF_MANIFEST_MAX) {
-        st = refuse(t, QK_INVALID, "invalid_targets",
+        st = refuse(c, t, QK_INVALID, "invalid_targets",
                     "the targets make a manifest over 64 KiB: fewer or shorter device IDs");
         goto out;
     }

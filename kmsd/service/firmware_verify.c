@@ -15,6 +15,7 @@
 #include "hexutil.h"
 #include "qkms_device.h"
 #include "qkms_fw.h"
+#include "service/audit.h"
 #include "service/device_keys.h"
 #include "service/firmware_groups.h"
 #include "service/firmware_spec.h"
@@ -309,6 +310,23 @@ qk_kind firmware_verify(qk_svc *s, const qk_principal *who, uint8_t *pkg, size_t
 done:
     if (k == QK_OK && !*out)
         k = qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+    /* The verdict is answered only once audited (firmware.checked: the
+     * package ID, the verdict and the failed check; nothing of the image). */
+    if (k == QK_OK) {
+        if (!c && !(c = db_acquire(s->db, &st)))
+            k = db_fail(e, st);
+        else if ((st = audit_append(
+                      c, who->name, "firmware.checked", NULL,
+                      json_pack("{s:s,s:O,s:O?,s:I}", "package_id", pid, "valid",
+                                json_object_get(*out, "valid"), "check",
+                                json_object_get(*out, "check"), "bytes", (json_int_t)len))) !=
+                 DB_OK)
+            k = db_fail(e, st);
+        if (k != QK_OK) {
+            json_decref(*out);
+            *out = NULL;
+        }
+    }
     if (k == QK_OK)
         log_with(&who->log, LOG_INFO, "firmware package checked", "{s:s,s:O}", "package_id", pid,
                  "valid", json_object_get(*out, "valid"));

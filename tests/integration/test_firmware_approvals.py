@@ -91,9 +91,12 @@ def test_two_distinct_approvers_then_one_signature(rel, stack):
                                  f" event = 'firmware.approval_used' AND detail->>'approval' = '{aid}'"))
     assert used["approved_by"] == b_name and used["package_id"] == r.headers["Qkms-Package-Id"]
     events = stack.psql("SELECT event FROM audit_log WHERE detail->>'approval' = "
-                        f"'{aid}' ORDER BY id").split()
+                        f"'{aid}' AND event <> 'firmware.refused' ORDER BY id").split()
     assert events == ["firmware.approval_requested", "firmware.approved",
                       "firmware.approval_used"]
+    refused = stack.psql("SELECT detail->>'code' FROM audit_log WHERE detail->>'approval' = "
+                         f"'{aid}' AND event = 'firmware.refused' ORDER BY id").split()
+    assert refused == ["approval_pending"] + ["approval_mismatch"] * 5 + ["approval_used"]
     assert stack.psql("SELECT count(*) FROM firmware_releases"
                       f" WHERE product = '{rel.product}'").strip() == "1"
 

@@ -195,6 +195,10 @@ def test_refusals_sign_nothing(rel, stack):
     assert stack.psql("SELECT count(*) FROM firmware_releases"
                       f" WHERE product = '{rel.product}'").strip() == "0"
     assert other.product != rel.product
+    # Refusals decided in the transaction are audited, with what was asked.
+    codes = stack.psql("SELECT detail->>'code' FROM audit_log WHERE event = 'firmware.refused'"
+                       f" AND detail->>'product' = '{rel.product}' ORDER BY id").split()
+    assert codes == ["unknown_device", "invalid_not_before", "unknown_device"], codes
 
 
 def test_the_upload_limit(fresh_stack):

@@ -87,6 +87,9 @@ def test_each_failure_is_named(rel, stack):
         got = v.json()
         assert (got["valid"], got["check"]) == (False, check), (check, got)
         assert got["message"].startswith(check)
+    checked = stack.psql("SELECT count(*) FROM audit_log WHERE event = 'firmware.checked'"
+                         " AND detail->>'check' = 'auth'").strip()
+    assert int(checked) >= 3
     # Signed by another key under a recorded package ID, for the device's
     # own keys: it opens, and the signature is refused.
     key = ec.generate_private_key(ec.SECP256R1())
