@@ -6,6 +6,7 @@
  * a route does; this file owns everything around it.
  */
 #include "api/server.h"
+#include "service/audit.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -714,6 +715,16 @@ static bool authenticate(const http_listener *l, struct MHD_Connection *conn, re
     if (rt->rl_scope != RL_NONE && !http_rate_limit(rq, rs, rt->rl_scope, st->who.name))
         return false;
     if (!(rt->roles & st->who.role)) {
+        /* A token trying what its role may not (a crypto token signing a
+         * release, an operator rotating the master key) is a security
+         * event: audited, whatever else happens. */
+        db_status ast = audit_append_alone(
+            srv->kms->svc.db, st->who.name, "auth.forbidden",
+            json_pack("{s:s,s:s,s:s}", "method", rt->method, "route", rt->pattern, "role",
+                      auth_role_name(st->who.role)));
+        if (ast != DB_OK)
+            http_log(rq, LOG_WARN, "a refused request could not be audited", "{s:s,s:s}",
+                     "route", rt->pattern, "error", db_status_name(ast));
         http_error(rs, 403, "forbidden", "role %s may not use this route",
                    auth_role_name(st->who.role));
         return false;

@@ -17,3 +17,16 @@ db_status audit_append(db_conn *c, const char *actor, const char *event, const c
     json_decref(detail);
     return r ? DB_OK : st;
 }
+
+db_status audit_append_alone(db_pool *db, const char *actor, const char *event, json_t *detail)
+{
+    db_status st;
+    db_conn *c = db_acquire(db, &st);
+    if (!c) {
+        json_decref(detail);
+        return st;
+    }
+    st = audit_append(c, actor, event, NULL, detail);
+    db_release(db, c);
+    return st;
+}

@@ -199,6 +199,11 @@ def test_refusals_sign_nothing(rel, stack):
     codes = stack.psql("SELECT detail->>'code' FROM audit_log WHERE event = 'firmware.refused'"
                        f" AND detail->>'product' = '{rel.product}' ORDER BY id").split()
     assert codes == ["unknown_device", "invalid_not_before", "unknown_device"], codes
+    # And a token whose role may not sign, at the gate.
+    rows = stack.psql("SELECT actor || ' ' || (detail->>'role') FROM audit_log WHERE"
+                      " event = 'auth.forbidden' AND detail->>'route' ="
+                      " '/v1/admin/firmware/packages' ORDER BY id DESC LIMIT 2").split("\n")
+    assert sorted(r.split(" ")[1] for r in rows if r) == ["admin", "operator"], rows
 
 
 def test_the_upload_limit(fresh_stack):
