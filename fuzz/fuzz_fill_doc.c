@@ -4,11 +4,14 @@
  * device is provisioned from, with hex keys, key check values (AES-CMAC)
  * and RFC 3339 validity times. A document that loads must hold 1-256 keys
  * sorted by distinct index, each 16 or 32 bytes, and answer lookups and the
- * default-key choice consistently.
+ * default-key choice consistently. The same text through the firmware
+ * group key reader (qkd_firmware_group_key_load): a key found has a group
+ * name that fits and nothing is reported found on a failure.
  */
 #include "fuzz_common.h"
 
 #include "qkms_device.h"
+#include "qkms_fw.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -21,8 +24,16 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     qkd_device *d = NULL;
+    qkd_firmware_group_key g;
     char err[256];
-    int def;
+    int def, found = -1, rc;
+
+    rc = qkd_firmware_group_key_load((const char *)data, size, &g, &found, err, sizeof(err));
+    FUZZ_CHECK(rc == QKD_OK || rc == QKD_ERR_INPUT || rc == QKD_ERR_INTERNAL);
+    FUZZ_CHECK(found == 0 || found == 1);
+    FUZZ_CHECK(rc == QKD_OK || found == 0);
+    if (found)
+        FUZZ_CHECK(strlen(g.group) >= 1 && strlen(g.group) < sizeof(g.group));
 
     if (qkd_device_load(&d, (const char *)data, size, err, sizeof(err)) != QKD_OK) {
         FUZZ_CHECK(d == NULL);
