@@ -36,7 +36,7 @@ static int print_keys(const json_t *doc)
 /* One key's record: its fields, then the certificate devices pin. */
 static int print_key(const json_t *k)
 {
-    const char *fields[] = {fam->field,   "version",       "state", "revoked_at",
+    const char *fields[] = {fam->field,   "version",       "state", "revoked_at", "revoke_reason",
                                          "sha256",     "subject",       "not_after",
                                          "created_at", "overlap_until", NULL};
     for (int i = 0; fields[i]; i++) {
@@ -96,9 +96,10 @@ int signkeys_run(const struct kmsctl_ctx *ctx, const struct invocation *inv,
         return EXIT_USAGE;
     }
     if (revoke != !!ver_s || (revoke && !arg_to_long(ver_s, 1, 999999999, &version))) {
-        out_error(revoke ? "revoke needs %s and a VERSION (a whole number from 1)"
-                         : "only revoke takes a VERSION",
-                  f->upper);
+        if (revoke)
+            out_error("revoke needs %s and a VERSION (a whole number from 1)", f->upper);
+        else
+            out_error("only revoke takes a VERSION");
         return EXIT_USAGE;
     }
     if (reason && !revoke) {

@@ -132,6 +132,13 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
     t->cert_sha[0] = 0;
     t->derlen = 0;
     snprintf(tokid, sizeof(tokid), "%lld", t->who->token_id);
+    /* A signature and a revocation (or rotation) of its key do not
+     * overlap: once a revocation is answered, nothing signs with the key. */
+    if (t->sign) {
+        if (!(r = db_exec(c, Q_SIGN_KEY_LOCK, 1, vals + 1, NULL, NULL, &st)))
+            goto out;
+        PQclear(r);
+    }
     if (!(r = db_exec(c, Q_SIGN_KEY, 2, vals, NULL, NULL, &st)))
         goto out;
     if (PQntuples(r) == 0) {

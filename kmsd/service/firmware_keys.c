@@ -328,6 +328,7 @@ typedef struct {
     const struct purpose *pp;
     const char *name, *reason;
     int version;
+    char label[96]; /* the token key's */
     qk_err *e;
     bool refused;
 } revoke_tx;
@@ -336,14 +337,14 @@ typedef struct {
  * CRL), or 0. */
 static int issuing_version(qk_ca *ca, X509 *x)
 {
-    int versions[32], n = ca_versions_valid(ca, versions, 32);
-    for (int i = 0; i < n; i++) {
+    int versions[32], n = ca_versions_valid(ca, versions, 32), v = 0;
+    for (int i = 0; i < n && !v; i++) {
         X509 *c = ca_cert(ca, versions[i]);
         if (c && X509_verify(x, X509_get0_pubkey(c)) == 1)
-            return versions[i];
+            v = versions[i];
     }
-    ERR_clear_error();
-    return 0;
+    ERR_clear_error(); /* the versions that did not verify it */
+    return v;
 }
 
 static db_status revoke_fn(db_conn *c, void *arg)
@@ -390,8 +391,13 @@ static db_status revoke_fn(db_conn *c, void *arg)
             goto out;
         }
     }
-    /* an expired CA version keeps no CRL: its certificates are dead anyway */
+    /* an expired CA version keeps no CRL: its certificates are dead anyway
+     * (a leaf never outlives its CA); a live one not found is logged */
     cv = issuing_version(t->s->ca, x);
+    if (cv == 0 && X509_cmp_current_time(X509_get0_notAfter(x)) > 0)
+        log_emit(LOG_WARN, "a revoked signing key's issuing CA version was not found: it is in "
+                 "no CRL", "{s:s,s:i}", t->pp->field, t->name, "version", t->version);
+    snprintf(t->label, sizeof(t->label), "%s", PQgetvalue(r, 0, 2));
     snprintf(cav, sizeof(cav), "%d", cv > 0 ? cv : 0);
     PQclear(r);
     {
@@ -441,6 +447,18 @@ static qk_kind revoke(qk_svc *s, const qk_principal *who, const struct purpose *
         return e->kind;
     log_with(&who->log, LOG_WARN, "signing key revoked", "{s:s,s:s,s:i,s:s}", "purpose", pp->db,
              pp->field, name, "version", version, "reason", t.reason);
+    /* The private key goes from the token (committed first: a failure
+     * leaves a key nothing uses, logged); the public half stays. */
+    {
+        CK_OBJECT_HANDLE h;
+        bool found = false;
+        CK_RV rv = p11_find_private_key(s->token, t.label, &h, &found);
+        if (rv == CKR_OK && found)
+            rv = p11_destroy_object(s->token, h);
+        if (rv != CKR_OK)
+            log_emit(LOG_ERROR, "destroying a revoked signing key in the token failed",
+                     "{s:s,s:s}", "label", t.label, "ckr", p11_rv_name(rv));
+    }
     /* the CRL now; a failure leaves the revocation in place, for the next */
     if (crl_refresh(s, true, &ce) != QK_OK)
         log_emit(LOG_ERROR, "CRL refresh after a signing key revocation failed", "{s:s}", "error",

@@ -69,10 +69,12 @@ qk_kind data_keys_rotate(qk_svc *s, const qk_principal *who, const char *name, i
 qk_kind data_keys_list(qk_svc *s, const char *name, json_t **out, qk_err *e);
 
 /* Revoke a version (active or retired) for reason (an RFC 5280 name,
- * crl_reason_code; NULL: unspecified): it signs nothing more, is no
- * longer among the certificates to pin or verify with, and its
- * certificate goes into its CA version's CRL (refreshed at once; a
- * failure there is logged, the revocation stays). A product whose active
+ * crl_reason_code; NULL: unspecified): it signs nothing more (its private
+ * key is destroyed in the token once the revocation committed; data
+ * signatures take the key's lock shared, so none is made after the
+ * revocation is answered), is no longer among the certificates to pin or
+ * verify with, and its certificate goes into its CA version's CRL
+ * (refreshed at once; a failure there is logged, the revocation stays). A product whose active
  * key is revoked has none: create makes the next version. Audited
  * (firmware.key_revoked, signing.key_revoked). *out the key's record.
  * QK_NOT_FOUND "not_found"; QK_CONFLICT "conflict" (revoked already);

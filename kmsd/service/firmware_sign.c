@@ -166,12 +166,17 @@ static db_status audit_refusal(db_conn *c, sign_tx *t)
 {
     char sha[65];
     db_status st;
+    const char *ap = t->sp->approval;
+    /* the approval as given only if it is one (the query string carries
+     * any bytes; the row must always be written) */
+    if (ap && (strlen(ap) != 36 || strspn(ap, "0123456789abcdefABCDEF-") != 36))
+        ap = "(not an approval ID)";
     qkms_hex_encode(t->image_sha, 32, sha);
     st = audit_append(c, t->who->name, "firmware.refused", NULL,
                       json_pack("{s:s,s:s,s:s,s:I,s:s,s:s?}", "product", t->sp->product,
                                 "version", t->sp->version, "code", t->e->code, "image_size",
                                 (json_int_t)t->image_len, "image_sha256", sha, "approval",
-                                t->sp->approval));
+                                ap));
     if (st != DB_OK) { /* no refusal without its audit row */
         qk_clear(t->e);
         t->refused = false;

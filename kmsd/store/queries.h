@@ -100,7 +100,7 @@
       " serial = $5, ca_version = $6::int, overlap_until = NULL"                               \
       " WHERE product = $1 AND version = $2::int AND purpose = $3 AND state <> 'revoked'")     \
     X(Q_FW_KEY_ONE, /* $1 name, $2 version, $3 purpose: its state and certificate */           \
-      "SELECT state, cert_der FROM firmware_keys WHERE product = $1 AND version = $2::int"     \
+      "SELECT state, cert_der, label FROM firmware_keys WHERE product = $1 AND version = $2::int" \
       " AND purpose = $3 FOR UPDATE")                                                          \
     X(Q_FW_KEYS_LIST, /* $1 product or NULL */                                                  \
       "SELECT product, version, state, encode(sha256, 'hex'), not_after, overlap_until,"        \
@@ -139,6 +139,8 @@
       " AND k.wrapped IS NOT NULL AND k.purpose <> 'local' ORDER BY k.key_index DESC")         \
     /* signatures (crypto_sign.h): the token's party, and the data key of $2 (the active    \
      * one: label, version, certificate SHA-256; NULL when none) */                          \
+    X(Q_SIGN_KEY_LOCK, /* shared: signers run together, a revocation or rotation waits */   \
+      "SELECT pg_advisory_xact_lock_shared(hashtextextended('qkms-fw:data/' || $1, 0))")       \
     X(Q_SIGN_KEY,                                                                              \
       "SELECT t.acts_for, k.label, k.version, encode(k.sha256, 'hex')"                         \
       " FROM admin_tokens t LEFT JOIN firmware_keys k ON k.purpose = 'data'"                    \

@@ -188,6 +188,18 @@ def test_a_revoked_firmware_key(rel, stack, tmp_path):
              422, "invalid_request")):
         r = stack.admin("POST", path, json=body)
         assert (r.status_code, code(r)) == (status, c), (path, r.text)
+    # The revoked versions' private keys are gone from the token.
+    import os
+    import re
+    import subprocess
+    from conftest import SOFTHSM
+    env = dict(os.environ, SOFTHSM2_CONF=stack.env["SOFTHSM2_CONF"])
+    out = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "qkms", "--login",
+                          "--pin", stack.token_pin, "--list-objects", "--type", "privkey"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    labels = set(re.findall(r"label:\s+(\S+)", out))
+    assert f"qkms-fw-{rel.product}-3" in labels
+    assert not {f"qkms-fw-{rel.product}-1", f"qkms-fw-{rel.product}-2"} & labels
     events = [json.loads(x) for x in stack.psql(
         "SELECT detail::text FROM audit_log WHERE event = 'firmware.key_revoked'"
         f" AND detail->>'product' = '{rel.product}' ORDER BY id").splitlines()]
