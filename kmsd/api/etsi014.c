@@ -18,6 +18,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "hexutil.h"
 #include "api/routes.h"
 #include "log.h"
 #include "qbuf.h"
@@ -220,14 +221,10 @@ static int parse_key_request(http_response *rs, json_t *o, const char *slave, ke
 /* A key ID: a UUID in its text form, lower-cased into out. */
 static bool uuid_ok(const char *s, char out[37])
 {
-    if (!s || strlen(s) != 36)
+    if (!qkms_uuid_valid(s))
         return false;
-    for (int i = 0; i < 36; i++) {
-        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? s[i] != '-' : !isxdigit((unsigned char)s[i]))
-            return false;
+    for (int i = 0; i < 36; i++)
         out[i] = (char)tolower((unsigned char)s[i]);
-    }
     out[36] = 0;
     return true;
 }

@@ -32,13 +32,6 @@ void crypto_result_clear(crypto_result *r)
     memset(r, 0, sizeof(*r));
 }
 
-static void uuid_text(const uint8_t b[16], char out[37])
-{
-    char hx[33];
-    qkms_hex_encode(b, 16, hx);
-    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hx, hx + 8, hx + 12, hx + 16, hx + 20);
-}
-
 static const char *dir_name(int d) { return d == QKS_A2B ? "a2b" : d == QKS_B2A ? "b2a" : ""; }
 
 int crypto_frame_step(bool seal, const uint8_t *key, size_t key_len, const uint8_t kid[16],
@@ -230,7 +223,7 @@ static db_status crypto_tx_fn(db_conn *c, void *arg)
     crypto_result_clear(o);
     snprintf(tokid, sizeof(tokid), "%lld", t->who->token_id);
     if (!t->seal)
-        uuid_text(t->hdr.key_id, o->key_id);
+        qkms_uuid_format(t->hdr.key_id, o->key_id);
     if (!(r = db_exec(c, Q_CRYPTO_KEY, 4, vals, lens, fmts, &st)))
         goto out;
     outcome = PQgetvalue(r, 0, 0);
@@ -423,7 +416,7 @@ qk_kind crypto_seal(qk_svc *s, const qk_principal *who, const char *session_id,
     if (key_id) {
         if (qks_uuid_parse(key_id, kid) != QKS_OK)
             return qk_fail(e, QK_INVALID, "invalid_key_id", "key_id must be a UUID");
-        uuid_text(kid, t.want_key); /* canonical, lower case */
+        qkms_uuid_format(kid, t.want_key); /* canonical, lower case */
     }
     return run(s, who, &t, e);
 }
@@ -446,6 +439,6 @@ qk_kind crypto_open(qk_svc *s, const qk_principal *who, const char *session_id,
     if (qks_peek(frame, len, &t.hdr) != QKS_OK)
         return qk_fail(e, QK_MALFORMED, "seal_format",
                        "not a sealed frame of version 1 (docs/sealing.md)");
-    uuid_text(t.hdr.key_id, t.want_key); /* the key the frame names */
+    qkms_uuid_format(t.hdr.key_id, t.want_key); /* the key the frame names */
     return run(s, who, &t, e);
 }

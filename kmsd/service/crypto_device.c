@@ -159,12 +159,7 @@ static db_status dev_tx_fn(db_conn *c, void *arg)
         goto out;
     }
     o->key_index = atoi(PQgetvalue(r, row, 3));
-    {
-        char hx[33];
-        qkms_hex_encode(kid, 16, hx);
-        snprintf(o->key_id, sizeof(o->key_id), "%.8s-%.4s-%.4s-%.4s-%.12s", hx, hx + 8, hx + 12,
-                 hx + 16, hx + 20);
-    }
+    qkms_uuid_format(kid, o->key_id);
     snprintf(idx, sizeof(idx), "%d", o->key_index);
     snprintf(dirb, sizeof(dirb), "%d", dir);
     {

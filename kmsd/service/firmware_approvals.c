@@ -156,7 +156,7 @@ qk_kind firmware_approval_request(qk_svc *s, const qk_principal *who, const firm
                                   qk_err *e)
 {
     uint8_t raw[16], dig[32];
-    char hx[33], id[37], sz[24], cnt[24], nb[24], hours[8], sha[65], *targets = NULL;
+    char id[37], sz[24], cnt[24], nb[24], hours[8], sha[65], *targets = NULL;
     const char *vals[10];
     db_status st;
     qk_kind k;
@@ -174,10 +174,8 @@ qk_kind firmware_approval_request(qk_svc *s, const qk_principal *who, const firm
         e->retry_after = 1;
         return k;
     }
-    raw[6] = (uint8_t)((raw[6] & 0x0f) | 0x40);
-    raw[8] = (uint8_t)((raw[8] & 0x3f) | 0x80);
-    qkms_hex_encode(raw, 16, hx);
-    snprintf(id, sizeof(id), "%.8s-%.4s-%.4s-%.4s-%.12s", hx, hx + 8, hx + 12, hx + 16, hx + 20);
+    qkms_uuid_v4(raw);
+    qkms_uuid_format(raw, id);
     qkms_hex_encode(dig, 32, sha); /* lower case, as stored */
     if (!(targets = firmware_targets_canonical(sp)))
         return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
@@ -256,20 +254,6 @@ static db_status approve_fn(db_conn *c, void *arg)
                         json_pack("{s:s,s:s}", "approval", t->id, "product", product));
 }
 
-static bool uuid_valid(const char *s)
-{
-    if (!s || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        char ch = s[i];
-        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? ch != '-'
-                 : !((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')))
-            return false;
-    }
-    return true;
-}
-
 qk_kind firmware_approval_approve(qk_svc *s, const qk_principal *who, const char *id,
                                   json_t **out, qk_err *e)
 {
@@ -278,7 +262,7 @@ qk_kind firmware_approval_approve(qk_svc *s, const qk_principal *who, const char
 
     qk_clear(e);
     *out = NULL;
-    if (!uuid_valid(id))
+    if (!qkms_uuid_valid(id))
         return qk_fail(e, QK_NOT_FOUND, "not_found", "no such approval");
     if ((st = db_tx(s->db, approve_fn, &t)) != DB_OK)
         return e->kind != QK_OK && !t.refused ? e->kind : db_fail(e, st);
@@ -334,7 +318,7 @@ db_status firmware_approval_check(db_conn *c, const firmware_sign_spec *sp, uint
         }
         return DB_OK;
     }
-    if (!uuid_valid(sp->approval)) {
+    if (!qkms_uuid_valid(sp->approval)) {
         qk_fail(e, QK_INVALID, "unknown_approval", "approval is not an approval ID");
         *refused = true;
         return DB_OK;

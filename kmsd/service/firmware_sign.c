@@ -169,7 +169,7 @@ static db_status audit_refusal(db_conn *c, sign_tx *t)
     const char *ap = t->sp->approval;
     /* the approval as given only if it is one (the query string carries
      * any bytes; the row must always be written) */
-    if (ap && (strlen(ap) != 36 || strspn(ap, "0123456789abcdefABCDEF-") != 36))
+    if (ap && !qkms_uuid_valid(ap))
         ap = "(not an approval ID)";
     qkms_hex_encode(t->image_sha, 32, sha);
     st = audit_append(c, t->who->name, "firmware.refused", NULL,
@@ -302,14 +302,8 @@ static db_status sign_tx_fn(db_conn *c, void *arg)
         st = DB_ERROR;
         goto out;
     }
-    pid[6] = (uint8_t)((pid[6] & 0x0f) | 0x40); /* a version 4 UUID */
-    pid[8] = (uint8_t)((pid[8] & 0x3f) | 0x80);
-    {
-        char hx[33];
-        qkms_hex_encode(pid, 16, hx);
-        snprintf(t->package_id, sizeof(t->package_id), "%.8s-%.4s-%.4s-%.4s-%.12s", hx, hx + 8,
-                 hx + 12, hx + 16, hx + 20);
-    }
+    qkms_uuid_v4(pid);
+    qkms_uuid_format(pid, t->package_id);
     /* The targets' keys first: nothing is signed for a package that
      * cannot be made. Each recipient's KEK and kek_id (docs/firmware.md),
      * kept in the secure heap: for a device, derived from its newest usable

@@ -201,7 +201,7 @@ qk_kind firmware_verify(qk_svc *s, const qk_principal *who, uint8_t *pkg, size_t
 {
     vctx v = {.s = s, .pkg = pkg, .len = len};
     const char *pv[1];
-    char pid[37] = "", hx[33], msg[200];
+    char pid[37] = "", msg[200];
     db_status st;
     db_conn *c = NULL;
     PGresult *r = NULL;
@@ -215,8 +215,7 @@ qk_kind firmware_verify(qk_svc *s, const qk_principal *who, uint8_t *pkg, size_t
         *out = invalid("format", "format: not a firmware package (magic QKMSFW01)");
         goto done;
     }
-    qkms_hex_encode(pkg + 16, 16, hx);
-    snprintf(pid, sizeof(pid), "%.8s-%.4s-%.4s-%.4s-%.12s", hx, hx + 8, hx + 12, hx + 16, hx + 20);
+    qkms_uuid_format(pkg + 16, pid);
     pv[0] = pid;
     if (!(c = db_acquire(s->db, &st))) {
         k = db_fail(e, st);
