@@ -3,7 +3,8 @@
  * through: qkms_hex_decode (common/hexutil.c: wrapped keys, device keys in
  * fill documents, QRNG hex bodies) and the protocol's base64url
  * (device/qkms_proto.c qkp_b64url_decode: nonces and ciphertexts), plus the
- * identifier rule qkp_id_valid.
+ * identifier rule qkp_id_valid and the UUID text rule qkms_uuid_valid (a
+ * valid one is the text qkms_uuid_format makes of its bytes, up to case).
  *
  * Input: byte 0 the output capacity (allocated exactly), the rest the text.
  * Properties: decoding never writes past the capacity; whatever decodes
@@ -68,6 +69,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(strlen(s) >= 1 && strlen(s) <= QKP_MAX_ID && !strpbrk(s, "/\\%?# "));
         for (const char *p = s; *p; p++)
             FUZZ_CHECK(isgraph((unsigned char)*p));
+    }
+    if (qkms_uuid_valid(s)) {
+        uint8_t b[16];
+        char hx[33], back[37];
+        for (int i = 0, j = 0; i < 36; i++)
+            if (s[i] != '-')
+                hx[j++] = s[i];
+        FUZZ_CHECK(qkms_hex_decode(hx, 32, b, sizeof(b)) == 16);
+        qkms_uuid_format(b, back);
+        FUZZ_CHECK(!strcasecmp(back, s));
     }
     free(s);
     free(out);
