@@ -1,7 +1,8 @@
 # qkms — build, test, run.
 #   make                      release build into build/release/
 #   make SANITIZE=address,undefined   sanitizer build into build/asan/
-#   make test                 unit + integration tests under ASan+UBSan
+#   make test                 unit + integration + HA drill tests under ASan+UBSan
+#   make ha-test              the HA topology's failover drills (tests/ha/, docs/ha.md)
 #   make run                  local PostgreSQL + SoftHSM token under ./var, then kmsd
 #   make bench                benchmarks
 #   make install PREFIX=/usr/local DESTDIR=
@@ -77,7 +78,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 SVC_TEST_SRC := $(wildcard tests/service/test_*.c)
 SVC_TEST_BIN := $(SVC_TEST_SRC:tests/service/%.c=$(BUILD)/tests/service/%)
 
-.PHONY: all clean test unit integration service-tests run bench install deps check-config-doc asan man
+.PHONY: all clean test unit integration ha-test service-tests run bench install deps check-config-doc asan man
 .DEFAULT_GOAL := all
 
 all: $(KMSD) $(KMSCTL) $(QKMSDEV)
@@ -143,7 +144,7 @@ ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1 
 
 # `make test` always builds and tests the sanitizer variant.
 test:
-	$(MAKE) SANITIZE=address,undefined unit integration
+	$(MAKE) SANITIZE=address,undefined unit integration ha-test
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $(ASAN_ENV) $$t; done
@@ -152,6 +153,20 @@ integration: $(KMSD) $(KMSCTL) $(QKMSDEV) $(SVC_TEST_BIN)
 	$(ASAN_ENV) QKMS_KMSD=$(CURDIR)/$(KMSD) QKMS_KMSCTL=$(CURDIR)/$(KMSCTL) QKMS_DEVICE=$(CURDIR)/$(QKMSDEV) \
 	  QKMS_SVC_TESTS="$(addprefix $(CURDIR)/,$(SVC_TEST_BIN))" \
 	  $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+# High availability on one machine (docs/ha.md): etcd, Patroni-managed
+# PostgreSQL with a synchronous standby, HAProxy and two kmsd, and the
+# failover drills under a paired-key load (tests/ha/). Root: PostgreSQL runs
+# as the postgres user and the partition drill adds an nftables rule.
+HALOAD := $(BUILD)/tests/ha/haload
+$(HALOAD): tests/ha/haload.c bench/httpc.c $(LIBDEVICE)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Ibench $(LDFLAGS) tests/ha/haload.c bench/httpc.c $(LIBDEVICE) \
+	  $(CLI_LIBS) -lssl -o $@
+
+ha-test: $(KMSD) $(KMSCTL) $(HALOAD)
+	$(ASAN_ENV) QKMS_KMSD=$(CURDIR)/$(KMSD) QKMS_KMSCTL=$(CURDIR)/$(KMSCTL) \
+	  QKMS_HALOAD=$(CURDIR)/$(HALOAD) $(PYTHON) -m pytest -q -p no:cacheprovider -s tests/ha $(PYTEST_ARGS)
 
 # ---- run, bench, install --------------------------------------------------
 run: all

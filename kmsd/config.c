@@ -147,6 +147,11 @@ const config_option config_options[] = {
      "`db_conninfo`'s `connect_timeout` (3 s when not set), whichever is sooner. Also sets TCP "
      "keepalives and `tcp_user_timeout`. Keep it above `db_statement_timeout_ms` "
      "(docs/operations.md)."},
+    {"db_reconnect_max_ms", OPT_INT, OFF(db_reconnect_max_ms), "5000", 250, 60000, NULL, false,
+     false,
+     "Longest wait between connects while PostgreSQL cannot be reached (the wait starts at "
+     "250 ms and doubles); requests meanwhile answer 503 at once. Lower it where a failed-over "
+     "primary must be found again within a second or two (docs/ha.md)."},
     {"db_migrate", OPT_BOOL, OFF(db_migrate), "true", 0, 0, NULL, false, false,
      "Apply pending schema migrations at start (under an advisory lock)."},
     {"pkcs11_module", OPT_STR, OFF(pkcs11_module), "/usr/lib/softhsm/libsofthsm2.so", 0, 0, NULL,

@@ -65,6 +65,7 @@ typedef struct kms_config {
     int db_acquire_timeout_ms;
     int db_statement_timeout_ms;
     int db_io_timeout_ms;
+    int db_reconnect_max_ms;
     bool db_migrate;
     /* token */
     char *pkcs11_module;

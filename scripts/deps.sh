@@ -19,8 +19,12 @@ python3-psycopg2 python3-jsonschema python3-yaml procps prometheus man-db python
 # make bench draws (bench/plot.py), and its test
 # make fuzz: libFuzzer targets built with clang (fuzz/README.md)
 FUZZ="clang-14 libfuzzer-14-dev"
+# make ha-test (docs/ha.md): Patroni with its etcd client, etcd, HAProxy, and nftables for
+# the partition drill (on a systemd host the etcd-server and haproxy packages also start
+# their own services on the default ports; the drills use free ports of their own)
+HA="patroni python3-etcd etcd-server haproxy nftables"
 
-PKGS="$BUILD $RUN $TEST $FUZZ"
+PKGS="$BUILD $RUN $TEST $FUZZ $HA"
 RECOMMENDS=--no-install-recommends
 if [ "${1:-}" = "--print" ]; then echo $PKGS; exit 0; fi
 if [ "${1:-}" = "--with-recommends" ]; then shift; PKGS="$*"; RECOMMENDS=; fi

@@ -56,6 +56,7 @@ int service_migrate(const kms_config *cfg, bool apply, int *schema_version, char
         goto out;
     }
     db_pool_set_io_timeout(p, cfg->db_io_timeout_ms);
+    db_pool_set_reconnect_max(p, cfg->db_reconnect_max_ms);
     if (db_wait_ready(p, DB_START_WAIT_S, err, errlen) != 0) {
         log_emit(LOG_ERROR, "database unreachable; giving up", "{s:s}", "error", err);
         goto out;
@@ -110,6 +111,7 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
         goto out;
     }
     db_pool_set_io_timeout(s->db, cfg->db_io_timeout_ms);
+    db_pool_set_reconnect_max(s->db, cfg->db_reconnect_max_ms);
     if (cfg->db_group_commit_max > 1 &&
         db_batch_open(&s->key_batch, s->db, Q_SESSION_KEY_BATCH, Q_SESSION_KEY_BATCH_PARAMS,
                       cfg->db_group_commit_max, cfg->db_group_commit_inflight,

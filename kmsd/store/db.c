@@ -19,7 +19,6 @@
 #include "store/pgresolve.h"
 
 #define DB_BACKOFF_MIN_MS 250
-#define DB_BACKOFF_MAX_MS 5000
 #define DB_TX_ATTEMPTS 5
 #define DB_TLS_POLL_MS 100
 
@@ -29,6 +28,10 @@ struct db_conn {
     bool broken;
     struct db_pool *pool;
     bool timed_out; /* the server did not answer within io_timeout_ms */
+    /* The server warned that it stopped waiting for the synchronous standby
+     * (on_notice_result): what it just committed may exist on the primary
+     * alone. */
+    bool sync_unconfirmed;
     int io_timeout_ms;
 };
 
@@ -48,6 +51,7 @@ struct db_pool {
     int size, in_use;
     int64_t next_connect_ms; /* shared backoff while the server is down */
     int backoff_ms;
+    int backoff_max_ms; /* db_pool_set_reconnect_max */
 
     _Atomic uint64_t connects, connect_failures, errors, retries, timeouts;
     _Atomic uint64_t acquires, acquire_wait_us, exhausted; /* lending: a full pool's cost */
@@ -122,6 +126,7 @@ int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_time
     p->nstmts = nstmts;
     p->acquire_timeout_ms = acquire_timeout_ms;
     p->backoff_ms = DB_BACKOFF_MIN_MS;
+    p->backoff_max_ms = DB_RECONNECT_MAX_DEFAULT_MS;
     pthread_mutex_init(&p->mu, NULL);
     deadline_cond_init(&p->cv); /* waited on with deadline_in_ms */
     *out = p;
@@ -152,6 +157,28 @@ void db_first_line(const char *msg, char *buf, size_t len)
     buf[n] = 0;
 }
 
+/* libpq's message for a failed connect has one line per host it tried (a
+ * multi-host db_conninfo): all of them, joined with "; ", so that the log
+ * says why each candidate primary was passed over. */
+static void all_lines(const char *msg, char *buf, size_t len)
+{
+    size_t o = 0;
+    const char *m = msg ? msg : "";
+    buf[0] = 0;
+    while (*m && o + 1 < len) {
+        size_t n = strcspn(m, "\n");
+        if (n) {
+            int w = snprintf(buf + o, len - o, "%s%.*s", o ? "; " : "", (int)n, m);
+            if (w < 0 || (size_t)w >= len - o)
+                break;
+            o += (size_t)w;
+        }
+        m += n;
+        while (*m == '\n')
+            m++;
+    }
+}
+
 /* Server notices ("relation already exists, skipping") go to the JSON log. */
 static void on_notice(void *arg, const char *msg)
 {
@@ -161,7 +188,38 @@ static void on_notice(void *arg, const char *msg)
     log_emit(LOG_DEBUG, "database notice", "{s:s}", "detail", line);
 }
 
+/* A pooled connection's notices. One of them matters to a key: when a
+ * commit's wait for the synchronous standby is cancelled (statement_timeout
+ * runs out while the standby is slow or gone, or an operator cancels it),
+ * PostgreSQL reports the COMMIT, or the autocommitted statement, as
+ * successful with a WARNING "canceling wait for synchronous replication":
+ * committed on the primary, perhaps not on the standby, so a failover may
+ * lose it. kmsd must not answer such a key (docs/ha.md). The warning has
+ * the generic SQLSTATE 01000 and a translatable text; kmsd's own SQL
+ * raises no warnings, so any WARNING 01000 is taken for it (a false alarm
+ * costs one 503, a miss could cost a key). */
+static void on_notice_result(void *arg, const PGresult *res)
+{
+    db_conn *c = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (sev && state && !strcmp(sev, "WARNING") && !strcmp(state, "01000")) {
+        char line[256];
+        c->sync_unconfirmed = true;
+        db_first_line(PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), line, sizeof(line));
+        log_emit(LOG_WARN, "commit not confirmed by the synchronous standby", "{s:s}", "warning",
+                 line);
+        return;
+    }
+    on_notice(NULL, PQresultErrorMessage(res));
+}
+
 void db_pool_set_io_timeout(db_pool *p, int ms) { p->io_timeout_ms = ms > 0 ? ms : 1; }
+
+void db_pool_set_reconnect_max(db_pool *p, int ms)
+{
+    p->backoff_max_ms = ms < DB_BACKOFF_MIN_MS ? DB_BACKOFF_MIN_MS : ms;
+}
 
 /* Wait until pg's socket is ready for events or the deadline passes:
  * 1 ready, 0 deadline passed, -1 error (no socket). */
@@ -301,7 +359,7 @@ static PGconn *connect_deadline(db_pool *p, int64_t deadline, char *err, size_t 
         ps = w < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(pg);
     }
     if (PQstatus(pg) != CONNECTION_OK) {
-        db_first_line(PQerrorMessage(pg), err, errlen);
+        all_lines(PQerrorMessage(pg), err, errlen);
         PQfinish(pg);
         pg = NULL;
     }
@@ -403,7 +461,7 @@ int db_wait_ready(db_pool *p, int timeout_s, char *err, size_t errlen)
         log_emit(LOG_WARN, "database not reachable yet", "{s:s,s:i}", "error", err, "retry_ms",
                  delay);
         usleep((useconds_t)delay * 1000);
-        delay = delay * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS : delay * 2;
+        delay = delay * 2 > p->backoff_max_ms ? p->backoff_max_ms : delay * 2;
     }
 }
 
@@ -438,7 +496,7 @@ static void backoff_step(db_pool *p)
     if (now < p->next_connect_ms)
         return;
     p->next_connect_ms = now + p->backoff_ms;
-    p->backoff_ms = p->backoff_ms * 2 > DB_BACKOFF_MAX_MS ? DB_BACKOFF_MAX_MS : p->backoff_ms * 2;
+    p->backoff_ms = p->backoff_ms * 2 > p->backoff_max_ms ? p->backoff_max_ms : p->backoff_ms * 2;
 }
 
 db_conn *db_acquire(db_pool *p, db_status *st)
@@ -479,6 +537,7 @@ db_conn *db_acquire(db_pool *p, db_status *st)
     c->busy = true;
     c->broken = false;
     c->timed_out = false;
+    c->sync_unconfirmed = false;
     c->io_timeout_ms = p->io_timeout_ms;
     p->in_use++;
     pthread_mutex_unlock(&p->mu);
@@ -491,10 +550,11 @@ db_conn *db_acquire(db_pool *p, db_status *st)
         need_connect = true;
     }
     if (need_connect) {
-        char err[256] = "";
+        char err[1024] = "";
         c->pg = connect_one(p, err, sizeof(err));
         pthread_mutex_lock(&p->mu);
         if (c->pg) {
+            PQsetNoticeReceiver(c->pg, on_notice_result, c);
             atomic_fetch_add(&p->connects, 1);
             p->backoff_ms = DB_BACKOFF_MIN_MS;
             p->next_connect_ms = 0;
@@ -573,6 +633,13 @@ static db_status classify_result(db_conn *c, PGresult *r, bool timed_out)
 {
     db_status st;
     const char *sqlstate;
+    if (c->sync_unconfirmed) {
+        /* Whatever the statement answered: its commit is not known to be on
+         * the standby. The caller's outcome is unknown, as after a lost
+         * COMMIT; the connection is not reused. */
+        c->broken = true;
+        return DB_UNAVAILABLE;
+    }
     if (r && (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK))
         return DB_OK;
     sqlstate = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;

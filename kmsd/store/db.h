@@ -7,7 +7,8 @@
  *    connects. Parameters are always passed separately from SQL text.
  *  - db_acquire() hands out a connection, (re)connecting lazily; while the
  *    server is unreachable it fails fast (a shared backoff of 0.25 s doubling
- *    to 5 s) instead of stalling every request in connect().
+ *    to db_pool_set_reconnect_max, 5 s by default) instead of stalling every
+ *    request in connect().
  *  - Any error is classified (db_status); a connection that broke is closed
  *    on release and replaced on a later acquire, so a PostgreSQL restart heals
  *    without restarting kmsd.
@@ -68,6 +69,11 @@ void db_pool_close(db_pool *p);
  * set before the pool is used. */
 #define DB_IO_TIMEOUT_DEFAULT_MS 10000
 void db_pool_set_io_timeout(db_pool *p, int ms);
+/* The longest wait between connects while the server is unreachable
+ * (doubling from 250 ms; default DB_RECONNECT_MAX_DEFAULT_MS): how soon a
+ * failed-over primary is found again. */
+#define DB_RECONNECT_MAX_DEFAULT_MS 5000
+void db_pool_set_reconnect_max(db_pool *p, int ms);
 
 /* Wait (with backoff) until one connection succeeds or timeout_s passes.
  * Returns 0, or -1 with the libpq error (no secrets) in err. */

@@ -1,0 +1,280 @@
+"""Failover drills (issue 22, docs/ha.md): under a steady paired-key load
+from the device library (haload), kill each part of the HA topology
+(hastack.py) in turn and check, after each, that no key a client received
+was lost or doubled, and that the audit chain verifies.
+
+The drills, in order:
+  primary_stop     the PostgreSQL primary's node stopped (Patroni stops
+                   PostgreSQL and hands over: a container stop), then
+                   started again (it rejoins as a standby)
+  kmsd_kill9       one kmsd killed with SIGKILL; HAProxy routes around it;
+                   then started again
+  kmsd_partition   one kmsd cut off the database for 20 s (a black hole)
+  etcd_restart     etcd stopped for 5 s and started again
+
+The figures go to build/ha/drills.txt as a table: drill, recovery seconds
+(first failed request to the first success after the last one; 0 when no
+request failed), failed requests, lost keys, duplicate keys.
+"""
+import os
+import signal
+import subprocess
+import time
+
+import sys
+
+import pytest
+import requests
+
+from hastack import HAStack, ROOT, wait_for
+
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from qkms_proto_py import Device  # noqa: E402  (the second implementation of the protocol)
+
+HALOAD = os.environ.get("QKMS_HALOAD", os.path.join(ROOT, "build/ha/haload"))
+OUT_DIR = os.path.join(ROOT, "build", "ha")
+NPAIRS = 8
+CONC = 8
+
+
+@pytest.fixture(scope="module")
+def ha():
+    st = HAStack()
+    try:
+        st.up()
+        r = st.admin("POST", "/v1/admin/policies",
+                     json={"name": "ha", "type_a": "vehicle", "type_b": "encryptor"})
+        assert r.status_code == 201, r.text
+        yield st
+    finally:
+        st.destroy()
+
+
+def device(st, did, typ):
+    r = st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": typ})
+    assert r.status_code == 201, r.text
+    r = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True})
+    assert r.status_code == 200, r.text
+    return r.json()["plaintext"]
+
+
+def test_no_key_answered_without_the_standby(ha):
+    """With every standby frozen (no confirmation can come), a key request
+    gets no key: its commit waits for the standby, which no server-side
+    timeout ends, until kmsd's db_io_timeout_ms, and kmsd answers 503. When
+    an operator cancels such a wait (pg_cancel_backend), PostgreSQL reports
+    the commit as done with a warning; kmsd answers 503 then too, not the
+    key. Once the standbys answer again, each session gives its key, and
+    both parties hold the same one."""
+    st = ha
+    veh = Device.from_fill(device(st, "SYNC-VEH", "vehicle"))
+    enc = Device.from_fill(device(st, "SYNC-ENC", "encryptor"))
+    url = f"http://127.0.0.1:{st.kmsd_port['kmsd1']}"
+    primary = st.primary()
+    standbys = [n for n in st.pg_nodes if n != primary]
+
+    def ask(dev, peer, sid):
+        req = dev.key_request(sid, peer.device_id)
+        return req, requests.post(url + req.path, data=req.raw, timeout=30,
+                                  headers={"Content-Type": "application/json"})
+
+    def cancel_waits():
+        # The operator's cancel, as soon as a commit waits for the standby.
+        def waiting():
+            return st.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                           node=primary).strip() != "0"
+        if wait_for(waiting, 5, 0.05):
+            st.psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                    "WHERE wait_event = 'SyncRep'", node=primary)
+
+    for n in standbys:
+        st.freeze(n)
+    try:
+        t0 = time.time()
+        _, r = ask(veh, enc, "sync-1")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+        assert time.time() - t0 >= 5, "answered before db_io_timeout_ms"
+
+        import threading
+        canceller = threading.Thread(target=cancel_waits)
+        canceller.start()
+        _, r = ask(veh, enc, "sync-2")
+        canceller.join()
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+    finally:
+        for n in standbys:
+            st.freeze(n, signal.SIGCONT)
+    with open(os.path.join(st.state, "kmsd1.log")) as f:
+        log = f.read()
+    assert "database did not answer in time" in log
+    assert "commit not confirmed by the synchronous standby" in log
+
+    def key_of(dev, peer, sid):
+        req, r = ask(dev, peer, sid)
+        return dev.open_key_response(req, r.json()) if r.status_code == 200 else None
+
+    for sid in ("sync-1", "sync-2"):
+        assert wait_for(lambda: key_of(veh, enc, sid) is not None, 60), "no key once the standbys are back"
+        a, b = key_of(veh, enc, sid), key_of(enc, veh, sid)
+        assert a.key_id == b.key_id and a.key == b.key
+
+
+def setup_pairs(st, fills):
+    os.makedirs(fills, exist_ok=True)
+    for i in range(NPAIRS):
+        for kind, typ in (("veh", "vehicle"), ("enc", "encryptor")):
+            did = f"HA-{kind.upper()}-{i}"
+            r = st.admin("POST", "/v1/admin/devices", json={"device_id": did, "type": typ})
+            assert r.status_code == 201, r.text
+            r = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True})
+            assert r.status_code == 200, r.text
+            path = os.path.join(fills, f"{kind}-{i}.json")
+            with open(path, "w") as f:
+                import json
+                json.dump(r.json()["plaintext"], f)
+            os.chmod(path, 0o600)
+
+
+def read_events(path):
+    ev = []
+    with open(path) as f:
+        for line in f:
+            p = line.split()
+            if len(p) >= 4:
+                ev.append((int(p[0]) / 1000.0, p[1], p[2], p[3], p[4:]))
+    return ev
+
+
+def window_figures(events, t0, t1):
+    """Failed requests in [t0, t1) and the recovery time: from the first
+    failure to the first success after the last failure."""
+    fails = [e[0] for e in events if t0 <= e[0] < t1 and e[3] == "err"]
+    if not fails:
+        return 0.0, 0
+    last = max(fails)
+    after = [e[0] for e in events if e[0] > last and e[3] == "ok"]
+    end = min(after) if after else t1
+    return end - min(fails), len(fails)
+
+
+def consistency(st, events):
+    """{session: (first answer time, lost, duplicate)}: a key is lost when a
+    client received it and the database has it neither as a session's key
+    nor as a tombstone's; a session has a duplicate when its clients
+    received more than one key ID (or one key ID with two values)."""
+    keys, first = {}, {}
+    for t, sid, party, what, rest in events:
+        if what == "ok":
+            keys.setdefault(sid, set()).add((rest[0], rest[1]))
+            first.setdefault(sid, t)
+    stored = set(st.psql("SELECT key_id FROM sessions UNION ALL "
+                         "SELECT key_id FROM session_tombstones").split())
+    out = {}
+    for sid, s in keys.items():
+        ids = {k for k, _ in s}
+        out[sid] = (first[sid], len(ids - stored), len(s) > 1)
+    return out
+
+
+def test_failover_drills(ha):
+    st = ha
+    fills = os.path.join(st.state, "fills")
+    setup_pairs(st, fills)
+    events_path = os.path.join(st.state, "haload.events")
+    port = st.haproxy_kmsd
+    load = subprocess.Popen([HALOAD, str(port), str(CONC), "600", fills, str(NPAIRS), events_path],
+                            stdout=subprocess.PIPE, text=True)
+    marks = []
+
+    def mark(name):
+        marks.append((name, time.time()))
+
+    def steady(seconds=3):
+        time.sleep(seconds)
+
+    try:
+        steady(4)
+        assert load.poll() is None, "haload stopped"
+
+        # 1. The primary's node stopped: Patroni hands over to the sync standby.
+        old = st.primary()
+        mark("primary_stop")
+        st.stop(old, signal.SIGTERM)
+        assert wait_for(lambda: st.primary() not in (None, old), 60), "no new primary"
+        steady(3)
+        st.start_patroni(old)
+        assert wait_for(lambda: st.role(old) == "replica", 120), "old primary did not rejoin as a standby"
+        steady(3)
+
+        # 2. One kmsd killed: HAProxy takes it out; then it comes back.
+        mark("kmsd_kill9")
+        st.kill9("kmsd1")
+        steady(6)
+        st.start_kmsd("kmsd1")
+        steady(3)
+
+        # 3. One kmsd cut off the database for 20 s.
+        mark("kmsd_partition")
+        st.partition("kmsd2")
+        try:
+            time.sleep(20)
+        finally:
+            st.heal()
+        assert wait_for(lambda: st.kmsd_ready("kmsd2"), 30), "kmsd2 not ready after the partition"
+        steady(3)
+
+        # 4. etcd restarted.
+        mark("etcd_restart")
+        st.stop("etcd", signal.SIGTERM)
+        time.sleep(5)
+        st.start_etcd()
+        steady(6)
+        mark("after")
+    finally:
+        open(events_path + ".stop", "w").close()
+        try:
+            out, _ = load.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            load.kill()
+            out, _ = load.communicate()
+    print(out)
+    assert load.returncode == 0, out
+
+    events = read_events(events_path)
+    sessions = consistency(st, events)
+    rows = []
+    bounds = [("before", 0)] + marks
+    for i, (name, t0) in enumerate(bounds):
+        t1 = bounds[i + 1][1] if i + 1 < len(bounds) else float("inf")
+        rec, failed = window_figures(events, t0, t1)
+        lost = sum(v[1] for v in sessions.values() if t0 <= v[0] < t1)
+        dup = sum(1 for v in sessions.values() if t0 <= v[0] < t1 and v[2])
+        rows.append((name, rec, failed, lost, dup))
+    with open(os.path.join(st.state, "marks.txt"), "w") as f:
+        f.writelines(f"{t:.3f} {n}\n" for n, t in marks)
+    abandoned = sum(1 for e in events if e[3] == "abandoned")
+
+    r = st.admin("POST", "/v1/admin/audit/verify")
+    assert r.status_code == 200, r.text
+    audit_ok = r.json()["ok"]
+
+    os.makedirs(OUT_DIR, exist_ok=True)
+    lines = ["| drill | recovery s | failed requests | lost keys | duplicate keys |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {n} | {rec:.1f} | {failed} | {lost} | {dup} |" for n, rec, failed, lost, dup in rows]
+    lines.append(f"\nsessions={len(sessions)} requests_ok={sum(1 for e in events if e[3] == 'ok')} "
+                 f"abandoned={abandoned} audit_chain_ok={audit_ok}")
+    table = "\n".join(lines)
+    with open(os.path.join(OUT_DIR, "drills.txt"), "w") as f:
+        f.write(table + "\n")
+    print("\n" + table)
+
+    assert all(r[3] == 0 for r in rows), f"keys lost\n{table}"
+    assert all(r[4] == 0 for r in rows), f"sessions with two keys\n{table}"
+    assert abandoned == 0, table
+    assert audit_ok, r.json()
+    for n, rec, *_ in rows:
+        assert rec < 60, f"{n}: no recovery in 60 s\n{table}"
+    # A clean stop of each kmsd (under the sanitizers: no error, no leak).
+    for k in st.kmsd_names:
+        assert st.stop(k) == 0, f"{k} did not exit cleanly; see {st.state}/{k}.log"
