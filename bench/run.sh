@@ -8,7 +8,9 @@
 #   BENCH_PARTS     which parts: "import http entropy tls v2 etsi crypto sessions" (default all),
 #                   or "scale" (minutes: see bench_scale below), or "pgmodes"
 #                   (group commit: batch call against pipeline mode, pgbench), or "ab"
-#                   (BENCH_AB="a.sql b.sql": two SQL variants in one stack, turn about)
+#                   (BENCH_AB="a.sql b.sql": two SQL variants in one stack, turn about), or "ha"
+#                   (bench/ha_bench.py: deliveries on the Patroni cluster of docs/ha.md with
+#                   the synchronous standby and without; BENCH_HA_ROUNDS, default 2)
 #   BENCH_SCALE_DEVICES  devices registered by the scale part (default 1000000)
 #   BENCH_SCALE_SESSIONS open sessions added by it (default 100000)
 #   BENCH_SCALE_EXPIRED  expired sessions it gives the reaper (default 50000)
@@ -481,6 +483,8 @@ for part in $PARTS; do
     scale) bench_scale | tee "$OUT/scale.txt" ;;
     pgmodes) bench_pgmodes | tee "$OUT/pgmodes.txt" ;;
     ab) bench_ab | tee "$OUT/ab.txt" ;;
+    ha) QKMS_KMSD=$KMSD "${PYTHON:-python3}" "$ROOT/bench/ha_bench.py" "$OUT/session_bench" "$SECS" |
+            tee "$OUT/ha.txt" ;;
     esac
 done
 

@@ -202,12 +202,18 @@ out:
 
 static pthread_mutex_t refresh_mu = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic unsigned long refresh_count; /* refreshes started */
+/* The active version of the last refresh when this token could not load it
+ * (another instance rotated into a token this one has no copy of), else 0. */
+static _Atomic uint32_t active_missing;
+
+uint32_t master_active_missing(void) { return atomic_load(&active_missing); }
 
 /* Load versions recorded since we last looked (checking their check values)
  * and switch the active one. Callers hold refresh_mu. */
 static int refresh_locked(keywrap *kw, db_conn *c)
 {
     db_status st;
+    uint32_t missing = 0;
     PGresult *r = db_exec(c, Q_MASTER_LIST, 0, NULL, NULL, NULL, &st);
     if (!r)
         return -1;
@@ -223,6 +229,8 @@ static int refresh_locked(keywrap *kw, db_conn *c)
                 CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
                 log_emit(LOG_ERROR, "master key version recorded in the database is not usable",
                          "{s:i}", "version", (int)v);
+                if (!strcmp(PQgetvalue(r, i, 3), "active"))
+                    missing = v;
                 continue;
             }
             keywrap_expect_kcv(kw, v, want);
@@ -234,6 +242,7 @@ static int refresh_locked(keywrap *kw, db_conn *c)
         }
     }
     PQclear(r);
+    atomic_store(&active_missing, missing);
     return 0;
 }
 

@@ -24,6 +24,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "keywrap.h"
 #include "p11.h"
@@ -49,6 +50,13 @@ int master_init(const master_deps *k, char *err, size_t errlen);
  * 0, or -1 when the database could not be read.
  */
 int master_reload(keywrap *kw, db_pool *db, db_conn *c);
+/* The database's active master key version as of the last refresh when
+ * this instance's token does not hold it (or holds another key under its
+ * label), else 0. Such an instance can open nothing wrapped under that
+ * version and cannot wrap under it: /readyz reports it (readiness.c), so a
+ * load balancer routes around it until the token gets the version
+ * (docs/ha.md). */
+uint32_t master_active_missing(void);
 /* The same for callers holding the service context (a qk_svc *svc). */
 #define master_refresh(svc, c) master_reload((svc)->kw, (svc)->db, (c))
 

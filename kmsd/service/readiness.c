@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "deadline.h"
+#include "service/master.h"
 #include "service/service.h"
 #include "log.h"
 #include "store/queries.h"
@@ -111,7 +112,12 @@ static void probe_round(readiness *r)
     rv = p11_ping(k->token);
     if (rv == CKR_OK)
         rv = keywrap_check(k->kw); /* the master key itself still answers */
-    finish(r, CHK_TOKEN, rv == CKR_OK ? "ok" : p11_rv_name(rv));
+    if (rv == CKR_OK && master_active_missing())
+        snprintf(why, sizeof(why), "master key version %u not in the token",
+                 (unsigned)master_active_missing());
+    else
+        snprintf(why, sizeof(why), "%s", rv == CKR_OK ? "ok" : p11_rv_name(rv));
+    finish(r, CHK_TOKEN, why);
 
     begin(r, CHK_ENTROPY);
     if (entropy_ready(k->ent, why, sizeof(why)) == 0)

@@ -25,7 +25,10 @@ listen kmsd
     balance leastconn
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    # A kmsd that is down is asked every 250 ms, so it is back within half
+    # a second of being ready (kmsd answers /readyz from its last round:
+    # frequent checks cost it at most one small commit per 20 ms).
+    default-server inter 1s downinter 250ms fall 2 rise 2 on-marked-down shutdown-sessions
 {kmsd_servers}
 
 # PostgreSQL: the primary only (Patroni's REST API answers 200 on /primary).
@@ -33,7 +36,7 @@ listen postgres
     bind {pg_bind}
     option httpchk OPTIONS /primary
     http-check expect status 200
-    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    default-server inter 1s downinter 250ms fall 2 rise 2 on-marked-down shutdown-sessions
 {pg_servers}
 
 listen stats

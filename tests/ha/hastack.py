@@ -286,6 +286,8 @@ db_reconnect_max_ms = 1000
 rate_limit_client = 0
 rate_limit_device = 0
 http_per_ip_connections = 0
+# The harness registers its devices through the admin API in bulk.
+rate_limit_admin = 0
 pkcs11_module = {SOFTHSM}
 pkcs11_token_label = qkms
 pkcs11_pin_file = {self.pin_file}

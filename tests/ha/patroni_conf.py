@@ -16,8 +16,10 @@ bootstrap:
   dcs:
     # A primary that cannot renew its leader key for ttl seconds is
     # replaced; loop_wait + 2 * retry_timeout must stay below ttl.
+    # loop_wait 1: a released leader key is taken, and a new primary's
+    # synchronous standby named, within about a second.
     ttl: 20
-    loop_wait: 2
+    loop_wait: 1
     retry_timeout: 5
     maximum_lag_on_failover: 1048576
     # Commits wait for one synchronous standby (synchronous_commit = on with
@@ -43,6 +45,10 @@ bootstrap:
         max_connections: 200
         synchronous_commit: "on"
         password_encryption: scram-sha-256
+        # A standby whose first try to stream from a new primary failed
+        # (its slot not made yet) tries again after this, not after 5 s:
+        # in strict mode commits wait until a standby streams.
+        wal_retrieve_retry_interval: 500ms
   initdb:
     - encoding: UTF8
     - locale: C.UTF-8

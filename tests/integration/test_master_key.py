@@ -256,3 +256,54 @@ def test_rotation_refuses_a_planted_key_under_the_next_label(fresh_stack):
     # The refusal leaves kmsd working and able to restart.
     st.restart()
     assert st.admin("GET", "/v1/admin/master").json()["active"] == 1
+
+
+def test_a_token_copy_serves_and_readiness_names_a_version_it_lacks(fresh_stack):
+    """docs/ha.md, "The same master key in every token", with SoftHSM: a
+    second kmsd whose token is a copy of the first's directory (made at
+    provisioning) opens what the first wrapped. After a rotation its token
+    lacks the new version: its /readyz says so (a balancer routes around
+    it) instead of it failing requests; once the directory is copied again
+    it is ready and serves keys wrapped under the new version."""
+    import shutil
+    import uuid
+
+    from helpers import SecondKmsd, get_key, make_device
+
+    st = fresh_stack
+    st.start()
+    r = st.admin("POST", "/v1/admin/policies", json={"name": "all", "type_a": "*", "type_b": "*"})
+    assert r.status_code == 201, r.text
+    src = os.path.join(st.state, "softhsm", "tokens")
+    copy = os.path.join(st.state, "softhsm-copy")
+    shutil.copytree(src, os.path.join(copy, "tokens"))
+    conf = os.path.join(copy, "softhsm2.conf")
+    with open(conf, "w") as f:
+        f.write(f"directories.tokendir = {copy}/tokens\nobjectstore.backend = file\n"
+                "log.level = ERROR\nslots.removable = false\n")
+    other = SecondKmsd(st, extra_env={"SOFTHSM2_CONF": conf})
+    try:
+        veh, enc = make_device(st, "vehicle"), make_device(st, "encryptor")
+        sid = f"TC-{uuid.uuid4().hex}"
+        a, b = get_key(st, veh, sid, enc), get_key(other, enc, sid, veh)
+        assert a.key_id == b.key_id and a.key == b.key
+
+        r = st.admin("POST", "/v1/admin/master/rotate")
+        assert r.status_code == 200, r.text
+
+        def readyz():
+            return requests.get(other.url + "/readyz", timeout=5)
+
+        assert wait_for(lambda: readyz().status_code == 503, 30), readyz().text
+        body = readyz().json()
+        assert body["checks"]["token"] == "master key version 2 not in the token", body
+        assert body["checks"]["database"] == "ok"
+
+        shutil.copytree(src, os.path.join(copy, "tokens"), dirs_exist_ok=True)
+        assert wait_for(lambda: readyz().status_code == 200, 30), readyz().text
+        sid = f"TC-{uuid.uuid4().hex}"
+        a, b = get_key(st, veh, sid, enc), get_key(other, enc, sid, veh)
+        assert a.key_id == b.key_id and a.key == b.key
+        assert st.psql(f"SELECT master_version FROM sessions WHERE key_id = '{a.key_id}'").strip() == "2"
+    finally:
+        assert other.stop() == 0
