@@ -55,6 +55,7 @@ struct db_pool {
 
     _Atomic uint64_t connects, connect_failures, errors, retries, timeouts;
     _Atomic uint64_t acquires, acquire_wait_us, exhausted; /* lending: a full pool's cost */
+    _Atomic uint64_t sync_unconfirmed; /* statements refused on the standby warning */
     /* The last statement refused for want of resources (readiness). */
     _Atomic int64_t resource_failure_ms; /* 0 = never */
     char resource_sqlstate[6];           /* under mu */
@@ -638,6 +639,7 @@ static db_status classify_result(db_conn *c, PGresult *r, bool timed_out)
          * the standby. The caller's outcome is unknown, as after a lost
          * COMMIT; the connection is not reused. */
         c->broken = true;
+        atomic_fetch_add(&c->pool->sync_unconfirmed, 1);
         return DB_UNAVAILABLE;
     }
     if (r && (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK))
@@ -829,10 +831,15 @@ void db_metrics_render(void *pool, FILE *f)
             "qkms_db_pool_wait_seconds_total %.6f\n"
             "# HELP qkms_db_pool_exhausted_total Callers that got no connection within"
             " db_acquire_timeout_ms (answered 503).\n"
-            "# TYPE qkms_db_pool_exhausted_total counter\nqkms_db_pool_exhausted_total %llu\n",
+            "# TYPE qkms_db_pool_exhausted_total counter\nqkms_db_pool_exhausted_total %llu\n"
+            "# HELP qkms_db_sync_unconfirmed_total Statements whose commit PostgreSQL reported"
+            " with the warning that it stopped waiting for the synchronous standby (answered"
+            " 503, connection dropped).\n"
+            "# TYPE qkms_db_sync_unconfirmed_total counter\nqkms_db_sync_unconfirmed_total %llu\n",
             (unsigned long long)atomic_load(&p->acquires),
             (double)atomic_load(&p->acquire_wait_us) / 1e6,
-            (unsigned long long)atomic_load(&p->exhausted));
+            (unsigned long long)atomic_load(&p->exhausted),
+            (unsigned long long)atomic_load(&p->sync_unconfirmed));
 
 }
 

@@ -17,6 +17,7 @@ The figures go to build/ha/drills.txt as a table: drill, recovery seconds
 request failed), failed requests, lost keys, duplicate keys.
 """
 import os
+import re
 import signal
 import subprocess
 import time
@@ -108,6 +109,8 @@ def test_no_key_answered_without_the_standby(ha):
         log = f.read()
     assert "database did not answer in time" in log
     assert "commit not confirmed by the synchronous standby" in log
+    metrics = requests.get(url + "/metrics", timeout=10).text
+    assert re.search(r"^qkms_db_sync_unconfirmed_total [1-9]", metrics, re.M), metrics
 
     def key_of(dev, peer, sid):
         req, r = ask(dev, peer, sid)
