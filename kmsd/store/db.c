@@ -52,6 +52,7 @@ struct db_pool {
     int64_t next_connect_ms; /* shared backoff while the server is down */
     int backoff_ms;
     int backoff_max_ms; /* db_pool_set_reconnect_max */
+    _Atomic int last_target; /* the server of a multi-server list that answered last */
 
     _Atomic uint64_t connects, connect_failures, errors, retries, timeouts;
     _Atomic uint64_t acquires, acquire_wait_us, exhausted; /* lending: a full pool's cost */
@@ -190,21 +191,27 @@ static void on_notice(void *arg, const char *msg)
 }
 
 /* A pooled connection's notices. One of them matters to a key: when a
- * commit's wait for the synchronous standby is cancelled (statement_timeout
- * runs out while the standby is slow or gone, or an operator cancels it),
+ * commit's wait for the synchronous standby is cancelled (an operator's
+ * pg_cancel_backend while the standby is slow or gone; statement_timeout
+ * does not apply, PostgreSQL disables it before the commit proper),
  * PostgreSQL reports the COMMIT, or the autocommitted statement, as
  * successful with a WARNING "canceling wait for synchronous replication":
  * committed on the primary, perhaps not on the standby, so a failover may
  * lose it. kmsd must not answer such a key (docs/ha.md). The warning has
- * the generic SQLSTATE 01000 and a translatable text; kmsd's own SQL
- * raises no warnings, so any WARNING 01000 is taken for it (a false alarm
- * costs one 503, a miss could cost a key). */
+ * the generic SQLSTATE 01000 and a translatable text; it is told from
+ * other 01000 warnings (the wraparound "must be vacuumed" one) by the
+ * function that raised it, which the server sends untranslated (when a
+ * server leaves that field out, any WARNING 01000 is taken for it: kmsd's
+ * own SQL raises none, and a false alarm costs a 503 where a miss could
+ * cost a key). */
 static void on_notice_result(void *arg, const PGresult *res)
 {
     db_conn *c = arg;
     const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    if (sev && state && !strcmp(sev, "WARNING") && !strcmp(state, "01000")) {
+    const char *fn = PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION);
+    if (sev && state && !strcmp(sev, "WARNING") && !strcmp(state, "01000") &&
+        (!fn || !strcmp(fn, "SyncRepWaitForLSN"))) {
         char line[256];
         c->sync_unconfirmed = true;
         db_first_line(PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), line, sizeof(line));
@@ -301,9 +308,90 @@ timeout:
     return NULL;
 }
 
-/* Connect without blocking past the deadline (connect_timeout has a 2 s
- * granularity and does not cover a server that accepts but never answers). */
-static PGconn *connect_deadline(db_pool *p, int64_t deadline, char *err, size_t errlen)
+/* The conninfo's own value of key (NULL when it has none); heap. */
+static char *conninfo_value(const char *conninfo, const char *key)
+{
+    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+    char *v = NULL;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (!strcmp(o->keyword, key) && o->val && *o->val)
+            v = strdup(o->val);
+    PQconninfoFree(opts);
+    return v;
+}
+
+/* The candidates of one connect: libpq's host, hostaddr and port lists
+ * taken apart, one entry per server to try. */
+#define DB_MAX_TARGETS (PGR_MAX_HOSTS * PGR_MAX_ADDRS)
+typedef struct {
+    char host[DB_MAX_TARGETS][PGR_ENTRY_MAX];
+    char addr[DB_MAX_TARGETS][PGR_ENTRY_MAX];
+    char port[DB_MAX_TARGETS][PGR_ENTRY_MAX];
+    int n;
+} db_targets;
+
+/* Split the lists (NULL or "" for none). Returns the number of servers, 1
+ * when there is nothing to take apart (a single host, or none: libpq's
+ * defaults), or -1 when the lists do not match (libpq will say why). */
+static int split_targets(db_targets *t, const char *host, const char *addr, const char *port)
+{
+    int nh = host && *host ? pgr_split(host, t->host, DB_MAX_TARGETS) : 0;
+    int na = addr && *addr ? pgr_split(addr, t->addr, DB_MAX_TARGETS) : 0;
+    int np = port && *port ? pgr_split(port, t->port, DB_MAX_TARGETS) : 0;
+    int n = nh > na ? nh : na;
+    if (nh < 0 || na < 0 || np < 0 || (nh && na && nh != na) || (np > 1 && np != n))
+        return -1;
+    for (int i = 0; i < n; i++) {
+        if (!nh)
+            t->host[i][0] = '\0';
+        if (!na)
+            t->addr[i][0] = '\0';
+        if (np <= 1)
+            snprintf(t->port[i], PGR_ENTRY_MAX, "%s", np ? t->port[0] : "");
+    }
+    t->n = n;
+    return n > 1 ? n : 1;
+}
+
+/* One connect to the servers named by vals[7..9] (NULL: the conninfo's),
+ * polled until it is made, fails, or the deadline passes. */
+static PGconn *connect_poll(const char *const *keys, const char *const *vals, int64_t deadline,
+                            int budget_ms, char *err, size_t errlen)
+{
+    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+    PGconn *pg = PQconnectStartParams(keys, vals, 1);
+    if (!pg) {
+        db_first_line("out of memory", err, errlen);
+        return NULL;
+    }
+    while (PQstatus(pg) != CONNECTION_BAD && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+        int w = wait_socket(pg, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+        if (w == 0) {
+            snprintf(err, errlen, "no connection within %d ms", budget_ms);
+            PQfinish(pg);
+            return NULL;
+        }
+        ps = w < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(pg);
+    }
+    if (PQstatus(pg) != CONNECTION_OK) {
+        all_lines(PQerrorMessage(pg), err, errlen);
+        PQfinish(pg);
+        return NULL;
+    }
+    return pg;
+}
+
+/* Connect without blocking past a deadline (connect_timeout has a 2 s
+ * granularity and does not cover a server that accepts but never answers).
+ *
+ * Several servers (a multi-host db_conninfo, or a name with several
+ * addresses) are tried one at a time, each with a budget of its own
+ * (per_host_ms), starting with the one that answered last: libpq's
+ * non-blocking connect never leaves a server that is silent (a host gone
+ * without a reset, a frozen postmaster that still accepts TCP), so one such
+ * server listed first would otherwise use up every connect's deadline and
+ * the primary behind it would never be reached. */
+static PGconn *connect_deadline(db_pool *p, int per_host_ms, char *err, size_t errlen)
 {
     char idle[16], intvl[16], tcp_to[16];
     /* host/hostaddr/port come after dbname (the conninfo) so that they win:
@@ -314,9 +402,12 @@ static PGconn *connect_deadline(db_pool *p, int64_t deadline, char *err, size_t 
                           "port",             NULL};
     const char *vals[] = {"kmsd", "1", idle, intvl, "2", tcp_to, p->conninfo, NULL, NULL, NULL, NULL};
     pgr_lists *lists = NULL;
+    db_targets *t = NULL;
+    char *chost = NULL, *caddr = NULL, *cport = NULL;
     bool resolved = false;
-    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
     PGconn *pg = NULL;
+    int n, first;
+    int64_t start = deadline_now_ms();
     /* TCP: a vanished peer is noticed after about io_timeout_ms, by
      * keepalives while idle (idle + 2 probes) and tcp_user_timeout while
      * data is unacknowledged. A conninfo that sets these keys wins. */
@@ -326,45 +417,68 @@ static PGconn *connect_deadline(db_pool *p, int64_t deadline, char *err, size_t 
     /* Host names are looked up here, within the deadline, not by libpq's
      * blocking getaddrinfo (pgresolve.h). */
     lists = malloc(sizeof(*lists));
-    if (!lists) {
+    t = malloc(sizeof(*t));
+    if (!lists || !t) {
         db_first_line("out of memory", err, errlen);
-        return NULL;
+        goto out;
     }
-    /* Half the connect budget for the lookup: the other half is for TCP and
-     * authentication, also when the lookup gives up and falls back to the
-     * name's last addresses. */
-    if (pgr_params(p->resolver, deadline_now_ms() + (deadline - deadline_now_ms()) / 2, lists, &resolved, err,
-                   errlen) != 0)
+    /* Half the first server's budget for the lookup: the other half is for
+     * TCP and authentication, also when the lookup gives up and falls back
+     * to the name's last addresses. */
+    if (pgr_params(p->resolver, start + per_host_ms / 2, lists, &resolved, err, errlen) != 0)
         goto out;
     if (resolved) {
-        vals[7] = lists->host;
-        vals[8] = lists->hostaddr;
-        vals[9] = lists->port; /* empty: the conninfo's port stands */
+        n = split_targets(t, lists->host, lists->hostaddr, lists->port);
+        if (n > 1 && !lists->port[0] && (cport = conninfo_value(p->conninfo, "port")) &&
+            strchr(cport, ','))
+            n = -1; /* a port list pgresolve left to libpq: let libpq have it all */
     } else {
-        keys[7] = NULL; /* libpq resolves as it always did */
+        chost = conninfo_value(p->conninfo, "host");
+        caddr = conninfo_value(p->conninfo, "hostaddr");
+        free(cport);
+        cport = conninfo_value(p->conninfo, "port");
+        n = split_targets(t, chost, caddr, cport);
     }
-    pg = PQconnectStartParams(keys, vals, 1);
-    if (!pg) {
-        db_first_line("out of memory", err, errlen);
+    if (n <= 1) {
+        /* One server (or lists libpq must judge): one connect, as libpq
+         * makes it. */
+        if (resolved) {
+            vals[7] = lists->host;
+            vals[8] = lists->hostaddr;
+            vals[9] = lists->port; /* empty: the conninfo's port stands */
+        } else {
+            keys[7] = NULL; /* libpq resolves as it always did */
+        }
+        pg = connect_poll(keys, vals, start + per_host_ms, per_host_ms, err, errlen);
         goto out;
     }
-    while (PQstatus(pg) != CONNECTION_BAD && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
-        int w = wait_socket(pg, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
-        if (w == 0) {
-            snprintf(err, errlen, "no connection within %d ms", p->connect_timeout_ms < p->io_timeout_ms
-                                                                   ? p->connect_timeout_ms : p->io_timeout_ms);
-            PQfinish(pg);
-            pg = NULL;
-            goto out;
+    first = atomic_load(&p->last_target) % n;
+    err[0] = '\0';
+    for (int k = 0; k < n && !pg; k++) {
+        int i = (first + k) % n;
+        char why[512];
+        size_t used = strlen(err);
+        vals[7] = t->host[i];
+        vals[8] = t->addr[i];
+        vals[9] = t->port[i];
+        pg = connect_poll(keys, vals, deadline_now_ms() + per_host_ms, per_host_ms, why,
+                          sizeof(why));
+        if (pg) {
+            atomic_store(&p->last_target, i);
+        } else if (used + 1 < errlen) {
+            /* libpq names the server in its own messages; a timeout does not */
+            bool named = strstr(why, "connection to server") != NULL;
+            snprintf(err + used, errlen - used, "%s%s%s%s%s%s", used ? "; " : "",
+                     named ? "" : (t->host[i][0] ? t->host[i] : t->addr[i]), named ? "" : ":",
+                     named ? "" : (t->port[i][0] ? t->port[i] : "default port"),
+                     named ? "" : ": ", why);
         }
-        ps = w < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(pg);
-    }
-    if (PQstatus(pg) != CONNECTION_OK) {
-        all_lines(PQerrorMessage(pg), err, errlen);
-        PQfinish(pg);
-        pg = NULL;
     }
 out:
+    free(chost);
+    free(caddr);
+    free(cport);
+    free(t);
     free(lists);
     return pg;
 }
@@ -388,7 +502,15 @@ static bool apply_settings(db_pool *p, PGconn *pg, int64_t deadline, char *err, 
                           " set_config('IntervalStyle', 'postgres', false),"
                           " set_config('client_encoding', 'UTF8', false),"
                           " set_config('default_transaction_isolation', 'read committed', false),"
-                          " set_config('plan_cache_mode', 'auto', false)",
+                          " set_config('plan_cache_mode', 'auto', false),"
+                          /* A commit is answered only once durable: on the
+                           * primary's disk, and on a synchronous standby's
+                           * when the server has one (docs/ha.md). Weaker
+                           * values from a role, a database or options= are
+                           * raised; remote_apply (stronger) is kept. */
+                          " CASE WHEN current_setting('synchronous_commit')"
+                          "  IN ('off', 'local', 'remote_write')"
+                          "  THEN set_config('synchronous_commit', 'on', false) END",
                           1, NULL, vals, NULL, NULL, 0))
         r = await_result(pg, deadline, &to);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
@@ -406,14 +528,14 @@ static bool apply_settings(db_pool *p, PGconn *pg, int64_t deadline, char *err, 
 static PGconn *connect_one(db_pool *p, char *err, size_t errlen)
 {
     char dummy[256];
-    int64_t deadline = deadline_now_ms() + (p->connect_timeout_ms < p->io_timeout_ms
-                                       ? p->connect_timeout_ms : p->io_timeout_ms);
+    int per_host_ms = p->connect_timeout_ms < p->io_timeout_ms ? p->connect_timeout_ms
+                                                               : p->io_timeout_ms;
     PGconn *pg;
     if (!err) {
         err = dummy;
         errlen = sizeof(dummy);
     }
-    pg = connect_deadline(p, deadline, err, errlen);
+    pg = connect_deadline(p, per_host_ms, err, errlen);
     if (!pg)
         return NULL;
     PQsetNoticeProcessor(pg, on_notice, NULL);

@@ -110,6 +110,12 @@ class HAStack:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(10)
 
+    def kill9_node(self, node):
+        """A PostgreSQL host lost at once: Patroni and every PostgreSQL
+        process of the node killed with SIGKILL, nothing shut down."""
+        self.kill9(node)
+        subprocess.run(["pkill", "-KILL", "-f", f"postgres -D {self.state}/{node}/data"], check=False)
+
     def alive(self, name):
         p = self.procs.get(name)
         return p is not None and p.poll() is None
@@ -250,10 +256,11 @@ class HAStack:
     def db_addr(self, k):
         return f"127.0.0.{self.kmsd_names.index(k) + 1}"
 
-    def partition(self, k):
-        """Cut kmsd k off every PostgreSQL node: packets to and from the
-        nodes' ports on its address are dropped on input."""
-        ports = ", ".join(str(self.pg_port[n]) for n in self.pg_nodes)
+    def partition(self, k, nodes=None):
+        """Cut kmsd k off the PostgreSQL nodes (all, or those named): packets
+        to and from the nodes' ports on its address are dropped on input."""
+        self.heal()  # one rule set at a time
+        ports = ", ".join(str(self.pg_port[n]) for n in (nodes or self.pg_nodes))
         a = self.db_addr(k)
         rules = (f"table ip {self.nft_table} {{\n chain input {{\n"
                  f"  type filter hook input priority -10; policy accept;\n"
@@ -322,6 +329,12 @@ log_level = info
 
     # -- the whole topology ------------------------------------------------
     def up(self):
+        # A harness killed before its teardown may have left its rules.
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+        for line in tables.splitlines():
+            name = line.split()[-1] if line.startswith("table ip qkms_ha_") else None
+            if name:
+                subprocess.run(["nft", "delete", "table", "ip", name], check=False)
         self.start_etcd()
         for i, n in enumerate(self.pg_nodes):
             self.start_patroni(n)
@@ -342,6 +355,7 @@ log_level = info
             raise RuntimeError("HAProxy does not reach kmsd")
 
     def down(self):
+        self.heal()
         for k in self.kmsd_names:
             self.stop(k)
         self.stop("haproxy")

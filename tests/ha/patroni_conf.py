@@ -49,6 +49,14 @@ bootstrap:
         # (its slot not made yet) tries again after this, not after 5 s:
         # in strict mode commits wait until a standby streams.
         wal_retrieve_retry_interval: 500ms
+        # A client that vanished without closing (a partitioned or dead kmsd)
+        # is found by the server in about 20 s, and a transaction left open
+        # ends after a minute: their row and advisory locks (a reaper's
+        # FOR UPDATE rows, a rotation's lock) do not outlive the instance.
+        tcp_keepalives_idle: 10
+        tcp_keepalives_interval: 3
+        tcp_keepalives_count: 3
+        idle_in_transaction_session_timeout: 60s
   initdb:
     - encoding: UTF8
     - locale: C.UTF-8

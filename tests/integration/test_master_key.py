@@ -299,7 +299,14 @@ def test_a_token_copy_serves_and_readiness_names_a_version_it_lacks(fresh_stack)
         assert body["checks"]["token"] == "master key version 2 not in the token", body
         assert body["checks"]["database"] == "ok"
 
-        shutil.copytree(src, os.path.join(copy, "tokens"), dirs_exist_ok=True)
+        # Each file to a temporary name and renamed into place, as docs/ha.md
+        # says: the running SoftHSM never reads a half-written object.
+        for d, _, files in os.walk(src):
+            dst = os.path.join(copy, "tokens", os.path.relpath(d, src))
+            os.makedirs(dst, exist_ok=True)
+            for name in files:
+                shutil.copy2(os.path.join(d, name), os.path.join(dst, name + ".tmp"))
+                os.replace(os.path.join(dst, name + ".tmp"), os.path.join(dst, name))
         assert wait_for(lambda: readyz().status_code == 200, 30), readyz().text
         sid = f"TC-{uuid.uuid4().hex}"
         a, b = get_key(st, veh, sid, enc), get_key(other, enc, sid, veh)
