@@ -144,7 +144,8 @@ const config_option config_options[] = {
     {"db_io_timeout_ms", OPT_INT, OFF(db_io_timeout_ms), "10000", 100, 600000, NULL, false, false,
      "Longest wait for PostgreSQL to answer a connect or one statement; then the connection is "
      "dropped and the request answers 503 (a stopped or vanished server). A connect also ends at "
-     "`db_conninfo`'s `connect_timeout` (3 s when not set), whichever is sooner. Also sets TCP "
+     "`db_conninfo`'s `connect_timeout` (3 s when not set), whichever is sooner; with several "
+     "hosts, each gets that budget in turn (docs/ha.md). Also sets TCP "
      "keepalives and `tcp_user_timeout`. Keep it above `db_statement_timeout_ms` "
      "(docs/operations.md)."},
     {"db_reconnect_max_ms", OPT_INT, OFF(db_reconnect_max_ms), "5000", 250, 60000, NULL, false,
