@@ -346,8 +346,10 @@ static int split_targets(db_targets *t, const char *host, const char *addr, cons
             t->host[i][0] = '\0';
         if (!na)
             t->addr[i][0] = '\0';
-        if (np <= 1)
-            snprintf(t->port[i], PGR_ENTRY_MAX, "%s", np ? t->port[0] : "");
+        if (np == 0)
+            t->port[i][0] = '\0';
+        else if (np == 1 && i > 0) /* one port for every host, as libpq reads it */
+            memcpy(t->port[i], t->port[0], PGR_ENTRY_MAX);
     }
     t->n = n;
     return n > 1 ? n : 1;

@@ -167,25 +167,22 @@ class HAStack:
             return None
         return "primary" if j.get("role") in ("master", "primary") else "replica"
 
-    def primary(self):
+    def _node_answering(self, check):
+        """The first node whose Patroni answers 200 to GET /<check>."""
         for n in self.pg_nodes:
             try:
-                if requests.get(f"http://127.0.0.1:{self.rest_port[n]}/primary",
+                if requests.get(f"http://127.0.0.1:{self.rest_port[n]}/{check}",
                                 timeout=1).status_code == 200:
                     return n
             except requests.RequestException:
                 pass
         return None
 
+    def primary(self):
+        return self._node_answering("primary")
+
     def sync_standby(self):
-        for n in self.pg_nodes:
-            try:
-                if requests.get(f"http://127.0.0.1:{self.rest_port[n]}/sync",
-                                timeout=1).status_code == 200:
-                    return n
-            except requests.RequestException:
-                pass
-        return None
+        return self._node_answering("sync")
 
     def freeze(self, node, sig=signal.SIGSTOP):
         """SIGSTOP (or SIGCONT) the node's postmaster and its processes: a

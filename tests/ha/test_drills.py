@@ -245,19 +245,25 @@ def test_failover_drills(ha):
     def steady(seconds=3):
         time.sleep(seconds)
 
+    def lose_primary(drill, how):
+        """The drill: the primary's node ended by how(node); a new primary
+        must follow; then the node is started again and rejoins as a
+        standby."""
+        old = st.primary()
+        mark(drill)
+        how(old)
+        assert wait_for(lambda: st.primary() not in (None, old), 60), f"{drill}: no new primary"
+        steady(3)
+        st.start_patroni(old)
+        assert wait_for(lambda: st.role(old) == "replica", 120), f"{drill}: {old} did not rejoin"
+        steady(3)
+
     try:
         steady(4)
         assert load.poll() is None, "haload stopped"
 
         # 1. The primary's node stopped: Patroni hands over to the sync standby.
-        old = st.primary()
-        mark("primary_stop")
-        st.stop(old, signal.SIGTERM)
-        assert wait_for(lambda: st.primary() not in (None, old), 60), "no new primary"
-        steady(3)
-        st.start_patroni(old)
-        assert wait_for(lambda: st.role(old) == "replica", 120), "old primary did not rejoin as a standby"
-        steady(3)
+        lose_primary("primary_stop", lambda n: st.stop(n, signal.SIGTERM))
 
         # 2. One kmsd killed: HAProxy takes it out; then it comes back.
         mark("kmsd_kill9")
@@ -304,14 +310,7 @@ def test_failover_drills(ha):
         # with SIGKILL, commits in flight): its leader key lapses after ttl,
         # the synchronous standby is promoted; what kmsd answered before is
         # on it. Then the node comes back and rejoins as a standby.
-        old = st.primary()
-        mark("primary_kill9")
-        st.kill9_node(old)
-        assert wait_for(lambda: st.primary() not in (None, old), 60), "no new primary"
-        steady(3)
-        st.start_patroni(old)
-        assert wait_for(lambda: st.role(old) == "replica", 120), "lost primary did not rejoin"
-        steady(3)
+        lose_primary("primary_kill9", st.kill9_node)
         mark("after")
     finally:
         open(events_path + ".stop", "w").close()

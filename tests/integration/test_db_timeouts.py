@@ -198,3 +198,18 @@ def test_tls_large_results_within_deadline(fresh_stack):
         assert len(r.json()["rows"]) >= 1500 and len(r.content) > 500_000
         assert took < 5, took
     assert "database did not answer in time" not in st.logs()
+
+
+def test_multi_host_conninfo_with_one_port(fresh_stack):
+    """A db_conninfo naming several hosts with one port for all (libpq's
+    short form): kmsd tries them in turn (docs/ha.md), passing over one that
+    refuses (127.0.0.3: nothing listens there) to the server behind it on
+    the same port."""
+    st = fresh_stack
+    st.start(extra_env={
+        "QKMS_DB_CONNINFO": re.sub(r"host=\S+", "host=127.0.0.3,127.0.0.1", conninfo(st))})
+    for _ in range(5):
+        r, _ = devices_list(st)
+        assert r.status_code == 200, r.text
+    rows = st.psql("SELECT DISTINCT client_addr FROM pg_stat_activity WHERE application_name = 'kmsd'")
+    assert rows.split() == ["127.0.0.1"], rows
