@@ -159,9 +159,9 @@ integration: $(KMSD) $(KMSCTL) $(QKMSDEV) $(SVC_TEST_BIN)
 # failover drills under a paired-key load (tests/ha/). Root: PostgreSQL runs
 # as the postgres user and the partition drill adds an nftables rule.
 HALOAD := $(BUILD)/tests/ha/haload
-$(HALOAD): tests/ha/haload.c bench/httpc.c $(LIBDEVICE)
+$(HALOAD): tests/ha/haload.c bench/httpc.c bench/fillload.c $(LIBDEVICE)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -Ibench $(LDFLAGS) tests/ha/haload.c bench/httpc.c $(LIBDEVICE) \
+	$(CC) $(CFLAGS) -Ibench $(LDFLAGS) tests/ha/haload.c bench/httpc.c bench/fillload.c $(LIBDEVICE) \
 	  $(CLI_LIBS) -lssl -o $@
 
 ha-test: $(KMSD) $(KMSCTL) $(HALOAD)

@@ -38,7 +38,7 @@ cc $CFLAGS "$ROOT/bench/unwrap_bench.c" "$REL/libqkms-p11.a" -lcrypto -ldl -o "$
 cc $CFLAGS "$ROOT/bench/seal_bench.c" "$REL/libqkms-device.a" -lcrypto -o "$OUT/seal_bench"
 cc $CFLAGS -I"$ROOT/common" "$ROOT/bench/v2ops_bench.c" "$REL/libqkms-p11.a" "$REL/libqkms-device.a" \
     -lcrypto -ldl -o "$OUT/v2ops_bench"
-cc $CFLAGS "$ROOT/bench/session_bench.c" "$ROOT/bench/httpc.c" "$REL/libqkms-device.a" \
+cc $CFLAGS "$ROOT/bench/session_bench.c" "$ROOT/bench/httpc.c" "$ROOT/bench/fillload.c" "$REL/libqkms-device.a" \
     -ljansson -lcurl -lssl -lcrypto -o "$OUT/session_bench"
 cc $CFLAGS "$ROOT/bench/etsi_bench.c" "$ROOT/bench/httpc.c" -ljansson -lssl -lcrypto -o "$OUT/etsi_bench"
 cc $CFLAGS "$ROOT/bench/pgfloor.c" "$ROOT/bench/httpc.c" $(pkg-config --libs libpq) -lssl -lcrypto -o "$OUT/pgfloor"

@@ -45,6 +45,7 @@
 
 #include <openssl/crypto.h>
 
+#include "fillload.h"
 #include "httpc.h"
 #include "qkms_device.h"
 #include "qkms_device2.h"
@@ -369,31 +370,6 @@ static void *run(void *arg)
     return NULL;
 }
 
-static qkd_device *load(const char *dir, const char *kind, int i)
-{
-    char path[512], err[128], *text;
-    FILE *f;
-    long n;
-    qkd_device *d = NULL;
-    snprintf(path, sizeof(path), "%s/%s-%d.json", dir, kind, i);
-    f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    text = calloc(1, (size_t)n + 1);
-    if (text && fread(text, 1, (size_t)n, f) == (size_t)n &&
-        qkd_device_load(&d, text, (size_t)n, err, sizeof(err)) != QKD_OK)
-        fprintf(stderr, "%s: %s\n", path, err);
-    fclose(f);
-    if (text) {
-        OPENSSL_cleanse(text, (size_t)n);
-        free(text);
-    }
-    return d;
-}
-
 static char *slurp(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -504,8 +480,8 @@ int main(int argc, char **argv)
         w[i].seconds = secs;
         w[i].with_end = with_end;
         w[i].mode = mode;
-        w[i].veh = load(argv[4], "veh", i % npairs);
-        w[i].enc = load(argv[4], "enc", i % npairs);
+        w[i].veh = bench_fill_load(argv[4], "veh", i % npairs);
+        w[i].enc = bench_fill_load(argv[4], "enc", i % npairs);
         if (!w[i].veh || !w[i].enc) {
             fprintf(stderr, "session_bench: cannot load pair %d\n", i % npairs);
             return 1;

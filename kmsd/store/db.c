@@ -53,6 +53,7 @@ struct db_pool {
     int backoff_ms;
     int backoff_max_ms; /* db_pool_set_reconnect_max */
     _Atomic int last_target; /* the server of a multi-server list that answered last */
+    char *ci_host, *ci_hostaddr, *ci_port; /* the conninfo's lists (read_conninfo) */
 
     _Atomic uint64_t connects, connect_failures, errors, retries, timeouts;
     _Atomic uint64_t acquires, acquire_wait_us, exhausted; /* lending: a full pool's cost */
@@ -87,19 +88,32 @@ db_status db_classify_sqlstate(const char *s)
     return DB_ERROR;
 }
 
-/* libpq enforces connect_timeout only in its blocking connect; kmsd
- * connects without blocking, so it applies the value itself (default 3 s:
- * a server whose address no longer answers, such as a restarted container,
- * must not hold a request for the whole io timeout). */
-static int conninfo_connect_timeout_ms(const char *conninfo)
+/* What kmsd reads of the conninfo itself, once, when the pool opens:
+ * connect_timeout (libpq enforces it only in its blocking connect; kmsd
+ * connects without blocking, so it applies the value itself, default 3 s:
+ * a server whose address no longer answers, such as a restarted
+ * container, must not hold a request for the whole io timeout), and the
+ * host, hostaddr and port lists that connect_deadline takes apart. A key
+ * the conninfo does not set stays NULL. 0, or -1 when out of memory. */
+static int read_conninfo(db_pool *p, const char *conninfo)
 {
     PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
-    int ms = 3000;
-    for (PQconninfoOption *o = opts; o && o->keyword; o++)
-        if (!strcmp(o->keyword, "connect_timeout") && o->val && atoi(o->val) > 0)
-            ms = atoi(o->val) * 1000;
+    int rc = 0;
+    p->connect_timeout_ms = 3000;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
+        char **to = !strcmp(o->keyword, "host")       ? &p->ci_host
+                    : !strcmp(o->keyword, "hostaddr") ? &p->ci_hostaddr
+                    : !strcmp(o->keyword, "port")     ? &p->ci_port
+                                                      : NULL;
+        if (!o->val || !*o->val)
+            continue;
+        if (!strcmp(o->keyword, "connect_timeout") && atoi(o->val) > 0)
+            p->connect_timeout_ms = atoi(o->val) * 1000;
+        else if (to && !(*to = strdup(o->val)))
+            rc = -1;
+    }
     PQconninfoFree(opts);
-    return ms;
+    return rc;
 }
 
 int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_timeout_ms,
@@ -111,8 +125,11 @@ int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_time
     p->conninfo = strdup(conninfo);
     p->conns = calloc((size_t)size, sizeof(*p->conns));
     p->resolver = pgr_new(conninfo);
-    if (!p->conninfo || !p->conns || !p->resolver) {
+    if (!p->conninfo || !p->conns || !p->resolver || read_conninfo(p, conninfo) != 0) {
         pgr_free(p->resolver);
+        free(p->ci_host);
+        free(p->ci_hostaddr);
+        free(p->ci_port);
         free(p->conninfo);
         free(p->conns);
         free(p);
@@ -120,7 +137,6 @@ int db_pool_open(db_pool **out, const char *conninfo, int size, int acquire_time
     }
     snprintf(p->stmt_timeout, sizeof(p->stmt_timeout), "%d", statement_timeout_ms);
     p->io_timeout_ms = DB_IO_TIMEOUT_DEFAULT_MS;
-    p->connect_timeout_ms = conninfo_connect_timeout_ms(conninfo);
     for (int i = 0; i < size; i++)
         p->conns[i].pool = p;
     p->size = size;
@@ -146,6 +162,9 @@ void db_pool_close(db_pool *p)
     pthread_cond_destroy(&p->cv);
     free(p->conns);
     pgr_free(p->resolver);
+    free(p->ci_host);
+    free(p->ci_hostaddr);
+    free(p->ci_port);
     free(p->conninfo);
     free(p);
 }
@@ -308,18 +327,6 @@ timeout:
     return NULL;
 }
 
-/* The conninfo's own value of key (NULL when it has none); heap. */
-static char *conninfo_value(const char *conninfo, const char *key)
-{
-    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
-    char *v = NULL;
-    for (PQconninfoOption *o = opts; o && o->keyword; o++)
-        if (!strcmp(o->keyword, key) && o->val && *o->val)
-            v = strdup(o->val);
-    PQconninfoFree(opts);
-    return v;
-}
-
 /* The candidates of one connect: libpq's host, hostaddr and port lists
  * taken apart, one entry per server to try. */
 #define DB_MAX_TARGETS (PGR_MAX_HOSTS * PGR_MAX_ADDRS)
@@ -405,7 +412,6 @@ static PGconn *connect_deadline(db_pool *p, int per_host_ms, char *err, size_t e
     const char *vals[] = {"kmsd", "1", idle, intvl, "2", tcp_to, p->conninfo, NULL, NULL, NULL, NULL};
     pgr_lists *lists = NULL;
     db_targets *t = NULL;
-    char *chost = NULL, *caddr = NULL, *cport = NULL;
     bool resolved = false;
     PGconn *pg = NULL;
     int n, first;
@@ -431,15 +437,10 @@ static PGconn *connect_deadline(db_pool *p, int per_host_ms, char *err, size_t e
         goto out;
     if (resolved) {
         n = split_targets(t, lists->host, lists->hostaddr, lists->port);
-        if (n > 1 && !lists->port[0] && (cport = conninfo_value(p->conninfo, "port")) &&
-            strchr(cport, ','))
+        if (n > 1 && !lists->port[0] && p->ci_port && strchr(p->ci_port, ','))
             n = -1; /* a port list pgresolve left to libpq: let libpq have it all */
     } else {
-        chost = conninfo_value(p->conninfo, "host");
-        caddr = conninfo_value(p->conninfo, "hostaddr");
-        free(cport);
-        cport = conninfo_value(p->conninfo, "port");
-        n = split_targets(t, chost, caddr, cport);
+        n = split_targets(t, p->ci_host, p->ci_hostaddr, p->ci_port);
     }
     if (n <= 1) {
         /* One server (or lists libpq must judge): one connect, as libpq
@@ -477,9 +478,6 @@ static PGconn *connect_deadline(db_pool *p, int per_host_ms, char *err, size_t e
         }
     }
 out:
-    free(chost);
-    free(caddr);
-    free(cport);
     free(t);
     free(lists);
     return pg;

@@ -32,8 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
 
+#include "fillload.h"
 #include "httpc.h"
 #include "kcv.h"
 #include "qkms_device.h"
@@ -177,27 +177,6 @@ out:
     return NULL;
 }
 
-static qkd_device *load(const char *dir, const char *kind, int i)
-{
-    char path[512], err[128], *text = NULL;
-    FILE *f;
-    long n;
-    qkd_device *d = NULL;
-    snprintf(path, sizeof(path), "%s/%s-%d.json", dir, kind, i);
-    if (!(f = fopen(path, "rb")))
-        return NULL;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (text = calloc(1, (size_t)n + 1)) && fread(text, 1, (size_t)n, f) == (size_t)n &&
-        qkd_device_load(&d, text, (size_t)n, err, sizeof(err)) != QKD_OK)
-        fprintf(stderr, "%s: %s\n", path, err);
-    fclose(f);
-    if (text) {
-        OPENSSL_cleanse(text, strlen(text));
-        free(text);
-    }
-    return d;
-}
-
 int main(int argc, char **argv)
 {
     int conc, npairs, rc = 0;
@@ -226,8 +205,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < conc; i++) {
         w[i] = (worker){.port = atoi(argv[1]), .id = i, .end = httpc_now() + atof(argv[3]),
                         .stopfile = stopfile, .prefix = argc == 8 ? argv[7] : "ha", .out = out};
-        w[i].veh = load(argv[4], "veh", i % npairs);
-        w[i].enc = load(argv[4], "enc", i % npairs);
+        w[i].veh = bench_fill_load(argv[4], "veh", i % npairs);
+        w[i].enc = bench_fill_load(argv[4], "enc", i % npairs);
         if (!w[i].veh || !w[i].enc) {
             fprintf(stderr, "haload: cannot load the fills of pair %d\n", i % npairs);
             return 2;
