@@ -279,6 +279,11 @@ const config_option config_options[] = {
      false, "Events are kept this many days (for GET /v1/app/events and replays), then purged."},
     {"device_key_grace_days", OPT_INT, OFF(device_key_grace_days), "30", 0, 365, NULL, false, false,
      "After `device rotate`, older keys stay usable this many days, then retire."},
+    {"instance_name", OPT_STR, OFF(instance_name), NULL, 0, 0, NULL, false, false,
+     "This instance's name in the registry of instances sharing the database (`kmsctl master "
+     "instances`), which a staged master key version waits for (docs/ha.md): 1 to 128 of "
+     "A-Z a-z 0-9 . _ : / @ -, starting with a letter or digit, unique among the instances. "
+     "Unset: the host name and the process ID (`host/1234`)."},
     {"maintenance_interval", OPT_INT, OFF(maintenance_interval), "30", 1, 3600, NULL, false, false,
      "Seconds between maintenance passes (key retirement, expiry warnings)."},
     {"protocol_clock_skew", OPT_INT, OFF(protocol_clock_skew), "300", 5, 3600, NULL, false, false,
@@ -739,6 +744,18 @@ static int check_admin_listener(const kms_config *c, char *err, size_t el)
     return 0;
 }
 
+/* schema/040's kmsd_instances.name check, before the database says no. */
+static bool instance_name_ok(const char *n)
+{
+    size_t len = strlen(n);
+    if (len < 1 || len > 128 || !isalnum((unsigned char)n[0]))
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)n[i]) && !strchr("._:/@-", n[i]))
+            return false;
+    return true;
+}
+
 /* A client-certificate mode other than none. */
 static bool mode_on(const char *m) { return m && strcmp(m, "none") != 0; }
 
@@ -783,6 +800,11 @@ int config_check(const kms_config *c, char *err, size_t el)
     }
     if (c->tls_client_crl_file && !c->tls_client_ca_file) {
         fmt(err, el, "tls_client_crl_file needs tls_client_ca_file (the CRLs of its CAs)");
+        return -1;
+    }
+    if (c->instance_name && !instance_name_ok(c->instance_name)) {
+        fmt(err, el, "instance_name must be 1 to 128 of A-Z a-z 0-9 . _ : / @ -, starting with a "
+                     "letter or digit");
         return -1;
     }
     if (check_admin_listener(c, err, el) != 0)

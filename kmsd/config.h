@@ -118,6 +118,7 @@ typedef struct kms_config {
     char *webhook_ca_file;
     int device_key_grace_days;
     int maintenance_interval;
+    char *instance_name; /* the instance registry (service/instances.h); NULL: host/pid */
     /* sessions */
     int protocol_clock_skew;
     int session_tombstone_days;

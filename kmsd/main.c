@@ -16,6 +16,7 @@
 
 #include "service/audit_verify.h"
 #include "service/bootstrap.h"
+#include "service/instances.h"
 #include "service/qkd_metrics.h"
 #include "service/servercert.h"
 #include "api/server.h"
@@ -400,7 +401,11 @@ out:
     events_worker_stop(k.events);
     readiness_stop(k.ready);
     ratelimit_free_all(k.rl);
-    maintenance_stop(k.maint);
+    if (k.maint) {
+        maintenance_stop(k.maint);
+        /* After the last pass, which would report it again. */
+        instances_leave(&k.svc);
+    }
     metrics_free(k.metrics);
     service_close(&k.svc);
     config_free(&k.cfg);

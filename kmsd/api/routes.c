@@ -106,6 +106,7 @@
     X("DELETE", "/v1/admin/policies/{name}", "admin_policies_remove", OPS, h_policies_remove, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/master", "admin_master", ROLE_ANY, h_admin_master, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/master/rotate", "admin_master_rotate", ROLE_ADMIN, h_admin_master_rotate, ADM, RL_ADMIN) \
+    X("GET", "/v1/admin/master/instances", "admin_master_instances", ROLE_ANY, h_admin_master_instances, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/audit", "admin_audit_list", ROLE_ANY, h_audit_list, ADM, RL_ADMIN) \
     X("POST", "/v1/admin/audit/verify", "admin_audit_verify", ROLE_ADMIN | ROLE_AUDITOR, h_audit_verify, ADM, RL_ADMIN) \
     X("GET", "/v1/admin/audit/verify/{request_id}", "admin_audit_verify_progress", ROLE_ADMIN | ROLE_AUDITOR, h_audit_verify_progress, ADM, RL_ADMIN) \

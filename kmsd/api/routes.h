@@ -105,6 +105,7 @@ void h_devtypes_add(http_request *rq, http_response *rs);
 /* admin_master.c */
 void h_admin_master(http_request *rq, http_response *rs);
 void h_admin_master_rotate(http_request *rq, http_response *rs);
+void h_admin_master_instances(http_request *rq, http_response *rs);
 
 /* admin_audit.c */
 void h_audit_list(http_request *rq, http_response *rs);

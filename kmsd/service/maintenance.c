@@ -256,7 +256,10 @@ static void *loop(void *arg)
         audit_chain_seal(m->k, NULL, NULL); /* hash-chain new audit rows (logs its failures) */
         keycache_expire(m->k->keys); /* no unwrapped key outlives its TTL by more than a pass */
         wrap_budget_step(m);
-        /* Master key rotation: adopt new versions, rewrap, destroy unused. */
+        /* Master key rotation: report what this token holds, activate a
+         * staged version every instance holds, adopt new versions, rewrap,
+         * destroy unused. */
+        rotation_stage_pass(m->k); /* a failure is retried at the next step */
         for (int i = 0; i < 20 && rotation_pass(m->k) > 0; i++)
             ;
         if (time(NULL) >= next_full) {

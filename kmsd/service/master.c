@@ -156,6 +156,13 @@ int master_init(const master_deps *k, char *err, size_t el)
             snprintf(err, el, "searching the token for %s failed: %s", label, p11_rv_name(rv));
             goto out;
         }
+        if (!found && !strcmp(PQgetvalue(r, i, 3), "staged")) {
+            /* Nothing is wrapped under a staged version: this instance
+             * starts, and the version waits for its token (rotation.h). */
+            log_emit(LOG_WARN, "staged master key version not in the token; its activation waits "
+                     "for this instance (docs/ha.md)", "{s:s}", "label", label);
+            continue;
+        }
         if (!found) {
             snprintf(err, el,
                      "the database holds keys wrapped under master key %s, but token '%s' has no "
@@ -205,8 +212,54 @@ static _Atomic unsigned long refresh_count; /* refreshes started */
 /* The active version of the last refresh when this token could not load it
  * (another instance rotated into a token this one has no copy of), else 0. */
 static _Atomic uint32_t active_missing;
+/* The last version logged as not usable (each is logged once in a row). */
+static _Atomic uint32_t last_unusable;
 
 uint32_t master_active_missing(void) { return atomic_load(&active_missing); }
+
+/* Versions another instance destroyed (rotation.h: it destroys them in
+ * its own token only): gone from this token too, so that a retired key does
+ * not outlive its destruction in the tokens of other hosts (and keywrap's
+ * table of loaded versions does not fill up). Each destroyed version is
+ * handled once per process: a token search per version on every refresh
+ * would be slow on a large token. Callers hold refresh_mu. */
+static uint32_t destroyed_done; /* the highest destroyed version handled */
+
+static void destroy_gone(keywrap *kw, db_conn *c)
+{
+    db_status st;
+    uint32_t top = destroyed_done;
+    PGresult *r = qt_exec(c, QT_MASTER_DESTROYED, 0, NULL, &st);
+    for (int i = 0; r && i < PQntuples(r); i++) {
+        uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
+        bool found = keywrap_has(kw, v);
+        CK_RV rv = CKR_OK;
+        if (v <= destroyed_done)
+            continue;
+        if (!found)
+            rv = keywrap_load(kw, v, &found);
+        if (rv == CKR_OK && found)
+            rv = keywrap_destroy(kw, v);
+        if (rv != CKR_OK) {
+            static uint32_t logged; /* once per version: refreshes run every second */
+            if (logged != v)
+                log_emit(LOG_ERROR, "destroying a master key version destroyed by another "
+                         "instance failed; will retry", "{s:i,s:s}", "version", (int)v, "ckr",
+                         p11_rv_name(rv));
+            logged = v;
+            PQclear(r);
+            return; /* destroyed_done unchanged: the next refresh tries again */
+        }
+        if (found)
+            log_emit(LOG_INFO, "master key version destroyed by another instance destroyed in "
+                     "this token too", "{s:i}", "version", (int)v);
+        if (v > top)
+            top = v;
+    }
+    if (r)
+        destroyed_done = top;
+    PQclear(r);
+}
 
 /* Load versions recorded since we last looked (checking their check values)
  * and switch the active one. Callers hold refresh_mu. */
@@ -227,8 +280,15 @@ static int refresh_locked(keywrap *kw, db_conn *c)
                 keywrap_kcv(kw, v, got) != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
                 qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
                 CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
-                log_emit(LOG_ERROR, "master key version recorded in the database is not usable",
-                         "{s:i}", "version", (int)v);
+                bool staged = !strcmp(PQgetvalue(r, i, 3), "staged");
+                /* Once per version: a staged one may wait for this token
+                 * for hours, and every refresh looks again. */
+                if (atomic_exchange(&last_unusable, v) != v)
+                    log_emit(staged ? LOG_WARN : LOG_ERROR,
+                             staged ? "staged master key version not in the token; its activation "
+                                      "waits for this instance (docs/ha.md)"
+                                    : "master key version recorded in the database is not usable",
+                             "{s:i}", "version", (int)v);
                 if (!strcmp(PQgetvalue(r, i, 3), "active"))
                     missing = v;
                 continue;
@@ -243,6 +303,7 @@ static int refresh_locked(keywrap *kw, db_conn *c)
     }
     PQclear(r);
     atomic_store(&active_missing, missing);
+    destroy_gone(kw, c);
     return 0;
 }
 

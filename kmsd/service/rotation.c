@@ -17,6 +17,7 @@
 #include "service/audit.h"
 #include "service/device_model.h"
 #include "service/firmware_groups.h"
+#include "service/instances.h"
 #include "hexutil.h"
 #include "service/keycache.h"
 #include "log.h"
@@ -108,13 +109,127 @@ static qk_kind record_version(qk_svc *s, db_conn *c, const char *actor, uint32_t
                        db_status_name(st));
 }
 
-qk_kind rotation_rotate(qk_svc *s, const char *actor, qk_err *e)
+/* Record v as staged (rotation.h), audited with the instances it waits
+ * for, in one transaction; failures as in record_version. */
+static qk_kind record_staged(qk_svc *s, db_conn *c, const char *actor, uint32_t v,
+                             const char *label, const uint8_t kcv[KEYWRAP_KCV_LEN], qk_err *e)
+{
+    char ver[16], kcvhex[2 * KEYWRAP_KCV_LEN + 1];
+    const char *vals[3] = {ver, label, kcvhex};
+    bool commit_sent = false;
+    json_t *waiting = json_array();
+    PGresult *r;
+    db_status st;
+
+    snprintf(ver, sizeof(ver), "%u", v);
+    qkms_hex_encode(kcv, KEYWRAP_KCV_LEN, kcvhex);
+    st = db_command(c, "BEGIN");
+    if (st == DB_OK && (r = qt_exec(c, QT_MASTER_INSERT_STAGED, 3, vals, &st)))
+        PQclear(r);
+    /* Who it waits for: the live instances but this one (which holds it). */
+    if (st == DB_OK && (r = qt_exec(c, QT_MASTER_WAITING, 1, vals, &st))) {
+        for (int i = 0; i < PQntuples(r); i++)
+            if (strcmp(PQgetvalue(r, i, 0), s->instance) != 0)
+                json_array_append_new(waiting, json_string(PQgetvalue(r, i, 0)));
+        PQclear(r);
+    }
+    if (st == DB_OK) {
+        st = audit_append(c, actor, "master.staged", NULL,
+                          json_pack("{s:i,s:s,s:O}", "version", (int)v, "label", label,
+                                    "waiting_for", waiting));
+    }
+    json_decref(waiting);
+    if (st == DB_OK) {
+        commit_sent = true;
+        st = db_command(c, "COMMIT");
+    }
+    if (st == DB_OK)
+        return QK_OK;
+    if (!commit_sent) {
+        db_command(c, "ROLLBACK");
+        keywrap_destroy(s->kw, v);
+        return rotate_fail(e, "recording %s failed: %s", label, db_status_name(st));
+    }
+    log_emit(LOG_WARN, "master key staging: outcome unknown, key kept in the token", "{s:s,s:s}",
+             "label", label, "error", db_status_name(st));
+    return rotate_fail(e, "recording %s: outcome unknown (%s); see GET /v1/admin/master", label,
+                       db_status_name(st));
+}
+
+/* Activate staged version v (the active one retires), audited; the caller
+ * holds the master key lock. QK_OK, or QK_UNAVAILABLE. */
+static qk_kind activate(qk_svc *s, db_conn *c, const char *actor, uint32_t v, const char *label,
+                        bool forced, qk_err *e)
+{
+    char ver[16], from[16] = "";
+    const char *vals[1] = {ver};
+    PGresult *r;
+    db_status st;
+    bool activated = false;
+
+    snprintf(ver, sizeof(ver), "%u", v);
+    st = db_command(c, "BEGIN");
+    if (st == DB_OK && (r = db_exec(c, Q_MASTER_RETIRE_ACTIVE, 0, NULL, NULL, NULL, &st))) {
+        if (PQntuples(r) > 0)
+            snprintf(from, sizeof(from), "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    if (st == DB_OK && (r = qt_exec(c, QT_MASTER_ACTIVATE, 1, vals, &st))) {
+        activated = PQntuples(r) == 1;
+        PQclear(r);
+    }
+    if (st == DB_OK && activated)
+        st = audit_append(c, actor, "master.rotated", NULL,
+                          json_pack("{s:s,s:i,s:s,s:b}", "from", from, "to", (int)v, "label",
+                                    label, "forced", forced));
+    if (st == DB_OK && activated && (st = db_command(c, "COMMIT")) == DB_OK) {
+        log_emit(LOG_INFO, "staged master key version activated", "{s:s,s:s,s:s,s:b}", "from",
+                 from, "to", label, "by", actor, "forced", forced);
+        master_refresh(s, c); /* switch this instance at once */
+        return QK_OK;
+    }
+    db_command(c, "ROLLBACK");
+    return rotate_fail(e, "activating %s failed: %s", label,
+                       st == DB_OK ? "it is no longer staged" : db_status_name(st));
+}
+
+/* The staged version (0 if none) and its label; -1 when the database
+ * cannot say. */
+static int staged_version(db_conn *c, uint32_t *v, char *label, size_t len)
+{
+    db_status st;
+    PGresult *r = qt_exec(c, QT_MASTER_STAGED, 0, NULL, &st);
+    *v = 0;
+    if (!r)
+        return -1;
+    if (PQntuples(r) == 1) {
+        *v = (uint32_t)strtoul(PQgetvalue(r, 0, 0), NULL, 10);
+        snprintf(label, len, "%s", PQgetvalue(r, 0, 1));
+    }
+    PQclear(r);
+    return 0;
+}
+
+/* How many live instances, other than this one, share the database; -1
+ * when the database cannot say. */
+static long other_instances(qk_svc *s, db_conn *c)
+{
+    const char *vals[1] = {s->instance};
+    db_status st;
+    PGresult *r = qt_exec(c, QT_INSTANCE_OTHERS_LIVE, 1, vals, &st);
+    long n = r ? atol(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    return n;
+}
+
+qk_kind rotation_rotate(qk_svc *s, const char *actor, bool force, qk_err *e)
 {
     db_status st;
     db_conn *c = db_acquire(s->db, &st);
     uint8_t kcv[KEYWRAP_KCV_LEN];
     char label[128], from[16] = "";
-    uint32_t v = 0;
+    uint32_t v = 0, staged = 0;
+    long others;
     CK_RV rv;
     qk_kind k;
 
@@ -123,6 +238,25 @@ qk_kind rotation_rotate(qk_svc *s, const char *actor, qk_err *e)
     if (qt_command(c, QT_MASTER_LOCK) != DB_OK) {
         db_release(s->db, c);
         return rotate_fail(e, "cannot take the master key lock");
+    }
+    if (staged_version(c, &staged, label, sizeof(label)) != 0) {
+        k = rotate_fail(e, "database unavailable");
+        goto out;
+    }
+    if (staged) {
+        /* One rotation at a time: the staged one finishes first. */
+        if (force)
+            k = activate(s, c, actor, staged, label, true, e);
+        else
+            k = qk_fail(e, QK_CONFLICT, "rotation_pending",
+                        "master key version %u is staged and waits for every instance to hold "
+                        "it (GET /v1/admin/master/instances); rotate with force to activate it "
+                        "now", staged);
+        goto out;
+    }
+    if ((others = other_instances(s, c)) < 0) {
+        k = rotate_fail(e, "database unavailable");
+        goto out;
     }
     if ((k = next_version(c, &v, e)) != QK_OK)
         goto out;
@@ -133,6 +267,16 @@ qk_kind rotation_rotate(qk_svc *s, const char *actor, qk_err *e)
         rv = keywrap_kcv(s->kw, v, kcv);
     if (rv != CKR_OK) {
         k = rotate_fail(e, "creating %s in the token failed: %s", label, p11_rv_name(rv));
+        goto out;
+    }
+    if (others > 0 && !force) {
+        /* Other instances may lack it: staged until each holds it. */
+        if ((k = record_staged(s, c, actor, v, label, kcv, e)) != QK_OK)
+            goto out;
+        keywrap_expect_kcv(s->kw, v, kcv);
+        instances_report(s, c); /* this one holds it now */
+        log_emit(LOG_INFO, "master key version staged until every instance holds it",
+                 "{s:s,s:s,s:i}", "label", label, "by", actor, "other_instances", (int)others);
         goto out;
     }
     if ((k = record_version(s, c, actor, v, label, kcv, from, e)) != QK_OK)
@@ -146,18 +290,62 @@ out:
     return k;
 }
 
+int rotation_stage_pass(qk_svc *s)
+{
+    db_status st;
+    db_conn *c = db_acquire(s->db, &st);
+    PGresult *r = NULL;
+    char label[128], ver[16];
+    const char *vals[1] = {ver};
+    uint32_t staged = 0;
+    qk_err e;
+    int rc = -1;
+
+    if (!c)
+        return -1;
+    master_refresh(s, c); /* load what the token got since */
+    if (instances_report(s, c) != 0 || staged_version(c, &staged, label, sizeof(label)) != 0)
+        goto done;
+    rc = 0;
+    if (!staged)
+        goto done;
+    snprintf(ver, sizeof(ver), "%u", staged);
+    /* Checked again under the lock: another instance may have activated
+     * it, or one that lacks it may have just reported. */
+    if (qt_command(c, QT_MASTER_LOCK) != DB_OK) {
+        rc = -1;
+        goto done;
+    }
+    if (staged_version(c, &staged, label, sizeof(label)) == 0 && staged &&
+        (r = qt_exec(c, QT_MASTER_WAITING, 1, vals, &st)) && PQntuples(r) == 0) {
+        rc = activate(s, c, "kmsd", staged, label, false, &e) == QK_OK ? 1 : -1;
+        if (rc < 0)
+            log_emit(LOG_WARN, "staged master key version not activated; will retry", "{s:s}",
+                     "error", e.detail);
+    }
+    PQclear(r);
+    qt_command(c, QT_MASTER_UNLOCK);
+done:
+    db_release(s->db, c);
+    return rc;
+}
+
 qk_kind rotation_status(qk_svc *s, json_t **out, qk_err *e)
 {
     db_status st;
     PGresult *r = db_query(s->db, Q_MASTER_STATUS, 0, NULL, NULL, NULL, &st);
-    json_t *arr;
+    json_t *arr, *waiting;
     long long pending = 0;
+    uint32_t staged = 0;
     *out = NULL;
     if (!r) /* any failure answers 503, as GET /v1/admin/master always has */
         return db_fail(e, DB_UNAVAILABLE);
     arr = json_array();
+    waiting = json_array();
     for (int i = 0; i < PQntuples(r); i++) {
         long long dk = atoll(PQgetvalue(r, i, 5)), ss = atoll(PQgetvalue(r, i, 6));
+        if (!strcmp(PQgetvalue(r, i, 2), "staged"))
+            staged = (uint32_t)atoi(PQgetvalue(r, i, 0));
         /* ETSI GS QKD 014 keys (qkd.h) and groups' firmware keys
          * (firmware_groups.h) count as pending too; they are not listed per
          * version (the former live minutes; the latter are a handful). */
@@ -170,8 +358,27 @@ qk_kind rotation_status(qk_svc *s, json_t **out, qk_err *e)
                            "device_keys", (json_int_t)dk, "sessions", (json_int_t)ss));
     }
     PQclear(r);
-    *out = json_pack("{s:i,s:o,s:I}", "active", (int)keywrap_active(s->kw), "versions", arr,
-                     "pending_rewrap", (json_int_t)pending);
+    if (staged) {
+        /* Who the staged version waits for (live instances lacking it). */
+        char ver[16];
+        const char *vals[1] = {ver};
+        db_conn *c = db_acquire(s->db, &st);
+        snprintf(ver, sizeof(ver), "%u", staged);
+        r = c ? qt_exec(c, QT_MASTER_WAITING, 1, vals, &st) : NULL;
+        if (c)
+            db_release(s->db, c);
+        if (!r) {
+            json_decref(arr);
+            json_decref(waiting);
+            return db_fail(e, DB_UNAVAILABLE);
+        }
+        for (int i = 0; i < PQntuples(r); i++)
+            json_array_append_new(waiting, json_string(PQgetvalue(r, i, 0)));
+        PQclear(r);
+    }
+    *out = json_pack("{s:i,s:o,s:I,s:o,s:o}", "active", (int)keywrap_active(s->kw), "versions",
+                     arr, "pending_rewrap", (json_int_t)pending, "staged",
+                     staged ? json_integer(staged) : json_null(), "waiting_for", waiting);
     if (!*out)
         return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
     return QK_OK;

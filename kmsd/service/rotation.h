@@ -5,6 +5,11 @@
  *  - rotation_rotate() creates master key version N+1 in the token, records
  *    it as active and the previous one as retired (one transaction, under
  *    the master key advisory lock, audited). New wraps use it at once.
+ *    When other instances share the database, their tokens may lack N+1
+ *    (SoftHSM on other hosts): it is recorded 'staged' instead, nothing
+ *    is wrapped under it, and rotation_stage_pass activates it once every
+ *    live instance reports holding it (instances.h), so that no instance
+ *    is left unable to open what the others wrap.
  *  - rotation_pass(), run by the maintenance thread of every kmsd:
  *    1. refreshes the loaded versions from the database (master_refresh;
  *       another instance may have rotated);
@@ -29,6 +34,7 @@
 #ifndef QKMS_ROTATION_H
 #define QKMS_ROTATION_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <jansson.h>
@@ -37,11 +43,22 @@
 #include "service/service.h"
 
 /* Make version N+1 the active master key; actor is recorded in the audit
- * row (a token name, or "kmsd" for the wrap budget). */
-qk_kind rotation_rotate(qk_svc *s, const char *actor, qk_err *e);
+ * row (a token name, or "kmsd" for the wrap budget). With other live
+ * instances in the registry (instances.h) and !force, N+1 is recorded
+ * 'staged' instead (audited master.staged) and rotation_stage_pass
+ * activates it once every live instance holds it. A staged version
+ * already waiting: force activates it now, else QK_CONFLICT
+ * "rotation_pending". */
+qk_kind rotation_rotate(qk_svc *s, const char *actor, bool force, qk_err *e);
 /* *out = {"active":N,"versions":[{version,label,state,created_at,
- * retired_at,device_keys,sessions}],"pending_rewrap":M} (caller decrefs). */
+ * retired_at,device_keys,sessions}],"pending_rewrap":M,"staged":S|null,
+ * "waiting_for":[instance names]} (caller decrefs). */
 qk_kind rotation_status(qk_svc *s, json_t **out, qk_err *e);
+/* One maintenance step of every instance: refresh the loaded versions,
+ * report them in the registry (instances_report), and activate a staged
+ * version no live instance lacks (audited master.rotated by "kmsd").
+ * 1 activated, 0 nothing to do, -1 error (retried next step). */
+int rotation_stage_pass(qk_svc *s);
 /* One maintenance step; returns the number of keys rewrapped, or -1. */
 int rotation_pass(qk_svc *k);
 

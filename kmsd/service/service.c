@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -96,6 +97,28 @@ static CK_RV open_token(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_
     return rv;
 }
 
+/* This instance's name in the registry of instances (instances.h). */
+static void name_instance(qk_svc *s)
+{
+    char host[64] = "";
+    if (s->cfg->instance_name) {
+        snprintf(s->instance, sizeof(s->instance), "%s", s->cfg->instance_name);
+    } else {
+        /* A host name may hold what schema/040 refuses; those bytes become
+         * '-'. The process ID tells two instances of one host apart. */
+        if (gethostname(host, sizeof(host) - 1) != 0 || !host[0])
+            snprintf(host, sizeof(host), "kmsd");
+        for (char *p = host; *p; p++)
+            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                  (*p >= '0' && *p <= '9') || strchr("._-", *p)))
+                *p = '-';
+        if (host[0] == '-' || host[0] == '.' || host[0] == '_')
+            host[0] = 'h';
+        snprintf(s->instance, sizeof(s->instance), "%s/%ld", host, (long)getpid());
+    }
+    s->started_at = (long long)time(NULL);
+}
+
 int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, char *err,
                  size_t errlen)
 {
@@ -105,6 +128,7 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
 
     memset(s, 0, sizeof(*s));
     s->cfg = cfg;
+    name_instance(s);
     if (db_pool_open(&s->db, cfg->db_conninfo, cfg->db_pool_size, cfg->db_acquire_timeout_ms,
                      cfg->db_statement_timeout_ms, queries, Q__COUNT) != 0) {
         snprintf(err, errlen, "out of memory");

@@ -63,6 +63,9 @@ typedef struct qk_svc {
      * pass over every live session, is not run again until the next version;
      * only the maintenance thread reads and writes it. */
     uint32_t sessions_rewrapped_for;
+    /* This instance in the registry of instances (instances.h). */
+    char instance[128];
+    long long started_at; /* Unix seconds */
 } qk_svc;
 
 /* Who asks: an admin token (by name and roles) or a device (by identity ID),

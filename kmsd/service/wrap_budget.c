@@ -79,9 +79,14 @@ static int rotate_for_budget(qk_svc *k, uint32_t v, int64_t count, int64_t limit
     }
     log_emit(LOG_WARN, "master key wrap budget reached; rotating", "{s:i,s:I,s:I}", "version",
              (int)v, "wrap_count", (json_int_t)count, "limit", (json_int_t)limit);
-    if (rotation_rotate(k, "kmsd", &e) != QK_OK) {
-        log_emit(LOG_ERROR, "automatic master key rotation failed; will retry", "{s:i,s:s}",
-                 "version", (int)v, "error", e.detail);
+    /* Not forced: with several instances the new version is staged until
+     * each holds it (the limit leaves 2^32 minus it in reserve meanwhile). */
+    if (rotation_rotate(k, "kmsd", false, &e) != QK_OK) {
+        log_emit(e.kind == QK_CONFLICT ? LOG_WARN : LOG_ERROR,
+                 e.kind == QK_CONFLICT ? "master key wrap budget reached; a staged version waits "
+                                         "for every instance to hold it"
+                                       : "automatic master key rotation failed; will retry",
+                 "{s:i,s:s}", "version", (int)v, "error", e.detail);
         return -1;
     }
     return 0;

@@ -1128,7 +1128,36 @@ extern const db_stmt_def queries[Q__COUNT];
     X(QT_CERTS_REVOKE_DEVICE, /* $1 device_pk: the device is revoked */                         \
       "UPDATE certificates SET state = 'revoked', revoked_at = now(),"                          \
       " revoke_reason = 'cessationOfOperation' WHERE device_pk = $1::bigint AND state = 'active'" \
-      " RETURNING serial")
+      " RETURNING serial")                                                                     \
+    /* the instance registry and staged master key versions (schema/040) */                      \
+    X(QT_INSTANCE_REPORT, /* $1 name, $2 versions, $3 software, $4 started (epoch s), $5 ttl */ \
+      "INSERT INTO kmsd_instances (name, versions, software, started_at, seen_at, expires_at)"  \
+      " VALUES ($1, $2::int[], $3, to_timestamp($4::bigint), now(),"                            \
+      " now() + make_interval(secs => $5::int)) ON CONFLICT (name) DO UPDATE SET"               \
+      " versions = EXCLUDED.versions, software = EXCLUDED.software,"                            \
+      " started_at = EXCLUDED.started_at, seen_at = now(), expires_at = EXCLUDED.expires_at")   \
+    X(QT_INSTANCE_PURGE, "DELETE FROM kmsd_instances WHERE expires_at < now() - interval '1 day'") \
+    X(QT_INSTANCE_LEAVE, "DELETE FROM kmsd_instances WHERE name = $1")                          \
+    X(QT_INSTANCE_LIST, /* lacking: staged, active or retired versions it does not hold */     \
+      "SELECT i.name, array_to_json(i.versions)::text, i.software, i.started_at, i.seen_at,"    \
+      " i.expires_at, i.expires_at > now(), array_to_json(ARRAY(SELECT m.version"               \
+      " FROM master_keys m WHERE m.state IN ('staged', 'active', 'retired')"                    \
+      " AND NOT m.version = ANY(i.versions) ORDER BY m.version))::text"                         \
+      " FROM kmsd_instances i ORDER BY i.name")                                                 \
+    X(QT_INSTANCE_OTHERS_LIVE, "SELECT count(*) FROM kmsd_instances"                            \
+      " WHERE expires_at > now() AND name <> $1")                                               \
+    X(QT_MASTER_STAGED, "SELECT version, label FROM master_keys WHERE state = 'staged'")        \
+    X(QT_MASTER_WAITING, /* live instances that do not hold staged version $1 */               \
+      "SELECT name FROM kmsd_instances WHERE expires_at > now()"                                \
+      " AND NOT $1::int = ANY(versions) ORDER BY name")                                         \
+    X(QT_MASTER_INSERT_STAGED,                                                                  \
+      "INSERT INTO master_keys (version, label, kcv, state)"                                     \
+      " VALUES ($1::int, $2, decode($3, 'hex'), 'staged')") \
+    X(QT_MASTER_ACTIVATE, /* staged $1 becomes the active version */                          \
+      "UPDATE master_keys SET state = 'active', activated_at = now()"                           \
+      " WHERE version = $1::int AND state = 'staged' RETURNING version")                        \
+    X(QT_MASTER_DESTROYED,                                                                      \
+      "SELECT version FROM master_keys WHERE state = 'destroyed' ORDER BY version")
 
 #define QKMS_QT_ENUM(id, sql) id,
 typedef enum { QKMS_TEXT_QUERIES(QKMS_QT_ENUM) QT__COUNT } text_query_id;

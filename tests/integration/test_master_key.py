@@ -1,9 +1,11 @@
 """The master key in the real SoftHSM token: attributes, persistence, and
 refusing to start when the database's keys can no longer be opened."""
+import json
 import os
 import re
 import subprocess
 import threading
+import time
 
 import pytest
 import requests
@@ -11,8 +13,8 @@ import requests
 from conftest import KMSD, SOFTHSM, Stack, free_port, wait_for, wait_readyz
 
 
-def pkcs11_tool(st, *args):
-    env = dict(os.environ, SOFTHSM2_CONF=st.env["SOFTHSM2_CONF"])
+def pkcs11_tool(st, *args, env=None):
+    env = env or dict(os.environ, SOFTHSM2_CONF=st.env["SOFTHSM2_CONF"])
     p = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "qkms", "--login",
                         "--pin", st.token_pin, *args], env=env, capture_output=True, text=True,
                        timeout=60)
@@ -258,20 +260,37 @@ def test_rotation_refuses_a_planted_key_under_the_next_label(fresh_stack):
     assert st.admin("GET", "/v1/admin/master").json()["active"] == 1
 
 
-def test_a_token_copy_serves_and_readiness_names_a_version_it_lacks(fresh_stack):
+def copy_token(src, dst):
+    """Each file to a temporary name and renamed into place, as docs/ha.md
+    says: the running SoftHSM never reads a half-written object."""
+    import shutil
+    for d, _, files in os.walk(src):
+        out = os.path.join(dst, os.path.relpath(d, src))
+        os.makedirs(out, exist_ok=True)
+        for name in files:
+            shutil.copy2(os.path.join(d, name), os.path.join(out, name + ".tmp"))
+            os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+
+
+def test_rotation_reaches_every_instance_token(fresh_stack):
     """docs/ha.md, "The same master key in every token", with SoftHSM: a
     second kmsd whose token is a copy of the first's directory (made at
-    provisioning) opens what the first wrapped. After a rotation its token
-    lacks the new version: its /readyz says so (a balancer routes around
-    it) instead of it failing requests; once the directory is copied again
-    it is ready and serves keys wrapped under the new version."""
+    provisioning) opens what the first wrapped. A rotation with two live
+    instances is staged: nothing is wrapped under the new version while
+    the second's token lacks it, so both keep serving (and a second
+    rotation is refused); once the directory is copied again the second
+    reports the version and it turns active by itself. A forced rotation
+    does not wait: the instance lacking the version then says so on its
+    /readyz (a balancer routes around it) until its token gets it. A
+    version destroyed by one instance is destroyed in the other's token."""
     import shutil
     import uuid
 
     from helpers import SecondKmsd, get_key, make_device
 
     st = fresh_stack
-    st.start()
+    st.start(extra_env={"QKMS_INSTANCE_NAME": "first", "QKMS_MAINTENANCE_INTERVAL": "1",
+                        "QKMS_DEVICE_KEY_CACHE_TTL": "1"})
     r = st.admin("POST", "/v1/admin/policies", json={"name": "all", "type_a": "*", "type_b": "*"})
     assert r.status_code == 201, r.text
     src = os.path.join(st.state, "softhsm", "tokens")
@@ -281,36 +300,106 @@ def test_a_token_copy_serves_and_readiness_names_a_version_it_lacks(fresh_stack)
     with open(conf, "w") as f:
         f.write(f"directories.tokendir = {copy}/tokens\nobjectstore.backend = file\n"
                 "log.level = ERROR\nslots.removable = false\n")
-    other = SecondKmsd(st, extra_env={"SOFTHSM2_CONF": conf})
+    other = SecondKmsd(st, extra_env={"SOFTHSM2_CONF": conf, "QKMS_INSTANCE_NAME": "second",
+                                      "QKMS_MAINTENANCE_INTERVAL": "1",
+                                      "QKMS_DEVICE_KEY_CACHE_TTL": "1"})
+
+    def instances():
+        r = st.admin("GET", "/v1/admin/master/instances")
+        assert r.status_code == 200, r.text
+        return {i["name"]: i for i in r.json()["instances"] if i["live"]}
+
+    def master():
+        r = st.admin("GET", "/v1/admin/master")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def readyz():
+        return requests.get(other.url + "/readyz", timeout=5)
+
+    def pair_under(version):
+        sid = f"TC-{uuid.uuid4().hex}"
+        a, b = get_key(st, veh, sid, enc), get_key(other, enc, sid, veh)
+        assert a.key_id == b.key_id and a.key == b.key
+        got = st.psql(f"SELECT master_version FROM sessions WHERE key_id = '{a.key_id}'").strip()
+        assert got == str(version)
+
     try:
         veh, enc = make_device(st, "vehicle"), make_device(st, "encryptor")
-        sid = f"TC-{uuid.uuid4().hex}"
-        a, b = get_key(st, veh, sid, enc), get_key(other, enc, sid, veh)
-        assert a.key_id == b.key_id and a.key == b.key
+        pair_under(1)
+        assert wait_for(lambda: set(instances()) == {"first", "second"}, 30), instances()
+        inst = instances()
+        assert inst["first"]["versions"] == [1] and inst["second"]["versions"] == [1], inst
+        assert inst["second"]["lacking"] == [] and inst["second"]["software"]
+        r = requests.get(other.url + "/v1/admin/master/instances", timeout=10,
+                         headers={"Authorization": f"Bearer {st.admin_token}"})
+        assert r.status_code == 200 and r.json()["self"] == "second", r.text
 
+        # Staged: the second's token lacks version 2.
         r = st.admin("POST", "/v1/admin/master/rotate")
         assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["active"] == 1 and body["staged"] == 2, body
+        assert body["waiting_for"] == ["second"], body
+        assert {v["version"]: v["state"] for v in body["versions"]} == {1: "active", 2: "staged"}
+        r = st.admin("POST", "/v1/admin/master/rotate")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "rotation_pending", r.text
+        r = st.admin("POST", "/v1/admin/master/rotate", json={"force": "yes"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+        assert wait_for(lambda: instances()["first"]["versions"] == [1, 2], 10), instances()
+        inst = instances()
+        assert inst["second"]["versions"] == [1] and inst["second"]["lacking"] == [2], inst
+        # The same through kmsctl, as an operator sees it.
+        p = st.kmsctl("master", "status", token=st.admin_token, check=True)
+        assert "staged version: 2   waiting for: [\"second\"]" in p.stdout, p.stdout
+        p = st.kmsctl("master", "instances", "--json", token=st.admin_token, check=True)
+        assert json.loads(p.stdout)["self"] == "first", p.stdout
+        p = st.kmsctl("master", "instances", token=st.admin_token, check=True)
+        line = next(x for x in p.stdout.splitlines() if x.startswith("second"))
+        assert line.split()[1:4] == ["true", "[1]", "[2]"], p.stdout
+        p = st.kmsctl("master", "rotate", token=st.admin_token)
+        assert p.returncode != 0 and "rotation_pending" in p.stderr, (p.returncode, p.stderr)
+        time.sleep(3)  # several maintenance steps: still staged, both serve
+        assert master()["staged"] == 2
+        assert readyz().status_code == 200, readyz().text
+        pair_under(1)
 
-        def readyz():
-            return requests.get(other.url + "/readyz", timeout=5)
+        copy_token(src, os.path.join(copy, "tokens"))
+        assert wait_for(lambda: master()["active"] == 2, 30), master()
+        m = master()
+        assert m["staged"] is None and m["waiting_for"] == [], m
+        assert readyz().status_code == 200, readyz().text
+        assert instances()["second"]["versions"][-1] == 2
+        pair_under(2)
+        assert st.psql("SELECT count(*) FROM audit_log WHERE event = 'master.staged'"
+                       " AND (detail->>'version')::int = 2").strip() == "1"
+        assert st.psql("SELECT actor || ' ' || (detail->>'forced') FROM audit_log"
+                       " WHERE event = 'master.rotated' AND (detail->>'to')::int = 2").strip() \
+            == "kmsd false"
 
+        # Version 1, retired and rewrapped away from, is destroyed by one
+        # instance and then by the other in its own token.
+        assert wait_for(lambda: {v["version"]: v["state"] for v in master()["versions"]}[1]
+                        == "destroyed", 60), master()
+        env = dict(os.environ, SOFTHSM2_CONF=conf)
+
+        def second_labels():
+            return pkcs11_tool(st, "--list-objects", "--type", "secrkey", env=env)
+        assert wait_for(lambda: "qkms-master-1" not in second_labels(), 30), second_labels()
+        assert "qkms-master-2" in second_labels()
+
+        # Forced: active at once; the second lacks it and is not ready.
+        r = st.admin("POST", "/v1/admin/master/rotate", json={"force": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["active"] == 3 and r.json()["staged"] is None, r.text
         assert wait_for(lambda: readyz().status_code == 503, 30), readyz().text
         body = readyz().json()
-        assert body["checks"]["token"] == "master key version 2 not in the token", body
+        assert body["checks"]["token"] == "master key version 3 not in the token", body
         assert body["checks"]["database"] == "ok"
-
-        # Each file to a temporary name and renamed into place, as docs/ha.md
-        # says: the running SoftHSM never reads a half-written object.
-        for d, _, files in os.walk(src):
-            dst = os.path.join(copy, "tokens", os.path.relpath(d, src))
-            os.makedirs(dst, exist_ok=True)
-            for name in files:
-                shutil.copy2(os.path.join(d, name), os.path.join(dst, name + ".tmp"))
-                os.replace(os.path.join(dst, name + ".tmp"), os.path.join(dst, name))
+        copy_token(src, os.path.join(copy, "tokens"))
         assert wait_for(lambda: readyz().status_code == 200, 30), readyz().text
-        sid = f"TC-{uuid.uuid4().hex}"
-        a, b = get_key(st, veh, sid, enc), get_key(other, enc, sid, veh)
-        assert a.key_id == b.key_id and a.key == b.key
-        assert st.psql(f"SELECT master_version FROM sessions WHERE key_id = '{a.key_id}'").strip() == "2"
+        pair_under(3)
     finally:
         assert other.stop() == 0
+    # A clean stop leaves the registry.
+    assert "second" not in instances()

@@ -69,6 +69,7 @@ MATRIX = [
     ("DELETE", "/v1/admin/policies/{name}", OPS),
     ("GET", "/v1/admin/master", ANY),
     ("POST", "/v1/admin/master/rotate", ADMIN),
+    ("GET", "/v1/admin/master/instances", ANY),
     ("GET", "/v1/admin/audit", ANY),
     ("POST", "/v1/admin/audit/verify", AUDIT),
     ("GET", "/v1/admin/audit/verify/{request_id}", AUDIT),

@@ -201,7 +201,10 @@ def test_lagging_instance_never_wraps_under_a_retired_or_destroyed_version(fresh
         for t in threads:
             t.start()
         time.sleep(1)
-        assert st.admin("POST", "/v1/admin/master/rotate").status_code == 200
+        # Forced: with the lagging instances registered, a rotation would be
+        # staged until their next step (a minute); this test is about an
+        # instance that wraps under a version no longer active.
+        assert st.admin("POST", "/v1/admin/master/rotate", json={"force": True}).status_code == 200
         deadline = time.time() + 60
         states = {}
         while time.time() < deadline:
@@ -271,7 +274,8 @@ def test_lagging_instance_is_refused_by_the_database_and_retries(fresh_stack):
     lag = LaggingKmsd(st)
     try:
         veh, enc = make_device(st, "vehicle"), make_device(st, "encryptor")
-        assert st.admin("POST", "/v1/admin/master/rotate").status_code == 200
+        # Forced, as above: not staged until the lagging instance's next step.
+        assert st.admin("POST", "/v1/admin/master/rotate", json={"force": True}).status_code == 200
         assert st.psql("SELECT state FROM master_keys ORDER BY version").split() == [
             "retired", "active"]
         # A session key wrapped by the lagging instance.
@@ -288,7 +292,7 @@ def test_lagging_instance_is_refused_by_the_database_and_retries(fresh_stack):
     # instance (started before a second rotation).
     lag = LaggingKmsd(st)
     try:
-        assert st.admin("POST", "/v1/admin/master/rotate").status_code == 200
+        assert st.admin("POST", "/v1/admin/master/rotate", json={"force": True}).status_code == 200
         did = f"L-{uuid.uuid4().hex[:10]}"
         r = requests.post(lag.url + "/v1/admin/devices", json={"device_id": did, "type": "meter"},
                           headers={"Authorization": f"Bearer {st.admin_token}"}, timeout=30)

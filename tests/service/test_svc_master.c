@@ -2,7 +2,9 @@
  * Service tests of the master key, one per operation, without HTTP: the
  * status names every version, a rotation makes the next version active
  * (audited), and the maintenance step rewraps a key stored under the old
- * version so that it opens to the same bytes under the new one.
+ * version so that it opens to the same bytes under the new one. With
+ * another live instance in the registry, a rotation is staged until that
+ * instance holds the version (or forced).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +20,7 @@
 #include "fixture.h"
 #include "hexutil.h"
 #include "service/device_model.h"
+#include "service/instances.h"
 #include "service/rotation.h"
 
 #define ACTOR "svc-test-master"
@@ -74,7 +77,7 @@ static void rotate_makes_the_next_version_active(void **state)
     json_t *st;
     char *n;
     (void)state;
-    assert_int_equal(rotation_rotate(&fx.svc, ACTOR, &e), QK_OK);
+    assert_int_equal(rotation_rotate(&fx.svc, ACTOR, false, &e), QK_OK);
     after = keywrap_active(fx.svc.kw);
     assert_true(after > before);
     st = status();
@@ -121,7 +124,7 @@ static void rewrap_moves_keys_to_the_active_version(void **state)
               " WHERE device_id = $1",
               3, vals));
 
-    assert_int_equal(rotation_rotate(&fx.svc, ACTOR, &e), QK_OK);
+    assert_int_equal(rotation_rotate(&fx.svc, ACTOR, false, &e), QK_OK);
     now = keywrap_active(fx.svc.kw);
     assert_true(now > old);
     for (int i = 0; i < 50; i++) {
@@ -162,12 +165,95 @@ static void rewrap_moves_keys_to_the_active_version(void **state)
     free(got_ver);
 }
 
+static char *count_audit(const char *event, const char *actor, const char *version)
+{
+    const char *vals[3] = {event, actor, version};
+    return fixture_sql1("SELECT count(*) FROM audit_log WHERE event = $1 AND actor = $2"
+                        " AND coalesce(detail->>'to', detail->>'version') = $3",
+                        3, vals);
+}
+
+/* Another live instance whose token lacks the new version holds it back:
+ * staged (audited, named in the status), a second rotation refused, the
+ * maintenance step activates it once the other reports holding it, and an
+ * instance whose lease ran out holds nothing back; force does not wait. */
+static void staged_version_waits_for_every_live_instance(void **state)
+{
+    uint32_t before = keywrap_active(fx.svc.kw), staged;
+    char other[64], ver[16], *n;
+    const char *vals[2] = {other, ver};
+    qk_err e;
+    json_t *st;
+    (void)state;
+    fixture_unique(other, sizeof(other), "svc-other");
+    snprintf(ver, sizeof(ver), "%u", before);
+    free(fixture_sql1("INSERT INTO kmsd_instances (name, versions, software, started_at,"
+                      " expires_at) VALUES ($1, ARRAY[$2::int], 'test', now(),"
+                      " now() + interval '1 hour') RETURNING name", 2, vals));
+
+    assert_int_equal(rotation_rotate(&fx.svc, ACTOR, false, &e), QK_OK);
+    assert_int_equal(keywrap_active(fx.svc.kw), before); /* nothing wraps under it yet */
+    st = status();
+    staged = (uint32_t)json_integer_value(json_object_get(st, "staged"));
+    assert_true(staged > before);
+    assert_string_equal(state_of(st, staged), "staged");
+    assert_int_equal(json_array_size(json_object_get(st, "waiting_for")), 1);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(st, "waiting_for"), 0)),
+                        other);
+    json_decref(st);
+    snprintf(ver, sizeof(ver), "%u", staged);
+    n = count_audit("master.staged", ACTOR, ver);
+    assert_string_equal(n, "1");
+    free(n);
+
+    assert_int_equal(rotation_rotate(&fx.svc, ACTOR, false, &e), QK_CONFLICT);
+    assert_string_equal(e.code, "rotation_pending");
+    assert_int_equal(rotation_stage_pass(&fx.svc), 0); /* the other still lacks it */
+    assert_int_equal(keywrap_active(fx.svc.kw), before);
+
+    free(fixture_sql1("UPDATE kmsd_instances SET versions = versions || $2::int WHERE name = $1"
+                      " RETURNING name", 2, vals));
+    assert_int_equal(rotation_stage_pass(&fx.svc), 1);
+    assert_int_equal(keywrap_active(fx.svc.kw), staged);
+    st = status();
+    assert_true(json_is_null(json_object_get(st, "staged")));
+    assert_string_equal(state_of(st, staged), "active");
+    assert_string_equal(state_of(st, before), "retired");
+    json_decref(st);
+    n = count_audit("master.rotated", "kmsd", ver);
+    assert_string_equal(n, "1");
+    free(n);
+
+    /* Gone (its lease ran out): it holds back nothing. */
+    before = staged;
+    assert_int_equal(rotation_rotate(&fx.svc, ACTOR, false, &e), QK_OK);
+    assert_int_equal(keywrap_active(fx.svc.kw), before);
+    free(fixture_sql1("UPDATE kmsd_instances SET expires_at = now() - interval '1 second'"
+                      " WHERE name = $1 RETURNING name", 1, vals));
+    assert_int_equal(rotation_stage_pass(&fx.svc), 1);
+    assert_true(keywrap_active(fx.svc.kw) > before);
+
+    /* Forced: active at once although a live instance lacks it. */
+    before = keywrap_active(fx.svc.kw);
+    free(fixture_sql1("UPDATE kmsd_instances SET expires_at = now() + interval '1 hour'"
+                      " WHERE name = $1 RETURNING name", 1, vals));
+    assert_int_equal(rotation_rotate(&fx.svc, ACTOR, true, &e), QK_OK);
+    assert_true(keywrap_active(fx.svc.kw) > before);
+    st = status();
+    assert_true(json_is_null(json_object_get(st, "staged")));
+    json_decref(st);
+
+    free(fixture_sql1("DELETE FROM kmsd_instances WHERE name = $1 RETURNING name", 1, vals));
+    instances_leave(&fx.svc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(status_names_the_active_version),
         cmocka_unit_test(rotate_makes_the_next_version_active),
         cmocka_unit_test(rewrap_moves_keys_to_the_active_version),
+        cmocka_unit_test(staged_version_waits_for_every_live_instance),
     };
     return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);
 }

@@ -1,0 +1,106 @@
+/*
+ * instances — the registry of kmsd instances sharing the database
+ * (instances.h): what each one's token holds, for staged master key
+ * versions to wait for.
+ */
+#include "service/instances.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "store/pgarray.h"
+#include "store/pgjson.h"
+#include "store/queries.h"
+#include "version.h"
+
+int instances_report(qk_svc *s, db_conn *c)
+{
+    char started[24], ttl[16];
+    const char *vals[5];
+    db_status st;
+    PGresult *r = db_exec(c, Q_MASTER_LIST, 0, NULL, NULL, NULL, &st), *u;
+    pgarray held;
+    int rc = -1;
+
+    if (!r)
+        return -1;
+    /* Loaded means checked: master_init and master_refresh load a version
+     * only when the token's key has the check value the database recorded. */
+    pgarray_init(&held);
+    for (int i = 0; i < PQntuples(r); i++) {
+        uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
+        if (keywrap_has(s->kw, v))
+            pgarray_add_int(&held, (long)v);
+    }
+    PQclear(r);
+    snprintf(started, sizeof(started), "%lld", s->started_at);
+    snprintf(ttl, sizeof(ttl), "%d", 3 * s->cfg->session_reap_interval + 30);
+    vals[0] = s->instance;
+    vals[1] = pgarray_finish(&held);
+    vals[2] = QKMS_VERSION;
+    vals[3] = started;
+    vals[4] = ttl;
+    u = vals[1] ? qt_exec(c, QT_INSTANCE_REPORT, 5, vals, &st) : NULL;
+    if (u) {
+        PQclear(u);
+        if ((u = qt_exec(c, QT_INSTANCE_PURGE, 0, NULL, &st)))
+            rc = 0;
+        PQclear(u);
+    }
+    pgarray_free(&held);
+    return rc;
+}
+
+void instances_leave(qk_svc *s)
+{
+    const char *vals[1] = {s->instance};
+    db_status st;
+    db_conn *c;
+    PGresult *r;
+    if (!s->db || !s->instance[0] || !(c = db_acquire(s->db, &st)))
+        return;
+    r = qt_exec(c, QT_INSTANCE_LEAVE, 1, vals, &st);
+    if (!r)
+        log_emit(LOG_WARN, "could not leave the registry of instances; the row expires by itself",
+                 "{s:s,s:s}", "instance", s->instance, "error", db_status_name(st));
+    PQclear(r);
+    db_release(s->db, c);
+}
+
+static json_t *json_col(const PGresult *r, int row, int col)
+{
+    json_t *j = json_loads(PQgetvalue(r, row, col), 0, NULL);
+    return j ? j : json_array();
+}
+
+static json_t *instance_row(const PGresult *r, int i)
+{
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:b,s:o}", "name", pgjson_text(r, i, 0),
+                     "versions", json_col(r, i, 1), "software", pgjson_text(r, i, 2),
+                     "started_at", pgjson_time(r, i, 3), "seen_at", pgjson_time(r, i, 4),
+                     "expires_at", pgjson_time(r, i, 5), "live", PQgetvalue(r, i, 6)[0] == 't',
+                     "lacking", json_col(r, i, 7));
+}
+
+qk_kind instances_list(qk_svc *s, json_t **out, qk_err *e)
+{
+    db_status st;
+    db_conn *c = db_acquire(s->db, &st);
+    PGresult *r;
+    json_t *rows;
+    *out = NULL;
+    if (!c)
+        return db_fail(e, st);
+    r = qt_exec(c, QT_INSTANCE_LIST, 0, NULL, &st);
+    db_release(s->db, c);
+    if (!r)
+        return db_fail(e, st);
+    rows = pgjson_rows(r, instance_row);
+    PQclear(r);
+    *out = rows ? json_pack("{s:o,s:s}", "instances", rows, "self", s->instance) : NULL;
+    if (!*out)
+        return qk_fail(e, QK_INTERNAL, "internal", "out of memory");
+    return QK_OK;
+}

@@ -1,0 +1,37 @@
+/*
+ * instances — the registry of the kmsd instances sharing one database
+ * (schema/040), so that a master key rotation reaches every instance
+ * before any key is wrapped under it (rotation.h, docs/ha.md).
+ *
+ * Contract:
+ *  - An instance's name is qk_svc.instance: instance_name, or
+ *    "<host name>/<pid>" when that is unset (set by service_open).
+ *  - instances_report(), run by every maintenance step of every instance
+ *    after the master key refresh, records the versions this instance's
+ *    token holds (those master_refresh loaded: staged, active or retired,
+ *    each with the check value the database recorded) under a lease of
+ *    three steps (3 x session_reap_interval + 30 s). An instance whose
+ *    lease ran out counts as gone; its row is purged a day later.
+ *  - instances_leave() deletes this instance's row at a clean shutdown,
+ *    so that a stopped instance does not hold back an activation.
+ *  - instances_list() is GET /v1/admin/master/instances: every row with
+ *    "live" and the versions it lacks.
+ *  - Failures are logged and retried at the next step (report, leave);
+ *    the listing fails with QK_UNAVAILABLE when the database cannot say.
+ */
+#ifndef QKMS_INSTANCES_H
+#define QKMS_INSTANCES_H
+
+#include <jansson.h>
+
+#include "err.h"
+#include "service/service.h"
+
+/* Record what this token holds; c: a pooled connection. 0, or -1. */
+int instances_report(qk_svc *s, db_conn *c);
+void instances_leave(qk_svc *s);
+/* *out = {"instances":[{name,software,started_at,seen_at,expires_at,live,
+ * versions:[...],lacking:[...]}]} (caller decrefs). */
+qk_kind instances_list(qk_svc *s, json_t **out, qk_err *e);
+
+#endif
