@@ -216,6 +216,17 @@ static void wrap_budget_step(maintenance *m)
     pthread_mutex_unlock(&m->mu);
 }
 
+static void stage_step(maintenance *m)
+{
+    rotation_stage_result r;
+    rotation_stage_pass(m->k, &r);
+    pthread_mutex_lock(&m->mu);
+    m->stats.instances_live = r.live_instances;
+    m->stats.master_staged_s = r.staged_s;
+    m->stats.master_staged_waiting = r.staged_waiting;
+    pthread_mutex_unlock(&m->mu);
+}
+
 /* Destroy what is due. A full pass is followed by another, up to
  * REAP_PASSES_MAX, so the reaper keeps up with sessions ending faster than
  * one batch per interval (every session a kmsd creates ends one day:
@@ -259,7 +270,7 @@ static void *loop(void *arg)
         /* Master key rotation: report what this token holds, activate a
          * staged version every instance holds, adopt new versions, rewrap,
          * destroy unused. */
-        rotation_stage_pass(m->k); /* a failure is retried at the next step */
+        stage_step(m); /* a failure is retried at the next step */
         for (int i = 0; i < 20 && rotation_pass(m->k) > 0; i++)
             ;
         if (time(NULL) >= next_full) {
@@ -300,6 +311,7 @@ int maintenance_start(maintenance **out, qk_svc *k)
         return -1;
     m->k = k;
     m->stats.keys_expiring = -1;
+    m->stats.instances_live = m->stats.master_staged_s = m->stats.master_staged_waiting = -1;
     m->stats.certs_expiring = -1;
     m->stats.service_ending = m->stats.service_ended = -1;
     m->stats.audit_unsealed = m->stats.audit_seal_lag_s = -1;
@@ -376,6 +388,18 @@ void maintenance_metrics_render(void *maint, FILE *f)
             "qkms_master_key_budget_rotations_total %llu\n",
             ms.wrap_active_version, (long long)ms.wrap_active_count,
             m->k->cfg->master_key_wrap_limit, (unsigned long long)ms.wrap_budget_rotations);
+    fprintf(f,
+            "# HELP qkms_instances_live Live kmsd instances in the registry of this database"
+            " (last maintenance step; -1 unknown).\n"
+            "# TYPE qkms_instances_live gauge\nqkms_instances_live %lld\n"
+            "# HELP qkms_master_key_staged_seconds How long a staged master key version has"
+            " waited for every instance to hold it (0 none; -1 unknown).\n"
+            "# TYPE qkms_master_key_staged_seconds gauge\nqkms_master_key_staged_seconds %lld\n"
+            "# HELP qkms_master_key_staged_waiting Live instances whose token lacks the staged"
+            " master key version (0 none; -1 unknown).\n"
+            "# TYPE qkms_master_key_staged_waiting gauge\nqkms_master_key_staged_waiting %lld\n",
+            (long long)ms.instances_live, (long long)ms.master_staged_s,
+            (long long)ms.master_staged_waiting);
     fprintf(f,
             "# HELP qkms_devices_service_ending Devices whose service ends within"
             " service_warn_days (last maintenance pass; -1 before the first).\n"

@@ -34,6 +34,8 @@ typedef struct {
     int64_t wrap_active_count;       /* master_keys.wrap_count of the active version */
     uint64_t wraps_recorded;         /* invocations this process added to the database */
     uint64_t wrap_budget_rotations;  /* automatic rotations this process made */
+    /* the registry of instances and a staged master key version (rotation.h) */
+    int64_t instances_live, master_staged_s, master_staged_waiting;
 } maintenance_stats;
 
 int maintenance_start(maintenance **out, qk_svc *k);

@@ -193,9 +193,9 @@ static qk_kind activate(qk_svc *s, db_conn *c, const char *actor, uint32_t v, co
                        st == DB_OK ? "it is no longer staged" : db_status_name(st));
 }
 
-/* The staged version (0 if none) and its label; -1 when the database
- * cannot say. */
-static int staged_version(db_conn *c, uint32_t *v, char *label, size_t len)
+/* The staged version (0 if none), its label and how long it has waited
+ * (age_s may be NULL); -1 when the database cannot say. */
+static int staged_version(db_conn *c, uint32_t *v, char *label, size_t len, int64_t *age_s)
 {
     db_status st;
     PGresult *r = qt_exec(c, QT_MASTER_STAGED, 0, NULL, &st);
@@ -205,9 +205,21 @@ static int staged_version(db_conn *c, uint32_t *v, char *label, size_t len)
     if (PQntuples(r) == 1) {
         *v = (uint32_t)strtoul(PQgetvalue(r, 0, 0), NULL, 10);
         snprintf(label, len, "%s", PQgetvalue(r, 0, 1));
+        if (age_s)
+            *age_s = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
     }
     PQclear(r);
     return 0;
+}
+
+/* A count query's answer, or -1. */
+static int64_t count_of(db_conn *c, text_query_id q, int n, const char *const *vals)
+{
+    db_status st;
+    PGresult *r = qt_exec(c, q, n, vals, &st);
+    int64_t v = r && PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
+    PQclear(r);
+    return v;
 }
 
 /* How many live instances, other than this one, share the database; -1
@@ -215,11 +227,7 @@ static int staged_version(db_conn *c, uint32_t *v, char *label, size_t len)
 static long other_instances(qk_svc *s, db_conn *c)
 {
     const char *vals[1] = {s->instance};
-    db_status st;
-    PGresult *r = qt_exec(c, QT_INSTANCE_OTHERS_LIVE, 1, vals, &st);
-    long n = r ? atol(PQgetvalue(r, 0, 0)) : -1;
-    PQclear(r);
-    return n;
+    return (long)count_of(c, QT_INSTANCE_OTHERS_LIVE, 1, vals);
 }
 
 qk_kind rotation_rotate(qk_svc *s, const char *actor, bool force, qk_err *e)
@@ -239,7 +247,7 @@ qk_kind rotation_rotate(qk_svc *s, const char *actor, bool force, qk_err *e)
         db_release(s->db, c);
         return rotate_fail(e, "cannot take the master key lock");
     }
-    if (staged_version(c, &staged, label, sizeof(label)) != 0) {
+    if (staged_version(c, &staged, label, sizeof(label), NULL) != 0) {
         k = rotate_fail(e, "database unavailable");
         goto out;
     }
@@ -290,43 +298,56 @@ out:
     return k;
 }
 
-int rotation_stage_pass(qk_svc *s)
+int rotation_stage_pass(qk_svc *s, rotation_stage_result *out)
 {
     db_status st;
     db_conn *c = db_acquire(s->db, &st);
-    PGresult *r = NULL;
     char label[128], ver[16];
     const char *vals[1] = {ver};
+    rotation_stage_result res = {-1, -1, -1};
     uint32_t staged = 0;
     qk_err e;
     int rc = -1;
 
     if (!c)
-        return -1;
+        goto done;
     master_refresh(s, c); /* load what the token got since */
-    if (instances_report(s, c) != 0 || staged_version(c, &staged, label, sizeof(label)) != 0)
-        goto done;
+    if (instances_report(s, c) != 0)
+        goto release;
+    res.live_instances = count_of(c, QT_INSTANCES_LIVE, 0, NULL);
+    res.staged_s = 0;
+    if (staged_version(c, &staged, label, sizeof(label), &res.staged_s) != 0)
+        goto release;
     rc = 0;
-    if (!staged)
-        goto done;
+    if (!staged) {
+        res.staged_waiting = 0;
+        goto release;
+    }
     snprintf(ver, sizeof(ver), "%u", staged);
+    res.staged_waiting = count_of(c, QT_MASTER_WAITING_COUNT, 1, vals);
+    if (res.staged_waiting != 0)
+        goto release;
     /* Checked again under the lock: another instance may have activated
      * it, or one that lacks it may have just reported. */
     if (qt_command(c, QT_MASTER_LOCK) != DB_OK) {
         rc = -1;
-        goto done;
+        goto release;
     }
-    if (staged_version(c, &staged, label, sizeof(label)) == 0 && staged &&
-        (r = qt_exec(c, QT_MASTER_WAITING, 1, vals, &st)) && PQntuples(r) == 0) {
+    if (staged_version(c, &staged, label, sizeof(label), NULL) == 0 && staged &&
+        count_of(c, QT_MASTER_WAITING_COUNT, 1, vals) == 0) {
         rc = activate(s, c, "kmsd", staged, label, false, &e) == QK_OK ? 1 : -1;
         if (rc < 0)
             log_emit(LOG_WARN, "staged master key version not activated; will retry", "{s:s}",
                      "error", e.detail);
+        else
+            res.staged_s = 0;
     }
-    PQclear(r);
     qt_command(c, QT_MASTER_UNLOCK);
-done:
+release:
     db_release(s->db, c);
+done:
+    if (out)
+        *out = res;
     return rc;
 }
 

@@ -36,6 +36,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
@@ -54,11 +55,19 @@ qk_kind rotation_rotate(qk_svc *s, const char *actor, bool force, qk_err *e);
  * retired_at,device_keys,sessions}],"pending_rewrap":M,"staged":S|null,
  * "waiting_for":[instance names]} (caller decrefs). */
 qk_kind rotation_status(qk_svc *s, json_t **out, qk_err *e);
+/* What a stage step saw, for /metrics (maintenance.h); -1: unknown. */
+typedef struct {
+    int64_t live_instances; /* live rows in the registry */
+    int64_t staged_s;       /* how long the staged version has waited; 0: none */
+    int64_t staged_waiting; /* live instances lacking it */
+} rotation_stage_result;
+
 /* One maintenance step of every instance: refresh the loaded versions,
  * report them in the registry (instances_report), and activate a staged
  * version no live instance lacks (audited master.rotated by "kmsd").
- * 1 activated, 0 nothing to do, -1 error (retried next step). */
-int rotation_stage_pass(qk_svc *s);
+ * 1 activated, 0 nothing to do, -1 error (retried next step); *out (may
+ * be NULL) what it saw. */
+int rotation_stage_pass(qk_svc *s, rotation_stage_result *out);
 /* One maintenance step; returns the number of keys rewrapped, or -1. */
 int rotation_pass(qk_svc *k);
 

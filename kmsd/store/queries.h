@@ -1146,10 +1146,15 @@ extern const db_stmt_def queries[Q__COUNT];
       " FROM kmsd_instances i ORDER BY i.name")                                                 \
     X(QT_INSTANCE_OTHERS_LIVE, "SELECT count(*) FROM kmsd_instances"                            \
       " WHERE expires_at > now() AND name <> $1")                                               \
-    X(QT_MASTER_STAGED, "SELECT version, label FROM master_keys WHERE state = 'staged'")        \
+    X(QT_MASTER_STAGED, /* and how long it has waited, in seconds */                           \
+      "SELECT version, label, extract(epoch FROM now() - created_at)::bigint FROM master_keys"  \
+      " WHERE state = 'staged'")                                                                \
+    X(QT_INSTANCES_LIVE, "SELECT count(*) FROM kmsd_instances WHERE expires_at > now()")        \
     X(QT_MASTER_WAITING, /* live instances that do not hold staged version $1 */               \
       "SELECT name FROM kmsd_instances WHERE expires_at > now()"                                \
       " AND NOT $1::int = ANY(versions) ORDER BY name")                                         \
+    X(QT_MASTER_WAITING_COUNT, "SELECT count(*) FROM kmsd_instances WHERE expires_at > now()"   \
+      " AND NOT $1::int = ANY(versions)")                                                       \
     X(QT_MASTER_INSERT_STAGED,                                                                  \
       "INSERT INTO master_keys (version, label, kcv, state)"                                     \
       " VALUES ($1::int, $2, decode($3, 'hex'), 'staged')") \

@@ -361,6 +361,9 @@ def test_rotation_reaches_every_instance_token(fresh_stack):
         assert p.returncode != 0 and "rotation_pending" in p.stderr, (p.returncode, p.stderr)
         time.sleep(3)  # several maintenance steps: still staged, both serve
         assert master()["staged"] == 2
+        m = st.admin("GET", "/metrics").text
+        assert "qkms_instances_live 2\n" in m and "qkms_master_key_staged_waiting 1\n" in m, m
+        assert int(re.search(r"^qkms_master_key_staged_seconds (\d+)$", m, re.M).group(1)) >= 2
         assert readyz().status_code == 200, readyz().text
         pair_under(1)
 
@@ -368,6 +371,8 @@ def test_rotation_reaches_every_instance_token(fresh_stack):
         assert wait_for(lambda: master()["active"] == 2, 30), master()
         m = master()
         assert m["staged"] is None and m["waiting_for"] == [], m
+        assert wait_for(lambda: "qkms_master_key_staged_seconds 0\n"
+                        in st.admin("GET", "/metrics").text, 10)
         assert readyz().status_code == 200, readyz().text
         assert instances()["second"]["versions"][-1] == 2
         pair_under(2)

@@ -208,12 +208,12 @@ static void staged_version_waits_for_every_live_instance(void **state)
 
     assert_int_equal(rotation_rotate(&fx.svc, ACTOR, false, &e), QK_CONFLICT);
     assert_string_equal(e.code, "rotation_pending");
-    assert_int_equal(rotation_stage_pass(&fx.svc), 0); /* the other still lacks it */
+    assert_int_equal(rotation_stage_pass(&fx.svc, NULL), 0); /* the other still lacks it */
     assert_int_equal(keywrap_active(fx.svc.kw), before);
 
     free(fixture_sql1("UPDATE kmsd_instances SET versions = versions || $2::int WHERE name = $1"
                       " RETURNING name", 2, vals));
-    assert_int_equal(rotation_stage_pass(&fx.svc), 1);
+    assert_int_equal(rotation_stage_pass(&fx.svc, NULL), 1);
     assert_int_equal(keywrap_active(fx.svc.kw), staged);
     st = status();
     assert_true(json_is_null(json_object_get(st, "staged")));
@@ -230,7 +230,7 @@ static void staged_version_waits_for_every_live_instance(void **state)
     assert_int_equal(keywrap_active(fx.svc.kw), before);
     free(fixture_sql1("UPDATE kmsd_instances SET expires_at = now() - interval '1 second'"
                       " WHERE name = $1 RETURNING name", 1, vals));
-    assert_int_equal(rotation_stage_pass(&fx.svc), 1);
+    assert_int_equal(rotation_stage_pass(&fx.svc, NULL), 1);
     assert_true(keywrap_active(fx.svc.kw) > before);
 
     /* Forced: active at once although a live instance lacks it. */
