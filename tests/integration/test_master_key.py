@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import KMSD, SOFTHSM, Stack, free_port, wait_for, wait_readyz
+from conftest import KMSD, ROOT, SOFTHSM, Stack, free_port, wait_for, wait_readyz
 
 
 def pkcs11_tool(st, *args, env=None):
@@ -261,15 +261,13 @@ def test_rotation_refuses_a_planted_key_under_the_next_label(fresh_stack):
 
 
 def copy_token(src, dst):
-    """Each file to a temporary name and renamed into place, as docs/ha.md
-    says: the running SoftHSM never reads a half-written object."""
-    import shutil
-    for d, _, files in os.walk(src):
-        out = os.path.join(dst, os.path.relpath(d, src))
-        os.makedirs(out, exist_ok=True)
-        for name in files:
-            shutil.copy2(os.path.join(d, name), os.path.join(out, name + ".tmp"))
-            os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+    """tools/softhsm-token-sync.sh, as docs/ha.md says: each file to a
+    temporary name and renamed into place, so the running SoftHSM never
+    reads a half-written object."""
+    p = subprocess.run(["sh", os.path.join(ROOT, "tools", "softhsm-token-sync.sh"), src, dst],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stderr
 
 
 def test_rotation_reaches_every_instance_token(fresh_stack):
@@ -283,7 +281,6 @@ def test_rotation_reaches_every_instance_token(fresh_stack):
     does not wait: the instance lacking the version then says so on its
     /readyz (a balancer routes around it) until its token gets it. A
     version destroyed by one instance is destroyed in the other's token."""
-    import shutil
     import uuid
 
     from helpers import SecondKmsd, get_key, make_device
@@ -295,7 +292,8 @@ def test_rotation_reaches_every_instance_token(fresh_stack):
     assert r.status_code == 201, r.text
     src = os.path.join(st.state, "softhsm", "tokens")
     copy = os.path.join(st.state, "softhsm-copy")
-    shutil.copytree(src, os.path.join(copy, "tokens"))
+    os.makedirs(os.path.join(copy, "tokens"))
+    assert "file(s) copied" in copy_token(src, os.path.join(copy, "tokens"))
     conf = os.path.join(copy, "softhsm2.conf")
     with open(conf, "w") as f:
         f.write(f"directories.tokendir = {copy}/tokens\nobjectstore.backend = file\n"
