@@ -5,6 +5,7 @@
  */
 #include "service/instances.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,9 +16,15 @@
 #include "store/queries.h"
 #include "version.h"
 
+/* The start time as PostgreSQL's to_timestamp takes it. */
+static void started_text(const qk_svc *s, char *buf, size_t len)
+{
+    snprintf(buf, len, "%lld.%06lld", s->started_us / 1000000, s->started_us % 1000000);
+}
+
 int instances_report(qk_svc *s, db_conn *c)
 {
-    char started[24], ttl[16];
+    char started[32], ttl[16];
     const char *vals[5];
     db_status st;
     PGresult *r = db_exec(c, Q_MASTER_LIST, 0, NULL, NULL, NULL, &st), *u;
@@ -35,7 +42,7 @@ int instances_report(qk_svc *s, db_conn *c)
             pgarray_add_int(&held, (long)v);
     }
     PQclear(r);
-    snprintf(started, sizeof(started), "%lld", s->started_at);
+    started_text(s, started, sizeof(started));
     snprintf(ttl, sizeof(ttl), "%d", 3 * s->cfg->session_reap_interval + 30);
     vals[0] = s->instance;
     vals[1] = pgarray_finish(&held);
@@ -44,6 +51,13 @@ int instances_report(qk_svc *s, db_conn *c)
     vals[4] = ttl;
     u = vals[1] ? qt_exec(c, QT_INSTANCE_REPORT, 5, vals, &st) : NULL;
     if (u) {
+        /* No row: a live instance of another start holds the name. */
+        static bool warned;
+        if (PQntuples(u) == 0 && !warned)
+            log_emit(LOG_WARN, "another live kmsd instance has this instance_name; this one is "
+                     "not in the registry until that one's row expires (give each a unique "
+                     "instance_name)", "{s:s}", "instance", s->instance);
+        warned = PQntuples(u) == 0;
         PQclear(u);
         if ((u = qt_exec(c, QT_INSTANCE_PURGE, 0, NULL, &st)))
             rc = 0;
@@ -55,13 +69,15 @@ int instances_report(qk_svc *s, db_conn *c)
 
 void instances_leave(qk_svc *s)
 {
-    const char *vals[1] = {s->instance};
+    char started[32];
+    const char *vals[2] = {s->instance, started};
     db_status st;
     db_conn *c;
     PGresult *r;
     if (!s->db || !s->instance[0] || !(c = db_acquire(s->db, &st)))
         return;
-    r = qt_exec(c, QT_INSTANCE_LEAVE, 1, vals, &st);
+    started_text(s, started, sizeof(started));
+    r = qt_exec(c, QT_INSTANCE_LEAVE, 2, vals, &st);
     if (!r)
         log_emit(LOG_WARN, "could not leave the registry of instances; the row expires by itself",
                  "{s:s,s:s}", "instance", s->instance, "error", db_status_name(st));

@@ -116,7 +116,11 @@ static void name_instance(qk_svc *s)
             host[0] = 'h';
         snprintf(s->instance, sizeof(s->instance), "%s/%ld", host, (long)getpid());
     }
-    s->started_at = (long long)time(NULL);
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        s->started_us = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    }
 }
 
 int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, char *err,

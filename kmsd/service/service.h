@@ -65,7 +65,8 @@ typedef struct qk_svc {
     uint32_t sessions_rewrapped_for;
     /* This instance in the registry of instances (instances.h). */
     char instance[128];
-    long long started_at; /* Unix seconds */
+    long long started_us; /* Unix microseconds: tells this process from
+                           * an earlier one of the same name */
 } qk_svc;
 
 /* Who asks: an admin token (by name and roles) or a device (by identity ID),

@@ -1130,14 +1130,20 @@ extern const db_stmt_def queries[Q__COUNT];
       " revoke_reason = 'cessationOfOperation' WHERE device_pk = $1::bigint AND state = 'active'" \
       " RETURNING serial")                                                                     \
     /* the instance registry and staged master key versions (schema/040) */                      \
-    X(QT_INSTANCE_REPORT, /* $1 name, $2 versions, $3 software, $4 started (epoch s), $5 ttl */ \
+    /* $1 name, $2 versions, $3 software, $4 started (epoch s, microseconds), $5 ttl. A live  \
+       row of another start (same name, other started_at) is left alone: no row returned. */   \
+    X(QT_INSTANCE_REPORT,                                                                       \
       "INSERT INTO kmsd_instances (name, versions, software, started_at, seen_at, expires_at)"  \
-      " VALUES ($1, $2::int[], $3, to_timestamp($4::bigint), now(),"                            \
+      " VALUES ($1, $2::int[], $3, to_timestamp($4::double precision), now(),"                  \
       " now() + make_interval(secs => $5::int)) ON CONFLICT (name) DO UPDATE SET"               \
       " versions = EXCLUDED.versions, software = EXCLUDED.software,"                            \
-      " started_at = EXCLUDED.started_at, seen_at = now(), expires_at = EXCLUDED.expires_at")   \
+      " started_at = EXCLUDED.started_at, seen_at = now(), expires_at = EXCLUDED.expires_at"    \
+      " WHERE kmsd_instances.started_at = EXCLUDED.started_at"                                  \
+      " OR kmsd_instances.expires_at <= now() RETURNING name")                                  \
     X(QT_INSTANCE_PURGE, "DELETE FROM kmsd_instances WHERE expires_at < now() - interval '1 day'") \
-    X(QT_INSTANCE_LEAVE, "DELETE FROM kmsd_instances WHERE name = $1")                          \
+    X(QT_INSTANCE_LEAVE, /* only this start's row */                                            \
+      "DELETE FROM kmsd_instances WHERE name = $1"                                              \
+      " AND started_at = to_timestamp($2::double precision)")                                   \
     X(QT_INSTANCE_LIST, /* lacking: staged, active or retired versions it does not hold */     \
       "SELECT i.name, array_to_json(i.versions)::text, i.software, i.started_at, i.seen_at,"    \
       " i.expires_at, i.expires_at > now(), array_to_json(ARRAY(SELECT m.version"               \

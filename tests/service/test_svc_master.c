@@ -247,6 +247,41 @@ static void staged_version_waits_for_every_live_instance(void **state)
     instances_leave(&fx.svc);
 }
 
+/* A live row of the same name from another start is not taken over (two
+ * instances given one instance_name); once it expires it is, and a clean
+ * leave removes only this start's row. */
+static void a_live_namesake_keeps_its_row(void **state)
+{
+    const char *vals[1] = {fx.svc.instance};
+    char *v;
+    (void)state;
+    instances_leave(&fx.svc);
+    free(fixture_sql1("INSERT INTO kmsd_instances (name, versions, software, started_at,"
+                      " expires_at) VALUES ($1, '{}', 'other', now() - interval '1 hour',"
+                      " now() + interval '1 hour') RETURNING name", 1, vals));
+    assert_true(rotation_stage_pass(&fx.svc, NULL) >= 0);
+    v = fixture_sql1("SELECT software || ' ' || versions::text FROM kmsd_instances"
+                     " WHERE name = $1", 1, vals);
+    assert_string_equal(v, "other {}");
+    free(v);
+    instances_leave(&fx.svc); /* not its row: kept */
+    v = fixture_sql1("SELECT count(*) FROM kmsd_instances WHERE name = $1", 1, vals);
+    assert_string_equal(v, "1");
+    free(v);
+
+    free(fixture_sql1("UPDATE kmsd_instances SET expires_at = now() WHERE name = $1"
+                      " RETURNING name", 1, vals));
+    assert_true(rotation_stage_pass(&fx.svc, NULL) >= 0);
+    v = fixture_sql1("SELECT software <> 'other' AND cardinality(versions) >= 1"
+                     " FROM kmsd_instances WHERE name = $1", 1, vals);
+    assert_string_equal(v, "t");
+    free(v);
+    instances_leave(&fx.svc);
+    v = fixture_sql1("SELECT count(*) FROM kmsd_instances WHERE name = $1", 1, vals);
+    assert_string_equal(v, "0");
+    free(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -254,6 +289,7 @@ int main(void)
         cmocka_unit_test(rotate_makes_the_next_version_active),
         cmocka_unit_test(rewrap_moves_keys_to_the_active_version),
         cmocka_unit_test(staged_version_waits_for_every_live_instance),
+        cmocka_unit_test(a_live_namesake_keeps_its_row),
     };
     return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);
 }
