@@ -61,9 +61,32 @@ static qk_kind next_version(db_conn *c, uint32_t *v, qk_err *e)
     return QK_OK;
 }
 
+/* The end of recording new version v, whose transaction is open on c and
+ * went as st says: COMMIT it, or ROLLBACK and destroy the new key again (no
+ * orphan in the token). A COMMIT that got no answer keeps the key (below). */
+static qk_kind finish_record(qk_svc *s, db_conn *c, db_status st, uint32_t v, const char *label,
+                             qk_err *e)
+{
+    if (st != DB_OK) {
+        db_command(c, "ROLLBACK");
+        keywrap_destroy(s->kw, v);
+        return rotate_fail(e, "recording %s failed: %s", label, db_status_name(st));
+    }
+    if ((st = db_command(c, "COMMIT")) == DB_OK)
+        return QK_OK;
+    /* COMMIT sent, no answer (db_io_timeout_ms): the row may well be
+     * committed, and then this key is the active (or staged) master key.
+     * Keep it: every instance adopts it at its next refresh if it was
+     * recorded, and if it was not, the next rotation finds it by its label
+     * and uses it (p11 generation looks for the label first). */
+    log_emit(LOG_WARN, "master key rotation: outcome unknown, key kept in the token", "{s:s,s:s}",
+             "label", label, "error", db_status_name(st));
+    return rotate_fail(e, "recording %s: outcome unknown (%s); see GET /v1/admin/master", label,
+                       db_status_name(st));
+}
+
 /* Record v as the active version and the active one as retired, audited,
- * in one transaction. A failure before COMMIT destroys the new key again;
- * a COMMIT that got no answer keeps it (see below). */
+ * in one transaction (finish_record). */
 static qk_kind record_version(qk_svc *s, db_conn *c, const char *actor, uint32_t v,
                               const char *label, const uint8_t kcv[KEYWRAP_KCV_LEN],
                               char from[16], qk_err *e)
@@ -71,7 +94,6 @@ static qk_kind record_version(qk_svc *s, db_conn *c, const char *actor, uint32_t
     char ver[16];
     const char *vals[3] = {ver, label, (const char *)kcv};
     int lens[3] = {0, 0, KEYWRAP_KCV_LEN}, fmts[3] = {0, 0, 1};
-    bool commit_sent = false;
     PGresult *r;
     db_status st;
 
@@ -87,26 +109,7 @@ static qk_kind record_version(qk_svc *s, db_conn *c, const char *actor, uint32_t
     if (st == DB_OK)
         st = audit_append(c, actor, "master.rotated", NULL,
                           json_pack("{s:s,s:i,s:s}", "from", from, "to", (int)v, "label", label));
-    if (st == DB_OK) {
-        commit_sent = true;
-        st = db_command(c, "COMMIT");
-    }
-    if (st == DB_OK)
-        return QK_OK;
-    if (!commit_sent) {
-        db_command(c, "ROLLBACK");
-        keywrap_destroy(s->kw, v); /* leave no orphan in the token */
-        return rotate_fail(e, "recording %s failed: %s", label, db_status_name(st));
-    }
-    /* COMMIT sent, no answer (db_io_timeout_ms): the row may well be
-     * committed, and then this key is the active master key. Keep it:
-     * every instance adopts it at its next refresh if it was recorded,
-     * and if it was not, the next rotation finds it by its label and
-     * uses it (p11 generation looks for the label first). */
-    log_emit(LOG_WARN, "master key rotation: outcome unknown, key kept in the token", "{s:s,s:s}",
-             "label", label, "error", db_status_name(st));
-    return rotate_fail(e, "recording %s: outcome unknown (%s); see GET /v1/admin/master", label,
-                       db_status_name(st));
+    return finish_record(s, c, st, v, label, e);
 }
 
 /* Record v as staged (rotation.h), audited with the instances it waits
@@ -116,7 +119,6 @@ static qk_kind record_staged(qk_svc *s, db_conn *c, const char *actor, uint32_t 
 {
     char ver[16], kcvhex[2 * KEYWRAP_KCV_LEN + 1];
     const char *vals[3] = {ver, label, kcvhex};
-    bool commit_sent = false;
     json_t *waiting = json_array();
     PGresult *r;
     db_status st;
@@ -139,21 +141,7 @@ static qk_kind record_staged(qk_svc *s, db_conn *c, const char *actor, uint32_t 
                                     "waiting_for", waiting));
     }
     json_decref(waiting);
-    if (st == DB_OK) {
-        commit_sent = true;
-        st = db_command(c, "COMMIT");
-    }
-    if (st == DB_OK)
-        return QK_OK;
-    if (!commit_sent) {
-        db_command(c, "ROLLBACK");
-        keywrap_destroy(s->kw, v);
-        return rotate_fail(e, "recording %s failed: %s", label, db_status_name(st));
-    }
-    log_emit(LOG_WARN, "master key staging: outcome unknown, key kept in the token", "{s:s,s:s}",
-             "label", label, "error", db_status_name(st));
-    return rotate_fail(e, "recording %s: outcome unknown (%s); see GET /v1/admin/master", label,
-                       db_status_name(st));
+    return finish_record(s, c, st, v, label, e);
 }
 
 /* Activate staged version v (the active one retires), audited; the caller
