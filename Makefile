@@ -8,6 +8,9 @@
 #   make install PREFIX=/usr/local DESTDIR=
 #   make deps                 install the Debian packages (root)
 #   make fuzz                 libFuzzer targets (clang), each run FUZZ_SECONDS s
+#   make compose-up | compose-down | compose-test      the compose stack (docker/compose.yaml)
+#   make compose-ha-up | compose-ha-down | compose-ha-test   its HA profile and the
+#                             failover drills on containers (docker/compose.ha.yaml, docs/ha.md)
 
 CC       ?= gcc
 PREFIX   ?= /usr/local
@@ -217,7 +220,8 @@ clean:
 -include $(shell find build -name '*.d' 2>/dev/null)
 
 # ---- compose deployment (docker/compose.yaml; docker compose or podman-compose) ----
-.PHONY: container-deps base-image compose-up compose-down compose-test
+.PHONY: container-deps base-image compose-up compose-down compose-test \
+        compose-ha-up compose-ha-down compose-ha-test
 # podman + podman-compose + runc + debootstrap where docker compose is absent
 container-deps:
 	sh scripts/container-deps.sh
@@ -233,3 +237,16 @@ compose-down:
 
 compose-test: all
 	PYTHON=$(PYTHON) QKMS_KMSCTL=$(CURDIR)/$(KMSCTL) QKMS_DEVICE=$(CURDIR)/$(QKMSDEV) bash tests/compose/run.sh $(PYTEST_ARGS)
+
+# The HA profile (docker/compose.ha.yaml: etcd, three Patroni nodes, HAProxy,
+# two kmsd) and the failover drills on its containers (tests/compose_ha/,
+# docs/ha.md "The compose profile"), under haload's mutual-TLS load.
+compose-ha-up:
+	bash docker/compose.sh --ha up
+
+compose-ha-down:
+	bash docker/compose.sh --ha down
+
+compose-ha-test: all $(HALOAD)
+	PYTHON=$(PYTHON) QKMS_DEVICE=$(CURDIR)/$(QKMSDEV) QKMS_HALOAD=$(CURDIR)/$(HALOAD) \
+	  bash tests/compose_ha/run.sh $(PYTEST_ARGS)

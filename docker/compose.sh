@@ -1,6 +1,7 @@
 #!/bin/bash
-# docker/compose.sh — run docker/compose.yaml with whichever compose engine the
-# machine has, and do what the compose CLIs do differently in one way:
+# docker/compose.sh — run docker/compose.yaml (or, with --ha first,
+# docker/compose.ha.yaml) with whichever compose engine the machine has, and
+# do what the compose CLIs do differently in one way:
 #
 #   compose.sh build             base image (docker/base-image.sh) + compose build
 #   compose.sh up [--no-build]   build, start the stack (no demo), wait until healthy
@@ -12,16 +13,22 @@
 #   compose.sh cid SERVICE       container ID of a service
 #   compose.sh logs SERVICE      its logs
 #   compose.sh restart SERVICE   restart its container
-#   compose.sh exec [-i] SERVICE CMD...   (-i: with stdin)
+#   compose.sh exec [-i] [-u USER] SERVICE CMD...   (-i: with stdin)
 #   compose.sh probe NETWORK CMD...  CMD in a throwaway container of the kmsd
 #                                image on the project's NETWORK only
 #   compose.sh ps | config | engine
 #   compose.sh compose ARGS...   the compose CLI itself, with project and file
 #
+#   compose.sh --ha COMMAND...   the same commands on docker/compose.ha.yaml
+#                                (the HA profile, docs/ha.md; project qkms-ha;
+#                                wait: init exited 0; etcd, pg1-3, qrng-sim,
+#                                kmsd1, kmsd2, haproxy healthy; kmsctl and
+#                                admin-token in kmsd1; no demo)
+#
 # Engine: `docker compose` when a Docker daemon answers, else podman-compose,
 # else docker-compose; QKMS_COMPOSE="podman-compose" (or "docker compose")
-# forces one. Project: QKMS_COMPOSE_PROJECT (default qkms). Waits are bounded
-# by QKMS_COMPOSE_WAIT seconds (default 180).
+# forces one. Project: QKMS_COMPOSE_PROJECT (default qkms; with --ha,
+# qkms-ha). Waits are bounded by QKMS_COMPOSE_WAIT seconds (default 180).
 #
 # podman without systemd never runs health checks by itself; `wait` runs them
 # (podman healthcheck run). podman-compose 1.0 ignores profiles and
@@ -32,18 +39,45 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-FILE=$HERE/compose.yaml
-# A local docker/compose.override.yaml (a real HSM or QRNG, see README.md) is
-# read after compose.yaml, as `docker compose` does in docker/ by itself.
-FILES=(-f "$FILE")
-[ "${QKMS_COMPOSE_OVERRIDE:-1}" != 0 ] && [ -f "$HERE/compose.override.yaml" ] && FILES+=(-f "$HERE/compose.override.yaml")
-PROJECT=${QKMS_COMPOSE_PROJECT:-qkms}
 WAIT=${QKMS_COMPOSE_WAIT:-180}
 BASE_IMAGE=${QKMS_BASE_IMAGE:-localhost/qkms-debian:bookworm}
-CORE_SERVICES="init postgres qrng-sim prometheus kmsd"
-DEMO_SERVICES="demo-setup vehicle encryptor"
-VOLUMES="pgdata db-secret token token-pin admin fills tls prometheus"
-NETWORKS="backend frontend" # driver_opts isolate=true in compose.yaml
+NETWORKS="backend frontend" # driver_opts isolate=true in both compose files
+# Per stack: its file (and the local override read after it, as `docker
+# compose` does in docker/ by itself: a real HSM or QRNG, see README.md),
+# the services `up` starts, those `wait` waits for (init exits, the others
+# turn healthy, in this order), the order `down` stops them in (a
+# comma-separated group is stopped at once), the volumes `down -v` removes,
+# and the kmsd service that kmsctl and admin-token use.
+if [ "${1:-}" = --ha ]; then
+    shift
+    STACK=ha
+    FILE=$HERE/compose.ha.yaml
+    OVERRIDE=$HERE/compose.ha.override.yaml
+    PROJECT=${QKMS_COMPOSE_PROJECT:-qkms-ha}
+    CORE_SERVICES="init etcd pg1 pg2 pg3 qrng-sim kmsd1 kmsd2 haproxy"
+    HEALTHY_SERVICES="etcd pg1 pg2 pg3 qrng-sim kmsd1 kmsd2 haproxy"
+    DEMO_SERVICES=""
+    # kmsd before the database; the nodes together (in turn, each stop of a
+    # primary would promote the next, only for it to be stopped too).
+    STOP_ORDER="haproxy kmsd1,kmsd2 qrng-sim pg1,pg2,pg3 etcd"
+    VOLUMES="etcd pg1 pg2 pg3 patroni-secret db-secret token token-pin admin tls"
+    KMSD_SERVICE=kmsd1
+    DEVICE_PORT=${QKMS_COMPOSE_HA_PORT:-8480}
+else
+    STACK=main
+    FILE=$HERE/compose.yaml
+    OVERRIDE=$HERE/compose.override.yaml
+    PROJECT=${QKMS_COMPOSE_PROJECT:-qkms}
+    CORE_SERVICES="init postgres qrng-sim prometheus kmsd"
+    HEALTHY_SERVICES="postgres qrng-sim prometheus kmsd"
+    DEMO_SERVICES="demo-setup vehicle encryptor"
+    STOP_ORDER="demo-setup vehicle encryptor kmsd prometheus qrng-sim postgres"
+    VOLUMES="pgdata db-secret token token-pin admin fills tls prometheus"
+    KMSD_SERVICE=kmsd
+    DEVICE_PORT=${QKMS_COMPOSE_PORT:-8470}
+fi
+FILES=(-f "$FILE")
+[ "${QKMS_COMPOSE_OVERRIDE:-1}" != 0 ] && [ -f "$OVERRIDE" ] && FILES+=(-f "$OVERRIDE")
 
 say() { echo "compose: $*" >&2; }
 die() { echo "compose: $*" >&2; exit 1; }
@@ -156,7 +190,7 @@ wait_healthy() { # wait_healthy SERVICE
 cmd_wait() {
     wait_exited_ok init
     local s
-    for s in postgres qrng-sim prometheus kmsd; do wait_healthy "$s"; done
+    for s in $HEALTHY_SERVICES; do wait_healthy "$s"; done
 }
 
 cmd_build() {
@@ -206,11 +240,14 @@ cmd_up() {
         compose up -d --no-build
     fi
     cmd_wait
-    say "up: kmsd's device listener on https://127.0.0.1:${QKMS_COMPOSE_PORT:-8470} (its CA: $0 kmsctl ca show --pem; devices need a client certificate); admin: $0 kmsctl status"
+    local ha=
+    [ "$STACK" = ha ] && ha="--ha "
+    say "up: kmsd's device listener on https://127.0.0.1:$DEVICE_PORT (its CA: $0 ${ha}kmsctl ca show --pem; devices need a client certificate); admin: $0 ${ha}kmsctl status"
 }
 
 cmd_demo() {
     local s c
+    [ -n "$DEMO_SERVICES" ] || die "the $STACK stack has no demo profile"
     # Fresh containers each time, so that their logs show this run only.
     for s in $DEMO_SERVICES; do
         c=$(cid "$s")
@@ -235,11 +272,15 @@ cmd_demo() {
 }
 
 cmd_down() {
-    local s c
+    local s c group cids
     # Graceful stop in reverse start order (podman-compose 1.0 stops with a 1 s timeout).
-    for s in $DEMO_SERVICES kmsd prometheus qrng-sim postgres; do
-        c=$(cid "$s")
-        if [ -n "$c" ]; then "$ENGINE" stop -t 30 "$c" >/dev/null 2>&1 || true; fi
+    for group in $STOP_ORDER; do
+        cids=()
+        for s in ${group//,/ }; do
+            c=$(cid "$s")
+            [ -z "$c" ] || cids+=("$c")
+        done
+        if [ ${#cids[@]} -gt 0 ]; then "$ENGINE" stop -t 30 "${cids[@]}" >/dev/null 2>&1 || true; fi
     done
     if [ "$ENGINE" = podman ]; then
         compose down "$@" || true
@@ -258,7 +299,7 @@ cmd_down() {
 
 cmd_admin_token() {
     local out=${1:?usage: compose.sh admin-token FILE} c
-    c=$(need_cid kmsd)
+    c=$(need_cid "$KMSD_SERVICE")
     ( umask 077; "$ENGINE" exec "$c" cat /var/lib/qkms/admin/admin.token > "$out.tmp" )
     [ -s "$out.tmp" ] || { rm -f "$out.tmp"; die "no admin token in the kmsd container yet"; }
     mv "$out.tmp" "$out"
@@ -273,10 +314,11 @@ cmd_probe() { # probe NETWORK CMD...: what a container on NETWORK alone reaches
         localhost/qkms/kmsd:latest "$@"
 }
 
-cmd_exec() { # exec [-i] SERVICE CMD...
+cmd_exec() { # exec [-i] [-u USER] SERVICE CMD...
     local i=()
     if [ "${1:-}" = -i ]; then i=(-i); shift; fi
-    local s=${1:?usage: compose.sh exec [-i] SERVICE CMD...}
+    if [ "${1:-}" = -u ]; then i+=(-u "${2:?usage: compose.sh exec [-i] [-u USER] SERVICE CMD...}"); shift 2; fi
+    local s=${1:?usage: compose.sh exec [-i] [-u USER] SERVICE CMD...}
     shift
     "$ENGINE" exec "${i[@]}" "$(need_cid "$s")" "$@"
 }
@@ -295,10 +337,10 @@ case "$cmd" in
     logs) "$ENGINE" logs "$(need_cid "${1:?usage: compose.sh logs SERVICE}")" ;;
     restart) engine restart -t 30 "$(need_cid "${1:?usage: compose.sh restart SERVICE}")" >/dev/null ;;
     exec) cmd_exec "$@" ;;
-    kmsctl) "$ENGINE" exec "$(need_cid kmsd)" kmsctl "$@" ;;
+    kmsctl) "$ENGINE" exec "$(need_cid "$KMSD_SERVICE")" kmsctl "$@" ;;
     probe) cmd_probe "$@" ;;
     ps) "$ENGINE" ps -a --filter "label=com.docker.compose.project=$PROJECT" ;;
     config) compose config ;;
     compose) compose "$@" ;;
-    *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

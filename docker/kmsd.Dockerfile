@@ -55,6 +55,9 @@ RUN set -eu; \
     install -d -o root -g root -m 0755 /run/qkms/pin /run/qkms/db
 COPY --from=build /out/usr/local/ /usr/local/
 COPY docker/softhsm2.conf /etc/qkms/softhsm2.conf
+# The settings of kmsd behind HAProxy on a Patroni cluster, read only where
+# KMSD_CONFIG names it (the compose profile "ha": docker/compose.ha.yaml).
+COPY docker/kmsd-ha.conf /etc/qkms/kmsd-ha.conf
 COPY docker/kmsd-entrypoint.sh docker/qkms-init.sh docker/demo-setup.sh docker/demo-device.sh \
      /usr/local/lib/qkms/
 # SoftHSM's token lives in /var/lib/qkms/token (a volume). kmsctl inside the

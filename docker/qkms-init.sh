@@ -12,6 +12,11 @@
 #   /var/lib/qkms/fills/         the demo's fill documents and client certificates (qkms 0700)
 #   /var/lib/qkms/tls/           where kmsd writes its server certificate and key (qkms 0700)
 #
+# With QKMS_INIT_PATRONI_DIR (the compose profile "ha", docker/compose.ha.yaml),
+# also, in that directory (a volume mounted on the PostgreSQL nodes only):
+#   superuser.password           PostgreSQL superuser of the Patroni cluster (root 0400)
+#   replication.password         its replication role                       (root 0400)
+#
 # Each path is a named volume. Secrets are random (24 bytes from
 # /dev/urandom, hex) and never printed. Running again changes nothing that
 # exists; token.pin appears only once the token exists, so kmsd (which waits
@@ -55,6 +60,18 @@ unset pw want
 chown "$QKMS_UID:$QKMS_UID" "$DB/pgpass"
 chmod 0400 "$DB/pgpass"
 
+# ---- the Patroni cluster's own roles (profile "ha") -----------------------------
+# Patroni needs them to initialise, clone and rewind nodes; kmsd never does,
+# so they live in a volume of their own, not in db-secret (mounted by kmsd).
+if [ -n "${QKMS_INIT_PATRONI_DIR:-}" ]; then
+    install -d -m 0755 "$QKMS_INIT_PATRONI_DIR"
+    for f in superuser.password replication.password; do
+        secret "$QKMS_INIT_PATRONI_DIR/$f"
+        chown 0:0 "$QKMS_INIT_PATRONI_DIR/$f"
+        chmod 0400 "$QKMS_INIT_PATRONI_DIR/$f"
+    done
+fi
+
 # ---- SoftHSM token -----------------------------------------------------------
 install -d -m 0755 "$PIN"
 if [ "${QKMS_INIT_SOFTHSM:-1}" != 0 ]; then
@@ -86,8 +103,10 @@ if [ "${QKMS_INIT_SOFTHSM:-1}" != 0 ]; then
 fi
 
 # ---- directories kmsd and the demo write ----------------------------------------
+# A directory without a volume on it (a stack that does not use it: the
+# "ha" profile has no fills) is the image's, on the read-only root: left alone.
 for d in /var/lib/qkms/admin /var/lib/qkms/fills /var/lib/qkms/tls; do
-    [ -d "$d" ] || continue
+    [ -d "$d" ] && [ -w "$d" ] || continue
     chown "$QKMS_UID:$QKMS_UID" "$d"
     chmod 0700 "$d"
 done

@@ -54,9 +54,10 @@ int instances_report(qk_svc *s, db_conn *c)
         /* No row: a live instance of another start holds the name. */
         static bool warned;
         if (PQntuples(u) == 0 && !warned)
-            log_emit(LOG_WARN, "another live kmsd instance has this instance_name; this one is "
-                     "not in the registry until that one's row expires (give each a unique "
-                     "instance_name)", "{s:s}", "instance", s->instance);
+            log_emit(LOG_WARN, "a live registry row of this instance_name is from another start "
+                     "(an earlier run that did not stop cleanly, or another instance given "
+                     "the same name); this one joins the registry when it expires",
+                     "{s:s}", "instance", s->instance);
         warned = PQntuples(u) == 0;
         PQclear(u);
         if ((u = qt_exec(c, QT_INSTANCE_PURGE, 0, NULL, &st)))

@@ -33,6 +33,11 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KMSD = os.environ.get("QKMS_KMSD", os.path.join(ROOT, "build/asan/bin/kmsd"))
 KMSCTL = os.environ.get("QKMS_KMSCTL", os.path.join(ROOT, "build/asan/bin/kmsctl"))
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+# The settings every kmsd of the topology shares (timeouts for a moving
+# primary, no per-address limits behind HAProxy): the compose profile's
+# kmsd reads the same file (docker/compose.ha.yaml).
+with open(os.path.join(ROOT, "docker", "kmsd-ha.conf")) as _f:
+    HA_SETTINGS = _f.read().strip()
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
@@ -279,23 +284,12 @@ class HAStack:
             f.write(f"""listen_addr = 127.0.0.1
 listen_port = {self.kmsd_port[k]}
 db_conninfo = "host={hosts} port={ports} dbname=qkms user=qkms passfile={self.pgpass} target_session_attrs=read-write connect_timeout=2"
-# A commit waits for the synchronous standby with no server-side limit
-# (statement_timeout does not cover it): this bounds it, then kmsd drops the
-# connection and answers 503 (docs/ha.md). Above db_statement_timeout_ms.
-db_io_timeout_ms = 6000
-db_reconnect_max_ms = 1000
-# Behind HAProxy every device's address is HAProxy's: a per-address limit
-# would throttle the whole fleet as one client (docs/ha.md). The drill's
-# devices also ask faster than a real device's limit allows.
-rate_limit_client = 0
-rate_limit_device = 0
-http_per_ip_connections = 0
-# The harness registers its devices through the admin API in bulk.
-rate_limit_admin = 0
+{HA_SETTINGS}
 pkcs11_module = {SOFTHSM}
 pkcs11_token_label = qkms
 pkcs11_pin_file = {self.pin_file}
 bootstrap_token_file = {self.state}/admin.token
+instance_name = {k}
 log_level = info
 """)
         return conf

@@ -1,15 +1,46 @@
 """The Patroni configuration of one PostgreSQL node of the HA topology
-(docs/ha.md explains every setting that matters to qkms)."""
+(docs/ha.md explains every setting that matters to qkms).
+
+One renderer for both places the topology runs, so that they cannot drift:
+tests/ha/hastack.py (processes on loopback: the defaults below) and the
+compose profile docker/compose.ha.yaml (docker/patroni-entrypoint.sh runs
+this module in the container at each start, with the container's names
+and the secrets of the init service)."""
+
+# The host drills: every node on loopback, two addresses so that the
+# harness can cut one kmsd off by its address (hastack.py).
+LOOPBACK = {
+    "pg_listen": "127.0.0.1,127.0.0.2",
+    "pg_connect": "127.0.0.1",
+    "rest_listen": "127.0.0.1",
+    "rest_connect": "127.0.0.1",
+    "replication_from": "127.0.0.1/32",
+    "clients_from": "127.0.0.0/8",
+    "listen_comment": "Two addresses: the harness cuts one kmsd off by its address (hastack.py).",
+    "post_bootstrap": None,
+    "pgpass": None,
+}
 
 
-def render(scope, node, pg_port, rest_port, etcd, data_dir, socket_dir, superuser_pw, repl_pw):
+def render(scope, node, pg_port, rest_port, etcd, data_dir, socket_dir, superuser_pw, repl_pw,
+           **where):
+    """where: LOOPBACK's keys, to place the node elsewhere (a container: its
+    service name as connect address, `samenet` for the clients, a
+    post_bootstrap script that creates the qkms role and database)."""
+    w = dict(LOOPBACK, **where)
+    unknown = set(w) - set(LOOPBACK)
+    if unknown:
+        raise TypeError(f"render: unknown settings {sorted(unknown)}")
+    post_bootstrap = (f"\n  # Run once, on the node that initialised the cluster.\n"
+                      f"  post_bootstrap: {w['post_bootstrap']}" if w["post_bootstrap"] else "")
+    pgpass = w["pgpass"] or f"{socket_dir}/pgpass.patroni"
     return f"""scope: {scope}
 name: {node}
 log:
   level: INFO
 restapi:
-  listen: 127.0.0.1:{rest_port}
-  connect_address: 127.0.0.1:{rest_port}
+  listen: {w['rest_listen']}:{rest_port}
+  connect_address: {w['rest_connect']}:{rest_port}
 etcd3:
   hosts: {etcd}
 bootstrap:
@@ -60,18 +91,23 @@ bootstrap:
   initdb:
     - encoding: UTF8
     - locale: C.UTF-8
-    - data-checksums
+    - data-checksums{post_bootstrap}
   pg_hba:
     - local all postgres peer
-    - host replication replicator 127.0.0.1/32 scram-sha-256
-    - host all all 127.0.0.0/8 scram-sha-256
+    - host replication replicator {w['replication_from']} scram-sha-256
+    - host all all {w['clients_from']} scram-sha-256
 postgresql:
-  # Two addresses: the harness cuts one kmsd off by its address (hastack.py).
-  listen: 127.0.0.1,127.0.0.2:{pg_port}
-  connect_address: 127.0.0.1:{pg_port}
+  # {w['listen_comment']}
+  listen: {w['pg_listen']}:{pg_port}
+  connect_address: {w['pg_connect']}:{pg_port}
   data_dir: {data_dir}
   bin_dir: /usr/lib/postgresql/15/bin
-  pgpass: {socket_dir}/pgpass.patroni
+  pgpass: {pgpass}
+  # A new standby clones the primary at once: pg_basebackup's default
+  # spread checkpoint made a clone of a freshly initialised primary wait
+  # about 90 s, and in strict mode every commit with it.
+  basebackup:
+    - checkpoint: fast
   authentication:
     superuser:
       username: postgres

@@ -11,6 +11,9 @@ The drills, in order:
                    then started again
   kmsd_partition   one kmsd cut off the database for 20 s (a black hole)
   etcd_restart     etcd stopped for 5 s and started again
+  master_rotate    the master key rotated: staged until both kmsd report
+                   the new version (one token directory), then active; all
+                   keys rewrapped under it
   first_host_lost  kmsd2 restarted while the first node of its list drops
                    its packets (a host gone without a reset)
   primary_kill9    the primary's Patroni and PostgreSQL killed with SIGKILL
@@ -32,14 +35,15 @@ import pytest
 import requests
 
 from hastack import HAStack, ROOT, wait_for
+from drillcheck import (CONC, IDLE_S, NPAIRS, OVERDUE_SQL, REAPED_SQL, STORED_KEYS_SQL,
+                        consistency, device_body, drill_policy, drill_rows, pair_devices,
+                        read_events, table, write_fill, write_table)
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from qkms_proto_py import Device  # noqa: E402  (the second implementation of the protocol)
 
 HALOAD = os.environ.get("QKMS_HALOAD", os.path.join(ROOT, "build/ha/haload"))
 OUT_DIR = os.path.join(ROOT, "build", "ha")
-NPAIRS = 8
-CONC = 8
 
 
 @pytest.fixture(scope="module")
@@ -149,74 +153,23 @@ def test_no_key_answered_without_the_standby(ha):
         assert a.key_id == b.key_id and a.key == b.key
 
 
-# Longer than any drill's recovery (a lost primary takes Patroni's ttl, 20 s):
-# a session is not reaped between its parties.
-IDLE_S = 60
+def master(st):
+    r = st.admin("GET", "/v1/admin/master")
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def setup_pairs(st, fills):
-    """The drill's pairs, in a group of their own whose policy ends a session
-    after IDLE_S idle seconds: the reaper destroys the drill's sessions
-    while instances die around it."""
-    r = st.admin("POST", "/v1/admin/policies",
-                 json={"name": "drill", "type_a": "vehicle", "type_b": "encryptor",
-                       "group_a": "drill", "group_b": "drill", "idle_timeout_s": IDLE_S})
+    """The drill's pairs (drillcheck: a group whose sessions end after
+    IDLE_S idle seconds) and their fill documents for haload."""
+    r = st.admin("POST", "/v1/admin/policies", json=drill_policy())
     assert r.status_code == 201, r.text
-    os.makedirs(fills, exist_ok=True)
-    for i in range(NPAIRS):
-        for kind, typ in (("veh", "vehicle"), ("enc", "encryptor")):
-            did = f"HA-{kind.upper()}-{i}"
-            r = st.admin("POST", "/v1/admin/devices",
-                         json={"device_id": did, "type": typ, "group": "drill"})
-            assert r.status_code == 201, r.text
-            r = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True})
-            assert r.status_code == 200, r.text
-            path = os.path.join(fills, f"{kind}-{i}.json")
-            with open(path, "w") as f:
-                import json
-                json.dump(r.json()["plaintext"], f)
-            os.chmod(path, 0o600)
-
-
-def read_events(path):
-    ev = []
-    with open(path) as f:
-        for line in f:
-            p = line.split()
-            if len(p) >= 4:
-                ev.append((int(p[0]) / 1000.0, p[1], p[2], p[3], p[4:]))
-    return ev
-
-
-def window_figures(events, t0, t1):
-    """Failed requests in [t0, t1) and the recovery time: from the first
-    failure to the first success after the last failure."""
-    fails = [e[0] for e in events if t0 <= e[0] < t1 and e[3] == "err"]
-    if not fails:
-        return 0.0, 0
-    last = max(fails)
-    after = [e[0] for e in events if e[0] > last and e[3] == "ok"]
-    end = min(after) if after else t1
-    return end - min(fails), len(fails)
-
-
-def consistency(st, events):
-    """{session: (first answer time, lost, duplicate)}: a key is lost when a
-    client received it and the database has it neither as a session's key
-    nor as a tombstone's; a session has a duplicate when its clients
-    received more than one key ID (or one key ID with two values)."""
-    keys, first = {}, {}
-    for t, sid, party, what, rest in events:
-        if what == "ok":
-            keys.setdefault(sid, set()).add((rest[0], rest[1]))
-            first.setdefault(sid, t)
-    stored = set(st.psql("SELECT key_id FROM sessions UNION ALL "
-                         "SELECT key_id FROM session_tombstones").split())
-    out = {}
-    for sid, s in keys.items():
-        ids = {k for k, _ in s}
-        out[sid] = (first[sid], len(ids - stored), len(s) > 1)
-    return out
+    for kind, i, did, typ in pair_devices():
+        r = st.admin("POST", "/v1/admin/devices", json=device_body(did, typ))
+        assert r.status_code == 201, r.text
+        r = st.admin("POST", f"/v1/admin/devices/{did}/fill", json={"plaintext": True})
+        assert r.status_code == 200, r.text
+        write_fill(fills, kind, i, r.json()["plaintext"])
 
 
 def test_failover_drills(ha):
@@ -289,7 +242,20 @@ def test_failover_drills(ha):
         st.start_etcd()
         steady(6)
 
-        # 5. The first node of kmsd2's list gone without a trace (its packets
+        # 5. Master key rotation under load (docs/ha.md): with two live
+        # instances it is staged, and active once both report holding it.
+        mark("master_rotate")
+        before = master(st)["active"]
+        t0 = time.time()
+        r = st.admin("POST", "/v1/admin/master/rotate")
+        assert r.status_code == 200, r.text
+        assert r.json()["staged"] == before + 1, r.text
+        assert wait_for(lambda: master(st)["active"] == before + 1, 60), master(st)
+        rotate_active_s = time.time() - t0
+        assert wait_for(lambda: master(st)["pending_rewrap"] == 0, 120), master(st)
+        steady(2)
+
+        # 6. The first node of kmsd2's list gone without a trace (its packets
         # dropped: no refusal, no reset), and kmsd2 restarted: it must pass
         # over that node to the primary behind it (each node has its own
         # connect budget), not wait on it forever.
@@ -306,7 +272,7 @@ def test_failover_drills(ha):
             st.heal()
         steady(2)
 
-        # 6. The primary's host lost at once (Patroni and PostgreSQL killed
+        # 7. The primary's host lost at once (Patroni and PostgreSQL killed
         # with SIGKILL, commits in flight): its leader key lapses after ttl,
         # the synchronous standby is promoted; what kmsd answered before is
         # on it. Then the node comes back and rejoins as a standby.
@@ -323,15 +289,8 @@ def test_failover_drills(ha):
     assert load.returncode == 0, out
 
     events = read_events(events_path)
-    sessions = consistency(st, events)
-    rows = []
-    bounds = [("before", 0)] + marks
-    for i, (name, t0) in enumerate(bounds):
-        t1 = bounds[i + 1][1] if i + 1 < len(bounds) else float("inf")
-        rec, failed = window_figures(events, t0, t1)
-        lost = sum(v[1] for v in sessions.values() if t0 <= v[0] < t1)
-        dup = sum(1 for v in sessions.values() if t0 <= v[0] < t1 and v[2])
-        rows.append((name, rec, failed, lost, dup))
+    sessions = consistency(events, st.psql(STORED_KEYS_SQL).split())
+    rows = drill_rows(events, sessions, marks)
     with open(os.path.join(st.state, "marks.txt"), "w") as f:
         f.writelines(f"{t:.3f} {n}\n" for n, t in marks)
     abandoned = sum(1 for e in events if e[3] == "abandoned")
@@ -343,33 +302,25 @@ def test_failover_drills(ha):
     # No work missed after an instance died: every drill session idle for
     # longer than its policy allows is destroyed (by whichever kmsd is up).
     def reaped():
-        return st.psql("SELECT count(*) FROM sessions WHERE initiator_id LIKE 'HA-%' AND "
-                       "last_used_at + make_interval(secs => idle_timeout_s) "
-                       "< now() - interval '3 seconds'").strip() == "0"
+        return st.psql(OVERDUE_SQL).strip() == "0"
     assert wait_for(reaped, IDLE_S + 60), "idle sessions left behind by the reaper"
-    tombstones = int(st.psql("SELECT count(*) FROM session_tombstones "
-                             "WHERE initiator LIKE 'HA-%' AND reason = 'idle_timeout'"))
+    tombstones = int(st.psql(REAPED_SQL))
     assert tombstones > 0, "the reaper destroyed no drill session"
 
-    os.makedirs(OUT_DIR, exist_ok=True)
-    lines = ["| drill | recovery s | failed requests | lost keys | duplicate keys |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {n} | {rec:.1f} | {failed} | {lost} | {dup} |" for n, rec, failed, lost, dup in rows]
-    lines.append(f"\nsessions={len(sessions)} requests_ok={sum(1 for e in events if e[3] == 'ok')} "
-                 f"abandoned={abandoned} reaped_idle={tombstones} "
-                 f"audit_chain_ok_after_each={audit_ok} "
-                 f"kmsd2_ready_with_first_host_lost_s={first_host_lost_ready_s:.1f}")
-    table = "\n".join(lines)
-    with open(os.path.join(OUT_DIR, "drills.txt"), "w") as f:
-        f.write(table + "\n")
-    print("\n" + table)
+    text = table(rows, f"sessions={len(sessions)} requests_ok={sum(1 for e in events if e[3] == 'ok')} "
+                       f"abandoned={abandoned} reaped_idle={tombstones} "
+                       f"audit_chain_ok_after_each={audit_ok} "
+                       f"kmsd2_ready_with_first_host_lost_s={first_host_lost_ready_s:.1f} "
+                       f"master_rotate_active_s={rotate_active_s:.1f}")
+    write_table(OUT_DIR, text)
+    print("\n" + text)
 
-    assert all(r[3] == 0 for r in rows), f"keys lost\n{table}"
-    assert all(r[4] == 0 for r in rows), f"sessions with two keys\n{table}"
-    assert abandoned == 0, table
+    assert all(r[3] == 0 for r in rows), f"keys lost\n{text}"
+    assert all(r[4] == 0 for r in rows), f"sessions with two keys\n{text}"
+    assert abandoned == 0, text
     assert audit_ok, r.json()
     for n, rec, *_ in rows:
-        assert rec < IDLE_S - 5, f"{n}: no recovery in {IDLE_S - 5} s\n{table}"
+        assert rec < IDLE_S - 5, f"{n}: no recovery in {IDLE_S - 5} s\n{text}"
     # A clean stop of each kmsd (under the sanitizers: no error, no leak).
     for k in st.kmsd_names:
         assert st.stop(k) == 0, f"{k} did not exit cleanly; see {st.state}/{k}.log"

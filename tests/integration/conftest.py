@@ -274,6 +274,11 @@ def _finish(st):
         start = logs.find("ERROR: ")  # a sanitizer report starts here
         report = logs[start:start + 8000] if start >= 0 else logs[-6000:]
         raise AssertionError(f"kmsd exited with {rc}:\n{report}")
+    # Every log line's fields are those its format names (kmsd/log.c): a
+    # format the logger cannot read marks the line instead.
+    bad = [line for line in logs.splitlines() if '"log_format_error"' in line]
+    if bad:
+        raise AssertionError("log lines with a format kmsd/log.c cannot read:\n" + "\n".join(bad[:5]))
 
 
 def running_stack(name="qkms", extra_env=None):

@@ -447,6 +447,7 @@ def test_kmsd_issues_its_server_certificate_from_the_platform_ca(tmp_path):
         line = [x for x in st.log_records()
                 if x.get("msg") == "server certificate issued by the platform CA"][-1]
         assert line["reason"] == "other names than tls_server_names"
+        assert line["names"] == ["127.0.0.1"] and "log_format_error" not in line, line
         # A name that is neither: kmsd does not start.
         assert st.stop() == 0
         st.start(extra_env=dict(env, QKMS_TLS_SERVER_NAMES="bad name!"), wait=False)
