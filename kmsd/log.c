@@ -54,8 +54,9 @@ static void set_str(json_t *o, const char *key, const char *v, json_t **bad)
  * The fields of a line, from a json_pack()-style format restricted to what a
  * log line needs: "{s:X, ...}" with X one of s (NULL is null), s?
  * (NULL is null), s* (NULL omits the field), i, I (json_int_t), f, b, and O
- * or o (a json_t *, borrowed or stolen as by json_pack; NULL is null, or
- * omitted with *: jansson's values are valid UTF-8 already). Done by
+ * (a json_t *, borrowed: NULL is null, or omitted with *; jansson's values
+ * are valid UTF-8 already). Not o: a line below the log level is dropped
+ * before its arguments are read, so a stolen reference would leak. Done by
  * hand rather than by json_vpack_ex because that refuses the whole object
  * when one string is not UTF-8 (a client's path or header, say), and a log
  * line must never be lost to the data it reports. A format outside this
@@ -116,11 +117,10 @@ static json_t *pack_fields(const char *fmt, va_list ap)
         case 'b':
             json_object_set_new(o, key, json_boolean(va_arg(ap, int)));
             break;
-        case 'O':
-        case 'o': {
+        case 'O': {
             json_t *v = va_arg(ap, json_t *);
             if (v)
-                json_object_set_new(o, key, t == 'O' ? json_incref(v) : v);
+                json_object_set_new(o, key, json_incref(v));
             else if (mod != '*')
                 json_object_set_new(o, key, json_null());
             break;

@@ -404,7 +404,7 @@ out:
     if (k.maint) {
         maintenance_stop(k.maint);
         /* After the last pass, which would report it again. */
-        instances_leave(&k.svc);
+        instances_leave(&k.svc.self, k.svc.db);
     }
     metrics_free(k.metrics);
     service_close(&k.svc);

@@ -141,26 +141,31 @@ CK_RV keywrap_destroy(keywrap *kw, uint32_t version)
         return rv;
     rv = p11_destroy_object(kw->t, h);
     if (rv == CKR_OK || rv == CKR_OBJECT_HANDLE_INVALID) {
-        pthread_rwlock_wrlock(&kw->lock);
-        for (int i = 0; i < kw->nkeys; i++)
-            if (kw->keys[i].version == version) {
-                /* Field by field: the counter is atomic. A destroyed
-                 * version's untaken uses go with it. */
-                int last = kw->nkeys - 1;
-                kw->keys[i].version = kw->keys[last].version;
-                kw->keys[i].h = kw->keys[last].h;
-                kw->keys[i].generation = kw->keys[last].generation;
-                kw->keys[i].has_kcv = kw->keys[last].has_kcv;
-                memcpy(kw->keys[i].kcv, kw->keys[last].kcv, KEYWRAP_KCV_LEN);
-                atomic_store(&kw->keys[i].uses, atomic_load(&kw->keys[last].uses));
-                atomic_store(&kw->keys[last].uses, 0);
-                kw->nkeys--;
-                break;
-            }
-        pthread_rwlock_unlock(&kw->lock);
+        keywrap_forget(kw, version);
         rv = CKR_OK;
     }
     return rv;
+}
+
+void keywrap_forget(keywrap *kw, uint32_t version)
+{
+    pthread_rwlock_wrlock(&kw->lock);
+    for (int i = 0; i < kw->nkeys; i++)
+        if (kw->keys[i].version == version) {
+            /* Field by field: the counter is atomic. A forgotten version's
+             * untaken uses go with it. */
+            int last = kw->nkeys - 1;
+            kw->keys[i].version = kw->keys[last].version;
+            kw->keys[i].h = kw->keys[last].h;
+            kw->keys[i].generation = kw->keys[last].generation;
+            kw->keys[i].has_kcv = kw->keys[last].has_kcv;
+            memcpy(kw->keys[i].kcv, kw->keys[last].kcv, KEYWRAP_KCV_LEN);
+            atomic_store(&kw->keys[i].uses, atomic_load(&kw->keys[last].uses));
+            atomic_store(&kw->keys[last].uses, 0);
+            kw->nkeys--;
+            break;
+        }
+    pthread_rwlock_unlock(&kw->lock);
 }
 
 void keywrap_set_active(keywrap *kw, uint32_t version)

@@ -71,6 +71,9 @@ CK_RV keywrap_check(keywrap *kw);
 /* Destroy a version's key object in the token and forget it (rotation, once
  * nothing is wrapped under it any more). */
 CK_RV keywrap_destroy(keywrap *kw, uint32_t version);
+/* Forget a loaded version without touching the token (a key under its
+ * label that is not the one the database recorded). */
+void keywrap_forget(keywrap *kw, uint32_t version);
 /* Whether a version is loaded. */
 bool keywrap_has(keywrap *kw, uint32_t version);
 

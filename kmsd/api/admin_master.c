@@ -12,7 +12,7 @@ void h_admin_master_instances(http_request *rq, http_response *rs)
 {
     json_t *out;
     qk_err e;
-    if (instances_list(&rq->kms->svc, &out, &e) != QK_OK) {
+    if (instances_list(rq->kms->svc.db, rq->kms->svc.instance, &out, &e) != QK_OK) {
         http_fail(rs, &e);
         return;
     }

@@ -4,8 +4,12 @@
  * before any key is wrapped under it (rotation.h, docs/ha.md).
  *
  * Contract:
- *  - An instance's name is qk_svc.instance: instance_name, or
+ *  - An instance's name is qk_svc.self.name: instance_name, or
  *    "<host name>/<pid>" when that is unset (set by service_open).
+ *  - master_init reports first, under the master key lock, before the
+ *    instance serves: a rotation or activation (under the same lock)
+ *    either sees it, or it sees theirs (and refuses to start if its token
+ *    lacks an active version).
  *  - instances_report(), run by every maintenance step of every instance
  *    after the master key refresh, records the versions this instance's
  *    token holds (those master_refresh loaded: staged, active or retired,
@@ -25,13 +29,24 @@
 #include <jansson.h>
 
 #include "err.h"
-#include "service/service.h"
+#include "keywrap.h"
+#include "store/db.h"
 
-/* Record what this token holds; c: a pooled connection. 0, or -1. */
-int instances_report(qk_svc *s, db_conn *c);
-void instances_leave(qk_svc *s);
-/* *out = {"instances":[{name,software,started_at,seen_at,expires_at,live,
- * versions:[...],lacking:[...]}]} (caller decrefs). */
-qk_kind instances_list(qk_svc *s, json_t **out, qk_err *e);
+/* This instance: its name, its start (Unix microseconds: tells it from an
+ * earlier process of the same name) and its lease in seconds. master_init
+ * reports with it too, so the header needs no qk_svc (service.h includes
+ * master.h, which includes this). */
+typedef struct {
+    const char *name;
+    long long started_us;
+    int lease_s;
+} instance_self;
+
+/* Record the versions kw holds, as me; c: a pooled connection. 0, or -1. */
+int instances_report(const instance_self *me, keywrap *kw, db_conn *c);
+void instances_leave(const instance_self *me, db_pool *db);
+/* *out = {"self":name,"instances":[{name,software,started_at,seen_at,
+ * expires_at,live,versions:[...],lacking:[...]}]} (caller decrefs). */
+qk_kind instances_list(db_pool *db, const char *self, json_t **out, qk_err *e);
 
 #endif

@@ -144,7 +144,7 @@ int master_init(const master_deps *k, char *err, size_t el)
         rc = record_v1(k, c, err, el);
         if (rc == 0)
             rc = session_id_key_init(k, c, err, el);
-        goto out;
+        goto report;
     }
     for (int i = 0; i < PQntuples(r); i++) {
         uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
@@ -175,6 +175,15 @@ int master_init(const master_deps *k, char *err, size_t el)
         if (rv != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
             qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
             CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
+            if (!strcmp(PQgetvalue(r, i, 3), "staged")) {
+                /* Another key under a staged version's label: not held
+                 * (forgotten, never used); the activation waits. */
+                keywrap_forget(k->kw, v);
+                log_emit(LOG_WARN, "the token's key under a staged master key version's label is "
+                         "not the recorded one; its activation waits for this instance",
+                         "{s:s}", "label", label);
+                continue;
+            }
             snprintf(err, el,
                      "token key %s is not the master key the database was wrapped under (check "
                      "value mismatch); refusing to start",
@@ -192,6 +201,11 @@ int master_init(const master_deps *k, char *err, size_t el)
     PQclear(r);
     r = NULL;
     rc = session_id_key_init(k, c, err, el);
+report:
+    if (rc == 0 && k->self && instances_report(k->self, k->kw, c) != 0) {
+        snprintf(err, el, "cannot record this instance in the registry of instances");
+        rc = -1;
+    }
 out:
     PQclear(r);
     qt_command(c, QT_MASTER_UNLOCK);
@@ -212,52 +226,65 @@ static _Atomic unsigned long refresh_count; /* refreshes started */
 /* The active version of the last refresh when this token could not load it
  * (another instance rotated into a token this one has no copy of), else 0. */
 static _Atomic uint32_t active_missing;
-/* The last version logged as not usable (each is logged once in a row). */
-static _Atomic uint32_t last_unusable;
+/* The versions not usable at the last refresh, as a set (a sum and an xor
+ * of their numbers): they are logged again only when the set changes, not
+ * on every refresh (a staged version may wait for this token for hours).
+ * Callers hold refresh_mu. */
+static uint64_t unusable_sig;
 
 uint32_t master_active_missing(void) { return atomic_load(&active_missing); }
 
 /* Versions another instance destroyed (rotation.h: it destroys them in
  * its own token only): gone from this token too, so that a retired key does
  * not outlive its destruction in the tokens of other hosts (and keywrap's
- * table of loaded versions does not fill up). Each destroyed version is
- * handled once per process: a token search per version on every refresh
- * would be slow on a large token. Callers hold refresh_mu. */
-static uint32_t destroyed_done; /* the highest destroyed version handled */
+ * table of loaded versions does not fill up). A loaded one is destroyed at
+ * once; the token is searched for one not loaded once per process (a
+ * search on every refresh would be slow on a large token). Callers hold
+ * refresh_mu. */
+#define SEARCHED_MAX 64
+static uint32_t searched[SEARCHED_MAX];
+static int nsearched;
+
+static bool was_searched(uint32_t v)
+{
+    for (int i = 0; i < nsearched; i++)
+        if (searched[i] == v)
+            return true;
+    return false;
+}
 
 static void destroy_gone(keywrap *kw, db_conn *c)
 {
     db_status st;
-    uint32_t top = destroyed_done;
     PGresult *r = qt_exec(c, QT_MASTER_DESTROYED, 0, NULL, &st);
     for (int i = 0; r && i < PQntuples(r); i++) {
         uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
         bool found = keywrap_has(kw, v);
         CK_RV rv = CKR_OK;
-        if (v <= destroyed_done)
-            continue;
-        if (!found)
+        if (!found) {
+            if (was_searched(v))
+                continue;
             rv = keywrap_load(kw, v, &found);
+            if (rv == CKR_OK && !found && nsearched < SEARCHED_MAX)
+                searched[nsearched++] = v; /* not in this token: done */
+        }
         if (rv == CKR_OK && found)
             rv = keywrap_destroy(kw, v);
         if (rv != CKR_OK) {
-            static uint32_t logged; /* once per version: refreshes run every second */
+            /* Retried at the next refresh (it stays loaded, or unsearched);
+             * the others go on. Logged once per version in a row. */
+            static uint32_t logged;
             if (logged != v)
                 log_emit(LOG_ERROR, "destroying a master key version destroyed by another "
                          "instance failed; will retry", "{s:i,s:s}", "version", (int)v, "ckr",
                          p11_rv_name(rv));
             logged = v;
-            PQclear(r);
-            return; /* destroyed_done unchanged: the next refresh tries again */
+            continue;
         }
         if (found)
             log_emit(LOG_INFO, "master key version destroyed by another instance destroyed in "
                      "this token too", "{s:i}", "version", (int)v);
-        if (v > top)
-            top = v;
     }
-    if (r)
-        destroyed_done = top;
     PQclear(r);
 }
 
@@ -267,40 +294,60 @@ static int refresh_locked(keywrap *kw, db_conn *c)
 {
     db_status st;
     uint32_t missing = 0;
+    uint64_t sig = 0, sum = 0, x = 0;
     PGresult *r = db_exec(c, Q_MASTER_LIST, 0, NULL, NULL, NULL, &st);
     if (!r)
         return -1;
-    for (int i = 0; i < PQntuples(r); i++) {
-        uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
-        const char *kcvhex = PQgetvalue(r, i, 2);
-        uint8_t want[KEYWRAP_KCV_LEN], got[KEYWRAP_KCV_LEN];
-        bool found = false;
-        if (!keywrap_has(kw, v)) {
-            if (keywrap_load(kw, v, &found) != CKR_OK || !found ||
-                keywrap_kcv(kw, v, got) != CKR_OK || strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
-                qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) != KEYWRAP_KCV_LEN ||
-                CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
-                bool staged = !strcmp(PQgetvalue(r, i, 3), "staged");
-                /* Once per version: a staged one may wait for this token
-                 * for hours, and every refresh looks again. */
-                if (atomic_exchange(&last_unusable, v) != v)
-                    log_emit(staged ? LOG_WARN : LOG_ERROR,
-                             staged ? "staged master key version not in the token; its activation "
-                                      "waits for this instance (docs/ha.md)"
-                                    : "master key version recorded in the database is not usable",
+    for (int pass = 0; pass < 2; pass++) {
+        /* Pass 0 loads and checks, and finds the set of unusable versions;
+         * pass 1 logs them if that set changed since the last refresh. */
+        for (int i = 0; i < PQntuples(r); i++) {
+            uint32_t v = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
+            const char *kcvhex = PQgetvalue(r, i, 2), *state = PQgetvalue(r, i, 3);
+            uint8_t want[KEYWRAP_KCV_LEN], got[KEYWRAP_KCV_LEN];
+            bool found = false;
+            if (pass == 1) {
+                if (!keywrap_has(kw, v) && sig != unusable_sig)
+                    log_emit(!strcmp(state, "staged") ? LOG_WARN : LOG_ERROR,
+                             !strcmp(state, "staged")
+                                 ? "staged master key version not in the token (or another key "
+                                   "under its label); its activation waits for this instance "
+                                   "(docs/ha.md)"
+                                 : "master key version recorded in the database is not usable",
                              "{s:i}", "version", (int)v);
-                if (!strcmp(PQgetvalue(r, i, 3), "active"))
-                    missing = v;
                 continue;
             }
-            keywrap_expect_kcv(kw, v, want);
-            log_emit(LOG_INFO, "master key version loaded", "{s:i}", "version", (int)v);
+            if (!keywrap_has(kw, v)) {
+                if (keywrap_load(kw, v, &found) != CKR_OK || !found ||
+                    keywrap_kcv(kw, v, got) != CKR_OK ||
+                    strlen(kcvhex) != 2 + 2 * KEYWRAP_KCV_LEN ||
+                    qkms_hex_decode(kcvhex + 2, 2 * KEYWRAP_KCV_LEN, want, sizeof(want)) !=
+                        KEYWRAP_KCV_LEN ||
+                    CRYPTO_memcmp(want, got, KEYWRAP_KCV_LEN) != 0) {
+                    /* Not loaded: a key under the label that is not the
+                     * recorded one must never count as held, nor be used
+                     * (keywrap_has is what every later refresh and the
+                     * registry of instances ask). */
+                    if (found)
+                        keywrap_forget(kw, v);
+                    sum += v;
+                    x ^= (uint64_t)v * 0x9E3779B97F4A7C15ull;
+                    if (!strcmp(state, "active"))
+                        missing = v;
+                    continue;
+                }
+                keywrap_expect_kcv(kw, v, want);
+                log_emit(LOG_INFO, "master key version loaded", "{s:i}", "version", (int)v);
+            }
+            if (!strcmp(state, "active") && keywrap_active(kw) != v) {
+                keywrap_set_active(kw, v);
+                log_emit(LOG_INFO, "active master key version switched", "{s:i}", "version",
+                         (int)v);
+            }
         }
-        if (!strcmp(PQgetvalue(r, i, 3), "active") && keywrap_active(kw) != v) {
-            keywrap_set_active(kw, v);
-            log_emit(LOG_INFO, "active master key version switched", "{s:i}", "version", (int)v);
-        }
+        sig = sum ^ (x << 1);
     }
+    unusable_sig = sig;
     PQclear(r);
     atomic_store(&active_missing, missing);
     destroy_gone(kw, c);

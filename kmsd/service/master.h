@@ -15,6 +15,10 @@
  *    and stored wrapped under the active version if the database has none,
  *    unwrapped and handed to session_id; kmsd refuses to start if it cannot
  *    be unwrapped.
+ *  - Still under the lock, this instance's first report to the registry of
+ *    instances (instances.h): a staged version it lacks waits for it.
+ *    A staged version its token lacks (or holds under another key) does not
+ *    keep it from starting: nothing is wrapped under it yet.
  *  - The module sees only what it needs (master_deps), not the whole qk_svc:
  *    service_open, which builds the qk_svc, calls master_init, so master
  *    must not include service.h (an import circle).
@@ -28,6 +32,7 @@
 
 #include "keywrap.h"
 #include "p11.h"
+#include "service/instances.h"
 #include "store/db.h"
 
 typedef struct {
@@ -35,6 +40,7 @@ typedef struct {
     p11_token *token;
     keywrap *kw;
     bool create; /* master_key_create: make version 1 when the token has none */
+    const instance_self *self; /* reported in the registry under the lock */
 } master_deps;
 
 /* 0, or -1 with err (why kmsd refuses to start). */

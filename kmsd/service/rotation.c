@@ -170,11 +170,17 @@ static qk_kind activate(qk_svc *s, db_conn *c, const char *actor, uint32_t v, co
         st = audit_append(c, actor, "master.rotated", NULL,
                           json_pack("{s:s,s:i,s:s,s:b}", "from", from, "to", (int)v, "label",
                                     label, "forced", forced));
-    if (st == DB_OK && activated && (st = db_command(c, "COMMIT")) == DB_OK) {
-        log_emit(LOG_INFO, "staged master key version activated", "{s:s,s:s,s:s,s:b}", "from",
-                 from, "to", label, "by", actor, "forced", forced);
-        master_refresh(s, c); /* switch this instance at once */
-        return QK_OK;
+    if (st == DB_OK && activated) {
+        if ((st = db_command(c, "COMMIT")) == DB_OK) {
+            log_emit(LOG_INFO, "staged master key version activated", "{s:s,s:s,s:s,s:b}",
+                     "from", from, "to", label, "by", actor, "forced", forced);
+            master_refresh(s, c); /* switch this instance at once */
+            return QK_OK;
+        }
+        /* COMMIT sent, no answer: it may have committed; every instance
+         * follows the database at its next refresh either way. */
+        return rotate_fail(e, "activating %s: outcome unknown (%s); see GET /v1/admin/master",
+                           label, db_status_name(st));
     }
     db_command(c, "ROLLBACK");
     return rotate_fail(e, "activating %s failed: %s", label,
@@ -241,9 +247,18 @@ qk_kind rotation_rotate(qk_svc *s, const char *actor, bool force, qk_err *e)
     }
     if (staged) {
         /* One rotation at a time: the staged one finishes first. */
-        if (force)
-            k = activate(s, c, actor, staged, label, true, e);
-        else
+        if (force) {
+            /* Never a version no token here holds: from an instance that
+             * lacks it, force would make a key no instance can use. */
+            master_refresh(s, c);
+            if (!keywrap_has(s->kw, staged))
+                k = qk_fail(e, QK_CONFLICT, "staged_not_held",
+                            "this instance's token does not hold staged master key version %u; "
+                            "force it from an instance that does (GET "
+                            "/v1/admin/master/instances)", staged);
+            else
+                k = activate(s, c, actor, staged, label, true, e);
+        } else
             k = qk_fail(e, QK_CONFLICT, "rotation_pending",
                         "master key version %u is staged and waits for every instance to hold "
                         "it (GET /v1/admin/master/instances); rotate with force to activate it "
@@ -270,7 +285,7 @@ qk_kind rotation_rotate(qk_svc *s, const char *actor, bool force, qk_err *e)
         if ((k = record_staged(s, c, actor, v, label, kcv, e)) != QK_OK)
             goto out;
         keywrap_expect_kcv(s->kw, v, kcv);
-        instances_report(s, c); /* this one holds it now */
+        instances_report(&s->self, s->kw, c); /* this one holds it now */
         log_emit(LOG_INFO, "master key version staged until every instance holds it",
                  "{s:s,s:s,s:i}", "label", label, "by", actor, "other_instances", (int)others);
         goto out;
@@ -300,12 +315,15 @@ int rotation_stage_pass(qk_svc *s, rotation_stage_result *out)
     if (!c)
         goto done;
     master_refresh(s, c); /* load what the token got since */
-    if (instances_report(s, c) != 0)
+    if (instances_report(&s->self, s->kw, c) != 0)
         goto release;
     res.live_instances = count_of(c, QT_INSTANCES_LIVE, 0, NULL);
-    res.staged_s = 0;
-    if (staged_version(c, &staged, label, sizeof(label), &res.staged_s) != 0)
-        goto release;
+    {
+        int64_t age = 0;
+        if (staged_version(c, &staged, label, sizeof(label), &age) != 0)
+            goto release;
+        res.staged_s = age;
+    }
     rc = 0;
     if (!staged) {
         res.staged_waiting = 0;

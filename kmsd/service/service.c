@@ -119,8 +119,12 @@ static void name_instance(qk_svc *s)
     {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        s->started_us = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+        s->self.started_us = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
     }
+    s->self.name = s->instance;
+    /* Three maintenance steps (one each session_reap_interval) and 30 s
+     * for a slow one: past it the instance counts as gone. */
+    s->self.lease_s = 3 * s->cfg->session_reap_interval + 30;
 }
 
 int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, char *err,
@@ -161,7 +165,7 @@ int service_open(qk_svc *s, const kms_config *cfg, char *pin, size_t pin_len, ch
         snprintf(err, errlen, "out of memory");
         goto out;
     }
-    md = (master_deps){s->db, s->token, s->kw, cfg->master_key_create};
+    md = (master_deps){s->db, s->token, s->kw, cfg->master_key_create, &s->self};
     if (master_init(&md, err, errlen) != 0) {
         log_emit(LOG_ERROR, "master key check failed", "{s:s}", "error", err);
         goto out;

@@ -28,6 +28,7 @@
 #include "keywrap.h"
 #include "log.h"
 #include "p11.h"
+#include "service/instances.h"
 #include "store/db.h"
 #include "store/dbbatch.h"
 
@@ -63,10 +64,10 @@ typedef struct qk_svc {
      * pass over every live session, is not run again until the next version;
      * only the maintenance thread reads and writes it. */
     uint32_t sessions_rewrapped_for;
-    /* This instance in the registry of instances (instances.h). */
+    /* This instance in the registry of instances (instances.h); self.name
+     * points at instance. */
     char instance[128];
-    long long started_us; /* Unix microseconds: tells this process from
-                           * an earlier one of the same name */
+    instance_self self;
 } qk_svc;
 
 /* Who asks: an admin token (by name and roles) or a device (by identity ID),

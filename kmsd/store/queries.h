@@ -18,7 +18,8 @@
       "SELECT version, label, kcv, state FROM master_keys WHERE state <> 'destroyed' "         \
       "ORDER BY version")                                                                      \
     X(Q_MASTER_INSERT,                                                                         \
-      "INSERT INTO master_keys (version, label, kcv, state) VALUES ($1::int, $2, $3, 'active')") \
+      "INSERT INTO master_keys (version, label, kcv, state, activated_at)"                     \
+      " VALUES ($1::int, $2, $3, 'active', now())")                                            \
     X(Q_TOKEN_AUTH,                                                                            \
       "WITH t AS (SELECT id, name, role, token_hash FROM admin_tokens"                         \
       "  WHERE token_hash = $1 AND revoked_at IS NULL"                                         \

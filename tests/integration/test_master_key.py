@@ -357,6 +357,10 @@ def test_rotation_reaches_every_instance_token(fresh_stack):
         assert line.split()[1:4] == ["true", "[1]", "[2]"], p.stdout
         p = st.kmsctl("master", "rotate", token=st.admin_token)
         assert p.returncode != 0 and "rotation_pending" in p.stderr, (p.returncode, p.stderr)
+        # Force from the instance that lacks it: refused (no token here holds it).
+        r = requests.post(other.url + "/v1/admin/master/rotate", json={"force": True}, timeout=30,
+                          headers={"Authorization": f"Bearer {st.admin_token}"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "staged_not_held", r.text
         time.sleep(3)  # several maintenance steps: still staged, both serve
         assert master()["staged"] == 2
         m = st.admin("GET", "/metrics").text

@@ -50,6 +50,9 @@ int fixture_open(fixture *f)
 
 void fixture_close(fixture *f)
 {
+    /* As kmsd does at a clean stop: the next binary's rotations must not
+     * wait for this one (service/instances.h). */
+    instances_leave(&f->svc.self, f->svc.db);
     service_close(&f->svc);
     config_free(&f->cfg);
 }

@@ -244,7 +244,7 @@ static void staged_version_waits_for_every_live_instance(void **state)
     json_decref(st);
 
     free(fixture_sql1("DELETE FROM kmsd_instances WHERE name = $1 RETURNING name", 1, vals));
-    instances_leave(&fx.svc);
+    instances_leave(&fx.svc.self, fx.svc.db);
 }
 
 /* A live row of the same name from another start is not taken over (two
@@ -252,10 +252,10 @@ static void staged_version_waits_for_every_live_instance(void **state)
  * leave removes only this start's row. */
 static void a_live_namesake_keeps_its_row(void **state)
 {
-    const char *vals[1] = {fx.svc.instance};
+    const char *vals[1] = {fx.svc.self.name};
     char *v;
     (void)state;
-    instances_leave(&fx.svc);
+    instances_leave(&fx.svc.self, fx.svc.db);
     free(fixture_sql1("INSERT INTO kmsd_instances (name, versions, software, started_at,"
                       " expires_at) VALUES ($1, '{}', 'other', now() - interval '1 hour',"
                       " now() + interval '1 hour') RETURNING name", 1, vals));
@@ -264,7 +264,7 @@ static void a_live_namesake_keeps_its_row(void **state)
                      " WHERE name = $1", 1, vals);
     assert_string_equal(v, "other {}");
     free(v);
-    instances_leave(&fx.svc); /* not its row: kept */
+    instances_leave(&fx.svc.self, fx.svc.db); /* not its row: kept */
     v = fixture_sql1("SELECT count(*) FROM kmsd_instances WHERE name = $1", 1, vals);
     assert_string_equal(v, "1");
     free(v);
@@ -276,7 +276,7 @@ static void a_live_namesake_keeps_its_row(void **state)
                      " FROM kmsd_instances WHERE name = $1", 1, vals);
     assert_string_equal(v, "t");
     free(v);
-    instances_leave(&fx.svc);
+    instances_leave(&fx.svc.self, fx.svc.db);
     v = fixture_sql1("SELECT count(*) FROM kmsd_instances WHERE name = $1", 1, vals);
     assert_string_equal(v, "0");
     free(v);
