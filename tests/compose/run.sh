@@ -29,19 +29,7 @@ export QKMS_COMPOSE_PROJECT=${QKMS_COMPOSE_PROJECT:-qkmstest}
 # The stack as committed: a local docker/compose.override.yaml is not read.
 export QKMS_COMPOSE_OVERRIDE=0
 if [ -z "${QKMS_COMPOSE_PORT:-}" ]; then
-    QKMS_COMPOSE_PORT=$("$PYTHON" - <<'EOF'
-import socket
-s = socket.socket()
-try:
-    s.bind(("127.0.0.1", 8470))
-except OSError:
-    s.close()
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()
-EOF
-)
+    QKMS_COMPOSE_PORT=$("$PYTHON" "$ROOT/tests/compose/free-port.py" 8470)
 fi
 export QKMS_COMPOSE_PORT
 export QKMS_COMPOSE_URL=https://127.0.0.1:$QKMS_COMPOSE_PORT

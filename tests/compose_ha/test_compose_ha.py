@@ -56,9 +56,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "ha"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from drillcheck import (CONC, IDLE_S, NPAIRS, OVERDUE_SQL, REAPED_SQL,  # noqa: E402
-                        STORED_KEYS_SQL, consistency, device_body, drill_policy, drill_rows,
-                        pair_devices, read_events, table, write_fill, write_secret,
-                        write_table)
+                        STORED_KEYS_SQL, device_body, drill_policy, outcome, pair_devices,
+                        stop_load, table, write_fill, write_secret, write_table)
 from qkms_proto_py import Device  # noqa: E402  (the second implementation of the protocol)
 
 URL = os.environ.get("QKMS_COMPOSE_HA_URL")
@@ -476,20 +475,9 @@ def test_failover_drills(stack, tmp_path_factory):
         lose_primary("primary_kill9", st.kill9, 90)
         mark("after")
     finally:
-        open(events_path + ".stop", "w").close()
-        try:
-            out, _ = load.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            load.kill()
-            out, _ = load.communicate()
-    print(out)
-    assert load.returncode == 0, out
+        stop_load(load, events_path)
 
-    events = read_events(events_path)
-    sessions = consistency(events, st.psql(STORED_KEYS_SQL).split())
-    rows = drill_rows(events, sessions, marks)
-    with open(os.path.join(OUT_DIR, "marks.txt"), "w") as f:
-        f.writelines(f"{t:.3f} {n}\n" for n, t in marks)
+    events, sessions, rows = outcome(events_path, st.psql(STORED_KEYS_SQL).split(), marks, OUT_DIR)
     abandoned = sum(1 for e in events if e[3] == "abandoned")
     audit_ok = st.audit_ok() and all(audits.values())
 

@@ -20,6 +20,7 @@ SQL (over loopback, or inside the containers) and hand over the results.
 """
 import json
 import os
+import subprocess
 
 NPAIRS = 8
 CONC = 8
@@ -141,3 +142,29 @@ def write_table(out_dir, text):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "drills.txt"), "w") as f:
         f.write(text + "\n")
+
+
+def stop_load(load, events_path):
+    """Ask haload to stop (its stop file), wait for it and return its
+    summary; it must have exited 0."""
+    open(events_path + ".stop", "w").close()
+    try:
+        out, _ = load.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        load.kill()
+        out, _ = load.communicate()
+    print(out)
+    assert load.returncode == 0, out
+    return out
+
+
+def outcome(events_path, stored, marks, marks_dir):
+    """(events, sessions, rows) of a run: haload's events, each session's
+    keys checked against the stored key IDs, and the drill rows; the marks
+    are written to marks_dir/marks.txt beside."""
+    events = read_events(events_path)
+    sessions = consistency(events, stored)
+    rows = drill_rows(events, sessions, marks)
+    with open(os.path.join(marks_dir, "marks.txt"), "w") as f:
+        f.writelines(f"{t:.3f} {n}\n" for n, t in marks)
+    return events, sessions, rows

@@ -36,8 +36,8 @@ import requests
 
 from hastack import HAStack, ROOT, wait_for
 from drillcheck import (CONC, IDLE_S, NPAIRS, OVERDUE_SQL, REAPED_SQL, STORED_KEYS_SQL,
-                        consistency, device_body, drill_policy, drill_rows, pair_devices,
-                        read_events, table, write_fill, write_table)
+                        device_body, drill_policy, outcome, pair_devices, stop_load, table,
+                        write_fill, write_table)
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from qkms_proto_py import Device  # noqa: E402  (the second implementation of the protocol)
@@ -279,20 +279,9 @@ def test_failover_drills(ha):
         lose_primary("primary_kill9", st.kill9_node)
         mark("after")
     finally:
-        open(events_path + ".stop", "w").close()
-        try:
-            out, _ = load.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            load.kill()
-            out, _ = load.communicate()
-    print(out)
-    assert load.returncode == 0, out
+        stop_load(load, events_path)
 
-    events = read_events(events_path)
-    sessions = consistency(events, st.psql(STORED_KEYS_SQL).split())
-    rows = drill_rows(events, sessions, marks)
-    with open(os.path.join(st.state, "marks.txt"), "w") as f:
-        f.writelines(f"{t:.3f} {n}\n" for n, t in marks)
+    events, sessions, rows = outcome(events_path, st.psql(STORED_KEYS_SQL).split(), marks, st.state)
     abandoned = sum(1 for e in events if e[3] == "abandoned")
 
     r = st.admin("POST", "/v1/admin/audit/verify")
