@@ -112,6 +112,28 @@ static qk_kind record_version(qk_svc *s, db_conn *c, const char *actor, uint32_t
     return finish_record(s, c, st, v, label, e);
 }
 
+/* The live instances whose token lacks staged version ver, but skip (NULL:
+ * none), added to names when not NULL: how many, or -1 when the database
+ * cannot say. */
+static int64_t waiting_for(db_conn *c, const char *ver, const char *skip, json_t *names)
+{
+    const char *vals[1] = {ver};
+    db_status st;
+    PGresult *r = qt_exec(c, QT_MASTER_WAITING, 1, vals, &st);
+    int64_t n = 0;
+    if (!r)
+        return -1;
+    for (int i = 0; i < PQntuples(r); i++) {
+        if (skip && !strcmp(PQgetvalue(r, i, 0), skip))
+            continue;
+        n++;
+        if (names)
+            json_array_append_new(names, json_string(PQgetvalue(r, i, 0)));
+    }
+    PQclear(r);
+    return n;
+}
+
 /* Record v as staged (rotation.h), audited with the instances it waits
  * for, in one transaction; failures as in record_version. */
 static qk_kind record_staged(qk_svc *s, db_conn *c, const char *actor, uint32_t v,
@@ -129,12 +151,8 @@ static qk_kind record_staged(qk_svc *s, db_conn *c, const char *actor, uint32_t 
     if (st == DB_OK && (r = qt_exec(c, QT_MASTER_INSERT_STAGED, 3, vals, &st)))
         PQclear(r);
     /* Who it waits for: the live instances but this one (which holds it). */
-    if (st == DB_OK && (r = qt_exec(c, QT_MASTER_WAITING, 1, vals, &st))) {
-        for (int i = 0; i < PQntuples(r); i++)
-            if (strcmp(PQgetvalue(r, i, 0), s->instance) != 0)
-                json_array_append_new(waiting, json_string(PQgetvalue(r, i, 0)));
-        PQclear(r);
-    }
+    if (st == DB_OK && waiting_for(c, ver, s->instance, waiting) < 0)
+        st = DB_UNAVAILABLE;
     if (st == DB_OK) {
         st = audit_append(c, actor, "master.staged", NULL,
                           json_pack("{s:i,s:s,s:O}", "version", (int)v, "label", label,
@@ -306,7 +324,6 @@ int rotation_stage_pass(qk_svc *s, rotation_stage_result *out)
     db_status st;
     db_conn *c = db_acquire(s->db, &st);
     char label[128], ver[16];
-    const char *vals[1] = {ver};
     rotation_stage_result res = {-1, -1, -1};
     uint32_t staged = 0;
     qk_err e;
@@ -330,7 +347,7 @@ int rotation_stage_pass(qk_svc *s, rotation_stage_result *out)
         goto release;
     }
     snprintf(ver, sizeof(ver), "%u", staged);
-    res.staged_waiting = count_of(c, QT_MASTER_WAITING_COUNT, 1, vals);
+    res.staged_waiting = waiting_for(c, ver, NULL, NULL);
     if (res.staged_waiting != 0)
         goto release;
     /* Checked again under the lock: another instance may have activated
@@ -340,7 +357,7 @@ int rotation_stage_pass(qk_svc *s, rotation_stage_result *out)
         goto release;
     }
     if (staged_version(c, &staged, label, sizeof(label), NULL) == 0 && staged &&
-        count_of(c, QT_MASTER_WAITING_COUNT, 1, vals) == 0) {
+        waiting_for(c, ver, NULL, NULL) == 0) {
         rc = activate(s, c, "kmsd", staged, label, false, &e) == QK_OK ? 1 : -1;
         if (rc < 0)
             log_emit(LOG_WARN, "staged master key version not activated; will retry", "{s:s}",
@@ -388,20 +405,18 @@ qk_kind rotation_status(qk_svc *s, json_t **out, qk_err *e)
     if (staged) {
         /* Who the staged version waits for (live instances lacking it). */
         char ver[16];
-        const char *vals[1] = {ver};
         db_conn *c = db_acquire(s->db, &st);
+        int64_t n = -1;
         snprintf(ver, sizeof(ver), "%u", staged);
-        r = c ? qt_exec(c, QT_MASTER_WAITING, 1, vals, &st) : NULL;
-        if (c)
+        if (c) {
+            n = waiting_for(c, ver, NULL, waiting);
             db_release(s->db, c);
-        if (!r) {
+        }
+        if (n < 0) {
             json_decref(arr);
             json_decref(waiting);
             return db_fail(e, DB_UNAVAILABLE);
         }
-        for (int i = 0; i < PQntuples(r); i++)
-            json_array_append_new(waiting, json_string(PQgetvalue(r, i, 0)));
-        PQclear(r);
     }
     *out = json_pack("{s:i,s:o,s:I,s:o,s:o}", "active", (int)keywrap_active(s->kw), "versions",
                      arr, "pending_rewrap", (json_int_t)pending, "staged",

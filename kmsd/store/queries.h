@@ -1160,8 +1160,6 @@ extern const db_stmt_def queries[Q__COUNT];
     X(QT_MASTER_WAITING, /* live instances that do not hold staged version $1 */               \
       "SELECT name FROM kmsd_instances WHERE expires_at > now()"                                \
       " AND NOT $1::int = ANY(versions) ORDER BY name")                                         \
-    X(QT_MASTER_WAITING_COUNT, "SELECT count(*) FROM kmsd_instances WHERE expires_at > now()"   \
-      " AND NOT $1::int = ANY(versions)")                                                       \
     X(QT_MASTER_INSERT_STAGED,                                                                  \
       "INSERT INTO master_keys (version, label, kcv, state)"                                     \
       " VALUES ($1::int, $2, decode($3, 'hex'), 'staged')") \
